@@ -1,0 +1,87 @@
+"""``asynctrack`` command line: ``demo`` (the seed notebook, offline), ``replay``."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._config import TrackerConfig
+from ._load import read_events, read_parameters
+from ._tracker import DEFAULT_DESTINATION, AsyncTracker
+
+__all__ = ["main"]
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
+    """Run the seed notebook's three scenarios offline and print what was logged."""
+    try:
+        from ._demo_scenarios import EXPERIMENT_NAME, SCENARIOS
+    except ImportError as exc:
+        print(
+            f"the demo needs the 'demo' extra (langchain-classic): pip install 'asynctrack[demo]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.monotonic()
+    trackers: list[AsyncTracker] = []
+    for number, (run_name, scenario) in enumerate(SCENARIOS.items(), start=1):
+        _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: running ...")
+        tracker = AsyncTracker(
+            destination,
+            experiment_name=EXPERIMENT_NAME,
+            run_name=run_name,
+            config=TrackerConfig(),
+            **s3_options,
+        )
+        with tracker:
+            answer = scenario([tracker])
+            tracker.flush_blocking(timeout=60)
+        trackers.append(tracker)
+        _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: done, answer: {answer.strip()[:100]!r}")
+
+    print(f"\nExperiment {EXPERIMENT_NAME!r}, written to {trackers[0].destination}\n")
+    for tracker in trackers:
+        events = read_events(destination, EXPERIMENT_NAME, tracker.run_name, **s3_options)
+        kinds = collections.Counter(str(e["kind"]) for e in events)
+        stats = tracker.statistics()
+        print(
+            f"== {tracker.run_name}: {len(events)} events ({stats.written} written, {stats.dropped} dropped)"
+        )
+        print("   events by kind: " + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items())))
+        params = read_parameters(destination, EXPERIMENT_NAME, tracker.run_name, **s3_options)
+        print("   parameters:     " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+        print(f"   files:          {tracker.events_uri}")
+    print(f"\nRead them back with: asynctrack.load({destination!r}, experiment_name={EXPERIMENT_NAME!r})")
+    _progress(f"done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``asynctrack`` command."""
+    parser = argparse.ArgumentParser(prog="asynctrack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="run the SageMaker-tracking notebook's scenarios offline")
+    run_demo.add_argument(
+        "--destination",
+        default=DEFAULT_DESTINATION,
+        help=f"a directory or s3://bucket/prefix (default: {DEFAULT_DESTINATION})",
+    )
+    run_demo.add_argument("--endpoint-url", help="S3 endpoint (default: the AWS configuration)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        s3_options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+        return demo(args.destination, s3_options=s3_options)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

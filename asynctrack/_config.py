@@ -1,0 +1,128 @@
+"""Tracker configuration: one frozen dataclass, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_PATTERNS", "TrackerConfig"]
+
+#: Keys (compared lower-cased, ``-`` read as ``_``) whose values are replaced by
+#: ``"[REDACTED]"`` wherever they appear. ``token`` only as the last word, so that
+#: ``max_tokens`` and ``token_usage`` stay readable.
+DEFAULT_REDACT_KEYS: str = (
+    r"(?:^|_)(?:api_?key|apikey|secret|secret_key|client_secret|password|passwd|pwd"
+    r"|authorization|proxy_authorization|auth|credentials?|private_key|access_key"
+    r"|access_key_id|secret_access_key|session_token|cookie|set_cookie|x_api_key)(?:$|_)"
+    r"|(?:^|_)token$"
+)
+
+#: Values that look like credentials wherever they occur in text (bytes regexes,
+#: applied to each encoded line). Add more with ``TrackerConfig.redact_patterns``.
+DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
+    r"sk-(?:proj-|ant-|lf-)?[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic, Langfuse secret keys
+    r"pk-lf-[A-Za-z0-9_\-]{16,}",  # Langfuse public keys
+    r"lsv2_[A-Za-z0-9_]{20,}",  # LangSmith
+    r"(?:AKIA|ASIA)[0-9A-Z]{16}",  # AWS access key ids
+    r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub
+    r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack
+    r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
+    r"AIza[0-9A-Za-z_\-]{35}",  # Google
+    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{20,}=*",  # bearer tokens in headers or text
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TrackerConfig:
+    """How the tracker buffers, batches and encodes events.
+
+    The defaults aim at an agent that records thousands of events per second and
+    a destination (a disk or S3) that prefers fewer, larger objects.
+
+    Args:
+        max_batch_events: a batch file is written once it holds this many events.
+            10 000 events of ~300 B make a ~3 MB file: large enough that S3's
+            per-request cost and latency stay small, small enough to retry cheaply.
+        max_batch_bytes: ... or once its encoded (uncompressed) lines reach this
+            size (8 MiB, under S3's multipart threshold used by the S3 sink).
+        batch_interval: ... or once its oldest event has waited this long (seconds).
+            5 s, like OpenTelemetry's and Langfuse's exporters: an event reaches
+            storage within ~5 s without flush(), and a quiet agent writes at most
+            one file per 5 s.
+        max_queue_events: events held in memory, not yet encoded, at most. Beyond
+            it ``when_full`` applies.
+        max_queue_bytes: encoded bytes held in memory (open batch, batches being
+            written, failed batches kept for retry) at most. When reached, the
+            worker stops taking events from the buffer, which then fills up.
+        when_full: ``"drop"`` (the newest event is dropped and counted, the
+            callback returns at once) or ``"block"`` (the callback waits up to
+            ``block_timeout`` for room, then drops and counts).
+        block_timeout: seconds a callback waits under ``when_full="block"``.
+        max_field_bytes: longest string or bytes value kept per field; longer ones
+            are cut and marked. 256 KiB keeps a long prompt or document whole.
+        max_depth: nesting depth kept; deeper values (and cycles) are replaced by a
+            marked placeholder.
+        gzip: compress batch files (``.jsonl.gz``).
+        max_concurrent_writes: batch writes in flight at once.
+        redact_keys: regex (searched in lower-cased keys with ``-`` read as ``_``)
+            whose values are redacted. ``None`` turns key redaction off.
+        redact_patterns: regexes for credential-like text redacted in every value.
+        redact: a hook called in the worker (never on the caller's thread) with
+            each event as a dict; it returns the dict to write (changed in place
+            or new), or ``None`` to drop the event (counted as ``filtered``).
+    """
+
+    max_batch_events: int = 10_000
+    max_batch_bytes: int = 8 * MiB
+    batch_interval: float = 5.0
+    max_queue_events: int = 100_000
+    max_queue_bytes: int = 64 * MiB
+    when_full: Literal["drop", "block"] = "drop"
+    block_timeout: float = 1.0
+    max_field_bytes: int = 256 * KiB
+    max_depth: int = 32
+    gzip: bool = False
+    max_concurrent_writes: int = 4
+    redact_keys: str | None = DEFAULT_REDACT_KEYS
+    redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    redact: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_events",
+            "max_batch_bytes",
+            "max_queue_events",
+            "max_queue_bytes",
+            "max_field_bytes",
+            "max_depth",
+            "max_concurrent_writes",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("batch_interval", "block_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.when_full not in ("drop", "block"):
+            raise ValueError(f"when_full must be 'drop' or 'block', got {self.when_full!r}")
+        if self.max_queue_bytes < self.max_batch_bytes:
+            raise ValueError(
+                f"max_queue_bytes ({self.max_queue_bytes}) must be at least "
+                f"max_batch_bytes ({self.max_batch_bytes})"
+            )
+        for pattern in (self.redact_keys, *self.redact_patterns):
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid redaction regex {pattern!r}: {exc}") from None
+        if self.redact is not None and not callable(self.redact):
+            raise ValueError(f"redact must be callable, got {self.redact!r}")

@@ -1,0 +1,141 @@
+"""Read events back: ``load()`` (a pandas DataFrame) and ``read_events()`` (dicts)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._layout import safe_segment
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["COLUMNS", "load", "read_events", "read_parameters"]
+
+#: The DataFrame's columns, in order. ``data`` holds the kind-specific payload.
+COLUMNS = (
+    "seq",
+    "ts",
+    "kind",
+    "experiment",
+    "run",
+    "tracker",
+    "run_id",
+    "parent_run_id",
+    "name",
+    "tags",
+    "metadata",
+    "duration",
+    "data",
+)
+
+
+def _pattern(experiment_name: str | None, run_name: str | None) -> str:
+    experiment = safe_segment(experiment_name) if experiment_name else "*"
+    run = safe_segment(run_name) if run_name else "*"
+    return f"experiment={experiment}/run={run}/date=*/*.jsonl*"
+
+
+def _parse(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+    if name.endswith(".gz"):
+        data = gzip.decompress(data)
+    for line in data.splitlines():
+        if line.strip():
+            yield orjson.loads(line)
+
+
+def _local_files(root: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
+    for path in sorted(root.glob(pattern)):
+        if path.name.startswith("."):
+            continue  # a temporary file being written
+        yield path.name, path.read_bytes()
+
+
+def _files(
+    destination: str | os.PathLike[str], pattern: str, s3_options: dict[str, Any]
+) -> Iterator[tuple[str, bytes]]:
+    if isinstance(destination, str) and destination.startswith("s3://"):
+        from ._s3 import read_objects
+
+        return read_objects(destination, pattern, **s3_options)
+    return _local_files(Path(destination).expanduser(), pattern)
+
+
+def read_parameters(
+    destination: str | os.PathLike[str],
+    experiment_name: str,
+    run_name: str,
+    **s3_options: Any,
+) -> dict[str, Any]:
+    """A run's parameters, merged over every process that wrote the run.
+
+    Counts (``events_*``, ``tokens_*``) are summed across writers; other values
+    are taken from the latest document.
+    """
+    pattern = f"experiment={safe_segment(experiment_name)}/run={safe_segment(run_name)}/params/*.json"
+    merged: dict[str, Any] = {}
+    for _, data in _files(destination, pattern, s3_options):
+        for key, value in orjson.loads(data).get("parameters", {}).items():
+            if key.startswith(("events_", "tokens_")) and isinstance(value, int):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[key] = value
+    return merged
+
+
+def read_events(
+    destination: str | os.PathLike[str],
+    experiment_name: str | None = None,
+    run_name: str | None = None,
+    **s3_options: Any,
+) -> list[dict[str, Any]]:
+    """Every event under ``destination`` (optionally one experiment / run), in order.
+
+    Order: trackers by their first event's time, then sequence number.
+
+    Args:
+        destination: a directory or ``s3://bucket/prefix`` (``s3`` extra).
+        experiment_name: only this experiment.
+        run_name: only this run.
+        **s3_options: for ``s3://``: ``endpoint_url``, ``region_name``, ``session``.
+    """
+    files = _files(destination, _pattern(experiment_name, run_name), s3_options)
+    events = [event for name, data in files for event in _parse(name, data)]
+    first: dict[str, float] = {}
+    for event in events:
+        tracker = str(event.get("tracker"))
+        ts = event.get("ts") or 0.0
+        if tracker not in first or ts < first[tracker]:
+            first[tracker] = ts
+    events.sort(key=lambda e: (first[str(e.get("tracker"))], str(e.get("tracker")), e.get("seq", -1)))
+    return events
+
+
+def load(
+    destination: str | os.PathLike[str],
+    experiment_name: str | None = None,
+    run_name: str | None = None,
+    **s3_options: Any,
+) -> pd.DataFrame:
+    """The events under ``destination`` as a pandas DataFrame, one row per event.
+
+    Columns are ``COLUMNS``; ``ts`` is a UTC timestamp, ``duration`` seconds (end
+    and error events), ``data`` the kind-specific payload as a dict. Needs the
+    ``pandas`` extra.
+    """
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ImportError("asynctrack.load() needs pandas: pip install 'asynctrack[pandas]'") from exc
+    events = read_events(destination, experiment_name, run_name, **s3_options)
+    frame = pd.DataFrame.from_records(
+        [{column: event.get(column) for column in COLUMNS} for event in events],
+        columns=list(COLUMNS),
+    )
+    frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
+    return frame

@@ -1,0 +1,374 @@
+"""The S3 destination, on aiobotocore.
+
+One PutObject per batch (multipart above ``multipart_threshold``), under the
+shared key layout, retried with exponential backoff and full jitter within
+``write_deadline``. A retried batch keeps its key and its bytes, so a retry can
+only overwrite an object with identical content: never a duplicate event.
+
+Errors are sorted in two: those retrying can fix (throttling, 5xx, timeouts,
+dropped connections, truncated responses) and those it cannot (no such bucket,
+access denied, bad credentials, a KMS key that does not exist). The second kind
+raises ``PermanentSinkError`` at once; ``start()`` checks the bucket the same way,
+so a wrong bucket shows up at the first flush with a clear message.
+
+botocore's own retries are turned off (``total_max_attempts=1``): one retry loop,
+ours, with one deadline, and every attempt counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Final, Literal
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+
+from ._errors import PermanentSinkError, SinkError
+from ._sink import Batch
+
+__all__ = ["S3Sink", "parse_s3_uri", "read_objects"]
+
+logger = logging.getLogger("asynctrack")
+
+_PERMANENT_CODES: Final = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidBucketName",
+        "InvalidArgument",
+        "AuthorizationHeaderMalformed",
+        "ExpiredToken",
+        "InvalidToken",
+        "KMS.NotFoundException",
+        "KMS.DisabledException",
+        "KMS.KMSInvalidStateException",
+        "NotFound",
+        "404",
+        "403",
+        "Forbidden",
+    }
+)
+_PERMANENT_TYPES: Final = (NoCredentialsError, PartialCredentialsError, NoRegionError, ParamValidationError)
+_MiB: Final = 1024 * 1024
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` → ``("bucket", "some/prefix")``.
+
+    Raises:
+        ValueError: not an ``s3://`` URI with a bucket.
+    """
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot fix ``exc``."""
+    if isinstance(exc, _PERMANENT_TYPES):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _PERMANENT_CODES:
+            return True
+        if isinstance(status, int) and status in (401, 403, 404):
+            return True
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{error.get('Code', 'error')} (HTTP {status}): {error.get('Message', '') or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class S3Sink:
+    """Writes batch files to ``s3://bucket/prefix`` with aiobotocore.
+
+    Args:
+        uri: ``s3://bucket/prefix``.
+        session: an ``aiobotocore.session.AioSession`` (profiles, credentials);
+            by default a new one with the standard AWS configuration
+            (``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, the credential chain).
+        profile: an AWS profile name (ignored when ``session`` is given).
+        endpoint_url: overrides the endpoint (``AWS_ENDPOINT_URL`` works too).
+        region_name: the region (default: the configured one).
+        server_side_encryption: ``"AES256"`` or ``"aws:kms"``.
+        sse_kms_key_id: the KMS key for ``"aws:kms"``.
+        expected_bucket_owner: sent as ``ExpectedBucketOwner`` on every call.
+        write_deadline: seconds one batch is retried for before the engine
+            keeps it as failed (it is retried again later and by ``flush()``).
+        connect_timeout: seconds per connection attempt.
+        read_timeout: seconds to wait for a response.
+        max_pool_connections: HTTP connections kept (at least the engine's
+            ``max_concurrent_writes``).
+        multipart_threshold: batches larger than this go up in parts.
+        part_size: the size of each part.
+        content_type: for uncompressed batches.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        session: AioSession | None = None,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        server_side_encryption: Literal["AES256", "aws:kms"] | None = None,
+        sse_kms_key_id: str | None = None,
+        expected_bucket_owner: str | None = None,
+        write_deadline: float = 60.0,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_pool_connections: int = 16,
+        multipart_threshold: int = 64 * _MiB,
+        part_size: int = 16 * _MiB,
+        content_type: str = "application/x-ndjson",
+    ) -> None:
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        if server_side_encryption not in (None, "AES256", "aws:kms"):
+            raise ValueError(
+                f"server_side_encryption must be 'AES256' or 'aws:kms', got {server_side_encryption!r}"
+            )
+        if sse_kms_key_id is not None and server_side_encryption != "aws:kms":
+            raise ValueError("sse_kms_key_id needs server_side_encryption='aws:kms'")
+        if part_size < 5 * _MiB:
+            raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
+        if multipart_threshold < part_size:
+            raise ValueError("multipart_threshold must be at least part_size")
+        for name, value in (
+            ("write_deadline", write_deadline),
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        self._session = session
+        self._profile = profile
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._sse = server_side_encryption
+        self._kms_key = sse_kms_key_id
+        self._owner = expected_bucket_owner
+        self.write_deadline = write_deadline
+        self._config = AioConfig(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": 1},
+            max_pool_connections=max_pool_connections,
+        )
+        self._multipart_threshold = multipart_threshold
+        self._part_size = part_size
+        self._content_type = content_type
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+        self.attempts = 0  # requests made, retries included (for tests and benchmarks)
+        self.retries = 0
+
+    @property
+    def destination(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def object_key(self, key: str) -> str:
+        """The full S3 key of a layout key."""
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is None:
+            session = self._session or (AioSession(profile=self._profile) if self._profile else get_session())
+            stack = contextlib.AsyncExitStack()
+            self._client = await stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    endpoint_url=self._endpoint_url,
+                    region_name=self._region_name,
+                    config=self._config,
+                )
+            )
+            self._stack = stack
+        return self._client
+
+    async def start(self) -> None:
+        """Check the bucket exists and is ours to write (HeadBucket)."""
+        try:
+            client = await self._get_client()
+            await client.head_bucket(Bucket=self.bucket, **self._owner_args())
+        except Exception as exc:
+            if is_permanent(exc):
+                raise PermanentSinkError(self.destination, f"bucket not usable: {_describe(exc)}") from exc
+            raise SinkError(self.destination, f"bucket check failed: {_describe(exc)}") from exc
+
+    async def aclose(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _owner_args(self) -> dict[str, str]:
+        return {"ExpectedBucketOwner": self._owner} if self._owner else {}
+
+    def _put_args(self, key: str, gzip: bool) -> dict[str, str]:
+        args: dict[str, str] = {
+            "Bucket": self.bucket,
+            "Key": self.object_key(key),
+            "ContentType": "application/gzip" if gzip else self._content_type,
+            **self._owner_args(),
+        }
+        if self._sse:
+            args["ServerSideEncryption"] = self._sse
+        if self._kms_key:
+            args["SSEKMSKeyId"] = self._kms_key
+        return args
+
+    async def write_batch(self, batch: Batch) -> None:
+        if len(batch.data) > self._multipart_threshold:
+            await self._retrying(batch.key, lambda: self._multipart(batch))
+        else:
+            args = self._put_args(batch.key, batch.gzip)
+            await self._retrying(batch.key, lambda: self._put(args, batch.data))
+
+    async def write_document(self, key: str, data: bytes) -> None:
+        args = self._put_args(key, gzip=False)
+        args["ContentType"] = "application/json"
+        await self._retrying(key, lambda: self._put(args, data))
+
+    async def _put(self, args: dict[str, str], data: bytes) -> None:
+        client = await self._get_client()
+        await client.put_object(Body=data, **args)
+
+    async def _multipart(self, batch: Batch) -> None:
+        client = await self._get_client()
+        args = self._put_args(batch.key, batch.gzip)
+        upload = await client.create_multipart_upload(**args)
+        upload_id = upload["UploadId"]
+        common = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": upload_id, **self._owner_args()}
+        try:
+            parts = []
+            view = memoryview(batch.data)
+            for number, start in enumerate(range(0, len(view), self._part_size), start=1):
+                part = await client.upload_part(
+                    PartNumber=number, Body=bytes(view[start : start + self._part_size]), **common
+                )
+                parts.append({"PartNumber": number, "ETag": part["ETag"]})
+            await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **common)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.abort_multipart_upload(**common)
+            raise
+
+    async def _retrying(self, key: str, attempt: Any) -> None:
+        """Run ``attempt()`` until it succeeds, fails for good, or the deadline passes."""
+        deadline = time.monotonic() + self.write_deadline
+        delay = 0.1
+        tries = 0
+        while True:
+            tries += 1
+            self.attempts += 1
+            try:
+                await attempt()
+                return
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                if is_permanent(exc):
+                    raise PermanentSinkError(
+                        self.destination, f"{self.object_key(key)}: {_describe(exc)}"
+                    ) from exc
+                # Full jitter (AWS architecture blog): spreads the retries of
+                # many writers hitting the same throttled prefix.
+                sleep = random.uniform(0, delay)
+                if time.monotonic() + sleep >= deadline:
+                    raise SinkError(
+                        self.destination,
+                        f"{self.object_key(key)}: gave up after {tries} attempt(s) in "
+                        f"{self.write_deadline:g} s: {_describe(exc)}",
+                    ) from exc
+                self.retries += 1
+                await asyncio.sleep(sleep)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                # aiohttp and others may raise their own errors for broken responses;
+                # they are transient until proven otherwise, within the deadline.
+                if time.monotonic() >= deadline:
+                    raise SinkError(self.destination, f"{self.object_key(key)}: {_describe(exc)}") from exc
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 5.0)
+
+
+def read_objects(
+    uri: str,
+    pattern: str,
+    *,
+    session: AioSession | None = None,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+) -> Iterator[tuple[str, bytes]]:
+    """Download the objects under ``uri`` whose relative key matches ``pattern``.
+
+    Synchronous (used by ``load()``); it runs its own event loop on a private
+    thread, so it also works when called from inside a running loop.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+    listing_prefix = base + pattern.split("*", 1)[0]
+    listing_prefix = listing_prefix.rsplit("/", 1)[0] + "/" if "/" in listing_prefix else base
+
+    async def fetch() -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        async with (session or get_session()).create_client(
+            "s3", endpoint_url=endpoint_url, region_name=region_name
+        ) as client:
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=bucket, Prefix=listing_prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    relative = key[len(base) :]
+                    if fnmatch.fnmatchcase(relative, pattern):
+                        response = await client.get_object(Bucket=bucket, Key=key)
+                        async with response["Body"] as body:
+                            out.append((key.rsplit("/", 1)[-1], await body.read()))
+        return out
+
+    result: list[tuple[str, bytes]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.extend(asyncio.run(fetch()))
+        except BaseException as exc:  # re-raised on the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="asynctrack-load")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    yield from result

@@ -1,0 +1,522 @@
+"""``AsyncTracker``: the LangChain callback handler (the boundary of the library).
+
+Every ``on_*`` method does the same three things on the caller's thread: take a
+sequence number and a timestamp, snapshot the mutable arguments (``_snapshot``),
+and append one tuple to the engine's buffer. Turning that tuple into an event,
+encoding, batching and writing all happen on the worker thread (``_events``,
+``_encode``, ``_engine``). ``run_inline = True`` makes LangChain call us directly
+in async code too, instead of hopping to an executor (+430 µs per event measured
+in ``../shared/NOTES.md``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from langchain_core.callbacks.base import BaseCallbackHandler
+
+from ._config import TrackerConfig
+from ._engine import Engine, Statistics
+from ._events import EventTranslator
+from ._layout import Layout, new_writer_id
+from ._local import LocalSink
+from ._sink import ParametersSink, Sink
+from ._snapshot import snapshot
+
+if TYPE_CHECKING:
+    from langchain_core.agents import AgentAction, AgentFinish
+    from langchain_core.documents import Document
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
+    from tenacity import RetryCallState
+
+__all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
+
+DEFAULT_DESTINATION = "./asynctrack-logs"
+
+
+def _default_run_name() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
+
+
+def make_sink(destination: str | os.PathLike[str] | Sink, **s3_options: Any) -> Sink:
+    """The sink for a destination: ``s3://bucket/prefix``, a directory, or a ``Sink``."""
+    if isinstance(destination, str) and destination.startswith("s3://"):
+        try:
+            from ._s3 import S3Sink
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ImportError(
+                "an s3:// destination needs the S3 extra: pip install 'asynctrack[s3]'"
+            ) from exc
+        return S3Sink(destination, **s3_options)
+    if isinstance(destination, str | os.PathLike):
+        if s3_options:
+            raise ValueError(f"S3 options {sorted(s3_options)} given for a local destination")
+        return LocalSink(destination)
+    if isinstance(destination, Sink):
+        return destination
+    raise ValueError(f"destination must be a path, an s3:// URI or a Sink, got {destination!r}")
+
+
+class AsyncTracker(BaseCallbackHandler):
+    """Records every LangChain callback event without slowing the chain down.
+
+    Pass it wherever LangChain takes callbacks (``config={"callbacks": [tracker]}``
+    or ``callbacks=[tracker]``), from sync or async code, any thread, any loop.
+
+    Args:
+        destination: a directory (created if needed), ``s3://bucket/prefix``
+            (needs the ``s3`` extra), or a ``Sink``.
+        experiment_name: the experiment partition (and SageMaker experiment).
+        run_name: the run partition (and SageMaker run); generated if omitted.
+        config: buffering, batching and encoding settings.
+        parameter_sinks: also receive the run's parameters at every flush
+            (for example ``asynctrack.SageMakerParameters``).
+        **s3_options: passed to ``S3Sink`` for an ``s3://`` destination.
+
+    Raises:
+        ValueError: invalid configuration (raised here, not at first use).
+    """
+
+    run_inline = True  # called directly in async code, no executor hop
+    raise_error = False  # LangChain must never propagate our (impossible) errors
+
+    def __init__(
+        self,
+        destination: str | os.PathLike[str] | Sink = DEFAULT_DESTINATION,
+        *,
+        experiment_name: str = "default",
+        run_name: str | None = None,
+        config: TrackerConfig | None = None,
+        parameter_sinks: Sequence[ParametersSink] = (),
+        **s3_options: Any,
+    ) -> None:
+        if not isinstance(experiment_name, str) or not experiment_name:
+            raise ValueError(f"experiment_name must be a non-empty string, got {experiment_name!r}")
+        if run_name is not None and (not isinstance(run_name, str) or not run_name):
+            raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
+        config = config or TrackerConfig()
+        if not isinstance(config, TrackerConfig):
+            raise ValueError(f"config must be a TrackerConfig, got {config!r}")
+        self.experiment_name = experiment_name
+        self.run_name = run_name or _default_run_name()
+        self.config = config
+        sink = make_sink(destination, **s3_options)
+        layout = Layout(
+            experiment=experiment_name, run=self.run_name, writer=new_writer_id(), gzip=config.gzip
+        )
+        self._translator = EventTranslator(
+            experiment=experiment_name,
+            run=self.run_name,
+            writer=layout.writer,
+            secret_keys=config.redact_keys,
+        )
+        self._engine = Engine(
+            sink=sink,
+            layout=layout,
+            translate=self._translator,
+            parameters=self._translator.parameters.as_dict,
+            parameter_sinks=parameter_sinks,
+            config=config,
+        )
+        self._seq = itertools.count()
+        self._put = self._engine.put
+        self._hot_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def destination(self) -> str:
+        """Where batches are written (a directory or ``s3://bucket/prefix``)."""
+        return self._engine.sink.destination
+
+    @property
+    def events_uri(self) -> str:
+        """The directory or S3 prefix holding this run's event files."""
+        return self._engine.run_info.events_uri
+
+    @property
+    def closed(self) -> bool:
+        """Whether the tracker has been closed."""
+        return self._engine.closed
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once every event recorded before this call is on durable storage.
+
+        Other tasks and threads may keep recording meanwhile; their later events
+        are not waited for. Local files are fsync'd; S3 objects are acknowledged.
+        The run's parameters are written too.
+
+        Args:
+            timeout: seconds to wait at most (``None``: no limit).
+
+        Raises:
+            FlushTimeoutError: the timeout passed; says how many events are not yet
+                written. Nothing is discarded; a later flush waits for them again.
+            FlushError: a write failed (the batches are kept and retried).
+            TrackerClosedError: the tracker is closed.
+        """
+        await self._engine.flush(timeout)
+
+    def flush_blocking(self, timeout: float | None = None) -> None:
+        """``flush()`` for sync code, with or without a running loop in this thread.
+
+        Raises:
+            DeadlockError: called from the tracker's worker thread (a hook or sink).
+            FlushTimeoutError, FlushError, TrackerClosedError: as ``flush()``.
+        """
+        self._engine.flush_blocking(timeout)
+
+    async def aclose(self, timeout: float | None = 30.0) -> None:
+        """Flush, then stop the worker. Closing twice is harmless.
+
+        Events recorded after ``aclose()`` begins are dropped and counted in
+        ``statistics().dropped``; the callbacks still never raise.
+        """
+        await self._engine.aclose(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """``aclose()`` for sync code."""
+        self._engine.close(timeout)
+
+    async def __aenter__(self) -> AsyncTracker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> AsyncTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None and not engine.closed:
+            warnings.warn(
+                f"unclosed {self!r}; it is flushed and closed at interpreter exit. "
+                "Use 'async with AsyncTracker(...)' or call close()/aclose().",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncTracker destination={self.destination!r} "
+            f"experiment={self.experiment_name!r} run={self.run_name!r}>"
+        )
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of the counters: recorded, written, dropped, ..."""
+        return self._engine.statistics()
+
+    # -- the hot path --------------------------------------------------------------------
+    #
+    # Each callback: one tuple, one append. try/except because a callback must
+    # never raise into the chain; ``_hot_errors`` counts what we could not record
+    # (it is folded into ``dropped``; none is known to happen).
+
+    def _record(
+        self,
+        kind: str,
+        run_id: UUID | None,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        a: Any,
+        b: Any,
+        kwargs: dict[str, Any],
+    ) -> None:
+        try:
+            self._put(
+                (
+                    kind,
+                    next(self._seq),
+                    time.time(),
+                    run_id,
+                    parent_run_id,
+                    list(tags) if tags else None,
+                    snapshot(metadata) if metadata else None,
+                    a,
+                    b,
+                    snapshot(kwargs) if kwargs else None,
+                )
+            )
+        except Exception:
+            self._engine._dropped += 1  # noqa: SLF001 - same package, counted as a drop
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record(
+            "chain_start", run_id, parent_run_id, tags, metadata, serialized, snapshot(inputs), kwargs
+        )
+
+    def on_chain_end(
+        self,
+        outputs: dict[str, Any],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("chain_end", run_id, parent_run_id, tags, None, snapshot(outputs), None, kwargs)
+
+    def on_chain_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("chain_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("llm_start", run_id, parent_run_id, tags, metadata, serialized, list(prompts), kwargs)
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record(
+            "chat_model_start", run_id, parent_run_id, tags, metadata, serialized, snapshot(messages), kwargs
+        )
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # The chunk is a fresh object per token that LangChain only adds to (``+``
+        # builds new chunks), so it is kept by reference: streaming is the
+        # hottest path there is.
+        self._record("llm_new_token", run_id, parent_run_id, tags, None, snapshot(token), chunk, kwargs)
+
+    def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("llm_end", run_id, parent_run_id, tags, None, snapshot(response), None, kwargs)
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("llm_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if inputs is not None:
+            kwargs["inputs"] = inputs
+        self._record("tool_start", run_id, parent_run_id, tags, metadata, serialized, input_str, kwargs)
+
+    def on_tool_end(
+        self,
+        output: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("tool_end", run_id, parent_run_id, tags, None, snapshot(output), None, kwargs)
+
+    def on_tool_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("tool_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+
+    def on_agent_action(
+        self,
+        action: AgentAction,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("agent_action", run_id, parent_run_id, tags, None, snapshot(action), None, kwargs)
+
+    def on_agent_finish(
+        self,
+        finish: AgentFinish,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("agent_finish", run_id, parent_run_id, tags, None, snapshot(finish), None, kwargs)
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("retriever_start", run_id, parent_run_id, tags, metadata, serialized, query, kwargs)
+
+    def on_retriever_end(
+        self,
+        documents: Sequence[Document],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("retriever_end", run_id, parent_run_id, tags, None, snapshot(documents), None, kwargs)
+
+    def on_retriever_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("retriever_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+
+    def on_text(
+        self,
+        text: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("text", run_id, parent_run_id, tags, None, text, None, kwargs)
+
+    def on_retry(
+        self,
+        retry_state: RetryCallState,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # tenacity reuses its RetryCallState across attempts: copy what matters now.
+        state: dict[str, Any] = {}
+        try:
+            outcome = retry_state.outcome
+            state = {
+                "attempt_number": retry_state.attempt_number,
+                "idle_for": retry_state.idle_for,
+                "seconds_since_start": retry_state.seconds_since_start,
+                "next_sleep": getattr(retry_state.next_action, "sleep", None),
+                "outcome_failed": None if outcome is None else outcome.failed,
+                "exception": (None if outcome is None or not outcome.failed else outcome.exception()),
+            }
+        except Exception:  # an unexpected retry_state: record what we can
+            state = {"retry_state": repr(retry_state)}
+        self._record("retry", run_id, parent_run_id, tags, None, state, None, kwargs)
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        parent_run_id = kwargs.pop("parent_run_id", None)
+        self._record("custom_event", run_id, parent_run_id, tags, metadata, name, snapshot(data), kwargs)
+
+    def on_stream_event(
+        self,
+        event: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._record("stream_event", run_id, parent_run_id, tags, None, snapshot(event), None, kwargs)
