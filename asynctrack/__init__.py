@@ -1,6 +1,13 @@
-"""asynctrack: record every LangChain callback event, batch it to disk or S3, off the hot path."""
+"""asynctrack: record every LangChain callback event, batch it to disk or S3, off the hot path.
+
+``S3Sink``, ``SageMakerParameters`` and ``SageMakerCallbackHandler`` need the ``s3``
+or ``sagemaker`` extra (aiobotocore); they are imported on first use, so that
+``import asynctrack`` stays light on the core install.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._config import TrackerConfig
 from ._engine import Statistics
@@ -18,7 +25,35 @@ from ._local import LocalSink
 from ._sink import Batch, ParametersSink, RunInfo, Sink
 from ._tracker import AsyncTracker
 
+if TYPE_CHECKING:
+    from ._s3 import S3Sink
+    from ._sagemaker import SageMakerCallbackHandler, SageMakerParameters
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "S3Sink": "._s3",
+    "SageMakerCallbackHandler": "._sagemaker",
+    "SageMakerParameters": "._sagemaker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asynctrack' has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module, __name__), name)
+    except ImportError as exc:
+        raise ImportError(
+            f"asynctrack.{name} needs aiobotocore: pip install 'asynctrack[s3]' "
+            f"(or '[sagemaker]' for SageMaker Experiments): {exc}"
+        ) from exc
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncTrackError",
@@ -31,6 +66,9 @@ __all__ = [
     "ParametersSink",
     "PermanentSinkError",
     "RunInfo",
+    "S3Sink",
+    "SageMakerCallbackHandler",
+    "SageMakerParameters",
     "Sink",
     "SinkError",
     "Statistics",

@@ -223,6 +223,7 @@ class Engine:
         self._markers: list[_Marker] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem: asyncio.Semaphore | None = None
+        self._parameters_written: dict[str, ParameterValue] | None = None
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._thread_main, name="asynctrack-worker", daemon=True)
@@ -657,6 +658,8 @@ class Engine:
         errors: list[str] = []
         try:
             parameters = dict(self._parameters())
+            if parameters == self._parameters_written:
+                return None  # nothing new since the last flush: no request at all
             document = orjson.dumps(
                 {
                     "experiment": self.layout.experiment,
@@ -680,6 +683,8 @@ class Engine:
                 self._parameter_errors += 1
                 errors.append(f"run parameters not recorded by {type(sink).__name__}: {exc}")
                 self._note_error("parameters", errors[-1], exc)
+        if not errors:
+            self._parameters_written = parameters
         return "; ".join(errors) or None
 
     async def _finish(self) -> None:

@@ -1,0 +1,358 @@
+"""Run parameters in SageMaker Experiments, and the seed's handler as a drop-in.
+
+``SageMakerParameters`` is a parameter sink: on every flush it makes sure the
+experiment, the run group (trial) and the run (trial component) exist, under the
+names the SageMaker SDK's ``Run`` uses, so ``load_run`` and
+``ExperimentAnalytics`` find them:
+
+    experiment       <experiment>                       (lower-cased, like Run)
+    run group        Default-Run-Group-<experiment>
+    trial component  <experiment>-<run>                 tagged sagemaker:trial-component-source=run
+
+then writes the run's parameters and one output artifact, ``asynctrack-events``,
+that points at the run's events. It runs on the tracker's worker loop through
+aiobotocore, so it never blocks the caller's loop.
+
+AWS limits are checked here, not left to the service (one violation fails a
+whole UpdateTrialComponent): at most 300 parameters (hyperparameters first, then
+totals, then per-kind counts), string values cut to 2500 characters, NaN and
+infinities skipped, names made to match ``[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}``.
+Every cut or skip is logged once and counted.
+
+``SageMakerCallbackHandler(run)`` replaces langchain-community's handler of that
+name: the same constructor and ``flush_tracker()``, but events go to S3 in
+batches off the hot path, and ``flush_tracker()`` records the parameters and the
+events artifact on the SDK ``Run`` itself, so the ``with Run(...)`` exit persists
+them in its own UpdateTrialComponent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._config import TrackerConfig
+from ._errors import SinkError
+from ._sink import ParameterValue, RunInfo
+from ._tracker import AsyncTracker
+
+__all__ = [
+    "EVENTS_ARTIFACT",
+    "SageMakerCallbackHandler",
+    "SageMakerParameters",
+    "limit_parameters",
+    "sagemaker_name",
+]
+
+logger = logging.getLogger("asynctrack")
+
+MAX_PARAMETERS: Final = 300
+MAX_STRING: Final = 2500
+MAX_NAME: Final = 120
+EVENTS_ARTIFACT: Final = "asynctrack-events"
+EVENTS_MEDIA_TYPE: Final = "application/x-ndjson"
+RUN_TC_TAG: Final = {"Key": "sagemaker:trial-component-source", "Value": "run"}
+_NAME_OK: Final = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}$")
+_RETRYABLE: Final = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "InternalServerError",
+        "RequestTimeout",
+    }
+)
+
+
+def sagemaker_name(name: str, max_len: int = MAX_NAME) -> str:
+    """``name`` lower-cased and made valid for SageMaker (``-`` for anything else).
+
+    A name that had to change, or that is too long, keeps a short hash of the
+    original so that two different names stay different.
+    """
+    lowered = name.lower()
+    clean = re.sub(r"[^a-z0-9]+", "-", lowered).strip("-") or "run"
+    if clean == lowered and len(clean) <= max_len:
+        return clean
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{clean[: max_len - 9].rstrip('-')}-{digest}"
+
+
+def _priority(key: str) -> int:
+    if key.startswith("events_"):
+        return 2 if key != "events_total" else 1
+    if key.startswith("tokens_"):
+        return 1
+    return 0
+
+
+def limit_parameters(
+    parameters: Mapping[str, ParameterValue], room: int = MAX_PARAMETERS
+) -> tuple[dict[str, ParameterValue], list[str]]:
+    """Fit ``parameters`` within SageMaker's limits.
+
+    Returns:
+        The parameters to write, and one line per change made.
+    """
+    notes: list[str] = []
+    out: dict[str, ParameterValue] = {}
+    for key in sorted(parameters, key=lambda k: (_priority(k), k)):
+        value = parameters[key]
+        if isinstance(value, bool):
+            value = str(value).lower()
+        if isinstance(value, float) and not math.isfinite(value):
+            notes.append(f"parameter {key!r} skipped: {value} is not a finite number")
+            continue
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            notes.append(f"parameter {key!r} cut to {MAX_STRING} characters (was {len(value)})")
+            value = value[:MAX_STRING]
+        if len(out) >= room:
+            notes.append(f"parameter {key!r} skipped: SageMaker keeps {MAX_PARAMETERS} per run")
+            continue
+        out[key[:256]] = value
+    return out, notes
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+class SageMakerParameters:
+    """Writes a tracker's run parameters to SageMaker Experiments.
+
+    Args:
+        session: an ``aiobotocore.session.AioSession`` (default: a new one with
+            the standard AWS configuration, ``AWS_ENDPOINT_URL`` included).
+        endpoint_url: the SageMaker endpoint (default: the AWS configuration).
+        region_name: the region (default: the configured one).
+        deadline: seconds one save is retried for (throttling, 5xx, network).
+    """
+
+    def __init__(
+        self,
+        *,
+        session: AioSession | None = None,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        deadline: float = 60.0,
+    ) -> None:
+        self._session = session
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._deadline = deadline
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+        self._ready: set[tuple[str, str]] = set()
+        self._noted: set[str] = set()
+        self.adjustments = 0  # parameters cut or skipped to fit AWS limits
+
+    @staticmethod
+    def names(experiment: str, run: str) -> tuple[str, str, str]:
+        """(experiment, run group, trial component) names, as the SDK's ``Run`` makes them."""
+        experiment_name = sagemaker_name(experiment, 59)
+        run_name = sagemaker_name(run, 59)
+        return (
+            experiment_name,
+            f"Default-Run-Group-{experiment_name}"[:MAX_NAME],
+            f"{experiment_name}-{run_name}",
+        )
+
+    async def _get_client(self) -> Any:
+        if self._client is None:
+            stack = contextlib.AsyncExitStack()
+            self._client = await stack.enter_async_context(
+                (self._session or get_session()).create_client(
+                    "sagemaker", endpoint_url=self._endpoint_url, region_name=self._region_name
+                )
+            )
+            self._stack = stack
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+
+    async def write_parameters(self, run: RunInfo, parameters: Mapping[str, ParameterValue]) -> None:
+        experiment, trial, component = self.names(run.experiment, run.run)
+        if experiment != run.experiment:
+            self._note(f"experiment name {run.experiment!r} is {experiment!r} in SageMaker")
+        limited, notes = limit_parameters(parameters)
+        for note in notes:
+            self.adjustments += 1
+            self._note(note)
+        await self._retrying(lambda: self._save(experiment, trial, component, run, limited))
+
+    def _note(self, message: str) -> None:
+        if message not in self._noted and len(self._noted) < 1000:
+            self._noted.add(message)
+            logger.warning("asynctrack (SageMaker): %s", message)
+
+    async def _save(
+        self, experiment: str, trial: str, component: str, run: RunInfo, parameters: dict[str, ParameterValue]
+    ) -> None:
+        client = await self._get_client()
+        if (experiment, component) not in self._ready:
+            await self._ensure(client, experiment, trial, component, run.run)
+            self._ready.add((experiment, component))
+        await client.update_trial_component(
+            TrialComponentName=component,
+            Parameters={
+                key: {"StringValue": value} if isinstance(value, str) else {"NumberValue": float(value)}
+                for key, value in parameters.items()
+            },
+            OutputArtifacts={EVENTS_ARTIFACT: {"Value": run.events_uri, "MediaType": EVENTS_MEDIA_TYPE}},
+        )
+
+    async def _ensure(self, client: Any, experiment: str, trial: str, component: str, display: str) -> None:
+        """Describe-or-create each entity, like the SDK's ``_load_or_create``."""
+        try:
+            await client.describe_experiment(ExperimentName=experiment)
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFound":
+                raise
+            await client.create_experiment(ExperimentName=experiment)
+        try:
+            await client.describe_trial(TrialName=trial)
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFound":
+                raise
+            await client.create_trial(TrialName=trial, ExperimentName=experiment)
+        try:
+            await client.describe_trial_component(TrialComponentName=component)
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFound":
+                raise
+            await client.create_trial_component(
+                TrialComponentName=component, DisplayName=display[:MAX_NAME], Tags=[dict(RUN_TC_TAG)]
+            )
+        try:
+            await client.associate_trial_component(TrialComponentName=component, TrialName=trial)
+        except ClientError as exc:
+            if _code(exc) not in ("ResourceInUse", "ValidationException"):  # already associated
+                raise
+
+    async def _retrying(self, attempt: Any) -> None:
+        deadline = time.monotonic() + self._deadline
+        delay = 0.2
+        while True:
+            try:
+                await attempt()
+                return
+            except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+                retryable = (
+                    not isinstance(exc, ClientError)
+                    or _code(exc) in _RETRYABLE
+                    or (exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500)
+                )
+                if not retryable or time.monotonic() + delay >= deadline:
+                    raise SinkError("SageMaker Experiments", f"{type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 5.0)
+
+
+def _run_session(run: Any) -> Any:
+    uploader = getattr(run, "_artifact_uploader", None)
+    session = getattr(uploader, "sagemaker_session", None)
+    if session is None:
+        raise ValueError(
+            f"{run!r} does not look like a SageMaker SDK Run "
+            "(sagemaker.core.experiments.run.Run or sagemaker.experiments.run.Run)"
+        )
+    return session
+
+
+class SageMakerCallbackHandler(AsyncTracker):
+    """Drop-in for langchain-community's ``SageMakerCallbackHandler``.
+
+    ``SageMakerCallbackHandler(run)`` with an SDK ``Run`` (v3's
+    ``sagemaker.core.experiments.run.Run``, or v2's ``sagemaker.experiments.run.Run``)
+    records every event to ``s3://<bucket>/<prefix>/experiment=<e>/run=<r>/...``,
+    where ``bucket`` is the run's artifact bucket or its session's default bucket.
+
+    Args:
+        run: the SageMaker SDK ``Run`` the events belong to.
+        bucket: overrides the bucket.
+        prefix: the key prefix inside the bucket.
+        config: the tracker configuration.
+        **s3_options: passed to ``S3Sink`` (``endpoint_url``, encryption, ...).
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        bucket: str | None = None,
+        prefix: str = "asynctrack",
+        config: TrackerConfig | None = None,
+        **s3_options: Any,
+    ) -> None:
+        session = _run_session(run)
+        uploader = getattr(run, "_artifact_uploader", None)
+        bucket = bucket or getattr(uploader, "artifact_bucket", None) or session.default_bucket()
+        boto_session = getattr(session, "boto_session", None)
+        if boto_session is not None and "session" not in s3_options:
+            s3_options["session"] = _aio_session_like(boto_session)
+            s3_options.setdefault("region_name", boto_session.region_name)
+        self._run = run
+        super().__init__(
+            f"s3://{bucket}/{prefix.strip('/')}",
+            experiment_name=run.experiment_name,
+            run_name=run.run_name,
+            config=config,
+            **s3_options,
+        )
+
+    def flush_tracker(self, timeout: float | None = 60.0) -> None:
+        """Write every event so far, then record parameters and the events link on the Run.
+
+        The ``Run``'s own exit (``with Run(...)``) persists them. The handler keeps
+        working afterwards. Must be called inside the ``with Run(...)`` block, like
+        the SDK's own ``log_*`` methods.
+
+        Raises:
+            FlushError: some events could not be written (nothing is discarded).
+        """
+        self.flush_blocking(timeout)
+        existing = getattr(getattr(self._run, "_trial_component", None), "parameters", None) or {}
+        parameters = self._translator.parameters.as_dict()
+        ours = set(parameters)
+        room = MAX_PARAMETERS - len([k for k in existing if k not in ours])
+        limited, notes = limit_parameters(parameters, room=max(room, 0))
+        for note in notes:
+            logger.warning("asynctrack (SageMaker): %s", note)
+        self._run.log_parameters(limited)
+        self._run.log_artifact(
+            name=EVENTS_ARTIFACT, value=self.events_uri, media_type=EVENTS_MEDIA_TYPE, is_output=True
+        )
+
+    def __del__(self) -> None:
+        # The seed notebook never closes its handler; the tracker is closed (and
+        # flushed) at interpreter exit, so there is nothing to warn about.
+        return None
+
+
+def _aio_session_like(boto_session: Any) -> AioSession:
+    """An aiobotocore session with the same profile and credentials as a boto3 session."""
+    profile = getattr(boto_session, "profile_name", None)
+    aio = AioSession(profile=profile) if profile and profile != "default" else get_session()
+    credentials = boto_session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        aio.set_credentials(frozen.access_key, frozen.secret_key, frozen.token)
+    return aio
