@@ -22,15 +22,22 @@ DEFAULT_REDACT_KEYS: str = (
 #: Values that look like credentials wherever they occur in text (bytes regexes,
 #: applied to each encoded line). Add more with ``TrackerConfig.redact_patterns``.
 DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
-    r"sk-(?:proj-|ant-|lf-)?[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic, Langfuse secret keys
+    # Each starts with a literal, so the encoder first looks for that literal
+    # (a fast substring search) and runs the regex only on lines that have it.
+    r"sk-[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic (sk-ant-), Langfuse (sk-lf-) secret keys
     r"pk-lf-[A-Za-z0-9_\-]{16,}",  # Langfuse public keys
     r"lsv2_[A-Za-z0-9_]{20,}",  # LangSmith
-    r"(?:AKIA|ASIA)[0-9A-Z]{16}",  # AWS access key ids
-    r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub
+    r"AKIA[0-9A-Z]{16}",  # AWS access key ids
+    r"ASIA[0-9A-Z]{16}",  # AWS temporary access key ids
+    r"ghp_[A-Za-z0-9]{30,}",  # GitHub tokens
+    r"gho_[A-Za-z0-9]{30,}",
+    r"ghs_[A-Za-z0-9]{30,}",
+    r"github_pat_[A-Za-z0-9_]{30,}",
     r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack
     r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
     r"AIza[0-9A-Za-z_\-]{35}",  # Google
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{20,}=*",  # bearer tokens in headers or text
+    r"Bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",  # bearer tokens in headers or text
+    r"bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
 )
 

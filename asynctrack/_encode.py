@@ -8,13 +8,20 @@ The walk makes every value something orjson can write, in one pass:
   dataclasses, sets, Decimal, numpy scalars and arrays, exceptions, arbitrary
   objects) are converted, or replaced by a marked placeholder
   ``{"$asynctrack": <reason>, "type": <python type>, ...}``;
-- NaN and infinities become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
-  (JSON has no such numbers), integers beyond 64 bits become strings;
+- NaN and infinities become ``null`` (JSON has no such numbers; orjson, pandas and
+  JavaScript do the same), integers beyond 64 bits become strings;
 - nesting past ``max_depth`` (and so any cycle) becomes a placeholder.
 
 Lone surrogates make orjson fail; such a line is encoded again with every string
 made valid UTF-8 (bad code points become U+FFFD), and the event is marked.
 Finally a bytes regex pass redacts credential-like text anywhere in the line.
+
+That walk is the slow path. Most events never take it: the handler captured
+their arguments as JSON bytes already (``_capture``), and ``assemble()`` only
+splices those bytes behind the envelope. The walk runs when the captured bytes
+may hold a credential-like key (a cheap substring pre-check), may hold a field
+over the size limit (the bytes are longer than the limit), were not encodable at
+capture time, or belong to an error event.
 """
 
 from __future__ import annotations
@@ -32,39 +39,61 @@ from typing import Any, Final
 
 import orjson
 
-from ._config import TrackerConfig
+from ._capture import Captured, safe_repr, safe_str, type_name
+from ._config import DEFAULT_REDACT_KEYS, DEFAULT_REDACT_PATTERNS, TrackerConfig
 from ._snapshot import DEPTH_EXCEEDED, FieldsSnapshot
 
 __all__ = ["REDACTED", "Encoder", "placeholder"]
 
 REDACTED: Final = "[REDACTED]"
+_REDACTED_BYTES: Final = REDACTED.encode()
 _MARK: Final = "$asynctrack"
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 _MAX_NODES: Final = 200_000  # per event; beyond it values become placeholders
+#: Substrings (of the lower-cased captured bytes) that any key matching
+#: ``DEFAULT_REDACT_KEYS`` contains. Without one of them, no key can match.
+_DEFAULT_KEY_HINTS: Final = (
+    b"key",  # api_key, apikey, private_key, access_key(_id), secret_key, x-api-key
+    b"secret",
+    b"passw",
+    b"pwd",
+    b"auth",  # auth, authorization, proxy-authorization
+    b"credential",
+    b"cookie",
+    b'token"',  # keys ending in "token"; "max_tokens" and "token_usage" do not
+)
+#: Every default value pattern but the bearer one matches a run of 20+ ASCII
+#: letters or digits (Langfuse's UUID-style keys aside: "-lf-"). ``_RUNS`` maps
+#: those bytes to ``a`` and all else to a space, so one substring search (plus two
+#: literal ones) tells whether any default pattern can match at all. Names of 20+
+#: letters make a false hit: the patterns then run, which is only slower.
+_RUNS: Final = bytes(
+    0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A) else 0x20 for b in range(256)
+)
+_RUN20: Final = b"a" * 20
+_REGEX_META: Final = frozenset("\\.[](){}*+?|^$")
+
+
+def _literal_prefix(pattern: str) -> bytes | None:
+    """The literal text every match of ``pattern`` starts with (``None`` if unsure)."""
+    prefix = []
+    for char in pattern:
+        if char in _REGEX_META:
+            break
+        prefix.append(char)
+    if len(prefix) < 2 or (len(prefix) < len(pattern) and pattern[len(prefix)] in "*?{"):
+        return None  # too short to help, or the last literal is optional
+    return "".join(prefix).encode()
 
 
 def placeholder(reason: str, value: object = None, **extra: Any) -> dict[str, Any]:
     """A marked stand-in for a value that could not be written as it was."""
     out: dict[str, Any] = {_MARK: reason}
     if value is not None:
-        out["type"] = _type_name(value)
+        out["type"] = type_name(value)
     out.update(extra)
     return out
-
-
-def _type_name(value: object) -> str:
-    cls = type(value)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def _safe_repr(value: object, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception as exc:  # user __repr__ can do anything
-        return f"<repr failed: {type(exc).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Encoder:
@@ -74,9 +103,13 @@ class Encoder:
         self._max_field = config.max_field_bytes
         self._max_depth = config.max_depth
         self._key_re = re.compile(config.redact_keys) if config.redact_keys else None
+        self._key_hints: tuple[bytes, ...] | None = (
+            _DEFAULT_KEY_HINTS if config.redact_keys == DEFAULT_REDACT_KEYS else None
+        )
         self._redacted_keys: dict[str, bool] = {}
-        patterns = [p.encode() for p in config.redact_patterns]
-        self._value_re = re.compile(b"|".join(b"(?:" + p + b")" for p in patterns)) if patterns else None
+        self._value_res = [(_literal_prefix(p), re.compile(p.encode())) for p in config.redact_patterns]
+        # Custom patterns are always run; the defaults only where they can match.
+        self._value_hint = config.redact_patterns == DEFAULT_REDACT_PATTERNS
         self._nodes = 0
         self._fix_strings = False
 
@@ -98,12 +131,59 @@ class Encoder:
             line = orjson.dumps(
                 {
                     **_envelope_only(event),
-                    "data": placeholder("unencodable", exc, error=_safe_repr(exc)),
+                    "data": placeholder("unencodable", exc, error=safe_repr(exc)),
                 }
             )
-        if self._value_re is not None:
-            line = self._value_re.sub(REDACTED.encode(), line)
-        return line + b"\n"
+        return self._redact_values(line) + b"\n"
+
+    def assemble(self, envelope: dict[str, Any], body: bytes | Captured, error: Any = None) -> bytes:
+        """One JSON line from an envelope of plain fields and the captured body.
+
+        ``body`` is what the handler captured: ``{"tags": ..., "metadata": ...,
+        "data": {...}}`` as JSON bytes, or a ``Captured`` copy. ``error`` is added to
+        ``data`` as ``"error"`` when given. Never raises.
+        """
+        if type(body) is bytes and error is None and not self._needs_walk(body):
+            try:
+                head = orjson.dumps(envelope)
+            except orjson.JSONEncodeError:
+                pass  # a name with a lone surrogate: take the careful path
+            else:
+                # Only the captured body can hold user text; the envelope is ours
+                # (and its float timings would make the run pre-check hit).
+                return head[:-1] + b"," + self._redact_values(body)[1:] + b"\n"
+        try:
+            parts = orjson.loads(body) if type(body) is bytes else body.value  # type: ignore[union-attr]
+            event: dict[str, Any] = {**envelope, **parts} if isinstance(parts, dict) else dict(envelope)
+            if error is not None:
+                data = event.get("data")
+                event["data"] = {"error": error, **(data if isinstance(data, dict) else {})}
+        except Exception as exc:  # a hostile mapping in a Captured copy
+            event = {**envelope, "data": placeholder("unencodable", exc, error=safe_repr(exc))}
+        return self.encode(event)
+
+    def _needs_walk(self, body: bytes) -> bool:
+        if len(body) > self._max_field:
+            return True  # some field may be over the limit
+        if self._key_re is None:
+            return False
+        if self._key_hints is None:
+            return True  # a custom key pattern: no cheap pre-check, always walk
+        lowered = body.lower()
+        return any(hint in lowered for hint in self._key_hints)
+
+    def _redact_values(self, line: bytes) -> bytes:
+        if (
+            self._value_hint
+            and _RUN20 not in line.translate(_RUNS)
+            and b"earer" not in line
+            and b"-lf-" not in line
+        ):
+            return line
+        for prefix, regex in self._value_res:
+            if prefix is None or prefix in line:
+                line = regex.sub(_REDACTED_BYTES, line)
+        return line
 
     def jsonable(self, value: Any) -> Any:
         """Return ``value`` converted as described in the module docstring."""
@@ -152,9 +232,7 @@ class Encoder:
         if cls is int:
             return v if _INT_MIN <= v <= _INT_MAX else str(v)
         if cls is float:
-            if math.isfinite(v):
-                return v
-            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+            return v if math.isfinite(v) else None
         if depth >= self._max_depth or v is DEPTH_EXCEEDED:
             return placeholder("max_depth", max_depth=self._max_depth)
         self._nodes -= 1
@@ -219,7 +297,7 @@ class Encoder:
         if isinstance(v, complex):
             return {"real": self._walk(v.real, depth), "imag": self._walk(v.imag, depth)}
         if isinstance(v, BaseException):
-            return {"type": _type_name(v), "message": self._str(_safe_str(v))}
+            return {"type": type_name(v), "message": self._str(safe_str(v))}
         names = {c.__name__ for c in type(v).__mro__}
         if "SecretStr" in names or "SecretBytes" in names or "Secret" in names:
             return REDACTED
@@ -235,7 +313,7 @@ class Encoder:
                 return self._walk({name: getattr(v, name, None) for name in fields}, depth - 1)
         if isinstance(v, Mapping):
             return self._walk(dict(v.items()), depth - 1)
-        return placeholder("unencodable", v, repr=_safe_repr(v))
+        return placeholder("unencodable", v, repr=safe_repr(v))
 
     def _numpy(self, v: Any, depth: int) -> Any:
         size = getattr(v, "size", 1)
@@ -244,13 +322,6 @@ class Encoder:
         if size <= 10_000 and hasattr(v, "tolist"):
             return self._walk(v.tolist(), depth)
         return placeholder("array", v, shape=list(getattr(v, "shape", ())), size=int(size))
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return _safe_repr(exc)
 
 
 _ENVELOPE: Final = ("seq", "ts", "kind", "experiment", "run", "tracker", "run_id", "parent_run_id", "name")

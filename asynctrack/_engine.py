@@ -146,7 +146,8 @@ class Engine:
     Args:
         sink: where batches go.
         layout: the keys of this tracker's files.
-        translate: turns a record into an event dict (or ``None`` to skip it);
+        translate: turns a record into ``(seq, JSON line)``, or an event dict for
+            the engine to encode, or ``None`` to skip it (counted as filtered);
             called on the worker thread only, so it may keep state.
         parameters: returns the run's parameters; worker thread only.
         parameter_sinks: receive the parameters at every flush and at close.
@@ -158,7 +159,7 @@ class Engine:
         *,
         sink: Sink,
         layout: Layout,
-        translate: Callable[[Any], dict[str, Any] | None],
+        translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None],
         parameters: Callable[[], Mapping[str, ParameterValue]] | None = None,
         parameter_sinks: Sequence[ParametersSink] = (),
         config: TrackerConfig | None = None,
@@ -246,6 +247,11 @@ class Engine:
         queue.append(record)
         if len(queue) >= _WAKE_AT and not self._wake_requested:
             self._request_wake()
+
+    def count_dropped(self, n: int = 1) -> None:
+        """Count events that could not even be put (thread-safe)."""
+        with self._lock:
+            self._dropped += n
 
     def _request_wake(self) -> None:
         self._wake_requested = True
@@ -515,18 +521,22 @@ class Engine:
                 continue
             self._taken += 1
             try:
-                event = translate(item)
-                if event is not None and hook is not None:
-                    edited = hook(event)
-                    event = None if edited is None else dict(edited)
+                out = translate(item)
+                if type(out) is dict:
+                    if hook is not None:
+                        edited = hook(out)
+                        out = None if edited is None else dict(edited)
+                    if out is not None:
+                        out = (out.get("seq", -1), self._encoder.encode(out))
             except Exception as exc:
                 self._encode_errors += 1
                 self._note_error("translate", f"could not translate an event: {exc!r}", exc)
                 event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-            if event is None:
+                out = (-1, self._encoder.encode(event))
+            if out is None:
                 self._filtered += 1
                 continue
-            self._add(event)
+            self._add(*out)
             done += 1
             if done % _CHUNK == 0:
                 self._release_blocked()
@@ -538,16 +548,15 @@ class Engine:
             with self._room:
                 self._room.notify_all()
 
-    def _add(self, event: dict[str, Any]) -> None:
-        line = self._encoder.encode(event)
+    def _add(self, seq: int, line: bytes) -> None:
         batch = self._open
         if not batch.lines:
             batch.opened = time.monotonic()
             batch.opened_wall = time.time()
-            batch.first_seq = event.get("seq", -1)
+            batch.first_seq = seq
         batch.lines.append(line)
         batch.size += len(line)
-        batch.last_seq = event.get("seq", -1)
+        batch.last_seq = seq
         self._pending_bytes += len(line)
         if len(batch.lines) >= self.config.max_batch_events or batch.size >= self.config.max_batch_bytes:
             self._seal()

@@ -1,14 +1,14 @@
-"""Worker side of the LangChain adapter: records → event dicts, and run parameters.
+"""Worker side of the LangChain adapter: records → JSON lines, and run parameters.
 
 A record is the tuple the handler appended on the caller's thread:
 
-    (kind, seq, ts, run_id, parent_run_id, tags, metadata, a, b, kwargs)
+    (kind, seq, ts, run_id, parent_run_id, name, body, error)
 
-where ``a`` and ``b`` are the callback's positional arguments (already
-snapshotted) and ``kwargs`` its other keyword arguments. Everything here runs on
-the worker thread, so it may keep state without locks: the names and start times
-of open runs (for ``name`` and ``duration`` on end events) and the run's
-parameters.
+where ``body`` is ``{"tags": ..., "metadata": ..., "data": {...}}`` captured as
+JSON bytes (or a ``Captured`` copy), and ``error`` the exception of an error
+event (formatted here, off the hot path). Everything here runs on the worker
+thread, so it may keep state without locks: the names and start times of open
+runs (for ``name`` and ``duration`` on end events) and the run's parameters.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
+from ._capture import Captured
+from ._config import TrackerConfig
+from ._encode import Encoder
 from ._sink import ParameterValue
-from ._snapshot import FieldsSnapshot
 
 __all__ = ["EVENT_KINDS", "EventTranslator", "RunParameters"]
 
@@ -51,6 +55,7 @@ EVENT_KINDS: Final[dict[str, tuple[str | None, str | None]]] = {
 _STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 _ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
 _MAX_OPEN_RUNS: Final = 100_000
+_PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
     "ls_temperature": "temperature",
@@ -58,17 +63,6 @@ _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_provider": "provider",
     "ls_model_type": "model_type",
 }
-
-
-def _serialized_name(serialized: Any) -> str | None:
-    if isinstance(serialized, Mapping):
-        name = serialized.get("name")
-        if isinstance(name, str):
-            return name
-        ids = serialized.get("id")
-        if isinstance(ids, list) and ids and isinstance(ids[-1], str):
-            return ids[-1]
-    return None
 
 
 def _error_fields(error: Any) -> dict[str, Any]:
@@ -156,23 +150,28 @@ class RunParameters:
 
 
 class EventTranslator:
-    """Turns handler records into event dicts; one per tracker, worker thread only."""
+    """Turns handler records into JSON lines; one per tracker, worker thread only."""
 
-    def __init__(self, *, experiment: str, run: str, writer: str, secret_keys: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        experiment: str,
+        run: str,
+        writer: str,
+        config: TrackerConfig,
+    ) -> None:
         self.experiment = experiment
         self.run = run
         self.writer = writer
-        self.parameters = RunParameters(re.compile(secret_keys) if secret_keys else None)
+        self.encoder = Encoder(config)
+        self._hook = config.redact
+        self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
 
-    def __call__(self, record: tuple[Any, ...]) -> dict[str, Any]:
-        kind, seq, ts, run_id, parent_run_id, tags, metadata, a, b, kwargs = record
-        names = EVENT_KINDS[kind]
-        kwargs = kwargs if isinstance(kwargs, dict) else {}
-        name = kwargs.pop("name", None)
+    def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
+        kind, seq, ts, run_id, parent_run_id, name, body, error = record
         duration = None
         if kind in _STARTS:
-            name = name if isinstance(name, str) else _serialized_name(a)
             if len(self._open) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
                 self._open.pop(next(iter(self._open)))
             self._open[run_id] = (name, ts)
@@ -181,50 +180,58 @@ class EventTranslator:
             if opened is not None:
                 name = name or opened[0]
                 duration = ts - opened[1]
-        elif name is None and run_id in self._open:
-            name = self._open[run_id][0]
-        data: dict[str, Any] = {}
-        if names[0] is not None:
-            data[names[0]] = _error_fields(a) if names[0] == "error" else a
-        if names[1] is not None:
-            data[names[1]] = b
-        if kwargs:
-            data.update(kwargs)
-        self._count(kind, data, metadata)
-        return {
+        elif name is None:
+            opened = self._open.get(run_id)
+            if opened is not None:
+                name = opened[0]
+        self.parameters.counts[kind] += 1
+        if kind in _PARAMETER_KINDS:
+            self._collect(kind, body)
+        envelope = {
             "seq": seq,
             "ts": ts,
             "kind": kind,
             "experiment": self.experiment,
             "run": self.run,
             "tracker": self.writer,
-            "run_id": None if run_id is None else str(run_id),
-            "parent_run_id": None if parent_run_id is None else str(parent_run_id),
-            "name": name if isinstance(name, str) else None,
-            "tags": tags or [],
-            "metadata": metadata or {},
+            "run_id": run_id,
+            "parent_run_id": parent_run_id,
+            "name": name,
             "duration": duration,
-            "data": data,
         }
+        line = self.encoder.assemble(envelope, body, None if error is None else _error_fields(error))
+        if self._hook is not None:
+            edited = self._hook(orjson.loads(line))
+            if edited is None:
+                return None
+            line = self.encoder.encode(edited)
+        return seq, line
 
-    def _count(self, kind: str, data: dict[str, Any], metadata: Any) -> None:
+    def _parts(self, body: bytes | Captured) -> dict[str, Any]:
+        parts = orjson.loads(body) if type(body) is bytes else self.encoder.jsonable(body.value)  # type: ignore[union-attr]
+        return parts if isinstance(parts, dict) else {}
+
+    def _collect(self, kind: str, body: bytes | Captured) -> None:
+        try:
+            parts = self._parts(body)
+        except Exception:  # parameters are best effort; the event itself is still written
+            return
+        data = parts.get("data")
+        if not isinstance(data, dict):
+            return
         params = self.parameters
-        params.counts[kind] += 1
-        if kind in ("llm_start", "chat_model_start"):
-            params.model_call(data.get("invocation_params"), metadata)
-        elif kind == "llm_end":
-            response = data.get("response")
-            fields = response.fields if isinstance(response, FieldsSnapshot) else None
-            if fields is None:
-                return
-            llm_output = fields.get("llm_output")
-            if isinstance(llm_output, Mapping) and isinstance(llm_output.get("token_usage"), Mapping):
-                params.usage(llm_output["token_usage"])
-                return
-            for generations in fields.get("generations") or ():
-                for generation in generations or ():
-                    message = (
-                        generation.fields.get("message") if isinstance(generation, FieldsSnapshot) else None
-                    )
-                    if isinstance(message, FieldsSnapshot):
-                        params.usage(message.fields.get("usage_metadata"))
+        if kind != "llm_end":
+            params.model_call(data.get("invocation_params"), parts.get("metadata"))
+            return
+        response = data.get("response")
+        if not isinstance(response, dict):
+            return
+        llm_output = response.get("llm_output")
+        if isinstance(llm_output, dict) and isinstance(llm_output.get("token_usage"), dict):
+            params.usage(llm_output["token_usage"])
+            return
+        for generations in response.get("generations") or ():
+            for generation in generations or ():
+                message = generation.get("message") if isinstance(generation, dict) else None
+                if isinstance(message, dict):
+                    params.usage(message.get("usage_metadata"))

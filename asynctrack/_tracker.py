@@ -1,10 +1,11 @@
 """``AsyncTracker``: the LangChain callback handler (the boundary of the library).
 
 Every ``on_*`` method does the same three things on the caller's thread: take a
-sequence number and a timestamp, snapshot the mutable arguments (``_snapshot``),
-and append one tuple to the engine's buffer. Turning that tuple into an event,
-encoding, batching and writing all happen on the worker thread (``_events``,
-``_encode``, ``_engine``). ``run_inline = True`` makes LangChain call us directly
+sequence number and a timestamp, capture the arguments as JSON bytes in one
+orjson call (``_capture``: later mutations by the caller cannot change them),
+and append one tuple to the engine's buffer. The envelope, redaction, batching
+and writing all happen on the worker thread (``_events``, ``_encode``,
+``_engine``). ``run_inline = True`` makes LangChain call us directly
 in async code too, instead of hopping to an executor (+430 µs per event measured
 in ``../shared/NOTES.md``).
 """
@@ -23,13 +24,13 @@ from uuid import UUID
 
 from langchain_core.callbacks.base import BaseCallbackHandler
 
+from ._capture import Capturer
 from ._config import TrackerConfig
 from ._engine import Engine, Statistics
 from ._events import EventTranslator
 from ._layout import Layout, new_writer_id
 from ._local import LocalSink
 from ._sink import ParametersSink, Sink
-from ._snapshot import snapshot
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -114,10 +115,7 @@ class AsyncTracker(BaseCallbackHandler):
             experiment=experiment_name, run=self.run_name, writer=new_writer_id(), gzip=config.gzip
         )
         self._translator = EventTranslator(
-            experiment=experiment_name,
-            run=self.run_name,
-            writer=layout.writer,
-            secret_keys=config.redact_keys,
+            experiment=experiment_name, run=self.run_name, writer=layout.writer, config=config
         )
         self._engine = Engine(
             sink=sink,
@@ -129,7 +127,7 @@ class AsyncTracker(BaseCallbackHandler):
         )
         self._seq = itertools.count()
         self._put = self._engine.put
-        self._hot_errors = 0
+        self._capture = Capturer(config.max_field_bytes, config.max_depth)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -231,20 +229,20 @@ class AsyncTracker(BaseCallbackHandler):
 
     # -- the hot path --------------------------------------------------------------------
     #
-    # Each callback: one tuple, one append. try/except because a callback must
-    # never raise into the chain; ``_hot_errors`` counts what we could not record
-    # (it is folded into ``dropped``; none is known to happen).
+    # Each callback: a dict of its arguments, one orjson call (``_capture``), one
+    # tuple, one append. try/except because a callback must never raise into the
+    # chain; what cannot be recorded is counted as dropped (none is known to).
 
     def _record(
         self,
         kind: str,
         run_id: UUID | None,
         parent_run_id: UUID | None,
+        name: str | None,
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
-        a: Any,
-        b: Any,
-        kwargs: dict[str, Any],
+        data: dict[str, Any],
+        error: BaseException | None = None,
     ) -> None:
         try:
             self._put(
@@ -254,15 +252,13 @@ class AsyncTracker(BaseCallbackHandler):
                     time.time(),
                     run_id,
                     parent_run_id,
-                    list(tags) if tags else None,
-                    snapshot(metadata) if metadata else None,
-                    a,
-                    b,
-                    snapshot(kwargs) if kwargs else None,
+                    name if name is None or type(name) is str else str(name),
+                    self._capture({"tags": tags or (), "metadata": metadata or {}, "data": data}),
+                    error,
                 )
             )
         except Exception:
-            self._engine._dropped += 1  # noqa: SLF001 - same package, counted as a drop
+            self._engine.count_dropped()
 
     def on_chain_start(
         self,
@@ -275,9 +271,10 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record(
-            "chain_start", run_id, parent_run_id, tags, metadata, serialized, snapshot(inputs), kwargs
-        )
+        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        kwargs["serialized"] = serialized
+        kwargs["inputs"] = inputs
+        self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_chain_end(
         self,
@@ -288,7 +285,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("chain_end", run_id, parent_run_id, tags, None, snapshot(outputs), None, kwargs)
+        kwargs["outputs"] = outputs
+        self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_chain_error(
         self,
@@ -299,7 +297,9 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("chain_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+        self._record(
+            "chain_error", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs, error
+        )
 
     def on_llm_start(
         self,
@@ -312,7 +312,10 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("llm_start", run_id, parent_run_id, tags, metadata, serialized, list(prompts), kwargs)
+        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        kwargs["serialized"] = serialized
+        kwargs["prompts"] = prompts
+        self._record("llm_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_chat_model_start(
         self,
@@ -325,9 +328,10 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record(
-            "chat_model_start", run_id, parent_run_id, tags, metadata, serialized, snapshot(messages), kwargs
-        )
+        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        kwargs["serialized"] = serialized
+        kwargs["messages"] = messages
+        self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_llm_new_token(
         self,
@@ -339,10 +343,9 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        # The chunk is a fresh object per token that LangChain only adds to (``+``
-        # builds new chunks), so it is kept by reference: streaming is the
-        # hottest path there is.
-        self._record("llm_new_token", run_id, parent_run_id, tags, None, snapshot(token), chunk, kwargs)
+        kwargs["token"] = token
+        kwargs["chunk"] = chunk
+        self._record("llm_new_token", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_llm_end(
         self,
@@ -353,7 +356,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("llm_end", run_id, parent_run_id, tags, None, snapshot(response), None, kwargs)
+        kwargs["response"] = response
+        self._record("llm_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_llm_error(
         self,
@@ -364,7 +368,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("llm_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+        name = kwargs.pop("name", None)
+        self._record("llm_error", run_id, parent_run_id, name, tags, None, kwargs, error)
 
     def on_tool_start(
         self,
@@ -378,9 +383,11 @@ class AsyncTracker(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if inputs is not None:
-            kwargs["inputs"] = inputs
-        self._record("tool_start", run_id, parent_run_id, tags, metadata, serialized, input_str, kwargs)
+        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        kwargs["serialized"] = serialized
+        kwargs["input_str"] = input_str
+        kwargs["inputs"] = inputs
+        self._record("tool_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_tool_end(
         self,
@@ -391,7 +398,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("tool_end", run_id, parent_run_id, tags, None, snapshot(output), None, kwargs)
+        kwargs["output"] = output
+        self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_tool_error(
         self,
@@ -402,7 +410,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("tool_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+        name = kwargs.pop("name", None)
+        self._record("tool_error", run_id, parent_run_id, name, tags, None, kwargs, error)
 
     def on_agent_action(
         self,
@@ -413,7 +422,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("agent_action", run_id, parent_run_id, tags, None, snapshot(action), None, kwargs)
+        kwargs["action"] = action
+        self._record("agent_action", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_agent_finish(
         self,
@@ -424,7 +434,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("agent_finish", run_id, parent_run_id, tags, None, snapshot(finish), None, kwargs)
+        kwargs["finish"] = finish
+        self._record("agent_finish", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_retriever_start(
         self,
@@ -437,7 +448,10 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("retriever_start", run_id, parent_run_id, tags, metadata, serialized, query, kwargs)
+        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        kwargs["serialized"] = serialized
+        kwargs["query"] = query
+        self._record("retriever_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_retriever_end(
         self,
@@ -448,7 +462,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("retriever_end", run_id, parent_run_id, tags, None, snapshot(documents), None, kwargs)
+        kwargs["documents"] = documents
+        self._record("retriever_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_retriever_error(
         self,
@@ -459,7 +474,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("retriever_error", run_id, parent_run_id, tags, None, error, None, kwargs)
+        name = kwargs.pop("name", None)
+        self._record("retriever_error", run_id, parent_run_id, name, tags, None, kwargs, error)
 
     def on_text(
         self,
@@ -470,7 +486,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("text", run_id, parent_run_id, tags, None, text, None, kwargs)
+        kwargs["text"] = text
+        self._record("text", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_retry(
         self,
@@ -482,20 +499,17 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         # tenacity reuses its RetryCallState across attempts: copy what matters now.
-        state: dict[str, Any] = {}
         try:
             outcome = retry_state.outcome
-            state = {
-                "attempt_number": retry_state.attempt_number,
-                "idle_for": retry_state.idle_for,
-                "seconds_since_start": retry_state.seconds_since_start,
-                "next_sleep": getattr(retry_state.next_action, "sleep", None),
-                "outcome_failed": None if outcome is None else outcome.failed,
-                "exception": (None if outcome is None or not outcome.failed else outcome.exception()),
-            }
+            failed = outcome is not None and outcome.failed
+            kwargs["attempt_number"] = retry_state.attempt_number
+            kwargs["idle_for"] = retry_state.idle_for
+            kwargs["seconds_since_start"] = retry_state.seconds_since_start
+            kwargs["next_sleep"] = getattr(retry_state.next_action, "sleep", None)
+            kwargs["exception"] = outcome.exception() if failed and outcome is not None else None
         except Exception:  # an unexpected retry_state: record what we can
-            state = {"retry_state": repr(retry_state)}
-        self._record("retry", run_id, parent_run_id, tags, None, state, None, kwargs)
+            kwargs["retry_state"] = retry_state
+        self._record("retry", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_custom_event(
         self,
@@ -508,7 +522,9 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         parent_run_id = kwargs.pop("parent_run_id", None)
-        self._record("custom_event", run_id, parent_run_id, tags, metadata, name, snapshot(data), kwargs)
+        kwargs["name"] = name
+        kwargs["data"] = data
+        self._record("custom_event", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_stream_event(
         self,
@@ -519,4 +535,17 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record("stream_event", run_id, parent_run_id, tags, None, snapshot(event), None, kwargs)
+        kwargs["event"] = event
+        self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+
+
+def _serialized_name(serialized: Any) -> str | None:
+    """The runnable's name from LangChain's ``serialized`` dict (often ``None`` in 1.x)."""
+    if type(serialized) is dict:
+        name = serialized.get("name")
+        if type(name) is str:
+            return name
+        ids = serialized.get("id")
+        if type(ids) is list and ids and type(ids[-1]) is str:
+            return ids[-1]
+    return None
