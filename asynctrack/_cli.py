@@ -1,8 +1,9 @@
-"""``asynctrack`` command line: ``demo`` (the seed notebook, offline), ``replay``."""
+"""``asynctrack`` command line: ``demo`` (the seed notebook, offline), ``replay`` (the spool)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import sys
 import time
@@ -11,7 +12,8 @@ from typing import Any
 
 from ._config import TrackerConfig
 from ._load import read_events, read_parameters
-from ._tracker import DEFAULT_DESTINATION, AsyncTracker
+from ._spool import Spool, spooled_destinations
+from ._tracker import DEFAULT_DESTINATION, AsyncTracker, make_sink
 
 __all__ = ["main"]
 
@@ -64,6 +66,46 @@ def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
     return 0
 
 
+def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
+    """Deliver every spooled batch to its destination; delete each once delivered."""
+    destinations = spooled_destinations(spool_dir)
+    if not destinations:
+        print(f"nothing spooled in {spool_dir}")
+        return 0
+
+    async def deliver(destination: str) -> tuple[int, int, int]:
+        spool = Spool(spool_dir, destination, max_bytes=0)
+        sink = make_sink(destination, **s3_options)
+        sent = events = failed = 0
+        try:
+            await sink.start()
+            for batch in spool.pending():
+                try:
+                    await sink.write_batch(Spool.load(batch))
+                except Exception as exc:
+                    failed += 1
+                    print(f"  {batch.key}: not delivered: {exc}", file=sys.stderr)
+                    continue
+                Spool.remove(batch)
+                sent += 1
+                events += batch.events
+        finally:
+            await sink.aclose()
+        return sent, events, failed
+
+    status = 0
+    for destination in destinations:
+        try:
+            sent, events, failed = asyncio.run(deliver(destination))
+        except Exception as exc:
+            print(f"{destination}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{destination}: delivered {sent} batch(es), {events} event(s); {failed} still spooled")
+        status = status or (1 if failed else 0)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asynctrack`` command."""
     parser = argparse.ArgumentParser(prog="asynctrack", description=__doc__)
@@ -75,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"a directory or s3://bucket/prefix (default: {DEFAULT_DESTINATION})",
     )
     run_demo.add_argument("--endpoint-url", help="S3 endpoint (default: the AWS configuration)")
+    run_replay = commands.add_parser("replay", help="deliver the batches kept in a spool directory")
+    run_replay.add_argument("spool", help="the spool directory (TrackerConfig.spool_dir)")
+    run_replay.add_argument("--endpoint-url", help="S3 endpoint (default: the AWS configuration)")
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        s3_options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+        return replay(args.spool, s3_options=s3_options)
     if args.command == "demo":
         s3_options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
         return demo(args.destination, s3_options=s3_options)

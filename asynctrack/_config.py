@@ -80,6 +80,19 @@ class TrackerConfig:
         redact_keys: regex (searched in lower-cased keys with ``-`` read as ``_``)
             whose values are redacted. ``None`` turns key redaction off.
         redact_patterns: regexes for credential-like text redacted in every value.
+        spool: keep batches a remote destination (S3) did not take by the close
+            deadline, or that no longer fit in memory while it is down, in a
+            local spool directory; the next tracker on the same destination and
+            spool, or ``asynctrack replay``, delivers them. A local destination
+            never spools.
+        spool_dir: the spool directory. Default: ``$ASYNCTRACK_SPOOL_DIR``, else
+            ``~/.cache/asynctrack/spool``.
+        spool_max_bytes: the most the spool directory may hold (1 GiB); a batch
+            that does not fit is not spooled, and counted as lost.
+        handle_sigterm: on SIGTERM, close every open tracker (flush, spool what
+            is left, within ``ASYNCTRACK_EXIT_TIMEOUT`` seconds, default 10) and
+            then die of the signal as before. Installed only in the main thread
+            and only while no other SIGTERM handler is set.
         redact: a hook called in the worker (never on the caller's thread) with
             each event as a dict; it returns the dict to write (changed in place
             or new), or ``None`` to drop the event (counted as ``filtered``).
@@ -98,6 +111,10 @@ class TrackerConfig:
     max_concurrent_writes: int = 4
     redact_keys: str | None = DEFAULT_REDACT_KEYS
     redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    spool: bool = True
+    spool_dir: str | None = None
+    spool_max_bytes: int = 1024 * MiB
+    handle_sigterm: bool = True
     redact: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +126,7 @@ class TrackerConfig:
             "max_field_bytes",
             "max_depth",
             "max_concurrent_writes",
+            "spool_max_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

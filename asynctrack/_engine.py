@@ -29,6 +29,7 @@ import dataclasses
 import gzip
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -42,6 +43,7 @@ from ._encode import Encoder, placeholder
 from ._errors import DeadlockError, FlushError, FlushTimeoutError, PermanentSinkError, TrackerClosedError
 from ._layout import Layout, new_writer_id
 from ._sink import Batch, ParametersSink, ParameterValue, RunInfo, Sink
+from ._spool import Spool
 
 __all__ = ["Engine", "Statistics"]
 
@@ -53,6 +55,7 @@ _CHUNK: Final = 256  # records encoded between yields to the worker's loop
 _WARN_EVERY: Final = 10.0  # seconds between repeated warnings of one kind
 _RETRY_MIN: Final = 0.5  # backoff for failed batches, doubled up to _RETRY_MAX
 _RETRY_MAX: Final = 30.0
+_STOP_GRACE: Final = 10.0  # seconds close() waits for the worker to spool and stop
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +68,10 @@ class Statistics:
         dropped: events refused: buffer full, or recorded after close.
         filtered: events the ``redact`` hook chose not to write.
         failed: events in batches whose last write failed; kept and retried.
-        lost: events given up on at close (the close deadline passed).
+        lost: events given up on at close (the close deadline passed and the
+            spool was off or full).
+        spooled: events saved to the local spool for later delivery (at close,
+            or to free memory while the destination is down).
         encode_errors: events written with a placeholder for a value that failed.
         write_errors: failed write attempts (each is retried).
         batches: batch files written.
@@ -81,6 +87,7 @@ class Statistics:
     filtered: int
     failed: int
     lost: int
+    spooled: int
     encode_errors: int
     write_errors: int
     batches: int
@@ -164,6 +171,7 @@ class Engine:
         parameter_sinks: Sequence[ParametersSink] = (),
         config: TrackerConfig | None = None,
         run_info: RunInfo | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self.sink = sink
@@ -171,6 +179,7 @@ class Engine:
         self._translate = translate
         self._parameters = parameters
         self._parameter_sinks = tuple(parameter_sinks)
+        self.spool = spool
         self.run_info = run_info or RunInfo(
             experiment=layout.experiment,
             run=layout.run,
@@ -203,6 +212,7 @@ class Engine:
         self._dropped_warned = 0
         self._filtered = 0
         self._lost = 0
+        self._spooled = 0
         self._encode_errors = 0
         self._write_errors = 0
         self._parameter_errors = 0
@@ -392,8 +402,10 @@ class Engine:
             return
         try:
             await self._await_marker(marker, timeout)
-        finally:
-            await asyncio.get_running_loop().run_in_executor(None, self._stop_worker, 5.0)
+        except FlushError as exc:
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_worker, _STOP_GRACE)
+            raise self._close_error(exc) from None
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_worker, _STOP_GRACE)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """``aclose()`` for synchronous code. Idempotent."""
@@ -407,8 +419,23 @@ class Engine:
                 marker.future.result(timeout)
             except concurrent.futures.TimeoutError:
                 raise self._timeout_error(marker, timeout or 0.0) from None
-        finally:
-            self._stop_worker(5.0)
+        except FlushError as exc:
+            self._stop_worker(_STOP_GRACE)
+            raise self._close_error(exc) from None
+        self._stop_worker(_STOP_GRACE)
+
+    def _close_error(self, exc: FlushError) -> FlushError:
+        """The error of a close that could not write everything: what was spooled, lost."""
+        where = f" in the spool {self.spool.directory}" if self.spool is not None else ""
+        return FlushError(
+            pending=exc.pending,
+            queued=exc.queued,
+            failed_batches=exc.failed_batches,
+            reason=(
+                f"{exc.reason}; at close {self._spooled} event(s) were kept{where} for the next "
+                f"tracker or 'asynctrack replay', {self._lost} lost"
+            ),
+        )
 
     def _begin_close(self) -> _Marker | None:
         with self._lock:
@@ -427,6 +454,8 @@ class Engine:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(grace)
+            if thread.is_alive():
+                logger.error("asynctrack: the worker did not stop within %g s", grace)
 
     # -- statistics ----------------------------------------------------------------
 
@@ -441,6 +470,7 @@ class Engine:
             filtered=self._filtered,
             failed=sum(b.events for b in failed),
             lost=self._lost,
+            spooled=self._spooled,
             encode_errors=self._encode_errors,
             write_errors=self._write_errors,
             batches=self._batches,
@@ -474,6 +504,7 @@ class Engine:
         except Exception as exc:
             self._start_error = exc
             self._note_error("start", f"destination not usable: {exc}", exc)
+        self._recover_spool()
         wake = self._wake
         queue = self._queue
         max_bytes = self.config.max_queue_bytes
@@ -493,8 +524,62 @@ class Engine:
                 self._seal()
             if self._failed and now >= self._retry_at:
                 self._retry_failed()
+            if self._pending_bytes >= max_bytes and self._failed and self.spool is not None:
+                self._spill()
             self._warn_drops()
         await self._finish()
+
+    def _recover_spool(self) -> None:
+        """Queue the spooled batches of this destination for delivery (once each)."""
+        if self.spool is None:
+            return
+        try:
+            recovered = self.spool.pending()
+        except OSError as exc:
+            self._note_error("spool", f"cannot read the spool {self.spool.directory}: {exc}", exc)
+            return
+        for batch in recovered:
+            self._failed[self._next_batch] = batch
+            self._next_batch += 1
+        if recovered:
+            logger.info(
+                "asynctrack: delivering %d spooled batch(es) (%d events) from %s",
+                len(recovered),
+                sum(b.events for b in recovered),
+                self.spool.directory,
+            )
+            self._retry_at = 0.0
+
+    def _spill(self) -> None:
+        """Memory is full and the destination down: move failed batches to the spool."""
+        assert self.spool is not None
+        for number, batch in sorted(self._failed.items()):
+            if not batch.data:
+                continue
+            path = self._save_to_spool(batch)
+            if path is None:
+                return
+            self._failed[number] = dataclasses.replace(batch, data=b"", spool_path=path)
+            self._pending_bytes -= len(batch.data)
+
+    def _save_to_spool(self, batch: Batch) -> str | None:
+        assert self.spool is not None
+        try:
+            path = self.spool.save(batch)
+        except OSError as exc:
+            self._note_error("spool", f"cannot write the spool {self.spool.directory}: {exc}", exc)
+            return None
+        if path is None:
+            self._warn(
+                "spool full",
+                logging.ERROR,
+                "asynctrack: spool %s is full (spool_max_bytes=%d); batches are no longer spooled",
+                self.spool.root,
+                self.spool.max_bytes,
+            )
+            return None
+        self._spooled += batch.events
+        return path
 
     def _next_timeout(self) -> float:
         timeout = _TICK
@@ -503,15 +588,18 @@ class Engine:
             timeout = min(timeout, max(due, 0.0))
         return timeout
 
-    async def _drain(self) -> None:
-        """Take records from the buffer and encode them into the open batch."""
+    async def _drain(self, bounded: bool = True, final: bool = False) -> None:
+        """Take records from the buffer and encode them into the open batch.
+
+        ``bounded=False`` (at close, to spool everything) ignores the memory bound.
+        """
         queue = self._queue
         translate = self._translate
         config = self.config
         hook = config.redact
         done = 0
-        while queue and not self._stopping:
-            if self._pending_bytes >= config.max_queue_bytes:
+        while queue and (final or not self._stopping):
+            if bounded and self._pending_bytes >= config.max_queue_bytes:
                 # Memory bound reached (the destination is slow or down): leave the
                 # rest in the buffer, which then fills up and drops, counted.
                 break
@@ -559,9 +647,9 @@ class Engine:
         batch.last_seq = seq
         self._pending_bytes += len(line)
         if len(batch.lines) >= self.config.max_batch_events or batch.size >= self.config.max_batch_bytes:
-            self._seal()
+            self._seal(write=not self._stopping)
 
-    def _seal(self) -> None:
+    def _seal(self, write: bool = True) -> None:
         batch = self._open
         if not batch.lines:
             return
@@ -581,8 +669,11 @@ class Engine:
             last_seq=batch.last_seq,
             gzip=self.config.gzip,
         )
-        self._inflight[number] = sealed
-        self._spawn(self._write(number, sealed))
+        if write:
+            self._inflight[number] = sealed
+            self._spawn(self._write(number, sealed))
+        else:
+            self._failed[number] = sealed
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -593,7 +684,9 @@ class Engine:
         assert self._sem is not None
         try:
             async with self._sem:
-                await self.sink.write_batch(batch)
+                payload = Spool.load(batch)  # the batch itself unless it waits in the spool
+                await self.sink.write_batch(payload)
+                Spool.remove(batch)
         except asyncio.CancelledError:
             self._failed[number] = batch  # stopping: counted as lost by _finish
             raise
@@ -608,8 +701,8 @@ class Engine:
         else:
             self._written += batch.events
             self._batches += 1
-            self._bytes += len(batch.data)
-            self._pending_bytes -= len(batch.data)
+            self._bytes += len(payload.data)
+            self._pending_bytes -= len(batch.data)  # 0 for a batch read back from the spool
             self._retry_delay = _RETRY_MIN
             self._failure.pop(number, None)
         finally:
@@ -643,7 +736,9 @@ class Engine:
             error = await self._write_parameters()
         finally:
             self._markers.remove(marker)
-        failed = [(n, b) for n, b in self._failed.items() if n <= marker.upto]
+        # Batches may have gone back in flight (a retry) while parameters were
+        # written: whatever is not written now counts as not durable.
+        failed = [(n, b) for n, b in [*self._failed.items(), *self._inflight.items()] if n <= marker.upto]
         if marker.future.done():
             return
         if failed:
@@ -703,6 +798,14 @@ class Engine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.spool is not None:
+            # Encode what is still buffered, then keep every unsent batch on disk.
+            await self._drain(bounded=False, final=True)
+            self._seal(write=False)
+            for number, batch in sorted(self._failed.items()):
+                if batch.spool_path is not None or self._save_to_spool(batch) is not None:
+                    del self._failed[number]
+                    self._pending_bytes -= len(batch.data)
         left = (
             len(self._open.lines)
             + sum(b.events for b in self._inflight.values())
@@ -779,6 +882,24 @@ def _close_all_at_exit() -> None:
             engine.close(timeout=remaining)
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Close every tracker (flush, spool), then die of SIGTERM as we would have."""
+    _close_all_at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def install_sigterm_handler() -> None:
+    """Install ``_on_sigterm`` if this is the main thread and no handler is set."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not supported here (an embedded interpreter)
+        pass
 
 
 def _reset_after_fork() -> None:

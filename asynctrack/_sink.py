@@ -22,6 +22,8 @@ class Batch:
         first_seq: the lowest sequence number in it.
         last_seq: the highest sequence number in it.
         gzip: whether ``data`` is gzip-compressed.
+        spool_path: where the batch waits in the spool, if it does; ``data`` may
+            then be empty until it is loaded for a write.
     """
 
     key: str
@@ -30,6 +32,7 @@ class Batch:
     first_seq: int
     last_seq: int
     gzip: bool = False
+    spool_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

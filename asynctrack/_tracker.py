@@ -26,11 +26,12 @@ from langchain_core.callbacks.base import BaseCallbackHandler
 
 from ._capture import Capturer
 from ._config import TrackerConfig
-from ._engine import Engine, Statistics
+from ._engine import Engine, Statistics, install_sigterm_handler
 from ._events import EventTranslator
 from ._layout import Layout, new_writer_id
 from ._local import LocalSink
 from ._sink import ParametersSink, Sink
+from ._spool import Spool
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
+DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
 
 
 def _default_run_name() -> str:
@@ -117,6 +119,13 @@ class AsyncTracker(BaseCallbackHandler):
         self._translator = EventTranslator(
             experiment=experiment_name, run=self.run_name, writer=layout.writer, config=config
         )
+        spool = None
+        if config.spool and not isinstance(sink, LocalSink):
+            spool = Spool(
+                config.spool_dir or os.environ.get("ASYNCTRACK_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
+                sink.destination,
+                config.spool_max_bytes,
+            )
         self._engine = Engine(
             sink=sink,
             layout=layout,
@@ -124,7 +133,10 @@ class AsyncTracker(BaseCallbackHandler):
             parameters=self._translator.parameters.as_dict,
             parameter_sinks=parameter_sinks,
             config=config,
+            spool=spool,
         )
+        if config.handle_sigterm:
+            install_sigterm_handler()
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
