@@ -38,7 +38,8 @@ __all__ = ["REDACTED", "Captured", "Capturer", "safe_repr", "safe_str", "type_na
 
 REDACTED: Final = "[REDACTED]"
 _MARK: Final = "$asynctrack"
-_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+_OPTIONS: Final = 0  # not OPT_SERIALIZE_NUMPY: a huge array must become a placeholder
+_MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
 
 
 class Captured:
@@ -102,7 +103,7 @@ class Capturer:
         if issubclass(cls, BaseException):
             return lambda e: {"type": type_name(e), "message": safe_str(e)}
         if issubclass(cls, set | frozenset):
-            return list
+            return _sorted_list
         if issubclass(cls, decimal.Decimal):
             return str
         if issubclass(cls, bytes | bytearray | memoryview):
@@ -143,7 +144,23 @@ def _fields(model: Any) -> Any:
 def _numpy(value: Any) -> Any:
     if getattr(value, "ndim", 1) == 0 and hasattr(value, "item"):
         return value.item()
-    return _unencodable(value)
+    size = getattr(value, "size", None)
+    if isinstance(size, int) and size <= _MAX_ARRAY and hasattr(value, "tolist"):
+        return value.tolist()
+    return {
+        _MARK: "array",
+        "type": type_name(value),
+        "shape": list(getattr(value, "shape", ())),
+        "size": size,
+    }
+
+
+def _sorted_list(value: set[Any] | frozenset[Any]) -> list[Any]:
+    """Sets in a stable order (string hashes differ between processes)."""
+    try:
+        return sorted(value)
+    except TypeError:  # mixed types
+        return list(value)
 
 
 def safe_str(exc: BaseException) -> str:

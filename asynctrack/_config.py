@@ -10,8 +10,10 @@ from typing import Any, Literal
 __all__ = ["DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_PATTERNS", "TrackerConfig"]
 
 #: Keys (compared lower-cased, ``-`` read as ``_``) whose values are replaced by
-#: ``"[REDACTED]"`` wherever they appear. ``token`` only as the last word, so that
-#: ``max_tokens`` and ``token_usage`` stay readable.
+#: ``"[REDACTED]"`` wherever they appear. ``token`` only as the last word
+#: (``token``, ``access_token``, ``x-auth-token``), so that ``max_tokens`` and
+#: ``token_usage`` stay readable. (The streamed text of ``llm_new_token`` events,
+#: ``data.token``, is the library's own field and is not redacted by key.)
 DEFAULT_REDACT_KEYS: str = (
     r"(?:^|_)(?:api_?key|apikey|secret|secret_key|client_secret|password|passwd|pwd"
     r"|authorization|proxy_authorization|auth|credentials?|private_key|access_key"
@@ -22,8 +24,9 @@ DEFAULT_REDACT_KEYS: str = (
 #: Values that look like credentials wherever they occur in text (bytes regexes,
 #: applied to each encoded line). Add more with ``TrackerConfig.redact_patterns``.
 DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
-    # Each starts with a literal, so the encoder first looks for that literal
-    # (a fast substring search) and runs the regex only on lines that have it.
+    # Every match of these is a run of 20+ characters of [A-Za-z0-9_-], or holds
+    # "earer" or "PRIVATE KEY": the encoder checks that cheaply first (see
+    # _encode._redact_values) and runs the regexes only on text that passes.
     r"sk-[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic (sk-ant-), Langfuse (sk-lf-) secret keys
     r"pk-lf-[A-Za-z0-9_\-]{16,}",  # Langfuse public keys
     r"lsv2_[A-Za-z0-9_]{20,}",  # LangSmith
@@ -33,9 +36,9 @@ DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
     r"gho_[A-Za-z0-9]{30,}",
     r"ghs_[A-Za-z0-9]{30,}",
     r"github_pat_[A-Za-z0-9_]{30,}",
-    r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack
+    r"xox[abprs]-[A-Za-z0-9\-]{15,}",  # Slack
     r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
-    r"AIza[0-9A-Za-z_\-]{35}",  # Google
+    r"AIza[0-9A-Za-z_\-]{35,}",  # Google
     r"Bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",  # bearer tokens in headers or text
     r"bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
@@ -133,8 +136,16 @@ class TrackerConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("batch_interval", "block_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.redact_patterns, tuple) or not all(
+            isinstance(p, str) for p in self.redact_patterns
+        ):
+            raise ValueError(
+                f"redact_patterns must be a tuple of regex strings, got {self.redact_patterns!r}"
+            )
+        if self.redact_keys is not None and not isinstance(self.redact_keys, str):
+            raise ValueError(f"redact_keys must be a regex string or None, got {self.redact_keys!r}")
         if self.when_full not in ("drop", "block"):
             raise ValueError(f"when_full must be 'drop' or 'block', got {self.when_full!r}")
         if self.max_queue_bytes < self.max_batch_bytes:

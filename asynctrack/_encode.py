@@ -61,15 +61,25 @@ _DEFAULT_KEY_HINTS: Final = (
     b"auth",  # auth, authorization, proxy-authorization
     b"credential",
     b"cookie",
-    b'token"',  # keys ending in "token"; "max_tokens" and "token_usage" do not
+    b'token"',  # keys ending in "token"; not "max_tokens"
 )
-#: Every default value pattern but the bearer one matches a run of 20+ ASCII
-#: letters or digits (Langfuse's UUID-style keys aside: "-lf-"). ``_RUNS`` maps
-#: those bytes to ``a`` and all else to a space, so one substring search (plus two
-#: literal ones) tells whether any default pattern can match at all. Names of 20+
-#: letters make a false hit: the patterns then run, which is only slower.
+#: ``key=value`` / ``key: value`` text inside strings (a model's ``repr``, a
+#: header dump) whose key looks like a credential. Applied to strings on the slow
+#: path, which any text holding such a key takes (the hints above).
+_SECRET_IN_TEXT: Final = re.compile(
+    r"(?i)((?:api[_-]?key|apikey|secret|password|passwd|pwd|authorization|credentials?"
+    r"|private[_-]?key|access[_-]?key|[a-z]+[_-]token)['\"]?\s*[=:]\s*['\"]?"
+    r"(?:(?:bearer|basic|token)\s+)?)([^'\"\s,)}]{4,})"
+)
+#: Every match of a default value pattern is a run of 20+ characters of
+#: ``[A-Za-z0-9_-]``, or holds "earer" (bearer tokens) or "PRIVATE KEY".
+#: ``_RUNS`` maps those characters to ``a`` and all else to a space, so one
+#: ``translate`` and three substring searches tell whether any default pattern can
+#: match at all. Long identifiers make a false hit: the patterns then run, which
+#: is only slower. (Python's ``re`` scans ~10x slower than this pre-check.)
 _RUNS: Final = bytes(
-    0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A) else 0x20 for b in range(256)
+    0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b in (0x2D, 0x5F)) else 0x20
+    for b in range(256)
 )
 _RUN20: Final = b"a" * 20
 _REGEX_META: Final = frozenset("\\.[](){}*+?|^$")
@@ -96,6 +106,11 @@ def placeholder(reason: str, value: object = None, **extra: Any) -> dict[str, An
     return out
 
 
+def _valid_unicode(s: str) -> str:
+    """``s`` with each lone surrogate replaced by one U+FFFD (via UTF-16; UTF-8 gives three)."""
+    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class Encoder:
     """Encodes event dicts to JSON lines under one configuration (worker-only)."""
 
@@ -115,14 +130,18 @@ class Encoder:
 
     # -- public ------------------------------------------------------------------
 
-    def encode(self, event: Mapping[str, Any]) -> bytes:
-        """Return ``event`` as one JSON line ending in ``\\n``. Never raises."""
+    def encode(self, event: Mapping[str, Any], own_keys: tuple[str, ...] = ()) -> bytes:
+        """Return ``event`` as one JSON line ending in ``\\n``. Never raises.
+
+        ``own_keys``: fields of ``event["data"]`` exempt from key redaction (see
+        ``assemble``); their values are still walked.
+        """
         try:
-            line = self._dumps(event, fix_strings=False)
+            line = self._dumps(event, fix_strings=False, own_keys=own_keys)
         except orjson.JSONEncodeError:
             # Almost always a lone surrogate; retry with strings made valid.
             try:
-                line = self._dumps(event, fix_strings=True)
+                line = self._dumps(event, fix_strings=True, own_keys=own_keys)
             except Exception as exc:  # pragma: no cover - defensive: nothing else known fails
                 line = orjson.dumps(
                     {**_envelope_only(event), "data": placeholder("unencodable", exc, error=str(exc))}
@@ -136,14 +155,22 @@ class Encoder:
             )
         return self._redact_values(line) + b"\n"
 
-    def assemble(self, envelope: dict[str, Any], body: bytes | Captured, error: Any = None) -> bytes:
+    def assemble(
+        self,
+        envelope: dict[str, Any],
+        body: bytes | Captured,
+        error: Any = None,
+        own_keys: tuple[str, ...] = (),
+    ) -> bytes:
         """One JSON line from an envelope of plain fields and the captured body.
 
         ``body`` is what the handler captured: ``{"tags": ..., "metadata": ...,
         "data": {...}}`` as JSON bytes, or a ``Captured`` copy. ``error`` is added to
-        ``data`` as ``"error"`` when given. Never raises.
+        ``data`` as ``"error"`` when given. ``own_keys`` are fields of ``data`` the
+        library itself sets (``token`` of a streamed token) that key redaction
+        must not treat as credentials. Never raises.
         """
-        if type(body) is bytes and error is None and not self._needs_walk(body):
+        if type(body) is bytes and error is None and not self._needs_walk(body, own_keys):
             try:
                 head = orjson.dumps(envelope)
             except orjson.JSONEncodeError:
@@ -160,9 +187,9 @@ class Encoder:
                 event["data"] = {"error": error, **(data if isinstance(data, dict) else {})}
         except Exception as exc:  # a hostile mapping in a Captured copy
             event = {**envelope, "data": placeholder("unencodable", exc, error=safe_repr(exc))}
-        return self.encode(event)
+        return self.encode(event, own_keys)
 
-    def _needs_walk(self, body: bytes) -> bool:
+    def _needs_walk(self, body: bytes, own_keys: tuple[str, ...] = ()) -> bool:
         if len(body) > self._max_field:
             return True  # some field may be over the limit
         if self._key_re is None:
@@ -170,14 +197,24 @@ class Encoder:
         if self._key_hints is None:
             return True  # a custom key pattern: no cheap pre-check, always walk
         lowered = body.lower()
-        return any(hint in lowered for hint in self._key_hints)
+        if not own_keys:
+            return any(hint in lowered for hint in self._key_hints)
+        own = [f'"{key}":'.encode() for key in own_keys]
+        # A hint that only our own field names account for is no hint.
+        return any(lowered.count(h) > sum(k.count(h) for k in own) for h in self._key_hints)
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with credential-looking values redacted (value patterns, key=value)."""
+        redacted = self._redact_values(text.encode("utf-8", "surrogatepass"))
+        out = redacted.decode("utf-8", "surrogatepass")
+        return _SECRET_IN_TEXT.sub(r"\1" + REDACTED, out) if self._key_re is not None else out
 
     def _redact_values(self, line: bytes) -> bytes:
         if (
             self._value_hint
             and _RUN20 not in line.translate(_RUNS)
             and b"earer" not in line
-            and b"-lf-" not in line
+            and b"PRIVATE KEY" not in line
         ):
             return line
         for prefix, regex in self._value_res:
@@ -192,10 +229,17 @@ class Encoder:
 
     # -- internals ---------------------------------------------------------------
 
-    def _dumps(self, event: Mapping[str, Any], *, fix_strings: bool) -> bytes:
+    def _dumps(self, event: Mapping[str, Any], *, fix_strings: bool, own_keys: tuple[str, ...]) -> bytes:
         self._fix_strings = fix_strings
         try:
+            own: dict[str, Any] = {}
+            raw_data = event.get("data")
+            if own_keys and isinstance(raw_data, dict):
+                own = {k: raw_data[k] for k in own_keys if k in raw_data}
+                event = {**event, "data": {k: v for k, v in raw_data.items() if k not in own}}
             data = self.jsonable(event)
+            for key, value in own.items():
+                data["data"][key] = self._walk(value, 2)
             if fix_strings:
                 data["$asynctrack"] = "invalid_unicode_replaced"
             return orjson.dumps(data)
@@ -213,7 +257,9 @@ class Encoder:
 
     def _str(self, s: str) -> str:
         if self._fix_strings:
-            s = s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            s = _valid_unicode(s)
+        if self._key_re is not None and ("=" in s or ":" in s):
+            s = _SECRET_IN_TEXT.sub(r"\1" + REDACTED, s)
         limit = self._max_field
         if len(s) * 4 <= limit:
             return s
@@ -226,7 +272,7 @@ class Encoder:
     def _walk(self, v: Any, depth: int) -> Any:
         cls = type(v)
         if cls is str:
-            return self._str(v) if (self._fix_strings or len(v) * 4 > self._max_field) else v
+            return self._str(v)
         if cls is bool or v is None:
             return v
         if cls is int:
@@ -244,6 +290,8 @@ class Encoder:
             key_re = self._key_re
             for k, x in v.items():
                 key = k if type(k) is str else self._key(k)
+                if self._fix_strings:
+                    key = _valid_unicode(key)
                 if key_re is not None and self._is_secret_key(key):
                     out[key] = REDACTED
                 else:

@@ -185,7 +185,9 @@ class Engine:
             run=layout.run,
             events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
         )
-        self._lock = threading.Lock()  # lifecycle, drop counters, blocked producers
+        # Re-entrant: the SIGTERM handler may close trackers while the main thread
+        # holds this lock (a producer blocked under when_full="block").
+        self._lock = threading.RLock()  # lifecycle, drop counters, blocked producers
         self._room = threading.Condition(self._lock)
         self._reset_state()
         _live.add(self)
@@ -240,6 +242,11 @@ class Engine:
         thread = threading.Thread(target=self._thread_main, name="asynctrack-worker", daemon=True)
         self._thread = thread
         thread.start()
+
+    @property
+    def last_parameters(self) -> dict[str, ParameterValue]:
+        """The run parameters the last successful flush wrote (empty before one)."""
+        return dict(self._parameters_written or {})
 
     @property
     def closed(self) -> bool:
@@ -405,6 +412,10 @@ class Engine:
         except FlushError as exc:
             await asyncio.get_running_loop().run_in_executor(None, self._stop_worker, _STOP_GRACE)
             raise self._close_error(exc) from None
+        except BaseException:  # cancelled: the worker still flushes, spools and stops
+            self._stopping = True
+            self._request_wake()
+            raise
         await asyncio.get_running_loop().run_in_executor(None, self._stop_worker, _STOP_GRACE)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -427,14 +438,20 @@ class Engine:
     def _close_error(self, exc: FlushError) -> FlushError:
         """The error of a close that could not write everything: what was spooled, lost."""
         where = f" in the spool {self.spool.directory}" if self.spool is not None else ""
+        reason = (
+            f"{exc.reason}; at close {self._spooled} event(s) were kept{where} for the next "
+            f"tracker or 'asynctrack replay', {self._lost} lost"
+        )
+        if isinstance(exc, FlushTimeoutError):
+            return FlushTimeoutError(
+                timeout=exc.timeout,
+                pending=exc.pending,
+                queued=exc.queued,
+                failed_batches=exc.failed_batches,
+                reason=reason,
+            )
         return FlushError(
-            pending=exc.pending,
-            queued=exc.queued,
-            failed_batches=exc.failed_batches,
-            reason=(
-                f"{exc.reason}; at close {self._spooled} event(s) were kept{where} for the next "
-                f"tracker or 'asynctrack replay', {self._lost} lost"
-            ),
+            pending=exc.pending, queued=exc.queued, failed_batches=exc.failed_batches, reason=reason
         )
 
     def _begin_close(self) -> _Marker | None:
@@ -638,6 +655,9 @@ class Engine:
 
     def _add(self, seq: int, line: bytes) -> None:
         batch = self._open
+        if batch.lines and batch.size + len(line) > self.config.max_batch_bytes:
+            self._seal(write=not self._stopping)  # seal first: no file over the limit
+            batch = self._open
         if not batch.lines:
             batch.opened = time.monotonic()
             batch.opened_wall = time.time()
@@ -861,7 +881,7 @@ class Engine:
     def _after_fork_in_child(self) -> None:
         """A forked child gets an empty buffer and its own worker; the parent's
         buffered events stay the parent's to write."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
         closed = self._closed
         self._reset_state()

@@ -76,11 +76,14 @@ class FlushTimeoutError(FlushError, TimeoutError):
         reason: str = "",
     ) -> None:
         self.timeout = timeout
-        why = (
-            f"timed out after {timeout:g} s"
-            + ("" if pending else " writing the run parameters")
-            + (f"; last error: {reason}" if reason else "")
-        )
+        if reason.startswith("timed out after"):  # already built (a close error)
+            why = reason
+        else:
+            why = (
+                f"timed out after {timeout:g} s"
+                + ("" if pending else " writing the run parameters")
+                + (f"; last error: {reason}" if reason else "")
+            )
         super().__init__(pending=pending, queued=queued, failed_batches=failed_batches, reason=why)
 
 

@@ -28,33 +28,35 @@ from ._sink import ParameterValue
 
 __all__ = ["EVENT_KINDS", "EventTranslator", "RunParameters"]
 
-#: Every event kind, with the names of its ``data`` fields for ``a`` and ``b``.
-EVENT_KINDS: Final[dict[str, tuple[str | None, str | None]]] = {
+#: Every event kind, with the fields the handler puts in ``data`` (besides the
+#: callback's other keyword arguments).
+EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
     "chain_start": ("serialized", "inputs"),
-    "chain_end": ("outputs", None),
-    "chain_error": ("error", None),
-    "llm_start": ("serialized", "prompts"),
-    "chat_model_start": ("serialized", "messages"),
+    "chain_end": ("outputs",),
+    "chain_error": ("error",),
+    "llm_start": ("serialized", "prompts", "invocation_params"),
+    "chat_model_start": ("serialized", "messages", "invocation_params"),
     "llm_new_token": ("token", "chunk"),
-    "llm_end": ("response", None),
-    "llm_error": ("error", None),
-    "tool_start": ("serialized", "input_str"),
-    "tool_end": ("output", None),
-    "tool_error": ("error", None),
-    "agent_action": ("action", None),
-    "agent_finish": ("finish", None),
+    "llm_end": ("response",),
+    "llm_error": ("error",),
+    "tool_start": ("serialized", "input_str", "inputs"),
+    "tool_end": ("output",),
+    "tool_error": ("error",),
+    "agent_action": ("action",),
+    "agent_finish": ("finish",),
     "retriever_start": ("serialized", "query"),
-    "retriever_end": ("documents", None),
-    "retriever_error": ("error", None),
-    "text": ("text", None),
-    "retry": ("retry_state", None),
-    "custom_event": ("event_name", "payload"),
-    "stream_event": ("event", None),
+    "retriever_end": ("documents",),
+    "retriever_error": ("error",),
+    "text": ("text",),
+    "retry": ("attempt_number", "idle_for", "seconds_since_start", "next_sleep", "exception"),
+    "custom_event": ("name", "data"),
+    "stream_event": ("event",),
 }
 
 _STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 _ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
 _MAX_OPEN_RUNS: Final = 100_000
+_OWN_TOKEN: Final = ("token",)  # the streamed text, not a credential
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
@@ -199,13 +201,25 @@ class EventTranslator:
             "name": name,
             "duration": duration,
         }
-        line = self.encoder.assemble(envelope, body, None if error is None else _error_fields(error))
+        line = self.encoder.assemble(
+            envelope,
+            body,
+            None if error is None else _error_fields(error),
+            own_keys=_OWN_TOKEN if kind == "llm_new_token" else (),
+        )
         if self._hook is not None:
             edited = self._hook(orjson.loads(line))
             if edited is None:
                 return None
             line = self.encoder.encode(edited)
         return seq, line
+
+    def redacted_parameters(self) -> dict[str, ParameterValue]:
+        """The run's parameters, credential-looking text redacted (worker thread)."""
+        return {
+            key: self.encoder.redact_text(value) if isinstance(value, str) else value
+            for key, value in self.parameters.as_dict().items()
+        }
 
     def _parts(self, body: bytes | Captured) -> dict[str, Any]:
         parts = orjson.loads(body) if type(body) is bytes else self.encoder.jsonable(body.value)  # type: ignore[union-attr]

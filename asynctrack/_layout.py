@@ -26,6 +26,7 @@ __all__ = ["Layout", "new_writer_id", "safe_segment"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_SEGMENT: Final = 100
+_HASHED: Final = re.compile(r"-[0-9a-f]{10}$")
 
 
 def safe_segment(name: str) -> str:
@@ -33,7 +34,9 @@ def safe_segment(name: str) -> str:
     clean = _UNSAFE.sub("_", name)
     if clean.strip(".") == "":
         clean = clean.replace(".", "_") or "_"
-    if clean != name or len(clean) > _MAX_SEGMENT:
+    # A name that already looks hashed is hashed again, so "a/b" (-> "a_b-<hash>")
+    # and a literal "a_b-<hash>" cannot share a partition.
+    if clean != name or len(clean) > _MAX_SEGMENT or _HASHED.search(clean):
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         clean = f"{clean[: _MAX_SEGMENT - 11]}-{digest}"
     return clean

@@ -330,7 +330,7 @@ class SageMakerCallbackHandler(AsyncTracker):
         """
         self.flush_blocking(timeout)
         existing = getattr(getattr(self._run, "_trial_component", None), "parameters", None) or {}
-        parameters = self._translator.parameters.as_dict()
+        parameters = self._engine.last_parameters  # what this flush wrote, redacted
         ours = set(parameters)
         room = MAX_PARAMETERS - len([k for k in existing if k not in ours])
         limited, notes = limit_parameters(parameters, room=max(room, 0))

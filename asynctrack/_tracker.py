@@ -13,6 +13,7 @@ in ``../shared/NOTES.md``).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import time
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from tenacity import RetryCallState
 
 __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
+
+logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
 DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
@@ -130,7 +133,7 @@ class AsyncTracker(BaseCallbackHandler):
             sink=sink,
             layout=layout,
             translate=self._translator,
-            parameters=self._translator.parameters.as_dict,
+            parameters=self._translator.redacted_parameters,
             parameter_sinks=parameter_sinks,
             config=config,
             spool=spool,
@@ -140,6 +143,7 @@ class AsyncTracker(BaseCallbackHandler):
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
+        self._warned_hot_error = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -269,8 +273,11 @@ class AsyncTracker(BaseCallbackHandler):
                     error,
                 )
             )
-        except Exception:
+        except Exception as exc:  # none known; counted, and said once
             self._engine.count_dropped()
+            if not self._warned_hot_error:
+                self._warned_hot_error = True
+                logger.warning("asynctrack could not record a %s event: %r", kind, exc)
 
     def on_chain_start(
         self,

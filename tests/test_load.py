@@ -1,0 +1,107 @@
+"""Reading back (``_load``): ``read_events``, ``load`` and ``read_parameters``."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from langchain_core.runnables import RunnableLambda
+
+import asynctrack
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._load import COLUMNS
+
+
+def _record(destination: Path, experiment: str, run: str, n: int, **config: Any) -> AsyncTracker:
+    """Write ``n`` invokes (2 events each) for one experiment/run and close."""
+    with AsyncTracker(
+        destination, experiment_name=experiment, run_name=run, config=TrackerConfig(**config)
+    ) as tracker:
+        chain = RunnableLambda(lambda value: value)
+        for i in range(n):
+            chain.invoke(f"{experiment}/{run}/{i}", config={"callbacks": [tracker]})
+    return tracker
+
+
+@pytest.fixture
+def populated(tmp_destination: Path) -> Path:
+    _record(tmp_destination, "exp a", "run/1", 2)
+    _record(tmp_destination, "exp a", "run-2", 3, gzip=True)
+    _record(tmp_destination, "exp-b", "run/1", 1)
+    return tmp_destination
+
+
+def test_load_returns_the_documented_columns_in_order(populated: Path) -> None:
+    frame = asynctrack.load(populated)
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == 12
+    assert isinstance(frame["ts"].dtype, pd.DatetimeTZDtype)
+    assert str(frame["ts"].dt.tz) == "UTC"
+    assert set(frame["kind"]) == {"chain_start", "chain_end"}
+    ends = frame[frame["kind"] == "chain_end"]
+    assert ends["duration"].notna().all()
+    assert (ends["duration"] >= 0).all()
+    starts = frame[frame["kind"] == "chain_start"]
+    assert starts["duration"].isna().all()
+    assert all(isinstance(d, dict) for d in frame["data"])
+
+
+def test_filtering_by_experiment_and_run(populated: Path) -> None:
+    def inputs(frame: pd.DataFrame) -> set[str]:
+        return {d["inputs"] for k, d in zip(frame["kind"], frame["data"], strict=True) if k == "chain_start"}
+
+    assert inputs(asynctrack.load(populated, experiment_name="exp a")) == {
+        "exp a/run/1/0",
+        "exp a/run/1/1",
+        "exp a/run-2/0",
+        "exp a/run-2/1",
+        "exp a/run-2/2",
+    }
+    assert inputs(asynctrack.load(populated, run_name="run/1")) == {
+        "exp a/run/1/0",
+        "exp a/run/1/1",
+        "exp-b/run/1/0",
+    }
+    assert inputs(asynctrack.load(populated, experiment_name="exp a", run_name="run-2")) == {
+        "exp a/run-2/0",
+        "exp a/run-2/1",
+        "exp a/run-2/2",
+    }
+    empty = asynctrack.load(populated, experiment_name="nope")
+    assert list(empty.columns) == list(COLUMNS)
+    assert len(empty) == 0
+
+
+def test_gzip_files_are_read(populated: Path) -> None:
+    gz = list(populated.rglob("*.jsonl.gz"))
+    assert gz
+    assert all(gzip.decompress(p.read_bytes()) for p in gz)
+    events = asynctrack.read_events(populated, experiment_name="exp a", run_name="run-2")
+    assert [e["seq"] for e in events] == list(range(6))
+
+
+def test_read_events_orders_each_tracker_by_seq_and_skips_temporary_files(populated: Path) -> None:
+    partition = next((populated / "experiment=exp-b").rglob("date=*"))
+    (partition / ".half-written.jsonl.1234.tmp").write_bytes(b'{"broken":')
+    events = asynctrack.read_events(populated)
+    assert len(events) == 12
+    by_tracker: dict[str, list[int]] = {}
+    for event in events:
+        by_tracker.setdefault(event["tracker"], []).append(event["seq"])
+    assert len(by_tracker) == 3
+    for seqs in by_tracker.values():
+        assert seqs == list(range(len(seqs)))
+
+
+def test_read_parameters_sums_counts_across_writers(tmp_destination: Path) -> None:
+    for _ in range(2):
+        with AsyncTracker(tmp_destination, experiment_name="e", run_name="shared") as tracker:
+            tracker.on_text("hello", run_id=uuid.uuid4())
+    parameters = asynctrack.read_parameters(tmp_destination, "e", "shared")
+    assert parameters["events_text"] == 2
+    assert parameters["events_total"] == 2
+    assert len(list(tmp_destination.rglob("params/*.json"))) == 2
