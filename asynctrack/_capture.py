@@ -82,11 +82,12 @@ class Capturer:
     def __call__(self, value: Any) -> bytes | Captured:
         """``value`` as JSON bytes, or a ``Captured`` copy. Never raises."""
         try:
-            return orjson.dumps(value, default=self._default, option=_OPTIONS)
+            return orjson.dumps(value, default=self.default, option=_OPTIONS)
         except Exception:
             return Captured(snapshot(value, self._max_depth))
 
-    def _default(self, value: Any) -> Any:
+    def default(self, value: Any) -> Any:
+        """orjson's ``default``: plain data for what orjson cannot write itself."""
         cls = type(value)
         handler = self._handlers.get(cls)
         if handler is None:

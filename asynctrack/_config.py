@@ -24,9 +24,11 @@ DEFAULT_REDACT_KEYS: str = (
 #: Values that look like credentials wherever they occur in text (bytes regexes,
 #: applied to each encoded line). Add more with ``TrackerConfig.redact_patterns``.
 DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
-    # Every match of these is a run of 20+ characters of [A-Za-z0-9_-], or holds
-    # "earer" or "PRIVATE KEY": the encoder checks that cheaply first (see
-    # _encode._redact_values) and runs the regexes only on text that passes.
+    # Every match of these holds a run of 20+ characters of [A-Za-z0-9_], or
+    # "-lf-" (Langfuse's UUID-style keys) or "AIza": the encoder checks that first
+    # (see _encode._redact_values) and runs the regexes only on text that passes.
+    # Real keys are long random strings; a short opaque token is caught only under
+    # a credential-like key (api_key=..., Authorization: ...).
     r"sk-[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic (sk-ant-), Langfuse (sk-lf-) secret keys
     r"pk-lf-[A-Za-z0-9_\-]{16,}",  # Langfuse public keys
     r"lsv2_[A-Za-z0-9_]{20,}",  # LangSmith
@@ -36,11 +38,11 @@ DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
     r"gho_[A-Za-z0-9]{30,}",
     r"ghs_[A-Za-z0-9]{30,}",
     r"github_pat_[A-Za-z0-9_]{30,}",
-    r"xox[abprs]-[A-Za-z0-9\-]{15,}",  # Slack
+    r"xox[abprs]-(?:[0-9]+-)*[A-Za-z0-9]{20,}",  # Slack
     r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
     r"AIza[0-9A-Za-z_\-]{35,}",  # Google
-    r"Bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",  # bearer tokens in headers or text
-    r"bearer\s+[A-Za-z0-9._~+/\-]{16,}=*",
+    r"Bearer\s+[A-Za-z0-9._~+/\-]*[A-Za-z0-9_]{20}[A-Za-z0-9._~+/\-]*=*",  # bearer tokens
+    r"bearer\s+[A-Za-z0-9._~+/\-]*[A-Za-z0-9_]{20}[A-Za-z0-9._~+/\-]*=*",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
 )
 

@@ -51,7 +51,14 @@ logger = logging.getLogger("asynctrack")
 
 _WAKE_AT: Final = 512  # records waiting before put() wakes the worker early
 _TICK: Final = 0.05  # seconds between drains when nothing wakes the worker
-_CHUNK: Final = 256  # records encoded between yields to the worker's loop
+_CHUNK: Final = 32  # records encoded between checks of the time budget
+# The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
+# thread only every switch interval (5 ms), and an asyncio.sleep(0) does not help
+# (epoll_wait(0) drops and retakes it at once): the caller's event loop would lag
+# by 5-50 ms during a burst (measured). So after each _BUDGET of work the worker
+# really sleeps for _PAUSE, which lets a waiting thread take the GIL at once.
+_BUDGET: Final = 0.001
+_PAUSE: Final = 0.00005
 _WARN_EVERY: Final = 10.0  # seconds between repeated warnings of one kind
 _RETRY_MIN: Final = 0.5  # backoff for failed batches, doubled up to _RETRY_MAX
 _RETRY_MAX: Final = 30.0
@@ -615,6 +622,7 @@ class Engine:
         config = self.config
         hook = config.redact
         done = 0
+        started = time.perf_counter()
         while queue and (final or not self._stopping):
             if bounded and self._pending_bytes >= config.max_queue_bytes:
                 # Memory bound reached (the destination is slow or down): leave the
@@ -644,8 +652,12 @@ class Engine:
             self._add(*out)
             done += 1
             if done % _CHUNK == 0:
-                self._release_blocked()
-                await asyncio.sleep(0)  # let batch writes and flush waiters run
+                now = time.perf_counter()
+                if now - started >= _BUDGET:
+                    self._release_blocked()
+                    time.sleep(_PAUSE)  # noqa: ASYNC251 - on purpose: a real sleep hands the GIL over
+                    await asyncio.sleep(0)  # let batch writes and flush waiters run
+                    started = time.perf_counter()
         self._release_blocked()
 
     def _release_blocked(self) -> None:

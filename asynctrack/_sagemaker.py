@@ -39,6 +39,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -177,7 +178,16 @@ class SageMakerParameters:
             stack = contextlib.AsyncExitStack()
             self._client = await stack.enter_async_context(
                 (self._session or get_session()).create_client(
-                    "sagemaker", endpoint_url=self._endpoint_url, region_name=self._region_name
+                    "sagemaker",
+                    endpoint_url=self._endpoint_url,
+                    region_name=self._region_name,
+                    # One retry loop (ours) under one deadline; a stalled call must
+                    # not hold every flush for botocore's 60 s x 5 attempts.
+                    config=AioConfig(
+                        retries={"total_max_attempts": 1},
+                        connect_timeout=min(5.0, self._deadline),
+                        read_timeout=min(30.0, self._deadline),
+                    ),
                 )
             )
             self._stack = stack
@@ -220,27 +230,27 @@ class SageMakerParameters:
         )
 
     async def _ensure(self, client: Any, experiment: str, trial: str, component: str, display: str) -> None:
-        """Describe-or-create each entity, like the SDK's ``_load_or_create``."""
-        try:
-            await client.describe_experiment(ExperimentName=experiment)
-        except ClientError as exc:
-            if _code(exc) != "ResourceNotFound":
-                raise
-            await client.create_experiment(ExperimentName=experiment)
-        try:
-            await client.describe_trial(TrialName=trial)
-        except ClientError as exc:
-            if _code(exc) != "ResourceNotFound":
-                raise
-            await client.create_trial(TrialName=trial, ExperimentName=experiment)
-        try:
-            await client.describe_trial_component(TrialComponentName=component)
-        except ClientError as exc:
-            if _code(exc) != "ResourceNotFound":
-                raise
-            await client.create_trial_component(
+        """Describe-or-create each entity, like the SDK's ``_load_or_create``.
+
+        A failed Describe is followed by a Create whatever its error code (AWS says
+        ResourceNotFound; moto says ValidationException, or 500 for experiments);
+        a Create that finds the entity already there is success. Creating blindly
+        instead would, on moto, overwrite an existing run's parameters.
+        """
+        await _describe_or_create(
+            lambda: client.describe_experiment(ExperimentName=experiment),
+            lambda: client.create_experiment(ExperimentName=experiment),
+        )
+        await _describe_or_create(
+            lambda: client.describe_trial(TrialName=trial),
+            lambda: client.create_trial(TrialName=trial, ExperimentName=experiment),
+        )
+        await _describe_or_create(
+            lambda: client.describe_trial_component(TrialComponentName=component),
+            lambda: client.create_trial_component(
                 TrialComponentName=component, DisplayName=display[:MAX_NAME], Tags=[dict(RUN_TC_TAG)]
-            )
+            ),
+        )
         try:
             await client.associate_trial_component(TrialComponentName=component, TrialName=trial)
         except ClientError as exc:
@@ -248,6 +258,15 @@ class SageMakerParameters:
                 raise
 
     async def _retrying(self, attempt: Any) -> None:
+        try:
+            async with asyncio.timeout(self._deadline):
+                await self._retry_loop(attempt)
+        except TimeoutError as exc:
+            raise SinkError(
+                "SageMaker Experiments", f"gave up after {self._deadline:g} s (deadline)"
+            ) from exc
+
+    async def _retry_loop(self, attempt: Any) -> None:
         deadline = time.monotonic() + self._deadline
         delay = 0.2
         while True:
@@ -264,6 +283,24 @@ class SageMakerParameters:
                     raise SinkError("SageMaker Experiments", f"{type(exc).__name__}: {exc}") from exc
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 5.0)
+
+
+_ALREADY_THERE: Final = ("already exists", "resourceinuse")
+
+
+async def _describe_or_create(describe: Any, create: Any) -> None:
+    try:
+        await describe()
+        return
+    except ClientError as exc:
+        if _code(exc) in _RETRYABLE:
+            raise
+    try:
+        await create()
+    except ClientError as exc:
+        text = f"{_code(exc)} {exc}".lower()
+        if not any(marker in text for marker in _ALREADY_THERE):
+            raise
 
 
 def _run_session(run: Any) -> Any:

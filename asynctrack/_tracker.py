@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
 from ._capture import Capturer
@@ -143,6 +144,7 @@ class AsyncTracker(BaseCallbackHandler):
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
+        self._default = self._capture.default
         self._warned_hot_error = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -261,6 +263,16 @@ class AsyncTracker(BaseCallbackHandler):
         error: BaseException | None = None,
     ) -> None:
         try:
+            body: Any = {"tags": tags or (), "metadata": metadata or {}, "data": data}
+            try:
+                # Capturer.__call__, inlined: one Python frame less per event.
+                body = orjson.dumps(body, default=self._default)
+                # orjson's result keeps a ~4 KiB allocation whatever its length
+                # (tracemalloc: 4097 B for a 10-byte result); 100k waiting records
+                # would hold 400 MB. An exact-size copy costs ~0.1 us.
+                body = body[:-1] + b"}"
+            except Exception:
+                body = self._capture(body)  # the careful fallback
             self._put(
                 (
                     kind,
@@ -269,7 +281,7 @@ class AsyncTracker(BaseCallbackHandler):
                     run_id,
                     parent_run_id,
                     name if name is None or type(name) is str else str(name),
-                    self._capture({"tags": tags or (), "metadata": metadata or {}, "data": data}),
+                    body,
                     error,
                 )
             )
@@ -362,9 +374,10 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["token"] = token
-        kwargs["chunk"] = chunk
-        self._record("llm_new_token", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        name = kwargs.pop("name", None)
+        # "token" first in data: the encoder recognises it as ours, not a credential.
+        data = {"token": token, "chunk": chunk, **kwargs} if kwargs else {"token": token, "chunk": chunk}
+        self._record("llm_new_token", run_id, parent_run_id, name, tags, None, data)
 
     def on_llm_end(
         self,

@@ -21,6 +21,14 @@ def _isolate_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _isolate_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test spools into its own directory, never ~/.cache (where one test's
+    leftovers would be delivered by the next test's tracker)."""
+    monkeypatch.setenv("ASYNCTRACK_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("ASYNCTRACK_EXIT_TIMEOUT", "5")
+
+
 @pytest.fixture
 def tmp_destination(tmp_path: Path) -> Path:
     """A directory (not yet created) for a tracker to write into."""

@@ -467,7 +467,7 @@ def test_plain_string_api_key_field_does_not_leak_through_serialized_repr(
     "secret",
     [
         "sk-proj-" + "Ab3dEf7h_" * 4 + "Zz",  # OpenAI project key with "_" every 8 characters
-        "xoxb-12345-67890-abcdef",  # Slack token
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",  # Slack token
         "AIza" + "SyAb_cD3-fGh1_jKl2-mNo3_pQr4-sTu5_vW",  # Google API key
     ],
 )
