@@ -1,0 +1,588 @@
+"""Shared plumbing: options, reports (markdown, JSON, chart), machine facts, local servers.
+
+Everything here is standard library only at import time, so that the legacy-venv
+worker (``_legacy_worker``) can import the helpers it needs too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import http.server
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+def parser(description: str, default_repeats: int = 5) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: a few seconds")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"repeats per figure, median reported (default {default_repeats}; 1 with --smoke)",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for JSON/markdown/PNG")
+    p.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) variants")
+    p.add_argument("--no-peers", action="store_true", help="skip LangSmith/Langfuse/SageMaker")
+    p.set_defaults(default_repeats=default_repeats)
+    return p
+
+
+def repeats(args: argparse.Namespace) -> int:
+    if args.repeats is not None:
+        return max(1, args.repeats)
+    return 1 if args.smoke else args.default_repeats
+
+
+# -- safety: never leave the machine ------------------------------------------------------
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"}
+
+
+def _is_loopback(host: Any) -> bool:
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = str(host).strip("[]").lower()
+    return host in _LOOPBACK_NAMES or host.startswith("127.")
+
+
+def install_loopback_guard() -> None:
+    """Refuse to resolve any host but loopback in this process (and say which).
+
+    Every client library here (requests, urllib3, aiohttp, botocore, OTLP) resolves
+    the host before it connects, so a peer that ignored its configured stub endpoint
+    fails loudly instead of reaching the internet.
+    """
+    if getattr(socket.getaddrinfo, "_bench_guard", False):
+        return
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _is_loopback(host):
+            raise socket.gaierror(socket.EAI_NONAME, f"benchmarks: non-loopback host {host!r} refused")
+        return real(host, *args, **kwargs)
+
+    guarded._bench_guard = True  # type: ignore[attr-defined]
+    socket.getaddrinfo = guarded
+
+
+def quiet_peer_env() -> None:
+    """Environment for peers: no tracing unless a handler is passed, no telemetry."""
+    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING", "LANGSMITH_TRACING_V2"):
+        os.environ.pop(name, None)
+    os.environ["LANGSMITH_TRACING"] = "false"
+    os.environ["LANGCHAIN_TRACING_V2"] = "false"
+    os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
+    os.environ["OTEL_SDK_DISABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ["ANONYMIZED_TELEMETRY"] = "false"
+
+
+def aws_test_env(endpoint_url: str | None = None) -> None:
+    """Dummy credentials for moto; nothing from a user's profile is read."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            del os.environ[name]
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.{max(digits, 2)}f}"
+    return str(value)
+
+
+def settle() -> None:
+    """Start each measurement from the same heap state."""
+    gc.collect()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- machine -----------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state() -> str:
+    """``<short sha>`` of the tree benchmarked, ``+dirty`` if asynctrack/ has uncommitted changes."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "asynctrack"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "git": git_state(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": {
+            name: _version(name)
+            for name in (
+                "asynctrack",
+                "langchain-core",
+                "orjson",
+                "aiobotocore",
+                "botocore",
+                "moto",
+                "langsmith",
+                "langfuse",
+                "langchain-community",
+                "sagemaker",
+            )
+        },
+    }
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+class Report:
+    """Collects tables, goals and notes; prints markdown; writes JSON, markdown, PNG."""
+
+    def __init__(self, name: str, title: str, args: argparse.Namespace) -> None:
+        self.name = name
+        self.title = title
+        self.args = args
+        self.tables: list[dict[str, Any]] = []
+        self.goals: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.metrics: dict[str, float] = {}  # headline numbers, all finite and > 0
+        self.data: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"[{self.name}] note: {text}", file=sys.stderr, flush=True)
+
+    def progress(self, text: str) -> None:
+        print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
+
+    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.tables.append({"title": title, "headers": list(headers), "rows": [list(r) for r in rows]})
+
+    def goal(
+        self, text: str, measured: float, target: float, *, lower_is_better: bool = True, unit: str = ""
+    ) -> None:
+        ok = math.isfinite(measured) and (measured <= target if lower_is_better else measured >= target)
+        self.goals.append(
+            {
+                "goal": text,
+                "measured": measured,
+                "target": target,
+                "unit": unit,
+                "op": "≤" if lower_is_better else "≥",
+                "result": "PASS" if ok else "MISS",
+            }
+        )
+
+    def metric(self, name: str, value: float) -> None:
+        self.metrics[name] = value
+
+    # -- output --
+
+    def markdown(self) -> str:
+        out = [f"## {self.title}", ""]
+        for table in self.tables:
+            out += [f"### {table['title']}", ""]
+            out.append("| " + " | ".join(table["headers"]) + " |")
+            out.append("|" + "|".join("---" for _ in table["headers"]) + "|")
+            for row in table["rows"]:
+                out.append("| " + " | ".join(fmt(c) for c in row) + " |")
+            out.append("")
+        if self.goals:
+            out += ["### Goals", ""]
+            for g in self.goals:
+                out.append(
+                    f"- **{g['result']}** {g['goal']}: measured {fmt(g['measured'], 2)}{g['unit']}"
+                    f" (target {g['op']} {fmt(g['target'], 2)}{g['unit']})"
+                )
+            out.append("")
+        if self.notes:
+            out += ["### Notes", ""]
+            out += [f"- {n}" for n in self.notes]
+            out.append("")
+        return "\n".join(out)
+
+    def finish(self, chart: Callable[[Any], None] | None = None) -> Path:
+        """Print the markdown; write JSON, markdown and (if matplotlib) the chart."""
+        out_dir: Path = self.args.out
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if chart is not None:
+            self._chart(chart, out_dir / f"{self.name}.png")
+        elapsed = time.perf_counter() - self.started
+        self.note(f"{self.name} took {elapsed:.1f} s wall")
+        text = self.markdown()
+        print(text, flush=True)
+        (out_dir / f"{self.name}.md").write_text(text + "\n", encoding="utf-8")
+        payload = {
+            "benchmark": self.name,
+            "title": self.title,
+            "machine": machine(),
+            "options": {
+                "smoke": self.args.smoke,
+                "repeats": repeats(self.args),
+                "no_s3": self.args.no_s3,
+                "no_peers": self.args.no_peers,
+            },
+            "elapsed_s": elapsed,
+            "tables": self.tables,
+            "goals": self.goals,
+            "notes": self.notes,
+            "metrics": self.metrics,
+            "data": self.data,
+        }
+        path = out_dir / f"{self.name}.json"
+        path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        return path
+
+    def _chart(self, draw: Callable[[Any], None], path: Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.note("matplotlib is not installed: chart skipped (pip install matplotlib)")
+            return
+        try:
+            draw(plt)
+            plt.tight_layout()
+            plt.savefig(path, dpi=110)
+        except Exception as exc:  # a chart must never lose the numbers
+            self.note(f"chart failed: {exc!r}")
+        finally:
+            plt.close("all")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+# -- S3 via moto ---------------------------------------------------------------------------
+
+
+def s3_sink_problem() -> str | None:
+    """Why the S3 sink cannot be used here, or None."""
+    try:
+        import aiobotocore  # noqa: F401
+    except ImportError as exc:
+        return f"aiobotocore not installed ({exc})"
+    try:
+        import asynctrack._s3  # noqa: F401
+    except ImportError as exc:
+        return f"asynctrack's S3 sink is not importable yet ({exc})"
+    return None
+
+
+@contextlib.contextmanager
+def moto_s3(report: Report, bucket: str = "asynctrack-bench") -> Iterator[str | None]:
+    """Start moto in a child process and create ``bucket``; yield its endpoint (or None + note)."""
+    try:
+        from asynctrack._testing_aws import MotoServer
+    except ImportError as exc:
+        report.note(f"S3 variants skipped: asynctrack._testing_aws.MotoServer not importable ({exc})")
+        yield None
+        return
+    server = MotoServer()
+    try:
+        server.start()
+    except Exception as exc:
+        report.note(f"S3 variants skipped: moto did not start ({exc!r})")
+        yield None
+        return
+    try:
+        aws_test_env()
+        try:
+            _create_bucket(server.endpoint_url, bucket)
+        except Exception as exc:
+            report.note(f"S3 variants skipped: could not create bucket on moto ({exc!r})")
+            yield None
+            return
+        yield server.endpoint_url
+    finally:
+        server.stop()
+
+
+def _create_bucket(endpoint_url: str, bucket: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # botocore's utcnow()
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        try:
+            client.create_bucket(Bucket=bucket)
+        finally:
+            client.close()
+
+
+# -- a stub HTTP endpoint for LangSmith and Langfuse ----------------------------------------
+
+_LANGSMITH_INFO = {
+    "version": "0.10.0",
+    "license_expiration_time": None,
+    "batch_ingest_config": {
+        "use_multipart_endpoint": True,
+        "size_limit": 100,
+        "size_limit_bytes": 20_971_520,
+        "scale_up_qsize_trigger": 1000,
+        "scale_up_nthreads_limit": 16,
+        "scale_down_nempty_trigger": 4,
+    },
+    "instance_flags": {"zstd_compression_enabled": True},
+}
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _StubServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def _body(self) -> int:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            size = 0
+            while True:
+                line = self.rfile.readline()
+                n = int(line.split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return size
+                self.rfile.read(n)
+                self.rfile.readline()
+                size += n
+        length = int(self.headers.get("Content-Length") or 0)
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        return length
+
+    def _answer(self) -> None:
+        size = self._body()
+        path = self.path.split("?")[0]
+        self.server.count(self.command, path, size)
+        if path.rstrip("/").endswith("/info"):
+            status, body = 200, _LANGSMITH_INFO
+        elif self.command in ("POST", "PATCH") and "/runs" in path:
+            status, body = 202, {"status": "accepted"}
+        elif "otel" in path:
+            status, body = 200, {}
+        elif self.command == "GET":
+            status, body = 200, {"data": [], "meta": {"page": 1, "total_items": 0}}
+        else:
+            status, body = 200, {"success": True, "id": "00000000-0000-0000-0000-000000000000"}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+
+class _StubServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _StubHandler)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+        self.paths: dict[str, int] = {}
+
+    def count(self, method: str, path: str, size: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.bytes += size
+            key = f"{method} {path}"
+            self.paths[key] = self.paths.get(key, 0) + 1
+
+
+class StubHTTP:
+    """A loopback HTTP server that accepts everything (LangSmith / Langfuse stand-in)."""
+
+    def __init__(self) -> None:
+        self._server = _StubServer()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="bench-stub-http", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stats(self) -> dict[str, Any]:
+        with self._server.lock:
+            return {
+                "requests": self._server.requests,
+                "bytes": self._server.bytes,
+                "paths": dict(self._server.paths),
+            }
+
+    def __enter__(self) -> StubHTTP:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+# -- blackhole TCP server (accepts, never answers) ------------------------------------------
+
+
+class Blackhole:
+    """Accepts TCP connections on 127.0.0.1 and never answers: a stalled S3."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="bench-blackhole", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._conns.append(conn)  # kept open, never read: the client's send buffer fills
+
+    def __enter__(self) -> Blackhole:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._conns:
+            conn.close()
+        self._listener.close()

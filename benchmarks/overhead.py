@@ -1,0 +1,343 @@
+"""A. Callback overhead: what a handler adds to each LangChain call, vs no handler and the floor.
+
+Variants (each a fresh handler per measurement, closed at its end):
+
+- ``none``: no callbacks; ``floor``: a no-op inline ``BaseCallbackHandler`` (every
+  ``on_*`` is ``pass``): what LangChain itself costs once any handler is attached;
+- ``asynctrack-local`` / ``asynctrack-s3`` (moto in a child process);
+- ``langsmith`` (``LangChainTracer`` + ``langsmith.Client``) and ``langfuse``
+  (``CallbackHandler``), both against a loopback stub HTTP server;
+- ``sagemaker-legacy``: langchain-community's ``SageMakerCallbackHandler`` with a
+  SageMaker v2 ``Run`` against moto, in the legacy venv (``_legacy_worker``), with
+  its own ``none`` baseline measured in the same round.
+
+Variants run round-robin (the order rotates every repeat) inside each workload, and
+each figure is the median over repeats of the per-repeat values (deltas are paired
+per repeat). "Total" is handler construction + the calls + the final flush/close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+from . import _common as c
+from ._workloads import WORKLOADS, Workload, count_events, run_async, run_stream, run_sync
+
+# Calls per measurement: full, smoke. async workloads run in rounds of their concurrency.
+CALLS = {
+    "sync": (400, 5),
+    "async64": (256, 64),
+    "async1024": (1024, 0),  # 0: skipped in smoke mode (1024 calls per variant is not "a few seconds")
+    "stream": (40, 2),
+    "agent": (100, 3),
+}
+# The legacy SageMaker handler uploads one S3 object per event (~15 ms each on moto):
+# far fewer calls, against its own baseline with the same counts. None: not run.
+LEGACY_CALLS: dict[str, tuple[int | None, int | None]] = {
+    "sync": (30, 2),
+    "async64": (64, None),
+    "async1024": (None, None),
+    "stream": (1, None),
+    "agent": (5, None),
+}
+
+LOCAL = "asynctrack-local"
+
+
+def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str) -> dict[str, Any]:
+    c.settle()
+    if workload.kind == "async":
+
+        async def go() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            state = variant.open(tag)
+            callbacks = variant.callbacks(state)
+            t1 = time.perf_counter()
+            calls_s = await run_async(chain, callbacks, calls, workload.concurrency)
+            t2 = time.perf_counter()
+            extra = await variant.aclose(state)
+            t3 = time.perf_counter()
+            return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+
+        return asyncio.run(go())
+    t0 = time.perf_counter()
+    state = variant.open(tag)
+    callbacks = variant.callbacks(state)
+    t1 = time.perf_counter()
+    runner = run_stream if workload.kind == "stream" else run_sync
+    calls_s = runner(chain, callbacks, calls)
+    t2 = time.perf_counter()
+    extra = variant.close(state)
+    t3 = time.perf_counter()
+    return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = c.parser(__doc__.splitlines()[0])
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    args = p.parse_args(argv)
+    c.install_loopback_guard()
+    c.quiet_peer_env()
+    repeats = c.repeats(args)
+    report = c.Report("overhead", "A. Callback overhead per LangChain call", args)
+    idx = 1 if args.smoke else 0
+    workloads = [WORKLOADS[w] for w in args.workloads.split(",") if w]
+    skipped_wl = [w.name for w in workloads if CALLS[w.name][idx] == 0]
+    if skipped_wl:
+        report.note(f"smoke mode: workloads {skipped_wl} skipped")
+    workloads = [w for w in workloads if CALLS[w.name][idx] > 0]
+
+    from ._variants import (
+        AsyncTrackLocal,
+        AsyncTrackS3,
+        Floor,
+        Langfuse,
+        LangSmith,
+        NoHandler,
+        SageMakerLegacy,
+    )
+
+    with c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
+        import os
+
+        for name in ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT", "LANGFUSE_HOST", "LANGFUSE_BASE_URL"):
+            os.environ[name] = stub.url
+        s3_problem = "--no-s3" if args.no_s3 else c.s3_sink_problem()
+        candidates: list[Any] = [NoHandler(), Floor(), AsyncTrackLocal(), AsyncTrackS3(moto_url, s3_problem)]
+        if args.no_peers:
+            report.note("--no-peers: LangSmith, Langfuse and SageMaker variants skipped")
+        else:
+            candidates += [LangSmith(stub.url), Langfuse(stub.url), SageMakerLegacy(moto_url)]
+        variants = []
+        for v in candidates:
+            problem = v.problem()
+            if problem:
+                report.note(f"variant `{v.name}` skipped: {problem}")
+            else:
+                variants.append(v)
+        legacy = next((v for v in variants if v.group == "legacy"), None)
+        if legacy is not None:
+            report.data["legacy"] = legacy.info
+            report.note(
+                "sagemaker-legacy runs in benchmarks/.venv-legacy "
+                f"({', '.join(f'{k} {v}' for k, v in legacy.info.get('versions', {}).items())}); "
+                f"its Run() setup took {legacy.info.get('run_setup_s', 0) * 1e3:.0f} ms (not in the totals). "
+                "Its 30-artifact limit is lifted and artifact maps emptied per measurement, so the figures "
+                "are the steady-state upload per event, not the ValueError path (see _legacy_worker.py)."
+            )
+        try:
+            results = _run(report, args, repeats, workloads, variants, idx)
+        finally:
+            for v in variants:
+                try:
+                    v.shutdown()
+                except Exception as exc:
+                    report.note(f"shutting down {v.name} failed: {exc!r}")
+        report.data["stub_http"] = stub.stats()
+        local = next((v for v in variants if v.name == LOCAL), None)
+        if local is not None:
+            report.data["asynctrack_local_totals"] = local.totals
+            t = local.totals
+            report.note(
+                f"asynctrack-local across all measurements: recorded {t['recorded']:,}, "
+                f"written {t['written']:,}, dropped {t['dropped']:,}"
+            )
+    _tables(report, results, workloads, variants, repeats)
+    report.finish(chart=lambda plt: _chart(plt, report))
+    return 0
+
+
+class _maybe_moto:
+    def __init__(self, report: c.Report, args: Any) -> None:
+        self._cm: Any = None
+        self.report, self.args = report, args
+
+    def __enter__(self) -> str | None:
+        if self.args.no_s3 and self.args.no_peers:
+            return None
+        self._cm = c.moto_s3(self.report)
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+def _run(
+    report: c.Report, args: Any, repeats: int, workloads: list[Workload], variants: list[Any], idx: int
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"events": {}, "calls": {}, "legacy_calls": {}, "runs": defaultdict(list)}
+    for w in workloads:
+        events, kinds = count_events(w)
+        results["events"][w.name] = events
+        results["calls"][w.name] = CALLS[w.name][idx]
+        results["legacy_calls"][w.name] = LEGACY_CALLS[w.name][idx]
+        report.progress(f"{w.name}: {events} events per call {kinds}")
+    chains = {w.name: w.build() for w in workloads}
+
+    def one(v: Any, w: Workload, r: int, calls: int) -> None:
+        if v.group == "legacy":
+            lcalls = results["legacy_calls"][w.name]
+            if not lcalls:
+                return
+            pair = ["none", "sagemaker"] if r % 2 == 0 else ["sagemaker", "none"]
+            for which in pair:
+                reply = v.call({"op": "measure", "variant": which, "workload": w.name, "calls": lcalls})
+                key = v.name if which == "sagemaker" else "none-legacy"
+                results["runs"][(w.name, key)].append(reply)
+            return
+        results["runs"][(w.name, v.name)].append(_measure(v, w, chains[w.name], calls, f"{w.name}-{r}"))
+
+    # Warm-up: every variant once per workload (imports, caches, first connections); not recorded.
+    for w in workloads:
+        warm = min(results["calls"][w.name], w.concurrency if w.kind == "async" else 2)
+        for v in variants:
+            if v.group == "legacy":
+                continue
+            _measure(v, w, chains[w.name], warm, f"warmup-{w.name}")
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for w in workloads:
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                one(v, w, r, results["calls"][w.name])
+        report.progress(f"repeat {r + 1}/{repeats} done in {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def _tables(
+    report: c.Report, results: dict[str, Any], workloads: list[Workload], variants: list[Any], repeats: int
+) -> None:
+    runs = results["runs"]
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for w in workloads:
+        events = results["events"][w.name]
+        names = []
+        for v in variants:
+            if v.group == "legacy":
+                if results["legacy_calls"][w.name]:
+                    names += ["none-legacy", v.name]
+            else:
+                names.append(v.name)
+        label = {v.name: v.label for v in variants} | {"none-legacy": "no handler (legacy venv baseline)"}
+
+        def per_call(name: str, w: Workload = w) -> list[float]:
+            calls = results["legacy_calls" if name in ("none-legacy", "sagemaker-legacy") else "calls"][
+                w.name
+            ]
+            return [run["calls_s"] / calls * 1e6 for run in runs[(w.name, name)]]
+
+        def total(name: str, w: Workload = w) -> list[float]:
+            return [(run["setup_s"] + run["calls_s"] + run["final_s"]) * 1e3 for run in runs[(w.name, name)]]
+
+        rows = []
+        summary[w.name] = {}
+        floor_pc = per_call("floor")
+        for name in names:
+            legacy = name in ("none-legacy", "sagemaker-legacy")
+            base = "none-legacy" if legacy else "none"
+            pc, base_pc = per_call(name), per_call(base)
+            tot, base_tot = total(name), total(base)
+            n = min(len(pc), len(base_pc), len(floor_pc))
+            over_none = [(pc[i] - base_pc[i]) / events for i in range(n)]
+            over_floor = [(pc[i] - floor_pc[i]) / events for i in range(n)]
+            x_floor = [pc[i] / floor_pc[i] for i in range(n)]
+            x_none = [pc[i] / base_pc[i] for i in range(n)]
+            x_total = [tot[i] / base_tot[i] for i in range(n)]
+            final_ms = [run["final_s"] * 1e3 for run in runs[(w.name, name)]]
+            s = {
+                "per_call_us": c.median(pc),
+                "per_event_over_none_us": c.median(over_none),
+                "per_event_over_floor_us": c.median(over_floor),
+                "x_floor": c.median(x_floor),
+                "x_none": c.median(x_none),
+                "total_ms": c.median(tot),
+                "total_x_none": c.median(x_total),
+                "final_ms": c.median(final_ms),
+            }
+            summary[w.name][name] = s
+            rows.append(
+                [
+                    label[name],
+                    s["per_call_us"],
+                    s["per_event_over_none_us"],
+                    s["per_event_over_floor_us"],
+                    s["x_floor"],
+                    s["x_none"],
+                    s["total_ms"],
+                    s["total_x_none"],
+                    s["final_ms"],
+                ]
+            )
+            report.metric(f"{w.name}.{name}.per_call_us", s["per_call_us"])
+            report.metric(f"{w.name}.{name}.total_ms", s["total_ms"])
+        calls = results["calls"][w.name]
+        lc = results["legacy_calls"][w.name]
+        report.table(
+            f"{w.name}: {w.description}; {events} events/call; {calls} calls per measurement"
+            + (f" ({lc} for the legacy handler)" if lc and any(v.group == "legacy" for v in variants) else "")
+            + f"; median of {repeats}",
+            [
+                "handler",
+                "µs/call",
+                "µs/event over none",
+                "µs/event over floor",
+                "× floor",
+                "× none",
+                "total ms (setup+calls+flush/close)",
+                "total × none",
+                "final flush/close ms",
+            ],
+            rows,
+        )
+        if LOCAL in summary[w.name]:
+            s = summary[w.name][LOCAL]
+            report.goal(
+                f"{w.name}: asynctrack callback path within 2 µs/event of the floor",
+                s["per_event_over_floor_us"],
+                2.0,
+                unit=" µs",
+            )
+            report.goal(
+                f"{w.name}: asynctrack (local) total wall time incl. final close ≤ 1.15× no handler",
+                s["total_x_none"],
+                1.15,
+                unit="×",
+            )
+    report.note(
+        "µs per event is wall time of the calling thread: on 2 cores with one GIL it includes the time the "
+        "tracker's worker thread holds the GIL while it encodes (see `python -m benchmarks.profile`)"
+    )
+    report.data["summary"] = summary
+    report.data["events_per_call"] = results["events"]
+    report.data["raw"] = {f"{k[0]}|{k[1]}": v for k, v in runs.items()}
+
+
+def _chart(plt: Any, report: c.Report) -> None:
+    summary = report.data.get("summary", {})
+    workloads = list(summary)
+    names: list[str] = []
+    for w in workloads:
+        for n in summary[w]:
+            if n not in names and n not in ("none", "none-legacy"):
+                names.append(n)
+    _fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / max(len(names), 1)
+    for i, n in enumerate(names):
+        ys = [max(summary[w].get(n, {}).get("per_event_over_none_us", float("nan")), 0.01) for w in workloads]
+        ax.bar([x + i * width for x in range(len(workloads))], ys, width, label=n)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(workloads))])
+    ax.set_xticklabels(workloads)
+    ax.set_yscale("log")
+    ax.set_ylabel("µs per event over no handler (log)")
+    ax.set_title("A. Callback overhead per event")
+    ax.axhline(2.0, color="grey", linestyle=":", linewidth=1)
+    ax.legend(fontsize=8)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

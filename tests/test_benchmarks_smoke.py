@@ -1,0 +1,92 @@
+"""The benchmarks run (smoke sizes) and produce sane output. No timing thresholds, ever.
+
+Each benchmark runs in a child process (``python -m benchmarks.<name> --smoke``), so
+its threads, sockets and child servers cannot leak into the test process; the child
+runs with ``-W always::ResourceWarning`` and its stderr must not mention one.
+Peers that are not installed (LangSmith, Langfuse, the legacy SageMaker venv) and
+an S3 sink that is not importable are skipped by the benchmarks themselves, with a
+note, and the tests still pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ["overhead", "throughput", "flush_latency", "loop_lag", "memory"]
+
+
+def _run(args: list[str], timeout: float = 100) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _check_output(name: str, out: Path, stdout: str) -> dict[str, object]:
+    data = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    assert data["benchmark"] == name
+    assert data["options"]["smoke"] is True
+    assert data["tables"], "no table"
+    for table in data["tables"]:
+        assert table["rows"], f"empty table {table['title']!r}"
+        assert all(len(row) == len(table["headers"]) for row in table["rows"])
+    metrics = data["metrics"]
+    assert metrics, "no headline numbers"
+    for key, value in metrics.items():
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
+    for goal in data["goals"]:
+        assert goal["result"] in ("PASS", "MISS")
+    markdown = (out / f"{name}.md").read_text(encoding="utf-8")
+    assert "| " in markdown and "|---" in markdown
+    assert "|---" in stdout, "the markdown table is printed"
+    return data
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_smoke(name: str, tmp_path: Path) -> None:
+    proc = _run([f"benchmarks.{name}", "--smoke", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert "ResourceWarning" not in proc.stderr, proc.stderr[-4000:]
+    _check_output(name, tmp_path, proc.stdout)
+
+
+def test_overhead_counts_every_variant_it_ran(tmp_path: Path) -> None:
+    proc = _run(
+        [
+            "benchmarks.overhead",
+            "--smoke",
+            "--no-peers",
+            "--no-s3",
+            "--workloads",
+            "sync",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = _check_output("overhead", tmp_path, proc.stdout)
+    summary = data["data"]["summary"]["sync"]  # type: ignore[index]
+    assert {"none", "floor", "asynctrack-local"} <= set(summary)
+    totals = data["data"]["asynctrack_local_totals"]  # type: ignore[index]
+    assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
+
+
+def test_run_all_collects_goals(tmp_path: Path) -> None:
+    proc = _run(
+        ["benchmarks", "--smoke", "--no-s3", "--no-peers", "--only", "loop_lag", "--out", str(tmp_path)]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "## All goals" in proc.stdout
+    assert (tmp_path / "loop_lag.json").exists()
