@@ -40,7 +40,7 @@ from typing import Any, Final, overload
 import orjson
 
 from ._capture import Captured, safe_repr, safe_str, type_name
-from ._config import DEFAULT_REDACT_PATTERNS, TrackerConfig
+from ._config import DEFAULT_REDACT_KEYS, DEFAULT_REDACT_PATTERNS, TrackerConfig
 from ._snapshot import DEPTH_EXCEEDED, FieldsSnapshot
 
 __all__ = ["REDACTED", "Encoder", "placeholder"]
@@ -51,6 +51,22 @@ _MARK: Final = "$asynctrack"
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 _MAX_NODES: Final = 200_000  # per event; beyond it values become placeholders
+#: Substrings (of the lower-cased captured bytes) that every key matching
+#: ``DEFAULT_REDACT_KEYS`` contains: without one of them no key can match. Eight
+#: substring searches beat finding the keys for bodies up to ``_SCAN_LIMIT``
+#: bytes (measured: 4 us against 7.5 us for 600 B); longer bodies, whose length
+#: is mostly values (prompts), have their keys found instead.
+_DEFAULT_KEY_HINTS: Final = (
+    b"key",  # api_key, apikey, private_key, access_key(_id), secret_key, x-api-key
+    b"secret",
+    b"passw",
+    b"pwd",
+    b"auth",  # auth, authorization, proxy-authorization
+    b"credential",
+    b"cookie",
+    b'token"',  # keys ending in "token"; not "max_tokens"
+)
+_SCAN_LIMIT: Final = 1024
 #: ``key=value`` / ``key: value`` text inside strings (a model's ``repr``, a
 #: header dump, a URL's query) whose key looks like a credential. Found from each
 #: separator outwards (``_redact_pairs``): the key must end right before it, in a
@@ -64,6 +80,8 @@ _KEY_BEFORE = (
 _VALUE_AFTER = r"(?i)\s*\\?['\"]?(?:(?:bearer|basic|token)\s+)?([^'\"\\\s,)}&]{4,})"
 _PAIR_TEXT: Final = (re.compile(_KEY_BEFORE), re.compile(_VALUE_AFTER))
 _PAIR_BYTES: Final = (re.compile(_KEY_BEFORE.encode()), re.compile(_VALUE_AFTER.encode()))
+_PAIR_WORDS: Final = ("key", "secret", "passw", "pwd", "auth", "credential", "token")
+_PAIR_WORDS_BYTES: Final = tuple(word.encode() for word in _PAIR_WORDS)
 
 
 @overload
@@ -73,6 +91,7 @@ def _redact_pairs(text: bytes, separators: bytes) -> bytes: ...
 def _redact_pairs(text: Any, separators: Any) -> Any:
     """``text`` with the value of every credential-like ``key=value`` redacted."""
     before, after = _PAIR_BYTES if isinstance(text, bytes) else _PAIR_TEXT
+    words = _PAIR_WORDS_BYTES if isinstance(text, bytes) else _PAIR_WORDS
     redacted = _REDACTED_BYTES if isinstance(text, bytes) else REDACTED
     parts = []
     last = 0
@@ -80,7 +99,9 @@ def _redact_pairs(text: Any, separators: Any) -> Any:
         sep = bytes([separator]) if isinstance(text, bytes) else separator
         position = text.find(sep)
         while position != -1:
-            if before.search(text, max(0, position - 48), position):
+            window = text[max(0, position - 48) : position].lower()
+            # Substring checks first: the regex tries every start in the window.
+            if any(word in window for word in words) and before.search(text, max(0, position - 48), position):
                 value = after.match(text, position + 1)
                 if value is not None and value.start(1) >= last:
                     parts.append((value.start(1), value.end(1)))
@@ -147,6 +168,9 @@ class Encoder:
         self._max_depth = config.max_depth
         self._key_re = re.compile(config.redact_keys) if config.redact_keys else None
         self._key_bytes: dict[bytes, bool] = {}
+        self._key_hints: tuple[bytes, ...] | None = (
+            _DEFAULT_KEY_HINTS if config.redact_keys == DEFAULT_REDACT_KEYS else None
+        )
         self._redacted_keys: dict[str, bool] = {}
         self._value_res = [(_literal_prefix(p), re.compile(p.encode())) for p in config.redact_patterns]
         # Custom patterns are always run; the defaults only where they can match.
@@ -216,18 +240,28 @@ class Encoder:
         return self.encode(event, own_keys)
 
     def _needs_walk(self, body: bytes, own_keys: tuple[str, ...] = ()) -> bool:
-        """Whether ``body`` may hold an over-long field or a credential-like key.
-
-        Keys are found without parsing: every JSON key ends with ``":``, so the
-        text before each ``":`` back to its opening quote is a key (or, for a
-        ``":`` inside a string, some text: a false hit costs only the slow path).
-        Each distinct key is judged once and cached, so the cost is a ``split``
-        and a dict look-up per key, whatever the length of the values.
-        """
+        """Whether ``body`` may hold an over-long field or a credential-like key."""
         if len(body) > self._max_field:
             return True  # some field may be over the limit
         if self._key_re is None:
             return False
+        if self._key_hints is not None and len(body) <= _SCAN_LIMIT:
+            lowered = body.lower()
+            if not own_keys:
+                return any(hint in lowered for hint in self._key_hints)
+            own = [f'"{key}":'.encode() for key in own_keys]
+            # A hint that only our own field names account for is no hint.
+            return any(lowered.count(h) > sum(k.count(h) for k in own) for h in self._key_hints)
+        return self._has_secret_key(body, own_keys)
+
+    def _has_secret_key(self, body: bytes, own_keys: tuple[str, ...]) -> bool:
+        """Find keys without parsing, judging each distinct key once (cached).
+
+        Every JSON key ends with ``":``, so the text before each ``":`` back to its
+        opening quote is a key (or, for a ``":`` inside a string, some text: a
+        false hit costs only the slow path). The cost grows with the number of
+        keys, not with the length of the values, so long bodies use this.
+        """
         pieces = body.split(b'":')
         cache = self._key_bytes
         # Our own fields come first in "data", the body's last key: their piece
