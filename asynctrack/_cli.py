@@ -73,9 +73,10 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
         print(f"nothing spooled in {spool_dir}")
         return 0
 
-    async def deliver(destination: str) -> tuple[int, int, int]:
+    async def deliver(destination: str, options: dict[str, str]) -> tuple[int, int, int]:
         spool = Spool(spool_dir, destination, max_bytes=0)
-        sink = make_sink(destination, **s3_options)
+        # The spooling tracker's encryption and bucket-owner settings, unless overridden.
+        sink = make_sink(destination, **{**options, **s3_options})
         sent = events = failed = 0
         try:
             await sink.start()
@@ -94,9 +95,9 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
         return sent, events, failed
 
     status = 0
-    for destination in destinations:
+    for destination, options in destinations:
         try:
-            sent, events, failed = asyncio.run(deliver(destination))
+            sent, events, failed = asyncio.run(deliver(destination, options))
         except Exception as exc:
             print(f"{destination}: {exc}", file=sys.stderr)
             status = 1

@@ -73,14 +73,14 @@ _SCAN_LIMIT: Final = 1024
 #: 48-character window, and the value follows it. A regex scanning the whole text
 #: for the key instead backtracks over every run of letters (0.5 s for a 256 KiB
 #: field, measured).
-_KEY_BEFORE = (
-    r"(?i)(?:api[_-]?key|apikey|secret|password|passwd|pwd|authorization|credentials?"
-    r"|private[_-]?key|access[_-]?key|token)\\?['\"]?\s*\Z"
+_KEY_BEFORE = (  # the words of DEFAULT_REDACT_KEYS
+    r"(?i)(?:api[_-]?key|apikey|secret|password|passwd|pwd|authorization|auth|credentials?"
+    r"|private[_-]?key|access[_-]?key|cookie|token)\\?['\"]?\s*\Z"
 )
 _VALUE_AFTER = r"(?i)\s*\\?['\"]?(?:(?:bearer|basic|token)\s+)?([^'\"\\\s,)}&]{4,})"
 _PAIR_TEXT: Final = (re.compile(_KEY_BEFORE), re.compile(_VALUE_AFTER))
 _PAIR_BYTES: Final = (re.compile(_KEY_BEFORE.encode()), re.compile(_VALUE_AFTER.encode()))
-_PAIR_WORDS: Final = ("key", "secret", "passw", "pwd", "auth", "credential", "token")
+_PAIR_WORDS: Final = ("key", "secret", "passw", "pwd", "auth", "credential", "cookie", "token")
 _PAIR_WORDS_BYTES: Final = tuple(word.encode() for word in _PAIR_WORDS)
 
 
@@ -294,7 +294,7 @@ class Encoder:
                 line = _redact_pairs(line, b"=")
             # ":" ends every JSON key (checked apart), so "key: value" text is only
             # looked for where the commonest such credential may be.
-            if b"earer " in line or b"uthorization" in line:
+            if b"earer " in line or b"uthorization" in line or b"ookie" in line:
                 line = _redact_pairs(line, b":")
         if (
             self._value_hint

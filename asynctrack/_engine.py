@@ -1,18 +1,19 @@
 """The engine: bounded buffer, batching worker, flush barrier, lifecycle.
 
 It knows nothing of LangChain or AWS. Callers ``put()`` opaque records; a
-``translate`` function (the adapter's) turns each into an event dict on the
-worker thread; the ``Encoder`` makes a JSON line of it; lines are batched by
-count, bytes and age into files that a ``Sink`` stores.
+``translate`` function (the adapter's) turns each into a JSON line on the worker
+thread (or into an event dict, which the engine's ``Encoder`` encodes); lines are
+batched by count, bytes and age into files that a ``Sink`` stores.
 
 Threads and ordering:
 
 - ``put()`` is the hot path. It runs on any thread, in or out of an event loop,
   and only appends to a ``collections.deque`` (atomic under the GIL, 30 ns). It
   takes no lock unless the buffer is full, never does I/O and never raises.
-- One worker thread per engine runs a private asyncio loop. It drains the deque
-  every ``_TICK`` seconds, or at once when ``_WAKE_AT`` records are waiting, so
-  that raw records (which the cyclic GC must walk) do not pile up.
+- One worker thread per engine runs a private asyncio loop (for aiobotocore and
+  concurrent writes). It drains the deque every ``_TICK`` seconds, or at once
+  when ``_WAKE_AT`` records are waiting, and hands the GIL back to the callers
+  after each millisecond of encoding (``_BUDGET``).
 - ``flush()`` appends a marker to the same deque. Everything put before the call
   is ahead of it, so when the worker reaches the marker it seals the open batch,
   and the marker resolves once every batch sealed so far is settled (written,
@@ -187,6 +188,8 @@ class Engine:
         self._parameters = parameters
         self._parameter_sinks = tuple(parameter_sinks)
         self.spool = spool
+        #: Called (weakly) in a forked child, after the engine reset itself.
+        self.on_fork: weakref.WeakMethod[Callable[[Engine], None]] | None = None
         self.run_info = run_info or RunInfo(
             experiment=layout.experiment,
             run=layout.run,
@@ -213,6 +216,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._finishing = False
         self._worker_done = threading.Event()
         # Counters. Written by the worker only, except the drop counters (under _lock).
         self._taken = 0
@@ -249,6 +253,15 @@ class Engine:
         thread = threading.Thread(target=self._thread_main, name="asynctrack-worker", daemon=True)
         self._thread = thread
         thread.start()
+
+    def set_adapter(
+        self,
+        translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None],
+        parameters: Callable[[], Mapping[str, ParameterValue]] | None,
+    ) -> None:
+        """Replace ``translate`` and ``parameters`` (after fork, before the worker runs)."""
+        self._translate = translate
+        self._parameters = parameters
 
     @property
     def last_parameters(self) -> dict[str, ParameterValue]:
@@ -708,6 +721,9 @@ class Engine:
             self._failed[number] = sealed
 
     def _spawn(self, coro: Any) -> None:
+        if self._finishing:
+            coro.close()  # the loop is about to close: never start work on it
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -749,6 +765,12 @@ class Engine:
             self._spawn(self._write(number, batch))
 
     def _on_marker(self, marker: _Marker) -> None:
+        if self._stopping:
+            # Reached while finishing: no new writes on a loop about to close;
+            # _finish spools what is unsent and resolves the marker.
+            self._seal(write=False)
+            self._markers.append(marker)
+            return
         self._seal()
         marker.upto = self._next_batch - 1
         if self._failed:
@@ -757,6 +779,8 @@ class Engine:
         self._check_markers()
 
     def _check_markers(self) -> None:
+        if self._stopping:
+            return  # _finish resolves every marker left
         for marker in self._markers:
             if not marker.settling and not any(n <= marker.upto for n in self._inflight):
                 marker.settling = True
@@ -825,11 +849,16 @@ class Engine:
 
     async def _finish(self) -> None:
         """Stop: cancel writes still running, count what is left as lost, close sinks."""
+        self._finishing = True
         markers = [*self._markers, *(i for i in self._queue if type(i) is _Marker)]
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
+        while self._tasks:  # cancelled writes may have started more: loop until none
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A write cancelled before it took the semaphore is still "in flight".
+        for number, batch in list(self._inflight.items()):
+            self._failed[number] = batch
+        self._inflight.clear()
         if self.spool is not None:
             # Encode what is still buffered, then keep every unsent batch on disk.
             await self._drain(bounded=False, final=True)
@@ -898,6 +927,9 @@ class Engine:
         closed = self._closed
         self._reset_state()
         self.layout = dataclasses.replace(self.layout, writer=new_writer_id())
+        on_fork = self.on_fork() if self.on_fork is not None else None
+        if on_fork is not None:
+            on_fork(self)  # the adapter renews its own per-process state
         if closed:
             self._closed = True
             self._max_queue = -1

@@ -195,6 +195,16 @@ class S3Sink:
     def destination(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
+    def replay_options(self) -> dict[str, str]:
+        """The non-secret options a later replay of this sink's spool must reuse."""
+        options = {
+            "server_side_encryption": self._sse,
+            "sse_kms_key_id": self._kms_key,
+            "expected_bucket_owner": self._owner,
+            "region_name": self._region_name,
+        }
+        return {key: value for key, value in options.items() if value}
+
     def object_key(self, key: str) -> str:
         """The full S3 key of a layout key."""
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -294,7 +304,10 @@ class S3Sink:
             tries += 1
             self.attempts += 1
             try:
-                await attempt()
+                # Bound each attempt too: aiohttp's wait for "100 Continue" is not
+                # covered by read_timeout, and a silent endpoint would hang it.
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    await attempt()
                 return
             except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
                 if is_permanent(exc):

@@ -10,6 +10,8 @@ its destination has acknowledged it.
 Layout::
 
     <spool_dir>/<sha256(destination)[:16]>/destination.txt      the destination URI
+    <spool_dir>/<sha256(destination)[:16]>/options.json         its non-secret write options
+                                                                 (encryption, bucket owner)
     <spool_dir>/<sha256(destination)[:16]>/<events>.<base64url(key)>.batch
 
 Files are written whole (write, fsync, rename). The spool is bounded by
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -32,6 +35,7 @@ __all__ = ["Spool", "spooled_destinations"]
 
 _SUFFIX: Final = ".batch"
 _DESTINATION: Final = "destination.txt"
+_OPTIONS: Final = "options.json"
 
 
 def _write_whole(path: Path, data: bytes) -> None:
@@ -58,9 +62,16 @@ class Spool:
         max_bytes: the most the whole spool directory may hold.
     """
 
-    def __init__(self, root: str | os.PathLike[str], destination: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        destination: str,
+        max_bytes: int,
+        options: dict[str, str] | None = None,
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.destination = destination
+        self.options = dict(options or {})
         self.directory = self.root / hashlib.sha256(destination.encode()).hexdigest()[:16]
         self.max_bytes = max_bytes
 
@@ -81,6 +92,7 @@ class Spool:
             return None
         marker = self.directory / _DESTINATION
         if not marker.exists():
+            _write_whole(self.directory / _OPTIONS, json.dumps(self.options).encode())
             _write_whole(marker, self.destination.encode())
         name = base64.urlsafe_b64encode(batch.key.encode()).decode()
         path = self.directory / f"{batch.events}.{name}{_SUFFIX}"
@@ -135,11 +147,13 @@ class Spool:
             Path(batch.spool_path).unlink(missing_ok=True)
 
 
-def spooled_destinations(root: str | os.PathLike[str]) -> list[str]:
-    """The destinations that have a directory in the spool ``root``."""
+def spooled_destinations(root: str | os.PathLike[str]) -> list[tuple[str, dict[str, str]]]:
+    """The destinations that have a directory in the spool ``root``, with their options."""
     out = []
     base = Path(root).expanduser()
     if base.is_dir():
         for marker in sorted(base.glob(f"*/{_DESTINATION}")):
-            out.append(marker.read_text())
+            options_file = marker.parent / _OPTIONS
+            options = json.loads(options_file.read_text()) if options_file.exists() else {}
+            out.append((marker.read_text(), {str(k): str(v) for k, v in options.items()}))
     return out

@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -125,10 +126,12 @@ class AsyncTracker(BaseCallbackHandler):
         )
         spool = None
         if config.spool and not isinstance(sink, LocalSink):
+            replay_options = getattr(sink, "replay_options", None)
             spool = Spool(
                 config.spool_dir or os.environ.get("ASYNCTRACK_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
                 sink.destination,
                 config.spool_max_bytes,
+                options=replay_options() if callable(replay_options) else None,
             )
         self._engine = Engine(
             sink=sink,
@@ -139,6 +142,7 @@ class AsyncTracker(BaseCallbackHandler):
             config=config,
             spool=spool,
         )
+        self._engine.on_fork = weakref.WeakMethod(self._after_fork)
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
@@ -146,6 +150,18 @@ class AsyncTracker(BaseCallbackHandler):
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._default = self._capture.default
         self._warned_hot_error = False
+
+    def _after_fork(self, engine: Engine) -> None:
+        """In a forked child: a new writer id, counts and sequence of its own."""
+        self._translator = EventTranslator(
+            experiment=self.experiment_name,
+            run=self.run_name,
+            writer=engine.layout.writer,
+            config=self.config,
+        )
+        engine.set_adapter(self._translator, self._translator.redacted_parameters)
+        self._seq = itertools.count()
+        self._put = engine.put
 
     # -- lifecycle -------------------------------------------------------------------
 

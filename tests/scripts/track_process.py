@@ -1,0 +1,117 @@
+"""A process that records events and then ends in one of several ways (tests/test_process.py).
+
+Usage::
+
+    python track_process.py MODE DESTINATION N [M] [ENDPOINT_URL]
+
+MODE says how the process ends:
+
+* ``exit``: record N events, never close the tracker, return from main (normal exit).
+* ``sigterm``: record N, print the ready line, wait for SIGTERM (60 s at most).
+* ``sigint``: like ``sigterm``, but for SIGINT (Ctrl-C, a ``KeyboardInterrupt``).
+* ``s3down``: DESTINATION is ``s3://bucket/prefix``, ENDPOINT_URL a port where nothing
+  listens; record N, exit normally without closing.
+* ``fork``: record N in the parent, fork; the child records M, flushes, closes, and leaves
+  through ``os._exit``; the parent waits for it, then flushes and closes.
+* ``sigkill``: record N, flush, record M more (no flush), print the ready line, wait to be
+  killed (60 s at most).
+
+Events are ``on_text`` events whose text is ``<who>-<i>`` (``who`` is ``parent`` or
+``child``). The tracker writes nothing by itself before the process ends (one batch holds
+up to 10 000 events and ``batch_interval`` is an hour), so whatever is on disk afterwards
+was written by a flush, a close, or the exit hooks. Stdout carries JSON lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+from asynctrack import AsyncTracker, TrackerConfig
+
+WAIT = 60.0  # seconds a process waits for the signal its parent promised
+
+
+def say(**info: Any) -> None:
+    print(json.dumps(info), flush=True)
+
+
+def record(tracker: AsyncTracker, who: str, count: int, start: int = 0) -> None:
+    run_id = uuid.uuid4()
+    for i in range(start, start + count):
+        tracker.on_text(f"{who}-{i}", run_id=run_id)
+
+
+def wait_for_signal() -> None:
+    """Sleep until a signal ends the process; exit 3 if none comes in time."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        time.sleep(deadline - time.monotonic())
+    say(error="no signal came")
+    sys.exit(3)
+
+
+def main() -> None:
+    mode, destination, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    m = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    options: dict[str, Any] = {}
+    if mode == "s3down":
+        options = {"endpoint_url": sys.argv[5], "connect_timeout": 0.5}
+    if mode == "sigint":
+        # A parent that ignores SIGINT (CI, nohup) would make us inherit that; Ctrl-C
+        # must raise KeyboardInterrupt here, as in an interactive run.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="exp-process",
+        run_name=mode,
+        config=TrackerConfig(batch_interval=3600.0),
+        **options,
+    )
+    record(tracker, "parent", n)
+
+    if mode in ("exit", "s3down"):
+        say(ready=True, pid=os.getpid())
+        return  # no close(): the exit hook must flush (or spool)
+    if mode in ("sigterm", "sigint"):
+        say(ready=True, pid=os.getpid())
+        wait_for_signal()
+    if mode == "sigkill":
+        tracker.flush_blocking(timeout=WAIT)
+        record(tracker, "parent", m, start=n)
+        say(ready=True, pid=os.getpid())
+        wait_for_signal()
+    if mode == "fork":
+        # Let the worker take every record first: the parent's events then sit encoded
+        # in its open batch, unwritten, when the process forks (the case that matters).
+        deadline = time.monotonic() + WAIT
+        while tracker.statistics().queue_depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tracker.statistics().written == 0
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                record(tracker, "child", m)
+                tracker.flush_blocking(timeout=WAIT)
+                tracker.close(timeout=WAIT)
+                code = 0
+            except BaseException as exc:
+                say(child_error=repr(exc))
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        tracker.flush_blocking(timeout=WAIT)
+        tracker.close(timeout=WAIT)
+        say(ready=True, child_exit=os.waitstatus_to_exitcode(status))
+        return
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""How a process ends, and what is on disk afterwards (issue: events lost at exit).
+
+Each test runs ``tests/scripts/track_process.py`` with this interpreter in a child process
+(its docstring lists the modes), talks to it over stdout (a JSON "ready" line), sends it a
+signal where the scenario needs one, and then reads what it wrote. The script's tracker
+writes nothing by itself before the end (batches of 10 000 events, an hour's
+``batch_interval``), so what is found was written by a flush, a close or the exit hooks.
+Every wait is bounded; a child still running when a test ends is killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gzip
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aws_fixtures import batch_events, list_keys
+from botocore.client import BaseClient
+
+from asynctrack._cli import main as cli_main
+from asynctrack._testing_aws import MotoServer
+
+pytest_plugins = ("aws_fixtures",)
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "track_process.py"
+WAIT = 60.0  # seconds any child may take to get ready or to end
+
+
+class Child:
+    """The script running in a child process, with bounded reads of its stdout."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        child_env = dict(os.environ)
+        child_env.pop("PYTHONWARNINGS", None)
+        child_env["ASYNCTRACK_SPOOL_DIR"] = str(tmp_path / "spool")
+        child_env.update(env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            start_new_session=True,  # a Ctrl-C in the terminal is not also sent to the child
+        )
+        self._buffer = b""
+        self.lines: list[dict[str, Any]] = []
+        self.stderr = ""
+
+    def read_line(self, timeout: float = WAIT) -> dict[str, Any]:
+        """The child's next JSON line on stdout, waiting ``timeout`` seconds at most."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no line from the child within {timeout} s"
+                if selector.select(remaining):
+                    chunk = os.read(fd, 65536)
+                    assert chunk, f"the child ended without a line; stderr:\n{self.finish()}"
+                    self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        info: dict[str, Any] = json.loads(line)
+        self.lines.append(info)
+        return info
+
+    def finish(self, timeout: float = WAIT) -> str:
+        """Wait for the child to end; its stderr. Lines left on stdout go to ``lines``."""
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+            pytest.fail(f"the child did not end within {timeout} s; stderr:\n{err.decode()}")
+        for line in (self._buffer + out).splitlines():
+            if line.strip():
+                self.lines.append(json.loads(line))
+        self._buffer = b""
+        self.stderr = err.decode("utf-8", "replace")
+        return self.stderr
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.communicate(timeout=WAIT)
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    """Children started by a test; killed at its end if still running."""
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def start(children: list[Child], tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Child:
+    child = Child(tmp_path, *args, env=env)
+    children.append(child)
+    return child
+
+
+def files_of(destination: Path, mode: str) -> list[Path]:
+    run = destination / "experiment=exp-process" / f"run={mode}"
+    return sorted(path for path in run.glob("date=*/*.jsonl*") if not path.name.startswith("."))
+
+
+def events_of(destination: Path, mode: str) -> list[dict[str, Any]]:
+    """Every event of the run; every file must parse whole."""
+    events = []
+    for path in files_of(destination, mode):
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        assert data.endswith(b"\n"), f"{path} is not whole"
+        events.extend(orjson.loads(line) for line in data.splitlines())
+    return events
+
+
+def assert_parent_events(events: list[dict[str, Any]], count: int) -> None:
+    """Exactly ``parent-0 .. parent-<count-1>``, each once, with seq 0 .. count-1."""
+    assert collections.Counter(e["seq"] for e in events) == collections.Counter(range(count))
+    assert collections.Counter(e["data"]["text"] for e in events) == collections.Counter(
+        f"parent-{i}" for i in range(count)
+    )
+
+
+def assert_clean(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert "ResourceWarning" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+
+
+# --------------------------------------------------------------------------------------
+# Normal exit, SIGTERM, Ctrl-C
+# --------------------------------------------------------------------------------------
+
+
+def test_normal_exit_without_close_writes_every_event(tmp_path: Path, children: list[Child]) -> None:
+    destination = tmp_path / "logs"
+    child = start(children, tmp_path, "exit", str(destination), "5000")
+    assert_clean(child.finish())
+    assert child.process.returncode == 0
+    assert child.lines[0]["ready"] is True
+    assert_parent_events(events_of(destination, "exit"), 5000)
+
+
+def test_sigterm_flushes_within_the_exit_timeout_and_dies_of_sigterm(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    destination = tmp_path / "logs"
+    exit_timeout = 5.0
+    child = start(
+        children,
+        tmp_path,
+        "sigterm",
+        str(destination),
+        "5000",
+        env={"ASYNCTRACK_EXIT_TIMEOUT": str(exit_timeout)},
+    )
+    assert child.read_line()["ready"] is True
+    assert files_of(destination, "sigterm") == []  # nothing written before the signal
+    sent = time.monotonic()
+    child.process.send_signal(signal.SIGTERM)
+    stderr = child.finish()
+    took = time.monotonic() - sent
+    assert child.process.returncode == -signal.SIGTERM, stderr
+    assert_clean(stderr)
+    assert took < exit_timeout, f"the SIGTERM flush took {took:.1f} s"
+    assert_parent_events(events_of(destination, "sigterm"), 5000)
+
+
+def test_ctrl_c_flushes_every_event(tmp_path: Path, children: list[Child]) -> None:
+    destination = tmp_path / "logs"
+    child = start(children, tmp_path, "sigint", str(destination), "5000")
+    assert child.read_line()["ready"] is True
+    child.process.send_signal(signal.SIGINT)
+    stderr = child.finish()
+    # An uncaught KeyboardInterrupt ends Python by SIGINT (since 3.8), after the exit hooks.
+    assert child.process.returncode == -signal.SIGINT, stderr
+    assert "KeyboardInterrupt" in stderr
+    assert_parent_events(events_of(destination, "sigint"), 5000)
+
+
+# --------------------------------------------------------------------------------------
+# S3 down at exit: the batches wait in the spool, and are delivered once later
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.aws
+@pytest.mark.usefixtures("aws_env")
+def test_s3_down_at_exit_leaves_the_batches_in_the_spool(
+    moto: MotoServer,
+    s3: BaseClient,
+    bucket: str,
+    tmp_path: Path,
+    children: list[Child],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    exit_timeout = 2.0
+    child = start(
+        children,
+        tmp_path,
+        "s3down",
+        f"s3://{bucket}/exit",
+        "3000",
+        "0",
+        f"http://127.0.0.1:{closed_port}",
+        env={"ASYNCTRACK_EXIT_TIMEOUT": str(exit_timeout)},
+    )
+    started = time.monotonic()
+    stderr = child.finish()
+    took = time.monotonic() - started
+    assert child.process.returncode == 0, stderr
+    assert "spool" in stderr  # the exit hook says where the events are
+    # The exit timeout, plus the worker's stop (it cancels the retries and spools at once),
+    # plus the interpreter's start (imports) and exit.
+    assert took < exit_timeout + 8.0, f"exit took {took:.1f} s"
+    spooled = sorted((tmp_path / "spool").rglob("*.batch"))
+    assert spooled, stderr
+    assert sum(int(path.name.split(".", 1)[0]) for path in spooled) == 3000
+    assert list_keys(s3, bucket) == []
+
+    assert cli_main(["replay", str(tmp_path / "spool"), "--endpoint-url", moto.endpoint_url]) == 0
+    assert "3000 event(s); 0 still spooled" in capsys.readouterr().out
+    events = [
+        e for key in list_keys(s3, bucket) if "/params/" not in key for e in batch_events(s3, bucket, key)
+    ]
+    assert_parent_events(events, 3000)
+    assert list((tmp_path / "spool").rglob("*.batch")) == []
+
+
+# --------------------------------------------------------------------------------------
+# fork() and SIGKILL
+# --------------------------------------------------------------------------------------
+
+
+def test_forked_child_writes_only_its_own_events_under_its_own_writer(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    """The parent records 1000 events (taken by its worker, unwritten), forks; the child
+    records 300, flushes and closes; then the parent flushes. Each process's events are on
+    disk once, under its own writer id: in the file names, in each event's ``tracker``
+    field and in its parameters document."""
+    parent_n, child_m = 1000, 300
+    destination = tmp_path / "logs"
+    child = start(children, tmp_path, "fork", str(destination), str(parent_n), str(child_m))
+    stderr = child.finish()
+    assert child.process.returncode == 0, stderr
+    assert_clean(stderr)
+    assert child.lines[-1] == {"ready": True, "child_exit": 0}, child.lines
+
+    by_file_writer: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for path in files_of(destination, "fork"):
+        writer = path.name.split("-", 1)[1].rsplit("-", 1)[0]  # <HHMMSS>-<writer>-<batch>.jsonl
+        data = path.read_bytes()
+        by_file_writer[writer].extend(orjson.loads(line) for line in data.splitlines())
+    assert len(by_file_writer) == 2, sorted(by_file_writer)
+    texts = {w: {e["data"]["text"] for e in events} for w, events in by_file_writer.items()}
+    (parent,) = [w for w, t in texts.items() if any(x.startswith("parent-") for x in t)]
+    (forked,) = [w for w in by_file_writer if w != parent]
+    parent_events, child_events = by_file_writer[parent], by_file_writer[forked]
+
+    # Exactly once each: the child never re-sent the parent's buffered events.
+    assert_parent_events(parent_events, parent_n)
+    assert collections.Counter(e["data"]["text"] for e in child_events) == collections.Counter(
+        f"child-{i}" for i in range(child_m)
+    )
+    # Each event names the writer whose file it is in.
+    assert {e["tracker"] for e in parent_events} == {parent}
+    assert {e["tracker"] for e in child_events} == {forked}
+    # The child's sequence numbers are its own: consecutive, no gap within its events.
+    child_seqs = sorted(e["seq"] for e in child_events)
+    assert child_seqs == list(range(child_seqs[0], child_seqs[0] + child_m))
+
+    params = destination / "experiment=exp-process" / "run=fork" / "params"
+    documents = {path.stem: orjson.loads(path.read_bytes()) for path in params.glob("*.json")}
+    assert sorted(documents) == sorted([parent, forked])
+    assert documents[parent]["parameters"]["events_total"] == parent_n
+    assert documents[forked]["parameters"]["events_total"] == child_m
+
+
+def test_sigkill_loses_at_most_the_events_after_the_last_flush(tmp_path: Path, children: list[Child]) -> None:
+    """1000 events, flush, 15 000 more without a flush (one 10 000-event batch may be sealed
+    and be written, or be in flight), SIGKILL: the flushed 1000 are there, at most all
+    16 000, none twice, and every file on disk is whole."""
+    flushed, unflushed = 1000, 15_000
+    destination = tmp_path / "logs"
+    child = start(children, tmp_path, "sigkill", str(destination), str(flushed), str(unflushed))
+    assert child.read_line()["ready"] is True
+    child.process.send_signal(signal.SIGKILL)
+    child.finish()
+    assert child.process.returncode == -signal.SIGKILL
+
+    events = events_of(destination, "sigkill")  # every file parses whole
+    seqs = collections.Counter(e["seq"] for e in events)
+    assert all(n == 1 for n in seqs.values()), "an event was written twice"
+    assert set(range(flushed)) <= set(seqs) <= set(range(flushed + unflushed))
+    assert flushed <= len(events) <= flushed + unflushed
+    assert all(e["data"]["text"] == f"parent-{e['seq']}" for e in events)
