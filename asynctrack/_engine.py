@@ -52,7 +52,7 @@ logger = logging.getLogger("asynctrack")
 
 _WAKE_AT: Final = 512  # records waiting before put() wakes the worker early
 _TICK: Final = 0.05  # seconds between drains when nothing wakes the worker
-_CHUNK: Final = 32  # records encoded between checks of the time budget
+_CHUNK: Final = 64  # records pre-checked together, and between checks of the time budget
 # The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
 # thread only every switch interval (5 ms), and an asyncio.sleep(0) does not help
 # (epoll_wait(0) drops and retakes it at once): the caller's event loop would lag
@@ -634,43 +634,53 @@ class Engine:
         translate = self._translate
         config = self.config
         hook = config.redact
-        done = 0
         started = time.perf_counter()
+        prepare = getattr(translate, "prepare", None)
         while queue and (final or not self._stopping):
             if bounded and self._pending_bytes >= config.max_queue_bytes:
                 # Memory bound reached (the destination is slow or down): leave the
                 # rest in the buffer, which then fills up and drops, counted.
                 break
-            item = queue.popleft()
-            if type(item) is _Marker:
-                self._on_marker(item)
-                continue
-            self._taken += 1
-            try:
-                out = translate(item)
-                if type(out) is dict:
-                    if hook is not None:
-                        edited = hook(out)
-                        out = None if edited is None else dict(edited)
-                    if out is not None:
-                        out = (out.get("seq", -1), self._encoder.encode(out))
-            except Exception as exc:
-                self._encode_errors += 1
-                self._note_error("translate", f"could not translate an event: {exc!r}", exc)
-                event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-                out = (-1, self._encoder.encode(event))
-            if out is None:
-                self._filtered += 1
-                continue
-            self._add(*out)
-            done += 1
-            if done % _CHUNK == 0:
-                now = time.perf_counter()
-                if now - started >= _BUDGET:
-                    self._release_blocked()
-                    time.sleep(_PAUSE)  # noqa: ASYNC251 - on purpose: a real sleep hands the GIL over
-                    await asyncio.sleep(0)  # let batch writes and flush waiters run
-                    started = time.perf_counter()
+            chunk: list[Any] = []
+            marker = None
+            while queue and len(chunk) < _CHUNK:
+                item = queue.popleft()
+                if type(item) is _Marker:
+                    marker = item  # handled after the records ahead of it
+                    break
+                chunk.append(item)
+            if chunk and prepare is not None:
+                try:
+                    prepare(chunk)
+                except Exception as exc:  # pre-checks only: translate still runs
+                    self._note_error("translate", f"could not pre-check events: {exc!r}", exc)
+            for item in chunk:
+                self._taken += 1
+                try:
+                    out = translate(item)
+                    if type(out) is dict:
+                        if hook is not None:
+                            edited = hook(out)
+                            out = None if edited is None else dict(edited)
+                        if out is not None:
+                            out = (out.get("seq", -1), self._encoder.encode(out))
+                except Exception as exc:
+                    self._encode_errors += 1
+                    self._note_error("translate", f"could not translate an event: {exc!r}", exc)
+                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
+                    out = (-1, self._encoder.encode(event))
+                if out is None:
+                    self._filtered += 1
+                    continue
+                self._add(*out)
+            if marker is not None:
+                self._on_marker(marker)
+            now = time.perf_counter()
+            if now - started >= _BUDGET:
+                self._release_blocked()
+                time.sleep(_PAUSE)  # noqa: ASYNC251 - on purpose: a real sleep hands the GIL over
+                await asyncio.sleep(0)  # let batch writes and flush waiters run
+                started = time.perf_counter()
         self._release_blocked()
 
     def _release_blocked(self) -> None:

@@ -56,7 +56,6 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 _STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 _ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
 _MAX_OPEN_RUNS: Final = 100_000
-_OWN_TOKEN: Final = ("token",)  # the streamed text, not a credential
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
@@ -170,8 +169,21 @@ class EventTranslator:
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
 
+    def prepare(self, records: list[tuple[Any, ...]]) -> None:
+        """Pre-check a chunk of records at once (see ``Encoder.prepare``)."""
+        bodies = [r[6] for r in records if type(r[6]) is bytes]
+        # Streamed tokens travel beside their bodies; their text is checked too.
+        bodies.extend(r[7].encode("utf-8", "replace") for r in records if type(r[7]) is str)
+        self.encoder.prepare(bodies)
+
     def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        kind, seq, ts, run_id, parent_run_id, name, body, error = record
+        kind, seq, ts, run_id, parent_run_id, name, body, extra = record
+        own = None
+        error = None
+        if kind == "llm_new_token":
+            own = ("token", extra)  # the streamed text: kept out of the captured body
+        elif extra is not None:
+            error = _error_fields(extra)
         duration = None
         if kind in _STARTS:
             if len(self._open) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
@@ -201,12 +213,7 @@ class EventTranslator:
             "name": name,
             "duration": duration,
         }
-        line = self.encoder.assemble(
-            envelope,
-            body,
-            None if error is None else _error_fields(error),
-            own_keys=_OWN_TOKEN if kind == "llm_new_token" else (),
-        )
+        line = self.encoder.assemble(envelope, body, error, own)
         if self._hook is not None:
             edited = self._hook(orjson.loads(line))
             if edited is None:

@@ -34,6 +34,7 @@ from ._events import EventTranslator
 from ._layout import Layout, new_writer_id
 from ._local import LocalSink
 from ._sink import ParametersSink, Sink
+from ._snapshot import snapshot
 from ._spool import Spool
 
 if TYPE_CHECKING:
@@ -276,10 +277,11 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         data: dict[str, Any],
-        error: BaseException | None = None,
+        extra: Any = None,
     ) -> None:
         try:
-            body: Any = {"tags": tags or (), "metadata": metadata or {}, "data": data}
+            # "data" first: the worker splices a streamed token in right after '{"data":{'.
+            body: Any = {"data": data, "tags": tags or (), "metadata": metadata or {}}
             try:
                 # Capturer.__call__, inlined: one Python frame less per event.
                 body = orjson.dumps(body, default=self._default)
@@ -298,7 +300,7 @@ class AsyncTracker(BaseCallbackHandler):
                     parent_run_id,
                     name if name is None or type(name) is str else str(name),
                     body,
-                    error,
+                    extra,  # the error of an error event; the token of a token event
                 )
             )
         except Exception as exc:  # none known; counted, and said once
@@ -391,9 +393,19 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        # "token" first in data: the encoder recognises it as ours, not a credential.
-        data = {"token": token, "chunk": chunk, **kwargs} if kwargs else {"token": token, "chunk": chunk}
-        self._record("llm_new_token", run_id, parent_run_id, name, tags, None, data)
+        kwargs["chunk"] = chunk
+        # The token travels beside the body (a str is immutable; a list is copied)
+        # and is spliced in first in data: its name "token" is ours, not a credential.
+        self._record(
+            "llm_new_token",
+            run_id,
+            parent_run_id,
+            name,
+            tags,
+            None,
+            kwargs,
+            token if type(token) is str else snapshot(token),
+        )
 
     def on_llm_end(
         self,
