@@ -169,7 +169,8 @@ class Encoder:
         self._key_re = re.compile(config.redact_keys) if config.redact_keys else None
         self._key_bytes: dict[bytes, bool] = {}
         self._chunk_keys_clean = False  # set by prepare() for the chunk at hand
-        self._chunk_values_clean = False
+        self._chunk_pairs = True
+        self._chunk_patterns = True
         self._key_hints: tuple[bytes, ...] | None = (
             _DEFAULT_KEY_HINTS if config.redact_keys == DEFAULT_REDACT_KEYS else None
         )
@@ -219,7 +220,8 @@ class Encoder:
         self._chunk_keys_clean = self._key_re is None or (
             self._key_hints is not None and not any(hint in joined.lower() for hint in self._key_hints)
         )
-        self._chunk_values_clean = not self._values_may_match(joined)
+        self._chunk_pairs = self._pairs_may_match(joined)
+        self._chunk_patterns = self._patterns_may_match(joined)
 
     def assemble(
         self,
@@ -253,8 +255,8 @@ class Encoder:
             else:
                 # Only the captured body can hold user text; the envelope is ours
                 # (and its float timings would make the run pre-check hit).
-                if not self._chunk_values_clean:
-                    body = self._redact_values(body)
+                if self._chunk_pairs or self._chunk_patterns:
+                    body = self._redact_values(body, self._chunk_pairs, self._chunk_patterns)
                 return head[:-1] + b"," + body[1:] + b"\n"
         try:
             parts = orjson.loads(body) if type(body) is bytes else body.value  # type: ignore[union-attr]
@@ -319,30 +321,32 @@ class Encoder:
         out = redacted.decode("utf-8", "surrogatepass")
         return _redact_pairs(out, "=:") if self._key_re is not None else out
 
-    def _values_may_match(self, line: bytes) -> bool:
-        """Whether any value redaction (patterns, key=value text) may apply."""
-        if self._key_re is not None and (
+    def _pairs_may_match(self, line: bytes) -> bool:
+        """Whether credential-like ``key=value`` / ``Authorization: ...`` text may be in ``line``."""
+        return self._key_re is not None and (
             b"=" in line or b"earer " in line or b"uthorization" in line or b"ookie" in line
-        ):
-            return True
+        )
+
+    def _patterns_may_match(self, line: bytes) -> bool:
+        """Whether a value pattern may match in ``line`` (always, for custom patterns)."""
         if not self._value_res:
             return False
         return not self._value_hint or (_RUN20 in line.translate(_RUNS) or b"-lf-" in line or b"AIza" in line)
 
-    def _redact_values(self, line: bytes) -> bytes:
-        if self._key_re is not None:
+    def _redact_values(self, line: bytes, pairs: bool = True, patterns: bool = True) -> bytes:
+        """``line`` with credential-looking values redacted.
+
+        ``pairs`` / ``patterns`` False: the caller knows (from a chunk pre-check)
+        that no key=value text, or no value pattern, can match.
+        """
+        if pairs and self._key_re is not None:
             if b"=" in line:
                 line = _redact_pairs(line, b"=")
             # ":" ends every JSON key (checked apart), so "key: value" text is only
             # looked for where the commonest such credential may be.
             if b"earer " in line or b"uthorization" in line or b"ookie" in line:
                 line = _redact_pairs(line, b":")
-        if (
-            self._value_hint
-            and _RUN20 not in line.translate(_RUNS)
-            and b"-lf-" not in line
-            and b"AIza" not in line
-        ):
+        if not patterns or not self._patterns_may_match(line):
             return line
         for prefix, regex in self._value_res:
             if prefix is None or prefix in line:
