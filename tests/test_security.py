@@ -15,13 +15,10 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import gzip
 import logging
 import socket
-import sys
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from aws_fixtures import batch_events, list_keys, read_object
 from botocore.client import BaseClient
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import Field, SecretStr
+from support import finalizer_complaints
 
 import asynctrack
 from asynctrack import AsyncTracker, FlushError, SageMakerParameters, TrackerConfig
@@ -67,48 +65,6 @@ SECRETS = (
     PASSWORD,
     AWS_SECRET_ACCESS_KEY,
 )
-
-
-def collect_garbage() -> None:
-    """Run the collector until it finds nothing more (at most 10 rounds).
-
-    One round is not enough for a tracker that left tasks on its dead event loop:
-    closing their coroutines runs ``finally`` blocks that reach the engine again and
-    keep it alive until a later round, which would otherwise happen in a later test.
-    """
-    for _ in range(10):
-        if not gc.collect():
-            return
-
-
-@contextlib.contextmanager
-def finalizer_complaints() -> Iterator[list[str]]:
-    """Collect the garbage made in the block; the list gets what its finalizers reported.
-
-    Unraisable exceptions ("Exception ignored in ...") and warnings ("coroutine ... was
-    never awaited") are kept as text only. Left to pytest, they would be turned into
-    errors that keep references to the coroutines, which are then finalized (and
-    reported) during some later test instead of this one.
-    """
-    found: list[str] = []
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        found.append(
-            f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}: "
-            f"{getattr(unraisable.exc_type, '__name__', '?')}: {unraisable.exc_value}"
-        )
-
-    sys.unraisablehook = hook
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield found
-            collect_garbage()
-            found.extend(f"{w.category.__name__}: {w.message}" for w in caught)
-            caught.clear()
-    finally:
-        sys.unraisablehook = previous
 
 
 @pytest.fixture
