@@ -223,6 +223,12 @@ class Encoder:
         self._chunk_pairs = self._pairs_may_match(joined)
         self._chunk_patterns = self._patterns_may_match(joined)
 
+    def reset_chunk(self) -> None:
+        """Forget the last chunk pre-check: every body is checked on its own."""
+        self._chunk_keys_clean = False
+        self._chunk_pairs = True
+        self._chunk_patterns = True
+
     def assemble(
         self,
         envelope: dict[str, Any],

@@ -168,6 +168,7 @@ class EventTranslator:
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
+        self._prepared = 0
 
     def prepare(self, records: list[tuple[Any, ...]]) -> None:
         """Pre-check a chunk of records at once (see ``Encoder.prepare``)."""
@@ -175,8 +176,15 @@ class EventTranslator:
         # Streamed tokens travel beside their bodies; their text is checked too.
         bodies.extend(r[7].encode("utf-8", "replace") for r in records if type(r[7]) is str)
         self.encoder.prepare(bodies)
+        self._prepared = len(records)
 
     def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
+        # The chunk pre-check covers exactly the records prepare() saw; any other
+        # record gets the per-body checks.
+        if self._prepared:
+            self._prepared -= 1
+        else:
+            self.encoder.reset_chunk()
         kind, seq, ts, run_id, parent_run_id, name, body, extra = record
         own = None
         error = None
