@@ -217,9 +217,17 @@ class Encoder:
         checks; where it is not, each body is checked again on its own.
         """
         joined = b"\x1e".join(bodies)
-        self._chunk_keys_clean = self._key_re is None or (
-            self._key_hints is not None and not any(hint in joined.lower() for hint in self._key_hints)
-        )
+        hints = self._key_hints
+        if self._key_re is None:
+            self._chunk_keys_clean = True
+        elif hints is None:
+            self._chunk_keys_clean = False
+        elif len(joined) > _SCAN_LIMIT * len(bodies):
+            # Long bodies are mostly values (prompts): find the keys instead.
+            self._chunk_keys_clean = not self._has_secret_key(joined, ())
+        else:
+            lowered = joined.lower()  # once, not once per hint
+            self._chunk_keys_clean = not any(hint in lowered for hint in hints)
         self._chunk_pairs = self._pairs_may_match(joined)
         self._chunk_patterns = self._patterns_may_match(joined)
 
