@@ -2,11 +2,12 @@
 
 A record is the tuple the handler appended on the caller's thread:
 
-    (kind, seq, ts, run_id, parent_run_id, name, body, error)
+    (kind, seq, ts, run_id, parent_run_id, name, body, extra)
 
-where ``body`` is ``{"tags": ..., "metadata": ..., "data": {...}}`` captured as
-JSON bytes (or a ``Captured`` copy), and ``error`` the exception of an error
-event (formatted here, off the hot path). Everything here runs on the worker
+where ``body`` is ``{"data": {...}, "tags": ..., "metadata": ...}`` captured as
+JSON bytes (or a ``Captured`` copy), and ``extra`` the exception of an error
+event (formatted here, off the hot path) or the text of a streamed token (spliced
+into ``data`` here). Everything here runs on the worker
 thread, so it may keep state without locks: the names and start times of open
 runs (for ``name`` and ``duration`` on end events) and the run's parameters.
 """

@@ -1,13 +1,12 @@
-"""Copy callback arguments on the caller's thread, cheaply.
+"""Copy callback arguments in Python: the fallback of ``_capture``.
 
-LangChain hands a handler live objects: the input dict a chain keeps using, the
-message lists an agent appends to. A handler that logs later must log them as
-they were at the callback. Encoding them to JSON right there costs 8 µs per event
-(``../shared/NOTES.md``), so the hot path only copies what can change: containers
-(dict, list, tuple, set) and the field dicts of pydantic models and dataclasses
-(messages, documents, generations). Strings, numbers and other immutable leaves are
-shared, not copied: a 50 MB prompt costs a pointer here, and is cut down to the
-field limit later, in the worker.
+The hot path captures arguments with one ``orjson.dumps``. When orjson refuses a
+value (a lone surrogate, an integer beyond 64 bits, a cycle, nesting deeper than
+254), the arguments are copied here instead, still on the caller's thread, so that
+later mutations cannot change what is logged: containers (dict, list, tuple, set)
+and the field dicts of pydantic models and dataclasses are copied; strings,
+numbers and other immutable leaves are shared (a 50 MB prompt costs a pointer, and
+is cut down to the field limit later, in the worker's careful encoder).
 
 Two bounds keep this safe on any input: ``max_depth`` (cycles and absurd nesting
 become a marked placeholder) and a per-call node budget (a shared-reference blow
