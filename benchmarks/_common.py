@@ -586,3 +586,22 @@ class Blackhole:
         for conn in self._conns:
             conn.close()
         self._listener.close()
+
+
+class OptionalMoto:
+    """``moto_s3`` as a context manager that yields ``None`` when S3 is unusable
+    (``problem`` says why), so the S3 variants are skipped with a note."""
+
+    def __init__(self, report: Report, problem: str | None) -> None:
+        self.report, self.problem = report, problem
+        self._cm: contextlib.AbstractContextManager[str | None] | None = None
+
+    def __enter__(self) -> str | None:
+        if self.problem:
+            return None
+        self._cm = moto_s3(self.report)
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)

@@ -153,19 +153,7 @@ async def _one(name: str, n: int, directory: str, moto_url: str | None, r: int) 
         await tracker.aclose()
 
 
-class _moto:
-    def __init__(self, report: c.Report, problem: str | None) -> None:
-        self.report, self.problem, self._cm = report, problem, None
-
-    def __enter__(self) -> str | None:
-        if self.problem:
-            return None
-        self._cm = c.moto_s3(self.report)
-        return self._cm.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
+_moto = c.OptionalMoto
 
 
 def _chart(plt: Any, summary: dict[str, dict[str, float]]) -> None:
