@@ -7,9 +7,14 @@ import gc
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["collect_garbage", "finalizer_complaints"]
+import pytest
+
+if TYPE_CHECKING:
+    from asynctrack import AsyncTracker
+
+__all__ = ["closing", "collect_garbage", "fail_on_finalizer_complaints", "finalizer_complaints"]
 
 
 def collect_garbage() -> None:
@@ -52,3 +57,32 @@ def finalizer_complaints() -> Iterator[list[str]]:
             caught.clear()
     finally:
         sys.unraisablehook = previous
+
+
+def fail_on_finalizer_complaints() -> None:
+    """Collect garbage now and fail the running test if finalizers complained.
+
+    Called from each test's teardown: a tracker that left work behind on its dead
+    event loop (never-awaited coroutines) is then reported against the test that
+    made it, not against whichever later test the garbage collector runs in.
+    """
+    with finalizer_complaints() as complaints:
+        pass
+    if complaints:
+        pytest.fail(f"garbage this test left behind complained when collected: {complaints[:5]}")
+
+
+@contextlib.contextmanager
+def closing(tracker: AsyncTracker) -> Iterator[AsyncTracker]:
+    """Close the tracker at the end even if the test fails (close is idempotent).
+
+    If the body failed, an error from close is not allowed to hide the body's failure
+    (close errors are raised ``from None``, which would suppress it in the report).
+    """
+    try:
+        yield tracker
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tracker.close(timeout=30)
+        raise
+    tracker.close(timeout=30)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import socket
 import threading
@@ -34,7 +33,7 @@ from botocore.client import BaseClient
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
-from support import finalizer_complaints
+from support import closing, fail_on_finalizer_complaints, finalizer_complaints
 
 from asynctrack import (
     AsyncTracker,
@@ -63,35 +62,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
-    """Collect each test's garbage in its own teardown: a tracker that left work behind
-    on its dead event loop (never-awaited coroutines) is then reported against the test
-    that made it, not against whichever later test the garbage collector runs in."""
     yield
-    with finalizer_complaints() as complaints:
-        pass
-    if complaints:
-        pytest.fail(f"garbage this test left behind complained when collected: {complaints[:5]}")
+    fail_on_finalizer_complaints()
 
 
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def closing(tracker: AsyncTracker) -> Iterator[AsyncTracker]:
-    """Close the tracker at the end even if the test fails (close is idempotent).
-
-    If the body failed, an error from close is not allowed to hide the body's failure
-    (close errors are raised ``from None``, which would suppress it in the report).
-    """
-    try:
-        yield tracker
-    except BaseException:
-        with contextlib.suppress(Exception):
-            tracker.close(timeout=30)
-        raise
-    tracker.close(timeout=30)
 
 
 def join_all(threads: list[threading.Thread]) -> None:

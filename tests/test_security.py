@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import socket
@@ -30,7 +29,7 @@ from aws_fixtures import batch_events, list_keys, read_object
 from botocore.client import BaseClient
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import Field, SecretStr
-from support import finalizer_complaints
+from support import closing, fail_on_finalizer_complaints
 
 import asynctrack
 from asynctrack import AsyncTracker, FlushError, SageMakerParameters, TrackerConfig
@@ -76,26 +75,8 @@ def secret_aws_key(monkeypatch: pytest.MonkeyPatch, aws_env: None) -> str:
 
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
-    """Collect each test's garbage in its own teardown: a tracker that left work behind
-    on its dead event loop (never-awaited coroutines) is then reported against the test
-    that made it, not against whichever later test the garbage collector runs in."""
     yield
-    with finalizer_complaints() as complaints:
-        pass
-    if complaints:
-        pytest.fail(f"garbage this test left behind complained when collected: {complaints[:5]}")
-
-
-@contextlib.contextmanager
-def closing(tracker: AsyncTracker) -> Iterator[AsyncTracker]:
-    """Close the tracker at the end; a close error never hides the body's failure."""
-    try:
-        yield tracker
-    except BaseException:
-        with contextlib.suppress(Exception):
-            tracker.close(timeout=30)
-        raise
-    tracker.close(timeout=30)
+    fail_on_finalizer_complaints()
 
 
 def object_bodies(s3: BaseClient, bucket: str) -> dict[str, bytes]:
