@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._config import TrackerConfig
-from ._engine import Statistics
+from ._engine._core import Statistics
 from ._errors import (
     AsyncTrackError,
     DeadlockError,
@@ -20,21 +20,22 @@ from ._errors import (
     SinkError,
     TrackerClosedError,
 )
-from ._load import load, read_events, read_parameters
-from ._local import LocalSink
-from ._sink import Batch, ParametersSink, RunInfo, Sink
-from ._tracker import AsyncTracker
+from ._langchain._handler import AsyncTracker
+from ._read._load import load, read_events, read_parameters
+from ._sinks._base import Batch, ParametersSink, RunInfo, Sink
+from ._sinks._local import LocalSink
 
 if TYPE_CHECKING:
-    from ._s3 import S3Sink
-    from ._sagemaker import SageMakerCallbackHandler, SageMakerParameters
+    from ._langchain._sagemaker_handler import SageMakerCallbackHandler
+    from ._sinks._s3 import S3Sink
+    from ._sinks._sagemaker import SageMakerParameters
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "S3Sink": "._s3",
-    "SageMakerCallbackHandler": "._sagemaker",
-    "SageMakerParameters": "._sagemaker",
+    "S3Sink": "._sinks._s3",
+    "SageMakerCallbackHandler": "._langchain._sagemaker_handler",
+    "SageMakerParameters": "._sinks._sagemaker",
 }
 
 

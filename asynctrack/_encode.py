@@ -39,9 +39,9 @@ from typing import Any, Final, overload
 
 import orjson
 
-from ._capture import Captured, safe_repr, safe_str, type_name
 from ._config import DEFAULT_REDACT_KEYS, DEFAULT_REDACT_PATTERNS, TrackerConfig
-from ._snapshot import DEPTH_EXCEEDED, FieldsSnapshot
+from ._langchain._capture import Captured, safe_repr, safe_str, type_name
+from ._langchain._snapshot import DEPTH_EXCEEDED, FieldsSnapshot
 
 __all__ = ["REDACTED", "Encoder", "placeholder"]
 

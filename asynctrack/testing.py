@@ -4,9 +4,6 @@
   to fail), for tests that want to look at what a tracker wrote.
 - ``FakeOpenAI`` / ``FakeChatOpenAI``: offline stand-ins with OpenAI's
   hyperparameters, token usage and streaming (the seed notebook's LLM).
-- ``MotoServer`` / ``FaultProxy``: a moto S3 + SageMaker server in a subprocess on
-  127.0.0.1, and an HTTP proxy that injects 500 / 503 / reset / stall / truncate
-  faults in front of it (``MotoServer`` needs ``moto[server]`` installed).
 """
 
 from __future__ import annotations
@@ -16,11 +13,10 @@ from typing import Any
 
 import orjson
 
-from ._fakes import FakeChatOpenAI, FakeOpenAI
-from ._sink import Batch
-from ._testing_aws import FaultProxy, MotoServer
+from ._demo._fakes import FakeChatOpenAI, FakeOpenAI
+from ._sinks._base import Batch
 
-__all__ = ["FakeChatOpenAI", "FakeOpenAI", "FaultProxy", "InMemorySink", "MotoServer"]
+__all__ = ["FakeChatOpenAI", "FakeOpenAI", "InMemorySink"]
 
 
 class InMemorySink:

@@ -374,7 +374,7 @@ def s3_sink_problem() -> str | None:
     except ImportError as exc:
         return f"aiobotocore not installed ({exc})"
     try:
-        import asynctrack._s3  # noqa: F401
+        import asynctrack._sinks._s3  # noqa: F401
     except ImportError as exc:
         return f"asynctrack's S3 sink is not importable yet ({exc})"
     return None
@@ -383,10 +383,14 @@ def s3_sink_problem() -> str | None:
 @contextlib.contextmanager
 def moto_s3(report: Report, bucket: str = "asynctrack-bench") -> Iterator[str | None]:
     """Start moto in a child process and create ``bucket``; yield its endpoint (or None + note)."""
+    # The moto launcher is test infrastructure (tests/_infra), not part of the package.
+    tests_dir = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
     try:
-        from asynctrack._testing_aws import MotoServer
+        from _infra.aws import MotoServer
     except ImportError as exc:
-        report.note(f"S3 variants skipped: asynctrack._testing_aws.MotoServer not importable ({exc})")
+        report.note(f"S3 variants skipped: tests/_infra/aws.py MotoServer not importable ({exc})")
         yield None
         return
     server = MotoServer()

@@ -113,9 +113,9 @@ def run_handler(destination: str, n: int, size: int, tag: str, **s3: Any) -> dic
 
 
 def run_engine(directory: str, n: int, size: int, tag: str) -> dict[str, Any]:
-    from asynctrack._engine import Engine
+    from asynctrack._engine._core import Engine
     from asynctrack._layout import Layout, new_writer_id
-    from asynctrack._local import LocalSink
+    from asynctrack._sinks._local import LocalSink
 
     text = payload(max(size - ENGINE_BASE_LINE, 1))
     engine = Engine(

@@ -20,7 +20,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
-from asynctrack._demo_scenarios import (
+from asynctrack._demo._fakes import FakeChatOpenAI, FakeOpenAI, FakeTransientError
+from asynctrack._demo._scenarios import (
     EXPERIMENT_NAME,
     HPARAMS,
     SCENARIO_3_QUESTION,
@@ -31,7 +32,6 @@ from asynctrack._demo_scenarios import (
     scenario_2_sequential,
     scenario_3_agent,
 )
-from asynctrack._fakes import FakeChatOpenAI, FakeOpenAI, FakeTransientError
 
 # Every `on_*` callback method of the installed langchain-core, by
 # introspection (langchain-core 1.7: 20 methods, incl. `on_stream_event`).

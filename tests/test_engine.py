@@ -40,7 +40,7 @@ from asynctrack import (
     TrackerClosedError,
     TrackerConfig,
 )
-from asynctrack._engine import Engine
+from asynctrack._engine._core import Engine
 from asynctrack._layout import Layout
 
 JOIN = 30.0  # seconds any helper thread may take, at most

@@ -26,9 +26,10 @@ from typing import Any
 
 import anyio
 import pytest
+from _infra.aws import FAULT_KINDS, FaultKind, FaultProxy, MotoServer, ProxyRequest
+from _infra.aws_fixtures import batch_events, list_keys
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from aws_fixtures import batch_events, list_keys
 from botocore.client import BaseClient
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.prompts import PromptTemplate
@@ -45,9 +46,8 @@ from asynctrack import (
     TrackerConfig,
 )
 from asynctrack._cli import main as cli_main
-from asynctrack._testing_aws import FAULT_KINDS, FaultKind, FaultProxy, MotoServer, ProxyRequest
 
-pytest_plugins = ("aws_fixtures",)
+pytest_plugins = ("_infra.aws_fixtures",)
 
 pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("aws_env")]
 

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableLambda
 
 import asynctrack
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._load import COLUMNS
+from asynctrack._read._load import COLUMNS
 
 
 def _record(destination: Path, experiment: str, run: str, n: int, **config: Any) -> AsyncTracker:

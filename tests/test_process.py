@@ -27,13 +27,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aws_fixtures import batch_events, list_keys
+from _infra.aws import MotoServer
+from _infra.aws_fixtures import batch_events, list_keys
 from botocore.client import BaseClient
 
 from asynctrack._cli import main as cli_main
-from asynctrack._testing_aws import MotoServer
 
-pytest_plugins = ("aws_fixtures",)
+pytest_plugins = ("_infra.aws_fixtures",)
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "track_process.py"
 WAIT = 60.0  # seconds any child may take to get ready or to end

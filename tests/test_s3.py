@@ -1,4 +1,4 @@
-"""S3 destination (``asynctrack._s3``) against a moto server on 127.0.0.1.
+"""S3 destination (``asynctrack._sinks._s3``) against a moto server on 127.0.0.1.
 
 Faults are injected at the HTTP level by ``FaultProxy`` between aiobotocore and moto.
 Every wait is bounded (``flush_blocking(timeout=...)``, client timeouts); every tracker is
@@ -30,7 +30,8 @@ import anyio
 import boto3
 import orjson
 import pytest
-from aws_fixtures import (
+from _infra.aws import FaultKind, FaultProxy, MotoServer
+from _infra.aws_fixtures import (
     ACCOUNT_ID,
     RequestLog,
     batch_events,
@@ -43,12 +44,11 @@ from langchain_core.prompts import PromptTemplate
 import asynctrack
 from asynctrack import AsyncTracker, FlushError, PermanentSinkError, S3Sink, TrackerConfig
 from asynctrack._cli import main as cli_main
-from asynctrack._demo_scenarios import EXPERIMENT_NAME, SCENARIOS
-from asynctrack._fakes import FakeOpenAI
-from asynctrack._load import COLUMNS
-from asynctrack._testing_aws import FaultKind, FaultProxy, MotoServer
+from asynctrack._demo._fakes import FakeOpenAI
+from asynctrack._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
+from asynctrack._read._load import COLUMNS
 
-pytest_plugins = ("aws_fixtures",)
+pytest_plugins = ("_infra.aws_fixtures",)
 
 pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("aws_env")]
 

@@ -1,11 +1,11 @@
-"""SageMaker Experiments (``asynctrack._sagemaker``) against a patched moto on 127.0.0.1.
+"""SageMaker Experiments (``asynctrack._sinks._sagemaker``) against a patched moto on 127.0.0.1.
 
 ``SageMakerParameters`` is checked through boto3 reads and through the SageMaker SDK
 (``load_run``, ``ExperimentAnalytics``), and ``SageMakerCallbackHandler`` through the seed
 notebook's own cells with a real SDK ``Run``. moto gaps that shape these tests:
 
 * moto's ``Search`` does not know ``Parents.ExperimentName``: ``MotoServer`` patches it in
-  its child process (``asynctrack._testing_aws.patch_moto_sagemaker_search``).
+  its child process (``_infra.aws.patch_moto_sagemaker_search``).
 * moto answers a Describe of a missing experiment with HTTP 500 (and of a missing trial or
   trial component with ``ValidationException``) where AWS answers ``ResourceNotFound``;
   ``SageMakerParameters`` describes before it creates, so the fixtures' moto bridges that
@@ -34,10 +34,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from _infra.aws import FaultProxy, MotoServer
+from _infra.aws_fixtures import RequestLog, batch_events, list_keys
 from aiobotocore.awsrequest import AioAWSResponse
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
-from aws_fixtures import RequestLog, batch_events, list_keys
 from botocore.client import BaseClient
 
 from asynctrack import (
@@ -48,10 +49,9 @@ from asynctrack import (
     SageMakerParameters,
     SinkError,
 )
-from asynctrack._demo_scenarios import EXPERIMENT_NAME, HPARAMS, SCENARIOS, scenario_1_llm
-from asynctrack._testing_aws import FaultProxy, MotoServer
+from asynctrack._demo._scenarios import EXPERIMENT_NAME, HPARAMS, SCENARIOS, scenario_1_llm
 
-pytest_plugins = ("aws_fixtures",)
+pytest_plugins = ("_infra.aws_fixtures",)
 
 pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("aws_env")]
 

@@ -25,7 +25,8 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from aws_fixtures import batch_events, list_keys, read_object
+from _infra.aws import FaultProxy, MotoServer
+from _infra.aws_fixtures import batch_events, list_keys, read_object
 from botocore.client import BaseClient
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import Field, SecretStr
@@ -34,10 +35,9 @@ from support import closing, fail_on_finalizer_complaints
 import asynctrack
 from asynctrack import AsyncTracker, FlushError, SageMakerParameters, TrackerConfig
 from asynctrack._cli import main as cli_main
-from asynctrack._fakes import FakeChatOpenAI
-from asynctrack._testing_aws import FaultProxy, MotoServer
+from asynctrack._demo._fakes import FakeChatOpenAI
 
-pytest_plugins = ("aws_fixtures",)
+pytest_plugins = ("_infra.aws_fixtures",)
 
 pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("aws_env")]
 

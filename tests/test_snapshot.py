@@ -15,7 +15,7 @@ from langchain_core.runnables import RunnableLambda
 
 import asynctrack
 from asynctrack import AsyncTracker
-from asynctrack._snapshot import DEPTH_EXCEEDED, MAX_NODES, FieldsSnapshot, snapshot
+from asynctrack._langchain._snapshot import DEPTH_EXCEEDED, MAX_NODES, FieldsSnapshot, snapshot
 
 
 @pytest.fixture

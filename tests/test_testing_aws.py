@@ -1,4 +1,4 @@
-"""Tests for the local AWS test doubles in ``asynctrack._testing_aws``.
+"""Tests for the local AWS test doubles in ``_infra.aws``.
 
 Everything talks to a moto server on 127.0.0.1, directly or through the fault proxy.
 Every wait is bounded: client connect/read timeouts, the server's start timeout, and
@@ -20,6 +20,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from _infra.aws import (
+    FAULT_KINDS,
+    FaultKind,
+    FaultProxy,
+    MotoServer,
+    ProxyRequest,
+)
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import (
@@ -28,14 +35,6 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ReadTimeoutError,
     ResponseStreamingError,
-)
-
-from asynctrack._testing_aws import (
-    FAULT_KINDS,
-    FaultKind,
-    FaultProxy,
-    MotoServer,
-    ProxyRequest,
 )
 
 pytestmark = pytest.mark.aws

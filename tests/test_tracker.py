@@ -30,10 +30,10 @@ from langchain_core.tools import tool
 
 import asynctrack
 from asynctrack import AsyncTracker, TrackerClosedError
-from asynctrack._demo_scenarios import aall_event_kinds, all_event_kinds, scenario_3_agent
-from asynctrack._events import EVENT_KINDS
-from asynctrack._fakes import FakeChatOpenAI, FakeOpenAI
-from asynctrack._load import COLUMNS
+from asynctrack._demo._fakes import FakeChatOpenAI, FakeOpenAI
+from asynctrack._demo._scenarios import aall_event_kinds, all_event_kinds, scenario_3_agent
+from asynctrack._langchain._events import EVENT_KINDS
+from asynctrack._read._load import COLUMNS
 
 EXPERIMENT = "exp-tracker"
 RUN = "run-1"
@@ -426,7 +426,7 @@ def test_on_retry_from_langchain_retry_decorator(
     for retry in retries:
         state = retry["data"]
         assert state["next_sleep"] == 0.0
-        assert state["exception"]["type"] == "asynctrack._fakes.FakeTransientError"
+        assert state["exception"]["type"] == "asynctrack._demo._fakes.FakeTransientError"
         assert state["exception"]["message"].startswith("Simulated transient error")
         assert retry["name"] == "FakeOpenAI"
         assert retry["run_id"] == kinds["llm_start"][0]["run_id"]

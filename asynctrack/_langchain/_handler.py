@@ -27,15 +27,16 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
+from .._config import TrackerConfig
+from .._engine._core import Engine, Statistics, install_sigterm_handler
+from .._engine._spool import Spool
+from .._layout import Layout, new_writer_id
+from .._sinks._base import ParametersSink, Sink
+from .._sinks._local import LocalSink
+from .._sinks._registry import make_sink
 from ._capture import Capturer
-from ._config import TrackerConfig
-from ._engine import Engine, Statistics, install_sigterm_handler
 from ._events import EventTranslator
-from ._layout import Layout, new_writer_id
-from ._local import LocalSink
-from ._sink import ParametersSink, Sink
 from ._snapshot import snapshot
-from ._spool import Spool
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -54,25 +55,6 @@ DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
 
 def _default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
-
-
-def make_sink(destination: str | os.PathLike[str] | Sink, **s3_options: Any) -> Sink:
-    """The sink for a destination: ``s3://bucket/prefix``, a directory, or a ``Sink``."""
-    if isinstance(destination, str) and destination.startswith("s3://"):
-        try:
-            from ._s3 import S3Sink
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ImportError(
-                "an s3:// destination needs the S3 extra: pip install 'asynctrack[s3]'"
-            ) from exc
-        return S3Sink(destination, **s3_options)
-    if isinstance(destination, str | os.PathLike):
-        if s3_options:
-            raise ValueError(f"S3 options {sorted(s3_options)} given for a local destination")
-        return LocalSink(destination)
-    if isinstance(destination, Sink):
-        return destination
-    raise ValueError(f"destination must be a path, an s3:// URI or a Sink, got {destination!r}")
 
 
 class AsyncTracker(BaseCallbackHandler):

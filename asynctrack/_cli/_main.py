@@ -10,10 +10,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._config import TrackerConfig
-from ._load import read_events, read_parameters
-from ._spool import Spool, spooled_destinations
-from ._tracker import DEFAULT_DESTINATION, AsyncTracker, make_sink
+from .._config import TrackerConfig
+from .._engine._spool import Spool, spooled_destinations
+from .._langchain._handler import DEFAULT_DESTINATION, AsyncTracker
+from .._read._load import read_events, read_parameters
+from .._sinks._registry import make_sink
 
 __all__ = ["main"]
 
@@ -25,7 +26,7 @@ def _progress(message: str) -> None:
 def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
     """Run the seed notebook's three scenarios offline and print what was logged."""
     try:
-        from ._demo_scenarios import EXPERIMENT_NAME, SCENARIOS
+        from .._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
     except ImportError as exc:
         print(
             f"the demo needs the 'demo' extra (langchain-classic): pip install 'asynctrack[demo]' ({exc})",

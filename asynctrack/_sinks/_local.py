@@ -6,8 +6,8 @@ import os
 import secrets
 from pathlib import Path
 
-from ._errors import PermanentSinkError
-from ._sink import Batch
+from .._errors import PermanentSinkError
+from ._base import Batch
 
 __all__ = ["LocalSink"]
 

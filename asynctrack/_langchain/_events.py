@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import orjson
 
+from .._config import TrackerConfig
+from .._encode import Encoder
+from .._sinks._base import ParameterValue
 from ._capture import Captured
-from ._config import TrackerConfig
-from ._encode import Encoder
-from ._sink import ParameterValue
 
 __all__ = ["EVENT_KINDS", "EventTranslator", "RunParameters"]
 

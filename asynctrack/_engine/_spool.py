@@ -29,7 +29,7 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from ._sink import Batch
+from .._sinks._base import Batch
 
 __all__ = ["Spool", "spooled_destinations"]
 

@@ -2,7 +2,7 @@
 
 The LangChain docs notebook for the (sunset) `SageMakerCallbackHandler` runs
 three scenarios against OpenAI and SerpAPI. This module reproduces them with
-`asynctrack._fakes.FakeOpenAI` and a local fake search tool, so they run
+`asynctrack._demo._fakes.FakeOpenAI` and a local fake search tool, so they run
 without network access and always produce the same output:
 
 * `scenario_1_llm`: a single `LLMChain` ("tell me a joke about {topic}").
@@ -48,7 +48,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import BaseTool, StructuredTool, Tool
 
-from asynctrack._fakes import FakeChatOpenAI, FakeOpenAI
+from asynctrack._demo._fakes import FakeChatOpenAI, FakeOpenAI
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -39,11 +39,11 @@ from typing import Any, Final
 
 import orjson
 
-from ._config import TrackerConfig
-from ._encode import Encoder, placeholder
-from ._errors import DeadlockError, FlushError, FlushTimeoutError, PermanentSinkError, TrackerClosedError
-from ._layout import Layout, new_writer_id
-from ._sink import Batch, ParametersSink, ParameterValue, RunInfo, Sink
+from .._config import TrackerConfig
+from .._encode import Encoder, placeholder
+from .._errors import DeadlockError, FlushError, FlushTimeoutError, PermanentSinkError, TrackerClosedError
+from .._layout import Layout, new_writer_id
+from .._sinks._base import Batch, ParametersSink, ParameterValue, RunInfo, Sink
 from ._spool import Spool
 
 __all__ = ["Engine", "Statistics"]

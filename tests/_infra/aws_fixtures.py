@@ -1,13 +1,13 @@
 """Shared AWS fixtures for ``test_s3.py`` and ``test_sagemaker.py``: moto on 127.0.0.1.
 
-Load them with ``pytest_plugins = ("aws_fixtures",)`` in a test module. Nothing here is
+Load them with ``pytest_plugins = ("_infra.aws_fixtures",)`` in a test module. Nothing here is
 autouse (a plugin's fixtures are visible to the whole session); each module opts in.
 The helpers (``list_keys``, ``batch_events``, ...) are imported by name, so this module is
 imported before pytest registers it as a plugin; PYTEST_DONT_REWRITE (it has no asserts)
 keeps pytest from warning that it can no longer rewrite it.
 
 * ``moto_server``: one patched moto server per session, in a child process
-  (``BridgedMotoServer``, an ``asynctrack._testing_aws.MotoServer`` with one more
+  (``BridgedMotoServer``, an ``_infra.aws.MotoServer`` with one more
   documented moto patch); ``moto`` resets it before each test.
 * ``aws_env``: dummy credentials, ``us-east-1``, no config files, no proxies, a spool
   directory of the test's own (``ASYNCTRACK_SPOOL_DIR``), and a guard
@@ -41,7 +41,7 @@ import pytest
 from botocore.client import BaseClient
 from botocore.config import Config
 
-from asynctrack._testing_aws import FaultProxy, MotoServer, ProxyRequest
+from _infra.aws import FaultProxy, MotoServer, ProxyRequest
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -148,7 +148,7 @@ class BridgedMotoServer(MotoServer):
     """``MotoServer`` whose child also applies ``patch_moto_sagemaker_not_found``.
 
     The child runs this file (see the ``__main__`` block at the end), which applies the
-    patch and then hands over to ``asynctrack._testing_aws.main`` (Search patch, server,
+    patch and then hands over to ``_infra.aws.main`` (Search patch, server,
     port line, exit on stdin EOF). Only the command differs from ``MotoServer.start``.
     """
 
@@ -363,7 +363,7 @@ def sagemaker_client(moto: MotoServer) -> Iterator[BaseClient]:
 
 if __name__ == "__main__":
     # The child process of BridgedMotoServer.
-    from asynctrack._testing_aws import main
+    from _infra.aws import main
 
     patch_moto_sagemaker_not_found()
     main()

@@ -1,7 +1,7 @@
 """Local AWS test doubles: a moto server in a child process and a fault-injecting proxy.
 
 This module is test infrastructure. It deliberately imports nothing from the rest of
-``asynctrack`` so that it can be run as ``python -m asynctrack._testing_aws`` (the moto
+``asynctrack`` so that it can be run as ``python -m _infra.aws`` (the moto
 launcher) without pulling in the package under test, and so that a bug in the package can
 never break the fixtures used to find it.
 
@@ -76,7 +76,7 @@ _LOOPBACK: Final = "127.0.0.1"
 class MotoServer:
     """A moto server running in a child process on ``127.0.0.1`` with a free port.
 
-    The child runs ``python -m asynctrack._testing_aws`` (see :func:`main`), which patches
+    The child runs ``python -m _infra.aws`` (see :func:`main`), which patches
     moto's SageMaker ``Search`` (see :func:`patch_moto_sagemaker_search`), starts
     ``moto.server.ThreadedMotoServer`` on port 0 and prints the port it was given.
 
@@ -224,7 +224,7 @@ class MotoServer:
             raise RuntimeError(f"moto reset failed: HTTP {response.status} {body!r}")
 
     def _child_env(self) -> dict[str, str]:
-        # ``python -m asynctrack._testing_aws`` must find this package even when the test
+        # ``python -m _infra.aws`` must find this package even when the test
         # process found it only through sys.path tweaks (pytest rootdir, editable installs):
         # put the directory that contains the package first on the child's PYTHONPATH.
         package_root = str(Path(__file__).resolve().parent.parent)
@@ -381,7 +381,7 @@ def patch_moto_sagemaker_search() -> None:
 def main() -> None:
     """Run a patched moto server on ``127.0.0.1`` until stdin reaches end-of-file.
 
-    This is what ``python -m asynctrack._testing_aws`` does; :class:`MotoServer` runs it
+    This is what ``python -m _infra.aws`` does; :class:`MotoServer` runs it
     in a child process. Steps: apply :func:`patch_moto_sagemaker_search`, start
     ``moto.server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)``, print
     ``ASYNCTRACK_MOTO_PORT=<port>`` on stdout and flush, then block reading stdin. The

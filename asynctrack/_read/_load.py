@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._layout import safe_segment
+from .._layout import safe_segment
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +60,7 @@ def _files(
     destination: str | os.PathLike[str], pattern: str, s3_options: dict[str, Any]
 ) -> Iterator[tuple[str, bytes]]:
     if isinstance(destination, str) and destination.startswith("s3://"):
-        from ._s3 import read_objects
+        from .._sinks._s3 import read_objects
 
         return read_objects(destination, pattern, **s3_options)
     return _local_files(Path(destination).expanduser(), pattern)

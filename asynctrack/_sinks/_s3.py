@@ -38,8 +38,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ._errors import PermanentSinkError, SinkError
-from ._sink import Batch
+from .._errors import PermanentSinkError, SinkError
+from ._base import Batch
 
 __all__ = ["S3Sink", "parse_s3_uri", "read_objects"]
 

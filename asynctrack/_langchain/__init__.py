@@ -1,0 +1,1 @@
+"""The LangChain boundary: the callback handler, argument capture, and records → events."""

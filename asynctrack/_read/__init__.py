@@ -1,0 +1,1 @@
+"""Reading logged events and parameters back."""

@@ -1,0 +1,1 @@
+"""Destinations (local directory, S3) and parameter sinks (SageMaker), behind one protocol."""
