@@ -100,7 +100,17 @@ class TrackerConfig:
             and only while no other SIGTERM handler is set.
         redact: a hook called in the worker (never on the caller's thread) with
             each event as a dict; it returns the dict to write (changed in place
-            or new), or ``None`` to drop the event (counted as ``filtered``).
+            or new), or ``None`` to drop the event (counted as ``filtered``). In
+            the worker process it must be picklable (a module-level function);
+            otherwise the tracker uses a worker thread.
+        worker: where the worker runs. ``"process"``: a worker process shared by
+            every tracker of this process (the application only captures and
+            ships bytes; a kill of the application loses milliseconds).
+            ``"thread"``: a thread in this interpreter. ``None`` (default):
+            ``$ASYNCTRACK_WORKER``, else ``"process"``; a thread is used, with one
+            log line saying why, where a process cannot be started or the
+            destination, hook or parameter sinks cannot cross to it (a ``Sink``
+            object, a lambda).
     """
 
     max_batch_events: int = 10_000
@@ -120,6 +130,7 @@ class TrackerConfig:
     spool_dir: str | None = None
     spool_max_bytes: int = 1024 * MiB
     handle_sigterm: bool = True
+    worker: Literal["process", "thread"] | None = None
     redact: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
@@ -148,6 +159,8 @@ class TrackerConfig:
             )
         if self.redact_keys is not None and not isinstance(self.redact_keys, str):
             raise ValueError(f"redact_keys must be a regex string or None, got {self.redact_keys!r}")
+        if self.worker not in (None, "process", "thread"):
+            raise ValueError(f"worker must be 'process', 'thread' or None, got {self.worker!r}")
         if self.when_full not in ("drop", "block"):
             raise ValueError(f"when_full must be 'drop' or 'block', got {self.when_full!r}")
         if self.max_queue_bytes < self.max_batch_bytes:

@@ -19,6 +19,7 @@ per repeat). "Total" is handler construction + the calls + the final flush/close
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections import defaultdict
@@ -48,7 +49,24 @@ LEGACY_CALLS: dict[str, tuple[int | None, int | None]] = {
 LOCAL = "asynctrack-local"
 
 
+def _worker_cpu() -> float:
+    """CPU seconds (user + system) of this process's asynctrack worker process, or 0."""
+    try:
+        from asynctrack._engine._client import worker_process
+
+        pid = worker_process().pid
+        if pid is None:
+            return 0.0
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ImportError, IndexError, ValueError):
+        return 0.0
+
+
 def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str) -> dict[str, Any]:
+    """One measurement: wall time of setup, calls and final flush/close, and the CPU the
+    calls and the close took in this process and in the worker process (if any)."""
     c.settle()
     if workload.kind == "async":
 
@@ -57,23 +75,27 @@ def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str)
             state = variant.open(tag)
             callbacks = variant.callbacks(state)
             t1 = time.perf_counter()
+            cpu0, wcpu0 = time.process_time(), _worker_cpu()
             calls_s = await run_async(chain, callbacks, calls, workload.concurrency)
             t2 = time.perf_counter()
             extra = await variant.aclose(state)
             t3 = time.perf_counter()
-            return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+            cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu() - wcpu0}
+            return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
         return asyncio.run(go())
     t0 = time.perf_counter()
     state = variant.open(tag)
     callbacks = variant.callbacks(state)
     t1 = time.perf_counter()
+    cpu0, wcpu0 = time.process_time(), _worker_cpu()
     runner = run_stream if workload.kind == "stream" else run_sync
     calls_s = runner(chain, callbacks, calls)
     t2 = time.perf_counter()
     extra = variant.close(state)
     t3 = time.perf_counter()
-    return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+    cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu() - wcpu0}
+    return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._variants import (
         AsyncTrackLocal,
         AsyncTrackS3,
+        AsyncTrackThread,
         Floor,
         Langfuse,
         LangSmith,
@@ -107,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT", "LANGFUSE_HOST", "LANGFUSE_BASE_URL"):
             os.environ[name] = stub.url
         s3_problem = "--no-s3" if args.no_s3 else c.s3_sink_problem()
-        candidates: list[Any] = [NoHandler(), Floor(), AsyncTrackLocal(), AsyncTrackS3(moto_url, s3_problem)]
+        candidates: list[Any] = [
+            NoHandler(),
+            Floor(),
+            AsyncTrackLocal(),
+            AsyncTrackThread(),
+            AsyncTrackS3(moto_url, s3_problem),
+        ]
         if args.no_peers:
             report.note("--no-peers: LangSmith, Langfuse and SageMaker variants skipped")
         else:
@@ -234,9 +263,14 @@ def _tables(
         def total(name: str, w: Workload = w) -> list[float]:
             return [(run["setup_s"] + run["calls_s"] + run["final_s"]) * 1e3 for run in runs[(w.name, name)]]
 
+        def cpu_per_event(name: str, key: str, w: Workload = w) -> list[float]:
+            calls = results["calls"][w.name] * results["events"][w.name]
+            return [run.get(key, 0.0) / calls * 1e6 for run in runs[(w.name, name)]]
+
         rows = []
         summary[w.name] = {}
         floor_pc = per_call("floor")
+        floor_cpu = cpu_per_event("floor", "app_cpu_s")
         for name in names:
             legacy = name in ("none-legacy", "sagemaker-legacy")
             base = "none-legacy" if legacy else "none"
@@ -249,6 +283,9 @@ def _tables(
             x_none = [pc[i] / base_pc[i] for i in range(n)]
             x_total = [tot[i] / base_tot[i] for i in range(n)]
             final_ms = [run["final_s"] * 1e3 for run in runs[(w.name, name)]]
+            app_cpu = cpu_per_event(name, "app_cpu_s") if not legacy else [float("nan")]
+            app_over = [app_cpu[i] - floor_cpu[i] for i in range(min(len(app_cpu), len(floor_cpu)))]
+            worker_cpu = cpu_per_event(name, "worker_cpu_s") if not legacy else [float("nan")]
             s = {
                 "per_call_us": c.median(pc),
                 "per_event_over_none_us": c.median(over_none),
@@ -258,6 +295,8 @@ def _tables(
                 "total_ms": c.median(tot),
                 "total_x_none": c.median(x_total),
                 "final_ms": c.median(final_ms),
+                "app_cpu_over_floor_us": c.median(app_over) if app_over else float("nan"),
+                "worker_cpu_us": c.median(worker_cpu),
             }
             summary[w.name][name] = s
             rows.append(
@@ -271,6 +310,8 @@ def _tables(
                     s["total_ms"],
                     s["total_x_none"],
                     s["final_ms"],
+                    s["app_cpu_over_floor_us"],
+                    s["worker_cpu_us"],
                 ]
             )
             report.metric(f"{w.name}.{name}.per_call_us", s["per_call_us"])
@@ -291,6 +332,8 @@ def _tables(
                 "total ms (setup+calls+flush/close)",
                 "total × none",
                 "final flush/close ms",
+                "app CPU µs/event over floor",
+                "worker process CPU µs/event",
             ],
             rows,
         )
@@ -309,8 +352,11 @@ def _tables(
                 unit="×",
             )
     report.note(
-        "µs per event is wall time of the calling thread: on 2 cores with one GIL it includes the time the "
-        "tracker's worker thread holds the GIL while it encodes (see `python -m benchmarks.profile`)"
+        "µs per event is wall time of the calling thread. `asynctrack → local dir` and `→ S3` use the "
+        "default worker process; `(thread)` keeps the worker in this interpreter, where it competes with a "
+        "CPU-bound caller for the GIL. App CPU is this process's CPU (time.process_time: the caller, the "
+        "shipper/reader threads, or the worker thread) per event over the floor's; worker process CPU is "
+        "the worker process's (user + system, from /proc) per event, measured over the calls and the close"
     )
     report.data["summary"] = summary
     report.data["events_per_call"] = results["events"]

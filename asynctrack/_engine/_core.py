@@ -87,6 +87,10 @@ class Statistics:
         queue_depth: records waiting in the buffer for the worker.
         pending_bytes: encoded bytes held in memory, not yet written.
         parameter_errors: failed parameter writes (SageMaker, local document).
+        worker_mode: ``"process"`` (the worker process) or ``"thread"``.
+        worker_restarts: how often the worker process died and was started again.
+        retained_bytes: shipped bytes kept until the worker process acknowledges
+            them (to re-send them if it dies).
     """
 
     recorded: int
@@ -103,6 +107,9 @@ class Statistics:
     queue_depth: int
     pending_bytes: int
     parameter_errors: int
+    worker_mode: str = "thread"
+    worker_restarts: int = 0
+    retained_bytes: int = 0
 
 
 class _Marker:
@@ -947,9 +954,18 @@ class Engine:
             self._start()
 
 
+#: Also called at exit and on SIGTERM, with the deadline (the worker process's clients).
+exit_hooks: list[Callable[[float], None]] = []
+
+
 def _close_all_at_exit() -> None:
     """Flush and stop every open engine when the interpreter exits normally."""
     deadline = time.monotonic() + float(os.environ.get("ASYNCTRACK_EXIT_TIMEOUT", "10"))
+    for hook in list(exit_hooks):
+        try:
+            hook(deadline)
+        except Exception as exc:  # pragma: no cover - each hook logs its own errors
+            logger.error("asynctrack: at exit, %s", exc)
     for engine in list(_live):
         remaining = max(deadline - time.monotonic(), 0.1)
         try:

@@ -191,6 +191,8 @@ class EventTranslator:
         error = None
         if kind == "llm_new_token":
             own = ("token", extra)  # the streamed text: kept out of the captured body
+        elif type(extra) is dict and extra.pop("$error", False):
+            error = extra  # formatted where the exception lived (the worker process's client)
         elif extra is not None:
             error = _error_fields(extra)
         duration = None

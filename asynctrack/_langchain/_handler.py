@@ -12,9 +12,11 @@ in ``../shared/NOTES.md``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import pickle
 import secrets
 import time
 import warnings
@@ -28,15 +30,15 @@ import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
 from .._config import TrackerConfig
+from .._engine._client import ProcessEngine, WorkerUnavailable
 from .._engine._core import Engine, Statistics, install_sigterm_handler
-from .._engine._spool import Spool
 from .._layout import Layout, new_writer_id
-from .._sinks._base import ParametersSink, Sink
-from .._sinks._local import LocalSink
+from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._capture import Capturer
 from ._events import EventTranslator
 from ._snapshot import snapshot
+from ._spec import TrackerSpec
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -50,7 +52,38 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
-DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
+_said_thread: set[str] = set()
+
+
+def _process_obstacle(spec: TrackerSpec, destination: object) -> str | None:
+    """Why this tracker cannot use the worker process, or ``None``."""
+    if isinstance(destination, Sink):
+        return "the destination is a Sink object, which lives in this process"
+    try:
+        pickle.dumps(spec)
+    except Exception as exc:
+        return f"its configuration cannot cross to the worker process ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _say_thread_once(reason: str | None) -> None:
+    if reason and reason not in _said_thread:
+        _said_thread.add(reason)
+        logger.info("asynctrack: using a worker thread in this process: %s", reason)
+
+
+def _thread_engine(spec: TrackerSpec, sink: Sink) -> Engine:
+    engine, _ = spec.build(sink=sink)
+    return engine
+
+
+def _run_info(spec: TrackerSpec, sink: Sink) -> RunInfo:
+    layout = Layout(experiment=spec.experiment, run=spec.run, writer=spec.writer)
+    return RunInfo(
+        experiment=spec.experiment,
+        run=spec.run,
+        events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
+    )
 
 
 def _default_run_name() -> str:
@@ -100,32 +133,19 @@ class AsyncTracker(BaseCallbackHandler):
         self.experiment_name = experiment_name
         self.run_name = run_name or _default_run_name()
         self.config = config
-        sink = make_sink(destination, **s3_options)
-        layout = Layout(
-            experiment=experiment_name, run=self.run_name, writer=new_writer_id(), gzip=config.gzip
-        )
-        self._translator = EventTranslator(
-            experiment=experiment_name, run=self.run_name, writer=layout.writer, config=config
-        )
-        spool = None
-        if config.spool and not isinstance(sink, LocalSink):
-            replay_options = getattr(sink, "replay_options", None)
-            spool = Spool(
-                config.spool_dir or os.environ.get("ASYNCTRACK_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
-                sink.destination,
-                config.spool_max_bytes,
-                options=replay_options() if callable(replay_options) else None,
-            )
-        self._engine = Engine(
-            sink=sink,
-            layout=layout,
-            translate=self._translator,
-            parameters=self._translator.redacted_parameters,
-            parameter_sinks=parameter_sinks,
+        sink = make_sink(destination, **s3_options)  # validates the destination and options now
+        self._destination = sink.destination
+        spec = TrackerSpec(
+            destination=sink.destination if not isinstance(destination, Sink) else "",
+            s3_options=dict(s3_options),
+            experiment=experiment_name,
+            run=self.run_name,
+            writer=new_writer_id(),
             config=config,
-            spool=spool,
+            parameter_sinks=tuple(parameter_sinks),
         )
-        self._engine.on_fork = weakref.WeakMethod(self._after_fork)
+        self._engine: Engine | ProcessEngine = self._start_engine(spec, sink, destination)
+        self._engine.on_fork = weakref.WeakMethod(self._after_fork)  # type: ignore[assignment]  # the engine passes itself
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
@@ -134,15 +154,39 @@ class AsyncTracker(BaseCallbackHandler):
         self._default = self._capture.default
         self._warned_hot_error = False
 
-    def _after_fork(self, engine: Engine) -> None:
-        """In a forked child: a new writer id, counts and sequence of its own."""
-        self._translator = EventTranslator(
-            experiment=self.experiment_name,
-            run=self.run_name,
-            writer=engine.layout.writer,
-            config=self.config,
-        )
-        engine.set_adapter(self._translator, self._translator.redacted_parameters)
+    def _start_engine(
+        self, spec: TrackerSpec, sink: Sink, destination: str | os.PathLike[str] | Sink
+    ) -> Engine | ProcessEngine:
+        """The worker process's client, or a thread engine where a process cannot serve."""
+        mode = self.config.worker or os.environ.get("ASYNCTRACK_WORKER") or "process"
+        reason = None
+        if mode == "process":
+            reason = _process_obstacle(spec, destination)
+            if reason is None:
+                thread_engine = functools.partial(_thread_engine, spec, sink)
+                try:
+                    return ProcessEngine(
+                        spec=spec,
+                        destination=sink.destination,
+                        run_info=_run_info(spec, sink),
+                        config=self.config,
+                        fallback=thread_engine,
+                    )
+                except WorkerUnavailable as exc:
+                    reason = str(exc)
+            _say_thread_once(reason)
+        return _thread_engine(spec, sink)
+
+    def _after_fork(self, engine: Engine | ProcessEngine) -> None:
+        """In a forked child: a sequence of its own (and, in a thread engine, counts)."""
+        if isinstance(engine, Engine):
+            translator = EventTranslator(
+                experiment=self.experiment_name,
+                run=self.run_name,
+                writer=engine.layout.writer,
+                config=self.config,
+            )
+            engine.set_adapter(translator, translator.redacted_parameters)
         self._seq = itertools.count()
         self._put = engine.put
 
@@ -151,7 +195,7 @@ class AsyncTracker(BaseCallbackHandler):
     @property
     def destination(self) -> str:
         """Where batches are written (a directory or ``s3://bucket/prefix``)."""
-        return self._engine.sink.destination
+        return self._destination
 
     @property
     def events_uri(self) -> str:
