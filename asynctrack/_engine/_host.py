@@ -226,6 +226,7 @@ class _Host:
         self._read = read
         self.out = _Out(out_fd)
         self._trackers: dict[int, _Tracker] = {}
+        self._closing: list[threading.Thread] = []  # closes the application asked for
         self._done = threading.Event()
 
     def serve(self) -> None:
@@ -261,7 +262,9 @@ class _Host:
             threading.Thread(target=entry.flush, args=(number, timeout), daemon=True).start()
         elif kind is Kind.CLOSE:
             del self._trackers[tracker]
-            threading.Thread(target=entry.close, args=(number, timeout), daemon=True).start()
+            closer = threading.Thread(target=entry.close, args=(number, timeout), daemon=True)
+            closer.start()
+            self._closing.append(closer)  # the drain waits for it too
 
     def _tick(self) -> None:
         while not self._done.wait(_STATS_EVERY):
@@ -278,7 +281,7 @@ class _Host:
         watchdog = threading.Timer(timeout + _GRACE, os._exit, args=(3,))
         watchdog.daemon = True
         watchdog.start()
-        closers = []
+        closers = [thread for thread in self._closing if thread.is_alive()]
         for entry in list(self._trackers.values()):
             thread = threading.Thread(
                 target=entry.close, args=(0, max(deadline - time.monotonic(), 0.1)), daemon=True
