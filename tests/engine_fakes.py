@@ -1,7 +1,8 @@
-"""Fakes at the engine's seams, shared by the tests/test_engine*.py modules.
+"""Fakes at the engine's seams, and fixtures, shared by the tests/test_engine*.py modules.
 
-Sinks that hold, refuse or remember batches, and a ``redact`` hook that holds the
-worker; each wait is bounded by ``JOIN``.
+Sinks that hold, refuse or remember batches, a ``redact`` hook that holds the worker,
+and helpers; each wait is bounded by ``JOIN``. The fixtures are in ``engine_fixtures``
+(load with ``pytest_plugins = ("engine_fixtures",)``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asynctrack
 from asynctrack import AsyncTracker, Batch, LocalSink
 
-__all__ = ["JOIN", "BlockingHook", "FlakySink", "GatedSink", "MemorySink", "text"]
+__all__ = [
+    "JOIN",
+    "BlockingHook",
+    "FlakySink",
+    "GatedSink",
+    "MemorySink",
+    "batch_files",
+    "events_in",
+    "join_threads",
+    "start_thread",
+    "text",
+    "visible_batches",
+]
 
 JOIN = 30.0  # seconds any helper thread or wait may take, at most
 
@@ -113,3 +127,30 @@ class BlockingHook:
             self.entered.set()
             self.release.wait(JOIN)
         return event
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def events_in(destination: Path) -> list[dict[str, Any]]:
+    return asynctrack.read_events(destination)
+
+
+def batch_files(destination: Path) -> list[Path]:
+    return sorted(p for p in destination.rglob("*") if p.is_file() and "/params/" not in str(p))
+
+
+def visible_batches(destination: Path) -> list[Path]:
+    """Batch files a reader sees (renamed into place; temporary files start with '.')."""
+    return [p for p in destination.rglob("*.jsonl*") if not p.name.startswith(".")]
+
+
+def start_thread(thread: threading.Thread) -> threading.Thread:
+    thread.start()
+    return thread
+
+
+def join_threads(*threads: threading.Thread) -> None:
+    for thread in threads:
+        thread.join(JOIN)
+        assert not thread.is_alive(), f"{thread.name} did not finish within {JOIN} s"

@@ -9,44 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from engine_fakes import JOIN, BlockingHook, text
+from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text
 
 import asynctrack
-from asynctrack import AsyncTracker, FlushError, TrackerConfig
+from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig
 from asynctrack._engine._core import Engine, State
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def make_tracker(tmp_destination: Path) -> Iterator[Callable[..., AsyncTracker]]:
-    made: list[AsyncTracker] = []
-
-    def make(destination: Any = None, **kwargs: Any) -> AsyncTracker:
-        tracker = AsyncTracker(
-            tmp_destination if destination is None else destination,
-            experiment_name="life",
-            run_name="r",
-            **kwargs,
-        )
-        made.append(tracker)
-        return tracker
-
-    yield make
-    for tracker in made:
-        try:
-            tracker.close(timeout=5)
-        except FlushError:
-            pass
+pytest_plugins = ("engine_fixtures",)
 
 
 def _texts(destination: Path) -> list[str]:
@@ -165,8 +140,6 @@ def test_recorded_never_reads_more_than_the_callbacks_made(
 
 def test_the_state_machine_moves_one_way() -> None:
     """created -> started -> closing -> closed; a second close changes nothing."""
-    from engine_fakes import MemorySink
-
     from asynctrack._layout import Layout
 
     engine = Engine(sink=MemorySink(), layout=Layout(experiment="e", run="r", writer="w"), translate=dict)
@@ -181,3 +154,25 @@ def test_the_state_machine_moves_one_way() -> None:
     assert engine.state is State.CLOSED
     stats = engine.statistics()
     assert (stats.worker_mode, stats.worker_restarts, stats.retained_bytes) == ("thread", 0, 0)
+
+
+def test_close_past_its_deadline_counts_lost_events(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    sink = GatedSink(tmp_destination)
+    tracker = make_tracker(sink, config=TrackerConfig(spool=False))
+    try:
+        for i in range(3):
+            text(tracker, f"e{i}")
+        with pytest.raises(FlushError) as raised:
+            tracker.close(timeout=0.2)
+        assert raised.value.pending == 3
+        assert str(raised.value).endswith("3 lost")
+        assert tracker.closed
+        stats = tracker.statistics()
+        assert stats.lost == 3
+        assert stats.written == 0
+    finally:
+        sink.gate.set()
+    with pytest.raises(TrackerClosedError):
+        tracker.flush_blocking()

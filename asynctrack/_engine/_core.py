@@ -105,6 +105,7 @@ class Engine:
             events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
         )
         self._build()
+        self._claim_spool()
         _process.register(self)
         self._worker.start()
 
@@ -143,7 +144,6 @@ class Engine:
             on_closed=self._on_closed,
         )
         self.put = self._buffer.put
-        self._claim_spool()
         self._abandoned = 0  # events a stuck worker still held when its close gave up on it
         self._parameters_written: dict[str, ParameterValue] | None = None
 
@@ -427,6 +427,7 @@ class Engine:
         on_fork = self.on_fork() if self.on_fork is not None else None
         if on_fork is not None:
             on_fork(self)  # the adapter renews its own per-process state
+        self._claim_spool()
         self._worker.start()
 
 
