@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _infra.aws import MotoServer
+from _infra.aws import FaultProxy, MotoServer
 from _infra.aws_fixtures import batch_events, list_keys
 from botocore.client import BaseClient
 
@@ -354,14 +354,15 @@ def test_a_signal_during_close_waits_for_that_close(
 @pytest.mark.aws
 @pytest.mark.usefixtures("aws_env")
 def test_a_forked_child_writes_to_s3_on_its_own_loop(
-    moto: MotoServer, s3: BaseClient, bucket: str, tmp_path: Path, children: list[Child]
+    proxy: FaultProxy, s3: BaseClient, bucket: str, tmp_path: Path, children: list[Child]
 ) -> None:
-    """The parent's S3 client exists (bound to its worker's loop) when it forks. The child
-    records, flushes and closes, within 20 s, and its events reach S3; so do the parent's.
-    (The child reused the parent's client: "attached to a different loop", every flush
-    timed out, none of its events reached S3.)"""
+    """The parent's S3 client exists (bound to its worker's loop, with a kept-alive
+    connection in its pool: the proxy speaks HTTP/1.1 as S3 does, where moto alone closes
+    each connection) when it forks. The child records, flushes and closes, within 20 s, and
+    its events reach S3; so do the parent's. (The child reused the parent's client and its
+    connection: its flushes timed out, none of its events reached S3.)"""
     n, m = 200, 300
-    child = start(children, tmp_path, "forks3", f"s3://{bucket}/fork", str(n), str(m), moto.endpoint_url)
+    child = start(children, tmp_path, "forks3", f"s3://{bucket}/fork", str(n), str(m), proxy.endpoint_url)
     stderr = child.finish()
     assert child.process.returncode == 0, stderr
     assert child.lines[-1] == {"ready": True, "child_exit": 0}, (child.lines, stderr)
