@@ -144,6 +144,7 @@ class Engine:
             on_closed=self._on_closed,
         )
         self.put = self._buffer.put
+        self._close_lock = threading.RLock()
         self._abandoned = 0  # events a stuck worker still held when its close gave up on it
         self._parameters_written: dict[str, ParameterValue] | None = None
 
@@ -270,25 +271,42 @@ class Engine:
 
     def _begin_close(self, timeout: float | None) -> Marker | None:
         """Stop accepting records and send the close marker; ``None`` if already closing."""
-        if not self._buffer.close():
-            return None
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         marker = Marker(closing=True, timeout=timeout, deadline=deadline)
-        self._worker.close_marker = marker
-        self._worker.advance(State.CLOSING)
-        if deadline is not None:
-            self._worker.set_deadline(deadline)
-        self._buffer.put_marker(marker)
+        # Re-entrant: the SIGTERM handler may close while this thread is in here.
+        with self._close_lock:
+            if self._buffer.closed:
+                return None
+            self._worker.close_marker = marker  # first: whoever finds the buffer closed finds it
+            self._buffer.close()
+        self._send_close(marker)
         return marker
+
+    def _send_close(self, marker: Marker) -> None:
+        """Put the close marker in the buffer (if no one has yet) with its deadline.
+
+        Also called by a second close, in case a signal interrupted the first between
+        closing the buffer and sending its marker. Sent twice, the worker closes at the
+        first and ignores the second.
+        """
+        self._worker.advance(State.CLOSING)
+        if marker.deadline is not None:
+            self._worker.set_deadline(marker.deadline)
+        if not marker.sent:
+            marker.sent = True
+            self._buffer.put_marker(marker)
 
     def _join_close(self, timeout: float | None) -> tuple[Marker | None, float | None]:
         """For a close already under way: its marker, and how long to wait for it.
 
         A later close may only bring the deadline nearer (at exit, on a signal).
         """
+        marker = self._worker.close_marker
+        if marker is not None and self._worker.state is not State.CLOSED:
+            self._send_close(marker)
         if timeout is not None:
             self._worker.set_deadline(time.monotonic() + max(timeout, 0.0))
-        return self._worker.close_marker, None if timeout is None else timeout + _CLOSE_GRACE
+        return marker, None if timeout is None else timeout + _CLOSE_GRACE
 
     async def aclose(self, timeout: float | None = 30.0) -> None:
         """Flush, then stop the worker. Idempotent.

@@ -88,13 +88,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_header(path: Path) -> tuple[str | None, int]:
-    """(key, header length) of a spool file; (None, 0) for the older layout."""
+def _read_key(path: Path) -> str | None:
+    """The key in a spool file's header line; ``None`` for a file of the older layout."""
     with open(path, "rb") as file:
         first = file.readline(8192)
     if not first.startswith(_HEADER) or not first.endswith(b"\n"):
-        return None, 0
-    return base64.urlsafe_b64decode(first[len(_HEADER) : -1]).decode(), len(first)
+        return None
+    return base64.urlsafe_b64decode(first[len(_HEADER) : -1]).decode()
 
 
 class Spool:
@@ -244,7 +244,7 @@ class Spool:
         for _, path in sorted(found):
             events, _, name = path.name[: -len(_SUFFIX)].partition(".")
             try:
-                key, _ = _read_header(path)
+                key = _read_key(path)
                 if key is None:
                     key = base64.urlsafe_b64decode(name).decode()  # the older layout
                 count = int(events)

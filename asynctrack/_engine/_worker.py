@@ -154,7 +154,7 @@ class Worker:
         self._on_closed = on_closed
         self._encoder = Encoder(config)
         self.state = State.CREATED
-        self._lock = threading.Lock()  # state, loop, scope and deadline, together
+        self._lock = threading.Lock()  # state, loop, timeout and deadline, together
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
         self.close_marker: Marker | None = None
