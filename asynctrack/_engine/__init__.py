@@ -1,1 +1,1 @@
-"""The engine: buffer, batches, flush barrier, worker. It imports neither LangChain nor AWS."""
+"""The engine: buffer, barrier, batcher, delivery, spool, worker. It imports neither LangChain nor AWS."""

@@ -51,7 +51,8 @@ from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError
 from .._sinks._base import ParameterValue, RunInfo
 from ._channel import HEADER, FrameReader, Kind, encode_frame, write_all
-from ._core import Statistics, exit_hooks
+from ._process import exit_hooks
+from ._statistics import Statistics
 
 __all__ = ["ProcessEngine", "WorkerProcess", "WorkerUnavailable", "worker_process"]
 

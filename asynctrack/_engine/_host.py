@@ -170,7 +170,8 @@ class _Tracker:
     def statistics(self) -> dict[str, Any]:
         stats = dataclasses.asdict(self.engine.statistics())
         # What the last failure was, for a flush that times out in the application.
-        stats["last_error"] = getattr(self.engine, "_last_error", "")
+        reporter = getattr(self.engine, "_reporter", None)
+        stats["last_error"] = getattr(reporter, "last_error", "")
         return stats
 
     def send_statistics_if_changed(self) -> None:

@@ -12,20 +12,35 @@ Layout::
     <spool_dir>/<sha256(destination)[:16]>/destination.txt      the destination URI
     <spool_dir>/<sha256(destination)[:16]>/options.json         its non-secret write options
                                                                  (encryption, bucket owner)
-    <spool_dir>/<sha256(destination)[:16]>/<events>.<base64url(key)>.batch
+    <spool_dir>/<sha256(destination)[:16]>/<events>.<sha256(key)[:32]>.batch
+    <spool_dir>/<sha256(destination)[:16]>/.claim-<host>-<pid>-<random>/<same names>
+
+A batch file starts with one header line, ``asynctrack-spool 1 <base64url(key)>``,
+then the batch's bytes: its name has a fixed length whatever the experiment and run
+names (a name made of the key passed the 255-byte limit of file names once they
+were ~80 characters long). Files of the older layout, ``<events>.<base64url(key)>
+.batch`` with no header, are still read.
 
 Files are written whole (write, fsync, rename). The spool is bounded by
 ``max_bytes``: a batch that does not fit is not spooled and is counted as lost
 (newest refused, like the in-memory buffer), with an error logged.
+
+A tracker that delivers spooled batches first *claims* them: it renames each file
+into its own claim directory, an atomic step only one process can win, so two
+trackers recovering one spool never take the same batch. What it has not
+delivered by its close goes back to the spool. The claim directory of a process
+that died (same host, no such pid) is given back by the next claim.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +51,8 @@ __all__ = ["Spool", "spooled_destinations"]
 _SUFFIX: Final = ".batch"
 _DESTINATION: Final = "destination.txt"
 _OPTIONS: Final = "options.json"
+_HEADER: Final = b"asynctrack-spool 1 "
+_CLAIM: Final = ".claim-"
 
 
 def _write_whole(path: Path, data: bytes) -> None:
@@ -46,11 +63,38 @@ def _write_whole(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in (socket.gethostname() or "host"))[:32]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
+def _read_key(path: Path) -> str | None:
+    """The key in a spool file's header line; ``None`` for a file of the older layout."""
+    with open(path, "rb") as file:
+        first = file.readline(8192)
+    if not first.startswith(_HEADER) or not first.endswith(b"\n"):
+        return None
+    return base64.urlsafe_b64decode(first[len(_HEADER) : -1]).decode()
 
 
 class Spool:
@@ -74,6 +118,16 @@ class Spool:
         self.options = dict(options or {})
         self.directory = self.root / hashlib.sha256(destination.encode()).hexdigest()[:16]
         self.max_bytes = max_bytes
+        self._claim_pid = -1
+        self._claim_dir = self.directory
+
+    @property
+    def claim_directory(self) -> Path:
+        """This process's claim directory (renewed in a forked child)."""
+        if self._claim_pid != os.getpid():
+            self._claim_pid = os.getpid()
+            self._claim_dir = self.directory / f"{_CLAIM}{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+        return self._claim_dir
 
     def size(self) -> int:
         """Bytes in the whole spool directory."""
@@ -86,30 +140,116 @@ class Spool:
                     pass
         return total
 
-    def save(self, batch: Batch) -> str | None:
-        """Write ``batch`` to the spool; its path, or ``None`` if the spool is full."""
+    def save(self, batch: Batch, *, claimed: bool = False) -> str | None:
+        """Write ``batch`` to the spool; its path, or ``None`` if the spool is full.
+
+        ``claimed=True`` writes it into this process's claim directory: the batch stays
+        this tracker's to deliver (memory ran short), no other tracker takes it.
+        """
         if self.size() + len(batch.data) > self.max_bytes:
             return None
         marker = self.directory / _DESTINATION
         if not marker.exists():
             _write_whole(self.directory / _OPTIONS, json.dumps(self.options).encode())
             _write_whole(marker, self.destination.encode())
-        name = base64.urlsafe_b64encode(batch.key.encode()).decode()
-        path = self.directory / f"{batch.events}.{name}{_SUFFIX}"
-        _write_whole(path, batch.data)
+        name = hashlib.sha256(batch.key.encode()).hexdigest()[:32]
+        directory = self.claim_directory if claimed else self.directory
+        path = directory / f"{batch.events}.{name}{_SUFFIX}"
+        header = _HEADER + base64.urlsafe_b64encode(batch.key.encode()) + b"\n"
+        _write_whole(path, header + batch.data)
         return str(path)
 
     def pending(self) -> list[Batch]:
-        """The spooled batches, data not loaded (``spool_path`` set), oldest first."""
+        """The unclaimed spooled batches, data not loaded (``spool_path`` set), oldest first."""
+        return self._batches(self.directory)
+
+    def claim(self) -> list[Batch]:
+        """Take the unclaimed batches for this process (atomic renames), oldest first.
+
+        A batch another tracker renamed first is not taken. Claim directories left by
+        processes of this host that no longer run are given back first.
+        """
+        self._adopt_orphans()
+        mine = self.claim_directory
+        claimed: list[Batch] = []
+        for batch in self.pending():
+            assert batch.spool_path is not None
+            source = Path(batch.spool_path)
+            target = mine / source.name
+            mine.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                continue  # another tracker claimed it first
+            claimed.append(
+                Batch(
+                    key=batch.key,
+                    data=b"",
+                    events=batch.events,
+                    first_seq=-1,
+                    last_seq=-1,
+                    gzip=batch.gzip,
+                    spool_path=str(target),
+                )
+            )
+        return claimed
+
+    def release(self, batch: Batch) -> bool:
+        """Give a claimed batch back to the spool (undelivered at close); ``False`` if gone."""
+        if batch.spool_path is None:
+            return False
+        path = Path(batch.spool_path)
+        if path.parent == self.directory:
+            return path.exists()
+        try:
+            os.rename(path, self.directory / path.name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Remove this process's claim directory if nothing is left in it."""
+        if self._claim_pid == os.getpid():
+            with contextlib.suppress(OSError):
+                self._claim_dir.rmdir()
+
+    def _adopt_orphans(self) -> None:
         if not self.directory.is_dir():
+            return
+        prefix = f"{_CLAIM}{_host()}-"
+        for claim_dir in self.directory.glob(f"{prefix}*"):
+            try:
+                pid = int(claim_dir.name[len(prefix) :].split("-", 1)[0])
+            except ValueError:
+                continue
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            for path in claim_dir.glob(f"*{_SUFFIX}"):
+                with contextlib.suppress(FileNotFoundError):  # another tracker adopted it
+                    os.rename(path, self.directory / path.name)
+            with contextlib.suppress(OSError):
+                claim_dir.rmdir()
+
+    @staticmethod
+    def _batches(directory: Path) -> list[Batch]:
+        if not directory.is_dir():
             return []
+        found: list[tuple[float, Path]] = []
+        for path in directory.glob(f"*{_SUFFIX}"):
+            try:
+                found.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # claimed or delivered meanwhile
+                continue
         out: list[Batch] = []
-        paths = sorted(self.directory.glob(f"*{_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        for path in paths:
+        for _, path in sorted(found):
             events, _, name = path.name[: -len(_SUFFIX)].partition(".")
             try:
-                key = base64.urlsafe_b64decode(name).decode()
+                key = _read_key(path)
+                if key is None:
+                    key = base64.urlsafe_b64decode(name).decode()  # the older layout
                 count = int(events)
+            except FileNotFoundError:
+                continue
             except ValueError:
                 continue  # not ours
             out.append(
@@ -127,12 +267,20 @@ class Spool:
 
     @staticmethod
     def load(batch: Batch) -> Batch:
-        """``batch`` with its data read from the spool."""
+        """``batch`` with its data read from the spool (header removed).
+
+        Raises:
+            FileNotFoundError: the file is gone (delivered by someone else).
+        """
         if batch.data or batch.spool_path is None:
             return batch
+        path = Path(batch.spool_path)
+        data = path.read_bytes()
+        if data.startswith(_HEADER):
+            data = data[data.index(b"\n") + 1 :]
         return Batch(
             key=batch.key,
-            data=Path(batch.spool_path).read_bytes(),
+            data=data,
             events=batch.events,
             first_seq=batch.first_seq,
             last_seq=batch.last_seq,

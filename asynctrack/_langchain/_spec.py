@@ -162,8 +162,8 @@ class _ObservedSpool(Spool):
 
     hooks: DurableHooks | None = None
 
-    def save(self, batch: Batch) -> str | None:
-        path = super().save(batch)
+    def save(self, batch: Batch, *, claimed: bool = False) -> str | None:
+        path = super().save(batch, claimed=claimed)
         if path is not None and self.hooks is not None and batch.data:
             self.hooks.batch(batch.data, batch.gzip)
         return path

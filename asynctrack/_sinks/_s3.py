@@ -21,16 +21,13 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
-import random
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, Literal
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     NoCredentialsError,
     NoRegionError,
@@ -40,6 +37,7 @@ from botocore.exceptions import (
 
 from .._errors import PermanentSinkError, SinkError
 from ._base import Batch
+from ._retry import RetryExhausted, retry
 
 __all__ = ["S3Sink", "parse_s3_uri", "read_objects"]
 
@@ -68,6 +66,10 @@ _PERMANENT_CODES: Final = frozenset(
 )
 _PERMANENT_TYPES: Final = (NoCredentialsError, PartialCredentialsError, NoRegionError, ParamValidationError)
 _MiB: Final = 1024 * 1024
+# Clients abandoned on a loop this process no longer runs (see S3Sink._get_client):
+# closing them would touch another loop's (or process's) connections, and letting
+# them be collected would warn about unclosed sessions.
+_ABANDONED: list[tuple[Any, Any]] = []
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -188,6 +190,7 @@ class S3Sink:
         self._content_type = content_type
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self.attempts = 0  # requests made, retries included (for tests and benchmarks)
         self.retries = 0
 
@@ -212,7 +215,15 @@ class S3Sink:
     # -- lifecycle -------------------------------------------------------------------
 
     async def _get_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            # Made on another loop: the parent's, before a fork (its connections are the
+            # parent's sockets), or a loop since closed. Unusable here ("attached to a
+            # different loop"), and not ours to close: forgotten, kept from the collector.
+            _ABANDONED.append((self._client, self._stack))
+            self._client = self._stack = None
         if self._client is None:
+            self._client_loop = loop
             session = self._session or (AioSession(profile=self._profile) if self._profile else get_session())
             stack = contextlib.AsyncExitStack()
             self._client = await stack.enter_async_context(
@@ -237,6 +248,9 @@ class S3Sink:
             raise SinkError(self.destination, f"bucket check failed: {_describe(exc)}") from exc
 
     async def aclose(self) -> None:
+        if self._stack is not None and self._client_loop is not asyncio.get_running_loop():
+            _ABANDONED.append((self._client, self._stack))  # another loop's: see _get_client
+            self._client = self._stack = None
         if self._stack is not None:
             stack, self._stack, self._client = self._stack, None, None
             await stack.aclose()
@@ -295,45 +309,34 @@ class S3Sink:
                 await client.abort_multipart_upload(**common)
             raise
 
-    async def _retrying(self, key: str, attempt: Any) -> None:
-        """Run ``attempt()`` until it succeeds, fails for good, or the deadline passes."""
-        deadline = time.monotonic() + self.write_deadline
-        delay = 0.1
-        tries = 0
-        while True:
-            tries += 1
-            self.attempts += 1
-            try:
-                # Bound each attempt too: aiohttp's wait for "100 Continue" is not
-                # covered by read_timeout, and a silent endpoint would hang it.
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                    await attempt()
-                return
-            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-                if is_permanent(exc):
-                    raise PermanentSinkError(
-                        self.destination, f"{self.object_key(key)}: {_describe(exc)}"
-                    ) from exc
-                # Full jitter (AWS architecture blog): spreads the retries of
-                # many writers hitting the same throttled prefix.
-                sleep = random.uniform(0, delay)
-                if time.monotonic() + sleep >= deadline:
-                    raise SinkError(
-                        self.destination,
-                        f"{self.object_key(key)}: gave up after {tries} attempt(s) in "
-                        f"{self.write_deadline:g} s: {_describe(exc)}",
-                    ) from exc
-                self.retries += 1
-                await asyncio.sleep(sleep)
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:
-                # aiohttp and others may raise their own errors for broken responses;
-                # they are transient until proven otherwise, within the deadline.
-                if time.monotonic() >= deadline:
-                    raise SinkError(self.destination, f"{self.object_key(key)}: {_describe(exc)}") from exc
-                self.retries += 1
-                await asyncio.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, 5.0)
+    async def _retrying(self, key: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt()`` until it succeeds, fails for good, or ``write_deadline`` passes.
+
+        Any error but a permanent one is retried: aiohttp and others raise their own
+        errors for broken responses, transient until proven otherwise.
+        """
+        try:
+            await retry(attempt, deadline=self.write_deadline, retryable=_transient, on_attempt=self._count)
+        except RetryExhausted as exc:
+            raise SinkError(
+                self.destination,
+                f"{self.object_key(key)}: gave up after {exc.attempts} attempt(s) in "
+                f"{self.write_deadline:g} s: {_describe(exc.last)}",
+            ) from exc.last
+        except Exception as exc:
+            if is_permanent(exc):
+                where = self.object_key(key)
+                raise PermanentSinkError(self.destination, f"{where}: {_describe(exc)}") from exc
+            raise
+
+    def _count(self, attempt: int) -> None:
+        self.attempts += 1
+        if attempt > 1:
+            self.retries += 1
+
+
+def _transient(exc: Exception) -> bool:
+    return not is_permanent(exc)
 
 
 def read_objects(

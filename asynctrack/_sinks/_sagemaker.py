@@ -27,10 +27,8 @@ import contextlib
 import hashlib
 import logging
 import math
-import random
 import re
-import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from aiobotocore.config import AioConfig
@@ -39,6 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .._errors import SinkError
 from ._base import ParameterValue, RunInfo
+from ._retry import RetryExhausted, retry
 
 __all__ = [
     "EVENTS_ARTIFACT",
@@ -55,6 +54,8 @@ MAX_NAME: Final = 120
 EVENTS_ARTIFACT: Final = "asynctrack-events"
 EVENTS_MEDIA_TYPE: Final = "application/x-ndjson"
 RUN_TC_TAG: Final = {"Key": "sagemaker:trial-component-source", "Value": "run"}
+# Clients of a loop this process no longer runs (after fork): kept from the collector.
+_ABANDONED: list[tuple[Any, Any]] = []
 _NAME_OK: Final = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}$")
 _RETRYABLE: Final = frozenset(
     {
@@ -149,6 +150,7 @@ class SageMakerParameters:
         self._deadline = deadline
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._ready: set[tuple[str, str]] = set()
         self._noted: set[str] = set()
         self.adjustments = 0  # parameters cut or skipped to fit AWS limits
@@ -165,7 +167,14 @@ class SageMakerParameters:
         )
 
     async def _get_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            # Made on another loop (the parent's, before a fork): unusable here and not
+            # ours to close (see S3Sink._get_client).
+            _ABANDONED.append((self._client, self._stack))
+            self._client = self._stack = None
         if self._client is None:
+            self._client_loop = loop
             stack = contextlib.AsyncExitStack()
             self._client = await stack.enter_async_context(
                 (self._session or get_session()).create_client(
@@ -185,6 +194,9 @@ class SageMakerParameters:
         return self._client
 
     async def aclose(self) -> None:
+        if self._stack is not None and self._client_loop is not asyncio.get_running_loop():
+            _ABANDONED.append((self._client, self._stack))
+            self._client = self._stack = None
         if self._stack is not None:
             stack, self._stack, self._client = self._stack, None, None
             await stack.aclose()
@@ -248,32 +260,25 @@ class SageMakerParameters:
             if _code(exc) not in ("ResourceInUse", "ValidationException"):  # already associated
                 raise
 
-    async def _retrying(self, attempt: Any) -> None:
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
         try:
-            async with asyncio.timeout(self._deadline):
-                await self._retry_loop(attempt)
-        except TimeoutError as exc:
+            await retry(attempt, deadline=self._deadline, retryable=_retryable, first_delay=0.2)
+        except RetryExhausted as exc:
             raise SinkError(
-                "SageMaker Experiments", f"gave up after {self._deadline:g} s (deadline)"
-            ) from exc
+                "SageMaker Experiments",
+                f"gave up after {exc.attempts} attempt(s) in {self._deadline:g} s (deadline): "
+                f"{type(exc.last).__name__}: {exc.last}",
+            ) from exc.last
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise SinkError("SageMaker Experiments", f"{type(exc).__name__}: {exc}") from exc
 
-    async def _retry_loop(self, attempt: Any) -> None:
-        deadline = time.monotonic() + self._deadline
-        delay = 0.2
-        while True:
-            try:
-                await attempt()
-                return
-            except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
-                retryable = (
-                    not isinstance(exc, ClientError)
-                    or _code(exc) in _RETRYABLE
-                    or (exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500)
-                )
-                if not retryable or time.monotonic() + delay >= deadline:
-                    raise SinkError("SageMaker Experiments", f"{type(exc).__name__}: {exc}") from exc
-                await asyncio.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, 5.0)
+
+def _retryable(exc: Exception) -> bool:
+    """Throttling, 5xx and network errors; not a validation or permission error."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return _code(exc) in _RETRYABLE or (isinstance(status, int) and status >= 500)
+    return isinstance(exc, BotoCoreError | OSError)
 
 
 _ALREADY_THERE: Final = ("already exists", "resourceinuse")

@@ -17,6 +17,15 @@ MODE says how the process ends:
   killed (60 s at most).
 * ``sigkill-app``: record N (no flush, no close), print the ready line with the worker
   process's pid, wait to be killed (the worker process must then write all N).
+* ``closeterm`` / ``closeint``: record N, then ``close()``. The destination (a local
+  directory behind a ``HeldSink``) says ``{"closing": true}`` when the close's write
+  begins, and holds it until a line arrives on stdin: the parent sends SIGTERM (SIGINT)
+  while the close is running, then releases the write.
+* ``forks3``: DESTINATION is ``s3://bucket/prefix``, ENDPOINT_URL a moto server. Record N,
+  flush (the S3 client now exists, bound to the parent's worker loop), fork; the child
+  records M, flushes and closes; then the parent does the same.
+* ``s3silent``: DESTINATION is ``s3://bucket/prefix``, ENDPOINT_URL a port that accepts
+  connections and never answers (every S3 timeout 600 s); record N, exit without closing.
 
 Events are ``on_text`` events whose text is ``<who>-<i>`` (``who`` is ``parent`` or
 ``child``). The tracker writes nothing by itself before the process ends (one batch holds
@@ -26,6 +35,7 @@ was written by a flush, a close, or the exit hooks. Stdout carries JSON lines on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -34,7 +44,7 @@ import time
 import uuid
 from typing import Any
 
-from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack import AsyncTracker, Batch, LocalSink, TrackerConfig
 
 WAIT = 60.0  # seconds a process waits for the signal its parent promised
 
@@ -47,6 +57,34 @@ def record(tracker: AsyncTracker, who: str, count: int, start: int = 0) -> None:
     run_id = uuid.uuid4()
     for i in range(start, start + count):
         tracker.on_text(f"{who}-{i}", run_id=run_id)
+
+
+class HeldSink:
+    """A local directory whose first batch write says so, then waits for a line on stdin."""
+
+    def __init__(self, root: str) -> None:
+        self.local = LocalSink(root)
+        self.held = False
+
+    @property
+    def destination(self) -> str:
+        return self.local.destination
+
+    async def start(self) -> None:
+        await self.local.start()
+
+    async def write_batch(self, batch: Batch) -> None:
+        if not self.held:
+            self.held = True
+            say(closing=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await self.local.write_batch(batch)
+
+    async def write_document(self, key: str, data: bytes) -> None:
+        await self.local.write_document(key, data)
+
+    async def aclose(self) -> None:
+        await self.local.aclose()
 
 
 def wait_for_signal() -> None:
@@ -64,12 +102,21 @@ def main() -> None:
     options: dict[str, Any] = {}
     if mode == "s3down":
         options = {"endpoint_url": sys.argv[5], "connect_timeout": 0.5}
-    if mode == "sigint":
+    if mode == "forks3":
+        options = {"endpoint_url": sys.argv[5]}
+    if mode == "s3silent":
+        options = {
+            "endpoint_url": sys.argv[5],
+            "connect_timeout": 600.0,
+            "read_timeout": 600.0,
+            "write_deadline": 600.0,
+        }
+    if mode in ("sigint", "closeint"):
         # A parent that ignores SIGINT (CI, nohup) would make us inherit that; Ctrl-C
         # must raise KeyboardInterrupt here, as in an interactive run.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     tracker = AsyncTracker(
-        destination,
+        HeldSink(destination) if mode in ("closeterm", "closeint") else destination,
         experiment_name="exp-process",
         run_name=mode,
         config=TrackerConfig(batch_interval=3600.0),
@@ -77,7 +124,31 @@ def main() -> None:
     )
     record(tracker, "parent", n)
 
-    if mode in ("exit", "s3down"):
+    if mode in ("closeterm", "closeint"):
+        tracker.close(timeout=WAIT)
+        say(error="the signal did not end the process")
+        sys.exit(3)
+    if mode == "forks3":
+        tracker.flush_blocking(timeout=WAIT)
+        record(tracker, "parent", n, start=n)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                record(tracker, "child", m)
+                tracker.flush_blocking(timeout=20.0)
+                tracker.close(timeout=20.0)
+                code = 0
+            except BaseException as exc:
+                say(child_error=repr(exc))
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        tracker.flush_blocking(timeout=WAIT)
+        tracker.close(timeout=WAIT)
+        say(ready=True, child_exit=os.waitstatus_to_exitcode(status))
+        return
+    if mode in ("exit", "s3down", "s3silent"):
         say(ready=True, pid=os.getpid())
         return  # no close(): the exit hook must flush (or spool)
     if mode in ("sigterm", "sigint"):

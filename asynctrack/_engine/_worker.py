@@ -1,0 +1,482 @@
+"""The worker: one thread, one private event loop, and the engine's lifecycle as one state machine.
+
+    CREATED ──► STARTED ──► CLOSING ──► CLOSED
+        └───────────────────►┘
+
+- CREATED: the engine exists; its worker thread is starting.
+- STARTED: the worker runs: it drains the buffer, batches, writes, retries.
+- CLOSING: ``close()`` began. No record is accepted any more; the close marker
+  travels behind the last ones. The worker writes everything, resolves the
+  marker, closes the sinks. The close's deadline is the worker's own (an
+  ``asyncio.timeout`` around its loop, rescheduled from any thread), so a close finishes in time even when the
+  caller who asked for it was cancelled, interrupted or killed by a signal, and
+  even when the destination never answers: at the deadline the writes are
+  cancelled, what is unsent is spooled (or counted lost) and the close marker
+  says which.
+- CLOSED: the worker thread has ended. Nothing more is written.
+
+Why asyncio's ``Timeout`` and not an anyio cancel scope: anyio loads its asyncio
+backend on first use, and on a worker that first uses it during interpreter exit
+that import runs ``exec`` (dataclasses), which makes CPython forget that the
+process is ending on an uncaught ``KeyboardInterrupt``: Ctrl-C then exits with
+status 1 instead of dying of SIGINT (seen in tests/test_process.py). asyncio's
+``Timeout.reschedule`` does the same job with nothing to load.
+
+Threads and time: the worker drains every ``_TICK`` seconds, or at once when
+``WAKE_AT`` records wait, and hands the GIL back to the callers after each
+millisecond of encoding (``_BUDGET``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+from .._config import TrackerConfig
+from .._encode import Encoder, placeholder
+from .._errors import FlushError, FlushTimeoutError
+from .._sinks._base import Batch, ParametersSink, Sink
+from ._barrier import Barrier, Marker
+from ._batcher import Batcher
+from ._buffer import WAKE_AT, Buffer
+from ._delivery import Delivery
+from ._statistics import Counters, Reporter
+
+__all__ = ["State", "Worker"]
+
+logger = logging.getLogger("asynctrack")
+
+_TICK: Final = 0.05  # seconds between drains when nothing wakes the worker
+_CHUNK: Final = 64  # records pre-checked together, and between checks of the time budget
+# The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
+# thread only every switch interval (5 ms), and an asyncio.sleep(0) does not help
+# (epoll_wait(0) drops and retakes it at once): the caller's event loop would lag
+# by 5-50 ms during a burst (measured). So after each _BUDGET of work the worker
+# really sleeps for _PAUSE, which lets a waiting thread take the GIL at once.
+_BUDGET: Final = 0.001
+_PAUSE: Final = 0.00005
+_SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
+
+Translate = Callable[[Any], "tuple[int, bytes] | dict[str, Any] | None"]
+
+
+class State(enum.Enum):
+    """Where an engine is in its life (see the module docstring)."""
+
+    CREATED = "created"
+    STARTED = "started"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_NEXT: Final = {
+    State.CREATED: (State.STARTED, State.CLOSING),
+    State.STARTED: (State.CLOSING,),
+    State.CLOSING: (State.CLOSED,),
+    State.CLOSED: (),
+}
+
+
+class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each job on a fresh daemon thread.
+
+    asyncio (aiohttp's DNS look-ups, for instance) uses the loop's default executor;
+    a ``ThreadPoolExecutor`` refuses work once the interpreter starts shutting
+    down, which is exactly when the exit flush needs it.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="asynctrack-executor", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+class Worker:
+    """The worker thread and its loop: drain, batch, deliver, settle markers, close.
+
+    Args:
+        config: buffering and encoding settings.
+        sink: where batches go (closed at the end).
+        parameter_sinks: closed at the end too.
+        buffer, barrier, batcher, delivery, counters, reporter: the engine's parts.
+        translate: the adapter's record -> line function (worker thread only).
+        write_parameters: writes the run parameters; ``None`` or the error text.
+        on_closed: called on the worker thread once the state is CLOSED.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: TrackerConfig,
+        sink: Sink,
+        parameter_sinks: Sequence[ParametersSink],
+        buffer: Buffer,
+        barrier: Barrier,
+        batcher: Batcher,
+        delivery: Delivery,
+        counters: Counters,
+        reporter: Reporter,
+        translate: Translate,
+        write_parameters: Callable[[], Awaitable[str | None]],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._sink = sink
+        self._parameter_sinks = tuple(parameter_sinks)
+        self._buffer = buffer
+        self._barrier = barrier
+        self._batcher = batcher
+        self._delivery = delivery
+        self._counters = counters
+        self._reporter = reporter
+        self.translate = translate
+        self._write_parameters = write_parameters
+        self._on_closed = on_closed
+        self._encoder = Encoder(config)
+        self.state = State.CREATED
+        self._lock = threading.Lock()  # state, loop, timeout and deadline, together
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.close_marker: Marker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._timeout: asyncio.Timeout | None = None
+        self._deadline = math.inf  # time.monotonic() by which the worker stops (the close's)
+        self._stopping = False
+        self._close_settled: asyncio.Event | None = None
+        self._close_error: FlushError | None = None
+        self._late_markers: list[Marker] = []
+
+    # -- any thread --------------------------------------------------------------------
+
+    def advance(self, to: State) -> bool:
+        """Move to state ``to`` if that is the next step from here; whether it moved."""
+        with self._lock:
+            if to not in _NEXT[self.state]:
+                return False
+            self.state = to
+            return True
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._thread_main, name="asynctrack-worker", daemon=True)
+        self.thread = thread
+        self._buffer.worker_thread = thread
+        thread.start()
+
+    def wake(self) -> None:
+        """Ask the worker to drain now (thread-safe; a no-op before its loop runs)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(wake.set)
+
+    def set_deadline(self, deadline: float) -> None:
+        """Stop by ``deadline`` (``time.monotonic()``) at the latest; only ever moves earlier."""
+        with self._lock:
+            if deadline >= self._deadline:
+                return
+            self._deadline = deadline
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: it stops anyway
+                loop.call_soon_threadsafe(self._apply_deadline)
+
+    def _apply_deadline(self) -> None:
+        with self._lock:
+            timeout, deadline = self._timeout, self._deadline
+        if timeout is not None and not timeout.expired() and not math.isinf(deadline):
+            when = timeout.when()
+            if when is None or deadline < when:
+                # The loop's clock, loop.time(), is time.monotonic().
+                timeout.reschedule(deadline)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(_DaemonThreadExecutor())
+        try:
+            loop.run_until_complete(self._main(loop))
+        except BaseException:  # pragma: no cover - the worker must never die silently
+            logger.exception("asynctrack worker crashed; events are no longer written")
+            self._buffer.close()
+            self.advance(State.CLOSING)
+            self._fail_markers(0, "the worker crashed")
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self.advance(State.CLOSED)
+            self.done.set()
+            self._on_closed()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wake = asyncio.Event()
+        timeout = asyncio.timeout(None)
+        try:
+            async with timeout:
+                with self._lock:
+                    self._loop = loop
+                    self._timeout = timeout
+                self._apply_deadline()  # a close may have begun before the loop ran
+                self._delivery.begin()
+                self.advance(State.STARTED)
+                await self._run()
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+        await self._finish(timed_out=timeout.expired())
+
+    async def _run(self) -> None:
+        """Drain, batch and deliver until the close marker is settled."""
+        buffer, batcher, delivery, counters = self._buffer, self._batcher, self._delivery, self._counters
+        wake = self._wake
+        assert wake is not None
+        max_bytes = self._config.max_queue_bytes
+        while True:
+            if not len(buffer) or counters.pending_bytes >= max_bytes:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._next_timeout()):
+                        await wake.wait()
+            wake.clear()
+            closing = await self._drain()
+            if closing is not None:
+                await self._close(closing)
+                return
+            if len(buffer) < WAKE_AT:
+                # Only now may put() wake us again: while the memory bound keeps
+                # records waiting, a wake per put() would cost every caller.
+                buffer.wake_requested = False
+            now = time.monotonic()
+            due = batcher.due_in(now)
+            if due is not None and due <= 0:
+                self._dispatch(batcher.seal())
+            if delivery.retry_due(now):
+                delivery.retry_failed()
+            if counters.pending_bytes >= max_bytes and delivery.failed and delivery.spool is not None:
+                delivery.spill()
+            self._reporter.drops(buffer.dropped, buffer.max_events)
+
+    def _next_timeout(self) -> float:
+        due = self._batcher.due_in(time.monotonic())
+        return _TICK if due is None else min(_TICK, max(due, 0.0))
+
+    async def _drain(self, *, final: bool = False) -> Marker | None:
+        """Take records from the buffer and encode them into the open batch.
+
+        Stops at the close marker and returns it. ``final=True`` (stopping) takes
+        everything, ignores the memory bound and keeps the markers it meets for
+        ``_finish`` to resolve.
+        """
+        buffer = self._buffer
+        translate = self.translate
+        hook = self._config.redact
+        encoder = self._encoder
+        counters = self._counters
+        max_bytes = self._config.max_queue_bytes
+        prepare = getattr(translate, "prepare", None)
+        started = time.perf_counter()
+        while len(buffer):
+            if not final and counters.pending_bytes >= max_bytes:
+                # Memory bound reached (the destination is slow or down): leave the
+                # rest in the buffer, which then fills up and drops, counted.
+                break
+            chunk, marker = buffer.take(_CHUNK)
+            if chunk and prepare is not None:
+                try:
+                    prepare(chunk)
+                except Exception as exc:  # pre-checks only: translate still runs
+                    self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
+            for item in chunk:
+                try:
+                    out = translate(item)
+                    if type(out) is dict:
+                        if hook is not None:
+                            edited = hook(out)
+                            out = None if edited is None else dict(edited)
+                        if out is not None:
+                            out = (out.get("seq", -1), encoder.encode(out))
+                except Exception as exc:
+                    counters.encode_errors += 1
+                    self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
+                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
+                    out = (-1, encoder.encode(event))
+                if out is None:
+                    counters.filtered += 1
+                    continue
+                self._dispatch(self._batcher.add(*out))
+            if marker is not None:
+                if final:
+                    self._late_markers.append(marker)
+                elif marker.closing:
+                    buffer.release_blocked()
+                    return marker
+                else:
+                    self._on_marker(marker)
+            now = time.perf_counter()
+            if now - started >= _BUDGET:
+                buffer.release_blocked()
+                time.sleep(_PAUSE)  # noqa: ASYNC251 - on purpose: a real sleep hands the GIL over
+                await asyncio.sleep(0)  # let batch writes and flush waiters run
+                started = time.perf_counter()
+        buffer.release_blocked()
+        return None
+
+    def _dispatch(self, sealed: list[tuple[int, Batch]]) -> None:
+        for number, batch in sealed:
+            if self._stopping:
+                self._delivery.keep(number, batch)
+            else:
+                self._delivery.submit(number, batch)
+
+    # -- markers ---------------------------------------------------------------------------
+
+    def _on_marker(self, marker: Marker) -> None:
+        self._dispatch(self._batcher.seal())
+        # Every record ahead of the marker has been taken: the buffer's count is exactly them.
+        self._barrier.reached(marker, self._batcher.last_number, self._buffer.counts()[0])
+        if self._delivery.failed:
+            self._delivery.retry_failed()  # a flush retries at once
+        self.check_markers()
+
+    def check_markers(self) -> None:
+        """Settle the markers whose batches are all settled (after every write)."""
+        if self._stopping:
+            return  # _finish resolves every marker left
+        for marker in self._barrier.ready(self._delivery.inflight):
+            self._delivery.spawn(self._settle(marker))
+
+    async def _settle(self, marker: Marker) -> None:
+        """Resolve a marker whose batches are all settled; write parameters first."""
+        try:
+            error = await self._write_parameters()
+        finally:
+            self._barrier.remove(marker)
+        # Batches may have gone back in flight (a retry) while parameters were
+        # written: whatever is not written now counts as not durable.
+        failed = self._delivery.failed_upto(marker.upto)
+        outcome: FlushError | None = None
+        if failed:
+            outcome = FlushError(
+                pending=sum(b.events for _, b in failed),
+                failed_batches=len(failed),
+                reason=self._delivery.failure.get(failed[-1][0], self._reporter.last_error)
+                + (f"; also: {error}" if error else ""),
+            )
+        elif error is not None:
+            outcome = FlushError(pending=0, reason=error)
+        else:
+            self._barrier.succeeded(marker)
+        if marker.closing:
+            self._close_error = outcome
+            assert self._close_settled is not None
+            self._close_settled.set()
+        elif not marker.future.done():
+            if outcome is None:
+                marker.future.set_result(None)
+            else:
+                marker.future.set_exception(outcome)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def _close(self, marker: Marker) -> None:
+        """The close marker is reached: write everything, then wait for it to settle."""
+        self._close_settled = asyncio.Event()
+        self._on_marker(marker)
+        await self._close_settled.wait()
+
+    async def _finish(self, *, timed_out: bool) -> None:
+        """Stop: cancel writes, spool or count what is unsent, resolve markers, close sinks."""
+        self._stopping = True
+        delivery, counters = self._delivery, self._counters
+        markers = list(self._barrier.markers)  # before the cancellations remove them
+        await delivery.stop()
+        await self._drain(final=True)  # encode what is still buffered: it is spooled too
+        for number, batch in self._batcher.seal():
+            delivery.keep(number, batch)
+        spooled_before = counters.spooled
+        delivery.spool_unsent()
+        spooled = counters.spooled - spooled_before
+        left = delivery.unsent_events()
+        delivery.failed.clear()
+        if left:
+            counters.lost += left
+            logger.error(
+                "asynctrack closed with %d event(s) not written: %s", left, self._reporter.last_error
+            )
+        close_marker = self.close_marker
+        self._fail_markers(left, f"tracker closed; {self._reporter.last_error}", markers, skip=close_marker)
+        closers: list[Sink | ParametersSink] = [self._sink, *self._parameter_sinks]
+        for closer in closers:
+            try:
+                async with asyncio.timeout(_SINK_CLOSE):
+                    await closer.aclose()
+            except Exception as exc:
+                logger.warning("asynctrack: closing %s failed: %s", type(closer).__name__, exc)
+        # CLOSED before the close marker resolves: a close() that returned finds it so.
+        self.advance(State.CLOSED)
+        self._on_closed()
+        if close_marker is not None and not close_marker.future.done():
+            self._resolve_close(close_marker, timed_out=timed_out, pending=left + spooled)
+
+    def _resolve_close(self, marker: Marker, *, timed_out: bool, pending: int) -> None:
+        counters = self._counters
+        spool = self._delivery.spool
+        where = f" in the spool {spool.directory}" if spool is not None else ""
+        at_close = (
+            f"at close {counters.spooled} event(s) were kept{where} for the next "
+            f"tracker or 'asynctrack replay', {counters.lost} lost"
+        )
+        last = self._reporter.last_error
+        settled = self._close_settled is not None and self._close_settled.is_set()
+        if timed_out and self._close_error is None and (pending or not settled):
+            why = f"timed out after {marker.timeout or 0.0:g} s" + (f"; last error: {last}" if last else "")
+            marker.future.set_exception(
+                FlushTimeoutError(
+                    timeout=marker.timeout or 0.0,
+                    pending=pending,
+                    failed_batches=0,
+                    reason=f"{why}; {at_close}",
+                )
+            )
+        elif self._close_error is not None:
+            error = self._close_error
+            marker.future.set_exception(
+                FlushError(
+                    pending=error.pending,
+                    queued=error.queued,
+                    failed_batches=error.failed_batches,
+                    reason=f"{error.reason}; {at_close}",
+                )
+            )
+        elif pending:
+            marker.future.set_exception(FlushError(pending=pending, reason=f"{last}; {at_close}"))
+        else:
+            marker.future.set_result(None)
+
+    def _fail_markers(
+        self, pending: int, reason: str, markers: Sequence[Marker] = (), skip: Marker | None = None
+    ) -> None:
+        for marker in (*markers, *self._late_markers, *self._buffer.markers()):
+            if marker is not skip and not marker.future.done():
+                marker.future.set_exception(FlushError(pending=pending, reason=reason))

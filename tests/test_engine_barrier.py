@@ -1,0 +1,143 @@
+"""The flush barrier (``_engine/_barrier.py``) and delivery (``_delivery.py``): timeouts,
+failed writes, blocking flushes from any thread, the worker's own thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from engine_fakes import (
+    JOIN,
+    FlakySink,
+    GatedSink,
+    batch_files,
+    events_in,
+    text,
+)
+
+from asynctrack import (
+    AsyncTracker,
+    DeadlockError,
+    FlushError,
+    FlushTimeoutError,
+    TrackerConfig,
+)
+
+pytest_plugins = ("engine_fixtures",)
+
+
+# -- flush: timeouts, failures, threads --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_flush_timeout_reports_pending_and_discards_nothing(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    sink = GatedSink(tmp_destination)
+    tracker = make_tracker(sink)
+    try:
+        for i in range(5):
+            text(tracker, f"e{i}")
+        with pytest.raises(FlushTimeoutError) as raised:
+            await tracker.flush(timeout=0.2)
+        error = raised.value
+        assert isinstance(error, TimeoutError)
+        assert isinstance(error, FlushError)
+        assert error.pending == 5
+        assert error.timeout == 0.2
+        assert str(error).startswith("5 event(s) recorded before flush() are not yet on durable storage")
+        assert "timed out after 0.2 s" in str(error)
+        with pytest.raises(FlushTimeoutError) as raised_blocking:
+            tracker.flush_blocking(timeout=0.2)
+        assert raised_blocking.value.pending == 5
+        assert batch_files(tmp_destination) == []
+    finally:
+        sink.gate.set()
+    with anyio.fail_after(JOIN):
+        await tracker.flush()
+
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == [f"e{i}" for i in range(5)]
+    assert len(sink.keys) == len(set(sink.keys)) == 1
+    stats = tracker.statistics()
+    assert (stats.written, stats.failed, stats.lost) == (5, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_failed_writes_make_flush_raise_then_the_next_flush_retries(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    sink = FlakySink(tmp_destination)
+    tracker = make_tracker(sink)
+    for i in range(4):
+        text(tracker, f"e{i}")
+    with pytest.raises(FlushError) as raised:
+        await tracker.flush(timeout=JOIN)
+    error = raised.value
+    assert not isinstance(error, FlushTimeoutError)
+    assert error.pending == 4
+    assert error.failed_batches == 1
+    assert "disk on fire" in str(error)
+    stats = tracker.statistics()
+    assert stats.failed == 4
+    assert stats.write_errors >= 1
+    assert stats.written == 0
+
+    sink.failing = False
+    with anyio.fail_after(JOIN):
+        await tracker.flush()
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == [f"e{i}" for i in range(4)]
+    assert len(sink.keys) == 1
+    stats = tracker.statistics()
+    assert (stats.written, stats.failed, stats.lost) == (4, 0, 0)
+
+
+def test_flush_blocking_without_an_event_loop(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    tracker = make_tracker()
+    text(tracker, "sync")
+    tracker.flush_blocking(timeout=JOIN)
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["sync"]
+
+
+@pytest.mark.anyio
+async def test_flush_blocking_inside_a_running_loop(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    tracker = make_tracker()
+    text(tracker, "in-loop")
+    tracker.flush_blocking(timeout=JOIN)  # blocks this loop, but the worker is elsewhere
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["in-loop"]
+
+
+def test_blocking_calls_from_the_worker_thread_raise_deadlock_error(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    outcomes: list[BaseException | None] = []
+    holder: list[AsyncTracker] = []
+
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        for call in (holder[0].flush_blocking, holder[0].close):
+            try:
+                call(1.0)
+            except BaseException as exc:  # recorded, asserted below
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return event
+
+    tracker = make_tracker(config=TrackerConfig(redact=hook))
+    holder.append(tracker)
+    text(tracker, "x")
+    tracker.flush_blocking(timeout=JOIN)
+
+    assert len(outcomes) == 2
+    assert all(isinstance(o, DeadlockError) for o in outcomes), outcomes
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert "worker thread" in str(outcomes[0])
+    assert not tracker.closed
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["x"]

@@ -1,0 +1,178 @@
+"""The lifecycle (``_engine/_worker.py``, ``_core.py``): holes found by an adversarial user, closed.
+
+One test per hole that can be shown in this process, through the public
+``AsyncTracker`` API. The holes that need a signal, a fork or a whole process exit
+are in ``tests/test_process.py``; the spool's in ``tests/test_engine_spool.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text
+
+import asynctrack
+from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig
+from asynctrack._engine._core import Engine, State
+
+pytest_plugins = ("engine_fixtures",)
+
+
+def _texts(destination: Path) -> list[str]:
+    return [e["data"]["text"] for e in asynctrack.read_events(destination)]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_aclose_still_writes_every_event(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """``asyncio.wait_for(tracker.aclose(), ...)`` gives up while the worker is busy (a hook
+    holds it): the close goes on in the worker and writes every event to the healthy disk.
+    (It used to stop the worker at once: every pending event lost.)"""
+    hook = BlockingHook()
+    tracker = make_tracker(config=TrackerConfig(redact=hook))
+    for i in range(100):
+        text(tracker, f"e{i}")
+    assert hook.entered.wait(JOIN)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(tracker.aclose(), timeout=0.05)
+    assert tracker.closed
+    hook.release.set()
+    with anyio.fail_after(JOIN):
+        await tracker.aclose()  # waits for the close under way
+
+    assert _texts(tmp_destination) == [f"e{i}" for i in range(100)]
+    stats = tracker.statistics()
+    assert (stats.written, stats.lost, stats.spooled) == (100, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_flush_with_a_zero_timeout_returns_on_an_idle_tracker(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """Nothing to wait for, so nothing to time out: a new tracker, and one whose events
+    are all written, return from ``flush(timeout=0)``. It used to send a marker to the
+    worker anyway and raise FlushTimeoutError(pending=0) whenever the worker could not
+    answer within the call: here another thread keeps the interpreter busy, as an
+    application does (it failed about two calls in three)."""
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=busy)
+    spinner.start()
+    try:
+        tracker = make_tracker()
+        await tracker.flush(timeout=0)
+        tracker.flush_blocking(timeout=0)
+        for i in range(3):
+            text(tracker, f"e{i}")
+        with anyio.fail_after(JOIN):
+            await tracker.flush()
+        for _ in range(100):
+            await tracker.flush(timeout=0)
+            tracker.flush_blocking(timeout=0)
+    finally:
+        stop.set()
+        spinner.join(JOIN)
+    assert _texts(tmp_destination) == ["e0", "e1", "e2"]
+
+
+def test_recorded_never_reads_more_than_the_callbacks_made(
+    make_tracker: Callable[..., AsyncTracker],
+) -> None:
+    """Four threads record while another reads ``statistics()`` as fast as it can. Each
+    reading of ``recorded`` is at most the callbacks begun before it, and at the end it is
+    exactly their number. (It counted records the worker took between two of its reads
+    twice, as taken and as queued.) A hook makes the worker slower than the producers, so
+    that the buffer is long and the worker takes records while it is being counted."""
+
+    def slow(event: dict[str, Any]) -> dict[str, Any]:
+        sum(range(200))
+        return event
+
+    tracker = make_tracker(config=TrackerConfig(max_queue_events=1_000_000, redact=slow))
+    begun: list[int] = []  # one item per callback begun; list.append is atomic
+    producers_n, per_producer = 4, 20_000
+    done = threading.Event()
+    overcounts: list[tuple[int, int]] = []
+    readings = 0
+
+    def produce() -> None:
+        for i in range(per_producer):
+            begun.append(1)
+            text(tracker, f"e{i}")
+
+    def read() -> None:
+        nonlocal readings
+        while not done.is_set():
+            recorded = tracker.statistics().recorded
+            made = len(begun)  # read after: every callback counted in `recorded` had begun
+            readings += 1
+            if recorded > made:
+                overcounts.append((recorded, made))
+
+    reader = threading.Thread(target=read)
+    producers = [threading.Thread(target=produce) for _ in range(producers_n)]
+    reader.start()
+    for thread in producers:
+        thread.start()
+    for thread in producers:
+        thread.join(JOIN)
+    done.set()
+    reader.join(JOIN)
+    assert not reader.is_alive() and not any(t.is_alive() for t in producers)
+
+    assert readings > 0
+    assert overcounts == [], overcounts[:5]
+    tracker.flush_blocking(timeout=JOIN)
+    stats = tracker.statistics()
+    assert stats.recorded == stats.written == producers_n * per_producer
+
+
+def test_the_state_machine_moves_one_way() -> None:
+    """created -> started -> closing -> closed; a second close changes nothing."""
+    from asynctrack._layout import Layout
+
+    engine = Engine(sink=MemorySink(), layout=Layout(experiment="e", run="r", writer="w"), translate=dict)
+    assert engine.state in (State.CREATED, State.STARTED)
+    engine.put({"seq": 0})
+    engine.flush_blocking(JOIN)
+    assert engine.state is State.STARTED
+    engine.close(JOIN)
+    assert engine.state is State.CLOSED
+    assert engine.closed
+    engine.close(JOIN)  # idempotent
+    assert engine.state is State.CLOSED
+    stats = engine.statistics()
+    assert (stats.worker_mode, stats.worker_restarts, stats.retained_bytes) == ("thread", 0, 0)
+
+
+def test_close_past_its_deadline_counts_lost_events(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    sink = GatedSink(tmp_destination)
+    tracker = make_tracker(sink, config=TrackerConfig(spool=False))
+    try:
+        for i in range(3):
+            text(tracker, f"e{i}")
+        with pytest.raises(FlushError) as raised:
+            tracker.close(timeout=0.2)
+        assert raised.value.pending == 3
+        assert str(raised.value).endswith("3 lost")
+        assert tracker.closed
+        stats = tracker.statistics()
+        assert stats.lost == 3
+        assert stats.written == 0
+    finally:
+        sink.gate.set()
+    with pytest.raises(TrackerClosedError):
+        tracker.flush_blocking()
