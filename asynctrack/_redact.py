@@ -131,14 +131,10 @@ _STEMS: Final = (
     b"cookie",
     b"auth",
     b"key",
-    b'token"',
-    b"token'",
-    b"token\\",
-    b"token=",
-    b"token:",
-    b"token ",
-    b"token\t",
+    b"token",
 )
+#: What may follow "token" at the end of a key: its closing quote, a separator, a space.
+_AFTER_TOKEN_BYTES: Final = frozenset(bytes([c]) for c in b"\"'\\=: \t")
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
 #: From a stem: the rest of the word, its closing quote if quoted, then ``=`` or ``:``.
@@ -151,15 +147,17 @@ _STEM_PAIR: Final = re.compile(
 )
 
 
-def _stem_pairs(low: bytes) -> list[re.Match[bytes]]:
-    """Every stem of ``low`` (lower-cased text) that a separator follows, as ``_PAIR_AT`` matches."""
+def _stem_pairs(low: bytes) -> list[re.Match[bytes]] | None:
+    """Every stem of ``low`` (lower-cased text) that a separator follows, as ``_PAIR_AT``
+    matches; ``None`` when the text is dense with stems (see ``Redactor._dense``)."""
     positions: list[int] = []
     for stem in _STEMS:
         i = low.find(stem)
         while i != -1:
-            positions.append(i)
-            if len(positions) > _DENSE:
-                return list(_STEM_PAIR.finditer(low))
+            if stem != b"token" or low[i + 5 : i + 6] in _AFTER_TOKEN_BYTES:
+                positions.append(i)
+                if len(positions) > _DENSE:
+                    return None
             i = low.find(stem, i + 1)
     out = []
     end = 0
@@ -171,6 +169,17 @@ def _stem_pairs(low: bytes) -> list[re.Match[bytes]]:
             out.append(m)
             end = m.end()
     return out
+
+
+#: Texts dense with stems (hostile or junk) are redacted string by string with one
+#: C-level substitution: the value after *any* stem word and a separator, with no
+#: judgment of the key (more is redacted, never less), so the cost stays linear
+#: with no Python per match.
+_COARSE: Final = re.compile(
+    r"((?:passw|passphrase|pwd|secret|credential|cookie|auth|key|token)[\w.\-]{0,40}+[\"']?[ \t]{0,4}+[:=]"
+    r"[ \t]{0,4}+(?:(?:bearer|basic|token|digest)[ \t]++)?[\"']?)[^\s\"'\\,;&)}\]<>]++",
+    re.IGNORECASE,
+)
 
 
 #: For a custom ``redact_keys``: every word followed by a separator is a candidate.
@@ -282,7 +291,8 @@ _B64: Final = bytes(
     for b in range(256)
 )
 _RUN40: Final = b"a" * 40
-_AWS_CONTEXT: Final = re.compile(rb"aws|secret|akia|asia", re.IGNORECASE)
+_AWS_CONTEXT: Final = re.compile(rb"aws|secret|akia|asia")  # in the lower-cased 120 bytes before
+_NOT_DIGITS: Final = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
 
 
 def _run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
@@ -324,13 +334,13 @@ def _aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
         if end - start == 40 and text[start - 1 : start] != b"=" and text[end : end + 1] != b"=":
             candidate = text[start:end]
             if (
-                any(0x41 <= c <= 0x5A for c in candidate)
-                and any(0x61 <= c <= 0x7A for c in candidate)
-                and any(0x30 <= c <= 0x39 for c in candidate)
+                candidate.lower() != candidate  # an upper-case letter
+                and candidate.upper() != candidate  # a lower-case letter
+                and candidate.translate(None, _NOT_DIGITS)  # a digit
                 and (
                     b"/" in candidate
                     or b"+" in candidate
-                    or _AWS_CONTEXT.search(text, max(0, start - 120), start) is not None
+                    or _AWS_CONTEXT.search(text[max(0, start - 120) : start].lower()) is not None
                 )
             ):
                 spans.append((start, end, _R))
@@ -381,8 +391,12 @@ class Redactor:
         keys = [False] * len(bodies)
         values = [False] * len(bodies)
         if self.key_rule is not None:
-            for position in self._candidates(joined):
-                keys[bisect.bisect_right(offsets, position) - 1] = True
+            candidates = self._candidates(joined)
+            if candidates is None:
+                keys = [True] * len(bodies)
+            else:
+                for position in candidates:
+                    keys[bisect.bisect_right(offsets, position) - 1] = True
         if self._detectors:
             for position in self._value_candidates(joined):
                 values[bisect.bisect_right(offsets, position) - 1] = True
@@ -390,11 +404,12 @@ class Redactor:
             values = [True] * len(bodies)
         self._chunk = {id(b): (b, k, v) for b, k, v in zip(bodies, keys, values, strict=True)}
 
-    def _candidates(self, text: bytes) -> list[int]:
-        """Positions of possible credential ``key`` + separator in ``text``."""
-        if self._default_keys:
-            return [m.start() for m in _stem_pairs(text.lower())]
-        return [0] if text else []  # a custom rule: every body is scanned
+    def _candidates(self, text: bytes) -> list[int] | None:
+        """Positions of possible credential ``key`` + separator in ``text`` (``None``: anywhere)."""
+        if not self._default_keys:
+            return None  # a custom rule: every text is scanned
+        matches = _stem_pairs(text.lower())
+        return None if matches is None else [m.start() for m in matches]
 
     def _value_candidates(self, text: bytes) -> list[int]:
         """Positions where a value detector may match in ``text``."""
@@ -460,6 +475,8 @@ class Redactor:
         assert rule is not None
         low = text.lower()
         matches = _stem_pairs(low) if self._default_keys else list(_ANY_PAIR.finditer(low))
+        if matches is None:
+            return self._dense(text, own_token)
         if not matches:
             return text
         words = low.translate(_WORDMAP) if self._default_keys else b""
@@ -510,6 +527,14 @@ class Redactor:
                     spans.append(span)
         return _splice(text, spans) if spans else text
 
+    def _dense(self, text: bytes, own_token: bool) -> bytes:
+        """``text`` dense with stems: key rules on the parsed structure, ``_COARSE`` on strings."""
+        try:
+            parsed = self.structure(orjson.loads(text), own_token)
+        except orjson.JSONDecodeError:  # not JSON (never seen): all of it is suspect
+            return orjson.dumps(REDACTED)
+        return orjson.dumps(_coarse(parsed))
+
     # -- any text (JSON text included) --------------------------------------------------
 
     def values(self, text: bytes) -> bytes:
@@ -546,7 +571,7 @@ class Redactor:
         """Whether ``text`` may hold anything the spec redacts (a cheap first pass)."""
         raw = text.encode("utf-8", "surrogatepass")
         return bool(
-            (self.key_rule is not None and self._candidates(raw))
+            (self.key_rule is not None and self._candidates(raw) != [])
             or (self._detectors and self._value_candidates(raw))
             or self._patterns
         )
@@ -595,6 +620,16 @@ def _is_default(keys: str) -> bool:
     from ._config import DEFAULT_REDACT_KEYS
 
     return keys == DEFAULT_REDACT_KEYS
+
+
+def _coarse(value: object) -> object:
+    if type(value) is str:
+        return _COARSE.sub(r"\1" + REDACTED, value)
+    if type(value) is dict:
+        return {key: _coarse(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_coarse(item) for item in value]
+    return value
 
 
 def _is_lc_secret(value: object) -> bool:
