@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import orjson
@@ -171,15 +171,11 @@ def _stem_pairs(low: bytes) -> list[re.Match[bytes]] | None:
     return out
 
 
-#: Texts dense with stems (hostile or junk) are redacted string by string with one
-#: C-level substitution: the value after *any* stem word and a separator, with no
-#: judgment of the key (more is redacted, never less), so the cost stays linear
-#: with no Python per match.
-_COARSE: Final = re.compile(
-    r"((?:passw|passphrase|pwd|secret|credential|cookie|auth|key|token)[\w.\-]{0,40}+[\"']?[ \t]{0,4}+[:=]"
-    r"[ \t]{0,4}+(?:(?:bearer|basic|token|digest)[ \t]++)?[\"']?)[^\s\"'\\,;&)}\]<>]++",
-    re.IGNORECASE,
-)
+#: Key/value pairs judged per text at most; past them the rest of the text is
+#: withheld (replaced by a marker). Only a hostile or junk text has so many: this
+#: bounds the Python work per text (each pair costs ~1-2 us) with no leak.
+_MAX_PAIRS: Final = 2048
+_WITHHELD: Final = b"[REDACTED: the rest of this text is withheld, too many credential-like pairs]"
 
 
 #: For a custom ``redact_keys``: every word followed by a separator is a candidate.
@@ -235,32 +231,32 @@ _TOKENMAP: Final = bytes(
 _RUN20: Final = b"a" * 20  # the shortest format below is 20 characters long
 _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
-#: First two bytes of a run -> formats that may start there.
-_RUN_FORMATS: Final[dict[bytes, tuple[re.Pattern[bytes], ...]]] = {}
-for _prefix, _pattern in (
-    (b"sk", rb"sk-[A-Za-z0-9_\-]{20,}+"),  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
-    (b"sk", rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+"),  # Stripe
-    (b"rk", rb"rk_live_[A-Za-z0-9]{16,}+"),
-    (b"pk", rb"pk-lf-[A-Za-z0-9_\-]{16,}+"),  # Langfuse public
-    (b"ls", rb"lsv2_[A-Za-z0-9_]{20,}+"),  # LangSmith
-    (b"AK", rb"AKIA[0-9A-Z]{16}(?![0-9A-Za-z])"),  # AWS access key ids
-    (b"AS", rb"ASIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"AB", rb"ABIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"AC", rb"ACCA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"gh", rb"gh[pousr]_[A-Za-z0-9]{30,}+"),  # GitHub
-    (b"gi", rb"github_pat_[A-Za-z0-9_]{22,}+"),
-    (b"gl", rb"glpat-[A-Za-z0-9_\-]{20,}+"),  # GitLab
-    (b"xo", rb"xox[abposr]-[A-Za-z0-9\-]{15,}+"),  # Slack
-    (b"AI", rb"AIza[0-9A-Za-z_\-]{35,}+"),  # Google
-    (b"hf", rb"hf_[A-Za-z0-9]{30,}+"),  # Hugging Face
-    (b"np", rb"npm_[A-Za-z0-9]{36,}+"),  # npm
-    (b"py", rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+"),  # PyPI
-    (b"gs", rb"gsk_[A-Za-z0-9]{40,}+"),  # Groq
-    (b"xa", rb"xai-[A-Za-z0-9]{50,}+"),  # xAI
-    (b"r8", rb"r8_[A-Za-z0-9]{30,}+"),  # Replicate
-    (b"ey", rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+"),  # JWT
+#: First two bytes of a run -> (shortest match, format) that may start there.
+_RUN_FORMATS: Final[dict[bytes, tuple[tuple[int, re.Pattern[bytes]], ...]]] = {}
+for _prefix, _shortest, _pattern in (
+    (b"sk", 23, rb"sk-[A-Za-z0-9_\-]{20,}+"),  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
+    (b"sk", 24, rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+"),  # Stripe
+    (b"rk", 24, rb"rk_live_[A-Za-z0-9]{16,}+"),
+    (b"pk", 22, rb"pk-lf-[A-Za-z0-9_\-]{16,}+"),  # Langfuse public
+    (b"ls", 25, rb"lsv2_[A-Za-z0-9_]{20,}+"),  # LangSmith
+    (b"AK", 20, rb"AKIA[0-9A-Z]{16}(?![0-9A-Za-z])"),  # AWS access key ids
+    (b"AS", 20, rb"ASIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
+    (b"AB", 20, rb"ABIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
+    (b"AC", 20, rb"ACCA[0-9A-Z]{16}(?![0-9A-Za-z])"),
+    (b"gh", 34, rb"gh[pousr]_[A-Za-z0-9]{30,}+"),  # GitHub
+    (b"gi", 33, rb"github_pat_[A-Za-z0-9_]{22,}+"),
+    (b"gl", 26, rb"glpat-[A-Za-z0-9_\-]{20,}+"),  # GitLab
+    (b"xo", 20, rb"xox[abposr]-[A-Za-z0-9\-]{15,}+"),  # Slack
+    (b"AI", 39, rb"AIza[0-9A-Za-z_\-]{35,}+"),  # Google
+    (b"hf", 33, rb"hf_[A-Za-z0-9]{30,}+"),  # Hugging Face
+    (b"np", 40, rb"npm_[A-Za-z0-9]{36,}+"),  # npm
+    (b"py", 60, rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+"),  # PyPI
+    (b"gs", 44, rb"gsk_[A-Za-z0-9]{40,}+"),  # Groq
+    (b"xa", 54, rb"xai-[A-Za-z0-9]{50,}+"),  # xAI
+    (b"r8", 33, rb"r8_[A-Za-z0-9]{30,}+"),  # Replicate
+    (b"ey", 20, rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+"),  # JWT
 ):
-    _RUN_FORMATS[_prefix] = (*_RUN_FORMATS.get(_prefix, ()), re.compile(_pattern))
+    _RUN_FORMATS[_prefix] = (*_RUN_FORMATS.get(_prefix, ()), (_shortest, re.compile(_pattern)))
 
 #: (literal that must occur, pattern, group to redact: 0 for the whole match)
 _LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
@@ -310,7 +306,9 @@ def _run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
             start += 1  # "\nsk-...": the run starts after the escape's letter
             patterns = get(text[start : start + 2])
         if patterns is not None:
-            for pattern in patterns:
+            for shortest, pattern in patterns:
+                if end - start < shortest and end != -1:
+                    continue  # a near miss: too short to match
                 m = pattern.match(text, start)
                 if m is not None:
                     spans.append((start, m.end(), _R))
@@ -470,14 +468,20 @@ class Redactor:
             return [self.structure(item) for item in value]
         return value
 
-    def _keys(self, text: bytes, own_token: bool = False) -> bytes | None:
+    def _keys(self, text: bytes, own_token: bool = False, budget: int = 0) -> bytes | None:
+        """Key rules on ``text``; ``budget``: judge at most this many pairs (``text`` is
+        one JSON string), else a text dense with stems goes to ``_dense``."""
         rule = self.key_rule
         assert rule is not None
         low = text.lower()
-        matches = _stem_pairs(low) if self._default_keys else list(_ANY_PAIR.finditer(low))
+        matches: Iterable[re.Match[bytes]] | None = (
+            _stem_pairs(low) if self._default_keys else _ANY_PAIR.finditer(low)
+        )
         if matches is None:
-            return self._dense(text, own_token)
-        if not matches:
+            if not budget:
+                return self._dense(text, own_token)
+            matches = _STEM_PAIR.finditer(low)  # linear, and no Python per stem
+        elif not matches:
             return text
         words = low.translate(_WORDMAP) if self._default_keys else b""
         spans: list[tuple[int, int, bytes]] = []
@@ -487,6 +491,11 @@ class Redactor:
         for m in matches:
             if m.start() < resume:
                 continue  # inside a value already redacted
+            if budget:
+                budget -= 1
+                if not budget:
+                    spans.append((m.start(), n - 1, _WITHHELD))  # up to the closing quote
+                    break
             pos = m.end()
             k1 = m.end(1)
             if self._default_keys:
@@ -528,12 +537,24 @@ class Redactor:
         return _splice(text, spans) if spans else text
 
     def _dense(self, text: bytes, own_token: bool) -> bytes:
-        """``text`` dense with stems: key rules on the parsed structure, ``_COARSE`` on strings."""
+        """``text`` dense with stems: key rules on the parsed structure, then each string
+        on its own, with at most ``_MAX_PAIRS`` pairs judged per string."""
         try:
             parsed = self.structure(orjson.loads(text), own_token)
         except orjson.JSONDecodeError:  # not JSON (never seen): all of it is suspect
             return orjson.dumps(REDACTED)
-        return orjson.dumps(_coarse(parsed))
+        return orjson.dumps(self._strings(parsed))
+
+    def _strings(self, value: object) -> object:
+        if type(value) is str:
+            encoded = orjson.dumps(value)
+            out = self._keys(encoded, budget=_MAX_PAIRS)
+            return value if out is None or out == encoded else orjson.loads(out)
+        if type(value) is dict:
+            return {key: self._strings(item) for key, item in value.items()}
+        if type(value) is list:
+            return [self._strings(item) for item in value]
+        return value
 
     # -- any text (JSON text included) --------------------------------------------------
 
@@ -620,16 +641,6 @@ def _is_default(keys: str) -> bool:
     from ._config import DEFAULT_REDACT_KEYS
 
     return keys == DEFAULT_REDACT_KEYS
-
-
-def _coarse(value: object) -> object:
-    if type(value) is str:
-        return _COARSE.sub(r"\1" + REDACTED, value)
-    if type(value) is dict:
-        return {key: _coarse(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_coarse(item) for item in value]
-    return value
 
 
 def _is_lc_secret(value: object) -> bool:

@@ -175,7 +175,12 @@ class Capturer:
         try:
             if cls is dict or isinstance(v, dict):
                 return self._dict(list(dict.items(v)), depth)
-            if cls is list or cls is tuple or isinstance(v, list | tuple):
+            if cls is list or cls is tuple:
+                return [self._child(x, depth) for x in list(v)]
+            if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
+                # A NamedTuple: its field names are keys (and so the key rules apply).
+                return self._dict(list(zip(cls._fields, v, strict=False)), depth)
+            if isinstance(v, list | tuple):
                 return [self._child(x, depth) for x in list(v)]
             return self._other(v, depth)
         except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
