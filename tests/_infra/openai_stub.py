@@ -5,6 +5,11 @@ call when the request offers tools and the last message is the user's, a text
 answer otherwise, as server-sent events when ``stream`` is set (with a final usage
 chunk when ``stream_options.include_usage`` is). Nothing leaves 127.0.0.1.
 
+For tests that plant text in the model's output: a last user message
+``"echo: <text>"`` is answered with ``<text>`` (streamed 3 characters per chunk,
+so that a planted credential is split across tokens), and ``"call: <json>"`` with
+a tool call whose ``arguments`` are ``<json>``.
+
 ``record_calls()`` runs real ``langchain-openai`` calls (invoke with tool calls and
 a tool answer, streaming with usage) with a recording handler and returns every
 callback with its arguments, so that benchmarks and tests can replay them.
@@ -36,10 +41,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         messages = request.get("messages") or []
         model = request.get("model", "gpt-4o-mini")
         created = int(time.time())
-        wants_tool = bool(request.get("tools")) and messages and messages[-1].get("role") == "user"
+        last = messages[-1] if messages else {}
+        said = (
+            last.get("content") if last.get("role") == "user" and isinstance(last.get("content"), str) else ""
+        )
+        wants_tool = (bool(request.get("tools")) and last.get("role") == "user") or said.startswith("call: ")
+        arguments = said[6:] if said.startswith("call: ") else '{"city": "Paris", "unit": "C"}'
+        answer = said[6:] if said.startswith("echo: ") else _ANSWER
         usage = {"prompt_tokens": 57, "completion_tokens": 23, "total_tokens": 80}
         if request.get("stream"):
-            self._stream(model, created, wants_tool, usage, request)
+            self._stream(model, created, answer, usage, request)
             return
         if wants_tool:
             message: dict[str, Any] = {
@@ -49,13 +60,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     {
                         "id": "call_Xq3H7w9P0aKd2L5n",
                         "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'},
+                        "function": {"name": "get_weather", "arguments": arguments},
                     }
                 ],
             }
             finish = "tool_calls"
         else:
-            message = {"role": "assistant", "content": _ANSWER}
+            message = {"role": "assistant", "content": answer}
             finish = "stop"
         body = {
             "id": "chatcmpl-AbC123dEf456GhI789jKl012",
@@ -74,7 +85,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(
-        self, model: str, created: int, wants_tool: bool, usage: dict[str, int], request: dict[str, Any]
+        self, model: str, created: int, answer: str, usage: dict[str, int], request: dict[str, Any]
     ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -88,9 +99,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "system_fingerprint": "fp_0ba0d124f1",
         }
         chunks: list[dict[str, Any]] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
-        words = _ANSWER.split(" ")
-        for i, word in enumerate(words):
-            chunks.append({"index": 0, "delta": {"content": word if i == 0 else " " + word}})
+        if answer is _ANSWER:  # word by word, like a model
+            words = answer.split(" ")
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        else:  # planted text: 3 characters per chunk
+            pieces = [answer[i : i + 3] for i in range(0, len(answer), 3)]
+        for piece in pieces:
+            chunks.append({"index": 0, "delta": {"content": piece}})
         chunks.append({"index": 0, "delta": {}, "finish_reason": "stop"})
         for choice in chunks:
             choice.setdefault("logprobs", None)
