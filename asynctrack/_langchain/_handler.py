@@ -52,6 +52,15 @@ DEFAULT_DESTINATION = "./asynctrack-logs"
 DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
 
 
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
 
@@ -96,8 +105,10 @@ class AsyncTracker(BaseCallbackHandler):
         config = config or TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
-        self.experiment_name = experiment_name
-        self.run_name = run_name or _default_run_name()
+        # A lone surrogate (os.fsdecode of a non-UTF-8 file name) cannot be written
+        # in any JSON, key or parameter: U+FFFD instead, once, here.
+        self.experiment_name = _valid_text(experiment_name)
+        self.run_name = _valid_text(run_name) if run_name else _default_run_name()
         self.config = config
         sink = make_sink(destination, **s3_options)
         layout = Layout(
