@@ -49,7 +49,7 @@ def corpus(size: int) -> dict[str, str]:
         "'key ' repeated": fill("key "),
         "'token=' repeated": fill("token="),
         "'secret' + 60 letters": fill("secret" + "a" * 60 + " "),
-        "'\"password\": \"' repeated": fill('"password": "'),
+        '\'"password": "\' repeated': fill('"password": "'),
         "'{\"api_key\": ' nested JSON text": fill('{"api_key": {"api_key": '),
         "'Bearer ' repeated": fill("Bearer "),
         "'bearer ' + 15 chars (near miss)": fill("bearer abcdefghijklmno "),
@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         worker_ms = _time(lambda r=record, tr=translator: tr(r), n)  # type: ignore[misc]
         # The same text as a streamed token and in an error message.
         token_ms = _time(
-            lambda tr=translator, t=text: tr(("llm_new_token", 2, 0.0, run_id, None, None, b'{"data":{}}', t)), n
+            lambda tr=translator, t=text: tr(
+                ("llm_new_token", 2, 0.0, run_id, None, None, b'{"data":{}}', t)
+            ),
+            n,
         )
         worst_worker = max(worst_worker, worker_ms, token_ms)
         worst_app = max(worst_app, app_ms)

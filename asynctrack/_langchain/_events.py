@@ -180,6 +180,7 @@ class EventTranslator:
         self._redactor = self.encoder.redactor
         self._streams = StreamRedactor(self._redactor.text)
         self._clean_tokens: dict[int, tuple[Any, ...]] = {}
+        self._last_call: tuple[Any, Any] | None = None
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
@@ -275,7 +276,10 @@ class EventTranslator:
             return
         params = self.parameters
         if kind != "llm_end":
-            params.model_call(data.get("invocation_params"), parts.get("metadata"))
+            call = (data.get("invocation_params"), parts.get("metadata"))
+            if call != self._last_call:  # the same model called again adds nothing new
+                self._last_call = call
+                params.model_call(*call)
             return
         response = data.get("response")
         if not isinstance(response, dict):
