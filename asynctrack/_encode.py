@@ -44,10 +44,13 @@ class Encoder:
         self.redactor = Redactor(config.redact_keys, config.redact_patterns, config.redact_detectors)
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self.placeholders = 0
+        self._clean: dict[int, bytes] = {}
 
     def prepare(self, bodies: list[bytes]) -> None:
-        """Pre-check a chunk of bodies at once (see ``Redactor.prepare``)."""
-        self.redactor.prepare(bodies)
+        """Scan a chunk of bodies at once (see ``Redactor.prepare``)."""
+        joined = self.redactor.prepare(bodies)
+        # Bodies known to hold no placeholder: no search of their own.
+        self._clean = {} if _FAILED in joined else {id(b): b for b in bodies}
 
     def encode(self, event: Mapping[str, Any]) -> bytes:
         """``event`` (any dict) as one redacted JSON line ending in ``\\n``. Never raises."""
@@ -60,7 +63,7 @@ class Encoder:
         ``own_token``: the body's first key in ``data`` is the library's ``token``
         field (streamed content blocks), not a credential name.
         """
-        if _FAILED in body:
+        if self._clean.get(id(body)) is not body and _FAILED in body:
             self.placeholders += 1
         redactor = self.redactor
         out = redactor.json(body, own_token)

@@ -346,67 +346,50 @@ class Redactor:
         self._patterns = tuple(re.compile(p.encode()) for p in patterns)
         self._raw_keys: dict[bytes, bool] = {}
         self._texts: dict[str, str] = {}
-        # Set by prepare(): for each body of the chunk at hand (by identity), whether
-        # its key scan and its value scan can find anything. Other texts: scan all.
-        self._chunk: dict[int, tuple[bytes, bool, bool]] = {}
+        # Set by prepare(): for each body of the chunk at hand (by identity), whether it
+        # needs the full path, else the spans to redact. Other texts: the full path.
+        self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(self, bodies: list[bytes] | None) -> None:
-        """Run the scans' first passes once over a chunk of bodies (``None``: forget them).
+    def prepare(self, bodies: list[bytes] | None) -> bytes:
+        """Scan a chunk of bodies at once (``None``: forget the last chunk).
 
-        The regex and ``find`` passes over the joined chunk cost about what they cost
-        over one body, plus one Python call per chunk instead of per body. Each body
-        is flagged for the key scan and the value scan only where a pass found a
-        candidate inside it; ``json()`` of the very same ``bytes`` object uses the flags.
+        The passes over the joined chunk cost about what they cost over each body,
+        plus one Python call per chunk instead of per body, and each byte is scanned
+        once: the spans found are kept per body, and ``json()`` of the very same
+        ``bytes`` object only splices them in. A body where a credential key holds a
+        list or object (or a chunk dense with stems) takes the full path instead.
+        Returns the joined chunk.
         """
         if bodies is None:
             self._chunk = {}
-            return
+            return b""
         joined = b"\x1e".join(bodies)
         offsets = []
         position = 0
         for body in bodies:
             offsets.append(position)
             position += len(body) + 1
-        keys = [False] * len(bodies)
-        values = [False] * len(bodies)
+        found: list[list[tuple[int, int, bytes]]] = [[] for _ in bodies]
+        full = [False] * len(bodies)
+        spans: list[tuple[int, int, bytes]] = []
         if self.key_rule is not None:
-            candidates = self._candidates(joined)
-            if candidates is None:
-                keys = [True] * len(bodies)
+            keys = self._key_spans(joined)
+            if keys is None:
+                full = [True] * len(bodies)
             else:
-                for position in candidates:
-                    keys[bisect.bisect_right(offsets, position) - 1] = True
+                spans, containers = keys
+                for position in containers:
+                    full[bisect.bisect_right(offsets, position) - 1] = True
         if self._detectors:
-            for position in self._value_candidates(joined):
-                values[bisect.bisect_right(offsets, position) - 1] = True
-        if self._patterns:
-            values = [True] * len(bodies)
-        self._chunk = {id(b): (b, k, v) for b, k, v in zip(bodies, keys, values, strict=True)}
-
-    def _candidates(self, text: bytes) -> list[int] | None:
-        """Positions of possible credential ``key`` + separator in ``text`` (``None``: anywhere)."""
-        if not self._default_keys:
-            return None  # a custom rule: every text is scanned
-        matches = _stem_pairs(text)
-        return None if matches is None else [m.start() for m in matches]
-
-    def _value_candidates(self, text: bytes) -> list[int]:
-        """Positions where a value detector may match in ``text``."""
-        out = [s for s, _, _ in _run_formats(text)]
-        for literal, _, _ in _LITERAL_FORMATS:
-            i = text.find(literal)
-            while i != -1:
-                out.append(i)
-                i = text.find(literal, i + 1)
-        mapped = text.translate(_B64)
-        i = mapped.find(_RUN40)
-        while i != -1:
-            out.append(i)
-            end = mapped.find(b" ", i)
-            i = -1 if end == -1 else mapped.find(_RUN40, end)
-        return out
+            spans.extend(self._value_spans(joined))
+        for start, end, replacement in spans:
+            index = bisect.bisect_right(offsets, start) - 1
+            base = offsets[index]
+            found[index].append((start - base, end - base, replacement))
+        self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
+        return joined
 
     # -- JSON text ---------------------------------------------------------------------
 
@@ -417,17 +400,19 @@ class Redactor:
         caller then redacts the parsed value (``structure``) and calls this again.
         ``own_token``: the key ``token`` first in ``data`` is the library's own.
         """
-        keys = values = True
         entry = self._chunk.get(id(text))
-        if entry is not None and entry[0] is text:
-            keys, values = entry[1], entry[2]
-        out = text
-        if keys and self.key_rule is not None:
-            scanned = self._keys(text, own_token)
-            if scanned is None:
-                return None
-            out = scanned
-        return self.values(out) if values else out
+        if entry is not None and entry[0] is text and not entry[1]:
+            out = _splice(text, list(entry[2])) if entry[2] else text  # scanned by prepare()
+        else:
+            if self.key_rule is not None:
+                scanned = self._keys(text, own_token)
+                if scanned is None:
+                    return None
+                text = scanned
+            out = _splice(text, self._value_spans(text)) if self._detectors else text
+        for pattern in self._patterns:
+            out = pattern.sub(_R, out)
+        return out
 
     def structure(self, value: object, own_token: bool = False) -> object:
         """``value`` (parsed JSON) with every list or object under a credential key replaced."""
@@ -452,22 +437,33 @@ class Redactor:
         return value
 
     def _keys(self, text: bytes, own_token: bool = False, budget: int = 0) -> bytes | None:
-        """Key rules on ``text``; ``budget``: judge at most this many pairs (``text`` is
-        one JSON string), else a text dense with stems goes to ``_dense``."""
-        rule = self.key_rule
-        assert rule is not None
+        """Key rules on ``text``: ``None`` when a list or object must be replaced."""
+        found = self._key_spans(text, own_token, budget)
+        if found is None:
+            return self._dense(text, own_token)
+        spans, containers = found
+        if containers:
+            return None
+        return _splice(text, spans) if spans else text
+
+    def _key_spans(
+        self, text: bytes, own_token: bool = False, budget: int = 0
+    ) -> tuple[list[tuple[int, int, bytes]], list[int]] | None:
+        """The spans the key rules redact in ``text``, and the positions of lists or
+        objects under credential keys; ``None`` for a text dense with stems (with no
+        ``budget``: at most this many pairs judged, ``text`` being one JSON string)."""
         matches: Iterable[re.Match[bytes]] | None = (
             _stem_pairs(text) if self._default_keys else _ANY_PAIR.finditer(text)
         )
+        containers: list[int] = []
         if matches is None:
             if not budget:
-                return self._dense(text, own_token)
+                return None
             matches = _STEM_PAIR.finditer(text)  # linear, and no Python per stem
         elif not matches:
-            return text
+            return [], containers
         words = text.translate(_WORDMAP) if self._default_keys else b""
         spans: list[tuple[int, int, bytes]] = []
-        cache = self._raw_keys
         n = len(text)
         resume = 0
         for m in matches:
@@ -490,22 +486,13 @@ class Redactor:
             if own_token and k0 == 10 and text.startswith(b'{"data":{"token":'):
                 continue  # the streamed token's own field
             raw = text[k0:k1]
-            hit = cache.get(raw)
-            if hit is None:
-                hit = rule(raw.decode("utf-8", "replace"))
-                if len(cache) < _CACHE_MAX:
-                    cache[raw] = hit
-            # An unescaped '"' right before ':' ends a JSON key (orjson writes no spaces):
-            # judge the whole key, which may hold more than this word ("api key").
+            # An unescaped '"' right before ':' ends a JSON key (orjson writes no spaces).
             structural = m.group(2) == b'"' and pos == k1 + 2
-            if structural and not hit and k0 > 0 and text[k0 - 1] != 0x22:
-                opening = text.rfind(b'"', max(0, k0 - 128), k0)
-                if opening != -1:
-                    hit = rule(text[opening + 1 : k1].decode("utf-8", "replace"))
-            if hit and pos < n:
+            if self._judge(text, raw, k0, k1, structural) and pos < n:
                 span, resume = _value_span(text, pos, structural)
-                if span is None:
-                    return None  # a list or object under a credential key
+                if span is None:  # a list or object under a credential key
+                    containers.append(m.start())
+                    continue
                 if (
                     structural
                     and raw in _SECRET_KEYS
@@ -516,7 +503,23 @@ class Redactor:
                     span, resume = (k0 - 2, resume + 1, _QR), resume + 1
                 if span[1] > span[0]:
                     spans.append(span)
-        return _splice(text, spans) if spans else text
+        return spans, containers
+
+    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, structural: bool) -> bool:
+        """Whether the key ``raw`` (``text[k0:k1]``) names a credential (cached)."""
+        rule = self.key_rule
+        assert rule is not None
+        hit = self._raw_keys.get(raw)
+        if hit is None:
+            hit = rule(raw.decode("utf-8", "replace"))
+            if len(self._raw_keys) < _CACHE_MAX:
+                self._raw_keys[raw] = hit
+        if structural and not hit and k0 > 0 and text[k0 - 1] != 0x22:
+            # A JSON key may hold more than this word ("api key"): judge it whole.
+            opening = text.rfind(b'"', max(0, k0 - 128), k0)
+            if opening != -1:
+                hit = rule(text[opening + 1 : k1].decode("utf-8", "replace"))
+        return hit
 
     def _dense(self, text: bytes, own_token: bool) -> bytes:
         """``text`` dense with stems: key rules on the parsed structure, then each string
@@ -543,21 +546,24 @@ class Redactor:
     def values(self, text: bytes) -> bytes:
         """``text`` with the value detectors and ``redact_patterns`` applied."""
         if self._detectors:
-            spans = _run_formats(text)
-            present: dict[bytes, bool] = {}
-            for literal, pattern, group in _LITERAL_FORMATS:
-                found = present.get(literal)
-                if found is None:
-                    found = present[literal] = literal in text
-                if found:
-                    spans.extend((m.start(group), m.end(group), _R) for m in pattern.finditer(text))
-            if len(text) >= 40:
-                spans.extend(_aws_secrets(text))
-            if spans:
-                text = _splice(text, spans)
+            text = _splice(text, self._value_spans(text))
         for pattern in self._patterns:
             text = pattern.sub(_R, text)
         return text
+
+    def _value_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
+        """The spans the value detectors redact in ``text``."""
+        spans = _run_formats(text)
+        present: dict[bytes, bool] = {}
+        for literal, pattern, group in _LITERAL_FORMATS:
+            found = present.get(literal)
+            if found is None:
+                found = present[literal] = literal in text
+            if found:
+                spans.extend((m.start(group), m.end(group), _R) for m in pattern.finditer(text))
+        if len(text) >= 40:
+            spans.extend(_aws_secrets(text))
+        return spans
 
     def text(self, value: str) -> str:
         """A plain string with the whole spec applied (as if it were a JSON string value)."""
@@ -575,13 +581,15 @@ class Redactor:
         return result
 
     def may_match(self, text: str) -> bool:
-        """Whether ``text`` may hold anything the spec redacts (a cheap first pass)."""
+        """Whether the spec redacts anything in ``text``."""
         raw = text.encode("utf-8", "surrogatepass")
-        return bool(
-            (self.key_rule is not None and self._candidates(raw) != [])
-            or (self._detectors and self._value_candidates(raw))
-            or self._patterns
-        )
+        if self._patterns:
+            return True
+        if self.key_rule is not None:
+            keys = self._key_spans(raw)
+            if keys is None or keys[0] or keys[1]:
+                return True
+        return bool(self._detectors and self._value_spans(raw))
 
 
 _NOTHING: Final = (0, 0, b"")

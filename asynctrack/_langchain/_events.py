@@ -192,7 +192,10 @@ class EventTranslator:
 
     def prepare(self, records: list[tuple[Any, ...]]) -> None:
         """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
-        self.encoder.prepare([r[6] for r in records if type(r[6]) is bytes])
+        # Not the bodies holding content-block tokens (their "token" key is ours).
+        self.encoder.prepare(
+            [r[6] for r in records if type(r[6]) is bytes and (r[0] != "llm_new_token" or type(r[7]) is str)]
+        )
         streams: dict[Any, list[str]] = {}
         tokens = []
         for record in records:
