@@ -174,6 +174,43 @@ def _stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
     return out
 
 
+#: A text dense with stems is searched from its separators when it has at most this
+#: many (Python per separator), else with ``_STEM_PAIR`` (words are then short).
+_MAX_SEPARATORS: Final = 4096
+_BEFORE_KEY: Final = frozenset(b" \t")
+_QUOTES: Final = frozenset(b"\"'")
+
+
+def _dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
+    """``_PAIR_AT`` matches (from the key's first character) in a text dense with stems."""
+    positions: list[int] = []
+    for separator in (b"=", b":"):
+        i = text.find(separator)
+        while i != -1:
+            positions.append(i)
+            if len(positions) > _MAX_SEPARATORS:
+                return _STEM_PAIR.finditer(text)  # linear, and no Python per stem
+            i = text.find(separator, i + 1)
+    words = text.translate(_WORDMAP)
+    folded = text.translate(_FOLD)
+    out = []
+    for p in sorted(positions):
+        q = p
+        while q > 0 and p - q < 4 and text[q - 1] in _BEFORE_KEY:
+            q -= 1
+        if q > 0 and text[q - 1] in _QUOTES:
+            q -= 1
+            if q > 0 and text[q - 1] == 0x5C:
+                q -= 1
+        k0 = words.rfind(b" ", max(0, q - 64), q) + 1
+        if q - k0 < 1 or not any(stem in folded[k0 : q + 1] for stem in _STEMS):
+            continue
+        m = _PAIR_AT.match(text, k0)
+        if m is not None:
+            out.append(m)
+    return out
+
+
 #: Key/value pairs judged per text at most; past them the rest of the text is
 #: withheld (replaced by a marker). Only a hostile or junk text has so many: this
 #: bounds the Python work per text (each pair costs ~1-2 us) with no leak.
@@ -459,7 +496,7 @@ class Redactor:
         if matches is None:
             if not budget:
                 return None
-            matches = _STEM_PAIR.finditer(text)  # linear, and no Python per stem
+            matches = _dense_pairs(text)
         elif not matches:
             return [], containers
         words = text.translate(_WORDMAP) if self._default_keys else b""
@@ -668,6 +705,9 @@ _OPEN_PREFIX: Final = re.compile(
 )
 
 
+_CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
+
+
 class StreamRedactor:
     """Redacts a run's streamed tokens as one text: each token is checked joined to the
     ``_TAIL`` characters streamed before it.
@@ -690,9 +730,8 @@ class StreamRedactor:
         tail, open_ = self._tails.pop(run, ("", False))
         out = token
         if open_:
-            cut = 0
-            while cut < len(token) and (token[cut].isalnum() or token[cut] in "_-."):
-                cut += 1
+            continued = _CREDENTIAL_RUN.match(token)
+            cut = continued.end() if continued is not None else 0
             if cut:
                 out = REDACTED + token[cut:]
             open_ = cut == len(token)
@@ -737,18 +776,24 @@ class StreamRedactor:
         self._tails.pop(run, None)
 
 
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (binary search on C comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def _token_part(joined: str, redacted: str, start: int, current: str) -> str:
     """The new token's text after ``joined`` became ``redacted`` (its first ``start``
     characters were written before)."""
-    prefix = 0
-    limit = min(len(joined), len(redacted))
-    while prefix < limit and joined[prefix] == redacted[prefix]:
-        prefix += 1
-    suffix = 0
-    while (
-        suffix < limit - prefix and joined[len(joined) - 1 - suffix] == redacted[len(redacted) - 1 - suffix]
-    ):
-        suffix += 1
+    prefix = _common_prefix(joined, redacted)
+    limit = min(len(joined), len(redacted)) - prefix
+    suffix = min(_common_prefix(joined[::-1], redacted[::-1]), limit)
     if len(joined) - suffix <= start:
         return current  # the change lies wholly in text written before
     if prefix >= start:
