@@ -235,7 +235,7 @@ def _dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
 #: Key/value pairs judged per text at most; past them the rest of the text is
 #: withheld (replaced by a marker). Only a hostile or junk text has so many: this
 #: bounds the Python work per text (each pair costs ~1-2 us) with no leak.
-_MAX_PAIRS: Final = 2048
+_MAX_PAIRS: Final = 1024
 _WITHHELD: Final = b"[REDACTED: the rest of this text is withheld, too many credential-like pairs]"
 
 
@@ -329,7 +329,8 @@ _B64: Final = bytes(
 )
 _RUN40: Final = b"a" * 40
 _AWS_WORDS: Final = (b"aws", b"secret", b"akia", b"asia")  # in the lower-cased 120 bytes before
-_NOT_DIGITS: Final = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
+#: An upper-case letter, a lower-case letter and a digit (one C call per candidate).
+_MIXED: Final = re.compile(rb"(?=[^A-Z]*+[A-Z])(?=[^a-z]*+[a-z])(?=[^0-9]*+[0-9])")
 
 
 def _run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
@@ -373,11 +374,8 @@ def _aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
             start += 1
         if end - start == 40 and text[start - 1 : start] != b"=" and text[end : end + 1] != b"=":
             candidate = text[start:end]
-            if (
-                candidate.lower() != candidate  # an upper-case letter
-                and candidate.upper() != candidate  # a lower-case letter
-                and candidate.translate(None, _NOT_DIGITS)  # a digit
-                and (b"/" in candidate or b"+" in candidate or _near(context, text, start))
+            if _MIXED.match(candidate) is not None and (
+                b"/" in candidate or b"+" in candidate or _near(context, text, start)
             ):
                 spans.append((start, end, _R))
         i = mapped.find(_RUN40, end)
