@@ -35,9 +35,8 @@ from .._engine._core import Engine, Statistics, install_sigterm_handler
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
-from ._capture import Capturer
+from ._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
 from ._events import EventTranslator
-from ._snapshot import snapshot
 from ._spec import TrackerSpec
 
 if TYPE_CHECKING:
@@ -86,6 +85,15 @@ def _run_info(spec: TrackerSpec, sink: Sink) -> RunInfo:
     )
 
 
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
 
@@ -130,8 +138,10 @@ class AsyncTracker(BaseCallbackHandler):
         config = config or TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
-        self.experiment_name = experiment_name
-        self.run_name = run_name or _default_run_name()
+        # A lone surrogate (os.fsdecode of a non-UTF-8 file name) cannot be written
+        # in any JSON, key or parameter: U+FFFD instead, once, here.
+        self.experiment_name = _valid_text(experiment_name)
+        self.run_name = _valid_text(run_name) if run_name else _default_run_name()
         self.config = config
         sink = make_sink(destination, **s3_options)  # validates the destination and options now
         self._destination = sink.destination
@@ -151,7 +161,7 @@ class AsyncTracker(BaseCallbackHandler):
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
-        self._default = self._capture.default
+        self._max_field = config.max_field_bytes
         self._warned_hot_error = False
 
     def _start_engine(
@@ -299,24 +309,32 @@ class AsyncTracker(BaseCallbackHandler):
         kind: str,
         run_id: UUID | None,
         parent_run_id: UUID | None,
-        name: str | None,
+        name: Any,
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         data: dict[str, Any],
         extra: Any = None,
     ) -> None:
         try:
+            if type(name) is not str or not name:
+                # Whatever the caller passed as name= is only looked at in here: a
+                # numpy array or a hostile __bool__ must not raise into the chain.
+                name = _resolve_name(name, data)
             # "data" first: the worker splices a streamed token in right after '{"data":{'.
-            body: Any = {"data": data, "tags": tags or (), "metadata": metadata or {}}
+            raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
             try:
-                # Capturer.__call__, inlined: one Python frame less per event.
-                body = orjson.dumps(body, default=self._default)
-                # orjson's result keeps a ~4 KiB allocation whatever its length
-                # (tracemalloc: 4097 B for a 10-byte result); 100k waiting records
-                # would hold 400 MB. An exact-size copy costs ~0.1 us.
-                body = body[:-1] + b"}"
+                # Capturer.__call__, inlined: one Python frame less per event. The
+                # default is a C function, so orjson runs no Python while it walks
+                # the caller's live lists (see _capture).
+                body = orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                # Longer than the field limit: a field may need cutting, and is cut now
+                # (what the buffer holds is what its byte bound counts). Else an
+                # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
+                # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
+                # records would hold 400 MB. The copy costs ~0.1 us.
+                body = self._capture.careful(raw) if len(body) > self._max_field else body[:-1] + b"}"
             except Exception:
-                body = self._capture(body)  # the careful fallback
+                body = self._capture.careful(raw)  # the careful fallback, bytes too
             self._put(
                 (
                     kind,
@@ -324,7 +342,7 @@ class AsyncTracker(BaseCallbackHandler):
                     time.time(),
                     run_id,
                     parent_run_id,
-                    name if name is None or type(name) is str else str(name),
+                    name,
                     body,
                     extra,  # the error of an error event; the token of a token event
                 )
@@ -346,7 +364,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -387,7 +405,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["prompts"] = prompts
         self._record("llm_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -403,7 +421,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["messages"] = messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -419,19 +437,21 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        kwargs["chunk"] = chunk
-        # The token travels beside the body (a str is immutable; a list is copied)
-        # and is spliced in first in data: its name "token" is ours, not a credential.
-        self._record(
-            "llm_new_token",
-            run_id,
-            parent_run_id,
-            name,
-            tags,
-            None,
-            kwargs,
-            token if type(token) is str else snapshot(token),
-        )
+        if type(token) is str:
+            # The token travels beside the body (a str is immutable) and is spliced
+            # in first in data by the worker: its name "token" is ours, not a credential.
+            kwargs["chunk"] = chunk
+            self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
+        else:  # content blocks (a list): captured in the body, first in data as well
+            self._record(
+                "llm_new_token",
+                run_id,
+                parent_run_id,
+                name,
+                tags,
+                None,
+                {"token": token, "chunk": chunk, **kwargs},
+            )
 
     def on_llm_end(
         self,
@@ -469,7 +489,7 @@ class AsyncTracker(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["input_str"] = input_str
         kwargs["inputs"] = inputs
@@ -534,7 +554,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["query"] = query
         self._record("retriever_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -592,7 +612,10 @@ class AsyncTracker(BaseCallbackHandler):
             kwargs["idle_for"] = retry_state.idle_for
             kwargs["seconds_since_start"] = retry_state.seconds_since_start
             kwargs["next_sleep"] = getattr(retry_state.next_action, "sleep", None)
-            kwargs["exception"] = outcome.exception() if failed and outcome is not None else None
+            exception = outcome.exception() if failed and outcome is not None else None
+            kwargs["exception"] = (
+                None if exception is None else {"type": type_name(exception), "message": safe_str(exception)}
+            )
         except Exception:  # an unexpected retry_state: record what we can
             kwargs["retry_state"] = retry_state
         self._record("retry", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
@@ -623,6 +646,15 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+
+
+def _resolve_name(name: Any, data: dict[str, Any]) -> str | None:
+    """The event's name: ``name=`` as text, else the runnable's from ``serialized``."""
+    if name is None or (type(name) is str and not name):
+        return _serialized_name(data.get("serialized"))
+    if isinstance(name, str):
+        return str.__str__(name)
+    return safe_repr(name)
 
 
 def _serialized_name(serialized: Any) -> str | None:
