@@ -24,7 +24,7 @@ import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._engine import _client
+from asynctrack._engine import _worker_process
 from asynctrack._langchain import _handler
 from asynctrack.testing import InMemorySink
 
@@ -108,7 +108,7 @@ def test_one_worker_process_serves_two_hundred_trackers(tmp_destination: Path) -
         for t in trackers:
             t.flush_blocking(timeout=WAIT)
         assert len(_host_children()) == 1
-        assert _client.worker_process().pid in _host_children()
+        assert _worker_process.worker_process().pid in _host_children()
     finally:
         for t in trackers:
             t.close(timeout=WAIT)
@@ -125,13 +125,13 @@ def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
     _text(tracker, 100, 50)  # shipped, sitting in the worker's open batch (1 h interval)
     _wait_until(lambda: tracker.statistics().queue_depth == 0, what="the shipper")
     assert tracker.statistics().retained_bytes > 0
-    old = _client.worker_process().pid
+    old = _worker_process.worker_process().pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
     tracker.flush_blocking(timeout=WAIT)  # the new worker gets the 50 again, then the flush
     stats = tracker.statistics()
     assert stats.worker_restarts >= 1
-    assert _client.worker_process().pid != old
+    assert _worker_process.worker_process().pid != old
     seqs = collections.Counter(e["seq"] for e in _events(tmp_destination))
     assert seqs == collections.Counter(range(150))  # each exactly once
     assert (stats.written, stats.lost) == (50, 0)  # the new worker's count, nothing lost
@@ -162,7 +162,7 @@ def test_the_channel_is_private(tracker: AsyncTracker) -> None:
     """Pipes, no listening socket, no port: nothing but the application can talk to it."""
     _text(tracker, 0, 10)
     tracker.flush_blocking(timeout=WAIT)
-    pid = _client.worker_process().pid
+    pid = _worker_process.worker_process().pid
     links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
     assert any(link.startswith("pipe:") for link in links)
     inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
@@ -192,7 +192,7 @@ def test_the_redact_hook_runs_in_the_worker_process_and_its_logs_reach_ours(
         t.flush_blocking(timeout=WAIT)
         assert t.statistics().worker_mode == "process"
     (event,) = _events(tmp_destination)
-    assert event["metadata"]["hook_pid"] == _client.worker_process().pid != os.getpid()
+    assert event["metadata"]["hook_pid"] == _worker_process.worker_process().pid != os.getpid()
     assert f"hook ran in process {event['metadata']['hook_pid']}" in caplog.text
 
 
@@ -229,7 +229,7 @@ def test_no_python_to_start_a_worker_with_means_a_thread(
     tmp_destination: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="asynctrack")
-    monkeypatch.setattr(_client._Shared, "worker", None)
+    monkeypatch.setattr(_worker_process._Shared, "worker", None)
     monkeypatch.setattr(sys, "executable", "")
     with AsyncTracker(tmp_destination, run_name="frozen", config=PROCESS) as t:
         _text(t, 0, 2)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import re
-import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -27,6 +26,7 @@ import orjson
 
 from .._config import TrackerConfig
 from .._encode import Encoder
+from .._errors import error_fields
 from .._redact import StreamRedactor
 from .._sinks._base import ParameterValue
 
@@ -68,22 +68,6 @@ _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_provider": "provider",
     "ls_model_type": "model_type",
 }
-
-
-def _error_fields(error: Any) -> dict[str, Any]:
-    if not isinstance(error, BaseException):
-        return {"type": type(error).__name__, "message": str(error), "traceback": None}
-    try:
-        tb = "".join(traceback.format_exception(error))
-    except Exception:  # a broken __str__ in a chained exception
-        tb = None
-    cls = type(error)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        message = str(error)
-    except Exception:
-        message = "<str() failed>"
-    return {"type": name, "message": message, "traceback": tb}
 
 
 class RunParameters:
@@ -223,7 +207,7 @@ class EventTranslator:
         elif type(extra) is dict and extra.pop("$error", False):
             error = extra  # formatted where the exception lived (the worker process's client)
         elif extra is not None:
-            error = _error_fields(extra)
+            error = error_fields(extra)
         duration = None
         if kind in _STARTS:
             if len(self._open) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest

@@ -30,8 +30,9 @@ import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
 from .._config import TrackerConfig
-from .._engine._client import ProcessEngine, WorkerUnavailable
+from .._engine._client import ProcessEngine
 from .._engine._core import Engine, Statistics, install_sigterm_handler
+from .._engine._worker_process import WorkerUnavailable
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
