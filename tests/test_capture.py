@@ -188,7 +188,7 @@ def test_one_bad_field_spoils_one_field(
     assert logged["number"] == 3
     assert logged["weird"][MARK] == "unencodable"
     assert logged["mapping"][MARK] == "unencodable"
-    assert tracker._translator.placeholders == 1  # counted once per event
+    assert tracker.statistics().encode_errors == 1  # counted once per event
 
 
 def test_int_and_str_keys_that_collide_are_both_kept() -> None:

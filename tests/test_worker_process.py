@@ -144,7 +144,12 @@ def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
     destination = tmp_path / "logs"
     n = 5000
     child = start(
-        children, tmp_path, "sigkill-app", str(destination), str(n), env={"ASYNCTRACK_EXIT_TIMEOUT": "10"}
+        children,
+        tmp_path,
+        "sigkill-app",
+        str(destination),
+        str(n),
+        env={"ASYNCTRACK_EXIT_TIMEOUT": "10", "ASYNCTRACK_WORKER": "process"},
     )
     info = child.read_line()
     assert info["mode"] == "process", info

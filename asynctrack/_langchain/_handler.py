@@ -197,7 +197,7 @@ class AsyncTracker(BaseCallbackHandler):
                 writer=engine.layout.writer,
                 config=self.config,
             )
-            engine.set_adapter(translator, translator.redacted_parameters)
+            engine.set_adapter(translator, translator.redacted_parameters, lambda: translator.placeholders)
         self._seq = itertools.count()
         self._put = engine.put
 

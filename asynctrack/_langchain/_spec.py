@@ -110,6 +110,7 @@ class TrackerSpec:
             parameter_sinks=self.parameter_sinks,
             config=engine_config,
             spool=spool,
+            placeholders=lambda: translator.placeholders,
         )
         return engine, translator
 
