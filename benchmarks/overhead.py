@@ -19,6 +19,7 @@ per repeat). "Total" is handler construction + the calls + the final flush/close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -26,7 +27,7 @@ from collections import defaultdict
 from typing import Any
 
 from . import _common as c
-from ._workloads import WORKLOADS, Workload, count_events, run_async, run_stream, run_sync
+from ._workloads import OPENAI_STUB, WORKLOADS, Workload, count_events, run_async, run_stream, run_sync
 
 # Calls per measurement: full, smoke. async workloads run in rounds of their concurrency.
 CALLS = {
@@ -35,6 +36,7 @@ CALLS = {
     "async1024": (1024, 0),  # 0: skipped in smoke mode (1024 calls per variant is not "a few seconds")
     "stream": (40, 2),
     "agent": (100, 3),
+    "openai": (40, 2),
 }
 # The legacy SageMaker handler uploads one S3 object per event (~15 ms each on moto):
 # far fewer calls, against its own baseline with the same counts. None: not run.
@@ -44,6 +46,7 @@ LEGACY_CALLS: dict[str, tuple[int | None, int | None]] = {
     "async1024": (None, None),
     "stream": (1, None),
     "agent": (5, None),
+    "openai": (None, None),
 }
 
 LOCAL = "asynctrack-local"
@@ -124,7 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         SageMakerLegacy,
     )
 
-    with c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
+    openai_stub = contextlib.ExitStack()
+    if any(w.name == "openai" for w in workloads):
+        problem = _openai_problem()
+        if problem:
+            report.note(f"workload `openai` skipped: {problem}")
+            workloads = [w for w in workloads if w.name != "openai"]
+        else:
+            from _infra.openai_stub import OpenAIStub
+
+            OPENAI_STUB["url"] = openai_stub.enter_context(OpenAIStub()).url
+    with openai_stub, c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
         import os
 
         for name in ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT", "LANGFUSE_HOST", "LANGFUSE_BASE_URL"):
@@ -178,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     _tables(report, results, workloads, variants, repeats)
     report.finish(chart=lambda plt: _chart(plt, report))
     return 0
+
+
+def _openai_problem() -> str | None:
+    """Why the real-provider workload cannot run here, or ``None`` (its stub is importable)."""
+    try:
+        import langchain_openai  # noqa: F401
+    except ImportError as exc:
+        return f"langchain-openai not installed ({exc}); pip install -e '.[bench]'"
+    tests_dir = str(c.ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    return None
 
 
 class _maybe_moto:
