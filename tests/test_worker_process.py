@@ -250,3 +250,29 @@ def test_statistics_never_count_more_than_was_recorded(tracker: AsyncTracker) ->
         assert stats.recorded == (i + 1) * 100
     tracker.flush_blocking(timeout=WAIT)
     assert tracker.statistics().recorded == 2000
+
+
+def test_a_tracker_the_worker_cannot_build_falls_back_to_a_thread_without_loss(
+    tmp_path: Path, tmp_destination: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook pickles here but its module is not on the running worker's path: the worker
+    says so, and a thread engine takes over with what was already shipped."""
+    caplog.set_level(logging.INFO, logger="asynctrack")
+    with AsyncTracker(tmp_path / "warm", config=PROCESS) as warm:
+        warm.flush_blocking(timeout=WAIT)  # the worker runs, with the path of this moment
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "late_hook_module.py").write_text("def hook(event):\n    return event\n")
+    monkeypatch.syspath_prepend(str(late))
+    import late_hook_module
+
+    config = TrackerConfig(worker="process", batch_interval=3600.0, redact=late_hook_module.hook)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="late", config=config) as tracker:
+        _text(tracker, 0, 5)
+        tracker.flush_blocking(timeout=WAIT)
+        _text(tracker, 5, 5)
+        tracker.flush_blocking(timeout=WAIT)
+        stats = tracker.statistics()
+    assert (stats.worker_mode, stats.written, stats.recorded) == ("thread", 10, 10)
+    assert "cannot host this tracker" in caplog.text
+    assert sorted(e["seq"] for e in _events(tmp_destination)) == list(range(10))

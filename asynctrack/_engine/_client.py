@@ -141,6 +141,7 @@ class ProcessEngine:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._ack_lock = threading.Lock()  # unacked frames: shipper adds, reader removes
+        self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._reset_state()
         self._worker = worker or worker_process()
         self._worker.register(self)
@@ -166,6 +167,7 @@ class ProcessEngine:
         self._last_error = ""
         self.tracker_id = -1
         self.fallback: Any = None  # the thread Engine, once we had to fall back
+        self.fall_back_reason: str | None = None  # set by the reader; acted on by the shipper
 
     # -- the Engine interface ------------------------------------------------------
 
@@ -211,6 +213,7 @@ class ProcessEngine:
 
     async def flush(self, timeout: float | None = None) -> None:
         if self.fallback is not None:
+            self.forward()
             await self.fallback.flush(timeout)
             return
         request = self._enqueue(Kind.FLUSH, "flush()", timeout)
@@ -218,6 +221,7 @@ class ProcessEngine:
 
     def flush_blocking(self, timeout: float | None = None) -> None:
         if self.fallback is not None:
+            self.forward()
             self.fallback.flush_blocking(timeout)
             return
         request = self._enqueue(Kind.FLUSH, "flush_blocking()", timeout)
@@ -227,6 +231,7 @@ class ProcessEngine:
         request = self._begin_close(timeout)
         if request is None:
             if self.fallback is not None:
+                self.forward()
                 await self.fallback.aclose(timeout)
             return
         # Cancelling this await does not cancel the close: the request is queued, the
@@ -237,6 +242,7 @@ class ProcessEngine:
         request = self._begin_close(timeout)
         if request is None:
             if self.fallback is not None:
+                self.forward()
                 self.fallback.close(timeout)
             return
         self._wait(request, timeout, closing=True)
@@ -246,7 +252,7 @@ class ProcessEngine:
             stats: Statistics = self.fallback.statistics()
             return dataclasses.replace(
                 stats,
-                recorded=stats.recorded + self._shipped,
+                recorded=stats.recorded + len(self._queue),  # what was shipped was re-fed to it
                 dropped=stats.dropped + self._dropped,
                 worker_mode="thread",
                 worker_restarts=self._worker.restarts,
@@ -385,6 +391,14 @@ class ProcessEngine:
         )
 
     # -- shipper side (the worker's shipper thread) ----------------------------------
+
+    def forward(self) -> None:
+        """After a fall back: hand what is queued here to the thread engine, in order
+        (the shipper does so every tick; a flush or close does it first)."""
+        with self._forward_lock:
+            put = self.fallback.put
+            for record in self.take():
+                put(record)
 
     def take(self) -> list[Any]:
         """Everything queued now, in order (records and requests)."""
@@ -532,8 +546,13 @@ class ProcessEngine:
             )
             self._unretained_events = 0
 
-    def open_failed(self, reason: str) -> None:
-        """The worker could not build this tracker's engine: use a thread engine here."""
+    def fall_back(self, reason: str) -> None:
+        """The worker cannot serve this tracker: a thread engine here takes over.
+
+        Called with the channel lock held (by the shipper, or by a restart that gave
+        up), so that no frame of this tracker is being built or sent meanwhile.
+        """
+        self.fall_back_reason = None
         logger.warning(
             "asynctrack: the worker process cannot host this tracker (%s); using a worker "
             "thread in this process instead",
@@ -553,20 +572,20 @@ class ProcessEngine:
                 engine.put(tuple(record))
         self.unacked.clear()
         self.retained_bytes = 0
-        self.fallback = engine
-        self._worker.unregister(self)
-        while self._queue:
-            item = self._queue.popleft()
-            if type(item) is _Request:
-                self._waiting[item.number] = item
-            else:
-                engine.put(item)
-        self._controls = 0
+        with self._forward_lock:
+            self.fallback = engine
+            # The handler keeps calling put(): the shipper forwards what it queues from now on.
+            while self._queue:
+                item = self._queue.popleft()
+                if type(item) is _Request:
+                    self._waiting[item.number] = item
+                else:
+                    engine.put(item)
+            self._controls = 0
         for request in list(self._waiting.values()):
             if not request.future.done():
                 request.future.set_result({"fallback": True})
         self._waiting.clear()
-        self.put = engine.put  # type: ignore[method-assign]
 
     def after_fork_in_child(self) -> None:
         """A forked child: an empty queue of its own, a new writer id, a new worker."""

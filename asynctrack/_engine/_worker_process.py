@@ -161,9 +161,17 @@ class WorkerProcess:
         """Ship what every tracker queued. True when nothing was left to ship."""
         idle = True
         for client in list(self._clients.values()):
-            if not client._queue:  # noqa: SLF001 - the shipper is the queue's consumer
+            if not client._queue and client.fall_back_reason is None:  # noqa: SLF001 - the consumer
                 continue
             idle = False
+            if client.fallback is not None:  # a thread engine took over this tracker
+                client.forward()
+                continue
+            if client.fall_back_reason is not None:
+                with self._lock:
+                    client.fall_back(client.fall_back_reason)
+                client.forward()
+                continue
             if client.held_back() and not self._stopping:
                 continue
             with self._lock:
@@ -208,7 +216,9 @@ class WorkerProcess:
             elif kind == Kind.OPENED:
                 reason = pickle.loads(payload)
                 if reason is not None:
-                    client.open_failed(str(reason))
+                    # The shipper switches it over at its next tick, between two shipments.
+                    client.fall_back_reason = str(reason)
+                    self.wake()
         except Exception:  # pragma: no cover - a bug here must not stop the reader
             logger.exception("asynctrack: bad answer from the worker process")
 
@@ -230,7 +240,7 @@ class WorkerProcess:
                 self.failed = f"the worker process died {_MAX_RESTARTS} times in {_RESTART_WINDOW:g} s"
                 logger.error("asynctrack: %s; falling back to worker threads", self.failed)
                 for client in list(self._clients.values()):
-                    client.open_failed(self.failed)
+                    client.fall_back(self.failed)
                 return
             code = old.returncode if old is not None else None
             logger.warning("asynctrack: the worker process ended (exit status %s); starting a new one", code)
@@ -239,10 +249,12 @@ class WorkerProcess:
             except WorkerUnavailable as exc:
                 self.failed = str(exc)
                 for client in list(self._clients.values()):
-                    client.open_failed(self.failed)
+                    client.fall_back(self.failed)
                 return
             self.restarts += 1
             for client in list(self._clients.values()):
+                if client.fallback is not None:
+                    continue  # a thread engine serves it now
                 client.renew_writer(self.restarts)
                 self._send_locked(encode_frame(Kind.OPEN, client.tracker_id, 0, pickle.dumps(client.spec)))
                 for frame, _ in list(client.unacked.values()):
