@@ -43,7 +43,7 @@ from .._config import TrackerConfig
 from .._encode import Encoder, placeholder
 from .._errors import DeadlockError, FlushError, FlushTimeoutError, PermanentSinkError, TrackerClosedError
 from .._layout import Layout, new_writer_id
-from .._sinks._base import Batch, ParametersSink, ParameterValue, RunInfo, Sink
+from .._sinks._base import Batch, ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
 from ._spool import Spool
 
 __all__ = ["Engine", "Statistics"]
@@ -827,7 +827,8 @@ class Engine:
             return None
         errors: list[str] = []
         try:
-            parameters = dict(self._parameters())
+            produced = self._parameters()
+            parameters = dict(produced)
             if parameters == self._parameters_written:
                 return None  # nothing new since the last flush: no request at all
             document = orjson.dumps(
@@ -848,7 +849,15 @@ class Engine:
             return "; ".join(errors)
         for sink in self._parameter_sinks:
             try:
-                await sink.write_parameters(self.run_info, parameters)
+                if isinstance(sink, RunSummarySink):  # parameters and metrics apart (MLflow)
+                    summary = (
+                        produced
+                        if isinstance(produced, RunSummary)
+                        else RunSummary(hyperparameters=parameters, metrics={}, flat=parameters)
+                    )
+                    await sink.write_summary(self.run_info, summary)
+                else:
+                    await sink.write_parameters(self.run_info, parameters)
             except Exception as exc:
                 self._parameter_errors += 1
                 errors.append(f"run parameters not recorded by {type(sink).__name__}: {exc}")
