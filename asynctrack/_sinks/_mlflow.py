@@ -235,6 +235,28 @@ def _retryable(exc: BaseException) -> bool:
     return _error_code(exc) in _RETRYABLE
 
 
+_THREAD_NAME: Final = "asynctrack-mlflow"
+
+
+class _QuietPluginHeaders(logging.Filter):
+    """Drops one warning per request that ``sagemaker-mlflow`` causes on our thread.
+
+    Its request-header provider parses the process-wide tracking URI as an ARN on
+    every request to any server; for a URI that is not one it fails, and MLflow
+    logs the failure (and sends the request without the header, which only an
+    ARN needs). Other threads' records pass: they are the application's.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.threadName == _THREAD_NAME
+            and str(record.msg).startswith("Encountered unexpected error during resolving request headers")
+        )
+
+
+_quiet_plugin_headers: Final = _QuietPluginHeaders()
+
+
 class _CallThread:
     """Runs blocking calls one at a time on a daemon thread; awaited from a loop.
 
@@ -395,7 +417,7 @@ class MLflowParameters:
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
         async with self._lock:  # in order: the step of each write follows the last
-            caller = self._caller = self._caller or _CallThread("asynctrack-mlflow")
+            caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
             stuck = caller.busy_for()
             if stuck:
                 raise SinkError(
@@ -461,6 +483,9 @@ class MLflowParameters:
                 # (its auth and header providers read mlflow.get_tracking_uri()).
                 mlflow.set_tracking_uri(uri)
                 self._note(f"process-wide MLflow tracking URI set to {uri} (sagemaker-mlflow reads it)")
+            if not uri.startswith("arn:"):
+                # Idempotent: a logger keeps one copy of a filter object.
+                logging.getLogger("mlflow.tracking.request_header.registry").addFilter(_quiet_plugin_headers)
             self._client = MlflowClient(tracking_uri=uri)
             self._limits = MLflowLimits.installed()
         return self._client
