@@ -123,7 +123,7 @@ class RunParameters:
         self.hyper: dict[str, dict[ParameterValue, None]] = {}
         self.tokens: collections.Counter[str] = collections.Counter()
         self.latency: dict[str, _Latency] = {}
-        self._random = random.Random(0)  # a fixed seed: the same run gives the same sample
+        self._random = random.Random(0).random  # a fixed seed: the same run, the same sample
 
     def ended(self, kind: str, duration: float) -> None:
         """Note the duration of a chain, LLM, tool or retriever run (end or error)."""
@@ -134,12 +134,13 @@ class RunParameters:
         if latency is None:
             latency = self.latency[group] = _Latency()
         latency.count += 1
-        latency.max = max(latency.max, duration)
+        if duration > latency.max:  # noqa: PLR1730 - a comparison, not a max() call, per end event
+            latency.max = duration
         sample = latency.sample
         if len(sample) < _LATENCY_SAMPLE:
             sample.append(duration)
-        else:
-            slot = self._random.randrange(latency.count)
+        else:  # reservoir sampling: each duration seen stays with probability size/count
+            slot = int(self._random() * latency.count)
             if slot < _LATENCY_SAMPLE:
                 sample[slot] = duration
 
