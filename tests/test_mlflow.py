@@ -298,34 +298,41 @@ def test_mlflow_key_keeps_names_distinct() -> None:
 
 
 def test_trackers_racing_to_create_the_run_end_with_one(tmp_path: Path) -> None:
+    """Four trackers' first flushes at the same moment may create twins; by their second
+    flush every tracker writes to the same run and the twins are deleted."""
     uri = sqlite_uri(tmp_path)
     MlflowClient(tracking_uri=uri).create_experiment("race")  # the tables exist before the race
     run = RunInfo(experiment="race", run="r", events_uri="/logs/")
-    start = threading.Barrier(4)
+    racers = 4
+    first_flush, second_flush = threading.Barrier(racers), threading.Barrier(racers)
     errors: list[BaseException] = []
 
-    def one() -> None:
+    def one(number: int) -> None:
         sink = MLflowParameters(uri)
 
         async def go() -> None:
             try:
-                await sink.write_summary(run, summary({"a": 1}, {"events_total": 1}))
+                first_flush.wait(timeout=60)
+                await sink.write_summary(run, summary({"a": 1}, {"events_total": 1, f"r{number}": 1}))
+                second_flush.wait(timeout=60)  # every racer's first write is in
+                await sink.write_summary(run, summary({"a": 1}, {"events_total": 2, f"r{number}": 2}))
             finally:
                 await sink.aclose()
 
-        start.wait(timeout=30)
         try:
             asyncio.run(go())
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(racers)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=90)
     assert not errors
-    assert len(runs_of(uri, "race")) == 1
+    (found,) = runs_of(uri, "race")
+    assert {f"r{n}" for n in range(racers)} <= set(found.data.metrics)  # all four wrote there
+    assert {found.data.metrics[f"r{n}"] for n in range(racers)} == {2.0}
 
 
 # --------------------------------------------------------------------------------------

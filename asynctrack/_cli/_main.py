@@ -13,6 +13,7 @@ from typing import Any
 
 from .._config import TrackerConfig
 from .._engine._spool import Spool, spooled_destinations
+from .._errors import FlushError
 from .._langchain._handler import DEFAULT_DESTINATION, AsyncTracker
 from .._read._load import read_events, read_parameters
 from .._sinks._base import ParametersSink
@@ -68,9 +69,14 @@ def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None
             parameter_sinks=[mlflow_sink()] if mlflow_sink else [],
             **s3_options,
         )
-        with tracker:
-            answer = scenario([tracker])
-            tracker.flush_blocking(timeout=60)
+        try:
+            with tracker:
+                answer = scenario([tracker])
+                tracker.flush_blocking(timeout=60)
+        except FlushError as exc:
+            if mlflow_sink is None or tracker.statistics().parameter_errors == 0:
+                raise
+            _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: events written, MLflow failed: {exc}")
         trackers.append(tracker)
         _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: done, answer: {answer.strip()[:100]!r}")
 

@@ -74,6 +74,13 @@ _RETRYABLE: Final = frozenset(
     }
 )
 _ALREADY_EXISTS: Final = "RESOURCE_ALREADY_EXISTS"
+# Another tracker wrote the same row at the same moment (SQL stores answer
+# BAD_REQUEST): the next attempt finds it there and skips it.
+_CONFLICT: Final = ("IntegrityError", "UNIQUE constraint failed", "Duplicate entry", "duplicate key value")
+# The run was deleted (a twin removed by the tracker that kept the other, or by a
+# person): the next attempt searches again and writes to the run that is left.
+_DELETED: Final = "must be in the 'active' state"
+_SET_UP_TIMEOUT: Final = 120.0  # importing MLflow and opening the store, once per sink
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,7 +239,8 @@ def _retryable(exc: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover - mlflow-skinny depends on requests
         pass
-    return _error_code(exc) in _RETRYABLE
+    text = str(exc)
+    return _error_code(exc) in _RETRYABLE or _DELETED in text or any(c in text for c in _CONFLICT)
 
 
 _THREAD_NAME: Final = "asynctrack-mlflow"
@@ -321,9 +329,13 @@ class _Run:
     """What the sink knows of one MLflow run it writes to."""
 
     run_id: str
+    experiment_id: str
     step: int
     parameters: dict[str, str]
     tags: dict[str, str]
+    settled: bool  # False: a twin made by a racing tracker may still show up
+    created: bool  # by this sink (so this sink deletes it if a twin wins)
+    checks: int = 0
 
 
 class MLflowParameters:
@@ -425,11 +437,28 @@ class MLflowParameters:
                     f"an earlier MLflow call has not returned after {stuck:.0f} s; "
                     "not sending another until it does",
                 )
+            if self._client is None:
+                await self._set_up(caller)
             try:
                 async with asyncio.timeout(self._deadline):
                     await self._retry_loop(lambda: caller.call(lambda: self._send(run, summary)))
             except TimeoutError as exc:
                 raise SinkError(self._where(), f"gave up after {self._deadline:g} s (deadline)") from exc
+
+    async def _set_up(self, caller: _CallThread) -> None:
+        """Import MLflow and open the store, outside the deadline of the first write.
+
+        Importing MLflow takes 1.5-4 s (more on a loaded machine) and a new SQLite
+        store runs its migrations; neither talks to a server, so neither should
+        use up the deadline meant for one. They are bounded apart.
+        """
+        try:
+            async with asyncio.timeout(_SET_UP_TIMEOUT):
+                await caller.call(self._get_client)
+        except TimeoutError as exc:
+            raise SinkError(self._where(), f"MLflow not set up after {_SET_UP_TIMEOUT:g} s") from exc
+        except Exception as exc:  # an unknown URI scheme, a store that cannot open: retrying won't help
+            raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Mark the runs written to as finished (bounded by the deadline); stop the thread."""
@@ -500,9 +529,12 @@ class MLflowParameters:
         for note in plan.notes:
             self.adjustments += 1
             self._note(note)
-        state = self._runs.get(plan.tags[RUN_KEY_TAG])
+        key = plan.tags[RUN_KEY_TAG]
+        state = self._runs.get(key)
         if state is None:
-            state = self._open_run(client, run, plan.tags[RUN_KEY_TAG])
+            state = self._open_run(client, run, key)
+        elif not state.settled:
+            state = self._settle(client, state, key)
         parameters: list[Any] = []
         tags = {key: value for key, value in plan.tags.items() if state.tags.get(key) != value}
         for key, value in plan.parameters.items():
@@ -518,8 +550,13 @@ class MLflowParameters:
         timestamp = int(time.time() * 1000)
         metrics = [Metric(key, value, timestamp, state.step) for key, value in plan.metrics.items()]
         run_tags = [RunTag(key, value) for key, value in tags.items()]
-        for chunk in batches(metrics, parameters, run_tags, self._limits):
-            client.log_batch(state.run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+        try:
+            for chunk in batches(metrics, parameters, run_tags, self._limits):
+                client.log_batch(state.run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+        except Exception as exc:
+            if _DELETED in str(exc):
+                self._runs.pop(key, None)  # the retry finds the run again
+            raise
         # Only now: a failed attempt is retried whole, with the same step.
         state.parameters.update((p.key, p.value) for p in parameters)
         state.tags.update(tags)
@@ -527,40 +564,62 @@ class MLflowParameters:
             state.step += 1
 
     def _open_run(self, client: Any, run: RunInfo, key: str) -> _Run:
-        """Find the run by its key tag, or create it (one run even when trackers race)."""
+        """Find the run by its key tag, or create it."""
         experiment_id = self._experiment_id(client, run.experiment)
         found = self._search(client, experiment_id, key)
         if found:
-            mlflow_run = found[0]
-        else:
-            note = (
-                "Events recorded by asynctrack: "
-                f"`{run.events_uri}`\n\nRead them with `asynctrack.read_events("
-                f"{run.events_uri.rsplit('/experiment=', 1)[0]!r}, {run.experiment!r}, {run.run!r})`."
-            )
-            created = client.create_run(
-                experiment_id,
-                run_name=run.run,
-                tags={RUN_KEY_TAG: key, NOTE_TAG: note[: (self._limits or MLflowLimits()).tag_value_length]},
-            )
-            # Two trackers may have created the run at the same moment: all keep the
-            # oldest (the same choice everywhere) and the others delete their own.
-            found = self._search(client, experiment_id, key)
-            mlflow_run = found[0] if found else created
-            if mlflow_run.info.run_id != created.info.run_id:
-                client.delete_run(created.info.run_id)
+            return self._follow(client, found[0], experiment_id, key, settled=True, created=False)
+        note = (
+            "Events recorded by asynctrack: "
+            f"`{run.events_uri}`\n\nRead them with `asynctrack.read_events("
+            f"{run.events_uri.rsplit('/experiment=', 1)[0]!r}, {run.experiment!r}, {run.run!r})`."
+        )
+        created = client.create_run(
+            experiment_id,
+            run_name=run.run,
+            tags={RUN_KEY_TAG: key, NOTE_TAG: note[: (self._limits or MLflowLimits()).tag_value_length]},
+        )
+        state = self._follow(client, created, experiment_id, key, settled=False, created=True)
+        return self._settle(client, state, key)
+
+    def _settle(self, client: Any, state: _Run, key: str) -> _Run:
+        """Trackers that created the run at the same moment end with one: the oldest.
+
+        Each creator checks right after creating and once more at its next write,
+        when every racer's run is visible to all; all pick the same run (oldest
+        start time, then run id) and the others delete their own and move to it
+        (checking it once more at their next write). A tracker that wrote to a
+        twin deleted meanwhile searches again (see ``_DELETED``).
+        """
+        found = self._search(client, state.experiment_id, key)
+        winner = found[0] if found else None
+        state.checks += 1
+        if winner is None or winner.info.run_id == state.run_id:
+            state.settled = state.checks >= (2 if state.created else 1)
+            return state
+        if state.created:
+            client.delete_run(state.run_id)
+        # The run followed may itself lose to a twin seen later: check once more.
+        return self._follow(client, winner, state.experiment_id, key, settled=False, created=False)
+
+    def _follow(
+        self, client: Any, mlflow_run: Any, experiment_id: str, key: str, *, settled: bool, created: bool
+    ) -> _Run:
+        """Write to ``mlflow_run`` from now on: open again, one step past its history."""
         if mlflow_run.info.status != "RUNNING":
             client.update_run(mlflow_run.info.run_id, status="RUNNING")
         step = 0
         if mlflow_run.data.metrics:
-            # Continue the history of a run found again: one step past its last.
             history = client.get_metric_history(mlflow_run.info.run_id, "events_total")
             step = max((m.step for m in history), default=-1) + 1
         state = _Run(
             run_id=mlflow_run.info.run_id,
+            experiment_id=experiment_id,
             step=step,
             parameters=dict(mlflow_run.data.params),
             tags=dict(mlflow_run.data.tags),
+            settled=settled,
+            created=created,
         )
         self._runs[key] = state
         return state
@@ -599,4 +658,7 @@ class MLflowParameters:
     def _finish_runs(self) -> None:
         client = self._get_client()
         for state in self._runs.values():
-            client.set_terminated(state.run_id, status="FINISHED")
+            try:
+                client.set_terminated(state.run_id, status="FINISHED")
+            except Exception as exc:  # one run's failure must not leave the others open
+                logger.warning("asynctrack (MLflow): run %s not marked finished: %s", state.run_id, exc)
