@@ -236,6 +236,26 @@ def test_parameters_are_logged_once_and_a_changed_value_goes_to_a_tag(tmp_path: 
     assert steps(uri, found.info.run_id) == [0, 1]
 
 
+def test_a_run_deleted_in_mlflow_is_made_again_at_the_next_flush(tmp_path: Path) -> None:
+    uri = sqlite_uri(tmp_path)
+    run = RunInfo(experiment="deleted", run="r", events_uri="/logs/")
+    sink = MLflowParameters(uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    async def go() -> None:
+        try:
+            await sink.write_summary(run, summary({"a": 1}, {"events_total": 1}))
+            (first,) = runs_of(uri, "deleted")
+            client.delete_run(first.info.run_id)  # a person cleans up in the UI
+            await sink.write_summary(run, summary({"a": 1}, {"events_total": 2}))
+        finally:
+            await sink.aclose()
+
+    asyncio.run(go())
+    (again,) = runs_of(uri, "deleted")
+    assert again.data.metrics["events_total"] == 2 and again.data.params == {"a": "1"}
+
+
 def test_limits_are_applied_before_the_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     uri = sqlite_uri(tmp_path)
     limits = MLflowLimits.installed()

@@ -529,33 +529,33 @@ class MLflowParameters:
         for note in plan.notes:
             self.adjustments += 1
             self._note(note)
-        key = plan.tags[RUN_KEY_TAG]
-        state = self._runs.get(key)
+        identity = plan.tags[RUN_KEY_TAG]
+        state = self._runs.get(identity)
         if state is None:
-            state = self._open_run(client, run, key)
+            state = self._open_run(client, run, identity)
         elif not state.settled:
-            state = self._settle(client, state, key)
+            state = self._settle(client, state, identity)
         parameters: list[Any] = []
-        tags = {key: value for key, value in plan.tags.items() if state.tags.get(key) != value}
-        for key, value in plan.parameters.items():
-            logged = state.parameters.get(key)
+        tags = {name: value for name, value in plan.tags.items() if state.tags.get(name) != value}
+        for name, value in plan.parameters.items():
+            logged = state.parameters.get(name)
             if logged is None:
-                parameters.append(Param(key, value))
+                parameters.append(Param(name, value))
             elif logged != value:
                 # MLflow refuses to change a parameter; the latest value stays visible.
-                tag = mlflow_key(CHANGED_PARAMETER_TAG + key, self._limits.key_length)
+                tag = mlflow_key(CHANGED_PARAMETER_TAG + name, self._limits.key_length)
                 if state.tags.get(tag) != value:
                     tags[tag] = value[: self._limits.tag_value_length]
-                self._note(f"parameter {key!r} changed after it was logged; its latest value is tag {tag!r}")
+                self._note(f"parameter {name!r} changed after it was logged; its latest value is tag {tag!r}")
         timestamp = int(time.time() * 1000)
-        metrics = [Metric(key, value, timestamp, state.step) for key, value in plan.metrics.items()]
-        run_tags = [RunTag(key, value) for key, value in tags.items()]
+        metrics = [Metric(name, value, timestamp, state.step) for name, value in plan.metrics.items()]
+        run_tags = [RunTag(name, value) for name, value in tags.items()]
         try:
             for chunk in batches(metrics, parameters, run_tags, self._limits):
                 client.log_batch(state.run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
         except Exception as exc:
             if _DELETED in str(exc):
-                self._runs.pop(key, None)  # the retry finds the run again
+                self._runs.pop(identity, None)  # the retry finds the run that is left
             raise
         # Only now: a failed attempt is retried whole, with the same step.
         state.parameters.update((p.key, p.value) for p in parameters)
