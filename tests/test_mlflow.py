@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import pickle
 import re
 import threading
@@ -480,6 +481,27 @@ def test_sink_pickles_before_and_after_use(tmp_path: Path) -> None:
     assert after.tracking_uri == uri
     (found,) = runs_of(uri, "pickle")
     assert found.data.tags["team"] == "a"
+
+
+def test_a_forked_child_writes_through_its_own_thread_and_client(tmp_path: Path) -> None:
+    uri = sqlite_uri(tmp_path)
+    run = RunInfo(experiment="fork", run="r", events_uri="/logs/")
+    sink = MLflowParameters(uri)
+    asyncio.run(sink.write_summary(run, summary({"a": 1}, {"events_total": 1})))  # parent's thread runs
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its write went through
+        code = 1
+        try:
+            asyncio.run(asyncio.wait_for(sink.write_summary(run, summary({"a": 1}, {"events_total": 7})), 60))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    asyncio.run(sink.aclose())
+    assert os.waitstatus_to_exitcode(status) == 0
+    (found,) = runs_of(uri, "fork")
+    assert found.data.metrics["events_total"] == 7
+    assert steps(uri, found.info.run_id) == [0, 1]  # the child continued the parent's run
 
 
 def test_a_directory_uri_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -383,6 +383,7 @@ class MLflowParameters:
     def _init_runtime(self) -> None:
         # Created on first use on the worker: nothing here holds a thread, a loop
         # or a client, so the sink pickles (for a worker in another process).
+        self._pid = os.getpid()
         self._caller: _CallThread | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -425,6 +426,10 @@ class MLflowParameters:
         Returns once MLflow has them. Raises ``SinkError`` when the deadline passes
         or MLflow refuses; the engine counts it and ``flush()`` reports it.
         """
+        if self._pid != os.getpid():
+            # A forked child: the parent's thread does not exist here and its client's
+            # connections are the parent's. Start afresh (the run is found again).
+            self._init_runtime()
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
