@@ -3,7 +3,9 @@
 ``MLflowParameters`` keeps one MLflow run per asynctrack run: the experiment
 name is the MLflow experiment, the run name the MLflow run name, and the tag
 ``asynctrack.run_key`` (a hash of both names) finds the run again, on the next
-flush or from a new tracker, so a run is never duplicated. At every flush it
+flush or from a new tracker, so a run is not duplicated (trackers that create it
+at the same moment keep one at their next write, see ``_settle``). The run is
+RUNNING while a tracker writes and FINISHED when it closes. At every flush it
 writes, in ``log_batch`` calls:
 
     parameters   the hyperparameters (model name, temperature, ...), once each:
