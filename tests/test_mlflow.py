@@ -518,6 +518,8 @@ def test_protocols_and_the_summary_mapping() -> None:
     flat = {"model_name": "m", "events_total": 3}
     run_summary = RunSummary(hyperparameters={"model_name": "m"}, metrics={"events_total": 3.0}, flat=flat)
     assert run_summary == flat and dict(run_summary) == flat and len(run_summary) == 2
+    copy = pickle.loads(pickle.dumps(run_summary))  # crosses to a worker process as it is
+    assert copy == flat and copy.metrics == {"events_total": 3.0}
 
 
 def test_a_plain_parameters_sink_still_gets_the_flat_parameters(tmp_path: Path) -> None:
