@@ -1,8 +1,9 @@
 """asynctrack: record every LangChain callback event, batch it to disk or S3, off the hot path.
 
 ``S3Sink``, ``SageMakerParameters`` and ``SageMakerCallbackHandler`` need the ``s3``
-or ``sagemaker`` extra (aiobotocore); they are imported on first use, so that
-``import asynctrack`` stays light on the core install.
+or ``sagemaker`` extra (aiobotocore), ``MLflowParameters`` the ``mlflow`` extra; they
+are imported on first use, so that ``import asynctrack`` stays light on the core
+install.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from ._errors import (
     SinkError,
     TrackerClosedError,
 )
-from ._sinks._base import Batch, ParametersSink, RunInfo, Sink
+from ._sinks._base import Batch, ParametersSink, RunInfo, RunSummary, RunSummarySink, Sink
 from ._sinks._local import LocalSink
 
 if TYPE_CHECKING:
     from ._langchain._handler import AsyncTracker
     from ._langchain._sagemaker_handler import SageMakerCallbackHandler
     from ._read._load import load, read_events, read_parameters
+    from ._sinks._mlflow import MLflowParameters
     from ._sinks._s3 import S3Sink
     from ._sinks._sagemaker import SageMakerParameters
 
@@ -39,6 +41,7 @@ _LAZY = {
     "load": "._read._load",
     "read_events": "._read._load",
     "read_parameters": "._read._load",
+    "MLflowParameters": "._sinks._mlflow",
     "S3Sink": "._sinks._s3",
     "SageMakerCallbackHandler": "._langchain._sagemaker_handler",
     "SageMakerParameters": "._sinks._sagemaker",
@@ -75,9 +78,12 @@ __all__ = [
     "FlushError",
     "FlushTimeoutError",
     "LocalSink",
+    "MLflowParameters",
     "ParametersSink",
     "PermanentSinkError",
     "RunInfo",
+    "RunSummary",
+    "RunSummarySink",
     "S3Sink",
     "SageMakerCallbackHandler",
     "SageMakerParameters",

@@ -35,7 +35,7 @@ import orjson
 from .._config import TrackerConfig
 from .._errors import DeadlockError, FlushTimeoutError, TrackerClosedError
 from .._layout import Layout, new_writer_id
-from .._sinks._base import ParametersSink, ParameterValue, RunInfo, Sink
+from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
 from . import _process
 from ._barrier import Barrier, Marker, wait, wait_blocking
 from ._batcher import Batcher
@@ -402,7 +402,8 @@ class Engine:
             return None
         errors: list[str] = []
         try:
-            parameters = dict(self._parameters())
+            produced = self._parameters()
+            parameters = dict(produced)
             if parameters == self._parameters_written:
                 return None  # nothing new since the last flush: no request at all
             document = orjson.dumps(
@@ -423,7 +424,15 @@ class Engine:
             return "; ".join(errors)
         for sink in self._parameter_sinks:
             try:
-                await sink.write_parameters(self.run_info, parameters)
+                if isinstance(sink, RunSummarySink):  # parameters and metrics apart (MLflow)
+                    summary = (
+                        produced
+                        if isinstance(produced, RunSummary)
+                        else RunSummary(hyperparameters=parameters, metrics={}, flat=parameters)
+                    )
+                    await sink.write_summary(self.run_info, summary)
+                else:
+                    await sink.write_parameters(self.run_info, parameters)
             except Exception as exc:
                 self._counters.parameter_errors += 1
                 errors.append(f"run parameters not recorded by {type(sink).__name__}: {exc}")

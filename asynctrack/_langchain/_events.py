@@ -17,6 +17,8 @@ and the run's parameters.
 from __future__ import annotations
 
 import collections
+import math
+import random
 import re
 import uuid
 from collections.abc import Mapping
@@ -28,7 +30,7 @@ from .._config import TrackerConfig
 from .._encode import Encoder
 from .._errors import error_fields
 from .._redact import StreamRedactor
-from .._sinks._base import ParameterValue
+from .._sinks._base import ParameterValue, RunSummary
 
 __all__ = ["EVENT_KINDS", "EventTranslator", "RunParameters"]
 
@@ -61,6 +63,17 @@ _STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 _ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
 _MAX_OPEN_RUNS: Final = 100_000
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
+#: The latency group of each end event (a chat model ends with ``llm_end`` too).
+_LATENCY_GROUP: Final = {
+    kind: kind.rsplit("_", 1)[0]
+    for kind in _ENDS
+    if kind.startswith(("chain_", "llm_", "tool_", "retriever_"))
+}
+#: Durations kept per group for the percentiles; past it, a uniform sample of
+#: every duration seen (reservoir sampling), so memory stays bounded on long runs
+#: and a flush sorts at most this many floats (about 1 ms).
+_LATENCY_SAMPLE: Final = 4096
+_TOKEN_METRICS: Final = {"prompt": "tokens_in", "completion": "tokens_out", "total": "tokens_total"}
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
     "ls_temperature": "temperature",
@@ -68,6 +81,17 @@ _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_provider": "provider",
     "ls_model_type": "model_type",
 }
+
+
+class _Latency:
+    """The durations of one group: how many, the longest, and a sample for percentiles."""
+
+    __slots__ = ("count", "max", "sample")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max = 0.0
+        self.sample: list[float] = []
 
 
 class RunParameters:
@@ -85,6 +109,27 @@ class RunParameters:
         self.counts: collections.Counter[str] = collections.Counter()
         self.hyper: dict[str, dict[ParameterValue, None]] = {}
         self.tokens: collections.Counter[str] = collections.Counter()
+        self.latency: dict[str, _Latency] = {}
+        self._random = random.Random(0).random  # a fixed seed: the same run, the same sample
+
+    def ended(self, kind: str, duration: float) -> None:
+        """Note the duration of a chain, LLM, tool or retriever run (end or error)."""
+        group = _LATENCY_GROUP.get(kind)
+        if group is None:
+            return
+        latency = self.latency.get(group)
+        if latency is None:
+            latency = self.latency[group] = _Latency()
+        latency.count += 1
+        if duration > latency.max:  # noqa: PLR1730 - a comparison, not a max() call, per end event
+            latency.max = duration
+        sample = latency.sample
+        if len(sample) < _LATENCY_SAMPLE:
+            sample.append(duration)
+        else:  # reservoir sampling: each duration seen stays with probability size/count
+            slot = int(self._random() * latency.count)
+            if slot < _LATENCY_SAMPLE:
+                sample[slot] = duration
 
     def model_call(self, invocation_params: Any, metadata: Any) -> None:
         """Note the hyperparameters of one LLM or chat-model call."""
@@ -124,17 +169,47 @@ class RunParameters:
                     self.tokens[ours] += value
                     break
 
-    def as_dict(self) -> dict[str, ParameterValue]:
-        """The parameters, flat: hyperparameters, ``events_<kind>``, ``tokens_<kind>``."""
+    def hyperparameters(self) -> dict[str, ParameterValue]:
+        """The hyperparameters seen: a value, or the sorted, comma-separated values."""
         out: dict[str, ParameterValue] = {}
         for key, values in sorted(self.hyper.items()):
             distinct = list(values)
             out[key] = distinct[0] if len(distinct) == 1 else ", ".join(sorted(map(str, distinct)))
+        return out
+
+    def as_dict(self) -> dict[str, ParameterValue]:
+        """The parameters, flat: hyperparameters, ``events_<kind>``, ``tokens_<kind>``."""
+        out = self.hyperparameters()
         out["events_total"] = sum(self.counts.values())
         for kind, count in sorted(self.counts.items()):
             out[f"events_{kind}"] = count
         for kind, count in sorted(self.tokens.items()):
             out[f"tokens_{kind}"] = count
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Counts, tokens and latency (seconds) as metrics, for sinks that keep them apart.
+
+        ``events_total``, ``events_<kind>``, ``llm_calls`` (LLM and chat-model
+        starts), ``errors`` (every ``*_error`` event), ``tokens_in``,
+        ``tokens_out``, ``tokens_total``, and ``latency_<group>_p50``, ``_p95``
+        and ``_max`` for the groups ``chain``, ``llm``, ``tool`` and ``retriever``
+        (nearest-rank percentiles of a uniform sample of at most 4096 durations).
+        """
+        counts = self.counts
+        out: dict[str, float] = {"events_total": float(sum(counts.values()))}
+        for kind, count in sorted(counts.items()):
+            out[f"events_{kind}"] = float(count)
+        out["llm_calls"] = float(counts["llm_start"] + counts["chat_model_start"])
+        out["errors"] = float(sum(n for kind, n in counts.items() if kind.endswith("_error")))
+        for ours, name in _TOKEN_METRICS.items():
+            if ours in self.tokens:
+                out[name] = float(self.tokens[ours])
+        for group, latency in sorted(self.latency.items()):
+            ordered = sorted(latency.sample)
+            for label, fraction in (("p50", 0.50), ("p95", 0.95)):
+                out[f"latency_{group}_{label}"] = ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+            out[f"latency_{group}_max"] = latency.max
         return out
 
 
@@ -219,6 +294,7 @@ class EventTranslator:
             if opened is not None:
                 name = name or opened[0]
                 duration = ts - opened[1]
+                self.parameters.ended(kind, duration)
         elif name is None:
             opened = self._open.get(run)
             if opened is not None:
@@ -248,12 +324,24 @@ class EventTranslator:
             line = self.encoder.encode(edited)
         return seq, line
 
-    def redacted_parameters(self) -> dict[str, ParameterValue]:
-        """The run's parameters, credential-looking text redacted (worker side)."""
-        return {
-            key: self._redactor.text(value) if isinstance(value, str) else value
-            for key, value in self.parameters.as_dict().items()
-        }
+    def redacted_parameters(self) -> RunSummary:
+        """The run's parameters and metrics, credential-looking text redacted (worker side).
+
+        As a mapping, the flat parameters (``RunParameters.as_dict``); see ``RunSummary``.
+        """
+        redact = self._redactor.text
+        parameters = self.parameters
+        return RunSummary(
+            hyperparameters={
+                key: redact(value) if isinstance(value, str) else value
+                for key, value in parameters.hyperparameters().items()
+            },
+            metrics=parameters.metrics(),
+            flat={
+                key: redact(value) if isinstance(value, str) else value
+                for key, value in parameters.as_dict().items()
+            },
+        )
 
     def _collect(self, kind: str, body: bytes) -> None:
         try:

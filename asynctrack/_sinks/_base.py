@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Batch", "ParameterValue", "ParametersSink", "RunInfo", "Sink"]
+__all__ = ["Batch", "ParameterValue", "ParametersSink", "RunInfo", "RunSummary", "RunSummarySink", "Sink"]
 
 ParameterValue = str | int | float
 
@@ -42,6 +42,38 @@ class RunInfo:
     experiment: str
     run: str
     events_uri: str
+
+
+# eq=False: compare as a mapping (Mapping.__eq__), equal to the same flat dict.
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class RunSummary(Mapping[str, ParameterValue]):
+    """A run's parameters and metrics, as one flush sees them.
+
+    As a mapping it is the flat dictionary every ``ParametersSink`` has always
+    received (hyperparameters, ``events_<kind>``, ``tokens_<kind>``), so code that
+    takes a ``Mapping`` keeps working; ``hyperparameters`` and ``metrics`` are the
+    two halves a sink with separate notions (MLflow) wants.
+
+    Attributes:
+        hyperparameters: the model settings the run used (``model_name``,
+            ``temperature``, ...): fixed for a run, strings or numbers.
+        metrics: numbers that grow or change as the run goes on: events per kind,
+            LLM calls, errors, tokens in and out, latency percentiles in seconds.
+        flat: the flat dictionary the mapping reads.
+    """
+
+    hyperparameters: Mapping[str, ParameterValue]
+    metrics: Mapping[str, float]
+    flat: Mapping[str, ParameterValue]
+
+    def __getitem__(self, key: str) -> ParameterValue:
+        return self.flat[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.flat)
+
+    def __len__(self) -> int:
+        return len(self.flat)
 
 
 @runtime_checkable
@@ -80,6 +112,23 @@ class ParametersSink(Protocol):
 
     async def write_parameters(self, run: RunInfo, parameters: Mapping[str, ParameterValue]) -> None:
         """Record ``parameters`` for ``run`` (replacing earlier values), or raise."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources. Called once, at the end."""
+        ...
+
+
+@runtime_checkable
+class RunSummarySink(Protocol):
+    """A parameter sink that keeps parameters and metrics apart (MLflow).
+
+    The engine calls ``write_summary`` instead of ``write_parameters`` on a sink
+    that has it; a ``ParametersSink`` without it keeps receiving the flat mapping.
+    """
+
+    async def write_summary(self, run: RunInfo, summary: RunSummary) -> None:
+        """Record ``summary`` for ``run`` (parameters once, metrics as a new step), or raise."""
         ...
 
     async def aclose(self) -> None:

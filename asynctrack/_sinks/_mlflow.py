@@ -1,0 +1,671 @@
+"""Run parameters and metrics in MLflow (a parameter sink).
+
+``MLflowParameters`` keeps one MLflow run per asynctrack run: the experiment
+name is the MLflow experiment, the run name the MLflow run name, and the tag
+``asynctrack.run_key`` (a hash of both names) finds the run again, on the next
+flush or from a new tracker, so a run is not duplicated (trackers that create it
+at the same moment keep one at their next write, see ``_settle``). The run is
+RUNNING while a tracker writes and FINISHED when it closes. At every flush it
+writes, in ``log_batch`` calls:
+
+    parameters   the hyperparameters (model name, temperature, ...), once each:
+                 MLflow never changes a parameter, so a value that changes later
+                 goes to the tag ``asynctrack.param.<name>`` instead
+    metrics      events per kind, LLM calls, errors, tokens in and out, latency
+                 p50 / p95 / max per group, with a step that grows by one per flush
+    tags         ``asynctrack.events_uri`` (where the events are), the names, and
+                 the run's description (``mlflow.note.content``) with the link
+
+MLflow's client is synchronous. Its calls run one at a time on a daemon thread of
+their own and the worker's loop awaits them under one deadline, retrying
+connection errors and 5xx answers; a call that outlives the deadline is left to
+finish on that thread (it cannot be interrupted), and later writes fail at once
+until it returns, so a hanging tracking server never holds a flush longer than
+the deadline, nor the process at exit.
+
+MLflow's limits are checked here, before the call: key characters and length,
+parameter and tag value lengths, entities per batch and the request size (read
+from ``mlflow.utils.validation`` when it has them). Every change is logged once
+and counted in ``adjustments``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import queue
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+from .._errors import PermanentSinkError, SinkError
+from ._base import ParameterValue, RunInfo, RunSummary
+
+__all__ = ["RUN_KEY_TAG", "MLflowLimits", "MLflowParameters", "mlflow_key", "run_key"]
+
+logger = logging.getLogger("asynctrack")
+
+T = TypeVar("T")
+
+RUN_KEY_TAG: Final = "asynctrack.run_key"
+EVENTS_TAG: Final = "asynctrack.events_uri"
+EXPERIMENT_TAG: Final = "asynctrack.experiment"
+RUN_TAG: Final = "asynctrack.run"
+CHANGED_PARAMETER_TAG: Final = "asynctrack.param."
+NOTE_TAG: Final = "mlflow.note.content"  # the run's description in the MLflow UI
+_KEY_BAD: Final = re.compile(r"[^\w.\- ]")  # MLflow allows these (and "/" and ":" off Windows)
+# MLflow error codes worth another attempt: 5xx answers and connection errors
+# (MLflow wraps those as INTERNAL_ERROR), throttling, a busy database.
+_RETRYABLE: Final = frozenset(
+    {
+        "INTERNAL_ERROR",
+        "TEMPORARILY_UNAVAILABLE",
+        "REQUEST_LIMIT_EXCEEDED",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+    }
+)
+_ALREADY_EXISTS: Final = "RESOURCE_ALREADY_EXISTS"
+# Another tracker wrote the same row at the same moment (SQL stores answer
+# BAD_REQUEST): the next attempt finds it there and skips it.
+_CONFLICT: Final = ("IntegrityError", "UNIQUE constraint failed", "Duplicate entry", "duplicate key value")
+# The run was deleted (a twin removed by the tracker that kept the other, or by a
+# person): the next attempt searches again and writes to the run that is left.
+_DELETED: Final = "must be in the 'active' state"
+_SET_UP_TIMEOUT: Final = 120.0  # importing MLflow and opening the store, once per sink
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MLflowLimits:
+    """MLflow's limits on one run's data (the defaults are MLflow 2.x and 3.x's)."""
+
+    key_length: int = 250
+    param_value_length: int = 6000
+    tag_value_length: int = 8000
+    params_tags_per_batch: int = 100
+    metrics_per_batch: int = 1000
+    entities_per_batch: int = 1000
+    request_bytes: int = 1_000_000
+
+    @classmethod
+    def installed(cls) -> MLflowLimits:
+        """The limits of the installed MLflow (``mlflow.utils.validation``)."""
+        from mlflow.utils import validation
+
+        default = cls()
+
+        def read(name: str, fallback: int) -> int:
+            value = getattr(validation, name, fallback)
+            return value if isinstance(value, int) and value > 0 else fallback
+
+        return cls(
+            key_length=read("MAX_ENTITY_KEY_LENGTH", default.key_length),
+            param_value_length=read("MAX_PARAM_VAL_LENGTH", default.param_value_length),
+            tag_value_length=read("MAX_TAG_VAL_LENGTH", default.tag_value_length),
+            params_tags_per_batch=read("MAX_PARAMS_TAGS_PER_BATCH", default.params_tags_per_batch),
+            metrics_per_batch=read("MAX_METRICS_PER_BATCH", default.metrics_per_batch),
+            entities_per_batch=read("MAX_ENTITIES_PER_BATCH", default.entities_per_batch),
+            request_bytes=read("MAX_BATCH_LOG_REQUEST_SIZE", default.request_bytes),
+        )
+
+
+def run_key(experiment: str, run: str) -> str:
+    """The value of the ``asynctrack.run_key`` tag: the same names, the same key."""
+    joined = f"{experiment}\0{run}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(joined).hexdigest()[:32]
+
+
+def mlflow_key(name: str, max_len: int = 250) -> str:
+    """``name`` made valid as an MLflow parameter, metric or tag key.
+
+    Characters other than letters, digits, ``_``, ``-``, ``.`` and space become
+    ``_`` (``/`` and ``:`` too: they are file paths on some stores and invalid on
+    Windows). A name that had to change, or that is too long, keeps a short hash
+    of the original so that two different names stay different.
+    """
+    clean = _KEY_BAD.sub("_", name).strip()
+    if clean.strip(".") == "":
+        clean = "_" + clean  # "." and ".." are paths, not names
+    if clean == name and len(clean) <= max_len:
+        return clean
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{clean[: max_len - 9]}-{digest}"
+
+
+@dataclasses.dataclass(slots=True)
+class _Plan:
+    """One write, fitted to MLflow's limits; ``notes`` says what was changed."""
+
+    parameters: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    notes: list[str]
+
+
+def plan_write(
+    run: RunInfo,
+    summary: RunSummary,
+    extra_tags: Mapping[str, str],
+    limits: MLflowLimits,
+) -> _Plan:
+    """Fit a summary to MLflow's limits: keys, value lengths, finite metrics."""
+    notes: list[str] = []
+
+    def key_of(kind: str, name: str, max_len: int = limits.key_length) -> str:
+        key = mlflow_key(name, max_len)
+        if key != name:
+            notes.append(f"{kind} {name!r} is {key!r} in MLflow (MLflow's key rules)")
+        return key
+
+    def cut(kind: str, name: str, value: str, limit: int) -> str:
+        if len(value) <= limit:
+            return value
+        notes.append(f"{kind} {name!r} cut to {limit} characters (was {len(value)})")
+        return value[:limit]
+
+    parameters: dict[str, str] = {}
+    for name, value in summary.hyperparameters.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            notes.append(f"parameter {name!r} skipped: {value} is not a finite number")
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        parameters[key_of("parameter", name)] = cut("parameter", name, text, limits.param_value_length)
+    metrics: dict[str, float] = {}
+    for name, number in summary.metrics.items():
+        if not isinstance(number, int | float) or isinstance(number, bool) or not math.isfinite(number):
+            notes.append(f"metric {name!r} skipped: {number!r} is not a finite number")
+            continue
+        metrics[key_of("metric", name)] = float(number)
+    tags = {
+        RUN_KEY_TAG: run_key(run.experiment, run.run),
+        EXPERIMENT_TAG: cut("tag", EXPERIMENT_TAG, run.experiment, limits.tag_value_length),
+        RUN_TAG: cut("tag", RUN_TAG, run.run, limits.tag_value_length),
+        EVENTS_TAG: cut("tag", EVENTS_TAG, run.events_uri, limits.tag_value_length),
+    }
+    for name, text in extra_tags.items():
+        tags[key_of("tag", name)] = cut("tag", name, str(text), limits.tag_value_length)
+    return _Plan(parameters=parameters, metrics=metrics, tags=tags, notes=notes)
+
+
+def batches(
+    metrics: list[Any], parameters: list[Any], tags: list[Any], limits: MLflowLimits
+) -> list[tuple[list[Any], list[Any], list[Any]]]:
+    """Split entities (with ``key`` and ``value``) into ``log_batch`` calls within the limits.
+
+    Returns:
+        ``(metrics, parameters, tags)`` per call, in order, none empty.
+    """
+    out: list[tuple[list[Any], list[Any], list[Any]]] = []
+    current: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    size = 0
+    budget = limits.request_bytes // 2  # JSON framing and escapes: stay well under
+    for slot, items in enumerate((metrics, parameters, tags)):
+        cap = limits.metrics_per_batch if slot == 0 else limits.params_tags_per_batch
+        for item in items:
+            weight = len(str(item.key).encode()) + len(str(item.value).encode()) + 64
+            if (
+                len(current[slot]) >= cap
+                or sum(map(len, current)) >= limits.entities_per_batch
+                or (size + weight > budget and any(current))
+            ):
+                out.append(current)
+                current, size = ([], [], []), 0
+            current[slot].append(item)
+            size += weight
+    if any(current):
+        out.append(current)
+    return out
+
+
+def _error_code(exc: BaseException) -> str:
+    return str(getattr(exc, "error_code", "") or "")
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    try:
+        import requests
+
+        if isinstance(exc, requests.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - mlflow-skinny depends on requests
+        pass
+    text = str(exc)
+    return _error_code(exc) in _RETRYABLE or _DELETED in text or any(c in text for c in _CONFLICT)
+
+
+_THREAD_NAME: Final = "asynctrack-mlflow"
+
+
+class _QuietPluginHeaders(logging.Filter):
+    """Drops one warning per request that ``sagemaker-mlflow`` causes on our thread.
+
+    Its request-header provider parses the process-wide tracking URI as an ARN on
+    every request to any server; for a URI that is not one it fails, and MLflow
+    logs the failure (and sends the request without the header, which only an
+    ARN needs). Other threads' records pass: they are the application's.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.threadName == _THREAD_NAME
+            and str(record.msg).startswith("Encountered unexpected error during resolving request headers")
+        )
+
+
+_quiet_plugin_headers: Final = _QuietPluginHeaders()
+
+
+class _CallThread:
+    """Runs blocking calls one at a time on a daemon thread; awaited from a loop.
+
+    A daemon thread, not an executor: ``concurrent.futures`` joins its threads at
+    interpreter exit, so one MLflow call stuck on a dead server would hold the
+    process open.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.busy_since: float | None = None
+
+    def busy_for(self) -> float:
+        """Seconds the current call has run (0 when idle)."""
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the thread; a cancelled await leaves it running there."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, loop, future))
+        return await future
+
+    def stop(self) -> None:
+        """Let the thread end after the call it runs, if any (never waits)."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread = None
+
+    def _main(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, loop, future = item
+            self.busy_since = time.monotonic()
+            try:
+                outcome: tuple[bool, Any] = (True, fn())
+            except Exception as exc:
+                outcome = (False, exc)
+            finally:
+                self.busy_since = None
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+
+
+def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():  # cancelled: the deadline passed while the call ran
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """What the sink knows of one MLflow run it writes to."""
+
+    run_id: str
+    experiment_id: str
+    step: int
+    parameters: dict[str, str]
+    tags: dict[str, str]
+    settled: bool  # False: a twin made by a racing tracker may still show up
+    created: bool  # by this sink (so this sink deletes it if a twin wins)
+    checks: int = 0
+
+
+class MLflowParameters:
+    """Writes a tracker's run parameters and metrics to MLflow.
+
+    Pass it as ``AsyncTracker(..., parameter_sinks=[MLflowParameters()])``. It
+    needs the ``mlflow`` extra (``pip install 'asynctrack[mlflow]'``).
+
+    Args:
+        tracking_uri: a local ``sqlite:///mlflow.db`` or directory, an
+            ``http(s)://`` tracking server, or a SageMaker managed MLflow ARN
+            (``arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>``,
+            signed with the standard AWS credentials by the ``sagemaker-mlflow``
+            plugin). Default: ``MLFLOW_TRACKING_URI``, else MLflow's default.
+        tags: more tags for every run (MLflow's key rules applied).
+        deadline: seconds one write may take, retries included; past it the
+            flush reports the failure.
+
+    Raises:
+        ValueError: a deadline that is not a positive number.
+        ImportError: MLflow is not installed.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | os.PathLike[str] | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        deadline: float = 30.0,
+    ) -> None:
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0:
+            raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+        if importlib.util.find_spec("mlflow") is None:
+            raise ImportError("MLflowParameters needs MLflow: pip install 'asynctrack[mlflow]'")
+        uri = os.fspath(tracking_uri) if tracking_uri is not None else None
+        if uri is not None and "://" not in uri and not uri.startswith(("arn:", "file:")):
+            # A bare directory: absolute now, so a worker with another cwd finds it.
+            uri = os.path.abspath(uri)
+        self._uri = uri
+        self._tags = dict(tags or {})
+        self._deadline = float(deadline)
+        self.adjustments = 0  # keys renamed, values cut, metrics skipped to fit MLflow
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        # Created on first use on the worker: nothing here holds a thread, a loop
+        # or a client, so the sink pickles (for a worker in another process).
+        self._pid = os.getpid()
+        self._caller: _CallThread | None = None
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._limits: MLflowLimits | None = None
+        self._experiments: dict[str, str] = {}
+        self._runs: dict[str, _Run] = {}
+        self._noted: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self._uri, "tags": self._tags, "deadline": self._deadline}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._uri = state["uri"]
+        self._tags = state["tags"]
+        self._deadline = state["deadline"]
+        self.adjustments = 0
+        self._init_runtime()
+
+    @property
+    def tracking_uri(self) -> str | None:
+        """The tracking URI given (``None``: ``MLFLOW_TRACKING_URI`` or MLflow's default)."""
+        return self._uri
+
+    def __repr__(self) -> str:
+        return f"MLflowParameters(tracking_uri={self._uri!r})"
+
+    # -- the ParametersSink and RunSummarySink protocols ---------------------------------
+
+    async def write_parameters(self, run: RunInfo, parameters: Mapping[str, ParameterValue]) -> None:
+        """Record parameters only (a plain mapping); a ``RunSummary`` keeps its metrics."""
+        if isinstance(parameters, RunSummary):
+            await self.write_summary(run, parameters)
+        else:
+            await self.write_summary(run, RunSummary(hyperparameters=parameters, metrics={}, flat=parameters))
+
+    async def write_summary(self, run: RunInfo, summary: RunSummary) -> None:
+        """Make sure the run exists, then log its parameters, metrics (a new step) and tags.
+
+        Returns once MLflow has them. Raises ``SinkError`` when the deadline passes
+        or MLflow refuses; the engine counts it and ``flush()`` reports it.
+        """
+        if self._pid != os.getpid():
+            # A forked child: the parent's thread does not exist here and its client's
+            # connections are the parent's. Start afresh (the run is found again).
+            self._init_runtime()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
+        async with self._lock:  # in order: the step of each write follows the last
+            caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
+            stuck = caller.busy_for()
+            if stuck:
+                raise SinkError(
+                    self._where(),
+                    f"an earlier MLflow call has not returned after {stuck:.0f} s; "
+                    "not sending another until it does",
+                )
+            if self._client is None:
+                await self._set_up(caller)
+            try:
+                async with asyncio.timeout(self._deadline):
+                    await self._retry_loop(lambda: caller.call(lambda: self._send(run, summary)))
+            except TimeoutError as exc:
+                raise SinkError(self._where(), f"gave up after {self._deadline:g} s (deadline)") from exc
+
+    async def _set_up(self, caller: _CallThread) -> None:
+        """Import MLflow and open the store, outside the deadline of the first write.
+
+        Importing MLflow takes 1.5-4 s (more on a loaded machine) and a new SQLite
+        store runs its migrations; neither talks to a server, so neither should
+        use up the deadline meant for one. They are bounded apart.
+        """
+        try:
+            async with asyncio.timeout(_SET_UP_TIMEOUT):
+                await caller.call(self._get_client)
+        except TimeoutError as exc:
+            raise SinkError(self._where(), f"MLflow not set up after {_SET_UP_TIMEOUT:g} s") from exc
+        except Exception as exc:  # an unknown URI scheme, a store that cannot open: retrying won't help
+            raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Mark the runs written to as finished (bounded by the deadline); stop the thread."""
+        caller, self._caller = self._caller, None
+        if caller is None:
+            return
+        try:
+            if self._runs and not caller.busy_for():
+                async with asyncio.timeout(min(self._deadline, 10.0)):
+                    await caller.call(self._finish_runs)
+        except Exception as exc:  # the runs stay RUNNING in the UI; nothing is lost
+            logger.warning("asynctrack (MLflow): runs not marked finished: %s", exc)
+        finally:
+            caller.stop()
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"MLflow ({self._uri or os.environ.get('MLFLOW_TRACKING_URI') or 'default tracking URI'})"
+
+    def _note(self, message: str) -> None:
+        if message not in self._noted and len(self._noted) < 1000:
+            self._noted.add(message)
+            logger.warning("asynctrack (MLflow): %s", message)
+
+    async def _retry_loop(self, attempt: Callable[[], Any]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await attempt()
+                return
+            except SinkError:
+                raise
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
+                logger.debug("asynctrack (MLflow): retrying after %s", exc)
+                # The deadline (asyncio.timeout around this loop) ends the retries.
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 5.0)
+
+    def _get_client(self) -> Any:
+        """The ``MlflowClient`` (on the call thread: importing MLflow takes a second)."""
+        if self._client is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            uri = self._uri or mlflow.get_tracking_uri()
+            if uri.startswith("arn:") and mlflow.get_tracking_uri() != uri:
+                # sagemaker-mlflow signs requests for the process-wide tracking URI
+                # (its auth and header providers read mlflow.get_tracking_uri()).
+                mlflow.set_tracking_uri(uri)
+                self._note(f"process-wide MLflow tracking URI set to {uri} (sagemaker-mlflow reads it)")
+            if not uri.startswith("arn:"):
+                # Idempotent: a logger keeps one copy of a filter object.
+                logging.getLogger("mlflow.tracking.request_header.registry").addFilter(_quiet_plugin_headers)
+            self._client = MlflowClient(tracking_uri=uri)
+            self._limits = MLflowLimits.installed()
+        return self._client
+
+    def _send(self, run: RunInfo, summary: RunSummary) -> None:
+        """One attempt: find or create the run, then ``log_batch`` what changed."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._get_client()
+        assert self._limits is not None  # set with the client
+        plan = plan_write(run, summary, self._tags, self._limits)
+        for note in plan.notes:
+            self.adjustments += 1
+            self._note(note)
+        identity = plan.tags[RUN_KEY_TAG]
+        state = self._runs.get(identity)
+        if state is None:
+            state = self._open_run(client, run, identity)
+        elif not state.settled:
+            state = self._settle(client, state, identity)
+        parameters: list[Any] = []
+        tags = {name: value for name, value in plan.tags.items() if state.tags.get(name) != value}
+        for name, value in plan.parameters.items():
+            logged = state.parameters.get(name)
+            if logged is None:
+                parameters.append(Param(name, value))
+            elif logged != value:
+                # MLflow refuses to change a parameter; the latest value stays visible.
+                tag = mlflow_key(CHANGED_PARAMETER_TAG + name, self._limits.key_length)
+                if state.tags.get(tag) != value:
+                    tags[tag] = value[: self._limits.tag_value_length]
+                self._note(f"parameter {name!r} changed after it was logged; its latest value is tag {tag!r}")
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(name, value, timestamp, state.step) for name, value in plan.metrics.items()]
+        run_tags = [RunTag(name, value) for name, value in tags.items()]
+        try:
+            for chunk in batches(metrics, parameters, run_tags, self._limits):
+                client.log_batch(state.run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+        except Exception as exc:
+            if _DELETED in str(exc):
+                self._runs.pop(identity, None)  # the retry finds the run that is left
+            raise
+        # Only now: a failed attempt is retried whole, with the same step.
+        state.parameters.update((p.key, p.value) for p in parameters)
+        state.tags.update(tags)
+        if metrics:
+            state.step += 1
+
+    def _open_run(self, client: Any, run: RunInfo, key: str) -> _Run:
+        """Find the run by its key tag, or create it."""
+        experiment_id = self._experiment_id(client, run.experiment)
+        found = self._search(client, experiment_id, key)
+        if found:
+            return self._follow(client, found[0], experiment_id, key, settled=True, created=False)
+        note = (
+            "Events recorded by asynctrack: "
+            f"`{run.events_uri}`\n\nRead them with `asynctrack.read_events("
+            f"{run.events_uri.rsplit('/experiment=', 1)[0]!r}, {run.experiment!r}, {run.run!r})`."
+        )
+        created = client.create_run(
+            experiment_id,
+            run_name=run.run,
+            tags={RUN_KEY_TAG: key, NOTE_TAG: note[: (self._limits or MLflowLimits()).tag_value_length]},
+        )
+        state = self._follow(client, created, experiment_id, key, settled=False, created=True)
+        return self._settle(client, state, key)
+
+    def _settle(self, client: Any, state: _Run, key: str) -> _Run:
+        """Trackers that created the run at the same moment end with one: the oldest.
+
+        Each creator checks right after creating and once more at its next write,
+        when every racer's run is visible to all; all pick the same run (oldest
+        start time, then run id) and the others delete their own and move to it
+        (checking it once more at their next write). A tracker that wrote to a
+        twin deleted meanwhile searches again (see ``_DELETED``).
+        """
+        found = self._search(client, state.experiment_id, key)
+        winner = found[0] if found else None
+        state.checks += 1
+        if winner is None or winner.info.run_id == state.run_id:
+            state.settled = state.checks >= (2 if state.created else 1)
+            return state
+        if state.created:
+            client.delete_run(state.run_id)
+        # The run followed may itself lose to a twin seen later: check once more.
+        return self._follow(client, winner, state.experiment_id, key, settled=False, created=False)
+
+    def _follow(
+        self, client: Any, mlflow_run: Any, experiment_id: str, key: str, *, settled: bool, created: bool
+    ) -> _Run:
+        """Write to ``mlflow_run`` from now on: open again, one step past its history."""
+        if mlflow_run.info.status != "RUNNING":
+            client.update_run(mlflow_run.info.run_id, status="RUNNING")
+        step = 0
+        if mlflow_run.data.metrics:
+            history = client.get_metric_history(mlflow_run.info.run_id, "events_total")
+            step = max((m.step for m in history), default=-1) + 1
+        state = _Run(
+            run_id=mlflow_run.info.run_id,
+            experiment_id=experiment_id,
+            step=step,
+            parameters=dict(mlflow_run.data.params),
+            tags=dict(mlflow_run.data.tags),
+            settled=settled,
+            created=created,
+        )
+        self._runs[key] = state
+        return state
+
+    def _search(self, client: Any, experiment_id: str, key: str) -> list[Any]:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            max_results=50,
+            order_by=["attributes.start_time ASC"],
+        )
+        return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def _experiment_id(self, client: Any, name: str) -> str:
+        if name in self._experiments:
+            return self._experiments[name]
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = str(client.create_experiment(name, tags={"asynctrack": "true"}))
+            except Exception as exc:
+                if _error_code(exc) != _ALREADY_EXISTS:
+                    raise
+                experiment = client.get_experiment_by_name(name)  # another tracker made it
+                if experiment is None:
+                    raise
+                experiment_id = str(experiment.experiment_id)
+        else:
+            experiment_id = str(experiment.experiment_id)
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment_id)
+                self._note(f"experiment {name!r} was deleted in MLflow; restored it to log this run")
+        self._experiments[name] = experiment_id
+        return experiment_id
+
+    def _finish_runs(self) -> None:
+        client = self._get_client()
+        for state in self._runs.values():
+            try:
+                client.set_terminated(state.run_id, status="FINISHED")
+            except Exception as exc:  # one run's failure must not leave the others open
+                logger.warning("asynctrack (MLflow): run %s not marked finished: %s", state.run_id, exc)

@@ -1,0 +1,144 @@
+"""A real ``mlflow server`` for the tests: a child process on ``127.0.0.1``.
+
+Like :mod:`_infra.aws`, it imports nothing from ``asynctrack``. The server (the full
+``mlflow`` package, in the ``test`` extra only) stores runs in a SQLite file of its
+own and starts in its own process group, so that :meth:`MLflowServer.stop` ends
+uvicorn and MLflow's job runner with it. Starting takes 5-30 s on a busy machine:
+start one per test module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["MLflowServer", "free_port"]
+
+_LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    ``mlflow server`` cannot report the port it bound to, so it is given one; the
+    small race (another process taking the port meanwhile) fails the start loudly.
+    """
+    with socket.socket() as probe:
+        probe.bind((_LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class MLflowServer:
+    """``mlflow server`` with a SQLite store in a temporary directory.
+
+    Args:
+        start_timeout: seconds to wait for ``/health`` to answer.
+    """
+
+    def __init__(self, *, start_timeout: float = 90.0) -> None:
+        self._start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._log: Path | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The tracking URI, e.g. ``http://127.0.0.1:54321``."""
+        return f"http://{_LOOPBACK}:{self.port}"
+
+    def start(self) -> MLflowServer:
+        """Start the server and return once ``/health`` answers ``OK``.
+
+        Raises:
+            RuntimeError: the server exited or did not answer in time (with its log).
+        """
+        self._dir = tempfile.TemporaryDirectory(prefix="asynctrack-mlflow-")
+        root = Path(self._dir.name)
+        self._log = root / "server.log"
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{root / 'mlflow.db'}",
+                    "--default-artifact-root",
+                    str(root / "artifacts"),
+                    "--host",
+                    _LOOPBACK,
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=root,
+                start_new_session=True,  # its own process group: stop() ends uvicorn too
+            )
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"mlflow server exited at start:\n{self._tail()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer,
+            ):
+                if answer.status == 200:
+                    return self
+            time.sleep(0.25)  # polling a child process's readiness: no event to wait on
+        tail = self._tail()
+        self.stop()
+        raise RuntimeError(f"mlflow server not ready after {self._start_timeout:g} s:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop the server's process group and remove its files. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                # uvicorn waits for open keep-alive connections (up to ~15 s): a test
+                # server with a throwaway store need not, so it is killed soon after.
+                process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _tail(self, limit: int = 4000) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_bytes()[-limit:].decode("utf-8", "replace")
+
+    def __enter__(self) -> MLflowServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
