@@ -85,7 +85,7 @@ class _Tracker:
     """One tracker's engine and the bookkeeping of what is acknowledged."""
 
     def __init__(self, number: int, out: _Out, spec: Any) -> None:
-        from .._langchain._spec import DurableHooks  # the adapter's worker half
+        from .._langchain._spec import DurableHooks, apply_environ  # the adapter's worker half
 
         self.number = number
         self._out = out
@@ -94,6 +94,9 @@ class _Tracker:
         self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
         self._acked = 0
         self._stats_sent: tuple[int, ...] = ()
+        # One reader thread builds the engines one at a time: the environment set here
+        # is this tracker's while its sinks are made (its sinks read it when they start).
+        apply_environ(spec.environ)
         config: TrackerConfig = spec.config
         # One reader thread feeds every tracker's engine: a full buffer must never make
         # it wait (one stalled destination would stall every tracker of the application),

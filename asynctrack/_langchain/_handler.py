@@ -38,7 +38,7 @@ from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
 from ._events import EventTranslator
-from ._spec import TrackerSpec
+from ._spec import ENV_PREFIXES, TrackerSpec
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -154,6 +154,7 @@ class AsyncTracker(BaseCallbackHandler):
             writer=new_writer_id(),
             config=config,
             parameter_sinks=tuple(parameter_sinks),
+            environ={k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
         )
         self._engine: Engine | ProcessEngine = self._start_engine(spec, sink, destination)
         self._engine.on_fork = weakref.WeakMethod(self._after_fork)  # type: ignore[assignment]  # the engine passes itself

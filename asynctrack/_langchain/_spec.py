@@ -24,7 +24,17 @@ from .._sinks._local import LocalSink
 from .._sinks._registry import make_sink
 from ._events import EventTranslator
 
-__all__ = ["DEFAULT_SPOOL_DIR", "DurableHooks", "TrackerSpec", "durable_seqs"]
+__all__ = [
+    "DEFAULT_SPOOL_DIR",
+    "ENV_PREFIXES",
+    "DurableHooks",
+    "TrackerSpec",
+    "apply_environ",
+    "durable_seqs",
+]
+
+#: Environment variables a tracker's worker side reads (credentials, endpoints, sinks).
+ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_")
 
 DEFAULT_SPOOL_DIR: Final = "~/.cache/asynctrack/spool"
 # Every line the translator writes starts with the envelope's first key.
@@ -64,6 +74,10 @@ class TrackerSpec:
     writer: str
     config: TrackerConfig
     parameter_sinks: tuple[ParametersSink, ...] = ()
+    #: The application's ``ENV_PREFIXES`` variables (AWS, MLflow, SageMaker, ours) when the
+    #: tracker was made: the worker process applies them before it builds the engine
+    #: (it was started earlier, with the environment of that moment).
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def build(
         self,
@@ -73,6 +87,8 @@ class TrackerSpec:
         config: TrackerConfig | None = None,
     ) -> tuple[Engine, EventTranslator]:
         """The engine (started) and its translator.
+
+        In the worker process, call ``apply_environ()`` first.
 
         Args:
             sink: a sink object to use instead of building one from ``destination``.
@@ -113,6 +129,13 @@ class TrackerSpec:
             placeholders=lambda: translator.placeholders,
         )
         return engine, translator
+
+
+def apply_environ(environ: Mapping[str, str]) -> None:
+    """Make this process's ``ENV_PREFIXES`` variables those of ``environ`` (set, or unset)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIXES) and k not in environ]:
+        del os.environ[key]
+    os.environ.update(environ)
 
 
 def _observed_translate(
