@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._langchain._handler import AsyncTracker
 from ._read._load import load, read_events, read_parameters
+from ._read._scan import scan
 from ._sinks._base import Batch, ParametersSink, RunInfo, Sink
 from ._sinks._local import LocalSink
 
@@ -78,4 +79,5 @@ __all__ = [
     "load",
     "read_events",
     "read_parameters",
+    "scan",
 ]
