@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import secrets
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 from .._config import TrackerConfig
 from .._langchain._handler import AsyncTracker
 from .._read._load import read_events, read_parameters
+from .._sinks._registry import make_sink
 from ._common import EXPECTED_ERRORS, error
 
 __all__ = ["demo", "read_back_hint"]
@@ -45,6 +47,24 @@ def read_back_hint(destination: str, experiment: str, s3_options: dict[str, Any]
     )
 
 
+def check_destination(destination: str, s3_options: dict[str, Any]) -> None:
+    """Start the destination's sink once (S3: HeadBucket) so a wrong bucket, endpoint
+    or directory stops the demo before any scenario runs, with the sink's own message.
+
+    Raises:
+        SinkError: the destination cannot be written.
+    """
+
+    async def start() -> None:
+        sink = make_sink(destination, **s3_options)
+        try:
+            await sink.start()
+        finally:
+            await sink.aclose()
+
+    asyncio.run(start())
+
+
 def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
     """Run the seed notebook's three scenarios offline and print what was logged.
 
@@ -62,6 +82,7 @@ def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
     suffix = invocation_suffix()
     trackers: list[AsyncTracker] = []
     try:
+        check_destination(destination, s3_options)
         for number, (scenario_name, scenario) in enumerate(SCENARIOS.items(), start=1):
             run_name = f"{scenario_name}-{suffix}"
             _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: running ...")
