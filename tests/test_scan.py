@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import polars as pl
 import pytest
 from _infra.aws import MotoServer
 from botocore.client import BaseClient
+from langchain_core.runnables import RunnableLambda
 
 import asynctrack
 from asynctrack import AsyncTracker, TrackerConfig
@@ -144,7 +147,7 @@ def test_scan_of_a_tracker_run_matches_read_events(tmp_destination: Path) -> Non
         tmp_destination, experiment_name="e", run_name="r", config=TrackerConfig(gzip=True)
     ) as tracker:
         for n in range(5):
-            tracker.on_text(f"text {n}", run_id=__import__("uuid").uuid4())
+            tracker.on_text(f"text {n}", run_id=uuid.uuid4())
     events = asynctrack.read_events(tmp_destination, "e", "r")
     rows = asynctrack.scan(tmp_destination, "e", "r").sort("seq").collect().to_dicts()
     assert [row["seq"] for row in rows] == [event["seq"] for event in events]
@@ -250,3 +253,41 @@ def test_a_filtered_scan_of_a_million_events_reads_only_its_run(
     # in 7.3 s. So a generous bound in the run's size (Polars' decoding buffers and
     # reader threads add a fixed part) that reading everything exceeds threefold.
     assert grown < min(8 * run_bytes + 32 * 2**20, total_bytes / 2), (grown, run_bytes, total_bytes)
+
+
+# --------------------------------------------------------------------------------------
+# The README's DuckDB query
+# --------------------------------------------------------------------------------------
+
+
+def _readme_duckdb_query() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    match = re.search(r"<!-- duckdb-query -->\s*```sql\n(.*?)```", readme, re.DOTALL)
+    assert match, "README.md lost its DuckDB query (after <!-- duckdb-query -->)"
+    return match.group(1)
+
+
+def test_the_readme_duckdb_query_runs_on_local_files(tmp_destination: Path) -> None:
+    import duckdb
+
+    chain = RunnableLambda(lambda value: value)
+    for run, calls in (("run-1", 3), ("run-2", 2)):
+        with AsyncTracker(
+            tmp_destination, experiment_name="my-exp", run_name=run, config=TrackerConfig(gzip=run == "run-2")
+        ) as tracker:
+            for n in range(calls):
+                chain.invoke(n, config={"callbacks": [tracker]})
+    with AsyncTracker(tmp_destination, experiment_name="other", run_name="run-1") as tracker:
+        chain.invoke("not counted", config={"callbacks": [tracker]})
+
+    query = _readme_duckdb_query().replace("s3://my-bucket/traces", tmp_destination.as_posix())
+    rows = duckdb.sql(query).fetchall()
+    assert [(run, kind, events) for run, kind, events, _ in rows] == [
+        ("run-1", "chain_end", 3),
+        ("run-2", "chain_end", 2),
+    ]
+    for run, _, _, seconds in rows:
+        expected = sum(
+            e["duration"] for e in asynctrack.read_events(tmp_destination, "my-exp", run) if e["duration"]
+        )
+        assert seconds == pytest.approx(expected)

@@ -94,7 +94,7 @@ def _head(span: Span, colour: Colour) -> str:
     elif span.status == "running":
         parts.append(colour.dim("(no end recorded)"))
     if span.placed_by_time:
-        parts.append(colour.dim("(parent run not recorded; placed by time)"))
+        parts.append(colour.dim("(placed by time)"))
     return "  ".join(parts)
 
 
