@@ -21,6 +21,7 @@ from asynctrack._cli._athena import create_table
 from asynctrack._cli._common import Colour
 from asynctrack._cli._show import cut, render
 from asynctrack._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
+from asynctrack._read._tree import scan_run_summaries, summarize_runs
 
 GOLDEN = Path(__file__).parent / "golden"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -191,6 +192,16 @@ def test_show_errors_in_red_on_a_terminal_only(failing_run: Path, capsys: pytest
     assert not ANSI.search(plain)
     assert "error: ValueError: cannot handle xxxxxxxxxx" in plain
     assert "2 errors" in plain
+
+
+def test_run_summaries_by_polars_match_those_from_every_event(
+    demo_dir: tuple[Path, str], failing_run: Path
+) -> None:
+    for root in (demo_dir[0], failing_run):
+        by_polars = scan_run_summaries(root)
+        assert by_polars == summarize_runs(asynctrack.read_events(root))
+        assert by_polars
+    assert [(row.errors, row.events) for row in scan_run_summaries(failing_run)] == [(2, 6)]
 
 
 def test_show_says_what_was_not_found(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

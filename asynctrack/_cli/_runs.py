@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from typing import Any
 
-from .._read._tree import RunSummary, summarize_runs
+from .._read._tree import RunSummary, scan_run_summaries, summarize_runs
 from ._common import EXPECTED_ERRORS, error, read_checked
 
 __all__ = ["format_duration", "format_time", "runs"]
@@ -73,7 +74,10 @@ def table(rows: list[RunSummary]) -> str:
 def runs(destination: str, *, experiment: str | None, as_json: bool, s3_options: dict[str, Any]) -> int:
     """Print one row per run under ``destination`` (one experiment's if given), newest first."""
     try:
-        rows = summarize_runs(read_checked(destination, experiment, None, s3_options))
+        if importlib.util.find_spec("polars") is not None:
+            rows = scan_run_summaries(destination, experiment, **s3_options)
+        else:  # the core install: every event as a dict, in memory
+            rows = summarize_runs(read_checked(destination, experiment, None, s3_options))
     except EXPECTED_ERRORS as exc:
         return error("runs", exc)
     if as_json:

@@ -12,10 +12,13 @@ died) is rebuilt from its end event.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["Note", "RunSummary", "Span", "build_tree", "summarize_runs", "token_usage"]
+import orjson
+
+__all__ = ["Note", "RunSummary", "Span", "build_tree", "scan_run_summaries", "summarize_runs", "token_usage"]
 
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
@@ -306,6 +309,60 @@ def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunSummary]:
             last_event=row["last"],
         )
         for (experiment, run), row in rows.items()
+    ]
+    summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
+    return summaries
+
+
+def scan_run_summaries(
+    destination: str | os.PathLike[str], experiment_name: str | None = None, **s3_options: Any
+) -> list[RunSummary]:
+    """``summarize_runs`` over ``scan()``: Polars counts, only ``llm_end`` payloads parsed.
+
+    Memory stays bounded by the aggregates and the model responses, not by every
+    event, which is what ``asynctrack runs`` needs on a large destination.
+
+    Raises:
+        FileNotFoundError: as ``scan()``.
+        ImportError: without the ``polars`` extra.
+    """
+    import polars as pl
+
+    from ._scan import scan
+
+    frame = scan(destination, experiment_name, **s3_options)
+    keys = ("experiment", "run")
+    counts, ends = pl.collect_all(
+        [
+            frame.group_by(keys).agg(
+                pl.len().alias("events"),
+                pl.col("kind").str.ends_with("_error").sum().alias("errors"),
+                pl.col("kind").is_in(["llm_start", "chat_model_start"]).sum().alias("llm_calls"),
+                pl.col("ts").min().alias("first"),
+                pl.col("ts").max().alias("last"),
+            ),
+            frame.filter(pl.col("kind") == "llm_end").select(*keys, "data"),
+        ]
+    )
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for experiment, run, data in ends.iter_rows():
+        if data is not None and (usage := token_usage(orjson.loads(data))):
+            total = tokens.setdefault((experiment, run), [0, 0])
+            total[0] += usage[0]
+            total[1] += usage[1]
+    summaries = [
+        RunSummary(
+            experiment=str(row["experiment"]),
+            run=str(row["run"]),
+            events=row["events"],
+            errors=row["errors"],
+            llm_calls=row["llm_calls"],
+            tokens_in=tokens.get((row["experiment"], row["run"]), [0, 0])[0],
+            tokens_out=tokens.get((row["experiment"], row["run"]), [0, 0])[1],
+            first_event=row["first"],
+            last_event=row["last"],
+        )
+        for row in counts.iter_rows(named=True)
     ]
     summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
     return summaries
