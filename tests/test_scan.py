@@ -207,11 +207,27 @@ _MEASURE = textwrap.dedent(
 )
 
 
+def _measure(destination: str, endpoint: str, run: str) -> dict[str, float]:
+    """Scan ``run`` (or every run, for ``""``) in a fresh process; its rows, seconds and peak RSS."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, destination, endpoint, EXPERIMENT, run],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    figures: dict[str, float] = json.loads(result.stdout)
+    figures["grown"] = figures["peak"] - figures["baseline"]
+    return figures
+
+
 @pytest.mark.aws
 def test_a_filtered_scan_of_a_million_events_reads_only_its_run(
     moto: MotoServer, bucket: str, s3: BaseClient
 ) -> None:
-    """10^6 events in 20 runs on moto; reading one run peaks at a fraction of the whole."""
+    """10^6 events in 20 runs on moto; reading one run peaks at a fraction of reading all."""
     runs, files_per_run, events_per_file = 20, 5, 10_000
     pad = "p" * 80
     total_bytes = 0
@@ -223,6 +239,7 @@ def test_a_filtered_scan_of_a_million_events_reads_only_its_run(
                 EXPERIMENT, run, f"w{run_number}", file_number * events_per_file, events_per_file, pad
             )
             total_bytes += len(body)
+            # Uncompressed: gzip here tripled the test's time (gzip is read in the small tests).
             s3.put_object(
                 Bucket=bucket, Key=f"big/{_key(EXPERIMENT, run, '2026-11-02', file_number)}", Body=body
             )
@@ -231,28 +248,19 @@ def test_a_filtered_scan_of_a_million_events_reads_only_its_run(
     written = time.perf_counter() - started
     run_bytes = total_bytes // runs
 
-    result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, f"s3://{bucket}/big", moto.endpoint_url, EXPERIMENT, "run-07"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env={**os.environ},
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
-    grown = figures["peak"] - figures["baseline"]
+    one = _measure(f"s3://{bucket}/big", moto.endpoint_url, "run-07")
+    events = runs * files_per_run * events_per_file
     print(
-        f"\n{runs * files_per_run * events_per_file} events ({total_bytes / 2**20:.0f} MiB, written in "
-        f"{written:.1f} s); one run ({run_bytes / 2**20:.1f} MiB): {figures['rows']} rows in "
-        f"{figures['seconds']:.2f} s, peak RSS {figures['peak'] / 2**20:.0f} MiB "
-        f"(+{grown / 2**20:.0f} MiB over the warmed-up baseline)"
+        f"\n{events} events, {total_bytes / 2**20:.0f} MiB, written in {written:.1f} s; one run "
+        f"({run_bytes / 2**20:.1f} MiB): {one['rows']:.0f} rows in {one['seconds']:.2f} s, peak RSS "
+        f"{one['peak'] / 2**20:.0f} MiB (+{one['grown'] / 2**20:.0f} MiB over the warmed-up baseline)"
     )
-    assert figures["rows"] == files_per_run * events_per_file
-    # Measured here: one run (16.8 MiB of JSON) +99 MiB in 0.7 s; all 20 runs +512 MiB
-    # in 7.3 s. So a generous bound in the run's size (Polars' decoding buffers and
-    # reader threads add a fixed part) that reading everything exceeds threefold.
-    assert grown < min(8 * run_bytes + 32 * 2**20, total_bytes / 2), (grown, run_bytes, total_bytes)
+    assert one["rows"] == files_per_run * events_per_file
+    # A generous bound in the run's size (Polars' decoding buffers and reader threads
+    # add a fixed part): 166 MiB here, half of all the bytes, which reading every run
+    # needs just to hold its lines. Measured on this machine: one run +86-99 MiB in
+    # 0.7-3 s; all 20 runs (same script, run="") +512-544 MiB in 7-19 s.
+    assert one["grown"] < min(8 * run_bytes + 32 * 2**20, total_bytes / 2), (one["grown"], run_bytes)
 
 
 # --------------------------------------------------------------------------------------
