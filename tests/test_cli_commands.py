@@ -63,7 +63,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         check=False,
     ).stdout
     for command in ("demo", "runs", "show", "report", "athena-ddl", "replay"):
-        assert re.search(rf"^  {command} ", main_help, re.MULTILINE), command
+        assert re.search(rf"^    {command}\b", main_help, re.MULTILINE), command
 
 
 def test_demo_writes_new_runs_each_time_and_prints_working_hints(demo_dir: tuple[Path, str]) -> None:
@@ -156,6 +156,20 @@ def test_show_the_agent_run_as_a_tree(demo_dir: tuple[Path, str], capsys: pytest
     # The model's long prompt is cut at 40 characters with a marker.
     prompt = next(line for line in lines if "in:  Answer the following" in line)
     assert re.search(r"in:  .{40}…\[\+\d+ chars\]$", prompt)
+
+
+def test_the_destination_defaults_to_the_trackers(
+    demo_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = demo_dir
+    assert root.name == "logs"
+    monkeypatch.chdir(root.parent)
+    (root.parent / "asynctrack-logs").symlink_to(root)
+    run = _run_names(root)[0]
+    assert main(["show", run]) == 0
+    assert capsys.readouterr().out.startswith(run)
+    assert main(["runs", "--json"]) == 0
+    assert run in {row["run"] for row in json.loads(capsys.readouterr().out)}
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from .._langchain._handler import DEFAULT_DESTINATION
@@ -12,14 +14,6 @@ __all__ = ["main"]
 
 _DESCRIPTION = """\
 Record LangChain callback events to JSON Lines (local or S3) and look at them.
-
-commands:
-  demo        run the SageMaker-tracking notebook's three scenarios offline
-  runs        one row per run: events, errors, LLM calls, tokens, times
-  show        one run as a tree: durations, models, tokens, errors
-  report      one self-contained HTML file: run tree, timeline, inputs/outputs
-  athena-ddl  the CREATE EXTERNAL TABLE for Athena, with partition projection
-  replay      deliver the batches kept in a spool directory
 
 A DESTINATION is a directory or s3://bucket/prefix (default: %(default)s).
 Examples:
@@ -101,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asynctrack`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader went away (`asynctrack show ... | head`): not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     options = s3_options(args)
     if args.command == "demo":
         from ._demo import demo
