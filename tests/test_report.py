@@ -172,6 +172,17 @@ def test_a_person_sees_the_runs_the_tree_and_a_nodes_inputs(
     tokens = browser.find_element(By.ID, "tokens").text
     assert "gpt-3.5-turbo-instruct" in tokens and "705" in tokens and "83" in tokens
 
+    # The agent's actions sit between its steps, in time order.
+    kinds_and_names = [
+        (row.get_attribute("data-kind"), row.get_attribute("data-name")) for row in _rows(browser)
+    ]
+    actions = [name for kind, name in kinds_and_names if kind == "agent_action"]
+    assert actions == ["Search(oldest person alive)", "Calculator(116^1.51)"]
+    search_action = kinds_and_names.index(("agent_action", actions[0]))
+    assert kinds_and_names[search_action + 1] == ("tool", "Search")
+    _rows(browser)[search_action].click()
+    assert "oldest person alive" in browser.find_element(By.CSS_SELECTOR, "#detail pre.value").text
+
     assert _console_errors(browser) == []
     # Nothing was fetched: no resource besides the document itself.
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0

@@ -5,13 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import orjson
-
-from .._read._tree import Note, Span, build_tree, summarize_runs
+from .._read._tree import Note, Span, build_tree, note_summary, preview, summarize_runs
 from ._common import EXPECTED_ERRORS, Colour, error, read_checked
 from ._runs import format_duration, format_time
 
-__all__ = ["cut", "preview", "render", "show"]
+__all__ = ["cut", "render", "show"]
 
 #: Characters of an input, output or note shown before the cut marker.
 DEFAULT_WIDTH = 100
@@ -25,60 +23,10 @@ def cut(text: str, width: int) -> str:
     return f"{flat[:width]}…[+{len(flat) - width} chars]"
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def preview(value: Any) -> str:
-    """The part of an input or output a person reads first, as text.
-
-    A one-key dict shows its value; a model's prompts their last prompt; chat
-    messages the last message's content; a model's response its first text.
-    """
-    if isinstance(value, dict):
-        if "generations" in value:  # an LLMResult
-            for generations in value.get("generations") or ():
-                for generation in generations or ():
-                    if isinstance(generation, dict):
-                        message = generation.get("message")
-                        if isinstance(message, dict) and message.get("content"):
-                            return preview(message["content"])
-                        if generation.get("text"):
-                            return str(generation["text"])
-        if len(value) == 1:
-            return preview(next(iter(value.values())))
-    if isinstance(value, list) and value:
-        last = value[-1]
-        if isinstance(last, list) and last:  # chat messages: one list per prompt
-            last = last[-1]
-        if isinstance(last, dict) and "content" in last:
-            return preview(last["content"])
-        if isinstance(last, str) and len(value) == 1:
-            return last
-    return _text(value)
-
-
-def _note(note: Note) -> str:
-    data = note.data
-    if note.kind == "agent_action":
-        action = data.get("action")
-        action = action if isinstance(action, dict) else {}
-        return f"action {action.get('tool')}({preview(action.get('tool_input'))})"
-    if note.kind == "agent_finish":
-        finish = data.get("finish")
-        finish = finish if isinstance(finish, dict) else {}
-        return f"finish {preview(finish.get('return_values'))}"
-    if note.kind == "text":
-        return f"text {preview(data.get('text'))}"
-    return f"{note.kind} {_text(data)}"
-
-
 def _error_text(value: Any) -> str:
     if isinstance(value, dict):
         return f"{value.get('type')}: {value.get('message')}"
-    return _text(value)
+    return preview(value)
 
 
 def _head(span: Span, colour: Colour) -> str:
@@ -129,7 +77,7 @@ def render(events: list[dict[str, Any]], *, width: int = DEFAULT_WIDTH, colour: 
                 visit(item, inner, index == len(items) - 1)
             else:
                 branch = "└─ " if index == len(items) - 1 else "├─ "
-                lines.append(inner + branch + colour.dim("· ") + cut(_note(item), width))
+                lines.append(inner + branch + colour.dim("· ") + cut(note_summary(item), width))
 
     roots = build_tree(events)
     for index, root in enumerate(roots):

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._tree import Note, Span, build_tree, summarize_runs
+from ._tree import Note, Span, build_tree, note_summary, summarize_runs
 
 __all__ = ["embed_json", "render_report", "report_data"]
 
@@ -37,42 +37,64 @@ def embed_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode().translate(_ESCAPES)
 
 
-def _note(note: Note) -> dict[str, Any]:
-    return {"kind": note.kind, "ts": note.ts, "data": note.data}
-
-
 def _spans(roots: list[Span]) -> list[dict[str, Any]]:
-    """The spans depth first, each with its parent's index (-1 for a root) and depth."""
+    """The tree's rows, depth first: spans, and their notes (agent actions, text)
+    between their children in time order. Each row has its parent's index (-1 for
+    a root) and depth."""
     out: list[dict[str, Any]] = []
 
+    def row(parent: int, depth: int, **fields: Any) -> int:
+        out.append({"parent": parent, "depth": depth, "children": 0, **fields})
+        if parent >= 0:
+            out[parent]["children"] += 1
+        return len(out) - 1
+
     def add(span: Span, parent: int, depth: int) -> None:
-        index = len(out)
-        out.append(
-            {
-                "parent": parent,
-                "depth": depth,
-                "run_id": span.run_id,
-                "kind": span.kind,
-                "name": span.name,
-                "start": span.start,
-                "end": span.end,
-                "status": span.status,
-                "model": span.model,
-                "tokens_in": span.tokens_in,
-                "tokens_out": span.tokens_out,
-                "streamed_tokens": span.streamed_tokens,
-                "placed_by_time": span.placed_by_time,
-                "tags": span.tags,
-                "inputs": span.inputs,
-                "outputs": span.outputs,
-                "error": span.error,
-                "notes": [_note(note) for note in span.notes],
-                "children": 0,
-            }
+        index = row(
+            parent,
+            depth,
+            run_id=span.run_id,
+            kind=span.kind,
+            name=span.name,
+            start=span.start,
+            end=span.end,
+            status=span.status,
+            model=span.model,
+            tokens_in=span.tokens_in,
+            tokens_out=span.tokens_out,
+            streamed_tokens=span.streamed_tokens,
+            placed_by_time=span.placed_by_time,
+            tags=span.tags,
+            inputs=span.inputs,
+            outputs=span.outputs,
+            error=span.error,
         )
-        for child in span.children:
-            out[index]["children"] += 1
-            add(child, index, depth + 1)
+        items: list[tuple[float, Span | Note]] = [(child.start, child) for child in span.children]
+        items += [(note.ts, note) for note in span.notes]
+        for _, item in sorted(items, key=lambda pair: pair[0]):
+            if isinstance(item, Span):
+                add(item, index, depth + 1)
+            else:
+                row(
+                    index,
+                    depth + 1,
+                    run_id=span.run_id,
+                    kind=item.kind,
+                    # The badge says the kind; the name is the rest of the summary.
+                    name=note_summary(item).split(" ", 1)[-1],
+                    start=item.ts,
+                    end=item.ts,
+                    status="note",
+                    model=None,
+                    tokens_in=0,
+                    tokens_out=0,
+                    streamed_tokens=0,
+                    placed_by_time=False,
+                    tags=[],
+                    inputs=item.data,
+                    outputs=None,
+                    error=None,
+                )
 
     for root in roots:
         add(root, -1, 0)

@@ -18,7 +18,17 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["Note", "RunSummary", "Span", "build_tree", "scan_run_summaries", "summarize_runs", "token_usage"]
+__all__ = [
+    "Note",
+    "RunSummary",
+    "Span",
+    "build_tree",
+    "note_summary",
+    "preview",
+    "scan_run_summaries",
+    "summarize_runs",
+    "token_usage",
+]
 
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
@@ -122,6 +132,58 @@ class Span:
             depth, span = stack.pop()
             yield depth, span
             stack.extend((depth + 1, child) for child in reversed(span.children))
+
+
+def _text(value: Any) -> str:
+    """A value as text: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def preview(value: Any) -> str:
+    """The part of an input or output a person reads first, as text.
+
+    A one-key dict shows its value; a model's prompts their last prompt; chat
+    messages the last message's content; a model's response its first text.
+    """
+    if isinstance(value, dict):
+        if "generations" in value:  # an LLMResult
+            for generations in value.get("generations") or ():
+                for generation in generations or ():
+                    if isinstance(generation, dict):
+                        message = generation.get("message")
+                        if isinstance(message, dict) and message.get("content"):
+                            return preview(message["content"])
+                        if generation.get("text"):
+                            return str(generation["text"])
+        if len(value) == 1:
+            return preview(next(iter(value.values())))
+    if isinstance(value, list) and value:
+        last = value[-1]
+        if isinstance(last, list) and last:  # chat messages: one list per prompt
+            last = last[-1]
+        if isinstance(last, dict) and "content" in last:
+            return preview(last["content"])
+        if isinstance(last, str) and len(value) == 1:
+            return last
+    return _text(value)
+
+
+def note_summary(note: Note) -> str:
+    """One line for an agent action, agent finish, text or other note."""
+    data = note.data
+    if note.kind == "agent_action":
+        action = data.get("action")
+        action = action if isinstance(action, dict) else {}
+        return f"action {action.get('tool')}({preview(action.get('tool_input'))})"
+    if note.kind == "agent_finish":
+        finish = data.get("finish")
+        finish = finish if isinstance(finish, dict) else {}
+        return f"finish {preview(finish.get('return_values'))}"
+    if note.kind == "text":
+        return f"text {preview(data.get('text'))}"
+    return f"{note.kind} {_text(data)}"
 
 
 def _first(data: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
