@@ -221,5 +221,8 @@ def test_hostile_event_text_stays_text(browser: WebDriver, tmp_path: Path) -> No
     assert json.loads(browser.execute_script("return arguments[0].textContent", first_pre)) == {"q": HOSTILE}
     errors = browser.find_element(By.ID, "errors").text
     assert "RuntimeError" in errors and "<script>window.__pwned = 1</script>" in errors
+    browser.find_element(By.CSS_SELECTOR, "#errors li").click()  # an error leads to its node
+    assert "ERROR" in [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#detail h4")]
+    assert browser.find_element(By.CSS_SELECTOR, "#tree .tree-row.selected.error").is_displayed()
     assert browser.execute_script("return window.__pwned === undefined")
     assert _console_errors(browser) == []
