@@ -280,3 +280,18 @@ def test_show_lone_events_and_lost_starts(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "chain" in out and "out: 42" in out
     assert "loose text" in out
+
+
+def test_show_asks_for_the_experiment_when_a_run_name_is_in_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "logs"
+    for experiment in ("exp-a", "exp-b"):
+        with AsyncTracker(root, experiment_name=experiment, run_name="same") as tracker:
+            tracker.on_text(experiment, run_id=uuid.uuid4())
+    assert main(["show", str(root), "same"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "asynctrack show: run 'same' is in several experiments (exp-a, exp-b): pass --experiment"
+    )
+    assert main(["show", str(root), "same", "--experiment", "exp-b"]) == 0
+    assert "text exp-b" in capsys.readouterr().out
