@@ -142,6 +142,16 @@ def test_scan_says_what_was_not_found(local: Path) -> None:
         asynctrack.scan(local, endpoint_url="http://127.0.0.1:1")
 
 
+def test_a_long_list_of_runs_is_cut_in_the_message(tmp_path: Path) -> None:
+    for number in range(25):
+        path = tmp_path / _key("e", f"run-{number:02d}", "2026-11-01", 0)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(_batch("e", f"run-{number:02d}", "w", 0, 1, "x"))
+    listed = ", ".join(f"run-{number:02d}" for number in range(20))
+    with pytest.raises(FileNotFoundError, match=rf"\(runs there: {listed}, and 5 more\)$"):
+        asynctrack.scan(tmp_path, "e", "run-99")
+
+
 def test_scan_of_a_tracker_run_matches_read_events(tmp_destination: Path) -> None:
     with AsyncTracker(
         tmp_destination, experiment_name="e", run_name="r", config=TrackerConfig(gzip=True)

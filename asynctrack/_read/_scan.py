@@ -114,6 +114,13 @@ def _select(
     return sorted(selected), partitions
 
 
+def _listed(names: Iterable[str], most: int = 20) -> str:
+    """``a, b, c`` for a message, the first ``most`` only: a bucket may hold thousands of runs."""
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:most])
+    return f"{shown}, and {len(ordered) - most} more" if len(ordered) > most else shown
+
+
 def _not_found(
     destination: str,
     experiment_name: str | None,
@@ -121,21 +128,19 @@ def _not_found(
     everything: set[tuple[str, str]],
     dated: bool,
 ) -> FileNotFoundError:
-    experiments = sorted({e for e, _ in everything})
+    experiments = {e for e, _ in everything}
     if not everything:
         return FileNotFoundError(f"no asynctrack event files under {destination}")
     if experiment_name is not None and safe_segment(experiment_name) not in experiments:
-        there = ", ".join(experiments)
+        there = _listed(experiments)
         return FileNotFoundError(
             f"no experiment {experiment_name!r} under {destination} (experiments there: {there})"
         )
     if run_name is not None:
-        runs = sorted(
-            {r for e, r in everything if experiment_name is None or e == safe_segment(experiment_name)}
-        )
+        runs = {r for e, r in everything if experiment_name is None or e == safe_segment(experiment_name)}
         if safe_segment(run_name) not in runs:
             where = f"experiment {experiment_name!r}" if experiment_name else destination
-            return FileNotFoundError(f"no run {run_name!r} in {where} (runs there: {', '.join(runs)})")
+            return FileNotFoundError(f"no run {run_name!r} in {where} (runs there: {_listed(runs)})")
     if dated:
         return FileNotFoundError(f"no event files in the given date range under {destination}")
     return FileNotFoundError(f"no asynctrack event files under {destination}")  # pragma: no cover
