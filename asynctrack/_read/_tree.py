@@ -4,9 +4,11 @@ One span per LangChain run (``run_id``): its start event opens it, its end or
 error event closes it, and ``parent_run_id`` nests it. Events that are not a
 start or an end (agent actions, text, streamed tokens, retries, custom events)
 are notes on the span they belong to. A span whose parent was never recorded (a
-chain run without this tracker among its callbacks) becomes a root, so nothing
-is hidden; a span whose start was lost (dropped, or written by a process that
-died) is rebuilt from its end event.
+legacy chain that handed the tracker to its model but not to itself) is nested
+under the innermost span that encloses it in time, and marked so, when only one
+root run does; otherwise it becomes a root, so nothing is hidden. A span whose
+start was lost (dropped, or written by a process that died) is rebuilt from its
+end event.
 """
 
 from __future__ import annotations
@@ -125,14 +127,6 @@ class Span:
         """Seconds from start to end, or ``None`` while no end was recorded."""
         return None if self.end is None else max(self.end - self.start, 0.0)
 
-    def walk(self) -> Iterable[tuple[int, Span]]:
-        """This span and its descendants, depth first, with their depth."""
-        stack: list[tuple[int, Span]] = [(0, self)]
-        while stack:
-            depth, span = stack.pop()
-            yield depth, span
-            stack.extend((depth + 1, child) for child in reversed(span.children))
-
 
 def _text(value: Any) -> str:
     """A value as text: strings as they are, anything else as compact JSON."""
@@ -144,8 +138,8 @@ def _text(value: Any) -> str:
 def preview(value: Any) -> str:
     """The part of an input or output a person reads first, as text.
 
-    A one-key dict shows its value; a model's prompts their last prompt; chat
-    messages the last message's content; a model's response its first text.
+    A one-key dict shows its value; a single prompt its text; chat messages the
+    last message's content; a model's response its first generated text.
     """
     if isinstance(value, dict):
         if "generations" in value:  # an LLMResult
