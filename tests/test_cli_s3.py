@@ -128,3 +128,37 @@ def test_reading_s3_without_the_extra_names_it() -> None:
         lines
         == ["reading s3://bucket/prefix needs the s3 extra (aiobotocore): pip install 'asynctrack[s3]'"] * 3
     )
+
+
+def test_a_profile_gives_the_credentials_to_the_polars_reader_too(
+    moto: MotoServer,
+    bucket: str,
+    s3: BaseClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    destination = f"s3://{bucket}/p"
+    with AsyncTracker(
+        destination, experiment_name="e", run_name="r", endpoint_url=moto.endpoint_url
+    ) as tracker:
+        tracker.on_text("hello", run_id=uuid.uuid4())
+    # Credentials only in a named profile: none in the environment, none by default.
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[moto-profile]\naws_access_key_id = from-profile\naws_secret_access_key = secret\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    endpoint = ["--endpoint-url", moto.endpoint_url]
+    assert main(["runs", destination, "--json", "--profile", "moto-profile", *endpoint]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["run"], row["events"]) == ("r", 1)
+    frame = asynctrack.scan(destination, profile="moto-profile", endpoint_url=moto.endpoint_url).collect()
+    assert frame["kind"].to_list() == ["text"]
+    # Without the profile there are no credentials at all, and the read says so.
+    assert main(["runs", destination, "--json", *endpoint]) == 1
+    assert "credentials" in capsys.readouterr().err.lower()

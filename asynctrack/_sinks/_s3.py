@@ -348,11 +348,15 @@ class S3Sink:
                 delay = min(delay * 2, 5.0)
 
 
-def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+def _run_sync(uri: str, make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine to completion on a private thread with its own event loop.
 
     The read helpers are synchronous (``load()``, the CLI); a private thread lets
     them work when called from inside a running loop too.
+
+    Raises:
+        SinkError: an AWS error (no credentials, no such bucket, access denied),
+            described in one line, the botocore exception as its cause.
     """
     result: list[_T] = []
     errors: list[BaseException] = []
@@ -367,6 +371,8 @@ def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     thread.start()
     thread.join()
     if errors:
+        if isinstance(errors[0], ClientError | BotoCoreError):
+            raise SinkError(uri, f"reading failed: {_describe(errors[0])}") from errors[0]
         raise errors[0]
     return result[0]
 
@@ -409,7 +415,7 @@ def read_objects(
                             out.append((key.rsplit("/", 1)[-1], await body.read()))
         return out
 
-    yield from _run_sync(fetch)
+    yield from _run_sync(uri, fetch)
 
 
 def list_keys(
@@ -458,4 +464,4 @@ def list_keys(
                     options["aws_session_token"] = frozen.token
         return keys, options
 
-    return _run_sync(fetch)
+    return _run_sync(uri, fetch)
