@@ -295,3 +295,21 @@ def test_show_asks_for_the_experiment_when_a_run_name_is_in_two(
     )
     assert main(["show", str(root), "same", "--experiment", "exp-b"]) == 0
     assert "text exp-b" in capsys.readouterr().out
+
+
+def test_the_readme_documents_every_command_and_flag() -> None:
+    import argparse
+
+    from asynctrack._cli._main import _parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## The command line", 1)[1].split("\n## ", 1)[0]
+    parser = _parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--version" in section
+    for name, command in commands.choices.items():
+        assert f"`asynctrack {name}" in section, name
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in section, (name, flag)
