@@ -124,6 +124,19 @@ def test_runs_table_and_json(demo_dir: tuple[Path, str], capsys: pytest.CaptureF
     assert not ANSI.search("\n".join(table))
 
 
+def test_runs_without_polars_gives_the_same_rows(
+    demo_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = demo_dir
+    assert main(["runs", str(root), "--json"]) == 0
+    with_polars = capsys.readouterr().out
+    monkeypatch.setattr("asynctrack._cli._runs.polars_installed", lambda: False)
+    assert main(["runs", str(root), "--json"]) == 0
+    assert capsys.readouterr().out == with_polars
+    assert main(["runs", str(root / "typo")]) == 1
+    assert capsys.readouterr().err.strip() == f"asynctrack runs: no such directory: {root / 'typo'}"
+
+
 def test_runs_says_what_was_not_found(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = demo_dir
     assert main(["runs", str(root / "typo")]) == 1

@@ -71,10 +71,15 @@ def table(rows: list[RunSummary]) -> str:
     )
 
 
+def polars_installed() -> bool:
+    """Whether the ``polars`` extra is there (then ``runs`` aggregates through ``scan()``)."""
+    return importlib.util.find_spec("polars") is not None
+
+
 def runs(destination: str, *, experiment: str | None, as_json: bool, s3_options: dict[str, Any]) -> int:
     """Print one row per run under ``destination`` (one experiment's if given), newest first."""
     try:
-        if importlib.util.find_spec("polars") is not None:
+        if polars_installed():
             rows = scan_run_summaries(destination, experiment, **s3_options)
         else:  # the core install: every event as a dict, in memory
             rows = summarize_runs(read_checked(destination, experiment, None, s3_options))
