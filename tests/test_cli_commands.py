@@ -74,6 +74,7 @@ def test_demo_writes_new_runs_each_time_and_prints_working_hints(demo_dir: tuple
     assert names == [f"{scenario}-{suffix}" for scenario in SCENARIOS]
     assert f"Read them back with: asynctrack.load({str(root)!r}, experiment_name={EXPERIMENT_NAME!r})" in out
     assert f"asynctrack runs {root}\n" in out
+    assert f"asynctrack show {root} {names[2]}\n" in out
 
     # Re-running adds three new runs and leaves the first three as they were.
     before = {name: len(asynctrack.read_events(root, EXPERIMENT_NAME, name)) for name in names}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
+import shlex
 import sys
 import time
 from typing import Any
@@ -31,18 +32,20 @@ def invocation_suffix() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
-def read_back_hint(destination: str, experiment: str, s3_options: dict[str, Any]) -> str:
-    """The commands that read this destination back, with the S3 options it needs."""
+def read_back_hint(destination: str, experiment: str, run: str, s3_options: dict[str, Any]) -> str:
+    """The lines that read this destination back, with the S3 options it needs."""
     options = "".join(f", {key}={value!r}" for key, value in s3_options.items())
     flags = "".join(
-        f" --{flag} {s3_options[key]}"
+        f" --{flag} {shlex.quote(str(s3_options[key]))}"
         for key, flag in (("endpoint_url", "endpoint-url"), ("region_name", "region"), ("profile", "profile"))
         if key in s3_options
     )
+    where = shlex.quote(destination)
     return (
         f"Read them back with: asynctrack.load({destination!r}, experiment_name={experiment!r}{options})\n"
-        f"Look at them with:   asynctrack runs {destination}{flags}\n"
-        f"                     asynctrack report {destination} --experiment {experiment}{flags}"
+        f"Look at them with:   asynctrack runs {where}{flags}\n"
+        f"                     asynctrack show {where} {shlex.quote(run)}{flags}\n"
+        f"                     asynctrack report {where} --experiment {shlex.quote(experiment)}{flags}"
         " -o report.html"
     )
 
@@ -113,6 +116,6 @@ def demo(destination: str, *, s3_options: dict[str, Any]) -> int:
     except EXPECTED_ERRORS as exc:
         # A wrong bucket, endpoint or directory: one line, not a traceback.
         return error("demo", exc)
-    print("\n" + read_back_hint(destination, EXPERIMENT_NAME, s3_options))
+    print("\n" + read_back_hint(destination, EXPERIMENT_NAME, trackers[-1].run_name, s3_options))
     _progress(f"done in {time.monotonic() - started:.1f} s")
     return 0
