@@ -95,4 +95,5 @@ __all__ = [
     "load",
     "read_events",
     "read_parameters",
+    "scan",
 ]

@@ -71,9 +71,21 @@ def test_filtering_by_experiment_and_run(populated: Path) -> None:
         "exp a/run-2/1",
         "exp a/run-2/2",
     }
-    empty = asynctrack.load(populated, experiment_name="nope")
-    assert list(empty.columns) == list(COLUMNS)
-    assert len(empty) == 0
+
+
+def test_load_says_what_was_not_found(populated: Path) -> None:
+    # An empty frame for a typo hid the mistake (issue 10): now it is an error
+    # that names what is missing and what is there instead.
+    with pytest.raises(
+        FileNotFoundError, match=r"no experiment 'nope' under .* \(experiments there: exp-b, exp_a-"
+    ):
+        asynctrack.load(populated, experiment_name="nope")
+    with pytest.raises(
+        FileNotFoundError, match=r"no run 'run-3' in experiment 'exp a' \(runs there: run-2, run_1-"
+    ):
+        asynctrack.load(populated, experiment_name="exp a", run_name="run-3")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        asynctrack.load(populated / "typo")
 
 
 def test_gzip_files_are_read(populated: Path) -> None:

@@ -503,12 +503,13 @@ def test_cli_demo_writes_to_s3_and_prints_the_runs(
     out = capsys.readouterr().out
     assert code == 0
     assert f"written to {destination}" in out
-    for run in SCENARIOS:
+    # Each demo invocation writes new runs: <scenario>-<UTC time>-<random>.
+    runs = re.findall(r"^== (\S+):", out, re.MULTILINE)
+    assert [run.rsplit("-", 3)[0] for run in runs] == list(SCENARIOS)
+    for run in runs:
         events = asynctrack.read_events(destination, EXPERIMENT_NAME, run, endpoint_url=moto.endpoint_url)
         assert events, run
         assert re.search(rf"== {run}: {len(events)} events \({len(events)} written, 0 dropped\)", out)
         assert f"files:          {destination}/experiment={EXPERIMENT_NAME}/run={run}/" in out
-    finale = asynctrack.read_events(
-        destination, EXPERIMENT_NAME, "run-scenario-3", endpoint_url=moto.endpoint_url
-    )
+    finale = asynctrack.read_events(destination, EXPERIMENT_NAME, runs[2], endpoint_url=moto.endpoint_url)
     assert "agent_finish" in {event["kind"] for event in finale}

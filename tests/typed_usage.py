@@ -140,6 +140,8 @@ def run(destination: Path) -> tuple[Statistics, Statistics, int]:
     events: list[dict[str, Any]] = asynctrack.read_events(destination, experiment_name="typed")
     frame = asynctrack.load(destination, experiment_name="typed", run_name="sync")
     parameters: dict[str, Any] = asynctrack.read_parameters(destination, "typed", "sync")
+    lazy = asynctrack.scan(destination, "typed", "sync", since="2000-01-01")
+    assert lazy.select("seq").collect().height == 2
     assert len(frame) == 2
     assert parameters["events_total"] == 2
     assert sum(b.events for b in memory.batches) == 1

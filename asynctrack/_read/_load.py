@@ -1,4 +1,4 @@
-"""Read events back: ``load()`` (a pandas DataFrame) and ``read_events()`` (dicts)."""
+"""Read events back: ``load()`` (a pandas DataFrame, through ``scan()``) and ``read_events()`` (dicts)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ def _files(
     destination: str | os.PathLike[str], pattern: str, s3_options: dict[str, Any]
 ) -> Iterator[tuple[str, bytes]]:
     if isinstance(destination, str) and destination.startswith("s3://"):
-        from .._sinks._s3 import read_objects
+        try:
+            from .._sinks._s3 import read_objects
+        except ImportError as exc:
+            raise ImportError(
+                f"reading {destination} needs the s3 extra (aiobotocore): pip install 'asynctrack[s3]'"
+            ) from exc
 
         return read_objects(destination, pattern, **s3_options)
     return _local_files(Path(destination).expanduser(), pattern)
@@ -124,18 +129,36 @@ def load(
 ) -> pd.DataFrame:
     """The events under ``destination`` as a pandas DataFrame, one row per event.
 
-    Columns are ``COLUMNS``; ``ts`` is a UTC timestamp, ``duration`` seconds (end
-    and error events), ``data`` the kind-specific payload as a dict. Needs the
-    ``pandas`` extra.
+    ``scan(...).collect().to_pandas()``, in ``read_events()`` order. Columns are
+    ``COLUMNS``; ``ts`` is a UTC timestamp, ``duration`` seconds (end and error
+    events), ``data`` and ``metadata`` the payloads as dicts, ``tags`` lists.
+    Needs the ``pandas`` extra.
+
+    Raises:
+        FileNotFoundError: the directory, experiment or run was not found (the
+            message says which, and what is there).
     """
     try:
         import pandas as pd
+        import polars as pl
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise ImportError("asynctrack.load() needs pandas: pip install 'asynctrack[pandas]'") from exc
-    events = read_events(destination, experiment_name, run_name, **s3_options)
-    frame = pd.DataFrame.from_records(
-        [{column: event.get(column) for column in COLUMNS} for event in events],
-        columns=list(COLUMNS),
+        raise ImportError(
+            "asynctrack.load() needs pandas and polars: pip install 'asynctrack[pandas]'"
+        ) from exc
+    from ._scan import scan
+
+    frame = (
+        scan(destination, experiment_name, run_name, **s3_options)
+        # read_events() order: trackers by their first event, then sequence number.
+        .sort(pl.col("ts").min().over("tracker"), "tracker", "seq")
+        .with_columns((pl.col("ts") * 1_000_000).cast(pl.Int64).cast(pl.Datetime("us", "UTC")))
+        .select(COLUMNS)
+        .collect()
+        .to_pandas()
     )
-    frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
+    # The payloads are JSON text in the scan; a DataFrame user expects Python values.
+    for column in ("data", "metadata"):
+        frame[column] = [None if text is None else orjson.loads(text) for text in frame[column]]
+    frame["tags"] = [None if tags is None else list(tags) for tags in frame["tags"]]
+    assert isinstance(frame, pd.DataFrame)
     return frame

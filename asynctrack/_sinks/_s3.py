@@ -21,13 +21,15 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Final, Literal
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     NoCredentialsError,
     NoRegionError,
@@ -39,7 +41,9 @@ from .._errors import PermanentSinkError, SinkError
 from ._base import Batch
 from ._retry import RetryExhausted, retry
 
-__all__ = ["S3Sink", "parse_s3_uri", "read_objects"]
+__all__ = ["S3Sink", "list_keys", "parse_s3_uri", "read_objects"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("asynctrack")
 
@@ -84,6 +88,11 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}")
     return bucket, prefix.strip("/")
+
+
+def _endpoint_from_environment() -> str | None:
+    """The S3 endpoint botocore takes from the environment, if one is set there."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -200,7 +209,11 @@ class S3Sink:
 
     def replay_options(self) -> dict[str, str]:
         """The non-secret options a later replay of this sink's spool must reuse."""
+        # The endpoint and profile travel with the spool, so that `asynctrack replay`
+        # reaches the same S3 (a moto or MinIO endpoint) without being told again.
         options = {
+            "endpoint_url": self._endpoint_url or _endpoint_from_environment(),
+            "profile": self._profile,
             "server_side_encryption": self._sse,
             "sse_kms_key_id": self._kms_key,
             "expected_bucket_owner": self._owner,
@@ -339,18 +352,51 @@ def _transient(exc: Exception) -> bool:
     return not is_permanent(exc)
 
 
+def _run_sync(uri: str, make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion on a private thread with its own event loop.
+
+    The read helpers are synchronous (``load()``, the CLI); a private thread lets
+    them work when called from inside a running loop too.
+
+    Raises:
+        SinkError: an AWS error (no credentials, no such bucket, access denied),
+            described in one line, the botocore exception as its cause.
+    """
+    result: list[_T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(make()))
+        except BaseException as exc:  # re-raised on the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="asynctrack-read")
+    thread.start()
+    thread.join()
+    if errors:
+        if isinstance(errors[0], ClientError | BotoCoreError):
+            raise SinkError(uri, f"reading failed: {_describe(errors[0])}") from errors[0]
+        raise errors[0]
+    return result[0]
+
+
+def _read_session(session: AioSession | None, profile: str | None) -> AioSession:
+    return session or (AioSession(profile=profile) if profile else get_session())
+
+
 def read_objects(
     uri: str,
     pattern: str,
     *,
     session: AioSession | None = None,
+    profile: str | None = None,
     endpoint_url: str | None = None,
     region_name: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """Download the objects under ``uri`` whose relative key matches ``pattern``.
 
-    Synchronous (used by ``load()``); it runs its own event loop on a private
-    thread, so it also works when called from inside a running loop.
+    Synchronous (used by ``read_events()``); see ``_run_sync``.
     """
     bucket, prefix = parse_s3_uri(uri)
     base = f"{prefix}/" if prefix else ""
@@ -359,7 +405,7 @@ def read_objects(
 
     async def fetch() -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        async with (session or get_session()).create_client(
+        async with _read_session(session, profile).create_client(
             "s3", endpoint_url=endpoint_url, region_name=region_name
         ) as client:
             paginator = client.get_paginator("list_objects_v2")
@@ -373,18 +419,53 @@ def read_objects(
                             out.append((key.rsplit("/", 1)[-1], await body.read()))
         return out
 
-    result: list[tuple[str, bytes]] = []
-    errors: list[BaseException] = []
+    yield from _run_sync(uri, fetch)
 
-    def run() -> None:
-        try:
-            result.extend(asyncio.run(fetch()))
-        except BaseException as exc:  # re-raised on the caller's thread
-            errors.append(exc)
 
-    thread = threading.Thread(target=run, name="asynctrack-load")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    yield from result
+def list_keys(
+    uri: str,
+    prefixes: Sequence[str],
+    *,
+    session: AioSession | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The keys under ``uri`` that start with one of ``prefixes`` (relative to ``uri``).
+
+    Lists only below those prefixes: a scan of one run lists that run's objects,
+    not the bucket's. Also resolves, with the same session the tracker would
+    use, the credentials, region and endpoint as Polars ``storage_options``.
+
+    Returns:
+        The matching keys, relative to ``uri``, and the storage options.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+
+    async def fetch() -> tuple[list[str], dict[str, str]]:
+        aio_session = _read_session(session, profile)
+        keys: list[str] = []
+        async with aio_session.create_client(
+            "s3", endpoint_url=endpoint_url, region_name=region_name
+        ) as client:
+            paginator = client.get_paginator("list_objects_v2")
+            for relative_prefix in prefixes:
+                async for page in paginator.paginate(Bucket=bucket, Prefix=base + relative_prefix):
+                    keys.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
+            options = {"aws_region": str(client.meta.region_name or "us-east-1")}
+            endpoint = endpoint_url or _endpoint_from_environment()
+            if endpoint:
+                options["aws_endpoint_url"] = endpoint
+                if endpoint.startswith("http://"):
+                    options["aws_allow_http"] = "true"
+            credentials = await aio_session.get_credentials()
+            if credentials is not None:
+                frozen = await credentials.get_frozen_credentials()
+                options["aws_access_key_id"] = frozen.access_key
+                options["aws_secret_access_key"] = frozen.secret_key
+                if frozen.token:
+                    options["aws_session_token"] = frozen.token
+        return keys, options
+
+    return _run_sync(uri, fetch)

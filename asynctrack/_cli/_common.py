@@ -1,0 +1,78 @@
+"""What the commands share: S3 options, errors as one line, colour on a TTY."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, TextIO
+
+from .._errors import AsyncTrackError
+
+__all__ = ["EXPECTED_ERRORS", "Colour", "add_s3_options", "error", "s3_options"]
+
+#: What a command reports as one line instead of a traceback: a wrong path,
+#: bucket or name, a missing extra, a failed write.
+EXPECTED_ERRORS = (AsyncTrackError, OSError, ValueError, ImportError)
+
+
+def add_s3_options(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint-url``, ``--region``, ``--profile``: as ``AsyncTracker(..., **s3_options)``."""
+    group = parser.add_argument_group("S3 (for s3:// destinations; default: the AWS configuration)")
+    group.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:5000 for moto or MinIO")
+    group.add_argument("--region", help="AWS region")
+    group.add_argument("--profile", help="AWS profile name")
+
+
+def s3_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The S3 options given on the command line, as keyword arguments."""
+    options = {
+        "endpoint_url": getattr(args, "endpoint_url", None),
+        "region_name": getattr(args, "region", None),
+        "profile": getattr(args, "profile", None),
+    }
+    return {key: value for key, value in options.items() if value}
+
+
+def error(command: str, exc: BaseException | str) -> int:
+    """Print ``asynctrack <command>: <message>`` on stderr, one line; return exit status 1."""
+    message = str(exc) if isinstance(exc, str) else (str(exc) or type(exc).__name__)
+    print(f"asynctrack {command}: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+class Colour:
+    """ANSI colour, only when writing to a terminal (and ``NO_COLOR`` is not set)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def cyan(self, text: str) -> str:
+        return self._wrap("36", text)
+
+
+def read_checked(
+    destination: str, experiment: str | None, run: str | None, s3_options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The selected events, in order; says what was not found instead of returning nothing.
+
+    Raises:
+        FileNotFoundError: the destination, experiment or run does not exist.
+    """
+    from .._read._load import read_events
+    from .._read._scan import find_event_files
+
+    find_event_files(destination, experiment, run, **s3_options)  # only lists; raises if nothing is there
+    return read_events(destination, experiment, run, **s3_options)

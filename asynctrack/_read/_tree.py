@@ -1,0 +1,424 @@
+"""Events → what a person looks at: run summaries and span trees.
+
+One span per LangChain run (``run_id``): its start event opens it, its end or
+error event closes it, and ``parent_run_id`` nests it. Events that are not a
+start or an end (agent actions, text, streamed tokens, retries, custom events)
+are notes on the span they belong to. A span whose parent was never recorded (a
+legacy chain that handed the tracker to its model but not to itself) is nested
+under the innermost span that encloses it in time, and marked so, when only one
+root run does; otherwise it becomes a root, so nothing is hidden. A span whose
+start was lost (dropped, or written by a process that died) is rebuilt from its
+end event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "Note",
+    "RunSummary",
+    "Span",
+    "build_tree",
+    "note_summary",
+    "preview",
+    "scan_run_summaries",
+    "summarize_runs",
+    "token_usage",
+]
+
+_OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
+_INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
+_OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
+_MODEL_KEYS: Final = ("model_name", "model", "model_id", "deployment_name")
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _usage(usage: Any) -> tuple[int, int] | None:
+    if not isinstance(usage, Mapping):
+        return None
+    tokens_in = _as_int(usage.get("prompt_tokens")) or _as_int(usage.get("input_tokens")) or 0
+    tokens_out = _as_int(usage.get("completion_tokens")) or _as_int(usage.get("output_tokens")) or 0
+    return (tokens_in, tokens_out) if tokens_in or tokens_out else None
+
+
+def token_usage(data: Any) -> tuple[int, int] | None:
+    """Tokens in and out of one ``llm_end`` event's ``data``, if it reports them.
+
+    OpenAI-style ``llm_output.token_usage`` first (the whole call), else the sum
+    of the messages' LangChain ``usage_metadata`` (chat models), as the run
+    parameters count them.
+    """
+    response = data.get("response") if isinstance(data, Mapping) else None
+    if not isinstance(response, Mapping):
+        return None
+    llm_output = response.get("llm_output")
+    if isinstance(llm_output, Mapping) and (found := _usage(llm_output.get("token_usage"))):
+        return found
+    total_in = total_out = 0
+    for generations in response.get("generations") or ():
+        for generation in generations or ():
+            message = generation.get("message") if isinstance(generation, Mapping) else None
+            if isinstance(message, Mapping):
+                usage = message.get("usage_metadata")
+                if usage is None and isinstance(message.get("kwargs"), Mapping):
+                    usage = message["kwargs"].get("usage_metadata")  # a serialized message
+                if found := _usage(usage):
+                    total_in += found[0]
+                    total_out += found[1]
+    return (total_in, total_out) if total_in or total_out else None
+
+
+def _model(data: Mapping[str, Any], metadata: Any) -> str | None:
+    params = data.get("invocation_params")
+    if isinstance(params, Mapping):
+        for key in _MODEL_KEYS:
+            if isinstance(params.get(key), str):
+                return str(params[key])
+    if isinstance(metadata, Mapping) and isinstance(metadata.get("ls_model_name"), str):
+        return str(metadata["ls_model_name"])
+    return None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Note:
+    """An event inside a span that is neither its start nor its end."""
+
+    kind: str
+    ts: float
+    data: dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Span:
+    """One LangChain run: a chain, model call, tool, retriever, ... and its children."""
+
+    run_id: str
+    parent_run_id: str | None
+    kind: str  # chain, llm, chat_model, tool, retriever, or the event kind of a lone event
+    name: str
+    start: float
+    end: float | None = None
+    status: str = "running"  # ok, error, or running (no end event recorded)
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    streamed_tokens: int = 0
+    inputs: Any = None
+    outputs: Any = None
+    error: Any = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+    #: The parent run was not recorded; the span is nested under the innermost
+    #: recorded span that encloses it in time (see ``build_tree``).
+    placed_by_time: bool = False
+    notes: list[Note] = dataclasses.field(default_factory=list)
+    children: list[Span] = dataclasses.field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, or ``None`` while no end was recorded."""
+        return None if self.end is None else max(self.end - self.start, 0.0)
+
+
+def _text(value: Any) -> str:
+    """A value as text: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def preview(value: Any) -> str:
+    """The part of an input or output a person reads first, as text.
+
+    A one-key dict shows its value; a single prompt its text; chat messages the
+    last message's content; a model's response its first generated text.
+    """
+    if isinstance(value, dict):
+        if "generations" in value:  # an LLMResult
+            for generations in value.get("generations") or ():
+                for generation in generations or ():
+                    if isinstance(generation, dict):
+                        message = generation.get("message")
+                        if isinstance(message, dict) and message.get("content"):
+                            return preview(message["content"])
+                        if generation.get("text"):
+                            return str(generation["text"])
+        if len(value) == 1:
+            return preview(next(iter(value.values())))
+    if isinstance(value, list) and value:
+        last = value[-1]
+        if isinstance(last, list) and last:  # chat messages: one list per prompt
+            last = last[-1]
+        if isinstance(last, dict) and "content" in last:
+            return preview(last["content"])
+        if isinstance(last, str) and len(value) == 1:
+            return last
+    return _text(value)
+
+
+def note_summary(note: Note) -> str:
+    """One line for an agent action, agent finish, text or other note."""
+    data = note.data
+    if note.kind == "agent_action":
+        action = data.get("action")
+        action = action if isinstance(action, dict) else {}
+        return f"action {action.get('tool')}({preview(action.get('tool_input'))})"
+    if note.kind == "agent_finish":
+        finish = data.get("finish")
+        finish = finish if isinstance(finish, dict) else {}
+        return f"finish {preview(finish.get('return_values'))}"
+    if note.kind == "text":
+        return f"text {preview(data.get('text'))}"
+    return f"{note.kind} {_text(data)}"
+
+
+def _first(data: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
+    for field in fields:
+        if field in data and data[field] is not None:
+            return data[field]
+    return None
+
+
+def _open(event: Mapping[str, Any], kind: str, ts: float) -> Span:
+    """A span from its first event: normally the start, else an end whose start is lost."""
+    base = kind.rsplit("_", 1)[0] if kind in _OPEN or kind.endswith(("_end", "_error")) else "chain"
+    duration = event.get("duration")
+    parent = event.get("parent_run_id")
+    return Span(
+        run_id=str(event.get("run_id")),
+        parent_run_id=parent if isinstance(parent, str) else None,
+        kind=base,
+        name=str(event.get("name") or base),
+        start=ts - float(duration) if isinstance(duration, int | float) else ts,
+    )
+
+
+def _apply(span: Span, event: Mapping[str, Any], kind: str, ts: float, data: dict[str, Any]) -> None:
+    if kind in _OPEN:
+        span.start = ts
+        span.kind = kind.rsplit("_", 1)[0]
+        span.name = str(event.get("name") or span.name)
+        span.inputs = _first(data, _INPUT_FIELDS)
+        span.model = _model(data, event.get("metadata"))
+        tags = event.get("tags")
+        span.tags = [str(tag) for tag in tags] if isinstance(tags, list) else []
+    elif kind.endswith("_end"):
+        span.end = ts
+        span.status = "ok"
+        span.outputs = _first(data, _OUTPUT_FIELDS)
+        if kind == "llm_end" and (usage := token_usage(data)):
+            span.tokens_in, span.tokens_out = usage
+    elif kind.endswith("_error"):
+        span.end = ts
+        span.status = "error"
+        span.error = data.get("error")
+    elif kind == "llm_new_token":
+        span.streamed_tokens += 1
+    else:
+        span.notes.append(Note(kind=kind, ts=ts, data=data))
+
+
+def build_tree(events: Iterable[Mapping[str, Any]]) -> list[Span]:
+    """The spans of ``events`` (one run's, in ``read_events()`` order), as trees.
+
+    Returns:
+        The root spans, by start time; children are sorted by start time too.
+    """
+    spans: dict[str, Span] = {}
+    loose: list[Span] = []  # events without a run_id: a span of their own each
+    for event in events:
+        kind = str(event.get("kind") or "")
+        raw = event.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        ts = float(event.get("ts") or 0.0)
+        run_id = event.get("run_id")
+        if not isinstance(run_id, str):
+            lone = Span(run_id="", parent_run_id=None, kind=kind, name=kind, start=ts, end=ts, status="ok")
+            lone.notes.append(Note(kind=kind, ts=ts, data=data))
+            loose.append(lone)
+            continue
+        span = spans.get(run_id)
+        if span is None:
+            span = spans[run_id] = _open(event, kind, ts)
+        _apply(span, event, kind, ts, data)
+    return _nest(spans, loose)
+
+
+def _nest(spans: dict[str, Span], loose: list[Span]) -> list[Span]:
+    roots: list[Span] = []
+    orphans: list[Span] = []
+    for span in spans.values():
+        parent = spans.get(span.parent_run_id) if span.parent_run_id else None
+        if parent is not None:
+            parent.children.append(span)
+        elif span.parent_run_id is None:
+            roots.append(span)
+        else:
+            orphans.append(span)
+    for orphan in orphans:
+        home = _enclosing(roots, orphan)
+        if home is None:
+            roots.append(orphan)
+        else:
+            orphan.placed_by_time = True
+            home.children.append(orphan)
+    for span in spans.values():
+        span.children.sort(key=lambda child: child.start)
+    roots.extend(loose)
+    roots.sort(key=lambda span: span.start)
+    return roots
+
+
+def _encloses(outer: Span, inner: Span) -> bool:
+    end = inner.end if inner.end is not None else inner.start
+    return outer.end is not None and outer.start <= inner.start and end <= outer.end
+
+
+def _enclosing(roots: list[Span], orphan: Span) -> Span | None:
+    """The innermost span enclosing ``orphan`` in time, if only one root tree does.
+
+    A span whose parent run was not recorded (a legacy chain that passed the
+    tracker to its model but not to itself) would otherwise float at the top,
+    away from the agent step it belongs to. Only an unambiguous time window is
+    used: with two root runs overlapping (concurrent requests) it stays a root.
+    """
+    candidates = [root for root in roots if _encloses(root, orphan)]
+    if len(candidates) != 1:
+        return None
+    home = candidates[0]
+    while True:
+        inner = [child for child in home.children if _encloses(child, orphan)]
+        if len(inner) != 1:
+            return home
+        home = inner[0]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """One row of ``asynctrack runs``."""
+
+    experiment: str
+    run: str
+    events: int
+    errors: int
+    llm_calls: int
+    tokens_in: int
+    tokens_out: int
+    first_event: float
+    last_event: float
+
+    @property
+    def duration(self) -> float:
+        """Wall seconds from the first event to the last."""
+        return self.last_event - self.first_event
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row for ``--json``: the fields and ``duration``."""
+        return {**dataclasses.asdict(self), "duration": self.duration}
+
+
+def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunSummary]:
+    """One summary per (experiment, run), newest (latest last event) first."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        key = (str(event.get("experiment")), str(event.get("run")))
+        ts = float(event.get("ts") or 0.0)
+        row = rows.setdefault(
+            key,
+            {
+                "events": 0,
+                "errors": 0,
+                "llm_calls": 0,
+                "tokens_in": 0,
+                "tokens_out": 0,
+                "first": ts,
+                "last": ts,
+            },
+        )
+        kind = str(event.get("kind"))
+        row["events"] += 1
+        row["errors"] += kind.endswith("_error")
+        row["llm_calls"] += kind in ("llm_start", "chat_model_start")
+        if kind == "llm_end" and (usage := token_usage(event.get("data"))):
+            row["tokens_in"] += usage[0]
+            row["tokens_out"] += usage[1]
+        row["first"] = min(row["first"], ts)
+        row["last"] = max(row["last"], ts)
+    summaries = [
+        RunSummary(
+            experiment=experiment,
+            run=run,
+            events=row["events"],
+            errors=row["errors"],
+            llm_calls=row["llm_calls"],
+            tokens_in=row["tokens_in"],
+            tokens_out=row["tokens_out"],
+            first_event=row["first"],
+            last_event=row["last"],
+        )
+        for (experiment, run), row in rows.items()
+    ]
+    summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
+    return summaries
+
+
+def scan_run_summaries(
+    destination: str | os.PathLike[str], experiment_name: str | None = None, **s3_options: Any
+) -> list[RunSummary]:
+    """``summarize_runs`` over ``scan()``: Polars counts, only ``llm_end`` payloads parsed.
+
+    Memory stays bounded by the aggregates and the model responses, not by every
+    event, which is what ``asynctrack runs`` needs on a large destination.
+
+    Raises:
+        FileNotFoundError: as ``scan()``.
+        ImportError: without the ``polars`` extra.
+    """
+    import polars as pl
+
+    from ._scan import scan
+
+    frame = scan(destination, experiment_name, **s3_options)
+    keys = ("experiment", "run")
+    counts, ends = pl.collect_all(
+        [
+            frame.group_by(keys).agg(
+                pl.len().alias("events"),
+                pl.col("kind").str.ends_with("_error").sum().alias("errors"),
+                pl.col("kind").is_in(["llm_start", "chat_model_start"]).sum().alias("llm_calls"),
+                pl.col("ts").min().alias("first"),
+                pl.col("ts").max().alias("last"),
+            ),
+            frame.filter(pl.col("kind") == "llm_end").select(*keys, "data"),
+        ]
+    )
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for experiment, run, data in ends.iter_rows():
+        if data is not None and (usage := token_usage(orjson.loads(data))):
+            total = tokens.setdefault((experiment, run), [0, 0])
+            total[0] += usage[0]
+            total[1] += usage[1]
+    summaries = [
+        RunSummary(
+            experiment=str(row["experiment"]),
+            run=str(row["run"]),
+            events=row["events"],
+            errors=row["errors"],
+            llm_calls=row["llm_calls"],
+            tokens_in=tokens.get((row["experiment"], row["run"]), [0, 0])[0],
+            tokens_out=tokens.get((row["experiment"], row["run"]), [0, 0])[1],
+            first_event=row["first"],
+            last_event=row["last"],
+        )
+        for row in counts.iter_rows(named=True)
+    ]
+    summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
+    return summaries

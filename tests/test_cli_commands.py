@@ -1,0 +1,329 @@
+"""The ``asynctrack`` command on a local directory: demo, runs, show, athena-ddl, replay, help."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langchain_core.runnables import RunnableLambda
+
+import asynctrack
+from asynctrack import AsyncTracker
+from asynctrack._cli import main
+from asynctrack._cli._athena import create_table
+from asynctrack._cli._common import Colour
+from asynctrack._cli._show import cut, render
+from asynctrack._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
+from asynctrack._read._tree import scan_run_summaries, summarize_runs
+
+GOLDEN = Path(__file__).parent / "golden"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The demo's output (run once for the module), and what it printed."""
+    root = tmp_path_factory.mktemp("cli") / "logs"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", out)
+        assert main(["demo", "--destination", str(root)]) == 0
+    yield root, out.getvalue()
+
+
+def _run_names(root: Path) -> list[str]:
+    return sorted(p.name.removeprefix("run=") for p in (root / f"experiment={EXPERIMENT_NAME}").iterdir())
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asynctrack {asynctrack.__version__}"
+    for argv in (
+        ["--help"],
+        *([command, "--help"] for command in ("demo", "runs", "show", "report", "replay")),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":func:" not in text, text  # no raw reST markup
+        assert "usage: asynctrack" in text
+    main_help = subprocess.run(
+        [sys.executable, "-c", "from asynctrack._cli import main; main(['--help'])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    for command in ("demo", "runs", "show", "report", "athena-ddl", "replay"):
+        assert re.search(rf"^    {command}\b", main_help, re.MULTILINE), command
+
+
+def test_demo_writes_new_runs_each_time_and_prints_working_hints(demo_dir: tuple[Path, str]) -> None:
+    root, out = demo_dir
+    names = _run_names(root)
+    assert len(names) == 3
+    suffix = names[0].removeprefix("run-scenario-1-")
+    assert names == [f"{scenario}-{suffix}" for scenario in SCENARIOS]
+    assert f"Read them back with: asynctrack.load({str(root)!r}, experiment_name={EXPERIMENT_NAME!r})" in out
+    assert f"asynctrack runs {root}\n" in out
+    assert f"asynctrack show {root} {names[2]}\n" in out
+
+    # Re-running adds three new runs and leaves the first three as they were.
+    before = {name: len(asynctrack.read_events(root, EXPERIMENT_NAME, name)) for name in names}
+    second = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", second)
+        assert main(["demo", "--destination", str(root)]) == 0
+    assert len(_run_names(root)) == 6
+    assert {name: len(asynctrack.read_events(root, EXPERIMENT_NAME, name)) for name in names} == before
+    for line in re.findall(r"== (\S+): (\d+) events \((\d+) written", second.getvalue()):
+        assert line[0] not in names
+        assert line[1] == line[2]  # this run's count is this invocation's
+
+
+def test_demo_on_an_unwritable_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["demo", "--destination", str(blocker / "logs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("asynctrack demo: ") and "cannot create directory" in err[0]
+
+
+def test_runs_table_and_json(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = demo_dir
+    assert main(["runs", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["experiment"] for row in rows} == {EXPERIMENT_NAME}
+    assert [row["last_event"] for row in rows] == sorted((row["last_event"] for row in rows), reverse=True)
+    for row in rows:
+        events = asynctrack.read_events(root, EXPERIMENT_NAME, row["run"])
+        assert row["events"] == len(events)
+        assert row["llm_calls"] == sum(e["kind"] == "llm_start" for e in events)
+        parameters = asynctrack.read_parameters(root, EXPERIMENT_NAME, row["run"])
+        assert (row["tokens_in"], row["tokens_out"]) == (
+            parameters["tokens_prompt"],
+            parameters["tokens_completion"],
+        )
+        assert row["duration"] == pytest.approx(max(e["ts"] for e in events) - min(e["ts"] for e in events))
+        assert row["errors"] == 0
+
+    assert main(["runs", str(root), "--experiment", EXPERIMENT_NAME]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["EXPERIMENT", "RUN", "EVENTS", "ERRORS"]
+    assert [line.split()[1] for line in table[1:]] == [row["run"] for row in rows]
+    assert not ANSI.search("\n".join(table))
+
+
+def test_runs_without_polars_gives_the_same_rows(
+    demo_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = demo_dir
+    assert main(["runs", str(root), "--json"]) == 0
+    with_polars = capsys.readouterr().out
+    monkeypatch.setattr("asynctrack._cli._runs.polars_installed", lambda: False)
+    assert main(["runs", str(root), "--json"]) == 0
+    assert capsys.readouterr().out == with_polars
+    assert main(["runs", str(root / "typo")]) == 1
+    assert capsys.readouterr().err.strip() == f"asynctrack runs: no such directory: {root / 'typo'}"
+
+
+def test_runs_says_what_was_not_found(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = demo_dir
+    assert main(["runs", str(root / "typo")]) == 1
+    assert capsys.readouterr().err.strip() == f"asynctrack runs: no such directory: {root / 'typo'}"
+    assert main(["runs", str(root), "--experiment", "langchain"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"asynctrack runs: no experiment 'langchain' under {root} (experiments there: {EXPERIMENT_NAME})"
+    )
+
+
+def test_show_the_agent_run_as_a_tree(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = demo_dir
+    agent_run = next(name for name in _run_names(root) if name.startswith("run-scenario-3-"))
+    assert main(["show", str(root), agent_run, "--width", "40"]) == 0
+    out = capsys.readouterr().out
+    assert not ANSI.search(out)  # not a terminal: no colour
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{agent_run}  experiment {EXPERIMENT_NAME}")
+    assert lines[1] == "17 events, 4 LLM calls, tokens 705 in / 83 out, 0 errors"
+    assert lines[2].startswith("└─ chain AgentExecutor  ")
+    tools = [line for line in lines if "─ tool " in line]
+    assert [line.split("─ tool ")[1].split()[0] for line in tools] == ["Search", "Calculator"]
+    models = [line for line in lines if "─ llm FakeOpenAI" in line]
+    assert len(models) == 4
+    assert all("gpt-3.5-turbo-instruct" in line and "tokens" in line for line in models)
+    assert "168→23 tokens" in models[0]
+    assert any("· action Search(oldest person alive)" in line for line in lines)
+    # The model's long prompt is cut at 40 characters with a marker.
+    prompt = next(line for line in lines if "in:  Answer the following" in line)
+    assert re.search(r"in:  .{40}…\[\+\d+ chars\]$", prompt)
+
+
+def test_the_destination_defaults_to_the_trackers(
+    demo_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = demo_dir
+    assert root.name == "logs"
+    monkeypatch.chdir(root.parent)
+    (root.parent / "asynctrack-logs").symlink_to(root)
+    run = _run_names(root)[0]
+    assert main(["show", run]) == 0
+    assert capsys.readouterr().out.startswith(run)
+    assert main(["runs", "--json"]) == 0
+    assert run in {row["run"] for row in json.loads(capsys.readouterr().out)}
+
+
+@pytest.fixture
+def failing_run(tmp_path: Path) -> Path:
+    root = tmp_path / "logs"
+
+    def explode(value: str) -> str:
+        raise ValueError(f"cannot handle {value[:10]}")
+
+    chain = RunnableLambda(lambda value: value) | RunnableLambda(explode)
+    with (
+        AsyncTracker(root, experiment_name="errs", run_name="bad") as tracker,
+        pytest.raises(ValueError, match="cannot handle"),
+    ):
+        chain.invoke("x" * 500, config={"callbacks": [tracker]})
+    return root
+
+
+def test_show_errors_in_red_on_a_terminal_only(failing_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = asynctrack.read_events(failing_run, "errs", "bad")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    coloured = render(events, width=30, colour=Colour(Terminal()))
+    error_lines = [line for line in coloured if "ValueError: cannot handle" in line]
+    assert error_lines and all("\x1b[31m" in line for line in error_lines)
+    assert any("\x1b[31m" in line and "ERROR" in line for line in coloured)
+    assert "\x1b[31m2 errors" in coloured[1]
+
+    assert main(["show", str(failing_run), "bad"]) == 0
+    plain = capsys.readouterr().out
+    assert not ANSI.search(plain)
+    assert "error: ValueError: cannot handle xxxxxxxxxx" in plain
+    assert "2 errors" in plain
+
+
+def test_run_summaries_by_polars_match_those_from_every_event(
+    demo_dir: tuple[Path, str], failing_run: Path
+) -> None:
+    for root in (demo_dir[0], failing_run):
+        by_polars = scan_run_summaries(root)
+        assert by_polars == summarize_runs(asynctrack.read_events(root))
+        assert by_polars
+    assert [(row.errors, row.events) for row in scan_run_summaries(failing_run)] == [(2, 6)]
+
+
+def test_show_says_what_was_not_found(demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = demo_dir
+    assert main(["show", str(root), "run-scenario-9"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrack show: no run 'run-scenario-9' in {root} (runs there: run-scenario-1-")
+
+
+def test_cut_marks_what_it_left_out() -> None:
+    assert cut("short", 10) == "short"
+    assert cut("a  b\n c", 10) == "a b c"
+    assert cut("x" * 25, 10) == "x" * 10 + "…[+15 chars]"
+
+
+def test_athena_ddl_matches_the_golden_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["athena-ddl", "s3://my-bucket/traces", "--table", "analytics.llm_events"]) == 0
+    out = capsys.readouterr().out
+    assert out == (GOLDEN / "athena_ddl.sql").read_text()
+    assert create_table("s3://my-bucket/traces/", "analytics.llm_events") == out
+    assert "'projection.experiment.type' = 'injected'" in out
+    assert "LOCATION 's3://my-bucket/traces/'" in out
+    assert main(["athena-ddl", "./local", "--table", "t"]) == 1
+    assert "must be s3://bucket/prefix" in capsys.readouterr().err
+    assert main(["athena-ddl", "s3://b", "--table", "x; DROP TABLE y"]) == 1
+    assert "table must be a name" in capsys.readouterr().err
+
+
+def test_replay_on_a_missing_directory_fails_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-spool"
+    assert main(["replay", str(missing)]) == 1
+    assert capsys.readouterr().err.strip() == f"asynctrack replay: no spool directory at {missing}"
+    (tmp_path / "empty").mkdir()
+    assert main(["replay", str(tmp_path / "empty")]) == 0
+    assert "nothing spooled" in capsys.readouterr().out
+
+
+def test_replay_defaults_to_the_trackers_spool_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spool = tmp_path / "my-spool"
+    spool.mkdir()
+    monkeypatch.setenv("ASYNCTRACK_SPOOL_DIR", str(spool))
+    assert main(["replay"]) == 0
+    assert capsys.readouterr().out.strip() == f"nothing spooled in {spool}"
+    monkeypatch.delenv("ASYNCTRACK_SPOOL_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["replay"]) == 1
+    assert "no spool directory at ~/.cache/asynctrack/spool" in capsys.readouterr().err
+
+
+def test_show_lone_events_and_lost_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose start event is missing and an event without a run still show."""
+    root = tmp_path / "logs"
+    with AsyncTracker(root, experiment_name="e", run_name="partial") as tracker:
+        run_id = uuid.uuid4()
+        tracker.on_chain_end({"answer": 42}, run_id=run_id)
+        tracker.on_text("loose text", run_id=uuid.uuid4())
+    assert main(["show", str(root), "partial"]) == 0
+    out = capsys.readouterr().out
+    assert "chain" in out and "out: 42" in out
+    assert "loose text" in out
+
+
+def test_show_asks_for_the_experiment_when_a_run_name_is_in_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "logs"
+    for experiment in ("exp-a", "exp-b"):
+        with AsyncTracker(root, experiment_name=experiment, run_name="same") as tracker:
+            tracker.on_text(experiment, run_id=uuid.uuid4())
+    assert main(["show", str(root), "same"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "asynctrack show: run 'same' is in several experiments (exp-a, exp-b): pass --experiment"
+    )
+    assert main(["show", str(root), "same", "--experiment", "exp-b"]) == 0
+    assert "text exp-b" in capsys.readouterr().out
+
+
+def test_the_readme_documents_every_command_and_flag() -> None:
+    import argparse
+
+    from asynctrack._cli._main import _parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## The command line", 1)[1].split("\n## ", 1)[0]
+    parser = _parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--version" in section
+    for name, command in commands.choices.items():
+        assert f"`asynctrack {name}" in section, name
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in section, (name, flag)
