@@ -388,3 +388,39 @@ def test_real_chat_openai_events_never_need_the_structural_pass(tmp_destination:
     assert bodies and all(type(b) is bytes for b in bodies)
     for body in bodies:
         assert redactor.json(body) is not None
+
+
+def test_nothing_planted_reaches_the_spool_when_s3_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 refuses connections: close() spools the batches; the spool holds the
+    redacted lines only."""
+    import socket
+
+    from asynctrack import FlushError
+
+    caplog.set_level(logging.DEBUG, logger="asynctrack")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spool = tmp_path / "spool-down"
+    tracker = AsyncTracker(
+        "s3://redact-bucket/down",
+        experiment_name="redact",
+        run_name="down",
+        config=TrackerConfig(spool_dir=str(spool)),
+        endpoint_url=f"http://127.0.0.1:{port}",
+        connect_timeout=0.5,
+        write_deadline=60.0,
+    )
+    secrets = {"kv": "spool-kv-pw-1", "json": "spool-json-2", "aws": AWS_SECRET, "jwt": JWT}
+    RunnableLambda(lambda x: "ok").invoke(
+        {"q": f"password={secrets['kv']} {AWS_SECRET} {JWT}", "settings": {"dbPassword": secrets["json"]}},
+        config={"callbacks": [tracker]},
+    )
+    with pytest.raises(FlushError, match="spool"):
+        tracker.close(timeout=1.0)
+    assert tracker.statistics().spooled == 2
+    spooled = b"".join(path.read_bytes() for path in spool.rglob("*.batch"))
+    assert REDACTED.encode() in spooled  # the events are there, redacted
+    assert _leaks([spool], caplog.text, secrets) == {}
