@@ -22,6 +22,7 @@ from asynctrack._langchain._capture import Capturer
 from asynctrack._langchain._events import EventTranslator
 
 from . import _common as c
+from ._reference import QUIET_US, reference_us
 
 GOAL_MS = 20.0
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     report = c.Report("hostile", f"H. Hostile corpus: {size // 1024} KiB fields", args)
     config = TrackerConfig(max_field_bytes=size)
     capture = Capturer(config.max_field_bytes, config.max_depth)
+    reference = [reference_us()]
     rows = []
     worst_worker = 0.0
     worst_app = 0.0
@@ -120,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         ok = "PASS" if max(worker_ms, token_ms) <= GOAL_MS else "MISS"
         rows.append([name, app_ms, worker_ms, token_ms, ok])
         report.progress(f"{name}: app {app_ms:.2f} ms, worker {worker_ms:.2f} ms, token {token_ms:.2f} ms")
+    reference.append(reference_us())
+    slowdown = c.median(reference) / QUIET_US
+    report.metric("machine_slowdown", slowdown)
+    report.note(
+        f"Machine speed during the run: stdlib json.dumps of a 314-byte event took {c.median(reference):.2f} µs "
+        f"({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, shared/NOTES.md)."
+    )
     report.table(
         f"Per {size // 1024} KiB field, ms (median of {n})",
         ["field", "app: capture", "worker: field in body", "worker: field as a token", f"≤ {GOAL_MS:g} ms"],
