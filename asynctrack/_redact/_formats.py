@@ -53,6 +53,16 @@ for _prefix, _shortest, _pattern in (
 ):
     _RUN_FORMATS[_prefix] = (*_RUN_FORMATS.get(_prefix, ()), (_shortest, re.compile(_pattern)))
 
+#: Past this many runs in one text, ``_PREFIXED_RUN`` finds the candidates instead.
+_DENSE_RUNS: Final = 512
+#: A run of 20+ token characters that starts with a format's prefix (after a JSON
+#: escape's letter too), at a run start.
+_PREFIXED_RUN: Final = re.compile(
+    rb"(?:(?<![A-Za-z0-9_\-])|(?<=\\[ntrbf]))(?:"
+    + b"|".join(re.escape(prefix) for prefix in _RUN_FORMATS)
+    + rb")[A-Za-z0-9_\-]{18,}+"
+)
+
 #: (literal that must occur, pattern, group to redact: 0 for the whole match)
 LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (
@@ -89,27 +99,38 @@ _MIXED: Final = re.compile(rb"(?=[^A-Z]*+[A-Z])(?=[^a-z]*+[a-z])(?=[^0-9]*+[0-9]
 
 def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
     """Spans of the run-based formats in ``text``."""
-    spans = []
-    get = _RUN_FORMATS.get
+    spans: list[tuple[int, int, bytes]] = []
     mapped = text.translate(_TOKENMAP)
     i = mapped.find(_RUN20)
+    runs = 0
     while i != -1:
-        start = i
+        runs += 1
+        if runs > _DENSE_RUNS:
+            # Many long runs (a hostile or binary-like text): one regex pass that only
+            # stops at runs starting with a known prefix, instead of Python per run.
+            for m in _PREFIXED_RUN.finditer(text, i):
+                _match_run(text, m.start(), m.end(), spans)
+            return spans
         end = mapped.find(b" ", i)
+        _match_run(text, i, end, spans)
         i = -1 if end == -1 else mapped.find(_RUN20, end)
-        patterns = get(text[start : start + 2])
-        if patterns is None and text[start] in _ESCAPES and start > 0 and text[start - 1] == 0x5C:
-            start += 1  # "\nsk-...": the run starts after the escape's letter
-            patterns = get(text[start : start + 2])
-        if patterns is not None:
-            for shortest, pattern in patterns:
-                if end - start < shortest and end != -1:
-                    continue  # a near miss: too short to match
-                m = pattern.match(text, start)
-                if m is not None:
-                    spans.append((start, m.end(), REDACTED_BYTES))
-                    break
     return spans
+
+
+def _match_run(text: bytes, start: int, end: int, spans: list[tuple[int, int, bytes]]) -> None:
+    """Match the formats whose prefix starts the run ``text[start:end]`` (``end`` -1: to the end)."""
+    patterns = _RUN_FORMATS.get(text[start : start + 2])
+    if patterns is None and text[start] in _ESCAPES and start > 0 and text[start - 1] == 0x5C:
+        start += 1  # "\nsk-...": the run starts after the escape's letter
+        patterns = _RUN_FORMATS.get(text[start : start + 2])
+    if patterns is not None:
+        for shortest, pattern in patterns:
+            if end - start < shortest and end != -1:
+                continue  # a near miss: too short to match
+            m = pattern.match(text, start)
+            if m is not None:
+                spans.append((start, m.end(), REDACTED_BYTES))
+                return
 
 
 def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
