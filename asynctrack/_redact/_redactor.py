@@ -87,6 +87,8 @@ class Redactor:
         for start, end, replacement in spans:
             index = bisect.bisect_right(offsets, start) - 1
             base = offsets[index]
+            if end - base > len(bodies[index]):  # never seen: a match across two bodies
+                full[index] = True
             found[index].append((start - base, end - base, replacement))
         self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
         return joined
