@@ -30,7 +30,7 @@ __all__ = ["Redactor"]
 
 
 class Redactor:
-    """Applies the spec above to JSON text (the captured bodies) and to plain text.
+    """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
 
     Args:
         keys: the ``redact_keys`` regex (searched in normalized keys), or ``None``.
