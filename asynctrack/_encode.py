@@ -25,6 +25,7 @@ from ._redact import REDACTED, Redactor
 __all__ = ["REDACTED", "Encoder", "placeholder"]
 
 _DATA: Final = b'{"data":{'
+_SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
 
 
@@ -108,18 +109,18 @@ class Encoder:
         if type(body) is not bytes or not body.startswith(_DATA):
             body = self._data_first(body)
         body = self.redact(body, own_token)
-        first = b""
-        if error is not None:
-            first = b'"error":' + self.redact(self._capture(error)) + b","
+        if error is None and token is None:
+            return b"".join((head[:-1], b",", body[1:], b"\n"))
+        parts = [head[:-1], b',"data":{']
         if token is not None:
             try:
                 text = orjson.dumps(token)
             except orjson.JSONEncodeError:
                 text = orjson.dumps(_valid(token))
-            first = b'"token":' + text + b"," + first
-        if first:
-            rest = body[len(_DATA) :]
-            if rest.startswith(b"}"):
-                first = first[:-1]
-            body = _DATA + first + rest
-        return head[:-1] + b"," + body[1:] + b"\n"
+            parts += (b'"token":', text, b",")
+        if error is not None:
+            parts += (b'"error":', self.redact(self._capture(error)), b",")
+        if body[_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
+            parts[-1] = b""
+        parts += (body[_SPLICE:], b"\n")
+        return b"".join(parts)

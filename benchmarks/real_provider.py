@@ -32,6 +32,7 @@ from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._langchain._events import EventTranslator
 
 from . import _common as c
+from ._reference import QUIET_US, reference_us
 
 APP_GOAL_US = 5.0
 TOTAL_GOAL_US = 15.0
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     kinds = collections.Counter(method.removeprefix("on_") for method, _, _ in calls)
     report.progress(f"{len(calls)} callbacks per round: {dict(kinds)}")
+    reference = [reference_us()]
     app: dict[str, list[float]] = collections.defaultdict(list)
     worker: dict[str, list[float]] = collections.defaultdict(list)
     for _ in range(n):
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             us_kind, records_kind = _app_side(own, max(1, times * len(calls) // len(own) // 4))
             app[kind].append(us_kind)
             worker[kind].append(_worker_side(records_kind, max(1, times * len(calls) // len(own) // 4)))
+    reference.append(reference_us())
     rows = []
     for kind in [*sorted(kinds), "all"]:
         a, w = c.median(app[kind]), c.median(worker[kind])
@@ -131,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     report.metric("total_us_per_event", app_all + worker_all)
     report.goal("application process CPU per real ChatOpenAI event", app_all, APP_GOAL_US, unit=" µs")
     report.goal("CPU per real ChatOpenAI event in all", app_all + worker_all, TOTAL_GOAL_US, unit=" µs")
+    slowdown = c.median(reference) / QUIET_US
+    report.metric("machine_slowdown", slowdown)
+    report.note(
+        f"Machine speed during the run: stdlib json.dumps of a 314-byte event took "
+        f"{c.median(reference):.2f} µs ({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, "
+        f"shared/NOTES.md); on a quiet machine the figures above would be about "
+        f"{app_all / slowdown:.1f} µs (application) and {(app_all + worker_all) / slowdown:.1f} µs (in all)."
+    )
     report.note(
         "Replayed callback arguments of real langchain-openai calls (loopback stub); CPU time of "
         "asynctrack's own work only. Read against the machine's load: 2 cores shared."

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import pytest
 from _infra.openai_stub import OpenAIStub, chat_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 
@@ -388,3 +390,97 @@ def test_real_chat_openai_events_never_need_the_structural_pass(tmp_destination:
     assert bodies and all(type(b) is bytes for b in bodies)
     for body in bodies:
         assert redactor.json(body) is not None
+
+
+def test_nothing_planted_reaches_the_spool_when_s3_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 refuses connections: close() spools the batches; the spool holds the
+    redacted lines only."""
+    import socket
+
+    from asynctrack import FlushError
+
+    caplog.set_level(logging.DEBUG, logger="asynctrack")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spool = tmp_path / "spool-down"
+    tracker = AsyncTracker(
+        "s3://redact-bucket/down",
+        experiment_name="redact",
+        run_name="down",
+        config=TrackerConfig(spool_dir=str(spool)),
+        endpoint_url=f"http://127.0.0.1:{port}",
+        connect_timeout=0.5,
+        write_deadline=60.0,
+    )
+    secrets = {"kv": "spool-kv-pw-1", "json": "spool-json-2", "aws": AWS_SECRET, "jwt": JWT}
+    RunnableLambda(lambda x: "ok").invoke(
+        {"q": f"password={secrets['kv']} {AWS_SECRET} {JWT}", "settings": {"dbPassword": secrets["json"]}},
+        config={"callbacks": [tracker]},
+    )
+    with pytest.raises(FlushError, match="spool"):
+        tracker.close(timeout=1.0)
+    assert tracker.statistics().spooled == 2
+    spooled = b"".join(path.read_bytes() for path in spool.rglob("*.batch"))
+    assert REDACTED.encode() in spooled  # the events are there, redacted
+    assert _leaks([spool], caplog.text, secrets) == {}
+
+
+_PIECES = [
+    "password=",
+    "x-api-key: ",
+    "Authorization: Bearer ",
+    '{"token": "',
+    "hunter2",
+    OPENAI,
+    AWS_SECRET,
+    JWT,
+    "postgres://u:pw-1@h/db",
+    " ",
+    "\n",
+    '"',
+    "=",
+    ":",
+    "max_tokens",
+    "key",
+    "sk-",
+    "plain words",
+]
+_body_values = st.recursive(
+    st.lists(st.sampled_from(_PIECES), max_size=8).map("".join) | st.integers(-(2**40), 2**40),
+    lambda children: (
+        st.dictionaries(st.sampled_from(["text", "apiKey", "n", "token_usage", "args"]), children)
+        | st.lists(children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.lists(_body_values, min_size=1, max_size=6))
+def test_a_chunk_scanned_at_once_is_redacted_like_each_body_alone(values: list[Any]) -> None:
+    bodies = [orjson.dumps({"data": {"v": value}, "tags": [], "metadata": {}}) for value in values]
+    alone = Redactor(DEFAULT_REDACT_KEYS)
+    chunked = Redactor(DEFAULT_REDACT_KEYS)
+    chunked.prepare(bodies)
+    for body in bodies:
+        assert chunked.json(body) == alone.json(body)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(
+    st.lists(st.integers(1, 60), min_size=1, max_size=12),
+    st.sampled_from([OPENAI, JWT, "password=hunter2-xyz"]),
+)
+def test_any_split_of_a_streamed_secret_keeps_it_out(cuts: list[int], secret: str) -> None:
+    text = f"here it is: {secret} and more text"
+    points = sorted({min(c, len(text) - 1) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True) if b > a]
+    stream = StreamRedactor(Redactor(DEFAULT_REDACT_KEYS).text)
+    written = "".join(stream.token("run", piece) for piece in pieces)
+    value = secret.split("=", 1)[-1]
+    # At most the first few characters of a credential can be written before the
+    # stream shows what it is; never the credential itself.
+    assert value[6:] not in written, (pieces, written)

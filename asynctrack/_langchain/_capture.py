@@ -52,6 +52,7 @@ place, the rest of the event is kept (the worker counts such events).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import decimal
@@ -144,17 +145,23 @@ class Capturer:
 
     def careful(self, value: Any) -> bytes:
         """``value`` copied in Python into plain data, then encoded. Never raises."""
-        self._nodes = MAX_NODES
-        self._fixed = False
         try:
-            out = self._walk(value, 0)
-            if self._fixed and type(out) is dict:
+            # A walker of its own: callbacks on other threads may be walking at the same time.
+            out, fixed = copy.copy(self).walk(value)
+            if fixed and type(out) is dict:
                 out[MARK] = "invalid_unicode_replaced"  # the event says a string was changed
             return orjson.dumps(out)
         except Exception as exc:  # nothing known: the walk returns only plain data
             return orjson.dumps({"data": placeholder("unencodable", value, error=safe_repr(exc))})
 
     # -- the careful walk: every container is new, every leaf immutable plain data ---------
+
+    def walk(self, value: Any) -> tuple[Any, bool]:
+        """``value`` as plain data, and whether a lone surrogate was replaced. Uses this
+        object's counters: call it on a copy (``careful`` does)."""
+        self._nodes = MAX_NODES
+        self._fixed = False
+        return self._walk(value, 0), self._fixed
 
     def _walk(self, v: Any, depth: int) -> Any:
         cls = type(v)

@@ -1,0 +1,296 @@
+"""``Redactor``: the spec applied to captured bodies (JSON text) and to plain strings."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable
+
+import orjson
+
+from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
+from ._formats import LITERAL_FORMATS, aws_secrets, run_formats
+from ._keys import (
+    ANY_PAIR,
+    MAX_PAIRS,
+    SECRET_FIELD,
+    SECRET_KEYS,
+    WITHHELD,
+    WORDMAP,
+    KeyRule,
+    Resumable,
+    dense_pairs,
+    is_default,
+    is_lc_secret,
+    stem_pairs,
+    value_span,
+)
+
+__all__ = ["Redactor"]
+
+
+class Redactor:
+    """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
+
+    Args:
+        keys: the ``redact_keys`` regex (searched in normalized keys), or ``None``.
+        patterns: extra regexes (``redact_patterns``), run on every text.
+        detectors: run the built-in value detectors.
+    """
+
+    def __init__(self, keys: str | None, patterns: tuple[str, ...] = (), detectors: bool = True) -> None:
+        # With key rules off, pydantic's SecretStr field (what its __dict__ holds) still is.
+        self.key_rule: KeyRule | None = KeyRule(keys if keys is not None else SECRET_FIELD)
+        self._default_keys = keys is not None and is_default(keys)
+        self._detectors = detectors
+        self._patterns = tuple(re.compile(p.encode()) for p in patterns)
+        self._raw_keys: dict[bytes, bool] = {}
+        self._texts: dict[str, str] = {}
+        # Set by prepare(): for each body of the chunk at hand (by identity), whether it
+        # needs the full path, else the spans to redact. Other texts: the full path.
+        self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def prepare(self, bodies: list[bytes] | None) -> bytes:
+        """Scan a chunk of bodies at once (``None``: forget the last chunk).
+
+        The passes over the joined chunk cost about what they cost over each body,
+        plus one Python call per chunk instead of per body, and each byte is scanned
+        once: the spans found are kept per body, and ``json()`` of the very same
+        ``bytes`` object only splices them in. A body where a credential key holds a
+        list or object (or a chunk dense with stems) takes the full path instead.
+        Returns the joined chunk.
+        """
+        if bodies is None:
+            self._chunk = {}
+            return b""
+        joined = b"\x1e".join(bodies)
+        offsets = []
+        position = 0
+        for body in bodies:
+            offsets.append(position)
+            position += len(body) + 1
+        found: list[list[tuple[int, int, bytes]]] = [[] for _ in bodies]
+        full = [False] * len(bodies)
+        spans: list[tuple[int, int, bytes]] = []
+        if self.key_rule is not None:
+            keys = self._key_spans(joined)
+            if keys is None:
+                full = [True] * len(bodies)
+            else:
+                spans, containers = keys
+                for position in containers:
+                    full[bisect.bisect_right(offsets, position) - 1] = True
+        if self._detectors:
+            spans.extend(self._value_spans(joined))
+        for start, end, replacement in spans:
+            index = bisect.bisect_right(offsets, start) - 1
+            base = offsets[index]
+            if end - base > len(bodies[index]):  # never seen: a match across two bodies
+                full[index] = True
+            found[index].append((start - base, end - base, replacement))
+        self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
+        return joined
+
+    # -- JSON text ---------------------------------------------------------------------
+
+    def json(self, text: bytes, own_token: bool = False) -> bytes | None:
+        """``text`` (JSON as orjson writes it) with credentials redacted.
+
+        Returns ``None`` when a credential key holds a JSON list or object: the
+        caller then redacts the parsed value (``structure``) and calls this again.
+        ``own_token``: the key ``token`` first in ``data`` is the library's own.
+        """
+        entry = self._chunk.get(id(text))
+        if entry is not None and entry[0] is text and not entry[1]:
+            out = splice(text, list(entry[2])) if entry[2] else text  # scanned by prepare()
+        else:
+            if self.key_rule is not None:
+                scanned = self._keys(text, own_token)
+                if scanned is None:
+                    return None
+                text = scanned
+            out = splice(text, self._value_spans(text)) if self._detectors else text
+        for pattern in self._patterns:
+            out = pattern.sub(REDACTED_BYTES, out)
+        return out
+
+    def structure(self, value: object, own_token: bool = False) -> object:
+        """``value`` (parsed JSON) with every list or object under a credential key replaced."""
+        rule = self.key_rule
+        if rule is None:
+            return value
+        if own_token and type(value) is dict and type(value.get("data")) is dict and "token" in value["data"]:
+            data = dict(value["data"])
+            token = self.structure(data.pop("token"))
+            rest = self.structure(data)
+            return {**value, "data": {"token": token, **(rest if type(rest) is dict else {})}}
+        if type(value) is dict:
+            out: dict[str, object] = {}
+            for key, item in value.items():
+                if rule(key) and not is_lc_secret(item):
+                    out[key] = REDACTED
+                else:
+                    out[key] = self.structure(item)
+            return out
+        if type(value) is list:
+            return [self.structure(item) for item in value]
+        return value
+
+    def _keys(self, text: bytes, own_token: bool = False, budget: int = 0) -> bytes | None:
+        """Key rules on ``text``: ``None`` when a list or object must be replaced."""
+        found = self._key_spans(text, own_token, budget)
+        if found is None:
+            return self._dense(text, own_token)
+        spans, containers = found
+        if containers:
+            return None
+        return splice(text, spans) if spans else text
+
+    def _key_spans(
+        self, text: bytes, own_token: bool = False, budget: int = 0
+    ) -> tuple[list[tuple[int, int, bytes]], list[int]] | None:
+        """The spans the key rules redact in ``text``, and the positions of lists or
+        objects under credential keys; ``None`` for a text dense with stems (with no
+        ``budget``: at most this many pairs judged, ``text`` being one JSON string)."""
+        matches: Iterable[re.Match[bytes]] | None = (
+            stem_pairs(text) if self._default_keys else Resumable(ANY_PAIR, text)
+        )
+        containers: list[int] = []
+        if matches is None:
+            if not budget:
+                return None
+            matches = dense_pairs(text)
+        elif not matches:
+            return [], containers
+        words = text.translate(WORDMAP) if self._default_keys else b""
+        spans: list[tuple[int, int, bytes]] = []
+        n = len(text)
+        resume = 0
+        for m in matches:
+            if m.start() < resume:
+                continue  # inside a value already redacted
+            if budget:
+                budget -= 1
+                if not budget:
+                    spans.append((m.start(), n - 1, WITHHELD))  # up to the closing quote
+                    break
+            pos = m.end()
+            k1 = m.end(1)
+            if self._default_keys:
+                s = m.start()
+                k0 = words.rfind(b" ", max(0, s - 64), s) + 1
+                if k0 == 0 and s > 64:
+                    continue  # a word too long to be a key
+            else:
+                k0 = m.start(1)
+            if own_token and k0 == 10 and text.startswith(b'{"data":{"token":'):
+                continue  # the streamed token's own field
+            raw = text[k0:k1]
+            # An unescaped '"' right before ':' ends a JSON key (orjson writes no spaces).
+            structural = m.group(2) == b'"' and pos == k1 + 2
+            if self._judge(text, raw, k0, k1, structural) and pos < n:
+                span, resume = value_span(text, pos, structural)
+                if span is None:  # a list or object under a credential key
+                    containers.append(m.start())
+                    continue
+                if (
+                    structural
+                    and raw in SECRET_KEYS
+                    and text[k0 - 2 : k0] == b'{"'
+                    and text[resume : resume + 1] == b"}"
+                ):
+                    # pydantic's SecretStr as its __dict__ ({"_secret_value": ...}): the whole object.
+                    span, resume = (k0 - 2, resume + 1, QUOTED_REDACTED), resume + 1
+                if span[1] > span[0]:
+                    spans.append(span)
+                if type(matches) is Resumable:
+                    matches.resume = resume
+        return spans, containers
+
+    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, structural: bool) -> bool:
+        """Whether the key ``raw`` (``text[k0:k1]``) names a credential (cached)."""
+        rule = self.key_rule
+        assert rule is not None
+        hit = self._raw_keys.get(raw)
+        if hit is None:
+            hit = rule(raw.decode("utf-8", "replace"))
+            if len(self._raw_keys) < CACHE_MAX:
+                self._raw_keys[raw] = hit
+        if structural and not hit and k0 > 0 and text[k0 - 1] != 0x22:
+            # A JSON key may hold more than this word ("api key"): judge it whole.
+            opening = text.rfind(b'"', max(0, k0 - 128), k0)
+            if opening != -1:
+                hit = rule(text[opening + 1 : k1].decode("utf-8", "replace"))
+        return hit
+
+    def _dense(self, text: bytes, own_token: bool) -> bytes:
+        """``text`` dense with stems: key rules on the parsed structure, then each string
+        on its own, with at most ``MAX_PAIRS`` pairs judged per string."""
+        try:
+            parsed = self.structure(orjson.loads(text), own_token)
+        except orjson.JSONDecodeError:  # not JSON (never seen): all of it is suspect
+            return orjson.dumps(REDACTED)
+        return orjson.dumps(self._strings(parsed))
+
+    def _strings(self, value: object) -> object:
+        if type(value) is str:
+            encoded = orjson.dumps(value)
+            out = self._keys(encoded, budget=MAX_PAIRS)
+            return value if out is None or out == encoded else orjson.loads(out)
+        if type(value) is dict:
+            return {key: self._strings(item) for key, item in value.items()}
+        if type(value) is list:
+            return [self._strings(item) for item in value]
+        return value
+
+    # -- any text (JSON text included) --------------------------------------------------
+
+    def values(self, text: bytes) -> bytes:
+        """``text`` with the value detectors and ``redact_patterns`` applied."""
+        if self._detectors:
+            text = splice(text, self._value_spans(text))
+        for pattern in self._patterns:
+            text = pattern.sub(REDACTED_BYTES, text)
+        return text
+
+    def _value_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
+        """The spans the value detectors redact in ``text``."""
+        spans = run_formats(text)
+        present: dict[bytes, bool] = {}
+        for literal, pattern, group in LITERAL_FORMATS:
+            found = present.get(literal)
+            if found is None:
+                found = present[literal] = literal in text
+            if found:
+                spans.extend((m.start(group), m.end(group), REDACTED_BYTES) for m in pattern.finditer(text))
+        if len(text) >= 40:
+            spans.extend(aws_secrets(text))
+        return spans
+
+    def text(self, value: str) -> str:
+        """A plain string with the whole spec applied (as if it were a JSON string value)."""
+        cached = self._texts.get(value)
+        if cached is not None:
+            return cached
+        try:
+            encoded = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # a lone surrogate
+            encoded = orjson.dumps(value.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        out = self.json(encoded)
+        result: str = value if out is None or out == encoded else orjson.loads(out)
+        if len(value) <= 256 and len(self._texts) < CACHE_MAX:
+            self._texts[value] = result
+        return result
+
+    def may_match(self, text: str) -> bool:
+        """Whether the spec redacts anything in ``text``."""
+        raw = text.encode("utf-8", "surrogatepass")
+        if self._patterns:
+            return True
+        if self.key_rule is not None:
+            keys = self._key_spans(raw)
+            if keys is None or keys[0] or keys[1]:
+                return True
+        return bool(self._detectors and self._value_spans(raw))

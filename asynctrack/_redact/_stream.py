@@ -1,0 +1,116 @@
+"""Streamed tokens: a run's tokens redacted as one text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+
+from ._common import REDACTED
+
+__all__ = ["StreamRedactor"]
+
+# -- streamed tokens ----------------------------------------------------------------------
+
+_TAIL: Final = 256
+#: A credential format whose start the stream has shown but whose end it has not.
+_OPEN_PREFIX: Final = re.compile(
+    r"(?<![A-Za-z0-9_\-])(?:sk-|pk-lf-|lsv2_|gh[pousr]_|github_pat_|glpat-|xox[abposr]-"
+    r"|AKIA|ASIA|AIza|eyJ)[A-Za-z0-9_\-.]*\Z"
+)
+
+
+_CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
+
+
+class StreamRedactor:
+    """Redacts a run's streamed tokens as one text: each token is checked joined to the
+    ``_TAIL`` characters streamed before it.
+
+    What an earlier token already wrote cannot be taken back, so two rules keep a
+    credential split across tokens out of the log: once the joined text ends in
+    the start of a known credential format (``sk-``, ``ghp_``, ``eyJ``, ...), that
+    text and the tokens continuing it are redacted until the run of credential
+    characters ends; and a match of the full spec that reaches into the new token
+    redacts the new token's part of it (a ``password=`` in one token and the value
+    in the next). Left: a secret with no prefix (a bare AWS secret, a URL password)
+    split across tokens has its earlier part written.
+    """
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        self._redact = redact
+        self._tails: dict[object, tuple[str, bool]] = {}
+
+    def token(self, run: object, token: str) -> str:
+        tail, open_ = self._tails.pop(run, ("", False))
+        out = token
+        if open_:
+            continued = _CREDENTIAL_RUN.match(token)
+            cut = continued.end() if continued is not None else 0
+            if cut:
+                out = REDACTED + token[cut:]
+            open_ = cut == len(token)
+        joined = tail + token
+        redacted = self._redact(joined)
+        if redacted != joined:
+            out = _token_part(joined, redacted, len(tail), out)
+        if not open_:
+            found = _OPEN_PREFIX.search(joined[-64:])
+            if found is not None:
+                start = len(joined) - len(joined[-64:]) + found.start()
+                out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
+                open_ = True
+        if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
+            self._tails.pop(next(iter(self._tails)))
+        self._tails[run] = (joined[-_TAIL:], open_)
+        return out
+
+    def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
+        """Runs whose ``streams`` (tokens in order) need no redaction at all.
+
+        Checked on each run's tail joined to its tokens, so that nothing split across
+        tokens is missed. A run that is still inside an open credential run, or whose
+        text ends in a credential prefix, is never clean.
+        """
+        out = set()
+        for run, tokens in streams.items():
+            tail, open_ = self._tails.get(run, ("", False))
+            joined = tail + "".join(tokens)
+            if not open_ and not may_match(joined) and _OPEN_PREFIX.search(joined[-64:]) is None:
+                out.add(run)
+        return out
+
+    def append(self, run: object, token: str) -> None:
+        """Note a token that needs no redaction (``clean``): it only extends the tail."""
+        tail, open_ = self._tails.pop(run, ("", False))
+        if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
+            self._tails.pop(next(iter(self._tails)))
+        self._tails[run] = ((tail + token)[-_TAIL:], open_)
+
+    def end(self, run: object) -> None:
+        self._tails.pop(run, None)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (binary search on C comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _token_part(joined: str, redacted: str, start: int, current: str) -> str:
+    """The new token's text after ``joined`` became ``redacted`` (its first ``start``
+    characters were written before)."""
+    prefix = _common_prefix(joined, redacted)
+    limit = min(len(joined), len(redacted)) - prefix
+    suffix = min(_common_prefix(joined[::-1], redacted[::-1]), limit)
+    if len(joined) - suffix <= start:
+        return current  # the change lies wholly in text written before
+    if prefix >= start:
+        return redacted[start:]
+    return REDACTED + (redacted[len(redacted) - suffix :] if suffix else "")
