@@ -9,6 +9,7 @@ the SIGKILL test's 0.1 s, which is the guarantee under test (events recorded at 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import orjson
 import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
-from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack import AsyncTracker, FlushError, TrackerConfig
 from asynctrack._engine import _worker_process
 from asynctrack._langchain import _handler
 from asynctrack.testing import InMemorySink
@@ -276,3 +277,59 @@ def test_a_tracker_the_worker_cannot_build_falls_back_to_a_thread_without_loss(
     assert (stats.worker_mode, stats.written, stats.recorded) == ("thread", 10, 10)
     assert "cannot host this tracker" in caplog.text
     assert sorted(e["seq"] for e in _events(tmp_destination)) == list(range(10))
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tmp_path: Path) -> None:
+    """300 prompts of 200 KB against an S3 endpoint that never answers, with a 1 MiB bound:
+    the worker drops (and counts) what would not fit instead of holding 60 MB."""
+    from test_soak import BlackHole
+
+    mib = 1024 * 1024
+    config = TrackerConfig(
+        worker="process",
+        max_batch_bytes=mib,
+        max_queue_bytes=mib,
+        spool_dir=str(tmp_path / "spool"),
+        spool_max_bytes=64 * mib,
+    )
+    with BlackHole() as hole:
+        tracker = AsyncTracker(
+            "s3://hangs/p",
+            experiment_name="e",
+            run_name="bytes",
+            config=config,
+            endpoint_url=hole.endpoint_url,
+            read_timeout=1.0,
+            connect_timeout=1.0,
+            write_deadline=2.0,
+        )
+        try:
+            tracker.on_text("warm-up", run_id=uuid.uuid4())
+            pid = _worker_process.worker_process().pid
+            assert pid is not None
+            baseline = _rss(pid)
+            run_id = uuid.uuid4()
+            for i in range(300):
+                tracker.on_text(f"{i}:" + "x" * 200_000, run_id=run_id)
+            _wait_until(
+                lambda: (
+                    tracker.statistics().recorded + tracker.statistics().dropped == 301
+                    and tracker.statistics().queue_depth == 0
+                    and tracker.statistics().dropped > 0
+                ),
+                what="the worker to take or drop every event",
+            )
+            growth = _rss(pid) - baseline
+            stats = tracker.statistics()
+        finally:
+            with contextlib.suppress(FlushError):
+                tracker.close(timeout=1.0)
+    assert growth < 24 * mib, f"the worker grew by {growth / mib:.1f} MiB"
+    assert stats.dropped > 200  # at most a few 200 KB prompts fit in 1 MiB

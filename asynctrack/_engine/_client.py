@@ -26,12 +26,14 @@ what was not acknowledged, in order, before anything new. What is kept is bounde
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import logging
+import operator
 import pickle
 import threading
 import time
@@ -53,6 +55,8 @@ __all__ = ["ProcessEngine"]
 logger = logging.getLogger("asynctrack")
 
 _MAX_FRAME_RECORDS: Final = 8192  # records per RECORDS frame (bounds one frame's memory)
+_BODY: Final = operator.itemgetter(6)  # a record's captured body (bytes)
+_MAX_FRAME_BYTES: Final = 1 << 20  # ... and captured bytes per frame (a frame may pass it by one record)
 _FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
 _CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
 
@@ -69,6 +73,16 @@ class _Request:
     future: concurrent.futures.Future[dict[str, Any]] = dataclasses.field(
         default_factory=concurrent.futures.Future
     )
+
+
+def _cut_by_bytes(items: list[Any], start: int, end: int) -> int:
+    """Where a frame of ``items[start:end]`` must end to stay near ``_MAX_FRAME_BYTES``
+    (a few large prompts must not make one huge frame: both processes hold a frame
+    whole, and the worker's byte bound is applied per frame)."""
+    # C loops only (map, itemgetter, accumulate, bisect): no Python work per record.
+    totals = list(itertools.accumulate(map(len, map(_BODY, itertools.islice(items, start, end)))))
+    cut = bisect.bisect_right(totals, _MAX_FRAME_BYTES)
+    return start + max(cut, 1) if cut < len(totals) else end
 
 
 def _answer_deadline(request: _Request, timeout: float | None) -> float | None:
@@ -149,6 +163,8 @@ class ProcessEngine:
     def _reset_state(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()
         self._max_queue = self.config.max_queue_events
+        self._max_bytes = self.config.max_queue_bytes
+        self._queued_bytes = 0
         self._closed = False
         self._requests = itertools.count(1)
         self._frames = itertools.count(1)
@@ -188,10 +204,13 @@ class ProcessEngine:
     def put(self, record: Any) -> None:
         """Append ``record`` (the handler's tuple). Never blocks unless configured; never raises."""
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        if len(queue) >= self._max_queue or self._queued_bytes > self._max_bytes:
             self._full(record)
             return
         queue.append(record)
+        # Approximate (no lock; take() resets it every shipment): bounds the bytes that
+        # wait here by max_queue_bytes, as well as the count by max_queue_events.
+        self._queued_bytes += len(record[6])
 
     def count_dropped(self, n: int = 1) -> None:
         with self._lock:
@@ -201,15 +220,19 @@ class ProcessEngine:
         with self._lock:
             if not self._closed and self.config.when_full == "block":
                 deadline = time.monotonic() + self.config.block_timeout
-                while len(self._queue) >= self._max_queue and not self._closed:
+                while self._no_room() and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._room.wait(remaining)
-                if len(self._queue) < self._max_queue and not self._closed:
+                if not self._no_room() and not self._closed:
                     self._queue.append(record)
+                    self._queued_bytes += len(record[6])
                     return
             self._dropped += 1
+
+    def _no_room(self) -> bool:
+        return len(self._queue) >= self._max_queue or self._queued_bytes > self._max_bytes
 
     async def flush(self, timeout: float | None = None) -> None:
         if self.fallback is not None:
@@ -405,6 +428,7 @@ class ProcessEngine:
         queue = self._queue
         popleft = queue.popleft
         items = [popleft() for _ in range(len(queue))]
+        self._queued_bytes = 0
         if items and self._max_queue > 0 and self.config.when_full == "block":
             with self._lock:
                 self._room.notify_all()
@@ -424,6 +448,7 @@ class ProcessEngine:
                     end += 1
             else:
                 end = min(n, start + _MAX_FRAME_RECORDS)
+            end = _cut_by_bytes(items, start, end)
             if end > start:
                 chunk = items[start:end]
                 try:

@@ -94,6 +94,13 @@ class _Tracker:
         self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
         self._acked = 0
         self._stats_sent: tuple[int, ...] = ()
+        # Bytes of the frames not yet acknowledged: what this worker holds for the tracker.
+        self._frame_bytes: dict[int, int] = {}
+        self._held_bytes = 0
+        self._max_bytes = spec.config.max_queue_bytes
+        # Under "block" the application already ships no more than that beyond what is
+        # acknowledged; under "drop" the bound is kept here.
+        self._drop_over_bytes = spec.config.when_full == "drop"
         # One reader thread builds the engines one at a time: the environment set here
         # is this tracker's while its sinks are made (its sinks read it when they start).
         apply_environ(spec.environ)
@@ -115,8 +122,21 @@ class _Tracker:
 
     def records(self, frame: int, payload: bytes) -> None:
         records = orjson.loads(payload)
+        size = len(payload)
+        if self._drop_over_bytes and self._held_bytes + size > self._max_bytes and self._frame_bytes:
+            # Memory bound by bytes (the destination is slow or down): what this worker
+            # holds for the tracker, from its buffer to its failed batches, stays within
+            # max_queue_bytes (plus one frame). The frame is dropped, counted, resolved.
+            self.engine.count_dropped(len(records))
+            with self._lock:
+                self._remaining[frame] = 0
+                self._frame_bytes[frame] = 0
+            self._advance()
+            return
         seqs = [record[1] for record in records]
         with self._lock:
+            self._held_bytes += size
+            self._frame_bytes[frame] = size
             self._remaining[frame] = len(seqs)
             frame_of = self._frame_of
             for seq in seqs:
@@ -162,6 +182,7 @@ class _Tracker:
                 if remaining[frame] > 0:
                     break
                 del remaining[frame]
+                self._held_bytes -= self._frame_bytes.pop(frame, 0)
                 acked = frame
             if acked is not None:
                 self._acked = acked
