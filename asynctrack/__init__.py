@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._langchain._handler import AsyncTracker
     from ._langchain._sagemaker_handler import SageMakerCallbackHandler
     from ._read._load import load, read_events, read_parameters
+    from ._read._scan import scan
     from ._sinks._mlflow import MLflowParameters
     from ._sinks._s3 import S3Sink
     from ._sinks._sagemaker import SageMakerParameters
@@ -41,6 +42,7 @@ _LAZY = {
     "load": "._read._load",
     "read_events": "._read._load",
     "read_parameters": "._read._load",
+    "scan": "._read._scan",
     "MLflowParameters": "._sinks._mlflow",
     "S3Sink": "._sinks._s3",
     "SageMakerCallbackHandler": "._langchain._sagemaker_handler",
@@ -48,7 +50,7 @@ _LAZY = {
 }
 
 
-_CORE = frozenset({"AsyncTracker", "load", "read_events", "read_parameters"})
+_CORE = frozenset({"AsyncTracker", "load", "read_events", "read_parameters", "scan"})
 
 
 def __getattr__(name: str) -> Any:

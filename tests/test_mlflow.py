@@ -116,7 +116,7 @@ def steps(uri: str, run_id: str, key: str = "events_total") -> list[int]:
 # --------------------------------------------------------------------------------------
 
 
-def test_demo_logs_three_runs_to_sqlite_and_a_second_demo_updates_them(
+def test_demo_logs_three_runs_to_sqlite_and_a_second_demo_adds_three_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     uri = sqlite_uri(tmp_path)
@@ -128,7 +128,9 @@ def test_demo_logs_three_runs_to_sqlite_and_a_second_demo_updates_them(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     table = mlflow.search_runs(experiment_names=[EXPERIMENT_NAME])
-    assert sorted(table["tags.mlflow.runName"]) == list(SCENARIOS)
+    # Each demo invocation writes new runs: run-scenario-N-<UTC time>-<random>.
+    names = sorted(table["tags.mlflow.runName"])
+    assert [name.rsplit("-", 3)[0] for name in names] == list(SCENARIOS)
     for _, row in table.iterrows():
         run_name = row["tags.mlflow.runName"]
         events = read_events(destination, EXPERIMENT_NAME, run_name)
@@ -148,16 +150,18 @@ def test_demo_logs_three_runs_to_sqlite_and_a_second_demo_updates_them(
         )
         assert str(destination) in row["tags.mlflow.note.content"]
         assert row["status"] == "FINISHED"
-    agent = table[table["tags.mlflow.runName"] == "run-scenario-3"].iloc[0]
+    agent = table[table["tags.mlflow.runName"].str.startswith("run-scenario-3-")].iloc[0]
     assert agent["metrics.latency_tool_max"] > 0  # the agent's two tool calls
 
-    # The same names again: the same three runs, a second step of metrics.
+    # A second demo: three new runs beside the first three, which keep their one step.
+    # (Updating a run under the same names is test_server_gets_three_runs_and_a_second...)
     assert main(["demo", "--destination", str(tmp_path / "logs-2"), "--mlflow", uri]) == 0
     again = mlflow.search_runs(experiment_names=[EXPERIMENT_NAME])
-    assert sorted(again["run_id"]) == sorted(table["run_id"])
-    for run_id in again["run_id"]:
-        assert steps(uri, run_id) == [0, 1]
-    assert set(again["tags.asynctrack.events_uri"].str.startswith(str(tmp_path / "logs-2"))) == {True}
+    assert len(again) == 6 and len(set(again["tags.mlflow.runName"])) == 6
+    for run_id in table["run_id"]:
+        assert steps(uri, run_id) == [0]
+    new = again[~again["run_id"].isin(table["run_id"])]
+    assert set(new["tags.asynctrack.events_uri"].str.startswith(str(tmp_path / "logs-2"))) == {True}
 
 
 def test_server_gets_three_runs_and_a_second_tracker_updates_not_duplicates(
