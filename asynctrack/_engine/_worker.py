@@ -64,6 +64,7 @@ _CHUNK: Final = 64  # records pre-checked together, and between checks of the ti
 _BUDGET: Final = 0.001
 _PAUSE: Final = 0.00005
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
+_SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
 Translate = Callable[[Any], "tuple[int, bytes] | dict[str, Any] | None"]
 
@@ -427,9 +428,11 @@ class Worker:
         close_marker = self.close_marker
         self._fail_markers(left, f"tracker closed; {self._reporter.last_error}", markers, skip=close_marker)
         closers: list[Sink | ParametersSink] = [self._sink, *self._parameter_sinks]
+        # Past the deadline the connections are likely hung: closing them gets little time.
+        limit = _SINK_CLOSE_LATE if timed_out else _SINK_CLOSE
         for closer in closers:
             try:
-                async with asyncio.timeout(_SINK_CLOSE):
+                async with asyncio.timeout(limit):
                     await closer.aclose()
             except Exception as exc:
                 logger.warning("asynctrack: closing %s failed: %s", type(closer).__name__, exc)
