@@ -290,12 +290,8 @@ class Worker:
         ``_finish`` to resolve.
         """
         buffer = self._buffer
-        translate = self.translate
-        hook = self._config.redact
-        encoder = self._encoder
         counters = self._counters
         max_bytes = self._config.max_queue_bytes
-        prepare = getattr(translate, "prepare", None)
         started = time.perf_counter()
         while len(buffer):
             if not final and counters.pending_bytes >= max_bytes:
@@ -303,29 +299,8 @@ class Worker:
                 # rest in the buffer, which then fills up and drops, counted.
                 break
             chunk, marker = buffer.take(_CHUNK)
-            if chunk and prepare is not None:
-                try:
-                    prepare(chunk)
-                except Exception as exc:  # pre-checks only: translate still runs
-                    self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
-            for item in chunk:
-                try:
-                    out = translate(item)
-                    if type(out) is dict:
-                        if hook is not None:
-                            edited = hook(out)
-                            out = None if edited is None else dict(edited)
-                        if out is not None:
-                            out = (out.get("seq", -1), encoder.encode(out))
-                except Exception as exc:
-                    counters.encode_errors += 1
-                    self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
-                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-                    out = (-1, encoder.encode(event))
-                if out is None:
-                    counters.filtered += 1
-                    continue
-                self._dispatch(self._batcher.add(*out))
+            if chunk:
+                self._encode(chunk)
             if marker is not None:
                 if final:
                     self._late_markers.append(marker)
@@ -342,6 +317,43 @@ class Worker:
                 started = time.perf_counter()
         buffer.release_blocked()
         return None
+
+    def _encode(self, chunk: list[Any]) -> None:
+        """Translate, redact and encode one chunk of records into the open batch.
+
+        The hot loop of the worker: every name it uses per record is a local.
+        """
+        translate = self.translate
+        hook = self._config.redact
+        encoder = self._encoder
+        counters = self._counters
+        add = self._batcher.add
+        prepare = getattr(translate, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(chunk)
+            except Exception as exc:  # pre-checks only: translate still runs
+                self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
+        for item in chunk:
+            try:
+                out = translate(item)
+                if type(out) is dict:
+                    if hook is not None:
+                        edited = hook(out)
+                        out = None if edited is None else dict(edited)
+                    if out is not None:
+                        out = (out.get("seq", -1), encoder.encode(out))
+            except Exception as exc:
+                counters.encode_errors += 1
+                self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
+                event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
+                out = (-1, encoder.encode(event))
+            if out is None:
+                counters.filtered += 1
+                continue
+            sealed = add(out[0], out[1])  # type: ignore[index]  # a (seq, line) tuple by now
+            if sealed is not None:
+                self._dispatch(sealed)
 
     def _dispatch(self, sealed: list[tuple[int, Batch]]) -> None:
         for number, batch in sealed:
