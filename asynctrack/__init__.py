@@ -20,23 +20,32 @@ from ._errors import (
     SinkError,
     TrackerClosedError,
 )
-from ._langchain._handler import AsyncTracker
-from ._read._load import load, read_events, read_parameters
 from ._sinks._base import Batch, ParametersSink, RunInfo, Sink
 from ._sinks._local import LocalSink
 
 if TYPE_CHECKING:
+    from ._langchain._handler import AsyncTracker
     from ._langchain._sagemaker_handler import SageMakerCallbackHandler
+    from ._read._load import load, read_events, read_parameters
     from ._sinks._s3 import S3Sink
     from ._sinks._sagemaker import SageMakerParameters
 
 __version__ = "0.1.0"
 
+# Imported on first use: the worker process imports this package too, and must start
+# fast (LangChain's import alone takes ~0.3 s); extras' names need their extra.
 _LAZY = {
+    "AsyncTracker": "._langchain._handler",
+    "load": "._read._load",
+    "read_events": "._read._load",
+    "read_parameters": "._read._load",
     "S3Sink": "._sinks._s3",
     "SageMakerCallbackHandler": "._langchain._sagemaker_handler",
     "SageMakerParameters": "._sinks._sagemaker",
 }
+
+
+_CORE = frozenset({"AsyncTracker", "load", "read_events", "read_parameters"})
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +57,8 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module, __name__), name)
     except ImportError as exc:
+        if name in _CORE:
+            raise
         raise ImportError(
             f"asynctrack.{name} needs aiobotocore: pip install 'asynctrack[s3]' "
             f"(or '[sagemaker]' for SageMaker Experiments): {exc}"

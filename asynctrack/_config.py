@@ -9,42 +9,24 @@ from typing import Any, Literal
 
 __all__ = ["DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_PATTERNS", "TrackerConfig"]
 
-#: Keys (compared lower-cased, ``-`` read as ``_``) whose values are replaced by
-#: ``"[REDACTED]"`` wherever they appear. ``token`` only as the last word
-#: (``token``, ``access_token``, ``x-auth-token``), so that ``max_tokens`` and
-#: ``token_usage`` stay readable. (The streamed text of ``llm_new_token`` events,
-#: ``data.token``, is the library's own field and is not redacted by key.)
+#: Searched in each key normalized into lower-case words joined by ``_``
+#: (``clientSecret`` -> ``client_secret``, ``x-api-key`` -> ``x_api_key``,
+#: ``PGPASSWORD`` -> ``pgpassword``; see ``asynctrack._redact``): a match redacts the
+#: key's value. Glued words match too (``dbpassword``, ``openaiapikey``). ``token``
+#: only at the end and not the tokenizer's special tokens, so that ``max_tokens``,
+#: ``token_usage`` and ``eos_token`` stay readable. (The streamed text of
+#: ``llm_new_token`` events, ``data.token``, is the library's own field and is not
+#: redacted by key; its text is scanned like any other.)
 DEFAULT_REDACT_KEYS: str = (
-    r"(?:^|_)(?:api_?key|apikey|secret|secret_key|client_secret|password|passwd|pwd"
-    r"|authorization|proxy_authorization|auth|credentials?|private_key|access_key"
-    r"|access_key_id|secret_access_key|session_token|cookie|set_cookie|x_api_key)(?:$|_)"
-    r"|(?:^|_)token$"
+    r"passw|passphrase|pwd|secret(?!ar)|credential|cookie"
+    r"|(?:^|_)auth(?:$|_)|auth(?:ori[sz]ation|entication)|(?:^|_)(?:o|basic|proxy)auth"
+    r"|(?:api|private|access|secret|signing|encryption|master|account|client|app|session)_?keys?(?:$|_)"
+    r"|(?<!eos_)(?<!bos_)(?<!pad_)(?<!unk_)(?<!sep_)(?<!cls_)(?<!mask_)(?<!stop_)(?<!special_)token$"
 )
 
-#: Values that look like credentials wherever they occur in text (bytes regexes,
-#: applied to each encoded line). Add more with ``TrackerConfig.redact_patterns``.
-DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
-    # Every match of these holds a run of 20+ characters of [A-Za-z0-9_], or
-    # "-lf-" (Langfuse's UUID-style keys) or "AIza": the encoder checks that first
-    # (see _encode._redact_values) and runs the regexes only on text that passes.
-    # Real keys are long random strings; a short opaque token is caught only under
-    # a credential-like key (api_key=..., Authorization: ...).
-    r"sk-[A-Za-z0-9_\-]{20,}",  # OpenAI, Anthropic (sk-ant-), Langfuse (sk-lf-) secret keys
-    r"pk-lf-[A-Za-z0-9_\-]{16,}",  # Langfuse public keys
-    r"lsv2_[A-Za-z0-9_]{20,}",  # LangSmith
-    r"AKIA[0-9A-Z]{16}",  # AWS access key ids
-    r"ASIA[0-9A-Z]{16}",  # AWS temporary access key ids
-    r"ghp_[A-Za-z0-9]{30,}",  # GitHub tokens
-    r"gho_[A-Za-z0-9]{30,}",
-    r"ghs_[A-Za-z0-9]{30,}",
-    r"github_pat_[A-Za-z0-9_]{30,}",
-    r"xox[abprs]-(?:[0-9]+-)*[A-Za-z0-9]{20,}",  # Slack
-    r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
-    r"AIza[0-9A-Za-z_\-]{35,}",  # Google
-    r"Bearer\s+[A-Za-z0-9._~+/\-]*[A-Za-z0-9_]{20}[A-Za-z0-9._~+/\-]*=*",  # bearer tokens
-    r"bearer\s+[A-Za-z0-9._~+/\-]*[A-Za-z0-9_]{20}[A-Za-z0-9._~+/\-]*=*",
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-)
+#: Kept for compatibility: the built-in value detectors are in ``asynctrack._redact``
+#: (``redact_detectors``); ``redact_patterns`` adds regexes of your own to them.
+DEFAULT_REDACT_PATTERNS: tuple[str, ...] = ()
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -82,9 +64,17 @@ class TrackerConfig:
             marked placeholder.
         gzip: compress batch files (``.jsonl.gz``).
         max_concurrent_writes: batch writes in flight at once.
-        redact_keys: regex (searched in lower-cased keys with ``-`` read as ``_``)
-            whose values are redacted. ``None`` turns key redaction off.
-        redact_patterns: regexes for credential-like text redacted in every value.
+        redact_keys: regex searched in each key normalized into lower-case words
+            joined by ``_`` (``clientSecret`` -> ``client_secret``); a match redacts
+            the key's value, in JSON structure and in ``key=value`` / ``key: value``
+            text alike. ``None`` turns key rules off. See README "Redaction".
+        redact_patterns: regexes of your own (as bytes patterns, matched against
+            the JSON text of every event) whose matches are redacted, on top of
+            the built-in detectors. Keep them linear: bounded or possessive
+            quantifiers, no nested repetition.
+        redact_detectors: run the built-in credential-format detectors (API keys
+            of the common providers, AWS keys, JWTs, private keys, URL passwords,
+            ...) on every text written.
         spool: keep batches a remote destination (S3) did not take by the close
             deadline, or that no longer fit in memory while it is down, in a
             local spool directory; the next tracker on the same destination and
@@ -100,7 +90,17 @@ class TrackerConfig:
             and only while no other SIGTERM handler is set.
         redact: a hook called in the worker (never on the caller's thread) with
             each event as a dict; it returns the dict to write (changed in place
-            or new), or ``None`` to drop the event (counted as ``filtered``).
+            or new), or ``None`` to drop the event (counted as ``filtered``). In
+            the worker process it must be picklable (a module-level function);
+            otherwise the tracker uses a worker thread.
+        worker: where the worker runs. ``"process"``: a worker process shared by
+            every tracker of this process (the application only captures and
+            ships bytes; a kill of the application loses milliseconds).
+            ``"thread"``: a thread in this interpreter. ``None`` (default):
+            ``$ASYNCTRACK_WORKER``, else ``"process"``; a thread is used, with one
+            log line saying why, where a process cannot be started or the
+            destination, hook or parameter sinks cannot cross to it (a ``Sink``
+            object, a lambda).
     """
 
     max_batch_events: int = 10_000
@@ -116,10 +116,12 @@ class TrackerConfig:
     max_concurrent_writes: int = 4
     redact_keys: str | None = DEFAULT_REDACT_KEYS
     redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    redact_detectors: bool = True
     spool: bool = True
     spool_dir: str | None = None
     spool_max_bytes: int = 1024 * MiB
     handle_sigterm: bool = True
+    worker: Literal["process", "thread"] | None = None
     redact: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
@@ -148,6 +150,10 @@ class TrackerConfig:
             )
         if self.redact_keys is not None and not isinstance(self.redact_keys, str):
             raise ValueError(f"redact_keys must be a regex string or None, got {self.redact_keys!r}")
+        if self.worker not in (None, "process", "thread"):
+            raise ValueError(f"worker must be 'process', 'thread' or None, got {self.worker!r}")
+        if not isinstance(self.redact_detectors, bool):
+            raise ValueError(f"redact_detectors must be a bool, got {self.redact_detectors!r}")
         if self.when_full not in ("drop", "block"):
             raise ValueError(f"when_full must be 'drop' or 'block', got {self.when_full!r}")
         if self.max_queue_bytes < self.max_batch_bytes:

@@ -14,6 +14,9 @@ Messages are built in ``__init__`` so that every raise site reads the same.
 
 from __future__ import annotations
 
+import traceback
+from typing import Any
+
 __all__ = [
     "AsyncTrackError",
     "DeadlockError",
@@ -116,3 +119,24 @@ class SinkError(AsyncTrackError):
 
 class PermanentSinkError(SinkError):
     """A failure that retrying will not fix (no such bucket, access denied, ...)."""
+
+
+def error_fields(error: object) -> dict[str, Any]:
+    """An exception as logged in an error event: ``{"type", "message", "traceback"}``.
+
+    Never raises: a broken ``__str__`` gives a placeholder message, a broken chained
+    exception no traceback.
+    """
+    if not isinstance(error, BaseException):
+        return {"type": type(error).__name__, "message": str(error), "traceback": None}
+    try:
+        tb: str | None = "".join(traceback.format_exception(error))
+    except Exception:  # a broken __str__ in a chained exception
+        tb = None
+    cls = type(error)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(error)
+    except Exception:
+        message = "<str() failed>"
+    return {"type": name, "message": message, "traceback": tb}

@@ -16,7 +16,16 @@ from pathlib import Path
 
 from . import _common as c
 
-ORDER = ["overhead", "throughput", "flush_latency", "loop_lag", "memory"]
+ORDER = [
+    "overhead",
+    "throughput",
+    "flush_latency",
+    "loop_lag",
+    "memory",
+    "worker_process",
+    "hostile",
+    "real_provider",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

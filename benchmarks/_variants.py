@@ -100,6 +100,16 @@ class AsyncTrackLocal(Variant):
         self._tmp.cleanup()
 
 
+class AsyncTrackThread(AsyncTrackLocal):
+    name = "asynctrack-thread"
+    label = "asynctrack → local dir (thread)"
+
+    def kwargs(self) -> dict[str, Any]:
+        from asynctrack import TrackerConfig
+
+        return {"config": TrackerConfig(worker="thread")}
+
+
 class AsyncTrackS3(AsyncTrackLocal):
     name = "asynctrack-s3"
     label = "asynctrack → S3 (moto)"

@@ -13,6 +13,11 @@ Workloads (each measured as a whole number of *calls*; per-call figures divide b
 - ``agent``: a ``RunnableLambda`` "agent" that runs three think/act steps, each a
   nested ``prompt | llm`` call and a ``@tool`` call, then a final answer chain
   (32 events per call, three levels deep).
+- ``openai``: real provider events: langchain-openai's ``ChatOpenAI`` against a loopback
+  OpenAI-compatible stub (``tests/_infra/openai_stub.py``, started by the benchmark, whose
+  URL is set in ``OPENAI_STUB``): a tool-call round trip (messages, tool calls, token
+  usage) and a streamed answer with usage. Needs ``langchain-openai`` (the ``bench``
+  extra); not run in the legacy venv.
 """
 
 from __future__ import annotations
@@ -108,6 +113,27 @@ def agent_runnable() -> Runnable[Any, Any]:
     return RunnableLambda(agent, name="agent")
 
 
+#: The stub's base URL, set by the benchmark that started it (``openai`` workload).
+OPENAI_STUB: dict[str, str] = {}
+
+
+def openai_runnable() -> Runnable[Any, Any]:
+    import sys
+    from pathlib import Path
+
+    tests_dir = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from _infra.openai_stub import run_calls
+
+    def provider_round(inputs: dict[str, Any], config: RunnableConfig) -> str:
+        # The calls nest under this run, as a real agent's model calls do.
+        run_calls(OPENAI_STUB["url"], config.get("callbacks"))  # type: ignore[arg-type]
+        return "done"
+
+    return RunnableLambda(provider_round, name="openai_round")
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -125,6 +151,12 @@ WORKLOADS: dict[str, Workload] = {
         Workload("async1024", "async", simple_chain, 1024, "`ainvoke`, 1024 concurrent"),
         Workload("stream", "stream", stream_chain, description=f"`stream`, {STREAM_TOKENS} tokens per call"),
         Workload("agent", "sync", agent_runnable, description="nested agent-like run tree (tool calls)"),
+        Workload(
+            "openai",
+            "sync",
+            openai_runnable,
+            description="real `ChatOpenAI` (loopback stub): tool-call round trip + streamed answer",
+        ),
     )
 }
 

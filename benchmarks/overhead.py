@@ -19,13 +19,15 @@ per repeat). "Total" is handler construction + the calls + the final flush/close
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from collections import defaultdict
 from typing import Any
 
 from . import _common as c
-from ._workloads import WORKLOADS, Workload, count_events, run_async, run_stream, run_sync
+from ._workloads import OPENAI_STUB, WORKLOADS, Workload, count_events, run_async, run_stream, run_sync
 
 # Calls per measurement: full, smoke. async workloads run in rounds of their concurrency.
 CALLS = {
@@ -34,6 +36,7 @@ CALLS = {
     "async1024": (1024, 0),  # 0: skipped in smoke mode (1024 calls per variant is not "a few seconds")
     "stream": (40, 2),
     "agent": (100, 3),
+    "openai": (40, 2),
 }
 # The legacy SageMaker handler uploads one S3 object per event (~15 ms each on moto):
 # far fewer calls, against its own baseline with the same counts. None: not run.
@@ -43,12 +46,30 @@ LEGACY_CALLS: dict[str, tuple[int | None, int | None]] = {
     "async1024": (None, None),
     "stream": (1, None),
     "agent": (5, None),
+    "openai": (None, None),
 }
 
 LOCAL = "asynctrack-local"
 
 
+def _worker_cpu() -> float:
+    """CPU seconds (user + system) of this process's asynctrack worker process, or 0."""
+    try:
+        from asynctrack._engine._worker_process import worker_process
+
+        pid = worker_process().pid
+        if pid is None:
+            return 0.0
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ImportError, IndexError, ValueError):
+        return 0.0
+
+
 def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str) -> dict[str, Any]:
+    """One measurement: wall time of setup, calls and final flush/close, and the CPU the
+    calls and the close took in this process and in the worker process (if any)."""
     c.settle()
     if workload.kind == "async":
 
@@ -57,23 +78,27 @@ def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str)
             state = variant.open(tag)
             callbacks = variant.callbacks(state)
             t1 = time.perf_counter()
+            cpu0, wcpu0 = time.process_time(), _worker_cpu()
             calls_s = await run_async(chain, callbacks, calls, workload.concurrency)
             t2 = time.perf_counter()
             extra = await variant.aclose(state)
             t3 = time.perf_counter()
-            return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+            cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu() - wcpu0}
+            return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
         return asyncio.run(go())
     t0 = time.perf_counter()
     state = variant.open(tag)
     callbacks = variant.callbacks(state)
     t1 = time.perf_counter()
+    cpu0, wcpu0 = time.process_time(), _worker_cpu()
     runner = run_stream if workload.kind == "stream" else run_sync
     calls_s = runner(chain, callbacks, calls)
     t2 = time.perf_counter()
     extra = variant.close(state)
     t3 = time.perf_counter()
-    return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **extra}
+    cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu() - wcpu0}
+    return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._variants import (
         AsyncTrackLocal,
         AsyncTrackS3,
+        AsyncTrackThread,
         Floor,
         Langfuse,
         LangSmith,
@@ -101,13 +127,29 @@ def main(argv: list[str] | None = None) -> int:
         SageMakerLegacy,
     )
 
-    with c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
+    openai_stub = contextlib.ExitStack()
+    if any(w.name == "openai" for w in workloads):
+        problem = _openai_problem()
+        if problem:
+            report.note(f"workload `openai` skipped: {problem}")
+            workloads = [w for w in workloads if w.name != "openai"]
+        else:
+            from _infra.openai_stub import OpenAIStub
+
+            OPENAI_STUB["url"] = openai_stub.enter_context(OpenAIStub()).url
+    with openai_stub, c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
         import os
 
         for name in ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT", "LANGFUSE_HOST", "LANGFUSE_BASE_URL"):
             os.environ[name] = stub.url
         s3_problem = "--no-s3" if args.no_s3 else c.s3_sink_problem()
-        candidates: list[Any] = [NoHandler(), Floor(), AsyncTrackLocal(), AsyncTrackS3(moto_url, s3_problem)]
+        candidates: list[Any] = [
+            NoHandler(),
+            Floor(),
+            AsyncTrackLocal(),
+            AsyncTrackThread(),
+            AsyncTrackS3(moto_url, s3_problem),
+        ]
         if args.no_peers:
             report.note("--no-peers: LangSmith, Langfuse and SageMaker variants skipped")
         else:
@@ -149,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     _tables(report, results, workloads, variants, repeats)
     report.finish(chart=lambda plt: _chart(plt, report))
     return 0
+
+
+def _openai_problem() -> str | None:
+    """Why the real-provider workload cannot run here, or ``None`` (its stub is importable)."""
+    try:
+        import langchain_openai  # noqa: F401
+    except ImportError as exc:
+        return f"langchain-openai not installed ({exc}); pip install -e '.[bench]'"
+    tests_dir = str(c.ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    return None
 
 
 class _maybe_moto:
@@ -234,9 +288,14 @@ def _tables(
         def total(name: str, w: Workload = w) -> list[float]:
             return [(run["setup_s"] + run["calls_s"] + run["final_s"]) * 1e3 for run in runs[(w.name, name)]]
 
+        def cpu_per_event(name: str, key: str, w: Workload = w) -> list[float]:
+            calls = results["calls"][w.name] * results["events"][w.name]
+            return [run.get(key, 0.0) / calls * 1e6 for run in runs[(w.name, name)]]
+
         rows = []
         summary[w.name] = {}
         floor_pc = per_call("floor")
+        floor_cpu = cpu_per_event("floor", "app_cpu_s")
         for name in names:
             legacy = name in ("none-legacy", "sagemaker-legacy")
             base = "none-legacy" if legacy else "none"
@@ -249,6 +308,9 @@ def _tables(
             x_none = [pc[i] / base_pc[i] for i in range(n)]
             x_total = [tot[i] / base_tot[i] for i in range(n)]
             final_ms = [run["final_s"] * 1e3 for run in runs[(w.name, name)]]
+            app_cpu = cpu_per_event(name, "app_cpu_s") if not legacy else [float("nan")]
+            app_over = [app_cpu[i] - floor_cpu[i] for i in range(min(len(app_cpu), len(floor_cpu)))]
+            worker_cpu = cpu_per_event(name, "worker_cpu_s") if not legacy else [float("nan")]
             s = {
                 "per_call_us": c.median(pc),
                 "per_event_over_none_us": c.median(over_none),
@@ -258,6 +320,8 @@ def _tables(
                 "total_ms": c.median(tot),
                 "total_x_none": c.median(x_total),
                 "final_ms": c.median(final_ms),
+                "app_cpu_over_floor_us": c.median(app_over) if app_over else float("nan"),
+                "worker_cpu_us": c.median(worker_cpu),
             }
             summary[w.name][name] = s
             rows.append(
@@ -271,6 +335,8 @@ def _tables(
                     s["total_ms"],
                     s["total_x_none"],
                     s["final_ms"],
+                    s["app_cpu_over_floor_us"],
+                    s["worker_cpu_us"],
                 ]
             )
             report.metric(f"{w.name}.{name}.per_call_us", s["per_call_us"])
@@ -291,6 +357,8 @@ def _tables(
                 "total ms (setup+calls+flush/close)",
                 "total × none",
                 "final flush/close ms",
+                "app CPU µs/event over floor",
+                "worker process CPU µs/event",
             ],
             rows,
         )
@@ -309,8 +377,11 @@ def _tables(
                 unit="×",
             )
     report.note(
-        "µs per event is wall time of the calling thread: on 2 cores with one GIL it includes the time the "
-        "tracker's worker thread holds the GIL while it encodes (see `python -m benchmarks.profile`)"
+        "µs per event is wall time of the calling thread. `asynctrack → local dir` and `→ S3` use the "
+        "default worker process; `(thread)` keeps the worker in this interpreter, where it competes with a "
+        "CPU-bound caller for the GIL. App CPU is this process's CPU (time.process_time: the caller, the "
+        "shipper/reader threads, or the worker thread) per event over the floor's; worker process CPU is "
+        "the worker process's (user + system, from /proc) per event, measured over the calls and the close"
     )
     report.data["summary"] = summary
     report.data["events_per_call"] = results["events"]

@@ -7,6 +7,9 @@ figure is then the sustained rate the worker reaches, on 2 cores shared by the
 producer and the worker (and moto, for S3). Local files are fsync'd; S3 objects are
 acknowledged by moto in a child process.
 
+``asynctrack-local`` and ``-s3`` use the default worker process; ``asynctrack-local-thread``
+keeps the worker in this interpreter (``worker="thread"``).
+
 Also ``engine-local``: the ``Engine`` alone (no LangChain adapter: pre-built event
 dicts, identity translate) into a local directory, to split adapter from engine.
 
@@ -33,6 +36,7 @@ FULL = [
     ("asynctrack-local", 100_000, SMALL),
     ("asynctrack-local", 1_000_000, SMALL),
     ("asynctrack-local", 100_000, LARGE),
+    ("asynctrack-local-thread", 1_000_000, SMALL),
     ("engine-local", 1_000_000, SMALL),
     ("asynctrack-s3", 100_000, SMALL),
     ("asynctrack-s3", 1_000_000, SMALL),
@@ -40,6 +44,7 @@ FULL = [
 ]
 SMOKE = [
     ("asynctrack-local", 2_000, SMALL),
+    ("asynctrack-local-thread", 2_000, SMALL),
     ("asynctrack-local", 200, LARGE),
     ("engine-local", 2_000, SMALL),
     ("asynctrack-s3", 2_000, SMALL),
@@ -84,17 +89,19 @@ def payload(size: int) -> str:
     return " ".join(out)[:size]
 
 
-def _config() -> Any:
+def _config(worker: str | None = None) -> Any:
     from asynctrack import TrackerConfig
 
-    return TrackerConfig(when_full="block", block_timeout=120.0)
+    return TrackerConfig(when_full="block", block_timeout=120.0, worker=worker)  # type: ignore[arg-type]
 
 
-def run_handler(destination: str, n: int, size: int, tag: str, **s3: Any) -> dict[str, Any]:
+def run_handler(
+    destination: str, n: int, size: int, tag: str, worker: str | None = None, **s3: Any
+) -> dict[str, Any]:
     from asynctrack import AsyncTracker
 
     text = payload(max(size - BASE_LINE, 1))
-    tracker = AsyncTracker(destination, experiment_name="bench", run_name=tag, config=_config(), **s3)
+    tracker = AsyncTracker(destination, experiment_name="bench", run_name=tag, config=_config(worker), **s3)
     try:
         on_text = tracker.on_text
         ids = RUN_IDS
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 report.progress(f"repeat {r + 1}/{repeats}: {variant} {n:,} × {size} B")
                 if variant == "asynctrack-local":
                     res = run_handler(f"{tmp}/h", n, size, tag)
+                elif variant == "asynctrack-local-thread":
+                    res = run_handler(f"{tmp}/h", n, size, tag, worker="thread")
                 elif variant == "engine-local":
                     res = run_engine(f"{tmp}/e", n, size, tag)
                 else:

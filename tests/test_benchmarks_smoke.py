@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["overhead", "throughput", "flush_latency", "loop_lag", "memory"]
+BENCHMARKS = ["overhead", "throughput", "flush_latency", "loop_lag", "memory", "hostile", "real_provider"]
 
 
 def _run(args: list[str], timeout: float = 100) -> subprocess.CompletedProcess[str]:
@@ -81,6 +81,24 @@ def test_overhead_counts_every_variant_it_ran(tmp_path: Path) -> None:
     assert {"none", "floor", "asynctrack-local"} <= set(summary)
     totals = data["data"]["asynctrack_local_totals"]  # type: ignore[index]
     assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
+
+
+def test_hostile_times_every_field_of_the_corpus(tmp_path: Path) -> None:
+    proc = _run(["benchmarks.hostile", "--smoke", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = _check_output("hostile", tmp_path, proc.stdout)
+    rows = data["tables"][0]["rows"]  # type: ignore[index]
+    assert len(rows) >= 40  # every pattern's prefixes, near misses, separator runs
+    assert all(row[-1] in ("PASS", "MISS") for row in rows)
+
+
+def test_real_provider_times_each_event_kind(tmp_path: Path) -> None:
+    proc = _run(["benchmarks.real_provider", "--smoke", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = _check_output("real_provider", tmp_path, proc.stdout)
+    kinds = {row[0] for row in data["tables"][0]["rows"]}  # type: ignore[index]
+    assert {"chat_model_start", "llm_new_token", "llm_end", "all"} <= kinds
+    assert {"app_us_per_event", "worker_us_per_event", "total_us_per_event"} <= set(data["metrics"])  # type: ignore[arg-type]
 
 
 def test_run_all_collects_goals(tmp_path: Path) -> None:

@@ -200,7 +200,9 @@ def test_planted_secrets_are_never_written_nor_logged(
         f"s3://{bucket}/secrets",
         experiment_name="exp-secrets",
         run_name="run-1",
-        config=TrackerConfig(gzip=gzipped, spool_dir=str(tmp_path / "spool")),
+        # A worker thread: botocore then logs in this process, where caplog sees every
+        # DEBUG dump (the worker process's botocore logs stay in that process).
+        config=TrackerConfig(gzip=gzipped, spool_dir=str(tmp_path / "spool"), worker="thread"),
         endpoint_url=moto.endpoint_url,
         parameter_sinks=[SageMakerParameters(endpoint_url=moto.endpoint_url)],
     )
@@ -247,7 +249,7 @@ def test_no_credential_in_logs_or_objects_when_requests_fail(
         f"s3://{bucket}/faulty",
         experiment_name="exp",
         run_name="faulty",
-        config=TrackerConfig(spool_dir=spool),
+        config=TrackerConfig(spool_dir=spool, worker="thread"),  # botocore logs here
         endpoint_url=proxy.endpoint_url,
     )
     with closing(faulty):
@@ -257,7 +259,7 @@ def test_no_credential_in_logs_or_objects_when_requests_fail(
         "s3://no-such-bucket-here/x",
         experiment_name="exp",
         run_name="missing",
-        config=TrackerConfig(spool_dir=spool),
+        config=TrackerConfig(spool_dir=spool, worker="thread"),  # botocore logs here
         endpoint_url=moto.endpoint_url,
     )
     messages = []
@@ -274,7 +276,7 @@ def test_no_credential_in_logs_or_objects_when_requests_fail(
         f"s3://{bucket}/down",
         experiment_name="exp",
         run_name="down",
-        config=TrackerConfig(spool_dir=spool),
+        config=TrackerConfig(spool_dir=spool, worker="thread"),  # botocore logs here
         endpoint_url=closed_port_url(),
         connect_timeout=0.5,
         write_deadline=0.5,

@@ -89,12 +89,15 @@ class Engine:
         config: TrackerConfig | None = None,
         run_info: RunInfo | None = None,
         spool: Spool | None = None,
+        placeholders: Callable[[], int] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self.sink = sink
         self.layout = layout
         self._translate = translate
         self._parameters = parameters
+        # Events the adapter wrote with a placeholder for a bad value (its own count).
+        self._placeholders = placeholders
         self._parameter_sinks = tuple(parameter_sinks)
         self.spool = spool
         #: Called (weakly) in a forked child, after the engine reset itself.
@@ -161,10 +164,12 @@ class Engine:
         self,
         translate: Translate,
         parameters: Callable[[], Mapping[str, ParameterValue]] | None,
+        placeholders: Callable[[], int] | None = None,
     ) -> None:
-        """Replace ``translate`` and ``parameters`` (after fork, before the worker runs)."""
+        """Replace the adapter's callbacks (after fork, before the worker runs)."""
         self._translate = translate
         self._parameters = parameters
+        self._placeholders = placeholders
         self._worker.translate = translate
 
     @property
@@ -389,7 +394,7 @@ class Engine:
             failed=sum(b.events for b in list(self._delivery.failed.values())),
             lost=c.lost + self._abandoned,
             spooled=c.spooled,
-            encode_errors=c.encode_errors,
+            encode_errors=c.encode_errors + (self._placeholders() if self._placeholders else 0),
             write_errors=c.write_errors,
             batches=c.batches,
             bytes=c.bytes,

@@ -18,9 +18,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["close_all", "forget", "install_sigterm_handler", "register"]
+__all__ = ["close_all", "exit_hooks", "forget", "install_sigterm_handler", "register"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -37,6 +38,9 @@ class _Closable(Protocol):
 # (and its events written) at exit. It leaves the set once its worker has stopped.
 _live: dict[int, _Closable] = {}
 _lock = threading.Lock()
+#: Called after the engines, with the same deadline: the worker process's trackers and
+#: channel (``_client``), which keep their own registry.
+exit_hooks: list[Callable[[float], None]] = []
 
 
 def register(engine: _Closable) -> None:
@@ -74,6 +78,11 @@ def close_all() -> None:
         try:
             engine.close(timeout=max(deadline - time.monotonic(), 0.1))
         except Exception as exc:
+            logger.error("asynctrack: at exit, %s", exc)
+    for hook in list(exit_hooks):
+        try:
+            hook(deadline)
+        except Exception as exc:  # pragma: no cover - each hook logs its own errors
             logger.error("asynctrack: at exit, %s", exc)
 
 

@@ -1,54 +1,82 @@
-"""Capture callback arguments on the caller's thread: one ``orjson.dumps`` call.
+"""Capture callback arguments on the caller's thread, as JSON bytes, without ever crashing.
 
 LangChain hands a handler live objects: the input dict a chain keeps using, the
-message lists an agent appends to. What we log must be what was passed at the
-callback, so the arguments are captured right there. Encoding them to JSON bytes
-at once does that in C, in about 1 µs for a typical event (a Python deep copy of
-the same arguments costs 5-15 µs), and bytes are invisible to the cyclic GC, so a
-full buffer costs the caller nothing in collection pauses (``../shared/NOTES.md``:
-5.4 µs per event when raw records pile up).
+message lists an agent appends to, maybe from another thread. What we log must be
+what was passed at the callback, so the arguments are encoded right there, to
+bytes (immutable, invisible to the cyclic GC, and exactly as large as what we hold:
+the engine's byte bound counts what is really in memory).
 
-``default`` turns what orjson cannot write natively into plain data: pydantic
-models (LangChain messages, documents, generations) become their field dicts,
-sets become lists, ``SecretStr`` becomes ``"[REDACTED]"``, anything unknown a
-marked placeholder with its type and a short ``repr``.
+Why this cannot crash
+---------------------
 
-When orjson refuses a value anyway (a lone surrogate, an integer beyond 64 bits,
-a cycle or nesting deeper than 254, a ``default`` that raised), the arguments are
-copied in Python instead (``_snapshot``) and wrapped in ``Captured``; the worker
-then encodes them with the careful, slow encoder. The callback still never
-raises.
+orjson walks a list through a pointer to its item array and a length it read when
+it started (``ListTupleSerializer`` in ``src/serialize/per_type/list.rs``: ``data_ptr
+= ob.data_ptr(); len = ob.len()``, then ``*data_ptr.add(idx)`` for ``idx in 0..len``).
+While orjson's C code runs, no other thread can run (it holds the GIL and never
+releases it). But a ``default=`` callback written in Python runs bytecode, and the
+interpreter hands the GIL to another thread every switch interval: a thread that
+appends to that list then reallocates the item array under orjson, which reads
+freed memory (the SIGSEGV of issue 9; python-rapidjson #238 and ultrajson #689
+are the same class). So nothing here lets orjson run Python:
+
+1. ``orjson.dumps(body, default=_DICT_OF, option=OPT_PASSTHROUGH_DATACLASS |
+   OPT_PASSTHROUGH_DATETIME)``. ``_DICT_OF`` is ``operator.attrgetter("__dict__")``,
+   a C function: for a pydantic model (LangChain's messages, generations,
+   documents) it returns the instance's field dict through the type's C
+   ``__dict__`` descriptor, with no bytecode (pydantic defines ``__getattr__``,
+   which runs only when normal lookup fails, never ``__getattribute__``).
+   Dataclasses and datetimes are passed through (orjson would otherwise read a
+   dataclass's fields with ``PyObject_GetAttr``, which may run a property, and call
+   a ``tzinfo``'s ``utcoffset``), so they fail step 1 and take step 2.
+   ``str``/``int``/``dict``/``list`` subclasses are read in C (``obtype.rs``).
+2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
+   lone surrogate, an integer over 64 bits, nesting over 254, a cycle), or the
+   bytes are longer than ``max_field_bytes`` (a field may need cutting),
+   ``careful()`` copies the arguments in Python into fresh plain containers
+   (each container first copied whole by one C call, ``list(d.items())`` /
+   ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
+   private copy with no ``default`` at all. The result is bytes too.
+
+What is left: orjson reads an ``Enum`` member's ``value`` with ``PyObject_GetAttr``
+(``pyenum.rs``; no option turns this off), and ``enum``'s ``value`` is a Python
+property; and an object whose class runs Python to look up ``__dict__`` (a Python
+``__getattribute__``, a ``__dict__`` property, or a ``__getattr__`` on a class
+without ``__dict__``). Only if such an object sits *inside a list another thread
+is resizing at that instant* could the old crash return. LangChain's own objects
+are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
+
+One bad field spoils one field: a value whose conversion raises becomes a marked
+placeholder ``{"$asynctrack": "unencodable", "type": ..., "error": ...}`` in its
+place, the rest of the event is kept (the worker counts such events).
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import datetime
 import decimal
 import enum
+import math
+import operator
 import os
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 
-from ._snapshot import snapshot
-
-__all__ = ["REDACTED", "Captured", "Capturer", "safe_repr", "safe_str", "type_name"]
+__all__ = ["MARK", "REDACTED", "Capturer", "placeholder", "safe_repr", "safe_str", "type_name"]
 
 REDACTED: Final = "[REDACTED]"
-_MARK: Final = "$asynctrack"
-_OPTIONS: Final = 0  # not OPT_SERIALIZE_NUMPY: a huge array must become a placeholder
+MARK: Final = "$asynctrack"
+#: orjson reads these natively but may run Python doing so (see the module docstring).
+OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+#: ``default`` for orjson: a C function, so orjson never runs bytecode mid-walk.
+DICT_OF: Final = operator.attrgetter("__dict__")
+MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
-
-
-class Captured:
-    """Arguments orjson could not encode at callback time, copied in Python."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
 
 
 def type_name(value: object) -> str:
@@ -64,108 +92,212 @@ def safe_repr(value: object, limit: int = 200) -> str:
         text = repr(value)
     except Exception as exc:  # user __repr__ can do anything
         return f"<repr failed: {type(exc).__name__}>"
+    if type(text) is not str:
+        return "<repr failed>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _unencodable(value: object) -> dict[str, Any]:
-    return {_MARK: "unencodable", "type": type_name(value), "repr": safe_repr(value)}
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``; never raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        return safe_repr(exc)
+    return text if type(text) is str else safe_repr(exc)
+
+
+def placeholder(reason: str, value: object = None, **extra: Any) -> dict[str, Any]:
+    """A marked stand-in for a value that could not be written as it was."""
+    out: dict[str, Any] = {MARK: reason}
+    if value is not None:
+        try:
+            out["type"] = type_name(value)
+        except Exception:  # a hostile metaclass
+            out["type"] = "<unknown>"
+    out.update(extra)
+    return out
+
+
+def _valid(s: str) -> str:
+    """``s`` with each lone surrogate replaced by U+FFFD."""
+    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class Capturer:
-    """Encodes callback arguments to JSON bytes, with one field-size limit."""
+    """Encodes callback arguments to JSON bytes under one field limit and depth limit."""
 
     def __init__(self, max_field_bytes: int, max_depth: int) -> None:
         self._max_field = max_field_bytes
         self._max_depth = max_depth
-        self._handlers: dict[type, Callable[[Any], Any]] = {}
+        self._nodes = 0
+        self._fixed = False
 
-    def __call__(self, value: Any) -> bytes | Captured:
-        """``value`` as JSON bytes, or a ``Captured`` copy. Never raises."""
+    def __call__(self, value: Any) -> bytes:
+        """``value`` as JSON bytes. Never raises."""
         try:
-            return orjson.dumps(value, default=self.default, option=_OPTIONS)
+            out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
         except Exception:
-            return Captured(snapshot(value, self._max_depth))
+            return self.careful(value)
+        if len(out) > self._max_field:
+            return self.careful(value)
+        return out
 
-    def default(self, value: Any) -> Any:
-        """orjson's ``default``: plain data for what orjson cannot write itself."""
-        cls = type(value)
-        handler = self._handlers.get(cls)
-        if handler is None:
-            # Racing threads may both pick a handler for a new type; they pick the same.
-            handler = self._handlers[cls] = self._handler_for(cls)
-        return handler(value)
+    def careful(self, value: Any) -> bytes:
+        """``value`` copied in Python into plain data, then encoded. Never raises."""
+        self._nodes = MAX_NODES
+        self._fixed = False
+        try:
+            out = self._walk(value, 0)
+            if self._fixed and type(out) is dict:
+                out[MARK] = "invalid_unicode_replaced"  # the event says a string was changed
+            return orjson.dumps(out)
+        except Exception as exc:  # nothing known: the walk returns only plain data
+            return orjson.dumps({"data": placeholder("unencodable", value, error=safe_repr(exc))})
 
-    def _handler_for(self, cls: type) -> Callable[[Any], Any]:
-        names = {c.__name__ for c in cls.__mro__}
-        if names & {"SecretStr", "SecretBytes", "Secret"}:
-            return lambda _: REDACTED
-        if hasattr(cls, "__pydantic_fields__"):
-            return _fields
-        if issubclass(cls, BaseException):
-            return lambda e: {"type": type_name(e), "message": safe_str(e)}
-        if issubclass(cls, set | frozenset):
-            return _sorted_list
-        if issubclass(cls, decimal.Decimal):
-            return str
-        if issubclass(cls, bytes | bytearray | memoryview):
-            return self._bytes
-        if issubclass(cls, datetime.timedelta):
-            return lambda d: d.total_seconds()
-        if issubclass(cls, complex):
-            return lambda c: {"real": c.real, "imag": c.imag}
-        if issubclass(cls, enum.Enum):
-            return lambda e: e.value
-        if issubclass(cls, os.PathLike):
-            return os.fspath
-        if issubclass(cls, Mapping):
-            return dict
-        if issubclass(cls, list | tuple):  # subclasses orjson does not take natively
-            return list
-        if cls.__module__ == "numpy" or cls.__module__.startswith("numpy."):
-            return _numpy
-        return _unencodable
+    # -- the careful walk: every container is new, every leaf immutable plain data ---------
 
-    def _bytes(self, value: bytes | bytearray | memoryview) -> dict[str, Any]:
-        raw = bytes(value)
-        out: dict[str, Any] = {_MARK: "bytes", "size": len(raw)}
+    def _walk(self, v: Any, depth: int) -> Any:
+        cls = type(v)
+        if cls is str:
+            return self._str(v)
+        if cls is bool or v is None:
+            return v
+        if cls is int:
+            return v if _INT_MIN <= v <= _INT_MAX else str(v)
+        if cls is float:
+            return v if math.isfinite(v) else None
+        if depth >= self._max_depth:
+            return placeholder("max_depth", max_depth=self._max_depth)
+        self._nodes -= 1
+        if self._nodes < 0:
+            return placeholder("too_many_values", v)
+        depth += 1
+        try:
+            if cls is dict or isinstance(v, dict):
+                return self._dict(list(dict.items(v)), depth)
+            if cls is list or cls is tuple:
+                return [self._child(x, depth) for x in list(v)]
+            if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
+                # A NamedTuple: its field names are keys (and so the key rules apply).
+                return self._dict(list(zip(cls._fields, v, strict=False)), depth)
+            if isinstance(v, list | tuple):
+                return [self._child(x, depth) for x in list(v)]
+            return self._other(v, depth)
+        except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
+            return placeholder("unencodable", v, error=safe_repr(exc))
+
+    def _child(self, v: Any, depth: int) -> Any:
+        try:
+            return self._walk(v, depth)
+        except Exception as exc:
+            return placeholder("unencodable", v, error=safe_repr(exc))
+
+    def _dict(self, items: list[tuple[Any, Any]], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, x in items:
+            key = self._key(k)
+            if key in out:
+                # {1: a, "1": b}: both kept, the later one's key says its type.
+                base = f"{key} <{type_name(k)}>"
+                key, n = base, 2
+                while key in out:
+                    key, n = f"{base} #{n}", n + 1
+            out[key] = self._child(x, depth)
+        return out
+
+    def _key(self, k: Any) -> str:
+        if type(k) is str:
+            return self._str(k)
+        # Any other key as the JSON of its value: 1 -> "1", (1, 2) -> "[1,2]", None -> "null".
+        key = self._walk(k, self._max_depth - 1)
+        return key if type(key) is str else orjson.dumps(key).decode()
+
+    def _str(self, s: str) -> str:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            s = _valid(s)
+            self._fixed = True
+        limit = self._max_field
+        if len(s) * 4 <= limit:
+            return s
+        raw = s.encode("utf-8")
+        if len(raw) <= limit:
+            return s
+        head = raw[:limit].decode("utf-8", "ignore")
+        return f"{head}...[{MARK}: truncated, {len(s)} characters in all]"
+
+    def _bytes(self, v: bytes | bytearray | memoryview) -> dict[str, Any]:
+        raw = bytes(v)  # a copy: a bytearray may change later
+        out: dict[str, Any] = {MARK: "bytes", "size": len(raw)}
         if len(raw) > self._max_field:
             out["truncated"] = True
             raw = raw[: self._max_field]
-        out["base64"] = base64.b64encode(raw).decode()
+        # As text, so that the worker's scan sees a credential inside (base64 would hide it).
+        try:
+            out["text"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out["latin1"] = raw.decode("latin-1")
         return out
 
+    def _other(self, v: Any, depth: int) -> Any:
+        if isinstance(v, str):  # str subclasses (StrEnum values too)
+            return self._str(str(v))
+        if isinstance(v, enum.Enum):
+            return self._walk(v.value, depth)
+        if isinstance(v, int):
+            return self._walk(int(v), depth)
+        if isinstance(v, float):
+            return self._walk(float(v), depth)
+        if isinstance(v, bytes | bytearray | memoryview):
+            return self._bytes(v)
+        if isinstance(v, set | frozenset):
+            items = [self._child(x, depth) for x in list(v)]
+            try:
+                items.sort()
+            except TypeError:  # mixed types: the order of the copy
+                pass
+            return items
+        if isinstance(v, datetime.datetime | datetime.date | datetime.time):
+            return v.isoformat()
+        if isinstance(v, uuid.UUID):
+            return str(v)
+        if isinstance(v, datetime.timedelta):
+            return v.total_seconds()
+        if isinstance(v, decimal.Decimal):
+            return str(v)
+        if isinstance(v, complex):
+            return {"real": self._walk(v.real, depth), "imag": self._walk(v.imag, depth)}
+        if isinstance(v, BaseException):
+            return {"type": type_name(v), "message": self._str(safe_str(v))}
+        if isinstance(v, os.PathLike):
+            return self._walk(os.fspath(v), depth)
+        names = {c.__name__ for c in type(v).__mro__}
+        if names & {"SecretStr", "SecretBytes", "Secret"}:
+            return REDACTED
+        module = type(v).__module__
+        if module == "numpy" or module.startswith("numpy."):
+            return self._numpy(v, depth)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return self._dict([(f.name, getattr(v, f.name, None)) for f in dataclasses.fields(v)], depth)
+        fields = getattr(type(v), "__pydantic_fields__", None)
+        if fields is not None:
+            try:
+                return self._dict(list(vars(v).items()), depth)
+            except TypeError:
+                return self._dict([(name, getattr(v, name, None)) for name in fields], depth)
+        if isinstance(v, Mapping):
+            return self._dict(list(v.items()), depth)
+        if not isinstance(v, type) and module != "builtins":
+            attrs = getattr(v, "__dict__", None)
+            if type(attrs) is dict and attrs:  # what the fast path writes for such an object
+                return self._dict(list(attrs.items()), depth)
+        return placeholder("unencodable", v, repr=safe_repr(v))
 
-def _fields(model: Any) -> Any:
-    try:
-        return model.__dict__
-    except AttributeError:
-        return {name: getattr(model, name, None) for name in type(model).__pydantic_fields__}
-
-
-def _numpy(value: Any) -> Any:
-    if getattr(value, "ndim", 1) == 0 and hasattr(value, "item"):
-        return value.item()
-    size = getattr(value, "size", None)
-    if isinstance(size, int) and size <= _MAX_ARRAY and hasattr(value, "tolist"):
-        return value.tolist()
-    return {
-        _MARK: "array",
-        "type": type_name(value),
-        "shape": list(getattr(value, "shape", ())),
-        "size": size,
-    }
-
-
-def _sorted_list(value: set[Any] | frozenset[Any]) -> list[Any]:
-    """Sets in a stable order (string hashes differ between processes)."""
-    try:
-        return sorted(value)
-    except TypeError:  # mixed types
-        return list(value)
-
-
-def safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return safe_repr(exc)
+    def _numpy(self, v: Any, depth: int) -> Any:
+        if getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):
+            return self._walk(v.item(), depth)
+        size = getattr(v, "size", None)
+        if isinstance(size, int) and size <= _MAX_ARRAY and hasattr(v, "tolist"):
+            return self._walk(v.tolist(), depth)
+        return placeholder("array", v, shape=list(getattr(v, "shape", ())), size=size)

@@ -4,19 +4,21 @@ A record is the tuple the handler appended on the caller's thread:
 
     (kind, seq, ts, run_id, parent_run_id, name, body, extra)
 
-where ``body`` is ``{"data": {...}, "tags": ..., "metadata": ...}`` captured as
-JSON bytes (or a ``Captured`` copy), and ``extra`` the exception of an error
-event (formatted here, off the hot path) or the text of a streamed token (spliced
-into ``data`` here). Everything here runs on the worker
-thread, so it may keep state without locks: the names and start times of open
-runs (for ``name`` and ``duration`` on end events) and the run's parameters.
+where ``body`` is always ``bytes``: the JSON of ``{"data": {...}, "tags": ...,
+"metadata": ...}``, captured on the caller's thread; ``extra`` the exception of an
+error event (formatted here, off the hot path) or the ``str`` of a streamed token
+(redacted joined to its run's stream and spliced into ``data`` here), else
+``None``; ``name`` a ``str`` or ``None``. Everything here runs on the worker side,
+so it may keep state without locks: the names and start times of open runs (for
+``name`` and ``duration`` on end events), the tail of each run's token stream,
+and the run's parameters.
 """
 
 from __future__ import annotations
 
 import collections
 import re
-import traceback
+import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -24,8 +26,9 @@ import orjson
 
 from .._config import TrackerConfig
 from .._encode import Encoder
+from .._errors import error_fields
+from .._redact import StreamRedactor
 from .._sinks._base import ParameterValue
-from ._capture import Captured
 
 __all__ = ["EVENT_KINDS", "EventTranslator", "RunParameters"]
 
@@ -65,22 +68,6 @@ _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_provider": "provider",
     "ls_model_type": "model_type",
 }
-
-
-def _error_fields(error: Any) -> dict[str, Any]:
-    if not isinstance(error, BaseException):
-        return {"type": type(error).__name__, "message": str(error), "traceback": None}
-    try:
-        tb = "".join(traceback.format_exception(error))
-    except Exception:  # a broken __str__ in a chained exception
-        tb = None
-    cls = type(error)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        message = str(error)
-    except Exception:
-        message = "<str() failed>"
-    return {"type": name, "message": message, "traceback": tb}
 
 
 class RunParameters:
@@ -152,7 +139,15 @@ class RunParameters:
 
 
 class EventTranslator:
-    """Turns handler records into JSON lines; one per tracker, worker thread only."""
+    """Turns handler records into JSON lines; one per tracker, worker side only.
+
+    Built from plain arguments (``experiment``, ``run``, ``writer``, ``config``), so
+    that it can be built wherever the worker runs.
+
+    Attributes:
+        encoder: the ``Encoder`` (its ``placeholders`` counts events written with
+            a placeholder for a value that failed at capture).
+    """
 
     def __init__(
         self,
@@ -166,45 +161,66 @@ class EventTranslator:
         self.run = run
         self.writer = writer
         self.encoder = Encoder(config)
+        self._redactor = self.encoder.redactor
+        self._streams = StreamRedactor(self._redactor.text)
+        self._clean_tokens: dict[int, tuple[Any, ...]] = {}
+        self._last_call: tuple[Any, Any] | None = None
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
-        self._prepared = 0
+
+    @property
+    def placeholders(self) -> int:
+        """Events written with a placeholder for a value that could not be captured."""
+        return self.encoder.placeholders
 
     def prepare(self, records: list[tuple[Any, ...]]) -> None:
-        """Pre-check a chunk of records at once (see ``Encoder.prepare``)."""
-        bodies = [r[6] for r in records if type(r[6]) is bytes]
-        # Streamed tokens travel beside their bodies; their text is checked too.
-        bodies.extend(r[7].encode("utf-8", "replace") for r in records if type(r[7]) is str)
-        self.encoder.prepare(bodies)
-        self._prepared = len(records)
+        """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
+        # Not the bodies holding content-block tokens (their "token" key is ours).
+        self.encoder.prepare(
+            [r[6] for r in records if type(r[6]) is bytes and (r[0] != "llm_new_token" or type(r[7]) is str)]
+        )
+        streams: dict[Any, list[str]] = {}
+        tokens = []
+        for record in records:
+            if record[0] == "llm_new_token" and type(record[7]) is str:
+                run = record[3].int if type(record[3]) is uuid.UUID else record[3]
+                streams.setdefault(run, []).append(record[7])
+                tokens.append((run, record))
+        clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
+        # By identity (the records stay alive while the engine holds the chunk).
+        self._clean_tokens = {id(r): r for run, r in tokens if run in clean}
 
     def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        # The chunk pre-check covers exactly the records prepare() saw; any other
-        # record gets the per-body checks.
-        if self._prepared:
-            self._prepared -= 1
-        else:
-            self.encoder.reset_chunk()
         kind, seq, ts, run_id, parent_run_id, name, body, extra = record
-        own = None
+        # UUID.__hash__ is Python code; its int hashes in C.
+        run = run_id.int if type(run_id) is uuid.UUID else run_id
+        token = None
         error = None
         if kind == "llm_new_token":
-            own = ("token", extra)  # the streamed text: kept out of the captured body
+            if type(extra) is str:  # the streamed text, redacted joined to the run's stream
+                if self._clean_tokens.get(id(record)) is record:
+                    self._streams.append(run, extra)
+                    token = extra
+                else:
+                    token = self._streams.token(run, extra)
+        elif type(extra) is dict and extra.pop("$error", False):
+            error = extra  # formatted where the exception lived (the worker process's client)
         elif extra is not None:
-            error = _error_fields(extra)
+            error = error_fields(extra)
         duration = None
         if kind in _STARTS:
             if len(self._open) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
                 self._open.pop(next(iter(self._open)))
-            self._open[run_id] = (name, ts)
+            self._open[run] = (name, ts)
         elif kind in _ENDS:
-            opened = self._open.pop(run_id, None)
+            self._streams.end(run)
+            opened = self._open.pop(run, None)
             if opened is not None:
                 name = name or opened[0]
                 duration = ts - opened[1]
         elif name is None:
-            opened = self._open.get(run_id)
+            opened = self._open.get(run)
             if opened is not None:
                 name = opened[0]
         self.parameters.counts[kind] += 1
@@ -219,10 +235,12 @@ class EventTranslator:
             "tracker": self.writer,
             "run_id": run_id,
             "parent_run_id": parent_run_id,
-            "name": name,
+            "name": self._redactor.text(name) if type(name) is str else name,
             "duration": duration,
         }
-        line = self.encoder.assemble(envelope, body, error, own)
+        line = self.encoder.assemble(
+            envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
+        )
         if self._hook is not None:
             edited = self._hook(orjson.loads(line))
             if edited is None:
@@ -231,27 +249,26 @@ class EventTranslator:
         return seq, line
 
     def redacted_parameters(self) -> dict[str, ParameterValue]:
-        """The run's parameters, credential-looking text redacted (worker thread)."""
+        """The run's parameters, credential-looking text redacted (worker side)."""
         return {
-            key: self.encoder.redact_text(value) if isinstance(value, str) else value
+            key: self._redactor.text(value) if isinstance(value, str) else value
             for key, value in self.parameters.as_dict().items()
         }
 
-    def _parts(self, body: bytes | Captured) -> dict[str, Any]:
-        parts = orjson.loads(body) if type(body) is bytes else self.encoder.jsonable(body.value)  # type: ignore[union-attr]
-        return parts if isinstance(parts, dict) else {}
-
-    def _collect(self, kind: str, body: bytes | Captured) -> None:
+    def _collect(self, kind: str, body: bytes) -> None:
         try:
-            parts = self._parts(body)
+            parts = orjson.loads(body)
         except Exception:  # parameters are best effort; the event itself is still written
             return
-        data = parts.get("data")
+        data = parts.get("data") if isinstance(parts, dict) else None
         if not isinstance(data, dict):
             return
         params = self.parameters
         if kind != "llm_end":
-            params.model_call(data.get("invocation_params"), parts.get("metadata"))
+            call = (data.get("invocation_params"), parts.get("metadata"))
+            if call != self._last_call:  # the same model called again adds nothing new
+                self._last_call = call
+                params.model_call(*call)
             return
         response = data.get("response")
         if not isinstance(response, dict):

@@ -12,9 +12,11 @@ in ``../shared/NOTES.md``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import pickle
 import secrets
 import time
 import warnings
@@ -28,15 +30,15 @@ import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
 from .._config import TrackerConfig
+from .._engine._client import ProcessEngine
 from .._engine._core import Engine, Statistics, install_sigterm_handler
-from .._engine._spool import Spool
+from .._engine._worker_process import WorkerUnavailable
 from .._layout import Layout, new_writer_id
-from .._sinks._base import ParametersSink, Sink
-from .._sinks._local import LocalSink
+from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
-from ._capture import Capturer
+from ._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
 from ._events import EventTranslator
-from ._snapshot import snapshot
+from ._spec import TrackerSpec
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish
@@ -50,7 +52,47 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
-DEFAULT_SPOOL_DIR = "~/.cache/asynctrack/spool"
+_said_thread: set[str] = set()
+
+
+def _process_obstacle(spec: TrackerSpec, destination: object) -> str | None:
+    """Why this tracker cannot use the worker process, or ``None``."""
+    if isinstance(destination, Sink):
+        return "the destination is a Sink object, which lives in this process"
+    try:
+        pickle.dumps(spec)
+    except Exception as exc:
+        return f"its configuration cannot cross to the worker process ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _say_thread_once(reason: str | None) -> None:
+    if reason and reason not in _said_thread:
+        _said_thread.add(reason)
+        logger.info("asynctrack: using a worker thread in this process: %s", reason)
+
+
+def _thread_engine(spec: TrackerSpec, sink: Sink) -> Engine:
+    engine, _ = spec.build(sink=sink)
+    return engine
+
+
+def _run_info(spec: TrackerSpec, sink: Sink) -> RunInfo:
+    layout = Layout(experiment=spec.experiment, run=spec.run, writer=spec.writer)
+    return RunInfo(
+        experiment=spec.experiment,
+        run=spec.run,
+        events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
+    )
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _default_run_name() -> str:
@@ -97,52 +139,65 @@ class AsyncTracker(BaseCallbackHandler):
         config = config or TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
-        self.experiment_name = experiment_name
-        self.run_name = run_name or _default_run_name()
+        # A lone surrogate (os.fsdecode of a non-UTF-8 file name) cannot be written
+        # in any JSON, key or parameter: U+FFFD instead, once, here.
+        self.experiment_name = _valid_text(experiment_name)
+        self.run_name = _valid_text(run_name) if run_name else _default_run_name()
         self.config = config
-        sink = make_sink(destination, **s3_options)
-        layout = Layout(
-            experiment=experiment_name, run=self.run_name, writer=new_writer_id(), gzip=config.gzip
-        )
-        self._translator = EventTranslator(
-            experiment=experiment_name, run=self.run_name, writer=layout.writer, config=config
-        )
-        spool = None
-        if config.spool and not isinstance(sink, LocalSink):
-            replay_options = getattr(sink, "replay_options", None)
-            spool = Spool(
-                config.spool_dir or os.environ.get("ASYNCTRACK_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
-                sink.destination,
-                config.spool_max_bytes,
-                options=replay_options() if callable(replay_options) else None,
-            )
-        self._engine = Engine(
-            sink=sink,
-            layout=layout,
-            translate=self._translator,
-            parameters=self._translator.redacted_parameters,
-            parameter_sinks=parameter_sinks,
+        sink = make_sink(destination, **s3_options)  # validates the destination and options now
+        self._destination = sink.destination
+        spec = TrackerSpec(
+            destination=sink.destination if not isinstance(destination, Sink) else "",
+            s3_options=dict(s3_options),
+            experiment=experiment_name,
+            run=self.run_name,
+            writer=new_writer_id(),
             config=config,
-            spool=spool,
+            parameter_sinks=tuple(parameter_sinks),
         )
-        self._engine.on_fork = weakref.WeakMethod(self._after_fork)
+        self._engine: Engine | ProcessEngine = self._start_engine(spec, sink, destination)
+        self._engine.on_fork = weakref.WeakMethod(self._after_fork)  # type: ignore[assignment]  # the engine passes itself
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
-        self._default = self._capture.default
+        self._max_field = config.max_field_bytes
         self._warned_hot_error = False
 
-    def _after_fork(self, engine: Engine) -> None:
-        """In a forked child: a new writer id, counts and sequence of its own."""
-        self._translator = EventTranslator(
-            experiment=self.experiment_name,
-            run=self.run_name,
-            writer=engine.layout.writer,
-            config=self.config,
-        )
-        engine.set_adapter(self._translator, self._translator.redacted_parameters)
+    def _start_engine(
+        self, spec: TrackerSpec, sink: Sink, destination: str | os.PathLike[str] | Sink
+    ) -> Engine | ProcessEngine:
+        """The worker process's client, or a thread engine where a process cannot serve."""
+        mode = self.config.worker or os.environ.get("ASYNCTRACK_WORKER") or "process"
+        reason = None
+        if mode == "process":
+            reason = _process_obstacle(spec, destination)
+            if reason is None:
+                thread_engine = functools.partial(_thread_engine, spec, sink)
+                try:
+                    return ProcessEngine(
+                        spec=spec,
+                        destination=sink.destination,
+                        run_info=_run_info(spec, sink),
+                        config=self.config,
+                        fallback=thread_engine,
+                    )
+                except WorkerUnavailable as exc:
+                    reason = str(exc)
+            _say_thread_once(reason)
+        return _thread_engine(spec, sink)
+
+    def _after_fork(self, engine: Engine | ProcessEngine) -> None:
+        """In a forked child: a sequence of its own (and, in a thread engine, counts)."""
+        if isinstance(engine, Engine):
+            translator = EventTranslator(
+                experiment=self.experiment_name,
+                run=self.run_name,
+                writer=engine.layout.writer,
+                config=self.config,
+            )
+            engine.set_adapter(translator, translator.redacted_parameters, lambda: translator.placeholders)
         self._seq = itertools.count()
         self._put = engine.put
 
@@ -151,7 +206,7 @@ class AsyncTracker(BaseCallbackHandler):
     @property
     def destination(self) -> str:
         """Where batches are written (a directory or ``s3://bucket/prefix``)."""
-        return self._engine.sink.destination
+        return self._destination
 
     @property
     def events_uri(self) -> str:
@@ -255,24 +310,32 @@ class AsyncTracker(BaseCallbackHandler):
         kind: str,
         run_id: UUID | None,
         parent_run_id: UUID | None,
-        name: str | None,
+        name: Any,
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         data: dict[str, Any],
         extra: Any = None,
     ) -> None:
         try:
+            if type(name) is not str or not name:
+                # Whatever the caller passed as name= is only looked at in here: a
+                # numpy array or a hostile __bool__ must not raise into the chain.
+                name = _resolve_name(name, data)
             # "data" first: the worker splices a streamed token in right after '{"data":{'.
-            body: Any = {"data": data, "tags": tags or (), "metadata": metadata or {}}
+            raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
             try:
-                # Capturer.__call__, inlined: one Python frame less per event.
-                body = orjson.dumps(body, default=self._default)
-                # orjson's result keeps a ~4 KiB allocation whatever its length
-                # (tracemalloc: 4097 B for a 10-byte result); 100k waiting records
-                # would hold 400 MB. An exact-size copy costs ~0.1 us.
-                body = body[:-1] + b"}"
+                # Capturer.__call__, inlined: one Python frame less per event. The
+                # default is a C function, so orjson runs no Python while it walks
+                # the caller's live lists (see _capture).
+                body = orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                # Longer than the field limit: a field may need cutting, and is cut now
+                # (what the buffer holds is what its byte bound counts). Else an
+                # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
+                # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
+                # records would hold 400 MB. The copy costs ~0.1 us.
+                body = self._capture.careful(raw) if len(body) > self._max_field else body[:-1] + b"}"
             except Exception:
-                body = self._capture(body)  # the careful fallback
+                body = self._capture.careful(raw)  # the careful fallback, bytes too
             self._put(
                 (
                     kind,
@@ -280,7 +343,7 @@ class AsyncTracker(BaseCallbackHandler):
                     time.time(),
                     run_id,
                     parent_run_id,
-                    name if name is None or type(name) is str else str(name),
+                    name,
                     body,
                     extra,  # the error of an error event; the token of a token event
                 )
@@ -302,7 +365,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -343,7 +406,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["prompts"] = prompts
         self._record("llm_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -359,7 +422,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["messages"] = messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -375,19 +438,21 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        kwargs["chunk"] = chunk
-        # The token travels beside the body (a str is immutable; a list is copied)
-        # and is spliced in first in data: its name "token" is ours, not a credential.
-        self._record(
-            "llm_new_token",
-            run_id,
-            parent_run_id,
-            name,
-            tags,
-            None,
-            kwargs,
-            token if type(token) is str else snapshot(token),
-        )
+        if type(token) is str:
+            # The token travels beside the body (a str is immutable) and is spliced
+            # in first in data by the worker: its name "token" is ours, not a credential.
+            kwargs["chunk"] = chunk
+            self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
+        else:  # content blocks (a list): captured in the body, first in data as well
+            self._record(
+                "llm_new_token",
+                run_id,
+                parent_run_id,
+                name,
+                tags,
+                None,
+                {"token": token, "chunk": chunk, **kwargs},
+            )
 
     def on_llm_end(
         self,
@@ -425,7 +490,7 @@ class AsyncTracker(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["input_str"] = input_str
         kwargs["inputs"] = inputs
@@ -490,7 +555,7 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None) or _serialized_name(serialized)
+        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["query"] = query
         self._record("retriever_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -548,7 +613,10 @@ class AsyncTracker(BaseCallbackHandler):
             kwargs["idle_for"] = retry_state.idle_for
             kwargs["seconds_since_start"] = retry_state.seconds_since_start
             kwargs["next_sleep"] = getattr(retry_state.next_action, "sleep", None)
-            kwargs["exception"] = outcome.exception() if failed and outcome is not None else None
+            exception = outcome.exception() if failed and outcome is not None else None
+            kwargs["exception"] = (
+                None if exception is None else {"type": type_name(exception), "message": safe_str(exception)}
+            )
         except Exception:  # an unexpected retry_state: record what we can
             kwargs["retry_state"] = retry_state
         self._record("retry", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
@@ -579,6 +647,15 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+
+
+def _resolve_name(name: Any, data: dict[str, Any]) -> str | None:
+    """The event's name: ``name=`` as text, else the runnable's from ``serialized``."""
+    if name is None or (type(name) is str and not name):
+        return _serialized_name(data.get("serialized"))
+    if isinstance(name, str):
+        return str.__str__(name)
+    return safe_repr(name)
 
 
 def _serialized_name(serialized: Any) -> str | None:

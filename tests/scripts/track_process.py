@@ -15,6 +15,8 @@ MODE says how the process ends:
   through ``os._exit``; the parent waits for it, then flushes and closes.
 * ``sigkill``: record N, flush, record M more (no flush), print the ready line, wait to be
   killed (60 s at most).
+* ``sigkill-app``: record N (no flush, no close), print the ready line with the worker
+  process's pid, wait to be killed (the worker process must then write all N).
 * ``closeterm`` / ``closeint``: record N, then ``close()``. The destination (a local
   directory behind a ``HeldSink``) says ``{"closing": true}`` when the close's write
   begins, and holds it until a line arrives on stdin: the parent sends SIGTERM (SIGINT)
@@ -151,6 +153,11 @@ def main() -> None:
         return  # no close(): the exit hook must flush (or spool)
     if mode in ("sigterm", "sigint"):
         say(ready=True, pid=os.getpid())
+        wait_for_signal()
+    if mode == "sigkill-app":
+        from asynctrack._engine._worker_process import worker_process
+
+        say(ready=True, pid=os.getpid(), worker=worker_process().pid, mode=tracker.statistics().worker_mode)
         wait_for_signal()
     if mode == "sigkill":
         tracker.flush_blocking(timeout=WAIT)

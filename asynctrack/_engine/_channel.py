@@ -1,0 +1,100 @@
+"""The private channel between an application and its worker process: frames on two pipes.
+
+The application writes to the worker's stdin and reads the worker's stdout; both are
+anonymous pipes that only the two processes hold (no socket, no port, no file). A
+frame is a fixed header and a payload::
+
+    kind (1 byte) | tracker (4 bytes) | number (8 bytes) | payload length (4 bytes) | payload
+
+``tracker`` is the application's id for one tracker (many trackers share one worker
+process). ``number`` is the frame's sequence number for ``RECORDS`` (acknowledged by
+``ACK``), the request id for ``FLUSH``/``CLOSE`` (answered by ``FLUSHED``/``CLOSED``).
+
+``RECORDS`` payloads are one ``orjson`` array of records, written by the application's
+shipper thread in a single C call; control payloads (``OPEN`` specs, results,
+statistics, log records) are pickled: both ends are this package, in processes of the
+same interpreter, over a pipe nobody else holds.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Callable, Iterator
+from typing import Final
+
+__all__ = ["HEADER", "Frame", "FrameReader", "Kind", "encode_frame", "write_all"]
+
+HEADER: Final = struct.Struct("!BIQI")
+MAX_PAYLOAD: Final = 2**32 - 1
+
+
+class Kind(enum.IntEnum):
+    """Frame kinds. Application → worker below 64, worker → application from 64."""
+
+    OPEN = 1  # pickled OpenSpec: build this tracker's engine
+    RECORDS = 2  # orjson array of records
+    FLUSH = 3  # barrier: answer FLUSHED once everything before it is durable
+    CLOSE = 4  # flush, stop and forget this tracker's engine; answer CLOSED
+    ACK = 64  # every RECORDS frame up to `number` is durable (or resolved otherwise)
+    FLUSHED = 65  # pickled Outcome
+    CLOSED = 66  # pickled Outcome
+    STATS = 67  # pickled worker-side counters of one tracker
+    LOG = 68  # pickled (level, message): re-emitted on the application's logger
+    OPENED = 69  # pickled None, or the reason the engine could not be built
+
+
+Frame = tuple[Kind, int, int, bytes]
+
+
+def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") -> bytes:
+    """One frame as bytes (header + payload)."""
+    if len(payload) > MAX_PAYLOAD:  # pragma: no cover - the shipper splits long before this
+        raise ValueError(f"frame payload of {len(payload)} bytes is too large")
+    return HEADER.pack(kind, tracker, number, len(payload)) + payload
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte to ``fd`` (a pipe: ``os.write`` may write less; it releases the GIL)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FrameReader:
+    """Reads frames from a pipe (or from ``read``, a function returning the next bytes,
+    ``b""`` at end of file). ``frames()`` ends at end of file."""
+
+    def __init__(self, fd: int, chunk: int = 1 << 20, read: Callable[[], bytes] | None = None) -> None:
+        self._read = read or (lambda: os.read(fd, chunk))  # os.read releases the GIL
+        self._buffer = bytearray()
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield frames as they arrive; return when the other end is closed.
+
+        Raises:
+            OSError: reading failed (other than at end of file).
+            ValueError: a torn frame at end of file (the writer died mid-frame).
+        """
+        buffer = self._buffer
+        size = HEADER.size
+        while True:
+            start = 0
+            while len(buffer) - start >= size:
+                kind, tracker, number, length = HEADER.unpack_from(buffer, start)
+                end = start + size + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[start + size : end])
+                start = end
+                yield Kind(kind), tracker, number, payload
+            if start:
+                del buffer[:start]
+            data = self._read()
+            if not data:
+                if buffer:
+                    raise ValueError(f"the channel ended inside a frame ({len(buffer)} bytes)")
+                return
+            buffer += data

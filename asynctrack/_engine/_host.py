@@ -1,0 +1,325 @@
+"""The worker process: hosts one engine per tracker of its application.
+
+Started by the application (``python .../_engine/_boot.py``) with two pipes: it
+reads frames on stdin and answers on stdout (see ``_channel``). Everything after the
+capture runs here: envelope, redaction, batching, compression, uploads, retries, spool,
+run parameters, SageMaker calls. The application's process only captures and ships.
+
+Lifetime: when the application closes its end (it exited, was killed, crashed), the
+reader sees end of file, closes every engine (flush, spool what cannot be written)
+within ``ASYNCTRACK_EXIT_TIMEOUT`` seconds, and exits. A watchdog ends the process a
+little after that deadline whatever happens, so the worker never outlives its
+application by more than the bounded drain time.
+
+Acknowledgements: the application keeps every ``RECORDS`` frame until it is
+acknowledged, to re-send it to a new worker if this one dies. A frame is acknowledged
+once each of its events is durable (in a written batch or in the spool) or resolved
+otherwise (dropped by the ``redact`` hook); ``ACK n`` says so for every frame up to ``n``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import orjson
+
+from .._config import TrackerConfig
+from .._errors import FlushError, FlushTimeoutError
+from ._channel import FrameReader, Kind, encode_frame, write_all
+
+__all__ = ["main"]
+
+logger = logging.getLogger("asynctrack")
+
+_STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
+_UNBOUNDED: Final = 2**62
+_GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process
+
+
+class _Out:
+    """The answering pipe, shared by every thread of the worker."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, kind: Kind, tracker: int, number: int, payload: bytes = b"") -> None:
+        frame = encode_frame(kind, tracker, number, payload)
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                write_all(self._fd, frame)
+            except OSError:  # the application is gone; the drain goes on regardless
+                self.broken = True
+
+
+class _LogForwarder(logging.Handler):
+    """Sends the worker's log records to the application's ``asynctrack`` logger."""
+
+    def __init__(self, out: _Out) -> None:
+        super().__init__(logging.INFO)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({record.exc_info[1]!r})"
+            self._out.send(Kind.LOG, 0, 0, pickle.dumps((record.levelno, message)))
+        except Exception:  # logging must never break the worker
+            pass
+
+
+class _Tracker:
+    """One tracker's engine and the bookkeeping of what is acknowledged."""
+
+    def __init__(self, number: int, out: _Out, spec: Any) -> None:
+        from .._langchain._spec import DurableHooks  # the adapter's worker half
+
+        self.number = number
+        self._out = out
+        self._lock = threading.Lock()
+        self._frame_of: dict[int, int] = {}  # seq -> RECORDS frame holding it
+        self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
+        self._acked = 0
+        self._stats_sent: tuple[int, ...] = ()
+        config: TrackerConfig = spec.config
+        # One reader thread feeds every tracker's engine: a full buffer must never make
+        # it wait (one stalled destination would stall every tracker of the application),
+        # so a full engine here drops and counts. Under ``when_full="block"`` the
+        # application holds back instead: it ships no more than ``max_queue_bytes`` beyond
+        # what is acknowledged, which bounds this buffer, so its count bound is lifted.
+        engine_config = dataclasses.replace(config, when_full="drop", handle_sigterm=False)
+        if config.when_full == "block":
+            engine_config = dataclasses.replace(engine_config, max_queue_events=_UNBOUNDED)
+        self.engine, _ = spec.build(
+            hooks=DurableHooks(batch=self._durable_batch, filtered=self._resolved_one),
+            config=engine_config,
+        )
+
+    # -- records in ------------------------------------------------------------------
+
+    def records(self, frame: int, payload: bytes) -> None:
+        records = orjson.loads(payload)
+        seqs = [record[1] for record in records]
+        with self._lock:
+            self._remaining[frame] = len(seqs)
+            frame_of = self._frame_of
+            for seq in seqs:
+                frame_of[seq] = frame
+        put = self.engine.put
+        dumps = orjson.dumps
+        for kind, seq, ts, run_id, parent_run_id, name, body, extra in records:
+            # The body crossed as parsed JSON; the translator splices bytes.
+            put((kind, seq, ts, run_id, parent_run_id, name, dumps(body), extra))
+        if not seqs:
+            self._advance()
+
+    # -- durability (engine worker thread) -------------------------------------------
+
+    def _durable_batch(self, data: bytes, gzipped: bool) -> None:
+        from .._langchain._spec import durable_seqs
+
+        try:
+            seqs = durable_seqs(data, gzipped)
+        except Exception:  # pragma: no cover - our own batch bytes
+            logger.exception("asynctrack worker: cannot read back a written batch")
+            return
+        self._resolve(seqs)
+
+    def _resolved_one(self, seq: int) -> None:
+        self._resolve((seq,))
+
+    def _resolve(self, seqs: Iterable[int]) -> None:
+        with self._lock:
+            frame_of, remaining = self._frame_of, self._remaining
+            for seq in seqs:
+                frame = frame_of.pop(seq, None)
+                if frame is not None:
+                    remaining[frame] -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        acked = None
+        with self._lock:
+            remaining = self._remaining
+            while remaining:
+                frame = next(iter(remaining))
+                if remaining[frame] > 0:
+                    break
+                del remaining[frame]
+                acked = frame
+            if acked is not None:
+                self._acked = acked
+        if acked is not None:
+            self._out.send(Kind.ACK, self.number, acked)
+
+    # -- control -----------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        stats = dataclasses.asdict(self.engine.statistics())
+        # What the last failure was, for a flush that times out in the application.
+        reporter = getattr(self.engine, "_reporter", None)
+        stats["last_error"] = getattr(reporter, "last_error", "")
+        return stats
+
+    def send_statistics_if_changed(self) -> None:
+        stats = self.statistics()
+        key = tuple(stats[k] for k in ("written", "failed", "lost", "spooled", "write_errors", "dropped"))
+        if key != self._stats_sent:
+            self._stats_sent = key
+            self._out.send(Kind.STATS, self.number, 0, pickle.dumps(stats))
+
+    def answer(self, kind: Kind, request: int, error: BaseException | None) -> None:
+        outcome: dict[str, Any] = {
+            "error": _error_fields(error),
+            "statistics": self.statistics(),
+            "parameters": self.engine.last_parameters,
+        }
+        self._out.send(kind, self.number, request, pickle.dumps(outcome))
+
+    def flush(self, request: int, timeout: float | None) -> None:
+        try:
+            self.engine.flush_blocking(timeout)
+        except Exception as exc:
+            self.answer(Kind.FLUSHED, request, exc)
+        else:
+            self.answer(Kind.FLUSHED, request, None)
+
+    def close(self, request: int, timeout: float | None) -> None:
+        try:
+            self.engine.close(timeout)
+        except Exception as exc:
+            self.answer(Kind.CLOSED, request, exc)
+        else:
+            self.answer(Kind.CLOSED, request, None)
+
+
+def _error_fields(error: BaseException | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, FlushError):
+        fields: dict[str, Any] = {
+            "pending": error.pending,
+            "queued": error.queued,
+            "failed_batches": error.failed_batches,
+            "reason": error.reason,
+        }
+        if isinstance(error, FlushTimeoutError):
+            fields["timeout"] = error.timeout
+        return fields
+    return {"pending": 0, "reason": f"{type(error).__name__}: {error}"}
+
+
+class _Host:
+    def __init__(self, read: Callable[[], bytes], out_fd: int) -> None:
+        self._read = read
+        self.out = _Out(out_fd)
+        self._trackers: dict[int, _Tracker] = {}
+        self._closing: list[threading.Thread] = []  # closes the application asked for
+        self._done = threading.Event()
+
+    def serve(self) -> None:
+        ticker = threading.Thread(target=self._tick, name="asynctrack-worker-stats", daemon=True)
+        ticker.start()
+        try:
+            for kind, tracker, number, payload in FrameReader(-1, read=self._read).frames():
+                self._dispatch(kind, tracker, number, payload)
+        except (OSError, ValueError) as exc:
+            logger.error("asynctrack worker: the channel broke (%s); draining what arrived", exc)
+        self._drain()
+
+    def _dispatch(self, kind: Kind, tracker: int, number: int, payload: bytes) -> None:
+        if kind is Kind.RECORDS:
+            entry = self._trackers.get(tracker)
+            if entry is not None:
+                entry.records(number, payload)
+            return
+        if kind is Kind.OPEN:
+            try:
+                spec = pickle.loads(payload)
+                self._trackers[tracker] = _Tracker(tracker, self.out, spec)
+            except Exception as exc:
+                self.out.send(Kind.OPENED, tracker, 0, pickle.dumps(f"{type(exc).__name__}: {exc}"))
+            else:
+                self.out.send(Kind.OPENED, tracker, 0, pickle.dumps(None))
+            return
+        entry = self._trackers.get(tracker)
+        if entry is None:
+            return
+        timeout = pickle.loads(payload) if payload else None
+        if kind is Kind.FLUSH:
+            threading.Thread(target=entry.flush, args=(number, timeout), daemon=True).start()
+        elif kind is Kind.CLOSE:
+            del self._trackers[tracker]
+            closer = threading.Thread(target=entry.close, args=(number, timeout), daemon=True)
+            closer.start()
+            self._closing.append(closer)  # the drain waits for it too
+
+    def _tick(self) -> None:
+        while not self._done.wait(_STATS_EVERY):
+            for entry in list(self._trackers.values()):
+                try:
+                    entry.send_statistics_if_changed()
+                except Exception:  # pragma: no cover - statistics are best effort
+                    pass
+
+    def _drain(self) -> None:
+        """The application is gone (or closed the channel): write everything, then exit."""
+        timeout = _exit_timeout()
+        deadline = time.monotonic() + timeout
+        watchdog = threading.Timer(timeout + _GRACE, os._exit, args=(3,))
+        watchdog.daemon = True
+        watchdog.start()
+        closers = [thread for thread in self._closing if thread.is_alive()]
+        for entry in list(self._trackers.values()):
+            thread = threading.Thread(
+                target=entry.close, args=(0, max(deadline - time.monotonic(), 0.1)), daemon=True
+            )
+            thread.start()
+            closers.append(thread)
+        for thread in closers:
+            thread.join(max(deadline - time.monotonic(), 0.0) + _GRACE / 2)
+        self._done.set()
+
+
+def _exit_timeout() -> float:
+    try:
+        return max(float(os.environ.get("ASYNCTRACK_EXIT_TIMEOUT", "10")), 0.1)
+    except ValueError:
+        return 10.0
+
+
+def main(read: Callable[[], bytes]) -> None:
+    """The worker process's entry point (``_boot.py`` calls it with the channel's reader).
+
+    ``read`` returns the channel's next bytes (``b""`` at end of file); the boot script's
+    thread has been draining stdin since the interpreter started.
+    """
+    # Keep stdout for frames only: a stray print() in a hook or a library must not
+    # corrupt the channel. Stdin stays with the boot script's reader.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    # The application decides when we stop (it closes the channel); a Ctrl-C meant for
+    # it must not cut our drain short. SIGTERM sent to this process ends it at once
+    # (the application then starts a new worker and re-sends what was not acknowledged).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    host = _Host(read, out_fd)
+    root = logging.getLogger("asynctrack")
+    root.addHandler(_LogForwarder(host.out))
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    host.serve()
+    sys.stderr.flush()
+    os._exit(0)

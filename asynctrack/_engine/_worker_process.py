@@ -1,0 +1,326 @@
+"""The worker process of an application process: spawn, shipper, reader, restart, exit.
+
+One ``WorkerProcess`` per application process (a forked child makes its own) serves
+every tracker of that process through their ``ProcessEngine``s (``_client``):
+
+- the shipper thread wakes every ``_TICK`` (5 ms), takes what every tracker queued and
+  writes each tracker's frames to the worker's stdin (``os.write`` releases the GIL);
+- the reader thread reads the worker's answers on its stdout and hands them to the
+  trackers, re-emits the worker's log records, and, at end of file while we are not
+  stopping, starts a new worker and re-sends every unacknowledged frame, in order;
+- at exit (and on SIGTERM) ``close_all`` closes the trackers, then the channel: the
+  worker drains and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Final
+
+from ._channel import FrameReader, Kind, encode_frame, write_all
+from ._process import exit_hooks
+
+if TYPE_CHECKING:
+    from ._client import ProcessEngine
+
+__all__ = ["WorkerProcess", "WorkerUnavailable", "close_all", "live", "worker_process"]
+
+logger = logging.getLogger("asynctrack")
+
+_TICK: Final = 0.005  # seconds between shipments: "a few times per 10 ms"
+_RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
+_MAX_RESTARTS: Final = 5
+_STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel closes
+_BOOT: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot.py")
+
+
+class WorkerUnavailable(RuntimeError):
+    """The worker process could not be started here (a thread worker is used instead)."""
+
+
+class WorkerProcess:
+    """The worker process of this application process, its shipper and its reader."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # the channel: process, pipes, registrations
+        self._clients: dict[int, ProcessEngine] = {}
+        self._ids = itertools.count(1)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._out_fd = -1  # we write: the worker's stdin
+        self._in_fd = -1  # we read: the worker's stdout
+        self._wake = threading.Event()
+        self._stopping = False
+        self._shipper: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._deaths: collections.deque[float] = collections.deque(maxlen=_MAX_RESTARTS)
+        self.restarts = 0
+        self.failed: str | None = None
+        self._pid = os.getpid()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's pid (``None`` before it is started)."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    def register(self, client: ProcessEngine) -> None:
+        with self._lock:
+            if self.failed is not None:
+                raise WorkerUnavailable(self.failed)
+            if self._process is None:
+                self._spawn()
+            client.tracker_id = next(self._ids)
+            self._clients[client.tracker_id] = client
+            self._send_locked(encode_frame(Kind.OPEN, client.tracker_id, 0, pickle.dumps(client.spec)))
+            live.add(client)
+            if self._shipper is None:
+                self._start_threads()
+
+    def unregister(self, client: ProcessEngine) -> None:
+        # No channel lock: the reader calls this, and must never wait for the shipper
+        # (which may be blocked writing to a worker that waits for the reader).
+        self._clients.pop(client.tracker_id, None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- process -------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start the worker process (fork + exec: a few ms; its imports run in the child)."""
+        executable = sys.executable
+        if not executable or getattr(sys, "frozen", False):
+            raise WorkerUnavailable("no Python executable to start a worker process with")
+        env = dict(os.environ)
+        # The worker must import what we import (this package, hooks, parameter sinks):
+        # it puts our sys.path first (``_boot.py``).
+        env["ASYNCTRACK_PATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        env.pop("PYTHONWARNINGS", None)  # the application's -W error is not the worker's
+        try:
+            process = subprocess.Popen(
+                [executable, _BOOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+                # Its own session: a Ctrl-C or a SIGTERM to the application's process
+                # group must not cut the worker's drain short; it ends when we do.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkerUnavailable(f"cannot start a worker process: {exc}") from exc
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        # Our ends as bare descriptors (non-inheritable: os.pipe's default), no buffering.
+        self._out_fd = os.dup(process.stdin.fileno())
+        self._in_fd = os.dup(process.stdout.fileno())
+        process.stdin.close()
+        process.stdout.close()
+        # A larger pipe holds what we ship while the worker starts: bytes in the pipe
+        # survive our death (Linux; best effort, 1 MiB is the default cap).
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._out_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+
+    def _start_threads(self) -> None:
+        self._shipper = threading.Thread(target=self._ship_loop, name="asynctrack-shipper", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(self._in_fd,), name="asynctrack-reader", daemon=True
+        )
+        self._shipper.start()
+        self._reader.start()
+
+    def _send_locked(self, data: bytes) -> None:
+        try:
+            write_all(self._out_fd, data)
+        except OSError:
+            # The worker is gone; the reader sees its end of file and restarts it,
+            # re-sending every unacknowledged frame (this one included).
+            pass
+
+    # -- shipper ---------------------------------------------------------------------
+
+    def _ship_loop(self) -> None:
+        while True:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            if self._ship_once() and self._stopping:
+                return
+
+    def _ship_once(self) -> bool:
+        """Ship what every tracker queued. True when nothing was left to ship."""
+        idle = True
+        for client in list(self._clients.values()):
+            if not client._queue:  # noqa: SLF001 - the shipper is the queue's consumer
+                continue
+            idle = False
+            if client.held_back() and not self._stopping:
+                continue
+            with self._lock:
+                if client.tracker_id not in self._clients:
+                    continue
+                frames = client.frames(client.take())
+                for key, frame, events in frames:
+                    client.retain(key, frame, events)
+                data = b"".join(frame for _, frame, _ in frames)
+                self._send_locked(data)
+        return idle
+
+    # -- reader ----------------------------------------------------------------------
+
+    def _read_loop(self, fd: int) -> None:
+        try:
+            for kind, tracker, number, payload in FrameReader(fd).frames():
+                self._answer(kind, tracker, number, payload)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if not self._stopping and os.getpid() == self._pid:
+            self._restart()
+
+    def _answer(self, kind: Kind, tracker: int, number: int, payload: bytes) -> None:
+        if kind == Kind.LOG:
+            level, message = pickle.loads(payload)
+            logger.log(level, "%s", message)
+            return
+        client = self._clients.get(tracker)
+        if client is None:
+            return
+        try:
+            if kind == Kind.ACK:
+                client.acknowledged(number)
+            elif kind in (Kind.FLUSHED, Kind.CLOSED):
+                client.answered(kind, number, payload)
+            elif kind == Kind.STATS:
+                client.statistics_from_worker(payload)
+            elif kind == Kind.OPENED:
+                reason = pickle.loads(payload)
+                if reason is not None:
+                    client.open_failed(str(reason))
+        except Exception:  # pragma: no cover - a bug here must not stop the reader
+            logger.exception("asynctrack: bad answer from the worker process")
+
+    def _restart(self) -> None:
+        """The worker died: start a new one and re-send what was not acknowledged."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        old = self._process
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.wait(1.0)
+        with self._lock:
+            with contextlib.suppress(OSError):
+                os.close(self._out_fd)
+            self._process = None
+            for client in self._clients.values():
+                client.worker_died()
+            if len(self._deaths) == _MAX_RESTARTS and now - self._deaths[0] < _RESTART_WINDOW:
+                self.failed = f"the worker process died {_MAX_RESTARTS} times in {_RESTART_WINDOW:g} s"
+                logger.error("asynctrack: %s; falling back to worker threads", self.failed)
+                for client in list(self._clients.values()):
+                    client.open_failed(self.failed)
+                return
+            code = old.returncode if old is not None else None
+            logger.warning("asynctrack: the worker process ended (exit status %s); starting a new one", code)
+            try:
+                self._spawn()
+            except WorkerUnavailable as exc:
+                self.failed = str(exc)
+                for client in list(self._clients.values()):
+                    client.open_failed(self.failed)
+                return
+            self.restarts += 1
+            for client in list(self._clients.values()):
+                client.renew_writer(self.restarts)
+                self._send_locked(encode_frame(Kind.OPEN, client.tracker_id, 0, pickle.dumps(client.spec)))
+                for frame, _ in list(client.unacked.values()):
+                    self._send_locked(frame)
+            self._reader = threading.Thread(
+                target=self._read_loop, args=(self._in_fd,), name="asynctrack-reader", daemon=True
+            )
+            self._reader.start()
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def shutdown(self, grace: float = _STOP_GRACE) -> None:
+        """Close the channel (the worker drains and exits) and wait for it, bounded."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._ship_once()
+            self._stopping = True
+            process = self._process
+            with contextlib.suppress(OSError):
+                os.close(self._out_fd)
+        self._wake.set()
+        if process is not None:
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                logger.error("asynctrack: the worker process did not exit within %g s", grace)
+
+
+class _Shared:
+    """This process's worker process (one per process; a forked child makes its own)."""
+
+    worker: WorkerProcess | None = None
+    lock = threading.Lock()
+
+
+#: Trackers not yet closed (closed at exit).
+live: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+
+
+def worker_process() -> WorkerProcess:
+    """This process's worker (created, not yet started, on first use)."""
+    with _Shared.lock:
+        worker = _Shared.worker
+        if worker is None or worker._pid != os.getpid():  # noqa: SLF001 - same module
+            worker = _Shared.worker = WorkerProcess()
+        return worker
+
+
+def close_all(deadline: float) -> None:
+    """Close every open process-mode tracker by ``deadline``, then the worker process."""
+    for client in list(live):
+        remaining = max(deadline - time.monotonic(), 0.1)
+        try:
+            client.close(timeout=remaining)
+        except Exception as exc:
+            logger.error("asynctrack: at exit, %s", exc)
+    worker = _Shared.worker
+    if worker is not None and worker._pid == os.getpid():  # noqa: SLF001 - same module
+        worker.shutdown(max(deadline - time.monotonic(), 0.0) + 1.0)
+
+
+def _after_fork_in_child() -> None:
+    worker = _Shared.worker
+    if worker is None:
+        return
+    _Shared.lock = threading.Lock()
+    new = _Shared.worker = WorkerProcess()
+    old_clients = list(worker._clients.values())  # noqa: SLF001 - same module
+    for fd in (worker._out_fd, worker._in_fd):  # noqa: SLF001 - same module
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for client in old_clients:
+        client._worker = new  # noqa: SLF001 - same module
+        client.after_fork_in_child()
+
+
+exit_hooks.append(close_all)  # at exit and on SIGTERM, before the thread engines
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

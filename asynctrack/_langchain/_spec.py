@@ -1,0 +1,170 @@
+"""What a tracker's engine is made of, as plain data: built in this process or in the worker's.
+
+``TrackerSpec`` holds everything the worker side needs (destination, options, names,
+writer id, configuration, parameter sinks). The thread worker builds the engine from it
+in the application's process; the worker process receives it pickled over the private
+channel and builds the same engine there. Nothing here imports LangChain: the
+translator (records → JSON lines) is the adapter's worker half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from .._config import TrackerConfig
+from .._engine._core import Engine
+from .._engine._spool import Spool
+from .._layout import Layout
+from .._sinks._base import Batch, ParametersSink, Sink
+from .._sinks._local import LocalSink
+from .._sinks._registry import make_sink
+from ._events import EventTranslator
+
+__all__ = ["DEFAULT_SPOOL_DIR", "DurableHooks", "TrackerSpec", "durable_seqs"]
+
+DEFAULT_SPOOL_DIR: Final = "~/.cache/asynctrack/spool"
+# Every line the translator writes starts with the envelope's first key.
+_SEQ: Final = re.compile(rb'^\{"seq":(\d+)', re.MULTILINE)
+
+
+def durable_seqs(data: bytes, gzipped: bool) -> list[int]:
+    """The sequence numbers of the events in a batch's bytes (a C regex scan)."""
+    if gzipped:
+        import gzip
+
+        data = gzip.decompress(data)
+    return [int(m) for m in _SEQ.findall(data)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DurableHooks:
+    """Told what became durable, so the worker process can acknowledge it.
+
+    Attributes:
+        batch: called with a batch's bytes and gzip flag once it is written or spooled.
+        filtered: called with the sequence number of an event the ``redact`` hook dropped.
+    """
+
+    batch: Callable[[bytes, bool], None]
+    filtered: Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TrackerSpec:
+    """A tracker's worker side, as data (picklable unless a hook or sink is not)."""
+
+    destination: str
+    s3_options: Mapping[str, Any]
+    experiment: str
+    run: str
+    writer: str
+    config: TrackerConfig
+    parameter_sinks: tuple[ParametersSink, ...] = ()
+
+    def build(
+        self,
+        *,
+        sink: Sink | None = None,
+        hooks: DurableHooks | None = None,
+        config: TrackerConfig | None = None,
+    ) -> tuple[Engine, EventTranslator]:
+        """The engine (started) and its translator.
+
+        Args:
+            sink: a sink object to use instead of building one from ``destination``.
+            hooks: durability callbacks (the worker process's acknowledgements).
+            config: overrides ``self.config`` for the engine (not for the translator).
+        """
+        sink = sink if sink is not None else make_sink(self.destination, **self.s3_options)
+        translator = EventTranslator(
+            experiment=self.experiment, run=self.run, writer=self.writer, config=self.config
+        )
+        engine_config = config or self.config
+        spool: Spool | None = None
+        if engine_config.spool and not isinstance(sink, LocalSink):
+            replay_options = getattr(sink, "replay_options", None)
+            spool_cls = Spool if hooks is None else _ObservedSpool
+            spool = spool_cls(
+                engine_config.spool_dir or os.environ.get("ASYNCTRACK_SPOOL_DIR") or DEFAULT_SPOOL_DIR,
+                sink.destination,
+                engine_config.spool_max_bytes,
+                options=replay_options() if callable(replay_options) else None,
+            )
+            if isinstance(spool, _ObservedSpool) and hooks is not None:
+                spool.hooks = hooks
+        translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None] = translator
+        if hooks is not None:
+            sink = _ObservedSink(sink, hooks)
+            translate = _observed_translate(translator, hooks)
+        engine = Engine(
+            sink=sink,
+            layout=Layout(
+                experiment=self.experiment, run=self.run, writer=self.writer, gzip=engine_config.gzip
+            ),
+            translate=translate,
+            parameters=translator.redacted_parameters,
+            parameter_sinks=self.parameter_sinks,
+            config=engine_config,
+            spool=spool,
+            placeholders=lambda: translator.placeholders,
+        )
+        return engine, translator
+
+
+def _observed_translate(
+    translator: EventTranslator, hooks: DurableHooks
+) -> Callable[[Any], tuple[int, bytes] | dict[str, Any] | None]:
+    filtered = hooks.filtered
+
+    def translate(record: Any) -> tuple[int, bytes] | dict[str, Any] | None:
+        out = translator(record)
+        if out is None:
+            filtered(record[1])
+        return out
+
+    return translate
+
+
+class _ObservedSink:
+    """A sink that reports each batch it stored durably."""
+
+    def __init__(self, inner: Sink, hooks: DurableHooks) -> None:
+        self._inner = inner
+        self._hooks = hooks
+
+    @property
+    def destination(self) -> str:
+        return self._inner.destination
+
+    def replay_options(self) -> dict[str, str] | None:
+        options = getattr(self._inner, "replay_options", None)
+        return options() if callable(options) else None
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self._inner.write_batch(batch)
+        self._hooks.batch(batch.data, batch.gzip)
+
+    async def write_document(self, key: str, data: bytes) -> None:
+        await self._inner.write_document(key, data)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ObservedSpool(Spool):
+    """A spool that reports each batch it kept (spooled events are durable, redacted)."""
+
+    hooks: DurableHooks | None = None
+
+    def save(self, batch: Batch, *, claimed: bool = False) -> str | None:
+        path = super().save(batch, claimed=claimed)
+        if path is not None and self.hooks is not None and batch.data:
+            self.hooks.batch(batch.data, batch.gzip)
+        return path

@@ -1,0 +1,143 @@
+"""Real provider events: the CPU asynctrack spends per callback of real ``ChatOpenAI`` calls (issue 9).
+
+    python -m benchmarks.real_provider [--smoke] [--repeats N] [--out DIR]
+
+``langchain-openai``'s ``ChatOpenAI`` runs against a loopback OpenAI-compatible
+stub that this benchmark starts on 127.0.0.1 (``tests/_infra/openai_stub.py``): a
+tool call round trip (messages, tool calls, token usage) and a streamed answer
+with usage. Every callback LangChain makes is recorded with its arguments, then
+replayed straight into the tracker, so that only asynctrack's work is timed:
+
+- application side: the ``on_*`` method, i.e. capturing the arguments to bytes and
+  appending the record (what stays in the application's process once the worker
+  runs in its own process);
+- worker side: translate + redact + encode of the same records, in chunks of 64
+  as the engine hands them over (``EventTranslator.prepare`` then one call each).
+
+CPU time (``time.process_time``), medians of ``--repeats`` runs, per event kind and
+for the natural mix. Goals (issue 9): ≤ 5 µs per event in the application's
+process, ≤ 15 µs per event in all.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import sys
+import tempfile
+import time
+from typing import Any
+
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._langchain._events import EventTranslator
+
+from . import _common as c
+
+APP_GOAL_US = 5.0
+TOTAL_GOAL_US = 15.0
+_CHUNK = 64
+
+
+def _record_calls(rounds: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    tests_dir = str(c.ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from _infra.openai_stub import record_calls
+
+    return record_calls(rounds)
+
+
+def _app_side(
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], times: int
+) -> tuple[float, list[Any]]:
+    """CPU µs per event of the ``on_*`` methods; and the records they produced (one pass)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = AsyncTracker(tmp, config=TrackerConfig(handle_sigterm=False))
+        records: list[Any] = []
+        try:
+            # Capture only: the records are taken away as the engine's worker would.
+            tracker._put = records.append  # type: ignore[method-assign]
+            bound = [(getattr(tracker, m), a, k) for m, a, k in calls]
+            for method, args, kwargs in bound:  # warm-up, and the records for the worker side
+                method(*args, **kwargs)
+            kept = list(records)
+            gc.collect()
+            started = time.process_time()
+            for _ in range(times):
+                records.clear()
+                for method, args, kwargs in bound:
+                    method(*args, **kwargs)
+            elapsed = time.process_time() - started
+        finally:
+            tracker.close(timeout=10)
+    return elapsed / (times * len(calls)) * 1e6, kept
+
+
+def _worker_side(records: list[Any], times: int) -> float:
+    """CPU µs per record of translate + redact + encode, in engine-sized chunks."""
+    translator = EventTranslator(experiment="bench", run="r", writer="w", config=TrackerConfig())
+    work = records * max(1, times)
+    chunks = [work[i : i + _CHUNK] for i in range(0, len(work), _CHUNK)]
+    gc.collect()
+    started = time.process_time()
+    for chunk in chunks:
+        translator.prepare(chunk)
+        for record in chunk:
+            translator(record)
+    return (time.process_time() - started) / len(work) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = c.parser(__doc__ or "", default_repeats=5)
+    args = p.parse_args(argv)
+    c.install_loopback_guard()
+    n = c.repeats(args)
+    times = 20 if args.smoke else 300
+    report = c.Report("real_provider", "R. Real ChatOpenAI events: CPU per event", args)
+    try:
+        calls = _record_calls(rounds=1)
+    except ImportError as exc:
+        report.note(f"langchain-openai is not installed ({exc}): pip install 'asynctrack[bench]'")
+        report.table("skipped", ["reason"], [["langchain-openai not installed"]])
+        report.metric("skipped", 1.0)
+        report.finish()
+        return 0
+    kinds = collections.Counter(method.removeprefix("on_") for method, _, _ in calls)
+    report.progress(f"{len(calls)} callbacks per round: {dict(kinds)}")
+    app: dict[str, list[float]] = collections.defaultdict(list)
+    worker: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(n):
+        us, records = _app_side(calls, times)
+        app["all"].append(us)
+        worker["all"].append(_worker_side(records, times))
+        for kind in kinds:
+            own = [call for call in calls if call[0] == f"on_{kind}"]
+            us_kind, records_kind = _app_side(own, max(1, times * len(calls) // len(own) // 4))
+            app[kind].append(us_kind)
+            worker[kind].append(_worker_side(records_kind, max(1, times * len(calls) // len(own) // 4)))
+    rows = []
+    for kind in [*sorted(kinds), "all"]:
+        a, w = c.median(app[kind]), c.median(worker[kind])
+        share = f"{kinds[kind]} of {len(calls)}" if kind != "all" else f"{len(calls)}"
+        rows.append([kind, share, a, w, a + w])
+    report.table(
+        f"CPU µs per event (median of {n}; one round = a tool call round trip and a streamed answer)",
+        ["event", "events per round", "application side", "worker side", "in all"],
+        rows,
+    )
+    app_all, worker_all = c.median(app["all"]), c.median(worker["all"])
+    report.metric("app_us_per_event", app_all)
+    report.metric("worker_us_per_event", worker_all)
+    report.metric("total_us_per_event", app_all + worker_all)
+    report.goal("application process CPU per real ChatOpenAI event", app_all, APP_GOAL_US, unit=" µs")
+    report.goal("CPU per real ChatOpenAI event in all", app_all + worker_all, TOTAL_GOAL_US, unit=" µs")
+    report.note(
+        "Replayed callback arguments of real langchain-openai calls (loopback stub); CPU time of "
+        "asynctrack's own work only. Read against the machine's load: 2 cores shared."
+    )
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""A loopback OpenAI-compatible chat-completions server, and real ``ChatOpenAI`` calls against it.
+
+The server answers ``POST /v1/chat/completions`` like the OpenAI API does: a tool
+call when the request offers tools and the last message is the user's, a text
+answer otherwise, as server-sent events when ``stream`` is set (with a final usage
+chunk when ``stream_options.include_usage`` is). Nothing leaves 127.0.0.1.
+
+For tests that plant text in the model's output: a last user message
+``"echo: <text>"`` is answered with ``<text>`` (streamed 3 characters per chunk,
+so that a planted credential is split across tokens), and ``"call: <json>"`` with
+a tool call whose ``arguments`` are ``<json>``.
+
+``record_calls()`` runs real ``langchain-openai`` calls (invoke with tool calls and
+a tool answer, streaming with usage) with a recording handler and returns every
+callback with its arguments, so that benchmarks and tests can replay them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from typing import Any
+
+_ANSWER = (
+    "The weather in Paris is mild today: 18 degrees with a light breeze from the west, "
+    "and the forecast for the evening is clear."
+)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        messages = request.get("messages") or []
+        model = request.get("model", "gpt-4o-mini")
+        created = int(time.time())
+        last = messages[-1] if messages else {}
+        said = (
+            last.get("content") if last.get("role") == "user" and isinstance(last.get("content"), str) else ""
+        )
+        wants_tool = (bool(request.get("tools")) and last.get("role") == "user") or said.startswith("call: ")
+        arguments = said[6:] if said.startswith("call: ") else '{"city": "Paris", "unit": "C"}'
+        answer = said[6:] if said.startswith("echo: ") else _ANSWER
+        usage = {"prompt_tokens": 57, "completion_tokens": 23, "total_tokens": 80}
+        if request.get("stream"):
+            self._stream(model, created, answer, usage, request)
+            return
+        if wants_tool:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_Xq3H7w9P0aKd2L5n",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": arguments},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        else:
+            message = {"role": "assistant", "content": answer}
+            finish = "stop"
+        body = {
+            "id": "chatcmpl-AbC123dEf456GhI789jKl012",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_0ba0d124f1",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(
+        self, model: str, created: int, answer: str, usage: dict[str, int], request: dict[str, Any]
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {
+            "id": "chatcmpl-StR123dEf456GhI789jKl012",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_0ba0d124f1",
+        }
+        chunks: list[dict[str, Any]] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
+        if answer is _ANSWER:  # word by word, like a model
+            words = answer.split(" ")
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        else:  # planted text: 3 characters per chunk
+            pieces = [answer[i : i + 3] for i in range(0, len(answer), 3)]
+        for piece in pieces:
+            chunks.append({"index": 0, "delta": {"content": piece}})
+        chunks.append({"index": 0, "delta": {}, "finish_reason": "stop"})
+        for choice in chunks:
+            choice.setdefault("logprobs", None)
+            choice.setdefault("finish_reason", None)
+            self._send_event({**base, "choices": [choice]})
+        if (request.get("stream_options") or {}).get("include_usage"):
+            self._send_event({**base, "choices": [], "usage": usage})
+        self._send_raw(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _send_event(self, payload: dict[str, Any]) -> None:
+        self._send_raw(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _send_raw(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+class OpenAIStub:
+    """``with OpenAIStub() as stub:`` serves on ``stub.url`` (``http://127.0.0.1:<port>/v1``)."""
+
+    def __init__(self) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> OpenAIStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def chat_model(url: str, **kwargs: Any) -> Any:
+    """A real ``ChatOpenAI`` pointed at the stub."""
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model="gpt-4o-mini",
+        api_key="sk-proj-StubKey0000000000000000000000000000",  # type: ignore[arg-type]
+        base_url=url,
+        temperature=0.2,
+        max_retries=0,
+        timeout=10,
+        **kwargs,
+    )
+
+
+def get_weather(city: str, unit: str = "C") -> str:
+    """Current weather for a city."""
+    return f"18 degrees {unit} in {city}"
+
+
+def run_calls(url: str, callbacks: list[Any], rounds: int = 1) -> None:
+    """Real ChatOpenAI calls with ``callbacks``: a tool round trip, then a stream with usage."""
+    from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    weather = tool(get_weather)
+    llm = chat_model(url)
+    with_tools = llm.bind_tools([weather])
+    config = {"callbacks": callbacks}
+    for _ in range(rounds):
+        history: list[Any] = [
+            SystemMessage("You are a helpful assistant. Answer briefly."),
+            HumanMessage("What is the weather in Paris today?"),
+        ]
+        first = with_tools.invoke(history, config=config)
+        history.append(first)
+        for call in first.tool_calls:
+            history.append(ToolMessage(weather.invoke(call["args"]), tool_call_id=call["id"]))
+        with_tools.invoke(history, config=config)
+        streaming = chat_model(url, stream_usage=True)
+        for _chunk in streaming.stream(history, config=config):
+            pass
+
+
+def record_calls(rounds: int = 1) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """Every callback of ``run_calls`` as ``(method, args, kwargs)``, in order."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    recorded: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    class Recorder(BaseCallbackHandler):
+        run_inline = True
+
+    def make(method: str) -> Any:
+        def record(self: Any, *args: Any, **kwargs: Any) -> None:
+            recorded.append((method, args, kwargs))
+
+        return record
+
+    for method in (
+        "on_chat_model_start",
+        "on_llm_start",
+        "on_llm_new_token",
+        "on_llm_end",
+        "on_llm_error",
+        "on_chain_start",
+        "on_chain_end",
+        "on_tool_start",
+        "on_tool_end",
+    ):
+        setattr(Recorder, method, make(method))
+    with OpenAIStub() as stub:
+        run_calls(stub.url, [Recorder()], rounds)
+    return recorded

@@ -1,0 +1,390 @@
+"""Redaction (``asynctrack._redact``): every leak shape of issue 9, and what must stay readable.
+
+The leak tests plant distinct secrets, run real chains (a real ``ChatOpenAI``
+against the loopback stub where a provider is involved), close the tracker and
+search every byte written (files, the spool directory, the ``asynctrack`` log
+output) for each planted secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from _infra.openai_stub import OpenAIStub, chat_model
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableLambda
+
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._config import DEFAULT_REDACT_KEYS
+from asynctrack._encode import Encoder
+from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, normalize_key
+
+# Distinct, greppable secrets; each is planted in one shape below.
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzXAMPLEKEY"  # 40 characters
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1c2VyLTQyIiwiaWF0IjoxNzAwMDAwMDAwfQ"
+    ".c2lnbmF0dXJlLW9mLXRoZS1qd3QtdG9rZW4tZm9yLXRlc3Rz"
+)
+OPENAI = "sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e"
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _leaks(roots: list[Path], log: str, secrets: dict[str, str]) -> dict[str, list[str]]:
+    """Where each secret appears in any file under ``roots`` or in ``log``."""
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for path in _files(root):
+            data = path.read_bytes()
+            for name, secret in secrets.items():
+                if secret.encode() in data:
+                    found.setdefault(name, []).append(str(path))
+    for name, secret in secrets.items():
+        if secret in log:
+            found.setdefault(name, []).append("<log>")
+    return found
+
+
+def _events(root: Path) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line)
+        for p in _files(root)
+        if p.suffix == ".jsonl"
+        for line in p.read_bytes().splitlines()
+    ]
+
+
+@pytest.fixture
+def tracked(
+    tmp_destination: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., AsyncTracker]]:
+    caplog.set_level(logging.DEBUG, logger="asynctrack")
+    made: list[AsyncTracker] = []
+
+    def make(**kwargs: Any) -> AsyncTracker:
+        tracker = AsyncTracker(tmp_destination, experiment_name="redact", run_name="r", **kwargs)
+        made.append(tracker)
+        return tracker
+
+    yield make
+    for tracker in made:
+        tracker.close(timeout=10)
+
+
+def _check(
+    tmp_destination: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, secrets: dict[str, str]
+) -> None:
+    assert _leaks([tmp_destination, tmp_path / "spool"], caplog.text, secrets) == {}
+
+
+# -- the key rule ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("clientSecret", "client_secret"),
+        ("x-api-key", "x_api_key"),
+        ("PGPASSWORD", "pgpassword"),
+        ("openaiApiKey", "openai_api_key"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        ("HTTPAuthorization", "http_authorization"),
+    ],
+)
+def test_keys_are_normalized_into_words(key: str, words: str) -> None:
+    assert normalize_key(key) == words
+
+
+CREDENTIAL_KEYS = [
+    "clientSecret", "accessToken", "refreshToken", "secretAccessKey", "sessionToken", "dbPassword",
+    "openaiApiKey", "PGPASSWORD", "password", "passwd", "pwd", "api_key", "apikey", "x-api-key",
+    "Authorization", "Proxy-Authorization", "auth", "cookie", "Set-Cookie", "credentials",
+    "private_key", "aws_secret_access_key", "aws_session_token", "x-auth-token", "id_token",
+    "MYSQL_PWD", "passphrase", "api_keys", "clientKey", "signingKey", "basicAuth",
+]  # fmt: skip
+READABLE_KEYS = [
+    "max_tokens", "token_usage", "total_tokens", "prompt_tokens", "completion_tokens",
+    "input_tokens", "output_tokens", "tokens", "tokenizer", "eos_token", "pad_token", "author",
+    "authors", "keyboard", "key", "model_name", "temperature", "secretary", "monkey", "token_type",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", CREDENTIAL_KEYS)
+def test_every_spelling_of_a_credential_key_matches(key: str) -> None:
+    assert KeyRule(DEFAULT_REDACT_KEYS)(key)
+
+
+@pytest.mark.parametrize("key", READABLE_KEYS)
+def test_ordinary_keys_do_not_match(key: str) -> None:
+    assert not KeyRule(DEFAULT_REDACT_KEYS)(key)
+
+
+# -- shapes, one redactor call each -----------------------------------------------------------------
+
+
+def _redact(value: Any) -> Any:
+    return orjson.loads(Encoder(TrackerConfig()).redact(orjson.dumps({"data": {"v": value}})))["data"]["v"]
+
+
+LONG = "lorem ipsum dolor sit amet " * 60  # text over 1 KiB around each shape
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (f"{LONG} db password=hunter2-long {LONG}", "hunter2-long"),
+        (
+            f"{LONG}\r\nAuthorization: Bearer opaque-token-1\r\nx-api-key: k3y-v4lue\r\n{LONG}",
+            "opaque-token-1",
+        ),
+        (f"{LONG}\r\nx-api-key: k3y-v4lue\r\n{LONG}", "k3y-v4lue"),
+        (f'{LONG} {{"password": "in-json-text", "user": "bob"}} {LONG}', "in-json-text"),
+        ("PGPASSWORD=pg-s3cret psql", "pg-s3cret"),
+        ("password=xud", "xud"),
+        ("export AWS_SECRET_ACCESS_KEY=" + AWS_SECRET, AWS_SECRET),
+        ("keys: " + AWS_SECRET, AWS_SECRET),  # bare, with '/' inside
+        ("bearer of news: " + JWT, JWT),
+        ("connect postgres://admin:pg-pass-1@db.internal:5432/app", "pg-pass-1"),
+        ("redis://:r3d1s-pw@cache:6379/0", "r3d1s-pw"),
+        ("model key " + OPENAI + " used", OPENAI),
+        ("Config(api_key='py-repr-key', model='x')", "py-repr-key"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7pem\n-----END RSA PRIVATE KEY-----",
+            "MIIEpAIBAAKCAQEA7pem",
+        ),
+        ("token: ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"),
+        (
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "XXXXXXXXXXXXXXXXXXXXXXXX",
+        ),
+        ("AKIAIOSFODNN7EXAMPL3 in a sentence", "AKIAIOSFODNN7EXAMPL3"),
+        ("line one\nwJalrXUtnFEMI+K7MDENGxbPxRfiCYzEXAMPLE1Y\n", "wJalrXUtnFEMI+K7MDENGxbPxRfiCYzEXAMPLE1Y"),
+    ],
+)
+def test_text_shapes_are_redacted(text: str, secret: str) -> None:
+    out = _redact(text)
+    assert secret not in out
+    assert REDACTED in out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"clientSecret": "s1", "nested": {"dbPassword": "s2", "list": [{"accessToken": "s3"}]}},
+        {"credentials": {"user": "u", "pass": "s4"}},  # a whole object under a credential key
+        {"api_keys": ["s5", "s6"]},
+        {"PGPASSWORD": 123456},  # a number under a credential key
+        {"my password": "s7"},  # a key with a space
+    ],
+)
+def test_structured_credentials_are_redacted(value: dict[str, Any]) -> None:
+    out = orjson.dumps(_redact(value))
+    for secret in (b"s1", b"s2", b"s3", b"s4", b"s5", b"s6", b"123456", b"s7"):
+        assert secret not in out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"max_tokens": 256, "token_usage": {"total_tokens": 80, "prompt_tokens": 57}},
+        {"openai_api_key": {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}},  # LangChain's marker
+        {"sha": "9fceb02d0ae598e95dc970b74767f19372d61af8"},  # a git sha is 40 characters, no upper case
+        {"id": "chatcmpl-AbC123dEf456GhI789jKl012", "run": str(uuid.UUID(int=7))},
+        {"text": "The key to success is a secret recipe; the author keeps the password policy short."},
+        {"b64": "aGVsbG8gd29ybGQgdGhpcyBpcyBhIGxvbmcgYmFzZTY0IGJsb2IgdGhhdCBpcyBub3QgYSBrZXk="},
+        {"path": "/usr/local/lib/python3.11/site-packages/x"},
+        {"expr": "a = b + c; key_count: 3"},
+    ],
+)
+def test_ordinary_values_are_kept(value: dict[str, Any]) -> None:
+    assert _redact(value) == value
+
+
+def test_a_dense_text_is_bounded_and_leaks_nothing() -> None:
+    text = "password=x1 " * 30_000
+    out = _redact(text)
+    assert "x1" not in out
+    assert len(out) < len(text)
+
+
+def test_custom_patterns_and_disabled_detectors() -> None:
+    encoder = Encoder(TrackerConfig(redact_patterns=(r"EMP-[0-9]{6}+",), redact_detectors=False))
+    line = orjson.loads(encoder.encode({"t": f"badge EMP-123456, key {OPENAI}"}))
+    assert line["t"] == f"badge {REDACTED}, key {OPENAI}"
+
+
+def test_a_pydantic_secret_never_reaches_the_bytes_even_with_key_rules_off() -> None:
+    import pydantic
+
+    encoder = Encoder(TrackerConfig(redact_keys=None))
+    captured = orjson.dumps({"data": {"k": pydantic.SecretStr("ultra-secret")}}, default=lambda o: o.__dict__)
+    assert b"ultra-secret" not in encoder.redact(captured)
+
+
+# -- streamed tokens -------------------------------------------------------------------------------
+
+
+def test_a_secret_split_across_tokens_is_redacted_in_the_joined_stream() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text)
+    tokens = [
+        "my pass",
+        "word=hun",
+        "ter2 and key ",
+        "sk-proj-",
+        "Zq8VnR2m",
+        "X5tL0wJ7bK3y",
+        "H9dF6sA1pC4e",
+        " done",
+    ]
+    written = "".join(stream.token("run", t) for t in tokens)
+    for piece in ("hunter2", "hun", "ter2", "Zq8VnR2m", "X5tL0wJ7bK3y", "H9dF6sA1pC4e"):
+        assert piece not in written, written
+    assert written.startswith("my password=") and written.endswith(" done")
+
+
+def test_streamed_chat_model_tokens_through_a_real_chat_openai(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stub streams 3 characters per chunk, so each secret spans several tokens."""
+    tracker = tracked()
+    answer = f"use password=stream-pw-9 and the key {OPENAI} then the jwt {JWT} ok"
+    with OpenAIStub() as stub:
+        chunks = list(chat_model(stub.url).stream("echo: " + answer, config={"callbacks": [tracker]}))
+    assert "".join(str(c.content) for c in chunks) == answer
+    tracker.close(timeout=10)
+    _check(
+        tmp_destination, tmp_path, caplog, {"pw": "stream-pw-9", "openai": OPENAI[8:20], "jwt": JWT[20:40]}
+    )
+    tokens = [e["data"]["token"] for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    assert "".join(tokens).startswith("use password=")
+
+
+# -- through real chains: every written byte --------------------------------------------------------
+
+
+class Endpoint(typing.NamedTuple):
+    url: str
+    password: str
+
+
+def test_every_leak_shape_through_real_chains(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secrets = {
+        "long-kv": "long-kv-value-1",
+        "header": "hdr-token-2",
+        "json-in-string": "json-in-str-3",
+        "arguments": "fn-args-pw-4",
+        "camel": "camel-secret-5",
+        "glued": "glued-pw-6",
+        "run-name": "sk-runname0000000000000000000007",
+        "bytes": "bytes-pw-8",
+        "namedtuple": "nt-pw-9",
+        "short": "xud",
+        "aws": AWS_SECRET,
+        "jwt": JWT,
+        "url-in-error": "url-err-pw-10",
+        "tool-output": "tool-out-11",
+    }
+    tracker = tracked()
+    long_text = (
+        "x" * 2000
+        + f" api_key={secrets['long-kv']} "
+        + "y" * 2000
+        + f"\nAuthorization: Bearer {secrets['header']}\n"
+    )
+    inputs = {
+        "document": long_text,
+        "http_body": '{"status": 200, "client_secret": "' + secrets["json-in-string"] + '"}',
+        "settings": {"clientSecret": secrets["camel"], "PGPASSWORD": secrets["glued"], "max_tokens": 64},
+        "blob": f"password={secrets['bytes']}".encode(),
+        "endpoint": Endpoint("https://x", secrets["namedtuple"]),
+        "note": f"password={secrets['short']} aws {secrets['aws']} jwt {secrets['jwt']}",
+    }
+    RunnableLambda(lambda x: "ok").invoke(
+        inputs, config={"callbacks": [tracker], "run_name": f"named {secrets['run-name']}"}
+    )
+
+    def fail(_: Any) -> None:
+        raise ConnectionError(f"could not reach postgres://svc:{secrets['url-in-error']}@db:5432/app")
+
+    with pytest.raises(ConnectionError):
+        RunnableLambda(fail).invoke("x", config={"callbacks": [tracker]})
+
+    history = [
+        HumanMessage("log me in"),
+        AIMessage(
+            "",
+            tool_calls=[
+                {"name": "login", "args": {"user": "bob", "password": secrets["arguments"]}, "id": "c1"}
+            ],
+            additional_kwargs={
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {
+                            "name": "login",
+                            "arguments": orjson.dumps({"password": secrets["arguments"]}).decode(),
+                        },
+                    }
+                ]
+            },
+        ),
+        ToolMessage(f'HTTP 200 {{"access_token": "{secrets["tool-output"]}"}}', tool_call_id="c1"),
+        HumanMessage("echo: done"),
+    ]
+    with OpenAIStub() as stub:
+        chat_model(stub.url).invoke(history, config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    events = _events(tmp_destination)
+    start = events[0]
+    assert start["name"].startswith("named ")
+    logged = start["data"]["inputs"]
+    assert logged["settings"]["max_tokens"] == 64
+    assert logged["endpoint"] == {"url": "https://x", "password": REDACTED}
+    assert logged["blob"]["text"] == f"password={REDACTED}"
+    error = next(e for e in events if e["kind"] == "chain_error")
+    assert "postgres://svc:" in error["data"]["error"]["message"]
+    chat = next(e for e in events if e["kind"] == "chat_model_start")
+    # LangChain's secret marker names the environment variable: kept as it is.
+    assert chat["data"]["serialized"]["kwargs"]["openai_api_key"] == {
+        "lc": 1,
+        "type": "secret",
+        "id": ["OPENAI_API_KEY"],
+    }
+
+
+def test_real_chat_openai_events_never_need_the_structural_pass(tmp_destination: Path) -> None:
+    """The serialized ``openai_api_key`` marker is judged in the JSON text: no parse."""
+    with OpenAIStub() as stub:
+        tracker_records: list[Any] = []
+        tracker = AsyncTracker(tmp_destination, config=TrackerConfig(handle_sigterm=False))
+        try:
+            tracker._put = tracker_records.append  # type: ignore[method-assign]
+            chat_model(stub.url).invoke("hello", config={"callbacks": [tracker]})
+        finally:
+            tracker.close(timeout=10)
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    bodies = [r[6] for r in tracker_records]
+    assert bodies and all(type(b) is bytes for b in bodies)
+    for body in bodies:
+        assert redactor.json(body) is not None

@@ -1,0 +1,252 @@
+"""The out-of-process worker (``asynctrack._engine._client`` / ``_host``), in process mode.
+
+Every test here asks for ``worker="process"`` itself, so the file means the same when the
+suite runs with ``ASYNCTRACK_WORKER=thread``. Waits are bounded; the only fixed pause is
+the SIGKILL test's 0.1 s, which is the guarantee under test (events recorded at least
+50 ms before the kill are written), not a wait for the worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
+
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._engine import _worker_process
+from asynctrack._langchain import _handler
+from asynctrack.testing import InMemorySink
+
+PROCESS = TrackerConfig(worker="process", batch_interval=3600.0)
+WAIT = 60.0
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
+    """Poll ``condition`` (a state of another process) until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def _host_children() -> list[int]:
+    """Worker processes (started from ``_engine/_boot.py``) whose parent is this process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"_engine/_boot.py" in cmdline and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _events(destination: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(destination.rglob("*.jsonl")):
+        out.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
+    return out
+
+
+@pytest.fixture
+def tracker(tmp_destination: Path) -> Iterator[AsyncTracker]:
+    t = AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS)
+    yield t
+    t.close(timeout=WAIT)
+
+
+def _text(tracker: AsyncTracker, start: int, count: int) -> None:
+    run_id = uuid.uuid4()
+    for i in range(start, start + count):
+        tracker.on_text(f"t-{i}", run_id=run_id)
+
+
+def test_events_are_written_by_the_worker_process(tracker: AsyncTracker, tmp_destination: Path) -> None:
+    _text(tracker, 0, 1000)  # recorded while the worker process may still be starting
+    tracker.flush_blocking(timeout=WAIT)
+    stats = tracker.statistics()
+    assert stats.worker_mode == "process"
+    assert (stats.recorded, stats.written, stats.dropped, stats.lost) == (1000, 1000, 0, 0)
+    assert stats.retained_bytes == 0  # acknowledged once durable
+    events = _events(tmp_destination)
+    assert sorted(e["seq"] for e in events) == list(range(1000))
+    assert {e["data"]["text"] for e in events} == {f"t-{i}" for i in range(1000)}
+
+
+def test_one_worker_process_serves_two_hundred_trackers(tmp_destination: Path) -> None:
+    trackers = [
+        AsyncTracker(tmp_destination, experiment_name="many", run_name=f"r{i}", config=PROCESS)
+        for i in range(200)
+    ]
+    try:
+        for i, t in enumerate(trackers):
+            _text(t, i, 1)
+        for t in trackers:
+            t.flush_blocking(timeout=WAIT)
+        assert len(_host_children()) == 1
+        assert _worker_process.worker_process().pid in _host_children()
+    finally:
+        for t in trackers:
+            t.close(timeout=WAIT)
+    events = _events(tmp_destination)
+    assert sorted(e["data"]["text"] for e in events) == sorted(f"t-{i}" for i in range(200))
+    assert all(e["run"] == f"r{e['data']['text'][2:]}" for e in events)
+
+
+def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
+    tracker: AsyncTracker, tmp_destination: Path
+) -> None:
+    _text(tracker, 0, 100)
+    tracker.flush_blocking(timeout=WAIT)  # durable and acknowledged: never re-sent
+    _text(tracker, 100, 50)  # shipped, sitting in the worker's open batch (1 h interval)
+    _wait_until(lambda: tracker.statistics().queue_depth == 0, what="the shipper")
+    assert tracker.statistics().retained_bytes > 0
+    old = _worker_process.worker_process().pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    tracker.flush_blocking(timeout=WAIT)  # the new worker gets the 50 again, then the flush
+    stats = tracker.statistics()
+    assert stats.worker_restarts >= 1
+    assert _worker_process.worker_process().pid != old
+    seqs = collections.Counter(e["seq"] for e in _events(tmp_destination))
+    assert seqs == collections.Counter(range(150))  # each exactly once
+    assert (stats.written, stats.lost) == (50, 0)  # the new worker's count, nothing lost
+
+
+def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
+    tmp_path: Path,
+    children: list[Child],  # noqa: F811 - the fixture imported from test_process
+) -> None:
+    destination = tmp_path / "logs"
+    n = 5000
+    child = start(
+        children,
+        tmp_path,
+        "sigkill-app",
+        str(destination),
+        str(n),
+        env={"ASYNCTRACK_EXIT_TIMEOUT": "10", "ASYNCTRACK_WORKER": "process"},
+    )
+    info = child.read_line()
+    assert info["mode"] == "process", info
+    worker = int(info["worker"])
+    time.sleep(0.1)  # the guarantee under test: recorded >= 50 ms before the kill
+    child.process.send_signal(signal.SIGKILL)
+    child.finish()
+    _wait_until(lambda: not _alive(worker), timeout=10 + 5, what="the worker to drain and exit")
+    events = events_of(destination, "sigkill-app")
+    assert collections.Counter(e["seq"] for e in events) == collections.Counter(range(n))
+    assert all(e["data"]["text"] == f"parent-{e['seq']}" for e in events)
+
+
+def test_the_channel_is_private(tracker: AsyncTracker) -> None:
+    """Pipes, no listening socket, no port: nothing but the application can talk to it."""
+    _text(tracker, 0, 10)
+    tracker.flush_blocking(timeout=WAIT)
+    pid = _worker_process.worker_process().pid
+    links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    assert any(link.startswith("pipe:") for link in links)
+    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+    listening = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                listening.append((table, line))
+    for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        # Flags 00010000 is __SO_ACCEPTCON: a listening unix socket; a path is an address.
+        if fields[6] in inodes and (fields[3] == "00010000" or len(fields) > 7):
+            listening.append(("unix", line))
+    assert not listening, listening  # asyncio's own wake-up socketpair is neither
+
+
+def test_the_redact_hook_runs_in_the_worker_process_and_its_logs_reach_ours(
+    tmp_destination: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from _infra.hooks import stamp_worker_pid
+
+    caplog.set_level(logging.INFO, logger="asynctrack")
+    config = TrackerConfig(worker="process", redact=stamp_worker_pid)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="hook", config=config) as t:
+        t.on_text("hello", run_id=uuid.uuid4(), metadata={})
+        t.flush_blocking(timeout=WAIT)
+        assert t.statistics().worker_mode == "process"
+    (event,) = _events(tmp_destination)
+    assert event["metadata"]["hook_pid"] == _worker_process.worker_process().pid != os.getpid()
+    assert f"hook ran in process {event['metadata']['hook_pid']}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("what", "make"),
+    [
+        ("lambda", lambda d: AsyncTracker(d, config=TrackerConfig(worker="process", redact=lambda e: e))),
+        ("sink", lambda d: AsyncTracker(InMemorySink(), config=TrackerConfig(worker="process"))),
+    ],
+)
+def test_what_cannot_cross_uses_a_thread_and_says_why(
+    what: str,
+    make: Callable[[Path], AsyncTracker],
+    tmp_destination: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asynctrack")
+    monkeypatch.setattr(_handler, "_said_thread", set())  # each reason is said once per process
+    tracker = make(tmp_destination)
+    try:
+        _text(tracker, 0, 3)
+        tracker.flush_blocking(timeout=WAIT)
+        stats = tracker.statistics()
+        assert (stats.worker_mode, stats.written) == ("thread", 3)
+    finally:
+        tracker.close(timeout=WAIT)
+    expected = {"lambda": "cannot cross to the worker process", "sink": "is a Sink object"}[what]
+    assert "using a worker thread in this process" in caplog.text
+    assert expected in caplog.text
+
+
+def test_no_python_to_start_a_worker_with_means_a_thread(
+    tmp_destination: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asynctrack")
+    monkeypatch.setattr(_worker_process._Shared, "worker", None)
+    monkeypatch.setattr(sys, "executable", "")
+    with AsyncTracker(tmp_destination, run_name="frozen", config=PROCESS) as t:
+        _text(t, 0, 2)
+        t.flush_blocking(timeout=WAIT)
+        assert (t.statistics().worker_mode, t.statistics().written) == ("thread", 2)
+    assert "no Python executable" in caplog.text
+
+
+def test_statistics_never_count_more_than_was_recorded(tracker: AsyncTracker) -> None:
+    for i in range(20):
+        _text(tracker, i * 100, 100)
+        stats = tracker.statistics()
+        assert stats.recorded == (i + 1) * 100
+    tracker.flush_blocking(timeout=WAIT)
+    assert tracker.statistics().recorded == 2000
