@@ -192,8 +192,10 @@ def test_the_exit_hook_closes_trackers_side_by_side(
     a, b = make_tracker(sink_a, config=config), make_tracker(sink_b, config=config)
     text(a, "a")
     text(b, "b")
-    # Only these two: other tests' trackers are theirs to close.
+    # Only these two: other tests' trackers are theirs to close, and the worker process
+    # (shared by this test process) is not to be shut down.
     monkeypatch.setattr(_process, "_live", {id(t._engine): t._engine for t in (a, b)})
+    monkeypatch.setattr(_process, "exit_hooks", [])
     closer = threading.Thread(target=_process.close_all)
     closer.start()
     try:
