@@ -19,6 +19,7 @@ from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text
 
 import asynctrack
 from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig
+from asynctrack._engine import _process
 from asynctrack._engine._core import Engine, State
 
 pytest_plugins = ("engine_fixtures",)
@@ -176,3 +177,34 @@ def test_close_past_its_deadline_counts_lost_events(
         sink.gate.set()
     with pytest.raises(TrackerClosedError):
         tracker.flush_blocking()
+
+
+def test_the_exit_hook_closes_trackers_side_by_side(
+    make_tracker: Callable[..., AsyncTracker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trackers whose destinations hold every write: the exit hook starts both closes
+    before it waits for either, so the second's write begins while the first's is still
+    held. (One after the other, the second tracker only got what the first left of
+    ``ASYNCTRACK_EXIT_TIMEOUT``.)"""
+    monkeypatch.setenv("ASYNCTRACK_EXIT_TIMEOUT", "60")
+    sink_a, sink_b = GatedSink(tmp_path / "a"), GatedSink(tmp_path / "b")
+    config = TrackerConfig(batch_interval=3600.0)  # only a close writes
+    a, b = make_tracker(sink_a, config=config), make_tracker(sink_b, config=config)
+    text(a, "a")
+    text(b, "b")
+    # Only these two: other tests' trackers are theirs to close, and the worker process
+    # (shared by this test process) is not to be shut down.
+    monkeypatch.setattr(_process, "_live", {id(t._engine): t._engine for t in (a, b)})
+    monkeypatch.setattr(_process, "exit_hooks", [])
+    closer = threading.Thread(target=_process.close_all)
+    closer.start()
+    try:
+        assert sink_a.entered.wait(JOIN)
+        assert sink_b.entered.wait(JOIN), "the second close waited for the first"
+    finally:
+        sink_a.gate.set()
+        sink_b.gate.set()
+    closer.join(JOIN)
+    assert not closer.is_alive()
+    assert a.closed and b.closed
+    assert (sink_a.keys and sink_b.keys) and a.statistics().written == b.statistics().written == 1

@@ -149,7 +149,7 @@ def spooled_files(spool_dir: Path) -> list[Path]:
 
 
 def spooled_event_count(spool_dir: Path) -> int:
-    """Events held in the spool (each file is named ``<events>.<key>.batch``)."""
+    """Events held in the spool (each file is named ``<events>.<hash of its key>.batch``)."""
     return sum(int(path.name.split(".", 1)[0]) for path in spooled_files(spool_dir))
 
 

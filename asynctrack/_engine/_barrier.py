@@ -24,7 +24,17 @@ __all__ = ["Barrier", "Marker", "wait", "wait_blocking"]
 class Marker:
     """A flush (or close) request travelling through the buffer."""
 
-    __slots__ = ("closing", "covered", "deadline", "future", "sent", "settling", "timeout", "upto")
+    __slots__ = (
+        "closing",
+        "covered",
+        "deadline",
+        "future",
+        "reported",
+        "sent",
+        "settling",
+        "timeout",
+        "upto",
+    )
 
     def __init__(self, *, closing: bool = False, timeout: float | None = None, deadline: float | None = None):
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -35,6 +45,7 @@ class Marker:
         self.timeout = timeout  # the close's timeout, for its error message
         self.deadline = deadline  # time.monotonic() by which a close gives up
         self.sent = False  # a close marker is in the buffer
+        self.reported = False  # its error was raised to a caller
 
 
 class Barrier:

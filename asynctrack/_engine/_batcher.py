@@ -67,12 +67,12 @@ class Batcher:
         self._next += 1
         return number
 
-    def add(self, seq: int, line: bytes) -> list[tuple[int, Batch]]:
-        """Add one line; the batches it sealed (none, one, or two)."""
-        sealed: list[tuple[int, Batch]] = []
+    def add(self, seq: int, line: bytes) -> list[tuple[int, Batch]] | None:
+        """Add one line; the batches it sealed, or ``None`` (most calls: no list made)."""
         batch = self._open
+        sealed = None
         if batch.lines and batch.size + len(line) > self._max_bytes:
-            sealed.extend(self.seal())  # seal first: no file over the limit
+            sealed = self.seal()  # seal first: no file over the limit
             batch = self._open
         if not batch.lines:
             batch.opened = time.monotonic()
@@ -83,7 +83,7 @@ class Batcher:
         batch.last_seq = seq
         self._counters.pending_bytes += len(line)
         if len(batch.lines) >= self._max_events or batch.size >= self._max_bytes:
-            sealed.extend(self.seal())
+            sealed = (sealed or []) + self.seal()
         return sealed
 
     def seal(self) -> list[tuple[int, Batch]]:

@@ -287,6 +287,14 @@ class Engine:
         self._send_close(marker)
         return marker
 
+    def start_close(self, timeout: float | None) -> None:
+        """Begin closing (deadline ``timeout``) without waiting; ``close()`` then waits.
+
+        The exit hook starts every engine's close this way before waiting for any.
+        """
+        if self._begin_close(timeout) is None:
+            self._join_close(timeout)
+
     def _send_close(self, marker: Marker) -> None:
         """Put the close marker in the buffer (if no one has yet) with its deadline.
 
@@ -318,8 +326,8 @@ class Engine:
 
         The close goes on in the worker if this call is cancelled: the events are
         still written (or spooled) by the deadline ``timeout``. A second call waits for
-        the first's close to end. Records put after close begins are dropped and
-        counted (``dropped``).
+        the first's close to end (and raises its error if no one has yet). Records put
+        after close begins are dropped and counted (``dropped``).
 
         Raises:
             FlushError: some events could not be written before the deadline; the
@@ -328,8 +336,10 @@ class Engine:
         marker = self._begin_close(timeout)
         if marker is None:
             joined, wait_for = self._join_close(timeout)
-            if joined is not None and not await wait(joined, wait_for):
-                raise self._give_up(timeout)
+            if joined is not None:
+                if not await wait(joined, wait_for):
+                    raise self._give_up(timeout)
+                _raise_outcome(joined)
             return
         if not await wait(marker, None if timeout is None else timeout + _CLOSE_GRACE):
             raise self._give_up(timeout)
@@ -347,8 +357,10 @@ class Engine:
         marker = self._begin_close(timeout)
         if marker is None:
             joined, wait_for = self._join_close(timeout)
-            if joined is not None and not wait_blocking(joined, wait_for):
-                raise self._give_up(timeout)
+            if joined is not None:
+                if not wait_blocking(joined, wait_for):
+                    raise self._give_up(timeout)
+                _raise_outcome(joined)
             return
         if not wait_blocking(marker, None if timeout is None else timeout + _CLOSE_GRACE):
             raise self._give_up(timeout)
@@ -464,6 +476,10 @@ class Engine:
 
 
 def _raise_outcome(marker: Marker) -> None:
+    """Raise the marker's error, once: a close's error goes to the first caller who
+    waits for it (its own, or the exit hook after an interrupted or background close);
+    later closes return quietly."""
     error = marker.future.exception(0)
-    if error is not None:
+    if error is not None and not marker.reported:
+        marker.reported = True
         raise error

@@ -64,6 +64,7 @@ _CHUNK: Final = 64  # records pre-checked together, and between checks of the ti
 _BUDGET: Final = 0.001
 _PAUSE: Final = 0.00005
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
+_SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
 Translate = Callable[[Any], "tuple[int, bytes] | dict[str, Any] | None"]
 
@@ -289,12 +290,8 @@ class Worker:
         ``_finish`` to resolve.
         """
         buffer = self._buffer
-        translate = self.translate
-        hook = self._config.redact
-        encoder = self._encoder
         counters = self._counters
         max_bytes = self._config.max_queue_bytes
-        prepare = getattr(translate, "prepare", None)
         started = time.perf_counter()
         while len(buffer):
             if not final and counters.pending_bytes >= max_bytes:
@@ -302,29 +299,8 @@ class Worker:
                 # rest in the buffer, which then fills up and drops, counted.
                 break
             chunk, marker = buffer.take(_CHUNK)
-            if chunk and prepare is not None:
-                try:
-                    prepare(chunk)
-                except Exception as exc:  # pre-checks only: translate still runs
-                    self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
-            for item in chunk:
-                try:
-                    out = translate(item)
-                    if type(out) is dict:
-                        if hook is not None:
-                            edited = hook(out)
-                            out = None if edited is None else dict(edited)
-                        if out is not None:
-                            out = (out.get("seq", -1), encoder.encode(out))
-                except Exception as exc:
-                    counters.encode_errors += 1
-                    self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
-                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-                    out = (-1, encoder.encode(event))
-                if out is None:
-                    counters.filtered += 1
-                    continue
-                self._dispatch(self._batcher.add(*out))
+            if chunk:
+                self._encode(chunk)
             if marker is not None:
                 if final:
                     self._late_markers.append(marker)
@@ -341,6 +317,43 @@ class Worker:
                 started = time.perf_counter()
         buffer.release_blocked()
         return None
+
+    def _encode(self, chunk: list[Any]) -> None:
+        """Translate, redact and encode one chunk of records into the open batch.
+
+        The hot loop of the worker: every name it uses per record is a local.
+        """
+        translate = self.translate
+        hook = self._config.redact
+        encoder = self._encoder
+        counters = self._counters
+        add = self._batcher.add
+        prepare = getattr(translate, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(chunk)
+            except Exception as exc:  # pre-checks only: translate still runs
+                self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
+        for item in chunk:
+            try:
+                out = translate(item)
+                if type(out) is dict:
+                    if hook is not None:
+                        edited = hook(out)
+                        out = None if edited is None else dict(edited)
+                    if out is not None:
+                        out = (out.get("seq", -1), encoder.encode(out))
+            except Exception as exc:
+                counters.encode_errors += 1
+                self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
+                event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
+                out = (-1, encoder.encode(event))
+            if out is None:
+                counters.filtered += 1
+                continue
+            sealed = add(out[0], out[1])  # type: ignore[index]  # a (seq, line) tuple by now
+            if sealed is not None:
+                self._dispatch(sealed)
 
     def _dispatch(self, sealed: list[tuple[int, Batch]]) -> None:
         for number, batch in sealed:
@@ -427,9 +440,11 @@ class Worker:
         close_marker = self.close_marker
         self._fail_markers(left, f"tracker closed; {self._reporter.last_error}", markers, skip=close_marker)
         closers: list[Sink | ParametersSink] = [self._sink, *self._parameter_sinks]
+        # Past the deadline the connections are likely hung: closing them gets little time.
+        limit = _SINK_CLOSE_LATE if timed_out else _SINK_CLOSE
         for closer in closers:
             try:
-                async with asyncio.timeout(_SINK_CLOSE):
+                async with asyncio.timeout(limit):
                     await closer.aclose()
             except Exception as exc:
                 logger.warning("asynctrack: closing %s failed: %s", type(closer).__name__, exc)
