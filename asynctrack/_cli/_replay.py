@@ -44,17 +44,21 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
         sent = events = failed = 0
         try:
             await sink.start()
-            for batch in spool.pending():
+            # Claimed (atomic renames) like a tracker claims them: a tracker recovering
+            # the same spool meanwhile never takes the same batch; failures go back.
+            for batch in spool.claim():
                 try:
                     await sink.write_batch(Spool.load(batch))
                 except Exception as exc:
                     failed += 1
+                    spool.release(batch)
                     print(f"  {batch.key}: not delivered: {exc}", file=sys.stderr)
                     continue
                 Spool.remove(batch)
                 sent += 1
                 events += batch.events
         finally:
+            spool.close()
             await sink.aclose()
         return sent, events, failed
 

@@ -333,6 +333,6 @@ def _after_fork_in_child() -> None:
         client.after_fork_in_child()
 
 
-exit_hooks.append(close_all)  # at exit and on SIGTERM, before the thread engines
+exit_hooks.append(close_all)  # at exit and on SIGTERM, after the thread engines
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
