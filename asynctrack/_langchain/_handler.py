@@ -4,10 +4,10 @@ Every ``on_*`` method does the same three things on the caller's thread: take a
 sequence number and a timestamp, capture the arguments as JSON bytes in one
 orjson call (``_capture``: later mutations by the caller cannot change them),
 and append one tuple to the engine's buffer. The envelope, redaction, batching
-and writing all happen on the worker thread (``_events``, ``_encode``,
-``_engine``). ``run_inline = True`` makes LangChain call us directly
-in async code too, instead of hopping to an executor (+430 µs per event measured
-in ``../shared/NOTES.md``).
+and writing all happen in the worker: a worker process by default, fed by a shipper
+thread (``_engine/_client``), or a worker thread (``worker="thread"``).
+``run_inline = True`` makes LangChain call us directly in async code too, instead of
+hopping to an executor (+430 µs per event, measured: see the README's benchmarks).
 """
 
 from __future__ import annotations
