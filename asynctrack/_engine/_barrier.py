@@ -17,8 +17,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import Collection
+from typing import Any, Protocol
 
-__all__ = ["Barrier", "Marker", "wait", "wait_blocking"]
+__all__ = ["Barrier", "Marker", "Resolvable", "wait", "wait_blocking"]
+
+
+class Resolvable(Protocol):
+    """Anything a caller waits on through its ``future`` (a marker, a worker-process request)."""
+
+    @property
+    def future(self) -> concurrent.futures.Future[Any]: ...
 
 
 class Marker:
@@ -83,7 +91,7 @@ class Barrier:
             self.markers.remove(marker)
 
 
-async def wait(marker: Marker, timeout: float | None) -> bool:
+async def wait(marker: Resolvable, timeout: float | None) -> bool:
     """Wait in the caller's event loop until ``marker`` resolves; ``False`` on timeout.
 
     Cancelling this wait leaves the marker alone: the worker still resolves it
@@ -94,7 +102,7 @@ async def wait(marker: Marker, timeout: float | None) -> bool:
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
 
-    def relay(_: concurrent.futures.Future[None]) -> None:
+    def relay(_: concurrent.futures.Future[Any]) -> None:
         def settle() -> None:
             if not waiter.done():
                 waiter.set_result(None)

@@ -25,11 +25,9 @@ what was not acknowledged, in order, before anything new. What is kept is bounde
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -46,6 +44,7 @@ import orjson
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._sinks._base import ParameterValue, RunInfo
+from ._barrier import wait
 from ._channel import HEADER, Kind, encode_frame
 from ._statistics import Statistics
 from ._worker_process import WorkerProcess, live, worker_process
@@ -333,26 +332,11 @@ class ProcessEngine:
         return self._enqueue_unchecked(Kind.CLOSE, timeout)
 
     async def _await(self, request: _Request, timeout: float | None, closing: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-
-        def relay(_: concurrent.futures.Future[dict[str, Any]]) -> None:
-            def settle() -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                loop.call_soon_threadsafe(settle)
-
-        request.future.add_done_callback(relay)
-        try:
-            async with asyncio.timeout(_answer_deadline(request, timeout)):
-                await waiter
-        except TimeoutError:
+        if not await wait(request, _answer_deadline(request, timeout)):
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:
                 return
-            raise error from None
+            raise error
         self._outcome(request, closing)
 
     def _wait(self, request: _Request, timeout: float | None, closing: bool = False) -> None:
