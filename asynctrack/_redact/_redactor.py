@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -27,6 +28,14 @@ from ._keys import (
 )
 
 __all__ = ["Redactor"]
+
+
+def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
+    """Whether two of ``spans`` (start, end, replacement) overlap."""
+    if len(spans) < 2:
+        return False
+    ordered = sorted(spans)
+    return any(b[0] < a[1] for a, b in itertools.pairwise(ordered))
 
 
 class Redactor:
@@ -90,6 +99,11 @@ class Redactor:
             if end - base > len(bodies[index]):  # never seen: a match across two bodies
                 full[index] = True
             found[index].append((start - base, end - base, replacement))
+        for index, body_spans in enumerate(found):
+            if _overlap(body_spans):
+                # A value span inside (or across) a key rule's span: the full path applies
+                # the key rules first and scans their result, as json() does for any text.
+                full[index] = True
         self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
         return joined
 
