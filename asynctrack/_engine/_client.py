@@ -8,8 +8,8 @@ Threads and costs in the application:
 
 - ``ProcessEngine.put()`` is the hot path: one ``deque.append`` (and a length check).
 - The shipper thread wakes every ``_TICK`` (5 ms), takes what every tracker queued,
-  encodes each tracker's records as one ``orjson`` array (a single C call, bodies
-  embedded as ``orjson.Fragment``s: no re-encoding) and writes the frames to the
+  encodes each tracker's records as one ``orjson`` array (a single C call; the captured
+  bodies cross as JSON strings) and writes the frames to the
   worker's pipe (``os.write`` releases the GIL). Per event it does no Python work
   beyond taking the record off the deque.
 - The reader thread reads the worker's answers: acknowledgements (frames it may
@@ -53,7 +53,7 @@ __all__ = ["ProcessEngine"]
 
 logger = logging.getLogger("asynctrack")
 
-_MAX_FRAME_RECORDS: Final = 8192  # records per RECORDS frame (bounds one frame's memory)
+_MAX_FRAME_RECORDS: Final = 1024  # records per RECORDS frame: one orjson call holds the GIL ~0.3 ms
 _BODY: Final = operator.itemgetter(6)  # a record's captured body (bytes)
 _MAX_FRAME_BYTES: Final = 1 << 20  # ... and captured bytes per frame (a frame may pass it by one record)
 _FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
@@ -97,10 +97,10 @@ def _answer_deadline(request: _Request, timeout: float | None) -> float | None:
 
 
 def _ship_default(value: Any) -> Any:
-    """orjson ``default`` of the shipper: captured bodies are JSON bytes already (embedded
-    as they are); errors are formatted here (off the hot path, where the traceback lives)."""
+    """orjson ``default`` of the shipper for a chunk with an error event: captured bodies
+    (JSON bytes) cross as strings; errors are formatted here, where the traceback lives."""
     if type(value) is bytes:
-        return orjson.Fragment(value)
+        return value.decode()
     if isinstance(value, BaseException):
         return {"$error": True, **error_fields(value)}
     return {"$asynctrack": "unencodable", "type": type(value).__name__}
@@ -114,7 +114,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, bytes | BaseException):
         value = _ship_default(value)
-        if isinstance(value, orjson.Fragment):
+        if isinstance(value, str):
             return value
     if isinstance(value, dict):
         return {str(_scrub(k, depth + 1)): _scrub(v, depth + 1) for k, v in value.items()}
@@ -407,12 +407,14 @@ class ProcessEngine:
             for record in self.take():
                 put(record)
 
-    def take(self) -> list[Any]:
-        """Everything queued now, in order (records and requests)."""
+    def take(self, limit: int | None = None) -> list[Any]:
+        """What is queued now, in order (records and requests), ``limit`` at most."""
         queue = self._queue
         popleft = queue.popleft
-        items = [popleft() for _ in range(len(queue))]
-        self._queued_bytes = 0
+        count = len(queue) if limit is None else min(len(queue), limit)
+        items = [popleft() for _ in range(count)]
+        if not queue:
+            self._queued_bytes = 0
         if items and self._max_queue > 0 and self.config.when_full == "block":
             with self._lock:
                 self._room.notify_all()
@@ -436,9 +438,15 @@ class ProcessEngine:
             if end > start:
                 chunk = items[start:end]
                 try:
-                    payload = orjson.dumps(chunk, default=_ship_default)
+                    # bytes.decode is C: orjson runs no Python mid-walk. Bodies cross
+                    # as JSON strings: the worker takes their text back with one
+                    # encode() each, instead of parsing and re-encoding them.
+                    payload = orjson.dumps(chunk, default=bytes.decode)
                 except Exception:
-                    payload = self._careful_payload(chunk)
+                    try:  # an error event in the chunk: its exception is formatted here
+                        payload = orjson.dumps(chunk, default=_ship_default)
+                    except Exception:
+                        payload = self._careful_payload(chunk)
                 number = next(self._frames)
                 out.append(
                     ((Kind.RECORDS, number), encode_frame(Kind.RECORDS, tracker, number, payload), len(chunk))
@@ -577,7 +585,7 @@ class ProcessEngine:
             if kind != Kind.RECORDS:
                 continue
             for record in orjson.loads(frame[HEADER.size :]):
-                record[6] = orjson.dumps(record[6])
+                record[6] = record[6].encode() if type(record[6]) is str else orjson.dumps(record[6])
                 engine.put(tuple(record))
         self.unacked.clear()
         self.retained_bytes = 0

@@ -144,8 +144,19 @@ class _Tracker:
         put = self.engine.put
         dumps = orjson.dumps
         for kind, seq, ts, run_id, parent_run_id, name, body, extra in records:
-            # The body crossed as parsed JSON; the translator splices bytes.
-            put((kind, seq, ts, run_id, parent_run_id, name, dumps(body), extra))
+            # The captured body crossed as a JSON string; the translator splices bytes.
+            put(
+                (
+                    kind,
+                    seq,
+                    ts,
+                    run_id,
+                    parent_run_id,
+                    name,
+                    body.encode() if type(body) is str else dumps(body),
+                    extra,
+                )
+            )
         if not seqs:
             self._advance()
 
