@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import orjson
 
+from ._capture import MARK, Capturer, placeholder
 from ._config import TrackerConfig
-from ._langchain._capture import MARK, Capturer, placeholder
 from ._redact import REDACTED, Redactor
 
 __all__ = ["REDACTED", "Encoder", "placeholder"]

@@ -18,8 +18,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from asynctrack._capture import Capturer
 from asynctrack._config import TrackerConfig
-from asynctrack._langchain._capture import Capturer
 from asynctrack._langchain._events import EventTranslator
 
 from . import _common as c

@@ -18,7 +18,7 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._langchain._capture import MARK, Capturer
+from asynctrack._capture import MARK, Capturer
 
 ROOT = Path(__file__).resolve().parent.parent
 

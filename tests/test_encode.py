@@ -33,9 +33,9 @@ from langchain_core.runnables import RunnableLambda
 
 import asynctrack
 from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._capture import Capturer
 from asynctrack._config import DEFAULT_REDACT_KEYS
 from asynctrack._encode import REDACTED, Encoder
-from asynctrack._langchain._capture import Capturer
 from asynctrack._redact import KeyRule
 
 MARK = "$asynctrack"

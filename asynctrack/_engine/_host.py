@@ -35,6 +35,7 @@ import orjson
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
 from ._channel import FrameReader, Kind, encode_frame, write_all
+from ._durable import DurableHooks, apply_environ, durable_seqs
 
 __all__ = ["main"]
 
@@ -85,7 +86,6 @@ class _Tracker:
     """One tracker's engine and the bookkeeping of what is acknowledged."""
 
     def __init__(self, number: int, out: _Out, spec: Any) -> None:
-        from .._langchain._spec import DurableHooks, apply_environ  # the adapter's worker half
 
         self.number = number
         self._out = out
@@ -163,8 +163,6 @@ class _Tracker:
     # -- durability (engine worker thread) -------------------------------------------
 
     def _durable_batch(self, data: bytes, gzipped: bool) -> None:
-        from .._langchain._spec import durable_seqs
-
         try:
             seqs = durable_seqs(data, gzipped)
         except Exception:  # pragma: no cover - our own batch bytes

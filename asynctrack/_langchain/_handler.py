@@ -29,16 +29,17 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
+from .._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
 from .._config import TrackerConfig
 from .._engine._client import ProcessEngine
 from .._engine._core import Engine, Statistics, install_sigterm_handler
+from .._engine._durable import ENV_PREFIXES
 from .._engine._worker_process import WorkerUnavailable
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
-from ._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
 from ._events import EventTranslator
-from ._spec import ENV_PREFIXES, TrackerSpec
+from ._spec import TrackerSpec
 
 if TYPE_CHECKING:
     from langchain_core.agents import AgentAction, AgentFinish

@@ -1,0 +1,51 @@
+"""What the worker process needs to acknowledge: durable events, and the tracker's environment.
+
+The worker process acknowledges a shipped frame once each of its events is durable;
+these hooks are how an engine tells it. Nothing here knows LangChain: the adapter's
+``TrackerSpec`` wires them into the engine it builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Final
+
+__all__ = ["ENV_PREFIXES", "DurableHooks", "apply_environ", "durable_seqs"]
+
+#: Environment variables a tracker's worker side reads (credentials, endpoints, sinks).
+ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_")
+
+# Every line the translator writes starts with the envelope's first key.
+_SEQ: Final = re.compile(rb'^\{"seq":(\d+)', re.MULTILINE)
+
+
+def durable_seqs(data: bytes, gzipped: bool) -> list[int]:
+    """The sequence numbers of the events in a batch's bytes (a C regex scan)."""
+    if gzipped:
+        import gzip
+
+        data = gzip.decompress(data)
+    return [int(m) for m in _SEQ.findall(data)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DurableHooks:
+    """Told what became durable, so the worker process can acknowledge it.
+
+    Attributes:
+        batch: called with a batch's bytes and gzip flag once it is written or spooled.
+        filtered: called with the sequence number of an event the ``redact`` hook dropped.
+    """
+
+    batch: Callable[[bytes, bool], None]
+    filtered: Callable[[int], None]
+
+
+def apply_environ(environ: Mapping[str, str]) -> None:
+    """Make this process's ``ENV_PREFIXES`` variables those of ``environ`` (set, or unset)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIXES) and k not in environ]:
+        del os.environ[key]
+    os.environ.update(environ)
