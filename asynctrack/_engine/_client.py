@@ -19,8 +19,9 @@ Threads and costs in the application:
 Every shipped ``RECORDS`` frame is kept until the worker acknowledges it (its events
 are durable); if the worker process dies, the reader starts a new one and re-sends
 what was not acknowledged, in order, before anything new. What is kept is bounded by
-``max_queue_bytes``; frames beyond it are forgotten early (counted in
-``unretained``), and counted as lost only if the worker then dies before writing them.
+``max_queue_bytes``: under ``when_full="drop"`` the oldest frames past it are forgotten
+early, and their events counted as lost only if the worker then dies before writing
+them; under ``"block"`` the shipper holds back instead.
 """
 
 from __future__ import annotations
