@@ -333,3 +333,16 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
                 tracker.close(timeout=1.0)
     assert growth < 24 * mib, f"the worker grew by {growth / mib:.1f} MiB"
     assert stats.dropped > 200  # at most a few 200 KB prompts fit in 1 MiB
+
+
+def test_names_with_lone_surrogates_cross_to_the_worker(tmp_destination: Path) -> None:
+    """Names from os.fsdecode of non-UTF-8 file names: U+FFFD in what is written, no error."""
+    with AsyncTracker(
+        tmp_destination, experiment_name="exp-\udcff", run_name="run-\udcfe", config=PROCESS
+    ) as t:
+        _text(t, 0, 3)
+        t.flush_blocking(timeout=WAIT)
+        assert t.statistics().worker_mode == "process"
+    events = _events(tmp_destination)
+    assert len(events) == 3
+    assert {(e["experiment"], e["run"]) for e in events} == {("exp-\ufffd", "run-\ufffd")}

@@ -68,9 +68,14 @@ def _process_obstacle(spec: TrackerSpec, destination: object) -> str | None:
 
 
 def _say_thread_once(reason: str | None) -> None:
-    if reason and reason not in _said_thread:
-        _said_thread.add(reason)
-        logger.info("asynctrack: using a worker thread in this process: %s", reason)
+    if reason:
+        _say_once(f"using a worker thread in this process: {reason}")
+
+
+def _say_once(message: str) -> None:
+    if message not in _said_thread:
+        _said_thread.add(message)
+        logger.info("asynctrack: %s", message)
 
 
 def _thread_engine(spec: TrackerSpec, sink: Sink) -> Engine:
@@ -150,7 +155,7 @@ class AsyncTracker(BaseCallbackHandler):
         spec = TrackerSpec(
             destination=sink.destination if not isinstance(destination, Sink) else "",
             s3_options=dict(s3_options),
-            experiment=experiment_name,
+            experiment=self.experiment_name,
             run=self.run_name,
             writer=new_writer_id(),
             config=config,
@@ -172,6 +177,9 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> Engine | ProcessEngine:
         """The worker process's client, or a thread engine where a process cannot serve."""
         mode = self.config.worker or os.environ.get("ASYNCTRACK_WORKER") or "process"
+        if mode not in ("process", "thread"):
+            _say_once(f"ASYNCTRACK_WORKER={mode!r} is neither 'process' nor 'thread'; using 'process'")
+            mode = "process"
         reason = None
         if mode == "process":
             reason = _process_obstacle(spec, destination)
