@@ -66,7 +66,7 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["MARK", "REDACTED", "Capturer", "placeholder", "safe_repr", "safe_str", "type_name"]
+__all__ = ["MARK", "REDACTED", "Capturer", "placeholder", "safe_repr", "safe_str", "type_name", "valid_text"]
 
 REDACTED: Final = "[REDACTED]"
 MARK: Final = "$asynctrack"
@@ -119,7 +119,7 @@ def placeholder(reason: str, value: object = None, **extra: Any) -> dict[str, An
     return out
 
 
-def _valid(s: str) -> str:
+def valid_text(s: str) -> str:
     """``s`` with each lone surrogate replaced by U+FFFD."""
     return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
@@ -223,7 +223,7 @@ class Capturer:
         try:
             s.encode("utf-8")
         except UnicodeEncodeError:
-            s = _valid(s)
+            s = valid_text(s)
             self._fixed = True
         limit = self._max_field
         if len(s) * 4 <= limit:

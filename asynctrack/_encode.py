@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._capture import MARK, Capturer, placeholder
+from ._capture import MARK, Capturer, placeholder, valid_text
 from ._config import TrackerConfig
 from ._redact import REDACTED, Redactor
 
@@ -27,10 +27,6 @@ __all__ = ["REDACTED", "Encoder", "placeholder"]
 _DATA: Final = b'{"data":{'
 _SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
-
-
-def _valid(s: str) -> str:
-    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class Encoder:
@@ -105,7 +101,7 @@ class Encoder:
         try:
             head = orjson.dumps(envelope)
         except orjson.JSONEncodeError:  # a lone surrogate in a name
-            head = orjson.dumps({k: _valid(v) if type(v) is str else v for k, v in envelope.items()})
+            head = orjson.dumps({k: valid_text(v) if type(v) is str else v for k, v in envelope.items()})
         if type(body) is not bytes or not body.startswith(_DATA):
             body = self._data_first(body)
         body = self.redact(body, own_token)
@@ -116,7 +112,7 @@ class Encoder:
             try:
                 text = orjson.dumps(token)
             except orjson.JSONEncodeError:
-                text = orjson.dumps(_valid(token))
+                text = orjson.dumps(valid_text(token))
             parts += (b'"token":', text, b",")
         if error is not None:
             parts += (b'"error":', self.redact(self._capture(error)), b",")

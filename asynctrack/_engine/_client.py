@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._capture import valid_text
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._sinks._base import ParameterValue, RunInfo
@@ -112,7 +113,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     if depth > 64:
         return {"$asynctrack": "max_depth"}
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return valid_text(value)
     if isinstance(value, bytes | BaseException):
         value = _ship_default(value)
         if isinstance(value, str):
@@ -196,10 +197,6 @@ class ProcessEngine:
         if self.fallback is not None:
             return dict(self.fallback.last_parameters)
         return dict(self._last_parameters)
-
-    @property
-    def writer(self) -> str:
-        return str(self.spec.writer)
 
     def put(self, record: Any) -> None:
         """Append ``record`` (the handler's tuple). Never blocks unless configured; never raises."""

@@ -36,6 +36,7 @@ from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
 from ._channel import FrameReader, Kind, encode_frame, write_all
 from ._durable import DurableHooks, apply_environ, durable_seqs
+from ._process import exit_timeout
 
 __all__ = ["main"]
 
@@ -310,7 +311,7 @@ class _Host:
 
     def _drain(self) -> None:
         """The application is gone (or closed the channel): write everything, then exit."""
-        timeout = _exit_timeout()
+        timeout = max(exit_timeout(), 0.1)
         deadline = time.monotonic() + timeout
         watchdog = threading.Timer(timeout + _GRACE, os._exit, args=(3,))
         watchdog.daemon = True
@@ -325,13 +326,6 @@ class _Host:
         for thread in closers:
             thread.join(max(deadline - time.monotonic(), 0.0) + _GRACE / 2)
         self._done.set()
-
-
-def _exit_timeout() -> float:
-    try:
-        return max(float(os.environ.get("ASYNCTRACK_EXIT_TIMEOUT", "10")), 0.1)
-    except ValueError:
-        return 10.0
 
 
 def main(read: Callable[[], bytes]) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["close_all", "exit_hooks", "forget", "install_sigterm_handler", "register"]
+__all__ = ["close_all", "exit_hooks", "exit_timeout", "forget", "install_sigterm_handler", "register"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -53,7 +53,8 @@ def forget(engine: _Closable) -> None:
         _live.pop(id(engine), None)
 
 
-def _exit_timeout() -> float:
+def exit_timeout() -> float:
+    """``ASYNCTRACK_EXIT_TIMEOUT`` in seconds (10 if unset or not a number)."""
     try:
         return float(os.environ.get("ASYNCTRACK_EXIT_TIMEOUT", "10"))
     except ValueError:
@@ -66,7 +67,7 @@ def close_all() -> None:
     Every close is started first, then each is waited for: the engines close side by
     side, each with the whole time, rather than one after the other.
     """
-    deadline = time.monotonic() + _exit_timeout()
+    deadline = time.monotonic() + exit_timeout()
     with _lock:
         engines = list(_live.values())
     for engine in engines:

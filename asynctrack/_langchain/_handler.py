@@ -29,7 +29,7 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name
+from .._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
 from .._engine._client import ProcessEngine
 from .._engine._core import Engine, Statistics, install_sigterm_handler
@@ -92,15 +92,6 @@ def _run_info(spec: TrackerSpec, sink: Sink) -> RunInfo:
     )
 
 
-def _valid_text(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
 def _default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
 
@@ -147,8 +138,8 @@ class AsyncTracker(BaseCallbackHandler):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
         # A lone surrogate (os.fsdecode of a non-UTF-8 file name) cannot be written
         # in any JSON, key or parameter: U+FFFD instead, once, here.
-        self.experiment_name = _valid_text(experiment_name)
-        self.run_name = _valid_text(run_name) if run_name else _default_run_name()
+        self.experiment_name = valid_text(experiment_name)
+        self.run_name = valid_text(run_name) if run_name else _default_run_name()
         self.config = config
         sink = make_sink(destination, **s3_options)  # validates the destination and options now
         self._destination = sink.destination
