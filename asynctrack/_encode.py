@@ -22,10 +22,11 @@ from ._capture import MARK, Capturer, placeholder, valid_text
 from ._config import TrackerConfig
 from ._redact import REDACTED, Redactor
 
-__all__ = ["REDACTED", "Encoder", "placeholder"]
+__all__ = ["DATA_SPLICE", "REDACTED", "Encoder", "placeholder"]
 
 _DATA: Final = b'{"data":{'
-_SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
+#: Where the fields of ``data`` start in a captured body.
+DATA_SPLICE: Final = len(_DATA)
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
 
 
@@ -42,12 +43,27 @@ class Encoder:
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self.placeholders = 0
         self._clean: dict[int, bytes] = {}
+        #: The bodies of the chunk at hand (by identity) that are written as they are:
+        #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
+        self.plain: dict[int, bytes] = {}
 
     def prepare(self, bodies: list[bytes]) -> None:
         """Scan a chunk of bodies at once (see ``Redactor.prepare``)."""
         joined = self.redactor.prepare(bodies)
+        if _FAILED in joined:
+            self._clean = self.plain = {}
+            return
         # Bodies known to hold no placeholder: no search of their own.
-        self._clean = {} if _FAILED in joined else {id(b): b for b in bodies}
+        self._clean = {id(b): b for b in bodies}
+        unchanged = self.redactor.unchanged
+        self.plain = {key: b for key, b in self._clean.items() if key in unchanged and b.startswith(_DATA)}
+
+    def head(self, envelope: dict[str, Any]) -> bytes:
+        """The envelope as a JSON object (a lone surrogate in a string becomes U+FFFD)."""
+        try:
+            return orjson.dumps(envelope)
+        except orjson.JSONEncodeError:
+            return orjson.dumps({k: valid_text(v) if type(v) is str else v for k, v in envelope.items()})
 
     def encode(self, event: Mapping[str, Any]) -> bytes:
         """``event`` (any dict) as one redacted JSON line ending in ``\\n``. Never raises."""
@@ -98,10 +114,7 @@ class Encoder:
         streamed token, already redacted by the caller) are added first in
         ``data``. ``own_token``: as ``redact()``. Never raises.
         """
-        try:
-            head = orjson.dumps(envelope)
-        except orjson.JSONEncodeError:  # a lone surrogate in a name
-            head = orjson.dumps({k: valid_text(v) if type(v) is str else v for k, v in envelope.items()})
+        head = self.head(envelope)
         if type(body) is not bytes or not body.startswith(_DATA):
             body = self._data_first(body)
         body = self.redact(body, own_token)
@@ -116,7 +129,7 @@ class Encoder:
             parts += (b'"token":', text, b",")
         if error is not None:
             parts += (b'"error":', self.redact(self._capture(error)), b",")
-        if body[_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
+        if body[DATA_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
             parts[-1] = b""
-        parts += (body[_SPLICE:], b"\n")
+        parts += (body[DATA_SPLICE:], b"\n")
         return b"".join(parts)

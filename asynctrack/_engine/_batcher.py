@@ -25,6 +25,7 @@ __all__ = ["Batcher"]
 @dataclasses.dataclass(slots=True)
 class _OpenBatch:
     lines: list[bytes] = dataclasses.field(default_factory=list)
+    seqs: list[int] = dataclasses.field(default_factory=list)
     size: int = 0
     first_seq: int = -1
     last_seq: int = -1
@@ -79,6 +80,7 @@ class Batcher:
             batch.opened_wall = time.time()
             batch.first_seq = seq
         batch.lines.append(line)
+        batch.seqs.append(seq)
         batch.size += len(line)
         batch.last_seq = seq
         self._counters.pending_bytes += len(line)
@@ -107,6 +109,7 @@ class Batcher:
                     first_seq=batch.first_seq,
                     last_seq=batch.last_seq,
                     gzip=self._gzip,
+                    seqs=batch.seqs,
                 ),
             )
         ]

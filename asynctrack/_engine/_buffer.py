@@ -49,6 +49,7 @@ class Buffer:
         self._room = threading.Condition(self._lock)
         self._take_lock = threading.Lock()  # taken + queue, read together
         self._taken = 0
+        self._markers = 0  # markers in the queue (counts() is then O(1), not O(queue))
         self._blocked = 0
         self.dropped = 0
         self.closed = False
@@ -67,9 +68,22 @@ class Buffer:
         if len(queue) >= WAKE_AT and not self.wake_requested:
             self.request_wake()
 
+    def put_many(self, records: list[Any]) -> None:
+        """``put`` each of ``records`` in order (one C call when they all fit)."""
+        queue = self._queue
+        if len(queue) + len(records) > self._max:
+            for record in records:
+                self.put(record)
+            return
+        queue.extend(records)
+        if len(queue) >= WAKE_AT and not self.wake_requested:
+            self.request_wake()
+
     def put_marker(self, marker: Marker) -> None:
         """Append a flush marker; markers ignore the bound (they carry no data)."""
-        self._queue.append(marker)
+        with self._take_lock:  # counts() reads the queue and the marker count together
+            self._queue.append(marker)
+            self._markers += 1
         self.request_wake()
 
     def request_wake(self) -> None:
@@ -122,6 +136,7 @@ class Buffer:
                 item = queue.popleft()
                 if type(item) is Marker:
                     marker = item  # handled after the records ahead of it
+                    self._markers -= 1
                     break
                 chunk.append(item)
             self._taken += len(chunk)
@@ -141,9 +156,7 @@ class Buffer:
     def counts(self) -> tuple[int, int]:
         """(records taken by the worker, records still queued), at one instant."""
         with self._take_lock:
-            items = list(self._queue)  # one C call: atomic under the GIL
-            taken = self._taken
-        return taken, sum(1 for item in items if type(item) is not Marker)
+            return self._taken, len(self._queue) - self._markers
 
     def queued_before(self, marker: Marker) -> int | None:
         """Records queued ahead of ``marker``; ``None`` if the worker took it already."""

@@ -77,6 +77,7 @@ class Engine:
     """
 
     put: Callable[[Any], None]
+    put_many: Callable[[list[Any]], None]
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class Engine:
             on_closed=self._on_closed,
         )
         self.put = self._buffer.put
+        self.put_many = self._buffer.put_many
         self._close_lock = threading.RLock()
         self._abandoned = 0  # events a stuck worker still held when its close gave up on it
         self._parameters_written: dict[str, ParameterValue] | None = None

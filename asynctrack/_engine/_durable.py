@@ -13,13 +13,20 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Final
 
-__all__ = ["ENV_PREFIXES", "DurableHooks", "apply_environ", "durable_seqs"]
+from .._sinks._base import Batch
+
+__all__ = ["ENV_PREFIXES", "DurableHooks", "apply_environ", "batch_seqs", "durable_seqs"]
 
 #: Environment variables a tracker's worker side reads (credentials, endpoints, sinks).
 ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_")
 
 # Every line the translator writes starts with the envelope's first key.
 _SEQ: Final = re.compile(rb'^\{"seq":(\d+)', re.MULTILINE)
+
+
+def batch_seqs(batch: Batch) -> list[int]:
+    """The sequence numbers of the events in ``batch``: kept by the batcher, or read back."""
+    return batch.seqs if batch.seqs is not None else durable_seqs(batch.data, batch.gzip)
 
 
 def durable_seqs(data: bytes, gzipped: bool) -> list[int]:
@@ -36,11 +43,12 @@ class DurableHooks:
     """Told what became durable, so the worker process can acknowledge it.
 
     Attributes:
-        batch: called with a batch's bytes and gzip flag once it is written or spooled.
+        batch: called with a batch once it is written or spooled (its ``seqs``, or
+            failing that its bytes, say which events it holds: see ``batch_seqs``).
         filtered: called with the sequence number of an event the ``redact`` hook dropped.
     """
 
-    batch: Callable[[bytes, bool], None]
+    batch: Callable[[Batch], None]
     filtered: Callable[[int], None]
 
 

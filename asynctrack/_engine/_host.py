@@ -19,8 +19,11 @@ otherwise (dropped by the ``redact`` hook); ``ACK n`` says so for every frame up
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import logging
+import operator
 import os
 import pickle
 import signal
@@ -34,14 +37,16 @@ import orjson
 
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
+from .._sinks._base import Batch
 from ._channel import FrameReader, Kind, encode_frame, write_all
-from ._durable import DurableHooks, apply_environ, durable_seqs
+from ._durable import DurableHooks, apply_environ, batch_seqs
 from ._process import exit_timeout
 
 __all__ = ["main"]
 
 logger = logging.getLogger("asynctrack")
 
+_SEQ: Final = operator.itemgetter(1)  # a record's sequence number
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
 _UNBOUNDED: Final = 2**62
 _GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process
@@ -134,38 +139,28 @@ class _Tracker:
                 self._frame_bytes[frame] = 0
             self._advance()
             return
-        seqs = [record[1] for record in records]
+        seqs = list(map(_SEQ, records))
         with self._lock:
             self._held_bytes += size
             self._frame_bytes[frame] = size
             self._remaining[frame] = len(seqs)
-            frame_of = self._frame_of
-            for seq in seqs:
-                frame_of[seq] = frame
-        put = self.engine.put
+            self._frame_of.update(dict.fromkeys(seqs, frame))
+        # Records arrive as lists: [kind, seq, ts, run_id, parent_run_id, name, body,
+        # extra], the translator's shape. The captured body crossed as a JSON string:
+        # the translator splices bytes.
         dumps = orjson.dumps
-        for kind, seq, ts, run_id, parent_run_id, name, body, extra in records:
-            # The captured body crossed as a JSON string; the translator splices bytes.
-            put(
-                (
-                    kind,
-                    seq,
-                    ts,
-                    run_id,
-                    parent_run_id,
-                    name,
-                    body.encode() if type(body) is str else dumps(body),
-                    extra,
-                )
-            )
+        for record in records:
+            body = record[6]
+            record[6] = body.encode() if type(body) is str else dumps(body)
+        self.engine.put_many(records)
         if not seqs:
             self._advance()
 
     # -- durability (engine worker thread) -------------------------------------------
 
-    def _durable_batch(self, data: bytes, gzipped: bool) -> None:
+    def _durable_batch(self, batch: Batch) -> None:
         try:
-            seqs = durable_seqs(data, gzipped)
+            seqs = batch_seqs(batch)
         except Exception:  # pragma: no cover - our own batch bytes
             logger.exception("asynctrack worker: cannot read back a written batch")
             return
@@ -176,11 +171,12 @@ class _Tracker:
 
     def _resolve(self, seqs: Iterable[int]) -> None:
         with self._lock:
-            frame_of, remaining = self._frame_of, self._remaining
-            for seq in seqs:
-                frame = frame_of.pop(seq, None)
+            remaining = self._remaining
+            # One C loop takes the frame of each sequence number (None: resolved before).
+            frames = collections.Counter(map(self._frame_of.pop, seqs, itertools.repeat(None)))
+            for frame, count in frames.items():
                 if frame is not None:
-                    remaining[frame] -= 1
+                    remaining[frame] -= count
         self._advance()
 
     def _advance(self) -> None:

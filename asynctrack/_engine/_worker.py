@@ -321,39 +321,60 @@ class Worker:
     def _encode(self, chunk: list[Any]) -> None:
         """Translate, redact and encode one chunk of records into the open batch.
 
-        The hot loop of the worker: every name it uses per record is a local.
+        The hot loop of the worker: every name it uses per record is a local. A
+        translator with ``many`` (the LangChain adapter's) takes the whole chunk in
+        one call; any other is called once per record.
         """
         translate = self.translate
-        hook = self._config.redact
-        encoder = self._encoder
-        counters = self._counters
-        add = self._batcher.add
         prepare = getattr(translate, "prepare", None)
         if prepare is not None:
             try:
                 prepare(chunk)
             except Exception as exc:  # pre-checks only: translate still runs
                 self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
-        for item in chunk:
+        many = getattr(translate, "many", None)
+        if many is not None:
             try:
-                out = translate(item)
-                if type(out) is dict:
+                results = many(chunk)
+            except Exception as exc:  # never seen: many() catches per record
+                results = [exc] * len(chunk)
+        else:
+            results = [self._translate_one(item) for item in chunk]
+        hook = self._config.redact
+        encoder = self._encoder
+        counters = self._counters
+        add = self._batcher.add
+        for result in results:
+            out = result
+            if type(out) is not tuple:
+                if out is None:
+                    counters.filtered += 1
+                    continue
+                try:
+                    if isinstance(out, Exception):
+                        raise out
+                    # An event dict (a translator that returns dicts, the engine's own).
                     if hook is not None:
                         edited = hook(out)
                         out = None if edited is None else dict(edited)
-                    if out is not None:
-                        out = (out.get("seq", -1), encoder.encode(out))
-            except Exception as exc:
-                counters.encode_errors += 1
-                self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
-                event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-                out = (-1, encoder.encode(event))
-            if out is None:
-                counters.filtered += 1
-                continue
-            sealed = add(out[0], out[1])  # type: ignore[index]  # a (seq, line) tuple by now
+                    if out is None:
+                        counters.filtered += 1
+                        continue
+                    out = (out.get("seq", -1), encoder.encode(out))
+                except Exception as exc:
+                    counters.encode_errors += 1
+                    self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
+                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
+                    out = (-1, encoder.encode(event))
+            sealed = add(out[0], out[1])
             if sealed is not None:
                 self._dispatch(sealed)
+
+    def _translate_one(self, item: Any) -> Any:
+        try:
+            return self.translate(item)
+        except Exception as exc:
+            return exc
 
     def _dispatch(self, sealed: list[tuple[int, Batch]]) -> None:
         for number, batch in sealed:

@@ -21,13 +21,14 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
+from .._capture import valid_text
 from .._config import TrackerConfig
-from .._encode import Encoder
+from .._encode import DATA_SPLICE, Encoder
 from .._errors import error_fields
 from .._redact import StreamRedactor
 from .._sinks._base import ParameterValue, RunSummary
@@ -267,62 +268,113 @@ class EventTranslator:
         self._clean_tokens = {id(r): r for run, r in tokens if run in clean}
 
     def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        kind, seq, ts, run_id, parent_run_id, name, body, extra = record
-        # UUID.__hash__ is Python code; its int hashes in C.
-        run = run_id.int if type(run_id) is uuid.UUID else run_id
-        token = None
-        error = None
-        if kind == "llm_new_token":
-            if type(extra) is str:  # the streamed text, redacted joined to the run's stream
-                if self._clean_tokens.get(id(record)) is record:
-                    self._streams.append(run, extra)
-                    token = extra
-                else:
-                    token = self._streams.token(run, extra)
-        elif type(extra) is dict and extra.pop("$error", False):
-            error = extra  # formatted where the exception lived (the worker process's client)
-        elif extra is not None:
-            error = error_fields(extra)
-        duration = None
-        if kind in _STARTS:
-            if len(self._open) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
-                self._open.pop(next(iter(self._open)))
-            self._open[run] = (name, ts)
-        elif kind in _ENDS:
-            self._streams.end(run)
-            opened = self._open.pop(run, None)
-            if opened is not None:
-                name = name or opened[0]
-                duration = ts - opened[1]
-                self.parameters.ended(kind, duration)
-        elif name is None:
-            opened = self._open.get(run)
-            if opened is not None:
-                name = opened[0]
-        self.parameters.counts[kind] += 1
-        if kind in _PARAMETER_KINDS:
-            self._collect(kind, body)
-        envelope = {
-            "seq": seq,
-            "ts": ts,
-            "kind": kind,
-            "experiment": self.experiment,
-            "run": self.run,
-            "tracker": self.writer,
-            "run_id": run_id,
-            "parent_run_id": parent_run_id,
-            "name": self._redactor.text(name) if type(name) is str else name,
-            "duration": duration,
-        }
-        line = self.encoder.assemble(
-            envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
-        )
-        if self._hook is not None:
-            edited = self._hook(orjson.loads(line))
-            if edited is None:
-                return None
-            line = self.encoder.encode(edited)
-        return seq, line
+        """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
+        out = self.many((record,))[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def many(  # noqa: PLR0915 - the worker's hot loop: one frame per chunk, on purpose
+        self, records: Sequence[Sequence[Any]]
+    ) -> list[tuple[int, bytes] | Exception | None]:
+        """Each record as ``(seq, line)``, ``None`` (dropped by the ``redact`` hook) or the
+        exception that stopped it (the caller counts it and writes a placeholder).
+
+        The worker's hot loop: one Python frame per chunk, not four per record. A body
+        that ``prepare()`` found plain (nothing to redact, no placeholder) is spliced
+        behind its envelope as it is; any other goes through ``Encoder.assemble``.
+        """
+        out: list[tuple[int, bytes] | Exception | None] = []
+        append = out.append
+        encoder = self.encoder
+        plain = encoder.plain
+        streams = self._streams
+        clean_tokens = self._clean_tokens
+        open_runs = self._open
+        parameters = self.parameters
+        counts = parameters.counts
+        redact_name = self._redactor.text
+        hook = self._hook
+        dumps = orjson.dumps
+        experiment, run_name, writer = self.experiment, self.run, self.writer
+        for record in records:
+            try:
+                kind, seq, ts, run_id, parent_run_id, name, body, extra = record
+                # UUID.__hash__ is Python code; its int hashes in C.
+                run = run_id.int if type(run_id) is uuid.UUID else run_id
+                token = None
+                error = None
+                if kind == "llm_new_token":
+                    if type(extra) is str:  # the streamed text, redacted joined to the run's stream
+                        if clean_tokens.get(id(record)) is record:
+                            streams.append(run, extra)
+                            token = extra
+                        else:
+                            token = streams.token(run, extra)
+                elif type(extra) is dict and extra.pop("$error", False):
+                    error = extra  # formatted where the exception lived (the worker process's client)
+                elif extra is not None:
+                    error = error_fields(extra)
+                duration = None
+                if kind in _STARTS:
+                    if len(open_runs) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
+                        open_runs.pop(next(iter(open_runs)))
+                    open_runs[run] = (name, ts)
+                elif kind in _ENDS:
+                    streams.end(run)
+                    opened = open_runs.pop(run, None)
+                    if opened is not None:
+                        name = name or opened[0]
+                        duration = ts - opened[1]
+                        parameters.ended(kind, duration)
+                elif name is None:
+                    opened = open_runs.get(run)
+                    if opened is not None:
+                        name = opened[0]
+                counts[kind] += 1
+                if kind in _PARAMETER_KINDS:
+                    self._collect(kind, body)
+                envelope = {
+                    "seq": seq,
+                    "ts": ts,
+                    "kind": kind,
+                    "experiment": experiment,
+                    "run": run_name,
+                    "tracker": writer,
+                    "run_id": run_id,
+                    "parent_run_id": parent_run_id,
+                    "name": redact_name(name) if type(name) is str else name,
+                    "duration": duration,
+                }
+                if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:
+                    try:
+                        head = dumps(envelope)
+                    except orjson.JSONEncodeError:  # a lone surrogate in a name
+                        head = encoder.head(envelope)
+                    if token is None:
+                        append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
+                        continue
+                    try:
+                        text = dumps(token)
+                    except orjson.JSONEncodeError:
+                        text = dumps(valid_text(token))
+                    comma = b"" if body[DATA_SPLICE] == 0x7D else b","  # data was empty
+                    line = b"".join((head[:-1], b',"data":{"token":', text, comma, body[DATA_SPLICE:], b"\n"))
+                    append((seq, line))
+                    continue
+                line = encoder.assemble(
+                    envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
+                )
+                if hook is not None:
+                    edited = hook(orjson.loads(line))
+                    if edited is None:
+                        append(None)
+                        continue
+                    line = encoder.encode(edited)
+                append((seq, line))
+            except Exception as exc:
+                append(exc)
+        return out
 
     def redacted_parameters(self) -> RunSummary:
         """The run's parameters and metrics, credential-looking text redacted (worker side).

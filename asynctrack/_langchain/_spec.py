@@ -89,7 +89,7 @@ class TrackerSpec:
         translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None] = translator
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
-            translate = _observed_translate(translator, hooks)
+            translate = _ObservedTranslate(translator, hooks)
         engine = Engine(
             sink=sink,
             layout=Layout(
@@ -105,18 +105,30 @@ class TrackerSpec:
         return engine, translator
 
 
-def _observed_translate(
-    translator: EventTranslator, hooks: DurableHooks
-) -> Callable[[Any], tuple[int, bytes] | dict[str, Any] | None]:
-    filtered = hooks.filtered
+class _ObservedTranslate:
+    """The translator, telling the hooks of each event the ``redact`` hook dropped.
 
-    def translate(record: Any) -> tuple[int, bytes] | dict[str, Any] | None:
-        out = translator(record)
+    A class, not a closure: the engine looks for ``prepare`` on what it calls (the
+    chunk pre-check that lets most bodies skip their own redaction scan).
+    """
+
+    def __init__(self, translator: EventTranslator, hooks: DurableHooks) -> None:
+        self._translator = translator
+        self._filtered = hooks.filtered
+        self.prepare = translator.prepare
+
+    def __call__(self, record: Any) -> tuple[int, bytes] | dict[str, Any] | None:
+        out = self._translator(record)
         if out is None:
-            filtered(record[1])
+            self._filtered(record[1])
         return out
 
-    return translate
+    def many(self, records: list[Any]) -> list[tuple[int, bytes] | Exception | None]:
+        results = self._translator.many(records)
+        for record, out in zip(records, results, strict=True):
+            if out is None:
+                self._filtered(record[1])
+        return results
 
 
 class _ObservedSink:
@@ -139,7 +151,7 @@ class _ObservedSink:
 
     async def write_batch(self, batch: Batch) -> None:
         await self._inner.write_batch(batch)
-        self._hooks.batch(batch.data, batch.gzip)
+        self._hooks.batch(batch)
 
     async def write_document(self, key: str, data: bytes) -> None:
         await self._inner.write_document(key, data)
@@ -156,5 +168,5 @@ class _ObservedSpool(Spool):
     def save(self, batch: Batch, *, claimed: bool = False) -> str | None:
         path = super().save(batch, claimed=claimed)
         if path is not None and self.hooks is not None and batch.data:
-            self.hooks.batch(batch.data, batch.gzip)
+            self.hooks.batch(batch)
         return path

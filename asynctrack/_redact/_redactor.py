@@ -58,6 +58,8 @@ class Redactor:
         # Set by prepare(): for each body of the chunk at hand (by identity), whether it
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
+        #: Bodies of the chunk at hand (their ids) that ``json()`` returns unchanged.
+        self.unchanged: set[int] = set()
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -73,6 +75,7 @@ class Redactor:
         """
         if bodies is None:
             self._chunk = {}
+            self.unchanged = set()
             return b""
         joined = b"\x1e".join(bodies)
         offsets = []
@@ -105,6 +108,11 @@ class Redactor:
                 # the key rules first and scans their result, as json() does for any text.
                 full[index] = True
         self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
+        self.unchanged = (
+            set()
+            if self._patterns
+            else {id(b) for b, f, sp in zip(bodies, full, found, strict=True) if not f and not sp}
+        )
         return joined
 
     # -- JSON text ---------------------------------------------------------------------

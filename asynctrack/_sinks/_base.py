@@ -24,6 +24,8 @@ class Batch:
         gzip: whether ``data`` is gzip-compressed.
         spool_path: where the batch waits in the spool, if it does; ``data`` may
             then be empty until it is loaded for a write.
+        seqs: the sequence numbers of its events, in line order, when the batch was
+            made in this process (``None`` for one read back from a spool).
     """
 
     key: str
@@ -33,6 +35,7 @@ class Batch:
     last_seq: int
     gzip: bool = False
     spool_path: str | None = None
+    seqs: list[int] | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

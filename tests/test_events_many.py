@@ -1,0 +1,105 @@
+"""The worker's chunk path (``EventTranslator.prepare`` + ``many``) writes exactly the
+lines of the record-at-a-time path, and the worker process really takes it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from asynctrack import TrackerConfig
+from asynctrack._capture import Capturer
+from asynctrack._engine._durable import DurableHooks
+from asynctrack._langchain._events import EventTranslator
+from asynctrack._langchain._spec import TrackerSpec
+from asynctrack.testing import InMemorySink
+
+RUN = uuid.UUID(int=7)
+CHILD = uuid.UUID(int=8)
+
+
+def _body(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> bytes:
+    return Capturer(64 * 1024, 32)({"data": data, "tags": ("t",), "metadata": metadata or {}})
+
+
+def _records() -> list[tuple[Any, ...]]:
+    ts = 1_800_000_000.25
+    out: list[tuple[Any, ...]] = [
+        ("chain_start", 0, ts, RUN, None, "outer", _body({"inputs": {"q": "weather"}}), None),
+        ("text", 1, ts, RUN, None, None, _body({"text": "plain words"}), None),
+        ("text", 2, ts, RUN, None, "he\ud800llo", _body({"text": "a lone surrogate in the name"}), None),
+        ("text", 3, ts, RUN, None, None, _body({"text": "password=hunter2 and more"}), None),
+        ("text", 4, ts, RUN, None, None, _body({"api_key": ["sk-a", "b"]}), None),
+        ("text", 5, ts, str(RUN), None, "sk-proj-" + "A" * 40, _body({}), None),
+        ("llm_start", 6, ts, CHILD, RUN, "model", _body({"prompts": ["hi"]}, {"ls_model_name": "m"}), None),
+        ("llm_new_token", 7, ts, CHILD, RUN, None, _body({"chunk": None}), "Hello"),
+        ("llm_new_token", 8, ts, CHILD, RUN, None, _body({}), " sk-"),
+        ("llm_new_token", 9, ts, CHILD, RUN, None, _body({"chunk": None}), "proj-" + "B" * 40),
+        ("llm_new_token", 10, ts, CHILD, RUN, None, _body({"token": [{"type": "text"}]}), None),
+        ("llm_end", 11, ts + 1, CHILD, RUN, None, _body({"response": {"generations": []}}), None),
+        ("llm_error", 12, ts + 1, CHILD, RUN, None, _body({}), ValueError("token=abc123secret")),
+        ("chain_end", 13, ts + 2, RUN, None, None, _body({"outputs": {"a": "ok"}}), None),
+        ("text", 14, ts, RUN, None, None, b"not json at all", None),
+    ]
+    return out
+
+
+def _translator() -> EventTranslator:
+    return EventTranslator(experiment="e", run="r", writer="w", config=TrackerConfig())
+
+
+def test_the_chunk_path_writes_the_same_lines_as_one_record_at_a_time() -> None:
+    chunked = _translator()
+    records = _records()
+    chunked.prepare(records)
+    lines = chunked.many(records)
+    single = _translator()
+    expected = [single(record) for record in _records()]
+    assert lines == expected
+    assert all(type(x) is tuple for x in lines)
+    text = b"".join(x[1] for x in lines if type(x) is tuple)
+    for secret in (b"hunter2", b"sk-a", b"A" * 40, b"B" * 40, b"abc123secret"):
+        assert secret not in text
+    for _, line in lines:  # type: ignore[misc]
+        orjson.loads(line)
+    assert chunked.parameters.as_dict() == single.parameters.as_dict()
+
+
+def test_a_record_that_fails_is_returned_as_its_exception_and_the_rest_are_written() -> None:
+    translator = _translator()
+    records: list[Any] = _records()[:3]
+    records.insert(1, ("text",))  # too short to unpack
+    out = translator.many(records)
+    assert isinstance(out[1], ValueError)
+    assert [type(x) for i, x in enumerate(out) if i != 1] == [tuple] * 3
+
+
+def test_the_worker_process_engine_pre_checks_and_translates_by_chunk() -> None:
+    # The worker process wraps the translator to see what the redact hook drops: the
+    # wrapper must keep the chunk path (without it every body was scanned alone).
+    calls: list[int] = []  # events in each durable batch
+    dropped: list[int] = []  # sequence numbers the redact hook dropped (none here)
+    spec = TrackerSpec(
+        destination="memory://x",
+        s3_options={},
+        experiment="e",
+        run="r",
+        writer="w",
+        config=TrackerConfig(),
+    )
+    engine, _ = spec.build(
+        sink=InMemorySink(),
+        hooks=DurableHooks(batch=lambda batch: calls.append(len(batch.seqs or ())), filtered=dropped.append),
+    )
+    try:
+        translate = engine._translate
+        assert callable(getattr(translate, "prepare", None))
+        assert callable(getattr(translate, "many", None))
+        for record in _records():
+            engine.put(record)
+        engine.flush_blocking(10)
+        assert sum(calls) == len(_records())
+        assert dropped == []
+    finally:
+        engine.close()
