@@ -74,6 +74,7 @@ _LATENCY_GROUP: Final = {
 #: every duration seen (reservoir sampling), so memory stays bounded on long runs
 #: and a flush sorts at most this many floats (about 1 ms).
 _LATENCY_SAMPLE: Final = 4096
+_MAX_NAMES: Final = 10_000  # parameter keys judged and remembered (they can be data)
 _TOKEN_METRICS: Final = {"prompt": "tokens_in", "completion": "tokens_out", "total": "tokens_total"}
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
@@ -112,6 +113,7 @@ class RunParameters:
         self.tokens: collections.Counter[str] = collections.Counter()
         self.latency: dict[str, _Latency] = {}
         self._random = random.Random(0).random  # a fixed seed: the same run, the same sample
+        self._names: dict[str, str | None] = {}  # parameter key -> its name, None if secret
 
     def ended(self, kind: str, duration: float) -> None:
         """Note the duration of a chain, LLM, tool or retriever run (end or error)."""
@@ -143,10 +145,18 @@ class RunParameters:
                     self._hyper(name, metadata[key])
 
     def _hyper(self, key: str, value: Any) -> None:
-        if self._secret is not None and self._secret.search(key.lower().replace("-", "_")):
+        if key in self._names:
+            name = self._names[key]
+        else:  # first seen: judged once (a model is called with the same keys)
+            if self._secret is not None and self._secret.search(key.lower().replace("-", "_")):
+                name = None
+            else:
+                name = "llm" + key if key.startswith("_") else key  # _type -> llm_type
+            if len(self._names) < _MAX_NAMES:
+                self._names[key] = name
+        if name is None:
             return
-        if key.startswith("_"):
-            key = "llm" + key  # _type -> llm_type
+        key = name
         if isinstance(value, bool):
             value = str(value).lower()
         elif not isinstance(value, str | int | float) or value is None:
