@@ -26,6 +26,7 @@ from test_process import Child, children, events_of, start  # noqa: F401 - `chil
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
 from asynctrack._engine import _worker_process
+from asynctrack._engine._channel import read_records, records_payload
 from asynctrack._langchain import _handler
 from asynctrack.testing import InMemorySink
 
@@ -346,3 +347,21 @@ def test_names_with_lone_surrogates_cross_to_the_worker(tmp_destination: Path) -
     events = _events(tmp_destination)
     assert len(events) == 3
     assert {(e["experiment"], e["run"]) for e in events} == {("exp-\ufffd", "run-\ufffd")}
+
+
+def test_records_cross_with_their_bodies_as_they_are() -> None:
+    # The fields go as JSON with each body's length; the bodies follow, unescaped.
+    records = [
+        ("text", 1, 1.5, uuid.UUID(int=1), None, "n\u00e9", b'{"data":{"text":"a\\nb \\"q\\""}}', None),
+        ("text", 2, 1.5, uuid.UUID(int=2), uuid.UUID(int=1), None, b"", "tok\nen"),
+        ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', None),
+    ]
+    payload = records_payload(orjson.dumps(records, default=len), records)
+    back = read_records(payload)
+    assert [r[6] for r in back] == [r[6] for r in records]
+    assert [r[7] for r in back] == [None, "tok\nen", None]
+    assert back[1][4] == str(uuid.UUID(int=1))
+    string_body = orjson.dumps([["text", 1, 0, "x", None, None, "s", None]]) + b"\n"
+    for broken in (payload[:-1], payload + b"x", b"[]", string_body):
+        with pytest.raises(ValueError):
+            read_records(broken)

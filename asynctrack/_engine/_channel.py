@@ -10,8 +10,11 @@ frame is a fixed header and a payload::
 process). ``number`` is the frame's sequence number for ``RECORDS`` (acknowledged by
 ``ACK``), the request id for ``FLUSH``/``CLOSE`` (answered by ``FLUSHED``/``CLOSED``).
 
-``RECORDS`` payloads are one ``orjson`` array of records, written by the application's
-shipper thread in a single C call; control payloads (``OPEN`` specs, results,
+``RECORDS`` payloads are the records' fields as one ``orjson`` array, each captured body
+replaced by its length, then a newline (orjson never writes one), then the bodies
+themselves, joined (``records_payload`` / ``read_records``): the captured JSON crosses
+as it is, with no escaping on one side and no unescaping on the other, and the
+application's shipper writes a frame with two C calls. Control payloads (``OPEN`` specs, results,
 statistics, log records) are pickled: both ends are this package, in processes of the
 same interpreter, over a pipe nobody else holds.
 """
@@ -19,15 +22,30 @@ same interpreter, over a pipe nobody else holds.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import struct
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["HEADER", "Frame", "FrameReader", "Kind", "encode_frame", "write_all"]
+import orjson
+
+__all__ = [
+    "BODY",
+    "HEADER",
+    "Frame",
+    "FrameReader",
+    "Kind",
+    "encode_frame",
+    "read_records",
+    "records_payload",
+    "write_all",
+]
 
 HEADER: Final = struct.Struct("!BIQI")
 MAX_PAYLOAD: Final = 2**32 - 1
+BODY: Final = 6  # where a record holds its captured body (bytes)
+_BODIES: Final = operator.itemgetter(BODY)
 
 
 class Kind(enum.IntEnum):
@@ -53,6 +71,32 @@ def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") ->
     if len(payload) > MAX_PAYLOAD:  # pragma: no cover - the shipper splits long before this
         raise ValueError(f"frame payload of {len(payload)} bytes is too large")
     return HEADER.pack(kind, tracker, number, len(payload)) + payload
+
+
+def records_payload(fields: bytes, records: list[Any]) -> bytes:
+    """A ``RECORDS`` payload: ``fields`` (the records as a JSON array, each body given
+    as its length: ``orjson.dumps(records, default=len)``), then the bodies."""
+    return b"\n".join((fields, b"".join(map(_BODIES, records))))
+
+
+def read_records(payload: bytes) -> list[list[Any]]:
+    """The records of a ``RECORDS`` payload, each body ``bytes`` again.
+
+    Raises:
+        ValueError: the payload is not one ``records_payload`` wrote.
+    """
+    end = payload.index(b"\n")
+    records: list[list[Any]] = orjson.loads(memoryview(payload)[:end])
+    offset = end + 1
+    for record in records:
+        size = record[BODY]
+        if type(size) is not int:
+            raise ValueError(f"a record's body is {type(size).__name__}, not its length")
+        record[BODY] = payload[offset : offset + size]
+        offset += size
+    if offset != len(payload):
+        raise ValueError(f"the bodies take {offset} of {len(payload)} bytes")
+    return records
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -47,7 +47,7 @@ from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._sinks._base import ParameterValue, RunInfo
 from ._barrier import wait
-from ._channel import HEADER, Kind, encode_frame
+from ._channel import BODY, HEADER, Kind, encode_frame, read_records, records_payload
 from ._statistics import Statistics
 from ._worker_process import WorkerProcess, live, worker_process
 
@@ -56,7 +56,7 @@ __all__ = ["ProcessEngine"]
 logger = logging.getLogger("asynctrack")
 
 _MAX_FRAME_RECORDS: Final = 1024  # records per RECORDS frame: one orjson call holds the GIL ~0.3 ms
-_BODY: Final = operator.itemgetter(6)  # a record's captured body (bytes)
+_BODY: Final = operator.itemgetter(BODY)  # a record's captured body (bytes)
 _MAX_FRAME_BYTES: Final = 1 << 20  # ... and captured bytes per frame (a frame may pass it by one record)
 _FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
 _CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
@@ -99,10 +99,11 @@ def _answer_deadline(request: _Request, timeout: float | None) -> float | None:
 
 
 def _ship_default(value: Any) -> Any:
-    """orjson ``default`` of the shipper for a chunk with an error event: captured bodies
-    (JSON bytes) cross as strings; errors are formatted here, where the traceback lives."""
+    """orjson ``default`` of the shipper for a chunk with an error event: a captured body
+    (JSON bytes) is given as its length (it crosses apart); errors are formatted here,
+    where the traceback lives."""
     if type(value) is bytes:
-        return value.decode()
+        return len(value)
     if isinstance(value, BaseException):
         return {"$error": True, **error_fields(value)}
     return {"$asynctrack": "unencodable", "type": type(value).__name__}
@@ -436,13 +437,12 @@ class ProcessEngine:
             if end > start:
                 chunk = items[start:end]
                 try:
-                    # bytes.decode is C: orjson runs no Python mid-walk. Bodies cross
-                    # as JSON strings: the worker takes their text back with one
-                    # encode() each, instead of parsing and re-encoding them.
-                    payload = orjson.dumps(chunk, default=bytes.decode)
+                    # len is C: orjson runs no Python mid-walk; each body crosses as
+                    # it is, after the fields (see _channel.records_payload).
+                    payload = records_payload(orjson.dumps(chunk, default=len), chunk)
                 except Exception:
                     try:  # an error event in the chunk: its exception is formatted here
-                        payload = orjson.dumps(chunk, default=_ship_default)
+                        payload = records_payload(orjson.dumps(chunk, default=_ship_default), chunk)
                     except Exception:
                         payload = self._careful_payload(chunk)
                 number = next(self._frames)
@@ -468,18 +468,21 @@ class ProcessEngine:
         with lone surrogates): such strings get U+FFFD; a record that still fails is
         counted as lost and said."""
         parts = []
+        kept = []
         for record in chunk:
             try:
                 parts.append(orjson.dumps(record, default=_ship_default, option=orjson.OPT_NON_STR_KEYS))
+                kept.append(record)
                 continue
             except Exception:
                 pass
             try:
                 parts.append(orjson.dumps(_scrub(record), option=orjson.OPT_NON_STR_KEYS))
+                kept.append(record)
             except Exception as exc:
                 self._lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[0], exc)
-        return b"[" + b",".join(parts) + b"]"
+        return records_payload(b"[" + b",".join(parts) + b"]", kept)
 
     # -- reader side (the worker's reader thread) --------------------------------------
 
@@ -582,8 +585,7 @@ class ProcessEngine:
         for (kind, _), (frame, _) in list(self.unacked.items()):
             if kind != Kind.RECORDS:
                 continue
-            for record in orjson.loads(frame[HEADER.size :]):
-                record[6] = record[6].encode() if type(record[6]) is str else orjson.dumps(record[6])
+            for record in read_records(frame[HEADER.size :]):
                 engine.put(tuple(record))
         self.unacked.clear()
         self.retained_bytes = 0

@@ -33,12 +33,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-import orjson
-
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
 from .._sinks._base import Batch
-from ._channel import FrameReader, Kind, encode_frame, write_all
+from ._channel import FrameReader, Kind, encode_frame, read_records, write_all
 from ._durable import DurableHooks, apply_environ, batch_seqs
 from ._process import exit_timeout
 
@@ -127,17 +125,20 @@ class _Tracker:
     # -- records in ------------------------------------------------------------------
 
     def records(self, frame: int, payload: bytes) -> None:
-        records = orjson.loads(payload)
+        try:
+            records = read_records(payload)
+        except ValueError as exc:  # never seen: the application wrote every frame
+            logger.error("asynctrack worker: a frame of events was unreadable, its events are lost (%s)", exc)
+            self.engine.count_dropped(1)
+            self._settle_unread(frame)
+            return
         size = len(payload)
         if self._drop_over_bytes and self._held_bytes + size > self._max_bytes and self._frame_bytes:
             # Memory bound by bytes (the destination is slow or down): what this worker
             # holds for the tracker, from its buffer to its failed batches, stays within
             # max_queue_bytes (plus one frame). The frame is dropped, counted, resolved.
             self.engine.count_dropped(len(records))
-            with self._lock:
-                self._remaining[frame] = 0
-                self._frame_bytes[frame] = 0
-            self._advance()
+            self._settle_unread(frame)
             return
         seqs = list(map(_SEQ, records))
         with self._lock:
@@ -145,16 +146,18 @@ class _Tracker:
             self._frame_bytes[frame] = size
             self._remaining[frame] = len(seqs)
             self._frame_of.update(dict.fromkeys(seqs, frame))
-        # Records arrive as lists: [kind, seq, ts, run_id, parent_run_id, name, body,
-        # extra], the translator's shape. The captured body crossed as a JSON string:
-        # the translator splices bytes.
-        dumps = orjson.dumps
-        for record in records:
-            body = record[6]
-            record[6] = body.encode() if type(body) is str else dumps(body)
+        # Records arrive as lists, [kind, seq, ts, run_id, parent_run_id, name, body,
+        # extra]: the translator's shape, the body bytes.
         self.engine.put_many(records)
         if not seqs:
             self._advance()
+
+    def _settle_unread(self, frame: int) -> None:
+        """``frame`` is resolved without its events (dropped, counted)."""
+        with self._lock:
+            self._remaining[frame] = 0
+            self._frame_bytes[frame] = 0
+        self._advance()
 
     # -- durability (engine worker thread) -------------------------------------------
 
