@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
+import operator
 import re
+from collections.abc import Iterator
+from itertools import compress, repeat
 from typing import Final
 
 from ._common import REDACTED_BYTES
@@ -13,55 +15,58 @@ __all__ = ["LITERAL_FORMATS", "aws_secrets", "run_formats"]
 # -- value detectors ------------------------------------------------------------------
 #
 # Most formats are a literal prefix and a long run of token characters. They are
-# found from the runs: one ``translate`` and a ``find`` per run find every run of
-# 20+ ``[A-Za-z0-9_-]``, and a run is matched against the formats whose prefix
-# starts it (a dict lookup on its first two bytes). The rest are found
-# from a literal with ``bytes.find``.
+# found from the runs: one ``translate`` maps the token characters ``[A-Za-z0-9_-]``
+# to ``a``, where the runs of 20+ are found, and the formats are matched at the start
+# of each run. The first ``_FEW_RUNS`` runs are found with ``bytes.find`` and judged
+# in Python; the rest by a regex with a literal prefix (in C) and one C call per run
+# that ``map`` makes, so Python runs per credential found, not per run. The other
+# formats are found from a literal with ``bytes.find``. Bare AWS secrets are found
+# the same way from the runs of base64 characters.
 
 #: ``bytes.translate`` table: token characters ``[A-Za-z0-9_-]`` -> ``a``, all else -> space.
 _TOKENMAP: Final = bytes(
     0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b in b"_-") else 0x20
     for b in range(256)
 )
+_START: Final = re.Match.start
+_END: Final = re.Match.end
 _RUN20: Final = b"a" * 20  # the shortest format below is 20 characters long
-_ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
+#: In the translated text: the byte before a run of 20+ (the match starts there).
+_RUN20_AFTER: Final = re.compile(b" " + _RUN20)
+#: Runs judged in Python first: for a few runs, ``bytes.find`` and a regex match per
+#: run cost less than setting up the pipeline (a 300-byte body: ~1 µs less).
+_FEW_RUNS: Final = 8
 
-#: First two bytes of a run -> (shortest match, format) that may start there.
-_RUN_FORMATS: Final[dict[bytes, tuple[tuple[int, re.Pattern[bytes]], ...]]] = {}
-for _prefix, _shortest, _pattern in (
-    (b"sk", 23, rb"sk-[A-Za-z0-9_\-]{20,}+"),  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
-    (b"sk", 24, rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+"),  # Stripe
-    (b"rk", 24, rb"rk_live_[A-Za-z0-9]{16,}+"),
-    (b"pk", 22, rb"pk-lf-[A-Za-z0-9_\-]{16,}+"),  # Langfuse public
-    (b"ls", 25, rb"lsv2_[A-Za-z0-9_]{20,}+"),  # LangSmith
-    (b"AK", 20, rb"AKIA[0-9A-Z]{16}(?![0-9A-Za-z])"),  # AWS access key ids
-    (b"AS", 20, rb"ASIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"AB", 20, rb"ABIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"AC", 20, rb"ACCA[0-9A-Z]{16}(?![0-9A-Za-z])"),
-    (b"gh", 34, rb"gh[pousr]_[A-Za-z0-9]{30,}+"),  # GitHub
-    (b"gi", 33, rb"github_pat_[A-Za-z0-9_]{22,}+"),
-    (b"gl", 26, rb"glpat-[A-Za-z0-9_\-]{20,}+"),  # GitLab
-    (b"xo", 20, rb"xox[abposr]-[A-Za-z0-9\-]{15,}+"),  # Slack
-    (b"AI", 39, rb"AIza[0-9A-Za-z_\-]{35,}+"),  # Google
-    (b"hf", 33, rb"hf_[A-Za-z0-9]{30,}+"),  # Hugging Face
-    (b"np", 40, rb"npm_[A-Za-z0-9]{36,}+"),  # npm
-    (b"py", 60, rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+"),  # PyPI
-    (b"gs", 44, rb"gsk_[A-Za-z0-9]{40,}+"),  # Groq
-    (b"xa", 54, rb"xai-[A-Za-z0-9]{50,}+"),  # xAI
-    (b"r8", 33, rb"r8_[A-Za-z0-9]{30,}+"),  # Replicate
-    (b"ey", 20, rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+"),  # JWT
-):
-    _RUN_FORMATS[_prefix] = (*_RUN_FORMATS.get(_prefix, ()), (_shortest, re.compile(_pattern)))
-
-#: Past this many runs in one text, ``_PREFIXED_RUN`` finds the candidates instead.
-_DENSE_RUNS: Final = 512
-#: A run of 20+ token characters that starts with a format's prefix (after a JSON
-#: escape's letter too), at a run start.
-_PREFIXED_RUN: Final = re.compile(
-    rb"(?:(?<![A-Za-z0-9_\-])|(?<=\\[ntrbf]))(?:"
-    + b"|".join(re.escape(prefix) for prefix in _RUN_FORMATS)
-    + rb")[A-Za-z0-9_\-]{18,}+"
+#: The formats that start a run, in order (the first that matches wins).
+_RUN_FORMATS: Final = (
+    rb"sk-[A-Za-z0-9_\-]{20,}+",  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
+    rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
+    rb"rk_live_[A-Za-z0-9]{16,}+",
+    rb"pk-lf-[A-Za-z0-9_\-]{16,}+",  # Langfuse public
+    rb"lsv2_[A-Za-z0-9_]{20,}+",  # LangSmith
+    rb"A(?:KIA|SIA|BIA|CCA)[0-9A-Z]{16}(?![0-9A-Za-z])",  # AWS access key ids
+    rb"gh[pousr]_[A-Za-z0-9]{30,}+",  # GitHub
+    rb"github_pat_[A-Za-z0-9_]{22,}+",
+    rb"glpat-[A-Za-z0-9_\-]{20,}+",  # GitLab
+    rb"xox[abposr]-[A-Za-z0-9\-]{15,}+",  # Slack
+    rb"AIza[0-9A-Za-z_\-]{35,}+",  # Google
+    rb"hf_[A-Za-z0-9]{30,}+",  # Hugging Face
+    rb"npm_[A-Za-z0-9]{36,}+",  # npm
+    rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+",  # PyPI
+    rb"gsk_[A-Za-z0-9]{40,}+",  # Groq
+    rb"xai-[A-Za-z0-9]{50,}+",  # xAI
+    rb"r8_[A-Za-z0-9]{30,}+",  # Replicate
+    rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+",  # JWT
 )
+_FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
+#: At the byte before a run: a format at the run's start, or else (group 2) right
+#: after a JSON escape's letter that starts it ("\\nsk-..." in JSON text).
+_FORMAT_AFTER: Final = re.compile(rb"(?s:.)(?:" + _FORMAT + rb"|(?<=\\)[ntrbf]" + _FORMAT + rb")")
+_FORMAT_FIRST: Final = re.compile(_FORMAT)  # a run at the start of the text
+#: The first two bytes of every format: a run that starts with none of them (nor with
+#: an escape's letter) needs no match (a set lookup is cheaper than the regex).
+_PREFIXES: Final = frozenset(b"sk rk pk ls AK AS AB AC gh gi gl xo AI hf np py gs xa r8 ey".split())
+_ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
 #: (literal that must occur, pattern, group to redact: 0 for the whole match)
 LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
@@ -69,7 +74,9 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
         b"-----BEGIN",
         re.compile(
             rb"-----BEGIN (?:[A-Z0-9]{1,20}+ ){0,4}PRIVATE KEY(?: BLOCK)?-----"
-            rb"(?:(?!-----END)[^\"\\]|\\.)*+(?:-----END[A-Z0-9 ]{0,60}+-----)?"
+            # Up to "-----END" or the string's end: runs without '-' in one step each
+            # (the lookahead only at a '-'), all possessive.
+            rb"(?:[^\"\\\-]++|-(?!----END)|\\.)*+(?:-----END[A-Z0-9 ]{0,60}+-----)?"
         ),
         0,
     ),
@@ -86,88 +93,114 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (b"SG.", re.compile(rb"SG\.(?<![A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+"), 0),
 )
 
-#: ``bytes.translate`` table: base64 characters -> ``a``, everything else -> space.
+#: ``bytes.translate`` table: base64 characters ``[A-Za-z0-9+/]`` -> ``a``, all else -> space.
 _B64: Final = bytes(
-    0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b in (0x2B, 0x2F)) else 0x20
+    0x61 if (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b in b"+/") else 0x20
     for b in range(256)
 )
-_RUN40: Final = b"a" * 40
-_AWS_WORDS: Final = (b"aws", b"secret", b"akia", b"asia")  # in the lower-cased 120 bytes before
-#: An upper-case letter, a lower-case letter and a digit (one C call per candidate).
-_MIXED: Final = re.compile(rb"(?=[^A-Z]*+[A-Z])(?=[^a-z]*+[a-z])(?=[^0-9]*+[0-9])")
+_B64_40: Final = b"a" * 40
+#: In the translated text: the byte before a run of exactly 40 base64 characters,
+#: and before one of 41 (whose first may be a JSON escape's letter: "\\nwJal...").
+#: Literal prefixes: the search runs in C and stops only where such a run starts.
+_RUN40: Final = re.compile(b" " + _B64_40 + rb"(?!a)")
+_RUN41: Final = re.compile(b" " + _B64_40 + rb"a(?!a)")
+#: In the text, at the byte before such a run, ending where the candidate starts:
+#: neither that byte nor the one after the 40 characters is ``=``, and an upper-case
+#: letter, a lower-case letter and a digit are among them; group 1 finds a '/' or
+#: '+' among them.
+_AWS_MIXED: Final = (
+    rb"(?s:(?=.{40}(?!=)))"
+    rb"(?=[a-z0-9+/]{0,39}+[A-Z])(?=[A-Z0-9+/]{0,39}+[a-z])(?=[A-Za-z+/]{0,39}+[0-9])"
+    rb"(?:(?=[A-Za-z0-9]{0,39}+([+/])))?"
+)
+_AFTER_40: Final = re.compile(rb"[^=]" + _AWS_MIXED)
+_AFTER_41: Final = re.compile(rb"\\[ntrbf]" + _AWS_MIXED)  # the escape's letter is not part of it
+_AWS_FIRST: Final = re.compile(_AWS_MIXED)  # a run of 40 at the start of the text
+#: A candidate without '/' or '+' is a secret when one of these ends at most
+#: ``_AWS_BEFORE`` bytes before it (in the lower-cased text).
+_AWS_WORDS: Final = (b"aws", b"secret", b"akia", b"asia")
+_AWS_BEFORE: Final = 120
 
 
 def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
     """Spans of the run-based formats in ``text``."""
-    spans: list[tuple[int, int, bytes]] = []
     mapped = text.translate(_TOKENMAP)
     i = mapped.find(_RUN20)
-    runs = 0
-    while i != -1:
-        runs += 1
-        if runs > _DENSE_RUNS:
-            # Many long runs (a hostile or binary-like text): one regex pass that only
-            # stops at runs starting with a known prefix, instead of Python per run.
-            for m in _PREFIXED_RUN.finditer(text, i):
-                _match_run(text, m.start(), m.end(), spans)
-            return spans
-        end = mapped.find(b" ", i)
-        _match_run(text, i, end, spans)
-        i = -1 if end == -1 else mapped.find(_RUN20, end)
-    return spans
-
-
-def _match_run(text: bytes, start: int, end: int, spans: list[tuple[int, int, bytes]]) -> None:
-    """Match the formats whose prefix starts the run ``text[start:end]`` (``end`` -1: to the end)."""
-    patterns = _RUN_FORMATS.get(text[start : start + 2])
-    if patterns is None and text[start] in _ESCAPES and start > 0 and text[start - 1] == 0x5C:
-        start += 1  # "\nsk-...": the run starts after the escape's letter
-        patterns = _RUN_FORMATS.get(text[start : start + 2])
-    if patterns is not None:
-        for shortest, pattern in patterns:
-            if end - start < shortest and end != -1:
-                continue  # a near miss: too short to match
-            m = pattern.match(text, start)
+    if i == -1:
+        return []
+    found = []
+    for _ in range(_FEW_RUNS):
+        if text[i : i + 2] in _PREFIXES or (i and text[i - 1] == 0x5C and text[i] in _ESCAPES):
+            m = _FORMAT_AFTER.match(text, i - 1) if i else _FORMAT_FIRST.match(text)
             if m is not None:
-                spans.append((start, m.end(), REDACTED_BYTES))
-                return
+                found.append(m)
+        end = mapped.find(b" ", i)
+        i = -1 if end == -1 else mapped.find(_RUN20, end)
+        if i == -1:
+            break
+    else:  # many runs: the rest with one C call per run
+        runs = map(_START, _RUN20_AFTER.finditer(mapped, i - 1))
+        found.extend(filter(None, map(_FORMAT_AFTER.match, repeat(text), runs)))
+    if not found:
+        return []
+    return [(m.start(m.lastindex or 0), m.end(), REDACTED_BYTES) for m in found]
 
 
 def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
-    """Spans of bare AWS secret access keys (see the module docstring)."""
+    """Spans of bare AWS secret access keys (see the module docstring).
+
+    The first ``_FEW_RUNS`` runs of 40+ base64 characters are judged one by one
+    (``bytes.find`` and a regex per run of 40 or 41). Past them, ``_RUN40`` and
+    ``_RUN41`` find the runs in C, and each further step is a C call that ``map``
+    makes per run or per candidate: Python runs per secret found, not per run.
+    """
     mapped = text.translate(_B64)
-    spans = []
-    context: list[int] = []
-    i = mapped.find(_RUN40)
-    while i != -1:
+    i = mapped.find(_B64_40)
+    if i == -1:
+        return []
+    secrets: list[int] = []  # where each starts
+    for _ in range(_FEW_RUNS):
         end = mapped.find(b" ", i)
-        if end == -1:
-            end = len(mapped)
-        start = i
-        # In JSON text a key right after a newline reads "\nwJal...": the 'n' is the escape.
-        if end - start == 41 and start > 0 and text[start - 1] == 0x5C and text[start] in _ESCAPES:
-            start += 1
-        if end - start == 40 and text[start - 1 : start] != b"=" and text[end : end + 1] != b"=":
-            candidate = text[start:end]
-            if _MIXED.match(candidate) is not None and (
-                b"/" in candidate or b"+" in candidate or _near(context, text, start)
-            ):
-                spans.append((start, end, REDACTED_BYTES))
-        i = mapped.find(_RUN40, end)
-    return spans
+        length = (len(text) if end == -1 else end) - i
+        m = None
+        if length == 40:
+            m = _AFTER_40.match(text, i - 1) if i else _AWS_FIRST.match(text)
+        elif length == 41 and i:
+            m = _AFTER_41.match(text, i - 1)
+        if m is not None and (m.start(1) != -1 or _near(text, m.end())):
+            secrets.append(m.end())
+        i = -1 if end == -1 else mapped.find(_B64_40, end)
+        if i == -1:
+            break
+    else:  # many runs: the rest with one C call per run and per candidate
+        candidates = [
+            *filter(None, map(_AFTER_40.match, repeat(text), map(_START, _RUN40.finditer(mapped, i - 1)))),
+            *filter(None, map(_AFTER_41.match, repeat(text), map(_START, _RUN41.finditer(mapped, i - 1)))),
+        ]
+        starts = list(map(_END, candidates))
+        slashed = list(map(operator.ne, map(_START, candidates, repeat(1)), repeat(-1)))
+        secrets.extend(compress(starts, slashed))
+        unslashed = list(compress(starts, map(operator.not_, slashed)))
+        if unslashed:
+            secrets.extend(_after_words(text.lower(), unslashed))
+    return [(start, start + 40, REDACTED_BYTES) for start in secrets] if secrets else []
 
 
-def _near(context: list[int], text: bytes, start: int) -> bool:
-    """Whether a context word ends in the 120 bytes before ``start`` (``context``: their
-    positions, found on first use: one ``find`` loop per word instead of a regex per key)."""
-    if not context:
-        low = text.lower()
-        for word in _AWS_WORDS:
-            i = low.find(word)
-            while i != -1:
-                context.append(i + len(word))
-                i = low.find(word, i + 1)
-        context.append(-(1 << 62))  # marks the list as computed; never in range
-        context.sort()
-    index = bisect.bisect_left(context, start - 120)
-    return index < len(context) and context[index] <= start
+def _near(text: bytes, start: int) -> bool:
+    """Whether a context word ends in the ``_AWS_BEFORE`` bytes before ``start``."""
+    # The word lies wholly within the _AWS_BEFORE + len(word) bytes before it.
+    before = text[max(0, start - _AWS_BEFORE - 6) : start].lower()  # 6: the longest word
+    return any(before.find(word, max(0, len(before) - _AWS_BEFORE - len(word))) != -1 for word in _AWS_WORDS)
+
+
+def _after_words(low: bytes, starts: list[int]) -> Iterator[int]:
+    """The ``starts`` (in the lower-cased text ``low``) for which ``_near`` holds, with a C
+    call per start and word."""
+    found = []
+    for word in _AWS_WORDS:
+        if word in low:  # one pass: a word the text lacks is not looked for per start
+            lows = map(max, repeat(0), map(operator.sub, starts, repeat(_AWS_BEFORE + len(word))))
+            found.append(map(low.find, repeat(word), lows, starts))
+    if not found:
+        return iter(())
+    return compress(starts, map(operator.le, repeat(0), found[0] if len(found) == 1 else map(max, *found)))
