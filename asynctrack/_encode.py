@@ -28,6 +28,7 @@ _DATA: Final = b'{"data":{'
 #: Where the fields of ``data`` start in a captured body.
 DATA_SPLICE: Final = len(_DATA)
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
+_SEPARATED_DATA: Final = b"\x1e" + _DATA  # a body's start in a joined chunk (Redactor.prepare)
 
 
 class Encoder:
@@ -42,7 +43,6 @@ class Encoder:
         self.redactor = Redactor(config.redact_keys, config.redact_patterns, config.redact_detectors)
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self.placeholders = 0
-        self._clean: dict[int, bytes] = {}
         #: The bodies of the chunk at hand (by identity) that are written as they are:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
@@ -50,13 +50,10 @@ class Encoder:
     def prepare(self, bodies: list[bytes]) -> None:
         """Scan a chunk of bodies at once (see ``Redactor.prepare``)."""
         joined = self.redactor.prepare(bodies)
-        if _FAILED in joined:
-            self._clean = self.plain = {}
-            return
-        # Bodies known to hold no placeholder: no search of their own.
-        self._clean = {id(b): b for b in bodies}
-        unchanged = self.redactor.unchanged
-        self.plain = {key: b for key, b in self._clean.items() if key in unchanged and b.startswith(_DATA)}
+        # Every body starts with '{"data":{' (the splice needs it), and none holds a
+        # placeholder: C searches of the joined chunk, not one per body.
+        starts = joined.startswith(_DATA) and joined.count(_SEPARATED_DATA) == len(bodies) - 1
+        self.plain = self.redactor.unchanged() if starts and _FAILED not in joined else {}
 
     def head(self, envelope: dict[str, Any]) -> bytes:
         """The envelope as a JSON object (a lone surrogate in a string becomes U+FFFD)."""
@@ -76,7 +73,7 @@ class Encoder:
         ``own_token``: the body's first key in ``data`` is the library's ``token``
         field (streamed content blocks), not a credential name.
         """
-        if self._clean.get(id(body)) is not body and _FAILED in body:
+        if _FAILED in body:
             self.placeholders += 1
         redactor = self.redactor
         out = redactor.json(body, own_token)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import random
 import re
 import uuid
@@ -63,6 +64,8 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 _STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 _ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
 _MAX_OPEN_RUNS: Final = 100_000
+_KIND: Final = operator.itemgetter(0)  # a record's kind
+_BODY: Final = operator.itemgetter(6)  # a record's captured body
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 #: The latency group of each end event (a chat model ends with ``llm_end`` too).
 _LATENCY_GROUP: Final = {
@@ -249,7 +252,7 @@ class EventTranslator:
         self.encoder = Encoder(config)
         self._redactor = self.encoder.redactor
         self._streams = StreamRedactor(self._redactor.text)
-        self._clean_tokens: dict[int, tuple[Any, ...]] = {}
+        self._clean_tokens: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
@@ -260,8 +263,14 @@ class EventTranslator:
         """Events written with a placeholder for a value that could not be captured."""
         return self.encoder.placeholders
 
-    def prepare(self, records: list[tuple[Any, ...]]) -> None:
+    def prepare(self, records: Sequence[Sequence[Any]]) -> None:
         """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
+        if "llm_new_token" not in set(map(_KIND, records)):
+            bodies = list(map(_BODY, records))
+            if all(map(bytes.__instancecheck__, bodies)):
+                self.encoder.prepare(bodies)
+                self._clean_tokens = {}
+                return
         # Not the bodies holding content-block tokens (their "token" key is ours).
         self.encoder.prepare(
             [r[6] for r in records if type(r[6]) is bytes and (r[0] != "llm_new_token" or type(r[7]) is str)]

@@ -58,8 +58,7 @@ class Redactor:
         # Set by prepare(): for each body of the chunk at hand (by identity), whether it
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
-        #: Bodies of the chunk at hand (their ids) that ``json()`` returns unchanged.
-        self.unchanged: set[int] = set()
+        self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -75,45 +74,45 @@ class Redactor:
         """
         if bodies is None:
             self._chunk = {}
-            self.unchanged = set()
+            self._bodies = {}
             return b""
         joined = b"\x1e".join(bodies)
-        offsets = []
-        position = 0
-        for body in bodies:
-            offsets.append(position)
-            position += len(body) + 1
-        found: list[list[tuple[int, int, bytes]]] = [[] for _ in bodies]
-        full = [False] * len(bodies)
+        # C loops only for what every body needs: Python runs per span found, not per body.
+        offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
+        found: dict[int, list[tuple[int, int, bytes]]] = {}
+        full: set[int] = set()
         spans: list[tuple[int, int, bytes]] = []
         if self.key_rule is not None:
             keys = self._key_spans(joined)
             if keys is None:
-                full = [True] * len(bodies)
+                full = set(range(len(bodies)))
             else:
                 spans, containers = keys
-                for position in containers:
-                    full[bisect.bisect_right(offsets, position) - 1] = True
+                full.update(bisect.bisect_right(offsets, position) - 1 for position in containers)
         if self._detectors:
             spans.extend(self._value_spans(joined))
         for start, end, replacement in spans:
             index = bisect.bisect_right(offsets, start) - 1
             base = offsets[index]
             if end - base > len(bodies[index]):  # never seen: a match across two bodies
-                full[index] = True
-            found[index].append((start - base, end - base, replacement))
-        for index, body_spans in enumerate(found):
+                full.add(index)
+            found.setdefault(index, []).append((start - base, end - base, replacement))
+        for index, body_spans in found.items():
             if _overlap(body_spans):
                 # A value span inside (or across) a key rule's span: the full path applies
                 # the key rules first and scans their result, as json() does for any text.
-                full[index] = True
-        self._chunk = {id(b): (b, f, sp) for b, f, sp in zip(bodies, full, found, strict=True)}
-        self.unchanged = (
-            set()
-            if self._patterns
-            else {id(b) for b, f, sp in zip(bodies, full, found, strict=True) if not f and not sp}
-        )
+                full.add(index)
+        self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
+        self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
         return joined
+
+    def unchanged(self) -> dict[int, bytes]:
+        """The bodies of the chunk at hand (by id) that ``json()`` returns as they are."""
+        if self._patterns:
+            return {}
+        if not self._chunk:
+            return self._bodies
+        return {key: body for key, body in self._bodies.items() if key not in self._chunk}
 
     # -- JSON text ---------------------------------------------------------------------
 
@@ -127,6 +126,8 @@ class Redactor:
         entry = self._chunk.get(id(text))
         if entry is not None and entry[0] is text and not entry[1]:
             out = splice(text, list(entry[2])) if entry[2] else text  # scanned by prepare()
+        elif entry is None and self._bodies.get(id(text)) is text:
+            out = text  # scanned by prepare(): nothing found
         else:
             if self.key_rule is not None:
                 scanned = self._keys(text, own_token)
