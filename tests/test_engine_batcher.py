@@ -29,7 +29,9 @@ from asynctrack import (
     AsyncTracker,
     TrackerConfig,
 )
+from asynctrack._engine._batcher import Batcher
 from asynctrack._engine._core import Engine
+from asynctrack._engine._statistics import Counters
 from asynctrack._layout import Layout
 
 pytest_plugins = ("engine_fixtures",)
@@ -180,3 +182,35 @@ def test_no_batch_is_over_max_batch_bytes(stream: list[tuple[Any, bool]], max_by
     sink, _ = _run_engine(stream, TrackerConfig(max_batch_bytes=max_bytes))
     for batch in sink.batches:
         assert batch.events == 1 or len(batch.data) <= max_bytes, (batch.events, len(batch.data), max_bytes)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.lists(st.lists(st.integers(1, 700), max_size=40), max_size=6),
+    st.integers(1, 12),
+    st.integers(100, 2000),
+)
+def test_adding_lines_in_bulk_makes_the_batches_of_one_at_a_time(
+    chunks: list[list[int]], max_events: int, max_bytes: int
+) -> None:
+    """``Batcher.add_many`` (the worker's common case) and ``add`` seal the same batches."""
+    config = TrackerConfig(max_batch_events=max_events, max_batch_bytes=max_bytes)
+    layout = Layout(experiment="e", run="r", writer="w")
+    one, bulk = Batcher(config, layout, Counters()), Batcher(config, layout, Counters())
+    by_one: list[Any] = []
+    by_bulk: list[Any] = []
+    seq = 0
+    for sizes in chunks:
+        lines = [b"x" * (size - 1) + b"\n" for size in sizes]
+        seqs = list(range(seq, seq + len(lines)))
+        seq += len(lines)
+        for s, line in zip(seqs, lines, strict=True):
+            by_one += one.add(s, line) or []
+        by_bulk += bulk.add_many(seqs, lines)
+    by_one += one.seal()
+    by_bulk += bulk.seal()
+
+    def shape(sealed: list[Any]) -> list[Any]:
+        return [(n, b.data, b.events, b.first_seq, b.last_seq, b.seqs) for n, b in sealed]
+
+    assert shape(by_bulk) == shape(by_one)

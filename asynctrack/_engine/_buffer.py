@@ -132,13 +132,17 @@ class Buffer:
         chunk: list[Any] = []
         marker = None
         with self._take_lock:
-            while queue and len(chunk) < limit:
-                item = queue.popleft()
-                if type(item) is Marker:
-                    marker = item  # handled after the records ahead of it
-                    self._markers -= 1
-                    break
-                chunk.append(item)
+            if not self._markers:  # records only: no type check each (producers only append)
+                popleft = queue.popleft
+                chunk = [popleft() for _ in range(min(limit, len(queue)))]
+            else:
+                while queue and len(chunk) < limit:
+                    item = queue.popleft()
+                    if type(item) is Marker:
+                        marker = item  # handled after the records ahead of it
+                        self._markers -= 1
+                        break
+                    chunk.append(item)
             self._taken += len(chunk)
         return chunk, marker
 

@@ -35,6 +35,7 @@ import contextlib
 import enum
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +55,8 @@ __all__ = ["State", "Worker"]
 
 logger = logging.getLogger("asynctrack")
 
+_SEQ: Final = operator.itemgetter(0)  # of a translated (seq, line)
+_LINE: Final = operator.itemgetter(1)
 _TICK: Final = 0.05  # seconds between drains when nothing wakes the worker
 _CHUNK: Final = 64  # records pre-checked together, and between checks of the time budget
 # The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
@@ -340,6 +343,11 @@ class Worker:
                 results = [exc] * len(chunk)
         else:
             results = [self._translate_one(item) for item in chunk]
+        if all(map(tuple.__instancecheck__, results)):  # lines only (the common case): in bulk
+            batches = self._batcher.add_many(list(map(_SEQ, results)), list(map(_LINE, results)))
+            if batches:
+                self._dispatch(batches)
+            return
         hook = self._config.redact
         encoder = self._encoder
         counters = self._counters
