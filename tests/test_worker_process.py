@@ -362,6 +362,6 @@ def test_records_cross_with_their_bodies_as_they_are() -> None:
     assert [r[7] for r in back] == [None, "tok\nen", None]
     assert back[1][4] == str(uuid.UUID(int=1))
     string_body = orjson.dumps([["text", 1, 0, "x", None, None, "s", None]]) + b"\n"
-    for broken in (payload[:-1], payload + b"x", b"[]", string_body):
+    for broken in (payload[:-1], payload + b"x", b"[]", string_body, b"{}\n", b'[["text"]]\n', b"[1]\n"):
         with pytest.raises(ValueError):
             read_records(broken)

@@ -87,13 +87,18 @@ def read_records(payload: bytes) -> list[list[Any]]:
     """
     end = payload.index(b"\n")
     records: list[list[Any]] = orjson.loads(memoryview(payload)[:end])
+    if type(records) is not list:
+        raise ValueError(f"the fields are a {type(records).__name__}, not a list")
     offset = end + 1
-    for record in records:
-        size = record[BODY]
-        if type(size) is not int:
-            raise ValueError(f"a record's body is {type(size).__name__}, not its length")
-        record[BODY] = payload[offset : offset + size]
-        offset += size
+    try:
+        for record in records:
+            size = record[BODY]
+            if type(size) is not int:
+                raise ValueError(f"a record's body is {type(size).__name__}, not its length")
+            record[BODY] = payload[offset : offset + size]
+            offset += size
+    except (TypeError, IndexError) as exc:
+        raise ValueError(f"a record is not a list of fields ({exc})") from None
     if offset != len(payload):
         raise ValueError(f"the bodies take {offset} of {len(payload)} bytes")
     return records

@@ -341,7 +341,6 @@ def main(read: Callable[[], bytes]) -> None:
     # it must not cut our drain short. SIGTERM sent to this process ends it at once
     # (the application then starts a new worker and re-sends what was not acknowledged).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(int(os.environ.get("ASYNCTRACK_WORKER_NICE", "0")))
     host = _Host(read, out_fd)
     root = logging.getLogger("asynctrack")
     root.addHandler(_LogForwarder(host.out))
