@@ -356,7 +356,7 @@ def test_records_cross_with_their_bodies_as_they_are() -> None:
         ("text", 2, 1.5, uuid.UUID(int=2), uuid.UUID(int=1), None, b"", "tok\nen"),
         ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', None),
     ]
-    payload = records_payload(orjson.dumps(records, default=len), records)
+    payload = records_payload(orjson.dumps(records, default=bytes.__len__), records)
     back = read_records(payload)
     assert [r[6] for r in back] == [r[6] for r in records]
     assert [r[7] for r in back] == [None, "tok\nen", None]

@@ -75,7 +75,7 @@ def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") ->
 
 def records_payload(fields: bytes, records: list[Any]) -> bytes:
     """A ``RECORDS`` payload: ``fields`` (the records as a JSON array, each body given
-    as its length: ``orjson.dumps(records, default=len)``), then the bodies."""
+    as its length: ``orjson.dumps(records, default=bytes.__len__)``), then the bodies."""
     return b"\n".join((fields, b"".join(map(_BODIES, records))))
 
 

@@ -437,9 +437,11 @@ class ProcessEngine:
             if end > start:
                 chunk = items[start:end]
                 try:
-                    # len is C: orjson runs no Python mid-walk; each body crosses as
-                    # it is, after the fields (see _channel.records_payload).
-                    payload = records_payload(orjson.dumps(chunk, default=len), chunk)
+                    # bytes.__len__ is C: orjson runs no Python mid-walk; each body
+                    # crosses as it is, after the fields (see _channel.records_payload).
+                    # Anything else orjson cannot write (an exception, an odd run id)
+                    # makes it raise: the next line formats or marks it.
+                    payload = records_payload(orjson.dumps(chunk, default=bytes.__len__), chunk)
                 except Exception:
                     try:  # an error event in the chunk: its exception is formatted here
                         payload = records_payload(orjson.dumps(chunk, default=_ship_default), chunk)
