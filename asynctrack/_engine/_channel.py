@@ -22,6 +22,7 @@ same interpreter, over a pipe nobody else holds.
 from __future__ import annotations
 
 import enum
+import itertools
 import operator
 import os
 import struct
@@ -38,6 +39,7 @@ __all__ = [
     "Kind",
     "encode_frame",
     "read_records",
+    "records_frame",
     "records_payload",
     "write_all",
 ]
@@ -77,6 +79,16 @@ def records_payload(fields: bytes, records: list[Any]) -> bytes:
     """A ``RECORDS`` payload: ``fields`` (the records as a JSON array, each body given
     as its length: ``orjson.dumps(records, default=bytes.__len__)``), then the bodies."""
     return b"\n".join((fields, b"".join(map(_BODIES, records))))
+
+
+def records_frame(tracker: int, number: int, fields: bytes, records: list[Any]) -> bytes:
+    """A whole ``RECORDS`` frame, ``encode_frame(Kind.RECORDS, tracker, number,
+    records_payload(fields, records))``, with each body copied once (C loops only)."""
+    size = len(fields) + 1 + sum(map(len, map(_BODIES, records)))
+    if size > MAX_PAYLOAD:  # pragma: no cover - the shipper cuts frames near 1 MiB
+        raise ValueError(f"frame payload of {size} bytes is too large")
+    head = (HEADER.pack(Kind.RECORDS, tracker, number, size), fields, b"\n")
+    return b"".join(itertools.chain(head, map(_BODIES, records)))
 
 
 def read_records(payload: bytes) -> list[list[Any]]:

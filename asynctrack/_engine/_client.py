@@ -47,7 +47,7 @@ from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._sinks._base import ParameterValue, RunInfo
 from ._barrier import wait
-from ._channel import BODY, HEADER, Kind, encode_frame, read_records, records_payload
+from ._channel import BODY, HEADER, Kind, encode_frame, read_records, records_frame
 from ._statistics import Statistics
 from ._worker_process import WorkerProcess, live, worker_process
 
@@ -436,21 +436,20 @@ class ProcessEngine:
             end = _cut_by_bytes(items, start, end)
             if end > start:
                 chunk = items[start:end]
+                kept = chunk
                 try:
                     # bytes.__len__ is C: orjson runs no Python mid-walk; each body
                     # crosses as it is, after the fields (see _channel.records_payload).
                     # Anything else orjson cannot write (an exception, an odd run id)
                     # makes it raise: the next line formats or marks it.
-                    payload = records_payload(orjson.dumps(chunk, default=bytes.__len__), chunk)
+                    fields = orjson.dumps(chunk, default=bytes.__len__)
                 except Exception:
                     try:  # an error event in the chunk: its exception is formatted here
-                        payload = records_payload(orjson.dumps(chunk, default=_ship_default), chunk)
+                        fields = orjson.dumps(chunk, default=_ship_default)
                     except Exception:
-                        payload = self._careful_payload(chunk)
+                        fields, kept = self._careful_fields(chunk)
                 number = next(self._frames)
-                out.append(
-                    ((Kind.RECORDS, number), encode_frame(Kind.RECORDS, tracker, number, payload), len(chunk))
-                )
+                out.append(((Kind.RECORDS, number), records_frame(tracker, number, fields, kept), len(chunk)))
                 self._shipped += len(chunk)
                 start = end
                 continue
@@ -465,10 +464,10 @@ class ProcessEngine:
             out.append(((request.kind, request.number), frame, 0))
         return out
 
-    def _careful_payload(self, chunk: list[Any]) -> bytes:
+    def _careful_fields(self, chunk: list[Any]) -> tuple[bytes, list[Any]]:
         """One record at a time, for a chunk orjson refused as a whole (a name or token
         with lone surrogates): such strings get U+FFFD; a record that still fails is
-        counted as lost and said."""
+        counted as lost and said. Returns the fields and the records they hold."""
         parts = []
         kept = []
         for record in chunk:
@@ -484,7 +483,7 @@ class ProcessEngine:
             except Exception as exc:
                 self._lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[0], exc)
-        return records_payload(b"[" + b",".join(parts) + b"]", kept)
+        return b"[" + b",".join(parts) + b"]", kept
 
     # -- reader side (the worker's reader thread) --------------------------------------
 

@@ -184,7 +184,7 @@ class WorkerProcess:
                     frames = client.frames(client.take(_SLICE))
                     for key, frame, events in frames:
                         client.retain(key, frame, events)
-                    self._send_locked(b"".join(frame for _, frame, _ in frames))
+                    self._send_locked(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
         return idle
 
     # -- reader ----------------------------------------------------------------------
