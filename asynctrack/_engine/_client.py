@@ -7,11 +7,11 @@ a ``ProcessEngine``, so the LangChain handler does not know which one it has.
 Threads and costs in the application:
 
 - ``ProcessEngine.put()`` is the hot path: one ``deque.append`` (and a length check).
-- The shipper thread wakes every ``_TICK`` (5 ms), takes what every tracker queued,
-  encodes each tracker's records as one ``orjson`` array (a single C call; the captured
-  bodies cross as JSON strings) and writes the frames to the
-  worker's pipe (``os.write`` releases the GIL). Per event it does no Python work
-  beyond taking the record off the deque.
+- The shipper thread wakes every 5 ms (25 ms when idle, see ``_worker_process``), takes
+  what every tracker queued, encodes each tracker's records' fields as one ``orjson``
+  array (a single C call) followed by the captured bodies as they are, and writes the
+  frames to the worker's pipe (``os.write`` releases the GIL). Per event it does no
+  Python work beyond taking the record off the deque.
 - The reader thread reads the worker's answers: acknowledgements (frames it may
   forget), flush and close results, statistics, and log records it re-emits on the
   ``asynctrack`` logger.
