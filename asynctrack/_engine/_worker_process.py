@@ -41,7 +41,7 @@ logger = logging.getLogger("asynctrack")
 
 _TICK: Final = 0.005  # seconds between shipments: "a few times per 10 ms"
 #: ... once nothing was shipped for _IDLE_AFTER seconds (an idle application's shipper
-#: woke 200 times a second: ~1.8% of a core on a 2-core VM; now ~0.4%).
+#: woke 200 times a second: ~1.8% of a core on a 2-core VM; now ~0.5%).
 _IDLE_TICK: Final = 0.025
 _IDLE_AFTER: Final = 0.1
 _SLICE: Final = 1024  # records taken and shipped at once (one frame, ~0.3 ms of GIL)
