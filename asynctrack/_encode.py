@@ -22,11 +22,10 @@ from ._capture import MARK, Capturer, placeholder, valid_text
 from ._config import TrackerConfig
 from ._redact import REDACTED, Redactor
 
-__all__ = ["DATA_SPLICE", "REDACTED", "Encoder", "placeholder"]
+__all__ = ["REDACTED", "Encoder", "placeholder"]
 
 _DATA: Final = b'{"data":{'
-#: Where the fields of ``data`` start in a captured body.
-DATA_SPLICE: Final = len(_DATA)
+_SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
 _SEPARATED_DATA: Final = b"\x1e" + _DATA  # a body's start in a joined chunk (Redactor.prepare)
 
@@ -114,7 +113,14 @@ class Encoder:
         head = self.head(envelope)
         if type(body) is not bytes or not body.startswith(_DATA):
             body = self._data_first(body)
-        body = self.redact(body, own_token)
+        return self.splice(head, self.redact(body, own_token), error, token)
+
+    def splice(
+        self, head: bytes, body: bytes, error: dict[str, Any] | None = None, token: str | None = None
+    ) -> bytes:
+        """One JSON line: the envelope ``head``'s fields, then the fields of ``body`` (a
+        redacted body, ``data`` first), ``token`` and ``error`` added first in ``data``
+        (see ``assemble``). Never raises."""
         if error is None and token is None:
             return b"".join((head[:-1], b",", body[1:], b"\n"))
         parts = [head[:-1], b',"data":{']
@@ -126,7 +132,7 @@ class Encoder:
             parts += (b'"token":', text, b",")
         if error is not None:
             parts += (b'"error":', self.redact(self._capture(error)), b",")
-        if body[DATA_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
+        if body[_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
             parts[-1] = b""
-        parts += (body[DATA_SPLICE:], b"\n")
+        parts += (body[_SPLICE:], b"\n")
         return b"".join(parts)

@@ -26,7 +26,7 @@ from test_process import Child, children, events_of, start  # noqa: F401 - `chil
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
 from asynctrack._engine import _worker_process
-from asynctrack._engine._channel import Kind, encode_frame, read_records, records_frame, records_payload
+from asynctrack._engine._channel import Kind, encode_frame, read_records, records_frame
 from asynctrack._langchain import _handler
 from asynctrack.testing import InMemorySink
 
@@ -357,8 +357,8 @@ def test_records_cross_with_their_bodies_as_they_are() -> None:
         ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', None),
     ]
     fields = orjson.dumps(records, default=bytes.__len__)
-    payload = records_payload(fields, records)
     frame = records_frame(3, 9, fields, records)  # what the shipper writes: one copy of each body
+    payload = b"\n".join((fields, b"".join(r[6] for r in records)))  # fields, newline, bodies
     assert frame == encode_frame(Kind.RECORDS, 3, 9, payload)
     back = read_records(payload)
     assert [r[6] for r in back] == [r[6] for r in records]

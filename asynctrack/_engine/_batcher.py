@@ -71,28 +71,16 @@ class Batcher:
         return number
 
     def add(self, seq: int, line: bytes) -> list[tuple[int, Batch]] | None:
-        """Add one line; the batches it sealed, or ``None`` (most calls: no list made)."""
-        batch = self._open
-        sealed = None
-        if batch.lines and batch.size + len(line) > self._max_bytes:
-            sealed = self.seal()  # seal first: no file over the limit
-            batch = self._open
-        if not batch.lines:
-            batch.opened = time.monotonic()
-            batch.opened_wall = time.time()
-            batch.first_seq = seq
-        batch.lines.append(line)
-        batch.seqs.append(seq)
-        batch.size += len(line)
-        batch.last_seq = seq
-        self._counters.pending_bytes += len(line)
-        if len(batch.lines) >= self._max_events or batch.size >= self._max_bytes:
-            sealed = (sealed or []) + self.seal()
-        return sealed
+        """Add one line; the batches it sealed, or ``None`` (most calls: none)."""
+        return self.add_many([seq], [line]) or None
 
     def add_many(self, seqs: list[int], lines: list[bytes]) -> list[tuple[int, Batch]]:
-        """``add`` each line in order (the same batches), with C loops per line; the
-        batches sealed, in order."""
+        """Add lines in order, with C loops per line; the batches sealed, in order.
+
+        A batch is sealed before the line that would take it past ``max_batch_bytes``
+        (unless it is empty: one line alone over the limit is a batch of its own), and
+        once it holds ``max_batch_events`` lines or ``max_batch_bytes`` bytes.
+        """
         sealed: list[tuple[int, Batch]] = []
         start, n = 0, len(lines)
         max_bytes = self._max_bytes

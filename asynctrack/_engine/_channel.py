@@ -12,7 +12,7 @@ process). ``number`` is the frame's sequence number for ``RECORDS`` (acknowledge
 
 ``RECORDS`` payloads are the records' fields as one ``orjson`` array, each captured body
 replaced by its length, then a newline (orjson never writes one), then the bodies
-themselves, joined (``records_payload`` / ``read_records``): the captured JSON crosses
+themselves, joined (``records_frame`` / ``read_records``): the captured JSON crosses
 as it is, with no escaping on one side and no unescaping on the other, and the
 application's shipper writes a frame with two C calls. Control payloads (``OPEN`` specs, results,
 statistics, log records) are pickled: both ends are this package, in processes of the
@@ -37,17 +37,17 @@ __all__ = [
     "Frame",
     "FrameReader",
     "Kind",
+    "body_of",
     "encode_frame",
     "read_records",
     "records_frame",
-    "records_payload",
     "write_all",
 ]
 
 HEADER: Final = struct.Struct("!BIQI")
 MAX_PAYLOAD: Final = 2**32 - 1
 BODY: Final = 6  # where a record holds its captured body (bytes)
-_BODIES: Final = operator.itemgetter(BODY)
+body_of: Final = operator.itemgetter(BODY)  # a record's captured body
 
 
 class Kind(enum.IntEnum):
@@ -75,27 +75,22 @@ def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") ->
     return HEADER.pack(kind, tracker, number, len(payload)) + payload
 
 
-def records_payload(fields: bytes, records: list[Any]) -> bytes:
-    """A ``RECORDS`` payload: ``fields`` (the records as a JSON array, each body given
-    as its length: ``orjson.dumps(records, default=bytes.__len__)``), then the bodies."""
-    return b"\n".join((fields, b"".join(map(_BODIES, records))))
-
-
 def records_frame(tracker: int, number: int, fields: bytes, records: list[Any]) -> bytes:
-    """A whole ``RECORDS`` frame, ``encode_frame(Kind.RECORDS, tracker, number,
-    records_payload(fields, records))``, with each body copied once (C loops only)."""
-    size = len(fields) + 1 + sum(map(len, map(_BODIES, records)))
+    """A whole ``RECORDS`` frame: its payload is ``fields`` (the records as a JSON array,
+    each body given as its length: ``orjson.dumps(records, default=bytes.__len__)``), a
+    newline, then the bodies; each body is copied once (C loops only)."""
+    size = len(fields) + 1 + sum(map(len, map(body_of, records)))
     if size > MAX_PAYLOAD:  # pragma: no cover - the shipper cuts frames near 1 MiB
         raise ValueError(f"frame payload of {size} bytes is too large")
     head = (HEADER.pack(Kind.RECORDS, tracker, number, size), fields, b"\n")
-    return b"".join(itertools.chain(head, map(_BODIES, records)))
+    return b"".join(itertools.chain(head, map(body_of, records)))
 
 
 def read_records(payload: bytes) -> list[list[Any]]:
     """The records of a ``RECORDS`` payload, each body ``bytes`` again.
 
     Raises:
-        ValueError: the payload is not one ``records_payload`` wrote.
+        ValueError: the payload is not one ``records_frame`` wrote.
     """
     end = payload.index(b"\n")
     records: list[list[Any]] = orjson.loads(memoryview(payload)[:end])

@@ -32,7 +32,6 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
-import operator
 import pickle
 import threading
 import time
@@ -47,7 +46,7 @@ from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._sinks._base import ParameterValue, RunInfo
 from ._barrier import wait
-from ._channel import BODY, HEADER, Kind, encode_frame, read_records, records_frame
+from ._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
 from ._statistics import Statistics
 from ._worker_process import WorkerProcess, live, worker_process
 
@@ -56,7 +55,6 @@ __all__ = ["ProcessEngine"]
 logger = logging.getLogger("asynctrack")
 
 _MAX_FRAME_RECORDS: Final = 1024  # records per RECORDS frame: one orjson call holds the GIL ~0.3 ms
-_BODY: Final = operator.itemgetter(BODY)  # a record's captured body (bytes)
 _MAX_FRAME_BYTES: Final = 1 << 20  # ... and captured bytes per frame (a frame may pass it by one record)
 _FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
 _CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
@@ -81,7 +79,7 @@ def _cut_by_bytes(items: list[Any], start: int, end: int) -> int:
     (a few large prompts must not make one huge frame: both processes hold a frame
     whole, and the worker's byte bound is applied per frame)."""
     # C loops only (map, itemgetter, accumulate, bisect): no Python work per record.
-    totals = list(itertools.accumulate(map(len, map(_BODY, itertools.islice(items, start, end)))))
+    totals = list(itertools.accumulate(map(len, map(body_of, itertools.islice(items, start, end)))))
     cut = bisect.bisect_right(totals, _MAX_FRAME_BYTES)
     return start + max(cut, 1) if cut < len(totals) else end
 
@@ -439,7 +437,7 @@ class ProcessEngine:
                 kept = chunk
                 try:
                     # bytes.__len__ is C: orjson runs no Python mid-walk; each body
-                    # crosses as it is, after the fields (see _channel.records_payload).
+                    # crosses as it is, after the fields (see _channel.records_frame).
                     # Anything else orjson cannot write (an exception, an odd run id)
                     # makes it raise: the next line formats or marks it.
                     fields = orjson.dumps(chunk, default=bytes.__len__)

@@ -223,20 +223,21 @@ class _Tracker:
         self._out.send(kind, self.number, request, pickle.dumps(outcome))
 
     def flush(self, request: int, timeout: float | None) -> None:
-        try:
-            self.engine.flush_blocking(timeout)
-        except Exception as exc:
-            self.answer(Kind.FLUSHED, request, exc)
-        else:
-            self.answer(Kind.FLUSHED, request, None)
+        self._answer_after(Kind.FLUSHED, request, self.engine.flush_blocking, timeout)
 
     def close(self, request: int, timeout: float | None) -> None:
+        self._answer_after(Kind.CLOSED, request, self.engine.close, timeout)
+
+    def _answer_after(
+        self, kind: Kind, request: int, call: Callable[[float | None], object], timeout: float | None
+    ) -> None:
+        """Run ``call(timeout)``, then answer ``request`` with its error, if any."""
         try:
-            self.engine.close(timeout)
+            call(timeout)
         except Exception as exc:
-            self.answer(Kind.CLOSED, request, exc)
+            self.answer(kind, request, exc)
         else:
-            self.answer(Kind.CLOSED, request, None)
+            self.answer(kind, request, None)
 
 
 def _error_fields(error: BaseException | None) -> dict[str, Any] | None:

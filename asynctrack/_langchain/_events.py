@@ -27,9 +27,8 @@ from typing import Any, Final
 
 import orjson
 
-from .._capture import valid_text
 from .._config import TrackerConfig
-from .._encode import DATA_SPLICE, Encoder
+from .._encode import Encoder
 from .._errors import error_fields
 from .._redact import StreamRedactor
 from .._sinks._base import ParameterValue, RunSummary
@@ -306,6 +305,7 @@ class EventTranslator:
         out: list[tuple[int, bytes] | Exception | None] = []
         append = out.append
         encoder = self.encoder
+        splice = encoder.splice
         plain = encoder.plain
         streams = self._streams
         clean_tokens = self._clean_tokens
@@ -370,16 +370,10 @@ class EventTranslator:
                         head = dumps(envelope)
                     except orjson.JSONEncodeError:  # a lone surrogate in a name
                         head = encoder.head(envelope)
-                    if token is None:
+                    if token is None:  # encoder.splice(head, body), inlined: the common case
                         append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
-                        continue
-                    try:
-                        text = dumps(token)
-                    except orjson.JSONEncodeError:
-                        text = dumps(valid_text(token))
-                    comma = b"" if body[DATA_SPLICE] == 0x7D else b","  # data was empty
-                    line = b"".join((head[:-1], b',"data":{"token":', text, comma, body[DATA_SPLICE:], b"\n"))
-                    append((seq, line))
+                    else:
+                        append((seq, splice(head, body, None, token)))
                     continue
                 line = encoder.assemble(
                     envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
