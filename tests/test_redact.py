@@ -270,8 +270,15 @@ def test_streamed_chat_model_tokens_through_a_real_chat_openai(
     _check(
         tmp_destination, tmp_path, caplog, {"pw": "stream-pw-9", "openai": OPENAI[8:20], "jwt": JWT[20:40]}
     )
-    tokens = [e["data"]["token"] for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    tokens = [e["data"]["token"] for e in events]
     assert "".join(tokens).startswith("use password=")
+    assert any(token != REDACTED and REDACTED in token for token in tokens)
+    # The chunk repeats its token: the redacted one (else the fragments of a split
+    # secret, three characters each, could be read back in order from the chunks).
+    for event in events:
+        chunk = event["data"]["chunk"]
+        assert chunk["text"] == chunk["message"]["content"] == event["data"]["token"], event
 
 
 # -- through real chains: every written byte --------------------------------------------------------
@@ -470,6 +477,60 @@ def test_a_chunk_scanned_at_once_is_redacted_like_each_body_alone(values: list[A
         assert chunked.json(body) == alone.json(body)
         if unchanged.get(id(body)) is body:
             assert alone.json(body) == body
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.lists(_body_values, min_size=1, max_size=6), st.lists(_body_values, max_size=6))
+def test_remembered_clean_pieces_never_change_what_is_redacted(values: list[Any], more: list[Any]) -> None:
+    """The pre-check remembers the pieces (cut at ',"') of chunks it found clean and
+    scans only new pieces after that: the result must stay that of each body alone."""
+    bodies = [orjson.dumps({"data": {"v": value}, "tags": [], "metadata": {}}) for value in values + more]
+    alone = Redactor(DEFAULT_REDACT_KEYS)
+    warm = Redactor(DEFAULT_REDACT_KEYS)
+    # First what the bodies become once redacted, one chunk each (each one found clean
+    # has its pieces remembered), then the bodies: each secret lies in a new piece,
+    # beside remembered ones.
+    for body in bodies:
+        out = alone.json(body)
+        warm.prepare([out if out is not None else body])
+    warm.prepare(bodies[len(values) :] + bodies[: len(values)])
+    unchanged = warm.unchanged()
+    for body in bodies:
+        assert warm.json(body) == alone.json(body)
+        if unchanged.get(id(body)) is body:
+            assert alone.json(body) == body
+
+
+def test_a_remembered_piece_is_judged_again_where_its_context_makes_it_a_secret() -> None:
+    bare = "wJalrXUtnFEMIK7MDENGbPxRfiCYzXAMPLEKEY12"  # 40 characters, no '/' or '+'
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    first = orjson.dumps({"data": {"id": bare, "n": 1}, "tags": [], "metadata": {}})
+    assert redactor.json(first) == first  # alone, a random id: kept
+    redactor.prepare([first, first])
+    assert redactor.unchanged()  # clean ...
+    assert not any(bare.encode() in piece for piece in redactor._clean)  # ... but not remembered
+    second = orjson.dumps({"data": {"note": "aws", "id": bare}, "tags": [], "metadata": {}})
+    redactor.prepare([second])
+    assert bare.encode() not in (redactor.json(second) or b"")
+
+
+def test_langchains_secret_marker_is_remembered_and_a_password_beside_it_is_not() -> None:
+    marker = {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    clean = [
+        orjson.dumps({"data": {"serialized": {"kwargs": {"openai_api_key": marker}}, "n": i}, "tags": []})
+        for i in range(4)
+    ]
+    redactor.prepare(clean)
+    assert len(redactor.unchanged()) == 4
+    assert any(b'openai_api_key":' in piece for piece in redactor._clean)
+    dirty = orjson.dumps(
+        {"data": {"serialized": {"kwargs": {"openai_api_key": marker, "password": "pw-1"}}}, "tags": []}
+    )
+    redactor.prepare([*clean, dirty])
+    assert id(dirty) not in redactor.unchanged()
+    assert b"pw-1" not in (redactor.json(dirty) or b"")
+    assert redactor.json(clean[0]) == clean[0]
 
 
 @settings(max_examples=80, deadline=None, database=None)

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._capture import valid_text
 from .._config import TrackerConfig
 from .._encode import Encoder
 from .._errors import error_fields
@@ -85,6 +86,22 @@ _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_provider": "provider",
     "ls_model_type": "model_type",
 }
+
+
+_TOKEN_FIELDS: Final = (b'"text":', b'"content":')
+
+
+def _mask_token(body: bytes, raw: str, redacted: str) -> bytes:
+    """``body`` with each ``text`` or ``content`` string equal to ``raw`` (a streamed
+    token) replaced by ``redacted`` (what the stream made of it)."""
+    try:
+        old = orjson.dumps(raw)
+    except orjson.JSONEncodeError:  # a lone surrogate: the capture wrote U+FFFD
+        old = orjson.dumps(valid_text(raw))
+    new = orjson.dumps(valid_text(redacted))
+    for field in _TOKEN_FIELDS:
+        body = body.replace(field + old, field + new)
+    return body
 
 
 class _Latency:
@@ -330,6 +347,11 @@ class EventTranslator:
                             token = extra
                         else:
                             token = streams.token(run, extra)
+                            if token != extra and type(body) is bytes:
+                                # The chunk repeats the token (its text, its message's
+                                # content): the redacted token there too, else the
+                                # fragments of a secret split across tokens are written.
+                                body = _mask_token(body, extra, token)
                 elif type(extra) is dict and extra.pop("$error", False):
                     error = extra  # formatted where the exception lived (the worker process's client)
                 elif extra is not None:

@@ -10,7 +10,7 @@ from typing import Final
 
 from ._common import REDACTED_BYTES
 
-__all__ = ["LITERAL_FORMATS", "aws_secrets", "run_formats"]
+__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "run_formats"]
 
 # -- value detectors ------------------------------------------------------------------
 #
@@ -184,6 +184,12 @@ def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
         if unslashed:
             secrets.extend(_after_words(text.lower(), unslashed))
     return [(start, start + 40, REDACTED_BYTES) for start in secrets] if secrets else []
+
+
+def base64_runs(text: bytes) -> bool:
+    """Whether ``text`` holds a run of 40 or more base64 characters (where ``aws_secrets``
+    may look at the text before it)."""
+    return _B64_40 in text.translate(_B64)
 
 
 def _near(text: bytes, start: int) -> bool:

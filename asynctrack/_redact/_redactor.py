@@ -6,11 +6,12 @@ import bisect
 import itertools
 import re
 from collections.abc import Iterable
+from typing import Final
 
 import orjson
 
 from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
-from ._formats import LITERAL_FORMATS, aws_secrets, run_formats
+from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, run_formats
 from ._keys import (
     ANY_PAIR,
     MAX_PAIRS,
@@ -28,6 +29,18 @@ from ._keys import (
 )
 
 __all__ = ["Redactor"]
+
+#: Where a chunk is cut into pieces for the clean-piece cache (see ``Redactor.prepare``).
+#: An unescaped '"' in JSON text is a string's delimiter, so ',"' only ever stands
+#: between two members of an object or list: a piece never cuts a string, a key from its
+#: value, or a word.
+_CUT: Final = b',"'
+_GLUE: Final = b'\x1e"'  # joins unknown pieces for a scan; the '"' the cut took is back
+_MIN_PIECE: Final = 12  # bytes per piece on average, at least, for the cache to be tried
+_COUNT_FROM: Final = 1 << 16  # chunks longer than this are counted before they are cut
+_MAX_PIECE: Final = 1 << 16  # longer pieces are not remembered
+_CLEAN_MAX: Final = 1 << 15  # pieces remembered at most ...
+_CLEAN_MAX_BYTES: Final = 8 << 20  # ... and their bytes (then the cache starts over)
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -59,6 +72,9 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        # Pieces of bodies (cut at ',"') found clean on their own: see prepare().
+        self._clean: set[bytes] = set()
+        self._clean_bytes = 0
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -70,6 +86,11 @@ class Redactor:
         once: the spans found are kept per body, and ``json()`` of the very same
         ``bytes`` object only splices them in. A body where a credential key holds a
         list or object (or a chunk dense with stems) takes the full path instead.
+
+        Before that, the clean-piece cache: the chunk is cut at each ``,"`` and only
+        the pieces not already known clean are scanned (joined); if they are clean,
+        so is every body, and they are remembered. Else, and when most pieces are
+        new, the full scan runs; a chunk it finds clean has its pieces remembered.
         Returns the joined chunk.
         """
         if bodies is None:
@@ -77,6 +98,17 @@ class Redactor:
             self._bodies = {}
             return b""
         joined = b"\x1e".join(bodies)
+        self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
+        pieces = self._pieces(joined)
+        if pieces is not None:
+            unknown = set(itertools.filterfalse(self._clean.__contains__, pieces))
+            # Mostly new pieces: the scan below would cost what the whole chunk's does.
+            if not unknown or (
+                sum(map(len, unknown)) * 4 <= len(joined)
+                and self._learn(unknown, _GLUE + _GLUE.join(unknown))
+            ):
+                self._chunk = {}  # every piece is clean on its own, so is every body
+                return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
         found: dict[int, list[tuple[int, int, bytes]]] = {}
@@ -103,8 +135,48 @@ class Redactor:
                 # the key rules first and scans their result, as json() does for any text.
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
-        self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
+        if not self._chunk and pieces is not None:
+            self._learn(set(itertools.filterfalse(self._clean.__contains__, pieces)), joined, scanned=True)
         return joined
+
+    def _pieces(self, joined: bytes) -> list[bytes] | None:
+        """``joined`` cut into pieces for the clean-piece cache, or ``None`` when the
+        cache does not apply (``redact_patterns`` may match across pieces) or does not
+        pay (pieces too short: a hostile text must not cost a Python object per byte)."""
+        if self._patterns:
+            return None
+        if len(joined) > _COUNT_FROM and joined.count(_CUT) * _MIN_PIECE > len(joined):
+            return None
+        pieces = joined.split(_CUT)
+        return None if len(pieces) * _MIN_PIECE > len(joined) else pieces
+
+    def _learn(self, unknown: set[bytes], text: bytes, scanned: bool = False) -> bool:
+        """Whether ``text`` (the ``unknown`` pieces, or the whole chunk if ``scanned``,
+        already found clean) is clean; if so, remember the pieces.
+
+        A piece clean on its own is clean in any body (the key rules and the value
+        detectors only read within a piece: a key, its value and a word never cross a
+        cut), with one exception: the bare AWS secret key rule, which reads the 120
+        bytes before a run of 40 base64 characters. A text holding such a run is not
+        remembered.
+        """
+        if not scanned:
+            if self.key_rule is not None:
+                keys = self._key_spans(text)
+                if keys is None or keys[0] or keys[1]:
+                    return False
+            if self._detectors and self._value_spans(text):
+                return False
+        if base64_runs(text):
+            return False
+        unknown = {piece for piece in unknown if len(piece) <= _MAX_PIECE}
+        size = sum(map(len, unknown))
+        if len(self._clean) + len(unknown) > _CLEAN_MAX or self._clean_bytes + size > _CLEAN_MAX_BYTES:
+            self._clean = set()
+            self._clean_bytes = 0
+        self._clean.update(unknown)
+        self._clean_bytes += size
+        return True
 
     def unchanged(self) -> dict[int, bytes]:
         """The bodies of the chunk at hand (by id) that ``json()`` returns as they are."""

@@ -19,14 +19,38 @@ from __future__ import annotations
 
 import http.server
 import json
+import random
+import re
 import threading
 import time
-from typing import Any
+from typing import Any, Final
 
 _ANSWER = (
     "The weather in Paris is mild today: 18 degrees with a light breeze from the west, "
     "and the forecast for the evening is clear."
 )
+
+
+#: Words of the varied answers (``run_calls(vary=True)``): the answer's own words, then
+#: made-up ones, drawn log-uniformly (a few frequent, a long tail), like a model's.
+_VOCABULARY: Final = [
+    *dict.fromkeys(_ANSWER.replace(":", "").replace(",", "").replace(".", "").split()),
+    *(
+        f"{a}{b}{c}"
+        for a in ("ba", "co", "di", "fe", "lu", "mo", "ra", "si", "te", "vo")
+        for b in ("ler", "ton", "min", "sar", "vek", "dul")
+        for c in ("", "s", "ed", "ing", "ly")
+    ),
+]
+_REQUEST: Final = re.compile(r"\(request (\d+)\)")
+
+
+def _varied_answer(number: int) -> str:
+    """A different answer of 20-30 words for each request number (seeded, repeatable)."""
+    rng = random.Random(number)
+    size = len(_VOCABULARY)
+    words = [_VOCABULARY[min(int(size ** rng.random()) - 1, size - 1)] for _ in range(rng.randint(20, 30))]
+    return " ".join(words).capitalize() + "."
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -46,11 +70,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             last.get("content") if last.get("role") == "user" and isinstance(last.get("content"), str) else ""
         )
         wants_tool = (bool(request.get("tools")) and last.get("role") == "user") or said.startswith("call: ")
-        arguments = said[6:] if said.startswith("call: ") else '{"city": "Paris", "unit": "C"}'
+        city = re.search(r"weather in (\w+)", said)
+        arguments = json.dumps({"city": city.group(1) if city else "Paris", "unit": "C"})
+        if said.startswith("call: "):
+            arguments = said[6:]
+        asked = _REQUEST.search(json.dumps(messages[:2]))
         answer = said[6:] if said.startswith("echo: ") else _ANSWER
+        if asked is not None:
+            answer = _varied_answer(int(asked.group(1)))
         usage = {"prompt_tokens": 57, "completion_tokens": 23, "total_tokens": 80}
         if request.get("stream"):
-            self._stream(model, created, answer, usage, request)
+            self._stream(model, created, answer, usage, request, by_word=not said.startswith("echo: "))
             return
         if wants_tool:
             message: dict[str, Any] = {
@@ -85,7 +115,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(
-        self, model: str, created: int, answer: str, usage: dict[str, int], request: dict[str, Any]
+        self,
+        model: str,
+        created: int,
+        answer: str,
+        usage: dict[str, int],
+        request: dict[str, Any],
+        by_word: bool,
     ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -99,7 +135,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "system_fingerprint": "fp_0ba0d124f1",
         }
         chunks: list[dict[str, Any]] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
-        if answer is _ANSWER:  # word by word, like a model
+        if by_word:  # word by word, like a model
             words = answer.split(" ")
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         else:  # planted text: 3 characters per chunk
@@ -166,8 +202,12 @@ def get_weather(city: str, unit: str = "C") -> str:
     return f"18 degrees {unit} in {city}"
 
 
-def run_calls(url: str, callbacks: list[Any], rounds: int = 1) -> None:
-    """Real ChatOpenAI calls with ``callbacks``: a tool round trip, then a stream with usage."""
+def run_calls(url: str, callbacks: list[Any], rounds: int = 1, vary: bool = False) -> None:
+    """Real ChatOpenAI calls with ``callbacks``: a tool round trip, then a stream with usage.
+
+    ``vary``: each round asks about another city and is answered with other words
+    (as real traffic is), instead of the same question and answer every round.
+    """
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
     from langchain_core.tools import tool
 
@@ -175,10 +215,14 @@ def run_calls(url: str, callbacks: list[Any], rounds: int = 1) -> None:
     llm = chat_model(url)
     with_tools = llm.bind_tools([weather])
     config = {"callbacks": callbacks}
-    for _ in range(rounds):
+    for number in range(rounds):
+        question = "What is the weather in Paris today?"
+        if vary:
+            city = _CITIES[number % len(_CITIES)]
+            question = f"What is the weather in {city} today? (request {number})"
         history: list[Any] = [
             SystemMessage("You are a helpful assistant. Answer briefly."),
-            HumanMessage("What is the weather in Paris today?"),
+            HumanMessage(question),
         ]
         first = with_tools.invoke(history, config=config)
         history.append(first)
@@ -190,7 +234,10 @@ def run_calls(url: str, callbacks: list[Any], rounds: int = 1) -> None:
             pass
 
 
-def record_calls(rounds: int = 1) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+_CITIES: Final = ("Paris", "Lyon", "Berlin", "Madrid", "Rome", "Vienna", "Oslo", "Lisbon", "Prague")
+
+
+def record_calls(rounds: int = 1, vary: bool = False) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
     """Every callback of ``run_calls`` as ``(method, args, kwargs)``, in order."""
     from langchain_core.callbacks import BaseCallbackHandler
 
@@ -218,5 +265,5 @@ def record_calls(rounds: int = 1) -> list[tuple[str, tuple[Any, ...], dict[str, 
     ):
         setattr(Recorder, method, make(method))
     with OpenAIStub() as stub:
-        run_calls(stub.url, [Recorder()], rounds)
+        run_calls(stub.url, [Recorder()], rounds, vary)
     return recorded
