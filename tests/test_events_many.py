@@ -103,3 +103,67 @@ def test_the_worker_process_engine_pre_checks_and_translates_by_chunk() -> None:
         assert dropped == []
     finally:
         engine.close()
+
+
+def _model_start(kind: str, params: dict[str, Any], metadata: dict[str, Any]) -> bytes:
+    last = (
+        {"messages": [[{"content": "hi", "type": "human"}]]}
+        if kind == "chat_model_start"
+        else {"prompts": ["hi"]}
+    )
+    return _body({"invocation_params": params, "options": {}, "serialized": {"name": "M"}, **last}, metadata)
+
+
+def test_model_call_parameters_from_parts_equal_those_from_the_whole_body() -> None:
+    """A model start's parameters are read from the text before its messages (or prompts)
+    and from its metadata, parsed once per distinct text; a nested key of the same name
+    makes that text no member of ``data`` and the whole body is parsed instead."""
+    starts = [
+        ("chat_model_start", {"model": "a", "temperature": 0.5}, {"ls_provider": "x"}),
+        ("chat_model_start", {"model": "a", "temperature": 0.5}, {"ls_provider": "x"}),  # seen: skipped
+        ("chat_model_start", {"model": "b", "nested": {"n": 0, "messages": [1]}}, {"ls_max_tokens": 9}),
+        (
+            "llm_start",
+            {"model": "c", "extra": {"n": 0, "prompts": []}},
+            {"n": 0, "metadata": {"ls_provider": "no"}},
+        ),
+        ("llm_start", {"model": "c", "seed": 3}, {"ls_model_type": "llm", "ls_temperature": 0.1}),
+    ]
+    fast = _translator()
+    whole = _translator()
+    for kind, params, metadata in starts:
+        body = _model_start(kind, params, metadata)
+        fast._collect(kind, body)
+        parts = orjson.loads(body)  # what the whole-body path reads
+        whole.parameters.model_call(parts["data"]["invocation_params"], parts["metadata"])
+    assert fast.parameters.hyperparameters() == whole.parameters.hyperparameters()
+    assert fast.parameters.hyperparameters()["model"] == "a, b, c"
+    assert len(fast._calls_seen) == 2  # "a" once; the nested-key bodies were parsed whole
+
+
+def test_token_usage_from_llm_output_alone_or_from_the_generations() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    with_output = _body({"response": {"generations": [], "llm_output": {"token_usage": usage}, "run": None}})
+    streamed = _body(
+        {
+            "response": {
+                "generations": [
+                    [
+                        {
+                            "message": {
+                                "usage_metadata": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+                            }
+                        }
+                    ]
+                ],
+                "llm_output": None,
+                "run": None,
+            }
+        }
+    )
+    assert _translator()._usage(with_output)
+    assert not _translator()._usage(streamed)  # no token_usage there: the whole body is read
+    translator = _translator()
+    translator._collect("llm_end", with_output)
+    translator._collect("llm_end", streamed)
+    assert dict(translator.parameters.tokens) == {"prompt": 6, "completion": 3, "total": 9}

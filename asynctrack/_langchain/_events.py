@@ -104,6 +104,14 @@ def _mask_token(body: bytes, raw: str, redacted: str) -> bytes:
     return body
 
 
+#: The last member of ``data`` in a model start's body, and where the body's metadata starts.
+_LAST_OF_DATA: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"prompts":['}
+_METADATA: Final = b',"metadata":'
+_LLM_OUTPUT: Final = b',"llm_output":'
+_AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
+_MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
+
+
 class _Latency:
     """The durations of one group: how many, the longest, and a sample for percentiles."""
 
@@ -270,6 +278,7 @@ class EventTranslator:
         self._streams = StreamRedactor(self._redactor.text)
         self._clean_tokens: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
+        self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
@@ -411,6 +420,54 @@ class EventTranslator:
                 append(exc)
         return out
 
+    def _model_call(self, kind: str, body: bytes) -> bool:
+        """Note a model call's hyperparameters from the parts of ``body`` that hold them,
+        parsed only the first time they are seen; ``False`` if that cannot be done.
+
+        ``data``'s prompts or messages come last (``_handler``), the body's metadata
+        last of all: the text before ``,"messages":[`` plus ``}}`` parses as JSON only
+        if that key is a member of ``data`` (else it cut a nested object, and the caller
+        parses the whole body), and then it holds every other member; the same for
+        ``{"metadata":...}``. The same text means the same parameters: noting them again
+        adds nothing.
+        """
+        cut = body.find(_LAST_OF_DATA[kind])
+        tail = body.rfind(_METADATA)
+        if cut == -1 or tail < cut:
+            return False
+        key = (body[:cut], body[tail:])
+        seen = self._calls_seen
+        if key in seen:
+            return True
+        try:
+            data = orjson.loads(key[0] + b"}}")["data"]
+            metadata = orjson.loads(b"{" + key[1][1:])["metadata"]
+        except Exception:  # orjson's errors, or a cut at another depth
+            return False
+        if not isinstance(data, dict):
+            return False
+        self.parameters.model_call(data.get("invocation_params"), metadata)
+        if len(seen) >= _MAX_CALLS_SEEN:
+            seen.clear()
+        seen.add(key)
+        return True
+
+    def _usage(self, body: bytes) -> bool:
+        """Add an ``llm_end``'s token usage from its ``llm_output`` alone (parsed on its
+        own, as ``_model_call`` parses parts); ``False`` if it has none there."""
+        start = body.rfind(_LLM_OUTPUT)
+        end = body.find(_AFTER_LLM_OUTPUT, start)
+        if start == -1 or end == -1:
+            return False
+        try:
+            output = orjson.loads(b"{" + body[start + 1 : end] + b"}")["llm_output"]
+        except Exception:
+            return False
+        if not isinstance(output, dict) or not isinstance(output.get("token_usage"), dict):
+            return False
+        self.parameters.usage(output["token_usage"])
+        return True
+
     def redacted_parameters(self) -> RunSummary:
         """The run's parameters and metrics, credential-looking text redacted (worker side).
 
@@ -431,6 +488,11 @@ class EventTranslator:
         )
 
     def _collect(self, kind: str, body: bytes) -> None:
+        if kind == "llm_end":
+            if self._usage(body):
+                return
+        elif self._model_call(kind, body):
+            return
         try:
             parts = orjson.loads(body)
         except Exception:  # parameters are best effort; the event itself is still written
