@@ -5,6 +5,7 @@ formats, in a text with a few runs (judged one by one) and with many (judged in 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from asynctrack._config import DEFAULT_REDACT_KEYS
 from asynctrack._redact import REDACTED, Redactor
+from asynctrack._redact._common import splice
 from asynctrack._redact._formats import aws_secrets, run_formats
 
 SLASHED = b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYzXAMPLEKEY"  # 40 characters, holds '/'
@@ -170,3 +172,43 @@ def test_a_pem_block_is_redacted_to_its_end_line(body: str, kept: str) -> None:
     out = Redactor(DEFAULT_REDACT_KEYS).json(text)
     assert out is not None
     assert orjson.loads(out) == {"t": "key: " + REDACTED + kept, "u": "next"}
+
+
+def _splice_reference(text: bytes, spans: list[tuple[int, int, bytes]]) -> bytes:
+    """Overlapping spans merge into one, marked as the first of them; touching ones do not."""
+    groups: list[list[Any]] = []
+    for start, end, mark in sorted(spans):
+        if groups and start < groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], end)
+        else:
+            groups.append([start, end, mark])
+    out, last = b"", 0
+    for start, end, mark in groups:
+        out += text[last:start] + mark
+        last = end
+    return out + text[last:]
+
+
+_spans = st.lists(
+    st.tuples(st.integers(0, 60), st.integers(1, 12), st.sampled_from([b"[R]", b"[R]", b"<X>"])).map(
+        lambda t: (t[0], t[0] + t[1], t[2])
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_spans)
+def test_splice_equals_a_byte_by_byte_reference(spans: list[tuple[int, int, bytes]]) -> None:
+    """Few or many spans (past eight, apart and marked alike: the C path), overlapping or not."""
+    text = bytes(range(65, 65 + 64))
+    assert splice(text, list(spans)) == _splice_reference(text, spans)
+
+
+def test_splice_of_many_spans_apart_takes_the_c_path_and_agrees() -> None:
+    text = bytes(range(32, 127)) * 4
+    spans = [(i, i + 3, b"[R]") for i in range(0, 360, 7)]  # apart, touching none
+    assert splice(text, list(spans)) == _splice_reference(text, spans)
+    touching = [(i, i + 7, b"[R]") for i in range(0, 350, 7)]  # each ends where the next starts
+    assert splice(text, list(touching)) == _splice_reference(text, touching)
+    assert splice(text, list(touching)).count(b"[R]") == len(touching)

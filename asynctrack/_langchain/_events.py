@@ -110,6 +110,7 @@ _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
+_SPLICE: Final = len(b'{"data":{')  # where the fields of data start in a captured body
 
 
 class _Latency:
@@ -401,8 +402,17 @@ class EventTranslator:
                         head = dumps(envelope)
                     except orjson.JSONEncodeError:  # a lone surrogate in a name
                         head = encoder.head(envelope)
-                    if token is None:  # encoder.splice(head, body), inlined: the common case
+                    # encoder.splice(head, body[, token]), inlined: the common cases.
+                    if token is None:
                         append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
+                    elif body[_SPLICE] != 0x7D and type(token) is str:  # data is not empty
+                        try:
+                            text = dumps(token)
+                        except orjson.JSONEncodeError:  # a lone surrogate
+                            append((seq, splice(head, body, None, token)))
+                            continue
+                        parts = (head[:-1], b',"data":{"token":', text, b",", body[_SPLICE:], b"\n")
+                        append((seq, b"".join(parts)))
                     else:
                         append((seq, splice(head, body, None, token)))
                     continue

@@ -183,7 +183,9 @@ def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
         unslashed = list(compress(starts, map(operator.not_, slashed)))
         if unslashed:
             secrets.extend(_after_words(text.lower(), unslashed))
-    return [(start, start + 40, REDACTED_BYTES) for start in secrets] if secrets else []
+    if not secrets:
+        return []
+    return list(zip(secrets, map(operator.add, secrets, repeat(40)), repeat(REDACTED_BYTES)))
 
 
 def base64_runs(text: bytes) -> bool:
