@@ -21,6 +21,7 @@ same interpreter, over a pipe nobody else holds.
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import operator
@@ -96,18 +97,19 @@ def read_records(payload: bytes) -> list[list[Any]]:
     records: list[list[Any]] = orjson.loads(memoryview(payload)[:end])
     if type(records) is not list:
         raise ValueError(f"the fields are a {type(records).__name__}, not a list")
-    offset = end + 1
+    # C loops (map, accumulate): no Python runs per record.
     try:
-        for record in records:
-            size = record[BODY]
-            if type(size) is not int:
-                raise ValueError(f"a record's body is {type(size).__name__}, not its length")
-            record[BODY] = payload[offset : offset + size]
-            offset += size
-    except (TypeError, IndexError) as exc:
+        sizes = list(map(body_of, records))
+        kinds = set(map(type, sizes))
+        if kinds - {int}:
+            raise ValueError(f"a record's body is {kinds - {int}}, not its length")
+        offsets = list(itertools.accumulate(sizes, initial=end + 1))
+        if min(sizes, default=0) < 0 or offsets[-1] != len(payload):
+            raise ValueError(f"the bodies take {offsets[-1]} of {len(payload)} bytes")
+        bodies = map(payload.__getitem__, map(slice, offsets, offsets[1:]))
+        collections.deque(map(operator.setitem, records, itertools.repeat(BODY), bodies), maxlen=0)
+    except (TypeError, IndexError, KeyError) as exc:
         raise ValueError(f"a record is not a list of fields ({exc})") from None
-    if offset != len(payload):
-        raise ValueError(f"the bodies take {offset} of {len(payload)} bytes")
     return records
 
 

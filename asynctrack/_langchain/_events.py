@@ -340,6 +340,7 @@ class EventTranslator:
         parameters = self.parameters
         counts = parameters.counts
         redact_name = self._redactor.text
+        names = self._redactor.texts  # its cache: a name seen before costs no call
         hook = self._hook
         dumps = orjson.dumps
         experiment, run_name, writer = self.experiment, self.run, self.writer
@@ -394,7 +395,7 @@ class EventTranslator:
                     "tracker": writer,
                     "run_id": run_id,
                     "parent_run_id": parent_run_id,
-                    "name": redact_name(name) if type(name) is str else name,
+                    "name": (names.get(name) or redact_name(name)) if type(name) is str else name,
                     "duration": duration,
                 }
                 if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:

@@ -318,7 +318,10 @@ class AsyncTracker(BaseCallbackHandler):
         extra: Any = None,
     ) -> None:
         try:
-            if type(name) is not str or not name:
+            if name is None:  # the runnable's, from serialized (start events only)
+                if "serialized" in data:
+                    name = _serialized_name(data["serialized"])
+            elif type(name) is not str or not name:
                 # Whatever the caller passed as name= is only looked at in here: a
                 # numpy array or a hostile __bool__ must not raise into the chain.
                 name = _resolve_name(name, data)

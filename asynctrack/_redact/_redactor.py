@@ -67,7 +67,7 @@ class Redactor:
         self._detectors = detectors
         self._patterns = tuple(re.compile(p.encode()) for p in patterns)
         self._raw_keys: dict[bytes, bool] = {}
-        self._texts: dict[str, str] = {}
+        self.texts: dict[str, str] = {}  # text() of short texts, remembered
         # Set by prepare(): for each body of the chunk at hand (by identity), whether it
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
@@ -366,7 +366,7 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """A plain string with the whole spec applied (as if it were a JSON string value)."""
-        cached = self._texts.get(value)
+        cached = self.texts.get(value)
         if cached is not None:
             return cached
         try:
@@ -375,8 +375,8 @@ class Redactor:
             encoded = orjson.dumps(value.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
         out = self.json(encoded)
         result: str = value if out is None or out == encoded else orjson.loads(out)
-        if len(value) <= 256 and len(self._texts) < CACHE_MAX:
-            self._texts[value] = result
+        if len(value) <= 256 and len(self.texts) < CACHE_MAX:
+            self.texts[value] = result
         return result
 
     def may_match(self, text: str) -> bool:
