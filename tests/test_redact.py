@@ -20,7 +20,8 @@ import pytest
 from _infra.openai_stub import OpenAIStub, chat_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGenerationChunk, LLMResult
 from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
@@ -237,7 +238,7 @@ def test_a_pydantic_secret_never_reaches_the_bytes_even_with_key_rules_off() -> 
 
 def test_a_secret_split_across_tokens_is_redacted_in_the_joined_stream() -> None:
     redactor = Redactor(DEFAULT_REDACT_KEYS)
-    stream = StreamRedactor(redactor.text)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
     tokens = [
         "my pass",
         "word=hun",
@@ -279,6 +280,44 @@ def test_streamed_chat_model_tokens_through_a_real_chat_openai(
     for event in events:
         chunk = event["data"]["chunk"]
         assert chunk["text"] == chunk["message"]["content"] == event["data"]["token"], event
+
+
+def test_a_secret_split_across_streamed_content_blocks_is_redacted_in_every_copy(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Content-block models (Anthropic's, OpenAI's Responses API) stream a list of blocks:
+    LangChain passes ``chunk.message.content`` as the token. The blocks' text and a tool
+    call's partial arguments are joined to the run's stream like a ``str`` token."""
+    tracker = tracked()
+    run = uuid.uuid4()
+    answer = f"use password=block-pw-7 and the key {OPENAI} ok"
+    arguments = '{"city": "Paris", "password": "args-pw-8"}'
+    pieces = [("text", answer[i : i + 3]) for i in range(0, len(answer), 3)]
+    pieces += [("partial_json", arguments[i : i + 4]) for i in range(0, len(arguments), 4)]
+    for field, piece in pieces:
+        block = {"type": "text" if field == "text" else "input_json_delta", field: piece, "index": 0}
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=[dict(block)]))
+        tracker.on_llm_new_token([dict(block)], chunk=chunk, run_id=run)
+    tracker.on_llm_end(LLMResult(generations=[]), run_id=run)
+    tracker.close(timeout=10)
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    assert len(events) == len(pieces)
+    for copy in (
+        lambda e: e["data"]["token"][0],
+        lambda e: e["data"]["chunk"]["message"]["content"][0],
+    ):
+        written = "".join(
+            next(v for k, v in copy(e).items() if k in ("text", "partial_json")) for e in events
+        )
+        assert written.startswith("use password=")
+        for secret in ("block-pw-7", "-pw-", OPENAI[8:20], OPENAI[20:], "args-pw-8"):
+            assert secret not in written, written
+    _check(
+        tmp_destination, tmp_path, caplog, {"pw": "block-pw-7", "args": "args-pw-8", "openai": OPENAI[8:20]}
+    )
 
 
 # -- through real chains: every written byte --------------------------------------------------------
@@ -548,3 +587,19 @@ def test_any_split_of_a_streamed_secret_keeps_it_out(cuts: list[int], secret: st
     # At most the first few characters of a credential can be written before the
     # stream shows what it is; never the credential itself.
     assert value[6:] not in written, (pieces, written)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=14))
+def test_any_split_of_a_streamed_quoted_credential_value_keeps_it_out(cuts: list[int]) -> None:
+    """A tool call's arguments streamed as JSON text: once ``"password": "`` is in the
+    stream, the value is redacted up to its closing quote, however the text is split."""
+    text = 'calling {"city": "Paris", "password": "hunter2-xyz", "n": 1} done'
+    points = sorted({min(c, len(text) - 1) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True) if b > a]
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", piece) for piece in pieces)
+    for fragment in ("hunter2", "hun", "ter", "xyz"):
+        assert fragment not in written, (pieces, written)
+    assert written.startswith('calling {"city": "Paris"') and written.endswith(" done"), (pieces, written)

@@ -113,6 +113,56 @@ _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
 _SPLICE: Final = len(b'{"data":{')  # where the fields of data start in a captured body
 
 
+#: A token of content blocks (a list: Anthropic's models, OpenAI's Responses API),
+#: captured first in the body (``_handler``).
+_BLOCK_TOKEN: Final = b'{"data":{"token":['
+#: The streamed text of a content block: its text, or a tool call's partial arguments.
+_BLOCK_TEXT: Final = ("text", "partial_json")
+
+
+def _stream_blocks(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
+    """``body`` of a content-block token with each block's streamed text redacted joined
+    to the run's stream, as a ``str`` token is (``StreamRedactor``): a secret split
+    across chunks must not be written in fragments. The chunk's message repeats the
+    blocks: they are redacted alike. Returns ``body`` itself when nothing changed."""
+    try:
+        parts = orjson.loads(body)
+        data = parts["data"]
+        blocks = data["token"]
+    except Exception:  # not JSON (a placeholder): the body's own scan applies
+        return body
+    changed: dict[str, str] = {}
+    for block in blocks:
+        if type(block) is not dict:
+            continue
+        for field in _BLOCK_TEXT:
+            text = block.get(field)
+            if type(text) is str and text:
+                redacted = streams.token(run, text)
+                if redacted != text:
+                    changed[text] = redacted
+                    block[field] = redacted
+    if not changed:
+        return body
+    chunk = data.get("chunk")
+    message = chunk.get("message") if type(chunk) is dict else None
+    for holder, key in ((message, "content"), (chunk, "text")):
+        value = holder.get(key) if type(holder) is dict else None
+        if type(value) is str:
+            for old, new in changed.items():
+                value = value.replace(old, new)
+            holder[key] = value  # type: ignore[index]
+        elif type(value) is list:
+            for block in value:
+                for field in _BLOCK_TEXT if type(block) is dict else ():
+                    if block.get(field) in changed:
+                        block[field] = changed[block[field]]
+    try:
+        return orjson.dumps(parts)
+    except orjson.JSONEncodeError:  # never seen: what orjson read, it writes
+        return body
+
+
 class _Latency:
     """The durations of one group: how many, the longest, and a sample for percentiles."""
 
@@ -276,7 +326,7 @@ class EventTranslator:
         self.writer = writer
         self.encoder = Encoder(config)
         self._redactor = self.encoder.redactor
-        self._streams = StreamRedactor(self._redactor.text)
+        self._streams = StreamRedactor(self._redactor.text, self._redactor.key_rule)
         self._clean_tokens: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
@@ -363,6 +413,8 @@ class EventTranslator:
                                 # content): the redacted token there too, else the
                                 # fragments of a secret split across tokens are written.
                                 body = _mask_token(body, extra, token)
+                    elif type(body) is bytes and body.startswith(_BLOCK_TOKEN):
+                        body = _stream_blocks(streams, run, body)  # content blocks: joined too
                 elif type(extra) is dict and extra.pop("$error", False):
                     error = extra  # formatted where the exception lived (the worker process's client)
                 elif extra is not None:

@@ -13,6 +13,7 @@ __all__ = ["StreamRedactor"]
 # -- streamed tokens ----------------------------------------------------------------------
 
 _TAIL: Final = 256
+_QUOTES: Final = frozenset("\"'")
 #: A credential format whose start the stream has shown but whose end it has not.
 _OPEN_PREFIX: Final = re.compile(
     r"(?<![A-Za-z0-9_\-])(?:sk-|pk-lf-|lsv2_|gh[pousr]_|github_pat_|glpat-|xox[abposr]-"
@@ -21,35 +22,53 @@ _OPEN_PREFIX: Final = re.compile(
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
+#: A quoted value opened after a key (``"password": "hun``) whose closing quote the
+#: stream has not shown: group 1 the key, 2 the quote, 3 the value so far.
+_OPEN_QUOTED: Final = re.compile(
+    r"""([A-Za-z0-9_.\-]{1,64}+)["']?[ \t]{0,4}+[:=][ \t]{0,4}+(["'])([^"'\\\n]*+)\Z"""
+)
 
 
 class StreamRedactor:
     """Redacts a run's streamed tokens as one text: each token is checked joined to the
     ``_TAIL`` characters streamed before it.
 
-    What an earlier token already wrote cannot be taken back, so two rules keep a
+    What an earlier token already wrote cannot be taken back, so three rules keep a
     credential split across tokens out of the log: once the joined text ends in
     the start of a known credential format (``sk-``, ``ghp_``, ``eyJ``, ...), that
     text and the tokens continuing it are redacted until the run of credential
     characters ends; and a match of the full spec that reaches into the new token
     redacts the new token's part of it (a ``password=`` in one token and the value
-    in the next). Left: a secret with no prefix (a bare AWS secret, a URL password)
-    split across tokens has its earlier part written.
+    in the next); and (with ``is_credential``, the key rule) once the stream ends in a
+    quoted value opened under a credential key (``"password": "hun``, as a tool call's
+    streamed arguments are), the value is redacted up to its closing quote. Left: a
+    secret with no prefix (a bare AWS secret, a URL password) split across tokens has
+    its earlier part written.
     """
 
-    def __init__(self, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self, redact: Callable[[str], str], is_credential: Callable[[str], bool] | None = None
+    ) -> None:
         self._redact = redact
-        self._tails: dict[object, tuple[str, bool]] = {}
+        self._is_credential = is_credential
+        # Per run: the stream's tail, and whether a credential is open in it: False, True
+        # (a known format's run of credential characters) or the quote that will close
+        # a quoted value under a credential key.
+        self._tails: dict[object, tuple[str, bool | str]] = {}
 
     def token(self, run: object, token: str) -> str:
         tail, open_ = self._tails.pop(run, ("", False))
         out = token
         if open_:
-            continued = _CREDENTIAL_RUN.match(token)
-            cut = continued.end() if continued is not None else 0
+            if open_ is True:
+                continued = _CREDENTIAL_RUN.match(token)
+                cut = continued.end() if continued is not None else 0
+            else:  # up to the closing quote
+                cut = token.find(open_)
+                cut = len(token) if cut == -1 else cut
             if cut:
                 out = REDACTED + token[cut:]
-            open_ = cut == len(token)
+            open_ = open_ if cut == len(token) else False
         joined = tail + token
         redacted = self._redact(joined)
         if redacted != joined:
@@ -60,6 +79,14 @@ class StreamRedactor:
                 start = len(joined) - len(joined[-64:]) + found.start()
                 out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                 open_ = True
+            elif self._is_credential is not None:
+                window = joined[-256:]
+                quoted = _OPEN_QUOTED.search(window)
+                if quoted is not None and self._is_credential(quoted.group(1)):
+                    start = len(joined) - len(window) + quoted.start(3)
+                    if start < len(joined):  # part of the value is here already
+                        out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
+                    open_ = quoted.group(2)
         if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
             self._tails.pop(next(iter(self._tails)))
         self._tails[run] = (joined[-_TAIL:], open_)
@@ -76,9 +103,27 @@ class StreamRedactor:
         for run, tokens in streams.items():
             tail, open_ = self._tails.get(run, ("", False))
             joined = tail + "".join(tokens)
-            if not open_ and not may_match(joined) and _OPEN_PREFIX.search(joined[-64:]) is None:
+            if (
+                not open_
+                and not may_match(joined)
+                and _OPEN_PREFIX.search(joined[-64:]) is None
+                and not self._opens_quoted(tail, tokens)
+            ):
                 out.add(run)
         return out
+
+    def _opens_quoted(self, tail: str, tokens: list[str]) -> bool:
+        """Whether the stream, after any of ``tokens``, ends inside a quoted value under a
+        credential key (``token`` would open it)."""
+        if self._is_credential is None or not any(map(_QUOTES.intersection, tokens)):
+            return False  # a quoted value opens with a quote: none in these tokens
+        joined = tail
+        for token in tokens:
+            joined = (joined + token)[-256:]
+            quoted = _OPEN_QUOTED.search(joined)
+            if quoted is not None and self._is_credential(quoted.group(1)):
+                return True
+        return False
 
     def append(self, run: object, token: str) -> None:
         """Note a token that needs no redaction (``clean``): it only extends the tail."""
