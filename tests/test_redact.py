@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _infra.openai_stub import OpenAIStub, chat_model
+from _infra.openai_stub import OpenAIStub, chat_model, get_weather
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -280,6 +280,32 @@ def test_streamed_chat_model_tokens_through_a_real_chat_openai(
     for event in events:
         chunk = event["data"]["chunk"]
         assert chunk["text"] == chunk["message"]["content"] == event["data"]["token"], event
+
+
+def test_streamed_tool_call_arguments_through_a_real_chat_openai(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stub streams a tool call's arguments 4 characters per chunk: LangChain writes
+    each piece in the chunk's ``tool_call_chunks`` (beside an empty token)."""
+    tracker = tracked()
+    arguments = '{"city": "Paris", "password": "args-pw-9x", "unit": "C"}'
+    with OpenAIStub() as stub:
+        llm = chat_model(stub.url).bind_tools([get_weather])
+        chunks = list(llm.stream("call: " + arguments, config={"callbacks": [tracker]}))
+    assert "".join(c.tool_call_chunks[0]["args"] for c in chunks if c.tool_call_chunks) == arguments
+    tracker.close(timeout=10)
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    pieces = [
+        piece["args"] or "" for e in events for piece in e["data"]["chunk"]["message"]["tool_call_chunks"]
+    ]
+    written = "".join(pieces)
+    assert written.startswith('{"city": "Paris", "password": "'), written
+    for fragment in ("args", "pw-9", "9x"):
+        assert fragment not in written, written
+    _check(tmp_destination, tmp_path, caplog, {"args": "args-pw-9x"})
 
 
 def test_a_secret_split_across_streamed_content_blocks_is_redacted_in_every_copy(

@@ -163,6 +163,40 @@ def _stream_blocks(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
         return body
 
 
+#: A chunk streaming a tool call (OpenAI's models: its arguments in pieces, the token
+#: empty), and the stream its arguments are joined in (per run, beside the text's).
+_TOOL_CALL_CHUNKS: Final = b'"tool_call_chunks":[{'
+_ARGS: Final = "tool_call_args"
+
+
+def _stream_tool_args(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
+    """``body`` with the pieces of tool-call arguments in its message's
+    ``tool_call_chunks`` redacted joined to the run's stream of arguments (as a token
+    is joined to its run's text), and the same pieces in ``invalid_tool_calls``."""
+    try:
+        parts = orjson.loads(body)
+        message = parts["data"]["chunk"]["message"]
+        chunks = message["tool_call_chunks"]
+    except Exception:  # not the shape LangChain writes: the body's own scan applies
+        return body
+    changed: dict[str, str] = {}
+    for chunk in chunks if type(chunks) is list else ():
+        args = chunk.get("args") if type(chunk) is dict else None
+        if type(args) is str and args:
+            redacted = streams.token((run, _ARGS), args)
+            if redacted != args:
+                changed[args] = chunk["args"] = redacted
+    if not changed:
+        return body
+    for call in message.get("invalid_tool_calls") or ():
+        if type(call) is dict and call.get("args") in changed:
+            call["args"] = changed[call["args"]]
+    try:
+        return orjson.dumps(parts)
+    except orjson.JSONEncodeError:  # never seen: what orjson read, it writes
+        return body
+
+
 class _Latency:
     """The durations of one group: how many, the longest, and a sample for percentiles."""
 
@@ -413,6 +447,8 @@ class EventTranslator:
                                 # content): the redacted token there too, else the
                                 # fragments of a secret split across tokens are written.
                                 body = _mask_token(body, extra, token)
+                        if type(body) is bytes and _TOOL_CALL_CHUNKS in body:
+                            body = _stream_tool_args(streams, run, body)
                     elif type(body) is bytes and body.startswith(_BLOCK_TOKEN):
                         body = _stream_blocks(streams, run, body)  # content blocks: joined too
                 elif type(extra) is dict and extra.pop("$error", False):
@@ -426,6 +462,7 @@ class EventTranslator:
                     open_runs[run] = (name, ts)
                 elif kind in _ENDS:
                     streams.end(run)
+                    streams.end((run, _ARGS))
                     opened = open_runs.pop(run, None)
                     if opened is not None:
                         name = name or opened[0]

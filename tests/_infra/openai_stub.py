@@ -80,7 +80,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             answer = _varied_answer(int(asked.group(1)))
         usage = {"prompt_tokens": 57, "completion_tokens": 23, "total_tokens": 80}
         if request.get("stream"):
-            self._stream(model, created, answer, usage, request, by_word=not said.startswith("echo: "))
+            self._stream(
+                model,
+                created,
+                answer,
+                usage,
+                request,
+                by_word=not said.startswith("echo: "),
+                arguments=arguments if said.startswith("call: ") else None,
+            )
             return
         if wants_tool:
             message: dict[str, Any] = {
@@ -122,6 +130,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         usage: dict[str, int],
         request: dict[str, Any],
         by_word: bool,
+        arguments: str | None = None,
     ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -140,9 +149,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         else:  # planted text: 3 characters per chunk
             pieces = [answer[i : i + 3] for i in range(0, len(answer), 3)]
+        if arguments is not None:  # a streamed tool call: its arguments 4 characters per chunk
+            call = {"index": 0, "id": "call_S7r2mQ", "type": "function"}
+            chunks = [
+                {
+                    "index": 0,
+                    "delta": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}],
+                    },
+                },
+                *(
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + 4]}}]
+                        },
+                    }
+                    for i in range(0, len(arguments), 4)
+                ),
+            ]
+            pieces = []
         for piece in pieces:
             chunks.append({"index": 0, "delta": {"content": piece}})
-        chunks.append({"index": 0, "delta": {}, "finish_reason": "stop"})
+        chunks.append(
+            {"index": 0, "delta": {}, "finish_reason": "stop" if arguments is None else "tool_calls"}
+        )
         for choice in chunks:
             choice.setdefault("logprobs", None)
             choice.setdefault("finish_reason", None)
