@@ -573,7 +573,7 @@ def test_a_remembered_piece_is_judged_again_where_its_context_makes_it_a_secret(
     assert redactor.json(first) == first  # alone, a random id: kept
     redactor.prepare([first, first])
     assert redactor.unchanged()  # clean ...
-    assert not any(bare.encode() in piece for piece in redactor._clean)  # ... but not remembered
+    assert not any(bare.encode() in piece for piece in redactor._pieces_seen.clean)  # ... but not remembered
     second = orjson.dumps({"data": {"note": "aws", "id": bare}, "tags": [], "metadata": {}})
     redactor.prepare([second])
     assert bare.encode() not in (redactor.json(second) or b"")
@@ -588,7 +588,7 @@ def test_langchains_secret_marker_is_remembered_and_a_password_beside_it_is_not(
     ]
     redactor.prepare(clean)
     assert len(redactor.unchanged()) == 4
-    assert any(b'openai_api_key":' in piece for piece in redactor._clean)
+    assert any(b'openai_api_key":' in piece for piece in redactor._pieces_seen.clean)
     dirty = orjson.dumps(
         {"data": {"serialized": {"kwargs": {"openai_api_key": marker, "password": "pw-1"}}}, "tags": []}
     )

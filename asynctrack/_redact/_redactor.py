@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
+import threading
 from collections.abc import Iterable
 from typing import Final
 
@@ -51,6 +52,36 @@ def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
     return any(b[0] < a[1] for a, b in itertools.pairwise(ordered))
 
 
+class _CleanPieces:
+    """Pieces found clean under one set of rules, bounded by count and bytes (then the
+    set starts over). Read without the lock (a set lookup is atomic), added to under it."""
+
+    def __init__(self) -> None:
+        self.clean: set[bytes] = set()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, pieces: set[bytes]) -> None:
+        size = sum(map(len, pieces))
+        with self._lock:
+            if len(self.clean) + len(pieces) > _CLEAN_MAX or self._bytes + size > _CLEAN_MAX_BYTES:
+                self.clean = set()
+                self._bytes = 0
+            self.clean.update(pieces)
+            self._bytes += size
+
+
+_SHARED: dict[tuple[str | None, bool], _CleanPieces] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _clean_pieces(keys: str | None, detectors: bool) -> _CleanPieces:
+    """The clean pieces of the rules ``keys`` and ``detectors`` (``redact_patterns``
+    turn the cache off: they may match across pieces)."""
+    with _SHARED_LOCK:
+        return _SHARED.setdefault((keys, detectors), _CleanPieces())
+
+
 class Redactor:
     """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
 
@@ -72,9 +103,9 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
-        # Pieces of bodies (cut at ',"') found clean on their own: see prepare().
-        self._clean: set[bytes] = set()
-        self._clean_bytes = 0
+        # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
+        # for every redactor of the same rules in this process (200 trackers, one cache).
+        self._pieces_seen = _clean_pieces(keys, detectors)
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -101,7 +132,7 @@ class Redactor:
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
         pieces = self._pieces(joined)
         if pieces is not None:
-            unknown = set(itertools.filterfalse(self._clean.__contains__, pieces))
+            unknown = set(itertools.filterfalse(self._pieces_seen.clean.__contains__, pieces))
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
             if not unknown or (
                 sum(map(len, unknown)) * 4 <= len(joined)
@@ -136,7 +167,8 @@ class Redactor:
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
         if not self._chunk and pieces is not None:
-            self._learn(set(itertools.filterfalse(self._clean.__contains__, pieces)), joined, scanned=True)
+            unknown = set(itertools.filterfalse(self._pieces_seen.clean.__contains__, pieces))
+            self._learn(unknown, joined, scanned=True)
         return joined
 
     def _pieces(self, joined: bytes) -> list[bytes] | None:
@@ -169,13 +201,7 @@ class Redactor:
                 return False
         if base64_runs(text):
             return False
-        unknown = {piece for piece in unknown if len(piece) <= _MAX_PIECE}
-        size = sum(map(len, unknown))
-        if len(self._clean) + len(unknown) > _CLEAN_MAX or self._clean_bytes + size > _CLEAN_MAX_BYTES:
-            self._clean = set()
-            self._clean_bytes = 0
-        self._clean.update(unknown)
-        self._clean_bytes += size
+        self._pieces_seen.add({piece for piece in unknown if len(piece) <= _MAX_PIECE})
         return True
 
     def unchanged(self) -> dict[int, bytes]:
