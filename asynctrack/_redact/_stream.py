@@ -41,7 +41,8 @@ class StreamRedactor:
     redacts the new token's part of it (a ``password=`` in one token and the value
     in the next); and (with ``is_credential``, the key rule) once the stream ends in a
     quoted value opened under a credential key (``"password": "hun``, as a tool call's
-    streamed arguments are), the value is redacted up to its closing quote. Left: a
+    streamed arguments are), the value is redacted up to its closing quote or the end of
+    its line. Left: a
     secret with no prefix (a bare AWS secret, a URL password) split across tokens has
     its earlier part written.
     """
@@ -63,9 +64,9 @@ class StreamRedactor:
             if open_ is True:
                 continued = _CREDENTIAL_RUN.match(token)
                 cut = continued.end() if continued is not None else 0
-            else:  # up to the closing quote
-                cut = token.find(open_)
-                cut = len(token) if cut == -1 else cut
+            else:  # up to the closing quote (or the line's end: prose may never close it)
+                ends = [i for i in (token.find(open_), token.find("\n")) if i != -1]
+                cut = min(ends) if ends else len(token)
             if cut:
                 out = REDACTED + token[cut:]
             open_ = open_ if cut == len(token) else False
