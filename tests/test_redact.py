@@ -27,6 +27,7 @@ from langchain_core.runnables import RunnableLambda
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._config import DEFAULT_REDACT_KEYS
 from asynctrack._encode import Encoder
+from asynctrack._langchain._events import EventTranslator
 from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, normalize_key
 
 # Distinct, greppable secrets; each is planted in one shape below.
@@ -629,3 +630,25 @@ def test_any_split_of_a_streamed_quoted_credential_value_keeps_it_out(cuts: list
     for fragment in ("hunter2", "hun", "ter", "xyz"):
         assert fragment not in written, (pieces, written)
     assert written.startswith('calling {"city": "Paris"') and written.endswith(" done"), (pieces, written)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        '{"password": "abc123"}',
+        "{'password': 'abc123'}",
+        'config: {"api_key":"abc123"}',
+        "password = 'abc123'",
+    ],
+)
+def test_a_token_holding_a_whole_credential_pair_is_redacted_on_the_chunk_path(token: str) -> None:
+    """The chunk pre-check of a run's tokens (``StreamRedactor.clean`` with ``may_match``)
+    must judge the text as ``text()`` does (as a JSON string): JSON with a space after its
+    colon once passed it and was written as it came."""
+    translator = EventTranslator(experiment="e", run="r", writer="w", config=TrackerConfig())
+    body = orjson.dumps({"data": {"chunk": None}, "tags": [], "metadata": {}})
+    records = [("llm_new_token", 1, 1.0, uuid.uuid4(), None, None, body, token)]
+    translator.prepare(records)
+    line = translator.many(records)[0]
+    assert isinstance(line, tuple)
+    assert b"abc123" not in line[1], line[1]

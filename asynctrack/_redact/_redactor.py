@@ -406,8 +406,12 @@ class Redactor:
         return result
 
     def may_match(self, text: str) -> bool:
-        """Whether the spec redacts anything in ``text``."""
-        raw = text.encode("utf-8", "surrogatepass")
+        """Whether the spec redacts anything in ``text`` (as ``text()`` sees it: as a JSON
+        string, so ``{"password": "x"}`` in it is JSON text inside a string)."""
+        try:
+            raw = orjson.dumps(text)
+        except orjson.JSONEncodeError:  # a lone surrogate
+            raw = orjson.dumps(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
         if self._patterns:
             return True
         if self.key_rule is not None:

@@ -13,7 +13,7 @@ __all__ = ["StreamRedactor"]
 # -- streamed tokens ----------------------------------------------------------------------
 
 _TAIL: Final = 256
-_QUOTES: Final = frozenset("\"'")
+_QUOTE_MARKS: Final = ('"', "'")
 #: A credential format whose start the stream has shown but whose end it has not.
 _OPEN_PREFIX: Final = re.compile(
     r"(?<![A-Za-z0-9_\-])(?:sk-|pk-lf-|lsv2_|gh[pousr]_|github_pat_|glpat-|xox[abposr]-"
@@ -22,11 +22,10 @@ _OPEN_PREFIX: Final = re.compile(
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
-#: A quoted value opened after a key (``"password": "hun``) whose closing quote the
-#: stream has not shown: group 1 the key, 2 the quote, 3 the value so far.
-_OPEN_QUOTED: Final = re.compile(
-    r"""([A-Za-z0-9_.\-]{1,64}+)["']?[ \t]{0,4}+[:=][ \t]{0,4}+(["'])([^"'\\\n]*+)\Z"""
-)
+#: Read backwards from a quote: the separator and the key before it (``"password": "``
+#: reversed is ``" :"drowssap``); group 1 the key, reversed. A match at the start of the
+#: reversed text costs what the key's length does, wherever the quote is.
+_KEY_BEFORE_REVERSED: Final = re.compile(r"""[ \t]{0,4}+[:=][ \t]{0,4}+["']?([A-Za-z0-9_.\-]{1,64}+)""")
 
 
 class StreamRedactor:
@@ -80,14 +79,13 @@ class StreamRedactor:
                 start = len(joined) - len(joined[-64:]) + found.start()
                 out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                 open_ = True
-            elif self._is_credential is not None:
-                window = joined[-256:]
-                quoted = _OPEN_QUOTED.search(window)
-                if quoted is not None and self._is_credential(quoted.group(1)):
-                    start = len(joined) - len(window) + quoted.start(3)
+            else:
+                quote = self._open_quote(joined)
+                if quote != -1:
+                    start = quote + 1  # the value's first character
                     if start < len(joined):  # part of the value is here already
                         out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
-                    open_ = quoted.group(2)
+                    open_ = joined[quote]
         if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
             self._tails.pop(next(iter(self._tails)))
         self._tails[run] = (joined[-_TAIL:], open_)
@@ -108,23 +106,24 @@ class StreamRedactor:
                 not open_
                 and not may_match(joined)
                 and _OPEN_PREFIX.search(joined[-64:]) is None
-                and not self._opens_quoted(tail, tokens)
+                and self._open_quote(joined) == -1
             ):
                 out.add(run)
         return out
 
-    def _opens_quoted(self, tail: str, tokens: list[str]) -> bool:
-        """Whether the stream, after any of ``tokens``, ends inside a quoted value under a
-        credential key (``token`` would open it)."""
-        if self._is_credential is None or not any(map(_QUOTES.intersection, tokens)):
-            return False  # a quoted value opens with a quote: none in these tokens
-        joined = tail
-        for token in tokens:
-            joined = (joined + token)[-256:]
-            quoted = _OPEN_QUOTED.search(joined)
-            if quoted is not None and self._is_credential(quoted.group(1)):
-                return True
-        return False
+    def _open_quote(self, text: str) -> int:
+        """Where the quote opening a value under a credential key is, if ``text`` ends
+        inside that value (its last quote, on its last line), else -1. A value opened
+        and closed within ``text`` is the full spec's to find (``may_match``)."""
+        if self._is_credential is None:
+            return -1
+        for mark in _QUOTE_MARKS:  # a '"' value may hold a "'", and the other way round
+            quote = text.rfind(mark)
+            if quote > 0 and "\n" not in text[quote:]:
+                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - 80) : quote][::-1])
+                if key is not None and self._is_credential(key.group(1)[::-1]):
+                    return quote
+        return -1
 
     def append(self, run: object, token: str) -> None:
         """Note a token that needs no redaction (``clean``): it only extends the tail."""
