@@ -7,6 +7,7 @@ deadline itself, which is the helper's contract (a hung attempt is cut off by it
 from __future__ import annotations
 
 import asyncio
+import random
 
 import anyio
 import pytest
@@ -85,3 +86,13 @@ async def test_an_attempt_that_never_answers_is_cut_off_by_the_deadline() -> Non
         await retry(hangs, deadline=0.2, retryable=lambda e: False)
     assert isinstance(raised.value.last, TimeoutError)
     assert calls == 1
+
+
+@pytest.mark.anyio
+async def test_the_jitter_never_draws_from_the_applications_random_sequence() -> None:
+    """A seeded program's ``random`` sequence must not shift because a sink retried."""
+    random.seed(1234)
+    before = random.getstate()
+    with anyio.fail_after(30):
+        await retry(Flaky(3, OSError("reset")), deadline=30.0, retryable=lambda e: True, first_delay=0.001)
+    assert random.getstate() == before

@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import queue
-import random
 import re
 import threading
 import time
@@ -49,6 +48,7 @@ from typing import Any, Final, TypeVar
 
 from .._errors import PermanentSinkError, SinkError
 from ._base import ParameterValue, RunInfo, RunSummary
+from ._retry import JITTER
 
 __all__ = ["RUN_KEY_TAG", "MLflowLimits", "MLflowParameters", "mlflow_key", "run_key"]
 
@@ -504,7 +504,7 @@ class MLflowParameters:
                     raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
                 logger.debug("asynctrack (MLflow): retrying after %s", exc)
                 # The deadline (asyncio.timeout around this loop) ends the retries.
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await asyncio.sleep(JITTER.uniform(delay / 2, delay))
                 delay = min(delay * 2, 5.0)
 
     def _get_client(self) -> Any:

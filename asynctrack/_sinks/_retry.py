@@ -15,9 +15,13 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Final, TypeVar
 
-__all__ = ["RetryExhausted", "retry"]
+__all__ = ["JITTER", "RetryExhausted", "retry"]
+
+#: The retry jitter's own generator: the library never draws from (and so never shifts)
+#: the application's ``random`` sequence, which a seeded program relies on.
+JITTER: Final = random.Random()
 
 T = TypeVar("T")
 
@@ -77,7 +81,7 @@ async def retry(
         except Exception as exc:
             if not isinstance(exc, TimeoutError) and not retryable(exc):
                 raise
-            sleep = random.uniform(0, bound)
+            sleep = JITTER.uniform(0, bound)
             if time.monotonic() + sleep >= end:
                 raise RetryExhausted(attempts, deadline, exc) from exc
             await asyncio.sleep(sleep)
