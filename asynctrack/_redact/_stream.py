@@ -41,9 +41,8 @@ class StreamRedactor:
     in the next); and (with ``is_credential``, the key rule) once the stream ends in a
     quoted value opened under a credential key (``"password": "hun``, as a tool call's
     streamed arguments are), the value is redacted up to its closing quote or the end of
-    its line. Left: a
-    secret with no prefix (a bare AWS secret, a URL password) split across tokens has
-    its earlier part written.
+    its line. Left: a secret with no prefix (a bare AWS secret, a URL password) split
+    across tokens has its earlier part written.
     """
 
     def __init__(
