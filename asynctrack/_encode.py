@@ -22,10 +22,10 @@ from ._capture import MARK, Capturer, placeholder, valid_text
 from ._config import TrackerConfig
 from ._redact import REDACTED, Redactor
 
-__all__ = ["REDACTED", "Encoder", "placeholder"]
+__all__ = ["REDACTED", "SPLICE", "Encoder", "placeholder"]
 
 _DATA: Final = b'{"data":{'
-_SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
+SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
 _SEPARATED_DATA: Final = b"\x1e" + _DATA  # a body's start in a joined chunk (Redactor.prepare)
 
@@ -132,7 +132,7 @@ class Encoder:
             parts += (b'"token":', text, b",")
         if error is not None:
             parts += (b'"error":', self.redact(self._capture(error)), b",")
-        if body[_SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
+        if body[SPLICE] == 0x7D:  # data was empty: no comma after the spliced fields
             parts[-1] = b""
-        parts += (body[_SPLICE:], b"\n")
+        parts += (body[SPLICE:], b"\n")
         return b"".join(parts)

@@ -29,6 +29,7 @@ import orjson
 
 from .._capture import valid_text
 from .._config import TrackerConfig
+from .._encode import SPLICE as _SPLICE
 from .._encode import Encoder
 from .._errors import error_fields
 from .._redact import StreamRedactor
@@ -110,7 +111,6 @@ _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
-_SPLICE: Final = len(b'{"data":{')  # where the fields of data start in a captured body
 
 
 #: A token of content blocks (a list: Anthropic's models, OpenAI's Responses API),
@@ -118,6 +118,38 @@ _SPLICE: Final = len(b'{"data":{')  # where the fields of data start in a captur
 _BLOCK_TOKEN: Final = b'{"data":{"token":['
 #: The streamed text of a content block: its text, or a tool call's partial arguments.
 _BLOCK_TEXT: Final = ("text", "partial_json")
+
+
+def _stream_fields(
+    streams: StreamRedactor, stream: Any, items: Any, fields: tuple[str, ...]
+) -> dict[str, str]:
+    """Each non-empty string ``fields`` of the dicts in ``items`` (a list), in order,
+    redacted joined to ``stream`` (``StreamRedactor.token``) and set in place; returns
+    what changed, original -> redacted."""
+    changed: dict[str, str] = {}
+    for item in items if type(items) is list else ():
+        for field in fields if type(item) is dict else ():
+            text = item.get(field)
+            if type(text) is str and text:
+                redacted = streams.token(stream, text)
+                if redacted != text:
+                    changed[text] = item[field] = redacted
+    return changed
+
+
+def _replace_fields(changed: dict[str, str], items: Any, fields: tuple[str, ...]) -> None:
+    """Each ``fields`` string of the dicts in ``items`` that ``changed`` has, replaced."""
+    for item in items if type(items) is list else ():
+        for field in fields if type(item) is dict else ():
+            if item.get(field) in changed:
+                item[field] = changed[item[field]]
+
+
+def _rewritten(parts: Any, body: bytes) -> bytes:
+    try:
+        return orjson.dumps(parts)
+    except orjson.JSONEncodeError:  # never seen: what orjson read, it writes
+        return body
 
 
 def _stream_blocks(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
@@ -131,17 +163,7 @@ def _stream_blocks(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
         blocks = data["token"]
     except Exception:  # not JSON (a placeholder): the body's own scan applies
         return body
-    changed: dict[str, str] = {}
-    for block in blocks:
-        if type(block) is not dict:
-            continue
-        for field in _BLOCK_TEXT:
-            text = block.get(field)
-            if type(text) is str and text:
-                redacted = streams.token(run, text)
-                if redacted != text:
-                    changed[text] = redacted
-                    block[field] = redacted
+    changed = _stream_fields(streams, run, blocks, _BLOCK_TEXT)
     if not changed:
         return body
     chunk = data.get("chunk")
@@ -152,21 +174,16 @@ def _stream_blocks(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
             for old, new in changed.items():
                 value = value.replace(old, new)
             holder[key] = value  # type: ignore[index]
-        elif type(value) is list:
-            for block in value:
-                for field in _BLOCK_TEXT if type(block) is dict else ():
-                    if block.get(field) in changed:
-                        block[field] = changed[block[field]]
-    try:
-        return orjson.dumps(parts)
-    except orjson.JSONEncodeError:  # never seen: what orjson read, it writes
-        return body
+        else:
+            _replace_fields(changed, value, _BLOCK_TEXT)
+    return _rewritten(parts, body)
 
 
 #: A chunk streaming a tool call (OpenAI's models: its arguments in pieces, the token
 #: empty), and the stream its arguments are joined in (per run, beside the text's).
 _TOOL_CALL_CHUNKS: Final = b'"tool_call_chunks":[{'
 _ARGS: Final = "tool_call_args"
+_ARGS_FIELD: Final = ("args",)
 
 
 def _stream_tool_args(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
@@ -179,22 +196,11 @@ def _stream_tool_args(streams: StreamRedactor, run: Any, body: bytes) -> bytes:
         chunks = message["tool_call_chunks"]
     except Exception:  # not the shape LangChain writes: the body's own scan applies
         return body
-    changed: dict[str, str] = {}
-    for chunk in chunks if type(chunks) is list else ():
-        args = chunk.get("args") if type(chunk) is dict else None
-        if type(args) is str and args:
-            redacted = streams.token((run, _ARGS), args)
-            if redacted != args:
-                changed[args] = chunk["args"] = redacted
+    changed = _stream_fields(streams, (run, _ARGS), chunks, _ARGS_FIELD)
     if not changed:
         return body
-    for call in message.get("invalid_tool_calls") or ():
-        if type(call) is dict and call.get("args") in changed:
-            call["args"] = changed[call["args"]]
-    try:
-        return orjson.dumps(parts)
-    except orjson.JSONEncodeError:  # never seen: what orjson read, it writes
-        return body
+    _replace_fields(changed, message.get("invalid_tool_calls"), _ARGS_FIELD)
+    return _rewritten(parts, body)
 
 
 class _Latency:

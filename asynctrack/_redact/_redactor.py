@@ -167,8 +167,7 @@ class Redactor:
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
         if not self._chunk and pieces is not None:
-            unknown = set(itertools.filterfalse(self._pieces_seen.clean.__contains__, pieces))
-            self._learn(unknown, joined, scanned=True)
+            self._learn(unknown, joined, scanned=True)  # nothing was learned since above
         return joined
 
     def _pieces(self, joined: bytes) -> list[bytes] | None:
