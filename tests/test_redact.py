@@ -9,6 +9,9 @@ output) for each planted secret.
 from __future__ import annotations
 
 import logging
+import random
+import sys
+import threading
 import typing
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +31,7 @@ from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._config import DEFAULT_REDACT_KEYS
 from asynctrack._encode import Encoder
 from asynctrack._langchain._events import EventTranslator
-from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, normalize_key
+from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, _redactor, normalize_key
 
 # Distinct, greppable secrets; each is planted in one shape below.
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzXAMPLEKEY"  # 40 characters
@@ -652,3 +655,52 @@ def test_a_token_holding_a_whole_credential_pair_is_redacted_on_the_chunk_path(t
     line = translator.many(records)[0]
     assert isinstance(line, tuple)
     assert b"abc123" not in line[1], line[1]
+
+
+def test_the_shared_clean_piece_cache_under_concurrent_trackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redactors of the same rules share one cache of clean pieces (one per process):
+    threads preparing chunks at once, the cache starting over every few hundred pieces,
+    the switch interval at 10 µs, must each redact exactly as a lone redactor does."""
+    monkeypatch.setattr(_redactor, "_CLEAN_MAX", 300)
+    words = ["alpha", "beta", "plain", "x" * 30, "gamma delta", "epsilon"] * 20
+    words += ["password=hunter2", OPENAI, "api_key"]
+    alone = Redactor(DEFAULT_REDACT_KEYS)
+    mismatches: list[bytes] = []
+    learned: list[int] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        redactor = Redactor(DEFAULT_REDACT_KEYS)
+        for _ in range(150):
+            chunk = [
+                orjson.dumps(
+                    {
+                        "data": {
+                            # Like LangChain's events: mostly members that repeat.
+                            **{f"field_{i}": f"the same text, member {i}" for i in range(12)},
+                            "t": " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))),
+                            rng.choice(["n", "v"] * 30 + ["apiKey"]): 1,
+                        },
+                        "tags": [],
+                        "metadata": {},
+                    }
+                )
+                for _ in range(16)
+            ]
+            redactor.prepare(chunk)
+            mismatches.extend(body for body in chunk if redactor.json(body) != alone.json(body))
+        learned.append(len(redactor._pieces_seen.clean))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(learned) == 6
+    assert any(learned), "the cache was used"
+    assert mismatches == []
