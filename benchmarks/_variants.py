@@ -110,6 +110,26 @@ class AsyncTrackThread(AsyncTrackLocal):
         return {"config": TrackerConfig(worker="thread")}
 
 
+class AsyncTrackCaptureOnly(AsyncTrackLocal):
+    """The hot path alone: each callback captures its arguments and appends the record
+    to a list that nothing ships (no shipper, no worker, no GIL shared with either).
+    What any placement of the worker still costs the application: the lower bound of
+    the other asynctrack variants."""
+
+    name = "asynctrack-capture"
+    label = "asynctrack, capture only (never shipped)"
+
+    def open(self, tag: str) -> Any:
+        tracker = super().open(tag)
+        kept: list[Any] = []
+        tracker._put = kept.append
+        return tracker
+
+    def _stats(self, tracker: Any) -> dict[str, Any]:
+        kept = tracker._put.__self__
+        return {"recorded": len(kept), "written": 0, "dropped": 0, "batches": 0}
+
+
 class AsyncTrackS3(AsyncTrackLocal):
     name = "asynctrack-s3"
     label = "asynctrack → S3 (moto)"

@@ -5,6 +5,8 @@ Variants (each a fresh handler per measurement, closed at its end):
 - ``none``: no callbacks; ``floor``: a no-op inline ``BaseCallbackHandler`` (every
   ``on_*`` is ``pass``): what LangChain itself costs once any handler is attached;
 - ``asynctrack-local`` / ``asynctrack-s3`` (moto in a child process);
+- ``asynctrack-capture``: the hot path alone (records appended to a list nothing
+  ships): the lower bound of any placement of the worker;
 - ``langsmith`` (``LangChainTracer`` + ``langsmith.Client``) and ``langfuse``
   (``CallbackHandler``), both against a loopback stub HTTP server;
 - ``sagemaker-legacy``: langchain-community's ``SageMakerCallbackHandler`` with a
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w for w in workloads if CALLS[w.name][idx] > 0]
 
     from ._variants import (
+        AsyncTrackCaptureOnly,
         AsyncTrackLocal,
         AsyncTrackS3,
         AsyncTrackThread,
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             NoHandler(),
             Floor(),
             AsyncTrackLocal(),
+            AsyncTrackCaptureOnly(),
             AsyncTrackThread(),
             AsyncTrackS3(moto_url, s3_problem),
         ]

@@ -153,6 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     report.goal("CPU per real ChatOpenAI event in all", app_all + worker_all, TOTAL_GOAL_US, unit=" µs")
     slowdown = c.median(reference) / QUIET_US
     report.metric("machine_slowdown", slowdown)
+    # The goals were set on a quiet machine (QUIET_US). The same figures divided by the
+    # slowdown that this run's own reference measured: a second reading, never instead.
+    report.goal(
+        f"application process CPU, at the quiet machine's speed (÷ {slowdown:.2f}, this run's reference)",
+        app_all / slowdown,
+        APP_GOAL_US,
+        unit=" µs",
+    )
+    report.goal(
+        f"CPU in all, at the quiet machine's speed (÷ {slowdown:.2f}, this run's reference)",
+        (app_all + worker_all) / slowdown,
+        TOTAL_GOAL_US,
+        unit=" µs",
+    )
     report.note(
         f"Machine speed during the run: stdlib json.dumps of a 314-byte event took "
         f"{c.median(reference):.2f} µs ({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, "

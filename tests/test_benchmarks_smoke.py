@@ -78,7 +78,7 @@ def test_overhead_counts_every_variant_it_ran(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = _check_output("overhead", tmp_path, proc.stdout)
     summary = data["data"]["summary"]["sync"]  # type: ignore[index]
-    assert {"none", "floor", "asynctrack-local"} <= set(summary)
+    assert {"none", "floor", "asynctrack-local", "asynctrack-capture"} <= set(summary)
     totals = data["data"]["asynctrack_local_totals"]  # type: ignore[index]
     assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
 
