@@ -167,3 +167,41 @@ def test_token_usage_from_llm_output_alone_or_from_the_generations() -> None:
     translator._collect("llm_end", with_output)
     translator._collect("llm_end", streamed)
     assert dict(translator.parameters.tokens) == {"prompt": 6, "completion": 3, "total": 9}
+
+
+UNSLASHED = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY12"  # a bare AWS secret only after a context word
+
+
+def _token(seq: int, token: str) -> tuple[Any, ...]:
+    return ("llm_new_token", seq, 0.0, CHILD, RUN, None, _body({"chunk": None}), token)
+
+
+def test_a_clean_chunk_of_tokens_still_gives_its_text_to_the_next_chunk() -> None:
+    # The first chunk is clean on its own: its tokens are written as they are, and its
+    # text must still be the context of the next chunk's ("aws" makes the run a secret).
+    first = [_token(0, "the "), _token(1, "aws"), _token(2, " one is ")]
+    second = [_token(3, UNSLASHED), _token(4, " ok")]
+    chunked = _translator()
+    lines = []
+    for chunk in (first, second):
+        chunked.prepare(chunk)
+        if chunk is first:
+            assert len(chunked._clean_tokens) == len(first)  # the path under test
+        lines += chunked.many(chunk)
+    single = _translator()
+    assert lines == [single(r) for r in first + second]
+    written = b"".join(x[1] for x in lines if type(x) is tuple)
+    assert UNSLASHED.encode() not in written and b"[REDACTED]" in written
+
+
+def test_content_blocks_and_text_tokens_of_one_run_in_one_chunk_are_redacted_in_order() -> None:
+    blocks = _body({"token": [{"type": "text", "text": " aws"}]})
+    block = ("llm_new_token", 1, 0.0, CHILD, RUN, None, blocks, None)
+    records = [_token(0, "the"), block, _token(2, " key "), _token(3, UNSLASHED)]
+    chunked = _translator()
+    chunked.prepare(records)
+    assert not chunked._clean_tokens  # a run with content blocks: its tokens one by one, in order
+    lines = chunked.many(records)
+    single = _translator()
+    assert lines == [single(r) for r in records]
+    assert UNSLASHED.encode() not in b"".join(x[1] for x in lines if type(x) is tuple)

@@ -393,11 +393,18 @@ class EventTranslator:
         )
         streams: dict[Any, list[str]] = {}
         tokens = []
+        blocks = set()
         for record in records:
-            if record[0] == "llm_new_token" and type(record[7]) is str:
+            if record[0] == "llm_new_token":
                 run = record[3].int if type(record[3]) is uuid.UUID else record[3]
-                streams.setdefault(run, []).append(record[7])
-                tokens.append((run, record))
+                if type(record[7]) is str:
+                    streams.setdefault(run, []).append(record[7])
+                    tokens.append((run, record))
+                else:
+                    blocks.add(run)
+        for run in blocks:  # content blocks join the run's stream in order, in many()
+            streams.pop(run, None)
+        # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
         # By identity (the records stay alive while the engine holds the chunk).
         self._clean_tokens = {id(r): r for run, r in tokens if run in clean}
@@ -444,8 +451,7 @@ class EventTranslator:
                 if kind == "llm_new_token":
                     if type(extra) is str:  # the streamed text, redacted joined to the run's stream
                         if clean_tokens.get(id(record)) is record:
-                            streams.append(run, extra)
-                            token = extra
+                            token = extra  # its run's tail moved past it in prepare()
                         else:
                             token = streams.token(run, extra)
                             if token != extra and type(body) is bytes:

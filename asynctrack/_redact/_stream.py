@@ -91,15 +91,18 @@ class StreamRedactor:
         return out
 
     def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
-        """Runs whose ``streams`` (tokens in order) need no redaction at all.
+        """Runs whose ``streams`` (tokens in order) need no redaction at all; their
+        tails move past those tokens here (the caller writes them as they are, without
+        a call per token).
 
         Checked on each run's tail joined to its tokens, so that nothing split across
         tokens is missed. A run that is still inside an open credential run, or whose
         text ends in a credential prefix, is never clean.
         """
         out = set()
+        tails = self._tails
         for run, tokens in streams.items():
-            tail, open_ = self._tails.get(run, ("", False))
+            tail, open_ = tails.get(run, ("", False))
             joined = tail + "".join(tokens)
             if (
                 not open_
@@ -108,6 +111,10 @@ class StreamRedactor:
                 and self._open_quote(joined) == -1
             ):
                 out.add(run)
+                tails.pop(run, None)
+                if len(tails) >= 10_000:  # runs that never end: forget the oldest
+                    tails.pop(next(iter(tails)))
+                tails[run] = (joined[-_TAIL:], False)
         return out
 
     def _open_quote(self, text: str) -> int:
@@ -123,13 +130,6 @@ class StreamRedactor:
                 if key is not None and self._is_credential(key.group(1)[::-1]):
                     return quote
         return -1
-
-    def append(self, run: object, token: str) -> None:
-        """Note a token that needs no redaction (``clean``): it only extends the tail."""
-        tail, open_ = self._tails.pop(run, ("", False))
-        if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
-            self._tails.pop(next(iter(self._tails)))
-        self._tails[run] = ((tail + token)[-_TAIL:], open_)
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
