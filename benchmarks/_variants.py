@@ -6,6 +6,7 @@ every measurement pays its own final flush/close (``close`` returns how long).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -112,7 +113,7 @@ class AsyncTrackThread(AsyncTrackLocal):
 
 class AsyncTrackCaptureOnly(AsyncTrackLocal):
     """The hot path alone: each callback captures its arguments and appends the record
-    to a list that nothing ships (no shipper, no worker, no GIL shared with either).
+    to a bounded deque that nothing ships (no shipper, no worker, no GIL shared with either).
     What any placement of the worker still costs the application: the lower bound of
     the other asynctrack variants."""
 
@@ -121,13 +122,15 @@ class AsyncTrackCaptureOnly(AsyncTrackLocal):
 
     def open(self, tag: str) -> Any:
         tracker = super().open(tag)
-        kept: list[Any] = []
+        # The last records only are kept, as the shipper would take them away (keeping
+        # every record would burden the garbage collector, which shipping does not).
+        kept: collections.deque[Any] = collections.deque(maxlen=4096)
         tracker._put = kept.append
+        tracker._kept = kept
         return tracker
 
     def _stats(self, tracker: Any) -> dict[str, Any]:
-        kept = tracker._put.__self__
-        return {"recorded": len(kept), "written": 0, "dropped": 0, "batches": 0}
+        return {"recorded": len(tracker._kept), "written": 0, "dropped": 0, "batches": 0}
 
 
 class AsyncTrackS3(AsyncTrackLocal):

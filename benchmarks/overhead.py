@@ -5,7 +5,7 @@ Variants (each a fresh handler per measurement, closed at its end):
 - ``none``: no callbacks; ``floor``: a no-op inline ``BaseCallbackHandler`` (every
   ``on_*`` is ``pass``): what LangChain itself costs once any handler is attached;
 - ``asynctrack-local`` / ``asynctrack-s3`` (moto in a child process);
-- ``asynctrack-capture``: the hot path alone (records appended to a list nothing
+- ``asynctrack-capture``: the hot path alone (records appended to a deque nothing
   ships): the lower bound of any placement of the worker;
 - ``langsmith`` (``LangChainTracer`` + ``langsmith.Client``) and ``langfuse``
   (``CallbackHandler``), both against a loopback stub HTTP server;
