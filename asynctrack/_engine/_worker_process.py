@@ -44,6 +44,8 @@ _TICK: Final = 0.005  # seconds between shipments: "a few times per 10 ms"
 #: woke 200 times a second: ~1.8% of a core on a 2-core VM; now ~0.5%).
 _IDLE_TICK: Final = 0.025
 _IDLE_AFTER: Final = 0.1
+#: A real sleep between two slices of a backlog: a thread waiting for the GIL takes it.
+_HAND_OVER: Final = 0.00005
 _SLICE: Final = 1024  # records taken and shipped at once (one frame, ~0.3 ms of GIL)
 _RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
 _MAX_RESTARTS: Final = 5
@@ -184,8 +186,11 @@ class WorkerProcess:
                 continue
             if client.held_back() and not self._stopping:
                 continue
-            # A slice at a time: between two, the write gives the GIL away, so a burst
-            # never holds it long enough to lag the application's event loop.
+            # A slice at a time, and a real sleep between two: the write alone does not
+            # give the GIL away (it takes it back before a waiting thread has woken up),
+            # so a backlog shipped slice after slice kept the application's event loop
+            # waiting 3-5 ms at a time (traced). The sleep lets the application run
+            # until it next hands the GIL over.
             while client._queue and not (client.held_back() and not self._stopping):  # noqa: SLF001
                 with self._lock:
                     if client.tracker_id not in self._clients:
@@ -194,6 +199,8 @@ class WorkerProcess:
                     for key, frame, events in frames:
                         client.retain(key, frame, events)
                     self._send_locked(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
+                if client._queue:  # noqa: SLF001
+                    time.sleep(_HAND_OVER)
         return idle
 
     # -- reader ----------------------------------------------------------------------
