@@ -52,6 +52,14 @@ def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
     return any(b[0] < a[1] for a, b in itertools.pairwise(ordered))
 
 
+def _json_string(value: str) -> bytes:
+    """``value`` as a JSON string (a lone surrogate's bytes each become U+FFFD)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return orjson.dumps(value.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
+
 class _CleanPieces:
     """Pieces found clean under one set of rules, bounded by count and bytes (then the
     set starts over). Read without the lock (a set lookup is atomic), added to under it."""
@@ -394,10 +402,7 @@ class Redactor:
         cached = self.texts.get(value)
         if cached is not None:
             return cached
-        try:
-            encoded = orjson.dumps(value)
-        except orjson.JSONEncodeError:  # a lone surrogate
-            encoded = orjson.dumps(value.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        encoded = _json_string(value)
         out = self.json(encoded)
         result: str = value if out is None or out == encoded else orjson.loads(out)
         if len(value) <= 256 and len(self.texts) < CACHE_MAX:
@@ -407,10 +412,7 @@ class Redactor:
     def may_match(self, text: str) -> bool:
         """Whether the spec redacts anything in ``text`` (as ``text()`` sees it: as a JSON
         string, so ``{"password": "x"}`` in it is JSON text inside a string)."""
-        try:
-            raw = orjson.dumps(text)
-        except orjson.JSONEncodeError:  # a lone surrogate
-            raw = orjson.dumps(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        raw = _json_string(text)
         if self._patterns:
             return True
         if self.key_rule is not None:

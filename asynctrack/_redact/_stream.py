@@ -85,9 +85,7 @@ class StreamRedactor:
                     if start < len(joined):  # part of the value is here already
                         out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                     open_ = joined[quote]
-        if len(self._tails) >= 10_000:  # runs that never end: forget the oldest
-            self._tails.pop(next(iter(self._tails)))
-        self._tails[run] = (joined[-_TAIL:], open_)
+        self._remember(run, joined, open_)
         return out
 
     def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
@@ -100,9 +98,8 @@ class StreamRedactor:
         text ends in a credential prefix, is never clean.
         """
         out = set()
-        tails = self._tails
         for run, tokens in streams.items():
-            tail, open_ = tails.get(run, ("", False))
+            tail, open_ = self._tails.get(run, ("", False))
             joined = tail + "".join(tokens)
             if (
                 not open_
@@ -111,11 +108,17 @@ class StreamRedactor:
                 and self._open_quote(joined) == -1
             ):
                 out.add(run)
-                tails.pop(run, None)
-                if len(tails) >= 10_000:  # runs that never end: forget the oldest
-                    tails.pop(next(iter(tails)))
-                tails[run] = (joined[-_TAIL:], False)
+                self._remember(run, joined, False)
         return out
+
+    def _remember(self, run: object, joined: str, open_: bool | str) -> None:
+        """The run's stream now ends with ``joined`` (its tail kept), ``open_`` as in
+        ``_tails``; at most 10,000 runs (runs that never end: the oldest is forgotten)."""
+        tails = self._tails
+        tails.pop(run, None)  # re-inserted last: the oldest run is the first
+        if len(tails) >= 10_000:
+            tails.pop(next(iter(tails)))
+        tails[run] = (joined[-_TAIL:], open_)
 
     def _open_quote(self, text: str) -> int:
         """Where the quote opening a value under a credential key is, if ``text`` ends
