@@ -111,6 +111,20 @@ class AsyncTrackThread(AsyncTrackLocal):
         return {"config": TrackerConfig(worker="thread")}
 
 
+#: Records the capture-only variants keep: the last ones only, as the shipper would take
+#: them away (keeping every record would burden the garbage collector, which shipping
+#: does not).
+CAPTURE_KEEP = 4096
+
+
+def capture_only(tracker: Any) -> collections.deque[Any]:
+    """Make ``tracker`` capture only: its records go to a bounded deque that nothing
+    ships (returned)."""
+    kept: collections.deque[Any] = collections.deque(maxlen=CAPTURE_KEEP)
+    tracker._put = kept.append
+    return kept
+
+
 class AsyncTrackCaptureOnly(AsyncTrackLocal):
     """The hot path alone: each callback captures its arguments and appends the record
     to a bounded deque that nothing ships (no shipper, no worker, no GIL shared with either).
@@ -122,11 +136,7 @@ class AsyncTrackCaptureOnly(AsyncTrackLocal):
 
     def open(self, tag: str) -> Any:
         tracker = super().open(tag)
-        # The last records only are kept, as the shipper would take them away (keeping
-        # every record would burden the garbage collector, which shipping does not).
-        kept: collections.deque[Any] = collections.deque(maxlen=4096)
-        tracker._put = kept.append
-        tracker._kept = kept
+        tracker._kept = capture_only(tracker)
         return tracker
 
     def _stats(self, tracker: Any) -> dict[str, Any]:

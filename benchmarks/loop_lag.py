@@ -17,7 +17,6 @@ lag any placement of the worker would leave. Goal (issue 8): asynctrack's p99 wi
 from __future__ import annotations
 
 import asyncio
-import collections
 import sys
 import tempfile
 import time
@@ -25,11 +24,11 @@ import uuid
 from typing import Any
 
 from . import _common as c
+from ._variants import capture_only
 from ._workloads import NoOpHandler
 
 TICK = 0.001
 WITHIN_MS = 0.5  # the goal: p99 within this of the floor's
-_KEEP = 4096  # records the capture-only variant keeps (the shipper takes them every 5 ms)
 YIELD_EVERY = 100
 RUN_IDS = [uuid.uuid4() for _ in range(256)]
 
@@ -151,9 +150,7 @@ async def _one(name: str, n: int, directory: str, moto_url: str | None, r: int) 
 
     if name == "asynctrack-capture":
         tracker = AsyncTracker(directory, experiment_name="bench", run_name=f"lag-capture-{r}")
-        # Never shipped; the last records only are kept, as the shipper would take
-        # them away (a list of all 10^5 would burden the garbage collector instead).
-        tracker._put = collections.deque(maxlen=_KEEP).append  # type: ignore[method-assign]
+        capture_only(tracker)  # never shipped
         try:
             return await scenario(tracker, n, None)
         finally:
