@@ -280,6 +280,39 @@ def test_a_tracker_the_worker_cannot_build_falls_back_to_a_thread_without_loss(
     assert sorted(e["seq"] for e in _events(tmp_destination)) == list(range(10))
 
 
+def test_a_tracker_handed_to_a_thread_between_two_slices_is_not_shipped_any_more(
+    tmp_destination: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart that gave up (``fall_back``, under the channel lock) may land between two
+    slices of a backlog while the application goes on recording: what is queued after it
+    belongs to the thread engine, and the shipper must not send it to the worker."""
+    slice_ = _worker_process._SLICE  # the backlog's unit
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
+        tracker.flush_blocking(timeout=WAIT)
+        client = tracker._engine
+        shipped_after: list[int] = []
+        real_frames = client.frames
+
+        def frames(items: list[Any]) -> Any:
+            out = real_frames(items)
+            if client.fallback is None:
+                client.fall_back("the test's restart gave up")  # as _restart does it
+                _text(tracker, 10 * slice_, 10)  # the application goes on recording
+            else:
+                shipped_after.append(len(items))
+            return out
+
+        monkeypatch.setattr(client, "frames", frames)
+        with client._worker._lock:  # the shipper waits: a backlog builds up
+            _text(tracker, 0, 3 * slice_)
+        _wait_until(lambda: client.fallback is not None, what="the first slice")
+        tracker.flush_blocking(timeout=WAIT)
+        stats = tracker.statistics()
+    assert shipped_after == []
+    # The first slice went to the worker; the rest, and what came after, to the thread.
+    assert (stats.worker_mode, stats.written) == ("thread", 2 * slice_ + 10)
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

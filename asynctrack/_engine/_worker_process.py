@@ -193,7 +193,9 @@ class WorkerProcess:
             # until it next hands the GIL over.
             while client._queue and not (client.held_back() and not self._stopping):  # noqa: SLF001
                 with self._lock:
-                    if client.tracker_id not in self._clients:
+                    # A restart that gave up may have handed the tracker to a thread
+                    # engine between two slices: its records are forwarded, not sent.
+                    if client.tracker_id not in self._clients or client.fallback is not None:
                         break
                     frames = client.frames(client.take(_SLICE))
                     for key, frame, events in frames:
