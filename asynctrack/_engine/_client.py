@@ -408,8 +408,9 @@ class ProcessEngine:
         """What is queued now, in order (records and requests), ``limit`` at most."""
         queue = self._queue
         count = len(queue) if limit is None else min(len(queue), limit)
-        # A C loop (starmap): ~6x cheaper than a comprehension calling popleft. Only
-        # this thread takes, so the queue holds at least ``count`` items.
+        # A C loop (starmap): ~6x cheaper than a comprehension calling popleft. One
+        # taker at a time (the shipper; after a fall back, forward() under its lock),
+        # so the queue holds at least ``count`` items.
         items = list(itertools.starmap(queue.popleft, itertools.repeat((), count)))
         if not queue:
             self._queued_bytes = 0
