@@ -277,6 +277,42 @@ class Report:
             }
         )
 
+    def machine_speed(self, reference: Sequence[float]) -> float:
+        """Note how fast the machine ran (``reference_us()`` readings taken during the run)
+        and return its slowdown against the quiet machine the goals were set on."""
+        from ._reference import QUIET_US
+
+        median = statistics.median(reference)
+        slowdown = median / QUIET_US
+        self.metric("machine_slowdown", slowdown)
+        self.note(
+            f"Machine speed during the run: stdlib json.dumps of a 314-byte event took {median:.2f} µs "
+            f"({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, shared/NOTES.md)."
+        )
+        return slowdown
+
+    def goal_at_quiet_speed(
+        self,
+        text: str,
+        measured: float,
+        target: float,
+        slowdown: float,
+        *,
+        rate: bool = False,
+        unit: str = "",
+    ) -> None:
+        """The same goal read a second time, at the quiet machine's speed: a CPU-bound time
+        divided by ``slowdown``, or a ``rate`` multiplied by it. Printed beside the reading
+        as measured, never instead of it."""
+        scaled, op = (measured * slowdown, "×") if rate else (measured / slowdown, "÷")
+        self.goal(
+            f"{text}, at the quiet machine's speed ({op} {slowdown:.2f}, this run's reference)",
+            scaled,
+            target,
+            lower_is_better=not rate,
+            unit=unit,
+        )
+
     def metric(self, name: str, value: float) -> None:
         self.metrics[name] = value
 

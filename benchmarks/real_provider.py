@@ -40,7 +40,7 @@ from asynctrack._langchain._events import EventTranslator
 from asynctrack._redact import _redactor
 
 from . import _common as c
-from ._reference import QUIET_US, reference_us
+from ._reference import reference_us
 
 APP_GOAL_US = 5.0
 TOTAL_GOAL_US = 15.0
@@ -151,28 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     report.metric("total_us_per_event", app_all + worker_all)
     report.goal("application process CPU per real ChatOpenAI event", app_all, APP_GOAL_US, unit=" µs")
     report.goal("CPU per real ChatOpenAI event in all", app_all + worker_all, TOTAL_GOAL_US, unit=" µs")
-    slowdown = c.median(reference) / QUIET_US
-    report.metric("machine_slowdown", slowdown)
-    # The goals were set on a quiet machine (QUIET_US). The same figures divided by the
-    # slowdown that this run's own reference measured: a second reading, never instead.
-    report.goal(
-        f"application process CPU, at the quiet machine's speed (÷ {slowdown:.2f}, this run's reference)",
-        app_all / slowdown,
-        APP_GOAL_US,
-        unit=" µs",
-    )
-    report.goal(
-        f"CPU in all, at the quiet machine's speed (÷ {slowdown:.2f}, this run's reference)",
-        (app_all + worker_all) / slowdown,
-        TOTAL_GOAL_US,
-        unit=" µs",
-    )
-    report.note(
-        f"Machine speed during the run: stdlib json.dumps of a 314-byte event took "
-        f"{c.median(reference):.2f} µs ({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, "
-        f"shared/NOTES.md); on a quiet machine the figures above would be about "
-        f"{app_all / slowdown:.1f} µs (application) and {(app_all + worker_all) / slowdown:.1f} µs (in all)."
-    )
+    # The goals were set on a quiet machine: the same figures divided by the slowdown that
+    # this run's own reference measured, a second reading, never instead.
+    slowdown = report.machine_speed(reference)
+    report.goal_at_quiet_speed("application process CPU", app_all, APP_GOAL_US, slowdown, unit=" µs")
+    report.goal_at_quiet_speed("CPU in all", app_all + worker_all, TOTAL_GOAL_US, slowdown, unit=" µs")
     report.note(
         "Replayed callback arguments of real langchain-openai calls (loopback stub); CPU time of "
         "asynctrack's own work only. Read against the machine's load: 2 cores shared."
