@@ -247,13 +247,19 @@ def scan(
     # Polars' NDJSON reader cannot keep ``data`` as valid JSON text (it re-serializes
     # objects without escaping backslashes), and a struct column cannot hold payloads
     # whose shape differs per event; ``json_path_match`` returns an object's own text.
+    options = files.storage_options or None
     lines = pl.scan_csv(
         list(files.uris),
         has_header=False,
         separator="\x01",
         quote_char=None,
         schema={"line": pl.String},
-        storage_options=files.storage_options or None,
+        storage_options=options,
+        # The credentials are resolved already (as the tracker resolves them): Polars then
+        # needs no Python credential provider, which it would call from its own Rust
+        # (tokio) threads. A test process once died of a segfault in such a thread, inside
+        # the interpreter (PyCode_Addr2Line), after S3 scans: no Python runs there now.
+        credential_provider=None if options and "aws_access_key_id" in options else "auto",
         include_file_paths="_path",
         glob=False,
     ).filter(pl.col("line").is_not_null())
