@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._reference import QUIET_US
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -280,8 +282,6 @@ class Report:
     def machine_speed(self, reference: Sequence[float]) -> float:
         """Note how fast the machine ran (``reference_us()`` readings taken during the run)
         and return its slowdown against the quiet machine the goals were set on."""
-        from ._reference import QUIET_US
-
         median = statistics.median(reference)
         slowdown = median / QUIET_US
         self.metric("machine_slowdown", slowdown)

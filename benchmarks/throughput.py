@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     reference.append(reference_us())
-    # Every process involved does CPU work only (loopback, local disk, moto in memory): the rate scales
-    # with the machine's speed, read a second time at the quiet machine's.
+    # The processes involved are CPU-bound (loopback, moto in memory; the local disk's
+    # fsyncs aside): the rate scales with the machine's speed, read again at a quiet one's.
     slowdown = report.machine_speed(reference)
     goals = {"asynctrack-local": ("local", 200_000), "asynctrack-s3": ("S3 (moto)", 50_000)}
     for row in summary:

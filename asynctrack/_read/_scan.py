@@ -258,7 +258,8 @@ def scan(
         # The credentials are resolved already (as the tracker resolves them): Polars then
         # needs no Python credential provider, which it would call from its own Rust
         # (tokio) threads. A test process once died of a segfault in such a thread, inside
-        # the interpreter (PyCode_Addr2Line), after S3 scans: no Python runs there now.
+        # the interpreter (PyCode_Addr2Line), after S3 scans; without a provider, Polars
+        # makes no such calls for credentials.
         credential_provider=None if options and "aws_access_key_id" in options else "auto",
         include_file_paths="_path",
         glob=False,
