@@ -1,0 +1,387 @@
+"""LangChain runs in the OpenTelemetry GenAI semantic conventions, version 1.41.0.
+
+The conventions are in development; this module writes the attributes, span names and
+kinds of semantic conventions **1.41.0** (``SCHEMA_URL``), the ``gen_ai_latest_experimental``
+shape of that release: ``gen_ai.provider.name`` (not the older ``gen_ai.system``), messages
+as JSON text in ``gen_ai.input.messages`` / ``gen_ai.output.messages``. One version only,
+so ``OTEL_SEMCONV_STABILITY_OPT_IN`` changes nothing.
+
+How a run maps (``describe_start``):
+
+=====================  ==========================  ====================================  ========
+run                    ``gen_ai.operation.name``   span name                             kind
+=====================  ==========================  ====================================  ========
+chat model             ``chat``                    ``chat {gen_ai.request.model}``       CLIENT
+LLM (text in)          ``text_completion``         ``text_completion {model}``           CLIENT
+tool                   ``execute_tool``            ``execute_tool {gen_ai.tool.name}``   INTERNAL
+retriever              ``retrieval``               ``retrieval {name}``                  CLIENT
+agent (executor)       ``invoke_agent``            ``invoke_agent {gen_ai.agent.name}``  INTERNAL
+root chain, graph      ``invoke_workflow``         ``invoke_workflow {name}``            INTERNAL
+nested chain           (none: a framework step)    the run's name                        INTERNAL
+=====================  ==========================  ====================================  ========
+
+Content (messages, tool arguments and results, chain inputs and outputs) is written only
+when the exporter's ``capture_content`` is on; it is the recorded line's text, redacted
+as the files are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+from .._read._tree import token_usage
+from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute
+
+__all__ = [
+    "SCHEMA_URL",
+    "SEMCONV_VERSION",
+    "describe_end",
+    "describe_start",
+]
+
+SEMCONV_VERSION: Final = "1.41.0"
+SCHEMA_URL: Final = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+
+#: Content attributes longer than this are cut (a receiver refuses requests of a few MiB).
+MAX_CONTENT_BYTES: Final = 128 * 1024
+
+# LangChain's ls_provider -> the conventions' gen_ai.provider.name (well-known values).
+_PROVIDERS: Final = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "azure_openai": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "anthropic": "anthropic",
+    "amazon_bedrock": "aws.bedrock",
+    "bedrock": "aws.bedrock",
+    "bedrock_converse": "aws.bedrock",
+    "google_genai": "gcp.gen_ai",
+    "google_vertexai": "gcp.vertex_ai",
+    "google_anthropic_vertex": "gcp.vertex_ai",
+    "mistralai": "mistral_ai",
+    "mistral": "mistral_ai",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "cohere": "cohere",
+    "xai": "x_ai",
+    "perplexity": "perplexity",
+    "ibm": "ibm.watsonx.ai",
+    "watsonx": "ibm.watsonx.ai",
+}
+_MODEL_KEYS: Final = ("model", "model_name", "model_id", "deployment_name", "azure_deployment")
+# invocation_params key -> attribute, numbers only.
+_REQUEST_NUMBERS: Final = (
+    ("temperature", "gen_ai.request.temperature", float),
+    ("top_p", "gen_ai.request.top_p", float),
+    ("top_k", "gen_ai.request.top_k", float),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty", float),
+    ("presence_penalty", "gen_ai.request.presence_penalty", float),
+    ("max_tokens", "gen_ai.request.max_tokens", int),
+    ("max_completion_tokens", "gen_ai.request.max_tokens", int),
+    ("max_output_tokens", "gen_ai.request.max_tokens", int),
+    ("max_tokens_to_sample", "gen_ai.request.max_tokens", int),
+    ("seed", "gen_ai.request.seed", int),
+    ("n", "gen_ai.request.choice.count", int),
+)
+_ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+_AGENT_NAMES: Final = ("AgentExecutor", "agent")
+_OPERATION_AGENT: Final = attribute("gen_ai.operation.name", "invoke_agent")
+_OPERATION_WORKFLOW: Final = attribute("gen_ai.operation.name", "invoke_workflow")
+
+
+class Described:
+    """What a start event says about its span (see ``describe_start``)."""
+
+    __slots__ = ("attributes", "kind", "name", "operation")
+
+    def __init__(self, name: str, kind: int, operation: str | None, attributes: list[bytes]) -> None:
+        self.name = name
+        self.kind = kind
+        self.operation = operation
+        self.attributes = attributes
+
+
+def _number(value: Any, cast: type) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return cast(value)  # type: ignore[no-any-return]  # int() or float() of a number
+
+
+def _json(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(text) > MAX_CONTENT_BYTES:
+        text = f"{text[:MAX_CONTENT_BYTES]}...[asynctrack: truncated, {len(text)} characters in all]"
+    return text
+
+
+def _content(key: str, value: Any) -> bytes:
+    return attribute(key, _json(value))
+
+
+def provider_name(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    """``gen_ai.provider.name``: LangChain's ``ls_provider``, else the class's package."""
+    provider = metadata.get("ls_provider")
+    if isinstance(provider, str) and provider:
+        return _PROVIDERS.get(provider.lower(), provider.lower())
+    serialized = data.get("serialized")
+    if isinstance(serialized, Mapping):
+        ident = serialized.get("id")
+        if isinstance(ident, list) and len(ident) >= 3 and isinstance(ident[2], str):
+            return _PROVIDERS.get(ident[2], ident[2])
+    return "_OTHER"
+
+
+def request_model(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+    params = data.get("invocation_params")
+    if isinstance(params, Mapping):
+        for key in _MODEL_KEYS:
+            value = params.get(key)
+            if isinstance(value, str) and value:
+                return value
+    value = metadata.get("ls_model_name")
+    return value if isinstance(value, str) and value else None
+
+
+def _stop_sequences(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str] | None:
+    for source in (data.get("invocation_params"), data.get("options"), metadata):
+        if isinstance(source, Mapping):
+            stop = source.get("stop", source.get("ls_stop"))
+            if isinstance(stop, str):
+                return [stop]
+            if isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop):
+                return list(stop)
+    return None
+
+
+def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool, capture: bool) -> Described:
+    operation = "chat" if chat else "text_completion"
+    model = request_model(data, metadata)
+    attrs = [
+        attribute("gen_ai.operation.name", operation),
+        attribute("gen_ai.provider.name", provider_name(data, metadata)),
+    ]
+    if model is not None:
+        attrs.append(attribute("gen_ai.request.model", model))
+    params = data.get("invocation_params")
+    if isinstance(params, Mapping):
+        seen = set()
+        for key, name, cast in _REQUEST_NUMBERS:
+            value = _number(params.get(key), cast)
+            if value is not None and name not in seen:
+                seen.add(name)
+                attrs.append(attribute(name, value))
+        if "gen_ai.request.temperature" not in seen:
+            value = _number(metadata.get("ls_temperature"), float)
+            if value is not None:
+                attrs.append(attribute("gen_ai.request.temperature", value))
+        if "gen_ai.request.max_tokens" not in seen:
+            value = _number(metadata.get("ls_max_tokens"), int)
+            if value is not None:
+                attrs.append(attribute("gen_ai.request.max_tokens", value))
+        if capture and isinstance(params.get("tools"), list) and params["tools"]:
+            attrs.append(_content("gen_ai.tool.definitions", params["tools"]))
+    stop = _stop_sequences(data, metadata)
+    if stop:
+        attrs.append(attribute("gen_ai.request.stop_sequences", stop))
+    if capture:
+        messages = _input_messages(data)
+        if messages:
+            attrs.append(_content("gen_ai.input.messages", messages))
+    name = f"{operation} {model}" if model else operation
+    return Described(name, KIND_CLIENT, operation, attrs)
+
+
+def _text_parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, str):
+                parts.append({"type": "text", "content": block})
+            elif isinstance(block, Mapping):
+                if block.get("type") == "text" and isinstance(block.get("text"), str):
+                    parts.append({"type": "text", "content": block["text"]})
+                elif block.get("type") not in ("tool_use", "tool_call"):
+                    parts.append({"type": str(block.get("type") or "unknown"), "content": block})
+    return parts
+
+
+def _message(message: Any) -> dict[str, Any] | None:
+    if not isinstance(message, Mapping):
+        return None
+    if isinstance(message.get("kwargs"), Mapping):  # a serialized message
+        message = message["kwargs"]
+    role = _ROLES.get(str(message.get("type")), str(message.get("type") or "user"))
+    if role == "tool":
+        response = {"type": "tool_call_response", "id": message.get("tool_call_id"), "response": None}
+        response["response"] = message.get("content")
+        return {"role": "tool", "parts": [response]}
+    parts = _text_parts(message.get("content"))
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, Mapping):
+            arguments = call.get("args")
+            parts.append(
+                {"type": "tool_call", "id": call.get("id"), "name": call.get("name"), "arguments": arguments}
+            )
+    return {"role": role, "parts": parts}
+
+
+def _input_messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], list):
+        return [m for m in map(_message, messages[0]) if m is not None]
+    prompts = data.get("prompts")
+    if isinstance(prompts, list):
+        return [{"role": "user", "parts": _text_parts(p)} for p in prompts if isinstance(p, str)]
+    return []
+
+
+def _tool(name: str, data: Mapping[str, Any], capture: bool) -> Described:
+    attrs = [
+        attribute("gen_ai.operation.name", "execute_tool"),
+        attribute("gen_ai.tool.name", name),
+        attribute("gen_ai.tool.type", "function"),
+    ]
+    serialized = data.get("serialized")
+    if isinstance(serialized, Mapping) and isinstance(serialized.get("description"), str):
+        attrs.append(attribute("gen_ai.tool.description", serialized["description"]))
+    call_id = data.get("tool_call_id")
+    if isinstance(call_id, str) and call_id:
+        attrs.append(attribute("gen_ai.tool.call.id", call_id))
+    if capture:
+        arguments = data.get("inputs") or data.get("input_str")
+        if arguments is not None:
+            attrs.append(_content("gen_ai.tool.call.arguments", arguments))
+    return Described(f"execute_tool {name}", KIND_INTERNAL, "execute_tool", attrs)
+
+
+def describe_start(
+    kind: str, name: str, data: Mapping[str, Any], metadata: Mapping[str, Any], *, root: bool, capture: bool
+) -> Described:
+    """The span name, kind and start attributes of a run from its start event."""
+    if kind == "chat_model_start":
+        return _model_call(data, metadata, True, capture)
+    if kind == "llm_start":
+        return _model_call(data, metadata, False, capture)
+    if kind == "tool_start":
+        return _tool(name, data, capture)
+    if kind == "retriever_start":
+        attrs = [attribute("gen_ai.operation.name", "retrieval"), attribute("gen_ai.data_source.id", name)]
+        if capture and data.get("query") is not None:
+            attrs.append(_content("langchain.inputs", data["query"]))
+        return Described(f"retrieval {name}", KIND_CLIENT, "retrieval", attrs)
+    attrs = []
+    if capture and data.get("inputs") is not None:
+        attrs.append(_content("langchain.inputs", data["inputs"]))
+    if name in _AGENT_NAMES or metadata.get("lc_agent_name"):
+        agent = str(metadata.get("lc_agent_name") or name)
+        attrs[:0] = [_OPERATION_AGENT, attribute("gen_ai.agent.name", agent)]
+        return Described(f"invoke_agent {agent}", KIND_INTERNAL, "invoke_agent", attrs)
+    if root or name == "LangGraph":
+        attrs[:0] = [_OPERATION_WORKFLOW, attribute("gen_ai.workflow.name", name)]
+        return Described(f"invoke_workflow {name}", KIND_INTERNAL, "invoke_workflow", attrs)
+    return Described(name, KIND_INTERNAL, None, attrs)
+
+
+def _first_generation_message(response: Mapping[str, Any]) -> Mapping[str, Any]:
+    for generations in response.get("generations") or ():
+        for generation in generations or ():
+            if isinstance(generation, Mapping) and isinstance(generation.get("message"), Mapping):
+                return generation["message"]  # type: ignore[no-any-return]  # a JSON object
+    return {}
+
+
+def describe_end(
+    kind: str, operation: str | None, data: Mapping[str, Any], *, capture: bool
+) -> tuple[list[bytes], str | None]:
+    """Attributes from an end event, and the ``gen_ai.response.model`` if it says one."""
+    if kind == "llm_end":
+        return _llm_end(data, capture)
+    attrs: list[bytes] = []
+    if capture:
+        if kind == "tool_end" and data.get("output") is not None:
+            attrs.append(_content("gen_ai.tool.call.result", _tool_output(data["output"])))
+        elif kind == "chain_end" and data.get("outputs") is not None:
+            attrs.append(_content("langchain.outputs", data["outputs"]))
+        elif kind == "retriever_end" and data.get("documents") is not None:
+            attrs.append(_content("langchain.outputs", data["documents"]))
+    return attrs, None
+
+
+def _llm_end(data: Mapping[str, Any], capture: bool) -> tuple[list[bytes], str | None]:
+    attrs: list[bytes] = []
+    response = data.get("response")
+    if not isinstance(response, Mapping):
+        return attrs, None
+    llm_output = response.get("llm_output")
+    llm_output = llm_output if isinstance(llm_output, Mapping) else {}
+    message = _first_generation_message(response)
+    metadata = message.get("response_metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    response_id = llm_output.get("id") or metadata.get("id")
+    if isinstance(response_id, str) and response_id:
+        attrs.append(attribute("gen_ai.response.id", response_id))
+    model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
+    model = model if isinstance(model, str) and model else None
+    if model is not None:
+        attrs.append(attribute("gen_ai.response.model", model))
+    reasons: list[str] = []
+    outputs: list[dict[str, Any]] = []
+    for generations in response.get("generations") or ():
+        for generation in generations or ():
+            if not isinstance(generation, Mapping):
+                continue
+            info = generation.get("generation_info")
+            reason = info.get("finish_reason") if isinstance(info, Mapping) else None
+            gen_message = generation.get("message")
+            if reason is None and isinstance(gen_message, Mapping):
+                meta = gen_message.get("response_metadata")
+                reason = meta.get("finish_reason") if isinstance(meta, Mapping) else None
+            if isinstance(reason, str):
+                reasons.append(reason)
+            if capture:
+                out = _message(gen_message) if isinstance(gen_message, Mapping) else None
+                if out is None:
+                    out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
+                out["role"] = "assistant"
+                if isinstance(reason, str):
+                    out["finish_reason"] = reason
+                outputs.append(out)
+    if reasons:
+        attrs.append(attribute("gen_ai.response.finish_reasons", reasons))
+    usage = token_usage(data)
+    if usage is not None:
+        attrs.append(attribute("gen_ai.usage.input_tokens", usage[0]))
+        attrs.append(attribute("gen_ai.usage.output_tokens", usage[1]))
+    details = message.get("usage_metadata")
+    details = details.get("input_token_details") if isinstance(details, Mapping) else None
+    if isinstance(details, Mapping):
+        cached = _number(details.get("cache_read"), int)
+        if cached:
+            attrs.append(attribute("gen_ai.usage.cache_read.input_tokens", cached))
+    if capture and outputs:
+        attrs.append(_content("gen_ai.output.messages", outputs))
+    return attrs, model
+
+
+def _tool_output(output: Any) -> Any:
+    """A ``ToolMessage`` output as its content; anything else as it is."""
+    if isinstance(output, Mapping) and output.get("type") == "tool" and "content" in output:
+        return output["content"]
+    return output
+
+
+def error_type(error: Any) -> str:
+    """``error.type``: the exception's class name, as recorded."""
+    if isinstance(error, Mapping) and isinstance(error.get("type"), str) and error["type"]:
+        return str(error["type"])
+    return "_OTHER"
+
+
+def tags_attribute(tags: Sequence[Any]) -> bytes | None:
+    strings = [t for t in tags if isinstance(t, str)]
+    return attribute("langchain.tags", strings) if strings else None

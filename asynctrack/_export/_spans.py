@@ -1,0 +1,395 @@
+"""Recorded lines -> finished OTLP spans: one span per LangChain run.
+
+The input is the JSON lines the worker writes (the same redacted bytes as the files),
+in the order it writes them, so a live export and a backfill from the files run this
+same code and give the same ids:
+
+- trace id: the root run's id (its 16 bytes: a trace is found by its root run's id);
+  a child takes its parent's trace;
+- span id: the first 8 bytes of BLAKE2b of the run id (deterministic, unique within a
+  trace but for a 2**-64 chance);
+- parent span id: derived from ``parent_run_id`` the same way.
+
+A start event opens a span; its end or error event closes it and it is encoded at once.
+Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
+counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
+envelope's fixed order). Any other event of a run (agent actions, retries, custom
+events, LangGraph interrupts and resumes, text) becomes a span event named
+``langchain.<kind>``.
+
+Runs not yet ended are held by bytes (``max_open_bytes``); past that the oldest open run
+is exported at once, marked ``asynctrack.unfinished = "evicted"``, and its later end is
+counted (``late_ends``), not exported twice. At ``close()`` every open run is exported
+marked ``asynctrack.unfinished = "not_ended"``, status unset. An end whose start was
+never seen (dropped, or recorded by a process that died) is rebuilt from the end alone
+(``start = ts - duration``), marked ``asynctrack.start_missing``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from . import _protobuf as pb
+from ._semconv import describe_end, describe_start, error_type, tags_attribute
+
+__all__ = ["SpanAssembler", "span_id_of", "trace_id_of"]
+
+_START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
+_END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
+_ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
+_TOKEN: Final = b'"kind":"llm_new_token"'
+_RUN_ID: Final = b'"run_id":"'
+_TS: Final = b'"ts":'
+_ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
+_KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_EVENT_ATTRIBUTES: Final = {
+    "agent_action": ("tool", "gen_ai.tool.name"),
+    "retry": ("attempt_number", "langchain.retry.attempt"),
+    "custom_event": ("name", "langchain.event.name"),
+}
+
+
+def _uuid_bytes(run_id: str) -> bytes:
+    try:
+        return uuid.UUID(run_id).bytes
+    except ValueError:
+        return hashlib.blake2b(run_id.encode(), digest_size=16).digest()
+
+
+def trace_id_of(root_run_id: str) -> bytes:
+    """The trace id of the trace whose root run is ``root_run_id``."""
+    return _uuid_bytes(root_run_id)
+
+
+def span_id_of(run_id: str) -> bytes:
+    """The span id of run ``run_id``: never all zero (invalid in OTLP)."""
+    digest = hashlib.blake2b(_uuid_bytes(run_id), digest_size=8).digest()
+    return digest if digest != bytes(8) else b"\x00" * 7 + b"\x01"
+
+
+def _ns(ts: Any) -> int:
+    return int(ts * 1e9) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0
+
+
+class _Open:
+    """A run whose start was seen and whose end was not yet."""
+
+    __slots__ = (
+        "attributes",
+        "chunks",
+        "events",
+        "first_chunk_ns",
+        "kind",
+        "last_ns",
+        "name",
+        "operation",
+        "parent_span_id",
+        "size",
+        "span_id",
+        "start_ns",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        trace_id: bytes,
+        span_id: bytes,
+        parent_span_id: bytes | None,
+        start_ns: int,
+        name: str,
+        kind: int,
+        operation: str | None,
+        attributes: list[bytes],
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.start_ns = start_ns
+        self.last_ns = start_ns
+        self.name = name
+        self.kind = kind
+        self.operation = operation
+        self.attributes = attributes
+        self.events: list[bytes] = []
+        self.first_chunk_ns = 0
+        self.chunks = 0
+        self.size = 200 + sum(map(len, attributes))
+
+
+class SpanAssembler:
+    """Turns recorded lines into encoded spans (one thread at a time; holds state).
+
+    Args:
+        capture_content: write message content (see ``_semconv``).
+        max_open_bytes: bound on the runs held open (estimated encoded size).
+
+    Attributes:
+        open_bytes: the estimated size of the runs held open.
+        late_ends: end events of runs exported before they ended (evicted).
+        bad_lines: lines that could not be read (not JSON, no run id); skipped.
+    """
+
+    def __init__(self, *, capture_content: bool = False, max_open_bytes: int = 16 * 1024 * 1024) -> None:
+        self.capture_content = capture_content
+        self.max_open_bytes = max_open_bytes
+        self.open_bytes = 0
+        self.late_ends = 0
+        self.bad_lines = 0
+        self._open: dict[str, _Open] = {}
+        # run id -> (trace id, span id), for open runs and the last _KNOWN_IDS ended ones:
+        # a child whose start comes after its parent ended still finds its trace.
+        self._ids: dict[str, tuple[bytes, bytes]] = {}
+        self._evicted: dict[str, None] = {}
+
+    def add(self, lines: Iterable[bytes]) -> list[bytes]:
+        """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
+        done: list[bytes] = []
+        open_runs = self._open
+        for line in lines:
+            if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0 and self._token(line, open_runs):
+                continue
+            try:
+                event = orjson.loads(line)
+                run_id = event["run_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.bad_lines += 1
+                continue
+            if not isinstance(run_id, str):
+                self.bad_lines += 1
+                continue
+            kind = event.get("kind")
+            if kind in _START:
+                self._start(run_id, kind, event)
+            elif kind in _END or kind in _ERROR:
+                span = self._end(run_id, kind, event)
+                if span is not None:
+                    done.append(span)
+            else:
+                self._note(run_id, kind, event)
+            if self.open_bytes > self.max_open_bytes:
+                done.extend(self._evict())
+        return done
+
+    def close(self) -> list[bytes]:
+        """Every run still open, as spans marked ``asynctrack.unfinished = "not_ended"``."""
+        runs = list(self._open)
+        return [self._unfinished(run_id, "not_ended") for run_id in runs]
+
+    @property
+    def open_runs(self) -> int:
+        return len(self._open)
+
+    # -- the kinds of line ------------------------------------------------------------------------
+
+    def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:
+        """A streamed token: count it, note the first one's time. False: parse it whole."""
+        at = line.find(_RUN_ID)
+        span = open_runs.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
+        if span is None:
+            return False
+        span.chunks += 1
+        if not span.first_chunk_ns:
+            at = line.find(_TS)
+            end = line.find(b",", at)
+            try:
+                span.first_chunk_ns = span.last_ns = int(float(line[at + 5 : end]) * 1e9)
+            except ValueError:
+                return False
+        return True
+
+    def _start(self, run_id: str, kind: str, event: Mapping[str, Any]) -> None:
+        if run_id in self._open:
+            return  # a second start of one run: the first one counts
+        parent_run_id = event.get("parent_run_id")
+        parent_run_id = parent_run_id if isinstance(parent_run_id, str) else None
+        span_id = span_id_of(run_id)
+        if parent_run_id is None:
+            trace_id = trace_id_of(run_id)
+            parent_span_id = None
+        else:
+            known = self._ids.get(parent_run_id)
+            # A parent never seen (recorded by another tracker, or filtered out): its
+            # children still share one trace, named after it.
+            trace_id = known[0] if known is not None else trace_id_of(parent_run_id)
+            parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
+        data = event.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        metadata = event.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        name = str(event.get("name") or kind.removesuffix("_start"))
+        described = describe_start(
+            kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
+        )
+        attributes = described.attributes
+        attributes.extend(self._common(run_id, event))
+        span = _Open(
+            trace_id,
+            span_id,
+            parent_span_id,
+            _ns(event.get("ts")),
+            described.name,
+            described.kind,
+            described.operation,
+            attributes,
+        )
+        self._open[run_id] = span
+        self._remember(run_id, trace_id, span_id)
+        self.open_bytes += span.size
+
+    def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
+        attrs = [pb.attribute("langchain.run_id", run_id)]
+        for key, name in (("experiment", "asynctrack.experiment"), ("run", "asynctrack.run")):
+            value = event.get(key)
+            if isinstance(value, str):
+                attrs.append(pb.attribute(name, value))
+        tags = event.get("tags")
+        if isinstance(tags, list) and tags:
+            tag_attribute = tags_attribute(tags)
+            if tag_attribute is not None:
+                attrs.append(tag_attribute)
+        return attrs
+
+    def _remember(self, run_id: str, trace_id: bytes, span_id: bytes) -> None:
+        ids = self._ids
+        ids[run_id] = (trace_id, span_id)
+        if len(ids) > _KNOWN_IDS + len(self._open):
+            # Forget the oldest ended runs (a dict keeps insertion order).
+            for old in list(ids)[: len(ids) // 8]:
+                if old not in self._open:
+                    del ids[old]
+
+    def _end(self, run_id: str, kind: str, event: Mapping[str, Any]) -> bytes | None:
+        span = self._open.pop(run_id, None)
+        end_ns = _ns(event.get("ts"))
+        data = event.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        if span is None:
+            if run_id in self._evicted:
+                del self._evicted[run_id]
+                self.late_ends += 1
+                return None
+            span = self._rebuild(run_id, kind, event, end_ns)
+        else:
+            self.open_bytes -= span.size
+        attributes = span.attributes
+        status, message = pb.STATUS_UNSET, ""
+        events = span.events
+        if kind in _ERROR:
+            error = data.get("error")
+            error = error if isinstance(error, Mapping) else {}
+            status = pb.STATUS_ERROR
+            message = str(error.get("message") or "")
+            kind_name = error_type(error)
+            attributes.append(pb.attribute("error.type", kind_name))
+            exception = [pb.attribute("exception.type", kind_name)]
+            if message:
+                exception.append(pb.attribute("exception.message", message))
+            if isinstance(error.get("traceback"), str) and error["traceback"]:
+                exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
+            events.append(pb.event(end_ns, "exception", exception))
+        else:
+            more, _model = describe_end(kind, span.operation, data, capture=self.capture_content)
+            attributes.extend(more)
+        if span.chunks:
+            attributes.append(pb.attribute("gen_ai.request.stream", True))
+            attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+            if span.first_chunk_ns:
+                first = (span.first_chunk_ns - span.start_ns) / 1e9
+                attributes.append(pb.attribute("gen_ai.response.time_to_first_chunk", max(first, 0.0)))
+        return pb.span(
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            parent_span_id=span.parent_span_id,
+            name=span.name,
+            kind=span.kind,
+            start_ns=span.start_ns,
+            end_ns=max(end_ns, span.start_ns),
+            attributes=attributes,
+            events=events,
+            status=status,
+            status_message=message,
+        )
+
+    def _rebuild(self, run_id: str, kind: str, event: Mapping[str, Any], end_ns: int) -> _Open:
+        """A span from its end event alone (its start was not recorded)."""
+        start_kind = kind.rsplit("_", 1)[0] + "_start"
+        if start_kind == "llm_start" and _is_chat(event):
+            start_kind = "chat_model_start"
+        duration = event.get("duration")
+        start_ns = end_ns - _ns(duration)
+        self._start(run_id, start_kind, {**event, "ts": start_ns / 1e9, "data": {}})
+        span = self._open.pop(run_id)
+        self.open_bytes -= span.size
+        span.start_ns = start_ns
+        span.attributes.append(pb.attribute("asynctrack.start_missing", True))
+        return span
+
+    def _note(self, run_id: str, kind: Any, event: Mapping[str, Any]) -> None:
+        span = self._open.get(run_id)
+        if span is None:
+            return  # an event of no open run (a legacy tracer's lone event): in the files only
+        time_ns = _ns(event.get("ts"))
+        span.last_ns = max(span.last_ns, time_ns)
+        if kind == "llm_new_token":  # a token line the fast path could not read
+            span.chunks += 1
+            if not span.first_chunk_ns:
+                span.first_chunk_ns = time_ns
+            return
+        data = event.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        attrs: list[bytes] = []
+        known = _EVENT_ATTRIBUTES.get(str(kind))
+        if known is not None:
+            source = data.get("action") if kind == "agent_action" else data
+            value = source.get(known[0]) if isinstance(source, Mapping) else None
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                attrs.append(pb.attribute(known[1], value))
+        if self.capture_content and data:
+            attrs.append(pb.attribute("langchain.data", orjson.dumps(data).decode()))
+        encoded = pb.event(time_ns, f"langchain.{kind}", attrs)
+        span.events.append(encoded)
+        span.size += len(encoded)
+        self.open_bytes += len(encoded)
+
+    def _unfinished(self, run_id: str, why: str) -> bytes:
+        span = self._open.pop(run_id)
+        self.open_bytes -= span.size
+        span.attributes.append(pb.attribute("asynctrack.unfinished", why))
+        if span.chunks:
+            span.attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+        return pb.span(
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            parent_span_id=span.parent_span_id,
+            name=span.name,
+            kind=span.kind,
+            start_ns=span.start_ns,
+            end_ns=span.last_ns,
+            attributes=span.attributes,
+            events=span.events,
+        )
+
+    def _evict(self) -> list[bytes]:
+        out = []
+        while self.open_bytes > self.max_open_bytes and self._open:
+            oldest = next(iter(self._open))
+            out.append(self._unfinished(oldest, "evicted"))
+            self._evicted[oldest] = None
+            if len(self._evicted) > _KNOWN_IDS:
+                del self._evicted[next(iter(self._evicted))]
+        return out
+
+
+def _is_chat(event: Mapping[str, Any]) -> bool:
+    data = event.get("data")
+    response = data.get("response") if isinstance(data, Mapping) else None
+    generations = response.get("generations") if isinstance(response, Mapping) else None
+    try:
+        return generations[0][0].get("type") == "ChatGeneration"  # type: ignore[index,no-any-return]
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return False

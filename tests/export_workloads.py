@@ -1,0 +1,65 @@
+"""Real LangChain workloads for the export tests, and reading their recorded lines back."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+from _infra.openai_stub import chat_model, get_weather
+
+SECRET = "sk-proj-PlantedSecret0123456789abcdefABCDEF"  # an OpenAI-format key: always redacted
+
+
+def weather_agent(
+    url: str, callbacks: list[Any], question: str = "What is the weather in Paris today?"
+) -> str:
+    """A root chain around a tool round trip (model, tool, streamed model): 4 runs."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.runnables import RunnableConfig, RunnableLambda
+    from langchain_core.tools import tool
+
+    weather = tool(get_weather)
+    llm = chat_model(url).bind_tools([weather])
+    streaming = chat_model(url, stream_usage=True)
+
+    def answer(question: str, config: RunnableConfig) -> str:
+        history: list[Any] = [
+            SystemMessage("You are a helpful assistant. Answer briefly."),
+            HumanMessage(question),
+        ]
+        first = llm.invoke(history, config=config)
+        history.append(first)
+        for call in first.tool_calls:
+            history.append(weather.invoke(call, config=config))
+        return "".join(str(chunk.content) for chunk in streaming.stream(history, config=config))
+
+    result: str = RunnableLambda(answer, name="weather_agent").invoke(
+        question, config={"callbacks": callbacks}
+    )
+    return result
+
+
+def failing_chain(callbacks: list[Any]) -> None:
+    """A chain that raises ``ValueError``: one run, ended by an error."""
+    from langchain_core.runnables import RunnableLambda
+
+    def fail(_: str) -> str:
+        raise ValueError("the database is down")
+
+    try:
+        RunnableLambda(fail, name="failing").invoke("x", config={"callbacks": callbacks})
+    except ValueError:
+        pass
+
+
+def recorded_lines(destination: Path) -> list[bytes]:
+    """Every line the trackers wrote under ``destination``, per writer in batch order."""
+    files = sorted(destination.rglob("*.jsonl*"), key=lambda p: (p.name.split("-", 1)[1], p.name))
+    lines: list[bytes] = []
+    for path in files:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        lines.extend(data.splitlines())
+    return lines

@@ -1,0 +1,305 @@
+"""Span assembly and the GenAI conventions (``asynctrack._export._spans``, ``_semconv``).
+
+Real runs (ChatOpenAI on the loopback stub, a tool, a failing chain) are recorded to
+files by a tracker; their lines are assembled into spans, wrapped into a request by the
+hand-written encoder, and every request is decoded with ``opentelemetry-proto``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from _infra.openai_stub import OpenAIStub
+from _infra.otlp_receiver import attributes
+from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._export import _protobuf as pb
+from asynctrack._export._semconv import SCHEMA_URL
+from asynctrack._export._spans import SpanAssembler, span_id_of, trace_id_of
+
+
+def _decode(spans: list[bytes]) -> list[Any]:
+    raw = pb.request([pb.attribute("service.name", "test")], "asynctrack", "0", spans, SCHEMA_URL)
+    request = ExportTraceServiceRequest.FromString(raw)
+    assert request.SerializeToString() == raw  # every byte is the canonical encoding
+    (resource_spans,) = request.resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.schema_url == SCHEMA_URL
+    return list(scope_spans.spans)
+
+
+def _record(tmp_path: Path, run: Any) -> list[bytes]:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination, experiment_name="exp", run_name="r1", config=TrackerConfig(worker="thread")
+    )
+    run(tracker)
+    tracker.close()
+    return recorded_lines(destination)
+
+
+@pytest.fixture(scope="module")
+def agent_lines(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    tmp_path = tmp_path_factory.mktemp("agent")
+    with OpenAIStub() as stub:
+        return _record(tmp_path, lambda t: (weather_agent(stub.url, [t]), failing_chain([t])))
+
+
+def _events(lines: list[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in lines]
+
+
+def test_one_span_per_run_in_the_run_tree(agent_lines: list[bytes]) -> None:
+    assembler = SpanAssembler()
+    spans = _decode(assembler.add(agent_lines))
+    events = _events(agent_lines)
+    runs = {e["run_id"]: e.get("parent_run_id") for e in events}
+    assert len(spans) == len(runs) == 5  # workflow, chat, tool, chat (streamed); the failing chain
+    assert assembler.open_runs == 0
+    by_run = {attributes(s)["langchain.run_id"]: s for s in spans}
+    assert set(by_run) == set(runs)
+    roots = [r for r, parent in runs.items() if parent is None]
+    for run_id, parent in runs.items():
+        span = by_run[run_id]
+        assert span.span_id == span_id_of(run_id)
+        root = run_id if parent is None else parent
+        assert span.trace_id == trace_id_of(root) == uuid.UUID(root).bytes
+        assert span.parent_span_id == (b"" if parent is None else span_id_of(parent))
+        assert span.start_time_unix_nano <= span.end_time_unix_nano
+    assert len({by_run[r].trace_id for r in roots}) == 2
+
+
+def test_model_tool_and_workflow_attributes(agent_lines: list[bytes]) -> None:
+    spans = _decode(SpanAssembler().add(agent_lines))
+    names = sorted(s.name for s in spans)
+    assert names == [
+        "chat gpt-4o-mini",
+        "chat gpt-4o-mini",
+        "execute_tool get_weather",
+        "invoke_workflow failing",  # a root chain: a workflow
+        "invoke_workflow weather_agent",
+    ]
+    by_name: dict[str, list[Any]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    tool_call, streamed = by_name["chat gpt-4o-mini"]
+    a = attributes(tool_call)
+    assert tool_call.kind == Span.SPAN_KIND_CLIENT
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini"
+    assert a["gen_ai.request.temperature"] == pytest.approx(0.2)
+    assert a["gen_ai.response.model"] == "gpt-4o-mini"
+    assert a["gen_ai.response.id"].startswith("chatcmpl-")
+    assert a["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (57, 23)
+    assert "gen_ai.request.stream" not in a
+    s = attributes(streamed)
+    assert s["gen_ai.request.stream"] is True
+    assert s["gen_ai.usage.output_tokens"] > 0  # usage of a streamed call
+    assert (
+        0
+        < s["gen_ai.response.time_to_first_chunk"]
+        < (streamed.end_time_unix_nano - streamed.start_time_unix_nano) / 1e9
+    )
+    assert s["gen_ai.response.finish_reasons"] == ["stop"]
+    (tool,) = by_name["execute_tool get_weather"]
+    t = attributes(tool)
+    assert tool.kind == Span.SPAN_KIND_INTERNAL
+    assert t["gen_ai.operation.name"] == "execute_tool"
+    assert t["gen_ai.tool.name"] == "get_weather"
+    assert t["gen_ai.tool.description"] == "Current weather for a city."
+    assert t["gen_ai.tool.call.id"].startswith("call_")
+    (workflow,) = by_name["invoke_workflow weather_agent"]
+    w = attributes(workflow)
+    assert (w["gen_ai.operation.name"], w["gen_ai.workflow.name"]) == ("invoke_workflow", "weather_agent")
+    assert (w["asynctrack.experiment"], w["asynctrack.run"]) == ("exp", "r1")
+    for span in spans:
+        assert not any(
+            k.startswith(("gen_ai.input", "gen_ai.output", "langchain.inputs")) for k in attributes(span)
+        )
+
+
+def test_a_failed_run_is_an_error_span(agent_lines: list[bytes]) -> None:
+    spans = _decode(SpanAssembler().add(agent_lines))
+    failed = [s for s in spans if s.status.code == Status.STATUS_CODE_ERROR]
+    assert [s.name for s in failed] == ["invoke_workflow failing"]
+    (span,) = failed
+    assert attributes(span)["error.type"] == "ValueError"
+    assert span.status.message == "the database is down"
+    (event,) = span.events
+    assert event.name == "exception"
+    assert attributes(event)["exception.type"] == "ValueError"
+    assert "Traceback" in attributes(event)["exception.stacktrace"]
+    assert all(s.status.code == Status.STATUS_CODE_UNSET for s in spans if s is not span)
+
+
+def test_content_only_with_capture_content(tmp_path: Path) -> None:
+    with OpenAIStub() as stub:
+        lines = _record(
+            tmp_path, lambda t: weather_agent(stub.url, [t], question=f"echo: my key is {SECRET}")
+        )
+    plain = b"".join(SpanAssembler().add(lines))
+    assert b"my key is" not in plain
+    captured = SpanAssembler(capture_content=True).add(lines)
+    decoded = _decode(captured)
+    spans = {s.name: attributes(s) for s in decoded}
+    chat = next(attributes(s) for s in decoded if s.name == "chat gpt-4o-mini")
+    messages = orjson.loads(chat["gen_ai.input.messages"])
+    assert messages[0] == {
+        "role": "system",
+        "parts": [{"type": "text", "content": "You are a helpful assistant. Answer briefly."}],
+    }
+    assert messages[1]["role"] == "user"
+    assert "my key is [REDACTED]" in messages[1]["parts"][0]["content"]
+    assert orjson.loads(chat["gen_ai.output.messages"])[0]["role"] == "assistant"
+    assert "get_weather" in chat["gen_ai.tool.definitions"]
+    tool = spans["execute_tool get_weather"]
+    assert "Paris" in tool["gen_ai.tool.call.arguments"]
+    assert "18 degrees" in tool["gen_ai.tool.call.result"]
+    assert "langchain.inputs" in spans["invoke_workflow weather_agent"]
+    assert SECRET.encode() not in b"".join(captured)
+    assert SECRET[8:].encode() not in b"".join(captured)
+
+
+def test_ids_are_the_same_every_time(agent_lines: list[bytes]) -> None:
+    first = SpanAssembler().add(agent_lines)
+    second = SpanAssembler().add(agent_lines)
+    assert first == second
+    # Fed in pieces (as the engine's chunks come), the spans are the same bytes.
+    pieces = SpanAssembler()
+    third = [span for i in range(0, len(agent_lines), 3) for span in pieces.add(agent_lines[i : i + 3])]
+    assert third == first
+
+
+def _line(kind: str, run_id: str, parent: str | None, ts: float, **data: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "seq": 0,
+            "ts": ts,
+            "kind": kind,
+            "experiment": "e",
+            "run": "r",
+            "tracker": "t",
+            "run_id": run_id,
+            "parent_run_id": parent,
+            "name": "step",
+            "duration": data.pop("duration", None),
+            "data": data,
+            "tags": ["seq:step:1"],
+            "metadata": {},
+        }
+    )
+
+
+def test_a_run_never_ended_is_exported_at_close_marked() -> None:
+    root, child = str(uuid.uuid4()), str(uuid.uuid4())
+    assembler = SpanAssembler()
+    assert (
+        assembler.add([_line("chain_start", root, None, 10.0), _line("chain_start", child, root, 10.5)]) == []
+    )
+    assert assembler.add([_line("chain_end", child, root, 11.0, duration=0.5)]) != []
+    (span,) = _decode(assembler.close())
+    a = attributes(span)
+    assert a["asynctrack.unfinished"] == "not_ended"
+    assert a["langchain.tags"] == ["seq:step:1"]
+    assert span.status.code == Status.STATUS_CODE_UNSET
+    assert span.span_id == span_id_of(root)
+    assert assembler.close() == []
+
+
+def test_an_end_without_its_start_is_rebuilt() -> None:
+    run = str(uuid.uuid4())
+    (span,) = _decode(SpanAssembler().add([_line("tool_end", run, None, 20.0, duration=2.0, output="x")]))
+    assert span.name == "execute_tool step"
+    assert span.start_time_unix_nano == 18_000_000_000
+    assert span.end_time_unix_nano == 20_000_000_000
+    assert attributes(span)["asynctrack.start_missing"] is True
+
+
+def test_open_runs_are_bounded_by_bytes() -> None:
+    assembler = SpanAssembler(max_open_bytes=4096)
+    runs = [str(uuid.uuid4()) for _ in range(100)]
+    out = assembler.add([_line("chain_start", r, None, 1.0 + i) for i, r in enumerate(runs)])
+    assert assembler.open_bytes <= 4096
+    assert out, "the oldest open runs were exported"
+    evicted = _decode(out)
+    assert [attributes(s)["asynctrack.unfinished"] for s in evicted] == ["evicted"] * len(evicted)
+    assert [s.span_id for s in evicted] == [span_id_of(r) for r in runs[: len(evicted)]]
+    # Their ends come later: counted, not exported a second time.
+    assert assembler.add([_line("chain_end", runs[0], None, 200.0, duration=1.0)]) == []
+    assert assembler.late_ends == 1
+    assert len(_decode(assembler.close())) == 100 - len(evicted)
+
+
+def test_other_events_of_a_run_are_span_events() -> None:
+    run = str(uuid.uuid4())
+    lines = [
+        _line("chain_start", run, None, 1.0),
+        _line("agent_action", run, None, 1.1, action={"tool": "search", "tool_input": "q", "log": ""}),
+        _line("retry", run, None, 1.2, attempt_number=2),
+        _line("custom_event", run, None, 1.3, name="progress", data={"done": 1}),
+        _line("chain_end", run, None, 2.0, duration=1.0, outputs={}),
+    ]
+    (span,) = _decode(SpanAssembler().add(lines))
+    assert [e.name for e in span.events] == [
+        "langchain.agent_action",
+        "langchain.retry",
+        "langchain.custom_event",
+    ]
+    assert [attributes(e) for e in span.events] == [
+        {"gen_ai.tool.name": "search"},
+        {"langchain.retry.attempt": 2},
+        {"langchain.event.name": "progress"},
+    ]
+    assert span.events[1].time_unix_nano == 1_200_000_000
+
+
+def test_bad_lines_are_counted_and_skipped() -> None:
+    run = str(uuid.uuid4())
+    assembler = SpanAssembler()
+    spans = assembler.add([b"not json", b'{"kind": "chain_start"}', _line("chain_start", run, None, 1.0)])
+    assert (spans, assembler.bad_lines, assembler.open_runs) == ([], 2, 1)
+
+
+def test_attribute_values_of_every_type_decode() -> None:
+    attrs = [
+        pb.attribute("s", "é\ud800"),
+        pb.attribute("t", True),
+        pb.attribute("f", False),
+        pb.attribute("i", -5),
+        pb.attribute("big", 2**40),
+        pb.attribute("d", 1.5),
+        pb.attribute("a", ["x", "y" * 20000]),
+    ]
+    span = pb.span(
+        trace_id=b"\x01" * 16,
+        span_id=b"\x02" * 8,
+        parent_span_id=None,
+        name="n" * 300,
+        kind=pb.KIND_INTERNAL,
+        start_ns=1,
+        end_ns=2**63,
+        attributes=attrs,
+        events=[pb.event(5, "e", [pb.attribute("k", 1)])],
+        status=pb.STATUS_ERROR,
+        status_message="bad",
+    )
+    (decoded,) = _decode([span])
+    assert attributes(decoded) == {
+        "s": "é?",
+        "t": True,
+        "f": False,
+        "i": -5,
+        "big": 2**40,
+        "d": 1.5,
+        "a": ["x", "y" * 20000],
+    }
+    assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
