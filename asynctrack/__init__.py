@@ -25,6 +25,7 @@ from ._sinks._base import Batch, ParametersSink, RunInfo, RunSummary, RunSummary
 from ._sinks._local import LocalSink
 
 if TYPE_CHECKING:
+    from ._export._exporter import OTLPExporter
     from ._langchain._handler import AsyncTracker
     from ._langchain._sagemaker_handler import SageMakerCallbackHandler
     from ._read._load import load, read_events, read_parameters
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 # fast (LangChain's import alone takes ~0.3 s); extras' names need their extra.
 _LAZY = {
     "AsyncTracker": "._langchain._handler",
+    "OTLPExporter": "._export._exporter",
     "load": "._read._load",
     "read_events": "._read._load",
     "read_parameters": "._read._load",
@@ -50,7 +52,7 @@ _LAZY = {
 }
 
 
-_CORE = frozenset({"AsyncTracker", "load", "read_events", "read_parameters", "scan"})
+_CORE = frozenset({"AsyncTracker", "OTLPExporter", "load", "read_events", "read_parameters", "scan"})
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +83,7 @@ __all__ = [
     "FlushTimeoutError",
     "LocalSink",
     "MLflowParameters",
+    "OTLPExporter",
     "ParametersSink",
     "PermanentSinkError",
     "RunInfo",

@@ -298,6 +298,8 @@ class ProcessEngine:
             parameter_errors=worker.get("parameter_errors", 0),
             worker_mode="process",
             worker_restarts=self._worker.restarts,
+            spans_exported=worker.get("spans_exported", 0),
+            spans_failed=worker.get("spans_failed", 0),
             retained_bytes=self.retained_bytes,
         )
 

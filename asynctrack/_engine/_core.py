@@ -34,6 +34,7 @@ import orjson
 
 from .._config import TrackerConfig
 from .._errors import DeadlockError, FlushTimeoutError, TrackerClosedError
+from .._export._protocol import LineExporter
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
 from . import _process
@@ -74,6 +75,7 @@ class Engine:
         config: buffering and encoding settings.
         run_info: the run's names and events URI (derived from ``layout`` by default).
         spool: where unsent batches are kept (remote destinations).
+        exporters: get every line written, and flush and close with the engine.
     """
 
     put: Callable[[Any], None]
@@ -91,8 +93,10 @@ class Engine:
         run_info: RunInfo | None = None,
         spool: Spool | None = None,
         placeholders: Callable[[], int] | None = None,
+        exporters: Sequence[LineExporter] = (),
     ) -> None:
         self.config = config or TrackerConfig()
+        self.exporters = tuple(exporters)
         self.sink = sink
         self.layout = layout
         self._translate = translate
@@ -146,6 +150,7 @@ class Engine:
             translate=self._translate,
             write_parameters=self._write_parameters,
             on_closed=self._on_closed,
+            exporters=self.exporters,
         )
         self.put = self._buffer.put
         self.put_many = self._buffer.put_many
@@ -388,6 +393,11 @@ class Engine:
         """A snapshot of the counters; ``recorded`` is exact (read at one instant)."""
         taken, queued = self._buffer.counts()
         c = self._counters
+        exported = failed = 0
+        for exporter in self.exporters:
+            counts = exporter.statistics()
+            exported += counts.get("spans_exported", 0)
+            failed += counts.get("spans_failed", 0)
         return Statistics(
             recorded=taken + queued,
             written=c.written,
@@ -406,6 +416,8 @@ class Engine:
             worker_mode="thread",
             worker_restarts=0,
             retained_bytes=0,
+            spans_exported=exported,
+            spans_failed=failed,
         )
 
     # -- run parameters (worker thread) ------------------------------------------------------------
@@ -462,6 +474,9 @@ class Engine:
         buffered events stay the parent's to write."""
         closed = self.closed
         self.layout = dataclasses.replace(self.layout, writer=new_writer_id())
+        # The exporters' threads did not survive the fork: the child exports nothing
+        # (its events are in the files, for `asynctrack export`).
+        self.exporters = ()
         self._build()
         if closed:
             # Closing or closed in the parent: nothing of it runs here.

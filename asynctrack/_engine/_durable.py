@@ -18,7 +18,7 @@ from .._sinks._base import Batch
 __all__ = ["ENV_PREFIXES", "DurableHooks", "apply_environ", "batch_seqs", "durable_seqs"]
 
 #: Environment variables a tracker's worker side reads (credentials, endpoints, sinks).
-ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_")
+ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_", "OTEL_")
 
 # Every line the translator writes starts with the envelope's first key.
 _SEQ: Final = re.compile(rb'^\{"seq":(\d+)', re.MULTILINE)

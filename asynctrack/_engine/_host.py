@@ -46,6 +46,17 @@ __all__ = ["main"]
 logger = logging.getLogger("asynctrack")
 
 _SEQ: Final = operator.itemgetter(1)  # a record's sequence number
+#: The counters whose change sends statistics to the application.
+_CHANGES: Final = (
+    "written",
+    "failed",
+    "lost",
+    "spooled",
+    "write_errors",
+    "dropped",
+    "spans_exported",
+    "spans_failed",
+)
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
 _UNBOUNDED: Final = 2**62
 _GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process
@@ -216,7 +227,7 @@ class _Tracker:
 
     def send_statistics_if_changed(self) -> None:
         stats = self.statistics()
-        key = tuple(stats[k] for k in ("written", "failed", "lost", "spooled", "write_errors", "dropped"))
+        key = tuple(stats[k] for k in _CHANGES)
         if key != self._stats_sent:
             self._stats_sent = key
             self._out.send(Kind.STATS, self.number, 0, pickle.dumps(stats))

@@ -49,6 +49,9 @@ class Statistics:
             (always 0 in thread mode).
         retained_bytes: captured bytes kept by the application for re-sending to
             a restarted worker process (always 0 in thread mode).
+        spans_exported: spans the exporters (``OTLPExporter``) delivered.
+        spans_failed: spans the exporters gave up on (refused after retries, or
+            dropped when their queue was full).
     """
 
     recorded: int
@@ -68,6 +71,8 @@ class Statistics:
     worker_mode: Literal["thread", "process"] = "thread"
     worker_restarts: int = 0
     retained_bytes: int = 0
+    spans_exported: int = 0
+    spans_failed: int = 0
 
 
 class Counters:

@@ -44,6 +44,7 @@ from typing import Any, Final
 from .._config import TrackerConfig
 from .._encode import Encoder, placeholder
 from .._errors import FlushError, FlushTimeoutError
+from .._export._protocol import LineExporter
 from .._sinks._base import Batch, ParametersSink, Sink
 from ._barrier import Barrier, Marker
 from ._batcher import Batcher
@@ -126,6 +127,8 @@ class Worker:
         translate: the adapter's record -> line function (worker thread only).
         write_parameters: writes the run parameters; ``None`` or the error text.
         on_closed: called on the worker thread once the state is CLOSED.
+        exporters: get every line added to a batch; flushed with each flush marker
+            and closed at the end.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Worker:
         translate: Translate,
         write_parameters: Callable[[], Awaitable[str | None]],
         on_closed: Callable[[], None],
+        exporters: Sequence[LineExporter] = (),
     ) -> None:
         self._config = config
         self._sink = sink
@@ -156,6 +160,7 @@ class Worker:
         self.translate = translate
         self._write_parameters = write_parameters
         self._on_closed = on_closed
+        self._exporters = tuple(exporters)
         self._encoder = Encoder(config)
         self.state = State.CREATED
         self._lock = threading.Lock()  # state, loop, timeout and deadline, together
@@ -344,14 +349,22 @@ class Worker:
         else:
             results = [self._translate_one(item) for item in chunk]
         if all(map(tuple.__instancecheck__, results)):  # lines only (the common case): in bulk
-            batches = self._batcher.add_many(list(map(_SEQ, results)), list(map(_LINE, results)))
+            lines = list(map(_LINE, results))
+            batches = self._batcher.add_many(list(map(_SEQ, results)), lines)
+            if self._exporters:
+                self._export(lines)
             if batches:
                 self._dispatch(batches)
             return
+        self._encode_each(results)
+
+    def _encode_each(self, results: list[Any]) -> None:
+        """``_encode``'s path for results that are not all lines: one at a time."""
         hook = self._config.redact
         encoder = self._encoder
         counters = self._counters
         add = self._batcher.add
+        exported: list[bytes] = []
         for result in results:
             out = result
             if type(out) is not tuple:
@@ -375,8 +388,19 @@ class Worker:
                     event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
                     out = (-1, encoder.encode(event))
             sealed = add(out[0], out[1])
+            exported.append(out[1])
             if sealed is not None:
                 self._dispatch(sealed)
+        if self._exporters and exported:
+            self._export(exported)
+
+    def _export(self, lines: list[bytes]) -> None:
+        """Hand the lines just added to the batches to every exporter (they never block)."""
+        for exporter in self._exporters:
+            try:
+                exporter.lines(lines)
+            except Exception as exc:  # an exporter's bug must not stop the files
+                self._reporter.error("export", f"exporter {type(exporter).__name__} failed: {exc!r}", exc)
 
     def _translate_one(self, item: Any) -> Any:
         try:
@@ -412,6 +436,7 @@ class Worker:
         """Resolve a marker whose batches are all settled; write parameters first."""
         try:
             error = await self._write_parameters()
+            await self._flush_exporters(marker)
         finally:
             self._barrier.remove(marker)
         # Batches may have gone back in flight (a retry) while parameters were
@@ -438,6 +463,32 @@ class Worker:
                 marker.future.set_result(None)
             else:
                 marker.future.set_exception(outcome)
+
+    async def _flush_exporters(self, marker: Marker) -> None:
+        """Let the exporters send what the marker's lines finished, on threads of their own.
+
+        A flush waits for them at most their own timeout, a close until its deadline.
+        Their failures are theirs to count and log: the files are written either way.
+        """
+        if not self._exporters:
+            return
+        timeout = None
+        if marker.closing and not math.isinf(self._deadline):
+            timeout = max(self._deadline - time.monotonic(), 0.0)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(None, exporter.flush, timeout) for exporter in self._exporters),
+            return_exceptions=True,
+        )
+
+    async def _close_exporters(self, limit: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        for exporter in self._exporters:
+            try:
+                async with asyncio.timeout(None if limit is None else limit + 1.0):
+                    await loop.run_in_executor(None, exporter.close, limit)
+            except Exception as exc:
+                logger.warning("asynctrack: closing exporter %s failed: %r", type(exporter).__name__, exc)
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -468,6 +519,10 @@ class Worker:
             )
         close_marker = self.close_marker
         self._fail_markers(left, f"tracker closed; {self._reporter.last_error}", markers, skip=close_marker)
+        if self._exporters:
+            # The exporters send what is left (runs never ended too) until the deadline.
+            left_s = None if math.isinf(self._deadline) else self._deadline - time.monotonic()
+            await self._close_exporters(_SINK_CLOSE_LATE if timed_out else left_s)
         closers: list[Sink | ParametersSink] = [self._sink, *self._parameter_sinks]
         # Past the deadline the connections are likely hung: closing them gets little time.
         limit = _SINK_CLOSE_LATE if timed_out else _SINK_CLOSE

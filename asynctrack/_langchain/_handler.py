@@ -35,6 +35,7 @@ from .._engine._client import ProcessEngine
 from .._engine._core import Engine, Statistics, install_sigterm_handler
 from .._engine._durable import ENV_PREFIXES
 from .._engine._worker_process import WorkerUnavailable
+from .._export._protocol import Exporter
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
@@ -110,6 +111,8 @@ class AsyncTracker(BaseCallbackHandler):
         config: buffering, batching and encoding settings.
         parameter_sinks: also receive the run's parameters at every flush
             (for example ``asynctrack.SageMakerParameters``).
+        exporters: also send every run elsewhere, from the worker (for example
+            ``asynctrack.OTLPExporter``: OpenTelemetry GenAI spans).
         **s3_options: passed to ``S3Sink`` for an ``s3://`` destination.
 
     Raises:
@@ -127,6 +130,7 @@ class AsyncTracker(BaseCallbackHandler):
         run_name: str | None = None,
         config: TrackerConfig | None = None,
         parameter_sinks: Sequence[ParametersSink] = (),
+        exporters: Sequence[Exporter] = (),
         **s3_options: Any,
     ) -> None:
         if not isinstance(experiment_name, str) or not experiment_name:
@@ -136,6 +140,9 @@ class AsyncTracker(BaseCallbackHandler):
         config = config or TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
+        for exporter in exporters:
+            if not isinstance(exporter, Exporter):
+                raise ValueError(f"exporters must hold exporter settings (OTLPExporter), got {exporter!r}")
         # A lone surrogate (os.fsdecode of a non-UTF-8 file name) cannot be written
         # in any JSON, key or parameter: U+FFFD instead, once, here.
         self.experiment_name = valid_text(experiment_name)
@@ -152,6 +159,7 @@ class AsyncTracker(BaseCallbackHandler):
             config=config,
             parameter_sinks=tuple(parameter_sinks),
             environ={k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+            exporters=tuple(exporters),
         )
         self._engine: Engine | ProcessEngine = self._start_engine(spec, sink, destination)
         self._engine.on_fork = weakref.WeakMethod(self._after_fork)  # type: ignore[assignment]  # the engine passes itself

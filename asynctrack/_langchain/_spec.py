@@ -18,6 +18,7 @@ from .._config import TrackerConfig
 from .._engine._core import Engine
 from .._engine._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._engine._spool import Spool
+from .._export._protocol import Exporter
 from .._layout import Layout
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
@@ -52,6 +53,8 @@ class TrackerSpec:
     #: tracker was made: the worker process applies them before it builds the engine
     #: (it was started earlier, with the environment of that moment).
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Started where the engine is built (the worker process): spans leave from there.
+    exporters: tuple[Exporter, ...] = ()
 
     def build(
         self,
@@ -101,6 +104,7 @@ class TrackerSpec:
             config=engine_config,
             spool=spool,
             placeholders=lambda: translator.placeholders,
+            exporters=[exporter.start() for exporter in self.exporters],
         )
         return engine, translator
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import threading
+import time
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -82,6 +83,7 @@ class OTLPReceiver:
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
         self.attempts = 0  # POSTs received, refused or not
+        self.arrival_times: list[float] = []  # time.monotonic() of each POST
         self.errors: list[str] = []
         self._refusals: list[tuple[int, str | None]] = []
         self.stalled = threading.Event()
@@ -131,6 +133,7 @@ class OTLPReceiver:
     def arrived(self, path: str, headers: dict[str, str], body: bytes) -> None:
         with self._cond:
             self.attempts += 1
+            self.arrival_times.append(time.monotonic())
             self.paths.append(path)
             self.headers.append(headers)
             self._cond.notify_all()

@@ -1,0 +1,206 @@
+"""``OTLPExporter``: runs as OpenTelemetry GenAI spans, over OTLP/HTTP (protobuf, gzip).
+
+The configuration is a frozen dataclass: it travels to the worker process inside the
+tracker's spec, and ``start()`` there builds the running exporter: a ``SpanAssembler``
+(lines -> spans, on the engine's worker thread) and a ``Sender`` (its own thread).
+The application's process does nothing more than it does for the files.
+
+Where the spans go, when ``endpoint`` is not given, follows the OpenTelemetry
+environment variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the full URL, used as
+it is), else ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL: ``/v1/traces`` is appended),
+else ``http://localhost:4318/v1/traces``. Headers come from ``OTEL_EXPORTER_OTLP_HEADERS``
+(and ``..._TRACES_HEADERS``), ``k=v`` pairs separated by commas, then from ``headers``.
+The resource is ``OTEL_RESOURCE_ATTRIBUTES`` with ``service.name`` from
+``OTEL_SERVICE_NAME`` (default ``asynctrack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from . import _protobuf as pb
+from ._protocol import LineExporter
+from ._semconv import SCHEMA_URL
+from ._sender import Sender
+from ._spans import SpanAssembler
+
+__all__ = ["OTLPExporter", "resolve_endpoint", "resolve_headers", "resource_attributes"]
+
+logger = logging.getLogger("asynctrack")
+
+DEFAULT_ENDPOINT: Final = "http://localhost:4318"
+_TRACES_PATH: Final = "/v1/traces"
+_SCOPE: Final = "asynctrack"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str]) -> str:
+    """The traces URL: ``endpoint`` (a base URL), or the OTel environment variables."""
+    if endpoint is None:
+        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        if traces:
+            return traces
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
+    if endpoint.rstrip("/").endswith(_TRACES_PATH):
+        return endpoint
+    return endpoint.rstrip("/") + _TRACES_PATH
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (percent-encoded, as OTel's variables are) as a dict."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def resolve_headers(headers: Mapping[str, str] | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The request headers: the OTel variables', then ``headers``."""
+    out = _pairs(environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
+    out.update(_pairs(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "")))
+    out.update(headers or {})
+    return out
+
+
+def resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
+    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``service.name``, the SDK's name."""
+    attributes = _pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    service = environ.get("OTEL_SERVICE_NAME", "").strip()
+    if service:
+        attributes["service.name"] = service
+    attributes.setdefault("service.name", "asynctrack")
+    attributes["telemetry.sdk.name"] = "asynctrack"
+    attributes["telemetry.sdk.language"] = "python"
+    attributes["telemetry.sdk.version"] = _version()
+    return attributes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OTLPExporter:
+    """Export every run as an OpenTelemetry GenAI span over OTLP/HTTP, from the worker.
+
+    Pass it as ``AsyncTracker(destination, exporters=[OTLPExporter(...)])``. The files
+    stay the source of truth; the export is an extra copy of the same redacted events:
+    one span per LangChain run, one trace per root run, ids derived from the run ids
+    (so ``asynctrack export`` of the files later sends the same ids).
+
+    Args:
+        endpoint: the receiver's base URL (``/v1/traces`` is appended, unless it is
+            there already); ``None`` follows the OTel environment variables.
+        headers: extra request headers (added to ``OTEL_EXPORTER_OTLP_HEADERS``).
+        capture_content: also export message content, tool arguments and results,
+            chain inputs and outputs (``gen_ai.input.messages`` ...), redacted as the
+            files are.
+        timeout: seconds per request; also how long a tracker's ``flush()`` waits for
+            the export at most.
+        max_queue_bytes: spans waiting to be sent, at most (then dropped and counted
+            in ``spans_failed``).
+        max_open_bytes: runs started and not yet ended held, at most (then the oldest
+            is exported unfinished).
+
+    Raises:
+        ValueError: a setting is invalid (checked at construction).
+    """
+
+    endpoint: str | None = None
+    _: dataclasses.KW_ONLY
+    headers: Mapping[str, str] | None = None
+    capture_content: bool = False
+    timeout: float = 10.0
+    max_queue_bytes: int = 16 * 1024 * 1024
+    max_open_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not isinstance(self.endpoint, str):
+            raise ValueError(f"endpoint must be a URL string or None, got {self.endpoint!r}")
+        if self.headers is not None:
+            if not isinstance(self.headers, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+            ):
+                raise ValueError(f"headers must map strings to strings, got {self.headers!r}")
+            object.__setattr__(self, "headers", dict(self.headers))
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or self.timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        for name in ("max_queue_bytes", "max_open_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+        url = urllib.parse.urlsplit(resolve_endpoint(self.endpoint, os.environ))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"the OTLP endpoint must be an http:// or https:// URL, got {url.geturl()!r}"
+                + (" (from the OTEL_EXPORTER_OTLP_* environment)" if self.endpoint is None else "")
+            )
+
+    def start(self) -> LineExporter:
+        """The running exporter, in this process (the worker's): its thread starts now."""
+        environ = os.environ
+        resource = [pb.attribute(k, v) for k, v in resource_attributes(environ).items()]
+        version = _version()
+
+        def build(spans: Sequence[bytes]) -> bytes:
+            return pb.request(resource, _SCOPE, version, spans, SCHEMA_URL)
+
+        sender = Sender(
+            url=resolve_endpoint(self.endpoint, environ),
+            headers=resolve_headers(self.headers, environ),
+            timeout=float(self.timeout),
+            build=build,
+            max_queue_bytes=self.max_queue_bytes,
+            user_agent=f"asynctrack/{version}",
+        )
+        return _Running(
+            SpanAssembler(capture_content=self.capture_content, max_open_bytes=self.max_open_bytes), sender
+        )
+
+
+class _Running:
+    """An ``OTLPExporter`` at work: assembly on the caller's thread, sending on the sender's."""
+
+    def __init__(self, assembler: SpanAssembler, sender: Sender) -> None:
+        self._assembler = assembler
+        self._sender = sender
+        self._lock = threading.Lock()  # lines() and close() may come from two threads
+        self._closed = False
+        self._errors = 0
+
+    def lines(self, lines: Sequence[bytes]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                spans = self._assembler.add(lines)
+            except Exception as exc:  # a bug here must not stop the files
+                self._errors += 1
+                if self._errors == 1:
+                    logger.exception("asynctrack: OTLP export could not read recorded events: %r", exc)
+                return
+        self._sender.put(spans)
+
+    def flush(self, timeout: float | None) -> str | None:
+        return self._sender.flush(timeout)
+
+    def close(self, timeout: float | None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            spans = self._assembler.close()
+        self._sender.put(spans)
+        self._sender.close(timeout)
+
+    def statistics(self) -> Mapping[str, int]:
+        return {"spans_exported": self._sender.exported, "spans_failed": self._sender.failed}

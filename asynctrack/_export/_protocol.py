@@ -1,0 +1,40 @@
+"""The seam between the engine and an exporter: what the worker calls, and when.
+
+An ``Exporter`` is configuration (picklable: it crosses to the worker process inside the
+tracker's spec); its ``start()`` makes the ``LineExporter`` that runs beside the engine.
+The engine hands it every line it adds to the open batch (the same redacted bytes as
+the files), asks it to flush at every flush, and closes it at close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Exporter", "LineExporter"]
+
+
+@runtime_checkable
+class LineExporter(Protocol):
+    """A running exporter, called by the engine's worker thread."""
+
+    def lines(self, lines: Sequence[bytes]) -> None:
+        """Take recorded lines, in the order they are written. Never blocks, never raises."""
+
+    def flush(self, timeout: float | None) -> str | None:
+        """Wait (at most ``timeout`` seconds; ``None``: the exporter's own bound) until what
+        was taken is sent; the error text if something failed, else ``None``."""
+
+    def close(self, timeout: float | None) -> None:
+        """Send what is left within ``timeout`` seconds, then stop; nothing is left running."""
+
+    def statistics(self) -> Mapping[str, int]:
+        """Counters, named as the ``Statistics`` fields they add to (``spans_exported``, ...)."""
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """An exporter's configuration: picklable, and started where the engine runs."""
+
+    def start(self) -> LineExporter:
+        """Start the exporter (its thread, its connection) in this process."""

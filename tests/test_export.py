@@ -1,0 +1,309 @@
+"""``OTLPExporter`` live, from the worker process, against real receivers on 127.0.0.1.
+
+The receiver decodes every request with ``opentelemetry-proto``; it can refuse, stall,
+or be stopped. Workloads are real LangChain runs (ChatOpenAI on the loopback stub, a
+tool, a failing chain, a LangGraph graph). Every test checks the files too: the export
+never costs the files anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _infra.openai_stub import OpenAIStub
+from _infra.otlp_receiver import OTLPReceiver, attributes
+from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+
+from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
+from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource_attributes
+from asynctrack._export._spans import SpanAssembler
+
+WAIT = 30.0
+SCRIPT = Path(__file__).parent / "scripts" / "export_app.py"
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAIStub]:
+    with OpenAIStub() as s:
+        yield s
+
+
+def _tracker(destination: Path, exporter: OTLPExporter, worker: str = "process") -> AsyncTracker:
+    return AsyncTracker(
+        destination,
+        experiment_name="exp",
+        run_name="r1",
+        config=TrackerConfig(worker=worker),
+        exporters=[exporter],
+    )
+
+
+def _assert_files_complete(tracker: AsyncTracker) -> None:
+    stats = tracker.statistics()
+    assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
+
+
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_every_run_is_exported_with_the_ids_of_the_files(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, worker: str
+) -> None:
+    exporter = OTLPExporter(receiver.endpoint, headers={"x-team": "search"})
+    tracker = _tracker(tmp_path / "logs", exporter, worker)
+    weather_agent(stub.url, [tracker])
+    failing_chain([tracker])
+    tracker.flush_blocking(timeout=WAIT)
+    # flush() returned: the spans of the runs ended before it are at the receiver.
+    assert len(receiver.spans) == 5
+    assert tracker.statistics().worker_mode == worker
+    tracker.close()
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (5, 0)
+    _assert_files_complete(tracker)
+    headers = receiver.headers[0]
+    assert headers["Content-Type"] == "application/x-protobuf"
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["x-team"] == "search"
+    assert receiver.paths == ["/v1/traces"] * len(receiver.paths)
+    resource = attributes(receiver.requests[0].resource_spans[0].resource)
+    assert resource["service.name"] == "asynctrack"
+    assert resource["telemetry.sdk.name"] == "asynctrack"
+    # The files, assembled again (as `asynctrack export` does), give the same spans.
+    from_files = SpanAssembler().add(recorded_lines(tmp_path / "logs"))
+    assert sorted(span.SerializeToString() for span in receiver.spans) == sorted(from_files)
+
+
+def test_no_planted_secret_in_any_exported_byte(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub
+) -> None:
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, capture_content=True))
+    weather_agent(stub.url, [tracker], question=f"echo: my key is {SECRET} and password=hunter2")
+    from langchain_core.runnables import RunnableLambda
+
+    def leak(_: str) -> str:
+        raise RuntimeError(f"could not connect with api_key={SECRET}")
+
+    try:
+        RunnableLambda(leak, name="leaky").invoke("x", config={"callbacks": [tracker]})
+    except RuntimeError:
+        pass
+    tracker.close()
+    sent = b"".join(receiver.raw)
+    assert b"[REDACTED]" in sent  # content was exported, redacted
+    assert SECRET.encode() not in sent
+    assert SECRET[8:30].encode() not in sent
+    assert b"hunter2" not in sent
+    assert tracker.statistics().spans_exported == 5
+
+
+def test_refusals_are_retried_until_accepted(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    receiver.refuse(503, times=2)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert receiver.attempts == 3
+    assert len(receiver.spans) == 1
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (1, 0)
+    _assert_files_complete(tracker)
+
+
+def test_retry_after_is_honoured(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    receiver.refuse(429, times=1, retry_after="1")
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert receiver.attempts == 2
+    first, second = receiver.arrival_times
+    assert second - first >= 0.95
+    assert tracker.statistics().spans_exported == 1
+
+
+def test_a_permanent_refusal_is_counted_not_retried(
+    tmp_path: Path, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.refuse(400, times=10)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint), worker="thread")
+    with caplog.at_level(logging.WARNING, logger="asynctrack"):
+        failing_chain([tracker])
+        failing_chain([tracker])
+        tracker.flush_blocking(timeout=WAIT)  # files durable: the flush succeeds
+        tracker.close(timeout=WAIT)
+    assert receiver.attempts == 1
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 2)
+    _assert_files_complete(tracker)
+    messages = [r.getMessage() for r in caplog.records if "OTLP export" in r.getMessage()]
+    assert len(messages) == 1, messages  # logged once
+    assert "HTTP 400" in messages[0]
+
+
+def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    receiver.stall()
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5))
+    started = time.monotonic()
+    for _ in range(3):
+        failing_chain([tracker])
+    chains = time.monotonic() - started
+    began = time.monotonic()
+    tracker.flush_blocking(timeout=WAIT)
+    flushed = time.monotonic() - began
+    began = time.monotonic()
+    tracker.close(timeout=1.0)
+    closed = time.monotonic() - began
+    assert chains < 2.0
+    assert flushed < 0.5 + 1.0  # one request timeout, and the marker's own work
+    assert closed < 1.0 + 1.5
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 3)
+    _assert_files_complete(tracker)
+
+
+def test_a_dead_receiver_fails_the_spans_not_the_files(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    receiver.stop()
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    for _ in range(4):
+        failing_chain([tracker])
+    began = time.monotonic()
+    tracker.flush_blocking(timeout=WAIT)
+    assert time.monotonic() - began < 2.0  # one refused connection, not the retries
+    began = time.monotonic()
+    tracker.close(timeout=1.0)
+    assert time.monotonic() - began < 2.5
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 4)
+    _assert_files_complete(tracker)
+
+
+def test_a_full_export_queue_drops_spans_and_counts_them(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    receiver.stall()
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, max_queue_bytes=600, timeout=0.5))
+    for _ in range(20):
+        failing_chain([tracker])
+    tracker.close(timeout=1.0)
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 20)
+    _assert_files_complete(tracker)
+
+
+def test_a_langgraph_graph_is_one_trace(tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub) -> None:
+    from _infra.openai_stub import chat_model
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    llm = chat_model(stub.url)
+
+    def model(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", model)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    app = graph.compile()
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    app.invoke({"messages": [HumanMessage("What is the weather in Paris?")]}, config={"callbacks": [tracker]})
+    tracker.close(timeout=WAIT)
+    spans = receiver.spans
+    assert len({s.trace_id for s in spans}) == 1
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [s.name for s in roots] == ["invoke_workflow LangGraph"]
+    assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id)
+    chat = [s for s in spans if s.name == "chat gpt-4o-mini"]
+    assert len(chat) == 1
+    # chat -> the node "model" -> the graph
+    node = by_id[chat[0].parent_span_id]
+    assert node.name == "model"
+    assert by_id[node.parent_span_id] is roots[0]
+    assert len(spans) == tracker.statistics().spans_exported
+
+
+def test_the_worker_exports_ended_runs_after_the_application_is_killed(
+    tmp_path: Path, receiver: OTLPReceiver
+) -> None:
+    env = {**os.environ, "ASYNCTRACK_EXIT_TIMEOUT": "10", "ASYNCTRACK_WORKER": "process"}
+    env.pop("PYTHONWARNINGS", None)
+    child = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(tmp_path / "logs"), receiver.endpoint, "50"],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        ready = child.stdout.readline()
+        assert ready.strip() == b"ready", ready
+        time.sleep(0.1)  # the guarantee under test: recorded >= 50 ms before the kill
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+        spans = receiver.wait_for_spans(51, timeout=WAIT)  # 50 ended runs and one never ended
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    ended = [s for s in spans if "asynctrack.unfinished" not in attributes(s)]
+    unfinished = [s for s in spans if "asynctrack.unfinished" in attributes(s)]
+    assert len(ended) == 50
+    assert [attributes(s)["asynctrack.unfinished"] for s in unfinished] == ["not_ended"]
+
+
+def test_settings_are_checked_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        OTLPExporter("http://127.0.0.1:4318", timeout=0)
+    with pytest.raises(ValueError, match="headers"):
+        OTLPExporter("http://127.0.0.1:4318", headers={"a": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="http"):
+        OTLPExporter("grpc://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP"):
+        OTLPExporter()
+    with pytest.raises(ValueError, match="exporters"):
+        AsyncTracker("/tmp/x", exporters=["http://127.0.0.1:4318"])  # type: ignore[list-item]
+
+
+def test_the_otel_environment_variables() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318/",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%20def,x-tenant=7",
+        "OTEL_SERVICE_NAME": "agents",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=ignored",
+    }
+    assert resolve_endpoint(None, env) == "https://collector:4318/v1/traces"
+    assert (
+        resolve_endpoint(None, {**env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"})
+        == "http://t:1/x"
+    )
+    assert resolve_endpoint("http://h:4318", env) == "http://h:4318/v1/traces"
+    assert resolve_endpoint("http://h:4318/v1/traces", env) == "http://h:4318/v1/traces"
+    assert resolve_endpoint(None, {}) == "http://localhost:4318/v1/traces"
+    assert resolve_headers({"x-tenant": "8"}, env) == {"api-key": "abc def", "x-tenant": "8"}
+    resource = resource_attributes(env)
+    assert (resource["service.name"], resource["deployment.environment"]) == ("agents", "prod")
+
+
+def test_the_environment_reaches_the_worker_process(
+    tmp_path: Path, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-the-app")
+    tracker = _tracker(tmp_path / "logs", OTLPExporter())
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert tracker.statistics().worker_mode == "process"
+    assert attributes(receiver.requests[0].resource_spans[0].resource)["service.name"] == "from-the-app"
