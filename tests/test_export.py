@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
+from asynctrack._cli import main
 from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource_attributes
 from asynctrack._export._spans import SpanAssembler
 
@@ -307,3 +309,68 @@ def test_the_environment_reaches_the_worker_process(
     tracker.close(timeout=WAIT)
     assert tracker.statistics().worker_mode == "process"
     assert attributes(receiver.requests[0].resource_spans[0].resource)["service.name"] == "from-the-app"
+
+
+def test_backfill_sends_the_same_spans_as_the_live_export(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = _tracker(destination, OTLPExporter(receiver.endpoint))
+    weather_agent(stub.url, [tracker])
+    failing_chain([tracker])
+    tracker.on_chain_start({}, {"q": 1}, run_id=uuid.uuid4(), name="never_ends")
+    tracker.close(timeout=WAIT)
+    live = sorted(span.SerializeToString() for span in receiver.spans)
+    assert len(live) == 6
+    with OTLPReceiver() as second:
+        status = main(["export", str(destination), "--otlp-endpoint", second.endpoint, "--header", "x-k=v"])
+        assert status == 0
+        assert sorted(span.SerializeToString() for span in second.spans) == live
+        assert second.headers[0]["x-k"] == "v"
+        assert capsys.readouterr().out.strip() == f"exported 6 span(s) to {second.endpoint}/v1/traces"
+        # One run only.
+        status = main(["export", str(destination), "--otlp-endpoint", second.endpoint, "--run", "nope"])
+        assert status == 1
+        assert "nope" in capsys.readouterr().err
+
+
+def test_backfill_reports_a_receiver_that_refuses(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="r1")
+    failing_chain([tracker])
+    tracker.close()
+    receiver.refuse(401, times=1)
+    assert main(["export", str(destination), "--otlp-endpoint", receiver.endpoint]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+    assert main(["export", str(destination), "--header", "no-equals-sign"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(240)
+def test_mlflow_server_accepts_the_spans(tmp_path: Path, stub: OpenAIStub) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from _infra.mlflow_server import MLflowServer
+
+    with MLflowServer() as server:
+        client = mlflow.MlflowClient(server.url)
+        experiment_id = client.create_experiment("otlp-export")
+        tracker = _tracker(
+            tmp_path / "logs",
+            OTLPExporter(server.url, headers={"x-mlflow-experiment-id": experiment_id}),
+        )
+        weather_agent(stub.url, [tracker])
+        tracker.close(timeout=WAIT)
+        assert tracker.statistics().spans_exported == 4
+        traces = client.search_traces(locations=[experiment_id])
+        assert len(traces) == 1
+        spans = traces[0].data.spans
+        assert sorted(s.name for s in spans) == [
+            "chat gpt-4o-mini",
+            "chat gpt-4o-mini",
+            "execute_tool get_weather",
+            "invoke_workflow weather_agent",
+        ]
+        root = next(s for s in spans if s.parent_id is None)
+        assert root.name == "invoke_workflow weather_agent"

@@ -88,6 +88,29 @@ def _parser() -> argparse.ArgumentParser:
     ddl.add_argument("destination", help="s3://bucket/prefix")
     ddl.add_argument("--table", required=True, help="the table name, optionally database.table")
 
+    send = commands.add_parser(
+        "export", help="send recorded runs to an OpenTelemetry (OTLP/HTTP) receiver, with the live ids"
+    )
+    send.add_argument("destination", nargs="?", default=DEFAULT_DESTINATION, help=destination_help)
+    send.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="the receiver's base URL (/v1/traces is appended); default: the OTEL_EXPORTER_OTLP_* variables",
+    )
+    send.add_argument("--experiment", help="only this experiment")
+    send.add_argument("--run", help="only this run")
+    send.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a request header (repeat for more)",
+    )
+    send.add_argument(
+        "--capture-content", action="store_true", help="also send message content (redacted, as recorded)"
+    )
+    add_s3_options(send)
+
     run_replay = commands.add_parser("replay", help="deliver the batches kept in a spool directory")
     run_replay.add_argument(
         "spool",
@@ -137,6 +160,23 @@ def _run(args: argparse.Namespace) -> int:
 
         return report(
             args.destination, args.output, experiment=args.experiment, runs=args.runs, s3_options=options
+        )
+    if args.command == "export":
+        from ._common import error
+        from ._export import export, parse_headers
+
+        try:
+            headers = parse_headers(args.header)
+        except ValueError as exc:
+            return error("export", exc)
+        return export(
+            args.destination,
+            endpoint=args.otlp_endpoint,
+            experiment=args.experiment,
+            run=args.run,
+            headers=headers,
+            capture_content=args.capture_content,
+            s3_options=options,
         )
     if args.command == "athena-ddl":
         from ._athena import athena_ddl

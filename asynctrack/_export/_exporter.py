@@ -147,6 +147,14 @@ class OTLPExporter:
 
     def start(self) -> LineExporter:
         """The running exporter, in this process (the worker's): its thread starts now."""
+        return _Running(self.assembler(), self.sender())
+
+    def assembler(self) -> SpanAssembler:
+        """A span assembler with these settings (one per tracker: it follows its runs)."""
+        return SpanAssembler(capture_content=self.capture_content, max_open_bytes=self.max_open_bytes)
+
+    def sender(self) -> Sender:
+        """A sender to the resolved endpoint (this process's environment); its thread starts now."""
         environ = os.environ
         resource = [pb.attribute(k, v) for k, v in resource_attributes(environ).items()]
         version = _version()
@@ -154,16 +162,13 @@ class OTLPExporter:
         def build(spans: Sequence[bytes]) -> bytes:
             return pb.request(resource, _SCOPE, version, spans, SCHEMA_URL)
 
-        sender = Sender(
+        return Sender(
             url=resolve_endpoint(self.endpoint, environ),
             headers=resolve_headers(self.headers, environ),
             timeout=float(self.timeout),
             build=build,
             max_queue_bytes=self.max_queue_bytes,
             user_agent=f"asynctrack/{version}",
-        )
-        return _Running(
-            SpanAssembler(capture_content=self.capture_content, max_open_bytes=self.max_open_bytes), sender
         )
 
 

@@ -124,11 +124,17 @@ class Sender:
 
     # -- any thread ----------------------------------------------------------------------------
 
-    def put(self, spans: Sequence[bytes]) -> None:
-        """Queue encoded spans; past the byte bound they are dropped and counted failed."""
+    def put(self, spans: Sequence[bytes], *, block: bool = False) -> None:
+        """Queue encoded spans; past the byte bound they are dropped and counted failed,
+        or, with ``block`` (a backfill), wait for room while the sender runs."""
         if not spans:
             return
         with self._cond:
+            if block:
+                need = min(sum(map(len, spans)), self._max_queue_bytes)
+                self._cond.wait_for(
+                    lambda: self._queued_bytes + need <= self._max_queue_bytes or not self._thread.is_alive()
+                )
             if self._closing:
                 self.failed += len(spans)
                 return
@@ -263,6 +269,7 @@ class Sender:
                 self._cond.wait(wait)
             taken = [queue.popleft() for _ in range(min(MAX_BATCH_SPANS - len(batch), len(queue)))]
             self._queued_bytes -= sum(map(len, taken))
+            self._cond.notify_all()  # a blocked put() has room now
             self._first_at = time.monotonic()
             # Spans are taken in the order they were accepted: this attempt covers every
             # accepted span up to _batch_end.

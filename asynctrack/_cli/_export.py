@@ -1,0 +1,125 @@
+"""``asynctrack export``: send recorded runs to an OTLP receiver, with the live export's ids.
+
+The files of each writer (one tracker) are read in batch order and fed to one
+``SpanAssembler``, exactly as its worker fed the live exporter: same lines, same
+order, so the same trace and span ids. Runs that never ended are sent at the end,
+marked ``asynctrack.unfinished``, as a tracker's close sends them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from ._common import error
+
+__all__ = ["export", "parse_headers"]
+
+_BATCH_FILE: Final = re.compile(r"^\d{6}-(?P<writer>.+)-(?P<batch>\d{8})\.jsonl(?:\.gz)?$")
+_PROGRESS_EVERY: Final = 0.2  # seconds between progress lines on a terminal
+_CHUNK: Final = 1024  # lines assembled at a time
+
+
+def parse_headers(items: Sequence[str]) -> dict[str, str]:
+    """``K=V`` items as headers.
+
+    Raises:
+        ValueError: an item has no ``=`` or an empty key.
+    """
+    headers: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--header takes KEY=VALUE, got {item!r}")
+        headers[key.strip()] = value.strip()
+    return headers
+
+
+def _writers(files: Iterable[tuple[str, bytes]]) -> dict[str, list[tuple[int, str, bytes]]]:
+    """Batch files grouped by writer, each writer's in batch order."""
+    writers: dict[str, list[tuple[int, str, bytes]]] = {}
+    for name, data in files:
+        match = _BATCH_FILE.match(name)
+        writer, batch = (match["writer"], int(match["batch"])) if match else (name, 0)
+        writers.setdefault(writer, []).append((batch, name, data))
+    for batches in writers.values():
+        batches.sort(key=lambda item: (item[0], item[1]))
+    return writers
+
+
+def export(
+    destination: str,
+    *,
+    endpoint: str | None,
+    experiment: str | None,
+    run: str | None,
+    headers: dict[str, str],
+    capture_content: bool,
+    s3_options: dict[str, Any],
+) -> int:
+    """Send the selected runs; 0 when every span was accepted, 1 otherwise."""
+    import gzip
+
+    from .._export._exporter import OTLPExporter
+    from .._read._load import _files, _pattern
+    from .._read._scan import find_event_files
+
+    try:
+        config = OTLPExporter(endpoint, headers=headers, capture_content=capture_content, timeout=30.0)
+        find_event_files(destination, experiment, run, **s3_options)
+        files = _files(destination, _pattern(experiment, run), s3_options)
+        writers = _writers(files)
+    except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
+        return error("export", exc)
+    sender = config.sender()
+    progress = _Progress(sum(len(batches) for batches in writers.values()))
+    spans_sent = 0
+    try:
+        for batches in writers.values():
+            assembler = config.assembler()
+            for _batch, name, data in batches:
+                lines = (gzip.decompress(data) if name.endswith(".gz") else data).splitlines()
+                for start in range(0, len(lines), _CHUNK):
+                    spans = assembler.add(lines[start : start + _CHUNK])
+                    sender.put(spans, block=True)
+                    spans_sent += len(spans)
+                progress.file_done(spans_sent, sender.exported)
+            spans = assembler.close()
+            sender.put(spans, block=True)
+            spans_sent += len(spans)
+        sender.flush(None)
+    finally:
+        sender.close(60.0)
+        progress.end()
+    print(
+        f"exported {sender.exported} span(s) to {sender.url}"
+        + (f", {sender.failed} failed" if sender.failed else "")
+    )
+    if sender.failed:
+        return error("export", sender.last_error or f"{sender.failed} span(s) were not accepted")
+    return 0
+
+
+class _Progress:
+    """``files 3/10, spans 1200 (1100 sent)`` on stderr, rewritten in place; only on a terminal."""
+
+    def __init__(self, files: int) -> None:
+        self._enabled = sys.stderr.isatty()
+        self._files = files
+        self._done = 0
+        self._shown = 0.0
+
+    def file_done(self, spans: int, sent: int) -> None:
+        self._done += 1
+        now = time.monotonic()
+        if self._enabled and (now - self._shown >= _PROGRESS_EVERY or self._done == self._files):
+            self._shown = now
+            sys.stderr.write(f"\rfiles {self._done}/{self._files}, spans {spans} ({sent} sent)")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self._enabled and self._shown:
+            sys.stderr.write("\n")
