@@ -25,6 +25,7 @@ ORDER = [
     "worker_process",
     "hostile",
     "real_provider",
+    "export",
 ]
 
 

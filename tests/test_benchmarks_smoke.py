@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["overhead", "throughput", "flush_latency", "loop_lag", "memory", "hostile", "real_provider"]
+BENCHMARKS = [
+    "overhead",
+    "throughput",
+    "flush_latency",
+    "loop_lag",
+    "memory",
+    "hostile",
+    "real_provider",
+    "export",
+]
 
 
 def _run(args: list[str], timeout: float = 100) -> subprocess.CompletedProcess[str]:

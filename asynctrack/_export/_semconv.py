@@ -33,7 +33,7 @@ from typing import Any, Final
 import orjson
 
 from .._read._tree import token_usage
-from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute
+from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute, common_attribute
 
 __all__ = [
     "SCHEMA_URL",
@@ -160,11 +160,11 @@ def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool
     operation = "chat" if chat else "text_completion"
     model = request_model(data, metadata)
     attrs = [
-        attribute("gen_ai.operation.name", operation),
-        attribute("gen_ai.provider.name", provider_name(data, metadata)),
+        common_attribute("gen_ai.operation.name", operation),
+        common_attribute("gen_ai.provider.name", provider_name(data, metadata)),
     ]
     if model is not None:
-        attrs.append(attribute("gen_ai.request.model", model))
+        attrs.append(common_attribute("gen_ai.request.model", model))
     params = data.get("invocation_params")
     if isinstance(params, Mapping):
         seen = set()
@@ -242,13 +242,13 @@ def _input_messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _tool(name: str, data: Mapping[str, Any], capture: bool) -> Described:
     attrs = [
-        attribute("gen_ai.operation.name", "execute_tool"),
-        attribute("gen_ai.tool.name", name),
-        attribute("gen_ai.tool.type", "function"),
+        common_attribute("gen_ai.operation.name", "execute_tool"),
+        common_attribute("gen_ai.tool.name", name),
+        common_attribute("gen_ai.tool.type", "function"),
     ]
     serialized = data.get("serialized")
     if isinstance(serialized, Mapping) and isinstance(serialized.get("description"), str):
-        attrs.append(attribute("gen_ai.tool.description", serialized["description"]))
+        attrs.append(common_attribute("gen_ai.tool.description", serialized["description"]))
     call_id = data.get("tool_call_id")
     if isinstance(call_id, str) and call_id:
         attrs.append(attribute("gen_ai.tool.call.id", call_id))
@@ -270,7 +270,10 @@ def describe_start(
     if kind == "tool_start":
         return _tool(name, data, capture)
     if kind == "retriever_start":
-        attrs = [attribute("gen_ai.operation.name", "retrieval"), attribute("gen_ai.data_source.id", name)]
+        attrs = [
+            common_attribute("gen_ai.operation.name", "retrieval"),
+            common_attribute("gen_ai.data_source.id", name),
+        ]
         if capture and data.get("query") is not None:
             attrs.append(_content("langchain.inputs", data["query"]))
         return Described(f"retrieval {name}", KIND_CLIENT, "retrieval", attrs)
@@ -279,10 +282,10 @@ def describe_start(
         attrs.append(_content("langchain.inputs", data["inputs"]))
     if name in _AGENT_NAMES or metadata.get("lc_agent_name"):
         agent = str(metadata.get("lc_agent_name") or name)
-        attrs[:0] = [_OPERATION_AGENT, attribute("gen_ai.agent.name", agent)]
+        attrs[:0] = [_OPERATION_AGENT, common_attribute("gen_ai.agent.name", agent)]
         return Described(f"invoke_agent {agent}", KIND_INTERNAL, "invoke_agent", attrs)
     if root or name == "LangGraph":
-        attrs[:0] = [_OPERATION_WORKFLOW, attribute("gen_ai.workflow.name", name)]
+        attrs[:0] = [_OPERATION_WORKFLOW, common_attribute("gen_ai.workflow.name", name)]
         return Described(f"invoke_workflow {name}", KIND_INTERNAL, "invoke_workflow", attrs)
     return Described(name, KIND_INTERNAL, None, attrs)
 
@@ -328,7 +331,7 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> tuple[list[bytes], str |
     model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
     model = model if isinstance(model, str) and model else None
     if model is not None:
-        attrs.append(attribute("gen_ai.response.model", model))
+        attrs.append(common_attribute("gen_ai.response.model", model))
     reasons: list[str] = []
     outputs: list[dict[str, Any]] = []
     for generations in response.get("generations") or ():

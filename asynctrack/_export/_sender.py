@@ -159,8 +159,9 @@ class Sender:
                     self._cond.notify_all()
 
     def flush(self, timeout: float | None) -> str | None:
-        """Wait until every span queued before this call was tried once; the error text if
-        any of them was refused, else ``None`` (also ``None`` at ``timeout`` with no error)."""
+        """Wait until every span queued before this call was tried once (``timeout``
+        ``None``: at most the request timeout). The error text if one of their attempts
+        failed, or if the timeout came first; else ``None``."""
         start = time.monotonic()
         deadline = start + (self._timeout if timeout is None else max(timeout, 0.0))
         with self._cond:

@@ -56,6 +56,8 @@ _EVENT_ATTRIBUTES: Final = {
 
 def _uuid_bytes(run_id: str) -> bytes:
     try:
+        if len(run_id) == 36:
+            return bytes.fromhex(run_id.replace("-", ""))  # the canonical form, as LangChain writes it
         return uuid.UUID(run_id).bytes
     except ValueError:
         return hashlib.blake2b(run_id.encode(), digest_size=16).digest()
@@ -145,6 +147,7 @@ class SpanAssembler:
         # a child whose start comes after its parent ended still finds its trace.
         self._ids: dict[str, tuple[bytes, bytes]] = {}
         self._evicted: dict[str, None] = {}
+        self._tags: dict[tuple[Any, ...], bytes | None] = {}
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
@@ -246,10 +249,15 @@ class SpanAssembler:
         for key, name in (("experiment", "asynctrack.experiment"), ("run", "asynctrack.run")):
             value = event.get(key)
             if isinstance(value, str):
-                attrs.append(pb.attribute(name, value))
+                attrs.append(pb.common_attribute(name, value))
         tags = event.get("tags")
         if isinstance(tags, list) and tags:
-            tag_attribute = tags_attribute(tags)
+            tags_key = tuple(tags) if len(tags) <= 8 else None
+            tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
+            if tag_attribute is None:
+                tag_attribute = tags_attribute(tags)
+                if tags_key is not None and tag_attribute is not None and len(self._tags) < 1024:
+                    self._tags[tags_key] = tag_attribute
             if tag_attribute is not None:
                 attrs.append(tag_attribute)
         return attrs

@@ -1,0 +1,397 @@
+"""X. OTLP export (issue 20): worker CPU per span, live spans/s, backfill spans/s.
+
+    python -m benchmarks.export [--smoke] [--repeats N] [--out DIR]
+
+1. Encoding, in this process: real redacted lines (``ChatOpenAI`` on the loopback stub:
+   a tool call round trip and a streamed answer per round, replicated with fresh run ids
+   to 10,000 spans) and chain lines (a start and an end per span) are assembled into
+   spans, wrapped into requests of 512 spans and gzipped: CPU µs per span with the
+   hand-written protobuf encoder against the same spans built with the
+   ``opentelemetry-proto`` message classes (when installed).
+2. Live, in the worker process: an application records chain runs (start and end,
+   small payloads) into a tracker with and without ``OTLPExporter`` to a loopback HTTP
+   receiver, alternating: application CPU per event (``time.process_time``), worker
+   process CPU per exported span (``/proc/<pid>/stat``, exporter on minus off), and
+   spans per second from the first event to ``close()`` returning (every span sent).
+3. Backfill: ``asynctrack export`` of the live run's files to the same receiver.
+
+Medians of ``--repeats`` interleaved runs. Goals (issue 20): application CPU +0.5 µs per
+event at most; worker CPU ≤ 20 µs per span; live and backfill ≥ 20,000 spans/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import gzip
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
+from asynctrack._export import _protobuf as pb
+from asynctrack._export import _semconv, _spans
+from asynctrack._export._spans import SpanAssembler
+
+from . import _common as c
+from ._reference import reference_us
+
+APP_GOAL_US = 0.5
+WORKER_GOAL_US = 20.0
+RATE_GOAL = 20_000.0
+BATCH = 512
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- lines ---------------------------------------------------------------------------------------
+
+
+def _tests_on_path() -> None:
+    tests_dir = str(c.ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+
+
+def _read_lines(destination: Path) -> list[bytes]:
+    _tests_on_path()
+    from export_workloads import recorded_lines
+
+    return recorded_lines(destination)
+
+
+def _chat_lines(rounds: int, spans: int) -> list[bytes]:
+    """Real ChatOpenAI lines (3 runs a round), copied with fresh run ids up to ``spans`` spans."""
+    _tests_on_path()
+    from _infra.openai_stub import OpenAIStub, run_calls
+
+    with tempfile.TemporaryDirectory() as tmp, OpenAIStub() as stub:
+        tracker = AsyncTracker(tmp, config=TrackerConfig(worker="thread", handle_sigterm=False))
+        run_calls(stub.url, [tracker], rounds, vary=True)
+        tracker.close()
+        template = _read_lines(Path(tmp))
+    ids = sorted({orjson.loads(line)["run_id"].encode() for line in template})
+    joined = b"\n".join(template)
+    out: list[bytes] = []
+    while len(out) // max(len(template), 1) * len(ids) < spans:
+        data = joined
+        for old in ids:
+            data = data.replace(old, str(uuid.uuid4()).encode())
+        out.extend(data.split(b"\n"))
+    return out
+
+
+def _chain_lines(spans: int) -> list[bytes]:
+    out = []
+    for i in range(spans):
+        run_id = str(uuid.uuid4())
+        envelope = {
+            "seq": 2 * i,
+            "ts": 1.0 + i,
+            "experiment": "e",
+            "run": "r",
+            "tracker": "t",
+            "run_id": run_id,
+        }
+        envelope.update(parent_run_id=None, name="step", tags=["seq:step:1"], metadata={})
+        out.append(
+            orjson.dumps({**envelope, "kind": "chain_start", "duration": None, "data": {"inputs": {"x": i}}})
+        )
+        out.append(
+            orjson.dumps({**envelope, "kind": "chain_end", "duration": 0.001, "data": {"outputs": {"y": i}}})
+        )
+    return out
+
+
+# -- the two encoders ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
+    """The assembler's encoding functions swapped for ``opentelemetry-proto`` message classes."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    def any_value(value: Any) -> Any:
+        if isinstance(value, str):
+            return AnyValue(string_value=value)
+        if isinstance(value, bool):
+            return AnyValue(bool_value=value)
+        if isinstance(value, int):
+            return AnyValue(int_value=value)
+        if isinstance(value, float):
+            return AnyValue(double_value=value)
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+
+    def attribute(key: str, value: Any) -> Any:
+        return KeyValue(key=key, value=any_value(value))
+
+    def event(time_ns: int, name: str, attributes: Any = ()) -> Any:
+        return Span.Event(time_unix_nano=time_ns, name=name, attributes=list(attributes))
+
+    def span(**f: Any) -> Any:
+        return Span(
+            trace_id=f["trace_id"],
+            span_id=f["span_id"],
+            parent_span_id=f["parent_span_id"] or b"",
+            name=f["name"],
+            kind=f["kind"],
+            start_time_unix_nano=f["start_ns"],
+            end_time_unix_nano=f["end_ns"],
+            attributes=list(f["attributes"]),
+            events=list(f.get("events", ())),
+            status=Status(code=f.get("status", 0), message=f.get("status_message", "")),
+        )
+
+    def request(spans: list[Any]) -> bytes:
+        return ExportTraceServiceRequest(
+            resource_spans=[
+                ResourceSpans(
+                    resource=Resource(attributes=[attribute("service.name", "bench")]),
+                    scope_spans=[ScopeSpans(scope=InstrumentationScope(name="asynctrack"), spans=spans)],
+                )
+            ]
+        ).SerializeToString()
+
+    saved = (
+        pb.attribute,
+        pb.event,
+        pb.span,
+        _semconv.attribute,
+        _semconv._OPERATION_AGENT,
+        _semconv._OPERATION_WORKFLOW,
+    )
+    pb.attribute, pb.event, pb.span, _semconv.attribute = attribute, event, span, attribute  # type: ignore[assignment]
+    # The assembler sizes what it holds with len(): a message object's size instead.
+    _spans.len = lambda x: x.ByteSize() if hasattr(x, "ByteSize") else len(x)  # type: ignore[attr-defined]
+    saved_common = (pb.common_attribute, _semconv.common_attribute)
+    pb.common_attribute = _semconv.common_attribute = attribute  # type: ignore[assignment]
+    _semconv._OPERATION_AGENT = attribute("gen_ai.operation.name", "invoke_agent")  # type: ignore[misc]
+    _semconv._OPERATION_WORKFLOW = attribute("gen_ai.operation.name", "invoke_workflow")  # type: ignore[misc]
+    try:
+        yield request
+    finally:
+        (
+            pb.attribute,
+            pb.event,
+            pb.span,
+            _semconv.attribute,
+            _semconv._OPERATION_AGENT,
+            _semconv._OPERATION_WORKFLOW,
+        ) = saved  # type: ignore[misc]
+        pb.common_attribute, _semconv.common_attribute = saved_common  # type: ignore[misc]
+        del _spans.len  # type: ignore[attr-defined]
+
+
+def _hand_written(spans: list[bytes]) -> bytes:
+    return pb.request([pb.attribute("service.name", "bench")], "asynctrack", "0", spans, _semconv.SCHEMA_URL)
+
+
+def _encode_us(lines: list[bytes], request: Callable[[list[Any]], bytes]) -> tuple[float, int, int]:
+    """CPU µs per span to assemble, wrap and gzip ``lines``; spans; compressed bytes."""
+    gc.collect()
+    started = time.process_time()
+    assembler = SpanAssembler()
+    spans = assembler.add(lines) + assembler.close()
+    size = 0
+    for start in range(0, len(spans), BATCH):
+        size += len(gzip.compress(request(spans[start : start + BATCH]), compresslevel=1, mtime=0))
+    elapsed = time.process_time() - started
+    return elapsed / len(spans) * 1e6, len(spans), size
+
+
+# -- live ----------------------------------------------------------------------------------------------
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _live_once(tmp: str, endpoint: str | None, spans: int) -> dict[str, Any]:
+    from asynctrack._remote._spawn import worker_process
+
+    exporters = [OTLPExporter(endpoint)] if endpoint else []
+    destination = Path(tmp) / ("on" if endpoint else "off") / uuid.uuid4().hex
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="bench",
+        config=TrackerConfig(worker="process", handle_sigterm=False),
+        exporters=exporters,
+    )
+    tracker.flush_blocking(timeout=60)  # the worker is up: steady state, not start-up
+    worker = worker_process().pid
+    ids = [uuid.uuid4() for _ in range(spans)]
+    inputs = {"question": "what is the weather in Paris?"}
+    outputs = {"answer": "mild, 18 degrees"}
+    gc.collect()
+    worker_cpu = _cpu_of(worker)
+    wall = time.perf_counter()
+    cpu = time.process_time()
+    for run_id in ids:
+        tracker.on_chain_start({}, inputs, run_id=run_id, name="step")
+        tracker.on_chain_end(outputs, run_id=run_id)
+    app_cpu = time.process_time() - cpu
+    tracker.close(timeout=120)
+    wall = time.perf_counter() - wall
+    stats = tracker.statistics()
+    return {
+        "app_us_per_event": app_cpu / (2 * spans) * 1e6,
+        "worker_s": _cpu_of(worker) - worker_cpu,
+        "wall_s": wall,
+        "spans_exported": stats.spans_exported,
+        "spans_failed": stats.spans_failed,
+        "written": stats.written,
+        "destination": destination,
+    }
+
+
+def _backfill_once(destination: Path, endpoint: str) -> tuple[float, int]:
+    from asynctrack._cli import main as cli
+
+    started = time.perf_counter()
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        status = cli(["export", str(destination), "--otlp-endpoint", endpoint])
+    return time.perf_counter() - started, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = c.parser(__doc__.splitlines()[0], default_repeats=3)
+    args = p.parse_args(argv)
+    c.install_loopback_guard()
+    repeats = c.repeats(args)
+    n_spans = 500 if args.smoke else 10_000
+    live_spans = 1000 if args.smoke else 20_000
+    report = c.Report("export", "X. OTLP export: worker CPU per span, live and backfill spans/s", args)
+
+    reference = [reference_us()]
+    report.progress("recording ChatOpenAI rounds on the loopback stub")
+    workloads = {
+        "ChatOpenAI (tool round trip, streamed answer)": _chat_lines(4 if args.smoke else 20, n_spans)
+    }
+    workloads["chain runs (start, end)"] = _chain_lines(n_spans)
+    encoders: dict[str, Callable[[list[Any]], Any]] = {"hand-written": _hand_written}
+    rows = []
+    worst_worker_us = 0.0
+    for name, lines in workloads.items():
+        results: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            for encoder, request in encoders.items():
+                results.setdefault(encoder, []).append(_encode_us(lines, request)[0])
+            try:
+                with _proto_classes() as request:
+                    results.setdefault("opentelemetry-proto classes", []).append(
+                        _encode_us(lines, request)[0]
+                    )
+            except ImportError:
+                pass
+        _, spans, size = _encode_us(lines, _hand_written)
+        hand = c.median(results["hand-written"])
+        classes = (
+            c.median(results["opentelemetry-proto classes"])
+            if "opentelemetry-proto classes" in results
+            else None
+        )
+        worst_worker_us = max(worst_worker_us, hand)
+        rows.append([name, spans, len(lines) / spans, hand, classes, size / spans])
+    report.table(
+        f"Worker CPU per span: assemble, encode, gzip (median of {repeats})",
+        [
+            "lines",
+            "spans",
+            "lines per span",
+            "hand-written µs/span",
+            "opentelemetry-proto classes µs/span",
+            "gzip bytes/span",
+        ],
+        rows,
+    )
+
+    live: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    backfills: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTP() as receiver:
+        for r in range(repeats):
+            report.progress(f"live repeat {r + 1}/{repeats}")
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                live[mode].append(_live_once(tmp, receiver.url if mode == "on" else None, live_spans))
+            run = live["on"][-1]
+            assert run["spans_exported"] == live_spans, run
+            seconds, status = _backfill_once(run["destination"], receiver.url)
+            assert status == 0
+            backfills.append(live_spans / seconds)
+            reference.append(reference_us())
+    app_off = c.median([x["app_us_per_event"] for x in live["off"]])
+    app_on = c.median([x["app_us_per_event"] for x in live["on"]])
+    worker_us = (
+        (c.median([x["worker_s"] for x in live["on"]]) - c.median([x["worker_s"] for x in live["off"]]))
+        / live_spans
+        * 1e6
+    )
+    rate_on = c.median([live_spans / x["wall_s"] for x in live["on"]])
+    rate_off = c.median([live_spans / x["wall_s"] for x in live["off"]])
+    backfill = c.median(backfills)
+    report.table(
+        f"Live, worker process, {live_spans:,} chain runs (2 events each), median of {repeats} interleaved",
+        ["exporter", "app CPU µs/event", "worker CPU s", "runs/s, first event to close()", "spans exported"],
+        [
+            ["off", app_off, c.median([x["worker_s"] for x in live["off"]]), rate_off, 0],
+            [
+                "on",
+                app_on,
+                c.median([x["worker_s"] for x in live["on"]]),
+                rate_on,
+                live["on"][-1]["spans_exported"],
+            ],
+        ],
+    )
+    report.table("Backfill (asynctrack export of the live run's files)", ["spans/s"], [[backfill]])
+    report.goal("application CPU per event, exporter on minus off", app_on - app_off, APP_GOAL_US, unit=" µs")
+    report.goal(
+        "worker CPU per exported span (worker process, on minus off)", worker_us, WORKER_GOAL_US, unit=" µs"
+    )
+    report.goal(
+        "worker CPU per span, assembly and encoding alone (worst workload)",
+        worst_worker_us,
+        WORKER_GOAL_US,
+        unit=" µs",
+    )
+    report.goal("live export, spans/s (first event to close())", rate_on, RATE_GOAL, lower_is_better=False)
+    report.goal("backfill from local files, spans/s", backfill, RATE_GOAL, lower_is_better=False)
+    slowdown = report.machine_speed(reference)
+    report.goal_at_quiet_speed(
+        "worker CPU per exported span (worker process, on minus off)",
+        worker_us,
+        WORKER_GOAL_US,
+        slowdown,
+        unit=" µs",
+    )
+    report.goal_at_quiet_speed(
+        "worker CPU per span, assembly and encoding alone (worst workload)",
+        worst_worker_us,
+        WORKER_GOAL_US,
+        slowdown,
+        unit=" µs",
+    )
+    report.goal_at_quiet_speed("live export, spans/s", rate_on, RATE_GOAL, slowdown, rate=True)
+    report.goal_at_quiet_speed("backfill from local files, spans/s", backfill, RATE_GOAL, slowdown, rate=True)
+    report.note(
+        "The wall-clock rates count every process on the machine: the live rate includes the application "
+        "recording the events, the worker writing the files, and the loopback receiver (a thread of the "
+        "benchmark's process) reading the requests."
+    )
+    report.metric("worker_us_per_span", max(worker_us, 1e-9))
+    report.metric("live_spans_per_s", rate_on)
+    report.metric("backfill_spans_per_s", backfill)
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
