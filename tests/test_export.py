@@ -374,3 +374,89 @@ def test_mlflow_server_accepts_the_spans(tmp_path: Path, stub: OpenAIStub) -> No
         ]
         root = next(s for s in spans if s.parent_id is None)
         assert root.name == "invoke_workflow weather_agent"
+
+
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_a_flush_never_waits_for_the_export_past_its_own_timeout(
+    tmp_path: Path, receiver: OTLPReceiver, worker: str
+) -> None:
+    receiver.stall()
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=10.0), worker)
+    failing_chain([tracker])
+    began = time.monotonic()
+    tracker.flush_blocking(timeout=1.5)  # the files are written: no FlushTimeoutError
+    assert time.monotonic() - began < 1.5
+    receiver.release()
+    tracker.close(timeout=WAIT)
+    _assert_files_complete(tracker)
+
+
+def test_metrics_of_the_model_calls(tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub) -> None:
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    weather_agent(stub.url, [tracker])
+    tracker.close(timeout=WAIT)
+    requests = receiver.wait_for_metrics(1)
+    last = requests[-1]  # cumulative: the last request holds every point
+    (resource_metrics,) = last.resource_metrics
+    assert attributes(resource_metrics.resource)["service.name"] == "asynctrack"
+    (scope_metrics,) = resource_metrics.scope_metrics
+    metrics = {m.name: m for m in scope_metrics.metrics}
+    assert set(metrics) == {
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+        "gen_ai.client.operation.time_to_first_chunk",
+    }
+    duration = metrics["gen_ai.client.operation.duration"]
+    assert duration.unit == "s"
+    assert duration.histogram.aggregation_temporality == 2  # cumulative
+    (point,) = duration.histogram.data_points
+    assert point.count == 2  # the two chat calls (the second streamed)
+    assert sum(point.bucket_counts) == 2
+    assert list(point.explicit_bounds)[:3] == [0.01, 0.02, 0.04]
+    assert attributes(point) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini",
+    }
+    usage = {
+        attributes(p)["gen_ai.token.type"]: p
+        for p in metrics["gen_ai.client.token.usage"].histogram.data_points
+    }
+    spans = [attributes(s) for s in receiver.spans if s.name.startswith("chat")]
+    assert usage["input"].sum == sum(s["gen_ai.usage.input_tokens"] for s in spans)
+    assert usage["output"].sum == sum(s["gen_ai.usage.output_tokens"] for s in spans)
+    (first_chunk,) = metrics["gen_ai.client.operation.time_to_first_chunk"].histogram.data_points
+    assert first_chunk.count == 1
+
+
+def test_a_receiver_without_metrics_gets_traces_only(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.accept_metrics = False
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint), worker="thread")
+    with caplog.at_level(logging.INFO, logger="asynctrack"):
+        weather_agent(stub.url, [tracker])
+        tracker.flush_blocking(timeout=WAIT)
+        receiver.wait_for_metrics(1)
+        weather_agent(stub.url, [tracker])
+        tracker.close(timeout=WAIT)
+    assert receiver.metrics_attempts == 1  # the 404 turned the metrics off
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (8, 0)
+    assert any("does not accept OTLP metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_metrics_can_be_turned_off(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, metrics=False))
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert (len(receiver.spans), receiver.metrics_attempts) == (1, 0)
+
+
+def test_spans_go_without_a_flush(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """A partial batch leaves after a second, with no flush and no close."""
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint), worker="thread")
+    failing_chain([tracker])
+    receiver.wait_for_spans(1, timeout=WAIT)
+    tracker.close(timeout=WAIT)

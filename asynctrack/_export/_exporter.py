@@ -20,11 +20,13 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from . import _protobuf as pb
+from ._metrics import Metrics
 from ._protocol import LineExporter
 from ._semconv import SCHEMA_URL
 from ._sender import Sender
@@ -36,6 +38,9 @@ logger = logging.getLogger("asynctrack")
 
 DEFAULT_ENDPOINT: Final = "http://localhost:4318"
 _TRACES_PATH: Final = "/v1/traces"
+_METRICS_PATH: Final = "/v1/metrics"
+#: Seconds between two metrics requests while spans flow (and one at every flush and close).
+METRICS_EVERY: Final = 60.0
 _SCOPE: Final = "asynctrack"
 
 
@@ -45,16 +50,20 @@ def _version() -> str:
     return __version__
 
 
-def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str]) -> str:
-    """The traces URL: ``endpoint`` (a base URL), or the OTel environment variables."""
+def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str], signal: str = "traces") -> str:
+    """The URL of ``signal`` (``traces`` or ``metrics``): ``endpoint`` (a base URL), or the
+    OTel environment variables (``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` used as it is)."""
+    path = f"/v1/{signal}"
     if endpoint is None:
-        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-        if traces:
-            return traces
+        own = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+        if own:
+            return own
         endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
-    if endpoint.rstrip("/").endswith(_TRACES_PATH):
-        return endpoint
-    return endpoint.rstrip("/") + _TRACES_PATH
+    base = endpoint.rstrip("/")
+    for known in (_TRACES_PATH, _METRICS_PATH):
+        if base.endswith(known):
+            base = base.removesuffix(known)
+    return base + path
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -110,6 +119,9 @@ class OTLPExporter:
             in ``spans_failed``).
         max_open_bytes: runs started and not yet ended held, at most (then the oldest
             is exported unfinished).
+        metrics: also send the GenAI client metrics (token usage, operation duration,
+            time to first chunk) to ``/v1/metrics``, at every flush and close and once a
+            minute; turned off by itself when the receiver answers 404 there.
 
     Raises:
         ValueError: a setting is invalid (checked at construction).
@@ -122,6 +134,7 @@ class OTLPExporter:
     timeout: float = 10.0
     max_queue_bytes: int = 16 * 1024 * 1024
     max_open_bytes: int = 16 * 1024 * 1024
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.endpoint is not None and not isinstance(self.endpoint, str):
@@ -146,39 +159,68 @@ class OTLPExporter:
             )
 
     def start(self) -> LineExporter:
-        """The running exporter, in this process (the worker's): its thread starts now."""
-        return _Running(self.assembler(), self.sender())
+        """The running exporter, in this process (the worker's): its threads start now."""
+        metrics = Metrics() if self.metrics else None
+        metrics_sender = self.sender("metrics", build=_latest) if metrics is not None else None
+        return _Running(self.assembler(metrics), self.sender(), metrics, metrics_sender)
 
-    def assembler(self) -> SpanAssembler:
+    def assembler(self, metrics: Metrics | None = None) -> SpanAssembler:
         """A span assembler with these settings (one per tracker: it follows its runs)."""
-        return SpanAssembler(capture_content=self.capture_content, max_open_bytes=self.max_open_bytes)
+        return SpanAssembler(
+            capture_content=self.capture_content, max_open_bytes=self.max_open_bytes, metrics=metrics
+        )
 
-    def sender(self) -> Sender:
-        """A sender to the resolved endpoint (this process's environment); its thread starts now."""
+    def sender(
+        self, signal: str = "traces", build: Callable[[Sequence[bytes]], bytes] | None = None
+    ) -> Sender:
+        """A sender of ``signal`` to the resolved endpoint (this process's environment);
+        its thread starts now. ``build`` wraps what is queued into a request (spans by
+        default)."""
         environ = os.environ
-        resource = [pb.attribute(k, v) for k, v in resource_attributes(environ).items()]
+
+        def spans_request(spans: Sequence[bytes]) -> bytes:
+            return pb.request(resource(), _SCOPE, version, spans, SCHEMA_URL)
+
         version = _version()
-
-        def build(spans: Sequence[bytes]) -> bytes:
-            return pb.request(resource, _SCOPE, version, spans, SCHEMA_URL)
-
         return Sender(
-            url=resolve_endpoint(self.endpoint, environ),
+            url=resolve_endpoint(self.endpoint, environ, signal),
             headers=resolve_headers(self.headers, environ),
             timeout=float(self.timeout),
-            build=build,
+            build=build or spans_request,
             max_queue_bytes=self.max_queue_bytes,
             user_agent=f"asynctrack/{version}",
+            what="span" if signal == "traces" else "metrics request",
         )
 
 
-class _Running:
-    """An ``OTLPExporter`` at work: assembly on the caller's thread, sending on the sender's."""
+def resource() -> list[bytes]:
+    """The resource's attributes, encoded, from this process's environment."""
+    return [pb.attribute(k, v) for k, v in resource_attributes(os.environ).items()]
 
-    def __init__(self, assembler: SpanAssembler, sender: Sender) -> None:
+
+def _latest(requests: Sequence[bytes]) -> bytes:
+    """Metrics requests are cumulative: the last one queued holds everything."""
+    return requests[-1]
+
+
+class _Running:
+    """An ``OTLPExporter`` at work: assembly on the engine's thread, sending on the senders'."""
+
+    def __init__(
+        self,
+        assembler: SpanAssembler,
+        sender: Sender,
+        metrics: Metrics | None = None,
+        metrics_sender: Sender | None = None,
+    ) -> None:
         self._assembler = assembler
         self._sender = sender
-        self._lock = threading.Lock()  # lines() and close() may come from two threads
+        self._metrics = metrics
+        self._metrics_sender = metrics_sender
+        self._resource = resource()
+        self._scope = pb.scope(_SCOPE, _version())
+        self._metrics_sent_at = time.monotonic()
+        self._lock = threading.Lock()  # lines(), flush() and close() may come from two threads
         self._closed = False
         self._errors = 0
 
@@ -193,10 +235,27 @@ class _Running:
                 if self._errors == 1:
                     logger.exception("asynctrack: OTLP export could not read recorded events: %r", exc)
                 return
+            if time.monotonic() - self._metrics_sent_at >= METRICS_EVERY:
+                self._send_metrics()
         self._sender.put(spans)
 
+    def _send_metrics(self) -> None:
+        """Queue the metrics (under the lock) if they changed since the last request."""
+        self._metrics_sent_at = time.monotonic()
+        metrics, sender = self._metrics, self._metrics_sender
+        if metrics is None or sender is None or not metrics.changed:
+            return
+        if sender.last_status in (404, 405, 415):
+            # This receiver takes traces only (MLflow's server): say it once, then stop.
+            logger.info("asynctrack: %s does not accept OTLP metrics; sending traces only", sender.url)
+            self._metrics = None
+            return
+        sender.put([metrics.request(self._resource, self._scope, SCHEMA_URL)])
+
     def flush(self, timeout: float | None) -> str | None:
-        return self._sender.flush(timeout)
+        with self._lock:
+            self._send_metrics()
+        return self._sender.flush(timeout)  # metrics follow within a second, never waited for
 
     def close(self, timeout: float | None) -> None:
         with self._lock:
@@ -204,8 +263,13 @@ class _Running:
                 return
             self._closed = True
             spans = self._assembler.close()
+            self._send_metrics()
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._sender.put(spans)
         self._sender.close(timeout)
+        if self._metrics_sender is not None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._metrics_sender.close(left)
 
     def statistics(self) -> Mapping[str, int]:
         return {"spans_exported": self._sender.exported, "spans_failed": self._sender.failed}

@@ -39,8 +39,12 @@ __all__ = [
     "attribute",
     "common_attribute",
     "event",
+    "repeated",
     "request",
+    "scope",
     "span",
+    "text",
+    "wrap",
 ]
 
 KIND_INTERNAL: Final = 1
@@ -73,14 +77,14 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _text(s: str) -> bytes:
+def text(s: str) -> bytes:
     return s.encode("utf-8", "replace")  # a lone surrogate becomes '?': proto strings are UTF-8
 
 
 def _any(value: AttributeValue) -> bytes:
     """An ``AnyValue`` message's fields."""
     if isinstance(value, str):
-        data = _text(value)
+        data = text(value)
         return b"\x0a" + varint(len(data)) + data
     if value is True:
         return b"\x10\x01"
@@ -90,18 +94,18 @@ def _any(value: AttributeValue) -> bytes:
         return b"\x18" + varint(value & _INT64)
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
-    items = b"".join(_wrap(b"\x0a", _any(item)) for item in value)
-    return _wrap(b"\x2a", items)
+    items = b"".join(wrap(b"\x0a", _any(item)) for item in value)
+    return wrap(b"\x2a", items)
 
 
-def _wrap(tag: bytes, payload: bytes) -> bytes:
+def wrap(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
 def _key(key: str) -> bytes:
     field = _KEYS.get(key)
     if field is None:
-        field = _wrap(b"\x0a", _text(key))
+        field = wrap(b"\x0a", text(key))
         if len(_KEYS) < _KEYS_MAX:
             _KEYS[key] = field
     return field
@@ -109,7 +113,7 @@ def _key(key: str) -> bytes:
 
 def attribute(key: str, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message (its fields, without a tag of its own)."""
-    return _key(key) + _wrap(b"\x12", _any(value))
+    return _key(key) + wrap(b"\x12", _any(value))
 
 
 _SEEN: dict[tuple[str, str], bytes] = {}
@@ -131,13 +135,14 @@ def common_attribute(key: str, value: str) -> bytes:
     return found
 
 
-def _attributes(tag: bytes, attributes: Iterable[bytes]) -> bytes:
-    return b"".join(tag + varint(len(kv)) + kv for kv in attributes)
+def repeated(tag: bytes, messages: Iterable[bytes]) -> bytes:
+    """A repeated message field: each message with ``tag`` and its length."""
+    return b"".join(tag + varint(len(m)) + m for m in messages)
 
 
 def event(time_ns: int, name: str, attributes: Iterable[bytes] = ()) -> bytes:
     """A ``Span.Event`` message; ``attributes`` from ``attribute()``."""
-    return b"\x09" + _FIXED64(time_ns) + _wrap(b"\x12", _text(name)) + _attributes(b"\x1a", attributes)
+    return b"\x09" + _FIXED64(time_ns) + wrap(b"\x12", text(name)) + repeated(b"\x1a", attributes)
 
 
 def span(
@@ -161,24 +166,32 @@ def span(
         b"\x12\x08",
         span_id,
         b"\x22\x08" + parent_span_id if parent_span_id else b"",
-        _wrap(b"\x2a", _text(name)),
+        wrap(b"\x2a", text(name)),
         b"\x30" + _VARINTS[kind],
         b"\x39" + _FIXED64(start_ns),
         b"\x41" + _FIXED64(end_ns),
-        _attributes(b"\x4a", attributes),
-        b"".join(_wrap(b"\x5a", e) for e in events),
+        repeated(b"\x4a", attributes),
+        b"".join(wrap(b"\x5a", e) for e in events),
     ]
     if status:
-        message = _wrap(b"\x12", _text(status_message)) if status_message else b""
-        out.append(_wrap(b"\x7a", message + b"\x18" + _VARINTS[status]))
+        message = wrap(b"\x12", text(status_message)) if status_message else b""
+        out.append(wrap(b"\x7a", message + b"\x18" + _VARINTS[status]))
     return b"".join(out)
+
+
+def scope(name: str, version: str) -> bytes:
+    """The ``InstrumentationScope`` field (number 1) of a ``ScopeSpans`` or ``ScopeMetrics``."""
+    return wrap(b"\x0a", wrap(b"\x0a", text(name)) + wrap(b"\x12", text(version)))
 
 
 def request(
     resource: Iterable[bytes], scope_name: str, scope_version: str, spans: Iterable[bytes], schema_url: str
 ) -> bytes:
     """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``."""
-    scope = _wrap(b"\x0a", _wrap(b"\x0a", _text(scope_name)) + _wrap(b"\x12", _text(scope_version)))
-    scope_spans = scope + b"".join(_wrap(b"\x12", s) for s in spans) + _wrap(b"\x1a", _text(schema_url))
-    resource_spans = _wrap(b"\x0a", _attributes(b"\x0a", resource)) + _wrap(b"\x12", scope_spans)
-    return _wrap(b"\x0a", resource_spans)
+    scope_spans = (
+        scope(scope_name, scope_version)
+        + b"".join(wrap(b"\x12", s) for s in spans)
+        + wrap(b"\x1a", text(schema_url))
+    )
+    resource_spans = wrap(b"\x0a", repeated(b"\x0a", resource)) + wrap(b"\x12", scope_spans)
+    return wrap(b"\x0a", resource_spans)

@@ -95,13 +95,23 @@ _OPERATION_WORKFLOW: Final = attribute("gen_ai.operation.name", "invoke_workflow
 class Described:
     """What a start event says about its span (see ``describe_start``)."""
 
-    __slots__ = ("attributes", "kind", "name", "operation")
+    __slots__ = ("attributes", "kind", "model", "name", "operation", "provider")
 
-    def __init__(self, name: str, kind: int, operation: str | None, attributes: list[bytes]) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: int,
+        operation: str | None,
+        attributes: list[bytes],
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.name = name
         self.kind = kind
         self.operation = operation
         self.attributes = attributes
+        self.provider = provider  # model calls: gen_ai.provider.name and gen_ai.request.model
+        self.model = model
 
 
 def _number(value: Any, cast: type) -> int | float | None:
@@ -159,9 +169,10 @@ def _stop_sequences(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> lis
 def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool, capture: bool) -> Described:
     operation = "chat" if chat else "text_completion"
     model = request_model(data, metadata)
+    provider = provider_name(data, metadata)
     attrs = [
         common_attribute("gen_ai.operation.name", operation),
-        common_attribute("gen_ai.provider.name", provider_name(data, metadata)),
+        common_attribute("gen_ai.provider.name", provider),
     ]
     if model is not None:
         attrs.append(common_attribute("gen_ai.request.model", model))
@@ -191,7 +202,7 @@ def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool
         if messages:
             attrs.append(_content("gen_ai.input.messages", messages))
     name = f"{operation} {model}" if model else operation
-    return Described(name, KIND_CLIENT, operation, attrs)
+    return Described(name, KIND_CLIENT, operation, attrs, provider, model)
 
 
 def _text_parts(content: Any) -> list[dict[str, Any]]:
@@ -298,10 +309,21 @@ def _first_generation_message(response: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def describe_end(
-    kind: str, operation: str | None, data: Mapping[str, Any], *, capture: bool
-) -> tuple[list[bytes], str | None]:
-    """Attributes from an end event, and the ``gen_ai.response.model`` if it says one."""
+class Ended:
+    """What an end event says: attributes, and for model calls the response model and usage."""
+
+    __slots__ = ("attributes", "model", "usage")
+
+    def __init__(
+        self, attributes: list[bytes], model: str | None = None, usage: tuple[int, int] | None = None
+    ) -> None:
+        self.attributes = attributes
+        self.model = model
+        self.usage = usage
+
+
+def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
+    """What an end event adds to its span."""
     if kind == "llm_end":
         return _llm_end(data, capture)
     attrs: list[bytes] = []
@@ -312,14 +334,14 @@ def describe_end(
             attrs.append(_content("langchain.outputs", data["outputs"]))
         elif kind == "retriever_end" and data.get("documents") is not None:
             attrs.append(_content("langchain.outputs", data["documents"]))
-    return attrs, None
+    return Ended(attrs)
 
 
-def _llm_end(data: Mapping[str, Any], capture: bool) -> tuple[list[bytes], str | None]:
+def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     attrs: list[bytes] = []
     response = data.get("response")
     if not isinstance(response, Mapping):
-        return attrs, None
+        return Ended(attrs)
     llm_output = response.get("llm_output")
     llm_output = llm_output if isinstance(llm_output, Mapping) else {}
     message = _first_generation_message(response)
@@ -368,7 +390,7 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> tuple[list[bytes], str |
             attrs.append(attribute("gen_ai.usage.cache_read.input_tokens", cached))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
-    return attrs, model
+    return Ended(attrs, model, usage)
 
 
 def _tool_output(output: Any) -> Any:

@@ -72,6 +72,7 @@ class Sender:
         timeout: seconds per request (connect, send, answer).
         build: wraps a list of encoded spans into the request body (not compressed).
         max_queue_bytes: bound on the spans waiting to be sent.
+        what: what is queued, for the log ("span", "metrics request").
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Sender:
         build: Callable[[Sequence[bytes]], bytes],
         max_queue_bytes: int,
         user_agent: str,
+        what: str = "span",
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -99,6 +101,7 @@ class Sender:
             **headers,
         }
         self._timeout = timeout
+        self._what = what
         self._build = build
         self._max_queue_bytes = max_queue_bytes
         self._random = random.Random()
@@ -114,6 +117,7 @@ class Sender:
         self.exported = 0
         self.failed = 0
         self.last_error: str | None = None
+        self.last_status: int | None = None  # the receiver's last HTTP status
         self._error_tried = -1  # _tried when last_error was set
         self._first_at = 0.0  # when the oldest span waiting was queued (time.monotonic())
         self._batch_end = 0
@@ -148,15 +152,16 @@ class Sender:
                 taken += 1
             if taken < len(spans):
                 self.failed += len(spans) - taken
-                self._note_error("export queue full (max_queue_bytes): spans dropped")
+                self._note_error(f"export queue full (max_queue_bytes): {self._what}s dropped")
             if taken:
-                if not self._queue:
+                was_empty = not self._queue
+                if was_empty:
                     self._first_at = time.monotonic()
                 self._queue.extend(spans[:taken] if taken < len(spans) else spans)
                 self._queued_bytes = self._max_queue_bytes - room
                 self._accepted += taken
-                if len(self._queue) >= MAX_BATCH_SPANS:
-                    self._cond.notify_all()
+                if was_empty or len(self._queue) >= MAX_BATCH_SPANS:
+                    self._cond.notify_all()  # the first span starts the batch's delay
 
     def flush(self, timeout: float | None) -> str | None:
         """Wait until every span queued before this call was tried once (``timeout``
@@ -290,7 +295,8 @@ class Sender:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
-            return f"could not send spans to {self.url}: {exc!r}", True, None
+            return f"could not send {self._what}s to {self.url}: {exc!r}", True, None
+        self.last_status = response.status
         if 200 <= response.status < 300:
             return None, False, None
         text = data[:200].decode("utf-8", "replace").strip()
@@ -353,8 +359,9 @@ class Sender:
         self._warned_at = now
         self._logged = (self.failed, self.last_error)
         logger.warning(
-            "asynctrack: OTLP export: %s (%d span(s) failed so far, %d exported)",
+            "asynctrack: OTLP export: %s (%d %s(s) failed so far, %d exported)",
             self.last_error,
             self.failed,
+            self._what,
             self.exported,
         )

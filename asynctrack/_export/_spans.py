@@ -35,6 +35,7 @@ from typing import Any, Final
 import orjson
 
 from . import _protobuf as pb
+from ._metrics import Key, Metrics
 from ._semconv import describe_end, describe_start, error_type, tags_attribute
 
 __all__ = ["SpanAssembler", "span_id_of", "trace_id_of"]
@@ -88,6 +89,7 @@ class _Open:
         "first_chunk_ns",
         "kind",
         "last_ns",
+        "metric_key",
         "name",
         "operation",
         "parent_span_id",
@@ -121,6 +123,7 @@ class _Open:
         self.first_chunk_ns = 0
         self.chunks = 0
         self.size = 200 + sum(map(len, attributes))
+        self.metric_key: Key | None = None  # model calls: the metrics' common attributes
 
 
 class SpanAssembler:
@@ -129,6 +132,7 @@ class SpanAssembler:
     Args:
         capture_content: write message content (see ``_semconv``).
         max_open_bytes: bound on the runs held open (estimated encoded size).
+        metrics: where ended model calls are also recorded (``/v1/metrics``), if anywhere.
 
     Attributes:
         open_bytes: the estimated size of the runs held open.
@@ -136,8 +140,15 @@ class SpanAssembler:
         bad_lines: lines that could not be read (not JSON, no run id); skipped.
     """
 
-    def __init__(self, *, capture_content: bool = False, max_open_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        capture_content: bool = False,
+        max_open_bytes: int = 16 * 1024 * 1024,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.capture_content = capture_content
+        self.metrics = metrics
         self.max_open_bytes = max_open_bytes
         self.open_bytes = 0
         self.late_ends = 0
@@ -240,6 +251,14 @@ class SpanAssembler:
             described.operation,
             attributes,
         )
+        if described.provider is not None:
+            key: Key = (
+                ("gen_ai.operation.name", str(described.operation)),
+                ("gen_ai.provider.name", described.provider),
+            )
+            span.metric_key = (
+                key if described.model is None else (*key, ("gen_ai.request.model", described.model))
+            )
         self._open[run_id] = span
         self._remember(run_id, trace_id, span_id)
         self.open_bytes += span.size
@@ -287,6 +306,8 @@ class SpanAssembler:
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
+        kind_name: str | None = None
+        ended = None
         if kind in _ERROR:
             error = data.get("error")
             error = error if isinstance(error, Mapping) else {}
@@ -301,14 +322,26 @@ class SpanAssembler:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
             events.append(pb.event(end_ns, "exception", exception))
         else:
-            more, _model = describe_end(kind, span.operation, data, capture=self.capture_content)
-            attributes.extend(more)
+            ended = describe_end(kind, data, capture=self.capture_content)
+            attributes.extend(ended.attributes)
+        first_chunk = None
         if span.chunks:
             attributes.append(pb.attribute("gen_ai.request.stream", True))
             attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
             if span.first_chunk_ns:
-                first = (span.first_chunk_ns - span.start_ns) / 1e9
-                attributes.append(pb.attribute("gen_ai.response.time_to_first_chunk", max(first, 0.0)))
+                first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
+                attributes.append(pb.attribute("gen_ai.response.time_to_first_chunk", first_chunk))
+        if self.metrics is not None and span.metric_key is not None:
+            key = span.metric_key
+            if ended is not None and ended.model is not None:
+                key = (*key, ("gen_ai.response.model", ended.model))
+            self.metrics.model_call(
+                key,
+                duration=max(end_ns - span.start_ns, 0) / 1e9,
+                error_type=kind_name,
+                tokens=ended.usage if ended is not None else None,
+                first_chunk=first_chunk,
+            )
         return pb.span(
             trace_id=span.trace_id,
             span_id=span.span_id,

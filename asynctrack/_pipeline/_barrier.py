@@ -51,7 +51,8 @@ class Marker:
         self.settling = False
         self.closing = closing
         self.timeout = timeout  # the close's timeout, for its error message
-        self.deadline = deadline  # time.monotonic() by which a close gives up
+        # time.monotonic() by which a close gives up, or a flush's caller stops waiting
+        self.deadline = deadline
         self.sent = False  # a close marker is in the buffer
         self.reported = False  # its error was raised to a caller
 

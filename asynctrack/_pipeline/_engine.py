@@ -200,13 +200,14 @@ class Engine:
 
     # -- flush -------------------------------------------------------------------------------
 
-    def _flush_marker(self, what: str) -> Marker | None:
+    def _flush_marker(self, what: str, timeout: float | None) -> Marker | None:
         """A marker in the buffer, or ``None`` when there is nothing to wait for."""
         if self.closed:
             raise TrackerClosedError(what)
         if self._idle():
             return None
-        marker = Marker()
+        # The deadline tells the exporters how long the caller waits (they never hold it longer).
+        marker = Marker(deadline=None if timeout is None else time.monotonic() + max(timeout, 0.0))
         self._buffer.put_marker(marker)
         return marker
 
@@ -238,7 +239,7 @@ class Engine:
             FlushError: a write failed; the batches are kept and retried.
             TrackerClosedError: the tracker is closed.
         """
-        marker = self._flush_marker("flush()")
+        marker = self._flush_marker("flush()", timeout)
         if marker is None:
             return
         if not await wait(marker, timeout):
@@ -255,7 +256,7 @@ class Engine:
         """
         if threading.current_thread() is self._worker.thread:
             raise DeadlockError("flush_blocking()")
-        marker = self._flush_marker("flush_blocking()")
+        marker = self._flush_marker("flush_blocking()", timeout)
         if marker is None:
             return
         if not wait_blocking(marker, timeout):

@@ -67,6 +67,7 @@ _CHUNK: Final = 64  # records pre-checked together, and between checks of the ti
 # really sleeps for _PAUSE, which lets a waiting thread take the GIL at once.
 _BUDGET: Final = 0.001
 _PAUSE: Final = 0.00005
+_EXPORT_MARGIN: Final = 0.05  # seconds a flush keeps, of its caller's timeout, to settle after the export
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
 _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
@@ -467,14 +468,17 @@ class Worker:
     async def _flush_exporters(self, marker: Marker) -> None:
         """Let the exporters send what the marker's lines finished, on threads of their own.
 
-        A flush waits for them at most their own timeout, a close until its deadline.
+        A flush waits for them at most their own timeout and never past its caller's
+        (less ``_EXPORT_MARGIN``, for the marker to settle), a close until its deadline.
         Their failures are theirs to count and log: the files are written either way.
         """
         if not self._exporters:
             return
+        deadline = self._deadline if marker.closing else marker.deadline
         timeout = None
-        if marker.closing and not math.isinf(self._deadline):
-            timeout = max(self._deadline - time.monotonic(), 0.0)
+        if deadline is not None and not math.isinf(deadline):
+            margin = 0.0 if marker.closing else _EXPORT_MARGIN
+            timeout = max(deadline - time.monotonic() - margin, 0.0)
         loop = asyncio.get_running_loop()
         await asyncio.gather(
             *(loop.run_in_executor(None, exporter.flush, timeout) for exporter in self._exporters),

@@ -7,6 +7,8 @@ raw bytes and headers. It can be told to refuse (``refuse(status, retry_after=..
 for the next N requests), to stall (``stall()`` until ``release()``), or be stopped.
 
 ``wait_for_spans(n, timeout)`` returns once ``n`` spans arrived (a condition, no sleep).
+``POST /v1/metrics`` is kept apart (``metrics``; ``accept_metrics = False`` answers 404)
+and never counts as an attempt, a refusal or a stall of the traces endpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -34,6 +37,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         receiver = self.server.receiver
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
+        if self.path == "/v1/metrics":
+            status = receiver.metrics_request(gzip.decompress(body))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         receiver.arrived(self.path, dict(self.headers), body)
         if receiver.stalled.is_set():
             receiver.release_event.wait(60)
@@ -86,6 +95,9 @@ class OTLPReceiver:
         self.arrival_times: list[float] = []  # time.monotonic() of each POST
         self.errors: list[str] = []
         self._refusals: list[tuple[int, str | None]] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        self.accept_metrics = True  # False: /v1/metrics answers 404, as a traces-only receiver
+        self.metrics_attempts = 0
         self.stalled = threading.Event()
         self.release_event = threading.Event()
         self._stopped = False
@@ -137,6 +149,22 @@ class OTLPReceiver:
             self.paths.append(path)
             self.headers.append(headers)
             self._cond.notify_all()
+
+    def metrics_request(self, raw: bytes) -> int:
+        with self._cond:
+            self.metrics_attempts += 1
+            if not self.accept_metrics:
+                self._cond.notify_all()
+                return 404
+            self.metrics.append(ExportMetricsServiceRequest.FromString(raw))
+            self._cond.notify_all()
+            return 200
+
+    def wait_for_metrics(self, n: int = 1, timeout: float = 10.0) -> list[ExportMetricsServiceRequest]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.metrics_attempts >= n, timeout):
+                raise TimeoutError(f"{self.metrics_attempts} metrics request(s) arrived, waited for {n}")
+            return list(self.metrics)
 
     def answer(self) -> tuple[int, str | None]:
         with self._cond:
