@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._config import TrackerConfig
-from ._engine._core import Statistics
 from ._errors import (
     AsyncTrackError,
     DeadlockError,
@@ -21,6 +20,7 @@ from ._errors import (
     SinkError,
     TrackerClosedError,
 )
+from ._pipeline._engine import Statistics
 from ._sinks._base import Batch, ParametersSink, RunInfo, RunSummary, RunSummarySink, Sink
 from ._sinks._local import LocalSink
 
