@@ -228,8 +228,11 @@ def _message(message: Any) -> dict[str, Any] | None:
         message = message["kwargs"]
     role = _ROLES.get(str(message.get("type")), str(message.get("type") or "user"))
     if role == "tool":
-        response = {"type": "tool_call_response", "id": message.get("tool_call_id"), "response": None}
-        response["response"] = message.get("content")
+        response = {
+            "type": "tool_call_response",
+            "id": message.get("tool_call_id"),
+            "response": message.get("content"),
+        }
         return {"role": "tool", "parts": [response]}
     parts = _text_parts(message.get("content"))
     for call in message.get("tool_calls") or ():
