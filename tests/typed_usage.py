@@ -21,6 +21,7 @@ from asynctrack import (
     FlushError,
     FlushTimeoutError,
     LocalSink,
+    OTLPExporter,
     ParametersSink,
     RunInfo,
     Sink,
@@ -135,6 +136,8 @@ def run(destination: Path) -> tuple[Statistics, Statistics, int]:
     first = asyncio.run(record_async(destination))
     second = record_sync(destination)
     memory = MemorySink()
+    exporter = OTLPExporter("http://127.0.0.1:4318", headers={"x-team": "search"}, capture_content=False)
+    assert exporter.timeout == 10.0 and exporter.metrics
     with AsyncTracker(memory, experiment_name="typed", run_name="memory") as tracker:
         tracker.on_text("into memory", run_id=uuid.uuid4())
     events: list[dict[str, Any]] = asynctrack.read_events(destination, experiment_name="typed")
