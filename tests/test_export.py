@@ -460,3 +460,18 @@ def test_spans_go_without_a_flush(tmp_path: Path, receiver: OTLPReceiver) -> Non
     failing_chain([tracker])
     receiver.wait_for_spans(1, timeout=WAIT)
     tracker.close(timeout=WAIT)
+
+
+class _Broken:
+    """Exporter settings whose start fails (picklable: it goes to the worker process)."""
+
+    def start(self) -> Any:
+        raise RuntimeError("no exporter today")
+
+
+def test_an_exporter_that_cannot_start_leaves_the_files_alone(tmp_path: Path) -> None:
+    tracker = AsyncTracker(tmp_path / "logs", config=TrackerConfig(worker="thread"), exporters=[_Broken()])
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    _assert_files_complete(tracker)
+    assert tracker.statistics().written == 2

@@ -10,13 +10,14 @@ translator (records → JSON lines) is the adapter's worker half.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .._config import TrackerConfig
 from .._events._translate import EventTranslator
-from .._export._protocol import Exporter
+from .._export._protocol import Exporter, LineExporter
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
@@ -34,6 +35,8 @@ __all__ = [
     "durable_seqs",
 ]
 
+
+logger = logging.getLogger("asynctrack")
 
 DEFAULT_SPOOL_DIR: Final = "~/.cache/asynctrack/spool"
 
@@ -104,9 +107,20 @@ class TrackerSpec:
             config=engine_config,
             spool=spool,
             placeholders=lambda: translator.placeholders,
-            exporters=[exporter.start() for exporter in self.exporters],
+            exporters=_start_exporters(self.exporters),
         )
         return engine, translator
+
+
+def _start_exporters(exporters: tuple[Exporter, ...]) -> list[LineExporter]:
+    """The exporters that start; one that cannot is logged and left out: the files go on."""
+    started = []
+    for exporter in exporters:
+        try:
+            started.append(exporter.start())
+        except Exception:
+            logger.exception("asynctrack: exporter %r could not start; events are still written", exporter)
+    return started
 
 
 class _ObservedTranslate:
