@@ -67,7 +67,9 @@ _CHUNK: Final = 64  # records pre-checked together, and between checks of the ti
 # really sleeps for _PAUSE, which lets a waiting thread take the GIL at once.
 _BUDGET: Final = 0.001
 _PAUSE: Final = 0.00005
-_EXPORT_MARGIN: Final = 0.05  # seconds a flush keeps, of its caller's timeout, to settle after the export
+# Of what is left of a flush caller's timeout, the share the exporters may not use (between
+# 50 ms and 1 s): the marker still has to settle and, from the worker process, be answered.
+_EXPORT_MARGIN: Final = 0.1
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
 _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
@@ -469,7 +471,7 @@ class Worker:
         """Let the exporters send what the marker's lines finished, on threads of their own.
 
         A flush waits for them at most their own timeout and never past its caller's
-        (less ``_EXPORT_MARGIN``, for the marker to settle), a close until its deadline.
+        (less a margin, for the marker to settle), a close until its deadline.
         Their failures are theirs to count and log: the files are written either way.
         """
         if not self._exporters:
@@ -477,8 +479,9 @@ class Worker:
         deadline = self._deadline if marker.closing else marker.deadline
         timeout = None
         if deadline is not None and not math.isinf(deadline):
-            margin = 0.0 if marker.closing else _EXPORT_MARGIN
-            timeout = max(deadline - time.monotonic() - margin, 0.0)
+            left = deadline - time.monotonic()
+            margin = 0.0 if marker.closing else min(max(left * _EXPORT_MARGIN, 0.05), 1.0)
+            timeout = max(left - margin, 0.0)
         loop = asyncio.get_running_loop()
         await asyncio.gather(
             *(loop.run_in_executor(None, exporter.flush, timeout) for exporter in self._exporters),
