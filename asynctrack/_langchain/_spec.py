@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._config import TrackerConfig
+from .._events._schema import SEQ
 from .._events._translate import EventTranslator
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
+from .._pipeline._loop import ChunkTranslate
 from .._pipeline._spool import Spool
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
@@ -53,12 +55,17 @@ class TrackerSpec:
     #: (it was started earlier, with the environment of that moment).
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    def with_writer(self, writer: str) -> TrackerSpec:
+        """The same spec under another writer id (a forked child's, a new worker's)."""
+        return dataclasses.replace(self, writer=writer)
+
     def build(
         self,
         *,
         sink: Sink | None = None,
         hooks: DurableHooks | None = None,
         config: TrackerConfig | None = None,
+        queue_events: int | None = None,
     ) -> tuple[Engine, EventTranslator]:
         """The engine (started) and its translator.
 
@@ -68,6 +75,8 @@ class TrackerSpec:
             sink: a sink object to use instead of building one from ``destination``.
             hooks: durability callbacks (the worker process's acknowledgements).
             config: overrides ``self.config`` for the engine (not for the translator).
+            queue_events: the count bound of the engine's queue (by default
+                ``max_queue_events``).
         """
         sink = sink if sink is not None else make_sink(self.destination, **self.s3_options)
         translator = EventTranslator(
@@ -86,7 +95,7 @@ class TrackerSpec:
             )
             if isinstance(spool, _ObservedSpool) and hooks is not None:
                 spool.hooks = hooks
-        translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None] = translator
+        translate: ChunkTranslate = translator
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
             translate = _ObservedTranslate(translator, hooks)
@@ -101,33 +110,33 @@ class TrackerSpec:
             config=engine_config,
             spool=spool,
             placeholders=lambda: translator.placeholders,
+            queue_events=queue_events,
         )
         return engine, translator
 
 
 class _ObservedTranslate:
-    """The translator, telling the hooks of each event the ``redact`` hook dropped.
-
-    A class, not a closure: the engine looks for ``prepare`` on what it calls (the
-    chunk pre-check that lets most bodies skip their own redaction scan).
-    """
+    """The translator (a ``ChunkTranslate``), telling the hooks of each event the
+    ``redact`` hook dropped."""
 
     def __init__(self, translator: EventTranslator, hooks: DurableHooks) -> None:
         self._translator = translator
         self._filtered = hooks.filtered
-        self.prepare = translator.prepare
 
-    def __call__(self, record: Any) -> tuple[int, bytes] | dict[str, Any] | None:
+    def prepare(self, records: Sequence[Any], /) -> None:
+        self._translator.prepare(records)
+
+    def __call__(self, record: Any, /) -> tuple[int, bytes] | dict[str, Any] | None:
         out = self._translator(record)
         if out is None:
-            self._filtered(record[1])
+            self._filtered(record[SEQ])
         return out
 
-    def many(self, records: list[Any]) -> list[tuple[int, bytes] | Exception | None]:
+    def many(self, records: Sequence[Any], /) -> list[tuple[int, bytes] | Exception | None]:
         results = self._translator.many(records)
         for record, out in zip(records, results, strict=True):
             if out is None:
-                self._filtered(record[1])
+                self._filtered(record[SEQ])
         return results
 
 
