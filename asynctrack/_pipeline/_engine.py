@@ -14,7 +14,9 @@ The parts, one concept each::
     _spool       batches kept on local disk, claimed atomically
     _loop        the worker thread and loop; the lifecycle state machine
     _statistics  the Statistics snapshot, counters, rate-limited reporting
-    _exit        (the package's) atexit, SIGTERM/SIGINT, fork
+    _protocol    TrackerEngine, what a tracker needs of an engine (this one or the
+                 worker process's client)
+    ../_exit     atexit, SIGTERM/SIGINT, fork
 
 This module wires them together and holds the caller-side half: flush and close
 waits, their errors, the statistics snapshot, and the run-parameters write.
@@ -31,10 +33,9 @@ from typing import Any, Final
 
 import orjson
 
-from .. import _exit
 from .._config import TrackerConfig
 from .._errors import DeadlockError, FlushTimeoutError, TrackerClosedError
-from .._exit import install_sigterm_handler
+from .._exit import forget, install_sigterm_handler, register
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
 from ._barrier import Barrier, Marker, wait, wait_blocking
@@ -114,7 +115,7 @@ class Engine:
         )
         self._build()
         self._claim_spool()
-        _exit.register(self)
+        register(self)
         self._worker.start()
 
     def _claim_spool(self) -> None:
@@ -172,7 +173,7 @@ class Engine:
         self._worker.settled()
 
     def _on_closed(self) -> None:
-        _exit.forget(self)
+        forget(self)
 
     def set_adapter(
         self,
@@ -485,7 +486,7 @@ class Engine:
             self._buffer.close()
             self._worker.advance(State.CLOSING)
             self._worker.advance(State.CLOSED)
-            _exit.forget(self)
+            forget(self)
             return
         on_fork = self.on_fork() if self.on_fork is not None else None
         if on_fork is not None:
