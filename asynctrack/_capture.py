@@ -16,8 +16,8 @@ While orjson's C code runs, no other thread can run (it holds the GIL and never
 releases it). But a ``default=`` callback written in Python runs bytecode, and the
 interpreter hands the GIL to another thread every switch interval: a thread that
 appends to that list then reallocates the item array under orjson, which reads
-freed memory (the SIGSEGV of issue 9; python-rapidjson #238 and ultrajson #689
-are the same class). So nothing here lets orjson run Python:
+freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajson
+#689 are the same class of bug). So nothing here lets orjson run Python:
 
 1. ``orjson.dumps(body, default=_DICT_OF, option=OPT_PASSTHROUGH_DATACLASS |
    OPT_PASSTHROUGH_DATETIME)``. ``_DICT_OF`` is ``operator.attrgetter("__dict__")``,

@@ -32,8 +32,9 @@ from typing import Any, Final
 
 import orjson
 
+from ._events._schema import BODY
+
 __all__ = [
-    "BODY",
     "HEADER",
     "Frame",
     "FrameReader",
@@ -47,7 +48,6 @@ __all__ = [
 
 HEADER: Final = struct.Struct("!BIQI")
 MAX_PAYLOAD: Final = 2**32 - 1
-BODY: Final = 6  # where a record holds its captured body (bytes)
 body_of: Final = operator.itemgetter(BODY)  # a record's captured body
 
 

@@ -27,7 +27,7 @@ from test_process import Child, children, events_of, start  # noqa: F401 - `chil
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
 from asynctrack._channel import Kind, encode_frame, read_records, records_frame
 from asynctrack._langchain import _handler
-from asynctrack._remote import _spawn
+from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
 
 PROCESS = TrackerConfig(worker="process", batch_interval=3600.0)
@@ -286,23 +286,24 @@ def test_a_tracker_handed_to_a_thread_between_two_slices_is_not_shipped_any_more
     """A restart that gave up (``fall_back``, under the channel lock) may land between two
     slices of a backlog while the application goes on recording: what is queued after it
     belongs to the thread engine, and the shipper must not send it to the worker."""
-    slice_ = _spawn._SLICE  # the backlog's unit
+    slice_ = _shipper.SLICE  # the backlog's unit
     with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
         tracker.flush_blocking(timeout=WAIT)
         client = tracker._engine
+        assert isinstance(client, _client.ProcessEngine)
         shipped_after: list[int] = []
-        real_frames = client.frames
+        real_frames = client.lane.frames
 
-        def frames(items: list[Any]) -> Any:
-            out = real_frames(items)
+        def frames(limit: int) -> Any:
+            out = real_frames(limit)
             if client.fallback is None:
                 client.fall_back("the test's restart gave up")  # as _restart does it
                 _text(tracker, 10 * slice_, 10)  # the application goes on recording
             else:
-                shipped_after.append(len(items))
+                shipped_after.append(sum(events for _, _, events in out))
             return out
 
-        monkeypatch.setattr(client, "frames", frames)
+        monkeypatch.setattr(client.lane, "frames", frames)
         with client._worker._lock:  # the shipper waits: a backlog builds up
             _text(tracker, 0, 3 * slice_)
         _wait_until(lambda: client.fallback is not None, what="the first slice")

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from .._read._tree import RunSummary, scan_run_summaries, summarize_runs
+from .._read._tree import RunOverview, scan_run_summaries, summarize_runs
 from ._common import EXPECTED_ERRORS, error, read_checked
 
 __all__ = ["format_duration", "format_time", "runs"]
@@ -43,7 +43,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def _cells(row: RunSummary) -> tuple[str, ...]:
+def _cells(row: RunOverview) -> tuple[str, ...]:
     return (
         row.experiment,
         row.run,
@@ -58,7 +58,7 @@ def _cells(row: RunSummary) -> tuple[str, ...]:
     )
 
 
-def table(rows: list[RunSummary]) -> str:
+def table(rows: list[RunOverview]) -> str:
     """The rows as an aligned text table (numbers right-aligned)."""
     cells = [_HEADERS, *(_cells(row) for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(_HEADERS))]

@@ -12,9 +12,36 @@ and spliced into ``data`` by the translator), else ``None``; ``name`` a ``str`` 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["ENDS", "EVENT_KINDS", "STARTS"]
+__all__ = [
+    "BODY",
+    "ENDS",
+    "EVENT_KINDS",
+    "EXTRA",
+    "KIND",
+    "NAME",
+    "PARENT_RUN_ID",
+    "RUN_ID",
+    "SEQ",
+    "STARTS",
+    "TS",
+    "Record",
+]
+
+#: A record: a plain tuple built with one C call on the hot path (a ``NamedTuple`` would
+#: add a Python ``__new__`` per event); its fields are read by these indices everywhere.
+#: In the worker process the same fields arrive as a list, in the same order.
+Record = tuple[Any, ...]
+
+KIND: Final = 0  # str: a key of EVENT_KINDS
+SEQ: Final = 1  # int: the tracker's sequence number
+TS: Final = 2  # float: time.time() on the caller's thread
+RUN_ID: Final = 3  # UUID or None
+PARENT_RUN_ID: Final = 4  # UUID or None
+NAME: Final = 5  # str or None
+BODY: Final = 6  # bytes: the captured JSON body
+EXTRA: Final = 7  # the error of an error event, the str of a streamed token, else None
 
 #: Every event kind, with the fields the handler puts in ``data`` (besides the
 #: callback's other keyword arguments).

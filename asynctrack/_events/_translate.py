@@ -23,14 +23,14 @@ from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
 from ._encode import Encoder
 from ._parameters import RunParameters
-from ._schema import ENDS, STARTS
+from ._schema import BODY, ENDS, EXTRA, KIND, RUN_ID, STARTS
 from ._stream import ARGS, BLOCK_TOKEN, TOOL_CALL_CHUNKS, mask_token, stream_blocks, stream_tool_args
 
 __all__ = ["EventTranslator"]
 
 _MAX_OPEN_RUNS: Final = 100_000
-_KIND: Final = operator.itemgetter(0)  # a record's kind
-_BODY: Final = operator.itemgetter(6)  # a record's captured body
+_KIND: Final = operator.itemgetter(KIND)
+_BODY: Final = operator.itemgetter(BODY)
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 
 #: The last member of ``data`` in a model start's body, and where the body's metadata starts.
@@ -78,7 +78,7 @@ class EventTranslator:
         """Events written with a placeholder for a value that could not be captured."""
         return self.encoder.placeholders
 
-    def prepare(self, records: Sequence[Sequence[Any]]) -> None:
+    def prepare(self, records: Sequence[Sequence[Any]], /) -> None:
         """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
         if "llm_new_token" not in set(map(_KIND, records)):
             bodies = list(map(_BODY, records))
@@ -88,16 +88,20 @@ class EventTranslator:
                 return
         # Not the bodies holding content-block tokens (their "token" key is ours).
         self.encoder.prepare(
-            [r[6] for r in records if type(r[6]) is bytes and (r[0] != "llm_new_token" or type(r[7]) is str)]
+            [
+                r[BODY]
+                for r in records
+                if type(r[BODY]) is bytes and (r[KIND] != "llm_new_token" or type(r[EXTRA]) is str)
+            ]
         )
         streams: dict[Any, list[str]] = {}
         tokens = []
         blocks = set()
         for record in records:
-            if record[0] == "llm_new_token":
-                run = record[3].int if type(record[3]) is uuid.UUID else record[3]
-                if type(record[7]) is str:
-                    streams.setdefault(run, []).append(record[7])
+            if record[KIND] == "llm_new_token":
+                run = record[RUN_ID].int if type(record[RUN_ID]) is uuid.UUID else record[RUN_ID]
+                if type(record[EXTRA]) is str:
+                    streams.setdefault(run, []).append(record[EXTRA])
                     tokens.append((run, record))
                 else:
                     blocks.add(run)
@@ -108,7 +112,7 @@ class EventTranslator:
         # By identity (the records stay alive while the engine holds the chunk).
         self._clean_tokens = {id(r): r for run, r in tokens if run in clean}
 
-    def __call__(self, record: tuple[Any, ...]) -> tuple[int, bytes] | None:
+    def __call__(self, record: Sequence[Any], /) -> tuple[int, bytes] | None:
         """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
         out = self.many((record,))[0]
         if isinstance(out, Exception):

@@ -36,6 +36,7 @@ from .._export._protocol import Exporter
 from .._layout import Layout, new_writer_id
 from .._pipeline._durable import ENV_PREFIXES
 from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
+from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
 from .._sinks._base import ParametersSink, RunInfo, Sink
@@ -161,8 +162,8 @@ class AsyncTracker(BaseCallbackHandler):
             environ={k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
             exporters=tuple(exporters),
         )
-        self._engine: Engine | ProcessEngine = self._start_engine(spec, sink, destination)
-        self._engine.on_fork = weakref.WeakMethod(self._after_fork)  # type: ignore[assignment]  # the engine passes itself
+        self._engine: TrackerEngine = self._start_engine(spec, sink, destination)
+        self._engine.on_fork = weakref.WeakMethod(self._after_fork)
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
@@ -173,7 +174,7 @@ class AsyncTracker(BaseCallbackHandler):
 
     def _start_engine(
         self, spec: TrackerSpec, sink: Sink, destination: str | os.PathLike[str] | Sink
-    ) -> Engine | ProcessEngine:
+    ) -> TrackerEngine:
         """The worker process's client, or a thread engine where a process cannot serve."""
         mode = self.config.worker or os.environ.get("ASYNCTRACK_WORKER") or "process"
         if mode not in ("process", "thread"):
@@ -197,7 +198,7 @@ class AsyncTracker(BaseCallbackHandler):
             _say_thread_once(reason)
         return _thread_engine(spec, sink)
 
-    def _after_fork(self, engine: Engine | ProcessEngine) -> None:
+    def _after_fork(self, engine: TrackerEngine) -> None:
         """In a forked child: a sequence of its own (and, in a thread engine, counts)."""
         if isinstance(engine, Engine):
             translator = EventTranslator(

@@ -12,15 +12,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._config import TrackerConfig
+from .._events._schema import SEQ
 from .._events._translate import EventTranslator
 from .._export._protocol import Exporter, LineExporter
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
+from .._pipeline._loop import ChunkTranslate
 from .._pipeline._spool import Spool
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
@@ -59,12 +61,17 @@ class TrackerSpec:
     #: Started where the engine is built (the worker process): spans leave from there.
     exporters: tuple[Exporter, ...] = ()
 
+    def with_writer(self, writer: str) -> TrackerSpec:
+        """The same spec under another writer id (a forked child's, a new worker's)."""
+        return dataclasses.replace(self, writer=writer)
+
     def build(
         self,
         *,
         sink: Sink | None = None,
         hooks: DurableHooks | None = None,
         config: TrackerConfig | None = None,
+        queue_events: int | None = None,
     ) -> tuple[Engine, EventTranslator]:
         """The engine (started) and its translator.
 
@@ -74,6 +81,8 @@ class TrackerSpec:
             sink: a sink object to use instead of building one from ``destination``.
             hooks: durability callbacks (the worker process's acknowledgements).
             config: overrides ``self.config`` for the engine (not for the translator).
+            queue_events: the count bound of the engine's queue (by default
+                ``max_queue_events``).
         """
         sink = sink if sink is not None else make_sink(self.destination, **self.s3_options)
         translator = EventTranslator(
@@ -92,7 +101,7 @@ class TrackerSpec:
             )
             if isinstance(spool, _ObservedSpool) and hooks is not None:
                 spool.hooks = hooks
-        translate: Callable[[Any], tuple[int, bytes] | dict[str, Any] | None] = translator
+        translate: ChunkTranslate = translator
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
             translate = _ObservedTranslate(translator, hooks)
@@ -108,6 +117,7 @@ class TrackerSpec:
             spool=spool,
             placeholders=lambda: translator.placeholders,
             exporters=_start_exporters(self.exporters),
+            queue_events=queue_events,
         )
         return engine, translator
 
@@ -124,28 +134,27 @@ def _start_exporters(exporters: tuple[Exporter, ...]) -> list[LineExporter]:
 
 
 class _ObservedTranslate:
-    """The translator, telling the hooks of each event the ``redact`` hook dropped.
-
-    A class, not a closure: the engine looks for ``prepare`` on what it calls (the
-    chunk pre-check that lets most bodies skip their own redaction scan).
-    """
+    """The translator (a ``ChunkTranslate``), telling the hooks of each event the
+    ``redact`` hook dropped."""
 
     def __init__(self, translator: EventTranslator, hooks: DurableHooks) -> None:
         self._translator = translator
         self._filtered = hooks.filtered
-        self.prepare = translator.prepare
 
-    def __call__(self, record: Any) -> tuple[int, bytes] | dict[str, Any] | None:
+    def prepare(self, records: Sequence[Any], /) -> None:
+        self._translator.prepare(records)
+
+    def __call__(self, record: Any, /) -> tuple[int, bytes] | dict[str, Any] | None:
         out = self._translator(record)
         if out is None:
-            self._filtered(record[1])
+            self._filtered(record[SEQ])
         return out
 
-    def many(self, records: list[Any]) -> list[tuple[int, bytes] | Exception | None]:
+    def many(self, records: Sequence[Any], /) -> list[tuple[int, bytes] | Exception | None]:
         results = self._translator.many(records)
         for record, out in zip(records, results, strict=True):
             if out is None:
-                self._filtered(record[1])
+                self._filtered(record[SEQ])
         return results
 
 

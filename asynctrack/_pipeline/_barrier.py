@@ -19,6 +19,8 @@ import contextlib
 from collections.abc import Collection
 from typing import Any, Protocol
 
+from ._queue import Control
+
 __all__ = ["Barrier", "Marker", "Resolvable", "wait", "wait_blocking"]
 
 
@@ -29,8 +31,8 @@ class Resolvable(Protocol):
     def future(self) -> concurrent.futures.Future[Any]: ...
 
 
-class Marker:
-    """A flush (or close) request travelling through the buffer."""
+class Marker(Control):
+    """A flush (or close) request travelling through the queue."""
 
     __slots__ = (
         "closing",

@@ -155,6 +155,10 @@ class Delivery:
     def retry_due(self, now: float) -> bool:
         return bool(self.failed) and now >= self._retry_at
 
+    def retry_in(self, now: float) -> float | None:
+        """Seconds until failed batches are retried; ``None`` with none failed."""
+        return max(self._retry_at - now, 0.0) if self.failed else None
+
     def retry_failed(self) -> None:
         """Write every failed batch again, now."""
         failed, self.failed = self.failed, {}

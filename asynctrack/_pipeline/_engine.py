@@ -7,14 +7,16 @@ batched by count, bytes and age into files that a ``Sink`` stores.
 
 The parts, one concept each::
 
-    _buffer      bounded deque, drop/block policy, exact recorded count
+    _queue       the bounded queue: drop/block policy, exact recorded count
     _barrier     flush markers and the waits on them
     _batcher     the open batch: count, bytes, age; sealing and numbering
     _delivery    writes, retries with backoff, the concurrency limit, spool use
     _spool       batches kept on local disk, claimed atomically
-    _worker      the worker thread and loop; the lifecycle state machine
+    _loop        the worker thread and loop; the lifecycle state machine
     _statistics  the Statistics snapshot, counters, rate-limited reporting
-    _process     atexit, SIGTERM/SIGINT, fork
+    _protocol    TrackerEngine, what a tracker needs of an engine (this one or the
+                 worker process's client)
+    ../_exit     atexit, SIGTERM/SIGINT, fork
 
 This module wires them together and holds the caller-side half: flush and close
 waits, their errors, the statistics snapshot, and the run-parameters write.
@@ -26,24 +28,23 @@ import dataclasses
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
-from .. import _exit
 from .._config import TrackerConfig
 from .._errors import DeadlockError, FlushTimeoutError, TrackerClosedError
-from .._exit import install_sigterm_handler
+from .._exit import forget, install_sigterm_handler, register
 from .._export._protocol import LineExporter
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
 from ._barrier import Barrier, Marker, wait, wait_blocking
 from ._batcher import Batcher
 from ._delivery import Delivery
-from ._loop import State, Translate, Worker
-from ._queue import Buffer
+from ._loop import State, Translate, Worker, chunked
+from ._protocol import ForkHook
+from ._queue import BoundedQueue
 from ._spool import Spool
 from ._statistics import Counters, Reporter, Statistics
 
@@ -76,6 +77,8 @@ class Engine:
         run_info: the run's names and events URI (derived from ``layout`` by default).
         spool: where unsent batches are kept (remote destinations).
         exporters: get every line written, and flush and close with the engine.
+        placeholders: the adapter's count of events written with a placeholder.
+        queue_events: the count bound of the queue (``max_queue_events`` by default).
     """
 
     put: Callable[[Any], None]
@@ -94,9 +97,11 @@ class Engine:
         spool: Spool | None = None,
         placeholders: Callable[[], int] | None = None,
         exporters: Sequence[LineExporter] = (),
+        queue_events: int | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self.exporters = tuple(exporters)
+        self._queue_events = self.config.max_queue_events if queue_events is None else queue_events
         self.sink = sink
         self.layout = layout
         self._translate = translate
@@ -106,7 +111,7 @@ class Engine:
         self._parameter_sinks = tuple(parameter_sinks)
         self.spool = spool
         #: Called (weakly) in a forked child, after the engine reset itself.
-        self.on_fork: weakref.WeakMethod[Callable[[Engine], None]] | None = None
+        self.on_fork: ForkHook | None = None
         self.run_info = run_info or RunInfo(
             experiment=layout.experiment,
             run=layout.run,
@@ -114,7 +119,7 @@ class Engine:
         )
         self._build()
         self._claim_spool()
-        _exit.register(self)
+        register(self)
         self._worker.start()
 
     def _claim_spool(self) -> None:
@@ -136,7 +141,15 @@ class Engine:
             reporter=self._reporter,
             settled=self._check_markers,
         )
-        self._buffer = Buffer(self.config, self._wake)
+        config = self.config
+        # No byte bound here: max_queue_bytes bounds the encoded bytes the worker holds
+        # (it stops taking records at the bound, and this queue then fills up).
+        self._buffer: BoundedQueue[Marker] = BoundedQueue(
+            max_events=self._queue_events,
+            when_full=config.when_full,
+            block_timeout=config.block_timeout,
+            wake=self._wake,
+        )
         self._worker = Worker(
             config=self.config,
             sink=self.sink,
@@ -162,10 +175,10 @@ class Engine:
         self._worker.wake()
 
     def _check_markers(self) -> None:
-        self._worker.check_markers()
+        self._worker.settled()
 
     def _on_closed(self) -> None:
-        _exit.forget(self)
+        forget(self)
 
     def set_adapter(
         self,
@@ -177,7 +190,7 @@ class Engine:
         self._translate = translate
         self._parameters = parameters
         self._placeholders = placeholders
-        self._worker.translate = translate
+        self._worker.translate = chunked(translate)
 
     @property
     def state(self) -> State:
@@ -188,6 +201,11 @@ class Engine:
     def closed(self) -> bool:
         """Whether ``close()`` or ``aclose()`` has begun."""
         return self._worker.state in (State.CLOSING, State.CLOSED)
+
+    @property
+    def last_error(self) -> str:
+        """The last failure's message (empty before one)."""
+        return self._reporter.last_error
 
     @property
     def last_parameters(self) -> dict[str, ParameterValue]:
@@ -208,7 +226,7 @@ class Engine:
             return None
         # The deadline tells the exporters how long the caller waits (they never hold it longer).
         marker = Marker(deadline=None if timeout is None else time.monotonic() + max(timeout, 0.0))
-        self._buffer.put_marker(marker)
+        self._buffer.put_control(marker)
         return marker
 
     def _idle(self) -> bool:
@@ -315,7 +333,7 @@ class Engine:
             self._worker.set_deadline(marker.deadline)
         if not marker.sent:
             marker.sent = True
-            self._buffer.put_marker(marker)
+            self._buffer.put_control(marker)
 
     def _join_close(self, timeout: float | None) -> tuple[Marker | None, float | None]:
         """For a close already under way: its marker, and how long to wait for it.
@@ -484,7 +502,7 @@ class Engine:
             self._buffer.close()
             self._worker.advance(State.CLOSING)
             self._worker.advance(State.CLOSED)
-            _exit.forget(self)
+            forget(self)
             return
         on_fork = self.on_fork() if self.on_fork is not None else None
         if on_fork is not None:

@@ -19,12 +19,15 @@ Why asyncio's ``Timeout`` and not an anyio cancel scope: anyio loads its asyncio
 backend on first use, and on a worker that first uses it during interpreter exit
 that import runs ``exec`` (dataclasses), which makes CPython forget that the
 process is ending on an uncaught ``KeyboardInterrupt``: Ctrl-C then exits with
-status 1 instead of dying of SIGINT (seen in tests/test_process.py). asyncio's
+status 1 instead of dying of SIGINT (tests/test_process.py checks it). asyncio's
 ``Timeout.reschedule`` does the same job with nothing to load.
 
-Threads and time: the worker drains every ``_TICK`` seconds, or at once when
-``WAKE_AT`` records wait, and hands the GIL back to the callers after each
-millisecond of encoding (``_BUDGET``).
+Threads and time: the worker sleeps until something is due (the open batch's
+``batch_interval``, a retry of failed batches, the close deadline) or until the queue
+wakes it: on the first record after it slept with nothing queued, on ``WAKE_AT``
+records waiting, on a flush or close marker, or when a write settles. An idle engine
+wakes not at all. It hands the GIL back to the callers after each millisecond of
+encoding (``_BUDGET``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import operator
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
@@ -49,16 +52,15 @@ from .._sinks._base import Batch, ParametersSink, Sink
 from ._barrier import Barrier, Marker
 from ._batcher import Batcher
 from ._delivery import Delivery
-from ._queue import WAKE_AT, Buffer
+from ._queue import BoundedQueue
 from ._statistics import Counters, Reporter
 
-__all__ = ["State", "Worker"]
+__all__ = ["ChunkTranslate", "State", "Translate", "Worker"]
 
 logger = logging.getLogger("asynctrack")
 
 _SEQ: Final = operator.itemgetter(0)  # of a translated (seq, line)
 _LINE: Final = operator.itemgetter(1)
-_TICK: Final = 0.05  # seconds between drains when nothing wakes the worker
 _CHUNK: Final = 64  # records pre-checked together, and between checks of the time budget
 # The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
 # thread only every switch interval (5 ms), and an asyncio.sleep(0) does not help
@@ -73,7 +75,60 @@ _EXPORT_MARGIN: Final = 0.1
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
 _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
-Translate = Callable[[Any], "tuple[int, bytes] | dict[str, Any] | None"]
+
+#: What a translator makes of a record (see ``Translate``).
+Translated = tuple[int, bytes] | dict[str, Any] | None
+
+
+class Translate(Protocol):
+    """Turns a record into ``(seq, JSON line)``, an event dict for the engine to encode,
+    or ``None`` (dropped by the ``redact`` hook, counted as filtered). Worker thread only,
+    so it may keep state."""
+
+    def __call__(self, record: Any, /) -> Translated: ...
+
+
+@runtime_checkable
+class ChunkTranslate(Translate, Protocol):
+    """A translator that takes a whole chunk at once (the LangChain adapter's).
+
+    ``prepare`` pre-checks the chunk's bodies together; ``many`` returns, per record,
+    what ``__call__`` would, or the exception that stopped it (counted, written as a
+    placeholder).
+    """
+
+    def prepare(self, records: Sequence[Any], /) -> None: ...
+
+    def many(
+        self, records: Sequence[Any], /
+    ) -> Sequence[tuple[int, bytes] | dict[str, Any] | Exception | None]: ...
+
+
+class _PerRecord:
+    """A plain ``Translate`` as a ``ChunkTranslate``: one call per record."""
+
+    def __init__(self, translate: Translate) -> None:
+        self._translate = translate
+
+    def __call__(self, record: Any, /) -> Translated:
+        return self._translate(record)
+
+    def prepare(self, records: Sequence[Any], /) -> None:
+        return None
+
+    def many(self, records: Sequence[Any], /) -> list[Translated | Exception]:
+        out: list[Translated | Exception] = []
+        for record in records:
+            try:
+                out.append(self._translate(record))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+
+def chunked(translate: Translate) -> ChunkTranslate:
+    """``translate`` as a ``ChunkTranslate`` (itself if it is one)."""
+    return translate if isinstance(translate, ChunkTranslate) else _PerRecord(translate)
 
 
 class State(enum.Enum):
@@ -140,7 +195,7 @@ class Worker:
         config: TrackerConfig,
         sink: Sink,
         parameter_sinks: Sequence[ParametersSink],
-        buffer: Buffer,
+        buffer: BoundedQueue[Marker],
         barrier: Barrier,
         batcher: Batcher,
         delivery: Delivery,
@@ -160,7 +215,7 @@ class Worker:
         self._delivery = delivery
         self._counters = counters
         self._reporter = reporter
-        self.translate = translate
+        self.translate: ChunkTranslate = chunked(translate)
         self._write_parameters = write_parameters
         self._on_closed = on_closed
         self._exporters = tuple(exporters)
@@ -192,7 +247,7 @@ class Worker:
     def start(self) -> None:
         thread = threading.Thread(target=self._thread_main, name="asynctrack-worker", daemon=True)
         self.thread = thread
-        self._buffer.worker_thread = thread
+        self._buffer.consumer = thread
         thread.start()
 
     def wake(self) -> None:
@@ -266,19 +321,23 @@ class Worker:
         assert wake is not None
         max_bytes = self._config.max_queue_bytes
         while True:
-            if not len(buffer) or counters.pending_bytes >= max_bytes:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._next_timeout()):
-                        await wake.wait()
+            held = counters.pending_bytes >= max_bytes  # records wait in the queue meanwhile
+            if held or not len(buffer):
+                # Nothing to take (or not now): sleep until something is due. With
+                # nothing open either, the next record wakes us (an idle engine does
+                # not wake at all); else a backlog of WAKE_AT does, a flush or close
+                # marker, or a settled write (which may lift the memory bound).
+                timeout = self._next_timeout()
+                if held or batcher.open_events or buffer.sleeping():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await wake.wait()
             wake.clear()
             closing = await self._drain()
             if closing is not None:
                 await self._close(closing)
                 return
-            if len(buffer) < WAKE_AT:
-                # Only now may put() wake us again: while the memory bound keeps
-                # records waiting, a wake per put() would cost every caller.
-                buffer.wake_requested = False
+            buffer.busy()
             now = time.monotonic()
             due = batcher.due_in(now)
             if due is not None and due <= 0:
@@ -287,11 +346,16 @@ class Worker:
                 delivery.retry_failed()
             if counters.pending_bytes >= max_bytes and delivery.failed and delivery.spool is not None:
                 delivery.spill()
-            self._reporter.drops(buffer.dropped, buffer.max_events)
+            self._reporter.drops(buffer.dropped, self._config.max_queue_events)
 
-    def _next_timeout(self) -> float:
-        due = self._batcher.due_in(time.monotonic())
-        return _TICK if due is None else min(_TICK, max(due, 0.0))
+    def _next_timeout(self) -> float | None:
+        """Seconds until the open batch or a retry is due; ``None`` if neither is."""
+        now = time.monotonic()
+        due = self._batcher.due_in(now)
+        retry = self._delivery.retry_in(now)
+        if due is None:
+            return retry
+        return max(due, 0.0) if retry is None else max(min(due, retry), 0.0)
 
     async def _drain(self, *, final: bool = False) -> Marker | None:
         """Take records from the buffer and encode them into the open batch.
@@ -316,41 +380,31 @@ class Worker:
                 if final:
                     self._late_markers.append(marker)
                 elif marker.closing:
-                    buffer.release_blocked()
                     return marker
                 else:
                     self._on_marker(marker)
             now = time.perf_counter()
             if now - started >= _BUDGET:
-                buffer.release_blocked()
                 time.sleep(_PAUSE)  # noqa: ASYNC251 - on purpose: a real sleep hands the GIL over
                 await asyncio.sleep(0)  # let batch writes and flush waiters run
                 started = time.perf_counter()
-        buffer.release_blocked()
         return None
 
     def _encode(self, chunk: list[Any]) -> None:
         """Translate, redact and encode one chunk of records into the open batch.
 
-        The hot loop of the worker: every name it uses per record is a local. A
-        translator with ``many`` (the LangChain adapter's) takes the whole chunk in
-        one call; any other is called once per record.
+        The hot loop of the worker: every name it uses per record is a local; the
+        translator takes the whole chunk in one call.
         """
         translate = self.translate
-        prepare = getattr(translate, "prepare", None)
-        if prepare is not None:
-            try:
-                prepare(chunk)
-            except Exception as exc:  # pre-checks only: translate still runs
-                self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
-        many = getattr(translate, "many", None)
-        if many is not None:
-            try:
-                results = many(chunk)
-            except Exception as exc:  # never seen: many() catches per record
-                results = [exc] * len(chunk)
-        else:
-            results = [self._translate_one(item) for item in chunk]
+        try:
+            translate.prepare(chunk)
+        except Exception as exc:  # pre-checks only: translate still runs
+            self._reporter.error("translate", f"could not pre-check events: {exc!r}", exc)
+        try:
+            results: Sequence[Any] = translate.many(chunk)
+        except Exception as exc:  # never seen: many() catches per record
+            results = [exc] * len(chunk)
         if all(map(tuple.__instancecheck__, results)):  # lines only (the common case): in bulk
             lines = list(map(_LINE, results))
             batches = self._batcher.add_many(list(map(_SEQ, results)), lines)
@@ -361,7 +415,7 @@ class Worker:
             return
         self._encode_each(results)
 
-    def _encode_each(self, results: list[Any]) -> None:
+    def _encode_each(self, results: Sequence[Any]) -> None:
         """``_encode``'s path for results that are not all lines: one at a time."""
         hook = self._config.redact
         encoder = self._encoder
@@ -405,12 +459,6 @@ class Worker:
             except Exception as exc:  # an exporter's bug must not stop the files
                 self._reporter.error("export", f"exporter {type(exporter).__name__} failed: {exc!r}", exc)
 
-    def _translate_one(self, item: Any) -> Any:
-        try:
-            return self.translate(item)
-        except Exception as exc:
-            return exc
-
     def _dispatch(self, sealed: list[tuple[int, Batch]]) -> None:
         for number, batch in sealed:
             if self._stopping:
@@ -428,8 +476,15 @@ class Worker:
             self._delivery.retry_failed()  # a flush retries at once
         self.check_markers()
 
+    def settled(self) -> None:
+        """A write settled (loop thread): settle the markers it completes, and run the
+        loop once more (the memory bound may be lifted, a retry or spill may be due)."""
+        self.check_markers()
+        if self._wake is not None:
+            self._wake.set()
+
     def check_markers(self) -> None:
-        """Settle the markers whose batches are all settled (after every write)."""
+        """Settle the markers whose batches are all settled."""
         if self._stopping:
             return  # _finish resolves every marker left
         for marker in self._barrier.ready(self._delivery.inflight):
@@ -583,6 +638,6 @@ class Worker:
     def _fail_markers(
         self, pending: int, reason: str, markers: Sequence[Marker] = (), skip: Marker | None = None
     ) -> None:
-        for marker in (*markers, *self._late_markers, *self._buffer.markers()):
+        for marker in (*markers, *self._late_markers, *self._buffer.controls()):
             if marker is not skip and not marker.future.done():
                 marker.future.set_exception(FlushError(pending=pending, reason=reason))

@@ -257,7 +257,7 @@ def scan(
         storage_options=options,
         # The credentials are resolved already (as the tracker resolves them): Polars then
         # needs no Python credential provider, which it would call from its own Rust
-        # (tokio) threads. A test process once died of a segfault in such a thread, inside
+        # (tokio) threads, and a process can die of a segfault in such a thread, inside
         # the interpreter (PyCode_Addr2Line), after S3 scans; without a provider, Polars
         # makes no such calls for credentials.
         credential_provider=None if options and "aws_access_key_id" in options else "auto",

@@ -14,6 +14,7 @@ end event.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -22,7 +23,7 @@ import orjson
 
 __all__ = [
     "Note",
-    "RunSummary",
+    "RunOverview",
     "Span",
     "build_tree",
     "note_summary",
@@ -302,8 +303,8 @@ def _enclosing(roots: list[Span], orphan: Span) -> Span | None:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunSummary:
-    """One row of ``asynctrack runs``."""
+class RunOverview:
+    """One row of ``asynctrack runs``: a run's counts from its events."""
 
     experiment: str
     run: str
@@ -325,54 +326,69 @@ class RunSummary:
         return {**dataclasses.asdict(self), "duration": self.duration}
 
 
-def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunSummary]:
-    """One summary per (experiment, run), newest (latest last event) first."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for event in events:
-        key = (str(event.get("experiment")), str(event.get("run")))
-        ts = float(event.get("ts") or 0.0)
-        row = rows.setdefault(
-            key,
-            {
-                "events": 0,
-                "errors": 0,
-                "llm_calls": 0,
-                "tokens_in": 0,
-                "tokens_out": 0,
-                "first": ts,
-                "last": ts,
-            },
-        )
-        kind = str(event.get("kind"))
-        row["events"] += 1
-        row["errors"] += kind.endswith("_error")
-        row["llm_calls"] += kind in ("llm_start", "chat_model_start")
-        if kind == "llm_end" and (usage := token_usage(event.get("data"))):
-            row["tokens_in"] += usage[0]
-            row["tokens_out"] += usage[1]
-        row["first"] = min(row["first"], ts)
-        row["last"] = max(row["last"], ts)
-    summaries = [
-        RunSummary(
+_LLM_CALLS: Final = ("llm_start", "chat_model_start")
+
+
+@dataclasses.dataclass(slots=True)
+class _Totals:
+    """A run's counts while they are added up (from events, or from Polars' groups)."""
+
+    events: int = 0
+    errors: int = 0
+    llm_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+
+    def add_usage(self, data: Any) -> None:
+        """Add the token usage of an ``llm_end`` event's ``data``."""
+        if usage := token_usage(data):
+            self.tokens_in += usage[0]
+            self.tokens_out += usage[1]
+
+
+def _overviews(totals: Mapping[tuple[str, str], _Totals]) -> list[RunOverview]:
+    """The rows, newest (latest last event) first."""
+    rows = [
+        RunOverview(
             experiment=experiment,
             run=run,
-            events=row["events"],
-            errors=row["errors"],
-            llm_calls=row["llm_calls"],
-            tokens_in=row["tokens_in"],
-            tokens_out=row["tokens_out"],
-            first_event=row["first"],
-            last_event=row["last"],
+            events=t.events,
+            errors=t.errors,
+            llm_calls=t.llm_calls,
+            tokens_in=t.tokens_in,
+            tokens_out=t.tokens_out,
+            first_event=t.first,
+            last_event=t.last,
         )
-        for (experiment, run), row in rows.items()
+        for (experiment, run), t in totals.items()
     ]
-    summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
-    return summaries
+    rows.sort(key=lambda row: (row.last_event, row.experiment, row.run), reverse=True)
+    return rows
+
+
+def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunOverview]:
+    """One overview per (experiment, run), newest (latest last event) first."""
+    totals: dict[tuple[str, str], _Totals] = {}
+    for event in events:
+        key = (str(event.get("experiment")), str(event.get("run")))
+        t = totals.get(key) or totals.setdefault(key, _Totals())
+        ts = float(event.get("ts") or 0.0)
+        kind = str(event.get("kind"))
+        t.events += 1
+        t.errors += kind.endswith("_error")
+        t.llm_calls += kind in _LLM_CALLS
+        if kind == "llm_end":
+            t.add_usage(event.get("data"))
+        t.first = min(t.first, ts)
+        t.last = max(t.last, ts)
+    return _overviews(totals)
 
 
 def scan_run_summaries(
     destination: str | os.PathLike[str], experiment_name: str | None = None, **s3_options: Any
-) -> list[RunSummary]:
+) -> list[RunOverview]:
     """``summarize_runs`` over ``scan()``: Polars counts, only ``llm_end`` payloads parsed.
 
     Memory stays bounded by the aggregates and the model responses, not by every
@@ -393,32 +409,24 @@ def scan_run_summaries(
             frame.group_by(keys).agg(
                 pl.len().alias("events"),
                 pl.col("kind").str.ends_with("_error").sum().alias("errors"),
-                pl.col("kind").is_in(["llm_start", "chat_model_start"]).sum().alias("llm_calls"),
+                pl.col("kind").is_in(list(_LLM_CALLS)).sum().alias("llm_calls"),
                 pl.col("ts").min().alias("first"),
                 pl.col("ts").max().alias("last"),
             ),
             frame.filter(pl.col("kind") == "llm_end").select(*keys, "data"),
         ]
     )
-    tokens: dict[tuple[str, str], list[int]] = {}
-    for experiment, run, data in ends.iter_rows():
-        if data is not None and (usage := token_usage(orjson.loads(data))):
-            total = tokens.setdefault((experiment, run), [0, 0])
-            total[0] += usage[0]
-            total[1] += usage[1]
-    summaries = [
-        RunSummary(
-            experiment=str(row["experiment"]),
-            run=str(row["run"]),
+    totals = {
+        (str(row["experiment"]), str(row["run"])): _Totals(
             events=row["events"],
             errors=row["errors"],
             llm_calls=row["llm_calls"],
-            tokens_in=tokens.get((row["experiment"], row["run"]), [0, 0])[0],
-            tokens_out=tokens.get((row["experiment"], row["run"]), [0, 0])[1],
-            first_event=row["first"],
-            last_event=row["last"],
+            first=row["first"],
+            last=row["last"],
         )
         for row in counts.iter_rows(named=True)
-    ]
-    summaries.sort(key=lambda summary: (summary.last_event, summary.experiment, summary.run), reverse=True)
-    return summaries
+    }
+    for experiment, run, data in ends.iter_rows():
+        if data is not None:
+            totals[(str(experiment), str(run))].add_usage(orjson.loads(data))
+    return _overviews(totals)

@@ -1,14 +1,15 @@
-"""The worker process of an application process: spawn, shipper, reader, restart, exit.
+"""The worker process of an application process: start, reader, restart, fall back, exit.
 
 One ``WorkerProcess`` per application process (a forked child makes its own) serves
-every tracker of that process through their ``ProcessEngine``s (``_client``):
+every tracker of that process through their clients (``_client.ProcessEngine``):
 
-- the shipper thread wakes every ``_TICK`` (5 ms; ``_IDLE_TICK``, 25 ms, once nothing
-  was shipped for 0.1 s; at once for a flush or close), takes what every tracker queued
-  and writes each tracker's frames to the worker's stdin (``os.write`` releases the GIL);
+- its ``Shipper`` (``_shipper``) takes what every tracker queued and writes each
+  tracker's frames to the worker's stdin;
 - the reader thread reads the worker's answers on its stdout and hands them to the
   trackers, re-emits the worker's log records, and, at end of file while we are not
   stopping, starts a new worker and re-sends every unacknowledged frame, in order;
+  after ``_MAX_RESTARTS`` deaths within ``_RESTART_WINDOW`` seconds the trackers fall
+  back to thread engines in this process;
 - at exit (and on SIGTERM) ``close_all`` closes the trackers, then the channel: the
   worker drains and exits.
 """
@@ -27,26 +28,24 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol, Self
 
 from .._channel import FrameReader, Kind, encode_frame, write_all
 from .._exit import exit_hooks
+from ._shipper import Lane, Shipper
 
-if TYPE_CHECKING:
-    from ._client import ProcessEngine
-
-__all__ = ["WorkerProcess", "WorkerUnavailable", "close_all", "live", "worker_process"]
+__all__ = [
+    "Client",
+    "EngineSpec",
+    "WorkerProcess",
+    "WorkerUnavailable",
+    "close_all",
+    "live",
+    "worker_process",
+]
 
 logger = logging.getLogger("asynctrack")
 
-_TICK: Final = 0.005  # seconds between shipments: "a few times per 10 ms"
-#: ... once nothing was shipped for _IDLE_AFTER seconds (an idle application's shipper
-#: woke 200 times a second: ~1.8% of a core on a 2-core VM; now ~0.5%).
-_IDLE_TICK: Final = 0.025
-_IDLE_AFTER: Final = 0.1
-#: A real sleep between two slices of a backlog: a thread waiting for the GIL takes it.
-_HAND_OVER: Final = 0.00005
-_SLICE: Final = 1024  # records taken and shipped at once (one frame, ~0.3 ms of GIL)
 _RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
 _MAX_RESTARTS: Final = 5
 _STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel closes
@@ -59,19 +58,50 @@ class WorkerUnavailable(RuntimeError):
     """The worker process could not be started here (a thread worker is used instead)."""
 
 
+class EngineSpec(Protocol):
+    """A tracker's worker side as picklable data (``_langchain._spec.TrackerSpec``)."""
+
+    @property
+    def writer(self) -> str:
+        """The writer id in the tracker's batch keys."""
+        ...
+
+    def with_writer(self, writer: str) -> Self:
+        """The same spec under another writer id."""
+        ...
+
+
+class Client(Protocol):
+    """What the worker process needs of a tracker's client (``_client.ProcessEngine``)."""
+
+    lane: Lane
+    spec: EngineSpec
+
+    def answered(self, kind: Kind, number: int, payload: bytes) -> None: ...
+
+    def statistics_from_worker(self, payload: bytes) -> None: ...
+
+    def renew_writer(self, generation: int) -> None: ...
+
+    def fall_back(self, reason: str) -> None: ...
+
+    def close(self, timeout: float | None = 30.0) -> None: ...
+
+    def after_fork_in_child(self) -> None: ...
+
+
 class WorkerProcess:
     """The worker process of this application process, its shipper and its reader."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()  # the channel: process, pipes, registrations
-        self._clients: dict[int, ProcessEngine] = {}
+        self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
         self._process: subprocess.Popen[bytes] | None = None
         self._out_fd = -1  # we write: the worker's stdin
         self._in_fd = -1  # we read: the worker's stdout
-        self._wake = threading.Event()
         self._stopping = False
-        self._shipper: threading.Thread | None = None
+        self._shipper = Shipper(self._send_locked, self._lock)
         self._reader: threading.Thread | None = None
         self._deaths: collections.deque[float] = collections.deque(maxlen=_MAX_RESTARTS)
         self.restarts = 0
@@ -84,26 +114,35 @@ class WorkerProcess:
         process = self._process
         return process.pid if process is not None else None
 
-    def register(self, client: ProcessEngine) -> None:
+    def register(self, client: Client) -> None:
+        """Serve ``client``: open its engine in the worker (started on first use).
+
+        Raises:
+            WorkerUnavailable: the worker process cannot be started here.
+        """
         with self._lock:
             if self.failed is not None:
                 raise WorkerUnavailable(self.failed)
             if self._process is None:
                 self._spawn()
-            client.tracker_id = next(self._ids)
-            self._clients[client.tracker_id] = client
-            self._send_locked(encode_frame(Kind.OPEN, client.tracker_id, 0, pickle.dumps(client.spec)))
+            lane = client.lane
+            lane.tracker_id = next(self._ids)
+            self._clients[lane.tracker_id] = client
+            self._shipper.lanes[lane.tracker_id] = lane
+            self._send_locked(encode_frame(Kind.OPEN, lane.tracker_id, 0, pickle.dumps(client.spec)))
             live.add(client)
-            if self._shipper is None:
+            if self._reader is None:
                 self._start_threads()
 
-    def unregister(self, client: ProcessEngine) -> None:
+    def unregister(self, client: Client) -> None:
         # No channel lock: the reader calls this, and must never wait for the shipper
         # (which may be blocked writing to a worker that waits for the reader).
-        self._clients.pop(client.tracker_id, None)
+        self._clients.pop(client.lane.tracker_id, None)
+        self._shipper.lanes.pop(client.lane.tracker_id, None)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Ask the shipper to ship now (thread-safe)."""
+        self._shipper.wake()
 
     # -- process -------------------------------------------------------------------
 
@@ -143,7 +182,6 @@ class WorkerProcess:
             fcntl.fcntl(self._out_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
 
     def _start_threads(self) -> None:
-        self._shipper = threading.Thread(target=self._ship_loop, name="asynctrack-shipper", daemon=True)
         self._reader = threading.Thread(
             target=self._read_loop, args=(self._in_fd,), name="asynctrack-reader", daemon=True
         )
@@ -157,55 +195,6 @@ class WorkerProcess:
             # The worker is gone; the reader sees its end of file and restarts it,
             # re-sending every unacknowledged frame (this one included).
             pass
-
-    # -- shipper ---------------------------------------------------------------------
-
-    def _ship_loop(self) -> None:
-        busy = time.monotonic()  # when something was last shipped
-        while True:
-            self._wake.wait(_TICK if time.monotonic() - busy < _IDLE_AFTER else _IDLE_TICK)
-            self._wake.clear()
-            idle = self._ship_once()
-            if not idle:
-                busy = time.monotonic()
-            elif self._stopping:
-                return
-
-    def _ship_once(self) -> bool:
-        """Ship what every tracker queued. True when nothing was left to ship."""
-        idle = True
-        for client in list(self._clients.values()):
-            if not client._queue and client.fall_back_reason is None:  # noqa: SLF001 - the consumer
-                continue
-            idle = False
-            if client.fallback is not None:  # a thread engine took over this tracker
-                client.forward()
-                continue
-            if client.fall_back_reason is not None:
-                with self._lock:
-                    client.fall_back(client.fall_back_reason)
-                client.forward()
-                continue
-            if client.held_back() and not self._stopping:
-                continue
-            # A slice at a time, and a real sleep between two: the write alone does not
-            # give the GIL away (it takes it back before a waiting thread has woken up),
-            # so a backlog shipped slice after slice kept the application's event loop
-            # waiting 3-5 ms at a time (traced). The sleep lets the application run
-            # until it next hands the GIL over.
-            while client._queue and not (client.held_back() and not self._stopping):  # noqa: SLF001
-                with self._lock:
-                    # A restart that gave up may have handed the tracker to a thread
-                    # engine between two slices: its records are forwarded, not sent.
-                    if client.tracker_id not in self._clients or client.fallback is not None:
-                        break
-                    frames = client.frames(client.take(_SLICE))
-                    for key, frame, events in frames:
-                        client.retain(key, frame, events)
-                    self._send_locked(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
-                if client._queue:  # noqa: SLF001
-                    time.sleep(_HAND_OVER)
-        return idle
 
     # -- reader ----------------------------------------------------------------------
 
@@ -231,7 +220,9 @@ class WorkerProcess:
             return
         try:
             if kind == Kind.ACK:
-                client.acknowledged(number)
+                client.lane.acknowledged(number)
+                if len(client.lane.queue):
+                    self._shipper.wake()  # a lane held back under when_full="block" may go on
             elif kind in (Kind.FLUSHED, Kind.CLOSED):
                 client.answered(kind, number, payload)
             elif kind == Kind.STATS:
@@ -239,9 +230,9 @@ class WorkerProcess:
             elif kind == Kind.OPENED:
                 reason = pickle.loads(payload)
                 if reason is not None:
-                    # The shipper switches it over at its next tick, between two shipments.
-                    client.fall_back_reason = str(reason)
-                    self.wake()
+                    # The shipper switches it over between two shipments.
+                    client.lane.fall_back_reason = str(reason)
+                    self._shipper.wake()
         except Exception:  # pragma: no cover - a bug here must not stop the reader
             logger.exception("asynctrack: bad answer from the worker process")
 
@@ -258,7 +249,7 @@ class WorkerProcess:
                 os.close(self._out_fd)
             self._process = None
             for client in self._clients.values():
-                client.worker_died()
+                client.lane.worker_died()
             if len(self._deaths) == _MAX_RESTARTS and now - self._deaths[0] < _RESTART_WINDOW:
                 self.failed = f"the worker process died {_MAX_RESTARTS} times in {_RESTART_WINDOW:g} s"
                 logger.error("asynctrack: %s; falling back to worker threads", self.failed)
@@ -276,11 +267,12 @@ class WorkerProcess:
                 return
             self.restarts += 1
             for client in list(self._clients.values()):
-                if client.fallback is not None:
+                lane = client.lane
+                if lane.forward is not None:
                     continue  # a thread engine serves it now
                 client.renew_writer(self.restarts)
-                self._send_locked(encode_frame(Kind.OPEN, client.tracker_id, 0, pickle.dumps(client.spec)))
-                for frame, _ in list(client.unacked.values()):
+                self._send_locked(encode_frame(Kind.OPEN, lane.tracker_id, 0, pickle.dumps(client.spec)))
+                for frame in lane.resend():
                     self._send_locked(frame)
             self._reader = threading.Thread(
                 target=self._read_loop, args=(self._in_fd,), name="asynctrack-reader", daemon=True
@@ -294,12 +286,11 @@ class WorkerProcess:
         with self._lock:
             if self._stopping:
                 return
-            self._ship_once()
+            self._shipper.stop()
             self._stopping = True
             process = self._process
             with contextlib.suppress(OSError):
                 os.close(self._out_fd)
-        self._wake.set()
         if process is not None:
             try:
                 process.wait(grace)
@@ -315,7 +306,7 @@ class _Shared:
 
 
 #: Trackers not yet closed (closed at exit).
-live: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+live: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def worker_process() -> WorkerProcess:
@@ -345,15 +336,14 @@ def _after_fork_in_child() -> None:
     if worker is None:
         return
     _Shared.lock = threading.Lock()
-    new = _Shared.worker = WorkerProcess()
+    _Shared.worker = WorkerProcess()
     old_clients = list(worker._clients.values())  # noqa: SLF001 - same module
     for fd in (worker._out_fd, worker._in_fd):  # noqa: SLF001 - same module
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
     for client in old_clients:
-        client._worker = new  # noqa: SLF001 - same module
-        client.after_fork_in_child()
+        client.after_fork_in_child()  # it registers with the new worker
 
 
 exit_hooks.append(close_all)  # at exit and on SIGTERM, after the thread engines

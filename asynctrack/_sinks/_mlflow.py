@@ -23,10 +23,9 @@ finish on that thread (it cannot be interrupted), and later writes fail at once
 until it returns, so a hanging tracking server never holds a flush longer than
 the deadline, nor the process at exit.
 
-MLflow's limits are checked here, before the call: key characters and length,
-parameter and tag value lengths, entities per batch and the request size (read
-from ``mlflow.utils.validation`` when it has them). Every change is logged once
-and counted in ``adjustments``.
+MLflow's limits are checked before the call (``_mlflow_plan``); every change is
+logged once and counted in ``adjustments``. Retries use the sinks' shared loop
+(``_retry``): backoff with full jitter, every attempt bounded by the deadline.
 """
 
 from __future__ import annotations
@@ -34,13 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import logging
-import math
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -48,21 +44,32 @@ from typing import Any, Final, TypeVar
 
 from .._errors import PermanentSinkError, SinkError
 from ._base import ParameterValue, RunInfo, RunSummary
-from ._retry import JITTER
+from ._mlflow_plan import (
+    CHANGED_PARAMETER_TAG,
+    NOTE_TAG,
+    RUN_KEY_TAG,
+    MLflowLimits,
+    batches,
+    mlflow_key,
+    plan_write,
+    run_key,
+)
+from ._retry import RetryExhausted, retry
 
-__all__ = ["RUN_KEY_TAG", "MLflowLimits", "MLflowParameters", "mlflow_key", "run_key"]
+__all__ = [
+    "RUN_KEY_TAG",
+    "MLflowLimits",
+    "MLflowParameters",
+    "batches",
+    "mlflow_key",
+    "plan_write",
+    "run_key",
+]
 
 logger = logging.getLogger("asynctrack")
 
 T = TypeVar("T")
 
-RUN_KEY_TAG: Final = "asynctrack.run_key"
-EVENTS_TAG: Final = "asynctrack.events_uri"
-EXPERIMENT_TAG: Final = "asynctrack.experiment"
-RUN_TAG: Final = "asynctrack.run"
-CHANGED_PARAMETER_TAG: Final = "asynctrack.param."
-NOTE_TAG: Final = "mlflow.note.content"  # the run's description in the MLflow UI
-_KEY_BAD: Final = re.compile(r"[^\w.\- ]")  # MLflow allows these (and "/" and ":" off Windows)
 # MLflow error codes worth another attempt: 5xx answers and connection errors
 # (MLflow wraps those as INTERNAL_ERROR), throttling, a busy database.
 _RETRYABLE: Final = frozenset(
@@ -85,153 +92,13 @@ _DELETED: Final = "must be in the 'active' state"
 _SET_UP_TIMEOUT: Final = 120.0  # importing MLflow and opening the store, once per sink
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MLflowLimits:
-    """MLflow's limits on one run's data (the defaults are MLflow 2.x and 3.x's)."""
-
-    key_length: int = 250
-    param_value_length: int = 6000
-    tag_value_length: int = 8000
-    params_tags_per_batch: int = 100
-    metrics_per_batch: int = 1000
-    entities_per_batch: int = 1000
-    request_bytes: int = 1_000_000
-
-    @classmethod
-    def installed(cls) -> MLflowLimits:
-        """The limits of the installed MLflow (``mlflow.utils.validation``)."""
-        from mlflow.utils import validation
-
-        default = cls()
-
-        def read(name: str, fallback: int) -> int:
-            value = getattr(validation, name, fallback)
-            return value if isinstance(value, int) and value > 0 else fallback
-
-        return cls(
-            key_length=read("MAX_ENTITY_KEY_LENGTH", default.key_length),
-            param_value_length=read("MAX_PARAM_VAL_LENGTH", default.param_value_length),
-            tag_value_length=read("MAX_TAG_VAL_LENGTH", default.tag_value_length),
-            params_tags_per_batch=read("MAX_PARAMS_TAGS_PER_BATCH", default.params_tags_per_batch),
-            metrics_per_batch=read("MAX_METRICS_PER_BATCH", default.metrics_per_batch),
-            entities_per_batch=read("MAX_ENTITIES_PER_BATCH", default.entities_per_batch),
-            request_bytes=read("MAX_BATCH_LOG_REQUEST_SIZE", default.request_bytes),
-        )
-
-
-def run_key(experiment: str, run: str) -> str:
-    """The value of the ``asynctrack.run_key`` tag: the same names, the same key."""
-    joined = f"{experiment}\0{run}".encode("utf-8", "surrogatepass")
-    return hashlib.sha256(joined).hexdigest()[:32]
-
-
-def mlflow_key(name: str, max_len: int = 250) -> str:
-    """``name`` made valid as an MLflow parameter, metric or tag key.
-
-    Characters other than letters, digits, ``_``, ``-``, ``.`` and space become
-    ``_`` (``/`` and ``:`` too: they are file paths on some stores and invalid on
-    Windows). A name that had to change, or that is too long, keeps a short hash
-    of the original so that two different names stay different.
-    """
-    clean = _KEY_BAD.sub("_", name).strip()
-    if clean.strip(".") == "":
-        clean = "_" + clean  # "." and ".." are paths, not names
-    if clean == name and len(clean) <= max_len:
-        return clean
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{clean[: max_len - 9]}-{digest}"
-
-
-@dataclasses.dataclass(slots=True)
-class _Plan:
-    """One write, fitted to MLflow's limits; ``notes`` says what was changed."""
-
-    parameters: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    notes: list[str]
-
-
-def plan_write(
-    run: RunInfo,
-    summary: RunSummary,
-    extra_tags: Mapping[str, str],
-    limits: MLflowLimits,
-) -> _Plan:
-    """Fit a summary to MLflow's limits: keys, value lengths, finite metrics."""
-    notes: list[str] = []
-
-    def key_of(kind: str, name: str, max_len: int = limits.key_length) -> str:
-        key = mlflow_key(name, max_len)
-        if key != name:
-            notes.append(f"{kind} {name!r} is {key!r} in MLflow (MLflow's key rules)")
-        return key
-
-    def cut(kind: str, name: str, value: str, limit: int) -> str:
-        if len(value) <= limit:
-            return value
-        notes.append(f"{kind} {name!r} cut to {limit} characters (was {len(value)})")
-        return value[:limit]
-
-    parameters: dict[str, str] = {}
-    for name, value in summary.hyperparameters.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            notes.append(f"parameter {name!r} skipped: {value} is not a finite number")
-            continue
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        parameters[key_of("parameter", name)] = cut("parameter", name, text, limits.param_value_length)
-    metrics: dict[str, float] = {}
-    for name, number in summary.metrics.items():
-        if not isinstance(number, int | float) or isinstance(number, bool) or not math.isfinite(number):
-            notes.append(f"metric {name!r} skipped: {number!r} is not a finite number")
-            continue
-        metrics[key_of("metric", name)] = float(number)
-    tags = {
-        RUN_KEY_TAG: run_key(run.experiment, run.run),
-        EXPERIMENT_TAG: cut("tag", EXPERIMENT_TAG, run.experiment, limits.tag_value_length),
-        RUN_TAG: cut("tag", RUN_TAG, run.run, limits.tag_value_length),
-        EVENTS_TAG: cut("tag", EVENTS_TAG, run.events_uri, limits.tag_value_length),
-    }
-    for name, text in extra_tags.items():
-        tags[key_of("tag", name)] = cut("tag", name, str(text), limits.tag_value_length)
-    return _Plan(parameters=parameters, metrics=metrics, tags=tags, notes=notes)
-
-
-def batches(
-    metrics: list[Any], parameters: list[Any], tags: list[Any], limits: MLflowLimits
-) -> list[tuple[list[Any], list[Any], list[Any]]]:
-    """Split entities (with ``key`` and ``value``) into ``log_batch`` calls within the limits.
-
-    Returns:
-        ``(metrics, parameters, tags)`` per call, in order, none empty.
-    """
-    out: list[tuple[list[Any], list[Any], list[Any]]] = []
-    current: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-    size = 0
-    budget = limits.request_bytes // 2  # JSON framing and escapes: stay well under
-    for slot, items in enumerate((metrics, parameters, tags)):
-        cap = limits.metrics_per_batch if slot == 0 else limits.params_tags_per_batch
-        for item in items:
-            weight = len(str(item.key).encode()) + len(str(item.value).encode()) + 64
-            if (
-                len(current[slot]) >= cap
-                or sum(map(len, current)) >= limits.entities_per_batch
-                or (size + weight > budget and any(current))
-            ):
-                out.append(current)
-                current, size = ([], [], []), 0
-            current[slot].append(item)
-            size += weight
-    if any(current):
-        out.append(current)
-    return out
-
-
 def _error_code(exc: BaseException) -> str:
     return str(getattr(exc, "error_code", "") or "")
 
 
 def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, SinkError):
+        return False  # ours, said already
     if isinstance(exc, OSError | TimeoutError):
         return True
     try:
@@ -447,10 +314,18 @@ class MLflowParameters:
             if self._client is None:
                 await self._set_up(caller)
             try:
-                async with asyncio.timeout(self._deadline):
-                    await self._retry_loop(lambda: caller.call(lambda: self._send(run, summary)))
-            except TimeoutError as exc:
+                await retry(
+                    lambda: caller.call(lambda: self._send(run, summary)),
+                    deadline=self._deadline,
+                    retryable=_retryable,
+                    first_delay=0.2,
+                )
+            except RetryExhausted as exc:
                 raise SinkError(self._where(), f"gave up after {self._deadline:g} s (deadline)") from exc
+            except SinkError:
+                raise
+            except Exception as exc:
+                raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
 
     async def _set_up(self, caller: _CallThread) -> None:
         """Import MLflow and open the store, outside the deadline of the first write.
@@ -490,22 +365,6 @@ class MLflowParameters:
         if message not in self._noted and len(self._noted) < 1000:
             self._noted.add(message)
             logger.warning("asynctrack (MLflow): %s", message)
-
-    async def _retry_loop(self, attempt: Callable[[], Any]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await attempt()
-                return
-            except SinkError:
-                raise
-            except Exception as exc:
-                if not _retryable(exc):
-                    raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
-                logger.debug("asynctrack (MLflow): retrying after %s", exc)
-                # The deadline (asyncio.timeout around this loop) ends the retries.
-                await asyncio.sleep(JITTER.uniform(delay / 2, delay))
-                delay = min(delay * 2, 5.0)
 
     def _get_client(self) -> Any:
         """The ``MlflowClient`` (on the call thread: importing MLflow takes a second)."""

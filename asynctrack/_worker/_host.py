@@ -35,17 +35,19 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from .._channel import FrameReader, Kind, encode_frame, read_records, write_all
-from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
+from .._events._schema import SEQ
 from .._exit import exit_timeout
+from .._langchain._spec import TrackerSpec
 from .._pipeline._durable import DurableHooks, apply_environ, batch_seqs
+from .._pipeline._queue import NEVER
 from .._sinks._base import Batch
 
 __all__ = ["main"]
 
 logger = logging.getLogger("asynctrack")
 
-_SEQ: Final = operator.itemgetter(1)  # a record's sequence number
+_SEQ: Final = operator.itemgetter(SEQ)
 #: The counters whose change sends statistics to the application.
 _CHANGES: Final = (
     "written",
@@ -58,13 +60,12 @@ _CHANGES: Final = (
     "spans_failed",
 )
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
-_UNBOUNDED: Final = 2**62
 _GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process
 #: The worker process's collector: young collections every 10,000 net allocations, not
 #: 700. Its allocations are records that live a few milliseconds (one list per event,
-#: from the frame to the batch): at 700, every young collection found a frame's records
-#: alive and promoted them, and the older collections then walked them again (measured:
-#: ~200 ms of 2.3 s of the worker's CPU for 300k events; ~70 ms with this and ``freeze``).
+#: from the frame to the batch): at 700, every young collection finds a frame's records
+#: alive and promotes them, and the older collections walk them again (measured: ~200 ms
+#: of 2.3 s of the worker's CPU for 300k events at 700; ~70 ms with this and ``freeze``).
 _GC_THRESHOLD: Final = (10_000, 10, 10)
 
 
@@ -107,8 +108,7 @@ class _LogForwarder(logging.Handler):
 class _Tracker:
     """One tracker's engine and the bookkeeping of what is acknowledged."""
 
-    def __init__(self, number: int, out: _Out, spec: Any) -> None:
-
+    def __init__(self, number: int, out: _Out, spec: TrackerSpec) -> None:
         self.number = number
         self._out = out
         self._lock = threading.Lock()
@@ -116,28 +116,28 @@ class _Tracker:
         self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
         self._acked = 0
         self._stats_sent: tuple[int, ...] = ()
-        # Bytes of the frames not yet acknowledged: what this worker holds for the tracker.
+        # Bytes of the frames not yet acknowledged: what this worker holds for the
+        # tracker, from its engine's queue to its failed batches. The worker's memory
+        # bound (max_queue_bytes) is kept here, and only here, under "drop"; under
+        # "block" the application's lane ships no more than max_queue_bytes beyond what
+        # is acknowledged, which bounds it already.
         self._frame_bytes: dict[int, int] = {}
         self._held_bytes = 0
         self._max_bytes = spec.config.max_queue_bytes
-        # Under "block" the application already ships no more than that beyond what is
-        # acknowledged; under "drop" the bound is kept here.
         self._drop_over_bytes = spec.config.when_full == "drop"
         # One reader thread builds the engines one at a time: the environment set here
         # is this tracker's while its sinks are made (its sinks read it when they start).
         apply_environ(spec.environ)
-        config: TrackerConfig = spec.config
-        # One reader thread feeds every tracker's engine: a full buffer must never make
-        # it wait (one stalled destination would stall every tracker of the application),
-        # so a full engine here drops and counts. Under ``when_full="block"`` the
-        # application holds back instead: it ships no more than ``max_queue_bytes`` beyond
-        # what is acknowledged, which bounds this buffer, so its count bound is lifted.
+        config = spec.config
+        # One reader thread feeds every tracker's engine: a full queue must never make it
+        # wait (one stalled destination would stall every tracker of the application), so
+        # the engine here drops. Its queue has no count bound of its own: the count bound
+        # holds in the application's queue, and the bytes held here are bounded above.
         engine_config = dataclasses.replace(config, when_full="drop", handle_sigterm=False)
-        if config.when_full == "block":
-            engine_config = dataclasses.replace(engine_config, max_queue_events=_UNBOUNDED)
         self.engine, _ = spec.build(
             hooks=DurableHooks(batch=self._durable_batch, filtered=self._resolved_one),
             config=engine_config,
+            queue_events=NEVER,
         )
 
     # -- records in ------------------------------------------------------------------
@@ -221,16 +221,19 @@ class _Tracker:
     def statistics(self) -> dict[str, Any]:
         stats = dataclasses.asdict(self.engine.statistics())
         # What the last failure was, for a flush that times out in the application.
-        reporter = getattr(self.engine, "_reporter", None)
-        stats["last_error"] = getattr(reporter, "last_error", "")
+        stats["last_error"] = self.engine.last_error
         return stats
 
-    def send_statistics_if_changed(self) -> None:
+    def send_statistics_if_changed(self) -> bool:
+        """Send the statistics if they changed; whether the engine is at rest (nothing
+        queued, open, pending or failed: nothing changes until new records come)."""
         stats = self.statistics()
         key = tuple(stats[k] for k in _CHANGES)
         if key != self._stats_sent:
             self._stats_sent = key
             self._out.send(Kind.STATS, self.number, 0, pickle.dumps(stats))
+            return False
+        return not (stats["queue_depth"] or stats["pending_bytes"] or stats["failed"] or self._remaining)
 
     def answer(self, kind: Kind, request: int, error: BaseException | None) -> None:
         outcome: dict[str, Any] = {
@@ -281,6 +284,8 @@ class _Host:
         self._trackers: dict[int, _Tracker] = {}
         self._closing: list[threading.Thread] = []  # closes the application asked for
         self._done = threading.Event()
+        #: Set by every frame that arrives: the statistics ticker runs again.
+        self._activity = threading.Event()
 
     def serve(self) -> None:
         ticker = threading.Thread(target=self._tick, name="asynctrack-worker-stats", daemon=True)
@@ -293,6 +298,8 @@ class _Host:
         self._drain()
 
     def _dispatch(self, kind: Kind, tracker: int, number: int, payload: bytes) -> None:
+        if not self._activity.is_set():
+            self._activity.set()
         if kind is Kind.RECORDS:
             entry = self._trackers.get(tracker)
             if entry is not None:
@@ -301,6 +308,8 @@ class _Host:
         if kind is Kind.OPEN:
             try:
                 spec = pickle.loads(payload)
+                if not isinstance(spec, TrackerSpec):
+                    raise TypeError(f"a tracker's spec is a {type(spec).__name__}")
                 self._trackers[tracker] = _Tracker(tracker, self.out, spec)
             except Exception as exc:
                 self.out.send(Kind.OPENED, tracker, 0, pickle.dumps(f"{type(exc).__name__}: {exc}"))
@@ -320,12 +329,22 @@ class _Host:
             self._closing.append(closer)  # the drain waits for it too
 
     def _tick(self) -> None:
-        while not self._done.wait(_STATS_EVERY):
-            for entry in list(self._trackers.values()):
-                try:
-                    entry.send_statistics_if_changed()
-                except Exception:  # pragma: no cover - statistics are best effort
-                    pass
+        """Send each tracker's changed statistics every ``_STATS_EVERY`` while any is at
+        work; once every one is at rest, sleep until a frame arrives (an idle worker
+        does not wake)."""
+        while not self._done.is_set():
+            self._activity.wait()
+            while not self._done.wait(_STATS_EVERY):
+                # Cleared before the look: a frame that comes after it sets it again.
+                self._activity.clear()
+                at_rest = True
+                for entry in list(self._trackers.values()):
+                    try:
+                        at_rest = entry.send_statistics_if_changed() and at_rest
+                    except Exception:  # pragma: no cover - statistics are best effort
+                        pass
+                if at_rest:
+                    break
 
     def _drain(self) -> None:
         """The application is gone (or closed the channel): write everything, then exit."""
@@ -344,6 +363,7 @@ class _Host:
         for thread in closers:
             thread.join(max(deadline - time.monotonic(), 0.0) + _GRACE / 2)
         self._done.set()
+        self._activity.set()
 
 
 def main(read: Callable[[], bytes]) -> None:

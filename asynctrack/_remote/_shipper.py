@@ -1,0 +1,370 @@
+"""The shipper: takes what the trackers queued, frames it, sends it, keeps it until acknowledged.
+
+One ``Shipper`` per application process (``_spawn.WorkerProcess`` owns it) serves every
+tracker of that process; each tracker has a ``Lane``: its queue (``BoundedQueue``), its
+frame numbers, the requests waiting for an answer, and the frames the worker process
+has not acknowledged yet.
+
+Its thread sleeps while nothing is queued: the first record after that wakes it
+(``BoundedQueue.sleeping``), so an idle tracker costs no wake-ups in the application.
+While records keep coming it ships a round, then gathers for ``_TICK`` before the
+next (a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once): the
+fixed cost of a wake-up is shared by the records of that round.
+
+A round takes each lane's records in slices (``_SLICE``), encodes a slice's fields as
+one ``orjson`` array (a single C call) followed by the captured bodies as they are
+(``_channel.records_frame``), and writes the frames to the worker's pipe (``os.write``
+releases the GIL). Per record it does no Python work beyond taking it off the deque.
+
+Retention: every ``RECORDS`` frame is kept until the worker acknowledges it (its events
+are durable), to be re-sent, in order, to a new worker if this one dies (``resend``).
+What is kept is bounded by ``max_queue_bytes``, because it is a second copy of what the
+worker holds: under ``when_full="drop"`` the oldest frames past the bound are forgotten
+(their events counted as lost only if the worker then dies before writing them); under
+``"block"`` the lane is held back instead, its queue fills and the callbacks wait.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import itertools
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from .._capture import valid_text
+from .._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
+from .._errors import error_fields
+from .._events._schema import KIND
+from .._pipeline._queue import BoundedQueue, Control
+
+__all__ = ["Lane", "Request", "Shipper"]
+
+logger = logging.getLogger("asynctrack")
+
+_TICK: Final = 0.005  # seconds a busy shipper gathers records between two rounds
+#: A real sleep between two slices of a backlog: a thread waiting for the GIL takes it.
+#: The write alone does not give the GIL away (it takes it back before a waiting thread
+#: has woken up): without it a backlog kept the application's event loop waiting 3-5 ms.
+_HAND_OVER: Final = 0.00005
+SLICE: Final = 1024  # records per frame: one orjson call holds the GIL ~0.3 ms
+_MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
+
+Key = tuple[int, int]  # (frame kind, number)
+
+
+class Request(Control):
+    """A flush or close request travelling through a tracker's queue behind its events."""
+
+    __slots__ = ("future", "kind", "number", "timeout")
+
+    def __init__(self, kind: Kind, number: int, timeout: float | None = None) -> None:
+        self.kind = kind
+        self.number = number
+        self.timeout = timeout
+        self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+
+def _cut_by_bytes(items: list[Any]) -> int:
+    """How many of ``items`` one frame takes to stay near ``_MAX_FRAME_BYTES`` (both
+    processes hold a frame whole, and the worker's byte bound is applied per frame)."""
+    # C loops only (map, accumulate, bisect): no Python work per record.
+    totals = list(itertools.accumulate(map(len, map(body_of, items))))
+    cut = bisect.bisect_right(totals, _MAX_FRAME_BYTES)
+    return max(cut, 1) if cut < len(totals) else len(items)
+
+
+def _ship_default(value: Any) -> Any:
+    """orjson ``default`` for a slice with an error event: a captured body (JSON bytes)
+    is given as its length (it crosses apart); errors are formatted here, where the
+    traceback lives."""
+    if type(value) is bytes:
+        return len(value)
+    if isinstance(value, BaseException):
+        return {"$error": True, **error_fields(value)}
+    return {"$asynctrack": "unencodable", "type": type(value).__name__}
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON data: lone surrogates become U+FFFD, keys strings."""
+    if depth > 64:
+        return {"$asynctrack": "max_depth"}
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, bytes | BaseException):
+        value = _ship_default(value)
+        if isinstance(value, str):
+            return value
+    if isinstance(value, dict):
+        return {str(_scrub(k, depth + 1)): _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+class Lane:
+    """One tracker's way to the worker process.
+
+    Args:
+        queue: the tracker's queue (its ``put`` is the tracker's hot path).
+        max_retained: bytes of unacknowledged frames kept at most.
+        hold_back: under ``when_full="block"``: stop shipping at ``max_retained``
+            (instead of forgetting the oldest frames).
+    """
+
+    def __init__(self, queue: BoundedQueue[Request], *, max_retained: int, hold_back: bool) -> None:
+        self.queue = queue
+        self.tracker_id = -1
+        self._max_retained = max_retained
+        self._hold_back = hold_back
+        self._frames = itertools.count(1)
+        self._lock = threading.Lock()  # unacked: the shipper adds, the reader removes
+        #: Frames the worker has not acknowledged: key -> (frame bytes, events).
+        #: RECORDS frames stay until ACK; FLUSH/CLOSE frames until answered.
+        self.unacked: dict[Key, tuple[bytes, int]] = {}
+        self.retained_bytes = 0
+        self._unretained_events = 0
+        #: Requests framed and sent, by number, until the worker answers them.
+        self.waiting: dict[int, Request] = {}
+        self.shipped = 0  # records framed
+        self.lost = 0  # records that could not be shipped, or re-sent after a death
+        #: Set by the reader: the worker cannot host this tracker (acted on by the shipper).
+        self.fall_back_reason: str | None = None
+        #: Called by the shipper, channel lock held, with ``fall_back_reason``.
+        self.on_fall_back: Callable[[str], None] = lambda reason: None
+        #: Once a thread engine took over: moves what is queued to it.
+        self.forward: Callable[[], None] | None = None
+
+    # -- shipper thread ------------------------------------------------------------------
+
+    def held_back(self) -> bool:
+        """Whether the lane waits for acknowledgements before shipping more."""
+        return self._hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
+
+    def frames(self, limit: int) -> list[tuple[Key, bytes, int]]:
+        """Take up to ``limit`` records (and the requests among them) and frame them:
+        ``(key, frame, events)`` in order."""
+        out: list[tuple[Key, bytes, int]] = []
+        tracker = self.tracker_id
+        while limit > 0:
+            chunk, request = self.queue.take(limit)
+            start = 0
+            while start < len(chunk):
+                end = start + _cut_by_bytes(chunk[start:])
+                records = chunk[start:end]
+                fields, kept = self._fields(records)
+                number = next(self._frames)
+                out.append(
+                    ((Kind.RECORDS, number), records_frame(tracker, number, fields, kept), len(records))
+                )
+                self.shipped += len(records)
+                start = end
+            limit -= len(chunk)
+            if request is None:
+                break
+            self.waiting[request.number] = request
+            frame = encode_frame(request.kind, tracker, request.number, pickle.dumps(request.timeout))
+            out.append(((request.kind, request.number), frame, 0))
+        return out
+
+    def _fields(self, records: list[Any]) -> tuple[bytes, list[Any]]:
+        """The records' fields as one JSON array (each body as its length), and the
+        records it holds."""
+        try:
+            # bytes.__len__ is C: orjson runs no Python mid-walk; each body crosses as
+            # it is, after the fields. Anything else orjson cannot write (an exception,
+            # an odd run id) makes it raise: the next lines format or mark it.
+            return orjson.dumps(records, default=bytes.__len__), records
+        except Exception:
+            pass
+        try:  # an error event in the slice: its exception is formatted here
+            return orjson.dumps(records, default=_ship_default), records
+        except Exception:
+            return self._careful_fields(records)
+
+    def _careful_fields(self, records: list[Any]) -> tuple[bytes, list[Any]]:
+        """One record at a time, for a slice orjson refused as a whole (a name or token
+        with lone surrogates): such strings get U+FFFD; a record that still fails is
+        counted as lost and said."""
+        parts = []
+        kept = []
+        for record in records:
+            try:
+                parts.append(orjson.dumps(record, default=_ship_default, option=orjson.OPT_NON_STR_KEYS))
+                kept.append(record)
+                continue
+            except Exception:
+                pass
+            try:
+                parts.append(orjson.dumps(_scrub(record), option=orjson.OPT_NON_STR_KEYS))
+                kept.append(record)
+            except Exception as exc:
+                self.lost += 1
+                logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
+        return b"[" + b",".join(parts) + b"]", kept
+
+    def retain(self, key: Key, frame: bytes, events: int) -> None:
+        with self._lock:
+            self.unacked[key] = (frame, events)
+            if key[0] == Kind.RECORDS:
+                self.retained_bytes += len(frame)
+                if self.retained_bytes > self._max_retained and not self._hold_back:
+                    self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Over the retention bound: forget the oldest unacknowledged RECORDS frames."""
+        for key in list(self.unacked):
+            if self.retained_bytes <= self._max_retained // 2:
+                break
+            if key[0] != Kind.RECORDS:
+                continue
+            frame, events = self.unacked.pop(key)
+            self.retained_bytes -= len(frame)
+            self._unretained_events += events
+
+    # -- reader thread ---------------------------------------------------------------------
+
+    def acknowledged(self, number: int) -> None:
+        """Every RECORDS frame up to ``number`` is durable: forget it."""
+        with self._lock:
+            for key in [k for k in self.unacked if k[0] == Kind.RECORDS and k[1] <= number]:
+                frame, _ = self.unacked.pop(key)
+                self.retained_bytes -= len(frame)
+
+    def answered(self, kind: Kind, number: int) -> Request | None:
+        """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
+        with self._lock:
+            self.unacked.pop((kind, number), None)
+        return self.waiting.pop(number, None)
+
+    def resend(self) -> list[bytes]:
+        """For a new worker: every unacknowledged frame, in order."""
+        with self._lock:
+            return [frame for frame, _ in self.unacked.values()]
+
+    def worker_died(self) -> None:
+        """The worker died: what it had but we no longer retain may be lost."""
+        if self._unretained_events:
+            self.lost += self._unretained_events
+            logger.error(
+                "asynctrack: the worker process died; %d event(s) past the retention bound "
+                "(max_queue_bytes) could not be re-sent and may be lost",
+                self._unretained_events,
+            )
+            self._unretained_events = 0
+
+    def take_back(self) -> tuple[list[Any], list[Request]]:
+        """For a fall back to a thread engine: the records shipped but not acknowledged
+        and then those still queued, in order, and the requests to answer."""
+        records: list[Any] = []
+        with self._lock:
+            for (kind, _), (frame, _) in self.unacked.items():
+                if kind == Kind.RECORDS:
+                    records.extend(map(tuple, read_records(frame[HEADER.size :])))
+            self.unacked.clear()
+            self.retained_bytes = 0
+        requests = list(self.waiting.values())
+        self.waiting.clear()
+        for item in self.queue.drain():
+            if isinstance(item, Request):
+                requests.append(item)
+            else:
+                records.append(item)
+        return records, requests
+
+
+class Shipper:
+    """The shipper thread of an application process: ships every lane's records.
+
+    Args:
+        send: writes frames to the worker's pipe (called with ``lock`` held).
+        lock: the channel lock: no frame is built or sent while a restart or a fall
+            back holds it.
+    """
+
+    def __init__(self, send: Callable[[bytes], None], lock: threading.RLock) -> None:
+        self._send = send
+        self._lock = lock
+        self.lanes: dict[int, Lane] = {}
+        self._wake = threading.Event()
+        self.stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="asynctrack-shipper", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Ship now (thread-safe)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ship what is queued, then end the thread (called with the channel lock held)."""
+        self.ship_once()
+        self.stopping = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while True:
+            wake.clear()
+            shipped, held = self.ship_once()
+            if shipped:
+                for lane in list(self.lanes.values()):
+                    lane.queue.busy()
+                wake.wait(_TICK)  # gather the next round (a backlog, a flush wakes us at once)
+                continue
+            if self.stopping:
+                return
+            # Nothing shipped: arm every queue (no short cut: each must wake us), then sleep
+            # until one does, or an acknowledgement does for a lane held back.
+            empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
+            if all(empty) and not held:
+                wake.wait()
+            else:
+                wake.wait(_TICK)
+
+    def ship_once(self) -> tuple[bool, bool]:
+        """Ship what every lane queued: (whether anything was shipped or forwarded,
+        whether a lane is held back with records queued)."""
+        shipped = held = False
+        for lane in list(self.lanes.values()):
+            queue = lane.queue
+            if not len(queue) and lane.fall_back_reason is None:
+                continue
+            if lane.forward is not None:  # a thread engine took over this tracker
+                lane.forward()
+                shipped = True
+                continue
+            if lane.fall_back_reason is not None:
+                with self._lock:
+                    lane.on_fall_back(lane.fall_back_reason)
+                if lane.forward is not None:
+                    lane.forward()
+                shipped = True
+                continue
+            while len(queue):
+                if lane.held_back() and not self.stopping:
+                    held = True
+                    break
+                with self._lock:
+                    # A restart that gave up may have handed the tracker to a thread
+                    # engine between two slices: its records are forwarded, not sent.
+                    if lane.tracker_id not in self.lanes or lane.forward is not None:
+                        break
+                    frames = lane.frames(SLICE)
+                    for key, frame, events in frames:
+                        lane.retain(key, frame, events)
+                    if frames:
+                        self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
+                        shipped = True
+                if len(queue):
+                    time.sleep(_HAND_OVER)
+        return shipped, held
