@@ -60,13 +60,26 @@ import enum
 import math
 import operator
 import os
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 
-__all__ = ["MARK", "REDACTED", "Capturer", "placeholder", "safe_repr", "safe_str", "type_name", "valid_text"]
+__all__ = [
+    "EMPTY",
+    "MARK",
+    "REDACTED",
+    "Capturer",
+    "hollow",
+    "placeholder",
+    "safe_repr",
+    "safe_str",
+    "traceback_text",
+    "type_name",
+    "valid_text",
+]
 
 REDACTED: Final = "[REDACTED]"
 MARK: Final = "$asynctrack"
@@ -74,10 +87,87 @@ MARK: Final = "$asynctrack"
 OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 #: ``default`` for orjson: a C function, so orjson never runs bytecode mid-walk.
 DICT_OF: Final = operator.attrgetter("__dict__")
+#: ``default`` of the check for hollow objects (``hollow``): each object written as ``[d,d]``.
+_DICT_TWICE: Final = operator.attrgetter("__dict__", "__dict__")
+#: In the fast path's bytes, where an object with an empty ``__dict__`` may have been written.
+EMPTY: Final = b"{}"
+HOLLOW: Final = b"[{},{}]"
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
+_MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+
+
+def _slot_names(cls: type) -> list[str]:
+    """The attribute names of ``cls``'s ``__slots__``, its bases' included (mangled)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            private = slot.startswith("__") and not slot.endswith("__")
+            name = f"_{klass.__name__.lstrip('_')}{slot}" if private else slot
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _fields(v: Any) -> list[tuple[str, Any]]:
+    """An object's own data: its declared fields (attrs, pydantic), else its ``__dict__``
+    and its slots; pydantic's extra fields too."""
+    cls = type(v)
+    declared = getattr(cls, "__attrs_attrs__", None)
+    if isinstance(declared, tuple):
+        return [(a.name, getattr(v, a.name, None)) for a in declared]
+    attrs = getattr(v, "__dict__", None)
+    items = list(attrs.items()) if isinstance(attrs, dict) else []
+    if not items and isinstance(getattr(cls, "__pydantic_fields__", None), dict):
+        items = [(name, getattr(v, name, None)) for name in cls.__pydantic_fields__]
+    missing = object()
+    for name in _slot_names(cls):
+        if name.startswith("__"):
+            continue  # bookkeeping (pydantic's fields set, extra and private attributes)
+        value = getattr(v, name, missing)
+        if value is not missing:
+            items.append((name, value))
+    extra = getattr(v, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        items.extend(extra.items())
+    return items
+
+
+def hollow(value: Any) -> bool:
+    """Whether the fast path wrote an object with an empty ``__dict__`` (its data in
+    slots, or none at all) as ``{}`` somewhere in ``value``.
+
+    Called only when the fast path's bytes hold a ``{}``. The same walk again, with a
+    ``default`` that writes each object's ``__dict__`` twice, ``[d,d]``: a C function
+    too, so nothing changes for the crash rule; ``[{},{}]`` is then a hollow object
+    (or a list of two empty dicts, which the careful path writes just as well).
+    """
+    try:
+        return HOLLOW in orjson.dumps(value, default=_DICT_TWICE, option=OPTIONS)
+    except Exception:  # the same walk, one level deeper per object: let the careful path judge
+        return True
+
+
+def traceback_text(error: BaseException, limit: int) -> str:
+    """The traceback Python prints for ``error``, formatted until ``limit`` characters
+    are reached (a deep recursion is not formatted whole). Never raises."""
+    try:
+        lines = traceback.TracebackException.from_exception(error, lookup_lines=False).format()
+        parts: list[str] = []
+        size = 0
+        for line in lines:
+            parts.append(line)
+            size += len(line)
+            if size > limit:
+                break
+        return "".join(parts)
+    except Exception as exc:  # a broken __str__ in a chained exception
+        return f"<traceback failed: {type(exc).__name__}>"
 
 
 def type_name(value: object) -> str:
@@ -139,8 +229,33 @@ class Capturer:
             out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
         except Exception:
             return self.careful(value)
-        if len(out) > self._max_field:
+        if len(out) > self._max_field or (EMPTY in out and hollow(value)):
             return self.careful(value)
+        return out
+
+    def error(self, error: BaseException) -> dict[str, Any]:
+        """An exception as an error event writes it, read now, on the caller's thread:
+        ``type``, ``message``, ``args`` (as data) and ``traceback`` (the text Python
+        prints, chained exceptions included), each cut at the field limit. Plain data
+        only: later changes to the exception or its arguments do not show. Never raises.
+
+        The ``"$error"`` key tells the worker that the dict is formatted already.
+        """
+        return copy.copy(self).read_error(error)  # a walker of its own, as in careful()
+
+    def read_error(self, error: BaseException) -> dict[str, Any]:
+        """``error()`` with this object's counters: call it on a copy."""
+        self._nodes = MAX_NODES
+        out: dict[str, Any] = {"$error": True, "type": "<unknown>", "message": "", "args": []}
+        out["traceback"] = None
+        try:
+            out["type"] = type_name(error)
+            out["message"] = self._str(safe_str(error))
+            args = error.args
+            out["args"] = self._walk(list(args) if type(args) is tuple else args, 0)
+            out["traceback"] = self._str(traceback_text(error, self._max_field))
+        except Exception as exc:  # a hostile exception class: what was read so far
+            out["capture_error"] = safe_repr(exc)
         return out
 
     def careful(self, value: Any) -> bytes:
@@ -285,21 +400,58 @@ class Capturer:
         module = type(v).__module__
         if module == "numpy" or module.startswith("numpy."):
             return self._numpy(v, depth)
+        if module == "pandas" or module.startswith("pandas."):
+            frame = self._pandas(v, depth)
+            if frame is not None:
+                return frame
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._dict([(f.name, getattr(v, f.name, None)) for f in dataclasses.fields(v)], depth)
-        fields = getattr(type(v), "__pydantic_fields__", None)
-        if fields is not None:
-            try:
-                return self._dict(list(vars(v).items()), depth)
-            except TypeError:
-                return self._dict([(name, getattr(v, name, None)) for name in fields], depth)
         if isinstance(v, Mapping):
             return self._dict(list(v.items()), depth)
-        if not isinstance(v, type) and module != "builtins":
-            attrs = getattr(v, "__dict__", None)
-            if type(attrs) is dict and attrs:  # what the fast path writes for such an object
-                return self._dict(list(attrs.items()), depth)
+        if not isinstance(v, type) and module != "builtins":  # not a class, function or module
+            items = _fields(v)
+            if items:
+                return self._dict(items, depth)
+        # No field to read (a sentinel, a C object): its type and repr, counted.
         return placeholder("unencodable", v, repr=safe_repr(v))
+
+    def _pandas(self, v: Any, depth: int) -> dict[str, Any] | None:
+        """A DataFrame or Series as its shape, columns, dtypes and leading rows (as many
+        as fit in the field limit); ``None`` for other pandas objects."""
+        kind = type(v).__name__
+        if kind == "DataFrame":
+            columns = list(v.columns)
+            out: dict[str, Any] = {
+                MARK: "dataframe",
+                "shape": list(v.shape),
+                "columns": [self._child(c, depth) for c in columns],
+                "dtypes": [str(t) for t in v.dtypes],
+            }
+            rows = v.head(_MAX_ROWS).itertuples(index=True, name=None)
+        elif kind == "Series":
+            out = {
+                MARK: "series",
+                "shape": list(v.shape),
+                "name": self._child(v.name, depth),
+                "dtype": str(v.dtype),
+            }
+            rows = iter(v.head(_MAX_ROWS).items())
+        else:
+            return None
+        index: list[Any] = []
+        values: list[Any] = []
+        size = 1  # the rows' list as written: "[", each row and its "," or "]"
+        for row in rows:
+            label, *cells = row
+            walked = self._child(cells if kind == "DataFrame" else cells[0], depth)
+            size += len(orjson.dumps(walked)) + 1
+            if size > self._max_field:
+                break
+            index.append(self._child(label, depth))
+            values.append(walked)
+        out["index"] = index
+        out["rows" if kind == "DataFrame" else "values"] = values
+        return out
 
     def _numpy(self, v: Any, depth: int) -> Any:
         if getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):
