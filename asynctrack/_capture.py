@@ -87,11 +87,11 @@ MARK: Final = "$asynctrack"
 OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 #: ``default`` for orjson: a C function, so orjson never runs bytecode mid-walk.
 DICT_OF: Final = operator.attrgetter("__dict__")
-#: ``default`` of the check for hollow objects (``hollow``): each object written as ``[d,d]``.
-_DICT_TWICE: Final = operator.attrgetter("__dict__", "__dict__")
+#: ``default`` of the check for hollow objects (``hollow``): each object as ``[d,"module"]``.
+_DICT_AND_MODULE: Final = operator.attrgetter("__dict__", "__module__")
 #: In the fast path's bytes, where an object with an empty ``__dict__`` may have been written.
 EMPTY: Final = b"{}"
-HOLLOW: Final = b"[{},{}]"
+HOLLOW: Final = b'[{},"'
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
 _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
@@ -138,17 +138,22 @@ def _fields(v: Any) -> list[tuple[str, Any]]:
     return items
 
 
-def hollow(value: Any) -> bool:
-    """Whether the fast path wrote an object with an empty ``__dict__`` (its data in
-    slots, or none at all) as ``{}`` somewhere in ``value``.
+def hollow(value: Any, body: bytes) -> bool:
+    """Whether the fast path may have written an object with an empty ``__dict__`` (its
+    data in slots, or none at all) as ``{}`` in ``body``, the fast path's bytes of ``value``.
 
-    Called only when the fast path's bytes hold a ``{}``. The same walk again, with a
-    ``default`` that writes each object's ``__dict__`` twice, ``[d,d]``: a C function
-    too, so nothing changes for the crash rule; ``[{},{}]`` is then a hollow object
-    (or a list of two empty dicts, which the careful path writes just as well).
+    The ``{}`` of LangChain's own dict fields (``additional_kwargs``,
+    ``response_metadata``, ``metadata``, ``kwargs``: in most events) are counted out
+    with C searches. Any other ``{}`` costs the same walk again, with a ``default``
+    that writes each object as ``[its __dict__, its class's module]``: a C function
+    too, so nothing changes for the crash rule; ``[{},"`` is then a hollow object (or
+    a list of an empty dict and a string, which the careful path writes just as well).
     """
+    empty = body.count(EMPTY)
+    if empty == body.count(b'kwargs":{}') + body.count(b'metadata":{}'):
+        return False
     try:
-        return HOLLOW in orjson.dumps(value, default=_DICT_TWICE, option=OPTIONS)
+        return HOLLOW in orjson.dumps(value, default=_DICT_AND_MODULE, option=OPTIONS)
     except Exception:  # the same walk, one level deeper per object: let the careful path judge
         return True
 
@@ -229,7 +234,7 @@ class Capturer:
             out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
         except Exception:
             return self.careful(value)
-        if len(out) > self._max_field or (EMPTY in out and hollow(value)):
+        if len(out) > self._max_field or (EMPTY in out and hollow(value, out)):
             return self.careful(value)
         return out
 

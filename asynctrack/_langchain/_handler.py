@@ -373,7 +373,7 @@ class AsyncTracker(BaseCallbackHandler):
                 # records would hold 400 MB. The copy costs ~0.1 us.
                 # A "{}" may be an object whose fields are in slots, or that has none
                 # (attrgetter("__dict__") gave its empty __dict__): hollow() looks.
-                if len(body) > self._max_field or (EMPTY in body and hollow(raw)):
+                if len(body) > self._max_field or (EMPTY in body and hollow(raw, body)):
                     body = self._capture.careful(raw)
                 else:
                     body = body[:-1] + b"}"
