@@ -29,10 +29,15 @@ are the same class). So nothing here lets orjson run Python:
    dataclass's fields with ``PyObject_GetAttr``, which may run a property, and call
    a ``tzinfo``'s ``utcoffset``), so they fail step 1 and take step 2.
    ``str``/``int``/``dict``/``list`` subclasses are read in C (``obtype.rs``).
+   An object whose ``__dict__`` is empty (its fields in ``__slots__`` under a base
+   without slots, as LangGraph's ``Command``; or no field at all) comes out as
+   ``{}``: when the bytes hold a ``{}`` that is not one of LangChain's own empty dict
+   fields, ``hollow()`` walks again with another C ``default`` that tells an
+   object's ``{}`` from a dict's, and such an event takes step 2.
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
-   lone surrogate, an integer over 64 bits, nesting over 254, a cycle), or the
-   bytes are longer than ``max_field_bytes`` (a field may need cutting),
-   ``careful()`` copies the arguments in Python into fresh plain containers
+   lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
+   are longer than ``max_field_bytes`` (a field may need cutting), or an object was
+   hollow, ``careful()`` copies the arguments in Python into fresh plain containers
    (each container first copied whole by one C call, ``list(d.items())`` /
    ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
    private copy with no ``default`` at all. The result is bytes too.
@@ -45,9 +50,22 @@ without ``__dict__``). Only if such an object sits *inside a list another thread
 is resizing at that instant* could the old crash return. LangChain's own objects
 are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
 
-One bad field spoils one field: a value whose conversion raises becomes a marked
-placeholder ``{"$asynctrack": "unencodable", "type": ..., "error": ...}`` in its
-place, the rest of the event is kept (the worker counts such events).
+What is written
+---------------
+
+Every value as its data: a pydantic model (v1 or v2, its extra fields too on the
+careful path), a dataclass, an attrs class, a ``NamedTuple`` as its fields; an
+object as its ``__dict__`` and its slots; an ``Enum`` as its value; numpy arrays up
+to 10,000 elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack":
+"dataframe", "shape", "columns", "dtypes", "index", "rows"}`` and a ``Series`` as
+``{"$asynctrack": "series", "shape", "name", "dtype", "index", "values"}``, with as
+many leading rows as fit in ``max_field_bytes``. An exception (``Capturer.error``)
+as ``type``, ``message``, ``args`` and ``traceback``, read in the callback.
+
+One bad field spoils one field: a value whose conversion raises, or an object with
+no field to read, becomes a marked placeholder ``{"$asynctrack": "unencodable",
+"type": ..., "error"/"repr": ...}`` in its place, the rest of the event is kept
+(the worker counts such events in ``encode_errors``).
 """
 
 from __future__ import annotations
