@@ -33,7 +33,8 @@ are the same class). So nothing here lets orjson run Python:
    without slots, as LangGraph's ``Command``; or no field at all) comes out as
    ``{}``: when the bytes hold a ``{}`` that is not one of LangChain's own empty dict
    fields, ``hollow()`` walks again with another C ``default`` that tells an
-   object's ``{}`` from a dict's, and such an event takes step 2.
+   object's ``{}`` from a dict's, and such an event takes step 2 (the handler asks
+   only for events up to 16 KiB other than model events: ``_handler._record``).
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
    lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
    are longer than ``max_field_bytes`` (a field may need cutting), or an object was
