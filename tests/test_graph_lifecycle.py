@@ -19,7 +19,7 @@ from asynctrack import AsyncTracker
 from asynctrack._cli._common import Colour
 from asynctrack._cli._show import render
 from asynctrack._read._report import report_data
-from asynctrack._read._tree import summarize_runs
+from asynctrack._read._tree import scan_run_summaries, summarize_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,9 @@ def test_an_interrupt_and_its_resume_are_events_of_the_graphs_runs(events: list[
     assert set(resume["data"]) == {"status", "checkpoint_id", "checkpoint_ns"}
 
 
-def test_show_and_the_report_say_the_graph_was_interrupted_and_resumed(events: list[dict[str, Any]]) -> None:
+def test_show_and_the_report_say_the_graph_was_interrupted_and_resumed(
+    events: list[dict[str, Any]], tmp_destination: Path
+) -> None:
     lines = "\n".join(render(events, width=200, colour=Colour(io.StringIO())))
     assert "INTERRUPTED" in lines
     assert 'interrupt {"question":"Send the report to the customer?"' in lines
@@ -64,6 +66,9 @@ def test_show_and_the_report_say_the_graph_was_interrupted_and_resumed(events: l
     assert "ERROR" not in lines  # the node's GraphInterrupt is control flow, not a failure
     (summary,) = summarize_runs(events)
     assert summary.errors == 0
+    (scanned,) = scan_run_summaries(tmp_destination)  # the Polars path of `asynctrack runs`
+    assert scanned.errors == 0
+    assert scanned.events == summary.events
     (run,) = report_data(events, title="t")["runs"]
     kinds = [span["kind"] for span in run["spans"]]
     assert kinds.count("graph_interrupt") == 1

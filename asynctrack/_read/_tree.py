@@ -184,7 +184,7 @@ def note_summary(note: Note) -> str:
     if note.kind == "graph_interrupt":
         interrupts = data.get("interrupts")
         values = [i.get("value") if isinstance(i, dict) else i for i in interrupts or ()]
-        return f"interrupt {preview(values[0] if len(values) == 1 else values)} (waiting to be resumed)"
+        return f"interrupt {preview(values[0] if len(values) == 1 else values)}"
     if note.kind == "graph_resume":
         return f"resume from checkpoint {data.get('checkpoint_id')}"
     return f"{note.kind} {_text(data)}"
