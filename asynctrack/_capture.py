@@ -29,10 +29,16 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    dataclass's fields with ``PyObject_GetAttr``, which may run a property, and call
    a ``tzinfo``'s ``utcoffset``), so they fail step 1 and take step 2.
    ``str``/``int``/``dict``/``list`` subclasses are read in C (``obtype.rs``).
+   An object whose ``__dict__`` is empty (its fields in ``__slots__`` under a base
+   without slots, as LangGraph's ``Command``; or no field at all) comes out as
+   ``{}``: when the bytes hold a ``{}`` that is not one of LangChain's own empty dict
+   fields, ``hollow()`` walks again with another C ``default`` that tells an
+   object's ``{}`` from a dict's, and such an event takes step 2 (the handler asks
+   only for events up to 16 KiB other than model events: ``_handler._record``).
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
-   lone surrogate, an integer over 64 bits, nesting over 254, a cycle), or the
-   bytes are longer than ``max_field_bytes`` (a field may need cutting),
-   ``careful()`` copies the arguments in Python into fresh plain containers
+   lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
+   are longer than ``max_field_bytes`` (a field may need cutting), or an object was
+   hollow, ``careful()`` copies the arguments in Python into fresh plain containers
    (each container first copied whole by one C call, ``list(d.items())`` /
    ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
    private copy with no ``default`` at all. The result is bytes too.
@@ -45,9 +51,22 @@ without ``__dict__``). Only if such an object sits *inside a list another thread
 is resizing at that instant* could the old crash return. LangChain's own objects
 are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
 
-One bad field spoils one field: a value whose conversion raises becomes a marked
-placeholder ``{"$asynctrack": "unencodable", "type": ..., "error": ...}`` in its
-place, the rest of the event is kept (the worker counts such events).
+What is written
+---------------
+
+Every value as its data: a pydantic model (v1 or v2, its extra fields too on the
+careful path), a dataclass, an attrs class, a ``NamedTuple`` as its fields; an
+object as its ``__dict__`` and its slots; an ``Enum`` as its value; numpy arrays up
+to 10,000 elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack":
+"dataframe", "shape", "columns", "dtypes", "index", "rows"}`` and a ``Series`` as
+``{"$asynctrack": "series", "shape", "name", "dtype", "index", "values"}``, with as
+many leading rows as fit in ``max_field_bytes``. An exception (``Capturer.error``)
+as ``type``, ``message``, ``args`` and ``traceback``, read in the callback.
+
+One bad field spoils one field: a value whose conversion raises, or an object with
+no field to read, becomes a marked placeholder ``{"$asynctrack": "unencodable",
+"type": ..., "error"/"repr": ...}`` in its place, the rest of the event is kept
+(the worker counts such events in ``encode_errors``).
 """
 
 from __future__ import annotations
@@ -60,13 +79,26 @@ import enum
 import math
 import operator
 import os
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 
-__all__ = ["MARK", "REDACTED", "Capturer", "placeholder", "safe_repr", "safe_str", "type_name", "valid_text"]
+__all__ = [
+    "EMPTY",
+    "MARK",
+    "REDACTED",
+    "Capturer",
+    "hollow",
+    "placeholder",
+    "safe_repr",
+    "safe_str",
+    "traceback_text",
+    "type_name",
+    "valid_text",
+]
 
 REDACTED: Final = "[REDACTED]"
 MARK: Final = "$asynctrack"
@@ -74,10 +106,92 @@ MARK: Final = "$asynctrack"
 OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 #: ``default`` for orjson: a C function, so orjson never runs bytecode mid-walk.
 DICT_OF: Final = operator.attrgetter("__dict__")
+#: ``default`` of the check for hollow objects (``hollow``): each object as ``[d,"module"]``.
+_DICT_AND_MODULE: Final = operator.attrgetter("__dict__", "__module__")
+#: In the fast path's bytes, where an object with an empty ``__dict__`` may have been written.
+EMPTY: Final = b"{}"
+HOLLOW: Final = b'[{},"'
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
+_MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+
+
+def _slot_names(cls: type) -> list[str]:
+    """The attribute names of ``cls``'s ``__slots__``, its bases' included (mangled)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            private = slot.startswith("__") and not slot.endswith("__")
+            name = f"_{klass.__name__.lstrip('_')}{slot}" if private else slot
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _fields(v: Any) -> list[tuple[str, Any]]:
+    """An object's own data: its declared fields (attrs, pydantic), else its ``__dict__``
+    and its slots; pydantic's extra fields too."""
+    cls = type(v)
+    declared = getattr(cls, "__attrs_attrs__", None)
+    if isinstance(declared, tuple):
+        return [(a.name, getattr(v, a.name, None)) for a in declared]
+    attrs = getattr(v, "__dict__", None)
+    items = list(attrs.items()) if isinstance(attrs, dict) else []
+    if not items and isinstance(getattr(cls, "__pydantic_fields__", None), dict):
+        items = [(name, getattr(v, name, None)) for name in cls.__pydantic_fields__]
+    missing = object()
+    for name in _slot_names(cls):
+        if name.startswith("__"):
+            continue  # bookkeeping (pydantic's fields set, extra and private attributes)
+        value = getattr(v, name, missing)
+        if value is not missing:
+            items.append((name, value))
+    extra = getattr(v, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        items.extend(extra.items())
+    return items
+
+
+def hollow(value: Any, body: bytes) -> bool:
+    """Whether the fast path may have written an object with an empty ``__dict__`` (its
+    data in slots, or none at all) as ``{}`` in ``body``, the fast path's bytes of ``value``.
+
+    The ``{}`` of LangChain's own dict fields (``additional_kwargs``,
+    ``response_metadata``, ``metadata``, ``kwargs``: in most events) are counted out
+    with C searches. Any other ``{}`` costs the same walk again, with a ``default``
+    that writes each object as ``[its __dict__, its class's module]``: a C function
+    too, so nothing changes for the crash rule; ``[{},"`` is then a hollow object (or
+    a list of an empty dict and a string, which the careful path writes just as well).
+    """
+    empty = body.count(EMPTY)
+    if empty == body.count(b'kwargs":{}') + body.count(b'metadata":{}'):
+        return False
+    try:
+        return HOLLOW in orjson.dumps(value, default=_DICT_AND_MODULE, option=OPTIONS)
+    except Exception:  # the same walk, one level deeper per object: let the careful path judge
+        return True
+
+
+def traceback_text(error: BaseException, limit: int) -> str:
+    """The traceback Python prints for ``error``, formatted until ``limit`` characters
+    are reached (a deep recursion is not formatted whole). Never raises."""
+    try:
+        lines = traceback.TracebackException.from_exception(error, lookup_lines=False).format()
+        parts: list[str] = []
+        size = 0
+        for line in lines:
+            parts.append(line)
+            size += len(line)
+            if size > limit:
+                break
+        return "".join(parts)
+    except Exception as exc:  # a broken __str__ in a chained exception
+        return f"<traceback failed: {type(exc).__name__}>"
 
 
 def type_name(value: object) -> str:
@@ -139,8 +253,33 @@ class Capturer:
             out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
         except Exception:
             return self.careful(value)
-        if len(out) > self._max_field:
+        if len(out) > self._max_field or (EMPTY in out and hollow(value, out)):
             return self.careful(value)
+        return out
+
+    def error(self, error: BaseException) -> dict[str, Any]:
+        """An exception as an error event writes it, read now, on the caller's thread:
+        ``type``, ``message``, ``args`` (as data) and ``traceback`` (the text Python
+        prints, chained exceptions included), each cut at the field limit. Plain data
+        only: later changes to the exception or its arguments do not show. Never raises.
+
+        The ``"$error"`` key tells the worker that the dict is formatted already.
+        """
+        return copy.copy(self).read_error(error)  # a walker of its own, as in careful()
+
+    def read_error(self, error: BaseException) -> dict[str, Any]:
+        """``error()`` with this object's counters: call it on a copy."""
+        self._nodes = MAX_NODES
+        out: dict[str, Any] = {"$error": True, "type": "<unknown>", "message": "", "args": []}
+        out["traceback"] = None
+        try:
+            out["type"] = type_name(error)
+            out["message"] = self._str(safe_str(error))
+            args = error.args
+            out["args"] = self._walk(list(args) if type(args) is tuple else args, 0)
+            out["traceback"] = self._str(traceback_text(error, self._max_field))
+        except Exception as exc:  # a hostile exception class: what was read so far
+            out["capture_error"] = safe_repr(exc)
         return out
 
     def careful(self, value: Any) -> bytes:
@@ -285,21 +424,58 @@ class Capturer:
         module = type(v).__module__
         if module == "numpy" or module.startswith("numpy."):
             return self._numpy(v, depth)
+        if module == "pandas" or module.startswith("pandas."):
+            frame = self._pandas(v, depth)
+            if frame is not None:
+                return frame
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._dict([(f.name, getattr(v, f.name, None)) for f in dataclasses.fields(v)], depth)
-        fields = getattr(type(v), "__pydantic_fields__", None)
-        if fields is not None:
-            try:
-                return self._dict(list(vars(v).items()), depth)
-            except TypeError:
-                return self._dict([(name, getattr(v, name, None)) for name in fields], depth)
         if isinstance(v, Mapping):
             return self._dict(list(v.items()), depth)
-        if not isinstance(v, type) and module != "builtins":
-            attrs = getattr(v, "__dict__", None)
-            if type(attrs) is dict and attrs:  # what the fast path writes for such an object
-                return self._dict(list(attrs.items()), depth)
+        if not isinstance(v, type) and module != "builtins":  # not a class, function or module
+            items = _fields(v)
+            if items:
+                return self._dict(items, depth)
+        # No field to read (a sentinel, a C object): its type and repr, counted.
         return placeholder("unencodable", v, repr=safe_repr(v))
+
+    def _pandas(self, v: Any, depth: int) -> dict[str, Any] | None:
+        """A DataFrame or Series as its shape, columns, dtypes and leading rows (as many
+        as fit in the field limit); ``None`` for other pandas objects."""
+        kind = type(v).__name__
+        if kind == "DataFrame":
+            columns = list(v.columns)
+            out: dict[str, Any] = {
+                MARK: "dataframe",
+                "shape": list(v.shape),
+                "columns": [self._child(c, depth) for c in columns],
+                "dtypes": [str(t) for t in v.dtypes],
+            }
+            rows = v.head(_MAX_ROWS).itertuples(index=True, name=None)
+        elif kind == "Series":
+            out = {
+                MARK: "series",
+                "shape": list(v.shape),
+                "name": self._child(v.name, depth),
+                "dtype": str(v.dtype),
+            }
+            rows = iter(v.head(_MAX_ROWS).items())
+        else:
+            return None
+        index: list[Any] = []
+        values: list[Any] = []
+        size = 1  # the rows' list as written: "[", each row and its "," or "]"
+        for row in rows:
+            label, *cells = row
+            walked = self._child(cells if kind == "DataFrame" else cells[0], depth)
+            size += len(orjson.dumps(walked)) + 1
+            if size > self._max_field:
+                break
+            index.append(self._child(label, depth))
+            values.append(walked)
+        out["index"] = index
+        out["rows" if kind == "DataFrame" else "values"] = values
+        return out
 
     def _numpy(self, v: Any, depth: int) -> Any:
         if getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):

@@ -8,7 +8,10 @@
 prefix without coordination, and a retried batch keeps its key. Names are made
 safe: anything outside ``[A-Za-z0-9._-]`` becomes ``_``, ``.``/``..`` cannot
 appear as a segment, and a changed or over-long name gets a short hash suffix so
-that two different names never share a partition.
+that two different names never share a partition. A lone surrogate (``os.fsdecode``
+of a non-UTF-8 file name, a command-line argument) cannot be written in JSON: the
+tracker writes U+FFFD in its place, and ``safe_segment`` maps the name the same way
+first, so the readers find a run by the name the user gave.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import socket
 import time
 from typing import Final
 
+from ._capture import valid_text
+
 __all__ = ["Layout", "new_writer_id", "safe_segment"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
@@ -30,14 +35,23 @@ _HASHED: Final = re.compile(r"-[0-9a-f]{10}$")
 
 
 def safe_segment(name: str) -> str:
-    """Return ``name`` as one path segment that cannot escape its parent."""
+    """Return ``name`` as one path segment that cannot escape its parent.
+
+    A name and the same name with its lone surrogates replaced by U+FFFD give the
+    same segment: the tracker writes the second (in the events' ``experiment`` and
+    ``run`` fields too), the readers may be given the first.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = valid_text(name)
     clean = _UNSAFE.sub("_", name)
     if clean.strip(".") == "":
         clean = clean.replace(".", "_") or "_"
     # A name that already looks hashed is hashed again, so "a/b" (-> "a_b-<hash>")
     # and a literal "a_b-<hash>" cannot share a partition.
     if clean != name or len(clean) > _MAX_SEGMENT or _HASHED.search(clean):
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
         clean = f"{clean[: _MAX_SEGMENT - 11]}-{digest}"
     return clean
 

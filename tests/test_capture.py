@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
+import enum
 import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import attrs
 import numpy as np
 import orjson
+import pandas as pd
+import pydantic
+import pydantic.v1
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableLambda
+from langgraph.types import Command, Interrupt, Send
 
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._capture import MARK, Capturer
@@ -65,10 +72,16 @@ _STRESS = textwrap.dedent(
     messages = [HumanMessage("hi"), AIMessage("hello")]
     nested = {"history": messages, "extra": [[1, 2], [3, 4]]}
     stop = threading.Event()
+    # Objects the fast path refuses or finds hollow ("{}"): the careful copy and the
+    # hollow check walk the same live lists.
+    from langgraph.types import Command, Send
+    kinds = [lambda: Send("n", {"i": [1, 2]}), lambda: Command(update={"k": [3]}), lambda: HumanMessage("m")]
 
     def mutate():
+        n = 0
         while not stop.is_set():
-            messages.append(HumanMessage("more " * 5))
+            n += 1
+            messages.append(kinds[n % 3]())
             nested["extra"].append([5, 6])
             if len(messages) > 64:
                 del messages[2:]
@@ -281,3 +294,205 @@ def test_a_chat_model_start_message_list_is_captured_as_passed(
     tracker.flush_blocking(timeout=10)
     logged = _events(tmp_destination)[0]["data"]["messages"]
     assert [m["content"] for m in logged[0]] == ["first"]
+
+
+# -- every value as its data, or a counted placeholder: never a bare {} ----------------------------
+
+
+class Slotted:
+    __slots__ = ("__sauce", "name")
+
+    def __init__(self) -> None:
+        self.name = "slotted"
+        self.__sauce = [1, 2]
+
+
+class Unslotted:
+    pass
+
+
+class SlotsOverADict(Unslotted):
+    """Its instances have a ``__dict__`` (the base's), empty: the fields are in slots."""
+
+    __slots__ = ("x",)
+
+    def __init__(self) -> None:
+        self.x = "in a slot"
+
+
+class Hollow:
+    """No field at all: a sentinel."""
+
+
+@dataclasses.dataclass(slots=True)
+class SlottedData:
+    p: int = 1
+    q: str = "q"
+
+
+@dataclasses.dataclass
+class Data:
+    p: list[int] = dataclasses.field(default_factory=lambda: [1])
+
+
+class Pair(NamedTuple):
+    a: int
+    b: str
+
+
+@attrs.define
+class AttrsSlotted:
+    x: int = 3
+
+
+@attrs.define(slots=False)
+class AttrsPlain:
+    y: str = "y"
+
+
+class ModelV2(pydantic.BaseModel):
+    f: int = 2
+
+
+class ModelV1(pydantic.v1.BaseModel):
+    g: str = "v1"
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+_FRAME = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+
+_KINDS: list[tuple[Any, Any]] = [
+    (Send("work", {"i": 1}), {"node": "work", "arg": {"i": 1}, "timeout": None}),
+    (
+        Command(goto="next", update={"k": 1}),
+        {"graph": None, "update": {"k": 1}, "resume": None, "goto": "next"},
+    ),
+    (Interrupt(value={"q": "?"}, id="i1"), {"value": {"q": "?"}, "id": "i1", "response_schema": None}),
+    (Slotted(), {"name": "slotted", "_Slotted__sauce": [1, 2]}),
+    (SlotsOverADict(), {"x": "in a slot"}),
+    (SlottedData(), {"p": 1, "q": "q"}),
+    (Data(), {"p": [1]}),
+    (Pair(1, "b"), {"a": 1, "b": "b"}),
+    (AttrsSlotted(), {"x": 3}),
+    (AttrsPlain(), {"y": "y"}),
+    (ModelV2(), {"f": 2}),
+    (ModelV1(), {"g": "v1"}),
+    (Colour.RED, "red"),
+    (np.arange(3), [0, 1, 2]),
+    (
+        _FRAME,
+        {
+            MARK: "dataframe",
+            "shape": [3, 2],
+            "columns": ["a", "b"],
+            "dtypes": [str(_FRAME["a"].dtype), str(_FRAME["b"].dtype)],
+            "index": [0, 1, 2],
+            "rows": [[1, "x"], [2, "y"], [3, "z"]],
+        },
+    ),
+    (
+        _FRAME["a"],
+        {
+            MARK: "series",
+            "shape": [3],
+            "name": "a",
+            "dtype": "int64",
+            "index": [0, 1, 2],
+            "values": [1, 2, 3],
+        },
+    ),
+]
+
+
+def _recorded(tracker: AsyncTracker, value: Any) -> Any:
+    """``value`` as the handler's own hot path captures it (the inlined fast path)."""
+    records: list[Any] = []
+    tracker._put = records.append  # type: ignore[method-assign]
+    tracker.on_chain_end({"v": value}, run_id=uuid.uuid4())
+    return orjson.loads(records[0][6])["data"]["outputs"]["v"]
+
+
+@pytest.mark.parametrize(("value", "expected"), _KINDS, ids=[type(v).__name__ for v, _ in _KINDS])
+def test_values_are_written_as_their_data(
+    value: Any, expected: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    assert _capture(value) == expected
+    assert _recorded(make_tracker(), value) == expected
+    assert _capture([value, {"plain": {}}]) == [expected, {"plain": {}}]  # beside a real {}
+
+
+def test_an_object_without_fields_is_a_counted_placeholder_never_a_bare_dict(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    tracker = make_tracker()
+    logged = _recorded(tracker, Hollow())
+    assert logged[MARK] == "unencodable"
+    assert logged["type"] == f"{__name__}.Hollow"
+    assert logged["repr"].startswith("<") and "Hollow object" in logged["repr"]
+    tracker._put = tracker._engine.put  # type: ignore[method-assign]
+    RunnableLambda(lambda x: {"out": Hollow(), "empty": {}}).invoke({"q": 1}, config={"callbacks": [tracker]})
+    tracker.flush_blocking(timeout=10)
+    end = _events(tmp_destination)[-1]
+    assert end["data"]["outputs"]["empty"] == {}
+    assert end["data"]["outputs"]["out"][MARK] == "unencodable"
+    assert tracker.statistics().encode_errors == 1
+
+
+def test_a_dataframe_keeps_the_leading_rows_that_fit_in_the_field_limit() -> None:
+    frame = pd.DataFrame({"n": range(10_000), "text": ["row text " * 4] * 10_000})
+    logged = _capture(frame, max_field_bytes=4096)
+    assert logged["shape"] == [10_000, 2]
+    assert logged["columns"] == ["n", "text"]
+    assert 10 < len(logged["rows"]) < 200
+    assert logged["rows"][0] == [0, "row text " * 4]
+    assert logged["index"] == list(range(len(logged["rows"])))
+    assert len(orjson.dumps(logged["rows"])) <= 4096
+
+
+# -- errors are read in the callback ----------------------------------------------------------------
+
+
+def _failing(depth: int) -> None:
+    if depth:
+        _failing(depth - 1)
+    raise ValueError("deep " * 1000)
+
+
+def test_an_error_is_read_in_the_callback_not_later(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    tracker = make_tracker()
+    items = ["before"]
+    try:
+        raise ValueError(items, Slotted())
+    except ValueError as exc:
+        error = exc
+    tracker.on_chain_error(error, run_id=uuid.uuid4())
+    items.append("after")  # the application changes the exception's argument afterwards
+    error.args = ("replaced",)
+    tracker.flush_blocking(timeout=10)
+    logged = _events(tmp_destination)[0]["data"]["error"]
+    assert logged["type"] == "ValueError"
+    assert "'before'" in logged["message"] and "after" not in logged["message"]
+    assert logged["args"] == [["before"], {"name": "slotted", "_Slotted__sauce": [1, 2]}]
+    assert logged["traceback"].startswith("Traceback (most recent call last):")
+    assert "ValueError: (['before']," in logged["traceback"]
+    assert "$error" not in logged
+
+
+def test_a_long_traceback_is_cut_at_the_field_limit(make_tracker: Callable[..., AsyncTracker]) -> None:
+    tracker = make_tracker(config=TrackerConfig(max_field_bytes=2048))
+    records: list[Any] = []
+    tracker._put = records.append  # type: ignore[method-assign]
+    try:
+        _failing(3)
+    except ValueError as exc:
+        tracker.on_tool_error(exc, run_id=uuid.uuid4())
+    error = records[0][7]
+    assert error["message"].startswith("deep deep")
+    assert error["message"].endswith("characters in all]")
+    assert error["traceback"].endswith("characters in all]")
+    assert len(error["traceback"].encode()) < 2048 + 100

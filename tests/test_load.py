@@ -117,3 +117,26 @@ def test_read_parameters_sums_counts_across_writers(tmp_destination: Path) -> No
     assert parameters["events_text"] == 2
     assert parameters["events_total"] == 2
     assert len(list(tmp_destination.rglob("params/*.json"))) == 2
+
+
+def test_a_name_with_a_lone_surrogate_is_found_by_the_name_given(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tracker writes U+FFFD for a lone surrogate (``os.fsdecode`` of a non-UTF-8
+    name, a command-line argument); every reader is given the name as the user has it."""
+    from asynctrack._cli import main
+
+    experiment, run = "exp \udcff", "run \udcfe"
+    _record(tmp_destination, experiment, run, 2)
+    events = asynctrack.read_events(tmp_destination, experiment, run)
+    assert len(events) == 4
+    assert {(e["experiment"], e["run"]) for e in events} == {("exp \ufffd", "run \ufffd")}
+    assert len(asynctrack.load(tmp_destination, experiment, run)) == 4
+    assert asynctrack.scan(tmp_destination, experiment, run).collect().height == 4
+    assert asynctrack.read_parameters(tmp_destination, experiment, run)["events_chain_start"] == 2
+    assert main(["runs", str(tmp_destination), "--experiment", experiment, "--json"]) == 0
+    assert main(["show", str(tmp_destination), run, "--experiment", experiment]) == 0
+    report = tmp_destination / "report.html"
+    assert main(["report", str(tmp_destination), "--experiment", experiment, "-o", str(report)]) == 0
+    assert report.stat().st_size > 0
+    assert "run \ufffd" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _infra.graphs import interrupt_and_resume
 from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
@@ -135,6 +136,7 @@ async def test_every_event_kind_is_recorded_with_its_envelope(
     # Sync APIs (invoke, stream, legacy chains, agent), then the async twins.
     await anyio.to_thread.run_sync(all_event_kinds, [tracker])
     await aall_event_kinds([tracker])
+    await anyio.to_thread.run_sync(interrupt_and_resume, [tracker])  # LangGraph's lifecycle kinds
     with anyio.fail_after(30):
         await tracker.flush()
 

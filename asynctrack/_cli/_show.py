@@ -39,6 +39,8 @@ def _head(span: Span, colour: Colour) -> str:
         parts.append(f"{span.streamed_tokens} streamed")
     if span.status == "error":
         parts.append(colour.red("ERROR"))
+    elif span.status == "interrupted":
+        parts.append(colour.cyan("INTERRUPTED"))
     elif span.status == "running":
         parts.append(colour.dim("(no end recorded)"))
     if span.placed_by_time:

@@ -5,9 +5,10 @@ A record is the tuple the handler appends on the caller's thread::
     (kind, seq, ts, run_id, parent_run_id, name, body, extra)
 
 ``body`` is always ``bytes``: the JSON of ``{"data": {...}, "tags": ..., "metadata": ...}``,
-captured on the caller's thread; ``extra`` is the exception of an error event (formatted
-off the hot path) or the ``str`` of a streamed token (redacted joined to its run's stream
-and spliced into ``data`` by the translator), else ``None``; ``name`` a ``str`` or ``None``.
+captured on the caller's thread; ``extra`` is the error of an error event (a dict of plain
+data read on the caller's thread, ``Capturer.error``) or the ``str`` of a streamed token
+(redacted joined to its run's stream and spliced into ``data`` by the translator), else
+``None``; ``name`` a ``str`` or ``None``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
     "retry": ("attempt_number", "idle_for", "seconds_since_start", "next_sleep", "exception"),
     "custom_event": ("name", "data"),
     "stream_event": ("event",),
+    # LangGraph's lifecycle (langgraph >= 1.2): the run is the graph's.
+    "graph_interrupt": ("interrupts", "status", "checkpoint_id", "checkpoint_ns"),
+    "graph_resume": ("status", "checkpoint_id", "checkpoint_ns"),
 }
 
 STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))

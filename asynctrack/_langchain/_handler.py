@@ -13,6 +13,8 @@ hopping to an executor (+430 µs per event, measured: see the README's benchmark
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -23,14 +25,15 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self, cast
 from uuid import UUID
 
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name, valid_text
+from .._capture import DICT_OF, EMPTY, OPTIONS, Capturer, hollow, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
+from .._events._schema import EVENT_KINDS
 from .._events._translate import EventTranslator
 from .._export._protocol import Exporter
 from .._layout import Layout, new_writer_id
@@ -55,6 +58,9 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
+#: Bodies up to this size are searched for a hollow object's "{}" (see ``_record``).
+_HOLLOW_SCAN = 16 * 1024
+_MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
 _said_thread: set[str] = set()
 
 
@@ -98,6 +104,33 @@ def _default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
 
 
+_GRAPH_AWARE: dict[type[Any], type[Any]] = {}
+
+
+def _graph_aware(cls: type[Any]) -> type[Any]:
+    """``cls``, made a subclass of LangGraph's ``GraphCallbackHandler`` where the installed
+    langgraph has one (>= 1.2): LangGraph calls ``on_interrupt``/``on_resume`` only on
+    such handlers. Without langgraph nothing is imported; an older one keeps ``cls``."""
+    known = _GRAPH_AWARE.get(cls)
+    if known is not None:
+        return known
+    known = cls
+    try:
+        installed = importlib.util.find_spec("langgraph") is not None
+    except (ImportError, ValueError):  # a broken install, or an import blocked on purpose
+        installed = False
+    if installed:
+        try:
+            base = importlib.import_module("langgraph.callbacks").GraphCallbackHandler
+        except (ImportError, AttributeError):  # langgraph < 1.2: no lifecycle callbacks
+            base = None
+        if isinstance(base, type) and not issubclass(cls, base):
+            names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+            known = type(cls.__name__, (cls, base), names)
+    _GRAPH_AWARE[cls] = _GRAPH_AWARE[known] = known
+    return known
+
+
 class AsyncTracker(BaseCallbackHandler):
     """Records every LangChain callback event without slowing the chain down.
 
@@ -122,6 +155,10 @@ class AsyncTracker(BaseCallbackHandler):
 
     run_inline = True  # called directly in async code, no executor hop
     raise_error = False  # LangChain must never propagate our (impossible) errors
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # An instance of the LangGraph-aware subclass where langgraph has lifecycle callbacks.
+        return cast("Self", super().__new__(_graph_aware(cls)))
 
     def __init__(
         self,
@@ -346,7 +383,22 @@ class AsyncTracker(BaseCallbackHandler):
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
                 # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
                 # records would hold 400 MB. The copy costs ~0.1 us.
-                body = self._capture.careful(raw) if len(body) > self._max_field else body[:-1] + b"}"
+                # A "{}" may be an object whose fields are in slots, or that has none
+                # (attrgetter("__dict__") gave its empty __dict__): hollow() looks.
+                # Not in model events (their objects are LangChain's messages and
+                # generations), nor past _HOLLOW_SCAN bytes (a search for "{}" costs
+                # ~2 ns a byte, 18x orjson's for a long string), nor when the first
+                # "{}" is the body's own empty metadata, last.
+                size = len(body)
+                if size > self._max_field or (
+                    size <= _HOLLOW_SCAN
+                    and kind not in _MODEL_KINDS
+                    and body.find(EMPTY) not in (-1, size - 3)
+                    and hollow(raw, body)
+                ):
+                    body = self._capture.careful(raw)
+                else:
+                    body = body[:-1] + b"}"
             except Exception:
                 body = self._capture.careful(raw)  # the careful fallback, bytes too
             self._put(
@@ -358,7 +410,7 @@ class AsyncTracker(BaseCallbackHandler):
                     parent_run_id,
                     name,
                     body,
-                    extra,  # the error of an error event; the token of a token event
+                    extra,  # the error of an error event (read now: Capturer.error); a token
                 )
             )
         except Exception as exc:  # none known; counted, and said once
@@ -404,9 +456,9 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record(
-            "chain_error", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs, error
-        )
+        name = kwargs.pop("name", None)
+        error_data = self._capture.error(error)
+        self._record("chain_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
     def on_llm_start(
         self,
@@ -489,7 +541,8 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        self._record("llm_error", run_id, parent_run_id, name, tags, None, kwargs, error)
+        error_data = self._capture.error(error)
+        self._record("llm_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
     def on_tool_start(
         self,
@@ -531,7 +584,8 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        self._record("tool_error", run_id, parent_run_id, name, tags, None, kwargs, error)
+        error_data = self._capture.error(error)
+        self._record("tool_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
     def on_agent_action(
         self,
@@ -595,7 +649,8 @@ class AsyncTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.pop("name", None)
-        self._record("retriever_error", run_id, parent_run_id, name, tags, None, kwargs, error)
+        error_data = self._capture.error(error)
+        self._record("retriever_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
     def on_text(
         self,
@@ -648,6 +703,35 @@ class AsyncTracker(BaseCallbackHandler):
         kwargs["name"] = name
         kwargs["data"] = data
         self._record("custom_event", run_id, parent_run_id, name, tags, metadata, kwargs)
+
+    def on_interrupt(self, event: Any = None, **kwargs: Any) -> None:
+        """LangGraph (>= 1.2): the graph paused for a human (``interrupt()``, or
+        ``interrupt_before``/``interrupt_after``); recorded as ``graph_interrupt``."""
+        self._lifecycle("graph_interrupt", event, kwargs)
+
+    def on_resume(self, event: Any = None, **kwargs: Any) -> None:
+        """LangGraph (>= 1.2): the graph resumed from a checkpoint; recorded as ``graph_resume``."""
+        self._lifecycle("graph_resume", event, kwargs)
+
+    def _lifecycle(self, kind: str, event: Any, fields: dict[str, Any]) -> None:
+        """A graph lifecycle event, for the graph's run: its fields from LangGraph's event
+        object (``GraphInterruptEvent``/``GraphResumeEvent``), or keyword arguments."""
+        run_id = None
+        data: dict[str, Any] = {}
+        try:
+            if hasattr(event, "checkpoint_id"):
+                names = EVENT_KINDS[kind]
+                data = {name: getattr(event, name, None) for name in names}
+                run_id = getattr(event, "run_id", None)
+            else:  # the keyword form: the interrupts first, the rest by name
+                run_id = fields.pop("run_id", None)
+                if kind == "graph_interrupt":
+                    data["interrupts"] = event
+                data.update(fields)
+        except Exception as exc:  # an unexpected event object: what it is
+            data["event"] = safe_repr(event)
+            data["error"] = safe_repr(exc)
+        self._record(kind, run_id, None, None, None, None, data)
 
     def on_stream_event(
         self,

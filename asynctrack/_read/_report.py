@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._capture import valid_text
 from ._tree import Note, Span, build_tree, note_summary, summarize_runs
 
 __all__ = ["embed_json", "render_report", "report_data"]
@@ -129,7 +130,8 @@ def report_data(events: Iterable[Mapping[str, Any]], *, title: str) -> dict[str,
             }
         )
     runs.sort(key=lambda row: (row["last_event"], row["experiment"], row["run"]), reverse=True)
-    return {"title": title, "generated": time.time(), "runs": runs}
+    # The title holds the experiment's name as given (maybe with a lone surrogate): as written.
+    return {"title": valid_text(title), "generated": time.time(), "runs": runs}
 
 
 def render_report(data: Mapping[str, Any]) -> str:

@@ -22,10 +22,12 @@ from typing import Any, Final
 import orjson
 
 __all__ = [
+    "INTERRUPT_TYPES",
     "Note",
     "RunOverview",
     "Span",
     "build_tree",
+    "is_interrupt",
     "note_summary",
     "preview",
     "scan_run_summaries",
@@ -33,6 +35,8 @@ __all__ = [
     "token_usage",
 ]
 
+#: The exceptions a LangGraph node raises to pause its graph for a human (``interrupt()``).
+INTERRUPT_TYPES: Final = ("langgraph.errors.GraphInterrupt", "langgraph.errors.NodeInterrupt")
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
 _OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
@@ -178,7 +182,20 @@ def note_summary(note: Note) -> str:
         return f"finish {preview(finish.get('return_values'))}"
     if note.kind == "text":
         return f"text {preview(data.get('text'))}"
+    if note.kind == "graph_interrupt":
+        interrupts = data.get("interrupts")
+        values = [i.get("value") if isinstance(i, dict) else i for i in interrupts or ()]
+        return f"interrupt {preview(values[0] if len(values) == 1 else values)}"
+    if note.kind == "graph_resume":
+        return f"resume from checkpoint {data.get('checkpoint_id')}"
     return f"{note.kind} {_text(data)}"
+
+
+def is_interrupt(data: Any) -> bool:
+    """Whether an error event's ``data`` is LangGraph pausing a graph for a human (a node
+    raises ``GraphInterrupt``): control flow, not a failure."""
+    error = data.get("error") if isinstance(data, dict) else None
+    return isinstance(error, dict) and error.get("type") in INTERRUPT_TYPES
 
 
 def _first(data: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
@@ -213,16 +230,19 @@ def _apply(span: Span, event: Mapping[str, Any], kind: str, ts: float, data: dic
         span.tags = [str(tag) for tag in tags] if isinstance(tags, list) else []
     elif kind.endswith("_end"):
         span.end = ts
-        span.status = "ok"
+        span.status = "interrupted" if span.status == "interrupted" else "ok"
         span.outputs = _first(data, _OUTPUT_FIELDS)
         if kind == "llm_end" and (usage := token_usage(data)):
             span.tokens_in, span.tokens_out = usage
     elif kind.endswith("_error"):
         span.end = ts
-        span.status = "error"
+        span.status = "interrupted" if is_interrupt(data) else "error"
         span.error = data.get("error")
     elif kind == "llm_new_token":
         span.streamed_tokens += 1
+    elif kind == "graph_interrupt":  # LangGraph paused the graph for a human
+        span.status = "error" if span.status == "error" else "interrupted"
+        span.notes.append(Note(kind=kind, ts=ts, data=data))
     else:
         span.notes.append(Note(kind=kind, ts=ts, data=data))
 
@@ -377,7 +397,7 @@ def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunOverview]:
         ts = float(event.get("ts") or 0.0)
         kind = str(event.get("kind"))
         t.events += 1
-        t.errors += kind.endswith("_error")
+        t.errors += kind.endswith("_error") and not is_interrupt(event.get("data"))
         t.llm_calls += kind in _LLM_CALLS
         if kind == "llm_end":
             t.add_usage(event.get("data"))
@@ -408,7 +428,15 @@ def scan_run_summaries(
         [
             frame.group_by(keys).agg(
                 pl.len().alias("events"),
-                pl.col("kind").str.ends_with("_error").sum().alias("errors"),
+                (
+                    pl.col("kind").str.ends_with("_error")
+                    & ~pl.any_horizontal(
+                        pl.col("data").str.contains(f'"type":"{name}"', literal=True)
+                        for name in INTERRUPT_TYPES
+                    )
+                )
+                .sum()
+                .alias("errors"),
                 pl.col("kind").is_in(list(_LLM_CALLS)).sum().alias("llm_calls"),
                 pl.col("ts").min().alias("first"),
                 pl.col("ts").max().alias("last"),
