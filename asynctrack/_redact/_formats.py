@@ -40,22 +40,45 @@ _FEW_RUNS: Final = 8
 #: The formats that start a run, in order (the first that matches wins).
 _RUN_FORMATS: Final = (
     rb"sk-[A-Za-z0-9_\-]{20,}+",  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
-    rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
-    rb"rk_live_[A-Za-z0-9]{16,}+",
+    rb"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
+    rb"whsec_[A-Za-z0-9]{24,}+",  # Stripe webhook signing secret
     rb"pk-lf-[A-Za-z0-9_\-]{16,}+",  # Langfuse public
     rb"lsv2_[A-Za-z0-9_]{20,}+",  # LangSmith
+    rb"ls__[a-f0-9]{32}",
     rb"A(?:KIA|SIA|BIA|CCA)[0-9A-Z]{16}(?![0-9A-Za-z])",  # AWS access key ids
     rb"gh[pousr]_[A-Za-z0-9]{30,}+",  # GitHub
     rb"github_pat_[A-Za-z0-9_]{22,}+",
-    rb"glpat-[A-Za-z0-9_\-]{20,}+",  # GitLab
-    rb"xox[abposr]-[A-Za-z0-9\-]{15,}+",  # Slack
-    rb"AIza[0-9A-Za-z_\-]{35,}+",  # Google
+    rb"gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat|agent|ffct)-[A-Za-z0-9_\-]{20,}+",  # GitLab
+    rb"GR1348941[A-Za-z0-9_\-]{20,}+",  # GitLab runner registration
+    rb"xox[abposre]-[A-Za-z0-9\-]{15,}+",  # Slack
+    rb"xapp-[0-9]-[A-Za-z0-9\-]{20,}+",
+    rb"AIza[0-9A-Za-z_\-]{35,}+",  # Google API key
+    rb"GOCSPX-[A-Za-z0-9_\-]{24,}+",  # Google OAuth client secret
     rb"hf_[A-Za-z0-9]{30,}+",  # Hugging Face
     rb"npm_[A-Za-z0-9]{36,}+",  # npm
     rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+",  # PyPI
     rb"gsk_[A-Za-z0-9]{40,}+",  # Groq
     rb"xai-[A-Za-z0-9]{50,}+",  # xAI
     rb"r8_[A-Za-z0-9]{30,}+",  # Replicate
+    rb"pplx-[A-Za-z0-9]{40,}+",  # Perplexity
+    rb"tvly-(?:dev-|prod-)?[A-Za-z0-9]{20,}+",  # Tavily
+    rb"pcsk_[A-Za-z0-9_]{40,}+",  # Pinecone
+    rb"SK[0-9a-fA-F]{32}(?![A-Za-z0-9_\-])",  # Twilio API key
+    rb"key-[0-9A-Za-z]{32}(?![A-Za-z0-9_\-])",  # Mailgun
+    rb"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",  # Shopify
+    rb"sq0(?:atp|csp)-[A-Za-z0-9_\-]{22,}+",  # Square
+    rb"EAA[A-Za-z0-9_\-]{60,}+",  # Square access token, Facebook/Meta access token
+    rb"NR(?:AK|II|JS)-[A-Za-z0-9_\-]{19,}+",  # New Relic
+    rb"HRKU-[A-Za-z0-9_\-]{20,}+",  # Heroku
+    rb"do[opr]_v1_[a-f0-9]{64}",  # DigitalOcean
+    rb"ATATT3[A-Za-z0-9_\-=]{20,}+",  # Atlassian
+    rb"lin_(?:api|oauth)_[A-Za-z0-9]{32,}+",  # Linear
+    rb"ntn_[A-Za-z0-9]{40,}+",  # Notion
+    rb"secret_[A-Za-z0-9]{43}(?![A-Za-z0-9_\-])",  # Notion (integration secret)
+    rb"PMAK-[a-f0-9]{24}-[a-f0-9]{34}",  # Postman
+    rb"dapi[a-f0-9]{32}(?:-[0-9]++)?(?![A-Za-z0-9_])",  # Databricks
+    rb"sntry[su]_[A-Za-z0-9_=+/\-]{40,}+",  # Sentry
+    rb"AGE-SECRET-KEY-1[0-9A-Z]{58}",  # age
     rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+",  # JWT
 )
 _FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
@@ -65,7 +88,10 @@ _FORMAT_AFTER: Final = re.compile(rb"(?s:.)(?:" + _FORMAT + rb"|(?<=\\)[ntrbf]" 
 _FORMAT_FIRST: Final = re.compile(_FORMAT)  # a run at the start of the text
 #: The first two bytes of every format: a run that starts with none of them (nor with
 #: an escape's letter) needs no match (a set lookup is cheaper than the regex).
-_PREFIXES: Final = frozenset(b"sk rk pk ls AK AS AB AC gh gi gl xo AI hf np py gs xa r8 ey".split())
+_PREFIXES: Final = frozenset(
+    b"sk rk wh pk ls AK AS AB AC gh gi gl GR xo xa AI GO hf np py gs r8 pp tv pc SK ke sh sq EA NR HR do AT"
+    b" li nt se PM da sn AG ey".split()
+)
 _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
 #: (literal that must occur, pattern, group to redact: 0 for the whole match)
@@ -86,11 +112,91 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (b"://", re.compile(rb"hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_\-]{10,}+"), 0),
     (
         b"earer",
-        re.compile(rb"earer(?<=[Bb]earer)(?<![A-Za-z0-9].earer)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"),
+        re.compile(rb"earer(?<=[Bb]earer)(?<![^\\][A-Za-z0-9].earer)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"),
         1,
     ),
-    (b"BEARER", re.compile(rb"BEARER(?<![A-Za-z0-9]BEARER)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"), 1),
-    (b"SG.", re.compile(rb"SG\.(?<![A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+"), 0),
+    (b"BEARER", re.compile(rb"BEARER(?<![^\\][A-Za-z0-9]BEARER)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"), 1),
+    (b"SG.", re.compile(rb"SG\.(?<![^\\][A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+"), 0),
+    # Private keys in the other text formats: ssh.com's (to its END line or the string's
+    # end, as PEM) and PuTTY's (the whole file: to the string's end).
+    (
+        b"---- BEGIN SSH2",
+        re.compile(
+            rb"---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----"
+            rb"(?:[^\"\\\-]++|-(?!--- END)|\\.)*+(?:---- END[A-Z0-9 ]{0,60}+----)?"
+        ),
+        0,
+    ),
+    (b"PuTTY-User-Key-File-", re.compile(rb"PuTTY-User-Key-File-(?:[^\"\\]++|\\.)*+"), 0),
+    # Signed URLs: the signature of an AWS (SigV4 ``X-Amz-Signature``, SigV2
+    # ``Signature``) or GCP (``X-Goog-Signature``) URL, and an Azure SAS's ``sig``.
+    (
+        b"ignature=",
+        re.compile(
+            rb"ignature=(?<=[Ss]ignature=)(?<![^\\][A-Za-z0-9_].ignature=)([A-Za-z0-9%+/=_.\-]{16,}+)"
+        ),
+        1,
+    ),
+    (b"sig=", re.compile(rb"sig=(?<=[?&;]sig=)([A-Za-z0-9%+/=_.\-]{16,}+)"), 1),
+    # Formats whose prefix ends before a '.' (no run of 20 starts with them).
+    (b"ya29.", re.compile(rb"ya29\.(?<![^\\][A-Za-z0-9_\-]ya29\.)[A-Za-z0-9_\-]{20,}+"), 0),  # Google OAuth
+    (b"hv", re.compile(rb"hv[sbr]\.(?<![^\\][A-Za-z0-9_\-]hv.\.)[A-Za-z0-9_\-]{24,}+"), 0),  # Vault
+    (  # Doppler
+        b"dp.",
+        re.compile(rb"dp\.(?<![^\\][A-Za-z0-9_\-]dp\.)(?:pt|st|ct|sa|scim|audit)\.[A-Za-z0-9]{40,}+"),
+        0,
+    ),
+    (  # Airtable personal access token
+        b"pat",
+        re.compile(rb"pat(?<![^\\][A-Za-z0-9_\-]pat)[A-Za-z0-9]{14}\.[a-f0-9]{64}(?![A-Za-z0-9])"),
+        0,
+    ),
+    # Formats found from a literal in their middle or at their end; the secret before
+    # it is a group of the lookbehind.
+    (  # Mailchimp: the key, then the data center
+        b"-us",
+        re.compile(rb"-us(?<=(?<![^\\][A-Za-z0-9_\-])([0-9a-f]{32})-us)[0-9]{1,2}(?![A-Za-z0-9_\-])"),
+        1,
+    ),
+    (  # New Relic license key
+        b"NRAL",
+        re.compile(rb"NRAL(?<=(?<![^\\][A-Za-z0-9_\-])([0-9a-f]{36})NRAL)(?![A-Za-z0-9_\-])"),
+        1,
+    ),
+    (  # Telegram bot token: the bot's id, ':', the secret
+        b":AA",
+        re.compile(rb":(AA(?<=[0-9]{5}:AA)[A-Za-z0-9_\-]{31,33}+)(?![A-Za-z0-9_\-])"),
+        1,
+    ),
+    # Webhook URLs whose last segment is the secret (Discord's and the same shape).
+    (b"/api/webhooks/", re.compile(rb"/api/webhooks/[0-9]{5,30}+/([A-Za-z0-9_\-]{20,}+)"), 1),
+    # Oracle's JDBC URL: user/password@host.
+    (
+        b"jdbc:oracle:",
+        re.compile(rb"jdbc:oracle:[a-z]{1,10}+:[^/@\s\"\\:]{1,128}+/([^@\s\"\\]{1,256}+)@"),
+        1,
+    ),
+    # Credential files. ``.netrc``: ``machine <host> [login <u>] password <p>``, on one
+    # line or several (a JSON ``\\n`` between words).
+    (
+        b"machine",
+        re.compile(
+            rb"machine(?<![^\\][A-Za-z0-9_\-]machine)(?:[ \t]|\\[ntr])++[^\s\"\\]{1,256}+"
+            rb"(?:(?:[ \t]|\\[ntr])++(?:login|account|port)(?:[ \t]|\\[ntr])++[^\s\"\\]{1,256}+){0,3}+"
+            rb"(?:[ \t]|\\[ntr])++password(?:[ \t]|\\[ntr])++([^\s\"\\]{1,256}+)"
+        ),
+        1,
+    ),
+    # ``.pgpass``: a line ``host:port:database:user:password`` (port a number or ``*``),
+    # at the start of a JSON string or after a ``\\n``.
+    (
+        b":",
+        re.compile(
+            rb'(?:"|\\n)[A-Za-z0-9.\-_*\[\]%]{1,253}+:(?:[0-9]{1,5}+|\*):'
+            rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
+        ),
+        1,
+    ),
 )
 
 #: ``bytes.translate`` table: base64 characters ``[A-Za-z0-9+/]`` -> ``a``, all else -> space.

@@ -14,11 +14,37 @@ __all__ = ["StreamRedactor"]
 
 _TAIL: Final = 256
 _QUOTE_MARKS: Final = ('"', "'")
-#: A credential format whose start the stream has shown but whose end it has not.
-_OPEN_PREFIX: Final = re.compile(
-    r"(?<![A-Za-z0-9_\-])(?:sk-|pk-lf-|lsv2_|gh[pousr]_|github_pat_|glpat-|xox[abposr]-"
-    r"|AKIA|ASIA|AIza|eyJ)[A-Za-z0-9_\-.]*\Z"
+#: The start of a credential format (the detectors' prefixes that are at least three
+#: characters long and rare in prose), matched where a run of credential characters
+#: starts at the end of the stream: the stream has shown the format's start, not its end.
+_PREFIX: Final = re.compile(
+    r"sk-|[sr]k_(?:live|test)_|whsec_|pk-lf-|lsv2_|ls__|gh[pousr]_|github_pat_"
+    r"|gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat|agent|ffct)-|GR1348941|xox[abposre]-|xapp-"
+    r"|A(?:KIA|SIA|BIA|CCA)|AIza|GOCSPX-|hf_|npm_|pypi-AgEIcHlwaS5vcmc|gsk_|xai-|r8_|pplx-|tvly-"
+    r"|pcsk_|shp(?:at|ca|pa|ss)_|sq0(?:atp|csp)-|NR(?:AK|II|JS)-|HRKU-|do[opr]_v1_|ATATT3"
+    r"|lin_(?:api|oauth)_|ntn_|PMAK-|dapi(?=[0-9a-f])|sntry[su]_|AGE-SECRET-KEY-|SG\.|ya29\."
+    r"|hv[sbr]\.|dp\.(?:pt|st|ct|sa|scim|audit)\.|eyJ"
 )
+_CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
+
+
+def _open_prefix(text: str) -> int:
+    """Where, in ``text``, a credential format starts whose run of credential characters
+    reaches the end of ``text`` (its last 64 characters are read), or -1.
+
+    A format starts where that last run starts or right after a '.' in it: one
+    ``rstrip`` and a match per such place, not a search at every character.
+    """
+    tail = text[-64:]
+    start = len(tail.rstrip(_CREDENTIAL_CHARS))
+    while start < len(tail):
+        if _PREFIX.match(tail, start) is not None:
+            return len(text) - len(tail) + start
+        dot = tail.find(".", start)
+        if dot == -1:
+            break
+        start = dot + 1
+    return -1
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
@@ -73,9 +99,8 @@ class StreamRedactor:
         if redacted != joined:
             out = _token_part(joined, redacted, len(tail), out)
         if not open_:
-            found = _OPEN_PREFIX.search(joined[-64:])
-            if found is not None:
-                start = len(joined) - len(joined[-64:]) + found.start()
+            start = _open_prefix(joined)
+            if start != -1:
                 out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                 open_ = True
             else:
@@ -104,7 +129,7 @@ class StreamRedactor:
             if (
                 not open_
                 and not may_match(joined)
-                and _OPEN_PREFIX.search(joined[-64:]) is None
+                and _open_prefix(joined) == -1
                 and self._open_quote(joined) == -1
             ):
                 out.add(run)
