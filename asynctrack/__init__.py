@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._config import TrackerConfig
-from ._engine._core import Statistics
 from ._errors import (
     AsyncTrackError,
     DeadlockError,
@@ -21,6 +20,7 @@ from ._errors import (
     SinkError,
     TrackerClosedError,
 )
+from ._pipeline._engine import Statistics
 from ._sinks._base import Batch, ParametersSink, RunInfo, RunSummary, RunSummarySink, Sink
 from ._sinks._local import LocalSink
 
@@ -50,7 +50,15 @@ _LAZY = {
 }
 
 
-_CORE = frozenset({"AsyncTracker", "load", "read_events", "read_parameters", "scan"})
+# The extra each optional name needs; the others are the core install's.
+_EXTRA = {
+    "load": "pandas",
+    "scan": "polars",
+    "MLflowParameters": "mlflow",
+    "S3Sink": "s3",
+    "SageMakerCallbackHandler": "sagemaker",
+    "SageMakerParameters": "sagemaker",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,11 +70,11 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module, __name__), name)
     except ImportError as exc:
-        if name in _CORE:
+        extra = _EXTRA.get(name)
+        if extra is None:  # a core name that does not import: a broken install, said as it is
             raise
         raise ImportError(
-            f"asynctrack.{name} needs aiobotocore: pip install 'asynctrack[s3]' "
-            f"(or '[sagemaker]' for SageMaker Experiments): {exc}"
+            f"asynctrack.{name} needs the {extra} extra: pip install 'asynctrack[{extra}]' ({exc})"
         ) from exc
     globals()[name] = value
     return value

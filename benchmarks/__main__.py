@@ -2,7 +2,8 @@
 
     python -m benchmarks [--smoke] [--repeats N] [--out DIR] [--no-s3] [--no-peers] [--only a,b]
 
-A full run (not ``--smoke``) also writes ``benchmarks/RESULTS.md`` with every table.
+A full run (not ``--smoke``) also writes every table into ``benchmarks/RESULTS.md``, below its
+``LATEST`` marker; the history of measurements above the marker is kept as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 from . import _common as c
+
+#: Everything below this line of RESULTS.md is the latest full run, written by ``main``.
+LATEST = "<!-- latest full run: `python -m benchmarks` replaces everything below this line -->"
 
 ORDER = [
     "overhead",
@@ -76,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nall benchmarks: {total:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
     if not args.smoke and not failed:
         target = args.results_md or (c.HERE / "RESULTS.md")
-        target.write_text(_results_md(sections, goals, total, args), encoding="utf-8")
+        target.write_text(_history(target) + _results_md(sections, goals, total, args), encoding="utf-8")
         print(f"wrote {target}")
     return 1 if failed else 0
+
+
+def _history(target: Path) -> str:
+    """What ``target`` holds above the ``LATEST`` marker (the history), and the marker."""
+    text = target.read_text(encoding="utf-8") if target.exists() else "# asynctrack benchmark results\n\n"
+    head, marker, _ = text.partition(LATEST)
+    if not marker:  # no marker yet: everything there is history
+        head = text.rstrip("\n") + "\n\n"
+    return head + LATEST + "\n\n"
 
 
 def _results_md(
@@ -87,7 +100,7 @@ def _results_md(
     m = c.machine()
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     head = [
-        "# asynctrack benchmark results",
+        "## The latest full run",
         "",
         f"- date: {m['date']}",
         f"- machine: {m['nproc']} cores (nproc), {m['platform']}",

@@ -287,7 +287,7 @@ class Report:
         self.metric("machine_slowdown", slowdown)
         self.note(
             f"Machine speed during the run: stdlib json.dumps of a 314-byte event took {reference_us:.2f} µs "
-            f"({slowdown:.1f}x the {QUIET_US} µs of a quiet machine, shared/NOTES.md)."
+            f"({slowdown:.1f}x the {QUIET_US} µs of a quiet 2-core machine)."
         )
         return slowdown
 

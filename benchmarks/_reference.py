@@ -25,8 +25,8 @@ _EVENT = {
     "metadata": {},
 }
 
-#: ``reference_us()`` on a quiet 2-core project machine (shared/NOTES.md: stdlib
-#: ``json.dumps`` of a 300-byte event, 2.8 µs).
+#: ``reference_us()`` on a quiet 2-core project machine (Python 3.11.7; stdlib ``json.dumps``
+#: of a 300-byte event took 2.8 µs there, measured 2026-11-24).
 QUIET_US = 2.8
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from asynctrack._capture import Capturer
 from asynctrack._config import TrackerConfig
-from asynctrack._langchain._events import EventTranslator
+from asynctrack._events._translate import EventTranslator
 
 from . import _common as c
 from ._reference import reference_us

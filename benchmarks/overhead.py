@@ -57,7 +57,7 @@ LOCAL = "asynctrack-local"
 def _worker_cpu() -> float:
     """CPU seconds (user + system) of this process's asynctrack worker process, or 0."""
     try:
-        from asynctrack._engine._worker_process import worker_process
+        from asynctrack._remote._spawn import worker_process
 
         pid = worker_process().pid
         if pid is None:

@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._langchain._events import EventTranslator
+from asynctrack._events._translate import EventTranslator
 from asynctrack._redact import _redactor
 
 from . import _common as c

@@ -121,8 +121,8 @@ def run_handler(
 
 
 def run_engine(directory: str, n: int, size: int, tag: str) -> dict[str, Any]:
-    from asynctrack._engine._core import Engine
     from asynctrack._layout import Layout, new_writer_id
+    from asynctrack._pipeline._engine import Engine
     from asynctrack._sinks._local import LocalSink
 
     text = payload(max(size - ENGINE_BASE_LINE, 1))

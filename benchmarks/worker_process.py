@@ -50,7 +50,7 @@ _PRODUCER = textwrap.dedent(
     """
     import json, os, sys, time, uuid
     from asynctrack import AsyncTracker, TrackerConfig
-    from asynctrack._engine._worker_process import worker_process
+    from asynctrack._remote._spawn import worker_process
     rate = float(sys.argv[2])
     tracker = AsyncTracker(sys.argv[1], experiment_name="bench", run_name="sigkill",
                            config=TrackerConfig(worker="process", batch_interval=3600.0))

@@ -35,7 +35,7 @@ import asynctrack
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._capture import Capturer
 from asynctrack._config import DEFAULT_REDACT_KEYS
-from asynctrack._encode import REDACTED, Encoder
+from asynctrack._events._encode import REDACTED, Encoder
 from asynctrack._redact import KeyRule
 
 MARK = "$asynctrack"

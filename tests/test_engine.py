@@ -1,4 +1,4 @@
-"""The engine as a whole (``_engine/_core.py``): every event exactly once from threads,
+"""The engine as a whole (``_pipeline/_engine.py``): every event exactly once from threads,
 tasks and loops; the engine alone, without a tracker.
 
 Most tests record through an ``AsyncTracker`` (the engine's only producer) and use fakes
@@ -31,8 +31,8 @@ from asynctrack import (
     AsyncTracker,
     TrackerClosedError,
 )
-from asynctrack._engine._core import Engine
 from asynctrack._layout import Layout
+from asynctrack._pipeline._engine import Engine
 
 pytest_plugins = ("engine_fixtures",)
 

@@ -1,4 +1,4 @@
-"""The flush barrier (``_engine/_barrier.py``) and delivery (``_delivery.py``): timeouts,
+"""The flush barrier (``_pipeline/_barrier.py``) and delivery (``_delivery.py``): timeouts,
 failed writes, blocking flushes from any thread, the worker's own thread."""
 
 from __future__ import annotations

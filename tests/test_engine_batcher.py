@@ -1,4 +1,4 @@
-"""The batcher (``_engine/_batcher.py``): count, bytes and age limits, gzip, and the
+"""The batcher (``_pipeline/_batcher.py``): count, bytes and age limits, gzip, and the
 properties of the batches of any stream (the engine alone, on an in-memory sink)."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from asynctrack import (
     AsyncTracker,
     TrackerConfig,
 )
-from asynctrack._engine._batcher import Batcher
-from asynctrack._engine._core import Engine
-from asynctrack._engine._statistics import Counters
 from asynctrack._layout import Layout
+from asynctrack._pipeline._batcher import Batcher
+from asynctrack._pipeline._engine import Engine
+from asynctrack._pipeline._statistics import Counters
 
 pytest_plugins = ("engine_fixtures",)
 

@@ -1,4 +1,4 @@
-"""The bounded buffer (``_engine/_buffer.py``): drop and block policies, counts."""
+"""The bounded buffer (``_pipeline/_queue.py``): drop and block policies, counts."""
 
 from __future__ import annotations
 

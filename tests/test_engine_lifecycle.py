@@ -1,4 +1,4 @@
-"""The lifecycle (``_engine/_worker.py``, ``_core.py``): holes found by an adversarial user, closed.
+"""The lifecycle (``_pipeline/_loop.py``, ``_engine.py``): holes found by an adversarial user, closed.
 
 One test per hole that can be shown in this process, through the public
 ``AsyncTracker`` API. The holes that need a signal, a fork or a whole process exit
@@ -18,9 +18,8 @@ import pytest
 from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text
 
 import asynctrack
-from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig
-from asynctrack._engine import _process
-from asynctrack._engine._core import Engine, State
+from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig, _exit
+from asynctrack._pipeline._engine import Engine, State
 
 pytest_plugins = ("engine_fixtures",)
 
@@ -194,9 +193,9 @@ def test_the_exit_hook_closes_trackers_side_by_side(
     text(b, "b")
     # Only these two: other tests' trackers are theirs to close, and the worker process
     # (shared by this test process) is not to be shut down.
-    monkeypatch.setattr(_process, "_live", {id(t._engine): t._engine for t in (a, b)})
-    monkeypatch.setattr(_process, "exit_hooks", [])
-    closer = threading.Thread(target=_process.close_all)
+    monkeypatch.setattr(_exit, "_live", {id(t._engine): t._engine for t in (a, b)})
+    monkeypatch.setattr(_exit, "exit_hooks", [])
+    closer = threading.Thread(target=_exit.close_all)
     closer.start()
     try:
         assert sink_a.entered.wait(JOIN)

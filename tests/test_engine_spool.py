@@ -1,4 +1,4 @@
-"""The spool (``_engine/_spool.py``): long names, and trackers that share one spool.
+"""The spool (``_pipeline/_spool.py``): long names, and trackers that share one spool.
 
 A ``MemorySink`` with ``failing`` set stands for a remote destination that is down:
 what it refused is spooled at close; the next tracker on the same destination and
@@ -16,7 +16,7 @@ import pytest
 from engine_fakes import JOIN, MemorySink, text
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack._engine._spool import Spool
+from asynctrack._pipeline._spool import Spool
 from asynctrack._sinks._base import Batch
 
 DESTINATION = "memory://spool-test"

@@ -10,9 +10,9 @@ import orjson
 
 from asynctrack import TrackerConfig
 from asynctrack._capture import Capturer
-from asynctrack._engine._durable import DurableHooks
-from asynctrack._langchain._events import EventTranslator
+from asynctrack._events._translate import EventTranslator
 from asynctrack._langchain._spec import TrackerSpec
+from asynctrack._pipeline._durable import DurableHooks
 from asynctrack.testing import InMemorySink
 
 RUN = uuid.UUID(int=7)

@@ -38,7 +38,7 @@ from asynctrack import (
 )
 from asynctrack._cli._main import main
 from asynctrack._demo._scenarios import EXPERIMENT_NAME, HPARAMS, SCENARIOS, scenario_1_llm
-from asynctrack._langchain._events import RunParameters
+from asynctrack._events._parameters import RunParameters
 from asynctrack._sinks._mlflow import (
     RUN_KEY_TAG,
     MLflowLimits,

@@ -63,6 +63,30 @@ def test_version_matches_the_distribution() -> None:
     assert asynctrack.__version__ == importlib.metadata.version("asynctrack")
 
 
+def test_the_version_is_written_once() -> None:
+    pyproject = (TESTS.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject
+    assert asynctrack.__version__ not in pyproject
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("S3Sink", "s3"), ("SageMakerParameters", "sagemaker"), ("SageMakerCallbackHandler", "sagemaker")],
+)
+def test_a_name_whose_extra_is_missing_names_that_extra(
+    name: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without aiobotocore (the s3 and sagemaker extras), as on the core install.
+    for module in [m for m in sys.modules if m == "aiobotocore" or m.startswith("aiobotocore.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # None in sys.modules: "not installed"
+    monkeypatch.delitem(sys.modules, "asynctrack" + asynctrack._LAZY[name], raising=False)
+    monkeypatch.delattr(asynctrack, name, raising=False)
+    message = rf"asynctrack\.{name} needs the {extra} extra: pip install 'asynctrack\[{extra}\]'"
+    with pytest.raises(ImportError, match=message):
+        getattr(asynctrack, name)
+
+
 def test_the_exception_tree() -> None:
     for error in (FlushError, TrackerClosedError, DeadlockError, SinkError):
         assert issubclass(error, AsyncTrackError)

@@ -29,8 +29,8 @@ from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._config import DEFAULT_REDACT_KEYS
-from asynctrack._encode import Encoder
-from asynctrack._langchain._events import EventTranslator
+from asynctrack._events._encode import Encoder
+from asynctrack._events._translate import EventTranslator
 from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, _redactor, normalize_key
 
 # Distinct, greppable secrets; each is planted in one shape below.

@@ -32,7 +32,7 @@ import asynctrack
 from asynctrack import AsyncTracker, TrackerClosedError
 from asynctrack._demo._fakes import FakeChatOpenAI, FakeOpenAI
 from asynctrack._demo._scenarios import aall_event_kinds, all_event_kinds, scenario_3_agent
-from asynctrack._langchain._events import EVENT_KINDS
+from asynctrack._events._schema import EVENT_KINDS
 from asynctrack._read._load import COLUMNS
 
 EXPERIMENT = "exp-tracker"

@@ -1,4 +1,4 @@
-"""The out-of-process worker (``asynctrack._engine._client`` / ``_host``), in process mode.
+"""The out-of-process worker (``asynctrack._remote._client`` / ``_host``), in process mode.
 
 Every test here asks for ``worker="process"`` itself, so the file means the same when the
 suite runs with ``ASYNCTRACK_WORKER=thread``. Waits are bounded; the only fixed pause is
@@ -25,9 +25,9 @@ import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack._engine import _worker_process
-from asynctrack._engine._channel import Kind, encode_frame, read_records, records_frame
+from asynctrack._channel import Kind, encode_frame, read_records, records_frame
 from asynctrack._langchain import _handler
+from asynctrack._remote import _spawn
 from asynctrack.testing import InMemorySink
 
 PROCESS = TrackerConfig(worker="process", batch_interval=3600.0)
@@ -51,7 +51,7 @@ def _alive(pid: int) -> bool:
 
 
 def _host_children() -> list[int]:
-    """Worker processes (started from ``_engine/_boot.py``) whose parent is this process."""
+    """Worker processes (started from ``_worker/_boot.py``) whose parent is this process."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -62,7 +62,7 @@ def _host_children() -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"_engine/_boot.py" in cmdline and _alive(int(entry.name)):
+        if ppid == os.getpid() and b"_worker/_boot.py" in cmdline and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -110,7 +110,7 @@ def test_one_worker_process_serves_two_hundred_trackers(tmp_destination: Path) -
         for t in trackers:
             t.flush_blocking(timeout=WAIT)
         assert len(_host_children()) == 1
-        assert _worker_process.worker_process().pid in _host_children()
+        assert _spawn.worker_process().pid in _host_children()
     finally:
         for t in trackers:
             t.close(timeout=WAIT)
@@ -127,13 +127,13 @@ def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
     _text(tracker, 100, 50)  # shipped, sitting in the worker's open batch (1 h interval)
     _wait_until(lambda: tracker.statistics().queue_depth == 0, what="the shipper")
     assert tracker.statistics().retained_bytes > 0
-    old = _worker_process.worker_process().pid
+    old = _spawn.worker_process().pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
     tracker.flush_blocking(timeout=WAIT)  # the new worker gets the 50 again, then the flush
     stats = tracker.statistics()
     assert stats.worker_restarts >= 1
-    assert _worker_process.worker_process().pid != old
+    assert _spawn.worker_process().pid != old
     seqs = collections.Counter(e["seq"] for e in _events(tmp_destination))
     assert seqs == collections.Counter(range(150))  # each exactly once
     assert (stats.written, stats.lost) == (50, 0)  # the new worker's count, nothing lost
@@ -169,7 +169,7 @@ def test_the_channel_is_private(tracker: AsyncTracker) -> None:
     """Pipes, no listening socket, no port: nothing but the application can talk to it."""
     _text(tracker, 0, 10)
     tracker.flush_blocking(timeout=WAIT)
-    pid = _worker_process.worker_process().pid
+    pid = _spawn.worker_process().pid
     links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
     assert any(link.startswith("pipe:") for link in links)
     inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
@@ -199,7 +199,7 @@ def test_the_redact_hook_runs_in_the_worker_process_and_its_logs_reach_ours(
         t.flush_blocking(timeout=WAIT)
         assert t.statistics().worker_mode == "process"
     (event,) = _events(tmp_destination)
-    assert event["metadata"]["hook_pid"] == _worker_process.worker_process().pid != os.getpid()
+    assert event["metadata"]["hook_pid"] == _spawn.worker_process().pid != os.getpid()
     assert f"hook ran in process {event['metadata']['hook_pid']}" in caplog.text
 
 
@@ -236,7 +236,7 @@ def test_no_python_to_start_a_worker_with_means_a_thread(
     tmp_destination: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="asynctrack")
-    monkeypatch.setattr(_worker_process._Shared, "worker", None)
+    monkeypatch.setattr(_spawn._Shared, "worker", None)
     monkeypatch.setattr(sys, "executable", "")
     with AsyncTracker(tmp_destination, run_name="frozen", config=PROCESS) as t:
         _text(t, 0, 2)
@@ -286,7 +286,7 @@ def test_a_tracker_handed_to_a_thread_between_two_slices_is_not_shipped_any_more
     """A restart that gave up (``fall_back``, under the channel lock) may land between two
     slices of a backlog while the application goes on recording: what is queued after it
     belongs to the thread engine, and the shipper must not send it to the worker."""
-    slice_ = _worker_process._SLICE  # the backlog's unit
+    slice_ = _spawn._SLICE  # the backlog's unit
     with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
         tracker.flush_blocking(timeout=WAIT)
         client = tracker._engine
@@ -346,7 +346,7 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
         )
         try:
             tracker.on_text("warm-up", run_id=uuid.uuid4())
-            pid = _worker_process.worker_process().pid
+            pid = _spawn.worker_process().pid
             assert pid is not None
             baseline = _rss(pid)
             run_id = uuid.uuid4()

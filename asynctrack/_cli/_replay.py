@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._engine._spool import Spool, spooled_destinations
 from .._langchain._spec import DEFAULT_SPOOL_DIR
+from .._pipeline._spool import Spool, spooled_destinations
 from .._sinks._registry import make_sink
 
 __all__ = ["default_spool_dir", "replay"]

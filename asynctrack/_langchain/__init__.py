@@ -1,1 +1,1 @@
-"""The LangChain boundary: the callback handler, argument capture, and records → events."""
+"""The LangChain boundary: the callback handler, the tracker spec, the SageMaker drop-in."""

@@ -5,7 +5,7 @@ sequence number and a timestamp, capture the arguments as JSON bytes in one
 orjson call (``_capture``: later mutations by the caller cannot change them),
 and append one tuple to the engine's buffer. The envelope, redaction, batching
 and writing all happen in the worker: a worker process by default, fed by a shipper
-thread (``_engine/_client``), or a worker thread (``worker="thread"``).
+thread (``_remote``), or a worker thread (``worker="thread"``).
 ``run_inline = True`` makes LangChain call us directly in async code too, instead of
 hopping to an executor (+430 µs per event, measured: see the README's benchmarks).
 """
@@ -31,14 +31,14 @@ from langchain_core.callbacks.base import BaseCallbackHandler
 
 from .._capture import DICT_OF, OPTIONS, Capturer, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
-from .._engine._client import ProcessEngine
-from .._engine._core import Engine, Statistics, install_sigterm_handler
-from .._engine._durable import ENV_PREFIXES
-from .._engine._worker_process import WorkerUnavailable
+from .._events._translate import EventTranslator
 from .._layout import Layout, new_writer_id
+from .._pipeline._durable import ENV_PREFIXES
+from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
+from .._remote._client import ProcessEngine
+from .._remote._spawn import WorkerUnavailable
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
-from ._events import EventTranslator
 from ._spec import TrackerSpec
 
 if TYPE_CHECKING:

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .._config import TrackerConfig
-from .._engine._core import Engine
-from .._engine._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
-from .._engine._spool import Spool
+from .._events._translate import EventTranslator
 from .._layout import Layout
+from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
+from .._pipeline._engine import Engine
+from .._pipeline._spool import Spool
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
 from .._sinks._registry import make_sink
-from ._events import EventTranslator
 
 __all__ = [
     "DEFAULT_SPOOL_DIR",

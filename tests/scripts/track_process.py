@@ -155,7 +155,7 @@ def main() -> None:
         say(ready=True, pid=os.getpid())
         wait_for_signal()
     if mode == "sigkill-app":
-        from asynctrack._engine._worker_process import worker_process
+        from asynctrack._remote._spawn import worker_process
 
         say(ready=True, pid=os.getpid(), worker=worker_process().pid, mode=tracker.statistics().worker_mode)
         wait_for_signal()

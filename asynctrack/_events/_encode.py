@@ -18,9 +18,9 @@ from typing import Any, Final
 
 import orjson
 
-from ._capture import MARK, Capturer, placeholder, valid_text
-from ._config import TrackerConfig
-from ._redact import REDACTED, Redactor
+from .._capture import MARK, Capturer, placeholder, valid_text
+from .._config import TrackerConfig
+from .._redact import REDACTED, Redactor
 
 __all__ = ["REDACTED", "SPLICE", "Encoder", "placeholder"]
 

@@ -1,13 +1,13 @@
 """A tracker's handle on the worker process: ``ProcessEngine``, the thread ``Engine``'s interface.
 
-One ``WorkerProcess`` per application process (``_worker_process``; a forked child
+One ``WorkerProcess`` per application process (``_spawn``; a forked child
 gets its own) serves every tracker of that process. Each tracker talks to it through
 a ``ProcessEngine``, so the LangChain handler does not know which one it has.
 
 Threads and costs in the application:
 
 - ``ProcessEngine.put()`` is the hot path: one ``deque.append`` (and a length check).
-- The shipper thread wakes every 5 ms (25 ms when idle, see ``_worker_process``), takes
+- The shipper thread wakes every 5 ms (25 ms when idle, see ``_spawn``), takes
   what every tracker queued, encodes each tracker's records' fields as one ``orjson``
   array (a single C call) followed by the captured bodies as they are, and writes the
   frames to the worker's pipe (``os.write`` releases the GIL). Per event it does no
@@ -42,13 +42,13 @@ from typing import Any, Final
 import orjson
 
 from .._capture import valid_text
+from .._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
+from .._pipeline._barrier import wait
+from .._pipeline._statistics import Statistics
 from .._sinks._base import ParameterValue, RunInfo
-from ._barrier import wait
-from ._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
-from ._statistics import Statistics
-from ._worker_process import WorkerProcess, live, worker_process
+from ._spawn import WorkerProcess, live, worker_process
 
 __all__ = ["ProcessEngine"]
 

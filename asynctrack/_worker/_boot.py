@@ -44,6 +44,6 @@ def read() -> bytes:
 threading.Thread(target=_slurp, name="asynctrack-worker-slurp", daemon=True).start()
 sys.path[:0] = [p for p in os.environ.get("ASYNCTRACK_PATH", "").split(os.pathsep) if p]
 
-from asynctrack._engine._host import main  # noqa: E402 - after the reader started, on purpose
+from asynctrack._worker._host import main  # noqa: E402 - after the reader started, on purpose
 
 main(read)

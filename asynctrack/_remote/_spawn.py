@@ -29,8 +29,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
-from ._channel import FrameReader, Kind, encode_frame, write_all
-from ._process import exit_hooks
+from .._channel import FrameReader, Kind, encode_frame, write_all
+from .._exit import exit_hooks
 
 if TYPE_CHECKING:
     from ._client import ProcessEngine
@@ -50,7 +50,9 @@ _SLICE: Final = 1024  # records taken and shipped at once (one frame, ~0.3 ms of
 _RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
 _MAX_RESTARTS: Final = 5
 _STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel closes
-_BOOT: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot.py")
+_BOOT: Final = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_worker", "_boot.py"
+)
 
 
 class WorkerUnavailable(RuntimeError):

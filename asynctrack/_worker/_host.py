@@ -1,6 +1,6 @@
 """The worker process: hosts one engine per tracker of its application.
 
-Started by the application (``python .../_engine/_boot.py``) with two pipes: it
+Started by the application (``python .../_worker/_boot.py``) with two pipes: it
 reads frames on stdin and answers on stdout (see ``_channel``). Everything after the
 capture runs here: envelope, redaction, batching, compression, uploads, retries, spool,
 run parameters, SageMaker calls. The application's process only captures and ships.
@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from .._channel import FrameReader, Kind, encode_frame, read_records, write_all
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
+from .._exit import exit_timeout
+from .._pipeline._durable import DurableHooks, apply_environ, batch_seqs
 from .._sinks._base import Batch
-from ._channel import FrameReader, Kind, encode_frame, read_records, write_all
-from ._durable import DurableHooks, apply_environ, batch_seqs
-from ._process import exit_timeout
 
 __all__ = ["main"]
 

@@ -42,13 +42,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from .._config import TrackerConfig
-from .._encode import Encoder, placeholder
 from .._errors import FlushError, FlushTimeoutError
+from .._events._encode import Encoder, placeholder
 from .._sinks._base import Batch, ParametersSink, Sink
 from ._barrier import Barrier, Marker
 from ._batcher import Batcher
-from ._buffer import WAKE_AT, Buffer
 from ._delivery import Delivery
+from ._queue import WAKE_AT, Buffer
 from ._statistics import Counters, Reporter
 
 __all__ = ["State", "Worker"]

@@ -32,19 +32,19 @@ from typing import Any, Final
 
 import orjson
 
+from .. import _exit
 from .._config import TrackerConfig
 from .._errors import DeadlockError, FlushTimeoutError, TrackerClosedError
+from .._exit import install_sigterm_handler
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
-from . import _process
 from ._barrier import Barrier, Marker, wait, wait_blocking
 from ._batcher import Batcher
-from ._buffer import Buffer
 from ._delivery import Delivery
-from ._process import install_sigterm_handler
+from ._loop import State, Translate, Worker
+from ._queue import Buffer
 from ._spool import Spool
 from ._statistics import Counters, Reporter, Statistics
-from ._worker import State, Translate, Worker
 
 __all__ = ["Engine", "State", "Statistics", "install_sigterm_handler"]
 
@@ -110,7 +110,7 @@ class Engine:
         )
         self._build()
         self._claim_spool()
-        _process.register(self)
+        _exit.register(self)
         self._worker.start()
 
     def _claim_spool(self) -> None:
@@ -160,7 +160,7 @@ class Engine:
         self._worker.check_markers()
 
     def _on_closed(self) -> None:
-        _process.forget(self)
+        _exit.forget(self)
 
     def set_adapter(
         self,
@@ -468,7 +468,7 @@ class Engine:
             self._buffer.close()
             self._worker.advance(State.CLOSING)
             self._worker.advance(State.CLOSED)
-            _process.forget(self)
+            _exit.forget(self)
             return
         on_fork = self.on_fork() if self.on_fork is not None else None
         if on_fork is not None:

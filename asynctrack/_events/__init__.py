@@ -1,0 +1,1 @@
+"""What records mean, worker side: event kinds, translation to JSON lines, run parameters, streams."""

@@ -1,0 +1,1 @@
+"""The application side of the worker process: the client engine, its shipper, spawn and restart."""

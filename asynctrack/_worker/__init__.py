@@ -1,0 +1,1 @@
+"""The worker process itself: its boot script and the host of one engine per tracker."""
