@@ -467,3 +467,12 @@ def test_a_literal_format_right_after_a_json_newline_is_redacted(secret: str) ->
     out = Redactor(DEFAULT_REDACT_KEYS).text(f"first line\n{secret}\nlast line")
     assert "Zq8VnR2mX5tL0wJ7bK3y" not in out
     assert out.startswith("first line\n") and out.endswith("\nlast line")
+
+
+@pytest.mark.parametrize("decoys", [0, 3, 100])
+def test_a_pgpass_line_is_found_among_many_look_alikes_that_start_no_line(decoys: int) -> None:
+    """Up to 64 candidates are judged one by one; past them (a junk text) one regex pass
+    over the whole text judges them: the same lines are redacted either way."""
+    text = "ratio 1:2:a:b:c " * decoys + "\n*:5432:app:bob:pgpass-Pw-1x2y\n" + "t 1:2:a:b:c" * decoys
+    out = Redactor(DEFAULT_REDACT_KEYS).text(text)
+    assert out == text.replace("pgpass-Pw-1x2y", REDACTED)

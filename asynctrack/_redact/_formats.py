@@ -5,12 +5,12 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Iterator
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from typing import Final
 
 from ._common import REDACTED_BYTES
 
-__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "run_formats"]
+__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "pgpass_lines", "run_formats"]
 
 # -- value detectors ------------------------------------------------------------------
 #
@@ -173,7 +173,7 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     # Oracle's JDBC URL: user/password@host.
     (
         b"jdbc:oracle:",
-        re.compile(rb"jdbc:oracle:[a-z]{1,10}+:[^/@\s\"\\:]{1,128}+/([^@\s\"\\]{1,256}+)@"),
+        re.compile(rb"jdbc:oracle:[a-z]{1,10}+:[^/@\s\"\\:]{1,128}+/([^/@\s\"\\:]{1,128}+)@"),
         1,
     ),
     # Credential files. ``.netrc``: ``machine <host> [login <u>] password <p>``, on one
@@ -187,16 +187,21 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
         ),
         1,
     ),
-    # ``.pgpass``: a line ``host:port:database:user:password`` (port a number or ``*``),
-    # at the start of a JSON string or after a ``\\n``.
-    (
-        b":",
-        re.compile(
-            rb'(?:"|\\n)[A-Za-z0-9.\-_*\[\]%]{1,253}+:(?:[0-9]{1,5}+|\*):'
-            rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
-        ),
-        1,
-    ),
+)
+
+#: ``.pgpass``: a line ``host:port:database:user:password`` (port a number or ``*``),
+#: found from the ':' before the port (group 1: the password). The host, checked in
+#: Python per candidate, must start a line: a JSON string's start or a ``\\n``.
+_PGPASS: Final = re.compile(rb':(?:[0-9]{1,5}+|\*):[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)')
+_HOST_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_*[]%"
+#: Candidates judged one by one per text at most. Past them (a hostile or junk text),
+#: one pass of the whole rule as a regex (group 1: the password), whose every attempt
+#: starts at a '"' or a backslash: costlier per byte than the search from ':', so kept
+#: for such texts.
+_PGPASS_CHECKED: Final = 64
+_PGPASS_LINE: Final = re.compile(
+    rb'(?:"|\\n)[A-Za-z0-9.\-_*\[\]%]{1,253}+:(?:[0-9]{1,5}+|\*):'
+    rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
 )
 
 #: ``bytes.translate`` table: base64 characters ``[A-Za-z0-9+/]`` -> ``a``, all else -> space.
@@ -292,6 +297,26 @@ def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
     if not secrets:
         return []
     return list(zip(secrets, map(operator.add, secrets, repeat(40)), repeat(REDACTED_BYTES)))
+
+
+def pgpass_lines(text: bytes) -> list[tuple[int, int, bytes]]:
+    """Spans of the passwords of ``.pgpass`` lines in ``text`` (JSON text)."""
+    found = list(islice(_PGPASS.finditer(text), _PGPASS_CHECKED + 1))
+    if len(found) > _PGPASS_CHECKED:
+        lines = list(_PGPASS_LINE.finditer(text))
+        return list(zip(map(_START, lines, repeat(1)), map(_END, lines, repeat(1)), repeat(REDACTED_BYTES)))
+    spans = []
+    for m in found:
+        window = text[max(0, m.start() - 256) : m.start()]
+        before = window.rstrip(_HOST_CHARS)
+        host = len(window) - len(before)
+        if before.endswith(b"\\") and window[len(before) : len(before) + 1] == b"n":
+            host -= 1  # the letter of a JSON "\n" escape
+        elif not (before.endswith(b'"') or (not before and m.start() < 256)):
+            continue
+        if 0 < host <= 253:
+            spans.append((m.start(1), m.end(1), REDACTED_BYTES))
+    return spans
 
 
 def base64_runs(text: bytes) -> bool:
