@@ -476,3 +476,30 @@ def test_a_pgpass_line_is_found_among_many_look_alikes_that_start_no_line(decoys
     text = "ratio 1:2:a:b:c " * decoys + "\n*:5432:app:bob:pgpass-Pw-1x2y\n" + "t 1:2:a:b:c" * decoys
     out = Redactor(DEFAULT_REDACT_KEYS).text(text)
     assert out == text.replace("pgpass-Pw-1x2y", REDACTED)
+
+
+def test_a_private_key_streamed_token_by_token_is_withheld_to_its_end(
+    tmp_destination: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 2048-bit key is ~1.6 KB, longer than the stream's tail that the full spec sees:
+    once its first line is shown, every token is redacted up to the one that ends it."""
+    caplog.set_level(logging.DEBUG, logger="asynctrack")
+    lines = [
+        f"MIIE{i:02d}" + "pQIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw" for i in range(26)
+    ]
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----"
+    answer = f"Here is the key you asked for:\n{key}\nKeep it safe."
+    spool = tmp_path / "spool"
+    tracker = AsyncTracker(tmp_destination, config=TrackerConfig(spool_dir=str(spool)))
+    try:
+        with OpenAIStub() as stub:
+            chunks = list(chat_model(stub.url).stream("echo: " + answer, config={"callbacks": [tracker]}))
+        assert "".join(str(chunk.content) for chunk in chunks) == answer
+    finally:
+        tracker.close(timeout=30)
+    stream = _streamed(tmp_destination)
+    assert stream.startswith("Here is the key you asked for:\n")
+    assert stream.endswith("RSA PRIVATE KEY-----\nKeep it safe.")
+    written = _written([tmp_destination, spool]) + caplog.text.encode()
+    for line in lines:
+        assert line[:10] not in stream and line.encode() not in written, line

@@ -48,6 +48,16 @@ def _open_prefix(text: str) -> int:
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
+#: A private key block's first line (PEM, ssh.com's, PuTTY's): the key follows, over
+#: more characters than a tail holds.
+_KEY_BLOCK: Final = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]{1,20}+ ){0,4}PRIVATE KEY(?: BLOCK)?-----"
+    r"|---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----|PuTTY-User-Key-File-"
+)
+#: What ends a key block (the key's last line; PuTTY's MAC line follows its key).
+_KEY_BLOCK_ENDS: Final = ("-----END", "---- END", "Private-MAC:")
+#: ``open_`` while a key block is open: redacted whole, token by token, up to its end.
+_IN_KEY_BLOCK: Final = "-----BEGIN"
 #: Read backwards from a quote: the separator and the key before it (``"password": "``
 #: reversed is ``" :"drowssap``); group 1 the key, reversed. A match at the start of the
 #: reversed text costs what the key's length does, wherever the quote is.
@@ -67,8 +77,10 @@ class StreamRedactor:
     in the next); and (with ``is_credential``, the key rule) once the stream ends in a
     quoted value opened under a credential key (``"password": "hun``, as a tool call's
     streamed arguments are), the value is redacted up to its closing quote or the end of
-    its line. Left: a secret with no prefix (a bare AWS secret, a URL password) split
-    across tokens has its earlier part written.
+    its line; and once the stream has shown a private key block's first line, every
+    token is redacted whole up to the token that ends the block (a key is longer than
+    the tail the full spec sees). Left: a secret with no prefix (a bare AWS secret, a
+    URL password) split across tokens has its earlier part written.
     """
 
     def __init__(
@@ -77,13 +89,20 @@ class StreamRedactor:
         self._redact = redact
         self._is_credential = is_credential
         # Per run: the stream's tail, and whether a credential is open in it: False, True
-        # (a known format's run of credential characters) or the quote that will close
-        # a quoted value under a credential key.
+        # (a known format's run of credential characters), the quote that will close
+        # a quoted value under a credential key, or _IN_KEY_BLOCK.
         self._tails: dict[object, tuple[str, bool | str]] = {}
 
     def token(self, run: object, token: str) -> str:
         tail, open_ = self._tails.pop(run, ("", False))
         out = token
+        if open_ == _IN_KEY_BLOCK:
+            seen = tail[-16:] + token  # an end marker split across tokens
+            out = REDACTED
+            if any(end in seen for end in _KEY_BLOCK_ENDS):
+                open_ = False
+            self._remember(run, tail + token, open_)
+            return out
         if open_:
             if open_ is True:
                 continued = _CREDENTIAL_RUN.match(token)
@@ -110,8 +129,18 @@ class StreamRedactor:
                     if start < len(joined):  # part of the value is here already
                         out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                     open_ = joined[quote]
+        if not open_ and self._in_key_block(joined):
+            open_ = _IN_KEY_BLOCK
         self._remember(run, joined, open_)
         return out
+
+    @staticmethod
+    def _in_key_block(text: str) -> bool:
+        """Whether ``text`` ends inside a private key block (its first line shown, no end)."""
+        if "BEGIN" not in text and "PuTTY" not in text:
+            return False
+        blocks = list(_KEY_BLOCK.finditer(text))
+        return bool(blocks) and not any(end in text[blocks[-1].end() :] for end in _KEY_BLOCK_ENDS)
 
     def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
         """Runs whose ``streams`` (tokens in order) need no redaction at all; their
