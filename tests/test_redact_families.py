@@ -371,12 +371,23 @@ FAMILIES = {
 ALL = [example for family in FAMILIES.values() for example in family]
 
 
+#: Where a format stands in a text: after a JSON escape's letter, after a space (the
+#: run-based formats' two-byte prefixes), after more runs of 20 token characters than
+#: are judged one by one (the rest: one C call per run).
+CONTEXTS = {
+    "after a newline": "here:\n{}\n(end)",
+    "after a space": "here: {} (end)",
+    "after many runs": " ".join(["x" * 20] * 30) + "\n{}\n" + " ".join(["y" * 20] * 30),
+}
+
+
+@pytest.mark.parametrize("context", list(CONTEXTS))
 @pytest.mark.parametrize("example", ALL, ids=[e.name for e in ALL])
-def test_a_format_of_the_public_rule_sets_is_redacted(example: Example) -> None:
+def test_a_format_of_the_public_rule_sets_is_redacted(example: Example, context: str) -> None:
     assert example.secret in example.text
     redactor = Redactor(DEFAULT_REDACT_KEYS)
-    body = orjson.dumps({"data": {"text": f"here:\n{example.text}\n(end)"}})
-    out = redactor.json(body)
+    text = CONTEXTS[context].format(example.text)
+    out = redactor.json(orjson.dumps({"data": {"text": text}}))
     assert out is not None
     assert example.secret.encode() not in out, out
     assert REDACTED.encode() in out
