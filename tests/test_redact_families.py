@@ -22,7 +22,7 @@ from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._config import DEFAULT_REDACT_KEYS
-from asynctrack._redact import REDACTED, Redactor
+from asynctrack._redact import REDACTED, Redactor, StreamRedactor
 
 
 class Example(NamedTuple):
@@ -514,3 +514,18 @@ def test_a_private_key_streamed_token_by_token_is_withheld_to_its_end(
     written = _written([tmp_destination, spool]) + caplog.text.encode()
     for line in lines:
         assert line[:10] not in stream and line.encode() not in written, line
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Call hf_hub_download(repo_id, filename) to fetch the weights.",
+        "Set npm_config_registry before npm install.",
+        "Lorem ipsum dolor sit amet, dapibus vitae.",
+    ],
+)
+def test_identifiers_that_start_like_a_credential_stream_as_written(answer: str) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    tokens = [answer[i : i + 3] for i in range(0, len(answer), 3)]
+    assert "".join(stream.token("run", token) for token in tokens) == answer

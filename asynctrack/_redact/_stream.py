@@ -17,12 +17,15 @@ _QUOTE_MARKS: Final = ('"', "'")
 #: The start of a credential format (the detectors' prefixes that are at least three
 #: characters long and rare in prose), matched where a run of credential characters
 #: starts at the end of the stream: the stream has shown the format's start, not its end.
+#: Left out: prefixes that also start identifiers a model writes in code (``hf_`` as in
+#: ``hf_hub_download``, ``npm_`` as in ``npm_config_``); ``dapi`` needs four hex digits
+#: after it (``dapibus``).
 _PREFIX: Final = re.compile(
     r"sk-|[sr]k_(?:live|test)_|whsec_|pk-lf-|lsv2_|ls__|gh[pousr]_|github_pat_"
     r"|gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat|agent|ffct)-|GR1348941|xox[abposre]-|xapp-"
-    r"|A(?:KIA|SIA|BIA|CCA)|AIza|GOCSPX-|hf_|npm_|pypi-AgEIcHlwaS5vcmc|gsk_|xai-|r8_|pplx-|tvly-"
+    r"|A(?:KIA|SIA|BIA|CCA)|AIza|GOCSPX-|pypi-AgEIcHlwaS5vcmc|gsk_|xai-|r8_|pplx-|tvly-"
     r"|pcsk_|shp(?:at|ca|pa|ss)_|sq0(?:atp|csp)-|NR(?:AK|II|JS)-|HRKU-|do[opr]_v1_|ATATT3"
-    r"|lin_(?:api|oauth)_|ntn_|PMAK-|dapi(?=[0-9a-f])|sntry[su]_|AGE-SECRET-KEY-|SG\.|ya29\."
+    r"|lin_(?:api|oauth)_|ntn_|PMAK-|dapi(?=[0-9a-f]{4})|sntry[su]_|AGE-SECRET-KEY-|SG\.|ya29\."
     r"|hv[sbr]\.|dp\.(?:pt|st|ct|sa|scim|audit)\.|eyJ"
 )
 _CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
