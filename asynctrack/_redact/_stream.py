@@ -139,10 +139,16 @@ class StreamRedactor:
 
     @staticmethod
     def _in_key_block(text: str) -> bool:
-        """Whether ``text`` ends inside a private key block (its first line shown, no end)."""
-        if "BEGIN" not in text and "PuTTY" not in text:
+        """Whether ``text`` ends inside a private key block (its first line shown, no end).
+
+        Read from the last ``PRIVATE KEY`` or PuTTY header on (a first line is at most
+        ~100 characters before its ``PRIVATE KEY``): a long text full of blocks costs two
+        ``rfind`` and a short search, not a match per block.
+        """
+        last = max(text.rfind("PRIVATE KEY"), text.rfind("PuTTY-User-Key-File-"))
+        if last == -1:
             return False
-        blocks = list(_KEY_BLOCK.finditer(text))
+        blocks = list(_KEY_BLOCK.finditer(text, max(0, last - 100)))
         return bool(blocks) and not any(end in text[blocks[-1].end() :] for end in _KEY_BLOCK_ENDS)
 
     def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
