@@ -80,6 +80,18 @@ _RUN_FORMATS: Final = (
     rb"sntry[su]_[A-Za-z0-9_=+/\-]{40,}+",  # Sentry
     rb"AGE-SECRET-KEY-1[0-9A-Z]{58}",  # age
     rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+",  # JWT
+    # Formats whose run starts after the format's own start (a prefix ending in '.' or
+    # ':'), found by a lookbehind from the run (the run is the secret), and formats whose
+    # run starts with hex digits, found by what follows them.
+    rb"(?<=ya29\.)[A-Za-z0-9_\-]{20,}+",  # Google OAuth access token
+    rb"(?<=hv[sbr]\.)[A-Za-z0-9_\-]{24,}+",  # HashiCorp Vault
+    rb"(?<=dp\.(?:pt|st|ct|sa)\.)[A-Za-z0-9]{40,}+",  # Doppler
+    rb"(?<=dp\.scim\.)[A-Za-z0-9]{40,}+",
+    rb"(?<=dp\.audit\.)[A-Za-z0-9]{40,}+",
+    rb"(?<=pat[A-Za-z0-9]{14}\.)[a-f0-9]{64}(?![A-Za-z0-9])",  # Airtable personal access token
+    rb"(?<=[0-9]{5}:)AA[A-Za-z0-9_\-]{31,33}+(?![A-Za-z0-9_\-])",  # Telegram bot token
+    rb"[0-9a-f]{32}-us[0-9]{1,2}(?![A-Za-z0-9_\-])",  # Mailchimp
+    rb"[0-9a-f]{36}NRAL(?![A-Za-z0-9_\-])",  # New Relic license key
 )
 _FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
 #: At the byte before a run: a format at the run's start, or else (group 2) right
@@ -87,17 +99,20 @@ _FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
 _FORMAT_AFTER: Final = re.compile(rb"(?s:.)(?:" + _FORMAT + rb"|(?<=\\)[ntrbf]" + _FORMAT + rb")")
 _FORMAT_FIRST: Final = re.compile(_FORMAT)  # a run at the start of the text
 #: The first two bytes of every format: a run that starts with none of them (nor with
-#: an escape's letter) needs no match (a set lookup is cheaper than the regex).
+#: an escape's letter, nor after a '.', nor with a Mailchimp or New Relic key's hex
+#: digits, told by what follows them) needs no match (a set lookup is cheaper than the
+#: regex).
 _PREFIXES: Final = frozenset(
     b"sk rk wh pk ls AK AS AB AC gh gi gl GR xo xa AI GO hf np py gs r8 pp tv pc SK ke sh sq EA NR HR do AT"
-    b" li nt se PM da sn AG ey".split()
+    b" li nt se PM da sn AG ey AA".split()
 )
 _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
-#: (literal that must occur, pattern, group to redact: 0 for the whole match)
+#: (literal that must occur, pattern, group to redact: 0 for the whole match); entries
+#: that share a literal check it once per text.
 LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (
-        b"-----BEGIN",
+        b"BEGIN",  # one check for this and ssh.com's blocks
         re.compile(
             rb"-----BEGIN (?:[A-Z0-9]{1,20}+ ){0,4}PRIVATE KEY(?: BLOCK)?-----"
             # Up to "-----END" or the string's end: runs without '-' in one step each
@@ -120,7 +135,7 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     # Private keys in the other text formats: ssh.com's (to its END line or the string's
     # end, as PEM) and PuTTY's (the whole file: to the string's end).
     (
-        b"---- BEGIN SSH2",
+        b"BEGIN",
         re.compile(
             rb"---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----"
             rb"(?:[^\"\\\-]++|-(?!--- END)|\\.)*+(?:---- END[A-Z0-9 ]{0,60}+----)?"
@@ -131,45 +146,15 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     # Signed URLs: the signature of an AWS (SigV4 ``X-Amz-Signature``, SigV2
     # ``Signature``) or GCP (``X-Goog-Signature``) URL, and an Azure SAS's ``sig``.
     (
-        b"ignature=",
+        b"=",  # one check (a byte: memchr) for this and the next
         re.compile(
             rb"ignature=(?<=[Ss]ignature=)(?<![^\\][A-Za-z0-9_].ignature=)([A-Za-z0-9%+/=_.\-]{16,}+)"
         ),
         1,
     ),
-    (b"sig=", re.compile(rb"sig=(?<=[?&;]sig=)([A-Za-z0-9%+/=_.\-]{16,}+)"), 1),
-    # Formats whose prefix ends before a '.' (no run of 20 starts with them).
-    (b"ya29.", re.compile(rb"ya29\.(?<![^\\][A-Za-z0-9_\-]ya29\.)[A-Za-z0-9_\-]{20,}+"), 0),  # Google OAuth
-    (b"hv", re.compile(rb"hv[sbr]\.(?<![^\\][A-Za-z0-9_\-]hv.\.)[A-Za-z0-9_\-]{24,}+"), 0),  # Vault
-    (  # Doppler
-        b"dp.",
-        re.compile(rb"dp\.(?<![^\\][A-Za-z0-9_\-]dp\.)(?:pt|st|ct|sa|scim|audit)\.[A-Za-z0-9]{40,}+"),
-        0,
-    ),
-    (  # Airtable personal access token
-        b"pat",
-        re.compile(rb"pat(?<![^\\][A-Za-z0-9_\-]pat)[A-Za-z0-9]{14}\.[a-f0-9]{64}(?![A-Za-z0-9])"),
-        0,
-    ),
-    # Formats found from a literal in their middle or at their end; the secret before
-    # it is a group of the lookbehind.
-    (  # Mailchimp: the key, then the data center
-        b"-us",
-        re.compile(rb"-us(?<=(?<![^\\][A-Za-z0-9_\-])([0-9a-f]{32})-us)[0-9]{1,2}(?![A-Za-z0-9_\-])"),
-        1,
-    ),
-    (  # New Relic license key
-        b"NRAL",
-        re.compile(rb"NRAL(?<=(?<![^\\][A-Za-z0-9_\-])([0-9a-f]{36})NRAL)(?![A-Za-z0-9_\-])"),
-        1,
-    ),
-    (  # Telegram bot token: the bot's id, ':', the secret
-        b":AA",
-        re.compile(rb":(AA(?<=[0-9]{5}:AA)[A-Za-z0-9_\-]{31,33}+)(?![A-Za-z0-9_\-])"),
-        1,
-    ),
-    # Webhook URLs whose last segment is the secret (Discord's and the same shape).
-    (b"/api/webhooks/", re.compile(rb"/api/webhooks/[0-9]{5,30}+/([A-Za-z0-9_\-]{20,}+)"), 1),
+    (b"=", re.compile(rb"sig=(?<=[?&;]sig=)([A-Za-z0-9%+/=_.\-]{16,}+)"), 1),
+    # Webhook URLs whose last segment is the secret (Discord's and the same shape), in a URL.
+    (b"://", re.compile(rb"/api/webhooks/[0-9]{5,30}+/([A-Za-z0-9_\-]{20,}+)"), 1),
     # Oracle's JDBC URL: user/password@host.
     (
         b"jdbc:oracle:",
@@ -241,7 +226,12 @@ def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
         return []
     found = []
     for _ in range(_FEW_RUNS):
-        if text[i : i + 2] in _PREFIXES or (i and text[i - 1] == 0x5C and text[i] in _ESCAPES):
+        if (
+            text[i : i + 2] in _PREFIXES
+            or (i and (text[i - 1] == 0x2E or (text[i - 1] == 0x5C and text[i] in _ESCAPES)))
+            or text[i + 32 : i + 35] == b"-us"
+            or text[i + 36 : i + 40] == b"NRAL"
+        ):
             m = _FORMAT_AFTER.match(text, i - 1) if i else _FORMAT_FIRST.match(text)
             if m is not None:
                 found.append(m)
@@ -301,7 +291,10 @@ def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
 
 def pgpass_lines(text: bytes) -> list[tuple[int, int, bytes]]:
     """Spans of the passwords of ``.pgpass`` lines in ``text`` (JSON text)."""
-    found = list(islice(_PGPASS.finditer(text), _PGPASS_CHECKED + 1))
+    first = _PGPASS.search(text)  # one C call for the texts (nearly all) without one
+    if first is None:
+        return []
+    found = list(islice(_PGPASS.finditer(text, first.start()), _PGPASS_CHECKED + 1))
     if len(found) > _PGPASS_CHECKED:
         lines = list(_PGPASS_LINE.finditer(text))
         return list(zip(map(_START, lines, repeat(1)), map(_END, lines, repeat(1)), repeat(REDACTED_BYTES)))
