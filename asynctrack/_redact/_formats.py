@@ -109,7 +109,9 @@ _PREFIXES: Final = frozenset(
 _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
 #: (literal that must occur, pattern, group to redact: 0 for the whole match); entries
-#: that share a literal check it once per text.
+#: that share a literal check it once per text. A lookbehind ``(?<![^\\][A-Za-z0-9]...)``
+#: asks that no word character come before the format, unless it is the letter of a
+#: JSON escape (``\\nBearer xyz``).
 LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (
         b"BEGIN",  # one check for this and ssh.com's blocks
