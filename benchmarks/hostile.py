@@ -79,6 +79,24 @@ def corpus(size: int) -> dict[str, str]:
         "word chars run": fill("a"),
         "'a-' run": fill("a-"),
         "'sk-' + long run": "sk-" + fill("a")[3:],
+        # The detectors of the public rule sets' formats: their literals repeated, near
+        # misses, and dense hits (Python per hit).
+        "'machine ' repeated": fill("machine "),
+        "'machine h login u ' (no password)": fill("machine h login u "),
+        ".pgpass lines": fill("\nh:1:d:u:p"),
+        ".pgpass near miss (no password)": fill("\nh:1:d:u:"),
+        "':AA' after digits": fill("12345:AA"),
+        "Mailchimp keys": fill("0f1e2d3c4b5a69788796a5b4c3d2e1f0-us1 "),
+        "'-us' repeated": fill("-us"),
+        "'Signature=' repeated": fill("Signature="),
+        "'&sig=' repeated": fill("&sig="),
+        "'hvs.' repeated": fill("hvs."),
+        "'pat' repeated": fill("pat"),
+        "'NRAL' repeated": fill("NRAL"),
+        "'/api/webhooks/<id>/' repeated": fill("/api/webhooks/1234567/"),
+        "'PuTTY-User-Key-File-' repeated": fill("PuTTY-User-Key-File-"),
+        "'---- BEGIN SSH2 ' near miss": fill("---- BEGIN SSH2 "),
+        "'jdbc:oracle:thin:u/' (no '@')": fill("jdbc:oracle:thin:u/"),
     }
     return out
 

@@ -1,23 +1,34 @@
-"""The spool (``_pipeline/_spool.py``): long names, and trackers that share one spool.
+"""The spool (``_pipeline/_spool.py``): long names, trackers that share one spool, and
+private modes.
 
 A ``MemorySink`` with ``failing`` set stands for a remote destination that is down:
 what it refused is spooled at close; the next tracker on the same destination and
-spool directory delivers it.
+spool directory delivers it. The private-mode tests spool what S3 refused (a closed
+port) and replay it with ``asynctrack replay`` against moto on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import socket
+import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _infra.aws import MotoServer
+from _infra.aws_fixtures import list_keys
+from botocore.client import BaseClient
 from engine_fakes import JOIN, MemorySink, text
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
+from asynctrack._cli import main as cli_main
 from asynctrack._pipeline._spool import Spool
 from asynctrack._sinks._base import Batch
+
+pytest_plugins = ("_infra.aws_fixtures",)
 
 DESTINATION = "memory://spool-test"
 
@@ -128,3 +139,130 @@ def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait(JOIN)
     return child.pid
+
+
+# -- private modes ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which files are made readable by every local user."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _modes(root: Path) -> dict[str, str]:
+    """Every directory and file under ``root`` (``root`` too): its permission bits, octal."""
+    paths = [root, *root.rglob("*")]
+    return {str(p.relative_to(root.parent)): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
+
+
+def _assert_private(root: Path) -> None:
+    modes = _modes(root)
+    wrong = {
+        path: mode
+        for path, mode in modes.items()
+        if mode != ("0o700" if (root.parent / path).is_dir() else "0o600")
+    }
+    assert wrong == {}, modes
+
+
+def _spool_what_s3_refuses(destination: str, spool_dir: Path, events: int) -> None:
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="exp",
+        run_name="private",
+        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=5),
+        endpoint_url=_closed_port_url(),
+        connect_timeout=0.5,
+    )
+    for i in range(events):
+        text(tracker, f"private-{i}")
+    with pytest.raises(FlushError, match="spool"):
+        tracker.close(timeout=1.0)
+    assert tracker.statistics().spooled == events
+
+
+@pytest.mark.aws
+@pytest.mark.usefixtures("aws_env", "umask_022")
+def test_the_spool_is_private_under_umask_022_and_replay_keeps_it_so(
+    moto: MotoServer, s3: BaseClient, tmp_path: Path
+) -> None:
+    """Spooled by the worker process (the default), with missing parents of the spool
+    directory; replayed once against a bucket that does not exist yet (nothing taken),
+    claimed and given back, and replayed when the bucket exists (delivered)."""
+    cache = tmp_path / "cache"  # does not exist: the spool's parents are made too
+    spool_dir = cache / "asynctrack" / "spool"
+    bucket = f"private-spool-{os.getpid()}"
+    _spool_what_s3_refuses(f"s3://{bucket}/logs", spool_dir, events=12)
+    batches = sorted(spool_dir.rglob("*.batch"))
+    assert len(batches) == 3
+    assert {p.name for p in spool_dir.rglob("*") if p.is_file() and p.suffix != ".batch"} == {
+        "destination.txt",
+        "options.json",
+    }
+    _assert_private(cache)
+
+    assert cli_main(["replay", str(spool_dir), "--endpoint-url", moto.endpoint_url]) == 1  # no bucket
+    assert sorted(spool_dir.rglob("*.batch")) == batches  # kept
+    _assert_private(cache)
+
+    # What replay does with each batch: claim it (into a new claim directory), give it back.
+    spool = Spool(spool_dir, f"s3://{bucket}/logs", max_bytes=0)
+    claimed = spool.claim()
+    assert len(claimed) == 3 and spool.claim_directory.is_dir()
+    _assert_private(cache)
+    assert all(spool.release(batch) for batch in claimed)
+    spool.close()
+    assert sorted(spool_dir.rglob("*.batch")) == batches
+    _assert_private(cache)
+
+    s3.create_bucket(Bucket=bucket)
+    assert cli_main(["replay", str(spool_dir), "--endpoint-url", moto.endpoint_url]) == 0
+    assert len(list_keys(s3, bucket)) == 3
+    assert list(spool_dir.rglob("*.batch")) == []
+    _assert_private(cache)
+
+
+@pytest.mark.aws
+@pytest.mark.usefixtures("aws_env", "umask_022")
+def test_a_spool_written_with_looser_modes_is_tightened_by_replay(moto: MotoServer, tmp_path: Path) -> None:
+    """A spool left by an earlier version (directories 0755, files 0644): ``replay`` sets
+    the destination's directory to 0700 and its files to 0600, even when the destination
+    cannot be reached. The spool directory itself may be one the user shares
+    (``spool_dir="/tmp"``): left as it is."""
+    spool_dir = tmp_path / "spool"
+    _spool_what_s3_refuses("s3://no-such-bucket-here/logs", spool_dir, events=6)
+    for path in [spool_dir, *spool_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    assert cli_main(["replay", str(spool_dir), "--endpoint-url", moto.endpoint_url]) == 1  # no bucket
+    modes = _modes(spool_dir)
+    assert modes.pop("spool") == "0o755"
+    _assert_private(next(p for p in spool_dir.iterdir() if p.is_dir()))
+    assert len(modes) == 5  # the destination's directory, two batches, two markers
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_users_destination_directory_follows_the_umask(tmp_path: Path) -> None:
+    """A local destination is the user's to share: 0755 directories, 0644 files under 022."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="shared")
+    try:
+        text(tracker, "shared")
+        tracker.flush_blocking(timeout=JOIN)
+    finally:
+        tracker.close(timeout=JOIN)
+    modes = _modes(destination)
+    assert len(modes) > 3
+    for path, mode in modes.items():
+        assert mode == ("0o755" if (tmp_path / path).is_dir() else "0o644"), (path, mode)

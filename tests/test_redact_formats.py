@@ -140,9 +140,15 @@ def test_a_format_right_after_a_json_newline_is_redacted(secret: str, before: in
 
 _token_pieces = st.one_of(
     st.sampled_from(
-        ["sk-", "sk_live_", "pk-lf-", "ghp_", "AKIA", "xoxb-", "eyJ", "npm_", "pypi-AgEIcHlwaS5vcmc"]
+        [
+            *("sk-", "sk_live_", "pk-lf-", "ghp_", "AKIA", "xoxb-", "eyJ", "npm_", "pypi-AgEIcHlwaS5vcmc"),
+            # Formats found from a lookbehind at the run or from what follows its hex digits.
+            *("ya29.", "hvs.", "dp.pt.", "12345:AA", "patAbcdefghijklmn.", "0123456789abcdef" * 2 + "-us1"),
+            "0123456789abcdef" * 2 + "0123NRAL",
+        ]
     ),
     st.text("abcXYZ0189_-", min_size=1, max_size=45),
+    st.text("0123456789abcdef", min_size=20, max_size=70),
     st.sampled_from([" ", "\\n", "\\t", "\\", ".", "eyJabcdefghi.eyJabcdefghi.x"]),
 )
 

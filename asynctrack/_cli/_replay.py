@@ -40,6 +40,7 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
 
     async def deliver(destination: str, options: dict[str, str]) -> tuple[int, int, int]:
         spool = Spool(spool_dir, destination, max_bytes=0)
+        spool.tighten()  # even when the destination is not reachable now
         sink = make_sink(destination, **{**options, **s3_options})
         sent = events = failed = 0
         try:

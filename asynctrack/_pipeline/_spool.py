@@ -30,6 +30,18 @@ into its own claim directory, an atomic step only one process can win, so two
 trackers recovering one spool never take the same batch. What it has not
 delivered by its close goes back to the spool. The claim directory of a process
 that died (same host, no such pid) is given back by the next claim.
+
+The spool is private to the user, whatever the umask: every directory it creates
+(the spool directory and its missing parents, each destination's directory, claim
+directories) is created 0700 and every file (batches, markers, their temporary
+files) 0600; the mode is given to ``os.mkdir``/``os.open``, so nothing is ever
+readable by others, not even before a ``chmod``. A destination's directory and the
+claim directories in it, found with looser modes (a spool written before this
+rule), are set to 0700, and the files in them to 0600, when a tracker recovers the
+spool or ``asynctrack replay`` runs (a destination's directory also when a batch is
+spooled). A spool directory that already exists is left as it is: it may be one the
+user shares (``spool_dir="/tmp"``), and it holds only directories named by a hash of
+the destination, each private.
 """
 
 from __future__ import annotations
@@ -53,12 +65,40 @@ _DESTINATION: Final = "destination.txt"
 _OPTIONS: Final = "options.json"
 _HEADER: Final = b"asynctrack-spool 1 "
 _CLAIM: Final = ".claim-"
+_DIRECTORY_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+
+
+def _private_directory(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each 0700 (see the module docstring)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, _DIRECTORY_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another tracker (private too)
+        # The umask can only have taken bits away: give the owner's back while it is empty.
+        os.chmod(path, _DIRECTORY_MODE)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Set ``path`` (one of the spool's own) to ``mode`` if it is looser or lacks bits."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
 
 
 def _write_whole(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_directory(path.parent)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "wb") as file:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with open(fd, "wb") as file:
+        os.fchmod(fd, _FILE_MODE)  # as for directories: the umask's bits, before any data
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
@@ -149,6 +189,7 @@ class Spool:
         if self.size() + len(batch.data) > self.max_bytes:
             return None
         marker = self.directory / _DESTINATION
+        _tighten(self.directory, _DIRECTORY_MODE)
         if not marker.exists():
             _write_whole(self.directory / _OPTIONS, json.dumps(self.options).encode())
             _write_whole(marker, self.destination.encode())
@@ -169,6 +210,7 @@ class Spool:
         A batch another tracker renamed first is not taken. Claim directories left by
         processes of this host that no longer run are given back first.
         """
+        self.tighten()
         self._adopt_orphans()
         mine = self.claim_directory
         claimed: list[Batch] = []
@@ -176,7 +218,7 @@ class Spool:
             assert batch.spool_path is not None
             source = Path(batch.spool_path)
             target = mine / source.name
-            mine.mkdir(parents=True, exist_ok=True)
+            _private_directory(mine)
             try:
                 os.rename(source, target)
             except FileNotFoundError:
@@ -212,6 +254,19 @@ class Spool:
         if self._claim_pid == os.getpid():
             with contextlib.suppress(OSError):
                 self._claim_dir.rmdir()
+
+    def tighten(self) -> None:
+        """Set this destination's directory and the claim directories in it to 0700, and
+        the files in them to 0600, where found looser (a spool written before it was
+        private: see the module docstring). One ``stat`` per file: run on recovery and
+        replay, not per batch spooled."""
+        if not self.directory.is_dir():
+            return
+        for directory in (self.directory, *self.directory.glob(f"{_CLAIM}*")):
+            _tighten(directory, _DIRECTORY_MODE)
+            for path in directory.iterdir():
+                if not path.is_dir():
+                    _tighten(path, _FILE_MODE)
 
     def _adopt_orphans(self) -> None:
         if not self.directory.is_dir():

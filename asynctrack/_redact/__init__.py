@@ -30,17 +30,35 @@ parameters. A redacted value becomes ``[REDACTED]``.
      characters up to whitespace, a quote, ``,``, ``;``, ``&``, ``)``, ``}``,
      ``]``, ``<``, ``>`` or a backslash; an auth scheme word (``Bearer``,
      ``Basic``, ``Token``, ``Digest``) before it is kept. Values of any length.
-2. **Value detectors** (formats from the gitleaks, trufflehog and detect-secrets
-   rule sets), anywhere in any text: OpenAI/Anthropic/Langfuse ``sk-...``,
-   Langfuse ``pk-lf-...``, LangSmith ``lsv2_...``, AWS access key ids
-   (``AKIA``/``ASIA``/``ABIA``/``ACCA`` + 16), bare AWS secret access keys (see
-   below), GitHub (``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``), GitLab ``glpat-``,
-   Slack ``xox?-`` tokens and webhook URLs, Stripe ``sk_live_``/``rk_live_``/
-   ``sk_test_``, Google ``AIza...``, Hugging Face ``hf_``, npm ``npm_``, PyPI
-   ``pypi-AgEIcHlwaS5vcmc...``, Groq ``gsk_``, xAI ``xai-``, Replicate ``r8_``,
-   SendGrid ``SG.x.y``, JWTs (``eyJ...eyJ...``), ``Bearer <16+ chars>``, PEM
-   private key blocks (``-----BEGIN ... PRIVATE KEY-----`` to its END line, or to
-   the end of the string), and the password of a URL (``scheme://user:pw@host``).
+2. **Value detectors**, anywhere in any text: the credential formats of the public
+   rule sets (gitleaks' default rules, detect-secrets' plugins, GitHub secret
+   scanning's partner patterns) that LangChain events can carry, by family:
+   - AI providers: ``sk-...`` (OpenAI, Anthropic, Langfuse), ``pk-lf-``, ``lsv2_``,
+     ``ls__``, ``hf_``, ``gsk_``, ``xai-``, ``r8_``, ``pplx-``, ``tvly-``, ``pcsk_``;
+   - cloud keys and signed URLs: AWS key ids (``AKIA``/``ASIA``/``ABIA``/``ACCA`` +
+     16), bare AWS secret access keys (below), ``X-Amz-Signature=``, SigV2
+     ``Signature=``, ``X-Goog-Signature=``, Azure SAS ``sig=``, ``AIza...``,
+     ``ya29.``, ``GOCSPX-``;
+   - connection strings: the password of a URL (``scheme://user:pw@host``), Oracle
+     ``jdbc:oracle:thin:user/pw@``;
+   - SaaS tokens: GitHub (``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``), GitLab
+     (``glpat-`` and its other token prefixes), Slack ``xox?-``/``xapp-`` and webhook
+     URLs, Stripe ``sk_live_``/``sk_test_``/``rk_*``/``whsec_``, SendGrid ``SG.x.y``,
+     npm ``npm_``, PyPI ``pypi-AgEIcHlwaS5vcmc...``, Twilio ``SK`` + 32 hex, Mailgun
+     ``key-``, Mailchimp ``<32 hex>-usN``, Shopify ``shp??_``, Square ``sq0???-``/
+     ``EAA...``, New Relic ``NRAK-``/``NRII-``/``NRJS-``/``...NRAL``, Heroku ``HRKU-``,
+     DigitalOcean ``do?_v1_``, ``/api/webhooks/<id>/<token>`` (Discord's),
+     Telegram bot tokens, Atlassian ``ATATT3``, Linear ``lin_api_``, Notion
+     ``ntn_``/``secret_``, Airtable ``pat<14>.<64 hex>``, Postman ``PMAK-``, Doppler
+     ``dp.pt.``, Databricks ``dapi``, Vault ``hvs.``/``hvb.``/``hvr.``, Sentry
+     ``sntry?_``, age ``AGE-SECRET-KEY-1``;
+   - private keys: PEM blocks (``-----BEGIN ... PRIVATE KEY-----`` to its END line,
+     or to the end of the string), ssh.com's ``---- BEGIN SSH2 ... PRIVATE KEY ----``
+     blocks, PuTTY key files (to the end of the string);
+   - credential files: ``.netrc`` ``machine h [login u] password p`` (one line or
+     several), ``.pgpass`` lines ``host:port:db:user:password`` starting a line
+     (``.npmrc``, ``.pypirc`` and Docker's ``auth`` are key rules);
+   - tokens in transit: JWTs (``eyJ...eyJ...``), ``Bearer <16+ chars>``.
    A bare AWS secret access key is a run of exactly 40 ``[A-Za-z0-9/+]`` with an
    upper-case letter, a lower-case letter and a digit, not part of a longer
    base64 run, and either holding ``/`` or ``+`` or having ``aws``, ``secret`` or
@@ -49,14 +67,16 @@ parameters. A redacted value becomes ``[REDACTED]``.
 3. ``redact_patterns``: your own regexes, run on every text as bytes (keep them
    linear: a possessive or bounded quantifier, no nested repetition).
 
-Not caught: a credential with no known format and no credential-like key before
-it (``my pin is 1234``), a key and value separated only by a space
-(``--password hunter2``), a value under a credential key that is itself JSON text
-of an object or list inside a string (the keys inside it are still checked), a
-secret split by an encoding the scan cannot see (base64 of a ``bytes`` value that
-is not text is written as ``latin1`` text and scanned, but base64 *inside* a
-string is not decoded), and in a token stream, text written by earlier tokens
-before the stream showed it to be a credential (see ``StreamRedactor``).
+Not caught: a credential with no format of its own and no credential-like key
+before it (Datadog's and Azure AI's hex keys, Cohere's, Mistral's, a PIN), a key
+and value separated only by a space (``--password hunter2``), ``.netrc``
+``default`` entries, a ``.pgpass`` line that does not start a line, a value under
+a credential key that is itself JSON text of an object or list inside a string
+(the keys inside it are still checked), a secret split by an encoding the scan
+cannot see (base64 of a ``bytes`` value that is not text is written as ``latin1``
+text and scanned, but base64 *inside* a string is not decoded), and in a token
+stream, the part of a format without a distinctive prefix written by earlier
+tokens before the stream showed it to be a credential (see ``StreamRedactor``).
 
 Linear time
 -----------

@@ -5,12 +5,12 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Iterator
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from typing import Final
 
 from ._common import REDACTED_BYTES
 
-__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "run_formats"]
+__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "pgpass_lines", "run_formats"]
 
 # -- value detectors ------------------------------------------------------------------
 #
@@ -40,23 +40,58 @@ _FEW_RUNS: Final = 8
 #: The formats that start a run, in order (the first that matches wins).
 _RUN_FORMATS: Final = (
     rb"sk-[A-Za-z0-9_\-]{20,}+",  # OpenAI (sk-proj-), Anthropic (sk-ant-), Langfuse (sk-lf-)
-    rb"sk_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
-    rb"rk_live_[A-Za-z0-9]{16,}+",
+    rb"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
+    rb"whsec_[A-Za-z0-9]{24,}+",  # Stripe webhook signing secret
     rb"pk-lf-[A-Za-z0-9_\-]{16,}+",  # Langfuse public
     rb"lsv2_[A-Za-z0-9_]{20,}+",  # LangSmith
+    rb"ls__[a-f0-9]{32}",
     rb"A(?:KIA|SIA|BIA|CCA)[0-9A-Z]{16}(?![0-9A-Za-z])",  # AWS access key ids
     rb"gh[pousr]_[A-Za-z0-9]{30,}+",  # GitHub
     rb"github_pat_[A-Za-z0-9_]{22,}+",
-    rb"glpat-[A-Za-z0-9_\-]{20,}+",  # GitLab
-    rb"xox[abposr]-[A-Za-z0-9\-]{15,}+",  # Slack
-    rb"AIza[0-9A-Za-z_\-]{35,}+",  # Google
+    rb"gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat|agent|ffct)-[A-Za-z0-9_\-]{20,}+",  # GitLab
+    rb"GR1348941[A-Za-z0-9_\-]{20,}+",  # GitLab runner registration
+    rb"xox[abposre]-[A-Za-z0-9\-]{15,}+",  # Slack
+    rb"xapp-[0-9]-[A-Za-z0-9\-]{20,}+",
+    rb"AIza[0-9A-Za-z_\-]{35,}+",  # Google API key
+    rb"GOCSPX-[A-Za-z0-9_\-]{24,}+",  # Google OAuth client secret
     rb"hf_[A-Za-z0-9]{30,}+",  # Hugging Face
     rb"npm_[A-Za-z0-9]{36,}+",  # npm
     rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,}+",  # PyPI
     rb"gsk_[A-Za-z0-9]{40,}+",  # Groq
     rb"xai-[A-Za-z0-9]{50,}+",  # xAI
     rb"r8_[A-Za-z0-9]{30,}+",  # Replicate
+    rb"pplx-[A-Za-z0-9]{40,}+",  # Perplexity
+    rb"tvly-(?:dev-|prod-)?[A-Za-z0-9]{20,}+",  # Tavily
+    rb"pcsk_[A-Za-z0-9_]{40,}+",  # Pinecone
+    rb"SK[0-9a-fA-F]{32}(?![A-Za-z0-9_\-])",  # Twilio API key
+    rb"key-[0-9A-Za-z]{32}(?![A-Za-z0-9_\-])",  # Mailgun
+    rb"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",  # Shopify
+    rb"sq0(?:atp|csp)-[A-Za-z0-9_\-]{22,}+",  # Square
+    rb"EAA[A-Za-z0-9_\-]{60,}+",  # Square access token, Facebook/Meta access token
+    rb"NR(?:AK|II|JS)-[A-Za-z0-9_\-]{19,}+",  # New Relic
+    rb"HRKU-[A-Za-z0-9_\-]{20,}+",  # Heroku
+    rb"do[opr]_v1_[a-f0-9]{64}",  # DigitalOcean
+    rb"ATATT3[A-Za-z0-9_\-=]{20,}+",  # Atlassian
+    rb"lin_(?:api|oauth)_[A-Za-z0-9]{32,}+",  # Linear
+    rb"ntn_[A-Za-z0-9]{40,}+",  # Notion
+    rb"secret_[A-Za-z0-9]{43}(?![A-Za-z0-9_\-])",  # Notion (integration secret)
+    rb"PMAK-[a-f0-9]{24}-[a-f0-9]{34}",  # Postman
+    rb"dapi[a-f0-9]{32}(?:-[0-9]++)?(?![A-Za-z0-9_])",  # Databricks
+    rb"sntry[su]_[A-Za-z0-9_=+/\-]{40,}+",  # Sentry
+    rb"AGE-SECRET-KEY-1[0-9A-Z]{58}",  # age
     rb"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+",  # JWT
+    # Formats whose run starts after the format's own start (a prefix ending in '.' or
+    # ':'), found by a lookbehind from the run (the run is the secret), and formats whose
+    # run starts with hex digits, found by what follows them.
+    rb"(?<=ya29\.)[A-Za-z0-9_\-]{20,}+",  # Google OAuth access token
+    rb"(?<=hv[sbr]\.)[A-Za-z0-9_\-]{24,}+",  # HashiCorp Vault
+    rb"(?<=dp\.(?:pt|st|ct|sa)\.)[A-Za-z0-9]{40,}+",  # Doppler
+    rb"(?<=dp\.scim\.)[A-Za-z0-9]{40,}+",
+    rb"(?<=dp\.audit\.)[A-Za-z0-9]{40,}+",
+    rb"(?<=pat[A-Za-z0-9]{14}\.)[a-f0-9]{64}(?![A-Za-z0-9])",  # Airtable personal access token
+    rb"(?<=[0-9]{5}:)AA[A-Za-z0-9_\-]{31,33}+(?![A-Za-z0-9_\-])",  # Telegram bot token
+    rb"[0-9a-f]{32}-us[0-9]{1,2}(?![A-Za-z0-9_\-])",  # Mailchimp
+    rb"[0-9a-f]{36}NRAL(?![A-Za-z0-9_\-])",  # New Relic license key
 )
 _FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
 #: At the byte before a run: a format at the run's start, or else (group 2) right
@@ -64,14 +99,22 @@ _FORMAT: Final = b"(" + b"|".join(_RUN_FORMATS) + b")"
 _FORMAT_AFTER: Final = re.compile(rb"(?s:.)(?:" + _FORMAT + rb"|(?<=\\)[ntrbf]" + _FORMAT + rb")")
 _FORMAT_FIRST: Final = re.compile(_FORMAT)  # a run at the start of the text
 #: The first two bytes of every format: a run that starts with none of them (nor with
-#: an escape's letter) needs no match (a set lookup is cheaper than the regex).
-_PREFIXES: Final = frozenset(b"sk rk pk ls AK AS AB AC gh gi gl xo AI hf np py gs xa r8 ey".split())
+#: an escape's letter, nor after a '.', nor with a Mailchimp or New Relic key's hex
+#: digits, told by what follows them) needs no match (a set lookup is cheaper than the
+#: regex).
+_PREFIXES: Final = frozenset(
+    b"sk rk wh pk ls AK AS AB AC gh gi gl GR xo xa AI GO hf np py gs r8 pp tv pc SK ke sh sq EA NR HR do AT"
+    b" li nt se PM da sn AG ey AA".split()
+)
 _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a run
 
-#: (literal that must occur, pattern, group to redact: 0 for the whole match)
+#: (literal that must occur, pattern, group to redact: 0 for the whole match); entries
+#: that share a literal check it once per text. A lookbehind ``(?<![^\\][A-Za-z0-9]...)``
+#: asks that no word character come before the format, unless it is the letter of a
+#: JSON escape (``\\nBearer xyz``).
 LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (
-        b"-----BEGIN",
+        b"BEGIN",  # one check for this and ssh.com's blocks
         re.compile(
             rb"-----BEGIN (?:[A-Z0-9]{1,20}+ ){0,4}PRIVATE KEY(?: BLOCK)?-----"
             # Up to "-----END" or the string's end: runs without '-' in one step each
@@ -86,11 +129,66 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
     (b"://", re.compile(rb"hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_\-]{10,}+"), 0),
     (
         b"earer",
-        re.compile(rb"earer(?<=[Bb]earer)(?<![A-Za-z0-9].earer)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"),
+        re.compile(rb"earer(?<=[Bb]earer)(?<![^\\][A-Za-z0-9].earer)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"),
         1,
     ),
-    (b"BEARER", re.compile(rb"BEARER(?<![A-Za-z0-9]BEARER)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"), 1),
-    (b"SG.", re.compile(rb"SG\.(?<![A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+"), 0),
+    (b"BEARER", re.compile(rb"BEARER(?<![^\\][A-Za-z0-9]BEARER)[ \t]++([A-Za-z0-9._~+/=\-]{16,}+)"), 1),
+    (b"SG.", re.compile(rb"SG\.(?<![^\\][A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+"), 0),
+    # Private keys in the other text formats: ssh.com's (to its END line or the string's
+    # end, as PEM) and PuTTY's (the whole file: to the string's end).
+    (
+        b"BEGIN",
+        re.compile(
+            rb"---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----"
+            rb"(?:[^\"\\\-]++|-(?!--- END)|\\.)*+(?:---- END[A-Z0-9 ]{0,60}+----)?"
+        ),
+        0,
+    ),
+    (b"PuTTY-User-Key-File-", re.compile(rb"PuTTY-User-Key-File-(?:[^\"\\]++|\\.)*+"), 0),
+    # Signed URLs: the signature of an AWS (SigV4 ``X-Amz-Signature``, SigV2
+    # ``Signature``) or GCP (``X-Goog-Signature``) URL, and an Azure SAS's ``sig``.
+    (
+        b"=",  # one check (a byte: memchr) for this and the next
+        re.compile(
+            rb"ignature=(?<=[Ss]ignature=)(?<![^\\][A-Za-z0-9_].ignature=)([A-Za-z0-9%+/=_.\-]{16,}+)"
+        ),
+        1,
+    ),
+    (b"=", re.compile(rb"sig=(?<=[?&;]sig=)([A-Za-z0-9%+/=_.\-]{16,}+)"), 1),
+    # Webhook URLs whose last segment is the secret (Discord's and the same shape), in a URL.
+    (b"://", re.compile(rb"/api/webhooks/[0-9]{5,30}+/([A-Za-z0-9_\-]{20,}+)"), 1),
+    # Oracle's JDBC URL: user/password@host.
+    (
+        b"jdbc:oracle:",
+        re.compile(rb"jdbc:oracle:[a-z]{1,10}+:[^/@\s\"\\:]{1,128}+/([^/@\s\"\\:]{1,128}+)@"),
+        1,
+    ),
+    # Credential files. ``.netrc``: ``machine <host> [login <u>] password <p>``, on one
+    # line or several (a JSON ``\\n`` between words).
+    (
+        b"machine",
+        re.compile(
+            rb"machine(?<![^\\][A-Za-z0-9_\-]machine)(?:[ \t]|\\[ntr])++[^\s\"\\]{1,256}+"
+            rb"(?:(?:[ \t]|\\[ntr])++(?:login|account|port)(?:[ \t]|\\[ntr])++[^\s\"\\]{1,256}+){0,3}+"
+            rb"(?:[ \t]|\\[ntr])++password(?:[ \t]|\\[ntr])++([^\s\"\\]{1,256}+)"
+        ),
+        1,
+    ),
+)
+
+#: ``.pgpass``: a line ``host:port:database:user:password`` (port a number or ``*``),
+#: found from the ':' before the port (group 1: the password). The host, checked in
+#: Python per candidate, must start a line: a JSON string's start or a ``\\n``.
+_PGPASS: Final = re.compile(rb':(?:[0-9]{1,5}+|\*):[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)')
+_HOST_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_*[]%"
+#: Candidates judged one by one per text at most. Past them (a hostile or junk text),
+#: one pass of the whole rule as a regex (group 1: the password), whose every attempt
+#: starts at a '"' or a backslash: costlier per byte than the search from ':', so kept
+#: for such texts.
+_PGPASS_CHECKED: Final = 64
+_PGPASS_LINE: Final = re.compile(
+    rb'(?:"|\\n)[A-Za-z0-9.\-_*\[\]%]{1,253}+:(?:[0-9]{1,5}+|\*):'
+    rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
 )
 
 #: ``bytes.translate`` table: base64 characters ``[A-Za-z0-9+/]`` -> ``a``, all else -> space.
@@ -130,7 +228,12 @@ def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
         return []
     found = []
     for _ in range(_FEW_RUNS):
-        if text[i : i + 2] in _PREFIXES or (i and text[i - 1] == 0x5C and text[i] in _ESCAPES):
+        if (
+            text[i : i + 2] in _PREFIXES
+            or (i and (text[i - 1] == 0x2E or (text[i - 1] == 0x5C and text[i] in _ESCAPES)))
+            or text[i + 32 : i + 35] == b"-us"
+            or text[i + 36 : i + 40] == b"NRAL"
+        ):
             m = _FORMAT_AFTER.match(text, i - 1) if i else _FORMAT_FIRST.match(text)
             if m is not None:
                 found.append(m)
@@ -186,6 +289,29 @@ def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:
     if not secrets:
         return []
     return list(zip(secrets, map(operator.add, secrets, repeat(40)), repeat(REDACTED_BYTES)))
+
+
+def pgpass_lines(text: bytes) -> list[tuple[int, int, bytes]]:
+    """Spans of the passwords of ``.pgpass`` lines in ``text`` (JSON text)."""
+    first = _PGPASS.search(text)  # one C call for the texts (nearly all) without one
+    if first is None:
+        return []
+    found = list(islice(_PGPASS.finditer(text, first.start()), _PGPASS_CHECKED + 1))
+    if len(found) > _PGPASS_CHECKED:
+        lines = list(_PGPASS_LINE.finditer(text))
+        return list(zip(map(_START, lines, repeat(1)), map(_END, lines, repeat(1)), repeat(REDACTED_BYTES)))
+    spans = []
+    for m in found:
+        window = text[max(0, m.start() - 256) : m.start()]
+        before = window.rstrip(_HOST_CHARS)
+        host = len(window) - len(before)
+        if before.endswith(b"\\") and window[len(before) : len(before) + 1] == b"n":
+            host -= 1  # the letter of a JSON "\n" escape
+        elif not (before.endswith(b'"') or (not before and m.start() < 256)):
+            continue
+        if 0 < host <= 253:
+            spans.append((m.start(1), m.end(1), REDACTED_BYTES))
+    return spans
 
 
 def base64_runs(text: bytes) -> bool:

@@ -7,12 +7,13 @@ import itertools
 import re
 import threading
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Final
 
 import orjson
 
 from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
-from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, run_formats
+from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, pgpass_lines, run_formats
 from ._keys import (
     ANY_PAIR,
     MAX_PAIRS,
@@ -42,6 +43,8 @@ _COUNT_FROM: Final = 1 << 16  # chunks longer than this are counted before they 
 _MAX_PIECE: Final = 1 << 16  # longer pieces are not remembered
 _CLEAN_MAX: Final = 1 << 15  # pieces remembered at most ...
 _CLEAN_MAX_BYTES: Final = 8 << 20  # ... and their bytes (then the cache starts over)
+_START: Final = re.Match.start
+_END: Final = re.Match.end
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -392,7 +395,13 @@ class Redactor:
             if found is None:
                 found = present[literal] = literal in text
             if found:
-                spans.extend((m.start(group), m.end(group), REDACTED_BYTES) for m in pattern.finditer(text))
+                # C calls per hit (a text dense with hits costs no Python bytecode per hit).
+                hits = list(pattern.finditer(text))
+                if hits:
+                    starts = map(_START, hits, repeat(group))
+                    spans.extend(zip(starts, map(_END, hits, repeat(group)), repeat(REDACTED_BYTES)))
+        if b":" in text:
+            spans.extend(pgpass_lines(text))
         if len(text) >= 40:
             spans.extend(aws_secrets(text))
         return spans

@@ -14,14 +14,53 @@ __all__ = ["StreamRedactor"]
 
 _TAIL: Final = 256
 _QUOTE_MARKS: Final = ('"', "'")
-#: A credential format whose start the stream has shown but whose end it has not.
-_OPEN_PREFIX: Final = re.compile(
-    r"(?<![A-Za-z0-9_\-])(?:sk-|pk-lf-|lsv2_|gh[pousr]_|github_pat_|glpat-|xox[abposr]-"
-    r"|AKIA|ASIA|AIza|eyJ)[A-Za-z0-9_\-.]*\Z"
+#: The start of a credential format (the detectors' prefixes that are at least three
+#: characters long and rare in prose), matched where a run of credential characters
+#: starts at the end of the stream: the stream has shown the format's start, not its end.
+#: Left out: prefixes that also start identifiers a model writes in code (``hf_`` as in
+#: ``hf_hub_download``, ``npm_`` as in ``npm_config_``); ``dapi`` needs four hex digits
+#: after it (``dapibus``).
+_PREFIX: Final = re.compile(
+    r"sk-|[sr]k_(?:live|test)_|whsec_|pk-lf-|lsv2_|ls__|gh[pousr]_|github_pat_"
+    r"|gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat|agent|ffct)-|GR1348941|xox[abposre]-|xapp-"
+    r"|A(?:KIA|SIA|BIA|CCA)|AIza|GOCSPX-|pypi-AgEIcHlwaS5vcmc|gsk_|xai-|r8_|pplx-|tvly-"
+    r"|pcsk_|shp(?:at|ca|pa|ss)_|sq0(?:atp|csp)-|NR(?:AK|II|JS)-|HRKU-|do[opr]_v1_|ATATT3"
+    r"|lin_(?:api|oauth)_|ntn_|PMAK-|dapi(?=[0-9a-f]{4})|sntry[su]_|AGE-SECRET-KEY-|SG\.|ya29\."
+    r"|hv[sbr]\.|dp\.(?:pt|st|ct|sa|scim|audit)\.|eyJ"
 )
+_CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
+
+
+def _open_prefix(text: str) -> int:
+    """Where, in ``text``, a credential format starts whose run of credential characters
+    reaches the end of ``text`` (its last 64 characters are read), or -1.
+
+    A format starts where that last run starts or right after a '.' in it: one
+    ``rstrip`` and a match per such place, not a search at every character.
+    """
+    tail = text[-64:]
+    start = len(tail.rstrip(_CREDENTIAL_CHARS))
+    while start < len(tail):
+        if _PREFIX.match(tail, start) is not None:
+            return len(text) - len(tail) + start
+        dot = tail.find(".", start)
+        if dot == -1:
+            break
+        start = dot + 1
+    return -1
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
+#: A private key block's first line (PEM, ssh.com's, PuTTY's): the key follows, over
+#: more characters than a tail holds.
+_KEY_BLOCK: Final = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]{1,20}+ ){0,4}PRIVATE KEY(?: BLOCK)?-----"
+    r"|---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----|PuTTY-User-Key-File-"
+)
+#: What ends a key block (the key's last line; PuTTY's MAC line follows its key).
+_KEY_BLOCK_ENDS: Final = ("-----END", "---- END", "Private-MAC:")
+#: ``open_`` while a key block is open: redacted whole, token by token, up to its end.
+_IN_KEY_BLOCK: Final = "-----BEGIN"
 #: Read backwards from a quote: the separator and the key before it (``"password": "``
 #: reversed is ``" :"drowssap``); group 1 the key, reversed. A match at the start of the
 #: reversed text costs what the key's length does, wherever the quote is.
@@ -41,8 +80,10 @@ class StreamRedactor:
     in the next); and (with ``is_credential``, the key rule) once the stream ends in a
     quoted value opened under a credential key (``"password": "hun``, as a tool call's
     streamed arguments are), the value is redacted up to its closing quote or the end of
-    its line. Left: a secret with no prefix (a bare AWS secret, a URL password) split
-    across tokens has its earlier part written.
+    its line; and once the stream has shown a private key block's first line, every
+    token is redacted whole up to the token that ends the block (a key is longer than
+    the tail the full spec sees). Left: a secret with no prefix (a bare AWS secret, a
+    URL password) split across tokens has its earlier part written.
     """
 
     def __init__(
@@ -51,13 +92,20 @@ class StreamRedactor:
         self._redact = redact
         self._is_credential = is_credential
         # Per run: the stream's tail, and whether a credential is open in it: False, True
-        # (a known format's run of credential characters) or the quote that will close
-        # a quoted value under a credential key.
+        # (a known format's run of credential characters), the quote that will close
+        # a quoted value under a credential key, or _IN_KEY_BLOCK.
         self._tails: dict[object, tuple[str, bool | str]] = {}
 
     def token(self, run: object, token: str) -> str:
         tail, open_ = self._tails.pop(run, ("", False))
         out = token
+        if open_ == _IN_KEY_BLOCK:
+            seen = tail[-16:] + token  # an end marker split across tokens
+            out = REDACTED
+            if any(end in seen for end in _KEY_BLOCK_ENDS):
+                open_ = False
+            self._remember(run, tail + token, open_)
+            return out
         if open_:
             if open_ is True:
                 continued = _CREDENTIAL_RUN.match(token)
@@ -73,9 +121,8 @@ class StreamRedactor:
         if redacted != joined:
             out = _token_part(joined, redacted, len(tail), out)
         if not open_:
-            found = _OPEN_PREFIX.search(joined[-64:])
-            if found is not None:
-                start = len(joined) - len(joined[-64:]) + found.start()
+            start = _open_prefix(joined)
+            if start != -1:
                 out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                 open_ = True
             else:
@@ -85,8 +132,24 @@ class StreamRedactor:
                     if start < len(joined):  # part of the value is here already
                         out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
                     open_ = joined[quote]
+        if not open_ and self._in_key_block(joined):
+            open_ = _IN_KEY_BLOCK
         self._remember(run, joined, open_)
         return out
+
+    @staticmethod
+    def _in_key_block(text: str) -> bool:
+        """Whether ``text`` ends inside a private key block (its first line shown, no end).
+
+        Read from the last ``PRIVATE KEY`` or PuTTY header on (a first line is at most
+        ~100 characters before its ``PRIVATE KEY``): a long text full of blocks costs two
+        ``rfind`` and a short search, not a match per block.
+        """
+        last = max(text.rfind("PRIVATE KEY"), text.rfind("PuTTY-User-Key-File-"))
+        if last == -1:
+            return False
+        blocks = list(_KEY_BLOCK.finditer(text, max(0, last - 100)))
+        return bool(blocks) and not any(end in text[blocks[-1].end() :] for end in _KEY_BLOCK_ENDS)
 
     def clean(self, streams: dict[object, list[str]], may_match: Callable[[str], bool]) -> set[object]:
         """Runs whose ``streams`` (tokens in order) need no redaction at all; their
@@ -104,7 +167,7 @@ class StreamRedactor:
             if (
                 not open_
                 and not may_match(joined)
-                and _OPEN_PREFIX.search(joined[-64:]) is None
+                and _open_prefix(joined) == -1
                 and self._open_quote(joined) == -1
             ):
                 out.add(run)
