@@ -77,13 +77,14 @@ _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measur
 
 
 #: What a translator makes of a record (see ``Translate``).
-Translated = tuple[int, bytes] | dict[str, Any] | None
+Translated = tuple[int, bytes] | list[tuple[int, bytes]] | dict[str, Any] | None
 
 
 class Translate(Protocol):
     """Turns a record into ``(seq, JSON line)``, an event dict for the engine to encode,
-    or ``None`` (dropped by the ``redact`` hook, counted as filtered). Worker thread only,
-    so it may keep state."""
+    ``None`` (dropped by the ``redact`` hook, counted as filtered), or a list of
+    ``(seq, JSON line)`` to add now, maybe none (sampling holds lines back, and writes
+    them later). Worker thread only, so it may keep state."""
 
     def __call__(self, record: Any, /) -> Translated: ...
 
@@ -99,9 +100,7 @@ class ChunkTranslate(Translate, Protocol):
 
     def prepare(self, records: Sequence[Any], /) -> None: ...
 
-    def many(
-        self, records: Sequence[Any], /
-    ) -> Sequence[tuple[int, bytes] | dict[str, Any] | Exception | None]: ...
+    def many(self, records: Sequence[Any], /) -> Sequence[Translated | Exception]: ...
 
 
 class _PerRecord:
@@ -424,6 +423,13 @@ class Worker:
         exported: list[bytes] = []
         for result in results:
             out = result
+            if type(out) is list:  # lines held back before (sampling), added now; or none yet
+                for seq, line in out:
+                    sealed = add(seq, line)
+                    exported.append(line)
+                    if sealed is not None:
+                        self._dispatch(sealed)
+                continue
             if type(out) is not tuple:
                 if out is None:
                     counters.filtered += 1
