@@ -320,6 +320,36 @@ def test_sessions_and_users_are_on_every_span(tmp_path: Path) -> None:
     )
 
 
+def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    class State(TypedDict):
+        x: str
+
+    def node(state: State) -> State:
+        return {"x": state["x"] + "!"}
+
+    builder = StateGraph(State)
+    builder.add_node("shout", node)
+    builder.add_edge(START, "shout")
+    builder.add_edge("shout", END)
+    tracker = _tracker(tmp_path / "logs", "thread")
+    builder.compile().invoke(
+        {"x": "a"},
+        config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}, "metadata": {"user_id": "bob"}},
+    )
+    tracker.close()
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    assert len(spans) == 2  # the graph and its node
+    for span in spans:
+        attrs = attributes(span)
+        people = (attrs["gen_ai.conversation.id"], attrs["session.id"], attrs["user.id"])
+        assert people == ("t-7", "t-7", "bob")
+
+
 def test_runs_lists_and_filters_sessions_and_users(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
