@@ -164,6 +164,18 @@ def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: st
     assert (stats.dropped, stats.lost, stats.filtered) == (0, 0, 0)
 
 
+def test_a_trace_still_held_at_close_is_counted(tmp_path: Path, worker_mode: str) -> None:
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=0.0)
+    root = uuid.uuid4()
+    tracker.on_chain_start({}, {"q": 1}, run_id=root)
+    tracker.on_text("thinking", run_id=root)  # the root never ends
+    tracker.close()
+    stats = tracker.statistics()
+    assert stats.worker_mode == worker_mode
+    assert (stats.recorded, stats.written, stats.sampled_out, stats.lost) == (2, 0, 2, 0)
+    assert recorded_lines(tmp_path / "logs") == []
+
+
 def test_the_exporter_sees_the_traces_the_files_hold(tmp_path: Path, receiver: OTLPReceiver) -> None:
     destination = tmp_path / "logs"
     tracker = AsyncTracker(

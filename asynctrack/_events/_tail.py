@@ -8,7 +8,8 @@ A trace not sampled has its lines held here, in order:
 - when one of its runs fails, the held lines and every later one are written, each
   marked ``"sampled": false`` (kept for its error, not by the sample);
 - when its root ends with no failure, the held lines are dropped and counted
-  (``sampled_out``); a child that ends later is dropped too.
+  (``sampled_out``); a child that ends later is dropped too; so are the lines still
+  held when the worker stops (``finish``).
 
 Held lines are bounded by bytes (``max_queue_bytes // 4``): past the bound the oldest
 held trace is dropped, counted, as if its root had ended. Held lines are resolved for
@@ -71,6 +72,14 @@ class TailSampler:
 
     def prepare(self, records: Sequence[Any], /) -> None:
         self._inner.prepare(records)
+
+    def finish(self) -> None:
+        """The worker stops: the traces still held (no run failed, the root never ended)
+        are dropped, counted."""
+        for trace in list(self._traces.values()):
+            self.sampled_out += len(trace.lines)
+            self._release(trace)
+            trace.dropped = True
 
     def __call__(self, record: Any, /) -> Any:
         out = self.many((record,))[0]

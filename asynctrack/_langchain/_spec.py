@@ -23,7 +23,7 @@ from .._export._protocol import Exporter, LineExporter
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
-from .._pipeline._loop import ChunkTranslate, Translated
+from .._pipeline._loop import ChunkTranslate, Finishing, Translated
 from .._pipeline._spool import Spool
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
@@ -148,6 +148,10 @@ class _ObservedTranslate:
 
     def prepare(self, records: Sequence[Any], /) -> None:
         self._translator.prepare(records)
+
+    def finish(self) -> None:
+        if isinstance(self._translator, Finishing):
+            self._translator.finish()
 
     def __call__(self, record: Any, /) -> Translated:
         out = self._translator(record)

@@ -55,7 +55,7 @@ from ._delivery import Delivery
 from ._queue import BoundedQueue
 from ._statistics import Counters, Reporter
 
-__all__ = ["ChunkTranslate", "State", "Translate", "Worker"]
+__all__ = ["ChunkTranslate", "Finishing", "State", "Translate", "Worker"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -123,6 +123,14 @@ class _PerRecord:
             except Exception as exc:
                 out.append(exc)
         return out
+
+
+@runtime_checkable
+class Finishing(Protocol):
+    """A translator that holds records back (sampling): told when the worker stops, so
+    that it counts what it still holds (it writes nothing more)."""
+
+    def finish(self) -> None: ...
 
 
 def chunked(translate: Translate) -> ChunkTranslate:
@@ -573,6 +581,8 @@ class Worker:
         markers = list(self._barrier.markers)  # before the cancellations remove them
         await delivery.stop()
         await self._drain(final=True)  # encode what is still buffered: it is spooled too
+        if isinstance(self.translate, Finishing):
+            self.translate.finish()
         for number, batch in self._batcher.seal():
             delivery.keep(number, batch)
         spooled_before = counters.spooled
