@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from .._config import TrackerConfig
 from .._sampling import OTEL_PARENT, ratio_bound, root_sampled, run_int
 from ._schema import BODY, ENDS, KIND, PARENT_RUN_ID, RUN_ID, STARTS
+
+if TYPE_CHECKING:
+    from .._pipeline._loop import ChunkTranslate
 
 __all__ = ["TailSampler"]
 
@@ -61,7 +64,7 @@ class TailSampler:
         sampled_out: lines held and then dropped (their trace had no failure).
     """
 
-    def __init__(self, translator: Any, config: TrackerConfig) -> None:
+    def __init__(self, translator: ChunkTranslate, config: TrackerConfig) -> None:
         self._inner = translator
         self._bound = ratio_bound(config.sample_rate)
         self.max_held = config.max_queue_bytes // 4
