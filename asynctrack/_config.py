@@ -101,6 +101,20 @@ class TrackerConfig:
             log line saying why, where a process cannot be started or the
             destination, hook or parameter sinks cannot cross to it (a ``Sink``
             object, a lambda).
+        sample_rate: the share of traces (a root run and every run under it)
+            recorded, from 0.0 to 1.0. Decided once per trace at its root, from
+            the low 64 bits of the root's run id as OpenTelemetry's
+            ``TraceIdRatioBased`` sampler decides from the trace id (a collector
+            with the same ratio keeps the same traces); a root started inside an
+            application OpenTelemetry span follows that span's sampled flag.
+            1.0 (default): everything is recorded and nothing is looked up.
+        sample_keep_errors: with ``sample_rate`` under 1.0, also keep every
+            trace not sampled in which a run failed, whole: such traces are
+            captured, and the worker holds their lines (at most
+            ``max_queue_bytes // 4`` bytes) until a run fails (then they are
+            written, marked ``"sampled": false``) or the root ends (then they
+            are dropped, counted in ``statistics().sampled_out``). Off: a trace
+            not sampled is not captured at all.
     """
 
     max_batch_events: int = 10_000
@@ -123,6 +137,8 @@ class TrackerConfig:
     handle_sigterm: bool = True
     worker: Literal["process", "thread"] | None = None
     redact: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None
+    sample_rate: float = 1.0
+    sample_keep_errors: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -168,5 +184,10 @@ class TrackerConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"invalid redaction regex {pattern!r}: {exc}") from None
+        rate = self.sample_rate
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample_rate must be a number from 0.0 to 1.0, got {rate!r}")
+        if not isinstance(self.sample_keep_errors, bool):
+            raise ValueError(f"sample_keep_errors must be a bool, got {self.sample_keep_errors!r}")
         if self.redact is not None and not callable(self.redact):
             raise ValueError(f"redact must be callable, got {self.redact!r}")

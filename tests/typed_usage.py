@@ -92,6 +92,12 @@ def configure() -> TrackerConfig:
     )
 
 
+def sampled(stats: Statistics) -> tuple[TrackerConfig, int]:
+    config = TrackerConfig(sample_rate=0.25, sample_keep_errors=False)
+    skipped: int = stats.sampled_out
+    return config, skipped
+
+
 async def record_async(destination: Path) -> Statistics:
     parameters = PrintParameters()
     sinks: list[ParametersSink] = [parameters]

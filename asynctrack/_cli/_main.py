@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     list_runs.add_argument("destination", nargs="?", default=DEFAULT_DESTINATION, help=destination_help)
     list_runs.add_argument("--experiment", help="only this experiment")
     list_runs.add_argument("--json", action="store_true", help="print the rows as JSON")
+    list_runs.add_argument(
+        "--session", help="only the runs of this session (metadata session_id, or LangGraph's thread_id)"
+    )
+    list_runs.add_argument("--user", help="only the runs of this user (metadata user_id)")
     add_s3_options(list_runs)
 
     show_run = commands.add_parser("show", help="one run as a tree in the terminal")
@@ -148,7 +152,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "runs":
         from ._runs import runs
 
-        return runs(args.destination, experiment=args.experiment, as_json=args.json, s3_options=options)
+        return runs(
+            args.destination,
+            experiment=args.experiment,
+            as_json=args.json,
+            s3_options=options,
+            session=args.session,
+            user=args.user,
+        )
     if args.command == "show":
         from ._show import show
 

@@ -23,6 +23,8 @@ _HEADERS = (
     "FIRST EVENT (UTC)",
     "LAST EVENT (UTC)",
     "DURATION",
+    "SESSIONS",
+    "USERS",
 )
 
 
@@ -55,7 +57,17 @@ def _cells(row: RunOverview) -> tuple[str, ...]:
         format_time(row.first_event),
         format_time(row.last_event),
         format_duration(row.duration),
+        _few(row.sessions),
+        _few(row.users),
     )
+
+
+def _few(values: tuple[str, ...]) -> str:
+    """``a``, ``a, b``, ``a, b (+3)``; ``-`` for none."""
+    if not values:
+        return "-"
+    shown = ", ".join(values[:2])
+    return shown if len(values) <= 2 else f"{shown} (+{len(values) - 2})"
 
 
 def table(rows: list[RunOverview]) -> str:
@@ -76,13 +88,26 @@ def polars_installed() -> bool:
     return importlib.util.find_spec("polars") is not None
 
 
-def runs(destination: str, *, experiment: str | None, as_json: bool, s3_options: dict[str, Any]) -> int:
-    """Print one row per run under ``destination`` (one experiment's if given), newest first."""
+def runs(
+    destination: str,
+    *,
+    experiment: str | None,
+    as_json: bool,
+    s3_options: dict[str, Any],
+    session: str | None = None,
+    user: str | None = None,
+) -> int:
+    """Print one row per run under ``destination`` (one experiment's if given), newest first.
+
+    With ``session`` (``user``), a row counts only the events of the LangChain runs of
+    that session (user), and runs with none are left out.
+    """
     try:
         if polars_installed():
-            rows = scan_run_summaries(destination, experiment, **s3_options)
+            rows = scan_run_summaries(destination, experiment, session=session, user=user, **s3_options)
         else:  # the core install: every event as a dict, in memory
-            rows = summarize_runs(read_checked(destination, experiment, None, s3_options))
+            events = read_checked(destination, experiment, None, s3_options)
+            rows = summarize_runs(events, session=session, user=user)
     except EXPECTED_ERRORS as exc:
         return error("runs", exc)
     if as_json:

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics
 from ._semconv import describe_end, describe_start, error_type, tags_attribute
@@ -154,9 +155,10 @@ class SpanAssembler:
         self.late_ends = 0
         self.bad_lines = 0
         self._open: dict[str, _Open] = {}
-        # run id -> (trace id, span id), for open runs and the last _KNOWN_IDS ended ones:
-        # a child whose start comes after its parent ended still finds its trace.
-        self._ids: dict[str, tuple[bytes, bytes]] = {}
+        # run id -> (trace id, span id, session and user attributes), for open runs and the
+        # last _KNOWN_IDS ended ones: a child whose start comes after its parent ended
+        # still finds its trace.
+        self._ids: dict[str, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
         self._evicted: dict[str, None] = {}
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
 
@@ -222,25 +224,32 @@ class SpanAssembler:
         parent_run_id = event.get("parent_run_id")
         parent_run_id = parent_run_id if isinstance(parent_run_id, str) else None
         span_id = span_id_of(run_id)
+        data = event.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        metadata = event.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        people = _people(metadata)
         if parent_run_id is None:
-            trace_id = trace_id_of(run_id)
-            parent_span_id = None
+            # A root inside an application span: that span's trace, as its child.
+            trace_id, parent_span_id = _application_parent(data.get(OTEL_PARENT)) or (
+                trace_id_of(run_id),
+                None,
+            )
         else:
             known = self._ids.get(parent_run_id)
             # A parent never seen (recorded by another tracker, or filtered out): its
             # children still share one trace, named after it.
             trace_id = known[0] if known is not None else trace_id_of(parent_run_id)
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
-        metadata = event.get("metadata")
-        metadata = metadata if isinstance(metadata, Mapping) else {}
+            if not people and known is not None:
+                people = known[2]  # the trace's session and user, on every span
         name = str(event.get("name") or kind.removesuffix("_start"))
         described = describe_start(
             kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
         )
         attributes = described.attributes
         attributes.extend(self._common(run_id, event))
+        attributes.extend(people)
         span = _Open(
             trace_id,
             span_id,
@@ -260,7 +269,7 @@ class SpanAssembler:
                 key if described.model is None else (*key, ("gen_ai.request.model", described.model))
             )
         self._open[run_id] = span
-        self._remember(run_id, trace_id, span_id)
+        self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
 
     def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
@@ -270,6 +279,8 @@ class SpanAssembler:
             if isinstance(value, str):
                 attrs.append(pb.common_attribute(name, value))
         tags = event.get("tags")
+        if event.get("sampled") is False:  # kept for a failed run, not by the sample
+            attrs.append(pb.attribute("asynctrack.sampled", False))
         if isinstance(tags, list) and tags:
             tags_key = tuple(tags) if len(tags) <= 8 else None
             tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
@@ -281,9 +292,9 @@ class SpanAssembler:
                 attrs.append(tag_attribute)
         return attrs
 
-    def _remember(self, run_id: str, trace_id: bytes, span_id: bytes) -> None:
+    def _remember(self, run_id: str, trace_id: bytes, span_id: bytes, people: tuple[bytes, ...]) -> None:
         ids = self._ids
-        ids[run_id] = (trace_id, span_id)
+        ids[run_id] = (trace_id, span_id, people)
         if len(ids) > _KNOWN_IDS + len(self._open):
             # Forget the oldest ended runs (a dict keeps insertion order).
             for old in list(ids)[: len(ids) // 8]:
@@ -424,6 +435,53 @@ class SpanAssembler:
             if len(self._evicted) > _KNOWN_IDS:
                 del self._evicted[next(iter(self._evicted))]
         return out
+
+
+def _application_parent(parent: Any) -> tuple[bytes, bytes] | None:
+    """The trace id and span id of the application span recorded with a root, if valid."""
+    if not isinstance(parent, Mapping):
+        return None
+    try:
+        trace_id = bytes.fromhex(parent["trace_id"])
+        span_id = bytes.fromhex(parent["span_id"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
+        return None
+    return trace_id, span_id
+
+
+def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
+    """``session.id``, ``gen_ai.conversation.id`` and ``user.id`` from a run's metadata.
+
+    LangChain's ``session_id`` and ``user_id`` keys, and LangGraph's ``thread_id`` (a
+    graph's ``configurable`` keys are copied into its runs' metadata): a session is a
+    conversation, so both names carry it (``session_id`` first for ``session.id``,
+    ``thread_id`` first for the conversation).
+    """
+    if not metadata:
+        return ()
+    session, thread, user = (_id_text(metadata.get(k)) for k in ("session_id", "thread_id", "user_id"))
+    out = []
+    if session is not None:
+        out.append(pb.common_attribute("session.id", session))
+    if thread is not None:
+        out.append(pb.common_attribute("gen_ai.conversation.id", thread))
+        if session is None:
+            out.append(pb.common_attribute("session.id", thread))
+    elif session is not None:
+        out.append(pb.common_attribute("gen_ai.conversation.id", session))
+    if user is not None:
+        out.append(pb.common_attribute("user.id", user))
+    return tuple(out)
+
+
+def _id_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _is_chat(event: Mapping[str, Any]) -> bool:

@@ -12,6 +12,7 @@ hopping to an executor (+430 µs per event, measured: see the README's benchmark
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -20,6 +21,7 @@ import logging
 import os
 import pickle
 import secrets
+import sys
 import time
 import warnings
 import weakref
@@ -33,7 +35,8 @@ from langchain_core.callbacks.base import BaseCallbackHandler
 
 from .._capture import DICT_OF, EMPTY, OPTIONS, Capturer, hollow, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
-from .._events._schema import EVENT_KINDS
+from .._events._schema import ENDS, EVENT_KINDS, STARTS
+from .._events._tail import TailSampler
 from .._events._translate import EventTranslator
 from .._export._protocol import Exporter
 from .._layout import Layout, new_writer_id
@@ -42,6 +45,7 @@ from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
+from .._sampling import OTEL_PARENT, OTEL_TRACE, application_parent, ratio_bound, root_sampled
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._spec import TrackerSpec
@@ -61,6 +65,7 @@ DEFAULT_DESTINATION = "./asynctrack-logs"
 #: Bodies up to this size are searched for a hollow object's "{}" (see ``_record``).
 _HOLLOW_SCAN = 16 * 1024
 _MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
+_MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
 
@@ -208,6 +213,13 @@ class AsyncTracker(BaseCallbackHandler):
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._max_field = config.max_field_bytes
         self._warned_hot_error = False
+        self._sampled_out = 0  # events of traces not sampled, skipped here
+        if config.sample_rate < 1.0 and not config.sample_keep_errors:
+            # Only then is anything looked up per event: at 1.0, or when the worker keeps
+            # failed traces (it decides there), every event takes _record straight away.
+            self._bound = ratio_bound(config.sample_rate)
+            self._unsampled: dict[int, None] = {}
+            self._record = self._record_sampled  # type: ignore[method-assign] # per instance, on purpose
 
     def _start_engine(
         self, spec: TrackerSpec, sink: Sink, destination: str | os.PathLike[str] | Sink
@@ -244,7 +256,16 @@ class AsyncTracker(BaseCallbackHandler):
                 writer=engine.layout.writer,
                 config=self.config,
             )
-            engine.set_adapter(translator, translator.redacted_parameters, lambda: translator.placeholders)
+            translate: EventTranslator | TailSampler = translator
+            tail = None
+            if self.config.sample_rate < 1.0 and self.config.sample_keep_errors:
+                translate = tail = TailSampler(translator, self.config)
+            engine.set_adapter(
+                translate,
+                translator.redacted_parameters,
+                lambda: translator.placeholders,
+                None if tail is None else lambda: tail.sampled_out,
+            )
         self._seq = itertools.count()
         self._put = engine.put
 
@@ -344,7 +365,10 @@ class AsyncTracker(BaseCallbackHandler):
 
     def statistics(self) -> Statistics:
         """A frozen snapshot of the counters: recorded, written, dropped, ..."""
-        return self._engine.statistics()
+        stats = self._engine.statistics()
+        if self._sampled_out:
+            stats = dataclasses.replace(stats, sampled_out=stats.sampled_out + self._sampled_out)
+        return stats
 
     # -- the hot path --------------------------------------------------------------------
     #
@@ -364,6 +388,8 @@ class AsyncTracker(BaseCallbackHandler):
         extra: Any = None,
     ) -> None:
         try:
+            if parent_run_id is None and kind in STARTS and OTEL_TRACE in sys.modules:
+                _note_parent(data)  # a root inside an application OpenTelemetry span
             if name is None:  # the runnable's, from serialized (start events only)
                 if "serialized" in data:
                     name = _serialized_name(data["serialized"])
@@ -418,6 +444,43 @@ class AsyncTracker(BaseCallbackHandler):
             if not self._warned_hot_error:
                 self._warned_hot_error = True
                 logger.warning("asynctrack could not record a %s event: %r", kind, exc)
+
+    def _record_sampled(
+        self,
+        kind: str,
+        run_id: UUID | None,
+        parent_run_id: UUID | None,
+        name: Any,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        data: dict[str, Any],
+        extra: Any = None,
+    ) -> None:
+        """``_record`` behind the head decision (``sample_rate`` under 1.0, failed traces
+        not kept): an event of a trace not sampled is counted and nothing else."""
+        try:
+            unsampled = self._unsampled
+            run = run_id.int  # type: ignore[union-attr] # None: recorded, below
+            if run in unsampled:
+                if kind in ENDS:
+                    unsampled.pop(run, None)
+                self._sampled_out += 1
+                return
+            if kind in STARTS:
+                if parent_run_id is None:
+                    parent = _note_parent(data) if OTEL_TRACE in sys.modules else None
+                    skip = not root_sampled(run, self._bound, parent)
+                else:
+                    skip = parent_run_id.int in unsampled
+                if skip:
+                    if len(unsampled) >= _MAX_UNSAMPLED:  # runs that never end: forget the oldest
+                        unsampled.pop(next(iter(unsampled)), None)
+                    unsampled[run] = None
+                    self._sampled_out += 1
+                    return
+        except Exception:  # an odd run id: the event is recorded
+            pass
+        AsyncTracker._record(self, kind, run_id, parent_run_id, name, tags, metadata, data, extra)
 
     def on_chain_start(
         self,
@@ -744,6 +807,16 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+
+
+def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Record the application's active OpenTelemetry span in a root start's ``data``."""
+    parent = data.get(OTEL_PARENT)
+    if parent is None:
+        parent = application_parent()
+        if parent is not None:
+            data[OTEL_PARENT] = parent
+    return parent
 
 
 def _resolve_name(name: Any, data: dict[str, Any]) -> str | None:

@@ -17,12 +17,13 @@ from typing import Any, Final
 
 from .._config import TrackerConfig
 from .._events._schema import SEQ
+from .._events._tail import TailSampler
 from .._events._translate import EventTranslator
 from .._export._protocol import Exporter, LineExporter
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
-from .._pipeline._loop import ChunkTranslate
+from .._pipeline._loop import ChunkTranslate, Finishing, Translated
 from .._pipeline._spool import Spool
 from .._sinks._base import Batch, ParametersSink, Sink
 from .._sinks._local import LocalSink
@@ -102,9 +103,12 @@ class TrackerSpec:
             if isinstance(spool, _ObservedSpool) and hooks is not None:
                 spool.hooks = hooks
         translate: ChunkTranslate = translator
+        tail: TailSampler | None = None
+        if self.config.sample_rate < 1.0 and self.config.sample_keep_errors:
+            translate = tail = TailSampler(translator, self.config)
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
-            translate = _ObservedTranslate(translator, hooks)
+            translate = _ObservedTranslate(translate, hooks)
         engine = Engine(
             sink=sink,
             layout=Layout(
@@ -118,6 +122,7 @@ class TrackerSpec:
             placeholders=lambda: translator.placeholders,
             exporters=_start_exporters(self.exporters),
             queue_events=queue_events,
+            sampled_out=None if tail is None else lambda: tail.sampled_out,
         )
         return engine, translator
 
@@ -135,25 +140,29 @@ def _start_exporters(exporters: tuple[Exporter, ...]) -> list[LineExporter]:
 
 class _ObservedTranslate:
     """The translator (a ``ChunkTranslate``), telling the hooks of each event the
-    ``redact`` hook dropped."""
+    ``redact`` hook dropped, or sampling held or dropped (an empty list)."""
 
-    def __init__(self, translator: EventTranslator, hooks: DurableHooks) -> None:
+    def __init__(self, translator: ChunkTranslate, hooks: DurableHooks) -> None:
         self._translator = translator
         self._filtered = hooks.filtered
 
     def prepare(self, records: Sequence[Any], /) -> None:
         self._translator.prepare(records)
 
-    def __call__(self, record: Any, /) -> tuple[int, bytes] | dict[str, Any] | None:
+    def finish(self) -> None:
+        if isinstance(self._translator, Finishing):
+            self._translator.finish()
+
+    def __call__(self, record: Any, /) -> Translated:
         out = self._translator(record)
-        if out is None:
+        if out is None or out == []:
             self._filtered(record[SEQ])
         return out
 
-    def many(self, records: Sequence[Any], /) -> list[tuple[int, bytes] | Exception | None]:
+    def many(self, records: Sequence[Any], /) -> Sequence[Translated | Exception]:
         results = self._translator.many(records)
         for record, out in zip(records, results, strict=True):
-            if out is None:
+            if out is None or (type(out) is list and not out):
                 self._filtered(record[SEQ])
         return results
 

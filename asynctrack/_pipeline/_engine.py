@@ -78,6 +78,7 @@ class Engine:
         spool: where unsent batches are kept (remote destinations).
         exporters: get every line written, and flush and close with the engine.
         placeholders: the adapter's count of events written with a placeholder.
+        sampled_out: the adapter's count of events held and dropped by sampling.
         queue_events: the count bound of the queue (``max_queue_events`` by default).
     """
 
@@ -98,6 +99,7 @@ class Engine:
         placeholders: Callable[[], int] | None = None,
         exporters: Sequence[LineExporter] = (),
         queue_events: int | None = None,
+        sampled_out: Callable[[], int] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self.exporters = tuple(exporters)
@@ -108,6 +110,7 @@ class Engine:
         self._parameters = parameters
         # Events the adapter wrote with a placeholder for a bad value (its own count).
         self._placeholders = placeholders
+        self._sampled_out = sampled_out
         self._parameter_sinks = tuple(parameter_sinks)
         self.spool = spool
         #: Called (weakly) in a forked child, after the engine reset itself.
@@ -185,11 +188,13 @@ class Engine:
         translate: Translate,
         parameters: Callable[[], Mapping[str, ParameterValue]] | None,
         placeholders: Callable[[], int] | None = None,
+        sampled_out: Callable[[], int] | None = None,
     ) -> None:
         """Replace the adapter's callbacks (after fork, before the worker runs)."""
         self._translate = translate
         self._parameters = parameters
         self._placeholders = placeholders
+        self._sampled_out = sampled_out
         self._worker.translate = chunked(translate)
 
     @property
@@ -437,6 +442,7 @@ class Engine:
             retained_bytes=0,
             spans_exported=exported,
             spans_failed=failed,
+            sampled_out=self._sampled_out() if self._sampled_out else 0,
         )
 
     # -- run parameters (worker thread) ------------------------------------------------------------

@@ -55,7 +55,7 @@ from ._delivery import Delivery
 from ._queue import BoundedQueue
 from ._statistics import Counters, Reporter
 
-__all__ = ["ChunkTranslate", "State", "Translate", "Worker"]
+__all__ = ["ChunkTranslate", "Finishing", "State", "Translate", "Worker"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -77,13 +77,14 @@ _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measur
 
 
 #: What a translator makes of a record (see ``Translate``).
-Translated = tuple[int, bytes] | dict[str, Any] | None
+Translated = tuple[int, bytes] | list[tuple[int, bytes]] | dict[str, Any] | None
 
 
 class Translate(Protocol):
     """Turns a record into ``(seq, JSON line)``, an event dict for the engine to encode,
-    or ``None`` (dropped by the ``redact`` hook, counted as filtered). Worker thread only,
-    so it may keep state."""
+    ``None`` (dropped by the ``redact`` hook, counted as filtered), or a list of
+    ``(seq, JSON line)`` to add now, maybe none (sampling holds lines back, and writes
+    them later). Worker thread only, so it may keep state."""
 
     def __call__(self, record: Any, /) -> Translated: ...
 
@@ -99,9 +100,7 @@ class ChunkTranslate(Translate, Protocol):
 
     def prepare(self, records: Sequence[Any], /) -> None: ...
 
-    def many(
-        self, records: Sequence[Any], /
-    ) -> Sequence[tuple[int, bytes] | dict[str, Any] | Exception | None]: ...
+    def many(self, records: Sequence[Any], /) -> Sequence[Translated | Exception]: ...
 
 
 class _PerRecord:
@@ -124,6 +123,14 @@ class _PerRecord:
             except Exception as exc:
                 out.append(exc)
         return out
+
+
+@runtime_checkable
+class Finishing(Protocol):
+    """A translator that holds records back (sampling): told when the worker stops, so
+    that it counts what it still holds (it writes nothing more)."""
+
+    def finish(self) -> None: ...
 
 
 def chunked(translate: Translate) -> ChunkTranslate:
@@ -424,6 +431,13 @@ class Worker:
         exported: list[bytes] = []
         for result in results:
             out = result
+            if type(out) is list:  # lines held back before (sampling), added now; or none yet
+                for seq, line in out:
+                    sealed = add(seq, line)
+                    exported.append(line)
+                    if sealed is not None:
+                        self._dispatch(sealed)
+                continue
             if type(out) is not tuple:
                 if out is None:
                     counters.filtered += 1
@@ -567,6 +581,8 @@ class Worker:
         markers = list(self._barrier.markers)  # before the cancellations remove them
         await delivery.stop()
         await self._drain(final=True)  # encode what is still buffered: it is spooled too
+        if isinstance(self.translate, Finishing):
+            self.translate.finish()
         for number, batch in self._batcher.seal():
             delivery.keep(number, batch)
         spooled_before = counters.spooled

@@ -52,6 +52,9 @@ class Statistics:
         spans_exported: spans the exporters (``OTLPExporter``) delivered.
         spans_failed: spans the exporters gave up on (refused after retries, or
             dropped when their queue was full).
+        sampled_out: events of traces not sampled (``sample_rate``) and not
+            written: skipped by the callbacks, or held by the worker and dropped
+            because none of the trace's runs failed.
     """
 
     recorded: int
@@ -73,6 +76,7 @@ class Statistics:
     retained_bytes: int = 0
     spans_exported: int = 0
     spans_failed: int = 0
+    sampled_out: int = 0
 
 
 class Counters:

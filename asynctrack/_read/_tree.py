@@ -335,6 +335,10 @@ class RunOverview:
     tokens_out: int
     first_event: float
     last_event: float
+    #: The sessions (metadata ``session_id``, else LangGraph's ``thread_id``) and users
+    #: (``user_id``) of the run's LangChain runs, sorted.
+    sessions: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -360,6 +364,8 @@ class _Totals:
     tokens_out: int = 0
     first: float = math.inf
     last: float = -math.inf
+    sessions: set[str] = dataclasses.field(default_factory=set)
+    users: set[str] = dataclasses.field(default_factory=set)
 
     def add_usage(self, data: Any) -> None:
         """Add the token usage of an ``llm_end`` event's ``data``."""
@@ -381,6 +387,8 @@ def _overviews(totals: Mapping[tuple[str, str], _Totals]) -> list[RunOverview]:
             tokens_out=t.tokens_out,
             first_event=t.first,
             last_event=t.last,
+            sessions=tuple(sorted(t.sessions)),
+            users=tuple(sorted(t.users)),
         )
         for (experiment, run), t in totals.items()
     ]
@@ -388,10 +396,51 @@ def _overviews(totals: Mapping[tuple[str, str], _Totals]) -> list[RunOverview]:
     return rows
 
 
-def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunOverview]:
-    """One overview per (experiment, run), newest (latest last event) first."""
+def _id_text(value: Any) -> str | None:
+    """A session or user id from metadata as text (a string or an integer), else ``None``."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def people(metadata: Any) -> tuple[str | None, str | None]:
+    """A run's session (``session_id``, else LangGraph's ``thread_id``) and user (``user_id``)."""
+    if not isinstance(metadata, Mapping) or not metadata:
+        return None, None
+    session = _id_text(metadata.get("session_id")) or _id_text(metadata.get("thread_id"))
+    return session, _id_text(metadata.get("user_id"))
+
+
+def summarize_runs(
+    events: Iterable[Mapping[str, Any]], *, session: str | None = None, user: str | None = None
+) -> list[RunOverview]:
+    """One overview per (experiment, run), newest (latest last event) first.
+
+    Args:
+        events: the recorded events.
+        session: count only the events of LangChain runs of this session (their start's
+            metadata says it).
+        user: likewise, of this user.
+    """
+    filtered = session is not None or user is not None
+    of_run: dict[Any, tuple[str | None, str | None]] = {}
+    if filtered:
+        events = list(events)
+        for event in events:
+            if str(event.get("kind")).endswith("_start"):
+                found = people(event.get("metadata"))
+                if found != (None, None):
+                    of_run.setdefault(event.get("run_id"), found)
     totals: dict[tuple[str, str], _Totals] = {}
     for event in events:
+        if filtered:
+            run_session, run_user = of_run.get(event.get("run_id"), (None, None))
+            if session not in (None, run_session) or user not in (None, run_user):
+                continue
+        metadata = event.get("metadata")
+        found = people(metadata) if metadata else (None, None)
         key = (str(event.get("experiment")), str(event.get("run")))
         t = totals.get(key) or totals.setdefault(key, _Totals())
         ts = float(event.get("ts") or 0.0)
@@ -401,13 +450,23 @@ def summarize_runs(events: Iterable[Mapping[str, Any]]) -> list[RunOverview]:
         t.llm_calls += kind in _LLM_CALLS
         if kind == "llm_end":
             t.add_usage(event.get("data"))
+        if kind.endswith("_start"):
+            if found[0] is not None:
+                t.sessions.add(found[0])
+            if found[1] is not None:
+                t.users.add(found[1])
         t.first = min(t.first, ts)
         t.last = max(t.last, ts)
     return _overviews(totals)
 
 
 def scan_run_summaries(
-    destination: str | os.PathLike[str], experiment_name: str | None = None, **s3_options: Any
+    destination: str | os.PathLike[str],
+    experiment_name: str | None = None,
+    *,
+    session: str | None = None,
+    user: str | None = None,
+    **s3_options: Any,
 ) -> list[RunOverview]:
     """``summarize_runs`` over ``scan()``: Polars counts, only ``llm_end`` payloads parsed.
 
@@ -424,6 +483,31 @@ def scan_run_summaries(
 
     frame = scan(destination, experiment_name, **s3_options)
     keys = ("experiment", "run")
+    metadata = pl.col("metadata")
+    frame = frame.with_columns(
+        pl.when(pl.col("kind").str.ends_with("_start"))
+        .then(
+            pl.coalesce(
+                metadata.str.json_path_match("$.session_id").replace("", None),
+                metadata.str.json_path_match("$.thread_id").replace("", None),
+            )
+        )
+        .alias("session"),
+        pl.when(pl.col("kind").str.ends_with("_start"))
+        .then(metadata.str.json_path_match("$.user_id").replace("", None))
+        .alias("user"),
+    )
+    if session is not None or user is not None:
+        of_run = (
+            frame.filter(pl.col("session").is_not_null() | pl.col("user").is_not_null())
+            .group_by("run_id")
+            .agg(pl.col("session").first().alias("run_session"), pl.col("user").first().alias("run_user"))
+        )
+        frame = frame.join(of_run, on="run_id", how="inner")
+        if session is not None:
+            frame = frame.filter(pl.col("run_session") == session)
+        if user is not None:
+            frame = frame.filter(pl.col("run_user") == user)
     counts, ends = pl.collect_all(
         [
             frame.group_by(keys).agg(
@@ -440,6 +524,8 @@ def scan_run_summaries(
                 pl.col("kind").is_in(list(_LLM_CALLS)).sum().alias("llm_calls"),
                 pl.col("ts").min().alias("first"),
                 pl.col("ts").max().alias("last"),
+                pl.col("session").drop_nulls().unique().alias("sessions"),
+                pl.col("user").drop_nulls().unique().alias("users"),
             ),
             frame.filter(pl.col("kind") == "llm_end").select(*keys, "data"),
         ]
@@ -451,6 +537,8 @@ def scan_run_summaries(
             llm_calls=row["llm_calls"],
             first=row["first"],
             last=row["last"],
+            sessions=set(row["sessions"] or ()),
+            users=set(row["users"] or ()),
         )
         for row in counts.iter_rows(named=True)
     }

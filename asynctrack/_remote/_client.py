@@ -217,6 +217,7 @@ class ProcessEngine:
             worker_restarts=self._worker.restarts,
             spans_exported=worker.get("spans_exported", 0),
             spans_failed=worker.get("spans_failed", 0),
+            sampled_out=worker.get("sampled_out", 0),
             retained_bytes=self.lane.retained_bytes,
         )
 

@@ -58,6 +58,7 @@ _CHANGES: Final = (
     "dropped",
     "spans_exported",
     "spans_failed",
+    "sampled_out",
 )
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
 _GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process

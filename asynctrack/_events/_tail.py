@@ -1,0 +1,182 @@
+"""Traces not sampled, kept if a run fails: ``TailSampler`` (worker side).
+
+With ``sample_rate`` under 1.0 and ``sample_keep_errors`` on, the application captures
+every trace and the worker decides, from the same data and by the same rule as the
+application would (``asynctrack._sampling``). A sampled trace's lines pass through.
+A trace not sampled has its lines held here, in order:
+
+- when one of its runs fails, the held lines and every later one are written, each
+  marked ``"sampled": false`` (kept for its error, not by the sample);
+- when its root ends with no failure, the held lines are dropped and counted
+  (``sampled_out``); a child that ends later is dropped too; so are the lines still
+  held when the worker stops (``finish``).
+
+Held lines are bounded by bytes (``max_queue_bytes // 4``): past the bound the oldest
+held trace is dropped, counted, as if its root had ended. Held lines are resolved for
+the worker process's acknowledgements when they are held (an empty list is returned
+for them), so a long trace does not hold back the application's retention: if the
+worker process dies, the held lines of traces not sampled are lost, at most that bound.
+The files and the exporters get the same lines, so they see the same traces.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from .._config import TrackerConfig
+from .._sampling import OTEL_PARENT, ratio_bound, root_sampled, run_int
+from ._schema import BODY, ENDS, KIND, PARENT_RUN_ID, RUN_ID, STARTS
+
+if TYPE_CHECKING:
+    from .._pipeline._loop import ChunkTranslate
+
+__all__ = ["TailSampler"]
+
+_MAX_RUNS: Final = 100_000  # live runs of traces not sampled remembered (the oldest forgotten)
+_MARK: Final = b',"sampled":false}\n'
+_PARENT_KEY: Final = b'"' + OTEL_PARENT.encode() + b'":{'
+
+
+class _Trace:
+    """A trace not sampled: its held lines, or whether it is kept or dropped."""
+
+    __slots__ = ("dropped", "held", "kept", "lines", "root")
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.lines: list[tuple[int, bytes]] = []
+        self.held = 0
+        self.kept = False  # a run failed: its lines are written
+        self.dropped = False  # its root ended (or it was pushed out): its lines are dropped
+
+
+class TailSampler:
+    """A translator behind the sampling decision (a ``ChunkTranslate``).
+
+    Per record, ``many`` returns what the inner translator did, or a list of lines:
+    empty for a held or dropped line, the trace's held lines for the first failure.
+
+    Attributes:
+        sampled_out: lines held and then dropped (their trace had no failure).
+    """
+
+    def __init__(self, translator: ChunkTranslate, config: TrackerConfig) -> None:
+        self._inner = translator
+        self._bound = ratio_bound(config.sample_rate)
+        self.max_held = config.max_queue_bytes // 4
+        self.held_bytes = 0
+        self.sampled_out = 0
+        self._runs: dict[Any, _Trace] = {}  # a live run -> its trace (traces not sampled only)
+        self._traces: dict[Any, _Trace] = {}  # root -> trace holding lines, oldest first
+
+    def prepare(self, records: Sequence[Any], /) -> None:
+        self._inner.prepare(records)
+
+    def finish(self) -> None:
+        """The worker stops: the traces still held (no run failed, the root never ended)
+        are dropped, counted."""
+        for trace in list(self._traces.values()):
+            self.sampled_out += len(trace.lines)
+            self._release(trace)
+            trace.dropped = True
+
+    def __call__(self, record: Any, /) -> Any:
+        out = self.many((record,))[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def many(self, records: Sequence[Any], /) -> list[Any]:
+        results = self._inner.many(records)
+        runs = self._runs
+        out: list[Any] = []
+        for record, result in zip(records, results, strict=True):
+            kind = record[KIND]
+            run_id = record[RUN_ID]
+            run = run_id.int if type(run_id) is uuid.UUID else run_id
+            trace = runs.get(run)
+            if trace is None:
+                if kind in STARTS:
+                    trace = self._decide(run, record)
+                if trace is None:
+                    out.append(result)
+                    continue
+            if kind in ENDS:
+                runs.pop(run, None)
+            out.append(self._hold(trace, kind, run, result))
+        return out
+
+    def _decide(self, run: Any, record: Any) -> _Trace | None:
+        """A start of a run not known: its trace if that is not sampled, else ``None``."""
+        parent_run_id = record[PARENT_RUN_ID]
+        if parent_run_id is None:
+            if root_sampled(run_int(run), self._bound, _recorded_parent(record[BODY])):
+                return None
+            trace = _Trace(run)
+            self._traces[run] = trace
+        else:
+            parent = parent_run_id.int if type(parent_run_id) is uuid.UUID else parent_run_id
+            found = self._runs.get(parent)
+            if found is None:
+                return None
+            trace = found
+        runs = self._runs
+        if len(runs) >= _MAX_RUNS:
+            runs.pop(next(iter(runs)))
+        runs[run] = trace
+        return trace
+
+    def _hold(self, trace: _Trace, kind: str, run: Any, result: Any) -> Any:
+        if type(result) is not tuple:  # dropped by the redact hook, or failed: as it is
+            return result
+        if trace.kept:
+            return (result[0], _marked(result[1]))
+        if trace.dropped:
+            self.sampled_out += 1
+            return []
+        if kind.endswith("_error"):  # kept: everything held, then this line
+            lines = [(seq, _marked(line)) for seq, line in trace.lines]
+            lines.append((result[0], _marked(result[1])))
+            self._release(trace)
+            trace.kept = True
+            return lines
+        if kind in ENDS and run == trace.root:  # the root ended, nothing failed
+            self.sampled_out += len(trace.lines) + 1
+            self._release(trace)
+            trace.dropped = True
+            return []
+        trace.lines.append(result)
+        size = len(result[1])
+        trace.held += size
+        self.held_bytes += size
+        while self.held_bytes > self.max_held and self._traces:
+            oldest = self._traces[next(iter(self._traces))]
+            self.sampled_out += len(oldest.lines)
+            self._release(oldest)
+            oldest.dropped = True
+        return []
+
+    def _release(self, trace: _Trace) -> None:
+        self.held_bytes -= trace.held
+        trace.held = 0
+        trace.lines = []
+        self._traces.pop(trace.root, None)
+
+
+def _marked(line: bytes) -> bytes:
+    return line[:-2] + _MARK if line.endswith(b"}\n") else line
+
+
+def _recorded_parent(body: Any) -> Any:
+    """The application span recorded with a root start (``data.otel_parent``), or ``None``."""
+    if type(body) is not bytes or _PARENT_KEY not in body:
+        return None
+    try:
+        data = orjson.loads(body).get("data")
+        return data.get(OTEL_PARENT) if type(data) is dict else None
+    except Exception:  # not ours to judge: the root is decided by its id
+        return None

@@ -1,0 +1,393 @@
+"""Sampling (``sample_rate``, ``sample_keep_errors``), a root inside an application
+OpenTelemetry span, and sessions and users: real LangChain chains, both worker modes
+where the mode matters, the files and a loopback OTLP receiver."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from _infra.otlp_receiver import OTLPReceiver, attributes
+from export_workloads import recorded_lines
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
+
+from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
+from asynctrack._cli import main
+from asynctrack._events._tail import TailSampler
+from asynctrack._events._translate import EventTranslator
+from asynctrack._export._spans import SpanAssembler
+from asynctrack._read._tree import scan_run_summaries, summarize_runs
+from asynctrack._sampling import ratio_bound, root_sampled
+
+WAIT = 30.0
+EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
+
+
+@pytest.fixture(params=["process", "thread"])
+def worker_mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as r:
+        yield r
+
+
+def _tracker(destination: Path, worker: str, **config: Any) -> AsyncTracker:
+    return AsyncTracker(
+        destination, experiment_name="exp", run_name="r1", config=TrackerConfig(worker=worker, **config)
+    )
+
+
+def _trace(tracker: AsyncTracker, run_id: uuid.UUID, *, fail: bool = False, **config: Any) -> None:
+    """A root chain calling a child chain: two runs, four events; the child may fail
+    (the root catches it and ends normally)."""
+    from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+    def inner(x: str) -> str:
+        if fail:
+            raise ValueError("the database is down")
+        return x.upper()
+
+    child = RunnableLambda(inner, name="inner")
+
+    def outer(x: str, config: RunnableConfig) -> str:
+        try:
+            return child.invoke(x, config=config)
+        except ValueError:
+            return "recovered"
+
+    RunnableLambda(outer, name="outer").invoke(
+        "hi", config={"callbacks": [tracker], "run_id": run_id, **config}
+    )
+
+
+def _traces(lines: list[bytes]) -> dict[str, list[dict[str, Any]]]:
+    """The recorded events by root run id (a child's root is its parent here)."""
+    events = [orjson.loads(line) for line in lines]
+    root_of: dict[str, str] = {}
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        run, parent = event["run_id"], event["parent_run_id"]
+        root = root_of.setdefault(run, root_of.get(parent, parent) if parent else run)
+        out[root].append(event)
+    return out
+
+
+def test_the_rate_is_validated() -> None:
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"sample_rate must be a number from 0\.0 to 1\.0"):
+            TrackerConfig(sample_rate=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sample_keep_errors must be a bool"):
+        TrackerConfig(sample_keep_errors=1)  # type: ignore[arg-type]
+    assert TrackerConfig(sample_rate=0).sample_rate == 0
+
+
+def test_the_decision_is_opentelemetrys_trace_id_ratio() -> None:
+    # Our trace id is the root's run id: a collector's TraceIdRatioBased sampler with the
+    # same ratio keeps exactly the traces we keep.
+    for rate in (0.0, 0.001, 0.25, 0.5, 0.9, 1.0):
+        sampler = TraceIdRatioBased(rate)
+        for _ in range(2000):
+            run = uuid.uuid4().int
+            expected = sampler.should_sample(None, run, "root").decision.is_sampled()
+            assert root_sampled(run, ratio_bound(rate), None) is expected
+    # A recorded application span's flag decides, whatever the ratio.
+    assert root_sampled(0, ratio_bound(0.0), {"sampled": True}) is True
+    assert root_sampled(0, ratio_bound(1.0), {"sampled": False}) is False
+
+
+def test_head_sampling_keeps_whole_traces_at_the_rate(tmp_path: Path, worker_mode: str) -> None:
+    rate = 0.3
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=rate, sample_keep_errors=False)
+    run_ids = [uuid.uuid4() for _ in range(120)]
+    for run_id in run_ids:
+        _trace(tracker, run_id, fail=run_id.int % 7 == 0)  # errors are not kept either
+    tracker.close()
+    expected = {str(r) for r in run_ids if root_sampled(r.int, ratio_bound(rate), None)}
+    traces = _traces(recorded_lines(tmp_path / "logs"))
+    assert set(traces) == expected
+    assert all(len(events) == EVENTS_PER_TRACE for events in traces.values())  # whole traces
+    stats = tracker.statistics()
+    assert stats.worker_mode == worker_mode
+    assert stats.sampled_out == EVENTS_PER_TRACE * (len(run_ids) - len(expected))
+    assert stats.recorded == stats.written == EVENTS_PER_TRACE * len(expected)
+    assert (stats.dropped, stats.lost) == (0, 0)
+
+
+def test_rate_zero_captures_nothing(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path / "logs", "thread", sample_rate=0.0, sample_keep_errors=False)
+    for _ in range(10):
+        _trace(tracker, uuid.uuid4())
+    tracker.close()
+    stats = tracker.statistics()
+    assert (stats.recorded, stats.written, stats.sampled_out) == (0, 0, 10 * EVENTS_PER_TRACE)
+
+
+def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: str) -> None:
+    rate = 0.2
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=rate)
+    failing = {uuid.uuid4() for _ in range(8)}
+    fine = {uuid.uuid4() for _ in range(40)}
+    for run_id in [*failing, *fine]:
+        _trace(tracker, run_id, fail=run_id in failing)
+    tracker.flush_blocking(timeout=WAIT)
+    stats = tracker.statistics()
+    assert stats.worker_mode == worker_mode
+    if worker_mode == "process":
+        # Held, written and dropped events are all acknowledged: nothing is kept for re-sending.
+        assert stats.retained_bytes == 0
+    tracker.close()
+    bound = ratio_bound(rate)
+    sampled = {str(r) for r in failing | fine if root_sampled(r.int, bound, None)}
+    kept = {str(r) for r in failing} - sampled
+    traces = _traces(recorded_lines(tmp_path / "logs"))
+    assert set(traces) == sampled | kept
+    for root, events in traces.items():
+        assert len(events) == EVENTS_PER_TRACE  # whole: the root's end came after the failure
+        marks = {event.get("sampled") for event in events}
+        assert marks == ({False} if root in kept else {None})
+    dropped = len(failing | fine) - len(sampled | kept)
+    stats = tracker.statistics()
+    assert stats.sampled_out == EVENTS_PER_TRACE * dropped
+    assert stats.recorded == stats.written + stats.sampled_out
+    assert (stats.dropped, stats.lost, stats.filtered) == (0, 0, 0)
+
+
+def test_a_trace_still_held_at_close_is_counted(tmp_path: Path, worker_mode: str) -> None:
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=0.0)
+    root = uuid.uuid4()
+    tracker.on_chain_start({}, {"q": 1}, run_id=root)
+    tracker.on_text("thinking", run_id=root)  # the root never ends
+    tracker.close()
+    stats = tracker.statistics()
+    assert stats.worker_mode == worker_mode
+    assert (stats.recorded, stats.written, stats.sampled_out, stats.lost) == (2, 0, 2, 0)
+    assert recorded_lines(tmp_path / "logs") == []
+
+
+def test_the_exporter_sees_the_traces_the_files_hold(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="exp",
+        run_name="r1",
+        config=TrackerConfig(sample_rate=0.0),
+        exporters=[OTLPExporter(receiver.endpoint)],
+    )
+    failed, fine = uuid.uuid4(), uuid.uuid4()
+    _trace(tracker, fine)
+    _trace(tracker, failed, fail=True)
+    tracker.close()
+    spans = receiver.spans
+    assert {span.trace_id for span in spans} == {failed.bytes}
+    assert len(spans) == 2
+    assert all(attributes(span)["asynctrack.sampled"] is False for span in spans)
+    assert set(_traces(recorded_lines(destination))) == {str(failed)}
+
+
+def test_held_lines_are_bounded_by_bytes() -> None:
+    config = TrackerConfig(
+        sample_rate=0.0, max_batch_bytes=4096, max_queue_bytes=4 * 4096, max_field_bytes=1024
+    )
+    translator = EventTranslator(experiment="e", run="r", writer="w", config=config)
+    sampler = TailSampler(translator, config)
+    assert sampler.max_held == 4096
+    body = orjson.dumps({"data": {"inputs": "x" * 900}, "tags": [], "metadata": {}})
+    roots = [uuid.uuid4() for _ in range(3)]
+    seq = 0
+    for root in roots:  # three traces, never ended, each over a third of the bound
+        for _ in range(2):
+            seq += 1
+            kind = "chain_start" if seq % 2 else "text"
+            out = sampler.many([[kind, seq, 1.0, root, None, "r", body, None]])
+            assert out == [[]]  # held
+    assert sampler.held_bytes <= sampler.max_held
+    assert sampler.sampled_out == 4  # the two oldest traces were pushed out, counted
+    # A failure in the first trace writes nothing of it now (it was dropped) ...
+    out = sampler.many([["chain_error", 99, 2.0, roots[0], None, "r", b'{"data":{}}', _error()]])
+    assert (out, sampler.sampled_out) == ([[]], 5)
+    # ... and one in the last writes its held lines, then the failure, marked.
+    out = sampler.many([["chain_error", 100, 2.0, roots[2], None, "r", b'{"data":{}}', _error()]])
+    (lines,) = out
+    assert [seq for seq, _ in lines] == [5, 6, 100]
+    assert all(orjson.loads(line)["sampled"] is False for _, line in lines)
+    assert orjson.loads(lines[0][1])["data"] == orjson.loads(body)["data"]  # the held line, as recorded
+    assert sampler.held_bytes == 0
+
+
+def _error() -> dict[str, Any]:
+    return {"$error": True, "type": "ValueError", "message": "boom"}
+
+
+# -- a root inside an application OpenTelemetry span --------------------------------------
+
+
+def test_a_root_inside_an_application_span_joins_its_trace(
+    tmp_path: Path, receiver: OTLPReceiver, worker_mode: str
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="exp",
+        run_name="r1",
+        config=TrackerConfig(worker=worker_mode),
+        exporters=[OTLPExporter(receiver.endpoint)],
+    )
+    tracer = TracerProvider().get_tracer("app")
+    with tracer.start_as_current_span("handle_request") as app_span:
+        _trace(tracker, uuid.uuid4())
+    _trace(tracker, uuid.uuid4())  # outside: a trace of its own
+    assert tracker.statistics().worker_mode == worker_mode
+    tracker.close()
+    context = app_span.get_span_context()
+    assert len(receiver.spans) == 4
+    inside = [s for s in receiver.spans if s.trace_id == context.trace_id.to_bytes(16, "big")]
+    assert len(inside) == 2
+    (root,) = [s for s in inside if s.parent_span_id == context.span_id.to_bytes(8, "big")]
+    (child,) = [s for s in inside if s is not root]
+    assert child.parent_span_id == root.span_id
+    others = [s for s in receiver.spans if s not in inside]
+    assert sum(not s.parent_span_id for s in others) == 1
+    # The files hold the context: a backfill from them gives the same trace.
+    assembler = SpanAssembler()
+    backfill = assembler.add(recorded_lines(destination))
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    decoded = [Span.FromString(raw) for raw in backfill]
+    assert {(s.trace_id, s.span_id, s.parent_span_id) for s in decoded} == {
+        (s.trace_id, s.span_id, s.parent_span_id) for s in receiver.spans
+    }
+
+
+@pytest.mark.parametrize("keep_errors", [False, True])
+def test_a_root_follows_its_application_spans_sampled_flag(tmp_path: Path, keep_errors: bool) -> None:
+    tracker = _tracker(tmp_path / "logs", "thread", sample_rate=0.0, sample_keep_errors=keep_errors)
+    sampled_tracer = TracerProvider().get_tracer("app")
+    unsampled_tracer = TracerProvider(sampler=ALWAYS_OFF).get_tracer("app")
+    kept, skipped = uuid.uuid4(), uuid.uuid4()
+    with sampled_tracer.start_as_current_span("sampled"):
+        _trace(tracker, kept)  # rate 0, but the application's span is sampled
+    with unsampled_tracer.start_as_current_span("not sampled") as span:
+        assert span.get_span_context().is_valid
+        _trace(tracker, skipped)
+    tracker.close()
+    traces = _traces(recorded_lines(tmp_path / "logs"))
+    assert set(traces) == {str(kept)}
+    (root_start,) = [e for e in traces[str(kept)] if e["kind"] == "chain_start" and not e["parent_run_id"]]
+    assert root_start["data"]["otel_parent"]["sampled"] is True
+    assert tracker.statistics().sampled_out == EVENTS_PER_TRACE
+
+
+def test_without_an_application_span_nothing_is_added(tmp_path: Path) -> None:
+    assert otel_trace.get_current_span().get_span_context().is_valid is False
+    tracker = _tracker(tmp_path / "logs", "thread")
+    _trace(tracker, uuid.uuid4())
+    tracker.close()
+    assert all(b"otel_parent" not in line for line in recorded_lines(tmp_path / "logs"))
+
+
+# -- sessions and users ----------------------------------------------------------------
+
+
+def _session_traces(tracker: AsyncTracker) -> None:
+    _trace(tracker, uuid.uuid4(), metadata={"session_id": "s-1", "user_id": "alice"})
+    _trace(tracker, uuid.uuid4(), metadata={"session_id": "s-1", "user_id": "alice"}, fail=True)
+    _trace(tracker, uuid.uuid4(), metadata={"thread_id": "t-9", "user_id": 42})
+    _trace(tracker, uuid.uuid4())
+
+
+def test_sessions_and_users_are_on_every_span(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path / "logs", "thread")
+    _session_traces(tracker)
+    tracker.close()
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    assert len(spans) == 8
+    seen = defaultdict(set)
+    for span in spans:
+        attrs = attributes(span)
+        seen[span.trace_id].add(
+            (attrs.get("session.id"), attrs.get("gen_ai.conversation.id"), attrs.get("user.id"))
+        )
+    assert sorted(map(sorted, seen.values()), key=str) == sorted(
+        [
+            [("s-1", "s-1", "alice")],
+            [("s-1", "s-1", "alice")],
+            [("t-9", "t-9", "42")],
+            [(None, None, None)],
+        ],
+        key=str,
+    )
+
+
+def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    class State(TypedDict):
+        x: str
+
+    def node(state: State) -> State:
+        return {"x": state["x"] + "!"}
+
+    builder = StateGraph(State)
+    builder.add_node("shout", node)
+    builder.add_edge(START, "shout")
+    builder.add_edge("shout", END)
+    tracker = _tracker(tmp_path / "logs", "thread")
+    builder.compile().invoke(
+        {"x": "a"},
+        config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}, "metadata": {"user_id": "bob"}},
+    )
+    tracker.close()
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    assert len(spans) == 2  # the graph and its node
+    for span in spans:
+        attrs = attributes(span)
+        people = (attrs["gen_ai.conversation.id"], attrs["session.id"], attrs["user.id"])
+        assert people == ("t-7", "t-7", "bob")
+
+
+def test_runs_lists_and_filters_sessions_and_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = _tracker(destination, "thread")
+    _session_traces(tracker)
+    tracker.close()
+    assert main(["runs", str(destination), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["sessions"], row["users"], row["events"]) == (["s-1", "t-9"], ["42", "alice"], 16)
+    assert main(["runs", str(destination), "--session", "s-1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["sessions"], row["users"], row["events"], row["errors"]) == (["s-1"], ["alice"], 8, 1)
+    assert main(["runs", str(destination), "--user", "42", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["sessions"], row["events"], row["errors"]) == (["t-9"], 4, 0)
+    assert main(["runs", str(destination), "--user", "nobody", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["runs", str(destination)]) == 0
+    table = capsys.readouterr().out
+    assert "SESSIONS" in table and "s-1, t-9" in table
+    # The core install's path (every event in memory) gives the same rows as Polars'.
+    import asynctrack
+
+    events = asynctrack.read_events(destination)
+    for session, user in ((None, None), ("s-1", None), (None, "42"), ("t-9", "42")):
+        assert summarize_runs(events, session=session, user=user) == scan_run_summaries(
+            destination, session=session, user=user
+        )
