@@ -1,7 +1,7 @@
 """Redaction: what counts as a credential in an event, and how it is found in linear time.
 
-The spec (README "Redaction" says the same for users)
-------------------------------------------------------
+The spec (docs/REDACTION.md says the same for users)
+-----------------------------------------------------
 
 Every text the tracker writes passes here first: the captured body of an event
 (its JSON text, so keys and every string value inside), the envelope's ``name``,
