@@ -175,6 +175,7 @@ class ProcessEngine:
         self.retained_bytes = 0
         self._waiting: dict[int, _Request] = {}
         self._shipped = 0
+        self._close_request: _Request | None = None  # the first close's, which a second one waits for
         self._dropped = 0
         self._lost = 0
         self._unretained_events = 0
@@ -252,6 +253,8 @@ class ProcessEngine:
             if self.fallback is not None:
                 self.forward()
                 await self.fallback.aclose(timeout)
+            elif self._close_request is not None:  # a second close waits for the first
+                await self._await(self._close_request, timeout, closing=True)
             return
         # Cancelling this await does not cancel the close: the request is queued, the
         # worker flushes and closes the engine whether or not anyone waits.
@@ -263,6 +266,8 @@ class ProcessEngine:
             if self.fallback is not None:
                 self.forward()
                 self.fallback.close(timeout)
+            elif self._close_request is not None:  # a second close waits for the first
+                self._wait(self._close_request, timeout, closing=True)
             return
         self._wait(request, timeout, closing=True)
 
@@ -276,13 +281,16 @@ class ProcessEngine:
                 worker_mode="thread",
                 worker_restarts=self._worker.restarts,
             )
+        # Shipped first: a record leaves the queue before it is counted as shipped, so
+        # read in this order it is counted once at most (never more than was recorded).
+        shipped = self._shipped
         queued = len(self._queue) - self._controls
         worker = self._worker_stats
         # An event the worker had to drop (its buffer full while the destination is
         # down) was accepted here but is not recorded there: it counts as dropped, once.
         worker_dropped = worker.get("dropped", 0)
         return Statistics(
-            recorded=self._shipped + max(queued, 0) - worker_dropped,
+            recorded=shipped + max(queued, 0) - worker_dropped,
             written=worker.get("written", 0),
             dropped=self._dropped + worker_dropped,
             filtered=worker.get("filtered", 0),
@@ -326,7 +334,8 @@ class ProcessEngine:
         live.discard(self)
         if self.fallback is not None:
             return None
-        return self._enqueue_unchecked(Kind.CLOSE, timeout)
+        self._close_request = self._enqueue_unchecked(Kind.CLOSE, timeout)
+        return self._close_request
 
     async def _await(self, request: _Request, timeout: float | None, closing: bool = False) -> None:
         if not await wait(request, _answer_deadline(request, timeout)):
