@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from _infra.hooks import WorkerGate
+from support import assert_worker_mode
 
 from asynctrack import AsyncTracker, FlushError
 
@@ -56,12 +57,6 @@ def worker_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     mode: str = request.param
     monkeypatch.setenv("ASYNCTRACK_WORKER", mode)
     return mode
-
-
-def assert_worker_mode(tracker: AsyncTracker, mode: str) -> None:
-    """The tracker runs its worker where the test said it would."""
-    actual = tracker.statistics().worker_mode
-    assert actual == mode, f"the test asked for a {mode} worker; the tracker uses a {actual} one"
 
 
 @pytest.fixture
