@@ -86,9 +86,8 @@ def test_a_held_worker_makes_the_drop_policy_drop_and_count(
     assert stats.dropped > 0
     assert (stats.written, stats.recorded + stats.dropped) == (len(written), len(offered))
     assert written == [value for value in offered if value in set(written)]  # in order
-    if worker_mode == "thread":  # the process client counts its drops but does not log them yet
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert any("dropped" in message for message in warnings), warnings
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dropped" in message for message in warnings), warnings
 
 
 def test_block_mode_waits_block_timeout_then_drops(

@@ -46,7 +46,7 @@ from .._channel import HEADER, Kind, body_of, encode_frame, read_records, record
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError, error_fields
 from .._pipeline._barrier import wait
-from .._pipeline._statistics import Statistics
+from .._pipeline._statistics import Reporter, Statistics
 from .._sinks._base import ParameterValue, RunInfo
 from ._spawn import WorkerProcess, live, worker_process
 
@@ -177,6 +177,7 @@ class ProcessEngine:
         self._shipped = 0
         self._close_request: _Request | None = None  # the first close's, which a second one waits for
         self._dropped = 0
+        self._reporter = Reporter()  # says what this process's buffer dropped, rate-limited
         self._lost = 0
         self._unretained_events = 0
         self._worker_stats: dict[str, Any] = {}
@@ -208,6 +209,11 @@ class ProcessEngine:
         # Approximate (no lock; take() resets it every shipment): bounds the bytes that
         # wait here by max_queue_bytes, as well as the count by max_queue_events.
         self._queued_bytes += len(record[6])
+
+    def report_drops(self) -> None:
+        """Log what this process's buffer dropped since it was last said (at most every
+        10 s). Called by the shipper at each of its wake-ups."""
+        self._reporter.drops(self._dropped, self.config.max_queue_events)
 
     def count_dropped(self, n: int = 1) -> None:
         with self._lock:

@@ -175,6 +175,7 @@ class WorkerProcess:
         """Ship what every tracker queued. True when nothing was left to ship."""
         idle = True
         for client in list(self._clients.values()):
+            client.report_drops()
             if not client._queue and client.fall_back_reason is None:  # noqa: SLF001 - the consumer
                 continue
             idle = False
