@@ -1,12 +1,20 @@
-"""Shared fixtures: AWS isolation (autouse) and a fresh local destination."""
+"""Shared fixtures: AWS isolation (autouse), a fresh local destination, trackers, the worker mode."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _infra.hooks import WorkerGate
+from support import assert_worker_mode
+
+from asynctrack import AsyncTracker, FlushError
+
+#: The two places a tracker's worker can run (``TrackerConfig.worker``).
+WORKER_MODES = ("process", "thread")
 
 
 @pytest.fixture(autouse=True)
@@ -24,12 +32,82 @@ def _isolate_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _isolate_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test spools into its own directory, never ~/.cache (where one test's
-    leftovers would be delivered by the next test's tracker)."""
+    leftovers would be delivered by the next test's tracker), and runs in the default
+    worker mode unless it asks for ``worker_mode``."""
     monkeypatch.setenv("ASYNCTRACK_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("ASYNCTRACK_EXIT_TIMEOUT", "5")
+    monkeypatch.delenv("ASYNCTRACK_WORKER", raising=False)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=WORKER_MODES)
+def worker_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the test's trackers run their worker: ``"process"``, then ``"thread"``.
+
+    For the tests whose behaviour depends on it (like anyio's ``anyio_backend``); the
+    others run once, with the default worker process. It sets ``ASYNCTRACK_WORKER``, so
+    trackers made with ``worker=None`` and the child processes a test starts follow it.
+    ``make_tracker`` checks that each tracker really runs there: a tracker whose hook or
+    destination cannot cross to a worker process silently uses a thread.
+    """
+    mode: str = request.param
+    monkeypatch.setenv("ASYNCTRACK_WORKER", mode)
+    return mode
 
 
 @pytest.fixture
 def tmp_destination(tmp_path: Path) -> Path:
     """A directory (not yet created) for a tracker to write into."""
     return tmp_path / "asynctrack-logs"
+
+
+@pytest.fixture
+def make_tracker(
+    request: pytest.FixtureRequest, tmp_destination: Path
+) -> Iterator[Callable[..., AsyncTracker]]:
+    """Trackers on ``tmp_destination`` (or the destination given), closed at the end.
+
+    ``make(destination=None, *, experiment_name="exp", run_name="r", **kwargs)``. In a test
+    that uses ``worker_mode``, each tracker is checked to run its worker in that mode. Fake
+    sinks are "remote" destinations: what they leave at close is spooled, into the test's
+    own spool directory (``ASYNCTRACK_SPOOL_DIR``).
+    """
+    mode = request.getfixturevalue("worker_mode") if "worker_mode" in request.fixturenames else None
+    made: list[AsyncTracker] = []
+
+    def make(
+        destination: Any = None, *, experiment_name: str = "exp", run_name: str = "r", **kwargs: Any
+    ) -> AsyncTracker:
+        tracker = AsyncTracker(
+            tmp_destination if destination is None else destination,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            **kwargs,
+        )
+        made.append(tracker)
+        if mode is not None:
+            assert_worker_mode(tracker, mode)
+        return tracker
+
+    yield make
+    for tracker in made:
+        try:
+            tracker.close(timeout=5)
+        except FlushError:
+            pass
+
+
+@pytest.fixture
+def worker_gate(tmp_path: Path, make_tracker: Callable[..., AsyncTracker]) -> Iterator[WorkerGate]:
+    """A ``redact`` hook that holds the worker (thread or process) on its first event
+    until ``release()``; held from the start, released at the end at the latest (before
+    ``make_tracker`` closes its trackers)."""
+    gate = WorkerGate(tmp_path).hold()
+    try:
+        yield gate
+    finally:
+        gate.release()

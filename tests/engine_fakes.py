@@ -1,15 +1,17 @@
-"""Fakes at the engine's seams, and fixtures, shared by the tests/test_engine*.py modules.
+"""Fakes at the engine's seams, shared by the tests/test_engine*.py modules.
 
 Sinks that hold, refuse or remember batches, a ``redact`` hook that holds the worker,
-and helpers; each wait is bounded by ``JOIN``. The fixtures are in ``engine_fixtures``
-(load with ``pytest_plugins = ("engine_fixtures",)``).
+and helpers; each wait is bounded by ``JOIN``. The fixtures (``make_tracker``,
+``worker_mode``, ``worker_gate``) are in ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "start_thread",
     "text",
     "visible_batches",
+    "wait_until",
 ]
 
 JOIN = 30.0  # seconds any helper thread or wait may take, at most
@@ -143,6 +146,14 @@ def batch_files(destination: Path) -> list[Path]:
 def visible_batches(destination: Path) -> list[Path]:
     """Batch files a reader sees (renamed into place; temporary files start with '.')."""
     return [p for p in destination.rglob("*.jsonl*") if not p.name.startswith(".")]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = JOIN) -> None:
+    """Wait (bounded) for ``condition``, which another thread or process makes true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.002)
 
 
 def start_thread(thread: threading.Thread) -> threading.Thread:

@@ -1,4 +1,4 @@
-"""Helpers shared by the fault, security and soak tests."""
+"""Helpers shared by the fault, security and soak tests, and the worker-mode check."""
 
 from __future__ import annotations
 
@@ -86,3 +86,10 @@ def closing(tracker: AsyncTracker) -> Iterator[AsyncTracker]:
             tracker.close(timeout=30)
         raise
     tracker.close(timeout=30)
+
+
+def assert_worker_mode(tracker: AsyncTracker, mode: str) -> None:
+    """The tracker runs its worker where the test said it would (``worker_mode``): one whose
+    hook or destination cannot cross to a worker process silently uses a thread."""
+    actual = tracker.statistics().worker_mode
+    assert actual == mode, f"the test asked for a {mode} worker; the tracker uses a {actual} one"

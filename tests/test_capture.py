@@ -30,21 +30,6 @@ from asynctrack._capture import MARK, Capturer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def make_tracker(tmp_destination: Path) -> Iterator[Callable[..., AsyncTracker]]:
-    made: list[AsyncTracker] = []
-
-    def make(**kwargs: Any) -> AsyncTracker:
-        kwargs.setdefault("run_name", "r")
-        tracker = AsyncTracker(tmp_destination, experiment_name="cap", **kwargs)
-        made.append(tracker)
-        return tracker
-
-    yield make
-    for tracker in made:
-        tracker.close(timeout=10)
-
-
 def _events(root: Path) -> list[dict[str, Any]]:
     files = sorted(p for p in root.rglob("*.jsonl"))
     return [orjson.loads(line) for p in files for line in p.read_bytes().splitlines()]

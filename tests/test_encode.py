@@ -14,7 +14,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +39,6 @@ from asynctrack._events._encode import REDACTED, Encoder
 from asynctrack._redact import KeyRule
 
 MARK = "$asynctrack"
-
-
-@pytest.fixture
-def make_tracker(tmp_destination: Path) -> Iterator[Callable[..., AsyncTracker]]:
-    made: list[AsyncTracker] = []
-
-    def make(**kwargs: Any) -> AsyncTracker:
-        tracker = AsyncTracker(tmp_destination, experiment_name="enc", run_name="r", **kwargs)
-        made.append(tracker)
-        return tracker
-
-    yield make
-    for tracker in made:
-        try:
-            tracker.close(timeout=5)
-        except asynctrack.FlushError:
-            pass
 
 
 def _files(destination: Path) -> list[Path]:

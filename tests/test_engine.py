@@ -34,15 +34,12 @@ from asynctrack import (
 from asynctrack._layout import Layout
 from asynctrack._pipeline._engine import Engine
 
-pytest_plugins = ("engine_fixtures",)
-
-
 # -- concurrency ---------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
 async def test_threads_tasks_and_another_loop_record_every_event_exactly_once(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     tracker = make_tracker()
     config = {"callbacks": [tracker]}
@@ -94,7 +91,7 @@ async def test_threads_tasks_and_another_loop_record_every_event_exactly_once(
 
 @pytest.mark.anyio
 async def test_concurrent_flushes_each_cover_what_was_recorded_before_them(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     """Each flush, from a task or a thread, returns only when every invoke that
     had *returned* before the flush was called is on disk (both its events)."""

@@ -27,9 +27,6 @@ from asynctrack import (
     TrackerConfig,
 )
 
-pytest_plugins = ("engine_fixtures",)
-
-
 # -- flush: timeouts, failures, threads --------------------------------------------------------
 
 
@@ -96,7 +93,7 @@ async def test_failed_writes_make_flush_raise_then_the_next_flush_retries(
 
 
 def test_flush_blocking_without_an_event_loop(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     tracker = make_tracker()
     text(tracker, "sync")
@@ -106,7 +103,7 @@ def test_flush_blocking_without_an_event_loop(
 
 @pytest.mark.anyio
 async def test_flush_blocking_inside_a_running_loop(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     tracker = make_tracker()
     text(tracker, "in-loop")

@@ -34,9 +34,6 @@ from asynctrack._pipeline._batcher import Batcher
 from asynctrack._pipeline._engine import Engine
 from asynctrack._pipeline._statistics import Counters
 
-pytest_plugins = ("engine_fixtures",)
-
-
 # -- batches --------------------------------------------------------------------------------
 
 
@@ -47,7 +44,7 @@ def _invoke(tracker: AsyncTracker, n: int) -> None:
 
 
 def test_max_batch_events_splits_into_whole_uniquely_named_files(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     tracker = make_tracker(config=TrackerConfig(max_batch_events=7))
     _invoke(tracker, 25)
@@ -69,7 +66,7 @@ def test_max_batch_events_splits_into_whole_uniquely_named_files(
 
 
 def test_max_batch_bytes_keeps_every_file_within_the_limit(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     """A batch is sealed *before* the line that would take it past ``max_batch_bytes``
     is added, so no file is over the limit (one event alone is; see the property test)."""
@@ -86,7 +83,7 @@ def test_max_batch_bytes_keeps_every_file_within_the_limit(
 
 
 def test_gzip_batches_are_valid_jsonl_gz(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
     tracker = make_tracker(config=TrackerConfig(gzip=True, max_batch_events=10))
     _invoke(tracker, 15)

@@ -1,4 +1,4 @@
-"""The bounded buffer (``_pipeline/_queue.py``): drop and block policies, counts."""
+"""The bounded buffer (``_pipeline/_queue.py``): drop and block policies, counts, in both worker modes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _infra.hooks import WorkerGate
 from engine_fakes import (
     JOIN,
     BlockingHook,
@@ -17,6 +18,7 @@ from engine_fakes import (
     join_threads,
     start_thread,
     text,
+    wait_until,
 )
 
 from asynctrack import (
@@ -24,18 +26,17 @@ from asynctrack import (
     TrackerConfig,
 )
 
-pytest_plugins = ("engine_fixtures",)
-
-
 # -- a full buffer ---------------------------------------------------------------------------
 
 
 def test_full_buffer_drops_exactly_the_overflow_and_warns(
     make_tracker: Callable[..., AsyncTracker], tmp_destination: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The exact count, in the application's buffer: a worker thread that holds t0 takes
+    nothing more, so of t1..t17 the buffer keeps ten and drops seven."""
     caplog.set_level(logging.WARNING, logger="asynctrack")
     hook = BlockingHook()
-    tracker = make_tracker(config=TrackerConfig(max_queue_events=10, redact=hook))
+    tracker = make_tracker(config=TrackerConfig(max_queue_events=10, redact=hook, worker="thread"))
     try:
         text(tracker, "t0")
         assert hook.entered.wait(JOIN)  # the worker holds t0; the buffer is empty
@@ -56,47 +57,88 @@ def test_full_buffer_drops_exactly_the_overflow_and_warns(
     assert any("dropped 7 event(s)" in r.getMessage() for r in warnings), [r.getMessage() for r in warnings]
 
 
-def test_block_mode_waits_block_timeout_then_drops(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+#: Small bounds, so that a held worker fills them in either mode: the count bound in the
+#: application's buffer, the byte bound in what the worker process holds or is shipped.
+SMALL = {"max_queue_events": 2, "max_batch_bytes": 2048, "max_queue_bytes": 2048}
+
+
+def test_a_held_worker_makes_the_drop_policy_drop_and_count(
+    worker_mode: str,
+    make_tracker: Callable[..., AsyncTracker],
+    worker_gate: WorkerGate,
+    tmp_destination: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hook = BlockingHook()
-    tracker = make_tracker(
-        config=TrackerConfig(max_queue_events=2, when_full="block", block_timeout=0.3, redact=hook)
-    )
-    try:
-        text(tracker, "held")
-        assert hook.entered.wait(JOIN)
-        text(tracker, "q1")
-        text(tracker, "q2")
-        began = time.monotonic()
-        text(tracker, "no room")  # waits block_timeout for room, then drops
-        waited = time.monotonic() - began
-        assert waited >= 0.29
-        assert waited < 0.3 + 10  # bounded: the wait ends
-        assert tracker.statistics().dropped == 1
-    finally:
-        hook.release.set()
+    """Every event is written or counted as dropped, never both, never neither; what is
+    written keeps its order; the drops are logged."""
+    caplog.set_level(logging.WARNING, logger="asynctrack")
+    tracker = make_tracker(config=TrackerConfig(**SMALL, redact=worker_gate))
+    offered = [f"e{i}" for i in range(500)]
+    text(tracker, offered[0])
+    assert worker_gate.wait_entered(JOIN)
+    for value in offered[1:]:
+        text(tracker, value)
+    worker_gate.release()
     tracker.flush_blocking(timeout=JOIN)
-    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["held", "q1", "q2"]
+
+    written = [e["data"]["text"] for e in events_in(tmp_destination)]
+    stats = tracker.statistics()
+    assert stats.dropped > 0
+    assert (stats.written, stats.recorded + stats.dropped) == (len(written), len(offered))
+    assert written == [value for value in offered if value in set(written)]  # in order
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dropped" in message for message in warnings), warnings
+
+
+def test_block_mode_waits_block_timeout_then_drops(
+    worker_mode: str,
+    make_tracker: Callable[..., AsyncTracker],
+    worker_gate: WorkerGate,
+    tmp_destination: Path,
+) -> None:
+    """With the worker held, a callback that finds no room waits ``block_timeout``, then
+    its event is dropped; every other event is written, in order."""
+    tracker = make_tracker(
+        config=TrackerConfig(**SMALL, when_full="block", block_timeout=0.3, redact=worker_gate)
+    )
+    text(tracker, "held")
+    assert worker_gate.wait_entered(JOIN)
+    recorded, waited = ["held"], 0.0
+    for i in range(200):  # in process mode the worker is shipped ~2 KiB first, then the buffer fills
+        began = time.monotonic()
+        text(tracker, f"q{i}")
+        waited = time.monotonic() - began
+        if waited >= 0.29:
+            break
+        recorded.append(f"q{i}")
+    assert 0.29 <= waited < 0.3 + 10  # one callback waited block_timeout (bounded), then dropped
+    assert tracker.statistics().dropped == 1
+    worker_gate.release()
+    tracker.flush_blocking(timeout=JOIN)
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == recorded
 
 
 def test_block_mode_accepts_the_event_once_the_worker_makes_room(
-    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+    worker_mode: str,
+    make_tracker: Callable[..., AsyncTracker],
+    worker_gate: WorkerGate,
+    tmp_destination: Path,
 ) -> None:
-    hook = BlockingHook()
+    """A producer that outruns a held worker waits for room instead of dropping: once the
+    buffer is full it cannot finish until the worker is let go, and then nothing is lost."""
     tracker = make_tracker(
-        config=TrackerConfig(max_queue_events=1, when_full="block", block_timeout=JOIN, redact=hook)
+        config=TrackerConfig(**SMALL, when_full="block", block_timeout=JOIN, redact=worker_gate)
     )
-    try:
-        text(tracker, "held")
-        assert hook.entered.wait(JOIN)
-        text(tracker, "queued")
-        producer = start_thread(threading.Thread(target=text, args=(tracker, "waited")))
-    finally:
-        hook.release.set()
+    text(tracker, "held")
+    assert worker_gate.wait_entered(JOIN)
+    values = [f"p{i}" for i in range(200)]
+    producer = start_thread(threading.Thread(target=lambda: [text(tracker, v) for v in values]))
+    wait_until(lambda: tracker.statistics().queue_depth >= SMALL["max_queue_events"], "a full buffer")
+    assert producer.is_alive()  # 200 events cannot fit: it waits for room
+    worker_gate.release()
     join_threads(producer)
     tracker.flush_blocking(timeout=JOIN)
-    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["held", "queued", "waited"]
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["held", *values]
     assert tracker.statistics().dropped == 0
 
 

@@ -34,7 +34,7 @@ from botocore.client import BaseClient
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
-from support import closing, fail_on_finalizer_complaints, finalizer_complaints
+from support import assert_worker_mode, closing, fail_on_finalizer_complaints, finalizer_complaints
 
 from asynctrack import (
     AsyncTracker,
@@ -292,10 +292,11 @@ def down_tracker(bucket: str, spool_dir: Path, endpoint_url: str, **options: Any
 
 @pytest.mark.anyio
 async def test_s3_down_flush_times_out_with_the_count_and_close_spools(
-    moto: MotoServer, s3: BaseClient, bucket: str, tmp_path: Path
+    worker_mode: str, moto: MotoServer, s3: BaseClient, bucket: str, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
     tracker = down_tracker(bucket, spool_dir, closed_port_url(), write_deadline=60.0)
+    assert_worker_mode(tracker, worker_mode)
     try:
         record_text(tracker, DOWN_EVENTS)
         with anyio.fail_after(JOIN), pytest.raises(FlushTimeoutError) as timed_out:
@@ -326,12 +327,13 @@ async def test_s3_down_flush_times_out_with_the_count_and_close_spools(
 
 
 def test_s3_down_past_write_deadline_flush_raises_flush_error_with_the_count(
-    moto: MotoServer, s3: BaseClient, bucket: str, tmp_path: Path
+    worker_mode: str, moto: MotoServer, s3: BaseClient, bucket: str, tmp_path: Path
 ) -> None:
     """Here every batch exhausts its write deadline before the flush's timeout: the flush
     fails (FlushError, not a timeout) and says how many events and batches failed."""
     spool_dir = tmp_path / "spool"
     tracker = down_tracker(bucket, spool_dir, closed_port_url(), write_deadline=0.5)
+    assert_worker_mode(tracker, worker_mode)
     try:
         record_text(tracker, DOWN_EVENTS)
         with pytest.raises(FlushError) as failed:
@@ -404,7 +406,7 @@ def test_full_spool_counts_the_batches_as_lost_and_logs_an_error(
 
 
 def test_close_after_a_timed_out_flush_leaves_no_task_pending_on_the_dead_loop(
-    moto: MotoServer, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    worker_mode: str, moto: MotoServer, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Closing while writes are still being retried (S3 down, long write deadline) must
     stop the worker cleanly: no task may be left pending on its closed event loop, which
@@ -414,6 +416,7 @@ def test_close_after_a_timed_out_flush_leaves_no_task_pending_on_the_dead_loop(
 
     def run() -> Statistics:  # every reference to the tracker goes away with this frame
         tracker = down_tracker(bucket, tmp_path / "spool", closed_port_url(), write_deadline=60.0)
+        assert_worker_mode(tracker, worker_mode)
         record_text(tracker, 10)
         with pytest.raises(FlushTimeoutError):
             tracker.flush_blocking(timeout=0.5)
@@ -430,7 +433,7 @@ def test_close_after_a_timed_out_flush_leaves_no_task_pending_on_the_dead_loop(
 
 
 def test_close_while_the_memory_bound_holds_the_buffer_spools_every_event(
-    moto: MotoServer, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    worker_mode: str, moto: MotoServer, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """S3 down and ``max_queue_bytes`` reached: the thread worker leaves records (and the
     close request behind them) in the buffer; the worker process drops (and counts) what
@@ -455,6 +458,7 @@ def test_close_while_the_memory_bound_holds_the_buffer_spools_every_event(
             connect_timeout=0.5,
             write_deadline=60.0,
         )
+        assert_worker_mode(tracker, worker_mode)
         record_text(tracker, recorded)
         with pytest.raises(FlushError) as closed:
             tracker.close(timeout=1.0)
@@ -473,7 +477,7 @@ def test_close_while_the_memory_bound_holds_the_buffer_spools_every_event(
 
 
 def test_a_put_that_never_gets_an_answer_gives_up_at_the_write_deadline(
-    moto: MotoServer, bucket: str, tmp_path: Path
+    worker_mode: str, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
     """An endpoint that accepts connections and never answers (a hung load balancer, a
     black-holed route after connect). Each attempt must end by ``read_timeout`` and the
@@ -494,6 +498,7 @@ def test_a_put_that_never_gets_an_answer_gives_up_at_the_write_deadline(
             read_timeout=read_timeout,
             write_deadline=write_deadline,
         )
+        assert_worker_mode(tracker, worker_mode)
         try:
             record_text(tracker, 10)
             # The flush's own timeout is far beyond the write deadline: only a write that
@@ -624,7 +629,7 @@ def test_sagemaker_faults_never_reach_the_chain_are_reported_then_retried(
 
 @pytest.mark.anyio
 async def test_threads_loops_and_2000_tasks_with_concurrent_flushes_every_event_once(
-    s3: BaseClient, bucket: str, proxy: FaultProxy, tmp_path: Path
+    worker_mode: str, s3: BaseClient, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """Producers: 4 threads calling ``on_text``, 3 threads each running its own event
     loop with 200 tasks invoking a chain, and 2000 tasks on this loop invoking a chain.
@@ -642,6 +647,7 @@ async def test_threads_loops_and_2000_tasks_with_concurrent_flushes_every_event_
         read_timeout=5.0,
         write_deadline=60.0,
     )
+    assert_worker_mode(tracker, worker_mode)
     config: Any = {"callbacks": [tracker]}
 
     async def echo(value: str) -> str:

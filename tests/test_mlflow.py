@@ -14,6 +14,7 @@ import collections
 import os
 import pickle
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import mlflow
 import pytest
 from _infra.aws import FaultProxy, ProxyRequest
-from _infra.mlflow_server import MLflowServer, free_port
+from _infra.mlflow_server import MLflowServer, free_port, migrated_store
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -53,9 +54,22 @@ METRIC_NAMES = {"events_total", "llm_calls", "errors", "tokens_in", "tokens_out"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[MLflowServer]:
-    with MLflowServer() as running:
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite store, copied by each test that needs one (``sqlite_uri``)."""
+    return migrated_store(tmp_path_factory.mktemp("mlflow-store") / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def server(store_template: Path) -> Iterator[MLflowServer]:
+    with MLflowServer(store=store_template) as running:
         yield running
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, store_template: Path) -> str:
+    """A SQLite store of the test's own (``tmp_path/mlflow.db``), empty, tables made."""
+    shutil.copyfile(store_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture(autouse=True)
@@ -76,10 +90,6 @@ def _isolate_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def proxy(server: MLflowServer) -> Iterator[FaultProxy]:
     with FaultProxy(server.url, stall_seconds=60.0) as running:
         yield running
-
-
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def runs_of(uri: str, experiment: str) -> list[Any]:
@@ -117,9 +127,9 @@ def steps(uri: str, run_id: str, key: str = "events_total") -> list[int]:
 
 
 def test_demo_logs_three_runs_to_sqlite_and_a_second_demo_adds_three_more(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = sqlite_uri(tmp_path)
+    uri = sqlite_uri
     destination = tmp_path / "logs"
     assert main(["demo", "--destination", str(destination), "--mlflow", uri]) == 0
     out = capsys.readouterr().out
@@ -197,8 +207,10 @@ def test_server_gets_three_runs_and_a_second_tracker_updates_not_duplicates(
     assert after[0].info.status == "FINISHED"
 
 
-def test_tracking_uri_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_tracking_uri_from_the_environment(
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = sqlite_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     sink = MLflowParameters()
     assert sink.tracking_uri is None
@@ -219,8 +231,10 @@ def summary(hyper: dict[str, Any], metrics: dict[str, float]) -> RunSummary:
     return RunSummary(hyperparameters=hyper, metrics=metrics, flat={**hyper, **metrics})
 
 
-def test_parameters_are_logged_once_and_a_changed_value_goes_to_a_tag(tmp_path: Path) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_parameters_are_logged_once_and_a_changed_value_goes_to_a_tag(
+    sqlite_uri: str, tmp_path: Path
+) -> None:
+    uri = sqlite_uri
     run = RunInfo(experiment="changes", run="r", events_uri="/logs/experiment=changes/run=r/")
     sink = MLflowParameters(uri)
 
@@ -241,8 +255,8 @@ def test_parameters_are_logged_once_and_a_changed_value_goes_to_a_tag(tmp_path: 
     assert steps(uri, found.info.run_id) == [0, 1]
 
 
-def test_a_run_deleted_in_mlflow_is_made_again_at_the_next_flush(tmp_path: Path) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_a_run_deleted_in_mlflow_is_made_again_at_the_next_flush(sqlite_uri: str, tmp_path: Path) -> None:
+    uri = sqlite_uri
     run = RunInfo(experiment="deleted", run="r", events_uri="/logs/")
     sink = MLflowParameters(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -261,8 +275,10 @@ def test_a_run_deleted_in_mlflow_is_made_again_at_the_next_flush(tmp_path: Path)
     assert again.data.metrics["events_total"] == 2 and again.data.params == {"a": "1"}
 
 
-def test_limits_are_applied_before_the_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_limits_are_applied_before_the_call(
+    sqlite_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = sqlite_uri
     limits = MLflowLimits.installed()
     long_value = "x" * (limits.param_value_length + 10)
     hyper: dict[str, Any] = {"bad/key:with*chars": 1, "long": long_value, "nan": float("nan")}
@@ -322,10 +338,10 @@ def test_mlflow_key_keeps_names_distinct() -> None:
     assert len(mlflow_key("x" * 400)) == 250
 
 
-def test_trackers_racing_to_create_the_run_end_with_one(tmp_path: Path) -> None:
+def test_trackers_racing_to_create_the_run_end_with_one(sqlite_uri: str, tmp_path: Path) -> None:
     """Four trackers' first flushes at the same moment may create twins; by their second
     flush every tracker writes to the same run and the twins are deleted."""
-    uri = sqlite_uri(tmp_path)
+    uri = sqlite_uri
     MlflowClient(tracking_uri=uri).create_experiment("race")  # the tables exist before the race
     run = RunInfo(experiment="race", run="r", events_uri="/logs/")
     racers = 4
@@ -467,8 +483,8 @@ def test_arn_requests_are_signed_by_the_sagemaker_plugin(
 # --------------------------------------------------------------------------------------
 
 
-def test_sink_pickles_before_and_after_use(tmp_path: Path) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_sink_pickles_before_and_after_use(sqlite_uri: str, tmp_path: Path) -> None:
+    uri = sqlite_uri
     sink = MLflowParameters(uri, tags={"team": "a"}, deadline=7.0)
     copy = pickle.loads(pickle.dumps(sink))
     assert (copy.tracking_uri, copy._tags, copy._deadline) == (uri, {"team": "a"}, 7.0)
@@ -487,8 +503,8 @@ def test_sink_pickles_before_and_after_use(tmp_path: Path) -> None:
     assert found.data.tags["team"] == "a"
 
 
-def test_a_forked_child_writes_through_its_own_thread_and_client(tmp_path: Path) -> None:
-    uri = sqlite_uri(tmp_path)
+def test_a_forked_child_writes_through_its_own_thread_and_client(sqlite_uri: str, tmp_path: Path) -> None:
+    uri = sqlite_uri
     run = RunInfo(experiment="fork", run="r", events_uri="/logs/")
     sink = MLflowParameters(uri)
     asyncio.run(sink.write_summary(run, summary({"a": 1}, {"events_total": 1})))  # parent's thread runs

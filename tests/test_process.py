@@ -60,6 +60,14 @@ class Child:
         self._buffer = b""
         self.lines: list[dict[str, Any]] = []
         self.stderr = ""
+        self.worker_mode = child_env.get("ASYNCTRACK_WORKER")  # set by the worker_mode fixture
+
+    def _line(self, line: bytes) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(line)
+        if self.worker_mode is not None and "mode" in info:
+            assert info["mode"] == self.worker_mode, f"asked for a {self.worker_mode} worker: {info}"
+        self.lines.append(info)
+        return info
 
     def read_line(self, timeout: float = WAIT) -> dict[str, Any]:
         """The child's next JSON line on stdout, waiting ``timeout`` seconds at most."""
@@ -76,9 +84,7 @@ class Child:
                     assert chunk, f"the child ended without a line; stderr:\n{self.finish()}"
                     self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        info: dict[str, Any] = json.loads(line)
-        self.lines.append(info)
-        return info
+        return self._line(line)
 
     def send_line(self) -> None:
         """One line on the child's stdin (``stdin=True``)."""
@@ -96,7 +102,7 @@ class Child:
             pytest.fail(f"the child did not end within {timeout} s; stderr:\n{err.decode()}")
         for line in (self._buffer + out).splitlines():
             if line.strip():
-                self.lines.append(json.loads(line))
+                self._line(line)
         self._buffer = b""
         self.stderr = err.decode("utf-8", "replace")
         return self.stderr
@@ -165,6 +171,7 @@ def assert_clean(stderr: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_normal_exit_without_close_writes_every_event(tmp_path: Path, children: list[Child]) -> None:
     destination = tmp_path / "logs"
     child = start(children, tmp_path, "exit", str(destination), "5000")
@@ -174,6 +181,7 @@ def test_normal_exit_without_close_writes_every_event(tmp_path: Path, children: 
     assert_parent_events(events_of(destination, "exit"), 5000)
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_sigterm_flushes_within_the_exit_timeout_and_dies_of_sigterm(
     tmp_path: Path, children: list[Child]
 ) -> None:
@@ -198,6 +206,7 @@ def test_sigterm_flushes_within_the_exit_timeout_and_dies_of_sigterm(
     assert_parent_events(events_of(destination, "sigterm"), 5000)
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_ctrl_c_flushes_every_event(tmp_path: Path, children: list[Child]) -> None:
     destination = tmp_path / "logs"
     child = start(children, tmp_path, "sigint", str(destination), "5000")
@@ -217,6 +226,7 @@ def test_ctrl_c_flushes_every_event(tmp_path: Path, children: list[Child]) -> No
 
 @pytest.mark.aws
 @pytest.mark.usefixtures("aws_env")
+@pytest.mark.usefixtures("worker_mode")
 def test_s3_down_at_exit_leaves_the_batches_in_the_spool(
     moto: MotoServer,
     s3: BaseClient,
@@ -261,6 +271,7 @@ def test_s3_down_at_exit_leaves_the_batches_in_the_spool(
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_forked_child_writes_only_its_own_events_under_its_own_writer(
     tmp_path: Path, children: list[Child]
 ) -> None:
@@ -274,7 +285,7 @@ def test_forked_child_writes_only_its_own_events_under_its_own_writer(
     stderr = child.finish()
     assert child.process.returncode == 0, stderr
     assert_clean(stderr)
-    assert child.lines[-1] == {"ready": True, "child_exit": 0}, child.lines
+    assert (child.lines[-1]["ready"], child.lines[-1]["child_exit"]) == (True, 0), child.lines
 
     by_file_writer: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for path in files_of(destination, "fork"):
@@ -306,6 +317,7 @@ def test_forked_child_writes_only_its_own_events_under_its_own_writer(
     assert documents[forked]["parameters"]["events_total"] == child_m
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_sigkill_loses_at_most_the_events_after_the_last_flush(tmp_path: Path, children: list[Child]) -> None:
     """1000 events, flush, 15 000 more without a flush (one 10 000-event batch may be sealed
     and be written, or be in flight), SIGKILL: the flushed 1000 are there, at most all
@@ -353,6 +365,7 @@ def test_a_signal_during_close_waits_for_that_close(
 
 @pytest.mark.aws
 @pytest.mark.usefixtures("aws_env")
+@pytest.mark.usefixtures("worker_mode")
 def test_a_forked_child_writes_to_s3_on_its_own_loop(
     proxy: FaultProxy, s3: BaseClient, bucket: str, tmp_path: Path, children: list[Child]
 ) -> None:
@@ -365,7 +378,7 @@ def test_a_forked_child_writes_to_s3_on_its_own_loop(
     child = start(children, tmp_path, "forks3", f"s3://{bucket}/fork", str(n), str(m), proxy.endpoint_url)
     stderr = child.finish()
     assert child.process.returncode == 0, stderr
-    assert child.lines[-1] == {"ready": True, "child_exit": 0}, (child.lines, stderr)
+    assert (child.lines[-1]["ready"], child.lines[-1]["child_exit"]) == (True, 0), (child.lines, stderr)
     events = [
         e for key in list_keys(s3, bucket) if "/params/" not in key for e in batch_events(s3, bucket, key)
     ]
@@ -378,6 +391,7 @@ def test_a_forked_child_writes_to_s3_on_its_own_loop(
     assert writers.isdisjoint(e["tracker"] for e in events if e["data"]["text"].startswith("parent-"))
 
 
+@pytest.mark.usefixtures("worker_mode")
 def test_exit_against_a_silent_s3_endpoint_keeps_its_deadline_and_spools(
     tmp_path: Path, children: list[Child]
 ) -> None:

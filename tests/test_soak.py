@@ -7,7 +7,7 @@ then kept as failed; with the memory bound reached, failed batches move to the s
 (itself bounded); when that is full, batches stay in memory, the worker stops taking
 records, the buffer fills and new events are dropped and counted.
 
-The run lasts ``ASYNCTRACK_SOAK_SECONDS`` (default 5, what CI runs; the full soak is
+The run lasts ``ASYNCTRACK_SOAK_SECONDS`` (default 2, what the test command runs; the full soak is
 ``ASYNCTRACK_SOAK_SECONDS=60 .venv/bin/python -m pytest -m soak``; above ~100 s raise
 pytest's per-test timeout too, ``--timeout``).
 """
@@ -32,7 +32,7 @@ from asynctrack import AsyncTracker, FlushError, TrackerConfig
 
 pytestmark = pytest.mark.soak
 
-SOAK_SECONDS = float(os.environ.get("ASYNCTRACK_SOAK_SECONDS", "5"))
+SOAK_SECONDS = float(os.environ.get("ASYNCTRACK_SOAK_SECONDS", "2"))
 JOIN = 60.0
 MiB = 1024 * 1024
 
@@ -233,7 +233,7 @@ def test_memory_stays_bounded_while_s3_hangs(tmp_path: Path) -> None:
     assert stats.written == 0
     assert stats.recorded == stats.spooled + stats.lost + stats.filtered
     assert stats.dropped > 0  # the buffer filled up while S3 hung
-    assert stats.spooled >= 0
+    assert stats.spooled > 0  # S3 never answered: the spool took what was recorded
     assert spool_bytes <= SPOOL_MAX_BYTES
     # The spool had room for every recorded event: none may be lost at close.
     assert (stats.spooled, stats.lost) == (stats.recorded, 0)

@@ -11,7 +11,7 @@ import collections
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from asynctrack._demo._scenarios import aall_event_kinds, all_event_kinds, scena
 from asynctrack._events._schema import EVENT_KINDS
 from asynctrack._read._load import COLUMNS
 
-EXPERIMENT = "exp-tracker"
-RUN = "run-1"
+EXPERIMENT = "exp"  # make_tracker's names
+RUN = "r"
 REPLY = "Hello SageMaker, nice to meet you."
 END_KINDS = {k for k in EVENT_KINDS if k.endswith(("_end", "_error"))}
 START_KINDS = {k for k in EVENT_KINDS if k.endswith("_start")}
@@ -46,26 +46,6 @@ START_KINDS = {k for k in EVENT_KINDS if k.endswith("_start")}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def make_tracker(tmp_destination: Path) -> Iterator[Callable[..., AsyncTracker]]:
-    """Build trackers on ``tmp_destination``; every one is closed at teardown."""
-    made: list[AsyncTracker] = []
-
-    def make(**kwargs: Any) -> AsyncTracker:
-        kwargs.setdefault("experiment_name", EXPERIMENT)
-        kwargs.setdefault("run_name", RUN)
-        tracker = AsyncTracker(tmp_destination, **kwargs)
-        made.append(tracker)
-        return tracker
-
-    yield make
-    for tracker in made:
-        try:
-            tracker.close(timeout=5)
-        except asynctrack.FlushError:
-            pass
 
 
 def _events(destination: Path) -> list[dict[str, Any]]:

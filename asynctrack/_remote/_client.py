@@ -121,6 +121,7 @@ class ProcessEngine:
         )
         self.lane.on_fall_back = self.fall_back
         self._requests = itertools.count(1)
+        self._close_request: Request | None = None  # the first close's, which a second one waits for
         self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._worker_stats: dict[str, Any] = {}
         self._last_parameters: dict[str, ParameterValue] = {}
@@ -169,6 +170,8 @@ class ProcessEngine:
             if self.fallback is not None:
                 self.forward()
                 await self.fallback.aclose(timeout)
+            elif self._close_request is not None:  # a second close waits for the first
+                await self._await(self._close_request, timeout, closing=True)
             return
         # Cancelling this await does not cancel the close: the request is queued, the
         # worker flushes and closes the engine whether or not anyone waits.
@@ -180,6 +183,8 @@ class ProcessEngine:
             if self.fallback is not None:
                 self.forward()
                 self.fallback.close(timeout)
+            elif self._close_request is not None:  # a second close waits for the first
+                self._wait(self._close_request, timeout, closing=True)
             return
         self._wait(request, timeout, closing=True)
 
@@ -239,7 +244,8 @@ class ProcessEngine:
         live.discard(self)
         if self.fallback is not None:
             return None
-        return self._enqueue_unchecked(Kind.CLOSE, timeout)
+        self._close_request = self._enqueue_unchecked(Kind.CLOSE, timeout)
+        return self._close_request
 
     async def _await(self, request: Request, timeout: float | None, closing: bool = False) -> None:
         if not await wait(request, _answer_deadline(request, timeout)):

@@ -43,6 +43,7 @@ from .._channel import HEADER, Kind, body_of, encode_frame, read_records, record
 from .._errors import error_fields
 from .._events._schema import KIND
 from .._pipeline._queue import BoundedQueue, Control
+from .._pipeline._statistics import Reporter
 
 __all__ = ["Lane", "Request", "Shipper"]
 
@@ -140,6 +141,13 @@ class Lane:
         self.on_fall_back: Callable[[str], None] = lambda reason: None
         #: Once a thread engine took over: moves what is queued to it.
         self.forward: Callable[[], None] | None = None
+        self._reporter = Reporter()  # says what the tracker's queue dropped, rate-limited
+
+    def report_drops(self) -> None:
+        """Log what the tracker's queue dropped since it was last said (at most every 10 s)."""
+        dropped = self.queue.dropped
+        if dropped:
+            self._reporter.drops(dropped, self.queue.max_events)
 
     # -- shipper thread ------------------------------------------------------------------
 
@@ -337,6 +345,7 @@ class Shipper:
         shipped = held = False
         for lane in list(self.lanes.values()):
             queue = lane.queue
+            lane.report_drops()
             if not len(queue) and lane.fall_back_reason is None:
                 continue
             if lane.forward is not None:  # a thread engine took over this tracker

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["MLflowServer", "free_port"]
+__all__ = ["MLflowServer", "free_port", "migrated_store"]
 
 _LOOPBACK = "127.0.0.1"
 
@@ -38,15 +39,29 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def migrated_store(path: Path) -> Path:
+    """An empty MLflow SQLite store at ``path``, its tables made: copy it for each test.
+
+    A new store runs MLflow's schema migrations when first opened, 3-10 s on this
+    machine; a copy of a migrated one opens in ~0.1 s.
+    """
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 class MLflowServer:
     """``mlflow server`` with a SQLite store in a temporary directory.
 
     Args:
         start_timeout: seconds to wait for ``/health`` to answer.
+        store: a migrated store (``migrated_store``) to start from, copied; else a new one.
     """
 
-    def __init__(self, *, start_timeout: float = 90.0) -> None:
+    def __init__(self, *, start_timeout: float = 90.0, store: Path | None = None) -> None:
         self._start_timeout = start_timeout
+        self._store = store
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._log: Path | None = None
@@ -66,6 +81,8 @@ class MLflowServer:
         self._dir = tempfile.TemporaryDirectory(prefix="asynctrack-mlflow-")
         root = Path(self._dir.name)
         self._log = root / "server.log"
+        if self._store is not None:
+            shutil.copyfile(self._store, root / "mlflow.db")
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
         with self._log.open("wb") as log:

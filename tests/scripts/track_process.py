@@ -27,6 +27,8 @@ MODE says how the process ends:
 * ``s3silent``: DESTINATION is ``s3://bucket/prefix``, ENDPOINT_URL a port that accepts
   connections and never answers (every S3 timeout 600 s); record N, exit without closing.
 
+Every ready line says where the tracker's worker runs (``mode``: ``process`` or ``thread``).
+
 Events are ``on_text`` events whose text is ``<who>-<i>`` (``who`` is ``parent`` or
 ``child``). The tracker writes nothing by itself before the process ends (one batch holds
 up to 10 000 events and ``batch_interval`` is an hour), so whatever is on disk afterwards
@@ -122,6 +124,7 @@ def main() -> None:
         config=TrackerConfig(batch_interval=3600.0),
         **options,
     )
+    worker = tracker.statistics().worker_mode  # said on the ready line: the test checks it
     record(tracker, "parent", n)
 
     if mode in ("closeterm", "closeint"):
@@ -146,23 +149,23 @@ def main() -> None:
         _, status = os.waitpid(pid, 0)
         tracker.flush_blocking(timeout=WAIT)
         tracker.close(timeout=WAIT)
-        say(ready=True, child_exit=os.waitstatus_to_exitcode(status))
+        say(ready=True, child_exit=os.waitstatus_to_exitcode(status), mode=worker)
         return
     if mode in ("exit", "s3down", "s3silent"):
-        say(ready=True, pid=os.getpid())
+        say(ready=True, pid=os.getpid(), mode=worker)
         return  # no close(): the exit hook must flush (or spool)
     if mode in ("sigterm", "sigint"):
-        say(ready=True, pid=os.getpid())
+        say(ready=True, pid=os.getpid(), mode=worker)
         wait_for_signal()
     if mode == "sigkill-app":
         from asynctrack._remote._spawn import worker_process
 
-        say(ready=True, pid=os.getpid(), worker=worker_process().pid, mode=tracker.statistics().worker_mode)
+        say(ready=True, pid=os.getpid(), worker=worker_process().pid, mode=worker)
         wait_for_signal()
     if mode == "sigkill":
         tracker.flush_blocking(timeout=WAIT)
         record(tracker, "parent", m, start=n)
-        say(ready=True, pid=os.getpid())
+        say(ready=True, pid=os.getpid(), mode=worker)
         wait_for_signal()
     if mode == "fork":
         # Let the worker take every record first: the parent's events then sit encoded
@@ -186,7 +189,7 @@ def main() -> None:
         _, status = os.waitpid(pid, 0)
         tracker.flush_blocking(timeout=WAIT)
         tracker.close(timeout=WAIT)
-        say(ready=True, child_exit=os.waitstatus_to_exitcode(status))
+        say(ready=True, child_exit=os.waitstatus_to_exitcode(status), mode=worker)
         return
     raise SystemExit(f"unknown mode {mode!r}")
 
