@@ -22,8 +22,6 @@ from asynctrack._pipeline._protocol import TrackerEngine
 from asynctrack._pipeline._queue import WAKE_AT, BoundedQueue, Control
 from asynctrack._remote._client import ProcessEngine
 
-pytest_plugins = ("engine_fixtures",)
-
 
 class _Flag(Control):
     __slots__ = ("name",)
