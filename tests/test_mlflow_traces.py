@@ -229,11 +229,12 @@ def test_failing_trace_calls_leave_parameters_and_files_and_are_counted(
             tmp_path / "logs",
             experiment_name=f"failing-{fault}",
             run_name="r",
-            parameter_sinks=[MLflowParameters(proxy.endpoint_url, deadline=2.0)],
+            parameter_sinks=[MLflowParameters(proxy.endpoint_url, deadline=8.0)],  # a loaded machine
         )
         with tracker:
             weather_agent(stub.url, [tracker])
             tracker.flush_blocking(timeout=60)  # the parameters are written: no error
+            first = proxy.stats.faults[fault]  # type: ignore[index]
             weather_agent(stub.url, [tracker])
         calls = proxy.stats.faults[fault]  # type: ignore[index]
     stats = tracker.statistics()
@@ -244,9 +245,9 @@ def test_failing_trace_calls_leave_parameters_and_files_and_are_counted(
     assert run.data.metrics["events_total"] == stats.written
     assert traces_of(server.url, f"failing-{fault}") == []
     if fault == "404":
-        assert calls == 1  # one answer turns the traces off
+        assert calls == first > 0  # the first trace's answer turned the traces off
     else:
-        assert calls >= 2  # retried
+        assert first >= 2 and calls >= first + 2  # retried, at each flush
 
 
 # -- the parts, without a server ----------------------------------------------------------------
