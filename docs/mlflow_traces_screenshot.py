@@ -22,7 +22,6 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 EXPERIMENT = "langchain-sagemaker-tracker"  # the demo's
-SPAN = "invoke_agent AgentExecutor"  # the agent scenario's root span, named in the tree
 
 
 def main(url: str, out: str) -> None:
@@ -31,12 +30,13 @@ def main(url: str, out: str) -> None:
     if experiment is None:
         raise SystemExit(f"no experiment {EXPERIMENT!r} at {url}: run `asynctrack demo --mlflow {url}` first")
     traces = client.search_traces(locations=[experiment.experiment_id], order_by=["timestamp_ms DESC"])
-    agent = next((t for t in traces if t.info.tags.get("mlflow.traceName") == SPAN), None)
-    if agent is None:
-        raise SystemExit(f"no agent trace in {EXPERIMENT!r}")
+    if not traces:
+        raise SystemExit(f"no trace in {EXPERIMENT!r}")
+    shown = max(traces, key=lambda t: len(t.data.spans))  # the sequential chain's tree
+    first_span = shown.data.spans[-1].name
     page = (
         f"{url}/#/experiments/{experiment.experiment_id}/traces"
-        f"?selectedEvaluationId={agent.info.trace_id}&selectedTraceId={agent.info.trace_id}"
+        f"?selectedEvaluationId={shown.info.trace_id}&selectedTraceId={shown.info.trace_id}"
     )
     profile = tempfile.mkdtemp(prefix="mlflow-shot-")
     options = webdriver.ChromeOptions()
@@ -60,10 +60,14 @@ def main(url: str, out: str) -> None:
         driver.get(page)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            found = driver.find_elements(By.XPATH, "//*[contains(text(), 'Calculator')]")
-            if found:
+            if driver.find_elements(By.XPATH, f"//*[contains(text(), '{first_span}')]"):
                 break
             time.sleep(0.5)
+        # Out of the way: the assistant's panel and its tour; the trace panel full width.
+        for label in ("Close guidance", "Close", "Full screen"):
+            for button in driver.find_elements(By.CSS_SELECTOR, f"button[aria-label='{label}']"):
+                driver.execute_script("arguments[0].click();", button)
+                time.sleep(0.5)
         time.sleep(2)  # let the span details settle
         driver.save_screenshot(out)
     finally:
