@@ -269,3 +269,27 @@ def test_span_types_and_mlflow_attributes(stub: OpenAIStub, tmp_path: Path) -> N
     assert chat["mlflow.chat.tokenUsage"]["total_tokens"] > 0
     assert isinstance(chat["mlflow.spanInputs"], list)  # the messages, parsed back from JSON
     assert grouper.close() == []
+
+
+def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: Path) -> None:
+    """The demo's agent: callbacks on the agent, its tools and its model, not on the agent's
+    inner LLMChain, so each model call's parent is a run this tracker never saw."""
+    from export_workloads import recorded_lines
+
+    from asynctrack._demo._scenarios import scenario_3_agent
+    from asynctrack._export._spans import trace_id_of
+
+    with AsyncTracker(tmp_path / "logs", experiment_name="e", run_name="r") as tracker:
+        scenario_3_agent([tracker])
+    grouper = TraceGrouper()
+    traces = grouper.add(recorded_lines(tmp_path / "logs"))
+    assert grouper.close() == []  # nothing held back until close
+    assert sorted(len(t) for t in traces) == [1, 1, 1, 1, 3]
+    for trace in traces:
+        root = trace[-1]
+        assert root.parent_span_id == b""
+        assert root.trace_id == trace_id_of(root.attributes["langchain.run_id"])
+        assert {s.trace_id for s in trace} == {root.trace_id}
+    agent = next(t for t in traces if len(t) == 3)
+    assert [span_type(s.attributes) for s in agent] == ["TOOL", "TOOL", "AGENT"]
+    assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._export._spans import SpanAssembler
+from .._export._spans import SpanAssembler, trace_id_of
 from ._base import RunInfo
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ _OUTPUTS: Final = ("gen_ai.output.messages", "gen_ai.tool.call.result", "langcha
 _PREVIEW: Final = 1000  # characters of a trace's request and response previews
 _STATUS: Final = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
 _WARN_EVERY: Final = 10.0  # seconds between two failure warnings
-_SENT_IDS: Final = 65_536  # trace ids remembered as sent (their late spans are not a new trace)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -208,20 +207,13 @@ def _preview(value: Any) -> str | None:
     return text[:_PREVIEW]
 
 
-def root_of(spans: Sequence[TraceSpan]) -> TraceSpan:
-    """The trace's root: the span whose parent is not in the trace (the earliest, if many)."""
-    ids = {s.span_id for s in spans}
-    roots = [s for s in spans if not s.parent_span_id or s.parent_span_id not in ids]
-    return min(roots or spans, key=lambda s: s.start_ns)
-
-
 def mlflow_trace(
     spans: Sequence[TraceSpan], *, experiment_id: str, run_id: str, run: RunInfo
 ) -> tuple[Any, Any]:
     """``(TraceInfo, TraceData)`` of one trace, linked to MLflow run ``run_id``."""
     from mlflow.entities import Span, TraceData, TraceInfo, TraceLocation, TraceState
 
-    root = root_of(spans)
+    root = spans[-1]  # a trace's root ends last (TraceGrouper)
     trace_id = "tr-" + root.trace_id.hex()
     total = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     counted = False
@@ -258,53 +250,77 @@ def mlflow_trace(
 class TraceGrouper:
     """Recorded lines -> complete traces, each a list of spans (one thread at a time).
 
-    A trace is complete when a span with no parent ends (its root run). Spans of traces
-    not yet complete are held, at most ``max_bytes`` (encoded); past that the oldest
-    trace is given up and its spans counted in ``dropped``. ``close()`` returns the rest,
-    runs never ended included (marked ``asynctrack.unfinished``).
+    A trace is a run this tracker recorded whose parent it did not (a LangChain root run,
+    or a run started under a parent recorded elsewhere, such as a chain without the
+    callback), with every recorded run below it. It is complete when that run ends:
+    LangChain ends children before parents, and a parent starts before its children, so
+    a span whose parent is not open when it ends heads a trace of its own. Its MLflow
+    trace id is its run's id; spans waiting for their parent are held, at most
+    ``max_bytes`` (encoded), past which the oldest are given up and counted in
+    ``dropped``. ``close()`` returns the rest, runs never ended included (marked
+    ``asynctrack.unfinished``).
     """
 
     def __init__(self, *, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._assembler = SpanAssembler(capture_content=True, max_open_bytes=max_bytes)
-        self._held: dict[bytes, list[TraceSpan]] = {}
-        self._sent: dict[bytes, None] = {}
+        # parent span id -> ended subtrees waiting for it, in the order they ended
+        self._waiting: dict[bytes, list[TraceSpan]] = {}
         self.max_bytes = max_bytes
         self.held_bytes = 0
-        self.dropped = 0  # spans given up: memory bound, or late for a trace already sent
+        self.dropped = 0  # spans given up to the memory bound
 
     def add(self, lines: Iterable[bytes]) -> list[list[TraceSpan]]:
         """Read ``lines`` in order; the traces they completed."""
-        return self._group(self._assembler.add(lines))
+        ended = [decode_span(raw) for raw in self._assembler.add(lines)]
+        # A parent ended in this same batch comes after its children: still to come for them.
+        coming = self._assembler.open_span_ids() | {s.span_id for s in ended}
+        return self._group(ended, coming)
 
     def close(self) -> list[list[TraceSpan]]:
         """Every trace held, complete or not."""
-        out = self._group(self._assembler.close())
-        out.extend(self._held.values())
-        self._held.clear()
+        # Unfinished runs come parents first (the order they started): children first here.
+        unfinished = [decode_span(raw) for raw in reversed(self._assembler.close())]
+        out = self._group(unfinished, {s.span_id for s in unfinished})
+        for parent, spans in self._waiting.items():  # their parent never came: each heads its own
+            subtree: list[TraceSpan] = []
+            for span in spans:
+                subtree.append(span)
+                if span.parent_span_id == parent:  # a subtree ends with its top span
+                    out.append(_headed(subtree))
+                    subtree = []
+        self._waiting.clear()
         self.held_bytes = 0
         return out
 
-    def _group(self, encoded: list[bytes]) -> list[list[TraceSpan]]:
+    def _group(self, ended: list[TraceSpan], coming: set[bytes]) -> list[list[TraceSpan]]:
         done: list[list[TraceSpan]] = []
-        for raw in encoded:
-            span = decode_span(raw)
-            if span.trace_id in self._sent:
-                self.dropped += 1  # a run that ended after its root: the trace is in MLflow
-                continue
-            self._held.setdefault(span.trace_id, []).append(span)
-            self.held_bytes += span.size
-            if not span.parent_span_id:
-                spans = self._held.pop(span.trace_id)
-                self.held_bytes -= sum(s.size for s in spans)
-                self._sent[span.trace_id] = None
-                if len(self._sent) > _SENT_IDS:
-                    del self._sent[next(iter(self._sent))]
-                done.append(spans)
-        while self.held_bytes > self.max_bytes and self._held:
-            oldest = self._held.pop(next(iter(self._held)))
+        for span in ended:
+            below = self._waiting.pop(span.span_id, [])
+            self.held_bytes -= sum(s.size for s in below)
+            subtree = [*below, span]
+            if span.parent_span_id and span.parent_span_id in coming:
+                self._waiting.setdefault(span.parent_span_id, []).extend(subtree)
+                self.held_bytes += sum(s.size for s in subtree)
+            else:
+                done.append(_headed(subtree))
+        while self.held_bytes > self.max_bytes and self._waiting:
+            oldest = self._waiting.pop(next(iter(self._waiting)))
             self.held_bytes -= sum(s.size for s in oldest)
             self.dropped += len(oldest)
         return done
+
+
+def _headed(subtree: list[TraceSpan]) -> list[TraceSpan]:
+    """A subtree (its top span last) as one trace, the top span its root."""
+    head = subtree[-1]
+    if head.parent_span_id:
+        # Its parent was recorded elsewhere: the trace is named after this run, like a root's.
+        run_id = head.attributes.get("langchain.run_id")
+        trace_id = trace_id_of(run_id) if isinstance(run_id, str) else head.trace_id
+        for span in subtree:
+            span.trace_id = trace_id
+        head.parent_span_id = b""
+    return subtree
 
 
 class MLflowTraces:
