@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -521,37 +522,41 @@ class MLflowParameters:
         key = run_key(run.experiment, run.run)
         state = self._runs.get(key) or self._open_run(client, run, key)
         tracing = TracingClient(client.tracking_uri)
-        outcomes: list[str | None] = []
-        for spans in traces:
-            if self.traces_unsupported or time.monotonic() >= give_up:
-                outcomes.append(
-                    "not sent: " + ("no trace API" if self.traces_unsupported else "deadline passed")
-                )
-                continue
-            info, data = mlflow_trace(spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run)
+
+        def attempt(call: Callable[[], T]) -> T:
             delay = 0.2
             while True:
                 try:
-                    stored = tracing.start_trace(info)
-                    if stored.tags.get("mlflow.trace.spansLocation") != "TRACKING_STORE":
-                        tracing._upload_trace_data(stored, data)  # noqa: SLF001 - MLflow's exporter's own call
-                    outcomes.append(None)
-                    break
+                    return call()
                 except Exception as exc:
-                    if _no_trace_api(exc):
-                        self.traces_unsupported = True
-                        logger.warning(
-                            "asynctrack (MLflow): %s takes no traces (%s); parameters only from now on",
-                            self._where(),
-                            exc,
-                        )
-                        outcomes.append(f"no trace API: {exc}")
-                        break
-                    if not _retryable(exc) or time.monotonic() + delay >= give_up:
-                        outcomes.append(f"{type(exc).__name__}: {exc}")
-                        break
+                    if _no_trace_api(exc) or not _retryable(exc) or time.monotonic() + delay >= give_up:
+                        raise
                     time.sleep(random.uniform(0, delay))
                     delay = min(delay * 2, 5.0)
+
+        outcomes: list[str | None] = []
+        for spans in traces:
+            if self.traces_unsupported or time.monotonic() >= give_up:
+                outcomes.append("not sent: " + ("no trace API" if self.traces_unsupported else "deadline"))
+                continue
+            info, data = mlflow_trace(spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run)
+            try:
+                stored = attempt(functools.partial(tracing.start_trace, info))
+                # A store that keeps spans itself says so; else they are the trace's data
+                # artifact (MLflow's own exporter decides the same way).
+                if stored.tags.get("mlflow.trace.spansLocation") != "TRACKING_STORE":
+                    upload = tracing._upload_trace_data  # noqa: SLF001 - the call MLflow's exporter makes
+                    attempt(functools.partial(upload, stored, data))
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+                if _no_trace_api(exc):
+                    self.traces_unsupported = True
+                    logger.warning(
+                        "asynctrack (MLflow): %s takes no traces (%s); parameters only from now on",
+                        self._where(),
+                        exc,
+                    )
         return outcomes
 
     def _open_run(self, client: Any, run: RunInfo, key: str) -> _Run:

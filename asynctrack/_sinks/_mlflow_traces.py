@@ -17,7 +17,6 @@ the run id without dashes); span ids are the OTLP export's.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -344,8 +343,6 @@ class MLflowTraces:
         self._closed = False
         self._exported = 0
         self._failed = 0
-        self._errors = 0
-        self._traces = 0
         self._warned_at = -_WARN_EVERY
 
     def lines(self, lines: Sequence[bytes]) -> None:
@@ -355,7 +352,7 @@ class MLflowTraces:
             try:
                 traces = self._grouper.add(lines)
             except Exception as exc:  # never into the engine: the files go on
-                self._fail(0, f"traces not assembled: {exc!r}", traces=0)
+                self._fail(0, f"traces not assembled: {exc!r}")
                 return
             self._take(traces)
 
@@ -376,21 +373,18 @@ class MLflowTraces:
             return "an earlier MLflow trace call has not returned"
         with self._lock:
             batch, self._ready, self._ready_bytes = self._ready, [], 0
-        if not batch:
-            return None
-        if self._sink.traces_unsupported:
-            with self._lock:
-                self._fail(sum(map(len, batch)), "the tracking server takes no traces", traces=len(batch))
-            return None
-        run = self._run
-        future = self._sink.submit_traces(run, batch)
-        self._inflight = future
+            if not batch:
+                return None
+            if self._sink.traces_unsupported:
+                self._fail(sum(map(len, batch)), "the tracking server takes no traces")
+                return None
+            future = self._sink.submit_traces(self._run, batch)
+            self._inflight = future
         future.add_done_callback(lambda f: self._settle(batch, f))
         if not _wait(future, max(give_up - time.monotonic(), 0.0)):
             return "MLflow trace call still running after its deadline"
-        errors = (
-            [e for e in future.result() if e] if future.exception() is None else [str(future.exception())]
-        )
+        error = future.exception()
+        errors = [str(error)] if error is not None else [e for e in future.result() if e]
         return errors[-1] if errors else None
 
     def _settle(
@@ -404,13 +398,11 @@ class MLflowTraces:
             for spans, outcome in zip(batch, outcomes, strict=False):
                 if outcome is None:
                     self._exported += len(spans)
-                    self._traces += 1
                 else:
                     self._fail(len(spans), outcome)
 
-    def _fail(self, spans: int, message: str, *, traces: int = 1) -> None:
+    def _fail(self, spans: int, message: str) -> None:
         self._failed += spans
-        self._errors += traces
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
@@ -421,22 +413,22 @@ class MLflowTraces:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(Exception):
+            try:
                 self._take(self._grouper.close())
+            except Exception as exc:  # the spans are in the files
+                self._fail(0, f"traces not assembled: {exc!r}")
         self.flush(timeout)
         with self._lock:
             left, self._ready = self._ready, []
             dropped, self._grouper.dropped = self._grouper.dropped, 0
             if left:
-                self._fail(sum(map(len, left)), "traces not sent before close", traces=len(left))
+                self._fail(sum(map(len, left)), "traces not sent before close")
             self._failed += dropped
 
     def statistics(self) -> Mapping[str, int]:
         return {
             "spans_exported": self._exported,
             "spans_failed": self._failed + self._grouper.dropped,
-            "traces_exported": self._traces,
-            "traces_failed": self._errors,
         }
 
 
