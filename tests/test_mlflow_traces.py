@@ -293,3 +293,16 @@ def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: P
     agent = next(t for t in traces if len(t) == 3)
     assert [span_type(s.attributes) for s in agent] == ["TOOL", "TOOL", "AGENT"]
     assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}
+
+
+def test_a_sqlite_store_keeps_the_trace_data_beside_the_database(stub: OpenAIStub, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with AsyncTracker(
+        tmp_path / "logs", experiment_name="local", run_name="r", parameter_sinks=[MLflowParameters(uri)]
+    ) as tracker:
+        weather_agent(stub.url, [tracker])
+    assert (tracker.statistics().spans_exported, tracker.statistics().spans_failed) == (4, 0)
+    (trace,) = traces_of(uri, "local")
+    assert trace.info.trace_metadata["mlflow.sourceRun"] == only_run(uri, "local").info.run_id
+    assert len(trace.data.spans) == 4
+    assert len(list((tmp_path / "mlartifacts").rglob("traces.json"))) == 1

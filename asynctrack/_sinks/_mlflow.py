@@ -136,6 +136,18 @@ def _no_trace_api(exc: BaseException) -> bool:
     return _error_code(exc) in _NO_TRACE_API or "error code 404" in str(exc)
 
 
+def _artifacts_beside(uri: str | None) -> str | None:
+    """Where a new experiment's artifacts (the traces' data) go for a SQLite store: beside
+    the database, not in ``./mlruns`` of whatever directory the worker runs in (MLflow's
+    default). ``None``: the store's own default."""
+    if uri is None or not uri.startswith("sqlite:///"):
+        return None
+    database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(database)), "mlartifacts")
+
+
 _THREAD_NAME: Final = "asynctrack-mlflow"
 
 
@@ -635,7 +647,11 @@ class MLflowParameters:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                experiment_id = str(client.create_experiment(name, tags={"asynctrack": "true"}))
+                experiment_id = str(
+                    client.create_experiment(
+                        name, artifact_location=_artifacts_beside(self._uri), tags={"asynctrack": "true"}
+                    )
+                )
             except Exception as exc:
                 if _error_code(exc) != _ALREADY_EXISTS:
                     raise
