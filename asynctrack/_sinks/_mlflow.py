@@ -551,8 +551,10 @@ class MLflowParameters:
             if self.traces_unsupported or time.monotonic() >= give_up:
                 outcomes.append("not sent: " + ("no trace API" if self.traces_unsupported else "deadline"))
                 continue
-            info, data = mlflow_trace(spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run)
             try:
+                info, data = mlflow_trace(
+                    spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run
+                )
                 stored = attempt(functools.partial(tracing.start_trace, info))
                 # A store that keeps spans itself says so; else they are the trace's data
                 # artifact (MLflow's own exporter decides the same way).

@@ -17,6 +17,7 @@ the run id without dashes); span ids are the OTLP export's.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -176,7 +177,6 @@ def mlflow_attributes(span: TraceSpan, trace_id: str) -> dict[str, Any]:
 
 def _span_dict(span: TraceSpan, trace_id: str) -> dict[str, Any]:
     """The span in MLflow's stored form (``Span.to_dict``, schema 3)."""
-    import base64
 
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode("ascii")
