@@ -476,6 +476,12 @@ def test_arn_requests_are_signed_by_the_sagemaker_plugin(
     (found,) = runs_of(server.url, "arn")
     assert found.info.run_name == "signed"
     assert found.data.params["model_name"] == HPARAMS["model_name"]
+    # The run's trace went through the same signed client.
+    assert any(request.target.endswith("/mlflow/traces") for request in seen)
+    (trace,) = MlflowClient(tracking_uri=server.url).search_traces(
+        locations=[found.info.experiment_id], run_id=found.info.run_id
+    )
+    assert trace.info.tags["mlflow.traceName"] == "invoke_workflow LLMChain"
 
 
 # --------------------------------------------------------------------------------------

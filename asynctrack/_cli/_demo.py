@@ -91,7 +91,11 @@ def _mlflow_sink(mlflow_uri: str | None) -> Callable[[], ParametersSink] | None:
 
 def _mlflow_summary(mlflow_uri: str, trackers: list[AsyncTracker]) -> None:
     logged = sum(1 for t in trackers if not t.statistics().parameter_errors)
+    spans = sum(t.statistics().spans_exported for t in trackers)
+    failed = sum(t.statistics().spans_failed for t in trackers)
     print(f"MLflow ({mlflow_uri}): {logged} of {len(trackers)} run(s) logged")
+    note = f", {failed} not logged" if failed else ""
+    print(f"   traces: {spans} span(s) logged{note}, one trace per root run (a run's Traces tab)")
     if mlflow_uri.startswith(("http://", "https://")):
         print(f"   open {mlflow_uri} in a browser")
     elif mlflow_uri.startswith("arn:"):
@@ -104,7 +108,8 @@ def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None
     """Run the seed notebook's three scenarios offline and print what was logged.
 
     Each invocation writes new runs (``run-scenario-N-<UTC time>-<random>``). With
-    ``mlflow_uri``, each run's parameters and metrics also go to MLflow there.
+    ``mlflow_uri``, each run's parameters and metrics also go to MLflow there, and
+    each root run as an MLflow trace linked to its run.
     """
     try:
         from .._demo._scenarios import EXPERIMENT_NAME, SCENARIOS

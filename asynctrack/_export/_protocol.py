@@ -9,9 +9,12 @@ the files), asks it to flush at every flush, and closes it at close.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["Exporter", "LineExporter"]
+if TYPE_CHECKING:
+    from .._sinks._base import RunInfo
+
+__all__ = ["Exporter", "ExportingSink", "LineExporter"]
 
 
 @runtime_checkable
@@ -38,3 +41,15 @@ class Exporter(Protocol):
 
     def start(self) -> LineExporter:
         """Start the exporter (its thread, its connection) in this process."""
+
+
+@runtime_checkable
+class ExportingSink(Protocol):
+    """A parameter sink that also takes the recorded lines (``MLflowParameters``: traces).
+
+    The engine asks it where the engine is built; what it returns runs beside the other
+    exporters and sends through the sink's own connection.
+    """
+
+    def line_exporter(self, run: RunInfo) -> LineExporter | None:
+        """The running exporter for ``run``'s lines, or ``None`` (turned off)."""

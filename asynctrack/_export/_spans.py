@@ -200,6 +200,10 @@ class SpanAssembler:
     def open_runs(self) -> int:
         return len(self._open)
 
+    def open_span_ids(self) -> set[bytes]:
+        """The span ids of the runs started and not yet ended (their spans are still to come)."""
+        return {span.span_id for span in self._open.values()}
+
     # -- the kinds of line ------------------------------------------------------------------------
 
     def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:

@@ -19,13 +19,13 @@ from .._config import TrackerConfig
 from .._events._schema import SEQ
 from .._events._tail import TailSampler
 from .._events._translate import EventTranslator
-from .._export._protocol import Exporter, LineExporter
+from .._export._protocol import Exporter, ExportingSink, LineExporter
 from .._layout import Layout
 from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
 from .._pipeline._loop import ChunkTranslate, Finishing, Translated
 from .._pipeline._spool import Spool
-from .._sinks._base import Batch, ParametersSink, Sink
+from .._sinks._base import Batch, ParametersSink, RunInfo, Sink
 from .._sinks._local import LocalSink
 from .._sinks._registry import make_sink
 
@@ -109,18 +109,26 @@ class TrackerSpec:
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
             translate = _ObservedTranslate(translate, hooks)
+        layout = Layout(experiment=self.experiment, run=self.run, writer=self.writer, gzip=engine_config.gzip)
+        run_info = RunInfo(
+            experiment=self.experiment,
+            run=self.run,
+            events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
+        )
         engine = Engine(
             sink=sink,
-            layout=Layout(
-                experiment=self.experiment, run=self.run, writer=self.writer, gzip=engine_config.gzip
-            ),
+            layout=layout,
+            run_info=run_info,
             translate=translate,
             parameters=translator.redacted_parameters,
             parameter_sinks=self.parameter_sinks,
             config=engine_config,
             spool=spool,
             placeholders=lambda: translator.placeholders,
-            exporters=_start_exporters(self.exporters),
+            exporters=[
+                *_start_exporters(self.exporters),
+                *_sink_exporters(self.parameter_sinks, run_info),
+            ],
             queue_events=queue_events,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
         )
@@ -135,6 +143,23 @@ def _start_exporters(exporters: tuple[Exporter, ...]) -> list[LineExporter]:
             started.append(exporter.start())
         except Exception:
             logger.exception("asynctrack: exporter %r could not start; events are still written", exporter)
+    return started
+
+
+def _sink_exporters(sinks: tuple[ParametersSink, ...], run: RunInfo) -> list[LineExporter]:
+    """The exporters of the parameter sinks that take lines (MLflow's traces); one that
+    cannot start is logged and left out: the files and the parameters go on."""
+    started = []
+    for sink in sinks:
+        if not isinstance(sink, ExportingSink):
+            continue
+        try:
+            exporter = sink.line_exporter(run)
+        except Exception:
+            logger.exception("asynctrack: %r could not start its export; events are still written", sink)
+            continue
+        if exporter is not None:
+            started.append(exporter)
     return started
 
 

@@ -23,6 +23,11 @@ finish on that thread (it cannot be interrupted), and later writes fail at once
 until it returns, so a hanging tracking server never holds a flush longer than
 the deadline, nor the process at exit.
 
+With ``traces=True`` (the default) each LangChain root run also becomes an MLflow
+trace linked to the run (``_mlflow_traces``), sent on the same thread after the
+parameters at every flush and at close; a server without trace support turns them
+off by itself, said once and counted.
+
 MLflow's limits are checked before the call (``_mlflow_plan``); every change is
 logged once and counted in ``adjustments``. Retries use the sinks' shared loop
 (``_retry``): backoff with full jitter, every attempt bounded by the deadline.
@@ -31,16 +36,19 @@ logged once and counted in ``adjustments``. Retries use the sinks' shared loop
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._errors import PermanentSinkError, SinkError
 from ._base import ParameterValue, RunInfo, RunSummary
@@ -55,6 +63,10 @@ from ._mlflow_plan import (
     run_key,
 )
 from ._retry import RetryExhausted, retry
+
+if TYPE_CHECKING:
+    from .._export._protocol import LineExporter
+    from ._mlflow_traces import TraceSpan
 
 __all__ = [
     "RUN_KEY_TAG",
@@ -112,6 +124,30 @@ def _retryable(exc: BaseException) -> bool:
     return _error_code(exc) in _RETRYABLE or _DELETED in text or any(c in text for c in _CONFLICT)
 
 
+# What a server without MLflow 3's trace API answers (MLflow 2.x: 404; stores that
+# keep no traces: NOT_IMPLEMENTED).
+_NO_TRACE_API: Final = ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED")
+
+
+def _no_trace_api(exc: BaseException) -> bool:
+    if isinstance(exc, NotImplementedError):
+        return True
+    # MLflow's client says "failed with error code 404 != 200" for an answer without its JSON.
+    return _error_code(exc) in _NO_TRACE_API or "error code 404" in str(exc)
+
+
+def _artifacts_beside(uri: str | None) -> str | None:
+    """Where a new experiment's artifacts (the traces' data) go for a SQLite store: beside
+    the database, not in ``./mlruns`` of whatever directory the worker runs in (MLflow's
+    default). ``None``: the store's own default."""
+    if uri is None or not uri.startswith("sqlite:///"):
+        return None
+    database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(database)), "mlartifacts")
+
+
 _THREAD_NAME: Final = "asynctrack-mlflow"
 
 
@@ -163,6 +199,15 @@ class _CallThread:
         self._calls.put((fn, loop, future))
         return await future
 
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on the thread; for callers on a thread, not a loop (the traces)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((fn, None, future))
+        return future
+
     def stop(self) -> None:
         """Let the thread end after the call it runs, if any (never waits)."""
         if self._thread is not None:
@@ -179,11 +224,14 @@ class _CallThread:
                 outcome = (False, exc)
             finally:
                 self.busy_since = None
+            if loop is None:
+                _resolve(future, outcome)
+                continue
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                 loop.call_soon_threadsafe(_resolve, future, outcome)
 
 
-def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+def _resolve(future: asyncio.Future[Any] | concurrent.futures.Future[Any], outcome: tuple[bool, Any]) -> None:
     if future.done():  # cancelled: the deadline passed while the call ran
         return
     ok, value = outcome
@@ -222,6 +270,8 @@ class MLflowParameters:
         tags: more tags for every run (MLflow's key rules applied).
         deadline: seconds one write may take, retries included; past it the
             flush reports the failure.
+        traces: also log each LangChain root run's span tree as an MLflow trace,
+            linked to the run (where the tracking server takes traces).
 
     Raises:
         ValueError: a deadline that is not a positive number.
@@ -234,6 +284,7 @@ class MLflowParameters:
         *,
         tags: Mapping[str, str] | None = None,
         deadline: float = 30.0,
+        traces: bool = True,
     ) -> None:
         if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0:
             raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
@@ -246,6 +297,7 @@ class MLflowParameters:
         self._uri = uri
         self._tags = dict(tags or {})
         self._deadline = float(deadline)
+        self._traces = bool(traces)
         self.adjustments = 0  # keys renamed, values cut, metrics skipped to fit MLflow
         self._init_runtime()
 
@@ -261,14 +313,17 @@ class MLflowParameters:
         self._experiments: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
         self._noted: set[str] = set()
+        #: The tracking server answered that it has no trace API: no more trace calls.
+        self.traces_unsupported = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self._uri, "tags": self._tags, "deadline": self._deadline}
+        return {"uri": self._uri, "tags": self._tags, "deadline": self._deadline, "traces": self._traces}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._uri = state["uri"]
         self._tags = state["tags"]
         self._deadline = state["deadline"]
+        self._traces = state.get("traces", True)
         self.adjustments = 0
         self._init_runtime()
 
@@ -277,8 +332,41 @@ class MLflowParameters:
         """The tracking URI given (``None``: ``MLFLOW_TRACKING_URI`` or MLflow's default)."""
         return self._uri
 
+    @property
+    def deadline(self) -> float:
+        """Seconds one write may take, retries included."""
+        return self._deadline
+
+    @property
+    def traces(self) -> bool:
+        """Whether root runs are also logged as MLflow traces."""
+        return self._traces
+
     def __repr__(self) -> str:
         return f"MLflowParameters(tracking_uri={self._uri!r})"
+
+    # -- the ExportingSink protocol: the traces ------------------------------------------
+
+    def line_exporter(self, run: RunInfo) -> LineExporter | None:
+        """The exporter that turns ``run``'s lines into MLflow traces (``None``: ``traces=False``)."""
+        if not self._traces:
+            return None
+        from ._mlflow_traces import MLflowTraces
+
+        return MLflowTraces(self, run)
+
+    def submit_traces(
+        self, run: RunInfo, traces: list[list[TraceSpan]]
+    ) -> concurrent.futures.Future[list[str | None]]:
+        """Log ``traces`` on the sink's thread, after the writes before them.
+
+        Returns:
+            A future of one outcome per trace: ``None`` (logged) or the error text.
+        """
+        if self._pid != os.getpid():
+            self._init_runtime()
+        caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
+        return caller.submit(lambda: self._log_traces(run, traces))
 
     # -- the ParametersSink and RunSummarySink protocols ---------------------------------
 
@@ -429,6 +517,62 @@ class MLflowParameters:
         if metrics:
             state.step += 1
 
+    def _log_traces(self, run: RunInfo, traces: list[list[TraceSpan]]) -> list[str | None]:
+        """Log each trace, linked to the run the parameters go to; its outcome.
+
+        Runs on the sink's thread. Each trace is retried (connection errors, 5xx)
+        until the deadline of this call; an answer that the server has no trace API
+        turns the traces off for good (said once).
+        """
+        from mlflow.tracing.client import TracingClient
+
+        from ._mlflow_traces import mlflow_trace
+
+        give_up = time.monotonic() + self._deadline
+        client = self._get_client()
+        assert self._limits is not None  # set with the client
+        key = run_key(run.experiment, run.run)
+        state = self._runs.get(key) or self._open_run(client, run, key)
+        tracing = TracingClient(client.tracking_uri)
+
+        def attempt(call: Callable[[], T]) -> T:
+            delay = 0.2
+            while True:
+                try:
+                    return call()
+                except Exception as exc:
+                    if _no_trace_api(exc) or not _retryable(exc) or time.monotonic() + delay >= give_up:
+                        raise
+                    time.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, 5.0)
+
+        outcomes: list[str | None] = []
+        for spans in traces:
+            if self.traces_unsupported or time.monotonic() >= give_up:
+                outcomes.append("not sent: " + ("no trace API" if self.traces_unsupported else "deadline"))
+                continue
+            try:
+                info, data = mlflow_trace(
+                    spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run
+                )
+                stored = attempt(functools.partial(tracing.start_trace, info))
+                # A store that keeps spans itself says so; else they are the trace's data
+                # artifact (MLflow's own exporter decides the same way).
+                if stored.tags.get("mlflow.trace.spansLocation") != "TRACKING_STORE":
+                    upload = tracing._upload_trace_data  # noqa: SLF001 - the call MLflow's exporter makes
+                    attempt(functools.partial(upload, stored, data))
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+                if _no_trace_api(exc):
+                    self.traces_unsupported = True
+                    logger.warning(
+                        "asynctrack (MLflow): %s takes no traces (%s); parameters only from now on",
+                        self._where(),
+                        exc,
+                    )
+        return outcomes
+
     def _open_run(self, client: Any, run: RunInfo, key: str) -> _Run:
         """Find the run by its key tag, or create it."""
         experiment_id = self._experiment_id(client, run.experiment)
@@ -505,7 +649,11 @@ class MLflowParameters:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                experiment_id = str(client.create_experiment(name, tags={"asynctrack": "true"}))
+                experiment_id = str(
+                    client.create_experiment(
+                        name, artifact_location=_artifacts_beside(self._uri), tags={"asynctrack": "true"}
+                    )
+                )
             except Exception as exc:
                 if _error_code(exc) != _ALREADY_EXISTS:
                     raise

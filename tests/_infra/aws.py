@@ -415,13 +415,15 @@ def main() -> None:
 # FaultProxy
 # --------------------------------------------------------------------------------------
 
-FaultKind: TypeAlias = Literal["500", "503", "reset", "stall", "truncate"]
+FaultKind: TypeAlias = Literal["500", "503", "reset", "stall", "truncate", "404"]
 """The faults :class:`FaultProxy` can inject.
 
 * ``"500"``: answer ``500 Internal Server Error`` with an S3 ``InternalError`` XML body,
   without contacting the upstream.
 * ``"503"``: answer ``503 Slow Down`` with an S3 ``SlowDown`` XML body, without contacting
   the upstream.
+* ``"404"``: answer ``404 Not Found`` (an endpoint the upstream does not have), without
+  contacting the upstream; never drawn at random (give it in ``kinds`` or a schedule).
 * ``"reset"``: read the request, then close the client connection with a TCP RST
   (``SO_LINGER`` 0), without contacting the upstream.
 * ``"stall"``: read the request, then send nothing for ``stall_seconds`` (or until the
@@ -433,7 +435,8 @@ FaultKind: TypeAlias = Literal["500", "503", "reset", "stall", "truncate"]
   incomplete response to a request that took effect.
 """
 
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = ("500", "503", "reset", "stall", "truncate")
+_ALL_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 
 _MAX_LINE: Final = 65536
 _MAX_HEADERS: Final = 200
@@ -779,6 +782,7 @@ _CANNED_FAULTS: Final[Mapping[str, tuple[int, str, str, str]]] = {
         "We encountered an internal error. Please try again.",
     ),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "404": (404, "Not Found", "NotFound", "No such endpoint."),
 }
 
 
@@ -869,7 +873,7 @@ class FaultProxy:
         self._requests = 0
         self._forwarded = 0
         self._connections = 0
-        self._faults: dict[FaultKind, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self._faults: dict[FaultKind, int] = dict.fromkeys(_ALL_KINDS, 0)
         self.set_probability(probability, kinds)
         self.stall_seconds = stall_seconds
 
@@ -1062,7 +1066,7 @@ class FaultProxy:
         """Set every counter back to zero."""
         with self._lock:
             self._requests = self._forwarded = self._connections = 0
-            self._faults = dict.fromkeys(FAULT_KINDS, 0)
+            self._faults = dict.fromkeys(_ALL_KINDS, 0)
 
     # -- internals -------------------------------------------------------------------
 
@@ -1150,7 +1154,7 @@ class FaultProxy:
                 if fault == "stall":
                     self._stopping.wait(self.stall_seconds)
                     return
-                if fault in ("500", "503"):
+                if fault in _CANNED_FAULTS:
                     client.sendall(_error_response(*_CANNED_FAULTS[fault], request.keep_alive))
                     if not request.keep_alive:
                         return
@@ -1232,10 +1236,10 @@ def _bad_gateway(exc: BaseException) -> bytes:
 
 
 def _check_kind(kind: str) -> FaultKind:
-    for known in FAULT_KINDS:
+    for known in _ALL_KINDS:
         if kind == known:
             return known
-    raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
+    raise ValueError(f"unknown fault kind {kind!r}; expected one of {_ALL_KINDS}")
 
 
 if __name__ == "__main__":

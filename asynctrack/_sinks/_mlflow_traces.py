@@ -1,0 +1,444 @@
+"""Each LangChain root run as an MLflow trace, linked to the run ``MLflowParameters`` writes.
+
+The spans come from the OTLP export's assembly (``_export._spans``: one span per run, the
+run tree as parent links, the original timestamps), fed with the lines the worker writes,
+so what MLflow gets is what the files hold, redacted the same way. Here they are read
+back, given MLflow's span types, inputs, outputs and token usage, and grouped by trace:
+a trace is complete when its root run ends (LangChain ends children before parents).
+
+Sending goes through MLflow's client (``start_trace``, then the spans as the trace's data
+artifact, as MLflow's own exporter does when the store does not take spans), on the
+sink's thread, at each flush after the parameters and at close. A SageMaker managed
+MLflow server gets the same calls, signed by the ``sagemaker-mlflow`` plugin.
+
+MLflow's ids: the trace is ``tr-`` and the hex of the root run's id (search a trace by
+the run id without dashes); span ids are the OTLP export's.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from .._export._spans import SpanAssembler, trace_id_of
+from ._base import RunInfo
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ._mlflow import MLflowParameters
+
+__all__ = [
+    "SPAN_TYPES",
+    "MLflowTraces",
+    "TraceGrouper",
+    "TraceSpan",
+    "decode_span",
+    "mlflow_attributes",
+    "span_type",
+]
+
+logger = logging.getLogger("asynctrack")
+
+#: ``gen_ai.operation.name`` -> MLflow's span type; anything else (chains, graphs,
+#: their steps) is a ``CHAIN``.
+SPAN_TYPES: Final = {
+    "chat": "CHAT_MODEL",
+    "text_completion": "LLM",
+    "execute_tool": "TOOL",
+    "retrieval": "RETRIEVER",
+    "invoke_agent": "AGENT",
+    "embeddings": "EMBEDDING",
+}
+# The span attributes (JSON text, written only with content on) that are a run's
+# inputs and outputs, by kind of run.
+_INPUTS: Final = ("gen_ai.input.messages", "gen_ai.tool.call.arguments", "langchain.inputs")
+_OUTPUTS: Final = ("gen_ai.output.messages", "gen_ai.tool.call.result", "langchain.outputs")
+_PREVIEW: Final = 1000  # characters of a trace's request and response previews
+_STATUS: Final = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+_WARN_EVERY: Final = 10.0  # seconds between two failure warnings
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class TraceSpan:
+    """One span, read back from the OTLP bytes the assembly wrote."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[tuple[str, int, dict[str, Any]]]
+    status: int  # 0 unset, 1 ok, 2 error (OTLP's codes)
+    status_message: str
+    size: int  # the encoded bytes: what the span holds in memory, roughly
+
+
+def _any_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+    return None if which is None else getattr(value, which)
+
+
+def decode_span(encoded: bytes) -> TraceSpan:
+    """An OTLP ``Span`` message (as ``SpanAssembler`` encodes it), decoded."""
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    span = trace_pb2.Span.FromString(encoded)
+    return TraceSpan(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_span_id,
+        name=span.name,
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano,
+        attributes={kv.key: _any_value(kv.value) for kv in span.attributes},
+        events=[
+            (e.name, e.time_unix_nano, {kv.key: _any_value(kv.value) for kv in e.attributes})
+            for e in span.events
+        ],
+        status=int(span.status.code),
+        status_message=span.status.message,
+        size=len(encoded),
+    )
+
+
+def span_type(attributes: Mapping[str, Any]) -> str:
+    """MLflow's span type of a span with these attributes."""
+    return SPAN_TYPES.get(str(attributes.get("gen_ai.operation.name")), "CHAIN")
+
+
+def _parsed(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # cut to the content limit: no longer JSON, shown as it is
+
+
+def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> tuple[bool, Any]:
+    for key in keys:
+        if key in attributes:
+            return True, _parsed(attributes[key])
+    return False, None
+
+
+def token_usage(attributes: Mapping[str, Any]) -> dict[str, int] | None:
+    """MLflow's token usage (``mlflow.chat.tokenUsage``) from the GenAI usage attributes."""
+    tokens_in = attributes.get("gen_ai.usage.input_tokens")
+    tokens_out = attributes.get("gen_ai.usage.output_tokens")
+    if not isinstance(tokens_in, int) and not isinstance(tokens_out, int):
+        return None
+    tokens_in = tokens_in if isinstance(tokens_in, int) else 0
+    tokens_out = tokens_out if isinstance(tokens_out, int) else 0
+    return {"input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+
+
+def mlflow_attributes(span: TraceSpan, trace_id: str) -> dict[str, Any]:
+    """The span's attributes in MLflow's terms (values not yet JSON-encoded).
+
+    Every recorded attribute stays (``gen_ai.*``, ``langchain.*``, ``asynctrack.*``);
+    MLflow's own keys are added: the trace id, the span type, inputs and outputs
+    (the message, argument, result and chain content, parsed back from JSON) and the
+    token usage.
+    """
+    attributes = dict(span.attributes)
+    attributes["mlflow.traceRequestId"] = trace_id
+    attributes["mlflow.spanType"] = span_type(span.attributes)
+    found, inputs = _first(span.attributes, _INPUTS)
+    if found:
+        attributes["mlflow.spanInputs"] = inputs
+    found, outputs = _first(span.attributes, _OUTPUTS)
+    if found:
+        attributes["mlflow.spanOutputs"] = outputs
+    usage = token_usage(span.attributes)
+    if usage is not None:
+        attributes["mlflow.chat.tokenUsage"] = usage
+    model = span.attributes.get("gen_ai.response.model") or span.attributes.get("gen_ai.request.model")
+    if isinstance(model, str):
+        attributes["mlflow.llm.model"] = model
+    provider = span.attributes.get("gen_ai.provider.name")
+    if isinstance(provider, str):
+        attributes["mlflow.llm.provider"] = provider
+    return attributes
+
+
+def _span_dict(span: TraceSpan, trace_id: str) -> dict[str, Any]:
+    """The span in MLflow's stored form (``Span.to_dict``, schema 3)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    return {
+        "trace_id": b64(span.trace_id),
+        "span_id": b64(span.span_id),
+        "parent_span_id": b64(span.parent_span_id) if span.parent_span_id else "",
+        "name": span.name,
+        "start_time_unix_nano": span.start_ns,
+        "end_time_unix_nano": span.end_ns,
+        "attributes": {
+            k: json.dumps(v, ensure_ascii=False) for k, v in mlflow_attributes(span, trace_id).items()
+        },
+        "status": {
+            "code": _STATUS[span.status if 0 <= span.status < 3 else 0],
+            "message": span.status_message,
+        },
+        "events": [{"name": n, "time_unix_nano": t, "attributes": a} for n, t, a in span.events],
+    }
+
+
+def _preview(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text[:_PREVIEW]
+
+
+def mlflow_trace(
+    spans: Sequence[TraceSpan], *, experiment_id: str, run_id: str, run: RunInfo
+) -> tuple[Any, Any]:
+    """``(TraceInfo, TraceData)`` of one trace, linked to MLflow run ``run_id``."""
+    from mlflow.entities import Span, TraceData, TraceInfo, TraceLocation, TraceState
+
+    root = spans[-1]  # a trace's root ends last (TraceGrouper)
+    trace_id = "tr-" + root.trace_id.hex()
+    total = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    counted = False
+    for span in spans:
+        usage = token_usage(span.attributes)
+        if usage is not None:
+            counted = True
+            for key, value in usage.items():
+                total[key] += value
+    metadata = {
+        "mlflow.sourceRun": run_id,  # the run's Traces tab lists it
+        "mlflow.trace_schema.version": "3",
+        "asynctrack.experiment": run.experiment,
+        "asynctrack.run": run.run,
+    }
+    if counted:
+        metadata["mlflow.trace.tokenUsage"] = json.dumps(total)
+    end_ns = max(s.end_ns for s in spans)
+    info = TraceInfo(
+        trace_id=trace_id,
+        trace_location=TraceLocation.from_experiment_id(experiment_id),
+        request_time=root.start_ns // 1_000_000,
+        state=TraceState.ERROR if root.status == 2 else TraceState.OK,
+        request_preview=_preview(_first(root.attributes, _INPUTS)[1]),
+        response_preview=_preview(_first(root.attributes, _OUTPUTS)[1]),
+        execution_duration=max(end_ns - root.start_ns, 0) // 1_000_000,
+        trace_metadata=metadata,
+        tags={"mlflow.traceName": root.name},
+    )
+    data = TraceData(spans=[Span.from_dict(_span_dict(s, trace_id)) for s in spans])
+    return info, data
+
+
+class TraceGrouper:
+    """Recorded lines -> complete traces, each a list of spans (one thread at a time).
+
+    A trace is a run this tracker recorded whose parent it did not (a LangChain root run,
+    or a run started under a parent recorded elsewhere, such as a chain without the
+    callback), with every recorded run below it. It is complete when that run ends:
+    LangChain ends children before parents, and a parent starts before its children, so
+    a span whose parent is not open when it ends heads a trace of its own. Its MLflow
+    trace id is its run's id; spans waiting for their parent are held, at most
+    ``max_bytes`` (encoded), past which the oldest are given up and counted in
+    ``dropped``. ``close()`` returns the rest, runs never ended included (marked
+    ``asynctrack.unfinished``).
+    """
+
+    def __init__(self, *, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._assembler = SpanAssembler(capture_content=True, max_open_bytes=max_bytes)
+        # parent span id -> ended subtrees waiting for it, in the order they ended
+        self._waiting: dict[bytes, list[TraceSpan]] = {}
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+        self.dropped = 0  # spans given up to the memory bound
+
+    def add(self, lines: Iterable[bytes]) -> list[list[TraceSpan]]:
+        """Read ``lines`` in order; the traces they completed."""
+        ended = [decode_span(raw) for raw in self._assembler.add(lines)]
+        # A parent ended in this same batch comes after its children: still to come for them.
+        coming = self._assembler.open_span_ids() | {s.span_id for s in ended}
+        return self._group(ended, coming)
+
+    def close(self) -> list[list[TraceSpan]]:
+        """Every trace held, complete or not."""
+        # Unfinished runs come parents first (the order they started): children first here.
+        unfinished = [decode_span(raw) for raw in reversed(self._assembler.close())]
+        out = self._group(unfinished, {s.span_id for s in unfinished})
+        for parent, spans in self._waiting.items():  # their parent never came: each heads its own
+            subtree: list[TraceSpan] = []
+            for span in spans:
+                subtree.append(span)
+                if span.parent_span_id == parent:  # a subtree ends with its top span
+                    out.append(_headed(subtree))
+                    subtree = []
+        self._waiting.clear()
+        self.held_bytes = 0
+        return out
+
+    def _group(self, ended: list[TraceSpan], coming: set[bytes]) -> list[list[TraceSpan]]:
+        done: list[list[TraceSpan]] = []
+        for span in ended:
+            below = self._waiting.pop(span.span_id, [])
+            self.held_bytes -= sum(s.size for s in below)
+            subtree = [*below, span]
+            if span.parent_span_id and span.parent_span_id in coming:
+                self._waiting.setdefault(span.parent_span_id, []).extend(subtree)
+                self.held_bytes += sum(s.size for s in subtree)
+            else:
+                done.append(_headed(subtree))
+        while self.held_bytes > self.max_bytes and self._waiting:
+            oldest = self._waiting.pop(next(iter(self._waiting)))
+            self.held_bytes -= sum(s.size for s in oldest)
+            self.dropped += len(oldest)
+        return done
+
+
+def _headed(subtree: list[TraceSpan]) -> list[TraceSpan]:
+    """A subtree (its top span last) as one trace, the top span its root."""
+    head = subtree[-1]
+    if head.parent_span_id:
+        # Its parent was recorded elsewhere: the trace is named after this run, like a root's.
+        run_id = head.attributes.get("langchain.run_id")
+        trace_id = trace_id_of(run_id) if isinstance(run_id, str) else head.trace_id
+        for span in subtree:
+            span.trace_id = trace_id
+        head.parent_span_id = b""
+    return subtree
+
+
+class MLflowTraces:
+    """The ``LineExporter`` of an ``MLflowParameters``: the run's traces, sent at flushes.
+
+    ``lines()`` groups spans on the engine's thread (never blocks); ``flush()`` hands the
+    complete traces to the sink's thread and waits for them at most its timeout (the
+    sink's deadline when none). A call still running from an earlier flush (a hanging
+    server) keeps the next traces waiting, never a second call beside it.
+    """
+
+    def __init__(self, sink: MLflowParameters, run: RunInfo, *, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._sink = sink
+        self._run = run
+        self._grouper = TraceGrouper(max_bytes=max_bytes)
+        self._ready: list[list[TraceSpan]] = []
+        self._ready_bytes = 0
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._inflight: concurrent.futures.Future[list[str | None]] | None = None
+        self._closed = False
+        self._exported = 0
+        self._failed = 0
+        self._warned_at = -_WARN_EVERY
+
+    def lines(self, lines: Sequence[bytes]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                traces = self._grouper.add(lines)
+            except Exception as exc:  # never into the engine: the files go on
+                self._fail(0, f"traces not assembled: {exc!r}")
+                return
+            self._take(traces)
+
+    def _take(self, traces: list[list[TraceSpan]]) -> None:
+        for spans in traces:
+            self._ready.append(spans)
+            self._ready_bytes += sum(s.size for s in spans)
+        while self._ready_bytes > self._max_bytes and self._ready:
+            oldest = self._ready.pop(0)
+            self._ready_bytes -= sum(s.size for s in oldest)
+            self._fail(len(oldest), "traces waiting for MLflow over the memory bound; the oldest dropped")
+
+    def flush(self, timeout: float | None) -> str | None:
+        limit = self._sink.deadline if timeout is None else min(timeout, self._sink.deadline)
+        give_up = time.monotonic() + limit
+        previous = self._inflight
+        if previous is not None and not _wait(previous, limit):
+            return "an earlier MLflow trace call has not returned"
+        with self._lock:
+            batch, self._ready, self._ready_bytes = self._ready, [], 0
+            if not batch:
+                return None
+            if self._sink.traces_unsupported:
+                self._fail(sum(map(len, batch)), "the tracking server takes no traces")
+                return None
+            future = self._sink.submit_traces(self._run, batch)
+            self._inflight = future
+        future.add_done_callback(lambda f: self._settle(batch, f))
+        if not _wait(future, max(give_up - time.monotonic(), 0.0)):
+            return "MLflow trace call still running after its deadline"
+        error = future.exception()
+        errors = [str(error)] if error is not None else [e for e in future.result() if e]
+        return errors[-1] if errors else None
+
+    def _settle(
+        self, batch: list[list[TraceSpan]], future: concurrent.futures.Future[list[str | None]]
+    ) -> None:
+        error = future.exception()
+        outcomes: list[str | None] = (
+            [f"{type(error).__name__}: {error}"] * len(batch) if error is not None else future.result()
+        )
+        with self._lock:
+            for spans, outcome in zip(batch, outcomes, strict=False):
+                if outcome is None:
+                    self._exported += len(spans)
+                else:
+                    self._fail(len(spans), outcome)
+
+    def _fail(self, spans: int, message: str) -> None:
+        self._failed += spans
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            logger.warning("asynctrack (MLflow traces): %s", message)
+
+    def close(self, timeout: float | None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._take(self._grouper.close())
+            except Exception as exc:  # the spans are in the files
+                self._fail(0, f"traces not assembled: {exc!r}")
+        self.flush(timeout)
+        with self._lock:
+            left, self._ready = self._ready, []
+            dropped, self._grouper.dropped = self._grouper.dropped, 0
+            if left:
+                self._fail(sum(map(len, left)), "traces not sent before close")
+            self._failed += dropped
+
+    def statistics(self) -> Mapping[str, int]:
+        return {
+            "spans_exported": self._exported,
+            "spans_failed": self._failed + self._grouper.dropped,
+        }
+
+
+def _wait(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    import concurrent.futures
+
+    try:
+        future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    except Exception:
+        return True  # done, with its error (read by the caller)
+    return True

@@ -1,0 +1,308 @@
+"""MLflowParameters' traces: each root run as an MLflow trace, against a real MLflow server.
+
+The server (``mlflow server``, SQLite store, on 127.0.0.1) is started once for the module;
+the workloads are real LangChain runs (ChatOpenAI on the loopback OpenAI stub, the demo's
+agent, every callback kind). What MLflow stored is read back through its client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from _infra.aws import FaultProxy, ProxyRequest
+from _infra.mlflow_server import MLflowServer
+from _infra.openai_stub import OpenAIStub
+from export_workloads import SECRET, failing_chain, weather_agent
+from mlflow import MlflowClient
+
+from asynctrack import AsyncTracker, MLflowParameters, TrackerConfig, read_events
+from asynctrack._demo._scenarios import all_event_kinds
+from asynctrack._sinks._mlflow_traces import TraceGrouper, mlflow_attributes, span_type
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MLflowServer]:
+    with MLflowServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAIStub]:
+    with OpenAIStub() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT",
+        "SAGEMAKER_MLFLOW_ASSUME_ROLE_ARN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(None)
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def only_run(uri: str, experiment: str) -> Any:
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def traces_of(uri: str, experiment: str) -> list[Any]:
+    """Every trace of ``experiment``, spans included, oldest first."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    infos = client.search_traces(locations=[found.experiment_id], include_spans=False)
+    traces = [client.get_trace(t.info.trace_id) for t in infos]
+    return sorted(traces, key=lambda t: t.info.request_time)
+
+
+def by_run_id(events: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """run id -> {"start": event, "end": event} from the recorded events."""
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for event in events:
+        kind = str(event.get("kind"))
+        if kind.endswith("_start"):
+            runs.setdefault(event["run_id"], {})["start"] = event
+        elif kind.endswith(("_end", "_error")) and kind != "agent_finish":
+            runs.setdefault(event["run_id"], {})["end"] = event
+    return runs
+
+
+def ns(ts: float) -> int:
+    return int(ts * 1e9)
+
+
+def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
+    server: MLflowServer, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="traces",
+        run_name="weather",
+        parameter_sinks=[MLflowParameters(server.url)],
+    )
+    with tracker:
+        weather_agent(stub.url, [tracker], question=f"echo: my key is {SECRET} and password=hunter2")
+        failing_chain([tracker])
+    stats = tracker.statistics()
+    assert stats.worker_mode == "process"
+    assert (stats.parameter_errors, stats.spans_exported, stats.spans_failed) == (0, 5, 0)
+
+    run = only_run(server.url, "traces")
+    traces = traces_of(server.url, "traces")
+    assert len(traces) == 2  # one per root run
+    assert {t.info.trace_metadata["mlflow.sourceRun"] for t in traces} == {run.info.run_id}
+    client = MlflowClient(tracking_uri=server.url)
+    linked = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id)
+    assert sorted(t.info.trace_id for t in linked) == sorted(t.info.trace_id for t in traces)
+
+    events = read_events(destination, "traces", "weather")
+    recorded = by_run_id(events)
+    spans = [span for trace in traces for span in trace.data.spans]
+    assert sorted(s.attributes["langchain.run_id"] for s in spans) == sorted(recorded)
+    span_of_run = {s.attributes["langchain.run_id"]: s for s in spans}
+    for run_id, span in span_of_run.items():
+        start, end = recorded[run_id]["start"], recorded[run_id]["end"]
+        parent = start.get("parent_run_id")
+        assert span.parent_id == (span_of_run[parent].span_id if parent else None)
+        assert span.start_time_ns == ns(start["ts"])
+        assert span.end_time_ns == ns(end["ts"])
+        trace_root = parent or run_id
+        assert span.trace_id == "tr-" + trace_root.replace("-", "")
+
+    weather, failing = traces
+    assert weather.info.tags["mlflow.traceName"] == "invoke_workflow weather_agent"
+    assert sorted(s.span_type for s in weather.data.spans) == ["CHAIN", "CHAT_MODEL", "CHAT_MODEL", "TOOL"]
+    assert (weather.info.state.value, failing.info.state.value) == ("OK", "ERROR")
+    assert [s.status.status_code.value for s in failing.data.spans] == ["ERROR"]
+
+    # Token usage: each model call's, and the trace's sum, as the files recorded them.
+    recorded_usage = []
+    for run_id, span in span_of_run.items():
+        if span.span_type == "CHAT_MODEL":
+            usage = span.attributes["mlflow.chat.tokenUsage"]
+            assert usage["input_tokens"] == span.attributes["gen_ai.usage.input_tokens"] > 0
+            recorded_usage.append(usage["total_tokens"])
+            assert span.inputs and span.outputs  # the messages, redacted
+            assert recorded[run_id]["end"]["kind"] == "llm_end"
+    assert weather.info.token_usage["total_tokens"] == sum(recorded_usage)
+    tool = next(s for s in weather.data.spans if s.span_type == "TOOL")
+    assert tool.inputs is not None and "Paris" in json.dumps(tool.outputs)
+
+
+def test_no_planted_secret_in_anything_the_server_stored(
+    server: MLflowServer, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    with AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="secrets",
+        run_name="r",
+        parameter_sinks=[MLflowParameters(server.url)],
+    ) as tracker:
+        weather_agent(stub.url, [tracker], question=f"echo: my key is {SECRET} and password=hunter2")
+
+        def leak(_: str) -> str:
+            raise RuntimeError(f"could not connect with api_key={SECRET}")
+
+        from langchain_core.runnables import RunnableLambda
+
+        with pytest.raises(RuntimeError):
+            RunnableLambda(leak, name="leaky").invoke(SECRET, config={"callbacks": [tracker]})
+    assert tracker.statistics().spans_exported == 5
+
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name("secrets")
+    assert experiment is not None
+    stored = [json.dumps(client.search_traces(locations=[experiment.experiment_id])[0].info.to_dict())]
+    for trace in traces_of(server.url, "secrets"):
+        stored.append(trace.to_json())
+    run = only_run(server.url, "secrets")
+    stored.append(json.dumps(run.to_dictionary()))
+    blob = "\n".join(stored)
+    assert "echo: my key is" in blob  # the content is there ...
+    assert SECRET not in blob and SECRET[8:30] not in blob  # ... redacted
+    assert "hunter2" not in blob
+
+
+def test_every_span_type_from_the_demo_runs(server: MLflowServer, tmp_path: Path) -> None:
+    with AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="kinds",
+        run_name="all",
+        config=TrackerConfig(worker="thread"),
+        parameter_sinks=[MLflowParameters(server.url)],
+    ) as tracker:
+        all_event_kinds([tracker])
+        tracker.flush_blocking(timeout=60)
+        first = tracker.statistics().spans_exported
+    stats = tracker.statistics()
+    assert stats.worker_mode == "thread"
+    assert first > 0 and stats.spans_failed == 0 and stats.parameter_errors == 0
+    traces = traces_of(server.url, "kinds")
+    types = {s.span_type for t in traces for s in t.data.spans}
+    assert types >= {"CHAT_MODEL", "LLM", "TOOL", "RETRIEVER", "CHAIN", "AGENT"}
+    assert sum(len(t.data.spans) for t in traces) == stats.spans_exported
+
+
+def test_traces_false_logs_none(server: MLflowServer, stub: OpenAIStub, tmp_path: Path) -> None:
+    with AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="no-traces",
+        run_name="r",
+        parameter_sinks=[MLflowParameters(server.url, traces=False)],
+    ) as tracker:
+        weather_agent(stub.url, [tracker])
+    assert (tracker.statistics().spans_exported, tracker.statistics().parameter_errors) == (0, 0)
+    run = only_run(server.url, "no-traces")
+    assert run.data.metrics["events_total"] > 0
+    assert traces_of(server.url, "no-traces") == []
+
+
+def _trace_calls(request: ProxyRequest) -> bool:
+    return "/traces" in request.target or "/artifacts" in request.target
+
+
+@pytest.mark.parametrize("fault", ["404", "500"])
+def test_failing_trace_calls_leave_parameters_and_files_and_are_counted(
+    server: MLflowServer, stub: OpenAIStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """404: a server without the trace API (said once, traces off); 500: retried, then given up."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our retries, not MLflow's
+    with FaultProxy(server.url) as proxy:
+        proxy.set_filter(_trace_calls)
+        proxy.set_probability(1.0, [fault])  # type: ignore[list-item]  # a FaultKind
+        tracker = AsyncTracker(
+            tmp_path / "logs",
+            experiment_name=f"failing-{fault}",
+            run_name="r",
+            parameter_sinks=[MLflowParameters(proxy.endpoint_url, deadline=8.0)],  # a loaded machine
+        )
+        with tracker:
+            weather_agent(stub.url, [tracker])
+            tracker.flush_blocking(timeout=60)  # the parameters are written: no error
+            first = proxy.stats.faults[fault]  # type: ignore[index]
+            weather_agent(stub.url, [tracker])
+        calls = proxy.stats.faults[fault]  # type: ignore[index]
+    stats = tracker.statistics()
+    assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
+    assert len(read_events(tmp_path / "logs", f"failing-{fault}", "r")) == stats.written
+    assert (stats.spans_exported, stats.spans_failed, stats.parameter_errors) == (0, 8, 0)
+    run = only_run(server.url, f"failing-{fault}")
+    assert run.data.metrics["events_total"] == stats.written
+    assert traces_of(server.url, f"failing-{fault}") == []
+    if fault == "404":
+        assert calls == first > 0  # the first trace's answer turned the traces off
+    else:
+        assert first >= 2 and calls >= first + 2  # retried, at each flush
+
+
+# -- the parts, without a server ----------------------------------------------------------------
+
+
+def test_span_types_and_mlflow_attributes(stub: OpenAIStub, tmp_path: Path) -> None:
+    from export_workloads import recorded_lines
+
+    with AsyncTracker(tmp_path / "logs", experiment_name="e", run_name="r") as tracker:
+        weather_agent(stub.url, [tracker])
+    grouper = TraceGrouper()
+    lines = recorded_lines(tmp_path / "logs")
+    traces = grouper.add(lines[:-1])
+    assert traces == []  # the root has not ended yet
+    (trace,) = grouper.add(lines[-1:])
+    assert [span_type(s.attributes) for s in trace] == ["CHAT_MODEL", "TOOL", "CHAT_MODEL", "CHAIN"]
+    chat = mlflow_attributes(trace[0], "tr-x")
+    assert chat["mlflow.spanType"] == "CHAT_MODEL"
+    assert chat["mlflow.chat.tokenUsage"]["total_tokens"] > 0
+    assert isinstance(chat["mlflow.spanInputs"], list)  # the messages, parsed back from JSON
+    assert grouper.close() == []
+
+
+def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: Path) -> None:
+    """The demo's agent: callbacks on the agent, its tools and its model, not on the agent's
+    inner LLMChain, so each model call's parent is a run this tracker never saw."""
+    from export_workloads import recorded_lines
+
+    from asynctrack._demo._scenarios import scenario_3_agent
+    from asynctrack._export._spans import trace_id_of
+
+    with AsyncTracker(tmp_path / "logs", experiment_name="e", run_name="r") as tracker:
+        scenario_3_agent([tracker])
+    grouper = TraceGrouper()
+    traces = grouper.add(recorded_lines(tmp_path / "logs"))
+    assert grouper.close() == []  # nothing held back until close
+    assert sorted(len(t) for t in traces) == [1, 1, 1, 1, 3]
+    for trace in traces:
+        root = trace[-1]
+        assert root.parent_span_id == b""
+        assert root.trace_id == trace_id_of(root.attributes["langchain.run_id"])
+        assert {s.trace_id for s in trace} == {root.trace_id}
+    agent = next(t for t in traces if len(t) == 3)
+    assert [span_type(s.attributes) for s in agent] == ["TOOL", "TOOL", "AGENT"]
+    assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}
+
+
+def test_a_sqlite_store_keeps_the_trace_data_beside_the_database(stub: OpenAIStub, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with AsyncTracker(
+        tmp_path / "logs", experiment_name="local", run_name="r", parameter_sinks=[MLflowParameters(uri)]
+    ) as tracker:
+        weather_agent(stub.url, [tracker])
+    assert (tracker.statistics().spans_exported, tracker.statistics().spans_failed) == (4, 0)
+    (trace,) = traces_of(uri, "local")
+    assert trace.info.trace_metadata["mlflow.sourceRun"] == only_run(uri, "local").info.run_id
+    assert len(trace.data.spans) == 4
+    assert len(list((tmp_path / "mlartifacts").rglob("traces.json"))) == 1
