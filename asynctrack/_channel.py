@@ -58,6 +58,7 @@ class Kind(enum.IntEnum):
     RECORDS = 2  # orjson array of records
     FLUSH = 3  # barrier: answer FLUSHED once everything before it is durable
     CLOSE = 4  # flush, stop and forget this tracker's engine; answer CLOSED
+    SEAL = 5  # the lane is held back: seal and write the open batch now (no answer)
     ACK = 64  # every RECORDS frame up to `number` is durable (or resolved otherwise)
     FLUSHED = 65  # pickled Outcome
     CLOSED = 66  # pickled Outcome

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ._queue import Control
 
-__all__ = ["Barrier", "Marker", "Resolvable", "wait", "wait_blocking"]
+__all__ = ["Barrier", "Marker", "Resolvable", "Seal", "wait", "wait_blocking"]
 
 
 class Resolvable(Protocol):
@@ -57,6 +57,14 @@ class Marker(Control):
         self.deadline = deadline
         self.sent = False  # a close marker is in the buffer
         self.reported = False  # its error was raised to a caller
+
+
+class Seal(Marker):
+    """Seal the open batch once the records ahead of it are taken, and write it; nothing
+    waits on it (the worker process's answer to an application that holds back its
+    shipping until what it shipped is durable: ``_worker._host``)."""
+
+    __slots__ = ()
 
 
 class Barrier:

@@ -39,7 +39,7 @@ from .._exit import forget, install_sigterm_handler, register
 from .._export._protocol import LineExporter
 from .._layout import Layout, new_writer_id
 from .._sinks._base import ParametersSink, ParameterValue, RunInfo, RunSummary, RunSummarySink, Sink
-from ._barrier import Barrier, Marker, wait, wait_blocking
+from ._barrier import Barrier, Marker, Seal, wait, wait_blocking
 from ._batcher import Batcher
 from ._delivery import Delivery
 from ._loop import State, Translate, Worker, chunked
@@ -220,6 +220,13 @@ class Engine:
     def count_dropped(self, n: int = 1) -> None:
         """Count events that could not even be put (thread-safe)."""
         self._buffer.count_dropped(n)
+
+    def seal_soon(self) -> None:
+        """Seal the open batch once the records queued now are taken, and write it, without
+        waiting for ``batch_interval`` (thread-safe; nothing to wait on). The worker process
+        calls it for an application that ships no more until what it shipped is durable."""
+        if not self.closed:
+            self._buffer.put_control(Seal())
 
     # -- flush -------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from .._errors import FlushError, FlushTimeoutError
 from .._events._encode import Encoder, placeholder
 from .._export._protocol import LineExporter
 from .._sinks._base import Batch, ParametersSink, Sink
-from ._barrier import Barrier, Marker
+from ._barrier import Barrier, Marker, Seal
 from ._batcher import Batcher
 from ._delivery import Delivery
 from ._queue import BoundedQueue
@@ -384,7 +384,10 @@ class Worker:
             if chunk:
                 self._encode(chunk)
             if marker is not None:
-                if final:
+                if type(marker) is Seal:  # no barrier: nothing waits on it
+                    if not final:  # (stopping: _finish seals what is left)
+                        self._dispatch(self._batcher.seal())
+                elif final:
                     self._late_markers.append(marker)
                 elif marker.closing:
                     return marker

@@ -131,6 +131,9 @@ class Lane:
         self.unacked: dict[Key, tuple[bytes, int]] = {}
         self.retained_bytes = 0
         self._unretained_events = 0
+        #: Held back, the worker was asked to seal and write what it has (``SEAL``):
+        #: once per hold, until the lane ships again (or a new worker gets the frames).
+        self.seal_asked = False
         #: Requests framed and sent, by number, until the worker answers them.
         self.waiting: dict[int, Request] = {}
         self.shipped = 0  # records framed
@@ -253,6 +256,7 @@ class Lane:
 
     def resend(self) -> list[bytes]:
         """For a new worker: every unacknowledged frame, in order."""
+        self.seal_asked = False  # the new worker is asked again if the lane is held back
         with self._lock:
             return [frame for frame, _ in self.unacked.values()]
 
@@ -362,6 +366,8 @@ class Shipper:
             while len(queue):
                 if lane.held_back() and not self.stopping:
                     held = True
+                    if not lane.seal_asked:
+                        self._ask_seal(lane)
                     break
                 with self._lock:
                     # A restart that gave up may have handed the tracker to a thread
@@ -372,8 +378,23 @@ class Shipper:
                     for key, frame, events in frames:
                         lane.retain(key, frame, events)
                     if frames:
+                        lane.seal_asked = False
                         self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
                         shipped = True
                 if len(queue):
                     time.sleep(_HAND_OVER)
         return shipped, held
+
+    def _ask_seal(self, lane: Lane) -> None:
+        """``lane`` is held back: ask the worker to seal and write its open batch now.
+
+        The worker acknowledges a frame once its events are written, and its open batch is
+        written once full (``max_batch_bytes``) or old (``batch_interval``): what a held
+        lane shipped may be too little to fill it, and nothing more comes until an
+        acknowledgement. Without this, each hold would last ``batch_interval``.
+        """
+        with self._lock:
+            if lane.tracker_id not in self.lanes or lane.forward is not None:
+                return
+            lane.seal_asked = True
+            self._send(encode_frame(Kind.SEAL, lane.tracker_id, 0))

@@ -320,6 +320,11 @@ class _Host:
         entry = self._trackers.get(tracker)
         if entry is None:
             return
+        if kind is Kind.SEAL:
+            # The application ships no more until what it shipped is acknowledged: what
+            # it shipped must not wait for batch_interval (nor more records) to be written.
+            entry.engine.seal_soon()
+            return
         timeout = pickle.loads(payload) if payload else None
         if kind is Kind.FLUSH:
             threading.Thread(target=entry.flush, args=(number, timeout), daemon=True).start()
