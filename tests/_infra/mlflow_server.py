@@ -85,6 +85,9 @@ class MLflowServer:
             shutil.copyfile(self._store, root / "mlflow.db")
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+        # The server's job runner starts several huey consumer processes, each importing MLflow
+        # (~300 MB and seconds of CPU each); nothing these tests call needs a job.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 [
