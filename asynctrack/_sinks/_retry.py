@@ -1,7 +1,7 @@
-"""One retry loop for every AWS call: exponential backoff, full jitter, one deadline.
+"""One retry loop for every remote call of the sinks: exponential backoff, full jitter, one deadline.
 
-Used by the S3 sink and the SageMaker parameter sink (botocore's own retries are
-off in both: one loop, ours, every attempt counted). Each attempt is bounded by
+Used by the S3 sink, the SageMaker parameter sink (botocore's own retries are off in
+both: one loop, ours, every attempt counted) and the MLflow sink. Each attempt is bounded by
 what is left of the deadline too, so a peer that accepts a connection and never
 answers cannot hold a write past it (aiohttp's wait for "100 Continue" is not
 covered by ``read_timeout``). The sleep before attempt *n* is uniform in
