@@ -28,6 +28,7 @@ __all__ = [
     "STARTS",
     "TS",
     "Record",
+    "id_text",
 ]
 
 #: A record: a plain tuple built with one C call on the hot path (a ``NamedTuple`` would
@@ -74,3 +75,12 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 
 STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
+
+
+def id_text(value: Any) -> str | None:
+    """A session or user id from a run's metadata as text (a string or an integer), else ``None``."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None

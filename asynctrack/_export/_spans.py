@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics
@@ -465,7 +466,7 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     """
     if not metadata:
         return ()
-    session, thread, user = (_id_text(metadata.get(k)) for k in ("session_id", "thread_id", "user_id"))
+    session, thread, user = (id_text(metadata.get(k)) for k in ("session_id", "thread_id", "user_id"))
     out = []
     if session is not None:
         out.append(pb.common_attribute("session.id", session))
@@ -478,14 +479,6 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     if user is not None:
         out.append(pb.common_attribute("user.id", user))
     return tuple(out)
-
-
-def _id_text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
 
 
 def _is_chat(event: Mapping[str, Any]) -> bool:

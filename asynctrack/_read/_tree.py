@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import orjson
 
+from .._events._schema import id_text
+
 __all__ = [
     "INTERRUPT_TYPES",
     "Note",
@@ -396,21 +398,12 @@ def _overviews(totals: Mapping[tuple[str, str], _Totals]) -> list[RunOverview]:
     return rows
 
 
-def _id_text(value: Any) -> str | None:
-    """A session or user id from metadata as text (a string or an integer), else ``None``."""
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
 def people(metadata: Any) -> tuple[str | None, str | None]:
     """A run's session (``session_id``, else LangGraph's ``thread_id``) and user (``user_id``)."""
     if not isinstance(metadata, Mapping) or not metadata:
         return None, None
-    session = _id_text(metadata.get("session_id")) or _id_text(metadata.get("thread_id"))
-    return session, _id_text(metadata.get("user_id"))
+    session = id_text(metadata.get("session_id")) or id_text(metadata.get("thread_id"))
+    return session, id_text(metadata.get("user_id"))
 
 
 def summarize_runs(
