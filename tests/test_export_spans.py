@@ -127,6 +127,31 @@ def test_model_tool_and_workflow_attributes(agent_lines: list[bytes]) -> None:
         )
 
 
+def test_chains_carry_the_openinference_kind(tmp_path: Path, agent_lines: list[bytes]) -> None:
+    from langchain_core.runnables import RunnableLambda
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    chain = RunnableLambda(shout, name="shout") | RunnableLambda(shout, name="again")
+    lines = _record(tmp_path, lambda t: chain.invoke("x", config={"callbacks": [t]}))
+    kinds = {
+        s.name: attributes(s).get("openinference.span.kind")
+        for s in _decode(SpanAssembler().add(lines + agent_lines))
+    }
+    # Chains, root or nested, are CHAIN (Arize Phoenix shows a chain without it as
+    # UNKNOWN); model calls, tools, retrievers and agents get their kind from gen_ai.*.
+    assert kinds == {
+        "invoke_workflow RunnableSequence": "CHAIN",
+        "shout": "CHAIN",
+        "again": "CHAIN",
+        "invoke_workflow weather_agent": "CHAIN",
+        "invoke_workflow failing": "CHAIN",
+        "chat gpt-4o-mini": None,
+        "execute_tool get_weather": None,
+    }
+
+
 def test_a_failed_run_is_an_error_span(agent_lines: list[bytes]) -> None:
     spans = _decode(SpanAssembler().add(agent_lines))
     failed = [s for s in spans if s.status.code == Status.STATUS_CODE_ERROR]

@@ -20,6 +20,9 @@ root chain, graph      ``invoke_workflow``         ``invoke_workflow {name}``   
 nested chain           (none: a framework step)    the run's name                        INTERNAL
 =====================  ==========================  ====================================  ========
 
+Chain spans (workflows and framework steps) also carry ``openinference.span.kind =
+"CHAIN"``, the one kind the GenAI attributes cannot tell an OpenInference receiver.
+
 Content (messages, tool arguments and results, chain inputs and outputs) is written only
 when the exporter's ``capture_content`` is on; it is the recorded line's text, redacted
 as the files are.
@@ -90,6 +93,10 @@ _ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool":
 _AGENT_NAMES: Final = ("AgentExecutor", "agent")
 _OPERATION_AGENT: Final = attribute("gen_ai.operation.name", "invoke_agent")
 _OPERATION_WORKFLOW: Final = attribute("gen_ai.operation.name", "invoke_workflow")
+# The GenAI conventions have no kind for a chain; OpenInference's receivers (Arize Phoenix,
+# which turns the gen_ai.* attributes of model, tool, retriever and agent spans into its
+# own kinds) show a chain span without this one as UNKNOWN, the root of every trace too.
+_OPENINFERENCE_CHAIN: Final = attribute("openinference.span.kind", "CHAIN")
 
 
 class Described:
@@ -298,6 +305,7 @@ def describe_start(
         agent = str(metadata.get("lc_agent_name") or name)
         attrs[:0] = [_OPERATION_AGENT, common_attribute("gen_ai.agent.name", agent)]
         return Described(f"invoke_agent {agent}", KIND_INTERNAL, "invoke_agent", attrs)
+    attrs.append(_OPENINFERENCE_CHAIN)
     if root or name == "LangGraph":
         attrs[:0] = [_OPERATION_WORKFLOW, common_attribute("gen_ai.workflow.name", name)]
         return Described(f"invoke_workflow {name}", KIND_INTERNAL, "invoke_workflow", attrs)
