@@ -28,7 +28,7 @@ from asynctrack import AsyncTracker, OTLPExporter
 from asynctrack._cli import main
 from asynctrack._export._spans import SpanAssembler
 
-# One Phoenix start per module: 15-90 s on a busy 2-core machine.
+# One Phoenix start per module: 35-80 s on a busy 2-core machine.
 pytestmark = pytest.mark.timeout(300)
 
 WAIT = 30.0
