@@ -12,9 +12,14 @@ SECRET = "sk-proj-PlantedSecret0123456789abcdefABCDEF"  # an OpenAI-format key: 
 
 
 def weather_agent(
-    url: str, callbacks: list[Any], question: str = "What is the weather in Paris today?"
+    url: str,
+    callbacks: list[Any],
+    question: str = "What is the weather in Paris today?",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
-    """A root chain around a tool round trip (model, tool, streamed model): 4 runs."""
+    """A root chain around a tool round trip (model, tool, streamed model): 4 runs.
+
+    ``metadata`` is the root's LangChain metadata (``session_id``, ``user_id``...)."""
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_core.runnables import RunnableConfig, RunnableLambda
     from langchain_core.tools import tool
@@ -35,7 +40,7 @@ def weather_agent(
         return "".join(str(chunk.content) for chunk in streaming.stream(history, config=config))
 
     result: str = RunnableLambda(answer, name="weather_agent").invoke(
-        question, config={"callbacks": callbacks}
+        question, config={"callbacks": callbacks, "metadata": metadata or {}}
     )
     return result
 

@@ -8,7 +8,7 @@ and say why; ``ASYNCTRACK_REQUIRE_PHOENIX=1`` turns the skip into a failure.
 What is checked is what Phoenix stores and shows, read back through its REST API: one
 span per run, the run tree, the trace and span ids asynctrack derives from the run ids
 (the same from the files later), the span kinds and the model, token and tool
-attributes Phoenix makes from the GenAI ones, and the error of a failed run.
+attributes Phoenix makes from the GenAI ones, the error of a failed run, the session.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
         run_name="r1",
         exporters=[OTLPExporter(phoenix.url, capture_content=True)],
     )
-    weather_agent(stub.url, [tracker])
+    weather_agent(stub.url, [tracker], metadata={"session_id": "s-42", "user_id": "alice"})
     failing_chain([tracker])
     tracker.close(timeout=WAIT)
     stats = tracker.statistics()
@@ -161,6 +161,15 @@ def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
     assert event["name"] == "exception"
     assert event["attributes"]["exception.type"] == "ValueError"
     assert all(s["status_code"] == "UNSET" for s in spans if s is not failed)
+
+    # The session: every span of the trace carries it; Phoenix groups the trace under it
+    # and adds up its token counts (two model calls of 57 + 23).
+    assert {s["attributes"].get("session.id") for s in spans if s is not failed} == {"s-42"}
+    assert {s["attributes"].get("user.id") for s in spans if s is not failed} == {"alice"}
+    (session,) = phoenix.sessions(project)
+    assert session["session_id"] == "s-42"
+    assert [t["trace_id"] for t in session["traces"]] == [root["context"]["trace_id"]]
+    assert (session["token_count_prompt"], session["token_count_total"]) == (114, 160)
 
 
 def test_a_backfill_sends_the_ids_of_the_live_export(

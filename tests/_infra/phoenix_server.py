@@ -129,11 +129,18 @@ class PhoenixServer:
 
     def spans(self, project: str) -> list[dict[str, Any]]:
         """Every span of ``project`` as Phoenix's REST API gives it (``[]`` if no such project)."""
-        spans: list[dict[str, Any]] = []
+        return self._pages(project, "spans")
+
+    def sessions(self, project: str) -> list[dict[str, Any]]:
+        """The sessions of ``project`` (``session_id``, ``traces``, token counts)."""
+        return self._pages(project, "sessions")
+
+    def _pages(self, project: str, what: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             query = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
-            address = f"{self.url}/v1/projects/{urllib.parse.quote(project)}/spans?"
+            address = f"{self.url}/v1/projects/{urllib.parse.quote(project)}/{what}?"
             try:
                 with urllib.request.urlopen(address + urllib.parse.urlencode(query), timeout=10) as answer:
                     page = json.load(answer)
@@ -141,10 +148,10 @@ class PhoenixServer:
                 if exc.code == 404:  # the project is made by its first span
                     return []
                 raise
-            spans.extend(page["data"])
+            items.extend(page["data"])
             cursor = page.get("next_cursor")
             if not cursor:
-                return spans
+                return items
 
     def wait_for_spans(self, project: str, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """The spans of ``project`` once at least ``n`` are stored (Phoenix inserts them in
