@@ -374,6 +374,9 @@ def test_mlflow_server_accepts_the_spans(tmp_path: Path, stub: OpenAIStub) -> No
         ]
         root = next(s for s in spans if s.parent_id is None)
         assert root.name == "invoke_workflow weather_agent"
+        # MLflow's span types: from gen_ai.operation.name, and for the chain from
+        # openinference.span.kind (without it, none).
+        assert sorted(s.span_type for s in spans) == ["CHAIN", "CHAT_MODEL", "CHAT_MODEL", "TOOL"]
 
 
 @pytest.mark.parametrize("worker", ["process", "thread"])
