@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from _infra.openai_stub import OpenAIStub
+from _infra.phoenix_server import PhoenixServer
 from export_workloads import failing_chain, recorded_lines, weather_agent
 
 from asynctrack import AsyncTracker, OTLPExporter
@@ -48,10 +49,8 @@ def _phoenix_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def phoenix() -> Iterator[Any]:
+def phoenix() -> Iterator[PhoenixServer]:
     _phoenix_or_skip()
-    from _infra.phoenix_server import PhoenixServer
-
     with PhoenixServer() as server:
         yield server
 
@@ -83,7 +82,7 @@ def _shown(spans: list[dict[str, Any]]) -> dict[str, tuple[str, str | None, str]
 
 
 def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
-    tmp_path: Path, phoenix: Any, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, phoenix: PhoenixServer, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = _project()
     # Phoenix files spans under the resource's project name; the OTEL_* variables the
@@ -173,7 +172,7 @@ def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
 
 
 def test_a_backfill_sends_the_ids_of_the_live_export(
-    tmp_path: Path, phoenix: Any, stub: OpenAIStub, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, phoenix: PhoenixServer, stub: OpenAIStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     live, later = _project(), _project()
     destination = tmp_path / "logs"
