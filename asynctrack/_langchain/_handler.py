@@ -33,7 +33,7 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, EMPTY, OPTIONS, Capturer, hollow, safe_repr, safe_str, type_name, valid_text
+from .._capture import DICT_OF, OPTIONS, Capturer, lossy, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
 from .._events._schema import ENDS, EVENT_KINDS, STARTS
 from .._events._tail import TailSampler
@@ -62,9 +62,6 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
-#: Bodies up to this size are searched for a hollow object's "{}" (see ``_record``).
-_HOLLOW_SCAN = 16 * 1024
-_MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
@@ -212,6 +209,7 @@ class AsyncTracker(BaseCallbackHandler):
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._max_field = config.max_field_bytes
+        self._max_depth = config.max_depth
         self._warned_hot_error = False
         self._sampled_out = 0  # events of traces not sampled, skipped here
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
@@ -401,27 +399,23 @@ class AsyncTracker(BaseCallbackHandler):
             raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
             try:
                 # Capturer.__call__, inlined: one Python frame less per event. The
-                # default is a C function, so orjson runs no Python while it walks
-                # the caller's live lists (see _capture).
-                body = orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                # defaults are C functions, so orjson runs no Python while it walks
+                # the caller's live lists (see _capture). The first walk writes each
+                # object null and collects it: without objects, those are the bytes;
+                # with, lossy() looks for one whose __dict__ is not all its data
+                # (then the careful path writes it), else they are written as
+                # their __dict__.
+                found: list[Any] = []
+                body = orjson.dumps(raw, default=found.append, option=OPTIONS)
+                if found:
+                    lost = lossy(found, self._max_depth)
+                    body = b"" if lost else orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
                 # Longer than the field limit: a field may need cutting, and is cut now
                 # (what the buffer holds is what its byte bound counts). Else an
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
                 # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
                 # records would hold 400 MB. The copy costs ~0.1 us.
-                # A "{}" may be an object whose fields are in slots, or that has none
-                # (attrgetter("__dict__") gave its empty __dict__): hollow() looks.
-                # Not in model events (their objects are LangChain's messages and
-                # generations), nor past _HOLLOW_SCAN bytes (a search for "{}" costs
-                # ~2 ns a byte, 18x orjson's for a long string), nor when the first
-                # "{}" is the body's own empty metadata, last.
-                size = len(body)
-                if size > self._max_field or (
-                    size <= _HOLLOW_SCAN
-                    and kind not in _MODEL_KINDS
-                    and body.find(EMPTY) not in (-1, size - 3)
-                    and hollow(raw, body)
-                ):
+                if not body or len(body) > self._max_field:
                     body = self._capture.careful(raw)
                 else:
                     body = body[:-1] + b"}"
