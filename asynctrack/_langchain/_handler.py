@@ -107,28 +107,36 @@ def _default_run_name() -> str:
 
 
 _GRAPH_AWARE: dict[type[Any], type[Any]] = {}
+#: LangGraph's lifecycle callbacks (langgraph >= 1.2), and the handler class they take.
+_LIFECYCLE = "langgraph.callbacks"
+
+
+@functools.cache
+def _langgraph_installed() -> bool:
+    try:
+        return importlib.util.find_spec("langgraph") is not None
+    except (ImportError, ValueError):  # a broken install, or an import blocked on purpose
+        return False
 
 
 def _graph_aware(cls: type[Any]) -> type[Any]:
-    """``cls``, made a subclass of LangGraph's ``GraphCallbackHandler`` where the installed
-    langgraph has one (>= 1.2): LangGraph calls ``on_interrupt``/``on_resume`` only on
-    such handlers. Without langgraph nothing is imported; an older one keeps ``cls``."""
+    """``cls``, made a subclass of LangGraph's ``GraphCallbackHandler`` once this process
+    has imported ``langgraph.callbacks`` (a graph's module does, before the graph runs):
+    LangGraph calls ``on_interrupt``/``on_resume`` only on such handlers. Nothing of
+    langgraph is imported here: importing ``langgraph.callbacks`` costs 0.3 s or more
+    (it brings in LangSmith's run trees), a cost only a graph's user should pay. With a
+    langgraph older than 1.2 (no ``GraphCallbackHandler``), ``cls``."""
     known = _GRAPH_AWARE.get(cls)
     if known is not None:
         return known
+    module = sys.modules.get(_LIFECYCLE)
+    if module is None:
+        return cls  # not remembered: langgraph may be imported later (see _join_graph)
+    base = getattr(module, "GraphCallbackHandler", None)
     known = cls
-    try:
-        installed = importlib.util.find_spec("langgraph") is not None
-    except (ImportError, ValueError):  # a broken install, or an import blocked on purpose
-        installed = False
-    if installed:
-        try:
-            base = importlib.import_module("langgraph.callbacks").GraphCallbackHandler
-        except (ImportError, AttributeError):  # langgraph < 1.2: no lifecycle callbacks
-            base = None
-        if isinstance(base, type) and not issubclass(cls, base):
-            names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-            known = type(cls.__name__, (cls, base), names)
+    if isinstance(base, type) and not issubclass(cls, base):
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        known = type(cls.__name__, (cls, base), names)
     _GRAPH_AWARE[cls] = _GRAPH_AWARE[known] = known
     return known
 
@@ -159,7 +167,9 @@ class AsyncTracker(BaseCallbackHandler):
     raise_error = False  # LangChain must never propagate our (impossible) errors
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        # An instance of the LangGraph-aware subclass where langgraph has lifecycle callbacks.
+        # An instance of the LangGraph-aware subclass where langgraph has lifecycle
+        # callbacks and is imported already; else it becomes one when a chain starts
+        # after langgraph was imported (_join_graph).
         return cast("Self", super().__new__(_graph_aware(cls)))
 
     def __init__(
@@ -206,6 +216,7 @@ class AsyncTracker(BaseCallbackHandler):
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
+        self._graph_pending = _LIFECYCLE not in sys.modules and _langgraph_installed()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._max_field = config.max_field_bytes
@@ -487,10 +498,26 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self._graph_pending:
+            self._join_graph()
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
+
+    def _join_graph(self) -> None:
+        """Become LangGraph-aware (``_graph_aware``) once langgraph's lifecycle module is
+        imported. Called at a chain's start: LangGraph picks the handlers for its
+        lifecycle callbacks right after its graph's ``on_chain_start``, so a tracker
+        made before the graph's module was imported still records the interrupts and
+        resumes of its first run. Never raises."""
+        if _LIFECYCLE not in sys.modules:
+            return
+        self._graph_pending = False
+        try:
+            self.__class__ = _graph_aware(type(self))
+        except Exception as exc:  # never into the chain; the events of the graph stay
+            logger.warning("asynctrack cannot receive LangGraph's interrupts and resumes: %r", exc)
 
     def on_chain_end(
         self,
