@@ -163,45 +163,56 @@ def _fields(v: Any) -> list[tuple[str, Any]]:
     return items
 
 
-#: What an instance's ``__dict__`` holds, per class (``lossy``): all its data; all
-#: unless it has pydantic extra fields; not all (the careful path writes it).
-_WHOLE, _UNLESS_EXTRA, _NOT_ALL = 1, 2, 3
-_VERDICTS: dict[type, int] = {}
-_MAX_VERDICTS: Final = 4096  # classes remembered (classes made at run time come and go)
+#: Classes whose instances' ``__dict__`` is all their data; the same unless the
+#: instance has pydantic extra fields (``extra="allow"``); and the others (``lossy``).
+_WHOLE: set[type] = set()
+_LOOSE: set[type] = set()
+_NOT_WHOLE: set[type] = set()
+_MAX_CLASSES: Final = 4096  # classes remembered (classes made at run time come and go)
 
 
-def _verdict(cls: type) -> int:
-    """What an instance of ``cls`` keeps in its ``__dict__`` (``_VERDICTS``), worked out."""
+def _whole(cls: type) -> bool:
+    """Whether an instance's ``__dict__`` holds all its data (pydantic extras aside)."""
     try:
         for klass in cls.__mro__[:-1]:
             if klass.__name__ in ("SecretStr", "SecretBytes", "Secret"):
-                return _NOT_ALL  # written as "[REDACTED]"
+                return False  # written as "[REDACTED]"
             in_c = not klass.__flags__ & _HEAP_TYPE
             if in_c and (klass.__basicsize__ != _OBJECT_SIZE or klass.__itemsize__):
-                return _NOT_ALL  # a C base holds data outside __dict__ (an exception's args)
+                return False  # a C base holds data outside __dict__ (an exception's args)
         if cls.__module__.partition(".")[0] in ("numpy", "pandas"):
-            return _NOT_ALL  # arrays, frames: their values, not their internals
-        if any(not name.startswith("__") for name in _slot_names(cls)):
-            return _NOT_ALL  # slot values beside the __dict__
+            return False  # arrays, frames: their values, not their internals
         if issubclass(cls, Mapping):
-            return _NOT_ALL  # written as its items
+            return False  # written as its items
         if getattr(cls, "__pydantic_computed_fields__", None):
-            return _NOT_ALL  # computed fields are not in __dict__
-        config = getattr(cls, "model_config", None)
-        if isinstance(config, dict) and config.get("extra") == "allow":
-            return _UNLESS_EXTRA
-        return _WHOLE
+            return False  # computed fields are not in __dict__
+        return all(name.startswith("__") for name in _slot_names(cls))  # no slot values beside
     except Exception:  # a hostile metaclass: the careful path judges
-        return _NOT_ALL
+        return False
 
 
-def _known(cls: type) -> int:
-    verdict = _VERDICTS.get(cls)
-    if verdict is None:
-        if len(_VERDICTS) >= _MAX_VERDICTS:
-            _VERDICTS.clear()
-        verdict = _VERDICTS[cls] = _verdict(cls)
-    return verdict
+def _learn(cls: type) -> bool:
+    """Whether an instance's ``__dict__`` is all its data (``_whole``), pydantic extras
+    aside; remembered in ``_WHOLE``, ``_LOOSE`` or ``_NOT_WHOLE``."""
+    if len(_WHOLE) + len(_LOOSE) + len(_NOT_WHOLE) > _MAX_CLASSES:
+        _WHOLE.clear()
+        _LOOSE.clear()
+        _NOT_WHOLE.clear()
+    if cls in _NOT_WHOLE or not _whole(cls):
+        _NOT_WHOLE.add(cls)
+        return False
+    config = getattr(cls, "model_config", None)
+    loose = isinstance(config, dict) and config.get("extra") == "allow"
+    (_LOOSE if loose else _WHOLE).add(cls)
+    return True
+
+
+#: Values that hold no object (orjson writes them natively).
+_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
+_CONTAINERS: Final = frozenset({dict, list, tuple})
+#: Values orjson writes natively, whatever their class (``str`` and ``int`` subclasses,
+#: ``Enum`` members, ``UUID``).
+_NATIVE: Final = (str, int, float, enum.Enum, uuid.UUID)
 
 
 def lossy(found: list[Any], max_depth: int) -> bool:
@@ -209,28 +220,42 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     ``default=found.append``) or inside one of them would lose data written as its
     ``__dict__``: an empty ``__dict__`` (an object whose fields are in slots, or a
     sentinel), slot values beside it, a C base's data (an exception's arguments),
-    pydantic extra fields; or an object with no ``__dict__`` at all.
+    pydantic extra or computed fields; or an object with no ``__dict__`` at all.
 
-    Each layer of objects costs a few C calls (their ``__dict__`` objects, their
-    classes, one orjson walk of those dicts that collects the objects inside them),
-    and a verdict per class, kept. Objects nested deeper than ``max_depth`` (a cycle) are
-    the careful path's to cut.
+    Layer by layer: each object's ``__dict__``, class (against those known whole) and
+    pydantic extras; the objects among its values are the next layer, and its
+    non-empty containers are walked by orjson in one call per layer, which collects
+    the objects inside them (C calls only: another thread may be resizing them). A
+    dict changed by another thread while its values are read raises, and the careful
+    path writes the event. Objects nested deeper than ``max_depth`` (a cycle) are the
+    careful path's to cut.
     """
     try:
         for _ in range(max_depth):
-            dicts = list(map(DICT_OF, found))  # AttributeError: no __dict__
-            if not all(dicts):
-                return True  # an empty __dict__
-            classes = set(map(type, found))
-            verdicts = set(map(_VERDICTS.get, classes))
-            if None in verdicts:  # a class met for the first time
-                verdicts = set(map(_known, classes))
-            if _NOT_ALL in verdicts:
-                return True
-            if _UNLESS_EXTRA in verdicts and any(getattr(o, "__pydantic_extra__", None) for o in found):
-                return True
             inside: list[Any] = []
-            orjson.dumps(dicts, default=inside.append, option=OPTIONS)
+            containers: list[Any] = []
+            for o in found:
+                d = o.__dict__  # AttributeError: no __dict__
+                if not d:
+                    return True
+                cls = type(o)
+                if cls not in _WHOLE:
+                    if cls in _LOOSE:
+                        if o.__pydantic_extra__:
+                            return True
+                    elif not _learn(cls) or (cls in _LOOSE and o.__pydantic_extra__):
+                        return True
+                for value in d.values():
+                    kind = type(value)
+                    if kind in _LEAVES:
+                        continue
+                    if kind in _CONTAINERS or isinstance(value, dict | list):
+                        if value:
+                            containers.append(value)
+                    elif not isinstance(value, _NATIVE):
+                        inside.append(value)
+            if containers:
+                orjson.dumps(containers, default=inside.append, option=OPTIONS)
             if not inside:
                 return False
             found = inside
