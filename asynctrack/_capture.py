@@ -207,14 +207,6 @@ def _learn(cls: type) -> bool:
     return True
 
 
-#: Values that hold no object (orjson writes them natively).
-_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
-_CONTAINERS: Final = frozenset({dict, list, tuple})
-#: Values orjson writes natively, whatever their class (``str`` and ``int`` subclasses,
-#: ``Enum`` members, ``UUID``).
-_NATIVE: Final = (str, int, float, enum.Enum, uuid.UUID)
-
-
 def lossy(found: list[Any], max_depth: int) -> bool:
     """Whether an object in ``found`` (the objects orjson met, collected by
     ``default=found.append``) or inside one of them would lose data written as its
@@ -223,17 +215,13 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     pydantic extra or computed fields; or an object with no ``__dict__`` at all.
 
     Layer by layer: each object's ``__dict__``, class (against those known whole) and
-    pydantic extras; the objects among its values are the next layer, and its
-    non-empty containers are walked by orjson in one call per layer, which collects
-    the objects inside them (C calls only: another thread may be resizing them). A
-    dict changed by another thread while its values are read raises, and the careful
-    path writes the event. Objects nested deeper than ``max_depth`` (a cycle) are the
-    careful path's to cut.
+    pydantic extras, then one orjson walk of their dicts (a C ``default`` again) that
+    collects the objects inside them. Objects nested deeper than ``max_depth`` (a
+    cycle) are the careful path's to cut.
     """
     try:
         for _ in range(max_depth):
-            inside: list[Any] = []
-            containers: list[Any] = []
+            dicts = []
             for o in found:
                 d = o.__dict__  # AttributeError: no __dict__
                 if not d:
@@ -245,17 +233,9 @@ def lossy(found: list[Any], max_depth: int) -> bool:
                             return True
                     elif not _learn(cls) or (cls in _LOOSE and o.__pydantic_extra__):
                         return True
-                for value in d.values():
-                    kind = type(value)
-                    if kind in _LEAVES:
-                        continue
-                    if kind in _CONTAINERS or isinstance(value, dict | list):
-                        if value:
-                            containers.append(value)
-                    elif not isinstance(value, _NATIVE):
-                        inside.append(value)
-            if containers:
-                orjson.dumps(containers, default=inside.append, option=OPTIONS)
+                dicts.append(d)
+            inside: list[Any] = []
+            orjson.dumps(dicts, default=inside.append, option=OPTIONS)
             if not inside:
                 return False
             found = inside
