@@ -498,6 +498,24 @@ def test_an_objects_data_is_kept_in_any_event_under_any_key(
         assert expected.items() <= logged[key].items()
 
 
+class Node:
+    """A cycle through objects: the check of each layer of objects stops at ``max_depth``."""
+
+    def __init__(self, other: Node | None = None) -> None:
+        self.other = other
+
+
+def test_a_cycle_through_objects_is_cut_at_max_depth(make_tracker: Callable[..., AsyncTracker]) -> None:
+    first = Node()
+    first.other = Node(first)
+    for logged in (_recorded(make_tracker(), first), _capture(first)):
+        value, depth = logged, 0
+        while MARK not in value:
+            value, depth = value["other"], depth + 1
+        assert value[MARK] == "max_depth"
+        assert 20 < depth < 40
+
+
 def test_model_events_keep_message_extras_and_the_objects_in_metadata(
     make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:
