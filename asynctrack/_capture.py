@@ -40,8 +40,8 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
    lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
    are longer than ``max_field_bytes`` (a field may need cutting), or an object
-   would lose data, ``careful()`` copies the arguments in Python into fresh plain containers
-   (each container first copied whole by one C call, ``list(d.items())`` /
+   would lose data, ``careful()`` copies the arguments in Python into fresh plain
+   containers (each container first copied whole by one C call, ``list(d.items())`` /
    ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
    private copy with no ``default`` at all. The result is bytes too.
 
