@@ -29,17 +29,19 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    dataclass's fields with ``PyObject_GetAttr``, which may run a property, and call
    a ``tzinfo``'s ``utcoffset``), so they fail step 1 and take step 2.
    ``str``/``int``/``dict``/``list`` subclasses are read in C (``obtype.rs``).
-   An object whose ``__dict__`` is empty (its fields in ``__slots__`` under a base
-   without slots, as LangGraph's ``Command``; or no field at all) comes out as
-   ``{}``: when the bytes hold a ``{}`` that is not one of LangChain's own empty dict
-   fields, ``hollow()`` walks again with another C ``default`` that tells an
-   object's ``{}`` from a dict's, and such an event takes step 2 (the handler asks
-   only for events up to 16 KiB other than model events: ``_handler._record``).
+   An object's ``__dict__`` is not always all its data: it may be empty (the
+   fields in ``__slots__`` under a base without slots, as LangGraph's ``Command``;
+   or no field at all), miss slot values beside it, or miss a pydantic model's
+   extra fields. So the first walk is ``default=found.append`` (a C method too):
+   each object is written ``null`` and collected. No object: those bytes are the
+   body. Else ``lossy()`` looks at the objects, layer by layer (their dicts walked
+   by orjson the same way), with C calls and a verdict per class, and the body is
+   the walk with ``DICT_OF``, or, where an object would lose data, step 2.
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
    lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
-   are longer than ``max_field_bytes`` (a field may need cutting), or an object was
-   hollow, ``careful()`` copies the arguments in Python into fresh plain containers
-   (each container first copied whole by one C call, ``list(d.items())`` /
+   are longer than ``max_field_bytes`` (a field may need cutting), or an object
+   would lose data, ``careful()`` copies the arguments in Python into fresh plain
+   containers (each container first copied whole by one C call, ``list(d.items())`` /
    ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
    private copy with no ``default`` at all. The result is bytes too.
 
@@ -54,14 +56,14 @@ are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
 What is written
 ---------------
 
-Every value as its data: a pydantic model (v1 or v2, its extra fields too on the
-careful path), a dataclass, an attrs class, a ``NamedTuple`` as its fields; an
-object as its ``__dict__`` and its slots; an ``Enum`` as its value; numpy arrays up
-to 10,000 elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack":
-"dataframe", "shape", "columns", "dtypes", "index", "rows"}`` and a ``Series`` as
-``{"$asynctrack": "series", "shape", "name", "dtype", "index", "values"}``, with as
-many leading rows as fit in ``max_field_bytes``. An exception (``Capturer.error``)
-as ``type``, ``message``, ``args`` and ``traceback``, read in the callback.
+Every value as its data: a pydantic model (v1 or v2, its extra fields too), a
+dataclass, an attrs class, a ``NamedTuple`` as its fields; an object as its
+``__dict__`` and its slots; an ``Enum`` as its value; numpy arrays up to 10,000
+elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack": "dataframe", "shape",
+"columns", "dtypes", "index", "rows"}`` and a ``Series`` as ``{"$asynctrack":
+"series", "shape", "name", "dtype", "index", "values"}``, with as many leading rows
+as fit in ``max_field_bytes``. An exception (``Capturer.error``) as ``type``,
+``message``, ``args`` and ``traceback``, read in the callback.
 
 One bad field spoils one field: a value whose conversion raises, or an object with
 no field to read, becomes a marked placeholder ``{"$asynctrack": "unencodable",
@@ -87,11 +89,10 @@ from typing import Any, Final
 import orjson
 
 __all__ = [
-    "EMPTY",
     "MARK",
     "REDACTED",
     "Capturer",
-    "hollow",
+    "lossy",
     "placeholder",
     "safe_repr",
     "safe_str",
@@ -106,11 +107,9 @@ MARK: Final = "$asynctrack"
 OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 #: ``default`` for orjson: a C function, so orjson never runs bytecode mid-walk.
 DICT_OF: Final = operator.attrgetter("__dict__")
-#: ``default`` of the check for hollow objects (``hollow``): each object as ``[d,"module"]``.
-_DICT_AND_MODULE: Final = operator.attrgetter("__dict__", "__module__")
-#: In the fast path's bytes, where an object with an empty ``__dict__`` may have been written.
-EMPTY: Final = b"{}"
-HOLLOW: Final = b'[{},"'
+#: ``type.__flags__`` bit of a class defined in Python (``Py_TPFLAGS_HEAPTYPE``).
+_HEAP_TYPE: Final = 1 << 9
+_OBJECT_SIZE: Final = object.__basicsize__
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
 _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
@@ -135,7 +134,7 @@ def _slot_names(cls: type) -> list[str]:
 
 def _fields(v: Any) -> list[tuple[str, Any]]:
     """An object's own data: its declared fields (attrs, pydantic), else its ``__dict__``
-    and its slots; pydantic's extra fields too."""
+    and its slots; pydantic's extra and computed fields too."""
     cls = type(v)
     declared = getattr(cls, "__attrs_attrs__", None)
     if isinstance(declared, tuple):
@@ -154,27 +153,95 @@ def _fields(v: Any) -> list[tuple[str, Any]]:
     extra = getattr(v, "__pydantic_extra__", None)
     if isinstance(extra, dict):
         items.extend(extra.items())
+    computed = getattr(cls, "__pydantic_computed_fields__", None)
+    if isinstance(computed, dict):  # pydantic v2 @computed_field: model_dump() writes them
+        for name in computed:
+            try:
+                items.append((name, getattr(v, name)))
+            except Exception as exc:  # a property that raises: this field only
+                items.append((name, placeholder("unencodable", error=safe_repr(exc))))
     return items
 
 
-def hollow(value: Any, body: bytes) -> bool:
-    """Whether the fast path may have written an object with an empty ``__dict__`` (its
-    data in slots, or none at all) as ``{}`` in ``body``, the fast path's bytes of ``value``.
+#: Classes whose instances' ``__dict__`` is all their data; the same unless the
+#: instance has pydantic extra fields (``extra="allow"``); and the others (``lossy``).
+_WHOLE: set[type] = set()
+_LOOSE: set[type] = set()
+_NOT_WHOLE: set[type] = set()
+_MAX_CLASSES: Final = 4096  # classes remembered (classes made at run time come and go)
 
-    The ``{}`` of LangChain's own dict fields (``additional_kwargs``,
-    ``response_metadata``, ``metadata``, ``kwargs``: in most events) are counted out
-    with C searches. Any other ``{}`` costs the same walk again, with a ``default``
-    that writes each object as ``[its __dict__, its class's module]``: a C function
-    too, so nothing changes for the crash rule; ``[{},"`` is then a hollow object (or
-    a list of an empty dict and a string, which the careful path writes just as well).
-    """
-    empty = body.count(EMPTY)
-    if empty == body.count(b'kwargs":{}') + body.count(b'metadata":{}'):
-        return False
+
+def _whole(cls: type) -> bool:
+    """Whether an instance's ``__dict__`` holds all its data (pydantic extras aside)."""
     try:
-        return HOLLOW in orjson.dumps(value, default=_DICT_AND_MODULE, option=OPTIONS)
-    except Exception:  # the same walk, one level deeper per object: let the careful path judge
+        for klass in cls.__mro__[:-1]:
+            if klass.__name__ in ("SecretStr", "SecretBytes", "Secret"):
+                return False  # written as "[REDACTED]"
+            in_c = not klass.__flags__ & _HEAP_TYPE
+            if in_c and (klass.__basicsize__ != _OBJECT_SIZE or klass.__itemsize__):
+                return False  # a C base holds data outside __dict__ (an exception's args)
+        if cls.__module__.partition(".")[0] in ("numpy", "pandas"):
+            return False  # arrays, frames: their values, not their internals
+        if issubclass(cls, Mapping):
+            return False  # written as its items
+        if getattr(cls, "__pydantic_computed_fields__", None):
+            return False  # computed fields are not in __dict__
+        return all(name.startswith("__") for name in _slot_names(cls))  # no slot values beside
+    except Exception:  # a hostile metaclass: the careful path judges
+        return False
+
+
+def _learn(cls: type) -> bool:
+    """Whether an instance's ``__dict__`` is all its data (``_whole``), pydantic extras
+    aside; remembered in ``_WHOLE``, ``_LOOSE`` or ``_NOT_WHOLE``."""
+    if len(_WHOLE) + len(_LOOSE) + len(_NOT_WHOLE) > _MAX_CLASSES:
+        _WHOLE.clear()
+        _LOOSE.clear()
+        _NOT_WHOLE.clear()
+    if cls in _NOT_WHOLE or not _whole(cls):
+        _NOT_WHOLE.add(cls)
+        return False
+    config = getattr(cls, "model_config", None)
+    loose = isinstance(config, dict) and config.get("extra") == "allow"
+    (_LOOSE if loose else _WHOLE).add(cls)
+    return True
+
+
+def lossy(found: list[Any], max_depth: int) -> bool:
+    """Whether an object in ``found`` (the objects orjson met, collected by
+    ``default=found.append``) or inside one of them would lose data written as its
+    ``__dict__``: an empty ``__dict__`` (an object whose fields are in slots, or a
+    sentinel), slot values beside it, a C base's data (an exception's arguments),
+    pydantic extra or computed fields; or an object with no ``__dict__`` at all.
+
+    Layer by layer: each object's ``__dict__``, class (against those known whole) and
+    pydantic extras, then one orjson walk of their dicts (a C ``default`` again) that
+    collects the objects inside them. Objects nested deeper than ``max_depth`` (a
+    cycle) are the careful path's to cut.
+    """
+    try:
+        for _ in range(max_depth):
+            dicts = []
+            for o in found:
+                d = o.__dict__  # AttributeError: no __dict__
+                if not d:
+                    return True
+                cls = type(o)
+                if cls not in _WHOLE:
+                    if cls in _LOOSE:
+                        if o.__pydantic_extra__:
+                            return True
+                    elif not _learn(cls) or (cls in _LOOSE and o.__pydantic_extra__):
+                        return True
+                dicts.append(d)
+            inside: list[Any] = []
+            orjson.dumps(dicts, default=inside.append, option=OPTIONS)
+            if not inside:
+                return False
+            found = inside
+    except Exception:  # orjson refuses a value inside: the careful path will too
         return True
+    return True
 
 
 def traceback_text(error: BaseException, limit: int) -> str:
@@ -250,10 +317,15 @@ class Capturer:
     def __call__(self, value: Any) -> bytes:
         """``value`` as JSON bytes. Never raises."""
         try:
-            out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
+            found: list[Any] = []
+            out = orjson.dumps(value, default=found.append, option=OPTIONS)
+            if found:
+                if lossy(found, self._max_depth):
+                    return self.careful(value)
+                out = orjson.dumps(value, default=DICT_OF, option=OPTIONS)
         except Exception:
             return self.careful(value)
-        if len(out) > self._max_field or (EMPTY in out and hollow(value, out)):
+        if len(out) > self._max_field:
             return self.careful(value)
         return out
 

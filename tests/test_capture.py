@@ -20,6 +20,7 @@ import pandas as pd
 import pydantic
 import pydantic.v1
 import pytest
+from _infra.openai_stub import OpenAIStub, chat_model
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableLambda
 from langgraph.types import Command, Interrupt, Send
@@ -57,16 +58,28 @@ _STRESS = textwrap.dedent(
     messages = [HumanMessage("hi"), AIMessage("hello")]
     nested = {"history": messages, "extra": [[1, 2], [3, 4]]}
     stop = threading.Event()
-    # Objects the fast path refuses or finds hollow ("{}"): the careful copy and the
-    # hollow check walk the same live lists.
+    # Objects the fast path refuses, objects whose __dict__ is not all their data (a
+    # message with an extra field), an object holding a list being resized: the
+    # careful copy and the check of the objects (lossy) walk the same live lists.
     from langgraph.types import Command, Send
-    kinds = [lambda: Send("n", {"i": [1, 2]}), lambda: Command(update={"k": [3]}), lambda: HumanMessage("m")]
+
+    class Holder:
+        def __init__(self):
+            self.items = nested["extra"]
+
+    kinds = [
+        lambda: Send("n", {"i": [1, 2]}),
+        lambda: Command(update={"k": [3]}),
+        lambda: HumanMessage("m"),
+        lambda: HumanMessage("m", note=nested["extra"]),
+        Holder,
+    ]
 
     def mutate():
         n = 0
         while not stop.is_set():
             n += 1
-            messages.append(kinds[n % 3]())
+            messages.append(kinds[n % len(kinds)]())
             nested["extra"].append([5, 6])
             if len(messages) > 64:
                 del messages[2:]
@@ -309,6 +322,40 @@ class Hollow:
     """No field at all: a sentinel."""
 
 
+class Tagged(Unslotted):
+    """Slots beside a non-empty ``__dict__`` (the base's)."""
+
+    __slots__ = ("label",)
+
+    def __init__(self) -> None:
+        self.label = "in a slot"
+        self.note = "in the dict"
+
+
+class Coded(ValueError):
+    """An exception with attributes of its own: its message is not in its ``__dict__``."""
+
+    def __init__(self) -> None:
+        super().__init__("bad code")
+        self.code = 5
+
+
+class Priced(pydantic.BaseModel):
+    net: int = 2
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def gross(self) -> int:
+        return self.net * 2
+
+
+class Loose(pydantic.BaseModel):
+    """Extra fields allowed: pydantic keeps them outside ``__dict__``."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    kept: int = 1
+
+
 @dataclasses.dataclass(slots=True)
 class SlottedData:
     p: int = 1
@@ -358,6 +405,11 @@ _KINDS: list[tuple[Any, Any]] = [
     (Interrupt(value={"q": "?"}, id="i1"), {"value": {"q": "?"}, "id": "i1", "response_schema": None}),
     (Slotted(), {"name": "slotted", "_Slotted__sauce": [1, 2]}),
     (SlotsOverADict(), {"x": "in a slot"}),
+    (Tagged(), {"note": "in the dict", "label": "in a slot"}),
+    (Coded(), {"type": f"{__name__}.Coded", "message": "bad code"}),
+    (Loose(extra_note="x"), {"kept": 1, "extra_note": "x"}),
+    (pydantic.SecretStr("hunter2"), "[REDACTED]"),
+    (Priced(), {"net": 2, "gross": 4}),
     (SlottedData(), {"p": 1, "q": "q"}),
     (Data(), {"p": [1]}),
     (Pair(1, "b"), {"a": 1, "b": "b"}),
@@ -424,6 +476,62 @@ def test_an_object_without_fields_is_a_counted_placeholder_never_a_bare_dict(
     assert end["data"]["outputs"]["empty"] == {}
     assert end["data"]["outputs"]["out"][MARK] == "unencodable"
     assert tracker.statistics().encode_errors == 1
+
+
+_LOSSY: list[tuple[str, Any, Any]] = [
+    ("hollow", Hollow(), {MARK: "unencodable"}),
+    ("request_kwargs", SlotsOverADict(), {"x": "in a slot"}),
+    ("response_metadata", Hollow(), {MARK: "unencodable"}),
+    ("tagged", Tagged(), {"note": "in the dict", "label": "in a slot"}),
+    ("loose", Loose(extra_note="x"), {"kept": 1, "extra_note": "x"}),
+]
+
+
+@pytest.mark.parametrize("padding", [0, 20_000], ids=["small", "over-16KiB"])
+@pytest.mark.parametrize(("key", "value", "expected"), _LOSSY, ids=[k for k, _, _ in _LOSSY])
+def test_an_objects_data_is_kept_in_any_event_under_any_key(
+    key: str, value: Any, expected: Any, padding: int, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    """Each object alone in its event (beside a long string, or not), under a plain key
+    or one named like LangChain's own dict fields."""
+    for logged in (_recorded(make_tracker(), {"pad": "p" * padding, key: value}), _capture({key: value})):
+        assert expected.items() <= logged[key].items()
+
+
+class Node:
+    """A cycle through objects: the check of each layer of objects stops at ``max_depth``."""
+
+    def __init__(self, other: Node | None = None) -> None:
+        self.other = other
+
+
+def test_a_cycle_through_objects_is_cut_at_max_depth(make_tracker: Callable[..., AsyncTracker]) -> None:
+    first = Node()
+    first.other = Node(first)
+    for logged in (_recorded(make_tracker(), first), _capture(first)):
+        value, depth = logged, 0
+        while MARK not in value:
+            value, depth = value["other"], depth + 1
+        assert value[MARK] == "max_depth"
+        assert 20 < depth < 40
+
+
+def test_model_events_keep_message_extras_and_the_objects_in_metadata(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A real ChatOpenAI call: its chat_model_start holds the user's message (with an
+    extra field, as LangChain's messages allow) and the run's metadata."""
+    tracker = make_tracker()
+    with OpenAIStub() as stub:
+        message = HumanMessage("echo: hello", trace_note="kept")
+        metadata = {key: value for key, value, _ in _LOSSY}
+        chat_model(stub.url).invoke([message], config={"callbacks": [tracker], "metadata": metadata})
+    tracker.flush_blocking(timeout=10)
+    start = next(e for e in _events(tmp_destination) if e["kind"] == "chat_model_start")
+    assert start["data"]["messages"][0][0]["trace_note"] == "kept"
+    for key, _, expected in _LOSSY:
+        assert expected.items() <= start["metadata"][key].items()
+    assert tracker.statistics().encode_errors == 1  # the hollow objects, one event
 
 
 def test_a_dataframe_keeps_the_leading_rows_that_fit_in_the_field_limit() -> None:

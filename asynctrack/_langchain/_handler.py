@@ -33,7 +33,7 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, EMPTY, OPTIONS, Capturer, hollow, safe_repr, safe_str, type_name, valid_text
+from .._capture import DICT_OF, OPTIONS, Capturer, lossy, safe_repr, safe_str, type_name, valid_text
 from .._config import TrackerConfig
 from .._events._schema import ENDS, EVENT_KINDS, STARTS
 from .._events._tail import TailSampler
@@ -62,9 +62,6 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
-#: Bodies up to this size are searched for a hollow object's "{}" (see ``_record``).
-_HOLLOW_SCAN = 16 * 1024
-_MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
@@ -110,28 +107,37 @@ def _default_run_name() -> str:
 
 
 _GRAPH_AWARE: dict[type[Any], type[Any]] = {}
+#: LangGraph's lifecycle callbacks (langgraph >= 1.2), and the handler class they take.
+_LIFECYCLE = "langgraph.callbacks"
+
+
+@functools.cache
+def _langgraph_installed() -> bool:
+    try:
+        return importlib.util.find_spec("langgraph") is not None
+    except (ImportError, ValueError):  # a broken install, or an import blocked on purpose
+        return False
 
 
 def _graph_aware(cls: type[Any]) -> type[Any]:
-    """``cls``, made a subclass of LangGraph's ``GraphCallbackHandler`` where the installed
-    langgraph has one (>= 1.2): LangGraph calls ``on_interrupt``/``on_resume`` only on
-    such handlers. Without langgraph nothing is imported; an older one keeps ``cls``."""
+    """``cls``, made a subclass of LangGraph's ``GraphCallbackHandler`` once this process
+    has imported ``langgraph.callbacks`` (a graph's module does, before the graph runs):
+    LangGraph calls ``on_interrupt``/``on_resume`` only on such handlers. Nothing of
+    langgraph is imported here: importing ``langgraph.callbacks`` brings in LangSmith's
+    run trees (0.12 s of a first tracker's 0.14 s on 2 cores at load 8, after
+    ``langchain_core.runnables``), a cost only a graph's user should pay. With a
+    langgraph older than 1.2 (no ``GraphCallbackHandler``), ``cls``."""
     known = _GRAPH_AWARE.get(cls)
     if known is not None:
         return known
+    module = sys.modules.get(_LIFECYCLE)
+    if module is None:
+        return cls  # not remembered: langgraph may be imported later (see _join_graph)
+    base = getattr(module, "GraphCallbackHandler", None)
     known = cls
-    try:
-        installed = importlib.util.find_spec("langgraph") is not None
-    except (ImportError, ValueError):  # a broken install, or an import blocked on purpose
-        installed = False
-    if installed:
-        try:
-            base = importlib.import_module("langgraph.callbacks").GraphCallbackHandler
-        except (ImportError, AttributeError):  # langgraph < 1.2: no lifecycle callbacks
-            base = None
-        if isinstance(base, type) and not issubclass(cls, base):
-            names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-            known = type(cls.__name__, (cls, base), names)
+    if isinstance(base, type) and not issubclass(cls, base):
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        known = type(cls.__name__, (cls, base), names)
     _GRAPH_AWARE[cls] = _GRAPH_AWARE[known] = known
     return known
 
@@ -162,7 +168,9 @@ class AsyncTracker(BaseCallbackHandler):
     raise_error = False  # LangChain must never propagate our (impossible) errors
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        # An instance of the LangGraph-aware subclass where langgraph has lifecycle callbacks.
+        # An instance of the LangGraph-aware subclass where langgraph has lifecycle
+        # callbacks and is imported already; else it becomes one when a chain starts
+        # after langgraph was imported (_join_graph).
         return cast("Self", super().__new__(_graph_aware(cls)))
 
     def __init__(
@@ -209,9 +217,11 @@ class AsyncTracker(BaseCallbackHandler):
         if config.handle_sigterm:
             install_sigterm_handler()
         self._seq = itertools.count()
+        self._graph_pending = _LIFECYCLE not in sys.modules and _langgraph_installed()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._max_field = config.max_field_bytes
+        self._max_depth = config.max_depth
         self._warned_hot_error = False
         self._sampled_out = 0  # events of traces not sampled, skipped here
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
@@ -401,27 +411,23 @@ class AsyncTracker(BaseCallbackHandler):
             raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
             try:
                 # Capturer.__call__, inlined: one Python frame less per event. The
-                # default is a C function, so orjson runs no Python while it walks
-                # the caller's live lists (see _capture).
-                body = orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                # defaults are C functions, so orjson runs no Python while it walks
+                # the caller's live lists (see _capture). The first walk writes each
+                # object null and collects it: without objects, those are the bytes;
+                # with, lossy() looks for one whose __dict__ is not all its data
+                # (then the careful path writes it), else they are written as
+                # their __dict__.
+                found: list[Any] = []
+                body = orjson.dumps(raw, default=found.append, option=OPTIONS)
+                if found:
+                    lost = lossy(found, self._max_depth)
+                    body = b"" if lost else orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
                 # Longer than the field limit: a field may need cutting, and is cut now
                 # (what the buffer holds is what its byte bound counts). Else an
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
                 # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
                 # records would hold 400 MB. The copy costs ~0.1 us.
-                # A "{}" may be an object whose fields are in slots, or that has none
-                # (attrgetter("__dict__") gave its empty __dict__): hollow() looks.
-                # Not in model events (their objects are LangChain's messages and
-                # generations), nor past _HOLLOW_SCAN bytes (a search for "{}" costs
-                # ~2 ns a byte, 18x orjson's for a long string), nor when the first
-                # "{}" is the body's own empty metadata, last.
-                size = len(body)
-                if size > self._max_field or (
-                    size <= _HOLLOW_SCAN
-                    and kind not in _MODEL_KINDS
-                    and body.find(EMPTY) not in (-1, size - 3)
-                    and hollow(raw, body)
-                ):
+                if not body or len(body) > self._max_field:
                     body = self._capture.careful(raw)
                 else:
                     body = body[:-1] + b"}"
@@ -493,10 +499,26 @@ class AsyncTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self._graph_pending:
+            self._join_graph()
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
+
+    def _join_graph(self) -> None:
+        """Become LangGraph-aware (``_graph_aware``) once langgraph's lifecycle module is
+        imported. Called at a chain's start: LangGraph picks the handlers for its
+        lifecycle callbacks right after its graph's ``on_chain_start``, so a tracker
+        made before the graph's module was imported still records the interrupts and
+        resumes of its first run. Never raises."""
+        if _LIFECYCLE not in sys.modules:
+            return
+        self._graph_pending = False
+        try:
+            self.__class__ = _graph_aware(type(self))
+        except Exception as exc:  # never into the chain; the events of the graph stay
+            logger.warning("asynctrack cannot receive LangGraph's interrupts and resumes: %r", exc)
 
     def on_chain_end(
         self,
