@@ -17,6 +17,15 @@ envelope's fixed order). Any other event of a run (agent actions, retries, custo
 events, LangGraph interrupts and resumes, text) becomes a span event named
 ``langchain.<kind>``.
 
+A line longer than ``SPLIT_BYTES`` is read in parts when content is not captured: the
+envelope before ``"data"`` and the fields after it (``tags``, ``metadata``) are parsed, and
+``data`` only for the kinds whose attributes come from it (model calls, tools, errors,
+some span events); a model start's ``messages`` or ``prompts``, written last in ``data``
+by the handler, are cut off unparsed. The writer's layout makes the cuts safe: a key's
+text ``,"k":`` can only stand in a line outside any string, and a cut made anywhere but
+at the top level leaves unbalanced JSON, which fails to parse: then the whole line is
+parsed, as any line of another layout is.
+
 Runs not yet ended are held by bytes (``max_open_bytes``); past that the oldest open run
 is exported at once, marked ``asynctrack.unfinished = "evicted"``, and its later end is
 counted (``late_ends``), not exported twice. At ``close()`` every open run is exported
@@ -40,7 +49,7 @@ from . import _protobuf as pb
 from ._metrics import Key, Metrics
 from ._semconv import describe_end, describe_start, error_type, tags_attribute
 
-__all__ = ["SpanAssembler", "span_id_of", "trace_id_of"]
+__all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
 _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
@@ -49,6 +58,20 @@ _TOKEN: Final = b'"kind":"llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
 _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
+#: Lines at least this long are read in parts (module docstring). Below it one parse of
+#: the whole line costs less than the parts' two or three.
+SPLIT_BYTES: Final = 1024
+_DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
+_TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
+_OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
+_LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' content, written last
+# Kinds whose attributes come from data when content is not captured (any kind with it).
+_DATA_KINDS: Final = frozenset(
+    {"llm_start", "chat_model_start", "tool_start", "llm_end", "chain_error", "llm_error", "tool_error"}
+    | {"retriever_error", "agent_action", "retry", "custom_event"}
+)
+_MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
+_NEVER: Final = 1 << 62  # a line length never reached
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
@@ -78,7 +101,8 @@ def span_id_of(run_id: str) -> bytes:
 
 
 def _ns(ts: Any) -> int:
-    return int(ts * 1e9) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0
+    kind = type(ts)
+    return int(ts * 1e9) if kind is float or kind is int else 0  # a bool is neither
 
 
 class _Open:
@@ -162,32 +186,44 @@ class SpanAssembler:
         self._ids: dict[str, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
         self._evicted: dict[str, None] = {}
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
+        self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
+        split = SPLIT_BYTES if not self.capture_content else _NEVER
+        loads = orjson.loads
         for line in lines:
             if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0 and self._token(line, open_runs):
                 continue
+            parts = _split(line) if len(line) >= split else None
+            data: dict[str, Any] | bytes
             try:
-                event = orjson.loads(line)
-                run_id = event["run_id"]
+                if parts is None:
+                    event = loads(line)
+                    run_id = event["run_id"]
+                    data = event.get("data")
+                    if type(data) is not dict:
+                        data = {}
+                else:
+                    event, data = parts
+                    run_id = event["run_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 self.bad_lines += 1
                 continue
-            if not isinstance(run_id, str):
+            if type(run_id) is not str:
                 self.bad_lines += 1
                 continue
             kind = event.get("kind")
             if kind in _START:
-                self._start(run_id, kind, event)
+                self._start(run_id, kind, event, data)
             elif kind in _END or kind in _ERROR:
-                span = self._end(run_id, kind, event)
+                span = self._end(run_id, kind, event, data)
                 if span is not None:
                     done.append(span)
             else:
-                self._note(run_id, kind, event)
+                self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
         return done
@@ -223,16 +259,19 @@ class SpanAssembler:
                 return False
         return True
 
-    def _start(self, run_id: str, kind: str, event: Mapping[str, Any]) -> None:
+    def _start(self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
         if run_id in self._open:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
-        parent_run_id = parent_run_id if isinstance(parent_run_id, str) else None
+        parent_run_id = parent_run_id if type(parent_run_id) is str else None
         span_id = span_id_of(run_id)
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        if isinstance(raw, bytes):
+            needed = kind in _DATA_KINDS or (parent_run_id is None and _OTEL_PARENT_KEY in raw)
+            data = _data(raw, kind) if needed else {}
+        else:
+            data = raw
         metadata = event.get("metadata")
-        metadata = metadata if isinstance(metadata, Mapping) else {}
+        metadata = metadata if type(metadata) is dict else {}
         people = _people(metadata)
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
@@ -279,14 +318,21 @@ class SpanAssembler:
 
     def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
         attrs = [pb.attribute("langchain.run_id", run_id)]
-        for key, name in (("experiment", "asynctrack.experiment"), ("run", "asynctrack.run")):
-            value = event.get(key)
-            if isinstance(value, str):
-                attrs.append(pb.common_attribute(name, value))
+        names = (event.get("experiment"), event.get("run"))
+        found = self._names.get(names)
+        if found is None:
+            found = tuple(
+                pb.attribute(name, value)
+                for name, value in zip(("asynctrack.experiment", "asynctrack.run"), names, strict=True)
+                if isinstance(value, str)
+            )
+            if len(self._names) < 64:
+                self._names[names] = found
+        attrs.extend(found)
         tags = event.get("tags")
         if event.get("sampled") is False:  # kept for a failed run, not by the sample
             attrs.append(pb.attribute("asynctrack.sampled", False))
-        if isinstance(tags, list) and tags:
+        if type(tags) is list and tags:
             tags_key = tuple(tags) if len(tags) <= 8 else None
             tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
             if tag_attribute is None:
@@ -306,17 +352,18 @@ class SpanAssembler:
                 if old not in self._open:
                     del ids[old]
 
-    def _end(self, run_id: str, kind: str, event: Mapping[str, Any]) -> bytes | None:
+    def _end(
+        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
+    ) -> bytes | None:
         span = self._open.pop(run_id, None)
         end_ns = _ns(event.get("ts"))
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         if span is None:
             if run_id in self._evicted:
                 del self._evicted[run_id]
                 self.late_ends += 1
                 return None
-            span = self._rebuild(run_id, kind, event, end_ns)
+            span = self._rebuild(run_id, kind, event, data, end_ns)
         else:
             self.open_bytes -= span.size
         attributes = span.attributes
@@ -372,21 +419,23 @@ class SpanAssembler:
             status_message=message,
         )
 
-    def _rebuild(self, run_id: str, kind: str, event: Mapping[str, Any], end_ns: int) -> _Open:
+    def _rebuild(
+        self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
+    ) -> _Open:
         """A span from its end event alone (its start was not recorded)."""
         start_kind = kind.rsplit("_", 1)[0] + "_start"
-        if start_kind == "llm_start" and _is_chat(event):
+        if start_kind == "llm_start" and _is_chat(data):
             start_kind = "chat_model_start"
         duration = event.get("duration")
         start_ns = end_ns - _ns(duration)
-        self._start(run_id, start_kind, {**event, "ts": start_ns / 1e9, "data": {}})
+        self._start(run_id, start_kind, {**event, "ts": start_ns / 1e9}, {})
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
         span.start_ns = start_ns
         span.attributes.append(pb.attribute("asynctrack.start_missing", True))
         return span
 
-    def _note(self, run_id: str, kind: Any, event: Mapping[str, Any]) -> None:
+    def _note(self, run_id: str, kind: Any, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
         span = self._open.get(run_id)
         if span is None:
             return  # an event of no open run (a legacy tracer's lone event): in the files only
@@ -397,8 +446,7 @@ class SpanAssembler:
             if not span.first_chunk_ns:
                 span.first_chunk_ns = time_ns
             return
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         attrs: list[bytes] = []
         known = _EVENT_ATTRIBUTES.get(str(kind))
         if known is not None:
@@ -442,6 +490,42 @@ class SpanAssembler:
         return out
 
 
+def _split(line: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """A line of the writer's layout in parts: its fields but ``data`` parsed, and the text
+    of ``data``; ``None`` for a line of another layout (module docstring)."""
+    at = line.find(_DATA_AT)
+    end = line.rfind(_TAGS_AT)
+    if at < 0 or end < at:
+        return None
+    try:
+        event = orjson.loads(line[:at] + b"}")
+        after = orjson.loads(b"{" + line[end + 2 :])
+    except orjson.JSONDecodeError:
+        return None
+    if type(event) is not dict or type(after) is not dict:
+        return None
+    event.update(after)
+    return event, line[at + 8 : end + 1]
+
+
+def _data(text: bytes, kind: str) -> dict[str, Any]:
+    """``data`` parsed from its text; a model start's content (written last) cut off first."""
+    if kind in _MODEL_STARTS and text.endswith(b"]}"):
+        for key in _LAST_OF_DATA:
+            at = text.rfind(key)
+            if at > 0:
+                try:
+                    data = orjson.loads(text[:at] + b"}")
+                except orjson.JSONDecodeError:
+                    break  # the key was not data's own (a cut inside a value): parse it all
+                return data if type(data) is dict else {}
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if type(data) is dict else {}
+
+
 def _application_parent(parent: Any) -> tuple[bytes, bytes] | None:
     """The trace id and span id of the application span recorded with a root, if valid."""
     if not isinstance(parent, Mapping):
@@ -464,9 +548,15 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     conversation, so both names carry it (``session_id`` first for ``session.id``,
     ``thread_id`` first for the conversation).
     """
-    if not metadata:
+    if not metadata or (
+        "session_id" not in metadata and "thread_id" not in metadata and "user_id" not in metadata
+    ):
         return ()
-    session, thread, user = (id_text(metadata.get(k)) for k in ("session_id", "thread_id", "user_id"))
+    session, thread, user = (
+        id_text(metadata.get("session_id")),
+        id_text(metadata.get("thread_id")),
+        id_text(metadata.get("user_id")),
+    )
     out = []
     if session is not None:
         out.append(pb.common_attribute("session.id", session))
@@ -481,9 +571,8 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _is_chat(event: Mapping[str, Any]) -> bool:
-    data = event.get("data")
-    response = data.get("response") if isinstance(data, Mapping) else None
+def _is_chat(data: Mapping[str, Any]) -> bool:
+    response = data.get("response")
     generations = response.get("generations") if isinstance(response, Mapping) else None
     try:
         return generations[0][0].get("type") == "ChatGeneration"  # type: ignore[index,no-any-return]
