@@ -87,25 +87,15 @@ def _chat_lines(rounds: int, spans: int) -> list[bytes]:
 
 
 def _chain_lines(spans: int) -> list[bytes]:
-    out = []
-    for i in range(spans):
-        run_id = str(uuid.uuid4())
-        envelope = {
-            "seq": 2 * i,
-            "ts": 1.0 + i,
-            "experiment": "e",
-            "run": "r",
-            "tracker": "t",
-            "run_id": run_id,
-        }
-        envelope.update(parent_run_id=None, name="step", tags=["seq:step:1"], metadata={})
-        out.append(
-            orjson.dumps({**envelope, "kind": "chain_start", "duration": None, "data": {"inputs": {"x": i}}})
-        )
-        out.append(
-            orjson.dumps({**envelope, "kind": "chain_end", "duration": 0.001, "data": {"outputs": {"y": i}}})
-        )
-    return out
+    """Chain runs (a start and an end each, small inputs and outputs) as a tracker writes them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = AsyncTracker(tmp, config=TrackerConfig(worker="thread", handle_sigterm=False))
+        for i in range(spans):
+            run_id = uuid.uuid4()
+            tracker.on_chain_start({}, {"x": i}, run_id=run_id, name="step", tags=["seq:step:1"])
+            tracker.on_chain_end({"y": i}, run_id=run_id)
+        tracker.close()
+        return _read_lines(Path(tmp))
 
 
 # -- the two encoders ------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _TOKEN: Final = b'"kind":"llm_new_token"'
+_KIND: Final = b'"kind":"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
 _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
@@ -71,6 +72,14 @@ _DATA_KINDS: Final = frozenset(
     | {"retriever_error", "agent_action", "retry", "custom_event"}
 )
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
+# Ends whose span needs nothing of the line but its run id and time when content is not
+# captured, by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the
+# start of the next field): not parsed.
+_LIGHT_ENDS: Final = {
+    b'chain_end","e': "chain_end",
+    b'tool_end","ex': "tool_end",
+    b"retriever_end": "retriever_end",
+}
 _NEVER: Final = 1 << 62  # a line length never reached
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _EVENT_ATTRIBUTES: Final = {
@@ -193,10 +202,20 @@ class SpanAssembler:
         done: list[bytes] = []
         open_runs = self._open
         split = SPLIT_BYTES if not self.capture_content else _NEVER
+        light = _LIGHT_ENDS if not self.capture_content else None
         loads = orjson.loads
         for line in lines:
-            if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0 and self._token(line, open_runs):
-                continue
+            if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0:
+                if self._token(line, open_runs):
+                    continue
+            elif light:
+                at = line.find(_KIND, 0, _ENVELOPE_HEAD)
+                known = light.get(line[at + 8 : at + 21]) if at > 0 else None
+                if known is not None:
+                    span = self._light_end(line, known, open_runs)
+                    if span is not None:
+                        done.append(span)
+                        continue
             parts = _split(line) if len(line) >= split else None
             data: dict[str, Any] | bytes
             try:
@@ -242,6 +261,23 @@ class SpanAssembler:
         return {span.span_id for span in self._open.values()}
 
     # -- the kinds of line ------------------------------------------------------------------------
+
+    def _light_end(self, line: bytes, kind: str, open_runs: dict[str, _Open]) -> bytes | None:
+        """An end that adds nothing from its data (content not captured) to an open run: its
+        span, from the envelope's run id and time alone; ``None``: parse the line."""
+        at = line.find(_RUN_ID)
+        run_id = line[at + 10 : at + 46].decode("ascii", "replace") if at >= 0 else ""
+        span = open_runs.get(run_id)
+        if span is None:
+            return None
+        at = line.find(_TS)
+        try:
+            end_ns = int(float(line[at + 5 : line.find(b",", at)]) * 1e9)
+        except ValueError:
+            return None
+        del open_runs[run_id]
+        self.open_bytes -= span.size
+        return self._finish(span, kind, {}, end_ns)
 
     def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:
         """A streamed token: count it, note the first one's time. False: parse it whole."""
@@ -366,6 +402,10 @@ class SpanAssembler:
             span = self._rebuild(run_id, kind, event, data, end_ns)
         else:
             self.open_bytes -= span.size
+        return self._finish(span, kind, data, end_ns)
+
+    def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
+        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
