@@ -22,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._export import _protobuf as pb
 from asynctrack._export._semconv import SCHEMA_URL
-from asynctrack._export._spans import SpanAssembler, span_id_of, trace_id_of
+from asynctrack._export._spans import SPLIT_BYTES, SpanAssembler, span_id_of, trace_id_of
 
 
 def _decode(spans: list[bytes]) -> list[Any]:
@@ -303,3 +303,45 @@ def test_attribute_values_of_every_type_decode() -> None:
         "a": ["x", "y" * 20000],
     }
     assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
+
+
+def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) -> None:
+    # A 40 KB question: the model starts' messages, the root chain's inputs and the error's
+    # traceback make lines far past SPLIT_BYTES, read in parts (content not captured), and
+    # the ends of the chain and the tool are not parsed. The same events with the fields
+    # after "kind" in another order are parsed whole: same spans, byte for byte
+    # (attributes, times, events, status).
+    question = "What is the weather in Paris today? " + "Tell me more about the sky. " * 1500
+    with OpenAIStub() as stub:
+        lines = _record(
+            tmp_path, lambda t: (weather_agent(stub.url, [t], question=question), failing_chain([t]))
+        )
+    assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 4
+    reordered = []
+    for line in lines:
+        event = orjson.loads(line)
+        for key in ("experiment", "data"):
+            event[key] = event.pop(key)
+        reordered.append(orjson.dumps(event))
+    for capture in (False, True):
+        in_parts = SpanAssembler(capture_content=capture).add(lines)
+        whole = SpanAssembler(capture_content=capture).add(reordered)
+        assert len(in_parts) == 5
+        assert in_parts == whole
+    chat = next(attributes(s) for s in _decode(in_parts) if s.name == "chat gpt-4o-mini")
+    assert chat["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat["gen_ai.request.temperature"] == pytest.approx(0.2)
+    assert "Tell me more" in chat["gen_ai.input.messages"]
+
+
+def test_a_model_start_writes_its_content_last_in_data(agent_lines: list[bytes]) -> None:
+    # What reading long lines in parts relies on: the handler writes a model start's
+    # messages (prompts) as the last field of data, data right after the envelope, and tags
+    # right after data.
+    starts = [e for e in _events(agent_lines) if e["kind"] in ("chat_model_start", "llm_start")]
+    assert starts
+    for event in starts:
+        assert list(event["data"])[-1] in ("messages", "prompts")
+    for line in agent_lines:
+        keys = list(orjson.loads(line))
+        assert keys[keys.index("duration") + 1 : keys.index("duration") + 4] == ["data", "tags", "metadata"]
