@@ -81,6 +81,9 @@ _LIGHT_ENDS: Final = {
     b"retriever_end": "retriever_end",
 }
 _NEVER: Final = 1 << 62  # a line length never reached
+_ZERO_ID: Final = bytes(8)
+# attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
+_RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
@@ -105,8 +108,12 @@ def trace_id_of(root_run_id: str) -> bytes:
 
 def span_id_of(run_id: str) -> bytes:
     """The span id of run ``run_id``: never all zero (invalid in OTLP)."""
-    digest = hashlib.blake2b(_uuid_bytes(run_id), digest_size=8).digest()
-    return digest if digest != bytes(8) else b"\x00" * 7 + b"\x01"
+    return _span_id(_uuid_bytes(run_id))
+
+
+def _span_id(run_bytes: bytes) -> bytes:
+    digest = hashlib.blake2b(run_bytes, digest_size=8).digest()
+    return digest if digest != _ZERO_ID else b"\x00" * 7 + b"\x01"
 
 
 def _ns(ts: Any) -> int:
@@ -300,7 +307,8 @@ class SpanAssembler:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
         parent_run_id = parent_run_id if type(parent_run_id) is str else None
-        span_id = span_id_of(run_id)
+        run_bytes = _uuid_bytes(run_id)
+        span_id = _span_id(run_bytes)
         if isinstance(raw, bytes):
             needed = kind in _DATA_KINDS or (parent_run_id is None and _OTEL_PARENT_KEY in raw)
             data = _data(raw, kind) if needed else {}
@@ -311,8 +319,9 @@ class SpanAssembler:
         people = _people(metadata)
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
-            trace_id, parent_span_id = _application_parent(data.get(OTEL_PARENT)) or (
-                trace_id_of(run_id),
+            parent = data.get(OTEL_PARENT)
+            trace_id, parent_span_id = (parent is not None and _application_parent(parent)) or (
+                run_bytes,
                 None,
             )
         else:
@@ -353,7 +362,11 @@ class SpanAssembler:
         self.open_bytes += span.size
 
     def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
-        attrs = [pb.attribute("langchain.run_id", run_id)]
+        attrs = [
+            _RUN_ID_ATTRIBUTE + run_id.encode()
+            if len(run_id) == 36 and run_id.isascii()
+            else pb.attribute("langchain.run_id", run_id)
+        ]
         names = (event.get("experiment"), event.get("run"))
         found = self._names.get(names)
         if found is None:
@@ -424,7 +437,7 @@ class SpanAssembler:
             if isinstance(error.get("traceback"), str) and error["traceback"]:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
             events.append(pb.event(end_ns, "exception", exception))
-        else:
+        elif kind == "llm_end" or self.capture_content:
             ended = describe_end(kind, data, capture=self.capture_content)
             attributes.extend(ended.attributes)
         first_chunk = None
@@ -568,7 +581,7 @@ def _data(text: bytes, kind: str) -> dict[str, Any]:
 
 def _application_parent(parent: Any) -> tuple[bytes, bytes] | None:
     """The trace id and span id of the application span recorded with a root, if valid."""
-    if not isinstance(parent, Mapping):
+    if not isinstance(parent, dict):
         return None
     try:
         trace_id = bytes.fromhex(parent["trace_id"])
