@@ -204,7 +204,7 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:
+    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
@@ -212,16 +212,26 @@ class SpanAssembler:
         light = _LIGHT_ENDS if not self.capture_content else None
         loads = orjson.loads
         for line in lines:
-            if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0:
+            at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+            if at >= 0:
+                # A stream's tokens after its first: counted, inline (one line in a stream).
+                at = line.find(_RUN_ID, at)
+                try:
+                    span = open_runs.get(line[at + 10 : at + 46].decode()) if at >= 0 else None
+                except UnicodeDecodeError:
+                    span = None
+                if span is not None and span.first_chunk_ns:
+                    span.chunks += 1
+                    continue
                 if self._token(line, open_runs):
                     continue
             elif light:
                 at = line.find(_KIND, 0, _ENVELOPE_HEAD)
                 known = light.get(line[at + 8 : at + 21]) if at > 0 else None
                 if known is not None:
-                    span = self._light_end(line, known, open_runs)
-                    if span is not None:
-                        done.append(span)
+                    encoded = self._light_end(line, known, open_runs)
+                    if encoded is not None:
+                        done.append(encoded)
                         continue
             parts = _split(line) if len(line) >= split else None
             data: dict[str, Any] | bytes
@@ -245,9 +255,9 @@ class SpanAssembler:
             if kind in _START:
                 self._start(run_id, kind, event, data)
             elif kind in _END or kind in _ERROR:
-                span = self._end(run_id, kind, event, data)
-                if span is not None:
-                    done.append(span)
+                encoded = self._end(run_id, kind, event, data)
+                if encoded is not None:
+                    done.append(encoded)
             else:
                 self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
