@@ -314,9 +314,14 @@ def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) 
     question = "What is the weather in Paris today? " + "Tell me more about the sky. " * 1500
     with OpenAIStub() as stub:
         lines = _record(
-            tmp_path, lambda t: (weather_agent(stub.url, [t], question=question), failing_chain([t]))
+            tmp_path,
+            lambda t: (
+                weather_agent(stub.url, [t], question=question),
+                weather_agent(stub.url, [t], question=question + "And tomorrow?"),  # described once
+                failing_chain([t]),
+            ),
         )
-    assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 4
+    assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 8
     reordered = []
     for line in lines:
         event = orjson.loads(line)
@@ -326,7 +331,7 @@ def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) 
     for capture in (False, True):
         in_parts = SpanAssembler(capture_content=capture).add(lines)
         whole = SpanAssembler(capture_content=capture).add(reordered)
-        assert len(in_parts) == 5
+        assert len(in_parts) == 9
         assert in_parts == whole
     chat = next(attributes(s) for s in _decode(in_parts) if s.name == "chat gpt-4o-mini")
     assert chat["gen_ai.request.model"] == "gpt-4o-mini"
@@ -345,3 +350,17 @@ def test_a_model_start_writes_its_content_last_in_data(agent_lines: list[bytes])
     for line in agent_lines:
         keys = list(orjson.loads(line))
         assert keys[keys.index("duration") + 1 : keys.index("duration") + 4] == ["data", "tags", "metadata"]
+
+
+def test_model_starts_alike_but_for_their_metadata_are_described_each(agent_lines: list[bytes]) -> None:
+    # Model starts are described once per text of data (without content) and metadata:
+    # a start that differs only in its metadata gets its own attributes.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    assert len(start) >= SPLIT_BYTES and b'"ls_provider":"openai"' in start
+    run_id = orjson.loads(start)["run_id"].encode()
+    lines = [start.replace(run_id, str(uuid.uuid4()).encode()) for _ in range(3)]
+    lines[2] = lines[2].replace(b'"ls_provider":"openai"', b'"ls_provider":"anthropic"')
+    assembler = SpanAssembler()
+    assembler.add(lines)
+    spans = _decode(assembler.close())
+    assert [attributes(s)["gen_ai.provider.name"] for s in spans] == ["openai", "openai", "anthropic"]

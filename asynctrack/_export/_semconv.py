@@ -38,6 +38,7 @@ from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute, common_attribute
 __all__ = [
     "SCHEMA_URL",
     "SEMCONV_VERSION",
+    "Described",
     "describe_end",
     "describe_start",
 ]
@@ -112,6 +113,12 @@ class Described:
         self.attributes = attributes
         self.provider = provider  # model calls: gen_ai.provider.name and gen_ai.request.model
         self.model = model
+
+    def copy(self) -> Described:
+        """A copy whose attribute list can be extended."""
+        return Described(
+            self.name, self.kind, self.operation, list(self.attributes), self.provider, self.model
+        )
 
 
 def _number(value: Any, cast: type) -> int | float | None:

@@ -25,6 +25,9 @@ by the handler, are cut off unparsed. The writer's layout makes the cuts safe: a
 text ``,"k":`` can only stand in a line outside any string, and a cut made anywhere but
 at the top level leaves unbalanced JSON, which fails to parse: then the whole line is
 parsed, as any line of another layout is.
+A model start read in parts is described (span name, kind, request attributes) once per
+text of its ``data`` without content and of its metadata: the calls of one model setup
+share it, and are not parsed again.
 
 Runs not yet ended are held by bytes (``max_open_bytes``); past that the oldest open run
 is exported at once, marked ``asynctrack.unfinished = "evicted"``, and its later end is
@@ -47,7 +50,7 @@ from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics
-from ._semconv import describe_end, describe_start, error_type, tags_attribute
+from ._semconv import Described, describe_end, describe_start, error_type, tags_attribute
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -85,6 +88,7 @@ _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
     "retry": ("attempt_number", "langchain.retry.attempt"),
@@ -203,6 +207,7 @@ class SpanAssembler:
         self._evicted: dict[str, None] = {}
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
+        self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
@@ -235,6 +240,7 @@ class SpanAssembler:
                         continue
             parts = _split(line) if len(line) >= split else None
             data: dict[str, Any] | bytes
+            tail = b""
             try:
                 if parts is None:
                     event = loads(line)
@@ -243,7 +249,7 @@ class SpanAssembler:
                     if type(data) is not dict:
                         data = {}
                 else:
-                    event, data = parts
+                    event, data, tail = parts
                     run_id = event["run_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 self.bad_lines += 1
@@ -253,7 +259,7 @@ class SpanAssembler:
                 continue
             kind = event.get("kind")
             if kind in _START:
-                self._start(run_id, kind, event, data)
+                self._start(run_id, kind, event, data, tail)
             elif kind in _END or kind in _ERROR:
                 encoded = self._end(run_id, kind, event, data)
                 if encoded is not None:
@@ -312,15 +318,29 @@ class SpanAssembler:
                 return False
         return True
 
-    def _start(self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
+    def _start(
+        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes, tail: bytes = b""
+    ) -> None:
+        """``tail``: the text of the fields after data, when the line was read in parts."""
         if run_id in self._open:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
         parent_run_id = parent_run_id if type(parent_run_id) is str else None
         run_bytes = _uuid_bytes(run_id)
         span_id = _span_id(run_bytes)
+        name = str(event.get("name") or kind.removesuffix("_start"))
+        # A model start's description depends on data without its content, the name, the
+        # metadata (in tail) and being a root: the same text is described once.
+        known_as: tuple[Any, ...] | None = None
+        described = None
         if isinstance(raw, bytes):
-            needed = kind in _DATA_KINDS or (parent_run_id is None and _OTEL_PARENT_KEY in raw)
+            cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
+            if cut is not None and _OTEL_PARENT_KEY not in cut:
+                known_as = (kind, name, parent_run_id is None, cut, tail)
+                described = self._described.get(known_as)
+            needed = described is None and (
+                kind in _DATA_KINDS or (parent_run_id is None and _OTEL_PARENT_KEY in raw)
+            )
             data = _data(raw, kind) if needed else {}
         else:
             data = raw
@@ -342,10 +362,16 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        name = str(event.get("name") or kind.removesuffix("_start"))
-        described = describe_start(
-            kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
-        )
+        if described is None:
+            described = describe_start(
+                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
+            )
+            if known_as is not None:
+                if len(self._described) >= _DESCRIBED:
+                    self._described.clear()
+                self._described[known_as] = described.copy()
+        else:
+            described = described.copy()
         attributes = described.attributes
         attributes.extend(self._common(run_id, event))
         attributes.extend(people)
@@ -553,35 +579,47 @@ class SpanAssembler:
         return out
 
 
-def _split(line: bytes) -> tuple[dict[str, Any], bytes] | None:
-    """A line of the writer's layout in parts: its fields but ``data`` parsed, and the text
-    of ``data``; ``None`` for a line of another layout (module docstring)."""
+def _split(line: bytes) -> tuple[dict[str, Any], bytes, bytes] | None:
+    """A line of the writer's layout in parts: its fields but ``data`` parsed, the text of
+    ``data``, and the text of the fields after it; ``None`` for a line of another layout
+    (module docstring)."""
     at = line.find(_DATA_AT)
     end = line.rfind(_TAGS_AT)
     if at < 0 or end < at:
         return None
+    tail = line[end + 1 :]
     try:
         event = orjson.loads(line[:at] + b"}")
-        after = orjson.loads(b"{" + line[end + 2 :])
+        after = orjson.loads(b"{" + tail[1:])
     except orjson.JSONDecodeError:
         return None
     if type(event) is not dict or type(after) is not dict:
         return None
     event.update(after)
-    return event, line[at + 8 : end + 1]
+    return event, line[at + 8 : end + 1], tail
+
+
+def _without_content(text: bytes) -> bytes | None:
+    """A model start's ``data`` text without its content (the last field), closed; ``None``
+    if there is none to cut."""
+    if text.endswith(b"]}"):
+        for key in _LAST_OF_DATA:
+            at = text.rfind(key)
+            if at > 0:
+                return text[:at] + b"}"
+    return None
 
 
 def _data(text: bytes, kind: str) -> dict[str, Any]:
     """``data`` parsed from its text; a model start's content (written last) cut off first."""
-    if kind in _MODEL_STARTS and text.endswith(b"]}"):
-        for key in _LAST_OF_DATA:
-            at = text.rfind(key)
-            if at > 0:
-                try:
-                    data = orjson.loads(text[:at] + b"}")
-                except orjson.JSONDecodeError:
-                    break  # the key was not data's own (a cut inside a value): parse it all
-                return data if type(data) is dict else {}
+    cut = _without_content(text) if kind in _MODEL_STARTS else None
+    if cut is not None:
+        try:
+            data = orjson.loads(cut)
+        except orjson.JSONDecodeError:
+            pass  # the key was not data's own (a cut inside a value): parse it all
+        else:
+            return data if type(data) is dict else {}
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
