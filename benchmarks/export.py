@@ -150,6 +150,14 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             ]
         ).SerializeToString()
 
+    class RunIdAttribute:
+        """Stands for the assembler's encoded prefix of the run id attribute."""
+
+        def __add__(self, run_id: bytes) -> Any:
+            return attribute("langchain.run_id", run_id.decode())
+
+    saved_run_id = _spans._RUN_ID_ATTRIBUTE
+    _spans._RUN_ID_ATTRIBUTE = RunIdAttribute()  # type: ignore[misc]
     saved = (
         pb.attribute,
         pb.event,
@@ -177,6 +185,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             _semconv._OPERATION_WORKFLOW,
         ) = saved  # type: ignore[misc]
         pb.common_attribute, _semconv.common_attribute = saved_common  # type: ignore[misc]
+        _spans._RUN_ID_ATTRIBUTE = saved_run_id  # type: ignore[misc]
         del _spans.len  # type: ignore[attr-defined]
 
 
