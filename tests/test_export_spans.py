@@ -364,3 +364,16 @@ def test_model_starts_alike_but_for_their_metadata_are_described_each(agent_line
     assembler.add(lines)
     spans = _decode(assembler.close())
     assert [attributes(s)["gen_ai.provider.name"] for s in spans] == ["openai", "openai", "anthropic"]
+
+
+def test_fields_of_unexpected_types_leave_their_attributes_out() -> None:
+    # An experiment or run name that is not text (a line not written by a tracker) cannot
+    # key the assembler's caches: the span is still made, without those attributes.
+    run = str(uuid.uuid4())
+    start = orjson.loads(_line("chain_start", run, None, 1.0))
+    start["experiment"], start["run"] = ["not", "text"], {"x": 1}
+    spans = _decode(SpanAssembler().add([orjson.dumps(start), _line("chain_end", run, None, 2.0)]))
+    (span,) = spans
+    assert "asynctrack.experiment" not in attributes(span)
+    assert "asynctrack.run" not in attributes(span)
+    assert attributes(span)["langchain.run_id"] == run

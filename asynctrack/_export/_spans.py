@@ -84,6 +84,7 @@ _LIGHT_ENDS: Final = {
     b"retriever_end": "retriever_end",
 }
 _NEVER: Final = 1 << 62  # a line length never reached
+_NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
@@ -329,21 +330,7 @@ class SpanAssembler:
         run_bytes = _uuid_bytes(run_id)
         span_id = _span_id(run_bytes)
         name = str(event.get("name") or kind.removesuffix("_start"))
-        # A model start's description depends on data without its content, the name, the
-        # metadata (in tail) and being a root: the same text is described once.
-        known_as: tuple[Any, ...] | None = None
-        described = None
-        if isinstance(raw, bytes):
-            cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
-            if cut is not None and _OTEL_PARENT_KEY not in cut:
-                known_as = (kind, name, parent_run_id is None, cut, tail)
-                described = self._described.get(known_as)
-            needed = described is None and (
-                kind in _DATA_KINDS or (parent_run_id is None and _OTEL_PARENT_KEY in raw)
-            )
-            data = _data(raw, kind) if needed else {}
-        else:
-            data = raw
+        data, described, known_as = self._start_data(kind, name, parent_run_id is None, raw, tail)
         metadata = event.get("metadata")
         metadata = metadata if type(metadata) is dict else {}
         people = _people(metadata)
@@ -397,6 +384,32 @@ class SpanAssembler:
         self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
 
+    def _start_data(
+        self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes
+    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None]:
+        """A start's data, as much as its span needs; for a model start read in parts, its
+        description if known, else the key to keep it under.
+
+        A model start's description depends on data without its content, the name, the
+        metadata (in ``tail``) and being a root: the same text is described once.
+        """
+        if not isinstance(raw, bytes):
+            return raw, None, None
+        cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
+        if cut is not None and _OTEL_PARENT_KEY not in cut:
+            known_as = (kind, name, root, cut, tail)
+            described = self._described.get(known_as)
+            if described is not None:
+                return {}, described, None
+            try:
+                data = orjson.loads(cut)
+            except orjson.JSONDecodeError:
+                data = None  # not data's own content key: parsed whole, not kept
+            if type(data) is dict:
+                return data, None, known_as
+        needed = kind in _DATA_KINDS or (root and _OTEL_PARENT_KEY in raw)
+        return (_data(raw, kind) if needed else {}), None, None
+
     def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
         attrs = [
             _RUN_ID_ATTRIBUTE + run_id.encode()
@@ -404,14 +417,15 @@ class SpanAssembler:
             else pb.attribute("langchain.run_id", run_id)
         ]
         names = (event.get("experiment"), event.get("run"))
-        found = self._names.get(names)
+        hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
+        found = self._names.get(names) if hashable else None
         if found is None:
             found = tuple(
                 pb.attribute(name, value)
                 for name, value in zip(("asynctrack.experiment", "asynctrack.run"), names, strict=True)
                 if isinstance(value, str)
             )
-            if len(self._names) < 64:
+            if hashable and len(self._names) < 64:
                 self._names[names] = found
         attrs.extend(found)
         tags = event.get("tags")
