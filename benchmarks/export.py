@@ -87,25 +87,15 @@ def _chat_lines(rounds: int, spans: int) -> list[bytes]:
 
 
 def _chain_lines(spans: int) -> list[bytes]:
-    out = []
-    for i in range(spans):
-        run_id = str(uuid.uuid4())
-        envelope = {
-            "seq": 2 * i,
-            "ts": 1.0 + i,
-            "experiment": "e",
-            "run": "r",
-            "tracker": "t",
-            "run_id": run_id,
-        }
-        envelope.update(parent_run_id=None, name="step", tags=["seq:step:1"], metadata={})
-        out.append(
-            orjson.dumps({**envelope, "kind": "chain_start", "duration": None, "data": {"inputs": {"x": i}}})
-        )
-        out.append(
-            orjson.dumps({**envelope, "kind": "chain_end", "duration": 0.001, "data": {"outputs": {"y": i}}})
-        )
-    return out
+    """Chain runs (a start and an end each, small inputs and outputs) as a tracker writes them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = AsyncTracker(tmp, config=TrackerConfig(worker="thread", handle_sigterm=False))
+        for i in range(spans):
+            run_id = uuid.uuid4()
+            tracker.on_chain_start({}, {"x": i}, run_id=run_id, name="step", tags=["seq:step:1"])
+            tracker.on_chain_end({"y": i}, run_id=run_id)
+        tracker.close()
+        return _read_lines(Path(tmp))
 
 
 # -- the two encoders ------------------------------------------------------------------------------
@@ -160,6 +150,14 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             ]
         ).SerializeToString()
 
+    class RunIdAttribute:
+        """Stands for the assembler's encoded prefix of the run id attribute."""
+
+        def __add__(self, run_id: bytes) -> Any:
+            return attribute("langchain.run_id", run_id.decode())
+
+    saved_run_id = _spans._RUN_ID_ATTRIBUTE
+    _spans._RUN_ID_ATTRIBUTE = RunIdAttribute()  # type: ignore[misc]
     saved = (
         pb.attribute,
         pb.event,
@@ -187,6 +185,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             _semconv._OPERATION_WORKFLOW,
         ) = saved  # type: ignore[misc]
         pb.common_attribute, _semconv.common_attribute = saved_common  # type: ignore[misc]
+        _spans._RUN_ID_ATTRIBUTE = saved_run_id  # type: ignore[misc]
         del _spans.len  # type: ignore[attr-defined]
 
 

@@ -476,3 +476,30 @@ def test_an_exporter_that_cannot_start_leaves_the_files_alone(tmp_path: Path) ->
     tracker.close(timeout=WAIT)
     _assert_files_complete(tracker)
     assert tracker.statistics().written == 2
+
+
+def test_a_forked_child_in_thread_mode_exports_its_own_runs(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    # The child's copy of the parent's exporter is dead (its thread did not survive the
+    # fork): the child starts its own, which sends the child's runs and nothing of the
+    # parent's; the parent's exporter goes on.
+    env = {**os.environ, "ASYNCTRACK_EXIT_TIMEOUT": "10"}
+    env.pop("PYTHONWARNINGS", None)
+    script = Path(__file__).parent / "scripts" / "export_fork.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "logs"), receiver.endpoint],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, b"0"), done.stderr
+    spans = receiver.wait_for_spans(5, timeout=WAIT)
+    names = sorted(s.name for s in spans)
+    assert names == [
+        "invoke_workflow child",
+        "invoke_workflow child",
+        "invoke_workflow child",
+        "invoke_workflow parent-after",
+        "invoke_workflow parent-before",
+    ]
+    assert len({attributes(s)["langchain.run_id"] for s in spans}) == 5  # each run sent once

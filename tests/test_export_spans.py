@@ -22,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._export import _protobuf as pb
 from asynctrack._export._semconv import SCHEMA_URL
-from asynctrack._export._spans import SpanAssembler, span_id_of, trace_id_of
+from asynctrack._export._spans import SPLIT_BYTES, SpanAssembler, span_id_of, trace_id_of
 
 
 def _decode(spans: list[bytes]) -> list[Any]:
@@ -328,3 +328,77 @@ def test_attribute_values_of_every_type_decode() -> None:
         "a": ["x", "y" * 20000],
     }
     assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
+
+
+def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) -> None:
+    # A 40 KB question: the model starts' messages, the root chain's inputs and the error's
+    # traceback make lines far past SPLIT_BYTES, read in parts (content not captured), and
+    # the ends of the chain and the tool are not parsed. The same events with the fields
+    # after "kind" in another order are parsed whole: same spans, byte for byte
+    # (attributes, times, events, status).
+    question = "What is the weather in Paris today? " + "Tell me more about the sky. " * 1500
+    with OpenAIStub() as stub:
+        lines = _record(
+            tmp_path,
+            lambda t: (
+                weather_agent(stub.url, [t], question=question),
+                weather_agent(stub.url, [t], question=question + "And tomorrow?"),  # described once
+                failing_chain([t]),
+            ),
+        )
+    assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 8
+    reordered = []
+    for line in lines:
+        event = orjson.loads(line)
+        for key in ("experiment", "data"):
+            event[key] = event.pop(key)
+        reordered.append(orjson.dumps(event))
+    for capture in (False, True):
+        in_parts = SpanAssembler(capture_content=capture).add(lines)
+        whole = SpanAssembler(capture_content=capture).add(reordered)
+        assert len(in_parts) == 9
+        assert in_parts == whole
+    chat = next(attributes(s) for s in _decode(in_parts) if s.name == "chat gpt-4o-mini")
+    assert chat["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat["gen_ai.request.temperature"] == pytest.approx(0.2)
+    assert "Tell me more" in chat["gen_ai.input.messages"]
+
+
+def test_a_model_start_writes_its_content_last_in_data(agent_lines: list[bytes]) -> None:
+    # What reading long lines in parts relies on: the handler writes a model start's
+    # messages (prompts) as the last field of data, data right after the envelope, and tags
+    # right after data.
+    starts = [e for e in _events(agent_lines) if e["kind"] in ("chat_model_start", "llm_start")]
+    assert starts
+    for event in starts:
+        assert list(event["data"])[-1] in ("messages", "prompts")
+    for line in agent_lines:
+        keys = list(orjson.loads(line))
+        assert keys[keys.index("duration") + 1 : keys.index("duration") + 4] == ["data", "tags", "metadata"]
+
+
+def test_model_starts_alike_but_for_their_metadata_are_described_each(agent_lines: list[bytes]) -> None:
+    # Model starts are described once per text of data (without content) and metadata:
+    # a start that differs only in its metadata gets its own attributes.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    assert len(start) >= SPLIT_BYTES and b'"ls_provider":"openai"' in start
+    run_id = orjson.loads(start)["run_id"].encode()
+    lines = [start.replace(run_id, str(uuid.uuid4()).encode()) for _ in range(3)]
+    lines[2] = lines[2].replace(b'"ls_provider":"openai"', b'"ls_provider":"anthropic"')
+    assembler = SpanAssembler()
+    assembler.add(lines)
+    spans = _decode(assembler.close())
+    assert [attributes(s)["gen_ai.provider.name"] for s in spans] == ["openai", "openai", "anthropic"]
+
+
+def test_fields_of_unexpected_types_leave_their_attributes_out() -> None:
+    # An experiment or run name that is not text (a line not written by a tracker) cannot
+    # key the assembler's caches: the span is still made, without those attributes.
+    run = str(uuid.uuid4())
+    start = orjson.loads(_line("chain_start", run, None, 1.0))
+    start["experiment"], start["run"] = ["not", "text"], {"x": 1}
+    spans = _decode(SpanAssembler().add([orjson.dumps(start), _line("chain_end", run, None, 2.0)]))
+    (span,) = spans
+    assert "asynctrack.experiment" not in attributes(span)
+    assert "asynctrack.run" not in attributes(span)
+    assert attributes(span)["langchain.run_id"] == run

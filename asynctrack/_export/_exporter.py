@@ -177,9 +177,10 @@ class OTLPExporter:
         its thread starts now. ``build`` wraps what is queued into a request (spans by
         default)."""
         environ = os.environ
+        fields = resource()  # the same for every request of this sender
 
         def spans_request(spans: Sequence[bytes]) -> bytes:
-            return pb.request(resource(), _SCOPE, version, spans, SCHEMA_URL)
+            return pb.request(fields, _SCOPE, version, spans, SCHEMA_URL)
 
         version = _version()
         return Sender(

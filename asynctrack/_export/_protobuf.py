@@ -84,8 +84,9 @@ def text(s: str) -> bytes:
 def _any(value: AttributeValue) -> bytes:
     """An ``AnyValue`` message's fields."""
     if isinstance(value, str):
-        data = text(value)
-        return b"\x0a" + varint(len(data)) + data
+        data = value.encode("utf-8", "replace")
+        size = len(data)
+        return b"\x0a" + (_VARINTS[size] if size < 16384 else varint(size)) + data
     if value is True:
         return b"\x10\x01"
     if value is False:
@@ -113,7 +114,10 @@ def _key(key: str) -> bytes:
 
 def attribute(key: str, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message (its fields, without a tag of its own)."""
-    return _key(key) + wrap(b"\x12", _any(value))
+    field = _KEYS.get(key) or _key(key)
+    payload = _any(value)
+    size = len(payload)
+    return b"".join((field, b"\x12", _VARINTS[size] if size < 16384 else varint(size), payload))
 
 
 _SEEN: dict[tuple[str, str], bytes] = {}
@@ -137,7 +141,12 @@ def common_attribute(key: str, value: str) -> bytes:
 
 def repeated(tag: bytes, messages: Iterable[bytes]) -> bytes:
     """A repeated message field: each message with ``tag`` and its length."""
-    return b"".join(tag + varint(len(m)) + m for m in messages)
+    return b"".join([_field(tag, m) for m in messages])
+
+
+def _field(tag: bytes, message: bytes) -> bytes:
+    size = len(message)
+    return b"".join((tag, _VARINTS[size] if size < 16384 else varint(size), message))
 
 
 def event(time_ns: int, name: str, attributes: Iterable[bytes] = ()) -> bytes:
@@ -160,19 +169,29 @@ def span(
     status_message: str = "",
 ) -> bytes:
     """A ``Span`` message; ``attributes`` from ``attribute()``, ``events`` from ``event()``."""
+    name_bytes = name.encode("utf-8", "replace")
     out = [
         b"\x0a\x10",
         trace_id,
         b"\x12\x08",
         span_id,
         b"\x22\x08" + parent_span_id if parent_span_id else b"",
-        wrap(b"\x2a", text(name)),
-        b"\x30" + _VARINTS[kind],
-        b"\x39" + _FIXED64(start_ns),
-        b"\x41" + _FIXED64(end_ns),
-        repeated(b"\x4a", attributes),
-        b"".join(wrap(b"\x5a", e) for e in events),
+        b"\x2a",
+        varint(len(name_bytes)),
+        name_bytes,
+        b"\x30",
+        _VARINTS[kind],
+        b"\x39",
+        _FIXED64(start_ns),
+        b"\x41",
+        _FIXED64(end_ns),
     ]
+    for item in attributes:
+        size = len(item)
+        out += (b"\x4a", _VARINTS[size] if size < 16384 else varint(size), item)
+    for item in events:
+        size = len(item)
+        out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)
     if status:
         message = wrap(b"\x12", text(status_message)) if status_message else b""
         out.append(wrap(b"\x7a", message + b"\x18" + _VARINTS[status]))

@@ -41,6 +41,7 @@ from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute, common_attribute
 __all__ = [
     "SCHEMA_URL",
     "SEMCONV_VERSION",
+    "Described",
     "describe_end",
     "describe_start",
 ]
@@ -120,10 +121,17 @@ class Described:
         self.provider = provider  # model calls: gen_ai.provider.name and gen_ai.request.model
         self.model = model
 
+    def copy(self) -> Described:
+        """A copy whose attribute list can be extended."""
+        return Described(
+            self.name, self.kind, self.operation, list(self.attributes), self.provider, self.model
+        )
+
 
 def _number(value: Any, cast: type) -> int | float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
+    kind = type(value)
+    if kind is not int and kind is not float:
+        return None  # a bool is neither
     return cast(value)  # type: ignore[no-any-return]  # int() or float() of a number
 
 
@@ -144,7 +152,7 @@ def provider_name(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
     if isinstance(provider, str) and provider:
         return _PROVIDERS.get(provider.lower(), provider.lower())
     serialized = data.get("serialized")
-    if isinstance(serialized, Mapping):
+    if isinstance(serialized, dict):
         ident = serialized.get("id")
         if isinstance(ident, list) and len(ident) >= 3 and isinstance(ident[2], str):
             return _PROVIDERS.get(ident[2], ident[2])
@@ -153,7 +161,7 @@ def provider_name(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
 
 def request_model(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
     params = data.get("invocation_params")
-    if isinstance(params, Mapping):
+    if isinstance(params, dict):
         for key in _MODEL_KEYS:
             value = params.get(key)
             if isinstance(value, str) and value:
@@ -164,7 +172,7 @@ def request_model(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str |
 
 def _stop_sequences(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str] | None:
     for source in (data.get("invocation_params"), data.get("options"), metadata):
-        if isinstance(source, Mapping):
+        if isinstance(source, dict):
             stop = source.get("stop", source.get("ls_stop"))
             if isinstance(stop, str):
                 return [stop]
@@ -184,10 +192,13 @@ def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool
     if model is not None:
         attrs.append(common_attribute("gen_ai.request.model", model))
     params = data.get("invocation_params")
-    if isinstance(params, Mapping):
+    if isinstance(params, dict):
         seen = set()
         for key, name, cast in _REQUEST_NUMBERS:
-            value = _number(params.get(key), cast)
+            value = params.get(key)
+            if value is None:
+                continue
+            value = _number(value, cast)
             if value is not None and name not in seen:
                 seen.add(name)
                 attrs.append(attribute(name, value))
@@ -220,7 +231,7 @@ def _text_parts(content: Any) -> list[dict[str, Any]]:
         for block in content:
             if isinstance(block, str):
                 parts.append({"type": "text", "content": block})
-            elif isinstance(block, Mapping):
+            elif isinstance(block, dict):
                 if block.get("type") == "text" and isinstance(block.get("text"), str):
                     parts.append({"type": "text", "content": block["text"]})
                 elif block.get("type") not in ("tool_use", "tool_call"):
@@ -229,9 +240,9 @@ def _text_parts(content: Any) -> list[dict[str, Any]]:
 
 
 def _message(message: Any) -> dict[str, Any] | None:
-    if not isinstance(message, Mapping):
+    if not isinstance(message, dict):
         return None
-    if isinstance(message.get("kwargs"), Mapping):  # a serialized message
+    if isinstance(message.get("kwargs"), dict):  # a serialized message
         message = message["kwargs"]
     role = _ROLES.get(str(message.get("type")), str(message.get("type") or "user"))
     if role == "tool":
@@ -243,7 +254,7 @@ def _message(message: Any) -> dict[str, Any] | None:
         return {"role": "tool", "parts": [response]}
     parts = _text_parts(message.get("content"))
     for call in message.get("tool_calls") or ():
-        if isinstance(call, Mapping):
+        if isinstance(call, dict):
             arguments = call.get("args")
             parts.append(
                 {"type": "tool_call", "id": call.get("id"), "name": call.get("name"), "arguments": arguments}
@@ -268,7 +279,7 @@ def _tool(name: str, data: Mapping[str, Any], capture: bool) -> Described:
         common_attribute("gen_ai.tool.type", "function"),
     ]
     serialized = data.get("serialized")
-    if isinstance(serialized, Mapping) and isinstance(serialized.get("description"), str):
+    if isinstance(serialized, dict) and isinstance(serialized.get("description"), str):
         attrs.append(common_attribute("gen_ai.tool.description", serialized["description"]))
     call_id = data.get("tool_call_id")
     if isinstance(call_id, str) and call_id:
@@ -315,7 +326,7 @@ def describe_start(
 def _first_generation_message(response: Mapping[str, Any]) -> Mapping[str, Any]:
     for generations in response.get("generations") or ():
         for generation in generations or ():
-            if isinstance(generation, Mapping) and isinstance(generation.get("message"), Mapping):
+            if isinstance(generation, dict) and isinstance(generation.get("message"), dict):
                 return generation["message"]  # type: ignore[no-any-return]  # a JSON object
     return {}
 
@@ -351,13 +362,13 @@ def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
 def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     attrs: list[bytes] = []
     response = data.get("response")
-    if not isinstance(response, Mapping):
+    if not isinstance(response, dict):
         return Ended(attrs)
     llm_output = response.get("llm_output")
-    llm_output = llm_output if isinstance(llm_output, Mapping) else {}
+    llm_output = llm_output if isinstance(llm_output, dict) else {}
     message = _first_generation_message(response)
     metadata = message.get("response_metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
+    metadata = metadata if isinstance(metadata, dict) else {}
     response_id = llm_output.get("id") or metadata.get("id")
     if isinstance(response_id, str) and response_id:
         attrs.append(attribute("gen_ai.response.id", response_id))
@@ -369,18 +380,18 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     outputs: list[dict[str, Any]] = []
     for generations in response.get("generations") or ():
         for generation in generations or ():
-            if not isinstance(generation, Mapping):
+            if not isinstance(generation, dict):
                 continue
             info = generation.get("generation_info")
-            reason = info.get("finish_reason") if isinstance(info, Mapping) else None
+            reason = info.get("finish_reason") if isinstance(info, dict) else None
             gen_message = generation.get("message")
-            if reason is None and isinstance(gen_message, Mapping):
+            if reason is None and isinstance(gen_message, dict):
                 meta = gen_message.get("response_metadata")
-                reason = meta.get("finish_reason") if isinstance(meta, Mapping) else None
+                reason = meta.get("finish_reason") if isinstance(meta, dict) else None
             if isinstance(reason, str):
                 reasons.append(reason)
             if capture:
-                out = _message(gen_message) if isinstance(gen_message, Mapping) else None
+                out = _message(gen_message) if isinstance(gen_message, dict) else None
                 if out is None:
                     out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
                 out["role"] = "assistant"
@@ -394,8 +405,8 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
         attrs.append(attribute("gen_ai.usage.input_tokens", usage[0]))
         attrs.append(attribute("gen_ai.usage.output_tokens", usage[1]))
     details = message.get("usage_metadata")
-    details = details.get("input_token_details") if isinstance(details, Mapping) else None
-    if isinstance(details, Mapping):
+    details = details.get("input_token_details") if isinstance(details, dict) else None
+    if isinstance(details, dict):
         cached = _number(details.get("cache_read"), int)
         if cached:
             attrs.append(attribute("gen_ai.usage.cache_read.input_tokens", cached))
@@ -406,14 +417,14 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
 
 def _tool_output(output: Any) -> Any:
     """A ``ToolMessage`` output as its content; anything else as it is."""
-    if isinstance(output, Mapping) and output.get("type") == "tool" and "content" in output:
+    if isinstance(output, dict) and output.get("type") == "tool" and "content" in output:
         return output["content"]
     return output
 
 
 def error_type(error: Any) -> str:
     """``error.type``: the exception's class name, as recorded."""
-    if isinstance(error, Mapping) and isinstance(error.get("type"), str) and error["type"]:
+    if isinstance(error, dict) and isinstance(error.get("type"), str) and error["type"]:
         return str(error["type"])
     return "_OTHER"
 

@@ -17,6 +17,18 @@ envelope's fixed order). Any other event of a run (agent actions, retries, custo
 events, LangGraph interrupts and resumes, text) becomes a span event named
 ``langchain.<kind>``.
 
+A line longer than ``SPLIT_BYTES`` is read in parts when content is not captured: the
+envelope before ``"data"`` and the fields after it (``tags``, ``metadata``) are parsed, and
+``data`` only for the kinds whose attributes come from it (model calls, tools, errors,
+some span events); a model start's ``messages`` or ``prompts``, written last in ``data``
+by the handler, are cut off unparsed. The writer's layout makes the cuts safe: a key's
+text ``,"k":`` can only stand in a line outside any string, and a cut made anywhere but
+at the top level leaves unbalanced JSON, which fails to parse: then the whole line is
+parsed, as any line of another layout is.
+A model start read in parts is described (span name, kind, request attributes) once per
+text of its ``data`` without content and of its metadata: the calls of one model setup
+share it, and are not parsed again.
+
 Runs not yet ended are held by bytes (``max_open_bytes``); past that the oldest open run
 is exported at once, marked ``asynctrack.unfinished = "evicted"``, and its later end is
 counted (``late_ends``), not exported twice. At ``close()`` every open run is exported
@@ -38,18 +50,46 @@ from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics
-from ._semconv import describe_end, describe_start, error_type, tags_attribute
+from ._semconv import Described, describe_end, describe_start, error_type, tags_attribute
 
-__all__ = ["SpanAssembler", "span_id_of", "trace_id_of"]
+__all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
 _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _TOKEN: Final = b'"kind":"llm_new_token"'
+_KIND: Final = b'"kind":"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
 _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
+#: Lines at least this long are read in parts (module docstring). Below it one parse of
+#: the whole line costs less than the parts' two or three.
+SPLIT_BYTES: Final = 1024
+_DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
+_TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
+_OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
+_LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' content, written last
+# Kinds whose attributes come from data when content is not captured (any kind with it).
+_DATA_KINDS: Final = frozenset(
+    {"llm_start", "chat_model_start", "tool_start", "llm_end", "chain_error", "llm_error", "tool_error"}
+    | {"retriever_error", "agent_action", "retry", "custom_event"}
+)
+_MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
+# Ends whose span needs nothing of the line but its run id and time when content is not
+# captured, by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the
+# start of the next field): not parsed.
+_LIGHT_ENDS: Final = {
+    b'chain_end","e': "chain_end",
+    b'tool_end","ex': "tool_end",
+    b"retriever_end": "retriever_end",
+}
+_NEVER: Final = 1 << 62  # a line length never reached
+_NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
+_ZERO_ID: Final = bytes(8)
+# attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
+_RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
     "retry": ("attempt_number", "langchain.retry.attempt"),
@@ -73,12 +113,17 @@ def trace_id_of(root_run_id: str) -> bytes:
 
 def span_id_of(run_id: str) -> bytes:
     """The span id of run ``run_id``: never all zero (invalid in OTLP)."""
-    digest = hashlib.blake2b(_uuid_bytes(run_id), digest_size=8).digest()
-    return digest if digest != bytes(8) else b"\x00" * 7 + b"\x01"
+    return _span_id(_uuid_bytes(run_id))
+
+
+def _span_id(run_bytes: bytes) -> bytes:
+    digest = hashlib.blake2b(run_bytes, digest_size=8).digest()
+    return digest if digest != _ZERO_ID else b"\x00" * 7 + b"\x01"
 
 
 def _ns(ts: Any) -> int:
-    return int(ts * 1e9) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0
+    kind = type(ts)
+    return int(ts * 1e9) if kind is float or kind is int else 0  # a bool is neither
 
 
 class _Open:
@@ -162,32 +207,66 @@ class SpanAssembler:
         self._ids: dict[str, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
         self._evicted: dict[str, None] = {}
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
+        self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
+        self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:
+    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
+        split = SPLIT_BYTES if not self.capture_content else _NEVER
+        light = _LIGHT_ENDS if not self.capture_content else None
+        loads = orjson.loads
         for line in lines:
-            if line.find(_TOKEN, 0, _ENVELOPE_HEAD) >= 0 and self._token(line, open_runs):
-                continue
+            at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+            if at >= 0:
+                # A stream's tokens after its first: counted, inline (one line in a stream).
+                at = line.find(_RUN_ID, at)
+                try:
+                    span = open_runs.get(line[at + 10 : at + 46].decode()) if at >= 0 else None
+                except UnicodeDecodeError:
+                    span = None
+                if span is not None and span.first_chunk_ns:
+                    span.chunks += 1
+                    continue
+                if self._token(line, open_runs):
+                    continue
+            elif light:
+                at = line.find(_KIND, 0, _ENVELOPE_HEAD)
+                known = light.get(line[at + 8 : at + 21]) if at > 0 else None
+                if known is not None:
+                    encoded = self._light_end(line, known, open_runs)
+                    if encoded is not None:
+                        done.append(encoded)
+                        continue
+            parts = _split(line) if len(line) >= split else None
+            data: dict[str, Any] | bytes
+            tail = b""
             try:
-                event = orjson.loads(line)
-                run_id = event["run_id"]
+                if parts is None:
+                    event = loads(line)
+                    run_id = event["run_id"]
+                    data = event.get("data")
+                    if type(data) is not dict:
+                        data = {}
+                else:
+                    event, data, tail = parts
+                    run_id = event["run_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 self.bad_lines += 1
                 continue
-            if not isinstance(run_id, str):
+            if type(run_id) is not str:
                 self.bad_lines += 1
                 continue
             kind = event.get("kind")
             if kind in _START:
-                self._start(run_id, kind, event)
+                self._start(run_id, kind, event, data, tail)
             elif kind in _END or kind in _ERROR:
-                span = self._end(run_id, kind, event)
-                if span is not None:
-                    done.append(span)
+                encoded = self._end(run_id, kind, event, data)
+                if encoded is not None:
+                    done.append(encoded)
             else:
-                self._note(run_id, kind, event)
+                self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
         return done
@@ -207,6 +286,23 @@ class SpanAssembler:
 
     # -- the kinds of line ------------------------------------------------------------------------
 
+    def _light_end(self, line: bytes, kind: str, open_runs: dict[str, _Open]) -> bytes | None:
+        """An end that adds nothing from its data (content not captured) to an open run: its
+        span, from the envelope's run id and time alone; ``None``: parse the line."""
+        at = line.find(_RUN_ID)
+        run_id = line[at + 10 : at + 46].decode("ascii", "replace") if at >= 0 else ""
+        span = open_runs.get(run_id)
+        if span is None:
+            return None
+        at = line.find(_TS)
+        try:
+            end_ns = int(float(line[at + 5 : line.find(b",", at)]) * 1e9)
+        except ValueError:
+            return None
+        del open_runs[run_id]
+        self.open_bytes -= span.size
+        return self._finish(span, kind, {}, end_ns)
+
     def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:
         """A streamed token: count it, note the first one's time. False: parse it whole."""
         at = line.find(_RUN_ID)
@@ -223,21 +319,26 @@ class SpanAssembler:
                 return False
         return True
 
-    def _start(self, run_id: str, kind: str, event: Mapping[str, Any]) -> None:
+    def _start(
+        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes, tail: bytes = b""
+    ) -> None:
+        """``tail``: the text of the fields after data, when the line was read in parts."""
         if run_id in self._open:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
-        parent_run_id = parent_run_id if isinstance(parent_run_id, str) else None
-        span_id = span_id_of(run_id)
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        parent_run_id = parent_run_id if type(parent_run_id) is str else None
+        run_bytes = _uuid_bytes(run_id)
+        span_id = _span_id(run_bytes)
+        name = str(event.get("name") or kind.removesuffix("_start"))
+        data, described, known_as = self._start_data(kind, name, parent_run_id is None, raw, tail)
         metadata = event.get("metadata")
-        metadata = metadata if isinstance(metadata, Mapping) else {}
+        metadata = metadata if type(metadata) is dict else {}
         people = _people(metadata)
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
-            trace_id, parent_span_id = _application_parent(data.get(OTEL_PARENT)) or (
-                trace_id_of(run_id),
+            parent = data.get(OTEL_PARENT)
+            trace_id, parent_span_id = (parent is not None and _application_parent(parent)) or (
+                run_bytes,
                 None,
             )
         else:
@@ -248,10 +349,16 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        name = str(event.get("name") or kind.removesuffix("_start"))
-        described = describe_start(
-            kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
-        )
+        if described is None:
+            described = describe_start(
+                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
+            )
+            if known_as is not None:
+                if len(self._described) >= _DESCRIBED:
+                    self._described.clear()
+                self._described[known_as] = described.copy()
+        else:
+            described = described.copy()
         attributes = described.attributes
         attributes.extend(self._common(run_id, event))
         attributes.extend(people)
@@ -277,16 +384,54 @@ class SpanAssembler:
         self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
 
+    def _start_data(
+        self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes
+    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None]:
+        """A start's data, as much as its span needs; for a model start read in parts, its
+        description if known, else the key to keep it under.
+
+        A model start's description depends on data without its content, the name, the
+        metadata (in ``tail``) and being a root: the same text is described once.
+        """
+        if not isinstance(raw, bytes):
+            return raw, None, None
+        cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
+        if cut is not None and _OTEL_PARENT_KEY not in cut:
+            known_as = (kind, name, root, cut, tail)
+            described = self._described.get(known_as)
+            if described is not None:
+                return {}, described, None
+            try:
+                data = orjson.loads(cut)
+            except orjson.JSONDecodeError:
+                data = None  # not data's own content key: parsed whole, not kept
+            if type(data) is dict:
+                return data, None, known_as
+        needed = kind in _DATA_KINDS or (root and _OTEL_PARENT_KEY in raw)
+        return (_data(raw, kind) if needed else {}), None, None
+
     def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
-        attrs = [pb.attribute("langchain.run_id", run_id)]
-        for key, name in (("experiment", "asynctrack.experiment"), ("run", "asynctrack.run")):
-            value = event.get(key)
-            if isinstance(value, str):
-                attrs.append(pb.common_attribute(name, value))
+        attrs = [
+            _RUN_ID_ATTRIBUTE + run_id.encode()
+            if len(run_id) == 36 and run_id.isascii()
+            else pb.attribute("langchain.run_id", run_id)
+        ]
+        names = (event.get("experiment"), event.get("run"))
+        hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
+        found = self._names.get(names) if hashable else None
+        if found is None:
+            found = tuple(
+                pb.attribute(name, value)
+                for name, value in zip(("asynctrack.experiment", "asynctrack.run"), names, strict=True)
+                if isinstance(value, str)
+            )
+            if hashable and len(self._names) < 64:
+                self._names[names] = found
+        attrs.extend(found)
         tags = event.get("tags")
         if event.get("sampled") is False:  # kept for a failed run, not by the sample
             attrs.append(pb.attribute("asynctrack.sampled", False))
-        if isinstance(tags, list) and tags:
+        if type(tags) is list and tags:
             tags_key = tuple(tags) if len(tags) <= 8 else None
             tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
             if tag_attribute is None:
@@ -306,19 +451,24 @@ class SpanAssembler:
                 if old not in self._open:
                     del ids[old]
 
-    def _end(self, run_id: str, kind: str, event: Mapping[str, Any]) -> bytes | None:
+    def _end(
+        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
+    ) -> bytes | None:
         span = self._open.pop(run_id, None)
         end_ns = _ns(event.get("ts"))
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         if span is None:
             if run_id in self._evicted:
                 del self._evicted[run_id]
                 self.late_ends += 1
                 return None
-            span = self._rebuild(run_id, kind, event, end_ns)
+            span = self._rebuild(run_id, kind, event, data, end_ns)
         else:
             self.open_bytes -= span.size
+        return self._finish(span, kind, data, end_ns)
+
+    def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
+        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -337,7 +487,7 @@ class SpanAssembler:
             if isinstance(error.get("traceback"), str) and error["traceback"]:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
             events.append(pb.event(end_ns, "exception", exception))
-        else:
+        elif kind == "llm_end" or self.capture_content:
             ended = describe_end(kind, data, capture=self.capture_content)
             attributes.extend(ended.attributes)
         first_chunk = None
@@ -372,21 +522,23 @@ class SpanAssembler:
             status_message=message,
         )
 
-    def _rebuild(self, run_id: str, kind: str, event: Mapping[str, Any], end_ns: int) -> _Open:
+    def _rebuild(
+        self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
+    ) -> _Open:
         """A span from its end event alone (its start was not recorded)."""
         start_kind = kind.rsplit("_", 1)[0] + "_start"
-        if start_kind == "llm_start" and _is_chat(event):
+        if start_kind == "llm_start" and _is_chat(data):
             start_kind = "chat_model_start"
         duration = event.get("duration")
         start_ns = end_ns - _ns(duration)
-        self._start(run_id, start_kind, {**event, "ts": start_ns / 1e9, "data": {}})
+        self._start(run_id, start_kind, {**event, "ts": start_ns / 1e9}, {})
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
         span.start_ns = start_ns
         span.attributes.append(pb.attribute("asynctrack.start_missing", True))
         return span
 
-    def _note(self, run_id: str, kind: Any, event: Mapping[str, Any]) -> None:
+    def _note(self, run_id: str, kind: Any, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
         span = self._open.get(run_id)
         if span is None:
             return  # an event of no open run (a legacy tracer's lone event): in the files only
@@ -397,8 +549,7 @@ class SpanAssembler:
             if not span.first_chunk_ns:
                 span.first_chunk_ns = time_ns
             return
-        data = event.get("data")
-        data = data if isinstance(data, Mapping) else {}
+        data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         attrs: list[bytes] = []
         known = _EVENT_ATTRIBUTES.get(str(kind))
         if known is not None:
@@ -442,9 +593,57 @@ class SpanAssembler:
         return out
 
 
+def _split(line: bytes) -> tuple[dict[str, Any], bytes, bytes] | None:
+    """A line of the writer's layout in parts: its fields but ``data`` parsed, the text of
+    ``data``, and the text of the fields after it; ``None`` for a line of another layout
+    (module docstring)."""
+    at = line.find(_DATA_AT)
+    end = line.rfind(_TAGS_AT)
+    if at < 0 or end < at:
+        return None
+    tail = line[end + 1 :]
+    try:
+        event = orjson.loads(line[:at] + b"}")
+        after = orjson.loads(b"{" + tail[1:])
+    except orjson.JSONDecodeError:
+        return None
+    if type(event) is not dict or type(after) is not dict:
+        return None
+    event.update(after)
+    return event, line[at + 8 : end + 1], tail
+
+
+def _without_content(text: bytes) -> bytes | None:
+    """A model start's ``data`` text without its content (the last field), closed; ``None``
+    if there is none to cut."""
+    if text.endswith(b"]}"):
+        for key in _LAST_OF_DATA:
+            at = text.rfind(key)
+            if at > 0:
+                return text[:at] + b"}"
+    return None
+
+
+def _data(text: bytes, kind: str) -> dict[str, Any]:
+    """``data`` parsed from its text; a model start's content (written last) cut off first."""
+    cut = _without_content(text) if kind in _MODEL_STARTS else None
+    if cut is not None:
+        try:
+            data = orjson.loads(cut)
+        except orjson.JSONDecodeError:
+            pass  # the key was not data's own (a cut inside a value): parse it all
+        else:
+            return data if type(data) is dict else {}
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if type(data) is dict else {}
+
+
 def _application_parent(parent: Any) -> tuple[bytes, bytes] | None:
     """The trace id and span id of the application span recorded with a root, if valid."""
-    if not isinstance(parent, Mapping):
+    if not isinstance(parent, dict):
         return None
     try:
         trace_id = bytes.fromhex(parent["trace_id"])
@@ -464,9 +663,15 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     conversation, so both names carry it (``session_id`` first for ``session.id``,
     ``thread_id`` first for the conversation).
     """
-    if not metadata:
+    if not metadata or (
+        "session_id" not in metadata and "thread_id" not in metadata and "user_id" not in metadata
+    ):
         return ()
-    session, thread, user = (id_text(metadata.get(k)) for k in ("session_id", "thread_id", "user_id"))
+    session, thread, user = (
+        id_text(metadata.get("session_id")),
+        id_text(metadata.get("thread_id")),
+        id_text(metadata.get("user_id")),
+    )
     out = []
     if session is not None:
         out.append(pb.common_attribute("session.id", session))
@@ -481,9 +686,8 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _is_chat(event: Mapping[str, Any]) -> bool:
-    data = event.get("data")
-    response = data.get("response") if isinstance(data, Mapping) else None
+def _is_chat(data: Mapping[str, Any]) -> bool:
+    response = data.get("response")
     generations = response.get("generations") if isinstance(response, Mapping) else None
     try:
         return generations[0][0].get("type") == "ChatGeneration"  # type: ignore[index,no-any-return]

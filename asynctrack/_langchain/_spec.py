@@ -115,6 +115,10 @@ class TrackerSpec:
             run=self.run,
             events_uri=f"{sink.destination.rstrip('/')}/{layout.run_prefix}/",
         )
+
+        def start_exporters() -> list[LineExporter]:
+            return [*_start_exporters(self.exporters), *_sink_exporters(self.parameter_sinks, run_info)]
+
         engine = Engine(
             sink=sink,
             layout=layout,
@@ -125,10 +129,8 @@ class TrackerSpec:
             config=engine_config,
             spool=spool,
             placeholders=lambda: translator.placeholders,
-            exporters=[
-                *_start_exporters(self.exporters),
-                *_sink_exporters(self.parameter_sinks, run_info),
-            ],
+            exporters=start_exporters(),
+            start_exporters=start_exporters,  # again in a forked child
             queue_events=queue_events,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
         )

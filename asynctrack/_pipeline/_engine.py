@@ -77,6 +77,8 @@ class Engine:
         run_info: the run's names and events URI (derived from ``layout`` by default).
         spool: where unsent batches are kept (remote destinations).
         exporters: get every line written, and flush and close with the engine.
+        start_exporters: starts the exporters again in a forked child (whose copies of
+            the parent's are dead: their threads did not survive the fork).
         placeholders: the adapter's count of events written with a placeholder.
         sampled_out: the adapter's count of events held and dropped by sampling.
         queue_events: the count bound of the queue (``max_queue_events`` by default).
@@ -98,11 +100,13 @@ class Engine:
         spool: Spool | None = None,
         placeholders: Callable[[], int] | None = None,
         exporters: Sequence[LineExporter] = (),
+        start_exporters: Callable[[], Sequence[LineExporter]] | None = None,
         queue_events: int | None = None,
         sampled_out: Callable[[], int] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self.exporters = tuple(exporters)
+        self._start_exporters = start_exporters
         self._queue_events = self.config.max_queue_events if queue_events is None else queue_events
         self.sink = sink
         self.layout = layout
@@ -506,9 +510,12 @@ class Engine:
         buffered events stay the parent's to write."""
         closed = self.closed
         self.layout = dataclasses.replace(self.layout, writer=new_writer_id())
-        # The exporters' threads did not survive the fork: the child exports nothing
-        # (its events are in the files, for `asynctrack export`).
+        # The exporters' threads did not survive the fork, and what they hold (runs open,
+        # spans queued) is the parent's to send: the child starts exporters of its own,
+        # which see its runs only, as `asynctrack export` of its writer's files would.
         self.exporters = ()
+        if self._start_exporters is not None and not closed:
+            self.exporters = tuple(self._start_exporters())
         self._build()
         if closed:
             # Closing or closed in the parent: nothing of it runs here.
