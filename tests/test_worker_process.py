@@ -442,3 +442,23 @@ def test_a_trickle_of_records_wakes_each_side_about_once_per_record(
     assert rounds <= count + 2, rounds  # two per record before (the record, then a tick)
     # One per frame, and a few for the engine's own wake and statistics (every 0.25 s).
     assert wake_ups <= count * 1.5, wake_ups
+
+
+def test_records_that_keep_coming_are_gathered_into_a_round_every_few_milliseconds(
+    tracker: AsyncTracker, tmp_destination: Path
+) -> None:
+    """Records a fraction of a millisecond apart (streamed tokens): after the first two,
+    the shipper ships a round every 5 ms instead of waking for each record."""
+    _text(tracker, 0, 1)
+    tracker.flush_blocking(timeout=WAIT)
+    shipper = _spawn.worker_process()._shipper
+    count = 200
+    run_id = uuid.uuid4()
+    rounds = shipper.rounds
+    for i in range(count):
+        tracker.on_text(f"token-{i}", run_id=run_id)
+        time.sleep(0.0005)  # the stream itself: the input's spacing, not a wait for a result
+    rounds = shipper.rounds - rounds
+    tracker.flush_blocking(timeout=WAIT)
+    assert tracker.statistics().written == count + 1
+    assert rounds <= count // 2, rounds

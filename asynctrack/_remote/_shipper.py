@@ -8,12 +8,14 @@ has not acknowledged yet.
 Its thread sleeps while nothing is queued: the first record after that wakes it
 (``BoundedQueue.sleeping``) and is shipped at once, so an idle tracker costs no
 wake-ups in the application and a lone record waits for no timer. When records keep
-coming (a round found more than one), it gathers: it ships a round every ``_TICK``
+coming (a round found more than one, or found one less than ``_TICK`` after the
+last round that shipped), it gathers: it ships a round every ``_TICK``
 (a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once), and the fixed
 cost of a wake-up is shared by the records of that round; the first gathering round
-that finds nothing puts it back to sleep. So the thread wakes at most once per record
-(records that trickle in one at a time: once each), and about once per ``_TICK``
-under a burst; a record waits unshipped at most ``_TICK``.
+that finds nothing puts it back to sleep. So the thread wakes once per record when
+records trickle in one at a time, about once per ``_TICK`` while they keep coming
+(plus one wake-up with no work as each such spell ends), and a record waits
+unshipped at most ``_TICK``.
 
 A round takes each lane's records in slices (``_SLICE``), encodes a slice's fields as
 one ``orjson`` array (a single C call) followed by the captured bodies as they are
@@ -332,14 +334,21 @@ class Shipper:
     def _run(self) -> None:
         wake = self._wake
         gathering = False
+        last = -_TICK  # when a round last shipped (time.monotonic())
         while True:
             self.rounds += 1
             wake.clear()
             shipped, held = self.ship_once()
-            # Gather while records keep coming: a round that found more than one record
-            # starts it, any round that ships keeps it (so a gathering round that finds
-            # nothing, the one wake-up with no work, follows at least two records).
-            gathering = shipped > 1 or (gathering and shipped > 0)
+            # Gather while records keep coming: a round that found more than one record,
+            # or found one within _TICK of the last that shipped, starts it; any round
+            # that ships keeps it; one that finds nothing ends it (so that wake-up with
+            # no work follows at least two records).
+            if shipped:
+                now = time.monotonic()
+                gathering = gathering or shipped > 1 or now - last < _TICK
+                last = now
+            else:
+                gathering = False
             if gathering:
                 for lane in list(self.lanes.values()):
                     lane.queue.busy()
