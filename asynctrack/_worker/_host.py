@@ -223,7 +223,7 @@ class _Tracker:
 
     def statistics(self, snapshot: Statistics | None = None) -> dict[str, Any]:
         """``snapshot`` (by default the engine's statistics now) as the dict that crosses."""
-        stats = dataclasses.asdict(snapshot or self.engine.statistics())
+        stats = dataclasses.asdict(snapshot if snapshot is not None else self.engine.statistics())
         # What the last failure was, for a flush that times out in the application.
         stats["last_error"] = self.engine.last_error
         return stats
