@@ -422,7 +422,9 @@ def test_a_trickle_of_records_wakes_the_shipper_once_per_record(
     rounds = shipper.rounds - rounds
     tracker.flush_blocking(timeout=WAIT)
     assert tracker.statistics().written == count + 1
-    assert rounds <= count + 2, rounds  # two per record before (the record, then a tick)
+    # Two per record before (the record, then a tick); a few to spare for a loaded machine
+    # (a record shipped late, then the next one early: a gathering spell of one tick).
+    assert rounds <= count + count // 8, rounds
 
 
 def test_records_that_keep_coming_are_gathered_into_a_round_every_few_milliseconds(
