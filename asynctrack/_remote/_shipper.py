@@ -6,10 +6,16 @@ frame numbers, the requests waiting for an answer, and the frames the worker pro
 has not acknowledged yet.
 
 Its thread sleeps while nothing is queued: the first record after that wakes it
-(``BoundedQueue.sleeping``), so an idle tracker costs no wake-ups in the application.
-While records keep coming it ships a round, then gathers for ``_TICK`` before the
-next (a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once): the
-fixed cost of a wake-up is shared by the records of that round.
+(``BoundedQueue.sleeping``) and is shipped at once, so an idle tracker costs no
+wake-ups in the application and a lone record waits for no timer. When records keep
+coming (a round found more than one, or found one less than ``_TICK`` after the
+last round that shipped), it gathers: it ships a round every ``_TICK``
+(a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once), and the fixed
+cost of a wake-up is shared by the records of that round; the first gathering round
+that finds nothing puts it back to sleep. So the thread wakes once per record when
+records trickle in one at a time, about once per ``_TICK`` while they keep coming
+(plus one wake-up with no work as each such spell ends), and a record waits
+unshipped at most ``_TICK``.
 
 A round takes each lane's records in slices (``_SLICE``), encodes a slice's fields as
 one ``orjson`` array (a single C call) followed by the captured bodies as they are
@@ -307,6 +313,8 @@ class Shipper:
         self._wake = threading.Event()
         self.stopping = False
         self._thread: threading.Thread | None = None
+        #: Rounds the thread ran (each one a wake-up, by a record, a timer or a request).
+        self.rounds = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -325,28 +333,44 @@ class Shipper:
 
     def _run(self) -> None:
         wake = self._wake
+        gathering = False
+        last = -_TICK  # when a round last shipped (time.monotonic())
         while True:
+            self.rounds += 1
             wake.clear()
             shipped, held = self.ship_once()
+            # Gather while records keep coming: a round that found more than one record,
+            # or found one within _TICK of the last that shipped, starts it; any round
+            # that ships keeps it; one that finds nothing ends it (so that wake-up with
+            # no work follows at least two records).
             if shipped:
+                now = time.monotonic()
+                gathering = gathering or shipped > 1 or now - last < _TICK
+                last = now
+            else:
+                gathering = False
+            if gathering:
                 for lane in list(self.lanes.values()):
                     lane.queue.busy()
-                wake.wait(_TICK)  # gather the next round (a backlog, a flush wakes us at once)
+                wake.wait(_TICK)  # a backlog, a flush or a close wakes us at once
                 continue
             if self.stopping:
                 return
-            # Nothing shipped: arm every queue (no short cut: each must wake us), then sleep
-            # until one does, or an acknowledgement does for a lane held back.
+            # Arm every queue (no short cut: each must wake us), then sleep until one
+            # does, or an acknowledgement does for a lane held back. A record that came
+            # during a round that shipped one is shipped at once, without sleeping.
             empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
             if all(empty) and not held:
                 wake.wait()
-            else:
+            elif held or not shipped:
                 wake.wait(_TICK)
 
-    def ship_once(self) -> tuple[bool, bool]:
-        """Ship what every lane queued: (whether anything was shipped or forwarded,
-        whether a lane is held back with records queued)."""
-        shipped = held = False
+    def ship_once(self) -> tuple[int, bool]:
+        """Ship what every lane queued: (records and requests shipped, plus one per
+        lane forwarded to a thread engine; whether a lane is held back with records
+        queued)."""
+        shipped = 0
+        held = False
         for lane in list(self.lanes.values()):
             queue = lane.queue
             lane.report_drops()
@@ -354,14 +378,14 @@ class Shipper:
                 continue
             if lane.forward is not None:  # a thread engine took over this tracker
                 lane.forward()
-                shipped = True
+                shipped += 1
                 continue
             if lane.fall_back_reason is not None:
                 with self._lock:
                     lane.on_fall_back(lane.fall_back_reason)
                 if lane.forward is not None:
                     lane.forward()
-                shipped = True
+                shipped += 1
                 continue
             while len(queue):
                 if lane.held_back() and not self.stopping:
@@ -377,10 +401,10 @@ class Shipper:
                     frames = lane.frames(SLICE)
                     for key, frame, events in frames:
                         lane.retain(key, frame, events)
+                        shipped += events or 1  # a request frame counts as one
                     if frames:
                         lane.seal_asked = False
                         self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
-                        shipped = True
                 if len(queue):
                     time.sleep(_HAND_OVER)
         return shipped, held

@@ -10,6 +10,10 @@ import os
 import sys
 import threading
 
+#: Bytes per read: as ``_channel.READ_CHUNK`` (not imported here: nothing is, before the
+#: reader starts). Not 1 MiB: ``os.read`` allocates the size asked first, and a buffer
+#: that large is mapped and faulted in on every read, which each small frame would pay.
+_CHUNK = 1 << 16
 _chunks: list[bytes] = []
 _ready = threading.Condition()
 _state = {"eof": False}
@@ -18,7 +22,7 @@ _state = {"eof": False}
 def _slurp() -> None:
     while True:
         try:
-            data = os.read(0, 1 << 20)
+            data = os.read(0, _CHUNK)
         except OSError:
             data = b""
         with _ready:

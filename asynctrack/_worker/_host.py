@@ -41,6 +41,7 @@ from .._exit import exit_timeout
 from .._langchain._spec import TrackerSpec
 from .._pipeline._durable import DurableHooks, apply_environ, batch_seqs
 from .._pipeline._queue import NEVER
+from .._pipeline._statistics import Statistics
 from .._sinks._base import Batch
 
 __all__ = ["main"]
@@ -60,6 +61,7 @@ _CHANGES: Final = (
     "spans_failed",
     "sampled_out",
 )
+_CHANGED: Final = operator.attrgetter(*_CHANGES)
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
 _GRACE: Final = 2.0  # seconds past the exit timeout before the watchdog ends the process
 #: The worker process's collector: young collections every 10,000 net allocations, not
@@ -116,7 +118,7 @@ class _Tracker:
         self._frame_of: dict[int, int] = {}  # seq -> RECORDS frame holding it
         self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
         self._acked = 0
-        self._stats_sent: tuple[int, ...] = ()
+        self._stats_sent: object = ()
         # Bytes of the frames not yet acknowledged: what this worker holds for the
         # tracker, from its engine's queue to its failed batches. The worker's memory
         # bound (max_queue_bytes) is kept here, and only here, under "drop"; under
@@ -219,8 +221,9 @@ class _Tracker:
 
     # -- control -----------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
-        stats = dataclasses.asdict(self.engine.statistics())
+    def statistics(self, snapshot: Statistics | None = None) -> dict[str, Any]:
+        """``snapshot`` (by default the engine's statistics now) as the dict that crosses."""
+        stats = dataclasses.asdict(snapshot if snapshot is not None else self.engine.statistics())
         # What the last failure was, for a flush that times out in the application.
         stats["last_error"] = self.engine.last_error
         return stats
@@ -228,13 +231,15 @@ class _Tracker:
     def send_statistics_if_changed(self) -> bool:
         """Send the statistics if they changed; whether the engine is at rest (nothing
         queued, open, pending or failed: nothing changes until new records come)."""
-        stats = self.statistics()
-        key = tuple(stats[k] for k in _CHANGES)
+        snapshot = self.engine.statistics()
+        key = _CHANGED(snapshot)
         if key != self._stats_sent:
+            # The dict and the pickle only when something changed (a tick that finds
+            # none, most of a trickle's, reads the counters alone).
             self._stats_sent = key
-            self._out.send(Kind.STATS, self.number, 0, pickle.dumps(stats))
+            self._out.send(Kind.STATS, self.number, 0, pickle.dumps(self.statistics(snapshot)))
             return False
-        return not (stats["queue_depth"] or stats["pending_bytes"] or stats["failed"] or self._remaining)
+        return not (snapshot.queue_depth or snapshot.pending_bytes or snapshot.failed or self._remaining)
 
     def answer(self, kind: Kind, request: int, error: BaseException | None) -> None:
         outcome: dict[str, Any] = {
