@@ -27,7 +27,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 from uuid import UUID
 
 import orjson
@@ -64,6 +64,11 @@ logger = logging.getLogger("asynctrack")
 DEFAULT_DESTINATION = "./asynctrack-logs"
 #: Bodies up to this size are searched for a hollow object's "{}" (see ``_record``).
 _HOLLOW_SCAN = 16 * 1024
+#: The capture's orjson options, and a newline after the body: slicing it off is the one
+#: exact-size copy of the body (``_record``), cheaper than a slice and a concatenation.
+_CAPTURE_OPTIONS: Final = OPTIONS | orjson.OPT_APPEND_NEWLINE
+#: An event without metadata: a constant, never changed (it is only encoded).
+_NO_METADATA: Final[dict[str, Any]] = {}
 _MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
@@ -160,6 +165,15 @@ class AsyncTracker(BaseCallbackHandler):
 
     run_inline = True  # called directly in async code, no executor hop
     raise_error = False  # LangChain must never propagate our (impossible) errors
+    # LangChain reads one of these before every callback; the base class's are properties
+    # (a Python call each), plain attributes are a dictionary lookup.
+    ignore_llm = False
+    ignore_retry = False
+    ignore_chain = False
+    ignore_agent = False
+    ignore_retriever = False
+    ignore_chat_model = False
+    ignore_custom_event = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # An instance of the LangGraph-aware subclass where langgraph has lifecycle callbacks.
@@ -211,7 +225,7 @@ class AsyncTracker(BaseCallbackHandler):
         self._seq = itertools.count()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
-        self._max_field = config.max_field_bytes
+        self._max_out = config.max_field_bytes + 1  # the body and its newline (_record)
         self._warned_hot_error = False
         self._sampled_out = 0  # events of traces not sampled, skipped here
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
@@ -398,33 +412,34 @@ class AsyncTracker(BaseCallbackHandler):
                 # numpy array or a hostile __bool__ must not raise into the chain.
                 name = _resolve_name(name, data)
             # "data" first: the worker splices a streamed token in right after '{"data":{'.
-            raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
+            raw = {"data": data, "tags": tags or (), "metadata": metadata or _NO_METADATA}
             try:
                 # Capturer.__call__, inlined: one Python frame less per event. The
                 # default is a C function, so orjson runs no Python while it walks
                 # the caller's live lists (see _capture).
-                body = orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                out = orjson.dumps(raw, default=DICT_OF, option=_CAPTURE_OPTIONS)
                 # Longer than the field limit: a field may need cutting, and is cut now
                 # (what the buffer holds is what its byte bound counts). Else an
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
                 # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
-                # records would hold 400 MB. The copy costs ~0.1 us.
+                # records would hold 400 MB. The copy drops the newline.
                 # A "{}" may be an object whose fields are in slots, or that has none
                 # (attrgetter("__dict__") gave its empty __dict__): hollow() looks.
                 # Not in model events (their objects are LangChain's messages and
                 # generations), nor past _HOLLOW_SCAN bytes (a search for "{}" costs
                 # ~2 ns a byte, 18x orjson's for a long string), nor when the first
-                # "{}" is the body's own empty metadata, last.
-                size = len(body)
-                if size > self._max_field or (
+                # "{}" is the body's own empty metadata, last (before "}\n").
+                size = len(out)
+                if size > self._max_out or (
                     size <= _HOLLOW_SCAN
                     and kind not in _MODEL_KINDS
-                    and body.find(EMPTY) not in (-1, size - 3)
-                    and hollow(raw, body)
+                    and (at := out.find(EMPTY)) != -1
+                    and at != size - 4
+                    and hollow(raw, out)
                 ):
                     body = self._capture.careful(raw)
                 else:
-                    body = body[:-1] + b"}"
+                    body = out[:-1]
             except Exception:
                 body = self._capture.careful(raw)  # the careful fallback, bytes too
             self._put(
