@@ -69,6 +69,9 @@ _HOLLOW_SCAN = 16 * 1024
 _CAPTURE_OPTIONS: Final = OPTIONS | orjson.OPT_APPEND_NEWLINE
 #: An event without metadata: a constant, never changed (it is only encoded).
 _NO_METADATA: Final[dict[str, Any]] = {}
+# The hot path's C functions, one global lookup each instead of a global and an attribute.
+_dumps: Final = orjson.dumps
+_now: Final = time.time
 _MODEL_KINDS = frozenset({"llm_start", "chat_model_start", "llm_new_token", "llm_end"})
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
@@ -417,7 +420,7 @@ class AsyncTracker(BaseCallbackHandler):
                 # Capturer.__call__, inlined: one Python frame less per event. The
                 # default is a C function, so orjson runs no Python while it walks
                 # the caller's live lists (see _capture).
-                out = orjson.dumps(raw, default=DICT_OF, option=_CAPTURE_OPTIONS)
+                out = _dumps(raw, default=DICT_OF, option=_CAPTURE_OPTIONS)
                 # Longer than the field limit: a field may need cutting, and is cut now
                 # (what the buffer holds is what its byte bound counts). Else an
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
@@ -431,8 +434,8 @@ class AsyncTracker(BaseCallbackHandler):
                 # "{}" is the body's own empty metadata, last (before "}\n").
                 size = len(out)
                 if size > self._max_out or (
-                    size <= _HOLLOW_SCAN
-                    and kind not in _MODEL_KINDS
+                    kind not in _MODEL_KINDS
+                    and size <= _HOLLOW_SCAN
                     and (at := out.find(EMPTY)) != -1
                     and at != size - 4
                     and hollow(raw, out)
@@ -446,7 +449,7 @@ class AsyncTracker(BaseCallbackHandler):
                 (
                     kind,
                     next(self._seq),
-                    time.time(),
+                    _now(),
                     run_id,
                     parent_run_id,
                     name,
