@@ -445,13 +445,17 @@ class AsyncTracker(BaseCallbackHandler):
                     body = out[:-1]
             except Exception:
                 body = self._capture.careful(raw)  # the careful fallback, bytes too
+            # The ids' ints (a slot read each): a record of plain values is untracked by
+            # the collector at its first collection (see _events._schema).
+            run = run_id.int if type(run_id) is UUID else run_id
+            parent = parent_run_id.int if type(parent_run_id) is UUID else parent_run_id
             self._put(
                 (
                     kind,
                     next(self._seq),
                     _now(),
-                    run_id,
-                    parent_run_id,
+                    run,
+                    parent,
                     name,
                     body,
                     extra,  # the error of an error event (read now: Capturer.error); a token
