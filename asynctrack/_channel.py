@@ -10,29 +10,27 @@ frame is a fixed header and a payload::
 process). ``number`` is the frame's sequence number for ``RECORDS`` (acknowledged by
 ``ACK``), the request id for ``FLUSH``/``CLOSE`` (answered by ``FLUSHED``/``CLOSED``).
 
-``RECORDS`` payloads are the records' fields as one ``orjson`` array, each captured body
-replaced by its length, then a newline (orjson never writes one), then the bodies
-themselves, joined (``records_frame`` / ``read_records``): the captured JSON crosses
-as it is, with no escaping on one side and no unescaping on the other, and the
-application's shipper writes a frame with two C calls. Control payloads (``OPEN`` specs, results,
+``RECORDS`` payloads are the records as one ``marshal`` payload (format version 2, which
+writes no back-references), ``records_frame`` / ``read_records``: each field crosses as
+it is, the captured JSON bodies as bytes (no escaping on one side, no unescaping on the
+other), a run id's 128-bit int (JSON has no integer that wide), a name or token with a
+lone surrogate; the application's shipper writes a frame with one C call, the worker
+reads it with one. Control payloads (``OPEN`` specs, results,
 statistics, log records) are pickled: both ends are this package, in processes of the
 same interpreter, over a pipe nobody else holds.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
-import itertools
+import marshal
 import operator
 import os
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import orjson
-
-from ._events._schema import BODY
+from ._events._schema import BODY, EXTRA
 
 __all__ = [
     "HEADER",
@@ -55,13 +53,14 @@ MAX_PAYLOAD: Final = 2**32 - 1
 #: frames pays each time. A large frame takes a few reads.
 READ_CHUNK: Final = 1 << 16
 body_of: Final = operator.itemgetter(BODY)  # a record's captured body
+_MARSHAL_VERSION: Final = 2  # no back-references: nothing to remember per value written
 
 
 class Kind(enum.IntEnum):
     """Frame kinds. Application → worker below 64, worker → application from 64."""
 
     OPEN = 1  # pickled OpenSpec: build this tracker's engine
-    RECORDS = 2  # orjson array of records
+    RECORDS = 2  # marshalled list of records (records_frame)
     FLUSH = 3  # barrier: answer FLUSHED once everything before it is durable
     CLOSE = 4  # flush, stop and forget this tracker's engine; answer CLOSED
     SEAL = 5  # the lane is held back: seal and write the open batch now (no answer)
@@ -83,40 +82,33 @@ def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") ->
     return HEADER.pack(kind, tracker, number, len(payload)) + payload
 
 
-def records_frame(tracker: int, number: int, fields: bytes, records: list[Any]) -> bytes:
-    """A whole ``RECORDS`` frame: its payload is ``fields`` (the records as a JSON array,
-    each body given as its length: ``orjson.dumps(records, default=bytes.__len__)``), a
-    newline, then the bodies; each body is copied once (C loops only)."""
-    size = len(fields) + 1 + sum(map(len, map(body_of, records)))
-    if size > MAX_PAYLOAD:  # pragma: no cover - the shipper cuts frames near 1 MiB
-        raise ValueError(f"frame payload of {size} bytes is too large")
-    head = (HEADER.pack(Kind.RECORDS, tracker, number, size), fields, b"\n")
-    return b"".join(itertools.chain(head, map(body_of, records)))
+def records_frame(tracker: int, number: int, records: list[Any]) -> bytes:
+    """A whole ``RECORDS`` frame of ``records`` (tuples of plain values).
+
+    Raises:
+        ValueError: a record holds a value ``marshal`` does not write (an object, a
+            subclass of a builtin type, or nesting deeper than marshal's limit).
+    """
+    return encode_frame(Kind.RECORDS, tracker, number, marshal.dumps(records, _MARSHAL_VERSION))
 
 
-def read_records(payload: bytes) -> list[list[Any]]:
-    """The records of a ``RECORDS`` payload, each body ``bytes`` again.
+def read_records(payload: bytes) -> list[tuple[Any, ...]]:
+    """The records of a ``RECORDS`` payload.
 
     Raises:
         ValueError: the payload is not one ``records_frame`` wrote.
     """
-    end = payload.index(b"\n")
-    records: list[list[Any]] = orjson.loads(memoryview(payload)[:end])
-    if type(records) is not list:
-        raise ValueError(f"the fields are a {type(records).__name__}, not a list")
-    # C loops (map, accumulate): no Python runs per record.
     try:
-        sizes = list(map(body_of, records))
-        kinds = set(map(type, sizes))
-        if kinds - {int}:
-            raise ValueError(f"a record's body is {kinds - {int}}, not its length")
-        offsets = list(itertools.accumulate(sizes, initial=end + 1))
-        if min(sizes, default=0) < 0 or offsets[-1] != len(payload):
-            raise ValueError(f"the bodies take {offsets[-1]} of {len(payload)} bytes")
-        bodies = map(payload.__getitem__, map(slice, offsets, offsets[1:]))
-        collections.deque(map(operator.setitem, records, itertools.repeat(BODY), bodies), maxlen=0)
-    except (TypeError, IndexError, KeyError) as exc:
-        raise ValueError(f"a record is not a list of fields ({exc})") from None
+        records = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"the records are unreadable ({exc})") from None
+    if type(records) is not list:
+        raise ValueError(f"the records are a {type(records).__name__}, not a list")
+    # C loops (map): no Python runs per record.
+    if set(map(type, records)) - {tuple} or set(map(len, records)) - {EXTRA + 1}:
+        raise ValueError("a record is not a tuple of its fields")
+    if set(map(type, map(body_of, records))) - {bytes}:
+        raise ValueError("a record's body is not bytes")
     return records
 
 

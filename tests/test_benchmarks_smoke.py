@@ -116,3 +116,13 @@ def test_run_all_collects_goals(tmp_path: Path) -> None:
     assert "ResourceWarning" not in proc.stderr, proc.stderr[-4000:]
     assert "## All goals" in proc.stdout
     _check_output("loop_lag", tmp_path, proc.stdout)
+
+
+@pytest.mark.parametrize("variant", ["floor", "capture"])
+def test_the_instruction_count_driver_runs_without_valgrind(variant: str) -> None:
+    """``benchmarks.instructions`` runs this driver under callgrind (not here: valgrind
+    may be missing); on its own it must run the workload through the handler (the
+    capture variant asserts that records were captured)."""
+    proc = _run(["benchmarks.instructions", "--child", variant, "sync", "2"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]

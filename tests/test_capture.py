@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import enum
+import gc
 import subprocess
 import sys
 import textwrap
@@ -21,12 +22,15 @@ import pydantic
 import pydantic.v1
 import pytest
 from _infra.openai_stub import OpenAIStub, chat_model
+from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import HumanMessage
+from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langgraph.types import Command, Interrupt, Send
 
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._capture import MARK, Capturer
+from asynctrack._events._schema import uuid_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -589,3 +593,56 @@ def test_a_long_traceback_is_cut_at_the_field_limit(make_tracker: Callable[..., 
     assert error["message"].endswith("characters in all]")
     assert error["traceback"].endswith("characters in all]")
     assert len(error["traceback"].encode()) < 2048 + 100
+
+
+# -- what a record holds: nothing the cyclic collector walks -----------------------------------
+
+
+def test_records_of_a_chain_hold_nothing_the_collector_tracks(
+    make_tracker: Callable[..., AsyncTracker],
+) -> None:
+    """LangChain's run ids are ``UUID`` objects, which the collector tracks: records
+    holding them would be walked by every collection while they wait for the shipper."""
+    chain = PromptTemplate.from_template("Say {q}.") | FakeListLLM(responses=["said"])
+    tracker = make_tracker()
+    records: list[Any] = []
+    tracker._put = records.append  # type: ignore[method-assign]  # capture only
+    chain.invoke({"q": "x"}, config={"callbacks": [tracker]})
+    gc.collect()
+    assert [r[0] for r in records] == [
+        "chain_start",
+        "chain_start",
+        "chain_end",
+        "llm_start",
+        "llm_end",
+        "chain_end",
+    ]
+    for record in records:
+        assert not gc.is_tracked(record), record
+    outer = records[0][3]
+    assert type(outer) is int and records[0][4] is None
+    assert [r[4] for r in records[1:5]] == [outer] * 4
+
+
+def test_run_ids_are_written_as_langchains_uuid_text(
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    tracker = make_tracker()
+    root, child = uuid.uuid4(), uuid.UUID(int=1)
+    tracker.on_chain_start({}, {"q": 1}, run_id=root)
+    tracker.on_chain_start({}, {"q": 2}, run_id=child, parent_run_id=root)
+    tracker.on_text("t", run_id="a run id of the caller's own", parent_run_id=child)  # type: ignore[arg-type]
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    assert [(e["run_id"], e["parent_run_id"]) for e in events] == [
+        (str(root), None),
+        (str(child), str(root)),
+        ("a run id of the caller's own", str(child)),
+    ]
+
+
+def test_uuid_text_is_the_uuids_own() -> None:
+    for value in (0, 1, 2**64, (1 << 128) - 1, uuid.uuid4().int, uuid.uuid1().int):
+        assert uuid_text(value) == str(uuid.UUID(int=value))
+    assert uuid_text(-1) == -1  # not a UUID's int: as it is
+    assert uuid_text(1 << 128) == 1 << 128

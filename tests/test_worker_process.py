@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import marshal
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack._channel import Kind, encode_frame, read_records, records_frame
+from asynctrack._channel import HEADER, Kind, encode_frame, read_records, records_frame
 from asynctrack._langchain import _handler
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
@@ -383,23 +384,23 @@ def test_names_with_lone_surrogates_cross_to_the_worker(tmp_destination: Path) -
     assert {(e["experiment"], e["run"]) for e in events} == {("exp-\ufffd", "run-\ufffd")}
 
 
-def test_records_cross_with_their_bodies_as_they_are() -> None:
-    # The fields go as JSON with each body's length; the bodies follow, unescaped.
+def test_records_cross_with_their_fields_as_they_are() -> None:
+    # One marshal payload: bodies as bytes, run ids' 128-bit ints, lone surrogates.
     records = [
-        ("text", 1, 1.5, uuid.UUID(int=1), None, "n\u00e9", b'{"data":{"text":"a\\nb \\"q\\""}}', None),
-        ("text", 2, 1.5, uuid.UUID(int=2), uuid.UUID(int=1), None, b"", "tok\nen"),
-        ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', None),
+        ("text", 1, 1.5, (1 << 128) - 1, None, "n\u00e9", b'{"data":{"text":"a\\nb \\"q\\""}}', None),
+        ("text", 2, 1.5, 2, 1, "\udcff", b"", "tok\nen\ud800"),
+        ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', {"$error": True, "args": [1, "a"]}),
     ]
-    fields = orjson.dumps(records, default=bytes.__len__)
-    frame = records_frame(3, 9, fields, records)  # what the shipper writes: one copy of each body
-    payload = b"\n".join((fields, b"".join(r[6] for r in records)))  # fields, newline, bodies
+    frame = records_frame(3, 9, records)
+    payload = frame[HEADER.size :]
     assert frame == encode_frame(Kind.RECORDS, 3, 9, payload)
-    back = read_records(payload)
-    assert [r[6] for r in back] == [r[6] for r in records]
-    assert [r[7] for r in back] == [None, "tok\nen", None]
-    assert back[1][4] == str(uuid.UUID(int=1))
-    string_body = orjson.dumps([["text", 1, 0, "x", None, None, "s", None]]) + b"\n"
-    for broken in (payload[:-1], payload + b"x", b"[]", string_body, b"{}\n", b'[["text"]]\n', b"[1]\n"):
+    assert read_records(payload) == records
+    for odd in (object(), ValueError("x")):
+        with pytest.raises(ValueError):
+            records_frame(3, 9, [("text", 1, 1.5, 1, None, None, b"", odd)])
+    wrong_body = marshal.dumps([("text", 1, 0.0, "x", None, None, "s", None)], 2)
+    short = marshal.dumps([("text",)], 2)
+    for broken in (payload[:-1], marshal.dumps({}, 2), wrong_body, short, b"", b"[1]"):
         with pytest.raises(ValueError):
             read_records(broken)
 

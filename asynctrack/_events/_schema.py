@@ -4,15 +4,21 @@ A record is the tuple the handler appends on the caller's thread::
 
     (kind, seq, ts, run_id, parent_run_id, name, body, extra)
 
-``body`` is always ``bytes``: the JSON of ``{"data": {...}, "tags": ..., "metadata": ...}``,
-captured on the caller's thread; ``extra`` is the error of an error event (a dict of plain
-data read on the caller's thread, ``Capturer.error``) or the ``str`` of a streamed token
-(redacted joined to its run's stream and spliced into ``data`` by the translator), else
-``None``; ``name`` a ``str`` or ``None``.
+``run_id`` and ``parent_run_id`` are LangChain's ``UUID`` run ids as their ``int`` (a slot
+read): a record of plain ``str``, ``int``, ``float``, ``bytes`` and ``None`` holds nothing
+the cyclic collector tracks, so it is untracked at the first collection it meets and
+records waiting for the shipper are not walked again (a ``UUID`` is a tracked object);
+the translator writes them as UUID text (``uuid_text``). A run id that is not a ``UUID``
+is passed as it is. ``body`` is always ``bytes``: the JSON of ``{"data": {...}, "tags":
+..., "metadata": ...}``, captured on the caller's thread; ``extra`` is the error of an
+error event (a dict of plain data read on the caller's thread, ``Capturer.error``) or
+the ``str`` of a streamed token (redacted joined to its run's stream and spliced into
+``data`` by the translator), else ``None``; ``name`` a ``str`` or ``None``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "TS",
     "Record",
     "id_text",
+    "uuid_text",
 ]
 
 #: A record: a plain tuple built with one C call on the hot path (a ``NamedTuple`` would
@@ -39,8 +46,8 @@ Record = tuple[Any, ...]
 KIND: Final = 0  # str: a key of EVENT_KINDS
 SEQ: Final = 1  # int: the tracker's sequence number
 TS: Final = 2  # float: time.time() on the caller's thread
-RUN_ID: Final = 3  # UUID or None
-PARENT_RUN_ID: Final = 4  # UUID or None
+RUN_ID: Final = 3  # a UUID's int (see above), or None
+PARENT_RUN_ID: Final = 4  # a UUID's int, or None
 NAME: Final = 5  # str or None
 BODY: Final = 6  # bytes: the captured JSON body
 EXTRA: Final = 7  # the error of an error event, the str of a streamed token, else None
@@ -84,3 +91,16 @@ def id_text(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+_UUID_END: Final = 1 << 128
+
+
+@functools.lru_cache(maxsize=4096)  # a run's id comes back in its end and its children's events
+def uuid_text(value: int) -> str | int:
+    """A run id's int as the UUID's text (what ``str(uuid.UUID(int=value))`` gives, without
+    building the UUID); an int out of a UUID's range as it is."""
+    if 0 <= value < _UUID_END:
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return value

@@ -27,7 +27,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 from uuid import UUID
 
 import orjson
@@ -62,6 +62,14 @@ __all__ = ["DEFAULT_DESTINATION", "AsyncTracker"]
 logger = logging.getLogger("asynctrack")
 
 DEFAULT_DESTINATION = "./asynctrack-logs"
+#: The capture's orjson options, and a newline after the body: slicing it off is the one
+#: exact-size copy of the body (``_record``), cheaper than a slice and a concatenation.
+_CAPTURE_OPTIONS: Final = OPTIONS | orjson.OPT_APPEND_NEWLINE
+#: An event without metadata: a constant, never changed (it is only encoded).
+_NO_METADATA: Final[dict[str, Any]] = {}
+# The hot path's C functions, one global lookup each instead of a global and an attribute.
+_dumps: Final = orjson.dumps
+_now: Final = time.time
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
@@ -166,6 +174,15 @@ class AsyncTracker(BaseCallbackHandler):
 
     run_inline = True  # called directly in async code, no executor hop
     raise_error = False  # LangChain must never propagate our (impossible) errors
+    # LangChain reads one of these before every callback; the base class's are properties
+    # (a Python call each), plain attributes are a dictionary lookup.
+    ignore_llm = False
+    ignore_retry = False
+    ignore_chain = False
+    ignore_agent = False
+    ignore_retriever = False
+    ignore_chat_model = False
+    ignore_custom_event = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # An instance of the LangGraph-aware subclass where langgraph has lifecycle
@@ -220,8 +237,8 @@ class AsyncTracker(BaseCallbackHandler):
         self._graph_pending = _LIFECYCLE not in sys.modules and _langgraph_installed()
         self._put = self._engine.put
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
-        self._max_field = config.max_field_bytes
         self._max_depth = config.max_depth
+        self._max_out = config.max_field_bytes + 1  # the body and its newline (_record)
         self._warned_hot_error = False
         self._sampled_out = 0  # events of traces not sampled, skipped here
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
@@ -408,7 +425,7 @@ class AsyncTracker(BaseCallbackHandler):
                 # numpy array or a hostile __bool__ must not raise into the chain.
                 name = _resolve_name(name, data)
             # "data" first: the worker splices a streamed token in right after '{"data":{'.
-            raw = {"data": data, "tags": tags or (), "metadata": metadata or {}}
+            raw = {"data": data, "tags": tags or (), "metadata": metadata or _NO_METADATA}
             try:
                 # Capturer.__call__, inlined: one Python frame less per event. The
                 # defaults are C functions, so orjson runs no Python while it walks
@@ -418,28 +435,29 @@ class AsyncTracker(BaseCallbackHandler):
                 # (then the careful path writes it), else they are written as
                 # their __dict__.
                 found: list[Any] = []
-                body = orjson.dumps(raw, default=found.append, option=OPTIONS)
+                out = _dumps(raw, default=found.append, option=_CAPTURE_OPTIONS)
                 if found:
                     lost = lossy(found, self._max_depth)
-                    body = b"" if lost else orjson.dumps(raw, default=DICT_OF, option=OPTIONS)
+                    out = b"" if lost else _dumps(raw, default=DICT_OF, option=_CAPTURE_OPTIONS)
                 # Longer than the field limit: a field may need cutting, and is cut now
                 # (what the buffer holds is what its byte bound counts). Else an
                 # exact-size copy: orjson's result keeps a ~4 KiB allocation whatever
                 # its length (tracemalloc: 4097 B for a 10-byte result); 100k waiting
-                # records would hold 400 MB. The copy costs ~0.1 us.
-                if not body or len(body) > self._max_field:
-                    body = self._capture.careful(raw)
-                else:
-                    body = body[:-1] + b"}"
+                # records would hold 400 MB. The copy drops the newline.
+                body = out[:-1] if out and len(out) <= self._max_out else self._capture.careful(raw)
             except Exception:
                 body = self._capture.careful(raw)  # the careful fallback, bytes too
+            # The ids' ints (a slot read each): a record of plain values is untracked by
+            # the collector at its first collection (see _events._schema).
+            run = run_id.int if type(run_id) is UUID else run_id
+            parent = parent_run_id.int if type(parent_run_id) is UUID else parent_run_id
             self._put(
                 (
                     kind,
                     next(self._seq),
-                    time.time(),
-                    run_id,
-                    parent_run_id,
+                    _now(),
+                    run,
+                    parent,
                     name,
                     body,
                     extra,  # the error of an error event (read now: Capturer.error); a token

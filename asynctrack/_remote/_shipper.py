@@ -17,10 +17,9 @@ records trickle in one at a time, about once per ``_TICK`` while they keep comin
 (plus one wake-up with no work as each such spell ends), and a record waits
 unshipped at most ``_TICK``.
 
-A round takes each lane's records in slices (``_SLICE``), encodes a slice's fields as
-one ``orjson`` array (a single C call) followed by the captured bodies as they are
-(``_channel.records_frame``), and writes the frames to the worker's pipe (``os.write``
-releases the GIL). Per record it does no Python work beyond taking it off the deque.
+A round takes each lane's records in slices (``_SLICE``), marshals each slice with one
+C call (``_channel.records_frame``), and writes the frames to the worker's pipe
+(``os.write`` releases the GIL). Per record it does no Python work beyond taking it off the deque.
 
 Retention: every ``RECORDS`` frame is kept until the worker acknowledges it (its events
 are durable), to be re-sent, in order, to a new worker if this one dies (``resend``).
@@ -42,9 +41,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import orjson
-
-from .._capture import valid_text
 from .._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
 from .._errors import error_fields
 from .._events._schema import KIND
@@ -60,7 +56,7 @@ _TICK: Final = 0.005  # seconds a busy shipper gathers records between two round
 #: The write alone does not give the GIL away (it takes it back before a waiting thread
 #: has woken up): without it a backlog kept the application's event loop waiting 3-5 ms.
 _HAND_OVER: Final = 0.00005
-SLICE: Final = 1024  # records per frame: one orjson call holds the GIL ~0.3 ms
+SLICE: Final = 1024  # records per frame: one marshal call holds the GIL ~1 ms
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
@@ -87,32 +83,32 @@ def _cut_by_bytes(items: list[Any]) -> int:
     return max(cut, 1) if cut < len(totals) else len(items)
 
 
-def _ship_default(value: Any) -> Any:
-    """orjson ``default`` for a slice with an error event: a captured body (JSON bytes)
-    is given as its length (it crosses apart); errors are formatted here, where the
-    traceback lives."""
-    if type(value) is bytes:
-        return len(value)
-    if isinstance(value, BaseException):
-        return {"$error": True, **error_fields(value)}
-    return {"$asynctrack": "unencodable", "type": type(value).__name__}
+_MARSHALLED: Final = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-def _scrub(value: Any, depth: int = 0) -> Any:
-    """``value`` as plain JSON data: lone surrogates become U+FFFD, keys strings."""
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as data ``marshal`` writes, for a slice it refused as a whole: an
+    exception formatted here, where its traceback lives; a subclass of a builtin type as
+    that type; any other object a placeholder."""
+    if type(value) in _MARSHALLED:
+        return value
     if depth > 64:
         return {"$asynctrack": "max_depth"}
+    if isinstance(value, BaseException):
+        return {"$error": True, **error_fields(value)}
     if isinstance(value, str):
-        return valid_text(value)
-    if isinstance(value, bytes | BaseException):
-        value = _ship_default(value)
-        if isinstance(value, str):
-            return value
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     if isinstance(value, dict):
-        return {str(_scrub(k, depth + 1)): _scrub(v, depth + 1) for k, v in value.items()}
+        return {str(_plain(k, depth + 1)): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v, depth + 1) for v in value]
-    return value
+        return [_plain(v, depth + 1) for v in value]
+    return {"$asynctrack": "unencodable", "type": type(value).__name__}
 
 
 class Lane:
@@ -175,11 +171,9 @@ class Lane:
             while start < len(chunk):
                 end = start + _cut_by_bytes(chunk[start:])
                 records = chunk[start:end]
-                fields, kept = self._fields(records)
                 number = next(self._frames)
-                out.append(
-                    ((Kind.RECORDS, number), records_frame(tracker, number, fields, kept), len(records))
-                )
+                frame, kept = self._frame(tracker, number, records)
+                out.append(((Kind.RECORDS, number), frame, kept))
                 self.shipped += len(records)
                 start = end
             limit -= len(chunk)
@@ -190,41 +184,20 @@ class Lane:
             out.append(((request.kind, request.number), frame, 0))
         return out
 
-    def _fields(self, records: list[Any]) -> tuple[bytes, list[Any]]:
-        """The records' fields as one JSON array (each body as its length), and the
-        records it holds."""
+    def _frame(self, tracker: int, number: int, records: list[Any]) -> tuple[bytes, int]:
+        """The ``RECORDS`` frame of ``records``, and how many records it holds."""
         try:
-            # bytes.__len__ is C: orjson runs no Python mid-walk; each body crosses as
-            # it is, after the fields. Anything else orjson cannot write (an exception,
-            # an odd run id) makes it raise: the next lines format or mark it.
-            return orjson.dumps(records, default=bytes.__len__), records
-        except Exception:
+            return records_frame(tracker, number, records), len(records)  # one C call
+        except ValueError:  # an exception object, an odd run id: the next lines
             pass
-        try:  # an error event in the slice: its exception is formatted here
-            return orjson.dumps(records, default=_ship_default), records
-        except Exception:
-            return self._careful_fields(records)
-
-    def _careful_fields(self, records: list[Any]) -> tuple[bytes, list[Any]]:
-        """One record at a time, for a slice orjson refused as a whole (a name or token
-        with lone surrogates): such strings get U+FFFD; a record that still fails is
-        counted as lost and said."""
-        parts = []
         kept = []
         for record in records:
             try:
-                parts.append(orjson.dumps(record, default=_ship_default, option=orjson.OPT_NON_STR_KEYS))
-                kept.append(record)
-                continue
-            except Exception:
-                pass
-            try:
-                parts.append(orjson.dumps(_scrub(record), option=orjson.OPT_NON_STR_KEYS))
-                kept.append(record)
-            except Exception as exc:
+                kept.append(tuple(_plain(field) for field in record))
+            except Exception as exc:  # a hostile __str__ in a dict key
                 self.lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
-        return b"[" + b",".join(parts) + b"]", kept
+        return records_frame(tracker, number, kept), len(kept)
 
     def retain(self, key: Key, frame: bytes, events: int) -> None:
         with self._lock:
@@ -284,7 +257,7 @@ class Lane:
         with self._lock:
             for (kind, _), (frame, _) in self.unacked.items():
                 if kind == Kind.RECORDS:
-                    records.extend(map(tuple, read_records(frame[HEADER.size :])))
+                    records.extend(read_records(frame[HEADER.size :]))
             self.unacked.clear()
             self.retained_bytes = 0
         requests = list(self.waiting.values())

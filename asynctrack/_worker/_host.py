@@ -167,8 +167,8 @@ class _Tracker:
             self._frame_bytes[frame] = size
             self._remaining[frame] = len(seqs)
             self._frame_of.update(dict.fromkeys(seqs, frame))
-        # Records arrive as lists, [kind, seq, ts, run_id, parent_run_id, name, body,
-        # extra]: the translator's shape, the body bytes.
+        # Records arrive as tuples, (kind, seq, ts, run_id, parent_run_id, name, body,
+        # extra): the translator's shape, the run ids as ints, the body bytes.
         self.engine.put_many(records)
         if not seqs:
             self._advance()
