@@ -16,6 +16,46 @@ from asynctrack import AsyncTracker, FlushError
 #: The two places a tracker's worker can run (``TrackerConfig.worker``).
 WORKER_MODES = ("process", "thread")
 
+#: Tests that share an expensive fixture run in one pytest-xdist worker, in collection order, so
+#: that the fixture is made once: the MLflow tests (each of their modules starts an MLflow
+#: server, 5-30 s), and the modules whose module-scoped fixture runs the demo or starts Chromium.
+#: Every other test is scheduled on its own, to whichever worker is free. (A table, not
+#: ``xdist_group`` marks: pytest-xdist 3.8 cannot rename node ids under pytest 9.2, so its
+#: ``--dist loadgroup`` runs marked tests apart.)
+XDIST_GROUPS = {
+    "tests/test_mlflow.py": "mlflow",
+    "tests/test_mlflow_traces.py": "mlflow",
+    "tests/test_export.py::test_mlflow_server_accepts_the_spans": "mlflow",
+    "tests/test_report.py": "report",
+    "tests/test_cli_commands.py": "cli_commands",
+    "tests/test_export_spans.py": "export_spans",
+}
+
+
+def xdist_group(nodeid: str) -> str:
+    """The work unit of a test: its group in ``XDIST_GROUPS``, else the test itself."""
+    module, _, rest = nodeid.partition("::")
+    test = f"{module}::{rest.split('[', 1)[0]}"
+    return XDIST_GROUPS.get(test) or XDIST_GROUPS.get(module) or nodeid
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest checks it only if xdist is loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n`` (``--dist load``, the default): tests one by one, ``XDIST_GROUPS`` together.
+
+    The largest units go first (pytest-xdist's ``--loadscope-reorder``), so the MLflow
+    group starts at once rather than ending the run.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
+
 
 @pytest.fixture(autouse=True)
 def _isolate_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
