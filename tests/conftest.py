@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _infra.hooks import WorkerGate
@@ -13,8 +13,51 @@ from support import assert_worker_mode
 
 from asynctrack import AsyncTracker, FlushError
 
+if TYPE_CHECKING:
+    from _infra.mlflow_server import MLflowServer
+
 #: The two places a tracker's worker can run (``TrackerConfig.worker``).
 WORKER_MODES = ("process", "thread")
+
+#: Tests that share an expensive fixture run in one pytest-xdist worker, in collection order, so
+#: that the fixture is made once: the MLflow tests (they share the session's MLflow server,
+#: 5-30 s to start), and the modules whose module-scoped fixture runs the demo or starts Chromium.
+#: Every other test is scheduled on its own, to whichever worker is free. (A table, not
+#: ``xdist_group`` marks: pytest-xdist 3.8 cannot rename node ids under pytest 9.2, so its
+#: ``--dist loadgroup`` runs marked tests apart.)
+XDIST_GROUPS = {
+    "tests/test_mlflow.py": "mlflow",
+    "tests/test_mlflow_traces.py": "mlflow",
+    "tests/test_export.py::test_mlflow_server_accepts_the_spans": "mlflow",
+    "tests/test_report.py": "report",
+    "tests/test_cli_commands.py": "cli_commands",
+    "tests/test_export_spans.py": "export_spans",
+}
+
+
+def xdist_group(nodeid: str) -> str:
+    """The work unit of a test: its group in ``XDIST_GROUPS``, else the test itself."""
+    module, _, rest = nodeid.partition("::")
+    test = f"{module}::{rest.split('[', 1)[0]}"
+    return XDIST_GROUPS.get(test) or XDIST_GROUPS.get(module) or nodeid
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest checks it only if xdist is loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n`` (``--dist load``, the default): tests one by one, ``XDIST_GROUPS`` together.
+
+    The largest units go first (pytest-xdist's ``--loadscope-reorder``), so the MLflow
+    group starts at once rather than ending the run.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +100,25 @@ def worker_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     mode: str = request.param
     monkeypatch.setenv("ASYNCTRACK_WORKER", mode)
     return mode
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, its tables made (``_infra.mlflow_server.migrated_store``):
+    copy it for a store of a test's own (a new store runs MLflow's migrations, 3-10 s)."""
+    from _infra.mlflow_server import migrated_store
+
+    return migrated_store(tmp_path_factory.mktemp("mlflow-store") / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_store: Path) -> Iterator[MLflowServer]:
+    """One real ``mlflow server`` for the session (started on first use, 5-30 s), shared by
+    the MLflow tests: each keeps to experiments of its own names."""
+    from _infra.mlflow_server import MLflowServer
+
+    with MLflowServer(store=mlflow_store) as server:
+        yield server
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _infra.mlflow_server import MLflowServer
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
@@ -349,34 +350,35 @@ def test_backfill_reports_a_receiver_that_refuses(
 
 
 @pytest.mark.timeout(240)
-def test_mlflow_server_accepts_the_spans(tmp_path: Path, stub: OpenAIStub) -> None:
+def test_mlflow_server_accepts_the_spans(
+    tmp_path: Path, stub: OpenAIStub, mlflow_server: MLflowServer
+) -> None:
+    """On the session's MLflow server (`tests/conftest.py`), in an experiment of its own."""
     mlflow = pytest.importorskip("mlflow")
-    from _infra.mlflow_server import MLflowServer
-
-    with MLflowServer() as server:
-        client = mlflow.MlflowClient(server.url)
-        experiment_id = client.create_experiment("otlp-export")
-        tracker = _tracker(
-            tmp_path / "logs",
-            OTLPExporter(server.url, headers={"x-mlflow-experiment-id": experiment_id}),
-        )
-        weather_agent(stub.url, [tracker])
-        tracker.close(timeout=WAIT)
-        assert tracker.statistics().spans_exported == 4
-        traces = client.search_traces(locations=[experiment_id])
-        assert len(traces) == 1
-        spans = traces[0].data.spans
-        assert sorted(s.name for s in spans) == [
-            "chat gpt-4o-mini",
-            "chat gpt-4o-mini",
-            "execute_tool get_weather",
-            "invoke_workflow weather_agent",
-        ]
-        root = next(s for s in spans if s.parent_id is None)
-        assert root.name == "invoke_workflow weather_agent"
-        # MLflow's span types: from gen_ai.operation.name, and for the chain from
-        # openinference.span.kind (without it, none).
-        assert sorted(s.span_type for s in spans) == ["CHAIN", "CHAT_MODEL", "CHAT_MODEL", "TOOL"]
+    server = mlflow_server
+    client = mlflow.MlflowClient(server.url)
+    experiment_id = client.create_experiment("otlp-export")
+    tracker = _tracker(
+        tmp_path / "logs",
+        OTLPExporter(server.url, headers={"x-mlflow-experiment-id": experiment_id}),
+    )
+    weather_agent(stub.url, [tracker])
+    tracker.close(timeout=WAIT)
+    assert tracker.statistics().spans_exported == 4
+    traces = client.search_traces(locations=[experiment_id])
+    assert len(traces) == 1
+    spans = traces[0].data.spans
+    assert sorted(s.name for s in spans) == [
+        "chat gpt-4o-mini",
+        "chat gpt-4o-mini",
+        "execute_tool get_weather",
+        "invoke_workflow weather_agent",
+    ]
+    root = next(s for s in spans if s.parent_id is None)
+    assert root.name == "invoke_workflow weather_agent"
+    # MLflow's span types: from gen_ai.operation.name, and for the chain from
+    # openinference.span.kind (without it, none).
+    assert sorted(s.span_type for s in spans) == ["CHAIN", "CHAT_MODEL", "CHAT_MODEL", "TOOL"]
 
 
 @pytest.mark.parametrize("worker", ["process", "thread"])

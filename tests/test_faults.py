@@ -572,7 +572,9 @@ def test_sagemaker_faults_never_reach_the_chain_are_reported_then_retried(
         experiment_name="exp-sm-faults",
         run_name="run-1",
         endpoint_url=moto.endpoint_url,  # events go to S3 directly; SageMaker through the proxy
-        parameter_sinks=[SageMakerParameters(session=session, endpoint_url=proxy.endpoint_url, deadline=2.5)],
+        # The deadline holds the retries of the 503s and the 500 below on a loaded machine (2.5 s
+        # did not, with four test workers on 2 cores at load average 15).
+        parameter_sinks=[SageMakerParameters(session=session, endpoint_url=proxy.endpoint_url, deadline=6.0)],
     )
     chain = PromptTemplate.from_template("tell me about {topic}") | FakeListLLM(responses=["an answer"])
     config: Any = {"callbacks": [tracker]}

@@ -23,7 +23,7 @@ from typing import Any
 import mlflow
 import pytest
 from _infra.aws import FaultProxy, ProxyRequest
-from _infra.mlflow_server import MLflowServer, free_port, migrated_store
+from _infra.mlflow_server import MLflowServer, free_port
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -53,22 +53,16 @@ ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/asynctrac
 METRIC_NAMES = {"events_total", "llm_calls", "errors", "tokens_in", "tokens_out", "tokens_total"}
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite store, copied by each test that needs one (``sqlite_uri``)."""
-    return migrated_store(tmp_path_factory.mktemp("mlflow-store") / "mlflow.db")
-
-
-@pytest.fixture(scope="module")
-def server(store_template: Path) -> Iterator[MLflowServer]:
-    with MLflowServer(store=store_template) as running:
-        yield running
+@pytest.fixture
+def server(mlflow_server: MLflowServer) -> MLflowServer:
+    """The session's MLflow server (``tests/conftest.py``)."""
+    return mlflow_server
 
 
 @pytest.fixture
-def sqlite_uri(tmp_path: Path, store_template: Path) -> str:
+def sqlite_uri(tmp_path: Path, mlflow_store: Path) -> str:
     """A SQLite store of the test's own (``tmp_path/mlflow.db``), empty, tables made."""
-    shutil.copyfile(store_template, tmp_path / "mlflow.db")
+    shutil.copyfile(mlflow_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 

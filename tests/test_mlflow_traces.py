@@ -1,6 +1,6 @@
 """MLflowParameters' traces: each root run as an MLflow trace, against a real MLflow server.
 
-The server (``mlflow server``, SQLite store, on 127.0.0.1) is started once for the module;
+The server (``mlflow server``, SQLite store, on 127.0.0.1) is the session's (``mlflow_server``);
 the workloads are real LangChain runs (ChatOpenAI on the loopback OpenAI stub, the demo's
 agent, every callback kind). What MLflow stored is read back through its client.
 """
@@ -25,10 +25,10 @@ from asynctrack._demo._scenarios import all_event_kinds
 from asynctrack._sinks._mlflow_traces import TraceGrouper, mlflow_attributes, span_type
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MLflowServer]:
-    with MLflowServer() as running:
-        yield running
+@pytest.fixture
+def server(mlflow_server: MLflowServer) -> MLflowServer:
+    """The session's MLflow server (``tests/conftest.py``)."""
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")

@@ -338,7 +338,9 @@ def test_a_batch_that_runs_out_of_write_deadline_is_kept_and_written_by_a_later_
 ) -> None:
     request_log.faultable = _is_put
     proxy.set_probability(1.0, ["503"])
-    tracker, sink = s3_tracker(bucket, "later", proxy.endpoint_url, write_deadline=0.5)
+    # Long enough for a healthy PUT through the proxy on a loaded machine (0.5 s was not, with
+    # four test workers on 2 cores at load average 15); the 503s run it out all the same.
+    tracker, sink = s3_tracker(bucket, "later", proxy.endpoint_url, write_deadline=2.0)
     with closing(tracker):
         record(tracker, 20)
         with pytest.raises(FlushError, match="SlowDown") as caught:
