@@ -704,3 +704,25 @@ def test_the_shared_clean_piece_cache_under_concurrent_trackers(monkeypatch: pyt
     assert len(learned) == 6
     assert any(learned), "the cache was used"
     assert mismatches == []
+
+
+def test_a_batch_of_tokens_holding_a_prefix_far_back_is_not_judged_clean() -> None:
+    """One worker chunk may hold a streamed key's prefix and more than 64 characters after
+    it: the chunk pre-check (``StreamRedactor.clean``) must see the prefix wherever its run
+    of credential characters starts, or the key is written as it came."""
+    secret = "QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" + "QPZRY9X8GF2TVDW0S3JN54KHCE6M"
+    text = f"the key is AGE-SECRET-KEY-1{secret} keep it"
+    tokens = [text[i : i + 3] for i in range(0, len(text), 3)]
+    translator = EventTranslator(experiment="e", run="r", writer="w", config=TrackerConfig())
+    body = orjson.dumps({"data": {"chunk": None}, "tags": [], "metadata": {}})
+    run = uuid.uuid4()
+    records = [("llm_new_token", i, 1.0, run, None, None, body, token) for i, token in enumerate(tokens)]
+    # The first chunk ends inside the key, 69 characters past its prefix's start.
+    cut = (text.index("AGE-") + 69) // 3
+    lines = []
+    for chunk in (records[:cut], records[cut:]):
+        translator.prepare(chunk)
+        lines += [line[1] if isinstance(line, tuple) else line for line in translator.many(chunk)]
+    written = "".join(orjson.loads(line)["data"]["token"] for line in lines if line)
+    assert written.startswith("the key is ") and written.endswith(" keep it"), written
+    assert secret[:8] not in written and secret[-8:] not in written, written

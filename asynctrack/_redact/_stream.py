@@ -33,17 +33,18 @@ _CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 
 def _open_prefix(text: str) -> int:
     """Where, in ``text``, a credential format starts whose run of credential characters
-    reaches the end of ``text`` (its last 64 characters are read), or -1.
+    reaches the end of ``text``, or -1.
 
     A format starts where that last run starts or right after a '.' in it: one
-    ``rstrip`` and a match per such place, not a search at every character.
+    ``rstrip`` (as long as the run) and a match per such place, not a search at every
+    character. The whole run is read, however far back it starts: a batch of tokens
+    may hold a format's prefix and more than a key's worth of characters after it.
     """
-    tail = text[-64:]
-    start = len(tail.rstrip(_CREDENTIAL_CHARS))
-    while start < len(tail):
-        if _PREFIX.match(tail, start) is not None:
-            return len(text) - len(tail) + start
-        dot = tail.find(".", start)
+    start = len(text.rstrip(_CREDENTIAL_CHARS))
+    while start < len(text):
+        if _PREFIX.match(text, start) is not None:
+            return start
+        dot = text.find(".", start)
         if dot == -1:
             break
         start = dot + 1
