@@ -165,6 +165,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
         _semconv.attribute,
         _semconv._OPERATION_AGENT,
         _semconv._OPERATION_WORKFLOW,
+        _semconv._OPENINFERENCE_CHAIN,
     )
     pb.attribute, pb.event, pb.span, _semconv.attribute = attribute, event, span, attribute  # type: ignore[assignment]
     # The assembler sizes what it holds with len(): a message object's size instead.
@@ -173,6 +174,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
     pb.common_attribute = _semconv.common_attribute = attribute  # type: ignore[assignment]
     _semconv._OPERATION_AGENT = attribute("gen_ai.operation.name", "invoke_agent")  # type: ignore[misc]
     _semconv._OPERATION_WORKFLOW = attribute("gen_ai.operation.name", "invoke_workflow")  # type: ignore[misc]
+    _semconv._OPENINFERENCE_CHAIN = attribute("openinference.span.kind", "CHAIN")  # type: ignore[misc]
     try:
         yield request
     finally:
@@ -183,6 +185,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             _semconv.attribute,
             _semconv._OPERATION_AGENT,
             _semconv._OPERATION_WORKFLOW,
+            _semconv._OPENINFERENCE_CHAIN,
         ) = saved  # type: ignore[misc]
         pb.common_attribute, _semconv.common_attribute = saved_common  # type: ignore[misc]
         _spans._RUN_ID_ATTRIBUTE = saved_run_id  # type: ignore[misc]
