@@ -382,9 +382,11 @@ def test_no_such_bucket_fails_flush_but_never_the_chain(moto: MotoServer) -> Non
         recorded = tracker.statistics().recorded
         assert caught.value.pending == recorded > 0
         assert "no-such-bucket-here" in str(caught.value)
-        # Permanent: one attempt per object (batch and params document), no retries.
+        # Permanent: one request per attempt (batch and params document), no retry inside
+        # a write. The engine delivers a failed batch again after 0.5 s (its backoff), so
+        # on a loaded machine more attempts may have been made by now: at least the two.
         assert sink.retries == 0
-        assert sink.attempts == 2
+        assert sink.attempts >= 2
     finally:
         with pytest.raises(FlushError, match="NoSuchBucket"):
             tracker.close(timeout=30)

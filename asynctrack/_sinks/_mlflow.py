@@ -578,7 +578,9 @@ class MLflowParameters:
         experiment_id = self._experiment_id(client, run.experiment)
         found = self._search(client, experiment_id, key)
         if found:
-            return self._follow(client, found[0], experiment_id, key, settled=True, created=False)
+            # Not settled yet: the run found may be a twin that a racing creator deletes at
+            # its next write (an older twin shows up); checked once more at the next write.
+            return self._follow(client, found[0], experiment_id, key, settled=False, created=False)
         note = (
             "Events recorded by asynctrack: "
             f"`{run.events_uri}`\n\nRead them with `asynctrack.read_events("
@@ -598,8 +600,10 @@ class MLflowParameters:
         Each creator checks right after creating and once more at its next write,
         when every racer's run is visible to all; all pick the same run (oldest
         start time, then run id) and the others delete their own and move to it
-        (checking it once more at their next write). A tracker that wrote to a
-        twin deleted meanwhile searches again (see ``_DELETED``).
+        (checking it once more at their next write). A tracker that found the run
+        (it created none) checks once more at its next write too: the run it found
+        may have lost to an older twin meanwhile, and its creator deleted it. A
+        tracker that wrote to a twin deleted meanwhile searches again (see ``_DELETED``).
         """
         found = self._search(client, state.experiment_id, key)
         winner = found[0] if found else None
