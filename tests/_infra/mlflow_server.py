@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from _infra.child_server import ChildServer
 
 __all__ = ["MLflowServer", "free_port", "migrated_store"]
 
@@ -51,7 +52,7 @@ def migrated_store(path: Path) -> Path:
     return path
 
 
-class MLflowServer:
+class MLflowServer(ChildServer):
     """``mlflow server`` with a SQLite store in a temporary directory.
 
     Args:
@@ -59,20 +60,15 @@ class MLflowServer:
         store: a migrated store (``migrated_store``) to start from, copied; else a new one.
     """
 
+    #: uvicorn waits for open keep-alive connections (up to ~15 s): a test server with a
+    #: throwaway store need not, so it is killed soon after.
+    stop_grace = 3.0
+
     def __init__(self, *, start_timeout: float = 90.0, store: Path | None = None) -> None:
-        self._start_timeout = start_timeout
+        super().__init__(start_timeout=start_timeout)
         self._store = store
-        self._process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._log: Path | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        """The tracking URI, e.g. ``http://127.0.0.1:54321``."""
-        return f"http://{_LOOPBACK}:{self.port}"
-
-    def start(self) -> MLflowServer:
+    def start(self) -> Self:
         """Start the server and return once ``/health`` answers ``OK``.
 
         Raises:
@@ -128,37 +124,3 @@ class MLflowServer:
         tail = self._tail()
         self.stop()
         raise RuntimeError(f"mlflow server not ready after {self._start_timeout:g} s:\n{tail}")
-
-    def stop(self) -> None:
-        """Stop the server's process group and remove its files. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                # uvicorn waits for open keep-alive connections (up to ~15 s): a test
-                # server with a throwaway store need not, so it is killed soon after.
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def _tail(self, limit: int = 4000) -> str:
-        if self._log is None or not self._log.exists():
-            return ""
-        return self._log.read_bytes()[-limit:].decode("utf-8", "replace")
-
-    def __enter__(self) -> MLflowServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
+from _infra.child_server import ChildServer
 from _infra.mlflow_server import free_port
 
 __all__ = ["PhoenixServer"]
@@ -58,7 +57,7 @@ main()
 """
 
 
-class PhoenixServer:
+class PhoenixServer(ChildServer):
     """``phoenix serve`` with a SQLite store in a temporary directory.
 
     Args:
@@ -66,19 +65,10 @@ class PhoenixServer:
     """
 
     def __init__(self, *, start_timeout: float = 180.0) -> None:
-        self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._log: Path | None = None
-        self.port = 0
+        super().__init__(start_timeout=start_timeout)
         self.started_in = 0.0  # seconds from launch to ready
 
-    @property
-    def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:54321`` (OTLP/HTTP at ``/v1/traces``)."""
-        return f"http://{_LOOPBACK}:{self.port}"
-
-    def start(self) -> PhoenixServer:
+    def start(self) -> Self:
         """Start the server and return once ``/readyz`` answers.
 
         Raises:
@@ -164,35 +154,3 @@ class PhoenixServer:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"{len(spans)} span(s) in Phoenix project {project!r}, waited for {n}")
             time.sleep(0.2)  # Phoenix's inserts have no notification to wait on
-
-    def stop(self) -> None:
-        """Stop the server's process group and remove its files. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def _tail(self, limit: int = 4000) -> str:
-        if self._log is None or not self._log.exists():
-            return ""
-        return self._log.read_bytes()[-limit:].decode("utf-8", "replace")
-
-    def __enter__(self) -> PhoenixServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
