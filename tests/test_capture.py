@@ -632,12 +632,19 @@ def test_run_ids_are_written_as_langchains_uuid_text(
     tracker.on_chain_start({}, {"q": 1}, run_id=root)
     tracker.on_chain_start({}, {"q": 2}, run_id=child, parent_run_id=root)
     tracker.on_text("t", run_id="a run id of the caller's own", parent_run_id=child)  # type: ignore[arg-type]
+
+    class RunId(uuid.UUID):  # a subclass: kept as it is on the caller's thread
+        pass
+
+    odd = RunId(int=7)
+    tracker.on_text("u", run_id=odd, parent_run_id=child)
     tracker.flush_blocking(timeout=30)
     events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
     assert [(e["run_id"], e["parent_run_id"]) for e in events] == [
         (str(root), None),
         (str(child), str(root)),
         ("a run id of the caller's own", str(child)),
+        (str(odd), str(child)),
     ]
 
 

@@ -19,6 +19,7 @@ the ``str`` of a streamed token (redacted joined to its run's stream and spliced
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any, Final
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "TS",
     "Record",
     "id_text",
+    "id_value",
     "uuid_text",
 ]
 
@@ -94,6 +96,13 @@ def id_text(value: Any) -> str | None:
 
 
 _UUID_END: Final = 1 << 128
+
+
+def id_value(value: Any) -> Any:
+    """A run id that is not a UUID's int, as written: a ``UUID`` (a subclass of it, which
+    the handler leaves as it is) as its text; anything else (``None``, a caller's own
+    string) as it is."""
+    return str(value) if isinstance(value, uuid.UUID) else value
 
 
 @functools.lru_cache(maxsize=4096)  # a run's id comes back in its end and its children's events

@@ -23,7 +23,7 @@ from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
 from ._encode import Encoder
 from ._parameters import RunParameters
-from ._schema import BODY, ENDS, EXTRA, KIND, RUN_ID, STARTS, uuid_text
+from ._schema import BODY, ENDS, EXTRA, KIND, RUN_ID, STARTS, id_value, uuid_text
 from ._stream import ARGS, BLOCK_TOKEN, TOOL_CALL_CHUNKS, mask_token, stream_blocks, stream_tool_args
 
 __all__ = ["EventTranslator"]
@@ -197,9 +197,9 @@ class EventTranslator:
                     "experiment": experiment,
                     "run": run_name,
                     "tracker": writer,
-                    "run_id": uuid_text(run_id) if type(run_id) is int else run_id,
+                    "run_id": uuid_text(run_id) if type(run_id) is int else id_value(run_id),
                     "parent_run_id": (
-                        uuid_text(parent_run_id) if type(parent_run_id) is int else parent_run_id
+                        uuid_text(parent_run_id) if type(parent_run_id) is int else id_value(parent_run_id)
                     ),
                     "name": (names.get(name) or redact_name(name)) if type(name) is str else name,
                     "duration": duration,

@@ -38,6 +38,7 @@ import logging
 import pickle
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -96,6 +97,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return {"$asynctrack": "max_depth"}
     if isinstance(value, BaseException):
         return {"$error": True, **error_fields(value)}
+    if isinstance(value, uuid.UUID):  # a subclass of UUID as a run id: its text
+        return str(value)
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):
