@@ -111,6 +111,23 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return migrated_store(tmp_path_factory.mktemp("mlflow-store") / "mlflow.db")
 
 
+@pytest.fixture
+def isolate_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees another's tracking URI (the ARN path sets the process-wide one); used
+    by the MLflow test modules (``pytestmark``): importing mlflow is not every test's cost."""
+    import mlflow
+
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT",
+        "SAGEMAKER_MLFLOW_ASSUME_ROLE_ARN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(None)
+    yield
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_store: Path) -> Iterator[MLflowServer]:
     """One real ``mlflow server`` for the session (started on first use, 5-30 s), shared by

@@ -66,18 +66,7 @@ def sqlite_uri(tmp_path: Path, mlflow_store: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-@pytest.fixture(autouse=True)
-def _isolate_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test sees another's tracking URI (the ARN path sets the process-wide one)."""
-    for name in (
-        "MLFLOW_TRACKING_URI",
-        "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT",
-        "SAGEMAKER_MLFLOW_ASSUME_ROLE_ARN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(None)
-    yield
-    mlflow.set_tracking_uri(None)
+pytestmark = pytest.mark.usefixtures("isolate_mlflow")
 
 
 @pytest.fixture

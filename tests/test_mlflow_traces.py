@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 from _infra.aws import FaultProxy, ProxyRequest
 from _infra.mlflow_server import MLflowServer
@@ -37,17 +36,7 @@ def stub() -> Iterator[OpenAIStub]:
         yield s
 
 
-@pytest.fixture(autouse=True)
-def _isolate_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in (
-        "MLFLOW_TRACKING_URI",
-        "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT",
-        "SAGEMAKER_MLFLOW_ASSUME_ROLE_ARN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(None)
-    yield
-    mlflow.set_tracking_uri(None)
+pytestmark = pytest.mark.usefixtures("isolate_mlflow")
 
 
 def only_run(uri: str, experiment: str) -> Any:
