@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,7 +16,33 @@ import pytest
 if TYPE_CHECKING:
     from asynctrack import AsyncTracker
 
-__all__ = ["closing", "collect_garbage", "fail_on_finalizer_complaints", "finalizer_complaints"]
+__all__ = [
+    "ROOT",
+    "closing",
+    "collect_garbage",
+    "fail_on_finalizer_complaints",
+    "finalizer_complaints",
+    "run_script",
+]
+
+#: The repository's root.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(script: Path, text: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Write ``text`` to ``script`` and run it with this interpreter from the repository's
+    root, with ``env`` as its whole environment (nothing of the test's leaks in), within
+    100 s. A crash (a segfault) fails the test that reads the result, not pytest."""
+    script.write_text(text, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+        env=dict(env),
+    )
 
 
 def collect_garbage() -> None:

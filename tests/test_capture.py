@@ -6,8 +6,6 @@ import collections.abc
 import dataclasses
 import enum
 import gc
-import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,12 +25,11 @@ from langchain_core.messages import HumanMessage
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langgraph.types import Command, Interrupt, Send
+from support import ROOT, run_script
 
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._capture import MARK, Capturer
 from asynctrack._events._schema import uuid_text
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _events(root: Path) -> list[dict[str, Any]]:
@@ -111,16 +108,10 @@ def test_capture_survives_other_threads_resizing_the_captured_lists(tmp_path: Pa
     """The issue-9 crash: orjson walks a list by pointer while a Python ``default``
     lets another thread resize it. Run in a child process so that a segfault fails
     this test instead of killing pytest."""
-    script = tmp_path / "stress.py"
-    script.write_text(_STRESS.replace("ROUNDS", "4000"), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-        env={
+    proc = run_script(
+        tmp_path / "stress.py",
+        _STRESS.replace("ROUNDS", "4000"),
+        {
             "PYTHONPATH": str(ROOT),
             "ASYNCTRACK_SPOOL_DIR": str(tmp_path / "spool"),
             "PATH": "/usr/bin:/bin",

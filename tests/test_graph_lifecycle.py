@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 from _infra.graphs import QUESTION, interrupt_and_resume
 from langgraph.callbacks import GraphCallbackHandler
+from support import ROOT, run_script
 
 import asynctrack
 from asynctrack import AsyncTracker
@@ -20,8 +19,6 @@ from asynctrack._cli._common import Colour
 from asynctrack._cli._show import render
 from asynctrack._read._report import report_data
 from asynctrack._read._tree import scan_run_summaries, summarize_runs
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -121,16 +118,10 @@ def test_a_tracker_made_before_langgraph_is_imported_records_the_first_graphs_li
 ) -> None:
     """Nothing of langgraph is imported when the tracker is made; the graph imported and
     run afterwards has its interrupt and resume recorded, from its first run."""
-    script = tmp_path / "before.py"
-    script.write_text(_BEFORE, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-        env={
+    proc = run_script(
+        tmp_path / "before.py",
+        _BEFORE,
+        {
             "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}",
             "PATH": "/usr/bin:/bin",
             "ASYNCTRACK_WORKER": "thread",
@@ -147,16 +138,10 @@ def test_without_langgraph_or_with_an_older_one_the_tracker_works(tmp_path: Path
     if mode == "old":  # a langgraph package without the callbacks module
         (tmp_path / "langgraph").mkdir()
         (tmp_path / "langgraph" / "__init__.py").write_text("", encoding="utf-8")
-    script = tmp_path / "without.py"
-    script.write_text(_WITHOUT.replace("MODE", repr(mode)), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin", "ASYNCTRACK_WORKER": "thread"},
+    proc = run_script(
+        tmp_path / "without.py",
+        _WITHOUT.replace("MODE", repr(mode)),
+        {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin", "ASYNCTRACK_WORKER": "thread"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "clean"
