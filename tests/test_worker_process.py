@@ -405,24 +405,31 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
             read_records(broken)
 
 
+def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:
+    """The shipper's rounds while ``count`` records come ``spacing`` seconds apart, once the
+    worker has started; all of them written (one more: the warm-up's)."""
+    _text(tracker, 0, 1)
+    tracker.flush_blocking(timeout=WAIT)  # the worker has started and reads
+    shipper = _spawn.worker_process()._shipper
+    run_id = uuid.uuid4()
+    before = shipper.rounds
+    for i in range(count):
+        tracker.on_text(f"record-{i}", run_id=run_id)
+        time.sleep(spacing)  # the input's spacing, not a wait for a result
+    rounds = shipper.rounds - before
+    tracker.flush_blocking(timeout=WAIT)
+    assert tracker.statistics().written == count + 1
+    return rounds
+
+
 def test_a_trickle_of_records_wakes_the_shipper_once_per_record(
     tracker: AsyncTracker, tmp_destination: Path
 ) -> None:
     """Records that come one at a time (a model answering, 20 ms apart) are shipped as
     they come: the shipper wakes once per record, not a second time for a gathering
     round with nothing to gather."""
-    _text(tracker, 0, 1)
-    tracker.flush_blocking(timeout=WAIT)  # the worker has started and reads
-    shipper = _spawn.worker_process()._shipper
     count = 40
-    run_id = uuid.uuid4()
-    rounds = shipper.rounds
-    for i in range(count):
-        tracker.on_text(f"trickle-{i}", run_id=run_id)
-        time.sleep(0.02)  # the trickle itself: the input's spacing, not a wait for a result
-    rounds = shipper.rounds - rounds
-    tracker.flush_blocking(timeout=WAIT)
-    assert tracker.statistics().written == count + 1
+    rounds = _shipper_rounds(tracker, count, spacing=0.02)
     # Two per record before (the record, then a tick); a few to spare for a loaded machine
     # (a record shipped late, then the next one early: a gathering spell of one tick).
     assert rounds <= count + count // 8, rounds
@@ -433,16 +440,6 @@ def test_records_that_keep_coming_are_gathered_into_a_round_every_few_millisecon
 ) -> None:
     """Records a fraction of a millisecond apart (streamed tokens): after the first two,
     the shipper ships a round every 5 ms instead of waking for each record."""
-    _text(tracker, 0, 1)
-    tracker.flush_blocking(timeout=WAIT)
-    shipper = _spawn.worker_process()._shipper
     count = 200
-    run_id = uuid.uuid4()
-    rounds = shipper.rounds
-    for i in range(count):
-        tracker.on_text(f"token-{i}", run_id=run_id)
-        time.sleep(0.0005)  # the stream itself: the input's spacing, not a wait for a result
-    rounds = shipper.rounds - rounds
-    tracker.flush_blocking(timeout=WAIT)
-    assert tracker.statistics().written == count + 1
+    rounds = _shipper_rounds(tracker, count, spacing=0.0005)
     assert rounds <= count // 2, rounds
