@@ -58,6 +58,22 @@ def failing_chain(callbacks: list[Any]) -> None:
         pass
 
 
+def failing_model_call(callbacks: list[Any]) -> None:
+    """A ``ChatOpenAI`` call whose connection is refused: one model run, ended by an error
+    (a connection error: ``OpenAIConnectionError``)."""
+    import socket
+
+    import openai
+
+    with socket.socket() as reserved:  # bound, never listening: a connection to it is refused
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        try:
+            chat_model(f"http://127.0.0.1:{port}/v1").invoke("Hello?", config={"callbacks": callbacks})
+        except openai.APIConnectionError:
+            pass
+
+
 def recorded_lines(destination: Path) -> list[bytes]:
     """Every line the trackers wrote under ``destination``, per writer in batch order."""
     files = sorted(destination.rglob("*.jsonl*"), key=lambda p: (p.name.split("-", 1)[1], p.name))

@@ -296,6 +296,9 @@ def test_the_otel_environment_variables() -> None:
     assert resolve_endpoint("http://h:4318/v1/traces", env) == "http://h:4318/v1/traces"
     assert resolve_endpoint(None, {}) == "http://localhost:4318/v1/traces"
     assert resolve_headers({"x-tenant": "8"}, env) == {"api-key": "abc def", "x-tenant": "8"}
+    own = {**env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "t=1", "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "m=2"}
+    assert resolve_headers(None, own) == {"api-key": "abc def", "x-tenant": "7", "t": "1"}
+    assert resolve_headers(None, own, "metrics") == {"api-key": "abc def", "x-tenant": "7", "m": "2"}
     resource = resource_attributes(env)
     assert (resource["service.name"], resource["deployment.environment"]) == ("agents", "prod")
 
@@ -328,7 +331,10 @@ def test_backfill_sends_the_same_spans_as_the_live_export(
         assert status == 0
         assert sorted(span.SerializeToString() for span in second.spans) == live
         assert second.headers[0]["x-k"] == "v"
-        assert capsys.readouterr().out.strip() == f"exported 6 span(s) to {second.endpoint}/v1/traces"
+        assert capsys.readouterr().out.splitlines() == [
+            f"exported 6 span(s) to {second.endpoint}/v1/traces",
+            f"exported 4 metric point(s) to {second.endpoint}/v1/metrics",
+        ]
         # One run only.
         status = main(["export", str(destination), "--otlp-endpoint", second.endpoint, "--run", "nope"])
         assert status == 1
@@ -392,69 +398,6 @@ def test_a_flush_never_waits_for_the_export_past_its_own_timeout(
     receiver.release()
     tracker.close(timeout=WAIT)
     _assert_files_complete(tracker)
-
-
-def test_metrics_of_the_model_calls(tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub) -> None:
-    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
-    weather_agent(stub.url, [tracker])
-    tracker.close(timeout=WAIT)
-    requests = receiver.wait_for_metrics(1)
-    last = requests[-1]  # cumulative: the last request holds every point
-    (resource_metrics,) = last.resource_metrics
-    assert attributes(resource_metrics.resource)["service.name"] == "asynctrack"
-    (scope_metrics,) = resource_metrics.scope_metrics
-    metrics = {m.name: m for m in scope_metrics.metrics}
-    assert set(metrics) == {
-        "gen_ai.client.operation.duration",
-        "gen_ai.client.token.usage",
-        "gen_ai.client.operation.time_to_first_chunk",
-    }
-    duration = metrics["gen_ai.client.operation.duration"]
-    assert duration.unit == "s"
-    assert duration.histogram.aggregation_temporality == 2  # cumulative
-    (point,) = duration.histogram.data_points
-    assert point.count == 2  # the two chat calls (the second streamed)
-    assert sum(point.bucket_counts) == 2
-    assert list(point.explicit_bounds)[:3] == [0.01, 0.02, 0.04]
-    assert attributes(point) == {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": "openai",
-        "gen_ai.request.model": "gpt-4o-mini",
-        "gen_ai.response.model": "gpt-4o-mini",
-    }
-    usage = {
-        attributes(p)["gen_ai.token.type"]: p
-        for p in metrics["gen_ai.client.token.usage"].histogram.data_points
-    }
-    spans = [attributes(s) for s in receiver.spans if s.name.startswith("chat")]
-    assert usage["input"].sum == sum(s["gen_ai.usage.input_tokens"] for s in spans)
-    assert usage["output"].sum == sum(s["gen_ai.usage.output_tokens"] for s in spans)
-    (first_chunk,) = metrics["gen_ai.client.operation.time_to_first_chunk"].histogram.data_points
-    assert first_chunk.count == 1
-
-
-def test_a_receiver_without_metrics_gets_traces_only(
-    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
-) -> None:
-    receiver.accept_metrics = False
-    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint), worker="thread")
-    with caplog.at_level(logging.INFO, logger="asynctrack"):
-        weather_agent(stub.url, [tracker])
-        tracker.flush_blocking(timeout=WAIT)
-        receiver.wait_for_metrics(1)
-        weather_agent(stub.url, [tracker])
-        tracker.close(timeout=WAIT)
-    assert receiver.metrics_attempts == 1  # the 404 turned the metrics off
-    stats = tracker.statistics()
-    assert (stats.spans_exported, stats.spans_failed) == (8, 0)
-    assert any("does not accept OTLP metrics" in r.getMessage() for r in caplog.records)
-
-
-def test_metrics_can_be_turned_off(tmp_path: Path, receiver: OTLPReceiver) -> None:
-    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, metrics=False))
-    failing_chain([tracker])
-    tracker.close(timeout=WAIT)
-    assert (len(receiver.spans), receiver.metrics_attempts) == (1, 0)
 
 
 def test_spans_go_without_a_flush(tmp_path: Path, receiver: OTLPReceiver) -> None:

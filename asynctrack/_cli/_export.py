@@ -4,6 +4,12 @@ The files of each writer (one tracker) are read in batch order and fed to one
 ``SpanAssembler``, exactly as its worker fed the live exporter: same lines, same
 order, so the same trace and span ids. Runs that never ended are sent at the end,
 marked ``asynctrack.unfinished``, as a tracker's close sends them.
+
+The model calls of every writer go into one set of GenAI client metrics, sent once
+after the spans: one cumulative point per metric and attribute set, from the earliest
+start to the latest end of the calls it counts (the runs' own times, not the time of
+the backfill). A receiver that takes no metrics (404, 405, 415, 501) is said once; the
+spans are not affected.
 """
 
 from __future__ import annotations
@@ -59,8 +65,10 @@ def export(
     headers: dict[str, str],
     capture_content: bool,
     s3_options: dict[str, Any],
+    metrics: bool = True,
 ) -> int:
-    """Send the selected runs; 0 when every span was accepted, 1 otherwise."""
+    """Send the selected runs (and their metrics); 0 when every span and the metrics were
+    accepted (or the receiver takes no metrics), 1 otherwise."""
     import gzip
 
     from .._export._exporter import OTLPExporter
@@ -68,18 +76,22 @@ def export(
     from .._read._scan import find_event_files
 
     try:
-        config = OTLPExporter(endpoint, headers=headers, capture_content=capture_content, timeout=30.0)
+        config = OTLPExporter(
+            endpoint, headers=headers, capture_content=capture_content, timeout=30.0, metrics=metrics
+        )
         find_event_files(destination, experiment, run, **s3_options)
         files = _files(destination, _pattern(experiment, run), s3_options)
         writers = _writers(files)
     except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
         return error("export", exc)
+    recorder = config.metrics_recorder(backfill=True)
     sender = config.sender()
+    metrics_sender = None
     progress = _Progress(sum(len(batches) for batches in writers.values()))
     spans_sent = 0
     try:
         for batches in writers.values():
-            assembler = config.assembler()
+            assembler = config.assembler(recorder)
             for _batch, name, data in batches:
                 lines = (gzip.decompress(data) if name.endswith(".gz") else data).splitlines()
                 for start in range(0, len(lines), _CHUNK):
@@ -91,15 +103,28 @@ def export(
             sender.put(spans, block=True)
             spans_sent += len(spans)
         sender.flush(None)
+        if recorder is not None and recorder.points:
+            metrics_sender = config.sender("metrics")
+            metrics_sender.put([recorder.request()], block=True)
+            metrics_sender.flush(None)
     finally:
         sender.close(60.0)
+        if metrics_sender is not None:
+            metrics_sender.close(60.0)
         progress.end()
     print(
         f"exported {sender.exported} span(s) to {sender.url}"
         + (f", {sender.failed} failed" if sender.failed else "")
     )
+    if metrics_sender is not None and recorder is not None:
+        if metrics_sender.declined is not None:
+            print(f"no metrics: {metrics_sender.url} answered {metrics_sender.declined} (it takes none)")
+        elif metrics_sender.exported:
+            print(f"exported {recorder.points} metric point(s) to {metrics_sender.url}")
     if sender.failed:
         return error("export", sender.last_error or f"{sender.failed} span(s) were not accepted")
+    if metrics_sender is not None and metrics_sender.failed:
+        return error("export", metrics_sender.last_error or "the metrics were not accepted")
     return 0
 
 

@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--capture-content", action="store_true", help="also send message content (redacted, as recorded)"
     )
+    send.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="send the spans only, not the GenAI client metrics of the model calls (/v1/metrics)",
+    )
     add_s3_options(send)
 
     run_replay = commands.add_parser("replay", help="deliver the batches kept in a spool directory")
@@ -188,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
             headers=headers,
             capture_content=args.capture_content,
             s3_options=options,
+            metrics=args.metrics,
         )
     if args.command == "athena-ddl":
         from ._athena import athena_ddl

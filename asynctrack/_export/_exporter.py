@@ -9,7 +9,8 @@ Where the spans go, when ``endpoint`` is not given, follows the OpenTelemetry
 environment variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the full URL, used as
 it is), else ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL: ``/v1/traces`` is appended),
 else ``http://localhost:4318/v1/traces``. Headers come from ``OTEL_EXPORTER_OTLP_HEADERS``
-(and ``..._TRACES_HEADERS``), ``k=v`` pairs separated by commas, then from ``headers``.
+(and ``..._TRACES_HEADERS``; ``..._METRICS_HEADERS`` for the metrics), ``k=v`` pairs
+separated by commas, then from ``headers``.
 The resource is ``OTEL_RESOURCE_ATTRIBUTES`` with ``service.name`` from
 ``OTEL_SERVICE_NAME`` (default ``asynctrack``).
 """
@@ -76,10 +77,13 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
-def resolve_headers(headers: Mapping[str, str] | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """The request headers: the OTel variables', then ``headers``."""
+def resolve_headers(
+    headers: Mapping[str, str] | None, environ: Mapping[str, str], signal: str = "traces"
+) -> dict[str, str]:
+    """The request headers of ``signal``: the OTel variables' (``OTEL_EXPORTER_OTLP_HEADERS``,
+    then ``OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS``), then ``headers``."""
     out = _pairs(environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
-    out.update(_pairs(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "")))
+    out.update(_pairs(environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", "")))
     out.update(headers or {})
     return out
 
@@ -121,7 +125,9 @@ class OTLPExporter:
             is exported unfinished).
         metrics: also send the GenAI client metrics (token usage, operation duration,
             time to first chunk) to ``/v1/metrics``, at every flush and close and once a
-            minute; turned off by itself when the receiver answers 404 there.
+            minute. A receiver that takes none (it answers 404, 405, 415 or 501 there:
+            MLflow's server, Arize Phoenix) turns them off by itself, said once in an
+            INFO log line; the spans are not affected.
 
     Raises:
         ValueError: a setting is invalid (checked at construction).
@@ -160,9 +166,16 @@ class OTLPExporter:
 
     def start(self) -> LineExporter:
         """The running exporter, in this process (the worker's): its threads start now."""
-        metrics = Metrics() if self.metrics else None
-        metrics_sender = self.sender("metrics", build=_latest) if metrics is not None else None
+        metrics = self.metrics_recorder()
+        metrics_sender = self.sender("metrics") if metrics is not None else None
         return _Running(self.assembler(metrics), self.sender(), metrics, metrics_sender)
+
+    def metrics_recorder(self, *, backfill: bool = False) -> Metrics | None:
+        """The histograms model calls are recorded into (``None`` with ``metrics=False``);
+        ``backfill``: points carry the calls' own times (see ``Metrics``)."""
+        if not self.metrics:
+            return None
+        return Metrics(resource(), pb.scope(_SCOPE, _version()), SCHEMA_URL, backfill=backfill)
 
     def assembler(self, metrics: Metrics | None = None) -> SpanAssembler:
         """A span assembler with these settings (one per tracker: it follows its runs)."""
@@ -173,9 +186,9 @@ class OTLPExporter:
     def sender(
         self, signal: str = "traces", build: Callable[[Sequence[bytes]], bytes] | None = None
     ) -> Sender:
-        """A sender of ``signal`` to the resolved endpoint (this process's environment);
-        its thread starts now. ``build`` wraps what is queued into a request (spans by
-        default)."""
+        """A sender of ``signal`` (``traces`` or ``metrics``) to the resolved endpoint (this
+        process's environment); its thread starts now. ``build`` wraps what is queued into
+        a request (by default: spans into one request; of metrics requests, the last)."""
         environ = os.environ
         fields = resource()  # the same for every request of this sender
 
@@ -183,14 +196,16 @@ class OTLPExporter:
             return pb.request(fields, _SCOPE, version, spans, SCHEMA_URL)
 
         version = _version()
+        traces = signal == "traces"
         return Sender(
             url=resolve_endpoint(self.endpoint, environ, signal),
-            headers=resolve_headers(self.headers, environ),
+            headers=resolve_headers(self.headers, environ, signal),
             timeout=float(self.timeout),
-            build=build or spans_request,
+            build=build or (spans_request if traces else _latest),
             max_queue_bytes=self.max_queue_bytes,
             user_agent=f"asynctrack/{version}",
-            what="span" if signal == "traces" else "metrics request",
+            what="span" if traces else "metrics request",
+            optional=None if traces else signal,
         )
 
 
@@ -218,8 +233,6 @@ class _Running:
         self._sender = sender
         self._metrics = metrics
         self._metrics_sender = metrics_sender
-        self._resource = resource()
-        self._scope = pb.scope(_SCOPE, _version())
         self._metrics_sent_at = time.monotonic()
         self._lock = threading.Lock()  # lines(), flush() and close() may come from two threads
         self._closed = False
@@ -244,14 +257,14 @@ class _Running:
         """Queue the metrics (under the lock) if they changed since the last request."""
         self._metrics_sent_at = time.monotonic()
         metrics, sender = self._metrics, self._metrics_sender
-        if metrics is None or sender is None or not metrics.changed:
+        if metrics is None or sender is None:
             return
-        if sender.last_status in (404, 405, 415):
-            # This receiver takes traces only (MLflow's server): say it once, then stop.
-            logger.info("asynctrack: %s does not accept OTLP metrics; sending traces only", sender.url)
-            self._metrics = None
+        if sender.declined is not None:
+            # The receiver takes no metrics (the sender said so once): stop recording them.
+            self._metrics = self._assembler.metrics = None
             return
-        sender.put([metrics.request(self._resource, self._scope, SCHEMA_URL)])
+        if metrics.changed:
+            sender.put([metrics.request()])
 
     def flush(self, timeout: float | None) -> str | None:
         with self._lock:

@@ -8,9 +8,21 @@ Semantic conventions 1.41.0, for model calls (chat and text completion runs):
 
 Each point carries ``gen_ai.operation.name``, ``gen_ai.provider.name``,
 ``gen_ai.request.model`` and ``gen_ai.response.model`` (when known), with the
-conventions' bucket boundaries. Cumulative from the exporter's start: a request that is
-lost costs nothing the next one does not carry. The messages are written by hand, like
-the spans (``_protobuf``)::
+conventions' bucket boundaries. Cumulative, one point per series (metric and
+attributes) in each request: a request that is lost costs nothing the next one does not
+carry. The point's times say what it covers:
+
+- live (the exporter): one cumulative stream, as the OTel SDK's, from the exporter's
+  start to the request. A worker process starts after the application's first calls
+  were recorded, so the stream starts at the first counted call's start when that is
+  earlier; from then on its start is fixed. Calls are counted in the order they ended
+  (their measurement is at their end, as the OTel SDK records a duration), so every
+  call counted ended within the point's window;
+- backfill (``asynctrack export``): from the earliest start to the latest end of the
+  model calls the point counts. Runs recorded earlier are counted at their own times,
+  not at the time they are sent again.
+
+The messages are written by hand, like the spans (``_protobuf``)::
 
     ExportMetricsServiceRequest { repeated ResourceMetrics resource_metrics = 1; }
     ResourceMetrics { Resource resource = 1; repeated ScopeMetrics scope_metrics = 2; }
@@ -28,7 +40,7 @@ from __future__ import annotations
 import bisect
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Final
 
 from ._protobuf import attribute, repeated, text, wrap
@@ -51,7 +63,7 @@ Key = tuple[tuple[str, str], ...]  # a point's attributes
 
 
 class _Histogram:
-    __slots__ = ("bounds", "buckets", "count", "max", "min", "sum")
+    __slots__ = ("bounds", "buckets", "count", "first_ns", "last_ns", "max", "min", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -60,17 +72,46 @@ class _Histogram:
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        self.first_ns = 2**64 - 1  # the earliest start of the calls counted
+        self.last_ns = 0  # the latest end
 
 
 class Metrics:
-    """Histograms of model calls, fed by the span assembler (one thread at a time)."""
+    """Histograms of model calls, fed by the span assembler (one thread at a time).
 
-    def __init__(self) -> None:
+    Args:
+        resource: the resource's attributes, encoded (``_protobuf.attribute``).
+        scope: the ``InstrumentationScope`` field (``_protobuf.scope``).
+        schema_url: the conventions' schema URL.
+        backfill: each point covers the calls it counts (their earliest start to their
+            latest end), for runs recorded earlier; else the exporter's start (or the
+            first counted call's, if earlier) to the request: a live cumulative stream.
+    """
+
+    def __init__(
+        self, resource: Sequence[bytes], scope: bytes, schema_url: str, *, backfill: bool = False
+    ) -> None:
         self.start_ns = time.time_ns()
+        self.backfill = backfill
+        self._resource = resource
+        self._scope = scope
+        self._schema_url = schema_url
         self._points: dict[tuple[str, Key], _Histogram] = {}
         self.changed = False
 
-    def _observe(self, metric: tuple[str, str, str, tuple[float, ...]], key: Key, value: float) -> None:
+    @property
+    def points(self) -> int:
+        """The number of data points a request holds (one per metric and attribute set)."""
+        return len(self._points)
+
+    def _observe(
+        self,
+        metric: tuple[str, str, str, tuple[float, ...]],
+        key: Key,
+        value: float,
+        start_ns: int,
+        end_ns: int,
+    ) -> None:
         histogram = self._points.get((metric[0], key))
         if histogram is None:
             histogram = self._points[metric[0], key] = _Histogram(metric[3])
@@ -79,31 +120,46 @@ class Metrics:
         histogram.sum += value
         histogram.min = min(histogram.min, value)
         histogram.max = max(histogram.max, value)
+        histogram.first_ns = min(histogram.first_ns, start_ns)
+        histogram.last_ns = max(histogram.last_ns, end_ns)
         self.changed = True
 
     def model_call(
         self,
         common: Key,
         *,
-        duration: float,
+        start_ns: int,
+        end_ns: int,
         error_type: str | None,
         tokens: tuple[int, int] | None,
         first_chunk: float | None,
     ) -> None:
-        """Record one ended model call; ``common``: its operation, provider and models."""
-        self._observe(_DURATION, common + ((("error.type", error_type),) if error_type else ()), duration)
+        """Record one model call that ran from ``start_ns`` to ``end_ns`` (Unix ns);
+        ``common``: its operation, provider and models."""
+        end_ns = max(end_ns, start_ns)
+        if not self._points:  # the first call counted: the live stream starts by then
+            self.start_ns = min(self.start_ns, start_ns)
+        duration = (end_ns - start_ns) / 1e9
+        error = (("error.type", error_type),) if error_type else ()
+        self._observe(_DURATION, common + error, duration, start_ns, end_ns)
         if tokens is not None:
-            self._observe(_USAGE, (*common, ("gen_ai.token.type", "input")), float(tokens[0]))
-            self._observe(_USAGE, (*common, ("gen_ai.token.type", "output")), float(tokens[1]))
+            for token_type, count in (("input", tokens[0]), ("output", tokens[1])):
+                self._observe(
+                    _USAGE, (*common, ("gen_ai.token.type", token_type)), float(count), start_ns, end_ns
+                )
         if first_chunk is not None:
-            self._observe(_FIRST_CHUNK, common, first_chunk)
+            self._observe(_FIRST_CHUNK, common, first_chunk, start_ns, end_ns)
 
-    def request(self, resource: Iterable[bytes], scope: bytes, schema_url: str) -> bytes:
+    def request(self) -> bytes:
         """An ``ExportMetricsServiceRequest`` with every point so far (cumulative)."""
         now = time.time_ns()
         by_metric: dict[str, list[bytes]] = {}
         for (name, key), histogram in self._points.items():
-            by_metric.setdefault(name, []).append(self._point(key, histogram, now))
+            if self.backfill:
+                start_ns, time_ns = histogram.first_ns, histogram.last_ns
+            else:
+                start_ns, time_ns = self.start_ns, now
+            by_metric.setdefault(name, []).append(self._point(key, histogram, start_ns, time_ns))
         metrics = []
         for name, description, unit, _bounds in (_DURATION, _USAGE, _FIRST_CHUNK):
             points = by_metric.get(name)
@@ -116,18 +172,19 @@ class Metrics:
                     + wrap(b"\x4a", data)
                 )
                 metrics.append(wrap(b"\x12", metric))
-        scope_metrics = scope + b"".join(metrics) + wrap(b"\x1a", text(schema_url))
-        resource_metrics = wrap(b"\x0a", repeated(b"\x0a", resource)) + wrap(b"\x12", scope_metrics)
+        scope_metrics = self._scope + b"".join(metrics) + wrap(b"\x1a", text(self._schema_url))
+        resource_metrics = wrap(b"\x0a", repeated(b"\x0a", self._resource)) + wrap(b"\x12", scope_metrics)
         self.changed = False
         return wrap(b"\x0a", resource_metrics)
 
-    def _point(self, key: Key, histogram: _Histogram, now: int) -> bytes:
+    @staticmethod
+    def _point(key: Key, histogram: _Histogram, start_ns: int, time_ns: int) -> bytes:
         bounds = histogram.bounds
         return (
             b"\x11"
-            + struct.pack("<Q", self.start_ns)
+            + struct.pack("<Q", start_ns)
             + b"\x19"
-            + struct.pack("<Q", now)
+            + struct.pack("<Q", time_ns)
             + b"\x21"
             + struct.pack("<Q", histogram.count)
             + b"\x29"

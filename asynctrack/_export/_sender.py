@@ -14,6 +14,10 @@ flush does not wait for a backlog. After ``MAX_ATTEMPTS`` a batch is counted as 
 any other answer (400, 401, 404, ...) fails it at once. Failures are logged once per
 10 s with their count.
 
+A sender of something a receiver may not take at all (``optional``: metrics) reads
+404, 405, 415 and 501 as "this receiver takes none": it says so in one INFO line, drops
+what it holds without counting it as failed, ends its thread and takes nothing more.
+
 ``flush(timeout)`` returns once every span queued before it has been tried at least
 once (sent, or refused), or at ``timeout``. ``close(timeout)`` sends what is queued
 until ``timeout``, then aborts the request in flight, counts what is left as failed,
@@ -49,6 +53,9 @@ _RETRY_AFTER_MAX: Final = 60.0
 _WARN_EVERY: Final = 10.0
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
+# A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
+# Phoenix), without the protobuf encoding there (415), or without the signal (501).
+DECLINED: Final = frozenset((404, 405, 415, 501))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -74,6 +81,12 @@ class Sender:
         build: wraps a list of encoded spans into the request body (not compressed).
         max_queue_bytes: bound on the spans waiting to be sent.
         what: what is queued, for the log ("span", "metrics request").
+        optional: what the receiver may not take at all (``"metrics"``): an answer in
+            ``DECLINED`` then turns the sender off (``declined``), not counted as failed.
+            ``None``: every refusal is a failure.
+
+    Attributes:
+        declined: the receiver's answer that turned an ``optional`` sender off, else ``None``.
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class Sender:
         max_queue_bytes: int,
         user_agent: str,
         what: str = "span",
+        optional: str | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -103,6 +117,8 @@ class Sender:
         }
         self._timeout = timeout
         self._what = what
+        self._optional = optional
+        self.declined: str | None = None
         self._build = build
         self._max_queue_bytes = max_queue_bytes
         self._random = random.Random()
@@ -118,7 +134,6 @@ class Sender:
         self.exported = 0
         self.failed = 0
         self.last_error: str | None = None
-        self.last_status: int | None = None  # the receiver's last HTTP status
         self._error_tried = -1  # _tried when last_error was set
         self._first_at = 0.0  # when the oldest span waiting was queued (time.monotonic())
         self._batch_end = 0
@@ -135,11 +150,15 @@ class Sender:
         if not spans:
             return
         with self._cond:
+            if self.declined is not None:
+                return  # the receiver takes none: nothing lost, nothing to count
             if block:
                 need = min(sum(map(len, spans)), self._max_queue_bytes)
                 self._cond.wait_for(
                     lambda: self._queued_bytes + need <= self._max_queue_bytes or not self._thread.is_alive()
                 )
+            if self.declined is not None:
+                return
             if self._closing:
                 self.failed += len(spans)
                 return
@@ -222,6 +241,15 @@ class Sender:
                     break
                 attempts += 1
                 error, retryable, retry_after = self._send(batch)
+                if self.declined is not None:
+                    logger.info(
+                        "asynctrack: OTLP export: %s answered %s: this receiver takes no %s, "
+                        "so none are sent to it (spans are not affected)",
+                        self.url,
+                        self.declined,
+                        self._optional,
+                    )
+                    return
                 with self._cond:
                     self._tried = max(self._tried, self._batch_end)
                     if error is None:
@@ -247,7 +275,8 @@ class Sender:
         finally:
             self._close_connection()
             with self._cond:
-                self.failed += len(self._queue)
+                if self.declined is None:
+                    self.failed += len(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
                 self._tried = self._accepted
@@ -303,8 +332,10 @@ class Sender:
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
             return f"could not send {self._what}s to {self.url}: {exc!r}", True, None
-        self.last_status = response.status
         if 200 <= response.status < 300:
+            return None, False, None
+        if self._optional is not None and response.status in DECLINED:
+            self.declined = f"HTTP {response.status} {response.reason}".rstrip()
             return None, False, None
         text = data[:200].decode("utf-8", "replace").strip()
         error = f"{self.url} answered HTTP {response.status}: {text}"

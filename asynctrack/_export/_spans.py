@@ -503,7 +503,8 @@ class SpanAssembler:
                 key = (*key, ("gen_ai.response.model", ended.model))
             self.metrics.model_call(
                 key,
-                duration=max(end_ns - span.start_ns, 0) / 1e9,
+                start_ns=span.start_ns,
+                end_ns=end_ns,
                 error_type=kind_name,
                 tokens=ended.usage if ended is not None else None,
                 first_chunk=first_chunk,

@@ -7,8 +7,10 @@ raw bytes and headers. It can be told to refuse (``refuse(status, retry_after=..
 for the next N requests), to stall (``stall()`` until ``release()``), or be stopped.
 
 ``wait_for_spans(n, timeout)`` returns once ``n`` spans arrived (a condition, no sleep).
-``POST /v1/metrics`` is kept apart (``metrics``; ``accept_metrics = False`` answers 404)
-and never counts as an attempt, a refusal or a stall of the traces endpoint.
+``POST /v1/metrics`` is kept apart (``metrics``, decoded with
+``ExportMetricsServiceRequest``; ``metrics_status = 405`` answers 405 there, as a
+traces-only receiver does) and never counts as an attempt, a refusal or a stall of the
+traces endpoint.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class OTLPReceiver:
         self.errors: list[str] = []
         self._refusals: list[tuple[int, str | None]] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
-        self.accept_metrics = True  # False: /v1/metrics answers 404, as a traces-only receiver
+        self.metrics_status = 200  # the answer to /v1/metrics (404, 405...: a traces-only receiver)
         self.metrics_attempts = 0
         self.stalled = threading.Event()
         self.release_event = threading.Event()
@@ -153,9 +155,9 @@ class OTLPReceiver:
     def metrics_request(self, raw: bytes) -> int:
         with self._cond:
             self.metrics_attempts += 1
-            if not self.accept_metrics:
+            if self.metrics_status != 200:
                 self._cond.notify_all()
-                return 404
+                return self.metrics_status
             self.metrics.append(ExportMetricsServiceRequest.FromString(raw))
             self._cond.notify_all()
             return 200
