@@ -14,6 +14,7 @@ attributes Phoenix makes from the GenAI ones, the error of a failed run, the ses
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from _infra.openai_stub import OpenAIStub
 from _infra.phoenix_server import PhoenixServer
 from export_workloads import failing_chain, recorded_lines, weather_agent
 
-from asynctrack import AsyncTracker, OTLPExporter
+from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
 from asynctrack._export._spans import SpanAssembler
 
@@ -99,7 +100,8 @@ def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
     failing_chain([tracker])
     tracker.close(timeout=WAIT)
     stats = tracker.statistics()
-    # Phoenix takes no OTLP metrics (405): the exporter stops sending them, the spans go on.
+    # Metrics on (the default): Phoenix takes none (405); the exporter stops sending them,
+    # the spans go on, none counted as failed.
     assert (stats.worker_mode, stats.spans_exported, stats.spans_failed) == ("process", 5, 0)
 
     spans = phoenix.wait_for_spans(project, 5, timeout=WAIT)
@@ -172,20 +174,31 @@ def test_phoenix_shows_every_run_with_its_ids_kind_and_attributes(
 
 
 def test_a_backfill_sends_the_ids_of_the_live_export(
-    tmp_path: Path, phoenix: PhoenixServer, stub: OpenAIStub, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    phoenix: PhoenixServer,
+    stub: OpenAIStub,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     live, later = _project(), _project()
     destination = tmp_path / "logs"
+    # In thread mode, so that the exporter logs in this process.
     tracker = AsyncTracker(
         destination,
         experiment_name="exp",
         run_name="r1",
-        exporters=[OTLPExporter(phoenix.url, headers={"x-project-name": live}, metrics=False)],
+        config=TrackerConfig(worker="thread"),
+        exporters=[OTLPExporter(phoenix.url, headers={"x-project-name": live})],
     )
-    weather_agent(stub.url, [tracker])
-    failing_chain([tracker])
-    tracker.close(timeout=WAIT)
-    assert tracker.statistics().spans_exported == 5
+    with caplog.at_level(logging.INFO, logger="asynctrack"):
+        weather_agent(stub.url, [tracker])
+        failing_chain([tracker])
+        tracker.close(timeout=WAIT)
+    assert (tracker.statistics().spans_exported, tracker.statistics().spans_failed) == (5, 0)
+    # Phoenix answers 405 on /v1/metrics: said once, at INFO, not as a failure.
+    said = [r for r in caplog.records if r.name == "asynctrack" and "OTLP" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO], [r.getMessage() for r in said]
+    assert f"{phoenix.url}/v1/metrics answered HTTP 405 " in said[0].getMessage()
     exported_live = phoenix.wait_for_spans(live, 5, timeout=WAIT)
     # Runs recorded to the files only: a failed one and one that never ended.
     files_only = AsyncTracker(destination, experiment_name="exp", run_name="r2")
@@ -197,7 +210,10 @@ def test_a_backfill_sends_the_ids_of_the_live_export(
         ["export", str(destination), "--otlp-endpoint", phoenix.url, "--header", f"x-project-name={later}"]
     )
     assert status == 0
-    assert capsys.readouterr().out.strip() == f"exported 7 span(s) to {phoenix.url}/v1/traces"
+    assert capsys.readouterr().out.splitlines() == [
+        f"exported 7 span(s) to {phoenix.url}/v1/traces",
+        f"no metrics: {phoenix.url}/v1/metrics answered HTTP 405 Method Not Allowed (it takes none)",
+    ]
     # Phoenix keys traces by their id across projects: the 5 spans already exported live
     # come back with the same ids and are kept once, in their first project; the 2 new
     # runs make the new project. All 7 travelled in one request, so once the 2 are in,
