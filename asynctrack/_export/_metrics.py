@@ -60,6 +60,8 @@ _FIRST_CHUNK: Final = (
 )
 
 Key = tuple[tuple[str, str], ...]  # a point's attributes
+_INPUT: Final = ("gen_ai.token.type", "input")
+_OUTPUT: Final = ("gen_ai.token.type", "output")
 
 
 class _Histogram:
@@ -118,10 +120,16 @@ class Metrics:
         histogram.buckets[bisect.bisect_left(metric[3], value)] += 1
         histogram.count += 1
         histogram.sum += value
-        histogram.min = min(histogram.min, value)
-        histogram.max = max(histogram.max, value)
-        histogram.first_ns = min(histogram.first_ns, start_ns)
-        histogram.last_ns = max(histogram.last_ns, end_ns)
+        # Comparisons, not min() and max() calls: with these four, recording a model call's
+        # metrics costs 25k instructions per span of real ChatOpenAI lines (callgrind).
+        if value < histogram.min:  # noqa: PLR1730 - see above
+            histogram.min = value
+        if value > histogram.max:  # noqa: PLR1730 - see above
+            histogram.max = value
+        if start_ns < histogram.first_ns:  # noqa: PLR1730 - see above
+            histogram.first_ns = start_ns
+        if end_ns > histogram.last_ns:  # noqa: PLR1730 - see above
+            histogram.last_ns = end_ns
         self.changed = True
 
     def model_call(
@@ -143,10 +151,8 @@ class Metrics:
         error = (("error.type", error_type),) if error_type else ()
         self._observe(_DURATION, common + error, duration, start_ns, end_ns)
         if tokens is not None:
-            for token_type, count in (("input", tokens[0]), ("output", tokens[1])):
-                self._observe(
-                    _USAGE, (*common, ("gen_ai.token.type", token_type)), float(count), start_ns, end_ns
-                )
+            self._observe(_USAGE, (*common, _INPUT), float(tokens[0]), start_ns, end_ns)
+            self._observe(_USAGE, (*common, _OUTPUT), float(tokens[1]), start_ns, end_ns)
         if first_chunk is not None:
             self._observe(_FIRST_CHUNK, common, first_chunk, start_ns, end_ns)
 
