@@ -93,6 +93,7 @@ __all__ = [
     "REDACTED",
     "Capturer",
     "lossy",
+    "own_fields",
     "placeholder",
     "safe_repr",
     "safe_str",
@@ -242,6 +243,21 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     except Exception:  # orjson refuses a value inside: the careful path will too
         return True
     return True
+
+
+def own_fields(o: Any) -> dict[str, Any] | None:
+    """``o.__dict__`` where it holds all of ``o``'s data (``lossy``'s verdict on ``o``
+    alone, not on the objects inside it: a walk still has to meet those), else ``None``."""
+    d = getattr(o, "__dict__", None)
+    if not d or type(d) is not dict:
+        return None  # no __dict__, an empty one (a sentinel, fields in slots), a class's
+    cls = type(o)
+    if cls not in _WHOLE:
+        if cls in _LOOSE:
+            return None if o.__pydantic_extra__ else d
+        if not _learn(cls) or (cls in _LOOSE and o.__pydantic_extra__):
+            return None
+    return d
 
 
 def traceback_text(error: BaseException, limit: int) -> str:

@@ -33,7 +33,17 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, OPTIONS, Capturer, lossy, safe_repr, safe_str, type_name, valid_text
+from .._capture import (
+    DICT_OF,
+    OPTIONS,
+    Capturer,
+    lossy,
+    own_fields,
+    safe_repr,
+    safe_str,
+    type_name,
+    valid_text,
+)
 from .._config import TrackerConfig
 from .._events._schema import ENDS, EVENT_KINDS, STARTS
 from .._events._tail import TailSampler
@@ -547,7 +557,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["outputs"] = outputs
+        kwargs["outputs"] = _fields(outputs)
         self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_chain_error(
@@ -592,7 +602,11 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
-        kwargs["messages"] = messages
+        kwargs["messages"] = (
+            [[_fields(m) for m in ms] if type(ms) is list else ms for ms in messages]
+            if type(messages) is list
+            else messages
+        )
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_llm_new_token(
@@ -609,7 +623,7 @@ class AsyncTracker(BaseCallbackHandler):
         if type(token) is str:
             # The token travels beside the body (a str is immutable) and is spliced
             # in first in data by the worker: its name "token" is ours, not a credential.
-            kwargs["chunk"] = chunk
+            kwargs["chunk"] = _fields(chunk)
             self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
         else:  # content blocks (a list): captured in the body, first in data as well
             self._record(
@@ -619,7 +633,7 @@ class AsyncTracker(BaseCallbackHandler):
                 name,
                 tags,
                 None,
-                {"token": token, "chunk": chunk, **kwargs},
+                {"token": token, "chunk": _fields(chunk), **kwargs},
             )
 
     def on_llm_end(
@@ -631,7 +645,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["response"] = response
+        kwargs["response"] = _fields(response)
         self._record("llm_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_llm_error(
@@ -674,7 +688,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["output"] = output
+        kwargs["output"] = _fields(output)
         self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_tool_error(
@@ -847,6 +861,63 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+
+
+#: Values written as they are: no object's fields to read.
+_AS_IS: Final = frozenset({str, dict, list, tuple, int, float, bool, type(None)})
+#: LangChain's classes whose field holds LangChain objects: a generation's message, a
+#: result's generations (a list of lists), a chat prompt's messages (a list).
+_LANGCHAIN_SHAPES: Final = {
+    "ChatGeneration": "message",
+    "ChatGenerationChunk": "message",
+    "LLMResult": "generations",
+    "ChatPromptValue": "messages",
+}
+_SHAPES: dict[type, str] = {}  # a class's field of objects ("" for none), learnt per class
+_MAX_SHAPES: Final = 4096  # classes remembered (classes made at run time come and go)
+
+
+def _shape(cls: type) -> str:
+    """The field of ``cls``'s instances that holds LangChain objects, or ``""``."""
+    if len(_SHAPES) > _MAX_SHAPES:
+        _SHAPES.clear()
+    module = cls.__module__
+    shape = _LANGCHAIN_SHAPES.get(cls.__name__, "") if module.startswith("langchain_core.") else ""
+    _SHAPES[cls] = shape
+    return shape
+
+
+def _fields(value: Any) -> Any:
+    """``value`` as the capture's walk with ``DICT_OF`` writes it, where that loses
+    nothing: an object as its ``__dict__`` (``own_fields``), and inside LangChain's
+    generations, results and chat prompts, their messages and generations the same
+    way (a copy of the object's dict holds them). Then one walk writes the event: the
+    objects left inside (the walk meets them) take the capture's path for objects.
+    Else ``value``. Never raises."""
+    if type(value) in _AS_IS:
+        return value
+    try:
+        fields = own_fields(value)
+        if fields is None:
+            return value
+        cls = type(value)
+        shape = _SHAPES.get(cls)
+        if shape is None:
+            shape = _shape(cls)
+        if not shape:
+            return fields
+        fields = dict(fields)
+        inner = fields.get(shape)
+        if shape == "message":
+            fields[shape] = _fields(inner)
+        elif type(inner) is list:
+            if shape == "messages":
+                fields[shape] = [_fields(m) for m in inner]
+            else:  # generations: a list per prompt
+                fields[shape] = [[_fields(g) for g in gs] if type(gs) is list else gs for gs in inner]
+        return fields
+    except Exception:  # a hostile __dict__ or class: the capture's own path judges
+        return value
 
 
 def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
