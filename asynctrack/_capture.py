@@ -92,8 +92,8 @@ __all__ = [
     "MARK",
     "REDACTED",
     "Capturer",
+    "fields_of",
     "lossy",
-    "own_fields",
     "placeholder",
     "safe_repr",
     "safe_str",
@@ -245,19 +245,68 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     return True
 
 
-def own_fields(o: Any) -> dict[str, Any] | None:
-    """``o.__dict__`` where it holds all of ``o``'s data (``lossy``'s verdict on ``o``
-    alone, not on the objects inside it: a walk still has to meet those), else ``None``."""
-    d = getattr(o, "__dict__", None)
-    if not d or type(d) is not dict:
-        return None  # no __dict__, an empty one (a sentinel, fields in slots), a class's
-    cls = type(o)
-    if cls not in _WHOLE:
-        if cls in _LOOSE:
-            return None if o.__pydantic_extra__ else d
-        if not _learn(cls) or (cls in _LOOSE and o.__pydantic_extra__):
-            return None
-    return d
+#: LangChain's classes with a field of LangChain objects: a generation's message, a
+#: result's generations (a list per prompt), a chat prompt's messages.
+_LANGCHAIN_SHAPES: Final = {
+    "ChatGeneration": "message",
+    "ChatGenerationChunk": "message",
+    "LLMResult": "generations",
+    "ChatPromptValue": "messages",
+}
+#: Per class, for ``fields_of``: ``None`` (its instances are left as they are: plain
+#: values, or objects whose ``__dict__`` is not all their data), else whether they may
+#: have pydantic extra fields, and their field of objects (``""``: none).
+_KINDS: dict[type, tuple[bool, str] | None] = dict.fromkeys((str, dict, list, tuple, int, float, bool))
+_UNKNOWN: Final = (False, "")
+
+
+def _kind(cls: type) -> tuple[bool, str] | None:
+    """``cls``'s entry in ``_KINDS``, learnt now."""
+    if len(_KINDS) > _MAX_CLASSES:
+        _KINDS.clear()
+    kind = None
+    if _learn(cls):
+        langchain = cls.__module__.startswith("langchain_core.")
+        kind = (cls in _LOOSE, _LANGCHAIN_SHAPES.get(cls.__name__, "") if langchain else "")
+    _KINDS[cls] = kind
+    return kind
+
+
+def fields_of(value: Any) -> Any:
+    """``value`` as the capture's walk with ``DICT_OF`` writes it, where that loses
+    nothing: an object whose ``__dict__`` is all its data (``lossy``'s verdict on it
+    alone) as that dict; inside LangChain's generations, results and chat prompts,
+    their messages and generations the same way, in a copy of the object's dict.
+    Anything else as it is: the walk meets the objects left (inside a dict too) and
+    the capture's path for objects judges them. So, for LangChain's own objects, one
+    walk writes the event. Never raises."""
+    try:
+        cls = type(value)
+        kind = _KINDS.get(cls, _UNKNOWN)
+        if kind is _UNKNOWN:
+            kind = _kind(cls)
+        if kind is None:
+            return value
+        d = value.__dict__
+        if type(d) is not dict or not d:
+            return value
+        loose, shape = kind
+        if loose and value.__pydantic_extra__:
+            return value
+        if not shape:
+            return d
+        d = dict(d)
+        inner = d.get(shape)
+        if shape == "message":
+            d[shape] = fields_of(inner)
+        elif type(inner) is list:
+            if shape == "messages":
+                d[shape] = [fields_of(m) for m in inner]
+            else:  # generations: a list per prompt
+                d[shape] = [[fields_of(g) for g in gs] if type(gs) is list else gs for gs in inner]
+        return d
+    except Exception:  # a hostile class or __dict__: the capture's path judges
+        return value
 
 
 def traceback_text(error: BaseException, limit: int) -> str:

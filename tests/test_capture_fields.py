@@ -1,6 +1,6 @@
-"""LangChain's objects read as their fields before the capture's walk (``_fields`` in
-``_langchain/_handler.py``): the same bytes as the objects' own walk, one walk, the
-caller's objects untouched, and whatever would lose data left for the careful path."""
+"""LangChain's objects read as their fields before the capture's walk (``fields_of``):
+the same bytes as the objects' own walk, one walk, the caller's objects untouched, and
+whatever would lose data left for the careful path."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 
 from asynctrack import AsyncTracker
-from asynctrack._capture import DICT_OF, MARK, OPTIONS
-from asynctrack._langchain._handler import _fields
+from asynctrack._capture import DICT_OF, MARK, OPTIONS, fields_of
 
 
 class Slotted:
@@ -51,7 +50,7 @@ _VALUES = {
 @pytest.mark.parametrize("value", _VALUES.values(), ids=_VALUES.keys())
 def test_fields_are_written_as_the_objects_walk_writes_them_with_no_object_left(value: Any) -> None:
     found: list[Any] = []
-    written = orjson.dumps(_fields(value), default=found.append, option=OPTIONS)
+    written = orjson.dumps(fields_of(value), default=found.append, option=OPTIONS)
     assert found == []  # one walk writes the event
     assert written == orjson.dumps(value, default=DICT_OF, option=OPTIONS)
 
@@ -59,8 +58,8 @@ def test_fields_are_written_as_the_objects_walk_writes_them_with_no_object_left(
 def test_the_callers_objects_are_not_changed() -> None:
     chunk = ChatGenerationChunk(message=_message())
     result = LLMResult(generations=[[ChatGeneration(message=AIMessage("a"))]])
-    _fields(chunk)
-    _fields(result)
+    fields_of(chunk)
+    fields_of(result)
     assert type(chunk.message) is AIMessageChunk
     assert type(result.generations[0][0]) is ChatGeneration
     assert type(result.generations[0][0].message) is AIMessage
@@ -70,9 +69,9 @@ def test_what_would_lose_data_is_left_as_an_object() -> None:
     """A message with an extra field (``extra="allow"``), an object without ``__dict__``
     in a generation's info: left for the walk to meet (the careful path writes them)."""
     extra = AIMessageChunk(content="x", note="kept")  # type: ignore[call-arg] # extra="allow"
-    assert _fields(ChatGenerationChunk(message=extra))["message"] is extra
+    assert fields_of(ChatGenerationChunk(message=extra))["message"] is extra
     slotted = Slotted(1)
-    fields = _fields(ChatGenerationChunk(message=_message(), generation_info={"s": slotted}))
+    fields = fields_of(ChatGenerationChunk(message=_message(), generation_info={"s": slotted}))
     assert fields["generation_info"]["s"] is slotted
 
 

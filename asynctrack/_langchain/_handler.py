@@ -37,8 +37,8 @@ from .._capture import (
     DICT_OF,
     OPTIONS,
     Capturer,
+    fields_of,
     lossy,
-    own_fields,
     safe_repr,
     safe_str,
     type_name,
@@ -557,7 +557,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["outputs"] = _fields(outputs)
+        kwargs["outputs"] = fields_of(outputs)
         self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_chain_error(
@@ -603,7 +603,7 @@ class AsyncTracker(BaseCallbackHandler):
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["messages"] = (
-            [[_fields(m) for m in ms] if type(ms) is list else ms for ms in messages]
+            [[fields_of(m) for m in ms] if type(ms) is list else ms for ms in messages]
             if type(messages) is list
             else messages
         )
@@ -623,7 +623,7 @@ class AsyncTracker(BaseCallbackHandler):
         if type(token) is str:
             # The token travels beside the body (a str is immutable) and is spliced
             # in first in data by the worker: its name "token" is ours, not a credential.
-            kwargs["chunk"] = _fields(chunk)
+            kwargs["chunk"] = fields_of(chunk)
             self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
         else:  # content blocks (a list): captured in the body, first in data as well
             self._record(
@@ -633,7 +633,7 @@ class AsyncTracker(BaseCallbackHandler):
                 name,
                 tags,
                 None,
-                {"token": token, "chunk": _fields(chunk), **kwargs},
+                {"token": token, "chunk": fields_of(chunk), **kwargs},
             )
 
     def on_llm_end(
@@ -645,7 +645,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["response"] = _fields(response)
+        kwargs["response"] = fields_of(response)
         self._record("llm_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_llm_error(
@@ -688,7 +688,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["output"] = _fields(output)
+        kwargs["output"] = fields_of(output)
         self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_tool_error(
@@ -861,63 +861,6 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
-
-
-#: Values written as they are: no object's fields to read.
-_AS_IS: Final = frozenset({str, dict, list, tuple, int, float, bool, type(None)})
-#: LangChain's classes whose field holds LangChain objects: a generation's message, a
-#: result's generations (a list of lists), a chat prompt's messages (a list).
-_LANGCHAIN_SHAPES: Final = {
-    "ChatGeneration": "message",
-    "ChatGenerationChunk": "message",
-    "LLMResult": "generations",
-    "ChatPromptValue": "messages",
-}
-_SHAPES: dict[type, str] = {}  # a class's field of objects ("" for none), learnt per class
-_MAX_SHAPES: Final = 4096  # classes remembered (classes made at run time come and go)
-
-
-def _shape(cls: type) -> str:
-    """The field of ``cls``'s instances that holds LangChain objects, or ``""``."""
-    if len(_SHAPES) > _MAX_SHAPES:
-        _SHAPES.clear()
-    module = cls.__module__
-    shape = _LANGCHAIN_SHAPES.get(cls.__name__, "") if module.startswith("langchain_core.") else ""
-    _SHAPES[cls] = shape
-    return shape
-
-
-def _fields(value: Any) -> Any:
-    """``value`` as the capture's walk with ``DICT_OF`` writes it, where that loses
-    nothing: an object as its ``__dict__`` (``own_fields``), and inside LangChain's
-    generations, results and chat prompts, their messages and generations the same
-    way (a copy of the object's dict holds them). Then one walk writes the event: the
-    objects left inside (the walk meets them) take the capture's path for objects.
-    Else ``value``. Never raises."""
-    if type(value) in _AS_IS:
-        return value
-    try:
-        fields = own_fields(value)
-        if fields is None:
-            return value
-        cls = type(value)
-        shape = _SHAPES.get(cls)
-        if shape is None:
-            shape = _shape(cls)
-        if not shape:
-            return fields
-        fields = dict(fields)
-        inner = fields.get(shape)
-        if shape == "message":
-            fields[shape] = _fields(inner)
-        elif type(inner) is list:
-            if shape == "messages":
-                fields[shape] = [_fields(m) for m in inner]
-            else:  # generations: a list per prompt
-                fields[shape] = [[_fields(g) for g in gs] if type(gs) is list else gs for gs in inner]
-        return fields
-    except Exception:  # a hostile __dict__ or class: the capture's own path judges
-        return value
 
 
 def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
