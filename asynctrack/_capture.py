@@ -265,7 +265,7 @@ def _kind(cls: type) -> tuple[bool, str] | None:
     if len(_KINDS) > _MAX_CLASSES:
         _KINDS.clear()
     kind = None
-    if _learn(cls):
+    if not issubclass(cls, enum.Enum) and _learn(cls):  # orjson writes a member as its value
         langchain = cls.__module__.startswith("langchain_core.")
         kind = (cls in _LOOSE, _LANGCHAIN_SHAPES.get(cls.__name__, "") if langchain else "")
     _KINDS[cls] = kind

@@ -4,6 +4,7 @@ whatever would lose data left for the careful path."""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,16 @@ def test_fields_are_written_as_the_objects_walk_writes_them_with_no_object_left(
     written = orjson.dumps(fields_of(value), default=found.append, option=OPTIONS)
     assert found == []  # one walk writes the event
     assert written == orjson.dumps(value, default=DICT_OF, option=OPTIONS)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@pytest.mark.parametrize("value", [Colour.RED, {"c": Colour.RED}], ids=["member", "in-a-dict"])
+def test_an_enum_member_is_left_for_orjson_which_writes_its_value(value: Any) -> None:
+    assert fields_of(value) is value
+    assert orjson.dumps(fields_of(value), option=OPTIONS) in (b'"red"', b'{"c":"red"}')
 
 
 def test_the_callers_objects_are_not_changed() -> None:
