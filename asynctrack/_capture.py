@@ -90,6 +90,7 @@ import orjson
 
 __all__ = [
     "MARK",
+    "PLAIN",
     "REDACTED",
     "Capturer",
     "fields_of",
@@ -245,6 +246,8 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     return True
 
 
+#: Types whose values ``fields_of`` returns as they are (no object's fields to read).
+PLAIN: Final = frozenset({str, dict, list, tuple, int, float, bool, type(None)})
 #: LangChain's classes with a field of LangChain objects: a generation's message, a
 #: result's generations (a list per prompt), a chat prompt's messages.
 _LANGCHAIN_SHAPES: Final = {
@@ -256,7 +259,7 @@ _LANGCHAIN_SHAPES: Final = {
 #: Per class, for ``fields_of``: ``None`` (its instances are left as they are: plain
 #: values, or objects whose ``__dict__`` is not all their data), else whether they may
 #: have pydantic extra fields, and their field of objects (``""``: none).
-_KINDS: dict[type, tuple[bool, str] | None] = dict.fromkeys((str, dict, list, tuple, int, float, bool))
+_KINDS: dict[type, tuple[bool, str] | None] = dict.fromkeys(PLAIN)
 _UNKNOWN: Final = (False, "")
 
 
@@ -295,7 +298,7 @@ def fields_of(value: Any) -> Any:
             return value
         if not shape:
             return d
-        d = dict(d)
+        d = d.copy()
         inner = d.get(shape)
         if shape == "message":
             d[shape] = fields_of(inner)

@@ -36,6 +36,7 @@ from langchain_core.callbacks.base import BaseCallbackHandler
 from .._capture import (
     DICT_OF,
     OPTIONS,
+    PLAIN,
     Capturer,
     fields_of,
     lossy,
@@ -557,7 +558,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["outputs"] = fields_of(outputs)
+        # A plain output (most are: a dict, a str) skips the call.
+        kwargs["outputs"] = outputs if type(outputs) in PLAIN else fields_of(outputs)
         self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_chain_error(
@@ -688,7 +690,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["output"] = fields_of(output)
+        kwargs["output"] = output if type(output) in PLAIN else fields_of(output)
         self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_tool_error(
