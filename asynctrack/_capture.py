@@ -93,6 +93,7 @@ __all__ = [
     "PLAIN",
     "REDACTED",
     "Capturer",
+    "fields_in_lists",
     "fields_of",
     "lossy",
     "placeholder",
@@ -303,13 +304,22 @@ def fields_of(value: Any) -> Any:
         if shape == "message":
             d[shape] = fields_of(inner)
         elif type(inner) is list:
-            if shape == "messages":
-                d[shape] = [fields_of(m) for m in inner]
-            else:  # generations: a list per prompt
-                d[shape] = [[fields_of(g) for g in gs] if type(gs) is list else gs for gs in inner]
+            d[shape] = fields_in(inner) if shape == "messages" else fields_in_lists(inner)
         return d
     except Exception:  # a hostile class or __dict__: the capture's path judges
         return value
+
+
+def fields_in(values: list[Any]) -> list[Any]:
+    """``fields_of`` of each value of ``values``, a copy of it taken whole first (one C
+    call): another thread's change to the list cannot tear the walk over it."""
+    return [fields_of(v) for v in list(values)]
+
+
+def fields_in_lists(values: list[Any]) -> list[Any]:
+    """``fields_in`` of each list in ``values`` (a chat model's messages, a result's
+    generations: a list per prompt); what is not a list, as it is."""
+    return [fields_in(v) if type(v) is list else v for v in list(values)]
 
 
 def traceback_text(error: BaseException, limit: int) -> str:

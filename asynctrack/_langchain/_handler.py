@@ -38,6 +38,7 @@ from .._capture import (
     OPTIONS,
     PLAIN,
     Capturer,
+    fields_in_lists,
     fields_of,
     lossy,
     safe_repr,
@@ -604,11 +605,7 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
-        kwargs["messages"] = (
-            [[fields_of(m) for m in ms] if type(ms) is list else ms for ms in messages]
-            if type(messages) is list
-            else messages
-        )
+        kwargs["messages"] = fields_in_lists(messages) if type(messages) is list else messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_llm_new_token(
