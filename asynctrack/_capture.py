@@ -36,7 +36,10 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    each object is written ``null`` and collected. No object: those bytes are the
    body. Else ``lossy()`` looks at the objects, layer by layer (their dicts walked
    by orjson the same way), with C calls and a verdict per class, and the body is
-   the walk with ``DICT_OF``, or, where an object would lose data, step 2.
+   the walk with ``DICT_OF``, or, where an object would lose data, step 2. Before
+   the walk, the handler puts in place of LangChain's own objects the dicts this
+   would write for them (``fields_of``: the same verdict, Python run before the walk,
+   never inside it), so that the walk of a LangChain event meets no object.
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
    lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
    are longer than ``max_field_bytes`` (a field may need cutting), or an object
