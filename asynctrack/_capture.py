@@ -36,7 +36,10 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    each object is written ``null`` and collected. No object: those bytes are the
    body. Else ``lossy()`` looks at the objects, layer by layer (their dicts walked
    by orjson the same way), with C calls and a verdict per class, and the body is
-   the walk with ``DICT_OF``, or, where an object would lose data, step 2.
+   the walk with ``DICT_OF``, or, where an object would lose data, step 2. Before
+   the walk, the handler puts in place of LangChain's own objects the dicts this
+   would write for them (``fields_of``: the same verdict, Python run before the walk,
+   never inside it), so that the walk of a LangChain event meets no object.
 2. When orjson refuses anything (a type with no ``__dict__``, a non-``str`` key, a
    lone surrogate, an integer over 64 bits, nesting over 254, a cycle), the bytes
    are longer than ``max_field_bytes`` (a field may need cutting), or an object
@@ -90,8 +93,11 @@ import orjson
 
 __all__ = [
     "MARK",
+    "PLAIN",
     "REDACTED",
     "Capturer",
+    "fields_in_lists",
+    "fields_of",
     "lossy",
     "placeholder",
     "safe_repr",
@@ -242,6 +248,81 @@ def lossy(found: list[Any], max_depth: int) -> bool:
     except Exception:  # orjson refuses a value inside: the careful path will too
         return True
     return True
+
+
+#: Types whose values ``fields_of`` returns as they are (no object's fields to read).
+PLAIN: Final = frozenset({str, dict, list, tuple, int, float, bool, type(None)})
+#: LangChain's classes with a field of LangChain objects: a generation's message, a
+#: result's generations (a list per prompt), a chat prompt's messages.
+_LANGCHAIN_SHAPES: Final = {
+    "ChatGeneration": "message",
+    "ChatGenerationChunk": "message",
+    "LLMResult": "generations",
+    "ChatPromptValue": "messages",
+}
+#: Per class, for ``fields_of``: ``None`` (its instances are left as they are: plain
+#: values, or objects whose ``__dict__`` is not all their data), else whether they may
+#: have pydantic extra fields, and their field of objects (``""``: none).
+_KINDS: dict[type, tuple[bool, str] | None] = dict.fromkeys(PLAIN)
+_UNKNOWN: Final = (False, "")
+
+
+def _kind(cls: type) -> tuple[bool, str] | None:
+    """``cls``'s entry in ``_KINDS``, learnt now."""
+    if len(_KINDS) > _MAX_CLASSES:
+        _KINDS.clear()
+    kind = None
+    if not issubclass(cls, enum.Enum) and _learn(cls):  # orjson writes a member as its value
+        langchain = cls.__module__.startswith("langchain_core.")
+        kind = (cls in _LOOSE, _LANGCHAIN_SHAPES.get(cls.__name__, "") if langchain else "")
+    _KINDS[cls] = kind
+    return kind
+
+
+def fields_of(value: Any) -> Any:
+    """``value`` as the capture's walk with ``DICT_OF`` writes it, where that loses
+    nothing: an object whose ``__dict__`` is all its data (``lossy``'s verdict on it
+    alone) as that dict; inside LangChain's generations, results and chat prompts,
+    their messages and generations the same way, in a copy of the object's dict.
+    Anything else as it is: the walk meets the objects left (inside a dict too) and
+    the capture's path for objects judges them. So, for LangChain's own objects, one
+    walk writes the event. Never raises."""
+    try:
+        cls = type(value)
+        kind = _KINDS.get(cls, _UNKNOWN)
+        if kind is _UNKNOWN:
+            kind = _kind(cls)
+        if kind is None:
+            return value
+        d = value.__dict__
+        if type(d) is not dict or not d:
+            return value
+        loose, shape = kind
+        if loose and value.__pydantic_extra__:
+            return value
+        if not shape:
+            return d
+        d = d.copy()
+        inner = d.get(shape)
+        if shape == "message":
+            d[shape] = fields_of(inner)
+        elif type(inner) is list:
+            d[shape] = fields_in(inner) if shape == "messages" else fields_in_lists(inner)
+        return d
+    except Exception:  # a hostile class or __dict__: the capture's path judges
+        return value
+
+
+def fields_in(values: list[Any]) -> list[Any]:
+    """``fields_of`` of each value of ``values``, a copy of it taken whole first (one C
+    call): another thread's change to the list cannot tear the walk over it."""
+    return [fields_of(v) for v in list(values)]
+
+
+def fields_in_lists(values: list[Any]) -> list[Any]:
+    """``fields_in`` of each list in ``values`` (a chat model's messages, a result's
+    generations: a list per prompt); what is not a list, as it is."""
+    return [fields_in(v) if type(v) is list else v for v in list(values)]
 
 
 def traceback_text(error: BaseException, limit: int) -> str:

@@ -1,6 +1,6 @@
 """I. Instructions per event of the capture alone, over the no-op floor (callgrind).
 
-    python -m benchmarks.instructions [--workloads sync,agent] [--calls N]
+    python -m benchmarks.instructions [--workloads sync,agent,tokens] [--calls N]
 
 Wall-clock µs swing by ±15 between runs on a shared 2-core machine; instruction counts
 do not. Each measurement runs ``valgrind --tool=callgrind`` on a child process that
@@ -10,6 +10,10 @@ count is theirs, without the start-up and imports. Handlers: the no-op inline fl
 asynctrack's capture alone (the tracker is closed first, so no shipper or worker thread
 runs, and its records go to a bounded deque, as in ``benchmarks.overhead``'s
 capture-only variant). ``PYTHONHASHSEED=0`` keeps the counts reproducible run to run.
+``tokens``: the streamed tokens of a real ``ChatOpenAI`` call (langchain-openai against
+the loopback stub, ``tests/_infra/openai_stub.py``), recorded before the count starts and
+replayed straight into the handler's ``on_llm_new_token`` (the floor: the no-op
+handler's), one call being the answer's tokens.
 Run it from the old tree too (``PYTHONPATH``) for a before/after pair.
 
 ``--child VARIANT WORKLOAD CALLS`` runs one driver directly (no valgrind).
@@ -47,10 +51,34 @@ def _measured(chain: Any, handler: Any, calls: int) -> None:
     _instrument(False)
 
 
+def _token_calls() -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """The ``on_llm_new_token`` callbacks of one streamed ``ChatOpenAI`` answer."""
+    tests_dir = str(ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from _infra.openai_stub import record_calls
+
+    calls = record_calls(1, vary=True)
+    return [call for call in calls if call[0] == "on_llm_new_token"]
+
+
+class _Replay:
+    """A "chain" whose ``invoke`` replays recorded callbacks into the handler given."""
+
+    def __init__(self) -> None:
+        self.calls = _token_calls()
+
+    def invoke(self, _input: Any, config: dict[str, Any] | None = None) -> None:
+        handlers = (config or {}).get("callbacks") or ()
+        for handler in handlers:
+            for method, args, kwargs in self.calls:
+                getattr(handler, method)(*args, **kwargs)
+
+
 def child(variant: str, workload: str, calls: int) -> None:
     from ._workloads import INPUT, WORKLOADS, NoOpHandler
 
-    chain = WORKLOADS[workload].build()
+    chain: Any = _Replay() if workload == "tokens" else WORKLOADS[workload].build()
     handler: Any
     if variant == "floor":
         handler = NoOpHandler()
@@ -100,7 +128,7 @@ def _instructions(variant: str, workload: str, calls: int, out_dir: Path) -> int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="sync,agent")
+    parser.add_argument("--workloads", default="sync,agent,tokens")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--keep", help="keep the callgrind files in this directory")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "CALLS"))
@@ -117,7 +145,7 @@ def main() -> None:
         print("| workload | events per call | floor | capture alone | over the floor |")
         print("|---|---|---|---|---|")
         for workload in args.workloads.split(","):
-            events, _ = count_events(WORKLOADS[workload])
+            events = len(_token_calls()) if workload == "tokens" else count_events(WORKLOADS[workload])[0]
             per_event = {}
             for variant in ("floor", "capture"):
                 count = _instructions(variant, workload, args.calls, out_dir)

@@ -33,7 +33,19 @@ from uuid import UUID
 import orjson
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .._capture import DICT_OF, OPTIONS, Capturer, lossy, safe_repr, safe_str, type_name, valid_text
+from .._capture import (
+    DICT_OF,
+    OPTIONS,
+    PLAIN,
+    Capturer,
+    fields_in_lists,
+    fields_of,
+    lossy,
+    safe_repr,
+    safe_str,
+    type_name,
+    valid_text,
+)
 from .._config import TrackerConfig
 from .._events._schema import ENDS, EVENT_KINDS, STARTS
 from .._events._tail import TailSampler
@@ -547,7 +559,8 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["outputs"] = outputs
+        # A plain output (most are: a dict, a str) skips the call.
+        kwargs["outputs"] = outputs if type(outputs) in PLAIN else fields_of(outputs)
         self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_chain_error(
@@ -592,7 +605,7 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
-        kwargs["messages"] = messages
+        kwargs["messages"] = fields_in_lists(messages) if type(messages) is list else messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def on_llm_new_token(
@@ -609,7 +622,7 @@ class AsyncTracker(BaseCallbackHandler):
         if type(token) is str:
             # The token travels beside the body (a str is immutable) and is spliced
             # in first in data by the worker: its name "token" is ours, not a credential.
-            kwargs["chunk"] = chunk
+            kwargs["chunk"] = fields_of(chunk)
             self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
         else:  # content blocks (a list): captured in the body, first in data as well
             self._record(
@@ -619,7 +632,7 @@ class AsyncTracker(BaseCallbackHandler):
                 name,
                 tags,
                 None,
-                {"token": token, "chunk": chunk, **kwargs},
+                {"token": token, "chunk": fields_of(chunk), **kwargs},
             )
 
     def on_llm_end(
@@ -631,7 +644,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["response"] = response
+        kwargs["response"] = fields_of(response)
         self._record("llm_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_llm_error(
@@ -674,7 +687,7 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs["output"] = output
+        kwargs["output"] = output if type(output) in PLAIN else fields_of(output)
         self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
 
     def on_tool_error(
