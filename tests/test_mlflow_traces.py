@@ -89,7 +89,8 @@ def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
         failing_chain([tracker])
     stats = tracker.statistics()
     assert stats.worker_mode == "process"
-    assert (stats.parameter_errors, stats.spans_exported, stats.spans_failed) == (0, 5, 0)
+    assert (stats.parameter_errors, stats.mlflow_traces_logged, stats.mlflow_traces_failed) == (0, 2, 0)
+    assert (stats.spans_exported, stats.spans_failed) == (0, 0)  # the OTLP export's, apart
 
     run = only_run(server.url, "traces")
     traces = traces_of(server.url, "traces")
@@ -151,7 +152,7 @@ def test_no_planted_secret_in_anything_the_server_stored(
 
         with pytest.raises(RuntimeError):
             RunnableLambda(leak, name="leaky").invoke(SECRET, config={"callbacks": [tracker]})
-    assert tracker.statistics().spans_exported == 5
+    assert tracker.statistics().mlflow_traces_logged == 2
 
     client = MlflowClient(tracking_uri=server.url)
     experiment = client.get_experiment_by_name("secrets")
@@ -177,14 +178,15 @@ def test_every_span_type_from_the_demo_runs(server: MLflowServer, tmp_path: Path
     ) as tracker:
         all_event_kinds([tracker])
         tracker.flush_blocking(timeout=60)
-        first = tracker.statistics().spans_exported
+        # flush() is a barrier for the traces ended before it: every one is in MLflow now.
+        flushed = tracker.statistics().mlflow_traces_logged
+        traces = traces_of(server.url, "kinds")
     stats = tracker.statistics()
     assert stats.worker_mode == "thread"
-    assert first > 0 and stats.spans_failed == 0 and stats.parameter_errors == 0
-    traces = traces_of(server.url, "kinds")
+    assert (stats.mlflow_traces_failed, stats.parameter_errors) == (0, 0)
+    assert flushed == len(traces) == stats.mlflow_traces_logged > 0
     types = {s.span_type for t in traces for s in t.data.spans}
     assert types >= {"CHAT_MODEL", "LLM", "TOOL", "RETRIEVER", "CHAIN", "AGENT"}
-    assert sum(len(t.data.spans) for t in traces) == stats.spans_exported
 
 
 def test_traces_false_logs_none(server: MLflowServer, stub: OpenAIStub, tmp_path: Path) -> None:
@@ -195,7 +197,7 @@ def test_traces_false_logs_none(server: MLflowServer, stub: OpenAIStub, tmp_path
         parameter_sinks=[MLflowParameters(server.url, traces=False)],
     ) as tracker:
         weather_agent(stub.url, [tracker])
-    assert (tracker.statistics().spans_exported, tracker.statistics().parameter_errors) == (0, 0)
+    assert (tracker.statistics().mlflow_traces_logged, tracker.statistics().parameter_errors) == (0, 0)
     run = only_run(server.url, "no-traces")
     assert run.data.metrics["events_total"] > 0
     assert traces_of(server.url, "no-traces") == []
@@ -229,7 +231,8 @@ def test_failing_trace_calls_leave_parameters_and_files_and_are_counted(
     stats = tracker.statistics()
     assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
     assert len(read_events(tmp_path / "logs", f"failing-{fault}", "r")) == stats.written
-    assert (stats.spans_exported, stats.spans_failed, stats.parameter_errors) == (0, 8, 0)
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed, stats.parameter_errors) == (0, 2, 0)
+    assert stats.spans_failed == 0  # an MLflow trace failure is not an OTLP one
     run = only_run(server.url, f"failing-{fault}")
     assert run.data.metrics["events_total"] == stats.written
     assert traces_of(server.url, f"failing-{fault}") == []
@@ -284,14 +287,15 @@ def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: P
     assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}
 
 
-def test_a_sqlite_store_keeps_the_trace_data_beside_the_database(stub: OpenAIStub, tmp_path: Path) -> None:
+def test_a_sqlite_store_keeps_the_spans_in_its_tables(stub: OpenAIStub, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with AsyncTracker(
         tmp_path / "logs", experiment_name="local", run_name="r", parameter_sinks=[MLflowParameters(uri)]
     ) as tracker:
         weather_agent(stub.url, [tracker])
-    assert (tracker.statistics().spans_exported, tracker.statistics().spans_failed) == (4, 0)
+    assert (tracker.statistics().mlflow_traces_logged, tracker.statistics().mlflow_traces_failed) == (1, 0)
     (trace,) = traces_of(uri, "local")
     assert trace.info.trace_metadata["mlflow.sourceRun"] == only_run(uri, "local").info.run_id
     assert len(trace.data.spans) == 4
-    assert len(list((tmp_path / "mlartifacts").rglob("traces.json"))) == 1
+    assert trace.info.tags["mlflow.trace.spansLocation"] == "TRACKING_STORE"  # log_spans, no artifact
+    assert not list(tmp_path.rglob("traces.json"))
