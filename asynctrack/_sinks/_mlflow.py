@@ -24,9 +24,9 @@ until it returns, so a hanging tracking server never holds a flush longer than
 the deadline, nor the process at exit.
 
 With ``traces=True`` (the default) each LangChain root run also becomes an MLflow
-trace linked to the run (``_mlflow_traces``), sent on the same thread after the
-parameters at every flush and at close; a server without trace support turns them
-off by itself, said once and counted.
+trace linked to the run (``_mlflow_traces``), logged on the same thread soon after
+the root run ends; a server without trace support turns them off by itself, said
+once and counted.
 
 MLflow's limits are checked before the call (``_mlflow_plan``); every change is
 logged once and counted in ``adjustments``. Retries use the sinks' shared loop
@@ -149,7 +149,7 @@ def _no_span_api(exc: BaseException) -> bool:
 
 
 def _artifacts_beside(uri: str | None) -> str | None:
-    """Where a new experiment's artifacts (the traces' data) go for a SQLite store: beside
+    """Where a new experiment's artifacts (traces' data on the artifact path) go for a SQLite store: beside
     the database, not in ``./mlruns`` of whatever directory the worker runs in (MLflow's
     default). ``None``: the store's own default."""
     if uri is None or not uri.startswith("sqlite:///"):

@@ -6,10 +6,11 @@ so what MLflow gets is what the files hold, redacted the same way. Here they are
 back, given MLflow's span types, inputs, outputs and token usage, and grouped by trace:
 a trace is complete when its root run ends (LangChain ends children before parents).
 
-Sending goes through MLflow's client (``start_trace``, then the spans as the trace's data
-artifact, as MLflow's own exporter does when the store does not take spans), on the
-sink's thread, at each flush after the parameters and at close. A SageMaker managed
-MLflow server gets the same calls, signed by the ``sagemaker-mlflow`` plugin.
+Each trace is logged soon after its root run ends (``MLflowTraces``: in batches, on a
+thread of its own), through MLflow's client on the sink's thread (``log_spans`` for the
+spans, with their ids and times, then ``start_trace`` for the run link; see
+``MLflowParameters._log_traces``). A SageMaker managed MLflow server gets the same calls,
+signed by the ``sagemaker-mlflow`` plugin.
 
 MLflow's ids: the trace is ``tr-`` and the hex of the root run's id (search a trace by
 the run id without dashes); span ids are the OTLP export's.
