@@ -59,6 +59,13 @@ def traces_of(uri: str, experiment: str) -> list[Any]:
     return sorted(traces, key=lambda t: t.info.request_time)
 
 
+def linked_to(uri: str, run: Any) -> list[str]:
+    """The ids of the traces MLflow lists for ``run`` (its Traces tab), sorted."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=500)
+    return sorted(t.info.trace_id for t in found)
+
+
 def wait_for_traces(uri: str, experiment: str, count: int, timeout: float = 60.0) -> list[Any]:
     """The first ``count`` traces of ``experiment`` once MLflow has them (bounded: the worker
     imports MLflow, 1.5-4 s, before its first trace; polled every 0.1 s)."""
@@ -112,7 +119,7 @@ def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
     run = only_run(server.url, "traces")
     traces = traces_of(server.url, "traces")
     assert len(traces) == 2  # one per root run
-    assert {t.info.trace_metadata["mlflow.sourceRun"] for t in traces} == {run.info.run_id}
+    assert {t.info.tags["asynctrack.run"] for t in traces} == {"weather"}
     client = MlflowClient(tracking_uri=server.url)
     linked = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id)
     assert sorted(t.info.trace_id for t in linked) == sorted(t.info.trace_id for t in traces)
@@ -172,7 +179,7 @@ def test_a_trace_is_in_mlflow_soon_after_its_root_run_ends_before_any_flush(
 
     run = only_run(server.url, "live")  # made by the first trace; the close's parameters joined it
     assert run.data.metrics["events_total"] == stats.written
-    assert {t.info.trace_metadata["mlflow.sourceRun"] for t in live} == {run.info.run_id}
+    assert linked_to(server.url, run) == sorted(t.info.trace_id for t in live)
     assert live[0].info.trace_id == first.info.trace_id
     recorded = by_run_id(read_events(destination, "live", "r"))
     spans = [span for trace in live for span in trace.data.spans]
@@ -204,12 +211,15 @@ def test_traces_that_end_together_go_in_one_request_of_spans(server: MLflowServe
                 step.invoke(n, config={"callbacks": [tracker]})
             tracker.flush_blocking(timeout=60)
             assert tracker.statistics().mlflow_traces_logged == 10  # flush() waited for them
-    targets = [r.target for r in seen]
-    assert targets.count("/api/3.0/mlflow/traces") == 10  # each trace's run link
-    # Their spans: one request per batch (10 runs of a lambda end within the 1 s a batch waits,
-    # unless the machine stalls between two of them).
-    assert 1 <= targets.count("/v1/traces") <= 3
-    assert len(traces_of(server.url, "batched")) == 10
+    # Two requests per batch (10 runs of a lambda end within the 1 s a batch waits, unless the
+    # machine stalls between two of them): the spans, then the traces' link to the run.
+    targets = [r.target for r in seen if "traces" in r.target]
+    assert 2 <= len(targets) <= 6
+    assert targets[::2] == ["/v1/traces"] * (len(targets) // 2)
+    assert {t.removeprefix("/api/2.0") for t in targets[1::2]} == {"/mlflow/traces/link-to-run"}
+    traces = traces_of(server.url, "batched")
+    assert linked_to(server.url, only_run(server.url, "batched")) == sorted(t.info.trace_id for t in traces)
+    assert len(traces) == 10
 
 
 def test_a_dead_tracking_server_costs_the_chain_nothing_and_its_traces_are_counted(
@@ -434,7 +444,7 @@ def test_a_sqlite_store_keeps_the_spans_in_its_tables(stub: OpenAIStub, tmp_path
         weather_agent(stub.url, [tracker])
     assert (tracker.statistics().mlflow_traces_logged, tracker.statistics().mlflow_traces_failed) == (1, 0)
     (trace,) = traces_of(uri, "local")
-    assert trace.info.trace_metadata["mlflow.sourceRun"] == only_run(uri, "local").info.run_id
+    assert linked_to(uri, only_run(uri, "local")) == [trace.info.trace_id]
     assert len(trace.data.spans) == 4
     assert trace.info.tags["mlflow.trace.spansLocation"] == "TRACKING_STORE"  # log_spans, no artifact
     assert not list(tmp_path.rglob("traces.json"))

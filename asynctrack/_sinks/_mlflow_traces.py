@@ -63,6 +63,7 @@ SPAN_TYPES: Final = {
 # inputs and outputs, by kind of run.
 _INPUTS: Final = ("gen_ai.input.messages", "gen_ai.tool.call.arguments", "langchain.inputs")
 _OUTPUTS: Final = ("gen_ai.output.messages", "gen_ai.tool.call.result", "langchain.outputs")
+_TRACE_TAG: Final = "mlflow.traceTag."  # a root span attribute MLflow's log_spans makes a trace tag
 _PREVIEW: Final = 1000  # characters of a trace's request and response previews
 _STATUS: Final = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
 _WARN_EVERY: Final = 10.0  # seconds between two failure warnings
@@ -233,7 +234,7 @@ def mlflow_trace(
             for key, value in usage.items():
                 total[key] += value
     metadata = {
-        "mlflow.sourceRun": run_id,  # the run's Traces tab lists it
+        "mlflow.sourceRun": run_id,  # the run's Traces tab lists it (start_trace's path)
         "mlflow.trace_schema.version": "3",
         "asynctrack.experiment": run.experiment,
         "asynctrack.run": run.run,
@@ -241,6 +242,7 @@ def mlflow_trace(
     if counted:
         metadata["mlflow.trace.tokenUsage"] = json.dumps(total)
     end_ns = max(s.end_ns for s in spans)
+    tags = {"mlflow.traceName": root.name, "asynctrack.experiment": run.experiment, "asynctrack.run": run.run}
     info = TraceInfo(
         trace_id=trace_id,
         trace_location=TraceLocation.from_experiment_id(experiment_id),
@@ -250,10 +252,17 @@ def mlflow_trace(
         response_preview=_preview(_first(root.attributes, _OUTPUTS)[1]),
         execution_duration=max(end_ns - root.start_ns, 0) // 1_000_000,
         trace_metadata=metadata,
-        tags={"mlflow.traceName": root.name},
+        tags=tags,
     )
-    data = TraceData(spans=[Span.from_dict(_span_dict(s, trace_id)) for s in spans])
-    return info, data
+
+    def mlflow_span(span: TraceSpan) -> Any:
+        fields = _span_dict(span, trace_id)
+        if span is root:
+            # The trace's tags, where a store that makes the trace from its spans (log_spans) reads them.
+            fields["attributes"].update({_TRACE_TAG + k: json.dumps(v) for k, v in tags.items()})
+        return Span.from_dict(fields)
+
+    return info, TraceData(spans=[mlflow_span(s) for s in spans])
 
 
 class TraceGrouper:
