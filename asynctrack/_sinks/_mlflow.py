@@ -586,8 +586,8 @@ class MLflowParameters:
         """Log each trace, linked to the run the parameters go to; its outcome.
 
         Runs on the sink's thread; connection errors and 5xx are retried until
-        ``give_up`` (``time.monotonic()``). Two calls per batch, both public: the spans
-        of all ``traces`` in one ``log_spans`` (MLflow's OTLP endpoint ``/v1/traces``
+        ``give_up`` (``time.monotonic()``). Two calls per batch: the spans of all
+        ``traces`` in one ``log_spans`` (MLflow's documented OTLP endpoint ``/v1/traces``
         on a server, the tables of a SQL store), which keeps their ids, parents, times
         and attributes and makes each trace from its spans (state, previews, token
         usage; name and tags from the root span's ``mlflow.traceTag.*``), then
