@@ -43,6 +43,7 @@ from asynctrack._events._parameters import RunParameters
 from asynctrack._sinks._mlflow import (
     RUN_KEY_TAG,
     MLflowLimits,
+    _CallThread,
     batches,
     mlflow_key,
     plan_write,
@@ -449,7 +450,10 @@ def test_arn_requests_are_signed_by_the_sagemaker_plugin(
         tracker.flush_blocking(timeout=60)
     assert seen
     for request in seen:
-        assert request.target.startswith("/api/"), request.target
+        # MLflow's REST API, its version (asked once before the first spans) and its OTLP endpoint.
+        assert request.target.startswith("/api/") or request.target in ("/version", "/v1/traces"), (
+            request.target
+        )
         authorization = request.headers.get("authorization", "")
         assert re.match(
             r"AWS4-HMAC-SHA256 Credential=testing/\d{8}/us-east-1/sagemaker-mlflow/aws4_request, ",
@@ -459,8 +463,11 @@ def test_arn_requests_are_signed_by_the_sagemaker_plugin(
     (found,) = runs_of(server.url, "arn")
     assert found.info.run_name == "signed"
     assert found.data.params["model_name"] == HPARAMS["model_name"]
-    # The run's trace went through the same signed client.
-    assert any(request.target.endswith("/mlflow/traces") for request in seen)
+    # The run's trace went through the same signed client: its spans, then its link to the run.
+    assert [r.target for r in seen if "traces" in r.target] == [
+        "/v1/traces",
+        "/api/2.0/mlflow/traces/link-to-run",
+    ]
     (trace,) = MlflowClient(tracking_uri=server.url).search_traces(
         locations=[found.info.experiment_id], run_id=found.info.run_id
     )
@@ -575,3 +582,37 @@ def test_latency_percentiles_and_a_bounded_sample() -> None:
     assert len(many.latency["chain"].sample) == 4096
     assert many.metrics()["latency_chain_max"] == 19_999.0
     assert 8_000 < many.metrics()["latency_chain_p50"] < 12_000  # a uniform sample's median
+
+
+# --------------------------------------------------------------------------------------
+# The sink's call thread: busy is waited for, overdue fails at once, given up is skipped
+# --------------------------------------------------------------------------------------
+
+
+def test_the_call_thread_tells_a_busy_call_from_an_overdue_one_and_skips_abandoned_calls() -> None:
+    caller = _CallThread("asynctrack-mlflow-test")
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow() -> str:
+        ran.append("slow")
+        started.set()
+        assert release.wait(60)
+        return "slow"
+
+    running = caller.submit(slow)
+    queued = caller.submit(lambda: ran.append("queued"))
+    try:
+        assert started.wait(60)
+        assert caller.stuck_for(deadline=60.0) == 0.0  # busy, within the deadline: wait for it
+        assert caller.stuck_for(deadline=0.0) > 0.0  # past the deadline: overdue
+        caller.give_up(queued)  # its caller left before it started: it never runs
+        caller.give_up(running)  # its caller left while it runs: overdue at once
+        assert caller.stuck_for(deadline=60.0) > 0.0
+    finally:
+        release.set()
+    done = caller.submit(lambda: "after")
+    assert done.result(timeout=60) == "after"
+    assert ran == ["slow"]  # the abandoned queued call was skipped
+    assert caller.stuck_for(deadline=0.0) == 0.0  # idle
+    caller.stop()

@@ -8,18 +8,19 @@ agent, every callback kind). What MLflow stored is read back through its client.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _infra.aws import FaultProxy, ProxyRequest
-from _infra.mlflow_server import MLflowServer
+from _infra.mlflow_server import MLflowServer, free_port
 from _infra.openai_stub import OpenAIStub
 from export_workloads import SECRET, failing_chain, weather_agent
 from mlflow import MlflowClient
 
-from asynctrack import AsyncTracker, MLflowParameters, TrackerConfig, read_events
+from asynctrack import AsyncTracker, FlushError, MLflowParameters, TrackerConfig, read_events
 from asynctrack._demo._scenarios import all_event_kinds
 from asynctrack._sinks._mlflow_traces import TraceGrouper, mlflow_attributes, span_type
 
@@ -58,6 +59,29 @@ def traces_of(uri: str, experiment: str) -> list[Any]:
     return sorted(traces, key=lambda t: t.info.request_time)
 
 
+def linked_to(uri: str, run: Any) -> list[str]:
+    """The ids of the traces MLflow lists for ``run`` (its Traces tab), sorted."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=500)
+    return sorted(t.info.trace_id for t in found)
+
+
+def wait_for_traces(uri: str, experiment: str, count: int, timeout: float = 60.0) -> list[Any]:
+    """The first ``count`` traces of ``experiment`` once MLflow has them (bounded: the worker
+    imports MLflow, 1.5-4 s, before its first trace; polled every 0.1 s)."""
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            infos = client.search_traces(locations=[found.experiment_id], include_spans=False)
+            if len(infos) >= count:
+                traces = [client.get_trace(t.info.trace_id) for t in infos]
+                return sorted(traces, key=lambda t: t.info.request_time)[:count]
+        assert time.monotonic() < deadline, f"waited {timeout} s for {count} trace(s) in {experiment!r}"
+        time.sleep(0.1)
+
+
 def by_run_id(events: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """run id -> {"start": event, "end": event} from the recorded events."""
     runs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -89,12 +113,13 @@ def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
         failing_chain([tracker])
     stats = tracker.statistics()
     assert stats.worker_mode == "process"
-    assert (stats.parameter_errors, stats.spans_exported, stats.spans_failed) == (0, 5, 0)
+    assert (stats.parameter_errors, stats.mlflow_traces_logged, stats.mlflow_traces_failed) == (0, 2, 0)
+    assert (stats.spans_exported, stats.spans_failed) == (0, 0)  # the OTLP export's, apart
 
     run = only_run(server.url, "traces")
     traces = traces_of(server.url, "traces")
     assert len(traces) == 2  # one per root run
-    assert {t.info.trace_metadata["mlflow.sourceRun"] for t in traces} == {run.info.run_id}
+    assert {t.info.tags["asynctrack.run"] for t in traces} == {"weather"}
     client = MlflowClient(tracking_uri=server.url)
     linked = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id)
     assert sorted(t.info.trace_id for t in linked) == sorted(t.info.trace_id for t in traces)
@@ -133,6 +158,131 @@ def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
     assert tool.inputs is not None and "Paris" in json.dumps(tool.outputs)
 
 
+def test_a_trace_is_in_mlflow_soon_after_its_root_run_ends_before_any_flush(
+    server: MLflowServer, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    """What a user watching MLflow's trace view sees while a long agent runs: each root run's
+    trace, whole, with its recorded times, while the tracker is open and nothing flushed."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination, experiment_name="live", run_name="r", parameter_sinks=[MLflowParameters(server.url)]
+    )
+    with tracker:
+        weather_agent(stub.url, [tracker])
+        (first,) = wait_for_traces(server.url, "live", 1)
+        failing_chain([tracker])
+        live = wait_for_traces(server.url, "live", 2)
+        assert tracker.statistics().parameter_errors == 0  # no flush yet: no parameter write either
+    stats = tracker.statistics()
+    assert stats.worker_mode == "process"
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed, stats.parameter_errors) == (2, 0, 0)
+
+    run = only_run(server.url, "live")  # made by the first trace; the close's parameters joined it
+    assert run.data.metrics["events_total"] == stats.written
+    assert linked_to(server.url, run) == sorted(t.info.trace_id for t in live)
+    assert live[0].info.trace_id == first.info.trace_id
+    recorded = by_run_id(read_events(destination, "live", "r"))
+    spans = [span for trace in live for span in trace.data.spans]
+    assert sorted(s.attributes["langchain.run_id"] for s in spans) == sorted(recorded)
+    span_of_run = {s.attributes["langchain.run_id"]: s for s in spans}
+    for run_id, span in span_of_run.items():
+        start, end = recorded[run_id]["start"], recorded[run_id]["end"]
+        parent = start.get("parent_run_id")
+        assert span.parent_id == (span_of_run[parent].span_id if parent else None)
+        assert (span.start_time_ns, span.end_time_ns) == (ns(start["ts"]), ns(end["ts"]))
+    assert live[1].info.state.value == "ERROR"
+
+
+def test_traces_that_end_together_go_in_one_request_of_spans(server: MLflowServer, tmp_path: Path) -> None:
+    from langchain_core.runnables import RunnableLambda
+
+    seen: list[ProxyRequest] = []
+    with FaultProxy(server.url) as proxy:
+        proxy.set_filter(lambda request: seen.append(request) or False)  # record, never fault
+        with AsyncTracker(
+            tmp_path / "logs",
+            experiment_name="batched",
+            run_name="r",
+            config=TrackerConfig(worker="thread"),
+            parameter_sinks=[MLflowParameters(proxy.endpoint_url)],
+        ) as tracker:
+            step = RunnableLambda(lambda x: x + 1, name="step")
+            for n in range(10):
+                step.invoke(n, config={"callbacks": [tracker]})
+            tracker.flush_blocking(timeout=60)
+            assert tracker.statistics().mlflow_traces_logged == 10  # flush() waited for them
+    # Two requests per batch (10 runs of a lambda end within the 1 s a batch waits, unless the
+    # machine stalls between two of them): the spans, then the traces' link to the run.
+    targets = [r.target for r in seen if "traces" in r.target]
+    assert 2 <= len(targets) <= 6
+    assert targets[::2] == ["/v1/traces"] * (len(targets) // 2)
+    assert {t.removeprefix("/api/2.0") for t in targets[1::2]} == {"/mlflow/traces/link-to-run"}
+    traces = traces_of(server.url, "batched")
+    assert linked_to(server.url, only_run(server.url, "batched")) == sorted(t.info.trace_id for t in traces)
+    assert len(traces) == 10
+
+
+def test_a_dead_tracking_server_costs_the_chain_nothing_and_its_traces_are_counted(
+    stub: OpenAIStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # connection refused, at once
+    tracker = AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="dead",
+        run_name="r",
+        config=TrackerConfig(worker="thread"),  # its log is this process's
+        parameter_sinks=[MLflowParameters(f"http://127.0.0.1:{free_port()}", deadline=2.0)],
+    )
+    weather_agent(stub.url, [])  # imports and connections warm, for the time below
+    with caplog.at_level("WARNING", logger="asynctrack"):
+        try:
+            started = time.perf_counter()
+            weather_agent(stub.url, [tracker])
+            failing_chain([tracker])
+            chain_s = time.perf_counter() - started
+        finally:
+            with pytest.raises(FlushError):  # the parameters' last write failed
+                tracker.close(timeout=30)
+    # Each trace is retried until the 2 s deadline on the sink's thread; the chain waits for none.
+    assert chain_s < 2.0
+    stats = tracker.statistics()
+    assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
+    assert len(read_events(tmp_path / "logs", "dead", "r")) == stats.written
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed) == (0, 2)
+    assert (stats.spans_exported, stats.spans_failed) == (0, 0)
+    said = [r.getMessage() for r in caplog.records if "MLflow traces" in r.getMessage()]
+    assert said and "2 trace(s) failed so far, 0 logged" in said[-1]
+
+
+def test_a_server_without_span_ingestion_gets_each_traces_spans_as_its_data(
+    server: MLflowServer, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    """MLflow before 3.4 (no ``/v1/traces``): asked once, then the trace data artifact."""
+    with FaultProxy(server.url) as proxy:
+        proxy.set_filter(lambda request: request.target == "/v1/traces")
+        proxy.set_probability(1.0, ["404"])
+        with AsyncTracker(
+            tmp_path / "logs",
+            experiment_name="no-otlp",
+            run_name="r",
+            config=TrackerConfig(worker="thread"),
+            parameter_sinks=[MLflowParameters(proxy.endpoint_url)],
+        ) as tracker:
+            weather_agent(stub.url, [tracker])
+            tracker.flush_blocking(timeout=60)
+            failing_chain([tracker])
+        refused = proxy.stats.faults["404"]
+    assert refused == 1  # not asked again
+    stats = tracker.statistics()
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed, stats.parameter_errors) == (2, 0, 0)
+    weather, failing = traces_of(server.url, "no-otlp")
+    assert weather.info.tags.get("mlflow.trace.spansLocation") != "TRACKING_STORE"
+    assert sorted(s.span_type for s in weather.data.spans) == ["CHAIN", "CHAT_MODEL", "CHAT_MODEL", "TOOL"]
+    root = next(s for s in weather.data.spans if s.parent_id is None)
+    assert weather.info.trace_id == "tr-" + root.attributes["langchain.run_id"].replace("-", "")
+    assert [s.status.status_code.value for s in failing.data.spans] == ["ERROR"]
+
+
 def test_no_planted_secret_in_anything_the_server_stored(
     server: MLflowServer, stub: OpenAIStub, tmp_path: Path
 ) -> None:
@@ -151,7 +301,7 @@ def test_no_planted_secret_in_anything_the_server_stored(
 
         with pytest.raises(RuntimeError):
             RunnableLambda(leak, name="leaky").invoke(SECRET, config={"callbacks": [tracker]})
-    assert tracker.statistics().spans_exported == 5
+    assert tracker.statistics().mlflow_traces_logged == 2
 
     client = MlflowClient(tracking_uri=server.url)
     experiment = client.get_experiment_by_name("secrets")
@@ -177,14 +327,15 @@ def test_every_span_type_from_the_demo_runs(server: MLflowServer, tmp_path: Path
     ) as tracker:
         all_event_kinds([tracker])
         tracker.flush_blocking(timeout=60)
-        first = tracker.statistics().spans_exported
+        # flush() is a barrier for the traces ended before it: every one is in MLflow now.
+        flushed = tracker.statistics().mlflow_traces_logged
+        traces = traces_of(server.url, "kinds")
     stats = tracker.statistics()
     assert stats.worker_mode == "thread"
-    assert first > 0 and stats.spans_failed == 0 and stats.parameter_errors == 0
-    traces = traces_of(server.url, "kinds")
+    assert (stats.mlflow_traces_failed, stats.parameter_errors) == (0, 0)
+    assert flushed == len(traces) == stats.mlflow_traces_logged > 0
     types = {s.span_type for t in traces for s in t.data.spans}
     assert types >= {"CHAT_MODEL", "LLM", "TOOL", "RETRIEVER", "CHAIN", "AGENT"}
-    assert sum(len(t.data.spans) for t in traces) == stats.spans_exported
 
 
 def test_traces_false_logs_none(server: MLflowServer, stub: OpenAIStub, tmp_path: Path) -> None:
@@ -195,7 +346,7 @@ def test_traces_false_logs_none(server: MLflowServer, stub: OpenAIStub, tmp_path
         parameter_sinks=[MLflowParameters(server.url, traces=False)],
     ) as tracker:
         weather_agent(stub.url, [tracker])
-    assert (tracker.statistics().spans_exported, tracker.statistics().parameter_errors) == (0, 0)
+    assert (tracker.statistics().mlflow_traces_logged, tracker.statistics().parameter_errors) == (0, 0)
     run = only_run(server.url, "no-traces")
     assert run.data.metrics["events_total"] > 0
     assert traces_of(server.url, "no-traces") == []
@@ -229,7 +380,8 @@ def test_failing_trace_calls_leave_parameters_and_files_and_are_counted(
     stats = tracker.statistics()
     assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
     assert len(read_events(tmp_path / "logs", f"failing-{fault}", "r")) == stats.written
-    assert (stats.spans_exported, stats.spans_failed, stats.parameter_errors) == (0, 8, 0)
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed, stats.parameter_errors) == (0, 2, 0)
+    assert stats.spans_failed == 0  # an MLflow trace failure is not an OTLP one
     run = only_run(server.url, f"failing-{fault}")
     assert run.data.metrics["events_total"] == stats.written
     assert traces_of(server.url, f"failing-{fault}") == []
@@ -284,14 +436,15 @@ def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: P
     assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}
 
 
-def test_a_sqlite_store_keeps_the_trace_data_beside_the_database(stub: OpenAIStub, tmp_path: Path) -> None:
+def test_a_sqlite_store_keeps_the_spans_in_its_tables(stub: OpenAIStub, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with AsyncTracker(
         tmp_path / "logs", experiment_name="local", run_name="r", parameter_sinks=[MLflowParameters(uri)]
     ) as tracker:
         weather_agent(stub.url, [tracker])
-    assert (tracker.statistics().spans_exported, tracker.statistics().spans_failed) == (4, 0)
+    assert (tracker.statistics().mlflow_traces_logged, tracker.statistics().mlflow_traces_failed) == (1, 0)
     (trace,) = traces_of(uri, "local")
-    assert trace.info.trace_metadata["mlflow.sourceRun"] == only_run(uri, "local").info.run_id
+    assert linked_to(uri, only_run(uri, "local")) == [trace.info.trace_id]
     assert len(trace.data.spans) == 4
-    assert len(list((tmp_path / "mlartifacts").rglob("traces.json"))) == 1
+    assert trace.info.tags["mlflow.trace.spansLocation"] == "TRACKING_STORE"  # log_spans, no artifact
+    assert not list(tmp_path.rglob("traces.json"))

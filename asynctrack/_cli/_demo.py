@@ -91,11 +91,11 @@ def _mlflow_sink(mlflow_uri: str | None) -> Callable[[], ParametersSink] | None:
 
 def _mlflow_summary(mlflow_uri: str, trackers: list[AsyncTracker]) -> None:
     logged = sum(1 for t in trackers if not t.statistics().parameter_errors)
-    spans = sum(t.statistics().spans_exported for t in trackers)
-    failed = sum(t.statistics().spans_failed for t in trackers)
+    traces = sum(t.statistics().mlflow_traces_logged for t in trackers)
+    failed = sum(t.statistics().mlflow_traces_failed for t in trackers)
     print(f"MLflow ({mlflow_uri}): {logged} of {len(trackers)} run(s) logged")
     note = f", {failed} not logged" if failed else ""
-    print(f"   traces: {spans} span(s) logged{note}, one trace per root run (a run's Traces tab)")
+    print(f"   traces: {traces} logged{note}, one per root run (a run's Traces tab)")
     if mlflow_uri.startswith(("http://", "https://")):
         print(f"   open {mlflow_uri} in a browser")
     elif mlflow_uri.startswith("arn:"):

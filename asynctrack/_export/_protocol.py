@@ -32,7 +32,8 @@ class LineExporter(Protocol):
         """Send what is left within ``timeout`` seconds, then stop; nothing is left running."""
 
     def statistics(self) -> Mapping[str, int]:
-        """Counters, named as the ``Statistics`` fields they add to (``spans_exported``, ...)."""
+        """Counters, named as the ``Statistics`` fields they add to (``spans_exported``,
+        ``mlflow_traces_logged``, ...)."""
 
 
 @runtime_checkable

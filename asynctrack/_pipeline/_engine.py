@@ -428,11 +428,13 @@ class Engine:
         """A snapshot of the counters; ``recorded`` is exact (read at one instant)."""
         taken, queued = self._buffer.counts()
         c = self._counters
-        exported = failed = 0
+        exported = failed = traces_logged = traces_failed = 0
         for exporter in self.exporters:
             counts = exporter.statistics()
             exported += counts.get("spans_exported", 0)
             failed += counts.get("spans_failed", 0)
+            traces_logged += counts.get("mlflow_traces_logged", 0)
+            traces_failed += counts.get("mlflow_traces_failed", 0)
         return Statistics(
             recorded=taken + queued,
             written=c.written,
@@ -454,6 +456,8 @@ class Engine:
             spans_exported=exported,
             spans_failed=failed,
             sampled_out=self._sampled_out() if self._sampled_out else 0,
+            mlflow_traces_logged=traces_logged,
+            mlflow_traces_failed=traces_failed,
         )
 
     # -- run parameters (worker thread) ------------------------------------------------------------

@@ -25,9 +25,10 @@ status 1 instead of dying of SIGINT (tests/test_process.py checks it). asyncio's
 Threads and time: the worker sleeps until something is due (the open batch's
 ``batch_interval``, a retry of failed batches, the close deadline) or until the queue
 wakes it: on the first record after it slept with nothing queued, on ``WAKE_AT``
-records waiting, on a flush or close marker, or when a write settles. An idle engine
-wakes not at all. It hands the GIL back to the callers after each millisecond of
-encoding (``_BUDGET``).
+records waiting, on a flush or close marker, or when a write settles; with exporters,
+also ``_EXPORT_LAG`` after it went to sleep with a batch open, so that a run's span
+leaves soon after the run ends. An idle engine wakes not at all. It hands the GIL back
+to the callers after each millisecond of encoding (``_BUDGET``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ _PAUSE: Final = 0.00005
 # Of what is left of a flush caller's timeout, the share the exporters may not use (between
 # 50 ms and 1 s): the marker still has to settle and, from the worker process, be answered.
 _EXPORT_MARGIN: Final = 0.1
+# With exporters, records wait at most this long to be read while a batch is open (else
+# up to its batch_interval, 5 s): the exporters see a run end within about a second. One
+# wake-up a second, only while a batch is open.
+_EXPORT_LAG: Final = 1.0
 _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
 _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
@@ -359,6 +364,8 @@ class Worker:
         """Seconds until the open batch or a retry is due; ``None`` if neither is."""
         now = time.monotonic()
         due = self._batcher.due_in(now)
+        if due is not None and self._exporters:
+            due = min(due, _EXPORT_LAG)
         retry = self._delivery.retry_in(now)
         if due is None:
             return retry

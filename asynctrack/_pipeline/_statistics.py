@@ -52,6 +52,10 @@ class Statistics:
         spans_exported: spans the exporters (``OTLPExporter``) delivered.
         spans_failed: spans the exporters gave up on (refused after retries, or
             dropped when their queue was full).
+        mlflow_traces_logged: traces ``MLflowParameters`` logged to MLflow.
+        mlflow_traces_failed: traces ``MLflowParameters`` did not log: refused
+            after retries, a server without traces, over the memory bound, or
+            still waiting at close.
         sampled_out: events of traces not sampled (``sample_rate``) and not
             written: skipped by the callbacks, or held by the worker and dropped
             because none of the trace's runs failed.
@@ -77,6 +81,8 @@ class Statistics:
     spans_exported: int = 0
     spans_failed: int = 0
     sampled_out: int = 0
+    mlflow_traces_logged: int = 0
+    mlflow_traces_failed: int = 0
 
 
 class Counters:

@@ -223,6 +223,8 @@ class ProcessEngine:
             spans_exported=worker.get("spans_exported", 0),
             spans_failed=worker.get("spans_failed", 0),
             sampled_out=worker.get("sampled_out", 0),
+            mlflow_traces_logged=worker.get("mlflow_traces_logged", 0),
+            mlflow_traces_failed=worker.get("mlflow_traces_failed", 0),
             retained_bytes=self.lane.retained_bytes,
         )
 

@@ -24,9 +24,9 @@ until it returns, so a hanging tracking server never holds a flush longer than
 the deadline, nor the process at exit.
 
 With ``traces=True`` (the default) each LangChain root run also becomes an MLflow
-trace linked to the run (``_mlflow_traces``), sent on the same thread after the
-parameters at every flush and at close; a server without trace support turns them
-off by itself, said once and counted.
+trace linked to the run (``_mlflow_traces``), logged on the same thread soon after
+the root run ends; a server without trace support turns them off by itself, said
+once and counted.
 
 MLflow's limits are checked before the call (``_mlflow_plan``); every change is
 logged once and counted in ``adjustments``. Retries use the sinks' shared loop
@@ -136,8 +136,20 @@ def _no_trace_api(exc: BaseException) -> bool:
     return _error_code(exc) in _NO_TRACE_API or "error code 404" in str(exc)
 
 
+# The trace info tag that says where a trace's spans are.
+_SPANS_LOCATION: Final = "mlflow.trace.spansLocation"
+
+
+def _no_span_api(exc: BaseException) -> bool:
+    """``log_spans`` is refused for good: MLflow's client finds the server older than 3.4
+    (``NotImplementedError``), or the server has no ``/v1/traces`` (404) or a store that
+    keeps no spans (501, "REST OTLP span logging is not supported")."""
+    text = str(exc)
+    return _no_trace_api(exc) or "error code 501" in text or "span logging is not supported" in text
+
+
 def _artifacts_beside(uri: str | None) -> str | None:
-    """Where a new experiment's artifacts (the traces' data) go for a SQLite store: beside
+    """Where a new experiment's artifacts (traces' data on the artifact path) go for a SQLite store: beside
     the database, not in ``./mlruns`` of whatever directory the worker runs in (MLflow's
     default). ``None``: the store's own default."""
     if uri is None or not uri.startswith("sqlite:///"):
@@ -175,13 +187,16 @@ class _CallThread:
 
     A daemon thread, not an executor: ``concurrent.futures`` joins its threads at
     interpreter exit, so one MLflow call stuck on a dead server would hold the
-    process open.
+    process open. A call whose caller stopped waiting before it started is skipped.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._state = threading.Lock()
+        self._running: Any = None  # the future of the call running now
+        self._abandoned = False  # its caller stopped waiting for it
         self.busy_since: float | None = None
 
     def busy_for(self) -> float:
@@ -189,24 +204,50 @@ class _CallThread:
         since = self.busy_since
         return 0.0 if since is None else time.monotonic() - since
 
+    def stuck_for(self, deadline: float) -> float:
+        """Seconds the current call has run if it is overdue, else 0.
+
+        Overdue: its caller gave up waiting for it, or it ran past ``deadline``
+        (every caller bounds its attempts by the deadline, so such a call hangs in
+        one request). A call that is merely busy (a batch of traces) is waited for.
+        """
+        with self._state:
+            busy = self.busy_for()
+            return busy if self._running is not None and (self._abandoned or busy > deadline) else 0.0
+
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the thread; a cancelled await leaves it running there."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
-            self._thread.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._calls.put((fn, loop, future))
-        return await future
+        self._put((fn, loop, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.give_up(future)
+            raise
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run ``fn`` on the thread; for callers on a thread, not a loop (the traces)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._put((fn, None, future))
+        return future
+
+    def give_up(self, future: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        """Nobody waits for ``future`` any more: skipped if not started, overdue if running."""
+        future.cancel()
+        with self._state:
+            if self._running is future:
+                self._abandoned = True
+
+    def queued(self) -> int:
+        """Calls waiting behind the current one."""
+        return self._calls.qsize()
+
+    def _put(self, item: tuple[Callable[[], Any], Any, Any]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._calls.put((fn, None, future))
-        return future
+        self._calls.put(item)
 
     def stop(self) -> None:
         """Let the thread end after the call it runs, if any (never waits)."""
@@ -217,13 +258,18 @@ class _CallThread:
     def _main(self) -> None:
         while (item := self._calls.get()) is not None:
             fn, loop, future = item
-            self.busy_since = time.monotonic()
+            with self._state:
+                if future.cancelled():  # its caller gave up before it started
+                    continue
+                self._running, self._abandoned = future, False
+                self.busy_since = time.monotonic()
             try:
                 outcome: tuple[bool, Any] = (True, fn())
             except Exception as exc:
                 outcome = (False, exc)
             finally:
-                self.busy_since = None
+                with self._state:
+                    self._running, self._abandoned, self.busy_since = None, False, None
             if loop is None:
                 _resolve(future, outcome)
                 continue
@@ -232,7 +278,7 @@ class _CallThread:
 
 
 def _resolve(future: asyncio.Future[Any] | concurrent.futures.Future[Any], outcome: tuple[bool, Any]) -> None:
-    if future.done():  # cancelled: the deadline passed while the call ran
+    if future.done():  # cancelled: the caller gave up while the call ran
         return
     ok, value = outcome
     if ok:
@@ -315,6 +361,8 @@ class MLflowParameters:
         self._noted: set[str] = set()
         #: The tracking server answered that it has no trace API: no more trace calls.
         self.traces_unsupported = False
+        #: The tracking server takes no ``log_spans``: each trace's spans go as its data artifact.
+        self.spans_as_artifacts = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self._uri, "tags": self._tags, "deadline": self._deadline, "traces": self._traces}
@@ -356,9 +404,15 @@ class MLflowParameters:
         return MLflowTraces(self, run)
 
     def submit_traces(
-        self, run: RunInfo, traces: list[list[TraceSpan]]
+        self, run: RunInfo, traces: list[list[TraceSpan]], *, give_up: float | None = None
     ) -> concurrent.futures.Future[list[str | None]]:
-        """Log ``traces`` on the sink's thread, after the writes before them.
+        """Log ``traces`` on the sink's thread, after the calls queued before them.
+
+        Args:
+            run: the run the traces are linked to.
+            traces: each trace's spans, its root last.
+            give_up: when retries stop (``time.monotonic()``); default: the deadline
+                from when the call starts.
 
         Returns:
             A future of one outcome per trace: ``None`` (logged) or the error text.
@@ -366,7 +420,18 @@ class MLflowParameters:
         if self._pid != os.getpid():
             self._init_runtime()
         caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
-        return caller.submit(lambda: self._log_traces(run, traces))
+
+        def log() -> list[str | None]:
+            end = time.monotonic() + self._deadline
+            return self._log_traces(run, traces, end if give_up is None else min(end, give_up))
+
+        return caller.submit(log)
+
+    def give_up_on(self, future: concurrent.futures.Future[Any]) -> None:
+        """Nobody waits for ``future`` (from ``submit_traces``) any more: later writes
+        fail at once while it runs; not started, it never does."""
+        if self._caller is not None:
+            self._caller.give_up(future)
 
     # -- the ParametersSink and RunSummarySink protocols ---------------------------------
 
@@ -392,7 +457,7 @@ class MLflowParameters:
             self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
         async with self._lock:  # in order: the step of each write follows the last
             caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
-            stuck = caller.busy_for()
+            stuck = caller.stuck_for(self._deadline)
             if stuck:
                 raise SinkError(
                     self._where(),
@@ -517,53 +582,78 @@ class MLflowParameters:
         if metrics:
             state.step += 1
 
-    def _log_traces(self, run: RunInfo, traces: list[list[TraceSpan]]) -> list[str | None]:
+    def _log_traces(self, run: RunInfo, traces: list[list[TraceSpan]], give_up: float) -> list[str | None]:
         """Log each trace, linked to the run the parameters go to; its outcome.
 
-        Runs on the sink's thread. Each trace is retried (connection errors, 5xx)
-        until the deadline of this call; an answer that the server has no trace API
-        turns the traces off for good (said once).
+        Runs on the sink's thread; connection errors and 5xx are retried until
+        ``give_up`` (``time.monotonic()``). Two calls per batch: the spans of all
+        ``traces`` in one ``log_spans`` (MLflow's documented OTLP endpoint ``/v1/traces``
+        on a server, the tables of a SQL store), which keeps their ids, parents, times
+        and attributes and makes each trace from its spans (state, previews, token
+        usage; name and tags from the root span's ``mlflow.traceTag.*``), then
+        ``link_traces_to_run`` (measured on a local server: 14 ms per trace, against
+        55 for ``start_trace`` plus the trace data artifact). A server that takes no
+        spans that way (MLflow before 3.4, a file store) gets each trace by
+        ``start_trace`` (linked by its ``mlflow.sourceRun``) and its spans as its data
+        artifact, as MLflow's own exporter does for such a server. A server without
+        MLflow 3's trace API turns the traces off (said once).
         """
+
         from mlflow.tracing.client import TracingClient
 
         from ._mlflow_traces import mlflow_trace
 
-        give_up = time.monotonic() + self._deadline
+        if self.traces_unsupported:
+            return ["not sent: the tracking server takes no traces"] * len(traces)
         client = self._get_client()
-        assert self._limits is not None  # set with the client
-        key = run_key(run.experiment, run.run)
-        state = self._runs.get(key) or self._open_run(client, run, key)
         tracing = TracingClient(client.tracking_uri)
 
         def attempt(call: Callable[[], T]) -> T:
-            delay = 0.2
-            while True:
-                try:
-                    return call()
-                except Exception as exc:
-                    if _no_trace_api(exc) or not _retryable(exc) or time.monotonic() + delay >= give_up:
-                        raise
-                    time.sleep(random.uniform(0, delay))
-                    delay = min(delay * 2, 5.0)
+            return self._trace_attempts(call, give_up)
 
-        outcomes: list[str | None] = []
-        for spans in traces:
-            if self.traces_unsupported or time.monotonic() >= give_up:
-                outcomes.append("not sent: " + ("no trace API" if self.traces_unsupported else "deadline"))
-                continue
+        key = run_key(run.experiment, run.run)
+        outcomes: list[str | None] = [None] * len(traces)
+        try:
+            state = attempt(lambda: self._runs.get(key) or self._open_run(client, run, key))
+        except Exception as exc:
+            return [f"{type(exc).__name__}: {exc}"] * len(traces)
+        built: list[tuple[int, Any, Any]] = []
+        for number, spans in enumerate(traces):
             try:
                 info, data = mlflow_trace(
                     spans, experiment_id=state.experiment_id, run_id=state.run_id, run=run
                 )
-                stored = attempt(functools.partial(tracing.start_trace, info))
-                # A store that keeps spans itself says so; else they are the trace's data
-                # artifact (MLflow's own exporter decides the same way).
-                if stored.tags.get("mlflow.trace.spansLocation") != "TRACKING_STORE":
-                    upload = tracing._upload_trace_data  # noqa: SLF001 - the call MLflow's exporter makes
-                    attempt(functools.partial(upload, stored, data))
-                outcomes.append(None)
+                built.append((number, info, data))
+            except Exception as exc:  # one odd trace must not cost the others
+                outcomes[number] = f"trace not built: {exc!r}"
+        if built and not self.spans_as_artifacts:
+            every_span = [span for _, _, data in built for span in data.spans]
+            try:
+                attempt(functools.partial(tracing.log_spans, state.experiment_id, every_span))
+                ids = [info.trace_id for _, info, _ in built]
+                attempt(functools.partial(client.link_traces_to_run, ids, state.run_id))
             except Exception as exc:
-                outcomes.append(f"{type(exc).__name__}: {exc}")
+                if not _no_span_api(exc):
+                    for number, _, _ in built:
+                        outcomes[number] = f"{type(exc).__name__}: {exc}"
+                    return outcomes
+                self.spans_as_artifacts = True
+                self._note(f"no spans at /v1/traces ({exc}); each trace's spans go as its data artifact")
+            else:
+                return outcomes
+        for number, info, data in built:
+            if self.traces_unsupported or time.monotonic() >= give_up:
+                outcomes[number] = "not sent: " + ("no trace API" if self.traces_unsupported else "deadline")
+                continue
+            try:
+                stored = attempt(functools.partial(tracing.start_trace, info))
+                if stored.tags.get(_SPANS_LOCATION) != "TRACKING_STORE":
+                    # MLflow before 3.4 has no public call that stores a trace's spans:
+                    # this is the one its own exporter makes for such a server.
+                    upload = tracing._upload_trace_data  # noqa: SLF001 - see above
+                    attempt(functools.partial(upload, stored, data))
+            except Exception as exc:
+                outcomes[number] = f"{type(exc).__name__}: {exc}"
                 if _no_trace_api(exc):
                     self.traces_unsupported = True
                     logger.warning(
@@ -572,6 +662,21 @@ class MLflowParameters:
                         exc,
                     )
         return outcomes
+
+    def _trace_attempts(self, call: Callable[[], T], give_up: float) -> T:
+        """``call()``, retried (connection errors, 5xx) with backoff until ``give_up``,
+        unless a parameter write waits: it goes first, and the traces fail."""
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if _no_trace_api(exc) or not _retryable(exc) or time.monotonic() + delay >= give_up:
+                    raise
+                if self._caller is not None and self._caller.queued():
+                    raise
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 5.0)
 
     def _open_run(self, client: Any, run: RunInfo, key: str) -> _Run:
         """Find the run by its key tag, or create it."""

@@ -6,10 +6,11 @@ so what MLflow gets is what the files hold, redacted the same way. Here they are
 back, given MLflow's span types, inputs, outputs and token usage, and grouped by trace:
 a trace is complete when its root run ends (LangChain ends children before parents).
 
-Sending goes through MLflow's client (``start_trace``, then the spans as the trace's data
-artifact, as MLflow's own exporter does when the store does not take spans), on the
-sink's thread, at each flush after the parameters and at close. A SageMaker managed
-MLflow server gets the same calls, signed by the ``sagemaker-mlflow`` plugin.
+Each trace is logged soon after its root run ends (``MLflowTraces``: in batches, on a
+thread of its own), through MLflow's client on the sink's thread (``log_spans`` for the
+spans, with their ids and times, then ``start_trace`` for the run link; see
+``MLflowParameters._log_traces``). A SageMaker managed MLflow server gets the same calls,
+signed by the ``sagemaker-mlflow`` plugin.
 
 MLflow's ids: the trace is ``tr-`` and the hex of the root run's id (search a trace by
 the run id without dashes); span ids are the OTLP export's.
@@ -18,9 +19,11 @@ the run id without dashes); span ids are the OTLP export's.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,9 +63,17 @@ SPAN_TYPES: Final = {
 # inputs and outputs, by kind of run.
 _INPUTS: Final = ("gen_ai.input.messages", "gen_ai.tool.call.arguments", "langchain.inputs")
 _OUTPUTS: Final = ("gen_ai.output.messages", "gen_ai.tool.call.result", "langchain.outputs")
+_TRACE_TAG: Final = "mlflow.traceTag."  # a root span attribute MLflow's log_spans makes a trace tag
 _PREVIEW: Final = 1000  # characters of a trace's request and response previews
 _STATUS: Final = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
 _WARN_EVERY: Final = 10.0  # seconds between two failure warnings
+#: A batch of traces goes when this many wait, ...
+MAX_BATCH_TRACES: Final = 32
+#: ... or their spans hold this many bytes (encoded; one request to MLflow) ...
+MAX_BATCH_BYTES: Final = 1024 * 1024
+#: ... or the first one has waited this many seconds (or a flush or the close asks).
+DELAY: Final = 1.0
+_JOIN_GRACE: Final = 0.05  # seconds past the close's timeout for the thread to end
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -223,7 +234,7 @@ def mlflow_trace(
             for key, value in usage.items():
                 total[key] += value
     metadata = {
-        "mlflow.sourceRun": run_id,  # the run's Traces tab lists it
+        "mlflow.sourceRun": run_id,  # the run's Traces tab lists it (start_trace's path)
         "mlflow.trace_schema.version": "3",
         "asynctrack.experiment": run.experiment,
         "asynctrack.run": run.run,
@@ -231,6 +242,7 @@ def mlflow_trace(
     if counted:
         metadata["mlflow.trace.tokenUsage"] = json.dumps(total)
     end_ns = max(s.end_ns for s in spans)
+    tags = {"mlflow.traceName": root.name, "asynctrack.experiment": run.experiment, "asynctrack.run": run.run}
     info = TraceInfo(
         trace_id=trace_id,
         trace_location=TraceLocation.from_experiment_id(experiment_id),
@@ -240,10 +252,17 @@ def mlflow_trace(
         response_preview=_preview(_first(root.attributes, _OUTPUTS)[1]),
         execution_duration=max(end_ns - root.start_ns, 0) // 1_000_000,
         trace_metadata=metadata,
-        tags={"mlflow.traceName": root.name},
+        tags=tags,
     )
-    data = TraceData(spans=[Span.from_dict(_span_dict(s, trace_id)) for s in spans])
-    return info, data
+
+    def mlflow_span(span: TraceSpan) -> Any:
+        fields = _span_dict(span, trace_id)
+        if span is root:
+            # The trace's tags, where a store that makes the trace from its spans (log_spans) reads them.
+            fields["attributes"].update({_TRACE_TAG + k: json.dumps(v) for k, v in tags.items()})
+        return Span.from_dict(fields)
+
+    return info, TraceData(spans=[mlflow_span(s) for s in spans])
 
 
 class TraceGrouper:
@@ -267,6 +286,8 @@ class TraceGrouper:
         self.max_bytes = max_bytes
         self.held_bytes = 0
         self.dropped = 0  # spans given up to the memory bound
+        self.dropped_parts = 0  # the subtrees they made up
+        self._warned_at = -_WARN_EVERY
 
     def add(self, lines: Iterable[bytes]) -> list[list[TraceSpan]]:
         """Read ``lines`` in order; the traces they completed."""
@@ -306,6 +327,18 @@ class TraceGrouper:
             oldest = self._waiting.pop(next(iter(self._waiting)))
             self.held_bytes -= sum(s.size for s in oldest)
             self.dropped += len(oldest)
+            self.dropped_parts += 1
+            now = time.monotonic()
+            if now - self._warned_at < _WARN_EVERY:
+                continue
+            self._warned_at = now
+            logger.warning(
+                "asynctrack: MLflow traces: %d span(s) waiting for their parent run dropped "
+                "(over %d bytes held; %d part(s) of traces dropped so far)",
+                len(oldest),
+                self.max_bytes,
+                self.dropped_parts,
+            )
         return done
 
 
@@ -323,122 +356,242 @@ def _headed(subtree: list[TraceSpan]) -> list[TraceSpan]:
 
 
 class MLflowTraces:
-    """The ``LineExporter`` of an ``MLflowParameters``: the run's traces, sent at flushes.
+    """The ``LineExporter`` of an ``MLflowParameters``: the run's traces, logged as they end.
 
-    ``lines()`` groups spans on the engine's thread (never blocks); ``flush()`` hands the
-    complete traces to the sink's thread and waits for them at most its timeout (the
-    sink's deadline when none). A call still running from an earlier flush (a hanging
-    server) keeps the next traces waiting, never a second call beside it.
+    ``lines()`` groups spans on the engine's thread and queues each trace as its root
+    run ends (never blocks). A daemon thread of its own, started with the first trace,
+    hands them to the sink's thread in batches: ``MAX_BATCH_TRACES`` traces or
+    ``MAX_BATCH_BYTES``, or ``DELAY`` seconds after the first one waiting, or at once
+    when a flush or the close asks. It waits for each batch's call before the next, so
+    a hanging server holds one call, not a pile; traces queue meanwhile, up to
+    ``max_bytes``, past which the oldest are dropped and counted. While no trace waits,
+    the thread sleeps on a condition: an idle tracker costs nothing.
+
+    ``flush(timeout)`` returns once every trace complete before it was tried (logged
+    or failed), or at ``timeout`` (the sink's deadline when ``None``). ``close()``
+    logs what is left, runs never ended included, until its timeout; what is still
+    waiting then is counted as failed.
     """
 
-    def __init__(self, sink: MLflowParameters, run: RunInfo, *, max_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        sink: MLflowParameters,
+        run: RunInfo,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        delay: float = DELAY,
+    ) -> None:
         self._sink = sink
         self._run = run
         self._grouper = TraceGrouper(max_bytes=max_bytes)
-        self._ready: list[list[TraceSpan]] = []
-        self._ready_bytes = 0
         self._max_bytes = max_bytes
-        self._lock = threading.Lock()
+        self._delay = delay
+        self._cond = threading.Condition()  # lines(), flush(), close() and the thread
+        self._ready: collections.deque[list[TraceSpan]] = collections.deque()
+        self._ready_bytes = 0
+        self._first_at = 0.0  # when the oldest trace waiting was queued (time.monotonic())
+        self._accepted = 0  # traces queued, ever
+        self._tried = 0  # of those, how many (in order) have had their attempt
+        self._flushing = 0  # flush() calls waiting
+        self._closing = False
+        self._deadline = math.inf  # the close's (time.monotonic())
         self._inflight: concurrent.futures.Future[list[str | None]] | None = None
-        self._closed = False
-        self._exported = 0
+        self._inflight_count = 0  # traces in the call in flight
+        self._thread: threading.Thread | None = None
+        self._logged = 0
         self._failed = 0
+        self._last_error: str | None = None
+        self._error_tried = -1  # _tried when _last_error was set
         self._warned_at = -_WARN_EVERY
+        self._said = (0, "")  # (failed, error) last logged
+
+    # -- the engine's thread ---------------------------------------------------------------
 
     def lines(self, lines: Sequence[bytes]) -> None:
-        with self._lock:
-            if self._closed:
+        with self._cond:
+            if self._closing:
                 return
             try:
                 traces = self._grouper.add(lines)
             except Exception as exc:  # never into the engine: the files go on
-                self._fail(0, f"traces not assembled: {exc!r}")
+                self._fail(1, f"traces not assembled: {exc!r}")
                 return
-            self._take(traces)
+            self._queue(traces)
 
-    def _take(self, traces: list[list[TraceSpan]]) -> None:
+    def _queue(self, traces: list[list[TraceSpan]]) -> None:
+        """Queue complete traces (under the lock); wake the thread when a batch is due."""
+        if not traces:
+            return
+        was_empty = not self._ready
         for spans in traces:
             self._ready.append(spans)
             self._ready_bytes += sum(s.size for s in spans)
-        while self._ready_bytes > self._max_bytes and self._ready:
-            oldest = self._ready.pop(0)
+            self._accepted += 1
+        if was_empty:
+            self._first_at = time.monotonic()
+        while self._ready_bytes > self._max_bytes and len(self._ready) > 1:
+            oldest = self._ready.popleft()
             self._ready_bytes -= sum(s.size for s in oldest)
-            self._fail(len(oldest), "traces waiting for MLflow over the memory bound; the oldest dropped")
+            self._tried += 1  # dropped: it will have no attempt
+            self._fail(1, "traces waiting for MLflow over the memory bound; the oldest dropped")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="asynctrack-mlflow-traces", daemon=True)
+            self._thread.start()
+        elif was_empty or len(self._ready) >= MAX_BATCH_TRACES or self._ready_bytes >= MAX_BATCH_BYTES:
+            self._cond.notify_all()
+
+    # -- any thread --------------------------------------------------------------------------
 
     def flush(self, timeout: float | None) -> str | None:
-        limit = self._sink.deadline if timeout is None else min(timeout, self._sink.deadline)
-        give_up = time.monotonic() + limit
-        previous = self._inflight
-        if previous is not None and not _wait(previous, limit):
-            return "an earlier MLflow trace call has not returned"
-        with self._lock:
-            batch, self._ready, self._ready_bytes = self._ready, [], 0
-            if not batch:
-                return None
-            if self._sink.traces_unsupported:
-                self._fail(sum(map(len, batch)), "the tracking server takes no traces")
-                return None
-            future = self._sink.submit_traces(self._run, batch)
-            self._inflight = future
-        future.add_done_callback(lambda f: self._settle(batch, f))
-        if not _wait(future, max(give_up - time.monotonic(), 0.0)):
-            return "MLflow trace call still running after its deadline"
-        error = future.exception()
-        errors = [str(error)] if error is not None else [e for e in future.result() if e]
-        return errors[-1] if errors else None
-
-    def _settle(
-        self, batch: list[list[TraceSpan]], future: concurrent.futures.Future[list[str | None]]
-    ) -> None:
-        error = future.exception()
-        outcomes: list[str | None] = (
-            [f"{type(error).__name__}: {error}"] * len(batch) if error is not None else future.result()
-        )
-        with self._lock:
-            for spans, outcome in zip(batch, outcomes, strict=False):
-                if outcome is None:
-                    self._exported += len(spans)
-                else:
-                    self._fail(len(spans), outcome)
-
-    def _fail(self, spans: int, message: str) -> None:
-        self._failed += spans
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
-            logger.warning("asynctrack (MLflow traces): %s", message)
+        limit = self._sink.deadline if timeout is None else max(timeout, 0.0)
+        start = time.monotonic()
+        with self._cond:
+            target, start_tried = self._accepted, self._tried
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._tried < target and self._thread is not None and self._thread.is_alive():
+                    left = start + limit - time.monotonic()
+                    if left <= 0:
+                        return f"MLflow traces not all logged within {limit:.3g} s"
+                    self._cond.wait(left)
+            finally:
+                self._flushing -= 1
+            if self._error_tried > start_tried and self._last_error:
+                return self._last_error
+            return None
 
     def close(self, timeout: float | None) -> None:
-        with self._lock:
-            if self._closed:
+        limit = self._sink.deadline if timeout is None else max(timeout, 0.0)
+        with self._cond:
+            if self._closing:
                 return
-            self._closed = True
             try:
-                self._take(self._grouper.close())
+                self._queue(self._grouper.close())
             except Exception as exc:  # the spans are in the files
-                self._fail(0, f"traces not assembled: {exc!r}")
-        self.flush(timeout)
-        with self._lock:
-            left, self._ready = self._ready, []
-            dropped, self._grouper.dropped = self._grouper.dropped, 0
-            if left:
-                self._fail(sum(map(len, left)), "traces not sent before close")
-            self._failed += dropped
+                self._fail(1, f"traces not assembled: {exc!r}")
+            self._closing = True
+            self._deadline = time.monotonic() + limit
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(limit + _JOIN_GRACE)
+        with self._cond:
+            inflight, self._inflight = self._inflight, None
+            if inflight is not None:
+                # The call still runs on the sink's thread: its outcome is no longer counted.
+                self._sink.give_up_on(inflight)
+                self._fail(self._inflight_count, "MLflow trace call still running at close")
+            if self._ready:
+                self._fail(len(self._ready), "traces not logged before close")
+                self._ready.clear()
+                self._ready_bytes = 0
+            self._tried = self._accepted
+            self._cond.notify_all()
+        self._say(force=True)
 
     def statistics(self) -> Mapping[str, int]:
+        # A part of a trace the grouper dropped (its memory bound) counts as a trace failed.
         return {
-            "spans_exported": self._exported,
-            "spans_failed": self._failed + self._grouper.dropped,
+            "mlflow_traces_logged": self._logged,
+            "mlflow_traces_failed": self._failed + self._grouper.dropped_parts,
         }
 
+    # -- the thread --------------------------------------------------------------------------
 
-def _wait(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take()
+                if batch is None:
+                    return
+                future = self._sink.submit_traces(self._run, batch, give_up=self._deadline)
+                self._inflight, self._inflight_count = future, len(batch)
+            outcome = _outcomes(future, len(batch))
+            with self._cond:
+                if self._inflight is not future:
+                    return  # the close gave up on it and counted it
+                self._inflight = None
+                self._tried += len(batch)
+                self._settle(outcome)
+                self._cond.notify_all()
+            self._say()
+
+    def _take(self) -> list[list[TraceSpan]] | None:
+        """Wait (under the lock) until a batch is due; ``None``: stop."""
+        while True:
+            now = time.monotonic()
+            ready = self._ready
+            if self._closing and (not ready or now >= self._deadline):
+                return None
+            if ready and (
+                self._flushing
+                or self._closing
+                or len(ready) >= MAX_BATCH_TRACES
+                or self._ready_bytes >= MAX_BATCH_BYTES
+                or now - self._first_at >= self._delay
+            ):
+                break
+            self._cond.wait(self._delay - (now - self._first_at) if ready else None)
+        batch: list[list[TraceSpan]] = []
+        size = 0
+        while (
+            ready
+            and len(batch) < MAX_BATCH_TRACES
+            and (not batch or size + _bytes(ready[0]) <= MAX_BATCH_BYTES)
+        ):
+            spans = ready.popleft()
+            batch.append(spans)
+            size += _bytes(spans)
+        self._ready_bytes -= size
+        self._first_at = time.monotonic()
+        return batch
+
+    def _settle(self, outcomes: list[str | None]) -> None:
+        for outcome in outcomes:
+            if outcome is None:
+                self._logged += 1
+            else:
+                self._fail(1, outcome)
+
+    def _fail(self, traces: int, message: str) -> None:
+        """Count ``traces`` failed and keep ``message`` for the log and the flush."""
+        self._failed += traces
+        self._last_error = message
+        self._error_tried = self._tried
+
+    def _say(self, *, force: bool = False) -> None:
+        """Log the last error with the counts: at most once per 10 s, and only news."""
+        with self._cond:
+            failed, error, logged = self._failed, self._last_error, self._logged
+        now = time.monotonic()
+        if (
+            error is None
+            or (failed, error) == self._said
+            or (not force and now - self._warned_at < _WARN_EVERY)
+        ):
+            return
+        if force and failed == self._said[0]:
+            return  # at close: only failures not said yet
+        self._warned_at = now
+        self._said = (failed, error)
+        logger.warning(
+            "asynctrack: MLflow traces: %s (%d trace(s) failed so far, %d logged)", error, failed, logged
+        )
+
+
+def _bytes(spans: list[TraceSpan]) -> int:
+    return sum(s.size for s in spans)
+
+
+def _outcomes(future: concurrent.futures.Future[list[str | None]], count: int) -> list[str | None]:
+    """The batch's outcome per trace, once its call returns (or was given up on)."""
     import concurrent.futures
 
     try:
-        future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        return False
-    except Exception:
-        return True  # done, with its error (read by the caller)
-    return True
+        outcomes = future.result()
+    except concurrent.futures.CancelledError:
+        return ["given up"] * count
+    except Exception as exc:
+        return [f"{type(exc).__name__}: {exc}"] * count
+    return (outcomes + ["no outcome"] * count)[:count]

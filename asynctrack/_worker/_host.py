@@ -60,6 +60,8 @@ _CHANGES: Final = (
     "spans_exported",
     "spans_failed",
     "sampled_out",
+    "mlflow_traces_logged",
+    "mlflow_traces_failed",
 )
 _CHANGED: Final = operator.attrgetter(*_CHANGES)
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
