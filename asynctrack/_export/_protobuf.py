@@ -61,6 +61,12 @@ _VARINTS: Final = tuple(
 _FIXED64: Final = struct.Struct("<Q").pack
 _DOUBLE: Final = struct.Struct("<d").pack
 _INT64: Final = (1 << 64) - 1
+# A KeyValue's value field of a string shorter than _SHORT bytes, but the string's bytes:
+# the AnyValue's tag and length, inside the value field's tag and length.
+_SHORT: Final = 126
+_SHORT_STRING: Final = tuple(b"\x12" + bytes([n + 2, 0x0A, n]) for n in range(_SHORT))
+# A Span's attributes field (9) of a KeyValue shorter than 128 bytes, but the KeyValue.
+_SPAN_ATTRIBUTE: Final = tuple(b"\x4a" + bytes([n]) for n in range(128))
 _KEYS: dict[str, bytes] = {}  # attribute key -> its KeyValue.key field (keys are few)
 _KEYS_MAX: Final = 4096
 
@@ -115,7 +121,19 @@ def _key(key: str) -> bytes:
 def attribute(key: str, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message (its fields, without a tag of its own)."""
     field = _KEYS.get(key) or _key(key)
-    payload = _any(value)
+    if type(value) is str:
+        data = value.encode("utf-8", "replace")
+        size = len(data)
+        if size < _SHORT:
+            return b"".join((field, _SHORT_STRING[size], data))
+        payload = b"\x0a" + varint(size) + data
+    elif type(value) is int and 0 <= value < 16384:
+        number = _VARINTS[value]
+        return b"".join((field, b"\x12", _VARINTS[len(number) + 1], b"\x18", number))
+    elif type(value) is float:
+        return b"".join((field, b"\x12\x09\x21", _DOUBLE(value)))
+    else:
+        payload = _any(value)
     size = len(payload)
     return b"".join((field, b"\x12", _VARINTS[size] if size < 16384 else varint(size), payload))
 
@@ -188,7 +206,7 @@ def span(
     ]
     for item in attributes:
         size = len(item)
-        out += (b"\x4a", _VARINTS[size] if size < 16384 else varint(size), item)
+        out += (_SPAN_ATTRIBUTE[size] if size < 128 else b"\x4a" + varint(size), item)
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

@@ -323,14 +323,6 @@ def describe_start(
     return Described(name, KIND_INTERNAL, None, attrs)
 
 
-def _first_generation_message(response: Mapping[str, Any]) -> Mapping[str, Any]:
-    for generations in response.get("generations") or ():
-        for generation in generations or ():
-            if isinstance(generation, dict) and isinstance(generation.get("message"), dict):
-                return generation["message"]  # type: ignore[no-any-return]  # a JSON object
-    return {}
-
-
 class Ended:
     """What an end event says: attributes, and for model calls the response model and usage."""
 
@@ -366,7 +358,29 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
         return Ended(attrs)
     llm_output = response.get("llm_output")
     llm_output = llm_output if isinstance(llm_output, dict) else {}
-    message = _first_generation_message(response)
+    message: dict[str, Any] | None = None  # the first generation's
+    reasons: list[str] = []
+    outputs: list[dict[str, Any]] = []
+    for generations in response.get("generations") or ():
+        for generation in generations or ():
+            if not isinstance(generation, dict):
+                continue
+            gen_message = generation.get("message")
+            if not isinstance(gen_message, dict):
+                gen_message = None
+            elif message is None:
+                message = gen_message
+            info = generation.get("generation_info")
+            reason = info.get("finish_reason") if isinstance(info, dict) else None
+            if reason is None and gen_message is not None:
+                meta = gen_message.get("response_metadata")
+                reason = meta.get("finish_reason") if isinstance(meta, dict) else None
+            if isinstance(reason, str):
+                reasons.append(reason)
+            if capture:
+                outputs.append(_output_message(generation, gen_message, reason))
+    if message is None:
+        message = {}
     metadata = message.get("response_metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
     response_id = llm_output.get("id") or metadata.get("id")
@@ -376,30 +390,8 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     model = model if isinstance(model, str) and model else None
     if model is not None:
         attrs.append(common_attribute("gen_ai.response.model", model))
-    reasons: list[str] = []
-    outputs: list[dict[str, Any]] = []
-    for generations in response.get("generations") or ():
-        for generation in generations or ():
-            if not isinstance(generation, dict):
-                continue
-            info = generation.get("generation_info")
-            reason = info.get("finish_reason") if isinstance(info, dict) else None
-            gen_message = generation.get("message")
-            if reason is None and isinstance(gen_message, dict):
-                meta = gen_message.get("response_metadata")
-                reason = meta.get("finish_reason") if isinstance(meta, dict) else None
-            if isinstance(reason, str):
-                reasons.append(reason)
-            if capture:
-                out = _message(gen_message) if isinstance(gen_message, dict) else None
-                if out is None:
-                    out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
-                out["role"] = "assistant"
-                if isinstance(reason, str):
-                    out["finish_reason"] = reason
-                outputs.append(out)
     if reasons:
-        attrs.append(attribute("gen_ai.response.finish_reasons", reasons))
+        attrs.append(_finish_reasons(tuple(reasons)))
     usage = token_usage(data)
     if usage is not None:
         attrs.append(attribute("gen_ai.usage.input_tokens", usage[0]))
@@ -413,6 +405,32 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
     return Ended(attrs, model, usage)
+
+
+def _output_message(
+    generation: dict[str, Any], message: dict[str, Any] | None, reason: Any
+) -> dict[str, Any]:
+    """One generation as an entry of ``gen_ai.output.messages``."""
+    out = _message(message) if message is not None else None
+    if out is None:
+        out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
+    out["role"] = "assistant"
+    if isinstance(reason, str):
+        out["finish_reason"] = reason
+    return out
+
+
+_REASONS: dict[tuple[str, ...], bytes] = {}
+
+
+def _finish_reasons(reasons: tuple[str, ...]) -> bytes:
+    """``gen_ai.response.finish_reasons``: a few tuples (``("stop",)``, ``("tool_calls",)``) repeat."""
+    found = _REASONS.get(reasons)
+    if found is None:
+        found = attribute("gen_ai.response.finish_reasons", list(reasons))
+        if len(found) <= 200 and len(_REASONS) < 256:
+            _REASONS[reasons] = found
+    return found
 
 
 def _tool_output(output: Any) -> Any:

@@ -75,14 +75,17 @@ _DATA_KINDS: Final = frozenset(
     | {"retriever_error", "agent_action", "retry", "custom_event"}
 )
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
-# Ends whose span needs nothing of the line but its run id and time when content is not
-# captured, by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the
-# start of the next field): not parsed.
-_LIGHT_ENDS: Final = {
+# Ends by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the start
+# of the next field). When content is not captured, the light ones need nothing of the line
+# but its run id and time (not parsed); an llm_end needs all of its data: parsed in one
+# piece, not in parts.
+_END_HEADS: Final = {
     b'chain_end","e': "chain_end",
     b'tool_end","ex': "tool_end",
     b"retriever_end": "retriever_end",
+    b'llm_end","exp': "llm_end",
 }
+_LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
@@ -143,6 +146,7 @@ class _Open:
         "size",
         "span_id",
         "start_ns",
+        "stream_key",
         "trace_id",
     )
 
@@ -169,6 +173,7 @@ class _Open:
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
+        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
         self.size = 200 + sum(map(len, attributes))
         self.metric_key: Key | None = None  # model calls: the metrics' common attributes
 
@@ -209,37 +214,40 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
+        self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
+        self._run_id_offset = 0
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
+        streams = self._streams
         split = SPLIT_BYTES if not self.capture_content else _NEVER
-        light = _LIGHT_ENDS if not self.capture_content else None
+        heads = _END_HEADS if not self.capture_content else None
         loads = orjson.loads
+        known: str | None = None
         for line in lines:
             at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
             if at >= 0:
-                # A stream's tokens after its first: counted, inline (one line in a stream).
-                at = line.find(_RUN_ID, at)
-                try:
-                    span = open_runs.get(line[at + 10 : at + 46].decode()) if at >= 0 else None
-                except UnicodeDecodeError:
-                    span = None
-                if span is not None and span.first_chunk_ns:
+                # A token of a stream whose first token was seen: counted (most lines of a
+                # streamed call are these).
+                at += self._run_id_offset
+                span = streams.get(line[at : at + 46])
+                if span is not None:
                     span.chunks += 1
                     continue
-                if self._token(line, open_runs):
+                if self._token(line):
                     continue
-            elif light:
+                known = None
+            elif heads is not None:
                 at = line.find(_KIND, 0, _ENVELOPE_HEAD)
-                known = light.get(line[at + 8 : at + 21]) if at > 0 else None
-                if known is not None:
+                known = heads.get(line[at + 8 : at + 21]) if at > 0 else None
+                if known in _LIGHT_ENDS:
                     encoded = self._light_end(line, known, open_runs)
                     if encoded is not None:
                         done.append(encoded)
                         continue
-            parts = _split(line) if len(line) >= split else None
+            parts = _split(line) if len(line) >= split and known != "llm_end" else None
             data: dict[str, Any] | bytes
             tail = b""
             try:
@@ -303,20 +311,29 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:
-        """A streamed token: count it, note the first one's time. False: parse it whole."""
-        at = line.find(_RUN_ID)
-        span = open_runs.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
+    def _token(self, line: bytes) -> bool:
+        """A streamed token: count it, note the first one's time. False: parse it whole.
+
+        From its first token on, a stream is found by its ``"run_id":"<id>`` text at the
+        offset from the kind that its tracker's envelope gives (``_run_id_offset``).
+        """
+        kind_at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+        at = line.find(_RUN_ID, kind_at)
+        span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
             return False
-        span.chunks += 1
         if not span.first_chunk_ns:
-            at = line.find(_TS)
-            end = line.find(b",", at)
+            ts_at = line.find(_TS)
             try:
-                span.first_chunk_ns = span.last_ns = int(float(line[at + 5 : end]) * 1e9)
+                ts = float(line[ts_at + 5 : line.find(b",", ts_at)])
+                span.first_chunk_ns = span.last_ns = int(ts * 1e9)
             except ValueError:
                 return False
+        if not span.stream_key:
+            span.stream_key = line[at : at + 46]
+            self._streams[span.stream_key] = span
+        self._run_id_offset = at - kind_at
+        span.chunks += 1
         return True
 
     def _start(
@@ -469,6 +486,8 @@ class SpanAssembler:
 
     def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
+        if span.stream_key:
+            del self._streams[span.stream_key]
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -567,6 +586,8 @@ class SpanAssembler:
     def _unfinished(self, run_id: str, why: str) -> bytes:
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
+        if span.stream_key:
+            del self._streams[span.stream_key]
         span.attributes.append(pb.attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
