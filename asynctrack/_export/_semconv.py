@@ -121,12 +121,6 @@ class Described:
         self.provider = provider  # model calls: gen_ai.provider.name and gen_ai.request.model
         self.model = model
 
-    def copy(self) -> Described:
-        """A copy whose attribute list can be extended."""
-        return Described(
-            self.name, self.kind, self.operation, list(self.attributes), self.provider, self.model
-        )
-
 
 def _number(value: Any, cast: type) -> int | float | None:
     kind = type(value)

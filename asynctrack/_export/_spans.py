@@ -91,7 +91,10 @@ _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
+_STREAMED: Final = pb.attribute("gen_ai.request.stream", True)
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_TAILS: Final = 256  # texts of the fields after data kept parsed
+_TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
@@ -214,6 +217,7 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
+        self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._run_id_offset = 0
 
@@ -222,6 +226,7 @@ class SpanAssembler:
         done: list[bytes] = []
         open_runs = self._open
         streams = self._streams
+        tails = self._tails
         split = SPLIT_BYTES if not self.capture_content else _NEVER
         heads = _END_HEADS if not self.capture_content else None
         loads = orjson.loads
@@ -247,7 +252,7 @@ class SpanAssembler:
                     if encoded is not None:
                         done.append(encoded)
                         continue
-            parts = _split(line) if len(line) >= split and known != "llm_end" else None
+            parts = _split(line, tails) if len(line) >= split and known != "llm_end" else None
             data: dict[str, Any] | bytes
             tail = b""
             try:
@@ -373,12 +378,7 @@ class SpanAssembler:
             if known_as is not None:
                 if len(self._described) >= _DESCRIBED:
                     self._described.clear()
-                self._described[known_as] = described.copy()
-        else:
-            described = described.copy()
-        attributes = described.attributes
-        attributes.extend(self._common(run_id, event))
-        attributes.extend(people)
+                self._described[known_as] = described  # read, never changed
         span = _Open(
             trace_id,
             span_id,
@@ -387,9 +387,9 @@ class SpanAssembler:
             described.name,
             described.kind,
             described.operation,
-            attributes,
+            [*described.attributes, *self._common(run_id, event), *people],
         )
-        if described.provider is not None:
+        if described.provider is not None and self.metrics is not None:
             key: Key = (
                 ("gen_ai.operation.name", str(described.operation)),
                 ("gen_ai.provider.name", described.provider),
@@ -413,11 +413,12 @@ class SpanAssembler:
         if not isinstance(raw, bytes):
             return raw, None, None
         cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
-        if cut is not None and _OTEL_PARENT_KEY not in cut:
+        if cut is not None:
             known_as = (kind, name, root, cut, tail)
             described = self._described.get(known_as)
             if described is not None:
-                return {}, described, None
+                return {}, described, None  # only texts without an application parent are kept
+        if cut is not None and _OTEL_PARENT_KEY not in cut:
             try:
                 data = orjson.loads(cut)
             except orjson.JSONDecodeError:
@@ -511,7 +512,7 @@ class SpanAssembler:
             attributes.extend(ended.attributes)
         first_chunk = None
         if span.chunks:
-            attributes.append(pb.attribute("gen_ai.request.stream", True))
+            attributes.append(_STREAMED)
             attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
             if span.first_chunk_ns:
                 first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
@@ -614,18 +615,26 @@ class SpanAssembler:
         return out
 
 
-def _split(line: bytes) -> tuple[dict[str, Any], bytes, bytes] | None:
+def _split(line: bytes, tails: dict[bytes, dict[str, Any]]) -> tuple[dict[str, Any], bytes, bytes] | None:
     """A line of the writer's layout in parts: its fields but ``data`` parsed, the text of
     ``data``, and the text of the fields after it; ``None`` for a line of another layout
-    (module docstring)."""
+    (module docstring).
+
+    The fields after data (tags and metadata) repeat from call to call: they are parsed
+    once per text and kept in ``tails`` (read, never changed).
+    """
     at = line.find(_DATA_AT)
     end = line.rfind(_TAGS_AT)
     if at < 0 or end < at:
         return None
     tail = line[end + 1 :]
+    after = tails.get(tail)
     try:
         event = orjson.loads(line[:at] + b"}")
-        after = orjson.loads(b"{" + tail[1:])
+        if after is None:
+            after = orjson.loads(b"{" + tail[1:])
+            if type(after) is dict and len(tail) <= _TAIL_KEPT and len(tails) < _TAILS:
+                tails[tail] = after
     except orjson.JSONDecodeError:
         return None
     if type(event) is not dict or type(after) is not dict:
