@@ -61,6 +61,13 @@ class _Histogram:
         self.min = float("inf")
         self.max = float("-inf")
 
+    def add(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
 
 class Metrics:
     """Histograms of model calls, fed by the span assembler (one thread at a time)."""
@@ -68,18 +75,14 @@ class Metrics:
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
         self._points: dict[tuple[str, Key], _Histogram] = {}
+        self._calls: dict[Key, tuple[_Histogram, _Histogram, _Histogram, _Histogram]] = {}
         self.changed = False
 
-    def _observe(self, metric: tuple[str, str, str, tuple[float, ...]], key: Key, value: float) -> None:
+    def _histogram(self, metric: tuple[str, str, str, tuple[float, ...]], key: Key) -> _Histogram:
         histogram = self._points.get((metric[0], key))
         if histogram is None:
             histogram = self._points[metric[0], key] = _Histogram(metric[3])
-        histogram.buckets[bisect.bisect_left(metric[3], value)] += 1
-        histogram.count += 1
-        histogram.sum += value
-        histogram.min = min(histogram.min, value)
-        histogram.max = max(histogram.max, value)
-        self.changed = True
+        return histogram
 
     def model_call(
         self,
@@ -91,18 +94,34 @@ class Metrics:
         first_chunk: float | None,
     ) -> None:
         """Record one ended model call; ``common``: its operation, provider and models."""
-        self._observe(_DURATION, common + ((("error.type", error_type),) if error_type else ()), duration)
+        histograms = self._calls.get(common)
+        if histograms is None:
+            # The four points of one model setup, found by one lookup from then on (a
+            # histogram not yet observed has no count: it is not sent).
+            histograms = self._calls[common] = (
+                self._histogram(_DURATION, common),
+                self._histogram(_USAGE, (*common, ("gen_ai.token.type", "input"))),
+                self._histogram(_USAGE, (*common, ("gen_ai.token.type", "output"))),
+                self._histogram(_FIRST_CHUNK, common),
+            )
+        if error_type:
+            self._histogram(_DURATION, (*common, ("error.type", error_type))).add(duration)
+        else:
+            histograms[0].add(duration)
         if tokens is not None:
-            self._observe(_USAGE, (*common, ("gen_ai.token.type", "input")), float(tokens[0]))
-            self._observe(_USAGE, (*common, ("gen_ai.token.type", "output")), float(tokens[1]))
+            histograms[1].add(float(tokens[0]))
+            histograms[2].add(float(tokens[1]))
         if first_chunk is not None:
-            self._observe(_FIRST_CHUNK, common, first_chunk)
+            histograms[3].add(first_chunk)
+        self.changed = True
 
     def request(self, resource: Iterable[bytes], scope: bytes, schema_url: str) -> bytes:
         """An ``ExportMetricsServiceRequest`` with every point so far (cumulative)."""
         now = time.time_ns()
         by_metric: dict[str, list[bytes]] = {}
         for (name, key), histogram in self._points.items():
+            if not histogram.count:
+                continue
             by_metric.setdefault(name, []).append(self._point(key, histogram, now))
         metrics = []
         for name, description, unit, _bounds in (_DURATION, _USAGE, _FIRST_CHUNK):
