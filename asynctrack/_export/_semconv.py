@@ -422,7 +422,7 @@ def _finish_reasons(reasons: tuple[str, ...]) -> bytes:
     found = _REASONS.get(reasons)
     if found is None:
         found = attribute("gen_ai.response.finish_reasons", list(reasons))
-        if len(found) <= 200 and len(_REASONS) < 256:
+        if sum(map(len, reasons)) <= 200 and len(_REASONS) < 256:
             _REASONS[reasons] = found
     return found
 
