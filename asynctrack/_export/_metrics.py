@@ -65,8 +65,10 @@ class _Histogram:
         self.buckets[bisect.bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:  # noqa: PLR1730 - a comparison, not a call: once per model call and metric
+            self.min = value
+        if value > self.max:  # noqa: PLR1730 - as above
+            self.max = value
 
 
 class Metrics:
