@@ -168,18 +168,20 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
     _semconv._REASONS = {}  # its encoded attributes, built again with the classes
     saved = (
         pb.attribute,
+        pb.span_attribute,
         pb.event,
         pb.span,
-        _semconv.attribute,
+        _semconv.span_attribute,
         _semconv._OPERATION_AGENT,
         _semconv._OPERATION_WORKFLOW,
         _semconv._OPENINFERENCE_CHAIN,
     )
-    pb.attribute, pb.event, pb.span, _semconv.attribute = attribute, event, span, attribute  # type: ignore[assignment]
+    pb.attribute = pb.span_attribute = _semconv.span_attribute = attribute  # type: ignore[assignment]
+    pb.event, pb.span = event, span  # type: ignore[assignment]
     # The assembler sizes what it holds with len(): a message object's size instead.
     _spans.len = lambda x: x.ByteSize() if hasattr(x, "ByteSize") else len(x)  # type: ignore[attr-defined]
-    saved_common = (pb.common_attribute, _semconv.common_attribute)
-    pb.common_attribute = _semconv.common_attribute = attribute  # type: ignore[assignment]
+    saved_common = (pb.common_span_attribute, _semconv.common_span_attribute)
+    pb.common_span_attribute = _semconv.common_span_attribute = attribute  # type: ignore[assignment]
     _semconv._OPERATION_AGENT = attribute("gen_ai.operation.name", "invoke_agent")  # type: ignore[misc]
     _semconv._OPERATION_WORKFLOW = attribute("gen_ai.operation.name", "invoke_workflow")  # type: ignore[misc]
     _semconv._OPENINFERENCE_CHAIN = attribute("openinference.span.kind", "CHAIN")  # type: ignore[misc]
@@ -188,14 +190,15 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
     finally:
         (
             pb.attribute,
+            pb.span_attribute,
             pb.event,
             pb.span,
-            _semconv.attribute,
+            _semconv.span_attribute,
             _semconv._OPERATION_AGENT,
             _semconv._OPERATION_WORKFLOW,
             _semconv._OPENINFERENCE_CHAIN,
         ) = saved  # type: ignore[misc]
-        pb.common_attribute, _semconv.common_attribute = saved_common  # type: ignore[misc]
+        pb.common_span_attribute, _semconv.common_span_attribute = saved_common  # type: ignore[misc]
         _spans._RUN_ID_ATTRIBUTE = saved_run_id  # type: ignore[misc]
         _spans._STREAMED = saved_streamed  # type: ignore[misc]
         _semconv._REASONS = saved_reasons

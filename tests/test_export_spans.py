@@ -295,14 +295,16 @@ def test_bad_lines_are_counted_and_skipped() -> None:
 
 
 def test_attribute_values_of_every_type_decode() -> None:
+    # A span's attributes are Span fields (span_attribute), an event's KeyValues (attribute).
     attrs = [
-        pb.attribute("s", "é\ud800"),
-        pb.attribute("t", True),
-        pb.attribute("f", False),
-        pb.attribute("i", -5),
-        pb.attribute("big", 2**40),
-        pb.attribute("d", 1.5),
-        pb.attribute("a", ["x", "y" * 20000]),
+        pb.span_attribute("s", "é\ud800"),
+        pb.span_attribute("t", True),
+        pb.span_attribute("f", False),
+        pb.span_attribute("i", -5),
+        pb.span_attribute("big", 2**40),
+        pb.span_attribute("d", 1.5),
+        pb.span_attribute("a", ["x", "y" * 20000]),
+        pb.common_span_attribute("m", "gpt-4o-mini"),
     ]
     span = pb.span(
         trace_id=b"\x01" * 16,
@@ -326,7 +328,9 @@ def test_attribute_values_of_every_type_decode() -> None:
         "big": 2**40,
         "d": 1.5,
         "a": ["x", "y" * 20000],
+        "m": "gpt-4o-mini",
     }
+    assert attributes(decoded.events[0]) == {"k": 1}
     assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
 
 

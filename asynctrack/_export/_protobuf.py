@@ -37,12 +37,13 @@ __all__ = [
     "STATUS_UNSET",
     "AttributeValue",
     "attribute",
-    "common_attribute",
+    "common_span_attribute",
     "event",
     "repeated",
     "request",
     "scope",
     "span",
+    "span_attribute",
     "text",
     "wrap",
 ]
@@ -138,20 +139,30 @@ def attribute(key: str, value: AttributeValue) -> bytes:
     return b"".join((field, b"\x12", _VARINTS[size] if size < 16384 else varint(size), payload))
 
 
+def span_attribute(key: str, value: AttributeValue) -> bytes:
+    """An ``attributes`` field (number 9) of a ``Span``: its tag, its length, ``attribute()``.
+
+    A span's attributes are kept as fields, so that its message is their concatenation.
+    """
+    payload = attribute(key, value)
+    size = len(payload)
+    return (_SPAN_ATTRIBUTE[size] if size < 128 else b"\x4a" + varint(size)) + payload
+
+
 _SEEN: dict[tuple[str, str], bytes] = {}
 _SEEN_MAX: Final = 8192
 _SEEN_VALUE_MAX: Final = 200
 
 
-def common_attribute(key: str, value: str) -> bytes:
-    """``attribute()`` of a string that repeats (a model, a provider, an experiment), cached.
+def common_span_attribute(key: str, value: str) -> bytes:
+    """``span_attribute()`` of a string that repeats (a model, a provider, an experiment), cached.
 
     Most attributes of most spans are a few such values: encoding each once per process
     halves the encoding time of a span (measured by ``benchmarks/export.py``).
     """
     found = _SEEN.get((key, value))
     if found is None:
-        found = attribute(key, value)
+        found = span_attribute(key, value)
         if len(value) <= _SEEN_VALUE_MAX and len(_SEEN) < _SEEN_MAX:
             _SEEN[key, value] = found
     return found
@@ -186,7 +197,7 @@ def span(
     status: int = STATUS_UNSET,
     status_message: str = "",
 ) -> bytes:
-    """A ``Span`` message; ``attributes`` from ``attribute()``, ``events`` from ``event()``."""
+    """A ``Span`` message; ``attributes`` from ``span_attribute()``, ``events`` from ``event()``."""
     name_bytes = name.encode("utf-8", "replace")
     out = [
         b"\x0a\x10",
@@ -204,9 +215,7 @@ def span(
         b"\x41",
         _FIXED64(end_ns),
     ]
-    for item in attributes:
-        size = len(item)
-        out += (_SPAN_ATTRIBUTE[size] if size < 128 else b"\x4a" + varint(size), item)
+    out += attributes
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

@@ -90,8 +90,8 @@ _NEVER: Final = 1 << 62  # a line length never reached
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
-_RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
-_STREAMED: Final = pb.attribute("gen_ai.request.stream", True)
+_RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
+_STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
@@ -432,14 +432,14 @@ class SpanAssembler:
         attrs = [
             _RUN_ID_ATTRIBUTE + run_id.encode()
             if len(run_id) == 36 and run_id.isascii()
-            else pb.attribute("langchain.run_id", run_id)
+            else pb.span_attribute("langchain.run_id", run_id)
         ]
         names = (event.get("experiment"), event.get("run"))
         hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
         found = self._names.get(names) if hashable else None
         if found is None:
             found = tuple(
-                pb.attribute(name, value)
+                pb.span_attribute(name, value)
                 for name, value in zip(("asynctrack.experiment", "asynctrack.run"), names, strict=True)
                 if isinstance(value, str)
             )
@@ -448,7 +448,7 @@ class SpanAssembler:
         attrs.extend(found)
         tags = event.get("tags")
         if event.get("sampled") is False:  # kept for a failed run, not by the sample
-            attrs.append(pb.attribute("asynctrack.sampled", False))
+            attrs.append(pb.span_attribute("asynctrack.sampled", False))
         if type(tags) is list and tags:
             tags_key = tuple(tags) if len(tags) <= 8 else None
             tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
@@ -500,7 +500,7 @@ class SpanAssembler:
             status = pb.STATUS_ERROR
             message = str(error.get("message") or "")
             kind_name = error_type(error)
-            attributes.append(pb.attribute("error.type", kind_name))
+            attributes.append(pb.span_attribute("error.type", kind_name))
             exception = [pb.attribute("exception.type", kind_name)]
             if message:
                 exception.append(pb.attribute("exception.message", message))
@@ -513,10 +513,10 @@ class SpanAssembler:
         first_chunk = None
         if span.chunks:
             attributes.append(_STREAMED)
-            attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+            attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
             if span.first_chunk_ns:
                 first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
-                attributes.append(pb.attribute("gen_ai.response.time_to_first_chunk", first_chunk))
+                attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
         if self.metrics is not None and span.metric_key is not None:
             key = span.metric_key
             if ended is not None and ended.model is not None:
@@ -555,7 +555,7 @@ class SpanAssembler:
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
         span.start_ns = start_ns
-        span.attributes.append(pb.attribute("asynctrack.start_missing", True))
+        span.attributes.append(pb.span_attribute("asynctrack.start_missing", True))
         return span
 
     def _note(self, run_id: str, kind: Any, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
@@ -589,9 +589,9 @@ class SpanAssembler:
         self.open_bytes -= span.size
         if span.stream_key:
             del self._streams[span.stream_key]
-        span.attributes.append(pb.attribute("asynctrack.unfinished", why))
+        span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
-            span.attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+            span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
         return pb.span(
             trace_id=span.trace_id,
             span_id=span.span_id,
@@ -704,15 +704,15 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     )
     out = []
     if session is not None:
-        out.append(pb.common_attribute("session.id", session))
+        out.append(pb.common_span_attribute("session.id", session))
     if thread is not None:
-        out.append(pb.common_attribute("gen_ai.conversation.id", thread))
+        out.append(pb.common_span_attribute("gen_ai.conversation.id", thread))
         if session is None:
-            out.append(pb.common_attribute("session.id", thread))
+            out.append(pb.common_span_attribute("session.id", thread))
     elif session is not None:
-        out.append(pb.common_attribute("gen_ai.conversation.id", session))
+        out.append(pb.common_span_attribute("gen_ai.conversation.id", session))
     if user is not None:
-        out.append(pb.common_attribute("user.id", user))
+        out.append(pb.common_span_attribute("user.id", user))
     return tuple(out)
 
 
