@@ -224,6 +224,40 @@ def _line(kind: str, run_id: str, parent: str | None, ts: float, **data: Any) ->
     )
 
 
+def test_interleaved_streams_of_two_envelope_layouts_count_every_token() -> None:
+    # A stream's tokens are found by their run id's text where their tracker's envelope
+    # puts it, counted from the kind: run names of other lengths put it elsewhere, and
+    # seq and ts of other lengths come before the kind. Every token counts, in each layout.
+    names = {str(uuid.uuid4()): "r", str(uuid.uuid4()): "a-much-longer-run-name"}
+
+    def line(kind: str, run_id: str, seq: int, ts: float, **data: Any) -> bytes:
+        envelope = {"seq": seq, "ts": ts, "kind": kind, "experiment": "e", "run": names[run_id]}
+        return orjson.dumps(
+            {
+                **envelope,
+                "tracker": "t",
+                "run_id": run_id,
+                "parent_run_id": None,
+                "name": "ChatOpenAI",
+                "duration": None,
+                "data": data,
+                "tags": [],
+                "metadata": {},
+            }
+        )
+
+    lines = [line("chat_model_start", run_id, 1, 10.0) for run_id in names]
+    times = (10.5, 10.625, 10.7000000001, 11.0, 11.25, 12.5)
+    for number, ts in enumerate(times):
+        lines += [line("llm_new_token", run_id, 10**number, ts, token="x") for run_id in names]
+    lines += [line("llm_end", run_id, 99, 13.0, response={"generations": []}) for run_id in names]
+    spans = _decode(SpanAssembler().add(lines))
+    assert len(spans) == 2
+    for span in spans:
+        a = attributes(span)
+        assert (a["asynctrack.stream.chunks"], a["gen_ai.response.time_to_first_chunk"]) == (6, 0.5)
+
+
 def test_a_run_never_ended_is_exported_at_close_marked() -> None:
     root, child = str(uuid.uuid4()), str(uuid.uuid4())
     assembler = SpanAssembler()

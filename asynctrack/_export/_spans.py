@@ -13,7 +13,8 @@ same code and give the same ids:
 A start event opens a span; its end or error event closes it and it is encoded at once.
 Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
 counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
-envelope's fixed order). Any other event of a run (agent actions, retries, custom
+envelope's fixed order; from a stream's second token on, the line is found by its run
+id's text alone, see ``SpanAssembler._token``). Any other event of a run (agent actions, retries, custom
 events, LangGraph interrupts and resumes, text) becomes a span event named
 ``langchain.<kind>``.
 
