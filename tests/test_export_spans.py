@@ -368,6 +368,17 @@ def test_attribute_values_of_every_type_decode() -> None:
     assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
 
 
+@pytest.mark.parametrize("key", ["k", "gen_ai.usage.input_tokens", *("x" * n for n in (116, 117, 124, 130))])
+def test_span_attribute_is_the_attribute_in_a_span_field(key: str) -> None:
+    # span_attribute() writes short texts, small counts and floats without attribute():
+    # around each size its shortcuts stop at, the same bytes as attribute() in field 9.
+    values: list[pb.AttributeValue] = ["", "é\ud800", "x" * 100, "x" * 123, "x" * 124, "x" * 20000]
+    values += [True, False, 0, 127, 128, 300, -5, 2**40, 1.5, float("inf"), ["a", "b"]]
+    for value in values:
+        kv = pb.attribute(key, value)
+        assert pb.span_attribute(key, value) == pb.wrap(b"\x4a", kv), (len(key), value)
+
+
 def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) -> None:
     # A 40 KB question: the model starts' messages, the root chain's inputs and the error's
     # traceback make lines far past SPLIT_BYTES, read in parts (content not captured), and

@@ -144,6 +144,17 @@ def span_attribute(key: str, value: AttributeValue) -> bytes:
 
     A span's attributes are kept as fields, so that its message is their concatenation.
     """
+    field = _KEYS.get(key) or _key(key)
+    # The most frequent ones (short texts, small counts, durations) without attribute().
+    if type(value) is str:
+        data = value.encode("utf-8", "replace")
+        size = len(field) + 4 + len(data)
+        if size < 128:
+            return b"".join((_SPAN_ATTRIBUTE[size], field, _SHORT_STRING[len(data)], data))
+    elif type(value) is int and 0 <= value < 128 and len(field) < 124:
+        return b"".join((_SPAN_ATTRIBUTE[len(field) + 4], field, b"\x12\x02\x18", _VARINTS[value]))
+    elif type(value) is float and len(field) < 117:
+        return b"".join((_SPAN_ATTRIBUTE[len(field) + 11], field, b"\x12\x09\x21", _DOUBLE(value)))
     payload = attribute(key, value)
     size = len(payload)
     return (_SPAN_ATTRIBUTE[size] if size < 128 else b"\x4a" + varint(size)) + payload
