@@ -224,6 +224,40 @@ def _line(kind: str, run_id: str, parent: str | None, ts: float, **data: Any) ->
     )
 
 
+def test_interleaved_streams_of_two_envelope_layouts_count_every_token() -> None:
+    # A stream's tokens are found by their run id's text where their tracker's envelope
+    # puts it, counted from the kind: run names of other lengths put it elsewhere, and
+    # seq and ts of other lengths come before the kind. Every token counts, in each layout.
+    names = {str(uuid.uuid4()): "r", str(uuid.uuid4()): "a-much-longer-run-name"}
+
+    def line(kind: str, run_id: str, seq: int, ts: float, **data: Any) -> bytes:
+        envelope = {"seq": seq, "ts": ts, "kind": kind, "experiment": "e", "run": names[run_id]}
+        return orjson.dumps(
+            {
+                **envelope,
+                "tracker": "t",
+                "run_id": run_id,
+                "parent_run_id": None,
+                "name": "ChatOpenAI",
+                "duration": None,
+                "data": data,
+                "tags": [],
+                "metadata": {},
+            }
+        )
+
+    lines = [line("chat_model_start", run_id, 1, 10.0) for run_id in names]
+    times = (10.5, 10.625, 10.7000000001, 11.0, 11.25, 12.5)
+    for number, ts in enumerate(times):
+        lines += [line("llm_new_token", run_id, 10**number, ts, token="x") for run_id in names]
+    lines += [line("llm_end", run_id, 99, 13.0, response={"generations": []}) for run_id in names]
+    spans = _decode(SpanAssembler().add(lines))
+    assert len(spans) == 2
+    for span in spans:
+        a = attributes(span)
+        assert (a["asynctrack.stream.chunks"], a["gen_ai.response.time_to_first_chunk"]) == (6, 0.5)
+
+
 def test_a_run_never_ended_is_exported_at_close_marked() -> None:
     root, child = str(uuid.uuid4()), str(uuid.uuid4())
     assembler = SpanAssembler()
@@ -295,14 +329,16 @@ def test_bad_lines_are_counted_and_skipped() -> None:
 
 
 def test_attribute_values_of_every_type_decode() -> None:
+    # A span's attributes are Span fields (span_attribute), an event's KeyValues (attribute).
     attrs = [
-        pb.attribute("s", "é\ud800"),
-        pb.attribute("t", True),
-        pb.attribute("f", False),
-        pb.attribute("i", -5),
-        pb.attribute("big", 2**40),
-        pb.attribute("d", 1.5),
-        pb.attribute("a", ["x", "y" * 20000]),
+        pb.span_attribute("s", "é\ud800"),
+        pb.span_attribute("t", True),
+        pb.span_attribute("f", False),
+        pb.span_attribute("i", -5),
+        pb.span_attribute("big", 2**40),
+        pb.span_attribute("d", 1.5),
+        pb.span_attribute("a", ["x", "y" * 20000]),
+        pb.common_span_attribute("m", "gpt-4o-mini"),
     ]
     span = pb.span(
         trace_id=b"\x01" * 16,
@@ -326,8 +362,21 @@ def test_attribute_values_of_every_type_decode() -> None:
         "big": 2**40,
         "d": 1.5,
         "a": ["x", "y" * 20000],
+        "m": "gpt-4o-mini",
     }
+    assert attributes(decoded.events[0]) == {"k": 1}
     assert (decoded.end_time_unix_nano, decoded.status.message, decoded.events[0].name) == (2**63, "bad", "e")
+
+
+@pytest.mark.parametrize("key", ["k", "gen_ai.usage.input_tokens", *("x" * n for n in (116, 117, 124, 130))])
+def test_span_attribute_is_the_attribute_in_a_span_field(key: str) -> None:
+    # span_attribute() writes short texts, small counts and floats without attribute():
+    # around each size its shortcuts stop at, the same bytes as attribute() in field 9.
+    values: list[pb.AttributeValue] = ["", "é\ud800", "x" * 100, "x" * 123, "x" * 124, "x" * 20000]
+    values += [True, False, 0, 127, 128, 300, -5, 2**40, 1.5, float("inf"), ["a", "b"]]
+    for value in values:
+        kv = pb.attribute(key, value)
+        assert pb.span_attribute(key, value) == pb.wrap(b"\x4a", kv), (len(key), value)
 
 
 def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) -> None:

@@ -37,12 +37,13 @@ __all__ = [
     "STATUS_UNSET",
     "AttributeValue",
     "attribute",
-    "common_attribute",
+    "common_span_attribute",
     "event",
     "repeated",
     "request",
     "scope",
     "span",
+    "span_attribute",
     "text",
     "wrap",
 ]
@@ -61,6 +62,12 @@ _VARINTS: Final = tuple(
 _FIXED64: Final = struct.Struct("<Q").pack
 _DOUBLE: Final = struct.Struct("<d").pack
 _INT64: Final = (1 << 64) - 1
+# A KeyValue's value field of a string shorter than _SHORT bytes, but the string's bytes:
+# the AnyValue's tag and length, inside the value field's tag and length.
+_SHORT: Final = 126
+_SHORT_STRING: Final = tuple(b"\x12" + bytes([n + 2, 0x0A, n]) for n in range(_SHORT))
+# A Span's attributes field (9) of a KeyValue shorter than 128 bytes, but the KeyValue.
+_SPAN_ATTRIBUTE: Final = tuple(b"\x4a" + bytes([n]) for n in range(128))
 _KEYS: dict[str, bytes] = {}  # attribute key -> its KeyValue.key field (keys are few)
 _KEYS_MAX: Final = 4096
 
@@ -115,9 +122,42 @@ def _key(key: str) -> bytes:
 def attribute(key: str, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message (its fields, without a tag of its own)."""
     field = _KEYS.get(key) or _key(key)
-    payload = _any(value)
+    if type(value) is str:
+        data = value.encode("utf-8", "replace")
+        size = len(data)
+        if size < _SHORT:
+            return b"".join((field, _SHORT_STRING[size], data))
+        payload = b"\x0a" + varint(size) + data
+    elif type(value) is int and 0 <= value < 16384:
+        number = _VARINTS[value]
+        return b"".join((field, b"\x12", _VARINTS[len(number) + 1], b"\x18", number))
+    elif type(value) is float:
+        return b"".join((field, b"\x12\x09\x21", _DOUBLE(value)))
+    else:
+        payload = _any(value)
     size = len(payload)
     return b"".join((field, b"\x12", _VARINTS[size] if size < 16384 else varint(size), payload))
+
+
+def span_attribute(key: str, value: AttributeValue) -> bytes:
+    """An ``attributes`` field (number 9) of a ``Span``: its tag, its length, ``attribute()``.
+
+    A span's attributes are kept as fields, so that its message is their concatenation.
+    """
+    field = _KEYS.get(key) or _key(key)
+    # The most frequent ones (short texts, small counts, durations) without attribute().
+    if type(value) is str:
+        data = value.encode("utf-8", "replace")
+        size = len(field) + 4 + len(data)
+        if size < 128:
+            return b"".join((_SPAN_ATTRIBUTE[size], field, _SHORT_STRING[len(data)], data))
+    elif type(value) is int and 0 <= value < 128 and len(field) < 124:
+        return b"".join((_SPAN_ATTRIBUTE[len(field) + 4], field, b"\x12\x02\x18", _VARINTS[value]))
+    elif type(value) is float and len(field) < 117:
+        return b"".join((_SPAN_ATTRIBUTE[len(field) + 11], field, b"\x12\x09\x21", _DOUBLE(value)))
+    payload = attribute(key, value)
+    size = len(payload)
+    return (_SPAN_ATTRIBUTE[size] if size < 128 else b"\x4a" + varint(size)) + payload
 
 
 _SEEN: dict[tuple[str, str], bytes] = {}
@@ -125,15 +165,15 @@ _SEEN_MAX: Final = 8192
 _SEEN_VALUE_MAX: Final = 200
 
 
-def common_attribute(key: str, value: str) -> bytes:
-    """``attribute()`` of a string that repeats (a model, a provider, an experiment), cached.
+def common_span_attribute(key: str, value: str) -> bytes:
+    """``span_attribute()`` of a string that repeats (a model, a provider, an experiment), cached.
 
     Most attributes of most spans are a few such values: encoding each once per process
     halves the encoding time of a span (measured by ``benchmarks/export.py``).
     """
     found = _SEEN.get((key, value))
     if found is None:
-        found = attribute(key, value)
+        found = span_attribute(key, value)
         if len(value) <= _SEEN_VALUE_MAX and len(_SEEN) < _SEEN_MAX:
             _SEEN[key, value] = found
     return found
@@ -168,7 +208,7 @@ def span(
     status: int = STATUS_UNSET,
     status_message: str = "",
 ) -> bytes:
-    """A ``Span`` message; ``attributes`` from ``attribute()``, ``events`` from ``event()``."""
+    """A ``Span`` message; ``attributes`` from ``span_attribute()``, ``events`` from ``event()``."""
     name_bytes = name.encode("utf-8", "replace")
     out = [
         b"\x0a\x10",
@@ -186,9 +226,7 @@ def span(
         b"\x41",
         _FIXED64(end_ns),
     ]
-    for item in attributes:
-        size = len(item)
-        out += (b"\x4a", _VARINTS[size] if size < 16384 else varint(size), item)
+    out += attributes
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

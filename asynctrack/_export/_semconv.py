@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from .._read._tree import token_usage
-from ._protobuf import KIND_CLIENT, KIND_INTERNAL, attribute, common_attribute
+from ._protobuf import KIND_CLIENT, KIND_INTERNAL, common_span_attribute, span_attribute
 
 __all__ = [
     "SCHEMA_URL",
@@ -92,12 +92,12 @@ _REQUEST_NUMBERS: Final = (
 )
 _ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 _AGENT_NAMES: Final = ("AgentExecutor", "agent")
-_OPERATION_AGENT: Final = attribute("gen_ai.operation.name", "invoke_agent")
-_OPERATION_WORKFLOW: Final = attribute("gen_ai.operation.name", "invoke_workflow")
+_OPERATION_AGENT: Final = span_attribute("gen_ai.operation.name", "invoke_agent")
+_OPERATION_WORKFLOW: Final = span_attribute("gen_ai.operation.name", "invoke_workflow")
 # The GenAI conventions have no kind for a chain; OpenInference's receivers (Arize Phoenix,
 # which turns the gen_ai.* attributes of model, tool, retriever and agent spans into its
 # own kinds) show a chain span without this one as UNKNOWN, the root of every trace too.
-_OPENINFERENCE_CHAIN: Final = attribute("openinference.span.kind", "CHAIN")
+_OPENINFERENCE_CHAIN: Final = span_attribute("openinference.span.kind", "CHAIN")
 
 
 class Described:
@@ -121,12 +121,6 @@ class Described:
         self.provider = provider  # model calls: gen_ai.provider.name and gen_ai.request.model
         self.model = model
 
-    def copy(self) -> Described:
-        """A copy whose attribute list can be extended."""
-        return Described(
-            self.name, self.kind, self.operation, list(self.attributes), self.provider, self.model
-        )
-
 
 def _number(value: Any, cast: type) -> int | float | None:
     kind = type(value)
@@ -143,7 +137,7 @@ def _json(value: Any) -> str:
 
 
 def _content(key: str, value: Any) -> bytes:
-    return attribute(key, _json(value))
+    return span_attribute(key, _json(value))
 
 
 def provider_name(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
@@ -186,11 +180,11 @@ def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool
     model = request_model(data, metadata)
     provider = provider_name(data, metadata)
     attrs = [
-        common_attribute("gen_ai.operation.name", operation),
-        common_attribute("gen_ai.provider.name", provider),
+        common_span_attribute("gen_ai.operation.name", operation),
+        common_span_attribute("gen_ai.provider.name", provider),
     ]
     if model is not None:
-        attrs.append(common_attribute("gen_ai.request.model", model))
+        attrs.append(common_span_attribute("gen_ai.request.model", model))
     params = data.get("invocation_params")
     if isinstance(params, dict):
         seen = set()
@@ -201,20 +195,20 @@ def _model_call(data: Mapping[str, Any], metadata: Mapping[str, Any], chat: bool
             value = _number(value, cast)
             if value is not None and name not in seen:
                 seen.add(name)
-                attrs.append(attribute(name, value))
+                attrs.append(span_attribute(name, value))
         if "gen_ai.request.temperature" not in seen:
             value = _number(metadata.get("ls_temperature"), float)
             if value is not None:
-                attrs.append(attribute("gen_ai.request.temperature", value))
+                attrs.append(span_attribute("gen_ai.request.temperature", value))
         if "gen_ai.request.max_tokens" not in seen:
             value = _number(metadata.get("ls_max_tokens"), int)
             if value is not None:
-                attrs.append(attribute("gen_ai.request.max_tokens", value))
+                attrs.append(span_attribute("gen_ai.request.max_tokens", value))
         if capture and isinstance(params.get("tools"), list) and params["tools"]:
             attrs.append(_content("gen_ai.tool.definitions", params["tools"]))
     stop = _stop_sequences(data, metadata)
     if stop:
-        attrs.append(attribute("gen_ai.request.stop_sequences", stop))
+        attrs.append(span_attribute("gen_ai.request.stop_sequences", stop))
     if capture:
         messages = _input_messages(data)
         if messages:
@@ -274,16 +268,16 @@ def _input_messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _tool(name: str, data: Mapping[str, Any], capture: bool) -> Described:
     attrs = [
-        common_attribute("gen_ai.operation.name", "execute_tool"),
-        common_attribute("gen_ai.tool.name", name),
-        common_attribute("gen_ai.tool.type", "function"),
+        common_span_attribute("gen_ai.operation.name", "execute_tool"),
+        common_span_attribute("gen_ai.tool.name", name),
+        common_span_attribute("gen_ai.tool.type", "function"),
     ]
     serialized = data.get("serialized")
     if isinstance(serialized, dict) and isinstance(serialized.get("description"), str):
-        attrs.append(common_attribute("gen_ai.tool.description", serialized["description"]))
+        attrs.append(common_span_attribute("gen_ai.tool.description", serialized["description"]))
     call_id = data.get("tool_call_id")
     if isinstance(call_id, str) and call_id:
-        attrs.append(attribute("gen_ai.tool.call.id", call_id))
+        attrs.append(span_attribute("gen_ai.tool.call.id", call_id))
     if capture:
         arguments = data.get("inputs") or data.get("input_str")
         if arguments is not None:
@@ -303,8 +297,8 @@ def describe_start(
         return _tool(name, data, capture)
     if kind == "retriever_start":
         attrs = [
-            common_attribute("gen_ai.operation.name", "retrieval"),
-            common_attribute("gen_ai.data_source.id", name),
+            common_span_attribute("gen_ai.operation.name", "retrieval"),
+            common_span_attribute("gen_ai.data_source.id", name),
         ]
         if capture and data.get("query") is not None:
             attrs.append(_content("langchain.inputs", data["query"]))
@@ -314,21 +308,13 @@ def describe_start(
         attrs.append(_content("langchain.inputs", data["inputs"]))
     if name in _AGENT_NAMES or metadata.get("lc_agent_name"):
         agent = str(metadata.get("lc_agent_name") or name)
-        attrs[:0] = [_OPERATION_AGENT, common_attribute("gen_ai.agent.name", agent)]
+        attrs[:0] = [_OPERATION_AGENT, common_span_attribute("gen_ai.agent.name", agent)]
         return Described(f"invoke_agent {agent}", KIND_INTERNAL, "invoke_agent", attrs)
     attrs.append(_OPENINFERENCE_CHAIN)
     if root or name == "LangGraph":
-        attrs[:0] = [_OPERATION_WORKFLOW, common_attribute("gen_ai.workflow.name", name)]
+        attrs[:0] = [_OPERATION_WORKFLOW, common_span_attribute("gen_ai.workflow.name", name)]
         return Described(f"invoke_workflow {name}", KIND_INTERNAL, "invoke_workflow", attrs)
     return Described(name, KIND_INTERNAL, None, attrs)
-
-
-def _first_generation_message(response: Mapping[str, Any]) -> Mapping[str, Any]:
-    for generations in response.get("generations") or ():
-        for generation in generations or ():
-            if isinstance(generation, dict) and isinstance(generation.get("message"), dict):
-                return generation["message"]  # type: ignore[no-any-return]  # a JSON object
-    return {}
 
 
 class Ended:
@@ -366,53 +352,79 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
         return Ended(attrs)
     llm_output = response.get("llm_output")
     llm_output = llm_output if isinstance(llm_output, dict) else {}
-    message = _first_generation_message(response)
-    metadata = message.get("response_metadata")
-    metadata = metadata if isinstance(metadata, dict) else {}
-    response_id = llm_output.get("id") or metadata.get("id")
-    if isinstance(response_id, str) and response_id:
-        attrs.append(attribute("gen_ai.response.id", response_id))
-    model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
-    model = model if isinstance(model, str) and model else None
-    if model is not None:
-        attrs.append(common_attribute("gen_ai.response.model", model))
+    message: dict[str, Any] | None = None  # the first generation's
     reasons: list[str] = []
     outputs: list[dict[str, Any]] = []
     for generations in response.get("generations") or ():
         for generation in generations or ():
             if not isinstance(generation, dict):
                 continue
+            gen_message = generation.get("message")
+            if not isinstance(gen_message, dict):
+                gen_message = None
+            elif message is None:
+                message = gen_message
             info = generation.get("generation_info")
             reason = info.get("finish_reason") if isinstance(info, dict) else None
-            gen_message = generation.get("message")
-            if reason is None and isinstance(gen_message, dict):
+            if reason is None and gen_message is not None:
                 meta = gen_message.get("response_metadata")
                 reason = meta.get("finish_reason") if isinstance(meta, dict) else None
             if isinstance(reason, str):
                 reasons.append(reason)
             if capture:
-                out = _message(gen_message) if isinstance(gen_message, dict) else None
-                if out is None:
-                    out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
-                out["role"] = "assistant"
-                if isinstance(reason, str):
-                    out["finish_reason"] = reason
-                outputs.append(out)
+                outputs.append(_output_message(generation, gen_message, reason))
+    if message is None:
+        message = {}
+    metadata = message.get("response_metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    response_id = llm_output.get("id") or metadata.get("id")
+    if isinstance(response_id, str) and response_id:
+        attrs.append(span_attribute("gen_ai.response.id", response_id))
+    model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
+    model = model if isinstance(model, str) and model else None
+    if model is not None:
+        attrs.append(common_span_attribute("gen_ai.response.model", model))
     if reasons:
-        attrs.append(attribute("gen_ai.response.finish_reasons", reasons))
+        attrs.append(_finish_reasons(tuple(reasons)))
     usage = token_usage(data)
     if usage is not None:
-        attrs.append(attribute("gen_ai.usage.input_tokens", usage[0]))
-        attrs.append(attribute("gen_ai.usage.output_tokens", usage[1]))
+        attrs.append(span_attribute("gen_ai.usage.input_tokens", usage[0]))
+        attrs.append(span_attribute("gen_ai.usage.output_tokens", usage[1]))
     details = message.get("usage_metadata")
     details = details.get("input_token_details") if isinstance(details, dict) else None
     if isinstance(details, dict):
         cached = _number(details.get("cache_read"), int)
         if cached:
-            attrs.append(attribute("gen_ai.usage.cache_read.input_tokens", cached))
+            attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
     return Ended(attrs, model, usage)
+
+
+def _output_message(
+    generation: dict[str, Any], message: dict[str, Any] | None, reason: Any
+) -> dict[str, Any]:
+    """One generation as an entry of ``gen_ai.output.messages``."""
+    out = _message(message) if message is not None else None
+    if out is None:
+        out = {"role": "assistant", "parts": _text_parts(generation.get("text"))}
+    out["role"] = "assistant"
+    if isinstance(reason, str):
+        out["finish_reason"] = reason
+    return out
+
+
+_REASONS: dict[tuple[str, ...], bytes] = {}
+
+
+def _finish_reasons(reasons: tuple[str, ...]) -> bytes:
+    """``gen_ai.response.finish_reasons``: a few tuples (``("stop",)``, ``("tool_calls",)``) repeat."""
+    found = _REASONS.get(reasons)
+    if found is None:
+        found = span_attribute("gen_ai.response.finish_reasons", list(reasons))
+        if sum(map(len, reasons)) <= 200 and len(_REASONS) < 256:
+            _REASONS[reasons] = found
+    return found
 
 
 def _tool_output(output: Any) -> Any:
@@ -431,4 +443,4 @@ def error_type(error: Any) -> str:
 
 def tags_attribute(tags: Sequence[Any]) -> bytes | None:
     strings = [t for t in tags if isinstance(t, str)]
-    return attribute("langchain.tags", strings) if strings else None
+    return span_attribute("langchain.tags", strings) if strings else None

@@ -13,7 +13,8 @@ same code and give the same ids:
 A start event opens a span; its end or error event closes it and it is encoded at once.
 Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
 counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
-envelope's fixed order). Any other event of a run (agent actions, retries, custom
+envelope's fixed order; from a stream's second token on, the line is found by its run
+id's text alone, see ``SpanAssembler._token``). Any other event of a run (agent actions, retries, custom
 events, LangGraph interrupts and resumes, text) becomes a span event named
 ``langchain.<kind>``.
 
@@ -75,20 +76,26 @@ _DATA_KINDS: Final = frozenset(
     | {"retriever_error", "agent_action", "retry", "custom_event"}
 )
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
-# Ends whose span needs nothing of the line but its run id and time when content is not
-# captured, by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the
-# start of the next field): not parsed.
-_LIGHT_ENDS: Final = {
+# Ends by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the start
+# of the next field). When content is not captured, the light ones need nothing of the line
+# but its run id and time (not parsed); an llm_end needs all of its data: parsed in one
+# piece, not in parts.
+_END_HEADS: Final = {
     b'chain_end","e': "chain_end",
     b'tool_end","ex': "tool_end",
     b"retriever_end": "retriever_end",
+    b'llm_end","exp': "llm_end",
 }
+_LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
-_RUN_ID_ATTRIBUTE: Final = pb.attribute("langchain.run_id", "0" * 36)[:-36]
+_RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
+_STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_TAILS: Final = 256  # texts of the fields after data kept parsed
+_TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
@@ -143,6 +150,7 @@ class _Open:
         "size",
         "span_id",
         "start_ns",
+        "stream_key",
         "trace_id",
     )
 
@@ -169,6 +177,7 @@ class _Open:
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
+        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
         self.size = 200 + sum(map(len, attributes))
         self.metric_key: Key | None = None  # model calls: the metrics' common attributes
 
@@ -209,37 +218,42 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
+        self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
+        self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
+        self._run_id_offset = 0
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
+        streams = self._streams
+        tails = self._tails
         split = SPLIT_BYTES if not self.capture_content else _NEVER
-        light = _LIGHT_ENDS if not self.capture_content else None
+        heads = _END_HEADS if not self.capture_content else None
         loads = orjson.loads
+        known: str | None = None
         for line in lines:
             at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
             if at >= 0:
-                # A stream's tokens after its first: counted, inline (one line in a stream).
-                at = line.find(_RUN_ID, at)
-                try:
-                    span = open_runs.get(line[at + 10 : at + 46].decode()) if at >= 0 else None
-                except UnicodeDecodeError:
-                    span = None
-                if span is not None and span.first_chunk_ns:
+                # A token of a stream whose first token was seen: counted (most lines of a
+                # streamed call are these).
+                at += self._run_id_offset
+                span = streams.get(line[at : at + 46])
+                if span is not None:
                     span.chunks += 1
                     continue
-                if self._token(line, open_runs):
+                if self._token(line):
                     continue
-            elif light:
+                known = None
+            elif heads is not None:
                 at = line.find(_KIND, 0, _ENVELOPE_HEAD)
-                known = light.get(line[at + 8 : at + 21]) if at > 0 else None
-                if known is not None:
+                known = heads.get(line[at + 8 : at + 21]) if at > 0 else None
+                if known in _LIGHT_ENDS:
                     encoded = self._light_end(line, known, open_runs)
                     if encoded is not None:
                         done.append(encoded)
                         continue
-            parts = _split(line) if len(line) >= split else None
+            parts = _split(line, tails) if len(line) >= split and known != "llm_end" else None
             data: dict[str, Any] | bytes
             tail = b""
             try:
@@ -303,20 +317,29 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _token(self, line: bytes, open_runs: dict[str, _Open]) -> bool:
-        """A streamed token: count it, note the first one's time. False: parse it whole."""
-        at = line.find(_RUN_ID)
-        span = open_runs.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
+    def _token(self, line: bytes) -> bool:
+        """A streamed token: count it, note the first one's time. False: parse it whole.
+
+        From its first token on, a stream is found by its ``"run_id":"<id>`` text at the
+        offset from the kind that its tracker's envelope gives (``_run_id_offset``).
+        """
+        kind_at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+        at = line.find(_RUN_ID, kind_at)
+        span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
             return False
-        span.chunks += 1
         if not span.first_chunk_ns:
-            at = line.find(_TS)
-            end = line.find(b",", at)
+            ts_at = line.find(_TS)
             try:
-                span.first_chunk_ns = span.last_ns = int(float(line[at + 5 : end]) * 1e9)
+                ts = float(line[ts_at + 5 : line.find(b",", ts_at)])
+                span.first_chunk_ns = span.last_ns = int(ts * 1e9)
             except ValueError:
                 return False
+        if not span.stream_key:
+            span.stream_key = line[at : at + 46]
+            self._streams[span.stream_key] = span
+        self._run_id_offset = at - kind_at
+        span.chunks += 1
         return True
 
     def _start(
@@ -356,12 +379,7 @@ class SpanAssembler:
             if known_as is not None:
                 if len(self._described) >= _DESCRIBED:
                     self._described.clear()
-                self._described[known_as] = described.copy()
-        else:
-            described = described.copy()
-        attributes = described.attributes
-        attributes.extend(self._common(run_id, event))
-        attributes.extend(people)
+                self._described[known_as] = described  # read, never changed
         span = _Open(
             trace_id,
             span_id,
@@ -370,9 +388,9 @@ class SpanAssembler:
             described.name,
             described.kind,
             described.operation,
-            attributes,
+            [*described.attributes, *self._common(run_id, event), *people],
         )
-        if described.provider is not None:
+        if described.provider is not None and self.metrics is not None:
             key: Key = (
                 ("gen_ai.operation.name", str(described.operation)),
                 ("gen_ai.provider.name", described.provider),
@@ -396,11 +414,12 @@ class SpanAssembler:
         if not isinstance(raw, bytes):
             return raw, None, None
         cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
-        if cut is not None and _OTEL_PARENT_KEY not in cut:
+        if cut is not None:
             known_as = (kind, name, root, cut, tail)
             described = self._described.get(known_as)
             if described is not None:
-                return {}, described, None
+                return {}, described, None  # only texts without an application parent are kept
+        if cut is not None and _OTEL_PARENT_KEY not in cut:
             try:
                 data = orjson.loads(cut)
             except orjson.JSONDecodeError:
@@ -414,14 +433,14 @@ class SpanAssembler:
         attrs = [
             _RUN_ID_ATTRIBUTE + run_id.encode()
             if len(run_id) == 36 and run_id.isascii()
-            else pb.attribute("langchain.run_id", run_id)
+            else pb.span_attribute("langchain.run_id", run_id)
         ]
         names = (event.get("experiment"), event.get("run"))
         hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
         found = self._names.get(names) if hashable else None
         if found is None:
             found = tuple(
-                pb.attribute(name, value)
+                pb.span_attribute(name, value)
                 for name, value in zip(("asynctrack.experiment", "asynctrack.run"), names, strict=True)
                 if isinstance(value, str)
             )
@@ -430,7 +449,7 @@ class SpanAssembler:
         attrs.extend(found)
         tags = event.get("tags")
         if event.get("sampled") is False:  # kept for a failed run, not by the sample
-            attrs.append(pb.attribute("asynctrack.sampled", False))
+            attrs.append(pb.span_attribute("asynctrack.sampled", False))
         if type(tags) is list and tags:
             tags_key = tuple(tags) if len(tags) <= 8 else None
             tag_attribute = self._tags.get(tags_key) if tags_key is not None else None
@@ -469,6 +488,8 @@ class SpanAssembler:
 
     def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
+        if span.stream_key:
+            del self._streams[span.stream_key]
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -480,7 +501,7 @@ class SpanAssembler:
             status = pb.STATUS_ERROR
             message = str(error.get("message") or "")
             kind_name = error_type(error)
-            attributes.append(pb.attribute("error.type", kind_name))
+            attributes.append(pb.span_attribute("error.type", kind_name))
             exception = [pb.attribute("exception.type", kind_name)]
             if message:
                 exception.append(pb.attribute("exception.message", message))
@@ -492,11 +513,11 @@ class SpanAssembler:
             attributes.extend(ended.attributes)
         first_chunk = None
         if span.chunks:
-            attributes.append(pb.attribute("gen_ai.request.stream", True))
-            attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+            attributes.append(_STREAMED)
+            attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
             if span.first_chunk_ns:
                 first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
-                attributes.append(pb.attribute("gen_ai.response.time_to_first_chunk", first_chunk))
+                attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
         if self.metrics is not None and span.metric_key is not None:
             key = span.metric_key
             if ended is not None and ended.model is not None:
@@ -536,7 +557,7 @@ class SpanAssembler:
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
         span.start_ns = start_ns
-        span.attributes.append(pb.attribute("asynctrack.start_missing", True))
+        span.attributes.append(pb.span_attribute("asynctrack.start_missing", True))
         return span
 
     def _note(self, run_id: str, kind: Any, event: Mapping[str, Any], raw: dict[str, Any] | bytes) -> None:
@@ -568,9 +589,11 @@ class SpanAssembler:
     def _unfinished(self, run_id: str, why: str) -> bytes:
         span = self._open.pop(run_id)
         self.open_bytes -= span.size
-        span.attributes.append(pb.attribute("asynctrack.unfinished", why))
+        if span.stream_key:
+            del self._streams[span.stream_key]
+        span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
-            span.attributes.append(pb.attribute("asynctrack.stream.chunks", span.chunks))
+            span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
         return pb.span(
             trace_id=span.trace_id,
             span_id=span.span_id,
@@ -594,18 +617,26 @@ class SpanAssembler:
         return out
 
 
-def _split(line: bytes) -> tuple[dict[str, Any], bytes, bytes] | None:
+def _split(line: bytes, tails: dict[bytes, dict[str, Any]]) -> tuple[dict[str, Any], bytes, bytes] | None:
     """A line of the writer's layout in parts: its fields but ``data`` parsed, the text of
     ``data``, and the text of the fields after it; ``None`` for a line of another layout
-    (module docstring)."""
+    (module docstring).
+
+    The fields after data (tags and metadata) repeat from call to call: they are parsed
+    once per text and kept in ``tails`` (read, never changed).
+    """
     at = line.find(_DATA_AT)
     end = line.rfind(_TAGS_AT)
     if at < 0 or end < at:
         return None
     tail = line[end + 1 :]
+    after = tails.get(tail)
     try:
         event = orjson.loads(line[:at] + b"}")
-        after = orjson.loads(b"{" + tail[1:])
+        if after is None:
+            after = orjson.loads(b"{" + tail[1:])
+            if type(after) is dict and len(tail) <= _TAIL_KEPT and len(tails) < _TAILS:
+                tails[tail] = after
     except orjson.JSONDecodeError:
         return None
     if type(event) is not dict or type(after) is not dict:
@@ -675,15 +706,15 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     )
     out = []
     if session is not None:
-        out.append(pb.common_attribute("session.id", session))
+        out.append(pb.common_span_attribute("session.id", session))
     if thread is not None:
-        out.append(pb.common_attribute("gen_ai.conversation.id", thread))
+        out.append(pb.common_span_attribute("gen_ai.conversation.id", thread))
         if session is None:
-            out.append(pb.common_attribute("session.id", thread))
+            out.append(pb.common_span_attribute("session.id", thread))
     elif session is not None:
-        out.append(pb.common_attribute("gen_ai.conversation.id", session))
+        out.append(pb.common_span_attribute("gen_ai.conversation.id", session))
     if user is not None:
-        out.append(pb.common_attribute("user.id", user))
+        out.append(pb.common_span_attribute("user.id", user))
     return tuple(out)
 
 

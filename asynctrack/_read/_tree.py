@@ -45,12 +45,16 @@ _OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
 _MODEL_KEYS: Final = ("model_name", "model", "model_id", "deployment_name")
 
 
+# isinstance() against the Mapping ABC runs Python code; the dicts of parsed JSON pass on dict.
+_MAPPING: Final = (dict, Mapping)
+
+
 def _as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _usage(usage: Any) -> tuple[int, int] | None:
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, _MAPPING):
         return None
     tokens_in = _as_int(usage.get("prompt_tokens")) or _as_int(usage.get("input_tokens")) or 0
     tokens_out = _as_int(usage.get("completion_tokens")) or _as_int(usage.get("output_tokens")) or 0
@@ -64,19 +68,19 @@ def token_usage(data: Any) -> tuple[int, int] | None:
     of the messages' LangChain ``usage_metadata`` (chat models), as the run
     parameters count them.
     """
-    response = data.get("response") if isinstance(data, Mapping) else None
-    if not isinstance(response, Mapping):
+    response = data.get("response") if isinstance(data, _MAPPING) else None
+    if not isinstance(response, _MAPPING):
         return None
     llm_output = response.get("llm_output")
-    if isinstance(llm_output, Mapping) and (found := _usage(llm_output.get("token_usage"))):
+    if isinstance(llm_output, _MAPPING) and (found := _usage(llm_output.get("token_usage"))):
         return found
     total_in = total_out = 0
     for generations in response.get("generations") or ():
         for generation in generations or ():
-            message = generation.get("message") if isinstance(generation, Mapping) else None
-            if isinstance(message, Mapping):
+            message = generation.get("message") if isinstance(generation, _MAPPING) else None
+            if isinstance(message, _MAPPING):
                 usage = message.get("usage_metadata")
-                if usage is None and isinstance(message.get("kwargs"), Mapping):
+                if usage is None and isinstance(message.get("kwargs"), _MAPPING):
                     usage = message["kwargs"].get("usage_metadata")  # a serialized message
                 if found := _usage(usage):
                     total_in += found[0]
