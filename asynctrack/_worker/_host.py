@@ -1,7 +1,10 @@
 """The worker process: hosts one engine per tracker of its application.
 
 Started by the application (``python .../_worker/_boot.py``) with two pipes: it
-reads frames on stdin and answers on stdout (see ``_channel``). Everything after the
+reads frames on stdin and answers on stdout (see ``_channel``). The boot script's
+reader thread reads stdin and dispatches each read's frames itself (``_Host.feed``):
+records go to their tracker's engine queue, which wakes the engine's thread only on a
+backlog, a control item, or the first record after it slept with nothing open. Everything after the
 capture runs here: envelope, redaction, batching, compression, uploads, retries, spool,
 run parameters, SageMaker calls. The application's process only captures and ships.
 
@@ -284,24 +287,40 @@ def _error_fields(error: BaseException | None) -> dict[str, Any] | None:
 
 
 class _Host:
-    def __init__(self, read: Callable[[], bytes], out_fd: int) -> None:
-        self._read = read
+    def __init__(self, out_fd: int) -> None:
         self.out = _Out(out_fd)
+        self._frames = FrameReader()
         self._trackers: dict[int, _Tracker] = {}
         self._closing: list[threading.Thread] = []  # closes the application asked for
+        self._ended = threading.Event()  # the channel ended (or broke): drain
         self._done = threading.Event()
         #: Set by every frame that arrives: the statistics ticker runs again.
         self._activity = threading.Event()
 
-    def serve(self) -> None:
+    def serve(self, channel: Callable[[Callable[[bytes], None]], None]) -> None:
+        """Take the channel's bytes (``channel(self.feed)``) until it ends, then drain."""
         ticker = threading.Thread(target=self._tick, name="asynctrack-worker-stats", daemon=True)
         ticker.start()
-        try:
-            for kind, tracker, number, payload in FrameReader(-1, read=self._read).frames():
-                self._dispatch(kind, tracker, number, payload)
-        except (OSError, ValueError) as exc:
-            logger.error("asynctrack worker: the channel broke (%s); draining what arrived", exc)
+        channel(self.feed)
+        self._ended.wait()
         self._drain()
+
+    def feed(self, data: bytes) -> None:
+        """Dispatch the frames that ``data``, the channel's next bytes, completes (``b""``:
+        the end of file). On the reader thread; never raises."""
+        if self._ended.is_set():
+            return  # the channel broke: nothing after that is read
+        try:
+            for kind, tracker, number, payload in self._frames.feed(data):
+                self._dispatch(kind, tracker, number, payload)
+        except ValueError as exc:
+            logger.error("asynctrack worker: the channel broke (%s); draining what arrived", exc)
+            self._ended.set()
+        except Exception:  # a bug: the application starts a new worker and re-sends
+            logger.exception("asynctrack worker: a frame could not be handled; draining what arrived")
+            self._ended.set()
+        if not data:
+            self._ended.set()
 
     def _dispatch(self, kind: Kind, tracker: int, number: int, payload: bytes) -> None:
         if not self._activity.is_set():
@@ -377,11 +396,12 @@ class _Host:
         self._activity.set()
 
 
-def main(read: Callable[[], bytes]) -> None:
-    """The worker process's entry point (``_boot.py`` calls it with the channel's reader).
+def main(channel: Callable[[Callable[[bytes], None]], None]) -> None:
+    """The worker process's entry point (``_boot.py`` calls it with its ``serve``).
 
-    ``read`` returns the channel's next bytes (``b""`` at end of file); the boot script's
-    thread has been draining stdin since the interpreter started.
+    ``channel(feed)`` hands ``feed`` the channel's bytes, in order (``b""`` at end of
+    file): first what the boot script's thread read since the interpreter started,
+    then each read on that thread.
     """
     # Keep stdout for frames only: a stray print() in a hook or a library must not
     # corrupt the channel. Stdin stays with the boot script's reader.
@@ -396,11 +416,11 @@ def main(read: Callable[[], bytes]) -> None:
     # the young generation is sized for a stream of short-lived records.
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLD)
-    host = _Host(read, out_fd)
+    host = _Host(out_fd)
     root = logging.getLogger("asynctrack")
     root.addHandler(_LogForwarder(host.out))
     root.setLevel(logging.INFO)
     root.propagate = False
-    host.serve()
+    host.serve(channel)
     sys.stderr.flush()
     os._exit(0)
