@@ -41,6 +41,7 @@ __all__ = [
     "body_of",
     "encode_frame",
     "read_records",
+    "records_count",
     "records_frame",
     "write_all",
 ]
@@ -111,6 +112,18 @@ def read_records(payload: bytes) -> list[tuple[Any, ...]]:
     if set(map(type, map(body_of, records))) - {bytes}:
         raise ValueError("a record's body is not bytes")
     return records
+
+
+def records_count(payload: bytes) -> int:
+    """How many records a ``RECORDS`` payload holds, without reading them: marshal
+    writes a list as ``[`` and its length (4 bytes, little-endian) before the items.
+
+    Raises:
+        ValueError: the payload does not start as a list (``read_records`` would refuse it).
+    """
+    if payload[:1] != b"[" or len(payload) < 5:
+        raise ValueError("the records are not a list")
+    return int.from_bytes(payload[1:5], "little")
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -26,7 +26,15 @@ import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack._channel import HEADER, FrameReader, Kind, encode_frame, read_records, records_frame
+from asynctrack._channel import (
+    HEADER,
+    FrameReader,
+    Kind,
+    encode_frame,
+    read_records,
+    records_count,
+    records_frame,
+)
 from asynctrack._langchain import _handler
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
@@ -395,6 +403,11 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     payload = frame[HEADER.size :]
     assert frame == encode_frame(Kind.RECORDS, 3, 9, payload)
     assert read_records(payload) == records
+    for some in (records, records[:1], records * 100, []):
+        assert records_count(records_frame(3, 9, some)[HEADER.size :]) == len(some)
+    for not_a_list in (marshal.dumps({}, 2), marshal.dumps((1,), 2), b"", b"["):
+        with pytest.raises(ValueError):
+            records_count(not_a_list)
     for odd in (object(), ValueError("x")):
         with pytest.raises(ValueError):
             records_frame(3, 9, [("text", 1, 1.5, 1, None, None, b"", odd)])
