@@ -358,6 +358,10 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
             tracker.on_text("warm-up", run_id=uuid.uuid4())
             pid = _spawn.worker_process().pid
             assert pid is not None
+            # The baseline once the worker has built this tracker's engine (the S3
+            # client's imports, ~20 MiB, are not what is measured): its first
+            # statistics have come.
+            _wait_until(lambda: bool(tracker._engine._worker_stats), what="the worker's statistics")
             baseline = _rss(pid)
             run_id = uuid.uuid4()
             for i in range(300):

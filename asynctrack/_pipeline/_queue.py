@@ -52,7 +52,7 @@ NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken alrea
 _body_of: Final = operator.itemgetter(BODY)  # what the byte bound counts of a record
 
 
-def _ONE(item: Any) -> int:
+def _one(item: Any) -> int:
     return 1
 
 
@@ -155,8 +155,11 @@ class BoundedQueue(Generic[C]):
         if len(items) + self._packed + count > self._max:
             self._full(item)
             return
-        items.append(item)
-        self._packed += count - 1
+        # Under the consumer's lock: take() changes the same count, and counts() reads
+        # the queue and the count together.
+        with self._take_lock:
+            items.append(item)
+            self._packed += count - 1
         if len(items) + self._packed >= self.wake_at:
             self._woken()
 
@@ -295,7 +298,7 @@ class BoundedQueue(Generic[C]):
 
     def drain(self) -> list[Any]:
         """Everything queued, in order, records and controls (a fall back's hand-over)."""
-        records_in = self._records_in or _ONE
+        records_in = self._records_in or _one
         with self._take_lock:
             out = list(itertools.starmap(self._items.popleft, itertools.repeat((), len(self._items))))
             self._taken += sum(records_in(item) for item in out if not isinstance(item, Control))
@@ -319,7 +322,7 @@ class BoundedQueue(Generic[C]):
 
     def queued_before(self, item: C) -> int | None:
         """Records queued ahead of ``item``; ``None`` if the consumer took it already."""
-        records_in = self._records_in or _ONE
+        records_in = self._records_in or _one
         queued = 0
         for queued_item in list(self._items):
             if queued_item is item:

@@ -59,7 +59,7 @@ __all__ = ["main"]
 logger = logging.getLogger("asynctrack")
 
 _SEQ: Final = operator.itemgetter(SEQ)
-_COUNT: Final = operator.itemgetter(2)  # of a queued (frame, payload, records)
+_COUNT: Final = operator.itemgetter(2)  # of a queued [frame, payload, records]
 #: The counters whose change sends statistics to the application.
 _CHANGES: Final = (
     "written",
@@ -180,16 +180,19 @@ class _Tracker:
             self._held_bytes += size
             self._frame_bytes[frame] = size
             self._remaining[frame] = count
-        self.engine.put((frame, payload, count))
+        self.engine.put([frame, payload, count])
 
-    def _unpack(self, items: Sequence[tuple[int, bytes, int]]) -> list[tuple[Any, ...]]:
-        """The records of queued frames, in order (engine worker thread).
+    def _unpack(self, items: Sequence[list[Any]]) -> list[tuple[Any, ...]]:
+        """The records of queued frames, ``[frame, payload, count]`` each, in order (engine
+        worker thread).
 
         Records arrive as tuples, (kind, seq, ts, run_id, parent_run_id, name, body,
         extra): the translator's shape, the run ids as ints, the bodies bytes.
         """
         records: list[tuple[Any, ...]] = []
-        for frame, payload, count in items:
+        for item in items:
+            frame, payload, count = item
+            item[1] = b""  # the records hold the bodies now: the payload is not kept twice
             try:
                 unpacked = read_records(payload)
             except ValueError as exc:  # never seen: the application wrote every frame
