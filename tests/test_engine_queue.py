@@ -112,6 +112,75 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
     assert [r[1] for r in out] == sorted(r[1] for r in out)
 
 
+_PACKED_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 9)),
+        st.tuples(st.just("control"), st.integers(0, 0)),
+        st.tuples(st.just("take"), st.integers(1, 12)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_PACKED_OPS, max_events=st.integers(1, 30))
+def test_packed_items_are_counted_bounded_and_taken_by_their_records(
+    ops: list[tuple[str, int]], max_events: int
+) -> None:
+    """Items that stand for several records each (the worker process's frames): the
+    counts, the count bound, the drops and take()'s limit are in records; an item is
+    never split; controls keep their place."""
+    queue, _ = _queue(max_events=max_events, records_in=lambda item: item[1])
+    model: list[Any] = []
+    taken = dropped = 0
+
+    def records(items: list[Any]) -> int:
+        return sum(x[1] for x in items if not isinstance(x, Control))
+
+    for number, (op, n) in enumerate(ops):
+        if op == "put":
+            item = (f"frame-{number}", n)
+            queue.put(item)
+            if records(model) + sum(isinstance(x, Control) for x in model) + n > max_events:
+                dropped += n
+            else:
+                model.append(item)
+        elif op == "control":
+            flag = _Flag(f"f{number}")
+            queue.put_control(flag)
+            model.append(flag)
+        else:
+            chunk, control = queue.take(n)
+            expected: list[Any] = []
+            expected_control = None
+            while model and records(expected) < n:
+                item = model.pop(0)
+                if isinstance(item, Control):
+                    expected_control = item
+                    break
+                expected.append(item)
+            assert (chunk, control) == (expected, expected_control)
+            taken += records(chunk)
+        assert queue.counts() == (taken, records(model))
+        assert queue.dropped == dropped
+        for flag in model:
+            if isinstance(flag, _Flag):
+                assert queue.queued_before(flag) == records(model[: model.index(flag)])
+    assert queue.drain() == model
+    assert queue.counts() == (taken + records(model), 0)
+
+
+def test_a_backlog_of_packed_records_wakes_a_busy_consumer() -> None:
+    queue, wakes = _queue(max_events=10_000, records_in=lambda item: item[1])
+    queue.put(("frame", 1))
+    queue.take(10)
+    queue.busy()
+    queue.put(("frame", WAKE_AT - 2))
+    assert wakes == [1]  # a first wake: a new queue's consumer may be asleep
+    queue.put(("frame", 2))
+    assert wakes == [1, 1]  # WAKE_AT records wait, in two items
+
+
 def test_an_idle_consumer_is_woken_by_the_first_record_and_a_busy_one_by_a_backlog() -> None:
     queue, wakes = _queue(max_events=10_000)
     queue.put(_record(0))

@@ -26,7 +26,15 @@ import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack._channel import HEADER, Kind, encode_frame, read_records, records_frame
+from asynctrack._channel import (
+    HEADER,
+    FrameReader,
+    Kind,
+    encode_frame,
+    read_records,
+    records_count,
+    records_frame,
+)
 from asynctrack._langchain import _handler
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
@@ -350,6 +358,10 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
             tracker.on_text("warm-up", run_id=uuid.uuid4())
             pid = _spawn.worker_process().pid
             assert pid is not None
+            # The baseline once the worker has built this tracker's engine (the S3
+            # client's imports, ~20 MiB, are not what is measured): its first
+            # statistics have come.
+            _wait_until(lambda: bool(tracker._engine._worker_stats), what="the worker's statistics")
             baseline = _rss(pid)
             run_id = uuid.uuid4()
             for i in range(300):
@@ -395,6 +407,11 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     payload = frame[HEADER.size :]
     assert frame == encode_frame(Kind.RECORDS, 3, 9, payload)
     assert read_records(payload) == records
+    for some in (records, records[:1], records * 100, []):
+        assert records_count(records_frame(3, 9, some)[HEADER.size :]) == len(some)
+    for not_a_list in (marshal.dumps({}, 2), marshal.dumps((1,), 2), b"", b"["):
+        with pytest.raises(ValueError):
+            records_count(not_a_list)
     for odd in (object(), ValueError("x")):
         with pytest.raises(ValueError):
             records_frame(3, 9, [("text", 1, 1.5, 1, None, None, b"", odd)])
@@ -403,6 +420,31 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     for broken in (payload[:-1], marshal.dumps({}, 2), wrong_body, short, b"", b"[1]"):
         with pytest.raises(ValueError):
             read_records(broken)
+
+
+def test_frames_are_cut_the_same_however_the_reads_split_them() -> None:
+    frames = [
+        (
+            Kind.RECORDS,
+            3,
+            9,
+            records_frame(3, 9, [("text", 1, 1.5, 2, None, None, b"{}", None)])[HEADER.size :],
+        ),
+        (Kind.FLUSH, 3, 1, b""),
+        (Kind.OPEN, 4, 0, b"x" * 300),
+    ]
+    stream = b"".join(encode_frame(*frame) for frame in frames)
+    for size in (1, 2, 7, HEADER.size, 100, len(stream)):
+        reader = FrameReader()
+        cut = [f for i in range(0, len(stream), size) for f in reader.feed(stream[i : i + size])]
+        assert cut == frames, size
+        assert reader.feed(b"") == []
+    torn = FrameReader()
+    assert torn.feed(stream[:-1]) == frames[:2]
+    with pytest.raises(ValueError, match="inside a frame"):
+        torn.feed(b"")
+    with pytest.raises(ValueError, match="unknown kind"):
+        FrameReader().feed(HEADER.pack(7, 0, 0, 0))
 
 
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:
@@ -443,3 +485,39 @@ def test_records_that_keep_coming_are_gathered_into_a_round_every_few_millisecon
     count = 200
     rounds = _shipper_rounds(tracker, count, spacing=0.0005)
     assert rounds <= count // 2, rounds
+
+
+def _worker_sleeps(pid: int) -> int:
+    """How many times the worker process's threads have gone to sleep (voluntary context
+    switches), the ones still alive."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_a_trickle_of_records_wakes_one_thread_of_the_worker_per_frame(
+    tracker: AsyncTracker, tmp_destination: Path
+) -> None:
+    """Records that come one at a time reach the worker one frame each: the thread that
+    reads the frame hands its records to the engine itself (no second thread woken to
+    take them), and the engine's thread, with a batch open, sleeps on."""
+    _text(tracker, 0, 1)
+    tracker.flush_blocking(timeout=WAIT)  # the worker has started, its engine has a batch open
+    pid = _spawn.worker_process().pid
+    assert pid is not None
+    count = 40
+    run_id = uuid.uuid4()
+    before = _worker_sleeps(pid)
+    for i in range(count):
+        tracker.on_text(f"record-{i}", run_id=run_id)
+        time.sleep(0.02)  # the input's spacing, not a wait for a result
+    sleeps = _worker_sleeps(pid) - before
+    tracker.flush_blocking(timeout=WAIT)
+    assert tracker.statistics().written == count + 1
+    # One per frame (measured: 44 for 40, the statistics ticking too), some to spare for
+    # a loaded machine; two per frame (86) when a second thread took the reader's bytes.
+    assert sleeps <= count + count // 2, sleeps

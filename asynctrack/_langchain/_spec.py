@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from .._config import TrackerConfig
@@ -21,7 +21,7 @@ from .._events._tail import TailSampler
 from .._events._translate import EventTranslator
 from .._export._protocol import Exporter, ExportingSink, LineExporter
 from .._layout import Layout
-from .._pipeline._durable import ENV_PREFIXES, DurableHooks, apply_environ, durable_seqs
+from .._pipeline._durable import ENV_PREFIXES, DurableHooks, Packed, apply_environ, durable_seqs
 from .._pipeline._engine import Engine
 from .._pipeline._loop import ChunkTranslate, Finishing, Translated
 from .._pipeline._spool import Spool
@@ -73,6 +73,7 @@ class TrackerSpec:
         hooks: DurableHooks | None = None,
         config: TrackerConfig | None = None,
         queue_events: int | None = None,
+        packed: Packed | None = None,
     ) -> tuple[Engine, EventTranslator]:
         """The engine (started) and its translator.
 
@@ -84,6 +85,8 @@ class TrackerSpec:
             config: overrides ``self.config`` for the engine (not for the translator).
             queue_events: the count bound of the engine's queue (by default
                 ``max_queue_events``).
+            packed: the engine's queue holds packed items, unpacked by this before
+                translation (the worker process's frames).
         """
         sink = sink if sink is not None else make_sink(self.destination, **self.s3_options)
         translator = EventTranslator(
@@ -109,6 +112,8 @@ class TrackerSpec:
         if hooks is not None:
             sink = _ObservedSink(sink, hooks)
             translate = _ObservedTranslate(translate, hooks)
+        if packed is not None:
+            translate = _Unpacking(translate, packed.unpack)
         layout = Layout(experiment=self.experiment, run=self.run, writer=self.writer, gzip=engine_config.gzip)
         run_info = RunInfo(
             experiment=self.experiment,
@@ -133,6 +138,7 @@ class TrackerSpec:
             start_exporters=start_exporters,  # again in a forked child
             queue_events=queue_events,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
+            records_in=None if packed is None else packed.records_in,
         )
         return engine, translator
 
@@ -192,6 +198,38 @@ class _ObservedTranslate:
             if out is None or (type(out) is list and not out):
                 self._filtered(record[SEQ])
         return results
+
+
+class _Unpacking:
+    """The translator (a ``ChunkTranslate``) of an engine whose queue holds packed items:
+    a chunk's items are unpacked once (in ``prepare``), then translated as records."""
+
+    def __init__(self, translator: ChunkTranslate, unpack: Callable[[Sequence[Any]], list[Any]]) -> None:
+        self._translator = translator
+        self._unpack = unpack
+        self._chunk: Sequence[Any] | None = None
+        self._records: list[Any] = []
+
+    def _records_of(self, items: Sequence[Any]) -> list[Any]:
+        if items is not self._chunk:
+            self._chunk, self._records = items, self._unpack(items)
+        return self._records
+
+    def prepare(self, items: Sequence[Any], /) -> None:
+        self._translator.prepare(self._records_of(items))
+
+    def many(self, items: Sequence[Any], /) -> Sequence[Translated | Exception]:
+        try:
+            return self._translator.many(self._records_of(items))
+        finally:
+            self._chunk, self._records = None, []  # the records are the batch's now
+
+    def __call__(self, item: Any, /) -> Translated:
+        raise TypeError("packed records are translated a chunk at a time (many)")
+
+    def finish(self) -> None:
+        if isinstance(self._translator, Finishing):
+            self._translator.finish()
 
 
 class _ObservedSink:

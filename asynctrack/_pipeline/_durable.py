@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from .._sinks._base import Batch
 
-__all__ = ["ENV_PREFIXES", "DurableHooks", "apply_environ", "batch_seqs", "durable_seqs"]
+__all__ = ["ENV_PREFIXES", "DurableHooks", "Packed", "apply_environ", "batch_seqs", "durable_seqs"]
 
 #: Environment variables a tracker's worker side reads (credentials, endpoints, sinks).
 ENV_PREFIXES: Final = ("AWS_", "MLFLOW_", "SAGEMAKER_", "ASYNCTRACK_", "OTEL_")
@@ -50,6 +50,21 @@ class DurableHooks:
 
     batch: Callable[[Batch], None]
     filtered: Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Packed:
+    """The engine's queue holds packed items (the worker process's frames of records):
+    each is unpacked on the engine's thread, right before its records are translated,
+    not on the thread that queued it.
+
+    Attributes:
+        records_in: how many records an item holds (read without unpacking it).
+        unpack: the records of a chunk of items, in order (engine worker thread).
+    """
+
+    records_in: Callable[[Any], int]
+    unpack: Callable[[Sequence[Any]], list[Any]]
 
 
 def apply_environ(environ: Mapping[str, str]) -> None:

@@ -82,6 +82,8 @@ class Engine:
         placeholders: the adapter's count of events written with a placeholder.
         sampled_out: the adapter's count of events held and dropped by sampling.
         queue_events: the count bound of the queue (``max_queue_events`` by default).
+        records_in: how many records a queue item stands for, if items are packed
+            (the worker process's frames; see ``BoundedQueue``).
     """
 
     put: Callable[[Any], None]
@@ -103,8 +105,10 @@ class Engine:
         start_exporters: Callable[[], Sequence[LineExporter]] | None = None,
         queue_events: int | None = None,
         sampled_out: Callable[[], int] | None = None,
+        records_in: Callable[[Any], int] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
+        self._records_in = records_in
         self.exporters = tuple(exporters)
         self._start_exporters = start_exporters
         self._queue_events = self.config.max_queue_events if queue_events is None else queue_events
@@ -156,6 +160,7 @@ class Engine:
             when_full=config.when_full,
             block_timeout=config.block_timeout,
             wake=self._wake,
+            records_in=self._records_in,
         )
         self._worker = Worker(
             config=self.config,

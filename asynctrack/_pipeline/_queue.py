@@ -27,6 +27,10 @@ and records otherwise wait for its next round (size-or-time batching).
 Counts: ``counts()`` reads (taken, queued) under the lock ``take()`` holds, so
 ``recorded = taken + queued`` is exact at one instant: a record is never counted both
 as taken and as still queued.
+
+Packed items (``records_in``): in the worker process an item is a whole frame of
+records, unpacked later on the consumer's thread. The counts, the count bound, the
+wake-up backlog and ``take()``'s limit are then in records, ``records_in(item)`` each.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ __all__ = ["NEVER", "WAKE_AT", "BoundedQueue", "Control"]
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
 _body_of: Final = operator.itemgetter(BODY)  # what the byte bound counts of a record
+
+
+def _one(item: Any) -> int:
+    return 1
 
 
 class Control:
@@ -68,6 +76,8 @@ class BoundedQueue(Generic[C]):
         when_full: ``"drop"`` or ``"block"``.
         block_timeout: seconds a producer waits for room under ``"block"``.
         wake: asks the consumer to take now (thread-safe, cheap).
+        records_in: how many records an item stands for, if items are packed (then
+            ``put()`` only, and a full queue drops: no byte bound, no blocking).
     """
 
     def __init__(
@@ -78,8 +88,11 @@ class BoundedQueue(Generic[C]):
         when_full: str = "drop",
         block_timeout: float = 1.0,
         wake: Callable[[], None],
+        records_in: Callable[[Any], int] | None = None,
     ) -> None:
         self._items: collections.deque[Any] = collections.deque()
+        self._records_in = records_in
+        self._packed = 0  # records queued beyond one per item (packed items)
         self._max = max_events  # -1 once closed: put() then drops
         self.max_events = max_events
         self._sized = max_bytes is not None
@@ -88,7 +101,7 @@ class BoundedQueue(Generic[C]):
         #: Captured bytes queued (approximate: producers add without a lock, the
         #: consumer subtracts what it takes and resets it when the queue is empty).
         self.bytes = 0
-        self._block = when_full == "block"
+        self._block = when_full == "block" and records_in is None
         self._block_timeout = block_timeout
         self._wake = wake
         #: put() wakes the consumer once the queue holds this many items (1 at first:
@@ -109,6 +122,8 @@ class BoundedQueue(Generic[C]):
         #: Append a record. Never blocks (unless configured), never raises. Chosen once
         #: here, not tested per record: without a byte bound records may be any objects.
         self.put: Callable[[Any], None] = self._put_sized if self._sized else self._put
+        if records_in is not None:
+            self.put = self._put_packed
 
     # -- producers -------------------------------------------------------------------------
 
@@ -131,6 +146,21 @@ class BoundedQueue(Generic[C]):
         items.append(record)
         self.bytes += len(record[BODY])
         if len(items) >= self.wake_at:
+            self._woken()
+
+    def _put_packed(self, item: Any) -> None:
+        """``put`` of an item that stands for ``records_in(item)`` records."""
+        items = self._items
+        count = self._records_in(item)  # type: ignore[misc]  # set with this method
+        if len(items) + self._packed + count > self._max:
+            self._full(item)
+            return
+        # Under the consumer's lock: take() changes the same count, and counts() reads
+        # the queue and the count together.
+        with self._take_lock:
+            items.append(item)
+            self._packed += count - 1
+        if len(items) + self._packed >= self.wake_at:
             self._woken()
 
     def put_many(self, records: list[Any]) -> None:
@@ -182,7 +212,7 @@ class BoundedQueue(Generic[C]):
                     if self._sized:
                         self.bytes += len(record[BODY])
                     return
-            self.dropped += 1
+            self.dropped += 1 if self._records_in is None else self._records_in(record)
 
     def close(self) -> bool:
         """Refuse every later record; ``False`` if already closed. Wakes blocked producers."""
@@ -206,7 +236,7 @@ class BoundedQueue(Generic[C]):
 
     def busy(self) -> None:
         """The consumer is at work: only a backlog of ``WAKE_AT`` wakes it early."""
-        if len(self._items) < WAKE_AT:
+        if len(self._items) + self._packed < WAKE_AT:
             # Not while the backlog stays (the consumer holds back on purpose, a memory
             # bound): a wake per put() would cost every caller.
             self.wake_at = WAKE_AT
@@ -215,6 +245,8 @@ class BoundedQueue(Generic[C]):
         """Up to ``limit`` records, stopping after the first control item (returned apart)."""
         items = self._items
         control: C | None = None
+        if self._records_in is not None:
+            return self._take_packed(limit)
         with self._take_lock:
             if not self._controls:  # records only: no type check each (producers only append)
                 # A C loop (starmap): ~6x cheaper than a comprehension calling popleft.
@@ -240,12 +272,38 @@ class BoundedQueue(Generic[C]):
                 self._room.notify_all()
         return chunk, control
 
+    def _take_packed(self, limit: int) -> tuple[list[Any], C | None]:
+        """``take`` of packed items: whole items, until they hold ``limit`` records."""
+        records_in = self._records_in
+        assert records_in is not None
+        items = self._items
+        chunk: list[Any] = []
+        control: C | None = None
+        taken = 0
+        with self._take_lock:
+            while items and taken < limit:
+                item = items.popleft()
+                if isinstance(item, Control):
+                    control = item  # type: ignore[assignment]  # put_control() admits only C
+                    self._controls -= 1
+                    break
+                chunk.append(item)
+                taken += records_in(item)
+            self._taken += taken
+            self._packed -= taken - len(chunk)
+        if self._blocked:
+            with self._room:
+                self._room.notify_all()
+        return chunk, control
+
     def drain(self) -> list[Any]:
         """Everything queued, in order, records and controls (a fall back's hand-over)."""
+        records_in = self._records_in or _one
         with self._take_lock:
             out = list(itertools.starmap(self._items.popleft, itertools.repeat((), len(self._items))))
-            self._taken += sum(1 for item in out if not isinstance(item, Control))
+            self._taken += sum(records_in(item) for item in out if not isinstance(item, Control))
             self._controls = 0
+            self._packed = 0
         self.bytes = 0
         if self._blocked:
             with self._room:
@@ -260,16 +318,17 @@ class BoundedQueue(Generic[C]):
     def counts(self) -> tuple[int, int]:
         """(records taken by the consumer, records still queued), at one instant."""
         with self._take_lock:
-            return self._taken, len(self._items) - self._controls
+            return self._taken, len(self._items) - self._controls + self._packed
 
     def queued_before(self, item: C) -> int | None:
         """Records queued ahead of ``item``; ``None`` if the consumer took it already."""
+        records_in = self._records_in or _one
         queued = 0
         for queued_item in list(self._items):
             if queued_item is item:
                 return queued
             if not isinstance(queued_item, Control):
-                queued += 1
+                queued += records_in(queued_item)
         return None
 
     def controls(self) -> list[C]:
