@@ -28,6 +28,7 @@ from test_process import Child, children, events_of, start  # noqa: F401 - `chil
 from asynctrack import AsyncTracker, FlushError, TrackerConfig
 from asynctrack._channel import HEADER, Kind, encode_frame, read_records, records_frame
 from asynctrack._langchain import _handler
+from asynctrack._pipeline._queue import BoundedQueue
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
 
@@ -403,6 +404,37 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     for broken in (payload[:-1], marshal.dumps({}, 2), wrong_body, short, b"", b"[1]"):
         with pytest.raises(ValueError):
             read_records(broken)
+
+
+def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> None:
+    """Records whose bodies fit in one frame go in one frame; a take of larger ones is
+    cut so that each frame stays within the bound (or holds one record), whether the
+    take emptied the queue or left records behind."""
+    bound = _shipper._MAX_FRAME_BYTES
+    queue: BoundedQueue[_shipper.Request] = BoundedQueue(
+        max_events=10_000, max_bytes=64 * bound, wake=lambda: None
+    )
+    lane = _shipper.Lane(queue, max_retained=64 * bound, hold_back=False)
+    lane.tracker_id = 1
+
+    def put(count: int, size: int) -> list[tuple[Any, ...]]:
+        records = [("text", i, 0.0, None, None, None, b"x" * size, None) for i in range(count)]
+        for record in records:
+            queue.put(record)
+        return records
+
+    def framed(limit: int) -> list[list[tuple[Any, ...]]]:
+        return [read_records(frame[HEADER.size :]) for _, frame, _ in lane.frames(limit)]
+
+    small = put(300, 200)
+    assert framed(1000) == [small]
+    large = put(10, bound // 4 + 1)  # four of them pass the bound
+    assert framed(1000) == [large[0:3], large[3:6], large[6:9], large[9:10]]
+    large = put(10, bound // 4 + 1)
+    assert framed(7) == [large[0:3], large[3:6], large[6:7]]  # three left queued
+    assert framed(7) == [large[7:10]]
+    huge = put(2, 2 * bound)
+    assert framed(10) == [huge[0:1], huge[1:2]]  # a record alone may pass the bound
 
 
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:
