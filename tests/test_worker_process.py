@@ -386,11 +386,17 @@ def test_names_with_lone_surrogates_cross_to_the_worker(tmp_destination: Path) -
 
 
 def test_records_cross_with_their_fields_as_they_are() -> None:
-    # One marshal payload: bodies as bytes, run ids' 128-bit ints, lone surrogates.
+    # One marshal payload: bodies as bytes, run ids' 128-bit ints, lone surrogates, and
+    # objects met twice (the interned kind, a shared body: written once, then referred to).
     records = [
         ("text", 1, 1.5, (1 << 128) - 1, None, "n\u00e9", b'{"data":{"text":"a\\nb \\"q\\""}}', None),
         ("text", 2, 1.5, 2, 1, "\udcff", b"", "tok\nen\ud800"),
         ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', {"$error": True, "args": [1, "a"]}),
+    ]
+    body = b'{"data":{"shared":true}}'
+    records += [
+        ("llm_new_token", 4, 2.5, 7, None, "n", body, "t"),
+        ("llm_new_token", 5, 2.5, 7, None, "n", body, "t"),
     ]
     frame = records_frame(3, 9, records)
     payload = frame[HEADER.size :]
