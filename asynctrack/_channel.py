@@ -57,8 +57,8 @@ body_of: Final = operator.itemgetter(BODY)  # a record's captured body
 #: and an object met twice (an interned event kind) as a reference: per record of the
 #: sync workload ~700 instructions to write and ~690 to read, against 890 and 1,030 with
 #: version 2 (agent tree: 1,730 and 1,790 against 2,810 and 2,990; callgrind). A reference
-#: is only written for an object held elsewhere too: the records' own tuples, ids and
-#: bodies are held by the slice alone.
+#: is only written for an object held elsewhere too: the records' tuples, ids and bodies
+#: are held by the shipper's take alone (unless a frame is cut from a larger take).
 _MARSHAL_VERSION: Final = 4
 
 
