@@ -60,7 +60,8 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
 ) -> None:
     """Whatever the producers and the consumer do: records and controls come out in the
     order they went in, a chunk stops at the first control, the bounds hold (a control
-    ignores them), every refused record is counted, and ``counts()`` is exact."""
+    ignores them), every refused record is counted, and ``counts()`` and the bytes
+    queued and taken are exact (one thread)."""
     queue, _ = _queue(max_events=max_events, max_bytes=max_bytes)
     model: list[Any] = []  # what should be queued, in order
     out: list[Any] = []
@@ -96,6 +97,8 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
                 expected.append(item)
             assert chunk == expected
             assert control is expected_control
+            if max_bytes is not None:  # what the shipper cuts its frames by
+                assert queue.taken_bytes == sum(len(r[6]) for r in chunk)
             taken += len(chunk)
             out.extend(chunk)
         queued = sum(1 for x in model if not isinstance(x, Control))

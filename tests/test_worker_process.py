@@ -36,6 +36,7 @@ from asynctrack._channel import (
     records_frame,
 )
 from asynctrack._langchain import _handler
+from asynctrack._pipeline._queue import BoundedQueue
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
 
@@ -397,11 +398,17 @@ def test_names_with_lone_surrogates_cross_to_the_worker(tmp_destination: Path) -
 
 
 def test_records_cross_with_their_fields_as_they_are() -> None:
-    # One marshal payload: bodies as bytes, run ids' 128-bit ints, lone surrogates.
+    # One marshal payload: bodies as bytes, run ids' 128-bit ints, lone surrogates, and
+    # objects met twice (the interned kind, a shared body: written once, then referred to).
     records = [
         ("text", 1, 1.5, (1 << 128) - 1, None, "n\u00e9", b'{"data":{"text":"a\\nb \\"q\\""}}', None),
         ("text", 2, 1.5, 2, 1, "\udcff", b"", "tok\nen\ud800"),
         ("text", 3, 1.5, "x", None, None, b'{"data":{}}\n\n', {"$error": True, "args": [1, "a"]}),
+    ]
+    body = b'{"data":{"shared":true}}'
+    records += [
+        ("llm_new_token", 4, 2.5, 7, None, "n", body, "t"),
+        ("llm_new_token", 5, 2.5, 7, None, "n", body, "t"),
     ]
     frame = records_frame(3, 9, records)
     payload = frame[HEADER.size :]
@@ -409,6 +416,7 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     assert read_records(payload) == records
     for some in (records, records[:1], records * 100, []):
         assert records_count(records_frame(3, 9, some)[HEADER.size :]) == len(some)
+    assert records_count(marshal.dumps([(1,), (2,)], 4)) == 2  # a list held by no one: no FLAG_REF
     for not_a_list in (marshal.dumps({}, 2), marshal.dumps((1,), 2), b"", b"["):
         with pytest.raises(ValueError):
             records_count(not_a_list)
@@ -445,6 +453,37 @@ def test_frames_are_cut_the_same_however_the_reads_split_them() -> None:
         torn.feed(b"")
     with pytest.raises(ValueError, match="unknown kind"):
         FrameReader().feed(HEADER.pack(7, 0, 0, 0))
+
+
+def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> None:
+    """Records whose bodies fit in one frame go in one frame; a take of larger ones is
+    cut so that each frame stays within the bound (or holds one record), whether the
+    take emptied the queue or left records behind."""
+    bound = _shipper._MAX_FRAME_BYTES
+    queue: BoundedQueue[_shipper.Request] = BoundedQueue(
+        max_events=10_000, max_bytes=64 * bound, wake=lambda: None
+    )
+    lane = _shipper.Lane(queue, max_retained=64 * bound, hold_back=False)
+    lane.tracker_id = 1
+
+    def put(count: int, size: int) -> list[tuple[Any, ...]]:
+        records = [("text", i, 0.0, None, None, None, b"x" * size, None) for i in range(count)]
+        for record in records:
+            queue.put(record)
+        return records
+
+    def framed(limit: int) -> list[list[tuple[Any, ...]]]:
+        return [read_records(frame[HEADER.size :]) for _, frame, _ in lane.frames(limit)]
+
+    small = put(300, 200)
+    assert framed(1000) == [small]
+    large = put(10, bound // 4 + 1)  # four of them pass the bound
+    assert framed(1000) == [large[0:3], large[3:6], large[6:9], large[9:10]]
+    large = put(10, bound // 4 + 1)
+    assert framed(7) == [large[0:3], large[3:6], large[6:7]]  # three left queued
+    assert framed(7) == [large[7:10]]
+    huge = put(2, 2 * bound)
+    assert framed(10) == [huge[0:1], huge[1:2]]  # a record alone may pass the bound
 
 
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:

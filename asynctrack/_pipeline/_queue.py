@@ -117,6 +117,9 @@ class BoundedQueue(Generic[C]):
         self._blocked = 0
         self.dropped = 0
         self.closed = False
+        #: Captured bytes of the records the last ``take()`` returned (approximate, like
+        #: ``bytes``; ``NEVER`` without a byte bound). The shipper cuts frames by it.
+        self.taken_bytes = NEVER
         #: The consumer's thread: it must never block on a full queue (it empties it).
         self.consumer: threading.Thread | None = None
         #: Append a record. Never blocks (unless configured), never raises. Chosen once
@@ -264,9 +267,12 @@ class BoundedQueue(Generic[C]):
             self._taken += len(chunk)
         if self._sized:
             if items:
-                self.bytes -= sum(map(len, map(_body_of, chunk)))
+                taken = sum(map(len, map(_body_of, chunk)))
+                self.bytes -= taken
             else:
+                taken = self.bytes  # all of it (less a producer's body still being added)
                 self.bytes = 0  # heals the producers' unlocked additions
+            self.taken_bytes = taken
         if self._blocked:
             with self._room:
                 self._room.notify_all()

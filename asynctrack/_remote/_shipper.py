@@ -15,7 +15,13 @@ cost of a wake-up is shared by the records of that round; the first gathering ro
 that finds nothing puts it back to sleep. So the thread wakes once per record when
 records trickle in one at a time, about once per ``_TICK`` while they keep coming
 (plus one wake-up with no work as each such spell ends), and a record waits
-unshipped at most ``_TICK``.
+unshipped at most ``_TICK`` (plus the wait for the GIL).
+
+``_TICK`` is 20 ms: a round costs the application ~200 µs of CPU beyond its records
+(the wake-up, the GIL taken from a busy caller and given back, cold caches, the
+write), so at 5 ms a steady sync chain paid ~2 µs per event in this thread and at
+20 ms ~1.2. It also bounds what a SIGKILL of the application loses while records keep
+coming (measured up to 21 ms; the benchmarks hold that window to 50 ms).
 
 A round takes each lane's records in slices (``_SLICE``), marshals each slice with one
 C call (``_channel.records_frame``), and writes the frames to the worker's pipe
@@ -52,7 +58,7 @@ __all__ = ["Lane", "Request", "Shipper"]
 
 logger = logging.getLogger("asynctrack")
 
-_TICK: Final = 0.005  # seconds a busy shipper gathers records between two rounds
+_TICK: Final = 0.02  # seconds a busy shipper gathers records between two rounds
 #: A real sleep between two slices of a backlog: a thread waiting for the GIL takes it.
 #: The write alone does not give the GIL away (it takes it back before a waiting thread
 #: has woken up): without it a backlog kept the application's event loop waiting 3-5 ms.
@@ -168,17 +174,19 @@ class Lane:
         ``(key, frame, events)`` in order."""
         out: list[tuple[Key, bytes, int]] = []
         tracker = self.tracker_id
+        queue = self.queue
         while limit > 0:
-            chunk, request = self.queue.take(limit)
+            chunk, request = queue.take(limit)
+            # A take whose bodies fit is one frame: no cut to look for, no copy of the chunk.
+            cut = queue.taken_bytes > _MAX_FRAME_BYTES
             start = 0
             while start < len(chunk):
-                end = start + _cut_by_bytes(chunk[start:])
-                records = chunk[start:end]
+                records = chunk[start : start + _cut_by_bytes(chunk[start:])] if cut else chunk
                 number = next(self._frames)
                 frame, kept = self._frame(tracker, number, records)
                 out.append(((Kind.RECORDS, number), frame, kept))
                 self.shipped += len(records)
-                start = end
+                start += len(records)
             limit -= len(chunk)
             if request is None:
                 break
@@ -286,7 +294,11 @@ class Shipper:
         self._send = send
         self._lock = lock
         self.lanes: dict[int, Lane] = {}
-        self._wake = threading.Event()
+        # The wake-up signal: a lock this thread holds while nothing asks for a round, and
+        # that wake() releases. Both ends are one C call (an Event's set() and wait() run
+        # Python lines under a Condition, on the caller's thread for set()).
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self.stopping = False
         self._thread: threading.Thread | None = None
         #: Rounds the thread ran (each one a wake-up, by a record, a timer or a request).
@@ -298,22 +310,25 @@ class Shipper:
             self._thread.start()
 
     def wake(self) -> None:
-        """Ship now (thread-safe)."""
-        self._wake.set()
+        """Ship now (thread-safe, any thread, never blocks)."""
+        try:
+            self._signal.release()
+        except RuntimeError:  # released already: a round is asked for
+            pass
 
     def stop(self) -> None:
         """Ship what is queued, then end the thread (called with the channel lock held)."""
         self.ship_once()
         self.stopping = True
-        self._wake.set()
+        self.wake()
 
     def _run(self) -> None:
-        wake = self._wake
+        signal = self._signal
         gathering = False
         last = -_TICK  # when a round last shipped (time.monotonic())
         while True:
             self.rounds += 1
-            wake.clear()
+            signal.acquire(blocking=False)  # this round answers any wake() before it
             shipped, held = self.ship_once()
             # Gather while records keep coming: a round that found more than one record,
             # or found one within _TICK of the last that shipped, starts it; any round
@@ -328,7 +343,7 @@ class Shipper:
             if gathering:
                 for lane in list(self.lanes.values()):
                     lane.queue.busy()
-                wake.wait(_TICK)  # a backlog, a flush or a close wakes us at once
+                signal.acquire(timeout=_TICK)  # a backlog, a flush or a close wakes us at once
                 continue
             if self.stopping:
                 return
@@ -337,9 +352,9 @@ class Shipper:
             # during a round that shipped one is shipped at once, without sleeping.
             empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
             if all(empty) and not held:
-                wake.wait()
+                signal.acquire()
             elif held or not shipped:
-                wake.wait(_TICK)
+                signal.acquire(timeout=_TICK)
 
     def ship_once(self) -> tuple[int, bool]:
         """Ship what every lane queued: (records and requests shipped, plus one per

@@ -102,6 +102,8 @@ class WorkerProcess:
         self._in_fd = -1  # we read: the worker's stdout
         self._stopping = False
         self._shipper = Shipper(self._send_locked, self._lock)
+        #: Ask the shipper to ship now (thread-safe; each tracker's queue calls it).
+        self.wake = self._shipper.wake
         self._reader: threading.Thread | None = None
         self._deaths: collections.deque[float] = collections.deque(maxlen=_MAX_RESTARTS)
         self.restarts = 0
@@ -139,10 +141,6 @@ class WorkerProcess:
         # (which may be blocked writing to a worker that waits for the reader).
         self._clients.pop(client.lane.tracker_id, None)
         self._shipper.lanes.pop(client.lane.tracker_id, None)
-
-    def wake(self) -> None:
-        """Ask the shipper to ship now (thread-safe)."""
-        self._shipper.wake()
 
     # -- process -------------------------------------------------------------------
 
