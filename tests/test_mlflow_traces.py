@@ -98,6 +98,26 @@ def ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
+def _spans_match_the_files(traces: list[Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Asserts that the traces' spans are the recorded runs: one per run, the run tree as
+    parents, the recorded start and end times, the root run's id as the trace id. Returns
+    the spans by run id."""
+    recorded = by_run_id(events)
+    spans = [span for trace in traces for span in trace.data.spans]
+    assert sorted(s.attributes["langchain.run_id"] for s in spans) == sorted(recorded)
+    span_of_run = {s.attributes["langchain.run_id"]: s for s in spans}
+    for run_id, span in span_of_run.items():
+        start, end = recorded[run_id]["start"], recorded[run_id]["end"]
+        parent = start.get("parent_run_id")
+        assert span.parent_id == (span_of_run[parent].span_id if parent else None)
+        assert (span.start_time_ns, span.end_time_ns) == (ns(start["ts"]), ns(end["ts"]))
+        root = run_id
+        while recorded[root]["start"].get("parent_run_id"):
+            root = recorded[root]["start"]["parent_run_id"]
+        assert span.trace_id == "tr-" + root.replace("-", "")
+    return span_of_run
+
+
 def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
     server: MLflowServer, stub: OpenAIStub, tmp_path: Path
 ) -> None:
@@ -126,17 +146,7 @@ def test_root_runs_are_traces_linked_to_the_run_with_the_run_tree_and_its_times(
 
     events = read_events(destination, "traces", "weather")
     recorded = by_run_id(events)
-    spans = [span for trace in traces for span in trace.data.spans]
-    assert sorted(s.attributes["langchain.run_id"] for s in spans) == sorted(recorded)
-    span_of_run = {s.attributes["langchain.run_id"]: s for s in spans}
-    for run_id, span in span_of_run.items():
-        start, end = recorded[run_id]["start"], recorded[run_id]["end"]
-        parent = start.get("parent_run_id")
-        assert span.parent_id == (span_of_run[parent].span_id if parent else None)
-        assert span.start_time_ns == ns(start["ts"])
-        assert span.end_time_ns == ns(end["ts"])
-        trace_root = parent or run_id
-        assert span.trace_id == "tr-" + trace_root.replace("-", "")
+    span_of_run = _spans_match_the_files(traces, events)
 
     weather, failing = traces
     assert weather.info.tags["mlflow.traceName"] == "invoke_workflow weather_agent"
@@ -181,15 +191,7 @@ def test_a_trace_is_in_mlflow_soon_after_its_root_run_ends_before_any_flush(
     assert run.data.metrics["events_total"] == stats.written
     assert linked_to(server.url, run) == sorted(t.info.trace_id for t in live)
     assert live[0].info.trace_id == first.info.trace_id
-    recorded = by_run_id(read_events(destination, "live", "r"))
-    spans = [span for trace in live for span in trace.data.spans]
-    assert sorted(s.attributes["langchain.run_id"] for s in spans) == sorted(recorded)
-    span_of_run = {s.attributes["langchain.run_id"]: s for s in spans}
-    for run_id, span in span_of_run.items():
-        start, end = recorded[run_id]["start"], recorded[run_id]["end"]
-        parent = start.get("parent_run_id")
-        assert span.parent_id == (span_of_run[parent].span_id if parent else None)
-        assert (span.start_time_ns, span.end_time_ns) == (ns(start["ts"]), ns(end["ts"]))
+    _spans_match_the_files(live, read_events(destination, "live", "r"))
     assert live[1].info.state.value == "ERROR"
 
 
