@@ -246,10 +246,10 @@ class BoundedQueue(Generic[C]):
 
     def take(self, limit: int) -> tuple[list[Any], C | None]:
         """Up to ``limit`` records, stopping after the first control item (returned apart)."""
-        items = self._items
-        control: C | None = None
         if self._records_in is not None:
             return self._take_packed(limit)
+        items = self._items
+        control: C | None = None
         with self._take_lock:
             if not self._controls:  # records only: no type check each (producers only append)
                 # A C loop (starmap): ~6x cheaper than a comprehension calling popleft.
@@ -297,10 +297,7 @@ class BoundedQueue(Generic[C]):
                 taken += records_in(item)
             self._taken += taken
             self._packed -= taken - len(chunk)
-        if self._blocked:
-            with self._room:
-                self._room.notify_all()
-        return chunk, control
+        return chunk, control  # no producer waits: a full packed queue drops
 
     def drain(self) -> list[Any]:
         """Everything queued, in order, records and controls (a fall back's hand-over)."""
