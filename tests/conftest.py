@@ -15,6 +15,8 @@ from asynctrack import AsyncTracker, FlushError
 
 if TYPE_CHECKING:
     from _infra.mlflow_server import MLflowServer
+    from _infra.openai_stub import OpenAIStub
+    from _infra.otlp_receiver import OTLPReceiver
 
 #: The two places a tracker's worker can run (``TrackerConfig.worker``).
 WORKER_MODES = ("process", "thread")
@@ -190,3 +192,21 @@ def worker_gate(tmp_path: Path, make_tracker: Callable[..., AsyncTracker]) -> It
         yield gate
     finally:
         gate.release()
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAIStub]:
+    """A loopback OpenAI-compatible server (``ChatOpenAI`` points at its ``url``), one per module."""
+    from _infra.openai_stub import OpenAIStub
+
+    with OpenAIStub() as s:
+        yield s
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    """An OTLP/HTTP receiver on 127.0.0.1 that decodes what it gets with opentelemetry-proto."""
+    from _infra.otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as r:
+        yield r

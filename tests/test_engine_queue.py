@@ -53,6 +53,18 @@ _OPS = st.lists(
 )
 
 
+def _model_take(model: list[Any], limit: int, size: Callable[[list[Any]], int]) -> tuple[list[Any], Any]:
+    """What ``take(limit)`` must return from a queue holding ``model`` (popped from it):
+    items while ``size`` of those taken is under ``limit``, up to the first control."""
+    taken: list[Any] = []
+    while model and size(taken) < limit:
+        item = model.pop(0)
+        if isinstance(item, Control):
+            return taken, item
+        taken.append(item)
+    return taken, None
+
+
 @settings(max_examples=150, deadline=None)
 @given(ops=_OPS, max_events=st.integers(1, 12), max_bytes=st.one_of(st.none(), st.integers(20, 200)))
 def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
@@ -87,14 +99,7 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
             model.append(flag)
         else:
             chunk, control = queue.take(n)
-            expected: list[Any] = []
-            expected_control = None
-            while model and len(expected) < n:
-                item = model.pop(0)
-                if isinstance(item, Control):
-                    expected_control = item
-                    break
-                expected.append(item)
+            expected, expected_control = _model_take(model, n, len)
             assert chunk == expected
             assert control is expected_control
             if max_bytes is not None:  # what the shipper cuts its frames by
@@ -154,15 +159,7 @@ def test_packed_items_are_counted_bounded_and_taken_by_their_records(
             model.append(flag)
         else:
             chunk, control = queue.take(n)
-            expected: list[Any] = []
-            expected_control = None
-            while model and records(expected) < n:
-                item = model.pop(0)
-                if isinstance(item, Control):
-                    expected_control = item
-                    break
-                expected.append(item)
-            assert (chunk, control) == (expected, expected_control)
+            assert (chunk, control) == _model_take(model, n, records)
             taken += records(chunk)
         assert queue.counts() == (taken, records(model))
         assert queue.dropped == dropped

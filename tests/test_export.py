@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,6 @@ from asynctrack._export._spans import SpanAssembler
 
 WAIT = 30.0
 SCRIPT = Path(__file__).parent / "scripts" / "export_app.py"
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
 
 
 def _tracker(destination: Path, exporter: OTLPExporter, worker: str = "process") -> AsyncTracker:

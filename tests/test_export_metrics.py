@@ -11,7 +11,6 @@ and their times against the runs' spans.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,6 @@ USAGE = "gen_ai.client.token.usage"
 FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 
 Series = tuple[str, tuple[tuple[str, Any], ...]]  # a metric's name and a point's attributes
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
 
 
 def _tracker(

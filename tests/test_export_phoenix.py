@@ -56,12 +56,6 @@ def phoenix() -> Iterator[PhoenixServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
-
-
 def _project() -> str:
     """A Phoenix project of the test's own (projects are made by their first span)."""
     return f"asynctrack-{uuid.uuid4().hex[:12]}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ from asynctrack._sinks._mlflow_traces import TraceGrouper, mlflow_attributes, sp
 def server(mlflow_server: MLflowServer) -> MLflowServer:
     """The session's MLflow server (``tests/conftest.py``)."""
     return mlflow_server
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
 
 
 pytestmark = pytest.mark.usefixtures("isolate_mlflow")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,6 @@ EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
 def worker_mode(request: pytest.FixtureRequest) -> str:
     mode: str = request.param
     return mode
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 def _tracker(destination: Path, worker: str, **config: Any) -> AsyncTracker:
