@@ -1,6 +1,7 @@
 """Real provider events: the CPU asynctrack spends per callback of real ``ChatOpenAI`` calls (issue 9).
 
     python -m benchmarks.real_provider [--smoke] [--repeats N] [--out DIR]
+    python -m benchmarks.real_provider --instructions [--passes N]
 
 ``langchain-openai``'s ``ChatOpenAI`` runs against a loopback OpenAI-compatible
 stub that this benchmark starts on 127.0.0.1 (``tests/_infra/openai_stub.py``): a
@@ -24,19 +25,41 @@ once through every round's records.
 CPU time (``time.process_time``), medians of ``--repeats`` runs, per event kind and
 for the natural mix. Goals (issue 9): ≤ 5 µs per event in the application's
 process, ≤ 15 µs per event in all.
+
+``--instructions``: the worker process's path for the same records, counted by
+callgrind (deterministic where CPU µs are noise on a shared machine): each
+``RECORDS`` payload of ``_CHUNK`` records as the shipper writes it, read
+(``read_records``), translated, redacted and encoded (``prepare`` then ``many``) and
+added to the open batch, which is sealed at the end (``Batcher``): instructions per
+event, per kind and for the mix, each pass with a new translator and empty caches as
+above. The records are captured in this process and handed to a child run under
+``valgrind --tool=callgrind`` (``PYTHONHASHSEED=0``), instrumented only around the
+passes. Run it from the old tree too (``PYTHONPATH``) for a before/after pair: the
+counts depend on the checkout's path length.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import gc
+import marshal
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._channel import read_records
+from asynctrack._events import _schema
 from asynctrack._events._translate import EventTranslator
+from asynctrack._layout import Layout
+from asynctrack._pipeline._batcher import Batcher
+from asynctrack._pipeline._statistics import Counters
 from asynctrack._redact import _redactor
 
 from . import _common as c
@@ -100,9 +123,99 @@ def _worker_side(records: list[Any], times: int) -> float:
     return elapsed / (len(records) * max(1, times)) * 1e6
 
 
+def _worker_path(payloads: list[bytes]) -> int:
+    """One pass of the worker process's path over ``payloads`` (``RECORDS`` payloads):
+    read, translate, redact, encode, batch, seal; with a new translator and empty caches.
+    Returns the bytes of the batch."""
+    _redactor._SHARED.clear()
+    _schema.uuid_text.cache_clear()
+    config = TrackerConfig()
+    translator = EventTranslator(experiment="bench", run="r", writer="w", config=config)
+    batcher = Batcher(config, Layout(experiment="bench", run="r", writer="w"), Counters())
+    for payload in payloads:
+        chunk = read_records(payload)
+        translator.prepare(chunk)
+        results = translator.many(chunk)
+        batcher.add_many([seq for seq, _ in results], [line for _, line in results])  # type: ignore[misc]
+    return sum(len(batch.data) for _, batch in batcher.seal())
+
+
+def _instrument(on: bool) -> None:
+    command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def _worker_child(path: str, passes: int) -> None:
+    """Under callgrind: one pass to warm up (imports, compiled patterns), then ``passes``
+    counted."""
+    records = marshal.loads(Path(path).read_bytes())
+    payloads = [marshal.dumps(records[i : i + _CHUNK], 4) for i in range(0, len(records), _CHUNK)]
+    _worker_path(payloads)
+    gc.collect()
+    _instrument(True)
+    for _ in range(passes):
+        _worker_path(payloads)
+    _instrument(False)
+
+
+def _count(records: list[Any], passes: int, tmp: Path) -> int:
+    """Instructions of ``passes`` passes of the worker path over ``records`` (callgrind)."""
+    source = tmp / "records.marshal"
+    source.write_bytes(marshal.dumps(records, 4))
+    out = tmp / "callgrind.out"
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "benchmarks.real_provider",
+            "--worker-child",
+            str(source),
+            str(passes),
+        ],
+        env=dict(os.environ, PYTHONHASHSEED="0"),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary in {out}")
+    return int(match.group(1))
+
+
+def instructions(passes: int) -> None:
+    """Print the worker path's instructions per event, per kind and for the mix."""
+    calls = _record_calls(rounds=ROUNDS)
+    _, records = _app_side(calls, 1)
+    kinds = collections.Counter(record[_schema.KIND] for record in records)
+    print(f"{len(records)} records: {dict(kinds)}; {passes} passes; {Path.cwd()}")
+    print("| records | events | instructions per event |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="asynctrack-worker-cg-") as tmp:
+        for kind in [*sorted(kinds), "all"]:
+            chosen = records if kind == "all" else [r for r in records if r[_schema.KIND] == kind]
+            count = _count(chosen, passes, Path(tmp))
+            print(f"| {kind} | {len(chosen)} | {count / (passes * len(chosen)):,.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--instructions", action="store_true")
+    extra.add_argument("--passes", type=int, default=2)
+    extra.add_argument("--worker-child", nargs=2, metavar=("RECORDS", "PASSES"))
+    known, rest = extra.parse_known_args(argv)
+    if known.worker_child:
+        _worker_child(known.worker_child[0], int(known.worker_child[1]))
+        return 0
+    if known.instructions:
+        instructions(known.passes)
+        return 0
     p = c.parser(__doc__ or "", default_repeats=5)
-    args = p.parse_args(argv)
+    args = p.parse_args(rest)
     c.install_loopback_guard()
     n = c.repeats(args)
     rounds = 2 if args.smoke else ROUNDS

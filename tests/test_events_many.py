@@ -205,3 +205,38 @@ def test_content_blocks_and_text_tokens_of_one_run_in_one_chunk_are_redacted_in_
     single = _translator()
     assert lines == [single(r) for r in records]
     assert UNSLASHED.encode() not in b"".join(x[1] for x in lines if type(x) is tuple)
+
+
+def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path() -> None:
+    # As the worker process receives them: run ids as ints, names resolved from the start.
+    ts = 1_800_000_000.125
+    chat = {"text": "x", "message": {"content": "x", "id": "lc_run--1"}}
+
+    def token(seq: int, run: int, text: str) -> tuple[Any, ...]:
+        return ("llm_new_token", seq, ts + seq, run, RUN.int, None, _body({"chunk": chat}), text)
+
+    records = [
+        ("chat_model_start", 0, ts, CHILD.int, RUN.int, "he\ud800llo", _body({"messages": []}), None),
+        token(1, CHILD.int, "Hello"),
+        token(2, CHILD.int, " wor\ud800ld"),  # a lone surrogate in the token: the general path
+        token(3, CHILD.int, ' "quoted"\n'),
+        token(4, 9, "no start seen"),  # no name: null
+        token(5, CHILD.int, "password=hunter2"),  # not plain: the general path
+        token(2**64 + 6, CHILD.int, "a seq orjson cannot write"),
+        ("llm_end", 7, ts + 7, CHILD.int, RUN.int, None, _body({"response": {}}), None),
+    ]
+    chunked = _translator()
+    chunked.prepare(records)
+    lines = chunked.many(records)
+    single = _translator()
+    expected = []
+    for record in records:
+        try:
+            expected.append(single(record))
+        except Exception as exc:
+            expected.append(exc)
+    assert [x if type(x) is tuple else type(x) for x in lines] == [
+        x if type(x) is tuple else type(x) for x in expected
+    ]
+    assert len(chunked._token_heads) == 2  # the path under test: one envelope per streaming run
+    assert b"hunter2" not in b"".join(x[1] for x in lines if type(x) is tuple)

@@ -39,6 +39,7 @@ _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
+_MAX_TOKEN_HEADS: Final = 4096  # streaming runs whose envelope is remembered (then it starts over)
 
 
 class EventTranslator:
@@ -72,6 +73,9 @@ class EventTranslator:
         self._hook = config.redact
         self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
         self._open: dict[Any, tuple[str | None, float]] = {}
+        #: The envelope of a run's streamed tokens after ``seq`` and ``ts`` (the same for
+        #: every token of the run), by (run id, parent run id, name): see ``many``.
+        self._token_heads: dict[tuple[int, int | None, str | None], bytes] = {}
 
     @property
     def placeholders(self) -> int:
@@ -119,7 +123,7 @@ class EventTranslator:
             raise out
         return out
 
-    def many(  # noqa: PLR0915 - the worker's hot loop: one frame per chunk, on purpose
+    def many(  # noqa: C901, PLR0915 - the worker's hot loop: one frame per chunk, on purpose
         self, records: Sequence[Sequence[Any]]
     ) -> list[tuple[int, bytes] | Exception | None]:
         """Each record as ``(seq, line)``, ``None`` (dropped by the ``redact`` hook) or the
@@ -143,6 +147,7 @@ class EventTranslator:
         names = self._redactor.texts  # its cache: a name seen before costs no call
         hook = self._hook
         dumps = orjson.dumps
+        token_heads = self._token_heads
         experiment, run_name, writer = self.experiment, self.run, self.writer
         for record in records:
             try:
@@ -162,7 +167,7 @@ class EventTranslator:
                                 # content): the redacted token there too, else the
                                 # fragments of a secret split across tokens are written.
                                 body = mask_token(body, extra, token)
-                        if type(body) is bytes and TOOL_CALL_CHUNKS in body:
+                        if type(body) is bytes and body.find(TOOL_CALL_CHUNKS) != -1:
                             body = stream_tool_args(streams, run, body)
                     elif type(body) is bytes and body.startswith(BLOCK_TOKEN):
                         body = stream_blocks(streams, run, body)  # content blocks: joined too
@@ -188,6 +193,42 @@ class EventTranslator:
                     if opened is not None:
                         name = opened[0]
                 counts[kind] += 1
+                if (
+                    type(token) is str
+                    and hook is None
+                    and type(body) is bytes
+                    and plain.get(id(body)) is body
+                    and body[_SPLICE] != 0x7D  # data is not empty
+                    and type(run_id) is int
+                    and (parent_run_id is None or type(parent_run_id) is int)
+                    and (name is None or type(name) is str)
+                ):
+                    # A plain streamed token (most events of a streamed call): its envelope
+                    # is the run's, but for seq and ts, which come first; written once per run.
+                    key = (run_id, parent_run_id, name)
+                    head = token_heads.get(key)
+                    if head is None:
+                        head = self._token_head(key)
+                    try:
+                        text = dumps(token)
+                    except orjson.JSONEncodeError:  # a lone surrogate: the general path
+                        pass
+                    else:
+                        line = b"".join(
+                            (
+                                b'{"seq":',
+                                dumps(seq),
+                                b',"ts":',
+                                dumps(ts),
+                                head,
+                                text,
+                                b",",
+                                body[_SPLICE:],
+                                b"\n",
+                            )
+                        )
+                        append((seq, line))
+                        continue
                 if kind in _PARAMETER_KINDS:
                     self._collect(kind, body)
                 envelope = {
@@ -235,6 +276,31 @@ class EventTranslator:
                 append((seq, line))
             except Exception as exc:
                 append(exc)
+        return out
+
+    def _token_head(self, key: tuple[int, int | None, str | None]) -> bytes:
+        """The envelope of the streamed tokens of run ``key[0]`` (parent ``key[1]``, name
+        ``key[2]``) after ``seq`` and ``ts``, up to the token's value: what ``many``
+        writes for any other event, cut where those fields go (orjson writes a dict's
+        members in order, with no spaces)."""
+        run_id, parent_run_id, name = key
+        redact = self._redactor.text
+        head = self.encoder.head(
+            {
+                "kind": "llm_new_token",
+                "experiment": self.experiment,
+                "run": self.run,
+                "tracker": self.writer,
+                "run_id": uuid_text(run_id),
+                "parent_run_id": None if parent_run_id is None else uuid_text(parent_run_id),
+                "name": name if name is None else redact(name),
+                "duration": None,
+            }
+        )
+        heads = self._token_heads
+        if len(heads) >= _MAX_TOKEN_HEADS:
+            heads.clear()
+        heads[key] = out = b"," + head[1:-1] + b',"data":{"token":'
         return out
 
     def _model_call(self, kind: str, body: bytes) -> bool:
