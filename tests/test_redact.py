@@ -570,6 +570,62 @@ def test_remembered_clean_pieces_never_change_what_is_redacted(values: list[Any]
             assert alone.json(body) == body
 
 
+def _token_body(token: str, value: Any) -> bytes:
+    """A streamed token's body as the handler writes it: the token twice."""
+    chunk = {"text": token, "generation_info": value, "message": {"content": token, "id": "lc_run--1"}}
+    return orjson.dumps({"data": {"chunk": chunk}, "tags": [], "metadata": {}})
+
+
+_tokens = st.tuples(st.lists(st.sampled_from(_PIECES), max_size=4).map("".join), _body_values)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.lists(_tokens, min_size=1, max_size=6), st.lists(_tokens, max_size=6))
+def test_tokens_checked_against_their_runs_template_are_redacted_like_each_body_alone(
+    first: list[tuple[str, Any]], more: list[tuple[str, Any]]
+) -> None:
+    """A streamed token's body whose template (the body without its token) is known
+    clean is not cut into pieces: only its token's piece is looked up or scanned."""
+    bodies = [_token_body(token, value) for token, value in first + more]
+    tokens: list[bytes | None] = [orjson.dumps(token) for token, _ in first + more]
+    alone = Redactor(DEFAULT_REDACT_KEYS)
+    warm = Redactor(DEFAULT_REDACT_KEYS)
+    for body, token in zip(bodies, tokens, strict=True):  # templates of clean bodies remembered
+        out = alone.json(body)
+        warm.prepare([out if out is not None else body], [token])
+    warm.prepare(bodies[len(first) :] + bodies[: len(first)], tokens[len(first) :] + tokens[: len(first)])
+    unchanged = warm.unchanged()
+    for body in bodies:
+        assert warm.json(body) == alone.json(body)
+        if unchanged.get(id(body)) is body:
+            assert alone.json(body) == body
+
+
+def test_a_tokens_body_with_a_known_template_is_judged_by_its_token() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    words = ["The", " weather", " in", " Paris"]
+    redactor.prepare([_token_body(w, None) for w in words], [orjson.dumps(w) for w in words])
+    assert len(redactor.unchanged()) == 4
+    later = [" is", " mild", "."]
+    rest, pieces, templates = redactor._templates(
+        [_token_body(w, None) for w in later], [orjson.dumps(w) for w in later]
+    )
+    assert (rest, len(pieces), templates) == ([], 3, [])  # the path under test: no body cut
+    # A secret in the token, the template known: found by the token's piece, as alone.
+    bare = "wJalrXUtnFEMIK7MDENGbPxRfiCYzXAMPLEKEY12"  # a bare AWS secret only after a context word
+    for token, secret, value in [
+        ("ghp_" + "a" * 36, "ghp_" + "a" * 36, None),
+        ("localhost:5432:db:user:hunter2", "hunter2", None),
+        (bare, bare, "aws"),
+    ]:
+        redactor.prepare([_token_body(w, value) for w in words], [orjson.dumps(w) for w in words])
+        body = _token_body(token, value)
+        redactor.prepare([body], [orjson.dumps(token)])
+        out = redactor.json(body)
+        assert out == Redactor(DEFAULT_REDACT_KEYS).json(body)
+        assert out is not None and secret.encode() not in out.split(b'"content":')[1]  # (after "aws")
+
+
 def test_a_remembered_piece_is_judged_again_where_its_context_makes_it_a_secret() -> None:
     bare = "wJalrXUtnFEMIK7MDENGbPxRfiCYzXAMPLEKEY12"  # 40 characters, no '/' or '+'
     redactor = Redactor(DEFAULT_REDACT_KEYS)

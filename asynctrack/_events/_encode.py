@@ -46,9 +46,10 @@ class Encoder:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
 
-    def prepare(self, bodies: list[bytes]) -> None:
-        """Scan a chunk of bodies at once (see ``Redactor.prepare``)."""
-        joined = self.redactor.prepare(bodies)
+    def prepare(self, bodies: list[bytes], tokens: list[bytes | None] | None = None) -> None:
+        """Scan a chunk of bodies at once; ``tokens``: the JSON text of the streamed token
+        each body holds, or ``None`` (see ``Redactor.prepare``)."""
+        joined = self.redactor.prepare(bodies, tokens)
         # Every body starts with '{"data":{' (the splice needs it: one C loop over the
         # bodies; a count of the separator in the joined chunk reads every byte), and none
         # holds a placeholder (one search of the joined chunk).

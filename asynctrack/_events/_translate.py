@@ -8,6 +8,7 @@ is in ``_schema``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
 import uuid
@@ -67,7 +68,7 @@ class EventTranslator:
         self.encoder = Encoder(config)
         self._redactor = self.encoder.redactor
         self._streams = StreamRedactor(self._redactor.text, self._redactor.key_rule)
-        self._clean_tokens: dict[int, Sequence[Any]] = {}
+        self._clean_tokens: dict[int, tuple[Sequence[Any], bytes | None]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
@@ -90,31 +91,35 @@ class EventTranslator:
                 self.encoder.prepare(bodies)
                 self._clean_tokens = {}
                 return
-        # Not the bodies holding content-block tokens (their "token" key is ours).
-        self.encoder.prepare(
-            [
-                r[BODY]
-                for r in records
-                if type(r[BODY]) is bytes and (r[KIND] != "llm_new_token" or type(r[EXTRA]) is str)
-            ]
-        )
+        bodies = []
+        texts: list[bytes | None] = []  # each body's token as JSON text (Redactor.prepare)
         streams: dict[Any, list[str]] = {}
         tokens = []
         blocks = set()
+        dumps = orjson.dumps
         for record in records:
-            if record[KIND] == "llm_new_token":
+            kind, body, extra = record[KIND], record[BODY], record[EXTRA]
+            text = None
+            if kind == "llm_new_token":
                 run = record[RUN_ID].int if type(record[RUN_ID]) is uuid.UUID else record[RUN_ID]
-                if type(record[EXTRA]) is str:
-                    streams.setdefault(run, []).append(record[EXTRA])
-                    tokens.append((run, record))
-                else:
+                if type(extra) is not str:
                     blocks.add(run)
+                    continue  # not the bodies holding content-block tokens (their "token" key is ours)
+                streams.setdefault(run, []).append(extra)
+                with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: none
+                    text = dumps(extra)
+                tokens.append((run, record, text))
+            if type(body) is bytes:
+                bodies.append(body)
+                texts.append(text)
+        self.encoder.prepare(bodies, texts)
         for run in blocks:  # content blocks join the run's stream in order, in many()
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
-        # By identity (the records stay alive while the engine holds the chunk).
-        self._clean_tokens = {id(r): r for run, r in tokens if run in clean}
+        # By identity (the records stay alive while the engine holds the chunk), with
+        # the token's JSON text.
+        self._clean_tokens = {id(r): (r, text) for run, r, text in tokens if run in clean}
 
     def __call__(self, record: Sequence[Any], /) -> tuple[int, bytes] | None:
         """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
@@ -155,11 +160,14 @@ class EventTranslator:
                 # UUID.__hash__ is Python code; its int hashes in C.
                 run = run_id.int if type(run_id) is uuid.UUID else run_id
                 token = None
+                text = None
                 error = None
                 if kind == "llm_new_token":
                     if type(extra) is str:  # the streamed text, redacted joined to the run's stream
-                        if clean_tokens.get(id(record)) is record:
+                        clean = clean_tokens.get(id(record))
+                        if clean is not None and clean[0] is record:
                             token = extra  # its run's tail moved past it in prepare()
+                            text = clean[1]
                         else:
                             token = streams.token(run, extra)
                             if token != extra and type(body) is bytes:
@@ -209,11 +217,10 @@ class EventTranslator:
                     head = token_heads.get(key)
                     if head is None:
                         head = self._token_head(key)
-                    try:
-                        text = dumps(token)
-                    except orjson.JSONEncodeError:  # a lone surrogate: the general path
-                        pass
-                    else:
+                    if text is None:
+                        with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: none
+                            text = dumps(token)
+                    if text is not None:
                         line = b"".join(
                             (
                                 b'{"seq":',

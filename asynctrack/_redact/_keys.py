@@ -82,6 +82,7 @@ _STEMS: Final = (
 #: ``bytes.translate`` table: lower-case, and every byte that can end a key (a quote,
 #: a backslash, a separator, a space) folded to '"'. One pass instead of ``lower()``.
 _FOLD: Final = bytes((b + 32 if 0x41 <= b <= 0x5A else 0x22 if b in b"\"'\\=: \t" else b) for b in range(256))
+_FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
 #: From a stem: the rest of the word, its closing quote if quoted, then ``=`` or ``:``.
@@ -99,6 +100,8 @@ def stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
     """Every stem of ``text`` that a separator follows, as ``_PAIR_AT`` matches;
     ``None`` when the text is dense with stems (see ``Redactor._dense``)."""
     folded = text.translate(_FOLD)
+    if not any(map(_FOUND, map(folded.find, _STEMS))):  # C calls only, for a text without one
+        return []
     positions: list[int] = []
     for stem in _STEMS:
         i = folded.find(stem)

@@ -7,7 +7,7 @@ import itertools
 import re
 import threading
 from collections.abc import Iterable
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Final
 
 import orjson
@@ -32,6 +32,9 @@ from ._keys import (
 
 __all__ = ["Redactor"]
 
+_LITERALS: Final = tuple(dict.fromkeys(literal for literal, _, _ in LITERAL_FORMATS))
+_FOUND: Final = (-1).__ne__  # of a find() result
+
 #: Where a chunk is cut into pieces for the clean-piece cache (see ``Redactor.prepare``).
 #: An unescaped '"' in JSON text is a string's delimiter, so ',"' only ever stands
 #: between two members of an object or list: a piece never cuts a string, a key from its
@@ -45,6 +48,10 @@ _CLEAN_MAX: Final = 1 << 15  # pieces remembered at most ...
 _CLEAN_MAX_BYTES: Final = 8 << 20  # ... and their bytes (then the cache starts over)
 _START: Final = re.Match.start
 _END: Final = re.Match.end
+#: A streamed token's body repeats the token as its chunk's ``text`` and its message's
+#: ``content``: with those two values blanked, it is its run's template (see ``prepare``).
+_TEXT: Final = b'"text":'
+_CONTENT: Final = b'"content":'
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -93,6 +100,21 @@ def _clean_pieces(keys: str | None, detectors: bool) -> _CleanPieces:
         return _SHARED.setdefault((keys, detectors), _CleanPieces())
 
 
+def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """``body`` around its first ``"text":<token>`` and the first ``"content":<token>``
+    after it (``token``: JSON text), without the two tokens; ``None`` if it lacks either."""
+    start = body.find(_TEXT + token)
+    if start == -1:
+        return None
+    start += len(_TEXT)
+    after = start + len(token)
+    second = body.find(_CONTENT + token, after)
+    if second == -1:
+        return None
+    second += len(_CONTENT)
+    return body[:start], body[after:second], body[second + len(token) :]
+
+
 class Redactor:
     """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
 
@@ -120,7 +142,7 @@ class Redactor:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(self, bodies: list[bytes] | None) -> bytes:
+    def prepare(self, bodies: list[bytes] | None, tokens: list[bytes | None] | None = None) -> bytes:
         """Scan a chunk of bodies at once (``None``: forget the last chunk).
 
         The passes over the joined chunk cost about what they cost over each body,
@@ -133,7 +155,17 @@ class Redactor:
         the pieces not already known clean are scanned (joined); if they are clean,
         so is every body, and they are remembered. Else, and when most pieces are
         new, the full scan runs; a chunk it finds clean has its pieces remembered.
-        Returns the joined chunk.
+
+        ``tokens``: for each body, the JSON text of the streamed token it holds (its
+        chunk's ``text`` and its message's ``content``), or ``None``. The body of a
+        streamed token is its run's template but for those two values: a body whose
+        template is known clean is not cut into pieces; its token's two members,
+        ``text":<token>,"content":<token>}`` (a piece as the cut leaves it), are
+        looked up and scanned as a piece instead (a key, its value and a word never
+        cross a string's quotes; the bare AWS secret key rule, which reads the bytes
+        before a run, is kept out as ``_learn`` keeps it out: no template or piece
+        holding a run of 40 base64 characters is remembered). A template is
+        remembered once its body was found clean. Returns the joined chunk.
         """
         if bodies is None:
             self._chunk = {}
@@ -141,7 +173,14 @@ class Redactor:
             return b""
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
-        pieces = self._pieces(joined)
+        templates: list[bytes] = []
+        if tokens is not None and not self._patterns:
+            rest, tokens_pieces, templates = self._templates(bodies, tokens)
+            pieces = self._pieces(b"\x1e".join(rest)) if rest else []
+            if pieces is not None:
+                pieces += tokens_pieces
+        else:
+            pieces = self._pieces(joined)
         if pieces is not None:
             unknown = set(itertools.filterfalse(self._pieces_seen.clean.__contains__, pieces))
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
@@ -150,6 +189,7 @@ class Redactor:
                 and self._learn(unknown, _GLUE + _GLUE.join(unknown))
             ):
                 self._chunk = {}  # every piece is clean on its own, so is every body
+                self._remember_templates(templates)
                 return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
@@ -178,8 +218,55 @@ class Redactor:
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
         if not self._chunk and pieces is not None:
-            self._learn(unknown, joined, scanned=True)  # nothing was learned since above
+            # Nothing was learned since above. The tokens' pieces are not in the joined
+            # chunk as they are: they are left to a later scan of their own.
+            if templates:
+                unknown.difference_update(tokens_pieces)
+                self._remember_templates(templates)
+            self._learn(unknown, joined, scanned=True)
         return joined
+
+    def _templates(
+        self, bodies: list[bytes], tokens: list[bytes | None]
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """The bodies to cut into pieces, the pieces of the tokens held by the others,
+        and the templates not known yet (see ``prepare``).
+
+        A body is cut into pieces when its template is neither known clean nor that of
+        a body before it in the chunk (which is cut into pieces: if that body is
+        clean, so is the template, and so is this body if its token's piece is). The
+        tokens of one run come in a row: a body is first compared with the template of
+        the body before it, filled with its own token (one join and one comparison).
+        """
+        clean = self._pieces_seen.clean
+        rest: list[bytes] = []
+        pieces: list[bytes] = []
+        templates: dict[bytes, None] = {}
+        last: tuple[bytes, bytes, bytes] | None = None
+        for body, token in zip(bodies, tokens, strict=True):
+            if token is None:
+                rest.append(body)
+                continue
+            if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
+                last = _template_parts(body, token)
+                if last is None:  # not a streamed token's body as the handler writes it
+                    rest.append(body)
+                    continue
+                template = b'""'.join(last)
+                if template not in clean and template not in templates:
+                    rest.append(body)
+                    templates[template] = None
+                    continue
+            pieces.append(b'text":%b,"content":%b}' % (token, token))
+        return rest, pieces, list(templates)
+
+    def _remember_templates(self, templates: list[bytes]) -> None:
+        """Remember ``templates``, whose bodies were found clean, as clean (a template
+        holding a run of 40 base64 characters is not: see ``_learn``)."""
+        if templates:
+            kept = {t for t in templates if len(t) <= _MAX_PIECE and not base64_runs(t)}
+            if kept:
+                self._pieces_seen.add(kept)
 
     def _pieces(self, joined: bytes) -> list[bytes] | None:
         """``joined`` cut into pieces for the clean-piece cache, or ``None`` when the
@@ -389,14 +476,12 @@ class Redactor:
     def _value_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
         """The spans the value detectors redact in ``text``."""
         spans = run_formats(text)
-        present: dict[bytes, bool] = {}
-        for literal, pattern, group in LITERAL_FORMATS:
-            found = present.get(literal)
-            if found is None:
-                # find(), not `in`: CPython 3.11's `bytes in bytes` first tries the needle
-                # as an int and formats a TypeError each time (~1,150 instructions).
-                found = present[literal] = text.find(literal) != -1
-            if found:
+        # The literals present, with a C call per literal (a short text has none, most
+        # often). find(), not `in`: CPython 3.11's `bytes in bytes` first tries the needle
+        # as an int and formats a TypeError each time (~1,150 instructions).
+        present = set(compress(_LITERALS, map(_FOUND, map(text.find, _LITERALS))))
+        for literal, pattern, group in LITERAL_FORMATS if present else ():
+            if literal in present:
                 # C calls per hit (a text dense with hits costs no Python bytecode per hit).
                 hits = list(pattern.finditer(text))
                 if hits:
