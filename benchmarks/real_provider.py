@@ -1,7 +1,7 @@
 """Real provider events: the CPU asynctrack spends per callback of real ``ChatOpenAI`` calls (issue 9).
 
     python -m benchmarks.real_provider [--smoke] [--repeats N] [--out DIR]
-    python -m benchmarks.real_provider --instructions [--passes N]
+    python -m benchmarks.real_provider --instructions [--passes N] [--records FILE]
 
 ``langchain-openai``'s ``ChatOpenAI`` runs against a loopback OpenAI-compatible
 stub that this benchmark starts on 127.0.0.1 (``tests/_infra/openai_stub.py``): a
@@ -32,7 +32,11 @@ callgrind (deterministic where CPU µs are noise on a shared machine): each
 (``read_records``), translated, redacted and encoded (``prepare`` then ``many``) and
 added to the open batch, which is sealed at the end (``Batcher``): instructions per
 event, per kind and for the mix, each pass with a new translator and empty caches as
-above. The records are captured in this process and handed to a child run under
+above (``cold``), and again with the caches kept from a first pass (``warm``: every
+piece of these rounds known, as in a long run that repeats them, as ``benchmarks.export``
+replays its rounds). The records are captured in this process (or read from
+``--records``, a marshal file of them, for the same records in two trees) and handed to
+a child run under
 ``valgrind --tool=callgrind`` (``PYTHONHASHSEED=0``), instrumented only around the
 passes. Run it from the old tree too (``PYTHONPATH``) for a before/after pair: the
 counts depend on the checkout's path length.
@@ -123,12 +127,13 @@ def _worker_side(records: list[Any], times: int) -> float:
     return elapsed / (len(records) * max(1, times)) * 1e6
 
 
-def _worker_path(payloads: list[bytes]) -> int:
+def _worker_path(payloads: list[bytes], warm: bool = False) -> int:
     """One pass of the worker process's path over ``payloads`` (``RECORDS`` payloads):
-    read, translate, redact, encode, batch, seal; with a new translator and empty caches.
-    Returns the bytes of the batch."""
-    _redactor._SHARED.clear()
-    _schema.uuid_text.cache_clear()
+    read, translate, redact, encode, batch, seal; with a new translator and, unless
+    ``warm``, empty caches. Returns the bytes of the batch."""
+    if not warm:
+        _redactor._SHARED.clear()
+        _schema.uuid_text.cache_clear()
     config = TrackerConfig()
     translator = EventTranslator(experiment="bench", run="r", writer="w", config=config)
     batcher = Batcher(config, Layout(experiment="bench", run="r", writer="w"), Counters())
@@ -145,7 +150,7 @@ def _instrument(on: bool) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def _worker_child(path: str, passes: int) -> None:
+def _worker_child(path: str, passes: int, warm: bool) -> None:
     """Under callgrind: one pass to warm up (imports, compiled patterns), then ``passes``
     counted."""
     records = marshal.loads(Path(path).read_bytes())
@@ -154,11 +159,11 @@ def _worker_child(path: str, passes: int) -> None:
     gc.collect()
     _instrument(True)
     for _ in range(passes):
-        _worker_path(payloads)
+        _worker_path(payloads, warm)
     _instrument(False)
 
 
-def _count(records: list[Any], passes: int, tmp: Path) -> int:
+def _count(records: list[Any], passes: int, warm: bool, tmp: Path) -> int:
     """Instructions of ``passes`` passes of the worker path over ``records`` (callgrind)."""
     source = tmp / "records.marshal"
     source.write_bytes(marshal.dumps(records, 4))
@@ -175,6 +180,7 @@ def _count(records: list[Any], passes: int, tmp: Path) -> int:
             "--worker-child",
             str(source),
             str(passes),
+            *(["--warm"] if warm else []),
         ],
         env=dict(os.environ, PYTHONHASHSEED="0"),
         check=True,
@@ -187,32 +193,40 @@ def _count(records: list[Any], passes: int, tmp: Path) -> int:
     return int(match.group(1))
 
 
-def instructions(passes: int) -> None:
-    """Print the worker path's instructions per event, per kind and for the mix."""
-    calls = _record_calls(rounds=ROUNDS)
-    _, records = _app_side(calls, 1)
+def instructions(passes: int, records_file: str | None) -> None:
+    """Print the worker path's instructions per event, per kind and for the mix: each
+    pass with empty caches (``cold``), and each pass after a first (``warm``: the caches
+    hold every piece of these rounds, as in a long run that repeats them)."""
+    if records_file:  # the same records for two trees (a before/after pair)
+        records = marshal.loads(Path(records_file).read_bytes())
+    else:
+        _, records = _app_side(_record_calls(rounds=ROUNDS), 1)
     kinds = collections.Counter(record[_schema.KIND] for record in records)
     print(f"{len(records)} records: {dict(kinds)}; {passes} passes; {Path.cwd()}")
-    print("| records | events | instructions per event |")
-    print("|---|---|---|")
+    print("| records | events | cold: instructions per event | warm |")
+    print("|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="asynctrack-worker-cg-") as tmp:
         for kind in [*sorted(kinds), "all"]:
             chosen = records if kind == "all" else [r for r in records if r[_schema.KIND] == kind]
-            count = _count(chosen, passes, Path(tmp))
-            print(f"| {kind} | {len(chosen)} | {count / (passes * len(chosen)):,.0f} |")
+            cold, warm = (
+                _count(chosen, passes, w, Path(tmp)) / (passes * len(chosen)) for w in (False, True)
+            )
+            print(f"| {kind} | {len(chosen)} | {cold:,.0f} | {warm:,.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--instructions", action="store_true")
     extra.add_argument("--passes", type=int, default=2)
+    extra.add_argument("--records", help="with --instructions: a marshal file of records to count")
     extra.add_argument("--worker-child", nargs=2, metavar=("RECORDS", "PASSES"))
+    extra.add_argument("--warm", action="store_true")
     known, rest = extra.parse_known_args(argv)
     if known.worker_child:
-        _worker_child(known.worker_child[0], int(known.worker_child[1]))
+        _worker_child(known.worker_child[0], int(known.worker_child[1]), known.warm)
         return 0
     if known.instructions:
-        instructions(known.passes)
+        instructions(known.passes, known.records)
         return 0
     p = c.parser(__doc__ or "", default_repeats=5)
     args = p.parse_args(rest)

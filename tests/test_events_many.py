@@ -221,7 +221,7 @@ def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path
         token(2, CHILD.int, " wor\ud800ld"),  # a lone surrogate in the token: the general path
         token(3, CHILD.int, ' "quoted"\n'),
         token(4, 9, "no start seen"),  # no name: null
-        token(5, CHILD.int, "password=hunter2"),  # not plain: the general path
+        token(5, 10, "password=hunter2"),  # a stream to redact: the general path
         token(2**64 + 6, CHILD.int, "a seq orjson cannot write"),
         ("llm_end", 7, ts + 7, CHILD.int, RUN.int, None, _body({"response": {}}), None),
     ]
@@ -238,5 +238,5 @@ def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path
     assert [x if type(x) is tuple else type(x) for x in lines] == [
         x if type(x) is tuple else type(x) for x in expected
     ]
-    assert len(chunked._token_heads) == 2  # the path under test: one envelope per streaming run
+    assert len(chunked._token_heads) == 2  # the path under test: one envelope per clean run
     assert b"hunter2" not in b"".join(x[1] for x in lines if type(x) is tuple)

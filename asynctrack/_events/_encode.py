@@ -46,15 +46,17 @@ class Encoder:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
 
-    def prepare(self, bodies: list[bytes], tokens: list[bytes | None] | None = None) -> None:
+    def prepare(self, bodies: list[bytes], tokens: list[bytes | None] | None = None) -> bytes:
         """Scan a chunk of bodies at once; ``tokens``: the JSON text of the streamed token
-        each body holds, or ``None`` (see ``Redactor.prepare``)."""
+        each body holds, or ``None`` (see ``Redactor.prepare``). Returns the bodies joined
+        (by ``\x1e``: a byte JSON text never holds), for searches of the whole chunk."""
         joined = self.redactor.prepare(bodies, tokens)
         # Every body starts with '{"data":{' (the splice needs it: one C loop over the
         # bodies; a count of the separator in the joined chunk reads every byte), and none
         # holds a placeholder (one search of the joined chunk).
         starts = all(map(bytes.startswith, bodies, repeat(_DATA)))
         self.plain = self.redactor.unchanged() if starts and joined.find(_FAILED) == -1 else {}
+        return joined
 
     def head(self, envelope: dict[str, Any]) -> bytes:
         """The envelope as a JSON object (a lone surrogate in a string becomes U+FFFD)."""

@@ -24,7 +24,7 @@ from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
 from ._encode import Encoder
 from ._parameters import RunParameters
-from ._schema import BODY, ENDS, EXTRA, KIND, RUN_ID, STARTS, id_value, uuid_text
+from ._schema import BODY, ENDS, EXTRA, KIND, PARENT_RUN_ID, RUN_ID, STARTS, id_value, uuid_text
 from ._stream import ARGS, BLOCK_TOKEN, TOOL_CALL_CHUNKS, mask_token, stream_blocks, stream_tool_args
 
 __all__ = ["EventTranslator"]
@@ -68,7 +68,7 @@ class EventTranslator:
         self.encoder = Encoder(config)
         self._redactor = self.encoder.redactor
         self._streams = StreamRedactor(self._redactor.text, self._redactor.key_rule)
-        self._clean_tokens: dict[int, tuple[Sequence[Any], bytes | None]] = {}
+        self._clean_tokens: dict[int, tuple[Sequence[Any], bytes, bool]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
@@ -112,14 +112,34 @@ class EventTranslator:
             if type(body) is bytes:
                 bodies.append(body)
                 texts.append(text)
-        self.encoder.prepare(bodies, texts)
+        joined = self.encoder.prepare(bodies, texts)
         for run in blocks:  # content blocks join the run's stream in order, in many()
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
         # By identity (the records stay alive while the engine holds the chunk), with
-        # the token's JSON text.
-        self._clean_tokens = {id(r): (r, text) for run, r, text in tokens if run in clean}
+        # the token's JSON text and whether many() writes it from its run's envelope: its
+        # body written as it is (plain, data not empty, no tool call streamed: one search
+        # of the chunk for all), its ids ints (as the worker process receives them).
+        plain = self.encoder.plain
+        tool_calls = joined.find(TOOL_CALL_CHUNKS) != -1
+        fast = self._hook is None
+        clean_tokens = self._clean_tokens = {}
+        for run, record, text in tokens:
+            if run in clean:
+                body = record[BODY]
+                clean_tokens[id(record)] = (
+                    record,
+                    text or b"",
+                    fast
+                    and text is not None
+                    and type(body) is bytes
+                    and plain.get(id(body)) is body
+                    and body[_SPLICE] != 0x7D
+                    and not (tool_calls and body.find(TOOL_CALL_CHUNKS) != -1)
+                    and type(record[RUN_ID]) is int
+                    and (record[PARENT_RUN_ID] is None or type(record[PARENT_RUN_ID]) is int),
+                )
 
     def __call__(self, record: Sequence[Any], /) -> tuple[int, bytes] | None:
         """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
@@ -157,17 +177,32 @@ class EventTranslator:
         for record in records:
             try:
                 kind, seq, ts, run_id, parent_run_id, name, body, extra = record
+                clean = clean_tokens.get(id(record))
+                if clean is not None and clean[2] and clean[0] is record:
+                    # A streamed token written as it is (most events of a streamed call):
+                    # its envelope is its run's but for seq and ts, which come first,
+                    # written once per run (see prepare()).
+                    if name is None:
+                        opened = open_runs.get(run_id)
+                        if opened is not None:
+                            name = opened[0]
+                    if name is None or type(name) is str:
+                        counts[kind] += 1
+                        key = (run_id, parent_run_id, name)
+                        head = token_heads.get(key)
+                        if head is None:
+                            head = self._token_head(key)
+                        envelope_parts = (b'{"seq":', dumps(seq), b',"ts":', dumps(ts), head, clean[1], b",")
+                        append((seq, b"".join((*envelope_parts, body[_SPLICE:], b"\n"))))
+                        continue
                 # UUID.__hash__ is Python code; its int hashes in C.
                 run = run_id.int if type(run_id) is uuid.UUID else run_id
                 token = None
-                text = None
                 error = None
                 if kind == "llm_new_token":
                     if type(extra) is str:  # the streamed text, redacted joined to the run's stream
-                        clean = clean_tokens.get(id(record))
                         if clean is not None and clean[0] is record:
                             token = extra  # its run's tail moved past it in prepare()
-                            text = clean[1]
                         else:
                             token = streams.token(run, extra)
                             if token != extra and type(body) is bytes:
@@ -201,41 +236,6 @@ class EventTranslator:
                     if opened is not None:
                         name = opened[0]
                 counts[kind] += 1
-                if (
-                    type(token) is str
-                    and hook is None
-                    and type(body) is bytes
-                    and plain.get(id(body)) is body
-                    and body[_SPLICE] != 0x7D  # data is not empty
-                    and type(run_id) is int
-                    and (parent_run_id is None or type(parent_run_id) is int)
-                    and (name is None or type(name) is str)
-                ):
-                    # A plain streamed token (most events of a streamed call): its envelope
-                    # is the run's, but for seq and ts, which come first; written once per run.
-                    key = (run_id, parent_run_id, name)
-                    head = token_heads.get(key)
-                    if head is None:
-                        head = self._token_head(key)
-                    if text is None:
-                        with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: none
-                            text = dumps(token)
-                    if text is not None:
-                        line = b"".join(
-                            (
-                                b'{"seq":',
-                                dumps(seq),
-                                b',"ts":',
-                                dumps(ts),
-                                head,
-                                text,
-                                b",",
-                                body[_SPLICE:],
-                                b"\n",
-                            )
-                        )
-                        append((seq, line))
-                        continue
                 if kind in _PARAMETER_KINDS:
                     self._collect(kind, body)
                 envelope = {
