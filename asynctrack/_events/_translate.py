@@ -8,7 +8,6 @@ is in ``_schema``.
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import re
 import uuid
@@ -106,8 +105,10 @@ class EventTranslator:
                     blocks.add(run)
                     continue  # not the bodies holding content-block tokens (their "token" key is ours)
                 streams.setdefault(run, []).append(extra)
-                with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: none
+                try:  # not contextlib.suppress, which runs Python frames per token
                     text = dumps(extra)
+                except orjson.JSONEncodeError:  # a lone surrogate: none
+                    pass
                 tokens.append((run, record, text))
             if type(body) is bytes:
                 bodies.append(body)
