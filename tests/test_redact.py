@@ -782,3 +782,23 @@ def test_a_batch_of_tokens_holding_a_prefix_far_back_is_not_judged_clean() -> No
     written = "".join(orjson.loads(line)["data"]["token"] for line in lines if line)
     assert written.startswith("the key is ") and written.endswith(" keep it"), written
     assert secret[:8] not in written and secret[-8:] not in written, written
+
+
+def test_a_model_starts_known_description_is_not_cut_again_and_its_messages_are() -> None:
+    def start(message: str) -> bytes:
+        data = {"invocation_params": {"model": "m", "temperature": 0.2}, "messages": [[{"content": message}]]}
+        return orjson.dumps({"data": data, "tags": [], "metadata": {"ls_provider": "openai"}})
+
+    def lead(body: bytes) -> int:
+        return body.find(b',"messages":[')
+
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    first = start("What is the weather in Paris?")
+    redactor.prepare([first], [lead(first)])
+    assert redactor.unchanged()
+    second = start("password=hunter2, and the weather in Lyon?")
+    rest, _, leads = redactor._templates([second], [lead(second)])
+    assert (rest, leads) == ([second[lead(second) :]], [])  # the path under test
+    redactor.prepare([second], [lead(second)])
+    assert redactor.json(second) == Redactor(DEFAULT_REDACT_KEYS).json(second)
+    assert b"hunter2" not in (redactor.json(second) or b"")

@@ -46,11 +46,11 @@ class Encoder:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
 
-    def prepare(self, bodies: list[bytes], tokens: list[bytes | None] | None = None) -> bytes:
-        """Scan a chunk of bodies at once; ``tokens``: the JSON text of the streamed token
-        each body holds, or ``None`` (see ``Redactor.prepare``). Returns the bodies joined
-        (by ``\x1e``: a byte JSON text never holds), for searches of the whole chunk."""
-        joined = self.redactor.prepare(bodies, tokens)
+    def prepare(self, bodies: list[bytes], shared: list[bytes | int | None] | None = None) -> bytes:
+        """Scan a chunk of bodies at once; ``shared``: what each body shares with others
+        (see ``Redactor.prepare``). Returns the bodies joined (by ``\x1e``: a byte JSON
+        text never holds), for searches of the whole chunk."""
+        joined = self.redactor.prepare(bodies, shared)
         # Every body starts with '{"data":{' (the splice needs it: one C loop over the
         # bodies; a count of the separator in the joined chunk reads every byte), and none
         # holds a placeholder (one search of the joined chunk).

@@ -84,36 +84,51 @@ class EventTranslator:
 
     def prepare(self, records: Sequence[Sequence[Any]], /) -> None:
         """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
-        if "llm_new_token" not in set(map(_KIND, records)):
+        kinds = set(map(_KIND, records))
+        if "llm_new_token" not in kinds:
             bodies = list(map(_BODY, records))
             if all(map(bytes.__instancecheck__, bodies)):
-                self.encoder.prepare(bodies)
+                leads = None
+                if not kinds.isdisjoint(_LAST_OF_DATA):
+                    # A model start's description, before its prompts or messages, is the
+                    # same at every call of the model (see Redactor.prepare).
+                    leads = [
+                        b.find(_LAST_OF_DATA[k]) if k in _LAST_OF_DATA else None
+                        for k, b in zip(map(_KIND, records), bodies, strict=True)
+                    ]
+                self.encoder.prepare(bodies, leads)
                 self._clean_tokens = {}
                 return
         bodies = []
-        texts: list[bytes | None] = []  # each body's token as JSON text (Redactor.prepare)
+        # What each body shares with others (Redactor.prepare): a token's JSON text, the
+        # length of a model start's description.
+        shared: list[bytes | int | None] = []
         streams: dict[Any, list[str]] = {}
         tokens = []
         blocks = set()
         dumps = orjson.dumps
         for record in records:
             kind, body, extra = record[KIND], record[BODY], record[EXTRA]
-            text = None
+            text: bytes | int | None = None
             if kind == "llm_new_token":
                 run = record[RUN_ID].int if type(record[RUN_ID]) is uuid.UUID else record[RUN_ID]
                 if type(extra) is not str:
                     blocks.add(run)
                     continue  # not the bodies holding content-block tokens (their "token" key is ours)
                 streams.setdefault(run, []).append(extra)
+                token: bytes | None = None
                 try:  # not contextlib.suppress, which runs Python frames per token
-                    text = dumps(extra)
+                    token = dumps(extra)
                 except orjson.JSONEncodeError:  # a lone surrogate: none
                     pass
-                tokens.append((run, record, text))
+                tokens.append((run, record, token))
+                text = token
+            elif kind in _LAST_OF_DATA and type(body) is bytes:
+                text = body.find(_LAST_OF_DATA[kind])
             if type(body) is bytes:
                 bodies.append(body)
-                texts.append(text)
-        joined = self.encoder.prepare(bodies, texts)
+                shared.append(text)
+        joined = self.encoder.prepare(bodies, shared)
         for run in blocks:  # content blocks join the run's stream in order, in many()
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.

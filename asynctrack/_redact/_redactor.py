@@ -142,7 +142,7 @@ class Redactor:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(self, bodies: list[bytes] | None, tokens: list[bytes | None] | None = None) -> bytes:
+    def prepare(self, bodies: list[bytes] | None, shared: list[bytes | int | None] | None = None) -> bytes:
         """Scan a chunk of bodies at once (``None``: forget the last chunk).
 
         The passes over the joined chunk cost about what they cost over each body,
@@ -156,16 +156,19 @@ class Redactor:
         so is every body, and they are remembered. Else, and when most pieces are
         new, the full scan runs; a chunk it finds clean has its pieces remembered.
 
-        ``tokens``: for each body, the JSON text of the streamed token it holds (its
-        chunk's ``text`` and its message's ``content``), or ``None``. The body of a
-        streamed token is its run's template but for those two values: a body whose
-        template is known clean is not cut into pieces; its token's two members,
-        ``text":<token>,"content":<token>}`` (a piece as the cut leaves it), are
-        looked up and scanned as a piece instead (a key, its value and a word never
-        cross a string's quotes; the bare AWS secret key rule, which reads the bytes
-        before a run, is kept out as ``_learn`` keeps it out: no template or piece
-        holding a run of 40 base64 characters is remembered). A template is
-        remembered once its body was found clean. Returns the joined chunk.
+        ``shared``: for each body, what most of it shares with other bodies, or
+        ``None``. The JSON text of the streamed token it holds (its chunk's ``text``
+        and its message's ``content``): the body of a streamed token is its run's
+        template but for those two values; a body whose template is known clean is
+        not cut into pieces, its token's two members, ``text":<token>,"content":<token>}``
+        (a piece as the cut leaves it), are looked up and scanned as a piece instead (a
+        key, its value and a word never cross a string's quotes; the bare AWS secret
+        key rule, which reads the bytes before a run, is kept out as ``_learn`` keeps
+        it out: no template or piece holding a run of 40 base64 characters is
+        remembered). Or the length of its leading part (a model's description before
+        its messages, the same at every call), which ends where a piece does (before a
+        ``,"``): a known clean one is not cut into pieces. A template or leading part
+        is remembered once its body was found clean. Returns the joined chunk.
         """
         if bodies is None:
             self._chunk = {}
@@ -174,15 +177,15 @@ class Redactor:
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
         templates: list[bytes] = []
-        if tokens is not None and not self._patterns:
-            rest, tokens_pieces, templates = self._templates(bodies, tokens)
+        if shared is not None and not self._patterns:
+            rest, tokens_pieces, templates = self._templates(bodies, shared)
             pieces = self._pieces(b"\x1e".join(rest)) if rest else []
             if pieces is not None:
                 pieces += tokens_pieces
         else:
             pieces = self._pieces(joined)
         if pieces is not None:
-            unknown = set(itertools.filterfalse(self._pieces_seen.clean.__contains__, pieces))
+            unknown = set(pieces).difference(self._pieces_seen.clean)
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
             if not unknown or (
                 sum(map(len, unknown)) * 4 <= len(joined)
@@ -227,24 +230,32 @@ class Redactor:
         return joined
 
     def _templates(
-        self, bodies: list[bytes], tokens: list[bytes | None]
+        self, bodies: list[bytes], shared: list[bytes | int | None]
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """The bodies to cut into pieces, the pieces of the tokens held by the others,
-        and the templates not known yet (see ``prepare``).
+        """The texts to cut into pieces (bodies, or what follows a known leading part),
+        the pieces of the tokens held by the others, and the templates and leading parts
+        not known yet (see ``prepare``).
 
-        A body is cut into pieces when its template is neither known clean nor that of
-        a body before it in the chunk (which is cut into pieces: if that body is
-        clean, so is the template, and so is this body if its token's piece is). The
-        tokens of one run come in a row: a body is first compared with the template of
-        the body before it, filled with its own token (one join and one comparison).
+        A body is cut into pieces whole when its template (or leading part) is neither
+        known clean nor that of a body before it in the chunk (which is cut into
+        pieces: if that body is clean, so is the template, and so is this body if its
+        token's piece is). The tokens of one run come in a row: a body is first
+        compared with the template of the body before it, filled with its own token
+        (one join and one comparison).
         """
         clean = self._pieces_seen.clean
         rest: list[bytes] = []
         pieces: list[bytes] = []
         templates: dict[bytes, None] = {}
         last: tuple[bytes, bytes, bytes] | None = None
-        for body, token in zip(bodies, tokens, strict=True):
-            if token is None:
+        for body, token in zip(bodies, shared, strict=True):
+            if type(token) is not bytes:
+                if type(token) is int and 0 < token < len(body):
+                    lead = body[:token]
+                    if lead in clean or lead in templates:
+                        rest.append(body[token:])
+                        continue
+                    templates[lead] = None
                 rest.append(body)
                 continue
             if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
