@@ -26,6 +26,12 @@ _LATENCY_GROUP: Final = {
 _LATENCY_SAMPLE: Final = 4096
 _MAX_NAMES: Final = 10_000  # parameter keys judged and remembered (they can be data)
 _TOKEN_METRICS: Final = {"prompt": "tokens_in", "completion": "tokens_out", "total": "tokens_total"}
+#: Ours, and the keys of OpenAI's ``token_usage`` or LangChain's ``usage_metadata`` for it.
+_USAGE_KEYS: Final = (
+    ("prompt", ("prompt_tokens", "input_tokens")),
+    ("completion", ("completion_tokens", "output_tokens")),
+    ("total", ("total_tokens",)),
+)
 _HYPER_KEYS_FROM_METADATA: Final = {
     "ls_model_name": "model_name",
     "ls_temperature": "temperature",
@@ -117,17 +123,16 @@ class RunParameters:
 
     def usage(self, usage: Any) -> None:
         """Add a call's token usage (OpenAI ``token_usage`` or LangChain ``usage_metadata``)."""
-        if not isinstance(usage, Mapping):
+        # A dict first: the Mapping ABC's check costs more than the rest (once per model end).
+        if type(usage) is not dict and not isinstance(usage, Mapping):
             return
-        for ours, theirs in (
-            ("prompt", ("prompt_tokens", "input_tokens")),
-            ("completion", ("completion_tokens", "output_tokens")),
-            ("total", ("total_tokens",)),
-        ):
+        get = usage.get
+        tokens = self.tokens
+        for ours, theirs in _USAGE_KEYS:
             for key in theirs:
-                value = usage.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    self.tokens[ours] += value
+                value = get(key)
+                if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+                    tokens[ours] += value
                     break
 
     def hyperparameters(self) -> dict[str, ParameterValue]:

@@ -274,10 +274,11 @@ class Redactor:
     def _remember_templates(self, templates: list[bytes]) -> None:
         """Remember ``templates``, whose bodies were found clean, as clean (a template
         holding a run of 40 base64 characters is not: see ``_learn``)."""
-        if templates:
-            kept = {t for t in templates if len(t) <= _MAX_PIECE and not base64_runs(t)}
-            if kept:
-                self._pieces_seen.add(kept)
+        kept = [t for t in templates if len(t) <= _MAX_PIECE]
+        if kept and base64_runs(b"\x1e".join(kept)):  # (a run never crosses the separator)
+            kept = [t for t in kept if not base64_runs(t)]
+        if kept:
+            self._pieces_seen.add(set(kept))
 
     def _pieces(self, joined: bytes) -> list[bytes] | None:
         """``joined`` cut into pieces for the clean-piece cache, or ``None`` when the
@@ -300,15 +301,15 @@ class Redactor:
         bytes before a run of 40 base64 characters. A text holding such a run is not
         remembered.
         """
+        if base64_runs(text):  # first: then no scan of it looks for bare AWS keys
+            return False
         if not scanned:
             if self.key_rule is not None:
                 keys = self._key_spans(text)
                 if keys is None or keys[0] or keys[1]:
                     return False
-            if self._detectors and self._value_spans(text):
+            if self._detectors and self._value_spans(text, aws=False):
                 return False
-        if base64_runs(text):
-            return False
         self._pieces_seen.add({piece for piece in unknown if len(piece) <= _MAX_PIECE})
         return True
 
@@ -484,8 +485,9 @@ class Redactor:
             text = pattern.sub(REDACTED_BYTES, text)
         return text
 
-    def _value_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
-        """The spans the value detectors redact in ``text``."""
+    def _value_spans(self, text: bytes, aws: bool = True) -> list[tuple[int, int, bytes]]:
+        """The spans the value detectors redact in ``text`` (``aws=False``: but bare AWS
+        secret keys, for a text known to hold no run of 40 base64 characters)."""
         spans = run_formats(text)
         # The literals present, with a C call per literal (a short text has none, most
         # often). find(), not `in`: CPython 3.11's `bytes in bytes` first tries the needle
@@ -500,7 +502,7 @@ class Redactor:
                     spans.extend(zip(starts, map(_END, hits, repeat(group)), repeat(REDACTED_BYTES)))
         if text.find(b":") != -1:
             spans.extend(pgpass_lines(text))
-        if len(text) >= 40:
+        if aws and len(text) >= 40:
             spans.extend(aws_secrets(text))
         return spans
 
