@@ -43,15 +43,15 @@ Valgrind runs the application ~50x slower, but the shipper's gathering (``_TICK`
 and the trickle's gaps are wall time: under valgrind a round gathers fewer records, and
 its fixed cost is shared by fewer events than at full speed, so the tracker's count
 is an upper bound of its real per-event cost. The correction (unless ``--no-correct``):
-the tracker runs again under valgrind with a tick of ``LONG_TICK`` (rounds then come
-from the backlog bound and the flush only), and once without valgrind (the rounds it
-takes at full speed, at this machine's load); the two counts give the instructions
-of one round (their difference over the difference in rounds), and the corrected
-figure is the count with the rounds of the full-speed run instead of valgrind's:
-beyond capture - per round * (rounds per event under valgrind - at full speed).
-Instructions do not show what a round costs beyond them: the kernel's part (futex
-wake-ups, the pipe write, context switches) and cold caches; at the floor's rate they
-are not counted at all.
+the tracker runs twice more under valgrind, with a tick of ``SHORT_TICK`` (many rounds)
+and of ``LONG_TICK`` (rounds from the backlog bound and the flush only), and once
+without valgrind (the rounds it takes at full speed, at this machine's load). The two
+counts give the instructions of one round (their difference over the difference in
+rounds: a round's fixed cost in every thread, the wake-up, the frame, the write, the
+acknowledgement); the corrected figure is the long tick's count with the full-speed
+run's rounds instead of its own. Instructions do not show what a round costs beyond
+them: the kernel's part (futex wake-ups, the pipe write, context switches) and cold
+caches.
 
 ``--child VARIANT WORKLOAD CALLS`` runs one driver directly (no valgrind).
 """
@@ -80,7 +80,8 @@ RATE_REPEATS = 5  # timed runs of the floor, outside valgrind, for the instructi
 #: Records the capture keeps: a few, so that each is freed within the count, as a shipped
 #: one is (a deque of 4096, as in ``benchmarks.overhead``, would free none in a short count).
 CAPTURE_KEEP = 64
-LONG_TICK = 3600.0  # the shipper's tick in the correction's second run: no timed rounds
+SHORT_TICK = 0.001  # the shipper's tick in the correction's run with many rounds
+LONG_TICK = 3600.0  # ... and in its run with the fewest (no timed rounds)
 _CONTROL = "ASYNCTRACK_CALLGRIND"  # set in the child run under valgrind
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -377,13 +378,18 @@ def main() -> None:
                 if rounds is None or args.no_correct or not isinstance(beyond, float):
                     row += ["", "", "", ""]
                 else:
+                    short = _run(variant, workload, calls, out_dir, tick=SHORT_TICK)
                     long = _run(variant, workload, calls, out_dir, tick=LONG_TICK)
                     plain = _run(variant, workload, calls, out_dir, valgrind=False)
-                    assert long.instructions is not None and run.instructions is not None
-                    per_round = (run.instructions - long.instructions) / max(
-                        rounds - long.counters["rounds"], 1
+                    assert short.instructions is not None and long.instructions is not None
+                    fewest, most = long.counters["rounds"], short.counters["rounds"]
+                    per_round = (short.instructions - long.instructions) / max(most - fewest, 1)
+                    corrected = (
+                        per_event(long)
+                        - floor
+                        - (capture or 0.0)
+                        + per_round * (plain.counters["rounds"] - fewest) / n
                     )
-                    corrected = beyond - per_round * (rounds - plain.counters["rounds"]) / n
                     row += [
                         f"{100 * rounds / n:.1f} / {100 * plain.counters['rounds'] / n:.1f}",
                         f"{per_round:,.0f}",

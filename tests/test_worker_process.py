@@ -526,6 +526,44 @@ def test_records_that_keep_coming_are_gathered_into_a_round_every_few_millisecon
     assert rounds <= count // 2, rounds
 
 
+def test_records_that_come_within_a_tick_of_the_first_are_shipped_in_one_round(
+    tracker: AsyncTracker, tmp_destination: Path
+) -> None:
+    """The first record after the shipper slept wakes it, and it gathers for ``_TICK``
+    before it ships: records a few milliseconds apart (a model's start, its end, the
+    next call) share one round, whose fixed cost they share."""
+    _text(tracker, 0, 1)
+    tracker.flush_blocking(timeout=WAIT)  # the worker has started and reads
+    lane = tracker._engine.lane  # type: ignore[attr-defined]
+    shipper = _spawn.worker_process()._shipper
+    _wait_until(lambda: not len(lane.queue), what="the warm-up shipped")
+    shipped, rounds = lane.shipped, shipper.rounds
+    run_id = uuid.uuid4()
+    for i in range(4):
+        tracker.on_text(f"record-{i}", run_id=run_id)
+        time.sleep(0.002)  # the input's spacing, not a wait for a result
+    _wait_until(lambda: lane.shipped == shipped + 4, what="the four records shipped")
+    # One round (measured); two if the machine delayed the last record past the tick.
+    # Shipping each record as it came took three or four.
+    assert shipper.rounds - rounds <= 2, shipper.rounds - rounds
+
+
+def test_a_flush_does_not_wait_for_the_shippers_gathering(
+    tmp_destination: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush or a close wakes a gathering shipper at once, and one that comes to an
+    idle shipper is shipped without a gathering first: with a tick of an hour, both
+    still return at once."""
+    monkeypatch.setattr(_shipper, "_TICK", 3600.0)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
+        tracker.flush_blocking(timeout=WAIT)  # idle: only the request
+        _text(tracker, 0, 3)
+        tracker.flush_blocking(timeout=WAIT)  # records gathering, then the request
+        assert tracker.statistics().written == 3
+        _text(tracker, 3, 2)
+    assert tracker.statistics().written == 5  # the close, behind two records
+
+
 def _worker_sleeps(pid: int) -> int:
     """How many times the worker process's threads have gone to sleep (voluntary context
     switches), the ones still alive."""

@@ -5,17 +5,14 @@ tracker of that process; each tracker has a ``Lane``: its queue (``BoundedQueue`
 frame numbers, the requests waiting for an answer, and the frames the worker process
 has not acknowledged yet.
 
-Its thread sleeps while nothing is queued: the first record after that wakes it
-(``BoundedQueue.sleeping``) and is shipped at once, so an idle tracker costs no
-wake-ups in the application and a lone record waits for no timer. When records keep
-coming (a round found more than one, or found one less than ``_TICK`` after the
-last round that shipped), it gathers: it ships a round every ``_TICK``
-(a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once), and the fixed
-cost of a wake-up is shared by the records of that round; the first gathering round
-that finds nothing puts it back to sleep. So the thread wakes once per record when
-records trickle in one at a time, about once per ``_TICK`` while they keep coming
-(plus one wake-up with no work as each such spell ends), and a record waits
-unshipped at most ``_TICK`` (plus the wait for the GIL).
+Its thread sleeps while nothing is queued, so an idle tracker costs no wake-ups in the
+application: the first record after that wakes it (``BoundedQueue.sleeping``). It then
+gathers for ``_TICK`` before it ships (a backlog of ``WAKE_AT`` records, a flush or a
+close wakes it at once), and ships what came meanwhile in one round, whose fixed cost
+is shared by those records; if more came during the round it gathers again, else it
+sleeps. So it wakes about once per ``_TICK`` while records keep coming, once per burst
+when they come in bursts (a model's calls and streamed tokens), never without work, and
+a record waits unshipped at most ``_TICK`` (plus the wait for the GIL).
 
 ``_TICK`` is 20 ms: a round costs the application ~200 µs of CPU beyond its records
 (the wake-up, the GIL taken from a busy caller and given back, cold caches, the
@@ -48,7 +45,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
+from .._channel import HEADER, RECORDS, Kind, body_of, encode_frame, read_records, records_frame
 from .._errors import error_fields
 from .._events._schema import KIND
 from .._pipeline._queue import BoundedQueue, Control
@@ -63,7 +60,10 @@ _TICK: Final = 0.02  # seconds a busy shipper gathers records between two rounds
 #: The write alone does not give the GIL away (it takes it back before a waiting thread
 #: has woken up): without it a backlog kept the application's event loop waiting 3-5 ms.
 _HAND_OVER: Final = 0.00005
-SLICE: Final = 1024  # records per frame: one marshal call holds the GIL ~0.3 ms (200-byte bodies)
+#: Records per frame: one marshal call holds the GIL while it writes them all. At 256, a
+#: slice's take, marshal and retention hold it ~0.1 ms (records of ~100-byte bodies, load
+#: average 6; 1024 held it ~0.4 ms, and the event loop of a busy caller waited as long).
+SLICE: Final = 256
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
@@ -134,7 +134,7 @@ class Lane:
         self.queue = queue
         self.tracker_id = -1
         self._max_retained = max_retained
-        self._hold_back = hold_back
+        self.hold_back = hold_back
         self._frames = itertools.count(1)
         self._lock = threading.Lock()  # unacked: the shipper adds, the reader removes
         #: Frames the worker has not acknowledged: key -> (frame bytes, events).
@@ -167,7 +167,7 @@ class Lane:
 
     def held_back(self) -> bool:
         """Whether the lane waits for acknowledgements before shipping more."""
-        return self._hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
+        return self.hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
 
     def frames(self, limit: int) -> list[tuple[Key, bytes, int]]:
         """Take up to ``limit`` records (and the requests among them) and frame them:
@@ -183,8 +183,11 @@ class Lane:
             while start < len(chunk):
                 records = chunk[start : start + _cut_by_bytes(chunk[start:])] if cut else chunk
                 number = next(self._frames)
-                frame, kept = self._frame(tracker, number, records)
-                out.append(((Kind.RECORDS, number), frame, kept))
+                try:
+                    frame, kept = records_frame(tracker, number, records), len(records)  # one C call
+                except ValueError:  # an exception object, an odd run id: made plain
+                    frame, kept = self._plain_frame(tracker, number, records)
+                out.append(((RECORDS, number), frame, kept))
                 self.shipped += len(records)
                 start += len(records)
             limit -= len(chunk)
@@ -195,12 +198,9 @@ class Lane:
             out.append(((request.kind, request.number), frame, 0))
         return out
 
-    def _frame(self, tracker: int, number: int, records: list[Any]) -> tuple[bytes, int]:
-        """The ``RECORDS`` frame of ``records``, and how many records it holds."""
-        try:
-            return records_frame(tracker, number, records), len(records)  # one C call
-        except ValueError:  # an exception object, an odd run id: the next lines
-            pass
+    def _plain_frame(self, tracker: int, number: int, records: list[Any]) -> tuple[bytes, int]:
+        """The ``RECORDS`` frame of ``records`` that ``marshal`` refused as they are, and
+        how many records it holds."""
         kept = []
         for record in records:
             try:
@@ -213,9 +213,9 @@ class Lane:
     def retain(self, key: Key, frame: bytes, events: int) -> None:
         with self._lock:
             self.unacked[key] = (frame, events)
-            if key[0] == Kind.RECORDS:
+            if key[0] == RECORDS:
                 self.retained_bytes += len(frame)
-                if self.retained_bytes > self._max_retained and not self._hold_back:
+                if self.retained_bytes > self._max_retained and not self.hold_back:
                     self._forget_oldest()
 
     def _forget_oldest(self) -> None:
@@ -223,7 +223,7 @@ class Lane:
         for key in list(self.unacked):
             if self.retained_bytes <= self._max_retained // 2:
                 break
-            if key[0] != Kind.RECORDS:
+            if key[0] != RECORDS:
                 continue
             frame, events = self.unacked.pop(key)
             self.retained_bytes -= len(frame)
@@ -234,7 +234,7 @@ class Lane:
     def acknowledged(self, number: int) -> None:
         """Every RECORDS frame up to ``number`` is durable: forget it."""
         with self._lock:
-            for key in [k for k in self.unacked if k[0] == Kind.RECORDS and k[1] <= number]:
+            for key in [k for k in self.unacked if k[0] == RECORDS and k[1] <= number]:
                 frame, _ = self.unacked.pop(key)
                 self.retained_bytes -= len(frame)
 
@@ -267,7 +267,7 @@ class Lane:
         records: list[Any] = []
         with self._lock:
             for (kind, _), (frame, _) in self.unacked.items():
-                if kind == Kind.RECORDS:
+                if kind == RECORDS:
                     records.extend(read_records(frame[HEADER.size :]))
             self.unacked.clear()
             self.retained_bytes = 0
@@ -324,37 +324,38 @@ class Shipper:
 
     def _run(self) -> None:
         signal = self._signal
-        gathering = False
-        last = -_TICK  # when a round last shipped (time.monotonic())
         while True:
             self.rounds += 1
             signal.acquire(blocking=False)  # this round answers any wake() before it
-            shipped, held = self.ship_once()
-            # Gather while records keep coming: a round that found more than one record,
-            # or found one within _TICK of the last that shipped, starts it; any round
-            # that ships keeps it; one that finds nothing ends it (so that wake-up with
-            # no work follows at least two records).
-            if shipped:
-                now = time.monotonic()
-                gathering = gathering or shipped > 1 or now - last < _TICK
-                last = now
-            else:
-                gathering = False
-            if gathering:
-                for lane in list(self.lanes.values()):
-                    lane.queue.busy()
-                signal.acquire(timeout=_TICK)  # a backlog, a flush or a close wakes us at once
-                continue
+            _, held = self.ship_once()
             if self.stopping:
                 return
-            # Arm every queue (no short cut: each must wake us), then sleep until one
-            # does, or an acknowledgement does for a lane held back. A record that came
-            # during a round that shipped one is shipped at once, without sleeping.
-            empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
-            if all(empty) and not held:
-                signal.acquire()
-            elif held or not shipped:
+            if held:  # until an acknowledgement (or _TICK); any other lane may wake us
+                for lane in list(self.lanes.values()):
+                    lane.queue.sleeping()
                 signal.acquire(timeout=_TICK)
+                continue
+            if not any(lane.queue.length() for lane in list(self.lanes.values())):
+                # Arm every queue (no short cut: each must wake us), then sleep until
+                # one does. Not while records wait: each put() would then wake us.
+                empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
+                if all(empty):
+                    signal.acquire()
+            # Records wait: gather for _TICK before shipping them, unless a request, a
+            # fall back or a stop waits. A backlog of WAKE_AT, a flush or a close that
+            # comes meanwhile wakes us at once.
+            if not self._asked():
+                for lane in list(self.lanes.values()):
+                    lane.queue.busy()
+                signal.acquire(timeout=_TICK)
+
+    def _asked(self) -> bool:
+        """Whether something waits that must not wait for a gathering: a stop, a
+        request (flush, close), a lane to hand to a thread engine."""
+        return self.stopping or any(
+            lane.queue.controls_queued or lane.fall_back_reason is not None
+            for lane in list(self.lanes.values())
+        )
 
     def ship_once(self) -> tuple[int, bool]:
         """Ship what every lane queued: (records and requests shipped, plus one per
@@ -364,8 +365,10 @@ class Shipper:
         held = False
         for lane in list(self.lanes.values()):
             queue = lane.queue
-            lane.report_drops()
-            if not len(queue) and lane.fall_back_reason is None:
+            if queue.dropped:
+                lane.report_drops()
+            queued = queue.length
+            if not queued() and lane.fall_back_reason is None:
                 continue
             if lane.forward is not None:  # a thread engine took over this tracker
                 lane.forward()
@@ -378,8 +381,8 @@ class Shipper:
                     lane.forward()
                 shipped += 1
                 continue
-            while len(queue):
-                if lane.held_back() and not self.stopping:
+            while queued():
+                if lane.hold_back and lane.held_back() and not self.stopping:
                     held = True
                     if not lane.seal_asked:
                         self._ask_seal(lane)
@@ -396,7 +399,7 @@ class Shipper:
                     if frames:
                         lane.seal_asked = False
                         self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
-                if len(queue):
+                if queued():
                     time.sleep(_HAND_OVER)
         return shipped, held
 
