@@ -15,6 +15,7 @@ import marshal
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from asynctrack._channel import (
     read_records,
     records_count,
     records_frame,
+    write_all,
 )
 from asynctrack._langchain import _handler
 from asynctrack._pipeline._queue import BoundedQueue
@@ -455,6 +457,29 @@ def test_frames_are_cut_the_same_however_the_reads_split_them() -> None:
         FrameReader().feed(HEADER.pack(7, 0, 0, 0))
 
 
+def test_write_all_writes_every_part_in_order_when_the_pipe_takes_only_some() -> None:
+    """A frame goes out as its header and payload with one ``writev``; when the pipe is
+    full, the rest follows, in order, whether it was given as parts or as bytes."""
+    parts = [bytes([i]) * size for i, size in enumerate((17, 70_000, 3, 150_000))]
+    for data in (parts, b"".join(parts)):
+        read_fd, write_fd = os.pipe()
+        received = bytearray()
+
+        def drain(fd: int = read_fd, into: bytearray = received) -> None:
+            while chunk := os.read(fd, 65536):
+                into.extend(chunk)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        try:
+            write_all(write_fd, data)  # a pipe holds 64 KiB: several writes
+        finally:
+            os.close(write_fd)
+            reader.join(WAIT)
+            os.close(read_fd)
+        assert bytes(received) == b"".join(parts)
+
+
 def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> None:
     """Records whose bodies fit in one frame go in one frame; a take of larger ones is
     cut so that each frame stays within the bound (or holds one record), whether the
@@ -473,7 +498,7 @@ def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> 
         return records
 
     def framed(limit: int) -> list[list[tuple[Any, ...]]]:
-        return [read_records(frame[HEADER.size :]) for _, frame, _ in lane.frames(limit)]
+        return [read_records(payload) for _, (_, payload), _ in lane.frames(limit)]
 
     small = put(300, 200)
     assert framed(1000) == [small]

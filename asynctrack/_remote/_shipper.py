@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._channel import HEADER, RECORDS, Kind, body_of, encode_frame, read_records, records_frame
+from .._channel import HEADER, RECORDS, Kind, body_of, encode_frame, read_records, records_parts
 from .._errors import error_fields
 from .._events._schema import KIND
 from .._pipeline._queue import BoundedQueue, Control
@@ -67,6 +67,7 @@ SLICE: Final = 256
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
+Parts = tuple[bytes, bytes]  # a frame's header and payload, written together (writev)
 
 
 class Request(Control):
@@ -137,9 +138,9 @@ class Lane:
         self.hold_back = hold_back
         self._frames = itertools.count(1)
         self._lock = threading.Lock()  # unacked: the shipper adds, the reader removes
-        #: Frames the worker has not acknowledged: key -> (frame bytes, events).
+        #: Frames the worker has not acknowledged: key -> (frame's parts, events).
         #: RECORDS frames stay until ACK; FLUSH/CLOSE frames until answered.
-        self.unacked: dict[Key, tuple[bytes, int]] = {}
+        self.unacked: dict[Key, tuple[Parts, int]] = {}
         self.retained_bytes = 0
         self._unretained_events = 0
         #: Held back, the worker was asked to seal and write what it has (``SEAL``):
@@ -169,10 +170,10 @@ class Lane:
         """Whether the lane waits for acknowledgements before shipping more."""
         return self.hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
 
-    def frames(self, limit: int) -> list[tuple[Key, bytes, int]]:
+    def frames(self, limit: int) -> list[tuple[Key, Parts, int]]:
         """Take up to ``limit`` records (and the requests among them) and frame them:
-        ``(key, frame, events)`` in order."""
-        out: list[tuple[Key, bytes, int]] = []
+        ``(key, parts, events)`` in order."""
+        out: list[tuple[Key, Parts, int]] = []
         tracker = self.tracker_id
         queue = self.queue
         while limit > 0:
@@ -184,7 +185,7 @@ class Lane:
                 records = chunk[start : start + _cut_by_bytes(chunk[start:])] if cut else chunk
                 number = next(self._frames)
                 try:
-                    frame, kept = records_frame(tracker, number, records), len(records)  # one C call
+                    frame, kept = records_parts(tracker, number, records), len(records)  # one C call
                 except ValueError:  # an exception object, an odd run id: made plain
                     frame, kept = self._plain_frame(tracker, number, records)
                 out.append(((RECORDS, number), frame, kept))
@@ -194,11 +195,12 @@ class Lane:
             if request is None:
                 break
             self.waiting[request.number] = request
-            frame = encode_frame(request.kind, tracker, request.number, pickle.dumps(request.timeout))
-            out.append(((request.kind, request.number), frame, 0))
+            payload = pickle.dumps(request.timeout)
+            header = HEADER.pack(request.kind, tracker, request.number, len(payload))
+            out.append(((request.kind, request.number), (header, payload), 0))
         return out
 
-    def _plain_frame(self, tracker: int, number: int, records: list[Any]) -> tuple[bytes, int]:
+    def _plain_frame(self, tracker: int, number: int, records: list[Any]) -> tuple[Parts, int]:
         """The ``RECORDS`` frame of ``records`` that ``marshal`` refused as they are, and
         how many records it holds."""
         kept = []
@@ -208,13 +210,13 @@ class Lane:
             except Exception as exc:  # a hostile __str__ in a dict key
                 self.lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
-        return records_frame(tracker, number, kept), len(kept)
+        return records_parts(tracker, number, kept), len(kept)
 
-    def retain(self, key: Key, frame: bytes, events: int) -> None:
+    def retain(self, key: Key, frame: Parts, events: int) -> None:
         with self._lock:
             self.unacked[key] = (frame, events)
             if key[0] == RECORDS:
-                self.retained_bytes += len(frame)
+                self.retained_bytes += HEADER.size + len(frame[1])
                 if self.retained_bytes > self._max_retained and not self.hold_back:
                     self._forget_oldest()
 
@@ -226,7 +228,7 @@ class Lane:
             if key[0] != RECORDS:
                 continue
             frame, events = self.unacked.pop(key)
-            self.retained_bytes -= len(frame)
+            self.retained_bytes -= HEADER.size + len(frame[1])
             self._unretained_events += events
 
     # -- reader thread ---------------------------------------------------------------------
@@ -236,7 +238,7 @@ class Lane:
         with self._lock:
             for key in [k for k in self.unacked if k[0] == RECORDS and k[1] <= number]:
                 frame, _ = self.unacked.pop(key)
-                self.retained_bytes -= len(frame)
+                self.retained_bytes -= HEADER.size + len(frame[1])
 
     def answered(self, kind: Kind, number: int) -> Request | None:
         """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
@@ -248,7 +250,7 @@ class Lane:
         """For a new worker: every unacknowledged frame, in order."""
         self.seal_asked = False  # the new worker is asked again if the lane is held back
         with self._lock:
-            return [frame for frame, _ in self.unacked.values()]
+            return [header + payload for (header, payload), _ in self.unacked.values()]
 
     def worker_died(self) -> None:
         """The worker died: what it had but we no longer retain may be lost."""
@@ -268,7 +270,7 @@ class Lane:
         with self._lock:
             for (kind, _), (frame, _) in self.unacked.items():
                 if kind == RECORDS:
-                    records.extend(read_records(frame[HEADER.size :]))
+                    records.extend(read_records(frame[1]))
             self.unacked.clear()
             self.retained_bytes = 0
         requests = list(self.waiting.values())
@@ -285,12 +287,13 @@ class Shipper:
     """The shipper thread of an application process: ships every lane's records.
 
     Args:
-        send: writes frames to the worker's pipe (called with ``lock`` held).
+        send: writes frames to the worker's pipe, bytes or a list of parts in order
+            (called with ``lock`` held).
         lock: the channel lock: no frame is built or sent while a restart or a fall
             back holds it.
     """
 
-    def __init__(self, send: Callable[[bytes], None], lock: threading.RLock) -> None:
+    def __init__(self, send: Callable[[bytes | list[bytes]], None], lock: threading.RLock) -> None:
         self._send = send
         self._lock = lock
         self.lanes: dict[int, Lane] = {}
@@ -398,7 +401,12 @@ class Shipper:
                         shipped += events or 1  # a request frame counts as one
                     if frames:
                         lane.seal_asked = False
-                        self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
+                        first = frames[0][1]
+                        self._send(
+                            [*first]
+                            if len(frames) == 1
+                            else [part for _, parts, _ in frames for part in parts]
+                        )
                 if queued():
                     time.sleep(_HAND_OVER)
         return shipped, held
