@@ -49,9 +49,12 @@ without valgrind (the rounds it takes at full speed, at this machine's load). Th
 counts give the instructions of one round (their difference over the difference in
 rounds: a round's fixed cost in every thread, the wake-up, the frame, the write, the
 acknowledgement); the corrected figure is the long tick's count with the full-speed
-run's rounds instead of its own. Instructions do not show what a round costs beyond
-them: the kernel's part (futex wake-ups, the pipe write, context switches) and cold
-caches.
+run's rounds instead of its own (uncorrected when the two runs differ by fewer than
+``MIN_ROUNDS`` rounds: replayed tokens leave the shipper few). Instructions do not show
+what a round costs beyond them: the kernel's part (futex wake-ups, the pipe write,
+context switches) and cold caches. And they overweigh large copies: callgrind counts a
+``rep movsb`` copy (glibc's ``memcpy`` of a few KiB and more) about one instruction per
+byte, where the CPU moves tens of bytes a cycle.
 
 ``--child VARIANT WORKLOAD CALLS`` runs one driver directly (no valgrind).
 """
@@ -82,6 +85,7 @@ RATE_REPEATS = 5  # timed runs of the floor, outside valgrind, for the instructi
 CAPTURE_KEEP = 64
 SHORT_TICK = 0.001  # the shipper's tick in the correction's run with many rounds
 LONG_TICK = 3600.0  # ... and in its run with the fewest (no timed rounds)
+MIN_ROUNDS = 20  # rounds between the two for a fit (else the count is left uncorrected)
 _CONTROL = "ASYNCTRACK_CALLGRIND"  # set in the child run under valgrind
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -383,19 +387,15 @@ def main() -> None:
                     plain = _run(variant, workload, calls, out_dir, valgrind=False)
                     assert short.instructions is not None and long.instructions is not None
                     fewest, most = long.counters["rounds"], short.counters["rounds"]
-                    per_round = (short.instructions - long.instructions) / max(most - fewest, 1)
-                    corrected = (
-                        per_event(long)
-                        - floor
-                        - (capture or 0.0)
-                        + per_round * (plain.counters["rounds"] - fewest) / n
-                    )
-                    row += [
-                        f"{100 * rounds / n:.1f} / {100 * plain.counters['rounds'] / n:.1f}",
-                        f"{per_round:,.0f}",
-                        f"{corrected:,.0f}",
-                        f"{corrected / rate:.2f}",
-                    ]
+                    full_speed = plain.counters["rounds"]
+                    cells = [f"{100 * rounds / n:.1f} / {100 * full_speed / n:.1f}"]
+                    if most - fewest < MIN_ROUNDS:  # no fit: too few rounds either way
+                        row += [*cells, "", f"{beyond:,.0f}", f"{beyond / rate:.2f}"]
+                    else:
+                        per_round = (short.instructions - long.instructions) / (most - fewest)
+                        extra = per_round * (full_speed - fewest) / n
+                        corrected = per_event(long) - floor - (capture or 0.0) + extra
+                        row += [*cells, f"{per_round:,.0f}", f"{corrected:,.0f}", f"{corrected / rate:.2f}"]
                 print("| " + " | ".join(row) + " |", flush=True)
 
 
