@@ -1,7 +1,7 @@
 """I. Instructions per event over the no-op floor (callgrind): the capture alone, and the tracker.
 
     python -m benchmarks.instructions [--workloads sync,agent,tokens,trickle]
-        [--variants capture,tracker] [--calls N] [--no-correct]
+        [--variants capture,tracker] [--calls N] [--no-correct] [--recorded FILE]
 
 Wall-clock µs swing by ±15 between runs on a shared 2-core machine; instruction counts
 do not. Each measurement runs ``valgrind --tool=callgrind`` on a child process that
@@ -9,7 +9,8 @@ drives a workload through a handler ``calls`` times after a warm-up, with
 instrumentation switched on (``callgrind_control -i on``) only around those calls: the
 count is theirs, without the start-up and imports. ``PYTHONHASHSEED=0`` keeps the counts
 reproducible run to run. Run it from the old tree too (``PYTHONPATH``) for a
-before/after pair.
+before/after pair, with ``--recorded`` the other run's recording (``--keep``): the
+trickle's gaps are recorded from a live stub, and vary with the machine's load.
 
 Variants (``VARIANTS``: one entry each; the floor is always measured):
 
@@ -67,6 +68,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -319,7 +321,11 @@ def main() -> None:
     parser.add_argument("--no-correct", action="store_true", help="no correction for valgrind's slow-down")
     parser.add_argument("--keep", help="keep the callgrind files in this directory")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "CALLS"))
-    parser.add_argument("--recorded", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--recorded",
+        type=Path,
+        help="replay this recording (recorded.pickle of another run's --keep): paired runs",
+    )
     parser.add_argument("--info", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tick", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,7 +346,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="asynctrack-callgrind-") as tmp:
         out_dir = Path(args.keep or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _record(out_dir / "recorded.pickle")
+        if args.recorded is not None:  # the same callbacks and gaps as another run
+            shutil.copyfile(args.recorded, out_dir / "recorded.pickle")
+        else:
+            _record(out_dir / "recorded.pickle")
         floor_us = _floor_us("sync", args.rate_calls)
         load = Path("/proc/loadavg").read_text().split()[0]
         floor_sync = _run("floor", "sync", args.calls, out_dir).instructions
