@@ -53,6 +53,8 @@ __all__ = ["NEVER", "WAKE_AT", "BoundedQueue", "Control"]
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
 _body_of: Final = operator.itemgetter(BODY)  # what the byte bound counts of a record
+_starmap: Final = itertools.starmap
+_repeat: Final = itertools.repeat
 
 
 def _one(item: Any) -> int:
@@ -261,7 +263,7 @@ class BoundedQueue(Generic[C]):
         with self._take_lock:
             if not self._controls:  # records only: no type check each (producers only append)
                 # A C loop (starmap): ~6x cheaper than a comprehension calling popleft.
-                chunk = list(itertools.starmap(items.popleft, itertools.repeat((), min(limit, len(items)))))
+                chunk = list(_starmap(items.popleft, _repeat((), min(limit, len(items)))))
             else:
                 chunk = []
                 while items and len(chunk) < limit:

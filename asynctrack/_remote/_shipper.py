@@ -67,6 +67,7 @@ SLICE: Final = 256
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
+_HEADER_SIZE: Final = HEADER.size
 Parts = tuple[bytes, bytes]  # a frame's header and payload, written together (writev)
 
 
@@ -212,13 +213,22 @@ class Lane:
                 logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
         return records_parts(tracker, number, kept), len(kept)
 
-    def retain(self, key: Key, frame: Parts, events: int) -> None:
+    def retain(self, frames: list[tuple[Key, Parts, int]]) -> int:
+        """Keep ``frames`` (``frames()``'s) until the worker acknowledges or answers them;
+        how many records and requests they hold."""
+        count = 0
         with self._lock:
-            self.unacked[key] = (frame, events)
-            if key[0] == RECORDS:
-                self.retained_bytes += HEADER.size + len(frame[1])
-                if self.retained_bytes > self._max_retained and not self.hold_back:
-                    self._forget_oldest()
+            unacked = self.unacked
+            for key, parts, events in frames:
+                unacked[key] = (parts, events)
+                if key[0] == RECORDS:
+                    self.retained_bytes += _HEADER_SIZE + len(parts[1])
+                    count += events
+                else:
+                    count += 1
+            if self.retained_bytes > self._max_retained and not self.hold_back:
+                self._forget_oldest()
+        return count
 
     def _forget_oldest(self) -> None:
         """Over the retention bound: forget the oldest unacknowledged RECORDS frames."""
@@ -228,7 +238,7 @@ class Lane:
             if key[0] != RECORDS:
                 continue
             frame, events = self.unacked.pop(key)
-            self.retained_bytes -= HEADER.size + len(frame[1])
+            self.retained_bytes -= _HEADER_SIZE + len(frame[1])
             self._unretained_events += events
 
     # -- reader thread ---------------------------------------------------------------------
@@ -238,7 +248,7 @@ class Lane:
         with self._lock:
             for key in [k for k in self.unacked if k[0] == RECORDS and k[1] <= number]:
                 frame, _ = self.unacked.pop(key)
-                self.retained_bytes -= HEADER.size + len(frame[1])
+                self.retained_bytes -= _HEADER_SIZE + len(frame[1])
 
     def answered(self, kind: Kind, number: int) -> Request | None:
         """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
@@ -396,9 +406,7 @@ class Shipper:
                     if lane.tracker_id not in self.lanes or lane.forward is not None:
                         break
                     frames = lane.frames(SLICE)
-                    for key, frame, events in frames:
-                        lane.retain(key, frame, events)
-                        shipped += events or 1  # a request frame counts as one
+                    shipped += lane.retain(frames)
                     if frames:
                         lane.seal_asked = False
                         first = frames[0][1]
