@@ -343,32 +343,40 @@ class Shipper:
             _, held = self.ship_once()
             if self.stopping:
                 return
+            lanes = list(self.lanes.values())
             if held:  # until an acknowledgement (or _TICK); any other lane may wake us
-                for lane in list(self.lanes.values()):
+                for lane in lanes:
                     lane.queue.sleeping()
                 signal.acquire(timeout=_TICK)
                 continue
-            if not any(lane.queue.length() for lane in list(self.lanes.values())):
+            # Loops, not any() over a generator: ~3,500 instructions a round less.
+            for lane in lanes:
+                if lane.queue.length():
+                    break
+            else:
                 # Arm every queue (no short cut: each must wake us), then sleep until
                 # one does. Not while records wait: each put() would then wake us.
-                empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
+                empty = [lane.queue.sleeping() for lane in lanes]
                 if all(empty):
                     signal.acquire()
+                    lanes = list(self.lanes.values())  # a tracker may have come meanwhile
             # Records wait: gather for _TICK before shipping them, unless a request, a
             # fall back or a stop waits. A backlog of WAKE_AT, a flush or a close that
             # comes meanwhile wakes us at once.
-            if not self._asked():
-                for lane in list(self.lanes.values()):
+            if not self._asked(lanes):
+                for lane in lanes:
                     lane.queue.busy()
                 signal.acquire(timeout=_TICK)
 
-    def _asked(self) -> bool:
+    def _asked(self, lanes: list[Lane]) -> bool:
         """Whether something waits that must not wait for a gathering: a stop, a
         request (flush, close), a lane to hand to a thread engine."""
-        return self.stopping or any(
-            lane.queue.controls_queued or lane.fall_back_reason is not None
-            for lane in list(self.lanes.values())
-        )
+        if self.stopping:
+            return True
+        for lane in lanes:  # noqa: SIM110 - any() over a generator costs ~1,700 instructions more
+            if lane.queue.controls_queued or lane.fall_back_reason is not None:
+                return True
+        return False
 
     def ship_once(self) -> tuple[int, bool]:
         """Ship what every lane queued: (records and requests shipped, plus one per
