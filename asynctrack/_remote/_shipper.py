@@ -17,12 +17,15 @@ a record waits unshipped at most ``_TICK`` (plus the wait for the GIL).
 ``_TICK`` is 20 ms: a round costs the application ~200 µs of CPU beyond its records
 (the wake-up, the GIL taken from a busy caller and given back, cold caches, the
 write), so at 5 ms a steady sync chain paid ~2 µs per event in this thread and at
-20 ms ~1.2. It also bounds what a SIGKILL of the application loses while records keep
-coming (measured up to 21 ms; the benchmarks hold that window to 50 ms).
+20 ms ~1.2. It also bounds what a SIGKILL of the application loses (measured up to 21 ms;
+the benchmarks hold that window to 50 ms).
 
-A round takes each lane's records in slices (``_SLICE``), marshals each slice with one
-C call (``_channel.records_frame``), and writes the frames to the worker's pipe
-(``os.write`` releases the GIL). Per record it does no Python work beyond taking it off the deque.
+A round takes each lane's records in slices (``SLICE``), marshals each slice with one
+C call (``_channel.records_parts``), and writes each slice's frames to the worker's pipe
+with one ``writev`` (it releases the GIL), then sleeps ``_HAND_OVER`` before the next
+slice of a backlog. Per record it does no Python work beyond taking it off the deque.
+The GIL is held in one piece for a slice's take, marshal and retention: ``SLICE`` keeps
+that near 0.1 ms, what an event loop in the application may wait for it.
 
 Retention: every ``RECORDS`` frame is kept until the worker acknowledges it (its events
 are durable), to be re-sent, in order, to a new worker if this one dies (``resend``).
