@@ -511,6 +511,35 @@ def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> 
     assert framed(10) == [huge[0:1], huge[1:2]]  # a record alone may pass the bound
 
 
+def test_an_acknowledgement_forgets_the_frames_up_to_its_number_and_keeps_the_rest() -> None:
+    """``ACK n`` forgets every RECORDS frame numbered up to ``n`` and no other: not a later
+    frame, not a request framed between them (answered apart); the retained bytes follow."""
+    queue: BoundedQueue[_shipper.Request] = BoundedQueue(max_events=100, max_bytes=1 << 20, wake=lambda: None)
+    lane = _shipper.Lane(queue, max_retained=1 << 20, hold_back=False)
+    lane.tracker_id = 1
+    for i in range(6):
+        queue.put(("text", i, 0.0, None, None, None, b"x" * 10, None))
+        if i == 2:
+            queue.put_control(_shipper.Request(Kind.FLUSH, 7))
+        lane.retain(lane.frames(1))
+    assert [key for key in lane.unacked] == [
+        (Kind.RECORDS, 1),
+        (Kind.RECORDS, 2),
+        (Kind.RECORDS, 3),
+        (Kind.FLUSH, 7),
+        (Kind.RECORDS, 4),
+        (Kind.RECORDS, 5),
+        (Kind.RECORDS, 6),
+    ]
+    one = lane.retained_bytes // 6
+    lane.acknowledged(4)
+    assert list(lane.unacked) == [(Kind.FLUSH, 7), (Kind.RECORDS, 5), (Kind.RECORDS, 6)]
+    assert lane.retained_bytes == 2 * one
+    lane.acknowledged(6)
+    assert list(lane.unacked) == [(Kind.FLUSH, 7)]
+    assert lane.retained_bytes == 0
+
+
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:
     """The shipper's rounds while ``count`` records come ``spacing`` seconds apart, once the
     worker has started; all of them written (one more: the warm-up's)."""

@@ -249,8 +249,18 @@ class Lane:
     def acknowledged(self, number: int) -> None:
         """Every RECORDS frame up to ``number`` is durable: forget it."""
         with self._lock:
-            for key in [k for k in self.unacked if k[0] == RECORDS and k[1] <= number]:
-                frame, _ = self.unacked.pop(key)
+            unacked = self.unacked
+            # Kept in the order they were framed, numbers rising: the scan stops at the
+            # first one past ``number`` (a burst leaves hundreds unacknowledged, and the
+            # reader holds the GIL for the scan).
+            done = []
+            for key in unacked:
+                if key[0] == RECORDS:
+                    if key[1] > number:
+                        break
+                    done.append(key)
+            for key in done:
+                frame, _ = unacked.pop(key)
                 self.retained_bytes -= _HEADER_SIZE + len(frame[1])
 
     def answered(self, kind: Kind, number: int) -> Request | None:
