@@ -15,6 +15,7 @@ import marshal
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from asynctrack._channel import (
     read_records,
     records_count,
     records_frame,
+    write_all,
 )
 from asynctrack._langchain import _handler
 from asynctrack._pipeline._queue import BoundedQueue
@@ -455,6 +457,29 @@ def test_frames_are_cut_the_same_however_the_reads_split_them() -> None:
         FrameReader().feed(HEADER.pack(7, 0, 0, 0))
 
 
+def test_write_all_writes_every_part_in_order_when_the_pipe_takes_only_some() -> None:
+    """A frame goes out as its header and payload with one ``writev``; when the pipe is
+    full, the rest follows, in order, whether it was given as parts or as bytes."""
+    parts = [bytes([i]) * size for i, size in enumerate((17, 70_000, 3, 150_000))]
+    for data in (parts, b"".join(parts)):
+        read_fd, write_fd = os.pipe()
+        received = bytearray()
+
+        def drain(fd: int = read_fd, into: bytearray = received) -> None:
+            while chunk := os.read(fd, 65536):
+                into.extend(chunk)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        try:
+            write_all(write_fd, data)  # a pipe holds 64 KiB: several writes
+        finally:
+            os.close(write_fd)
+            reader.join(WAIT)
+            os.close(read_fd)
+        assert bytes(received) == b"".join(parts)
+
+
 def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> None:
     """Records whose bodies fit in one frame go in one frame; a take of larger ones is
     cut so that each frame stays within the bound (or holds one record), whether the
@@ -473,7 +498,7 @@ def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> 
         return records
 
     def framed(limit: int) -> list[list[tuple[Any, ...]]]:
-        return [read_records(frame[HEADER.size :]) for _, frame, _ in lane.frames(limit)]
+        return [read_records(payload) for _, (_, payload), _ in lane.frames(limit)]
 
     small = put(300, 200)
     assert framed(1000) == [small]
@@ -484,6 +509,35 @@ def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> 
     assert framed(7) == [large[7:10]]
     huge = put(2, 2 * bound)
     assert framed(10) == [huge[0:1], huge[1:2]]  # a record alone may pass the bound
+
+
+def test_an_acknowledgement_forgets_the_frames_up_to_its_number_and_keeps_the_rest() -> None:
+    """``ACK n`` forgets every RECORDS frame numbered up to ``n`` and no other: not a later
+    frame, not a request framed between them (answered apart); the retained bytes follow."""
+    queue: BoundedQueue[_shipper.Request] = BoundedQueue(max_events=100, max_bytes=1 << 20, wake=lambda: None)
+    lane = _shipper.Lane(queue, max_retained=1 << 20, hold_back=False)
+    lane.tracker_id = 1
+    for i in range(6):
+        queue.put(("text", i, 0.0, None, None, None, b"x" * 10, None))
+        if i == 2:
+            queue.put_control(_shipper.Request(Kind.FLUSH, 7))
+        lane.retain(lane.frames(1))
+    assert [key for key in lane.unacked] == [
+        (Kind.RECORDS, 1),
+        (Kind.RECORDS, 2),
+        (Kind.RECORDS, 3),
+        (Kind.FLUSH, 7),
+        (Kind.RECORDS, 4),
+        (Kind.RECORDS, 5),
+        (Kind.RECORDS, 6),
+    ]
+    one = lane.retained_bytes // 6
+    lane.acknowledged(4)
+    assert list(lane.unacked) == [(Kind.FLUSH, 7), (Kind.RECORDS, 5), (Kind.RECORDS, 6)]
+    assert lane.retained_bytes == 2 * one
+    lane.acknowledged(6)
+    assert list(lane.unacked) == [(Kind.FLUSH, 7)]
+    assert lane.retained_bytes == 0
 
 
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:
@@ -524,6 +578,44 @@ def test_records_that_keep_coming_are_gathered_into_a_round_every_few_millisecon
     count = 200
     rounds = _shipper_rounds(tracker, count, spacing=0.0005)
     assert rounds <= count // 2, rounds
+
+
+def test_records_that_come_within_a_tick_of_the_first_are_shipped_in_one_round(
+    tracker: AsyncTracker, tmp_destination: Path
+) -> None:
+    """The first record after the shipper slept wakes it, and it gathers for ``_TICK``
+    before it ships: records a few milliseconds apart (a model's start, its end, the
+    next call) share one round, whose fixed cost they share."""
+    _text(tracker, 0, 1)
+    tracker.flush_blocking(timeout=WAIT)  # the worker has started and reads
+    lane = tracker._engine.lane  # type: ignore[attr-defined]
+    shipper = _spawn.worker_process()._shipper
+    _wait_until(lambda: not len(lane.queue), what="the warm-up shipped")
+    shipped, rounds = lane.shipped, shipper.rounds
+    run_id = uuid.uuid4()
+    for i in range(4):
+        tracker.on_text(f"record-{i}", run_id=run_id)
+        time.sleep(0.002)  # the input's spacing, not a wait for a result
+    _wait_until(lambda: lane.shipped == shipped + 4, what="the four records shipped")
+    # One round (measured); two if the machine delayed the last record past the tick.
+    # Shipping each record as it came took three or four.
+    assert shipper.rounds - rounds <= 2, shipper.rounds - rounds
+
+
+def test_a_flush_does_not_wait_for_the_shippers_gathering(
+    tmp_destination: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush or a close wakes a gathering shipper at once, and one that comes to an
+    idle shipper is shipped without a gathering first: with a tick of an hour, both
+    still return at once."""
+    monkeypatch.setattr(_shipper, "_TICK", 3600.0)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
+        tracker.flush_blocking(timeout=WAIT)  # idle: only the request
+        _text(tracker, 0, 3)
+        tracker.flush_blocking(timeout=WAIT)  # records gathering, then the request
+        assert tracker.statistics().written == 3
+        _text(tracker, 3, 2)
+    assert tracker.statistics().written == 5  # the close, behind two records
 
 
 def _worker_sleeps(pid: int) -> int:

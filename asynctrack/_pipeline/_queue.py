@@ -18,11 +18,14 @@ Control items (``Control``: flush and close markers, the worker process's reques
 travel in the same deque behind the records they follow, and ignore the bounds (they
 carry no data). The consumer takes records in chunks that stop at the first control.
 
-Waking the consumer: ``put()`` compares the queue's length with ``wake_at``. The
-consumer sets it to 1 before it sleeps with nothing queued (``sleeping()``): the first
-record then wakes it, and an idle tracker costs no wake-ups at all. While the consumer
-is busy it sets ``wake_at`` to ``WAKE_AT`` (``busy()``): a backlog wakes it early,
-and records otherwise wait for its next round (size-or-time batching).
+Waking the consumer: ``put()`` compares the items it found queued (one ``len``, before
+its append) with ``wake_at``. The consumer sets it to 0 before it sleeps with nothing
+queued (``sleeping()``): the first record then wakes it, and an idle tracker costs no
+wake-ups at all. While the consumer is busy it sets it to ``WAKE_AT - 1`` (``busy()``):
+a backlog of ``WAKE_AT`` wakes it early, and records otherwise wait for its next round
+(size-or-time batching). Producers on other threads may append between one's ``len``
+and its append: the length it saw is then short, and a backlog's wake-up comes one
+put later; a sleeping consumer's never does (any length is at least 0).
 
 Counts: ``counts()`` reads (taken, queued) under the lock ``take()`` holds, so
 ``recorded = taken + queued`` is exact at one instant: a record is never counted both
@@ -50,6 +53,8 @@ __all__ = ["NEVER", "WAKE_AT", "BoundedQueue", "Control"]
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
 _body_of: Final = operator.itemgetter(BODY)  # what the byte bound counts of a record
+_starmap: Final = itertools.starmap
+_repeat: Final = itertools.repeat
 
 
 def _one(item: Any) -> int:
@@ -104,9 +109,9 @@ class BoundedQueue(Generic[C]):
         self._block = when_full == "block" and records_in is None
         self._block_timeout = block_timeout
         self._wake = wake
-        #: put() wakes the consumer once the queue holds this many items (1 at first:
+        #: put() wakes the consumer when it finds this many items queued (0 at first:
         #: a consumer that serves many queues may be asleep when this one is made).
-        self.wake_at = 1
+        self.wake_at = 0
         # Re-entrant: the SIGTERM handler may close while the main thread holds this
         # lock (a producer blocked under when_full="block").
         self._lock = threading.RLock()
@@ -122,6 +127,9 @@ class BoundedQueue(Generic[C]):
         self.taken_bytes = NEVER
         #: The consumer's thread: it must never block on a full queue (it empties it).
         self.consumer: threading.Thread | None = None
+        #: Items queued, records and controls: ``len()`` as one C call (``__len__`` is a
+        #: Python frame, ~1,000 instructions; a consumer's loop asks several times a round).
+        self.length: Callable[[], int] = self._items.__len__
         #: Append a record. Never blocks (unless configured), never raises. Chosen once
         #: here, not tested per record: without a byte bound records may be any objects.
         self.put: Callable[[Any], None] = self._put_sized if self._sized else self._put
@@ -133,22 +141,24 @@ class BoundedQueue(Generic[C]):
     def _put(self, record: Any) -> None:
         """``put`` without a byte bound."""
         items = self._items
-        if len(items) >= self._max:
+        queued = len(items)
+        if queued >= self._max:
             self._full(record)
             return
         items.append(record)
-        if len(items) >= self.wake_at:
+        if queued >= self.wake_at:
             self._woken()
 
     def _put_sized(self, record: Any) -> None:
         """``put`` with the byte bound: the record's body counts toward ``max_bytes``."""
         items = self._items
-        if len(items) >= self._max or self.bytes > self._max_bytes:
+        queued = len(items)
+        if queued >= self._max or self.bytes > self._max_bytes:
             self._full(record)
             return
         items.append(record)
         self.bytes += len(record[BODY])
-        if len(items) >= self.wake_at:
+        if queued >= self.wake_at:
             self._woken()
 
     def _put_packed(self, item: Any) -> None:
@@ -163,7 +173,7 @@ class BoundedQueue(Generic[C]):
         with self._take_lock:
             items.append(item)
             self._packed += count - 1
-        if len(items) + self._packed >= self.wake_at:
+        if len(items) + self._packed > self.wake_at:
             self._woken()
 
     def put_many(self, records: list[Any]) -> None:
@@ -174,7 +184,7 @@ class BoundedQueue(Generic[C]):
                 self.put(record)
             return
         items.extend(records)
-        if len(items) >= self.wake_at:
+        if len(items) > self.wake_at:
             self._woken()
 
     def put_control(self, item: C) -> None:
@@ -232,9 +242,9 @@ class BoundedQueue(Generic[C]):
     def sleeping(self) -> bool:
         """The consumer is about to sleep: the next record wakes it. ``False`` if something
         is queued already (then it must not sleep)."""
-        self.wake_at = 1
+        self.wake_at = 0
         # After the store: a producer that appended before it is seen here; one that
-        # appends after it sees wake_at == 1 and wakes the consumer.
+        # appends after it sees wake_at == 0 and wakes the consumer.
         return not self._items
 
     def busy(self) -> None:
@@ -242,7 +252,7 @@ class BoundedQueue(Generic[C]):
         if len(self._items) + self._packed < WAKE_AT:
             # Not while the backlog stays (the consumer holds back on purpose, a memory
             # bound): a wake per put() would cost every caller.
-            self.wake_at = WAKE_AT
+            self.wake_at = WAKE_AT - 1
 
     def take(self, limit: int) -> tuple[list[Any], C | None]:
         """Up to ``limit`` records, stopping after the first control item (returned apart)."""
@@ -253,7 +263,7 @@ class BoundedQueue(Generic[C]):
         with self._take_lock:
             if not self._controls:  # records only: no type check each (producers only append)
                 # A C loop (starmap): ~6x cheaper than a comprehension calling popleft.
-                chunk = list(itertools.starmap(items.popleft, itertools.repeat((), min(limit, len(items)))))
+                chunk = list(_starmap(items.popleft, _repeat((), min(limit, len(items)))))
             else:
                 chunk = []
                 while items and len(chunk) < limit:
@@ -315,6 +325,11 @@ class BoundedQueue(Generic[C]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def controls_queued(self) -> int:
+        """Control items queued (a request waits for the consumer)."""
+        return self._controls
 
     # -- readers (any thread) ------------------------------------------------------------------
 

@@ -5,27 +5,27 @@ tracker of that process; each tracker has a ``Lane``: its queue (``BoundedQueue`
 frame numbers, the requests waiting for an answer, and the frames the worker process
 has not acknowledged yet.
 
-Its thread sleeps while nothing is queued: the first record after that wakes it
-(``BoundedQueue.sleeping``) and is shipped at once, so an idle tracker costs no
-wake-ups in the application and a lone record waits for no timer. When records keep
-coming (a round found more than one, or found one less than ``_TICK`` after the
-last round that shipped), it gathers: it ships a round every ``_TICK``
-(a backlog of ``WAKE_AT`` records, a flush or a close wakes it at once), and the fixed
-cost of a wake-up is shared by the records of that round; the first gathering round
-that finds nothing puts it back to sleep. So the thread wakes once per record when
-records trickle in one at a time, about once per ``_TICK`` while they keep coming
-(plus one wake-up with no work as each such spell ends), and a record waits
-unshipped at most ``_TICK`` (plus the wait for the GIL).
+Its thread sleeps while nothing is queued, so an idle tracker costs no wake-ups in the
+application: the first record after that wakes it (``BoundedQueue.sleeping``). It then
+gathers for ``_TICK`` before it ships (a backlog of ``WAKE_AT`` records, a flush or a
+close wakes it at once), and ships what came meanwhile in one round, whose fixed cost
+is shared by those records; if more came during the round it gathers again, else it
+sleeps. So it wakes about once per ``_TICK`` while records keep coming, once per burst
+when they come in bursts (a model's calls and streamed tokens), never without work, and
+a record waits unshipped at most ``_TICK`` (plus the wait for the GIL).
 
 ``_TICK`` is 20 ms: a round costs the application ~200 µs of CPU beyond its records
 (the wake-up, the GIL taken from a busy caller and given back, cold caches, the
 write), so at 5 ms a steady sync chain paid ~2 µs per event in this thread and at
-20 ms ~1.2. It also bounds what a SIGKILL of the application loses while records keep
-coming (measured up to 21 ms; the benchmarks hold that window to 50 ms).
+20 ms ~1.2. It also bounds what a SIGKILL of the application loses (measured up to 21 ms;
+the benchmarks hold that window to 50 ms).
 
-A round takes each lane's records in slices (``_SLICE``), marshals each slice with one
-C call (``_channel.records_frame``), and writes the frames to the worker's pipe
-(``os.write`` releases the GIL). Per record it does no Python work beyond taking it off the deque.
+A round takes each lane's records in slices (``SLICE``), marshals each slice with one
+C call (``_channel.records_parts``), and writes each slice's frames to the worker's pipe
+with one ``writev`` (it releases the GIL), then sleeps ``_HAND_OVER`` before the next
+slice of a backlog. Per record it does no Python work beyond taking it off the deque.
+The GIL is held in one piece for a slice's take, marshal and retention: ``SLICE`` keeps
+that near 0.1 ms, what an event loop in the application may wait for it.
 
 Retention: every ``RECORDS`` frame is kept until the worker acknowledges it (its events
 are durable), to be re-sent, in order, to a new worker if this one dies (``resend``).
@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._channel import HEADER, Kind, body_of, encode_frame, read_records, records_frame
+from .._channel import HEADER, RECORDS, Kind, body_of, encode_frame, read_records, records_parts
 from .._errors import error_fields
 from .._events._schema import KIND
 from .._pipeline._queue import BoundedQueue, Control
@@ -63,10 +63,15 @@ _TICK: Final = 0.02  # seconds a busy shipper gathers records between two rounds
 #: The write alone does not give the GIL away (it takes it back before a waiting thread
 #: has woken up): without it a backlog kept the application's event loop waiting 3-5 ms.
 _HAND_OVER: Final = 0.00005
-SLICE: Final = 1024  # records per frame: one marshal call holds the GIL ~0.3 ms (200-byte bodies)
+#: Records per frame: one marshal call holds the GIL while it writes them all. At 256, a
+#: slice's take, marshal and retention hold it ~0.1 ms (records of ~100-byte bodies, load
+#: average 6; 1024 held it ~0.4 ms, and the event loop of a busy caller waited as long).
+SLICE: Final = 256
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
+_HEADER_SIZE: Final = HEADER.size
+Parts = tuple[bytes, bytes]  # a frame's header and payload, written together (writev)
 
 
 class Request(Control):
@@ -134,12 +139,12 @@ class Lane:
         self.queue = queue
         self.tracker_id = -1
         self._max_retained = max_retained
-        self._hold_back = hold_back
+        self.hold_back = hold_back
         self._frames = itertools.count(1)
         self._lock = threading.Lock()  # unacked: the shipper adds, the reader removes
-        #: Frames the worker has not acknowledged: key -> (frame bytes, events).
+        #: Frames the worker has not acknowledged: key -> (frame's parts, events).
         #: RECORDS frames stay until ACK; FLUSH/CLOSE frames until answered.
-        self.unacked: dict[Key, tuple[bytes, int]] = {}
+        self.unacked: dict[Key, tuple[Parts, int]] = {}
         self.retained_bytes = 0
         self._unretained_events = 0
         #: Held back, the worker was asked to seal and write what it has (``SEAL``):
@@ -167,12 +172,12 @@ class Lane:
 
     def held_back(self) -> bool:
         """Whether the lane waits for acknowledgements before shipping more."""
-        return self._hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
+        return self.hold_back and not self.queue.closed and self.retained_bytes >= self._max_retained
 
-    def frames(self, limit: int) -> list[tuple[Key, bytes, int]]:
+    def frames(self, limit: int) -> list[tuple[Key, Parts, int]]:
         """Take up to ``limit`` records (and the requests among them) and frame them:
-        ``(key, frame, events)`` in order."""
-        out: list[tuple[Key, bytes, int]] = []
+        ``(key, parts, events)`` in order."""
+        out: list[tuple[Key, Parts, int]] = []
         tracker = self.tracker_id
         queue = self.queue
         while limit > 0:
@@ -183,24 +188,25 @@ class Lane:
             while start < len(chunk):
                 records = chunk[start : start + _cut_by_bytes(chunk[start:])] if cut else chunk
                 number = next(self._frames)
-                frame, kept = self._frame(tracker, number, records)
-                out.append(((Kind.RECORDS, number), frame, kept))
+                try:
+                    frame, kept = records_parts(tracker, number, records), len(records)  # one C call
+                except ValueError:  # an exception object, an odd run id: made plain
+                    frame, kept = self._plain_frame(tracker, number, records)
+                out.append(((RECORDS, number), frame, kept))
                 self.shipped += len(records)
                 start += len(records)
             limit -= len(chunk)
             if request is None:
                 break
             self.waiting[request.number] = request
-            frame = encode_frame(request.kind, tracker, request.number, pickle.dumps(request.timeout))
-            out.append(((request.kind, request.number), frame, 0))
+            payload = pickle.dumps(request.timeout)
+            header = HEADER.pack(request.kind, tracker, request.number, len(payload))
+            out.append(((request.kind, request.number), (header, payload), 0))
         return out
 
-    def _frame(self, tracker: int, number: int, records: list[Any]) -> tuple[bytes, int]:
-        """The ``RECORDS`` frame of ``records``, and how many records it holds."""
-        try:
-            return records_frame(tracker, number, records), len(records)  # one C call
-        except ValueError:  # an exception object, an odd run id: the next lines
-            pass
+    def _plain_frame(self, tracker: int, number: int, records: list[Any]) -> tuple[Parts, int]:
+        """The ``RECORDS`` frame of ``records`` that ``marshal`` refused as they are, and
+        how many records it holds."""
         kept = []
         for record in records:
             try:
@@ -208,25 +214,34 @@ class Lane:
             except Exception as exc:  # a hostile __str__ in a dict key
                 self.lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
-        return records_frame(tracker, number, kept), len(kept)
+        return records_parts(tracker, number, kept), len(kept)
 
-    def retain(self, key: Key, frame: bytes, events: int) -> None:
+    def retain(self, frames: list[tuple[Key, Parts, int]]) -> int:
+        """Keep ``frames`` (``frames()``'s) until the worker acknowledges or answers them;
+        how many records and requests they hold."""
+        count = 0
         with self._lock:
-            self.unacked[key] = (frame, events)
-            if key[0] == Kind.RECORDS:
-                self.retained_bytes += len(frame)
-                if self.retained_bytes > self._max_retained and not self._hold_back:
-                    self._forget_oldest()
+            unacked = self.unacked
+            for key, parts, events in frames:
+                unacked[key] = (parts, events)
+                if key[0] == RECORDS:
+                    self.retained_bytes += _HEADER_SIZE + len(parts[1])
+                    count += events
+                else:
+                    count += 1
+            if self.retained_bytes > self._max_retained and not self.hold_back:
+                self._forget_oldest()
+        return count
 
     def _forget_oldest(self) -> None:
         """Over the retention bound: forget the oldest unacknowledged RECORDS frames."""
         for key in list(self.unacked):
             if self.retained_bytes <= self._max_retained // 2:
                 break
-            if key[0] != Kind.RECORDS:
+            if key[0] != RECORDS:
                 continue
             frame, events = self.unacked.pop(key)
-            self.retained_bytes -= len(frame)
+            self.retained_bytes -= _HEADER_SIZE + len(frame[1])
             self._unretained_events += events
 
     # -- reader thread ---------------------------------------------------------------------
@@ -234,9 +249,19 @@ class Lane:
     def acknowledged(self, number: int) -> None:
         """Every RECORDS frame up to ``number`` is durable: forget it."""
         with self._lock:
-            for key in [k for k in self.unacked if k[0] == Kind.RECORDS and k[1] <= number]:
-                frame, _ = self.unacked.pop(key)
-                self.retained_bytes -= len(frame)
+            unacked = self.unacked
+            # Kept in the order they were framed, numbers rising: the scan stops at the
+            # first one past ``number`` (a burst leaves hundreds unacknowledged, and the
+            # reader holds the GIL for the scan).
+            done = []
+            for key in unacked:
+                if key[0] == RECORDS:
+                    if key[1] > number:
+                        break
+                    done.append(key)
+            for key in done:
+                frame, _ = unacked.pop(key)
+                self.retained_bytes -= _HEADER_SIZE + len(frame[1])
 
     def answered(self, kind: Kind, number: int) -> Request | None:
         """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
@@ -248,7 +273,7 @@ class Lane:
         """For a new worker: every unacknowledged frame, in order."""
         self.seal_asked = False  # the new worker is asked again if the lane is held back
         with self._lock:
-            return [frame for frame, _ in self.unacked.values()]
+            return [header + payload for (header, payload), _ in self.unacked.values()]
 
     def worker_died(self) -> None:
         """The worker died: what it had but we no longer retain may be lost."""
@@ -267,8 +292,8 @@ class Lane:
         records: list[Any] = []
         with self._lock:
             for (kind, _), (frame, _) in self.unacked.items():
-                if kind == Kind.RECORDS:
-                    records.extend(read_records(frame[HEADER.size :]))
+                if kind == RECORDS:
+                    records.extend(read_records(frame[1]))
             self.unacked.clear()
             self.retained_bytes = 0
         requests = list(self.waiting.values())
@@ -285,12 +310,13 @@ class Shipper:
     """The shipper thread of an application process: ships every lane's records.
 
     Args:
-        send: writes frames to the worker's pipe (called with ``lock`` held).
+        send: writes frames to the worker's pipe, bytes or a list of parts in order
+            (called with ``lock`` held).
         lock: the channel lock: no frame is built or sent while a restart or a fall
             back holds it.
     """
 
-    def __init__(self, send: Callable[[bytes], None], lock: threading.RLock) -> None:
+    def __init__(self, send: Callable[[bytes | list[bytes]], None], lock: threading.RLock) -> None:
         self._send = send
         self._lock = lock
         self.lanes: dict[int, Lane] = {}
@@ -324,37 +350,46 @@ class Shipper:
 
     def _run(self) -> None:
         signal = self._signal
-        gathering = False
-        last = -_TICK  # when a round last shipped (time.monotonic())
         while True:
             self.rounds += 1
             signal.acquire(blocking=False)  # this round answers any wake() before it
-            shipped, held = self.ship_once()
-            # Gather while records keep coming: a round that found more than one record,
-            # or found one within _TICK of the last that shipped, starts it; any round
-            # that ships keeps it; one that finds nothing ends it (so that wake-up with
-            # no work follows at least two records).
-            if shipped:
-                now = time.monotonic()
-                gathering = gathering or shipped > 1 or now - last < _TICK
-                last = now
-            else:
-                gathering = False
-            if gathering:
-                for lane in list(self.lanes.values()):
-                    lane.queue.busy()
-                signal.acquire(timeout=_TICK)  # a backlog, a flush or a close wakes us at once
-                continue
+            _, held = self.ship_once()
             if self.stopping:
                 return
-            # Arm every queue (no short cut: each must wake us), then sleep until one
-            # does, or an acknowledgement does for a lane held back. A record that came
-            # during a round that shipped one is shipped at once, without sleeping.
-            empty = [lane.queue.sleeping() for lane in list(self.lanes.values())]
-            if all(empty) and not held:
-                signal.acquire()
-            elif held or not shipped:
+            lanes = list(self.lanes.values())
+            if held:  # until an acknowledgement (or _TICK); any other lane may wake us
+                for lane in lanes:
+                    lane.queue.sleeping()
                 signal.acquire(timeout=_TICK)
+                continue
+            # Loops, not any() over a generator: ~3,500 instructions a round less.
+            for lane in lanes:
+                if lane.queue.length():
+                    break
+            else:
+                # Arm every queue (no short cut: each must wake us), then sleep until
+                # one does. Not while records wait: each put() would then wake us.
+                empty = [lane.queue.sleeping() for lane in lanes]
+                if all(empty):
+                    signal.acquire()
+                    lanes = list(self.lanes.values())  # a tracker may have come meanwhile
+            # Records wait: gather for _TICK before shipping them, unless a request, a
+            # fall back or a stop waits. A backlog of WAKE_AT, a flush or a close that
+            # comes meanwhile wakes us at once.
+            if not self._asked(lanes):
+                for lane in lanes:
+                    lane.queue.busy()
+                signal.acquire(timeout=_TICK)
+
+    def _asked(self, lanes: list[Lane]) -> bool:
+        """Whether something waits that must not wait for a gathering: a stop, a
+        request (flush, close), a lane to hand to a thread engine."""
+        if self.stopping:
+            return True
+        for lane in lanes:  # noqa: SIM110 - any() over a generator costs ~1,700 instructions more
+            if lane.queue.controls_queued or lane.fall_back_reason is not None:
+                return True
+        return False
 
     def ship_once(self) -> tuple[int, bool]:
         """Ship what every lane queued: (records and requests shipped, plus one per
@@ -364,8 +399,10 @@ class Shipper:
         held = False
         for lane in list(self.lanes.values()):
             queue = lane.queue
-            lane.report_drops()
-            if not len(queue) and lane.fall_back_reason is None:
+            if queue.dropped:
+                lane.report_drops()
+            queued = queue.length
+            if not queued() and lane.fall_back_reason is None:
                 continue
             if lane.forward is not None:  # a thread engine took over this tracker
                 lane.forward()
@@ -378,8 +415,8 @@ class Shipper:
                     lane.forward()
                 shipped += 1
                 continue
-            while len(queue):
-                if lane.held_back() and not self.stopping:
+            while queued():
+                if lane.hold_back and lane.held_back() and not self.stopping:
                     held = True
                     if not lane.seal_asked:
                         self._ask_seal(lane)
@@ -390,13 +427,16 @@ class Shipper:
                     if lane.tracker_id not in self.lanes or lane.forward is not None:
                         break
                     frames = lane.frames(SLICE)
-                    for key, frame, events in frames:
-                        lane.retain(key, frame, events)
-                        shipped += events or 1  # a request frame counts as one
+                    shipped += lane.retain(frames)
                     if frames:
                         lane.seal_asked = False
-                        self._send(frames[0][1] if len(frames) == 1 else b"".join(f for _, f, _ in frames))
-                if len(queue):
+                        first = frames[0][1]
+                        self._send(
+                            [*first]
+                            if len(frames) == 1
+                            else [part for _, parts, _ in frames for part in parts]
+                        )
+                if queued():
                     time.sleep(_HAND_OVER)
         return shipped, held
 

@@ -186,7 +186,7 @@ class WorkerProcess:
         self._shipper.start()
         self._reader.start()
 
-    def _send_locked(self, data: bytes) -> None:
+    def _send_locked(self, data: bytes | list[bytes]) -> None:
         try:
             write_all(self._out_fd, data)
         except OSError:
