@@ -24,7 +24,7 @@ from asynctrack._events._tail import TailSampler
 from asynctrack._events._translate import EventTranslator
 from asynctrack._export._spans import SpanAssembler
 from asynctrack._read._tree import scan_run_summaries, summarize_runs
-from asynctrack._sampling import ratio_bound, root_sampled
+from asynctrack._sampling import application_parent, ratio_bound, root_sampled
 
 WAIT = 30.0
 EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
@@ -280,6 +280,28 @@ def test_a_root_follows_its_application_spans_sampled_flag(tmp_path: Path, keep_
     (root_start,) = [e for e in traces[str(kept)] if e["kind"] == "chain_start" and not e["parent_run_id"]]
     assert root_start["data"]["otel_parent"]["sampled"] is True
     assert tracker.statistics().sampled_out == EVENTS_PER_TRACE
+
+
+def test_a_context_without_a_span_is_no_parent() -> None:
+    """A current OTel context that holds other values (baggage) but no span: no parent;
+    the same context with a span inside: that span (the empty-context shortcut is exact)."""
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+
+    assert application_parent() is None
+    token = otel_context.attach(baggage.set_baggage("tenant", "t-1"))
+    try:
+        assert otel_context.get_current()  # not empty
+        assert application_parent() is None
+        with TracerProvider().get_tracer("app").start_as_current_span("request") as span:
+            found = application_parent()
+    finally:
+        otel_context.detach(token)
+    assert found == {
+        "trace_id": format(span.get_span_context().trace_id, "032x"),
+        "span_id": format(span.get_span_context().span_id, "016x"),
+        "sampled": True,
+    }
 
 
 def test_without_an_application_span_nothing_is_added(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
-from .._sampling import OTEL_PARENT, OTEL_TRACE, application_parent, ratio_bound, root_sampled
+from .._sampling import LOW_64, OTEL_PARENT, OTEL_TRACE, application_parent, ratio_bound, root_sampled
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._spec import TrackerSpec
@@ -82,6 +82,7 @@ _NO_METADATA: Final[dict[str, Any]] = {}
 # The hot path's C functions, one global lookup each instead of a global and an attribute.
 _dumps: Final = orjson.dumps
 _now: Final = time.time
+_modules: Final = sys.modules
 _MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
@@ -499,18 +500,21 @@ class AsyncTracker(BaseCallbackHandler):
             run = run_id.int  # type: ignore[union-attr] # None: recorded, below
             if run in unsampled:
                 if kind in ENDS:
-                    unsampled.pop(run, None)
+                    del unsampled[run]  # a run ends once: it is there
                 self._sampled_out += 1
                 return
             if kind in STARTS:
-                if parent_run_id is None:
-                    parent = _note_parent(data) if OTEL_TRACE in sys.modules else None
-                    skip = not root_sampled(run, self._bound, parent)
-                else:
+                if parent_run_id is not None:
                     skip = parent_run_id.int in unsampled
+                else:
+                    parent = _note_parent(data) if OTEL_TRACE in _modules else None
+                    if parent is None:  # root_sampled() without a parent, inlined
+                        skip = run & LOW_64 >= self._bound
+                    else:
+                        skip = not root_sampled(run, self._bound, parent)
                 if skip:
                     if len(unsampled) >= _MAX_UNSAMPLED:  # runs that never end: forget the oldest
-                        unsampled.pop(next(iter(unsampled)), None)
+                        del unsampled[next(iter(unsampled))]
                     unsampled[run] = None
                     self._sampled_out += 1
                     return
