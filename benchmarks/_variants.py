@@ -117,10 +117,10 @@ class AsyncTrackThread(AsyncTrackLocal):
 CAPTURE_KEEP = 4096
 
 
-def capture_only(tracker: Any) -> collections.deque[Any]:
-    """Make ``tracker`` capture only: its records go to a bounded deque that nothing
-    ships (returned)."""
-    kept: collections.deque[Any] = collections.deque(maxlen=CAPTURE_KEEP)
+def capture_only(tracker: Any, keep: int = CAPTURE_KEEP) -> collections.deque[Any]:
+    """Make ``tracker`` capture only: its records go to a bounded deque of ``keep`` that
+    nothing ships (returned)."""
+    kept: collections.deque[Any] = collections.deque(maxlen=keep)
     tracker._put = kept.append
     return kept
 

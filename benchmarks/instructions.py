@@ -1,20 +1,57 @@
-"""I. Instructions per event of the capture alone, over the no-op floor (callgrind).
+"""I. Instructions per event over the no-op floor (callgrind): the capture alone, and the tracker.
 
-    python -m benchmarks.instructions [--workloads sync,agent,tokens] [--calls N]
+    python -m benchmarks.instructions [--workloads sync,agent,tokens,trickle]
+        [--variants capture,tracker] [--calls N] [--no-correct]
 
 Wall-clock µs swing by ±15 between runs on a shared 2-core machine; instruction counts
 do not. Each measurement runs ``valgrind --tool=callgrind`` on a child process that
 drives a workload through a handler ``calls`` times after a warm-up, with
 instrumentation switched on (``callgrind_control -i on``) only around those calls: the
-count is theirs, without the start-up and imports. Handlers: the no-op inline floor and
-asynctrack's capture alone (the tracker is closed first, so no shipper or worker thread
-runs, and its records go to a bounded deque, as in ``benchmarks.overhead``'s
-capture-only variant). ``PYTHONHASHSEED=0`` keeps the counts reproducible run to run.
-``tokens``: the streamed tokens of a real ``ChatOpenAI`` call (langchain-openai against
-the loopback stub, ``tests/_infra/openai_stub.py``), recorded before the count starts and
-replayed straight into the handler's ``on_llm_new_token`` (the floor: the no-op
-handler's), one call being the answer's tokens.
-Run it from the old tree too (``PYTHONPATH``) for a before/after pair.
+count is theirs, without the start-up and imports. ``PYTHONHASHSEED=0`` keeps the counts
+reproducible run to run. Run it from the old tree too (``PYTHONPATH``) for a
+before/after pair.
+
+Variants (``VARIANTS``: one entry each; the floor is always measured):
+
+- ``floor``: the no-op inline handler.
+- ``capture``: asynctrack's capture alone: the tracker is closed first, so no shipper or
+  worker thread runs, and its records go to a bounded deque, as in
+  ``benchmarks.overhead``'s capture-only variant (of ``CAPTURE_KEEP`` records, so that
+  freeing them counts here as it does for the tracker's).
+- ``tracker``: an ``AsyncTracker`` in its default mode (worker process, local files in a
+  temporary directory). The count covers every thread of the application process (the
+  caller, the shipper, the reader), around the calls and the final ``flush()``; not the
+  worker process (valgrind does not follow children: ``--trace-children=no``).
+  "beyond capture" is what the application pays for shipping: issue 19's goal is ≤ 1 µs
+  per event.
+
+Workloads: ``sync`` and ``agent`` as in ``benchmarks.overhead``; ``tokens``: the streamed
+tokens of a real ``ChatOpenAI`` answer (langchain-openai against the loopback stub,
+``tests/_infra/openai_stub.py``), recorded before the counts start and replayed straight
+into the handler's ``on_llm_new_token``, one call being the answer's tokens; ``trickle``:
+every callback of one real ``ChatOpenAI`` round (a tool-call round trip and a streamed
+answer, ~36 events), replayed with the time gaps they were recorded with (a sleep to
+each callback's recorded offset from the round's start), as they trickle in
+``benchmarks.overhead``'s ``openai`` workload.
+
+Microseconds: instructions are turned into µs at the floor's rate, timed outside
+valgrind in the same run (the ``sync`` floor's CPU per event, ``time.process_time``,
+median of ``RATE_REPEATS``): instructions per µs = floor instructions / floor µs. The
+rate is printed with the load average it was timed at.
+
+Valgrind runs the application ~50x slower, but the shipper's gathering (``_TICK``, 20 ms)
+and the trickle's gaps are wall time: under valgrind a round gathers fewer records, and
+its fixed cost is shared by fewer events than at full speed, so the tracker's count
+is an upper bound of its real per-event cost. The correction (unless ``--no-correct``):
+the tracker runs again under valgrind with a tick of ``LONG_TICK`` (rounds then come
+from the backlog bound and the flush only), and once without valgrind (the rounds it
+takes at full speed, at this machine's load); the two counts give the instructions
+of one round (their difference over the difference in rounds), and the corrected
+figure is the count with the rounds of the full-speed run instead of valgrind's:
+beyond capture - per round * (rounds per event under valgrind - at full speed).
+Instructions do not show what a round costs beyond them: the kernel's part (futex
+wake-ups, the pipe write, context switches) and cold caches; at the floor's rate they
+are not counted at all.
 
 ``--child VARIANT WORKLOAD CALLS`` runs one driver directly (no valgrind).
 """
@@ -22,18 +59,31 @@ Run it from the old tree too (``PYTHONPATH``) for a before/after pair.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import pickle
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._common import ROOT
 
 WARMUP = 50  # calls before the measured ones: caches filled, first-call paths taken
+RATE_REPEATS = 5  # timed runs of the floor, outside valgrind, for the instructions per µs
+#: Records the capture keeps: a few, so that each is freed within the count, as a shipped
+#: one is (a deque of 4096, as in ``benchmarks.overhead``, would free none in a short count).
+CAPTURE_KEEP = 64
+LONG_TICK = 3600.0  # the shipper's tick in the correction's second run: no timed rounds
 _CONTROL = "ASYNCTRACK_CALLGRIND"  # set in the child run under valgrind
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 def _instrument(on: bool) -> None:
@@ -42,119 +92,305 @@ def _instrument(on: bool) -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def _measured(chain: Any, handler: Any, calls: int) -> None:
-    from ._workloads import run_sync
+# -- workloads ----------------------------------------------------------------------------
 
-    run_sync(chain, [handler], WARMUP)
-    _instrument(True)
-    run_sync(chain, [handler], calls)
-    _instrument(False)
+REPLAYED = ("tokens", "trickle")  # workloads of recorded ChatOpenAI callbacks
 
 
-def _token_calls() -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    """The ``on_llm_new_token`` callbacks of one streamed ``ChatOpenAI`` answer."""
+def _record(path: Path) -> None:
+    """Record one warm round of real ``ChatOpenAI`` callbacks, with their offsets in
+    seconds from the round's first callback, to ``path`` (read by every child)."""
     tests_dir = str(ROOT / "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
     from _infra.openai_stub import record_calls
 
-    calls = record_calls(1, vary=True)
-    return [call for call in calls if call[0] == "on_llm_new_token"]
+    stamps: list[float] = []
+    calls = record_calls(2, vary=True, stamps=stamps)
+    # The second round (warm): its first model start. Each round makes the same model
+    # calls; their tokens differ in number (other words).
+    starts = [i for i, call in enumerate(calls) if call[0] == "on_chat_model_start"]
+    first = starts[len(starts) // 2]
+    offsets = [stamp - stamps[first] for stamp in stamps[first:]]
+    path.write_bytes(pickle.dumps((calls[first:], offsets)))
 
 
 class _Replay:
-    """A "chain" whose ``invoke`` replays recorded callbacks into the handler given."""
+    """A "chain" whose ``invoke`` replays recorded callbacks into the handlers given,
+    each at its recorded offset from the call's start if ``offsets`` is given."""
 
-    def __init__(self) -> None:
-        self.calls = _token_calls()
+    def __init__(self, calls: list[Call], offsets: list[float] | None) -> None:
+        self.calls = calls
+        self.offsets = offsets
 
     def invoke(self, _input: Any, config: dict[str, Any] | None = None) -> None:
         handlers = (config or {}).get("callbacks") or ()
-        for handler in handlers:
-            for method, args, kwargs in self.calls:
+        start = time.perf_counter()
+        for index, (method, args, kwargs) in enumerate(self.calls):
+            if self.offsets is not None:
+                delay = start + self.offsets[index] - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            for handler in handlers:
                 getattr(handler, method)(*args, **kwargs)
 
 
-def child(variant: str, workload: str, calls: int) -> None:
-    from ._workloads import INPUT, WORKLOADS, NoOpHandler
+def _chain(workload: str, recorded: Path | None) -> Any:
+    from ._workloads import WORKLOADS
 
-    chain: Any = _Replay() if workload == "tokens" else WORKLOADS[workload].build()
+    if workload not in REPLAYED:
+        return WORKLOADS[workload].build()
+    assert recorded is not None, "replayed workloads need --recorded"
+    calls, offsets = pickle.loads(recorded.read_bytes())
+    if workload == "tokens":
+        return _Replay([call for call in calls if call[0] == "on_llm_new_token"], None)
+    return _Replay(calls, offsets)
+
+
+def _events_per_call(workload: str, recorded: Path) -> int:
+    from ._workloads import WORKLOADS, count_events
+
+    if workload in REPLAYED:
+        return len(_chain(workload, recorded).calls)
+    return count_events(WORKLOADS[workload])[0]
+
+
+# -- variants -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setup:
+    """A variant's handler in one child.
+
+    Attributes:
+        handler: what the calls get as their one callback handler.
+        finish: run inside the count after the calls (the tracker's final flush).
+        counters: cumulative counters read before and after the count (their
+            differences are reported; ``rounds``: the shipper's rounds).
+        close: run after the count.
+    """
+
     handler: Any
-    if variant == "floor":
-        handler = NoOpHandler()
-        _measured(chain, handler, calls)
-        return
+    finish: Callable[[], None] = lambda: None
+    counters: Callable[[], dict[str, int]] = dict
+    close: Callable[[], None] = lambda: None
+
+
+def _floor(tmp: str, workload: str) -> Setup:
+    from ._workloads import NoOpHandler
+
+    return Setup(NoOpHandler())
+
+
+def _capture(tmp: str, workload: str) -> Setup:
     from asynctrack import AsyncTracker
 
     from ._variants import capture_only
 
-    with tempfile.TemporaryDirectory(prefix="asynctrack-instr-") as tmp:
-        handler = AsyncTracker(tmp, experiment_name="instr", run_name=workload)
-        handler.close()  # no thread may wake while the calls run: only the capture counts
-        kept = capture_only(handler)
-        _measured(chain, handler, calls)
+    tracker = AsyncTracker(tmp, experiment_name="instr", run_name=workload)
+    tracker.close()  # no thread may wake while the calls run: only the capture counts
+    kept = capture_only(tracker, keep=CAPTURE_KEEP)
+
+    def check() -> None:
         assert kept, "nothing captured"
-        chain.invoke(INPUT)
+
+    return Setup(tracker, close=check)
 
 
-def _instructions(variant: str, workload: str, calls: int, out_dir: Path) -> int:
-    out = out_dir / f"callgrind.{variant}.{workload}.{calls}"
-    env = dict(os.environ, PYTHONHASHSEED="0", ASYNCTRACK_WORKER="thread", **{_CONTROL: "1"})
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "benchmarks.instructions",
-            "--child",
-            variant,
-            workload,
-            str(calls),
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def _tracker(tmp: str, workload: str) -> Setup:
+    from asynctrack import AsyncTracker, TrackerConfig
+
+    # worker="process" is the default; said here because the children run with
+    # ASYNCTRACK_WORKER=thread (the capture's tracker must start no process).
+    tracker = AsyncTracker(
+        tmp, experiment_name="instr", run_name=workload, config=TrackerConfig(worker="process")
     )
+    engine: Any = tracker._engine
+    shipper = engine._worker._shipper
+    assert engine.lane.tracker_id > 0, "the tracker must ship to a worker process"
+
+    def counters() -> dict[str, int]:
+        return {"rounds": shipper.rounds, "recorded": tracker.statistics().recorded}
+
+    def close() -> None:
+        stats = tracker.statistics()
+        tracker.close()
+        assert stats.dropped == 0 and stats.written == stats.recorded, stats
+
+    return Setup(tracker, finish=tracker.flush_blocking, counters=counters, close=close)
+
+
+#: Each variant's set-up, by name. A variant that reports ``rounds`` is corrected for
+#: valgrind's slow-down (module docstring).
+VARIANTS: dict[str, Callable[[str, str], Setup]] = {
+    "floor": _floor,
+    "capture": _capture,
+    "tracker": _tracker,
+}
+
+
+def child(variant: str, workload: str, calls: int, recorded: Path | None, info: Path | None) -> None:
+    from ._workloads import run_sync
+
+    chain = _chain(workload, recorded)
+    with tempfile.TemporaryDirectory(prefix="asynctrack-instr-") as tmp:
+        setup = VARIANTS[variant](tmp, workload)
+        run_sync(chain, [setup.handler], min(WARMUP, calls))
+        setup.finish()
+        before = setup.counters()
+        _instrument(True)
+        run_sync(chain, [setup.handler], calls)
+        setup.finish()
+        _instrument(False)
+        after = setup.counters()
+        setup.close()
+    if info is not None:
+        info.write_text(json.dumps({key: after[key] - before[key] for key in after}))
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    instructions: int | None  # None: run without valgrind
+    counters: dict[str, int]
+
+
+def _run(
+    variant: str,
+    workload: str,
+    calls: int,
+    out_dir: Path,
+    *,
+    valgrind: bool = True,
+    tick: float | None = None,
+) -> Run:
+    name = f"{variant}.{workload}.{calls}" + (f".tick{tick:g}" if tick is not None else "")
+    info = out_dir / f"info.{name}.json"
+    out = out_dir / f"callgrind.{name}"
+    command = [sys.executable, "-m", "benchmarks.instructions", "--child", variant, workload, str(calls)]
+    command += ["--recorded", str(out_dir / "recorded.pickle"), "--info", str(info)]
+    if tick is not None:
+        command += ["--tick", str(tick)]
+    env = dict(os.environ, PYTHONHASHSEED="0", ASYNCTRACK_WORKER="thread")
+    if valgrind:
+        env[_CONTROL] = "1"
+        callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=no"]
+        command = [*callgrind, f"--callgrind-out-file={out}", *command]
+    subprocess.run(
+        command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    counters = json.loads(info.read_text())
+    if not valgrind:
+        return Run(None, counters)
     match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
     if match is None:
         raise RuntimeError(f"no summary in {out}")
-    return int(match.group(1))
+    return Run(int(match.group(1)), counters)
+
+
+def _floor_us(workload: str, calls: int) -> float:
+    """The floor's CPU µs per event of ``workload``, outside valgrind (median)."""
+    from ._workloads import WORKLOADS, NoOpHandler, count_events, run_sync
+
+    chain = WORKLOADS[workload].build()
+    handler = NoOpHandler()
+    run_sync(chain, [handler], WARMUP)
+    timed = []
+    for _ in range(RATE_REPEATS):
+        started = time.process_time()
+        run_sync(chain, [handler], calls)
+        timed.append(time.process_time() - started)
+    return statistics.median(timed) * 1e6 / (calls * count_events(WORKLOADS[workload])[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="sync,agent,tokens")
-    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--workloads", default="sync,agent,tokens,trickle")
+    parser.add_argument("--variants", default="capture,tracker", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--calls", type=int, default=200, help="calls counted (trickle: a quarter)")
+    parser.add_argument("--rate-calls", type=int, default=2000, help="sync floor calls per timed run")
+    parser.add_argument("--no-correct", action="store_true", help="no correction for valgrind's slow-down")
     parser.add_argument("--keep", help="keep the callgrind files in this directory")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "CALLS"))
+    parser.add_argument("--recorded", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--info", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tick", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        variant, workload, calls = args.child
-        child(variant, workload, int(calls))
-        return
-    from ._workloads import WORKLOADS, count_events
+        if args.tick is not None:
+            from asynctrack._remote import _shipper
 
+            _shipper._TICK = args.tick  # type: ignore[misc]  # the correction's run
+        variant, workload, calls = args.child
+        child(variant, workload, int(calls), args.recorded, args.info)
+        return
+
+    workloads = args.workloads.split(",")
+    variants = [v for v in args.variants.split(",") if v != "floor"]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="asynctrack-callgrind-") as tmp:
         out_dir = Path(args.keep or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        print("| workload | events per call | floor | capture alone | over the floor |")
-        print("|---|---|---|---|---|")
-        for workload in args.workloads.split(","):
-            events = len(_token_calls()) if workload == "tokens" else count_events(WORKLOADS[workload])[0]
-            per_event = {}
-            for variant in ("floor", "capture"):
-                count = _instructions(variant, workload, args.calls, out_dir)
-                per_event[variant] = count / (args.calls * events)
-            over = per_event["capture"] - per_event["floor"]
-            print(
-                f"| {workload} | {events} | {per_event['floor']:,.0f} | "
-                f"{per_event['capture']:,.0f} | {over:,.0f} |"
-            )
+        _record(out_dir / "recorded.pickle")
+        floor_us = _floor_us("sync", args.rate_calls)
+        load = Path("/proc/loadavg").read_text().split()[0]
+        floor_sync = _run("floor", "sync", args.calls, out_dir).instructions
+        assert floor_sync is not None
+        events_sync = _events_per_call("sync", out_dir / "recorded.pickle")
+        rate = floor_sync / (args.calls * events_sync) / floor_us
+        print(
+            f"rate: {rate:,.0f} instructions per µs (the sync floor: {floor_us:.2f} µs of CPU per "
+            f"event outside valgrind, load average {load})\n"
+        )
+        print(
+            "| workload | events per call | variant | floor | over the floor | beyond capture "
+            "| µs | rounds per 100 events: valgrind / full speed | per round | corrected beyond capture | µs |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for workload in workloads:
+            events = _events_per_call(workload, out_dir / "recorded.pickle")
+            calls = max(args.calls // 4, 10) if workload == "trickle" else args.calls
+            n = calls * events
+
+            def per_event(run: Run, n: int = n) -> float:
+                assert run.instructions is not None
+                return run.instructions / n
+
+            floor = per_event(_run("floor", workload, calls, out_dir))
+            capture = None
+            for variant in variants:
+                run = _run(variant, workload, calls, out_dir)
+                over = per_event(run) - floor
+                if variant == "capture":
+                    capture = over
+                beyond = "" if capture is None or variant == "capture" else over - capture
+                row = [workload, str(events), variant, f"{floor:,.0f}", f"{over:,.0f}"]
+                if isinstance(beyond, float):
+                    row += [f"{beyond:,.0f}", f"{beyond / rate:.2f}"]
+                else:
+                    row += ["", ""]
+                rounds = run.counters.get("rounds")
+                if rounds is None or args.no_correct or not isinstance(beyond, float):
+                    row += ["", "", "", ""]
+                else:
+                    long = _run(variant, workload, calls, out_dir, tick=LONG_TICK)
+                    plain = _run(variant, workload, calls, out_dir, valgrind=False)
+                    assert long.instructions is not None and run.instructions is not None
+                    per_round = (run.instructions - long.instructions) / max(
+                        rounds - long.counters["rounds"], 1
+                    )
+                    corrected = beyond - per_round * (rounds - plain.counters["rounds"]) / n
+                    row += [
+                        f"{100 * rounds / n:.1f} / {100 * plain.counters['rounds'] / n:.1f}",
+                        f"{per_round:,.0f}",
+                        f"{corrected:,.0f}",
+                        f"{corrected / rate:.2f}",
+                    ]
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -125,11 +125,25 @@ def test_run_all_collects_goals(tmp_path: Path) -> None:
     _check_output("loop_lag", tmp_path, proc.stdout)
 
 
-@pytest.mark.parametrize("variant", ["floor", "capture"])
-def test_the_instruction_count_driver_runs_without_valgrind(variant: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "workload"),
+    [("floor", "sync"), ("capture", "sync"), ("tracker", "sync"), ("tracker", "trickle")],
+)
+def test_the_instruction_count_driver_runs_without_valgrind(
+    variant: str, workload: str, tmp_path: Path
+) -> None:
     """``benchmarks.instructions`` runs this driver under callgrind (not here: valgrind
     may be missing); on its own it must run the workload through the handler (the
-    capture variant asserts that records were captured)."""
-    proc = _run(["benchmarks.instructions", "--child", variant, "sync", "2"])
+    capture variant asserts that records were captured; the tracker's, that every
+    record was written by the worker process) and report the shipper's rounds."""
+    recorded, info = tmp_path / "recorded.pickle", tmp_path / "info.json"
+    if workload == "trickle":
+        from benchmarks.instructions import _record
+
+        _record(recorded)
+    command = ["benchmarks.instructions", "--child", variant, workload, "2"]
+    proc = _run([*command, "--recorded", str(recorded), "--info", str(info)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    counters = json.loads(info.read_text())
+    assert (counters.get("rounds", 0) > 0) == (variant == "tracker"), counters

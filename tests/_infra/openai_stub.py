@@ -270,8 +270,11 @@ def run_calls(url: str, callbacks: list[Any], rounds: int = 1, vary: bool = Fals
 _CITIES: Final = ("Paris", "Lyon", "Berlin", "Madrid", "Rome", "Vienna", "Oslo", "Lisbon", "Prague")
 
 
-def record_calls(rounds: int = 1, vary: bool = False) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    """Every callback of ``run_calls`` as ``(method, args, kwargs)``, in order."""
+def record_calls(
+    rounds: int = 1, vary: bool = False, stamps: list[float] | None = None
+) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """Every callback of ``run_calls`` as ``(method, args, kwargs)``, in order; when
+    ``stamps`` is given, each callback's ``time.perf_counter()`` is appended to it."""
     from langchain_core.callbacks import BaseCallbackHandler
 
     recorded: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
@@ -281,6 +284,8 @@ def record_calls(rounds: int = 1, vary: bool = False) -> list[tuple[str, tuple[A
 
     def make(method: str) -> Any:
         def record(self: Any, *args: Any, **kwargs: Any) -> None:
+            if stamps is not None:
+                stamps.append(time.perf_counter())
             recorded.append((method, args, kwargs))
 
         return record
