@@ -127,6 +127,40 @@ def test_rate_zero_captures_nothing(tmp_path: Path) -> None:
     assert (stats.recorded, stats.written, stats.sampled_out) == (0, 0, 10 * EVENTS_PER_TRACE)
 
 
+def test_a_trace_not_sampled_is_not_captured(tmp_path: Path) -> None:
+    """At rate 0 a trace's callbacks skip it at their entry: nothing of their arguments
+    is read (the capture would read an error's text and an output object's fields)."""
+    read: list[str] = []
+
+    class Watched(Exception):
+        def __str__(self) -> str:
+            read.append("error")
+            return "watched"
+
+    class Output:
+        def __init__(self) -> None:
+            self.text = "answer"
+
+        def __getattribute__(self, name: str) -> Any:
+            read.append(name)
+            return object.__getattribute__(self, name)
+
+    tracker = _tracker(tmp_path / "logs", "thread", sample_rate=0.0, sample_keep_errors=False)
+    root, child = uuid.uuid4(), uuid.uuid4()
+    tracker.on_chain_start({}, {"q": 1}, run_id=root)
+    tracker.on_llm_start({}, ["q"], run_id=child, parent_run_id=root)
+    tracker.on_llm_new_token("a", run_id=child, parent_run_id=root)
+    tracker.on_llm_error(Watched(), run_id=child, parent_run_id=root)
+    tracker.on_chain_end(Output(), run_id=root)  # type: ignore[arg-type]
+    assert read == []
+    # Ended runs are forgotten: a run that reuses an id is decided again at its start.
+    tracker.on_chain_end(Output(), run_id=uuid.uuid4())  # type: ignore[arg-type]
+    assert read  # a run this tracker never saw start is recorded
+    tracker.close()
+    stats = tracker.statistics()
+    assert (stats.sampled_out, stats.recorded) == (5, 1)
+
+
 def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: str) -> None:
     rate = 0.2
     tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=rate)

@@ -57,7 +57,16 @@ from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
-from .._sampling import LOW_64, OTEL_PARENT, OTEL_TRACE, application_parent, ratio_bound, root_sampled
+from .._sampling import (
+    LOW_64,
+    MAX_UNSAMPLED,
+    OTEL_PARENT,
+    OTEL_TRACE,
+    application_parent,
+    head_sampled,
+    ratio_bound,
+    root_sampled,
+)
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._spec import TrackerSpec
@@ -83,7 +92,6 @@ _NO_METADATA: Final[dict[str, Any]] = {}
 _dumps: Final = orjson.dumps
 _now: Final = time.time
 _modules: Final = sys.modules
-_MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
 _said_thread: set[str] = set()
 
 
@@ -201,7 +209,15 @@ class AsyncTracker(BaseCallbackHandler):
         # An instance of the LangGraph-aware subclass where langgraph has lifecycle
         # callbacks and is imported already; else it becomes one when a chain starts
         # after langgraph was imported (_join_graph).
-        return cast("Self", super().__new__(_graph_aware(cls)))
+        made = _graph_aware(cls)
+        # With sample_rate under 1.0 and failed traces not kept, of head_sampled(): its
+        # callbacks skip traces not sampled at their entry. Made so here: a __class__
+        # assignment turns the instance's attributes into a dict of their own, slower to
+        # read on every event (~250 instructions per event at rate 0).
+        config = kwargs.get("config")
+        if getattr(config, "sample_rate", 1.0) < 1.0 and getattr(config, "sample_keep_errors", True) is False:
+            made = head_sampled(made)
+        return cast("Self", super().__new__(made))
 
     def __init__(
         self,
@@ -494,7 +510,9 @@ class AsyncTracker(BaseCallbackHandler):
         extra: Any = None,
     ) -> None:
         """``_record`` behind the head decision (``sample_rate`` under 1.0, failed traces
-        not kept): an event of a trace not sampled is counted and nothing else."""
+        not kept): an event of a trace not sampled is counted and nothing else. The
+        callbacks skip most such events at their entry (``head_sampled``); this decides
+        the rest: roots inside an application span, LangGraph's lifecycle events."""
         try:
             unsampled = self._unsampled
             run = run_id.int  # type: ignore[union-attr] # None: recorded, below
@@ -507,13 +525,18 @@ class AsyncTracker(BaseCallbackHandler):
                 if parent_run_id is not None:
                     skip = parent_run_id.int in unsampled
                 else:
-                    parent = _note_parent(data) if OTEL_TRACE in _modules else None
+                    # _note_parent(), inlined: a root's start reads the application's span.
+                    parent = data.get(OTEL_PARENT)
+                    if parent is None and OTEL_TRACE in _modules:
+                        parent = application_parent()
+                        if parent is not None:
+                            data[OTEL_PARENT] = parent
                     if parent is None:  # root_sampled() without a parent, inlined
                         skip = run & LOW_64 >= self._bound
                     else:
                         skip = not root_sampled(run, self._bound, parent)
                 if skip:
-                    if len(unsampled) >= _MAX_UNSAMPLED:  # runs that never end: forget the oldest
+                    if len(unsampled) >= MAX_UNSAMPLED:  # runs that never end: forget the oldest
                         del unsampled[next(iter(unsampled))]
                     unsampled[run] = None
                     self._sampled_out += 1
