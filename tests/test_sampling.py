@@ -24,7 +24,7 @@ from asynctrack._events._tail import TailSampler
 from asynctrack._events._translate import EventTranslator
 from asynctrack._export._spans import SpanAssembler
 from asynctrack._read._tree import scan_run_summaries, summarize_runs
-from asynctrack._sampling import application_parent, ratio_bound, root_sampled
+from asynctrack._sampling import HEAD_SKIP_BELOW, application_parent, ratio_bound, root_sampled
 
 WAIT = 30.0
 EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
@@ -159,6 +159,13 @@ def test_a_trace_not_sampled_is_not_captured(tmp_path: Path) -> None:
     tracker.close()
     stats = tracker.statistics()
     assert (stats.sampled_out, stats.recorded) == (5, 1)
+    # Where most traces are sampled, the skip at entry would cost more than it saves:
+    # the callbacks are the capture's own (the decision is taken in _record_sampled).
+    assert type(tracker).on_llm_end is not AsyncTracker.on_llm_end
+    for rate in (HEAD_SKIP_BELOW, 0.9, 1.0):
+        other = _tracker(tmp_path / "other", "thread", sample_rate=rate, sample_keep_errors=False)
+        assert type(other).on_llm_end is AsyncTracker.on_llm_end
+        other.close()
 
 
 def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: str) -> None:

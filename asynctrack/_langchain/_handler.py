@@ -58,6 +58,7 @@ from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
 from .._sampling import (
+    HEAD_SKIP_BELOW,
     LOW_64,
     MAX_UNSAMPLED,
     OTEL_PARENT,
@@ -210,12 +211,13 @@ class AsyncTracker(BaseCallbackHandler):
         # callbacks and is imported already; else it becomes one when a chain starts
         # after langgraph was imported (_join_graph).
         made = _graph_aware(cls)
-        # With sample_rate under 1.0 and failed traces not kept, of head_sampled(): its
+        # With a low sample_rate and failed traces not kept, of head_sampled(): its
         # callbacks skip traces not sampled at their entry. Made so here: a __class__
         # assignment turns the instance's attributes into a dict of their own, slower to
         # read on every event (~250 instructions per event at rate 0).
         config = kwargs.get("config")
-        if getattr(config, "sample_rate", 1.0) < 1.0 and getattr(config, "sample_keep_errors", True) is False:
+        rate = getattr(config, "sample_rate", 1.0)
+        if rate < HEAD_SKIP_BELOW and getattr(config, "sample_keep_errors", True) is False:
             made = head_sampled(made)
         return cast("Self", super().__new__(made))
 
