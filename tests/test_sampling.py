@@ -153,9 +153,9 @@ def test_a_trace_not_sampled_is_not_captured(tmp_path: Path) -> None:
     tracker.on_llm_error(Watched(), run_id=child, parent_run_id=root)
     tracker.on_chain_end(Output(), run_id=root)  # type: ignore[arg-type]
     assert read == []
-    # Ended runs are forgotten: a run that reuses an id is decided again at its start.
+    # A run this tracker never saw start is not known to be out: it is recorded.
     tracker.on_chain_end(Output(), run_id=uuid.uuid4())  # type: ignore[arg-type]
-    assert read  # a run this tracker never saw start is recorded
+    assert read
     tracker.close()
     stats = tracker.statistics()
     assert (stats.sampled_out, stats.recorded) == (5, 1)
