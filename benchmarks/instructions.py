@@ -1,7 +1,7 @@
-"""I. Instructions per event over the no-op floor (callgrind): the capture alone, and the tracker.
+"""I. Instructions per event over the no-op floor (callgrind): capture, tracker, exporter, rate 0.
 
     python -m benchmarks.instructions [--workloads sync,agent,tokens,trickle]
-        [--variants capture,tracker] [--calls N] [--no-correct] [--recorded FILE]
+        [--variants capture,tracker,exporter,rate0] [--calls N] [--no-correct] [--recorded FILE]
 
 Wall-clock µs swing by ±15 between runs on a shared 2-core machine; instruction counts
 do not. Each measurement runs ``valgrind --tool=callgrind`` on a child process that
@@ -25,6 +25,14 @@ Variants (``VARIANTS``: one entry each; the floor is always measured):
   worker process (valgrind does not follow children: ``--trace-children=no``).
   "beyond capture" is what the application pays for shipping: issue 19's goal is ≤ 1 µs
   per event.
+- ``exporter``: the same tracker with an ``OTLPExporter`` to a loopback receiver in a
+  process of its own (``tests/_infra/otlp_receiver.py``, which decodes every request):
+  the export runs in the worker process, so the count is what the exporter costs the
+  application. Issue 20's goal: +0.5 µs per event at most over ``tracker``.
+- ``rate0``: the same tracker with ``sample_rate=0.0, sample_keep_errors=False``: every
+  trace is decided out at its root. Issue 20's goal: within 0.5 µs per event of the
+  floor. Not run on ``tokens`` (tokens of a run whose start is not replayed are
+  recorded at any rate).
 
 Workloads: ``sync`` and ``agent`` as in ``benchmarks.overhead``; ``tokens``: the streamed
 tokens of a real ``ChatOpenAI`` answer (langchain-openai against the loopback stub,
@@ -204,14 +212,13 @@ def _capture(tmp: str, workload: str) -> Setup:
     return Setup(tracker, close=check)
 
 
-def _tracker(tmp: str, workload: str) -> Setup:
+def _tracker(tmp: str, workload: str, **options: Any) -> Setup:
     from asynctrack import AsyncTracker, TrackerConfig
 
     # worker="process" is the default; said here because the children run with
     # ASYNCTRACK_WORKER=thread (the capture's tracker must start no process).
-    tracker = AsyncTracker(
-        tmp, experiment_name="instr", run_name=workload, config=TrackerConfig(worker="process")
-    )
+    options.setdefault("config", TrackerConfig(worker="process"))
+    tracker = AsyncTracker(tmp, experiment_name="instr", run_name=workload, **options)
     engine: Any = tracker._engine
     shipper = engine._worker._shipper
     assert engine.lane.tracker_id > 0, "the tracker must ship to a worker process"
@@ -227,13 +234,64 @@ def _tracker(tmp: str, workload: str) -> Setup:
     return Setup(tracker, finish=tracker.flush_blocking, counters=counters, close=close)
 
 
+def _receiver() -> tuple[subprocess.Popen[str], str]:
+    """A loopback OTLP receiver in a process of its own (not this one's: its work must
+    not count), and its endpoint."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from _infra.otlp_receiver import OTLPReceiver;"
+        "r = OTLPReceiver().__enter__(); print(r.endpoint, flush=True); sys.stdin.read(); r.stop()"
+    )
+    command = [sys.executable, "-c", script, str(ROOT / "tests")]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def _exporter(tmp: str, workload: str) -> Setup:
+    from asynctrack import OTLPExporter
+
+    receiver, endpoint = _receiver()
+    setup = _tracker(tmp, workload, exporters=[OTLPExporter(endpoint)])
+    tracker, close = setup.handler, setup.close
+
+    def stop() -> None:
+        try:
+            close()  # flushes the export: every span is at the receiver, or failed
+        finally:
+            receiver.communicate("")
+        stats = tracker.statistics()
+        assert stats.spans_exported > 0 and stats.spans_failed == 0, stats
+
+    return dataclasses.replace(setup, close=stop)
+
+
+def _rate0(tmp: str, workload: str) -> Setup:
+    from asynctrack import TrackerConfig
+
+    config = TrackerConfig(worker="process", sample_rate=0.0, sample_keep_errors=False)
+    setup = _tracker(tmp, workload, config=config)
+    tracker, close = setup.handler, setup.close
+
+    def check() -> None:
+        close()
+        stats = tracker.statistics()
+        assert stats.recorded == 0 and stats.sampled_out > 0, stats
+
+    return dataclasses.replace(setup, close=check)
+
+
 #: Each variant's set-up, by name. A variant that reports ``rounds`` is corrected for
 #: valgrind's slow-down (module docstring).
 VARIANTS: dict[str, Callable[[str, str], Setup]] = {
     "floor": _floor,
     "capture": _capture,
     "tracker": _tracker,
+    "exporter": _exporter,
+    "rate0": _rate0,
 }
+#: Workloads a variant does not run on (module docstring).
+SKIPPED = {("rate0", "tokens")}
 
 
 def child(variant: str, workload: str, calls: int, recorded: Path | None, info: Path | None) -> None:
@@ -315,7 +373,9 @@ def _floor_us(workload: str, calls: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="sync,agent,tokens,trickle")
-    parser.add_argument("--variants", default="capture,tracker", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="capture,tracker,exporter,rate0", help=f"of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--calls", type=int, default=200, help="calls counted (trickle: a quarter)")
     parser.add_argument("--rate-calls", type=int, default=2000, help="sync floor calls per timed run")
     parser.add_argument("--no-correct", action="store_true", help="no correction for valgrind's slow-down")
@@ -365,6 +425,7 @@ def main() -> None:
             "| µs | rounds per 100 events: valgrind / full speed | per round | corrected beyond capture | µs |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
+        goals: dict[tuple[str, str], float] = {}  # (workload, variant): over the floor
         for workload in workloads:
             events = _events_per_call(workload, out_dir / "recorded.pickle")
             calls = max(args.calls // 4, 10) if workload == "trickle" else args.calls
@@ -377,8 +438,11 @@ def main() -> None:
             floor = per_event(_run("floor", workload, calls, out_dir))
             capture = None
             for variant in variants:
+                if (variant, workload) in SKIPPED:
+                    continue
                 run = _run(variant, workload, calls, out_dir)
                 over = per_event(run) - floor
+                goals[workload, variant] = over
                 if variant == "capture":
                     capture = over
                 beyond = "" if capture is None or variant == "capture" else over - capture
@@ -404,8 +468,35 @@ def main() -> None:
                         per_round = (short.instructions - long.instructions) / (most - fewest)
                         extra = per_round * (full_speed - fewest) / n
                         corrected = per_event(long) - floor - (capture or 0.0) + extra
+                        goals[workload, variant] = corrected + (capture or 0.0)
                         row += [*cells, f"{per_round:,.0f}", f"{corrected:,.0f}", f"{corrected / rate:.2f}"]
                 print("| " + " | ".join(row) + " |", flush=True)
+        _print_goals(goals, workloads, rate)
+
+
+def _print_goals(goals: dict[tuple[str, str], float], workloads: list[str], rate: float) -> None:
+    """Issue 20's goals, from the instructions over the floor (corrected where a variant
+    ships): the exporter's cost over the same tracker, and rate 0's over the floor."""
+    rows = []
+    for workload in workloads:
+        exporter, tracker, rate0 = (goals.get((workload, v)) for v in ("exporter", "tracker", "rate0"))
+        cells = [workload, "", "", ""]
+        if exporter is not None and tracker is not None:
+            cells[1:3] = [f"{exporter - tracker:,.0f}", f"{(exporter - tracker) / rate:+.2f}"]
+        if rate0 is not None:
+            cells[3] = f"{rate0:,.0f} ({rate0 / rate:.2f} µs)"
+        if cells[1:] != ["", "", ""]:
+            rows.append(cells)
+    if rows:
+        print(
+            "\nIssue 20's goals (instructions per event, corrected where the variant ships; µs at the rate):\n"
+        )
+        print(
+            "| workload | exporter over tracker | µs (goal ≤ +0.5) | rate0 over the floor (goal ≤ 0.5 µs) |"
+        )
+        print("|---|---|---|---|")
+        for cells in rows:
+            print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

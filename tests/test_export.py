@@ -288,6 +288,10 @@ def test_the_otel_environment_variables() -> None:
     assert resolve_headers(None, own, "metrics") == {"api-key": "abc def", "x-tenant": "7", "m": "2"}
     resource = resource_attributes(env)
     assert (resource["service.name"], resource["deployment.environment"]) == ("agents", "prod")
+    assert "service.instance.id" not in resource
+    assert resource_attributes(env, "id-1")["service.instance.id"] == "id-1"
+    own_id = {**env, "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=pod-7"}
+    assert resource_attributes(own_id, "id-1")["service.instance.id"] == "pod-7"
 
 
 def test_the_environment_reaches_the_worker_process(

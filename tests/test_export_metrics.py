@@ -11,6 +11,7 @@ and their times against the runs' spans.
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def _points(request: Any) -> dict[Series, Any]:
             assert series not in points  # one point per series
             points[series] = point
     return points
+
+
+def _instance(resource_owner: Any) -> str:
+    """The ``service.instance.id`` of a request's resource (a ``ResourceSpans`` or ``ResourceMetrics``)."""
+    return str(attributes(resource_owner.resource)["service.instance.id"])
 
 
 def _model_spans(receiver: OTLPReceiver) -> dict[Series, list[Any]]:
@@ -169,9 +175,12 @@ def test_backfill_sends_the_metrics_of_the_live_export_at_the_runs_times(
         (backfill_request,) = second.metrics  # one request, after the spans
     backfilled = _points(backfill_request)
 
-    # The same resource, scope and schema as live, and the same points.
+    # The same resource, scope and schema as live, and the same points; the backfill is a
+    # writer of its own (its metric streams must not be taken for the live process's).
     (live_rm,), (back_rm,) = live_request.resource_metrics, backfill_request.resource_metrics
-    assert attributes(back_rm.resource) == attributes(live_rm.resource)
+    live_resource, back_resource = attributes(live_rm.resource), attributes(back_rm.resource)
+    assert live_resource.pop("service.instance.id") != back_resource.pop("service.instance.id")
+    assert back_resource == live_resource
     assert back_rm.scope_metrics[0].scope == live_rm.scope_metrics[0].scope
     assert (
         back_rm.scope_metrics[0].schema_url
@@ -283,3 +292,56 @@ def test_metrics_can_be_turned_off(tmp_path: Path, receiver: OTLPReceiver) -> No
     failing_chain([tracker])
     tracker.close(timeout=WAIT)
     assert (len(receiver.spans), receiver.metrics_attempts) == (1, 0)
+
+
+def test_each_live_tracker_is_a_writer_of_its_own(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two trackers alive at once, one resource from the environment: each sends its spans
+    and its cumulative metric streams under a ``service.instance.id`` of its own, else a
+    backend would take two writers' points for one stream's. A backfill is a third."""
+    destination = tmp_path / "logs"
+    first = _tracker(destination, OTLPExporter(receiver.endpoint), run_name="r1")
+    second = _tracker(destination, OTLPExporter(receiver.endpoint), run_name="r2")
+    weather_agent(stub.url, [first])
+    weather_agent(stub.url, [second])
+    weather_agent(stub.url, [second])
+    first.close(timeout=WAIT)
+    second.close(timeout=WAIT)
+    assert first.statistics().worker_mode == second.statistics().worker_mode == "process"
+    spans: dict[str, int] = {}
+    for request in receiver.requests:
+        for resource_spans in request.resource_spans:
+            instance = _instance(resource_spans)
+            spans[instance] = spans.get(instance, 0) + sum(len(s.spans) for s in resource_spans.scope_spans)
+    calls: dict[str, int] = {}  # the chat calls counted in each writer's last (cumulative) point
+    for request in receiver.wait_for_metrics(2):
+        (resource_metrics,) = request.resource_metrics
+        points = _points(request).items()
+        calls[_instance(resource_metrics)] = sum(p.count for (name, _), p in points if name == DURATION)
+    assert len(spans) == 2 and spans.keys() == calls.keys()
+    assert sorted(spans.values()) == [4, 8]  # one writer per tracker, its spans and its metrics
+    assert sorted((spans[i], calls[i]) for i in spans) == [(4, 2), (8, 4)]
+    for instance in spans:
+        assert uuid.UUID(instance).version == 4
+
+    with OTLPReceiver() as other:
+        assert main(["export", str(destination), "--otlp-endpoint", other.endpoint]) == 0
+        capsys.readouterr()
+        backfill = {_instance(rs) for request in other.requests for rs in request.resource_spans}
+        backfill |= {_instance(rm) for request in other.metrics for rm in request.resource_metrics}
+    (instance,) = backfill  # one writer: its spans and its metrics
+    assert instance not in spans
+
+
+def test_an_instance_id_set_by_the_user_is_kept(
+    tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.environment=prod")
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))
+    weather_agent(stub.url, [tracker])
+    tracker.close(timeout=WAIT)
+    assert tracker.statistics().worker_mode == "process"  # the environment crossed to the worker
+    owners = [rs for request in receiver.requests for rs in request.resource_spans]
+    owners += [rm for request in receiver.wait_for_metrics(1) for rm in request.resource_metrics]
+    assert {_instance(owner) for owner in owners} == {"pod-7"}

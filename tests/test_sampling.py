@@ -24,7 +24,7 @@ from asynctrack._events._tail import TailSampler
 from asynctrack._events._translate import EventTranslator
 from asynctrack._export._spans import SpanAssembler
 from asynctrack._read._tree import scan_run_summaries, summarize_runs
-from asynctrack._sampling import ratio_bound, root_sampled
+from asynctrack._sampling import HEAD_SKIP_BELOW, application_parent, ratio_bound, root_sampled
 
 WAIT = 30.0
 EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
@@ -125,6 +125,47 @@ def test_rate_zero_captures_nothing(tmp_path: Path) -> None:
     tracker.close()
     stats = tracker.statistics()
     assert (stats.recorded, stats.written, stats.sampled_out) == (0, 0, 10 * EVENTS_PER_TRACE)
+
+
+def test_a_trace_not_sampled_is_not_captured(tmp_path: Path) -> None:
+    """At rate 0 a trace's callbacks skip it at their entry: nothing of their arguments
+    is read (the capture would read an error's text and an output object's fields)."""
+    read: list[str] = []
+
+    class Watched(Exception):
+        def __str__(self) -> str:
+            read.append("error")
+            return "watched"
+
+    class Output:
+        def __init__(self) -> None:
+            self.text = "answer"
+
+        def __getattribute__(self, name: str) -> Any:
+            read.append(name)
+            return object.__getattribute__(self, name)
+
+    tracker = _tracker(tmp_path / "logs", "thread", sample_rate=0.0, sample_keep_errors=False)
+    root, child = uuid.uuid4(), uuid.uuid4()
+    tracker.on_chain_start({}, {"q": 1}, run_id=root)
+    tracker.on_llm_start({}, ["q"], run_id=child, parent_run_id=root)
+    tracker.on_llm_new_token("a", run_id=child, parent_run_id=root)
+    tracker.on_llm_error(Watched(), run_id=child, parent_run_id=root)
+    tracker.on_chain_end(Output(), run_id=root)  # type: ignore[arg-type]
+    assert read == []
+    # A run this tracker never saw start is not known to be out: it is recorded.
+    tracker.on_chain_end(Output(), run_id=uuid.uuid4())  # type: ignore[arg-type]
+    assert read
+    tracker.close()
+    stats = tracker.statistics()
+    assert (stats.sampled_out, stats.recorded) == (5, 1)
+    # Where most traces are sampled, the skip at entry would cost more than it saves:
+    # the callbacks are the capture's own (the decision is taken in _record_sampled).
+    assert type(tracker).on_llm_end is not AsyncTracker.on_llm_end
+    for rate in (HEAD_SKIP_BELOW, 0.9, 1.0):
+        other = _tracker(tmp_path / "other", "thread", sample_rate=rate, sample_keep_errors=False)
+        assert type(other).on_llm_end is AsyncTracker.on_llm_end
+        other.close()
 
 
 def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: str) -> None:
@@ -280,6 +321,28 @@ def test_a_root_follows_its_application_spans_sampled_flag(tmp_path: Path, keep_
     (root_start,) = [e for e in traces[str(kept)] if e["kind"] == "chain_start" and not e["parent_run_id"]]
     assert root_start["data"]["otel_parent"]["sampled"] is True
     assert tracker.statistics().sampled_out == EVENTS_PER_TRACE
+
+
+def test_a_context_without_a_span_is_no_parent() -> None:
+    """A current OTel context that holds other values (baggage) but no span: no parent;
+    the same context with a span inside: that span (the empty-context shortcut is exact)."""
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+
+    assert application_parent() is None
+    token = otel_context.attach(baggage.set_baggage("tenant", "t-1"))
+    try:
+        assert otel_context.get_current()  # not empty
+        assert application_parent() is None
+        with TracerProvider().get_tracer("app").start_as_current_span("request") as span:
+            found = application_parent()
+    finally:
+        otel_context.detach(token)
+    assert found == {
+        "trace_id": format(span.get_span_context().trace_id, "032x"),
+        "span_id": format(span.get_span_context().span_id, "016x"),
+        "sampled": True,
+    }
 
 
 def test_without_an_application_span_nothing_is_added(tmp_path: Path) -> None:

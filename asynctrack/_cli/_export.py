@@ -71,7 +71,7 @@ def export(
     accepted (or the receiver takes no metrics), 1 otherwise."""
     import gzip
 
-    from .._export._exporter import OTLPExporter
+    from .._export._exporter import OTLPExporter, resource
     from .._read._load import _files, _pattern
     from .._read._scan import find_event_files
 
@@ -84,8 +84,10 @@ def export(
         writers = _writers(files)
     except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
         return error("export", exc)
-    recorder = config.metrics_recorder(backfill=True)
-    sender = config.sender()
+    # A writer of its own (service.instance.id): the live exporter's metric streams stay its.
+    fields = resource()
+    recorder = config.metrics_recorder(fields, backfill=True)
+    sender = config.sender(fields)
     metrics_sender = None
     progress = _Progress(sum(len(batches) for batches in writers.values()))
     spans_sent = 0
@@ -104,7 +106,7 @@ def export(
             spans_sent += len(spans)
         sender.flush(None)
         if recorder is not None and recorder.points:
-            metrics_sender = config.sender("metrics")
+            metrics_sender = config.sender(fields, "metrics")
             metrics_sender.put([recorder.request()], block=True)
             metrics_sender.flush(None)
     finally:

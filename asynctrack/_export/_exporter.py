@@ -12,7 +12,12 @@ else ``http://localhost:4318/v1/traces``. Headers come from ``OTEL_EXPORTER_OTLP
 (and ``..._TRACES_HEADERS``; ``..._METRICS_HEADERS`` for the metrics), ``k=v`` pairs
 separated by commas, then from ``headers``.
 The resource is ``OTEL_RESOURCE_ATTRIBUTES`` with ``service.name`` from
-``OTEL_SERVICE_NAME`` (default ``asynctrack``).
+``OTEL_SERVICE_NAME`` (default ``asynctrack``), and a ``service.instance.id`` of its own
+(a random UUID) unless ``OTEL_RESOURCE_ATTRIBUTES`` sets one: each exporter, once
+started, writes cumulative metric streams of its own, and the metrics data model wants
+one writer per stream (two trackers, or two processes, under one resource would be
+merged by a backend as one writer). So the id is made per writer: per tracker, again in
+a forked child, and per ``asynctrack export`` (a backfill is not the live writer).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
@@ -88,13 +94,16 @@ def resolve_headers(
     return out
 
 
-def resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
-    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``service.name``, the SDK's name."""
+def resource_attributes(environ: Mapping[str, str], instance_id: str | None = None) -> dict[str, str]:
+    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``service.name``, ``service.instance.id``
+    (``instance_id``, unless the variable sets one), the SDK's name."""
     attributes = _pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""))
     service = environ.get("OTEL_SERVICE_NAME", "").strip()
     if service:
         attributes["service.name"] = service
     attributes.setdefault("service.name", "asynctrack")
+    if instance_id is not None:
+        attributes.setdefault("service.instance.id", instance_id)
     attributes["telemetry.sdk.name"] = "asynctrack"
     attributes["telemetry.sdk.language"] = "python"
     attributes["telemetry.sdk.version"] = _version()
@@ -166,16 +175,18 @@ class OTLPExporter:
 
     def start(self) -> LineExporter:
         """The running exporter, in this process (the worker's): its threads start now."""
-        metrics = self.metrics_recorder()
-        metrics_sender = self.sender("metrics") if metrics is not None else None
-        return _Running(self.assembler(metrics), self.sender(), metrics, metrics_sender)
+        fields = resource()  # one writer: its spans and its metrics under one identity
+        metrics = self.metrics_recorder(fields)
+        metrics_sender = self.sender(fields, "metrics") if metrics is not None else None
+        return _Running(self.assembler(metrics), self.sender(fields), metrics, metrics_sender)
 
-    def metrics_recorder(self, *, backfill: bool = False) -> Metrics | None:
-        """The histograms model calls are recorded into (``None`` with ``metrics=False``);
-        ``backfill``: points carry the calls' own times (see ``Metrics``)."""
+    def metrics_recorder(self, resource: Sequence[bytes], *, backfill: bool = False) -> Metrics | None:
+        """The histograms model calls are recorded into (``None`` with ``metrics=False``),
+        under ``resource`` (``resource()``); ``backfill``: points carry the calls' own
+        times (see ``Metrics``)."""
         if not self.metrics:
             return None
-        return Metrics(resource(), pb.scope(_SCOPE, _version()), SCHEMA_URL, backfill=backfill)
+        return Metrics(resource, pb.scope(_SCOPE, _version()), SCHEMA_URL, backfill=backfill)
 
     def assembler(self, metrics: Metrics | None = None) -> SpanAssembler:
         """A span assembler with these settings (one per tracker: it follows its runs)."""
@@ -184,16 +195,19 @@ class OTLPExporter:
         )
 
     def sender(
-        self, signal: str = "traces", build: Callable[[Sequence[bytes]], bytes] | None = None
+        self,
+        resource: Sequence[bytes],
+        signal: str = "traces",
+        build: Callable[[Sequence[bytes]], bytes] | None = None,
     ) -> Sender:
         """A sender of ``signal`` (``traces`` or ``metrics``) to the resolved endpoint (this
-        process's environment); its thread starts now. ``build`` wraps what is queued into
-        a request (by default: spans into one request; of metrics requests, the last)."""
+        process's environment); its thread starts now. Spans go under ``resource``
+        (``resource()``). ``build`` wraps what is queued into a request (by default:
+        spans into one request; of metrics requests, the last)."""
         environ = os.environ
-        fields = resource()  # the same for every request of this sender
 
         def spans_request(spans: Sequence[bytes]) -> bytes:
-            return pb.request(fields, _SCOPE, version, spans, SCHEMA_URL)
+            return pb.request(resource, _SCOPE, version, spans, SCHEMA_URL)
 
         version = _version()
         traces = signal == "traces"
@@ -210,8 +224,10 @@ class OTLPExporter:
 
 
 def resource() -> list[bytes]:
-    """The resource's attributes, encoded, from this process's environment."""
-    return [pb.attribute(k, v) for k, v in resource_attributes(os.environ).items()]
+    """The resource of a new writer (a started exporter, a backfill), its attributes encoded:
+    from this process's environment, with a ``service.instance.id`` of its own."""
+    attributes = resource_attributes(os.environ, str(uuid.uuid4()))
+    return [pb.attribute(k, v) for k, v in attributes.items()]
 
 
 def _latest(requests: Sequence[bytes]) -> bytes:

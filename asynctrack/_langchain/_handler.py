@@ -57,7 +57,17 @@ from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
-from .._sampling import OTEL_PARENT, OTEL_TRACE, application_parent, ratio_bound, root_sampled
+from .._sampling import (
+    HEAD_SKIP_BELOW,
+    LOW_64,
+    MAX_UNSAMPLED,
+    OTEL_PARENT,
+    OTEL_TRACE,
+    application_parent,
+    head_sampled,
+    ratio_bound,
+    root_sampled,
+)
 from .._sinks._base import ParametersSink, RunInfo, Sink
 from .._sinks._registry import make_sink
 from ._spec import TrackerSpec
@@ -82,7 +92,7 @@ _NO_METADATA: Final[dict[str, Any]] = {}
 # The hot path's C functions, one global lookup each instead of a global and an attribute.
 _dumps: Final = orjson.dumps
 _now: Final = time.time
-_MAX_UNSAMPLED = 65_536  # live runs of traces not sampled remembered (the oldest forgotten)
+_modules: Final = sys.modules
 _said_thread: set[str] = set()
 
 
@@ -200,7 +210,16 @@ class AsyncTracker(BaseCallbackHandler):
         # An instance of the LangGraph-aware subclass where langgraph has lifecycle
         # callbacks and is imported already; else it becomes one when a chain starts
         # after langgraph was imported (_join_graph).
-        return cast("Self", super().__new__(_graph_aware(cls)))
+        made = _graph_aware(cls)
+        # With a low sample_rate and failed traces not kept, of head_sampled(): its
+        # callbacks skip traces not sampled at their entry. Made so here: a __class__
+        # assignment turns the instance's attributes into a dict of their own, slower to
+        # read on every event (~250 instructions per event at rate 0).
+        config = kwargs.get("config")
+        rate = getattr(config, "sample_rate", 1.0)
+        if rate < HEAD_SKIP_BELOW and getattr(config, "sample_keep_errors", True) is False:
+            made = head_sampled(made)
+        return cast("Self", super().__new__(made))
 
     def __init__(
         self,
@@ -493,24 +512,34 @@ class AsyncTracker(BaseCallbackHandler):
         extra: Any = None,
     ) -> None:
         """``_record`` behind the head decision (``sample_rate`` under 1.0, failed traces
-        not kept): an event of a trace not sampled is counted and nothing else."""
+        not kept): an event of a trace not sampled is counted and nothing else. The
+        callbacks skip most such events at their entry (``head_sampled``); this decides
+        the rest: roots inside an application span, LangGraph's lifecycle events."""
         try:
             unsampled = self._unsampled
             run = run_id.int  # type: ignore[union-attr] # None: recorded, below
             if run in unsampled:
                 if kind in ENDS:
-                    unsampled.pop(run, None)
+                    del unsampled[run]  # a run ends once: it is there
                 self._sampled_out += 1
                 return
             if kind in STARTS:
-                if parent_run_id is None:
-                    parent = _note_parent(data) if OTEL_TRACE in sys.modules else None
-                    skip = not root_sampled(run, self._bound, parent)
-                else:
+                if parent_run_id is not None:
                     skip = parent_run_id.int in unsampled
+                else:
+                    # _note_parent(), inlined: a root's start reads the application's span.
+                    parent = data.get(OTEL_PARENT)
+                    if parent is None and OTEL_TRACE in _modules:
+                        parent = application_parent()
+                        if parent is not None:
+                            data[OTEL_PARENT] = parent
+                    if parent is None:  # root_sampled() without a parent, inlined
+                        skip = run & LOW_64 >= self._bound
+                    else:
+                        skip = not root_sampled(run, self._bound, parent)
                 if skip:
-                    if len(unsampled) >= _MAX_UNSAMPLED:  # runs that never end: forget the oldest
-                        unsampled.pop(next(iter(unsampled)), None)
+                    if len(unsampled) >= MAX_UNSAMPLED:  # runs that never end: forget the oldest
+                        del unsampled[next(iter(unsampled))]
                     unsampled[run] = None
                     self._sampled_out += 1
                     return
