@@ -58,8 +58,10 @@ __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
-_TOKEN: Final = b'"kind":"llm_new_token"'
 _KIND: Final = b'"kind":"'
+_K: Final = ord("k")
+_W: Final = ord("w")
+_NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
 _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
@@ -177,7 +179,7 @@ class _Open:
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
-        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
+        self.stream_key = b""  # its line's text from "kind" to its run id once its first token was seen
         self.size = 200 + sum(map(len, attributes))
         self.metric_key: Key | None = None  # model calls: the metrics' common attributes
 
@@ -220,7 +222,9 @@ class SpanAssembler:
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
         self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
-        self._run_id_offset = 0
+        self._k = 0  # where the last line read had the k of its "kind"
+        self._key_length = 0  # the length of the last stream key found
+        self._key_lengths: tuple[int, ...] = ()  # of the streams' keys (one per envelope layout)
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
@@ -231,23 +235,42 @@ class SpanAssembler:
         split = SPLIT_BYTES if not self.capture_content else _NEVER
         heads = _END_HEADS if not self.capture_content else None
         loads = orjson.loads
-        known: str | None = None
+        k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
+        key_length = self._key_length
         for line in lines:
-            at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
-            if at >= 0:
+            # The k of "kind" is the line's first k (the envelope starts with seq and ts):
+            # looked at where the last line had it, a byte either side, else found. A
+            # token's kind has a w where no other kind has one (llm_new_token).
+            try:
+                if line[k] != _K:
+                    if line[k + 1] == _K:
+                        k += 1
+                    elif line[k - 1] == _K:
+                        k -= 1
+                    else:
+                        raise IndexError
+                at = k - 1
+                token = line[k + 13] == _W
+            except IndexError:
+                at = line.find(_KIND, 0, _ENVELOPE_HEAD)
+                token = line[at + 8 : at + 22] == _NEW_TOKEN
+                if at >= 0:
+                    k = at + 1
+            known: str | None = None
+            if at < 0:
+                pass
+            elif token:
                 # A token of a stream whose first token was seen: counted (most lines of a
-                # streamed call are these).
-                at += self._run_id_offset
-                span = streams.get(line[at : at + 46])
+                # streamed call are these), found by the text from its kind to its run id.
+                span = streams.get(line[at : at + key_length])
                 if span is not None:
                     span.chunks += 1
                     continue
-                if self._token(line):
+                if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
+                    key_length = self._key_length
                     continue
-                known = None
             elif heads is not None:
-                at = line.find(_KIND, 0, _ENVELOPE_HEAD)
-                known = heads.get(line[at + 8 : at + 21]) if at > 0 else None
+                known = heads.get(line[at + 8 : at + 21])
                 if known in _LIGHT_ENDS:
                     encoded = self._light_end(line, known, open_runs)
                     if encoded is not None:
@@ -283,6 +306,7 @@ class SpanAssembler:
                 self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
+        self._k = k
         return done
 
     def close(self) -> list[bytes]:
@@ -317,13 +341,21 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _token(self, line: bytes) -> bool:
-        """A streamed token: count it, note the first one's time. False: parse it whole.
+    def _token(self, line: bytes, kind_at: int) -> bool:
+        """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
+        it, note the first one's time. False: parse it whole.
 
-        From its first token on, a stream is found by its ``"run_id":"<id>`` text at the
-        offset from the kind that its tracker's envelope gives (``_run_id_offset``).
+        From its first token on, a stream is found by its key: the line's text from its
+        kind to its run id, which the envelope's order makes the same for all its tokens
+        (``_streams``). The keys of one tracker's streams have one length; a second
+        tracker's envelope gives another (tried here, then kept as the first to try).
         """
-        kind_at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+        for length in self._key_lengths:
+            span = self._streams.get(line[kind_at : kind_at + length])
+            if span is not None:
+                self._key_length = length
+                span.chunks += 1
+                return True
         at = line.find(_RUN_ID, kind_at)
         span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
@@ -336,9 +368,12 @@ class SpanAssembler:
             except ValueError:
                 return False
         if not span.stream_key:
-            span.stream_key = line[at : at + 46]
+            span.stream_key = line[kind_at : at + 46]
             self._streams[span.stream_key] = span
-        self._run_id_offset = at - kind_at
+            length = len(span.stream_key)
+            self._key_length = length
+            if length not in self._key_lengths:
+                self._key_lengths = (length, *self._key_lengths[:3])
         span.chunks += 1
         return True
 
