@@ -451,3 +451,46 @@ def test_fields_of_unexpected_types_leave_their_attributes_out() -> None:
     assert "asynctrack.experiment" not in attributes(span)
     assert "asynctrack.run" not in attributes(span)
     assert attributes(span)["langchain.run_id"] == run
+
+
+def test_model_starts_of_one_template_differ_in_what_their_lines_differ_in(agent_lines: list[bytes]) -> None:
+    # A model start whose text but for seq, time, run id, parent and content was read
+    # before is not parsed again: each field that differs still makes its span differ
+    # as it does when the line is parsed whole (the same events in another field order).
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    variants = []
+    for change in (
+        {},
+        {"seq": 123456789, "ts": event["ts"] + 0.5},
+        {"parent_run_id": str(uuid.uuid4())},
+        {"tags": ["seq:step:2"]},
+        {"experiment": "other"},
+        {"metadata": {**event["metadata"], "user_id": "u-2"}},
+        {"name": "AnotherChatModel"},
+        {
+            "data": {
+                **event["data"],
+                "invocation_params": {**event["data"]["invocation_params"], "temperature": 0.9},
+            }
+        },
+    ):
+        for _ in range(2):  # the second of each reads a known template
+            variants.append({**event, "run_id": str(uuid.uuid4()), **change})
+    lines = [orjson.dumps(v) for v in variants]
+    assert all(len(line) >= SPLIT_BYTES for line in lines)
+    whole = [orjson.dumps({key: v[key] for key in sorted(v, key=lambda k: k == "data")}) for v in variants]
+    in_parts, parsed = SpanAssembler(), SpanAssembler()
+    in_parts.add(lines)
+    parsed.add(whole)
+    spans = in_parts.close()
+    assert spans == parsed.close()
+    decoded = _decode(spans)
+    assert len(decoded) == 16
+    assert [s.start_time_unix_nano for s in decoded[2:4]] == [int((event["ts"] + 0.5) * 1e9)] * 2
+    assert [s.parent_span_id for s in decoded[4:6]] == [span_id_of(v["parent_run_id"]) for v in variants[4:6]]
+    assert [attributes(s)["langchain.tags"] for s in decoded[6:8]] == [["seq:step:2"]] * 2
+    assert [attributes(s)["asynctrack.experiment"] for s in decoded[8:10]] == ["other"] * 2
+    assert [attributes(s)["user.id"] for s in decoded[10:12]] == ["u-2"] * 2
+    assert [attributes(s)["gen_ai.request.temperature"] for s in decoded[14:16]] == [0.9] * 2
+    assert [attributes(s)["langchain.run_id"] for s in decoded] == [v["run_id"] for v in variants]

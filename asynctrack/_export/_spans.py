@@ -70,6 +70,11 @@ _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's st
 SPLIT_BYTES: Final = 1024
 _DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
 _TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
+_PARENT_AT: Final = b'","parent_run_id":'  # the envelope's field after the run id
+_NAME_AT: Final = b',"name":'  # ... and after the parent run id
+_QUOTE: Final = ord('"')
+_CLOSE: Final = ord("]")  # a model start's data ends with its content, a list
+_CONTENT_OF: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"prompts":['}
 _OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
 _LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' content, written last
 # Kinds whose attributes come from data when content is not captured (any kind with it).
@@ -87,6 +92,8 @@ _END_HEADS: Final = {
     b'tool_end","ex': "tool_end",
     b"retriever_end": "retriever_end",
     b'llm_end","exp': "llm_end",
+    b"chat_model_st": "chat_model_start",
+    b'llm_start","e': "llm_start",
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
@@ -184,6 +191,20 @@ class _Open:
         self.metric_key: Key | None = None  # model calls: the metrics' common attributes
 
 
+class _Template:
+    """What a start line says about its span but for its time, run id and parent."""
+
+    __slots__ = ("common", "described", "metric_key", "people")
+
+    def __init__(
+        self, described: Described, common: list[bytes], people: tuple[bytes, ...], metric_key: Key | None
+    ) -> None:
+        self.described = described
+        self.common = common  # the attributes after the run id (_common)
+        self.people = people  # the run's own session and user attributes
+        self.metric_key = metric_key
+
+
 class SpanAssembler:
     """Turns recorded lines into encoded spans (one thread at a time; holds state).
 
@@ -220,6 +241,7 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
+        self._templates: dict[tuple[Any, ...], _Template] = {}  # model starts (see _known_start)
         self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
@@ -257,6 +279,7 @@ class SpanAssembler:
                 if at >= 0:
                     k = at + 1
             known: str | None = None
+            template_key: tuple[Any, ...] | None = None
             if at < 0:
                 pass
             elif token:
@@ -275,6 +298,12 @@ class SpanAssembler:
                     encoded = self._light_end(line, known, open_runs)
                     if encoded is not None:
                         done.append(encoded)
+                        continue
+                elif known in _MODEL_STARTS and len(line) >= split:
+                    handled, template_key = self._known_start(line, at, known)
+                    if handled:
+                        if self.open_bytes > self.max_open_bytes:
+                            done.extend(self._evict())
                         continue
             parts = _split(line, tails) if len(line) >= split and known != "llm_end" else None
             data: dict[str, Any] | bytes
@@ -297,7 +326,7 @@ class SpanAssembler:
                 continue
             kind = event.get("kind")
             if kind in _START:
-                self._start(run_id, kind, event, data, tail)
+                self._start(run_id, kind, event, data, tail, template_key if kind == known else None)
             elif kind in _END or kind in _ERROR:
                 encoded = self._end(run_id, kind, event, data)
                 if encoded is not None:
@@ -377,21 +406,98 @@ class SpanAssembler:
         span.chunks += 1
         return True
 
+    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:
+        """A model start of a known template (below): its span opened from the line's seq-less
+        text, without parsing it; ``(True, None)``. Else ``(False, key)``: parse it, and keep
+        its template under ``key`` (``None``: a layout not recognized, nothing to keep).
+
+        A start's span depends on its line but for its seq, time, run id and parent (read
+        here from the envelope's fixed order) and its content (the last field of data): the
+        rest of the line's text is the template's key, with whether the run is a root. The
+        cuts are the ones ``_split`` and ``_without_content`` make, and a template is kept
+        only when the line parsed in parts at those cuts (so they are the top level's).
+        """
+        run_at = line.find(_RUN_ID, kind_at)
+        after = run_at + 46
+        if run_at < 0 or line[after : after + 18] != _PARENT_AT:
+            return False, None
+        if line[after + 18] == _QUOTE:  # a parent run: its 36 characters
+            parent_run_id: str | None = line[after + 19 : after + 55].decode("ascii", "replace")
+            rest_at = after + 56
+        else:
+            parent_run_id = None  # null (or not text: no parent either way)
+            rest_at = after + 22
+        if line[rest_at : rest_at + 8] != _NAME_AT:
+            return False, None
+        data_at = line.find(_DATA_AT, rest_at)
+        tags_at = line.rfind(_TAGS_AT)
+        content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
+        if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
+            return False, None
+        key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
+        template = self._templates.get(key)
+        if template is None:
+            return False, key
+        ts_at = line.rfind(b":", 0, kind_at)
+        try:
+            start_ns = int(float(line[ts_at + 1 : kind_at - 1]) * 1e9)
+        except ValueError:
+            return False, None
+        run_id = line[run_at + 10 : after].decode("ascii", "replace")
+        if run_id not in self._open:  # a second start of one run: the first one counts
+            self._open_span(run_id, parent_run_id, start_ns, template, {})
+        return True, None
+
     def _start(
-        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes, tail: bytes = b""
+        self,
+        run_id: str,
+        kind: str,
+        event: Mapping[str, Any],
+        raw: dict[str, Any] | bytes,
+        tail: bytes = b"",
+        template_key: tuple[Any, ...] | None = None,
     ) -> None:
-        """``tail``: the text of the fields after data, when the line was read in parts."""
+        """``tail``: the text of the fields after data, when the line was read in parts;
+        ``template_key``: where its template is kept (``_known_start``), if it can be."""
         if run_id in self._open:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
         parent_run_id = parent_run_id if type(parent_run_id) is str else None
-        run_bytes = _uuid_bytes(run_id)
-        span_id = _span_id(run_bytes)
         name = str(event.get("name") or kind.removesuffix("_start"))
-        data, described, known_as = self._start_data(kind, name, parent_run_id is None, raw, tail)
+        data, described, known_as, whole = self._start_data(kind, name, parent_run_id is None, raw, tail)
         metadata = event.get("metadata")
         metadata = metadata if type(metadata) is dict else {}
-        people = _people(metadata)
+        if described is None:
+            described = describe_start(
+                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
+            )
+            if known_as is not None:
+                if len(self._described) >= _DESCRIBED:
+                    self._described.clear()
+                self._described[known_as] = described  # read, never changed
+        metric_key: Key | None = None
+        if described.provider is not None and self.metrics is not None:
+            metric_key = (
+                ("gen_ai.operation.name", str(described.operation)),
+                ("gen_ai.provider.name", described.provider),
+            )
+            if described.model is not None:
+                metric_key = (*metric_key, ("gen_ai.request.model", described.model))
+        template = _Template(described, self._common(event), _people(metadata), metric_key)
+        if template_key is not None and whole:
+            if len(self._templates) >= _DESCRIBED:
+                self._templates.clear()
+            self._templates[template_key] = template  # read, never changed
+        self._open_span(run_id, parent_run_id, _ns(event.get("ts")), template, data)
+
+    def _open_span(
+        self, run_id: str, parent_run_id: str | None, start_ns: int, template: _Template, data: dict[str, Any]
+    ) -> None:
+        """Open the span of a run started at ``start_ns``; ``data``: its start's (parsed), for
+        an application parent."""
+        run_bytes = _uuid_bytes(run_id)
+        span_id = _span_id(run_bytes)
+        people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
             parent = data.get(OTEL_PARENT)
@@ -407,69 +513,60 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        if described is None:
-            described = describe_start(
-                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
-            )
-            if known_as is not None:
-                if len(self._described) >= _DESCRIBED:
-                    self._described.clear()
-                self._described[known_as] = described  # read, never changed
+        described = template.described
         span = _Open(
             trace_id,
             span_id,
             parent_span_id,
-            _ns(event.get("ts")),
+            start_ns,
             described.name,
             described.kind,
             described.operation,
-            [*described.attributes, *self._common(run_id, event), *people],
+            [
+                *described.attributes,
+                _RUN_ID_ATTRIBUTE + run_id.encode()
+                if len(run_id) == 36 and run_id.isascii()
+                else pb.span_attribute("langchain.run_id", run_id),
+                *template.common,
+                *people,
+            ],
         )
-        if described.provider is not None and self.metrics is not None:
-            key: Key = (
-                ("gen_ai.operation.name", str(described.operation)),
-                ("gen_ai.provider.name", described.provider),
-            )
-            span.metric_key = (
-                key if described.model is None else (*key, ("gen_ai.request.model", described.model))
-            )
+        span.metric_key = template.metric_key
         self._open[run_id] = span
         self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
 
     def _start_data(
         self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes
-    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None]:
+    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None, bool]:
         """A start's data, as much as its span needs; for a model start read in parts, its
-        description if known, else the key to keep it under.
+        description if known, else the key to keep it under; and whether data without its
+        content parsed (or was described before) from the cut made in its text.
 
         A model start's description depends on data without its content, the name, the
         metadata (in ``tail``) and being a root: the same text is described once.
         """
         if not isinstance(raw, bytes):
-            return raw, None, None
+            return raw, None, None, False
         cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
         if cut is not None:
             known_as = (kind, name, root, cut, tail)
             described = self._described.get(known_as)
             if described is not None:
-                return {}, described, None  # only texts without an application parent are kept
+                return {}, described, None, True  # only texts without an application parent are kept
         if cut is not None and _OTEL_PARENT_KEY not in cut:
             try:
                 data = orjson.loads(cut)
             except orjson.JSONDecodeError:
                 data = None  # not data's own content key: parsed whole, not kept
             if type(data) is dict:
-                return data, None, known_as
+                return data, None, known_as, True
         needed = kind in _DATA_KINDS or (root and _OTEL_PARENT_KEY in raw)
-        return (_data(raw, kind) if needed else {}), None, None
+        return (_data(raw, kind) if needed else {}), None, None, False
 
-    def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
-        attrs = [
-            _RUN_ID_ATTRIBUTE + run_id.encode()
-            if len(run_id) == 36 and run_id.isascii()
-            else pb.span_attribute("langchain.run_id", run_id)
-        ]
+    def _common(self, event: Mapping[str, Any]) -> list[bytes]:
+        """The attributes after the run id: experiment and run names, sampling, tags."""
+        attrs: list[bytes] = []
         names = (event.get("experiment"), event.get("run"))
         hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
         found = self._names.get(names) if hashable else None
