@@ -39,11 +39,14 @@ __all__ = [
     "attribute",
     "common_span_attribute",
     "event",
+    "name_and_kind",
     "repeated",
     "request",
     "scope",
     "span",
     "span_attribute",
+    "span_head",
+    "span_of",
     "text",
     "wrap",
 ]
@@ -209,24 +212,37 @@ def span(
     status_message: str = "",
 ) -> bytes:
     """A ``Span`` message; ``attributes`` from ``span_attribute()``, ``events`` from ``event()``."""
+    head = span_head(trace_id, span_id, parent_span_id, name_and_kind(name, kind))
+    return span_of(head, start_ns, end_ns, attributes, events, status, status_message)
+
+
+def name_and_kind(name: str, kind: int) -> bytes:
+    """A ``Span``'s name and kind fields (the same for every span of a run's kind and name)."""
     name_bytes = name.encode("utf-8", "replace")
-    out = [
-        b"\x0a\x10",
-        trace_id,
-        b"\x12\x08",
-        span_id,
-        b"\x22\x08" + parent_span_id if parent_span_id else b"",
-        b"\x2a",
-        varint(len(name_bytes)),
-        name_bytes,
-        b"\x30",
-        _VARINTS[kind],
-        b"\x39",
-        _FIXED64(start_ns),
-        b"\x41",
-        _FIXED64(end_ns),
-    ]
-    out += attributes
+    return b"".join((b"\x2a", varint(len(name_bytes)), name_bytes, b"\x30", _VARINTS[kind]))
+
+
+def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes | None, name_kind: bytes) -> bytes:
+    """A ``Span``'s fields before its times: ids (16 and 8 bytes), name and kind (``name_and_kind``)."""
+    if parent_span_id:
+        return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_span_id, name_kind))
+    return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, name_kind))
+
+
+_TIMES: Final = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8)
+
+
+def span_of(
+    head: bytes,
+    start_ns: int,
+    end_ns: int,
+    attributes: Iterable[bytes],
+    events: Iterable[bytes] = (),
+    status: int = STATUS_UNSET,
+    status_message: str = "",
+) -> bytes:
+    """A ``Span`` message from its ``span_head()``, times, attributes, events and status."""
+    out = [head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

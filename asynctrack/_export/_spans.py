@@ -50,7 +50,7 @@ import orjson
 from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
-from ._metrics import Key, Metrics
+from ._metrics import Key, Metrics, Series
 from ._semconv import Described, describe_end, describe_start, error_type, tags_attribute
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
@@ -142,6 +142,24 @@ def _ns(ts: Any) -> int:
     return int(ts * 1e9) if kind is float or kind is int else 0  # a bool is neither
 
 
+class _Template:
+    """What a start line says about its span but for its time, run id and parent."""
+
+    __slots__ = ("common", "described", "metric_key", "name_kind", "people", "series", "size")
+
+    def __init__(
+        self, described: Described, common: list[bytes], people: tuple[bytes, ...], metric_key: Key | None
+    ) -> None:
+        self.described = described
+        self.common = common  # the attributes after the run id (_common)
+        self.people = people  # the run's own session and user attributes
+        self.metric_key = metric_key  # model calls: the metrics' common attributes
+        self.name_kind = pb.name_and_kind(described.name, described.kind)
+        self.size = 200 + sum(map(len, described.attributes)) + sum(map(len, common))
+        # The metrics series of its calls by response model, with the Metrics they are of.
+        self.series: dict[str | None, tuple[Metrics, Series]] = {}
+
+
 class _Open:
     """A run whose start was seen and whose end was not yet."""
 
@@ -150,59 +168,35 @@ class _Open:
         "chunks",
         "events",
         "first_chunk_ns",
-        "kind",
+        "head",
         "last_ns",
-        "metric_key",
-        "name",
-        "operation",
-        "parent_span_id",
         "size",
         "span_id",
         "start_ns",
         "stream_key",
-        "trace_id",
+        "template",
     )
 
     def __init__(
         self,
-        trace_id: bytes,
+        head: bytes,
         span_id: bytes,
-        parent_span_id: bytes | None,
         start_ns: int,
-        name: str,
-        kind: int,
-        operation: str | None,
+        template: _Template,
         attributes: list[bytes],
+        size: int,
     ) -> None:
-        self.trace_id = trace_id
+        self.head = head  # the Span's ids, name and kind (pb.span_head)
         self.span_id = span_id
-        self.parent_span_id = parent_span_id
         self.start_ns = start_ns
         self.last_ns = start_ns
-        self.name = name
-        self.kind = kind
-        self.operation = operation
+        self.template = template
         self.attributes = attributes
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
         self.stream_key = b""  # its line's text from "kind" to its run id once its first token was seen
-        self.size = 200 + sum(map(len, attributes))
-        self.metric_key: Key | None = None  # model calls: the metrics' common attributes
-
-
-class _Template:
-    """What a start line says about its span but for its time, run id and parent."""
-
-    __slots__ = ("common", "described", "metric_key", "people")
-
-    def __init__(
-        self, described: Described, common: list[bytes], people: tuple[bytes, ...], metric_key: Key | None
-    ) -> None:
-        self.described = described
-        self.common = common  # the attributes after the run id (_common)
-        self.people = people  # the run's own session and user attributes
-        self.metric_key = metric_key
+        self.size = size  # estimated: 200, its attributes and its events
 
 
 class SpanAssembler:
@@ -513,25 +507,22 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        described = template.described
-        span = _Open(
-            trace_id,
-            span_id,
-            parent_span_id,
-            start_ns,
-            described.name,
-            described.kind,
-            described.operation,
-            [
-                *described.attributes,
-                _RUN_ID_ATTRIBUTE + run_id.encode()
-                if len(run_id) == 36 and run_id.isascii()
-                else pb.span_attribute("langchain.run_id", run_id),
-                *template.common,
-                *people,
-            ],
+        run_attribute = (
+            _RUN_ID_ATTRIBUTE + run_id.encode()
+            if len(run_id) == 36 and run_id.isascii()
+            else pb.span_attribute("langchain.run_id", run_id)
         )
-        span.metric_key = template.metric_key
+        size = template.size + len(run_attribute)
+        for attribute in people:
+            size += len(attribute)
+        span = _Open(
+            pb.span_head(trace_id, span_id, parent_span_id, template.name_kind),
+            span_id,
+            start_ns,
+            template,
+            [*template.described.attributes, run_attribute, *template.common, *people],
+            size,
+        )
         self._open[run_id] = span
         self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
@@ -642,7 +633,7 @@ class SpanAssembler:
             events.append(pb.event(end_ns, "exception", exception))
         elif kind == "llm_end" or self.capture_content:
             ended = describe_end(kind, data, capture=self.capture_content)
-            attributes.extend(ended.attributes)
+            attributes += ended.attributes
         first_chunk = None
         if span.chunks:
             attributes.append(_STREAMED)
@@ -650,31 +641,29 @@ class SpanAssembler:
             if span.first_chunk_ns:
                 first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
                 attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
-        if self.metrics is not None and span.metric_key is not None:
-            key = span.metric_key
-            if ended is not None and ended.model is not None:
-                key = (*key, ("gen_ai.response.model", ended.model))
-            self.metrics.model_call(
-                key,
+        metrics = self.metrics
+        template = span.template
+        if metrics is not None and template.metric_key is not None:
+            model = ended.model if ended is not None else None
+            found = template.series.get(model)
+            if found is not None and found[0] is metrics:
+                series = found[1]
+            else:
+                key = template.metric_key
+                series = metrics.series(key if model is None else (*key, ("gen_ai.response.model", model)))
+                if len(template.series) < 8:
+                    template.series[model] = (metrics, series)
+            metrics.model_call(
+                series,
                 start_ns=span.start_ns,
                 end_ns=end_ns,
                 error_type=kind_name,
                 tokens=ended.usage if ended is not None else None,
                 first_chunk=first_chunk,
             )
-        return pb.span(
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            parent_span_id=span.parent_span_id,
-            name=span.name,
-            kind=span.kind,
-            start_ns=span.start_ns,
-            end_ns=max(end_ns, span.start_ns),
-            attributes=attributes,
-            events=events,
-            status=status,
-            status_message=message,
-        )
+        start_ns = span.start_ns
+        end_ns = end_ns if end_ns > start_ns else start_ns
+        return pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
 
     def _rebuild(
         self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
@@ -726,17 +715,7 @@ class SpanAssembler:
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
-        return pb.span(
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            parent_span_id=span.parent_span_id,
-            name=span.name,
-            kind=span.kind,
-            start_ns=span.start_ns,
-            end_ns=span.last_ns,
-            attributes=span.attributes,
-            events=span.events,
-        )
+        return pb.span_of(span.head, span.start_ns, span.last_ns, span.attributes, span.events)
 
     def _evict(self) -> list[bytes]:
         out = []
