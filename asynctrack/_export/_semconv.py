@@ -44,6 +44,7 @@ __all__ = [
     "Described",
     "describe_end",
     "describe_start",
+    "llm_end",
 ]
 
 SEMCONV_VERSION: Final = "1.41.0"
@@ -317,23 +318,15 @@ def describe_start(
     return Described(name, KIND_INTERNAL, None, attrs)
 
 
-class Ended:
-    """What an end event says: attributes, and for model calls the response model and usage."""
-
-    __slots__ = ("attributes", "model", "usage")
-
-    def __init__(
-        self, attributes: list[bytes], model: str | None = None, usage: tuple[int, int] | None = None
-    ) -> None:
-        self.attributes = attributes
-        self.model = model
-        self.usage = usage
+#: What an end event says: its attributes, and for model calls the response model and the
+#: tokens in and out (a tuple: made once per span, where a class's instance costs more).
+Ended = tuple[list[bytes], str | None, tuple[int, int] | None]
 
 
 def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
     """What an end event adds to its span."""
     if kind == "llm_end":
-        return _llm_end(data, capture)
+        return llm_end(data, capture)
     attrs: list[bytes] = []
     if capture:
         if kind == "tool_end" and data.get("output") is not None:
@@ -342,10 +335,10 @@ def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
             attrs.append(_content("langchain.outputs", data["outputs"]))
         elif kind == "retriever_end" and data.get("documents") is not None:
             attrs.append(_content("langchain.outputs", data["documents"]))
-    return Ended(attrs)
+    return attrs, None, None
 
 
-def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 - one frame per model call
+def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 - one frame per model call
     """The response's id, model, finish reasons and usage, in one walk of its generations.
 
     Usage as ``token_usage()`` counts it: ``llm_output.token_usage``, else the sum of the
@@ -354,7 +347,7 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 
     attrs: list[bytes] = []
     response = data.get("response")
     if type(response) is not dict:
-        return Ended(attrs)
+        return attrs, None, None
     llm_output = response.get("llm_output")
     if type(llm_output) is not dict:
         llm_output = _EMPTY
@@ -423,7 +416,7 @@ def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 
             attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
-    return Ended(attrs, model, usage)
+    return attrs, model, usage
 
 
 _EMPTY: Final[dict[str, Any]] = {}  # read, never written

@@ -51,7 +51,7 @@ from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
-from ._semconv import Described, describe_end, describe_start, error_type, tags_attribute
+from ._semconv import Described, describe_end, describe_start, error_type, llm_end, tags_attribute
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -195,7 +195,7 @@ class _Open:
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
-        self.stream_key = b""  # its line's text from "kind" to its run id once its first token was seen
+        self.stream_key = b""  # its line's text from kind" to its run id once its first token was seen
         self.size = size  # estimated: 200, its attributes and its events
 
 
@@ -242,7 +242,7 @@ class SpanAssembler:
         self._key_length = 0  # the length of the last stream key found
         self._key_lengths: tuple[int, ...] = ()  # of the streams' keys (one per envelope layout)
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
+    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
@@ -256,7 +256,9 @@ class SpanAssembler:
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
             # looked at where the last line had it, a byte either side, else found. A
-            # token's kind has a w where no other kind has one (llm_new_token).
+            # token's kind has a w where no other kind has one (llm_new_token): a token of
+            # a stream whose first token was seen is counted (most lines of a streamed call
+            # are these), found by the text from its kind to its run id.
             try:
                 if line[k] != _K:
                     if line[k + 1] == _K:
@@ -265,8 +267,15 @@ class SpanAssembler:
                         k -= 1
                     else:
                         raise IndexError
+                if line[k + 13] == _W:
+                    span = streams.get(line[k : k + key_length])
+                    if span is not None:
+                        span.chunks += 1
+                        continue
+                    token = True
+                else:
+                    token = False
                 at = k - 1
-                token = line[k + 13] == _W
             except IndexError:
                 at = line.find(_KIND, 0, _ENVELOPE_HEAD)
                 token = line[at + 8 : at + 22] == _NEW_TOKEN
@@ -277,12 +286,6 @@ class SpanAssembler:
             if at < 0:
                 pass
             elif token:
-                # A token of a stream whose first token was seen: counted (most lines of a
-                # streamed call are these), found by the text from its kind to its run id.
-                span = streams.get(line[at : at + key_length])
-                if span is not None:
-                    span.chunks += 1
-                    continue
                 if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
                     key_length = self._key_length
                     continue
@@ -374,7 +377,7 @@ class SpanAssembler:
         tracker's envelope gives another (tried here, then kept as the first to try).
         """
         for length in self._key_lengths:
-            span = self._streams.get(line[kind_at : kind_at + length])
+            span = self._streams.get(line[kind_at + 1 : kind_at + 1 + length])
             if span is not None:
                 self._key_length = length
                 span.chunks += 1
@@ -391,7 +394,7 @@ class SpanAssembler:
             except ValueError:
                 return False
         if not span.stream_key:
-            span.stream_key = line[kind_at : at + 46]
+            span.stream_key = line[kind_at + 1 : at + 46]
             self._streams[span.stream_key] = span
             length = len(span.stream_key)
             self._key_length = length
@@ -632,8 +635,12 @@ class SpanAssembler:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
             events.append(pb.event(end_ns, "exception", exception))
         elif kind == "llm_end" or self.capture_content:
-            ended = describe_end(kind, data, capture=self.capture_content)
-            attributes += ended.attributes
+            ended = (
+                llm_end(data, self.capture_content)
+                if kind == "llm_end"
+                else describe_end(kind, data, capture=True)
+            )
+            attributes += ended[0]
         first_chunk = None
         if span.chunks:
             attributes.append(_STREAMED)
@@ -644,7 +651,7 @@ class SpanAssembler:
         metrics = self.metrics
         template = span.template
         if metrics is not None and template.metric_key is not None:
-            model = ended.model if ended is not None else None
+            model = ended[1] if ended is not None else None
             found = template.series.get(model)
             if found is not None and found[0] is metrics:
                 series = found[1]
@@ -658,7 +665,7 @@ class SpanAssembler:
                 start_ns=span.start_ns,
                 end_ns=end_ns,
                 error_type=kind_name,
-                tokens=ended.usage if ended is not None else None,
+                tokens=ended[2] if ended is not None else None,
                 first_chunk=first_chunk,
             )
         start_ns = span.start_ns
