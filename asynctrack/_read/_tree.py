@@ -56,19 +56,21 @@ def _as_int(value: Any) -> int | None:
 
 def usage_counts(usage: Any) -> tuple[int, int] | None:
     """Tokens in and out of one usage mapping (OpenAI's ``token_usage`` or LangChain's
-    ``usage_metadata``), if it has any."""
-    if type(usage) is not dict and not isinstance(usage, Mapping):
+    ``usage_metadata``), if it has any: OpenAI's names first, then LangChain's."""
+    if type(usage) is not dict and (usage is None or not isinstance(usage, Mapping)):
         return None
     tokens_in = usage.get("prompt_tokens")
-    if type(tokens_in) is not int:
-        tokens_in = _as_int(tokens_in)
-    if not tokens_in:
-        tokens_in = _as_int(usage.get("input_tokens")) or 0
+    if type(tokens_in) is not int or not tokens_in:
+        other = usage.get("input_tokens")
+        tokens_in = (
+            other if tokens_in is None and type(other) is int else _as_int(tokens_in) or _as_int(other) or 0
+        )
     tokens_out = usage.get("completion_tokens")
-    if type(tokens_out) is not int:
-        tokens_out = _as_int(tokens_out)
-    if not tokens_out:
-        tokens_out = _as_int(usage.get("output_tokens")) or 0
+    if type(tokens_out) is not int or not tokens_out:
+        other = usage.get("output_tokens")
+        tokens_out = (
+            other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
+        )
     return (tokens_in, tokens_out) if tokens_in or tokens_out else None
 
 
