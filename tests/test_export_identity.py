@@ -4,7 +4,7 @@
 calls on the loopback stub with a tool round trip and streamed answers, a root chain
 with a tool and session metadata, long questions read in parts, text-completion and
 chat fakes, a failing chain and a refused model call, a second tracker's envelope),
-and ``golden/export_digests.json`` the SHA-256 of the spans and metrics requests that
+and ``golden/export_digests.json`` the SHA-256 of the spans, trace and metrics requests that
 asynctrack 69c8f17 made of them, in every way the assembler reads lines: content captured
 and not, whole and in batches of 7 with evictions, lines of two trackers interleaved, the
 same events in another field order (parsed whole), starts and ends missing. A change that
@@ -115,6 +115,14 @@ def _spans(
     yield f"{assembler.late_ends} {assembler.bad_lines} {assembler.open_runs}".encode()
 
 
+def _trace_requests(lines: list[bytes]) -> Iterator[bytes]:
+    resource = [pb.attribute("service.name", "golden"), pb.attribute("telemetry.sdk.name", "asynctrack")]
+    spans = list(_spans(lines, capture=False))[:-1]
+    for start in range(0, len(spans), 7):
+        yield pb.request(resource, "asynctrack", "0", spans[start : start + 7], SCHEMA_URL)
+    yield pb.request(resource, "asynctrack", "0", [], SCHEMA_URL)
+
+
 def _metrics_requests(lines: list[bytes], *, backfill: bool) -> Iterator[bytes]:
     metrics = Metrics(
         [pb.attribute("service.name", "golden")], pb.scope("asynctrack", "0"), SCHEMA_URL, backfill=backfill
@@ -141,6 +149,7 @@ def _cases() -> dict[str, Callable[[], Iterator[bytes]]]:
         )
         cases[f"another field order, {name}"] = lambda c=capture: _spans(_reordered(mixed), capture=c)
         cases[f"starts and ends missing, {name}"] = lambda c=capture: _spans(_gaps(mixed), capture=c, batch=5)
+    cases["trace requests of 7 spans"] = lambda: _trace_requests(mixed)
     cases["metrics, live"] = lambda: _metrics_requests(mixed, backfill=False)
     cases["metrics, backfill"] = lambda: _metrics_requests(mixed, backfill=True)
     return cases

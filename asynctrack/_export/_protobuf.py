@@ -260,11 +260,23 @@ def scope(name: str, version: str) -> bytes:
 def request(
     resource: Iterable[bytes], scope_name: str, scope_version: str, spans: Iterable[bytes], schema_url: str
 ) -> bytes:
-    """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``."""
-    scope_spans = (
-        scope(scope_name, scope_version)
-        + b"".join(wrap(b"\x12", s) for s in spans)
-        + wrap(b"\x1a", text(schema_url))
-    )
-    resource_spans = wrap(b"\x0a", repeated(b"\x0a", resource)) + wrap(b"\x12", scope_spans)
-    return wrap(b"\x0a", resource_spans)
+    """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``.
+
+    Written in one join: the spans' bytes are copied once, not once per enclosing message.
+    """
+    head = scope(scope_name, scope_version)
+    parts = [b"", b"", b"", b"", b"", head]  # the three enclosing messages' tags and lengths, then
+    size = len(head)
+    for span in spans:
+        length = len(span)
+        prefix = b"\x12" + (_VARINTS[length] if length < 16384 else varint(length))
+        parts += (prefix, span)
+        size += len(prefix) + length
+    tail = wrap(b"\x1a", text(schema_url))
+    parts.append(tail)
+    size += len(tail)  # ScopeSpans
+    resource_field = wrap(b"\x0a", repeated(b"\x0a", resource))
+    scope_length = varint(size)
+    size += len(resource_field) + 1 + len(scope_length)  # ResourceSpans
+    parts[:5] = (b"\x0a", varint(size), resource_field, b"\x12", scope_length)
+    return b"".join(parts)
