@@ -244,6 +244,7 @@ class SpanAssembler:
         self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
+        self._ts_at = 0  # where the last model start read by _known_start had its time
         self._key_length = 0  # the length of the last stream key found
         self._key_lengths: tuple[int, ...] = ()  # of the streams' keys (one per envelope layout)
 
@@ -440,9 +441,12 @@ class SpanAssembler:
         template = self._templates.get(key)
         if template is None:
             return False, key
-        ts_at = line.rfind(b":", 0, kind_at)
+        ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
+        if line[ts_at - 5 : ts_at] != _TS:
+            ts_at = line.rfind(_TS, 0, kind_at) + 5
+            self._ts_at = ts_at
         try:
-            start_ns = int(float(line[ts_at + 1 : kind_at - 1]) * 1e9)
+            start_ns = int(float(line[ts_at : kind_at - 1]) * 1e9)
         except ValueError:
             return False, None
         run_id = line[run_at + 10 : after].decode("ascii", "replace")
@@ -605,7 +609,8 @@ class SpanAssembler:
         self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
     ) -> bytes | None:
         span = self._open.pop(run_id, None)
-        end_ns = _ns(event.get("ts"))
+        ts = event.get("ts")
+        end_ns = int(ts * 1e9) if type(ts) is float else _ns(ts)
         data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         if span is None:
             if run_id in self._evicted:
