@@ -200,7 +200,7 @@ class _Open:
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
-        self.stream_key = b""  # its line's text from kind" to its run id once its first token was seen
+        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
         self.size = size  # estimated: 200, its attributes and its events
 
 
@@ -245,8 +245,8 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
-        self._key_length = 0  # the length of the last stream key found
-        self._key_lengths: tuple[int, ...] = ()  # of the streams' keys (one per envelope layout)
+        self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
+        self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
     def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
@@ -258,13 +258,14 @@ class SpanAssembler:
         heads = _END_HEADS if not self.capture_content else None
         loads = orjson.loads
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
-        key_length = self._key_length
+        run_at = self._run_at
+        run_end = run_at + 46
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
             # looked at where the last line had it, a byte either side, else found. A
             # token's kind has a w where no other kind has one (llm_new_token): a token of
             # a stream whose first token was seen is counted (most lines of a streamed call
-            # are these), found by the text from its kind to its run id.
+            # are these), found by its run id's text where its envelope puts it.
             try:
                 if line[k] != _K:
                     if line[k + 1] == _K:
@@ -274,7 +275,7 @@ class SpanAssembler:
                     else:
                         raise IndexError
                 if line[k + 13] == _W:
-                    span = streams.get(line[k : k + key_length])
+                    span = streams.get(line[k + run_at : k + run_end])
                     if span is not None:
                         span.chunks += 1
                         continue
@@ -293,7 +294,8 @@ class SpanAssembler:
                 pass
             elif token:
                 if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
-                    key_length = self._key_length
+                    run_at = self._run_at
+                    run_end = run_at + 46
                     continue
             elif heads is not None:
                 known = heads.get(line[at + 8 : at + 21])
@@ -377,15 +379,16 @@ class SpanAssembler:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
         it, note the first one's time. False: parse it whole.
 
-        From its first token on, a stream is found by its key: the line's text from its
-        kind to its run id, which the envelope's order makes the same for all its tokens
-        (``_streams``). The keys of one tracker's streams have one length; a second
-        tracker's envelope gives another (tried here, then kept as the first to try).
+        From its first token on, a stream is found by its key, its ``"run_id":"<id>`` text,
+        at the place from its kind that its tracker's envelope gives (``_streams``); a
+        second tracker's envelope gives another place (tried here, then kept as the first
+        to try).
         """
-        for length in self._key_lengths:
-            span = self._streams.get(line[kind_at + 1 : kind_at + 1 + length])
+        for run_at in self._runs_at:
+            at = kind_at + 1 + run_at
+            span = self._streams.get(line[at : at + 46])
             if span is not None:
-                self._key_length = length
+                self._run_at = run_at
                 span.chunks += 1
                 return True
         at = line.find(_RUN_ID, kind_at)
@@ -400,12 +403,12 @@ class SpanAssembler:
             except ValueError:
                 return False
         if not span.stream_key:
-            span.stream_key = line[kind_at + 1 : at + 46]
+            span.stream_key = line[at : at + 46]
             self._streams[span.stream_key] = span
-            length = len(span.stream_key)
-            self._key_length = length
-            if length not in self._key_lengths:
-                self._key_lengths = (length, *self._key_lengths[:3])
+            run_at = at - kind_at - 1
+            self._run_at = run_at
+            if run_at not in self._runs_at:
+                self._runs_at = (run_at, *self._runs_at[:3])
         span.chunks += 1
         return True
 
