@@ -30,6 +30,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from export_workloads import reordered
 
 from asynctrack._export import _metrics
 from asynctrack._export import _protobuf as pb
@@ -62,17 +63,6 @@ def _interleaved(first: list[bytes], second: list[bytes]) -> list[bytes]:
         if number % 3 == 2:
             out.extend(itertools.islice(rest, 1))
     out.extend(rest)
-    return out
-
-
-def _reordered(lines: list[bytes]) -> list[bytes]:
-    """The same events with ``experiment`` and ``data`` moved last (another layout: parsed whole)."""
-    out = []
-    for line in lines:
-        event = orjson.loads(line)
-        for key in ("experiment", "data"):
-            event[key] = event.pop(key)
-        out.append(orjson.dumps(event))
     return out
 
 
@@ -147,7 +137,7 @@ def _cases() -> dict[str, Callable[[], Iterator[bytes]]]:
         cases[f"batches of 7 with evictions, {name}"] = lambda c=capture: _spans(
             mixed, capture=c, batch=7, max_open_bytes=_EVICTING[c]
         )
-        cases[f"another field order, {name}"] = lambda c=capture: _spans(_reordered(mixed), capture=c)
+        cases[f"another field order, {name}"] = lambda c=capture: _spans(reordered(mixed), capture=c)
         cases[f"starts and ends missing, {name}"] = lambda c=capture: _spans(_gaps(mixed), capture=c, batch=5)
     cases["trace requests of 7 spans"] = lambda: _trace_requests(mixed)
     cases["metrics, live"] = lambda: _metrics_requests(mixed, backfill=False)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import attributes
-from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+from export_workloads import SECRET, failing_chain, recorded_lines, reordered, weather_agent
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -340,19 +340,9 @@ def test_attribute_values_of_every_type_decode() -> None:
         pb.span_attribute("a", ["x", "y" * 20000]),
         pb.common_span_attribute("m", "gpt-4o-mini"),
     ]
-    span = pb.span(
-        trace_id=b"\x01" * 16,
-        span_id=b"\x02" * 8,
-        parent_span_id=None,
-        name="n" * 300,
-        kind=pb.KIND_INTERNAL,
-        start_ns=1,
-        end_ns=2**63,
-        attributes=attrs,
-        events=[pb.event(5, "e", [pb.attribute("k", 1)])],
-        status=pb.STATUS_ERROR,
-        status_message="bad",
-    )
+    head = pb.span_head(b"\x01" * 16, b"\x02" * 8, None, pb.name_and_kind("n" * 300, pb.KIND_INTERNAL))
+    events = [pb.event(5, "e", [pb.attribute("k", 1)])]
+    span = pb.span_of(head, 1, 2**63, attrs, events, pb.STATUS_ERROR, "bad")
     (decoded,) = _decode([span])
     assert attributes(decoded) == {
         "s": "é?",
@@ -396,15 +386,9 @@ def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) 
             ),
         )
     assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 8
-    reordered = []
-    for line in lines:
-        event = orjson.loads(line)
-        for key in ("experiment", "data"):
-            event[key] = event.pop(key)
-        reordered.append(orjson.dumps(event))
     for capture in (False, True):
         in_parts = SpanAssembler(capture_content=capture).add(lines)
-        whole = SpanAssembler(capture_content=capture).add(reordered)
+        whole = SpanAssembler(capture_content=capture).add(reordered(lines))
         assert len(in_parts) == 9
         assert in_parts == whole
     chat = next(attributes(s) for s in _decode(in_parts) if s.name == "chat gpt-4o-mini")

@@ -43,7 +43,6 @@ __all__ = [
     "repeated",
     "request",
     "scope",
-    "span",
     "span_attribute",
     "span_head",
     "span_of",
@@ -195,25 +194,6 @@ def _field(tag: bytes, message: bytes) -> bytes:
 def event(time_ns: int, name: str, attributes: Iterable[bytes] = ()) -> bytes:
     """A ``Span.Event`` message; ``attributes`` from ``attribute()``."""
     return b"\x09" + _FIXED64(time_ns) + wrap(b"\x12", text(name)) + repeated(b"\x1a", attributes)
-
-
-def span(
-    *,
-    trace_id: bytes,
-    span_id: bytes,
-    parent_span_id: bytes | None,
-    name: str,
-    kind: int,
-    start_ns: int,
-    end_ns: int,
-    attributes: Iterable[bytes],
-    events: Iterable[bytes] = (),
-    status: int = STATUS_UNSET,
-    status_message: str = "",
-) -> bytes:
-    """A ``Span`` message; ``attributes`` from ``span_attribute()``, ``events`` from ``event()``."""
-    head = span_head(trace_id, span_id, parent_span_id, name_and_kind(name, kind))
-    return span_of(head, start_ns, end_ns, attributes, events, status, status_message)
 
 
 def name_and_kind(name: str, kind: int) -> bytes:
