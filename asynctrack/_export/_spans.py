@@ -83,11 +83,12 @@ _DATA_KINDS: Final = frozenset(
     | {"retriever_error", "agent_action", "retry", "custom_event"}
 )
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
-# Ends by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the start
-# of the next field). When content is not captured, the light ones need nothing of the line
-# but its run id and time (not parsed); an llm_end needs all of its data: parsed in one
-# piece, not in parts.
-_END_HEADS: Final = {
+# Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
+# order, the start of the next field). When content is not captured, the light ends need
+# nothing of the line but its run id and time (not parsed); an llm_end needs most of its
+# data: parsed in one piece, not in parts; a model start may be of a known template
+# (SpanAssembler._known_start).
+_HEADS: Final = {
     b'chain_end","e': "chain_end",
     b'tool_end","ex': "tool_end",
     b"retriever_end": "retriever_end",
@@ -255,7 +256,7 @@ class SpanAssembler:
         streams = self._streams
         tails = self._tails
         split = SPLIT_BYTES if not self.capture_content else _NEVER
-        heads = _END_HEADS if not self.capture_content else None
+        heads = _HEADS if not self.capture_content else None
         loads = orjson.loads
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
         run_at = self._run_at
