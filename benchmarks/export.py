@@ -131,18 +131,33 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
     def event(time_ns: int, name: str, attributes: Any = ()) -> Any:
         return Span.Event(time_unix_nano=time_ns, name=name, attributes=list(attributes))
 
-    def span(**f: Any) -> Any:
+    def name_and_kind(name: str, kind: int) -> Any:
+        return name, kind
+
+    def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes | None, name_kind: Any) -> Any:
+        return trace_id, span_id, parent_span_id or b"", *name_kind
+
+    def span_of(
+        head: Any,
+        start_ns: int,
+        end_ns: int,
+        attributes: Any,
+        events: Any = (),
+        status: int = 0,
+        status_message: str = "",
+    ) -> Any:
+        trace_id, span_id, parent_span_id, name, kind = head
         return Span(
-            trace_id=f["trace_id"],
-            span_id=f["span_id"],
-            parent_span_id=f["parent_span_id"] or b"",
-            name=f["name"],
-            kind=f["kind"],
-            start_time_unix_nano=f["start_ns"],
-            end_time_unix_nano=f["end_ns"],
-            attributes=list(f["attributes"]),
-            events=list(f.get("events", ())),
-            status=Status(code=f.get("status", 0), message=f.get("status_message", "")),
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_span_id=parent_span_id,
+            name=name,
+            kind=kind,
+            start_time_unix_nano=start_ns,
+            end_time_unix_nano=end_ns,
+            attributes=list(attributes),
+            events=list(events),
+            status=Status(code=status, message=status_message),
         )
 
     def request(spans: list[Any]) -> bytes:
@@ -163,21 +178,25 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
 
     saved_run_id = _spans._RUN_ID_ATTRIBUTE
     _spans._RUN_ID_ATTRIBUTE = RunIdAttribute()  # type: ignore[misc]
-    saved_streamed, saved_reasons = _spans._STREAMED, _semconv._REASONS
+    saved_streamed = _spans._STREAMED
+    saved_kept = (_semconv._REASONS, _semconv._INPUT_TOKENS, _semconv._OUTPUT_TOKENS)
     _spans._STREAMED = attribute("gen_ai.request.stream", True)  # type: ignore[misc]
-    _semconv._REASONS = {}  # its encoded attributes, built again with the classes
+    # Their encoded attributes, built again with the classes.
+    _semconv._REASONS, _semconv._INPUT_TOKENS, _semconv._OUTPUT_TOKENS = {}, {}, {}
     saved = (
         pb.attribute,
         pb.span_attribute,
         pb.event,
-        pb.span,
+        pb.name_and_kind,
+        pb.span_head,
+        pb.span_of,
         _semconv.span_attribute,
         _semconv._OPERATION_AGENT,
         _semconv._OPERATION_WORKFLOW,
         _semconv._OPENINFERENCE_CHAIN,
     )
     pb.attribute = pb.span_attribute = _semconv.span_attribute = attribute  # type: ignore[assignment]
-    pb.event, pb.span = event, span  # type: ignore[assignment]
+    pb.event, pb.name_and_kind, pb.span_head, pb.span_of = event, name_and_kind, span_head, span_of  # type: ignore[assignment]
     # The assembler sizes what it holds with len(): a message object's size instead.
     _spans.len = lambda x: x.ByteSize() if hasattr(x, "ByteSize") else len(x)  # type: ignore[attr-defined]
     saved_common = (pb.common_span_attribute, _semconv.common_span_attribute)
@@ -192,7 +211,9 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
             pb.attribute,
             pb.span_attribute,
             pb.event,
-            pb.span,
+            pb.name_and_kind,
+            pb.span_head,
+            pb.span_of,
             _semconv.span_attribute,
             _semconv._OPERATION_AGENT,
             _semconv._OPERATION_WORKFLOW,
@@ -201,7 +222,7 @@ def _proto_classes() -> Iterator[Callable[[list[Any]], bytes]]:
         pb.common_span_attribute, _semconv.common_span_attribute = saved_common  # type: ignore[misc]
         _spans._RUN_ID_ATTRIBUTE = saved_run_id  # type: ignore[misc]
         _spans._STREAMED = saved_streamed  # type: ignore[misc]
-        _semconv._REASONS = saved_reasons
+        _semconv._REASONS, _semconv._INPUT_TOKENS, _semconv._OUTPUT_TOKENS = saved_kept
         del _spans.len  # type: ignore[attr-defined]
 
 

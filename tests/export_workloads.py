@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 from typing import Any
 
+import orjson
 from _infra.openai_stub import chat_model, get_weather
 
 SECRET = "sk-proj-PlantedSecret0123456789abcdefABCDEF"  # an OpenAI-format key: always redacted
@@ -84,3 +85,15 @@ def recorded_lines(destination: Path) -> list[bytes]:
             data = gzip.decompress(data)
         lines.extend(data.splitlines())
     return lines
+
+
+def reordered(lines: list[bytes]) -> list[bytes]:
+    """The same events with ``experiment`` and ``data`` moved last: another layout than the
+    writer's, which the span assembler parses whole (no part read at a known place)."""
+    out = []
+    for line in lines:
+        event = orjson.loads(line)
+        for key in ("experiment", "data"):
+            event[key] = event.pop(key)
+        out.append(orjson.dumps(event))
+    return out

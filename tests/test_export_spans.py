@@ -15,7 +15,7 @@ import orjson
 import pytest
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import attributes
-from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+from export_workloads import SECRET, failing_chain, recorded_lines, reordered, weather_agent
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -340,19 +340,9 @@ def test_attribute_values_of_every_type_decode() -> None:
         pb.span_attribute("a", ["x", "y" * 20000]),
         pb.common_span_attribute("m", "gpt-4o-mini"),
     ]
-    span = pb.span(
-        trace_id=b"\x01" * 16,
-        span_id=b"\x02" * 8,
-        parent_span_id=None,
-        name="n" * 300,
-        kind=pb.KIND_INTERNAL,
-        start_ns=1,
-        end_ns=2**63,
-        attributes=attrs,
-        events=[pb.event(5, "e", [pb.attribute("k", 1)])],
-        status=pb.STATUS_ERROR,
-        status_message="bad",
-    )
+    head = pb.span_head(b"\x01" * 16, b"\x02" * 8, None, pb.name_and_kind("n" * 300, pb.KIND_INTERNAL))
+    events = [pb.event(5, "e", [pb.attribute("k", 1)])]
+    span = pb.span_of(head, 1, 2**63, attrs, events, pb.STATUS_ERROR, "bad")
     (decoded,) = _decode([span])
     assert attributes(decoded) == {
         "s": "é?",
@@ -396,15 +386,9 @@ def test_long_lines_read_in_parts_give_the_spans_of_whole_lines(tmp_path: Path) 
             ),
         )
     assert sum(len(line) >= SPLIT_BYTES for line in lines) >= 8
-    reordered = []
-    for line in lines:
-        event = orjson.loads(line)
-        for key in ("experiment", "data"):
-            event[key] = event.pop(key)
-        reordered.append(orjson.dumps(event))
     for capture in (False, True):
         in_parts = SpanAssembler(capture_content=capture).add(lines)
-        whole = SpanAssembler(capture_content=capture).add(reordered)
+        whole = SpanAssembler(capture_content=capture).add(reordered(lines))
         assert len(in_parts) == 9
         assert in_parts == whole
     chat = next(attributes(s) for s in _decode(in_parts) if s.name == "chat gpt-4o-mini")
@@ -451,3 +435,46 @@ def test_fields_of_unexpected_types_leave_their_attributes_out() -> None:
     assert "asynctrack.experiment" not in attributes(span)
     assert "asynctrack.run" not in attributes(span)
     assert attributes(span)["langchain.run_id"] == run
+
+
+def test_model_starts_of_one_template_differ_in_what_their_lines_differ_in(agent_lines: list[bytes]) -> None:
+    # A model start whose text but for seq, time, run id, parent and content was read
+    # before is not parsed again: each field that differs still makes its span differ
+    # as it does when the line is parsed whole (the same events in another field order).
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    variants = []
+    for change in (
+        {},
+        {"seq": 123456789, "ts": event["ts"] + 0.5},
+        {"parent_run_id": str(uuid.uuid4())},
+        {"tags": ["seq:step:2"]},
+        {"experiment": "other"},
+        {"metadata": {**event["metadata"], "user_id": "u-2"}},
+        {"name": "AnotherChatModel"},
+        {
+            "data": {
+                **event["data"],
+                "invocation_params": {**event["data"]["invocation_params"], "temperature": 0.9},
+            }
+        },
+    ):
+        for _ in range(2):  # the second of each reads a known template
+            variants.append({**event, "run_id": str(uuid.uuid4()), **change})
+    lines = [orjson.dumps(v) for v in variants]
+    assert all(len(line) >= SPLIT_BYTES for line in lines)
+    whole = [orjson.dumps({key: v[key] for key in sorted(v, key=lambda k: k == "data")}) for v in variants]
+    in_parts, parsed = SpanAssembler(), SpanAssembler()
+    in_parts.add(lines)
+    parsed.add(whole)
+    spans = in_parts.close()
+    assert spans == parsed.close()
+    decoded = _decode(spans)
+    assert len(decoded) == 16
+    assert [s.start_time_unix_nano for s in decoded[2:4]] == [int((event["ts"] + 0.5) * 1e9)] * 2
+    assert [s.parent_span_id for s in decoded[4:6]] == [span_id_of(v["parent_run_id"]) for v in variants[4:6]]
+    assert [attributes(s)["langchain.tags"] for s in decoded[6:8]] == [["seq:step:2"]] * 2
+    assert [attributes(s)["asynctrack.experiment"] for s in decoded[8:10]] == ["other"] * 2
+    assert [attributes(s)["user.id"] for s in decoded[10:12]] == ["u-2"] * 2
+    assert [attributes(s)["gen_ai.request.temperature"] for s in decoded[14:16]] == [0.9] * 2
+    assert [attributes(s)["langchain.run_id"] for s in decoded] == [v["run_id"] for v in variants]

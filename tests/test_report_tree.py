@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from asynctrack._read._tree import build_tree, preview, summarize_runs, token_usage
+from asynctrack._read._tree import build_tree, preview, summarize_runs, token_usage, usage_counts
 
 _seq = itertools.count()
 
@@ -80,6 +80,17 @@ def test_chat_models_retrievers_and_tools_nest_with_their_tokens() -> None:
     (summary,) = summarize_runs(events)
     assert (summary.events, summary.errors, summary.llm_calls) == (9, 1, 1)
     assert (summary.tokens_in, summary.tokens_out, summary.duration) == (12, 3, 7.0)
+
+
+def test_usage_counts_take_openais_names_then_langchains() -> None:
+    assert usage_counts({"prompt_tokens": 9, "completion_tokens": 4, "input_tokens": 1}) == (9, 4)
+    assert usage_counts({"input_tokens": 7, "output_tokens": 2}) == (7, 2)
+    # A zero, a bool or a text is no count: the other name's is taken.
+    assert usage_counts({"prompt_tokens": 0, "input_tokens": 3, "completion_tokens": True}) == (3, 0)
+    assert usage_counts({"prompt_tokens": "5", "output_tokens": 6}) == (0, 6)
+    assert usage_counts({"prompt_tokens": 0, "completion_tokens": None}) is None
+    assert usage_counts(None) is None
+    assert usage_counts([1, 2]) is None
 
 
 def test_token_usage_prefers_the_whole_calls_count() -> None:

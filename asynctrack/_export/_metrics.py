@@ -45,11 +45,12 @@ from typing import Final
 
 from ._protobuf import attribute, repeated, text, wrap
 
-__all__ = ["Metrics"]
+__all__ = ["Key", "Metrics", "Series"]
 
 _SECONDS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 _TOKENS: Final = tuple(float(4**n) for n in range(14))  # 1, 4, 16, ... 67,108,864
 _CUMULATIVE: Final = 2
+_bisect: Final = bisect.bisect_left
 _DURATION: Final = ("gen_ai.client.operation.duration", "GenAI operation duration.", "s", _SECONDS)
 _USAGE: Final = ("gen_ai.client.token.usage", "Number of input and output tokens used.", "{token}", _TOKENS)
 _FIRST_CHUNK: Final = (
@@ -79,7 +80,7 @@ class _Histogram:
 
     def add(self, value: float, start_ns: int, end_ns: int) -> None:
         """Count one call's ``value``; the call ran from ``start_ns`` to ``end_ns``."""
-        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.buckets[_bisect(self.bounds, value)] += 1
         self.count += 1
         self.sum += value
         # Comparisons, not min() and max() calls: once per model call and metric.
@@ -91,6 +92,11 @@ class _Histogram:
             self.first_ns = start_ns
         if end_ns > self.last_ns:  # noqa: PLR1730 - see above
             self.last_ns = end_ns
+
+
+#: A model setup's attributes and its four histograms: duration, input and output tokens,
+#: time to first chunk (``Metrics.series``).
+Series = tuple[Key, "_Histogram", "_Histogram", "_Histogram", "_Histogram"]
 
 
 class Metrics:
@@ -114,7 +120,8 @@ class Metrics:
         self._scope = scope
         self._schema_url = schema_url
         self._points: dict[tuple[str, Key], _Histogram] = {}
-        self._calls: dict[Key, tuple[_Histogram, _Histogram, _Histogram, _Histogram]] = {}
+        self._calls: dict[Key, Series] = {}
+        self._counted = False  # a model call was counted
         self.changed = False
 
     @property
@@ -128,9 +135,23 @@ class Metrics:
             histogram = self._points[metric[0], key] = _Histogram(metric[3])
         return histogram
 
+    def series(self, common: Key) -> Series:
+        """The histograms a model call with attributes ``common`` is counted in (for
+        ``model_call``; a histogram not yet observed has no count: it is not sent)."""
+        found = self._calls.get(common)
+        if found is None:
+            found = self._calls[common] = (
+                common,
+                self._histogram(_DURATION, common),
+                self._histogram(_USAGE, (*common, _INPUT)),
+                self._histogram(_USAGE, (*common, _OUTPUT)),
+                self._histogram(_FIRST_CHUNK, common),
+            )
+        return found
+
     def model_call(
         self,
-        common: Key,
+        series: Series,
         *,
         start_ns: int,
         end_ns: int,
@@ -138,31 +159,25 @@ class Metrics:
         tokens: tuple[int, int] | None,
         first_chunk: float | None,
     ) -> None:
-        """Record one model call that ran from ``start_ns`` to ``end_ns`` (Unix ns);
-        ``common``: its operation, provider and models."""
-        end_ns = max(end_ns, start_ns)
-        if not self._points:  # the first call counted: the live stream starts by then
+        """Record one model call that ran from ``start_ns`` to ``end_ns`` (Unix ns) in
+        ``series`` (``series()`` of its operation, provider and models)."""
+        if end_ns < start_ns:  # noqa: PLR1730 - a comparison, not a max() call: once per model call
+            end_ns = start_ns
+        if not self._counted:  # the first call counted: the live stream starts by then
+            self._counted = True
             self.start_ns = min(self.start_ns, start_ns)
-        histograms = self._calls.get(common)
-        if histograms is None:
-            # The four points of one model setup, found by one lookup from then on (a
-            # histogram not yet observed has no count: it is not sent).
-            histograms = self._calls[common] = (
-                self._histogram(_DURATION, common),
-                self._histogram(_USAGE, (*common, _INPUT)),
-                self._histogram(_USAGE, (*common, _OUTPUT)),
-                self._histogram(_FIRST_CHUNK, common),
-            )
         duration = (end_ns - start_ns) / 1e9
         if error_type:
-            self._histogram(_DURATION, (*common, ("error.type", error_type))).add(duration, start_ns, end_ns)
+            self._histogram(_DURATION, (*series[0], ("error.type", error_type))).add(
+                duration, start_ns, end_ns
+            )
         else:
-            histograms[0].add(duration, start_ns, end_ns)
+            series[1].add(duration, start_ns, end_ns)
         if tokens is not None:
-            histograms[1].add(float(tokens[0]), start_ns, end_ns)
-            histograms[2].add(float(tokens[1]), start_ns, end_ns)
+            series[2].add(float(tokens[0]), start_ns, end_ns)
+            series[3].add(float(tokens[1]), start_ns, end_ns)
         if first_chunk is not None:
-            histograms[3].add(first_chunk, start_ns, end_ns)
+            series[4].add(first_chunk, start_ns, end_ns)
         self.changed = True
 
     def request(self) -> bytes:

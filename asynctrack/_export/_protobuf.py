@@ -39,11 +39,13 @@ __all__ = [
     "attribute",
     "common_span_attribute",
     "event",
+    "name_and_kind",
     "repeated",
     "request",
     "scope",
-    "span",
     "span_attribute",
+    "span_head",
+    "span_of",
     "text",
     "wrap",
 ]
@@ -194,13 +196,24 @@ def event(time_ns: int, name: str, attributes: Iterable[bytes] = ()) -> bytes:
     return b"\x09" + _FIXED64(time_ns) + wrap(b"\x12", text(name)) + repeated(b"\x1a", attributes)
 
 
-def span(
-    *,
-    trace_id: bytes,
-    span_id: bytes,
-    parent_span_id: bytes | None,
-    name: str,
-    kind: int,
+def name_and_kind(name: str, kind: int) -> bytes:
+    """A ``Span``'s name and kind fields (the same for every span of a run's kind and name)."""
+    name_bytes = name.encode("utf-8", "replace")
+    return b"".join((b"\x2a", varint(len(name_bytes)), name_bytes, b"\x30", _VARINTS[kind]))
+
+
+def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes | None, name_kind: bytes) -> bytes:
+    """A ``Span``'s fields before its times: ids (16 and 8 bytes), name and kind (``name_and_kind``)."""
+    if parent_span_id:
+        return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_span_id, name_kind))
+    return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, name_kind))
+
+
+_TIMES: Final = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8)
+
+
+def span_of(
+    head: bytes,
     start_ns: int,
     end_ns: int,
     attributes: Iterable[bytes],
@@ -208,25 +221,8 @@ def span(
     status: int = STATUS_UNSET,
     status_message: str = "",
 ) -> bytes:
-    """A ``Span`` message; ``attributes`` from ``span_attribute()``, ``events`` from ``event()``."""
-    name_bytes = name.encode("utf-8", "replace")
-    out = [
-        b"\x0a\x10",
-        trace_id,
-        b"\x12\x08",
-        span_id,
-        b"\x22\x08" + parent_span_id if parent_span_id else b"",
-        b"\x2a",
-        varint(len(name_bytes)),
-        name_bytes,
-        b"\x30",
-        _VARINTS[kind],
-        b"\x39",
-        _FIXED64(start_ns),
-        b"\x41",
-        _FIXED64(end_ns),
-    ]
-    out += attributes
+    """A ``Span`` message from its ``span_head()``, times, attributes, events and status."""
+    out = [head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)
@@ -244,11 +240,23 @@ def scope(name: str, version: str) -> bytes:
 def request(
     resource: Iterable[bytes], scope_name: str, scope_version: str, spans: Iterable[bytes], schema_url: str
 ) -> bytes:
-    """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``."""
-    scope_spans = (
-        scope(scope_name, scope_version)
-        + b"".join(wrap(b"\x12", s) for s in spans)
-        + wrap(b"\x1a", text(schema_url))
-    )
-    resource_spans = wrap(b"\x0a", repeated(b"\x0a", resource)) + wrap(b"\x12", scope_spans)
-    return wrap(b"\x0a", resource_spans)
+    """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``.
+
+    Written in one join: the spans' bytes are copied once, not once per enclosing message.
+    """
+    head = scope(scope_name, scope_version)
+    parts = [b"", b"", b"", b"", b"", head]  # the three enclosing messages' tags and lengths, then
+    size = len(head)
+    for span in spans:
+        length = len(span)
+        prefix = b"\x12" + (_VARINTS[length] if length < 16384 else varint(length))
+        parts += (prefix, span)
+        size += len(prefix) + length
+    tail = wrap(b"\x1a", text(schema_url))
+    parts.append(tail)
+    size += len(tail)  # ScopeSpans
+    resource_field = wrap(b"\x0a", repeated(b"\x0a", resource))
+    scope_length = varint(size)
+    size += len(resource_field) + 1 + len(scope_length)  # ResourceSpans
+    parts[:5] = (b"\x0a", varint(size), resource_field, b"\x12", scope_length)
+    return b"".join(parts)

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import orjson
 
-from .._read._tree import token_usage
+from .._read._tree import usage_counts
 from ._protobuf import KIND_CLIENT, KIND_INTERNAL, common_span_attribute, span_attribute
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Described",
     "describe_end",
     "describe_start",
+    "llm_end",
 ]
 
 SEMCONV_VERSION: Final = "1.41.0"
@@ -317,23 +318,15 @@ def describe_start(
     return Described(name, KIND_INTERNAL, None, attrs)
 
 
-class Ended:
-    """What an end event says: attributes, and for model calls the response model and usage."""
-
-    __slots__ = ("attributes", "model", "usage")
-
-    def __init__(
-        self, attributes: list[bytes], model: str | None = None, usage: tuple[int, int] | None = None
-    ) -> None:
-        self.attributes = attributes
-        self.model = model
-        self.usage = usage
+#: What an end event says: its attributes, and for model calls the response model and the
+#: tokens in and out (a tuple: made once per span, where a class's instance costs more).
+Ended = tuple[list[bytes], str | None, tuple[int, int] | None]
 
 
 def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
     """What an end event adds to its span."""
     if kind == "llm_end":
-        return _llm_end(data, capture)
+        return llm_end(data, capture)
     attrs: list[bytes] = []
     if capture:
         if kind == "tool_end" and data.get("output") is not None:
@@ -342,63 +335,103 @@ def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
             attrs.append(_content("langchain.outputs", data["outputs"]))
         elif kind == "retriever_end" and data.get("documents") is not None:
             attrs.append(_content("langchain.outputs", data["documents"]))
-    return Ended(attrs)
+    return attrs, None, None
 
 
-def _llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
+def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 - one frame per model call
+    """The response's id, model, finish reasons and usage, in one walk of its generations.
+
+    Usage as ``token_usage()`` counts it: ``llm_output.token_usage``, else the sum of the
+    messages' ``usage_metadata``.
+    """
     attrs: list[bytes] = []
     response = data.get("response")
-    if not isinstance(response, dict):
-        return Ended(attrs)
+    if type(response) is not dict:
+        return attrs, None, None
     llm_output = response.get("llm_output")
-    llm_output = llm_output if isinstance(llm_output, dict) else {}
+    if type(llm_output) is not dict:
+        llm_output = _EMPTY
+    usage = usage_counts(llm_output.get("token_usage"))
+    total_in = total_out = 0
     message: dict[str, Any] | None = None  # the first generation's
     reasons: list[str] = []
     outputs: list[dict[str, Any]] = []
     for generations in response.get("generations") or ():
         for generation in generations or ():
-            if not isinstance(generation, dict):
+            if type(generation) is not dict:
                 continue
             gen_message = generation.get("message")
-            if not isinstance(gen_message, dict):
+            if type(gen_message) is not dict:
                 gen_message = None
-            elif message is None:
-                message = gen_message
+            else:
+                if message is None:
+                    message = gen_message
+                if usage is None:
+                    found = gen_message.get("usage_metadata")
+                    if found is None and type(gen_message.get("kwargs")) is dict:
+                        found = gen_message["kwargs"].get("usage_metadata")  # a serialized message
+                    found = usage_counts(found)
+                    if found is not None:
+                        total_in += found[0]
+                        total_out += found[1]
             info = generation.get("generation_info")
-            reason = info.get("finish_reason") if isinstance(info, dict) else None
+            reason = info.get("finish_reason") if type(info) is dict else None
             if reason is None and gen_message is not None:
                 meta = gen_message.get("response_metadata")
-                reason = meta.get("finish_reason") if isinstance(meta, dict) else None
-            if isinstance(reason, str):
+                reason = meta.get("finish_reason") if type(meta) is dict else None
+            if type(reason) is str:
                 reasons.append(reason)
             if capture:
                 outputs.append(_output_message(generation, gen_message, reason))
+    if usage is None and (total_in or total_out):
+        usage = (total_in, total_out)
     if message is None:
-        message = {}
+        message = _EMPTY
     metadata = message.get("response_metadata")
-    metadata = metadata if isinstance(metadata, dict) else {}
+    if type(metadata) is not dict:
+        metadata = _EMPTY
     response_id = llm_output.get("id") or metadata.get("id")
-    if isinstance(response_id, str) and response_id:
+    if type(response_id) is str and response_id:
         attrs.append(span_attribute("gen_ai.response.id", response_id))
     model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
-    model = model if isinstance(model, str) and model else None
-    if model is not None:
+    if type(model) is str and model:
         attrs.append(common_span_attribute("gen_ai.response.model", model))
+    else:
+        model = None
     if reasons:
         attrs.append(_finish_reasons(tuple(reasons)))
-    usage = token_usage(data)
     if usage is not None:
-        attrs.append(span_attribute("gen_ai.usage.input_tokens", usage[0]))
-        attrs.append(span_attribute("gen_ai.usage.output_tokens", usage[1]))
+        tokens_in, tokens_out = usage
+        attrs.append(
+            _INPUT_TOKENS.get(tokens_in) or _count(_INPUT_TOKENS, "gen_ai.usage.input_tokens", tokens_in)
+        )
+        attrs.append(
+            _OUTPUT_TOKENS.get(tokens_out) or _count(_OUTPUT_TOKENS, "gen_ai.usage.output_tokens", tokens_out)
+        )
     details = message.get("usage_metadata")
-    details = details.get("input_token_details") if isinstance(details, dict) else None
-    if isinstance(details, dict):
+    details = details.get("input_token_details") if type(details) is dict else None
+    if type(details) is dict and details:
         cached = _number(details.get("cache_read"), int)
         if cached:
             attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
-    return Ended(attrs, model, usage)
+    return attrs, model, usage
+
+
+_EMPTY: Final[dict[str, Any]] = {}  # read, never written
+_INPUT_TOKENS: dict[int, bytes] = {}
+_OUTPUT_TOKENS: dict[int, bytes] = {}
+_COUNTS_KEPT: Final = 4096  # token counts whose attributes are kept encoded, per attribute
+
+
+def _count(kept: dict[int, bytes], key: str, count: int) -> bytes:
+    """``span_attribute(key, count)``, kept for the next span with as many tokens."""
+    found = span_attribute(key, count)
+    if len(kept) >= _COUNTS_KEPT:
+        kept.clear()
+    kept[count] = found
+    return found
 
 
 def _output_message(

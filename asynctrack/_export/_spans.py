@@ -50,16 +50,18 @@ import orjson
 from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
-from ._metrics import Key, Metrics
-from ._semconv import Described, describe_end, describe_start, error_type, tags_attribute
+from ._metrics import Key, Metrics, Series
+from ._semconv import Described, describe_end, describe_start, error_type, llm_end, tags_attribute
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
 _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
-_TOKEN: Final = b'"kind":"llm_new_token"'
 _KIND: Final = b'"kind":"'
+_K: Final = ord("k")
+_W: Final = ord("w")
+_NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
 _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's start
@@ -68,6 +70,11 @@ _ENVELOPE_HEAD: Final = 160  # the kind is within this many bytes of a line's st
 SPLIT_BYTES: Final = 1024
 _DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
 _TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
+_PARENT_AT: Final = b'","parent_run_id":'  # the envelope's field after the run id
+_NAME_AT: Final = b',"name":'  # ... and after the parent run id
+_QUOTE: Final = ord('"')
+_CLOSE: Final = ord("]")  # a model start's data ends with its content, a list
+_CONTENT_OF: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"prompts":['}
 _OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
 _LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' content, written last
 # Kinds whose attributes come from data when content is not captured (any kind with it).
@@ -76,15 +83,18 @@ _DATA_KINDS: Final = frozenset(
     | {"retriever_error", "agent_action", "retry", "custom_event"}
 )
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
-# Ends by the 13 bytes after '"kind":"' (the kind and, in the envelope's order, the start
-# of the next field). When content is not captured, the light ones need nothing of the line
-# but its run id and time (not parsed); an llm_end needs all of its data: parsed in one
-# piece, not in parts.
-_END_HEADS: Final = {
+# Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
+# order, the start of the next field). When content is not captured, the light ends need
+# nothing of the line but its run id and time (not parsed); an llm_end needs most of its
+# data: parsed in one piece, not in parts; a model start may be of a known template
+# (SpanAssembler._known_start).
+_HEADS: Final = {
     b'chain_end","e': "chain_end",
     b'tool_end","ex': "tool_end",
     b"retriever_end": "retriever_end",
     b'llm_end","exp': "llm_end",
+    b"chat_model_st": "chat_model_start",
+    b'llm_start","e': "llm_start",
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
@@ -124,13 +134,36 @@ def span_id_of(run_id: str) -> bytes:
 
 
 def _span_id(run_bytes: bytes) -> bytes:
-    digest = hashlib.blake2b(run_bytes, digest_size=8).digest()
+    hasher = _BLAKE2B_8.copy()  # BLAKE2b-64 set up once (its parameter block): a copy is cheaper
+    hasher.update(run_bytes)
+    digest = hasher.digest()
     return digest if digest != _ZERO_ID else b"\x00" * 7 + b"\x01"
+
+
+_BLAKE2B_8: Final = hashlib.blake2b(digest_size=8)  # never updated: copied
 
 
 def _ns(ts: Any) -> int:
     kind = type(ts)
     return int(ts * 1e9) if kind is float or kind is int else 0  # a bool is neither
+
+
+class _Template:
+    """What a start line says about its span but for its time, run id and parent."""
+
+    __slots__ = ("common", "described", "metric_key", "name_kind", "people", "series", "size")
+
+    def __init__(
+        self, described: Described, common: list[bytes], people: tuple[bytes, ...], metric_key: Key | None
+    ) -> None:
+        self.described = described
+        self.common = common  # the attributes after the run id (_common)
+        self.people = people  # the run's own session and user attributes
+        self.metric_key = metric_key  # model calls: the metrics' common attributes
+        self.name_kind = pb.name_and_kind(described.name, described.kind)
+        self.size = 200 + sum(map(len, described.attributes)) + sum(map(len, common))
+        # The metrics series of its calls by response model, with the Metrics they are of.
+        self.series: dict[str | None, tuple[Metrics, Series]] = {}
 
 
 class _Open:
@@ -141,45 +174,35 @@ class _Open:
         "chunks",
         "events",
         "first_chunk_ns",
-        "kind",
+        "head",
         "last_ns",
-        "metric_key",
-        "name",
-        "operation",
-        "parent_span_id",
         "size",
         "span_id",
         "start_ns",
         "stream_key",
-        "trace_id",
+        "template",
     )
 
     def __init__(
         self,
-        trace_id: bytes,
+        head: bytes,
         span_id: bytes,
-        parent_span_id: bytes | None,
         start_ns: int,
-        name: str,
-        kind: int,
-        operation: str | None,
+        template: _Template,
         attributes: list[bytes],
+        size: int,
     ) -> None:
-        self.trace_id = trace_id
+        self.head = head  # the Span's ids, name and kind (pb.span_head)
         self.span_id = span_id
-        self.parent_span_id = parent_span_id
         self.start_ns = start_ns
         self.last_ns = start_ns
-        self.name = name
-        self.kind = kind
-        self.operation = operation
+        self.template = template
         self.attributes = attributes
         self.events: list[bytes] = []
         self.first_chunk_ns = 0
         self.chunks = 0
         self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
-        self.size = 200 + sum(map(len, attributes))
-        self.metric_key: Key | None = None  # model calls: the metrics' common attributes
+        self.size = size  # estimated: 200, its attributes and its events
 
 
 class SpanAssembler:
@@ -218,40 +241,75 @@ class SpanAssembler:
         self._tags: dict[tuple[Any, ...], bytes | None] = {}
         self._names: dict[tuple[Any, Any], tuple[bytes, ...]] = {}  # (experiment, run) -> attributes
         self._described: dict[tuple[Any, ...], Described] = {}  # model starts (see _start)
+        self._templates: dict[tuple[Any, ...], _Template] = {}  # model starts (see _known_start)
         self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
-        self._run_id_offset = 0
+        self._k = 0  # where the last line read had the k of its "kind"
+        self._ts_at = 0  # where the last model start read by _known_start had its time
+        self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
+        self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915 - the hot loop, one frame per chunk
+    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
         """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
         done: list[bytes] = []
         open_runs = self._open
         streams = self._streams
         tails = self._tails
         split = SPLIT_BYTES if not self.capture_content else _NEVER
-        heads = _END_HEADS if not self.capture_content else None
+        heads = _HEADS if not self.capture_content else None
         loads = orjson.loads
-        known: str | None = None
+        k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
+        run_at = self._run_at
+        run_end = run_at + 46
         for line in lines:
-            at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
-            if at >= 0:
-                # A token of a stream whose first token was seen: counted (most lines of a
-                # streamed call are these).
-                at += self._run_id_offset
-                span = streams.get(line[at : at + 46])
-                if span is not None:
-                    span.chunks += 1
-                    continue
-                if self._token(line):
-                    continue
-                known = None
-            elif heads is not None:
+            # The k of "kind" is the line's first k (the envelope starts with seq and ts):
+            # looked at where the last line had it, a byte either side, else found. A
+            # token's kind has a w where no other kind has one (llm_new_token): a token of
+            # a stream whose first token was seen is counted (most lines of a streamed call
+            # are these), found by its run id's text where its envelope puts it.
+            try:
+                if line[k] != _K:
+                    if line[k + 1] == _K:
+                        k += 1
+                    elif line[k - 1] == _K:
+                        k -= 1
+                    else:
+                        raise IndexError
+                if line[k + 13] == _W:
+                    span = streams.get(line[k + run_at : k + run_end])
+                    if span is not None:
+                        span.chunks += 1
+                        continue
+                    token = True
+                else:
+                    token = False
+                at = k - 1
+            except IndexError:
                 at = line.find(_KIND, 0, _ENVELOPE_HEAD)
-                known = heads.get(line[at + 8 : at + 21]) if at > 0 else None
+                token = line[at + 8 : at + 22] == _NEW_TOKEN
+                if at >= 0:
+                    k = at + 1
+            known: str | None = None
+            template_key: tuple[Any, ...] | None = None
+            if at < 0:
+                pass
+            elif token:
+                if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
+                    run_at = self._run_at
+                    run_end = run_at + 46
+                    continue
+            elif heads is not None:
+                known = heads.get(line[at + 8 : at + 21])
                 if known in _LIGHT_ENDS:
                     encoded = self._light_end(line, known, open_runs)
                     if encoded is not None:
                         done.append(encoded)
+                        continue
+                elif known in _MODEL_STARTS and len(line) >= split:
+                    handled, template_key = self._known_start(line, at, known)
+                    if handled:
+                        if self.open_bytes > self.max_open_bytes:
+                            done.extend(self._evict())
                         continue
             parts = _split(line, tails) if len(line) >= split and known != "llm_end" else None
             data: dict[str, Any] | bytes
@@ -274,7 +332,7 @@ class SpanAssembler:
                 continue
             kind = event.get("kind")
             if kind in _START:
-                self._start(run_id, kind, event, data, tail)
+                self._start(run_id, kind, event, data, tail, template_key if kind == known else None)
             elif kind in _END or kind in _ERROR:
                 encoded = self._end(run_id, kind, event, data)
                 if encoded is not None:
@@ -283,6 +341,7 @@ class SpanAssembler:
                 self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
+        self._k = k
         return done
 
     def close(self) -> list[bytes]:
@@ -317,13 +376,22 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _token(self, line: bytes) -> bool:
-        """A streamed token: count it, note the first one's time. False: parse it whole.
+    def _token(self, line: bytes, kind_at: int) -> bool:
+        """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
+        it, note the first one's time. False: parse it whole.
 
-        From its first token on, a stream is found by its ``"run_id":"<id>`` text at the
-        offset from the kind that its tracker's envelope gives (``_run_id_offset``).
+        From its first token on, a stream is found by its key, its ``"run_id":"<id>`` text,
+        at the place from its kind that its tracker's envelope gives (``_streams``); a
+        second tracker's envelope gives another place (tried here, then kept as the first
+        to try).
         """
-        kind_at = line.find(_TOKEN, 0, _ENVELOPE_HEAD)
+        for run_at in self._runs_at:
+            at = kind_at + 1 + run_at
+            span = self._streams.get(line[at : at + 46])
+            if span is not None:
+                self._run_at = run_at
+                span.chunks += 1
+                return True
         at = line.find(_RUN_ID, kind_at)
         span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
@@ -338,25 +406,108 @@ class SpanAssembler:
         if not span.stream_key:
             span.stream_key = line[at : at + 46]
             self._streams[span.stream_key] = span
-        self._run_id_offset = at - kind_at
+            run_at = at - kind_at - 1
+            self._run_at = run_at
+            if run_at not in self._runs_at:
+                self._runs_at = (run_at, *self._runs_at[:3])
         span.chunks += 1
         return True
 
+    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:
+        """A model start of a known template (below): its span opened from the line's seq-less
+        text, without parsing it; ``(True, None)``. Else ``(False, key)``: parse it, and keep
+        its template under ``key`` (``None``: a layout not recognized, nothing to keep).
+
+        A start's span depends on its line but for its seq, time, run id and parent (read
+        here from the envelope's fixed order) and its content (the last field of data): the
+        rest of the line's text is the template's key, with whether the run is a root. The
+        cuts are the ones ``_split`` and ``_without_content`` make, and a template is kept
+        only when the line parsed in parts at those cuts (so they are the top level's).
+        """
+        run_at = line.find(_RUN_ID, kind_at)
+        after = run_at + 46
+        if run_at < 0 or line[after : after + 18] != _PARENT_AT:
+            return False, None
+        if line[after + 18] == _QUOTE:  # a parent run: its 36 characters
+            parent_run_id: str | None = line[after + 19 : after + 55].decode("ascii", "replace")
+            rest_at = after + 56
+        else:
+            parent_run_id = None  # null (or not text: no parent either way)
+            rest_at = after + 22
+        if line[rest_at : rest_at + 8] != _NAME_AT:
+            return False, None
+        data_at = line.find(_DATA_AT, rest_at)
+        tags_at = line.rfind(_TAGS_AT)
+        content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
+        if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
+            return False, None
+        key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
+        template = self._templates.get(key)
+        if template is None:
+            return False, key
+        ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
+        if line[ts_at - 5 : ts_at] != _TS:
+            ts_at = line.rfind(_TS, 0, kind_at) + 5
+            self._ts_at = ts_at
+        try:
+            start_ns = int(float(line[ts_at : kind_at - 1]) * 1e9)
+        except ValueError:
+            return False, None
+        run_id = line[run_at + 10 : after].decode("ascii", "replace")
+        if run_id not in self._open:  # a second start of one run: the first one counts
+            self._open_span(run_id, parent_run_id, start_ns, template, {})
+        return True, None
+
     def _start(
-        self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes, tail: bytes = b""
+        self,
+        run_id: str,
+        kind: str,
+        event: Mapping[str, Any],
+        raw: dict[str, Any] | bytes,
+        tail: bytes = b"",
+        template_key: tuple[Any, ...] | None = None,
     ) -> None:
-        """``tail``: the text of the fields after data, when the line was read in parts."""
+        """``tail``: the text of the fields after data, when the line was read in parts;
+        ``template_key``: where its template is kept (``_known_start``), if it can be."""
         if run_id in self._open:
             return  # a second start of one run: the first one counts
         parent_run_id = event.get("parent_run_id")
         parent_run_id = parent_run_id if type(parent_run_id) is str else None
-        run_bytes = _uuid_bytes(run_id)
-        span_id = _span_id(run_bytes)
         name = str(event.get("name") or kind.removesuffix("_start"))
-        data, described, known_as = self._start_data(kind, name, parent_run_id is None, raw, tail)
+        data, described, known_as, whole = self._start_data(kind, name, parent_run_id is None, raw, tail)
         metadata = event.get("metadata")
         metadata = metadata if type(metadata) is dict else {}
-        people = _people(metadata)
+        if described is None:
+            described = describe_start(
+                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
+            )
+            if known_as is not None:
+                if len(self._described) >= _DESCRIBED:
+                    self._described.clear()
+                self._described[known_as] = described  # read, never changed
+        metric_key: Key | None = None
+        if described.provider is not None and self.metrics is not None:
+            metric_key = (
+                ("gen_ai.operation.name", str(described.operation)),
+                ("gen_ai.provider.name", described.provider),
+            )
+            if described.model is not None:
+                metric_key = (*metric_key, ("gen_ai.request.model", described.model))
+        template = _Template(described, self._common(event), _people(metadata), metric_key)
+        if template_key is not None and whole:
+            if len(self._templates) >= _DESCRIBED:
+                self._templates.clear()
+            self._templates[template_key] = template  # read, never changed
+        self._open_span(run_id, parent_run_id, _ns(event.get("ts")), template, data)
+
+    def _open_span(
+        self, run_id: str, parent_run_id: str | None, start_ns: int, template: _Template, data: dict[str, Any]
+    ) -> None:
+        """Open the span of a run started at ``start_ns``; ``data``: its start's (parsed), for
+        an application parent."""
+        run_bytes = _uuid_bytes(run_id)
+        span_id = _span_id(run_bytes)
+        people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
             parent = data.get(OTEL_PARENT)
@@ -372,69 +523,57 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        if described is None:
-            described = describe_start(
-                kind, name, data, metadata, root=parent_run_id is None, capture=self.capture_content
-            )
-            if known_as is not None:
-                if len(self._described) >= _DESCRIBED:
-                    self._described.clear()
-                self._described[known_as] = described  # read, never changed
-        span = _Open(
-            trace_id,
-            span_id,
-            parent_span_id,
-            _ns(event.get("ts")),
-            described.name,
-            described.kind,
-            described.operation,
-            [*described.attributes, *self._common(run_id, event), *people],
+        run_attribute = (
+            _RUN_ID_ATTRIBUTE + run_id.encode()
+            if len(run_id) == 36 and run_id.isascii()
+            else pb.span_attribute("langchain.run_id", run_id)
         )
-        if described.provider is not None and self.metrics is not None:
-            key: Key = (
-                ("gen_ai.operation.name", str(described.operation)),
-                ("gen_ai.provider.name", described.provider),
-            )
-            span.metric_key = (
-                key if described.model is None else (*key, ("gen_ai.request.model", described.model))
-            )
+        size = template.size + len(run_attribute)
+        for attribute in people:
+            size += len(attribute)
+        span = _Open(
+            pb.span_head(trace_id, span_id, parent_span_id, template.name_kind),
+            span_id,
+            start_ns,
+            template,
+            [*template.described.attributes, run_attribute, *template.common, *people],
+            size,
+        )
         self._open[run_id] = span
         self._remember(run_id, trace_id, span_id, people)
         self.open_bytes += span.size
 
     def _start_data(
         self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes
-    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None]:
+    ) -> tuple[dict[str, Any], Described | None, tuple[Any, ...] | None, bool]:
         """A start's data, as much as its span needs; for a model start read in parts, its
-        description if known, else the key to keep it under.
+        description if known, else the key to keep it under; and whether data without its
+        content parsed (or was described before) from the cut made in its text.
 
         A model start's description depends on data without its content, the name, the
         metadata (in ``tail``) and being a root: the same text is described once.
         """
         if not isinstance(raw, bytes):
-            return raw, None, None
+            return raw, None, None, False
         cut = _without_content(raw) if tail and kind in _MODEL_STARTS else None
         if cut is not None:
             known_as = (kind, name, root, cut, tail)
             described = self._described.get(known_as)
             if described is not None:
-                return {}, described, None  # only texts without an application parent are kept
+                return {}, described, None, True  # only texts without an application parent are kept
         if cut is not None and _OTEL_PARENT_KEY not in cut:
             try:
                 data = orjson.loads(cut)
             except orjson.JSONDecodeError:
                 data = None  # not data's own content key: parsed whole, not kept
             if type(data) is dict:
-                return data, None, known_as
+                return data, None, known_as, True
         needed = kind in _DATA_KINDS or (root and _OTEL_PARENT_KEY in raw)
-        return (_data(raw, kind) if needed else {}), None, None
+        return (_data(raw, kind) if needed else {}), None, None, False
 
-    def _common(self, run_id: str, event: Mapping[str, Any]) -> list[bytes]:
-        attrs = [
-            _RUN_ID_ATTRIBUTE + run_id.encode()
-            if len(run_id) == 36 and run_id.isascii()
-            else pb.span_attribute("langchain.run_id", run_id)
-        ]
+    def _common(self, event: Mapping[str, Any]) -> list[bytes]:
+        """The attributes after the run id: experiment and run names, sampling, tags."""
+        attrs: list[bytes] = []
         names = (event.get("experiment"), event.get("run"))
         hashable = type(names[0]) in _NAME_TYPES and type(names[1]) in _NAME_TYPES
         found = self._names.get(names) if hashable else None
@@ -474,7 +613,8 @@ class SpanAssembler:
         self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
     ) -> bytes | None:
         span = self._open.pop(run_id, None)
-        end_ns = _ns(event.get("ts"))
+        ts = event.get("ts")
+        end_ns = int(ts * 1e9) if type(ts) is float else _ns(ts)
         data = raw if isinstance(raw, dict) else _data(raw, kind) if kind in _DATA_KINDS else {}
         if span is None:
             if run_id in self._evicted:
@@ -509,8 +649,12 @@ class SpanAssembler:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
             events.append(pb.event(end_ns, "exception", exception))
         elif kind == "llm_end" or self.capture_content:
-            ended = describe_end(kind, data, capture=self.capture_content)
-            attributes.extend(ended.attributes)
+            ended = (
+                llm_end(data, self.capture_content)
+                if kind == "llm_end"
+                else describe_end(kind, data, capture=True)
+            )
+            attributes += ended[0]
         first_chunk = None
         if span.chunks:
             attributes.append(_STREAMED)
@@ -518,31 +662,29 @@ class SpanAssembler:
             if span.first_chunk_ns:
                 first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
                 attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
-        if self.metrics is not None and span.metric_key is not None:
-            key = span.metric_key
-            if ended is not None and ended.model is not None:
-                key = (*key, ("gen_ai.response.model", ended.model))
-            self.metrics.model_call(
-                key,
+        metrics = self.metrics
+        template = span.template
+        if metrics is not None and template.metric_key is not None:
+            model = ended[1] if ended is not None else None
+            found = template.series.get(model)
+            if found is not None and found[0] is metrics:
+                series = found[1]
+            else:
+                key = template.metric_key
+                series = metrics.series(key if model is None else (*key, ("gen_ai.response.model", model)))
+                if len(template.series) < 8:
+                    template.series[model] = (metrics, series)
+            metrics.model_call(
+                series,
                 start_ns=span.start_ns,
                 end_ns=end_ns,
                 error_type=kind_name,
-                tokens=ended.usage if ended is not None else None,
+                tokens=ended[2] if ended is not None else None,
                 first_chunk=first_chunk,
             )
-        return pb.span(
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            parent_span_id=span.parent_span_id,
-            name=span.name,
-            kind=span.kind,
-            start_ns=span.start_ns,
-            end_ns=max(end_ns, span.start_ns),
-            attributes=attributes,
-            events=events,
-            status=status,
-            status_message=message,
-        )
+        start_ns = span.start_ns
+        end_ns = end_ns if end_ns > start_ns else start_ns
+        return pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
 
     def _rebuild(
         self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
@@ -594,17 +736,7 @@ class SpanAssembler:
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
-        return pb.span(
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            parent_span_id=span.parent_span_id,
-            name=span.name,
-            kind=span.kind,
-            start_ns=span.start_ns,
-            end_ns=span.last_ns,
-            attributes=span.attributes,
-            events=span.events,
-        )
+        return pb.span_of(span.head, span.start_ns, span.last_ns, span.attributes, span.events)
 
     def _evict(self) -> list[bytes]:
         out = []

@@ -35,6 +35,7 @@ __all__ = [
     "scan_run_summaries",
     "summarize_runs",
     "token_usage",
+    "usage_counts",
 ]
 
 #: The exceptions a LangGraph node raises to pause its graph for a human (``interrupt()``).
@@ -53,11 +54,23 @@ def _as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _usage(usage: Any) -> tuple[int, int] | None:
-    if not isinstance(usage, _MAPPING):
+def usage_counts(usage: Any) -> tuple[int, int] | None:
+    """Tokens in and out of one usage mapping (OpenAI's ``token_usage`` or LangChain's
+    ``usage_metadata``), if it has any: OpenAI's names first, then LangChain's."""
+    if type(usage) is not dict and (usage is None or not isinstance(usage, Mapping)):
         return None
-    tokens_in = _as_int(usage.get("prompt_tokens")) or _as_int(usage.get("input_tokens")) or 0
-    tokens_out = _as_int(usage.get("completion_tokens")) or _as_int(usage.get("output_tokens")) or 0
+    tokens_in = usage.get("prompt_tokens")
+    if type(tokens_in) is not int or not tokens_in:
+        other = usage.get("input_tokens")
+        tokens_in = (
+            other if tokens_in is None and type(other) is int else _as_int(tokens_in) or _as_int(other) or 0
+        )
+    tokens_out = usage.get("completion_tokens")
+    if type(tokens_out) is not int or not tokens_out:
+        other = usage.get("output_tokens")
+        tokens_out = (
+            other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
+        )
     return (tokens_in, tokens_out) if tokens_in or tokens_out else None
 
 
@@ -72,7 +85,7 @@ def token_usage(data: Any) -> tuple[int, int] | None:
     if not isinstance(response, _MAPPING):
         return None
     llm_output = response.get("llm_output")
-    if isinstance(llm_output, _MAPPING) and (found := _usage(llm_output.get("token_usage"))):
+    if isinstance(llm_output, _MAPPING) and (found := usage_counts(llm_output.get("token_usage"))):
         return found
     total_in = total_out = 0
     for generations in response.get("generations") or ():
@@ -82,7 +95,7 @@ def token_usage(data: Any) -> tuple[int, int] | None:
                 usage = message.get("usage_metadata")
                 if usage is None and isinstance(message.get("kwargs"), _MAPPING):
                     usage = message["kwargs"].get("usage_metadata")  # a serialized message
-                if found := _usage(usage):
+                if found := usage_counts(usage):
                     total_in += found[0]
                     total_out += found[1]
     return (total_in, total_out) if total_in or total_out else None
