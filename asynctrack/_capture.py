@@ -319,7 +319,12 @@ def fields_of(value: Any) -> Any:
         elif kind == _GENERATIONS:
             rows = d.get("generations")
             if type(rows) is list:
-                d["generations"] = fields_in_lists(rows)
+                if len(rows) == 1 and type(row := rows[0]) is list and len(row) == 1:
+                    # One prompt, one generation (a chat model's call): no loops.
+                    # Another thread emptying a list meanwhile: IndexError, below.
+                    d["generations"] = [[fields_of(row[0])]]
+                else:
+                    d["generations"] = fields_in_lists(rows)
         else:
             messages = d.get("messages")
             if type(messages) is list:

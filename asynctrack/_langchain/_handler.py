@@ -545,11 +545,11 @@ class AsyncTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         if self._graph_pending:
             self._join_graph()
-        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -575,11 +575,12 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         # A plain output (most are: a dict, a str) skips the call.
         kwargs["outputs"] = outputs if type(outputs) in PLAIN else fields_of(outputs)
-        self._record("chain_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("chain_end", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_chain_error(
         self,
@@ -588,9 +589,9 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         error_data = self._capture.error(error)
         self._record("chain_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
@@ -603,9 +604,9 @@ class AsyncTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["prompts"] = prompts
         self._record("llm_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -619,9 +620,9 @@ class AsyncTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["messages"] = fields_in_lists(messages) if type(messages) is list else messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -634,9 +635,9 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         if type(token) is str:
             # The token travels beside the body (a str is immutable) and is spliced
             # in first in data by the worker: its name "token" is ours, not a credential.
@@ -660,10 +661,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["response"] = fields_of(response)
-        self._record("llm_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("llm_end", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_llm_error(
         self,
@@ -672,9 +674,9 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         error_data = self._capture.error(error)
         self._record("llm_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
@@ -688,9 +690,9 @@ class AsyncTracker(BaseCallbackHandler):
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         inputs: dict[str, Any] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["input_str"] = input_str
         kwargs["inputs"] = inputs
@@ -703,10 +705,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["output"] = output if type(output) in PLAIN else fields_of(output)
-        self._record("tool_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("tool_end", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_tool_error(
         self,
@@ -715,9 +718,9 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         error_data = self._capture.error(error)
         self._record("tool_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
@@ -728,10 +731,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["action"] = action
-        self._record("agent_action", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("agent_action", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_agent_finish(
         self,
@@ -740,10 +744,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["finish"] = finish
-        self._record("agent_finish", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("agent_finish", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_retriever_start(
         self,
@@ -754,9 +759,9 @@ class AsyncTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         kwargs["serialized"] = serialized
         kwargs["query"] = query
         self._record("retriever_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -768,10 +773,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["documents"] = documents
-        self._record("retriever_end", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("retriever_end", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_retriever_error(
         self,
@@ -780,9 +786,9 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.pop("name", None)
         error_data = self._capture.error(error)
         self._record("retriever_error", run_id, parent_run_id, name, tags, None, kwargs, error_data)
 
@@ -793,10 +799,11 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["text"] = text
-        self._record("text", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("text", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_retry(
         self,
@@ -805,6 +812,7 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         # tenacity reuses its RetryCallState across attempts: copy what matters now.
@@ -821,7 +829,7 @@ class AsyncTracker(BaseCallbackHandler):
             )
         except Exception:  # an unexpected retry_state: record what we can
             kwargs["retry_state"] = retry_state
-        self._record("retry", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("retry", run_id, parent_run_id, name, tags, None, kwargs)
 
     def on_custom_event(
         self,
@@ -874,36 +882,35 @@ class AsyncTracker(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
+        name: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs["event"] = event
-        self._record("stream_event", run_id, parent_run_id, kwargs.pop("name", None), tags, None, kwargs)
+        self._record("stream_event", run_id, parent_run_id, name, tags, None, kwargs)
 
 
 def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
-    """Record the application's active OpenTelemetry span in a root start's ``data``."""
+    """Record the application's active OpenTelemetry span in a root start's ``data``.
+
+    LangSmith's client imports ``opentelemetry`` wherever it is installed, so most
+    applications have it loaded without using it: OpenTelemetry's context is read
+    first, with one C call where it keeps it in its default place (a ``ContextVar``),
+    and an empty context has no span (1.2k instructions, against 4.3k for
+    ``application_parent()`` to find none)."""
     parent = data.get(OTEL_PARENT)
-    if parent is None and not _no_otel_context():
+    if parent is None:
+        try:
+            # OpenTelemetry's own names (private): where they are not, the full look-up.
+            runtime = sys.modules["opentelemetry.context"]._RUNTIME_CONTEXT  # noqa: SLF001
+            current = runtime._current_context  # noqa: SLF001
+            if type(current) is ContextVar and not current.get():
+                return None
+        except Exception:  # another runtime context, another opentelemetry
+            pass
         parent = application_parent()
         if parent is not None:
             data[OTEL_PARENT] = parent
     return parent
-
-
-def _no_otel_context() -> bool:
-    """Whether OpenTelemetry's current context on this thread is empty (then no span is
-    active), read with one C call where OpenTelemetry keeps it in its default place (a
-    ``ContextVar``): 1.2k instructions, against 4.3k for ``application_parent()`` to find
-    no span.
-    LangSmith's client imports ``opentelemetry`` wherever it is installed, so most
-    applications have it loaded without using it. ``False`` when not known."""
-    try:
-        # OpenTelemetry's own names (private): where they are not, the full look-up.
-        runtime = sys.modules["opentelemetry.context"]._RUNTIME_CONTEXT  # noqa: SLF001
-        current = runtime._current_context  # noqa: SLF001
-        return type(current) is ContextVar and not current.get()
-    except Exception:  # another runtime context, another opentelemetry: look it up
-        return False
 
 
 def _resolve_name(name: Any, data: dict[str, Any]) -> str | None:
