@@ -462,7 +462,8 @@ class AsyncTracker(BaseCallbackHandler):
             except AttributeError:  # a run id that is not a UUID is passed as it is
                 run = run_id.int if isinstance(run_id, UUID) else run_id
                 parent = parent_run_id.int if isinstance(parent_run_id, UUID) else parent_run_id
-            self._put(
+            put = self._put  # an instance attribute: LOAD_ATTR is specialised, LOAD_METHOD is not
+            put(
                 (
                     kind,
                     next(self._seq),
@@ -548,20 +549,18 @@ class AsyncTracker(BaseCallbackHandler):
         name: Any = None,
         **kwargs: Any,
     ) -> None:
-        if self._graph_pending:
+        if self._graph_pending and _LIFECYCLE in sys.modules:  # no call until it is imported
             self._join_graph()
         kwargs["serialized"] = serialized
         kwargs["inputs"] = inputs
         self._record("chain_start", run_id, parent_run_id, name, tags, metadata, kwargs)
 
     def _join_graph(self) -> None:
-        """Become LangGraph-aware (``_graph_aware``) once langgraph's lifecycle module is
-        imported. Called at a chain's start: LangGraph picks the handlers for its
+        """Become LangGraph-aware (``_graph_aware``): called at a chain's start once
+        langgraph's lifecycle module is imported. LangGraph picks the handlers for its
         lifecycle callbacks right after its graph's ``on_chain_start``, so a tracker
         made before the graph's module was imported still records the interrupts and
         resumes of its first run. Never raises."""
-        if _LIFECYCLE not in sys.modules:
-            return
         self._graph_pending = False
         try:
             self.__class__ = _graph_aware(type(self))
