@@ -32,9 +32,10 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    An object's ``__dict__`` is not always all its data: it may be empty (the
    fields in ``__slots__`` under a base without slots, as LangGraph's ``Command``;
    or no field at all), miss slot values beside it, or miss a pydantic model's
-   extra fields. So the first walk is ``default=found.append`` (a C method too):
-   each object is written ``null`` and collected. No object: those bytes are the
-   body. Else ``lossy()`` looks at the objects, layer by layer (their dicts walked
+   extra fields. So the first walk has no ``default``: with no object, its bytes
+   are the body; at the first object orjson raises, and a second walk with
+   ``default=found.append`` (a C method too) writes each object ``null`` and
+   collects it. ``lossy()`` looks at the objects, layer by layer (their dicts walked
    by orjson the same way), with C calls and a verdict per class, and the body is
    the walk with ``DICT_OF``, or, where an object would lose data, step 2. Before
    the walk, the handler puts in place of LangChain's own objects the dicts this
@@ -252,29 +253,37 @@ def lossy(found: list[Any], max_depth: int) -> bool:
 
 #: Types whose values ``fields_of`` returns as they are (no object's fields to read).
 PLAIN: Final = frozenset({str, dict, list, tuple, int, float, bool, type(None)})
-#: LangChain's classes with a field of LangChain objects: a generation's message, a
+#: What ``fields_of`` does with an instance of a class (its entry in ``_KINDS``): return
+#: it as it is (plain values, and objects whose ``__dict__`` is not all their data);
+#: return its ``__dict__``; the same unless it has pydantic extra fields (``extra="allow"``);
+#: or, for LangChain's classes with a field of LangChain objects, a copy of its
+#: ``__dict__`` with that field's objects as their fields: a generation's message, a
 #: result's generations (a list per prompt), a chat prompt's messages.
+_AS_IS: Final = 0
+_DICT: Final = 1
+_LOOSE_DICT: Final = 2
+_MESSAGE: Final = 3
+_GENERATIONS: Final = 4
+_MESSAGES: Final = 5
 _LANGCHAIN_SHAPES: Final = {
-    "ChatGeneration": "message",
-    "ChatGenerationChunk": "message",
-    "LLMResult": "generations",
-    "ChatPromptValue": "messages",
+    "ChatGeneration": _MESSAGE,
+    "ChatGenerationChunk": _MESSAGE,
+    "LLMResult": _GENERATIONS,
+    "ChatPromptValue": _MESSAGES,
 }
-#: Per class, for ``fields_of``: ``None`` (its instances are left as they are: plain
-#: values, or objects whose ``__dict__`` is not all their data), else whether they may
-#: have pydantic extra fields, and their field of objects (``""``: none).
-_KINDS: dict[type, tuple[bool, str] | None] = dict.fromkeys(PLAIN)
-_UNKNOWN: Final = (False, "")
+_KINDS: dict[type, int] = dict.fromkeys(PLAIN, _AS_IS)
 
 
-def _kind(cls: type) -> tuple[bool, str] | None:
+def _kind(cls: type) -> int:
     """``cls``'s entry in ``_KINDS``, learnt now."""
     if len(_KINDS) > _MAX_CLASSES:
         _KINDS.clear()
-    kind = None
+        _KINDS.update(dict.fromkeys(PLAIN, _AS_IS))
+    kind = _AS_IS
     if not issubclass(cls, enum.Enum) and _learn(cls):  # orjson writes a member as its value
-        langchain = cls.__module__.startswith("langchain_core.")
-        kind = (cls in _LOOSE, _LANGCHAIN_SHAPES.get(cls.__name__, "") if langchain else "")
+        kind = _LOOSE_DICT if cls in _LOOSE else _DICT
+        if cls.__module__.startswith("langchain_core.") and kind == _DICT:
+            kind = _LANGCHAIN_SHAPES.get(cls.__name__, _DICT)
     _KINDS[cls] = kind
     return kind
 
@@ -286,43 +295,62 @@ def fields_of(value: Any) -> Any:
     their messages and generations the same way, in a copy of the object's dict.
     Anything else as it is: the walk meets the objects left (inside a dict too) and
     the capture's path for objects judges them. So, for LangChain's own objects, one
-    walk writes the event. Never raises."""
+    walk writes the event. Never raises.
+
+    On the hot path: one frame per object (a result with one generation and its
+    message takes three), lists copied whole (one C call) before the loop over them,
+    so that another thread's change to a list cannot tear it."""
     try:
-        cls = type(value)
-        kind = _KINDS.get(cls, _UNKNOWN)
-        if kind is _UNKNOWN:
-            kind = _kind(cls)
+        kind = _KINDS.get(type(value))
         if kind is None:
+            kind = _kind(type(value))
+        if not kind:
             return value
         d = value.__dict__
         if type(d) is not dict or not d:
             return value
-        loose, shape = kind
-        if loose and value.__pydantic_extra__:
-            return value
-        if not shape:
+        if kind == _DICT:
             return d
+        if kind == _LOOSE_DICT:
+            return value if value.__pydantic_extra__ else d
         d = d.copy()
-        inner = d.get(shape)
-        if shape == "message":
-            d[shape] = fields_of(inner)
-        elif type(inner) is list:
-            d[shape] = fields_in(inner) if shape == "messages" else fields_in_lists(inner)
+        if kind == _MESSAGE:
+            d["message"] = fields_of(d.get("message"))
+        elif kind == _GENERATIONS:
+            rows = d.get("generations")
+            if type(rows) is list:
+                if len(rows) == 1 and type(row := rows[0]) is list and len(row) == 1:
+                    # One prompt, one generation (a chat model's call): no loops.
+                    # Another thread emptying a list meanwhile: IndexError, below.
+                    d["generations"] = [[fields_of(row[0])]]
+                else:
+                    d["generations"] = fields_in_lists(rows)
+        else:
+            messages = d.get("messages")
+            if type(messages) is list:
+                d["messages"] = _fields_in(messages)
         return d
     except Exception:  # a hostile class or __dict__: the capture's path judges
         return value
 
 
-def fields_in(values: list[Any]) -> list[Any]:
+def _fields_in(values: list[Any]) -> list[Any]:
     """``fields_of`` of each value of ``values``, a copy of it taken whole first (one C
-    call): another thread's change to the list cannot tear the walk over it."""
-    return [fields_of(v) for v in list(values)]
+    call): another thread's change to the list cannot tear the loop over it."""
+    out = []
+    for v in values.copy():
+        out.append(fields_of(v))
+    return out
 
 
 def fields_in_lists(values: list[Any]) -> list[Any]:
-    """``fields_in`` of each list in ``values`` (a chat model's messages, a result's
-    generations: a list per prompt); what is not a list, as it is."""
-    return [fields_in(v) if type(v) is list else v for v in list(values)]
+    """``_fields_in`` of each list in ``values`` (a chat model's messages, a result's
+    generations: a list per prompt); what is not a list, as it is. Loops, not
+    comprehensions or ``map``: a third of the instructions for one list of one value."""
+    out = []
+    for v in values.copy():
+        out.append(_fields_in(v) if type(v) is list else v)
+    return out
 
 
 def traceback_text(error: BaseException, limit: int) -> str:

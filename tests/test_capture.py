@@ -624,7 +624,7 @@ def test_run_ids_are_written_as_langchains_uuid_text(
     tracker.on_chain_start({}, {"q": 2}, run_id=child, parent_run_id=root)
     tracker.on_text("t", run_id="a run id of the caller's own", parent_run_id=child)  # type: ignore[arg-type]
 
-    class RunId(uuid.UUID):  # a subclass: kept as it is on the caller's thread
+    class RunId(uuid.UUID):  # a subclass: read as its int on the caller's thread, like a UUID
         pass
 
     odd = RunId(int=7)
