@@ -648,7 +648,10 @@ def test_langchains_secret_marker_is_remembered_and_a_password_beside_it_is_not(
     ]
     redactor.prepare(clean)
     assert len(redactor.unchanged()) == 4
-    assert any(b'openai_api_key":' in piece for piece in redactor._pieces_seen.clean)
+    remembered = redactor._pieces_seen.clean
+    assert any(piece.startswith(b'type":"secret"') for piece in remembered)
+    # Not the piece the cut ends inside the key's value: see the test below.
+    assert not any(piece.endswith(b'openai_api_key":{"lc":1') for piece in remembered)
     dirty = orjson.dumps(
         {"data": {"serialized": {"kwargs": {"openai_api_key": marker, "password": "pw-1"}}}, "tags": []}
     )
@@ -802,3 +805,108 @@ def test_a_model_starts_known_description_is_not_cut_again_and_its_messages_are(
     redactor.prepare([second], [lead(second)])
     assert redactor.json(second) == Redactor(DEFAULT_REDACT_KEYS).json(second)
     assert b"hunter2" not in (redactor.json(second) or b"")
+
+
+# -- a token judged as the text it is; a secret-keyed object never cached clean ---------------
+
+
+@pytest.mark.parametrize(
+    ("tokens", "secret"),
+    [
+        (["Sure, the line is ", "localhost:5432:db:user:pgpass-tok-1"], "pgpass-tok-1"),
+        (["Here: ", "*:*:*:ro:pgpass-tok-2", " done"], "pgpass-tok-2"),
+        (["Lines:\n", "db:5432:app:bob:pgpass-tok-3"], "pgpass-tok-3"),  # a line start already seen
+    ],
+)
+def test_a_credential_line_alone_in_a_streamed_token_is_redacted_in_every_copy(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tokens: list[str],
+    secret: str,
+) -> None:
+    """A token is judged as the text it is too, not only joined to the stream before it:
+    a ``.pgpass`` line starts the token (as it starts its chunk's text), so it is one."""
+    tracker = tracked()
+    run = uuid.uuid4()
+    tracker.on_chat_model_start({"name": "m"}, [[HumanMessage(content="the line?")]], run_id=run)
+    for token in tokens:
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+        tracker.on_llm_new_token(token, chunk=chunk, run_id=run)
+    tracker.on_llm_end(LLMResult(generations=[]), run_id=run)
+    tracker.close(timeout=10)
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    assert len(events) == len(tokens)
+    assert events[0]["data"]["token"] == tokens[0]
+    _check(tmp_destination, tmp_path, caplog, {"pgpass": secret})
+
+
+def test_a_token_alone_is_redacted_by_the_stream_whether_its_chunk_is_clean_or_not() -> None:
+    """Both token paths: ``StreamRedactor.clean`` (a chunk of a run's tokens judged at
+    once) and ``StreamRedactor.token`` (one token joined to its run's tail)."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    tokens = ["Sure, the line is ", "localhost:5432:db:user:hunter2"]
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    assert stream.clean({"run": tokens}, redactor.may_match) == set()
+    written = [stream.token("run", t) for t in tokens]
+    assert written == ["Sure, the line is ", f"localhost:5432:db:user:{REDACTED}"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"lc": 1, "value": "lc-secret-hunter2"},
+        {"lc": 1, "type": "not_secret", "id": ["X"], "value": "lc-secret-hunter2"},
+        {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"], "extra": "lc-secret-hunter2"},
+    ],
+)
+def test_a_remembered_secret_marker_piece_never_lets_another_object_under_its_key_through(
+    value: dict[str, Any],
+) -> None:
+    """The piece ``openai_api_key":{"lc":1`` (the cut at ``,"`` falls inside LangChain's
+    secret marker) must not be remembered clean on its own: an object under the key that
+    is not the marker is replaced whole, as it is without the cache."""
+    marker = {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}
+
+    def body(key_value: object, i: int) -> bytes:
+        data = {"serialized": {"kwargs": {"openai_api_key": key_value}}, "n": i}
+        return orjson.dumps({"data": data, "tags": [], "metadata": {}})
+
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    clean = [body(marker, i) for i in range(4)]
+    for _ in range(2):  # learned by the full scan, then known
+        redactor.prepare(clean)
+        assert len(redactor.unchanged()) == 4
+    dirty = body(value, 9)
+    expected = Redactor(DEFAULT_REDACT_KEYS).json(dirty)
+    for bodies in ([dirty], [*clean, dirty]):
+        redactor.prepare(bodies)
+        assert id(dirty) not in redactor.unchanged()
+        out = redactor.json(dirty)
+        if out is None:
+            out = orjson.dumps(redactor.structure(orjson.loads(dirty)))
+        assert b"lc-secret-hunter2" not in out
+        assert out == (expected or orjson.dumps(Redactor(DEFAULT_REDACT_KEYS).structure(orjson.loads(dirty))))
+
+
+def test_a_secret_keyed_object_after_the_marker_was_seen_is_redacted_in_the_written_files(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through a tracker: model starts with LangChain's secret marker, then one whose
+    ``openai_api_key`` holds another object (a hand-built ``serialized``)."""
+    marker = {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}
+    tracker = tracked()
+    values: list[dict[str, Any]] = [marker, marker, {"lc": 1, "value": "lc-planted-pw-1"}]
+    values += [{"lc": 1, "type": "not_secret", "id": ["X"], "value": "lc-planted-pw-2"}]
+    for value in values:
+        run = uuid.uuid4()
+        serialized = {"lc": 1, "type": "constructor", "id": ["m"], "kwargs": {"openai_api_key": value}}
+        tracker.on_chat_model_start(serialized, [[HumanMessage(content="hi")]], run_id=run)
+        tracker.on_llm_end(LLMResult(generations=[]), run_id=run)
+        tracker.flush_blocking(timeout=10)
+    tracker.close(timeout=10)
+    _check(tmp_destination, tmp_path, caplog, {"pw1": "lc-planted-pw-1", "pw2": "lc-planted-pw-2"})

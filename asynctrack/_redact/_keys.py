@@ -30,7 +30,13 @@ __all__ = [
     "value_span",
 ]
 
+#: LangChain's secret marker as ``dumpd`` writes it (a secret's env names, nothing else):
+#: an object under a credential key that is anything more (another member, another
+#: type) is replaced whole.
 _LC_SECRET: Final = b'{"lc":1,"type":"secret","id":['
+_LC_SECRET_WHOLE: Final = re.compile(
+    rb'\{"lc":1,"type":"secret","id":\[(?:"[^"\\]{0,256}+"(?:,"[^"\\]{0,256}+"){0,15}+)?\]\}'
+)
 
 # -- key rules --------------------------------------------------------------------
 
@@ -221,8 +227,9 @@ def value_span(text: bytes, pos: int, structural: bool) -> tuple[tuple[int, int,
             return (_NOTHING, pos) if v is None else ((v.start(1), v.end(1), REDACTED_BYTES), v.end())
         if first in (0x7B, 0x5B):  # a list or object
             if text.startswith(_LC_SECRET, pos):
-                end = text.find(b"]}", pos)  # its "id" is a list of names
-                return _NOTHING, (end + 2 if end != -1 else len(text))
+                marker = _LC_SECRET_WHOLE.match(text, pos)
+                if marker is not None:
+                    return _NOTHING, marker.end()
             return None, pos
         if first == 0x2D or 0x30 <= first <= 0x39:  # a number
             v = _JSON_NUMBER.match(text, pos)
@@ -249,4 +256,12 @@ def is_default(keys: str) -> bool:
 
 
 def is_lc_secret(value: object) -> bool:
-    return type(value) is dict and value.get("lc") == 1 and value.get("type") == "secret"
+    """Whether ``value`` is LangChain's secret marker and nothing more."""
+    return (
+        type(value) is dict
+        and value.keys() == {"lc", "type", "id"}
+        and value["lc"] == 1
+        and value["type"] == "secret"
+        and type(value["id"]) is list
+        and all(type(name) is str for name in value["id"])
+    )

@@ -52,6 +52,9 @@ _END: Final = re.Match.end
 #: ``content``: with those two values blanked, it is its run's template (see ``prepare``).
 _TEXT: Final = b'"text":'
 _CONTENT: Final = b'"content":'
+#: Where the cut at ',"' falls inside LangChain's secret marker (``{"lc":1,"type":...``):
+#: a piece ending so under a credential key ends inside the key's value (see ``_sealed``).
+_LC_OPEN: Final = b'{"lc":1'
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -275,8 +278,12 @@ class Redactor:
         """Remember ``templates``, whose bodies were found clean, as clean (a template
         holding a run of 40 base64 characters is not: see ``_learn``)."""
         kept = [t for t in templates if len(t) <= _MAX_PIECE]
-        if kept and base64_runs(b"\x1e".join(kept)):  # (a run never crosses the separator)
-            kept = [t for t in kept if not base64_runs(t)]
+        if kept:
+            joined = b"\x1e".join(kept)
+            if base64_runs(joined):  # (a run never crosses the separator)
+                kept = [t for t in kept if not base64_runs(t)]
+            if joined.find(_LC_OPEN) != -1:
+                kept = self._sealed(kept)
         if kept:
             self._pieces_seen.add(set(kept))
 
@@ -310,8 +317,30 @@ class Redactor:
                     return False
             if self._detectors and self._value_spans(text, aws=False):
                 return False
-        self._pieces_seen.add({piece for piece in unknown if len(piece) <= _MAX_PIECE})
+        pieces = {piece for piece in unknown if len(piece) <= _MAX_PIECE}
+        if text.find(_LC_OPEN) != -1:
+            pieces = set(self._sealed(pieces))
+        self._pieces_seen.add(pieces)
         return True
+
+    def _sealed(self, pieces: Iterable[bytes]) -> list[bytes]:
+        """``pieces`` but those that end inside a credential key's value.
+
+        A JSON string never holds an unescaped ',"', so only a list or object under a
+        credential key can be cut; the only one found clean is LangChain's secret
+        marker, cut after its ``{"lc":1``. Such a piece, remembered clean, would let
+        any object under the key through whose first member is ``"lc":1``: it is judged
+        as the text it is (an object it does not close: a container, replaced whole)
+        and left out, so a body holding it is scanned whole each time.
+        """
+        out = []
+        for piece in pieces:
+            if piece.endswith(_LC_OPEN):
+                keys = self._key_spans(b'"' + piece) if self.key_rule is not None else ([], [])
+                if keys is None or keys[1]:
+                    continue
+            out.append(piece)
+        return out
 
     def unchanged(self) -> dict[int, bytes]:
         """The bodies of the chunk at hand (by id) that ``json()`` returns as they are."""

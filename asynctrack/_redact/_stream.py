@@ -83,7 +83,9 @@ class StreamRedactor:
     streamed arguments are), the value is redacted up to its closing quote or the end of
     its line; and once the stream has shown a private key block's first line, every
     token is redacted whole up to the token that ends the block (a key is longer than
-    the tail the full spec sees). Left: a secret with no prefix (a bare AWS secret, a
+    the tail the full spec sees). Each token is also judged as the text it is (a
+    ``.pgpass`` line alone in a token starts a line there, as in its chunk's copies).
+    Left: a secret with no prefix (a bare AWS secret, a
     URL password) split across tokens has its earlier part written.
     """
 
@@ -121,6 +123,12 @@ class StreamRedactor:
         redacted = self._redact(joined)
         if redacted != joined:
             out = _token_part(joined, redacted, len(tail), out)
+        if tail:
+            # The token as the text it is, too (as its chunk's copies are judged): what
+            # only starts a line where the token starts (a ``.pgpass`` line) is one.
+            alone = self._redact(token)
+            if alone not in (token, out):
+                out = alone if out == token else _both(token, alone, self._redact(out))
         if not open_:
             start = _open_prefix(joined)
             if start != -1:
@@ -167,7 +175,8 @@ class StreamRedactor:
             joined = tail + "".join(tokens)
             if (
                 not open_
-                and not may_match(joined)
+                # each token also as the text it is (as ``token`` judges it): its start a line's
+                and not may_match(joined + "\n" + "\n".join(tokens) if tail or len(tokens) > 1 else joined)
                 and _open_prefix(joined) == -1
                 and self._open_quote(joined) == -1
             ):
@@ -200,6 +209,15 @@ class StreamRedactor:
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
+
+
+def _both(token: str, alone: str, out: str) -> str:
+    """The token redacted joined to its tail, ``out`` (then alone again), where alone it
+    became ``alone``: ``out`` if it no longer holds what the token alone hid, else all
+    of it redacted (rare: two different findings in one token)."""
+    prefix = _common_prefix(token, alone)
+    suffix = min(_common_prefix(token[::-1], alone[::-1]), min(len(token), len(alone)) - prefix)
+    return REDACTED if token[prefix : len(token) - suffix] in out else out
 
 
 def _common_prefix(a: str, b: str) -> int:
