@@ -38,6 +38,7 @@ from asynctrack._channel import (
     write_all,
 )
 from asynctrack._langchain import _handler
+from asynctrack._pipeline._durable import ENV_PREFIXES, apply_environ
 from asynctrack._pipeline._queue import BoundedQueue
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
@@ -652,3 +653,21 @@ def test_a_trickle_of_records_wakes_one_thread_of_the_worker_per_frame(
     # One per frame (measured: 44 for 40, the statistics ticking too), some to spare for
     # a loaded machine; two per frame (86) when a second thread took the reader's bytes.
     assert sleeps <= count + count // 2, sleeps
+
+
+def test_the_worker_writes_only_the_environment_a_tracker_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker process applies each new tracker's environment while earlier trackers'
+    # threads run, and C code there may read the environment without the GIL: a setenv
+    # can move the array under it. The same environment again writes nothing.
+    monkeypatch.setenv("ASYNCTRACK_PROBE", "1")
+    monkeypatch.setenv("AWS_PROBE_GONE", "x")
+    environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) and k != "AWS_PROBE_GONE"}
+    apply_environ({**environ, "AWS_PROBE_GONE": "x"})
+    writes: list[tuple[str, str]] = []
+    monkeypatch.setattr(os, "putenv", lambda key, value: writes.append(("set", os.fsdecode(key))))
+    monkeypatch.setattr(os, "unsetenv", lambda key: writes.append(("unset", os.fsdecode(key))))
+    apply_environ({**environ, "AWS_PROBE_GONE": "x"})
+    assert writes == []
+    apply_environ({**environ, "ASYNCTRACK_PROBE": "2"})
+    assert writes == [("unset", "AWS_PROBE_GONE"), ("set", "ASYNCTRACK_PROBE")]
+    assert os.environ["ASYNCTRACK_PROBE"] == "2" and "AWS_PROBE_GONE" not in os.environ

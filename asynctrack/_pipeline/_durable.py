@@ -68,7 +68,17 @@ class Packed:
 
 
 def apply_environ(environ: Mapping[str, str]) -> None:
-    """Make this process's ``ENV_PREFIXES`` variables those of ``environ`` (set, or unset)."""
-    for key in [k for k in os.environ if k.startswith(ENV_PREFIXES) and k not in environ]:
-        del os.environ[key]
-    os.environ.update(environ)
+    """Make this process's ``ENV_PREFIXES`` variables those of ``environ`` (set, or unset).
+
+    Only what differs is written: the worker process applies each new tracker's
+    environment while earlier trackers' threads run, and C code on those threads may read
+    the environment without the GIL (``getaddrinfo``, ``tzset``); glibc's ``setenv`` can
+    move the array they read. Trackers of one application share one environment, so
+    after the first nothing is written.
+    """
+    current = os.environ
+    for key in [k for k in current if k.startswith(ENV_PREFIXES) and k not in environ]:
+        del current[key]
+    for key, value in environ.items():
+        if current.get(key) != value:
+            current[key] = value
