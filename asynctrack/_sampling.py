@@ -4,9 +4,14 @@ Both processes decide the same way, from data the run carries:
 
 - a root run (no ``parent_run_id``) started inside an application OpenTelemetry span
   follows that span's sampled flag (OTel's parent-based sampler);
-- any other root is sampled when the low 64 bits of its run id are under
-  ``rate * 2**64``: OTel's ``TraceIdRatioBased`` rule, on the id the export uses as the
-  trace id, so a collector with the same ratio keeps the same traces;
+- any other root is sampled when ``randomness`` of its run id (56 bits of its BLAKE2b
+  hash) is at least the rejection threshold ``(1 - rate) * 2**56``: the form of OTel's
+  ``TraceIdRatioBased`` (a trace a rate keeps, every higher rate keeps), on a hash of
+  the id rather than on the id's own low bits, which are not random: LangChain's run
+  ids are UUID version 7 whose low 64 bits are the variant (``10``), a counter that
+  steps by one within a millisecond, and 32 random bits. On those bits the old rule
+  (low 64 under ``rate * 2**64``) kept no trace at a rate of 0.5 or less, and the
+  56-bit one decides the roots of one millisecond nearly alike;
 - a child follows its root.
 
 The application's span is read only if ``opentelemetry.trace`` is already imported
@@ -20,6 +25,7 @@ sampled at their entry, before the capture does any work for it.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import uuid
 from collections.abc import Callable
@@ -29,12 +35,13 @@ from ._events._schema import ENDS, EVENT_KINDS, STARTS
 
 __all__ = [
     "HEAD_SKIP_BELOW",
-    "LOW_64",
     "OTEL_PARENT",
     "OTEL_TRACE",
+    "RANDOMNESS",
     "application_parent",
     "head_sampled",
-    "ratio_bound",
+    "randomness",
+    "ratio_threshold",
     "root_sampled",
     "run_int",
 ]
@@ -49,13 +56,26 @@ HEAD_SKIP_BELOW: Final = 0.3
 MAX_UNSAMPLED: Final = 65_536
 #: The key of the application span's context in a root start event's ``data``.
 OTEL_PARENT: Final = "otel_parent"
-#: The bits of a root's id the ratio is decided on (the trace id's low 64 bits).
-LOW_64: Final = (1 << 64) - 1
+#: The largest ``randomness``: a root's sampling is decided on 56 bits.
+RANDOMNESS: Final = (1 << 56) - 1
+_blake2b: Final = hashlib.blake2b
+_from_bytes: Final = int.from_bytes
 
 
-def ratio_bound(rate: float) -> int:
-    """The bound the low 64 bits of a root's id must be under (``TraceIdRatioBased``'s)."""
-    return round(rate * (LOW_64 + 1))
+def randomness(run: int) -> int:
+    """The 56 bits a root run's sampling is decided on: of the BLAKE2b hash of its id
+    (a UUID's 128 bits; any other integer's text). ~0.45 µs, at root starts only."""
+    try:
+        data = run.to_bytes(16, "big")
+    except OverflowError:  # a negative or longer integer given as a run id
+        data = str(run).encode()
+    return _from_bytes(_blake2b(data, digest_size=7).digest(), "big")
+
+
+def ratio_threshold(rate: float) -> int:
+    """The rejection threshold of ``rate``: a root whose ``randomness`` is under it is
+    not sampled (0 at rate 1: all; ``2**56`` at rate 0: none)."""
+    return round((1.0 - rate) * (RANDOMNESS + 1))
 
 
 def run_int(run_id: Any) -> int | None:
@@ -71,12 +91,12 @@ def run_int(run_id: Any) -> int | None:
         return None
 
 
-def root_sampled(run: int | None, bound: int, parent: Any) -> bool:
+def root_sampled(run: int | None, threshold: int, parent: Any) -> bool:
     """Whether the trace of the root run ``run`` is recorded.
 
     Args:
         run: the root's run id as an integer (``None``: unreadable, recorded).
-        bound: ``ratio_bound(rate)``.
+        threshold: ``ratio_threshold(rate)``.
         parent: the application span's context recorded with the root (``data.otel_parent``),
             or ``None``.
     """
@@ -84,7 +104,7 @@ def root_sampled(run: int | None, bound: int, parent: Any) -> bool:
         sampled = parent.get("sampled")
         if type(sampled) is bool:
             return sampled
-    return run is None or run & LOW_64 < bound
+    return run is None or randomness(run) >= threshold
 
 
 def application_parent() -> dict[str, Any] | None:
@@ -123,7 +143,7 @@ def head_sampled(cls: type[Any]) -> type[Any]:
     sampled at their entry: no capture, no arguments' dict, no call into the recording.
 
     Each ``on_<kind>`` callback takes the head decision itself, on the tracker's
-    ``_unsampled`` (the live runs of traces not sampled), ``_bound`` and ``_sampled_out``:
+    ``_unsampled`` (the live runs of traces not sampled), ``_threshold`` and ``_sampled_out``:
     a root start is out when its id is over the ratio and no application span is active
     (with one, its flag decides, in ``cls``'s method); a child start when its parent is
     out; any other event when its run is out (an end forgets the run). Every event not
@@ -153,7 +173,7 @@ def _skipping(method: Callable[..., Any], kind: str) -> Callable[..., Any]:
                 if parent_run_id is not None:
                     skip = parent_run_id.int in unsampled
                 else:  # the ratio first: the application's span is read only to skip
-                    skip = run_id.int & LOW_64 >= self._bound and (
+                    skip = randomness(run_id.int) < self._threshold and (
                         OTEL_TRACE not in _modules or application_parent() is None
                     )
                 if skip:

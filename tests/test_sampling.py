@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
+from _infra.graphs import interrupt_and_resume
 from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import recorded_lines
+from langchain_core.utils.uuid import uuid7
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
@@ -24,7 +26,14 @@ from asynctrack._events._tail import TailSampler
 from asynctrack._events._translate import EventTranslator
 from asynctrack._export._spans import SpanAssembler
 from asynctrack._read._tree import scan_run_summaries, summarize_runs
-from asynctrack._sampling import HEAD_SKIP_BELOW, application_parent, ratio_bound, root_sampled
+from asynctrack._sampling import (
+    HEAD_SKIP_BELOW,
+    RANDOMNESS,
+    application_parent,
+    randomness,
+    ratio_threshold,
+    root_sampled,
+)
 
 WAIT = 30.0
 EVENTS_PER_TRACE = 4  # outer start, inner start, inner end, outer end
@@ -86,18 +95,35 @@ def test_the_rate_is_validated() -> None:
     assert TrackerConfig(sample_rate=0).sample_rate == 0
 
 
-def test_the_decision_is_opentelemetrys_trace_id_ratio() -> None:
-    # Our trace id is the root's run id: a collector's TraceIdRatioBased sampler with the
-    # same ratio keeps exactly the traces we keep.
-    for rate in (0.0, 0.001, 0.25, 0.5, 0.9, 1.0):
-        sampler = TraceIdRatioBased(rate)
-        for _ in range(2000):
-            run = uuid.uuid4().int
-            expected = sampler.should_sample(None, run, "root").decision.is_sampled()
-            assert root_sampled(run, ratio_bound(rate), None) is expected
+def test_each_root_is_sampled_at_the_rate_whatever_its_ids_layout() -> None:
+    # LangChain's run ids are UUID v7 with a counter: a burst's ids share most of their
+    # low bits (and every UUID's top two low bits are its variant). Each root must still be
+    # sampled at the rate, on its own: checked on a burst of LangChain's ids (a few
+    # milliseconds) and on random ones, within 5 standard deviations.
+    bursts = {
+        "uuid7 burst": [uuid7().int for _ in range(20_000)],
+        "uuid4": [uuid.uuid4().int for _ in range(20_000)],
+    }
+    for rate in (0.0, 0.01, 0.1, 0.25, 0.5, 0.9, 1.0):
+        threshold = ratio_threshold(rate)
+        for layout, runs in bursts.items():
+            kept = sum(root_sampled(run, threshold, None) for run in runs)
+            deviation = (len(runs) * rate * (1 - rate)) ** 0.5
+            assert abs(kept - len(runs) * rate) <= 5 * deviation, (layout, rate, kept)
+    # Decided from the id alone, the same in every process; what a rate keeps, every
+    # higher rate keeps (as OpenTelemetry's ratio sampler).
+    runs = bursts["uuid7 burst"]
+    low, high = ratio_threshold(0.1), ratio_threshold(0.3)
+    assert all(root_sampled(run, high, None) for run in runs if root_sampled(run, low, None))
+    assert [randomness(run) for run in runs[:100]] == [randomness(run) for run in runs[:100]]
+    assert ratio_threshold(1.0) == 0 and ratio_threshold(0.0) > RANDOMNESS
+    # Any integer given as a run id is decided too (its text hashed).
+    assert root_sampled(-5, ratio_threshold(1.0), None) and not root_sampled(
+        1 << 200, ratio_threshold(0.0), None
+    )
     # A recorded application span's flag decides, whatever the ratio.
-    assert root_sampled(0, ratio_bound(0.0), {"sampled": True}) is True
-    assert root_sampled(0, ratio_bound(1.0), {"sampled": False}) is False
+    assert root_sampled(0, ratio_threshold(0.0), {"sampled": True}) is True
+    assert root_sampled(0, ratio_threshold(1.0), {"sampled": False}) is False
 
 
 def test_head_sampling_keeps_whole_traces_at_the_rate(tmp_path: Path, worker_mode: str) -> None:
@@ -107,7 +133,8 @@ def test_head_sampling_keeps_whole_traces_at_the_rate(tmp_path: Path, worker_mod
     for run_id in run_ids:
         _trace(tracker, run_id, fail=run_id.int % 7 == 0)  # errors are not kept either
     tracker.close()
-    expected = {str(r) for r in run_ids if root_sampled(r.int, ratio_bound(rate), None)}
+    expected = {str(r) for r in run_ids if root_sampled(r.int, ratio_threshold(rate), None)}
+    assert 10 <= len(expected) <= 70  # ~36 of 120
     traces = _traces(recorded_lines(tmp_path / "logs"))
     assert set(traces) == expected
     assert all(len(events) == EVENTS_PER_TRACE for events in traces.values())  # whole traces
@@ -182,8 +209,8 @@ def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: st
         # Held, written and dropped events are all acknowledged: nothing is kept for re-sending.
         assert stats.retained_bytes == 0
     tracker.close()
-    bound = ratio_bound(rate)
-    sampled = {str(r) for r in failing | fine if root_sampled(r.int, bound, None)}
+    threshold = ratio_threshold(rate)
+    sampled = {str(r) for r in failing | fine if root_sampled(r.int, threshold, None)}
     kept = {str(r) for r in failing} - sampled
     traces = _traces(recorded_lines(tmp_path / "logs"))
     assert set(traces) == sampled | kept
@@ -196,6 +223,20 @@ def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: st
     assert stats.sampled_out == EVENTS_PER_TRACE * dropped
     assert stats.recorded == stats.written + stats.sampled_out
     assert (stats.dropped, stats.lost, stats.filtered) == (0, 0, 0)
+
+
+def test_a_graph_paused_for_a_human_is_not_a_failure(tmp_path: Path, worker_mode: str) -> None:
+    # LangGraph's interrupt() raises GraphInterrupt through the graph's runs (error events):
+    # control flow, as the readers say. Failed traces are kept (the default); a paused one
+    # is not, and its resume neither.
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=0.0)
+    paused, resumed = interrupt_and_resume([tracker], answer="approved")
+    assert "__interrupt__" in paused and resumed["decision"] == "approved"
+    tracker.close()
+    assert recorded_lines(tmp_path / "logs") == []
+    stats = tracker.statistics()
+    assert stats.sampled_out == stats.recorded > 0
+    assert (stats.written, stats.dropped, stats.lost) == (0, 0, 0)
 
 
 def test_a_trace_still_held_at_close_is_counted(tmp_path: Path, worker_mode: str) -> None:

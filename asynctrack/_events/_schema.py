@@ -27,6 +27,7 @@ __all__ = [
     "ENDS",
     "EVENT_KINDS",
     "EXTRA",
+    "INTERRUPT_TYPES",
     "KIND",
     "NAME",
     "PARENT_RUN_ID",
@@ -37,6 +38,7 @@ __all__ = [
     "Record",
     "id_text",
     "id_value",
+    "is_interrupt",
     "uuid_text",
 ]
 
@@ -84,6 +86,14 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 
 STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
+#: The exceptions a LangGraph node raises to pause its graph for a human (``interrupt()``).
+INTERRUPT_TYPES: Final = ("langgraph.errors.GraphInterrupt", "langgraph.errors.NodeInterrupt")
+
+
+def is_interrupt(error: Any) -> bool:
+    """Whether an error event's ``error`` (as written: ``type``, ``message``, ...) is
+    LangGraph pausing a graph for a human: control flow, not a failure."""
+    return isinstance(error, dict) and error.get("type") in INTERRUPT_TYPES
 
 
 def id_text(value: Any) -> str | None:

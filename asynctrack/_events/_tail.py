@@ -6,7 +6,8 @@ application would (``asynctrack._sampling``). A sampled trace's lines pass throu
 A trace not sampled has its lines held here, in order:
 
 - when one of its runs fails, the held lines and every later one are written, each
-  marked ``"sampled": false`` (kept for its error, not by the sample);
+  marked ``"sampled": false`` (kept for its error, not by the sample); a LangGraph
+  interrupt (a graph paused for a human) is not a failure;
 - when its root ends with no failure, the held lines are dropped and counted
   (``sampled_out``); a child that ends later is dropped too; so are the lines still
   held when the worker stops (``finish``).
@@ -28,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._config import TrackerConfig
-from .._sampling import OTEL_PARENT, ratio_bound, root_sampled, run_int
-from ._schema import BODY, ENDS, KIND, PARENT_RUN_ID, RUN_ID, STARTS
+from .._sampling import OTEL_PARENT, ratio_threshold, root_sampled, run_int
+from ._schema import BODY, ENDS, EXTRA, KIND, PARENT_RUN_ID, RUN_ID, STARTS, is_interrupt
 
 if TYPE_CHECKING:
     from .._pipeline._loop import ChunkTranslate
@@ -66,7 +67,7 @@ class TailSampler:
 
     def __init__(self, translator: ChunkTranslate, config: TrackerConfig) -> None:
         self._inner = translator
-        self._bound = ratio_bound(config.sample_rate)
+        self._threshold = ratio_threshold(config.sample_rate)
         self.max_held = config.max_queue_bytes // 4
         self.held_bytes = 0
         self.sampled_out = 0
@@ -107,14 +108,14 @@ class TailSampler:
                     continue
             if kind in ENDS:
                 runs.pop(run, None)
-            out.append(self._hold(trace, kind, run, result))
+            out.append(self._hold(trace, kind, run, result, record))
         return out
 
     def _decide(self, run: Any, record: Any) -> _Trace | None:
         """A start of a run not known: its trace if that is not sampled, else ``None``."""
         parent_run_id = record[PARENT_RUN_ID]
         if parent_run_id is None:
-            if root_sampled(run_int(run), self._bound, _recorded_parent(record[BODY])):
+            if root_sampled(run_int(run), self._threshold, _recorded_parent(record[BODY])):
                 return None
             trace = _Trace(run)
             self._traces[run] = trace
@@ -130,7 +131,7 @@ class TailSampler:
         runs[run] = trace
         return trace
 
-    def _hold(self, trace: _Trace, kind: str, run: Any, result: Any) -> Any:
+    def _hold(self, trace: _Trace, kind: str, run: Any, result: Any, record: Any) -> Any:
         if type(result) is not tuple:  # dropped by the redact hook, or failed: as it is
             return result
         if trace.kept:
@@ -138,7 +139,9 @@ class TailSampler:
         if trace.dropped:
             self.sampled_out += 1
             return []
-        if kind.endswith("_error"):  # kept: everything held, then this line
+        # A failure keeps the trace: everything held, then this line. LangGraph pausing a
+        # graph for a human (its GraphInterrupt) is control flow, not a failure.
+        if kind.endswith("_error") and not is_interrupt(record[EXTRA]):
             lines = [(seq, _marked(line)) for seq, line in trace.lines]
             lines.append((result[0], _marked(result[1])))
             self._release(trace)

@@ -60,13 +60,13 @@ from .._remote._client import ProcessEngine
 from .._remote._spawn import WorkerUnavailable
 from .._sampling import (
     HEAD_SKIP_BELOW,
-    LOW_64,
     MAX_UNSAMPLED,
     OTEL_PARENT,
     OTEL_TRACE,
     application_parent,
     head_sampled,
-    ratio_bound,
+    randomness,
+    ratio_threshold,
     root_sampled,
 )
 from .._sinks._base import ParametersSink, RunInfo, Sink
@@ -277,7 +277,7 @@ class AsyncTracker(BaseCallbackHandler):
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
             # Only then is anything looked up per event: at 1.0, or when the worker keeps
             # failed traces (it decides there), every event takes _record straight away.
-            self._bound = ratio_bound(config.sample_rate)
+            self._threshold = ratio_threshold(config.sample_rate)
             self._unsampled: dict[int, None] = {}
             self._record = self._record_sampled  # type: ignore[method-assign] # per instance, on purpose
 
@@ -553,9 +553,9 @@ class AsyncTracker(BaseCallbackHandler):
                         if parent is not None:
                             data[OTEL_PARENT] = parent
                     if parent is None:  # root_sampled() without a parent, inlined
-                        skip = run & LOW_64 >= self._bound
+                        skip = randomness(run) < self._threshold
                     else:
-                        skip = not root_sampled(run, self._bound, parent)
+                        skip = not root_sampled(run, self._threshold, parent)
                 if skip:
                     if len(unsampled) >= MAX_UNSAMPLED:  # runs that never end: forget the oldest
                         del unsampled[next(iter(unsampled))]

@@ -21,7 +21,8 @@ from typing import Any, Final
 
 import orjson
 
-from .._events._schema import id_text
+from .._events._schema import INTERRUPT_TYPES, id_text
+from .._events._schema import is_interrupt as interrupted
 
 __all__ = [
     "INTERRUPT_TYPES",
@@ -38,8 +39,6 @@ __all__ = [
     "usage_counts",
 ]
 
-#: The exceptions a LangGraph node raises to pause its graph for a human (``interrupt()``).
-INTERRUPT_TYPES: Final = ("langgraph.errors.GraphInterrupt", "langgraph.errors.NodeInterrupt")
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
 _OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
@@ -213,8 +212,7 @@ def note_summary(note: Note) -> str:
 def is_interrupt(data: Any) -> bool:
     """Whether an error event's ``data`` is LangGraph pausing a graph for a human (a node
     raises ``GraphInterrupt``): control flow, not a failure."""
-    error = data.get("error") if isinstance(data, dict) else None
-    return isinstance(error, dict) and error.get("type") in INTERRUPT_TYPES
+    return isinstance(data, dict) and interrupted(data.get("error"))
 
 
 def _first(data: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
