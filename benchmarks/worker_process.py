@@ -8,6 +8,11 @@
   process must then write every event it had. Measured: the loss window (kill time minus
   the ``ts`` of the newest event written; events after it were not written), events lost
   that were recorded at least 50 ms before the kill (goal: 0), and duplicates (goal: 0).
+- Idle: an open tracker that recorded one event and flushed, then waits; the CPU per second
+  of the application's threads and of the worker process's, from their schedstat, over
+  ``IDLE_S`` (after 1.5 s to settle), with only files, and with an ``OTLPExporter`` to a
+  loopback receiver in a process of its own (its work is not counted). Goal (issue 19):
+  ≤ 2 ms of CPU per second, both processes together: nothing wakes on a timer.
 """
 
 from __future__ import annotations
@@ -68,6 +73,73 @@ _PRODUCER = textwrap.dedent(
             time.sleep(delay)
     """
 )
+
+
+IDLE_S = 4.0  # seconds counted
+_IDLE = textwrap.dedent(
+    """
+    import json, os, sys, time, uuid
+    from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
+    from asynctrack._remote._spawn import worker_process
+
+    def cpu_ns(pid):
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except OSError:  # a thread that ended meanwhile
+                pass
+        return total
+
+    endpoint, seconds = sys.argv[2], float(sys.argv[3])
+    exporters = [OTLPExporter(endpoint)] if endpoint else []
+    tracker = AsyncTracker(sys.argv[1], experiment_name="bench", run_name="idle",
+                           config=TrackerConfig(worker="process"), exporters=exporters)
+    run_id = uuid.uuid4()
+    tracker.on_chain_start({"name": "c"}, {"q": 1}, run_id=run_id)
+    tracker.on_chain_end({"out": 1}, run_id=run_id)
+    tracker.flush_blocking(timeout=60)
+    time.sleep(1.5)  # what the flush set going (a round, an export) settles
+    worker = worker_process().pid
+    app0, worker0 = cpu_ns(os.getpid()), cpu_ns(worker)
+    time.sleep(seconds)
+    app, worker_cpu = cpu_ns(os.getpid()) - app0, cpu_ns(worker) - worker0
+    print(json.dumps({"app_ms_per_s": app / 1e6 / seconds, "worker_ms_per_s": worker_cpu / 1e6 / seconds}),
+          flush=True)
+    tracker.close()
+    """
+)
+
+
+def idle_once(tmp: str, endpoint: str, seconds: float) -> dict[str, Any]:
+    """An idle open tracker's CPU per second, application and worker process (``_IDLE``)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IDLE, f"{tmp}/idle-{time.monotonic_ns()}", endpoint, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120 + seconds,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _receiver() -> tuple[subprocess.Popen[str], str]:
+    """A loopback OTLP receiver in a process of its own (the tests' ``OTLPReceiver``)."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from _infra.otlp_receiver import OTLPReceiver;"
+        "r = OTLPReceiver().__enter__(); print(r.endpoint, flush=True); sys.stdin.read(); r.stop()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(c.ROOT / "tests")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
 
 
 def _alive(pid: int) -> bool:
@@ -168,6 +240,29 @@ def main(argv: list[str] | None = None) -> int:
             for i, k in enumerate(kills)
         ],
     )
+    idle_s = 0.5 if args.smoke else IDLE_S
+    receiver, endpoint = _receiver()
+    variants = (("files", ""), ("files + OTLP export", endpoint))
+    try:
+        with tempfile.TemporaryDirectory(prefix="asynctrack-idle-") as tmp:
+            idle = {name: idle_once(tmp, url, idle_s) for name, url in variants}
+    finally:
+        receiver.communicate("", timeout=30)
+    report.table(
+        f"An idle open tracker (one event, a flush, 1.5 s, then {idle_s:g} s counted): CPU ms per second",
+        ["tracker", "application", "worker process", "together"],
+        [
+            [k, v["app_ms_per_s"], v["worker_ms_per_s"], v["app_ms_per_s"] + v["worker_ms_per_s"]]
+            for k, v in idle.items()
+        ],
+    )
+    for name, v in idle.items():
+        report.goal(
+            f"idle tracker ({name}): CPU per second, both processes",
+            v["app_ms_per_s"] + v["worker_ms_per_s"],
+            2.0,
+            unit=" ms",
+        )
     report.goal(
         "first flush() after the first tracker is created",
         max(s["first_flush_s"] for s in starts),
