@@ -55,6 +55,8 @@ NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken alrea
 _body_of: Final = operator.itemgetter(BODY)  # what the byte bound counts of a record
 _starmap: Final = itertools.starmap
 _repeat: Final = itertools.repeat
+_popleft: Final = collections.deque.popleft
+_MAP_UP_TO: Final = 64  # records taken with map (fewer) or starmap (more): see take()
 
 
 def _one(item: Any) -> int:
@@ -262,10 +264,23 @@ class BoundedQueue(Generic[C]):
             return self._take_packed(limit)
         items = self._items
         control: C | None = None
-        with self._take_lock:
+        lock = self._take_lock
+        # acquire/release, not ``with``: a with block looks up and binds the lock's
+        # __enter__ and __exit__ each time (~1,100 instructions more; the consumer takes
+        # every round).
+        lock.acquire()
+        try:
             if not self.controls_queued:  # records only: no type check each (producers only append)
-                # A C loop (starmap): ~6x cheaper than a comprehension calling popleft.
-                chunk = list(_starmap(items.popleft, _repeat((), min(limit, len(items)))))
+                count = len(items)
+                if count > limit:  # noqa: PLR1730 - min() is a call: ~750 instructions more
+                    count = limit
+                # C loops: ~6x cheaper a record than a comprehension calling popleft. map's
+                # set-up is the cheaper one (~3,000 instructions against ~4,900), starmap's
+                # loop (~190 a record against ~220).
+                if count <= _MAP_UP_TO:
+                    chunk = list(map(_popleft, [items] * count))
+                else:
+                    chunk = list(_starmap(items.popleft, _repeat((), count)))
             else:
                 chunk = []
                 while items and len(chunk) < limit:
@@ -277,6 +292,8 @@ class BoundedQueue(Generic[C]):
                         break
                     chunk.append(item)
             self._taken += len(chunk)
+        finally:
+            lock.release()
         if self._sized:
             if items:
                 taken = sum(map(len, map(_body_of, chunk)))

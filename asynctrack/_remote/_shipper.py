@@ -205,9 +205,12 @@ class Lane:
                         frame, kept = records_parts(tracker, number, records), len(records)  # one C call
                     except ValueError:  # an exception object, an odd run id: made plain
                         frame, kept = self._plain_frame(tracker, number, records)
-                    with lock:
+                    lock.acquire()  # not ``with``: see _queue.BoundedQueue.take
+                    try:
                         unacked[RECORDS, number] = (frame, kept)
                         self.retained_bytes += _HEADER_SIZE + len(frame[1])
+                    finally:
+                        lock.release()
                     parts += frame
                     count += kept
             if request is None:
@@ -401,6 +404,7 @@ class Shipper:
         queued)."""
         shipped = 0
         held = False
+        channel = self._lock
         for lane in list(self.lanes.values()):
             queue = lane.queue
             if queue.dropped:
@@ -425,7 +429,8 @@ class Shipper:
                     if not lane.seal_asked:
                         self._ask_seal(lane)
                     break
-                with self._lock:
+                channel.acquire()  # not ``with``: see _queue.BoundedQueue.take
+                try:
                     # A restart that gave up may have handed the tracker to a thread
                     # engine between two slices: its records are forwarded, not sent.
                     if lane.tracker_id not in self.lanes or lane.forward is not None:
@@ -435,6 +440,8 @@ class Shipper:
                     if parts:
                         lane.seal_asked = False
                         self._send(parts)
+                finally:
+                    channel.release()
                 if queued():
                     time.sleep(_HAND_OVER)
         return shipped, held
