@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._pipeline import _queue as _queue_module
 from asynctrack._pipeline._engine import Engine
 from asynctrack._pipeline._protocol import TrackerEngine
 from asynctrack._pipeline._queue import WAKE_AT, BoundedQueue, Control
@@ -118,6 +119,25 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
                     1 for x in model[: model.index(flag)] if not isinstance(x, Control)
                 )
     assert [r[1] for r in out] == sorted(r[1] for r in out)
+
+
+@pytest.mark.parametrize("limit", [1, _queue_module._MAP_UP_TO, _queue_module._MAP_UP_TO + 1, 300])
+def test_a_take_of_few_or_many_records_returns_them_in_order_up_to_its_limit(limit: int) -> None:
+    """Few records and many are taken by two C loops (their set-up and their cost a
+    record differ): both return the oldest records, in order, up to the limit, and
+    count them and their bytes."""
+    queue, _ = _queue(max_events=1000, max_bytes=1 << 20)
+    queued = limit + 5
+    records = [_record(seq, seq % 7) for seq in range(queued)]
+    for record in records:
+        queue.put(record)
+    chunk, control = queue.take(limit)
+    assert (chunk, control) == (records[:limit], None)
+    assert queue.taken_bytes == sum(len(r[6]) for r in chunk)
+    chunk, _ = queue.take(queued)
+    assert chunk == records[limit:]
+    assert queue.counts() == (queued, 0)
+    assert queue.bytes == 0
 
 
 _PACKED_OPS = st.lists(

@@ -311,26 +311,32 @@ def test_a_tracker_handed_to_a_thread_between_two_slices_is_not_shipped_any_more
         client = tracker._engine
         assert isinstance(client, _client.ProcessEngine)
         shipped_after: list[int] = []
-        real_frames = client.lane.frames
+        shipper = client._worker._shipper
+        real_ship, real_send = client.lane.ship, shipper._send
 
-        def frames(limit: int) -> Any:
-            out = real_frames(limit)
+        def send(parts: list[bytes]) -> None:
+            real_send(parts)
             if client.fallback is None:
                 client.fall_back("the test's restart gave up")  # as _restart does it
                 _text(tracker, 10 * slice_, 10)  # the application goes on recording
-            else:
-                shipped_after.append(sum(events for _, _, events in out))
+
+        def ship(limit: int) -> Any:
+            out = real_ship(limit)
+            if client.fallback is not None:
+                shipped_after.append(out[1])
             return out
 
-        monkeypatch.setattr(client.lane, "frames", frames)
+        monkeypatch.setattr(shipper, "_send", send)
+        monkeypatch.setattr(client.lane, "ship", ship)
         with client._worker._lock:  # the shipper waits: a backlog builds up
             _text(tracker, 0, 3 * slice_)
         _wait_until(lambda: client.fallback is not None, what="the first slice")
         tracker.flush_blocking(timeout=WAIT)
         stats = tracker.statistics()
     assert shipped_after == []
-    # The first slice went to the worker; the rest, and what came after, to the thread.
-    assert (stats.worker_mode, stats.written) == ("thread", 2 * slice_ + 10)
+    # The thread engine took the first slice back (sent, not acknowledged), the rest
+    # and what came after.
+    assert (stats.worker_mode, stats.written) == ("thread", 3 * slice_ + 10)
 
 
 def _rss(pid: int) -> int:
@@ -505,7 +511,8 @@ def test_a_lane_frames_a_take_whole_unless_its_bodies_pass_the_frame_bound() -> 
         return records
 
     def framed(limit: int) -> list[list[tuple[Any, ...]]]:
-        return [read_records(payload) for _, (_, payload), _ in lane.frames(limit)]
+        parts, _ = lane.ship(limit)
+        return [read_records(payload) for payload in parts[1::2]]
 
     small = put(300, 200)
     assert framed(1000) == [small]
@@ -528,7 +535,7 @@ def test_an_acknowledgement_forgets_the_frames_up_to_its_number_and_keeps_the_re
         queue.put(("text", i, 0.0, None, None, None, b"x" * 10, None))
         if i == 2:
             queue.put_control(_shipper.Request(Kind.FLUSH, 7))
-        lane.retain(lane.frames(1))
+        lane.ship(1)
     assert [key for key in lane.unacked] == [
         (Kind.RECORDS, 1),
         (Kind.RECORDS, 2),
