@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -587,6 +588,24 @@ class StubHTTP:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+# -- an OTLP receiver in a process of its own ------------------------------------------------
+
+
+def otlp_receiver_process() -> tuple[subprocess.Popen[str], str]:
+    """The tests' loopback OTLP receiver (``tests/_infra/otlp_receiver.py``, which decodes
+    every request) in a process of its own, so that its work is not counted as this
+    process's; and its endpoint. Stopped by closing its stdin (``communicate("")``)."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from _infra.otlp_receiver import OTLPReceiver;"
+        "r = OTLPReceiver().__enter__(); print(r.endpoint, flush=True); sys.stdin.read(); r.stop()"
+    )
+    command = [sys.executable, "-c", script, str(ROOT / "tests")]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
 
 
 # -- blackhole TCP server (accepts, never answers) ------------------------------------------

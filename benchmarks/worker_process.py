@@ -125,23 +125,6 @@ def idle_once(tmp: str, endpoint: str, seconds: float) -> dict[str, Any]:
     return result
 
 
-def _receiver() -> tuple[subprocess.Popen[str], str]:
-    """A loopback OTLP receiver in a process of its own (the tests' ``OTLPReceiver``)."""
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from _infra.otlp_receiver import OTLPReceiver;"
-        "r = OTLPReceiver().__enter__(); print(r.endpoint, flush=True); sys.stdin.read(); r.stop()"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(c.ROOT / "tests")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
-
-
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -241,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     idle_s = 0.5 if args.smoke else IDLE_S
-    receiver, endpoint = _receiver()
+    receiver, endpoint = c.otlp_receiver_process()
     variants = (("files", ""), ("files + OTLP export", endpoint))
     try:
         with tempfile.TemporaryDirectory(prefix="asynctrack-idle-") as tmp:
