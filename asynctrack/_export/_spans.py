@@ -11,6 +11,8 @@ same code and give the same ids:
 - parent span id: derived from ``parent_run_id`` the same way.
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
+When content is not captured, a model call's end is read by a schema that builds only the
+values its span needs (``_model_end``); any other shape of line is parsed whole.
 Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
 counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
 envelope's fixed order; from a stream's second token on, the line is found by its run
@@ -49,9 +51,10 @@ import orjson
 
 from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
+from . import _model_end
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
-from ._semconv import Described, describe_end, describe_start, error_type, llm_end, tags_attribute
+from ._semconv import Described, Ended, describe_end, describe_start, error_type, llm_end, tags_attribute
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -85,8 +88,8 @@ _DATA_KINDS: Final = frozenset(
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
 # Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
 # order, the start of the next field). When content is not captured, the light ends need
-# nothing of the line but its run id and time (not parsed); an llm_end needs most of its
-# data: parsed in one piece, not in parts; a model start may be of a known template
+# nothing of the line but its run id and time (not parsed); an llm_end is read by its
+# schema (``_model_end``); a model start may be of a known template
 # (SpanAssembler._known_start).
 _HEADS: Final = {
     b'chain_end","e': "chain_end",
@@ -98,6 +101,7 @@ _HEADS: Final = {
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
+_NO_DATA: Final[dict[str, Any]] = {}  # read, never written
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
@@ -305,6 +309,11 @@ class SpanAssembler:
                     if encoded is not None:
                         done.append(encoded)
                         continue
+                elif known == "llm_end":
+                    encoded = self._model_end(line, open_runs)
+                    if encoded is not None:
+                        done.append(encoded)
+                        continue
                 elif known in _MODEL_STARTS and len(line) >= split:
                     handled, template_key = self._known_start(line, at, known)
                     if handled:
@@ -375,6 +384,23 @@ class SpanAssembler:
         del open_runs[run_id]
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
+
+    def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
+        """A model call's end (content not captured) of an open run, read by its schema
+        (``_model_end``): its span; ``None``: parse the line whole."""
+        end = _model_end.read(line)
+        if end is None or end.kind != "llm_end":
+            return None
+        span = open_runs.get(end.run_id)
+        if span is None:
+            return None
+        ended = _model_end.model_end(end.data.response)
+        if ended is None:
+            return None
+        ts = end.ts
+        del open_runs[end.run_id]
+        self.open_bytes -= span.size
+        return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
 
     def _token(self, line: bytes, kind_at: int) -> bool:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
@@ -626,16 +652,20 @@ class SpanAssembler:
             self.open_bytes -= span.size
         return self._finish(span, kind, data, end_ns)
 
-    def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
-        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
+    def _finish(
+        self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
+    ) -> bytes:
+        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
+        ``ended``: what its end says, if read already (an ``llm_end``)."""
         if span.stream_key:
             del self._streams[span.stream_key]
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
         kind_name: str | None = None
-        ended = None
-        if kind in _ERROR:
+        if ended is not None:
+            attributes += ended[0]
+        elif kind in _ERROR:
             error = data.get("error")
             error = error if isinstance(error, Mapping) else {}
             status = pb.STATUS_ERROR
