@@ -692,3 +692,57 @@ def test_a_model_end_that_is_not_utf8_is_a_bad_line_as_in_a_whole_parse() -> Non
     spans = assembler.add(lines) + assembler.close()
     assert assembler.bad_lines == 1  # orjson refuses the line
     assert attributes(_decode(spans)[0])["asynctrack.unfinished"] == "not_ended"
+
+
+def test_a_run_that_streams_again_after_its_end_counts_its_new_tokens() -> None:
+    # The last token's stream is compared before it is looked up: a stream that ended is
+    # not it any more, even for a line of the same run id (a run started again).
+    run, other = str(uuid.uuid4()), str(uuid.uuid4())
+    lines = []
+    for start, count in ((1.0, 3), (5.0, 2)):
+        lines.append(_line("chat_model_start", run, None, start, invocation_params={"model": "m"}))
+        lines += [_line("llm_new_token", run, None, start + 0.25 + n, token="x") for n in range(count)]
+        lines += [_line("llm_new_token", other, None, start + 0.5, token="y")]  # no start: a bad run
+        lines.append(_line("llm_end", run, None, start + 3.0, response={"generations": []}))
+    spans = SpanAssembler().add(lines)
+    assert spans == SpanAssembler().add(reordered(lines))
+    counted = [attributes(s) for s in _decode(spans)]
+    assert [(a["asynctrack.stream.chunks"], a["gen_ai.response.time_to_first_chunk"]) for a in counted] == [
+        (3, 0.25),
+        (2, 0.25),
+    ]
+
+
+def test_recent_model_start_templates_are_tried_as_their_text_says(agent_lines: list[bytes]) -> None:
+    # Two model setups alternating, each start read from a recent template by comparing
+    # its text: a content holding data's own content key again, a start of a child run,
+    # and one whose tail differs are the spans a whole parse makes of them.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    other = {**event["data"], "invocation_params": {**event["data"]["invocation_params"], "temperature": 0.7}}
+    nested = [[{"content": "x", "additional_kwargs": {"messages": [1]}, "type": "human"}]]
+    variants = []
+    for change in (
+        {},
+        {"data": other},
+        {},
+        {"data": {**event["data"], "messages": nested}},
+        {"data": other},
+        {"parent_run_id": str(uuid.uuid4())},
+        {"tags": ["a"]},
+        {"metadata": {**event["metadata"], "ls_provider": "openx"}},  # a tail as long
+    ):
+        variants.append({**event, "run_id": str(uuid.uuid4()), **change})
+    lines = [orjson.dumps(v) for v in variants]
+    assert all(len(line) >= SPLIT_BYTES for line in lines)
+    assert b'"additional_kwargs":{"messages":[' in lines[3]
+    recent, whole = SpanAssembler(), SpanAssembler()
+    recent.add(lines)
+    whole.add(reordered(lines))
+    spans = recent.close()
+    assert spans == whole.close()
+    decoded = [attributes(s) for s in _decode(spans)]
+    assert [a["gen_ai.request.temperature"] for a in decoded] == pytest.approx(
+        [0.2, 0.7, 0.2, 0.2, 0.7, 0.2, 0.2, 0.2]
+    )
+    assert [a["gen_ai.provider.name"] for a in decoded] == ["openai"] * 7 + ["openx"]

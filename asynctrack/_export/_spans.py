@@ -111,6 +111,7 @@ _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
+_RECENT_STARTS: Final = 4  # model start templates tried before their text is looked up
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
     "retry": ("attempt_number", "langchain.retry.attempt"),
@@ -250,6 +251,10 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
+        # The templates of the last model starts read by _known_start, the last first: with
+        # whether a root, their text from the kind to '"run_id":"', from the name to the
+        # content, from '},"tags":[' on.
+        self._recent_starts: list[tuple[bool, bytes, bytes, bytes, _Template]] = []
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
@@ -265,6 +270,7 @@ class SpanAssembler:
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
         run_at = self._run_at
         run_end = run_at + 46
+        streaming: _Open | None = None  # the stream of the last token counted
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
             # looked at where the last line had it, a byte either side, else found. A
@@ -280,9 +286,17 @@ class SpanAssembler:
                     else:
                         raise IndexError
                 if line[k + 13] == _W:
-                    span = streams.get(line[k + run_at : k + run_end])
+                    key = line[k + run_at : k + run_end]
+                    # The stream of the last token, compared before it is looked up: a
+                    # call's tokens mostly come one after another (an ended stream's
+                    # key is emptied).
+                    if streaming is not None and key == streaming.stream_key:
+                        streaming.chunks += 1
+                        continue
+                    span = streams.get(key)
                     if span is not None:
                         span.chunks += 1
+                        streaming = span
                         continue
                     token = True
                 else:
@@ -450,7 +464,11 @@ class SpanAssembler:
         cuts are the ones ``_split`` and ``_without_content`` make, and a template is kept
         only when the line parsed in parts at those cuts (so they are the top level's).
         """
-        run_at = line.find(_RUN_ID, kind_at)
+        recent = self._recent_starts
+        if recent and line.startswith(recent[0][1], kind_at):
+            run_at = kind_at + len(recent[0][1]) - 10  # its head ends with '"run_id":"'
+        else:
+            run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
         if run_at < 0 or line[after : after + 18] != _PARENT_AT:
             return False, None
@@ -462,15 +480,39 @@ class SpanAssembler:
             rest_at = after + 22
         if line[rest_at : rest_at + 8] != _NAME_AT:
             return False, None
-        data_at = line.find(_DATA_AT, rest_at)
-        tags_at = line.rfind(_TAGS_AT)
-        content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
-        if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
-            return False, None
-        key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
-        template = self._templates.get(key)
+        template = None
+        root = parent_run_id is None
+        for number, known in enumerate(recent):
+            # A recent start's text up to its content, then content and its tail: the same
+            # template (the tail is the line's last '},"tags":[' on: the template's was, and
+            # the text has no overlap with itself).
+            head, rest, tail = known[1], known[2], known[3]
+            tags_at = len(line) - len(tail)
+            if (
+                known[0] is root
+                and kind_at + len(head) - 10 == run_at
+                and line.startswith(rest, rest_at)
+                and line.startswith(_CONTENT_OF[kind], rest_at + len(rest))
+                and line.endswith(tail)
+                and line[tags_at - 1] == _CLOSE
+                and line.startswith(head, kind_at)
+            ):
+                template = known[4]
+                if number:
+                    recent.insert(0, recent.pop(number))
+                break
         if template is None:
-            return False, key
+            data_at = line.find(_DATA_AT, rest_at)
+            tags_at = line.rfind(_TAGS_AT)
+            content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
+            if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
+                return False, None
+            key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
+            template = self._templates.get(key)
+            if template is None:
+                return False, key
+            recent.insert(0, (key[0], line[kind_at : run_at + 10], key[2], key[3], template))
+            del recent[_RECENT_STARTS:]
         ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
@@ -659,6 +701,7 @@ class SpanAssembler:
         ``ended``: what its end says, if read already (an ``llm_end``)."""
         if span.stream_key:
             del self._streams[span.stream_key]
+            span.stream_key = b""
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -763,6 +806,7 @@ class SpanAssembler:
         self.open_bytes -= span.size
         if span.stream_key:
             del self._streams[span.stream_key]
+            span.stream_key = b""
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
