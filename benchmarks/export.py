@@ -25,7 +25,7 @@ span, counted by callgrind (``PYTHONHASHSEED=0``: deterministic at one path): 3,
 ChatOpenAI spans (20 rounds copied with fresh run ids) and 3,000 chain runs, each
 variant in a child under valgrind: a warm-up on 2,000 lines (a separate assembler), then
 instrumentation on around a new assembler's ``add()`` of every line and ``close()``, the
-trace requests of 512 spans and their gzip (level 1). ``--lines`` reads (or, missing,
+trace requests of 512 spans and their gzip (level 1, as the exporter sends them). ``--lines`` reads (or, missing,
 writes) the lines, so that two trees count the same ones: a before/after pair.
 
 Medians of ``--repeats`` interleaved runs. Goals (issue 20): application CPU +0.5 µs per
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import gzip
 import os
 import pickle
 import re
@@ -54,6 +53,7 @@ import orjson
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._export import _protobuf as pb
 from asynctrack._export import _semconv, _spans
+from asynctrack._export._sender import gzip_body
 from asynctrack._export._spans import SpanAssembler
 
 from . import _common as c
@@ -250,7 +250,7 @@ def _encode_us(lines: list[bytes], request: Callable[[list[Any]], bytes]) -> tup
     spans = assembler.add(lines) + assembler.close()
     size = 0
     for start in range(0, len(spans), BATCH):
-        size += len(gzip.compress(request(spans[start : start + BATCH]), compresslevel=1, mtime=0))
+        size += len(gzip_body(request(spans[start : start + BATCH])))
     elapsed = time.process_time() - started
     return elapsed / len(spans) * 1e6, len(spans), size
 
@@ -431,7 +431,7 @@ def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
     assembler = SpanAssembler(capture_content=capture, metrics=kept)
     spans = assembler.add(lines) + assembler.close()
     for start in range(0, len(spans), BATCH):
-        gzip.compress(_hand_written(spans[start : start + BATCH]), compresslevel=1, mtime=0)
+        gzip_body(_hand_written(spans[start : start + BATCH]))
     return len(spans)
 
 

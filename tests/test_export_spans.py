@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._export import _model_end
+from asynctrack._export import _model_end, _spans
 from asynctrack._export import _protobuf as pb
 from asynctrack._export._metrics import Metrics
 from asynctrack._export._semconv import SCHEMA_URL
@@ -746,3 +746,15 @@ def test_recent_model_start_templates_are_tried_as_their_text_says(agent_lines: 
         [0.2, 0.7, 0.2, 0.2, 0.7, 0.2, 0.2, 0.2]
     )
     assert [a["gen_ai.provider.name"] for a in decoded] == ["openai"] * 7 + ["openx"]
+
+
+def test_without_msgspec_model_ends_are_parsed_whole_to_the_same_spans(
+    agent_lines: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msgspec comes with the otel extra; without it every llm_end line is parsed by orjson.
+    with_schema = SpanAssembler(metrics=_metrics())
+    spans = with_schema.add(agent_lines) + with_schema.close()
+    monkeypatch.setattr(_spans, "_schema", None)
+    without = SpanAssembler(metrics=_metrics())
+    assert without.add(agent_lines) + without.close() == spans
+    assert with_schema.metrics.request() == without.metrics.request()  # type: ignore[union-attr]

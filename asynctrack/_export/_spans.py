@@ -12,7 +12,8 @@ same code and give the same ids:
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
 When content is not captured, a model call's end is read by a schema that builds only the
-values its span needs (``_model_end``); any other shape of line is parsed whole.
+values its span needs (``_model_end``, with the ``otel`` extra's msgspec); any other shape
+of line is parsed whole.
 Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
 counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
 envelope's fixed order; from a stream's second token on, the line is found by its run
@@ -51,10 +52,14 @@ import orjson
 
 from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
-from . import _model_end
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
 from ._semconv import Described, Ended, describe_end, describe_start, error_type, llm_end, tags_attribute
+
+try:  # the otel extra: a model call's end read by its schema
+    from . import _model_end as _schema
+except ImportError:  # pragma: no cover - the test extra installs msgspec
+    _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -119,10 +124,13 @@ _EVENT_ATTRIBUTES: Final = {
 }
 
 
+_FROMHEX: Final = bytes.fromhex  # a classmethod: bound once, not at each call
+
+
 def _uuid_bytes(run_id: str) -> bytes:
     try:
         if len(run_id) == 36:
-            return bytes.fromhex(run_id.replace("-", ""))  # the canonical form, as LangChain writes it
+            return _FROMHEX(run_id.replace("-", ""))  # the canonical form, as LangChain writes it
         return uuid.UUID(run_id).bytes
     except ValueError:
         return hashlib.blake2b(run_id.encode(), digest_size=16).digest()
@@ -323,7 +331,7 @@ class SpanAssembler:
                     if encoded is not None:
                         done.append(encoded)
                         continue
-                elif known == "llm_end":
+                elif known == "llm_end" and _schema is not None:
                     encoded = self._model_end(line, open_runs)
                     if encoded is not None:
                         done.append(encoded)
@@ -402,13 +410,13 @@ class SpanAssembler:
     def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
         (``_model_end``): its span; ``None``: parse the line whole."""
-        end = _model_end.read(line)
+        end = _schema.read(line)
         if end is None or end.kind != "llm_end":
             return None
         span = open_runs.get(end.run_id)
         if span is None:
             return None
-        ended = _model_end.model_end(end.data.response)
+        ended = _schema.model_end(end.data.response)
         if ended is None:
             return None
         ts = end.ts
@@ -482,7 +490,7 @@ class SpanAssembler:
             return False, None
         template = None
         root = parent_run_id is None
-        for number, known in enumerate(recent):
+        for known in recent:
             # A recent start's text up to its content, then content and its tail: the same
             # template (the tail is the line's last '},"tags":[' on: the template's was, and
             # the text has no overlap with itself).
@@ -498,8 +506,9 @@ class SpanAssembler:
                 and line.startswith(head, kind_at)
             ):
                 template = known[4]
-                if number:
-                    recent.insert(0, recent.pop(number))
+                if known is not recent[0]:
+                    recent.remove(known)
+                    recent.insert(0, known)
                 break
         if template is None:
             data_at = line.find(_DATA_AT, rest_at)
@@ -607,8 +616,15 @@ class SpanAssembler:
             [*template.described.attributes, run_attribute, *template.common, *people],
             size,
         )
-        self._open[run_id] = span
-        self._remember(run_id, trace_id, span_id, people)
+        open_runs = self._open
+        open_runs[run_id] = span
+        ids = self._ids
+        ids[run_id] = (trace_id, span_id, people)
+        if len(ids) > _KNOWN_IDS + len(open_runs):
+            # Forget the oldest ended runs (a dict keeps insertion order).
+            for old in list(ids)[: len(ids) // 8]:
+                if old not in open_runs:
+                    del ids[old]
         self.open_bytes += span.size
 
     def _start_data(
@@ -667,15 +683,6 @@ class SpanAssembler:
             if tag_attribute is not None:
                 attrs.append(tag_attribute)
         return attrs
-
-    def _remember(self, run_id: str, trace_id: bytes, span_id: bytes, people: tuple[bytes, ...]) -> None:
-        ids = self._ids
-        ids[run_id] = (trace_id, span_id, people)
-        if len(ids) > _KNOWN_IDS + len(self._open):
-            # Forget the oldest ended runs (a dict keeps insertion order).
-            for old in list(ids)[: len(ids) // 8]:
-                if old not in self._open:
-                    del ids[old]
 
     def _end(
         self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
