@@ -479,6 +479,33 @@ def _instructions(lines_file: Path | None) -> int:
     return 0
 
 
+def _chat_only(args: argparse.Namespace) -> int:
+    """Part 3 alone (``--chat-only``): a before/after pair of the live worker CPU per span."""
+    c.install_loopback_guard()
+    repeats = c.repeats(args)
+    report = c.Report("export_chat", "X. OTLP export, live ChatOpenAI runs: worker CPU per span", args)
+    chat_calls = _record_chat_calls(4 if args.smoke else 20)
+    per_copy = len({kwargs["run_id"] for _, _, kwargs in chat_calls})
+    copies = _copies(chat_calls, max(1, (300 if args.smoke else args.spans) // per_copy))
+    spans = per_copy * len(copies)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTP() as receiver:
+        live = _live(receiver.url, tmp, _chat_runs(copies), spans, repeats, report)
+    rows, figures = _live_rows(live, spans)
+    report.table(
+        f"Live, worker process, {spans:,} ChatOpenAI runs, median of {repeats} interleaved "
+        f"(load average {load} at the start)",
+        ["exporter", "app CPU µs/event", "worker CPU s", "spans/s, first event to close()", "spans exported"],
+        rows,
+    )
+    report.goal(
+        "worker CPU per exported span, on minus off", figures["worker_us"], WORKER_GOAL_US, unit=" µs"
+    )
+    report.metric("chat_worker_us_per_span", max(figures["worker_us"], 1e-9))
+    report.finish()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0], default_repeats=3)
     p.add_argument(
@@ -488,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         "--lines", type=Path, help="--instructions: the lines to count (read, or written if missing)"
     )
     p.add_argument("--count-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--chat-only", action="store_true", help="only part 3 (live, real ChatOpenAI callbacks)")
+    p.add_argument("--spans", type=int, default=6000, help="--chat-only: ChatOpenAI spans per run")
     args = p.parse_args(argv)
     if args.count_child:
         variant, lines_file, info = args.count_child
@@ -495,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.instructions:
         return _instructions(args.lines)
+    if args.chat_only:
+        return _chat_only(args)
     c.install_loopback_guard()
     repeats = c.repeats(args)
     n_spans = 500 if args.smoke else 10_000
