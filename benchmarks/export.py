@@ -20,16 +20,27 @@
    The figures users see, with metrics on (the exporter's default).
 4. Backfill: ``asynctrack export`` of the live chain run's files to the same receiver.
 
+``--instructions [--lines FILE]``: instead of the above, the assembly's instructions per
+span, counted by callgrind (``PYTHONHASHSEED=0``: deterministic at one path): 3,000 real
+ChatOpenAI spans (20 rounds copied with fresh run ids) and 3,000 chain runs, each
+variant in a child under valgrind: a warm-up on 2,000 lines (a separate assembler), then
+instrumentation on around a new assembler's ``add()`` of every line and ``close()``, the
+trace requests of 512 spans and their gzip (level 1, as the exporter sends them). ``--lines`` reads (or, missing,
+writes) the lines, so that two trees count the same ones: a before/after pair.
+
 Medians of ``--repeats`` interleaved runs. Goals (issue 20): application CPU +0.5 µs per
 event at most; worker CPU ≤ 20 µs per span; live and backfill ≥ 20,000 spans/s.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
-import gzip
 import os
+import pickle
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +53,7 @@ import orjson
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._export import _protobuf as pb
 from asynctrack._export import _semconv, _spans
+from asynctrack._export._sender import gzip_body
 from asynctrack._export._spans import SpanAssembler
 
 from . import _common as c
@@ -238,7 +250,7 @@ def _encode_us(lines: list[bytes], request: Callable[[list[Any]], bytes]) -> tup
     spans = assembler.add(lines) + assembler.close()
     size = 0
     for start in range(0, len(spans), BATCH):
-        size += len(gzip.compress(request(spans[start : start + BATCH]), compresslevel=1, mtime=0))
+        size += len(gzip_body(request(spans[start : start + BATCH])))
     elapsed = time.process_time() - started
     return elapsed / len(spans) * 1e6, len(spans), size
 
@@ -390,9 +402,130 @@ def _backfill_once(destination: Path, endpoint: str) -> tuple[float, int]:
     return time.perf_counter() - started, status
 
 
+# -- instructions (callgrind) ----------------------------------------------------------------------
+
+#: Variants of ``--instructions``: workload, content captured, metrics kept.
+COUNTED: dict[str, tuple[str, bool, bool]] = {
+    "ChatOpenAI, metrics kept (the exporter's default)": ("chat", False, True),
+    "ChatOpenAI, metrics not kept": ("chat", False, False),
+    "ChatOpenAI, content captured, metrics kept": ("chat", True, True),
+    "chain runs": ("chain", False, True),
+}
+_WARMUP_LINES = 2000
+_CALLGRIND = "ASYNCTRACK_CALLGRIND"
+
+
+def _instrument(on: bool) -> None:
+    if os.environ.get(_CALLGRIND):
+        command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
+    """Assemble ``lines`` into spans, requests of ``BATCH`` and their gzip; the spans."""
+    from asynctrack._export._metrics import Metrics
+
+    kept = (
+        Metrics([pb.attribute("service.name", "bench")], pb.scope("asynctrack", "0"), "") if metrics else None
+    )
+    assembler = SpanAssembler(capture_content=capture, metrics=kept)
+    spans = assembler.add(lines) + assembler.close()
+    for start in range(0, len(spans), BATCH):
+        gzip_body(_hand_written(spans[start : start + BATCH]))
+    return len(spans)
+
+
+def _count_child(variant: str, lines_file: Path, info: Path) -> None:
+    workload, capture, metrics = COUNTED[variant]
+    chat, chain = pickle.loads(lines_file.read_bytes())
+    lines = chat if workload == "chat" else chain
+    _assemble(lines[:_WARMUP_LINES], capture, metrics)
+    gc.collect()
+    _instrument(True)
+    spans = _assemble(lines, capture, metrics)
+    _instrument(False)
+    info.write_text(str(spans))
+
+
+def _instructions(lines_file: Path | None) -> int:
+    """Print the instructions per span of each variant (``--instructions``)."""
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-callgrind-") as tmp:
+        if lines_file is None:
+            lines_file = Path(tmp) / "lines.pickle"
+        if not lines_file.exists():
+            lines_file.write_bytes(pickle.dumps((_chat_lines(20, 3000), _chain_lines(3000))))
+        print(f"load average {Path('/proc/loadavg').read_text().split()[0]}, lines from {lines_file}")
+        print("| lines | instructions per span |\n|---|---|")
+        for number, variant in enumerate(COUNTED):
+            out, info = Path(tmp) / f"callgrind.{number}", Path(tmp) / f"spans.{number}"
+            command = [
+                *("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"),
+                *(
+                    sys.executable,
+                    "-m",
+                    "benchmarks.export",
+                    "--count-child",
+                    variant,
+                    str(lines_file),
+                    str(info),
+                ),
+            ]
+            env = dict(os.environ, PYTHONHASHSEED="0", **{_CALLGRIND: "1"})
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
+            if match is None:
+                raise RuntimeError(f"no summary in {out}")
+            print(f"| {variant} | {int(match.group(1)) / int(info.read_text()):,.0f} |", flush=True)
+    return 0
+
+
+def _chat_only(args: argparse.Namespace) -> int:
+    """Part 3 alone (``--chat-only``): a before/after pair of the live worker CPU per span."""
+    c.install_loopback_guard()
+    repeats = c.repeats(args)
+    report = c.Report("export_chat", "X. OTLP export, live ChatOpenAI runs: worker CPU per span", args)
+    chat_calls = _record_chat_calls(4 if args.smoke else 20)
+    per_copy = len({kwargs["run_id"] for _, _, kwargs in chat_calls})
+    copies = _copies(chat_calls, max(1, (300 if args.smoke else args.spans) // per_copy))
+    spans = per_copy * len(copies)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTP() as receiver:
+        live = _live(receiver.url, tmp, _chat_runs(copies), spans, repeats, report)
+    rows, figures = _live_rows(live, spans)
+    report.table(
+        f"Live, worker process, {spans:,} ChatOpenAI runs, median of {repeats} interleaved "
+        f"(load average {load} at the start)",
+        ["exporter", "app CPU µs/event", "worker CPU s", "spans/s, first event to close()", "spans exported"],
+        rows,
+    )
+    report.goal(
+        "worker CPU per exported span, on minus off", figures["worker_us"], WORKER_GOAL_US, unit=" µs"
+    )
+    report.metric("chat_worker_us_per_span", max(figures["worker_us"], 1e-9))
+    report.finish()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0], default_repeats=3)
+    p.add_argument(
+        "--instructions", action="store_true", help="the assembly's instructions per span (callgrind)"
+    )
+    p.add_argument(
+        "--lines", type=Path, help="--instructions: the lines to count (read, or written if missing)"
+    )
+    p.add_argument("--count-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--chat-only", action="store_true", help="only part 3 (live, real ChatOpenAI callbacks)")
+    p.add_argument("--spans", type=int, default=6000, help="--chat-only: ChatOpenAI spans per run")
     args = p.parse_args(argv)
+    if args.count_child:
+        variant, lines_file, info = args.count_child
+        _count_child(variant, Path(lines_file), Path(info))
+        return 0
+    if args.instructions:
+        return _instructions(args.lines)
+    if args.chat_only:
+        return _chat_only(args)
     c.install_loopback_guard()
     repeats = c.repeats(args)
     n_spans = 500 if args.smoke else 10_000

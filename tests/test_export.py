@@ -439,3 +439,22 @@ def test_a_forked_child_in_thread_mode_exports_its_own_runs(tmp_path: Path, rece
         "invoke_workflow parent-before",
     ]
     assert len({attributes(s)["langchain.run_id"] for s in spans}) == 5  # each run sent once
+
+
+@pytest.mark.parametrize("compressor", ["ISA-L (the otel extra)", "zlib"])
+def test_request_bodies_are_gzip_with_either_compressor(
+    compressor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    from asynctrack._export import _sender
+
+    if compressor == "zlib":
+        monkeypatch.setattr(_sender, "_gzip_compress", gzip.compress)
+    else:
+        assert _sender._gzip_compress.__module__.startswith("isal")
+    body = b"".join(SpanAssembler().add([]) + [b"span %d " % n for n in range(2000)])
+    sent = _sender.gzip_body(body)
+    assert gzip.decompress(sent) == body
+    assert sent[:3] == b"\x1f\x8b\x08" and sent[4:8] == bytes(4)  # gzip, deflate, no time in its header
+    assert len(sent) < len(body) // 3

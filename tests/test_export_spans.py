@@ -20,7 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._export import _model_end, _spans
 from asynctrack._export import _protobuf as pb
+from asynctrack._export._metrics import Metrics
 from asynctrack._export._semconv import SCHEMA_URL
 from asynctrack._export._spans import SPLIT_BYTES, SpanAssembler, span_id_of, trace_id_of
 
@@ -478,3 +480,281 @@ def test_model_starts_of_one_template_differ_in_what_their_lines_differ_in(agent
     assert [attributes(s)["user.id"] for s in decoded[10:12]] == ["u-2"] * 2
     assert [attributes(s)["gen_ai.request.temperature"] for s in decoded[14:16]] == [0.9] * 2
     assert [attributes(s)["langchain.run_id"] for s in decoded] == [v["run_id"] for v in variants]
+
+
+# -- an llm_end read by its schema (content not captured) ------------------------------------------
+
+_GENERATION: dict[str, Any] = {
+    "text": "",
+    "generation_info": {"finish_reason": "tool_calls", "logprobs": None},
+    "type": "ChatGeneration",
+    "message": {
+        "content": "",
+        "additional_kwargs": {"refusal": None},
+        "response_metadata": {
+            "token_usage": {"completion_tokens": 23, "prompt_tokens": 57, "total_tokens": 80},
+            "model_name": "gpt-4o-mini",
+            "id": "chatcmpl-1",
+            "finish_reason": "tool_calls",
+        },
+        "type": "ai",
+        "id": "lc_run--1",
+        "tool_calls": [
+            {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1", "type": "tool_call"}
+        ],
+        "usage_metadata": {
+            "input_tokens": 57,
+            "output_tokens": 23,
+            "total_tokens": 80,
+            "input_token_details": {"cache_read": 7},
+        },
+    },
+}
+_OUTPUT = {
+    "token_usage": {"completion_tokens": 23, "prompt_tokens": 57},
+    "model_name": "gpt-4o",
+    "id": "chatcmpl-2",
+}
+
+
+def _hostile_message() -> dict[str, Any]:
+    # The keys the schema reads, inside a tool call's arguments and the provider's
+    # dicts, with other values; quotes, braces and the keys' text inside strings.
+    message = orjson.loads(orjson.dumps(_GENERATION["message"]))
+    decoy = {
+        "llm_output": {"token_usage": {"prompt_tokens": 1}, "model_name": "decoy", "id": "decoy"},
+        "usage_metadata": {"input_tokens": 1000, "input_token_details": {"cache_read": 999}},
+        "generation_info": {"finish_reason": "decoy"},
+        "response_metadata": {"id": "decoy", "finish_reason": "decoy"},
+        "finish_reason": "decoy",
+    }
+    message["tool_calls"][0]["args"] = decoy
+    message["additional_kwargs"] = {"generations": [[{"generation_info": {"finish_reason": "decoy"}}]]}
+    message["content"] = '"},"llm_output":{"model_name":"decoy"},"finish_reason":"decoy" [REDACTED] \\" {'
+    return message
+
+
+def _responses() -> dict[str, Any]:
+    """llm_end responses whose spans the schema's read must give as a whole parse does
+    (``None``: the data itself is not a response)."""
+    generation = _GENERATION
+    message = generation["message"]
+    no_info = {**generation, "generation_info": None}
+    other_metadata = {"id": "chatcmpl-3", "model_name": "other", "finish_reason": "length"}
+    other_usage = {"input_tokens": 2, "output_tokens": 1, "input_token_details": {"cache_read": 1}}
+    other = {
+        **no_info,
+        "message": {**message, "response_metadata": other_metadata, "usage_metadata": other_usage},
+    }
+    cases: dict[str, Any] = {
+        "as ChatOpenAI writes it": {"generations": [[generation]], "llm_output": _OUTPUT},
+        "streamed: llm_output null, usage and model from the message": {
+            "generations": [[no_info]],
+            "llm_output": None,
+        },
+        "llm_output without usage, id or model": {"generations": [[no_info]], "llm_output": {"x": 1}},
+        "two prompts, two generations each": {
+            "generations": [[generation, no_info], [no_info, other]],
+            "llm_output": None,
+        },
+        "tool arguments and provider dicts holding the keys read": {
+            "generations": [[{**generation, "message": _hostile_message()}]],
+            "llm_output": _OUTPUT,
+        },
+        "a message without response metadata or usage": {
+            "generations": [[{**no_info, "message": {"content": "x", "response_metadata": None}}]],
+        },
+        "a serialized message: its usage in kwargs": {
+            "generations": [
+                [{**no_info, "message": {"lc": 1, "kwargs": {"usage_metadata": {"input_tokens": 3}}}}]
+            ],
+        },
+        "counts of other types": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": {"input_tokens": "5"}}}]],
+            "llm_output": {"token_usage": {"prompt_tokens": 2.5, "completion_tokens": True}},
+        },
+        "non-ASCII text": {"generations": [[{**generation, "text": "météo ☀️"}]], "llm_output": _OUTPUT},
+        "no generations": {"generations": [], "llm_output": _OUTPUT},
+        # Shapes the schema does not read: parsed whole.
+        "a generation that is not an object": {
+            "generations": [["text"], [generation]],
+            "llm_output": _OUTPUT,
+        },
+        "generation_info not an object": {"generations": [[{**generation, "generation_info": "x"}]]},
+        "llm_output not an object": {"generations": [[generation]], "llm_output": ["x"]},
+        "response metadata not an object": {
+            "generations": [[{**no_info, "message": {**message, "response_metadata": "x"}}]],
+        },
+        "a token count beyond 64 bits": {
+            "generations": [[generation]],
+            "llm_output": {"token_usage": {"prompt_tokens": _BIG, "completion_tokens": 1}},
+        },
+        "a cached count beyond 64 bits": {
+            "generations": [
+                [
+                    {
+                        **generation,
+                        "message": {
+                            **message,
+                            "usage_metadata": {
+                                "input_tokens": 1,
+                                "input_token_details": {"cache_read": _BIG},
+                            },
+                        },
+                    }
+                ]
+            ],
+        },
+        "a message usage beyond 64 bits": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": {"output_tokens": _BIG}}}]],
+        },
+        "no response": None,
+    }
+    return cases
+
+
+_BIG = 123_456_789_012_345  # written as a count beyond 64 bits (_with_big_counts)
+
+
+def _with_big_counts(line: bytes, case: str) -> bytes:
+    # orjson writes no integer beyond 64 bits (a writer's fallback or a file edited by hand
+    # may): orjson reads one back as a float, msgspec as an int.
+    big = {"a token count": 2**64, "a cached count": -(2**70), "a message usage": 2**65}
+    return line.replace(str(_BIG).encode(), str(big[case.split(" beyond", maxsplit=1)[0]]).encode())
+
+
+def _ends(response: Any, case: str) -> list[bytes]:
+    lines = []
+    for number in range(2):  # one with its start, one without (rebuilt from the end)
+        run = str(uuid.uuid4())
+        if number == 0:
+            lines.append(_line("chat_model_start", run, None, 1.0, invocation_params={"model": "gpt-4o"}))
+        data = {"response": response} if response is not None else {"other": 1}
+        lines.append(_line("llm_end", run, None, 2.5, duration=1.5, **data))
+    return [_with_big_counts(line, case) if case.endswith("beyond 64 bits") else line for line in lines]
+
+
+def _metrics() -> Metrics:
+    return Metrics(
+        [pb.attribute("service.name", "test")], pb.scope("asynctrack", "0"), SCHEMA_URL, backfill=True
+    )
+
+
+_NOT_READ = (
+    "a generation that is not an object",
+    "generation_info not an object",
+    "llm_output not an object",
+)
+_NOT_READ += ("response metadata not an object", "no response")
+
+
+@pytest.mark.parametrize("case", list(_responses()))
+def test_a_model_end_read_by_its_schema_is_the_span_of_a_whole_parse(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same lines in another field order are parsed whole (orjson): every span and
+    # metrics point is the same, byte for byte. Ends of another shape are not read by the
+    # schema, and a count beyond 64 bits makes it give up.
+    lines = _ends(_responses()[case], case)
+    read: list[Any] = []
+    model_end = _model_end.model_end
+    monkeypatch.setattr(
+        _model_end, "model_end", lambda response: read.append(model_end(response)) or read[-1]
+    )
+    metrics = (_metrics(), _metrics())
+    schema, whole = SpanAssembler(metrics=metrics[0]), SpanAssembler(metrics=metrics[1])
+    spans = schema.add(lines) + schema.close()
+    assert spans == whole.add(reordered(lines)) + whole.close()
+    assert len(spans) == 2
+    assert metrics[0].request() == metrics[1].request()
+    assert (schema.bad_lines, schema.late_ends) == (whole.bad_lines, whole.late_ends)
+    # Only the end whose start was seen is offered to the schema.
+    if case in _NOT_READ:
+        assert read == []
+    elif case.endswith("beyond 64 bits"):
+        assert read == [None]
+    else:
+        assert len(read) == 1 and read[0] is not None
+
+
+def test_a_model_end_that_is_not_utf8_is_a_bad_line_as_in_a_whole_parse() -> None:
+    # msgspec checks only the strings it decodes; orjson, the whole line.
+    run = str(uuid.uuid4())
+    response = {"generations": [[{**_GENERATION, "text": "café"}]], "llm_output": _OUTPUT}
+    lines = [
+        _line("chat_model_start", run, None, 1.0, invocation_params={"model": "gpt-4o"}),
+        _line("llm_end", run, None, 2.5, duration=1.5, response=response).replace(
+            "café".encode(), b"caf\xe9"
+        ),
+    ]
+    assert b"caf\xe9" in lines[1]
+    assembler = SpanAssembler()
+    spans = assembler.add(lines) + assembler.close()
+    assert assembler.bad_lines == 1  # orjson refuses the line
+    assert attributes(_decode(spans)[0])["asynctrack.unfinished"] == "not_ended"
+
+
+def test_a_run_that_streams_again_after_its_end_counts_its_new_tokens() -> None:
+    # The last token's stream is compared before it is looked up: a stream that ended is
+    # not it any more, even for a line of the same run id (a run started again).
+    run, other = str(uuid.uuid4()), str(uuid.uuid4())
+    lines = []
+    for start, count in ((1.0, 3), (5.0, 2)):
+        lines.append(_line("chat_model_start", run, None, start, invocation_params={"model": "m"}))
+        lines += [_line("llm_new_token", run, None, start + 0.25 + n, token="x") for n in range(count)]
+        lines += [_line("llm_new_token", other, None, start + 0.5, token="y")]  # no start: a bad run
+        lines.append(_line("llm_end", run, None, start + 3.0, response={"generations": []}))
+    spans = SpanAssembler().add(lines)
+    assert spans == SpanAssembler().add(reordered(lines))
+    counted = [attributes(s) for s in _decode(spans)]
+    assert [(a["asynctrack.stream.chunks"], a["gen_ai.response.time_to_first_chunk"]) for a in counted] == [
+        (3, 0.25),
+        (2, 0.25),
+    ]
+
+
+def test_recent_model_start_templates_are_tried_as_their_text_says(agent_lines: list[bytes]) -> None:
+    # Two model setups alternating, each start read from a recent template by comparing
+    # its text: a content holding data's own content key again, a start of a child run,
+    # and one whose tail differs are the spans a whole parse makes of them.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    other = {**event["data"], "invocation_params": {**event["data"]["invocation_params"], "temperature": 0.7}}
+    nested = [[{"content": "x", "additional_kwargs": {"messages": [1]}, "type": "human"}]]
+    variants = []
+    for change in (
+        {},
+        {"data": other},
+        {},
+        {"data": {**event["data"], "messages": nested}},
+        {"data": other},
+        {"parent_run_id": str(uuid.uuid4())},
+        {"tags": ["a"]},
+        {"metadata": {**event["metadata"], "ls_provider": "openx"}},  # a tail as long
+    ):
+        variants.append({**event, "run_id": str(uuid.uuid4()), **change})
+    lines = [orjson.dumps(v) for v in variants]
+    assert all(len(line) >= SPLIT_BYTES for line in lines)
+    assert b'"additional_kwargs":{"messages":[' in lines[3]
+    recent, whole = SpanAssembler(), SpanAssembler()
+    recent.add(lines)
+    whole.add(reordered(lines))
+    spans = recent.close()
+    assert spans == whole.close()
+    decoded = [attributes(s) for s in _decode(spans)]
+    assert [a["gen_ai.request.temperature"] for a in decoded] == pytest.approx(
+        [0.2, 0.7, 0.2, 0.2, 0.7, 0.2, 0.2, 0.2]
+    )
+    assert [a["gen_ai.provider.name"] for a in decoded] == ["openai"] * 7 + ["openx"]
+
+
+def test_without_msgspec_model_ends_are_parsed_whole_to_the_same_spans(
+    agent_lines: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msgspec comes with the otel extra; without it every llm_end line is parsed by orjson.
+    with_schema = SpanAssembler(metrics=_metrics())
+    spans = with_schema.add(agent_lines) + with_schema.close()
+    monkeypatch.setattr(_spans, "_schema", None)
+    without = SpanAssembler(metrics=_metrics())
+    assert without.add(agent_lines) + without.close() == spans
+    assert with_schema.metrics.request() == without.metrics.request()  # type: ignore[union-attr]

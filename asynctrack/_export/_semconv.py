@@ -338,7 +338,7 @@ def describe_end(kind: str, data: Mapping[str, Any], *, capture: bool) -> Ended:
     return attrs, None, None
 
 
-def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 - one frame per model call
+def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
     """The response's id, model, finish reasons and usage, in one walk of its generations.
 
     Usage as ``token_usage()`` counts it: ``llm_output.token_usage``, else the sum of the
@@ -391,9 +391,25 @@ def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 -
     if type(metadata) is not dict:
         metadata = _EMPTY
     response_id = llm_output.get("id") or metadata.get("id")
+    model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
+    ended = end_attributes(attrs, response_id, model, reasons, usage, message.get("usage_metadata"))
+    if capture and outputs:
+        attrs.append(_content("gen_ai.output.messages", outputs))
+    return ended
+
+
+def end_attributes(
+    attrs: list[bytes],
+    response_id: Any,
+    model: Any,
+    reasons: list[str],
+    usage: tuple[int, int] | None,
+    usage_metadata: Any,
+) -> Ended:
+    """A model call's end attributes (appended to ``attrs``) from what its response says:
+    ``usage_metadata`` is its first message's (for the cached input tokens)."""
     if type(response_id) is str and response_id:
         attrs.append(span_attribute("gen_ai.response.id", response_id))
-    model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
     if type(model) is str and model:
         attrs.append(common_span_attribute("gen_ai.response.model", model))
     else:
@@ -408,14 +424,11 @@ def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:  # noqa: PLR0915 -
         attrs.append(
             _OUTPUT_TOKENS.get(tokens_out) or _count(_OUTPUT_TOKENS, "gen_ai.usage.output_tokens", tokens_out)
         )
-    details = message.get("usage_metadata")
-    details = details.get("input_token_details") if type(details) is dict else None
+    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
     if type(details) is dict and details:
         cached = _number(details.get("cache_read"), int)
         if cached:
             attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
-    if capture and outputs:
-        attrs.append(_content("gen_ai.output.messages", outputs))
     return attrs, model, usage
 
 

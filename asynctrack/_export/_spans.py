@@ -11,6 +11,9 @@ same code and give the same ids:
 - parent span id: derived from ``parent_run_id`` the same way.
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
+When content is not captured, a model call's end is read by a schema that builds only the
+values its span needs (``_model_end``, with the ``otel`` extra's msgspec); any other shape
+of line is parsed whole.
 Streamed tokens give ``gen_ai.response.time_to_first_chunk`` and are otherwise only
 counted (a token line is not parsed: its ``run_id`` and ``ts`` are read from the
 envelope's fixed order; from a stream's second token on, the line is found by its run
@@ -51,7 +54,12 @@ from .._events._schema import id_text
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
-from ._semconv import Described, describe_end, describe_start, error_type, llm_end, tags_attribute
+from ._semconv import Described, Ended, describe_end, describe_start, error_type, llm_end, tags_attribute
+
+try:  # the otel extra: a model call's end read by its schema
+    from . import _model_end as _schema
+except ImportError:  # pragma: no cover - the test extra installs msgspec
+    _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -85,8 +93,8 @@ _DATA_KINDS: Final = frozenset(
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
 # Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
 # order, the start of the next field). When content is not captured, the light ends need
-# nothing of the line but its run id and time (not parsed); an llm_end needs most of its
-# data: parsed in one piece, not in parts; a model start may be of a known template
+# nothing of the line but its run id and time (not parsed); an llm_end is read by its
+# schema (``_model_end``); a model start may be of a known template
 # (SpanAssembler._known_start).
 _HEADS: Final = {
     b'chain_end","e': "chain_end",
@@ -98,6 +106,7 @@ _HEADS: Final = {
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
+_NO_DATA: Final[dict[str, Any]] = {}  # read, never written
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
@@ -107,6 +116,7 @@ _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
+_RECENT_STARTS: Final = 4  # model start templates tried before their text is looked up
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
     "retry": ("attempt_number", "langchain.retry.attempt"),
@@ -114,10 +124,13 @@ _EVENT_ATTRIBUTES: Final = {
 }
 
 
+_FROMHEX: Final = bytes.fromhex  # a classmethod: bound once, not at each call
+
+
 def _uuid_bytes(run_id: str) -> bytes:
     try:
         if len(run_id) == 36:
-            return bytes.fromhex(run_id.replace("-", ""))  # the canonical form, as LangChain writes it
+            return _FROMHEX(run_id.replace("-", ""))  # the canonical form, as LangChain writes it
         return uuid.UUID(run_id).bytes
     except ValueError:
         return hashlib.blake2b(run_id.encode(), digest_size=16).digest()
@@ -246,6 +259,10 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
+        # The templates of the last model starts read by _known_start, the last first: with
+        # whether a root, their text from the kind to '"run_id":"', from the name to the
+        # content, from '},"tags":[' on.
+        self._recent_starts: list[tuple[bool, bytes, bytes, bytes, _Template]] = []
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
@@ -261,6 +278,7 @@ class SpanAssembler:
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
         run_at = self._run_at
         run_end = run_at + 46
+        streaming: _Open | None = None  # the stream of the last token counted
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
             # looked at where the last line had it, a byte either side, else found. A
@@ -276,9 +294,17 @@ class SpanAssembler:
                     else:
                         raise IndexError
                 if line[k + 13] == _W:
-                    span = streams.get(line[k + run_at : k + run_end])
+                    key = line[k + run_at : k + run_end]
+                    # The stream of the last token, compared before it is looked up: a
+                    # call's tokens mostly come one after another (an ended stream's
+                    # key is emptied).
+                    if streaming is not None and key == streaming.stream_key:
+                        streaming.chunks += 1
+                        continue
+                    span = streams.get(key)
                     if span is not None:
                         span.chunks += 1
+                        streaming = span
                         continue
                     token = True
                 else:
@@ -302,6 +328,11 @@ class SpanAssembler:
                 known = heads.get(line[at + 8 : at + 21])
                 if known in _LIGHT_ENDS:
                     encoded = self._light_end(line, known, open_runs)
+                    if encoded is not None:
+                        done.append(encoded)
+                        continue
+                elif known == "llm_end" and _schema is not None:
+                    encoded = self._model_end(line, open_runs)
                     if encoded is not None:
                         done.append(encoded)
                         continue
@@ -376,6 +407,23 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
+    def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
+        """A model call's end (content not captured) of an open run, read by its schema
+        (``_model_end``): its span; ``None``: parse the line whole."""
+        end = _schema.read(line)
+        if end is None or end.kind != "llm_end":
+            return None
+        span = open_runs.get(end.run_id)
+        if span is None:
+            return None
+        ended = _schema.model_end(end.data.response)
+        if ended is None:
+            return None
+        ts = end.ts
+        del open_runs[end.run_id]
+        self.open_bytes -= span.size
+        return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
+
     def _token(self, line: bytes, kind_at: int) -> bool:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
         it, note the first one's time. False: parse it whole.
@@ -424,7 +472,11 @@ class SpanAssembler:
         cuts are the ones ``_split`` and ``_without_content`` make, and a template is kept
         only when the line parsed in parts at those cuts (so they are the top level's).
         """
-        run_at = line.find(_RUN_ID, kind_at)
+        recent = self._recent_starts
+        if recent and line.startswith(recent[0][1], kind_at):
+            run_at = kind_at + len(recent[0][1]) - 10  # its head ends with '"run_id":"'
+        else:
+            run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
         if run_at < 0 or line[after : after + 18] != _PARENT_AT:
             return False, None
@@ -436,15 +488,40 @@ class SpanAssembler:
             rest_at = after + 22
         if line[rest_at : rest_at + 8] != _NAME_AT:
             return False, None
-        data_at = line.find(_DATA_AT, rest_at)
-        tags_at = line.rfind(_TAGS_AT)
-        content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
-        if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
-            return False, None
-        key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
-        template = self._templates.get(key)
+        template = None
+        root = parent_run_id is None
+        for known in recent:
+            # A recent start's text up to its content, then content and its tail: the same
+            # template (the tail is the line's last '},"tags":[' on: the template's was, and
+            # the text has no overlap with itself).
+            head, rest, tail = known[1], known[2], known[3]
+            tags_at = len(line) - len(tail)
+            if (
+                known[0] is root
+                and kind_at + len(head) - 10 == run_at
+                and line.startswith(rest, rest_at)
+                and line.startswith(_CONTENT_OF[kind], rest_at + len(rest))
+                and line.endswith(tail)
+                and line[tags_at - 1] == _CLOSE
+                and line.startswith(head, kind_at)
+            ):
+                template = known[4]
+                if known is not recent[0]:
+                    recent.remove(known)
+                    recent.insert(0, known)
+                break
         if template is None:
-            return False, key
+            data_at = line.find(_DATA_AT, rest_at)
+            tags_at = line.rfind(_TAGS_AT)
+            content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
+            if data_at < 0 or content_at < 0 or line[tags_at - 1] != _CLOSE:
+                return False, None
+            key = (parent_run_id is None, line[kind_at:run_at], line[rest_at:content_at], line[tags_at:])
+            template = self._templates.get(key)
+            if template is None:
+                return False, key
+            recent.insert(0, (key[0], line[kind_at : run_at + 10], key[2], key[3], template))
+            del recent[_RECENT_STARTS:]
         ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
@@ -539,8 +616,15 @@ class SpanAssembler:
             [*template.described.attributes, run_attribute, *template.common, *people],
             size,
         )
-        self._open[run_id] = span
-        self._remember(run_id, trace_id, span_id, people)
+        open_runs = self._open
+        open_runs[run_id] = span
+        ids = self._ids
+        ids[run_id] = (trace_id, span_id, people)
+        if len(ids) > _KNOWN_IDS + len(open_runs):
+            # Forget the oldest ended runs (a dict keeps insertion order).
+            for old in list(ids)[: len(ids) // 8]:
+                if old not in open_runs:
+                    del ids[old]
         self.open_bytes += span.size
 
     def _start_data(
@@ -600,15 +684,6 @@ class SpanAssembler:
                 attrs.append(tag_attribute)
         return attrs
 
-    def _remember(self, run_id: str, trace_id: bytes, span_id: bytes, people: tuple[bytes, ...]) -> None:
-        ids = self._ids
-        ids[run_id] = (trace_id, span_id, people)
-        if len(ids) > _KNOWN_IDS + len(self._open):
-            # Forget the oldest ended runs (a dict keeps insertion order).
-            for old in list(ids)[: len(ids) // 8]:
-                if old not in self._open:
-                    del ids[old]
-
     def _end(
         self, run_id: str, kind: str, event: Mapping[str, Any], raw: dict[str, Any] | bytes
     ) -> bytes | None:
@@ -626,16 +701,21 @@ class SpanAssembler:
             self.open_bytes -= span.size
         return self._finish(span, kind, data, end_ns)
 
-    def _finish(self, span: _Open, kind: str, data: dict[str, Any], end_ns: int) -> bytes:
-        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded."""
+    def _finish(
+        self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
+    ) -> bytes:
+        """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
+        ``ended``: what its end says, if read already (an ``llm_end``)."""
         if span.stream_key:
             del self._streams[span.stream_key]
+            span.stream_key = b""
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
         kind_name: str | None = None
-        ended = None
-        if kind in _ERROR:
+        if ended is not None:
+            attributes += ended[0]
+        elif kind in _ERROR:
             error = data.get("error")
             error = error if isinstance(error, Mapping) else {}
             status = pb.STATUS_ERROR
@@ -733,6 +813,7 @@ class SpanAssembler:
         self.open_bytes -= span.size
         if span.stream_key:
             del self._streams[span.stream_key]
+            span.stream_key = b""
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))

@@ -1,0 +1,147 @@
+"""A model call's end line (``llm_end``) read by a schema: only what its span needs.
+
+When content is not captured, an ``llm_end`` span needs a few values of its line: the run
+id and time, and from the response the usage, the finish reasons, the response id and
+model. orjson builds every object of the line (its messages, tool calls, both copies of
+the token usage): ~50k instructions a ChatOpenAI end, most of it objects built and freed.
+msgspec's decoder, given the fields below, validates the whole line as JSON but builds
+only these fields (55-59% of orjson's instructions on ChatOpenAI ends), so the rule is
+simple: the same line gives the same values as a whole parse, and a line whose shape is
+not this schema's (a field of another type, a generation that is not an object) is not
+read here at all (``read`` returns ``None``): the caller parses it whole.
+
+``model_end`` is ``_semconv.llm_end`` (content not captured) on these objects: the same
+walk of the generations, the same fallbacks, the same attributes (``end_attributes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from .._read._tree import usage_counts
+from ._semconv import Ended, end_attributes
+
+__all__ = ["EndLine", "model_end", "read"]
+
+# gc=False: these objects hold no cycles, and are freed as soon as the span is written.
+
+
+class _Info(msgspec.Struct, gc=False):
+    finish_reason: Any = None
+
+
+class _Metadata(msgspec.Struct, gc=False):
+    finish_reason: Any = None
+    id: Any = None
+    model_name: Any = None
+    model: Any = None
+
+
+class _Message(msgspec.Struct, gc=False):
+    response_metadata: _Metadata | None = None
+    usage_metadata: Any = None
+    kwargs: Any = None  # a serialized message: its usage_metadata is in kwargs
+
+
+class _Generation(msgspec.Struct, gc=False):
+    generation_info: _Info | None = None
+    message: _Message | None = None
+
+
+class _Output(msgspec.Struct, gc=False):
+    token_usage: Any = None
+    model_name: Any = None
+    id: Any = None
+
+
+class _Response(msgspec.Struct, gc=False):
+    generations: list[list[_Generation]] | None = None
+    llm_output: _Output | None = None
+
+
+class _Data(msgspec.Struct, gc=False):
+    response: _Response
+
+
+class EndLine(msgspec.Struct, gc=False):
+    """The fields of an ``llm_end`` line that its span needs."""
+
+    kind: str
+    run_id: str
+    ts: Any
+    data: _Data
+
+
+_DECODE: Final = msgspec.json.Decoder(EndLine).decode
+
+
+def read(line: bytes) -> EndLine | None:
+    """The line's fields, or ``None`` if it is not JSON of this schema's shape, or not
+    UTF-8 (orjson refuses such a line; msgspec checks only the strings it decodes)."""
+    if not line.isascii():
+        try:
+            line.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        return _DECODE(line)
+    except msgspec.DecodeError:  # ValidationError too: parse it whole
+        return None
+
+
+def _beyond(count: Any) -> bool:
+    """A count orjson would not read as this int (it reads integers beyond 64 bits as
+    floats, msgspec as ints): then the line is parsed whole."""
+    return type(count) is int and not -_INT64 <= count < _INT64
+
+
+_INT64: Final = 1 << 63
+
+
+def model_end(response: _Response) -> Ended | None:
+    """``_semconv.llm_end(data, capture=False)`` of the response read by ``read``;
+    ``None``: a count beyond 64 bits, parse the line whole."""
+    llm_output = response.llm_output
+    usage = usage_counts(llm_output.token_usage) if llm_output is not None else None
+    total_in = total_out = 0
+    message: _Message | None = None  # the first generation's
+    reasons: list[str] = []
+    for generations in response.generations or ():
+        for generation in generations:
+            gen_message = generation.message
+            if gen_message is not None:
+                if message is None:
+                    message = gen_message
+                if usage is None:
+                    found = gen_message.usage_metadata
+                    if found is None and type(gen_message.kwargs) is dict:
+                        found = gen_message.kwargs.get("usage_metadata")  # a serialized message
+                    found = usage_counts(found)
+                    if found is not None:
+                        if _beyond(found[0]) or _beyond(found[1]):
+                            return None
+                        total_in += found[0]
+                        total_out += found[1]
+            info = generation.generation_info
+            reason = info.finish_reason if info is not None else None
+            if reason is None and gen_message is not None and gen_message.response_metadata is not None:
+                reason = gen_message.response_metadata.finish_reason
+            if type(reason) is str:
+                reasons.append(reason)
+    if usage is None and (total_in or total_out):
+        usage = (total_in, total_out)
+    elif usage is not None and (_beyond(usage[0]) or _beyond(usage[1])):
+        return None
+    usage_metadata = message.usage_metadata if message is not None else None
+    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
+    if type(details) is dict and _beyond(details.get("cache_read")):
+        return None
+    metadata = message.response_metadata if message is not None else None
+    response_id = llm_output.id if llm_output is not None else None
+    model = llm_output.model_name if llm_output is not None else None
+    if metadata is not None:
+        response_id = response_id or metadata.id
+        model = model or metadata.model_name or metadata.model
+    return end_attributes([], response_id, model, reasons, usage, usage_metadata)
