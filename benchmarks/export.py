@@ -531,6 +531,15 @@ def _chat_only(args: argparse.Namespace) -> int:
         f"close): the tracker's engine thread (the assembly) {figures['engine_us']:.1f} µs, the "
         f"other threads (the exporter's senders, the reader) {figures['other_threads_us']:.1f} µs."
     )
+    pairs = [
+        (on["worker_s"] - off["worker_s"]) / spans * 1e6
+        for off, on in zip(live["off"], live["on"], strict=True)
+    ]
+    report.note(
+        "Worker CPU per exported span, on minus off, repeat by repeat (the spread): "
+        + ", ".join(f"{us:.1f}" for us in pairs)
+        + " µs."
+    )
     report.metric("chat_worker_us_per_span", max(figures["worker_us"], 1e-9))
     report.finish()
     return 0
