@@ -16,7 +16,8 @@
 3. Live, real payloads: the callbacks of the same ``ChatOpenAI`` calls, recorded once
    with their arguments and replayed into a tracker in the worker process (fresh run ids
    per copy), exporter on and off, alternating: application CPU per event, worker CPU
-   per exported span, spans per second from the first event to ``close()`` returning.
+   per exported span (and thread by thread: the engine thread, which assembles the spans,
+   and the others), spans per second from the first event to ``close()`` returning.
    The figures users see, with metrics on (the exporter's default).
 4. Backfill: ``asynctrack export`` of the live chain run's files to the same receiver.
 
@@ -58,6 +59,7 @@ from asynctrack._export._spans import SpanAssembler
 
 from . import _common as c
 from ._reference import reference_us
+from .overhead import _worker_threads
 
 APP_GOAL_US = 0.5
 WORKER_GOAL_US = 20.0
@@ -333,16 +335,24 @@ def _live_once(tmp: str, endpoint: str | None, drive: Callable[[AsyncTracker], i
     worker = worker_process().pid
     gc.collect()
     worker_cpu = _cpu_of(worker)
+    threads = _worker_threads()
     wall = time.perf_counter()
     cpu = time.process_time()
     events = drive(tracker)
     app_cpu = time.process_time() - cpu
+    # Thread by thread while the tracker's threads still run (its engine thread and the
+    # exporter's senders end at close): the busiest is the tracker's engine thread.
+    tracker.flush_blocking(timeout=120)
+    after = _worker_threads()
+    ran = sorted((ns - threads.get(task, 0) for task, ns in after.items()), reverse=True)
     tracker.close(timeout=120)
     wall = time.perf_counter() - wall
     stats = tracker.statistics()
     return {
         "app_us_per_event": app_cpu / events * 1e6,
         "worker_s": _cpu_of(worker) - worker_cpu,
+        "engine_s": ran[0] / 1e9 if ran else float("nan"),
+        "other_threads_s": sum(ran[1:]) / 1e9,
         "wall_s": wall,
         "spans_exported": stats.spans_exported,
         "spans_failed": stats.spans_failed,
@@ -370,6 +380,17 @@ def _live(
     return live
 
 
+LIVE_HEADERS = [
+    "exporter",
+    "app CPU µs/event",
+    "worker CPU s",
+    "of which the engine thread, s",
+    "other threads, s",
+    "spans/s, first event to close()",
+    "spans exported",
+]
+
+
 def _live_rows(live: dict[str, list[dict[str, Any]]], spans: int) -> tuple[list[list[Any]], dict[str, float]]:
     """The table rows of a live pair, and its figures: app µs/event on minus off, worker
     µs/span on minus off, spans/s with the exporter on."""
@@ -381,6 +402,8 @@ def _live_rows(live: dict[str, list[dict[str, Any]]], spans: int) -> tuple[list[
                 mode,
                 c.median([x["app_us_per_event"] for x in runs]),
                 c.median([x["worker_s"] for x in runs]),
+                c.median([x["engine_s"] for x in runs]),
+                c.median([x["other_threads_s"] for x in runs]),
                 c.median([spans / x["wall_s"] for x in runs]),
                 runs[-1]["spans_exported"],
             ]
@@ -388,7 +411,9 @@ def _live_rows(live: dict[str, list[dict[str, Any]]], spans: int) -> tuple[list[
     figures = {
         "app_us": rows[1][1] - rows[0][1],
         "worker_us": (rows[1][2] - rows[0][2]) / spans * 1e6,
-        "rate": rows[1][3],
+        "engine_us": (rows[1][3] - rows[0][3]) / spans * 1e6,
+        "other_threads_us": (rows[1][4] - rows[0][4]) / spans * 1e6,
+        "rate": rows[1][5],
     }
     return rows, figures
 
@@ -495,11 +520,25 @@ def _chat_only(args: argparse.Namespace) -> int:
     report.table(
         f"Live, worker process, {spans:,} ChatOpenAI runs, median of {repeats} interleaved "
         f"(load average {load} at the start)",
-        ["exporter", "app CPU µs/event", "worker CPU s", "spans/s, first event to close()", "spans exported"],
+        LIVE_HEADERS,
         rows,
     )
     report.goal(
         "worker CPU per exported span, on minus off", figures["worker_us"], WORKER_GOAL_US, unit=" µs"
+    )
+    report.note(
+        f"Worker CPU per exported span, on minus off, thread by thread (at a flush before the "
+        f"close): the tracker's engine thread (the assembly) {figures['engine_us']:.1f} µs, the "
+        f"other threads (the exporter's senders, the reader) {figures['other_threads_us']:.1f} µs."
+    )
+    pairs = [
+        (on["worker_s"] - off["worker_s"]) / spans * 1e6
+        for off, on in zip(live["off"], live["on"], strict=True)
+    ]
+    report.note(
+        "Worker CPU per exported span, on minus off, repeat by repeat (the spread): "
+        + ", ".join(f"{us:.1f}" for us in pairs)
+        + " µs."
     )
     report.metric("chat_worker_us_per_span", max(figures["worker_us"], 1e-9))
     report.finish()
@@ -592,13 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, chain_figures = _live_rows(live, live_spans)
     chat_rows, chat_figures = _live_rows(chat, chat_spans)
     backfill = c.median(backfills)
-    headers = [
-        "exporter",
-        "app CPU µs/event",
-        "worker CPU s",
-        "spans/s, first event to close()",
-        "spans exported",
-    ]
+    headers = LIVE_HEADERS
     report.table(
         f"Live, worker process, {live_spans:,} chain runs (2 events each), median of {repeats} interleaved",
         headers,
