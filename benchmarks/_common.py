@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -588,6 +589,42 @@ class StubHTTP:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+# -- callgrind: instructions counted in a child process --------------------------------------
+
+#: Set in a child run under callgrind: ``callgrind_instrument`` switches counting there.
+CALLGRIND_CHILD = "ASYNCTRACK_CALLGRIND"
+
+
+def callgrind_instrument(on: bool) -> None:
+    """Switch callgrind's counting of this process on or off (``callgrind_control``), in a
+    child run by ``callgrind_total``; outside valgrind, nothing."""
+    if os.environ.get(CALLGRIND_CHILD):
+        command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def callgrind_total(
+    command: Sequence[str], out: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
+    """Run ``command`` under callgrind, counting off at its start (the child switches it on
+    around what it measures: ``callgrind_instrument``), with ``PYTHONHASHSEED=0``; the
+    instructions counted (the summary of ``out``, the callgrind file written)."""
+    env = dict(os.environ if env is None else env, PYTHONHASHSEED="0", **{CALLGRIND_CHILD: "1"})
+    callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    subprocess.run(
+        [*callgrind, *command],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary in {out}")
+    return int(match.group(1))
 
 
 # -- an OTLP receiver in a process of its own ------------------------------------------------

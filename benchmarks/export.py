@@ -40,8 +40,6 @@ import contextlib
 import gc
 import os
 import pickle
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -437,13 +435,6 @@ COUNTED: dict[str, tuple[str, bool, bool]] = {
     "chain runs": ("chain", False, True),
 }
 _WARMUP_LINES = 2000
-_CALLGRIND = "ASYNCTRACK_CALLGRIND"
-
-
-def _instrument(on: bool) -> None:
-    if os.environ.get(_CALLGRIND):
-        command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
 def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
@@ -466,9 +457,9 @@ def _count_child(variant: str, lines_file: Path, info: Path) -> None:
     lines = chat if workload == "chat" else chain
     _assemble(lines[:_WARMUP_LINES], capture, metrics)
     gc.collect()
-    _instrument(True)
+    c.callgrind_instrument(True)
     spans = _assemble(lines, capture, metrics)
-    _instrument(False)
+    c.callgrind_instrument(False)
     info.write_text(str(spans))
 
 
@@ -484,23 +475,16 @@ def _instructions(lines_file: Path | None) -> int:
         for number, variant in enumerate(COUNTED):
             out, info = Path(tmp) / f"callgrind.{number}", Path(tmp) / f"spans.{number}"
             command = [
-                *("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"),
-                *(
-                    sys.executable,
-                    "-m",
-                    "benchmarks.export",
-                    "--count-child",
-                    variant,
-                    str(lines_file),
-                    str(info),
-                ),
+                sys.executable,
+                "-m",
+                "benchmarks.export",
+                "--count-child",
+                variant,
+                str(lines_file),
+                str(info),
             ]
-            env = dict(os.environ, PYTHONHASHSEED="0", **{_CALLGRIND: "1"})
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
-            if match is None:
-                raise RuntimeError(f"no summary in {out}")
-            print(f"| {variant} | {int(match.group(1)) / int(info.read_text()):,.0f} |", flush=True)
+            total = c.callgrind_total(command, out)
+            print(f"| {variant} | {total / int(info.read_text()):,.0f} |", flush=True)
     return 0
 
 

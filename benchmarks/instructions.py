@@ -82,7 +82,6 @@ import dataclasses
 import json
 import os
 import pickle
-import re
 import shutil
 import statistics
 import subprocess
@@ -93,7 +92,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._common import ROOT, otlp_receiver_process
+from ._common import ROOT, callgrind_instrument, callgrind_total, otlp_receiver_process
 
 WARMUP = 50  # calls before the measured ones: caches filled, first-call paths taken
 RATE_REPEATS = 5  # timed runs of the floor, outside valgrind, for the instructions per µs
@@ -105,15 +104,8 @@ CAPTURE_KEEP = 64
 SHORT_TICK = 0.001  # the shipper's tick in the correction's run with many rounds
 LONG_TICK = 3600.0  # ... and in its run with the fewest (no timed rounds)
 MIN_ROUNDS = 20  # rounds between the two for a fit (else the count is left uncorrected)
-_CONTROL = "ASYNCTRACK_CALLGRIND"  # set in the child run under valgrind
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
-
-
-def _instrument(on: bool) -> None:
-    if os.environ.get(_CONTROL):
-        command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
 # -- workloads ----------------------------------------------------------------------------
@@ -298,10 +290,10 @@ def child(variant: str, workload: str, calls: int, recorded: Path | None, info: 
         run_sync(chain, [setup.handler], min(WARMUP, calls))
         setup.finish()
         before = setup.counters()
-        _instrument(True)
+        callgrind_instrument(True)
         run_sync(chain, [setup.handler], calls)
         setup.finish()
-        _instrument(False)
+        callgrind_instrument(False)
         after = setup.counters()
         setup.close()
     if info is not None:
@@ -333,21 +325,16 @@ def _run(
     command += ["--recorded", str(out_dir / "recorded.pickle"), "--info", str(info)]
     if tick is not None:
         command += ["--tick", str(tick)]
-    env = dict(os.environ, PYTHONHASHSEED="0", ASYNCTRACK_WORKER="thread")
+    env = dict(os.environ, ASYNCTRACK_WORKER="thread")
+    instructions = None
     if valgrind:
-        env[_CONTROL] = "1"
-        callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=no"]
-        command = [*callgrind, f"--callgrind-out-file={out}", *command]
-    subprocess.run(
-        command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    counters = json.loads(info.read_text())
-    if not valgrind:
-        return Run(None, counters)
-    match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no summary in {out}")
-    return Run(int(match.group(1)), counters)
+        instructions = callgrind_total(command, out, env=env, cwd=ROOT)
+    else:
+        env["PYTHONHASHSEED"] = "0"  # as callgrind_total's
+        subprocess.run(
+            command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    return Run(instructions, json.loads(info.read_text()))
 
 
 def _floor_us(workload: str, calls: int) -> float:

@@ -48,9 +48,6 @@ import argparse
 import collections
 import gc
 import marshal
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -145,11 +142,6 @@ def _worker_path(payloads: list[bytes], warm: bool = False) -> int:
     return sum(len(batch.data) for _, batch in batcher.seal())
 
 
-def _instrument(on: bool) -> None:
-    command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-
-
 def _worker_child(path: str, passes: int, warm: bool) -> None:
     """Under callgrind: one pass to warm up (imports, compiled patterns), then ``passes``
     counted."""
@@ -157,40 +149,18 @@ def _worker_child(path: str, passes: int, warm: bool) -> None:
     payloads = [marshal.dumps(records[i : i + _CHUNK], 4) for i in range(0, len(records), _CHUNK)]
     _worker_path(payloads)
     gc.collect()
-    _instrument(True)
+    c.callgrind_instrument(True)
     for _ in range(passes):
         _worker_path(payloads, warm)
-    _instrument(False)
+    c.callgrind_instrument(False)
 
 
 def _count(records: list[Any], passes: int, warm: bool, tmp: Path) -> int:
     """Instructions of ``passes`` passes of the worker path over ``records`` (callgrind)."""
     source = tmp / "records.marshal"
     source.write_bytes(marshal.dumps(records, 4))
-    out = tmp / "callgrind.out"
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "benchmarks.real_provider",
-            "--worker-child",
-            str(source),
-            str(passes),
-            *(["--warm"] if warm else []),
-        ],
-        env=dict(os.environ, PYTHONHASHSEED="0"),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    match = re.search(rb"^totals: (\d+)", out.read_bytes(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no summary in {out}")
-    return int(match.group(1))
+    command = [sys.executable, "-m", "benchmarks.real_provider", "--worker-child", str(source), str(passes)]
+    return c.callgrind_total([*command, *(["--warm"] if warm else [])], tmp / "callgrind.out")
 
 
 def instructions(passes: int, records_file: str | None) -> None:
