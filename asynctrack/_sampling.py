@@ -7,11 +7,9 @@ Both processes decide the same way, from data the run carries:
 - any other root is sampled when ``randomness`` of its run id (56 bits of its BLAKE2b
   hash) is at least the rejection threshold ``(1 - rate) * 2**56``: the form of OTel's
   ``TraceIdRatioBased`` (a trace a rate keeps, every higher rate keeps), on a hash of
-  the id rather than on the id's own low bits, which are not random: LangChain's run
-  ids are UUID version 7 whose low 64 bits are the variant (``10``), a counter that
-  steps by one within a millisecond, and 32 random bits. On those bits the old rule
-  (low 64 under ``rate * 2**64``) kept no trace at a rate of 0.5 or less, and the
-  56-bit one decides the roots of one millisecond nearly alike;
+  the id because the id's own low bits are not random: LangChain's run ids are UUID
+  version 7, whose low 64 bits are the variant (``10``), a counter that steps by one
+  within a millisecond, and 32 random bits;
 - a child follows its root.
 
 The application's span is read only if ``opentelemetry.trace`` is already imported
@@ -144,9 +142,9 @@ def head_sampled(cls: type[Any]) -> type[Any]:
 
     Each ``on_<kind>`` callback takes the head decision itself, on the tracker's
     ``_unsampled`` (the live runs of traces not sampled), ``_threshold`` and ``_sampled_out``:
-    a root start is out when its id is over the ratio and no application span is active
-    (with one, its flag decides, in ``cls``'s method); a child start when its parent is
-    out; any other event when its run is out (an end forgets the run). Every event not
+    a root start is out when its ``randomness`` is under the threshold and no application
+    span is active (with one, its flag decides, in ``cls``'s method); a child start when
+    its parent is out; any other event when its run is out (an end forgets the run). Every event not
     skipped goes to ``cls``'s method as it came, which decides again (``_record_sampled``):
     roots inside an application span, ids that are not ``UUID`` objects, LangGraph's
     lifecycle events.

@@ -419,10 +419,9 @@ class SpanAssembler:
         ended = _schema.model_end(end.data.response)
         if ended is None:
             return None
-        ts = end.ts
         del open_runs[end.run_id]
         self.open_bytes -= span.size
-        return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
+        return self._finish(span, "llm_end", _NO_DATA, _ns(end.ts), ended)
 
     def _token(self, line: bytes, kind_at: int) -> bool:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
