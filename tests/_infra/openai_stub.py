@@ -21,6 +21,7 @@ import http.server
 import json
 import random
 import re
+import sys
 import threading
 import time
 from typing import Any, Final
@@ -192,12 +193,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets its kept-alive connection (an HTTP client's pool closed at
+        # its exit, while the handler waits for the next request) went away: not an error
+        # of the stub. Anything else is printed as socketserver does.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class OpenAIStub:
     """``with OpenAIStub() as stub:`` serves on ``stub.url`` (``http://127.0.0.1:<port>/v1``)."""
 
     def __init__(self) -> None:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
 
     @property
