@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from _infra.child_server import ChildServer
+from _infra.child_server import ChildServer, tethered
 
 __all__ = ["MLflowServer", "free_port", "migrated_store"]
 
@@ -85,7 +85,7 @@ class MLflowServer(ChildServer):
         # (~300 MB and seconds of CPU each); nothing these tests call needs a job.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with self._log.open("wb") as log:
-            self._process = subprocess.Popen(
+            self._process = tethered(
                 [
                     sys.executable,
                     "-m",
@@ -102,12 +102,11 @@ class MLflowServer(ChildServer):
                     "--workers",
                     "1",
                 ],
-                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=root,
-                start_new_session=True,  # its own process group: stop() ends uvicorn too
+                grace=self.stop_grace,
             )
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:

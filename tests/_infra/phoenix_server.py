@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-from _infra.child_server import ChildServer
+from _infra.child_server import ChildServer, tethered
 from _infra.mlflow_server import free_port
 
 __all__ = ["PhoenixServer"]
@@ -90,14 +90,13 @@ class PhoenixServer(ChildServer):
         )
         began = time.monotonic()
         with self._log.open("wb") as log:
-            self._process = subprocess.Popen(
+            self._process = tethered(
                 [sys.executable, "-c", _LAUNCH],
-                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=root,
-                start_new_session=True,  # its own process group: stop() ends it whole
+                grace=self.stop_grace,
             )
         deadline = began + self._start_timeout
         while time.monotonic() < deadline:
