@@ -61,7 +61,7 @@ def test_untether_stops_a_server_that_ignores_sigterm() -> None:
     assert process.stdout is not None
     with process.stdout:
         server = int(process.stdout.readline())
-    untether(process, grace=0.5)
+    untether(process, timeout=5)
     assert process.returncode is not None
     assert _gone(server, within=15)
 
@@ -69,7 +69,7 @@ def test_untether_stops_a_server_that_ignores_sigterm() -> None:
 def test_a_server_that_exits_at_start_ends_its_tether_with_its_status() -> None:
     process = tethered([sys.executable, "-c", "raise SystemExit(3)"], grace=0.5)
     assert process.wait(timeout=30) == 3
-    untether(process, grace=0.5)  # idempotent on an ended tether
+    untether(process, timeout=5)  # idempotent on an ended tether
     killed = tethered([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], grace=0.5)
     assert killed.wait(timeout=30) == 128 + signal.SIGKILL
-    untether(killed, grace=0.5)
+    untether(killed, timeout=5)

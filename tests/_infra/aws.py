@@ -47,6 +47,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal, TypeAlias, get_args
 
+from _infra.child_server import untether
+
 __all__ = [
     "FAULT_KINDS",
     "FaultKind",
@@ -155,14 +157,7 @@ class MotoServer:
         self._port = None
         if process is not None:
             try:
-                if process.stdin is not None:
-                    with contextlib.suppress(OSError):
-                        process.stdin.close()
-                try:
-                    process.wait(timeout=self._stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                untether(process, timeout=self._stop_timeout)
             finally:
                 if process.stdout is not None:
                     process.stdout.close()

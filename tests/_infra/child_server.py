@@ -62,15 +62,15 @@ def tethered(argv: list[str], *, grace: float, **options: Any) -> subprocess.Pop
     )
 
 
-def untether(process: subprocess.Popen[bytes], *, grace: float) -> None:
-    """Stop a :func:`tethered` server: end its pipe, wait for the tether (which stops the
-    server's process group), and kill the group if the tether outlives the grace."""
+def untether(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Stop a child that exits at the end of its stdin (a :func:`tethered` server, the moto
+    server): end the pipe, wait ``timeout`` seconds, then kill its process group. Reaped."""
     stdin: IO[bytes] | None = process.stdin
     if stdin is not None:
         with contextlib.suppress(OSError):
             stdin.close()
     try:
-        process.wait(timeout=grace + 5)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -103,7 +103,7 @@ class ChildServer:
         """Stop the server's process group and remove its files. Idempotent."""
         process, self._process = self._process, None
         if process is not None:
-            untether(process, grace=self.stop_grace)
+            untether(process, timeout=self.stop_grace + 5)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
