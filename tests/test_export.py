@@ -223,6 +223,46 @@ def test_a_langgraph_graph_is_one_trace(tmp_path: Path, receiver: OTLPReceiver, 
     assert len(spans) == tracker.statistics().spans_exported
 
 
+def test_a_resumed_graph_links_to_the_run_it_paused_in(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    from _infra.graphs import QUESTION, interrupt_and_resume
+
+    destination = tmp_path / "logs"
+    tracker = _tracker(destination, OTLPExporter(receiver.endpoint))
+    interrupt_and_resume([tracker], answer="approved")
+    tracker.close(timeout=WAIT)
+    _assert_files_complete(tracker)
+    spans = receiver.spans
+    graphs = sorted((s for s in spans if not s.parent_span_id), key=lambda s: s.start_time_unix_nano)
+    assert [s.name for s in graphs] == ["invoke_workflow LangGraph"] * 2
+    paused, resumed = graphs
+    assert paused.trace_id != resumed.trace_id  # a resume is a new root run
+    (interrupt,) = [e for e in paused.events if e.name == "langchain.graph_interrupt"]
+    (resume,) = [e for e in resumed.events if e.name == "langchain.graph_resume"]
+    found = attributes(interrupt)
+    checkpoint = found["langgraph.checkpoint.id"]
+    assert found["langgraph.status"] == "pending"
+    assert found["langgraph.interrupt.count"] == 1
+    assert len(found["langgraph.interrupt.ids"]) == 1
+    assert attributes(resume)["langgraph.checkpoint.id"] == checkpoint
+    assert not paused.links
+    (link,) = resumed.links
+    assert (link.trace_id, link.span_id) == (paused.trace_id, paused.span_id)
+    assert attributes(link) == {"langgraph.link": "resumed_from"}
+    # The node that paused is no error span (no alert for a graph waiting on a human).
+    (node,) = [s for s in spans if s.name == "ask" and s.trace_id == paused.trace_id]
+    assert node.status.code == 0  # unset
+    assert attributes(node)["langgraph.interrupted"] is True
+    assert "error.type" not in attributes(node)
+    assert not node.events
+    # What interrupt() was given is content: not exported without capture_content.
+    assert not any(QUESTION["question"].encode() in s.SerializeToString() for s in spans)
+    # A backfill of the files makes the same link (the same spans, byte for byte).
+    with OTLPReceiver() as second:
+        assert main(["export", str(destination), "--otlp-endpoint", second.endpoint, "--no-metrics"]) == 0
+        again = sorted(s.SerializeToString() for s in second.spans)
+    assert again == sorted(s.SerializeToString() for s in spans)
+
+
 def test_the_worker_exports_ended_runs_after_the_application_is_killed(
     tmp_path: Path, receiver: OTLPReceiver
 ) -> None:

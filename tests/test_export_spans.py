@@ -323,6 +323,51 @@ def test_other_events_of_a_run_are_span_events() -> None:
     assert span.events[1].time_unix_nano == 1_200_000_000
 
 
+def _paused_and_resumed(checkpoint: str, ns: list[str], resumed_from: str) -> list[bytes]:
+    paused, resumed = str(uuid.uuid4()), str(uuid.uuid4())
+    error = {"type": "langgraph.errors.GraphInterrupt", "message": "(Interrupt(value='secret plan'),)"}
+    interrupts = [{"value": "secret plan", "id": "i1"}]
+    place = {"checkpoint_id": checkpoint, "checkpoint_ns": ns}
+    resume = {"checkpoint_id": resumed_from, "checkpoint_ns": ns}
+    return [
+        _line("chain_start", paused, None, 1.0),
+        _line("graph_interrupt", paused, None, 1.1, interrupts=interrupts, status="pending", **place),
+        _line("chain_error", paused, None, 1.2, duration=0.2, error=error),
+        _line("chain_start", resumed, None, 2.0),
+        _line("graph_resume", resumed, None, 2.1, status="pending", **resume),
+        _line("chain_end", resumed, None, 2.2, duration=0.2, outputs={}),
+    ]
+
+
+def test_a_resume_links_to_the_span_that_paused_at_its_checkpoint() -> None:
+    paused, resumed = _decode(SpanAssembler().add(_paused_and_resumed("c1", ["sub", "task"], "c1")))
+    assert (paused.status.code, attributes(paused)["langgraph.interrupted"]) == (
+        Status.STATUS_CODE_UNSET,
+        True,
+    )
+    assert attributes(paused.events[0]) == {
+        "langgraph.checkpoint.id": "c1",
+        "langgraph.checkpoint.ns": "sub|task",
+        "langgraph.status": "pending",
+        "langgraph.interrupt.count": 1,
+        "langgraph.interrupt.ids": ["i1"],
+    }
+    assert b"secret plan" not in paused.SerializeToString()  # content, not captured
+    (link,) = resumed.links
+    assert (link.trace_id, link.span_id) == (paused.trace_id, paused.span_id)
+    # Another checkpoint, or one never seen paused at: no link.
+    for other in (_paused_and_resumed("c1", [], "c2"), _paused_and_resumed("c1", ["a"], "c1")[3:]):
+        assert [list(span.links) for span in _decode(SpanAssembler().add(other))][-1] == []
+
+
+def test_checkpoints_paused_at_are_bounded() -> None:
+    assembler = SpanAssembler()
+    for n in range(_spans._PAUSED + 10):
+        assembler.add(_paused_and_resumed(f"c{n}", [], "none")[:3])
+    assert len(assembler._paused) == _spans._PAUSED
+    assert ("", "c9") not in assembler._paused and ("", f"c{_spans._PAUSED + 9}") in assembler._paused
+
+
 def test_bad_lines_are_counted_and_skipped() -> None:
     run = str(uuid.uuid4())
     assembler = SpanAssembler()

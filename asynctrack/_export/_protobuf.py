@@ -9,8 +9,10 @@ resource/v1, collector/trace/v1)::
     ScopeSpans     { InstrumentationScope scope = 1; repeated Span spans = 2; string schema_url = 3; }
     Span           { bytes trace_id = 1; bytes span_id = 2; bytes parent_span_id = 4; string name = 5;
                      SpanKind kind = 6; fixed64 start_time_unix_nano = 7; fixed64 end_time_unix_nano = 8;
-                     repeated KeyValue attributes = 9; repeated Event events = 11; Status status = 15; }
+                     repeated KeyValue attributes = 9; repeated Event events = 11; repeated Link links = 13;
+                     Status status = 15; }
     Span.Event     { fixed64 time_unix_nano = 1; string name = 2; repeated KeyValue attributes = 3; }
+    Span.Link      { bytes trace_id = 1; bytes span_id = 2; repeated KeyValue attributes = 4; }
     Status         { string message = 2; StatusCode code = 3; }
     KeyValue       { string key = 1; AnyValue value = 2; }
     AnyValue       { oneof { string string_value = 1; bool bool_value = 2; int64 int_value = 3;
@@ -39,6 +41,7 @@ __all__ = [
     "attribute",
     "common_span_attribute",
     "event",
+    "link",
     "name_and_kind",
     "repeated",
     "request",
@@ -194,6 +197,12 @@ def _field(tag: bytes, message: bytes) -> bytes:
 def event(time_ns: int, name: str, attributes: Iterable[bytes] = ()) -> bytes:
     """A ``Span.Event`` message; ``attributes`` from ``attribute()``."""
     return b"\x09" + _FIXED64(time_ns) + wrap(b"\x12", text(name)) + repeated(b"\x1a", attributes)
+
+
+def link(trace_id: bytes, span_id: bytes, attributes: Iterable[bytes] = ()) -> bytes:
+    """A ``Span``'s ``links`` field (13): a ``Span.Link`` to another trace's span (ids of 16
+    and 8 bytes; ``attributes`` from ``attribute()``). Appended to a ``span_of()``."""
+    return wrap(b"\x6a", b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + repeated(b"\x22", attributes))
 
 
 def name_and_kind(name: str, kind: int) -> bytes:

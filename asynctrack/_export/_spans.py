@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import orjson
 
-from .._events._schema import id_text
+from .._events._schema import id_text, is_interrupt
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
@@ -88,8 +88,9 @@ _LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' cont
 # Kinds whose attributes come from data when content is not captured (any kind with it).
 _DATA_KINDS: Final = frozenset(
     {"llm_start", "chat_model_start", "tool_start", "llm_end", "chain_error", "llm_error", "tool_error"}
-    | {"retriever_error", "agent_action", "retry", "custom_event"}
+    | {"retriever_error", "agent_action", "retry", "custom_event", "graph_interrupt", "graph_resume"}
 )
+_GRAPH_EVENTS: Final = frozenset({"graph_interrupt", "graph_resume"})
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
 # Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
 # order, the start of the next field). When content is not captured, the light ends need
@@ -117,6 +118,11 @@ _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
 _RECENT_STARTS: Final = 4  # model start templates tried before their text is looked up
+_PAUSED: Final = 4096  # LangGraph checkpoints a graph paused at, kept for the resume's link
+# The attribute of the link from a resumed graph's span to the span of the run it paused in.
+_RESUMED_FROM: Final = (pb.attribute("langgraph.link", "resumed_from"),)
+# A node's run ended by LangGraph's GraphInterrupt: the graph paused for a human, no failure.
+_INTERRUPTED: Final = pb.span_attribute("langgraph.interrupted", True)
 _EVENT_ATTRIBUTES: Final = {
     "agent_action": ("tool", "gen_ai.tool.name"),
     "retry": ("attempt_number", "langchain.retry.attempt"),
@@ -189,6 +195,7 @@ class _Open:
         "first_chunk_ns",
         "head",
         "last_ns",
+        "links",
         "size",
         "span_id",
         "start_ns",
@@ -216,6 +223,7 @@ class _Open:
         self.chunks = 0
         self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
         self.size = size  # estimated: 200, its attributes and its events
+        self.links = b""  # its links fields (pb.link), if any: a resumed graph's
 
 
 class SpanAssembler:
@@ -257,6 +265,8 @@ class SpanAssembler:
         self._templates: dict[tuple[Any, ...], _Template] = {}  # model starts (see _known_start)
         self._tails: dict[bytes, dict[str, Any]] = {}  # the fields after data, by their text (_split)
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
+        # (checkpoint namespace, checkpoint id) a graph paused at -> its span's trace and span ids
+        self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
         # The templates of the last model starts read by _known_start, the last first: with
@@ -715,18 +725,7 @@ class SpanAssembler:
         if ended is not None:
             attributes += ended[0]
         elif kind in _ERROR:
-            error = data.get("error")
-            error = error if isinstance(error, Mapping) else {}
-            status = pb.STATUS_ERROR
-            message = str(error.get("message") or "")
-            kind_name = error_type(error)
-            attributes.append(pb.span_attribute("error.type", kind_name))
-            exception = [pb.attribute("exception.type", kind_name)]
-            if message:
-                exception.append(pb.attribute("exception.message", message))
-            if isinstance(error.get("traceback"), str) and error["traceback"]:
-                exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
-            events.append(pb.event(end_ns, "exception", exception))
+            status, message, kind_name = _failed(data.get("error"), end_ns, attributes, events)
         elif kind == "llm_end" or self.capture_content:
             ended = (
                 llm_end(data, self.capture_content)
@@ -763,7 +762,8 @@ class SpanAssembler:
             )
         start_ns = span.start_ns
         end_ns = end_ns if end_ns > start_ns else start_ns
-        return pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        encoded = pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        return encoded + span.links if span.links else encoded
 
     def _rebuild(
         self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
@@ -800,12 +800,59 @@ class SpanAssembler:
             value = source.get(known[0]) if isinstance(source, Mapping) else None
             if isinstance(value, str | int) and not isinstance(value, bool):
                 attrs.append(pb.attribute(known[1], value))
+        if kind in _GRAPH_EVENTS:
+            attrs += self._graph_event(run_id, kind, data, span)
         if self.capture_content and data:
             attrs.append(pb.attribute("langchain.data", orjson.dumps(data).decode()))
         encoded = pb.event(time_ns, f"langchain.{kind}", attrs)
         span.events.append(encoded)
         span.size += len(encoded)
         self.open_bytes += len(encoded)
+
+    def _graph_event(self, run_id: str, kind: str, data: Mapping[str, Any], span: _Open) -> list[bytes]:
+        """A LangGraph interrupt's or resume's attributes: its checkpoint and status (what
+        ``interrupt()`` was given is content: in ``langchain.data``, if captured). An
+        interrupt's checkpoint is remembered; a resume from it (a new root run, so another
+        trace) links its span to the span of the run that paused there."""
+        attrs = []
+        checkpoint = data.get("checkpoint_id")
+        namespace = data.get("checkpoint_ns")
+        if isinstance(namespace, list) and all(type(part) is str for part in namespace):
+            namespace = "|".join(namespace)  # LangGraph's separator of nested graphs' namespaces
+        namespace = namespace if isinstance(namespace, str) else ""
+        status = data.get("status")
+        if isinstance(checkpoint, str):
+            attrs.append(pb.attribute("langgraph.checkpoint.id", checkpoint))
+        if namespace:
+            attrs.append(pb.attribute("langgraph.checkpoint.ns", namespace))
+        if isinstance(status, str):
+            attrs.append(pb.attribute("langgraph.status", status))
+        interrupts = data.get("interrupts")
+        if kind == "graph_interrupt" and isinstance(interrupts, list):
+            attrs.append(pb.attribute("langgraph.interrupt.count", len(interrupts)))
+            ids = [i["id"] for i in interrupts if isinstance(i, dict) and isinstance(i.get("id"), str)]
+            if ids:
+                attrs.append(pb.attribute("langgraph.interrupt.ids", ids))
+        if not isinstance(checkpoint, str):
+            return attrs
+        key = (namespace, checkpoint)
+        paused = self._paused
+        known = self._ids.get(run_id)
+        if known is None:
+            return attrs
+        if kind == "graph_interrupt":
+            paused.pop(key, None)
+            if len(paused) >= _PAUSED:
+                del paused[next(iter(paused))]
+            paused[key] = (known[0], known[1])
+        else:
+            found = paused.get(key)  # kept: a checkpoint may be resumed again (time travel)
+            if found is not None and found[1] != known[1]:
+                link = pb.link(found[0], found[1], _RESUMED_FROM)
+                span.links += link
+                span.size += len(link)
+                self.open_bytes += len(link)
+        return attrs
 
     def _unfinished(self, run_id: str, why: str) -> bytes:
         span = self._open.pop(run_id)
@@ -816,7 +863,8 @@ class SpanAssembler:
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
-        return pb.span_of(span.head, span.start_ns, span.last_ns, span.attributes, span.events)
+        encoded = pb.span_of(span.head, span.start_ns, span.last_ns, span.attributes, span.events)
+        return encoded + span.links if span.links else encoded
 
     def _evict(self) -> list[bytes]:
         out = []
@@ -827,6 +875,29 @@ class SpanAssembler:
             if len(self._evicted) > _KNOWN_IDS:
                 del self._evicted[next(iter(self._evicted))]
         return out
+
+
+def _failed(
+    error: Any, end_ns: int, attributes: list[bytes], events: list[bytes]
+) -> tuple[int, str, str | None]:
+    """An error end's status, message and ``error.type``; its attributes and its
+    ``exception`` event added. LangGraph's GraphInterrupt is no error: a paused graph is no
+    failure to alert on, and what ``interrupt()`` was given (the error's message) is
+    content, on the graph span's ``langchain.graph_interrupt`` event if captured."""
+    if is_interrupt(error):
+        attributes.append(_INTERRUPTED)
+        return pb.STATUS_UNSET, "", None
+    error = error if isinstance(error, Mapping) else {}
+    message = str(error.get("message") or "")
+    kind_name = error_type(error)
+    attributes.append(pb.span_attribute("error.type", kind_name))
+    exception = [pb.attribute("exception.type", kind_name)]
+    if message:
+        exception.append(pb.attribute("exception.message", message))
+    if isinstance(error.get("traceback"), str) and error["traceback"]:
+        exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
+    events.append(pb.event(end_ns, "exception", exception))
+    return pb.STATUS_ERROR, message, kind_name
 
 
 def _split(line: bytes, tails: dict[bytes, dict[str, Any]]) -> tuple[dict[str, Any], bytes, bytes] | None:
