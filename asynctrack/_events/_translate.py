@@ -183,7 +183,10 @@ class EventTranslator:
         clean_tokens = self._clean_tokens
         open_runs = self._open
         parameters = self.parameters
-        counts = parameters.counts
+        # The kinds counted, added to the run's counts once per chunk: a Counter's item
+        # assignment is a Python-level slot (it defines __delitem__), ~1,000 instructions.
+        counted: list[str] = []
+        count = counted.append
         redact_name = self._redactor.text
         names = self._redactor.texts  # its cache: a name seen before costs no call
         hook = self._hook
@@ -203,7 +206,7 @@ class EventTranslator:
                         if opened is not None:
                             name = opened[0]
                     if name is None or type(name) is str:
-                        counts[kind] += 1
+                        count(kind)
                         key = (run_id, parent_run_id, name)
                         head = token_heads.get(key)
                         if head is None:
@@ -251,7 +254,7 @@ class EventTranslator:
                     opened = open_runs.get(run)
                     if opened is not None:
                         name = opened[0]
-                counts[kind] += 1
+                count(kind)
                 if kind in _PARAMETER_KINDS:
                     self._collect(kind, body)
                 envelope = {
@@ -299,6 +302,8 @@ class EventTranslator:
                 append((seq, line))
             except Exception as exc:
                 append(exc)
+        if counted:
+            parameters.counts.update(counted)
         return out
 
     def _token_head(self, key: tuple[int, int | None, str | None]) -> bytes:
