@@ -75,20 +75,30 @@ def _json_string(value: str) -> bytes:
 
 class _CleanPieces:
     """Pieces found clean under one set of rules, bounded by count and bytes (then the
-    set starts over). Read without the lock (a set lookup is atomic), added to under it."""
+    set starts over). Read without the lock (a set lookup is atomic), added to under it.
+
+    ``tokens``: the JSON texts of streamed tokens whose piece (``_token_piece``) is in
+    ``clean``, added with it and forgotten with it: a token known clean is looked up as
+    it is, its piece not built (see ``Redactor._templates``).
+    """
 
     def __init__(self) -> None:
         self.clean: set[bytes] = set()
+        self.tokens: set[bytes] = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, pieces: set[bytes]) -> None:
-        size = sum(map(len, pieces))
+    def add(self, pieces: set[bytes], tokens: Iterable[bytes] = ()) -> None:
+        tokens = set(tokens)
+        size = sum(map(len, pieces)) + sum(map(len, tokens))
         with self._lock:
-            if len(self.clean) + len(pieces) > _CLEAN_MAX or self._bytes + size > _CLEAN_MAX_BYTES:
+            count = len(self.clean) + len(self.tokens) + len(pieces) + len(tokens)
+            if count > _CLEAN_MAX or self._bytes + size > _CLEAN_MAX_BYTES:
                 self.clean = set()
+                self.tokens = set()
                 self._bytes = 0
             self.clean.update(pieces)
+            self.tokens.update(tokens)
             self._bytes += size
 
 
@@ -118,6 +128,12 @@ def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | N
     return body[:start], body[after:second], body[second + len(token) :]
 
 
+def _token_piece(token: bytes) -> bytes:
+    """The piece of a streamed token's body that holds its token (JSON text) twice, as
+    the cut at ',"' leaves it: its chunk's ``text`` and its message's ``content``."""
+    return b"".join((b'text":', token, b',"content":', token, b"}"))
+
+
 class Redactor:
     """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
 
@@ -139,6 +155,8 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
+        self._token_of: dict[bytes, bytes] = {}
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
         # for every redactor of the same rules in this process (200 trackers, one cache).
         self._pieces_seen = _clean_pieces(keys, detectors)
@@ -180,11 +198,16 @@ class Redactor:
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
         templates: list[bytes] = []
+        self._token_of = token_of = {}
         if shared is not None and not self._patterns:
-            rest, tokens_pieces, templates = self._templates(bodies, shared)
+            rest, tokens, templates = self._templates(bodies, shared)
             pieces = self._pieces(b"\x1e".join(rest)) if rest else []
-            if pieces is not None:
-                pieces += tokens_pieces
+            if pieces is not None and tokens:
+                # A token known clean is its piece known clean: only new ones are built.
+                new = set(tokens).difference(self._pieces_seen.tokens)
+                if new:
+                    self._token_of = token_of = dict(zip(map(_token_piece, new), new, strict=True))
+                    pieces += token_of
         else:
             pieces = self._pieces(joined)
         if pieces is not None:
@@ -227,7 +250,7 @@ class Redactor:
             # Nothing was learned since above. The tokens' pieces are not in the joined
             # chunk as they are: they are left to a later scan of their own.
             if templates:
-                unknown.difference_update(tokens_pieces)
+                unknown.difference_update(token_of)
                 self._remember_templates(templates)
             self._learn(unknown, joined, scanned=True)
         return joined
@@ -236,8 +259,8 @@ class Redactor:
         self, bodies: list[bytes], shared: list[bytes | int | None]
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """The texts to cut into pieces (bodies, or what follows a known leading part),
-        the pieces of the tokens held by the others, and the templates and leading parts
-        not known yet (see ``prepare``).
+        the JSON texts of the tokens held by the others (their pieces: ``_token_piece``),
+        and the templates and leading parts not known yet (see ``prepare``).
 
         A body is cut into pieces whole when its template (or leading part) is neither
         known clean nor that of a body before it in the chunk (which is cut into
@@ -248,7 +271,7 @@ class Redactor:
         """
         clean = self._pieces_seen.clean
         rest: list[bytes] = []
-        pieces: list[bytes] = []
+        tokens: list[bytes] = []
         templates: dict[bytes, None] = {}
         last: tuple[bytes, bytes, bytes] | None = None
         for body, token in zip(bodies, shared, strict=True):
@@ -271,8 +294,8 @@ class Redactor:
                     rest.append(body)
                     templates[template] = None
                     continue
-            pieces.append(b'text":%b,"content":%b}' % (token, token))
-        return rest, pieces, list(templates)
+            tokens.append(token)
+        return rest, tokens, list(templates)
 
     def _remember_templates(self, templates: list[bytes]) -> None:
         """Remember ``templates``, whose bodies were found clean, as clean (a template
@@ -320,7 +343,13 @@ class Redactor:
         pieces = {piece for piece in unknown if len(piece) <= _MAX_PIECE}
         if text.find(_LC_OPEN) != -1:
             pieces = set(self._sealed(pieces))
-        self._pieces_seen.add(pieces)
+        token_of = self._token_of
+        if token_of:  # the tokens whose pieces are remembered, with them
+            tokens = set(map(token_of.get, pieces))
+            tokens.discard(None)
+            self._pieces_seen.add(pieces, tokens)  # type: ignore[arg-type]
+        else:
+            self._pieces_seen.add(pieces)
         return True
 
     def _sealed(self, pieces: Iterable[bytes]) -> list[bytes]:
