@@ -7,7 +7,7 @@ import itertools
 import re
 import threading
 from collections.abc import Iterable
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 from typing import Final
 
 import orjson
@@ -41,6 +41,8 @@ _FOUND: Final = (-1).__ne__  # of a find() result
 #: value, or a word.
 _CUT: Final = b',"'
 _GLUE: Final = b'\x1e"'  # joins unknown pieces for a scan; the '"' the cut took is back
+#: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
+_COARSE: Final = b'},"'
 _MIN_PIECE: Final = 12  # bytes per piece on average, at least, for the cache to be tried
 _COUNT_FROM: Final = 1 << 16  # chunks longer than this are counted before they are cut
 _MAX_PIECE: Final = 1 << 16  # longer pieces are not remembered
@@ -79,26 +81,33 @@ class _CleanPieces:
 
     ``tokens``: the JSON texts of streamed tokens whose piece (``_token_piece``) is in
     ``clean``, added with it and forgotten with it: a token known clean is looked up as
-    it is, its piece not built (see ``Redactor._templates``).
+    it is, its piece not built (see ``Redactor._templates``). ``coarse``: texts between
+    coarse cuts whose every piece is in ``clean`` (see ``Redactor._coarse``).
     """
 
     def __init__(self) -> None:
         self.clean: set[bytes] = set()
         self.tokens: set[bytes] = set()
+        self.coarse: set[bytes] = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, pieces: set[bytes], tokens: Iterable[bytes] = ()) -> None:
+    def add(self, pieces: set[bytes], tokens: Iterable[bytes] = (), coarse: Iterable[bytes] = ()) -> None:
         tokens = set(tokens)
-        size = sum(map(len, pieces)) + sum(map(len, tokens))
+        coarse = set(coarse)
+        size = sum(map(len, pieces)) + sum(map(len, tokens)) + sum(map(len, coarse))
         with self._lock:
-            count = len(self.clean) + len(self.tokens) + len(pieces) + len(tokens)
-            if count > _CLEAN_MAX or self._bytes + size > _CLEAN_MAX_BYTES:
+            count = len(self.clean) + len(self.tokens) + len(self.coarse)
+            if count + len(pieces) + len(tokens) + len(coarse) > _CLEAN_MAX or (
+                self._bytes + size > _CLEAN_MAX_BYTES
+            ):
                 self.clean = set()
                 self.tokens = set()
+                self.coarse = set()
                 self._bytes = 0
             self.clean.update(pieces)
             self.tokens.update(tokens)
+            self.coarse.update(coarse)
             self._bytes += size
 
 
@@ -197,21 +206,12 @@ class Redactor:
             return b""
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
-        templates: list[bytes] = []
-        self._token_of = token_of = {}
-        if shared is not None and not self._patterns:
-            rest, tokens, templates = self._templates(bodies, shared)
-            pieces = self._pieces(b"\x1e".join(rest)) if rest else []
-            if pieces is not None and tokens:
-                # A token known clean is its piece known clean: only new ones are built.
-                new = set(tokens).difference(self._pieces_seen.tokens)
-                if new:
-                    self._token_of = token_of = dict(zip(map(_token_piece, new), new, strict=True))
-                    pieces += token_of
-        else:
-            pieces = self._pieces(joined)
+        pieces, coarse, templates = self._cut(bodies, shared, joined)
+        token_of = self._token_of
         if pieces is not None:
-            unknown = set(pieces).difference(self._pieces_seen.clean)
+            clean = self._pieces_seen.clean
+            # All known (most chunks of a long run): a look-up per piece, no set built.
+            unknown = set() if clean.issuperset(pieces) else set(pieces).difference(clean)
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
             if not unknown or (
                 sum(map(len, unknown)) * 4 <= len(joined)
@@ -219,6 +219,7 @@ class Redactor:
             ):
                 self._chunk = {}  # every piece is clean on its own, so is every body
                 self._remember_templates(templates)
+                self._remember_coarse(coarse)
                 return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
@@ -252,8 +253,65 @@ class Redactor:
             if templates:
                 unknown.difference_update(token_of)
                 self._remember_templates(templates)
-            self._learn(unknown, joined, scanned=True)
+            if self._learn(unknown, joined, scanned=True):
+                self._remember_coarse(coarse)
         return joined
+
+    def _cut(
+        self, bodies: list[bytes], shared: list[bytes | int | None] | None, joined: bytes
+    ) -> tuple[list[bytes] | None, list[bytes], list[bytes]]:
+        """The pieces of the chunk to look up (``None``: the cache does not apply), its
+        coarse parts not known clean, and its templates not known (see ``prepare``)."""
+        self._token_of = {}
+        if shared is None or self._patterns:
+            cut = self._pieces(joined)
+            return (None, [], []) if cut is None else (*cut, [])
+        rest, tokens, templates = self._templates(bodies, shared)
+        cut = self._pieces(b"\x1e".join(rest)) if rest else ([], [])
+        if cut is None:
+            return None, [], templates
+        if tokens:
+            # A token known clean is its piece known clean: only new ones are built.
+            new = set(tokens).difference(self._pieces_seen.tokens)
+            if new:
+                self._token_of = dict(zip(map(_token_piece, new), new, strict=True))
+                cut[0].extend(self._token_of)
+        return (*cut, templates)
+
+    def _coarse(self, text: bytes) -> tuple[bytes, list[bytes]]:
+        """``text`` cut at the coarse cuts (``},"``), then the parts not known clean joined
+        again at their cuts (what is left to cut into pieces), and those parts.
+
+        A coarse cut is a cut into pieces too: a part followed by a coarse cut, with the
+        cut's '}', is a row of whole pieces. Such a part is remembered
+        (``_remember_coarse``) once each of its pieces was found clean, and a part known
+        clean is its pieces known clean, at one look-up (the messages of a model start
+        that the next call's start repeats; a model's description; the members of a
+        response that every call has). The last part, which no cut follows, is always
+        cut into pieces (never remembered: the same text followed by '}' would be
+        another row of pieces).
+        """
+        parts = text.split(_COARSE)
+        last = parts.pop()
+        if not parts:
+            return text, parts
+        unknown = list(filterfalse(self._pieces_seen.coarse.__contains__, parts))
+        unknown.append(last)
+        rest = _COARSE.join(unknown)
+        unknown.pop()
+        return rest, unknown
+
+    def _remember_coarse(self, parts: list[bytes]) -> None:
+        """Remember ``parts`` (``_coarse``), whose pieces were found clean, as clean: but
+        a part holding a piece ``_learn`` does not remember (longer than ``_MAX_PIECE``,
+        or ending in LangChain's secret marker's start; a piece holding a run of 40
+        base64 characters is never found clean there)."""
+        if parts:
+            kept = [part for part in parts if len(part) < _MAX_PIECE]
+            if b"\x1e".join(kept).find(_LC_OPEN) != -1:
+                kept = [part for part in kept if part.find(_LC_OPEN) == -1]
+            if kept:
+                self._pieces_seen.add(set(), coarse=kept)
 
     def _templates(
         self, bodies: list[bytes], shared: list[bytes | int | None]
@@ -310,16 +368,19 @@ class Redactor:
         if kept:
             self._pieces_seen.add(set(kept))
 
-    def _pieces(self, joined: bytes) -> list[bytes] | None:
-        """``joined`` cut into pieces for the clean-piece cache, or ``None`` when the
+    def _pieces(self, joined: bytes) -> tuple[list[bytes], list[bytes]] | None:
+        """``joined`` cut into pieces for the clean-piece cache, but for its coarse parts
+        known clean (``_coarse``), and the coarse parts not known; or ``None`` when the
         cache does not apply (``redact_patterns`` may match across pieces) or does not
-        pay (pieces too short: a hostile text must not cost a Python object per byte)."""
+        pay (pieces too short: a hostile text must not cost a Python object per byte;
+        judged on the pieces of all of ``joined`` when it is long, else on those cut)."""
         if self._patterns:
             return None
         if len(joined) > _COUNT_FROM and joined.count(_CUT) * _MIN_PIECE > len(joined):
             return None
-        pieces = joined.split(_CUT)
-        return None if len(pieces) * _MIN_PIECE > len(joined) else pieces
+        text, coarse = self._coarse(joined)
+        pieces = text.split(_CUT) if text else []
+        return None if len(pieces) * _MIN_PIECE > len(joined) else (pieces, coarse)
 
     def _learn(self, unknown: set[bytes], text: bytes, scanned: bool = False) -> bool:
         """Whether ``text`` (the ``unknown`` pieces, or the whole chunk if ``scanned``,
