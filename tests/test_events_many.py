@@ -240,3 +240,31 @@ def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path
     ]
     assert len(chunked._token_heads) == 2  # the path under test: one envelope per clean run
     assert b"hunter2" not in b"".join(x[1] for x in lines if type(x) is tuple)
+
+
+def test_token_usage_read_from_llm_output_is_what_the_whole_body_holds() -> None:
+    outputs: list[Any] = [
+        {"token_usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}, "model_name": "m"},
+        {
+            "token_usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "completion_tokens_details": {"reasoning_tokens": 1},
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+            "id": "chatcmpl-1",
+        },
+        {"token_usage": {"prompt_tokens": 1, "note": "a } and a {", "total_tokens": 1}},
+        {"model_name": "m", "token_usage": {"prompt_tokens": 4, "total_tokens": 4}},
+        {"token_usage": {"prompt_tokens": 2}, "model": {"token_usage": {"prompt_tokens": 100}}},
+        None,
+    ]
+    usage = {"input_tokens": 6, "output_tokens": 1, "total_tokens": 7}
+    translator = _translator()
+    for i, output in enumerate(outputs):
+        message = {"content": "hi", "usage_metadata": usage}
+        response = {"generations": [[{"text": "hi", "message": message}]], "llm_output": output, "run": None}
+        translator(("llm_end", i, 1.0, i + 100, None, None, _body({"response": response}), None))
+    expected = {"prompt": 3 + 7 + 1 + 4 + 2 + 6, "completion": 5 + 2 + 1, "total": 8 + 9 + 1 + 4 + 7}
+    assert translator.parameters.tokens == expected

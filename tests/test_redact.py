@@ -661,6 +661,26 @@ def test_langchains_secret_marker_is_remembered_and_a_password_beside_it_is_not(
     assert redactor.json(clean[0]) == clean[0]
 
 
+def test_the_bodies_left_out_of_firsts_begin_as_one_kept() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    words = ["The", " weather", "", " in", " Paris", "\u00e9t\u00e9"]
+    bodies = [_token_body(w, None) for w in words] + [_token_body(w, {"n": 1}) for w in words]
+    bodies.insert(3, orjson.dumps({"tags": [], "data": {"chunk": None}}))  # data not first
+    redactor.prepare(
+        bodies, [orjson.dumps(w) for w in words[:3]] + [None] + [orjson.dumps(w) for w in words * 2][3:]
+    )
+    firsts = redactor.firsts
+    assert len(firsts) < len(bodies)  # the path under test
+    starts = {b[: _redactor.SAME_START] for b in firsts}
+    assert all(b[: _redactor.SAME_START] in starts for b in bodies)
+    assert bodies[3] in firsts
+    encoder = Encoder(TrackerConfig())
+    encoder.prepare(
+        bodies, [orjson.dumps(w) for w in words[:3]] + [None] + [orjson.dumps(w) for w in words * 2][3:]
+    )
+    assert encoder.plain == {}  # a body without data first: none is spliced as it is
+
+
 def _start(messages: list[dict[str, Any]], **metadata: Any) -> bytes:
     """A chat model start's body as the handler writes it (messages, then metadata)."""
     return orjson.dumps({"data": {"messages": [messages]}, "tags": [], "metadata": metadata})

@@ -43,6 +43,8 @@ _CUT: Final = b',"'
 _GLUE: Final = b'\x1e"'  # joins unknown pieces for a scan; the '"' the cut took is back
 #: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
 _COARSE: Final = b'},"'
+#: ``Redactor.firsts``: a body left out begins with this many bytes of one kept.
+SAME_START: Final = 16
 _MIN_PIECE: Final = 12  # bytes per piece on average, at least, for the cache to be tried
 _COUNT_FROM: Final = 1 << 16  # chunks longer than this are counted before they are cut
 _MAX_PIECE: Final = 1 << 16  # longer pieces are not remembered
@@ -164,6 +166,10 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        #: The bodies of the chunk at hand but some that begin with the same ``SAME_START``
+        #: bytes as one of them (a streamed token's body equal to its run's template
+        #: filled with its token): a prefix that short is every body's if it is theirs.
+        self.firsts: list[bytes] = []
         #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
         self._token_of: dict[bytes, bytes] = {}
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
@@ -203,6 +209,7 @@ class Redactor:
         if bodies is None:
             self._chunk = {}
             self._bodies = {}
+            self.firsts = []
             return b""
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
@@ -263,6 +270,7 @@ class Redactor:
         """The pieces of the chunk to look up (``None``: the cache does not apply), its
         coarse parts not known clean, and its templates not known (see ``prepare``)."""
         self._token_of = {}
+        self.firsts = bodies
         if shared is None or self._patterns:
             cut = self._pieces(joined)
             return (None, [], []) if cut is None else (*cut, [])
@@ -332,8 +340,11 @@ class Redactor:
         tokens: list[bytes] = []
         templates: dict[bytes, None] = {}
         last: tuple[bytes, bytes, bytes] | None = None
+        self.firsts = firsts = []
+        same = False  # whether last[0], the body in firsts it was taken from, is SAME_START long
         for body, token in zip(bodies, shared, strict=True):
             if type(token) is not bytes:
+                firsts.append(body)
                 if type(token) is int and 0 < token < len(body):
                     lead = body[:token]
                     if lead in clean or lead in templates:
@@ -343,7 +354,9 @@ class Redactor:
                 rest.append(body)
                 continue
             if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
+                firsts.append(body)
                 last = _template_parts(body, token)
+                same = last is not None and len(last[0]) >= SAME_START
                 if last is None:  # not a streamed token's body as the handler writes it
                     rest.append(body)
                     continue
@@ -352,6 +365,8 @@ class Redactor:
                     rest.append(body)
                     templates[template] = None
                     continue
+            elif not same:
+                firsts.append(body)
             tokens.append(token)
         return rest, tokens, list(templates)
 
