@@ -207,6 +207,7 @@ class EventTranslator:
         dumps = orjson.dumps
         token_heads = self._token_heads
         experiment, run_name, writer = self.experiment, self.run, self.writer
+        last: tuple[Any, Any, Any, bytes] | None = None  # the token before: its ids, name, envelope
         for record in records:
             try:
                 kind, seq, ts, run_id, parent_run_id, name, body, extra = record
@@ -214,17 +215,32 @@ class EventTranslator:
                 if clean is not None and clean[2] and clean[0] is record:
                     # A streamed token written as it is (most events of a streamed call):
                     # its envelope is its run's but for seq and ts, which come first,
-                    # written once per run (see prepare()).
-                    if name is None:
-                        opened = open_runs.get(run_id)
-                        if opened is not None:
-                            name = opened[0]
-                    if name is None or type(name) is str:
+                    # written once per run (see prepare()); the same as the token's
+                    # before it when it was one of the same run (nothing in between
+                    # opened or ended a run).
+                    if (
+                        last is not None
+                        and run_id == last[0]
+                        and parent_run_id == last[1]
+                        and name == last[2]
+                    ):
+                        head = last[3]
+                    else:
+                        given = name
+                        if name is None:
+                            opened = open_runs.get(run_id)
+                            if opened is not None:
+                                name = opened[0]
+                        if name is not None and type(name) is not str:
+                            head = None
+                        else:
+                            key = (run_id, parent_run_id, name)
+                            head = token_heads.get(key)
+                            if head is None:
+                                head = self._token_head(key)
+                            last = (run_id, parent_run_id, given, head)
+                    if head is not None:
                         count(kind)
-                        key = (run_id, parent_run_id, name)
-                        head = token_heads.get(key)
-                        if head is None:
-                            head = self._token_head(key)
                         fields = (
                             b'{"seq":',
                             dumps(seq),
@@ -238,6 +254,7 @@ class EventTranslator:
                         )
                         append((seq, b"".join(fields)))
                         continue
+                last = None  # this record may open or end a run
                 # UUID.__hash__ is Python code; its int hashes in C.
                 run = run_id.int if type(run_id) is uuid.UUID else run_id
                 token = None
