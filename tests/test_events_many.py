@@ -240,3 +240,62 @@ def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path
     ]
     assert len(chunked._token_heads) == 2  # the path under test: one envelope per clean run
     assert b"hunter2" not in b"".join(x[1] for x in lines if type(x) is tuple)
+
+
+def test_token_usage_read_from_llm_output_is_what_the_whole_body_holds() -> None:
+    outputs: list[Any] = [
+        {"token_usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}, "model_name": "m"},
+        {
+            "token_usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "completion_tokens_details": {"reasoning_tokens": 1},
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+            "id": "chatcmpl-1",
+        },
+        {"token_usage": {"prompt_tokens": 1, "note": "a } and a {", "total_tokens": 1}},
+        {"model_name": "m", "token_usage": {"prompt_tokens": 4, "total_tokens": 4}},
+        {"token_usage": {"prompt_tokens": 2}, "model": {"token_usage": {"prompt_tokens": 100}}},
+        None,
+    ]
+    usage = {"input_tokens": 6, "output_tokens": 1, "total_tokens": 7}
+    translator = _translator()
+    for i, output in enumerate(outputs):
+        message = {"content": "hi", "usage_metadata": usage}
+        response = {"generations": [[{"text": "hi", "message": message}]], "llm_output": output, "run": None}
+        translator(("llm_end", i, 1.0, i + 100, None, None, _body({"response": response}), None))
+    expected = {"prompt": 3 + 7 + 1 + 4 + 2 + 6, "completion": 5 + 2 + 1, "total": 8 + 9 + 1 + 4 + 7}
+    assert translator.parameters.tokens == expected
+
+
+def test_tokens_of_runs_opened_and_ended_between_them_get_their_own_envelopes() -> None:
+    ts = 1_800_000_000.5
+    a, b = 2**100 + 1, 2**100 + 2
+
+    def token(seq: int, run: int, text: str, name: str | None = None) -> tuple[Any, ...]:
+        body = _body({"chunk": {"text": text, "message": {"content": text, "id": "lc_run--1"}}})
+        return ("llm_new_token", seq, ts, run, None, name, body, text)
+
+    records = [
+        ("llm_start", 0, ts, a, None, "model-a", _body({"prompts": ["hi"]}), None),
+        token(1, a, "One"),
+        token(2, a, " two"),
+        ("llm_start", 3, ts, b, a, "model-b", _body({"prompts": ["hey"]}), None),
+        token(4, b, "Uno"),
+        token(5, a, " three"),
+        token(6, a, " four", "named"),
+        token(7, a, " five"),
+        ("llm_end", 8, ts + 1, a, None, None, _body({"response": {"generations": []}}), None),
+        token(9, a, " after the end"),
+        token(10, b, " dos"),
+    ]
+    chunked = _translator()
+    chunked.prepare(records)
+    lines = chunked.many(records)
+    single = _translator()
+    assert lines == [single(record) for record in records]
+    names = [orjson.loads(x[1])["name"] for x in lines if type(x) is tuple]
+    a_, b_ = "model-a", "model-b"
+    assert names == [a_, a_, a_, b_, b_, a_, "named", a_, a_, None, b_]  # the end's name; none after it

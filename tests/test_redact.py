@@ -661,6 +661,97 @@ def test_langchains_secret_marker_is_remembered_and_a_password_beside_it_is_not(
     assert redactor.json(clean[0]) == clean[0]
 
 
+def test_the_bodies_left_out_of_firsts_begin_as_one_kept() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    words = ["The", " weather", "", " in", " Paris", "\u00e9t\u00e9"]
+    bodies = [_token_body(w, None) for w in words] + [_token_body(w, {"n": 1}) for w in words]
+    bodies.insert(3, orjson.dumps({"tags": [], "data": {"chunk": None}}))  # data not first
+    redactor.prepare(
+        bodies, [orjson.dumps(w) for w in words[:3]] + [None] + [orjson.dumps(w) for w in words * 2][3:]
+    )
+    firsts = redactor.firsts
+    assert len(firsts) < len(bodies)  # the path under test
+    starts = {b[: _redactor.SAME_START] for b in firsts}
+    assert all(b[: _redactor.SAME_START] in starts for b in bodies)
+    assert bodies[3] in firsts
+    encoder = Encoder(TrackerConfig())
+    encoder.prepare(
+        bodies, [orjson.dumps(w) for w in words[:3]] + [None] + [orjson.dumps(w) for w in words * 2][3:]
+    )
+    assert encoder.plain == {}  # a body without data first: none is spliced as it is
+
+
+def _start(messages: list[dict[str, Any]], **metadata: Any) -> bytes:
+    """A chat model start's body as the handler writes it (messages, then metadata)."""
+    return orjson.dumps({"data": {"messages": [messages]}, "tags": [], "metadata": metadata})
+
+
+def _message(content: str, kind: str = "human") -> dict[str, Any]:
+    return {"content": content, "additional_kwargs": {}, "response_metadata": {}, "type": kind, "id": None}
+
+
+def test_a_message_known_clean_is_looked_up_whole_and_a_secret_after_it_is_found() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    system = _message("You are a helpful assistant. Answer briefly.", "system")
+    first = _start([system, _message("What is the weather in Lyon today?")], ls_provider="openai")
+    redactor.prepare([first])
+    assert redactor.unchanged() and redactor._pieces_seen.coarse  # clean, its parts remembered
+    # The next call's start repeats the history: its parts known clean are not cut into pieces.
+    history = [system, _message("What is the weather in Lyon today?"), _message("18 C and sunny.", "ai")]
+    second = _start([*history, _message("And in Paris?")], ls_provider="openai")
+    cut = redactor._pieces(second)
+    assert cut is not None and not any(b"helpful assistant" in piece for piece in cut[0])
+    redactor.prepare([second])
+    assert id(second) in redactor.unchanged()
+    for secret, body in [
+        ("hunter2", _start([*history, _message("my password=hunter2 please")], ls_provider="openai")),
+        ("s3cr3t", _start(history, ls_provider="openai", api_key="s3cr3t")),
+        ("sk-proj-" + "Q" * 40, _start([*history, _message("sk-proj-" + "Q" * 40)], ls_provider="openai")),
+    ]:
+        redactor.prepare([first, body])
+        out = redactor.json(body)
+        assert out == Redactor(DEFAULT_REDACT_KEYS).json(body)
+        assert out is not None and secret.encode() not in out
+
+
+def test_a_coarse_part_holding_a_piece_that_is_not_remembered_is_not_remembered() -> None:
+    marker = {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}
+    bare = "wJalrXUtnFEMIK7MDENGbPxRfiCYzXAMPLEKEY12"  # a bare AWS secret only after a context word
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    body, other = (
+        orjson.dumps({"data": {"kwargs": {"openai_api_key": marker}, "n": n}, "tags": [], "metadata": {}})
+        for n in (1, 2)
+    )
+    ids, more = (orjson.dumps({"data": {"ids": {"a": bare}, "n": n}, "tags": []}) for n in (1, 2))
+    for chunk in ([body, other], [ids, more]):
+        redactor.prepare(chunk)
+        assert len(redactor.unchanged()) == 2  # clean
+    coarse = redactor._pieces_seen.coarse
+    assert coarse and not any(b'{"lc":1' in part or bare.encode() in part for part in coarse)
+    # The marker's object with a password after it, where the marker's part would stand.
+    dirty = orjson.dumps(
+        {"data": {"kwargs": {"openai_api_key": {**marker, "x": "pw-1"}}, "n": 1}, "tags": [], "metadata": {}}
+    )
+    redactor.prepare([body, dirty])
+    assert b"pw-1" not in (redactor.json(dirty) or b"")
+
+
+def test_a_token_is_remembered_clean_only_with_its_piece() -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    words = ["The", " weather", " in", " Paris"]
+    redactor.prepare([_token_body(w, None) for w in words], [orjson.dumps(w) for w in words])
+    later = [" is", " mild", "."]  # the template known: the tokens' pieces scanned, remembered
+    redactor.prepare([_token_body(w, None) for w in later], [orjson.dumps(w) for w in later])
+    seen = redactor._pieces_seen
+    assert {orjson.dumps(w) for w in later} <= seen.tokens  # (the cache is the process's)
+    assert all(_redactor._token_piece(t) in seen.clean for t in seen.tokens)
+    secret = "ghp_" + "a" * 36
+    body = _token_body(secret, None)
+    redactor.prepare([body], [orjson.dumps(secret)])
+    assert orjson.dumps(secret) not in seen.tokens
+    assert secret.encode() not in (redactor.json(body) or b"")
+
+
 @settings(max_examples=80, deadline=None, database=None)
 @given(
     st.lists(st.integers(1, 60), min_size=1, max_size=12),

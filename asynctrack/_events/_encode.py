@@ -22,12 +22,15 @@ import orjson
 from .._capture import MARK, Capturer, placeholder, valid_text
 from .._config import TrackerConfig
 from .._redact import REDACTED, Redactor
+from .._redact._redactor import SAME_START
 
 __all__ = ["REDACTED", "SPLICE", "Encoder", "placeholder"]
 
 _DATA: Final = b'{"data":{'
 SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
+assert SPLICE <= SAME_START  # Redactor.firsts: the bodies that begin otherwise (prepare)
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
+_MARK_BYTE: Final = MARK.encode()[:1]  # b"$"
 
 
 class Encoder:
@@ -50,12 +53,17 @@ class Encoder:
         """Scan a chunk of bodies at once; ``shared``: what each body shares with others
         (see ``Redactor.prepare``). Returns the bodies joined (by ``\x1e``: a byte JSON
         text never holds), for searches of the whole chunk."""
-        joined = self.redactor.prepare(bodies, shared)
+        redactor = self.redactor
+        joined = redactor.prepare(bodies, shared)
         # Every body starts with '{"data":{' (the splice needs it: one C loop over the
-        # bodies; a count of the separator in the joined chunk reads every byte), and none
-        # holds a placeholder (one search of the joined chunk).
-        starts = all(map(bytes.startswith, bodies, repeat(_DATA)))
-        self.plain = self.redactor.unchanged() if starts and joined.find(_FAILED) == -1 else {}
+        # bodies that do not begin as one before them; a count of the separator in the
+        # joined chunk reads every byte), and none holds a placeholder (one search of
+        # the joined chunk).
+        starts = all(map(bytes.startswith, redactor.firsts, repeat(_DATA)))
+        # (A search of its first byte first, '$': memchr, where the placeholder's text,
+        # whose last byte is '"', is searched a few bytes a step.)
+        failed = joined.find(_MARK_BYTE) != -1 and joined.find(_FAILED) != -1
+        self.plain = redactor.unchanged() if starts and not failed else {}
         return joined
 
     def head(self, envelope: dict[str, Any]) -> bytes:

@@ -66,7 +66,9 @@ class RunParameters:
         self._secret = secret_keys
         self.counts: collections.Counter[str] = collections.Counter()
         self.hyper: dict[str, dict[ParameterValue, None]] = {}
-        self.tokens: collections.Counter[str] = collections.Counter()
+        # A plain dict: a Counter's item assignment is a Python-level slot (it defines
+        # __delitem__), three per model end.
+        self.tokens: dict[str, int] = {}
         self.latency: dict[str, _Latency] = {}
         self._random = random.Random(0).random  # a fixed seed: the same run, the same sample
         self._names: dict[str, str | None] = {}  # parameter key -> its name, None if secret
@@ -132,7 +134,7 @@ class RunParameters:
             for key in theirs:
                 value = get(key)
                 if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-                    tokens[ours] += value
+                    tokens[ours] = tokens.get(ours, 0) + value
                     break
 
     def hyperparameters(self) -> dict[str, ParameterValue]:

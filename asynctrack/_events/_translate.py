@@ -82,7 +82,7 @@ class EventTranslator:
         """Events written with a placeholder for a value that could not be captured."""
         return self.encoder.placeholders
 
-    def prepare(self, records: Sequence[Sequence[Any]], /) -> None:
+    def prepare(self, records: Sequence[Sequence[Any]], /) -> None:  # noqa: PLR0915 - one frame a chunk
         """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
         kinds = set(map(_KIND, records))
         if "llm_new_token" not in kinds:
@@ -104,30 +104,43 @@ class EventTranslator:
         # length of a model start's description.
         shared: list[bytes | int | None] = []
         streams: dict[Any, list[str]] = {}
-        tokens = []
+        tokens: list[tuple[Any, Sequence[Any], bytes | None]] = []
         blocks = set()
         dumps = orjson.dumps
+        add_body = bodies.append
+        add_shared = shared.append
+        add_token = tokens.append
+        UUID = uuid.UUID  # a local: no global and attribute look-up per token
+        last_run: Any = None
+        run_tokens: list[str] | None = None  # the tokens of last_run (they come in a row)
         for record in records:
             kind, body, extra = record[KIND], record[BODY], record[EXTRA]
             text: bytes | int | None = None
             if kind == "llm_new_token":
-                run = record[RUN_ID].int if type(record[RUN_ID]) is uuid.UUID else record[RUN_ID]
+                run = record[RUN_ID]
+                if type(run) is UUID:
+                    run = run.int
                 if type(extra) is not str:
                     blocks.add(run)
                     continue  # not the bodies holding content-block tokens (their "token" key is ours)
-                streams.setdefault(run, []).append(extra)
+                if run_tokens is None or run != last_run:
+                    run_tokens = streams.get(run)
+                    if run_tokens is None:
+                        run_tokens = streams[run] = []
+                    last_run = run
+                run_tokens.append(extra)
                 token: bytes | None = None
                 try:  # not contextlib.suppress, which runs Python frames per token
                     token = dumps(extra)
                 except orjson.JSONEncodeError:  # a lone surrogate: none
                     pass
-                tokens.append((run, record, token))
+                add_token((run, record, token))
                 text = token
             elif kind in _LAST_OF_DATA and type(body) is bytes:
                 text = body.find(_LAST_OF_DATA[kind])
             if type(body) is bytes:
-                bodies.append(body)
-                shared.append(text)
+                add_body(body)
+                add_shared(text)
         joined = self.encoder.prepare(bodies, shared)
         for run in blocks:  # content blocks join the run's stream in order, in many()
             streams.pop(run, None)
@@ -138,6 +151,7 @@ class EventTranslator:
         # body written as it is (plain, data not empty, no tool call streamed: one search
         # of the chunk for all), its ids ints (as the worker process receives them).
         plain = self.encoder.plain
+        every = len(plain) == len(bodies)  # every body of the chunk is plain (bodies are distinct)
         tool_calls = joined.find(TOOL_CALL_CHUNKS) != -1
         fast = self._hook is None
         clean_tokens = self._clean_tokens = {}
@@ -150,7 +164,7 @@ class EventTranslator:
                     fast
                     and text is not None
                     and type(body) is bytes
-                    and plain.get(id(body)) is body
+                    and (every or plain.get(id(body)) is body)
                     and body[_SPLICE] != 0x7D
                     and not (tool_calls and body.find(TOOL_CALL_CHUNKS) != -1)
                     and type(record[RUN_ID]) is int
@@ -183,13 +197,17 @@ class EventTranslator:
         clean_tokens = self._clean_tokens
         open_runs = self._open
         parameters = self.parameters
-        counts = parameters.counts
+        # The kinds counted, added to the run's counts once per chunk: a Counter's item
+        # assignment is a Python-level slot (it defines __delitem__), ~1,000 instructions.
+        counted: list[str] = []
+        count = counted.append
         redact_name = self._redactor.text
         names = self._redactor.texts  # its cache: a name seen before costs no call
         hook = self._hook
         dumps = orjson.dumps
         token_heads = self._token_heads
         experiment, run_name, writer = self.experiment, self.run, self.writer
+        last: tuple[Any, Any, Any, bytes] | None = None  # the token before: its ids, name, envelope
         for record in records:
             try:
                 kind, seq, ts, run_id, parent_run_id, name, body, extra = record
@@ -197,20 +215,46 @@ class EventTranslator:
                 if clean is not None and clean[2] and clean[0] is record:
                     # A streamed token written as it is (most events of a streamed call):
                     # its envelope is its run's but for seq and ts, which come first,
-                    # written once per run (see prepare()).
-                    if name is None:
-                        opened = open_runs.get(run_id)
-                        if opened is not None:
-                            name = opened[0]
-                    if name is None or type(name) is str:
-                        counts[kind] += 1
-                        key = (run_id, parent_run_id, name)
-                        head = token_heads.get(key)
-                        if head is None:
-                            head = self._token_head(key)
-                        envelope_parts = (b'{"seq":', dumps(seq), b',"ts":', dumps(ts), head, clean[1], b",")
-                        append((seq, b"".join((*envelope_parts, body[_SPLICE:], b"\n"))))
+                    # written once per run (see prepare()); the same as the token's
+                    # before it when it was one of the same run (nothing in between
+                    # opened or ended a run).
+                    if (
+                        last is not None
+                        and run_id == last[0]
+                        and parent_run_id == last[1]
+                        and name == last[2]
+                    ):
+                        head = last[3]
+                    else:
+                        given = name
+                        if name is None:
+                            opened = open_runs.get(run_id)
+                            if opened is not None:
+                                name = opened[0]
+                        if name is not None and type(name) is not str:
+                            head = None
+                        else:
+                            key = (run_id, parent_run_id, name)
+                            head = token_heads.get(key)
+                            if head is None:
+                                head = self._token_head(key)
+                            last = (run_id, parent_run_id, given, head)
+                    if head is not None:
+                        count(kind)
+                        fields = (
+                            b'{"seq":',
+                            dumps(seq),
+                            b',"ts":',
+                            dumps(ts),
+                            head,
+                            clean[1],
+                            b",",
+                            body[_SPLICE:],
+                            b"\n",
+                        )
+                        append((seq, b"".join(fields)))
                         continue
+                last = None  # this record may open or end a run
                 # UUID.__hash__ is Python code; its int hashes in C.
                 run = run_id.int if type(run_id) is uuid.UUID else run_id
                 token = None
@@ -251,7 +295,7 @@ class EventTranslator:
                     opened = open_runs.get(run)
                     if opened is not None:
                         name = opened[0]
-                counts[kind] += 1
+                count(kind)
                 if kind in _PARAMETER_KINDS:
                     self._collect(kind, body)
                 envelope = {
@@ -299,6 +343,8 @@ class EventTranslator:
                 append((seq, line))
             except Exception as exc:
                 append(exc)
+        if counted:
+            parameters.counts.update(counted)
         return out
 
     def _token_head(self, key: tuple[int, int | None, str | None]) -> bytes:

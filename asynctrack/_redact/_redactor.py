@@ -7,7 +7,7 @@ import itertools
 import re
 import threading
 from collections.abc import Iterable
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 from typing import Final
 
 import orjson
@@ -33,6 +33,7 @@ from ._keys import (
 __all__ = ["Redactor"]
 
 _LITERALS: Final = tuple(dict.fromkeys(literal for literal, _, _ in LITERAL_FORMATS))
+_LITERALS_NO_COLON: Final = tuple(literal for literal in _LITERALS if b":" not in literal)
 _FOUND: Final = (-1).__ne__  # of a find() result
 
 #: Where a chunk is cut into pieces for the clean-piece cache (see ``Redactor.prepare``).
@@ -41,6 +42,10 @@ _FOUND: Final = (-1).__ne__  # of a find() result
 #: value, or a word.
 _CUT: Final = b',"'
 _GLUE: Final = b'\x1e"'  # joins unknown pieces for a scan; the '"' the cut took is back
+#: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
+_COARSE: Final = b'},"'
+#: ``Redactor.firsts``: a body left out begins with this many bytes of one kept.
+SAME_START: Final = 16
 _MIN_PIECE: Final = 12  # bytes per piece on average, at least, for the cache to be tried
 _COUNT_FROM: Final = 1 << 16  # chunks longer than this are counted before they are cut
 _MAX_PIECE: Final = 1 << 16  # longer pieces are not remembered
@@ -75,20 +80,37 @@ def _json_string(value: str) -> bytes:
 
 class _CleanPieces:
     """Pieces found clean under one set of rules, bounded by count and bytes (then the
-    set starts over). Read without the lock (a set lookup is atomic), added to under it."""
+    set starts over). Read without the lock (a set lookup is atomic), added to under it.
+
+    ``tokens``: the JSON texts of streamed tokens whose piece (``_token_piece``) is in
+    ``clean``, added with it and forgotten with it: a token known clean is looked up as
+    it is, its piece not built (see ``Redactor._templates``). ``coarse``: texts between
+    coarse cuts whose every piece is in ``clean`` (see ``Redactor._coarse``).
+    """
 
     def __init__(self) -> None:
         self.clean: set[bytes] = set()
+        self.tokens: set[bytes] = set()
+        self.coarse: set[bytes] = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, pieces: set[bytes]) -> None:
-        size = sum(map(len, pieces))
+    def add(self, pieces: set[bytes], tokens: Iterable[bytes] = (), coarse: Iterable[bytes] = ()) -> None:
+        tokens = set(tokens)
+        coarse = set(coarse)
+        size = sum(map(len, pieces)) + sum(map(len, tokens)) + sum(map(len, coarse))
         with self._lock:
-            if len(self.clean) + len(pieces) > _CLEAN_MAX or self._bytes + size > _CLEAN_MAX_BYTES:
+            count = len(self.clean) + len(self.tokens) + len(self.coarse)
+            if count + len(pieces) + len(tokens) + len(coarse) > _CLEAN_MAX or (
+                self._bytes + size > _CLEAN_MAX_BYTES
+            ):
                 self.clean = set()
+                self.tokens = set()
+                self.coarse = set()
                 self._bytes = 0
             self.clean.update(pieces)
+            self.tokens.update(tokens)
+            self.coarse.update(coarse)
             self._bytes += size
 
 
@@ -118,6 +140,12 @@ def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | N
     return body[:start], body[after:second], body[second + len(token) :]
 
 
+def _token_piece(token: bytes) -> bytes:
+    """The piece of a streamed token's body that holds its token (JSON text) twice, as
+    the cut at ',"' leaves it: its chunk's ``text`` and its message's ``content``."""
+    return b"".join((b'text":', token, b',"content":', token, b"}"))
+
+
 class Redactor:
     """Applies the spec (``asynctrack._redact``) to JSON text (captured bodies) and plain text.
 
@@ -139,6 +167,12 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        #: The bodies of the chunk at hand but some that begin with the same ``SAME_START``
+        #: bytes as one of them (a streamed token's body equal to its run's template
+        #: filled with its token): a prefix that short is every body's if it is theirs.
+        self.firsts: list[bytes] = []
+        #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
+        self._token_of: dict[bytes, bytes] = {}
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
         # for every redactor of the same rules in this process (200 trackers, one cache).
         self._pieces_seen = _clean_pieces(keys, detectors)
@@ -176,19 +210,16 @@ class Redactor:
         if bodies is None:
             self._chunk = {}
             self._bodies = {}
+            self.firsts = []
             return b""
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
-        templates: list[bytes] = []
-        if shared is not None and not self._patterns:
-            rest, tokens_pieces, templates = self._templates(bodies, shared)
-            pieces = self._pieces(b"\x1e".join(rest)) if rest else []
-            if pieces is not None:
-                pieces += tokens_pieces
-        else:
-            pieces = self._pieces(joined)
+        pieces, coarse, templates = self._cut(bodies, shared, joined)
+        token_of = self._token_of
         if pieces is not None:
-            unknown = set(pieces).difference(self._pieces_seen.clean)
+            clean = self._pieces_seen.clean
+            # All known (most chunks of a long run): a look-up per piece, no set built.
+            unknown = set() if clean.issuperset(pieces) else set(pieces).difference(clean)
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
             if not unknown or (
                 sum(map(len, unknown)) * 4 <= len(joined)
@@ -196,6 +227,7 @@ class Redactor:
             ):
                 self._chunk = {}  # every piece is clean on its own, so is every body
                 self._remember_templates(templates)
+                self._remember_coarse(coarse)
                 return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
@@ -227,17 +259,75 @@ class Redactor:
             # Nothing was learned since above. The tokens' pieces are not in the joined
             # chunk as they are: they are left to a later scan of their own.
             if templates:
-                unknown.difference_update(tokens_pieces)
+                unknown.difference_update(token_of)
                 self._remember_templates(templates)
-            self._learn(unknown, joined, scanned=True)
+            if self._learn(unknown, joined, scanned=True):
+                self._remember_coarse(coarse)
         return joined
+
+    def _cut(
+        self, bodies: list[bytes], shared: list[bytes | int | None] | None, joined: bytes
+    ) -> tuple[list[bytes] | None, list[bytes], list[bytes]]:
+        """The pieces of the chunk to look up (``None``: the cache does not apply), its
+        coarse parts not known clean, and its templates not known (see ``prepare``)."""
+        self._token_of = {}
+        self.firsts = bodies
+        if shared is None or self._patterns:
+            cut = self._pieces(joined)
+            return (None, [], []) if cut is None else (*cut, [])
+        rest, tokens, templates = self._templates(bodies, shared)
+        cut = self._pieces(b"\x1e".join(rest)) if rest else ([], [])
+        if cut is None:
+            return None, [], templates
+        if tokens:
+            # A token known clean is its piece known clean: only new ones are built.
+            new = set(tokens).difference(self._pieces_seen.tokens)
+            if new:
+                self._token_of = dict(zip(map(_token_piece, new), new, strict=True))
+                cut[0].extend(self._token_of)
+        return (*cut, templates)
+
+    def _coarse(self, text: bytes) -> tuple[bytes, list[bytes]]:
+        """``text`` cut at the coarse cuts (``},"``), then the parts not known clean joined
+        again at their cuts (what is left to cut into pieces), and those parts.
+
+        A coarse cut is a cut into pieces too: a part followed by a coarse cut, with the
+        cut's '}', is a row of whole pieces. Such a part is remembered
+        (``_remember_coarse``) once each of its pieces was found clean, and a part known
+        clean is its pieces known clean, at one look-up (the messages of a model start
+        that the next call's start repeats; a model's description; the members of a
+        response that every call has). The last part, which no cut follows, is always
+        cut into pieces (never remembered: the same text followed by '}' would be
+        another row of pieces).
+        """
+        parts = text.split(_COARSE)
+        last = parts.pop()
+        if not parts:
+            return text, parts
+        unknown = list(filterfalse(self._pieces_seen.coarse.__contains__, parts))
+        unknown.append(last)
+        rest = _COARSE.join(unknown)
+        unknown.pop()
+        return rest, unknown
+
+    def _remember_coarse(self, parts: list[bytes]) -> None:
+        """Remember ``parts`` (``_coarse``), whose pieces were found clean, as clean: but
+        a part holding a piece ``_learn`` does not remember (longer than ``_MAX_PIECE``,
+        or ending in LangChain's secret marker's start; a piece holding a run of 40
+        base64 characters is never found clean there)."""
+        if parts:
+            kept = [part for part in parts if len(part) < _MAX_PIECE]
+            if b"\x1e".join(kept).find(_LC_OPEN) != -1:
+                kept = [part for part in kept if part.find(_LC_OPEN) == -1]
+            if kept:
+                self._pieces_seen.add(set(), coarse=kept)
 
     def _templates(
         self, bodies: list[bytes], shared: list[bytes | int | None]
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """The texts to cut into pieces (bodies, or what follows a known leading part),
-        the pieces of the tokens held by the others, and the templates and leading parts
-        not known yet (see ``prepare``).
+        the JSON texts of the tokens held by the others (their pieces: ``_token_piece``),
+        and the templates and leading parts not known yet (see ``prepare``).
 
         A body is cut into pieces whole when its template (or leading part) is neither
         known clean nor that of a body before it in the chunk (which is cut into
@@ -248,11 +338,14 @@ class Redactor:
         """
         clean = self._pieces_seen.clean
         rest: list[bytes] = []
-        pieces: list[bytes] = []
+        tokens: list[bytes] = []
         templates: dict[bytes, None] = {}
         last: tuple[bytes, bytes, bytes] | None = None
+        self.firsts = firsts = []
+        same = False  # whether last[0], the body in firsts it was taken from, is SAME_START long
         for body, token in zip(bodies, shared, strict=True):
             if type(token) is not bytes:
+                firsts.append(body)
                 if type(token) is int and 0 < token < len(body):
                     lead = body[:token]
                     if lead in clean or lead in templates:
@@ -262,7 +355,9 @@ class Redactor:
                 rest.append(body)
                 continue
             if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
+                firsts.append(body)
                 last = _template_parts(body, token)
+                same = last is not None and len(last[0]) >= SAME_START
                 if last is None:  # not a streamed token's body as the handler writes it
                     rest.append(body)
                     continue
@@ -271,8 +366,10 @@ class Redactor:
                     rest.append(body)
                     templates[template] = None
                     continue
-            pieces.append(b'text":%b,"content":%b}' % (token, token))
-        return rest, pieces, list(templates)
+            elif not same:
+                firsts.append(body)
+            tokens.append(token)
+        return rest, tokens, list(templates)
 
     def _remember_templates(self, templates: list[bytes]) -> None:
         """Remember ``templates``, whose bodies were found clean, as clean (a template
@@ -287,16 +384,19 @@ class Redactor:
         if kept:
             self._pieces_seen.add(set(kept))
 
-    def _pieces(self, joined: bytes) -> list[bytes] | None:
-        """``joined`` cut into pieces for the clean-piece cache, or ``None`` when the
+    def _pieces(self, joined: bytes) -> tuple[list[bytes], list[bytes]] | None:
+        """``joined`` cut into pieces for the clean-piece cache, but for its coarse parts
+        known clean (``_coarse``), and the coarse parts not known; or ``None`` when the
         cache does not apply (``redact_patterns`` may match across pieces) or does not
-        pay (pieces too short: a hostile text must not cost a Python object per byte)."""
+        pay (pieces too short: a hostile text must not cost a Python object per byte;
+        judged on the pieces of all of ``joined`` when it is long, else on those cut)."""
         if self._patterns:
             return None
         if len(joined) > _COUNT_FROM and joined.count(_CUT) * _MIN_PIECE > len(joined):
             return None
-        pieces = joined.split(_CUT)
-        return None if len(pieces) * _MIN_PIECE > len(joined) else pieces
+        text, coarse = self._coarse(joined)
+        pieces = text.split(_CUT) if text else []
+        return None if len(pieces) * _MIN_PIECE > len(joined) else (pieces, coarse)
 
     def _learn(self, unknown: set[bytes], text: bytes, scanned: bool = False) -> bool:
         """Whether ``text`` (the ``unknown`` pieces, or the whole chunk if ``scanned``,
@@ -320,7 +420,13 @@ class Redactor:
         pieces = {piece for piece in unknown if len(piece) <= _MAX_PIECE}
         if text.find(_LC_OPEN) != -1:
             pieces = set(self._sealed(pieces))
-        self._pieces_seen.add(pieces)
+        token_of = self._token_of
+        if token_of:  # the tokens whose pieces are remembered, with them
+            tokens = set(map(token_of.get, pieces))
+            tokens.discard(None)
+            self._pieces_seen.add(pieces, tokens)  # type: ignore[arg-type]
+        else:
+            self._pieces_seen.add(pieces)
         return True
 
     def _sealed(self, pieces: Iterable[bytes]) -> list[bytes]:
@@ -521,7 +627,8 @@ class Redactor:
         # The literals present, with a C call per literal (a short text has none, most
         # often). find(), not `in`: CPython 3.11's `bytes in bytes` first tries the needle
         # as an int and formats a TypeError each time (~1,150 instructions).
-        present = set(compress(_LITERALS, map(_FOUND, map(text.find, _LITERALS))))
+        literals = _LITERALS if text.find(b":") != -1 else _LITERALS_NO_COLON
+        present = set(compress(literals, map(_FOUND, map(text.find, literals))))
         for literal, pattern, group in LITERAL_FORMATS if present else ():
             if literal in present:
                 # C calls per hit (a text dense with hits costs no Python bytecode per hit).
@@ -553,7 +660,11 @@ class Redactor:
         raw = _json_string(text)
         if self._patterns:
             return True
-        if self.key_rule is not None:
+        # Every key rule reads a key, then ':' or '=' (streamed prose most often has
+        # neither: two searches of a byte instead of the stems' eight). Without them no
+        # key is found even in a text dense with stems, which the full spec then parses
+        # and reads the same way: ``False`` there too.
+        if self.key_rule is not None and (raw.find(b":") != -1 or raw.find(b"=") != -1):
             keys = self._key_spans(raw)
             if keys is None or keys[0] or keys[1]:
                 return True
