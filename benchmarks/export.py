@@ -26,7 +26,8 @@ span, counted by callgrind (``PYTHONHASHSEED=0``: deterministic at one path): 3,
 ChatOpenAI spans (20 rounds copied with fresh run ids) and 3,000 chain runs, each
 variant in a child under valgrind: a warm-up on 2,000 lines (a separate assembler), then
 instrumentation on around a new assembler's ``add()`` of every line and ``close()``, the
-trace requests of 512 spans and their gzip (level 1, as the exporter sends them). ``--lines`` reads (or, missing,
+trace requests of 512 spans and their gzip (level 1, as the exporter sends them), and the
+metrics request at the end (as the exporter's close sends it). ``--lines`` reads (or, missing,
 writes) the lines, so that two trees count the same ones: a before/after pair.
 
 Medians of ``--repeats`` interleaved runs. Goals (issue 20): application CPU +0.5 µs per
@@ -448,6 +449,8 @@ def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
     spans = assembler.add(lines) + assembler.close()
     for start in range(0, len(spans), BATCH):
         gzip_body(_hand_written(spans[start : start + BATCH]))
+    if kept is not None:
+        gzip_body(kept.request())  # as the exporter's close sends them
     return len(spans)
 
 

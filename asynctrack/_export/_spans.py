@@ -754,12 +754,7 @@ class SpanAssembler:
                 if len(template.series) < 8:
                     template.series[model] = (metrics, series)
             metrics.model_call(
-                series,
-                start_ns=span.start_ns,
-                end_ns=end_ns,
-                error_type=kind_name,
-                tokens=ended[2] if ended is not None else None,
-                first_chunk=first_chunk,
+                series, span.start_ns, end_ns, kind_name, ended[2] if ended is not None else None, first_chunk
             )
         start_ns = span.start_ns
         end_ns = end_ns if end_ns > start_ns else start_ns
