@@ -585,6 +585,15 @@ def _responses() -> dict[str, Any]:
         "response metadata not an object": {
             "generations": [[{**no_info, "message": {**message, "response_metadata": "x"}}]],
         },
+        "usage not an object": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": [1, 2]}}]],
+            "llm_output": {"token_usage": "x", "model_name": "m"},
+        },
+        "usage details not an object": {
+            "generations": [
+                [{**no_info, "message": {**message, "usage_metadata": {"input_token_details": 3}}}]
+            ],
+        },
         "a token count beyond 64 bits": {
             "generations": [[generation]],
             "llm_output": {"token_usage": {"prompt_tokens": _BIG, "completion_tokens": 1}},
@@ -646,6 +655,7 @@ _NOT_READ = (
     "llm_output not an object",
 )
 _NOT_READ += ("response metadata not an object", "no response")
+_NOT_READ += ("usage not an object", "usage details not an object")
 
 
 @pytest.mark.parametrize("case", list(_responses()))

@@ -392,10 +392,16 @@ def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
         metadata = _EMPTY
     response_id = llm_output.get("id") or metadata.get("id")
     model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
-    ended = end_attributes(attrs, response_id, model, reasons, usage, message.get("usage_metadata"))
+    ended = end_attributes(attrs, response_id, model, reasons, usage, _cached(message.get("usage_metadata")))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
     return ended
+
+
+def _cached(usage_metadata: Any) -> Any:
+    """A message's ``usage_metadata.input_token_details.cache_read``, if it is there."""
+    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
+    return details.get("cache_read") if type(details) is dict else None
 
 
 def end_attributes(
@@ -404,10 +410,10 @@ def end_attributes(
     model: Any,
     reasons: list[str],
     usage: tuple[int, int] | None,
-    usage_metadata: Any,
+    cached: Any,
 ) -> Ended:
     """A model call's end attributes (appended to ``attrs``) from what its response says:
-    ``usage_metadata`` is its first message's (for the cached input tokens)."""
+    ``cached`` is its first message's ``usage_metadata.input_token_details.cache_read``."""
     if type(response_id) is str and response_id:
         attrs.append(span_attribute("gen_ai.response.id", response_id))
     if type(model) is str and model:
@@ -424,9 +430,8 @@ def end_attributes(
         attrs.append(
             _OUTPUT_TOKENS.get(tokens_out) or _count(_OUTPUT_TOKENS, "gen_ai.usage.output_tokens", tokens_out)
         )
-    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
-    if type(details) is dict and details:
-        cached = _number(details.get("cache_read"), int)
+    if cached is not None:
+        cached = _number(cached, int)
         if cached:
             attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
     return attrs, model, usage
