@@ -281,7 +281,8 @@ class SpanAssembler:
         streaming: _Open | None = None  # the stream of the last token counted
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
-            # looked at where the last line had it, a byte either side, else found. A
+            # looked at where the last line had it, two bytes either side (a time's text is
+            # 16 to 18 characters long), else found. A
             # token's kind has a w where no other kind has one (llm_new_token): a token of
             # a stream whose first token was seen is counted (most lines of a streamed call
             # are these), found by its run id's text where its envelope puts it.
@@ -291,6 +292,10 @@ class SpanAssembler:
                         k += 1
                     elif line[k - 1] == _K:
                         k -= 1
+                    elif line[k + 2] == _K:
+                        k += 2
+                    elif line[k - 2] == _K:
+                        k -= 2
                     else:
                         raise IndexError
                 if line[k + 13] == _W:
