@@ -24,7 +24,7 @@ import msgspec
 
 from ._semconv import Ended, end_attributes
 
-__all__ = ["EndLine", "model_end", "read"]
+__all__ = ["EndLine", "model_end", "read", "seconds"]
 
 # gc=False: these objects hold no cycles, and are freed as soon as the span is written.
 
@@ -94,6 +94,16 @@ class EndLine(msgspec.Struct, gc=False):
 
 
 _DECODE: Final = msgspec.json.Decoder(EndLine).decode
+_SECONDS: Final = msgspec.json.Decoder(float).decode
+
+
+def seconds(text: bytes) -> float:
+    """``float(text)``: a JSON number read by msgspec (a fifth of ``float()``'s instructions
+    on a time's 17 digits; both round correctly), anything else by ``float()``."""
+    try:
+        return _SECONDS(text)
+    except msgspec.DecodeError:
+        return float(text)
 
 
 def read(line: bytes) -> EndLine | None:

@@ -60,6 +60,7 @@ try:  # the otel extra: a model call's end read by its schema
     from . import _model_end as _schema
 except ImportError:  # pragma: no cover - the test extra installs msgspec
     _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
+_seconds: Final = _schema.seconds if _schema is not None else float  # a time's text read
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -405,7 +406,7 @@ class SpanAssembler:
             return None
         at = line.find(_TS)
         try:
-            end_ns = int(float(line[at + 5 : line.find(b",", at)]) * 1e9)
+            end_ns = int(_seconds(line[at + 5 : line.find(b",", at)]) * 1e9)
         except ValueError:
             return None
         del open_runs[run_id]
@@ -451,7 +452,7 @@ class SpanAssembler:
         if not span.first_chunk_ns:
             ts_at = line.find(_TS)
             try:
-                ts = float(line[ts_at + 5 : line.find(b",", ts_at)])
+                ts = _seconds(line[ts_at + 5 : line.find(b",", ts_at)])
                 span.first_chunk_ns = span.last_ns = int(ts * 1e9)
             except ValueError:
                 return False
@@ -531,7 +532,7 @@ class SpanAssembler:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
             self._ts_at = ts_at
         try:
-            start_ns = int(float(line[ts_at : kind_at - 1]) * 1e9)
+            start_ns = int(_seconds(line[ts_at : kind_at - 1]) * 1e9)
         except ValueError:
             return False, None
         run_id = line[run_at + 10 : after].decode("ascii", "replace")
