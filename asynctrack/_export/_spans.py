@@ -107,6 +107,7 @@ _HEADS: Final = {
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
+_NO_KEY: Final = b"\n"  # a stream key no slice of a line is (lines are split at newlines)
 _NO_DATA: Final[dict[str, Any]] = {}  # read, never written
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
@@ -279,14 +280,17 @@ class SpanAssembler:
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
         run_at = self._run_at
         run_end = run_at + 46
+        w_at, key_at, key_end = k + 13, k + run_at, k + run_end  # kept with k and run_at
         streaming: _Open | None = None  # the stream of the last token counted
+        stream_key = _NO_KEY  # its key, while it is open
+        counted = 0  # its tokens counted since its chunks were last updated
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
             # looked at where the last line had it, two bytes either side (a time's text is
-            # 16 to 18 characters long), else found. A
-            # token's kind has a w where no other kind has one (llm_new_token): a token of
-            # a stream whose first token was seen is counted (most lines of a streamed call
-            # are these), found by its run id's text where its envelope puts it.
+            # 16 to 18 characters long), else found. A token's kind has a w where no other
+            # kind has one (llm_new_token): a token of a stream whose first token was seen
+            # is counted (most lines of a streamed call are these), found by its run id's
+            # text where its envelope puts it.
             try:
                 if line[k] != _K:
                     if line[k + 1] == _K:
@@ -299,18 +303,20 @@ class SpanAssembler:
                         k -= 2
                     else:
                         raise IndexError
-                if line[k + 13] == _W:
-                    key = line[k + run_at : k + run_end]
+                    w_at, key_at, key_end = k + 13, k + run_at, k + run_end
+                if line[w_at] == _W:
+                    key = line[key_at:key_end]
                     # The stream of the last token, compared before it is looked up: a
-                    # call's tokens mostly come one after another (an ended stream's
-                    # key is emptied).
-                    if streaming is not None and key == streaming.stream_key:
-                        streaming.chunks += 1
+                    # call's tokens mostly come one after another.
+                    if key == stream_key:
+                        counted += 1
                         continue
                     span = streams.get(key)
                     if span is not None:
+                        if counted:
+                            streaming.chunks += counted  # type: ignore[union-attr]  # counted: a stream's
                         span.chunks += 1
-                        streaming = span
+                        streaming, stream_key, counted = span, key, 0
                         continue
                     token = True
                 else:
@@ -321,6 +327,15 @@ class SpanAssembler:
                 token = line[at + 8 : at + 22] == _NEW_TOKEN
                 if at >= 0:
                     k = at + 1
+                    w_at, key_at, key_end = k + 13, k + run_at, k + run_end
+            if streaming is not None:
+                # Any other line may end the stream, or read its count: its count is
+                # brought up to date, and an ended stream (its key emptied) is forgotten.
+                if counted:
+                    streaming.chunks += counted
+                    counted = 0
+                if not streaming.stream_key:
+                    streaming, stream_key = None, _NO_KEY
             known: str | None = None
             template_key: tuple[Any, ...] | None = None
             if at < 0:
@@ -329,6 +344,7 @@ class SpanAssembler:
                 if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
                     run_at = self._run_at
                     run_end = run_at + 46
+                    key_at, key_end = k + run_at, k + run_end
                     continue
             elif heads is not None:
                 known = heads.get(line[at + 8 : at + 21])
@@ -378,6 +394,8 @@ class SpanAssembler:
                 self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
+        if counted:
+            streaming.chunks += counted  # type: ignore[union-attr]  # counted: a stream's
         self._k = k
         return done
 
