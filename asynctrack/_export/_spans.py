@@ -456,21 +456,34 @@ class SpanAssembler:
         second tracker's envelope gives another place (tried here, then kept as the first
         to try).
         """
+        at = -1
         for run_at in self._runs_at:
-            at = kind_at + 1 + run_at
-            span = self._streams.get(line[at : at + 46])
+            key_at = kind_at + 1 + run_at
+            key = line[key_at : key_at + 46]
+            span = self._streams.get(key)
             if span is not None:
                 self._run_at = run_at
                 span.chunks += 1
                 return True
-        at = line.find(_RUN_ID, kind_at)
+            if at < 0 and key[:10] == _RUN_ID:
+                at = key_at  # a stream's first token: its run id where its envelope puts it
+        if at < 0:
+            at = line.find(_RUN_ID, kind_at)
         span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
             return False
         if not span.first_chunk_ns:
-            ts_at = line.find(_TS)
+            ts_at = self._ts_at  # where the last start read had its time (the envelope's second field)
+            ts: float | None = None
+            if line[ts_at - 5 : ts_at] == _TS and ts_at < kind_at:
+                try:
+                    ts = _seconds(line[ts_at : kind_at - 1])
+                except ValueError:
+                    pass  # not this layout: found below
             try:
-                ts = _seconds(line[ts_at + 5 : line.find(b",", ts_at)])
+                if ts is None:
+                    ts_at = line.find(_TS)
+                    ts = _seconds(line[ts_at + 5 : line.find(b",", ts_at)])
                 span.first_chunk_ns = span.last_ns = int(ts * 1e9)
             except ValueError:
                 return False
