@@ -791,3 +791,25 @@ def test_a_time_that_is_not_a_json_number_is_read_by_float(text: bytes) -> None:
         return
     read = _model_end.seconds(text)
     assert read == expected or (math.isnan(expected) and math.isnan(read))
+
+
+def test_more_model_setups_in_turn_than_templates_tried_are_the_spans_of_a_whole_parse(
+    agent_lines: list[bytes],
+) -> None:
+    # Six setups called in turn, three times: more than the recent templates kept, so the
+    # template a start is tried with first (the one that followed last time) was dropped.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    lines = []
+    for _ in range(3):
+        for setup in range(_spans._RECENT_STARTS + 2):
+            params = {**event["data"]["invocation_params"], "temperature": setup / 10}
+            data = {**event["data"], "invocation_params": params}
+            lines.append(orjson.dumps({**event, "run_id": str(uuid.uuid4()), "data": data}))
+    recent, whole = SpanAssembler(), SpanAssembler()
+    recent.add(lines)
+    whole.add(reordered(lines))
+    spans = recent.close()
+    assert spans == whole.close()
+    temperatures = [attributes(s)["gen_ai.request.temperature"] for s in _decode(spans)]
+    assert temperatures == pytest.approx([setup / 10 for setup in range(_spans._RECENT_STARTS + 2)] * 3)

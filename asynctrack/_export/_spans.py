@@ -181,6 +181,23 @@ class _Template:
         self.series: dict[str | None, tuple[Metrics, Series]] = {}
 
 
+class _Recent:
+    """A model start template recently read by ``SpanAssembler._known_start``, with its texts:
+    the line's from its kind to ``"run_id":"`` (``head``), from its name to its content's key
+    (``rest``), and from the ``]`` that ends its content on (``tail``)."""
+
+    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "template")
+
+    def __init__(self, root: bool, head: bytes, rest: bytes, tail: bytes, template: _Template) -> None:
+        self.root = root
+        self.head = head
+        self.run_offset = len(head) - 10  # from the kind to the run id's key
+        self.rest = rest
+        self.tail = tail
+        self.template = template
+        self.follower: _Recent | None = None  # the template the next start had, last time
+
+
 class _Open:
     """A run whose start was seen and whose end was not yet."""
 
@@ -261,10 +278,11 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
-        # The templates of the last model starts read by _known_start, the last first: with
-        # whether a root, their text from the kind to '"run_id":"', from the name to the
-        # content, from '},"tags":[' on.
-        self._recent_starts: list[tuple[bool, bytes, bytes, bytes, _Template]] = []
+        # The templates of the last model starts read by _known_start, the newest first, and
+        # the last one a start had (its follower is tried first: a few model setups called
+        # in turn are each found at the first try).
+        self._recent_starts: list[_Recent] = []
+        self._last_start: _Recent | None = None
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
@@ -497,7 +515,7 @@ class SpanAssembler:
         span.chunks += 1
         return True
 
-    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:
+    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:  # noqa: PLR0915 - one frame per model start (hot)
         """A model start of a known template (below): its span opened from the line's seq-less
         text, without parsing it; ``(True, None)``. Else ``(False, key)``: parse it, and keep
         its template under ``key`` (``None``: a layout not recognized, nothing to keep).
@@ -509,9 +527,12 @@ class SpanAssembler:
         only when the line parsed in parts at those cuts (so they are the top level's).
         """
         recent = self._recent_starts
-        if recent and line.startswith(recent[0][1], kind_at):
-            run_at = kind_at + len(recent[0][1]) - 10  # its head ends with '"run_id":"'
+        last = self._last_start
+        if last is not None and line.startswith(last.head, kind_at):
+            head = last.head  # the text of every recent template's head alike (see below)
+            run_at = kind_at + last.run_offset
         else:
+            head = b""
             run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
         if run_at < 0 or line[after : after + 18] != _PARENT_AT:
@@ -524,29 +545,32 @@ class SpanAssembler:
             rest_at = after + 22
         if line[rest_at : rest_at + 8] != _NAME_AT:
             return False, None
-        template = None
         root = parent_run_id is None
-        for known in recent:
-            # A recent start's text up to its content, then content and its tail: the same
-            # template (the tail is the line's last '},"tags":[' on: the template's was, and
-            # the text has no overlap with itself).
-            head, rest, tail = known[1], known[2], known[3]
-            tags_at = len(line) - len(tail)
-            if (
-                known[0] is root
-                and kind_at + len(head) - 10 == run_at
-                and line.startswith(rest, rest_at)
-                and line.startswith(_CONTENT_OF[kind], rest_at + len(rest))
-                and line.endswith(tail)
-                and line[tags_at - 1] == _CLOSE
-                and line.startswith(head, kind_at)
-            ):
-                template = known[4]
-                if known is not recent[0]:
-                    recent.remove(known)
-                    recent.insert(0, known)
-                break
-        if template is None:
+        # A recent start's text up to its content's key, and from the ']' that ends its
+        # content: the same template (the tail is the line's last '},"tags":[' on: the
+        # template's was, and the text has no overlap with itself). The one that followed
+        # the last start's template last time first.
+        known = last.follower if last is not None else None
+        if not (
+            known is not None
+            and known.root is root
+            and kind_at + known.run_offset == run_at
+            and line.startswith(known.rest, rest_at)
+            and line.endswith(known.tail)
+            and (known.head is head or line.startswith(known.head, kind_at))
+        ):
+            for known in recent:
+                if (
+                    known.root is root
+                    and kind_at + known.run_offset == run_at
+                    and line.startswith(known.rest, rest_at)
+                    and line.endswith(known.tail)
+                    and (known.head is head or line.startswith(known.head, kind_at))
+                ):
+                    break
+            else:
+                known = None
+        if known is None:
             data_at = line.find(_DATA_AT, rest_at)
             tags_at = line.rfind(_TAGS_AT)
             content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
@@ -556,8 +580,21 @@ class SpanAssembler:
             template = self._templates.get(key)
             if template is None:
                 return False, key
-            recent.insert(0, (key[0], line[kind_at : run_at + 10], key[2], key[3], template))
+            head = line[kind_at : run_at + 10]
+            for other in recent:
+                if other.head == head:
+                    head = other.head  # one object: compared by identity above
+                    break
+            content_end = content_at + len(_CONTENT_OF[kind])
+            known = _Recent(key[0], head, line[rest_at:content_end], line[tags_at - 1 :], template)
+            recent.insert(0, known)
+            for dropped in recent[_RECENT_STARTS:]:
+                dropped.follower = None  # no chain of dropped templates kept alive
             del recent[_RECENT_STARTS:]
+        if last is not None:
+            last.follower = known
+        self._last_start = known
+        template = known.template
         ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
