@@ -43,6 +43,7 @@ never seen (dropped, or recorded by a process that died) is rebuilt from the end
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
@@ -127,6 +128,7 @@ _EVENT_ATTRIBUTES: Final = {
 
 
 _FROMHEX: Final = bytes.fromhex  # a classmethod: bound once, not at each call
+_UNHEXLIFY: Final = binascii.unhexlify
 
 
 def _uuid_bytes(run_id: str) -> bytes:
@@ -605,7 +607,7 @@ class SpanAssembler:
             return False, None
         run_id = line[run_at + 10 : after].decode("ascii", "replace")
         if run_id not in self._open:  # a second start of one run: the first one counts
-            self._open_span(run_id, parent_run_id, start_ns, template, {})
+            self._open_span(run_id, parent_run_id, start_ns, template, _NO_DATA, line[run_at + 10 : after])
         return True, None
 
     def _start(
@@ -651,12 +653,29 @@ class SpanAssembler:
         self._open_span(run_id, parent_run_id, _ns(event.get("ts")), template, data)
 
     def _open_span(
-        self, run_id: str, parent_run_id: str | None, start_ns: int, template: _Template, data: dict[str, Any]
+        self,
+        run_id: str,
+        parent_run_id: str | None,
+        start_ns: int,
+        template: _Template,
+        data: dict[str, Any],
+        run_text: bytes = b"",
     ) -> None:
         """Open the span of a run started at ``start_ns``; ``data``: its start's (parsed), for
-        an application parent."""
-        run_bytes = _uuid_bytes(run_id)
-        span_id = _span_id(run_bytes)
+        an application parent; ``run_text``: the run id's 36 bytes in the line, if read there."""
+        run_bytes = None
+        if run_text:
+            try:
+                run_bytes = _UNHEXLIFY(run_text.replace(b"-", b""))  # _uuid_bytes, from the bytes
+            except ValueError:
+                pass  # not hex and dashes alone: _uuid_bytes decides
+        if run_bytes is None or len(run_bytes) != 16:
+            run_bytes = _uuid_bytes(run_id)
+        hasher = _BLAKE2B_8.copy()  # _span_id(run_bytes), without its frame
+        hasher.update(run_bytes)
+        span_id = hasher.digest()
+        if span_id == _ZERO_ID:
+            span_id = _span_id(run_bytes)
         people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
@@ -673,11 +692,12 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        run_attribute = (
-            _RUN_ID_ATTRIBUTE + run_id.encode()
-            if len(run_id) == 36 and run_id.isascii()
-            else pb.span_attribute("langchain.run_id", run_id)
-        )
+        if run_text and run_text.isascii():
+            run_attribute = _RUN_ID_ATTRIBUTE + run_text  # its text is run_id's
+        elif len(run_id) == 36 and run_id.isascii():
+            run_attribute = _RUN_ID_ATTRIBUTE + run_id.encode()
+        else:
+            run_attribute = pb.span_attribute("langchain.run_id", run_id)
         size = template.size + len(run_attribute)
         for attribute in people:
             size += len(attribute)
