@@ -35,6 +35,7 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_UNSET",
+    "TIMES",
     "AttributeValue",
     "attribute",
     "common_span_attribute",
@@ -209,7 +210,8 @@ def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes | None, nam
     return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, name_kind))
 
 
-_TIMES: Final = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8)
+#: A Span's start_time_unix_nano (7) and end_time_unix_nano (8) fields: ``TIMES(0x39, start, 0x41, end)``.
+TIMES: Final = struct.Struct("<BQBQ").pack
 
 
 def span_of(
@@ -222,7 +224,7 @@ def span_of(
     status_message: str = "",
 ) -> bytes:
     """A ``Span`` message from its ``span_head()``, times, attributes, events and status."""
-    out = [head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
+    out = [head, TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

@@ -115,6 +115,20 @@ _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
 _STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
+_TIMES: Final = pb.TIMES
+_CHUNKS: dict[int, bytes] = {}  # the asynctrack.stream.chunks attributes of a few counts
+_CHUNKS_KEPT: Final = 1024
+
+
+def _chunks(count: int) -> bytes:
+    """``span_attribute("asynctrack.stream.chunks", count)``, kept for the next span with as many."""
+    found = pb.span_attribute("asynctrack.stream.chunks", count)
+    if len(_CHUNKS) >= _CHUNKS_KEPT:
+        _CHUNKS.clear()
+    _CHUNKS[count] = found
+    return found
+
+
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
@@ -794,7 +808,7 @@ class SpanAssembler:
             self.open_bytes -= span.size
         return self._finish(span, kind, data, end_ns)
 
-    def _finish(
+    def _finish(  # noqa: PLR0915 - one frame per ended run (hot)
         self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
     ) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
@@ -829,11 +843,14 @@ class SpanAssembler:
             )
             attributes += ended[0]
         first_chunk = None
-        if span.chunks:
+        chunks = span.chunks
+        if chunks:
             attributes.append(_STREAMED)
-            attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
+            attributes.append(_CHUNKS.get(chunks) or _chunks(chunks))
             if span.first_chunk_ns:
-                first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
+                first_chunk = (span.first_chunk_ns - span.start_ns) / 1e9
+                if first_chunk < 0.0:  # noqa: PLR1730 - max(first_chunk, 0.0), without the call
+                    first_chunk = 0.0
                 attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
         metrics = self.metrics
         template = span.template
@@ -852,7 +869,9 @@ class SpanAssembler:
             )
         start_ns = span.start_ns
         end_ns = end_ns if end_ns > start_ns else start_ns
-        return pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        if events or status:
+            return pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        return b"".join([span.head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes])  # pb.span_of
 
     def _rebuild(
         self, run_id: str, kind: str, event: Mapping[str, Any], data: dict[str, Any], end_ns: int
