@@ -58,6 +58,9 @@ _bisect_right: Final = bisect.bisect_right
 _reduce: Final = functools.reduce
 _add: Final = operator.add
 _is_not: Final = operator.is_not
+_sub: Final = operator.sub
+_truediv: Final = operator.truediv
+_BILLIONS: Final = itertools.repeat(1e9)
 _NONES: Final = itertools.repeat(None)
 _DURATION: Final = ("gen_ai.client.operation.duration", "GenAI operation duration.", "s", _SECONDS)
 _USAGE: Final = ("gen_ai.client.token.usage", "Number of input and output tokens used.", "{token}", _TOKENS)
@@ -127,10 +130,9 @@ class _Histogram:
 #: A model setup's attributes, its four histograms (duration, input and output tokens,
 #: time to first chunk) and the calls counted in them not yet folded in (``Metrics.series``).
 Series = tuple[Key, "_Histogram", "_Histogram", "_Histogram", "_Histogram", "list[_Call]"]
-#: A call not yet folded into its series' histograms: duration (None: a failed call's,
-#: counted apart), start, end, tokens in and out (as floats, or None), time to first chunk
-#: (or None).
-_Call = tuple[float | None, int, int, float | None, float | None, float | None]
+#: A call not yet folded into its series' histograms (failed ones are counted at once):
+#: start, end, tokens in and out (or None), time to first chunk (or None).
+_Call = tuple[int, int, int | None, int | None, float | None]
 #: Calls held per series before they are folded in (also at every request).
 _FOLD_EVERY: Final = 1024
 
@@ -209,20 +211,23 @@ class Metrics:
             self._counted = True
             self.start_ns = min(self.start_ns, start_ns)
         self.changed = True
-        if error_type:
+        calls = series[5]
+        if error_type:  # rare: counted at once, after the calls kept (the sums keep their order)
+            if calls:
+                _fold(series)
             self._histogram(_DURATION, (*series[0], ("error.type", error_type))).add(
                 (end_ns - start_ns) / 1e9, start_ns, end_ns
             )
-            if tokens is None and first_chunk is None:
-                return
-            duration = None  # counted above
-        else:
-            duration = (end_ns - start_ns) / 1e9
-        calls = series[5]
+            if tokens is not None:
+                series[2].add(float(tokens[0]), start_ns, end_ns)
+                series[3].add(float(tokens[1]), start_ns, end_ns)
+            if first_chunk is not None:
+                series[4].add(first_chunk, start_ns, end_ns)
+            return
         if tokens is None:
-            calls.append((duration, start_ns, end_ns, None, None, first_chunk))
+            calls.append((start_ns, end_ns, None, None, first_chunk))
         else:
-            calls.append((duration, start_ns, end_ns, float(tokens[0]), float(tokens[1]), first_chunk))
+            calls.append((start_ns, end_ns, tokens[0], tokens[1], first_chunk))
         if len(calls) >= _FOLD_EVERY:
             _fold(series)
 
@@ -287,22 +292,18 @@ class Metrics:
 def _fold(series: Series) -> None:
     """Fold the calls kept in ``series`` into its histograms, in the order they were counted."""
     calls = series[5]
-    durations, starts, ends, tokens_in, tokens_out, first_chunks = zip(*calls, strict=True)
+    starts, ends, tokens_in, tokens_out, first_chunks = zip(*calls, strict=True)
     calls.clear()
-    _fold_present(series[1], durations, starts, ends)
-    _fold_present(series[2], tokens_in, starts, ends)
-    _fold_present(series[3], tokens_out, starts, ends)
-    _fold_present(series[4], first_chunks, starts, ends)
-
-
-def _fold_present(
-    histogram: _Histogram, values: Sequence[float | None], starts: Sequence[int], ends: Sequence[int]
-) -> None:
-    """``histogram.fold`` of the calls that have a value (``None``: a failed call's
-    duration, counted apart; no usage; not streamed)."""
-    if None not in values:
-        histogram.fold(values, starts, ends)  # type: ignore[arg-type]  # no None in them
-    elif values.count(None) != len(values):
-        held = list(map(_is_not, values, _NONES))
-        present: list[float] = list(compress(values, held))  # type: ignore[arg-type]  # not None
-        histogram.fold(present, list(compress(starts, held)), list(compress(ends, held)))
+    # (end_ns - start_ns) / 1e9 of each call, as one call at a time computes it.
+    series[1].fold(list(map(_truediv, map(_sub, ends, starts), _BILLIONS)), starts, ends)
+    for histogram, counts in ((series[2], tokens_in), (series[3], tokens_out)):
+        if None not in counts:
+            histogram.fold(list(map(float, counts)), starts, ends)
+        elif counts.count(None) != len(counts):  # some calls without usage
+            held = list(map(_is_not, counts, _NONES))
+            present = list(map(float, compress(counts, held)))
+            histogram.fold(present, list(compress(starts, held)), list(compress(ends, held)))
+    if first_chunks.count(None) != len(first_chunks):  # streamed calls
+        held = list(map(_is_not, first_chunks, _NONES))
+        chunked: list[float] = list(compress(first_chunks, held))
+        series[4].fold(chunked, list(compress(starts, held)), list(compress(ends, held)))
