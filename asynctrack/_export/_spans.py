@@ -108,6 +108,7 @@ _HEADS: Final = {
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
+_NO_EVENTS: Final[list[bytes]] = []  # a span's events until its first: read, never written
 _NO_KEY: Final = b"\n"  # a stream key no slice of a line is (lines are split at newlines)
 _NO_DATA: Final[dict[str, Any]] = {}  # read, never written
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
@@ -240,7 +241,7 @@ class _Open:
     last_ns: int
     template: _Template
     attributes: list[bytes]
-    events: list[bytes]
+    events: list[bytes]  # _NO_EVENTS until its first
     first_chunk_ns: int
     chunks: int
     stream_key: bytes  # its '"run_id":"<id>' text once its first token was seen
@@ -476,7 +477,8 @@ class SpanAssembler:
             return None
         del open_runs[end.run_id]
         self.open_bytes -= span.size
-        return self._finish(span, "llm_end", _NO_DATA, _ns(end.ts), ended)
+        ts = end.ts
+        return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
 
     def _token(self, line: bytes, kind_at: int) -> bool:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
@@ -723,7 +725,7 @@ class SpanAssembler:
         span.start_ns = span.last_ns = start_ns
         span.template = template
         span.attributes = [*template.described.attributes, run_attribute, *template.common, *people]
-        span.events = []
+        span.events = _NO_EVENTS  # a list of its own at its first event
         span.first_chunk_ns = span.chunks = 0
         span.stream_key = b""
         span.size = size
@@ -838,7 +840,7 @@ class SpanAssembler:
                 exception.append(pb.attribute("exception.message", message))
             if isinstance(error.get("traceback"), str) and error["traceback"]:
                 exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
-            events.append(pb.event(end_ns, "exception", exception))
+            events = [*events, pb.event(end_ns, "exception", exception)]
         elif kind == "llm_end" or self.capture_content:
             ended = (
                 llm_end(data, self.capture_content)
@@ -915,7 +917,10 @@ class SpanAssembler:
         if self.capture_content and data:
             attrs.append(pb.attribute("langchain.data", orjson.dumps(data).decode()))
         encoded = pb.event(time_ns, f"langchain.{kind}", attrs)
-        span.events.append(encoded)
+        if span.events is _NO_EVENTS:
+            span.events = [encoded]
+        else:
+            span.events.append(encoded)
         span.size += len(encoded)
         self.open_bytes += len(encoded)
 
