@@ -417,11 +417,12 @@ def end_attributes(
     if type(response_id) is str and response_id:
         attrs.append(span_attribute("gen_ai.response.id", response_id))
     if type(model) is str and model:
-        attrs.append(common_span_attribute("gen_ai.response.model", model))
+        attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
     else:
         model = None
     if reasons:
-        attrs.append(_finish_reasons(tuple(reasons)))
+        reasons_key = tuple(reasons)
+        attrs.append(_REASONS.get(reasons_key) or _finish_reasons(reasons_key))
     if usage is not None:
         tokens_in, tokens_out = usage
         attrs.append(
@@ -466,6 +467,15 @@ def _output_message(
 
 
 _REASONS: dict[tuple[str, ...], bytes] = {}
+_RESPONSE_MODELS: dict[str, bytes] = {}  # gen_ai.response.model by model: a few models answer
+
+
+def _response_model(model: str) -> bytes:
+    """``common_span_attribute("gen_ai.response.model", model)``, kept by model."""
+    found = common_span_attribute("gen_ai.response.model", model)
+    if len(model) <= 200 and len(_RESPONSE_MODELS) < 256:
+        _RESPONSE_MODELS[model] = found
+    return found
 
 
 def _finish_reasons(reasons: tuple[str, ...]) -> bytes:
