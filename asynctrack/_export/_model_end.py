@@ -123,10 +123,11 @@ def read(line: bytes) -> EndLine | None:
 def _beyond(count: Any) -> bool:
     """A count orjson would not read as this int (it reads integers beyond 64 bits as
     floats, msgspec as ints): then the line is parsed whole."""
-    return type(count) is int and not -_INT64 <= count < _INT64
+    return type(count) is int and not _MIN64 <= count < _INT64
 
 
 _INT64: Final = 1 << 63
+_MIN64: Final = -_INT64
 
 
 def model_end(response: _Response) -> Ended | None:
@@ -153,7 +154,7 @@ def model_end(response: _Response) -> Ended | None:
                         found = gen_message.kwargs.usage_metadata  # a serialized message
                     counts = _counts(found) if found is not None else None
                     if counts is not None:
-                        if not (-_INT64 <= counts[0] < _INT64 and -_INT64 <= counts[1] < _INT64):
+                        if not (_MIN64 <= counts[0] < _INT64 and _MIN64 <= counts[1] < _INT64):
                             return None  # beyond 64 bits (see _beyond)
                         total_in += counts[0]
                         total_out += counts[1]
@@ -165,7 +166,7 @@ def model_end(response: _Response) -> Ended | None:
                 reasons.append(reason)
     if usage is None and (total_in or total_out):
         usage = (total_in, total_out)
-    elif usage is not None and not (-_INT64 <= usage[0] < _INT64 and -_INT64 <= usage[1] < _INT64):
+    elif usage is not None and not (_MIN64 <= usage[0] < _INT64 and _MIN64 <= usage[1] < _INT64):
         return None
     usage_metadata = message.usage_metadata if message is not None else None
     details = usage_metadata.input_token_details if usage_metadata is not None else None

@@ -415,7 +415,10 @@ def end_attributes(
     """A model call's end attributes (appended to ``attrs``) from what its response says:
     ``cached`` is its first message's ``usage_metadata.input_token_details.cache_read``."""
     if type(response_id) is str and response_id:
-        attrs.append(span_attribute("gen_ai.response.id", response_id))
+        if len(response_id) < _RESPONSE_ID_KEPT and response_id.isascii():
+            attrs.append(_RESPONSE_ID_HEADS[len(response_id)] + response_id.encode())
+        else:
+            attrs.append(span_attribute("gen_ai.response.id", response_id))
     if type(model) is str and model:
         attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
     else:
@@ -467,6 +470,12 @@ def _output_message(
 
 
 _REASONS: dict[tuple[str, ...], bytes] = {}
+# gen_ai.response.id of an ASCII id of n characters, but its text, by n: its head alone
+# depends on the id (its length), and the ids are new for every call.
+_RESPONSE_ID_KEPT: Final = 128
+_RESPONSE_ID_HEADS: Final = tuple(
+    span_attribute("gen_ai.response.id", "0" * n)[: -n or None] for n in range(_RESPONSE_ID_KEPT)
+)
 _RESPONSE_MODELS: dict[str, bytes] = {}  # gen_ai.response.model by model: a few models answer
 
 
