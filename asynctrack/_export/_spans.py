@@ -618,9 +618,10 @@ class SpanAssembler:
             start_ns = int(_seconds(line[ts_at : kind_at - 1]) * 1e9)
         except ValueError:
             return False, None
-        run_id = line[run_at + 10 : after].decode("ascii", "replace")
+        run_text = line[run_at + 10 : after]
+        run_id = run_text.decode("ascii", "replace")
         if run_id not in self._open:  # a second start of one run: the first one counts
-            self._open_span(run_id, parent_run_id, start_ns, template, _NO_DATA, line[run_at + 10 : after])
+            self._open_span(run_id, parent_run_id, start_ns, template, _NO_DATA, run_text)
         return True, None
 
     def _start(
