@@ -18,7 +18,7 @@ walk of the generations, the same fallbacks, the same attributes (``end_attribut
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -87,7 +87,7 @@ class _Data(msgspec.Struct, gc=False):
 class EndLine(msgspec.Struct, gc=False):
     """The fields of an ``llm_end`` line that its span needs."""
 
-    kind: str
+    kind: Literal["llm_end"]  # checked, not built: a line of another kind is not read here
     run_id: str
     ts: Any
     data: _Data

@@ -466,8 +466,8 @@ class SpanAssembler:
     def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
         (``_model_end``): its span; ``None``: parse the line whole."""
-        end = _schema.read(line)
-        if end is None or end.kind != "llm_end":
+        end = _schema.read(line)  # an llm_end's, by its schema
+        if end is None:
             return None
         span = open_runs.get(end.run_id)
         if span is None:
