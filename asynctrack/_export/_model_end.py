@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from .._read._tree import _as_int  # usage_counts' own rule for a count
 from ._semconv import Ended, end_attributes
 
 __all__ = ["EndLine", "model_end", "read", "seconds"]
@@ -197,7 +198,3 @@ def _counts(usage: _Usage) -> tuple[int, int] | None:
             other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
         )
     return (tokens_in, tokens_out) if tokens_in or tokens_out else None
-
-
-def _as_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
