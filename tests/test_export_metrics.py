@@ -10,6 +10,7 @@ and their times against the runs' spans.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import uuid
 from pathlib import Path
@@ -19,9 +20,13 @@ import pytest
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import failing_chain, failing_model_call, weather_agent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
+from asynctrack._export import _metrics
+from asynctrack._export._metrics import Metrics
 
 WAIT = 30.0
 DURATION = "gen_ai.client.operation.duration"
@@ -345,3 +350,74 @@ def test_an_instance_id_set_by_the_user_is_kept(
     owners = [rs for request in receiver.requests for rs in request.resource_spans]
     owners += [rm for request in receiver.wait_for_metrics(1) for rm in request.resource_metrics]
     assert {_instance(owner) for owner in owners} == {"pod-7"}
+
+
+# -- the histograms themselves -----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.integers(0, 10**11),  # duration, ns
+            st.booleans(),  # failed
+            st.one_of(st.none(), st.tuples(st.integers(0, 5 * 4**13), st.integers(0, 4**7))),  # tokens
+            st.one_of(st.none(), st.floats(0.0, 90.0)),  # time to first chunk
+        ),
+        max_size=40,
+    ),
+    requests=st.sets(st.integers(0, 40)),
+)
+def test_calls_kept_and_folded_count_as_one_call_at_a_time(
+    calls: list[tuple[int, bool, tuple[int, int] | None, float | None]], requests: set[int]
+) -> None:
+    """Every histogram's buckets, count, sum, least and greatest value and time span are
+    those of counting each call as it comes (bisect, then five updates), with requests
+    (which fold the calls kept) at any point."""
+    metrics = Metrics([], b"", "", backfill=True)
+    series = metrics.series((("gen_ai.operation.name", "chat"),))
+    expected: dict[str, list[tuple[float, int, int]]] = {}
+    for number, (duration_ns, failed, tokens, first_chunk) in enumerate(calls):
+        if number in requests:
+            metrics.request()
+        start_ns = 1_800_000_000_000_000_000 + number * 10**9
+        end_ns = start_ns + duration_ns
+        metrics.model_call(series, start_ns, end_ns, "Boom" if failed else None, tokens, first_chunk)
+        measured = [("failed" if failed else "duration", duration_ns / 1e9)]
+        if tokens is not None:
+            measured += [("in", float(tokens[0])), ("out", float(tokens[1]))]
+        if first_chunk is not None:
+            measured.append(("first", first_chunk))
+        for name, value in measured:
+            expected.setdefault(name, []).append((value, start_ns, end_ns))
+    metrics.request()
+    histograms = {
+        "duration": series[1],
+        "in": series[2],
+        "out": series[3],
+        "first": series[4],
+        "failed": metrics._histogram(_metrics._DURATION, (*series[0], ("error.type", "Boom"))),
+    }
+    for name, histogram in histograms.items():
+        values = expected.get(name, [])
+        buckets = [0] * (len(histogram.bounds) + 1)
+        total = 0.0
+        for value, _, _ in values:
+            buckets[bisect.bisect_left(histogram.bounds, value)] += 1
+            total += value
+        assert histogram.buckets == buckets
+        assert (histogram.count, histogram.sum) == (len(values), total)
+        if values:
+            assert histogram.min == min(v for v, _, _ in values)
+            assert histogram.max == max(v for v, _, _ in values)
+            assert histogram.first_ns == min(s for _, s, _ in values)
+            assert histogram.last_ns == max(e for _, _, e in values)
+
+
+def test_the_calls_kept_before_folding_are_bounded() -> None:
+    metrics = Metrics([], b"", "")
+    series = metrics.series((("gen_ai.operation.name", "chat"),))
+    for number in range(3 * _metrics._FOLD_EVERY):
+        metrics.model_call(series, number, number + 10**9, None, (10, 20), None)
+        assert len(series[5]) < _metrics._FOLD_EVERY
+    assert series[1].count + len(series[5]) == 3 * _metrics._FOLD_EVERY

@@ -7,6 +7,7 @@ hand-written encoder, and every request is decoded with ``opentelemetry-proto``.
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import attributes
 from export_workloads import SECRET, failing_chain, recorded_lines, reordered, weather_agent
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -630,6 +633,15 @@ def _responses() -> dict[str, Any]:
         "response metadata not an object": {
             "generations": [[{**no_info, "message": {**message, "response_metadata": "x"}}]],
         },
+        "usage not an object": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": [1, 2]}}]],
+            "llm_output": {"token_usage": "x", "model_name": "m"},
+        },
+        "usage details not an object": {
+            "generations": [
+                [{**no_info, "message": {**message, "usage_metadata": {"input_token_details": 3}}}]
+            ],
+        },
         "a token count beyond 64 bits": {
             "generations": [[generation]],
             "llm_output": {"token_usage": {"prompt_tokens": _BIG, "completion_tokens": 1}},
@@ -691,6 +703,7 @@ _NOT_READ = (
     "llm_output not an object",
 )
 _NOT_READ += ("response metadata not an object", "no response")
+_NOT_READ += ("usage not an object", "usage details not an object")
 
 
 @pytest.mark.parametrize("case", list(_responses()))
@@ -803,3 +816,45 @@ def test_without_msgspec_model_ends_are_parsed_whole_to_the_same_spans(
     without = SpanAssembler(metrics=_metrics())
     assert without.add(agent_lines) + without.close() == spans
     assert with_schema.metrics.request() == without.metrics.request()  # type: ignore[union-attr]
+
+
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**30), 10**30)))
+def test_a_time_is_read_as_float_reads_it(number: float) -> None:
+    # msgspec reads the JSON numbers; float() reads them too, to the same value.
+    text = orjson.dumps(number) if isinstance(number, float) else str(number).encode()
+    assert _model_end.seconds(text) == float(text)
+    assert math.copysign(1.0, _model_end.seconds(text)) == math.copysign(1.0, float(text))
+
+
+@pytest.mark.parametrize("text", [b"1_796.5", b" 1.5 ", b"nan", b"-inf", b"1e400", b"1.5x", b"", b'"1.5"'])
+def test_a_time_that_is_not_a_json_number_is_read_by_float(text: bytes) -> None:
+    try:
+        expected = float(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _model_end.seconds(text)
+        return
+    read = _model_end.seconds(text)
+    assert read == expected or (math.isnan(expected) and math.isnan(read))
+
+
+def test_more_model_setups_in_turn_than_templates_tried_are_the_spans_of_a_whole_parse(
+    agent_lines: list[bytes],
+) -> None:
+    # Six setups called in turn, three times: more than the recent templates kept, so the
+    # template a start is tried with first (the one that followed last time) was dropped.
+    start = next(line for line in agent_lines if b'"kind":"chat_model_start"' in line)
+    event = orjson.loads(start)
+    lines = []
+    for _ in range(3):
+        for setup in range(_spans._RECENT_STARTS + 2):
+            params = {**event["data"]["invocation_params"], "temperature": setup / 10}
+            data = {**event["data"], "invocation_params": params}
+            lines.append(orjson.dumps({**event, "run_id": str(uuid.uuid4()), "data": data}))
+    recent, whole = SpanAssembler(), SpanAssembler()
+    recent.add(lines)
+    whole.add(reordered(lines))
+    spans = recent.close()
+    assert spans == whole.close()
+    temperatures = [attributes(s)["gen_ai.request.temperature"] for s in _decode(spans)]
+    assert temperatures == pytest.approx([setup / 10 for setup in range(_spans._RECENT_STARTS + 2)] * 3)

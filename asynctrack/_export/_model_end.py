@@ -7,8 +7,10 @@ the token usage): ~50k instructions a ChatOpenAI end, most of it objects built a
 msgspec's decoder, given the fields below, validates the whole line as JSON but builds
 only these fields (55-59% of orjson's instructions on ChatOpenAI ends), so the rule is
 simple: the same line gives the same values as a whole parse, and a line whose shape is
-not this schema's (a field of another type, a generation that is not an object) is not
-read here at all (``read`` returns ``None``): the caller parses it whole.
+not this schema's (a field of another type, a generation or a usage that is not an object)
+is not read here at all (``read`` returns ``None``): the caller parses it whole. The usage
+mappings are read as the few counts ``usage_counts`` takes from them (``_Usage``), not
+built whole.
 
 ``model_end`` is ``_semconv.llm_end`` (content not captured) on these objects: the same
 walk of the generations, the same fallbacks, the same attributes (``end_attributes``).
@@ -16,14 +18,14 @@ walk of the generations, the same fallbacks, the same attributes (``end_attribut
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
-from .._read._tree import usage_counts
+from .._read._tree import _as_int  # usage_counts' own rule for a count
 from ._semconv import Ended, end_attributes
 
-__all__ = ["EndLine", "model_end", "read"]
+__all__ = ["EndLine", "model_end", "read", "seconds"]
 
 # gc=False: these objects hold no cycles, and are freed as soon as the span is written.
 
@@ -39,10 +41,28 @@ class _Metadata(msgspec.Struct, gc=False):
     model: Any = None
 
 
+class _Details(msgspec.Struct, gc=False):
+    cache_read: Any = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    """A usage mapping (``token_usage``, ``usage_metadata``): the counts ``usage_counts`` reads."""
+
+    prompt_tokens: Any = None
+    input_tokens: Any = None
+    completion_tokens: Any = None
+    output_tokens: Any = None
+    input_token_details: _Details | None = None
+
+
+class _Kwargs(msgspec.Struct, gc=False):
+    usage_metadata: _Usage | None = None
+
+
 class _Message(msgspec.Struct, gc=False):
     response_metadata: _Metadata | None = None
-    usage_metadata: Any = None
-    kwargs: Any = None  # a serialized message: its usage_metadata is in kwargs
+    usage_metadata: _Usage | None = None
+    kwargs: _Kwargs | None = None  # a serialized message: its usage_metadata is in kwargs
 
 
 class _Generation(msgspec.Struct, gc=False):
@@ -51,7 +71,7 @@ class _Generation(msgspec.Struct, gc=False):
 
 
 class _Output(msgspec.Struct, gc=False):
-    token_usage: Any = None
+    token_usage: _Usage | None = None
     model_name: Any = None
     id: Any = None
 
@@ -68,13 +88,23 @@ class _Data(msgspec.Struct, gc=False):
 class EndLine(msgspec.Struct, gc=False):
     """The fields of an ``llm_end`` line that its span needs."""
 
-    kind: str
+    kind: Literal["llm_end"]  # checked, not built: a line of another kind is not read here
     run_id: str
     ts: Any
     data: _Data
 
 
 _DECODE: Final = msgspec.json.Decoder(EndLine).decode
+_SECONDS: Final = msgspec.json.Decoder(float).decode
+
+
+def seconds(text: bytes) -> float:
+    """``float(text)``: a JSON number read by msgspec (a fifth of ``float()``'s instructions
+    on a time's 17 digits; both round correctly), anything else by ``float()``."""
+    try:
+        return _SECONDS(text)
+    except msgspec.DecodeError:
+        return float(text)
 
 
 def read(line: bytes) -> EndLine | None:
@@ -94,17 +124,22 @@ def read(line: bytes) -> EndLine | None:
 def _beyond(count: Any) -> bool:
     """A count orjson would not read as this int (it reads integers beyond 64 bits as
     floats, msgspec as ints): then the line is parsed whole."""
-    return type(count) is int and not -_INT64 <= count < _INT64
+    return type(count) is int and not _MIN64 <= count < _INT64
 
 
 _INT64: Final = 1 << 63
+_MIN64: Final = -_INT64
 
 
 def model_end(response: _Response) -> Ended | None:
     """``_semconv.llm_end(data, capture=False)`` of the response read by ``read``;
     ``None``: a count beyond 64 bits, parse the line whole."""
     llm_output = response.llm_output
-    usage = usage_counts(llm_output.token_usage) if llm_output is not None else None
+    usage = (
+        _counts(llm_output.token_usage)
+        if llm_output is not None and llm_output.token_usage is not None
+        else None
+    )
     total_in = total_out = 0
     message: _Message | None = None  # the first generation's
     reasons: list[str] = []
@@ -116,14 +151,14 @@ def model_end(response: _Response) -> Ended | None:
                     message = gen_message
                 if usage is None:
                     found = gen_message.usage_metadata
-                    if found is None and type(gen_message.kwargs) is dict:
-                        found = gen_message.kwargs.get("usage_metadata")  # a serialized message
-                    found = usage_counts(found)
-                    if found is not None:
-                        if _beyond(found[0]) or _beyond(found[1]):
-                            return None
-                        total_in += found[0]
-                        total_out += found[1]
+                    if found is None and gen_message.kwargs is not None:
+                        found = gen_message.kwargs.usage_metadata  # a serialized message
+                    counts = _counts(found) if found is not None else None
+                    if counts is not None:
+                        if not (_MIN64 <= counts[0] < _INT64 and _MIN64 <= counts[1] < _INT64):
+                            return None  # beyond 64 bits (see _beyond)
+                        total_in += counts[0]
+                        total_out += counts[1]
             info = generation.generation_info
             reason = info.finish_reason if info is not None else None
             if reason is None and gen_message is not None and gen_message.response_metadata is not None:
@@ -132,11 +167,12 @@ def model_end(response: _Response) -> Ended | None:
                 reasons.append(reason)
     if usage is None and (total_in or total_out):
         usage = (total_in, total_out)
-    elif usage is not None and (_beyond(usage[0]) or _beyond(usage[1])):
+    elif usage is not None and not (_MIN64 <= usage[0] < _INT64 and _MIN64 <= usage[1] < _INT64):
         return None
     usage_metadata = message.usage_metadata if message is not None else None
-    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
-    if type(details) is dict and _beyond(details.get("cache_read")):
+    details = usage_metadata.input_token_details if usage_metadata is not None else None
+    cached = details.cache_read if details is not None else None
+    if _beyond(cached):
         return None
     metadata = message.response_metadata if message is not None else None
     response_id = llm_output.id if llm_output is not None else None
@@ -144,4 +180,21 @@ def model_end(response: _Response) -> Ended | None:
     if metadata is not None:
         response_id = response_id or metadata.id
         model = model or metadata.model_name or metadata.model
-    return end_attributes([], response_id, model, reasons, usage, usage_metadata)
+    return end_attributes([], response_id, model, reasons, usage, cached)
+
+
+def _counts(usage: _Usage) -> tuple[int, int] | None:
+    """``usage_counts`` of the mapping read as ``usage``: the same rules, on its fields."""
+    tokens_in = usage.prompt_tokens
+    if type(tokens_in) is not int or not tokens_in:
+        other = usage.input_tokens
+        tokens_in = (
+            other if tokens_in is None and type(other) is int else _as_int(tokens_in) or _as_int(other) or 0
+        )
+    tokens_out = usage.completion_tokens
+    if type(tokens_out) is not int or not tokens_out:
+        other = usage.output_tokens
+        tokens_out = (
+            other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
+        )
+    return (tokens_in, tokens_out) if tokens_in or tokens_out else None

@@ -21,8 +21,10 @@ resource/v1, collector/trace/v1)::
 
 Each function returns a complete field (tag, length, payload), so a message is the
 concatenation of its fields. Writing the bytes in Python costs about half of building
-the same message with the ``opentelemetry-proto`` classes (measured by
-``benchmarks/export.py``); the tests decode every request with those classes.
+the same message with the ``opentelemetry-proto`` classes (35.6 against 78.7 µs a
+ChatOpenAI span, ``benchmarks/export.py`` on 2026-12-07); the tests decode every request
+with those classes. The span assembler writes a span's head and its last join itself
+(``span_head`` and ``span_of`` without their frames, on its hot path).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_UNSET",
+    "TIMES",
     "AttributeValue",
     "attribute",
     "common_span_attribute",
@@ -218,7 +221,8 @@ def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes | None, nam
     return b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, name_kind))
 
 
-_TIMES: Final = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8)
+#: A Span's start_time_unix_nano (7) and end_time_unix_nano (8) fields: ``TIMES(0x39, start, 0x41, end)``.
+TIMES: Final = struct.Struct("<BQBQ").pack
 
 
 def span_of(
@@ -231,7 +235,7 @@ def span_of(
     status_message: str = "",
 ) -> bytes:
     """A ``Span`` message from its ``span_head()``, times, attributes, events and status."""
-    out = [head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
+    out = [head, TIMES(0x39, start_ns, 0x41, end_ns), *attributes]
     for item in events:
         size = len(item)
         out += (b"\x5a", _VARINTS[size] if size < 16384 else varint(size), item)

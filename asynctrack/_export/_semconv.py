@@ -392,10 +392,16 @@ def llm_end(data: Mapping[str, Any], capture: bool) -> Ended:
         metadata = _EMPTY
     response_id = llm_output.get("id") or metadata.get("id")
     model = llm_output.get("model_name") or metadata.get("model_name") or metadata.get("model")
-    ended = end_attributes(attrs, response_id, model, reasons, usage, message.get("usage_metadata"))
+    ended = end_attributes(attrs, response_id, model, reasons, usage, _cached(message.get("usage_metadata")))
     if capture and outputs:
         attrs.append(_content("gen_ai.output.messages", outputs))
     return ended
+
+
+def _cached(usage_metadata: Any) -> Any:
+    """A message's ``usage_metadata.input_token_details.cache_read``, if it is there."""
+    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
+    return details.get("cache_read") if type(details) is dict else None
 
 
 def end_attributes(
@@ -404,18 +410,22 @@ def end_attributes(
     model: Any,
     reasons: list[str],
     usage: tuple[int, int] | None,
-    usage_metadata: Any,
+    cached: Any,
 ) -> Ended:
     """A model call's end attributes (appended to ``attrs``) from what its response says:
-    ``usage_metadata`` is its first message's (for the cached input tokens)."""
+    ``cached`` is its first message's ``usage_metadata.input_token_details.cache_read``."""
     if type(response_id) is str and response_id:
-        attrs.append(span_attribute("gen_ai.response.id", response_id))
+        if len(response_id) < _RESPONSE_ID_KEPT and response_id.isascii():
+            attrs.append(_RESPONSE_ID_HEADS[len(response_id)] + response_id.encode())
+        else:
+            attrs.append(span_attribute("gen_ai.response.id", response_id))
     if type(model) is str and model:
-        attrs.append(common_span_attribute("gen_ai.response.model", model))
+        attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
     else:
         model = None
     if reasons:
-        attrs.append(_finish_reasons(tuple(reasons)))
+        reasons_key = tuple(reasons)
+        attrs.append(_REASONS.get(reasons_key) or _finish_reasons(reasons_key))
     if usage is not None:
         tokens_in, tokens_out = usage
         attrs.append(
@@ -424,9 +434,8 @@ def end_attributes(
         attrs.append(
             _OUTPUT_TOKENS.get(tokens_out) or _count(_OUTPUT_TOKENS, "gen_ai.usage.output_tokens", tokens_out)
         )
-    details = usage_metadata.get("input_token_details") if type(usage_metadata) is dict else None
-    if type(details) is dict and details:
-        cached = _number(details.get("cache_read"), int)
+    if cached is not None:
+        cached = _number(cached, int)
         if cached:
             attrs.append(span_attribute("gen_ai.usage.cache_read.input_tokens", cached))
     return attrs, model, usage
@@ -461,6 +470,21 @@ def _output_message(
 
 
 _REASONS: dict[tuple[str, ...], bytes] = {}
+# gen_ai.response.id of an ASCII id of n characters, but its text, by n: its head alone
+# depends on the id (its length), and the ids are new for every call.
+_RESPONSE_ID_KEPT: Final = 128
+_RESPONSE_ID_HEADS: Final = tuple(
+    span_attribute("gen_ai.response.id", "0" * n)[: -n or None] for n in range(_RESPONSE_ID_KEPT)
+)
+_RESPONSE_MODELS: dict[str, bytes] = {}  # gen_ai.response.model by model: a few models answer
+
+
+def _response_model(model: str) -> bytes:
+    """``common_span_attribute("gen_ai.response.model", model)``, kept by model."""
+    found = common_span_attribute("gen_ai.response.model", model)
+    if len(model) <= 200 and len(_RESPONSE_MODELS) < 256:
+        _RESPONSE_MODELS[model] = found
+    return found
 
 
 def _finish_reasons(reasons: tuple[str, ...]) -> bytes:

@@ -43,6 +43,7 @@ never seen (dropped, or recorded by a process that died) is rebuilt from the end
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
@@ -60,6 +61,7 @@ try:  # the otel extra: a model call's end read by its schema
     from . import _model_end as _schema
 except ImportError:  # pragma: no cover - the test extra installs msgspec
     _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
+_seconds: Final = _schema.seconds if _schema is not None else float  # a time's text read
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -107,12 +109,28 @@ _HEADS: Final = {
 }
 _LIGHT_ENDS: Final = frozenset({"chain_end", "tool_end", "retriever_end"})
 _NEVER: Final = 1 << 62  # a line length never reached
+_NO_EVENTS: Final[list[bytes]] = []  # a span's events until its first: read, never written
+_NO_KEY: Final = b"\n"  # a stream key no slice of a line is (lines are split at newlines)
 _NO_DATA: Final[dict[str, Any]] = {}  # read, never written
 _NAME_TYPES: Final = (str, type(None))  # an experiment or run name that can key a cache
 _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
 _STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
+_TIMES: Final = pb.TIMES
+_CHUNKS: dict[int, bytes] = {}  # the asynctrack.stream.chunks attributes of a few counts
+_CHUNKS_KEPT: Final = 1024
+
+
+def _chunks(count: int) -> bytes:
+    """``span_attribute("asynctrack.stream.chunks", count)``, kept for the next span with as many."""
+    found = pb.span_attribute("asynctrack.stream.chunks", count)
+    if len(_CHUNKS) >= _CHUNKS_KEPT:
+        _CHUNKS.clear()
+    _CHUNKS[count] = found
+    return found
+
+
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
@@ -131,6 +149,7 @@ _EVENT_ATTRIBUTES: Final = {
 
 
 _FROMHEX: Final = bytes.fromhex  # a classmethod: bound once, not at each call
+_UNHEXLIFY: Final = binascii.unhexlify
 
 
 def _uuid_bytes(run_id: str) -> bytes:
@@ -185,8 +204,28 @@ class _Template:
         self.series: dict[str | None, tuple[Metrics, Series]] = {}
 
 
+class _Recent:
+    """A model start template recently read by ``SpanAssembler._known_start``, with its texts:
+    the line's from its kind to ``"run_id":"`` (``head``), from its name to its content's key
+    (``rest``), and from the ``]`` that ends its content on (``tail``)."""
+
+    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "template")
+
+    def __init__(self, root: bool, head: bytes, rest: bytes, tail: bytes, template: _Template) -> None:
+        self.root = root
+        self.head = head
+        self.run_offset = len(head) - 10  # from the kind to the run id's key
+        self.rest = rest
+        self.tail = tail
+        self.template = template
+        self.follower: _Recent | None = None  # the template the next start had, last time
+
+
 class _Open:
-    """A run whose start was seen and whose end was not yet."""
+    """A run whose start was seen and whose end was not yet.
+
+    Made by ``SpanAssembler._open_span``, which sets every slot (no ``__init__`` frame per run).
+    """
 
     __slots__ = (
         "attributes",
@@ -203,27 +242,21 @@ class _Open:
         "template",
     )
 
-    def __init__(
-        self,
-        head: bytes,
-        span_id: bytes,
-        start_ns: int,
-        template: _Template,
-        attributes: list[bytes],
-        size: int,
-    ) -> None:
-        self.head = head  # the Span's ids, name and kind (pb.span_head)
-        self.span_id = span_id
-        self.start_ns = start_ns
-        self.last_ns = start_ns
-        self.template = template
-        self.attributes = attributes
-        self.events: list[bytes] = []
-        self.first_chunk_ns = 0
-        self.chunks = 0
-        self.stream_key = b""  # its '"run_id":"<id>' text once its first token was seen
-        self.size = size  # estimated: 200, its attributes and its events
-        self.links = b""  # its links fields (pb.link), if any: a resumed graph's
+    head: bytes  # the Span's ids, name and kind (pb.span_head)
+    span_id: bytes
+    start_ns: int
+    last_ns: int
+    template: _Template
+    attributes: list[bytes]
+    events: list[bytes]  # _NO_EVENTS until its first
+    first_chunk_ns: int
+    chunks: int
+    stream_key: bytes  # its '"run_id":"<id>' text once its first token was seen
+    size: int  # estimated: 200, its attributes and its events
+    links: bytes  # its links fields (pb.link), if any: a resumed graph's
+
+
+_new_open: Final = object.__new__
 
 
 class SpanAssembler:
@@ -269,10 +302,11 @@ class SpanAssembler:
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
-        # The templates of the last model starts read by _known_start, the last first: with
-        # whether a root, their text from the kind to '"run_id":"', from the name to the
-        # content, from '},"tags":[' on.
-        self._recent_starts: list[tuple[bool, bytes, bytes, bytes, _Template]] = []
+        # The templates of the last model starts read by _known_start, the newest first, and
+        # the last one a start had (its follower is tried first: a few model setups called
+        # in turn are each found at the first try).
+        self._recent_starts: list[_Recent] = []
+        self._last_start: _Recent | None = None
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
@@ -288,33 +322,43 @@ class SpanAssembler:
         k = self._k  # where the last line's "kind" was (its k): the next one's is within a byte or two
         run_at = self._run_at
         run_end = run_at + 46
+        w_at, key_at, key_end = k + 13, k + run_at, k + run_end  # kept with k and run_at
         streaming: _Open | None = None  # the stream of the last token counted
+        stream_key = _NO_KEY  # its key, while it is open
+        counted = 0  # its tokens counted since its chunks were last updated
         for line in lines:
             # The k of "kind" is the line's first k (the envelope starts with seq and ts):
-            # looked at where the last line had it, a byte either side, else found. A
-            # token's kind has a w where no other kind has one (llm_new_token): a token of
-            # a stream whose first token was seen is counted (most lines of a streamed call
-            # are these), found by its run id's text where its envelope puts it.
+            # looked at where the last line had it, two bytes either side (a time's text is
+            # 16 to 18 characters long), else found. A token's kind has a w where no other
+            # kind has one (llm_new_token): a token of a stream whose first token was seen
+            # is counted (most lines of a streamed call are these), found by its run id's
+            # text where its envelope puts it.
             try:
                 if line[k] != _K:
                     if line[k + 1] == _K:
                         k += 1
                     elif line[k - 1] == _K:
                         k -= 1
+                    elif line[k + 2] == _K:
+                        k += 2
+                    elif line[k - 2] == _K:
+                        k -= 2
                     else:
                         raise IndexError
-                if line[k + 13] == _W:
-                    key = line[k + run_at : k + run_end]
+                    w_at, key_at, key_end = k + 13, k + run_at, k + run_end
+                if line[w_at] == _W:
+                    key = line[key_at:key_end]
                     # The stream of the last token, compared before it is looked up: a
-                    # call's tokens mostly come one after another (an ended stream's
-                    # key is emptied).
-                    if streaming is not None and key == streaming.stream_key:
-                        streaming.chunks += 1
+                    # call's tokens mostly come one after another.
+                    if key == stream_key:
+                        counted += 1
                         continue
                     span = streams.get(key)
                     if span is not None:
+                        if counted:
+                            streaming.chunks += counted  # type: ignore[union-attr]  # counted: a stream's
                         span.chunks += 1
-                        streaming = span
+                        streaming, stream_key, counted = span, key, 0
                         continue
                     token = True
                 else:
@@ -325,6 +369,15 @@ class SpanAssembler:
                 token = line[at + 8 : at + 22] == _NEW_TOKEN
                 if at >= 0:
                     k = at + 1
+                    w_at, key_at, key_end = k + 13, k + run_at, k + run_end
+            if streaming is not None:
+                # Any other line may end the stream, or read its count: its count is
+                # brought up to date, and an ended stream (its key emptied) is forgotten.
+                if counted:
+                    streaming.chunks += counted
+                    counted = 0
+                if not streaming.stream_key:
+                    streaming, stream_key = None, _NO_KEY
             known: str | None = None
             template_key: tuple[Any, ...] | None = None
             if at < 0:
@@ -333,6 +386,7 @@ class SpanAssembler:
                 if line[at + 8 : at + 22] == _NEW_TOKEN and self._token(line, at):
                     run_at = self._run_at
                     run_end = run_at + 46
+                    key_at, key_end = k + run_at, k + run_end
                     continue
             elif heads is not None:
                 known = heads.get(line[at + 8 : at + 21])
@@ -382,6 +436,8 @@ class SpanAssembler:
                 self._note(run_id, kind, event, data)
             if self.open_bytes > self.max_open_bytes:
                 done.extend(self._evict())
+        if counted:
+            streaming.chunks += counted  # type: ignore[union-attr]  # counted: a stream's
         self._k = k
         return done
 
@@ -410,7 +466,7 @@ class SpanAssembler:
             return None
         at = line.find(_TS)
         try:
-            end_ns = int(float(line[at + 5 : line.find(b",", at)]) * 1e9)
+            end_ns = int(_seconds(line[at + 5 : line.find(b",", at)]) * 1e9)
         except ValueError:
             return None
         del open_runs[run_id]
@@ -420,8 +476,8 @@ class SpanAssembler:
     def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
         (``_model_end``): its span; ``None``: parse the line whole."""
-        end = _schema.read(line)
-        if end is None or end.kind != "llm_end":
+        end = _schema.read(line)  # an llm_end's, by its schema
+        if end is None:
             return None
         span = open_runs.get(end.run_id)
         if span is None:
@@ -431,7 +487,8 @@ class SpanAssembler:
             return None
         del open_runs[end.run_id]
         self.open_bytes -= span.size
-        return self._finish(span, "llm_end", _NO_DATA, _ns(end.ts), ended)
+        ts = end.ts
+        return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
 
     def _token(self, line: bytes, kind_at: int) -> bool:
         """A streamed token (its kind at ``kind_at``) not found by its stream's key: count
@@ -442,21 +499,34 @@ class SpanAssembler:
         second tracker's envelope gives another place (tried here, then kept as the first
         to try).
         """
+        at = -1
         for run_at in self._runs_at:
-            at = kind_at + 1 + run_at
-            span = self._streams.get(line[at : at + 46])
+            key_at = kind_at + 1 + run_at
+            key = line[key_at : key_at + 46]
+            span = self._streams.get(key)
             if span is not None:
                 self._run_at = run_at
                 span.chunks += 1
                 return True
-        at = line.find(_RUN_ID, kind_at)
+            if at < 0 and key[:10] == _RUN_ID:
+                at = key_at  # a stream's first token: its run id where its envelope puts it
+        if at < 0:
+            at = line.find(_RUN_ID, kind_at)
         span = self._open.get(line[at + 10 : at + 46].decode("ascii", "replace")) if at >= 0 else None
         if span is None:
             return False
         if not span.first_chunk_ns:
-            ts_at = line.find(_TS)
+            ts_at = self._ts_at  # where the last start read had its time (the envelope's second field)
+            ts: float | None = None
+            if line[ts_at - 5 : ts_at] == _TS and ts_at < kind_at:
+                try:
+                    ts = _seconds(line[ts_at : kind_at - 1])
+                except ValueError:
+                    pass  # not this layout: found below
             try:
-                ts = float(line[ts_at + 5 : line.find(b",", ts_at)])
+                if ts is None:
+                    ts_at = line.find(_TS)
+                    ts = _seconds(line[ts_at + 5 : line.find(b",", ts_at)])
                 span.first_chunk_ns = span.last_ns = int(ts * 1e9)
             except ValueError:
                 return False
@@ -470,7 +540,7 @@ class SpanAssembler:
         span.chunks += 1
         return True
 
-    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:
+    def _known_start(self, line: bytes, kind_at: int, kind: str) -> tuple[bool, tuple[Any, ...] | None]:  # noqa: PLR0915 - one frame per model start (hot)
         """A model start of a known template (below): its span opened from the line's seq-less
         text, without parsing it; ``(True, None)``. Else ``(False, key)``: parse it, and keep
         its template under ``key`` (``None``: a layout not recognized, nothing to keep).
@@ -482,9 +552,12 @@ class SpanAssembler:
         only when the line parsed in parts at those cuts (so they are the top level's).
         """
         recent = self._recent_starts
-        if recent and line.startswith(recent[0][1], kind_at):
-            run_at = kind_at + len(recent[0][1]) - 10  # its head ends with '"run_id":"'
+        last = self._last_start
+        if last is not None and line.startswith(last.head, kind_at):
+            head = last.head  # the text of every recent template's head alike (see below)
+            run_at = kind_at + last.run_offset
         else:
+            head = b""
             run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
         if run_at < 0 or line[after : after + 18] != _PARENT_AT:
@@ -497,29 +570,32 @@ class SpanAssembler:
             rest_at = after + 22
         if line[rest_at : rest_at + 8] != _NAME_AT:
             return False, None
-        template = None
         root = parent_run_id is None
-        for known in recent:
-            # A recent start's text up to its content, then content and its tail: the same
-            # template (the tail is the line's last '},"tags":[' on: the template's was, and
-            # the text has no overlap with itself).
-            head, rest, tail = known[1], known[2], known[3]
-            tags_at = len(line) - len(tail)
-            if (
-                known[0] is root
-                and kind_at + len(head) - 10 == run_at
-                and line.startswith(rest, rest_at)
-                and line.startswith(_CONTENT_OF[kind], rest_at + len(rest))
-                and line.endswith(tail)
-                and line[tags_at - 1] == _CLOSE
-                and line.startswith(head, kind_at)
-            ):
-                template = known[4]
-                if known is not recent[0]:
-                    recent.remove(known)
-                    recent.insert(0, known)
-                break
-        if template is None:
+        # A recent start's text up to its content's key, and from the ']' that ends its
+        # content: the same template (the tail is the line's last '},"tags":[' on: the
+        # template's was, and the text has no overlap with itself). The one that followed
+        # the last start's template last time first.
+        known = last.follower if last is not None else None
+        if not (
+            known is not None
+            and known.root is root
+            and kind_at + known.run_offset == run_at
+            and line.startswith(known.rest, rest_at)
+            and line.endswith(known.tail)
+            and (known.head is head or line.startswith(known.head, kind_at))
+        ):
+            for known in recent:
+                if (
+                    known.root is root
+                    and kind_at + known.run_offset == run_at
+                    and line.startswith(known.rest, rest_at)
+                    and line.endswith(known.tail)
+                    and (known.head is head or line.startswith(known.head, kind_at))
+                ):
+                    break
+            else:
+                known = None
+        if known is None:
             data_at = line.find(_DATA_AT, rest_at)
             tags_at = line.rfind(_TAGS_AT)
             content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
@@ -529,19 +605,33 @@ class SpanAssembler:
             template = self._templates.get(key)
             if template is None:
                 return False, key
-            recent.insert(0, (key[0], line[kind_at : run_at + 10], key[2], key[3], template))
+            head = line[kind_at : run_at + 10]
+            for other in recent:
+                if other.head == head:
+                    head = other.head  # one object: compared by identity above
+                    break
+            content_end = content_at + len(_CONTENT_OF[kind])
+            known = _Recent(key[0], head, line[rest_at:content_end], line[tags_at - 1 :], template)
+            recent.insert(0, known)
+            for dropped in recent[_RECENT_STARTS:]:
+                dropped.follower = None  # no chain of dropped templates kept alive
             del recent[_RECENT_STARTS:]
+        if last is not None:
+            last.follower = known
+        self._last_start = known
+        template = known.template
         ts_at = self._ts_at  # where the last start's time was: seq has as many digits, mostly
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
             self._ts_at = ts_at
         try:
-            start_ns = int(float(line[ts_at : kind_at - 1]) * 1e9)
+            start_ns = int(_seconds(line[ts_at : kind_at - 1]) * 1e9)
         except ValueError:
             return False, None
-        run_id = line[run_at + 10 : after].decode("ascii", "replace")
+        run_text = line[run_at + 10 : after]
+        run_id = run_text.decode("ascii", "replace")
         if run_id not in self._open:  # a second start of one run: the first one counts
-            self._open_span(run_id, parent_run_id, start_ns, template, {})
+            self._open_span(run_id, parent_run_id, start_ns, template, _NO_DATA, run_text)
         return True, None
 
     def _start(
@@ -586,13 +676,30 @@ class SpanAssembler:
             self._templates[template_key] = template  # read, never changed
         self._open_span(run_id, parent_run_id, _ns(event.get("ts")), template, data)
 
-    def _open_span(
-        self, run_id: str, parent_run_id: str | None, start_ns: int, template: _Template, data: dict[str, Any]
+    def _open_span(  # noqa: PLR0915 - one frame per run (hot)
+        self,
+        run_id: str,
+        parent_run_id: str | None,
+        start_ns: int,
+        template: _Template,
+        data: dict[str, Any],
+        run_text: bytes = b"",
     ) -> None:
         """Open the span of a run started at ``start_ns``; ``data``: its start's (parsed), for
-        an application parent."""
-        run_bytes = _uuid_bytes(run_id)
-        span_id = _span_id(run_bytes)
+        an application parent; ``run_text``: the run id's 36 bytes in the line, if read there."""
+        run_bytes = None
+        if run_text:
+            try:
+                run_bytes = _UNHEXLIFY(run_text.replace(b"-", b""))  # _uuid_bytes, from the bytes
+            except ValueError:
+                pass  # not hex and dashes alone: _uuid_bytes decides
+        if run_bytes is None or len(run_bytes) != 16:
+            run_bytes = _uuid_bytes(run_id)
+        hasher = _BLAKE2B_8.copy()  # _span_id(run_bytes), without its frame
+        hasher.update(run_bytes)
+        span_id = hasher.digest()
+        if span_id == _ZERO_ID:
+            span_id = _span_id(run_bytes)
         people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
@@ -609,22 +716,31 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
-        run_attribute = (
-            _RUN_ID_ATTRIBUTE + run_id.encode()
-            if len(run_id) == 36 and run_id.isascii()
-            else pb.span_attribute("langchain.run_id", run_id)
-        )
+        if run_text and run_text.isascii():
+            run_attribute = _RUN_ID_ATTRIBUTE + run_text  # its text is run_id's
+        elif len(run_id) == 36 and run_id.isascii():
+            run_attribute = _RUN_ID_ATTRIBUTE + run_id.encode()
+        else:
+            run_attribute = pb.span_attribute("langchain.run_id", run_id)
         size = template.size + len(run_attribute)
         for attribute in people:
             size += len(attribute)
-        span = _Open(
-            pb.span_head(trace_id, span_id, parent_span_id, template.name_kind),
-            span_id,
-            start_ns,
-            template,
-            [*template.described.attributes, run_attribute, *template.common, *people],
-            size,
-        )
+        span: _Open = _new_open(_Open)
+        if parent_span_id:  # pb.span_head
+            span.head = b"".join(
+                (b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_span_id, template.name_kind)
+            )
+        else:
+            span.head = b"".join((b"\x0a\x10", trace_id, b"\x12\x08", span_id, template.name_kind))
+        span.span_id = span_id
+        span.start_ns = span.last_ns = start_ns
+        span.template = template
+        span.attributes = [*template.described.attributes, run_attribute, *template.common, *people]
+        span.events = _NO_EVENTS  # a list of its own at its first event
+        span.first_chunk_ns = span.chunks = 0
+        span.stream_key = b""
+        span.size = size
+        span.links = b""
         open_runs = self._open
         open_runs[run_id] = span
         ids = self._ids
@@ -725,7 +841,7 @@ class SpanAssembler:
         if ended is not None:
             attributes += ended[0]
         elif kind in _ERROR:
-            status, message, kind_name = _failed(data.get("error"), end_ns, attributes, events)
+            status, message, kind_name, events = _failed(data.get("error"), end_ns, attributes, events)
         elif kind == "llm_end" or self.capture_content:
             ended = (
                 llm_end(data, self.capture_content)
@@ -734,11 +850,14 @@ class SpanAssembler:
             )
             attributes += ended[0]
         first_chunk = None
-        if span.chunks:
+        chunks = span.chunks
+        if chunks:
             attributes.append(_STREAMED)
-            attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
+            attributes.append(_CHUNKS.get(chunks) or _chunks(chunks))
             if span.first_chunk_ns:
-                first_chunk = max((span.first_chunk_ns - span.start_ns) / 1e9, 0.0)
+                first_chunk = (span.first_chunk_ns - span.start_ns) / 1e9
+                if first_chunk < 0.0:  # noqa: PLR1730 - max(first_chunk, 0.0), without the call
+                    first_chunk = 0.0
                 attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
         metrics = self.metrics
         template = span.template
@@ -753,16 +872,14 @@ class SpanAssembler:
                 if len(template.series) < 8:
                     template.series[model] = (metrics, series)
             metrics.model_call(
-                series,
-                start_ns=span.start_ns,
-                end_ns=end_ns,
-                error_type=kind_name,
-                tokens=ended[2] if ended is not None else None,
-                first_chunk=first_chunk,
+                series, span.start_ns, end_ns, kind_name, ended[2] if ended is not None else None, first_chunk
             )
         start_ns = span.start_ns
         end_ns = end_ns if end_ns > start_ns else start_ns
-        encoded = pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        if events or status:
+            encoded = pb.span_of(span.head, start_ns, end_ns, attributes, events, status, message)
+        else:
+            encoded = b"".join([span.head, _TIMES(0x39, start_ns, 0x41, end_ns), *attributes])  # pb.span_of
         return encoded + span.links if span.links else encoded
 
     def _rebuild(
@@ -805,7 +922,10 @@ class SpanAssembler:
         if self.capture_content and data:
             attrs.append(pb.attribute("langchain.data", orjson.dumps(data).decode()))
         encoded = pb.event(time_ns, f"langchain.{kind}", attrs)
-        span.events.append(encoded)
+        if span.events is _NO_EVENTS:
+            span.events = [encoded]
+        else:
+            span.events.append(encoded)
         span.size += len(encoded)
         self.open_bytes += len(encoded)
 
@@ -879,14 +999,15 @@ class SpanAssembler:
 
 def _failed(
     error: Any, end_ns: int, attributes: list[bytes], events: list[bytes]
-) -> tuple[int, str, str | None]:
-    """An error end's status, message and ``error.type``; its attributes and its
-    ``exception`` event added. LangGraph's GraphInterrupt is no error: a paused graph is no
+) -> tuple[int, str, str | None, list[bytes]]:
+    """An error end's status, message, ``error.type`` and events (``events`` and its
+    ``exception`` event: a new list, as ``events`` may be the shared ``_NO_EVENTS``); its
+    attributes added. LangGraph's GraphInterrupt is no error: a paused graph is no
     failure to alert on, and what ``interrupt()`` was given (the error's message) is
     content, on the graph span's ``langchain.graph_interrupt`` event if captured."""
     if is_interrupt(error):
         attributes.append(_INTERRUPTED)
-        return pb.STATUS_UNSET, "", None
+        return pb.STATUS_UNSET, "", None, events
     error = error if isinstance(error, Mapping) else {}
     message = str(error.get("message") or "")
     kind_name = error_type(error)
@@ -896,8 +1017,7 @@ def _failed(
         exception.append(pb.attribute("exception.message", message))
     if isinstance(error.get("traceback"), str) and error["traceback"]:
         exception.append(pb.attribute("exception.stacktrace", error["traceback"]))
-    events.append(pb.event(end_ns, "exception", exception))
-    return pb.STATUS_ERROR, message, kind_name
+    return pb.STATUS_ERROR, message, kind_name, [*events, pb.event(end_ns, "exception", exception)]
 
 
 def _split(line: bytes, tails: dict[bytes, dict[str, Any]]) -> tuple[dict[str, Any], bytes, bytes] | None:
