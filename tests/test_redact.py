@@ -523,11 +523,15 @@ _PIECES = [
     "key",
     "sk-",
     "plain words",
+    ",",  # a string ending in ',' puts a ',"' that is no cut between members (a value's end)
+    "},",
 ]
 _body_values = st.recursive(
     st.lists(st.sampled_from(_PIECES), max_size=8).map("".join) | st.integers(-(2**40), 2**40),
     lambda children: (
-        st.dictionaries(st.sampled_from(["text", "apiKey", "n", "token_usage", "args"]), children)
+        st.dictionaries(
+            st.sampled_from(["text", "apiKey", "n", "token_usage", "args", "password,"]), children
+        )
         | st.lists(children, max_size=3)
     ),
     max_leaves=8,
@@ -568,6 +572,48 @@ def test_remembered_clean_pieces_never_change_what_is_redacted(values: list[Any]
         assert warm.json(body) == alone.json(body)
         if unchanged.get(id(body)) is body:
             assert alone.json(body) == body
+
+
+_CLEAN_FIELDS = {f"field_{i}": f"some clean value number {i}" for i in range(40)}
+
+
+@pytest.mark.parametrize(
+    ("warm", "attack"),
+    [
+        ({"note": "a,"}, {"password": "hunter2QZX,"}),  # a value ending in ','
+        ({"note": "a},", "x": {"y": 1}}, {"token": "hunter2QZX},", "x": {"y": 1}}),  # ... in '},'
+        ({"cfg": {"note": "a,", "model": "m"}}, {"cfg": {"api_key": "hunter2QZX,", "model": "m"}}),
+        ({"z": {"note": "a,"}}, {"z": {"password": "hunter2QZX,"}}),  # ... the object's last
+        ({"note": ["a,"]}, {"secret": ["hunter2QZX,"]}),
+    ],
+)
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_string_ending_in_a_comma_is_redacted_beside_remembered_pieces(
+    tmp_path: Path, warm: dict[str, Any], attack: dict[str, Any], shared: bool
+) -> None:
+    """',"' also ends a string that ends in ','; a cut there split "password":"hunter2QZX
+    from its closing quote, and with the rest of the body remembered clean that one new
+    piece was judged clean alone (683b40f and before wrote the secret as it is)."""
+
+    def chain(tracker: AsyncTracker, inputs: dict[str, Any]) -> None:
+        run = uuid.uuid4()
+        tracker.on_chain_start({"name": "x"}, {**inputs, **_CLEAN_FIELDS}, run_id=run)
+        tracker.on_chain_end({"ok": 1}, run_id=run)
+        tracker.flush_blocking(timeout=10)
+
+    config = TrackerConfig(worker="thread")
+    first = AsyncTracker(tmp_path / "a", experiment_name="e", run_name="r", config=config)
+    second = (
+        first
+        if not shared
+        else AsyncTracker(tmp_path / "b", experiment_name="e", run_name="r", config=config)
+    )
+    chain(first, warm)  # its pieces (the ones ending in ',' too) remembered clean
+    chain(second, attack)
+    first.close()
+    second.close()
+    assert _leaks([tmp_path], "", {"planted": "hunter2QZX"}) == {}
+    assert REDACTED in orjson.dumps(_events(tmp_path / ("b" if shared else "a"))[-2]["data"]).decode()
 
 
 def _token_body(token: str, value: Any) -> bytes:
