@@ -38,13 +38,14 @@ _FOUND: Final = (-1).__ne__  # of a find() result
 
 #: Where a chunk is cut into pieces for the clean-piece cache (see ``Redactor.prepare``).
 #: An unescaped '"' in JSON text is a string's delimiter, so ',"' stands between two
-#: members of an object or list (a piece never cuts a string, a key from its value, or a
-#: word) unless its '"' closes a string that ends in ',' ("hunter2," or a key "password,").
-#: Then what follows the '"' is one of ',' '}' ']' ':' (orjson writes no spaces): a chunk
-#: holding one of ``_MISALIGNED`` is not cut, the cache does not apply to it.
+#: members of an object or list (a piece never cuts a key from its value, or a word)
+#: unless its '"' closes a string that ends in ',': '"password":"hunter2,"' is cut
+#: into '"password":"hunter2' and what follows the string.
 _CUT: Final = b',"'
-_MISALIGNED: Final = (b',",', b',"}', b',"]', b',":')
-_GLUE: Final = b'\x1e"'  # joins unknown pieces for a scan; the '"' the cut took is back
+#: Put back where the cuts were when unknown pieces are judged alone, after the last one
+#: too: its '"' opens the next key, or closes a string that ended in ',' (without it the
+#: piece above, judged last, had no closing quote, so no value under its key: found clean).
+_GLUE: Final = b'\x1e"'
 #: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
 _COARSE: Final = b'},"'
 #: ``Redactor.firsts``: a body left out begins with this many bytes of one kept.
@@ -226,7 +227,7 @@ class Redactor:
             # Mostly new pieces: the scan below would cost what the whole chunk's does.
             if not unknown or (
                 sum(map(len, unknown)) * 4 <= len(joined)
-                and self._learn(unknown, _GLUE + _GLUE.join(unknown))
+                and self._learn(unknown, _GLUE + _GLUE.join(unknown) + _GLUE)
             ):
                 self._chunk = {}  # every piece is clean on its own, so is every body
                 self._remember_templates(templates)
@@ -390,15 +391,12 @@ class Redactor:
     def _pieces(self, joined: bytes) -> tuple[list[bytes], list[bytes]] | None:
         """``joined`` cut into pieces for the clean-piece cache, but for its coarse parts
         known clean (``_coarse``), and the coarse parts not known; or ``None`` when the
-        cache does not apply (``redact_patterns`` may match across pieces; a cut would
-        split a string from what follows it: ``_MISALIGNED``) or does not pay (pieces
-        too short: a hostile text must not cost a Python object per byte; judged on the
-        pieces of all of ``joined`` when it is long, else on those cut)."""
+        cache does not apply (``redact_patterns`` may match across pieces) or does not
+        pay (pieces too short: a hostile text must not cost a Python object per byte;
+        judged on the pieces of all of ``joined`` when it is long, else on those cut)."""
         if self._patterns:
             return None
         if len(joined) > _COUNT_FROM and joined.count(_CUT) * _MIN_PIECE > len(joined):
-            return None
-        if any(map(joined.__contains__, _MISALIGNED)):  # a string ending in ',': see _CUT
             return None
         text, coarse = self._coarse(joined)
         pieces = text.split(_CUT) if text else []
