@@ -208,7 +208,9 @@ def _live_once(tmp: str, endpoint: str | None, drive: Callable[[AsyncTracker], i
     tracker = AsyncTracker(
         destination,
         experiment_name="bench",
-        config=TrackerConfig(worker="process", handle_sigterm=False),
+        # Held back, not dropped, when the replay (as fast as it goes) outruns the worker:
+        # every span exported, whatever --spans (with "drop", more than ~6,000 overflowed).
+        config=TrackerConfig(worker="process", handle_sigterm=False, when_full="block", block_timeout=60.0),
         exporters=exporters,
     )
     tracker.flush_blocking(timeout=60)  # the worker is up: steady state, not start-up
