@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import textwrap
 from pathlib import Path
@@ -59,7 +60,10 @@ def test_show_and_the_report_say_the_graph_was_interrupted_and_resumed(
     lines = "\n".join(render(events, width=200, colour=Colour(io.StringIO())))
     assert "INTERRUPTED" in lines
     assert 'interrupt {"question":"Send the report to the customer?"' in lines
-    assert "resume from checkpoint" in lines
+    (interrupt,) = [e for e in events if e["kind"] == "graph_interrupt"]
+    paused = datetime.datetime.fromtimestamp(interrupt["ts"], datetime.UTC)
+    checkpoint = interrupt["data"]["checkpoint_id"]
+    assert f"resume from checkpoint {checkpoint} (paused there at {paused:%H:%M:%S} UTC)" in lines
     assert "ERROR" not in lines  # the node's GraphInterrupt is control flow, not a failure
     (summary,) = summarize_runs(events)
     assert summary.errors == 0

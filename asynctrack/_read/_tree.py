@@ -14,6 +14,7 @@ end event.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
+_GRAPH_EVENTS: Final = frozenset({"graph_interrupt", "graph_resume"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
 _OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
 _MODEL_KEYS: Final = ("model_name", "model", "model_id", "deployment_name")
@@ -118,6 +120,9 @@ class Note:
     kind: str
     ts: float
     data: dict[str, Any]
+    #: A LangGraph resume's: when the graph paused at the checkpoint it resumed from (its
+    #: interrupt, in these events), if seen.
+    paused_at: float | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -205,7 +210,11 @@ def note_summary(note: Note) -> str:
         values = [i.get("value") if isinstance(i, dict) else i for i in interrupts or ()]
         return f"interrupt {preview(values[0] if len(values) == 1 else values)}"
     if note.kind == "graph_resume":
-        return f"resume from checkpoint {data.get('checkpoint_id')}"
+        line = f"resume from checkpoint {data.get('checkpoint_id')}"
+        if note.paused_at is not None:
+            paused = datetime.datetime.fromtimestamp(note.paused_at, datetime.UTC)
+            line += f" (paused there at {paused:%H:%M:%S} UTC)"
+        return line
     return f"{note.kind} {_text(data)}"
 
 
@@ -272,6 +281,7 @@ def build_tree(events: Iterable[Mapping[str, Any]]) -> list[Span]:
     """
     spans: dict[str, Span] = {}
     loose: list[Span] = []  # events without a run_id: a span of their own each
+    paused: dict[Any, float] = {}  # a LangGraph checkpoint a graph paused at -> when
     for event in events:
         kind = str(event.get("kind") or "")
         raw = event.get("data")
@@ -287,6 +297,11 @@ def build_tree(events: Iterable[Mapping[str, Any]]) -> list[Span]:
         if span is None:
             span = spans[run_id] = _open(event, kind, ts)
         _apply(span, event, kind, ts, data)
+        if kind in _GRAPH_EVENTS and isinstance(data.get("checkpoint_id"), str):
+            if kind == "graph_interrupt":
+                paused[data["checkpoint_id"]] = ts
+            else:
+                span.notes[-1].paused_at = paused.get(data["checkpoint_id"])
     return _nest(spans, loose)
 
 
