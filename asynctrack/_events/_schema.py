@@ -27,6 +27,7 @@ __all__ = [
     "ENDS",
     "EVENT_KINDS",
     "EXTRA",
+    "GRAPH_KINDS",
     "INTERRUPT_TYPES",
     "KIND",
     "NAME",
@@ -86,6 +87,8 @@ EVENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 
 STARTS: Final = frozenset(k for k in EVENT_KINDS if k.endswith("_start"))
 ENDS: Final = frozenset(k for k in EVENT_KINDS if k.endswith(("_end", "_error")))
+#: LangGraph's lifecycle events (a graph paused for a human, resumed from a checkpoint).
+GRAPH_KINDS: Final = frozenset({"graph_interrupt", "graph_resume"})
 #: The exceptions a LangGraph node raises to pause its graph for a human (``interrupt()``).
 INTERRUPT_TYPES: Final = ("langgraph.errors.GraphInterrupt", "langgraph.errors.NodeInterrupt")
 

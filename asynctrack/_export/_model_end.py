@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from .._read._tree import _as_int  # usage_counts' own rule for a count
+from .._read._tree import token_counts
 from ._semconv import Ended, end_attributes
 
 __all__ = ["EndLine", "model_end", "read", "seconds"]
@@ -184,17 +184,5 @@ def model_end(response: _Response) -> Ended | None:
 
 
 def _counts(usage: _Usage) -> tuple[int, int] | None:
-    """``usage_counts`` of the mapping read as ``usage``: the same rules, on its fields."""
-    tokens_in = usage.prompt_tokens
-    if type(tokens_in) is not int or not tokens_in:
-        other = usage.input_tokens
-        tokens_in = (
-            other if tokens_in is None and type(other) is int else _as_int(tokens_in) or _as_int(other) or 0
-        )
-    tokens_out = usage.completion_tokens
-    if type(tokens_out) is not int or not tokens_out:
-        other = usage.output_tokens
-        tokens_out = (
-            other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
-        )
-    return (tokens_in, tokens_out) if tokens_in or tokens_out else None
+    """``usage_counts`` of the mapping read as ``usage``: the same rule, on its fields."""
+    return token_counts(usage.prompt_tokens, usage.input_tokens, usage.completion_tokens, usage.output_tokens)

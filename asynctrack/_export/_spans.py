@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import orjson
 
-from .._events._schema import id_text, is_interrupt
+from .._events._schema import GRAPH_KINDS, id_text, is_interrupt
 from .._sampling import OTEL_PARENT
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
@@ -90,9 +90,9 @@ _LAST_OF_DATA: Final = (b',"messages":[', b',"prompts":[')  # model starts' cont
 # Kinds whose attributes come from data when content is not captured (any kind with it).
 _DATA_KINDS: Final = frozenset(
     {"llm_start", "chat_model_start", "tool_start", "llm_end", "chain_error", "llm_error", "tool_error"}
-    | {"retriever_error", "agent_action", "retry", "custom_event", "graph_interrupt", "graph_resume"}
+    | {"retriever_error", "agent_action", "retry", "custom_event"}
+    | GRAPH_KINDS
 )
-_GRAPH_EVENTS: Final = frozenset({"graph_interrupt", "graph_resume"})
 _MODEL_STARTS: Final = frozenset({"llm_start", "chat_model_start"})
 # Ends and model starts by the 13 bytes after '"kind":"' (the kind and, in the envelope's
 # order, the start of the next field). When content is not captured, the light ends need
@@ -917,7 +917,7 @@ class SpanAssembler:
             value = source.get(known[0]) if isinstance(source, Mapping) else None
             if isinstance(value, str | int) and not isinstance(value, bool):
                 attrs.append(pb.attribute(known[1], value))
-        if kind in _GRAPH_EVENTS:
+        if kind in GRAPH_KINDS:
             attrs += self._graph_event(run_id, kind, data, span)
         if self.capture_content and data:
             attrs.append(pb.attribute("langchain.data", orjson.dumps(data).decode()))

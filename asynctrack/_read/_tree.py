@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-from .._events._schema import INTERRUPT_TYPES, id_text
+from .._events._schema import GRAPH_KINDS, INTERRUPT_TYPES, id_text
 from .._events._schema import is_interrupt as interrupted
 
 __all__ = [
@@ -36,12 +36,12 @@ __all__ = [
     "preview",
     "scan_run_summaries",
     "summarize_runs",
+    "token_counts",
     "token_usage",
     "usage_counts",
 ]
 
 _OPEN: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
-_GRAPH_EVENTS: Final = frozenset({"graph_interrupt", "graph_resume"})
 _INPUT_FIELDS: Final = ("inputs", "messages", "prompts", "input_str", "query")
 _OUTPUT_FIELDS: Final = ("outputs", "response", "output", "documents")
 _MODEL_KEYS: Final = ("model_name", "model", "model_id", "deployment_name")
@@ -60,19 +60,24 @@ def usage_counts(usage: Any) -> tuple[int, int] | None:
     ``usage_metadata``), if it has any: OpenAI's names first, then LangChain's."""
     if type(usage) is not dict and (usage is None or not isinstance(usage, Mapping)):
         return None
-    tokens_in = usage.get("prompt_tokens")
-    if type(tokens_in) is not int or not tokens_in:
-        other = usage.get("input_tokens")
-        tokens_in = (
-            other if tokens_in is None and type(other) is int else _as_int(tokens_in) or _as_int(other) or 0
+    get = usage.get
+    return token_counts(
+        get("prompt_tokens"), get("input_tokens"), get("completion_tokens"), get("output_tokens")
+    )
+
+
+def token_counts(prompt: Any, inputs: Any, completion: Any, outputs: Any) -> tuple[int, int] | None:
+    """``usage_counts`` of a usage's four counts (``prompt_tokens``, ``input_tokens``,
+    ``completion_tokens``, ``output_tokens``), however they were read."""
+    if type(prompt) is not int or not prompt:
+        prompt = inputs if prompt is None and type(inputs) is int else _as_int(prompt) or _as_int(inputs) or 0
+    if type(completion) is not int or not completion:
+        completion = (
+            outputs
+            if completion is None and type(outputs) is int
+            else _as_int(completion) or _as_int(outputs) or 0
         )
-    tokens_out = usage.get("completion_tokens")
-    if type(tokens_out) is not int or not tokens_out:
-        other = usage.get("output_tokens")
-        tokens_out = (
-            other if tokens_out is None and type(other) is int else _as_int(tokens_out) or _as_int(other) or 0
-        )
-    return (tokens_in, tokens_out) if tokens_in or tokens_out else None
+    return (prompt, completion) if prompt or completion else None
 
 
 def token_usage(data: Any) -> tuple[int, int] | None:
@@ -297,7 +302,7 @@ def build_tree(events: Iterable[Mapping[str, Any]]) -> list[Span]:
         if span is None:
             span = spans[run_id] = _open(event, kind, ts)
         _apply(span, event, kind, ts, data)
-        if kind in _GRAPH_EVENTS and isinstance(data.get("checkpoint_id"), str):
+        if kind in GRAPH_KINDS and isinstance(data.get("checkpoint_id"), str):
             if kind == "graph_interrupt":
                 paused[data["checkpoint_id"]] = ts
             else:
