@@ -149,7 +149,67 @@ def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
     assert _spawn.worker_process().pid != old
     seqs = collections.Counter(e["seq"] for e in _events(tmp_destination))
     assert seqs == collections.Counter(range(150))  # each exactly once
-    assert (stats.written, stats.lost) == (50, 0)  # the new worker's count, nothing lost
+    # The dead worker's count stays counted: 100 by it, 50 by the new one; nothing lost.
+    assert (stats.recorded, stats.written, stats.lost) == (150, 150, 0)
+
+
+_KILLED_FIVE_TIMES = """
+import json, os, signal, sys, time, uuid
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._remote import _spawn
+
+tracker = AsyncTracker(sys.argv[1], experiment_name="e", run_name="r",
+                       config=TrackerConfig(worker="process", batch_interval=3600.0))
+count = 0
+def text(n):
+    global count
+    run_id = uuid.uuid4()
+    for _ in range(n):
+        tracker.on_text(f"t-{count}", run_id=run_id)
+        count += 1
+def wait(condition):
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+for _ in range(5):
+    text(50)
+    tracker.flush_blocking(timeout=60)  # written by this worker and acknowledged
+    text(50)  # shipped, in its open batch: re-sent to the next one
+    wait(lambda: tracker.statistics().queue_depth == 0)
+    pid = _spawn.worker_process().pid
+    os.kill(pid, signal.SIGKILL)
+    wait(lambda: tracker.statistics().worker_mode == "thread"
+         or _spawn.worker_process().pid not in (None, pid))
+text(20)
+tracker.close(timeout=60)
+s = tracker.statistics()
+print(json.dumps({"count": count, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
+                  "dropped": s.dropped, "lost": s.lost, "restarts": s.worker_restarts}))
+"""
+
+
+def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_them(
+    tmp_destination: Path,
+) -> None:
+    """Five deaths in a row: the tracker falls back to a thread engine. Its statistics
+    still count every event the dead workers wrote (a child process: the fall back is
+    for the whole process)."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_FIVE_TIMES, str(tmp_destination)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    stats = json.loads(done.stdout.splitlines()[-1])
+    lines = [e["seq"] for e in _events(tmp_destination)]
+    assert sorted(set(lines)) == list(range(stats["count"])) == list(range(520))
+    assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == ("thread", 520, 0, 0)
+    assert stats["written"] == len(lines)  # a re-sent event written twice is counted twice
 
 
 def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(

@@ -65,6 +65,24 @@ def _answer_deadline(request: Request, timeout: float | None) -> float | None:
 
 
 _REQUEST_OF: Final = {Kind.FLUSHED: Kind.FLUSH, Kind.CLOSED: Kind.CLOSE}
+#: The worker's counters that only grow (the others are levels: what waits now).
+_CUMULATIVE: Final = (
+    "written",
+    "dropped",
+    "filtered",
+    "lost",
+    "spooled",
+    "encode_errors",
+    "write_errors",
+    "batches",
+    "bytes",
+    "parameter_errors",
+    "spans_exported",
+    "spans_failed",
+    "sampled_out",
+    "mlflow_traces_logged",
+    "mlflow_traces_failed",
+)
 
 
 class ProcessEngine:
@@ -124,6 +142,12 @@ class ProcessEngine:
         self._close_request: Request | None = None  # the first close's, which a second one waits for
         self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._worker_stats: dict[str, Any] = {}
+        #: What the worker processes that died counted (``worker_died``), added to the
+        #: living one's counters: a restart does not start the counts again.
+        self._dead_stats: dict[str, int] = dict.fromkeys(_CUMULATIVE, 0)
+        #: Records taken from the queue before the fall back and not handed to the
+        #: thread engine (written or dropped by the dead workers).
+        self._taken_before_fallback = 0
         self._last_parameters: dict[str, ParameterValue] = {}
         self._last_error = ""
         #: The thread engine, once the worker could not host this tracker.
@@ -190,41 +214,36 @@ class ProcessEngine:
 
     def statistics(self) -> Statistics:
         taken, queued = self._queue.counts()
+        dead = self._dead_stats
         if self.fallback is not None:
             stats = self.fallback.statistics()
+            # The thread engine counts what it was given (what the dead worker had not
+            # acknowledged, then what was queued here); the dead workers the rest.
+            counts = {key: getattr(stats, key) + dead[key] for key in _CUMULATIVE}
+            counts["dropped"] += self._queue.dropped
+            counts["lost"] += self.lane.lost
             return dataclasses.replace(
                 stats,
-                recorded=stats.recorded + queued,  # what was shipped was re-fed to it
-                dropped=stats.dropped + self._queue.dropped,
+                **counts,
+                recorded=self._taken_before_fallback - dead["dropped"] + stats.recorded + queued,
                 worker_mode="thread",
                 worker_restarts=self._worker.restarts,
             )
         worker = self._worker_stats
+        counts = {key: worker.get(key, 0) + dead[key] for key in _CUMULATIVE}
         # An event the worker had to drop (its memory bound reached while the destination
         # is down) was accepted here but is not recorded there: it counts as dropped, once.
-        worker_dropped = worker.get("dropped", 0)
+        worker_dropped = counts.pop("dropped")
+        counts["lost"] += self.lane.lost
         return Statistics(
+            **counts,
             recorded=taken + queued - worker_dropped,
-            written=worker.get("written", 0),
             dropped=self._queue.dropped + worker_dropped,
-            filtered=worker.get("filtered", 0),
             failed=worker.get("failed", 0),
-            lost=self.lane.lost + worker.get("lost", 0),
-            spooled=worker.get("spooled", 0),
-            encode_errors=worker.get("encode_errors", 0),
-            write_errors=worker.get("write_errors", 0),
-            batches=worker.get("batches", 0),
-            bytes=worker.get("bytes", 0),
             queue_depth=queued,
             pending_bytes=worker.get("pending_bytes", 0),  # the worker's; ours: retained_bytes
-            parameter_errors=worker.get("parameter_errors", 0),
             worker_mode="process",
             worker_restarts=self._worker.restarts,
-            spans_exported=worker.get("spans_exported", 0),
-            spans_failed=worker.get("spans_failed", 0),
-            sampled_out=worker.get("sampled_out", 0),
-            mlflow_traces_logged=worker.get("mlflow_traces_logged", 0),
-            mlflow_traces_failed=worker.get("mlflow_traces_failed", 0),
             retained_bytes=self.lane.retained_bytes,
         )
 
@@ -336,6 +355,13 @@ class ProcessEngine:
             if stats.get("last_error"):
                 self._last_error = str(stats["last_error"])
 
+    def worker_died(self) -> None:
+        """The worker process died (called before a new one starts, its reader done):
+        what it counted stays counted."""
+        for key in _CUMULATIVE:
+            self._dead_stats[key] += self._worker_stats.get(key, 0)
+        self._worker_stats = {}
+
     def statistics_from_worker(self, payload: bytes) -> None:
         self._apply_statistics(pickle.loads(payload))
 
@@ -366,6 +392,7 @@ class ProcessEngine:
         with self._forward_lock:
             # What was shipped and not acknowledged, then what is queued, in order.
             records, requests = self.lane.take_back()
+            self._taken_before_fallback = self._queue.counts()[0] - len(records)
             for record in records:
                 engine.put(record)
             self.fallback = engine

@@ -81,6 +81,8 @@ class Client(Protocol):
 
     def statistics_from_worker(self, payload: bytes) -> None: ...
 
+    def worker_died(self) -> None: ...
+
     def renew_writer(self, generation: int) -> None: ...
 
     def fall_back(self, reason: str) -> None: ...
@@ -248,6 +250,7 @@ class WorkerProcess:
             self._process = None
             for client in self._clients.values():
                 client.lane.worker_died()
+                client.worker_died()
             if len(self._deaths) == _MAX_RESTARTS and now - self._deaths[0] < _RESTART_WINDOW:
                 self.failed = f"the worker process died {_MAX_RESTARTS} times in {_RESTART_WINDOW:g} s"
                 logger.error("asynctrack: %s; falling back to worker threads", self.failed)
