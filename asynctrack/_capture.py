@@ -193,6 +193,11 @@ def _whole(cls: type) -> bool:
             return False  # written as its items
         if getattr(cls, "__pydantic_computed_fields__", None):
             return False  # computed fields are not in __dict__
+        if dataclasses.is_dataclass(cls):
+            # A field __init__ does not set (init=False) may be the class's default only.
+            params: Any = getattr(cls, "__dataclass_params__", None)
+            if not params.init or any(not f.init for f in dataclasses.fields(cls)):
+                return False
         return all(name.startswith("__") for name in _slot_names(cls))  # no slot values beside
     except Exception:  # a hostile metaclass: the careful path judges
         return False

@@ -362,6 +362,29 @@ class Data:
     p: list[int] = dataclasses.field(default_factory=lambda: [1])
 
 
+@dataclasses.dataclass
+class Paid:
+    """A field ``__init__`` does not set: its class default is not in ``__dict__``."""
+
+    item: str = "book"
+    status: str = dataclasses.field(default="PAID", init=False)
+
+
+@dataclasses.dataclass
+class Totalled:
+    item: str = "book"
+    total: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = 42.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Referenced:
+    item: str = "book"
+    ref: str = dataclasses.field(default="REF-9", init=False)
+
+
 class Pair(NamedTuple):
     a: int
     b: str
@@ -407,6 +430,9 @@ _KINDS: list[tuple[Any, Any]] = [
     (Priced(), {"net": 2, "gross": 4}),
     (SlottedData(), {"p": 1, "q": "q"}),
     (Data(), {"p": [1]}),
+    (Paid(), {"item": "book", "status": "PAID"}),
+    (Totalled(), {"item": "book", "total": 42.5}),
+    (Referenced(), {"item": "book", "ref": "REF-9"}),
     (Pair(1, "b"), {"a": 1, "b": "b"}),
     (AttrsSlotted(), {"x": 3}),
     (AttrsPlain(), {"y": "y"}),
