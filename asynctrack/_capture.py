@@ -54,8 +54,13 @@ What is left: orjson reads an ``Enum`` member's ``value`` with ``PyObject_GetAtt
 property; and an object whose class runs Python to look up ``__dict__`` (a Python
 ``__getattribute__``, a ``__dict__`` property, or a ``__getattr__`` on a class
 without ``__dict__``). Only if such an object sits *inside a list another thread
-is resizing at that instant* could the old crash return. LangChain's own objects
-are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
+is resizing at that instant* could the old crash return. And orjson does not check
+that read: a plain ``Enum`` member (not an ``int`` or ``str`` one, which orjson reads
+in C) whose ``value`` raises (an override) crashes the process in any thread.
+Ruling both out takes a walk of each event before orjson's, in Python's C calls
+(``gc.get_referents`` layer by layer): it costs more than orjson's walk itself.
+LangChain's own objects are none of these. ``tests/test_capture.py`` keeps the
+threaded stress test.
 
 What is written
 ---------------
