@@ -54,8 +54,13 @@ What is left: orjson reads an ``Enum`` member's ``value`` with ``PyObject_GetAtt
 property; and an object whose class runs Python to look up ``__dict__`` (a Python
 ``__getattribute__``, a ``__dict__`` property, or a ``__getattr__`` on a class
 without ``__dict__``). Only if such an object sits *inside a list another thread
-is resizing at that instant* could the old crash return. LangChain's own objects
-are none of these. ``tests/test_capture.py`` keeps the threaded stress test.
+is resizing at that instant* could the old crash return. And orjson does not check
+that read: a plain ``Enum`` member (not an ``int`` or ``str`` one, which orjson reads
+in C) whose ``value`` raises (an override) crashes the process in any thread.
+Ruling both out takes a walk of each event before orjson's, in Python's C calls
+(``gc.get_referents`` layer by layer): it costs more than orjson's walk itself.
+LangChain's own objects are none of these. ``tests/test_capture.py`` keeps the
+threaded stress test.
 
 What is written
 ---------------
@@ -66,8 +71,10 @@ dataclass, an attrs class, a ``NamedTuple`` as its fields; an object as its
 elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack": "dataframe", "shape",
 "columns", "dtypes", "index", "rows"}`` and a ``Series`` as ``{"$asynctrack":
 "series", "shape", "name", "dtype", "index", "values"}``, with as many leading rows
-as fit in ``max_field_bytes``. An exception (``Capturer.error``) as ``type``,
-``message``, ``args`` and ``traceback``, read in the callback.
+as fit in ``max_field_bytes``; a pandas extension array or index as a list like a
+numpy array, and pandas' missing values (``pd.NA``, ``pd.NaT``) as ``null``. An
+exception (``Capturer.error``) as ``type``, ``message``, ``args`` and ``traceback``,
+read in the callback.
 
 One bad field spoils one field: a value whose conversion raises, or an object with
 no field to read, becomes a marked placeholder ``{"$asynctrack": "unencodable",
@@ -120,6 +127,8 @@ _OBJECT_SIZE: Final = object.__basicsize__
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
 _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
+#: pandas' missing-value scalars (``pd.NA``, ``pd.NaT``), written as ``null``.
+_PANDAS_MISSING: Final = frozenset({"NAType", "NaTType"})
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 
@@ -193,6 +202,11 @@ def _whole(cls: type) -> bool:
             return False  # written as its items
         if getattr(cls, "__pydantic_computed_fields__", None):
             return False  # computed fields are not in __dict__
+        if dataclasses.is_dataclass(cls):
+            # A field __init__ does not set (init=False) may be the class's default only.
+            params: Any = getattr(cls, "__dataclass_params__", None)
+            if not params.init or any(not f.init for f in dataclasses.fields(cls)):
+                return False
         return all(name.startswith("__") for name in _slot_names(cls))  # no slot values beside
     except Exception:  # a hostile metaclass: the careful path judges
         return False
@@ -585,6 +599,8 @@ class Capturer:
             except TypeError:  # mixed types: the order of the copy
                 pass
             return items
+        if type(v).__name__ in _PANDAS_MISSING and type(v).__module__.startswith("pandas"):
+            return None  # pd.NA, pd.NaT (a datetime subclass: before the datetimes)
         if isinstance(v, datetime.datetime | datetime.date | datetime.time):
             return v.isoformat()
         if isinstance(v, uuid.UUID):
@@ -620,10 +636,17 @@ class Capturer:
         # No field to read (a sentinel, a C object): its type and repr, counted.
         return placeholder("unencodable", v, repr=safe_repr(v))
 
-    def _pandas(self, v: Any, depth: int) -> dict[str, Any] | None:
+    def _pandas(self, v: Any, depth: int) -> Any:
         """A DataFrame or Series as its shape, columns, dtypes and leading rows (as many
-        as fit in the field limit); ``None`` for other pandas objects."""
+        as fit in the field limit); an extension array (``Int64``, ``string``,
+        ``boolean``, categorical) or an index as a list of its values, like a numpy
+        array; ``None`` for other pandas objects."""
         kind = type(v).__name__
+        if any(c.__name__ in ("ExtensionArray", "Index") for c in type(v).__mro__):
+            size = len(v)
+            if size > _MAX_ARRAY:
+                return placeholder("array", v, shape=[size], size=size)
+            return [self._child(x, depth) for x in v.tolist()]  # missing values: pd.NA, NaN
         if kind == "DataFrame":
             columns = list(v.columns)
             out: dict[str, Any] = {

@@ -362,6 +362,29 @@ class Data:
     p: list[int] = dataclasses.field(default_factory=lambda: [1])
 
 
+@dataclasses.dataclass
+class Paid:
+    """A field ``__init__`` does not set: its class default is not in ``__dict__``."""
+
+    item: str = "book"
+    status: str = dataclasses.field(default="PAID", init=False)
+
+
+@dataclasses.dataclass
+class Totalled:
+    item: str = "book"
+    total: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = 42.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Referenced:
+    item: str = "book"
+    ref: str = dataclasses.field(default="REF-9", init=False)
+
+
 class Pair(NamedTuple):
     a: int
     b: str
@@ -407,6 +430,9 @@ _KINDS: list[tuple[Any, Any]] = [
     (Priced(), {"net": 2, "gross": 4}),
     (SlottedData(), {"p": 1, "q": "q"}),
     (Data(), {"p": [1]}),
+    (Paid(), {"item": "book", "status": "PAID"}),
+    (Totalled(), {"item": "book", "total": 42.5}),
+    (Referenced(), {"item": "book", "ref": "REF-9"}),
     (Pair(1, "b"), {"a": 1, "b": "b"}),
     (AttrsSlotted(), {"x": 3}),
     (AttrsPlain(), {"y": "y"}),
@@ -538,6 +564,45 @@ def test_a_dataframe_keeps_the_leading_rows_that_fit_in_the_field_limit() -> Non
     assert logged["rows"][0] == [0, "row text " * 4]
     assert logged["index"] == list(range(len(logged["rows"])))
     assert len(orjson.dumps(logged["rows"])) <= 4096
+
+
+_MISSING: list[tuple[str, Any, Any]] = [
+    ("NA", pd.NA, None),
+    ("NaT", pd.NaT, None),
+    ("Int64", pd.array([1, None], dtype="Int64"), [1, None]),
+    ("string", pd.array(["a", None], dtype="string"), ["a", None]),
+    ("boolean", pd.array([True, None], dtype="boolean"), [True, None]),
+    ("categorical", pd.Categorical(["x", None, "x"]), ["x", None, "x"]),
+    ("index", pd.Index(["a", None]), ["a", None]),
+    (
+        "frame",
+        pd.DataFrame(
+            {
+                "o": pd.Series(["x", pd.NA, np.nan, pd.NaT], dtype=object),
+                "t": pd.to_datetime(["2024-01-01", None, "2024-01-02", None]),
+                "i": pd.array([1, None, 3, None], dtype="Int64"),
+            }
+        ),
+        [
+            ["x", "2024-01-01T00:00:00", 1],
+            [None, None, None],
+            [None, "2024-01-02T00:00:00", 3],
+            [None, None, None],
+        ],
+    ),
+    ("series", pd.Series([1, None], dtype="Int64"), [1, None]),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), [v for _, *v in _MISSING], ids=[k for k, _, _ in _MISSING])
+def test_pandas_missing_values_and_extension_arrays_are_written_as_their_data(
+    value: Any, expected: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    for logged in (_capture(value), _recorded(make_tracker(), value)):
+        key = (
+            "rows" if isinstance(value, pd.DataFrame) else "values" if isinstance(value, pd.Series) else None
+        )
+        assert (logged if key is None else logged[key]) == expected
 
 
 # -- errors are read in the callback ----------------------------------------------------------------
