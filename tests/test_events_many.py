@@ -323,3 +323,28 @@ def test_rows_of_streamed_tokens_are_written_as_the_record_at_a_time_path_writes
             lines += chunked.many(chunk)
         assert rows >= 3  # the path under test
         assert lines == expected
+
+
+def test_a_frame_dense_with_credential_stems_is_judged_body_by_body() -> None:
+    # A burst of model calls ships frames of nothing but model starts: together they hold
+    # more credential-like stems ("key", "token") than a text is scanned for at once. Each
+    # body is then judged alone, as the record-at-a-time path does: the clean ones are
+    # written as they are and teach the clean-piece cache; a secret is still redacted.
+    from test_worker_identity import _fresh
+    from test_worker_identity import _records as golden
+
+    starts = [record for record in golden() if record[0] == "chat_model_start"]
+    copies = 200 // len(starts)
+    frame = [  # each body a distinct object, as unmarshalled frames hold them
+        (start[0], seq, *start[2:6], bytes(bytearray(start[6])), start[7])
+        for seq, start in enumerate(starts * copies)
+    ]
+    secret = sum(b"sk-proj-Zq8" in start[6] for start in starts) * copies
+    chunked = _fresh()
+    chunked.prepare(frame)
+    plain = len(chunked.encoder.plain)
+    lines = chunked.many(frame)
+    assert plain == len(frame) - secret  # the path under test
+    single = _fresh()
+    assert lines == [single(record) for record in frame]
+    assert b"sk-proj-Zq8" not in b"".join(line[1] for line in lines if type(line) is tuple)

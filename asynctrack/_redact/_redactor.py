@@ -271,10 +271,11 @@ class Redactor:
         if self.key_rule is not None:
             keys = self._key_spans(joined)
             if keys is None:
-                full = set(range(len(bodies)))
-            else:
-                spans, containers = keys
-                full.update(bisect.bisect_right(offsets, position) - 1 for position in containers)
+                # Dense with stems as a whole (a frame of many model starts): body by body,
+                # as json() would judge each (one dense alone takes the full path).
+                keys = self._body_key_spans(bodies, offsets, full)
+            spans, containers = keys
+            full.update(bisect.bisect_right(offsets, position) - 1 for position in containers)
         if self._detectors:
             spans.extend(self._value_spans(joined))
         for start, end, replacement in spans:
@@ -298,6 +299,24 @@ class Redactor:
             if self._learn(unknown, joined, scanned=True):
                 self._remember_coarse(coarse)
         return joined
+
+    def _body_key_spans(
+        self, bodies: list[bytes], offsets: list[int], full: set[int]
+    ) -> tuple[list[tuple[int, int, bytes]], list[int]]:
+        """The key rules' spans and containers of each of ``bodies``, at its offset in the
+        joined chunk (``offsets``); the index of a body dense with stems alone is added
+        to ``full``."""
+        spans: list[tuple[int, int, bytes]] = []
+        containers: list[int] = []
+        for index, body in enumerate(bodies):
+            found = self._key_spans(body)
+            if found is None:
+                full.add(index)
+                continue
+            base = offsets[index]
+            spans += [(start + base, end + base, replacement) for start, end, replacement in found[0]]
+            containers += [position + base for position in found[1]]
+        return spans, containers
 
     def _cut(
         self,
