@@ -28,7 +28,8 @@ process, ≤ 15 µs per event in all.
 
 ``--instructions``: the worker process's path for the same records, counted by
 callgrind (deterministic where CPU µs are noise on a shared machine): each
-``RECORDS`` payload of ``_CHUNK`` records as the shipper writes it, read
+``RECORDS`` payload of ``--chunk`` records (64 by default; the shipper's frames hold
+up to 256, as many as a burst fills, and the engine translates a frame at a time), read
 (``read_records``), translated, redacted and encoded (``prepare`` then ``many``) and
 added to the open batch, which is sealed at the end (``Batcher``): instructions per
 event, per kind and for the mix, each pass with a new translator and empty caches as
@@ -48,6 +49,7 @@ import argparse
 import collections
 import gc
 import marshal
+import operator
 import sys
 import tempfile
 import time
@@ -69,6 +71,8 @@ from ._reference import reference_us
 APP_GOAL_US = 5.0
 TOTAL_GOAL_US = 15.0
 _CHUNK = 64
+_SEQ = operator.itemgetter(0)  # of a (seq, line)
+_LINE = operator.itemgetter(1)
 ROUNDS = 40  # distinct rounds recorded (a tool call round trip and a streamed answer each)
 
 
@@ -138,15 +142,16 @@ def _worker_path(payloads: list[bytes], warm: bool = False) -> int:
         chunk = read_records(payload)
         translator.prepare(chunk)
         results = translator.many(chunk)
-        batcher.add_many([seq for seq, _ in results], [line for _, line in results])  # type: ignore[misc]
+        # As the engine's Worker._encode hands the lines over (C loops).
+        batcher.add_many(list(map(_SEQ, results)), list(map(_LINE, results)))  # type: ignore[arg-type]
     return sum(len(batch.data) for _, batch in batcher.seal())
 
 
-def _worker_child(path: str, passes: int, warm: bool) -> None:
+def _worker_child(path: str, passes: int, warm: bool, chunk: int = _CHUNK) -> None:
     """Under callgrind: one pass to warm up (imports, compiled patterns), then ``passes``
     counted."""
     records = marshal.loads(Path(path).read_bytes())
-    payloads = [marshal.dumps(records[i : i + _CHUNK], 4) for i in range(0, len(records), _CHUNK)]
+    payloads = [marshal.dumps(records[i : i + chunk], 4) for i in range(0, len(records), chunk)]
     _worker_path(payloads)
     gc.collect()
     c.callgrind_instrument(True)
@@ -155,15 +160,16 @@ def _worker_child(path: str, passes: int, warm: bool) -> None:
     c.callgrind_instrument(False)
 
 
-def _count(records: list[Any], passes: int, warm: bool, tmp: Path) -> int:
+def _count(records: list[Any], passes: int, warm: bool, tmp: Path, chunk: int = _CHUNK) -> int:
     """Instructions of ``passes`` passes of the worker path over ``records`` (callgrind)."""
     source = tmp / "records.marshal"
     source.write_bytes(marshal.dumps(records, 4))
     command = [sys.executable, "-m", "benchmarks.real_provider", "--worker-child", str(source), str(passes)]
-    return c.callgrind_total([*command, *(["--warm"] if warm else [])], tmp / "callgrind.out")
+    options = [*(["--warm"] if warm else []), "--chunk", str(chunk)]
+    return c.callgrind_total([*command, *options], tmp / "callgrind.out")
 
 
-def instructions(passes: int, records_file: str | None) -> None:
+def instructions(passes: int, records_file: str | None, chunk: int = _CHUNK) -> None:
     """Print the worker path's instructions per event, per kind and for the mix: each
     pass with empty caches (``cold``), and each pass after a first (``warm``: the caches
     hold every piece of these rounds, as in a long run that repeats them)."""
@@ -172,14 +178,14 @@ def instructions(passes: int, records_file: str | None) -> None:
     else:
         _, records = _app_side(_record_calls(rounds=ROUNDS), 1)
     kinds = collections.Counter(record[_schema.KIND] for record in records)
-    print(f"{len(records)} records: {dict(kinds)}; {passes} passes; {Path.cwd()}")
+    print(f"{len(records)} records: {dict(kinds)}; {passes} passes; chunks of {chunk}; {Path.cwd()}")
     print("| records | events | cold: instructions per event | warm |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="asynctrack-worker-cg-") as tmp:
         for kind in [*sorted(kinds), "all"]:
             chosen = records if kind == "all" else [r for r in records if r[_schema.KIND] == kind]
             cold, warm = (
-                _count(chosen, passes, w, Path(tmp)) / (passes * len(chosen)) for w in (False, True)
+                _count(chosen, passes, w, Path(tmp), chunk) / (passes * len(chosen)) for w in (False, True)
             )
             print(f"| {kind} | {len(chosen)} | {cold:,.0f} | {warm:,.0f} |")
 
@@ -191,12 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     extra.add_argument("--records", help="with --instructions: a marshal file of records to count")
     extra.add_argument("--worker-child", nargs=2, metavar=("RECORDS", "PASSES"))
     extra.add_argument("--warm", action="store_true")
+    extra.add_argument(
+        "--chunk",
+        type=int,
+        default=_CHUNK,
+        help="with --instructions: records per payload (the shipper's frames hold up to 256)",
+    )
     known, rest = extra.parse_known_args(argv)
     if known.worker_child:
-        _worker_child(known.worker_child[0], int(known.worker_child[1]), known.warm)
+        _worker_child(known.worker_child[0], int(known.worker_child[1]), known.warm, known.chunk)
         return 0
     if known.instructions:
-        instructions(known.passes, known.records)
+        instructions(known.passes, known.records, known.chunk)
         return 0
     p = c.parser(__doc__ or "", default_repeats=5)
     args = p.parse_args(rest)

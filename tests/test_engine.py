@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from asynctrack import (
     TrackerClosedError,
 )
 from asynctrack._layout import Layout
+from asynctrack._pipeline import _loop
 from asynctrack._pipeline._engine import Engine
 
 # -- concurrency ---------------------------------------------------------------------------
@@ -179,6 +182,45 @@ async def test_concurrent_flushes_each_cover_what_was_recorded_before_them(
 
 
 # -- the engine alone ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["application", "worker process"])
+def test_the_worker_hands_the_gil_over_between_budgets_only_in_the_application(
+    packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In the application, the engine sleeps _PAUSE after each _BUDGET of encoding, so that
+    # a caller waiting for the GIL takes it at once; the worker process's engine (packed
+    # frames of records) has no caller to hand it to, and a pause is ~120 µs of wall time.
+    pauses = []
+
+    class _Time(types.SimpleNamespace):
+        def sleep(self, seconds: float) -> None:
+            if seconds == _loop._PAUSE:
+                pauses.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(_loop, "time", _Time(perf_counter=time.perf_counter, monotonic=time.monotonic))
+
+    def translate(item: list[int]) -> list[tuple[int, bytes]]:
+        spin = time.perf_counter() + 2 * _loop._BUDGET  # encoding that takes its time
+        while time.perf_counter() < spin:
+            pass
+        return [(seq, b'{"seq":%d}\n' % seq) for seq in item]
+
+    engine = Engine(
+        sink=MemorySink(),
+        layout=Layout(experiment="e", run="r", writer="w"),
+        translate=translate,  # type: ignore[arg-type]  # a list of lines per packed item
+        records_in=len if packed else None,
+    )
+    try:
+        for seq in range(0, 20, 2):
+            engine.put([seq, seq + 1] if packed else [seq])
+        engine.flush_blocking(JOIN)
+    finally:
+        engine.close(JOIN)
+    assert engine.statistics().written == (20 if packed else 10)
+    assert bool(pauses) is not packed
 
 
 def test_engine_statistics_and_closed_engine_drops() -> None:

@@ -186,7 +186,7 @@ def test_a_clean_chunk_of_tokens_still_gives_its_text_to_the_next_chunk() -> Non
     for chunk in (first, second):
         chunked.prepare(chunk)
         if chunk is first:
-            assert len(chunked._clean_tokens) == len(first)  # the path under test
+            assert len(chunked._streamed) == len(first)  # the path under test
         lines += chunked.many(chunk)
     single = _translator()
     assert lines == [single(r) for r in first + second]
@@ -200,7 +200,8 @@ def test_content_blocks_and_text_tokens_of_one_run_in_one_chunk_are_redacted_in_
     records = [_token(0, "the"), block, _token(2, " key "), _token(3, UNSLASHED)]
     chunked = _translator()
     chunked.prepare(records)
-    assert not chunked._clean_tokens  # a run with content blocks: its tokens one by one, in order
+    # A run with content blocks: its tokens one by one, in order.
+    assert not chunked._streamed and chunked._planned is None
     lines = chunked.many(records)
     single = _translator()
     assert lines == [single(r) for r in records]
@@ -299,3 +300,51 @@ def test_tokens_of_runs_opened_and_ended_between_them_get_their_own_envelopes() 
     names = [orjson.loads(x[1])["name"] for x in lines if type(x) is tuple]
     a_, b_ = "model-a", "model-b"
     assert names == [a_, a_, a_, b_, b_, a_, "named", a_, a_, None, b_]  # the end's name; none after it
+
+
+def test_rows_of_streamed_tokens_are_written_as_the_record_at_a_time_path_writes_them() -> None:
+    # The golden records (real ChatOpenAI rounds, then secrets split across tokens, in
+    # tool call arguments, in a model start) in the worker process's frames of 256 and in
+    # one chunk: the rows of tokens written in C loops give the same bytes.
+    from test_worker_identity import _records as golden
+
+    records = golden()
+    single = EventTranslator(experiment="exp", run="r", writer="w", config=TrackerConfig())
+    expected = [single(record) for record in records]
+    for size in (256, len(records)):
+        chunked = EventTranslator(experiment="exp", run="r", writer="w", config=TrackerConfig())
+        lines: list[Any] = []
+        rows = 0
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            chunked.prepare(chunk)
+            if chunked._planned is chunk:
+                rows += sum(type(step).__name__ == "_Row" for step in chunked._steps)
+            lines += chunked.many(chunk)
+        assert rows >= 3  # the path under test
+        assert lines == expected
+
+
+def test_a_frame_dense_with_credential_stems_is_judged_body_by_body() -> None:
+    # A burst of model calls ships frames of nothing but model starts: together they hold
+    # more credential-like stems ("key", "token") than a text is scanned for at once. Each
+    # body is then judged alone, as the record-at-a-time path does: the clean ones are
+    # written as they are and teach the clean-piece cache; a secret is still redacted.
+    from test_worker_identity import _fresh
+    from test_worker_identity import _records as golden
+
+    starts = [record for record in golden() if record[0] == "chat_model_start"]
+    copies = 200 // len(starts)
+    frame = [  # each body a distinct object, as unmarshalled frames hold them
+        (start[0], seq, *start[2:6], bytes(bytearray(start[6])), start[7])
+        for seq, start in enumerate(starts * copies)
+    ]
+    secret = sum(b"sk-proj-Zq8" in start[6] for start in starts) * copies
+    chunked = _fresh()
+    chunked.prepare(frame)
+    plain = len(chunked.encoder.plain)
+    lines = chunked.many(frame)
+    assert plain == len(frame) - secret  # the path under test
+    single = _fresh()
+    assert lines == [single(record) for record in frame]
+    assert b"sk-proj-Zq8" not in b"".join(line[1] for line in lines if type(line) is tuple)

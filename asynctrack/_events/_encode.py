@@ -49,12 +49,20 @@ class Encoder:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
 
-    def prepare(self, bodies: list[bytes], shared: list[bytes | int | None] | None = None) -> bytes:
-        """Scan a chunk of bodies at once; ``shared``: what each body shares with others
-        (see ``Redactor.prepare``). Returns the bodies joined (by ``\x1e``: a byte JSON
-        text never holds), for searches of the whole chunk."""
+    def prepare(
+        self,
+        bodies: list[bytes],
+        shared: list[bytes | int | None] | None = None,
+        filled: list[bytes] | None = None,
+        fillers: list[bytes] = [],  # noqa: B006 - read only
+    ) -> bytes:
+        """Scan a chunk of bodies at once; ``shared``: what each body shares with others,
+        ``filled`` and ``fillers``: bodies of streamed tokens known to be the template of
+        one of ``bodies`` filled with their token (see ``Redactor.prepare``). Returns the
+        bodies joined (by ``\x1e``: a byte JSON text never holds), for searches of the
+        whole chunk."""
         redactor = self.redactor
-        joined = redactor.prepare(bodies, shared)
+        joined = redactor.prepare(bodies, shared, filled, fillers)
         # Every body starts with '{"data":{' (the splice needs it: one C loop over the
         # bodies that do not begin as one before them; a count of the separator in the
         # joined chunk reads every byte), and none holds a placeholder (one search of

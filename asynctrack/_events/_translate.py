@@ -8,10 +8,12 @@ is in ``_schema``.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 import uuid
 from collections.abc import Sequence
+from itertools import compress, islice, repeat
 from typing import Any, Final
 
 import orjson
@@ -19,18 +21,42 @@ import orjson
 from .._config import TrackerConfig
 from .._errors import error_fields
 from .._redact import StreamRedactor
+from .._redact._redactor import filled_templates
 from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
 from ._encode import Encoder
 from ._parameters import RunParameters
-from ._schema import BODY, ENDS, EXTRA, KIND, PARENT_RUN_ID, RUN_ID, STARTS, id_value, uuid_text
+from ._schema import (
+    BODY,
+    ENDS,
+    EXTRA,
+    KIND,
+    NAME,
+    PARENT_RUN_ID,
+    RUN_ID,
+    SEQ,
+    STARTS,
+    TS,
+    id_value,
+    uuid_text,
+)
 from ._stream import ARGS, BLOCK_TOKEN, TOOL_CALL_CHUNKS, mask_token, stream_blocks, stream_tool_args
 
 __all__ = ["EventTranslator"]
 
 _MAX_OPEN_RUNS: Final = 100_000
 _KIND: Final = operator.itemgetter(KIND)
+_SEQ: Final = operator.itemgetter(SEQ)
+_TS: Final = operator.itemgetter(TS)
+_RUN: Final = operator.itemgetter(RUN_ID)
+_PARENT: Final = operator.itemgetter(PARENT_RUN_ID)
+_NAME: Final = operator.itemgetter(NAME)
 _BODY: Final = operator.itemgetter(BODY)
+_EXTRA: Final = operator.itemgetter(EXTRA)
+_AFTER_DATA: Final = operator.itemgetter(slice(_SPLICE, None))  # a body's fields of data
+_AT_SPLICE: Final = operator.itemgetter(_SPLICE)
+_CLOSED: Final = 0x7D  # '}' where data's fields start: data is empty
+_TOKEN: Final = "llm_new_token"
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 
 #: The last member of ``data`` in a model start's body, and where the body's metadata starts.
@@ -40,6 +66,17 @@ _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
 _MAX_TOKEN_HEADS: Final = 4096  # streaming runs whose envelope is remembered (then it starts over)
+
+
+class _Row:
+    """A row of streamed tokens that ``many`` writes as they are, in C loops: consecutive
+    records of one run (the same run id, parent and name), and their tokens' JSON text."""
+
+    __slots__ = ("records", "texts")
+
+    def __init__(self, records: Sequence[Sequence[Any]], texts: list[bytes]) -> None:
+        self.records = records
+        self.texts = texts
 
 
 class EventTranslator:
@@ -67,7 +104,12 @@ class EventTranslator:
         self.encoder = Encoder(config)
         self._redactor = self.encoder.redactor
         self._streams = StreamRedactor(self._redactor.text, self._redactor.key_rule)
-        self._clean_tokens: dict[int, tuple[Sequence[Any], bytes, bool]] = {}
+        #: Set by prepare() for many() of the same records: the chunk's records with its
+        #: planned rows of streamed tokens in their place (``_Row``), and the tokens of
+        #: clean runs written one at a time (by id; the records live while many() runs).
+        self._planned: Sequence[Sequence[Any]] | None = None
+        self._steps: list[Any] = []
+        self._streamed: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
@@ -82,94 +124,160 @@ class EventTranslator:
         """Events written with a placeholder for a value that could not be captured."""
         return self.encoder.placeholders
 
-    def prepare(self, records: Sequence[Sequence[Any]], /) -> None:  # noqa: PLR0915 - one frame a chunk
-        """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``)."""
-        kinds = set(map(_KIND, records))
-        if "llm_new_token" not in kinds:
-            bodies = list(map(_BODY, records))
-            if all(map(bytes.__instancecheck__, bodies)):
-                leads = None
-                if not kinds.isdisjoint(_LAST_OF_DATA):
-                    # A model start's description, before its prompts or messages, is the
-                    # same at every call of the model (see Redactor.prepare).
-                    leads = [
-                        b.find(_LAST_OF_DATA[k]) if k in _LAST_OF_DATA else None
-                        for k, b in zip(map(_KIND, records), bodies, strict=True)
-                    ]
-                self.encoder.prepare(bodies, leads)
-                self._clean_tokens = {}
-                return
-        bodies = []
-        # What each body shares with others (Redactor.prepare): a token's JSON text, the
-        # length of a model start's description.
-        shared: list[bytes | int | None] = []
+    def prepare(self, records: Sequence[Sequence[Any]], /) -> None:
+        """Pre-check the bodies of a chunk of records at once (see ``Redactor.prepare``),
+        and plan how ``many`` writes the chunk's streamed tokens."""
+        self._planned = None
+        self._streamed = {}
+        kinds = list(map(_KIND, records))
+        if _TOKEN in kinds:
+            self._prepare_tokens(records, kinds)
+            return
+        bodies = list(map(_BODY, records))
+        if all(map(bytes.__instancecheck__, bodies)):
+            leads = None
+            if not _LAST_OF_DATA.keys().isdisjoint(kinds):
+                # A model start's description, before its prompts or messages, is the
+                # same at every call of the model (see Redactor.prepare).
+                leads = [
+                    b.find(_LAST_OF_DATA[k]) if k in _LAST_OF_DATA else None
+                    for k, b in zip(kinds, bodies, strict=True)
+                ]
+            self.encoder.prepare(bodies, leads)
+        else:
+            self.encoder.prepare([b for b in bodies if type(b) is bytes])
+
+    def _prepare_tokens(self, records: Sequence[Sequence[Any]], kinds: list[str]) -> None:  # noqa: PLR0915 - one frame a chunk
+        """``prepare`` of a chunk holding streamed tokens.
+
+        The chunk is cut where the kind, run, parent or name changes: a streamed call's
+        tokens come in rows (one run's, in a row). Python runs per row, C loops per
+        token: a row's tokens as JSON text, its bodies compared with its first body's
+        template filled with their token (``filled_templates``: the redactor then judges
+        them by their token alone), its tokens joined to its run's stream. A row of a
+        run whose stream is clean, every body plain (nothing to redact, no placeholder,
+        ``data`` not empty, no tool call streamed), its ids ints (as the worker process
+        receives them), is written by ``many`` as it is, a row at a time; the tokens of
+        other clean runs' rows are written one at a time, as they are
+        (``self._streamed``).
+        """
+        n = len(records)
+        bodies = list(map(_BODY, records))
+        runs = list(map(_RUN, records))
+        parents = list(map(_PARENT, records))
+        names = list(map(_NAME, records))
+        extras = list(map(_EXTRA, records))
+        keys = list(zip(kinds, runs, parents, names, strict=True))
+        cuts = [0, *compress(range(1, n), map(operator.ne, keys, islice(keys, 1, None))), n]
+        judged: list[bytes] = []  # the bodies the redactor looks at one by one ...
+        shared: list[bytes | int | None] = []  # ... and what each shares (Redactor.prepare)
+        filled: list[bytes] = []  # token bodies known to be a judged body's template filled
+        fillers: list[bytes] = []  # ... with these tokens (JSON text)
         streams: dict[Any, list[str]] = {}
-        tokens: list[tuple[Any, Sequence[Any], bytes | None]] = []
         blocks = set()
+        rows: list[tuple[int, int, Any, list[bytes] | None]] = []
         dumps = orjson.dumps
-        add_body = bodies.append
-        add_shared = shared.append
-        add_token = tokens.append
-        UUID = uuid.UUID  # a local: no global and attribute look-up per token
-        last_run: Any = None
-        run_tokens: list[str] | None = None  # the tokens of last_run (they come in a row)
-        for record in records:
-            kind, body, extra = record[KIND], record[BODY], record[EXTRA]
-            text: bytes | int | None = None
-            if kind == "llm_new_token":
-                run = record[RUN_ID]
-                if type(run) is UUID:
-                    run = run.int
-                if type(extra) is not str:
-                    blocks.add(run)
-                    continue  # not the bodies holding content-block tokens (their "token" key is ours)
-                if run_tokens is None or run != last_run:
-                    run_tokens = streams.get(run)
-                    if run_tokens is None:
-                        run_tokens = streams[run] = []
-                    last_run = run
-                run_tokens.append(extra)
-                token: bytes | None = None
-                try:  # not contextlib.suppress, which runs Python frames per token
-                    token = dumps(extra)
-                except orjson.JSONEncodeError:  # a lone surrogate: none
+        UUID = uuid.UUID
+        for start, end in itertools.pairwise(cuts):
+            kind = kinds[start]
+            if kind != _TOKEN:
+                for body in bodies[start:end]:
+                    if type(body) is bytes:
+                        judged.append(body)
+                        shared.append(body.find(_LAST_OF_DATA[kind]) if kind in _LAST_OF_DATA else None)
+                continue
+            run = runs[start]
+            if type(run) is UUID:
+                run = run.int
+            group = bodies[start:end]
+            strs = extras[start:end]
+            texts: list[bytes] | None = None
+            if all(map(str.__instancecheck__, strs)) and all(map(bytes.__instancecheck__, group)):
+                try:
+                    texts = list(map(dumps, strs))
+                except orjson.JSONEncodeError:  # a lone surrogate: those one by one below
                     pass
-                add_token((run, record, token))
-                text = token
-            elif kind in _LAST_OF_DATA and type(body) is bytes:
-                text = body.find(_LAST_OF_DATA[kind])
-            if type(body) is bytes:
-                add_body(body)
-                add_shared(text)
-        joined = self.encoder.prepare(bodies, shared)
+            if texts is None:
+                for body, extra in zip(group, strs, strict=True):
+                    if type(extra) is not str:
+                        blocks.add(run)  # content blocks: not their bodies (their "token" key is ours)
+                        continue
+                    streams.setdefault(run, []).append(extra)
+                    if type(body) is bytes:
+                        text = None
+                        try:
+                            text = dumps(extra)
+                        except orjson.JSONEncodeError:  # a lone surrogate: none
+                            pass
+                        judged.append(body)
+                        shared.append(text)
+                rows.append((start, end, run, None))
+                continue
+            tokens = streams.get(run)
+            if tokens is None:
+                streams[run] = strs
+            else:
+                tokens += strs
+            judged.append(group[0])
+            shared.append(texts[0])
+            same = filled_templates(group, texts) if end - start > 1 else None
+            if same is None:
+                judged += group[1:]
+                shared += texts[1:]
+            elif all(same):
+                filled += group[1:]
+                fillers += texts[1:]
+                group = group[:1]
+            else:
+                filled += compress(group[1:], same)
+                fillers += compress(texts[1:], same)
+                other = list(map(operator.not_, same))
+                group = [group[0], *compress(group[1:], other)]
+                judged += group[1:]
+                shared += compress(texts[1:], other)
+            # A tool call streamed in the row (a search of each body: rfind, which reads
+            # fewer bytes a step here than find):
+            # the bodies filled from the first one's template have one if it has one
+            # (the raw text of one never lies inside a token's JSON string).
+            calls = max(map(bytes.rfind, group, repeat(TOOL_CALL_CHUNKS))) != -1
+            rows.append((start, end, run, None if calls else texts))
+        self.encoder.prepare(judged, shared, filled, fillers)
         for run in blocks:  # content blocks join the run's stream in order, in many()
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
-        # By identity (the records stay alive while the engine holds the chunk), with
-        # the token's JSON text and whether many() writes it from its run's envelope: its
-        # body written as it is (plain, data not empty, no tool call streamed: one search
-        # of the chunk for all), its ids ints (as the worker process receives them).
+        if not clean:
+            return
         plain = self.encoder.plain
-        every = len(plain) == len(bodies)  # every body of the chunk is plain (bodies are distinct)
-        tool_calls = joined.find(TOOL_CALL_CHUNKS) != -1
+        every = len(plain) == len(judged) + len(filled)  # every body is plain (bodies are distinct)
         fast = self._hook is None
-        clean_tokens = self._clean_tokens = {}
-        for run, record, text in tokens:
-            if run in clean:
-                body = record[BODY]
-                clean_tokens[id(record)] = (
-                    record,
-                    text or b"",
-                    fast
-                    and text is not None
-                    and type(body) is bytes
-                    and (every or plain.get(id(body)) is body)
-                    and body[_SPLICE] != 0x7D
-                    and not (tool_calls and body.find(TOOL_CALL_CHUNKS) != -1)
-                    and type(record[RUN_ID]) is int
-                    and (record[PARENT_RUN_ID] is None or type(record[PARENT_RUN_ID]) is int),
-                )
+        streamed = self._streamed
+        steps: list[Any] = []
+        done = 0
+        for start, end, run, texts in rows:
+            if run not in clean:
+                continue
+            group = bodies[start:end]
+            parent, name = parents[start], names[start]
+            if (
+                fast
+                and texts is not None
+                and type(runs[start]) is int
+                and (parent is None or type(parent) is int)
+                and (name is None or type(name) is str)
+                and (every or all(map(plain.__contains__, map(id, group))))
+                and _CLOSED not in map(_AT_SPLICE, group)  # data is not empty
+            ):
+                steps += records[done:start]
+                steps.append(_Row(records[start:end], texts))
+                done = end
+            else:
+                row = records[start:end]
+                streamed.update(zip(map(id, row), row, strict=True))
+        if steps:
+            steps += records[done:]
+            self._steps = steps
+            self._planned = records
 
     def __call__(self, record: Sequence[Any], /) -> tuple[int, bytes] | None:
         """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
@@ -186,7 +294,10 @@ class EventTranslator:
 
         The worker's hot loop: one Python frame per chunk, not four per record. A body
         that ``prepare()`` found plain (nothing to redact, no placeholder) is spliced
-        behind its envelope as it is; any other goes through ``Encoder.assemble``.
+        behind its envelope as it is; any other goes through ``Encoder.assemble``. A row
+        of streamed tokens that ``prepare()`` planned (of the same ``records``) is written
+        in C loops: a token's envelope is its run's but for ``seq`` and ``ts``, which come
+        first, written once per run (``_token_head``).
         """
         out: list[tuple[int, bytes] | Exception | None] = []
         append = out.append
@@ -194,7 +305,7 @@ class EventTranslator:
         splice = encoder.splice
         plain = encoder.plain
         streams = self._streams
-        clean_tokens = self._clean_tokens
+        streamed = self._streamed
         open_runs = self._open
         parameters = self.parameters
         # The kinds counted, added to the run's counts once per chunk: a Counter's item
@@ -207,142 +318,135 @@ class EventTranslator:
         dumps = orjson.dumps
         token_heads = self._token_heads
         experiment, run_name, writer = self.experiment, self.run, self.writer
-        last: tuple[Any, Any, Any, bytes] | None = None  # the token before: its ids, name, envelope
-        for record in records:
-            try:
-                kind, seq, ts, run_id, parent_run_id, name, body, extra = record
-                clean = clean_tokens.get(id(record))
-                if clean is not None and clean[2] and clean[0] is record:
-                    # A streamed token written as it is (most events of a streamed call):
-                    # its envelope is its run's but for seq and ts, which come first,
-                    # written once per run (see prepare()); the same as the token's
-                    # before it when it was one of the same run (nothing in between
-                    # opened or ended a run).
-                    if (
-                        last is not None
-                        and run_id == last[0]
-                        and parent_run_id == last[1]
-                        and name == last[2]
-                    ):
-                        head = last[3]
-                    else:
-                        given = name
-                        if name is None:
-                            opened = open_runs.get(run_id)
-                            if opened is not None:
-                                name = opened[0]
-                        if name is not None and type(name) is not str:
-                            head = None
-                        else:
-                            key = (run_id, parent_run_id, name)
-                            head = token_heads.get(key)
-                            if head is None:
-                                head = self._token_head(key)
-                            last = (run_id, parent_run_id, given, head)
-                    if head is not None:
-                        count(kind)
-                        fields = (
-                            b'{"seq":',
-                            dumps(seq),
-                            b',"ts":',
-                            dumps(ts),
-                            head,
-                            clean[1],
-                            b",",
-                            body[_SPLICE:],
-                            b"\n",
-                        )
-                        append((seq, b"".join(fields)))
-                        continue
-                last = None  # this record may open or end a run
-                # UUID.__hash__ is Python code; its int hashes in C.
-                run = run_id.int if type(run_id) is uuid.UUID else run_id
-                token = None
-                error = None
-                if kind == "llm_new_token":
-                    if type(extra) is str:  # the streamed text, redacted joined to the run's stream
-                        if clean is not None and clean[0] is record:
-                            token = extra  # its run's tail moved past it in prepare()
-                        else:
-                            token = streams.token(run, extra)
-                            if token != extra and type(body) is bytes:
-                                # The chunk repeats the token (its text, its message's
-                                # content): the redacted token there too, else the
-                                # fragments of a secret split across tokens are written.
-                                body = mask_token(body, extra, token)
-                        if type(body) is bytes and body.find(TOOL_CALL_CHUNKS) != -1:
-                            body = stream_tool_args(streams, run, body)
-                    elif type(body) is bytes and body.startswith(BLOCK_TOKEN):
-                        body = stream_blocks(streams, run, body)  # content blocks: joined too
-                elif type(extra) is dict and extra.pop("$error", False):
-                    error = extra  # formatted where the exception lived (the worker process's client)
-                elif extra is not None:
-                    error = error_fields(extra)
-                duration = None
-                if kind in STARTS:
-                    if len(open_runs) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
-                        open_runs.pop(next(iter(open_runs)))
-                    open_runs[run] = (name, ts)
-                elif kind in ENDS:
-                    streams.end(run)
-                    streams.end((run, ARGS))
-                    opened = open_runs.pop(run, None)
-                    if opened is not None:
-                        name = name or opened[0]
-                        duration = ts - opened[1]
-                        parameters.ended(kind, duration)
-                elif name is None:
-                    opened = open_runs.get(run)
+        for step in self._steps if records is self._planned else records:
+            if type(step) is _Row:
+                row = step.records
+                _, _, _, run_id, parent_run_id, name, _, _ = row[0]
+                if name is None:
+                    opened = open_runs.get(run_id)
                     if opened is not None:
                         name = opened[0]
-                count(kind)
-                if kind in _PARAMETER_KINDS:
-                    self._collect(kind, body)
-                envelope = {
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": kind,
-                    "experiment": experiment,
-                    "run": run_name,
-                    "tracker": writer,
-                    "run_id": uuid_text(run_id) if type(run_id) is int else id_value(run_id),
-                    "parent_run_id": (
-                        uuid_text(parent_run_id) if type(parent_run_id) is int else id_value(parent_run_id)
-                    ),
-                    "name": (names.get(name) or redact_name(name)) if type(name) is str else name,
-                    "duration": duration,
-                }
-                if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:
+                if name is None or type(name) is str:
+                    key = (run_id, parent_run_id, name)
+                    head = token_heads.get(key) or self._token_head(key)
+                    mark = len(out)
                     try:
-                        head = dumps(envelope)
-                    except orjson.JSONEncodeError:  # a lone surrogate in a name
-                        head = encoder.head(envelope)
-                    # encoder.splice(head, body[, token]), inlined: the common cases.
-                    if token is None:
-                        append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
-                    elif body[_SPLICE] != 0x7D and type(token) is str:  # data is not empty
-                        try:
-                            text = dumps(token)
-                        except orjson.JSONEncodeError:  # a lone surrogate
-                            append((seq, splice(head, body, None, token)))
-                            continue
-                        parts = (head[:-1], b',"data":{"token":', text, b",", body[_SPLICE:], b"\n")
-                        append((seq, b"".join(parts)))
+                        seqs = list(map(_SEQ, row))
+                        fields = zip(
+                            repeat(b'{"seq":'),
+                            map(dumps, seqs),
+                            repeat(b',"ts":'),
+                            map(dumps, map(_TS, row)),
+                            repeat(head),
+                            step.texts,
+                            repeat(b","),
+                            map(_AFTER_DATA, map(_BODY, row)),
+                            repeat(b"\n"),
+                        )
+                        out += zip(seqs, map(b"".join, fields), strict=True)
+                    except Exception:  # one at a time below, each error its own (never seen)
+                        del out[mark:]
                     else:
-                        append((seq, splice(head, body, None, token)))
-                    continue
-                line = encoder.assemble(
-                    envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
-                )
-                if hook is not None:
-                    edited = hook(orjson.loads(line))
-                    if edited is None:
-                        append(None)
+                        counted += repeat(_TOKEN, len(row))
                         continue
-                    line = encoder.encode(edited)
-                append((seq, line))
-            except Exception as exc:
-                append(exc)
+                batch: Sequence[Sequence[Any]] = row
+                written = True  # its run's tail moved past its tokens in prepare()
+            else:
+                batch = (step,)
+                written = False
+            for record in batch:
+                try:
+                    kind, seq, ts, run_id, parent_run_id, name, body, extra = record
+                    # UUID.__hash__ is Python code; its int hashes in C.
+                    run = run_id.int if type(run_id) is uuid.UUID else run_id
+                    token = None
+                    error = None
+                    if kind == "llm_new_token":
+                        if type(extra) is str:  # the streamed text, redacted joined to the run's stream
+                            if written or streamed.get(id(record)) is record:
+                                token = extra  # its run's tail moved past it in prepare()
+                            else:
+                                token = streams.token(run, extra)
+                                if token != extra and type(body) is bytes:
+                                    # The chunk repeats the token (its text, its message's
+                                    # content): the redacted token there too, else the
+                                    # fragments of a secret split across tokens are written.
+                                    body = mask_token(body, extra, token)
+                            if type(body) is bytes and body.find(TOOL_CALL_CHUNKS) != -1:
+                                body = stream_tool_args(streams, run, body)
+                        elif type(body) is bytes and body.startswith(BLOCK_TOKEN):
+                            body = stream_blocks(streams, run, body)  # content blocks: joined too
+                    elif type(extra) is dict and extra.pop("$error", False):
+                        error = extra  # formatted where the exception lived (the worker process's client)
+                    elif extra is not None:
+                        error = error_fields(extra)
+                    duration = None
+                    if kind in STARTS:
+                        if len(open_runs) >= _MAX_OPEN_RUNS:  # runs that never end: forget the oldest
+                            open_runs.pop(next(iter(open_runs)))
+                        open_runs[run] = (name, ts)
+                    elif kind in ENDS:
+                        streams.end(run)
+                        streams.end((run, ARGS))
+                        opened = open_runs.pop(run, None)
+                        if opened is not None:
+                            name = name or opened[0]
+                            duration = ts - opened[1]
+                            parameters.ended(kind, duration)
+                    elif name is None:
+                        opened = open_runs.get(run)
+                        if opened is not None:
+                            name = opened[0]
+                    count(kind)
+                    if kind in _PARAMETER_KINDS:
+                        self._collect(kind, body)
+                    envelope = {
+                        "seq": seq,
+                        "ts": ts,
+                        "kind": kind,
+                        "experiment": experiment,
+                        "run": run_name,
+                        "tracker": writer,
+                        "run_id": uuid_text(run_id) if type(run_id) is int else id_value(run_id),
+                        "parent_run_id": (
+                            uuid_text(parent_run_id)
+                            if type(parent_run_id) is int
+                            else id_value(parent_run_id)
+                        ),
+                        "name": (names.get(name) or redact_name(name)) if type(name) is str else name,
+                        "duration": duration,
+                    }
+                    if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:
+                        try:
+                            head = dumps(envelope)
+                        except orjson.JSONEncodeError:  # a lone surrogate in a name
+                            head = encoder.head(envelope)
+                        # encoder.splice(head, body[, token]), inlined: the common cases.
+                        if token is None:
+                            append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
+                        elif body[_SPLICE] != 0x7D and type(token) is str:  # data is not empty
+                            try:
+                                text = dumps(token)
+                            except orjson.JSONEncodeError:  # a lone surrogate
+                                append((seq, splice(head, body, None, token)))
+                                continue
+                            parts = (head[:-1], b',"data":{"token":', text, b",", body[_SPLICE:], b"\n")
+                            append((seq, b"".join(parts)))
+                        else:
+                            append((seq, splice(head, body, None, token)))
+                        continue
+                    line = encoder.assemble(
+                        envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
+                    )
+                    if hook is not None:
+                        edited = hook(orjson.loads(line))
+                        if edited is None:
+                            append(None)
+                            continue
+                        line = encoder.encode(edited)
+                    append((seq, line))
+                except Exception as exc:
+                    append(exc)
         if counted:
             parameters.counts.update(counted)
         return out

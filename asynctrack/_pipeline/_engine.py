@@ -176,6 +176,8 @@ class Engine:
             write_parameters=self._write_parameters,
             on_closed=self._on_closed,
             exporters=self.exporters,
+            # Packed records are the worker process's: no application thread there.
+            hand_over=self._records_in is None,
         )
         self.put = self._buffer.put
         self.put_many = self._buffer.put_many

@@ -64,6 +64,7 @@ _CONTENT: Final = b'"content":'
 #: Where the cut at ',"' falls inside LangChain's secret marker (``{"lc":1,"type":...``):
 #: a piece ending so under a credential key ends inside the key's value (see ``_sealed``).
 _LC_OPEN: Final = b'{"lc":1'
+_NONE: Final[list[bytes]] = []  # (never changed)
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -144,6 +145,21 @@ def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | N
     return body[:start], body[after:second], body[second + len(token) :]
 
 
+def filled_templates(bodies: list[bytes], tokens: list[bytes]) -> list[bool] | None:
+    """Whether each of ``bodies[1:]`` is the template of ``bodies[0]`` (a streamed token's
+    body holding the token ``tokens[0]``, JSON text) filled with its own token (``tokens``):
+    what ``Redactor._templates`` checks a body at a time, here in C loops (one join and
+    one comparison each); ``None`` if ``bodies[0]`` is not a token's body as the handler
+    writes it, or its template begins with fewer than ``SAME_START`` bytes."""
+    parts = _template_parts(bodies[0], tokens[0])
+    if parts is None or len(parts[0]) < SAME_START:
+        return None
+    head, middle, tail = parts
+    rest = tokens[1:]
+    expected = map(b"".join, zip(repeat(head), rest, repeat(middle), rest, repeat(tail)))
+    return list(map(bytes.__eq__, itertools.islice(bodies, 1, None), expected))
+
+
 def _token_piece(token: bytes) -> bytes:
     """The piece of a streamed token's body that holds its token (JSON text) twice, as
     the cut at ',"' leaves it: its chunk's ``text`` and its message's ``content``."""
@@ -183,7 +199,13 @@ class Redactor:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(self, bodies: list[bytes] | None, shared: list[bytes | int | None] | None = None) -> bytes:
+    def prepare(
+        self,
+        bodies: list[bytes] | None,
+        shared: list[bytes | int | None] | None = None,
+        filled: list[bytes] | None = None,
+        fillers: list[bytes] = _NONE,
+    ) -> bytes:
         """Scan a chunk of bodies at once (``None``: forget the last chunk).
 
         The passes over the joined chunk cost about what they cost over each body,
@@ -210,15 +232,23 @@ class Redactor:
         its messages, the same at every call), which ends where a piece does (before a
         ``,"``): a known clean one is not cut into pieces. A template or leading part
         is remembered once its body was found clean. Returns the joined chunk.
+
+        ``filled``: more bodies of streamed tokens, each the template of a body of
+        ``bodies`` (its ``shared`` a token's JSON text) filled with its own token, the
+        JSON text in ``fillers`` (``filled_templates`` found them so): judged as those
+        bodies are, by their token's piece, with no Python step each.
         """
         if bodies is None:
             self._chunk = {}
             self._bodies = {}
             self.firsts = []
             return b""
+        judged = bodies
+        if filled:
+            bodies = bodies + filled
         joined = b"\x1e".join(bodies)
         self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
-        pieces, coarse, templates = self._cut(bodies, shared, joined)
+        pieces, coarse, templates = self._cut(judged, shared, joined, fillers)
         token_of = self._token_of
         if pieces is not None:
             clean = self._pieces_seen.clean
@@ -241,10 +271,11 @@ class Redactor:
         if self.key_rule is not None:
             keys = self._key_spans(joined)
             if keys is None:
-                full = set(range(len(bodies)))
-            else:
-                spans, containers = keys
-                full.update(bisect.bisect_right(offsets, position) - 1 for position in containers)
+                # Dense with stems as a whole (a frame of many model starts): body by body,
+                # as json() would judge each (one dense alone takes the full path).
+                keys = self._body_key_spans(bodies, offsets, full)
+            spans, containers = keys
+            full.update(bisect.bisect_right(offsets, position) - 1 for position in containers)
         if self._detectors:
             spans.extend(self._value_spans(joined))
         for start, end, replacement in spans:
@@ -269,8 +300,30 @@ class Redactor:
                 self._remember_coarse(coarse)
         return joined
 
+    def _body_key_spans(
+        self, bodies: list[bytes], offsets: list[int], full: set[int]
+    ) -> tuple[list[tuple[int, int, bytes]], list[int]]:
+        """The key rules' spans and containers of each of ``bodies``, at its offset in the
+        joined chunk (``offsets``); the index of a body dense with stems alone is added
+        to ``full``."""
+        spans: list[tuple[int, int, bytes]] = []
+        containers: list[int] = []
+        for index, body in enumerate(bodies):
+            found = self._key_spans(body)
+            if found is None:
+                full.add(index)
+                continue
+            base = offsets[index]
+            spans += [(start + base, end + base, replacement) for start, end, replacement in found[0]]
+            containers += [position + base for position in found[1]]
+        return spans, containers
+
     def _cut(
-        self, bodies: list[bytes], shared: list[bytes | int | None] | None, joined: bytes
+        self,
+        bodies: list[bytes],
+        shared: list[bytes | int | None] | None,
+        joined: bytes,
+        fillers: list[bytes] = _NONE,
     ) -> tuple[list[bytes] | None, list[bytes], list[bytes]]:
         """The pieces of the chunk to look up (``None``: the cache does not apply), its
         coarse parts not known clean, and its templates not known (see ``prepare``)."""
@@ -280,6 +333,8 @@ class Redactor:
             cut = self._pieces(joined)
             return (None, [], []) if cut is None else (*cut, [])
         rest, tokens, templates = self._templates(bodies, shared)
+        if fillers:
+            tokens += fillers
         cut = self._pieces(b"\x1e".join(rest)) if rest else ([], [])
         if cut is None:
             return None, [], templates
