@@ -665,6 +665,27 @@ def _responses() -> dict[str, Any]:
         "a message usage beyond 64 bits": {
             "generations": [[{**no_info, "message": {**message, "usage_metadata": {"output_tokens": _BIG}}}]],
         },
+        # Negative counts: no model reports one; the schema gives up, the line is parsed whole.
+        "a negative token count": {
+            "generations": [[generation]],
+            "llm_output": {"token_usage": {"prompt_tokens": -3, "completion_tokens": 1}},
+        },
+        "a negative message usage": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": {"output_tokens": -2}}}]],
+        },
+        "a negative cached count": {
+            "generations": [
+                [
+                    {
+                        **generation,
+                        "message": {
+                            **message,
+                            "usage_metadata": {"input_tokens": 1, "input_token_details": {"cache_read": -1}},
+                        },
+                    }
+                ]
+            ],
+        },
         "no response": None,
     }
     return cases
@@ -717,7 +738,9 @@ def test_a_model_end_read_by_its_schema_is_the_span_of_a_whole_parse(
     read: list[Any] = []
     model_end = _model_end.model_end
     monkeypatch.setattr(
-        _model_end, "model_end", lambda response: read.append(model_end(response)) or read[-1]
+        _model_end,
+        "model_end",
+        lambda response, attrs: read.append(model_end(response, attrs)) or read[-1],
     )
     metrics = (_metrics(), _metrics())
     schema, whole = SpanAssembler(metrics=metrics[0]), SpanAssembler(metrics=metrics[1])
@@ -729,7 +752,7 @@ def test_a_model_end_read_by_its_schema_is_the_span_of_a_whole_parse(
     # Only the end whose start was seen is offered to the schema.
     if case in _NOT_READ:
         assert read == []
-    elif case.endswith("beyond 64 bits"):
+    elif case.endswith("beyond 64 bits") or case.startswith("a negative"):
         assert read == [None]
     else:
         assert len(read) == 1 and read[0] is not None

@@ -479,13 +479,14 @@ class SpanAssembler:
         end = _schema.read(line)  # an llm_end's, by its schema
         if end is None:
             return None
-        span = open_runs.get(end.run_id)
+        run_id = end.run_id
+        span = open_runs.get(run_id)
         if span is None:
             return None
-        ended = _schema.model_end(end.data.response)
+        ended = _schema.model_end(end.data.response, span.attributes)
         if ended is None:
             return None
-        del open_runs[end.run_id]
+        del open_runs[run_id]
         self.open_bytes -= span.size
         ts = end.ts
         return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
@@ -830,7 +831,8 @@ class SpanAssembler:
         self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
     ) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
-        ``ended``: what its end says, if read already (an ``llm_end``)."""
+        ``ended``: what its end says, if read already (an ``llm_end``: its attributes are
+        in ``span.attributes`` already)."""
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
@@ -839,7 +841,7 @@ class SpanAssembler:
         events = span.events
         kind_name: str | None = None
         if ended is not None:
-            attributes += ended[0]
+            pass
         elif kind in _ERROR:
             status, message, kind_name, events = _failed(data.get("error"), end_ns, attributes, events)
         elif kind == "llm_end" or self.capture_content:
