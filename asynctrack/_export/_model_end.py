@@ -25,7 +25,7 @@ import msgspec
 from .._read._tree import token_counts
 from ._semconv import Ended, end_attributes
 
-__all__ = ["EndLine", "model_end", "read", "seconds"]
+__all__ = ["EndLine", "decode", "model_end", "number", "read", "seconds"]
 
 # gc=False: these objects hold no cycles, and are freed as soon as the span is written.
 
@@ -94,8 +94,10 @@ class EndLine(msgspec.Struct, gc=False):
     data: _Data
 
 
-_DECODE: Final = msgspec.json.Decoder(EndLine).decode
-_SECONDS: Final = msgspec.json.Decoder(float).decode
+decode: Final = msgspec.json.Decoder(EndLine).decode  # read() of an ASCII line, but its errors raised
+number: Final = msgspec.json.Decoder(float).decode  # seconds(), but a DecodeError for float()'s cases
+_DECODE: Final = decode
+_SECONDS: Final = number
 
 
 def seconds(text: bytes) -> float:

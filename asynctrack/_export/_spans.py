@@ -62,6 +62,8 @@ try:  # the otel extra: a model call's end read by its schema
 except ImportError:  # pragma: no cover - the test extra installs msgspec
     _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
 _seconds: Final = _schema.seconds if _schema is not None else float  # a time's text read
+# ... by msgspec alone (a ValueError: then by ``_seconds``), where a frame less counts.
+_number: Final = _schema.number if _schema is not None else float
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -476,7 +478,13 @@ class SpanAssembler:
     def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
         (``_model_end``): its span; ``None``: parse the line whole."""
-        end = _schema.read(line)  # an llm_end's, by its schema
+        if not line.isascii():
+            end = _schema.read(line)  # checked for UTF-8 first
+        else:
+            try:
+                end = _schema.decode(line)  # _schema.read(line), without its frame
+            except ValueError:  # msgspec's DecodeError and ValidationError
+                return None
         if end is None:
             return None
         run_id = end.run_id
@@ -521,9 +529,9 @@ class SpanAssembler:
             ts: float | None = None
             if line[ts_at - 5 : ts_at] == _TS and ts_at < kind_at:
                 try:
-                    ts = _seconds(line[ts_at : kind_at - 1])
+                    ts = _number(line[ts_at : kind_at - 1])
                 except ValueError:
-                    pass  # not this layout: found below
+                    pass  # not this layout, or not a JSON number: read below
             try:
                 if ts is None:
                     ts_at = line.find(_TS)
@@ -625,10 +633,14 @@ class SpanAssembler:
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
             self._ts_at = ts_at
+        text = line[ts_at : kind_at - 1]
         try:
-            start_ns = int(_seconds(line[ts_at : kind_at - 1]) * 1e9)
+            start_ns = int(_number(text) * 1e9)
         except ValueError:
-            return False, None
+            try:
+                start_ns = int(float(text) * 1e9)  # _seconds(text), past msgspec
+            except ValueError:
+                return False, None
         run_text = line[run_at + 10 : after]
         run_id = run_text.decode("ascii", "replace")
         if run_id not in self._open:  # a second start of one run: the first one counts
