@@ -83,8 +83,9 @@ SPLIT_BYTES: Final = 1024
 _DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
 _TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
 _PARENT_AT: Final = b'","parent_run_id":'  # the envelope's field after the run id
+_ROOT_AT: Final = _PARENT_AT + b"null"  # ... of a root run
+_CHILD_AT: Final = _PARENT_AT + b'"'  # ... of a child run: its parent's id follows
 _NAME_AT: Final = b',"name":'  # ... and after the parent run id
-_QUOTE: Final = ord('"')
 _CLOSE: Final = ord("]")  # a model start's data ends with its content, a list
 _CONTENT_OF: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"prompts":['}
 _OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
@@ -569,16 +570,15 @@ class SpanAssembler:
             head = b""
             run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
-        if run_at < 0 or line[after : after + 18] != _PARENT_AT:
-            return False, None
-        if line[after + 18] == _QUOTE:  # a parent run: its 36 characters
-            parent_run_id: str | None = line[after + 19 : after + 55].decode("ascii", "replace")
+        parent_at = line[after : after + 22] if run_at >= 0 else b""
+        if parent_at == _ROOT_AT:
+            parent_run_id: str | None = None
+            rest_at = after + 22
+        elif parent_at[:19] == _CHILD_AT:  # a parent run: its 36 characters
+            parent_run_id = line[after + 19 : after + 55].decode("ascii", "replace")
             rest_at = after + 56
         else:
-            parent_run_id = None  # null (or not text: no parent either way)
-            rest_at = after + 22
-        if line[rest_at : rest_at + 8] != _NAME_AT:
-            return False, None
+            return False, None  # another layout (or a parent id that is not text): parsed
         root = parent_run_id is None
         # A recent start's text up to its content's key, and from the ']' that ends its
         # content: the same template (the tail is the line's last '},"tags":[' on: the
@@ -605,6 +605,8 @@ class SpanAssembler:
             else:
                 known = None
         if known is None:
+            if line[rest_at : rest_at + 8] != _NAME_AT:  # a known template's rest starts so
+                return False, None
             data_at = line.find(_DATA_AT, rest_at)
             tags_at = line.rfind(_TAGS_AT)
             content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
