@@ -71,8 +71,6 @@ _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _KIND: Final = b'"kind":"'
-_K: Final = ord("k")
-_W: Final = ord("w")
 _NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
@@ -337,19 +335,20 @@ class SpanAssembler:
             # is counted (most lines of a streamed call are these), found by its run id's
             # text where its envelope puts it.
             try:
-                if line[k] != _K:
-                    if line[k + 1] == _K:
+                # 0x6B is b"k" and 0x77 b"w", as constants: no global looked up per line.
+                if line[k] != 0x6B:
+                    if line[k + 1] == 0x6B:
                         k += 1
-                    elif line[k - 1] == _K:
+                    elif line[k - 1] == 0x6B:
                         k -= 1
-                    elif line[k + 2] == _K:
+                    elif line[k + 2] == 0x6B:
                         k += 2
-                    elif line[k - 2] == _K:
+                    elif line[k - 2] == 0x6B:
                         k -= 2
                     else:
                         raise IndexError
                     w_at, key_at, key_end = k + 13, k + run_at, k + run_end
-                if line[w_at] == _W:
+                if line[w_at] == 0x77:
                     key = line[key_at:key_end]
                     # The stream of the last token, compared before it is looked up: a
                     # call's tokens mostly come one after another.
