@@ -210,14 +210,15 @@ class _Recent:
     the line's from its kind to ``"run_id":"`` (``head``), from its name to its content's key
     (``rest``), and from the ``]`` that ends its content on (``tail``)."""
 
-    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "template")
+    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "tail_at", "template")
 
     def __init__(self, root: bool, head: bytes, rest: bytes, tail: bytes, template: _Template) -> None:
         self.root = root
         self.head = head
         self.run_offset = len(head) - 10  # from the kind to the run id's key
-        self.rest = rest
+        self.rest = rest  # ~1 KB: compared in place (startswith), a slice would be copied
         self.tail = tail
+        self.tail_at = -len(tail)  # compared as a slice (line[tail_at:]): no argument parsing
         self.template = template
         self.follower: _Recent | None = None  # the template the next start had, last time
 
@@ -562,7 +563,7 @@ class SpanAssembler:
         """
         recent = self._recent_starts
         last = self._last_start
-        if last is not None and line.startswith(last.head, kind_at):
+        if last is not None and line[kind_at : kind_at + last.run_offset + 10] == last.head:
             head = last.head  # the text of every recent template's head alike (see below)
             run_at = kind_at + last.run_offset
         else:
@@ -589,7 +590,7 @@ class SpanAssembler:
             and known.root is root
             and kind_at + known.run_offset == run_at
             and line.startswith(known.rest, rest_at)
-            and line.endswith(known.tail)
+            and line[known.tail_at :] == known.tail
             and (known.head is head or line.startswith(known.head, kind_at))
         ):
             for known in recent:
@@ -597,7 +598,7 @@ class SpanAssembler:
                     known.root is root
                     and kind_at + known.run_offset == run_at
                     and line.startswith(known.rest, rest_at)
-                    and line.endswith(known.tail)
+                    and line[known.tail_at :] == known.tail
                     and (known.head is head or line.startswith(known.head, kind_at))
                 ):
                     break
