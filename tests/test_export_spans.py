@@ -26,7 +26,7 @@ from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._export import _model_end, _spans
 from asynctrack._export import _protobuf as pb
 from asynctrack._export._metrics import Metrics
-from asynctrack._export._semconv import SCHEMA_URL
+from asynctrack._export._semconv import SCHEMA_URL, end_attributes
 from asynctrack._export._spans import SPLIT_BYTES, SpanAssembler, span_id_of, trace_id_of
 
 
@@ -881,3 +881,13 @@ def test_more_model_setups_in_turn_than_templates_tried_are_the_spans_of_a_whole
     assert spans == whole.close()
     temperatures = [attributes(s)["gen_ai.request.temperature"] for s in _decode(spans)]
     assert temperatures == pytest.approx([setup / 10 for setup in range(_spans._RECENT_STARTS + 2)] * 3)
+
+
+@pytest.mark.parametrize(
+    "response_id",
+    ["chatcmpl-AbC123", "réponse-été", "x" * 127, "y" * 128, "z" * 300, "lone \ud800 surrogate", "☀️" * 40],
+)
+def test_a_response_id_is_the_attribute_of_its_text(response_id: str) -> None:
+    # Written from a head kept by its UTF-8 length: the bytes of span_attribute.
+    attrs, _, _ = end_attributes([], response_id, None, [], None, None)
+    assert attrs == [pb.span_attribute("gen_ai.response.id", response_id)]

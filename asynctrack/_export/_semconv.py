@@ -415,9 +415,10 @@ def end_attributes(
     """A model call's end attributes (appended to ``attrs``) from what its response says:
     ``cached`` is its first message's ``usage_metadata.input_token_details.cache_read``."""
     if type(response_id) is str and response_id:
-        if len(response_id) < _RESPONSE_ID_KEPT and response_id.isascii():
-            attrs.append(_RESPONSE_ID_HEADS[len(response_id)] + response_id.encode())
-        else:
+        try:  # the attribute's head by the id's UTF-8 length, then the id
+            data = response_id.encode()
+            attrs.append(_RESPONSE_ID_HEADS[len(data)] + data)
+        except (UnicodeEncodeError, IndexError):  # a lone surrogate, or a long id
             attrs.append(span_attribute("gen_ai.response.id", response_id))
     if type(model) is str and model:
         attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
