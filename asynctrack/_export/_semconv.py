@@ -420,13 +420,21 @@ def end_attributes(
             attrs.append(_RESPONSE_ID_HEADS[len(data)] + data)
         except (UnicodeEncodeError, IndexError):  # a lone surrogate, or a long id
             attrs.append(span_attribute("gen_ai.response.id", response_id))
+    # A response model's and finish reasons' attributes are found kept nearly always (a
+    # subscript costs less than get(); a miss, once per model or reasons, raises).
     if type(model) is str and model:
-        attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
+        try:
+            attrs.append(_RESPONSE_MODELS[model])
+        except KeyError:
+            attrs.append(_response_model(model))
     else:
         model = None
     if reasons:
         reasons_key = tuple(reasons)
-        attrs.append(_REASONS.get(reasons_key) or _finish_reasons(reasons_key))
+        try:
+            attrs.append(_REASONS[reasons_key])
+        except KeyError:
+            attrs.append(_finish_reasons(reasons_key))
     if usage is not None:
         tokens_in, tokens_out = usage
         attrs.append(

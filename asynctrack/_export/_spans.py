@@ -489,8 +489,9 @@ class SpanAssembler:
         if end is None:
             return None
         run_id = end.run_id
-        span = open_runs.get(run_id)
-        if span is None:
+        try:
+            span = open_runs[run_id]  # an end of an open run, nearly always
+        except KeyError:
             return None
         ended = _schema.model_end(end.data.response, span.attributes)
         if ended is None:
@@ -718,7 +719,7 @@ class SpanAssembler:
         people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
-            parent = data.get(OTEL_PARENT)
+            parent = data.get(OTEL_PARENT) if data else None  # a known start's data: empty
             trace_id, parent_span_id = (parent is not None and _application_parent(parent)) or (
                 run_bytes,
                 None,
@@ -879,7 +880,10 @@ class SpanAssembler:
         template = span.template
         if metrics is not None and template.metric_key is not None:
             model = ended[1] if ended is not None else None
-            found = template.series.get(model)
+            try:
+                found = template.series[model]  # the series kept for the model, nearly always
+            except KeyError:
+                found = None
             if found is not None and found[0] is metrics:
                 series = found[1]
             else:
