@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import struct
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -118,6 +119,9 @@ _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
 _STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
+# span_attribute("gen_ai.response.time_to_first_chunk", seconds): this head, then the double.
+_FIRST_CHUNK: Final = pb.span_attribute("gen_ai.response.time_to_first_chunk", 0.0)[:-8]
+_DOUBLE: Final = struct.Struct("<d").pack
 _TIMES: Final = pb.TIMES
 _CHUNKS: dict[int, bytes] = {}  # the asynctrack.stream.chunks attributes of a few counts
 _CHUNKS_KEPT: Final = 1024
@@ -875,7 +879,7 @@ class SpanAssembler:
                 first_chunk = (span.first_chunk_ns - span.start_ns) / 1e9
                 if first_chunk < 0.0:  # noqa: PLR1730 - max(first_chunk, 0.0), without the call
                     first_chunk = 0.0
-                attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
+                attributes.append(_FIRST_CHUNK + _DOUBLE(first_chunk))
         metrics = self.metrics
         template = span.template
         if metrics is not None and template.metric_key is not None:
