@@ -765,7 +765,7 @@ class SpanAssembler:
         open_runs[run_id] = span
         ids = self._ids
         ids[run_id] = (trace_id, span_id, people)
-        if len(ids) > _KNOWN_IDS + len(open_runs):
+        if len(ids) > _KNOWN_IDS and len(ids) > _KNOWN_IDS + len(open_runs):  # the first: cheap
             # Forget the oldest ended runs (a dict keeps insertion order).
             for old in list(ids)[: len(ids) // 8]:
                 if old not in open_runs:
