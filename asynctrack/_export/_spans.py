@@ -860,7 +860,7 @@ class SpanAssembler:
         events = span.events
         kind_name: str | None = None
         if ended is not None:
-            pass
+            pass  # _model_end added its attributes to the span's
         elif kind in _ERROR:
             status, message, kind_name, events = _failed(data.get("error"), end_ns, attributes, events)
         elif kind == "llm_end" or self.capture_content:
