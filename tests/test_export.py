@@ -190,6 +190,23 @@ def test_a_full_export_queue_drops_spans_and_counts_them(tmp_path: Path, receive
     _assert_files_complete(tracker)
 
 
+def test_a_put_past_the_queue_bound_takes_the_spans_that_fit(receiver: OTLPReceiver) -> None:
+    # The spans that fit are queued in order; from the first that does not, the rest are
+    # dropped and counted at once (each put on a sender of its own: nothing sent between).
+    receiver.stall()
+    exporter = OTLPExporter(receiver.endpoint, max_queue_bytes=250, timeout=0.5)
+    for spans, failed in (
+        ([b"a" * 100, b"b" * 150], 0),  # exactly the bound
+        ([b"a" * 100, b"b" * 100, b"c" * 60, b"d" * 5], 2),  # c does not fit, nor d after it
+    ):
+        sender = exporter.sender([])
+        try:
+            sender.put(spans)
+            assert sender.failed == failed
+        finally:
+            sender.close(timeout=0.0)
+
+
 def test_a_langgraph_graph_is_one_trace(tmp_path: Path, receiver: OTLPReceiver, stub: OpenAIStub) -> None:
     from _infra.openai_stub import chat_model
     from langchain_core.messages import HumanMessage

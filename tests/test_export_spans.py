@@ -26,7 +26,7 @@ from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._export import _model_end, _spans
 from asynctrack._export import _protobuf as pb
 from asynctrack._export._metrics import Metrics
-from asynctrack._export._semconv import SCHEMA_URL
+from asynctrack._export._semconv import SCHEMA_URL, end_attributes
 from asynctrack._export._spans import SPLIT_BYTES, SpanAssembler, span_id_of, trace_id_of
 
 
@@ -665,6 +665,27 @@ def _responses() -> dict[str, Any]:
         "a message usage beyond 64 bits": {
             "generations": [[{**no_info, "message": {**message, "usage_metadata": {"output_tokens": _BIG}}}]],
         },
+        # Negative counts: no model reports one; the schema gives up, the line is parsed whole.
+        "a negative token count": {
+            "generations": [[generation]],
+            "llm_output": {"token_usage": {"prompt_tokens": -3, "completion_tokens": 1}},
+        },
+        "a negative message usage": {
+            "generations": [[{**no_info, "message": {**message, "usage_metadata": {"output_tokens": -2}}}]],
+        },
+        "a negative cached count": {
+            "generations": [
+                [
+                    {
+                        **generation,
+                        "message": {
+                            **message,
+                            "usage_metadata": {"input_tokens": 1, "input_token_details": {"cache_read": -1}},
+                        },
+                    }
+                ]
+            ],
+        },
         "no response": None,
     }
     return cases
@@ -717,7 +738,9 @@ def test_a_model_end_read_by_its_schema_is_the_span_of_a_whole_parse(
     read: list[Any] = []
     model_end = _model_end.model_end
     monkeypatch.setattr(
-        _model_end, "model_end", lambda response: read.append(model_end(response)) or read[-1]
+        _model_end,
+        "model_end",
+        lambda response, attrs: read.append(model_end(response, attrs)) or read[-1],
     )
     metrics = (_metrics(), _metrics())
     schema, whole = SpanAssembler(metrics=metrics[0]), SpanAssembler(metrics=metrics[1])
@@ -729,7 +752,7 @@ def test_a_model_end_read_by_its_schema_is_the_span_of_a_whole_parse(
     # Only the end whose start was seen is offered to the schema.
     if case in _NOT_READ:
         assert read == []
-    elif case.endswith("beyond 64 bits"):
+    elif case.endswith("beyond 64 bits") or case.startswith("a negative"):
         assert read == [None]
     else:
         assert len(read) == 1 and read[0] is not None
@@ -858,3 +881,13 @@ def test_more_model_setups_in_turn_than_templates_tried_are_the_spans_of_a_whole
     assert spans == whole.close()
     temperatures = [attributes(s)["gen_ai.request.temperature"] for s in _decode(spans)]
     assert temperatures == pytest.approx([setup / 10 for setup in range(_spans._RECENT_STARTS + 2)] * 3)
+
+
+@pytest.mark.parametrize(
+    "response_id",
+    ["chatcmpl-AbC123", "réponse-été", "x" * 127, "y" * 128, "z" * 300, "lone \ud800 surrogate", "☀️" * 40],
+)
+def test_a_response_id_is_the_attribute_of_its_text(response_id: str) -> None:
+    # Written from a head kept by its UTF-8 length: the bytes of span_attribute.
+    attrs, _, _ = end_attributes([], response_id, None, [], None, None)
+    assert attrs == [pb.span_attribute("gen_ai.response.id", response_id)]

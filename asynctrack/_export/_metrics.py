@@ -62,6 +62,11 @@ _sub: Final = operator.sub
 _truediv: Final = operator.truediv
 _BILLIONS: Final = itertools.repeat(1e9)
 _NONES: Final = itertools.repeat(None)
+_START: Final = operator.itemgetter(0)  # of a kept call (_Call)
+_END: Final = operator.itemgetter(1)
+_TOKENS_IN: Final = operator.itemgetter(2)
+_TOKENS_OUT: Final = operator.itemgetter(3)
+_FIRST_CHUNK_OF: Final = operator.itemgetter(4)
 _DURATION: Final = ("gen_ai.client.operation.duration", "GenAI operation duration.", "s", _SECONDS)
 _USAGE: Final = ("gen_ai.client.token.usage", "Number of input and output tokens used.", "{token}", _TOKENS)
 _FIRST_CHUNK: Final = (
@@ -91,11 +96,11 @@ class _Histogram:
 
     def add(self, value: float, start_ns: int, end_ns: int) -> None:
         """Count one call's ``value``; the call ran from ``start_ns`` to ``end_ns``."""
-        self.fold((value,), (start_ns,), (end_ns,))
+        self.fold((value,), start_ns, end_ns)
 
-    def fold(self, values: Sequence[float], starts: Sequence[int], ends: Sequence[int]) -> None:
-        """Count calls' ``values`` (in the order the calls ended); call ``i`` ran from
-        ``starts[i]`` to ``ends[i]``.
+    def fold(self, values: Sequence[float], first_ns: int, last_ns: int) -> None:
+        """Count calls' ``values`` (in the order the calls ended); the calls ran from
+        ``first_ns`` (the earliest start) to ``last_ns`` (the latest end).
 
         The values are sorted once: a bucket's count is where its bound falls among them,
         the least and the greatest are at the ends. The sum adds them in their order, as
@@ -120,11 +125,10 @@ class _Histogram:
         top = max(values)  # the first of equal greatest values, as one comparison per call keeps
         if top > self.max:  # noqa: PLR1730 - once per fold
             self.max = top
-        first, last = min(starts), max(ends)
-        if first < self.first_ns:  # noqa: PLR1730 - once per fold
-            self.first_ns = first
-        if last > self.last_ns:  # noqa: PLR1730 - once per fold
-            self.last_ns = last
+        if first_ns < self.first_ns:  # noqa: PLR1730 - once per fold
+            self.first_ns = first_ns
+        if last_ns > self.last_ns:  # noqa: PLR1730 - once per fold
+            self.last_ns = last_ns
 
 
 #: A model setup's attributes, its four histograms (duration, input and output tokens,
@@ -290,20 +294,35 @@ class Metrics:
 
 
 def _fold(series: Series) -> None:
-    """Fold the calls kept in ``series`` into its histograms, in the order they were counted."""
+    """Fold the calls kept in ``series`` into its histograms, in the order they were counted.
+
+    The calls' fields are taken out by ``map`` of an item getter each (``zip(*calls)`` would
+    make an iterator per call), and the earliest start and latest end found once for the
+    histograms that count every call.
+    """
     calls = series[5]
-    starts, ends, tokens_in, tokens_out, first_chunks = zip(*calls, strict=True)
+    starts = list(map(_START, calls))
+    ends = list(map(_END, calls))
+    tokens_in = list(map(_TOKENS_IN, calls))
+    tokens_out = list(map(_TOKENS_OUT, calls))
+    first_chunks = list(map(_FIRST_CHUNK_OF, calls))
     calls.clear()
+    first, last = min(starts), max(ends)
     # (end_ns - start_ns) / 1e9 of each call, as one call at a time computes it.
-    series[1].fold(list(map(_truediv, map(_sub, ends, starts), _BILLIONS)), starts, ends)
+    series[1].fold(list(map(_truediv, map(_sub, ends, starts), _BILLIONS)), first, last)
     for histogram, counts in ((series[2], tokens_in), (series[3], tokens_out)):
         if None not in counts:
-            histogram.fold(list(map(float, counts)), starts, ends)
+            histogram.fold(list(map(float, counts)), first, last)
         elif counts.count(None) != len(counts):  # some calls without usage
-            held = list(map(_is_not, counts, _NONES))
-            present = list(map(float, compress(counts, held)))
-            histogram.fold(present, list(compress(starts, held)), list(compress(ends, held)))
+            _fold_some(histogram, counts, starts, ends)
     if first_chunks.count(None) != len(first_chunks):  # streamed calls
-        held = list(map(_is_not, first_chunks, _NONES))
-        chunked: list[float] = list(compress(first_chunks, held))
-        series[4].fold(chunked, list(compress(starts, held)), list(compress(ends, held)))
+        _fold_some(series[4], first_chunks, starts, ends)
+
+
+def _fold_some(
+    histogram: _Histogram, values: list[float | int | None], starts: list[int], ends: list[int]
+) -> None:
+    """Fold the values that are not ``None`` (the calls that have one)."""
+    held = list(map(_is_not, values, _NONES))
+    kept_starts, kept_ends = list(compress(starts, held)), list(compress(ends, held))
+    histogram.fold(list(map(float, compress(values, held))), min(kept_starts), max(kept_ends))  # type: ignore[arg-type]  # no None

@@ -25,7 +25,7 @@ import msgspec
 from .._read._tree import token_counts
 from ._semconv import Ended, end_attributes
 
-__all__ = ["EndLine", "model_end", "read", "seconds"]
+__all__ = ["EndLine", "decode", "model_end", "number", "read", "seconds"]
 
 # gc=False: these objects hold no cycles, and are freed as soon as the span is written.
 
@@ -94,8 +94,10 @@ class EndLine(msgspec.Struct, gc=False):
     data: _Data
 
 
-_DECODE: Final = msgspec.json.Decoder(EndLine).decode
-_SECONDS: Final = msgspec.json.Decoder(float).decode
+decode: Final = msgspec.json.Decoder(EndLine).decode  # read() of an ASCII line, but its errors raised
+number: Final = msgspec.json.Decoder(float).decode  # seconds(), but a DecodeError for float()'s cases
+_DECODE: Final = decode
+_SECONDS: Final = number
 
 
 def seconds(text: bytes) -> float:
@@ -121,25 +123,26 @@ def read(line: bytes) -> EndLine | None:
         return None
 
 
-def _beyond(count: Any) -> bool:
-    """A count orjson would not read as this int (it reads integers beyond 64 bits as
-    floats, msgspec as ints): then the line is parsed whole."""
-    return type(count) is int and not _MIN64 <= count < _INT64
+_BEYOND: Final = 63  # (a | b) >> _BEYOND is 0 for counts a, b in [0, 2**63) alone
 
 
-_INT64: Final = 1 << 63
-_MIN64: Final = -_INT64
+def model_end(response: _Response, attrs: list[bytes]) -> Ended | None:
+    """``_semconv.llm_end(data, capture=False)`` of the response read by ``read``, its
+    attributes appended to ``attrs``; ``None`` (``attrs`` untouched): parse the line whole.
 
-
-def model_end(response: _Response) -> Ended | None:
-    """``_semconv.llm_end(data, capture=False)`` of the response read by ``read``;
-    ``None``: a count beyond 64 bits, parse the line whole."""
+    The line is parsed whole when a count is beyond what orjson reads as this int (it
+    reads integers beyond 64 bits as floats, msgspec as ints), or negative: counts are
+    checked as ``(a | b) >> 63`` (one operation, 0 only for counts in [0, 2**63)); a
+    negative count is no usage a model reports, and the whole parse reads it right.
+    """
     llm_output = response.llm_output
-    usage = (
-        _counts(llm_output.token_usage)
-        if llm_output is not None and llm_output.token_usage is not None
-        else None
-    )
+    usage = None
+    if llm_output is not None:
+        found = llm_output.token_usage
+        if found is not None:
+            usage = token_counts(
+                found.prompt_tokens, found.input_tokens, found.completion_tokens, found.output_tokens
+            )
     total_in = total_out = 0
     message: _Message | None = None  # the first generation's
     reasons: list[str] = []
@@ -153,36 +156,44 @@ def model_end(response: _Response) -> Ended | None:
                     found = gen_message.usage_metadata
                     if found is None and gen_message.kwargs is not None:
                         found = gen_message.kwargs.usage_metadata  # a serialized message
-                    counts = _counts(found) if found is not None else None
-                    if counts is not None:
-                        if not (_MIN64 <= counts[0] < _INT64 and _MIN64 <= counts[1] < _INT64):
-                            return None  # beyond 64 bits (see _beyond)
-                        total_in += counts[0]
-                        total_out += counts[1]
+                    if found is not None:
+                        counts = token_counts(
+                            found.prompt_tokens,
+                            found.input_tokens,
+                            found.completion_tokens,
+                            found.output_tokens,
+                        )
+                        if counts is not None:
+                            if (counts[0] | counts[1]) >> _BEYOND:
+                                return None
+                            total_in += counts[0]
+                            total_out += counts[1]
             info = generation.generation_info
             reason = info.finish_reason if info is not None else None
             if reason is None and gen_message is not None and gen_message.response_metadata is not None:
                 reason = gen_message.response_metadata.finish_reason
             if type(reason) is str:
                 reasons.append(reason)
-    if usage is None and (total_in or total_out):
-        usage = (total_in, total_out)
-    elif usage is not None and not (_MIN64 <= usage[0] < _INT64 and _MIN64 <= usage[1] < _INT64):
+    if usage is None:
+        if total_in or total_out:
+            usage = (total_in, total_out)
+    elif (usage[0] | usage[1]) >> _BEYOND:
         return None
-    usage_metadata = message.usage_metadata if message is not None else None
-    details = usage_metadata.input_token_details if usage_metadata is not None else None
-    cached = details.cache_read if details is not None else None
-    if _beyond(cached):
-        return None
-    metadata = message.response_metadata if message is not None else None
-    response_id = llm_output.id if llm_output is not None else None
-    model = llm_output.model_name if llm_output is not None else None
+    cached = None
+    if message is not None:
+        usage_metadata = message.usage_metadata
+        if usage_metadata is not None and usage_metadata.input_token_details is not None:
+            cached = usage_metadata.input_token_details.cache_read
+            if type(cached) is int and cached >> _BEYOND:
+                return None
+        metadata = message.response_metadata
+    else:
+        metadata = None
+    if llm_output is not None:
+        response_id, model = llm_output.id, llm_output.model_name
+    else:
+        response_id = model = None
     if metadata is not None:
         response_id = response_id or metadata.id
         model = model or metadata.model_name or metadata.model
-    return end_attributes([], response_id, model, reasons, usage, cached)
-
-
-def _counts(usage: _Usage) -> tuple[int, int] | None:
-    """``usage_counts`` of the mapping read as ``usage``: the same rule, on its fields."""
-    return token_counts(usage.prompt_tokens, usage.input_tokens, usage.completion_tokens, usage.output_tokens)
+    return end_attributes(attrs, response_id, model, reasons, usage, cached)

@@ -415,17 +415,26 @@ def end_attributes(
     """A model call's end attributes (appended to ``attrs``) from what its response says:
     ``cached`` is its first message's ``usage_metadata.input_token_details.cache_read``."""
     if type(response_id) is str and response_id:
-        if len(response_id) < _RESPONSE_ID_KEPT and response_id.isascii():
-            attrs.append(_RESPONSE_ID_HEADS[len(response_id)] + response_id.encode())
-        else:
+        try:  # the attribute's head by the id's UTF-8 length, then the id
+            data = response_id.encode()
+            attrs.append(_RESPONSE_ID_HEADS[len(data)] + data)
+        except (UnicodeEncodeError, IndexError):  # a lone surrogate, or a long id
             attrs.append(span_attribute("gen_ai.response.id", response_id))
+    # A response model's and finish reasons' attributes are found kept nearly always (a
+    # subscript costs less than get(); a miss, once per model or reasons, raises).
     if type(model) is str and model:
-        attrs.append(_RESPONSE_MODELS.get(model) or _response_model(model))
+        try:
+            attrs.append(_RESPONSE_MODELS[model])
+        except KeyError:
+            attrs.append(_response_model(model))
     else:
         model = None
     if reasons:
         reasons_key = tuple(reasons)
-        attrs.append(_REASONS.get(reasons_key) or _finish_reasons(reasons_key))
+        try:
+            attrs.append(_REASONS[reasons_key])
+        except KeyError:
+            attrs.append(_finish_reasons(reasons_key))
     if usage is not None:
         tokens_in, tokens_out = usage
         attrs.append(

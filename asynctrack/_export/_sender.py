@@ -173,13 +173,18 @@ class Sender:
                 self.failed += len(spans)
                 return
             room = self._max_queue_bytes - self._queued_bytes
-            taken = 0
-            for span in spans:
-                size = len(span)
-                if size > room:
-                    break
-                room -= size
-                taken += 1
+            total = sum(map(len, spans))
+            if total <= room:  # all of them (the common case: summed in C, no loop)
+                room -= total
+                taken = len(spans)
+            else:
+                taken = 0
+                for span in spans:
+                    size = len(span)
+                    if size > room:
+                        break
+                    room -= size
+                    taken += 1
             if taken < len(spans):
                 self.failed += len(spans) - taken
                 self._note_error(f"export queue full (max_queue_bytes): {self._what}s dropped")

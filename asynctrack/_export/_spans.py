@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import struct
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -62,6 +63,8 @@ try:  # the otel extra: a model call's end read by its schema
 except ImportError:  # pragma: no cover - the test extra installs msgspec
     _schema = None  # type: ignore[assignment]  # then every llm_end line is parsed whole
 _seconds: Final = _schema.seconds if _schema is not None else float  # a time's text read
+# ... by msgspec alone (a ValueError: then by ``_seconds``), where a frame less counts.
+_number: Final = _schema.number if _schema is not None else float
 
 __all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
@@ -69,8 +72,6 @@ _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _KIND: Final = b'"kind":"'
-_K: Final = ord("k")
-_W: Final = ord("w")
 _NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
@@ -81,8 +82,9 @@ SPLIT_BYTES: Final = 1024
 _DATA_AT: Final = b',"data":{'  # the envelope's end: "data" is the first field of the body
 _TAGS_AT: Final = b'},"tags":['  # data's end: the body's next field
 _PARENT_AT: Final = b'","parent_run_id":'  # the envelope's field after the run id
+_ROOT_AT: Final = _PARENT_AT + b"null"  # ... of a root run
+_CHILD_AT: Final = _PARENT_AT + b'"'  # ... of a child run: its parent's id follows
 _NAME_AT: Final = b',"name":'  # ... and after the parent run id
-_QUOTE: Final = ord('"')
 _CLOSE: Final = ord("]")  # a model start's data ends with its content, a list
 _CONTENT_OF: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"prompts":['}
 _OTEL_PARENT_KEY: Final = f'"{OTEL_PARENT}":'.encode()
@@ -117,6 +119,9 @@ _ZERO_ID: Final = bytes(8)
 # attribute("langchain.run_id", id) of a 36-character id, but the id's bytes.
 _RUN_ID_ATTRIBUTE: Final = pb.span_attribute("langchain.run_id", "0" * 36)[:-36]
 _STREAMED: Final = pb.span_attribute("gen_ai.request.stream", True)
+# span_attribute("gen_ai.response.time_to_first_chunk", seconds): this head, then the double.
+_FIRST_CHUNK: Final = pb.span_attribute("gen_ai.response.time_to_first_chunk", 0.0)[:-8]
+_DOUBLE: Final = struct.Struct("<d").pack
 _TIMES: Final = pb.TIMES
 _CHUNKS: dict[int, bytes] = {}  # the asynctrack.stream.chunks attributes of a few counts
 _CHUNKS_KEPT: Final = 1024
@@ -209,14 +214,15 @@ class _Recent:
     the line's from its kind to ``"run_id":"`` (``head``), from its name to its content's key
     (``rest``), and from the ``]`` that ends its content on (``tail``)."""
 
-    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "template")
+    __slots__ = ("follower", "head", "rest", "root", "run_offset", "tail", "tail_at", "template")
 
     def __init__(self, root: bool, head: bytes, rest: bytes, tail: bytes, template: _Template) -> None:
         self.root = root
         self.head = head
         self.run_offset = len(head) - 10  # from the kind to the run id's key
-        self.rest = rest
+        self.rest = rest  # ~1 KB: compared in place (startswith), a slice would be copied
         self.tail = tail
+        self.tail_at = -len(tail)  # compared as a slice (line[tail_at:]): no argument parsing
         self.template = template
         self.follower: _Recent | None = None  # the template the next start had, last time
 
@@ -334,19 +340,20 @@ class SpanAssembler:
             # is counted (most lines of a streamed call are these), found by its run id's
             # text where its envelope puts it.
             try:
-                if line[k] != _K:
-                    if line[k + 1] == _K:
+                # 0x6B is b"k" and 0x77 b"w", as constants: no global looked up per line.
+                if line[k] != 0x6B:
+                    if line[k + 1] == 0x6B:
                         k += 1
-                    elif line[k - 1] == _K:
+                    elif line[k - 1] == 0x6B:
                         k -= 1
-                    elif line[k + 2] == _K:
+                    elif line[k + 2] == 0x6B:
                         k += 2
-                    elif line[k - 2] == _K:
+                    elif line[k - 2] == 0x6B:
                         k -= 2
                     else:
                         raise IndexError
                     w_at, key_at, key_end = k + 13, k + run_at, k + run_end
-                if line[w_at] == _W:
+                if line[w_at] == 0x77:
                     key = line[key_at:key_end]
                     # The stream of the last token, compared before it is looked up: a
                     # call's tokens mostly come one after another.
@@ -476,16 +483,24 @@ class SpanAssembler:
     def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
         (``_model_end``): its span; ``None``: parse the line whole."""
-        end = _schema.read(line)  # an llm_end's, by its schema
+        if not line.isascii():
+            end = _schema.read(line)  # checked for UTF-8 first
+        else:
+            try:
+                end = _schema.decode(line)  # _schema.read(line), without its frame
+            except ValueError:  # msgspec's DecodeError and ValidationError
+                return None
         if end is None:
             return None
-        span = open_runs.get(end.run_id)
-        if span is None:
+        run_id = end.run_id
+        try:
+            span = open_runs[run_id]  # an end of an open run, nearly always
+        except KeyError:
             return None
-        ended = _schema.model_end(end.data.response)
+        ended = _schema.model_end(end.data.response, span.attributes)
         if ended is None:
             return None
-        del open_runs[end.run_id]
+        del open_runs[run_id]
         self.open_bytes -= span.size
         ts = end.ts
         return self._finish(span, "llm_end", _NO_DATA, int(ts * 1e9) if type(ts) is float else _ns(ts), ended)
@@ -520,9 +535,9 @@ class SpanAssembler:
             ts: float | None = None
             if line[ts_at - 5 : ts_at] == _TS and ts_at < kind_at:
                 try:
-                    ts = _seconds(line[ts_at : kind_at - 1])
+                    ts = _number(line[ts_at : kind_at - 1])
                 except ValueError:
-                    pass  # not this layout: found below
+                    pass  # not this layout, or not a JSON number: read below
             try:
                 if ts is None:
                     ts_at = line.find(_TS)
@@ -553,23 +568,22 @@ class SpanAssembler:
         """
         recent = self._recent_starts
         last = self._last_start
-        if last is not None and line.startswith(last.head, kind_at):
+        if last is not None and line[kind_at : kind_at + last.run_offset + 10] == last.head:
             head = last.head  # the text of every recent template's head alike (see below)
             run_at = kind_at + last.run_offset
         else:
             head = b""
             run_at = line.find(_RUN_ID, kind_at)
         after = run_at + 46
-        if run_at < 0 or line[after : after + 18] != _PARENT_AT:
-            return False, None
-        if line[after + 18] == _QUOTE:  # a parent run: its 36 characters
-            parent_run_id: str | None = line[after + 19 : after + 55].decode("ascii", "replace")
+        parent_at = line[after : after + 22] if run_at >= 0 else b""
+        if parent_at == _ROOT_AT:
+            parent_run_id: str | None = None
+            rest_at = after + 22
+        elif parent_at[:19] == _CHILD_AT:  # a parent run: its 36 characters
+            parent_run_id = line[after + 19 : after + 55].decode("ascii", "replace")
             rest_at = after + 56
         else:
-            parent_run_id = None  # null (or not text: no parent either way)
-            rest_at = after + 22
-        if line[rest_at : rest_at + 8] != _NAME_AT:
-            return False, None
+            return False, None  # another layout (or a parent id that is not text): parsed
         root = parent_run_id is None
         # A recent start's text up to its content's key, and from the ']' that ends its
         # content: the same template (the tail is the line's last '},"tags":[' on: the
@@ -581,7 +595,7 @@ class SpanAssembler:
             and known.root is root
             and kind_at + known.run_offset == run_at
             and line.startswith(known.rest, rest_at)
-            and line.endswith(known.tail)
+            and line[known.tail_at :] == known.tail
             and (known.head is head or line.startswith(known.head, kind_at))
         ):
             for known in recent:
@@ -589,13 +603,15 @@ class SpanAssembler:
                     known.root is root
                     and kind_at + known.run_offset == run_at
                     and line.startswith(known.rest, rest_at)
-                    and line.endswith(known.tail)
+                    and line[known.tail_at :] == known.tail
                     and (known.head is head or line.startswith(known.head, kind_at))
                 ):
                     break
             else:
                 known = None
         if known is None:
+            if line[rest_at : rest_at + 8] != _NAME_AT:  # a known template's rest starts so
+                return False, None
             data_at = line.find(_DATA_AT, rest_at)
             tags_at = line.rfind(_TAGS_AT)
             content_at = line.rfind(_CONTENT_OF[kind], data_at, tags_at)
@@ -624,10 +640,14 @@ class SpanAssembler:
         if line[ts_at - 5 : ts_at] != _TS:
             ts_at = line.rfind(_TS, 0, kind_at) + 5
             self._ts_at = ts_at
+        text = line[ts_at : kind_at - 1]
         try:
-            start_ns = int(_seconds(line[ts_at : kind_at - 1]) * 1e9)
+            start_ns = int(_number(text) * 1e9)
         except ValueError:
-            return False, None
+            try:
+                start_ns = int(float(text) * 1e9)  # _seconds(text), past msgspec
+            except ValueError:
+                return False, None
         run_text = line[run_at + 10 : after]
         run_id = run_text.decode("ascii", "replace")
         if run_id not in self._open:  # a second start of one run: the first one counts
@@ -703,7 +723,7 @@ class SpanAssembler:
         people = template.people
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
-            parent = data.get(OTEL_PARENT)
+            parent = data.get(OTEL_PARENT) if data else None  # a known start's data: empty
             trace_id, parent_span_id = (parent is not None and _application_parent(parent)) or (
                 run_bytes,
                 None,
@@ -745,7 +765,7 @@ class SpanAssembler:
         open_runs[run_id] = span
         ids = self._ids
         ids[run_id] = (trace_id, span_id, people)
-        if len(ids) > _KNOWN_IDS + len(open_runs):
+        if len(ids) > _KNOWN_IDS and len(ids) > _KNOWN_IDS + len(open_runs):  # the first: cheap
             # Forget the oldest ended runs (a dict keeps insertion order).
             for old in list(ids)[: len(ids) // 8]:
                 if old not in open_runs:
@@ -830,7 +850,8 @@ class SpanAssembler:
         self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
     ) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
-        ``ended``: what its end says, if read already (an ``llm_end``)."""
+        ``ended``: what its end says, if read already (an ``llm_end``: its attributes are
+        in ``span.attributes`` already)."""
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
@@ -839,7 +860,7 @@ class SpanAssembler:
         events = span.events
         kind_name: str | None = None
         if ended is not None:
-            attributes += ended[0]
+            pass  # _model_end added its attributes to the span's
         elif kind in _ERROR:
             status, message, kind_name, events = _failed(data.get("error"), end_ns, attributes, events)
         elif kind == "llm_end" or self.capture_content:
@@ -858,12 +879,15 @@ class SpanAssembler:
                 first_chunk = (span.first_chunk_ns - span.start_ns) / 1e9
                 if first_chunk < 0.0:  # noqa: PLR1730 - max(first_chunk, 0.0), without the call
                     first_chunk = 0.0
-                attributes.append(pb.span_attribute("gen_ai.response.time_to_first_chunk", first_chunk))
+                attributes.append(_FIRST_CHUNK + _DOUBLE(first_chunk))
         metrics = self.metrics
         template = span.template
         if metrics is not None and template.metric_key is not None:
             model = ended[1] if ended is not None else None
-            found = template.series.get(model)
+            try:
+                found = template.series[model]  # the series kept for the model, nearly always
+            except KeyError:
+                found = None
             if found is not None and found[0] is metrics:
                 series = found[1]
             else:
