@@ -8,6 +8,7 @@ output) for each planted secret.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import sys
@@ -23,8 +24,10 @@ import pytest
 from _infra.openai_stub import OpenAIStub, chat_model, get_weather
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGenerationChunk, LLMResult
+from langchain_core.messages.tool import tool_call_chunk as create_tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
@@ -348,6 +351,87 @@ def test_a_secret_split_across_streamed_content_blocks_is_redacted_in_every_copy
     _check(
         tmp_destination, tmp_path, caplog, {"pw": "block-pw-7", "args": "args-pw-8", "openai": OPENAI[8:20]}
     )
+
+
+class AnthropicShapedChat(BaseChatModel):
+    """Streams a tool call as langchain-anthropic's ``_make_message_chunk_from_anthropic_event``
+    builds its chunks: a ``tool_use`` block start, then each ``input_json_delta`` piece both as a
+    content block (``partial_json``; older releases set its type to ``tool_use``) and as
+    ``tool_call_chunks[0]["args"]``. ``cuts``: where the arguments are split into pieces."""
+
+    arguments: str
+    cuts: list[int]
+    block_type: str = "input_json_delta"
+
+    @property
+    def _llm_type(self) -> str:
+        return "anthropic-shaped"
+
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        start = {"type": "tool_use", "id": "toolu_01", "name": "http_get", "input": {}, "index": 1}
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=[start],
+                tool_call_chunks=[create_tool_call_chunk(name="http_get", args="", id="toolu_01", index=1)],
+            )
+        )
+        for a, b in itertools.pairwise([0, *self.cuts, len(self.arguments)]):
+            piece = self.arguments[a:b]
+            block = {"partial_json": piece, "type": self.block_type, "index": 1}
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=[block],
+                    tool_call_chunks=[create_tool_call_chunk(name=None, args=piece, id=None, index=1)],
+                )
+            )
+
+
+@pytest.mark.parametrize(
+    ("step", "block_type"), [(1, "input_json_delta"), (0, "input_json_delta"), (0, "tool_use")]
+)
+def test_streamed_tool_call_arguments_in_anthropic_s_shape_are_redacted_in_every_copy(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    step: int,
+    block_type: str,
+) -> None:
+    """Anthropic's models stream each piece of a tool call's arguments as a content block and
+    in ``tool_call_chunks``: both copies are joined per run and redacted, one character per
+    chunk (``step`` 1) and in odd splits (``step`` 0: pieces of 1 to 9 characters)."""
+    tracker = tracked()
+    key = "sk-ant-api03-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4eQ"
+    arguments = (
+        '{"url": "https://api.example.com/v1/users", "headers": {"Authorization": "Bearer '
+        + key
+        + '"}, "password": "tool-arg-pw-31", "unit": "C"}'
+    )
+    rng = random.Random(7)
+    cuts = list(range(1, len(arguments))) if step else []
+    while not step and (not cuts or cuts[-1] < len(arguments) - 9):
+        cuts.append((cuts[-1] if cuts else 0) + rng.choice((1, 2, 3, 5, 7, 9)))
+    model = AnthropicShapedChat(arguments=arguments, cuts=cuts, block_type=block_type)
+    chunks = list(model.stream("call the API", config={"callbacks": [tracker]}))
+    assert "".join(c.tool_call_chunks[0]["args"] for c in chunks if c.tool_call_chunks) == arguments
+    tracker.close(timeout=10)
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    message = [e["data"]["chunk"]["message"] for e in events]
+    copies = {
+        "tool_call_chunks": "".join(c["args"] or "" for m in message for c in m["tool_call_chunks"]),
+        "invalid_tool_calls": "".join(c["args"] or "" for m in message for c in m["invalid_tool_calls"]),
+        "blocks": "".join(b.get("partial_json", "") for e in events for b in e["data"]["token"]),
+        "message content": "".join(b.get("partial_json", "") for m in message for b in m["content"]),
+    }
+    for name, written in copies.items():
+        if name != "invalid_tool_calls":
+            assert written.startswith('{"url": "https://api.example.com/v1/users", '), (name, written)
+        for secret in (key[7:19], key[19:31], key[31:], "tool-arg", "-pw-31"):
+            assert secret not in written, (name, written)
+    _check(tmp_destination, tmp_path, caplog, {"key": key[7:], "pw": "tool-arg-pw-31"})
 
 
 # -- through real chains: every written byte --------------------------------------------------------

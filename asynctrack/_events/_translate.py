@@ -274,6 +274,11 @@ class EventTranslator:
                             body = stream_tool_args(streams, run, body)
                     elif type(body) is bytes and body.startswith(BLOCK_TOKEN):
                         body = stream_blocks(streams, run, body)  # content blocks: joined too
+                        if body.find(TOOL_CALL_CHUNKS) != -1:
+                            # Anthropic's models stream each piece of a tool call's
+                            # arguments twice: as a block's partial_json and in
+                            # tool_call_chunks (joined to the run's arguments, as OpenAI's).
+                            body = stream_tool_args(streams, run, body)
                 elif type(extra) is dict and extra.pop("$error", False):
                     error = extra  # formatted where the exception lived (the worker process's client)
                 elif extra is not None:
