@@ -240,6 +240,103 @@ def test_a_pydantic_secret_never_reaches_the_bytes_even_with_key_rules_off() -> 
     assert b"ultra-secret" not in encoder.redact(captured)
 
 
+#: Keys the key rule matches with more than a word after the credential word.
+KEYS_WITH_MORE = [
+    "password ", "Password:", "API_KEY ", "token ", "password,", "password\t", "Password (again)",
+    "auth header", "API key for prod", "token\t", "token.", "secret (old) ", 'the "db" password',
+]  # fmt: skip
+
+
+def _key_shapes(key: str, secret: str) -> dict[str, bytes]:
+    """``{key: secret}`` as a body, as JSON text inside a string, and inside strings dense
+    with stems (then judged from the separators, or with ``STEM_PAIR`` past 4,096 of them)."""
+    inner = orjson.dumps({"n": 1, key: secret}).decode()
+    spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ": " + orjson.dumps(secret).decode() + "}"
+    return {
+        "json": orjson.dumps({"data": {"form": {key: secret}}}),
+        "json in a string": orjson.dumps({"args": inner, "spaced": spaced.replace(secret, secret + "2")}),
+        "dense": orjson.dumps({"args": "key " * 300 + inner}),
+        "dense, many separators": orjson.dumps({"args": "a:" * 5000 + "key " * 300 + inner}),
+    }
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+@pytest.mark.parametrize("key", KEYS_WITH_MORE)
+def test_a_key_the_rule_matches_has_its_value_redacted_whatever_follows_the_word(key: str, keys: str) -> None:
+    """The scan of JSON text judges a quoted key whole, as ``KeyRule`` does (a custom
+    ``redact_keys``, here the default's meaning spelled otherwise, scans every word)."""
+    assert KeyRule(keys)(key)
+    secret = "kwm-41-ZQxv"
+    for shape, body in _key_shapes(key, secret).items():
+        redactor = Redactor(keys)
+        out = redactor.json(body)
+        if out is None:
+            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
+        assert out is not None
+        assert secret.encode() not in out, (shape, out[-200:])
+    # A plain string holding JSON text (a tool call's arguments, an error message).
+    spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ': "' + secret + '"}'
+    assert secret not in Redactor(keys).text(spaced)
+    assert Redactor(keys).may_match(spaced)
+
+
+@pytest.mark.parametrize("key", KEYS_WITH_MORE)
+def test_a_value_streamed_under_a_quoted_key_the_rule_matches_is_redacted(key: str) -> None:
+    """A tool call's arguments streamed one character at a time: once the stream holds
+    ``"<key>": "`` the value is redacted, whatever the key holds after its word."""
+    text = '{"city": "Paris", ' + orjson.dumps(key).decode() + ': "hunter2-xyz", "n": 1}'
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", c) for c in text)
+    for fragment in ("hunter2", "hun", "ter", "xyz"):
+        assert fragment not in written, written
+    assert written.startswith('{"city": "Paris", '), written
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_value_cut_from_its_key_ending_in_a_comma_is_never_remembered_clean(shared: bool) -> None:
+    """',"' ends a key that ends in ',': the cut for the clean-piece cache separates
+    '"password,"' from ':"<value>"}'. Judged alone, the value has no key: found clean
+    under another key ending in ',', it must not let the password's value through
+    (another tracker of the same rules shares the cache)."""
+    fields = {f"field_{i}": f"some clean value number {i}" for i in range(40)}
+    warm = orjson.dumps({"data": {**fields, "long description of it,": "zq-77-hunter"}})
+    attack = orjson.dumps({"data": {**fields, "password,": "zq-77-hunter"}})
+    first = Redactor(DEFAULT_REDACT_KEYS)
+    second = Redactor(DEFAULT_REDACT_KEYS) if shared else first
+    for _ in range(2):
+        first.prepare([warm])
+        assert first.json(warm) == warm
+    second.prepare([attack])
+    out = second.json(attack)
+    assert out is not None and b"zq-77-hunter" not in out, out
+
+
+def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    receiver: Any,
+) -> None:
+    """The reviewer's shapes through a chain, in the files and in the spans exported
+    with ``capture_content`` (built from the redacted lines)."""
+    from asynctrack import OTLPExporter
+
+    form = {key: f"kv{i:02d}-planted-secret" for i, key in enumerate(KEYS_WITH_MORE)}
+    tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=True)])
+    RunnableLambda(lambda _: "ok", name="login").invoke(dict(form), config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    receiver.wait_for_spans(1)
+    secrets = {key: value for key, value in form.items()}
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    sent = b"".join(receiver.raw)
+    assert b"[REDACTED]" in sent
+    assert [s for s in secrets.values() if s.encode() in sent] == []
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 

@@ -46,6 +46,10 @@ _CUT: Final = b',"'
 #: too: its '"' opens the next key, or closes a string that ended in ',' (without it the
 #: piece above, judged last, had no closing quote, so no value under its key: found clean).
 _GLUE: Final = b'\x1e"'
+#: A piece that starts with ':' (its value cut from a key that ends in ','), as the
+#: chunk holds it and as the glued unknown pieces do.
+_VALUE_PIECE: Final = b',":'
+_GLUED_VALUE_PIECE: Final = b'\x1e":'
 #: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
 _COARSE: Final = b'},"'
 #: ``Redactor.firsts``: a body left out begins with this many bytes of one kept.
@@ -127,6 +131,20 @@ def _clean_pieces(keys: str | None, detectors: bool) -> _CleanPieces:
     turn the cache off: they may match across pieces)."""
     with _SHARED_LOCK:
         return _SHARED.setdefault((keys, detectors), _CleanPieces())
+
+
+def _key_text(raw: bytes) -> str:
+    """A key as JSON text writes it (``raw``), as the key rule judges keys: its escapes
+    read (twice in JSON text inside a string), so that ``"token\\t"`` is ``token`` and a tab."""
+    key = raw.decode("utf-8", "replace")
+    for _ in range(2):
+        if "\\" not in key:
+            break
+        try:
+            key = orjson.loads(b'"' + key.encode("utf-8", "surrogatepass") + b'"')
+        except orjson.JSONDecodeError:
+            break
+    return key
 
 
 def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -410,9 +428,13 @@ class Redactor:
         detectors only read within a piece: a key, its value and a word never cross a
         cut), with one exception: the bare AWS secret key rule, which reads the 120
         bytes before a run of 40 base64 characters. A text holding such a run is not
-        remembered.
+        remembered. Nor is a text holding a piece that starts with ':' (a key ending in
+        ',' is cut from its value there: '"password,":"x"'; judged alone, the value has
+        no key).
         """
         if base64_runs(text):  # first: then no scan of it looks for bare AWS keys
+            return False
+        if text.find(_VALUE_PIECE) != -1 or text.find(_GLUED_VALUE_PIECE) != -1:
             return False
         if not scanned:
             if self.key_rule is not None:
@@ -559,7 +581,7 @@ class Redactor:
             raw = text[k0:k1]
             # An unescaped '"' right before ':' ends a JSON key (orjson writes no spaces).
             structural = m.group(2) == b'"' and pos == k1 + 2
-            if self._judge(text, raw, k0, k1, structural) and pos < n:
+            if self._judge(text, raw, k0, k1, m.group(2)) and pos < n:
                 span, resume = value_span(text, pos, structural)
                 if span is None:  # a list or object under a credential key
                     containers.append(m.start())
@@ -578,20 +600,21 @@ class Redactor:
                     matches.resume = resume
         return spans, containers
 
-    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, structural: bool) -> bool:
-        """Whether the key ``raw`` (``text[k0:k1]``) names a credential (cached)."""
+    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, quote: bytes | None) -> bool:
+        """Whether the key ``raw`` (``text[k0:k1]``, closed by ``quote`` if quoted) names
+        a credential (cached)."""
         rule = self.key_rule
         assert rule is not None
         hit = self._raw_keys.get(raw)
         if hit is None:
-            hit = rule(raw.decode("utf-8", "replace"))
+            hit = rule(_key_text(raw))
             if len(self._raw_keys) < CACHE_MAX:
                 self._raw_keys[raw] = hit
-        if structural and not hit and k0 > 0 and text[k0 - 1] != 0x22:
-            # A JSON key may hold more than this word ("api key"): judge it whole.
-            opening = text.rfind(b'"', max(0, k0 - 128), k0)
+        if quote and not hit and k0 > 0 and text[k0 - 1] != quote[-1]:
+            # A quoted key may hold more than this word ("API key for prod"): judge it whole.
+            opening = text.rfind(quote[-1:], max(0, k0 - 128), k0)
             if opening != -1:
-                hit = rule(text[opening + 1 : k1].decode("utf-8", "replace"))
+                hit = rule(_key_text(text[opening + 1 : k1]))
         return hit
 
     def _dense(self, text: bytes, own_token: bool) -> bytes:
