@@ -25,6 +25,7 @@ from _infra.openai_stub import OpenAIStub, chat_model, get_weather
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.messages.tool import tool_call_chunk as create_tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, LLMResult
@@ -529,6 +530,44 @@ def test_streamed_tool_call_arguments_in_anthropic_s_shape_are_redacted_in_every
         for secret in (key[7:19], key[19:31], key[31:], "tool-arg", "-pw-31"):
             assert secret not in written, (name, written)
     _check(tmp_destination, tmp_path, caplog, {"key": key[7:], "pw": "tool-arg-pw-31"})
+
+
+#: Model parameters whose keys the key rule matches once normalized (or that hold a credential).
+SECRET_PARAMETERS = {
+    "api.key": "live-0001", "Api Key": "live-0002", "private.key": "live-0003",
+    "Client Key": "live-0004", "auth header": "live-0005", "apiKey": "live-0006",
+    "password ": "live-0007", "ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c": "live-0008",
+}  # fmt: skip
+
+
+class ParameterizedLLM(FakeListLLM):
+    """A model whose invocation parameters hold credentials under keys of every spelling."""
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {**super()._identifying_params, **SECRET_PARAMETERS, "temperature_x": 0.5}
+
+
+def test_run_parameters_judge_keys_as_the_lines_do(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """params/<writer>.json (and what the MLflow and SageMaker sinks get: the same
+    summary) leave out a parameter whose key the key rule matches, normalized as the
+    event lines' keys are, or whose key holds a credential."""
+    tracker = tracked()
+    ParameterizedLLM(responses=["hi"]).invoke("hello", config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    ghp = "ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c"
+    # (The lines keep "live-0008": its key is no credential's name, only a credential.)
+    secrets = {key: value for key, value in SECRET_PARAMETERS.items() if key != ghp}
+    _check(tmp_destination, tmp_path, caplog, {**secrets, "ghp": ghp})
+    (params,) = tmp_destination.rglob("params/*.json")
+    written = orjson.loads(params.read_bytes())
+    assert [value for value in SECRET_PARAMETERS.values() if value in params.read_text()] == []
+    assert written["parameters"]["temperature_x"] == 0.5  # the others are kept
 
 
 # -- through real chains: every written byte --------------------------------------------------------

@@ -9,7 +9,6 @@ is in ``_schema``.
 from __future__ import annotations
 
 import operator
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -71,7 +70,11 @@ class EventTranslator:
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
-        self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
+        # Parameter keys judged as the lines' keys are (KeyRule: normalized words), and
+        # a key holding a credential's format is left out with its value.
+        rule = self._redactor.key_rule if config.redact_keys else None
+        text = self._redactor.text
+        self.parameters = RunParameters(lambda key: (rule is not None and rule(key)) or text(key) != key)
         self._open: dict[Any, tuple[str | None, float]] = {}
         #: The envelope of a run's streamed tokens after ``seq`` and ``ts`` (the same for
         #: every token of the run), by (run id, parent run id, name): see ``many``.
