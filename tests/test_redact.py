@@ -570,6 +570,66 @@ def test_run_parameters_judge_keys_as_the_lines_do(
     assert written["parameters"]["temperature_x"] == 0.5  # the others are kept
 
 
+@pytest.mark.parametrize(
+    ("secret", "shown"),
+    [
+        ("postgresql://app:S3cretPw99xyz@db:5432/app", 29),  # a URL's password but its last character
+        ("ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 32),  # 32 of a GitHub token's 40
+        ("Bearer sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e", 30),
+        ('{"url": "x", "password": "hunter2-cut-off"}', 34),  # JSON text: a quoted value opened
+    ],
+)
+def test_a_credential_split_by_the_max_field_bytes_cut_is_redacted(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    secret: str,
+    shown: int,
+) -> None:
+    """A string longer than ``max_field_bytes`` is cut at capture, before the worker
+    redacts it: what is left of a credential the cut splits no longer matches its format.
+    The end of a string cut short is judged as a token stream's end."""
+    limit = 4096
+    tracker = tracked(config=TrackerConfig(max_field_bytes=limit))
+    filler = "log line\n" * ((limit - shown) // 9) + "." * ((limit - shown) % 9)
+    document = filler + secret + "\nmore log\n"
+    assert document[:limit].endswith(secret[:shown])
+    RunnableLambda(lambda _: "ok", name="cut").invoke({"document": document}, config={"callbacks": [tracker]})
+    plain = "word " * (limit // 5 + 10)  # nothing to redact at the cut: cut as before
+    RunnableLambda(lambda _: "ok", name="plain").invoke({"document": plain}, config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    starts = {e["name"]: e for e in _events(tmp_destination) if e["kind"] == "chain_start"}
+    written = starts["cut"]["data"]["inputs"]["document"]
+    assert written.startswith(filler) and REDACTED in written[len(filler) :], written[len(filler) :]
+    assert "[$asynctrack: truncated" in written
+    for fragment in ("S3cretPw", "Ab3dEf6h", "Zq8VnR2m", "hunter2", "cut-of"):
+        assert fragment not in written
+    kept = starts["plain"]["data"]["inputs"]["document"]
+    assert kept == plain[:limit] + f"...[$asynctrack: truncated, {len(plain)} characters in all]"
+
+
+def test_the_cut_s_end_is_read_from_the_string_cut_short_only() -> None:
+    """The end of the string before the mark, not JSON text around it: a short string
+    cut at a small ``max_field_bytes`` (the window reaches its opening quote)."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    cut = "sk-proj-Zq8VnR2mX5" + "...[$asynctrack: truncated, 90 characters in all]"
+    body = orjson.dumps(
+        {"a": "ghp_", "b": cut, "c": "x\\" + '"', "d": "plain...[$asynctrack: truncated, 9 ch]"}
+    )
+    for _ in range(3):  # alone, then in chunks (a piece holding the mark is never remembered clean)
+        out = redactor.json(body)
+        assert out is not None
+        parsed = orjson.loads(out)
+        assert parsed["b"] == REDACTED + cut[18:]
+        assert (parsed["a"], parsed["c"], parsed["d"]) == (
+            "ghp_",
+            "x\\" + '"',
+            "plain...[$asynctrack: truncated, 9 ch]",
+        )
+        redactor.prepare([body, orjson.dumps({"d": "plain...[$asynctrack: truncated, 9 ch]"})])
+
+
 # -- through real chains: every written byte --------------------------------------------------------
 
 

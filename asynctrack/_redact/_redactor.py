@@ -29,8 +29,15 @@ from ._keys import (
     stem_pairs,
     value_span,
 )
+from ._stream import open_credential
 
 __all__ = ["Redactor"]
+
+#: How the capture ends a string cut at ``max_field_bytes`` (``_capture``): what comes
+#: before it may be the start of a credential the cut split (see ``Redactor._cut_short``).
+_TRUNCATED: Final = b"...[$asynctrack: truncated, "
+#: The bytes before the mark read for that: what ``open_credential`` reads, escaped.
+_CUT_WINDOW: Final = 2048
 
 _LITERALS: Final = tuple(dict.fromkeys(literal for literal, _, _ in LITERAL_FORMATS))
 _LITERALS_NO_COLON: Final = tuple(literal for literal in _LITERALS if b":" not in literal)
@@ -251,6 +258,10 @@ class Redactor:
                 self._remember_templates(templates)
                 self._remember_coarse(coarse)
                 return joined
+        if joined.find(_TRUNCATED) != -1:  # (no piece holding it is remembered: see _learn)
+            # A string cut short: json() judges its end (the full path, every body).
+            self._chunk = {id(body): (body, True, []) for body in bodies}
+            return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
         found: dict[int, list[tuple[int, int, bytes]]] = {}
@@ -430,11 +441,16 @@ class Redactor:
         bytes before a run of 40 base64 characters. A text holding such a run is not
         remembered. Nor is a text holding a piece that starts with ':' (a key ending in
         ',' is cut from its value there: '"password,":"x"'; judged alone, the value has
-        no key).
+        no key). Nor is a text holding a string cut short (``_TRUNCATED``: its end is
+        judged on the full path, ``_cut_short``).
         """
         if base64_runs(text):  # first: then no scan of it looks for bare AWS keys
             return False
-        if text.find(_VALUE_PIECE) != -1 or text.find(_GLUED_VALUE_PIECE) != -1:
+        if (
+            text.find(_VALUE_PIECE) != -1
+            or text.find(_GLUED_VALUE_PIECE) != -1
+            or text.find(_TRUNCATED) != -1
+        ):
             return False
         if not scanned:
             if self.key_rule is not None:
@@ -497,6 +513,8 @@ class Redactor:
         elif entry is None and self._bodies.get(id(text)) is text:
             out = text  # scanned by prepare(): nothing found
         else:
+            if text.find(_TRUNCATED) != -1:
+                text = self._cut_short(text)
             if self.key_rule is not None:
                 scanned = self._keys(text, own_token)
                 if scanned is None:
@@ -506,6 +524,33 @@ class Redactor:
         for pattern in self._patterns:
             out = pattern.sub(REDACTED_BYTES, out)
         return out
+
+    def _cut_short(self, text: bytes) -> bytes:
+        """``text`` with the start of a credential that a cut at ``max_field_bytes`` split
+        redacted: the end of each string cut short (before its ``_TRUNCATED`` mark, at
+        most ``_CUT_WINDOW`` bytes read) judged as a token stream's end
+        (``open_credential``), then redacted from where the credential starts."""
+        spans = []
+        end = text.find(_TRUNCATED)
+        while end != -1:
+            window = text[max(0, end - _CUT_WINDOW) : end]
+            quote = window.rfind(b'"')
+            while quote != -1 and (quote - len(window[:quote].rstrip(b"\\"))) % 2:
+                quote = window.rfind(b'"', 0, quote)  # an escaped quote: inside the string
+            window = window[quote + 1 :]  # from the string's start, if it is in the window
+            for skip in range(8):  # the window may start inside an escape or a character
+                try:
+                    head = orjson.loads(b'"' + window[skip:] + b'"')
+                except orjson.JSONDecodeError:
+                    continue
+                start = open_credential(head, self.key_rule)
+                if start != -1:
+                    tail = _json_string(head[start:])[1:-1]
+                    cut = end - len(tail) if window.endswith(tail) else end - len(window)
+                    spans.append((cut, end, REDACTED_BYTES))
+                break
+            end = text.find(_TRUNCATED, end + 1)
+        return splice(text, spans) if spans else text
 
     def structure(self, value: object, own_token: bool = False) -> object:
         """``value`` (parsed JSON) with every list or object under a credential key replaced."""

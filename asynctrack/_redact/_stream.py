@@ -10,7 +10,7 @@ import orjson
 
 from ._common import REDACTED
 
-__all__ = ["StreamRedactor"]
+__all__ = ["StreamRedactor", "open_credential"]
 
 # -- streamed tokens ----------------------------------------------------------------------
 
@@ -86,6 +86,34 @@ def _key_text(quoted: str | None, other: str) -> str:
         except orjson.JSONDecodeError:
             pass
     return key
+
+
+#: A URL's user and the ':' before its password at the end of a text (no '@' yet): the
+#: password, if any, starts there. Searched in the last ``_OPEN_WINDOW`` characters.
+_URL_PASSWORD_OPEN: Final = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]{0,30}+://[^\s/@:?#\"'<>]{0,256}+:(?=[^\s/@?#\"'<>]{0,512}+\Z)"
+)
+_OPEN_WINDOW: Final = 1024
+
+
+def open_credential(text: str, is_credential: Callable[[str], bool] | None) -> int:
+    """Where a credential starts that ``text`` ends inside, or -1: a known format's
+    prefix on (``sk-``, ``ghp_``, ...), a URL's password (``scheme://user:pass``, its
+    ``@`` not shown), a quoted value under a credential key (``"password": "hun``).
+
+    What a text cut short (at ``max_field_bytes``) shows of a credential, judged as the
+    end of a token stream is (``StreamRedactor``): the format no longer matches whole.
+    """
+    start = _open_prefix(text)
+    if start != -1:
+        return start
+    url = None
+    for url in _URL_PASSWORD_OPEN.finditer(text, max(0, len(text) - _OPEN_WINDOW)):  # noqa: B007 - the last one
+        pass
+    if url is not None:
+        return url.end()
+    quote = StreamRedactor(str, is_credential)._open_quote(text)  # noqa: SLF001 - this module's rule
+    return quote + 1 if quote != -1 else -1
 
 
 class StreamRedactor:
