@@ -244,7 +244,7 @@ def test_a_pydantic_secret_never_reaches_the_bytes_even_with_key_rules_off() -> 
 #: Keys the key rule matches with more than a word after the credential word.
 KEYS_WITH_MORE = [
     "password ", "Password:", "API_KEY ", "token ", "password,", "password\t", "Password (again)",
-    "auth header", "API key for prod", "token\t", "token.", "secret (old) ", 'the "db" password',
+    "auth header", "API key for prod", "token\t", "token.", "secret (old) ", "password's hash",
 ]  # fmt: skip
 
 
@@ -281,6 +281,14 @@ def test_a_key_the_rule_matches_has_its_value_redacted_whatever_follows_the_word
     spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ': "' + secret + '"}'
     assert secret not in Redactor(keys).text(spaced)
     assert Redactor(keys).may_match(spaced)
+
+
+def test_a_quoted_key_is_never_read_across_single_quoted_values() -> None:
+    """A Python repr in a string: a stem in a value ('hdr-key-1') must not swallow the
+    next key ('Cookie') as the rest of a key, nor hide it from the scan."""
+    text = "Model(headers={'X-Api-Key': 'hdr-key-8b3e', 'Cookie': 'session=sessid-6e2a', 'n': 'a key'})"
+    out = Redactor(DEFAULT_REDACT_KEYS).text(text)
+    assert out == "Model(headers={'X-Api-Key': '[REDACTED]', 'Cookie': '[REDACTED]', 'n': 'a key'})"
 
 
 @pytest.mark.parametrize("key", KEYS_WITH_MORE)

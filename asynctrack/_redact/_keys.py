@@ -96,14 +96,18 @@ _FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
 #: The rest of a quoted key after a word, whatever it holds ("password ", "Password
-#: (again)", "API key for prod"), up to the key's closing quote and its ':': a JSON key
-#: (its escapes included: "password\\t", "pass\\"word"), a key of JSON text inside a
-#: string (closed by '\\"'), a single-quoted key. At most 128 bytes, as ``normalize_key``
-#: reads.
+#: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
+#: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
+#: a string (closed by '\\"'), a single-quoted key (holding no "'"). At most 256 bytes
+#: (``normalize_key`` reads 128 characters), not past a '"' (a key holding one is
+#: judged up to it). A run without an escape or a "'" first, read by a character class:
+#: most stems are in values, whose closing quote ends the attempt there. Past a "'",
+#: only a '"' closes the key (single-quoted text, a Python repr, is never read across
+#: its quotes: "'key-1', 'Cookie': ...").
+_CLOSE: Final = rb"(?=\\?\"[ \t]{0,4}+:|'[ \t]{0,4}+:)"
 _KEY_REST: Final = (
-    rb"(?:(?:[^\"\\\n]|\\.){1,128}+(?=\":)"
-    rb"|(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)"
-    rb"|[^'\"\\\n]{1,128}+(?='[ \t]{0,4}+:))?"
+    rb"(?:[^\"'\\\n]{0,128}+(?:" + _CLOSE + rb"|(?=[\\'])"
+    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
 )
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
 #: then ``=`` or ``:``.
