@@ -8,6 +8,7 @@ output) for each planted secret.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import sys
@@ -23,8 +24,11 @@ import pytest
 from _infra.openai_stub import OpenAIStub, chat_model, get_weather
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGenerationChunk, LLMResult
+from langchain_core.messages.tool import tool_call_chunk as create_tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import RunnableLambda
 
 from asynctrack import AsyncTracker, TrackerConfig
@@ -237,6 +241,111 @@ def test_a_pydantic_secret_never_reaches_the_bytes_even_with_key_rules_off() -> 
     assert b"ultra-secret" not in encoder.redact(captured)
 
 
+#: Keys the key rule matches with more than a word after the credential word.
+KEYS_WITH_MORE = [
+    "password ", "Password:", "API_KEY ", "token ", "password,", "password\t", "Password (again)",
+    "auth header", "API key for prod", "token\t", "token.", "secret (old) ", "password's hash",
+]  # fmt: skip
+
+
+def _key_shapes(key: str, secret: str) -> dict[str, bytes]:
+    """``{key: secret}`` as a body, as JSON text inside a string, and inside strings dense
+    with stems (then judged from the separators, or with ``STEM_PAIR`` past 4,096 of them)."""
+    inner = orjson.dumps({"n": 1, key: secret}).decode()
+    spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ": " + orjson.dumps(secret).decode() + "}"
+    return {
+        "json": orjson.dumps({"data": {"form": {key: secret}}}),
+        "json in a string": orjson.dumps({"args": inner, "spaced": spaced.replace(secret, secret + "2")}),
+        "dense": orjson.dumps({"args": "key " * 300 + inner}),
+        "dense, many separators": orjson.dumps({"args": "a:" * 5000 + "key " * 300 + inner}),
+    }
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+@pytest.mark.parametrize("key", KEYS_WITH_MORE)
+def test_a_key_the_rule_matches_has_its_value_redacted_whatever_follows_the_word(key: str, keys: str) -> None:
+    """The scan of JSON text judges a quoted key whole, as ``KeyRule`` does (a custom
+    ``redact_keys``, here the default's meaning spelled otherwise, scans every word)."""
+    assert KeyRule(keys)(key)
+    secret = "kwm-41-ZQxv"
+    for shape, body in _key_shapes(key, secret).items():
+        redactor = Redactor(keys)
+        out = redactor.json(body)
+        if out is None:
+            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
+        assert out is not None
+        assert secret.encode() not in out, (shape, out[-200:])
+    # A plain string holding JSON text (a tool call's arguments, an error message).
+    spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ': "' + secret + '"}'
+    assert secret not in Redactor(keys).text(spaced)
+    assert Redactor(keys).may_match(spaced)
+
+
+def test_a_quoted_key_is_never_read_across_single_quoted_values() -> None:
+    """A Python repr in a string: a stem in a value ('hdr-key-1') must not swallow the
+    next key ('Cookie') as the rest of a key, nor hide it from the scan."""
+    text = "Model(headers={'X-Api-Key': 'hdr-key-8b3e', 'Cookie': 'session=sessid-6e2a', 'n': 'a key'})"
+    out = Redactor(DEFAULT_REDACT_KEYS).text(text)
+    assert out == "Model(headers={'X-Api-Key': '[REDACTED]', 'Cookie': '[REDACTED]', 'n': 'a key'})"
+
+
+@pytest.mark.parametrize("key", KEYS_WITH_MORE)
+def test_a_value_streamed_under_a_quoted_key_the_rule_matches_is_redacted(key: str) -> None:
+    """A tool call's arguments streamed one character at a time: once the stream holds
+    ``"<key>": "`` the value is redacted, whatever the key holds after its word."""
+    text = '{"city": "Paris", ' + orjson.dumps(key).decode() + ': "hunter2-xyz", "n": 1}'
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", c) for c in text)
+    for fragment in ("hunter2", "hun", "ter", "xyz"):
+        assert fragment not in written, written
+    assert written.startswith('{"city": "Paris", '), written
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_value_cut_from_its_key_ending_in_a_comma_is_never_remembered_clean(shared: bool) -> None:
+    """',"' ends a key that ends in ',': the cut for the clean-piece cache separates
+    '"password,"' from ':"<value>"}'. Judged alone, the value has no key: found clean
+    under another key ending in ',', it must not let the password's value through
+    (another tracker of the same rules shares the cache)."""
+    fields = {f"field_{i}": f"some clean value number {i}" for i in range(40)}
+    warm = orjson.dumps({"data": {**fields, "long description of it,": "zq-77-hunter"}})
+    attack = orjson.dumps({"data": {**fields, "password,": "zq-77-hunter"}})
+    first = Redactor(DEFAULT_REDACT_KEYS)
+    second = Redactor(DEFAULT_REDACT_KEYS) if shared else first
+    for _ in range(2):
+        first.prepare([warm])
+        assert first.json(warm) == warm
+    second.prepare([attack])
+    out = second.json(attack)
+    assert out is not None and b"zq-77-hunter" not in out, out
+
+
+def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    receiver: Any,
+) -> None:
+    """The reviewer's shapes through a chain, in the files and in the spans exported
+    with ``capture_content`` (built from the redacted lines)."""
+    from asynctrack import OTLPExporter
+
+    form = {key: f"kv{i:02d}-planted-secret" for i, key in enumerate(KEYS_WITH_MORE)}
+    tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=True)])
+    RunnableLambda(lambda _: "ok", name="login").invoke(dict(form), config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    receiver.wait_for_spans(1)
+    secrets = {key: value for key, value in form.items()}
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    sent = b"".join(receiver.raw)
+    assert b"[REDACTED]" in sent
+    assert [s for s in secrets.values() if s.encode() in sent] == []
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 
@@ -348,6 +457,185 @@ def test_a_secret_split_across_streamed_content_blocks_is_redacted_in_every_copy
     _check(
         tmp_destination, tmp_path, caplog, {"pw": "block-pw-7", "args": "args-pw-8", "openai": OPENAI[8:20]}
     )
+
+
+class AnthropicShapedChat(BaseChatModel):
+    """Streams a tool call as langchain-anthropic's ``_make_message_chunk_from_anthropic_event``
+    builds its chunks: a ``tool_use`` block start, then each ``input_json_delta`` piece both as a
+    content block (``partial_json``; older releases set its type to ``tool_use``) and as
+    ``tool_call_chunks[0]["args"]``. ``cuts``: where the arguments are split into pieces."""
+
+    arguments: str
+    cuts: list[int]
+    block_type: str = "input_json_delta"
+
+    @property
+    def _llm_type(self) -> str:
+        return "anthropic-shaped"
+
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        start = {"type": "tool_use", "id": "toolu_01", "name": "http_get", "input": {}, "index": 1}
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=[start],
+                tool_call_chunks=[create_tool_call_chunk(name="http_get", args="", id="toolu_01", index=1)],
+            )
+        )
+        for a, b in itertools.pairwise([0, *self.cuts, len(self.arguments)]):
+            piece = self.arguments[a:b]
+            block = {"partial_json": piece, "type": self.block_type, "index": 1}
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=[block],
+                    tool_call_chunks=[create_tool_call_chunk(name=None, args=piece, id=None, index=1)],
+                )
+            )
+
+
+@pytest.mark.parametrize(
+    ("step", "block_type"), [(1, "input_json_delta"), (0, "input_json_delta"), (0, "tool_use")]
+)
+def test_streamed_tool_call_arguments_in_anthropic_s_shape_are_redacted_in_every_copy(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    step: int,
+    block_type: str,
+) -> None:
+    """Anthropic's models stream each piece of a tool call's arguments as a content block and
+    in ``tool_call_chunks``: both copies are joined per run and redacted, one character per
+    chunk (``step`` 1) and in odd splits (``step`` 0: pieces of 1 to 9 characters)."""
+    tracker = tracked()
+    key = "sk-ant-api03-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4eQ"
+    arguments = (
+        '{"url": "https://api.example.com/v1/users", "headers": {"Authorization": "Bearer '
+        + key
+        + '"}, "password": "tool-arg-pw-31", "unit": "C"}'
+    )
+    rng = random.Random(7)
+    cuts = list(range(1, len(arguments))) if step else []
+    while not step and (not cuts or cuts[-1] < len(arguments) - 9):
+        cuts.append((cuts[-1] if cuts else 0) + rng.choice((1, 2, 3, 5, 7, 9)))
+    model = AnthropicShapedChat(arguments=arguments, cuts=cuts, block_type=block_type)
+    chunks = list(model.stream("call the API", config={"callbacks": [tracker]}))
+    assert "".join(c.tool_call_chunks[0]["args"] for c in chunks if c.tool_call_chunks) == arguments
+    tracker.close(timeout=10)
+    events = [e for e in _events(tmp_destination) if e["kind"] == "llm_new_token"]
+    message = [e["data"]["chunk"]["message"] for e in events]
+    copies = {
+        "tool_call_chunks": "".join(c["args"] or "" for m in message for c in m["tool_call_chunks"]),
+        "invalid_tool_calls": "".join(c["args"] or "" for m in message for c in m["invalid_tool_calls"]),
+        "blocks": "".join(b.get("partial_json", "") for e in events for b in e["data"]["token"]),
+        "message content": "".join(b.get("partial_json", "") for m in message for b in m["content"]),
+    }
+    for name, written in copies.items():
+        if name != "invalid_tool_calls":
+            assert written.startswith('{"url": "https://api.example.com/v1/users", '), (name, written)
+        for secret in (key[7:19], key[19:31], key[31:], "tool-arg", "-pw-31"):
+            assert secret not in written, (name, written)
+    _check(tmp_destination, tmp_path, caplog, {"key": key[7:], "pw": "tool-arg-pw-31"})
+
+
+#: Model parameters whose keys the key rule matches once normalized (or that hold a credential).
+SECRET_PARAMETERS = {
+    "api.key": "live-0001", "Api Key": "live-0002", "private.key": "live-0003",
+    "Client Key": "live-0004", "auth header": "live-0005", "apiKey": "live-0006",
+    "password ": "live-0007", "ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c": "live-0008",
+}  # fmt: skip
+
+
+class ParameterizedLLM(FakeListLLM):
+    """A model whose invocation parameters hold credentials under keys of every spelling."""
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {**super()._identifying_params, **SECRET_PARAMETERS, "temperature_x": 0.5}
+
+
+def test_run_parameters_judge_keys_as_the_lines_do(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """params/<writer>.json (and what the MLflow and SageMaker sinks get: the same
+    summary) leave out a parameter whose key the key rule matches, normalized as the
+    event lines' keys are, or whose key holds a credential."""
+    tracker = tracked()
+    ParameterizedLLM(responses=["hi"]).invoke("hello", config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    ghp = "ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c"
+    # (The lines keep "live-0008": its key is no credential's name, only a credential.)
+    secrets = {key: value for key, value in SECRET_PARAMETERS.items() if key != ghp}
+    _check(tmp_destination, tmp_path, caplog, {**secrets, "ghp": ghp})
+    (params,) = tmp_destination.rglob("params/*.json")
+    written = orjson.loads(params.read_bytes())
+    assert [value for value in SECRET_PARAMETERS.values() if value in params.read_text()] == []
+    assert written["parameters"]["temperature_x"] == 0.5  # the others are kept
+
+
+@pytest.mark.parametrize(
+    ("secret", "shown"),
+    [
+        ("postgresql://app:S3cretPw99xyz@db:5432/app", 29),  # a URL's password but its last character
+        ("ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 32),  # 32 of a GitHub token's 40
+        ("Bearer sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e", 30),
+        ('{"url": "x", "password": "hunter2-cut-off"}', 34),  # JSON text: a quoted value opened
+    ],
+)
+def test_a_credential_split_by_the_max_field_bytes_cut_is_redacted(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    secret: str,
+    shown: int,
+) -> None:
+    """A string longer than ``max_field_bytes`` is cut at capture, before the worker
+    redacts it: what is left of a credential the cut splits no longer matches its format.
+    The end of a string cut short is judged as a token stream's end."""
+    limit = 4096
+    tracker = tracked(config=TrackerConfig(max_field_bytes=limit))
+    filler = "log line\n" * ((limit - shown) // 9) + "." * ((limit - shown) % 9)
+    document = filler + secret + "\nmore log\n"
+    assert document[:limit].endswith(secret[:shown])
+    RunnableLambda(lambda _: "ok", name="cut").invoke({"document": document}, config={"callbacks": [tracker]})
+    plain = "word " * (limit // 5 + 10)  # nothing to redact at the cut: cut as before
+    RunnableLambda(lambda _: "ok", name="plain").invoke({"document": plain}, config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    starts = {e["name"]: e for e in _events(tmp_destination) if e["kind"] == "chain_start"}
+    written = starts["cut"]["data"]["inputs"]["document"]
+    assert written.startswith(filler) and REDACTED in written[len(filler) :], written[len(filler) :]
+    assert "[$asynctrack: truncated" in written
+    for fragment in ("S3cretPw", "Ab3dEf6h", "Zq8VnR2m", "hunter2", "cut-of"):
+        assert fragment not in written
+    kept = starts["plain"]["data"]["inputs"]["document"]
+    assert kept == plain[:limit] + f"...[$asynctrack: truncated, {len(plain)} characters in all]"
+
+
+def test_the_cut_s_end_is_read_from_the_string_cut_short_only() -> None:
+    """The end of the string before the mark, not JSON text around it: a short string
+    cut at a small ``max_field_bytes`` (the window reaches its opening quote)."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    cut = "sk-proj-Zq8VnR2mX5" + "...[$asynctrack: truncated, 90 characters in all]"
+    body = orjson.dumps(
+        {"a": "ghp_", "b": cut, "c": "x\\" + '"', "d": "plain...[$asynctrack: truncated, 9 ch]"}
+    )
+    for _ in range(3):  # alone, then in chunks (a piece holding the mark is never remembered clean)
+        out = redactor.json(body)
+        assert out is not None
+        parsed = orjson.loads(out)
+        assert parsed["b"] == REDACTED + cut[18:]
+        assert (parsed["a"], parsed["c"], parsed["d"]) == (
+            "ghp_",
+            "x\\" + '"',
+            "plain...[$asynctrack: truncated, 9 ch]",
+        )
+        redactor.prepare([body, orjson.dumps({"d": "plain...[$asynctrack: truncated, 9 ch]"})])
 
 
 # -- through real chains: every written byte --------------------------------------------------------

@@ -5,8 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import random
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .._sinks._base import ParameterValue
@@ -58,12 +57,12 @@ class RunParameters:
     Hyperparameters are the scalar ``invocation_params`` of every model call
     (``model_name``, ``temperature``, ``max_tokens``, ...) and the ``ls_*``
     metadata LangChain adds. A key seen with several values is written as their
-    sorted, comma-separated list. Keys matching the tracker's credential pattern
-    are never collected.
+    sorted, comma-separated list. Keys ``secret_key`` judges secret (the tracker's key
+    rule, as the event lines judge keys) are never collected, nor their values.
     """
 
-    def __init__(self, secret_keys: re.Pattern[str] | None) -> None:
-        self._secret = secret_keys
+    def __init__(self, secret_key: Callable[[str], bool] | None) -> None:
+        self._secret = secret_key
         self.counts: collections.Counter[str] = collections.Counter()
         self.hyper: dict[str, dict[ParameterValue, None]] = {}
         # A plain dict: a Counter's item assignment is a Python-level slot (it defines
@@ -106,7 +105,7 @@ class RunParameters:
         if key in self._names:
             name = self._names[key]
         else:  # first seen: judged once (a model is called with the same keys)
-            if self._secret is not None and self._secret.search(key.lower().replace("-", "_")):
+            if self._secret is not None and self._secret(key):
                 name = None
             else:
                 name = "llm" + key if key.startswith("_") else key  # _type -> llm_type

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import re
 import uuid
 from collections.abc import Sequence
 from itertools import compress, islice, repeat
@@ -113,7 +112,11 @@ class EventTranslator:
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
         self._hook = config.redact
-        self.parameters = RunParameters(re.compile(config.redact_keys) if config.redact_keys else None)
+        # Parameter keys judged as the lines' keys are (KeyRule: normalized words), and
+        # a key holding a credential's format is left out with its value.
+        rule = self._redactor.key_rule if config.redact_keys else None
+        text = self._redactor.text
+        self.parameters = RunParameters(lambda key: (rule is not None and rule(key)) or text(key) != key)
         self._open: dict[Any, tuple[str | None, float]] = {}
         #: The envelope of a run's streamed tokens after ``seq`` and ``ts`` (the same for
         #: every token of the run), by (run id, parent run id, name): see ``many``.
@@ -376,6 +379,11 @@ class EventTranslator:
                                 body = stream_tool_args(streams, run, body)
                         elif type(body) is bytes and body.startswith(BLOCK_TOKEN):
                             body = stream_blocks(streams, run, body)  # content blocks: joined too
+                            if body.find(TOOL_CALL_CHUNKS) != -1:
+                                # Anthropic's models stream each piece of a tool call's
+                                # arguments twice: as a block's partial_json and in
+                                # tool_call_chunks (joined to the run's arguments, as OpenAI's).
+                                body = stream_tool_args(streams, run, body)
                     elif type(extra) is dict and extra.pop("$error", False):
                         error = extra  # formatted where the exception lived (the worker process's client)
                     elif extra is not None:

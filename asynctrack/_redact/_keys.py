@@ -85,19 +85,40 @@ _STEMS: Final = (
     # (folded to '"'). LangChain's payloads hold many "..._tokens" keys: no stem.
     b'token"',
 )
-#: ``bytes.translate`` table: lower-case, and every byte that can end a key (a quote,
-#: a backslash, a separator, a space) folded to '"'. One pass instead of ``lower()``.
-_FOLD: Final = bytes((b + 32 if 0x41 <= b <= 0x5A else 0x22 if b in b"\"'\\=: \t" else b) for b in range(256))
+#: ``bytes.translate`` table: lower-case, and every byte that can end a key's last word
+#: (anything but a letter, a digit or '_': "token", "token:", "token)") folded to '"'.
+#: One pass instead of ``lower()``.
+_FOLD: Final = bytes(
+    (b + 32 if 0x41 <= b <= 0x5A else b if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A or b == 0x5F) else 0x22)
+    for b in range(256)
+)
 _FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
-#: From a stem: the rest of the word, its closing quote if quoted, then ``=`` or ``:``.
-_PAIR_AT: Final = re.compile(rb"([a-z0-9_.\-]{0,40}+)(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+", re.IGNORECASE)
+#: The rest of a quoted key after a word, whatever it holds ("password ", "Password
+#: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
+#: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
+#: a string (closed by '\\"'), a single-quoted key (holding no "'"). At most 256 bytes
+#: (``normalize_key`` reads 128 characters), not past a '"' (a key holding one is
+#: judged up to it). A run without an escape or a "'" first, read by a character class:
+#: most stems are in values, whose closing quote ends the attempt there. Past a "'",
+#: only a '"' closes the key (single-quoted text, a Python repr, is never read across
+#: its quotes: "'key-1', 'Cookie': ...").
+_CLOSE: Final = rb"(?=\\?\"[ \t]{0,4}+:|'[ \t]{0,4}+:)"
+_KEY_REST: Final = (
+    rb"(?:[^\"'\\\n]{0,128}+(?:" + _CLOSE + rb"|(?=[\\'])"
+    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
+)
+#: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
+#: then ``=`` or ``:``.
+_PAIR_AT: Final = re.compile(
+    rb"([a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+", re.IGNORECASE
+)
 #: The same as one regex, for texts dense with stems (linear: each attempt starts at
-#: a stem and reads at most 48 bytes).
+#: a stem and reads at most 432 bytes).
 STEM_PAIR: Final = re.compile(
-    rb"((?:pass|pwd|secret|credential|cookie|auth|key|token(?![a-z0-9_.\-]))"
-    rb"[a-z0-9_.\-]{0,40}+)(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
+    rb"((?:pass|pwd|secret|credential|cookie|auth|key|token(?![a-z0-9_]))"
+    rb"[a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
     re.IGNORECASE,
 )
 
@@ -173,11 +194,17 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
         q = p
         while q > 0 and p - q < 4 and text[q - 1] in _BEFORE_KEY:
             q -= 1
+        quote = -1
         if q > 0 and text[q - 1] in _QUOTES:
             q -= 1
+            quote = text[q]
             if q > 0 and text[q - 1] == 0x5C:
                 q -= 1
         k0 = words.rfind(b" ", max(0, q - 64), q) + 1
+        if quote != -1 and k0 > 0 and text[k0 - 1] != quote:
+            # A quoted key holding more than a word ("password ", "API key for prod"):
+            # from its opening quote, as the stems' scan reads it.
+            k0 = text.rfind(bytes((quote,)), max(0, q - 128), q) + 1 or k0
         if q - k0 < 1 or not any(stem in folded[k0 : q + 1] for stem in _STEMS):
             continue
         m = _PAIR_AT.match(text, k0)
@@ -193,9 +220,11 @@ MAX_PAIRS: Final = 1024
 WITHHELD: Final = b"[REDACTED: the rest of this text is withheld, too many credential-like pairs]"
 
 
-#: For a custom ``redact_keys``: every word followed by a separator is a candidate.
+#: For a custom ``redact_keys``: every word followed by a separator is a candidate, and
+#: every quoted key that starts with a word (the rest read only there: after a quote).
 ANY_PAIR: Final = re.compile(
-    rb"(?<![a-z0-9_.\-])([a-z0-9_.\-]{1,128}+)(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
+    rb"(?<![a-z0-9_.\-])((?:(?<=[\"'])[a-z0-9_.\-]{1,128}+" + _KEY_REST + rb"|[a-z0-9_.\-]{1,128}+))"
+    rb"(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
     re.IGNORECASE,
 )
 #: Word characters of keys -> ``a``, all else -> space (for ``rfind`` of a word's start).

@@ -29,8 +29,15 @@ from ._keys import (
     stem_pairs,
     value_span,
 )
+from ._stream import open_credential
 
 __all__ = ["Redactor"]
+
+#: How the capture ends a string cut at ``max_field_bytes`` (``_capture``): what comes
+#: before it may be the start of a credential the cut split (see ``Redactor._cut_short``).
+_TRUNCATED: Final = b"...[$asynctrack: truncated, "
+#: The bytes before the mark read for that: what ``open_credential`` reads, escaped.
+_CUT_WINDOW: Final = 2048
 
 _LITERALS: Final = tuple(dict.fromkeys(literal for literal, _, _ in LITERAL_FORMATS))
 _LITERALS_NO_COLON: Final = tuple(literal for literal in _LITERALS if b":" not in literal)
@@ -46,6 +53,10 @@ _CUT: Final = b',"'
 #: too: its '"' opens the next key, or closes a string that ended in ',' (without it the
 #: piece above, judged last, had no closing quote, so no value under its key: found clean).
 _GLUE: Final = b'\x1e"'
+#: A piece that starts with ':' (its value cut from a key that ends in ','), as the
+#: chunk holds it and as the glued unknown pieces do.
+_VALUE_PIECE: Final = b',":'
+_GLUED_VALUE_PIECE: Final = b'\x1e":'
 #: The coarse cut (see ``Redactor._coarse``): the cuts at ',"' after an object's end.
 _COARSE: Final = b'},"'
 #: ``Redactor.firsts``: a body left out begins with this many bytes of one kept.
@@ -128,6 +139,20 @@ def _clean_pieces(keys: str | None, detectors: bool) -> _CleanPieces:
     turn the cache off: they may match across pieces)."""
     with _SHARED_LOCK:
         return _SHARED.setdefault((keys, detectors), _CleanPieces())
+
+
+def _key_text(raw: bytes) -> str:
+    """A key as JSON text writes it (``raw``), as the key rule judges keys: its escapes
+    read (twice in JSON text inside a string), so that ``"token\\t"`` is ``token`` and a tab."""
+    key = raw.decode("utf-8", "replace")
+    for _ in range(2):
+        if "\\" not in key:
+            break
+        try:
+            key = orjson.loads(b'"' + key.encode("utf-8", "surrogatepass") + b'"')
+        except orjson.JSONDecodeError:
+            break
+    return key
 
 
 def _template_parts(body: bytes, token: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -263,6 +288,10 @@ class Redactor:
                 self._remember_templates(templates)
                 self._remember_coarse(coarse)
                 return joined
+        if joined.find(_TRUNCATED) != -1:  # (no piece holding it is remembered: see _learn)
+            # A string cut short: json() judges its end (the full path, every body).
+            self._chunk = {id(body): (body, True, []) for body in bodies}
+            return joined
         # C loops only for what every body needs: Python runs per span found, not per body.
         offsets = list(itertools.accumulate(map((1).__add__, map(len, bodies)), initial=0))
         found: dict[int, list[tuple[int, int, bytes]]] = {}
@@ -465,9 +494,18 @@ class Redactor:
         detectors only read within a piece: a key, its value and a word never cross a
         cut), with one exception: the bare AWS secret key rule, which reads the 120
         bytes before a run of 40 base64 characters. A text holding such a run is not
-        remembered.
+        remembered. Nor is a text holding a piece that starts with ':' (a key ending in
+        ',' is cut from its value there: '"password,":"x"'; judged alone, the value has
+        no key). Nor is a text holding a string cut short (``_TRUNCATED``: its end is
+        judged on the full path, ``_cut_short``).
         """
         if base64_runs(text):  # first: then no scan of it looks for bare AWS keys
+            return False
+        if (
+            text.find(_VALUE_PIECE) != -1
+            or text.find(_GLUED_VALUE_PIECE) != -1
+            or text.find(_TRUNCATED) != -1
+        ):
             return False
         if not scanned:
             if self.key_rule is not None:
@@ -530,6 +568,8 @@ class Redactor:
         elif entry is None and self._bodies.get(id(text)) is text:
             out = text  # scanned by prepare(): nothing found
         else:
+            if text.find(_TRUNCATED) != -1:
+                text = self._cut_short(text)
             if self.key_rule is not None:
                 scanned = self._keys(text, own_token)
                 if scanned is None:
@@ -539,6 +579,33 @@ class Redactor:
         for pattern in self._patterns:
             out = pattern.sub(REDACTED_BYTES, out)
         return out
+
+    def _cut_short(self, text: bytes) -> bytes:
+        """``text`` with the start of a credential that a cut at ``max_field_bytes`` split
+        redacted: the end of each string cut short (before its ``_TRUNCATED`` mark, at
+        most ``_CUT_WINDOW`` bytes read) judged as a token stream's end
+        (``open_credential``), then redacted from where the credential starts."""
+        spans = []
+        end = text.find(_TRUNCATED)
+        while end != -1:
+            window = text[max(0, end - _CUT_WINDOW) : end]
+            quote = window.rfind(b'"')
+            while quote != -1 and (quote - len(window[:quote].rstrip(b"\\"))) % 2:
+                quote = window.rfind(b'"', 0, quote)  # an escaped quote: inside the string
+            window = window[quote + 1 :]  # from the string's start, if it is in the window
+            for skip in range(8):  # the window may start inside an escape or a character
+                try:
+                    head = orjson.loads(b'"' + window[skip:] + b'"')
+                except orjson.JSONDecodeError:
+                    continue
+                start = open_credential(head, self.key_rule)
+                if start != -1:
+                    tail = _json_string(head[start:])[1:-1]
+                    cut = end - len(tail) if window.endswith(tail) else end - len(window)
+                    spans.append((cut, end, REDACTED_BYTES))
+                break
+            end = text.find(_TRUNCATED, end + 1)
+        return splice(text, spans) if spans else text
 
     def structure(self, value: object, own_token: bool = False) -> object:
         """``value`` (parsed JSON) with every list or object under a credential key replaced."""
@@ -614,7 +681,7 @@ class Redactor:
             raw = text[k0:k1]
             # An unescaped '"' right before ':' ends a JSON key (orjson writes no spaces).
             structural = m.group(2) == b'"' and pos == k1 + 2
-            if self._judge(text, raw, k0, k1, structural) and pos < n:
+            if self._judge(text, raw, k0, k1, m.group(2)) and pos < n:
                 span, resume = value_span(text, pos, structural)
                 if span is None:  # a list or object under a credential key
                     containers.append(m.start())
@@ -633,20 +700,21 @@ class Redactor:
                     matches.resume = resume
         return spans, containers
 
-    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, structural: bool) -> bool:
-        """Whether the key ``raw`` (``text[k0:k1]``) names a credential (cached)."""
+    def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, quote: bytes | None) -> bool:
+        """Whether the key ``raw`` (``text[k0:k1]``, closed by ``quote`` if quoted) names
+        a credential (cached)."""
         rule = self.key_rule
         assert rule is not None
         hit = self._raw_keys.get(raw)
         if hit is None:
-            hit = rule(raw.decode("utf-8", "replace"))
+            hit = rule(_key_text(raw))
             if len(self._raw_keys) < CACHE_MAX:
                 self._raw_keys[raw] = hit
-        if structural and not hit and k0 > 0 and text[k0 - 1] != 0x22:
-            # A JSON key may hold more than this word ("api key"): judge it whole.
-            opening = text.rfind(b'"', max(0, k0 - 128), k0)
+        if quote and not hit and k0 > 0 and text[k0 - 1] != quote[-1]:
+            # A quoted key may hold more than this word ("API key for prod"): judge it whole.
+            opening = text.rfind(quote[-1:], max(0, k0 - 128), k0)
             if opening != -1:
-                hit = rule(text[opening + 1 : k1].decode("utf-8", "replace"))
+                hit = rule(_key_text(text[opening + 1 : k1]))
         return hit
 
     def _dense(self, text: bytes, own_token: bool) -> bytes:

@@ -6,9 +6,11 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+import orjson
+
 from ._common import REDACTED
 
-__all__ = ["StreamRedactor"]
+__all__ = ["StreamRedactor", "open_credential"]
 
 # -- streamed tokens ----------------------------------------------------------------------
 
@@ -63,9 +65,55 @@ _KEY_BLOCK_ENDS: Final = ("-----END", "---- END", "Private-MAC:")
 #: ``open_`` while a key block is open: redacted whole, token by token, up to its end.
 _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: Read backwards from a quote: the separator and the key before it (``"password": "``
-#: reversed is ``" :"drowssap``); group 1 the key, reversed. A match at the start of the
-#: reversed text costs what the key's length does, wherever the quote is.
-_KEY_BEFORE_REVERSED: Final = re.compile(r"""[ \t]{0,4}+[:=][ \t]{0,4}+["']?([A-Za-z0-9_.\-]{1,64}+)""")
+#: reversed is ``" :"drowssap``); the key, reversed: a quoted key whole, else its last
+#: word. A match at the start of the reversed text costs what the key's length does,
+#: wherever the quote is.
+_KEY_BEFORE_REVERSED: Final = re.compile(
+    r"""[ \t]{0,4}+[:=][ \t]{0,4}+"""
+    r"""(?:"((?:[^"\n]|"\\){1,128}+)"|'([^'\n]{1,128}+)'|["']?([A-Za-z0-9_.\-]{1,64}+))"""
+)
+
+
+def _key_text(quoted: str | None, other: str) -> str:
+    """The key ``_KEY_BEFORE_REVERSED`` read (reversed): a double-quoted one with its JSON
+    escapes read ("token\\t" is ``token`` and a tab), as the key rule judges keys."""
+    if quoted is None:
+        return other[::-1]
+    key = quoted[::-1]
+    if "\\" in key:
+        try:
+            key = orjson.loads(('"' + key + '"').encode("utf-8", "surrogatepass"))
+        except orjson.JSONDecodeError:
+            pass
+    return key
+
+
+#: A URL's user and the ':' before its password at the end of a text (no '@' yet): the
+#: password, if any, starts there. Searched in the last ``_OPEN_WINDOW`` characters.
+_URL_PASSWORD_OPEN: Final = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]{0,30}+://[^\s/@:?#\"'<>]{0,256}+:(?=[^\s/@?#\"'<>]{0,512}+\Z)"
+)
+_OPEN_WINDOW: Final = 1024
+
+
+def open_credential(text: str, is_credential: Callable[[str], bool] | None) -> int:
+    """Where a credential starts that ``text`` ends inside, or -1: a known format's
+    prefix on (``sk-``, ``ghp_``, ...), a URL's password (``scheme://user:pass``, its
+    ``@`` not shown), a quoted value under a credential key (``"password": "hun``).
+
+    What a text cut short (at ``max_field_bytes``) shows of a credential, judged as the
+    end of a token stream is (``StreamRedactor``): the format no longer matches whole.
+    """
+    start = _open_prefix(text)
+    if start != -1:
+        return start
+    url = None
+    for url in _URL_PASSWORD_OPEN.finditer(text, max(0, len(text) - _OPEN_WINDOW)):  # noqa: B007 - the last one
+        pass
+    if url is not None:
+        return url.end()
+    quote = StreamRedactor(str, is_credential)._open_quote(text)  # noqa: SLF001 - this module's rule
+    return quote + 1 if quote != -1 else -1
 
 
 class StreamRedactor:
@@ -202,8 +250,9 @@ class StreamRedactor:
         for mark in _QUOTE_MARKS:  # a '"' value may hold a "'", and the other way round
             quote = text.rfind(mark)
             if quote > 0 and "\n" not in text[quote:]:
-                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - 80) : quote][::-1])
-                if key is not None and self._is_credential(key.group(1)[::-1]):
+                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - 144) : quote][::-1])
+                # A quoted key whole, whatever it holds ("password ", "API key for prod").
+                if key is not None and self._is_credential(_key_text(key[1], key[2] or key[3])):
                     return quote
         return -1
 
