@@ -163,6 +163,24 @@ def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTL
     _assert_files_complete(tracker)
 
 
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_a_trickling_receiver_never_makes_close_fail(
+    tmp_path: Path, receiver: OTLPReceiver, worker: str
+) -> None:
+    """Every event is written: a receiver answering one byte a second fails the spans, and
+    close(timeout) returns within its timeout without raising."""
+    receiver.trickle(1.0)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=2.0), worker)
+    failing_chain([tracker])
+    tracker.flush_blocking()
+    began = time.monotonic()
+    tracker.close(timeout=3.0)  # no FlushTimeoutError
+    assert time.monotonic() - began < 3.0 + 0.5
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
+    _assert_files_complete(tracker)
+
+
 def test_a_dead_receiver_fails_the_spans_not_the_files(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stop()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))

@@ -56,6 +56,7 @@ _BACKOFF_MAX: Final = 8.0
 _RETRY_AFTER_MAX: Final = 60.0
 _WARN_EVERY: Final = 10.0
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_ABORT_JOIN: Final = 0.25  # seconds for the thread to end once its request is aborted
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
 
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
@@ -223,10 +224,12 @@ class Sender:
             if timeout is not None:
                 self._deadline = min(self._deadline, time.monotonic() + max(timeout, 0.0))
             self._cond.notify_all()
-        self._thread.join(None if timeout is None else max(timeout, 0.0) + 0.05)
+            deadline = self._deadline
+        # The thread stops sending at the deadline; a request in flight then is aborted.
+        self._thread.join(None if timeout is None else max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             self._abort()
-            self._thread.join(1.0)
+            self._thread.join(_ABORT_JOIN)
         self._log_failures(force=True)
 
     def _abort(self) -> None:
