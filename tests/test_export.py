@@ -181,6 +181,33 @@ def test_a_trickling_receiver_never_makes_close_fail(
     _assert_files_complete(tracker)
 
 
+def test_a_trickled_answer_is_bounded_by_the_request_timeout(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """Each byte of the answer comes within the socket's timeout: the request still ends
+    at its own timeout (and is retried), not when the receiver stops."""
+    receiver.trickle(0.2)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5), "thread")
+    failing_chain([tracker])
+    tracker.flush_blocking()
+    receiver.wait_for_attempts(2, timeout=5.0)  # the first request failed at 0.5 s
+    tracker.close(timeout=1.0)
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
+    _assert_files_complete(tracker)
+
+
+def test_an_answer_aborted_at_close_is_a_failure(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """The request in flight at the close's deadline is aborted: the part of a 200 that had
+    come is no answer, the span is failed, not exported."""
+    receiver.trickle(0.2)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=10.0), "thread")
+    failing_chain([tracker])
+    tracker.close(timeout=1.0)
+    stats = tracker.statistics()
+    assert receiver.attempts == 1
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
+    _assert_files_complete(tracker)
+
+
 def test_a_dead_receiver_fails_the_spans_not_the_files(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stop()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))

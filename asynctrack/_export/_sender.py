@@ -4,7 +4,8 @@
 failed. The thread takes up to ``MAX_BATCH_SPANS`` spans at a time (at once when that
 many wait, a flush asks, or the exporter closes; else after ``DELAY`` seconds), wraps
 them in one ``ExportTraceServiceRequest``, gzips it and POSTs it over one kept-alive
-HTTP/1.1 connection (stdlib ``http.client``), each request bounded by ``timeout``.
+HTTP/1.1 connection (stdlib ``http.client``), each request bounded by ``timeout`` of wall
+clock, whole (a receiver that trickles its answer cannot hold it longer).
 
 Connection errors, 429 and 5xx are retried with exponential backoff and full jitter
 (0.5, 1, 2, 4, 8 s at most, drawn from the sender's own ``random.Random``), or after the
@@ -20,14 +21,15 @@ what it holds without counting it as failed, ends its thread and takes nothing m
 
 ``flush(timeout)`` returns once every span queued before it has been tried at least
 once (sent, or refused), or at ``timeout``. ``close(timeout)`` sends what is queued
-until ``timeout``, then aborts the request in flight, counts what is left as failed,
-and ends the thread.
+until ``timeout``, then aborts the request in flight (an aborted request is a failure,
+whatever part of an answer came), counts what is left as failed, and ends the thread.
 """
 
 from __future__ import annotations
 
 import collections
 import http.client
+import io
 import logging
 import random
 import socket
@@ -80,6 +82,44 @@ def _retry_after(value: str | None) -> float | None:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
         return None
+
+
+class _BoundedReader(io.RawIOBase):
+    """A socket's answer read by a deadline (``time.monotonic()``), however it trickles."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # io's buffer type
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not end within the request's timeout")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _BoundedSocket:
+    """What ``http.client.HTTPResponse`` reads from: its ``makefile`` reads by the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReader(self._sock, self._deadline))
+
+
+def _bounded_response(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    """An ``HTTPConnection.response_class`` whose answer is read by ``deadline``."""
+
+    def response(sock: socket.socket, *args: object, **kwargs: object) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_BoundedSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]  # duck-typed
+
+    return response
 
 
 class Sender:
@@ -142,6 +182,7 @@ class Sender:
         self._closing = False
         self._deadline = float("inf")  # the close's, time.monotonic()
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False  # by close(): no answer read from then on is a success
         self.exported = 0
         self.failed = 0
         self.last_error: str | None = None
@@ -233,7 +274,8 @@ class Sender:
         self._log_failures(force=True)
 
     def _abort(self) -> None:
-        """Break the request in flight (its socket is shut down under it)."""
+        """Break the request in flight (its socket is shut down under it): it fails."""
+        self._aborted = True
         conn = self._conn
         sock = getattr(conn, "sock", None)
         if sock is not None:
@@ -331,8 +373,13 @@ class Sender:
         try:
             conn = self._connection()
             conn.timeout = self._request_timeout()
-            if conn.sock is not None:
-                conn.sock.settimeout(conn.timeout)
+            deadline = time.monotonic() + conn.timeout
+            if conn.sock is None:
+                conn.connect()
+            # A socket's timeout bounds each read and restarts at every byte: the answer is read
+            # by the request's deadline, whole (and the send is bounded by what is left of it).
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn.response_class = _bounded_response(deadline)  # type: ignore[assignment]  # a factory
             conn.request("POST", self._path, body=body, headers=self._headers)
             if _QUICKACK is not None and conn.sock is not None:
                 # Acknowledge the answer's first segment at once: a receiver that writes
@@ -342,6 +389,8 @@ class Sender:
                 conn.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             response = conn.getresponse()
             data = response.read()
+            if self._aborted:
+                raise ConnectionAbortedError("the request was aborted at the close's deadline")
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
             return f"could not send {self._what}s to {self.url}: {exc!r}", True, None

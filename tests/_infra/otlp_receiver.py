@@ -5,8 +5,8 @@
 collectors use (``ExportTraceServiceRequest.FromString``) and keeps every request, its
 raw bytes and headers. It can be told to refuse (``refuse(status, retry_after=...)``
 for the next N requests), to stall (``stall()`` until ``release()``), to trickle
-(``trickle(interval)``: every answer one byte per ``interval`` seconds, never ending, until
-``release()``), or be stopped.
+(``trickle(interval)``: every answer a 200 status line, then one byte per ``interval``
+seconds, never ending, until ``release()``), or be stopped.
 
 ``wait_for_spans(n, timeout)`` returns once ``n`` spans arrived (a condition, no sleep).
 ``POST /v1/metrics`` is kept apart (``metrics``, decoded with
@@ -44,8 +44,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if receiver.trickle_interval is not None:
             if self.path != "/v1/metrics":
                 receiver.arrived(self.path, dict(self.headers), body)
-            answer = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100_000
-            for byte in answer:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")  # at once, then the headers' bytes trickle
+            for byte in b"X-Pad: " + b"a" * 100_000:
                 if receiver.release_event.wait(receiver.trickle_interval):
                     return
                 self.wfile.write(bytes([byte]))
@@ -151,8 +151,8 @@ class OTLPReceiver:
         self.stalled.set()
 
     def trickle(self, interval: float) -> None:
-        """Answer every request (traces and metrics) one byte per ``interval`` seconds, a
-        200 whose head never ends, until ``release()``."""
+        """Answer every request (traces and metrics) with a 200 status line, then one byte
+        of headers per ``interval`` seconds, never ending, until ``release()``."""
         self.release_event.clear()
         self.trickle_interval = interval
 
