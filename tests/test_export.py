@@ -8,6 +8,7 @@ never costs the files anything.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -140,6 +141,42 @@ def test_a_permanent_refusal_is_counted_not_retried(
     messages = [r.getMessage() for r in caplog.records if "OTLP export" in r.getMessage()]
     assert len(messages) == 1, messages  # logged once
     assert "HTTP 400" in messages[0]
+
+
+def test_credentials_in_the_endpoint_are_sent_as_basic_auth_never_printed(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``http://user:password@host`` (percent-encoded): an ``Authorization: Basic`` header,
+    as the OpenTelemetry exporters send, unless one is given; the URL printed without them."""
+    endpoint = receiver.endpoint.replace("http://", "http://bob:urlpass%3A1234@")
+    basic = "Basic " + base64.b64encode(b"bob:urlpass:1234").decode()
+    destination = tmp_path / "logs"
+    receiver.refuse(401, times=1)  # the first answer is logged, with the URL
+    tracker = _tracker(destination, OTLPExporter(endpoint), worker="thread")
+    with caplog.at_level(logging.WARNING, logger="asynctrack"):
+        failing_chain([tracker])
+        tracker.close(timeout=WAIT)
+    assert [h["Authorization"] for h in receiver.headers] == [basic]
+    assert f"{receiver.endpoint}/v1/traces answered HTTP 401" in caplog.text
+    # asynctrack export: the same header, the URL printed without the credentials.
+    receiver.refuse(401, times=1)
+    assert main(["export", str(destination), "--otlp-endpoint", endpoint, "--no-metrics"]) == 1
+    assert main(["export", str(destination), "--otlp-endpoint", endpoint, "--no-metrics"]) == 0
+    printed = capsys.readouterr()
+    assert f"exported 1 span(s) to {receiver.endpoint}/v1/traces" in printed.out
+    assert "HTTP 401" in printed.err
+    assert [h["Authorization"] for h in receiver.headers] == [basic] * 3
+    # An Authorization header given is sent as it is.
+    tracker = _tracker(tmp_path / "other", OTLPExporter(endpoint, headers={"authorization": "Bearer t"}))
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert receiver.headers[-1]["authorization"] == "Bearer t"  # the case as given
+    assert "Authorization" not in receiver.headers[-1]
+    for text in (caplog.text, printed.out, printed.err, repr(OTLPExporter(endpoint))):
+        assert "urlpass" not in text and "bob" not in text
 
 
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:

@@ -27,6 +27,7 @@ whatever part of an answer came), counts what is left as failed, and ends the th
 
 from __future__ import annotations
 
+import base64
 import collections
 import http.client
 import io
@@ -64,6 +65,15 @@ _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6'
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
 # Phoenix), without the protobuf encoding there (415), or without the signal (501).
 DECLINED: Final = frozenset((404, 405, 415, 501))
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without the credentials of its authority (``http://user:pw@host`` ->
+    ``http://host``): the URL as it may be printed."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -153,9 +163,9 @@ class Sender:
         optional: str | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
+        self.url = without_userinfo(url)  # the credentials are sent, never printed
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {url!r}")
-        self.url = url
+            raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {self.url!r}")
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -166,6 +176,12 @@ class Sender:
             "User-Agent": user_agent,
             **headers,
         }
+        if "@" in parts.netloc and not any(k.lower() == "authorization" for k in headers):
+            # Credentials in the URL go as HTTP Basic, as the OTel exporters (requests) send them.
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {token}"
         self._timeout = timeout
         self._what = what
         self._optional = optional
