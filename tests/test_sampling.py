@@ -485,6 +485,31 @@ def test_sessions_and_users_are_on_every_span(tmp_path: Path) -> None:
     )
 
 
+def test_a_session_set_below_the_root_reaches_the_spans_open_or_started_after(tmp_path: Path) -> None:
+    """``with_config(metadata=...)`` on a nested step: the root (open then) and the steps
+    after take its session and user; the step that ended before it started was sent."""
+    from langchain_core.runnables import RunnableLambda
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    tracker = _tracker(tmp_path / "logs", "thread")
+    answer = RunnableLambda(lambda x: x, name="answer").with_config(
+        metadata={"session_id": "sess-42", "user_id": "alice"}
+    )
+    chain = RunnableLambda(lambda x: x, name="before") | answer | RunnableLambda(lambda x: x, name="after")
+    chain.invoke("q", config={"callbacks": [tracker]})
+    tracker.close()
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    seen = {
+        span.name: (attributes(span).get("session.id"), attributes(span).get("user.id")) for span in spans
+    }
+    assert seen == {
+        "before": (None, None),
+        "answer": ("sess-42", "alice"),
+        "after": ("sess-42", "alice"),
+        "invoke_workflow RunnableSequence": ("sess-42", "alice"),
+    }
+
+
 def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:
     from typing import TypedDict
 
