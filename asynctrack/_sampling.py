@@ -10,7 +10,8 @@ Both processes decide the same way, from data the run carries:
   the id because the id's own low bits are not random: LangChain's run ids are UUID
   version 7, whose low 64 bits are the variant (``10``), a counter that steps by one
   within a millisecond, and 32 random bits;
-- a child follows its root.
+- a child follows its root; a run whose parent the tracker never saw (a tracker given
+  to a model only) is decided on its parent's id, as a root: its siblings go with it.
 
 The application's span is read only if ``opentelemetry.trace`` is already imported
 (never imported here), at root starts only, and recorded in the root's start event as

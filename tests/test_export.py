@@ -8,6 +8,7 @@ never costs the files anything.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -142,6 +143,42 @@ def test_a_permanent_refusal_is_counted_not_retried(
     assert "HTTP 400" in messages[0]
 
 
+def test_credentials_in_the_endpoint_are_sent_as_basic_auth_never_printed(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``http://user:password@host`` (percent-encoded): an ``Authorization: Basic`` header,
+    as the OpenTelemetry exporters send, unless one is given; the URL printed without them."""
+    endpoint = receiver.endpoint.replace("http://", "http://bob:urlpass%3A1234@")
+    basic = "Basic " + base64.b64encode(b"bob:urlpass:1234").decode()
+    destination = tmp_path / "logs"
+    receiver.refuse(401, times=1)  # the first answer is logged, with the URL
+    tracker = _tracker(destination, OTLPExporter(endpoint), worker="thread")
+    with caplog.at_level(logging.WARNING, logger="asynctrack"):
+        failing_chain([tracker])
+        tracker.close(timeout=WAIT)
+    assert [h["Authorization"] for h in receiver.headers] == [basic]
+    assert f"{receiver.endpoint}/v1/traces answered HTTP 401" in caplog.text
+    # asynctrack export: the same header, the URL printed without the credentials.
+    receiver.refuse(401, times=1)
+    assert main(["export", str(destination), "--otlp-endpoint", endpoint, "--no-metrics"]) == 1
+    assert main(["export", str(destination), "--otlp-endpoint", endpoint, "--no-metrics"]) == 0
+    printed = capsys.readouterr()
+    assert f"exported 1 span(s) to {receiver.endpoint}/v1/traces" in printed.out
+    assert "HTTP 401" in printed.err
+    assert [h["Authorization"] for h in receiver.headers] == [basic] * 3
+    # An Authorization header given is sent as it is.
+    tracker = _tracker(tmp_path / "other", OTLPExporter(endpoint, headers={"authorization": "Bearer t"}))
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    assert receiver.headers[-1]["authorization"] == "Bearer t"  # the case as given
+    assert "Authorization" not in receiver.headers[-1]
+    for text in (caplog.text, printed.out, printed.err, repr(OTLPExporter(endpoint))):
+        assert "urlpass" not in text and "bob" not in text
+
+
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stall()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5))
@@ -160,6 +197,51 @@ def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTL
     assert closed < 1.0 + 1.5
     stats = tracker.statistics()
     assert (stats.spans_exported, stats.spans_failed) == (0, 3)
+    _assert_files_complete(tracker)
+
+
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_a_trickling_receiver_never_makes_close_fail(
+    tmp_path: Path, receiver: OTLPReceiver, worker: str
+) -> None:
+    """Every event is written: a receiver answering one byte a second fails the spans, and
+    close(timeout) returns within its timeout without raising."""
+    receiver.trickle(1.0)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=2.0), worker)
+    failing_chain([tracker])
+    tracker.flush_blocking()
+    began = time.monotonic()
+    tracker.close(timeout=3.0)  # no FlushTimeoutError
+    assert time.monotonic() - began < 3.0 + 0.5
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
+    _assert_files_complete(tracker)
+
+
+def test_a_trickled_answer_is_bounded_by_the_request_timeout(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """Each byte of the answer comes within the socket's timeout: the request still ends
+    at its own timeout (and is retried), not when the receiver stops."""
+    receiver.trickle(0.2)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5), "thread")
+    failing_chain([tracker])
+    tracker.flush_blocking()
+    receiver.wait_for_attempts(2, timeout=5.0)  # the first request failed at 0.5 s
+    tracker.close(timeout=1.0)
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
+    _assert_files_complete(tracker)
+
+
+def test_an_answer_aborted_at_close_is_a_failure(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """The request in flight at the close's deadline is aborted: the part of a 200 that had
+    come is no answer, the span is failed, not exported."""
+    receiver.trickle(0.2)
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=10.0), "thread")
+    failing_chain([tracker])
+    tracker.close(timeout=1.0)
+    stats = tracker.statistics()
+    assert receiver.attempts == 1
+    assert (stats.spans_exported, stats.spans_failed) == (0, 1)
     _assert_files_complete(tracker)
 
 

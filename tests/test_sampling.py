@@ -225,6 +225,62 @@ def test_traces_with_a_failed_run_are_kept_whole(tmp_path: Path, worker_mode: st
     assert (stats.dropped, stats.lost, stats.filtered) == (0, 0, 0)
 
 
+def _children_only(tracker: AsyncTracker, run_id: uuid.UUID, *, fail: bool = False) -> None:
+    """A root chain the tracker is not given to, calling two child chains it is given to
+    (as to a model's constructor): the tracker sees two runs whose parent it never saw.
+    The second may fail (the root catches it)."""
+    from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+    def inner(x: str) -> str:
+        if fail and x == "second":
+            raise ValueError("the database is down")
+        return x.upper()
+
+    child = RunnableLambda(inner, name="inner").with_config(callbacks=[tracker])
+
+    def outer(x: str, config: RunnableConfig) -> str:
+        child.invoke("first", config=config)
+        try:
+            return child.invoke("second", config=config)
+        except ValueError:
+            return "recovered"
+
+    RunnableLambda(outer, name="outer").invoke("hi", config={"run_id": run_id})
+
+
+@pytest.mark.parametrize("keep_errors", [False, True])
+def test_runs_under_a_parent_never_seen_are_sampled_by_its_id(
+    tmp_path: Path, worker_mode: str, keep_errors: bool
+) -> None:
+    """The tracker given to the children only: they are decided on their parent's id, as a
+    root is (siblings together), and a failure keeps the run that failed."""
+    rate = 0.2  # under HEAD_SKIP_BELOW: without keep_errors, the callbacks' skip at entry too
+    tracker = _tracker(tmp_path / "logs", worker_mode, sample_rate=rate, sample_keep_errors=keep_errors)
+    roots = [uuid.uuid4() for _ in range(60)]
+    for root in roots:
+        _children_only(tracker, root, fail=root.int % 3 == 0)
+    tracker.close()
+    threshold = ratio_threshold(rate)
+    sampled = {str(r) for r in roots if root_sampled(r.int, threshold, None)}
+    failed = {str(r) for r in roots if r.int % 3 == 0} - sampled
+    assert 2 <= len(sampled) <= 30  # ~12 of 60
+    traces = _traces(recorded_lines(tmp_path / "logs"))  # by the parent never seen
+    assert set(traces) == (sampled | failed if keep_errors else sampled)
+    for parent, events in traces.items():
+        assert all(event["parent_run_id"] == parent for event in events)
+        if parent in sampled:
+            assert len(events) == 4 and all("sampled" not in event for event in events)
+        else:  # kept for the run that failed: that run only, marked
+            assert [(e["kind"], e["sampled"]) for e in events] == [
+                ("chain_start", False),
+                ("chain_error", False),
+            ]
+    stats = tracker.statistics()
+    assert stats.written == sum(map(len, traces.values()))
+    assert stats.sampled_out == 4 * len(roots) - stats.written
+    assert (stats.dropped, stats.lost) == (0, 0)
+
+
 def test_a_graph_paused_for_a_human_is_not_a_failure(tmp_path: Path, worker_mode: str) -> None:
     # LangGraph's interrupt() raises GraphInterrupt through the graph's runs (error events):
     # control flow, as the readers say. Failed traces are kept (the default); a paused one
@@ -427,6 +483,31 @@ def test_sessions_and_users_are_on_every_span(tmp_path: Path) -> None:
         ],
         key=str,
     )
+
+
+def test_a_session_set_below_the_root_reaches_the_spans_open_or_started_after(tmp_path: Path) -> None:
+    """``with_config(metadata=...)`` on a nested step: the root (open then) and the steps
+    after take its session and user; the step that ended before it started was sent."""
+    from langchain_core.runnables import RunnableLambda
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    tracker = _tracker(tmp_path / "logs", "thread")
+    answer = RunnableLambda(lambda x: x, name="answer").with_config(
+        metadata={"session_id": "sess-42", "user_id": "alice"}
+    )
+    chain = RunnableLambda(lambda x: x, name="before") | answer | RunnableLambda(lambda x: x, name="after")
+    chain.invoke("q", config={"callbacks": [tracker]})
+    tracker.close()
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    seen = {
+        span.name: (attributes(span).get("session.id"), attributes(span).get("user.id")) for span in spans
+    }
+    assert seen == {
+        "before": (None, None),
+        "answer": ("sess-42", "alice"),
+        "after": ("sess-42", "alice"),
+        "invoke_workflow RunnableSequence": ("sess-42", "alice"),
+    }
 
 
 def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ A trace not sampled has its lines held here, in order:
   (``sampled_out``); a child that ends later is dropped too; so are the lines still
   held when the worker stops (``finish``).
 
+A run whose parent was never seen (a tracker given to a model only) is decided on the
+parent's id; not sampled, it is held as a trace of its own.
+
 Held lines are bounded by bytes (``max_queue_bytes // 4``): past the bound the oldest
 held trace is dropped, counted, as if its root had ended. Held lines are resolved for
 the worker process's acknowledgements when they are held (an empty list is returned
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TailSampler"]
 
-_MAX_RUNS: Final = 100_000  # live runs of traces not sampled remembered (the oldest forgotten)
+_MAX_RUNS: Final = 100_000  # live runs remembered (the oldest forgotten)
 _MARK: Final = b',"sampled":false}\n'
 _PARENT_KEY: Final = b'"' + OTEL_PARENT.encode() + b'":{'
 
@@ -53,6 +56,9 @@ class _Trace:
         self.held = 0
         self.kept = False  # a run failed: its lines are written
         self.dropped = False  # its root ended (or it was pushed out): its lines are dropped
+
+
+_SAMPLED: Final = _Trace(None)  # the trace of every live run of a trace sampled
 
 
 class TailSampler:
@@ -71,7 +77,7 @@ class TailSampler:
         self.max_held = config.max_queue_bytes // 4
         self.held_bytes = 0
         self.sampled_out = 0
-        self._runs: dict[Any, _Trace] = {}  # a live run -> its trace (traces not sampled only)
+        self._runs: dict[Any, _Trace] = {}  # a live run -> its trace (_SAMPLED: sampled)
         self._traces: dict[Any, _Trace] = {}  # root -> trace holding lines, oldest first
 
     def prepare(self, records: Sequence[Any], /) -> None:
@@ -108,23 +114,30 @@ class TailSampler:
                     continue
             if kind in ENDS:
                 runs.pop(run, None)
-            out.append(self._hold(trace, kind, run, result, record))
+            out.append(result if trace is _SAMPLED else self._hold(trace, kind, run, result, record))
         return out
 
-    def _decide(self, run: Any, record: Any) -> _Trace | None:
-        """A start of a run not known: its trace if that is not sampled, else ``None``."""
+    def _decide(self, run: Any, record: Any) -> _Trace:
+        """A start of a run not known: its trace (``_SAMPLED`` if that is sampled).
+
+        A run whose parent was never seen (the tracker given to a model only) is decided
+        on its parent's id, as a root: its siblings go the same way. Not sampled, it is a
+        trace of its own (its end drops it; its failure keeps it)."""
         parent_run_id = record[PARENT_RUN_ID]
         if parent_run_id is None:
             if root_sampled(run_int(run), self._threshold, _recorded_parent(record[BODY])):
-                return None
-            trace = _Trace(run)
-            self._traces[run] = trace
+                trace = _SAMPLED
+            else:
+                trace = self._traces[run] = _Trace(run)
         else:
             parent = parent_run_id.int if type(parent_run_id) is uuid.UUID else parent_run_id
             found = self._runs.get(parent)
-            if found is None:
-                return None
-            trace = found
+            if found is not None:
+                trace = found
+            elif root_sampled(run_int(parent), self._threshold, None):
+                trace = _SAMPLED
+            else:
+                trace = self._traces[run] = _Trace(run)
         runs = self._runs
         if len(runs) >= _MAX_RUNS:
             runs.pop(next(iter(runs)))

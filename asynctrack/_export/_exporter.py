@@ -36,7 +36,7 @@ from . import _protobuf as pb
 from ._metrics import Metrics
 from ._protocol import LineExporter
 from ._semconv import SCHEMA_URL
-from ._sender import Sender
+from ._sender import Sender, without_userinfo
 from ._spans import SpanAssembler
 
 __all__ = ["OTLPExporter", "resolve_endpoint", "resolve_headers", "resource_attributes"]
@@ -168,10 +168,23 @@ class OTLPExporter:
                 raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
         url = urllib.parse.urlsplit(resolve_endpoint(self.endpoint, os.environ))
         if url.scheme not in ("http", "https") or not url.hostname:
+            shown = without_userinfo(url.geturl())
             raise ValueError(
-                f"the OTLP endpoint must be an http:// or https:// URL, got {url.geturl()!r}"
+                f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}"
                 + (" (from the OTEL_EXPORTER_OTLP_* environment)" if self.endpoint is None else "")
             )
+
+    def __repr__(self) -> str:
+        # Logged (an exporter that cannot start): no credentials, neither the endpoint's
+        # userinfo nor the headers' values.
+        endpoint = None if self.endpoint is None else without_userinfo(self.endpoint)
+        headers = None if self.headers is None else dict.fromkeys(self.headers, "...")
+        rest = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in ("endpoint", "headers")
+        )
+        return f"OTLPExporter(endpoint={endpoint!r}, headers={headers!r}, {rest})"
 
     def start(self) -> LineExporter:
         """The running exporter, in this process (the worker's): its threads start now."""

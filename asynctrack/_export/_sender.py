@@ -4,7 +4,8 @@
 failed. The thread takes up to ``MAX_BATCH_SPANS`` spans at a time (at once when that
 many wait, a flush asks, or the exporter closes; else after ``DELAY`` seconds), wraps
 them in one ``ExportTraceServiceRequest``, gzips it and POSTs it over one kept-alive
-HTTP/1.1 connection (stdlib ``http.client``), each request bounded by ``timeout``.
+HTTP/1.1 connection (stdlib ``http.client``), each request bounded by ``timeout`` of wall
+clock, whole (a receiver that trickles its answer cannot hold it longer).
 
 Connection errors, 429 and 5xx are retried with exponential backoff and full jitter
 (0.5, 1, 2, 4, 8 s at most, drawn from the sender's own ``random.Random``), or after the
@@ -20,14 +21,16 @@ what it holds without counting it as failed, ends its thread and takes nothing m
 
 ``flush(timeout)`` returns once every span queued before it has been tried at least
 once (sent, or refused), or at ``timeout``. ``close(timeout)`` sends what is queued
-until ``timeout``, then aborts the request in flight, counts what is left as failed,
-and ends the thread.
+until ``timeout``, then aborts the request in flight (an aborted request is a failure,
+whatever part of an answer came), counts what is left as failed, and ends the thread.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import http.client
+import io
 import logging
 import random
 import socket
@@ -56,11 +59,21 @@ _BACKOFF_MAX: Final = 8.0
 _RETRY_AFTER_MAX: Final = 60.0
 _WARN_EVERY: Final = 10.0
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_ABORT_JOIN: Final = 0.25  # seconds for the thread to end once its request is aborted
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
 
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
 # Phoenix), without the protobuf encoding there (415), or without the signal (501).
 DECLINED: Final = frozenset((404, 405, 415, 501))
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without the credentials of its authority (``http://user:pw@host`` ->
+    ``http://host``): the URL as it may be printed."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -79,6 +92,44 @@ def _retry_after(value: str | None) -> float | None:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
         return None
+
+
+class _BoundedReader(io.RawIOBase):
+    """A socket's answer read by a deadline (``time.monotonic()``), however it trickles."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # io's buffer type
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not end within the request's timeout")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _BoundedSocket:
+    """What ``http.client.HTTPResponse`` reads from: its ``makefile`` reads by the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReader(self._sock, self._deadline))
+
+
+def _bounded_response(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    """An ``HTTPConnection.response_class`` whose answer is read by ``deadline``."""
+
+    def response(sock: socket.socket, *args: object, **kwargs: object) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_BoundedSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]  # duck-typed
+
+    return response
 
 
 class Sender:
@@ -112,9 +163,9 @@ class Sender:
         optional: str | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
+        self.url = without_userinfo(url)  # the credentials are sent, never printed
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {url!r}")
-        self.url = url
+            raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {self.url!r}")
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -125,6 +176,12 @@ class Sender:
             "User-Agent": user_agent,
             **headers,
         }
+        if "@" in parts.netloc and not any(k.lower() == "authorization" for k in headers):
+            # Credentials in the URL go as HTTP Basic, as the OTel exporters (requests) send them.
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {token}"
         self._timeout = timeout
         self._what = what
         self._optional = optional
@@ -141,6 +198,7 @@ class Sender:
         self._closing = False
         self._deadline = float("inf")  # the close's, time.monotonic()
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False  # by close(): no answer read from then on is a success
         self.exported = 0
         self.failed = 0
         self.last_error: str | None = None
@@ -228,14 +286,17 @@ class Sender:
             if timeout is not None:
                 self._deadline = min(self._deadline, time.monotonic() + max(timeout, 0.0))
             self._cond.notify_all()
-        self._thread.join(None if timeout is None else max(timeout, 0.0) + 0.05)
+            deadline = self._deadline
+        # The thread stops sending at the deadline; a request in flight then is aborted.
+        self._thread.join(None if timeout is None else max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             self._abort()
-            self._thread.join(1.0)
+            self._thread.join(_ABORT_JOIN)
         self._log_failures(force=True)
 
     def _abort(self) -> None:
-        """Break the request in flight (its socket is shut down under it)."""
+        """Break the request in flight (its socket is shut down under it): it fails."""
+        self._aborted = True
         conn = self._conn
         sock = getattr(conn, "sock", None)
         if sock is not None:
@@ -333,8 +394,13 @@ class Sender:
         try:
             conn = self._connection()
             conn.timeout = self._request_timeout()
-            if conn.sock is not None:
-                conn.sock.settimeout(conn.timeout)
+            deadline = time.monotonic() + conn.timeout
+            if conn.sock is None:
+                conn.connect()
+            # A socket's timeout bounds each read and restarts at every byte: the answer is read
+            # by the request's deadline, whole (and the send is bounded by what is left of it).
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn.response_class = _bounded_response(deadline)  # type: ignore[assignment]  # a factory
             conn.request("POST", self._path, body=body, headers=self._headers)
             if _QUICKACK is not None and conn.sock is not None:
                 # Acknowledge the answer's first segment at once: a receiver that writes
@@ -344,6 +410,8 @@ class Sender:
                 conn.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             response = conn.getresponse()
             data = response.read()
+            if self._aborted:
+                raise ConnectionAbortedError("the request was aborted at the close's deadline")
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
             return f"could not send {self._what}s to {self.url}: {exc!r}", True, None

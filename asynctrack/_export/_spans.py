@@ -736,6 +736,8 @@ class SpanAssembler:
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if not people and known is not None:
                 people = known[2]  # the trace's session and user, on every span
+            elif people and known is not None and not known[2]:
+                self._spread(trace_id, people)  # set below the root: its open spans take it too
         if run_text and run_text.isascii():
             run_attribute = _RUN_ID_ATTRIBUTE + run_text  # its text is run_id's
         elif len(run_id) == 36 and run_id.isascii():
@@ -771,6 +773,22 @@ class SpanAssembler:
                 if old not in open_runs:
                     del ids[old]
         self.open_bytes += span.size
+
+    def _spread(self, trace_id: bytes, people: tuple[bytes, ...]) -> None:
+        """A session or user first set below the root of ``trace_id`` (a nested runnable's
+        metadata): the trace's open spans without one (its ancestors, siblings running)
+        take it, and so the runs they start later. Spans already ended cannot: they were
+        sent. Once per such trace, over the open runs."""
+        ids = self._ids
+        size = sum(map(len, people))
+        for run_id, span in self._open.items():
+            if span.head[2:18] == trace_id:
+                known = ids.get(run_id)
+                if known is not None and not known[2]:
+                    ids[run_id] = (known[0], known[1], people)
+                    span.attributes += people
+                    span.size += size
+                    self.open_bytes += size
 
     def _start_data(
         self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes

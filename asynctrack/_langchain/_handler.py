@@ -279,6 +279,7 @@ class AsyncTracker(BaseCallbackHandler):
             # failed traces (it decides there), every event takes _record straight away.
             self._threshold = ratio_threshold(config.sample_rate)
             self._unsampled: dict[int, None] = {}
+            self._sampled: dict[int, None] = {}  # live runs of traces sampled
             self._record = self._record_sampled  # type: ignore[method-assign] # per instance, on purpose
 
     def _start_engine(
@@ -533,7 +534,9 @@ class AsyncTracker(BaseCallbackHandler):
         """``_record`` behind the head decision (``sample_rate`` under 1.0, failed traces
         not kept): an event of a trace not sampled is counted and nothing else. The
         callbacks skip most such events at their entry (``head_sampled``); this decides
-        the rest: roots inside an application span, LangGraph's lifecycle events."""
+        the rest: roots inside an application span, LangGraph's lifecycle events, and
+        children of a parent this tracker never saw (given to a model only), decided on
+        the parent's id as a root is: siblings under it go together."""
         try:
             unsampled = self._unsampled
             run = run_id.int  # type: ignore[union-attr] # None: recorded, below
@@ -542,9 +545,14 @@ class AsyncTracker(BaseCallbackHandler):
                     del unsampled[run]  # a run ends once: it is there
                 self._sampled_out += 1
                 return
-            if kind in STARTS:
+            if kind in ENDS:
+                self._sampled.pop(run, None)
+            elif kind in STARTS:
                 if parent_run_id is not None:
-                    skip = parent_run_id.int in unsampled
+                    parent_int = parent_run_id.int
+                    skip = parent_int in unsampled or (
+                        parent_int not in self._sampled and randomness(parent_int) < self._threshold
+                    )
                 else:
                     # _note_parent(), inlined: a root's start reads the application's span.
                     parent = data.get(OTEL_PARENT)
@@ -562,6 +570,10 @@ class AsyncTracker(BaseCallbackHandler):
                     unsampled[run] = None
                     self._sampled_out += 1
                     return
+                sampled = self._sampled
+                if len(sampled) >= MAX_UNSAMPLED:
+                    del sampled[next(iter(sampled))]
+                sampled[run] = None
         except Exception:  # an odd run id: the event is recorded
             pass
         AsyncTracker._record(self, kind, run_id, parent_run_id, name, tags, metadata, data, extra)

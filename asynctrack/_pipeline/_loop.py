@@ -558,16 +558,17 @@ class Worker:
         """Let the exporters send what the marker's lines finished, on threads of their own.
 
         A flush waits for them at most their own timeout and never past its caller's
-        (less a margin, for the marker to settle), a close until its deadline.
+        (less a margin, for the marker to settle). A close does not wait here: the
+        exporters' close (``_finish``) sends what is left until the deadline.
         Their failures are theirs to count and log: the files are written either way.
         """
-        if not self._exporters:
+        if not self._exporters or marker.closing:
             return
-        deadline = self._deadline if marker.closing else marker.deadline
+        deadline = marker.deadline
         timeout = None
         if deadline is not None and not math.isinf(deadline):
             left = deadline - time.monotonic()
-            margin = 0.0 if marker.closing else min(max(left * _EXPORT_MARGIN, 0.05), 1.0)
+            margin = min(max(left * _EXPORT_MARGIN, 0.05), 1.0)
             timeout = max(left - margin, 0.0)
         loop = asyncio.get_running_loop()
         await asyncio.gather(
@@ -576,13 +577,17 @@ class Worker:
         )
 
     async def _close_exporters(self, limit: float | None) -> None:
+        """Close the exporters together, each given ``limit`` seconds (the close's deadline)."""
         loop = asyncio.get_running_loop()
-        for exporter in self._exporters:
+
+        async def close(exporter: LineExporter) -> None:
             try:
                 async with asyncio.timeout(None if limit is None else limit + 1.0):
                     await loop.run_in_executor(None, exporter.close, limit)
             except Exception as exc:
                 logger.warning("asynctrack: closing exporter %s failed: %r", type(exporter).__name__, exc)
+
+        await asyncio.gather(*(close(exporter) for exporter in self._exporters))
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 (``http://127.0.0.1:<port>``): it gunzips the body, decodes it with the classes
 collectors use (``ExportTraceServiceRequest.FromString``) and keeps every request, its
 raw bytes and headers. It can be told to refuse (``refuse(status, retry_after=...)``
-for the next N requests), to stall (``stall()`` until ``release()``), or be stopped.
+for the next N requests), to stall (``stall()`` until ``release()``), to trickle
+(``trickle(interval)``: every answer a 200 status line, then one byte per ``interval``
+seconds, never ending, until ``release()``), or be stopped.
 
 ``wait_for_spans(n, timeout)`` returns once ``n`` spans arrived (a condition, no sleep).
 ``POST /v1/metrics`` is kept apart (``metrics``, decoded with
@@ -39,6 +41,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         receiver = self.server.receiver
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
+        if receiver.trickle_interval is not None:
+            if self.path != "/v1/metrics":
+                receiver.arrived(self.path, dict(self.headers), body)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")  # at once, then the headers' bytes trickle
+            for byte in b"X-Pad: " + b"a" * 100_000:
+                if receiver.release_event.wait(receiver.trickle_interval):
+                    return
+                self.wfile.write(bytes([byte]))
+            return
         if self.path == "/v1/metrics":
             status = receiver.metrics_request(gzip.decompress(body))
             self.send_response(status)
@@ -101,6 +112,7 @@ class OTLPReceiver:
         self.metrics_status = 200  # the answer to /v1/metrics (404, 405...: a traces-only receiver)
         self.metrics_attempts = 0
         self.stalled = threading.Event()
+        self.trickle_interval: float | None = None
         self.release_event = threading.Event()
         self._stopped = False
 
@@ -138,7 +150,14 @@ class OTLPReceiver:
         self.release_event.clear()
         self.stalled.set()
 
+    def trickle(self, interval: float) -> None:
+        """Answer every request (traces and metrics) with a 200 status line, then one byte
+        of headers per ``interval`` seconds, never ending, until ``release()``."""
+        self.release_event.clear()
+        self.trickle_interval = interval
+
     def release(self) -> None:
+        self.trickle_interval = None
         self.stalled.clear()
         self.release_event.set()
 
