@@ -647,12 +647,7 @@ class AsyncTracker(BaseCallbackHandler):
         batch_size: Any = _UNSET,
         **kwargs: Any,
     ) -> None:
-        if invocation_params is not _UNSET:
-            kwargs["invocation_params"] = invocation_params
-        if options is not _UNSET:
-            kwargs["options"] = options
-        if batch_size is not _UNSET:
-            kwargs["batch_size"] = batch_size
+        _model_keywords(kwargs, invocation_params, options, batch_size)
         kwargs["serialized"] = serialized
         kwargs["prompts"] = prompts
         self._record("llm_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -672,12 +667,7 @@ class AsyncTracker(BaseCallbackHandler):
         batch_size: Any = _UNSET,
         **kwargs: Any,
     ) -> None:
-        if invocation_params is not _UNSET:
-            kwargs["invocation_params"] = invocation_params
-        if options is not _UNSET:
-            kwargs["options"] = options
-        if batch_size is not _UNSET:
-            kwargs["batch_size"] = batch_size
+        _model_keywords(kwargs, invocation_params, options, batch_size)
         kwargs["serialized"] = serialized
         kwargs["messages"] = fields_in_lists(messages) if type(messages) is list else messages
         self._record("chat_model_start", run_id, parent_run_id, name, tags, metadata, kwargs)
@@ -951,6 +941,17 @@ class AsyncTracker(BaseCallbackHandler):
     ) -> None:
         kwargs["event"] = event
         self._record("stream_event", run_id, parent_run_id, name, tags, None, kwargs)
+
+
+def _model_keywords(kwargs: dict[str, Any], invocation_params: Any, options: Any, batch_size: Any) -> None:
+    """A model start's regular keywords (parameters of its callback: see ``_UNSET``) put
+    into its data, in LangChain's order, where passed."""
+    if invocation_params is not _UNSET:
+        kwargs["invocation_params"] = invocation_params
+    if options is not _UNSET:
+        kwargs["options"] = options
+    if batch_size is not _UNSET:
+        kwargs["batch_size"] = batch_size
 
 
 def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
