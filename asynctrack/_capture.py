@@ -329,7 +329,17 @@ def fields_of(value: Any) -> Any:
             return value if value.__pydantic_extra__ else d
         d = d.copy()
         if kind == _MESSAGE:
-            d["message"] = fields_of(d.get("message"))
+            # The message read here, as fields_of(message) would (one frame less for
+            # each streamed token): its class is learnt _DICT, or _LOOSE_DICT (an
+            # AIMessageChunk allows extra fields); anything else takes the call.
+            message: Any = d.get("message")
+            inner = _KINDS.get(type(message))
+            # Two comparisons, not `in` a set: both are specialised int comparisons (~200 less).
+            fields = message.__dict__ if inner == _DICT or inner == _LOOSE_DICT else None  # noqa: PLR1714, SIM109
+            if type(fields) is dict and fields and (inner == _DICT or not message.__pydantic_extra__):
+                d["message"] = fields
+            else:
+                d["message"] = fields_of(message)
         elif kind == _GENERATIONS:
             rows = d.get("generations")
             if type(rows) is list:

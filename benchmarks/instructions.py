@@ -158,6 +158,11 @@ def _chain(workload: str, recorded: Path | None) -> Any:
         return WORKLOADS[workload].build()
     assert recorded is not None, "replayed workloads need --recorded"
     calls, offsets = pickle.loads(recorded.read_bytes())
+    # Keyword names interned, as in LangChain's calls (names in code are): unpickled
+    # ones are new strings, and CPython matches a keyword that is not the parameter's
+    # own string object by comparing it with every parameter name (~3k instructions an
+    # event more for a token's five keywords).
+    calls = [(method, args, {sys.intern(k): v for k, v in kwargs.items()}) for method, args, kwargs in calls]
     if workload == "tokens":
         return _Replay([call for call in calls if call[0] == "on_llm_new_token"], None)
     return _Replay(calls, offsets)

@@ -6,6 +6,7 @@ import collections.abc
 import dataclasses
 import enum
 import gc
+import inspect
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -709,3 +710,43 @@ def test_uuid_text_is_the_uuids_own() -> None:
         assert uuid_text(value) == str(uuid.UUID(int=value))
     assert uuid_text(-1) == -1  # not a UUID's int: as it is
     assert uuid_text(1 << 128) == 1 << 128
+
+
+#: The keywords LangChain passes beside the named ones, by callback, in its call order.
+_REGULAR_KEYWORDS = {
+    "on_chain_start": ("run_type",),
+    "on_llm_start": ("invocation_params", "options", "batch_size"),
+    "on_chat_model_start": ("invocation_params", "options", "batch_size"),
+    "on_tool_start": ("color", "tool_call_id"),
+    "on_tool_end": ("color",),
+}
+
+
+def test_langchains_regular_keywords_are_parameters_written_as_passed(
+    make_tracker: Callable[..., AsyncTracker],
+) -> None:
+    """A keyword that lands in ``**kwargs`` costs CPython a string comparison with every
+    parameter name: LangChain's regular ones are parameters. The event's data is the same:
+    each one passed in its place (before the callback's own arguments), none made up."""
+    tracker = make_tracker()
+    records: list[Any] = []
+    tracker._put = records.append  # type: ignore[method-assign]  # capture only
+    first = {"on_tool_end": ("out",), "on_chain_start": (None, {"q": 1}), "on_tool_start": ({}, "in")}
+    chain = PromptTemplate.from_template("Say {q}.") | FakeListLLM(responses=["said"])
+    tracker_calls = [
+        (method, first.get(method, ({}, [])), dict.fromkeys(names, 1))
+        for method, names in _REGULAR_KEYWORDS.items()
+    ]
+    for method, names in _REGULAR_KEYWORDS.items():
+        assert set(names) <= set(inspect.signature(getattr(tracker, method)).parameters), method
+    for method, args, keywords in tracker_calls:
+        getattr(tracker, method)(*args, run_id=uuid.uuid4(), other=2, **keywords)
+        getattr(tracker, method)(*args, run_id=uuid.uuid4())
+    chain.invoke({"q": "x"}, config={"callbacks": [tracker]})
+    datas = [orjson.loads(r[6])["data"] for r in records]
+    for (method, _, keywords), passed, bare in zip(tracker_calls, datas[::2], datas[1::2], strict=False):
+        assert list(passed)[: len(keywords) + 1] == ["other", *keywords], method
+        assert not set(keywords) & set(bare), method
+    llm_start = datas[-3]
+    assert list(llm_start)[:3] == ["invocation_params", "options", "batch_size"]
+    assert llm_start["batch_size"] == 1 and datas[-5]["run_type"] == "prompt"
