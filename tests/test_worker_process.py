@@ -192,9 +192,9 @@ print(json.dumps({"count": count, "mode": s.worker_mode, "recorded": s.recorded,
 def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_them(
     tmp_destination: Path,
 ) -> None:
-    """Five deaths in a row: the tracker falls back to a thread engine. Its statistics
-    still count every event the dead workers wrote (a child process: the fall back is
-    for the whole process)."""
+    """Five deaths in a row: the tracker falls back to a thread engine, which writes under
+    a writer id of its own. Its statistics still count every event the dead workers wrote
+    (a child process: the fall back is for the whole process)."""
     import json
     import subprocess
 
@@ -206,6 +206,11 @@ def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_th
         check=True,
     )
     stats = json.loads(done.stdout.splitlines()[-1])
+    # Each engine writes under a writer id of its own, the thread engine too: a batch key
+    # is <HHMMSS>-<writer>-<batch>, and the thread engine's first batch written in the
+    # first worker's second overwrote it.
+    keys = [path.name.split("-", 1)[1] for path in tmp_destination.rglob("*.jsonl")]
+    assert len(keys) == len(set(keys)) == 6, keys
     lines = [e["seq"] for e in _events(tmp_destination)]
     assert sorted(set(lines)) == list(range(stats["count"])) == list(range(520))
     assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == ("thread", 520, 0, 0)

@@ -57,7 +57,7 @@ from .._pipeline._durable import ENV_PREFIXES
 from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
 from .._remote._client import ProcessEngine
-from .._remote._spawn import WorkerUnavailable
+from .._remote._spawn import EngineSpec, WorkerUnavailable
 from .._sampling import (
     HEAD_SKIP_BELOW,
     MAX_UNSAMPLED,
@@ -300,7 +300,10 @@ class AsyncTracker(BaseCallbackHandler):
         if mode == "process":
             reason = _process_obstacle(spec, destination)
             if reason is None:
-                thread_engine = functools.partial(_thread_engine, spec, sink)
+
+                def thread_engine(renewed: EngineSpec) -> TrackerEngine:  # the fall back's
+                    return _thread_engine(cast(TrackerSpec, renewed), sink)
+
                 try:
                     return ProcessEngine(
                         spec=spec,

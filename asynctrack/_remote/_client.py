@@ -93,7 +93,8 @@ class ProcessEngine:
         destination: where batches go, for messages.
         run_info: the run's names and events URI.
         config: the tracker configuration.
-        fallback: builds a thread engine if the worker cannot host this tracker.
+        fallback: builds a thread engine, from this spec under a writer id of its own,
+            if the worker cannot host this tracker.
         worker: the worker process (this process's, by default).
 
     Raises:
@@ -109,7 +110,7 @@ class ProcessEngine:
         destination: str,
         run_info: RunInfo,
         config: TrackerConfig,
-        fallback: Callable[[], TrackerEngine],
+        fallback: Callable[[EngineSpec], TrackerEngine],
         worker: WorkerProcess | None = None,
     ) -> None:
         self.spec = spec
@@ -385,7 +386,9 @@ class ProcessEngine:
             reason,
         )
         try:
-            engine = self._fallback_factory()
+            # Under a writer id of its own: the first worker's batch keys differ from its
+            # only by their second (<HHMMSS>-<writer>-<batch>), and both count from 0.
+            engine = self._fallback_factory(self.spec.with_writer(f"{self._base_writer}-thread"))
         except Exception as exc:
             logger.error("asynctrack: cannot start a worker thread either: %s", exc)
             return
