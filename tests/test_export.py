@@ -28,6 +28,7 @@ from export_workloads import SECRET, failing_chain, recorded_lines, weather_agen
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
 from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource_attributes
+from asynctrack._export._sender import without_userinfo
 from asynctrack._export._spans import SpanAssembler
 
 WAIT = 30.0
@@ -177,6 +178,19 @@ def test_credentials_in_the_endpoint_are_sent_as_basic_auth_never_printed(
     assert "Authorization" not in receiver.headers[-1]
     for text in (caplog.text, printed.out, printed.err, repr(OTLPExporter(endpoint))):
         assert "urlpass" not in text and "bob" not in text
+
+
+@pytest.mark.parametrize("cut", ["/", "?", "#"])
+def test_a_password_that_ends_the_authority_early_is_refused_unprinted(cut: str) -> None:
+    """A password with a ``/``, ``?`` or ``#`` not percent-encoded ends the URL's authority
+    where ``urlsplit`` reads it (the port then reads ``pa``): the exporter is refused when it
+    is made, with a message and a ``repr`` that hold none of the password."""
+    endpoint = f"http://bob:pa{cut}ssSECRET@127.0.0.1:4318"
+    with pytest.raises(ValueError, match="percent-encoded") as refused:
+        OTLPExporter(endpoint)
+    assert "SECRET" not in str(refused.value) and "bob" not in str(refused.value)
+    assert without_userinfo(endpoint) == "http://…@127.0.0.1:4318"
+    assert without_userinfo("http://bob:pw@127.0.0.1:4318/v1") == "http://127.0.0.1:4318/v1"
 
 
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:

@@ -36,7 +36,7 @@ from . import _protobuf as pb
 from ._metrics import Metrics
 from ._protocol import LineExporter
 from ._semconv import SCHEMA_URL
-from ._sender import Sender, without_userinfo
+from ._sender import Sender, port_of, without_userinfo
 from ._spans import SpanAssembler
 
 __all__ = ["OTLPExporter", "resolve_endpoint", "resolve_headers", "resource_attributes"]
@@ -173,6 +173,7 @@ class OTLPExporter:
                 f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}"
                 + (" (from the OTEL_EXPORTER_OTLP_* environment)" if self.endpoint is None else "")
             )
+        port_of(url)
 
     def __repr__(self) -> str:
         # Logged (an exporter that cannot start): no credentials, neither the endpoint's

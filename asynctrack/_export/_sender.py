@@ -69,11 +69,29 @@ DECLINED: Final = frozenset((404, 405, 415, 501))
 
 def without_userinfo(url: str) -> str:
     """``url`` without the credentials of its authority (``http://user:pw@host`` ->
-    ``http://host``): the URL as it may be printed."""
+    ``http://host``): the URL as it may be printed. A password holding a ``/``, ``?`` or
+    ``#`` not percent-encoded ends the authority early as ``urlsplit`` reads it: then all
+    from ``://`` to the last ``@`` is hidden (``http://…@host``)."""
     parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://…@{rest.rpartition('@')[2]}"
+    return url
+
+
+def port_of(parts: urllib.parse.SplitResult) -> int | None:
+    """``parts.port``, or a ``ValueError`` that prints no credentials (``urlsplit``'s says
+    what it took for the port: the start of a password holding a ``/``)."""
+    try:
+        return parts.port
+    except ValueError:
+        shown = without_userinfo(parts.geturl())
+        raise ValueError(
+            f"the OTLP endpoint's port is not a number in {shown!r} (a password in the URL must be "
+            "percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
+        ) from None
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -168,7 +186,7 @@ class Sender:
             raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {self.url!r}")
         self._https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port
+        self._port = port_of(parts)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._headers = {
             "Content-Type": "application/x-protobuf",
