@@ -36,7 +36,7 @@ from . import _protobuf as pb
 from ._metrics import Metrics
 from ._protocol import LineExporter
 from ._semconv import SCHEMA_URL
-from ._sender import Sender, port_of, without_userinfo
+from ._sender import Sender, endpoint_parts, without_userinfo
 from ._spans import SpanAssembler
 
 __all__ = ["OTLPExporter", "resolve_endpoint", "resolve_headers", "resource_attributes"]
@@ -166,14 +166,12 @@ class OTLPExporter:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
-        url = urllib.parse.urlsplit(resolve_endpoint(self.endpoint, os.environ))
-        if url.scheme not in ("http", "https") or not url.hostname:
-            shown = without_userinfo(url.geturl())
-            raise ValueError(
-                f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}"
-                + (" (from the OTEL_EXPORTER_OTLP_* environment)" if self.endpoint is None else "")
-            )
-        port_of(url)
+        try:
+            endpoint_parts(resolve_endpoint(self.endpoint, os.environ))
+        except ValueError as exc:
+            if self.endpoint is None:
+                raise ValueError(f"{exc} (from the OTEL_EXPORTER_OTLP_* environment)") from None
+            raise
 
     def __repr__(self) -> str:
         # Logged (an exporter that cannot start): no credentials, neither the endpoint's

@@ -81,17 +81,22 @@ def without_userinfo(url: str) -> str:
     return url
 
 
-def port_of(parts: urllib.parse.SplitResult) -> int | None:
-    """``parts.port``, or a ``ValueError`` that prints no credentials (``urlsplit``'s says
-    what it took for the port: the start of a password holding a ``/``)."""
+def endpoint_parts(url: str) -> urllib.parse.SplitResult:
+    """``url`` split and checked: http or https, a host, a port that is a number; else a
+    ``ValueError`` that prints no credentials (``urlsplit``'s own says what it took for
+    the port: the start of a password holding a ``/``)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = without_userinfo(url)
+        raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}")
     try:
-        return parts.port
+        parts.port  # noqa: B018 - read to check it
     except ValueError:
-        shown = without_userinfo(parts.geturl())
         raise ValueError(
-            f"the OTLP endpoint's port is not a number in {shown!r} (a password in the URL must be "
-            "percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
+            f"the OTLP endpoint's port is not a number in {without_userinfo(url)!r} (a password in the "
+            "URL must be percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
         ) from None
+    return parts
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -180,13 +185,11 @@ class Sender:
         what: str = "span",
         optional: str | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
+        parts = endpoint_parts(url)
         self.url = without_userinfo(url)  # the credentials are sent, never printed
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"an OTLP endpoint must be an http:// or https:// URL, got {self.url!r}")
         self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = port_of(parts)
+        self._host = parts.hostname or ""  # endpoint_parts checked there is one
+        self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._headers = {
             "Content-Type": "application/x-protobuf",
