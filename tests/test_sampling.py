@@ -510,6 +510,89 @@ def test_a_session_set_below_the_root_reaches_the_spans_open_or_started_after(tm
     }
 
 
+@pytest.mark.parametrize(
+    ("root", "nested", "inside", "around"),
+    [
+        ({"user_id": "U-1"}, {"session_id": "S-1"}, ("S-1", "U-1"), ("S-1", "U-1")),
+        ({"session_id": "S-1"}, {"user_id": "U-1"}, ("S-1", "U-1"), ("S-1", "U-1")),
+        ({"session_id": "S-1", "user_id": "U-1"}, {"user_id": "U-2"}, ("S-1", "U-2"), ("S-1", "U-1")),
+        ({"user_id": "U" * 300}, {"session_id": "S" * 300}, ("S" * 300, "U" * 300), ("S" * 300, "U" * 300)),
+    ],
+    ids=["user-then-session", "session-then-user", "own-user-wins", "long-ids"],
+)
+def test_a_session_or_user_set_below_the_root_is_merged_key_by_key(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    root: dict[str, str],
+    nested: dict[str, str],
+    inside: tuple[str, str],
+    around: tuple[str, str],
+) -> None:
+    """The root carries one of the two, a nested step sets the other: the spans open then
+    and those started after carry both (a run's own win, for it and its children), the
+    step that ended before only the root's; the live export and a backfill agree."""
+    from langchain_core.runnables import RunnableLambda
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    inner = RunnableLambda(lambda x: x, name="inner").with_config(metadata=nested)
+    before = RunnableLambda(lambda x: x, name="before")
+    later = RunnableLambda(lambda x: x, name="later")
+    outer = RunnableLambda(lambda x: later.invoke(inner.invoke(before.invoke(x))), name="outer")
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination,
+        experiment_name="exp",
+        run_name="r1",
+        config=TrackerConfig(worker="thread"),
+        exporters=[OTLPExporter(receiver.endpoint, metrics=False)],
+    )
+    outer.invoke(1, config={"callbacks": [tracker], "metadata": root})
+    tracker.close()
+    backfill = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(destination))]
+    for spans in (receiver.spans, backfill):
+        seen = {s.name: (attributes(s).get("session.id"), attributes(s).get("user.id")) for s in spans}
+        own = (root.get("session_id"), root.get("user_id"))
+        assert seen == {"before": own, "invoke_workflow outer": around, "inner": inside, "later": around}
+    assert sorted(s.SerializeToString() for s in receiver.spans) == sorted(
+        s.SerializeToString() for s in backfill
+    )
+
+
+def test_a_user_set_in_a_langgraph_node_reaches_the_thread_s_spans(tmp_path: Path) -> None:
+    """Every run of a graph with a thread id has a session: a user set on a step inside a
+    node still reaches the graph, the node and the steps after."""
+    from typing import TypedDict
+
+    from langchain_core.runnables import RunnableLambda
+    from langgraph.graph import END, START, StateGraph
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    class State(TypedDict):
+        x: str
+
+    login = RunnableLambda(lambda x: x, name="login").with_config(metadata={"user_id": "bob"})
+    reply = RunnableLambda(lambda x: x + "!", name="reply")
+
+    def node(state: State) -> State:
+        return {"x": reply.invoke(login.invoke(state["x"]))}
+
+    builder = StateGraph(State)
+    builder.add_node("shout", node)
+    builder.add_edge(START, "shout")
+    builder.add_edge("shout", END)
+    tracker = _tracker(tmp_path / "logs", "thread")
+    builder.compile().invoke(
+        {"x": "a"}, config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}}
+    )
+    tracker.close()
+    spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
+    assert len(spans) == 4  # the graph, its node, login, reply
+    for span in spans:
+        attrs = attributes(span)
+        people = (attrs["gen_ai.conversation.id"], attrs["session.id"], attrs.get("user.id"))
+        assert people == ("t-7", "t-7", "bob"), span.name
+
+
 def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:
     from typing import TypedDict
 

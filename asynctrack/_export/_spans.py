@@ -734,10 +734,13 @@ class SpanAssembler:
             # children still share one trace, named after it.
             trace_id = known[0] if known is not None else trace_id_of(parent_run_id)
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
-            if not people and known is not None:
-                people = known[2]  # the trace's session and user, on every span
-            elif people and known is not None and not known[2]:
-                self._spread(trace_id, people)  # set below the root: its open spans take it too
+            if known is not None and people is not known[2] and people != known[2]:  # () is ()
+                if not people:
+                    people = known[2]  # the trace's session and user, on every span
+                else:  # key by key: its own win, the trace's fill in the others
+                    people, new = _merged(people, known[2])
+                    if new:
+                        self._spread(trace_id, new)  # set below the root: its open spans take it too
         if run_text and run_text.isascii():
             run_attribute = _RUN_ID_ATTRIBUTE + run_text  # its text is run_id's
         elif len(run_id) == 36 and run_id.isascii():
@@ -776,19 +779,22 @@ class SpanAssembler:
 
     def _spread(self, trace_id: bytes, people: tuple[bytes, ...]) -> None:
         """A session or user first set below the root of ``trace_id`` (a nested runnable's
-        metadata): the trace's open spans without one (its ancestors, siblings running)
-        take it, and so the runs they start later. Spans already ended cannot: they were
-        sent. Once per such trace, over the open runs."""
+        metadata): the trace's open spans without it (its ancestors, siblings running)
+        take it, key by key, and so the runs they start later. Spans already ended cannot:
+        they were sent. Once per key and trace, over the open runs."""
         ids = self._ids
-        size = sum(map(len, people))
         for run_id, span in self._open.items():
             if span.head[2:18] == trace_id:
                 known = ids.get(run_id)
-                if known is not None and not known[2]:
-                    ids[run_id] = (known[0], known[1], people)
-                    span.attributes += people
-                    span.size += size
-                    self.open_bytes += size
+                if known is not None:
+                    had = set(map(_person_key, known[2]))
+                    added = tuple(attribute for attribute in people if _person_key(attribute) not in had)
+                    if added:
+                        size = sum(map(len, added))
+                        ids[run_id] = (known[0], known[1], known[2] + added)
+                        span.attributes += added
+                        span.size += size
+                        self.open_bytes += size
 
     def _start_data(
         self, kind: str, name: str, root: bool, raw: dict[str, Any] | bytes, tail: bytes
@@ -1161,6 +1167,26 @@ def _people(metadata: Mapping[str, Any]) -> tuple[bytes, ...]:
     if user is not None:
         out.append(pb.common_span_attribute("user.id", user))
     return tuple(out)
+
+
+def _person_key(attribute: bytes) -> bytes:
+    """The key of one of ``_people()``'s attributes: after the field's tag, its length (a
+    varint) and the key's tag and length (one byte: the key is short)."""
+    at = 1
+    while attribute[at] & 0x80:
+        at += 1
+    return attribute[at + 3 : at + 3 + attribute[at + 2]]
+
+
+def _merged(
+    own: tuple[bytes, ...], inherited: tuple[bytes, ...]
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """A run's session and user attributes: its ``own``, and its parent's (``inherited``)
+    of the keys it has none of; and those of its own of the keys its parent has none of."""
+    own_keys = set(map(_person_key, own))
+    inherited_keys = set(map(_person_key, inherited))
+    merged = own + tuple(attribute for attribute in inherited if _person_key(attribute) not in own_keys)
+    return merged, tuple(attribute for attribute in own if _person_key(attribute) not in inherited_keys)
 
 
 def _is_chat(data: Mapping[str, Any]) -> bool:
