@@ -193,6 +193,39 @@ def test_a_password_that_ends_the_authority_early_is_refused_unprinted(cut: str)
     assert without_userinfo("http://bob:pw@127.0.0.1:4318/v1") == "http://127.0.0.1:4318/v1"
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:4318/Tr0ub4dor&3SECRET@collector.example:4318",  # a password's numeric head
+        "http://tOkEn/enSECRET@collector.example:4318",  # a token as user name, holding a '/'
+        "http://127.0.0.1:4318?pwSECRET@collector.example:4318",
+        "http://127.0.0.1:4318#pwSECRET@collector.example:4318",
+        "https://bob:pwSECRET@collector.example:4318/v1/tr0ub4dor@collector.example:4318",
+    ],
+)
+def test_an_at_sign_after_the_host_is_refused_unprinted(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A password or token holding an unencoded ``/`` (``?``, ``#``) after a part that reads as
+    a host and port leaves an ``@`` after the host: refused (argument, environment, CLI) with a
+    message that says to percent-encode it and holds none of it."""
+    with pytest.raises(ValueError, match="percent-encoded") as refused:
+        OTLPExporter(endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP") as from_environment:
+        OTLPExporter()
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert main(["export", str(tmp_path), "--otlp-endpoint", endpoint]) != 0
+    printed = capsys.readouterr()
+    assert "percent-encoded" in printed.err
+    for text in (str(refused.value), str(from_environment.value), printed.out, printed.err):
+        assert not any(part in text for part in ("SECRET", "Tr0ub", "tr0ub", "tOkEn", "bob")), text
+    encoded = endpoint.replace("/Tr0ub4dor", "%2FTr0ub4dor").replace("tOkEn/en", "tOkEn%2Fen")
+    if encoded != endpoint:  # percent-encoded: taken, to the host after the '@'
+        shown = repr(OTLPExporter(encoded))
+        assert "endpoint='http://collector.example:4318'" in shown and "SECRET" not in shown
+
+
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stall()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5))

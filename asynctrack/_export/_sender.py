@@ -82,13 +82,23 @@ def without_userinfo(url: str) -> str:
 
 
 def endpoint_parts(url: str) -> urllib.parse.SplitResult:
-    """``url`` split and checked: http or https, a host, a port that is a number; else a
-    ``ValueError`` that prints no credentials (``urlsplit``'s own says what it took for
-    the port: the start of a password holding a ``/``)."""
+    """``url`` split and checked: http or https, a host, a port that is a number, no ``@``
+    after the host; else a ``ValueError`` that prints no credentials (``urlsplit``'s own
+    says what it took for the port: the start of a password holding a ``/``)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = without_userinfo(url)
         raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # A password or token holding a '/', '?' or '#' (not percent-encoded) ended the host
+        # early: the request would go to the part before it, the rest in its request line.
+        # Shown from the last '@' on: what was meant as the host (all before it may be secret).
+        shown = f"{parts.scheme}://…@{url.rpartition('@')[2]}"
+        raise ValueError(
+            f"the OTLP endpoint has an '@' after its host in {shown!r}: a password "
+            "or token in the URL must be percent-encoded ('/' as %2F, '?' as %3F, '#' as %23, "
+            "'@' as %40)"
+        )
     try:
         parts.port  # noqa: B018 - read to check it
     except ValueError:
