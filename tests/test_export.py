@@ -27,7 +27,7 @@ from export_workloads import SECRET, failing_chain, recorded_lines, weather_agen
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
-from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource_attributes
+from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource, resource_attributes
 from asynctrack._export._sender import without_userinfo
 from asynctrack._export._spans import SpanAssembler
 
@@ -178,6 +178,53 @@ def test_credentials_in_the_endpoint_are_sent_as_basic_auth_never_printed(
     assert "Authorization" not in receiver.headers[-1]
     for text in (caplog.text, printed.out, printed.err, repr(OTLPExporter(endpoint))):
         assert "urlpass" not in text and "bob" not in text
+
+
+def test_an_error_answer_echoing_the_credentials_is_shown_redacted(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A receiver's error answer is shown (the log, ``flush()``'s result, ``asynctrack export``)
+    with the credentials the request carried replaced, in any form they come back (header
+    values, the token after ``Basic``, the URL's user and password), and the redaction rules
+    applied: what the receiver said is kept."""
+    key = "sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e"
+    team = "hc9x2TeamKey77"  # no detector knows its format
+
+    def echo(headers: Any) -> bytes:
+        basic = headers["Authorization"]
+        user_password = base64.b64decode(basic.split()[1]).decode()
+        return (
+            f"invalid api key {headers['api-key']} / auth {basic} / token {basic.split()[1]} / "
+            f"{user_password} / team {headers['x-team']} / password={team}"
+        ).encode()
+
+    receiver.refusal_body = echo
+    endpoint = receiver.endpoint.replace("http://", "http://bob:hunter2pw@")
+    exporter = OTLPExporter(endpoint, headers={"api-key": key, "x-team": team}, metrics=False)
+    secrets = (key, team, "hunter2pw", "bob", base64.b64encode(b"bob:hunter2pw").decode())
+    shown = f"{receiver.endpoint}/v1/traces answered HTTP 401: invalid api key [REDACTED] / auth [REDACTED]"
+    receiver.refuse(401, times=3)
+    tracker = _tracker(tmp_path / "logs", exporter, worker="thread")
+    with caplog.at_level(logging.WARNING, logger="asynctrack"):
+        failing_chain([tracker])
+        tracker.close(timeout=WAIT)
+    sender = exporter.sender(resource())
+    sender.put([b""])
+    flushed = sender.flush(WAIT)
+    sender.close(WAIT)
+    headers = ["--header", f"api-key={key}", "--header", f"x-team={team}"]
+    assert (
+        main(["export", str(tmp_path / "logs"), "--otlp-endpoint", endpoint, *headers, "--no-metrics"]) == 1
+    )
+    printed = capsys.readouterr()
+    assert receiver.attempts == 3
+    for text in (caplog.text, flushed, printed.err):
+        assert text is not None and shown in text, text
+        assert not any(secret in text for secret in secrets), text
+        assert "password=[REDACTED] (not retried)" in text, text
 
 
 @pytest.mark.parametrize("cut", ["/", "?", "#"])

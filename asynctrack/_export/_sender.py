@@ -60,6 +60,8 @@ _RETRY_AFTER_MAX: Final = 60.0
 _WARN_EVERY: Final = 10.0
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _ABORT_JOIN: Final = 0.25  # seconds for the thread to end once its request is aborted
+_CREDENTIAL_MIN: Final = 8  # characters of a header value replaced in an error answer
+_PLACED: Final = "\ue000"  # a credential replaced in an error answer, until the rules have run
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
 
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
@@ -107,6 +109,38 @@ def endpoint_parts(url: str) -> urllib.parse.SplitResult:
             "URL must be percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
         ) from None
     return parts
+
+
+def _sent_credentials(headers: Mapping[str, str], parts: urllib.parse.SplitResult) -> tuple[str, ...]:
+    """What a request carries that a receiver may echo in an error answer, longest first:
+    each header value given (and its last word: the token after ``Basic`` or ``Bearer``)
+    of 8 characters or more (shorter ones are ids and flags: replaced, they would hide
+    their every occurrence), the URL's user name and password (whatever their length)."""
+    found = set()
+    for value in headers.values():
+        found.add(value.strip())
+        found.update(value.split()[-1:])
+    found = {value for value in found if len(value) >= _CREDENTIAL_MIN}
+    if "@" in parts.netloc:
+        found.update((urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")))
+    found.discard("")
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _answer_text(data: bytes, credentials: Sequence[str]) -> str:
+    """A receiver's error answer as it may be shown (logged, returned by ``flush()``,
+    printed): the credentials the request carried replaced (however their format), then
+    the redaction spec's default rules applied, as to the files; its first 200 characters
+    (cut after: a credential cut in two would not be found)."""
+    from .._config import DEFAULT_REDACT_KEYS
+    from .._redact._redactor import Redactor
+
+    text = data.decode("utf-8", "replace").replace(_PLACED, "")
+    for credential in credentials:
+        text = text.replace(credential, _PLACED)  # first: the rules may cut one in two
+    # A value the rules redact, once: '[REDACTED]' there would read '[REDACTED' (up to ']').
+    text = Redactor(DEFAULT_REDACT_KEYS).text(text).replace(_PLACED, "[REDACTED]")
+    return text.strip()[:200].strip()
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -213,6 +247,15 @@ class Sender:
             password = urllib.parse.unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._headers["Authorization"] = f"Basic {token}"
+        # Never shown, even echoed by the receiver in an error answer (_answer_text).
+        self._credentials = _sent_credentials(
+            {
+                k: v
+                for k, v in self._headers.items()
+                if k not in ("Content-Type", "Content-Encoding", "User-Agent")
+            },
+            parts,
+        )
         self._timeout = timeout
         self._what = what
         self._optional = optional
@@ -451,7 +494,7 @@ class Sender:
         if self._optional is not None and response.status in DECLINED:
             self.declined = f"HTTP {response.status} {response.reason}".rstrip()
             return None, False, None
-        text = data[:200].decode("utf-8", "replace").strip()
+        text = _answer_text(data, self._credentials)
         error = f"{self.url} answered HTTP {response.status}: {text}"
         if response.status == 429 or response.status >= 500:
             return error, True, _retry_after(response.getheader("Retry-After"))

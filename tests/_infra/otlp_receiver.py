@@ -21,6 +21,7 @@ import gzip
 import http.server
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -61,7 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             receiver.release_event.wait(60)
         status, retry_after = receiver.answer()
         if status != 200:
-            data = b"refused"
+            data = b"refused" if receiver.refusal_body is None else receiver.refusal_body(self.headers)
             self.send_response(status)
             if retry_after is not None:
                 self.send_header("Retry-After", retry_after)
@@ -108,6 +109,8 @@ class OTLPReceiver:
         self.arrival_times: list[float] = []  # time.monotonic() of each POST
         self.errors: list[str] = []
         self._refusals: list[tuple[int, str | None]] = []
+        #: The body of a refusal, from the request's headers (else ``refused``).
+        self.refusal_body: Callable[[Mapping[str, str]], bytes] | None = None
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.metrics_status = 200  # the answer to /v1/metrics (404, 405...: a traces-only receiver)
         self.metrics_attempts = 0
