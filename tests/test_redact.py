@@ -346,6 +346,91 @@ def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
     assert [s for s in secrets.values() if s.encode() in sent] == []
 
 
+#: Keys the key rule matches, with more than 64 characters before the credential word and
+#: no space or quote in between (the reviewer's shapes: a long name, a constant, camelCase, a
+#: flattened config key), one longer than 128 characters, and one with 67 characters after it.
+LONG_KEYS = [
+    "production_reporting_service_readonly_replica_database_connection_password",
+    "PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE_CONNECTION_API_KEY",
+    "productionReportingServiceReadonlyReplicaDatabaseConnectionAccessToken",
+    "services.reporting.production.datasource.hikari.readonly-replica.password",
+    "x" * 300 + "_password",
+    "PASSWORD_FOR_THE_PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE",
+]
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+@pytest.mark.parametrize("key", LONG_KEYS, ids=lambda key: key[:24])
+def test_a_long_key_is_judged_whole_wherever_it_meets_a_value(key: str, keys: str) -> None:
+    """A key is read back to its start however long it is, and judged whole as ``KeyRule``
+    judges it: in a body, in JSON text in a string, in strings dense with stems, in env
+    dump and header lines, in a Python repr."""
+    assert KeyRule(keys)(key)
+    secret = "kwm-41-ZQxv"
+    shapes = _key_shapes(key, secret)
+    shapes["env dump"] = orjson.dumps({"shell": f"set -e\nexport {key}={secret}\n"})
+    shapes["env dump, dense"] = orjson.dumps({"shell": "key " * 300 + f"export {key}={secret}\n"})
+    shapes["header"] = orjson.dumps({"headers": f"Host: x\r\n{key}: {secret}\r\n"})
+    shapes["python repr"] = orjson.dumps({"repr": f"Config({{'{key}': '{secret}'}})"})
+    for shape, body in shapes.items():
+        redactor = Redactor(keys)
+        out = redactor.json(body)
+        if out is None:
+            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
+        assert out is not None
+        assert secret.encode() not in out, (shape, out[-200:])
+        assert REDACTED.encode() in out, shape
+    assert secret not in Redactor(keys).text(f"export {key}={secret}")
+    assert Redactor(keys).may_match(f"export {key}={secret}")
+
+
+@pytest.mark.parametrize("key", LONG_KEYS, ids=lambda key: key[:24])
+def test_a_value_streamed_under_a_long_key_is_redacted(key: str) -> None:
+    """Streamed one character at a time (a tool call's arguments, a model writing an env
+    file): the value under a long key is redacted in every token that carries it."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    for text in (
+        '{"city": "Paris", ' + orjson.dumps(key).decode() + ': "hunter2-xyz", "n": 1}',
+        f"cat .env\nexport {key}=hunter2-xyz\necho done",
+        f"cat .env\n{key}='hunter2-xyz'\n",
+    ):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", c) for c in text)
+        for fragment in ("hunter2", "hun", "ter", "xyz"):
+            assert fragment not in written, written
+
+
+def test_long_keys_leak_nothing_to_files_or_the_otlp_receiver(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    receiver: Any,
+) -> None:
+    """The reviewer's shapes through a chain: a dict, the same as JSON text (a tool call's
+    arguments) and env dump lines, in the files and in the spans exported with
+    ``capture_content``."""
+    from asynctrack import OTLPExporter
+
+    form = {key: f"lk{i:02d}-planted-secret" for i, key in enumerate(LONG_KEYS)}
+    env = {key.upper().replace(".", "_"): f"ev{i:02d}-planted-secret" for i, key in enumerate(LONG_KEYS)}
+    shell = "".join(f"export {key}={value}\n" for key, value in env.items())
+    tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=True)])
+    RunnableLambda(lambda _: "ok", name="deploy").invoke(
+        {"config": dict(form), "arguments": orjson.dumps(form).decode(), "shell": shell},
+        config={"callbacks": [tracker]},
+    )
+    tracker.close(timeout=10)
+    receiver.wait_for_spans(1)
+    secrets = {**form, **{f"env {key}": value for key, value in env.items()}}
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    sent = b"".join(receiver.raw)
+    assert b"[REDACTED]" in sent
+    assert [s for s in secrets.values() if s.encode() in sent] == []
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from typing import Final
 
 import orjson
 
-from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
+from ._common import CACHE_MAX, CACHED_KEY_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
 from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, pgpass_lines, run_formats
 from ._keys import (
     ANY_PAIR,
@@ -669,13 +669,10 @@ class Redactor:
                     break
             pos = m.end()
             k1 = m.end(1)
-            if self._default_keys:
-                s = m.start()
-                k0 = words.rfind(b" ", max(0, s - 64), s) + 1
-                if k0 == 0 and s > 64:
-                    continue  # a word too long to be a key
-            else:
-                k0 = m.start(1)
+            # With the default rule, the key's whole word, however long (linear: the
+            # matches are apart, and each holds a separator, where the next one's look
+            # back stops).
+            k0 = words.rfind(b" ", 0, m.start()) + 1 if self._default_keys else m.start(1)
             if own_token and k0 == 10 and text.startswith(b'{"data":{"token":'):
                 continue  # the streamed token's own field
             raw = text[k0:k1]
@@ -708,11 +705,13 @@ class Redactor:
         hit = self._raw_keys.get(raw)
         if hit is None:
             hit = rule(_key_text(raw))
-            if len(self._raw_keys) < CACHE_MAX:
+            if len(self._raw_keys) < CACHE_MAX and len(raw) <= CACHED_KEY_MAX:
                 self._raw_keys[raw] = hit
         if quote and not hit and k0 > 0 and text[k0 - 1] != quote[-1]:
-            # A quoted key may hold more than this word ("API key for prod"): judge it whole.
-            opening = text.rfind(quote[-1:], max(0, k0 - 128), k0)
+            # A quoted key may hold more than this word ("API key for prod"): judge it
+            # whole, however long (linear: back to the quote of its kind before it at most,
+            # and each match ends in one).
+            opening = text.rfind(quote[-1:], 0, k0)
             if opening != -1:
                 hit = rule(_key_text(text[opening + 1 : k1]))
         return hit

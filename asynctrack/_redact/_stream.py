@@ -66,12 +66,15 @@ _KEY_BLOCK_ENDS: Final = ("-----END", "---- END", "Private-MAC:")
 _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: Read backwards from a quote: the separator and the key before it (``"password": "``
 #: reversed is ``" :"drowssap``); the key, reversed: a quoted key whole, else its last
-#: word. A match at the start of the reversed text costs what the key's length does,
-#: wherever the quote is.
+#: word, up to the tail's length (a key longer than the tail is judged by its end). A
+#: match at the start of the reversed text costs what the key's length does, wherever
+#: the quote is.
 _KEY_BEFORE_REVERSED: Final = re.compile(
     r"""[ \t]{0,4}+[:=][ \t]{0,4}+"""
-    r"""(?:"((?:[^"\n]|"\\){1,128}+)"|'([^'\n]{1,128}+)'|["']?([A-Za-z0-9_.\-]{1,64}+))"""
+    r"""(?:"((?:[^"\n]|"\\){1,256}+)"|'([^'\n]{1,256}+)'|["']?([A-Za-z0-9_.\-]{1,256}+))"""
 )
+#: The characters before a quote that ``_KEY_BEFORE_REVERSED`` reads at most.
+_KEY_WINDOW: Final = 272
 
 
 def _key_text(quoted: str | None, other: str) -> str:
@@ -250,7 +253,7 @@ class StreamRedactor:
         for mark in _QUOTE_MARKS:  # a '"' value may hold a "'", and the other way round
             quote = text.rfind(mark)
             if quote > 0 and "\n" not in text[quote:]:
-                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - 144) : quote][::-1])
+                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - _KEY_WINDOW) : quote][::-1])
                 # A quoted key whole, whatever it holds ("password ", "API key for prod").
                 if key is not None and self._is_credential(_key_text(key[1], key[2] or key[3])):
                     return quote
