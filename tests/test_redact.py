@@ -419,16 +419,70 @@ def test_long_keys_leak_nothing_to_files_or_the_otlp_receiver(
     shell = "".join(f"export {key}={value}\n" for key, value in env.items())
     tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=True)])
     RunnableLambda(lambda _: "ok", name="deploy").invoke(
-        {"config": dict(form), "arguments": orjson.dumps(form).decode(), "shell": shell},
+        {
+            "config": dict(form),
+            "arguments": orjson.dumps(form).decode(),
+            "shell": shell,
+            "prompt": XML_PROMPT,
+        },
         config={"callbacks": [tracker]},
     )
     tracker.close(timeout=10)
     receiver.wait_for_spans(1)
-    secrets = {**form, **{f"env {key}": value for key, value in env.items()}}
+    secrets = {
+        **form,
+        **{f"env {key}": value for key, value in env.items()},
+        **{f"xml {i}": s for i, s in enumerate(XML_SECRETS)},
+    }
     _check(tmp_destination, tmp_path, caplog, secrets)
     sent = b"".join(receiver.raw)
     assert b"[REDACTED]" in sent
     assert [s for s in secrets.values() if s.encode() in sent] == []
+
+
+#: Anthropic-style prompt tags: an element whose tag name the key rule matches has its text
+#: redacted; the rest is kept.
+XML_PROMPT = (
+    "<config>\n<db_password>Hunter2-xml</db_password>\n<api_key>Zk9Qw7Lp3Xm2</api_key>\n"
+    '<secret note="a \\"b\\"">two words</secret>\n<API-KEY>\nk-3f9a-line\n</API-KEY>\n'
+    "<key>Name</key>\n<max_tokens>5</max_tokens>\n<author>Ann</author>\n</config>\n"
+    "const t: Promise<AccessToken> = get();"
+)
+XML_SECRETS = ("Hunter2-xml", "Zk9Qw7Lp3Xm2", "two words", "k-3f9a-line")
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_an_xml_style_element_under_a_credential_tag_has_its_text_redacted(keys: str) -> None:
+    redactor = Redactor(keys)
+    out = redactor.text(XML_PROMPT)
+    expected = XML_PROMPT
+    for secret in XML_SECRETS:
+        expected = expected.replace(secret if secret != "k-3f9a-line" else "\nk-3f9a-line\n", REDACTED)
+    assert out == expected
+    assert Redactor(keys).may_match("<password>x</password>")
+    body = orjson.dumps({"data": {"prompt": XML_PROMPT, "args": orjson.dumps({"p": XML_PROMPT}).decode()}})
+    written = redactor.json(body)
+    assert written is not None
+    assert [s for s in XML_SECRETS if s.encode() in written] == []
+    assert written.count(b"<key>Name</key>") == 2 and written.count(b"Promise<AccessToken>") == 2
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_the_text_of_a_credential_element_streamed_in_pieces_is_redacted(size: int) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", XML_PROMPT[i : i + size]) for i in range(0, len(XML_PROMPT), size))
+    for secret in XML_SECRETS:
+        assert secret[:4] not in written and secret[-4:] not in written, written
+    for kept in (
+        "<key>Name</key>",
+        "<max_tokens>5</max_tokens>",
+        "<author>Ann</author>",
+        "Promise<AccessToken> = get();",
+    ):
+        assert kept in written
 
 
 # -- streamed tokens -------------------------------------------------------------------------------
@@ -670,6 +724,7 @@ def test_run_parameters_judge_keys_as_the_lines_do(
         ("ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 32),  # 32 of a GitHub token's 40
         ("Bearer sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e", 30),
         ('{"url": "x", "password": "hunter2-cut-off"}', 34),  # JSON text: a quoted value opened
+        ("<db_password>hunter2-cut-off</db_password>", 23),  # an element's text opened
     ],
 )
 def test_a_credential_split_by_the_max_field_bytes_cut_is_redacted(

@@ -15,9 +15,11 @@ from ._common import CACHE_MAX, CACHED_KEY_MAX, QUOTED_REDACTED, REDACTED_BYTES
 
 __all__ = [
     "ANY_PAIR",
+    "ELEMENT",
     "MAX_PAIRS",
     "SECRET_FIELD",
     "SECRET_KEYS",
+    "STEM_ELEMENT",
     "WITHHELD",
     "WORDMAP",
     "KeyRule",
@@ -231,6 +233,23 @@ ANY_PAIR: Final = re.compile(
     rb"(?<![a-z0-9_.\-])((?:(?<=[\"'])[a-z0-9_.\-]++" + _KEY_REST + rb"|[a-z0-9_.\-]++))"
     rb"(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
     re.IGNORECASE,
+)
+#: An XML-style element (``<db_password>x</db_password>``, ``<api_key>x</api_key>``: how
+#: prompts tag their parts) in JSON text: its tag name (group 1), judged as a key, and its
+#: text (group 2, escapes included), up to the next '<' or the JSON string's end. Each
+#: attempt starts at a '<', its text stops at the next one: linear. Not right after a word
+#: character (a JSON ``\\n`` or ``\\t`` escape's letter aside): ``Promise<AccessToken>``
+#: is code. ``ELEMENT``: any tag (a custom ``redact_keys``); ``STEM_ELEMENT``: a tag
+#: holding a stem (the default rule).
+_ELEMENT_OPEN: Final = rb"(?:(?<![A-Za-z0-9_])|(?<=\\[nt]))<"
+_ELEMENT_REST: Final = (
+    rb"[A-Za-z0-9_.\-:]{0,127}+)(?:[ \t](?:[^<>\"\\]|\\.){0,256}+)?>((?:[^<\"\\]|\\.)++)</\1[ \t]{0,4}+>"
+)
+ELEMENT: Final = re.compile(_ELEMENT_OPEN + rb"([A-Za-z_]" + _ELEMENT_REST)
+STEM_ELEMENT: Final = re.compile(
+    _ELEMENT_OPEN
+    + rb"(?=[A-Za-z0-9_.\-:]{0,127}?(?i:pass|pwd|secret|credential|cookie|auth|key|token))([A-Za-z_]"
+    + _ELEMENT_REST
 )
 #: Word characters of keys -> ``a``, all else -> space (for ``rfind`` of a word's start).
 WORDMAP: Final = bytes(

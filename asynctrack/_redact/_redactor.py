@@ -16,9 +16,11 @@ from ._common import CACHE_MAX, CACHED_KEY_MAX, QUOTED_REDACTED, REDACTED, REDAC
 from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, pgpass_lines, run_formats
 from ._keys import (
     ANY_PAIR,
+    ELEMENT,
     MAX_PAIRS,
     SECRET_FIELD,
     SECRET_KEYS,
+    STEM_ELEMENT,
     WITHHELD,
     WORDMAP,
     KeyRule,
@@ -68,6 +70,7 @@ _CLEAN_MAX: Final = 1 << 15  # pieces remembered at most ...
 _CLEAN_MAX_BYTES: Final = 8 << 20  # ... and their bytes (then the cache starts over)
 _START: Final = re.Match.start
 _END: Final = re.Match.end
+_GROUP: Final = re.Match.group
 #: A streamed token's body repeats the token as its chunk's ``text`` and its message's
 #: ``content``: with those two values blanked, it is its run's template (see ``prepare``).
 _TEXT: Final = b'"text":'
@@ -654,9 +657,9 @@ class Redactor:
                 return None
             matches = dense_pairs(text)
         elif not matches:
-            return [], containers
+            return self._element_spans(text), containers
         words = text.translate(WORDMAP) if self._default_keys else b""
-        spans: list[tuple[int, int, bytes]] = []
+        spans = self._element_spans(text)
         n = len(text)
         resume = 0
         for m in matches:
@@ -696,6 +699,22 @@ class Redactor:
                 if type(matches) is Resumable:
                     matches.resume = resume
         return spans, containers
+
+    def _element_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
+        """The texts of XML-style elements whose tag name the key rules match
+        (``<db_password>x</db_password>``): C loops per element, Python per distinct tag
+        name, at most ``MAX_PAIRS`` of them (past them, in a junk text, the elements of
+        the tags not judged are redacted too)."""
+        if text.find(b"</") == -1:  # one C call for the texts (nearly all) without one
+            return []
+        hits = list((STEM_ELEMENT if self._default_keys else ELEMENT).finditer(text))
+        if not hits:
+            return []
+        tags = list(map(_GROUP, hits, repeat(1)))
+        distinct = itertools.islice(dict.fromkeys(tags), MAX_PAIRS)
+        judged = {tag: self._judge(text, tag, 0, 0, None) for tag in distinct}
+        secret = list(compress(hits, map(judged.get, tags, repeat(True))))
+        return list(zip(map(_START, secret, repeat(2)), map(_END, secret, repeat(2)), repeat(REDACTED_BYTES)))
 
     def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, quote: bytes | None) -> bool:
         """Whether the key ``raw`` (``text[k0:k1]``, closed by ``quote`` if quoted) names
@@ -786,11 +805,13 @@ class Redactor:
         raw = _json_string(text)
         if self._patterns:
             return True
-        # Every key rule reads a key, then ':' or '=' (streamed prose most often has
-        # neither: two searches of a byte instead of the stems' eight). Without them no
-        # key is found even in a text dense with stems, which the full spec then parses
-        # and reads the same way: ``False`` there too.
-        if self.key_rule is not None and (raw.find(b":") != -1 or raw.find(b"=") != -1):
+        # Every key rule reads a key, then ':' or '=', or an element's closing tag
+        # (streamed prose most often has none: three searches instead of the stems'
+        # eight). Without them no key is found even in a text dense with stems, which the
+        # full spec then parses and reads the same way: ``False`` there too.
+        if self.key_rule is not None and (
+            raw.find(b":") != -1 or raw.find(b"=") != -1 or raw.find(b"</") != -1
+        ):
             keys = self._key_spans(raw)
             if keys is None or keys[0] or keys[1]:
                 return True
