@@ -346,6 +346,145 @@ def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
     assert [s for s in secrets.values() if s.encode() in sent] == []
 
 
+#: Keys the key rule matches, with more than 64 characters before the credential word and
+#: no space or quote in between (the reviewer's shapes: a long name, a constant, camelCase, a
+#: flattened config key), one longer than 128 characters, and one with 67 characters after it.
+LONG_KEYS = [
+    "production_reporting_service_readonly_replica_database_connection_password",
+    "PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE_CONNECTION_API_KEY",
+    "productionReportingServiceReadonlyReplicaDatabaseConnectionAccessToken",
+    "services.reporting.production.datasource.hikari.readonly-replica.password",
+    "x" * 300 + "_password",
+    "PASSWORD_FOR_THE_PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE",
+]
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+@pytest.mark.parametrize("key", LONG_KEYS, ids=lambda key: key[:24])
+def test_a_long_key_is_judged_whole_wherever_it_meets_a_value(key: str, keys: str) -> None:
+    """A key is read back to its start however long it is, and judged whole as ``KeyRule``
+    judges it: in a body, in JSON text in a string, in strings dense with stems, in env
+    dump and header lines, in a Python repr."""
+    assert KeyRule(keys)(key)
+    secret = "kwm-41-ZQxv"
+    shapes = _key_shapes(key, secret)
+    shapes["env dump"] = orjson.dumps({"shell": f"set -e\nexport {key}={secret}\n"})
+    shapes["env dump, dense"] = orjson.dumps({"shell": "key " * 300 + f"export {key}={secret}\n"})
+    shapes["header"] = orjson.dumps({"headers": f"Host: x\r\n{key}: {secret}\r\n"})
+    shapes["python repr"] = orjson.dumps({"repr": f"Config({{'{key}': '{secret}'}})"})
+    for shape, body in shapes.items():
+        redactor = Redactor(keys)
+        out = redactor.json(body)
+        if out is None:
+            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
+        assert out is not None
+        assert secret.encode() not in out, (shape, out[-200:])
+        assert REDACTED.encode() in out, shape
+    assert secret not in Redactor(keys).text(f"export {key}={secret}")
+    assert Redactor(keys).may_match(f"export {key}={secret}")
+
+
+@pytest.mark.parametrize("key", LONG_KEYS, ids=lambda key: key[:24])
+def test_a_value_streamed_under_a_long_key_is_redacted(key: str) -> None:
+    """Streamed one character at a time (a tool call's arguments, a model writing an env
+    file): the value under a long key is redacted in every token that carries it."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    for text in (
+        '{"city": "Paris", ' + orjson.dumps(key).decode() + ': "hunter2-xyz", "n": 1}',
+        f"cat .env\nexport {key}=hunter2-xyz\necho done",
+        f"cat .env\n{key}='hunter2-xyz'\n",
+    ):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", c) for c in text)
+        for fragment in ("hunter2", "hun", "ter", "xyz"):
+            assert fragment not in written, written
+
+
+def test_long_keys_leak_nothing_to_files_or_the_otlp_receiver(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    receiver: Any,
+) -> None:
+    """The reviewer's shapes through a chain: a dict, the same as JSON text (a tool call's
+    arguments) and env dump lines, in the files and in the spans exported with
+    ``capture_content``."""
+    from asynctrack import OTLPExporter
+
+    form = {key: f"lk{i:02d}-planted-secret" for i, key in enumerate(LONG_KEYS)}
+    env = {key.upper().replace(".", "_"): f"ev{i:02d}-planted-secret" for i, key in enumerate(LONG_KEYS)}
+    shell = "".join(f"export {key}={value}\n" for key, value in env.items())
+    tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=True)])
+    RunnableLambda(lambda _: "ok", name="deploy").invoke(
+        {
+            "config": dict(form),
+            "arguments": orjson.dumps(form).decode(),
+            "shell": shell,
+            "prompt": XML_PROMPT,
+        },
+        config={"callbacks": [tracker]},
+    )
+    tracker.close(timeout=10)
+    receiver.wait_for_spans(1)
+    secrets = {
+        **form,
+        **{f"env {key}": value for key, value in env.items()},
+        **{f"xml {i}": s for i, s in enumerate(XML_SECRETS)},
+    }
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    sent = b"".join(receiver.raw)
+    assert b"[REDACTED]" in sent
+    assert [s for s in secrets.values() if s.encode() in sent] == []
+
+
+#: Anthropic-style prompt tags: an element whose tag name the key rule matches has its text
+#: redacted; the rest is kept.
+XML_PROMPT = (
+    "<config>\n<db_password>Hunter2-xml</db_password>\n<api_key>Zk9Qw7Lp3Xm2</api_key>\n"
+    '<secret note="a \\"b\\"">two words</secret>\n<API-KEY>\nk-3f9a-line\n</API-KEY>\n'
+    "<key>Name</key>\n<max_tokens>5</max_tokens>\n<author>Ann</author>\n</config>\n"
+    "const t: Promise<AccessToken> = get();"
+)
+XML_SECRETS = ("Hunter2-xml", "Zk9Qw7Lp3Xm2", "two words", "k-3f9a-line")
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_an_xml_style_element_under_a_credential_tag_has_its_text_redacted(keys: str) -> None:
+    redactor = Redactor(keys)
+    out = redactor.text(XML_PROMPT)
+    expected = XML_PROMPT
+    for secret in XML_SECRETS:
+        expected = expected.replace(secret if secret != "k-3f9a-line" else "\nk-3f9a-line\n", REDACTED)
+    assert out == expected
+    assert Redactor(keys).may_match("<password>x</password>")
+    body = orjson.dumps({"data": {"prompt": XML_PROMPT, "args": orjson.dumps({"p": XML_PROMPT}).decode()}})
+    written = redactor.json(body)
+    assert written is not None
+    assert [s for s in XML_SECRETS if s.encode() in written] == []
+    assert written.count(b"<key>Name</key>") == 2 and written.count(b"Promise<AccessToken>") == 2
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_the_text_of_a_credential_element_streamed_in_pieces_is_redacted(size: int) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", XML_PROMPT[i : i + size]) for i in range(0, len(XML_PROMPT), size))
+    for secret in XML_SECRETS:
+        assert secret[:4] not in written and secret[-4:] not in written, written
+    for kept in (
+        "<key>Name</key>",
+        "<max_tokens>5</max_tokens>",
+        "<author>Ann</author>",
+        "Promise<AccessToken> = get();",
+    ):
+        assert kept in written
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 
@@ -585,6 +724,7 @@ def test_run_parameters_judge_keys_as_the_lines_do(
         ("ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 32),  # 32 of a GitHub token's 40
         ("Bearer sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e", 30),
         ('{"url": "x", "password": "hunter2-cut-off"}', 34),  # JSON text: a quoted value opened
+        ("<db_password>hunter2-cut-off</db_password>", 23),  # an element's text opened
     ],
 )
 def test_a_credential_split_by_the_max_field_bytes_cut_is_redacted(

@@ -489,6 +489,68 @@ def test_a_pgpass_line_is_found_among_many_look_alikes_that_start_no_line(decoys
     assert out == text.replace("pgpass-Pw-1x2y", REDACTED)
 
 
+#: Texts of five or more ':'-separated fields that start a line but whose database and
+#: user (the third and fourth fields) are both numbers: not ``.pgpass`` lines.
+PGPASS_LOOK_ALIKES = [
+    "1890-01-01T12:00:00+00:09:21",  # a UTC offset with seconds (LMT: zoneinfo before ~1900)
+    "1890-01-01T12:00:00.250000-00:09:21",
+    "00:00:01:23:456",  # a timecode
+    "00:00:01:23:456:789",
+    "00:11:22:33:44:55",  # a MAC address of digits
+    "2001:4860:4860:0:0:0:0:8888",  # an IPv6 address of digits
+]
+
+
+@pytest.mark.parametrize("text", PGPASS_LOOK_ALIKES)
+def test_timestamps_and_timecodes_are_not_taken_for_pgpass_lines(text: str) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    for value in (text, f"at\n{text}\n", f"log:\n{text} started"):
+        assert redactor.text(value) == value
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "localhost:5432:mydb:alice:{}",
+        "10.0.0.5:6432:reporting:readonly:{}",
+        "db.internal:5432:2024:app:{}",  # a database named by a number
+        "db.internal:5432:app:1001:{}",  # a user named by a number
+        "db.internal:5432:*:*:{}",
+        "*:*:*:*:{}",
+        "127.0.0.1:5432:12a:34:{}",
+        "db.internal:5432:app:bob:20261207",  # a password of digits
+    ],
+)
+def test_a_pgpass_line_with_numbers_in_it_is_still_redacted(line: str) -> None:
+    secret = "pgpass-Pw-4n5m" if "{}" in line else "20261207"
+    text = "# ~/.pgpass\n" + line.format(secret) + "\n"
+    out = Redactor(DEFAULT_REDACT_KEYS).text(text)
+    assert secret not in out
+    assert out == text.replace(secret, REDACTED)
+
+
+def test_a_datetime_with_seconds_in_its_offset_is_written_as_it_is(tmp_destination: Path) -> None:
+    """The reviewer's shape through a chain: a ``datetime`` in a zone's LMT (its UTC
+    offset has seconds) and a timecode, in the written inputs as given."""
+    import datetime
+    import zoneinfo
+
+    when = datetime.datetime(1890, 1, 1, 12, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    tracker = AsyncTracker(tmp_destination)
+    try:
+        RunnableLambda(lambda x: x, name="clip").invoke(
+            {"when": when, "timecode": "00:00:01:23:456"}, config={"callbacks": [tracker]}
+        )
+    finally:
+        tracker.close(timeout=30)
+    lines = [
+        orjson.loads(line) for p in tmp_destination.rglob("*.jsonl") for line in p.read_bytes().splitlines()
+    ]
+    (start,) = [line for line in lines if line["kind"] == "chain_start"]
+    assert start["data"]["inputs"] == {"when": when.isoformat(), "timecode": "00:00:01:23:456"}
+    assert when.isoformat().endswith("+00:09:21")
+
+
 def test_a_private_key_streamed_token_by_token_is_withheld_to_its_end(
     tmp_destination: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import operator
 from typing import Final
 
-__all__ = ["CACHE_MAX", "QUOTED_REDACTED", "REDACTED", "REDACTED_BYTES", "splice"]
+__all__ = ["CACHED_KEY_MAX", "CACHE_MAX", "QUOTED_REDACTED", "REDACTED", "REDACTED_BYTES", "splice"]
 
 REDACTED: Final = "[REDACTED]"
 REDACTED_BYTES: Final = REDACTED.encode()
 QUOTED_REDACTED: Final = b'"' + REDACTED_BYTES + b'"'
 _FEW_SPANS: Final = 8  # past this many spans, splice() tries its C path
 CACHE_MAX: Final = 10_000  # distinct keys or texts judged and remembered (they can be data)
+CACHED_KEY_MAX: Final = 1024  # longer keys are judged each time, not remembered (bytes held)
 
 
 def splice(text: bytes, spans: list[tuple[int, int, bytes]]) -> bytes:

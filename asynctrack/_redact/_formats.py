@@ -178,8 +178,14 @@ LITERAL_FORMATS: Final[tuple[tuple[bytes, re.Pattern[bytes], int], ...]] = (
 
 #: ``.pgpass``: a line ``host:port:database:user:password`` (port a number or ``*``),
 #: found from the ':' before the port (group 1: the password). The host, checked in
-#: Python per candidate, must start a line: a JSON string's start or a ``\\n``.
-_PGPASS: Final = re.compile(rb':(?:[0-9]{1,5}+|\*):[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)')
+#: Python per candidate, must start a line: a JSON string's start or a ``\\n``. A
+#: database and a user that are both numbers (digits, ``+``, ``-``, ``.``) are not a
+#: line's: a time with its UTC offset's seconds (``T12:00:00+00:09:21``), a timecode
+#: (``00:00:01:23:456``), a MAC or IPv6 address of digits.
+_NOT_NAMES: Final = rb"(?![0-9+\-.]{1,63}+:[0-9+\-.]{1,63}+:)"
+_PGPASS: Final = re.compile(
+    rb":(?:[0-9]{1,5}+|\*):" + _NOT_NAMES + rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
+)
 _HOST_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_*[]%"
 #: Candidates judged one by one per text at most. Past them (a hostile or junk text),
 #: one pass of the whole rule as a regex (group 1: the password), whose every attempt
@@ -188,7 +194,8 @@ _HOST_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _PGPASS_CHECKED: Final = 64
 _PGPASS_LINE: Final = re.compile(
     rb'(?:"|\\n)[A-Za-z0-9.\-_*\[\]%]{1,253}+:(?:[0-9]{1,5}+|\*):'
-    rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
+    + _NOT_NAMES
+    + rb'[^:\s"\\]{1,63}+:[^:\s"\\]{1,63}+:([^:\s"\\]{1,256}+)'
 )
 
 #: ``bytes.translate`` table: base64 characters ``[A-Za-z0-9+/]`` -> ``a``, all else -> space.

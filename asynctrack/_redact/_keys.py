@@ -11,13 +11,15 @@ from collections.abc import Iterable
 from typing import Final
 
 from .._config import DEFAULT_REDACT_KEYS
-from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED_BYTES
+from ._common import CACHE_MAX, CACHED_KEY_MAX, QUOTED_REDACTED, REDACTED_BYTES
 
 __all__ = [
     "ANY_PAIR",
+    "ELEMENT",
     "MAX_PAIRS",
     "SECRET_FIELD",
     "SECRET_KEYS",
+    "STEM_ELEMENT",
     "WITHHELD",
     "WORDMAP",
     "KeyRule",
@@ -45,9 +47,8 @@ _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 
 
 def normalize_key(key: str) -> str:
-    """``key`` as lower-case words joined by ``_`` (``clientSecret`` -> ``client_secret``)."""
-    if len(key) > 128:
-        key = key[:128]
+    """``key`` as lower-case words joined by ``_`` (``clientSecret`` -> ``client_secret``):
+    all of it, however long (a credential word may end a 200-character key)."""
     return "_".join(w for w in _NON_WORD.split(_CAMEL.sub("_", key)) if w).lower()
 
 
@@ -62,7 +63,7 @@ class KeyRule:
         hit = self._seen.get(key)
         if hit is None:
             hit = self._re.search(normalize_key(key)) is not None
-            if len(self._seen) < CACHE_MAX:
+            if len(self._seen) < CACHE_MAX and len(key) <= CACHED_KEY_MAX:
                 self._seen[key] = hit
         return hit
 
@@ -99,7 +100,7 @@ _DENSE: Final = 256
 #: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
 #: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
 #: a string (closed by '\\"'), a single-quoted key (holding no "'"). At most 256 bytes
-#: (``normalize_key`` reads 128 characters), not past a '"' (a key holding one is
+#: (each attempt reads a bounded length: linear), not past a '"' (a key holding one is
 #: judged up to it). A run without an escape or a "'" first, read by a character class:
 #: most stems are in values, whose closing quote ends the attempt there. Past a "'",
 #: only a '"' closes the key (single-quoted text, a Python repr, is never read across
@@ -110,9 +111,10 @@ _KEY_REST: Final = (
     rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
 )
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
-#: then ``=`` or ``:``.
+#: then ``=`` or ``:``. The word's rest up to 128 characters (``PASSWORD_FOR_THE_...``):
+#: at most 256 attempts per text (see ``stem_pairs``).
 _PAIR_AT: Final = re.compile(
-    rb"([a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+", re.IGNORECASE
+    rb"([a-z0-9_.\-]{0,128}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+", re.IGNORECASE
 )
 #: The same as one regex, for texts dense with stems (linear: each attempt starts at
 #: a stem and reads at most 432 bytes).
@@ -200,14 +202,18 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
             quote = text[q]
             if q > 0 and text[q - 1] == 0x5C:
                 q -= 1
-        k0 = words.rfind(b" ", max(0, q - 64), q) + 1
+        # The key's start, however far back (linear: a word is read back to the separator
+        # before it at most, a quoted key to the quote of its kind before it).
+        k0 = words.rfind(b" ", 0, q) + 1
         if quote != -1 and k0 > 0 and text[k0 - 1] != quote:
             # A quoted key holding more than a word ("password ", "API key for prod"):
             # from its opening quote, as the stems' scan reads it.
-            k0 = text.rfind(bytes((quote,)), max(0, q - 128), q) + 1 or k0
+            k0 = text.rfind(bytes((quote,)), 0, q) + 1 or k0
         if q - k0 < 1 or not any(stem in folded[k0 : q + 1] for stem in _STEMS):
             continue
-        m = _PAIR_AT.match(text, k0)
+        # Matched from at most 40 characters before the key's end (``_PAIR_AT`` reads a
+        # bounded length); ``_key_spans`` reads the key back to its start.
+        m = _PAIR_AT.match(text, max(k0, q - 40))
         if m is not None:
             out.append(m)
     return out
@@ -222,10 +228,28 @@ WITHHELD: Final = b"[REDACTED: the rest of this text is withheld, too many crede
 
 #: For a custom ``redact_keys``: every word followed by a separator is a candidate, and
 #: every quoted key that starts with a word (the rest read only there: after a quote).
+#: A word however long (linear: an attempt starts only at a word's start).
 ANY_PAIR: Final = re.compile(
-    rb"(?<![a-z0-9_.\-])((?:(?<=[\"'])[a-z0-9_.\-]{1,128}+" + _KEY_REST + rb"|[a-z0-9_.\-]{1,128}+))"
+    rb"(?<![a-z0-9_.\-])((?:(?<=[\"'])[a-z0-9_.\-]++" + _KEY_REST + rb"|[a-z0-9_.\-]++))"
     rb"(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
     re.IGNORECASE,
+)
+#: An XML-style element (``<db_password>x</db_password>``, ``<api_key>x</api_key>``: how
+#: prompts tag their parts) in JSON text: its tag name (group 1), judged as a key, and its
+#: text (group 2, escapes included), up to the next '<' or the JSON string's end. Each
+#: attempt starts at a '<', its text stops at the next one: linear. Not right after a word
+#: character (a JSON ``\\n`` or ``\\t`` escape's letter aside): ``Promise<AccessToken>``
+#: is code. ``ELEMENT``: any tag (a custom ``redact_keys``); ``STEM_ELEMENT``: a tag
+#: holding a stem (the default rule).
+_ELEMENT_OPEN: Final = rb"(?:(?<![A-Za-z0-9_])|(?<=\\[nt]))<"
+_ELEMENT_REST: Final = (
+    rb"[A-Za-z0-9_.\-:]{0,127}+)(?:[ \t](?:[^<>\"\\]|\\.){0,256}+)?>((?:[^<\"\\]|\\.)++)</\1[ \t]{0,4}+>"
+)
+ELEMENT: Final = re.compile(_ELEMENT_OPEN + rb"([A-Za-z_]" + _ELEMENT_REST)
+STEM_ELEMENT: Final = re.compile(
+    _ELEMENT_OPEN
+    + rb"(?=[A-Za-z0-9_.\-:]{0,127}?(?i:pass|pwd|secret|credential|cookie|auth|key|token))([A-Za-z_]"
+    + _ELEMENT_REST
 )
 #: Word characters of keys -> ``a``, all else -> space (for ``rfind`` of a word's start).
 WORDMAP: Final = bytes(

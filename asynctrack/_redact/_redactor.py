@@ -12,13 +12,15 @@ from typing import Final
 
 import orjson
 
-from ._common import CACHE_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
+from ._common import CACHE_MAX, CACHED_KEY_MAX, QUOTED_REDACTED, REDACTED, REDACTED_BYTES, splice
 from ._formats import LITERAL_FORMATS, aws_secrets, base64_runs, pgpass_lines, run_formats
 from ._keys import (
     ANY_PAIR,
+    ELEMENT,
     MAX_PAIRS,
     SECRET_FIELD,
     SECRET_KEYS,
+    STEM_ELEMENT,
     WITHHELD,
     WORDMAP,
     KeyRule,
@@ -68,6 +70,7 @@ _CLEAN_MAX: Final = 1 << 15  # pieces remembered at most ...
 _CLEAN_MAX_BYTES: Final = 8 << 20  # ... and their bytes (then the cache starts over)
 _START: Final = re.Match.start
 _END: Final = re.Match.end
+_GROUP: Final = re.Match.group
 #: A streamed token's body repeats the token as its chunk's ``text`` and its message's
 #: ``content``: with those two values blanked, it is its run's template (see ``prepare``).
 _TEXT: Final = b'"text":'
@@ -654,9 +657,9 @@ class Redactor:
                 return None
             matches = dense_pairs(text)
         elif not matches:
-            return [], containers
+            return self._element_spans(text), containers
         words = text.translate(WORDMAP) if self._default_keys else b""
-        spans: list[tuple[int, int, bytes]] = []
+        spans = self._element_spans(text)
         n = len(text)
         resume = 0
         for m in matches:
@@ -669,13 +672,10 @@ class Redactor:
                     break
             pos = m.end()
             k1 = m.end(1)
-            if self._default_keys:
-                s = m.start()
-                k0 = words.rfind(b" ", max(0, s - 64), s) + 1
-                if k0 == 0 and s > 64:
-                    continue  # a word too long to be a key
-            else:
-                k0 = m.start(1)
+            # With the default rule, the key's whole word, however long (linear: the
+            # matches are apart, and each holds a separator, where the next one's look
+            # back stops).
+            k0 = words.rfind(b" ", 0, m.start()) + 1 if self._default_keys else m.start(1)
             if own_token and k0 == 10 and text.startswith(b'{"data":{"token":'):
                 continue  # the streamed token's own field
             raw = text[k0:k1]
@@ -700,6 +700,22 @@ class Redactor:
                     matches.resume = resume
         return spans, containers
 
+    def _element_spans(self, text: bytes) -> list[tuple[int, int, bytes]]:
+        """The texts of XML-style elements whose tag name the key rules match
+        (``<db_password>x</db_password>``): C loops per element, Python per distinct tag
+        name, at most ``MAX_PAIRS`` of them (past them, in a junk text, the elements of
+        the tags not judged are redacted too)."""
+        if text.find(b"</") == -1:  # one C call for the texts (nearly all) without one
+            return []
+        hits = list((STEM_ELEMENT if self._default_keys else ELEMENT).finditer(text))
+        if not hits:
+            return []
+        tags = list(map(_GROUP, hits, repeat(1)))
+        distinct = itertools.islice(dict.fromkeys(tags), MAX_PAIRS)
+        judged = {tag: self._judge(text, tag, 0, 0, None) for tag in distinct}
+        secret = list(compress(hits, map(judged.get, tags, repeat(True))))
+        return list(zip(map(_START, secret, repeat(2)), map(_END, secret, repeat(2)), repeat(REDACTED_BYTES)))
+
     def _judge(self, text: bytes, raw: bytes, k0: int, k1: int, quote: bytes | None) -> bool:
         """Whether the key ``raw`` (``text[k0:k1]``, closed by ``quote`` if quoted) names
         a credential (cached)."""
@@ -708,11 +724,13 @@ class Redactor:
         hit = self._raw_keys.get(raw)
         if hit is None:
             hit = rule(_key_text(raw))
-            if len(self._raw_keys) < CACHE_MAX:
+            if len(self._raw_keys) < CACHE_MAX and len(raw) <= CACHED_KEY_MAX:
                 self._raw_keys[raw] = hit
         if quote and not hit and k0 > 0 and text[k0 - 1] != quote[-1]:
-            # A quoted key may hold more than this word ("API key for prod"): judge it whole.
-            opening = text.rfind(quote[-1:], max(0, k0 - 128), k0)
+            # A quoted key may hold more than this word ("API key for prod"): judge it
+            # whole, however long (linear: back to the quote of its kind before it at most,
+            # and each match ends in one).
+            opening = text.rfind(quote[-1:], 0, k0)
             if opening != -1:
                 hit = rule(_key_text(text[opening + 1 : k1]))
         return hit
@@ -787,11 +805,13 @@ class Redactor:
         raw = _json_string(text)
         if self._patterns:
             return True
-        # Every key rule reads a key, then ':' or '=' (streamed prose most often has
-        # neither: two searches of a byte instead of the stems' eight). Without them no
-        # key is found even in a text dense with stems, which the full spec then parses
-        # and reads the same way: ``False`` there too.
-        if self.key_rule is not None and (raw.find(b":") != -1 or raw.find(b"=") != -1):
+        # Every key rule reads a key, then ':' or '=', or an element's closing tag
+        # (streamed prose most often has none: three searches instead of the stems'
+        # eight). Without them no key is found even in a text dense with stems, which the
+        # full spec then parses and reads the same way: ``False`` there too.
+        if self.key_rule is not None and (
+            raw.find(b":") != -1 or raw.find(b"=") != -1 or raw.find(b"</") != -1
+        ):
             keys = self._key_spans(raw)
             if keys is None or keys[0] or keys[1]:
                 return True

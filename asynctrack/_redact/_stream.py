@@ -66,12 +66,20 @@ _KEY_BLOCK_ENDS: Final = ("-----END", "---- END", "Private-MAC:")
 _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: Read backwards from a quote: the separator and the key before it (``"password": "``
 #: reversed is ``" :"drowssap``); the key, reversed: a quoted key whole, else its last
-#: word. A match at the start of the reversed text costs what the key's length does,
-#: wherever the quote is.
+#: word, up to the tail's length (a key longer than the tail is judged by its end). A
+#: match at the start of the reversed text costs what the key's length does, wherever
+#: the quote is.
 _KEY_BEFORE_REVERSED: Final = re.compile(
     r"""[ \t]{0,4}+[:=][ \t]{0,4}+"""
-    r"""(?:"((?:[^"\n]|"\\){1,128}+)"|'([^'\n]{1,128}+)'|["']?([A-Za-z0-9_.\-]{1,64}+))"""
+    r"""(?:"((?:[^"\n]|"\\){1,256}+)"|'([^'\n]{1,256}+)'|["']?([A-Za-z0-9_.\-]{1,256}+))"""
 )
+#: The characters before a quote that ``_KEY_BEFORE_REVERSED`` reads at most.
+_KEY_WINDOW: Final = 272
+#: An XML-style element's opening tag (``<db_password>``), matched at the text's last '<':
+#: the text ends inside the element's text. Its tag name (group 1) is judged as a key.
+_OPEN_ELEMENT: Final = re.compile(r"<([A-Za-z_][A-Za-z0-9_.\-:]{0,127}+)(?:[ \t][^<>]{0,256}+)?>")
+#: ``open_`` while the text of an element under a credential tag is open: up to the next '<'.
+_IN_ELEMENT: Final = "<"
 
 
 def _key_text(quoted: str | None, other: str) -> str:
@@ -99,7 +107,8 @@ _OPEN_WINDOW: Final = 1024
 def open_credential(text: str, is_credential: Callable[[str], bool] | None) -> int:
     """Where a credential starts that ``text`` ends inside, or -1: a known format's
     prefix on (``sk-``, ``ghp_``, ...), a URL's password (``scheme://user:pass``, its
-    ``@`` not shown), a quoted value under a credential key (``"password": "hun``).
+    ``@`` not shown), a quoted value under a credential key (``"password": "hun``), an
+    element's text under a credential tag (``<api_key>sk``).
 
     What a text cut short (at ``max_field_bytes``) shows of a credential, judged as the
     end of a token stream is (``StreamRedactor``): the format no longer matches whole.
@@ -112,7 +121,10 @@ def open_credential(text: str, is_credential: Callable[[str], bool] | None) -> i
         pass
     if url is not None:
         return url.end()
-    quote = StreamRedactor(str, is_credential)._open_quote(text)  # noqa: SLF001 - this module's rule
+    rules = StreamRedactor(str, is_credential)
+    quote = rules._open_quote(text)  # noqa: SLF001 - this module's rule
+    if quote == -1:
+        quote = rules._open_element(text)  # noqa: SLF001 - this module's rule
     return quote + 1 if quote != -1 else -1
 
 
@@ -162,7 +174,8 @@ class StreamRedactor:
                 continued = _CREDENTIAL_RUN.match(token)
                 cut = continued.end() if continued is not None else 0
             else:  # up to the closing quote (or the line's end: prose may never close it)
-                ends = [i for i in (token.find(open_), token.find("\n")) if i != -1]
+                line_end = token.find("\n") if open_ != _IN_ELEMENT else -1  # an element's text: to '<'
+                ends = [i for i in (token.find(open_), line_end) if i != -1]
                 cut = min(ends) if ends else len(token)
             if cut:
                 out = REDACTED + token[cut:]
@@ -184,11 +197,14 @@ class StreamRedactor:
                 open_ = True
             else:
                 quote = self._open_quote(joined)
+                close = joined[quote] if quote != -1 else _IN_ELEMENT
+                if quote == -1:
+                    quote = self._open_element(joined)  # the '>' that opens the element's text
                 if quote != -1:
                     start = quote + 1  # the value's first character
                     if start < len(joined):  # part of the value is here already
                         out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
-                    open_ = joined[quote]
+                    open_ = close
         if not open_ and self._in_key_block(joined):
             open_ = _IN_KEY_BLOCK
         self._remember(run, joined, open_)
@@ -227,6 +243,7 @@ class StreamRedactor:
                 and not may_match(joined + "\n" + "\n".join(tokens) if tail or len(tokens) > 1 else joined)
                 and _open_prefix(joined) == -1
                 and self._open_quote(joined) == -1
+                and self._open_element(joined) == -1
             ):
                 out.add(run)
                 self._remember(run, joined, False)
@@ -250,11 +267,25 @@ class StreamRedactor:
         for mark in _QUOTE_MARKS:  # a '"' value may hold a "'", and the other way round
             quote = text.rfind(mark)
             if quote > 0 and "\n" not in text[quote:]:
-                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - 144) : quote][::-1])
+                key = _KEY_BEFORE_REVERSED.match(text[max(0, quote - _KEY_WINDOW) : quote][::-1])
                 # A quoted key whole, whatever it holds ("password ", "API key for prod").
                 if key is not None and self._is_credential(_key_text(key[1], key[2] or key[3])):
                     return quote
         return -1
+
+    def _open_element(self, text: str) -> int:
+        """Where the '>' opening the text of an XML-style element under a credential tag
+        (``<db_password>``) is, if ``text`` ends inside that text (no '<' after it), else -1.
+        An element opened and closed within ``text`` is the full spec's to find."""
+        if self._is_credential is None:
+            return -1
+        last = text.rfind("<")
+        if last == -1 or (last and (text[last - 1].isalnum() or text[last - 1] == "_")):
+            return -1  # none, or code: Promise<AccessToken>
+        tag = _OPEN_ELEMENT.match(text, last)
+        if tag is None or not self._is_credential(tag[1]):
+            return -1
+        return tag.end() - 1
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
