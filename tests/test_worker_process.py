@@ -527,10 +527,15 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tmp_path: Path) -> None:
+def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """300 prompts of 200 KB against an S3 endpoint that never answers, with a 1 MiB bound:
-    the worker drops (and counts) what would not fit instead of holding 60 MB."""
+    the worker drops (and counts) what would not fit instead of holding 60 MB, and its
+    drop warning names that bound."""
     from test_soak import BlackHole
+
+    caplog.set_level(logging.WARNING, logger="asynctrack")
 
     mib = 1024 * 1024
     config = TrackerConfig(
@@ -573,6 +578,10 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
             )
             growth = _rss(pid) - baseline
             stats = tracker.statistics()
+            reason = f"over max_queue_bytes={mib} held by the worker process: the destination is slow or down"
+            _wait_until(
+                lambda: any(r.getMessage().endswith(reason) for r in caplog.records), what="the drop warning"
+            )
         finally:
             with contextlib.suppress(FlushError):
                 tracker.close(timeout=1.0)

@@ -38,7 +38,7 @@ from .._errors import FlushError, FlushTimeoutError, TrackerClosedError
 from .._layout import new_writer_id
 from .._pipeline._barrier import wait
 from .._pipeline._protocol import ForkHook, TrackerEngine
-from .._pipeline._queue import BoundedQueue
+from .._pipeline._queue import CAPTURE_RAISED, BoundedQueue
 from .._pipeline._statistics import Statistics
 from .._sinks._base import ParameterValue, RunInfo
 from ._shipper import Lane, Request
@@ -174,8 +174,8 @@ class ProcessEngine:
             return self.fallback.last_parameters
         return dict(self._last_parameters)
 
-    def count_dropped(self, n: int = 1) -> None:
-        self._queue.count_dropped(n)
+    def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
+        self._queue.count_dropped(n, reason)
 
     async def flush(self, timeout: float | None = None) -> None:
         if self.fallback is not None:

@@ -153,6 +153,9 @@ class _Tracker:
         self._held_bytes = 0
         self._max_bytes = spec.config.max_queue_bytes
         self._drop_over_bytes = spec.config.when_full == "drop"
+        # The drop warning's reason (the worker's drops are logged by its engine).
+        slow = "held by the worker process: the destination is slow or down"
+        self._over_bytes = f"over max_queue_bytes={self._max_bytes} {slow}"
         # One reader thread builds the engines one at a time: the environment set here
         # is this tracker's while its sinks are made (its sinks read it when they start).
         apply_environ(spec.environ)
@@ -189,7 +192,7 @@ class _Tracker:
             # Memory bound by bytes (the destination is slow or down): what this worker
             # holds for the tracker, from its buffer to its failed batches, stays within
             # max_queue_bytes (plus one frame). The frame is dropped, counted, resolved.
-            self.engine.count_dropped(count)
+            self.engine.count_dropped(count, self._over_bytes)
             self._settle_unread(frame)
             return
         with self._lock:
@@ -222,7 +225,7 @@ class _Tracker:
 
     def _unreadable(self, frame: int, count: int, exc: ValueError) -> None:
         logger.error("asynctrack worker: a frame of events was unreadable, its events are lost (%s)", exc)
-        self.engine.count_dropped(count)
+        self.engine.count_dropped(count, "in a frame the worker process could not read")
         self._settle_unread(frame)
 
     def _settle_unread(self, frame: int) -> None:
