@@ -33,6 +33,7 @@ from typing import Any, Final
 from ._events._schema import BODY, EXTRA
 
 __all__ = [
+    "ACK_COUNTS",
     "HEADER",
     "READ_CHUNK",
     "RECORDS",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 HEADER: Final = struct.Struct("!BIQI")
+#: An ACK's payload: the worker's counts of what it wrote (written, batches, bytes).
+ACK_COUNTS: Final = struct.Struct("!QQQ")
 MAX_PAYLOAD: Final = 2**32 - 1
 #: Bytes asked of the pipe per read. Not 1 MiB: ``os.read`` allocates the whole size
 #: first, and a buffer that large is mapped, faulted in and shrunk on every read (~18 µs
@@ -76,7 +79,7 @@ class Kind(enum.IntEnum):
     FLUSH = 3  # barrier: answer FLUSHED once everything before it is durable
     CLOSE = 4  # flush, stop and forget this tracker's engine; answer CLOSED
     SEAL = 5  # the lane is held back: seal and write the open batch now (no answer)
-    ACK = 64  # every RECORDS frame up to `number` is durable (or resolved otherwise)
+    ACK = 64  # every RECORDS frame up to `number` is durable (or resolved otherwise); ACK_COUNTS
     FLUSHED = 65  # pickled Outcome
     CLOSED = 66  # pickled Outcome
     STATS = 67  # pickled worker-side counters of one tracker

@@ -25,6 +25,9 @@ from asynctrack import (
     AsyncTracker,
     TrackerConfig,
 )
+from asynctrack._pipeline._queue import BoundedQueue, Control
+from asynctrack._pipeline._statistics import Reporter
+from asynctrack._remote import _spawn
 
 # -- a full buffer ---------------------------------------------------------------------------
 
@@ -53,8 +56,84 @@ def test_full_buffer_drops_exactly_the_overflow_and_warns(
     assert [e["data"]["text"] for e in events_in(tmp_destination)] == [f"t{i}" for i in range(11)]
     stats = tracker.statistics()
     assert (stats.written, stats.dropped) == (11, 7)
-    warnings = [r for r in caplog.records if r.name == "asynctrack" and r.levelno == logging.WARNING]
-    assert any("dropped 7 event(s)" in r.getMessage() for r in warnings), [r.getMessage() for r in warnings]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    said = "dropped 7 event(s) (7 in all): 7 over max_queue_events=10 (the buffer was full)"
+    assert any(message.endswith(said) for message in warnings), warnings
+
+
+def test_an_event_over_the_byte_bound_is_dropped_and_the_warning_names_max_queue_bytes(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body larger than ``max_queue_bytes`` is taken alone (the bound is checked before
+    the append); the small event after it is dropped by the byte bound, not the count.
+    Process mode: the application's queue holds the byte bound there."""
+    caplog.set_level(logging.WARNING, logger="asynctrack")
+    config = TrackerConfig(max_queue_bytes=64 * 1024, max_batch_bytes=64 * 1024, worker="process")
+    tracker = make_tracker(config=config)
+    text(tracker, "t0")
+    tracker.flush_blocking(timeout=JOIN)  # the worker process is up
+    with _spawn.worker_process()._lock:  # the shipper takes nothing meanwhile
+        text(tracker, "big" + "x" * 100_000)
+        text(tracker, "small")
+        assert (tracker.statistics().dropped, tracker.statistics().queue_depth) == (1, 1)
+    tracker.flush_blocking(timeout=JOIN)
+    assert [e["data"]["text"][:3] for e in events_in(tmp_destination)] == ["t0", "big"]
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+
+    wait_until(lambda: bool(said()), "the drop warning")
+    assert said() == [
+        "asynctrack dropped 1 event(s) (1 in all): 1 over max_queue_bytes=65536 (the buffer was full)"
+    ]
+
+
+class _RunIdThatRaises:
+    """A run id whose ``.int`` raises: the callback cannot capture the event."""
+
+    @property
+    def int(self) -> int:
+        raise RuntimeError("no int")
+
+
+def test_an_event_whose_capture_raised_is_dropped_and_the_warning_says_so(
+    worker_mode: str,
+    make_tracker: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asynctrack")
+    tracker = make_tracker()
+    tracker.on_text("lost", run_id=_RunIdThatRaises())  # type: ignore[arg-type]  # the bad id under test
+    text(tracker, "kept")
+    tracker.flush_blocking(timeout=JOIN)
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["kept"]
+    assert tracker.statistics().dropped == 1
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+
+    wait_until(lambda: bool(said()), "the drop warning")  # process mode: the shipper's next round
+    assert said() == ["asynctrack dropped 1 event(s) (1 in all): 1 whose capture raised"]
+
+
+def test_the_drop_warning_counts_each_reason_since_it_last_spoke(caplog: pytest.LogCaptureFixture) -> None:
+    """The queue and the reporter of both engines: the count bound, then records put after
+    close; the warning gives each reason its own count (at most one warning per 10 s)."""
+    caplog.set_level(logging.WARNING, logger="asynctrack")
+    queue: BoundedQueue[Control] = BoundedQueue(max_events=1, wake=lambda: None)
+    reporter = Reporter()
+    for i in range(3):
+        queue.put(i)  # 0 fits, 1 and 2 do not
+    queue.close()
+    queue.put(3)
+    reporter.drops(queue.dropped, queue.dropped_by)
+    assert [r.getMessage() for r in caplog.records] == [
+        "asynctrack dropped 3 event(s) (3 in all): 2 over max_queue_events=1 (the buffer was full), "
+        "1 recorded after the tracker closed"
+    ]
+    reporter.drops(queue.dropped, queue.dropped_by)  # nothing new: nothing said
+    assert len(caplog.records) == 1
 
 
 #: Small bounds, so that a held worker fills them in either mode: the count bound in the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import marshal
 import os
@@ -214,7 +215,122 @@ def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_th
     lines = [e["seq"] for e in _events(tmp_destination)]
     assert sorted(set(lines)) == list(range(stats["count"])) == list(range(520))
     assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == ("thread", 520, 0, 0)
-    assert stats["written"] == len(lines)  # a re-sent event written twice is counted twice
+    assert stats["written"] == len(lines)  # no event was written twice here
+
+
+def test_a_frame_written_in_part_by_a_killed_worker_is_counted_once(tmp_destination: Path) -> None:
+    """A frame the worker wrote in part, reported (STATS) and did not acknowledge is
+    re-sent: its events written twice are counted once, by the worker that writes them next."""
+    config = dataclasses.replace(PROCESS, max_batch_events=10)
+    tracker = AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=config)
+    worker = _spawn.worker_process()
+    restarts = worker.restarts  # of this test process's worker, so far
+
+    def kill_when_written(lines: int, reported: int) -> None:
+        _wait_until(lambda: len(_events(tmp_destination)) == lines, what=f"{lines} lines")
+        _wait_until(lambda: tracker.statistics().written >= reported, what="the worker's report")
+        assert tracker.statistics().retained_bytes > 0  # the frame is not acknowledged
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: worker.pid not in (None, pid), what="a new worker")
+
+    try:
+        with worker._lock:  # the shipper waits: the records go in one frame
+            _text(tracker, 0, 25)
+        kill_when_written(20, 20)  # 2 batches of 10; 5 in the open batch
+        with worker._lock:
+            _text(tracker, 25, 20)
+        # The next worker: the 25 again (10, 10, 5 open), then 5 + 5, 10, 5 open.
+        kill_when_written(20 + 40, 40)
+    finally:
+        tracker.close(timeout=WAIT)
+    stats = tracker.statistics()
+    seqs = [e["seq"] for e in _events(tmp_destination)]
+    assert sorted(set(seqs)) == list(range(45))
+    assert len(seqs) == 45 + 20 + 15  # the dead workers' parts of the frames re-sent
+    assert (stats.recorded, stats.written, stats.lost, stats.worker_restarts - restarts) == (45, 45, 0, 2)
+
+
+_KILLED_WHILE_RECORDING = """
+import json, os, signal, sys, threading, time, uuid
+from pathlib import Path
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._remote import _spawn
+
+destination, kills = Path(sys.argv[1]), int(sys.argv[2])
+tracker = AsyncTracker(destination, experiment_name="e", run_name="r",
+                       config=TrackerConfig(worker="process", batch_interval=0.05, max_batch_events=50))
+stop = threading.Event()
+count = 0
+def record():
+    global count
+    run_id = uuid.uuid4()
+    while not stop.is_set():
+        tracker.on_text(f"t-{count}", run_id=run_id)
+        count += 1
+        if count % 10 == 0:
+            time.sleep(0.002)  # a flow, not a flood: a few thousand events a second
+recorder = threading.Thread(target=record)
+recorder.start()
+worker = _spawn.worker_process()
+def process():
+    return tracker.statistics().worker_mode == "process"
+for generation in range(kills):
+    # Kill a worker that is writing: once a batch of its own is in the files.
+    mine = f"-r{generation}-" if generation else "-"
+    deadline = time.monotonic() + 60
+    while process() and not any(mine in path.name for path in destination.rglob("*.jsonl")):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    if not process():
+        break  # five deaths in 10 s: a thread engine took over
+    time.sleep(0.05 * (generation % 4))
+    pid = worker.pid
+    os.kill(pid, signal.SIGKILL)
+    while process() and worker.pid in (None, pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+time.sleep(0.2)
+stop.set()
+recorder.join()
+tracker.close(timeout=60)
+s = tracker.statistics()
+print(json.dumps({"count": count, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
+                  "dropped": s.dropped, "lost": s.lost, "restarts": s.worker_restarts,
+                  "batches": s.batches, "bytes": s.bytes}))
+"""
+
+
+@pytest.mark.parametrize(("kills", "mode"), [(3, "process"), (6, "thread")])
+def test_statistics_count_each_written_event_once_however_often_the_worker_is_killed(
+    tmp_destination: Path, kills: int, mode: str
+) -> None:
+    """Workers killed while events flow, then (six kills) the fall back to a thread. A
+    dead worker's counts are those of its last acknowledgement: what it acknowledged is
+    counted, what it wrote of frames it had not acknowledged is written again and
+    counted once, by the next engine (a child process: the fall back is process-wide)."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_RECORDING, str(tmp_destination), str(kills)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    stats = json.loads(done.stdout.splitlines()[-1])
+    paths = list(tmp_destination.rglob("*.jsonl"))
+    seqs = [e["seq"] for e in _events(tmp_destination)]
+    duplicates = len(seqs) - len(set(seqs))
+    assert sorted(set(seqs)) == list(range(stats["count"]))
+    assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == (mode, stats["count"], 0, 0)
+    assert stats["written"] + duplicates == len(seqs)
+    # A batch a killed worker wrote in the instant before its acknowledgement is in the
+    # files, not in the counts: never more counted than written.
+    assert stats["batches"] <= len(paths)
+    assert stats["bytes"] <= sum(path.stat().st_size for path in paths)
 
 
 def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
@@ -411,10 +527,15 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tmp_path: Path) -> None:
+def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """300 prompts of 200 KB against an S3 endpoint that never answers, with a 1 MiB bound:
-    the worker drops (and counts) what would not fit instead of holding 60 MB."""
+    the worker drops (and counts) what would not fit instead of holding 60 MB, and its
+    drop warning names that bound."""
     from test_soak import BlackHole
+
+    caplog.set_level(logging.WARNING, logger="asynctrack")
 
     mib = 1024 * 1024
     config = TrackerConfig(
@@ -457,6 +578,10 @@ def test_the_worker_holds_at_most_max_queue_bytes_while_the_destination_hangs(tm
             )
             growth = _rss(pid) - baseline
             stats = tracker.statistics()
+            reason = f"over max_queue_bytes={mib} held by the worker process: the destination is slow or down"
+            _wait_until(
+                lambda: any(r.getMessage().endswith(reason) for r in caplog.records), what="the drop warning"
+            )
         finally:
             with contextlib.suppress(FlushError):
                 tracker.close(timeout=1.0)

@@ -269,5 +269,5 @@ class _ObservedSpool(Spool):
     def save(self, batch: Batch, *, claimed: bool = False) -> str | None:
         path = super().save(batch, claimed=claimed)
         if path is not None and self.hooks is not None and batch.data:
-            self.hooks.batch(batch)
+            (self.hooks.spooled or self.hooks.batch)(batch)
         return path

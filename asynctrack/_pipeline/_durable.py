@@ -46,10 +46,12 @@ class DurableHooks:
         batch: called with a batch once it is written or spooled (its ``seqs``, or
             failing that its bytes, say which events it holds: see ``batch_seqs``).
         filtered: called with the sequence number of an event the ``redact`` hook dropped.
+        spooled: if given, called instead of ``batch`` with a batch saved to the spool.
     """
 
     batch: Callable[[Batch], None]
     filtered: Callable[[int], None]
+    spooled: Callable[[Batch], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -44,7 +44,7 @@ from ._batcher import Batcher
 from ._delivery import Delivery
 from ._loop import State, Translate, Worker, chunked
 from ._protocol import ForkHook
-from ._queue import BoundedQueue
+from ._queue import CAPTURE_RAISED, BoundedQueue
 from ._spool import Spool
 from ._statistics import Counters, Reporter, Statistics
 
@@ -228,9 +228,9 @@ class Engine:
         """The run parameters the last successful flush wrote (empty before one)."""
         return dict(self._parameters_written or {})
 
-    def count_dropped(self, n: int = 1) -> None:
-        """Count events that could not even be put (thread-safe)."""
-        self._buffer.count_dropped(n)
+    def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
+        """Count events that could not even be put (thread-safe), and why."""
+        self._buffer.count_dropped(n, reason)
 
     def seal_soon(self) -> None:
         """Seal the open batch once the records queued now are taken, and write it, without

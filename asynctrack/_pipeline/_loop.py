@@ -365,7 +365,7 @@ class Worker:
                 delivery.retry_failed()
             if counters.pending_bytes >= max_bytes and delivery.failed and delivery.spool is not None:
                 delivery.spill()
-            self._reporter.drops(buffer.dropped, self._config.max_queue_events)
+            self._reporter.drops(buffer.dropped, buffer.dropped_by)
 
     def _next_timeout(self) -> float | None:
         """Seconds until the open batch or a retry is due; ``None`` if neither is."""

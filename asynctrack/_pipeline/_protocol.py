@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._sinks._base import ParameterValue, RunInfo
+from ._queue import CAPTURE_RAISED
 from ._statistics import Statistics
 
 __all__ = ["ForkHook", "TrackerEngine"]
@@ -47,8 +48,9 @@ class TrackerEngine(Protocol):
         """The run parameters the last successful flush wrote (empty before one)."""
         ...
 
-    def count_dropped(self, n: int = 1) -> None:
-        """Count events that could not even be put (thread-safe)."""
+    def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
+        """Count events that could not even be put (thread-safe), and why (a phrase of
+        the drop warning: by default, their capture raised)."""
         ...
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -48,7 +48,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from .._events._schema import BODY
 
-__all__ = ["NEVER", "WAKE_AT", "BoundedQueue", "Control"]
+__all__ = ["CAPTURE_RAISED", "NEVER", "WAKE_AT", "BoundedQueue", "Control"]
 
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
@@ -57,6 +57,9 @@ _starmap: Final = itertools.starmap
 _repeat: Final = itertools.repeat
 _popleft: Final = collections.deque.popleft
 _MAP_UP_TO: Final = 64  # records taken with map (fewer) or starmap (more): see take()
+#: Why records are dropped, as the drop warning says it (``dropped_by``).
+CAPTURE_RAISED: Final = "whose capture raised"  # count_dropped's default: the callback's
+_AFTER_CLOSE: Final = "recorded after the tracker closed"
 
 
 def _one(item: Any) -> int:
@@ -125,6 +128,10 @@ class BoundedQueue(Generic[C]):
         self.controls_queued = 0
         self._blocked = 0
         self.dropped = 0
+        #: ``dropped`` by reason (phrases of the drop warning), changed under ``_lock``.
+        self.dropped_by: dict[str, int] = {}
+        self._over_events = f"over max_queue_events={max_events} (the buffer was full)"
+        self._over_bytes = f"over max_queue_bytes={max_bytes} (the buffer was full)"
         self.closed = False
         #: Captured bytes of the records the last ``take()`` returned (approximate, like
         #: ``bytes``; ``NEVER`` without a byte bound). The shipper cuts frames by it.
@@ -198,10 +205,11 @@ class BoundedQueue(Generic[C]):
             self.controls_queued += 1
         self._woken()
 
-    def count_dropped(self, n: int = 1) -> None:
-        """Count records that could not even be put (thread-safe)."""
+    def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
+        """Count records that could not even be put (thread-safe), and why."""
         with self._lock:
             self.dropped += n
+            self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
 
     def _woken(self) -> None:
         self.wake_at = NEVER  # until the consumer says it is busy or sleeping again
@@ -229,7 +237,13 @@ class BoundedQueue(Generic[C]):
                     if self._sized:
                         self.bytes += len(record[BODY])
                     return
-            self.dropped += 1 if self._records_in is None else self._records_in(record)
+            if self.closed:
+                reason = _AFTER_CLOSE
+            elif self.bytes > self._max_bytes and len(self._items) + self._packed < self._max:
+                reason = self._over_bytes
+            else:  # the count bound (or room made since the put found none: it was that)
+                reason = self._over_events
+            self.count_dropped(1 if self._records_in is None else self._records_in(record), reason)
 
     def close(self) -> bool:
         """Refuse every later record; ``False`` if already closed. Wakes blocked producers."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import Final, Literal
 
 from .._errors import PermanentSinkError
@@ -29,7 +30,9 @@ class Statistics:
     Attributes:
         recorded: events accepted into the buffer (never more than callbacks made).
         written: events on durable storage.
-        dropped: events refused: buffer full, or recorded after close.
+        dropped: events refused: buffer full (``max_queue_events`` or
+            ``max_queue_bytes``), recorded after close, or whose capture raised (the
+            drop warning says which).
         filtered: events the ``redact`` hook chose not to write.
         failed: events in batches whose last write failed; kept and retried.
         lost: events given up on at close (the close deadline passed and the
@@ -121,6 +124,7 @@ class Reporter:
         self.last_error = ""
         self._warned_at: dict[str, float] = {}
         self._dropped_warned = 0
+        self._reasons_warned: dict[str, int] = {}
 
     def error(self, kind: str, message: str, exc: BaseException) -> None:
         """Remember ``message`` as the last error and log it (rate-limited per ``kind``)."""
@@ -135,18 +139,25 @@ class Reporter:
             self._warned_at[kind] = now
             logger.log(level, msg, *args)
 
-    def drops(self, dropped: int, max_queue_events: int) -> None:
-        """Say how many events were dropped since the last time it was said."""
+    def drops(self, dropped: int, reasons: Mapping[str, int]) -> None:
+        """Say how many events were dropped since the last time it was said, and why
+        (``dropped`` in all; ``reasons``: how many for each reason, the queue's
+        ``dropped_by``)."""
         if dropped == self._dropped_warned:
             return
         now = time.monotonic()
         if now - self._warned_at.get("drop", -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at["drop"] = now
+            counts = dict(reasons)  # one C call: the producers may count more meanwhile
+            dropped = sum(counts.values())
+            said = self._reasons_warned
+            why = ", ".join(
+                f"{n - said.get(reason, 0)} {reason}"
+                for reason, n in counts.items()
+                if n != said.get(reason, 0)
+            )
             logger.warning(
-                "asynctrack dropped %d event(s) (%d in all): buffer full (max_queue_events=%d)"
-                " or tracker closed",
-                dropped - self._dropped_warned,
-                dropped,
-                max_queue_events,
+                "asynctrack dropped %d event(s) (%d in all): %s", dropped - self._dropped_warned, dropped, why
             )
             self._dropped_warned = dropped
+            self._reasons_warned = counts

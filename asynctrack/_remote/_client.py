@@ -32,13 +32,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from .._channel import Kind
+from .._channel import ACK_COUNTS, Kind
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError, TrackerClosedError
 from .._layout import new_writer_id
 from .._pipeline._barrier import wait
 from .._pipeline._protocol import ForkHook, TrackerEngine
-from .._pipeline._queue import BoundedQueue
+from .._pipeline._queue import CAPTURE_RAISED, BoundedQueue
 from .._pipeline._statistics import Statistics
 from .._sinks._base import ParameterValue, RunInfo
 from ._shipper import Lane, Request
@@ -83,6 +83,8 @@ _CUMULATIVE: Final = (
     "mlflow_traces_logged",
     "mlflow_traces_failed",
 )
+#: The worker's counters its acknowledgements carry (``ACK_COUNTS``), in their order.
+_ACKED: Final = ("written", "batches", "bytes")
 
 
 class ProcessEngine:
@@ -143,6 +145,8 @@ class ProcessEngine:
         self._close_request: Request | None = None  # the first close's, which a second one waits for
         self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._worker_stats: dict[str, Any] = {}
+        #: What the living worker's acknowledgements covered (``_ACKED``).
+        self._acked_counts: tuple[int, ...] = (0,) * len(_ACKED)
         #: What the worker processes that died counted (``worker_died``), added to the
         #: living one's counters: a restart does not start the counts again.
         self._dead_stats: dict[str, int] = dict.fromkeys(_CUMULATIVE, 0)
@@ -170,8 +174,8 @@ class ProcessEngine:
             return self.fallback.last_parameters
         return dict(self._last_parameters)
 
-    def count_dropped(self, n: int = 1) -> None:
-        self._queue.count_dropped(n)
+    def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
+        self._queue.count_dropped(n, reason)
 
     async def flush(self, timeout: float | None = None) -> None:
         if self.fallback is not None:
@@ -356,12 +360,27 @@ class ProcessEngine:
             if stats.get("last_error"):
                 self._last_error = str(stats["last_error"])
 
+    def acknowledged(self, payload: bytes) -> None:
+        """The counts an ACK carried (see ``_ACKED``); the reader thread."""
+        # ACKs may come out of order (two threads of the worker send them): the
+        # counts only grow, the highest of each is the latest.
+        self._acked_counts = tuple(map(max, self._acked_counts, ACK_COUNTS.unpack(payload)))
+
     def worker_died(self) -> None:
         """The worker process died (called before a new one starts, its reader done):
-        what it counted stays counted."""
+        what it counted stays counted.
+
+        ``written``, ``batches`` and ``bytes`` are those of its last acknowledgement, not
+        of its last report: what it wrote before that is never re-sent, and the events of
+        the frames it had not acknowledged are re-sent and counted once, by the worker
+        that writes them next (a batch the dead one wrote of them is in the files, not in
+        the counts). The other counters are those it last reported.
+        """
+        acked = dict(zip(_ACKED, self._acked_counts, strict=True))
         for key in _CUMULATIVE:
-            self._dead_stats[key] += self._worker_stats.get(key, 0)
+            self._dead_stats[key] += acked[key] if key in acked else self._worker_stats.get(key, 0)
         self._worker_stats = {}
+        self._acked_counts = (0,) * len(_ACKED)
 
     def statistics_from_worker(self, payload: bytes) -> None:
         self._apply_statistics(pickle.loads(payload))

@@ -171,7 +171,7 @@ class Lane:
         """Log what the tracker's queue dropped since it was last said (at most every 10 s)."""
         dropped = self.queue.dropped
         if dropped:
-            self._reporter.drops(dropped, self.queue.max_events)
+            self._reporter.drops(dropped, self.queue.dropped_by)
 
     # -- shipper thread ------------------------------------------------------------------
 

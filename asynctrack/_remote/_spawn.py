@@ -81,6 +81,8 @@ class Client(Protocol):
 
     def statistics_from_worker(self, payload: bytes) -> None: ...
 
+    def acknowledged(self, payload: bytes) -> None: ...
+
     def worker_died(self) -> None: ...
 
     def renew_writer(self, generation: int) -> None: ...
@@ -221,6 +223,8 @@ class WorkerProcess:
         try:
             if kind == Kind.ACK:
                 client.lane.acknowledged(number)
+                if payload:
+                    client.acknowledged(payload)
                 if len(client.lane.queue):
                     self._shipper.wake()  # a lane held back under when_full="block" may go on
             elif kind in (Kind.FLUSHED, Kind.CLOSED):

@@ -25,6 +25,12 @@ Acknowledgements: the application keeps every ``RECORDS`` frame until it is
 acknowledged, to re-send it to a new worker if this one dies. A frame is acknowledged
 once each of its events is durable (in a written batch or in the spool) or resolved
 otherwise (dropped by the ``redact`` hook); ``ACK n`` says so for every frame up to ``n``.
+Its payload (``ACK_COUNTS``) is ``(written, batches, bytes)``: the events of the acknowledged
+frames in written batches (and those written again from the spool), and the batches and
+bytes written, all since this worker started. An ACK goes out after each written batch,
+even one that acknowledges no new frame, so the counts of a worker that dies are exact up
+to its last ACK: an application never re-sends what they cover, and a re-sent frame's
+events are counted by the worker that writes them next (``_client.worker_died``).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from .._channel import FrameReader, Kind, encode_frame, read_records, records_count, write_all
+from .._channel import ACK_COUNTS, FrameReader, Kind, encode_frame, read_records, records_count, write_all
 from .._errors import FlushError, FlushTimeoutError
 from .._events._schema import SEQ
 from .._exit import exit_timeout
@@ -130,7 +136,13 @@ class _Tracker:
         self._lock = threading.Lock()
         self._frame_of: dict[int, int] = {}  # seq -> RECORDS frame holding it
         self._remaining: dict[int, int] = {}  # frame -> events not yet resolved (ordered)
+        self._written: dict[int, int] = {}  # frame -> its events in written batches, until acked
         self._acked = 0
+        # What the acknowledgements cover (sent with each ACK): the events of acknowledged
+        # frames in written batches, the batches and bytes written.
+        self._acked_written = 0
+        self._batches = 0
+        self._bytes = 0
         self._stats_sent: object = ()
         # Bytes of the frames not yet acknowledged: what this worker holds for the
         # tracker, from its engine's queue to its failed batches. The worker's memory
@@ -141,6 +153,9 @@ class _Tracker:
         self._held_bytes = 0
         self._max_bytes = spec.config.max_queue_bytes
         self._drop_over_bytes = spec.config.when_full == "drop"
+        # The drop warning's reason (the worker's drops are logged by its engine).
+        slow = "held by the worker process: the destination is slow or down"
+        self._over_bytes = f"over max_queue_bytes={self._max_bytes} {slow}"
         # One reader thread builds the engines one at a time: the environment set here
         # is this tracker's while its sinks are made (its sinks read it when they start).
         apply_environ(spec.environ)
@@ -151,7 +166,9 @@ class _Tracker:
         # holds in the application's queue, and the bytes held here are bounded above.
         engine_config = dataclasses.replace(config, when_full="drop", handle_sigterm=False)
         self.engine, _ = spec.build(
-            hooks=DurableHooks(batch=self._durable_batch, filtered=self._resolved_one),
+            hooks=DurableHooks(
+                batch=self._durable_batch, filtered=self._resolved_one, spooled=self._spooled_batch
+            ),
             config=engine_config,
             queue_events=NEVER,
             packed=Packed(records_in=_COUNT, unpack=self._unpack),
@@ -175,7 +192,7 @@ class _Tracker:
             # Memory bound by bytes (the destination is slow or down): what this worker
             # holds for the tracker, from its buffer to its failed batches, stays within
             # max_queue_bytes (plus one frame). The frame is dropped, counted, resolved.
-            self.engine.count_dropped(count)
+            self.engine.count_dropped(count, self._over_bytes)
             self._settle_unread(frame)
             return
         with self._lock:
@@ -208,7 +225,7 @@ class _Tracker:
 
     def _unreadable(self, frame: int, count: int, exc: ValueError) -> None:
         logger.error("asynctrack worker: a frame of events was unreadable, its events are lost (%s)", exc)
-        self.engine.count_dropped(count)
+        self.engine.count_dropped(count, "in a frame the worker process could not read")
         self._settle_unread(frame)
 
     def _settle_unread(self, frame: int) -> None:
@@ -221,41 +238,74 @@ class _Tracker:
     # -- durability (engine worker thread) -------------------------------------------
 
     def _durable_batch(self, batch: Batch) -> None:
+        """``batch`` is written (its bytes are ``batch.data``)."""
         try:
             seqs = batch_seqs(batch)
         except Exception:  # pragma: no cover - our own batch bytes
             logger.exception("asynctrack worker: cannot read back a written batch")
+            seqs = []
+        self._resolve(seqs, len(batch.data))
+
+    def _spooled_batch(self, batch: Batch) -> None:
+        """``batch`` is saved to the spool: durable, not written."""
+        try:
+            seqs = batch_seqs(batch)
+        except Exception:  # pragma: no cover - our own batch bytes
+            logger.exception("asynctrack worker: cannot read back a spooled batch")
             return
         self._resolve(seqs)
 
     def _resolved_one(self, seq: int) -> None:
         self._resolve((seq,))
 
-    def _resolve(self, seqs: Iterable[int]) -> None:
+    def _resolve(self, seqs: Iterable[int], written: int | None = None) -> None:
+        """``seqs`` are resolved; ``written``: the bytes of the batch that wrote them."""
         with self._lock:
             remaining = self._remaining
             # One C loop takes the frame of each sequence number (None: resolved before).
             frames = collections.Counter(map(self._frame_of.pop, seqs, itertools.repeat(None)))
-            for frame, count in frames.items():
-                if frame is not None:
-                    remaining[frame] -= count
-        self._advance()
+            if written is None:
+                for frame, count in frames.items():
+                    if frame is not None:
+                        remaining[frame] -= count
+                report = False
+            else:
+                self._batches += 1
+                self._bytes += written
+                pending = self._written
+                for frame, count in frames.items():
+                    if frame is None:  # written again from the spool, or held by sampling
+                        self._acked_written += count
+                    else:
+                        remaining[frame] -= count
+                        pending[frame] = pending.get(frame, 0) + count
+                report = True
+        self._advance(report)
 
-    def _advance(self) -> None:
+    def _advance(self, report: bool = False) -> None:
+        """Acknowledge the frames now resolved, if any; ``report``: send the counts even
+        if none is (a batch was written)."""
         acked = None
         with self._lock:
             remaining = self._remaining
+            written = self._written
             while remaining:
                 frame = next(iter(remaining))
                 if remaining[frame] > 0:
                     break
                 del remaining[frame]
                 self._held_bytes -= self._frame_bytes.pop(frame, 0)
+                self._acked_written += written.pop(frame, 0)
                 acked = frame
             if acked is not None:
                 self._acked = acked
-        if acked is not None:
-            self._out.send(Kind.ACK, self.number, acked)
+            elif not report:
+                return
+            number = self._acked
+            counts = (self._acked_written, self._batches, self._bytes)
+        # Two threads may send out of order: the counts only grow, the application keeps
+        # the highest of each.
+        self._out.send(Kind.ACK, self.number, number, ACK_COUNTS.pack(*counts))
 
     # -- control -----------------------------------------------------------------------
 
