@@ -153,7 +153,7 @@ def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
     assert (stats.recorded, stats.written, stats.lost) == (150, 150, 0)
 
 
-_KILLED_FIVE_TIMES = """
+_KILL_FIVE_TIMES = """
 import json, os, signal, sys, time, uuid
 from asynctrack import AsyncTracker, TrackerConfig
 from asynctrack._remote import _spawn
@@ -181,12 +181,17 @@ for _ in range(5):
     os.kill(pid, signal.SIGKILL)
     wait(lambda: tracker.statistics().worker_mode == "thread"
          or _spawn.worker_process().pid not in (None, pid))
+"""
+_KILLED_FIVE_TIMES = (
+    _KILL_FIVE_TIMES
+    + """
 text(20)
 tracker.close(timeout=60)
 s = tracker.statistics()
 print(json.dumps({"count": count, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
                   "dropped": s.dropped, "lost": s.lost, "restarts": s.worker_restarts}))
 """
+)
 
 
 def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_them(
@@ -215,6 +220,64 @@ def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_th
     assert sorted(set(lines)) == list(range(stats["count"])) == list(range(520))
     assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == ("thread", 520, 0, 0)
     assert stats["written"] == len(lines)  # a re-sent event written twice is counted twice
+
+
+_FORK_AFTER_THE_FALL_BACK = (
+    _KILL_FIVE_TIMES
+    + """
+assert tracker.statistics().worker_mode == "thread"
+for k in range(8):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_id = uuid.uuid4()
+            for i in range(50):
+                tracker.on_text(f"c{k}-{i}", run_id=run_id)
+            tracker.close(timeout=20)
+            s = tracker.statistics()
+            print(json.dumps({"child": k, "mode": s.worker_mode, "recorded": s.recorded,
+                              "written": s.written, "dropped": s.dropped, "lost": s.lost}), flush=True)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    text(20)  # the parent goes on recording, between its children
+tracker.close(timeout=60)
+s = tracker.statistics()
+print(json.dumps({"count": count, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
+                  "dropped": s.dropped, "lost": s.lost}))
+"""
+)
+
+
+def test_children_forked_after_the_fall_back_write_every_event_and_the_parent_too(
+    tmp_destination: Path,
+) -> None:
+    """After five deaths the parent writes from a thread; eight children forked one after
+    the other each record 50 events and close. A dead worker's pipe descriptors are closed
+    once: a child's fork hook used to close their numbers again, which by then were other
+    descriptors (the thread engine's event loop, the new worker's pipes), and children
+    failed with ``Bad file descriptor``, at times losing their events (every one of 4 runs
+    of this test failed before the fix)."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_THE_FALL_BACK, str(tmp_destination)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    *forked, parent = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [c["child"] for c in forked] == list(range(8)), done.stdout
+    for child in forked:
+        assert (child["recorded"], child["written"], child["dropped"], child["lost"]) == (50, 50, 0, 0), child
+    assert (parent["recorded"], parent["dropped"], parent["lost"]) == (parent["count"], 0, 0) == (660, 0, 0)
+    texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
+    children_texts = {f"c{k}-{i}" for k in range(8) for i in range(50)}
+    assert set(texts) == children_texts | {f"t-{i}" for i in range(parent["count"])}
+    assert all(texts[text] == 1 for text in children_texts)
 
 
 def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
