@@ -280,6 +280,55 @@ def test_children_forked_after_the_fall_back_write_every_event_and_the_parent_to
     assert all(texts[text] == 1 for text in children_texts)
 
 
+_FORK_WHERE_NO_WORKER_CAN_START = """
+import json, os, sys, uuid
+from asynctrack import AsyncTracker, TrackerConfig
+
+tracker = AsyncTracker(sys.argv[1], experiment_name="e", run_name="r",
+                       config=TrackerConfig(worker="process", batch_interval=3600.0))
+def text(prefix, n):
+    run_id = uuid.uuid4()
+    for i in range(n):
+        tracker.on_text(f"{prefix}-{i}", run_id=run_id)
+text("p", 30)
+tracker.flush_blocking(timeout=60)
+executable, sys.executable = sys.executable, ""  # the child cannot start a worker process
+pid = os.fork()
+if pid == 0:
+    text("c", 50)
+    tracker.flush_blocking(timeout=10)
+    s = tracker.statistics()
+    print(json.dumps({"mode": s.worker_mode, "recorded": s.recorded, "written": s.written}), flush=True)
+    text("x", 25)  # written by the exit hooks
+    sys.exit(0)
+sys.executable = executable
+os.waitpid(pid, 0)
+text("q", 20)
+tracker.close(timeout=60)
+"""
+
+
+def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_destination: Path) -> None:
+    """The fork hook could not start the child's worker process (here: no Python to start
+    it with): a thread engine takes the child's tracker, as at construction. Every event of
+    both processes is written, the child's last ones by the exit hooks."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WHERE_NO_WORKER_CAN_START, str(tmp_destination)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"mode": "thread", "recorded": 50, "written": 50}
+    texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
+    expected = [f"{p}-{i}" for p, n in (("p", 30), ("c", 50), ("x", 25), ("q", 20)) for i in range(n)]
+    assert texts == collections.Counter(expected)
+
+
 def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
     tmp_path: Path,
     children: list[Child],  # noqa: F811 - the fixture imported from test_process
