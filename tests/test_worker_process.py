@@ -200,17 +200,7 @@ def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_th
     """Five deaths in a row: the tracker falls back to a thread engine, which writes under
     a writer id of its own. Its statistics still count every event the dead workers wrote
     (a child process: the fall back is for the whole process)."""
-    import json
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_FIVE_TIMES, str(tmp_destination)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    stats = json.loads(done.stdout.splitlines()[-1])
+    stats = orjson.loads(_clean_run(_KILLED_FIVE_TIMES, tmp_destination)[-1])
     # Each engine writes under a writer id of its own, the thread engine too: a batch key
     # is <HHMMSS>-<writer>-<batch>, and the thread engine's first batch written in the
     # first worker's second overwrote it.
@@ -220,6 +210,23 @@ def test_statistics_count_what_every_killed_worker_wrote_and_the_thread_after_th
     assert sorted(set(lines)) == list(range(stats["count"])) == list(range(520))
     assert (stats["mode"], stats["recorded"], stats["dropped"], stats["lost"]) == ("thread", 520, 0, 0)
     assert stats["written"] == len(lines)  # a re-sent event written twice is counted twice
+
+
+def _clean_run(script: str, destination: Path) -> list[str]:
+    """Run ``script`` in a fresh interpreter (it writes to ``destination``); its stdout
+    lines. It must exit 0 with no traceback on stderr, its children's included."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(destination)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    return done.stdout.splitlines()
 
 
 _FORK_AFTER_THE_FALL_BACK = (
@@ -258,19 +265,8 @@ def test_children_forked_after_the_fall_back_write_every_event_and_the_parent_to
     descriptors (the thread engine's event loop, the new worker's pipes), and children
     failed with ``Bad file descriptor``, at times losing their events (every one of 4 runs
     of this test failed before the fix)."""
-    import json
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_AFTER_THE_FALL_BACK, str(tmp_destination)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
-    *forked, parent = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [c["child"] for c in forked] == list(range(8)), done.stdout
+    *forked, parent = [orjson.loads(line) for line in _clean_run(_FORK_AFTER_THE_FALL_BACK, tmp_destination)]
+    assert [c["child"] for c in forked] == list(range(8)), forked
     for child in forked:
         assert (child["recorded"], child["written"], child["dropped"], child["lost"]) == (50, 50, 0, 0), child
     assert (parent["recorded"], parent["dropped"], parent["lost"]) == (parent["count"], 0, 0) == (660, 0, 0)
@@ -312,18 +308,8 @@ def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_des
     """The fork hook could not start the child's worker process (here: no Python to start
     it with): a thread engine takes the child's tracker, as at construction. Every event of
     both processes is written, the child's last ones by the exit hooks."""
-    import json
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_WHERE_NO_WORKER_CAN_START, str(tmp_destination)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
-    assert json.loads(done.stdout) == {"mode": "thread", "recorded": 50, "written": 50}
+    (line,) = _clean_run(_FORK_WHERE_NO_WORKER_CAN_START, tmp_destination)
+    assert orjson.loads(line) == {"mode": "thread", "recorded": 50, "written": 50}
     texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
     expected = [f"{p}-{i}" for p, n in (("p", 30), ("c", 50), ("x", 25), ("q", 20)) for i in range(n)]
     assert texts == collections.Counter(expected)
