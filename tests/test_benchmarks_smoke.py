@@ -91,8 +91,20 @@ def _check_real_provider(data: dict[str, Any]) -> None:
     assert {"app_us_per_event", "worker_us_per_event", "total_us_per_event"} <= set(data["metrics"])
 
 
+def _check_memory(data: dict[str, Any]) -> None:
+    """A stalled tracker is judged from its bounds on: it recorded until events were dropped
+    and the worker held max_queue_bytes, then 30,000 more, and every event is counted."""
+    (run,) = data["data"]["raw"]["stalled-small"]
+    assert run["bounds_reached"] is True
+    assert run["events"] == run["events_to_bounds"] + 30_000
+    assert run["pending_bytes"] >= 0.95 * run["max_queue_bytes"]
+    assert run["recorded"] + run["dropped"] == run["events"]
+    assert run["held_at_bounds"] > 0 and run["held_end"] > 0
+
+
 #: What each benchmark's output must show beyond the common checks.
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "memory": _check_memory,
     "overhead": _check_overhead,
     "hostile": _check_hostile,
     "real_provider": _check_real_provider,

@@ -355,6 +355,29 @@ def test_a_dead_receiver_fails_the_spans_not_the_files(tmp_path: Path, receiver:
     _assert_files_complete(tracker)
 
 
+def test_a_backfill_against_a_trickling_receiver_ends_within_its_timeout(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timeout`` bounds each request (a byte every 0.2 s never makes a whole answer),
+    and what is unsent once every span was tried gets 2 x timeout more: about 3 x timeout
+    in all, where the default 30 s requests take 90 s."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="r1")
+    failing_chain([tracker])
+    tracker.close()
+    receiver.trickle(0.2)
+    began = time.monotonic()
+    status = main(["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--timeout", "0.5"])
+    elapsed = time.monotonic() - began
+    assert status == 1
+    assert elapsed < 3 * 0.5 + 3.0, elapsed  # 1.8 s at load 13: the files are read meanwhile
+    assert receiver.attempts >= 2  # the first request ended at 0.5 s, and was retried
+    assert "could not send spans" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--timeout", bad]) == 1
+        assert "--timeout takes a positive number of seconds" in capsys.readouterr().err
+
+
 def test_a_full_export_queue_drops_spans_and_counts_them(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stall()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, max_queue_bytes=600, timeout=0.5))

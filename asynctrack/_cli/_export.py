@@ -66,9 +66,15 @@ def export(
     capture_content: bool,
     s3_options: dict[str, Any],
     metrics: bool = True,
+    timeout: float = 30.0,
 ) -> int:
     """Send the selected runs (and their metrics); 0 when every span and the metrics were
-    accepted (or the receiver takes no metrics), 1 otherwise."""
+    accepted (or the receiver takes no metrics), 1 otherwise.
+
+    Each request ends within ``timeout`` seconds (as ``OTLPExporter``'s); once every span
+    was tried, what is still unsent (retries) gets ``2 * timeout`` more, then is aborted
+    and counted as failed.
+    """
     import gzip
 
     from .._export._exporter import OTLPExporter, resource
@@ -76,8 +82,10 @@ def export(
     from .._read._scan import find_event_files
 
     try:
+        if not 0 < timeout < float("inf"):  # NaN fails both
+            raise ValueError(f"--timeout takes a positive number of seconds, got {timeout!r}")
         config = OTLPExporter(
-            endpoint, headers=headers, capture_content=capture_content, timeout=30.0, metrics=metrics
+            endpoint, headers=headers, capture_content=capture_content, timeout=timeout, metrics=metrics
         )
         find_event_files(destination, experiment, run, **s3_options)
         files = _files(destination, _pattern(experiment, run), s3_options)
@@ -110,9 +118,9 @@ def export(
             metrics_sender.put([recorder.request()], block=True)
             metrics_sender.flush(None)
     finally:
-        sender.close(60.0)
+        sender.close(2 * timeout)
         if metrics_sender is not None:
-            metrics_sender.close(60.0)
+            metrics_sender.close(2 * timeout)
         progress.end()
     print(
         f"exported {sender.exported} span(s) to {sender.url}"

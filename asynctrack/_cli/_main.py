@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="send the spans only, not the GenAI client metrics of the model calls (/v1/metrics)",
     )
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="the longest one request may take, answer included (a failed one is retried up to 5 "
+        "times); once every span was tried, what is unsent gets 2 x SECONDS more, then fails "
+        "(default: 30)",
+    )
     add_s3_options(send)
 
     run_replay = commands.add_parser("replay", help="deliver the batches kept in a spool directory")
@@ -195,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             capture_content=args.capture_content,
             s3_options=options,
             metrics=args.metrics,
+            timeout=args.timeout,
         )
     if args.command == "athena-ddl":
         from ._athena import athena_ddl

@@ -42,7 +42,7 @@ from .._pipeline._queue import CAPTURE_RAISED, BoundedQueue
 from .._pipeline._statistics import Statistics
 from .._sinks._base import ParameterValue, RunInfo
 from ._shipper import Lane, Request
-from ._spawn import EngineSpec, WorkerProcess, live, worker_process
+from ._spawn import EngineSpec, WorkerProcess, WorkerUnavailable, live, worker_process
 
 __all__ = ["ProcessEngine"]
 
@@ -448,10 +448,17 @@ class ProcessEngine:
         self._reset()
         self.spec = self.spec.with_writer(new_writer_id())
         self._base_writer = self.spec.writer
-        on_fork = self.on_fork() if self.on_fork is not None else None
-        if on_fork is not None:
-            on_fork(self)
         if closed:
             self._queue.close()
         else:
-            self._worker.register(self)
+            try:
+                self._worker.register(self)
+            except WorkerUnavailable as exc:
+                # No worker process in this child: a thread engine takes the tracker, and
+                # records go straight to it (no shipper runs here to forward them).
+                self.fall_back(str(exc))
+                if self.fallback is not None:
+                    self.put = self.fallback.put
+        on_fork = self.on_fork() if self.on_fork is not None else None
+        if on_fork is not None:
+            on_fork(self)  # after the engine is settled: the handler takes its put

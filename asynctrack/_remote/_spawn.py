@@ -207,6 +207,10 @@ class WorkerProcess:
         except (OSError, ValueError):
             pass
         finally:
+            # The number is free once closed, and the next pipe or socket may get it: no
+            # one (a restart, the shutdown, a forked child's hook) may close it again.
+            if self._in_fd == fd:
+                self._in_fd = -1
             with contextlib.suppress(OSError):
                 os.close(fd)
         if not self._stopping and os.getpid() == self._pid:
@@ -251,6 +255,7 @@ class WorkerProcess:
         with self._lock:
             with contextlib.suppress(OSError):
                 os.close(self._out_fd)
+            self._out_fd = -1
             self._process = None
             for client in self._clients.values():
                 client.lane.worker_died()
@@ -296,6 +301,7 @@ class WorkerProcess:
             process = self._process
             with contextlib.suppress(OSError):
                 os.close(self._out_fd)
+            self._out_fd = -1
         if process is not None:
             try:
                 process.wait(grace)
