@@ -267,11 +267,14 @@ class _Running:
         self._errors = 0
 
     def lines(self, lines: Sequence[bytes]) -> None:
+        self.records(lines, (), ())
+
+    def records(self, lines: Sequence[bytes], kinds: Sequence[str], runs: Sequence[object]) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                spans = self._assembler.add(lines)
+                spans = self._assembler.add_records(lines, kinds, runs)
             except Exception as exc:  # a bug here must not stop the files
                 self._errors += 1
                 if self._errors == 1:

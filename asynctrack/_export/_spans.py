@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import operator
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, islice
 from typing import Any, Final
 
 import orjson
@@ -72,6 +74,7 @@ _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _KIND: Final = b'"kind":"'
+_TOKEN_KIND: Final = "llm_new_token"
 _NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
@@ -446,6 +449,48 @@ class SpanAssembler:
         if counted:
             streaming.chunks += counted  # type: ignore[union-attr]  # counted: a stream's
         self._k = k
+        return done
+
+    def add_records(self, lines: Sequence[bytes], kinds: Sequence[Any], runs: Sequence[Any]) -> list[bytes]:
+        """``add(lines)``, told each line's kind and run id (``kinds[i]`` and ``runs[i]``: the
+        line's own ``kind`` and ``run_id``, as the engine wrote them). The same spans.
+
+        The streamed tokens of a run whose first token was read are counted, not read: the
+        lines are cut where the run id object changes (the engine gives one object per run
+        in a row: one comparison per line, in C), and a piece's tokens, if they are one
+        row, are counted at once. Every other line is read by ``add``.
+        """
+        if _TOKEN_KIND not in kinds:
+            return self.add(lines)
+        n = len(lines)
+        done: list[bytes] = []
+        open_runs = self._open
+        begin = start = 0  # the first line not read yet; the piece's first line
+        for end in (*compress(range(1, n), map(operator.is_not, runs, islice(runs, 1, None))), n):
+            run = runs[start]
+            try:
+                first = kinds.index(_TOKEN_KIND, start, end)
+            except ValueError:  # no token in the piece
+                start = end
+                continue
+            count = kinds[first:end].count(_TOKEN_KIND)
+            start = end
+            if type(run) is not str or kinds[first : first + count].count(_TOKEN_KIND) != count:
+                continue  # not text, or the tokens are not one row: read
+            if begin < first:
+                done += self.add(lines[begin:first])  # what comes before may open its run
+            span = open_runs.get(run)
+            if span is None or not span.first_chunk_ns:  # its first token: read
+                done += self.add(lines[first : first + 1])
+                first += 1
+                count -= 1
+                span = open_runs.get(run)
+            begin = first
+            if span is not None and span.first_chunk_ns:
+                span.chunks += count
+                begin = first + count
+        if begin < n:
+            done += self.add(lines[begin:])
         return done
 
     def close(self) -> list[bytes]:
