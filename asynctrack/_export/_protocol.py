@@ -42,9 +42,9 @@ class RecordExporter(LineExporter, Protocol):
     it wrote them (it knows both): then the exporter need not read them from the line."""
 
     def records(self, lines: Sequence[bytes], kinds: Sequence[str], runs: Sequence[object]) -> None:
-        """``lines(lines)``, where ``lines[i]``'s ``kind`` is ``kinds[i]`` and its ``run_id``
-        is ``runs[i]`` (the text written, or a value that is not text: then not known).
-        Never blocks, never raises."""
+        """``lines(lines)`` of lines the engine wrote (its encoder's output: UTF-8), where
+        ``lines[i]``'s ``kind`` is ``kinds[i]`` and its ``run_id`` is ``runs[i]`` (the text
+        written, or a value that is not text: then not known). Never blocks, never raises."""
 
 
 @runtime_checkable

@@ -319,8 +319,10 @@ class SpanAssembler:
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
-        """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
+    def add(self, lines: Iterable[bytes], utf8: bool = False) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
+        """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages).
+        ``utf8``: the lines are known to be UTF-8 (the engine's own: orjson's output), so a
+        model end's schema need not check them first."""
         done: list[bytes] = []
         open_runs = self._open
         streams = self._streams
@@ -406,7 +408,7 @@ class SpanAssembler:
                         done.append(encoded)
                         continue
                 elif known == "llm_end" and _schema is not None:
-                    encoded = self._model_end(line, open_runs)
+                    encoded = self._model_end(line, open_runs, utf8)
                     if encoded is not None:
                         done.append(encoded)
                         continue
@@ -452,8 +454,9 @@ class SpanAssembler:
         return done
 
     def add_records(self, lines: Sequence[bytes], kinds: Sequence[Any], runs: Sequence[Any]) -> list[bytes]:
-        """``add(lines)``, told each line's kind and run id (``kinds[i]`` and ``runs[i]``: the
-        line's own ``kind`` and ``run_id``, as the engine wrote them). The same spans.
+        """``add(lines)`` of the engine's lines (its own: UTF-8), told each line's kind and run
+        id (``kinds[i]`` and ``runs[i]``: the line's own ``kind`` and ``run_id``, as the engine
+        wrote them). The same spans.
 
         The streamed tokens of a run whose first token was read are counted, not read: the
         lines are cut where the run id object changes (the engine gives one object per run
@@ -461,7 +464,7 @@ class SpanAssembler:
         row, are counted at once. Every other line is read by ``add``.
         """
         if _TOKEN_KIND not in kinds:
-            return self.add(lines)
+            return self.add(lines, True)
         n = len(lines)
         done: list[bytes] = []
         open_runs = self._open
@@ -478,10 +481,10 @@ class SpanAssembler:
             if type(run) is not str or kinds[first : first + count].count(_TOKEN_KIND) != count:
                 continue  # not text, or the tokens are not one row: read
             if begin < first:
-                done += self.add(lines[begin:first])  # what comes before may open its run
+                done += self.add(lines[begin:first], True)  # what comes before may open its run
             span = open_runs.get(run)
             if span is None or not span.first_chunk_ns:  # its first token: read
-                done += self.add(lines[first : first + 1])
+                done += self.add(lines[first : first + 1], True)
                 first += 1
                 count -= 1
                 span = open_runs.get(run)
@@ -490,7 +493,7 @@ class SpanAssembler:
                 span.chunks += count
                 begin = first + count
         if begin < n:
-            done += self.add(lines[begin:])
+            done += self.add(lines[begin:], True)
         return done
 
     def close(self) -> list[bytes]:
@@ -525,10 +528,11 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
+    def _model_end(self, line: bytes, open_runs: dict[str, _Open], utf8: bool = False) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
-        (``_model_end``): its span; ``None``: parse the line whole."""
-        if not line.isascii():
+        (``_model_end``): its span; ``None``: parse the line whole. ``utf8``: the line is
+        known to be UTF-8 (as ``read`` checks: msgspec checks only the strings it builds)."""
+        if not utf8 and not line.isascii():
             end = _schema.read(line)  # checked for UTF-8 first
         else:
             try:
