@@ -299,7 +299,7 @@ class EventTranslator:
         """Each record as ``(seq, line, kind, run id)``, ``None`` (dropped by the ``redact``
         hook) or the exception that stopped it (the caller counts it and writes a
         placeholder). The kind and the run id are the line's own ``kind`` and ``run_id``
-        (what ``LineExporter.records`` is told, so that it need not read them from the
+        (what ``RecordExporter.records`` is told, so that it need not read them from the
         line); with a ``redact`` hook, which may change any field, the result is
         ``(seq, line)`` alone.
 
