@@ -346,7 +346,7 @@ def _assemble(lines: list[bytes], capture: bool, metrics: bool, described: list[
             spans += (
                 assembler.add(frame)
                 if records is None
-                else records(frame, kinds[at : at + FRAME], runs[at : at + FRAME])
+                else records(frame, kinds[at : at + len(frame)], runs[at : at + len(frame)])
             )
     spans += assembler.close()
     for start in range(0, len(spans), BATCH):

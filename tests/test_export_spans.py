@@ -302,6 +302,16 @@ def test_lines_told_their_kinds_and_run_ids_give_the_same_spans(
         assert sum(chunks) == kinds.count("llm_new_token") - (2 if lines is interleaved else 0)
 
 
+@pytest.mark.parametrize("extra", [1, 3, -1])
+def test_kinds_and_run_ids_that_are_not_one_a_line_are_not_used(extra: int) -> None:
+    run_id = str(uuid.uuid4())
+    tokens = [_line("llm_new_token", run_id, None, 1.5, token="x") for _ in range(4)]
+    lines = [_line("chain_start", run_id, None, 1.0), *tokens, _line("chain_end", run_id, None, 2.0)]
+    kinds = ["chain_start", *["llm_new_token"] * (4 + extra), "chain_end"]
+    runs = [run_id] * len(kinds)
+    assert SpanAssembler().add_records(lines, kinds, runs) == SpanAssembler().add(lines)
+
+
 def test_a_run_never_ended_is_exported_at_close_marked() -> None:
     root, child = str(uuid.uuid4()), str(uuid.uuid4())
     assembler = SpanAssembler()

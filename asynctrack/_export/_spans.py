@@ -464,11 +464,13 @@ class SpanAssembler:
         one object per run in a row) is found by C scans and counted at once. Every other
         line is read by ``add``.
         """
+        n = len(lines)
+        if len(kinds) != n or len(runs) != n:  # not one kind and run id a line: not used
+            return self.add(lines)
         try:
             first = kinds.index(_TOKEN_KIND)
         except ValueError:  # no token
             return self.add(lines, True)
-        n = len(lines)
         done: list[bytes] = []
         open_runs = self._open
         begin = 0  # the first line not read yet
