@@ -49,8 +49,7 @@ import operator
 import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress, islice, repeat
-from itertools import count as numbers
+from itertools import compress, islice
 from typing import Any, Final
 
 import orjson
@@ -459,46 +458,42 @@ class SpanAssembler:
         id (``kinds[i]`` and ``runs[i]``: the line's own ``kind`` and ``run_id``, as the engine
         wrote them). The same spans.
 
-        The streamed tokens of a run whose first token was read are counted, not read: a row
-        of them (lines of the token kind's object and of one run id object: the engine gives
-        one object per run in a row) is found by C scans and counted at once. Every other
-        line is read by ``add``.
+        The streamed tokens of a run whose first token was read are counted, not read: the
+        lines are cut where the run id object changes (the engine gives one object per run
+        in a row: one comparison per line, in C), and a piece's tokens, if they are one
+        row, are counted at once. Every other line is read by ``add``.
         """
         n = len(lines)
         if len(kinds) != n or len(runs) != n:  # not one kind and run id a line: not used
             return self.add(lines)
-        try:
-            first = kinds.index(_TOKEN_KIND)
-        except ValueError:  # no token
+        if _TOKEN_KIND not in kinds:
             return self.add(lines, True)
         done: list[bytes] = []
         open_runs = self._open
-        begin = 0  # the first line not read yet
-        while True:
-            run = runs[first]
-            after = first + 1
-            # The row's end: the first line after it of another kind, or of another run.
-            others = map(operator.is_not, islice(kinds, after, None), repeat(_TOKEN_KIND))
-            end = next(compress(numbers(after), others), n)
-            end = next(
-                compress(numbers(after), map(operator.is_not, islice(runs, after, end), repeat(run))), end
-            )
-            if type(run) is str:
-                if begin < first:
-                    done += self.add(lines[begin:first], True)  # what comes before may open its run
-                    begin = first
-                span = open_runs.get(run)
-                if span is None or not span.first_chunk_ns:  # its first token: read
-                    done += self.add(lines[first:after], True)
-                    begin = after
-                    span = open_runs.get(run)
-                if span is not None and span.first_chunk_ns:
-                    span.chunks += end - begin
-                    begin = end
+        begin = start = 0  # the first line not read yet; the piece's first line
+        for end in (*compress(range(1, n), map(operator.is_not, runs, islice(runs, 1, None))), n):
+            run = runs[start]
             try:
-                first = kinds.index(_TOKEN_KIND, end)
-            except ValueError:
-                break
+                first = kinds.index(_TOKEN_KIND, start, end)
+            except ValueError:  # no token in the piece
+                start = end
+                continue
+            count = kinds[first:end].count(_TOKEN_KIND)
+            start = end
+            if type(run) is not str or kinds[first : first + count].count(_TOKEN_KIND) != count:
+                continue  # not text, or the tokens are not one row: read
+            if begin < first:
+                done += self.add(lines[begin:first], True)  # what comes before may open its run
+            span = open_runs.get(run)
+            if span is None or not span.first_chunk_ns:  # its first token: read
+                done += self.add(lines[first : first + 1], True)
+                first += 1
+                count -= 1
+                span = open_runs.get(run)
+            begin = first
+            if span is not None and span.first_chunk_ns:
+                span.chunks += count
+                begin = first + count
         if begin < n:
             done += self.add(lines[begin:], True)
         return done
