@@ -311,25 +311,44 @@ def _backfill_once(destination: Path, endpoint: str) -> tuple[float, int]:
 
 # -- instructions (callgrind) ----------------------------------------------------------------------
 
-#: Variants of ``--instructions``: workload, content captured, metrics kept.
-COUNTED: dict[str, tuple[str, bool, bool]] = {
-    "ChatOpenAI, metrics kept (the exporter's default)": ("chat", False, True),
-    "ChatOpenAI, metrics not kept": ("chat", False, False),
-    "ChatOpenAI, content captured, metrics kept": ("chat", True, True),
-    "chain runs": ("chain", False, True),
+#: Variants of ``--instructions``: workload, content captured, metrics kept, handed over
+#: as the engine does (frames of ``FRAME`` lines, with their kinds and run ids where the
+#: assembler takes them: ``add_records``) rather than all lines in one ``add()``.
+COUNTED: dict[str, tuple[str, bool, bool, bool]] = {
+    "ChatOpenAI, metrics kept (the exporter's default)": ("chat", False, True, False),
+    "ChatOpenAI, metrics not kept": ("chat", False, False, False),
+    "ChatOpenAI, content captured, metrics kept": ("chat", True, True, False),
+    "chain runs": ("chain", False, True, False),
+    "ChatOpenAI, metrics kept, as the engine hands them (frames of 256)": ("chat", False, True, True),
 }
 _WARMUP_LINES = 2000
+FRAME = 256  # records a frame of the worker process's channel holds in a burst
 
 
-def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
-    """Assemble ``lines`` into spans, requests of ``BATCH`` and their gzip; the spans."""
+def _assemble(lines: list[bytes], capture: bool, metrics: bool, described: list[Any] | None = None) -> int:
+    """Assemble ``lines`` into spans, requests of ``BATCH`` and their gzip; the spans.
+    ``described``: each line's kind and run id: the lines go in frames, as the engine hands
+    them (with these, if the assembler takes them)."""
     from asynctrack._export._metrics import Metrics
 
     kept = (
         Metrics([pb.attribute("service.name", "bench")], pb.scope("asynctrack", "0"), "") if metrics else None
     )
     assembler = SpanAssembler(capture_content=capture, metrics=kept)
-    spans = assembler.add(lines) + assembler.close()
+    if described is None:
+        spans = assembler.add(lines)
+    else:
+        records = getattr(assembler, "add_records", None)  # an older tree: lines alone
+        kinds, runs = described
+        spans = []
+        for at in range(0, len(lines), FRAME):
+            frame = lines[at : at + FRAME]
+            spans += (
+                assembler.add(frame)
+                if records is None
+                else records(frame, kinds[at : at + len(frame)], runs[at : at + len(frame)])
+            )
+    spans += assembler.close()
     for start in range(0, len(spans), BATCH):
         gzip_body(_hand_written(spans[start : start + BATCH]))
     if kept is not None:
@@ -338,13 +357,23 @@ def _assemble(lines: list[bytes], capture: bool, metrics: bool) -> int:
 
 
 def _count_child(variant: str, lines_file: Path, info: Path) -> None:
-    workload, capture, metrics = COUNTED[variant]
+    workload, capture, metrics, framed = COUNTED[variant]
     chat, chain = pickle.loads(lines_file.read_bytes())
     lines = chat if workload == "chat" else chain
-    _assemble(lines[:_WARMUP_LINES], capture, metrics)
+    described = None
+    if framed:
+        # As the engine gives them: a kind is one of a few strings, a run's id one object.
+        events = list(map(orjson.loads, lines))
+        ids: dict[str, str] = {}
+        described = [
+            [sys.intern(e["kind"]) for e in events],
+            [ids.setdefault(e["run_id"], e["run_id"]) for e in events],
+        ]
+        del events
+    _assemble(lines[:_WARMUP_LINES], capture, metrics, described)
     gc.collect()
     c.callgrind_instrument(True)
-    spans = _assemble(lines, capture, metrics)
+    spans = _assemble(lines, capture, metrics, described)
     c.callgrind_instrument(False)
     info.write_text(str(spans))
 

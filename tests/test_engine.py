@@ -14,11 +14,13 @@ import asyncio
 import threading
 import time
 import types
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import orjson
 import pytest
 from engine_fakes import (
     JOIN,
@@ -27,11 +29,13 @@ from engine_fakes import (
     join_threads,
     start_thread,
 )
+from export_workloads import recorded_lines
 from langchain_core.runnables import RunnableLambda
 
 from asynctrack import (
     AsyncTracker,
     TrackerClosedError,
+    TrackerConfig,
 )
 from asynctrack._layout import Layout
 from asynctrack._pipeline import _loop
@@ -242,3 +246,59 @@ def test_engine_statistics_and_closed_engine_drops() -> None:
     assert engine.closed
     with pytest.raises(TrackerClosedError):
         engine.flush_blocking()
+
+
+# -- exporters ---------------------------------------------------------------------------------
+
+
+class _Told:
+    """An exporter (its configuration and its running part at once) that keeps what the
+    engine hands it: lines with their kinds and run ids (``records``), or lines alone."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[bytes, object, object]] = []
+        self.untold: list[bytes] = []
+
+    def start(self) -> _Told:
+        return self
+
+    def lines(self, lines: Sequence[bytes]) -> None:
+        self.untold += lines
+
+    def records(self, lines: Sequence[bytes], kinds: Sequence[str], runs: Sequence[object]) -> None:
+        self.told += zip(lines, kinds, runs, strict=True)
+
+    def flush(self, timeout: float | None) -> str | None:
+        return None
+
+    def close(self, timeout: float | None) -> None:
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        return {}
+
+
+@pytest.mark.parametrize("hook", [False, True])
+def test_exporters_are_told_each_line_s_kind_and_run_id(tmp_path: Path, hook: bool) -> None:
+    # The engine knows each line's kind and run id as it writes it, and tells an exporter
+    # that takes them (RecordExporter); with a redact hook, which may change any field,
+    # it hands the lines alone.
+    exporter = _Told()
+    config = TrackerConfig(worker="thread", redact=(lambda event: event) if hook else None)
+    tracker = AsyncTracker(tmp_path / "logs", config=config, exporters=[exporter])
+    for i in range(20):
+        run_id = uuid.uuid4()
+        tracker.on_chain_start({}, {"x": i}, run_id=run_id, name="step")
+        for token in ("a", "b", "c"):
+            tracker.on_llm_new_token(token, run_id=run_id)
+        tracker.on_chain_end({"y": i}, run_id=run_id)
+    tracker.close()
+    written = sorted(recorded_lines(tmp_path / "logs"))  # (without their newlines)
+    assert len(written) == 100
+    if hook:
+        assert (exporter.told, sorted(line.rstrip() for line in exporter.untold)) == ([], written)
+        return
+    assert (exporter.untold, sorted(line.rstrip() for line, _, _ in exporter.told)) == ([], written)
+    for line, kind, run_id in exporter.told:
+        event = orjson.loads(line)
+        assert (kind, run_id) == (event["kind"], event["run_id"])

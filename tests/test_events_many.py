@@ -61,8 +61,9 @@ def test_the_chunk_path_writes_the_same_lines_as_one_record_at_a_time() -> None:
     text = b"".join(x[1] for x in lines if type(x) is tuple)
     for secret in (b"hunter2", b"sk-a", b"A" * 40, b"B" * 40, b"abc123secret"):
         assert secret not in text
-    for _, line in lines:  # type: ignore[misc]
-        orjson.loads(line)
+    for seq, line, kind, run_id in lines:  # type: ignore[misc]
+        event = orjson.loads(line)
+        assert (event["seq"], event["kind"], event["run_id"]) == (seq, kind, run_id)
     assert chunked.parameters.as_dict() == single.parameters.as_dict()
 
 

@@ -263,6 +263,55 @@ def test_interleaved_streams_of_two_envelope_layouts_count_every_token() -> None
         assert (a["asynctrack.stream.chunks"], a["gen_ai.response.time_to_first_chunk"]) == (6, 0.5)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("frame", [1, 3, 7, 64, 256])
+def test_lines_told_their_kinds_and_run_ids_give_the_same_spans(
+    agent_lines: list[bytes], frame: int, shared: bool
+) -> None:
+    # The engine tells the assembler each line's kind and run id (add_records): a stream's
+    # tokens after its first are counted from them, a row at a time, not read. The workload
+    # alone, and two copies of it interleaved token by token (two streams at once) with
+    # tokens of a run never started; a run id that is not text (not known) has its line
+    # read. ``shared``: one object per run id, as the engine gives them.
+    other = {run: str(uuid.uuid4()) for run in {e["run_id"] for e in _events(agent_lines)}}
+    copy = agent_lines
+    for old, new in other.items():
+        copy = [line.replace(old.encode(), new.encode()) for line in copy]
+    interleaved = [line for pair in zip(agent_lines, copy, strict=True) for line in pair]
+    stray = _line("llm_new_token", str(uuid.uuid4()), None, 1.0, token="x")
+    interleaved[len(interleaved) // 2 : len(interleaved) // 2] = [stray, stray]
+    for lines in (agent_lines, interleaved):
+        objects: dict[str, str] = {}
+        kinds = [e["kind"] for e in _events(lines)]
+        runs: list[object] = [
+            objects.setdefault(e["run_id"], e["run_id"]) if shared else e["run_id"] for e in _events(lines)
+        ]
+        assert kinds.count("llm_new_token") > 10
+        runs[kinds.index("llm_new_token") + 2] = None
+        told, read = SpanAssembler(), SpanAssembler()
+        spans_told: list[bytes] = []
+        spans_read: list[bytes] = []
+        for at in range(0, len(lines), frame):
+            spans_told += told.add_records(
+                lines[at : at + frame], kinds[at : at + frame], runs[at : at + frame]
+            )
+            spans_read += read.add(lines[at : at + frame])
+        assert spans_told + told.close() == spans_read + read.close()
+        streamed = [attributes(span) for span in _decode(spans_told)]
+        chunks = [a["asynctrack.stream.chunks"] for a in streamed if "asynctrack.stream.chunks" in a]
+        assert sum(chunks) == kinds.count("llm_new_token") - (2 if lines is interleaved else 0)
+
+
+@pytest.mark.parametrize("extra", [1, 3, -1])
+def test_kinds_and_run_ids_that_are_not_one_a_line_are_not_used(extra: int) -> None:
+    run_id = str(uuid.uuid4())
+    tokens = [_line("llm_new_token", run_id, None, 1.5, token="x") for _ in range(4)]
+    lines = [_line("chain_start", run_id, None, 1.0), *tokens, _line("chain_end", run_id, None, 2.0)]
+    kinds = ["chain_start", *["llm_new_token"] * (4 + extra), "chain_end"]
+    runs = [run_id] * len(kinds)
+    assert SpanAssembler().add_records(lines, kinds, runs) == SpanAssembler().add(lines)
+
+
 def test_a_run_never_ended_is_exported_at_close_marked() -> None:
     root, child = str(uuid.uuid4()), str(uuid.uuid4())
     assembler = SpanAssembler()

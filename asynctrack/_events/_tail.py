@@ -52,7 +52,7 @@ class _Trace:
 
     def __init__(self, root: Any) -> None:
         self.root = root
-        self.lines: list[tuple[int, bytes]] = []
+        self.lines: list[tuple[Any, ...]] = []  # (seq, line, ...) as the translator gave them
         self.held = 0
         self.kept = False  # a run failed: its lines are written
         self.dropped = False  # its root ended (or it was pushed out): its lines are dropped
@@ -155,7 +155,7 @@ class TailSampler:
         # A failure keeps the trace: everything held, then this line. LangGraph pausing a
         # graph for a human (its GraphInterrupt) is control flow, not a failure.
         if kind.endswith("_error") and not is_interrupt(record[EXTRA]):
-            lines = [(seq, _marked(line)) for seq, line in trace.lines]
+            lines = [(held[0], _marked(held[1])) for held in trace.lines]
             lines.append((result[0], _marked(result[1])))
             self._release(trace)
             trace.kept = True

@@ -13,7 +13,7 @@ import operator
 import uuid
 from collections.abc import Sequence
 from itertools import compress, islice, repeat
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -40,6 +40,9 @@ from ._schema import (
     uuid_text,
 )
 from ._stream import ARGS, BLOCK_TOKEN, TOOL_CALL_CHUNKS, mask_token, stream_blocks, stream_tool_args
+
+if TYPE_CHECKING:
+    from .._pipeline._loop import Line
 
 __all__ = ["EventTranslator"]
 
@@ -282,8 +285,9 @@ class EventTranslator:
             self._steps = steps
             self._planned = records
 
-    def __call__(self, record: Sequence[Any], /) -> tuple[int, bytes] | None:
-        """One record as ``(seq, line)``, or ``None`` if the ``redact`` hook dropped it."""
+    def __call__(self, record: Sequence[Any], /) -> Line | None:
+        """One record as ``(seq, line, kind, run id)`` (see ``many``), or ``None`` if the
+        ``redact`` hook dropped it."""
         out = self.many((record,))[0]
         if isinstance(out, Exception):
             raise out
@@ -291,9 +295,13 @@ class EventTranslator:
 
     def many(  # noqa: C901, PLR0915 - the worker's hot loop: one frame per chunk, on purpose
         self, records: Sequence[Sequence[Any]]
-    ) -> list[tuple[int, bytes] | Exception | None]:
-        """Each record as ``(seq, line)``, ``None`` (dropped by the ``redact`` hook) or the
-        exception that stopped it (the caller counts it and writes a placeholder).
+    ) -> list[Line | Exception | None]:
+        """Each record as ``(seq, line, kind, run id)``, ``None`` (dropped by the ``redact``
+        hook) or the exception that stopped it (the caller counts it and writes a
+        placeholder). The kind and the run id are the line's own ``kind`` and ``run_id``
+        (what ``RecordExporter.records`` is told, so that it need not read them from the
+        line); with a ``redact`` hook, which may change any field, the result is
+        ``(seq, line)`` alone.
 
         The worker's hot loop: one Python frame per chunk, not four per record. A body
         that ``prepare()`` found plain (nothing to redact, no placeholder) is spliced
@@ -302,7 +310,7 @@ class EventTranslator:
         in C loops: a token's envelope is its run's but for ``seq`` and ``ts``, which come
         first, written once per run (``_token_head``).
         """
-        out: list[tuple[int, bytes] | Exception | None] = []
+        out: list[Line | Exception | None] = []
         append = out.append
         encoder = self.encoder
         splice = encoder.splice
@@ -346,7 +354,8 @@ class EventTranslator:
                             map(_AFTER_DATA, map(_BODY, row)),
                             repeat(b"\n"),
                         )
-                        out += zip(seqs, map(b"".join, fields), strict=True)
+                        lines = map(b"".join, fields)
+                        out += zip(seqs, lines, repeat(_TOKEN), repeat(uuid_text(run_id)), strict=False)
                     except Exception:  # one at a time below, each error its own (never seen)
                         del out[mark:]
                     else:
@@ -406,6 +415,7 @@ class EventTranslator:
                         if opened is not None:
                             name = opened[0]
                     count(kind)
+                    run_text = uuid_text(run_id) if type(run_id) is int else id_value(run_id)
                     if kind in _PARAMETER_KINDS:
                         self._collect(kind, body)
                     envelope = {
@@ -415,7 +425,7 @@ class EventTranslator:
                         "experiment": experiment,
                         "run": run_name,
                         "tracker": writer,
-                        "run_id": uuid_text(run_id) if type(run_id) is int else id_value(run_id),
+                        "run_id": run_text,
                         "parent_run_id": (
                             uuid_text(parent_run_id)
                             if type(parent_run_id) is int
@@ -431,28 +441,26 @@ class EventTranslator:
                             head = encoder.head(envelope)
                         # encoder.splice(head, body[, token]), inlined: the common cases.
                         if token is None:
-                            append((seq, b"".join((head[:-1], b",", body[1:], b"\n"))))
+                            append((seq, b"".join((head[:-1], b",", body[1:], b"\n")), kind, run_text))
                         elif body[_SPLICE] != 0x7D and type(token) is str:  # data is not empty
                             try:
                                 text = dumps(token)
                             except orjson.JSONEncodeError:  # a lone surrogate
-                                append((seq, splice(head, body, None, token)))
+                                append((seq, splice(head, body, None, token), kind, run_text))
                                 continue
                             parts = (head[:-1], b',"data":{"token":', text, b",", body[_SPLICE:], b"\n")
-                            append((seq, b"".join(parts)))
+                            append((seq, b"".join(parts), kind, run_text))
                         else:
-                            append((seq, splice(head, body, None, token)))
+                            append((seq, splice(head, body, None, token), kind, run_text))
                         continue
                     line = encoder.assemble(
                         envelope, body, error, token, own_token=kind == "llm_new_token" and token is None
                     )
-                    if hook is not None:
+                    if hook is not None:  # it may change any field: the line alone
                         edited = hook(orjson.loads(line))
-                        if edited is None:
-                            append(None)
-                            continue
-                        line = encoder.encode(edited)
-                    append((seq, line))
+                        append(None if edited is None else (seq, encoder.encode(edited)))
+                        continue
+                    append((seq, line, kind, run_text))
                 except Exception as exc:
                     append(exc)
         if counted:

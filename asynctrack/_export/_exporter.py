@@ -267,11 +267,16 @@ class _Running:
         self._errors = 0
 
     def lines(self, lines: Sequence[bytes]) -> None:
+        self.records(lines, None, ())
+
+    def records(self, lines: Sequence[bytes], kinds: Sequence[str] | None, runs: Sequence[object]) -> None:
+        """``lines()``, told each line's kind and run id (``None``: not told; see ``RecordExporter``)."""
+        assembler = self._assembler
         with self._lock:
             if self._closed:
                 return
             try:
-                spans = self._assembler.add(lines)
+                spans = assembler.add(lines) if kinds is None else assembler.add_records(lines, kinds, runs)
             except Exception as exc:  # a bug here must not stop the files
                 self._errors += 1
                 if self._errors == 1:

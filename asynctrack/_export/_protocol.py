@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .._sinks._base import RunInfo
 
-__all__ = ["Exporter", "ExportingSink", "LineExporter"]
+__all__ = ["Exporter", "ExportingSink", "LineExporter", "RecordExporter"]
 
 
 @runtime_checkable
@@ -34,6 +34,17 @@ class LineExporter(Protocol):
     def statistics(self) -> Mapping[str, int]:
         """Counters, named as the ``Statistics`` fields they add to (``spans_exported``,
         ``mlflow_traces_logged``, ...)."""
+
+
+@runtime_checkable
+class RecordExporter(LineExporter, Protocol):
+    """A ``LineExporter`` that the engine may also tell each line's kind and run id, as
+    it wrote them (it knows both): then the exporter need not read them from the line."""
+
+    def records(self, lines: Sequence[bytes], kinds: Sequence[str], runs: Sequence[object]) -> None:
+        """``lines(lines)`` of lines the engine wrote (its encoder's output: UTF-8), where
+        ``lines[i]``'s ``kind`` is ``kinds[i]`` and its ``run_id`` is ``runs[i]`` (the text
+        written, or a value that is not text: then not known). Never blocks, never raises."""
 
 
 @runtime_checkable

@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import operator
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, islice
 from typing import Any, Final
 
 import orjson
@@ -72,6 +74,7 @@ _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
 _ERROR: Final = frozenset({"chain_error", "llm_error", "tool_error", "retriever_error"})
 _KIND: Final = b'"kind":"'
+_TOKEN_KIND: Final = "llm_new_token"
 _NEW_TOKEN: Final = b'llm_new_token"'
 _RUN_ID: Final = b'"run_id":"'
 _TS: Final = b'"ts":'
@@ -316,8 +319,10 @@ class SpanAssembler:
         self._run_at = _NEVER  # where the last stream key found was, from the k of "kind"
         self._runs_at: tuple[int, ...] = ()  # ... in each envelope layout seen (its run id's place)
 
-    def add(self, lines: Iterable[bytes]) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
-        """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages)."""
+    def add(self, lines: Iterable[bytes], utf8: bool = False) -> list[bytes]:  # noqa: PLR0915, C901 - the hot loop, one frame per chunk
+        """Read ``lines`` in order; the spans they finished, encoded (``Span`` messages).
+        ``utf8``: the lines are known to be UTF-8 (the engine's own: orjson's output), so a
+        model end's schema need not check them first."""
         done: list[bytes] = []
         open_runs = self._open
         streams = self._streams
@@ -403,7 +408,7 @@ class SpanAssembler:
                         done.append(encoded)
                         continue
                 elif known == "llm_end" and _schema is not None:
-                    encoded = self._model_end(line, open_runs)
+                    encoded = self._model_end(line, open_runs, utf8)
                     if encoded is not None:
                         done.append(encoded)
                         continue
@@ -448,6 +453,51 @@ class SpanAssembler:
         self._k = k
         return done
 
+    def add_records(self, lines: Sequence[bytes], kinds: Sequence[Any], runs: Sequence[Any]) -> list[bytes]:
+        """``add(lines)`` of the engine's lines (its own: UTF-8), told each line's kind and run
+        id (``kinds[i]`` and ``runs[i]``: the line's own ``kind`` and ``run_id``, as the engine
+        wrote them). The same spans.
+
+        The streamed tokens of a run whose first token was read are counted, not read: the
+        lines are cut where the run id object changes (the engine gives one object per run
+        in a row: one comparison per line, in C), and a piece's tokens, if they are one
+        row, are counted at once. Every other line is read by ``add``.
+        """
+        n = len(lines)
+        if len(kinds) != n or len(runs) != n:  # not one kind and run id a line: not used
+            return self.add(lines)
+        if _TOKEN_KIND not in kinds:
+            return self.add(lines, True)
+        done: list[bytes] = []
+        open_runs = self._open
+        begin = start = 0  # the first line not read yet; the piece's first line
+        for end in (*compress(range(1, n), map(operator.is_not, runs, islice(runs, 1, None))), n):
+            run = runs[start]
+            try:
+                first = kinds.index(_TOKEN_KIND, start, end)
+            except ValueError:  # no token in the piece
+                start = end
+                continue
+            count = kinds[first:end].count(_TOKEN_KIND)
+            start = end
+            if type(run) is not str or kinds[first : first + count].count(_TOKEN_KIND) != count:
+                continue  # not text, or the tokens are not one row: read
+            if begin < first:
+                done += self.add(lines[begin:first], True)  # what comes before may open its run
+            span = open_runs.get(run)
+            if span is None or not span.first_chunk_ns:  # its first token: read
+                done += self.add(lines[first : first + 1], True)
+                first += 1
+                count -= 1
+                span = open_runs.get(run)
+            begin = first
+            if span is not None and span.first_chunk_ns:
+                span.chunks += count
+                begin = first + count
+        if begin < n:
+            done += self.add(lines[begin:], True)
+        return done
+
     def close(self) -> list[bytes]:
         """Every run still open, as spans marked ``asynctrack.unfinished = "not_ended"``."""
         runs = list(self._open)
@@ -480,10 +530,11 @@ class SpanAssembler:
         self.open_bytes -= span.size
         return self._finish(span, kind, {}, end_ns)
 
-    def _model_end(self, line: bytes, open_runs: dict[str, _Open]) -> bytes | None:
+    def _model_end(self, line: bytes, open_runs: dict[str, _Open], utf8: bool = False) -> bytes | None:
         """A model call's end (content not captured) of an open run, read by its schema
-        (``_model_end``): its span; ``None``: parse the line whole."""
-        if not line.isascii():
+        (``_model_end``): its span; ``None``: parse the line whole. ``utf8``: the line is
+        known to be UTF-8 (as ``read`` checks: msgspec checks only the strings it builds)."""
+        if not utf8 and not line.isascii():
             end = _schema.read(line)  # checked for UTF-8 first
         else:
             try:

@@ -48,7 +48,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
 from .._events._encode import Encoder, placeholder
-from .._export._protocol import LineExporter
+from .._export._protocol import LineExporter, RecordExporter
 from .._sinks._base import Batch, ParametersSink, Sink
 from ._barrier import Barrier, Marker, Seal
 from ._batcher import Batcher
@@ -60,8 +60,10 @@ __all__ = ["ChunkTranslate", "Finishing", "State", "Translate", "Worker"]
 
 logger = logging.getLogger("asynctrack")
 
-_SEQ: Final = operator.itemgetter(0)  # of a translated (seq, line)
+_SEQ: Final = operator.itemgetter(0)  # of a translated (seq, line[, kind, run id])
 _LINE: Final = operator.itemgetter(1)
+_KIND: Final = operator.itemgetter(2)
+_RUN: Final = operator.itemgetter(3)
 _CHUNK: Final = 64  # records pre-checked together, and between checks of the time budget
 # The worker holds the GIL while it encodes. CPython hands the GIL to a waiting
 # thread only every switch interval (5 ms), and an asyncio.sleep(0) does not help
@@ -84,15 +86,18 @@ _SINK_CLOSE: Final = 2.0  # seconds each sink's aclose() may take at the end
 _SINK_CLOSE_LATE: Final = 0.25  # ... once the close deadline has passed (measured: ~1 s on hung S3)
 
 
+#: A translated line: ``(seq, line)``, or ``(seq, line, kind, run id)`` (the line's own).
+Line = tuple[int, bytes] | tuple[int, bytes, str, Any]
 #: What a translator makes of a record (see ``Translate``).
-Translated = tuple[int, bytes] | list[tuple[int, bytes]] | dict[str, Any] | None
+Translated = Line | list[Line] | dict[str, Any] | None
 
 
 class Translate(Protocol):
-    """Turns a record into ``(seq, JSON line)``, an event dict for the engine to encode,
-    ``None`` (dropped by the ``redact`` hook, counted as filtered), or a list of
-    ``(seq, JSON line)`` to add now, maybe none (sampling holds lines back, and writes
-    them later). Worker thread only, so it may keep state."""
+    """Turns a record into ``(seq, JSON line)`` or ``(seq, JSON line, kind, run id)`` (the
+    kind and run id written in the line: exporters that take them are told them), an
+    event dict for the engine to encode, ``None`` (dropped by the ``redact`` hook,
+    counted as filtered), or a list of such lines to add now, maybe none (sampling holds
+    lines back, and writes them later). Worker thread only, so it may keep state."""
 
     def __call__(self, record: Any, /) -> Translated: ...
 
@@ -238,6 +243,8 @@ class Worker:
         self._write_parameters = write_parameters
         self._on_closed = on_closed
         self._exporters = tuple(exporters)
+        # Each exporter's records() if it takes the lines' kinds and run ids (RecordExporter).
+        self._records = tuple(e.records if isinstance(e, RecordExporter) else None for e in self._exporters)
         self._encoder = Encoder(config)
         self.state = State.CREATED
         self._lock = threading.Lock()  # state, loop, timeout and deadline, together
@@ -434,7 +441,7 @@ class Worker:
             lines = list(map(_LINE, results))
             batches = self._batcher.add_many(list(map(_SEQ, results)), lines)
             if self._exporters:
-                self._export(lines)
+                self._export(lines, results)
             if batches:
                 self._dispatch(batches)
             return
@@ -450,9 +457,9 @@ class Worker:
         for result in results:
             out = result
             if type(out) is list:  # lines held back before (sampling), added now; or none yet
-                for seq, line in out:
-                    sealed = add(seq, line)
-                    exported.append(line)
+                for held in out:
+                    sealed = add(held[0], held[1])
+                    exported.append(held[1])
                     if sealed is not None:
                         self._dispatch(sealed)
                 continue
@@ -483,11 +490,20 @@ class Worker:
         if self._exporters and exported:
             self._export(exported)
 
-    def _export(self, lines: list[bytes]) -> None:
-        """Hand the lines just added to the batches to every exporter (they never block)."""
-        for exporter in self._exporters:
+    def _export(self, lines: list[bytes], results: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Hand the lines just added to the batches to every exporter (they never block);
+        with ``results`` (the translator's, one per line), also their kinds and run ids to
+        the exporters that take them, if the translator gave them for every line."""
+        kinds: list[Any] | None = None
+        runs: list[Any] = []
+        for exporter, records in zip(self._exporters, self._records, strict=True):
             try:
-                exporter.lines(lines)
+                if records is not None and results and (kinds is not None or min(map(len, results)) == 4):
+                    if kinds is None:
+                        kinds, runs = list(map(_KIND, results)), list(map(_RUN, results))
+                    records(lines, kinds, runs)
+                else:
+                    exporter.lines(lines)
             except Exception as exc:  # an exporter's bug must not stop the files
                 self._reporter.error("export", f"exporter {type(exporter).__name__} failed: {exc!r}", exc)
 
