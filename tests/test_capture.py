@@ -276,6 +276,28 @@ def test_long_fields_are_cut_at_capture_so_the_buffer_holds_what_it_counts(
     )
 
 
+@pytest.mark.parametrize(
+    ("serialized", "name"),
+    [
+        ({"name": "FakeListLLM", "id": ["fake", "Other"]}, "FakeListLLM"),
+        ({"name": 3, "id": ["fake", "FromId"]}, "FromId"),  # a name that is not text: the id's
+        ({"id": ["fake", "FromId"]}, "FromId"),
+        ({"name": None}, None),
+        (None, None),
+        (["not", "a", "dict"], None),
+    ],
+)
+def test_a_start_without_a_name_is_named_from_serialized(
+    make_tracker: Callable[..., AsyncTracker], serialized: Any, name: str | None
+) -> None:
+    tracker = make_tracker()
+    records: list[Any] = []
+    tracker._put = records.append  # type: ignore[method-assign]
+    tracker.on_llm_start(serialized, ["p"], run_id=uuid.uuid4())
+    tracker.on_tool_start(serialized, "q", run_id=uuid.uuid4())
+    assert [record[5] for record in records] == [name, name]
+
+
 def test_a_chat_model_start_message_list_is_captured_as_passed(
     make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
 ) -> None:

@@ -383,3 +383,33 @@ def test_block_mode_in_process_mode_accepts_the_event_once_the_worker_acknowledg
     assert _names(tmp_destination) == ["held", "q1", "q2", "q3", "waited"]
     stats = tracker.statistics()
     assert (stats.worker_mode, stats.dropped, stats.written) == ("process", 0, 5)
+
+
+# -- the handler's own put (AsyncTracker._record appends in its frame) ------------------------------
+
+
+@pytest.mark.parametrize(("size", "kept"), [(10, 3), (1000, 2)])  # the count bound / the byte bound
+def test_the_handler_appends_under_the_queues_bounds_and_counts_what_it_drops(
+    tmp_destination: Path, size: int, kept: int
+) -> None:
+    """Process mode (the thread engine's queue has no byte bound: its put is called)."""
+    config = TrackerConfig(
+        worker="process", max_queue_events=3, max_queue_bytes=1500, max_batch_bytes=1024, handle_sigterm=False
+    )
+    with AsyncTracker(tmp_destination, config=config) as tracker:
+        queue = tracker._queue
+        # The queue's put runs in the handler's frame (not a call of it).
+        assert tracker._put is None and tracker._engine.put == queue.put
+        queue._take_lock.acquire()  # the consumer cannot take meanwhile
+        try:
+            for n in range(5):
+                tracker.on_text(f"{n}:" + "x" * size, run_id=uuid.uuid4())
+            assert len(queue.items) == kept and queue.dropped == 5 - kept
+            assert queue.bytes == sum(len(record[6]) for record in queue.items)
+        finally:
+            queue._take_lock.release()
+        tracker.flush_blocking(timeout=JOIN)
+        assert (tracker.statistics().dropped, tracker.statistics().written) == (5 - kept, kept)
+    assert [e["data"]["text"].split(":")[0] for e in events_in(tmp_destination)] == [
+        str(n) for n in range(kept)
+    ]
