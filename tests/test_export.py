@@ -339,6 +339,37 @@ def test_an_answer_aborted_at_close_is_a_failure(tmp_path: Path, receiver: OTLPR
     _assert_files_complete(tracker)
 
 
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_a_receiver_that_closes_the_connection_after_its_answer(
+    tmp_path: Path, receiver: OTLPReceiver, worker: str
+) -> None:
+    """A receiver that closes the connection after each answer (``Connection: close``, as
+    HTTP/1.0 ones do), its body written after its head: the body is read before the socket
+    is closed. A 200 is exported once (not failed and sent again), a 401's text is shown
+    and not retried."""
+    receiver.closing = True
+    tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=5.0), worker)
+    failing_chain([tracker])
+    failing_chain([tracker])
+    tracker.close(timeout=WAIT)
+    stats = tracker.statistics()
+    assert (stats.spans_exported, stats.spans_failed) == (2, 0)
+    assert len(receiver.spans) == 2
+    _assert_files_complete(tracker)
+    attempts = receiver.attempts  # one or two batches: each sent once
+    receiver.refuse(401, times=1)
+    receiver.refusal_body = lambda headers: b"the key is not valid for this tenant"
+    sender = OTLPExporter(receiver.endpoint, timeout=5.0, metrics=False).sender(resource())
+    sender.put([b""])
+    flushed = sender.flush(WAIT)
+    sender.close(WAIT)
+    assert flushed is not None and flushed.endswith(
+        "answered HTTP 401: the key is not valid for this tenant (not retried)"
+    ), flushed
+    assert (sender.exported, sender.failed) == (0, 1)
+    assert receiver.attempts == attempts + 1  # not retried
+
+
 def test_a_dead_receiver_fails_the_spans_not_the_files(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stop()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint))

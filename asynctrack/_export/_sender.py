@@ -162,10 +162,17 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class _BoundedReader(io.RawIOBase):
-    """A socket's answer read by a deadline (``time.monotonic()``), however it trickles."""
+    """A socket's answer read by a deadline (``time.monotonic()``), however it trickles.
+
+    It reads through ``sock.makefile()``'s raw reader, which holds a reference on the
+    socket as ``http.client``'s own reader does: a connection closed after its answer
+    (HTTP/1.0, ``Connection: close``) closes the socket once the answer is read, not
+    before its body (``HTTPConnection.close()`` comes right after the head).
+    """
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
         self._deadline = deadline
 
     def readable(self) -> bool:
@@ -176,7 +183,11 @@ class _BoundedReader(io.RawIOBase):
         if left <= 0:
             raise TimeoutError("the answer did not end within the request's timeout")
         self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        return self._raw.readinto(buffer)  # type: ignore[return-value]  # None: only a non-blocking socket
+
+    def close(self) -> None:
+        self._raw.close()  # the socket's reference: closed now if the connection was
+        super().close()
 
 
 class _BoundedSocket:

@@ -6,7 +6,9 @@ collectors use (``ExportTraceServiceRequest.FromString``) and keeps every reques
 raw bytes and headers. It can be told to refuse (``refuse(status, retry_after=...)``
 for the next N requests), to stall (``stall()`` until ``release()``), to trickle
 (``trickle(interval)``: every answer a 200 status line, then one byte per ``interval``
-seconds, never ending, until ``release()``), or be stopped.
+seconds, never ending, until ``release()``), to close each connection after its answer
+(``closing = True``: ``Connection: close``, every answer with a body, written 50 ms after
+its head), or be stopped.
 
 ``wait_for_spans(n, timeout)`` returns once ``n`` spans arrived (a condition, no sleep).
 ``POST /v1/metrics`` is kept apart (``metrics``, decoded with
@@ -67,7 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if retry_after is not None:
                 self.send_header("Retry-After", retry_after)
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
+            self._end_headers(receiver)
             self.wfile.write(data)
             return
         try:
@@ -80,12 +82,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         receiver.accepted(raw, request)
-        data = ExportTraceServiceResponse().SerializeToString()
+        answer = ExportTraceServiceResponse()
+        if receiver.closing:
+            answer.partial_success.SetInParent()  # an answer with a body (2 bytes)
+        data = answer.SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
+        self._end_headers(receiver)
         self.wfile.write(data)
+
+    def _end_headers(self, receiver: OTLPReceiver) -> None:
+        if receiver.closing:
+            self.send_header("Connection", "close")  # the server closes it after the answer
+        self.end_headers()
+        if receiver.closing:
+            self.wfile.flush()
+            time.sleep(0.05)  # the body comes apart from the head
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -116,6 +129,7 @@ class OTLPReceiver:
         self.metrics_attempts = 0
         self.stalled = threading.Event()
         self.trickle_interval: float | None = None
+        self.closing = False  # answer with 'Connection: close', the body apart from the head
         self.release_event = threading.Event()
         self._stopped = False
 
