@@ -9,6 +9,7 @@ never costs the files anything.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -225,6 +226,36 @@ def test_an_error_answer_echoing_the_credentials_is_shown_redacted(
         assert text is not None and shown in text, text
         assert not any(secret in text for secret in secrets), text
         assert "password=[REDACTED] (not retried)" in text, text
+
+
+def test_an_error_answer_echoing_basic_credentials_decoded_or_json_escaped_is_redacted(
+    receiver: OTLPReceiver,
+) -> None:
+    """An ``Authorization: Basic`` header given (as Grafana Cloud's are): its user and password
+    decoded are replaced where the answer echoes them, together or apart; a header value
+    echoed as a JSON string escapes it (``\\/``, ``\\"``) is replaced too."""
+    user, token = "871234", "glc_eyJvIjoiMTIzIiwibiI6InN0YWNrIn0Tr0ub4dor"
+    key, quoted = "Zq8V/nR2mX5tL0wJ7b", 'Qx7"pL9\\mW2vR5tK'
+    basic = base64.b64encode(f"{user}:{token}".encode()).decode()
+
+    def echo(headers: Any) -> bytes:
+        pair = base64.b64decode(headers["Authorization"].split()[1]).decode()
+        answer = {"error": f"invalid credentials {pair}", "token": pair.split(":")[1], "user": user}
+        answer |= {"key": headers["x-key"], "other": headers["x-other"]}
+        return json.dumps(answer).replace("/", "\\/").encode()
+
+    receiver.refusal_body = echo
+    receiver.refuse(401, times=1)
+    headers = {"Authorization": f"Basic {basic}", "x-key": key, "x-other": quoted}
+    sender = OTLPExporter(receiver.endpoint, headers=headers, metrics=False).sender(resource())
+    sender.put([b""])
+    flushed = sender.flush(WAIT)
+    sender.close(WAIT)
+    assert flushed is not None and flushed.endswith(
+        'answered HTTP 401: {"error": "invalid credentials [REDACTED]", "token": "[REDACTED]", '
+        '"user": "[REDACTED]", "key": "[REDACTED]", "other": "[REDACTED]"} (not retried)'
+    ), flushed
+    assert receiver.headers[0]["Authorization"] == f"Basic {basic}"
 
 
 @pytest.mark.parametrize("cut", ["/", "?", "#"])

@@ -31,6 +31,7 @@ import base64
 import collections
 import http.client
 import io
+import json
 import logging
 import random
 import socket
@@ -115,15 +116,30 @@ def _sent_credentials(headers: Mapping[str, str], parts: urllib.parse.SplitResul
     """What a request carries that a receiver may echo in an error answer, longest first:
     each header value given (and its last word: the token after ``Basic`` or ``Bearer``)
     of 8 characters or more (shorter ones are ids and flags: replaced, they would hide
-    their every occurrence), the URL's user name and password (whatever their length)."""
+    their every occurrence), the URL's user name and password and those of a ``Basic``
+    header, decoded (whatever their length); each also as a JSON string escapes it
+    (``\\/``, ``\\"``, ``\\\\``, ``\\u...``)."""
     found = set()
+    pairs = []
     for value in headers.values():
         found.add(value.strip())
         found.update(value.split()[-1:])
+        words = value.split()
+        if len(words) == 2 and words[0].lower() == "basic":
+            try:
+                pairs.append(base64.b64decode(words[1], validate=True).decode("utf-8"))
+            except ValueError:  # not base64, or not UTF-8: sent, and replaced, as it is
+                pass
     found = {value for value in found if len(value) >= _CREDENTIAL_MIN}
     if "@" in parts.netloc:
         found.update((urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")))
+    for pair in pairs:
+        found.add(pair)
+        found.update(pair.split(":", 1))
     found.discard("")
+    for value in list(found):
+        escaped = json.dumps(value)[1:-1]
+        found.update((escaped, escaped.replace("/", "\\/")))
     return tuple(sorted(found, key=len, reverse=True))
 
 
