@@ -440,6 +440,26 @@ def test_a_backfill_against_a_trickling_receiver_ends_within_its_timeout(
         assert "--timeout takes a positive number of seconds" in capsys.readouterr().err
 
 
+def test_a_timeout_beyond_its_bound_is_refused(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timeout`` above 1e6 s (one that overflows a thread's wait: 1e10, 1e300) is refused
+    with a message, no traceback; 1e6 itself exports."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="r1")
+    failing_chain([tracker])
+    tracker.close()
+    command = ["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--no-metrics"]
+    for bad in ("1000001", "1e10", "1e300"):
+        assert main([*command, "--timeout", bad]) == 1
+        printed = capsys.readouterr()
+        assert "--timeout takes a positive number of seconds, at most 1e+06, got" in printed.err
+        assert "Traceback" not in printed.err
+    assert receiver.attempts == 0
+    assert main([*command, "--timeout", "1e6"]) == 0
+    assert "exported 1 span(s)" in capsys.readouterr().out
+
+
 def test_a_full_export_queue_drops_spans_and_counts_them(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stall()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, max_queue_bytes=600, timeout=0.5))
