@@ -304,6 +304,38 @@ def test_an_at_sign_after_the_host_is_refused_unprinted(
         assert "endpoint='http://collector.example:4318'" in shown and "SECRET" not in shown
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://collector.example:4318?api_key=Zk9QwSECRET",
+        "https://collector.example:4318/v1/traces?api_key=Zk9Qw@7Lp3SECRET",
+        "https://collector.example:4318/#tokSECRET",
+        "https://bob:pwSECRET@collector.example:4318/v1/traces?key=SECRET2",
+        "http://collector.example:4318/v1?",
+    ],
+)
+def test_an_endpoint_with_a_query_or_fragment_is_refused_unprinted(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An OTLP endpoint has no query string nor fragment (``/v1/traces`` would be appended to
+    it): refused (argument, environment, CLI) with a message that shows the URL without
+    them (nor what follows an ``@`` in them)."""
+    with pytest.raises(ValueError, match="has a query string or fragment") as refused:
+        OTLPExporter(endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP") as from_environment:
+        OTLPExporter()
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    assert main(["export", str(tmp_path), "--otlp-endpoint", endpoint]) != 0
+    printed = capsys.readouterr()
+    assert "has a query string or fragment" in printed.err
+    for text in (str(refused.value), str(from_environment.value), printed.out, printed.err):
+        assert not any(part in text for part in ("SECRET", "Zk9Qw", "7Lp3", "api_key", "bob")), text
+    base = endpoint.partition("?")[0].partition("#")[0].replace("bob:pwSECRET@", "")
+    shown = "https://…" if "Zk9Qw@" in endpoint else base  # what follows an '@' there may be secret
+    assert f"the OTLP endpoint {shown!r} has a query string" in str(refused.value)
+
+
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:
     receiver.stall()
     tracker = _tracker(tmp_path / "logs", OTLPExporter(receiver.endpoint, timeout=0.5))

@@ -84,15 +84,36 @@ def without_userinfo(url: str) -> str:
     return url
 
 
+def _shown(url: str) -> str:
+    """``url`` as a refusal may print it: without its userinfo, query and fragment (a
+    query may hold a key); only its scheme when an ``@`` is in the query or fragment
+    (what follows it may be a secret's tail as well as a host)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" in parts.query or "@" in parts.fragment:
+        return f"{parts.scheme}://…"
+    shown = without_userinfo(url)
+    scheme, sep, rest = shown.partition("://")
+    return scheme + sep + rest.split("?", 1)[0].split("#", 1)[0]
+
+
 def endpoint_parts(url: str) -> urllib.parse.SplitResult:
-    """``url`` split and checked: http or https, a host, a port that is a number, no ``@``
-    after the host; else a ``ValueError`` that prints no credentials (``urlsplit``'s own
-    says what it took for the port: the start of a password holding a ``/``)."""
+    """``url`` split and checked: http or https, a host, a port that is a number, no query
+    or fragment, no ``@`` after the host; else a ``ValueError`` that prints no credentials
+    (``urlsplit``'s own says what it took for the port: the start of a password holding a
+    ``/``) and no query."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = without_userinfo(url)
+        shown = _shown(url)
         raise ValueError(f"the OTLP endpoint must be an http:// or https:// URL, got {shown!r}")
-    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+    if "?" in url or "#" in url:
+        # An OTLP endpoint has none ('/v1/traces' would be appended to it); a query may hold
+        # a key: never printed, nor sent.
+        raise ValueError(
+            f"the OTLP endpoint {_shown(url)!r} has a query string or fragment ('?' or '#', not "
+            "shown): an OTLP endpoint has none (a password or token in the URL must be "
+            "percent-encoded: '?' as %3F, '#' as %23, '/' as %2F, '@' as %40)"
+        )
+    if "@" in parts.path:
         # A password or token holding a '/', '?' or '#' (not percent-encoded) ended the host
         # early: the request would go to the part before it, the rest in its request line.
         # Shown from the last '@' on: what was meant as the host (all before it may be secret).
@@ -106,7 +127,7 @@ def endpoint_parts(url: str) -> urllib.parse.SplitResult:
         parts.port  # noqa: B018 - read to check it
     except ValueError:
         raise ValueError(
-            f"the OTLP endpoint's port is not a number in {without_userinfo(url)!r} (a password in the "
+            f"the OTLP endpoint's port is not a number in {_shown(url)!r} (a password in the "
             "URL must be percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
         ) from None
     return parts
