@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest one request may take, answer included (a failed one is retried up to 5 "
         "times); once every span was tried, what is unsent gets 2 x SECONDS more, then fails "
-        "(default: 30)",
+        "(default: 30, at most 1e6)",
     )
     add_s3_options(send)
 
