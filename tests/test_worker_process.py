@@ -431,6 +431,86 @@ def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_des
     assert texts == collections.Counter(expected)
 
 
+_GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER = """
+import json, os, sys, uuid
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._remote import _spawn
+
+tracker = AsyncTracker(sys.argv[1], experiment_name="e", run_name="r",
+                       config=TrackerConfig(worker="process", batch_interval=3600.0))
+def text(prefix, n):
+    run_id = uuid.uuid4()
+    for i in range(n):
+        tracker.on_text(f"{prefix}-{i}", run_id=run_id)
+def report(who):
+    s = tracker.statistics()
+    print(json.dumps({"who": who, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
+                      "dropped": s.dropped, "lost": s.lost}), flush=True)
+if BEFORE == "deaths":  # five deaths: the parent falls back to a thread first
+    import signal, time
+    for _ in range(5):
+        text("p", 10)
+        tracker.flush_blocking(timeout=60)
+        pid = _spawn.worker_process().pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while tracker.statistics().worker_mode == "process" and _spawn.worker_process().pid in (None, pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert tracker.statistics().worker_mode == "thread"
+executable, sys.executable = sys.executable, ""  # the child cannot start a worker process
+pid = os.fork()
+if pid == 0:
+    try:
+        text("c", 40)
+        for g, python in enumerate(("", executable)):  # the second may start one again
+            sys.executable = python
+            grandchild = os.fork()
+            if grandchild == 0:
+                try:
+                    text(f"g{g}", 30)
+                    tracker.close(timeout=30)
+                    report(f"g{g}")
+                finally:
+                    os._exit(0)
+            os.waitpid(grandchild, 0)
+        sys.executable = ""
+        text("d", 10)
+        tracker.close(timeout=30)
+        report("c")
+    finally:
+        os._exit(0)
+sys.executable = executable
+os.waitpid(pid, 0)
+text("q", 20)
+tracker.close(timeout=60)
+"""
+
+
+@pytest.mark.parametrize("before", ["", "deaths"])
+def test_grandchildren_of_a_child_without_a_worker_process_write_every_event(
+    tmp_destination: Path, before: str
+) -> None:
+    """A child that could not start a worker process writes from a thread; its children
+    try again (here one cannot either and writes from a thread of its own, one can and
+    writes from a worker process). Also after the parent fell back (five deaths). Each
+    grandchild's events used to be lost silently: its tracker, in no worker's list, was
+    never renewed, and its records went to the buffer its parent's thread engine had."""
+    lines = _clean_run(f"BEFORE = {before!r}" + _GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER, tmp_destination)
+    reports = {r.pop("who"): r for r in map(orjson.loads, lines)}
+    assert reports == {
+        "g0": {"mode": "thread", "recorded": 30, "written": 30, "dropped": 0, "lost": 0},
+        "g1": {"mode": "process", "recorded": 30, "written": 30, "dropped": 0, "lost": 0},
+        "c": {"mode": "thread", "recorded": 50, "written": 50, "dropped": 0, "lost": 0},
+    }
+    texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
+    made = (("c", 40), ("g0", 30), ("g1", 30), ("d", 10), ("q", 20))
+    expected = [f"{prefix}-{i}" for prefix, n in made for i in range(n)]
+    if before:  # five times p-0 .. p-9
+        expected += [f"p-{i}" for i in range(10)] * 5
+    assert texts == collections.Counter(expected)
+
+
 def test_an_application_killed_by_sigkill_loses_nothing_recorded_before(
     tmp_path: Path,
     children: list[Child],  # noqa: F811 - the fixture imported from test_process

@@ -457,6 +457,9 @@ class ProcessEngine:
                 # No worker process in this child: a thread engine takes the tracker, and
                 # records go straight to it (no shipper runs here to forward them).
                 self.fall_back(str(exc))
+                # No worker's list holds this client: the worker process's fork hook
+                # renews it from this one in a grandchild (else its events are lost there).
+                self._worker.fallen.add(self)
                 if self.fallback is not None:
                     self.put = self.fallback.put
         on_fork = self.on_fork() if self.on_fork is not None else None
