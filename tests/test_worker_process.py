@@ -247,6 +247,43 @@ def test_a_frame_written_in_part_by_a_killed_worker_is_counted_once(tmp_destinat
     assert (stats.recorded, stats.written, stats.lost, stats.worker_restarts - restarts) == (45, 45, 0, 2)
 
 
+def test_written_batches_and_bytes_never_go_down_when_the_worker_is_killed(tmp_destination: Path) -> None:
+    """The worker wrote and reported 20 events of a frame it had not acknowledged, then
+    died: statistics() kept only its acknowledged counts, and `written` fell from 20 to 0
+    until the next worker wrote the frame again. Now what was reported is the floor."""
+    config = dataclasses.replace(PROCESS, max_batch_events=10)
+    tracker = AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=config)
+    worker = _spawn.worker_process()
+    try:
+        with worker._lock:  # the shipper waits: the records go in one frame
+            _text(tracker, 0, 25)
+        _wait_until(lambda: len(_events(tmp_destination)) == 20, what="20 lines")
+        _wait_until(lambda: tracker.statistics().written >= 20, what="the worker's report")
+        before = tracker.statistics()
+        assert before.retained_bytes > 0  # the frame is not acknowledged
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        # Until a new worker runs, then 1 s: it writes the 20 again (5 stay in its open batch).
+        deadline = end = time.monotonic() + WAIT
+        while time.monotonic() < end:
+            if worker.pid in (None, pid):
+                assert time.monotonic() < deadline, "no new worker"
+                end = time.monotonic() + 1.0
+            seen.append(tracker.statistics())
+            time.sleep(0.001)
+        tracker.flush_blocking(timeout=WAIT)
+        seen.append(tracker.statistics())
+    finally:
+        tracker.close(timeout=WAIT)
+    assert min(s.written for s in seen) == before.written == 20
+    for key in ("batches", "bytes"):
+        values = [getattr(s, key) for s in [before, *seen, tracker.statistics()]]
+        assert values == sorted(values), key
+    assert tracker.statistics().written == 25  # exact again once the successor passes it
+
+
 _KILLED_WHILE_RECORDING = """
 import json, os, signal, sys, threading, time, uuid
 from pathlib import Path
