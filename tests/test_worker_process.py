@@ -247,6 +247,43 @@ def test_a_frame_written_in_part_by_a_killed_worker_is_counted_once(tmp_destinat
     assert (stats.recorded, stats.written, stats.lost, stats.worker_restarts - restarts) == (45, 45, 0, 2)
 
 
+def test_written_batches_and_bytes_never_go_down_when_the_worker_is_killed(tmp_destination: Path) -> None:
+    """The worker wrote and reported 20 events of a frame it had not acknowledged, then
+    died: statistics() kept only its acknowledged counts, and `written` fell from 20 to 0
+    until the next worker wrote the frame again. Now what was reported is the floor."""
+    config = dataclasses.replace(PROCESS, max_batch_events=10)
+    tracker = AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=config)
+    worker = _spawn.worker_process()
+    try:
+        with worker._lock:  # the shipper waits: the records go in one frame
+            _text(tracker, 0, 25)
+        _wait_until(lambda: len(_events(tmp_destination)) == 20, what="20 lines")
+        _wait_until(lambda: tracker.statistics().written >= 20, what="the worker's report")
+        before = tracker.statistics()
+        assert before.retained_bytes > 0  # the frame is not acknowledged
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        # Until a new worker runs, then 1 s: it writes the 20 again (5 stay in its open batch).
+        deadline = end = time.monotonic() + WAIT
+        while time.monotonic() < end:
+            if worker.pid in (None, pid):
+                assert time.monotonic() < deadline, "no new worker"
+                end = time.monotonic() + 1.0
+            seen.append(tracker.statistics())
+            time.sleep(0.001)
+        tracker.flush_blocking(timeout=WAIT)
+        seen.append(tracker.statistics())
+    finally:
+        tracker.close(timeout=WAIT)
+    assert min(s.written for s in seen) == before.written == 20
+    for key in ("batches", "bytes"):
+        values = [getattr(s, key) for s in [before, *seen, tracker.statistics()]]
+        assert values == sorted(values), key
+    assert tracker.statistics().written == 25  # exact again once the successor passes it
+
+
 _KILLED_WHILE_RECORDING = """
 import json, os, signal, sys, threading, time, uuid
 from pathlib import Path
@@ -428,6 +465,86 @@ def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_des
     assert orjson.loads(line) == {"mode": "thread", "recorded": 50, "written": 50}
     texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
     expected = [f"{p}-{i}" for p, n in (("p", 30), ("c", 50), ("x", 25), ("q", 20)) for i in range(n)]
+    assert texts == collections.Counter(expected)
+
+
+_GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER = """
+import json, os, sys, uuid
+from asynctrack import AsyncTracker, TrackerConfig
+from asynctrack._remote import _spawn
+
+tracker = AsyncTracker(sys.argv[1], experiment_name="e", run_name="r",
+                       config=TrackerConfig(worker="process", batch_interval=3600.0))
+def text(prefix, n):
+    run_id = uuid.uuid4()
+    for i in range(n):
+        tracker.on_text(f"{prefix}-{i}", run_id=run_id)
+def report(who):
+    s = tracker.statistics()
+    print(json.dumps({"who": who, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
+                      "dropped": s.dropped, "lost": s.lost}), flush=True)
+if BEFORE == "deaths":  # five deaths: the parent falls back to a thread first
+    import signal, time
+    for _ in range(5):
+        text("p", 10)
+        tracker.flush_blocking(timeout=60)
+        pid = _spawn.worker_process().pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while tracker.statistics().worker_mode == "process" and _spawn.worker_process().pid in (None, pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert tracker.statistics().worker_mode == "thread"
+executable, sys.executable = sys.executable, ""  # the child cannot start a worker process
+pid = os.fork()
+if pid == 0:
+    try:
+        text("c", 40)
+        for g, python in enumerate(("", executable)):  # the second may start one again
+            sys.executable = python
+            grandchild = os.fork()
+            if grandchild == 0:
+                try:
+                    text(f"g{g}", 30)
+                    tracker.close(timeout=30)
+                    report(f"g{g}")
+                finally:
+                    os._exit(0)
+            os.waitpid(grandchild, 0)
+        sys.executable = ""
+        text("d", 10)
+        tracker.close(timeout=30)
+        report("c")
+    finally:
+        os._exit(0)
+sys.executable = executable
+os.waitpid(pid, 0)
+text("q", 20)
+tracker.close(timeout=60)
+"""
+
+
+@pytest.mark.parametrize("before", ["", "deaths"])
+def test_grandchildren_of_a_child_without_a_worker_process_write_every_event(
+    tmp_destination: Path, before: str
+) -> None:
+    """A child that could not start a worker process writes from a thread; its children
+    try again (here one cannot either and writes from a thread of its own, one can and
+    writes from a worker process). Also after the parent fell back (five deaths). Each
+    grandchild's events used to be lost silently: its tracker, in no worker's list, was
+    never renewed, and its records went to the buffer its parent's thread engine had."""
+    lines = _clean_run(f"BEFORE = {before!r}" + _GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER, tmp_destination)
+    reports = {r.pop("who"): r for r in map(orjson.loads, lines)}
+    assert reports == {
+        "g0": {"mode": "thread", "recorded": 30, "written": 30, "dropped": 0, "lost": 0},
+        "g1": {"mode": "process", "recorded": 30, "written": 30, "dropped": 0, "lost": 0},
+        "c": {"mode": "thread", "recorded": 50, "written": 50, "dropped": 0, "lost": 0},
+    }
+    texts = collections.Counter(e["data"]["text"] for e in _events(tmp_destination))
+    made = (("c", 40), ("g0", 30), ("g1", 30), ("d", 10), ("q", 20))
+    expected = [f"{prefix}-{i}" for prefix, n in made for i in range(n)]
+    if before:  # five times p-0 .. p-9
+        expected += [f"p-{i}" for i in range(10)] * 5
     assert texts == collections.Counter(expected)
 
 

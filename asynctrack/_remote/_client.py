@@ -150,6 +150,9 @@ class ProcessEngine:
         #: What the worker processes that died counted (``worker_died``), added to the
         #: living one's counters: a restart does not start the counts again.
         self._dead_stats: dict[str, int] = dict.fromkeys(_CUMULATIVE, 0)
+        #: The ``_ACKED`` counts reported when the last worker died: never less after
+        #: (they stay there until its successor's counts pass them, ``worker_died``).
+        self._reported_at_death: dict[str, int] = dict.fromkeys(_ACKED, 0)
         #: Records taken from the queue before the fall back and not handed to the
         #: thread engine (written or dropped by the dead workers).
         self._taken_before_fallback = 0
@@ -227,6 +230,8 @@ class ProcessEngine:
             counts = {key: getattr(stats, key) + dead[key] for key in _CUMULATIVE}
             counts["dropped"] += self._queue.dropped
             counts["lost"] += self.lane.lost
+            for key, floor in self._reported_at_death.items():
+                counts[key] = max(counts[key], floor)
             return dataclasses.replace(
                 stats,
                 **counts,
@@ -240,6 +245,8 @@ class ProcessEngine:
         # is down) was accepted here but is not recorded there: it counts as dropped, once.
         worker_dropped = counts.pop("dropped")
         counts["lost"] += self.lane.lost
+        for key, floor in self._reported_at_death.items():
+            counts[key] = max(counts[key], floor)
         return Statistics(
             **counts,
             recorded=taken + queued - worker_dropped,
@@ -375,8 +382,15 @@ class ProcessEngine:
         the frames it had not acknowledged are re-sent and counted once, by the worker
         that writes them next (a batch the dead one wrote of them is in the files, not in
         the counts). The other counters are those it last reported.
+
+        What ``statistics()`` reported of those three is kept as their floor: it never
+        goes down, and the events the dead worker wrote of the frames re-sent count
+        there until the successor writes them again (then the counts are exact again).
         """
         acked = dict(zip(_ACKED, self._acked_counts, strict=True))
+        for key, floor in self._reported_at_death.items():
+            reported = self._dead_stats[key] + self._worker_stats.get(key, 0)
+            self._reported_at_death[key] = max(floor, reported)
         for key in _CUMULATIVE:
             self._dead_stats[key] += acked[key] if key in acked else self._worker_stats.get(key, 0)
         self._worker_stats = {}
@@ -457,6 +471,9 @@ class ProcessEngine:
                 # No worker process in this child: a thread engine takes the tracker, and
                 # records go straight to it (no shipper runs here to forward them).
                 self.fall_back(str(exc))
+                # No worker's list holds this client: the worker process's fork hook
+                # renews it from this one in a grandchild (else its events are lost there).
+                self._worker.fallen.add(self)
                 if self.fallback is not None:
                     self.put = self.fallback.put
         on_fork = self.on_fork() if self.on_fork is not None else None

@@ -100,6 +100,9 @@ class WorkerProcess:
     def __init__(self) -> None:
         self._lock = threading.RLock()  # the channel: process, pipes, registrations
         self._clients: dict[int, Client] = {}
+        #: Clients that could not register here and fell back to a thread engine: a
+        #: forked child renews them too (a fresh try at a worker process of its own).
+        self.fallen: weakref.WeakSet[Client] = weakref.WeakSet()
         self._ids = itertools.count(1)
         self._process: subprocess.Popen[bytes] | None = None
         self._out_fd = -1  # we write: the worker's stdin
@@ -349,6 +352,7 @@ def _after_fork_in_child() -> None:
     _Shared.lock = threading.Lock()
     _Shared.worker = WorkerProcess()
     old_clients = list(worker._clients.values())  # noqa: SLF001 - same module
+    old_clients += [client for client in list(worker.fallen) if client not in old_clients]
     for fd in (worker._out_fd, worker._in_fd):  # noqa: SLF001 - same module
         if fd >= 0:
             with contextlib.suppress(OSError):
