@@ -485,6 +485,51 @@ def test_the_text_of_a_credential_element_streamed_in_pieces_is_redacted(size: i
         assert kept in written
 
 
+ELEMENT_STREAM = "Here: <api_key>Zk9Qw7Lp3XmQ</api_key> done"
+
+
+def _pieces_of(secret: str, written: str) -> list[str]:
+    return [secret[i : i + 2] for i in range(len(secret) - 1) if secret[i : i + 2] in written]
+
+
+def test_a_credential_element_s_text_is_redacted_however_its_closing_tag_is_split() -> None:
+    """A token ending inside the closing tag (``SECRET</``, ``SECRET</api_k``, ``SECRET<``)
+    does not end the element until the tag is whole: every split into 2 and 3 tokens."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    text = ELEMENT_STREAM
+    splits = [(i,) for i in range(1, len(text))] + list(itertools.combinations(range(1, len(text)), 2))
+    for cuts in splits:
+        bounds = (0, *cuts, len(text))
+        tokens = [text[a:b] for a, b in itertools.pairwise(bounds)]
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", token) for token in tokens)
+        assert _pieces_of("Zk9Qw7Lp3XmQ", written) == [], (tokens, written)
+        assert written.startswith("Here: <api_key>") and written.endswith("> done"), (tokens, written)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    assert [stream.token("run", t) for t in ("Here: <api_key>Zk9Qw7Lp3XmQ</", "api_key> done")] == [
+        f"Here: <api_key>{REDACTED}</",
+        "api_key> done",
+    ]
+
+
+def test_a_credential_element_cut_inside_its_closing_tag_is_redacted() -> None:
+    """A string cut at ``max_field_bytes`` inside the element's text or its closing tag
+    (``<api_key>SECRET</api_k...[$asynctrack: truncated``): every cut in that range."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    secret = "Zk9Qw7Lp3XmQ2vR"
+    prompt = "x" * 1000 + f" <api_key>{secret}</api_key> and the rest " + "y" * 3000
+    at = prompt.index(secret)
+    for limit in range(at + 1, at + len(secret) + len("</api_key>")):
+        cut = prompt[:limit] + f"...[$asynctrack: truncated, {len(prompt)} characters in all]"
+        out = redactor.json(orjson.dumps({"data": {"prompt": cut}}))
+        assert out is not None
+        written = orjson.loads(out)["data"]["prompt"]
+        assert _pieces_of(secret, written) == [] and f" <api_key>{REDACTED}" in written, (limit, written)
+    whole = prompt[: at + len(secret) + len("</api_key>")] + "...[$asynctrack: truncated, 9 characters]"
+    out = redactor.json(orjson.dumps({"prompt": whole}))
+    assert out is not None and orjson.loads(out)["prompt"] == whole.replace(secret, REDACTED)
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 

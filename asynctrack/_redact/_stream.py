@@ -80,6 +80,9 @@ _KEY_WINDOW: Final = 272
 _OPEN_ELEMENT: Final = re.compile(r"<([A-Za-z_][A-Za-z0-9_.\-:]{0,127}+)(?:[ \t][^<>]{0,256}+)?>")
 #: ``open_`` while the text of an element under a credential tag is open: up to the next '<'.
 _IN_ELEMENT: Final = "<"
+#: An unfinished tag at the text's end (``<``, ``</``, ``</api_k``): an element's text
+#: that it follows ends at its '<', and the element is judged from the '<' before it.
+_UNFINISHED_TAG: Final = re.compile(r"</?[A-Za-z0-9_.\-:]{0,128}+\Z")
 
 
 def _key_text(quoted: str | None, other: str) -> str:
@@ -173,6 +176,8 @@ class StreamRedactor:
             if open_ is True:
                 continued = _CREDENTIAL_RUN.match(token)
                 cut = continued.end() if continued is not None else 0
+            elif open_ == _IN_ELEMENT and _UNFINISHED_TAG.search(tail) is not None:
+                cut = 0  # the element's text ended at the tail's '<' (its closing tag unfinished)
             else:  # up to the closing quote (or the line's end: prose may never close it)
                 line_end = token.find("\n") if open_ != _IN_ELEMENT else -1  # an element's text: to '<'
                 ends = [i for i in (token.find(open_), line_end) if i != -1]
@@ -202,8 +207,13 @@ class StreamRedactor:
                     quote = self._open_element(joined)  # the '>' that opens the element's text
                 if quote != -1:
                     start = quote + 1  # the value's first character
-                    if start < len(joined):  # part of the value is here already
-                        out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
+                    stop = _text_end(joined, start) if close == _IN_ELEMENT else len(joined)
+                    if start < stop and stop > len(tail):  # part of the value is here already
+                        out = (
+                            (token[: start - len(tail)] if start >= len(tail) else "")
+                            + REDACTED
+                            + joined[stop:]
+                        )
                     open_ = close
         if not open_ and self._in_key_block(joined):
             open_ = _IN_KEY_BLOCK
@@ -275,11 +285,14 @@ class StreamRedactor:
 
     def _open_element(self, text: str) -> int:
         """Where the '>' opening the text of an XML-style element under a credential tag
-        (``<db_password>``) is, if ``text`` ends inside that text (no '<' after it), else -1.
+        (``<db_password>``) is, if ``text`` ends inside that text (no '<' after it) or in an
+        unfinished tag right after it (``<api_key>SECRET</api_k``), else -1.
         An element opened and closed within ``text`` is the full spec's to find."""
         if self._is_credential is None:
             return -1
         last = text.rfind("<")
+        if last > 0 and _UNFINISHED_TAG.match(text, last) is not None:
+            last = text.rfind("<", 0, last)  # the text may end in the element's closing tag
         if last == -1 or (last and (text[last - 1].isalnum() or text[last - 1] == "_")):
             return -1  # none, or code: Promise<AccessToken>
         tag = _OPEN_ELEMENT.match(text, last)
@@ -289,6 +302,13 @@ class StreamRedactor:
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
+
+
+def _text_end(text: str, start: int) -> int:
+    """Where the text of an element opened at ``start`` ends in ``text``: at an unfinished
+    tag at the end (``</api_k``: its closing tag, not whole yet), else at the end."""
+    unfinished = _UNFINISHED_TAG.search(text, start)
+    return unfinished.start() if unfinished is not None else len(text)
 
 
 def _both(token: str, alone: str, out: str) -> str:
