@@ -530,6 +530,45 @@ def test_a_credential_element_cut_inside_its_closing_tag_is_redacted() -> None:
     assert out is not None and orjson.loads(out)["prompt"] == whole.replace(secret, REDACTED)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('password := "Hunter2-go"', f'password := "{REDACTED}"'),
+        ('if password == "Hunter2-py":', f'if password == "{REDACTED}":'),
+        ('if (apiKey === "Hunter2-js")', f'if (apiKey === "{REDACTED}")'),
+        ("$config = ['db_password' => 'Hunter2-php'];", f"$config = ['db_password' => '{REDACTED}'];"),
+        ('{:password => "Hunter2-rb", :user => "bob"}', f'{{:password => "{REDACTED}", :user => "bob"}}'),
+        ("DB_PASSWORD:=Hunter2-mk", f"DB_PASSWORD:={REDACTED}"),
+        # comparisons and arrows of other keys are kept
+        ('if max_tokens == 5 and role == "admin":', None),
+        ("x === y; a == b; total_tokens => 3", None),
+        ('if (a.length == 3 && key == "x") { author => author.name }', None),
+    ],
+)
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator(
+    keys: str, text: str, expected: str | None
+) -> None:
+    """``:=``, ``==``, ``===``, ``=>`` after a credential key: the value is redacted as
+    after ``=`` or ``:``, in a text, in JSON and in a token stream."""
+    redactor = Redactor(keys)
+    assert redactor.text(text) == (text if expected is None else expected)
+    body = orjson.dumps({"data": {"code": text}})
+    written = redactor.json(body)
+    assert written is not None
+    assert b"Hunter2" not in written
+    if expected is None:
+        assert written == body
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    middle = text.find("Hunter2") + 3 if expected is not None else len(text) // 2
+    streamed = stream.token("run", text[:middle]) + stream.token("run", text[middle:])
+    assert "Hunter2"[:4] not in streamed and "-" + text[middle + 5 : middle + 7] not in streamed
+    if expected is None:
+        assert streamed == text
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 
