@@ -348,14 +348,14 @@ def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
 
 #: Keys the key rule matches, with more than 64 characters before the credential word and
 #: no space or quote in between (the reviewer's shapes: a long name, a constant, camelCase, a
-#: flattened config key), one longer than 128 characters, and one with 67 characters after it.
+#: flattened config key), one longer than 128 characters, and one with 34 characters from it.
 LONG_KEYS = [
     "production_reporting_service_readonly_replica_database_connection_password",
     "PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE_CONNECTION_API_KEY",
     "productionReportingServiceReadonlyReplicaDatabaseConnectionAccessToken",
     "services.reporting.production.datasource.hikari.readonly-replica.password",
     "x" * 300 + "_password",
-    "PASSWORD_FOR_THE_PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE",
+    "READONLY_REPLICA_DATABASE_PASSWORD_FOR_THE_REPORTING_SERVICE",
 ]
 
 
@@ -567,6 +567,38 @@ def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator
     assert "Hunter2"[:4] not in streamed and "-" + text[middle + 5 : middle + 7] not in streamed
     if expected is None:
         assert streamed == text
+
+
+#: Code and prose with a credential word more than 40 characters before the separator: names
+#: of something else (the second review's cases), kept.
+FAR_FROM_THE_WORD = [
+    "PASSWORD_MIN_LENGTH_FOR_ENTERPRISE_TENANT_ACCOUNTS_WITH_SSO_DISABLED = 12",
+    'private static final String PASSWORD_RESET_EMAIL_TEMPLATE_LOCATION_FOR_ENTERPRISE_TENANTS = "t/r.html";',
+    "self.session_manager.cookie_jar.policy.max_age_seconds_for_remember_me_checkbox = 3600",
+    'if user.authentication_provider_configuration.enterprise_sso_redirect_uri_template == "x":',
+    "# see docs.example.com/security/password-rotation-policy-for-enterprise-customers-v2: every 90 days",
+]
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_a_key_is_read_up_to_40_characters_from_its_credential_word(keys: str) -> None:
+    """What precedes the credential word is read however long (``LONG_KEYS``); what follows
+    it up to 40 characters from the word's start: past that, a name of something else."""
+    redactor = Redactor(keys)
+    default = keys == DEFAULT_REDACT_KEYS  # a custom rule reads a whole word (ANY_PAIR)
+    for line in FAR_FROM_THE_WORD:
+        assert (redactor.text(line) == line) is default, line
+    body = orjson.dumps({"code": "\n".join(FAR_FROM_THE_WORD), "dense": "\n".join(FAR_FROM_THE_WORD * 60)})
+    assert (redactor.json(body) == body) is default
+    for n in (31, 32):  # "password_" and n characters: 40 from the word's start, then 41
+        line = "a" * 100 + "_password_" + "x" * n + "=hunter2-far"
+        assert (redactor.text(line) == line) is (default and n == 32), line
+        dense = orjson.dumps({"dense": "\n".join([line] * 300)})
+        out = redactor.json(dense)
+        assert (out == dense) is (default and n == 32)
+        assert out is not None and (b"hunter2-far" in out) is (default and n == 32)
 
 
 # -- streamed tokens -------------------------------------------------------------------------------
