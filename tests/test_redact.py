@@ -601,6 +601,38 @@ def test_a_key_is_read_up_to_40_characters_from_its_credential_word(keys: str) -
         assert out is not None and (b"hunter2-far" in out) is (default and n == 32)
 
 
+PROSE_WITH_A_TAG = (
+    "To connect, run psql -h db.local -U app and type <password> when asked.\n\n"
+    "Then create the table:\n\nCREATE TABLE users (id serial primary key, name text);\n\n"
+    "Finally, restart the service with systemctl restart app and check the logs."
+)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5])
+def test_a_credential_tag_named_in_prose_stops_hiding_the_stream_at_a_blank_line(size: int) -> None:
+    """An element's text opened in a stream ends at a blank line (a tag used as a placeholder
+    in prose does not hide the rest of the answer); a multi-line secret element's lines
+    before a blank line are still redacted."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    text = PROSE_WITH_A_TAG
+    tokens = (
+        [w + " " for w in text.split(" ")]
+        if not size
+        else [text[i : i + size] for i in range(0, len(text), size)]
+    )
+    written = "".join(stream.token("run", token) for token in tokens)
+    assert written.startswith(f"To connect, run psql -h db.local -U app and type <password>{REDACTED}")
+    rest = PROSE_WITH_A_TAG.partition("\n\n")[2]  # written whole (the blank line's first '\n' may be hidden)
+    assert written.rstrip(" ").endswith("\n" + rest), written
+    secret = "<password>\nHunter2-first\nHunter2-second\n</password>\n\nAnd then the rest."
+    for piece in (1, 3, 8):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", secret[i : i + piece]) for i in range(0, len(secret), piece))
+        assert "Hunt" not in written and "-first" not in written and "second" not in written, written
+        assert written.endswith("</password>\n\nAnd then the rest."), written
+
+
 # -- streamed tokens -------------------------------------------------------------------------------
 
 

@@ -179,7 +179,8 @@ class StreamRedactor:
             elif open_ == _IN_ELEMENT and _UNFINISHED_TAG.search(tail) is not None:
                 cut = 0  # the element's text ended at the tail's '<' (its closing tag unfinished)
             else:  # up to the closing quote (or the line's end: prose may never close it)
-                line_end = token.find("\n") if open_ != _IN_ELEMENT else -1  # an element's text: to '<'
+                # An element's text: to '<' or a blank line (a tag named in prose: "type <password>").
+                line_end = token.find("\n") if open_ != _IN_ELEMENT else _blank_line(tail, token)
                 ends = [i for i in (token.find(open_), line_end) if i != -1]
                 cut = min(ends) if ends else len(token)
             if cut:
@@ -285,8 +286,8 @@ class StreamRedactor:
 
     def _open_element(self, text: str) -> int:
         """Where the '>' opening the text of an XML-style element under a credential tag
-        (``<db_password>``) is, if ``text`` ends inside that text (no '<' after it) or in an
-        unfinished tag right after it (``<api_key>SECRET</api_k``), else -1.
+        (``<db_password>``) is, if ``text`` ends inside that text (no '<' and no blank line
+        after it) or in an unfinished tag right after it (``<api_key>SECRET</api_k``), else -1.
         An element opened and closed within ``text`` is the full spec's to find."""
         if self._is_credential is None:
             return -1
@@ -296,12 +297,19 @@ class StreamRedactor:
         if last == -1 or (last and (text[last - 1].isalnum() or text[last - 1] == "_")):
             return -1  # none, or code: Promise<AccessToken>
         tag = _OPEN_ELEMENT.match(text, last)
-        if tag is None or not self._is_credential(tag[1]):
-            return -1
+        if tag is None or not self._is_credential(tag[1]) or text.find("\n\n", tag.end()) != -1:
+            return -1  # not a credential's, or ended by a blank line (a tag named in prose)
         return tag.end() - 1
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
+
+
+def _blank_line(tail: str, token: str) -> int:
+    """Where in ``token`` a blank line starts (its first '\n' possibly the tail's last
+    character: then at 0), or -1."""
+    blank = (tail[-1:] + token).find("\n\n")
+    return -1 if blank == -1 else max(0, blank - len(tail[-1:]))
 
 
 def _text_end(text: str, start: int) -> int:
