@@ -348,14 +348,14 @@ def test_keys_with_more_than_a_word_leak_nothing_to_files_or_the_otlp_receiver(
 
 #: Keys the key rule matches, with more than 64 characters before the credential word and
 #: no space or quote in between (the reviewer's shapes: a long name, a constant, camelCase, a
-#: flattened config key), one longer than 128 characters, and one with 67 characters after it.
+#: flattened config key), one longer than 128 characters, and one with 34 characters from it.
 LONG_KEYS = [
     "production_reporting_service_readonly_replica_database_connection_password",
     "PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE_CONNECTION_API_KEY",
     "productionReportingServiceReadonlyReplicaDatabaseConnectionAccessToken",
     "services.reporting.production.datasource.hikari.readonly-replica.password",
     "x" * 300 + "_password",
-    "PASSWORD_FOR_THE_PRODUCTION_REPORTING_SERVICE_READONLY_REPLICA_DATABASE",
+    "READONLY_REPLICA_DATABASE_PASSWORD_FOR_THE_REPORTING_SERVICE",
 ]
 
 
@@ -483,6 +483,154 @@ def test_the_text_of_a_credential_element_streamed_in_pieces_is_redacted(size: i
         "Promise<AccessToken> = get();",
     ):
         assert kept in written
+
+
+ELEMENT_STREAM = "Here: <api_key>Zk9Qw7Lp3XmQ</api_key> done"
+
+
+def _pieces_of(secret: str, written: str) -> list[str]:
+    return [secret[i : i + 2] for i in range(len(secret) - 1) if secret[i : i + 2] in written]
+
+
+def test_a_credential_element_s_text_is_redacted_however_its_closing_tag_is_split() -> None:
+    """A token ending inside the closing tag (``SECRET</``, ``SECRET</api_k``, ``SECRET<``)
+    does not end the element until the tag is whole: every split into 2 and 3 tokens."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    text = ELEMENT_STREAM
+    splits = [(i,) for i in range(1, len(text))] + list(itertools.combinations(range(1, len(text)), 2))
+    for cuts in splits:
+        bounds = (0, *cuts, len(text))
+        tokens = [text[a:b] for a, b in itertools.pairwise(bounds)]
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", token) for token in tokens)
+        assert _pieces_of("Zk9Qw7Lp3XmQ", written) == [], (tokens, written)
+        assert written.startswith("Here: <api_key>") and written.endswith("> done"), (tokens, written)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    assert [stream.token("run", t) for t in ("Here: <api_key>Zk9Qw7Lp3XmQ</", "api_key> done")] == [
+        f"Here: <api_key>{REDACTED}</",
+        "api_key> done",
+    ]
+
+
+def test_a_credential_element_cut_inside_its_closing_tag_is_redacted() -> None:
+    """A string cut at ``max_field_bytes`` inside the element's text or its closing tag
+    (``<api_key>SECRET</api_k...[$asynctrack: truncated``): every cut in that range."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    secret = "Zk9Qw7Lp3XmQ2vR"
+    prompt = "x" * 1000 + f" <api_key>{secret}</api_key> and the rest " + "y" * 3000
+    at = prompt.index(secret)
+    for limit in range(at + 1, at + len(secret) + len("</api_key>")):
+        cut = prompt[:limit] + f"...[$asynctrack: truncated, {len(prompt)} characters in all]"
+        out = redactor.json(orjson.dumps({"data": {"prompt": cut}}))
+        assert out is not None
+        written = orjson.loads(out)["data"]["prompt"]
+        assert _pieces_of(secret, written) == [] and f" <api_key>{REDACTED}" in written, (limit, written)
+    whole = prompt[: at + len(secret) + len("</api_key>")] + "...[$asynctrack: truncated, 9 characters]"
+    out = redactor.json(orjson.dumps({"prompt": whole}))
+    assert out is not None and orjson.loads(out)["prompt"] == whole.replace(secret, REDACTED)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('password := "Hunter2-go"', f'password := "{REDACTED}"'),
+        ('if password == "Hunter2-py":', f'if password == "{REDACTED}":'),
+        ('if (apiKey === "Hunter2-js")', f'if (apiKey === "{REDACTED}")'),
+        ("$config = ['db_password' => 'Hunter2-php'];", f"$config = ['db_password' => '{REDACTED}'];"),
+        ('{:password => "Hunter2-rb", :user => "bob"}', f'{{:password => "{REDACTED}", :user => "bob"}}'),
+        ("DB_PASSWORD:=Hunter2-mk", f"DB_PASSWORD:={REDACTED}"),
+        # comparisons and arrows of other keys are kept
+        ('if max_tokens == 5 and role == "admin":', None),
+        ("x === y; a == b; total_tokens => 3", None),
+        ('if (a.length == 3 && key == "x") { author => author.name }', None),
+    ],
+)
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator(
+    keys: str, text: str, expected: str | None
+) -> None:
+    """``:=``, ``==``, ``===``, ``=>`` after a credential key: the value is redacted as
+    after ``=`` or ``:``, in a text, in JSON and in a token stream."""
+    redactor = Redactor(keys)
+    assert redactor.text(text) == (text if expected is None else expected)
+    body = orjson.dumps({"data": {"code": text}})
+    written = redactor.json(body)
+    assert written is not None
+    assert b"Hunter2" not in written
+    if expected is None:
+        assert written == body
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    middle = text.find("Hunter2") + 3 if expected is not None else len(text) // 2
+    streamed = stream.token("run", text[:middle]) + stream.token("run", text[middle:])
+    assert "Hunter2"[:4] not in streamed and "-" + text[middle + 5 : middle + 7] not in streamed
+    if expected is None:
+        assert streamed == text
+
+
+#: Code and prose with a credential word more than 40 characters before the separator: names
+#: of something else (the second review's cases), kept.
+FAR_FROM_THE_WORD = [
+    "PASSWORD_MIN_LENGTH_FOR_ENTERPRISE_TENANT_ACCOUNTS_WITH_SSO_DISABLED = 12",
+    'private static final String PASSWORD_RESET_EMAIL_TEMPLATE_LOCATION_FOR_ENTERPRISE_TENANTS = "t/r.html";',
+    "self.session_manager.cookie_jar.policy.max_age_seconds_for_remember_me_checkbox = 3600",
+    'if user.authentication_provider_configuration.enterprise_sso_redirect_uri_template == "x":',
+    "# see docs.example.com/security/password-rotation-policy-for-enterprise-customers-v2: every 90 days",
+]
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_a_key_is_read_up_to_40_characters_from_its_credential_word(keys: str) -> None:
+    """What precedes the credential word is read however long (``LONG_KEYS``); what follows
+    it up to 40 characters from the word's start: past that, a name of something else."""
+    redactor = Redactor(keys)
+    default = keys == DEFAULT_REDACT_KEYS  # a custom rule reads a whole word (ANY_PAIR)
+    for line in FAR_FROM_THE_WORD:
+        assert (redactor.text(line) == line) is default, line
+    body = orjson.dumps({"code": "\n".join(FAR_FROM_THE_WORD), "dense": "\n".join(FAR_FROM_THE_WORD * 60)})
+    assert (redactor.json(body) == body) is default
+    for n in (31, 32):  # "password_" and n characters: 40 from the word's start, then 41
+        line = "a" * 100 + "_password_" + "x" * n + "=hunter2-far"
+        assert (redactor.text(line) == line) is (default and n == 32), line
+        dense = orjson.dumps({"dense": "\n".join([line] * 300)})
+        out = redactor.json(dense)
+        assert (out == dense) is (default and n == 32)
+        assert out is not None and (b"hunter2-far" in out) is (default and n == 32)
+
+
+PROSE_WITH_A_TAG = (
+    "To connect, run psql -h db.local -U app and type <password> when asked.\n\n"
+    "Then create the table:\n\nCREATE TABLE users (id serial primary key, name text);\n\n"
+    "Finally, restart the service with systemctl restart app and check the logs."
+)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5])
+def test_a_credential_tag_named_in_prose_stops_hiding_the_stream_at_a_blank_line(size: int) -> None:
+    """An element's text opened in a stream ends at a blank line (a tag used as a placeholder
+    in prose does not hide the rest of the answer); a multi-line secret element's lines
+    before a blank line are still redacted."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    text = PROSE_WITH_A_TAG
+    tokens = (
+        [w + " " for w in text.split(" ")]
+        if not size
+        else [text[i : i + size] for i in range(0, len(text), size)]
+    )
+    written = "".join(stream.token("run", token) for token in tokens)
+    assert written.startswith(f"To connect, run psql -h db.local -U app and type <password>{REDACTED}")
+    rest = PROSE_WITH_A_TAG.partition("\n\n")[2]  # written whole (the blank line's first '\n' may be hidden)
+    assert written.rstrip(" ").endswith("\n" + rest), written
+    secret = "<password>\nHunter2-first\nHunter2-second\n</password>\n\nAnd then the rest."
+    for piece in (1, 3, 8):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        written = "".join(stream.token("run", secret[i : i + piece]) for i in range(0, len(secret), piece))
+        assert "Hunt" not in written and "-first" not in written and "second" not in written, written
+        assert written.endswith("</password>\n\nAnd then the rest."), written
 
 
 # -- streamed tokens -------------------------------------------------------------------------------

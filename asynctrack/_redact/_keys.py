@@ -110,17 +110,22 @@ _KEY_REST: Final = (
     rb"(?:[^\"'\\\n]{0,128}+(?:" + _CLOSE + rb"|(?=[\\'])"
     rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
 )
+#: A key's separator: ``:`` or ``=``, and the two- and three-character operators that
+#: assign or compare (``:=``, ``=>``, ``==``, ``===``): the value follows them all.
+_SEPARATOR: Final = rb"[ \t]{0,4}+(?::=|=>|={1,3}+|:)[ \t]{0,4}+"
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
-#: then ``=`` or ``:``. The word's rest up to 128 characters (``PASSWORD_FOR_THE_...``):
-#: at most 256 attempts per text (see ``stem_pairs``).
+#: then a separator (``_SEPARATOR``). The word up to 40 characters from the stem: a longer
+#: rest names something else (``PASSWORD_MIN_LENGTH_FOR_ENTERPRISE_TENANT_ACCOUNTS = 12``),
+#: what comes before the stem is read however long (``_key_spans``). At most 256 attempts
+#: per text (see ``stem_pairs``).
 _PAIR_AT: Final = re.compile(
-    rb"([a-z0-9_.\-]{0,128}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+", re.IGNORECASE
+    rb"([a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?" + _SEPARATOR, re.IGNORECASE
 )
 #: The same as one regex, for texts dense with stems (linear: each attempt starts at
 #: a stem and reads at most 432 bytes).
 STEM_PAIR: Final = re.compile(
     rb"((?:pass|pwd|secret|credential|cookie|auth|key|token(?![a-z0-9_]))"
-    rb"[a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
+    rb"[a-z0-9_.\-]{0,40}+" + _KEY_REST + rb")(\\?[\"'])?" + _SEPARATOR,
     re.IGNORECASE,
 )
 
@@ -209,7 +214,9 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
             # A quoted key holding more than a word ("password ", "API key for prod"):
             # from its opening quote, as the stems' scan reads it.
             k0 = text.rfind(bytes((quote,)), 0, q) + 1 or k0
-        if q - k0 < 1 or not any(stem in folded[k0 : q + 1] for stem in _STEMS):
+        # A stem in the key's last 40 characters (a quoted key's anywhere), as ``_PAIR_AT`` reads.
+        last = k0 if quote != -1 else max(k0, q - 40)
+        if q - k0 < 1 or not any(stem in folded[last : q + 1] for stem in _STEMS):
             continue
         # Matched from at most 40 characters before the key's end (``_PAIR_AT`` reads a
         # bounded length); ``_key_spans`` reads the key back to its start.
@@ -231,7 +238,7 @@ WITHHELD: Final = b"[REDACTED: the rest of this text is withheld, too many crede
 #: A word however long (linear: an attempt starts only at a word's start).
 ANY_PAIR: Final = re.compile(
     rb"(?<![a-z0-9_.\-])((?:(?<=[\"'])[a-z0-9_.\-]++" + _KEY_REST + rb"|[a-z0-9_.\-]++))"
-    rb"(\\?[\"'])?[ \t]{0,4}+[:=][ \t]{0,4}+",
+    rb"(\\?[\"'])?" + _SEPARATOR,
     re.IGNORECASE,
 )
 #: An XML-style element (``<db_password>x</db_password>``, ``<api_key>x</api_key>``: how

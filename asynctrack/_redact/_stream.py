@@ -70,7 +70,7 @@ _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: match at the start of the reversed text costs what the key's length does, wherever
 #: the quote is.
 _KEY_BEFORE_REVERSED: Final = re.compile(
-    r"""[ \t]{0,4}+[:=][ \t]{0,4}+"""
+    r"""[ \t]{0,4}+(?:=:|>=|={1,3}+|:)[ \t]{0,4}+"""  # ':=', '=>', '==', '===' reversed too
     r"""(?:"((?:[^"\n]|"\\){1,256}+)"|'([^'\n]{1,256}+)'|["']?([A-Za-z0-9_.\-]{1,256}+))"""
 )
 #: The characters before a quote that ``_KEY_BEFORE_REVERSED`` reads at most.
@@ -80,6 +80,9 @@ _KEY_WINDOW: Final = 272
 _OPEN_ELEMENT: Final = re.compile(r"<([A-Za-z_][A-Za-z0-9_.\-:]{0,127}+)(?:[ \t][^<>]{0,256}+)?>")
 #: ``open_`` while the text of an element under a credential tag is open: up to the next '<'.
 _IN_ELEMENT: Final = "<"
+#: An unfinished tag at the text's end (``<``, ``</``, ``</api_k``): an element's text
+#: that it follows ends at its '<', and the element is judged from the '<' before it.
+_UNFINISHED_TAG: Final = re.compile(r"</?[A-Za-z0-9_.\-:]{0,128}+\Z")
 
 
 def _key_text(quoted: str | None, other: str) -> str:
@@ -173,8 +176,11 @@ class StreamRedactor:
             if open_ is True:
                 continued = _CREDENTIAL_RUN.match(token)
                 cut = continued.end() if continued is not None else 0
+            elif open_ == _IN_ELEMENT and _UNFINISHED_TAG.search(tail) is not None:
+                cut = 0  # the element's text ended at the tail's '<' (its closing tag unfinished)
             else:  # up to the closing quote (or the line's end: prose may never close it)
-                line_end = token.find("\n") if open_ != _IN_ELEMENT else -1  # an element's text: to '<'
+                # An element's text: to '<' or a blank line (a tag named in prose: "type <password>").
+                line_end = token.find("\n") if open_ != _IN_ELEMENT else _blank_line(tail, token)
                 ends = [i for i in (token.find(open_), line_end) if i != -1]
                 cut = min(ends) if ends else len(token)
             if cut:
@@ -202,8 +208,13 @@ class StreamRedactor:
                     quote = self._open_element(joined)  # the '>' that opens the element's text
                 if quote != -1:
                     start = quote + 1  # the value's first character
-                    if start < len(joined):  # part of the value is here already
-                        out = token[: start - len(tail)] + REDACTED if start >= len(tail) else REDACTED
+                    stop = _text_end(joined, start) if close == _IN_ELEMENT else len(joined)
+                    if start < stop and stop > len(tail):  # part of the value is here already
+                        out = (
+                            (token[: start - len(tail)] if start >= len(tail) else "")
+                            + REDACTED
+                            + joined[stop:]
+                        )
                     open_ = close
         if not open_ and self._in_key_block(joined):
             open_ = _IN_KEY_BLOCK
@@ -275,20 +286,37 @@ class StreamRedactor:
 
     def _open_element(self, text: str) -> int:
         """Where the '>' opening the text of an XML-style element under a credential tag
-        (``<db_password>``) is, if ``text`` ends inside that text (no '<' after it), else -1.
+        (``<db_password>``) is, if ``text`` ends inside that text (no '<' and no blank line
+        after it) or in an unfinished tag right after it (``<api_key>SECRET</api_k``), else -1.
         An element opened and closed within ``text`` is the full spec's to find."""
         if self._is_credential is None:
             return -1
         last = text.rfind("<")
+        if last > 0 and _UNFINISHED_TAG.match(text, last) is not None:
+            last = text.rfind("<", 0, last)  # the text may end in the element's closing tag
         if last == -1 or (last and (text[last - 1].isalnum() or text[last - 1] == "_")):
             return -1  # none, or code: Promise<AccessToken>
         tag = _OPEN_ELEMENT.match(text, last)
-        if tag is None or not self._is_credential(tag[1]):
-            return -1
+        if tag is None or not self._is_credential(tag[1]) or text.find("\n\n", tag.end()) != -1:
+            return -1  # not a credential's, or ended by a blank line (a tag named in prose)
         return tag.end() - 1
 
     def end(self, run: object) -> None:
         self._tails.pop(run, None)
+
+
+def _blank_line(tail: str, token: str) -> int:
+    """Where in ``token`` a blank line starts (its first '\n' possibly the tail's last
+    character: then at 0), or -1."""
+    blank = (tail[-1:] + token).find("\n\n")
+    return -1 if blank == -1 else max(0, blank - len(tail[-1:]))
+
+
+def _text_end(text: str, start: int) -> int:
+    """Where the text of an element opened at ``start`` ends in ``text``: at an unfinished
+    tag at the end (``</api_k``: its closing tag, not whole yet), else at the end."""
+    unfinished = _UNFINISHED_TAG.search(text, start)
+    return unfinished.start() if unfinished is not None else len(text)
 
 
 def _both(token: str, alone: str, out: str) -> str:
