@@ -248,6 +248,17 @@ KEYS_WITH_MORE = [
 ]  # fmt: skip
 
 
+def _redacted_body(keys: str, body: bytes) -> bytes:
+    """``body`` redacted: by ``Redactor.json``, or, where it returns ``None``, its parsed
+    structure redacted and encoded again."""
+    redactor = Redactor(keys)
+    out = redactor.json(body)
+    if out is None:
+        out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
+    assert out is not None
+    return out
+
+
 def _key_shapes(key: str, secret: str) -> dict[str, bytes]:
     """``{key: secret}`` as a body, as JSON text inside a string, and inside strings dense
     with stems (then judged from the separators, or with ``STEM_PAIR`` past 4,096 of them)."""
@@ -271,11 +282,7 @@ def test_a_key_the_rule_matches_has_its_value_redacted_whatever_follows_the_word
     assert KeyRule(keys)(key)
     secret = "kwm-41-ZQxv"
     for shape, body in _key_shapes(key, secret).items():
-        redactor = Redactor(keys)
-        out = redactor.json(body)
-        if out is None:
-            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
-        assert out is not None
+        out = _redacted_body(keys, body)
         assert secret.encode() not in out, (shape, out[-200:])
     # A plain string holding JSON text (a tool call's arguments, an error message).
     spaced = '{"n": 1, ' + orjson.dumps(key).decode() + ': "' + secret + '"}'
@@ -375,11 +382,7 @@ def test_a_long_key_is_judged_whole_wherever_it_meets_a_value(key: str, keys: st
     shapes["header"] = orjson.dumps({"headers": f"Host: x\r\n{key}: {secret}\r\n"})
     shapes["python repr"] = orjson.dumps({"repr": f"Config({{'{key}': '{secret}'}})"})
     for shape, body in shapes.items():
-        redactor = Redactor(keys)
-        out = redactor.json(body)
-        if out is None:
-            out = redactor.json(orjson.dumps(redactor.structure(orjson.loads(body))))
-        assert out is not None
+        out = _redacted_body(keys, body)
         assert secret.encode() not in out, (shape, out[-200:])
         assert REDACTED.encode() in out, shape
     assert secret not in Redactor(keys).text(f"export {key}={secret}")
