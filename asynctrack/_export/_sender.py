@@ -143,9 +143,9 @@ def _sent_credentials(headers: Mapping[str, str], parts: urllib.parse.SplitResul
     found = set()
     pairs = []
     for value in headers.values():
-        found.add(value.strip())
-        found.update(value.split()[-1:])
         words = value.split()
+        found.add(value.strip())
+        found.update(words[-1:])
         if len(words) == 2 and words[0].lower() == "basic":
             try:
                 pairs.append(base64.b64decode(words[1], validate=True).decode("utf-8"))
