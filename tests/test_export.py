@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -635,6 +636,27 @@ def test_settings_are_checked_at_construction(monkeypatch: pytest.MonkeyPatch) -
         OTLPExporter()
     with pytest.raises(ValueError, match="exporters"):
         AsyncTracker("/tmp/x", exporters=["http://127.0.0.1:4318"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("timeout", [1e6 + 1, 1e10, math.inf, math.nan, -1.0, True])
+def test_a_timeout_past_its_bound_is_refused_at_construction(timeout: float) -> None:
+    """The exporter's ``timeout`` has the CLI's bound (1e6 s): beyond it a close's wait
+    (twice it) would overflow a thread's wait in the worker."""
+    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, at most 1e\+06"):
+        OTLPExporter("http://127.0.0.1:4318", timeout=timeout)
+    assert OTLPExporter("http://127.0.0.1:4318", timeout=1e6).timeout == 1e6
+
+
+def test_a_bad_metrics_endpoint_is_refused_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` is refused when the exporter is made,
+    not when the worker starts it (where it left the spans unsent too); unused without
+    metrics, or with an endpoint given (its ``/v1/metrics`` is used)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "ftp://collector/v1/metrics")
+    with pytest.raises(ValueError, match=r"http:// or https://.*from the OTEL_EXPORTER_OTLP_\* environment"):
+        OTLPExporter()
+    for taken in (OTLPExporter(metrics=False), OTLPExporter("http://127.0.0.1:4318")):
+        taken.start().close(0.1)
 
 
 def test_the_otel_environment_variables() -> None:

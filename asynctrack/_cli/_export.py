@@ -27,9 +27,6 @@ __all__ = ["export", "parse_headers"]
 _BATCH_FILE: Final = re.compile(r"^\d{6}-(?P<writer>.+)-(?P<batch>\d{8})\.jsonl(?:\.gz)?$")
 _PROGRESS_EVERY: Final = 0.2  # seconds between progress lines on a terminal
 _CHUNK: Final = 1024  # lines assembled at a time
-# --timeout at most (about 11.6 days): far beyond any request, and twice it (the close's) far
-# within what a thread's wait takes (threading.TIMEOUT_MAX, ~292 years: beyond, OverflowError).
-_TIMEOUT_MAX: Final = 1e6
 
 
 def parse_headers(items: Sequence[str]) -> dict[str, str]:
@@ -80,14 +77,14 @@ def export(
     """
     import gzip
 
-    from .._export._exporter import OTLPExporter, resource
+    from .._export._exporter import TIMEOUT_MAX, OTLPExporter, resource
     from .._read._load import _files, _pattern
     from .._read._scan import find_event_files
 
     try:
-        if not 0 < timeout <= _TIMEOUT_MAX:  # NaN fails both
+        if not 0 < timeout <= TIMEOUT_MAX:  # NaN fails both
             raise ValueError(
-                f"--timeout takes a positive number of seconds, at most {_TIMEOUT_MAX:g}, got {timeout!r}"
+                f"--timeout takes a positive number of seconds, at most {TIMEOUT_MAX:g}, got {timeout!r}"
             )
         config = OTLPExporter(
             endpoint, headers=headers, capture_content=capture_content, timeout=timeout, metrics=metrics

@@ -46,6 +46,9 @@ logger = logging.getLogger("asynctrack")
 DEFAULT_ENDPOINT: Final = "http://localhost:4318"
 _TRACES_PATH: Final = "/v1/traces"
 _METRICS_PATH: Final = "/v1/metrics"
+#: ``timeout`` at most (about 11.6 days): far beyond any request, and twice it (a close's)
+#: far within what a thread's wait takes (``threading.TIMEOUT_MAX``; beyond, OverflowError).
+TIMEOUT_MAX: Final = 1e6
 #: Seconds between two metrics requests while spans flow (and one at every flush and close).
 METRICS_EVERY: Final = 60.0
 _SCOPE: Final = "asynctrack"
@@ -160,18 +163,27 @@ class OTLPExporter:
             ):
                 raise ValueError(f"headers must map strings to strings, got {self.headers!r}")
             object.__setattr__(self, "headers", dict(self.headers))
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or self.timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not 0 < self.timeout <= TIMEOUT_MAX  # NaN fails both
+        ):
+            raise ValueError(
+                f"timeout must be a positive number of seconds, at most {TIMEOUT_MAX:g}, got {self.timeout!r}"
+            )
         for name in ("max_queue_bytes", "max_open_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
-        try:
-            endpoint_parts(resolve_endpoint(self.endpoint, os.environ))
-        except ValueError as exc:
-            if self.endpoint is None:
-                raise ValueError(f"{exc} (from the OTEL_EXPORTER_OTLP_* environment)") from None
-            raise
+        # Both signals' URLs checked now, not when the worker starts the exporter (there a
+        # bad metrics URL would leave the spans unsent too, said only in the worker's log).
+        for signal in ("traces", "metrics") if self.metrics else ("traces",):
+            try:
+                endpoint_parts(resolve_endpoint(self.endpoint, os.environ, signal))
+            except ValueError as exc:
+                if self.endpoint is None:
+                    raise ValueError(f"{exc} (from the OTEL_EXPORTER_OTLP_* environment)") from None
+                raise
 
     def __repr__(self) -> str:
         # Logged (an exporter that cannot start): no credentials, neither the endpoint's
