@@ -13,9 +13,12 @@ import json
 import logging
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -227,6 +230,49 @@ def test_an_error_answer_echoing_the_credentials_is_shown_redacted(
         assert text is not None and shown in text, text
         assert not any(secret in text for secret in secrets), text
         assert "password=[REDACTED] (not retried)" in text, text
+
+
+def test_a_huge_error_answer_is_read_up_to_a_bound() -> None:
+    """A receiver answering an error with an endless body (a proxy's page, a broken
+    gateway): the sender reads 64 KiB of it, shows its start, and drops the connection;
+    it neither holds the rest in memory nor waits for it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    sent: list[int] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+            body = head.partition(b"\r\n\r\n")[2]
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 1000000000\r\n\r\nno such tenant ")
+            piece, total = b"x" * 1048576, 0
+            try:
+                while total < 1_000_000_000:
+                    conn.sendall(piece)
+                    total += len(piece)
+            except OSError:
+                pass
+            sent.append(total)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    sender = OTLPExporter(endpoint, timeout=20.0, metrics=False).sender(resource())
+    started = time.monotonic()
+    sender.put([b""])
+    flushed = sender.flush(WAIT)
+    sender.close(WAIT)
+    thread.join(WAIT)
+    server.close()
+    assert flushed is not None and "answered HTTP 400: no such tenant xxx" in flushed, flushed
+    assert "(not retried)" in flushed
+    assert time.monotonic() - started < 10.0
+    assert sent and sent[0] < 64 * 1048576, sent  # the rest was never read
 
 
 def test_an_error_answer_echoing_basic_credentials_decoded_or_json_escaped_is_redacted(

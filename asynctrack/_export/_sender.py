@@ -164,6 +164,10 @@ def _sent_credentials(headers: Mapping[str, str], parts: urllib.parse.SplitResul
     return tuple(sorted(found, key=len, reverse=True))
 
 
+#: An answer's body read at most (its first 200 characters are shown).
+_ANSWER_MAX: Final = 64 * 1024
+
+
 def _answer_text(data: bytes, credentials: Sequence[str]) -> str:
     """A receiver's error answer as it may be shown (logged, returned by ``flush()``,
     printed): the credentials the request carried replaced (however their format), then
@@ -531,7 +535,12 @@ class Sender:
                 # 40 ms: one batch per ~50 ms, ~10k spans/s at most (measured).
                 conn.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             response = conn.getresponse()
-            data = response.read()
+            # An answer's body is read up to _ANSWER_MAX (a receiver's error page, however
+            # large, costs that much memory and redaction at most); one left partly unread
+            # cannot share its connection with the next request.
+            data = response.read(_ANSWER_MAX)
+            if not response.isclosed():
+                self._close_connection()
             if self._aborted:
                 raise ConnectionAbortedError("the request was aborted at the close's deadline")
         except (OSError, http.client.HTTPException) as exc:
