@@ -113,8 +113,11 @@ class TrackerConfig:
             captured, and the worker holds their lines (at most
             ``max_queue_bytes // 4`` bytes) until a run fails (then they are
             written, marked ``"sampled": false``) or the root ends (then they
-            are dropped, counted in ``statistics().sampled_out``). Off: a trace
-            not sampled is not captured at all.
+            are dropped, counted in ``statistics().sampled_out``). Past that
+            bound the oldest trace's held lines are dropped: if it fails later,
+            its failure and later lines are still written, and the lines it lost
+            are counted in ``statistics().sampled_out_failing`` (a warning says
+            it once). Off: a trace not sampled is not captured at all.
     """
 
     max_batch_events: int = 10_000

@@ -443,3 +443,85 @@ def test_a_sqlite_store_keeps_the_spans_in_its_tables(stub: OpenAIStub, tmp_path
     assert len(trace.data.spans) == 4
     assert trace.info.tags["mlflow.trace.spansLocation"] == "TRACKING_STORE"  # log_spans, no artifact
     assert not list(tmp_path.rglob("traces.json"))
+
+
+def test_names_and_ids_over_mlflows_limits_are_cut_and_cost_no_trace(
+    server: MLflowServer, tmp_path: Path
+) -> None:
+    """MLflow refuses a trace named over 4096 characters, or with a session id over 250, and
+    every trace of the call with it: each is cut to the limit, a marker at its end."""
+    from langchain_core.runnables import RunnableLambda
+
+    from asynctrack.testing import FakeChatOpenAI
+
+    long_ids = {"session_id": "s" * 300, "user_id": "u" * 9000}
+    with AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="limits",
+        run_name="r" * 5000,
+        config=TrackerConfig(worker="thread"),
+        parameter_sinks=[MLflowParameters(server.url)],
+    ) as tracker:
+        FakeChatOpenAI().invoke("a well-formed trace", config={"callbacks": [tracker]})
+        FakeChatOpenAI(model_name="m" * 5000).invoke("a long model name", config={"callbacks": [tracker]})
+        RunnableLambda(lambda x: x, name="n" * 5000).invoke(
+            1, config={"callbacks": [tracker], "metadata": long_ids}
+        )
+    stats = tracker.statistics()
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed) == (3, 0)
+    well_formed, model, chain = traces_of(server.url, "limits")
+    assert "m" * 100 not in well_formed.info.tags["mlflow.traceName"]
+    for trace in (model, chain):
+        name = trace.info.tags["mlflow.traceName"]
+        assert len(name) == 4096
+        assert name.endswith(" characters in all]") and "...[asynctrack: truncated, " in name
+        assert trace.data.spans[-1].name == name
+    mark = "...[asynctrack: truncated, 300 characters in all]"
+    assert chain.info.trace_metadata["mlflow.trace.session"] == "s" * (250 - len(mark)) + mark
+    assert len(chain.info.trace_metadata["mlflow.trace.user"]) == 250
+    assert len(chain.info.tags["asynctrack.run"]) == 4096
+    # The files keep every character.
+    names = {e.get("name") for e in read_events(tmp_path / "logs", "limits", "r" * 5000)}
+    assert "n" * 5000 in names
+
+
+def test_a_trace_mlflow_refuses_costs_no_other_trace_of_its_call(
+    server: MLflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trace id already in another experiment: MLflow refuses the whole ``log_spans`` call.
+    The call is split until that trace is alone; it alone fails, counted and said once."""
+    import asyncio
+    import uuid
+
+    from export_workloads import recorded_lines
+    from langchain_core.runnables import RunnableLambda
+
+    from asynctrack._sinks._base import RunInfo
+    from asynctrack._sinks._mlflow_traces import MLflowTraces
+
+    taken = uuid.uuid4()
+    step = RunnableLambda(lambda x: x + 1, name="step")
+
+    def lines_of(name: str, run_ids: list[uuid.UUID | None]) -> list[bytes]:
+        with AsyncTracker(tmp_path / name, experiment_name="e", run_name="r") as tracker:
+            for n, run_id in enumerate(run_ids):
+                step.invoke(n, config={"callbacks": [tracker], "run_id": run_id})
+        return recorded_lines(tmp_path / name)
+
+    def log(experiment: str, lines: list[bytes]) -> MLflowTraces:
+        sink = MLflowParameters(server.url)
+        exporter = MLflowTraces(sink, RunInfo(experiment=experiment, run="r", events_uri="-"), delay=3600)
+        exporter.lines(lines)  # every trace queued at once: one call at the flush
+        assert exporter.flush(60) is None or experiment == "second"
+        exporter.close(60)
+        asyncio.run(sink.aclose())
+        return exporter
+
+    assert log("first", lines_of("a", [taken])).statistics()["mlflow_traces_logged"] == 1
+    with caplog.at_level("WARNING", logger="asynctrack"):
+        second = log("second", lines_of("b", [None, taken, None, None]))
+    assert second.statistics() == {"mlflow_traces_logged": 3, "mlflow_traces_failed": 1}
+    assert len(traces_of(server.url, "second")) == 3
+    said = [r.getMessage() for r in caplog.records if "MLflow traces" in r.getMessage()]
+    assert len(said) == 1 and "already exists in another experiment" in said[0]
+    assert "1 trace(s) failed so far, 3 logged" in said[0]

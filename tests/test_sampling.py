@@ -345,9 +345,11 @@ def test_held_lines_are_bounded_by_bytes() -> None:
             assert out == [[]]  # held
     assert sampler.held_bytes <= sampler.max_held
     assert sampler.sampled_out == 4  # the two oldest traces were pushed out, counted
-    # A failure in the first trace writes nothing of it now (it was dropped) ...
+    # A failure in the first trace writes the failure (its held lines were pushed out:
+    # counted apart, as lines of a failing trace) ...
     out = sampler.many([["chain_error", 99, 2.0, roots[0], None, "r", b'{"data":{}}', _error()]])
-    assert (out, sampler.sampled_out) == ([[]], 5)
+    assert [seq for seq, _ in out[0]] == [99]
+    assert (sampler.sampled_out, sampler.sampled_out_failing) == (4, 2)
     # ... and one in the last writes its held lines, then the failure, marked.
     out = sampler.many([["chain_error", 100, 2.0, roots[2], None, "r", b'{"data":{}}', _error()]])
     (lines,) = out
@@ -355,6 +357,50 @@ def test_held_lines_are_bounded_by_bytes() -> None:
     assert all(orjson.loads(line)["sampled"] is False for _, line in lines)
     assert orjson.loads(lines[0][1])["data"] == orjson.loads(body)["data"]  # the held line, as recorded
     assert sampler.held_bytes == 0
+
+
+def test_a_failing_trace_over_the_bound_keeps_its_failure_and_is_counted_apart(
+    tmp_path: Path, worker_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trace not sampled that holds more than ``max_queue_bytes // 4`` before it fails:
+    its earliest lines are pushed out, counted in ``sampled_out_failing`` (and in
+    ``sampled_out``), said once; its failure, the root's error and what it still held
+    are written."""
+    from langchain_core.runnables import RunnableLambda
+
+    tracker = _tracker(
+        tmp_path / "logs",
+        worker_mode,
+        sample_rate=0.0,
+        max_queue_bytes=256 * 1024,
+        max_batch_bytes=64 * 1024,
+        when_full="block",  # none dropped by the application's queue
+    )
+    step = RunnableLambda(len, name="step")
+
+    def body(x: int) -> int:
+        for n in range(12):  # 12 steps of ~20 KB inputs: twice the 64 KiB held
+            step.invoke(f"{n}" + "p" * 20_000)
+        raise RuntimeError("the database is down")
+
+    root = RunnableLambda(body, name="root")
+    with caplog.at_level("WARNING", logger="asynctrack"):
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                root.invoke(1, config={"callbacks": [tracker]})
+        tracker.close()
+    events = [orjson.loads(line) for line in recorded_lines(tmp_path / "logs")]
+    errors = [(e["kind"], e["name"], e["sampled"]) for e in events if e["kind"] == "chain_error"]
+    assert errors == [("chain_error", "root", False)] * 2
+    assert all(e["sampled"] is False for e in events)
+    stats = tracker.statistics()
+    assert stats.worker_mode == worker_mode
+    assert stats.recorded == stats.written + stats.sampled_out == 2 * (2 + 2 * 12)
+    assert stats.sampled_out_failing == stats.sampled_out > 0
+    assert (stats.dropped, stats.lost) == (0, 0)
+    if worker_mode == "thread":  # the worker process's log comes through its pipe, later
+        said = [r.getMessage() for r in caplog.records if "trace not sampled failed" in r.getMessage()]
+        assert len(said) == 1 and "max_queue_bytes // 4 (65536 bytes)" in said[0]
 
 
 def _error() -> dict[str, Any]:

@@ -16,7 +16,12 @@ A run whose parent was never seen (a tracker given to a model only) is decided o
 parent's id; not sampled, it is held as a trace of its own.
 
 Held lines are bounded by bytes (``max_queue_bytes // 4``): past the bound the oldest
-held trace is dropped, counted, as if its root had ended. Held lines are resolved for
+held trace's lines are dropped, counted in ``sampled_out``, and the trace goes on: its
+later lines are held again. If one of its runs fails after that, what it still holds,
+the failure and every later line (the root's end or error among them) are written as
+above; the lines it lost to the bound are counted apart (``sampled_out_failing``, a
+part of ``sampled_out``) and a warning says it, once per tracker: the trace's start
+(its root's start among them) may be missing from the files. Held lines are resolved for
 the worker process's acknowledgements when they are held (an empty list is returned
 for them), so a long trace does not hold back the application's retention: if the
 worker process dies, the held lines of traces not sampled are lost, at most that bound.
@@ -25,6 +30,7 @@ The files and the exporters get the same lines, so they see the same traces.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TailSampler"]
 
+logger = logging.getLogger("asynctrack")
+
 _MAX_RUNS: Final = 100_000  # live runs remembered (the oldest forgotten)
 _MARK: Final = b',"sampled":false}\n'
 _PARENT_KEY: Final = b'"' + OTEL_PARENT.encode() + b'":{'
@@ -48,14 +56,15 @@ _PARENT_KEY: Final = b'"' + OTEL_PARENT.encode() + b'":{'
 class _Trace:
     """A trace not sampled: its held lines, or whether it is kept or dropped."""
 
-    __slots__ = ("dropped", "held", "kept", "lines", "root")
+    __slots__ = ("dropped", "evicted", "held", "kept", "lines", "root")
 
     def __init__(self, root: Any) -> None:
         self.root = root
         self.lines: list[tuple[Any, ...]] = []  # (seq, line, ...) as the translator gave them
         self.held = 0
         self.kept = False  # a run failed: its lines are written
-        self.dropped = False  # its root ended (or it was pushed out): its lines are dropped
+        self.dropped = False  # its root ended: its lines are dropped
+        self.evicted = 0  # its lines dropped to the bound (its later lines are held again)
 
 
 _SAMPLED: Final = _Trace(None)  # the trace of every live run of a trace sampled
@@ -68,7 +77,10 @@ class TailSampler:
     empty for a held or dropped line, the trace's held lines for the first failure.
 
     Attributes:
-        sampled_out: lines held and then dropped (their trace had no failure).
+        sampled_out: lines held and then dropped (their trace had no failure, or
+            they were pushed out by the bound).
+        sampled_out_failing: of those, the lines pushed out of traces that failed
+            later (written in part: from what was held at the failure on).
     """
 
     def __init__(self, translator: ChunkTranslate, config: TrackerConfig) -> None:
@@ -77,6 +89,7 @@ class TailSampler:
         self.max_held = config.max_queue_bytes // 4
         self.held_bytes = 0
         self.sampled_out = 0
+        self.sampled_out_failing = 0
         self._runs: dict[Any, _Trace] = {}  # a live run -> its trace (_SAMPLED: sampled)
         self._traces: dict[Any, _Trace] = {}  # root -> trace holding lines, oldest first
 
@@ -155,6 +168,8 @@ class TailSampler:
         # A failure keeps the trace: everything held, then this line. LangGraph pausing a
         # graph for a human (its GraphInterrupt) is control flow, not a failure.
         if kind.endswith("_error") and not is_interrupt(record[EXTRA]):
+            if trace.evicted:
+                self._lost_to_bound(trace)
             lines = [(held[0], _marked(held[1])) for held in trace.lines]
             lines.append((result[0], _marked(result[1])))
             self._release(trace)
@@ -165,6 +180,8 @@ class TailSampler:
             self._release(trace)
             trace.dropped = True
             return []
+        if trace.evicted and not trace.lines:
+            self._traces[trace.root] = trace  # pushed out before: held again, the newest
         trace.lines.append(result)
         size = len(result[1])
         trace.held += size
@@ -172,9 +189,23 @@ class TailSampler:
         while self.held_bytes > self.max_held and self._traces:
             oldest = self._traces[next(iter(self._traces))]
             self.sampled_out += len(oldest.lines)
+            oldest.evicted += len(oldest.lines)
             self._release(oldest)
-            oldest.dropped = True
         return []
+
+    def _lost_to_bound(self, trace: _Trace) -> None:
+        """A trace pushed out by the bound failed: count its lost lines; say it once."""
+        if not self.sampled_out_failing:
+            logger.warning(
+                "asynctrack: a trace not sampled failed after %d of its events were dropped: it held "
+                "more than max_queue_bytes // 4 (%d bytes) waiting for a failure. Its failure and "
+                'later events are written ("sampled": false), its earlier ones are not '
+                "(statistics().sampled_out_failing counts them; said once per tracker)",
+                trace.evicted,
+                self.max_held,
+            )
+        self.sampled_out_failing += trace.evicted
+        trace.evicted = 0
 
     def _release(self, trace: _Trace) -> None:
         self.held_bytes -= trace.held

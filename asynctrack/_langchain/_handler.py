@@ -338,6 +338,7 @@ class AsyncTracker(BaseCallbackHandler):
                 translator.redacted_parameters,
                 lambda: translator.placeholders,
                 None if tail is None else lambda: tail.sampled_out,
+                None if tail is None else lambda: tail.sampled_out_failing,
             )
         self._seq = itertools.count()
         self._put, self._queue = _put_of(engine)

@@ -138,6 +138,7 @@ class TrackerSpec:
             start_exporters=start_exporters,  # again in a forked child
             queue_events=queue_events,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
+            sampled_out_failing=None if tail is None else lambda: tail.sampled_out_failing,
             records_in=None if packed is None else packed.records_in,
         )
         return engine, translator

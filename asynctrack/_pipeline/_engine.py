@@ -84,6 +84,7 @@ class Engine:
         queue_events: the count bound of the queue (``max_queue_events`` by default).
         records_in: how many records a queue item stands for, if items are packed
             (the worker process's frames; see ``BoundedQueue``).
+        sampled_out_failing: the adapter's count of those events whose trace failed later.
     """
 
     put: Callable[[Any], None]
@@ -106,6 +107,7 @@ class Engine:
         queue_events: int | None = None,
         sampled_out: Callable[[], int] | None = None,
         records_in: Callable[[Any], int] | None = None,
+        sampled_out_failing: Callable[[], int] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         self._records_in = records_in
@@ -119,6 +121,7 @@ class Engine:
         # Events the adapter wrote with a placeholder for a bad value (its own count).
         self._placeholders = placeholders
         self._sampled_out = sampled_out
+        self._sampled_out_failing = sampled_out_failing
         self._parameter_sinks = tuple(parameter_sinks)
         self.spool = spool
         #: Called (weakly) in a forked child, after the engine reset itself.
@@ -200,12 +203,14 @@ class Engine:
         parameters: Callable[[], Mapping[str, ParameterValue]] | None,
         placeholders: Callable[[], int] | None = None,
         sampled_out: Callable[[], int] | None = None,
+        sampled_out_failing: Callable[[], int] | None = None,
     ) -> None:
         """Replace the adapter's callbacks (after fork, before the worker runs)."""
         self._translate = translate
         self._parameters = parameters
         self._placeholders = placeholders
         self._sampled_out = sampled_out
+        self._sampled_out_failing = sampled_out_failing
         self._worker.translate = chunked(translate)
 
     @property
@@ -465,6 +470,7 @@ class Engine:
             sampled_out=self._sampled_out() if self._sampled_out else 0,
             mlflow_traces_logged=traces_logged,
             mlflow_traces_failed=traces_failed,
+            sampled_out_failing=self._sampled_out_failing() if self._sampled_out_failing else 0,
         )
 
     # -- run parameters (worker thread) ------------------------------------------------------------

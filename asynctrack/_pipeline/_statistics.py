@@ -61,7 +61,12 @@ class Statistics:
             still waiting at close.
         sampled_out: events of traces not sampled (``sample_rate``) and not
             written: skipped by the callbacks, or held by the worker and dropped
-            because none of the trace's runs failed.
+            because none of the trace's runs failed (or pushed out by the
+            bound on held lines, ``max_queue_bytes // 4``).
+        sampled_out_failing: of ``sampled_out``, events of traces not sampled
+            that failed (``sample_keep_errors``) but had been pushed out by that
+            bound before: the trace's failure and later events are written, these
+            are not (a warning says it, once per tracker).
     """
 
     recorded: int
@@ -86,6 +91,7 @@ class Statistics:
     sampled_out: int = 0
     mlflow_traces_logged: int = 0
     mlflow_traces_failed: int = 0
+    sampled_out_failing: int = 0
 
 
 class Counters:

@@ -82,6 +82,7 @@ _CUMULATIVE: Final = (
     "sampled_out",
     "mlflow_traces_logged",
     "mlflow_traces_failed",
+    "sampled_out_failing",
 )
 #: The worker's counters its acknowledgements carry (``ACK_COUNTS``), in their order.
 _ACKED: Final = ("written", "batches", "bytes")

@@ -592,7 +592,8 @@ class MLflowParameters:
         and attributes and makes each trace from its spans (state, previews, token
         usage; name and tags from the root span's ``mlflow.traceTag.*``), then
         ``link_traces_to_run`` (measured on a local server: 14 ms per trace, against
-        55 for ``start_trace`` plus the trace data artifact). A server that takes no
+        55 for ``start_trace`` plus the trace data artifact); a call MLflow refuses is
+        split until the trace it refuses is alone. A server that takes no
         spans that way (MLflow before 3.4, a file store) gets each trace by
         ``start_trace`` (linked by its ``mlflow.sourceRun``) and its spans as its data
         artifact, as MLflow's own exporter does for such a server. A server without
@@ -626,21 +627,32 @@ class MLflowParameters:
                 built.append((number, info, data))
             except Exception as exc:  # one odd trace must not cost the others
                 outcomes[number] = f"trace not built: {exc!r}"
-        if built and not self.spans_as_artifacts:
-            every_span = [span for _, _, data in built for span in data.spans]
+
+        def log_spans(group: list[tuple[int, Any, Any]]) -> list[tuple[int, Any, Any]]:
+            """Log ``group``'s spans and link it; the traces left for the artifact path.
+            A call refused (not retried) is split in halves, down to one trace: MLflow
+            refuses a whole call for one trace it refuses, and that one alone fails."""
+            if self.spans_as_artifacts:
+                return group
+            every_span = [span for _, _, data in group for span in data.spans]
             try:
                 attempt(functools.partial(tracing.log_spans, state.experiment_id, every_span))
-                ids = [info.trace_id for _, info, _ in built]
+                ids = [info.trace_id for _, info, _ in group]
                 attempt(functools.partial(client.link_traces_to_run, ids, state.run_id))
             except Exception as exc:
-                if not _no_span_api(exc):
-                    for number, _, _ in built:
-                        outcomes[number] = f"{type(exc).__name__}: {exc}"
-                    return outcomes
-                self.spans_as_artifacts = True
-                self._note(f"no spans at /v1/traces ({exc}); each trace's spans go as its data artifact")
-            else:
-                return outcomes
+                if _no_span_api(exc):
+                    self.spans_as_artifacts = True
+                    self._note(f"no spans at /v1/traces ({exc}); each trace's spans go as its data artifact")
+                    return group
+                if len(group) > 1 and not _retryable(exc) and time.monotonic() < give_up:
+                    half = len(group) // 2
+                    return log_spans(group[:half]) + log_spans(group[half:])
+                for number, _, _ in group:
+                    outcomes[number] = f"{type(exc).__name__}: {exc}"
+            return []
+
+        if built:
+            built = log_spans(built)
         for number, info, data in built:
             if self.traces_unsupported or time.monotonic() >= give_up:
                 outcomes[number] = "not sent: " + ("no trace API" if self.traces_unsupported else "deadline")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -64,10 +65,9 @@ SPAN_TYPES: Final = {
 _INPUTS: Final = ("gen_ai.input.messages", "gen_ai.tool.call.arguments", "langchain.inputs")
 _OUTPUTS: Final = ("gen_ai.output.messages", "gen_ai.tool.call.result", "langchain.outputs")
 _TRACE_TAG: Final = "mlflow.traceTag."  # a root span attribute MLflow's log_spans makes a trace tag
-_PREVIEW: Final = 1000  # characters of a trace's request and response previews
 _STATUS: Final = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
 _WARN_EVERY: Final = 10.0  # seconds between two failure warnings
-#: A batch of traces goes when this many wait, ...
+#: A batch of traces goes when this many wait (MLflow links at most 100 per call), ...
 MAX_BATCH_TRACES: Final = 32
 #: ... or their spans hold this many bytes (encoded; one request to MLflow) ...
 MAX_BATCH_BYTES: Final = 1024 * 1024
@@ -91,6 +91,53 @@ class TraceSpan:
     status: int  # 0 unset, 1 ok, 2 error (OTLP's codes)
     status_message: str
     size: int  # the encoded bytes: what the span holds in memory, roughly
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Limits:
+    """MLflow's limits on a trace, in characters (MLflow 3.x's; ``_limits()`` reads the installed one's).
+
+    A store refuses a trace whose name (its root span's) is over ``tag_value`` or whose
+    session id (``session.id``, ``gen_ai.conversation.id``) is over ``metadata``, and with
+    it every trace of the call; tag values over 8000 and metadata values over ``metadata``
+    (what every store takes) fail or are cut on some stores; previews are columns of
+    ``preview``. Span names, attribute keys and values and events have no limit of their own.
+    """
+
+    tag_value: int = 4096
+    metadata: int = 250
+    preview: int = 1000
+
+
+@functools.cache
+def _limits() -> _Limits:
+    default = _Limits()
+    try:
+        from mlflow.tracing import constant
+    except ImportError:  # pragma: no cover - the traces need MLflow
+        return default
+
+    def read(name: str, fallback: int) -> int:
+        value = getattr(constant, name, fallback)
+        return value if isinstance(value, int) and value > 0 else fallback
+
+    return _Limits(
+        tag_value=read("MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE", default.tag_value),
+        metadata=read("MAX_CHARS_IN_TRACE_INFO_METADATA", default.metadata),
+        preview=read("TRACE_REQUEST_RESPONSE_PREVIEW_MAX_LENGTH_OSS", default.preview),
+    )
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters; cut, it ends with a marker that says its length."""
+    if len(text) <= limit:
+        return text
+    mark = f"...[asynctrack: truncated, {len(text)} characters in all]"
+    return text[: limit - len(mark)] + mark  # the limits are far longer than the marker
+
+
+# Span attributes MLflow's store copies into a trace's metadata (session, user): cut to its limit.
+_TO_METADATA: Final = ("session.id", "gen_ai.conversation.id", "user.id")
 
 
 def _any_value(value: Any) -> Any:
@@ -183,6 +230,10 @@ def mlflow_attributes(span: TraceSpan, trace_id: str) -> dict[str, Any]:
     provider = span.attributes.get("gen_ai.provider.name")
     if isinstance(provider, str):
         attributes["mlflow.llm.provider"] = provider
+    for key in _TO_METADATA:
+        value = attributes.get(key)
+        if isinstance(value, str):
+            attributes[key] = _cut(value, _limits().metadata)
     return attributes
 
 
@@ -196,7 +247,7 @@ def _span_dict(span: TraceSpan, trace_id: str) -> dict[str, Any]:
         "trace_id": b64(span.trace_id),
         "span_id": b64(span.span_id),
         "parent_span_id": b64(span.parent_span_id) if span.parent_span_id else "",
-        "name": span.name,
+        "name": _cut(span.name, _limits().tag_value),  # a root's is the trace's name
         "start_time_unix_nano": span.start_ns,
         "end_time_unix_nano": span.end_ns,
         "attributes": {
@@ -214,13 +265,17 @@ def _preview(value: Any) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text[:_PREVIEW]
+    return _cut(text, _limits().preview)
 
 
 def mlflow_trace(
     spans: Sequence[TraceSpan], *, experiment_id: str, run_id: str, run: RunInfo
 ) -> tuple[Any, Any]:
-    """``(TraceInfo, TraceData)`` of one trace, linked to MLflow run ``run_id``."""
+    """``(TraceInfo, TraceData)`` of one trace, linked to MLflow run ``run_id``.
+
+    Names, tag and metadata values and previews are cut to MLflow's limits (``_Limits``),
+    a marker at the end: one trace over them would make MLflow refuse the whole call.
+    """
     from mlflow.entities import Span, TraceData, TraceInfo, TraceLocation, TraceState
 
     root = spans[-1]  # a trace's root ends last (TraceGrouper)
@@ -233,16 +288,21 @@ def mlflow_trace(
             counted = True
             for key, value in usage.items():
                 total[key] += value
+    limits = _limits()
     metadata = {
         "mlflow.sourceRun": run_id,  # the run's Traces tab lists it (start_trace's path)
         "mlflow.trace_schema.version": "3",
-        "asynctrack.experiment": run.experiment,
-        "asynctrack.run": run.run,
+        "asynctrack.experiment": _cut(run.experiment, limits.metadata),
+        "asynctrack.run": _cut(run.run, limits.metadata),
     }
     if counted:
         metadata["mlflow.trace.tokenUsage"] = json.dumps(total)
     end_ns = max(s.end_ns for s in spans)
-    tags = {"mlflow.traceName": root.name, "asynctrack.experiment": run.experiment, "asynctrack.run": run.run}
+    tags = {
+        "mlflow.traceName": _cut(root.name, limits.tag_value),
+        "asynctrack.experiment": _cut(run.experiment, limits.tag_value),
+        "asynctrack.run": _cut(run.run, limits.tag_value),
+    }
     info = TraceInfo(
         trace_id=trace_id,
         trace_location=TraceLocation.from_experiment_id(experiment_id),

@@ -79,6 +79,7 @@ _CHANGES: Final = (
     "sampled_out",
     "mlflow_traces_logged",
     "mlflow_traces_failed",
+    "sampled_out_failing",
 )
 _CHANGED: Final = operator.attrgetter(*_CHANGES)
 _STATS_EVERY: Final = 0.25  # seconds between unsolicited statistics of a busy tracker
