@@ -493,6 +493,12 @@ def test_a_trace_mlflow_refuses_costs_no_other_trace_of_its_call(
     import asyncio
     import uuid
 
+    import mlflow
+    from packaging.version import Version
+
+    if Version(mlflow.__version__) < Version("3.18"):
+        pytest.skip("MLflow before 3.18 takes a trace id already in another experiment: nothing to refuse")
+
     from export_workloads import recorded_lines
     from langchain_core.runnables import RunnableLambda
 
