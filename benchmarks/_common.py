@@ -625,6 +625,65 @@ class StubHTTP:
         self._thread.join(5)
 
 
+class StubHTTPProcess:
+    """:class:`StubHTTP` in a child process of its own, for a benchmark that reads its own
+    process's CPU as the application's: the stub's serving is then not counted in it.
+    ``stats()`` is read when the child ends (after ``__exit__``); it serves until its stdin
+    ends (``__exit__`` closes it, or this process dies)."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._stats: dict[str, Any] = {}
+        self.url = ""
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def __enter__(self) -> StubHTTPProcess:
+        script = "import sys; sys.path.insert(0, sys.argv[1]); from benchmarks._common import _serve_stub; _serve_stub()"
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, str(ROOT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a terminal's Ctrl-C stops the benchmark, which stops the stub
+        )
+        self._process = process
+        assert process.stdout is not None
+        self.url = process.stdout.readline().strip()
+        if not self.url:
+            self.__exit__()
+            raise RuntimeError(
+                f"the stub HTTP server's process did not start (exit code {process.returncode})"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            self._stats = json.loads(process.stdout.readline() or "{}")
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        finally:
+            process.stdout.close()
+
+
+def _serve_stub() -> None:
+    """The child of :class:`StubHTTPProcess`: serves, prints its URL, then its stats when its
+    stdin ends."""
+    with StubHTTP() as stub:
+        print(stub.url, flush=True)
+        sys.stdin.read()
+        print(json.dumps(stub.stats()), flush=True)
+
+
 # -- callgrind: instructions counted in a child process --------------------------------------
 
 #: Set in a child run under callgrind: ``callgrind_instrument`` switches counting there.

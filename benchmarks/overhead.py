@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # In a process of its own: its serving is not this process's (the application's) CPU.
             OPENAI_STUB["url"] = openai_stub.enter_context(OpenAIStubProcess()).url
-    with openai_stub, c.StubHTTP() as stub, _maybe_moto(report, args) as moto_url:
+    stub = c.StubHTTPProcess()
+    with openai_stub, stub, _maybe_moto(report, args) as moto_url:
         import os
 
         for name in ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT", "LANGFUSE_HOST", "LANGFUSE_BASE_URL"):
@@ -220,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
                     v.shutdown()
                 except Exception as exc:
                     report.note(f"shutting down {v.name} failed: {exc!r}")
-        report.data["stub_http"] = stub.stats()
         local = next((v for v in variants if v.name == LOCAL), None)
         if local is not None:
             report.data["asynctrack_local_totals"] = local.totals
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"asynctrack-local across all measurements: recorded {t['recorded']:,}, "
                 f"written {t['written']:,}, dropped {t['dropped']:,}"
             )
+    report.data["stub_http"] = stub.stats()
     _tables(report, results, workloads, variants, repeats)
     report.finish(chart=lambda plt: _chart(plt, report))
     return 0
@@ -430,8 +431,9 @@ def _tables(
         "CPU-bound caller for the GIL. App CPU is this process's CPU (time.process_time: the caller, the "
         "shipper/reader threads, or the worker thread) per event over the floor's; worker process CPU is "
         "the time the worker process's threads ran (/proc/<pid>/task/*/schedstat) per event, measured over "
-        "the calls and the close. The `openai` workload's stub server runs in a process of its own, "
-        "so its serving is not counted as the application's CPU. Issue 19's goals are judged on the median "
+        "the calls and the close. The stub servers (OpenAI for the `openai` workload, "
+        "LangSmith's and Langfuse's endpoint) and moto run in processes of their own, so their serving is "
+        "not counted as the application's CPU. Issue 19's goals are judged on the median "
         "of per-repeat figures, printed with their spread over the repeats (a goal is resolved when the "
         "interquartile range lies on one side of its target)"
     )

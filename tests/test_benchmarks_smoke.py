@@ -77,6 +77,7 @@ def _check_overhead(data: dict[str, Any], stdout: str) -> None:
     assert {"none", "floor", "asynctrack-local", "asynctrack-capture"} <= set(summary)
     totals = data["data"]["asynctrack_local_totals"]
     assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
+    assert data["data"]["stub_http"]["requests"] >= 0, "the peers' stub, in its own process, told its counts"
     workloads = list(data["data"]["summary"])
     assert {"sync", "agent", "openai"} <= set(workloads), "the goals' workloads ran"
     wanted = [
