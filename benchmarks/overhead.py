@@ -453,37 +453,29 @@ def _issue19_goals(
     per-repeat figure (the variants of a repeat ran next to each other), with the spread."""
     if CAPTURE not in names:
         return
+
+    def judge(text: str, repeats: list[float], target: float) -> None:
+        report.goal(f"{workload}: {text}", c.median(repeats), target, unit=" µs", repeats=repeats)
+
     capture = cpu_per_event(CAPTURE, "app_cpu_s")
-    capture_over = [cpu - floor for cpu, floor in zip(capture, floor_cpu, strict=False)]
     if LOCAL in names:
         local = cpu_per_event(LOCAL, "app_cpu_s")
         # Repeat by repeat, (local - floor) - (capture - floor): the two variants' difference
         # within the same repeat, so that a repeat slower as a whole does not count.
-        beyond = [cpu - alone for cpu, alone in zip(local, capture, strict=False)]
-        report.goal(
-            f"{workload}: app CPU per event over the floor, asynctrack (local) ≤ capture only + 1 µs "
+        judge(
+            "app CPU per event over the floor, asynctrack (local) ≤ capture only + 1 µs "
             "(median of the per-repeat differences, local minus capture)",
-            c.median(beyond),
+            [cpu - alone for cpu, alone in zip(local, capture, strict=False)],
             BEYOND_CAPTURE_GOAL_US,
-            unit=" µs",
-            repeats=beyond,
         )
     if workload in CAPTURE_GOAL_WORKLOADS:
-        report.goal(
-            f"{workload}: app CPU per event over the floor, capture only",
-            c.median(capture_over),
-            CAPTURE_GOAL_US,
-            unit=" µs",
-            repeats=capture_over,
-        )
+        over = [cpu - floor for cpu, floor in zip(capture, floor_cpu, strict=False)]
+        judge("app CPU per event over the floor, capture only", over, CAPTURE_GOAL_US)
     if workload == "openai" and LOCAL in names:
-        worker = cpu_per_event(LOCAL, "worker_cpu_s")
-        report.goal(
-            f"{workload}: worker process CPU per event, asynctrack (local)",
-            c.median(worker),
+        judge(
+            "worker process CPU per event, asynctrack (local)",
+            cpu_per_event(LOCAL, "worker_cpu_s"),
             WORKER_GOAL_US,
-            unit=" µs",
-            repeats=worker,
         )
 
 
