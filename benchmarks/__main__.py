@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(md.read_text(encoding="utf-8"))
     print("\n## All goals\n")
     for name, g in goals:
-        print(f"- **{g['result']}** [{name}] {g['goal']}: {c.fmt(g['measured'], 2)}{g['unit']}")
+        print(
+            f"- **{g['result']}** [{name}] {g['goal']}: {c.fmt(g['measured'], 2)}{g['unit']}{c.spread_text(g)}"
+        )
     print(f"\nall benchmarks: {total:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
     if not args.smoke and not failed:
         target = args.results_md or (c.HERE / "RESULTS.md")
@@ -115,7 +117,8 @@ def _results_md(
         "",
     ]
     head += [
-        f"- **{g['result']}** [{name}] {g['goal']}: {c.fmt(g['measured'], 2)}{g['unit']}" for name, g in goals
+        f"- **{g['result']}** [{name}] {g['goal']}: {c.fmt(g['measured'], 2)}{g['unit']}{c.spread_text(g)}"
+        for name, g in goals
     ]
     head.append("")
     return "\n".join(head) + "\n" + "\n".join(sections)

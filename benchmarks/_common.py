@@ -267,19 +267,37 @@ class Report:
         self.tables.append({"title": title, "headers": list(headers), "rows": [list(r) for r in rows]})
 
     def goal(
-        self, text: str, measured: float, target: float, *, lower_is_better: bool = True, unit: str = ""
+        self,
+        text: str,
+        measured: float,
+        target: float,
+        *,
+        lower_is_better: bool = True,
+        unit: str = "",
+        repeats: Sequence[float] | None = None,
     ) -> None:
+        """A goal judged on ``measured``; with ``repeats`` (the per-repeat values whose median
+        ``measured`` is), their spread is printed beside it and the goal is ``resolved`` when
+        there are at least 3 and their interquartile range lies on one side of the target."""
         ok = math.isfinite(measured) and (measured <= target if lower_is_better else measured >= target)
-        self.goals.append(
-            {
-                "goal": text,
-                "measured": measured,
-                "target": target,
-                "unit": unit,
-                "op": "≤" if lower_is_better else "≥",
-                "result": "PASS" if ok else "MISS",
-            }
-        )
+        goal: dict[str, Any] = {
+            "goal": text,
+            "measured": measured,
+            "target": target,
+            "unit": unit,
+            "op": "≤" if lower_is_better else "≥",
+            "result": "PASS" if ok else "MISS",
+        }
+        values = sorted(v for v in repeats or () if math.isfinite(v))
+        if values:
+            q1, _, q3 = (
+                statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+            )
+            below, above = (q3 <= target, q1 > target) if lower_is_better else (q3 < target, q1 >= target)
+            goal["repeats"] = values
+            goal["spread"] = {"min": values[0], "q1": q1, "q3": q3, "max": values[-1]}
+            goal["resolved"] = len(values) >= 3 and (below or above)
+        self.goals.append(goal)
 
     def machine_speed(self, reference: Sequence[float]) -> float:
         """Note how fast the machine ran (``reference_us()`` readings taken during the run)
@@ -334,7 +352,7 @@ class Report:
             for g in self.goals:
                 out.append(
                     f"- **{g['result']}** {g['goal']}: measured {fmt(g['measured'], 2)}{g['unit']}"
-                    f" (target {g['op']} {fmt(g['target'], 2)}{g['unit']})"
+                    f" (target {g['op']} {fmt(g['target'], 2)}{g['unit']}{spread_text(g)})"
                 )
             out.append("")
         if self.notes:
@@ -392,6 +410,22 @@ class Report:
             self.note(f"chart failed: {exc!r}")
         finally:
             plt.close("all")
+
+
+def spread_text(goal: dict[str, Any]) -> str:
+    """``"; 5 repeats -0.8..3.1, IQR 0.2..1.9: not resolved"`` for a goal judged with its
+    repeats (``Report.goal``), or nothing."""
+    spread = goal.get("spread")
+    if not spread:
+        return ""
+    n, unit = len(goal["repeats"]), goal["unit"]
+    if n < 3:
+        return f"; {n} repeat{'s' if n > 1 else ''} {fmt(spread['min'], 2)}..{fmt(spread['max'], 2)}{unit}: too few to resolve"
+    return (
+        f"; {n} repeat{'s' if n > 1 else ''} {fmt(spread['min'], 2)}..{fmt(spread['max'], 2)}{unit}, "
+        f"IQR {fmt(spread['q1'], 2)}..{fmt(spread['q3'], 2)}{unit}: "
+        + ("resolved" if goal["resolved"] else "not resolved (the IQR straddles the target)")
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -589,6 +623,65 @@ class StubHTTP:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+class StubHTTPProcess:
+    """:class:`StubHTTP` in a child process of its own, for a benchmark that reads its own
+    process's CPU as the application's: the stub's serving is then not counted in it.
+    ``stats()`` is read when the child ends (after ``__exit__``); it serves until its stdin
+    ends (``__exit__`` closes it, or this process dies)."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._stats: dict[str, Any] = {}
+        self.url = ""
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def __enter__(self) -> StubHTTPProcess:
+        script = "import sys; sys.path.insert(0, sys.argv[1]); from benchmarks._common import _serve_stub; _serve_stub()"
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, str(ROOT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a terminal's Ctrl-C stops the benchmark, which stops the stub
+        )
+        self._process = process
+        assert process.stdout is not None
+        self.url = process.stdout.readline().strip()
+        if not self.url:
+            self.__exit__()
+            raise RuntimeError(
+                f"the stub HTTP server's process did not start (exit code {process.returncode})"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            self._stats = json.loads(process.stdout.readline() or "{}")
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        finally:
+            process.stdout.close()
+
+
+def _serve_stub() -> None:
+    """The child of :class:`StubHTTPProcess`: serves, prints its URL, then its stats when its
+    stdin ends."""
+    with StubHTTP() as stub:
+        print(stub.url, flush=True)
+        sys.stdin.read()
+        print(json.dumps(stub.stats()), flush=True)
 
 
 # -- callgrind: instructions counted in a child process --------------------------------------

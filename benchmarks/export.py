@@ -11,7 +11,7 @@
    2026-12-07: 35.6 µs a ChatOpenAI span hand-written, 78.7 with the classes.)
 2. Live, in the worker process: an application records chain runs (start and end,
    small payloads) into a tracker with and without ``OTLPExporter`` to a loopback HTTP
-   receiver, alternating: application CPU per event (``time.process_time``), worker
+   receiver (in a process of its own: not the application's CPU), alternating: application CPU per event (``time.process_time``), worker
    process CPU per exported span (``/proc/<pid>/stat``, exporter on minus off), and
    spans per second from the first event to ``close()`` returning (every span sent).
 3. Live, real payloads: the callbacks of the same ``ChatOpenAI`` calls, recorded once
@@ -413,7 +413,7 @@ def _chat_only(args: argparse.Namespace) -> int:
     copies = _copies(chat_calls, max(1, (300 if args.smoke else args.spans) // per_copy))
     spans = per_copy * len(copies)
     load = Path("/proc/loadavg").read_text().split()[0]
-    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTP() as receiver:
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTPProcess() as receiver:
         live = _live(receiver.url, tmp, _chat_runs(copies), spans, repeats, report)
     rows, figures = _live_rows(live, spans)
     report.table(
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     chat_copies = _copies(chat_calls, max(1, (300 if args.smoke else 6000) // chat_spans_per_copy))
     chat_spans = chat_spans_per_copy * len(chat_copies)
     backfills: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTP() as receiver:
+    with tempfile.TemporaryDirectory(prefix="asynctrack-export-") as tmp, c.StubHTTPProcess() as receiver:
         live = _live(receiver.url, tmp, _chain_runs(live_spans), live_spans, repeats, report)
         for run in live["on"]:
             seconds, status = _backfill_once(run["destination"], receiver.url)
@@ -579,8 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     report.goal_at_quiet_speed("backfill from local files, spans/s", backfill, RATE_GOAL, slowdown, rate=True)
     report.note(
         "The wall-clock rates count every process on the machine: the live rate includes the application "
-        "recording the events, the worker writing the files, and the loopback receiver (a thread of the "
-        "benchmark's process) reading the requests."
+        "recording the events, the worker writing the files, and the loopback receiver reading the requests (in a process of its "
+        "own, so that its CPU is not counted as the application's)."
     )
     report.metric("worker_us_per_span", max(chain_figures["worker_us"], 1e-9))
     report.metric("live_spans_per_s", chain_figures["rate"])

@@ -69,29 +69,46 @@ def _check_output(name: str, out: Path, stdout: str) -> dict[str, Any]:
     return data
 
 
-def _check_overhead(data: dict[str, Any]) -> None:
-    """Every variant it ran is counted, and asynctrack wrote what it recorded."""
+def _check_overhead(data: dict[str, Any], stdout: str) -> None:
+    """Every variant it ran is counted, and asynctrack wrote what it recorded. Issue 19's
+    goals are printed with their repeats' spread: the app CPU beyond the capture's in every
+    workload, the capture's in sync and agent, the worker's in openai."""
     summary = data["data"]["summary"]["sync"]
     assert {"none", "floor", "asynctrack-local", "asynctrack-capture"} <= set(summary)
     totals = data["data"]["asynctrack_local_totals"]
     assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
+    assert data["data"]["stub_http"]["requests"] >= 0, "the peers' stub, in its own process, told its counts"
+    workloads = list(data["data"]["summary"])
+    assert {"sync", "agent", "openai"} <= set(workloads), "the goals' workloads ran"
+    wanted = [
+        f"{w}: app CPU per event over the floor, asynctrack (local) ≤ capture only + 1 µs" for w in workloads
+    ]
+    wanted += ["sync: app CPU per event over the floor, capture only"]
+    wanted += ["agent: app CPU per event over the floor, capture only"]
+    wanted += ["openai: worker process CPU per event, asynctrack (local)"]
+    for text in wanted:
+        (goal,) = (g for g in data["goals"] if g["goal"].startswith(text))
+        assert len(goal["repeats"]) == data["options"]["repeats"]
+        assert isinstance(goal["resolved"], bool)
+        line = next(line for line in stdout.splitlines() if text in line)
+        assert f"{goal['result']}**" in line and " repeat" in line and "resolve" in line, line
 
 
-def _check_hostile(data: dict[str, Any]) -> None:
+def _check_hostile(data: dict[str, Any], stdout: str) -> None:
     """Every field of the corpus is timed: each pattern's prefixes, near misses, separator runs."""
     rows = data["tables"][0]["rows"]
     assert len(rows) >= 40
     assert all(row[-1] in ("PASS", "MISS") for row in rows)
 
 
-def _check_real_provider(data: dict[str, Any]) -> None:
+def _check_real_provider(data: dict[str, Any], stdout: str) -> None:
     """Each event kind is timed, on the application's side and the worker's."""
     kinds = {row[0] for row in data["tables"][0]["rows"]}
     assert {"chat_model_start", "llm_new_token", "llm_end", "all"} <= kinds
     assert {"app_us_per_event", "worker_us_per_event", "total_us_per_event"} <= set(data["metrics"])
 
 
-def _check_memory(data: dict[str, Any]) -> None:
+def _check_memory(data: dict[str, Any], stdout: str) -> None:
     """A stalled tracker is judged from its bounds on: it recorded until events were dropped
     and the worker held max_queue_bytes, then 30,000 more, and every event is counted."""
     (run,) = data["data"]["raw"]["stalled-small"]
@@ -103,7 +120,7 @@ def _check_memory(data: dict[str, Any]) -> None:
 
 
 #: What each benchmark's output must show beyond the common checks.
-CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "memory": _check_memory,
     "overhead": _check_overhead,
     "hostile": _check_hostile,
@@ -120,7 +137,7 @@ def test_benchmark_smoke(name: str, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
     assert "ResourceWarning" not in proc.stderr, proc.stderr[-4000:]
     data = _check_output(name, tmp_path, proc.stdout)
-    CHECKS.get(name, lambda data: None)(data)
+    CHECKS.get(name, lambda data, stdout: None)(data, proc.stdout)
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -167,3 +184,29 @@ def test_the_instruction_count_driver_runs_without_valgrind(
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
     counters = json.loads(info.read_text())
     assert (counters.get("rounds", 0) > 0) == (variant in ("tracker", "exporter", "rate0")), counters
+
+
+@pytest.mark.parametrize(
+    ("repeats", "result", "resolved"),
+    [
+        ([0.2, 0.4, 0.5, 0.8, 3.0], "PASS", True),  # IQR 0.4..0.8: every central repeat passes
+        ([-2.0, 0.1, 0.5, 1.6, 4.0], "PASS", False),  # IQR 0.1..1.6 straddles 1 µs
+        ([0.5, 1.2, 1.5, 2.0, 2.2], "MISS", True),  # IQR 1.2..2.0
+    ],
+)
+def test_a_goal_judged_on_repeats_says_whether_their_spread_resolves_it(
+    repeats: list[float], result: str, resolved: bool, tmp_path: Path
+) -> None:
+    """A goal judged on the median of its repeats prints their spread, and whether their
+    interquartile range lies on one side of the target."""
+    import argparse
+
+    from benchmarks import _common as c
+
+    report = c.Report("goals", "goals", argparse.Namespace(out=tmp_path))
+    report.goal("app CPU beyond the capture", c.median(repeats), 1.0, unit=" µs", repeats=repeats)
+    (goal,) = report.goals
+    assert (goal["result"], goal["resolved"]) == (result, resolved)
+    (line,) = (line for line in report.markdown().splitlines() if "app CPU beyond" in line)
+    assert f"5 repeats {c.fmt(min(repeats), 2)}..{c.fmt(max(repeats), 2)} µs" in line, line
+    assert ("not resolved" in line) != resolved, line

@@ -73,3 +73,19 @@ def test_a_server_that_exits_at_start_ends_its_tether_with_its_status() -> None:
     killed = tethered([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], grace=0.5)
     assert killed.wait(timeout=30) == 128 + signal.SIGKILL
     untether(killed, timeout=5)
+
+
+def test_the_openai_stub_process_serves_real_calls_from_another_process() -> None:
+    """``OpenAIStubProcess`` answers real ChatOpenAI calls as the in-process stub does, on
+    127.0.0.1, with no thread of this process serving them, and its process ends with it."""
+    import threading
+
+    from _infra.openai_stub import OpenAIStubProcess, chat_model
+
+    with OpenAIStubProcess() as stub:
+        assert stub.url.startswith("http://127.0.0.1:")
+        process = stub._process
+        answer = chat_model(stub.url).invoke("echo: served elsewhere")
+        assert answer.content == "served elsewhere"
+        assert not [t for t in threading.enumerate() if t.name == "openai-stub"]
+    assert process is not None and process.returncode is not None

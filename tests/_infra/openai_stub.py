@@ -10,6 +10,10 @@ For tests that plant text in the model's output: a last user message
 so that a planted credential is split across tokens), and ``"call: <json>"`` with
 a tool call whose ``arguments`` are ``<json>``.
 
+``OpenAIStubProcess`` serves the same answers from a child process of its own, for a
+benchmark that reads its own process's CPU (``time.process_time``) as the application's:
+then the stub's serving is not counted in it.
+
 ``record_calls()`` runs real ``langchain-openai`` calls (invoke with tool calls and
 a tool answer, streaming with usage) with a recording handler and returns every
 callback with its arguments, so that benchmarks and tests can replay them.
@@ -21,6 +25,7 @@ import http.server
 import json
 import random
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -227,6 +232,48 @@ class OpenAIStub:
         self._thread.join(5)
 
 
+class OpenAIStubProcess:
+    """``with OpenAIStubProcess() as stub:`` serves on ``stub.url`` as :class:`OpenAIStub`
+    does, from a child process (this file run as a script): a real HTTP server on
+    127.0.0.1, port 0, none of whose work runs in this process. The child serves until its
+    stdin ends: when ``__exit__`` closes it, or when this process dies."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def __enter__(self) -> OpenAIStubProcess:
+        process = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C stops the benchmark, which stops the stub
+        )
+        self._process = process
+        assert process.stdout is not None
+        self.url = process.stdout.readline().decode().strip()
+        if not self.url:
+            self.__exit__()
+            raise RuntimeError(f"the OpenAI stub's process did not start (exit code {process.returncode})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        from _infra.child_server import untether
+
+        untether(process, timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _serve_until_stdin_ends() -> None:
+    with OpenAIStub() as stub:
+        print(stub.url, flush=True)
+        sys.stdin.read()
+
+
 def chat_model(url: str, **kwargs: Any) -> Any:
     """A real ``ChatOpenAI`` pointed at the stub."""
     from langchain_openai import ChatOpenAI
@@ -317,3 +364,7 @@ def record_calls(
     with OpenAIStub() as stub:
         run_calls(stub.url, [Recorder()], rounds, vary)
     return recorded
+
+
+if __name__ == "__main__":
+    _serve_until_stdin_ends()
