@@ -15,10 +15,10 @@ from pathlib import Path
 import anyio
 import pytest
 from _infra.hooks import WorkerGate, slow_hook
-from engine_fakes import JOIN, GatedSink, MemorySink, text
+from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text, wait_until
 
 import asynctrack
-from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig, _exit
+from asynctrack import AsyncTracker, FlushError, FlushTimeoutError, TrackerClosedError, TrackerConfig, _exit
 from asynctrack._pipeline._engine import Engine, State
 
 
@@ -170,6 +170,33 @@ def test_close_past_its_deadline_counts_lost_events(
         sink.gate.set()
     with pytest.raises(TrackerClosedError):
         tracker.flush_blocking()
+
+
+def test_events_a_stuck_worker_spools_after_its_close_gave_up_are_no_longer_lost(
+    make_tracker: Callable[..., AsyncTracker], tmp_path: Path
+) -> None:
+    """A hook holds the worker thread past the close's deadline and grace: the close gives
+    up and counts the ten events it holds as lost. Let go, the worker spools them: they
+    leave ``lost`` as they enter ``spooled`` (they were counted both)."""
+    hook = BlockingHook()
+    sink = GatedSink(tmp_path / "dest")  # remote as far as the tracker knows: it spools
+    sink.gate.set()
+    tracker = make_tracker(sink, config=TrackerConfig(redact=hook))
+    try:
+        for i in range(10):
+            text(tracker, f"e{i}")
+        assert hook.entered.wait(JOIN)
+        with pytest.raises(FlushTimeoutError, match="did not stop within 5 s"):
+            tracker.close(timeout=0.0)
+        stats = tracker.statistics()
+        assert (stats.recorded, stats.lost, stats.spooled, stats.written) == (10, 10, 0, 0)
+    finally:
+        hook.release.set()
+    wait_until(lambda: tracker.statistics().spooled == 10, "the worker to spool what it held")
+    wait_until(lambda: tracker._engine.state is State.CLOSED, "the worker to end")
+    stats = tracker.statistics()
+    assert (stats.recorded, stats.spooled, stats.lost, stats.written) == (10, 10, 0, 0)
+    assert stats.pending_bytes == 0
 
 
 def test_the_exit_hook_closes_trackers_side_by_side(

@@ -620,6 +620,8 @@ class Worker:
         markers = list(self._barrier.markers)  # before the cancellations remove them
         await delivery.stop()
         await self._drain(final=True)  # encode what is still buffered: it is spooled too
+        # A worker held by the memory bound sleeps through the drops its full queue made.
+        self._reporter.drops(self._buffer.dropped, self._buffer.dropped_by)
         if isinstance(self.translate, Finishing):
             self.translate.finish()
         for number, batch in self._batcher.seal():
@@ -629,6 +631,7 @@ class Worker:
         spooled = counters.spooled - spooled_before
         left = delivery.unsent_events()
         delivery.failed.clear()
+        counters.pending_bytes = 0  # nothing is held any more: written, spooled or counted lost
         if left:
             counters.lost += left
             logger.error(
