@@ -53,7 +53,9 @@ class TrackerConfig:
             it ``when_full`` applies.
         max_queue_bytes: encoded bytes held in memory (open batch, batches being
             written, failed batches kept for retry) at most. When reached, the
-            worker stops taking events from the buffer, which then fills up.
+            worker stops taking events from the buffer, which then fills up. The
+            buffer holds at most this many captured bytes too (beyond it
+            ``when_full`` applies), in either worker mode.
         when_full: ``"drop"`` (the newest event is dropped and counted, the
             callback returns at once) or ``"block"`` (the callback waits up to
             ``block_timeout`` for room, then drops and counts).

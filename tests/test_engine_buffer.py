@@ -14,6 +14,7 @@ from _infra.hooks import WorkerGate
 from engine_fakes import (
     JOIN,
     BlockingHook,
+    GatedSink,
     events_in,
     join_threads,
     start_thread,
@@ -23,6 +24,7 @@ from engine_fakes import (
 
 from asynctrack import (
     AsyncTracker,
+    FlushError,
     TrackerConfig,
 )
 from asynctrack._pipeline._queue import BoundedQueue, Control
@@ -229,3 +231,40 @@ def test_block_mode_refuses_an_infinite_timeout_at_construction() -> None:
     for bad in (math.inf, float("nan"), 0, -1.0):
         with pytest.raises(ValueError, match=r"block_timeout must be a positive number of seconds"):
             TrackerConfig(max_queue_events=1, when_full="block", block_timeout=bad)
+
+
+def test_the_thread_engine_holds_max_queue_bytes_and_closes_by_its_deadline(
+    make_tracker: Callable[..., AsyncTracker], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thread mode (a ``Sink`` object) on a destination that takes nothing: the worker
+    stops taking at ``max_queue_bytes`` and the application's queue holds at most
+    ``max_queue_bytes`` of captured bytes too, dropping (and counting) the rest; the close
+    ends by its deadline, spools every recorded event, counts none twice and holds
+    nothing after. (The queue had no byte bound: it held its 100,000 events, 200 MB of
+    2 KB prompts, and the close spent seconds past its grace encoding them.)"""
+    caplog.set_level(logging.WARNING, logger="asynctrack")
+    bound = 64 * 1024
+    sink = GatedSink(tmp_path / "dest")  # never lets a write through
+    tracker = make_tracker(
+        sink, config=TrackerConfig(max_queue_bytes=bound, max_batch_bytes=16 * 1024, max_batch_events=8)
+    )
+    try:
+        offered = 400  # ~800 KB of bodies: six times both bounds together
+        for i in range(offered):
+            text(tracker, f"e{i}" + "x" * 2000)
+        stats = tracker.statistics()
+        assert stats.worker_mode == "thread"
+        assert stats.dropped > 0
+        assert stats.queue_depth * 2000 <= bound + 2100, stats
+        began = time.monotonic()
+        with pytest.raises(FlushError):
+            tracker.close(timeout=0.5)
+        assert time.monotonic() - began < 0.5 + 2.0  # the grace (5 s) is for a stuck worker
+    finally:
+        sink.gate.set()
+    stats = tracker.statistics()
+    assert stats.recorded + stats.dropped == offered
+    assert (stats.spooled, stats.lost, stats.written) == (stats.recorded, 0, 0), stats
+    assert stats.pending_bytes == 0
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert any(f"over max_queue_bytes={bound} (the buffer was full)" in m for m in said), said

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 from _infra.hooks import WorkerGate, slow_hook
-from engine_fakes import JOIN, GatedSink, MemorySink, text
+from engine_fakes import JOIN, BlockingHook, GatedSink, MemorySink, text, wait_until
 
 import asynctrack
-from asynctrack import AsyncTracker, FlushError, TrackerClosedError, TrackerConfig, _exit
+from asynctrack import AsyncTracker, FlushError, FlushTimeoutError, TrackerClosedError, TrackerConfig, _exit
 from asynctrack._pipeline._engine import Engine, State
 
 
@@ -170,6 +171,84 @@ def test_close_past_its_deadline_counts_lost_events(
         sink.gate.set()
     with pytest.raises(TrackerClosedError):
         tracker.flush_blocking()
+
+
+def _unwritable(destination: Path) -> Path:
+    """Make every write to ``destination`` fail (as root too): a file where the
+    experiment's directory goes. Removing it makes the destination writable again."""
+    destination.mkdir(parents=True, exist_ok=True)
+    blocker = destination / "experiment=exp"
+    blocker.write_bytes(b"")
+    return blocker
+
+
+def test_close_retries_a_destination_unwritable_for_a_moment(
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """The destination refuses every write (a full disk, say) until 0.5 s into the close:
+    the close retries with the backoff until its deadline, and writes every event. (It
+    counted them all as lost at the first failure, 0.01 s into a 30 s close.)"""
+    blocker = _unwritable(tmp_destination)
+    tracker = make_tracker()
+    for i in range(100):
+        text(tracker, f"e{i}")
+    with pytest.raises(FlushError):  # the write was tried, and failed
+        tracker.flush_blocking(timeout=JOIN)
+    freed = threading.Timer(0.5, blocker.unlink)
+    freed.start()
+    try:
+        tracker.close(timeout=JOIN)
+    finally:
+        freed.join(JOIN)
+    stats = tracker.statistics()
+    assert (stats.written, stats.lost) == (100, 0), stats
+    assert _texts(tmp_destination) == [f"e{i}" for i in range(100)]
+
+
+def test_close_counts_what_it_could_not_write_by_its_deadline_as_lost_and_holds_none_of_it(
+    worker_mode: str, make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A destination that stays unwritable: retried until the deadline, then counted as
+    lost; the statistics then hold no bytes of it (``pending_bytes`` and, in process
+    mode, ``retained_bytes`` still counted the lost batch)."""
+    _unwritable(tmp_destination)
+    tracker = make_tracker()
+    for i in range(100):
+        text(tracker, f"e{i}")
+    began = time.monotonic()
+    with pytest.raises(FlushError, match="100 lost"):
+        tracker.close(timeout=1.0)
+    assert time.monotonic() - began >= 0.9  # retried until the deadline
+    stats = tracker.statistics()
+    assert (stats.recorded, stats.written, stats.lost) == (100, 0, 100), stats
+    assert (stats.pending_bytes, stats.retained_bytes) == (0, 0), stats
+
+
+def test_events_a_stuck_worker_spools_after_its_close_gave_up_are_no_longer_lost(
+    make_tracker: Callable[..., AsyncTracker], tmp_path: Path
+) -> None:
+    """A hook holds the worker thread past the close's deadline and grace: the close gives
+    up and counts the ten events it holds as lost. Let go, the worker spools them: they
+    leave ``lost`` as they enter ``spooled`` (they were counted both)."""
+    hook = BlockingHook()
+    sink = GatedSink(tmp_path / "dest")  # remote as far as the tracker knows: it spools
+    sink.gate.set()
+    tracker = make_tracker(sink, config=TrackerConfig(redact=hook))
+    try:
+        for i in range(10):
+            text(tracker, f"e{i}")
+        assert hook.entered.wait(JOIN)
+        with pytest.raises(FlushTimeoutError, match="did not stop within 5 s"):
+            tracker.close(timeout=0.0)
+        stats = tracker.statistics()
+        assert (stats.recorded, stats.lost, stats.spooled, stats.written) == (10, 10, 0, 0)
+    finally:
+        hook.release.set()
+    wait_until(lambda: tracker.statistics().spooled == 10, "the worker to spool what it held")
+    wait_until(lambda: tracker._engine.state is State.CLOSED, "the worker to end")
+    stats = tracker.statistics()
+    assert (stats.recorded, stats.spooled, stats.lost, stats.written) == (10, 10, 0, 0)
+    assert stats.pending_bytes == 0
 
 
 def test_the_exit_hook_closes_trackers_side_by_side(

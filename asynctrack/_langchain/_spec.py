@@ -137,6 +137,8 @@ class TrackerSpec:
             exporters=start_exporters(),
             start_exporters=start_exporters,  # again in a forked child
             queue_events=queue_events,
+            # Packed frames are bounded by the worker process's host, not by this queue.
+            queue_bytes=engine_config.max_queue_bytes if packed is None else None,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
             sampled_out_failing=None if tail is None else lambda: tail.sampled_out_failing,
             records_in=None if packed is None else packed.records_in,

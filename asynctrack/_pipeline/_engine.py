@@ -82,6 +82,9 @@ class Engine:
         placeholders: the adapter's count of events written with a placeholder.
         sampled_out: the adapter's count of events held and dropped by sampling.
         queue_events: the count bound of the queue (``max_queue_events`` by default).
+        queue_bytes: the byte bound of the queue, in captured bytes (``record[BODY]``,
+            see ``_events._schema``): ``None`` (default) for none, and then the records
+            may be any objects.
         records_in: how many records a queue item stands for, if items are packed
             (the worker process's frames; see ``BoundedQueue``).
         sampled_out_failing: the adapter's count of those events whose trace failed later.
@@ -105,6 +108,7 @@ class Engine:
         exporters: Sequence[LineExporter] = (),
         start_exporters: Callable[[], Sequence[LineExporter]] | None = None,
         queue_events: int | None = None,
+        queue_bytes: int | None = None,
         sampled_out: Callable[[], int] | None = None,
         records_in: Callable[[Any], int] | None = None,
         sampled_out_failing: Callable[[], int] | None = None,
@@ -114,6 +118,7 @@ class Engine:
         self.exporters = tuple(exporters)
         self._start_exporters = start_exporters
         self._queue_events = self.config.max_queue_events if queue_events is None else queue_events
+        self._queue_bytes = queue_bytes
         self.sink = sink
         self.layout = layout
         self._translate = translate
@@ -156,10 +161,12 @@ class Engine:
             settled=self._check_markers,
         )
         config = self.config
-        # No byte bound here: max_queue_bytes bounds the encoded bytes the worker holds
-        # (it stops taking records at the bound, and this queue then fills up).
+        # The captured bytes waiting here are bounded apart from the encoded bytes the
+        # worker holds (it stops taking records at max_queue_bytes, and this queue then
+        # fills up to its own bounds).
         self._buffer: BoundedQueue[Marker] = BoundedQueue(
             max_events=self._queue_events,
+            max_bytes=self._queue_bytes,
             when_full=config.when_full,
             block_timeout=config.block_timeout,
             wake=self._wake,
@@ -185,7 +192,7 @@ class Engine:
         self.put = self._buffer.put
         self.put_many = self._buffer.put_many
         self._close_lock = threading.RLock()
-        self._abandoned = 0  # events a stuck worker still held when its close gave up on it
+        self._gave_up = False  # a close gave up on a stuck worker: what it holds counts as lost
         self._parameters_written: dict[str, ParameterValue] | None = None
 
     def _wake(self) -> None:
@@ -423,16 +430,24 @@ class Engine:
     def _give_up(self, timeout: float | None) -> FlushTimeoutError:
         """The worker is stuck past the deadline and grace (a hook or sink blocking its
         thread): count what it holds as lost, say so, and return the error to raise."""
-        taken, queued = self._buffer.counts()
-        c = self._counters
-        held = max(taken + queued - c.written - c.filtered - c.spooled - c.lost - self._abandoned, 0)
-        self._abandoned += held
+        self._gave_up = True
+        held = self._held()
         message = (
             f"the worker did not stop within {_CLOSE_GRACE:g} s of the close deadline; "
             f"{held} event(s) neither written nor spooled are counted as lost"
         )
         logger.error("asynctrack: %s", message)
         return FlushTimeoutError(timeout=timeout or 0.0, pending=held, reason=message)
+
+    def _held(self) -> int:
+        """Events a worker given up on still holds: lost, until it writes, spools or counts
+        them after all (then they leave this count as they enter theirs: none is counted
+        twice). None once the worker has ended: its own counts then say where each went."""
+        if not self._gave_up or self._worker.done.is_set():
+            return 0
+        taken, queued = self._buffer.counts()
+        c = self._counters
+        return max(taken + queued - c.written - c.filtered - c.spooled - c.lost, 0)
 
     # -- statistics ------------------------------------------------------------------------------
 
@@ -453,7 +468,7 @@ class Engine:
             dropped=self._buffer.dropped,
             filtered=c.filtered,
             failed=sum(b.events for b in list(self._delivery.failed.values())),
-            lost=c.lost + self._abandoned,
+            lost=c.lost + self._held(),
             spooled=c.spooled,
             encode_errors=c.encode_errors + (self._placeholders() if self._placeholders else 0),
             write_errors=c.write_errors,

@@ -608,10 +608,31 @@ class Worker:
     # -- the end ---------------------------------------------------------------------------
 
     async def _close(self, marker: Marker) -> None:
-        """The close marker is reached: write everything, then wait for it to settle."""
-        self._close_settled = asyncio.Event()
+        """The close marker is reached: write everything, then wait for it to settle.
+
+        Batches that failed and have no spool to go to (a local disk full for a moment)
+        are retried with the backoff until the close's deadline (whose timeout ends
+        this wait); only then are they counted as lost. Without a deadline the close
+        settles at the first failure, as a flush does.
+        """
+        settled = self._close_settled = asyncio.Event()
         self._on_marker(marker)
-        await self._close_settled.wait()
+        await settled.wait()
+        delivery = self._delivery
+        while (
+            self._close_error is not None
+            and delivery.failed
+            and delivery.spool is None
+            and not math.isinf(self._deadline)
+        ):
+            await asyncio.sleep(delivery.retry_in(time.monotonic()) or 0.0)
+            settled.clear()
+            self._close_error = None
+            marker.settling = False
+            self._barrier.reached(marker, marker.upto, marker.covered)  # waits for them again
+            delivery.retry_failed()
+            self.check_markers()
+            await settled.wait()
 
     async def _finish(self, *, timed_out: bool) -> None:
         """Stop: cancel writes, spool or count what is unsent, resolve markers, close sinks."""
@@ -620,6 +641,8 @@ class Worker:
         markers = list(self._barrier.markers)  # before the cancellations remove them
         await delivery.stop()
         await self._drain(final=True)  # encode what is still buffered: it is spooled too
+        # A worker held by the memory bound sleeps through the drops its full queue made.
+        self._reporter.drops(self._buffer.dropped, self._buffer.dropped_by)
         if isinstance(self.translate, Finishing):
             self.translate.finish()
         for number, batch in self._batcher.seal():
@@ -629,6 +652,7 @@ class Worker:
         spooled = counters.spooled - spooled_before
         left = delivery.unsent_events()
         delivery.failed.clear()
+        counters.pending_bytes = 0  # nothing is held any more: written, spooled or counted lost
         if left:
             counters.lost += left
             logger.error(

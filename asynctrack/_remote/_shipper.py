@@ -273,6 +273,12 @@ class Lane:
         """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
         with self._lock:
             self.unacked.pop((kind, number), None)
+            if kind == Kind.CLOSE:
+                # The tracker's engine there has ended: every record it got is written,
+                # spooled or counted lost, and none is ever re-sent.
+                for key in [key for key in self.unacked if key[0] == RECORDS]:
+                    frame, _ = self.unacked.pop(key)
+                    self.retained_bytes -= _HEADER_SIZE + len(frame[1])
         return self.waiting.pop(number, None)
 
     def resend(self) -> list[bytes]:
