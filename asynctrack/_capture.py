@@ -46,8 +46,10 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    are longer than ``max_field_bytes`` (a field may need cutting), or an object
    would lose data, ``careful()`` copies the arguments in Python into fresh plain
    containers (each container first copied whole by one C call, ``list(d.items())`` /
-   ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
-   private copy with no ``default`` at all. The result is bytes too.
+   ``list.copy(seq)``, so a concurrent mutation cannot break the walk; a subclass's own
+   ``__iter__`` is never run), then dumps that private copy with no ``default`` at all.
+   A ``Mapping``'s ``items()`` is its own Python and may never end: it is read up to
+   ``MAX_NODES`` items or ``max_field_bytes``. The result is bytes too.
 
 What is left: orjson reads an ``Enum`` member's ``value`` with ``PyObject_GetAttr``
 (``pyenum.rs``; no option turns this off), and ``enum``'s ``value`` is a Python
@@ -131,6 +133,7 @@ _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field l
 _PANDAS_MISSING: Final = frozenset({"NAType", "NaTType"})
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+_ALL: Final = slice(None)  # tuple.__getitem__(v, _ALL): a tuple subclass's items, as a tuple
 
 
 def _slot_names(cls: type) -> list[str]:
@@ -528,11 +531,15 @@ class Capturer:
                 return self._dict(list(dict.items(v)), depth)
             if cls is list or cls is tuple:
                 return [self._child(x, depth) for x in list(v)]
+            # A subclass's items are read in C (list.copy, a tuple's slice), never through
+            # its own __iter__ or __getitem__, which may return anything, or never end.
             if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
                 # A NamedTuple: its field names are keys (and so the key rules apply).
-                return self._dict(list(zip(cls._fields, v, strict=False)), depth)
-            if isinstance(v, list | tuple):
-                return [self._child(x, depth) for x in list(v)]
+                return self._dict(list(zip(cls._fields, tuple.__getitem__(v, _ALL), strict=False)), depth)
+            if isinstance(v, list):
+                return [self._child(x, depth) for x in list.copy(v)]
+            if isinstance(v, tuple):
+                return [self._child(x, depth) for x in tuple.__getitem__(v, _ALL)]
             return self._other(v, depth)
         except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
             return placeholder("unencodable", v, error=safe_repr(exc))
@@ -554,6 +561,27 @@ class Capturer:
                 while key in out:
                     key, n = f"{base} #{n}", n + 1
             out[key] = self._child(x, depth)
+        return out
+
+    def _mapping(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        """A ``Mapping``'s items as ``_dict`` writes them, read from its own ``items()``,
+        which may never end: at most ``MAX_NODES`` items, and no more once those written
+        hold over ``max_field_bytes``; then the key ``"$asynctrack"`` holds a
+        ``too_many_values`` placeholder with the count of the items written."""
+        out: dict[str, Any] = {}
+        size = 0
+        for kept, (k, x) in enumerate(v.items()):
+            if kept >= MAX_NODES or size > self._max_field:
+                out[MARK] = placeholder("too_many_values", v, kept=kept)
+                break
+            key = self._key(k)
+            if key in out:  # as in _dict
+                base = f"{key} <{type_name(k)}>"
+                key, n = base, 2
+                while key in out:
+                    key, n = f"{base} #{n}", n + 1
+            out[key] = child = self._child(x, depth)
+            size += len(key) + len(orjson.dumps(child))
         return out
 
     def _key(self, k: Any) -> str:
@@ -603,7 +631,8 @@ class Capturer:
         if isinstance(v, bytes | bytearray | memoryview):
             return self._bytes(v)
         if isinstance(v, set | frozenset):
-            items = [self._child(x, depth) for x in list(v)]
+            copied = set.copy(v) if isinstance(v, set) else frozenset.copy(v)  # in C, as a list's
+            items = [self._child(x, depth) for x in list(copied)]
             try:
                 items.sort()
             except TypeError:  # mixed types: the order of the copy
@@ -638,7 +667,7 @@ class Capturer:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._dict([(f.name, getattr(v, f.name, None)) for f in dataclasses.fields(v)], depth)
         if isinstance(v, Mapping):
-            return self._dict(list(v.items()), depth)
+            return self._mapping(v, depth)
         if not isinstance(v, type) and module != "builtins":  # not a class, function or module
             items = _fields(v)
             if items:

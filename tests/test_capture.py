@@ -772,3 +772,84 @@ def test_langchains_regular_keywords_are_parameters_written_as_passed(
     llm_start = datas[-3]
     assert list(llm_start)[:3] == ["invocation_params", "options", "batch_size"]
     assert llm_start["batch_size"] == 1 and datas[-5]["run_type"] == "prompt"
+
+
+def _endless(first: Any) -> Iterator[Any]:
+    """An iterator that never ends (within a test: one that raises after a million items)."""
+    for i in range(1_000_000):
+        yield first(i)
+    raise RuntimeError("the iterator was walked whole")
+
+
+class Streamed(list[int]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class StreamedTuple(tuple[int, ...]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class StreamedPair(NamedTuple):
+    a: int
+    b: int
+
+    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+        return _endless(int)
+
+
+class StreamedSet(frozenset[int]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class EndlessMapping(collections.abc.Mapping[str, Any]):
+    """A Mapping whose ``items()`` never ends: ``value(i)`` for the i-th item."""
+
+    def __init__(self, value: Callable[[int], Any]) -> None:
+        self.value = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.value(int(key[1:]))
+
+    def __iter__(self) -> Iterator[str]:
+        return _endless(lambda i: f"k{i}")
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> Any:
+        return _endless(lambda i: (f"k{i}", self.value(i)))
+
+
+def test_the_careful_path_reads_containers_in_c_and_bounds_a_mappings_items() -> None:
+    """A list, tuple or set subclass is read as its own items (in C), whatever its
+    __iter__ does; a Mapping's items() (its own Python) is read up to 10,000 items or
+    max_field_bytes, then a placeholder with the count written. The callback returns."""
+    capture = Capturer(256 * 1024, 32)
+    values = {
+        "list": Streamed([1, 2]),
+        "tuple": StreamedTuple((3, 4)),
+        "pair": StreamedPair(5, 6),
+        "set": StreamedSet({7, 8}),
+        "counted": EndlessMapping(int),
+        "sized": EndlessMapping(lambda i: "x" * 1000),
+        "slotted": Slotted(),  # sends the event down the careful path
+    }
+    logged = orjson.loads(capture({"data": values}))["data"]
+    assert logged["list"] == [1, 2]
+    assert logged["tuple"] == [3, 4]
+    assert logged["pair"] == {"a": 5, "b": 6}
+    assert logged["set"] == [7, 8]
+    counted = logged["counted"]
+    assert counted.pop(MARK) == {
+        MARK: "too_many_values",
+        "type": f"{__name__}.EndlessMapping",
+        "kept": 10_000,
+    }
+    assert counted == {f"k{i}": i for i in range(10_000)}
+    sized = logged["sized"]
+    kept = sized.pop(MARK)["kept"]
+    assert sized == {f"k{i}": "x" * 1000 for i in range(kept)}
+    assert 256 * 1024 < kept * (1000 + 10) < 256 * 1024 + 2048  # each item: its value, its key
