@@ -620,14 +620,16 @@ class Capturer:
         return out
 
     def _other(self, v: Any, depth: int) -> Any:
+        # A subclass of str, int or float as its own value, as orjson writes it: the
+        # base's method, never the subclass's __str__, __int__ or __float__.
         if isinstance(v, str):  # str subclasses (StrEnum values too)
-            return self._str(str(v))
+            return self._str(str.__str__(v))
         if isinstance(v, enum.Enum):
             return self._walk(v.value, depth)
         if isinstance(v, int):
-            return self._walk(int(v), depth)
+            return self._walk(int.__index__(v), depth)
         if isinstance(v, float):
-            return self._walk(float(v), depth)
+            return self._walk(float.__float__(v), depth)
         if isinstance(v, bytes | bytearray | memoryview):
             return self._bytes(v)
         if isinstance(v, set | frozenset):

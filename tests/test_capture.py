@@ -853,3 +853,49 @@ def test_the_careful_path_reads_containers_in_c_and_bounds_a_mappings_items() ->
     kept = sized.pop(MARK)["kept"]
     assert sized == {f"k{i}": "x" * 1000 for i in range(kept)}
     assert 256 * 1024 < kept * (1000 + 10) < 256 * 1024 + 2048  # each item: its value, its key
+
+
+class Shown(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "display-form"
+
+
+class Count(int):
+    def __int__(self) -> int:
+        return 999
+
+    def __index__(self) -> int:
+        return 998
+
+
+class Ratio(float):
+    def __float__(self) -> float:
+        return 9.5
+
+
+class Rows(list[int]):
+    def __iter__(self) -> Iterator[Any]:
+        return iter(["only-this"])
+
+
+_SUBCLASSED: list[tuple[Any, Any]] = [
+    (Shown("real text"), "real text"),
+    (Count(5), 5),
+    (Ratio(1.5), 1.5),
+    (Rows([1, 2, 3]), [1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), _SUBCLASSED, ids=[type(v).__name__ for v, _ in _SUBCLASSED])
+def test_a_builtin_subclass_is_written_as_its_own_value_on_both_paths(
+    value: Any, expected: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    """Not what its overridden __str__, __int__, __float__ or __iter__ returns: the
+    careful path (a slotted object beside it) writes what orjson's fast path writes."""
+    assert _recorded(make_tracker(), value) == expected
+    assert _capture(value) == expected
+    assert _capture({"v": value, "slotted": Slotted()})["v"] == expected
+    if not isinstance(value, list):  # as a key (the careful path)
+        assert _capture({value: "key"}) == {orjson.dumps(expected).decode().strip('"'): "key"}
