@@ -622,10 +622,10 @@ class Capturer:
     def _other(self, v: Any, depth: int) -> Any:
         # A subclass of str, int or float as its own value, as orjson writes it: the
         # base's method, never the subclass's __str__, __int__ or __float__.
-        if isinstance(v, str):  # str subclasses (StrEnum values too)
-            return self._str(str.__str__(v))
-        if isinstance(v, enum.Enum):
+        if isinstance(v, enum.Enum):  # before str: str() of a (str, Enum) member is "Class.MEMBER"
             return self._walk(v.value, depth)
+        if isinstance(v, str):
+            return self._str(str.__str__(v))
         if isinstance(v, int):
             return self._walk(int.__index__(v), depth)
         if isinstance(v, float):

@@ -899,3 +899,54 @@ def test_a_builtin_subclass_is_written_as_its_own_value_on_both_paths(
     assert _capture({"v": value, "slotted": Slotted()})["v"] == expected
     if not isinstance(value, list):  # as a key (the careful path)
         assert _capture({value: "key"}) == {orjson.dumps(expected).decode().strip('"'): "key"}
+
+
+class Hue(str, enum.Enum):  # noqa: UP042 - the mix-in, not StrEnum, is tested
+    RED = "red"
+
+
+class Shade(str, enum.Enum):  # noqa: UP042
+    """A member whose text is not its value (its own __new__)."""
+
+    def __new__(cls, value: str, label: str) -> Shade:
+        member = str.__new__(cls, label)
+        member._value_ = value
+        return member
+
+    DARK = ("dark", "Dark shade")
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Mode(enum.Flag):
+    READ = 1
+    WRITE = 2
+
+
+class Letter(enum.StrEnum):
+    A = "a"
+
+
+_MEMBERS: list[tuple[Any, Any]] = [
+    (Hue.RED, "red"),
+    (Shade.DARK, "dark"),
+    (Level.HIGH, 3),
+    (Mode.READ | Mode.WRITE, 3),
+    (Letter.A, "a"),
+    (Colour.RED, "red"),
+]
+
+
+@pytest.mark.parametrize(("member", "value"), _MEMBERS, ids=[type(m).__name__ for m, _ in _MEMBERS])
+def test_an_enum_member_is_its_value_as_a_value_a_key_and_in_a_set(
+    member: Any, value: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    key = value if type(value) is str else str(value)
+    assert _capture({"v": member, "slotted": Slotted()})["v"] == value  # the careful path
+    assert _capture({member: 1}) == {key: 1}
+    assert _capture({member}) == [value]
+    if type(member) is not Shade:  # orjson writes a str member as its text (the fast path)
+        assert _capture(member) == value
+        assert _recorded(make_tracker(), member) == value
