@@ -106,6 +106,7 @@ __all__ = [
     "PLAIN",
     "REDACTED",
     "Capturer",
+    "cut_text",
     "fields_in_lists",
     "fields_of",
     "lossy",
@@ -441,6 +442,20 @@ def valid_text(s: str) -> str:
     return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def cut_text(s: str, limit: int) -> str:
+    """``s`` cut to its first ``limit`` bytes of UTF-8, ending in the truncation marker;
+    as it is if it fits (a lone surrogate replaced by U+FFFD, as the line will have it)."""
+    try:
+        raw = s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = valid_text(s)
+        raw = s.encode("utf-8")
+    if len(raw) <= limit:
+        return s
+    head = raw[:limit].decode("utf-8", "ignore")
+    return f"{head}...[{MARK}: truncated, {len(s)} characters in all]"
+
+
 class Capturer:
     """Encodes callback arguments to JSON bytes under one field limit and depth limit."""
 
@@ -597,14 +612,9 @@ class Capturer:
         except UnicodeEncodeError:
             s = valid_text(s)
             self._fixed = True
-        limit = self._max_field
-        if len(s) * 4 <= limit:
+        if len(s) * 4 <= self._max_field:
             return s
-        raw = s.encode("utf-8")
-        if len(raw) <= limit:
-            return s
-        head = raw[:limit].decode("utf-8", "ignore")
-        return f"{head}...[{MARK}: truncated, {len(s)} characters in all]"
+        return cut_text(s, self._max_field)
 
     def _bytes(self, v: bytes | bytearray | memoryview) -> dict[str, Any]:
         raw = bytes(v)  # a copy: a bytearray may change later

@@ -950,3 +950,25 @@ def test_an_enum_member_is_its_value_as_a_value_a_key_and_in_a_set(
     if type(member) is not Shade:  # orjson writes a str member as its text (the fast path)
         assert _capture(member) == value
         assert _recorded(make_tracker(), member) == value
+
+
+def test_a_long_streamed_token_and_name_are_cut_like_any_string(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A token passed as a str travels beside the body, a name in the envelope: both
+    are cut at capture like the body's strings (what the record holds is bounded)."""
+    tracker = make_tracker(config=TrackerConfig(max_field_bytes=64 * 1024))
+    run = uuid.uuid4()
+    long = 1 << 20
+    tracker.on_llm_start({"name": "m"}, ["p"], run_id=run)
+    tracker.on_llm_new_token("T" * long, run_id=run)
+    tracker.on_llm_new_token("é" * 20_000, run_id=run)  # 40,000 bytes: fits, kept whole
+    tracker.on_chain_start({"name": "c"}, {}, run_id=uuid.uuid4(), name="N" * long)
+    tracker.on_chain_start({"name": "S" * long}, {}, run_id=uuid.uuid4())
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    marker = f"...[{MARK}: truncated, {long} characters in all]"
+    assert events[1]["data"]["token"] == "T" * 64 * 1024 + marker
+    assert events[2]["data"]["token"] == "é" * 20_000
+    assert events[3]["name"] == "N" * 64 * 1024 + marker
+    assert events[4]["name"] == "S" * 64 * 1024 + marker
