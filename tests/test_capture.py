@@ -731,7 +731,7 @@ def test_uuid_text_is_the_uuids_own() -> None:
     for value in (0, 1, 2**64, (1 << 128) - 1, uuid.uuid4().int, uuid.uuid1().int):
         assert uuid_text(value) == str(uuid.UUID(int=value))
     assert uuid_text(-1) == -1  # not a UUID's int: as it is
-    assert uuid_text(1 << 128) == 1 << 128
+    assert uuid_text(1 << 128) == str(1 << 128)  # over 64 bits: its text (JSON's writer refuses it)
 
 
 #: The keywords LangChain passes beside the named ones, by callback, in its call order.
@@ -972,3 +972,21 @@ def test_a_long_streamed_token_and_name_are_cut_like_any_string(
     assert events[2]["data"]["token"] == "é" * 20_000
     assert events[3]["name"] == "N" * 64 * 1024 + marker
     assert events[4]["name"] == "S" * 64 * 1024 + marker
+
+
+def test_a_run_id_int_over_64_bits_is_written_as_its_text(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """The event is kept (not replaced by a translate_failed record); ints a UUID holds
+    are the UUID's text as before, a negative one within 64 bits a number."""
+    tracker = make_tracker()
+    huge, low = 1 << 130, -(1 << 70)
+    tracker.on_text("a", run_id=huge, parent_run_id=low)  # type: ignore[arg-type]
+    tracker.on_text("b", run_id=-5, parent_run_id=huge)  # type: ignore[arg-type]
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    assert [(e["kind"], e["run_id"], e["parent_run_id"]) for e in events] == [
+        ("text", str(huge), str(low)),
+        ("text", -5, str(huge)),
+    ]
+    assert tracker.statistics().encode_errors == 0
