@@ -1034,8 +1034,13 @@ def _resolve_name(name: Any, data: dict[str, Any], limit: int) -> str | None:
     if name is None or (type(name) is str and not name):
         return _serialized_name(data.get("serialized"), limit)
     if isinstance(name, str):
-        return cut_text(str.__str__(name), limit)
+        return _cut(str.__str__(name), limit)
     return safe_repr(name)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` bytes (``cut_text``), looked at only when it may not fit."""
+    return text if len(text) * 4 <= limit else cut_text(text, limit)
 
 
 def _serialized_name(serialized: Any, limit: int) -> str | None:
@@ -1044,8 +1049,8 @@ def _serialized_name(serialized: Any, limit: int) -> str | None:
     if type(serialized) is dict:
         name = serialized.get("name")
         if type(name) is str:
-            return cut_text(name, limit)
+            return _cut(name, limit)
         ids = serialized.get("id")
         if type(ids) is list and ids and type(ids[-1]) is str:
-            return cut_text(ids[-1], limit)
+            return _cut(ids[-1], limit)
     return None
