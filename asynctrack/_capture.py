@@ -152,6 +152,22 @@ def _slot_names(cls: type) -> list[str]:
     return names
 
 
+def _items(v: Any, cls: type) -> Any:
+    """A list's, tuple's or set's items, read in C (``list.copy``, a tuple's slice,
+    ``set.copy``): never what a subclass's own ``__iter__`` or ``__getitem__`` returns,
+    which may be anything, or never end. An object that only says it is one (its
+    ``__class__``, as a ``Mock`` with a spec) as its iteration gives them."""
+    if issubclass(cls, list):
+        return list.copy(v)
+    if issubclass(cls, tuple):
+        return tuple.__getitem__(v, _ALL)
+    if issubclass(cls, set):
+        return set.copy(v)
+    if issubclass(cls, frozenset):
+        return frozenset.copy(v)
+    return list(v)
+
+
 def _fields(v: Any) -> list[tuple[str, Any]]:
     """An object's own data: its declared fields (attrs, pydantic), else its ``__dict__``
     and its slots; pydantic's extra and computed fields too."""
@@ -546,15 +562,11 @@ class Capturer:
                 return self._dict(list(dict.items(v)), depth)
             if cls is list or cls is tuple:
                 return [self._child(x, depth) for x in list(v)]
-            # A subclass's items are read in C (list.copy, a tuple's slice), never through
-            # its own __iter__ or __getitem__, which may return anything, or never end.
             if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
                 # A NamedTuple: its field names are keys (and so the key rules apply).
-                return self._dict(list(zip(cls._fields, tuple.__getitem__(v, _ALL), strict=False)), depth)
-            if isinstance(v, list):
-                return [self._child(x, depth) for x in list.copy(v)]
-            if isinstance(v, tuple):
-                return [self._child(x, depth) for x in tuple.__getitem__(v, _ALL)]
+                return self._dict(list(zip(cls._fields, _items(v, cls), strict=False)), depth)
+            if isinstance(v, list | tuple):
+                return [self._child(x, depth) for x in _items(v, cls)]
             return self._other(v, depth)
         except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
             return placeholder("unencodable", v, error=safe_repr(exc))
@@ -630,21 +642,22 @@ class Capturer:
         return out
 
     def _other(self, v: Any, depth: int) -> Any:
-        # A subclass of str, int or float as its own value, as orjson writes it: the
-        # base's method, never the subclass's __str__, __int__ or __float__.
+        cls = type(v)
         if isinstance(v, enum.Enum):  # before str: str() of a (str, Enum) member is "Class.MEMBER"
             return self._walk(v.value, depth)
+        # A subclass of str, int or float as its own value, as orjson writes it: the
+        # base's method, never the subclass's __str__, __int__ or __float__ (an object
+        # that only says it is one, through its __class__, as a Mock with a spec: those).
         if isinstance(v, str):
-            return self._str(str.__str__(v))
+            return self._str(str.__str__(v) if issubclass(cls, str) else str(v))
         if isinstance(v, int):
-            return self._walk(int.__index__(v), depth)
+            return self._walk(int.__index__(v) if issubclass(cls, int) else int(v), depth)
         if isinstance(v, float):
-            return self._walk(float.__float__(v), depth)
+            return self._walk(float.__float__(v) if issubclass(cls, float) else float(v), depth)
         if isinstance(v, bytes | bytearray | memoryview):
             return self._bytes(v)
         if isinstance(v, set | frozenset):
-            copied = set.copy(v) if isinstance(v, set) else frozenset.copy(v)  # in C, as a list's
-            items = [self._child(x, depth) for x in list(copied)]
+            items = [self._child(x, depth) for x in list(_items(v, cls))]
             try:
                 items.sort()
             except TypeError:  # mixed types: the order of the copy

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest import mock
 
 import attrs
 import numpy as np
@@ -990,3 +991,13 @@ def test_a_run_id_int_over_64_bits_is_written_as_its_text(
         ("text", -5, str(huge)),
     ]
     assert tracker.statistics().encode_errors == 0
+
+
+def test_an_object_that_only_says_it_is_a_builtin_is_read_as_before() -> None:
+    """A Mock with a spec says it is a list, set, int or str (its __class__) without being
+    one: read through its own methods (the base's C reads refuse it), not a placeholder."""
+    assert _capture({"v": mock.MagicMock(spec=list), "slotted": Slotted()})["v"] == []
+    assert _capture({"v": mock.MagicMock(spec=frozenset), "slotted": Slotted()})["v"] == []
+    assert _capture({"v": mock.MagicMock(spec=int), "slotted": Slotted()})["v"] == 1
+    assert _capture({"v": mock.MagicMock(spec=float), "slotted": Slotted()})["v"] == 1.0
+    assert _capture({"v": mock.MagicMock(spec=str), "slotted": Slotted()})["v"].startswith("<MagicMock")
