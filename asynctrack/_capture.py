@@ -46,8 +46,10 @@ freed memory and the process dies of SIGSEGV (python-rapidjson #238 and ultrajso
    are longer than ``max_field_bytes`` (a field may need cutting), or an object
    would lose data, ``careful()`` copies the arguments in Python into fresh plain
    containers (each container first copied whole by one C call, ``list(d.items())`` /
-   ``list(seq)``, so a concurrent mutation cannot break the walk), then dumps that
-   private copy with no ``default`` at all. The result is bytes too.
+   ``list.copy(seq)``, so a concurrent mutation cannot break the walk; a subclass's own
+   ``__iter__`` is never run), then dumps that private copy with no ``default`` at all.
+   A ``Mapping``'s ``items()`` is its own Python and may never end: it is read up to
+   ``MAX_NODES`` items or ``max_field_bytes``. The result is bytes too.
 
 What is left: orjson reads an ``Enum`` member's ``value`` with ``PyObject_GetAttr``
 (``pyenum.rs``; no option turns this off), and ``enum``'s ``value`` is a Python
@@ -104,6 +106,7 @@ __all__ = [
     "PLAIN",
     "REDACTED",
     "Capturer",
+    "cut_text",
     "fields_in_lists",
     "fields_of",
     "lossy",
@@ -131,6 +134,7 @@ _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field l
 _PANDAS_MISSING: Final = frozenset({"NAType", "NaTType"})
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+_ALL: Final = slice(None)  # tuple.__getitem__(v, _ALL): a tuple subclass's items, as a tuple
 
 
 def _slot_names(cls: type) -> list[str]:
@@ -146,6 +150,22 @@ def _slot_names(cls: type) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
+
+
+def _items(v: Any, cls: type) -> Any:
+    """A list's, tuple's or set's items, read in C (``list.copy``, a tuple's slice,
+    ``set.copy``): never what a subclass's own ``__iter__`` or ``__getitem__`` returns,
+    which may be anything, or never end. An object that only says it is one (its
+    ``__class__``, as a ``Mock`` with a spec) as its iteration gives them."""
+    if issubclass(cls, list):
+        return list.copy(v)
+    if issubclass(cls, tuple):
+        return tuple.__getitem__(v, _ALL)
+    if issubclass(cls, set):
+        return set.copy(v)
+    if issubclass(cls, frozenset):
+        return frozenset.copy(v)
+    return list(v)
 
 
 def _fields(v: Any) -> list[tuple[str, Any]]:
@@ -438,6 +458,20 @@ def valid_text(s: str) -> str:
     return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def cut_text(s: str, limit: int) -> str:
+    """``s`` cut to its first ``limit`` bytes of UTF-8, ending in the truncation marker;
+    as it is if it fits (a lone surrogate replaced by U+FFFD, as the line will have it)."""
+    try:
+        raw = s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = valid_text(s)
+        raw = s.encode("utf-8")
+    if len(raw) <= limit:
+        return s
+    head = raw[:limit].decode("utf-8", "ignore")
+    return f"{head}...[{MARK}: truncated, {len(s)} characters in all]"
+
+
 class Capturer:
     """Encodes callback arguments to JSON bytes under one field limit and depth limit."""
 
@@ -530,9 +564,9 @@ class Capturer:
                 return [self._child(x, depth) for x in list(v)]
             if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
                 # A NamedTuple: its field names are keys (and so the key rules apply).
-                return self._dict(list(zip(cls._fields, v, strict=False)), depth)
+                return self._dict(list(zip(cls._fields, _items(v, cls), strict=False)), depth)
             if isinstance(v, list | tuple):
-                return [self._child(x, depth) for x in list(v)]
+                return [self._child(x, depth) for x in _items(v, cls)]
             return self._other(v, depth)
         except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
             return placeholder("unencodable", v, error=safe_repr(exc))
@@ -556,6 +590,27 @@ class Capturer:
             out[key] = self._child(x, depth)
         return out
 
+    def _mapping(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        """A ``Mapping``'s items as ``_dict`` writes them, read from its own ``items()``,
+        which may never end: at most ``MAX_NODES`` items, and no more once those written
+        hold over ``max_field_bytes``; then the key ``"$asynctrack"`` holds a
+        ``too_many_values`` placeholder with the count of the items written."""
+        out: dict[str, Any] = {}
+        size = 0
+        for kept, (k, x) in enumerate(v.items()):
+            if kept >= MAX_NODES or size > self._max_field:
+                out[MARK] = placeholder("too_many_values", v, kept=kept)
+                break
+            key = self._key(k)
+            if key in out:  # as in _dict
+                base = f"{key} <{type_name(k)}>"
+                key, n = base, 2
+                while key in out:
+                    key, n = f"{base} #{n}", n + 1
+            out[key] = child = self._child(x, depth)
+            size += len(key) + len(orjson.dumps(child))
+        return out
+
     def _key(self, k: Any) -> str:
         if type(k) is str:
             return self._str(k)
@@ -569,14 +624,9 @@ class Capturer:
         except UnicodeEncodeError:
             s = valid_text(s)
             self._fixed = True
-        limit = self._max_field
-        if len(s) * 4 <= limit:
+        if len(s) * 4 <= self._max_field:
             return s
-        raw = s.encode("utf-8")
-        if len(raw) <= limit:
-            return s
-        head = raw[:limit].decode("utf-8", "ignore")
-        return f"{head}...[{MARK}: truncated, {len(s)} characters in all]"
+        return cut_text(s, self._max_field)
 
     def _bytes(self, v: bytes | bytearray | memoryview) -> dict[str, Any]:
         raw = bytes(v)  # a copy: a bytearray may change later
@@ -592,18 +642,22 @@ class Capturer:
         return out
 
     def _other(self, v: Any, depth: int) -> Any:
-        if isinstance(v, str):  # str subclasses (StrEnum values too)
-            return self._str(str(v))
-        if isinstance(v, enum.Enum):
+        cls = type(v)
+        if isinstance(v, enum.Enum):  # before str: str() of a (str, Enum) member is "Class.MEMBER"
             return self._walk(v.value, depth)
+        # A subclass of str, int or float as its own value, as orjson writes it: the
+        # base's method, never the subclass's __str__, __int__ or __float__ (an object
+        # that only says it is one, through its __class__, as a Mock with a spec: those).
+        if isinstance(v, str):
+            return self._str(str.__str__(v) if issubclass(cls, str) else str(v))
         if isinstance(v, int):
-            return self._walk(int(v), depth)
+            return self._walk(int.__index__(v) if issubclass(cls, int) else int(v), depth)
         if isinstance(v, float):
-            return self._walk(float(v), depth)
+            return self._walk(float.__float__(v) if issubclass(cls, float) else float(v), depth)
         if isinstance(v, bytes | bytearray | memoryview):
             return self._bytes(v)
         if isinstance(v, set | frozenset):
-            items = [self._child(x, depth) for x in list(v)]
+            items = [self._child(x, depth) for x in list(_items(v, cls))]
             try:
                 items.sort()
             except TypeError:  # mixed types: the order of the copy
@@ -638,7 +692,7 @@ class Capturer:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._dict([(f.name, getattr(v, f.name, None)) for f in dataclasses.fields(v)], depth)
         if isinstance(v, Mapping):
-            return self._dict(list(v.items()), depth)
+            return self._mapping(v, depth)
         if not isinstance(v, type) and module != "builtins":  # not a class, function or module
             items = _fields(v)
             if items:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest import mock
 
 import attrs
 import numpy as np
@@ -731,7 +732,7 @@ def test_uuid_text_is_the_uuids_own() -> None:
     for value in (0, 1, 2**64, (1 << 128) - 1, uuid.uuid4().int, uuid.uuid1().int):
         assert uuid_text(value) == str(uuid.UUID(int=value))
     assert uuid_text(-1) == -1  # not a UUID's int: as it is
-    assert uuid_text(1 << 128) == 1 << 128
+    assert uuid_text(1 << 128) == str(1 << 128)  # over 64 bits: its text (JSON's writer refuses it)
 
 
 #: The keywords LangChain passes beside the named ones, by callback, in its call order.
@@ -772,3 +773,231 @@ def test_langchains_regular_keywords_are_parameters_written_as_passed(
     llm_start = datas[-3]
     assert list(llm_start)[:3] == ["invocation_params", "options", "batch_size"]
     assert llm_start["batch_size"] == 1 and datas[-5]["run_type"] == "prompt"
+
+
+def _endless(first: Any) -> Iterator[Any]:
+    """An iterator that never ends (within a test: one that raises after a million items)."""
+    for i in range(1_000_000):
+        yield first(i)
+    raise RuntimeError("the iterator was walked whole")
+
+
+class Streamed(list[int]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class StreamedTuple(tuple[int, ...]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class StreamedPair(NamedTuple):
+    a: int
+    b: int
+
+    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+        return _endless(int)
+
+
+class StreamedSet(frozenset[int]):
+    def __iter__(self) -> Iterator[int]:
+        return _endless(int)
+
+
+class EndlessMapping(collections.abc.Mapping[str, Any]):
+    """A Mapping whose ``items()`` never ends: ``value(i)`` for the i-th item."""
+
+    def __init__(self, value: Callable[[int], Any]) -> None:
+        self.value = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.value(int(key[1:]))
+
+    def __iter__(self) -> Iterator[str]:
+        return _endless(lambda i: f"k{i}")
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> Any:
+        return _endless(lambda i: (f"k{i}", self.value(i)))
+
+
+def test_the_careful_path_reads_containers_in_c_and_bounds_a_mappings_items() -> None:
+    """A list, tuple or set subclass is read as its own items (in C), whatever its
+    __iter__ does; a Mapping's items() (its own Python) is read up to 10,000 items or
+    max_field_bytes, then a placeholder with the count written. The callback returns."""
+    capture = Capturer(256 * 1024, 32)
+    values = {
+        "list": Streamed([1, 2]),
+        "tuple": StreamedTuple((3, 4)),
+        "pair": StreamedPair(5, 6),
+        "set": StreamedSet({7, 8}),
+        "counted": EndlessMapping(int),
+        "sized": EndlessMapping(lambda i: "x" * 1000),
+        "slotted": Slotted(),  # sends the event down the careful path
+    }
+    logged = orjson.loads(capture({"data": values}))["data"]
+    assert logged["list"] == [1, 2]
+    assert logged["tuple"] == [3, 4]
+    assert logged["pair"] == {"a": 5, "b": 6}
+    assert logged["set"] == [7, 8]
+    counted = logged["counted"]
+    assert counted.pop(MARK) == {
+        MARK: "too_many_values",
+        "type": f"{__name__}.EndlessMapping",
+        "kept": 10_000,
+    }
+    assert counted == {f"k{i}": i for i in range(10_000)}
+    sized = logged["sized"]
+    kept = sized.pop(MARK)["kept"]
+    assert sized == {f"k{i}": "x" * 1000 for i in range(kept)}
+    assert 256 * 1024 < kept * (1000 + 10) < 256 * 1024 + 2048  # each item: its value, its key
+
+
+class Shown(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "display-form"
+
+
+class Count(int):
+    def __int__(self) -> int:
+        return 999
+
+    def __index__(self) -> int:
+        return 998
+
+
+class Ratio(float):
+    def __float__(self) -> float:
+        return 9.5
+
+
+class Rows(list[int]):
+    def __iter__(self) -> Iterator[Any]:
+        return iter(["only-this"])
+
+
+_SUBCLASSED: list[tuple[Any, Any]] = [
+    (Shown("real text"), "real text"),
+    (Count(5), 5),
+    (Ratio(1.5), 1.5),
+    (Rows([1, 2, 3]), [1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), _SUBCLASSED, ids=[type(v).__name__ for v, _ in _SUBCLASSED])
+def test_a_builtin_subclass_is_written_as_its_own_value_on_both_paths(
+    value: Any, expected: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    """Not what its overridden __str__, __int__, __float__ or __iter__ returns: the
+    careful path (a slotted object beside it) writes what orjson's fast path writes."""
+    assert _recorded(make_tracker(), value) == expected
+    assert _capture(value) == expected
+    assert _capture({"v": value, "slotted": Slotted()})["v"] == expected
+    if not isinstance(value, list):  # as a key (the careful path)
+        assert _capture({value: "key"}) == {orjson.dumps(expected).decode().strip('"'): "key"}
+
+
+class Hue(str, enum.Enum):  # noqa: UP042 - the mix-in, not StrEnum, is tested
+    RED = "red"
+
+
+class Shade(str, enum.Enum):  # noqa: UP042
+    """A member whose text is not its value (its own __new__)."""
+
+    def __new__(cls, value: str, label: str) -> Shade:
+        member = str.__new__(cls, label)
+        member._value_ = value
+        return member
+
+    DARK = ("dark", "Dark shade")
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Mode(enum.Flag):
+    READ = 1
+    WRITE = 2
+
+
+class Letter(enum.StrEnum):
+    A = "a"
+
+
+_MEMBERS: list[tuple[Any, Any]] = [
+    (Hue.RED, "red"),
+    (Shade.DARK, "dark"),
+    (Level.HIGH, 3),
+    (Mode.READ | Mode.WRITE, 3),
+    (Letter.A, "a"),
+    (Colour.RED, "red"),
+]
+
+
+@pytest.mark.parametrize(("member", "value"), _MEMBERS, ids=[type(m).__name__ for m, _ in _MEMBERS])
+def test_an_enum_member_is_its_value_as_a_value_a_key_and_in_a_set(
+    member: Any, value: Any, make_tracker: Callable[..., AsyncTracker]
+) -> None:
+    key = value if type(value) is str else str(value)
+    assert _capture({"v": member, "slotted": Slotted()})["v"] == value  # the careful path
+    assert _capture({member: 1}) == {key: 1}
+    assert _capture({member}) == [value]
+    if type(member) is not Shade:  # orjson writes a str member as its text (the fast path)
+        assert _capture(member) == value
+        assert _recorded(make_tracker(), member) == value
+
+
+def test_a_long_streamed_token_and_name_are_cut_like_any_string(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A token passed as a str travels beside the body, a name in the envelope: both
+    are cut at capture like the body's strings (what the record holds is bounded)."""
+    tracker = make_tracker(config=TrackerConfig(max_field_bytes=64 * 1024))
+    run = uuid.uuid4()
+    long = 1 << 20
+    tracker.on_llm_start({"name": "m"}, ["p"], run_id=run)
+    tracker.on_llm_new_token("T" * long, run_id=run)
+    tracker.on_llm_new_token("é" * 20_000, run_id=run)  # 40,000 bytes: fits, kept whole
+    tracker.on_chain_start({"name": "c"}, {}, run_id=uuid.uuid4(), name="N" * long)
+    tracker.on_chain_start({"name": "S" * long}, {}, run_id=uuid.uuid4())
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    marker = f"...[{MARK}: truncated, {long} characters in all]"
+    assert events[1]["data"]["token"] == "T" * 64 * 1024 + marker
+    assert events[2]["data"]["token"] == "é" * 20_000
+    assert events[3]["name"] == "N" * 64 * 1024 + marker
+    assert events[4]["name"] == "S" * 64 * 1024 + marker
+
+
+def test_a_run_id_int_over_64_bits_is_written_as_its_text(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """The event is kept (not replaced by a translate_failed record); ints a UUID holds
+    are the UUID's text as before, a negative one within 64 bits a number."""
+    tracker = make_tracker()
+    huge, low = 1 << 130, -(1 << 70)
+    tracker.on_text("a", run_id=huge, parent_run_id=low)  # type: ignore[arg-type]
+    tracker.on_text("b", run_id=-5, parent_run_id=huge)  # type: ignore[arg-type]
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    assert [(e["kind"], e["run_id"], e["parent_run_id"]) for e in events] == [
+        ("text", str(huge), str(low)),
+        ("text", -5, str(huge)),
+    ]
+    assert tracker.statistics().encode_errors == 0
+
+
+def test_an_object_that_only_says_it_is_a_builtin_is_read_as_before() -> None:
+    """A Mock with a spec says it is a list, set, int or str (its __class__) without being
+    one: read through its own methods (the base's C reads refuse it), not a placeholder."""
+    assert _capture({"v": mock.MagicMock(spec=list), "slotted": Slotted()})["v"] == []
+    assert _capture({"v": mock.MagicMock(spec=frozenset), "slotted": Slotted()})["v"] == []
+    assert _capture({"v": mock.MagicMock(spec=int), "slotted": Slotted()})["v"] == 1
+    assert _capture({"v": mock.MagicMock(spec=float), "slotted": Slotted()})["v"] == 1.0
+    assert _capture({"v": mock.MagicMock(spec=str), "slotted": Slotted()})["v"].startswith("<MagicMock")

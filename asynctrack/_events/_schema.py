@@ -109,6 +109,7 @@ def id_text(value: Any) -> str | None:
 
 
 _UUID_END: Final = 1 << 128
+_INT_MIN: Final = -(1 << 63)  # the least int JSON's writer (orjson) takes
 
 
 def id_value(value: Any) -> Any:
@@ -121,8 +122,9 @@ def id_value(value: Any) -> Any:
 @functools.lru_cache(maxsize=4096)  # a run's id comes back in its end and its children's events
 def uuid_text(value: int) -> str | int:
     """A run id's int as the UUID's text (what ``str(uuid.UUID(int=value))`` gives, without
-    building the UUID); an int out of a UUID's range as it is."""
+    building the UUID); an int out of a UUID's range as it is, or as its text where it
+    is over 64 bits (a number JSON's writer refuses)."""
     if 0 <= value < _UUID_END:
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    return value
+    return value if _INT_MIN <= value < 0 else str(value)

@@ -39,6 +39,7 @@ from .._capture import (
     OPTIONS,
     PLAIN,
     Capturer,
+    cut_text,
     fields_in_lists,
     fields_of,
     lossy,
@@ -281,6 +282,10 @@ class AsyncTracker(BaseCallbackHandler):
         self._capture = Capturer(config.max_field_bytes, config.max_depth)
         self._max_depth = config.max_depth
         self._max_out = config.max_field_bytes + 1  # the body and its newline (_record)
+        self._max_field = config.max_field_bytes
+        #: Strings of at most this many characters fit in max_field_bytes (4 bytes a
+        #: character at most): a longer name or streamed token is cut (cut_text).
+        self._max_chars = config.max_field_bytes // 4
         self._warned_hot_error = False
         self._sampled_out = 0  # events of traces not sampled, skipped here
         if config.sample_rate < 1.0 and not config.sample_keep_errors:
@@ -470,12 +475,13 @@ class AsyncTracker(BaseCallbackHandler):
                     # own, and a call of _serialized_name costs ~600 instructions.
                     serialized = data["serialized"]
                     name = serialized.get("name") if type(serialized) is dict else None
-                    if type(name) is not str:
-                        name = _serialized_name(serialized)
-            elif type(name) is not str or not name:
+                    if type(name) is not str or len(name) > self._max_chars:
+                        name = _serialized_name(serialized, self._max_field)
+            elif type(name) is not str or not name or len(name) > self._max_chars:
                 # Whatever the caller passed as name= is only looked at in here: a
-                # numpy array or a hostile __bool__ must not raise into the chain.
-                name = _resolve_name(name, data)
+                # numpy array or a hostile __bool__ must not raise into the chain. A
+                # longer one than max_field_bytes is cut, as any string.
+                name = _resolve_name(name, data, self._max_field)
             # "data" first: the worker splices a streamed token in right after '{"data":{'.
             raw = {"data": data, "tags": tags or (), "metadata": metadata or _NO_METADATA}
             try:
@@ -716,6 +722,9 @@ class AsyncTracker(BaseCallbackHandler):
         if type(token) is str:
             # The token travels beside the body (a str is immutable) and is spliced
             # in first in data by the worker: its name "token" is ours, not a credential.
+            # Longer than max_field_bytes: cut now, as any string (the record holds it).
+            if len(token) > self._max_chars:
+                token = cut_text(token, self._max_field)
             kwargs["chunk"] = fields_of(chunk)
             self._record("llm_new_token", run_id, parent_run_id, name, tags, None, kwargs, token)
         else:  # content blocks (a list): captured in the body, first in data as well
@@ -1020,22 +1029,29 @@ def _note_parent(data: dict[str, Any]) -> dict[str, Any] | None:
     return parent
 
 
-def _resolve_name(name: Any, data: dict[str, Any]) -> str | None:
-    """The event's name: ``name=`` as text, else the runnable's from ``serialized``."""
+def _resolve_name(name: Any, data: dict[str, Any], limit: int) -> str | None:
+    """The event's name: ``name=`` as text, else the runnable's from ``serialized``;
+    cut at ``limit`` bytes (``cut_text``)."""
     if name is None or (type(name) is str and not name):
-        return _serialized_name(data.get("serialized"))
+        return _serialized_name(data.get("serialized"), limit)
     if isinstance(name, str):
-        return str.__str__(name)
+        return _cut(str.__str__(name), limit)
     return safe_repr(name)
 
 
-def _serialized_name(serialized: Any) -> str | None:
-    """The runnable's name from LangChain's ``serialized`` dict (often ``None`` in 1.x)."""
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` bytes (``cut_text``), looked at only when it may not fit."""
+    return text if len(text) * 4 <= limit else cut_text(text, limit)
+
+
+def _serialized_name(serialized: Any, limit: int) -> str | None:
+    """The runnable's name from LangChain's ``serialized`` dict (often ``None`` in 1.x),
+    cut at ``limit`` bytes (``cut_text``)."""
     if type(serialized) is dict:
         name = serialized.get("name")
         if type(name) is str:
-            return name
+            return _cut(name, limit)
         ids = serialized.get("id")
         if type(ids) is list and ids and type(ids[-1]) is str:
-            return ids[-1]
+            return _cut(ids[-1], limit)
     return None
