@@ -29,6 +29,7 @@ import itertools
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -50,6 +51,9 @@ logger = logging.getLogger("asynctrack")
 
 _FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
 _CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
+#: Seconds: a later close whose deadline is not nearer than this by more leaves the worker's
+#: deadline as it is (the exit's start_close and close name the same deadline).
+_NEARER: Final = 0.05
 
 
 def _answer_deadline(request: Request, timeout: float | None) -> float | None:
@@ -143,6 +147,7 @@ class ProcessEngine:
         self.lane.on_fall_back = self.fall_back
         self._requests = itertools.count(1)
         self._close_request: Request | None = None  # the first close's, which a second one waits for
+        self._close_deadline: float | None = None  # the worker's close deadline (monotonic)
         self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._worker_stats: dict[str, Any] = {}
         #: What the living worker's acknowledgements covered (``_ACKED``).
@@ -203,7 +208,7 @@ class ProcessEngine:
                 self.forward()
                 await self.fallback.aclose(timeout)
             elif self._close_request is not None:  # a second close waits for the first
-                await self._await(self._close_request, timeout, closing=True)
+                await self._await(self._hasten_close(timeout), timeout, closing=True)
             return
         # Cancelling this await does not cancel the close: the request is queued, the
         # worker flushes and closes the engine whether or not anyone waits.
@@ -216,9 +221,18 @@ class ProcessEngine:
                 self.forward()
                 self.fallback.close(timeout)
             elif self._close_request is not None:  # a second close waits for the first
-                self._wait(self._close_request, timeout, closing=True)
+                self._wait(self._hasten_close(timeout), timeout, closing=True)
             return
         self._wait(request, timeout, closing=True)
+
+    def start_close(self, timeout: float | None) -> None:
+        """Begin closing (deadline ``timeout``) without waiting; ``close()`` then waits.
+
+        The exit's ``close_all`` starts every close this way before waiting for any; a
+        close under way is given that deadline if it is nearer (``_hasten_close``).
+        """
+        if self._begin_close(timeout) is None and self.fallback is None and self._close_request is not None:
+            self._hasten_close(timeout)
 
     def statistics(self) -> Statistics:
         taken, queued = self._queue.counts()
@@ -274,11 +288,35 @@ class ProcessEngine:
     def _begin_close(self, timeout: float | None) -> Request | None:
         if not self._queue.close():
             return None
-        live.discard(self)
         if self.fallback is not None:
+            live.discard(self)  # the thread engine is closed at exit on its own
             return None
+        # It stays in ``live`` until the worker answers: an exit or a signal that comes
+        # during this close brings it to the exit's deadline and waits for it.
+        self._close_deadline = None if timeout is None else time.monotonic() + timeout
         self._close_request = self._enqueue_unchecked(Kind.CLOSE, timeout)
         return self._close_request
+
+    def _hasten_close(self, timeout: float | None) -> Request:
+        """For a close under way: the request to wait for.
+
+        A deadline ``timeout`` nearer than the worker's (an exit, a signal, a second
+        close) goes to the worker as another CLOSE: its engine's close joins the first
+        with that deadline (``Engine.close``). Both requests share one future: the
+        first answer resolves the waits on either.
+        """
+        first = self._close_request
+        assert first is not None
+        if timeout is None or first.future.done():
+            return first
+        deadline = time.monotonic() + timeout
+        if self._close_deadline is not None and deadline > self._close_deadline - _NEARER:
+            return first
+        self._close_deadline = deadline
+        request = Request(Kind.CLOSE, next(self._requests), timeout)
+        request.future = first.future
+        self._queue.put_control(request)  # it wakes the shipper
+        return request
 
     async def _await(self, request: Request, timeout: float | None, closing: bool = False) -> None:
         if not await wait(request, _answer_deadline(request, timeout)):
@@ -359,6 +397,7 @@ class ProcessEngine:
         if request is not None and not request.future.done():
             request.future.set_result(outcome)
         if kind == Kind.CLOSED:
+            live.discard(self)
             self._worker.unregister(self)
 
     def _apply_statistics(self, stats: Mapping[str, Any]) -> None:
@@ -464,6 +503,7 @@ class ProcessEngine:
         self._base_writer = self.spec.writer
         if closed:
             self._queue.close()
+            live.discard(self)  # the parent's close, not the child's
         else:
             try:
                 self._worker.register(self)

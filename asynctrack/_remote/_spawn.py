@@ -89,6 +89,8 @@ class Client(Protocol):
 
     def fall_back(self, reason: str) -> None: ...
 
+    def start_close(self, timeout: float | None) -> None: ...
+
     def close(self, timeout: float | None = 30.0) -> None: ...
 
     def after_fork_in_child(self) -> None: ...
@@ -319,7 +321,8 @@ class _Shared:
     lock = threading.Lock()
 
 
-#: Trackers not yet closed (closed at exit).
+#: Trackers whose close the worker has not answered yet, a close under way included
+#: (closed at exit, or brought to its deadline and waited for).
 live: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -333,8 +336,18 @@ def worker_process() -> WorkerProcess:
 
 
 def close_all(deadline: float) -> None:
-    """Close every open process-mode tracker by ``deadline``, then the worker process."""
-    for client in list(live):
+    """Close every process-mode tracker by ``deadline`` (a close under way too: by
+    ``deadline`` if that is nearer), then the worker process.
+
+    Every close is started first, then each is waited for: they run side by side.
+    """
+    clients = list(live)
+    for client in clients:
+        try:
+            client.start_close(max(deadline - time.monotonic(), 0.1))
+        except Exception as exc:
+            logger.error("asynctrack: at exit, %s", exc)
+    for client in clients:
         remaining = max(deadline - time.monotonic(), 0.1)
         try:
             client.close(timeout=remaining)
