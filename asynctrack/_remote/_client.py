@@ -49,23 +49,30 @@ __all__ = ["ProcessEngine"]
 
 logger = logging.getLogger("asynctrack")
 
-_FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
-_CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
+#: Seconds of a caller's timeout kept for the worker's answer to arrive, at most (a tenth
+#: of a shorter timeout): the worker process is given the rest.
+_ANSWER_MARGIN: Final = 0.5
 #: Seconds: a later close whose deadline is not nearer than this by more leaves the worker's
 #: deadline as it is (the exit's start_close and close name the same deadline).
 _NEARER: Final = 0.05
 
 
-def _answer_deadline(request: Request, timeout: float | None) -> float | None:
-    """How long to wait for the worker's answer to a request with ``timeout``.
+def _worker_deadline(timeout: float | None) -> float | None:
+    """The deadline (``time.monotonic()``) the worker process is given for a request whose
+    caller waits ``timeout`` seconds; ``None``: none.
 
-    The worker applies ``timeout`` itself and answers with the same error a thread
-    engine raises (pending counts, what was spooled); the margin lets that answer
-    arrive. A close may take the engine's stop grace on top (spooling what is left).
+    The caller's timeout is honoured: it waits ``timeout`` for the answer and no longer.
+    The worker applies this deadline itself (both processes read one monotonic clock, so
+    the time the request spends on its way is not added) and answers by then with the
+    same outcome a thread engine gives (pending counts, what was spooled, what was lost);
+    the margin inside the timeout lets that answer arrive. A worker that does not answer
+    in time (stopped, or a hook or sink blocking it) gets the error built here instead,
+    and what it counts later reaches ``statistics()``.
     """
     if timeout is None:
         return None
-    return timeout + (_CLOSE_MARGIN if request.kind == Kind.CLOSE else _FLUSH_MARGIN)
+    timeout = max(timeout, 0.0)
+    return time.monotonic() + timeout - min(timeout / 10, _ANSWER_MARGIN)
 
 
 _REQUEST_OF: Final = {Kind.FLUSHED: Kind.FLUSH, Kind.CLOSED: Kind.CLOSE}
@@ -281,7 +288,7 @@ class ProcessEngine:
         return self._enqueue_unchecked(kind, timeout)
 
     def _enqueue_unchecked(self, kind: Kind, timeout: float | None = None) -> Request:
-        request = Request(kind, next(self._requests), timeout)
+        request = Request(kind, next(self._requests), timeout, _worker_deadline(timeout))
         self._queue.put_control(request)  # it wakes the shipper
         return request
 
@@ -313,13 +320,13 @@ class ProcessEngine:
         if self._close_deadline is not None and deadline > self._close_deadline - _NEARER:
             return first
         self._close_deadline = deadline
-        request = Request(Kind.CLOSE, next(self._requests), timeout)
+        request = Request(Kind.CLOSE, next(self._requests), timeout, _worker_deadline(timeout))
         request.future = first.future
         self._queue.put_control(request)  # it wakes the shipper
         return request
 
     async def _await(self, request: Request, timeout: float | None, closing: bool = False) -> None:
-        if not await wait(request, _answer_deadline(request, timeout)):
+        if not await wait(request, timeout):
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:
                 return
@@ -328,7 +335,7 @@ class ProcessEngine:
 
     def _wait(self, request: Request, timeout: float | None, closing: bool = False) -> None:
         try:
-            request.future.result(_answer_deadline(request, timeout))
+            request.future.result(timeout)
         except concurrent.futures.TimeoutError:
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:

@@ -49,6 +49,10 @@ logger = logging.getLogger("asynctrack")
 _RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
 _MAX_RESTARTS: Final = 5
 _STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel closes
+#: Seconds past the exit deadline the application waits for the worker process: for its
+#: answers (it closes by the deadline, but may answer late: still starting on a loaded
+#: machine), then for it to exit. The exit ends by then; the worker goes on alone.
+_EXIT_GRACE: Final = 1.0
 _BOOT: Final = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_worker", "_boot.py"
 )
@@ -339,8 +343,10 @@ def close_all(deadline: float) -> None:
     """Close every process-mode tracker by ``deadline`` (a close under way too: by
     ``deadline`` if that is nearer), then the worker process.
 
-    Every close is started first, then each is waited for: they run side by side.
+    Every close is started first, then each is waited for: they run side by side. The
+    answers and the worker's exit are waited for until ``_EXIT_GRACE`` past ``deadline``.
     """
+    end = deadline + _EXIT_GRACE
     clients = list(live)
     for client in clients:
         try:
@@ -348,14 +354,15 @@ def close_all(deadline: float) -> None:
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
     for client in clients:
-        remaining = max(deadline - time.monotonic(), 0.1)
+        # The worker's deadline is the one just sent (a later one is not sent again).
+        remaining = max(end - time.monotonic(), 0.1)
         try:
             client.close(timeout=remaining)
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
     worker = _Shared.worker
     if worker is not None and worker._pid == os.getpid():  # noqa: SLF001 - same module
-        worker.shutdown(max(deadline - time.monotonic(), 0.0) + 1.0)
+        worker.shutdown(max(end - time.monotonic(), 0.1))
 
 
 def _after_fork_in_child() -> None:

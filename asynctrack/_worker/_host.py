@@ -439,7 +439,10 @@ class _Host:
             # it shipped must not wait for batch_interval (nor more records) to be written.
             entry.engine.seal_soon()
             return
-        timeout = pickle.loads(payload) if payload else None
+        # The request's deadline, on the clock both processes read (``time.monotonic()``):
+        # what remains of it is the timeout here.
+        deadline = pickle.loads(payload) if payload else None
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         if kind is Kind.FLUSH:
             threading.Thread(target=entry.flush, args=(number, timeout), daemon=True).start()
         elif kind is Kind.CLOSE:

@@ -28,8 +28,8 @@ MODE says how the process ends:
   connections and never answers (every S3 timeout 600 s); record N, exit without closing.
 * ``silentclose``: like ``s3silent``, with a second tracker (run ``silentclose-open``)
   that records N too and stays open; then ``close()`` the first. A thread says
-  ``{"closing": true, "worker": <the worker process's pid>}`` once that close has begun;
-  the parent then sends a signal.
+  ``{"closing": true, "worker": <the worker process's pid>}`` once that close has begun
+  and nothing waits to be shipped; the parent then sends a signal.
 
 Every ready line says where the tracker's worker runs (``mode``: ``process`` or ``thread``).
 
@@ -143,7 +143,9 @@ def main() -> None:
         record(other, "parent", n)
 
         def say_closing() -> None:
-            while not tracker.closed:
+            # Once the close has begun and every event has left this process (a SIGKILL
+            # may then come: what the shipper had not taken yet would be lost with it).
+            while not tracker.closed or tracker.statistics().queue_depth or other.statistics().queue_depth:
                 time.sleep(0.01)
             from asynctrack._remote._spawn import worker_process
 
