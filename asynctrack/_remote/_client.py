@@ -52,6 +52,8 @@ logger = logging.getLogger("asynctrack")
 #: Seconds of a caller's timeout kept for the worker's answer to arrive, at most (a tenth
 #: of a shorter timeout): the worker process is given the rest.
 _ANSWER_MARGIN: Final = 0.5
+#: Seconds past its deadline a close is waited for (the worker engine's ``_CLOSE_GRACE``).
+_CLOSE_GRACE: Final = 5.0
 #: Seconds: a later close whose deadline is not nearer than this by more leaves the worker's
 #: deadline as it is (the exit's start_close and close name the same deadline).
 _NEARER: Final = 0.05
@@ -59,20 +61,33 @@ _NEARER: Final = 0.05
 
 def _worker_deadline(timeout: float | None) -> float | None:
     """The deadline (``time.monotonic()``) the worker process is given for a request whose
-    caller waits ``timeout`` seconds; ``None``: none.
+    caller gave ``timeout`` seconds; ``None``: none.
 
-    The caller's timeout is honoured: it waits ``timeout`` for the answer and no longer.
-    The worker applies this deadline itself (both processes read one monotonic clock, so
-    the time the request spends on its way is not added) and answers by then with the
-    same outcome a thread engine gives (pending counts, what was spooled, what was lost);
-    the margin inside the timeout lets that answer arrive. A worker that does not answer
-    in time (stopped, or a hook or sink blocking it) gets the error built here instead,
-    and what it counts later reaches ``statistics()``.
+    The worker applies it itself (both processes read one monotonic clock, so the time
+    the request spends on its way is not added) and answers with the outcome a thread
+    engine gives (pending counts, what was spooled, what was lost). The margin inside the
+    timeout lets that answer arrive in time.
     """
     if timeout is None:
         return None
     timeout = max(timeout, 0.0)
     return time.monotonic() + timeout - min(timeout / 10, _ANSWER_MARGIN)
+
+
+def _answer_deadline(request: Request, timeout: float | None) -> float | None:
+    """How long to wait for the worker's answer to a request whose caller gave ``timeout``.
+
+    A flush: ``timeout`` and no longer. A close: up to ``_CLOSE_GRACE`` more, as a thread
+    engine's close: its deadline is when the writes are cancelled, then it spools what
+    is left (its answer says how many were spooled and how many lost), or, if a hook or
+    sink blocks the worker's engine, it gives up that long after the deadline and counts
+    what it held as lost. A healthy worker answers a close within ``timeout``. A worker
+    that does not answer in time (stopped, blocked) gets the error built here instead;
+    what it counts later reaches ``statistics()``.
+    """
+    if timeout is None or request.kind != Kind.CLOSE:
+        return timeout
+    return timeout + _CLOSE_GRACE
 
 
 _REQUEST_OF: Final = {Kind.FLUSHED: Kind.FLUSH, Kind.CLOSED: Kind.CLOSE}
@@ -326,7 +341,7 @@ class ProcessEngine:
         return request
 
     async def _await(self, request: Request, timeout: float | None, closing: bool = False) -> None:
-        if not await wait(request, timeout):
+        if not await wait(request, _answer_deadline(request, timeout)):
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:
                 return
@@ -335,7 +350,7 @@ class ProcessEngine:
 
     def _wait(self, request: Request, timeout: float | None, closing: bool = False) -> None:
         try:
-            request.future.result(timeout)
+            request.future.result(_answer_deadline(request, timeout))
         except concurrent.futures.TimeoutError:
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:
