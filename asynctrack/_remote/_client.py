@@ -256,6 +256,15 @@ class ProcessEngine:
         if self._begin_close(timeout) is None and self.fallback is None and self._close_request is not None:
             self._hasten_close(timeout)
 
+    def wait_closed(self, timeout: float) -> None:
+        """At exit, after ``start_close``: wait for the worker's answer up to ``timeout``
+        and no longer (the exit's bound is its own: no close grace past it), and raise
+        the close's error, if any."""
+        if self.fallback is not None or self._close_request is None:
+            self.close(timeout)
+            return
+        self._wait(self._close_request, timeout, closing=True, grace=False)
+
     def statistics(self) -> Statistics:
         taken, queued = self._queue.counts()
         dead = self._dead_stats
@@ -348,9 +357,11 @@ class ProcessEngine:
             raise error
         self._outcome(request, closing)
 
-    def _wait(self, request: Request, timeout: float | None, closing: bool = False) -> None:
+    def _wait(
+        self, request: Request, timeout: float | None, closing: bool = False, grace: bool = True
+    ) -> None:
         try:
-            request.future.result(_answer_deadline(request, timeout))
+            request.future.result(_answer_deadline(request, timeout) if grace else timeout)
         except concurrent.futures.TimeoutError:
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:

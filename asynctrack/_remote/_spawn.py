@@ -97,6 +97,8 @@ class Client(Protocol):
 
     def close(self, timeout: float | None = 30.0) -> None: ...
 
+    def wait_closed(self, timeout: float) -> None: ...
+
     def after_fork_in_child(self) -> None: ...
 
 
@@ -354,10 +356,8 @@ def close_all(deadline: float) -> None:
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
     for client in clients:
-        # The worker's deadline is the one just sent (a later one is not sent again).
-        remaining = max(end - time.monotonic(), 0.1)
         try:
-            client.close(timeout=remaining)
+            client.wait_closed(max(end - time.monotonic(), 0.1))
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
     worker = _Shared.worker
