@@ -10,6 +10,7 @@ port) and replay it with ``asynctrack replay`` against moto on 127.0.0.1.
 from __future__ import annotations
 
 import collections
+import gzip
 import os
 import socket
 import stat
@@ -17,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from _infra.aws import MotoServer
 from _infra.aws_fixtures import list_keys
@@ -268,3 +270,90 @@ def test_the_users_destination_directory_follows_the_umask(tmp_path: Path) -> No
     assert len(modes) > 3
     for path, mode in modes.items():
         assert mode == ("0o755" if (tmp_path / path).is_dir() else "0o644"), (path, mode)
+
+
+def _recover(spool_dir: Path) -> tuple[MemorySink, AsyncTracker]:
+    """A tracker on the destination, up again, that delivers the spool, closed."""
+    sink = MemorySink(DESTINATION)
+    tracker = AsyncTracker(
+        sink, experiment_name="exp", run_name="run", config=TrackerConfig(spool_dir=str(spool_dir))
+    )
+    try:
+        tracker.flush_blocking(timeout=JOIN)
+    finally:
+        tracker.close(timeout=JOIN)
+    return sink, tracker
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+def test_a_spool_file_cut_on_disk_delivers_its_whole_lines_and_counts_the_rest_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, gzipped: bool
+) -> None:
+    """Four spooled batches of 50 events: one is cut to half its bytes on disk, one
+    has bytes changed in the middle of its lines, one in its header's key, one is whole.
+    The whole one is delivered as it is; of the damaged ones only whole, valid JSON lines
+    are sent, under their own key (none of the one whose key is damaged), the rest is
+    counted as lost, and an error names each file. (They were sent as they were, a cut
+    line included, the third under a garbled key, and counted written.)"""
+    spool_dir = tmp_path / "spool"
+    sink = MemorySink(DESTINATION)
+    sink.failing = True
+    tracker = AsyncTracker(
+        sink,
+        experiment_name="exp",
+        run_name="run",
+        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=50, gzip=gzipped),
+    )
+    for i in range(200):
+        text(tracker, f"e{i}")
+    with pytest.raises(FlushError):
+        tracker.close(timeout=JOIN)
+    keys = {batch.key for batch in Spool(spool_dir, DESTINATION, max_bytes=1 << 30).pending()}
+    cut, changed, header, whole = sorted(spool_dir.rglob("*.batch"), key=lambda path: path.stat().st_mtime)
+    with open(cut, "r+b") as file:
+        file.truncate(cut.stat().st_size // 2)
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 40] = b"\xff" * 40
+    changed.write_bytes(bytes(data))
+    data = bytearray(header.read_bytes())
+    data[30:40] = b"\xff" * 10  # in the base64 of its key
+    header.write_bytes(bytes(data))
+
+    recovered, after = _recover(spool_dir)
+    stats = after.statistics()
+    lines = [
+        line
+        for batch in recovered.batches
+        for line in (gzip.decompress(batch.data) if gzipped else batch.data).splitlines(keepends=True)
+    ]
+    assert all(line.endswith(b"\n") and orjson.loads(line)["data"]["text"] for line in lines)
+    assert len(lines) == stats.written == sum(b.events for b in recovered.batches)
+    assert 50 < stats.written < 150
+    assert stats.written + stats.lost == 200
+    assert {batch.key for batch in recovered.batches} < keys
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    names = (cut.name, changed.name, header.name)
+    assert len(damaged) == 3 and set(names) == {n for m in damaged for n in names if n in m}, damaged
+    assert whole.name not in " ".join(damaged)
+    assert list(spool_dir.rglob("*.batch")) == []
+
+
+def test_a_spool_file_of_the_older_layout_is_delivered_and_checked_by_its_event_count(tmp_path: Path) -> None:
+    """Files written by the previous version (header ``asynctrack-spool 1 <key>``, no
+    digest) are still delivered whole; one of them cut on disk after a line's end (every
+    line it keeps is whole) sends those lines and counts the missing events as lost."""
+    spool_dir = tmp_path / "spool"
+    _spool_down(spool_dir, "exp", "run", batches=2, per_batch=10)
+    files = sorted(spool_dir.rglob("*.batch"))
+    for path in files:  # as the previous version wrote them
+        header, _, data = path.read_bytes().partition(b"\n")
+        assert header.startswith(b"asynctrack-spool 2 ")
+        key = header.split(b" ")[2]
+        path.write_bytes(b"asynctrack-spool 1 " + key + b"\n" + data)
+    header, _, data = files[0].read_bytes().partition(b"\n")
+    files[0].write_bytes(header + b"\n" + b"".join(data.splitlines(keepends=True)[:7]))
+
+    recovered, after = _recover(spool_dir)
+    stats = after.statistics()
+    assert sorted(b.events for b in recovered.batches) == [7, 10]
+    assert (stats.written, stats.lost) == (17, 3)

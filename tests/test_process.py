@@ -423,3 +423,88 @@ def test_exit_against_a_silent_s3_endpoint_keeps_its_deadline_and_spools(
     assert "for the next tracker or 'asynctrack replay', 0 lost" in stderr, stderr
     spooled = sorted((tmp_path / "spool").rglob("*.batch"))
     assert sum(int(path.name.split(".", 1)[0]) for path in spooled) == n
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` (no child of ours) runs: its /proc entry is there and not
+    a zombie (state Z, after the command name in parentheses)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _spooled_events(spool: Path) -> int:
+    return sum(int(path.name.split(".", 1)[0]) for path in spool.rglob("*.batch"))
+
+
+def _close_against_a_silent_endpoint(
+    tmp_path: Path, children: list[Child], silent: socket.socket, n: int, exit_timeout: float
+) -> tuple[Child, dict[str, Any]]:
+    """The ``silentclose`` child, once its first tracker's close(timeout=60) has begun."""
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    child = start(
+        children,
+        tmp_path,
+        "silentclose",
+        "s3://silent-bucket/close",
+        str(n),
+        "0",
+        endpoint,
+        env={"ASYNCTRACK_EXIT_TIMEOUT": str(exit_timeout)},
+    )
+    line = child.read_line()
+    assert line["closing"] is True
+    return child, line
+
+
+@pytest.mark.usefixtures("worker_mode")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_close_brings_that_close_to_the_exit_deadline_and_spools_it(
+    tmp_path: Path, children: list[Child], signum: signal.Signals
+) -> None:
+    """Two trackers on an S3 endpoint that never answers; the signal comes while the first
+    one's ``close(timeout=60)`` runs, under ``ASYNCTRACK_EXIT_TIMEOUT=3``. The exit closes
+    both by its deadline: every event of both is in the spool, and the process ends within
+    the exit timeout and the worker process's second to exit (the bound below allows 2 s
+    of this machine's load on top). (In process mode the closing tracker's events were
+    neither spooled nor counted: the exit neither waited for that close nor gave it its
+    deadline, and the worker process was ended with the close's 60 s still running.)"""
+    exit_timeout, n = 3.0, 600
+    with socket.socket() as silent:
+        child, _ = _close_against_a_silent_endpoint(tmp_path, children, silent, n, exit_timeout)
+        started = time.monotonic()
+        child.process.send_signal(signum)
+        stderr = child.finish(timeout=exit_timeout + 60.0)
+        took = time.monotonic() - started
+    assert child.process.returncode == -signum, stderr
+    assert _spooled_events(tmp_path / "spool") == 2 * n, stderr
+    assert stderr.count(f"at close {n} event(s) were kept in the spool") == 2, stderr
+    assert "not exit within" not in stderr, stderr
+    assert took < exit_timeout + 1.0 + 2.0, (took, stderr)
+
+
+@pytest.mark.usefixtures("worker_mode")
+def test_a_sigkill_during_a_close_leaves_the_worker_process_to_spool_it_by_the_exit_deadline(
+    tmp_path: Path, children: list[Child], worker_mode: str
+) -> None:
+    """The application is killed while a ``close(timeout=60)`` runs against an S3 endpoint
+    that never answers. The worker process closes both trackers by its exit deadline
+    (``ASYNCTRACK_EXIT_TIMEOUT``, from the end of its input): every event is spooled, and
+    it exits before its watchdog. (That close kept its 60 s deadline: the worker gave up
+    on it and exited, its events neither spooled nor counted.)"""
+    if worker_mode == "thread":
+        pytest.skip("a SIGKILL takes a thread worker with it")
+    exit_timeout, n = 3.0, 600
+    with socket.socket() as silent:
+        child, line = _close_against_a_silent_endpoint(tmp_path, children, silent, n, exit_timeout)
+        child.process.kill()
+        child.finish()
+        deadline = time.monotonic() + exit_timeout + 60.0
+        while _running(line["worker"]):
+            assert time.monotonic() < deadline, "the worker process did not end"
+            time.sleep(0.05)
+    assert _spooled_events(tmp_path / "spool") == 2 * n

@@ -27,7 +27,7 @@ import orjson
 import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
-from asynctrack import AsyncTracker, FlushError, TrackerConfig
+from asynctrack import AsyncTracker, FlushError, FlushTimeoutError, TrackerConfig
 from asynctrack._channel import (
     HEADER,
     FrameReader,
@@ -152,6 +152,41 @@ def test_a_killed_worker_is_restarted_and_gets_what_it_had_not_written(
     assert seqs == collections.Counter(range(150))  # each exactly once
     # The dead worker's count stays counted: 100 by it, 50 by the new one; nothing lost.
     assert (stats.recorded, stats.written, stats.lost) == (150, 150, 0)
+
+
+def test_a_stopped_worker_keeps_the_callers_flush_and_close_timeouts(tmp_destination: Path) -> None:
+    """The worker process is stopped (SIGSTOP: a hung worker) with 10 events shipped.
+    ``flush_blocking(timeout=1)`` raises ``FlushTimeoutError`` once its timeout is up, and
+    ``close(timeout=1)`` within the 5 s a close waits past its deadline in either mode (for
+    the spooling after it, or a blocked worker), not later (they took 3 s and 13 s: 2 s
+    and 12 s were added to the caller's timeout). Once the worker goes on (SIGCONT), every
+    event is accounted for: written or counted, none discarded."""
+    tracker = AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS)
+    _text(tracker, 0, 10)
+    tracker.flush_blocking(timeout=WAIT)
+    pid = _spawn.worker_process().pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _text(tracker, 10, 10)
+        for call, bound in ((tracker.flush_blocking, 1.0), (tracker.close, 1.0 + 5.0)):
+            started = time.monotonic()
+            with pytest.raises(FlushTimeoutError) as raised:
+                call(timeout=1.0)
+            took = time.monotonic() - started
+            assert bound <= took < bound + 1.0, (call, took)
+            assert raised.value.pending == 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def settled() -> bool:
+        stats = tracker.statistics()
+        return stats.written + stats.lost + stats.spooled == 20
+
+    _wait_until(settled, what="the worker's answer to the close")
+    stats = tracker.statistics()
+    assert (stats.recorded, stats.dropped) == (20, 0)
+    assert len(_events(tmp_destination)) == stats.written
 
 
 _KILL_FIVE_TIMES = """

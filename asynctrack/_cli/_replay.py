@@ -49,7 +49,9 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
             # the same spool meanwhile never takes the same batch; failures go back.
             for batch in spool.claim():
                 try:
-                    await sink.write_batch(Spool.load(batch))
+                    payload = Spool.load(batch)  # a damaged file: its whole lines (it says so)
+                    if payload.events:
+                        await sink.write_batch(payload)
                 except Exception as exc:
                     failed += 1
                     spool.release(batch)
@@ -57,7 +59,7 @@ def replay(spool_dir: str, *, s3_options: dict[str, Any]) -> int:
                     continue
                 Spool.remove(batch)
                 sent += 1
-                events += batch.events
+                events += payload.events
         finally:
             spool.close()
             await sink.aclose()

@@ -117,7 +117,8 @@ class Delivery:
             await self._started.wait()
             async with self._sem:
                 payload = Spool.load(batch)  # the batch itself unless it waits in the spool
-                await self.sink.write_batch(payload)
+                if payload.events:  # a damaged spool file may hold none whole
+                    await self.sink.write_batch(payload)
                 Spool.remove(batch)
         except asyncio.CancelledError:
             self.failed[number] = batch  # stopping: spooled or counted as lost by the worker
@@ -132,9 +133,13 @@ class Delivery:
         except Exception as exc:
             self._failed_write(number, batch, exc)
         else:
-            self._counters.written += batch.events
-            self._counters.batches += 1
-            self._counters.bytes += len(payload.data)
+            # Fewer than the batch's events from a damaged spool file: the rest is lost
+            # (``Spool.load`` said so).
+            self._counters.lost += batch.events - payload.events
+            self._counters.written += payload.events
+            if payload.events:
+                self._counters.batches += 1
+                self._counters.bytes += len(payload.data)
             self._counters.pending_bytes -= len(batch.data)  # 0 for a batch read back from the spool
             self._retry_delay = _RETRY_MIN
             self.failure.pop(number, None)

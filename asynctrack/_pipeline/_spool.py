@@ -15,15 +15,24 @@ Layout::
     <spool_dir>/<sha256(destination)[:16]>/<events>.<sha256(key)[:32]>.batch
     <spool_dir>/<sha256(destination)[:16]>/.claim-<host>-<pid>-<random>/<same names>
 
-A batch file starts with one header line, ``asynctrack-spool 1 <base64url(key)>``,
-then the batch's bytes: its name has a fixed length whatever the experiment and run
-names (a name made of the key passed the 255-byte limit of file names once they
-were ~80 characters long). Files of the older layout, ``<events>.<base64url(key)>
-.batch`` with no header, are still read.
+A batch file starts with one header line, ``asynctrack-spool 2 <base64url(key)>
+<sha256(batch bytes), hex>``, then the batch's bytes: its name has a fixed length
+whatever the experiment and run names (a name made of the key passed the 255-byte
+limit of file names once they were ~80 characters long). Files of the older layouts
+are still read: ``asynctrack-spool 1 <base64url(key)>`` (no digest), and
+``<events>.<base64url(key)>.batch`` with no header.
 
 Files are written whole (write, fsync, rename). The spool is bounded by
 ``max_bytes``: a batch that does not fit is not spooled and is counted as lost
 (newest refused, like the in-memory buffer), with an error logged.
+
+A file may still be cut or damaged on disk afterwards (a full disk, a crash of the
+machine, someone else). It is checked when it is loaded for delivery: its header's
+key against its name (a digest of the key), its bytes against their digest or, in a
+file of an older layout, its event count (in its name since the first layout) and
+its last line's end. A damaged batch is sent as the whole, valid JSON lines it still
+holds (a cut line is never sent, and nothing goes under a damaged key); the rest is
+counted as lost, and an error names the file (``load``).
 
 A tracker that delivers spooled batches first *claims* them: it renames each file
 into its own claim directory, an atomic step only one process can win, so two
@@ -48,22 +57,31 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
+import zlib
 from pathlib import Path
 from typing import Final
+
+import orjson
 
 from .._sinks._base import Batch
 
 __all__ = ["Spool", "spooled_destinations"]
 
+logger = logging.getLogger("asynctrack")
+
 _SUFFIX: Final = ".batch"
 _DESTINATION: Final = "destination.txt"
 _OPTIONS: Final = "options.json"
-_HEADER: Final = b"asynctrack-spool 1 "
+_MAGIC: Final = b"asynctrack-spool "
+_HEADER: Final = _MAGIC + b"1 "  # the older header: the key only
+_HEADER_2: Final = _MAGIC + b"2 "  # the key and the digest of the batch's bytes
 _CLAIM: Final = ".claim-"
 _DIRECTORY_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
@@ -128,13 +146,49 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_key(path: Path) -> str | None:
-    """The key in a spool file's header line; ``None`` for a file of the older layout."""
+def _read_key(path: Path, name: str) -> str | None:
+    """The key in a spool file's header line; ``None`` for a file of the oldest layout,
+    ``""`` for a damaged header (it does not give the key the file is named after)."""
     with open(path, "rb") as file:
         first = file.readline(8192)
-    if not first.startswith(_HEADER) or not first.endswith(b"\n"):
+    if not first.startswith(_MAGIC):
         return None
-    return base64.urlsafe_b64decode(first[len(_HEADER) : -1]).decode()
+    try:
+        if not first.startswith((_HEADER, _HEADER_2)) or not first.endswith(b"\n"):
+            raise ValueError("not a header")
+        encoded = first[len(_HEADER) : -1].split(b" ", 1)[0]
+        key = base64.b64decode(encoded, altchars=b"-_", validate=True).decode()
+    except ValueError:
+        return ""
+    return key if hashlib.sha256(key.encode()).hexdigest()[:32] == name else ""
+
+
+def _whole_lines(data: bytes, gzipped: bool) -> tuple[bytes, int]:
+    """What a damaged batch still holds: its whole lines that are valid JSON objects (as
+    the batch's bytes, gzipped again if it was) and how many."""
+    text = b""
+    if gzipped:
+        # Decompressed as far as it goes: a cut or damaged stream stops there.
+        decompressor = zlib.decompressobj(wbits=31)
+        for start in range(0, len(data), 1 << 16):
+            try:
+                text += decompressor.decompress(data[start : start + (1 << 16)])
+            except zlib.error:
+                break
+    else:
+        text = data
+    kept = []
+    for line in text.split(b"\n")[:-1]:  # the last piece has no end of line: cut
+        try:
+            whole = isinstance(orjson.loads(line), dict)
+        except orjson.JSONDecodeError:
+            whole = False
+        if whole:
+            kept.append(line + b"\n")
+    out = b"".join(kept)
+    if gzipped and out:
+        out = gzip.compress(out, mtime=0)
+    return out, len(kept)
 
 
 class Spool:
@@ -196,7 +250,8 @@ class Spool:
         name = hashlib.sha256(batch.key.encode()).hexdigest()[:32]
         directory = self.claim_directory if claimed else self.directory
         path = directory / f"{batch.events}.{name}{_SUFFIX}"
-        header = _HEADER + base64.urlsafe_b64encode(batch.key.encode()) + b"\n"
+        digest = hashlib.sha256(batch.data).hexdigest().encode()
+        header = _HEADER_2 + base64.urlsafe_b64encode(batch.key.encode()) + b" " + digest + b"\n"
         _write_whole(path, header + batch.data)
         return str(path)
 
@@ -299,7 +354,7 @@ class Spool:
         for _, path in sorted(found):
             events, _, name = path.name[: -len(_SUFFIX)].partition(".")
             try:
-                key = _read_key(path)
+                key = _read_key(path, name)
                 if key is None:
                     key = base64.urlsafe_b64decode(name).decode()  # the older layout
                 count = int(events)
@@ -322,7 +377,12 @@ class Spool:
 
     @staticmethod
     def load(batch: Batch) -> Batch:
-        """``batch`` with its data read from the spool (header removed).
+        """``batch`` with its data read from the spool (header removed), checked.
+
+        A file damaged on disk (its digest differs; for an older file without one, it
+        does not hold its event count of lines, or its last line is cut) gives the
+        whole, valid JSON lines it still holds, and their count as ``events``: the
+        caller counts the rest as lost. An error names the file.
 
         Raises:
             FileNotFoundError: the file is gone (delivered by someone else).
@@ -331,12 +391,36 @@ class Spool:
             return batch
         path = Path(batch.spool_path)
         data = path.read_bytes()
-        if data.startswith(_HEADER):
-            data = data[data.index(b"\n") + 1 :]
+        header = b""
+        if data.startswith((_HEADER, _HEADER_2)):
+            end = data.find(b"\n") + 1
+            header, data = data[:end], data[end:]
+        events = batch.events
+        if not batch.key:  # its header is damaged: the key it goes under is unknown
+            whole = False
+            data = b""
+        elif header.startswith(_HEADER_2):
+            whole = hashlib.sha256(data).hexdigest().encode() == header.rstrip(b"\n").rpartition(b" ")[2]
+        else:  # an older file: its line count (in its name) and its last line's end
+            try:
+                text = gzip.decompress(data) if batch.gzip else data
+            except (OSError, EOFError, zlib.error):
+                text = b""
+            whole = text.endswith(b"\n") and text.count(b"\n") == events
+        if not whole:
+            data, events = _whole_lines(data, batch.gzip)
+            logger.error(
+                "asynctrack: the spooled batch file %s is damaged (cut or changed on disk): "
+                "%d of its %d event(s) are whole and sent, %d lost",
+                path,
+                events,
+                batch.events,
+                batch.events - events,
+            )
         return Batch(
             key=batch.key,
             data=data,
-            events=batch.events,
+            events=events,
             first_seq=batch.first_seq,
             last_seq=batch.last_seq,
             gzip=batch.gzip,

@@ -29,6 +29,7 @@ import itertools
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -48,20 +49,45 @@ __all__ = ["ProcessEngine"]
 
 logger = logging.getLogger("asynctrack")
 
-_FLUSH_MARGIN: Final = 2.0  # seconds past a flush timeout to wait for the worker's answer
-_CLOSE_MARGIN: Final = 12.0  # ... past a close timeout (the engine's 10 s stop grace, + 2)
+#: Seconds of a caller's timeout kept for the worker's answer to arrive, at most (a tenth
+#: of a shorter timeout): the worker process is given the rest.
+_ANSWER_MARGIN: Final = 0.5
+#: Seconds past its deadline a close is waited for (the worker engine's ``_CLOSE_GRACE``).
+_CLOSE_GRACE: Final = 5.0
+#: Seconds: a later close whose deadline is not nearer than this by more leaves the worker's
+#: deadline as it is (the exit's start_close and close name the same deadline).
+_NEARER: Final = 0.05
 
 
-def _answer_deadline(request: Request, timeout: float | None) -> float | None:
-    """How long to wait for the worker's answer to a request with ``timeout``.
+def _worker_deadline(timeout: float | None) -> float | None:
+    """The deadline (``time.monotonic()``) the worker process is given for a request whose
+    caller gave ``timeout`` seconds; ``None``: none.
 
-    The worker applies ``timeout`` itself and answers with the same error a thread
-    engine raises (pending counts, what was spooled); the margin lets that answer
-    arrive. A close may take the engine's stop grace on top (spooling what is left).
+    The worker applies it itself (both processes read one monotonic clock, so the time
+    the request spends on its way is not added) and answers with the outcome a thread
+    engine gives (pending counts, what was spooled, what was lost). The margin inside the
+    timeout lets that answer arrive in time.
     """
     if timeout is None:
         return None
-    return timeout + (_CLOSE_MARGIN if request.kind == Kind.CLOSE else _FLUSH_MARGIN)
+    timeout = max(timeout, 0.0)
+    return time.monotonic() + timeout - min(timeout / 10, _ANSWER_MARGIN)
+
+
+def _answer_deadline(request: Request, timeout: float | None) -> float | None:
+    """How long to wait for the worker's answer to a request whose caller gave ``timeout``.
+
+    A flush: ``timeout`` and no longer. A close: up to ``_CLOSE_GRACE`` more, as a thread
+    engine's close: its deadline is when the writes are cancelled, then it spools what
+    is left (its answer says how many were spooled and how many lost), or, if a hook or
+    sink blocks the worker's engine, it gives up that long after the deadline and counts
+    what it held as lost. A healthy worker answers a close within ``timeout``. A worker
+    that does not answer in time (stopped, blocked) gets the error built here instead;
+    what it counts later reaches ``statistics()``.
+    """
+    if timeout is None or request.kind != Kind.CLOSE:
+        return timeout
+    return timeout + _CLOSE_GRACE
 
 
 _REQUEST_OF: Final = {Kind.FLUSHED: Kind.FLUSH, Kind.CLOSED: Kind.CLOSE}
@@ -144,6 +170,7 @@ class ProcessEngine:
         self.lane.on_fall_back = self.fall_back
         self._requests = itertools.count(1)
         self._close_request: Request | None = None  # the first close's, which a second one waits for
+        self._close_deadline: float | None = None  # the worker's close deadline (monotonic)
         self._forward_lock = threading.Lock()  # after a fall back: one forwarder at a time
         self._worker_stats: dict[str, Any] = {}
         #: What the living worker's acknowledgements covered (``_ACKED``).
@@ -204,7 +231,7 @@ class ProcessEngine:
                 self.forward()
                 await self.fallback.aclose(timeout)
             elif self._close_request is not None:  # a second close waits for the first
-                await self._await(self._close_request, timeout, closing=True)
+                await self._await(self._hasten_close(timeout), timeout, closing=True)
             return
         # Cancelling this await does not cancel the close: the request is queued, the
         # worker flushes and closes the engine whether or not anyone waits.
@@ -217,9 +244,27 @@ class ProcessEngine:
                 self.forward()
                 self.fallback.close(timeout)
             elif self._close_request is not None:  # a second close waits for the first
-                self._wait(self._close_request, timeout, closing=True)
+                self._wait(self._hasten_close(timeout), timeout, closing=True)
             return
         self._wait(request, timeout, closing=True)
+
+    def start_close(self, timeout: float | None) -> None:
+        """Begin closing (deadline ``timeout``) without waiting; ``close()`` then waits.
+
+        The exit's ``close_all`` starts every close this way before waiting for any; a
+        close under way is given that deadline if it is nearer (``_hasten_close``).
+        """
+        if self._begin_close(timeout) is None and self.fallback is None and self._close_request is not None:
+            self._hasten_close(timeout)
+
+    def wait_closed(self, timeout: float) -> None:
+        """At exit, after ``start_close``: wait for the worker's answer up to ``timeout``
+        and no longer (the exit's bound is its own: no close grace past it), and raise
+        the close's error, if any."""
+        if self.fallback is not None or self._close_request is None:
+            self.close(timeout)
+            return
+        self._wait(self._close_request, timeout, closing=True, grace=False)
 
     def statistics(self) -> Statistics:
         taken, queued = self._queue.counts()
@@ -268,18 +313,42 @@ class ProcessEngine:
         return self._enqueue_unchecked(kind, timeout)
 
     def _enqueue_unchecked(self, kind: Kind, timeout: float | None = None) -> Request:
-        request = Request(kind, next(self._requests), timeout)
+        request = Request(kind, next(self._requests), timeout, _worker_deadline(timeout))
         self._queue.put_control(request)  # it wakes the shipper
         return request
 
     def _begin_close(self, timeout: float | None) -> Request | None:
         if not self._queue.close():
             return None
-        live.discard(self)
         if self.fallback is not None:
+            live.discard(self)  # the thread engine is closed at exit on its own
             return None
+        # It stays in ``live`` until the worker answers: an exit or a signal that comes
+        # during this close brings it to the exit's deadline and waits for it.
+        self._close_deadline = None if timeout is None else time.monotonic() + timeout
         self._close_request = self._enqueue_unchecked(Kind.CLOSE, timeout)
         return self._close_request
+
+    def _hasten_close(self, timeout: float | None) -> Request:
+        """For a close under way: the request to wait for.
+
+        A deadline ``timeout`` nearer than the worker's (an exit, a signal, a second
+        close) goes to the worker as another CLOSE: its engine's close joins the first
+        with that deadline (``Engine.close``). Both requests share one future: the
+        first answer resolves the waits on either.
+        """
+        first = self._close_request
+        assert first is not None
+        if timeout is None or first.future.done():
+            return first
+        deadline = time.monotonic() + timeout
+        if self._close_deadline is not None and deadline > self._close_deadline - _NEARER:
+            return first
+        self._close_deadline = deadline
+        request = Request(Kind.CLOSE, next(self._requests), timeout, _worker_deadline(timeout))
+        request.future = first.future
+        self._queue.put_control(request)  # it wakes the shipper
+        return request
 
     async def _await(self, request: Request, timeout: float | None, closing: bool = False) -> None:
         if not await wait(request, _answer_deadline(request, timeout)):
@@ -289,9 +358,11 @@ class ProcessEngine:
             raise error
         self._outcome(request, closing)
 
-    def _wait(self, request: Request, timeout: float | None, closing: bool = False) -> None:
+    def _wait(
+        self, request: Request, timeout: float | None, closing: bool = False, grace: bool = True
+    ) -> None:
         try:
-            request.future.result(_answer_deadline(request, timeout))
+            request.future.result(_answer_deadline(request, timeout) if grace else timeout)
         except concurrent.futures.TimeoutError:
             error = self._timeout_error(request, timeout or 0.0)
             if error is None:
@@ -360,6 +431,7 @@ class ProcessEngine:
         if request is not None and not request.future.done():
             request.future.set_result(outcome)
         if kind == Kind.CLOSED:
+            live.discard(self)
             self._worker.unregister(self)
 
     def _apply_statistics(self, stats: Mapping[str, Any]) -> None:
@@ -465,6 +537,7 @@ class ProcessEngine:
         self._base_writer = self.spec.writer
         if closed:
             self._queue.close()
+            live.discard(self)  # the parent's close, not the child's
         else:
             try:
                 self._worker.register(self)

@@ -75,14 +75,21 @@ Parts = tuple[bytes, bytes]  # a frame's header and payload, written together (w
 
 
 class Request(Control):
-    """A flush or close request travelling through a tracker's queue behind its events."""
+    """A flush or close request travelling through a tracker's queue behind its events.
 
-    __slots__ = ("future", "kind", "number", "timeout")
+    ``timeout`` is the caller's; ``deadline`` (``time.monotonic()``, ``None``: none) the
+    worker's, which its frame carries (``_client._worker_deadline``).
+    """
 
-    def __init__(self, kind: Kind, number: int, timeout: float | None = None) -> None:
+    __slots__ = ("deadline", "future", "kind", "number", "timeout")
+
+    def __init__(
+        self, kind: Kind, number: int, timeout: float | None = None, deadline: float | None = None
+    ) -> None:
         self.kind = kind
         self.number = number
         self.timeout = timeout
+        self.deadline = deadline
         self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
 
@@ -216,7 +223,7 @@ class Lane:
             if request is None:
                 break
             self.waiting[request.number] = request
-            payload = pickle.dumps(request.timeout)
+            payload = pickle.dumps(request.deadline)
             frame = (HEADER.pack(request.kind, tracker, request.number, len(payload)), payload)
             with lock:
                 unacked[request.kind, request.number] = (frame, 0)

@@ -49,6 +49,10 @@ logger = logging.getLogger("asynctrack")
 _RESTART_WINDOW: Final = 10.0  # seconds; more than _MAX_RESTARTS deaths in it: give up
 _MAX_RESTARTS: Final = 5
 _STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel closes
+#: Seconds past the exit deadline the application waits for the worker process: for its
+#: answers (it closes by the deadline, but may answer late: still starting on a loaded
+#: machine), then for it to exit. The exit ends by then; the worker goes on alone.
+_EXIT_GRACE: Final = 1.0
 _BOOT: Final = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_worker", "_boot.py"
 )
@@ -89,7 +93,11 @@ class Client(Protocol):
 
     def fall_back(self, reason: str) -> None: ...
 
+    def start_close(self, timeout: float | None) -> None: ...
+
     def close(self, timeout: float | None = 30.0) -> None: ...
+
+    def wait_closed(self, timeout: float) -> None: ...
 
     def after_fork_in_child(self) -> None: ...
 
@@ -319,7 +327,8 @@ class _Shared:
     lock = threading.Lock()
 
 
-#: Trackers not yet closed (closed at exit).
+#: Trackers whose close the worker has not answered yet, a close under way included
+#: (closed at exit, or brought to its deadline and waited for).
 live: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -333,16 +342,27 @@ def worker_process() -> WorkerProcess:
 
 
 def close_all(deadline: float) -> None:
-    """Close every open process-mode tracker by ``deadline``, then the worker process."""
-    for client in list(live):
-        remaining = max(deadline - time.monotonic(), 0.1)
+    """Close every process-mode tracker by ``deadline`` (a close under way too: by
+    ``deadline`` if that is nearer), then the worker process.
+
+    Every close is started first, then each is waited for: they run side by side. The
+    answers and the worker's exit are waited for until ``_EXIT_GRACE`` past ``deadline``.
+    """
+    end = deadline + _EXIT_GRACE
+    clients = list(live)
+    for client in clients:
         try:
-            client.close(timeout=remaining)
+            client.start_close(max(deadline - time.monotonic(), 0.1))
+        except Exception as exc:
+            logger.error("asynctrack: at exit, %s", exc)
+    for client in clients:
+        try:
+            client.wait_closed(max(end - time.monotonic(), 0.1))
         except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
     worker = _Shared.worker
     if worker is not None and worker._pid == os.getpid():  # noqa: SLF001 - same module
-        worker.shutdown(max(deadline - time.monotonic(), 0.0) + 1.0)
+        worker.shutdown(max(end - time.monotonic(), 0.1))
 
 
 def _after_fork_in_child() -> None:

@@ -378,6 +378,9 @@ class _Host:
         self._frames = FrameReader()
         self._trackers: dict[int, _Tracker] = {}
         self._closing: list[threading.Thread] = []  # closes the application asked for
+        #: Trackers whose close is under way: a later CLOSE, or the drain, may bring its
+        #: deadline nearer.
+        self._closing_entries: dict[int, _Tracker] = {}
         self._ended = threading.Event()  # the channel ended (or broke): drain
         self._done = threading.Event()
         #: Set by every frame that arrives: the statistics ticker runs again.
@@ -429,20 +432,33 @@ class _Host:
             return
         entry = self._trackers.get(tracker)
         if entry is None:
-            return
+            entry = self._closing_entries.get(tracker)
+            if entry is None or kind is not Kind.CLOSE:
+                return
         if kind is Kind.SEAL:
             # The application ships no more until what it shipped is acknowledged: what
             # it shipped must not wait for batch_interval (nor more records) to be written.
             entry.engine.seal_soon()
             return
-        timeout = pickle.loads(payload) if payload else None
+        # The request's deadline, on the clock both processes read (``time.monotonic()``):
+        # what remains of it is the timeout here.
+        deadline = pickle.loads(payload) if payload else None
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         if kind is Kind.FLUSH:
             threading.Thread(target=entry.flush, args=(number, timeout), daemon=True).start()
         elif kind is Kind.CLOSE:
-            del self._trackers[tracker]
-            closer = threading.Thread(target=entry.close, args=(number, timeout), daemon=True)
+            # A second CLOSE (the application's exit, a signal, a second close()) joins
+            # the close under way, with its deadline if nearer (``Engine.close``); each
+            # CLOSE is answered.
+            self._trackers.pop(tracker, None)
+            self._closing_entries[tracker] = entry
+            closer = threading.Thread(target=self._close, args=(tracker, entry, number, timeout), daemon=True)
             closer.start()
             self._closing.append(closer)  # the drain waits for it too
+
+    def _close(self, tracker: int, entry: _Tracker, number: int, timeout: float | None) -> None:
+        entry.close(number, timeout)
+        self._closing_entries.pop(tracker, None)
 
     def _tick(self) -> None:
         """Send each tracker's changed statistics every ``_STATS_EVERY`` while any is at
@@ -470,6 +486,14 @@ class _Host:
         watchdog.daemon = True
         watchdog.start()
         closers = [thread for thread in self._closing if thread.is_alive()]
+        for entry in list(self._closing_entries.values()):
+            # A close under way (its deadline may be later) ends by the drain's deadline
+            # too: its engine's close joins it with that deadline (its closer answers).
+            thread = threading.Thread(
+                target=_join_close, args=(entry, max(deadline - time.monotonic(), 0.1)), daemon=True
+            )
+            thread.start()
+            closers.append(thread)
         for entry in list(self._trackers.values()):
             thread = threading.Thread(
                 target=entry.close, args=(0, max(deadline - time.monotonic(), 0.1)), daemon=True
@@ -480,6 +504,15 @@ class _Host:
             thread.join(max(deadline - time.monotonic(), 0.0) + _GRACE / 2)
         self._done.set()
         self._activity.set()
+
+
+def _join_close(entry: _Tracker, timeout: float) -> None:
+    """Bring ``entry``'s close under way to the deadline ``timeout`` and wait for it (its
+    own closer reports the outcome)."""
+    try:
+        entry.engine.close(timeout)
+    except Exception:  # said by the close under way
+        pass
 
 
 def main(channel: Callable[[Callable[[bytes], None]], None]) -> None:

@@ -26,6 +26,10 @@ MODE says how the process ends:
   records M, flushes and closes; then the parent does the same.
 * ``s3silent``: DESTINATION is ``s3://bucket/prefix``, ENDPOINT_URL a port that accepts
   connections and never answers (every S3 timeout 600 s); record N, exit without closing.
+* ``silentclose``: like ``s3silent``, with a second tracker (run ``silentclose-open``)
+  that records N too and stays open; then ``close()`` the first. A thread says
+  ``{"closing": true, "worker": <the worker process's pid>}`` once that close has begun
+  and nothing waits to be shipped; the parent then sends a signal.
 
 Every ready line says where the tracker's worker runs (``mode``: ``process`` or ``thread``).
 
@@ -42,6 +46,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -106,14 +111,14 @@ def main() -> None:
         options = {"endpoint_url": sys.argv[5], "connect_timeout": 0.5}
     if mode == "forks3":
         options = {"endpoint_url": sys.argv[5]}
-    if mode == "s3silent":
+    if mode in ("s3silent", "silentclose"):
         options = {
             "endpoint_url": sys.argv[5],
             "connect_timeout": 600.0,
             "read_timeout": 600.0,
             "write_deadline": 600.0,
         }
-    if mode in ("sigint", "closeint"):
+    if mode in ("sigint", "closeint", "silentclose"):
         # A parent that ignores SIGINT (CI, nohup) would make us inherit that; Ctrl-C
         # must raise KeyboardInterrupt here, as in an interactive run.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -127,7 +132,27 @@ def main() -> None:
     worker = tracker.statistics().worker_mode  # said on the ready line: the test checks it
     record(tracker, "parent", n)
 
-    if mode in ("closeterm", "closeint"):
+    if mode == "silentclose":
+        other = AsyncTracker(
+            destination,
+            experiment_name="exp-process",
+            run_name=f"{mode}-open",
+            config=TrackerConfig(batch_interval=3600.0),
+            **options,
+        )
+        record(other, "parent", n)
+
+        def say_closing() -> None:
+            # Once the close has begun and every event has left this process (a SIGKILL
+            # may then come: what the shipper had not taken yet would be lost with it).
+            while not tracker.closed or tracker.statistics().queue_depth or other.statistics().queue_depth:
+                time.sleep(0.01)
+            from asynctrack._remote._spawn import worker_process
+
+            say(closing=True, worker=worker_process().pid, mode=worker)
+
+        threading.Thread(target=say_closing, daemon=True).start()
+    if mode in ("closeterm", "closeint", "silentclose"):
         tracker.close(timeout=WAIT)
         say(error="the signal did not end the process")
         sys.exit(3)
