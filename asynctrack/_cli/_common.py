@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from .._errors import AsyncTrackError
 
-__all__ = ["EXPECTED_ERRORS", "Colour", "add_s3_options", "error", "s3_options"]
+__all__ = ["EXPECTED_ERRORS", "Colour", "add_s3_options", "error", "s3_options", "visible"]
 
 #: What a command reports as one line instead of a traceback: a wrong path,
 #: bucket or name, a missing extra, a failed write.
 EXPECTED_ERRORS = (AsyncTrackError, OSError, ValueError, ImportError)
+
+#: The C0 controls but the tab, DEL and the C1 controls, each as ``\xNN``: recorded text (a
+#: model's answer, an input, a name) printed raw could move the cursor, clear the screen,
+#: retitle the terminal or hide lines from the person reading it.
+_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09}
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (all but the tab) escaped, e.g. ESC as ``\\x1b``."""
+    return text.translate(_CONTROLS)
 
 
 def add_s3_options(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +47,7 @@ def s3_options(args: argparse.Namespace) -> dict[str, Any]:
 def error(command: str, exc: BaseException | str) -> int:
     """Print ``asynctrack <command>: <message>`` on stderr, one line; return exit status 1."""
     message = str(exc) if isinstance(exc, str) else (str(exc) or type(exc).__name__)
-    print(f"asynctrack {command}: {' '.join(message.split())}", file=sys.stderr)
+    print(f"asynctrack {command}: {visible(' '.join(message.split()))}", file=sys.stderr)
     return 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._read._report import render_report, report_data
-from ._common import EXPECTED_ERRORS, error, read_checked
+from ._common import EXPECTED_ERRORS, error, read_checked, visible
 
 __all__ = ["report"]
 
@@ -35,7 +35,7 @@ def report(
         return error("report", exc)
     runs_seen = len({(event.get("experiment"), event.get("run")) for event in events})
     print(
-        f"wrote {output}: {runs_seen} run(s), {len(events)} events, {len(html) / 1024:.0f} KiB",
+        f"wrote {visible(output)}: {runs_seen} run(s), {len(events)} events, {len(html) / 1024:.0f} KiB",
         file=sys.stderr,
     )
     return 0
