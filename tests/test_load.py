@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,74 @@ def test_a_name_with_a_lone_surrogate_is_found_by_the_name_given(
     assert main(["report", str(tmp_destination), "--experiment", experiment, "-o", str(report)]) == 0
     assert report.stat().st_size > 0
     assert "run \ufffd" in capsys.readouterr().out
+
+
+def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a case-insensitive file system (macOS, Windows, some SMB/EFS mounts) ``Run`` and
+    ``run`` are one directory; every reader keeps the events (and run parameters) whose own
+    fields are the names asked. Simulated here: the files moved into one directory, then
+    the other spellings linked to it, as such a file system resolves them."""
+    from asynctrack._cli import main
+
+    names = [("e", "run"), ("e", "Run"), ("E", "run")]
+    for experiment, run in names:
+        _record(tmp_destination, experiment, run, {"run": 1, "Run": 2}[run] + (experiment == "E") * 2)
+    shared = tmp_destination / "experiment=e" / "run=run"
+    for path in [
+        *tmp_destination.glob("experiment=E/run=run/*/*"),
+        *tmp_destination.glob("experiment=e/run=Run/*/*"),
+    ]:
+        (shared / path.parent.name).mkdir(exist_ok=True)
+        path.rename(shared / path.parent.name / path.name)
+    for path in (tmp_destination / "experiment=E/run=run", tmp_destination / "experiment=e/run=Run"):
+        for folder in path.iterdir():
+            folder.rmdir()
+        path.rmdir()
+    (tmp_destination / "experiment=E").rmdir()
+    assert len(list(shared.glob("date=*/*.jsonl"))) == 3 and len(list(shared.glob("params/*.json"))) == 3
+
+    def inputs(events: list[dict[str, Any]]) -> list[str]:
+        return sorted(e["data"]["inputs"] for e in events if e["kind"] == "chain_start")
+
+    assert inputs(asynctrack.read_events(tmp_destination, "e", "run")) == ["e/run/0"]
+    assert inputs(asynctrack.read_events(tmp_destination, run_name="run")) == [
+        "E/run/0",
+        "E/run/1",
+        "E/run/2",
+        "e/run/0",
+    ]
+    assert inputs(asynctrack.read_events(tmp_destination, "e")) == ["e/Run/0", "e/Run/1", "e/run/0"]
+    assert len(asynctrack.read_events(tmp_destination)) == 2 * (1 + 2 + 3)
+    assert list(asynctrack.load(tmp_destination, "e", "run")["run"]) == ["run", "run"]
+    assert asynctrack.scan(tmp_destination, "e", "run").collect()["run"].to_list() == ["run", "run"]
+    assert asynctrack.scan(tmp_destination, "e").collect().height == 6
+    assert asynctrack.read_parameters(tmp_destination, "e", "run")["events_chain_start"] == 1
+
+    assert main(["show", str(tmp_destination), "run", "--experiment", "e"]) == 0
+    assert capsys.readouterr().out.startswith("run  experiment e, ")
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--experiment", "e", "--json"]) == 0
+            rows = json.loads(capsys.readouterr().out)
+            assert sorted((row["run"], row["events"]) for row in rows) == [("Run", 4), ("run", 2)]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "--experiment", "e", "--run", "run", "-o", str(report)]) == 0
+    assert capsys.readouterr().err.startswith(f"wrote {report}: 1 run(s), 2 events")
+
+    # The other spellings resolve to the shared directory, as the file system would.
+    (tmp_destination / "experiment=e" / "run=Run").symlink_to(shared)
+    (tmp_destination / "experiment=e" / "run=RUN").symlink_to(shared)
+    (tmp_destination / "experiment=E").symlink_to(tmp_destination / "experiment=e")
+    assert inputs(asynctrack.read_events(tmp_destination, "e", "Run")) == ["e/Run/0", "e/Run/1"]
+    assert inputs(asynctrack.read_events(tmp_destination, "E", "run")) == ["E/run/0", "E/run/1", "E/run/2"]
+    assert asynctrack.scan(tmp_destination, "E", "run").collect().height == 6
+    assert asynctrack.read_parameters(tmp_destination, "E", "run")["events_chain_start"] == 3
+    assert main(["show", str(tmp_destination), "Run", "--experiment", "e"]) == 0
+    assert capsys.readouterr().out.startswith("Run  experiment e, ")
+    assert main(["show", str(tmp_destination), "RUN", "--experiment", "e"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"asynctrack show: no events of experiment 'e' and run 'RUN' under {tmp_destination}"
+    )

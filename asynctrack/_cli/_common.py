@@ -79,10 +79,18 @@ def read_checked(
     """The selected events, in order; says what was not found instead of returning nothing.
 
     Raises:
-        FileNotFoundError: the destination, experiment or run does not exist.
+        FileNotFoundError: the destination, experiment or run does not exist, or has no events.
     """
     from .._read._load import read_events
     from .._read._scan import find_event_files
 
     find_event_files(destination, experiment, run, **s3_options)  # only lists; raises if nothing is there
-    return read_events(destination, experiment, run, **s3_options)
+    events = read_events(destination, experiment, run, **s3_options)
+    if not events and (experiment or run):
+        # The files there hold other names' events only (names that differ only in case
+        # share a directory on a case-insensitive file system), or none.
+        selected = " and ".join(
+            f"{what} {name!r}" for what, name in (("experiment", experiment), ("run", run)) if name
+        )
+        raise FileNotFoundError(f"no events of {selected} under {destination}")
+    return events

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .._capture import valid_text
 from .._layout import safe_segment
 
 if TYPE_CHECKING:
@@ -83,9 +84,13 @@ def read_parameters(
     are taken from the latest document.
     """
     pattern = f"experiment={safe_segment(experiment_name)}/run={safe_segment(run_name)}/params/*.json"
+    names = {"experiment": valid_text(experiment_name), "run": valid_text(run_name)}
     merged: dict[str, Any] = {}
     for _, data in _files(destination, pattern, s3_options):
-        for key, value in orjson.loads(data).get("parameters", {}).items():
+        document = orjson.loads(data)
+        if any(document.get(field, name) != name for field, name in names.items()):
+            continue  # another run's, in the same directory (see read_events)
+        for key, value in document.get("parameters", {}).items():
             if key.startswith(("events_", "tokens_")) and isinstance(value, int):
                 merged[key] = merged.get(key, 0) + value
             else:
@@ -101,7 +106,9 @@ def read_events(
 ) -> list[dict[str, Any]]:
     """Every event under ``destination`` (optionally one experiment / run), in order.
 
-    Order: trackers by their first event's time, then sequence number.
+    Order: trackers by their first event's time, then sequence number. Only the events
+    whose own ``experiment`` and ``run`` fields are the names given are returned: names
+    that differ only in case share one directory on a case-insensitive file system.
 
     Args:
         destination: a directory or ``s3://bucket/prefix`` (``s3`` extra).
@@ -111,6 +118,12 @@ def read_events(
     """
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
     events = [event for name, data in files for event in _parse(name, data)]
+    if experiment_name:
+        experiment = valid_text(experiment_name)
+        events = [event for event in events if event.get("experiment") == experiment]
+    if run_name:
+        run = valid_text(run_name)
+        events = [event for event in events if event.get("run") == run]
     first: dict[str, float] = {}
     for event in events:
         tracker = str(event.get("tracker"))

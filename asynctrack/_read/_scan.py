@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from .._capture import valid_text
 from .._layout import safe_segment
 from .._sinks._registry import scheme_of
 
@@ -218,8 +219,9 @@ def scan(
 
     Args:
         destination: a directory or ``s3://bucket/prefix``.
-        experiment_name: only this experiment (its partition alone is listed).
-        run_name: only this run.
+        experiment_name: only this experiment (its partition alone is listed, and only
+            the events whose ``experiment`` field is this name are kept).
+        run_name: only this run (likewise).
         since: only files of this UTC date (``"YYYY-MM-DD"`` or a ``date``) or later.
         until: only files of this UTC date or earlier.
         **s3_options: as for the tracker: ``endpoint_url``, ``region_name``,
@@ -265,9 +267,16 @@ def scan(
         glob=False,
     ).filter(pl.col("line").is_not_null())
     line = pl.col("line")
-    return lines.select(
+    frame = lines.select(
         line.str.json_decode(_envelope()).struct.unnest(),
         line.str.json_path_match("$.metadata").alias("metadata"),
         line.str.json_path_match("$.data").alias("data"),
         pl.col("_path").str.extract(r"/date=(\d{4}-\d{2}-\d{2})/", 1).str.to_date("%Y-%m-%d").alias("date"),
     )
+    # A partition is chosen by its directory; the events' own fields say whose they are
+    # (names that differ only in case share a directory on a case-insensitive file system).
+    if experiment_name is not None:
+        frame = frame.filter(pl.col("experiment") == valid_text(experiment_name))
+    if run_name is not None:
+        frame = frame.filter(pl.col("run") == valid_text(run_name))
+    return frame
