@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -211,4 +212,46 @@ def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
     assert main(["show", str(tmp_destination), "RUN", "--experiment", "e"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"asynctrack show: no events of experiment 'e' and run 'RUN' under {tmp_destination}"
+    )
+
+
+def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file cut short, copied or synced in part (the tracker's own writes are whole):
+    every reader skips its bad lines, and says once per file how many, never a traceback."""
+    from asynctrack._cli import main
+
+    _record(tmp_destination, "e", "r", 3)
+    (path,) = tmp_destination.rglob("*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = [lines[0], b"garbage\n", b"[1, 2]\n", b'{"x": "\x01"}\n', *lines[1:-1], lines[-1][:-20]]
+    path.write_bytes(b"".join(damaged))
+    said = re.compile(rf"skipped 4 unreadable line\(s\) in \S*{re.escape(path.name)}\b")
+
+    for read in (
+        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
+        lambda: asynctrack.load(tmp_destination, "e", "r"),
+        lambda: asynctrack.scan(tmp_destination).collect(),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            assert len(read()) == 5
+        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert [row["events"] for row in json.loads(out)] == [5]
+            (line,) = err.splitlines()
+            assert said.match(line.removeprefix("asynctrack runs: "))
+    assert main(["show", str(tmp_destination), "r"]) == 0
+    out, err = capsys.readouterr()
+    assert "5 events" in out.splitlines()[1] and said.match(err.removeprefix("asynctrack show: "))
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    (warned, wrote) = capsys.readouterr().err.splitlines()
+    assert said.match(warned.removeprefix("asynctrack report: ")) and wrote.startswith(
+        f"wrote {report}: 1 run(s), 5 events"
     )

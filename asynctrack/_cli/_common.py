@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 from .._errors import AsyncTrackError
 
-__all__ = ["EXPECTED_ERRORS", "Colour", "add_s3_options", "error", "s3_options", "visible"]
+__all__ = [
+    "EXPECTED_ERRORS",
+    "Colour",
+    "add_s3_options",
+    "error",
+    "s3_options",
+    "visible",
+    "warnings_on_stderr",
+]
 
 #: What a command reports as one line instead of a traceback: a wrong path,
 #: bucket or name, a missing extra, a failed write.
@@ -49,6 +61,27 @@ def error(command: str, exc: BaseException | str) -> int:
     message = str(exc) if isinstance(exc, str) else (str(exc) or type(exc).__name__)
     print(f"asynctrack {command}: {visible(' '.join(message.split()))}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def warnings_on_stderr(command: str) -> Iterator[None]:
+    """The readers' warnings (unreadable lines skipped) as ``asynctrack <command>: <message>``
+    lines on stderr, each once; any other warning as Python shows it."""
+    package = str(Path(__file__).parent.parent)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        ours: dict[str, None] = {}
+        for warning in caught:
+            if warning.category is UserWarning and warning.filename.startswith(package):
+                ours[str(warning.message)] = None
+            else:
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        for message in ours:
+            print(f"asynctrack {command}: {visible(message)}", file=sys.stderr)
 
 
 class Colour:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .._read._tree import RunOverview, scan_run_summaries, summarize_runs
-from ._common import EXPECTED_ERRORS, error, read_checked, visible
+from ._common import EXPECTED_ERRORS, error, read_checked, visible, warnings_on_stderr
 
 __all__ = ["format_duration", "format_time", "runs"]
 
@@ -103,13 +103,18 @@ def runs(
     With ``session`` (``user``), a row counts only the events of the LangChain runs of
     that session (user), and runs with none are left out.
     """
+    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS
     try:
-        if polars_installed():
-            rows = scan_run_summaries(destination, experiment, session=session, user=user, **s3_options)
-        else:  # the core install: every event as a dict, in memory
-            events = read_checked(destination, experiment, None, s3_options)
-            rows = summarize_runs(events, session=session, user=user)
-    except EXPECTED_ERRORS as exc:
+        with warnings_on_stderr("runs"):
+            if polars_installed():
+                import polars as pl
+
+                expected = (*EXPECTED_ERRORS, pl.exceptions.PolarsError)  # a file Polars cannot read
+                rows = scan_run_summaries(destination, experiment, session=session, user=user, **s3_options)
+            else:  # the core install: every event as a dict, in memory
+                events = read_checked(destination, experiment, None, s3_options)
+                rows = summarize_runs(events, session=session, user=user)
+    except expected as exc:
         return error("runs", exc)
     if as_json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from .._read._tree import Note, Span, build_tree, note_summary, preview, summarize_runs
-from ._common import EXPECTED_ERRORS, Colour, error, read_checked, visible
+from ._common import EXPECTED_ERRORS, Colour, error, read_checked, visible, warnings_on_stderr
 from ._runs import format_duration, format_time
 
 __all__ = ["cut", "render", "show"]
@@ -94,7 +94,8 @@ def show(
 ) -> int:
     """Print the run ``run`` as a tree: durations, models, tokens, errors in red."""
     try:
-        events = read_checked(destination, experiment, run, s3_options)
+        with warnings_on_stderr("show"):
+            events = read_checked(destination, experiment, run, s3_options)
     except EXPECTED_ERRORS as exc:
         return error("show", exc)
     experiments = sorted({str(event.get("experiment")) for event in events})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,12 +44,35 @@ def _pattern(experiment_name: str | None, run_name: str | None) -> str:
     return f"experiment={experiment}/run={run}/date=*/*.jsonl*"
 
 
-def _parse(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _parse(name: str, data: bytes, destination: object = None) -> Iterator[dict[str, Any]]:
+    """The events of one file. A line that is not an event (a JSON object with its ``data``:
+    a file cut short, copied or synced in part; the tracker's own writes are whole) is
+    skipped, and the file named once in a warning with their count."""
+    cut_short = False
     if name.endswith(".gz"):
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error):
+            cut_short = True
+            try:  # what can be read of it: its last line is then likely cut short
+                data = zlib.decompressobj(wbits=31).decompress(data)
+            except zlib.error:
+                data = b""
+    skipped = 0
     for line in data.splitlines():
         if line.strip():
-            yield orjson.loads(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = None
+            if type(event) is dict and event.get("data") is not None:
+                yield event
+            else:
+                skipped += 1
+    if skipped or cut_short:
+        damaged = " (the file is damaged or cut short)" if cut_short else ""
+        where = "" if destination is None else f" under {destination}"
+        warnings.warn(f"skipped {skipped} unreadable line(s) in {name}{where}{damaged}", stacklevel=2)
 
 
 def _local_files(root: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
@@ -106,7 +131,9 @@ def read_events(
 ) -> list[dict[str, Any]]:
     """Every event under ``destination`` (optionally one experiment / run), in order.
 
-    Order: trackers by their first event's time, then sequence number. Only the events
+    Order: trackers by their first event's time, then sequence number. A line that is not
+    an event (a file cut short or damaged) is skipped, with a warning naming the file
+    and how many. Only the events
     whose own ``experiment`` and ``run`` fields are the names given are returned: names
     that differ only in case share one directory on a case-insensitive file system.
 
@@ -117,7 +144,7 @@ def read_events(
         **s3_options: for ``s3://``: ``endpoint_url``, ``region_name``, ``session``.
     """
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
-    events = [event for name, data in files for event in _parse(name, data)]
+    events = [event for name, data in files for event in _parse(name, data, destination)]
     if experiment_name:
         experiment = valid_text(experiment_name)
         events = [event for event in events if event.get("experiment") == experiment]

@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -113,6 +114,14 @@ def _select(
             continue
         selected.append(key)
     return sorted(selected), partitions
+
+
+def _readable(unreadable: pl.Series) -> pl.Series:
+    """Which lines to keep, given the file of each unreadable one (null for the others);
+    says once per file how many were skipped."""
+    for path, count in unreadable.drop_nulls().value_counts(sort=True).iter_rows():
+        warnings.warn(f"skipped {count} unreadable line(s) in {path}", stacklevel=1)
+    return unreadable.is_null()
 
 
 def _listed(names: Iterable[str], most: int = 20) -> str:
@@ -232,7 +241,9 @@ def scan(
         Columns ``seq``, ``ts`` (epoch seconds), ``kind``, ``experiment``, ``run``,
         ``tracker``, ``run_id``, ``parent_run_id``, ``name``, ``tags`` (list of
         strings), ``metadata`` and ``data`` (JSON text), ``duration`` (seconds),
-        and ``date`` (the partition's date), in no particular order.
+        and ``date`` (the partition's date), in no particular order. A line that is not
+        an event (a file cut short or damaged) is skipped when the frame is
+        collected, with a warning naming the file and how many.
 
     Raises:
         FileNotFoundError: the directory, experiment or run does not exist, or
@@ -256,6 +267,9 @@ def scan(
         separator="\x01",
         quote_char=None,
         schema={"line": pl.String},
+        # A damaged line (not the tracker's: see below) must not fail the whole collect.
+        encoding="utf8-lossy",
+        truncate_ragged_lines=True,
         storage_options=options,
         # The credentials are resolved already (as the tracker resolves them): Polars then
         # needs no Python credential provider, which it would call from its own Rust
@@ -267,10 +281,17 @@ def scan(
         glob=False,
     ).filter(pl.col("line").is_not_null())
     line = pl.col("line")
+    # Every event has a ``data`` object. A line that is not an event (a file cut short,
+    # copied or synced in part: the tracker's own writes are whole) has none: ``json_path_match``
+    # gives null where ``json_decode`` would fail the whole collect. Such a line is skipped,
+    # each file named once in a warning; ``data`` is parsed once, for both.
+    lines = lines.with_columns(line.str.json_path_match("$.data").alias("data"))
+    unreadable = pl.when(pl.col("data").is_null()).then(pl.col("_path"))
+    lines = lines.filter(unreadable.map_batches(_readable, return_dtype=pl.Boolean))
     frame = lines.select(
         line.str.json_decode(_envelope()).struct.unnest(),
         line.str.json_path_match("$.metadata").alias("metadata"),
-        line.str.json_path_match("$.data").alias("data"),
+        pl.col("data"),
         pl.col("_path").str.extract(r"/date=(\d{4}-\d{2}-\d{2})/", 1).str.to_date("%Y-%m-%d").alias("date"),
     )
     # A partition is chosen by its directory; the events' own fields say whose they are
