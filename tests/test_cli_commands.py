@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.outputs import Generation, LLMResult
@@ -404,3 +405,39 @@ def test_recorded_control_characters_are_printed_escaped(
     assert (
         output.exists() and not CONTROLS.search(err.rstrip("\n")) and "report\\x1b]0;pwned\\x07.html" in err
     )
+
+
+def test_runs_with_and_without_polars_agree_on_interrupts_and_odd_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error that merely carries a GraphInterrupt is an error; a session or user id that
+    is neither a string nor an integer is none; the same with Polars as without."""
+    from langgraph.errors import GraphInterrupt
+
+    root = tmp_path / "logs"
+    ids: list[Any] = [True, False, 1.5, {"a": 1}, [1], "true", "1.5", '{"a": 1}', 7, -2, "", None, "s"]
+    with AsyncTracker(root, experiment_name="e", run_name="r") as tracker:
+        for index, session in enumerate(ids):
+            run_id = uuid.uuid4()
+            metadata = {"session_id": session, "user_id": ids[-1 - index]}
+            if index % 3 == 0:
+                metadata["thread_id"] = f"t{index}"
+            tracker.on_chain_start({}, {}, run_id=run_id, metadata=metadata)
+            if index % 2:
+                tracker.on_chain_error(RuntimeError("failed while paused", GraphInterrupt()), run_id=run_id)
+            else:
+                tracker.on_chain_error(GraphInterrupt(), run_id=run_id)
+    (core,) = summarize_runs(asynctrack.read_events(root))
+    assert core.errors == len(ids) // 2
+    assert core.sessions == ("-2", "1.5", "7", "s", "t0", "t3", "true", '{"a": 1}')
+    assert core.users == ("-2", "1.5", "7", "s", "true", '{"a": 1}')
+    assert scan_run_summaries(root) == [core]
+    for session in (None, "true", "1.5", "t3", "7"):
+        flags = ["--session", session] if session else []
+        assert main(["runs", str(root), "--json", *flags]) == 0
+        with_polars = capsys.readouterr().out
+        with monkeypatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda: False)
+            assert main(["runs", str(root), "--json", *flags]) == 0
+        assert capsys.readouterr().out == with_polars
+        assert json.loads(with_polars)[0]["events"] == (2 * len(ids) if session is None else 2)
