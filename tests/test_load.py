@@ -255,3 +255,24 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
     assert said.match(warned.removeprefix("asynctrack report: ")) and wrote.startswith(
         f"wrote {report}: 1 run(s), 5 events"
     )
+
+
+def test_an_empty_name_is_refused_by_every_reader(
+    populated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the tracker refuses it: ``None`` is every experiment or run, ``""`` is a mistake."""
+    from asynctrack._cli import main
+
+    for names in (("", None), (None, ""), ("exp a", "")):
+        for read in (asynctrack.read_events, asynctrack.load, asynctrack.scan):
+            with pytest.raises(ValueError, match=r"(experiment|run)_name must be a non-empty string or None"):
+                read(populated, *names)
+    with pytest.raises(ValueError, match="run_name must be a non-empty string"):
+        asynctrack.read_parameters(populated, "exp a", "")
+    assert main(["show", str(populated), ""]) == 1
+    assert capsys.readouterr().err.startswith("asynctrack show: run_name must be a non-empty string")
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(populated), "--experiment", ""]) == 1
+            assert capsys.readouterr().err.startswith("asynctrack runs: experiment_name must be a non-empty")

@@ -38,6 +38,17 @@ COLUMNS = (
 )
 
 
+def check_names(experiment_name: str | None, run_name: str | None) -> None:
+    """Refuse an empty name, as the tracker does (``None`` is every experiment or run).
+
+    Raises:
+        ValueError: ``experiment_name`` or ``run_name`` is ``""``.
+    """
+    for what, name in (("experiment_name", experiment_name), ("run_name", run_name)):
+        if name == "":
+            raise ValueError(f"{what} must be a non-empty string or None (every one), got ''")
+
+
 def _pattern(experiment_name: str | None, run_name: str | None) -> str:
     experiment = safe_segment(experiment_name) if experiment_name else "*"
     run = safe_segment(run_name) if run_name else "*"
@@ -108,6 +119,7 @@ def read_parameters(
     Counts (``events_*``, ``tokens_*``) are summed across writers; other values
     are taken from the latest document.
     """
+    check_names(experiment_name, run_name)
     pattern = f"experiment={safe_segment(experiment_name)}/run={safe_segment(run_name)}/params/*.json"
     names = {"experiment": valid_text(experiment_name), "run": valid_text(run_name)}
     merged: dict[str, Any] = {}
@@ -142,7 +154,11 @@ def read_events(
         experiment_name: only this experiment.
         run_name: only this run.
         **s3_options: for ``s3://``: ``endpoint_url``, ``region_name``, ``session``.
+
+    Raises:
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
+    check_names(experiment_name, run_name)
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
     events = [event for name, data in files for event in _parse(name, data, destination)]
     if experiment_name:
@@ -177,6 +193,7 @@ def load(
     Raises:
         FileNotFoundError: the directory, experiment or run was not found (the
             message says which, and what is there).
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
     try:
         import pandas as pd

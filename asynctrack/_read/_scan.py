@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._capture import valid_text
 from .._layout import safe_segment
 from .._sinks._registry import scheme_of
+from ._load import check_names
 
 if TYPE_CHECKING:
     import polars as pl
@@ -171,7 +172,9 @@ def find_event_files(
         FileNotFoundError: nothing matches; the message says which of the
             directory, the experiment or the run was not found, and what is there.
         ImportError: an ``s3://`` destination without the ``s3`` extra.
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
+    check_names(experiment_name, run_name)
     experiment = safe_segment(experiment_name) if experiment_name is not None else None
     run = safe_segment(run_name) if run_name is not None else None
     first, last = _as_date(since), _as_date(until)
@@ -249,6 +252,7 @@ def scan(
         FileNotFoundError: the directory, experiment or run does not exist, or
             has no event files (the message says which).
         ImportError: the ``polars`` extra (or ``s3`` for S3) is not installed.
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
     try:
         import polars as pl
