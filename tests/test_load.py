@@ -174,6 +174,19 @@ def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
         return sorted(e["data"]["inputs"] for e in events if e["kind"] == "chain_start")
 
     assert inputs(asynctrack.read_events(tmp_destination, "e", "run")) == ["e/run/0"]
+    # A placeholder for an event that could not be translated has no names: the directory's.
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run") as tracker:
+        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+    kinds = ["chain_end", "chain_start", "unknown"]
+    assert sorted(e["kind"] for e in asynctrack.read_events(tmp_destination, "e", "run")) == kinds
+    assert asynctrack.scan(tmp_destination, "e", "run").collect()["kind"].sort().to_list() == [
+        "chain_end",
+        "chain_start",
+        "unknown",
+    ]
+    for path in shared.glob("date=*/*.jsonl"):
+        if b"translate_failed" in path.read_bytes():
+            path.unlink()
     assert inputs(asynctrack.read_events(tmp_destination, run_name="run")) == [
         "E/run/0",
         "E/run/1",

@@ -161,12 +161,14 @@ def read_events(
     check_names(experiment_name, run_name)
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
     events = [event for name, data in files for event in _parse(name, data, destination)]
+    # An event without the field (a placeholder for one that could not be translated) is
+    # the directory's.
     if experiment_name:
         experiment = valid_text(experiment_name)
-        events = [event for event in events if event.get("experiment") == experiment]
+        events = [event for event in events if event.get("experiment", experiment) == experiment]
     if run_name:
         run = valid_text(run_name)
-        events = [event for event in events if event.get("run") == run]
+        events = [event for event in events if event.get("run", run) == run]
     first: dict[str, float] = {}
     for event in events:
         tracker = str(event.get("tracker"))

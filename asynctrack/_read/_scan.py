@@ -299,9 +299,10 @@ def scan(
         pl.col("_path").str.extract(r"/date=(\d{4}-\d{2}-\d{2})/", 1).str.to_date("%Y-%m-%d").alias("date"),
     )
     # A partition is chosen by its directory; the events' own fields say whose they are
-    # (names that differ only in case share a directory on a case-insensitive file system).
-    if experiment_name is not None:
-        frame = frame.filter(pl.col("experiment") == valid_text(experiment_name))
-    if run_name is not None:
-        frame = frame.filter(pl.col("run") == valid_text(run_name))
+    # (names that differ only in case share a directory on a case-insensitive file system);
+    # an event without them (a placeholder for one that could not be translated) is the
+    # directory's.
+    for column, name in (("experiment", experiment_name), ("run", run_name)):
+        if name is not None:
+            frame = frame.filter(pl.col(column).fill_null(valid_text(name)) == valid_text(name))
     return frame
