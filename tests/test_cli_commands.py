@@ -10,8 +10,10 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.outputs import Generation, LLMResult
 from langchain_core.runnables import RunnableLambda
 
 import asynctrack
@@ -327,3 +329,115 @@ def test_the_readme_documents_every_command_and_flag() -> None:
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
                     assert flag in section, (name, flag)
+
+
+#: Recorded text that would drive a terminal: clear the screen, retitle the window, hide
+#: text, return to the start of the line, ring the bell; a C1 CSI and DEL too.
+HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07\x1b[8mHIDDEN\x1b[0m\rfake\x9b31m\x7f\x00end"
+CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def test_recorded_control_characters_are_printed_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "logs"
+    run_name = "r" + HOSTILE
+    for experiment in ("e" + HOSTILE, "f" + HOSTILE):
+        with AsyncTracker(root, experiment_name=experiment, run_name=run_name) as tracker:
+            chain, model, tool = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+            metadata = {"session_id": "s" + HOSTILE, "user_id": "u" + HOSTILE}
+            tracker.on_chain_start(
+                {"name": "c"}, {"q": HOSTILE}, run_id=chain, metadata=metadata, name="c" + HOSTILE
+            )
+            tracker.on_llm_start(
+                {},
+                [HOSTILE],
+                run_id=model,
+                parent_run_id=chain,
+                invocation_params={"model_name": "m" + HOSTILE},
+            )
+            tracker.on_llm_end(LLMResult(generations=[[Generation(text=HOSTILE)]]), run_id=model)
+            tracker.on_tool_start({}, HOSTILE, run_id=tool, parent_run_id=chain, name="t" + HOSTILE)
+            tracker.on_tool_error(ValueError(HOSTILE), run_id=tool)
+            tracker.on_text(HOSTILE, run_id=chain)
+            tracker.on_chain_end({"answer": HOSTILE}, run_id=chain)
+
+    # show: the run's name, experiment, span names, model, inputs, outputs, errors and notes
+    assert main(["show", str(root), run_name, "--experiment", "e" + HOSTILE, "--width", "500"]) == 0
+    out = capsys.readouterr().out
+    assert not CONTROLS.search(out.replace("\n", ""))
+    escaped = "ok\\x1b[2J\\x1b]0;pwned\\x07\\x1b[8mHIDDEN\\x1b[0m\\x0dfake\\x9b31m\\x7f\\x00end"
+    flat = escaped.replace("\\x0d", " ")  # inputs, outputs, errors, notes: whitespace runs are one space
+    head = out.splitlines()[0]
+    assert head.startswith(f"r{escaped}  experiment e{escaped}, ")
+    for shown in (
+        f"chain c{escaped}",
+        f"m{escaped}",
+        f"tool t{escaped}",
+        f"in:  {flat}",
+        f"out: {flat}",
+    ):
+        assert shown in out, shown
+    assert f"error: ValueError: {flat}" in out and f"· text {flat}" in out
+    # An error message naming recorded names (two experiments hold the run).
+    assert main(["show", str(root), run_name]) == 1
+    err = capsys.readouterr().err
+    assert not CONTROLS.search(err.rstrip("\n")) and f"(e{flat}, f{flat})" in err
+
+    # runs: the experiment, run, session and user columns
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(root)]) == 0
+            table = capsys.readouterr().out
+            assert not CONTROLS.search(table.replace("\n", ""))
+            assert all(f"{first}{escaped}" in table for first in "efrsu")
+            assert main(["runs", str(root), "--json"]) == 0
+            rows = json.loads(capsys.readouterr().out)  # exact JSON: the text as recorded
+            assert [(row["run"], row["sessions"], row["users"]) for row in rows] == [
+                (run_name, ["s" + HOSTILE], ["u" + HOSTILE])
+            ] * 2
+
+    # report: the line it prints names the file written
+    output = tmp_path / "report\x1b]0;pwned\x07.html"
+    assert main(["report", str(root), "-o", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        output.exists() and not CONTROLS.search(err.rstrip("\n")) and "report\\x1b]0;pwned\\x07.html" in err
+    )
+
+
+def test_runs_with_and_without_polars_agree_on_interrupts_and_odd_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error that merely carries a GraphInterrupt is an error; a session or user id that
+    is neither a string nor an integer is none; the same with Polars as without."""
+    from langgraph.errors import GraphInterrupt
+
+    root = tmp_path / "logs"
+    ids: list[Any] = [True, False, 1.5, {"a": 1}, [1], "true", "1.5", '{"a": 1}', 7, -2, "", None, "s"]
+    with AsyncTracker(root, experiment_name="e", run_name="r") as tracker:
+        for index, session in enumerate(ids):
+            run_id = uuid.uuid4()
+            metadata = {"session_id": session, "user_id": ids[-1 - index]}
+            if index % 3 == 0:
+                metadata["thread_id"] = f"t{index}"
+            tracker.on_chain_start({}, {}, run_id=run_id, metadata=metadata)
+            if index % 2:
+                tracker.on_chain_error(RuntimeError("failed while paused", GraphInterrupt()), run_id=run_id)
+            else:
+                tracker.on_chain_error(GraphInterrupt(), run_id=run_id)
+    (core,) = summarize_runs(asynctrack.read_events(root))
+    assert core.errors == len(ids) // 2
+    assert core.sessions == ("-2", "1.5", "7", "s", "t0", "t3", "true", '{"a": 1}')
+    assert core.users == ("-2", "1.5", "7", "s", "true", '{"a": 1}')
+    assert scan_run_summaries(root) == [core]
+    for session in (None, "true", "1.5", "t3", "7"):
+        flags = ["--session", session] if session else []
+        assert main(["runs", str(root), "--json", *flags]) == 0
+        with_polars = capsys.readouterr().out
+        with monkeypatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda: False)
+            assert main(["runs", str(root), "--json", *flags]) == 0
+        assert capsys.readouterr().out == with_polars
+        assert json.loads(with_polars)[0]["events"] == (2 * len(ids) if session is None else 2)

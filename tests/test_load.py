@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,150 @@ def test_a_name_with_a_lone_surrogate_is_found_by_the_name_given(
     assert main(["report", str(tmp_destination), "--experiment", experiment, "-o", str(report)]) == 0
     assert report.stat().st_size > 0
     assert "run \ufffd" in capsys.readouterr().out
+
+
+def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a case-insensitive file system (macOS, Windows, some SMB/EFS mounts) ``Run`` and
+    ``run`` are one directory; every reader keeps the events (and run parameters) whose own
+    fields are the names asked. Simulated here: the files moved into one directory, then
+    the other spellings linked to it, as such a file system resolves them."""
+    from asynctrack._cli import main
+
+    names = [("e", "run"), ("e", "Run"), ("E", "run")]
+    for experiment, run in names:
+        _record(tmp_destination, experiment, run, {"run": 1, "Run": 2}[run] + (experiment == "E") * 2)
+    shared = tmp_destination / "experiment=e" / "run=run"
+    for path in [
+        *tmp_destination.glob("experiment=E/run=run/*/*"),
+        *tmp_destination.glob("experiment=e/run=Run/*/*"),
+    ]:
+        (shared / path.parent.name).mkdir(exist_ok=True)
+        path.rename(shared / path.parent.name / path.name)
+    for path in (tmp_destination / "experiment=E/run=run", tmp_destination / "experiment=e/run=Run"):
+        for folder in path.iterdir():
+            folder.rmdir()
+        path.rmdir()
+    (tmp_destination / "experiment=E").rmdir()
+    assert len(list(shared.glob("date=*/*.jsonl"))) == 3 and len(list(shared.glob("params/*.json"))) == 3
+
+    def inputs(events: list[dict[str, Any]]) -> list[str]:
+        return sorted(e["data"]["inputs"] for e in events if e["kind"] == "chain_start")
+
+    assert inputs(asynctrack.read_events(tmp_destination, "e", "run")) == ["e/run/0"]
+    # A placeholder for an event that could not be translated has no names: the directory's.
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run") as tracker:
+        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+    kinds = ["chain_end", "chain_start", "unknown"]
+    assert sorted(e["kind"] for e in asynctrack.read_events(tmp_destination, "e", "run")) == kinds
+    assert asynctrack.scan(tmp_destination, "e", "run").collect()["kind"].sort().to_list() == [
+        "chain_end",
+        "chain_start",
+        "unknown",
+    ]
+    for path in shared.glob("date=*/*.jsonl"):
+        if b"translate_failed" in path.read_bytes():
+            path.unlink()
+    assert inputs(asynctrack.read_events(tmp_destination, run_name="run")) == [
+        "E/run/0",
+        "E/run/1",
+        "E/run/2",
+        "e/run/0",
+    ]
+    assert inputs(asynctrack.read_events(tmp_destination, "e")) == ["e/Run/0", "e/Run/1", "e/run/0"]
+    assert len(asynctrack.read_events(tmp_destination)) == 2 * (1 + 2 + 3)
+    assert list(asynctrack.load(tmp_destination, "e", "run")["run"]) == ["run", "run"]
+    assert asynctrack.scan(tmp_destination, "e", "run").collect()["run"].to_list() == ["run", "run"]
+    assert asynctrack.scan(tmp_destination, "e").collect().height == 6
+    assert asynctrack.read_parameters(tmp_destination, "e", "run")["events_chain_start"] == 1
+
+    assert main(["show", str(tmp_destination), "run", "--experiment", "e"]) == 0
+    assert capsys.readouterr().out.startswith("run  experiment e, ")
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--experiment", "e", "--json"]) == 0
+            rows = json.loads(capsys.readouterr().out)
+            assert sorted((row["run"], row["events"]) for row in rows) == [("Run", 4), ("run", 2)]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "--experiment", "e", "--run", "run", "-o", str(report)]) == 0
+    assert capsys.readouterr().err.startswith(f"wrote {report}: 1 run(s), 2 events")
+
+    # The other spellings resolve to the shared directory, as the file system would.
+    (tmp_destination / "experiment=e" / "run=Run").symlink_to(shared)
+    (tmp_destination / "experiment=e" / "run=RUN").symlink_to(shared)
+    (tmp_destination / "experiment=E").symlink_to(tmp_destination / "experiment=e")
+    assert inputs(asynctrack.read_events(tmp_destination, "e", "Run")) == ["e/Run/0", "e/Run/1"]
+    assert inputs(asynctrack.read_events(tmp_destination, "E", "run")) == ["E/run/0", "E/run/1", "E/run/2"]
+    assert asynctrack.scan(tmp_destination, "E", "run").collect().height == 6
+    assert asynctrack.read_parameters(tmp_destination, "E", "run")["events_chain_start"] == 3
+    assert main(["show", str(tmp_destination), "Run", "--experiment", "e"]) == 0
+    assert capsys.readouterr().out.startswith("Run  experiment e, ")
+    assert main(["show", str(tmp_destination), "RUN", "--experiment", "e"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"asynctrack show: no events of experiment 'e' and run 'RUN' under {tmp_destination}"
+    )
+
+
+def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file cut short, copied or synced in part (the tracker's own writes are whole):
+    every reader skips its bad lines, and says once per file how many, never a traceback."""
+    from asynctrack._cli import main
+
+    _record(tmp_destination, "e", "r", 3)
+    (path,) = tmp_destination.rglob("*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = [lines[0], b"garbage\n", b"[1, 2]\n", b'{"x": "\x01"}\n', *lines[1:-1], lines[-1][:-20]]
+    path.write_bytes(b"".join(damaged))
+    said = re.compile(rf"skipped 4 unreadable line\(s\) in \S*{re.escape(path.name)}\b")
+
+    for read in (
+        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
+        lambda: asynctrack.load(tmp_destination, "e", "r"),
+        lambda: asynctrack.scan(tmp_destination).collect(),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            assert len(read()) == 5
+        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert [row["events"] for row in json.loads(out)] == [5]
+            (line,) = err.splitlines()
+            assert said.match(line.removeprefix("asynctrack runs: "))
+    assert main(["show", str(tmp_destination), "r"]) == 0
+    out, err = capsys.readouterr()
+    assert "5 events" in out.splitlines()[1] and said.match(err.removeprefix("asynctrack show: "))
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    (warned, wrote) = capsys.readouterr().err.splitlines()
+    assert said.match(warned.removeprefix("asynctrack report: ")) and wrote.startswith(
+        f"wrote {report}: 1 run(s), 5 events"
+    )
+
+
+def test_an_empty_name_is_refused_by_every_reader(
+    populated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the tracker refuses it: ``None`` is every experiment or run, ``""`` is a mistake."""
+    from asynctrack._cli import main
+
+    for names in (("", None), (None, ""), ("exp a", "")):
+        for read in (asynctrack.read_events, asynctrack.load, asynctrack.scan):
+            with pytest.raises(ValueError, match=r"(experiment|run)_name must be a non-empty string or None"):
+                read(populated, *names)
+    with pytest.raises(ValueError, match="run_name must be a non-empty string"):
+        asynctrack.read_parameters(populated, "exp a", "")
+    assert main(["show", str(populated), ""]) == 1
+    assert capsys.readouterr().err.startswith("asynctrack show: run_name must be a non-empty string")
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(populated), "--experiment", ""]) == 1
+            assert capsys.readouterr().err.startswith("asynctrack runs: experiment_name must be a non-empty")

@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Any, TextIO
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final, TextIO
 
 from .._errors import AsyncTrackError
 
-__all__ = ["EXPECTED_ERRORS", "Colour", "add_s3_options", "error", "s3_options"]
+__all__ = [
+    "EXPECTED_ERRORS",
+    "Colour",
+    "add_s3_options",
+    "error",
+    "s3_options",
+    "visible",
+    "warnings_on_stderr",
+]
 
 #: What a command reports as one line instead of a traceback: a wrong path,
 #: bucket or name, a missing extra, a failed write.
 EXPECTED_ERRORS = (AsyncTrackError, OSError, ValueError, ImportError)
+
+#: The C0 controls but the tab, DEL and the C1 controls, each as ``\xNN``: recorded text (a
+#: model's answer, an input, a name) printed raw could move the cursor, clear the screen,
+#: retitle the terminal or hide lines from the person reading it.
+_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09}
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (all but the tab) escaped, e.g. ESC as ``\\x1b``."""
+    return text.translate(_CONTROLS)
 
 
 def add_s3_options(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +59,29 @@ def s3_options(args: argparse.Namespace) -> dict[str, Any]:
 def error(command: str, exc: BaseException | str) -> int:
     """Print ``asynctrack <command>: <message>`` on stderr, one line; return exit status 1."""
     message = str(exc) if isinstance(exc, str) else (str(exc) or type(exc).__name__)
-    print(f"asynctrack {command}: {' '.join(message.split())}", file=sys.stderr)
+    print(f"asynctrack {command}: {visible(' '.join(message.split()))}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def warnings_on_stderr(command: str) -> Iterator[None]:
+    """The readers' warnings (unreadable lines skipped) as ``asynctrack <command>: <message>``
+    lines on stderr, each once; any other warning as Python shows it."""
+    package = str(Path(__file__).parent.parent)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        ours: dict[str, None] = {}
+        for warning in caught:
+            if warning.category is UserWarning and warning.filename.startswith(package):
+                ours[str(warning.message)] = None
+            else:
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        for message in ours:
+            print(f"asynctrack {command}: {visible(message)}", file=sys.stderr)
 
 
 class Colour:
@@ -69,10 +112,18 @@ def read_checked(
     """The selected events, in order; says what was not found instead of returning nothing.
 
     Raises:
-        FileNotFoundError: the destination, experiment or run does not exist.
+        FileNotFoundError: the destination, experiment or run does not exist, or has no events.
     """
     from .._read._load import read_events
     from .._read._scan import find_event_files
 
     find_event_files(destination, experiment, run, **s3_options)  # only lists; raises if nothing is there
-    return read_events(destination, experiment, run, **s3_options)
+    events = read_events(destination, experiment, run, **s3_options)
+    if not events and (experiment or run):
+        # The files there hold other names' events only (names that differ only in case
+        # share a directory on a case-insensitive file system), or none.
+        selected = " and ".join(
+            f"{what} {name!r}" for what, name in (("experiment", experiment), ("run", run)) if name
+        )
+        raise FileNotFoundError(f"no events of {selected} under {destination}")
+    return events

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._read._report import render_report, report_data
-from ._common import EXPECTED_ERRORS, error, read_checked
+from ._common import EXPECTED_ERRORS, error, read_checked, visible, warnings_on_stderr
 
 __all__ = ["report"]
 
@@ -22,12 +22,13 @@ def report(
 ) -> int:
     """Write the report of ``destination`` (one experiment's, some runs' if given) to ``output``."""
     try:
-        if runs:
-            events = [
-                event for run in runs for event in read_checked(destination, experiment, run, s3_options)
-            ]
-        else:
-            events = read_checked(destination, experiment, None, s3_options)
+        with warnings_on_stderr("report"):
+            if runs:
+                events = [
+                    event for run in runs for event in read_checked(destination, experiment, run, s3_options)
+                ]
+            else:
+                events = read_checked(destination, experiment, None, s3_options)
         title = f"asynctrack · {experiment}" if experiment else f"asynctrack · {destination}"
         html = render_report(report_data(events, title=title))
         Path(output).write_text(html, encoding="utf-8")
@@ -35,7 +36,7 @@ def report(
         return error("report", exc)
     runs_seen = len({(event.get("experiment"), event.get("run")) for event in events})
     print(
-        f"wrote {output}: {runs_seen} run(s), {len(events)} events, {len(html) / 1024:.0f} KiB",
+        f"wrote {visible(output)}: {runs_seen} run(s), {len(events)} events, {len(html) / 1024:.0f} KiB",
         file=sys.stderr,
     )
     return 0

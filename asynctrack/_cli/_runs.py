@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .._read._tree import RunOverview, scan_run_summaries, summarize_runs
-from ._common import EXPECTED_ERRORS, error, read_checked
+from ._common import EXPECTED_ERRORS, error, read_checked, visible, warnings_on_stderr
 
 __all__ = ["format_duration", "format_time", "runs"]
 
@@ -47,8 +47,8 @@ def format_duration(seconds: float | None) -> str:
 
 def _cells(row: RunOverview) -> tuple[str, ...]:
     return (
-        row.experiment,
-        row.run,
+        visible(row.experiment),
+        visible(row.run),
         str(row.events),
         str(row.errors),
         str(row.llm_calls),
@@ -66,12 +66,13 @@ def _few(values: tuple[str, ...]) -> str:
     """``a``, ``a, b``, ``a, b (+3)``; ``-`` for none."""
     if not values:
         return "-"
-    shown = ", ".join(values[:2])
+    shown = visible(", ".join(values[:2]))
     return shown if len(values) <= 2 else f"{shown} (+{len(values) - 2})"
 
 
 def table(rows: list[RunOverview]) -> str:
-    """The rows as an aligned text table (numbers right-aligned)."""
+    """The rows as an aligned text table (numbers right-aligned), the recorded names with their
+    control characters escaped (``visible``)."""
     cells = [_HEADERS, *(_cells(row) for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(_HEADERS))]
     numeric = {2, 3, 4, 5, 6}
@@ -102,13 +103,18 @@ def runs(
     With ``session`` (``user``), a row counts only the events of the LangChain runs of
     that session (user), and runs with none are left out.
     """
+    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS
     try:
-        if polars_installed():
-            rows = scan_run_summaries(destination, experiment, session=session, user=user, **s3_options)
-        else:  # the core install: every event as a dict, in memory
-            events = read_checked(destination, experiment, None, s3_options)
-            rows = summarize_runs(events, session=session, user=user)
-    except EXPECTED_ERRORS as exc:
+        with warnings_on_stderr("runs"):
+            if polars_installed():
+                import polars as pl
+
+                expected = (*EXPECTED_ERRORS, pl.exceptions.PolarsError)  # a file Polars cannot read
+                rows = scan_run_summaries(destination, experiment, session=session, user=user, **s3_options)
+            else:  # the core install: every event as a dict, in memory
+                events = read_checked(destination, experiment, None, s3_options)
+                rows = summarize_runs(events, session=session, user=user)
+    except expected as exc:
         return error("runs", exc)
     if as_json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from .._read._tree import Note, Span, build_tree, note_summary, preview, summarize_runs
-from ._common import EXPECTED_ERRORS, Colour, error, read_checked
+from ._common import EXPECTED_ERRORS, Colour, error, read_checked, visible, warnings_on_stderr
 from ._runs import format_duration, format_time
 
 __all__ = ["cut", "render", "show"]
@@ -16,8 +16,9 @@ DEFAULT_WIDTH = 100
 
 
 def cut(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with a marker saying how much is left."""
-    flat = " ".join(text.split())
+    """``text`` on one line, its control characters escaped (``visible``), cut to ``width``
+    characters with a marker saying how much is left."""
+    flat = visible(" ".join(text.split()))
     if len(flat) <= width:
         return flat
     return f"{flat[:width]}…[+{len(flat) - width} chars]"
@@ -30,9 +31,9 @@ def _error_text(value: Any) -> str:
 
 
 def _head(span: Span, colour: Colour) -> str:
-    parts = [colour.bold(f"{span.kind} {span.name}"), format_duration(span.duration)]
+    parts = [colour.bold(visible(f"{span.kind} {span.name}")), format_duration(span.duration)]
     if span.model:
-        parts.append(colour.cyan(span.model))
+        parts.append(colour.cyan(visible(span.model)))
     if span.tokens_in or span.tokens_out:
         parts.append(f"{span.tokens_in}→{span.tokens_out} tokens")
     if span.streamed_tokens:
@@ -49,11 +50,12 @@ def _head(span: Span, colour: Colour) -> str:
 
 
 def render(events: list[dict[str, Any]], *, width: int = DEFAULT_WIDTH, colour: Colour) -> list[str]:
-    """The lines of ``show`` for one run's events."""
+    """The lines of ``show`` for one run's events; recorded text has its control characters
+    escaped (``visible``)."""
     (summary,) = summarize_runs(events)
     lines = [
-        colour.bold(f"{summary.run}")
-        + f"  experiment {summary.experiment}, {format_time(summary.first_event)} UTC, "
+        colour.bold(visible(summary.run))
+        + f"  experiment {visible(summary.experiment)}, {format_time(summary.first_event)} UTC, "
         + f"{format_duration(summary.duration)}",
         f"{summary.events} events, {summary.llm_calls} LLM calls, "
         f"tokens {summary.tokens_in} in / {summary.tokens_out} out, "
@@ -92,7 +94,8 @@ def show(
 ) -> int:
     """Print the run ``run`` as a tree: durations, models, tokens, errors in red."""
     try:
-        events = read_checked(destination, experiment, run, s3_options)
+        with warnings_on_stderr("show"):
+            events = read_checked(destination, experiment, run, s3_options)
     except EXPECTED_ERRORS as exc:
         return error("show", exc)
     experiments = sorted({str(event.get("experiment")) for event in events})

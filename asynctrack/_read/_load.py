@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .._capture import valid_text
 from .._layout import safe_segment
 
 if TYPE_CHECKING:
@@ -35,18 +38,52 @@ COLUMNS = (
 )
 
 
+def check_names(experiment_name: str | None, run_name: str | None) -> None:
+    """Refuse an empty name, as the tracker does (``None`` is every experiment or run).
+
+    Raises:
+        ValueError: ``experiment_name`` or ``run_name`` is ``""``.
+    """
+    for what, name in (("experiment_name", experiment_name), ("run_name", run_name)):
+        if name == "":
+            raise ValueError(f"{what} must be a non-empty string or None (every one), got ''")
+
+
 def _pattern(experiment_name: str | None, run_name: str | None) -> str:
     experiment = safe_segment(experiment_name) if experiment_name else "*"
     run = safe_segment(run_name) if run_name else "*"
     return f"experiment={experiment}/run={run}/date=*/*.jsonl*"
 
 
-def _parse(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _parse(name: str, data: bytes, destination: object = None) -> Iterator[dict[str, Any]]:
+    """The events of one file. A line that is not an event (a JSON object with its ``data``:
+    a file cut short, copied or synced in part; the tracker's own writes are whole) is
+    skipped, and the file named once in a warning with their count."""
+    cut_short = False
     if name.endswith(".gz"):
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error):
+            cut_short = True
+            try:  # what can be read of it: its last line is then likely cut short
+                data = zlib.decompressobj(wbits=31).decompress(data)
+            except zlib.error:
+                data = b""
+    skipped = 0
     for line in data.splitlines():
         if line.strip():
-            yield orjson.loads(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = None
+            if type(event) is dict and event.get("data") is not None:
+                yield event
+            else:
+                skipped += 1
+    if skipped or cut_short:
+        damaged = " (the file is damaged or cut short)" if cut_short else ""
+        where = "" if destination is None else f" under {destination}"
+        warnings.warn(f"skipped {skipped} unreadable line(s) in {name}{where}{damaged}", stacklevel=2)
 
 
 def _local_files(root: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
@@ -82,10 +119,15 @@ def read_parameters(
     Counts (``events_*``, ``tokens_*``) are summed across writers; other values
     are taken from the latest document.
     """
+    check_names(experiment_name, run_name)
     pattern = f"experiment={safe_segment(experiment_name)}/run={safe_segment(run_name)}/params/*.json"
+    names = {"experiment": valid_text(experiment_name), "run": valid_text(run_name)}
     merged: dict[str, Any] = {}
     for _, data in _files(destination, pattern, s3_options):
-        for key, value in orjson.loads(data).get("parameters", {}).items():
+        document = orjson.loads(data)
+        if any(document.get(field, name) != name for field, name in names.items()):
+            continue  # another run's, in the same directory (see read_events)
+        for key, value in document.get("parameters", {}).items():
             if key.startswith(("events_", "tokens_")) and isinstance(value, int):
                 merged[key] = merged.get(key, 0) + value
             else:
@@ -101,16 +143,32 @@ def read_events(
 ) -> list[dict[str, Any]]:
     """Every event under ``destination`` (optionally one experiment / run), in order.
 
-    Order: trackers by their first event's time, then sequence number.
+    Order: trackers by their first event's time, then sequence number. A line that is not
+    an event (a file cut short or damaged) is skipped, with a warning naming the file
+    and how many. Only the events
+    whose own ``experiment`` and ``run`` fields are the names given are returned: names
+    that differ only in case share one directory on a case-insensitive file system.
 
     Args:
         destination: a directory or ``s3://bucket/prefix`` (``s3`` extra).
         experiment_name: only this experiment.
         run_name: only this run.
         **s3_options: for ``s3://``: ``endpoint_url``, ``region_name``, ``session``.
+
+    Raises:
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
+    check_names(experiment_name, run_name)
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
-    events = [event for name, data in files for event in _parse(name, data)]
+    events = [event for name, data in files for event in _parse(name, data, destination)]
+    # An event without the field (a placeholder for one that could not be translated) is
+    # the directory's.
+    if experiment_name:
+        experiment = valid_text(experiment_name)
+        events = [event for event in events if event.get("experiment", experiment) == experiment]
+    if run_name:
+        run = valid_text(run_name)
+        events = [event for event in events if event.get("run", run) == run]
     first: dict[str, float] = {}
     for event in events:
         tracker = str(event.get("tracker"))
@@ -137,6 +195,7 @@ def load(
     Raises:
         FileNotFoundError: the directory, experiment or run was not found (the
             message says which, and what is there).
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
     try:
         import pandas as pd

@@ -18,12 +18,15 @@ import dataclasses
 import datetime
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from .._capture import valid_text
 from .._layout import safe_segment
 from .._sinks._registry import scheme_of
+from ._load import check_names
 
 if TYPE_CHECKING:
     import polars as pl
@@ -114,6 +117,14 @@ def _select(
     return sorted(selected), partitions
 
 
+def _readable(unreadable: pl.Series) -> pl.Series:
+    """Which lines to keep, given the file of each unreadable one (null for the others);
+    says once per file how many were skipped."""
+    for path, count in unreadable.drop_nulls().value_counts(sort=True).iter_rows():
+        warnings.warn(f"skipped {count} unreadable line(s) in {path}", stacklevel=1)
+    return unreadable.is_null()
+
+
 def _listed(names: Iterable[str], most: int = 20) -> str:
     """``a, b, c`` for a message, the first ``most`` only: a bucket may hold thousands of runs."""
     ordered = sorted(names)
@@ -161,7 +172,9 @@ def find_event_files(
         FileNotFoundError: nothing matches; the message says which of the
             directory, the experiment or the run was not found, and what is there.
         ImportError: an ``s3://`` destination without the ``s3`` extra.
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
+    check_names(experiment_name, run_name)
     experiment = safe_segment(experiment_name) if experiment_name is not None else None
     run = safe_segment(run_name) if run_name is not None else None
     first, last = _as_date(since), _as_date(until)
@@ -218,8 +231,9 @@ def scan(
 
     Args:
         destination: a directory or ``s3://bucket/prefix``.
-        experiment_name: only this experiment (its partition alone is listed).
-        run_name: only this run.
+        experiment_name: only this experiment (its partition alone is listed, and only
+            the events whose ``experiment`` field is this name are kept).
+        run_name: only this run (likewise).
         since: only files of this UTC date (``"YYYY-MM-DD"`` or a ``date``) or later.
         until: only files of this UTC date or earlier.
         **s3_options: as for the tracker: ``endpoint_url``, ``region_name``,
@@ -230,12 +244,15 @@ def scan(
         Columns ``seq``, ``ts`` (epoch seconds), ``kind``, ``experiment``, ``run``,
         ``tracker``, ``run_id``, ``parent_run_id``, ``name``, ``tags`` (list of
         strings), ``metadata`` and ``data`` (JSON text), ``duration`` (seconds),
-        and ``date`` (the partition's date), in no particular order.
+        and ``date`` (the partition's date), in no particular order. A line that is not
+        an event (a file cut short or damaged) is skipped when the frame is
+        collected, with a warning naming the file and how many.
 
     Raises:
         FileNotFoundError: the directory, experiment or run does not exist, or
             has no event files (the message says which).
         ImportError: the ``polars`` extra (or ``s3`` for S3) is not installed.
+        ValueError: a name is ``""`` (``None`` is every experiment or run).
     """
     try:
         import polars as pl
@@ -254,6 +271,9 @@ def scan(
         separator="\x01",
         quote_char=None,
         schema={"line": pl.String},
+        # A damaged line (not the tracker's: see below) must not fail the whole collect.
+        encoding="utf8-lossy",
+        truncate_ragged_lines=True,
         storage_options=options,
         # The credentials are resolved already (as the tracker resolves them): Polars then
         # needs no Python credential provider, which it would call from its own Rust
@@ -265,9 +285,24 @@ def scan(
         glob=False,
     ).filter(pl.col("line").is_not_null())
     line = pl.col("line")
-    return lines.select(
+    # Every event has a ``data`` object. A line that is not an event (a file cut short,
+    # copied or synced in part: the tracker's own writes are whole) has none: ``json_path_match``
+    # gives null where ``json_decode`` would fail the whole collect. Such a line is skipped,
+    # each file named once in a warning; ``data`` is parsed once, for both.
+    lines = lines.with_columns(line.str.json_path_match("$.data").alias("data"))
+    unreadable = pl.when(pl.col("data").is_null()).then(pl.col("_path"))
+    lines = lines.filter(unreadable.map_batches(_readable, return_dtype=pl.Boolean))
+    frame = lines.select(
         line.str.json_decode(_envelope()).struct.unnest(),
         line.str.json_path_match("$.metadata").alias("metadata"),
-        line.str.json_path_match("$.data").alias("data"),
+        pl.col("data"),
         pl.col("_path").str.extract(r"/date=(\d{4}-\d{2}-\d{2})/", 1).str.to_date("%Y-%m-%d").alias("date"),
     )
+    # A partition is chosen by its directory; the events' own fields say whose they are
+    # (names that differ only in case share a directory on a case-insensitive file system);
+    # an event without them (a placeholder for one that could not be translated) is the
+    # directory's.
+    for column, name in (("experiment", experiment_name), ("run", run_name)):
+        if name is not None:
+            frame = frame.filter(pl.col(column).fill_null(valid_text(name)) == valid_text(name))
+    return frame

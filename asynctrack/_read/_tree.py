@@ -488,6 +488,31 @@ def summarize_runs(
     return _overviews(totals)
 
 
+_PEOPLE_KEYS: Final = ("session_id", "thread_id", "user_id")
+#: The text json_path_match gives for a bool, a float, an object or an array (and for a
+#: string that reads as one).
+_NOT_AN_ID: Final = r"^(?:true|false|[\[{].*|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)$"
+
+
+def _not_an_id(text: Any) -> Any:
+    import polars as pl
+
+    value: pl.Expr = text
+    return value.str.contains(_NOT_AN_ID).fill_null(False) & ~value.str.contains(r"^-?[0-9]+$")
+
+
+def _people_of(index: int) -> Any:
+    """A function of a metadata column (null but where needed) to ``people()[index]``."""
+    import polars as pl
+
+    def of(metadata: pl.Series) -> pl.Series:
+        return metadata.map_elements(
+            lambda text: people(orjson.loads(text))[index], return_dtype=pl.String, skip_nulls=True
+        )
+
+    return of
+
+
 def scan_run_summaries(
     destination: str | os.PathLike[str],
     experiment_name: str | None = None,
@@ -512,17 +537,23 @@ def scan_run_summaries(
     frame = scan(destination, experiment_name, **s3_options)
     keys = ("experiment", "run")
     metadata = pl.col("metadata")
+    session_id, thread_id, user_id = (metadata.str.json_path_match(f"$.{key}") for key in _PEOPLE_KEYS)
+    start = pl.col("kind").str.ends_with("_start")
+    # json_path_match gives a string's text, and the JSON of anything else: an id that is
+    # neither a string nor an integer (a bool, a float, an object) is no id for people();
+    # where the text could be one, people() decides, in Python, for those rows only.
+    odd_session = start & (_not_an_id(session_id) | _not_an_id(thread_id))
+    odd_user = start & _not_an_id(user_id)
     frame = frame.with_columns(
-        pl.when(pl.col("kind").str.ends_with("_start"))
-        .then(
-            pl.coalesce(
-                metadata.str.json_path_match("$.session_id").replace("", None),
-                metadata.str.json_path_match("$.thread_id").replace("", None),
-            )
-        )
+        pl.when(odd_session)
+        .then(pl.when(odd_session).then(metadata).map_batches(_people_of(0), pl.String, is_elementwise=True))
+        .when(start)
+        .then(pl.coalesce(session_id.replace("", None), thread_id.replace("", None)))
         .alias("session"),
-        pl.when(pl.col("kind").str.ends_with("_start"))
-        .then(metadata.str.json_path_match("$.user_id").replace("", None))
+        pl.when(odd_user)
+        .then(pl.when(odd_user).then(metadata).map_batches(_people_of(1), pl.String, is_elementwise=True))
+        .when(start)
+        .then(user_id.replace("", None))
         .alias("user"),
     )
     if session is not None or user is not None:
@@ -540,12 +571,13 @@ def scan_run_summaries(
         [
             frame.group_by(keys).agg(
                 pl.len().alias("events"),
+                # is_interrupt(): the error's own type, read on the error events only.
                 (
-                    pl.col("kind").str.ends_with("_error")
-                    & ~pl.any_horizontal(
-                        pl.col("data").str.contains(f'"type":"{name}"', literal=True)
-                        for name in INTERRUPT_TYPES
-                    )
+                    ~pl.col("data")
+                    .filter(pl.col("kind").str.ends_with("_error"))
+                    .str.json_path_match("$.error.type")
+                    .is_in(list(INTERRUPT_TYPES))
+                    .fill_null(False)
                 )
                 .sum()
                 .alias("errors"),
