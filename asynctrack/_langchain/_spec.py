@@ -139,6 +139,7 @@ class TrackerSpec:
             queue_events=queue_events,
             sampled_out=None if tail is None else lambda: tail.sampled_out,
             records_in=None if packed is None else packed.records_in,
+            flat=packed is None,  # the handler's records, here in the application
         )
         return engine, translator
 
