@@ -60,6 +60,7 @@ count bound, the wake-up backlog and ``take()``'s limit are then in records,
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,7 @@ __all__ = ["CAPTURE_RAISED", "NEVER", "WAKE_AT", "BoundedQueue", "Control"]
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
 _repeat: Final = itertools.repeat
+_body_of: Final = operator.itemgetter(BODY)  # of a record (a queue not flat)
 #: Why records are dropped, as the drop warning says it (``dropped_by``).
 CAPTURE_RAISED: Final = "whose capture raised"  # count_dropped's default: the callback's
 _AFTER_CLOSE: Final = "recorded after the tracker closed"
@@ -351,10 +353,12 @@ class BoundedQueue(Generic[C]):
             self.room = -1
 
     def take_fields(self, limit: int) -> tuple[list[Any], C | None]:
-        """Up to ``limit`` records as their fields, flat (``WIDTH`` each, in order),
-        stopping after the first control item (returned apart), of a ``flat`` queue.
-        The shipper frames them as they are; ``take()`` makes them tuples."""
+        """Up to ``limit`` records as their fields, flat (``WIDTH`` each, in order; of a
+        queue not ``flat``, the records themselves), stopping after the first control item
+        (returned apart). The shipper frames them as they are; ``take()`` makes them tuples.
+        Not of packed items (``take()``)."""
         items = self._items
+        width = self.width
         control: C | None = None
         lock = self._take_lock
         # acquire/release, not ``with``: a with block looks up and binds the lock's
@@ -364,25 +368,26 @@ class BoundedQueue(Generic[C]):
         try:
             at = self._at
             stop = len(items)
-            if stop - at > limit * WIDTH:
-                stop = at + limit * WIDTH
+            if stop - at > limit * width:
+                stop = at + limit * width
             end = stop
             if self.controls_queued:  # else records only: no type check each
-                controls = list(map(isinstance, items[at:stop:WIDTH], _repeat(Control)))
+                controls = list(map(isinstance, items[at:stop:width], _repeat(Control)))
                 if True in controls:
-                    stop = at + controls.index(True) * WIDTH
-                    end = stop + WIDTH
+                    stop = at + controls.index(True) * width
+                    end = stop + width
                     control = items[stop]
                     # handled after the records ahead of it
                     self.controls_queued -= 1
+            # C calls over the whole slice: a copy, then the slots released (_release).
             chunk = items[at:stop]
             self._release(end)
-            self._taken += (stop - at) // WIDTH
+            self._taken += (stop - at) // width
         finally:
             lock.release()
         if self._sized:
             if items:
-                taken = sum(map(len, chunk[BODY::WIDTH]))
+                taken = sum(map(len, chunk[BODY::WIDTH] if self._flat else map(_body_of, chunk)))
                 self.bytes -= taken
             else:
                 taken = self.bytes  # all of it (less a producer's body still being added)
@@ -395,15 +400,15 @@ class BoundedQueue(Generic[C]):
 
     def take(self, limit: int) -> tuple[list[Any], C | None]:
         """Up to ``limit`` records, stopping after the first control item (returned apart)."""
-        if not self._flat:
-            return self._take_items(limit)
+        if self._records_in is not None:
+            return self._take_packed(limit)
         fields, control = self.take_fields(limit)
-        return records_of(fields), control
+        return records_of(fields) if self._flat else fields, control
 
-    def _take_items(self, limit: int) -> tuple[list[Any], C | None]:
-        """``take`` of items one slot each: until they hold ``limit`` records (packed
-        items whole)."""
-        records_in = self._records_in or _one
+    def _take_packed(self, limit: int) -> tuple[list[Any], C | None]:
+        """``take`` of packed items: whole items, until they hold ``limit`` records."""
+        records_in = self._records_in
+        assert records_in is not None
         items = self._items
         chunk: list[Any] = []
         control: C | None = None
