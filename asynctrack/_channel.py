@@ -10,11 +10,13 @@ frame is a fixed header and a payload::
 process). ``number`` is the frame's sequence number for ``RECORDS`` (acknowledged by
 ``ACK``), the request id for ``FLUSH``/``CLOSE`` (answered by ``FLUSHED``/``CLOSED``).
 
-``RECORDS`` payloads are the records as one ``marshal`` payload (format version 4),
-``records_frame`` / ``read_records``: each field crosses as it is, the captured JSON
+``RECORDS`` payloads are the records' fields as one flat list (``WIDTH`` a record, as
+the application's queue holds them) in one ``marshal`` payload (format version 4),
+``records_parts`` / ``read_records``: each field crosses as it is, the captured JSON
 bodies as bytes (no escaping on one side, no unescaping on the other), a run id's
 128-bit int (JSON has no integer that wide), a name or token with a lone surrogate; the
-application's shipper writes a frame with one C call, the worker reads it with one.
+application's shipper writes a frame with one C call, the worker reads it with one (and
+makes each record a tuple again, C loops).
 Control payloads (``OPEN`` specs, results, statistics, log records) are pickled: both
 ends are this package, in processes of the same interpreter, over a pipe nobody else
 holds.
@@ -24,13 +26,12 @@ from __future__ import annotations
 
 import enum
 import marshal
-import operator
 import os
 import struct
 from collections.abc import Iterator
 from typing import Any, Final
 
-from ._events._schema import BODY, EXTRA
+from ._events._schema import BODY, WIDTH, Record, records_of
 
 __all__ = [
     "ACK_COUNTS",
@@ -40,7 +41,6 @@ __all__ = [
     "Frame",
     "FrameReader",
     "Kind",
-    "body_of",
     "encode_frame",
     "read_records",
     "records_count",
@@ -58,13 +58,12 @@ MAX_PAYLOAD: Final = 2**32 - 1
 #: per read of a 2 KB frame against ~2 at 64 KiB, measured), which a trickle of small
 #: frames pays each time. A large frame takes a few reads.
 READ_CHUNK: Final = 1 << 16
-body_of: Final = operator.itemgetter(BODY)  # a record's captured body
 #: Version 4 writes an ASCII string as it is (2 encodes every string to a new bytes object)
 #: and an object met twice (an interned event kind) as a reference: per record of the
 #: sync workload ~700 instructions to write and ~690 to read, against 890 and 1,030 with
 #: version 2 (agent tree: 1,730 and 1,790 against 2,810 and 2,990; callgrind). A reference
-#: is only written for an object held elsewhere too: the records' tuples, ids and bodies
-#: are held by the shipper's take alone (unless a frame is cut from a larger take).
+#: is only written for an object held elsewhere too: the records' ids and bodies are held
+#: by the shipper's take alone (unless a frame is cut from a larger take).
 _MARSHAL_VERSION: Final = 4
 _MAX_PARTS: Final = 64  # buffers per writev (the system's IOV_MAX is 1024 on Linux)
 _LIST: Final = ord("[")  # marshal's type code of a list
@@ -75,7 +74,7 @@ class Kind(enum.IntEnum):
     """Frame kinds. Application → worker below 64, worker → application from 64."""
 
     OPEN = 1  # pickled OpenSpec: build this tracker's engine
-    RECORDS = 2  # marshalled list of records (records_frame)
+    RECORDS = 2  # marshalled flat list of records' fields (records_parts)
     FLUSH = 3  # barrier: answer FLUSHED once everything before it is durable
     CLOSE = 4  # flush, stop and forget this tracker's engine; answer CLOSED
     SEAL = 5  # the lane is held back: seal and write the open batch now (no answer)
@@ -102,63 +101,63 @@ def encode_frame(kind: Kind, tracker: int, number: int, payload: bytes = b"") ->
     return HEADER.pack(kind, tracker, number, len(payload)) + payload
 
 
-def records_parts(tracker: int, number: int, records: list[Any]) -> tuple[bytes, bytes]:
-    """A ``RECORDS`` frame of ``records`` (tuples of plain values) as its header and its
-    payload, apart: ``write_all`` writes both with one ``writev`` (no copy of the payload
-    behind the header).
+def records_parts(tracker: int, number: int, fields: list[Any]) -> tuple[bytes, bytes]:
+    """A ``RECORDS`` frame of records given as their ``fields``, flat (plain values,
+    ``WIDTH`` a record), as its header and its payload, apart: ``write_all`` writes both
+    with one ``writev`` (no copy of the payload behind the header).
 
     Raises:
-        ValueError: a record holds a value ``marshal`` does not write (an object, a
+        ValueError: a field is a value ``marshal`` does not write (an object, a
             subclass of a builtin type, or nesting deeper than marshal's limit).
     """
-    payload = marshal.dumps(records, _MARSHAL_VERSION)
+    payload = marshal.dumps(fields, _MARSHAL_VERSION)
     if len(payload) > MAX_PAYLOAD:  # pragma: no cover - the shipper cuts frames at 1 MiB
         raise ValueError(f"frame payload of {len(payload)} bytes is too large")
     return HEADER.pack(RECORDS, tracker, number, len(payload)), payload
 
 
-def records_frame(tracker: int, number: int, records: list[Any]) -> bytes:
-    """A whole ``RECORDS`` frame of ``records``, as ``records_parts`` joined.
+def records_frame(tracker: int, number: int, records: list[Record]) -> bytes:
+    """A whole ``RECORDS`` frame of ``records`` (tuples), as ``records_parts`` joined.
 
     Raises:
         ValueError: as ``records_parts``.
     """
-    header, payload = records_parts(tracker, number, records)
+    header, payload = records_parts(tracker, number, [field for record in records for field in record])
     return header + payload
 
 
-def read_records(payload: bytes) -> list[tuple[Any, ...]]:
-    """The records of a ``RECORDS`` payload.
+def read_records(payload: bytes) -> list[Record]:
+    """The records of a ``RECORDS`` payload, a tuple each.
 
     Raises:
-        ValueError: the payload is not one ``records_frame`` wrote.
+        ValueError: the payload is not one ``records_parts`` wrote.
     """
     try:
-        records = marshal.loads(payload)
+        fields = marshal.loads(payload)
     except (EOFError, ValueError, TypeError) as exc:
         raise ValueError(f"the records are unreadable ({exc})") from None
-    if type(records) is not list:
-        raise ValueError(f"the records are a {type(records).__name__}, not a list")
-    # C loops (map): no Python runs per record.
-    if set(map(type, records)) - {tuple} or set(map(len, records)) - {EXTRA + 1}:
-        raise ValueError("a record is not a tuple of its fields")
-    if set(map(type, map(body_of, records))) - {bytes}:
+    if type(fields) is not list:
+        raise ValueError(f"the records are a {type(fields).__name__}, not a list")
+    if len(fields) % WIDTH:
+        raise ValueError(f"the records are {len(fields)} fields, not whole records of {WIDTH}")
+    # C loops (slice, map): no Python runs per record.
+    if set(map(type, fields[BODY::WIDTH])) - {bytes}:
         raise ValueError("a record's body is not bytes")
-    return records
+    return records_of(fields)
 
 
 def records_count(payload: bytes) -> int:
     """How many records a ``RECORDS`` payload holds, without reading them: marshal
-    writes a list as ``[`` and its length (4 bytes, little-endian) before the items; from
-    version 3 on, the type byte may carry ``FLAG_REF`` (0x80: the list may be referred to
-    again), as it does for a list the caller still holds.
+    writes a list as ``[`` and its length (4 bytes, little-endian) before the items, here
+    ``WIDTH`` fields a record; from version 3 on, the type byte may carry ``FLAG_REF``
+    (0x80: the list may be referred to again), as it does for a list the caller still holds.
 
     Raises:
         ValueError: the payload does not start as a list (``read_records`` would refuse it).
     """
     if len(payload) < 5 or payload[0] & ~_FLAG_REF != _LIST:
         raise ValueError("the records are not a list")
-    return int.from_bytes(payload[1:5], "little")
+    return int.from_bytes(payload[1:5], "little") // WIDTH
 
 
 def write_all(fd: int, data: bytes | memoryview | list[bytes]) -> None:

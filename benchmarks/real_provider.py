@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._channel import read_records
+from asynctrack._channel import HEADER, read_records, records_frame
 from asynctrack._events import _schema
 from asynctrack._events._translate import EventTranslator
 from asynctrack._layout import Layout
@@ -151,7 +151,9 @@ def _worker_child(path: str, passes: int, warm: bool, chunk: int = _CHUNK) -> No
     """Under callgrind: one pass to warm up (imports, compiled patterns), then ``passes``
     counted."""
     records = marshal.loads(Path(path).read_bytes())
-    payloads = [marshal.dumps(records[i : i + chunk], 4) for i in range(0, len(records), chunk)]
+    payloads = [
+        records_frame(0, 0, records[i : i + chunk])[HEADER.size :] for i in range(0, len(records), chunk)
+    ]
     _worker_path(payloads)
     gc.collect()
     c.callgrind_instrument(True)

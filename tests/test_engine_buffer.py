@@ -126,9 +126,9 @@ def test_the_drop_warning_counts_each_reason_since_it_last_spoke(caplog: pytest.
     queue: BoundedQueue[Control] = BoundedQueue(max_events=1, wake=lambda: None)
     reporter = Reporter()
     for i in range(3):
-        queue.put(i)  # 0 fits, 1 and 2 do not
+        queue.put(("text", i, 0.0, None, None, None, b"", None))  # 0 fits, 1 and 2 do not
     queue.close()
-    queue.put(3)
+    queue.put(("text", 3, 0.0, None, None, None, b"", None))
     reporter.drops(queue.dropped, queue.dropped_by)
     assert [r.getMessage() for r in caplog.records] == [
         "asynctrack dropped 3 event(s) (3 in all): 2 over max_queue_events=1 (the buffer was full), "

@@ -3,6 +3,7 @@ implement, and the block policy in process mode (a worker process that is slow f
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asynctrack import AsyncTracker, TrackerConfig
-from asynctrack._pipeline import _queue as _queue_module
+from asynctrack._events._schema import BODY, WIDTH
 from asynctrack._pipeline._engine import Engine
 from asynctrack._pipeline._protocol import TrackerEngine
 from asynctrack._pipeline._queue import WAKE_AT, BoundedQueue, Control
@@ -121,11 +122,11 @@ def test_the_queue_keeps_order_bounds_and_counts_under_any_sequence(
     assert [r[1] for r in out] == sorted(r[1] for r in out)
 
 
-@pytest.mark.parametrize("limit", [1, _queue_module._MAP_UP_TO, _queue_module._MAP_UP_TO + 1, 300])
+@pytest.mark.parametrize("limit", [1, 64, 65, 300])
 def test_a_take_of_few_or_many_records_returns_them_in_order_up_to_its_limit(limit: int) -> None:
-    """Few records and many are taken by two C loops (their set-up and their cost a
-    record differ): both return the oldest records, in order, up to the limit, and
-    count them and their bytes."""
+    """A take of a few records ahead of the rest (their slots set aside) and of many
+    (what stays moved down): both return the oldest records, in order, up to the limit,
+    and count them and their bytes."""
     queue, _ = _queue(max_events=1000, max_bytes=1 << 20)
     queued = limit + 5
     records = [_record(seq, seq % 7) for seq in range(queued)]
@@ -138,6 +139,35 @@ def test_a_take_of_few_or_many_records_returns_them_in_order_up_to_its_limit(lim
     assert chunk == records[limit:]
     assert queue.counts() == (queued, 0)
     assert queue.bytes == 0
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1 << 20])
+def test_a_backlog_is_taken_in_slices_without_moving_it_and_drained_in_order(max_bytes: int | None) -> None:
+    """The queue holds records flat (their fields, no tuple). Slices taken from the front
+    of a long backlog leave the rest where it is, the taken slots held only while fewer
+    than what stays (the list is never twice the queue); ``put_many``, a control, a
+    ``drain()`` after partial takes and the counts keep their order and meaning."""
+    queue, _ = _queue(max_events=10_000, max_bytes=max_bytes)
+    records = [_record(seq, seq % 5) for seq in range(1000)]
+    queue.put_many(records[:500])
+    for record in records[500:]:
+        queue.put(record)
+    flag = _Flag("flush")
+    queue.put_control(flag)
+    assert len(queue) == 1001 and queue.counts() == (0, 1000)
+    assert not any(type(slot) is tuple for slot in queue.items)
+    taken: list[Any] = []
+    for _ in range(5):
+        chunk, control = queue.take(64)
+        assert control is None
+        taken += chunk
+        assert 0 < len(queue.items) < 2 * len(queue) * WIDTH
+    assert taken == records[:320]
+    assert queue.queued_before(flag) == 680 and queue.controls() == [flag]
+    assert queue.drain() == [*records[320:], flag]
+    assert queue.counts() == (1000, 0) and len(queue) == 0 and not queue.length()
+    queue.put(records[0])
+    assert queue.take(5) == ([records[0]], None)
 
 
 _PACKED_OPS = st.lists(
@@ -400,16 +430,79 @@ def test_the_handler_appends_under_the_queues_bounds_and_counts_what_it_drops(
         queue = tracker._queue
         # The queue's put runs in the handler's frame (not a call of it).
         assert tracker._put is None and tracker._engine.put == queue.put
-        queue._take_lock.acquire()  # the consumer cannot take meanwhile
-        try:
+        engine = tracker._engine
+        assert isinstance(engine, ProcessEngine)
+        with engine._worker._lock:  # the shipper takes nothing meanwhile
             for n in range(5):
                 tracker.on_text(f"{n}:" + "x" * size, run_id=uuid.uuid4())
-            assert len(queue.items) == kept and queue.dropped == 5 - kept
-            assert queue.bytes == sum(len(record[6]) for record in queue.items)
-        finally:
-            queue._take_lock.release()
+            assert len(queue) == kept and queue.dropped == 5 - kept
+            assert queue.bytes == sum(len(body) for body in queue.items[queue._at + BODY :: WIDTH])
         tracker.flush_blocking(timeout=JOIN)
         assert (tracker.statistics().dropped, tracker.statistics().written) == (5 - kept, kept)
     assert [e["data"]["text"].split(":")[0] for e in events_in(tmp_destination)] == [
         str(n) for n in range(kept)
     ]
+
+
+# -- what waiting records cost the collector ---------------------------------------------------
+
+
+def _record_like(objects: list[Any]) -> int:
+    """Record tuples among ``objects`` (what a queue of tuples held)."""
+    return sum(1 for o in objects if type(o) is tuple and len(o) == WIDTH and type(o[BODY]) is bytes)
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_records_waiting_for_the_consumer_are_nothing_the_collector_walks(
+    tmp_destination: Path, mode: str
+) -> None:
+    """A burst recorded while the consumer takes nothing (held here): what the queue holds
+    is untracked by the cyclic collector, the burst leaves generation 0's count where it
+    was (a collection's walk grows with it), and no collection meets a waiting record;
+    then every event is written, in order."""
+    n = 3000
+    run_ids = [uuid.uuid4() for _ in range(16)]
+    serialized = {"name": "step", "id": ["bench", "Step"]}
+    met: list[int] = []  # record tuples in generation 0 at each of its collections
+
+    def collector(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            met.append(_record_like(gc.get_objects(0)))
+
+    def burst(first: int) -> None:
+        for i in range(first, first + n):
+            run_id = run_ids[i % len(run_ids)]
+            if i & 1:
+                tracker.on_chain_end({"output": "done", "step": i}, run_id=run_id)
+            else:
+                tracker.on_chain_start(serialized, {"topic": "bench", "step": i}, run_id=run_id, tags=["t"])
+
+    config = TrackerConfig(worker=mode, handle_sigterm=False)
+    with AsyncTracker(tmp_destination, config=config) as tracker:
+        engine = tracker._engine
+        if isinstance(engine, ProcessEngine):
+            queue, held = engine._queue, engine._worker._lock  # the shipper takes nothing meanwhile
+        else:
+            assert isinstance(engine, Engine)
+            queue, held = engine._buffer, engine._buffer._take_lock  # its worker cannot take
+        gc.collect()
+        with held:
+            gc.disable()  # no collection untracks what the queue holds meanwhile
+            try:
+                count = gc.get_count()[0]
+                burst(0)
+                grown = gc.get_count()[0] - count
+                tracked = sum(map(gc.is_tracked, queue.items))
+            finally:
+                gc.enable()
+            assert len(queue) == n
+            assert tracked == 0  # a queue of tuples: n
+            assert grown < n // 10, grown  # a queue of tuples: n or more
+            gc.callbacks.append(collector)
+            try:
+                burst(n)
+            finally:
+                gc.callbacks.remove(collector)
+            assert max(met, default=0) < 50, met  # a queue of tuples: ~700 at each
+        tracker.flush_blocking(timeout=JOIN)
+    assert [e["seq"] for e in events_in(tmp_destination)] == list(range(2 * n))

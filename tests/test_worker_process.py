@@ -38,6 +38,7 @@ from asynctrack._channel import (
     records_frame,
     write_all,
 )
+from asynctrack._events._schema import WIDTH
 from asynctrack._langchain import _handler
 from asynctrack._pipeline._durable import ENV_PREFIXES, apply_environ
 from asynctrack._pipeline._queue import BoundedQueue
@@ -871,7 +872,7 @@ def test_records_cross_with_their_fields_as_they_are() -> None:
     assert read_records(payload) == records
     for some in (records, records[:1], records * 100, []):
         assert records_count(records_frame(3, 9, some)[HEADER.size :]) == len(some)
-    assert records_count(marshal.dumps([(1,), (2,)], 4)) == 2  # a list held by no one: no FLAG_REF
+    assert records_count(marshal.dumps([None] * 2 * WIDTH, 4)) == 2  # a list held by no one: no FLAG_REF
     for not_a_list in (marshal.dumps({}, 2), marshal.dumps((1,), 2), b"", b"["):
         with pytest.raises(ValueError):
             records_count(not_a_list)

@@ -1,14 +1,14 @@
 """The event kinds, and the record the handler hands to the engine for each callback.
 
-A record is the tuple the handler appends on the caller's thread::
+A record is the tuple the handler builds on the caller's thread::
 
     (kind, seq, ts, run_id, parent_run_id, name, body, extra)
 
+and appends to its queue flat, field after field (``WIDTH``: see ``_pipeline._queue``).
 ``run_id`` and ``parent_run_id`` are LangChain's ``UUID`` run ids as their ``int`` (a slot
-read): a record of plain ``str``, ``int``, ``float``, ``bytes`` and ``None`` holds nothing
-the cyclic collector tracks, so it is untracked at the first collection it meets and
-records waiting for the shipper are not walked again (a ``UUID`` is a tracked object);
-the translator writes them as UUID text (``uuid_text``). A run id that is not a ``UUID``
+read): fields of plain ``str``, ``int``, ``float``, ``bytes`` and ``None`` are nothing the
+cyclic collector tracks, so waiting records are never walked (a ``UUID`` is a tracked
+object); the translator writes them as UUID text (``uuid_text``). A run id that is not a ``UUID``
 is passed as it is. ``body`` is always ``bytes``: the JSON of ``{"data": {...}, "tags":
 ..., "metadata": ...}``, captured on the caller's thread; ``extra`` is the error of an
 error event (a dict of plain data read on the caller's thread, ``Capturer.error``) or
@@ -36,16 +36,17 @@ __all__ = [
     "SEQ",
     "STARTS",
     "TS",
+    "WIDTH",
     "Record",
     "id_text",
     "id_value",
     "is_interrupt",
+    "records_of",
     "uuid_text",
 ]
 
 #: A record: a plain tuple built with one C call on the hot path (a ``NamedTuple`` would
 #: add a Python ``__new__`` per event); its fields are read by these indices everywhere.
-#: In the worker process the same fields arrive as a list, in the same order.
 Record = tuple[Any, ...]
 
 KIND: Final = 0  # str: a key of EVENT_KINDS
@@ -56,6 +57,19 @@ PARENT_RUN_ID: Final = 4  # a UUID's int, or None
 NAME: Final = 5  # str or None
 BODY: Final = 6  # bytes: the captured JSON body
 EXTRA: Final = 7  # the error of an error event, the str of a streamed token, else None
+#: Fields of a record. Where records wait or travel flat (the application's queue, the
+#: frames to the worker process), record ``i`` is ``fields[i * WIDTH : (i + 1) * WIDTH]``.
+WIDTH: Final = EXTRA + 1
+
+
+def records_of(fields: list[Any]) -> list[Record]:
+    """Flat fields as records, a tuple each, in order (C loops).
+
+    Raises:
+        ValueError: ``fields`` is not whole records.
+    """
+    return list(zip(*[iter(fields)] * WIDTH, strict=True))
+
 
 #: Every event kind, with the fields the handler puts in ``data`` (besides the
 #: callback's other keyword arguments).

@@ -452,8 +452,9 @@ class AsyncTracker(BaseCallbackHandler):
     # -- the hot path --------------------------------------------------------------------
     #
     # Each callback: a dict of its arguments, one orjson call (``_capture``), one
-    # tuple, one append. try/except because a callback must never raise into the
-    # chain; what cannot be recorded is counted as dropped (none is known to).
+    # tuple, its fields appended to the queue (one extend: see ``_pipeline._queue``).
+    # try/except because a callback must never raise into the chain; what cannot be
+    # recorded is counted as dropped (none is known to).
 
     def _record(
         self,
@@ -499,8 +500,8 @@ class AsyncTracker(BaseCallbackHandler):
             except Exception:
                 body = self._with_objects(raw)
             try:
-                # The ids' ints (a slot read each): a record of plain values is untracked
-                # by the collector at its first collection (see _events._schema).
+                # The ids' ints (a slot read each): the queue then holds nothing the
+                # collector tracks (see _events._schema).
                 run = run_id.int  # type: ignore[union-attr] # not a UUID: below
                 parent = parent_run_id and parent_run_id.int
             except AttributeError:  # a run id that is not a UUID is passed as it is
@@ -517,7 +518,7 @@ class AsyncTracker(BaseCallbackHandler):
                 items = queue.items
                 queued = len(items)
                 if queued < queue.room and queue.bytes <= queue.byte_room:
-                    items.append(record)
+                    items.extend(record)  # flat: the tuple is freed on return
                     queue.bytes += len(body)
                     if queued >= queue.wake_at:
                         queue.woken()

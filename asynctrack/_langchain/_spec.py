@@ -142,6 +142,7 @@ class TrackerSpec:
             sampled_out=None if tail is None else lambda: tail.sampled_out,
             sampled_out_failing=None if tail is None else lambda: tail.sampled_out_failing,
             records_in=None if packed is None else packed.records_in,
+            flat=packed is None,  # the handler's records, here in the application
         )
         return engine, translator
 

@@ -1,6 +1,6 @@
 """The flush barrier: markers that travel through the buffer behind the events they cover.
 
-``flush()`` appends a ``Marker`` to the same deque as the events, so every event put
+``flush()`` appends a ``Marker`` to the same queue as the events, so every event put
 before the call is ahead of it. When the worker takes the marker it seals the open
 batch and notes the last batch number the marker covers (``upto``); the marker
 resolves once none of those batches is still in flight (written, or failed and kept

@@ -88,6 +88,8 @@ class Engine:
         records_in: how many records a queue item stands for, if items are packed
             (the worker process's frames; see ``BoundedQueue``).
         sampled_out_failing: the adapter's count of those events whose trace failed later.
+        flat: records are the handler's (``_events._schema.Record``): the queue holds
+            them flat, nothing the cyclic collector tracks (see ``BoundedQueue``).
     """
 
     put: Callable[[Any], None]
@@ -112,9 +114,11 @@ class Engine:
         sampled_out: Callable[[], int] | None = None,
         records_in: Callable[[Any], int] | None = None,
         sampled_out_failing: Callable[[], int] | None = None,
+        flat: bool = False,
     ) -> None:
         self.config = config or TrackerConfig()
         self._records_in = records_in
+        self._flat = flat
         self.exporters = tuple(exporters)
         self._start_exporters = start_exporters
         self._queue_events = self.config.max_queue_events if queue_events is None else queue_events
@@ -171,6 +175,7 @@ class Engine:
             block_timeout=config.block_timeout,
             wake=self._wake,
             records_in=self._records_in,
+            flat=self._flat,
         )
         self._worker = Worker(
             config=self.config,

@@ -7,7 +7,7 @@ every tracker of that process, and its shipper (``_shipper.Shipper``) takes each
 tracker's records from the tracker's queue.
 
 Costs in the application: ``put()`` is the hot path, the queue's own method (one
-``deque.append`` and a length check). The shipper and the reader threads do the
+``list.extend`` of the record's fields and a length check). The shipper and the reader threads do the
 rest (see ``_shipper`` and ``_spawn``).
 
 Where ``max_queue_events``, ``max_queue_bytes`` and ``when_full`` hold, each once:
@@ -162,6 +162,7 @@ class ProcessEngine:
             when_full=config.when_full,
             block_timeout=config.block_timeout,
             wake=self._worker.wake,
+            flat=True,
         )
         self.put = self._queue.put
         self.lane = Lane(

@@ -20,10 +20,12 @@ write), so at 5 ms a steady sync chain paid ~2 µs per event in this thread and 
 20 ms ~1.2. It also bounds what a SIGKILL of the application loses (measured up to 21 ms;
 the benchmarks hold that window to 50 ms).
 
-A round takes each lane's records in slices (``SLICE``), marshals each slice with one
-C call (``_channel.records_parts``), and writes each slice's frames to the worker's pipe
-with one ``writev`` (it releases the GIL), then sleeps ``_HAND_OVER`` before the next
-slice of a backlog. Per record it does no Python work beyond taking it off the deque.
+A round takes each lane's records in slices (``SLICE``), their fields flat as the queue
+holds them (``BoundedQueue.take_fields``), marshals each slice with one C call
+(``_channel.records_parts``), and writes each slice's frames to the worker's pipe with
+one ``writev`` (it releases the GIL), then sleeps ``_HAND_OVER`` before the next slice
+of a backlog. Per record it does no Python work: a slice is taken, framed and freed by
+C calls over the whole slice.
 The GIL is held in one piece for a slice's take, marshal and retention: ``SLICE`` keeps
 that near 0.1 ms, what an event loop in the application may wait for it.
 
@@ -48,9 +50,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from .._channel import HEADER, RECORDS, Kind, body_of, encode_frame, read_records, records_parts
+from .._channel import HEADER, RECORDS, Kind, encode_frame, read_records, records_parts
 from .._errors import error_fields
-from .._events._schema import KIND
+from .._events._schema import BODY, KIND, WIDTH
 from .._pipeline._queue import BoundedQueue, Control
 from .._pipeline._statistics import Reporter
 
@@ -93,17 +95,17 @@ class Request(Control):
         self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
 
-def _cuts(items: list[Any]) -> Iterator[list[Any]]:
-    """``items`` cut into frames near ``_MAX_FRAME_BYTES`` each (both processes hold a
-    frame whole, and the worker's byte bound is applied per frame); a record alone may
-    pass it."""
+def _cuts(fields: list[Any]) -> Iterator[list[Any]]:
+    """Records' ``fields`` (flat) cut into frames near ``_MAX_FRAME_BYTES`` each (both
+    processes hold a frame whole, and the worker's byte bound is applied per frame); a
+    record alone may pass it."""
     start = 0
-    while start < len(items):
-        # C loops only (map, accumulate, bisect): no Python work per record.
-        totals = list(itertools.accumulate(map(len, map(body_of, items[start:]))))
+    while start < len(fields):
+        # C loops only (slice, map, accumulate, bisect): no Python work per record.
+        totals = list(itertools.accumulate(map(len, fields[start + BODY :: WIDTH])))
         cut = bisect.bisect_right(totals, _MAX_FRAME_BYTES)
-        end = start + (max(cut, 1) if cut < len(totals) else len(totals))
-        yield items[start:end]
+        end = start + (max(cut, 1) if cut < len(totals) else len(totals)) * WIDTH
+        yield fields[start:end]
         start = end
 
 
@@ -201,17 +203,19 @@ class Lane:
         lock = self._lock
         unacked = self.unacked
         while limit > 0:
-            chunk, request = queue.take(limit)
+            chunk, request = queue.take_fields(limit)
             if chunk:
-                limit -= len(chunk)
-                self.shipped += len(chunk)
+                taken = len(chunk) // WIDTH
+                limit -= taken
+                self.shipped += taken
                 # A take whose bodies fit is one frame: no cut to look for, no copy of it.
-                for records in _cuts(chunk) if queue.taken_bytes > _MAX_FRAME_BYTES else (chunk,):
+                for fields in _cuts(chunk) if queue.taken_bytes > _MAX_FRAME_BYTES else (chunk,):
                     number = next(self._frames)
                     try:
-                        frame, kept = records_parts(tracker, number, records), len(records)  # one C call
+                        frame = records_parts(tracker, number, fields)  # one C call
+                        kept = len(fields) // WIDTH
                     except ValueError:  # an exception object, an odd run id: made plain
-                        frame, kept = self._plain_frame(tracker, number, records)
+                        frame, kept = self._plain_frame(tracker, number, fields)
                     lock.acquire()  # not ``with``: see _queue.BoundedQueue.take
                     try:
                         unacked[RECORDS, number] = (frame, kept)
@@ -234,17 +238,18 @@ class Lane:
                 self._forget_oldest()
         return parts, count
 
-    def _plain_frame(self, tracker: int, number: int, records: list[Any]) -> tuple[Parts, int]:
-        """The ``RECORDS`` frame of ``records`` that ``marshal`` refused as they are, and
-        how many records it holds."""
-        kept = []
-        for record in records:
+    def _plain_frame(self, tracker: int, number: int, fields: list[Any]) -> tuple[Parts, int]:
+        """The ``RECORDS`` frame of records' ``fields`` (flat) that ``marshal`` refused as
+        they are, and how many records it holds."""
+        kept: list[Any] = []
+        for start in range(0, len(fields), WIDTH):
+            record = fields[start : start + WIDTH]
             try:
-                kept.append(tuple(_plain(field) for field in record))
+                kept += [_plain(field) for field in record]
             except Exception as exc:  # a hostile __str__ in a dict key
                 self.lost += 1
                 logger.warning("asynctrack: could not ship a %s event: %r", record[KIND], exc)
-        return records_parts(tracker, number, kept), len(kept)
+        return records_parts(tracker, number, kept), len(kept) // WIDTH
 
     def _forget_oldest(self) -> None:
         """Over the retention bound: forget the oldest unacknowledged RECORDS frames."""
