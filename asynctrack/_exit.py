@@ -21,7 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["close_all", "exit_hooks", "exit_timeout", "forget", "install_sigterm_handler", "register"]
+__all__ = [
+    "close_all",
+    "exit_hooks",
+    "exit_timeout",
+    "forget",
+    "install_sigterm_handler",
+    "register",
+    "side_by_side",
+]
 
 logger = logging.getLogger("asynctrack")
 
@@ -70,20 +78,29 @@ def close_all() -> None:
     deadline = time.monotonic() + exit_timeout()
     with _lock:
         engines = list(_live.values())
-    for engine in engines:
-        try:
-            engine.start_close(max(deadline - time.monotonic(), 0.1))
-        except Exception as exc:
-            logger.error("asynctrack: at exit, %s", exc)
-    for engine in engines:
-        try:
-            engine.close(timeout=max(deadline - time.monotonic(), 0.1))
-        except Exception as exc:
-            logger.error("asynctrack: at exit, %s", exc)
+    side_by_side([(engine.start_close, engine.close) for engine in engines], deadline, deadline)
     for hook in list(exit_hooks):
         try:
             hook(deadline)
         except Exception as exc:  # pragma: no cover - each hook logs its own errors
+            logger.error("asynctrack: at exit, %s", exc)
+
+
+def side_by_side(
+    closes: list[tuple[Callable[[float], Any], Callable[[float], Any]]], deadline: float, end: float
+) -> None:
+    """Start every close (``(start, wait)`` pairs, each given the seconds left) by
+    ``deadline``, then wait for each until ``end`` (``time.monotonic()``); what raises
+    is logged, never raised: the others still close."""
+    for start, _ in closes:
+        try:
+            start(max(deadline - time.monotonic(), 0.1))
+        except Exception as exc:
+            logger.error("asynctrack: at exit, %s", exc)
+    for _, wait in closes:
+        try:
+            wait(max(end - time.monotonic(), 0.1))
+        except Exception as exc:
             logger.error("asynctrack: at exit, %s", exc)
 
 

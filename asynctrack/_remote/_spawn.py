@@ -31,7 +31,7 @@ import weakref
 from typing import Final, Protocol, Self
 
 from .._channel import FrameReader, Kind, encode_frame, write_all
-from .._exit import exit_hooks
+from .._exit import exit_hooks, side_by_side
 from ._shipper import Lane, Shipper
 
 __all__ = [
@@ -349,17 +349,7 @@ def close_all(deadline: float) -> None:
     answers and the worker's exit are waited for until ``_EXIT_GRACE`` past ``deadline``.
     """
     end = deadline + _EXIT_GRACE
-    clients = list(live)
-    for client in clients:
-        try:
-            client.start_close(max(deadline - time.monotonic(), 0.1))
-        except Exception as exc:
-            logger.error("asynctrack: at exit, %s", exc)
-    for client in clients:
-        try:
-            client.wait_closed(max(end - time.monotonic(), 0.1))
-        except Exception as exc:
-            logger.error("asynctrack: at exit, %s", exc)
+    side_by_side([(client.start_close, client.wait_closed) for client in list(live)], deadline, end)
     worker = _Shared.worker
     if worker is not None and worker._pid == os.getpid():  # noqa: SLF001 - same module
         worker.shutdown(max(end - time.monotonic(), 0.1))
