@@ -629,7 +629,9 @@ class Capturer:
         return cut_text(s, self._max_field)
 
     def _bytes(self, v: bytes | bytearray | memoryview) -> dict[str, Any]:
-        raw = bytes(v)  # a copy: a bytearray may change later
+        # A copy (a bytearray may change later), of the buffer itself: a subclass's
+        # __bytes__ is not run (an object that only says it is bytes: its own bytes()).
+        raw = bytes(memoryview(v)) if issubclass(type(v), bytes | bytearray | memoryview) else bytes(v)
         out: dict[str, Any] = {MARK: "bytes", "size": len(raw)}
         if len(raw) > self._max_field:
             out["truncated"] = True

@@ -902,6 +902,24 @@ def test_a_builtin_subclass_is_written_as_its_own_value_on_both_paths(
         assert _capture({value: "key"}) == {orjson.dumps(expected).decode().strip('"'): "key"}
 
 
+class Shown(bytes):
+    def __bytes__(self) -> bytes:
+        return b"what __bytes__ says"
+
+
+class ShownArray(bytearray):
+    def __bytes__(self) -> bytes:
+        return b"what __bytes__ says"
+
+
+@pytest.mark.parametrize("value", [Shown(b"real bytes"), ShownArray(b"real bytes")])
+def test_a_bytes_subclass_is_written_as_its_own_bytes(value: Any) -> None:
+    """The buffer itself, never what an overridden ``__bytes__`` returns."""
+    expected = {"$asynctrack": "bytes", "size": 10, "text": "real bytes"}
+    assert _capture(value) == expected
+    assert _capture({"v": value, "slotted": Slotted()})["v"] == expected
+
+
 class Hue(str, enum.Enum):  # noqa: UP042 - the mix-in, not StrEnum, is tested
     RED = "red"
 
