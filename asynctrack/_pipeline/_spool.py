@@ -166,15 +166,16 @@ def _read_key(path: Path, name: str) -> str | None:
 def _whole_lines(data: bytes, gzipped: bool) -> tuple[bytes, int]:
     """What a damaged batch still holds: its whole lines that are valid JSON objects (as
     the batch's bytes, gzipped again if it was) and how many."""
-    text = b""
     if gzipped:
         # Decompressed as far as it goes: a cut or damaged stream stops there.
         decompressor = zlib.decompressobj(wbits=31)
+        pieces = []
         for start in range(0, len(data), 1 << 16):
             try:
-                text += decompressor.decompress(data[start : start + (1 << 16)])
+                pieces.append(decompressor.decompress(data[start : start + (1 << 16)]))
             except zlib.error:
                 break
+        text = b"".join(pieces)  # joined once: adding each piece would copy the text each time
     else:
         text = data
     kept = []
