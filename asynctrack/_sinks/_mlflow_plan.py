@@ -26,6 +26,7 @@ __all__ = [
     "MLflowLimits",
     "Plan",
     "batches",
+    "limit_in",
     "mlflow_key",
     "plan_write",
     "run_key",
@@ -58,20 +59,24 @@ class MLflowLimits:
         from mlflow.utils import validation
 
         default = cls()
-
-        def read(name: str, fallback: int) -> int:
-            value = getattr(validation, name, fallback)
-            return value if isinstance(value, int) and value > 0 else fallback
-
         return cls(
-            key_length=read("MAX_ENTITY_KEY_LENGTH", default.key_length),
-            param_value_length=read("MAX_PARAM_VAL_LENGTH", default.param_value_length),
-            tag_value_length=read("MAX_TAG_VAL_LENGTH", default.tag_value_length),
-            params_tags_per_batch=read("MAX_PARAMS_TAGS_PER_BATCH", default.params_tags_per_batch),
-            metrics_per_batch=read("MAX_METRICS_PER_BATCH", default.metrics_per_batch),
-            entities_per_batch=read("MAX_ENTITIES_PER_BATCH", default.entities_per_batch),
-            request_bytes=read("MAX_BATCH_LOG_REQUEST_SIZE", default.request_bytes),
+            key_length=limit_in(validation, "MAX_ENTITY_KEY_LENGTH", default.key_length),
+            param_value_length=limit_in(validation, "MAX_PARAM_VAL_LENGTH", default.param_value_length),
+            tag_value_length=limit_in(validation, "MAX_TAG_VAL_LENGTH", default.tag_value_length),
+            params_tags_per_batch=limit_in(
+                validation, "MAX_PARAMS_TAGS_PER_BATCH", default.params_tags_per_batch
+            ),
+            metrics_per_batch=limit_in(validation, "MAX_METRICS_PER_BATCH", default.metrics_per_batch),
+            entities_per_batch=limit_in(validation, "MAX_ENTITIES_PER_BATCH", default.entities_per_batch),
+            request_bytes=limit_in(validation, "MAX_BATCH_LOG_REQUEST_SIZE", default.request_bytes),
         )
+
+
+def limit_in(module: Any, name: str, fallback: int) -> int:
+    """The installed MLflow's limit ``name`` in ``module``, if it is a positive int there;
+    else ``fallback`` (an older or newer MLflow without it)."""
+    value = getattr(module, name, fallback)
+    return value if isinstance(value, int) and value > 0 else fallback
 
 
 def run_key(experiment: str, run: str) -> str:

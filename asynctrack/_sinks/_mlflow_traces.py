@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._export._spans import SpanAssembler, trace_id_of
 from ._base import RunInfo
+from ._mlflow_plan import limit_in
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -117,14 +118,10 @@ def _limits() -> _Limits:
     except ImportError:  # pragma: no cover - the traces need MLflow
         return default
 
-    def read(name: str, fallback: int) -> int:
-        value = getattr(constant, name, fallback)
-        return value if isinstance(value, int) and value > 0 else fallback
-
     return _Limits(
-        tag_value=read("MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE", default.tag_value),
-        metadata=read("MAX_CHARS_IN_TRACE_INFO_METADATA", default.metadata),
-        preview=read("TRACE_REQUEST_RESPONSE_PREVIEW_MAX_LENGTH_OSS", default.preview),
+        tag_value=limit_in(constant, "MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE", default.tag_value),
+        metadata=limit_in(constant, "MAX_CHARS_IN_TRACE_INFO_METADATA", default.metadata),
+        preview=limit_in(constant, "TRACE_REQUEST_RESPONSE_PREVIEW_MAX_LENGTH_OSS", default.preview),
     )
 
 
