@@ -458,6 +458,16 @@ def valid_text(s: str) -> str:
     return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def _other_key(key: str, k: Any, out: Mapping[str, Any]) -> str:
+    """The key for ``k``, whose text ``key`` is taken in ``out`` already ({1: a, "1": b}:
+    both kept): the later one's key says its type, then a number if need be."""
+    base = f"{key} <{type_name(k)}>"
+    key, n = base, 2
+    while key in out:
+        key, n = f"{base} #{n}", n + 1
+    return key
+
+
 def cut_text(s: str, limit: int) -> str:
     """``s`` cut to its first ``limit`` bytes of UTF-8, ending in the truncation marker;
     as it is if it fits (a lone surrogate replaced by U+FFFD, as the line will have it)."""
@@ -582,11 +592,7 @@ class Capturer:
         for k, x in items:
             key = self._key(k)
             if key in out:
-                # {1: a, "1": b}: both kept, the later one's key says its type.
-                base = f"{key} <{type_name(k)}>"
-                key, n = base, 2
-                while key in out:
-                    key, n = f"{base} #{n}", n + 1
+                key = _other_key(key, k, out)
             out[key] = self._child(x, depth)
         return out
 
@@ -602,11 +608,8 @@ class Capturer:
                 out[MARK] = placeholder("too_many_values", v, kept=kept)
                 break
             key = self._key(k)
-            if key in out:  # as in _dict
-                base = f"{key} <{type_name(k)}>"
-                key, n = base, 2
-                while key in out:
-                    key, n = f"{base} #{n}", n + 1
+            if key in out:
+                key = _other_key(key, k, out)
             out[key] = child = self._child(x, depth)
             size += len(key) + len(orjson.dumps(child))
         return out
