@@ -49,6 +49,21 @@ def check_names(experiment_name: str | None, run_name: str | None) -> None:
             raise ValueError(f"{what} must be a non-empty string or None (every one), got ''")
 
 
+def names_asked(experiment_name: str | None, run_name: str | None) -> dict[str, str]:
+    """The envelope fields a reader keeps events by (``experiment``, ``run``), each as the
+    writer maps its name; ``None`` asks for none."""
+    asked = (("experiment", experiment_name), ("run", run_name))
+    return {field: valid_text(name) for field, name in asked if name is not None}
+
+
+def _theirs(document: dict[str, Any], names: dict[str, str]) -> bool:
+    """Whether ``document`` (an event, a parameters document) is of the names asked. One
+    without such a field (a placeholder for an event that could not be translated) is
+    its directory's: names that differ only in case share one on a case-insensitive file
+    system, and the fields say whose each is."""
+    return all(document.get(field, name) == name for field, name in names.items())
+
+
 def _pattern(experiment_name: str | None, run_name: str | None) -> str:
     experiment = safe_segment(experiment_name) if experiment_name else "*"
     run = safe_segment(run_name) if run_name else "*"
@@ -121,12 +136,12 @@ def read_parameters(
     """
     check_names(experiment_name, run_name)
     pattern = f"experiment={safe_segment(experiment_name)}/run={safe_segment(run_name)}/params/*.json"
-    names = {"experiment": valid_text(experiment_name), "run": valid_text(run_name)}
+    names = names_asked(experiment_name, run_name)
     merged: dict[str, Any] = {}
     for _, data in _files(destination, pattern, s3_options):
         document = orjson.loads(data)
-        if any(document.get(field, name) != name for field, name in names.items()):
-            continue  # another run's, in the same directory (see read_events)
+        if not _theirs(document, names):
+            continue  # another run's, in the same directory
         for key, value in document.get("parameters", {}).items():
             if key.startswith(("events_", "tokens_")) and isinstance(value, int):
                 merged[key] = merged.get(key, 0) + value
@@ -160,15 +175,10 @@ def read_events(
     """
     check_names(experiment_name, run_name)
     files = _files(destination, _pattern(experiment_name, run_name), s3_options)
-    events = [event for name, data in files for event in _parse(name, data, destination)]
-    # An event without the field (a placeholder for one that could not be translated) is
-    # the directory's.
-    if experiment_name:
-        experiment = valid_text(experiment_name)
-        events = [event for event in events if event.get("experiment", experiment) == experiment]
-    if run_name:
-        run = valid_text(run_name)
-        events = [event for event in events if event.get("run", run) == run]
+    names = names_asked(experiment_name, run_name)
+    events = [
+        event for name, data in files for event in _parse(name, data, destination) if _theirs(event, names)
+    ]
     first: dict[str, float] = {}
     for event in events:
         tracker = str(event.get("tracker"))

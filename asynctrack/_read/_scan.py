@@ -23,10 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .._capture import valid_text
 from .._layout import safe_segment
 from .._sinks._registry import scheme_of
-from ._load import check_names
+from ._load import check_names, names_asked
 
 if TYPE_CHECKING:
     import polars as pl
@@ -302,7 +301,6 @@ def scan(
     # (names that differ only in case share a directory on a case-insensitive file system);
     # an event without them (a placeholder for one that could not be translated) is the
     # directory's.
-    for column, name in (("experiment", experiment_name), ("run", run_name)):
-        if name is not None:
-            frame = frame.filter(pl.col(column).fill_null(valid_text(name)) == valid_text(name))
+    for column, name in names_asked(experiment_name, run_name).items():
+        frame = frame.filter(pl.col(column).fill_null(name) == name)
     return frame
