@@ -258,9 +258,13 @@ class Lane:
                 break
             if key[0] != RECORDS:
                 continue
-            frame, events = self.unacked.pop(key)
-            self.retained_bytes -= _HEADER_SIZE + len(frame[1])
-            self._unretained_events += events
+            self._unretained_events += self._forget(key)
+
+    def _forget(self, key: Key) -> int:
+        """Forget the retained frame ``key`` (the lock held): the events it held."""
+        frame, events = self.unacked.pop(key)
+        self.retained_bytes -= _HEADER_SIZE + len(frame[1])
+        return events
 
     # -- reader thread ---------------------------------------------------------------------
 
@@ -278,8 +282,7 @@ class Lane:
                         break
                     done.append(key)
             for key in done:
-                frame, _ = unacked.pop(key)
-                self.retained_bytes -= _HEADER_SIZE + len(frame[1])
+                self._forget(key)
 
     def answered(self, kind: Kind, number: int) -> Request | None:
         """The worker answered request ``number`` (a FLUSH or a CLOSE): its request."""
@@ -289,8 +292,7 @@ class Lane:
                 # The tracker's engine there has ended: every record it got is written,
                 # spooled or counted lost, and none is ever re-sent.
                 for key in [key for key in self.unacked if key[0] == RECORDS]:
-                    frame, _ = self.unacked.pop(key)
-                    self.retained_bytes -= _HEADER_SIZE + len(frame[1])
+                    self._forget(key)
         return self.waiting.pop(number, None)
 
     def resend(self) -> list[bytes]:
