@@ -318,6 +318,29 @@ def test_a_password_that_ends_the_authority_early_is_refused_unprinted(cut: str)
     assert without_userinfo("http://bob:pw@127.0.0.1:4318/v1") == "http://127.0.0.1:4318/v1"
 
 
+def _refused_three_ways(
+    endpoint: str,
+    message: str,
+    variable: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> list[str]:
+    """``endpoint`` refused as the argument, as the environment's ``variable`` and by the CLI,
+    each saying ``message`` (the environment's also naming where it came from): every text
+    shown, the argument's error first, then the environment's and the CLI's output."""
+    with pytest.raises(ValueError, match=message) as refused:
+        OTLPExporter(endpoint)
+    monkeypatch.setenv(variable, endpoint)
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP") as from_environment:
+        OTLPExporter()
+    monkeypatch.delenv(variable)
+    assert main(["export", str(tmp_path), "--otlp-endpoint", endpoint]) != 0
+    printed = capsys.readouterr()
+    assert message in printed.err
+    return [str(refused.value), str(from_environment.value), printed.out, printed.err]
+
+
 @pytest.mark.parametrize(
     "endpoint",
     [
@@ -334,16 +357,10 @@ def test_an_at_sign_after_the_host_is_refused_unprinted(
     """A password or token holding an unencoded ``/`` (``?``, ``#``) after a part that reads as
     a host and port leaves an ``@`` after the host: refused (argument, environment, CLI) with a
     message that says to percent-encode it and holds none of it."""
-    with pytest.raises(ValueError, match="percent-encoded") as refused:
-        OTLPExporter(endpoint)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP") as from_environment:
-        OTLPExporter()
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
-    assert main(["export", str(tmp_path), "--otlp-endpoint", endpoint]) != 0
-    printed = capsys.readouterr()
-    assert "percent-encoded" in printed.err
-    for text in (str(refused.value), str(from_environment.value), printed.out, printed.err):
+    texts = _refused_three_ways(
+        endpoint, "percent-encoded", "OTEL_EXPORTER_OTLP_ENDPOINT", monkeypatch, capsys, tmp_path
+    )
+    for text in texts:
         assert not any(part in text for part in ("SECRET", "Tr0ub", "tr0ub", "tOkEn", "bob")), text
     encoded = endpoint.replace("/Tr0ub4dor", "%2FTr0ub4dor").replace("tOkEn/en", "tOkEn%2Fen")
     if encoded != endpoint:  # percent-encoded: taken, to the host after the '@'
@@ -367,20 +384,19 @@ def test_an_endpoint_with_a_query_or_fragment_is_refused_unprinted(
     """An OTLP endpoint has no query string nor fragment (``/v1/traces`` would be appended to
     it): refused (argument, environment, CLI) with a message that shows the URL without
     them (nor what follows an ``@`` in them)."""
-    with pytest.raises(ValueError, match="has a query string or fragment") as refused:
-        OTLPExporter(endpoint)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
-    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP") as from_environment:
-        OTLPExporter()
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    assert main(["export", str(tmp_path), "--otlp-endpoint", endpoint]) != 0
-    printed = capsys.readouterr()
-    assert "has a query string or fragment" in printed.err
-    for text in (str(refused.value), str(from_environment.value), printed.out, printed.err):
+    texts = _refused_three_ways(
+        endpoint,
+        "has a query string or fragment",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        monkeypatch,
+        capsys,
+        tmp_path,
+    )
+    for text in texts:
         assert not any(part in text for part in ("SECRET", "Zk9Qw", "7Lp3", "api_key", "bob")), text
     base = endpoint.partition("?")[0].partition("#")[0].replace("bob:pwSECRET@", "")
     shown = "https://…" if "Zk9Qw@" in endpoint else base  # what follows an '@' there may be secret
-    assert f"the OTLP endpoint {shown!r} has a query string" in str(refused.value)
+    assert f"the OTLP endpoint {shown!r} has a query string" in texts[0]
 
 
 def test_a_stalled_receiver_bounds_flush_and_close(tmp_path: Path, receiver: OTLPReceiver) -> None:
