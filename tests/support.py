@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import socket
 import subprocess
 import sys
 import warnings
@@ -23,6 +24,7 @@ __all__ = [
     "fail_on_finalizer_complaints",
     "finalizer_complaints",
     "run_script",
+    "silent_endpoint",
 ]
 
 #: The repository's root.
@@ -121,3 +123,13 @@ def assert_worker_mode(tracker: AsyncTracker, mode: str) -> None:
     hook or destination cannot cross to a worker process silently uses a thread."""
     actual = tracker.statistics().worker_mode
     assert actual == mode, f"the test asked for a {mode} worker; the tracker uses a {actual} one"
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """The URL of an endpoint on 127.0.0.1 that accepts connections and never answers (the
+    kernel completes the handshakes; nobody ever reads): a hung load balancer."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"

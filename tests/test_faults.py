@@ -34,7 +34,13 @@ from botocore.client import BaseClient
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
-from support import assert_worker_mode, closing, fail_on_finalizer_complaints, finalizer_complaints
+from support import (
+    assert_worker_mode,
+    closing,
+    fail_on_finalizer_complaints,
+    finalizer_complaints,
+    silent_endpoint,
+)
 
 from asynctrack import (
     AsyncTracker,
@@ -484,15 +490,13 @@ def test_a_put_that_never_gets_an_answer_gives_up_at_the_write_deadline(
     timeout, instead of waiting for ever. (S3 PutObject sends ``Expect: 100-continue``;
     the proxy's "stall" fault answers that itself, so only a silent server shows this.)"""
     read_timeout, write_deadline = 1.0, 2.0
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+    with silent_endpoint() as endpoint:
         tracker = AsyncTracker(
             f"s3://{bucket}/silent",
             experiment_name=EXPERIMENT,
             run_name="silent",
             config=TrackerConfig(spool_dir=str(tmp_path / "spool")),
-            endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            endpoint_url=endpoint,
             connect_timeout=1.0,
             read_timeout=read_timeout,
             write_deadline=write_deadline,

@@ -30,6 +30,7 @@ import pytest
 from _infra.aws import FaultProxy, MotoServer
 from _infra.aws_fixtures import batch_events, list_keys
 from botocore.client import BaseClient
+from support import silent_endpoint
 
 from asynctrack._cli import main as cli_main
 
@@ -401,10 +402,7 @@ def test_exit_against_a_silent_s3_endpoint_keeps_its_deadline_and_spools(
     event is in the spool, and the message says so truthfully. (Exit took 20+ s, spooled
     nothing and said "0 lost".)"""
     exit_timeout, n = 3.0, 2000
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
-        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    with silent_endpoint() as endpoint:
         child = start(
             children,
             tmp_path,
@@ -440,12 +438,9 @@ def _spooled_events(spool: Path) -> int:
 
 
 def _close_against_a_silent_endpoint(
-    tmp_path: Path, children: list[Child], silent: socket.socket, n: int, exit_timeout: float
+    tmp_path: Path, children: list[Child], endpoint: str, n: int, exit_timeout: float
 ) -> tuple[Child, dict[str, Any]]:
     """The ``silentclose`` child, once its first tracker's close(timeout=60) has begun."""
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
-    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
     child = start(
         children,
         tmp_path,
@@ -474,8 +469,8 @@ def test_a_signal_during_a_close_brings_that_close_to_the_exit_deadline_and_spoo
     neither spooled nor counted: the exit neither waited for that close nor gave it its
     deadline, and the worker process was ended with the close's 60 s still running.)"""
     exit_timeout, n = 3.0, 600
-    with socket.socket() as silent:
-        child, _ = _close_against_a_silent_endpoint(tmp_path, children, silent, n, exit_timeout)
+    with silent_endpoint() as endpoint:
+        child, _ = _close_against_a_silent_endpoint(tmp_path, children, endpoint, n, exit_timeout)
         started = time.monotonic()
         child.process.send_signal(signum)
         stderr = child.finish(timeout=exit_timeout + 60.0)
@@ -499,8 +494,8 @@ def test_a_sigkill_during_a_close_leaves_the_worker_process_to_spool_it_by_the_e
     if worker_mode == "thread":
         pytest.skip("a SIGKILL takes a thread worker with it")
     exit_timeout, n = 3.0, 600
-    with socket.socket() as silent:
-        child, line = _close_against_a_silent_endpoint(tmp_path, children, silent, n, exit_timeout)
+    with silent_endpoint() as endpoint:
+        child, line = _close_against_a_silent_endpoint(tmp_path, children, endpoint, n, exit_timeout)
         child.process.kill()
         child.finish()
         deadline = time.monotonic() + exit_timeout + 60.0
