@@ -465,7 +465,9 @@ def test_children_forked_after_the_fall_back_write_every_event_and_the_parent_to
     assert all(texts[text] == 1 for text in children_texts)
 
 
-_FORK_WHERE_NO_WORKER_CAN_START = """
+#: A worker-process tracker on sys.argv[1] (its batches sealed by flushes and the close
+#: alone), and text(prefix, n): n text events "<prefix>-<i>" of one run.
+_TRACKER_AND_TEXT = """
 import json, os, sys, uuid
 from asynctrack import AsyncTracker, TrackerConfig
 
@@ -475,6 +477,11 @@ def text(prefix, n):
     run_id = uuid.uuid4()
     for i in range(n):
         tracker.on_text(f"{prefix}-{i}", run_id=run_id)
+"""
+
+_FORK_WHERE_NO_WORKER_CAN_START = (
+    _TRACKER_AND_TEXT
+    + """
 text("p", 30)
 tracker.flush_blocking(timeout=60)
 executable, sys.executable = sys.executable, ""  # the child cannot start a worker process
@@ -491,6 +498,7 @@ os.waitpid(pid, 0)
 text("q", 20)
 tracker.close(timeout=60)
 """
+)
 
 
 def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_destination: Path) -> None:
@@ -504,17 +512,10 @@ def test_a_child_that_cannot_start_a_worker_process_writes_from_a_thread(tmp_des
     assert texts == collections.Counter(expected)
 
 
-_GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER = """
-import json, os, sys, uuid
-from asynctrack import AsyncTracker, TrackerConfig
+_GRANDCHILDREN_OF_A_CHILD_WITHOUT_A_WORKER = (
+    _TRACKER_AND_TEXT
+    + """
 from asynctrack._remote import _spawn
-
-tracker = AsyncTracker(sys.argv[1], experiment_name="e", run_name="r",
-                       config=TrackerConfig(worker="process", batch_interval=3600.0))
-def text(prefix, n):
-    run_id = uuid.uuid4()
-    for i in range(n):
-        tracker.on_text(f"{prefix}-{i}", run_id=run_id)
 def report(who):
     s = tracker.statistics()
     print(json.dumps({"who": who, "mode": s.worker_mode, "recorded": s.recorded, "written": s.written,
@@ -558,6 +559,7 @@ os.waitpid(pid, 0)
 text("q", 20)
 tracker.close(timeout=60)
 """
+)
 
 
 @pytest.mark.parametrize("before", ["", "deaths"])
