@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _infra.graphs import interrupt_and_resume
+from _infra.graphs import Text, interrupt_and_resume, one_node
 from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import recorded_lines
 from langchain_core.utils.uuid import uuid7
@@ -607,29 +607,17 @@ def test_a_session_or_user_set_below_the_root_is_merged_key_by_key(
 def test_a_user_set_in_a_langgraph_node_reaches_the_thread_s_spans(tmp_path: Path) -> None:
     """Every run of a graph with a thread id has a session: a user set on a step inside a
     node still reaches the graph, the node and the steps after."""
-    from typing import TypedDict
-
     from langchain_core.runnables import RunnableLambda
-    from langgraph.graph import END, START, StateGraph
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-    class State(TypedDict):
-        x: str
 
     login = RunnableLambda(lambda x: x, name="login").with_config(metadata={"user_id": "bob"})
     reply = RunnableLambda(lambda x: x + "!", name="reply")
 
-    def node(state: State) -> State:
+    def node(state: Text) -> Text:
         return {"x": reply.invoke(login.invoke(state["x"]))}
 
-    builder = StateGraph(State)
-    builder.add_node("shout", node)
-    builder.add_edge(START, "shout")
-    builder.add_edge("shout", END)
     tracker = _tracker(tmp_path / "logs", "thread")
-    builder.compile().invoke(
-        {"x": "a"}, config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}}
-    )
+    one_node(node).invoke({"x": "a"}, config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}})
     tracker.close()
     spans = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(tmp_path / "logs"))]
     assert len(spans) == 4  # the graph, its node, login, reply
@@ -640,23 +628,13 @@ def test_a_user_set_in_a_langgraph_node_reaches_the_thread_s_spans(tmp_path: Pat
 
 
 def test_a_langgraph_thread_is_the_conversation(tmp_path: Path) -> None:
-    from typing import TypedDict
-
-    from langgraph.graph import END, START, StateGraph
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    class State(TypedDict):
-        x: str
-
-    def node(state: State) -> State:
+    def node(state: Text) -> Text:
         return {"x": state["x"] + "!"}
 
-    builder = StateGraph(State)
-    builder.add_node("shout", node)
-    builder.add_edge(START, "shout")
-    builder.add_edge("shout", END)
     tracker = _tracker(tmp_path / "logs", "thread")
-    builder.compile().invoke(
+    one_node(node).invoke(
         {"x": "a"},
         config={"callbacks": [tracker], "configurable": {"thread_id": "t-7"}, "metadata": {"user_id": "bob"}},
     )

@@ -1,17 +1,19 @@
-"""Small real LangGraph graphs: map-reduce with ``Send`` and ``Command``, and a
-human-in-the-loop graph that is interrupted and resumed (``interrupt()``, a checkpointer)."""
+"""Small real LangGraph graphs: map-reduce with ``Send`` and ``Command``, a
+human-in-the-loop graph that is interrupted and resumed (``interrupt()``, a checkpointer),
+and a graph of one node."""
 
 from __future__ import annotations
 
 import operator
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, Send, interrupt
 
-__all__ = ["QUESTION", "interrupt_and_resume", "map_reduce"]
+__all__ = ["QUESTION", "Text", "interrupt_and_resume", "map_reduce", "one_node"]
 
 QUESTION = {"question": "Send the report to the customer?", "draft": "Dear customer, ..."}
 
@@ -32,6 +34,19 @@ def _work(task: dict[str, Any]) -> Command[Any]:
 
 def _reduce(state: _Work) -> dict[str, Any]:
     return {"summary": ", ".join(sorted(state["results"]))}
+
+
+class Text(TypedDict):
+    x: str
+
+
+def one_node(node: Callable[[Text], Text]) -> Any:
+    """A compiled graph of one node, ``shout``, that runs ``node`` on the state ``{"x": str}``."""
+    graph = StateGraph(Text)
+    graph.add_node("shout", node)
+    graph.add_edge(START, "shout")
+    graph.add_edge("shout", END)
+    return graph.compile()
 
 
 def map_reduce(callbacks: list[Any], items: list[str] | None = None) -> dict[str, Any]:
