@@ -45,9 +45,15 @@ def worker_mode(request: pytest.FixtureRequest) -> str:
     return mode
 
 
-def _tracker(destination: Path, worker: str, **config: Any) -> AsyncTracker:
+def _tracker(
+    destination: Path, worker: str, exporters: list[OTLPExporter] | None = None, **config: Any
+) -> AsyncTracker:
     return AsyncTracker(
-        destination, experiment_name="exp", run_name="r1", config=TrackerConfig(worker=worker, **config)
+        destination,
+        experiment_name="exp",
+        run_name="r1",
+        config=TrackerConfig(worker=worker, **config),
+        exporters=exporters or [],
     )
 
 
@@ -414,13 +420,7 @@ def test_a_root_inside_an_application_span_joins_its_trace(
     tmp_path: Path, receiver: OTLPReceiver, worker_mode: str
 ) -> None:
     destination = tmp_path / "logs"
-    tracker = AsyncTracker(
-        destination,
-        experiment_name="exp",
-        run_name="r1",
-        config=TrackerConfig(worker=worker_mode),
-        exporters=[OTLPExporter(receiver.endpoint)],
-    )
+    tracker = _tracker(destination, worker_mode, [OTLPExporter(receiver.endpoint)])
     tracer = TracerProvider().get_tracer("app")
     with tracer.start_as_current_span("handle_request") as app_span:
         _trace(tracker, uuid.uuid4())
@@ -585,13 +585,7 @@ def test_a_session_or_user_set_below_the_root_is_merged_key_by_key(
     later = RunnableLambda(lambda x: x, name="later")
     outer = RunnableLambda(lambda x: later.invoke(inner.invoke(before.invoke(x))), name="outer")
     destination = tmp_path / "logs"
-    tracker = AsyncTracker(
-        destination,
-        experiment_name="exp",
-        run_name="r1",
-        config=TrackerConfig(worker="thread"),
-        exporters=[OTLPExporter(receiver.endpoint, metrics=False)],
-    )
+    tracker = _tracker(destination, "thread", [OTLPExporter(receiver.endpoint, metrics=False)])
     outer.invoke(1, config={"callbacks": [tracker], "metadata": root})
     tracker.close()
     backfill = [Span.FromString(raw) for raw in SpanAssembler().add(recorded_lines(destination))]
