@@ -16,11 +16,10 @@ other (``_events._schema``), so a waiting record is no object the cyclic collect
 tracks: its fields are ``str``, ``int``, ``float``, ``bytes`` or ``None`` (an
 error event's ``extra`` is a dict), and the record's tuple is freed by the ``put`` that
 extends the list with it (it leaves the collector's allocation count as it was). Queued
-tuples were walked by the first collection each met, and with the consumer freeing
-records in batches (which lowers that count) generation 0 held thousands of them at a
-time. A control item takes ``WIDTH`` slots too (itself, then ``None``), so every record
-starts at a multiple of ``WIDTH``. Otherwise (an engine of other records, tests
-and benchmarks) a record, whatever it is, takes one slot.
+tuples would each be walked by the first collection that met them, and a backlog holds
+thousands: the event loop's pauses. A control item takes ``WIDTH`` slots too (itself,
+then ``None``), so every record starts at a multiple of ``WIDTH``. Otherwise (an engine
+of other records, tests and benchmarks) a record, whatever it is, takes one slot.
 
 Bounds: ``max_events`` records, and, when given, ``max_bytes`` of captured bodies
 (``record[BODY]``). A record may pass the byte bound by itself: the bound is checked
