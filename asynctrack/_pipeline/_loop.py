@@ -545,6 +545,9 @@ class Worker:
             await self._flush_exporters(marker)
         finally:
             self._barrier.remove(marker)
+        # The drops counted so far are said before the marker is answered: a returned
+        # flush has had its drops logged (in process mode, the LOG frame goes first).
+        self._reporter.drops(self._buffer.dropped, self._buffer.dropped_by)
         # Batches may have gone back in flight (a retry) while parameters were
         # written: whatever is not written now counts as not durable.
         failed = self._delivery.failed_upto(marker.upto)
