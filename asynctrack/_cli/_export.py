@@ -33,14 +33,19 @@ def parse_headers(items: Sequence[str]) -> dict[str, str]:
     """``K=V`` items as headers.
 
     Raises:
-        ValueError: an item has no ``=`` or an empty key.
+        ValueError: an item has no ``=`` or an empty key, or a header HTTP cannot carry
+            (``check_headers``: the value is not shown).
     """
+    from .._export._exporter import check_headers
+
     headers: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--header takes KEY=VALUE, got {item!r}")
+            # Not shown: 'Authorization: Bearer ...' (a ':' for the '=') is a credential.
+            raise ValueError("--header takes KEY=VALUE: an item has no '=' or no KEY (not shown)")
         headers[key.strip()] = value.strip()
+    check_headers(headers, "--header")
     return headers
 
 
