@@ -30,7 +30,8 @@ import pytest
 from _infra.mlflow_server import MLflowServer
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import OTLPReceiver, attributes
-from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+from export_workloads import SECRET, failing_chain, failing_model_call, recorded_lines, weather_agent
+from support import silent_endpoint
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
@@ -537,6 +538,33 @@ def test_a_backfill_against_a_trickling_receiver_ends_within_its_timeout(
     for bad in ("0", "-1", "nan", "inf"):
         assert main(["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--timeout", bad]) == 1
         assert "--timeout takes a positive number of seconds" in capsys.readouterr().err
+
+
+def test_a_backfill_against_a_silent_receiver_ends_within_its_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that accepts and never answers: the spans get one request (``--timeout``),
+    then what is unsent, the metrics request included, 2 x timeout more under one deadline
+    (not a second budget for the metrics); the error says the request timed out, not what
+    the abort made of it (``RemoteDisconnected``)."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="r1")
+    failing_model_call([tracker])  # a model call: a metrics request follows the spans
+    tracker.close()
+    timeout = 2.0
+    with silent_endpoint() as endpoint, caplog.at_level(logging.WARNING, logger="asynctrack"):
+        began = time.monotonic()
+        status = main(["export", str(destination), "--otlp-endpoint", endpoint, "--timeout", str(timeout)])
+        elapsed = time.monotonic() - began
+    assert status == 1
+    assert elapsed < 3 * timeout + 2.5, elapsed  # 12.3 s when the metrics had a budget of their own
+    printed = capsys.readouterr()
+    assert "exported 0 span(s)" in printed.out and "1 failed" in printed.out
+    (last,) = printed.err.splitlines()
+    assert "could not send spans" in last and "timed out" in last, last
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "could not send metrics requests" in logged
+    assert "RemoteDisconnected" not in logged + printed.err
 
 
 def test_a_timeout_beyond_its_bound_is_refused(

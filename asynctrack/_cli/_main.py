@@ -125,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="the longest one request may take, answer included (a failed one is retried up to 5 "
-        "times); once every span was tried, what is unsent gets 2 x SECONDS more, then fails "
+        "times); once every span was tried, what is unsent (the metrics included) gets 2 x SECONDS "
+        "more, then fails "
         "(default: 30, at most 1e6)",
     )
     add_s3_options(send)

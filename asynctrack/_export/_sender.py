@@ -545,6 +545,13 @@ class Sender:
                 raise ConnectionAbortedError("the request was aborted at the close's deadline")
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
+            if self._aborted:  # what the abort made (RemoteDisconnected, a reset) is not the cause
+                return (
+                    f"could not send {self._what}s to {self.url}: timed out (no whole answer by the "
+                    "close's deadline: the request was aborted)",
+                    True,
+                    None,
+                )
             return f"could not send {self._what}s to {self.url}: {exc!r}", True, None
         except Exception as exc:  # the thread must live: the batch fails, counted
             # Not retried (the same request would fail the same way), its message not shown:
