@@ -3,7 +3,8 @@
 - ``InMemorySink``: a destination that keeps batches in memory (and can be made
   to fail), for tests that want to look at what a tracker wrote.
 - ``FakeOpenAI`` / ``FakeChatOpenAI``: offline stand-ins with OpenAI's
-  hyperparameters, token usage and streaming (the seed notebook's LLM).
+  hyperparameters, token usage and streaming (the seed notebook's LLM); they report
+  provider ``openai`` (``ls_provider``, and so ``gen_ai.provider.name`` in an export).
 """
 
 from __future__ import annotations

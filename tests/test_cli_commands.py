@@ -241,6 +241,21 @@ def test_show_says_what_was_not_found(demo_dir: tuple[Path, str], capsys: pytest
     assert err.startswith(f"asynctrack show: no run 'run-scenario-9' in {root} (runs there: run-scenario-1-")
 
 
+def test_show_with_the_run_forgotten_says_so(
+    demo_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``show DEST`` (no RUN): a usage error saying the run is missing, not the destination
+    taken as a run name and the default destination blamed."""
+    root, _ = demo_dir
+    for destination in (str(root), "s3://bucket/prefix"):
+        with pytest.raises(SystemExit) as exited:
+            main(["show", destination])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert f"asynctrack show: error: the following arguments are required: run ({destination!r}" in err
+        assert "no such directory" not in err
+
+
 def test_cut_marks_what_it_left_out() -> None:
     assert cut("short", 10) == "short"
     assert cut("a  b\n c", 10) == "a b c"

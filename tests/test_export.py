@@ -20,7 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,15 @@ import pytest
 from _infra.mlflow_server import MLflowServer
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import OTLPReceiver, attributes
-from export_workloads import SECRET, failing_chain, recorded_lines, weather_agent
+from export_workloads import SECRET, failing_chain, failing_model_call, recorded_lines, weather_agent
+from support import silent_endpoint
 
 from asynctrack import AsyncTracker, OTLPExporter, TrackerConfig
 from asynctrack._cli import main
+from asynctrack._export import _protobuf as pb
 from asynctrack._export._exporter import resolve_endpoint, resolve_headers, resource, resource_attributes
-from asynctrack._export._sender import without_userinfo
+from asynctrack._export._semconv import SCHEMA_URL
+from asynctrack._export._sender import Sender, without_userinfo
 from asynctrack._export._spans import SpanAssembler
 
 WAIT = 30.0
@@ -535,6 +540,33 @@ def test_a_backfill_against_a_trickling_receiver_ends_within_its_timeout(
         assert "--timeout takes a positive number of seconds" in capsys.readouterr().err
 
 
+def test_a_backfill_against_a_silent_receiver_ends_within_its_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that accepts and never answers: the spans get one request (``--timeout``),
+    then what is unsent, the metrics request included, 2 x timeout more under one deadline
+    (not a second budget for the metrics); the error says the request timed out, not what
+    the abort made of it (``RemoteDisconnected``)."""
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(destination, experiment_name="exp", run_name="r1")
+    failing_model_call([tracker])  # a model call: a metrics request follows the spans
+    tracker.close()
+    timeout = 2.0
+    with silent_endpoint() as endpoint, caplog.at_level(logging.WARNING, logger="asynctrack"):
+        began = time.monotonic()
+        status = main(["export", str(destination), "--otlp-endpoint", endpoint, "--timeout", str(timeout)])
+        elapsed = time.monotonic() - began
+    assert status == 1
+    assert elapsed < 3 * timeout + 2.5, elapsed  # 12.3 s when the metrics had a budget of their own
+    printed = capsys.readouterr()
+    assert "exported 0 span(s)" in printed.out and "1 failed" in printed.out
+    (last,) = printed.err.splitlines()
+    assert "could not send spans" in last and "timed out" in last, last
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "could not send metrics requests" in logged
+    assert "RemoteDisconnected" not in logged + printed.err
+
+
 def test_a_timeout_beyond_its_bound_is_refused(
     tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -798,6 +830,87 @@ def test_backfill_reports_a_receiver_that_refuses(
     assert "HTTP 401" in capsys.readouterr().err
     assert main(["export", str(destination), "--header", "no-equals-sign"]) == 1
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+_UNCARRIED = ("Bearer abc\r\nX-Injected: 1", "Bearer tökén…", "Bearer abc\x00def")
+
+
+@pytest.mark.parametrize("value", _UNCARRIED)
+def test_a_header_http_cannot_carry_is_refused_unprinted(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header value (or name) HTTP cannot carry (CR/LF, NUL, past latin-1) is a
+    ``ValueError`` where it enters: ``headers=``, the OTel variables, ``--header``; the value
+    is never printed. A tab and latin-1 text are carried."""
+    with pytest.raises(ValueError, match="'Authorization' holds a character HTTP cannot carry") as refused:
+        OTLPExporter("http://127.0.0.1:4318", headers={"Authorization": value})
+    assert "abc" not in str(refused.value) and "tök" not in str(refused.value)
+    with pytest.raises(ValueError, match="a header name is not an HTTP token") as refused:
+        OTLPExporter("http://127.0.0.1:4318", headers={"Authorization: Bearer abc": "x"})
+    assert "abc" not in str(refused.value)
+    OTLPExporter("http://127.0.0.1:4318", headers={"x-tenant": "caf\xe9\tdu coin"})
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "Authorization=" + urllib.parse.quote(value))
+            with pytest.raises(ValueError, match=r"OTEL_EXPORTER_OTLP_HEADERS.*cannot carry") as refused:
+                OTLPExporter("http://127.0.0.1:4318")
+            assert "abc" not in str(refused.value) and "tök" not in str(refused.value)
+    destination = tmp_path / "logs"
+    with OTLPReceiver() as receiver:
+        command = ["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--header"]
+        assert main([*command, f"Authorization={value}"]) == 1
+        assert main([*command, "Authorization: Bearer abc"]) == 1
+        printed = capsys.readouterr()
+        assert printed.out == "" and len(printed.err.splitlines()) == 2, printed
+        assert "--header: the value of header 'Authorization' holds a character HTTP" in printed.err
+        assert "abc" not in printed.err and "tök" not in printed.err and "Traceback" not in printed.err
+        assert receiver.attempts == 0
+
+
+def test_an_exception_making_a_request_fails_the_batch_not_the_thread(
+    receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a request's making raises (a header http.client refuses, a bug in building
+    the body) fails that batch, counted and logged without its message; the sender's thread
+    goes on and sends the next batch."""
+    fields = resource()
+    calls = []
+
+    def build(spans: Sequence[bytes]) -> bytes:
+        calls.append(spans)
+        if len(calls) == 1:
+            raise RuntimeError(f"a bug, holding {SECRET}")
+        return pb.request(fields, "asynctrack", "0", spans, SCHEMA_URL)
+
+    with caplog.at_level(logging.WARNING, logger="asynctrack"):
+        sender = OTLPExporter(receiver.endpoint, timeout=5.0, metrics=False).sender(fields, build=build)
+        sender.put([b""])
+        flushed = sender.flush(WAIT)
+        assert flushed is not None and "RuntimeError while making the request (not retried" in flushed
+        assert (sender.exported, sender.failed, receiver.attempts) == (0, 1, 0)
+        sender.put([b"", b""])
+        assert sender.flush(WAIT) is None
+        sender.close(WAIT)
+        assert (sender.exported, sender.failed) == (2, 1)
+        assert len(receiver.spans) == 2
+        bad = Sender(
+            url=f"{receiver.endpoint}/v1/traces",
+            headers={"Authorization": "Bearer abc\r\nX-Injected: 1"},
+            timeout=5.0,
+            build=build,
+            max_queue_bytes=1 << 20,
+            user_agent="test",
+        )
+        for n in (1, 2):  # the thread lives on: each batch fails, counted
+            bad.put([b""])
+            flushed = bad.flush(WAIT)
+            assert flushed is not None and "ValueError while making the request" in flushed
+            assert bad.failed == n
+        bad.close(WAIT)
+    assert receiver.attempts == 1  # the good batch only
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "could not send spans" in logged
+    assert SECRET not in logged and "Bearer abc" not in logged
 
 
 @pytest.mark.timeout(240)

@@ -24,6 +24,7 @@ from asynctrack import (
     FlushError,
     FlushTimeoutError,
     LocalSink,
+    OTLPExporter,
     PermanentSinkError,
     SinkError,
     Statistics,
@@ -228,3 +229,22 @@ def test_invalid_destination_raises_value_error() -> None:
     assert str(raised.value) == "destination must be a path, an s3:// URI or a Sink, got 42"
     with pytest.raises(ValueError, match="given for a local destination"):
         AsyncTracker("some/dir", experiment_name="e", endpoint_url="http://127.0.0.1:1")
+
+
+def test_mistaken_arguments_are_named(tmp_destination: Path) -> None:
+    """One exporter where a list is taken, or a misspelt option of an ``s3://`` destination:
+    a ``TypeError`` naming the parameter (and the options there are), before anything starts."""
+    with pytest.raises(TypeError) as raised:
+        one = OTLPExporter("http://127.0.0.1:4318")
+        AsyncTracker(tmp_destination, exporters=one)  # type: ignore[arg-type]  # the point: not a list
+    assert str(raised.value) == (
+        "exporters must be a list of exporters, e.g. exporters=[OTLPExporter(...)], "
+        "got an object of type OTLPExporter"
+    )
+    with pytest.raises(TypeError) as raised:
+        AsyncTracker("s3://bucket/prefix", endpont_url="http://127.0.0.1:1")
+    assert str(raised.value).startswith(
+        "unknown s3:// destination option(s) ['endpont_url']; the options are: session, profile, "
+        "endpoint_url, region_name, "
+    )
+    assert not tmp_destination.exists()

@@ -1,13 +1,16 @@
-"""asynctrack.testing: the in-memory sink works as a tracker's destination."""
+"""asynctrack.testing: the in-memory sink works as a tracker's destination; the fake models
+report the provider of the models they imitate."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
+from _infra.otlp_receiver import OTLPReceiver, attributes
 
-from asynctrack import AsyncTracker, FlushError, TrackerConfig
-from asynctrack.testing import FakeOpenAI, InMemorySink
+from asynctrack import AsyncTracker, FlushError, OTLPExporter, TrackerConfig
+from asynctrack.testing import FakeChatOpenAI, FakeOpenAI, InMemorySink
 
 
 def test_in_memory_sink_receives_every_event_and_can_fail() -> None:
@@ -25,3 +28,27 @@ def test_in_memory_sink_receives_every_event_and_can_fail() -> None:
         assert [event["kind"] for event in sink.events()] == ["llm_start", "llm_end", "text"]
     assert sink.closed
     assert any(key.endswith(".json") for key in sink.documents)
+
+
+def test_the_fakes_export_the_provider_they_imitate(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """``gen_ai.provider.name`` is ``openai`` (as ``langchain_openai``'s models report it),
+    whether LangChain sends its ``ls_*`` params (``invoke``, ``stream``) or not (``generate()``
+    without metadata, as an ``LLMChain`` calls it): not ``_fakes``, the fakes' module."""
+    exporter = OTLPExporter(receiver.endpoint, metrics=False)
+    with AsyncTracker(tmp_path, experiment_name="e", run_name="r", exporters=[exporter]) as tracker:
+        config = {"callbacks": [tracker]}
+        FakeChatOpenAI(responses=["hi"]).invoke("hello", config=config)
+        list(FakeChatOpenAI(responses=["hi there"]).stream("hello", config=config))
+        FakeOpenAI(responses=["hi"]).invoke("hello", config=config)
+        FakeOpenAI(responses=["a joke"]).generate(["fish"], callbacks=[tracker])  # as LLMChain calls it
+    providers = sorted(
+        (span.name, attributes(span)["gen_ai.provider.name"])
+        for span in receiver.spans
+        if "gen_ai.provider.name" in attributes(span)
+    )
+    assert providers == [
+        ("chat gpt-3.5-turbo", "openai"),
+        ("chat gpt-3.5-turbo", "openai"),
+        ("text_completion gpt-3.5-turbo-instruct", "openai"),
+        ("text_completion gpt-3.5-turbo-instruct", "openai"),
+    ]

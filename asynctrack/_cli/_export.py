@@ -33,14 +33,19 @@ def parse_headers(items: Sequence[str]) -> dict[str, str]:
     """``K=V`` items as headers.
 
     Raises:
-        ValueError: an item has no ``=`` or an empty key.
+        ValueError: an item has no ``=`` or an empty key, or a header HTTP cannot carry
+            (``check_headers``: the value is not shown).
     """
+    from .._export._exporter import check_headers
+
     headers: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--header takes KEY=VALUE, got {item!r}")
+            # Not shown: 'Authorization: Bearer ...' (a ':' for the '=') is a credential.
+            raise ValueError("--header takes KEY=VALUE: an item has no '=' or no KEY (not shown)")
         headers[key.strip()] = value.strip()
+    check_headers(headers, "--header")
     return headers
 
 
@@ -72,8 +77,8 @@ def export(
     accepted (or the receiver takes no metrics), 1 otherwise.
 
     Each request ends within ``timeout`` seconds (as ``OTLPExporter``'s); once every span
-    was tried, what is still unsent (retries) gets ``2 * timeout`` more, then is aborted
-    and counted as failed.
+    was tried, what is still unsent (retries, and the metrics request, sent meanwhile)
+    gets ``2 * timeout`` more, one deadline for both, then is aborted and counted as failed.
     """
     import gzip
 
@@ -101,6 +106,7 @@ def export(
     metrics_sender = None
     progress = _Progress(sum(len(batches) for batches in writers.values()))
     spans_sent = 0
+    deadline = 0.0  # set once every span was tried: the end of what is unsent, spans and metrics
     try:
         for batches in writers.values():
             assembler = config.assembler(recorder)
@@ -115,14 +121,15 @@ def export(
             sender.put(spans, block=True)
             spans_sent += len(spans)
         sender.flush(None)
+        deadline = time.monotonic() + 2 * timeout
         if recorder is not None and recorder.points:
             metrics_sender = config.sender(fields, "metrics")
             metrics_sender.put([recorder.request()], block=True)
-            metrics_sender.flush(None)
     finally:
-        sender.close(2 * timeout)
+        deadline = deadline or time.monotonic() + 2 * timeout
+        sender.close(max(deadline - time.monotonic(), 0.0))
         if metrics_sender is not None:
-            metrics_sender.close(2 * timeout)
+            metrics_sender.close(max(deadline - time.monotonic(), 0.0))
         progress.end()
     print(
         f"exported {sender.exported} span(s) to {sender.url}"

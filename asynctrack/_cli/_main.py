@@ -30,6 +30,27 @@ def _version() -> str:
     return __version__
 
 
+class _RunName(argparse.Action):
+    """``show``'s RUN: a lone positional that names a destination (an existing directory,
+    an ``s3://`` URI) is a forgotten RUN, not a run of that name in the default destination."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        run = str(values)
+        if namespace.destination is None and (run.startswith("s3://") or os.path.isdir(run)):
+            parser.error(
+                f"the following arguments are required: run ({run!r} is the destination; "
+                "name the run after it: asynctrack show DESTINATION RUN; 'asynctrack runs "
+                "DESTINATION' lists them)"
+            )
+        setattr(namespace, self.dest, run)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asynctrack",
@@ -66,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     add_s3_options(list_runs)
 
     show_run = commands.add_parser("show", help="one run as a tree in the terminal")
-    show_run.add_argument("destination", nargs="?", default=DEFAULT_DESTINATION, help=destination_help)
-    show_run.add_argument("run", help="the run name (as given to the tracker)")
+    show_run.add_argument("destination", nargs="?", default=None, help=destination_help)
+    show_run.add_argument("run", action=_RunName, help="the run name (as given to the tracker)")
     show_run.add_argument("--experiment", help="the run's experiment (needed if two have a run of that name)")
     show_run.add_argument(
         "--width",
@@ -125,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="the longest one request may take, answer included (a failed one is retried up to 5 "
-        "times); once every span was tried, what is unsent gets 2 x SECONDS more, then fails "
+        "times); once every span was tried, what is unsent (the metrics included) gets 2 x SECONDS "
+        "more, then fails "
         "(default: 30, at most 1e6)",
     )
     add_s3_options(send)
@@ -179,7 +201,11 @@ def _run(args: argparse.Namespace) -> int:
         from ._show import show
 
         return show(
-            args.destination, args.run, experiment=args.experiment, width=args.width, s3_options=options
+            args.destination or DEFAULT_DESTINATION,
+            args.run,
+            experiment=args.experiment,
+            width=args.width,
+            s3_options=options,
         )
     if args.command == "report":
         from ._report import report

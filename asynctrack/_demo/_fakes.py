@@ -7,7 +7,9 @@ hyperparameters as the real classes (`temperature`, `model_name`,
 callback handler sees them in `invocation_params` on `on_llm_start` /
 `on_chat_model_start`), cycle through a scripted list of `responses`, support
 sync/async invocation and token streaming, and report token usage computed
-from whitespace-separated word counts, like OpenAI does.
+from whitespace-separated word counts, like OpenAI does. They report the
+provider `openai` (`ls_provider`, in LangChain's tracing params and in their
+own metadata), as the real classes do.
 
 `FakeOpenAI` can also simulate transient API failures
 (`transient_failures`), which it retries through LangChain's own
@@ -26,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.language_models import BaseChatModel, BaseLLM
+from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from langchain_core.language_models.llms import create_base_retry_decorator
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
@@ -133,6 +135,18 @@ def _token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+#: The provider the fakes report (``ls_provider``, then ``gen_ai.provider.name`` in an export):
+#: that of the models they imitate, as ``langchain_openai`` reports it.
+PROVIDER = "openai"
+
+
+def _with_provider(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A fake's own metadata with ``ls_provider``: LangChain's legacy ``generate()`` path
+    (``LLMChain``, agents) sends no ``ls_*`` params, and a real model's provider is then
+    read from its class path (``langchain...openai``), a fake's from ``asynctrack._demo._fakes``."""
+    return {"ls_provider": PROVIDER, **(metadata or {})}
+
+
 def _map_model_alias(values: Any) -> Any:
     """Accept `model=` as an alias of `model_name=` (like langchain-openai).
 
@@ -216,11 +230,19 @@ class FakeOpenAI(BaseLLM):
             context: Pydantic's post-init context.
         """
         super().model_post_init(context)
+        self.metadata = _with_provider(self.metadata)
         self._failures_left = self.transient_failures
 
     @property
     def _llm_type(self) -> str:
         return "fake-openai"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangChain's tracing params, with the imitated model's provider (LangChain's default
+        derives ``fakeopenai`` from the class name)."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = PROVIDER
+        return params
 
     @property
     def _default_params(self) -> dict[str, Any]:
@@ -443,9 +465,25 @@ class FakeChatOpenAI(BaseChatModel):
     def _accept_model_alias(cls, values: Any) -> Any:
         return _map_model_alias(values)
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Add the provider to the model's metadata (``_with_provider``).
+
+        Args:
+            context: Pydantic's post-init context.
+        """
+        super().model_post_init(context)
+        self.metadata = _with_provider(self.metadata)
+
     @property
     def _llm_type(self) -> str:
         return "fake-openai-chat"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangChain's tracing params, with the imitated model's provider (LangChain's default
+        derives ``fakechatopenai`` from the class name)."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = PROVIDER
+        return params
 
     @property
     def _default_params(self) -> dict[str, Any]:

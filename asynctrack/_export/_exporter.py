@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -39,7 +40,7 @@ from ._semconv import SCHEMA_URL
 from ._sender import Sender, endpoint_parts, without_userinfo
 from ._spans import SpanAssembler
 
-__all__ = ["OTLPExporter", "resolve_endpoint", "resolve_headers", "resource_attributes"]
+__all__ = ["OTLPExporter", "check_headers", "resolve_endpoint", "resolve_headers", "resource_attributes"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -74,6 +75,35 @@ def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str], signal: s
         if base.endswith(known):
             base = base.removesuffix(known)
     return base + path
+
+
+#: An HTTP header name: an RFC 9110 token.
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What an HTTP header value cannot carry: a control character but the tab (CR, LF, NUL...), DEL,
+#: and any character past latin-1 (http.client encodes values as latin-1).
+_NOT_IN_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+
+def check_headers(headers: Mapping[str, str], where: str) -> None:
+    """Refuse a header HTTP cannot carry, without printing its value (a credential) nor a
+    name that is not one (``Authorization: Bearer ...`` given as a name).
+
+    Raises:
+        ValueError: a name is not an HTTP token, or a value holds a control character
+            (CR, LF, NUL, ...; the tab is allowed) or a character outside latin-1.
+    """
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{where}: a header name is not an HTTP token (letters, digits and "
+                "!#$%&'*+-.^_`|~; the name is not shown)"
+            )
+        if _NOT_IN_VALUE.search(value):
+            raise ValueError(
+                f"{where}: the value of header {name!r} holds a character HTTP cannot carry "
+                "(a control character such as CR, LF or NUL, or one outside latin-1; the value "
+                "is not shown)"
+            )
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -161,7 +191,12 @@ class OTLPExporter:
             if not isinstance(self.headers, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
             ):
-                raise ValueError(f"headers must map strings to strings, got {self.headers!r}")
+                # The names only: a value may be a credential.
+                raise ValueError(
+                    f"headers must map strings to strings, got a {type(self.headers).__name__}"
+                    + (f" of {list(self.headers)!r}" if isinstance(self.headers, Mapping) else "")
+                )
+            check_headers(self.headers, "headers")
             object.__setattr__(self, "headers", dict(self.headers))
         if (
             isinstance(self.timeout, bool)
@@ -184,6 +219,10 @@ class OTLPExporter:
                 if self.endpoint is None:
                     raise ValueError(f"{exc} (from the OTEL_EXPORTER_OTLP_* environment)") from None
                 raise
+            check_headers(
+                resolve_headers(None, os.environ, signal),
+                f"OTEL_EXPORTER_OTLP_HEADERS or OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS",
+            )
 
     def __repr__(self) -> str:
         # Logged (an exporter that cannot start): no credentials, neither the endpoint's

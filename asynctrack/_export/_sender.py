@@ -516,8 +516,8 @@ class Sender:
 
     def _send(self, batch: list[bytes]) -> tuple[str | None, bool, float | None]:
         """One POST: ``(error text or None, retryable, Retry-After seconds or None)``."""
-        body = gzip_body(self._build(batch))
         try:
+            body = gzip_body(self._build(batch))
             conn = self._connection()
             conn.timeout = self._request_timeout()
             deadline = time.monotonic() + conn.timeout
@@ -545,7 +545,24 @@ class Sender:
                 raise ConnectionAbortedError("the request was aborted at the close's deadline")
         except (OSError, http.client.HTTPException) as exc:
             self._close_connection()
+            if self._aborted:  # what the abort made (RemoteDisconnected, a reset) is not the cause
+                return (
+                    f"could not send {self._what}s to {self.url}: timed out (no whole answer by the "
+                    "close's deadline: the request was aborted)",
+                    True,
+                    None,
+                )
             return f"could not send {self._what}s to {self.url}: {exc!r}", True, None
+        except Exception as exc:  # the thread must live: the batch fails, counted
+            # Not retried (the same request would fail the same way), its message not shown:
+            # http.client's quote a header's value (a credential).
+            self._close_connection()
+            return (
+                f"could not send {self._what}s to {self.url}: {type(exc).__name__} while making "
+                "the request (not retried; its message is not shown)",
+                False,
+                None,
+            )
         if 200 <= response.status < 300:
             return None, False, None
         if self._optional is not None and response.status in DECLINED:

@@ -251,6 +251,11 @@ class AsyncTracker(BaseCallbackHandler):
         config = config or TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ValueError(f"config must be a TrackerConfig, got {config!r}")
+        if not isinstance(exporters, Sequence) or isinstance(exporters, str):
+            raise TypeError(
+                "exporters must be a list of exporters, e.g. exporters=[OTLPExporter(...)], "
+                f"got an object of type {type(exporters).__name__}"
+            )
         for exporter in exporters:
             if not isinstance(exporter, Exporter):
                 raise ValueError(f"exporters must hold exporter settings (OTLPExporter), got {exporter!r}")

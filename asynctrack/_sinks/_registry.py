@@ -8,6 +8,7 @@ dependencies stay optional).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ def make_sink(destination: str | os.PathLike[str] | Sink, **options: Any) -> Sin
 
     Raises:
         ValueError: an unknown scheme, or options for a local destination.
+        TypeError: an option the scheme's sink does not take (the message lists those it does).
         ImportError: the scheme's extra is not installed (the message names it).
     """
     if isinstance(destination, str) and (scheme := scheme_of(destination)) is not None:
@@ -49,7 +51,15 @@ def make_sink(destination: str | os.PathLike[str] | Sink, **options: Any) -> Sin
             raise ImportError(
                 f"an {scheme}:// destination needs the {extra} extra: pip install 'asynctrack[{extra}]'"
             ) from exc
-        sink: Sink = getattr(module, class_name)(destination, **options)
+        make = getattr(module, class_name)
+        # A misspelt option: named, with the ones there are (not a TypeError from its __init__).
+        known = [p.name for p in inspect.signature(make).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(
+                f"unknown {scheme}:// destination option(s) {unknown}; the options are: {', '.join(known)}"
+            )
+        sink: Sink = make(destination, **options)
         return sink
     if isinstance(destination, str | os.PathLike):
         if options:
