@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from ._common import error
+from ._common import error, warnings_on_stderr
 
 __all__ = ["export", "parse_headers"]
 
@@ -75,10 +75,9 @@ def export(
     was tried, what is still unsent (retries) gets ``2 * timeout`` more, then is aborted
     and counted as failed.
     """
-    import gzip
 
     from .._export._exporter import TIMEOUT_MAX, OTLPExporter, resource
-    from .._read._load import _files, _pattern
+    from .._read._load import _files, _pattern, event_lines, names_asked
     from .._read._scan import find_event_files
 
     try:
@@ -101,11 +100,16 @@ def export(
     metrics_sender = None
     progress = _Progress(sum(len(batches) for batches in writers.values()))
     spans_sent = 0
+    # read_events' rules: the events whose own fields are the names asked (names that
+    # differ only in case share a directory on some file systems); an unreadable line
+    # skipped, its file named once with the count (warnings_on_stderr).
+    names = names_asked(experiment, run)
     try:
         for batches in writers.values():
             assembler = config.assembler(recorder)
             for _batch, name, data in batches:
-                lines = (gzip.decompress(data) if name.endswith(".gz") else data).splitlines()
+                with warnings_on_stderr("export"):
+                    lines = list(event_lines(name, data, names, destination))
                 for start in range(0, len(lines), _CHUNK):
                     spans = assembler.add(lines[start : start + _CHUNK])
                     sender.put(spans, block=True)
