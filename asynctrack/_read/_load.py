@@ -240,9 +240,11 @@ def load(
         .collect()
         .to_pandas()
     )
-    # The payloads are JSON text in the scan; a DataFrame user expects Python values.
+    # The payloads are JSON text in the scan; a DataFrame user expects Python values. A
+    # missing one (a placeholder for an event that could not be translated has only its
+    # kind and data) may come from pandas as NaN, not None.
     for column in ("data", "metadata"):
-        frame[column] = [None if text is None else orjson.loads(text) for text in frame[column]]
-    frame["tags"] = [None if tags is None else list(tags) for tags in frame["tags"]]
+        frame[column] = [orjson.loads(text) if type(text) is str else None for text in frame[column]]
+    frame["tags"] = [None if tags is None or type(tags) is float else list(tags) for tags in frame["tags"]]
     assert isinstance(frame, pd.DataFrame)
     return frame
