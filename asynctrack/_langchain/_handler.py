@@ -519,8 +519,12 @@ class AsyncTracker(BaseCallbackHandler):
                 queued = len(items)
                 if queued < queue.room and queue.bytes <= queue.byte_room:
                     items.extend(record)  # flat: the tuple is freed on return
-                    # A streamed token counts too (extra_bytes; an error's dict: 0).
-                    queue.bytes += len(body) if extra is None else len(body) + extra_bytes(extra)
+                    if extra is None:
+                        queue.bytes += len(body)
+                    elif extra.__class__ is str and extra.isascii():  # a token: extra_bytes, inline
+                        queue.bytes += len(body) + len(extra)
+                    else:
+                        queue.bytes += len(body) + extra_bytes(extra)
                     if queued >= queue.wake_at:
                         queue.woken()
                 else:

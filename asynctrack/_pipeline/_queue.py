@@ -402,9 +402,13 @@ class BoundedQueue(Generic[C]):
         if self._sized:
             if items:
                 if self._flat:
-                    # C loops; a Python call only for a record with an extra (a token).
-                    taken = sum(map(len, chunk[BODY::WIDTH]))
-                    taken += sum(map(extra_bytes, filter(None, chunk[EXTRA::WIDTH])))
+                    taken = sum(map(len, chunk[BODY::WIDTH]))  # C loops
+                    extras = list(filter(None, chunk[EXTRA::WIDTH]))
+                    if extras:
+                        try:  # tokens: their UTF-8 bytes counted at once, joined (one call a take)
+                            taken += extra_bytes("".join(extras))
+                        except TypeError:  # an error event's dict among them
+                            taken += sum(map(extra_bytes, extras))
                 else:
                     taken = sum(map(_record_bytes, chunk))
                 self.bytes -= taken
