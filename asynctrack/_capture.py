@@ -70,13 +70,14 @@ What is written
 Every value as its data: a pydantic model (v1 or v2, its extra fields too), a
 dataclass, an attrs class, a ``NamedTuple`` as its fields; an object as its
 ``__dict__`` and its slots; an ``Enum`` as its value; numpy arrays up to 10,000
-elements as lists; a pandas ``DataFrame`` as ``{"$asynctrack": "dataframe", "shape",
-"columns", "dtypes", "index", "rows"}`` and a ``Series`` as ``{"$asynctrack":
-"series", "shape", "name", "dtype", "index", "values"}``, with as many leading rows
-as fit in ``max_field_bytes``; a pandas extension array or index as a list like a
-numpy array, and pandas' missing values (``pd.NA``, ``pd.NaT``) as ``null``. An
-exception (``Capturer.error``) as ``type``, ``message``, ``args`` and ``traceback``,
-read in the callback.
+elements as lists (on the careful path, a list, tuple, set or dict up to 10,000 items,
+then a ``too_many_values`` marker with the count left out); a pandas ``DataFrame``
+as ``{"$asynctrack": "dataframe", "shape", "columns", "dtypes", "index", "rows"}``
+and a ``Series`` as ``{"$asynctrack": "series", "shape", "name", "dtype", "index",
+"values"}``, with as many leading rows as fit in ``max_field_bytes``; a pandas
+extension array or index as a list like a numpy array, and pandas' missing values
+(``pd.NA``, ``pd.NaT``) as ``null``. An exception (``Capturer.error``) as ``type``,
+``message``, ``args`` and ``traceback``, read in the callback.
 
 One bad field spoils one field: a value whose conversion raises, or an object with
 no field to read, becomes a marked placeholder ``{"$asynctrack": "unencodable",
@@ -91,6 +92,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import itertools
 import math
 import operator
 import os
@@ -129,6 +131,9 @@ _HEAP_TYPE: Final = 1 << 9
 _OBJECT_SIZE: Final = object.__basicsize__
 MAX_NODES: Final = 10_000  # containers copied per callback on the careful path
 _MAX_ARRAY: Final = 10_000  # numpy arrays up to this many elements are written as lists
+#: Items of a list, tuple, set or dict the careful path writes (as many as numpy elements);
+#: past them, one marker with the count left out: the walk's time is in what it keeps.
+_MAX_ITEMS: Final = _MAX_ARRAY
 _MAX_ROWS: Final = 1_000  # pandas rows looked at (those that fit in the field limit are written)
 #: pandas' missing-value scalars (``pd.NA``, ``pd.NaT``), written as ``null``.
 _PANDAS_MISSING: Final = frozenset({"NAType", "NaTType"})
@@ -569,14 +574,22 @@ class Capturer:
         depth += 1
         try:
             if cls is dict or isinstance(v, dict):
+                size = dict.__len__(v)
+                if size > _MAX_ITEMS:
+                    return self._dict_cut(v, size, depth)
                 return self._dict(list(dict.items(v)), depth)
             if cls is list or cls is tuple:
+                if len(v) > _MAX_ITEMS:
+                    return self._list_cut(v, v[:_MAX_ITEMS], len(v), depth)
                 return [self._child(x, depth) for x in list(v)]
             if isinstance(v, tuple) and type(getattr(cls, "_fields", None)) is tuple:
                 # A NamedTuple: its field names are keys (and so the key rules apply).
                 return self._dict(list(zip(cls._fields, _items(v, cls), strict=False)), depth)
             if isinstance(v, list | tuple):
-                return [self._child(x, depth) for x in _items(v, cls)]
+                items = _items(v, cls)  # a subclass's: copied whole, in C
+                if len(items) > _MAX_ITEMS:
+                    return self._list_cut(v, items[:_MAX_ITEMS], len(items), depth)
+                return [self._child(x, depth) for x in items]
             return self._other(v, depth)
         except Exception as exc:  # a hostile __dict__, __iter__, metaclass...: this value only
             return placeholder("unencodable", v, error=safe_repr(exc))
@@ -594,6 +607,20 @@ class Capturer:
             if key in out:
                 key = _other_key(key, k, out)
             out[key] = self._child(x, depth)
+        return out
+
+    def _list_cut(self, v: Any, kept: Any, size: int, depth: int) -> list[Any]:
+        """``kept`` (the first ``_MAX_ITEMS`` of ``v``'s ``size`` items, read in C) walked,
+        then a ``too_many_values`` placeholder with the count left out."""
+        out = [self._child(x, depth) for x in kept]
+        out.append(placeholder("too_many_values", v, kept=len(kept), left_out=size - len(kept)))
+        return out
+
+    def _dict_cut(self, v: dict[Any, Any], size: int, depth: int) -> dict[str, Any]:
+        """A dict's first ``_MAX_ITEMS`` items (read in C, no Python runs meanwhile), then
+        the key ``"$asynctrack"`` holds a ``too_many_values`` placeholder, as ``_mapping``."""
+        out = self._dict(list(itertools.islice(dict.items(v), _MAX_ITEMS)), depth)
+        out[MARK] = placeholder("too_many_values", v, kept=_MAX_ITEMS, left_out=size - _MAX_ITEMS)
         return out
 
     def _mapping(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
@@ -662,7 +689,10 @@ class Capturer:
         if isinstance(v, bytes | bytearray | memoryview):
             return self._bytes(v)
         if isinstance(v, set | frozenset):
-            items = [self._child(x, depth) for x in list(_items(v, cls))]
+            members = list(_items(v, cls))
+            if len(members) > _MAX_ITEMS:  # the first in the set's order, then the marker
+                return self._list_cut(v, members[:_MAX_ITEMS], len(members), depth)
+            items = [self._child(x, depth) for x in members]
             try:
                 items.sort()
             except TypeError:  # mixed types: the order of the copy

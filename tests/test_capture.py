@@ -856,6 +856,42 @@ def test_the_careful_path_reads_containers_in_c_and_bounds_a_mappings_items() ->
     assert 256 * 1024 < kept * (1000 + 10) < 256 * 1024 + 2048  # each item: its value, its key
 
 
+def test_a_long_list_tuple_set_or_dict_keeps_its_first_10000_items_and_says_how_many_not(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """Past 10,000 items (as numpy arrays), in an event over max_field_bytes: the first
+    10,000 are written, then a placeholder with the count left out (a dict: under the key
+    "$asynctrack"), so the callback walks what it keeps, not the value (3M ints: 22 MB and
+    ~1 s in the callback before). Up to 10,000, a value is whole."""
+    many = list(range(100_000))
+    values = {
+        "list": many,
+        "tuple": tuple(many),
+        "rows": Rows(many),
+        "set": set(many),
+        "dict": dict.fromkeys(map(str, many), 0),
+        "whole": list(range(10_000)),
+    }
+    tracker = make_tracker()
+    tracker.on_chain_start({}, values, run_id=uuid.uuid4())
+    tracker.flush_blocking(timeout=60)
+    (event,) = [e for e in _events(tmp_destination) if e["kind"] == "chain_start"]
+    logged = event["data"]["inputs"]
+    for key, type_name in (
+        ("list", "list"),
+        ("tuple", "tuple"),
+        ("rows", f"{__name__}.Rows"),
+        ("set", "set"),
+    ):
+        *kept, marker = logged[key]
+        assert marker == {MARK: "too_many_values", "type": type_name, "kept": 10_000, "left_out": 90_000}
+        assert len(kept) == 10_000 and (key == "set" or kept == many[:10_000])
+    table = logged["dict"]
+    assert table.pop(MARK) == {MARK: "too_many_values", "type": "dict", "kept": 10_000, "left_out": 90_000}
+    assert table == dict.fromkeys(map(str, range(10_000)), 0)
+    assert logged["whole"] == list(range(10_000))
+
+
 class Shown(str):
     __slots__ = ()
 

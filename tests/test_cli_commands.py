@@ -347,9 +347,13 @@ def test_the_readme_documents_every_command_and_flag() -> None:
 
 
 #: Recorded text that would drive a terminal: clear the screen, retitle the window, hide
-#: text, return to the start of the line, ring the bell; a C1 CSI and DEL too.
-HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07\x1b[8mHIDDEN\x1b[0m\rfake\x9b31m\x7f\x00end"
-CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: text, return to the start of the line, ring the bell; a C1 CSI and DEL too; and reorder
+#: the line (bidirectional overrides, isolates and marks: "\u202egnp.exe" reads "exe.png").
+HOSTILE = (
+    "ok\x1b[2J\x1b]0;pwned\x07\x1b[8mHIDDEN\x1b[0m\rfake\x9b31m\x7f\x00end"
+    "\u202egnp.exe\u202a\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def test_recorded_control_characters_are_printed_escaped(
@@ -381,7 +385,10 @@ def test_recorded_control_characters_are_printed_escaped(
     assert main(["show", str(root), run_name, "--experiment", "e" + HOSTILE, "--width", "500"]) == 0
     out = capsys.readouterr().out
     assert not CONTROLS.search(out.replace("\n", ""))
-    escaped = "ok\\x1b[2J\\x1b]0;pwned\\x07\\x1b[8mHIDDEN\\x1b[0m\\x0dfake\\x9b31m\\x7f\\x00end"
+    escaped = (
+        "ok\\x1b[2J\\x1b]0;pwned\\x07\\x1b[8mHIDDEN\\x1b[0m\\x0dfake\\x9b31m\\x7f\\x00end"
+        "\\u202egnp.exe\\u202a\\u2066\\u2067\\u2068\\u2069\\u200e\\u200f\\u061c"
+    )
     flat = escaped.replace("\\x0d", " ")  # inputs, outputs, errors, notes: whitespace runs are one space
     head = out.splitlines()[0]
     assert head.startswith(f"r{escaped}  experiment e{escaped}, ")

@@ -3,6 +3,9 @@ failed writes, blocking flushes from any thread, the worker's own thread."""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from engine_fakes import (
     GatedSink,
     batch_files,
     events_in,
+    join_threads,
+    start_thread,
     text,
 )
 
@@ -138,3 +143,36 @@ def test_blocking_calls_from_the_worker_thread_raise_deadlock_error(
     assert "worker thread" in str(outcomes[0])
     assert not tracker.closed
     assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["x"]
+
+
+def test_a_close_cut_short_by_a_nearer_deadline_says_how_long_it_waited(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A second close (the application's exit, a signal) brings a close's deadline nearer:
+    the error (raised to one of the two callers) says the time the close had, not the
+    first close's timeout (thread mode)."""
+    sink = GatedSink(tmp_destination)
+    tracker = make_tracker(sink)
+    errors: list[FlushError] = []
+
+    def close(timeout: float) -> None:
+        try:
+            tracker.close(timeout=timeout)
+        except FlushError as exc:
+            errors.append(exc)
+
+    try:
+        text(tracker, "held")
+        closer = start_thread(threading.Thread(target=close, args=(JOIN,)))
+        began = time.monotonic()
+        while tracker._engine._worker.close_marker is None:  # the first close is under way
+            assert time.monotonic() - began < JOIN
+            time.sleep(0.001)
+        close(0.3)
+        join_threads(closer)
+    finally:
+        sink.gate.set()
+    (error,) = errors
+    assert isinstance(error, FlushTimeoutError)
+    waited = float(re.search(r"timed out after (\S+) s", str(error))[1])  # type: ignore[index]
+    assert 0.3 <= waited < JOIN / 2 and error.timeout == waited

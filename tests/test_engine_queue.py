@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _infra.hooks import GATE_VARIABLE, wait_for_gate
+from _infra.hooks import GATE_VARIABLE, WorkerGate, wait_for_gate
 from engine_fakes import JOIN, events_in, join_threads, start_thread
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -442,6 +442,41 @@ def test_the_handler_appends_under_the_queues_bounds_and_counts_what_it_drops(
     assert [e["data"]["text"].split(":")[0] for e in events_in(tmp_destination)] == [
         str(n) for n in range(kept)
     ]
+
+
+def test_the_byte_bound_counts_a_streamed_token_beside_the_body(
+    make_tracker: Callable[..., AsyncTracker], worker_mode: str, worker_gate: WorkerGate
+) -> None:
+    """A streamed token travels beside its record's body (``extra``, up to
+    ``max_field_bytes``): the application's queue counts its UTF-8 bytes toward
+    ``max_queue_bytes`` when it is put and when it is taken, in either mode."""
+    config = TrackerConfig(
+        max_queue_bytes=8192, max_batch_bytes=4096, redact=worker_gate, handle_sigterm=False
+    )
+    tracker = make_tracker(config=config)
+    queue, engine = tracker._queue, tracker._engine
+    assert tracker._put is None  # the handler's own put
+    run = uuid.uuid4()
+    tracker.on_text("first", run_id=run)
+    assert worker_gate.wait_entered(JOIN)  # the worker holds it
+    token = "é" * 1000  # 2,000 bytes
+    held = engine._worker._lock if isinstance(engine, ProcessEngine) else threading.Lock()
+    with held:  # the shipper takes nothing meanwhile
+        began = time.monotonic()
+        while len(queue):  # the first event was taken
+            assert time.monotonic() - began < JOIN
+            time.sleep(0.001)
+        for _ in range(8):
+            tracker.on_llm_new_token(token, run_id=run)
+        bodies = sum(len(body) for body in queue.items[queue._at + BODY :: WIDTH])
+        assert bodies < 1000  # the bound is reached by the tokens
+        # Room for a record while 8,192 bytes are not passed: the fifth passes them.
+        assert (len(queue), queue.dropped) == (5, 3)
+        assert queue.bytes == bodies + 5 * 2000
+    worker_gate.release()
+    tracker.flush_blocking(timeout=JOIN)
+    assert queue.bytes == 0  # taken as counted
+    assert (tracker.statistics().written, tracker.statistics().dropped) == (6, 3)
 
 
 # -- what waiting records cost the collector ---------------------------------------------------

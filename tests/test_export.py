@@ -818,6 +818,37 @@ def test_backfill_sends_the_same_spans_as_the_live_export(
         assert "nope" in capsys.readouterr().err
 
 
+def test_backfill_reads_the_names_asked_and_skips_an_unreadable_line(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--experiment``/``--run`` keep the events whose own fields are those names, as the
+    other readers: ``Run`` and ``run`` share one directory on a case-insensitive file system
+    (simulated: the files moved into one). A line that is not an event (a file cut short)
+    is skipped, and its file named once with the count; the rest is exported."""
+    destination = tmp_path / "logs"
+    for run in ("run", "Run"):
+        tracker = AsyncTracker(destination, experiment_name="e", run_name=run)
+        failing_chain([tracker])
+        tracker.close()
+    shared = destination / "experiment=e" / "run=run"
+    for path in list(destination.glob("experiment=e/run=Run/*/*")):
+        (shared / path.parent.name).mkdir(exist_ok=True)
+        path.rename(shared / path.parent.name / path.name)
+    batch = next(shared.glob("date=*/*.jsonl"))
+    with batch.open("ab") as file:
+        file.write(b'{"kind": "chain_end", "da\n')
+    command = ["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--no-metrics"]
+    assert main([*command, "--experiment", "e", "--run", "run"]) == 0
+    assert [attributes(span)["asynctrack.run"] for span in receiver.spans] == ["run"]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"exported 1 span(s) to {receiver.endpoint}/v1/traces"]
+    assert err.splitlines() == [
+        f"asynctrack export: skipped 1 unreadable line(s) in {batch.name} under {destination}"
+    ]
+    assert main([*command, "--experiment", "e"]) == 0  # both runs
+    assert sorted(attributes(span)["asynctrack.run"] for span in receiver.spans) == ["Run", "run", "run"]
+
+
 def test_backfill_reports_a_receiver_that_refuses(
     tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -270,6 +270,26 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
     )
 
 
+def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_destination: Path) -> None:
+    """The worker writes ``{"kind": "unknown", "data": {"$asynctrack": "translate_failed", ...}}``
+    for an event it could not translate (here, a set as run id): ``load()`` reads it as
+    ``read_events()`` does, a row marking the failure (no names, time or metadata)."""
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r") as tracker:
+        tracker.on_text("kept", run_id=uuid.uuid4())
+        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+    events = asynctrack.read_events(tmp_destination, "e", "r")
+    frame = asynctrack.load(tmp_destination, "e", "r")
+    assert list(frame["kind"]) == [e["kind"] for e in events] == ["unknown", "text"]
+    assert list(frame["data"]) == [e["data"] for e in events]
+    assert frame["data"][0]["$asynctrack"] == "translate_failed"
+    assert (frame["metadata"][0], frame["tags"][0], frame["metadata"][1], frame["tags"][1]) == (
+        None,
+        None,
+        {},
+        [],
+    )
+
+
 def test_an_empty_name_is_refused_by_every_reader(
     populated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -542,10 +542,18 @@ def test_a_credential_element_cut_inside_its_closing_tag_is_redacted() -> None:
         ("$config = ['db_password' => 'Hunter2-php'];", f"$config = ['db_password' => '{REDACTED}'];"),
         ('{:password => "Hunter2-rb", :user => "bob"}', f'{{:password => "{REDACTED}", :user => "bob"}}'),
         ("DB_PASSWORD:=Hunter2-mk", f"DB_PASSWORD:={REDACTED}"),
+        # logical assignments (Ruby, Perl, JavaScript)
+        ('password ||= "Hunter2-rb"', f'password ||= "{REDACTED}"'),
+        ("config.apiKey ??= 'Hunter2-js';", f"config.apiKey ??= '{REDACTED}';"),
+        ("secret&&=Hunter2-pl", f"secret&&={REDACTED}"),
+        ('my %db = (password => "Hunter2-pl");', f'my %db = (password => "{REDACTED}");'),
         # comparisons and arrows of other keys are kept
         ('if max_tokens == 5 and role == "admin":', None),
         ("x === y; a == b; total_tokens => 3", None),
         ('if (a.length == 3 && key == "x") { author => author.name }', None),
+        # an arrow function whose parameter is a credential word: code, kept
+        ("const clean = tokens.map(token => token.trim());", None),
+        ("users.filter(password => password.length < 12)", None),
     ],
 )
 @pytest.mark.parametrize(
@@ -554,8 +562,10 @@ def test_a_credential_element_cut_inside_its_closing_tag_is_redacted() -> None:
 def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator(
     keys: str, text: str, expected: str | None
 ) -> None:
-    """``:=``, ``==``, ``===``, ``=>`` after a credential key: the value is redacted as
-    after ``=`` or ``:``, in a text, in JSON and in a token stream."""
+    """``:=``, ``==``, ``===``, ``=>``, ``||=``, ``&&=``, ``??=`` after a credential key:
+    the value is redacted as after ``=`` or ``:``, in a text, in JSON and in a token
+    stream; ``=>`` after a key not quoted only before a quoted value (else it is an arrow
+    function's)."""
     redactor = Redactor(keys)
     assert redactor.text(text) == (text if expected is None else expected)
     body = orjson.dumps({"data": {"code": text}})

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import marshal
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -1127,3 +1128,43 @@ def test_the_worker_writes_only_the_environment_a_tracker_changes(monkeypatch: p
     apply_environ({**environ, "ASYNCTRACK_PROBE": "2"})
     assert writes == [("unset", "AWS_PROBE_GONE"), ("set", "ASYNCTRACK_PROBE")]
     assert os.environ["ASYNCTRACK_PROBE"] == "2" and "AWS_PROBE_GONE" not in os.environ
+
+
+def test_the_worker_forgets_the_close_threads_that_ended(tmp_path: Path) -> None:
+    """Each CLOSE runs on a thread the drain must wait for: the host keeps those still
+    running, not one per close for the worker's life (a long-lived worker serves many
+    trackers, each closed once). Its own frames, on an in-process host."""
+    from asynctrack._langchain._spec import TrackerSpec
+    from asynctrack._worker._host import _Host
+
+    read_end, write_end = os.pipe()
+    answers = bytearray()
+
+    def read() -> None:
+        for chunk in iter(lambda: os.read(read_end, 65536), b""):
+            answers.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    host = _Host(write_end)
+    try:
+        for tracker in range(1, 21):
+            spec = TrackerSpec(
+                destination=str(tmp_path / "logs"),
+                s3_options={},
+                experiment="e",
+                run=f"r{tracker}",
+                writer=f"w{tracker}",
+                config=TrackerConfig(handle_sigterm=False),
+            )
+            host.feed(encode_frame(Kind.OPEN, tracker, 0, pickle.dumps(spec)))
+            host.feed(encode_frame(Kind.CLOSE, tracker, 1))
+            host._closing[-1].join(timeout=30)
+        assert len(host._closing) == 1  # the last close's: the others ended and were let go
+        assert not host._closing_entries
+    finally:
+        os.close(write_end)
+        reader.join(timeout=30)
+        os.close(read_end)
+    closed = [tracker for kind, tracker, _, _ in FrameReader().feed(bytes(answers)) if kind is Kind.CLOSED]
+    assert closed == list(range(1, 21))

@@ -31,10 +31,20 @@ EXPECTED_ERRORS = (AsyncTrackError, OSError, ValueError, ImportError)
 #: model's answer, an input, a name) printed raw could move the cursor, clear the screen,
 #: retitle the terminal or hide lines from the person reading it.
 _CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09}
+#: The bidirectional controls, each as ``\uNNNN``: ALM, LRM, RLM, the embeddings and
+#: overrides (U+202A-202E) and the isolates (U+2066-2069). Printed raw, they reorder the
+#: terminal's line: a name can show as another (``"\u202egnp.exe"`` reads "exe.png").
+_CONTROLS.update(
+    {
+        code: f"\\u{code:04x}"
+        for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+    }
+)
 
 
 def visible(text: str) -> str:
-    """``text`` with its control characters (all but the tab) escaped, e.g. ESC as ``\\x1b``."""
+    """``text`` with its control characters (all but the tab) escaped, e.g. ESC as ``\\x1b``,
+    and its bidirectional controls, e.g. RIGHT-TO-LEFT OVERRIDE as ``\\u202e``."""
     return text.translate(_CONTROLS)
 
 

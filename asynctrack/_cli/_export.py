@@ -18,9 +18,13 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from ._common import error
+from ._common import error, warnings_on_stderr
+
+if TYPE_CHECKING:
+    from .._export._metrics import Metrics
+    from .._export._sender import Sender
 
 __all__ = ["export", "parse_headers"]
 
@@ -80,10 +84,9 @@ def export(
     was tried, what is still unsent (retries, and the metrics request, sent meanwhile)
     gets ``2 * timeout`` more, one deadline for both, then is aborted and counted as failed.
     """
-    import gzip
 
     from .._export._exporter import TIMEOUT_MAX, OTLPExporter, resource
-    from .._read._load import _files, _pattern
+    from .._read._load import _files, _pattern, event_lines, names_asked
     from .._read._scan import find_event_files
 
     try:
@@ -107,11 +110,16 @@ def export(
     progress = _Progress(sum(len(batches) for batches in writers.values()))
     spans_sent = 0
     deadline = 0.0  # set once every span was tried: the end of what is unsent, spans and metrics
+    # read_events' rules: the events whose own fields are the names asked (names that
+    # differ only in case share a directory on some file systems); an unreadable line
+    # skipped, its file named once with the count (warnings_on_stderr).
+    names = names_asked(experiment, run)
     try:
         for batches in writers.values():
             assembler = config.assembler(recorder)
             for _batch, name, data in batches:
-                lines = (gzip.decompress(data) if name.endswith(".gz") else data).splitlines()
+                with warnings_on_stderr("export"):
+                    lines = list(event_lines(name, data, names, destination))
                 for start in range(0, len(lines), _CHUNK):
                     spans = assembler.add(lines[start : start + _CHUNK])
                     sender.put(spans, block=True)
@@ -131,6 +139,11 @@ def export(
         if metrics_sender is not None:
             metrics_sender.close(max(deadline - time.monotonic(), 0.0))
         progress.end()
+    return _outcome(sender, metrics_sender, recorder)
+
+
+def _outcome(sender: Sender, metrics_sender: Sender | None, recorder: Metrics | None) -> int:
+    """What was exported, printed; 0 if every span (and the metrics) was accepted, else 1."""
     print(
         f"exported {sender.exported} span(s) to {sender.url}"
         + (f", {sender.failed} failed" if sender.failed else "")

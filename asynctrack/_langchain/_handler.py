@@ -57,7 +57,7 @@ from .._layout import Layout, new_writer_id
 from .._pipeline._durable import ENV_PREFIXES
 from .._pipeline._engine import Engine, Statistics, install_sigterm_handler
 from .._pipeline._protocol import TrackerEngine
-from .._pipeline._queue import BoundedQueue
+from .._pipeline._queue import BoundedQueue, extra_bytes
 from .._remote._client import ProcessEngine
 from .._remote._spawn import EngineSpec, WorkerUnavailable
 from .._sampling import (
@@ -524,7 +524,12 @@ class AsyncTracker(BaseCallbackHandler):
                 queued = len(items)
                 if queued < queue.room and queue.bytes <= queue.byte_room:
                     items.extend(record)  # flat: the tuple is freed on return
-                    queue.bytes += len(body)
+                    if extra is None:
+                        queue.bytes += len(body)
+                    elif extra.__class__ is str and extra.isascii():  # a token: extra_bytes, inline
+                        queue.bytes += len(body) + len(extra)
+                    else:
+                        queue.bytes += len(body) + extra_bytes(extra)
                     if queued >= queue.wake_at:
                         queue.woken()
                 else:

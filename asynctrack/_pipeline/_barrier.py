@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import time
 from collections.abc import Collection
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ class Marker(Control):
     """A flush (or close) request travelling through the queue."""
 
     __slots__ = (
+        "began",
         "closing",
         "covered",
         "deadline",
@@ -53,6 +55,7 @@ class Marker(Control):
         self.settling = False
         self.closing = closing
         self.timeout = timeout  # the close's timeout, for its error message
+        self.began = time.monotonic()  # a nearer deadline (exit, signal) cuts it short: from here
         # time.monotonic() by which a close gives up, or a flush's caller stops waiting
         self.deadline = deadline
         self.sent = False  # a close marker is in the buffer

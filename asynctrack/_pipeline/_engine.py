@@ -82,9 +82,9 @@ class Engine:
         placeholders: the adapter's count of events written with a placeholder.
         sampled_out: the adapter's count of events held and dropped by sampling.
         queue_events: the count bound of the queue (``max_queue_events`` by default).
-        queue_bytes: the byte bound of the queue, in captured bytes (``record[BODY]``,
-            see ``_events._schema``): ``None`` (default) for none, and then the records
-            may be any objects.
+        queue_bytes: the byte bound of the queue, in captured bytes (``record[BODY]`` and
+            a streamed token, ``record[EXTRA]``: see ``_events._schema``): ``None``
+            (default) for none, and then the records may be any objects.
         records_in: how many records a queue item stands for, if items are packed
             (the worker process's frames; see ``BoundedQueue``).
         sampled_out_failing: the adapter's count of those events whose trace failed later.

@@ -693,10 +693,13 @@ class Worker:
         last = self._reporter.last_error
         settled = self._close_settled is not None and self._close_settled.is_set()
         if timed_out and self._close_error is None and (pending or not settled):
-            why = f"timed out after {marker.timeout or 0.0:g} s" + (f"; last error: {last}" if last else "")
+            waited = marker.timeout or 0.0
+            if self._deadline < (math.inf if marker.deadline is None else marker.deadline):
+                waited = round(max(self._deadline - marker.began, 0.0), 3)  # cut short by a nearer one
+            why = f"timed out after {waited:g} s" + (f"; last error: {last}" if last else "")
             marker.future.set_exception(
                 FlushTimeoutError(
-                    timeout=marker.timeout or 0.0,
+                    timeout=waited,
                     pending=pending,
                     failed_batches=0,
                     reason=f"{why}; {at_close}",

@@ -21,9 +21,10 @@ thousands: the event loop's pauses. A control item takes ``WIDTH`` slots too (it
 then ``None``), so every record starts at a multiple of ``WIDTH``. Otherwise (an engine
 of other records, tests and benchmarks) a record, whatever it is, takes one slot.
 
-Bounds: ``max_events`` records, and, when given, ``max_bytes`` of captured bodies
-(``record[BODY]``). A record may pass the byte bound by itself: the bound is checked
-before the append.
+Bounds: ``max_events`` records, and, when given, ``max_bytes`` of captured bytes: a
+record's body (``record[BODY]``) and a streamed token travelling beside it
+(``record[EXTRA]``, a ``str``: its UTF-8 bytes, ``extra_bytes``). A record may pass the
+byte bound by itself: the bound is checked before the append.
 
 Control items (``Control``: flush and close markers, the worker process's requests)
 travel in the same list behind the records they follow, and ignore the bounds (they
@@ -59,20 +60,18 @@ count bound, the wake-up backlog and ``take()``'s limit are then in records,
 from __future__ import annotations
 
 import itertools
-import operator
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
-from .._events._schema import BODY, WIDTH, records_of
+from .._events._schema import BODY, EXTRA, WIDTH, records_of
 
-__all__ = ["CAPTURE_RAISED", "NEVER", "WAKE_AT", "BoundedQueue", "Control"]
+__all__ = ["CAPTURE_RAISED", "NEVER", "WAKE_AT", "BoundedQueue", "Control", "extra_bytes"]
 
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
 _repeat: Final = itertools.repeat
-_body_of: Final = operator.itemgetter(BODY)  # of a record (a queue not flat)
 #: Why records are dropped, as the drop warning says it (``dropped_by``).
 CAPTURE_RAISED: Final = "whose capture raised"  # count_dropped's default: the callback's
 _AFTER_CLOSE: Final = "recorded after the tracker closed"
@@ -80,6 +79,21 @@ _AFTER_CLOSE: Final = "recorded after the tracker closed"
 
 def _one(item: Any) -> int:
     return 1
+
+
+def extra_bytes(extra: Any) -> int:
+    """What a record's ``extra`` adds to the byte bound: a streamed token's UTF-8 bytes
+    (a lone surrogate as 3), else 0 (an error event's dict is the error's few fields,
+    read on the caller's thread). The producer adds it, the consumer subtracts it: the
+    same count both ways."""
+    if type(extra) is str:
+        return len(extra) if extra.isascii() else len(extra.encode("utf-8", "surrogatepass"))
+    return 0
+
+
+def _record_bytes(record: Any) -> int:
+    """A record's captured bytes (of a queue not ``flat``)."""
+    return len(record[BODY]) + extra_bytes(record[EXTRA])
 
 
 class Control:
@@ -200,14 +214,15 @@ class BoundedQueue(Generic[C]):
             self.woken()
 
     def _put_sized(self, record: Any) -> None:
-        """``put`` with the byte bound: the record's body counts toward ``max_bytes``."""
+        """``put`` with the byte bound: the record's body and token count toward ``max_bytes``."""
         items = self._items
         queued = len(items)
         if queued >= self.room or self.bytes > self._max_bytes:
             self._full(record)
             return
         self._add(record)
-        self.bytes += len(record[BODY])
+        extra = record[EXTRA]
+        self.bytes += len(record[BODY]) if extra is None else len(record[BODY]) + extra_bytes(extra)
         if queued >= self.wake_at:
             self.woken()
 
@@ -272,7 +287,7 @@ class BoundedQueue(Generic[C]):
             queued = len(items)
             self._add(record)
             if self._sized:
-                self.bytes += len(record[BODY])
+                self.bytes += _record_bytes(record)
         if queued >= self.wake_at:
             self.woken()
         return True
@@ -386,7 +401,16 @@ class BoundedQueue(Generic[C]):
             lock.release()
         if self._sized:
             if items:
-                taken = sum(map(len, chunk[BODY::WIDTH] if self._flat else map(_body_of, chunk)))
+                if self._flat:
+                    taken = sum(map(len, chunk[BODY::WIDTH]))  # C loops
+                    extras = list(filter(None, chunk[EXTRA::WIDTH]))
+                    if extras:
+                        try:  # tokens: their UTF-8 bytes counted at once, joined (one call a take)
+                            taken += extra_bytes("".join(extras))
+                        except TypeError:  # an error event's dict among them
+                            taken += sum(map(extra_bytes, extras))
+                else:
+                    taken = sum(map(_record_bytes, chunk))
                 self.bytes -= taken
             else:
                 taken = self.bytes  # all of it (less a producer's body still being added)

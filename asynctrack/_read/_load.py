@@ -71,9 +71,24 @@ def _pattern(experiment_name: str | None, run_name: str | None) -> str:
 
 
 def _parse(name: str, data: bytes, destination: object = None) -> Iterator[dict[str, Any]]:
-    """The events of one file. A line that is not an event (a JSON object with its ``data``:
-    a file cut short, copied or synced in part; the tracker's own writes are whole) is
-    skipped, and the file named once in a warning with their count."""
+    """The events of one file (``_parsed``)."""
+    for _line, event in _parsed(name, data, destination):
+        yield event
+
+
+def event_lines(name: str, data: bytes, names: dict[str, str], destination: object = None) -> Iterator[bytes]:
+    """The lines of one file that are events of ``names`` (``names_asked``), as written:
+    for a reader of lines (``asynctrack export``), by ``read_events``' rules."""
+    for line, event in _parsed(name, data, destination):
+        if _theirs(event, names):
+            yield line
+
+
+def _parsed(name: str, data: bytes, destination: object = None) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """The events of one file, each with its line. A line that is not an event (a JSON
+    object with its ``data``: a file cut short, copied or synced in part; the tracker's
+    own writes are whole) is skipped, and the file named once in a warning with their
+    count."""
     cut_short = False
     if name.endswith(".gz"):
         try:
@@ -92,7 +107,7 @@ def _parse(name: str, data: bytes, destination: object = None) -> Iterator[dict[
             except orjson.JSONDecodeError:
                 event = None
             if type(event) is dict and event.get("data") is not None:
-                yield event
+                yield line, event
             else:
                 skipped += 1
     if skipped or cut_short:
@@ -225,9 +240,11 @@ def load(
         .collect()
         .to_pandas()
     )
-    # The payloads are JSON text in the scan; a DataFrame user expects Python values.
+    # The payloads are JSON text in the scan; a DataFrame user expects Python values. A
+    # missing one (a placeholder for an event that could not be translated has only its
+    # kind and data) may come from pandas as NaN, not None.
     for column in ("data", "metadata"):
-        frame[column] = [None if text is None else orjson.loads(text) for text in frame[column]]
-    frame["tags"] = [None if tags is None else list(tags) for tags in frame["tags"]]
+        frame[column] = [orjson.loads(text) if type(text) is str else None for text in frame[column]]
+    frame["tags"] = [None if tags is None or type(tags) is float else list(tags) for tags in frame["tags"]]
     assert isinstance(frame, pd.DataFrame)
     return frame

@@ -111,8 +111,13 @@ _KEY_REST: Final = (
     rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
 )
 #: A key's separator: ``:`` or ``=``, and the two- and three-character operators that
-#: assign or compare (``:=``, ``=>``, ``==``, ``===``): the value follows them all.
-_SEPARATOR: Final = rb"[ \t]{0,4}+(?::=|=>|={1,3}+|:)[ \t]{0,4}+"
+#: assign or compare (``:=``, ``=>``, ``==``, ``===``, the logical assignments ``||=``,
+#: ``&&=``, ``??=``): the value follows them all. ``=>`` after a key not quoted (group 2,
+#: the key's closing quote) only before a quoted value (Perl's and Ruby's ``password =>
+#: "x"``): else it is a JavaScript arrow function's (``token => token.trim()``), code.
+_SEPARATOR: Final = (
+    rb"[ \t]{0,4}+(?::=|=>(?(2)|(?=[ \t]{0,4}+\\?[\"']))|={1,3}+(?!>)|:|\|\|=|&&=|\?\?=)[ \t]{0,4}+"
+)
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
 #: then a separator (``_SEPARATOR``). The word up to 40 characters from the stem: a longer
 #: rest names something else (``PASSWORD_MIN_LENGTH_FOR_ENTERPRISE_TENANT_ACCOUNTS = 12``),
@@ -160,6 +165,7 @@ def stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
 #: many (Python per separator), else with ``STEM_PAIR`` (words are then short).
 _MAX_SEPARATORS: Final = 4096
 _BEFORE_KEY: Final = frozenset(b" \t")
+_LOGICAL: Final = frozenset(b"|&?")  # of a logical assignment's operator
 _QUOTES: Final = frozenset(b"\"'")
 
 
@@ -199,6 +205,8 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
     out = []
     for p in sorted(positions):
         q = p
+        if q > 1 and text[q - 1] == text[q - 2] and text[q - 1] in _LOGICAL:
+            q -= 2  # '||=', '&&=', '??='
         while q > 0 and p - q < 4 and text[q - 1] in _BEFORE_KEY:
             q -= 1
         quote = -1

@@ -70,7 +70,8 @@ _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: match at the start of the reversed text costs what the key's length does, wherever
 #: the quote is.
 _KEY_BEFORE_REVERSED: Final = re.compile(
-    r"""[ \t]{0,4}+(?:=:|>=|={1,3}+|:)[ \t]{0,4}+"""  # ':=', '=>', '==', '===' reversed too
+    # ':=', '=>', '==', '===', '||=', '&&=', '??=' reversed too
+    r"""[ \t]{0,4}+(?:=:|>=|=\|\||=&&|=\?\?|={1,3}+|:)[ \t]{0,4}+"""
     r"""(?:"((?:[^"\n]|"\\){1,256}+)"|'([^'\n]{1,256}+)'|["']?([A-Za-z0-9_.\-]{1,256}+))"""
 )
 #: The characters before a quote that ``_KEY_BEFORE_REVERSED`` reads at most.

@@ -454,7 +454,10 @@ class _Host:
             self._closing_entries[tracker] = entry
             closer = threading.Thread(target=self._close, args=(tracker, entry, number, timeout), daemon=True)
             closer.start()
-            self._closing.append(closer)  # the drain waits for it too
+            # The drain waits for it too; those that ended are let go (one close per
+            # tracker, for the worker's life). Only this thread, the reader, changes it.
+            self._closing = [thread for thread in self._closing if thread.is_alive()]
+            self._closing.append(closer)
 
     def _close(self, tracker: int, entry: _Tracker, number: int, timeout: float | None) -> None:
         entry.close(number, timeout)
