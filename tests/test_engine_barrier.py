@@ -3,6 +3,9 @@ failed writes, blocking flushes from any thread, the worker's own thread."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import threading
 import time
@@ -176,3 +179,37 @@ def test_a_close_cut_short_by_a_nearer_deadline_says_how_long_it_waited(
     assert isinstance(error, FlushTimeoutError)
     waited = float(re.search(r"timed out after (\S+) s", str(error))[1])  # type: ignore[index]
     assert 0.3 <= waited < JOIN / 2 and error.timeout == waited
+
+
+class _SlowClosingSink(GatedSink):
+    """Writes at once; its ``aclose`` waits for ``gate`` (the worker is then past its
+    deadline's scope, in the close's last steps)."""
+
+    async def write_batch(self, batch: Any) -> None:
+        await self.local.write_batch(batch)
+
+    async def aclose(self) -> None:
+        self.entered.set()
+        await asyncio.to_thread(self.gate.wait, JOIN)
+        await self.local.aclose()
+
+
+def test_a_nearer_deadline_during_the_close_s_last_steps_is_no_error(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second close that arrives while the first one closes the sinks (the worker's
+    timeout has finished) brings the deadline nearer without an error in the worker's
+    loop ("Cannot change state of finished Timeout" was logged by asyncio)."""
+    sink = _SlowClosingSink(tmp_destination)
+    tracker = make_tracker(sink)
+    text(tracker, "written")
+    closer = start_thread(threading.Thread(target=tracker.close, kwargs={"timeout": JOIN}))
+    try:
+        assert sink.entered.wait(JOIN)  # the first close is in the sink's aclose
+        with caplog.at_level(logging.ERROR, logger="asyncio"), contextlib.suppress(FlushError):
+            tracker.close(timeout=0.2)
+    finally:
+        sink.gate.set()
+        join_threads(closer)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+    assert [e["data"]["text"] for e in events_in(tmp_destination)] == ["written"]

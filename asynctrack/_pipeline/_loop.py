@@ -338,6 +338,9 @@ class Worker:
         except TimeoutError:
             if not timeout.expired():
                 raise
+        finally:
+            with self._lock:  # finished: a deadline set from now on is _finish's to read
+                self._timeout = None
         await self._finish(timed_out=timeout.expired())
 
     async def _run(self) -> None:
