@@ -440,6 +440,21 @@ def test_flush_and_close_take_no_longer_than_the_deadline_whatever_mlflow_s_own_
     assert not {"MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"} & set(os.environ)
 
 
+def test_demo_with_nothing_listening_at_the_mlflow_uri_says_so_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    assert main(["demo", "--destination", str(tmp_path / "logs"), "--mlflow", uri]) == 1
+    # Each write fails at once (it took 3 x 88 s): the worker's import of MLflow dominates.
+    assert time.monotonic() - started < 60
+    captured = capsys.readouterr()
+    assert f"MLflow ({uri}): 0 of 3 run(s) logged" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        f"asynctrack demo: MLflow ({uri}): 0 of 3 run(s) logged: connection refused: nothing listens there"
+    )
+
+
 def test_a_server_answering_500_is_retried_then_reported(
     proxy: FaultProxy, server: MLflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
