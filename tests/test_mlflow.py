@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import pickle
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from _infra.aws import FaultProxy, ProxyRequest
 from _infra.mlflow_server import MLflowServer, free_port
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from support import silent_endpoint
 
 from asynctrack import (
     AsyncTracker,
@@ -35,6 +38,7 @@ from asynctrack import (
     RunInfo,
     RunSummary,
     RunSummarySink,
+    TrackerConfig,
     read_events,
 )
 from asynctrack._cli._main import main
@@ -387,14 +391,68 @@ def chain_with(sink: MLflowParameters, tmp_path: Path, run_name: str) -> tuple[F
     return flushed.value, closed.value
 
 
-def test_a_server_that_is_down_costs_the_chain_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # connection refused, at once
+def test_a_server_that_is_down_costs_the_chain_nothing(tmp_path: Path) -> None:
     sink = MLflowParameters(f"http://127.0.0.1:{free_port()}", deadline=2.0)
     error, _ = chain_with(sink, tmp_path, "down")
     assert "MLflow (http://127.0.0.1:" in str(error)
-    assert "deadline" in str(error)  # connection errors are retried until it
+    assert "connection refused: nothing listens there" in str(error)  # said at once, not retried
+
+
+@pytest.mark.parametrize("peer", ["nothing listening", "never answering"])
+def test_flush_and_close_take_no_longer_than_the_deadline_whatever_mlflow_s_own_settings(
+    peer: str, tmp_path: Path
+) -> None:
+    """MLflow's settings stay the application's (7 retries with backoff, 120 s per
+    request: a refused connection took MLflow 4 minutes): the sink's own calls are bounded
+    by its deadline. A refused connection fails the flush at once; a server that never
+    answers, at the deadline; the close right after waits for neither the server nor the
+    trace behind the call. In a worker thread: the worker process imports MLflow outside
+    the deadline, which ``test_demo_with_nothing_listening_...`` covers."""
+    deadline = 4.0
+    with contextlib.ExitStack() as stack:
+        if peer == "nothing listening":
+            uri = f"http://127.0.0.1:{free_port()}"
+        else:
+            uri = stack.enter_context(silent_endpoint())
+        tracker = AsyncTracker(
+            tmp_path / "logs", experiment_name="faults", run_name="bounded",
+            parameter_sinks=[MLflowParameters(uri, deadline=deadline)], config=TrackerConfig(worker="thread"),
+        )  # fmt: skip
+        scenario_1_llm([tracker])
+        started = time.monotonic()
+        with pytest.raises(FlushError) as flushed:
+            tracker.flush_blocking(timeout=60)
+        flush_took = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(FlushError) as closed:
+            tracker.close(timeout=60)
+        close_took = time.monotonic() - started
+    stats = tracker.statistics()
+    assert (stats.written, stats.parameter_errors, stats.mlflow_traces_failed) == (5, 2, 1)
+    if peer == "nothing listening":
+        assert "connection refused: nothing listens there" in str(flushed.value)
+        assert flush_took < deadline / 2
+    else:
+        assert f"gave up after {deadline:g} s (deadline)" in str(flushed.value)
+        assert deadline - 0.5 < flush_took < deadline + 1.5
+        assert "not sent again within" in str(closed.value)
+    assert close_took < 1.5
+    assert not {"MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"} & set(os.environ)
+
+
+def test_demo_with_nothing_listening_at_the_mlflow_uri_says_so_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    assert main(["demo", "--destination", str(tmp_path / "logs"), "--mlflow", uri]) == 1
+    # Each write fails at once (it took 3 x 88 s): the worker's import of MLflow dominates.
+    assert time.monotonic() - started < 60
+    captured = capsys.readouterr()
+    assert f"MLflow ({uri}): 0 of 3 run(s) logged" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        f"asynctrack demo: MLflow ({uri}): 0 of 3 run(s) logged: connection refused: nothing listens there"
+    )
 
 
 def test_a_server_answering_500_is_retried_then_reported(
@@ -422,14 +480,14 @@ def test_a_server_answering_500_is_retried_then_reported(
 def test_a_hanging_server_holds_a_flush_no_longer_than_the_deadline(
     proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """MLflow's own retries and 120 s timeout stay in force (no environment override):
-    the deadline alone bounds the flush, and the call left running blocks no later flush."""
+    """MLflow's own retries and 120 s timeout stay set (no environment override): the
+    deadline bounds the flush and the sink's requests, and the close's write right after
+    fails at once."""
     proxy.set_probability(1.0, ["stall"])
     sink = MLflowParameters(proxy.endpoint_url, deadline=1.0)
     flushed, closed = chain_with(sink, tmp_path, "hang")
     assert "gave up after 1 s (deadline)" in str(flushed)
-    # The stalled call still runs on the sink's thread: the close's write failed at once.
-    assert "an earlier MLflow call has not returned" in str(closed)
+    assert "deadline" in str(closed)  # not sent again within it, or tried again until it
 
 
 # --------------------------------------------------------------------------------------

@@ -218,9 +218,8 @@ def test_traces_that_end_together_go_in_one_request_of_spans(server: MLflowServe
 
 
 def test_a_dead_tracking_server_costs_the_chain_nothing_and_its_traces_are_counted(
-    stub: OpenAIStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    stub: OpenAIStub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # connection refused, at once
     tracker = AsyncTracker(
         tmp_path / "logs",
         experiment_name="dead",
@@ -238,7 +237,7 @@ def test_a_dead_tracking_server_costs_the_chain_nothing_and_its_traces_are_count
         finally:
             with pytest.raises(FlushError):  # the parameters' last write failed
                 tracker.close(timeout=30)
-    # Each trace is retried until the 2 s deadline on the sink's thread; the chain waits for none.
+    # Each trace fails at once on the sink's thread (connection refused); the chain waits for none.
     assert chain_s < 2.0
     stats = tracker.statistics()
     assert (stats.written, stats.dropped, stats.failed, stats.lost) == (stats.recorded, 0, 0, 0)
@@ -531,3 +530,35 @@ def test_a_trace_mlflow_refuses_costs_no_other_trace_of_its_call(
     said = [r.getMessage() for r in caplog.records if "MLflow traces" in r.getMessage()]
     assert len(said) == 1 and "already exists in another experiment" in said[0]
     assert "1 trace(s) failed so far, 3 logged" in said[0]
+
+
+def test_a_flush_and_the_close_do_not_wait_behind_a_call_past_its_deadline(tmp_path: Path) -> None:
+    """A call of the sink that outlives its deadline all the same (one no bound reaches: a
+    host name that does not resolve) holds the sink's thread: a flush stops waiting for the
+    traces queued behind it, and the close counts them failed, without waiting for it."""
+    import threading
+
+    from export_workloads import recorded_lines
+
+    from asynctrack._demo._scenarios import scenario_1_llm
+    from asynctrack._sinks._base import RunInfo
+    from asynctrack._sinks._mlflow import _CallThread
+    from asynctrack._sinks._mlflow_traces import MLflowTraces
+
+    with AsyncTracker(tmp_path / "logs", experiment_name="e", run_name="r") as tracker:
+        scenario_1_llm([tracker])  # one root run: one trace
+    sink = MLflowParameters(f"sqlite:///{tmp_path / 'mlflow.db'}", deadline=1.0)
+    release = threading.Event()
+    caller = sink._caller = _CallThread("asynctrack-mlflow")  # the sink's thread, held below
+    caller.submit(release.wait)
+    exporter = MLflowTraces(sink, RunInfo(experiment="e", run="r", events_uri="-"), delay=3600)
+    try:
+        exporter.lines(recorded_lines(tmp_path / "logs"))
+        started = time.monotonic()
+        assert exporter.flush(60) == "MLflow traces not all logged: an earlier MLflow call has not returned"
+        exporter.close(60)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert took < 1.0 + 1.5  # the deadline, then a look every 0.25 s (it waited 60 s, twice)
+    assert exporter.statistics() == {"mlflow_traces_logged": 0, "mlflow_traces_failed": 1}

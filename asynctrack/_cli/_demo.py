@@ -104,12 +104,20 @@ def _mlflow_summary(mlflow_uri: str, trackers: list[AsyncTracker]) -> None:
         print(f"   see them with: mlflow ui --backend-store-uri {mlflow_uri}  (pip install mlflow)")
 
 
+def _mlflow_cause(exc: FlushError, mlflow_uri: str) -> str:
+    """What the MLflow sink said in ``exc``: the flush's error when the close's followed it."""
+    first = exc.__context__ if isinstance(exc.__context__, FlushError) else exc
+    head = f"MLflow ({mlflow_uri}): "
+    return first.reason.split(head, 1)[1] if head in first.reason else first.reason
+
+
 def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None = None) -> int:
     """Run the seed notebook's three scenarios offline and print what was logged.
 
     Each invocation writes new runs (``run-scenario-N-<UTC time>-<random>``). With
     ``mlflow_uri``, each run's parameters and metrics also go to MLflow there, and
-    each root run as an MLflow trace linked to its run.
+    each root run as an MLflow trace linked to its run; a run not logged there makes
+    the exit status 1, said in one line on stderr.
     """
     try:
         from .._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
@@ -127,6 +135,7 @@ def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None
     started = time.monotonic()
     suffix = invocation_suffix()
     trackers: list[AsyncTracker] = []
+    mlflow_cause = ""  # the last MLflow failure
     try:
         check_destination(destination, s3_options)
         for number, (scenario_name, scenario) in enumerate(SCENARIOS.items(), start=1):
@@ -148,6 +157,7 @@ def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None
                 if mlflow_sink is None or tracker.statistics().parameter_errors == 0:
                     raise
                 _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: events written, MLflow failed: {exc}")
+                mlflow_cause = _mlflow_cause(exc, str(mlflow_uri))
             trackers.append(tracker)
             _progress(f"[{number}/{len(SCENARIOS)}] {run_name}: done, answer: {answer.strip()[:100]!r}")
 
@@ -169,4 +179,9 @@ def demo(destination: str, *, s3_options: dict[str, Any], mlflow_uri: str | None
     if mlflow_uri is not None:
         _mlflow_summary(mlflow_uri, trackers)
     _progress(f"done in {time.monotonic() - started:.1f} s")
+    logged = sum(1 for t in trackers if not t.statistics().parameter_errors)
+    if mlflow_uri is not None and logged < len(trackers):
+        return error(
+            "demo", f"MLflow ({mlflow_uri}): {logged} of {len(trackers)} run(s) logged: {mlflow_cause}"
+        )
     return 0

@@ -18,10 +18,14 @@ writes, in ``log_batch`` calls:
 
 MLflow's client is synchronous. Its calls run one at a time on a daemon thread of
 their own and the worker's loop awaits them under one deadline, retrying
-connection errors and 5xx answers; a call that outlives the deadline is left to
-finish on that thread (it cannot be interrupted), and later writes fail at once
-until it returns, so a hanging tracking server never holds a flush longer than
-the deadline, nor the process at exit.
+connection errors and 5xx answers; MLflow's own HTTP retries are off on that
+thread and each request's timeout is what is left of the deadline (``_within``),
+so a call ends by the deadline too. A refused connection (nothing listens) fails
+the write at once. A call that still outlives the deadline (a name that does not
+resolve) is left to finish on that thread (it cannot be interrupted), and later
+writes fail at once until it returns; after a write that ran out of time, the
+next ones fail at once for one deadline. So a hanging tracking server never holds
+a flush longer than the deadline, nor the close or the process at exit.
 
 With ``traces=True`` (the default) each LangChain root run also becomes an MLflow
 trace linked to the run (``_mlflow_traces``), logged on the same thread soon after
@@ -102,6 +106,7 @@ _CONFLICT: Final = ("IntegrityError", "UNIQUE constraint failed", "Duplicate ent
 # person): the next attempt searches again and writes to the run that is left.
 _DELETED: Final = "must be in the 'active' state"
 _SET_UP_TIMEOUT: Final = 120.0  # importing MLflow and opening the store, once per sink
+_MIN_REQUEST_TIMEOUT: Final = 0.05  # seconds: a request made as the deadline passes fails at once
 
 
 def _error_code(exc: BaseException) -> str:
@@ -122,6 +127,84 @@ def _retryable(exc: BaseException) -> bool:
         pass
     text = str(exc)
     return _error_code(exc) in _RETRYABLE or _DELETED in text or any(c in text for c in _CONFLICT)
+
+
+def _refused(exc: BaseException) -> bool:
+    """The connection was refused (nothing listens there): said at once, not retried
+    until the deadline. MLflow wraps it: ``MlflowException`` from requests'
+    ``ConnectionError`` from urllib3's errors from ``ConnectionRefusedError``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _failure(exc: BaseException) -> str:
+    """A failed call in words (a refused connection without MLflow's wrapping)."""
+    return "connection refused: nothing listens there" if _refused(exc) else f"{type(exc).__name__}: {exc}"
+
+
+class _RequestBound(threading.local):
+    """When the sink's call running on this thread must end (``time.monotonic()``)."""
+
+    end: float | None = None
+
+
+_request_bound: Final = _RequestBound()
+_bound_lock: Final = threading.Lock()
+_bound_installed: list[bool] = []  # one item once installed in this process
+
+
+def _within(end: float, call: Callable[[], T]) -> T:
+    """``call()`` with MLflow's HTTP requests on this thread bounded by ``end``: no
+    retries of MLflow's own (the sink's loop retries) and a timeout of what is left."""
+    previous, _request_bound.end = _request_bound.end, end
+    try:
+        return call()
+    finally:
+        _request_bound.end = previous
+
+
+def _bound_requests() -> None:
+    """Once per process: MLflow's requests made within ``_within`` get their bounds.
+
+    MLflow takes both per request (``rest_utils.http_request(max_retries=, timeout=)``)
+    but its client passes neither: they come from ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
+    (7, with backoff: a refused connection takes 4 minutes) and
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s per attempt), process-wide settings that the
+    application's own MLflow calls use too. So they are given where every request of
+    ``http_request`` goes through, for the sink's thread only, while it runs a call of
+    the sink: other threads' requests pass unchanged. An MLflow without that function
+    keeps its settings (docs/MLFLOW.md says how to bound them).
+    """
+    with _bound_lock:
+        if _bound_installed:
+            return
+        _bound_installed.append(True)
+        from mlflow.utils import rest_utils
+
+        send = getattr(rest_utils, "_get_http_response_with_retries", None)
+        if send is None:  # pragma: no cover - MLflow 3.0-3.18 have it
+            return
+
+        @functools.wraps(send)
+        def bounded(method: str, url: str, max_retries: int, *args: Any, **kwargs: Any) -> Any:
+            end = _request_bound.end
+            if end is not None:
+                max_retries = 0
+                left = max(end - time.monotonic(), _MIN_REQUEST_TIMEOUT)
+                timeout = kwargs.get("timeout")
+                if not isinstance(timeout, int | float) or timeout > left:
+                    kwargs["timeout"] = left
+            return send(method, url, max_retries, *args, **kwargs)
+
+        # Looked up at each call by ``http_request``: the one place to give per-request bounds.
+        # Private (not re-exported, hence the ignore): see the docstring.
+        rest_utils._get_http_response_with_retries = bounded  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 # What a server without MLflow 3's trace API answers (MLflow 2.x: 404; stores that
@@ -359,6 +442,8 @@ class MLflowParameters:
         self._experiments: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
         self._noted: set[str] = set()
+        #: The last write ran out of time: when (``time.monotonic()``) and why.
+        self._timed_out: tuple[float, str] | None = None
         #: The tracking server answered that it has no trace API: no more trace calls.
         self.traces_unsupported = False
         #: The tracking server takes no ``log_spans``: each trace's spans go as its data artifact.
@@ -423,9 +508,24 @@ class MLflowParameters:
 
         def log() -> list[str | None]:
             end = time.monotonic() + self._deadline
-            return self._log_traces(run, traces, end if give_up is None else min(end, give_up))
+            end = end if give_up is None else min(end, give_up)
+            if (timed_out := self._timed_out_lately()) is not None:  # it would wait as long
+                return [f"not sent: the last write {timed_out[1]}"] * len(traces)
+            return _within(end, lambda: self._log_traces(run, traces, end))
 
         return caller.submit(log)
+
+    def overdue(self) -> float:
+        """Seconds the sink's current call has run past its deadline or its caller's
+        wait (0: none): whoever waits behind it stops waiting."""
+        return 0.0 if self._caller is None else self._caller.stuck_for(self._deadline)
+
+    def _timed_out_lately(self) -> tuple[float, str] | None:
+        """When and why the last write ran out of time, if it did within one deadline."""
+        timed_out = self._timed_out
+        return (
+            timed_out if timed_out is not None and time.monotonic() - timed_out[0] < self._deadline else None
+        )
 
     def give_up_on(self, future: concurrent.futures.Future[Any]) -> None:
         """Nobody waits for ``future`` (from ``submit_traces``) any more: later writes
@@ -457,6 +557,14 @@ class MLflowParameters:
             self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
         async with self._lock:  # in order: the step of each write follows the last
             caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
+            if (timed_out := self._timed_out_lately()) is not None:
+                # The server did not answer the last write: the next write (the close's,
+                # right after a failed flush) would wait as long for nothing.
+                raise SinkError(
+                    self._where(),
+                    f"the last write, {time.monotonic() - timed_out[0]:.0f} s ago, {timed_out[1]}; "
+                    f"not sent again within {self._deadline:g} s of it",
+                )
             stuck = caller.stuck_for(self._deadline)
             if stuck:
                 raise SinkError(
@@ -466,19 +574,25 @@ class MLflowParameters:
                 )
             if self._client is None:
                 await self._set_up(caller)
+            end = time.monotonic() + self._deadline
             try:
                 await retry(
-                    lambda: caller.call(lambda: self._send(run, summary)),
+                    lambda: caller.call(lambda: _within(end, lambda: self._send(run, summary))),
                     deadline=self._deadline,
-                    retryable=_retryable,
+                    retryable=lambda exc: _retryable(exc) and not _refused(exc),
                     first_delay=0.2,
                 )
             except RetryExhausted as exc:
-                raise SinkError(self._where(), f"gave up after {self._deadline:g} s (deadline)") from exc
+                reason = f"gave up after {self._deadline:g} s (deadline)"
+                self._timed_out = (time.monotonic(), reason)
+                raise SinkError(self._where(), reason) from exc
             except SinkError:
                 raise
             except Exception as exc:
+                if _refused(exc):
+                    raise SinkError(self._where(), _failure(exc)) from exc
                 raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
+            self._timed_out = None
 
     async def _set_up(self, caller: _CallThread) -> None:
         """Import MLflow and open the store, outside the deadline of the first write.
@@ -502,8 +616,9 @@ class MLflowParameters:
             return
         try:
             if self._runs and not caller.busy_for():
-                async with asyncio.timeout(min(self._deadline, 10.0)):
-                    await caller.call(self._finish_runs)
+                limit = min(self._deadline, 10.0)
+                async with asyncio.timeout(limit):
+                    await caller.call(lambda: _within(time.monotonic() + limit, self._finish_runs))
         except Exception as exc:  # the runs stay RUNNING in the UI; nothing is lost
             logger.warning("asynctrack (MLflow): runs not marked finished: %s", exc)
         finally:
@@ -525,6 +640,7 @@ class MLflowParameters:
             import mlflow
             from mlflow import MlflowClient
 
+            _bound_requests()
             uri = self._uri or mlflow.get_tracking_uri()
             if uri.startswith("arn:") and mlflow.get_tracking_uri() != uri:
                 # sagemaker-mlflow signs requests for the process-wide tracking URI
@@ -617,7 +733,7 @@ class MLflowParameters:
         try:
             state = attempt(lambda: self._runs.get(key) or self._open_run(client, run, key))
         except Exception as exc:
-            return [f"{type(exc).__name__}: {exc}"] * len(traces)
+            return [_failure(exc)] * len(traces)
         built: list[tuple[int, Any, Any]] = []
         for number, spans in enumerate(traces):
             try:
@@ -683,7 +799,12 @@ class MLflowParameters:
             try:
                 return call()
             except Exception as exc:
-                if _no_trace_api(exc) or not _retryable(exc) or time.monotonic() + delay >= give_up:
+                if (
+                    _no_trace_api(exc)
+                    or not _retryable(exc)
+                    or _refused(exc)
+                    or time.monotonic() + delay >= give_up
+                ):
                     raise
                 if self._caller is not None and self._caller.queued():
                     raise

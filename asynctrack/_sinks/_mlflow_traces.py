@@ -75,6 +75,7 @@ MAX_BATCH_BYTES: Final = 1024 * 1024
 #: ... or the first one has waited this many seconds (or a flush or the close asks).
 DELAY: Final = 1.0
 _JOIN_GRACE: Final = 0.05  # seconds past the close's timeout for the thread to end
+_OVERDUE_POLL: Final = 0.25  # seconds between two looks at the sink's call while waiting for it
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -511,7 +512,9 @@ class MLflowTraces:
                     left = start + limit - time.monotonic()
                     if left <= 0:
                         return f"MLflow traces not all logged within {limit:.3g} s"
-                    self._cond.wait(left)
+                    if self._sink.overdue():  # the traces wait behind a call past its deadline
+                        return "MLflow traces not all logged: an earlier MLflow call has not returned"
+                    self._cond.wait(min(left, _OVERDUE_POLL))
             finally:
                 self._flushing -= 1
             if self._error_tried > start_tried and self._last_error:
@@ -531,8 +534,13 @@ class MLflowTraces:
             self._deadline = time.monotonic() + limit
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
-            thread.join(limit + _JOIN_GRACE)
+        end = time.monotonic() + limit + _JOIN_GRACE
+        # Not past a call that outlived its deadline: what waits behind it is counted.
+        while thread is not None and thread.is_alive() and not self._sink.overdue():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            thread.join(min(left, _OVERDUE_POLL))
         with self._cond:
             inflight, self._inflight = self._inflight, None
             if inflight is not None:
