@@ -343,11 +343,18 @@ class EventTranslator:
                     mark = len(out)
                     try:
                         seqs = list(map(_SEQ, row))
+                        # The row's seqs and times as JSON in one call each: orjson writes a
+                        # list's numbers as it writes each alone, ',' between, no spaces
+                        # (anything else, a ',' in one: one record at a time below).
+                        seq_texts = dumps(seqs)[1:-1].split(b",")
+                        ts_texts = dumps(list(map(_TS, row)))[1:-1].split(b",")
+                        if len(seq_texts) != len(row) or len(ts_texts) != len(row):
+                            raise ValueError("not one number a record")
                         fields = zip(
                             repeat(b'{"seq":'),
-                            map(dumps, seqs),
+                            seq_texts,
                             repeat(b',"ts":'),
-                            map(dumps, map(_TS, row)),
+                            ts_texts,
                             repeat(head),
                             step.texts,
                             repeat(b","),
