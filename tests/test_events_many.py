@@ -349,3 +349,45 @@ def test_a_frame_dense_with_credential_stems_is_judged_body_by_body() -> None:
     single = _fresh()
     assert lines == [single(record) for record in frame]
     assert b"sk-proj-Zq8" not in b"".join(line[1] for line in lines if type(line) is tuple)
+
+
+def test_a_model_call_like_the_last_is_compared_in_place_and_any_other_is_read() -> None:
+    """The same call as the last one is known without hashing its texts (even once the set
+    of texts seen starts over); a call whose texts have the last one's lengths but other
+    bytes is read."""
+    translator = _translator()
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "a"}, {}))
+    translator._calls_seen.clear()
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "a"}, {}))
+    assert translator._calls_seen == set()  # the last call: not looked up, not read again
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "b"}, {"x": 1}))
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "b"}, {"x": 2}))
+    assert translator.parameters.hyperparameters()["model"] == "a, b"
+    assert len(translator._calls_seen) == 2
+
+
+def test_a_model_start_led_like_the_last_clean_one_but_for_a_secret_is_redacted() -> None:
+    """A model start's leading part found clean is remembered as the last one, compared in
+    place; a lead of the same length holding a credential is scanned and redacted."""
+    secret = "sk-proj-" + "Q" * 40
+    translator = _translator()
+    lines = []
+    plain = "x " * (len(secret) // 2)  # as long, with no run of 40 base64 characters
+    for n, key in enumerate((plain, plain, secret)):
+        record = (
+            "chat_model_start",
+            n,
+            1_800_000_000.0,
+            uuid.UUID(int=100 + n),
+            None,
+            "M",
+            _model_start("chat_model_start", {"model": "a", "base": key}, {}),
+            None,
+        )
+        translator.prepare([record])
+        lines += translator.many([record])
+    lead = translator._redactor._clean_lead
+    assert lead.startswith(b'{"data":{"invocation_params":') and plain.encode() in lead
+    assert secret.encode() not in lines[2][1]
+    assert b"[REDACTED]" in lines[2][1]
+    assert plain.encode() in lines[1][1]

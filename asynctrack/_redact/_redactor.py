@@ -221,6 +221,9 @@ class Redactor:
         self.firsts: list[bytes] = []
         #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
         self._token_of: dict[bytes, bytes] = {}
+        #: The last leading part (see ``prepare``) found in the clean-piece cache: a body that
+        #: begins with it is compared with it (memcmp) rather than hashed (~1 KB a model start).
+        self._clean_lead = b""
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
         # for every redactor of the same rules in this process (200 trackers, one cache).
         self._pieces_seen = _clean_pieces(keys, detectors)
@@ -434,12 +437,20 @@ class Redactor:
         last: tuple[bytes, bytes, bytes] | None = None
         self.firsts = firsts = []
         same = False  # whether last[0], the body in firsts it was taken from, is SAME_START long
+        known = self._clean_lead
         for body, token in zip(bodies, shared, strict=True):
             if type(token) is not bytes:
                 firsts.append(body)
                 if type(token) is int and 0 < token < len(body):
+                    if token == len(known) and body.startswith(known):
+                        rest.append(body[token:])  # the last one known clean: compared, not hashed
+                        continue
                     lead = body[:token]
-                    if lead in clean or lead in templates:
+                    if lead in clean:
+                        known = self._clean_lead = lead
+                        rest.append(body[token:])
+                        continue
+                    if lead in templates:
                         rest.append(body[token:])
                         continue
                     templates[lead] = None
