@@ -391,3 +391,55 @@ def test_a_model_start_led_like_the_last_clean_one_but_for_a_secret_is_redacted(
     assert secret.encode() not in lines[2][1]
     assert b"[REDACTED]" in lines[2][1]
     assert plain.encode() in lines[1][1]
+
+
+def _token_rows(tokens_of: dict[int, list[str]]) -> list[tuple[Any, ...]]:
+    """Streamed tokens as the handler records them, a row per run: each body its run's
+    template filled with its token (the chunk's text and its message's content)."""
+    out: list[tuple[Any, ...]] = []
+    for run, tokens in tokens_of.items():
+        for token in tokens:
+            chunk = {"text": token, "generation_info": None, "message": {"content": token, "id": f"lc_{run}"}}
+            body = _body({"chunk": chunk})
+            out.append(("llm_new_token", len(out), 1_800_000_000.5, run, None, None, body, token))
+    return out
+
+
+def _lines_one_at_a_time(records: list[tuple[Any, ...]]) -> list[Any]:
+    single = _translator()
+    return [single(record) for record in records]
+
+
+def test_bodies_filled_from_a_clean_template_are_written_by_row_without_an_entry_each() -> None:
+    """A clean chunk's token bodies known to be their row's template filled stay out of
+    the plain bodies' map when every row is written whole; the lines are the same."""
+    records = _token_rows({11: ["Hello", " there", ",", " friend"], 12: ["One", " two", " three"]})
+    translator = _translator()
+    translator.prepare(records)
+    assert translator.encoder.filled_plain
+    assert id(records[1][6]) not in translator.encoder.plain  # filled: no entry
+    assert id(records[0][6]) in translator.encoder.plain  # its row's first body: judged
+    assert translator.many(records) == _lines_one_at_a_time(records)
+
+
+def test_filled_bodies_written_one_by_one_are_known_plain() -> None:
+    """A run whose stream is not clean (it ends in a credential's prefix) has its tokens
+    written one by one: the filled bodies are added back to the plain ones."""
+    records = _token_rows({11: ["Hello", " there", " friend"], 12: ["the", " key", " sk-"]})
+    translator = _translator()
+    translator.prepare(records)
+    assert not translator.encoder.filled_plain
+    assert id(records[4][6]) in translator.encoder.plain
+    assert translator.many(records) == _lines_one_at_a_time(records)
+
+
+def test_a_chunk_with_a_body_to_redact_keeps_its_filled_bodies_known() -> None:
+    records = _token_rows({11: ["Hello", " there", " friend"]})
+    records.append(("text", 3, 1_800_000_000.5, RUN, None, None, _body({"text": "password=hunter2"}), None))
+    translator = _translator()
+    translator.prepare(records)
+    assert not translator.encoder.filled_plain
+    assert id(records[1][6]) in translator.encoder.plain
+    lines = translator.many(records)
+    assert lines == _lines_one_at_a_time(records)
+    assert b"hunter2" not in lines[3][1]

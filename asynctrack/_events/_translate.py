@@ -253,14 +253,17 @@ class EventTranslator:
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
+        encoder = self.encoder
         if not clean:
+            encoder.keep_filled()  # written one by one
             return
-        plain = self.encoder.plain
-        every = len(plain) == len(judged) + len(filled)  # every body is plain (bodies are distinct)
+        plain = encoder.plain
+        # Every body is plain (bodies are distinct; the filled ones left out of plain if so).
+        every = encoder.filled_plain or len(plain) == len(judged) + len(filled)
         fast = self._hook is None
         streamed = self._streamed
         steps: list[Any] = []
-        done = 0
+        done = made = 0
         for start, end, run, texts in rows:
             if run not in clean:
                 continue
@@ -278,9 +281,12 @@ class EventTranslator:
                 steps += records[done:start]
                 steps.append(_Row(records[start:end], texts))
                 done = end
+                made += 1
             else:
                 row = records[start:end]
                 streamed.update(zip(map(id, row), row, strict=True))
+        if made < len(rows):  # some tokens written one by one
+            encoder.keep_filled()
         if steps:
             steps += records[done:]
             self._steps = steps

@@ -215,6 +215,7 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        self._filled: list[bytes] = _NONE  # those of them left out of _bodies (see prepare)
         #: The bodies of the chunk at hand but some that begin with the same ``SAME_START``
         #: bytes as one of them (a streamed token's body equal to its run's template
         #: filled with its token): a prefix that short is every body's if it is theirs.
@@ -230,7 +231,7 @@ class Redactor:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(
+    def prepare(  # noqa: PLR0915 - one frame per chunk
         self,
         bodies: list[bytes] | None,
         shared: list[bytes | int | None] | None = None,
@@ -273,12 +274,20 @@ class Redactor:
             self._chunk = {}
             self._bodies = {}
             self.firsts = []
+            self._filled = _NONE
             return b""
         judged = bodies
         if filled:
             bodies = bodies + filled
         joined = b"\x1e".join(bodies)
-        self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
+        # The filled bodies are left out of _bodies while the chunk is clean (a dict entry
+        # each, for bodies most often written a row at a time): see filled_plain.
+        self._filled = filled if filled and not self._patterns else _NONE
+        self._bodies = (
+            dict(zip(map(id, judged), judged, strict=True))
+            if self._filled
+            else dict(zip(map(id, bodies), bodies, strict=True))
+        )
         pieces, coarse, templates = self._cut(judged, shared, joined, fillers)
         token_of = self._token_of
         if pieces is not None:
@@ -325,7 +334,9 @@ class Redactor:
                 # the key rules first and scans their result, as json() does for any text.
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
-        if not self._chunk and pieces is not None:
+        if self._chunk:
+            self.keep_filled()
+        elif pieces is not None:
             # Nothing was learned since above. The tokens' pieces are not in the joined
             # chunk as they are: they are left to a later scan of their own.
             if templates:
@@ -559,8 +570,22 @@ class Redactor:
             out.append(piece)
         return out
 
+    @property
+    def filled_plain(self) -> bool:
+        """Whether the ``filled`` bodies of the chunk at hand, all plain (the chunk is
+        clean), were left out of ``unchanged()`` (until ``keep_filled``)."""
+        return bool(self._filled) and not self._chunk
+
+    def keep_filled(self) -> None:
+        """Add the ``filled`` bodies of the chunk at hand to the bodies ``unchanged()``
+        returns (the same dict) and ``json()`` knows, if they were left out."""
+        if self._filled:
+            self._bodies.update(zip(map(id, self._filled), self._filled, strict=True))
+            self._filled = _NONE
+
     def unchanged(self) -> dict[int, bytes]:
-        """The bodies of the chunk at hand (by id) that ``json()`` returns as they are."""
+        """The bodies of the chunk at hand (by id) that ``json()`` returns as they are, but
+        the ``filled`` ones of a clean chunk (``filled_plain``, ``keep_filled``)."""
         if self._patterns:
             return {}
         if not self._chunk:
