@@ -386,7 +386,7 @@ def test_a_model_start_led_like_the_last_clean_one_but_for_a_secret_is_redacted(
         )
         translator.prepare([record])
         lines += translator.many([record])
-    lead = translator._redactor._clean_lead
+    lead = translator._redactor._clean_leads[0]
     assert lead.startswith(b'{"data":{"invocation_params":') and plain.encode() in lead
     assert secret.encode() not in lines[2][1]
     assert b"[REDACTED]" in lines[2][1]
@@ -443,3 +443,17 @@ def test_a_chunk_with_a_body_to_redact_keeps_its_filled_bodies_known() -> None:
     lines = translator.many(records)
     assert lines == _lines_one_at_a_time(records)
     assert b"hunter2" not in lines[3][1]
+
+
+def test_model_calls_that_alternate_are_each_compared_in_place() -> None:
+    """A round of calls alternates between a few texts (a tool call, then the answer):
+    the last few are known in place, not only the last one."""
+    translator = _translator()
+    a = _model_start("chat_model_start", {"model": "a"}, {})
+    b = _model_start("chat_model_start", {"model": "b", "temperature": 0.5}, {})
+    translator._collect("chat_model_start", a)
+    translator._collect("chat_model_start", b)
+    translator._calls_seen.clear()
+    translator._collect("chat_model_start", a)
+    assert translator._calls_seen == set()
+    assert translator.parameters.hyperparameters()["model"] == "a, b"

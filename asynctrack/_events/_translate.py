@@ -67,6 +67,7 @@ _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
+_RECENT_CALLS: Final = 4  # ... of which the last ones are compared in place (_model_call)
 _MAX_TOKEN_HEADS: Final = 4096  # streaming runs whose envelope is remembered (then it starts over)
 
 
@@ -114,7 +115,8 @@ class EventTranslator:
         self._streamed: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
-        self._last_texts: tuple[bytes, bytes] | None = None  # the last of them (_model_call)
+        #: The last of them, the newest first (a round of calls alternates between a few).
+        self._recent_calls: list[tuple[bytes, bytes]] = []
         self._hook = config.redact
         # Parameter keys judged as the lines' keys are (KeyRule: normalized words), and
         # a key holding a credential's format is left out with its value.
@@ -521,19 +523,20 @@ class EventTranslator:
         tail = body.rfind(_METADATA)
         if cut == -1 or tail < cut:
             return False
-        last = self._last_texts
-        if (  # the same call as the last one: compared in place, not hashed (~1 KB)
-            last is not None
-            and cut == len(last[0])
-            and len(body) - tail == len(last[1])
-            and body.startswith(last[0])
-            and body.endswith(last[1])
-        ):
-            return True
+        recent = self._recent_calls
+        for head, metadata_text in recent:  # compared in place, not hashed (~1 KB)
+            if (
+                cut == len(head)
+                and len(body) - tail == len(metadata_text)
+                and body.startswith(head)
+                and body.endswith(metadata_text)
+            ):
+                return True
         key = (body[:cut], body[tail:])
         seen = self._calls_seen
         if key in seen:
-            self._last_texts = key
+            recent.insert(0, key)
+            del recent[_RECENT_CALLS:]
             return True
         try:
             data = orjson.loads(key[0] + b"}}")["data"]
@@ -546,7 +549,8 @@ class EventTranslator:
         if len(seen) >= _MAX_CALLS_SEEN:
             seen.clear()
         seen.add(key)
-        self._last_texts = key
+        recent.insert(0, key)
+        del recent[_RECENT_CALLS:]
         return True
 
     def _usage(self, body: bytes) -> bool:

@@ -79,6 +79,7 @@ _CONTENT: Final = b'"content":'
 #: a piece ending so under a credential key ends inside the key's value (see ``_sealed``).
 _LC_OPEN: Final = b'{"lc":1'
 _NONE: Final[list[bytes]] = []  # (never changed)
+_RECENT: Final = 4  # leading parts known clean compared in place (Redactor._clean_leads)
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -222,9 +223,10 @@ class Redactor:
         self.firsts: list[bytes] = []
         #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
         self._token_of: dict[bytes, bytes] = {}
-        #: The last leading part (see ``prepare``) found in the clean-piece cache: a body that
-        #: begins with it is compared with it (memcmp) rather than hashed (~1 KB a model start).
-        self._clean_lead = b""
+        #: The last leading parts (see ``prepare``) found in the clean-piece cache, the newest
+        #: first: a body that begins with one is compared with it (memcmp) rather than hashed
+        #: (~1 KB a model start; a round of calls alternates between a few).
+        self._clean_leads: list[bytes] = []
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
         # for every redactor of the same rules in this process (200 trackers, one cache).
         self._pieces_seen = _clean_pieces(keys, detectors)
@@ -448,23 +450,25 @@ class Redactor:
         last: tuple[bytes, bytes, bytes] | None = None
         self.firsts = firsts = []
         same = False  # whether last[0], the body in firsts it was taken from, is SAME_START long
-        known = self._clean_lead
+        known = self._clean_leads
         for body, token in zip(bodies, shared, strict=True):
             if type(token) is not bytes:
                 firsts.append(body)
                 if type(token) is int and 0 < token < len(body):
-                    if token == len(known) and body.startswith(known):
-                        rest.append(body[token:])  # the last one known clean: compared, not hashed
-                        continue
-                    lead = body[:token]
-                    if lead in clean:
-                        known = self._clean_lead = lead
-                        rest.append(body[token:])
-                        continue
-                    if lead in templates:
-                        rest.append(body[token:])
-                        continue
-                    templates[lead] = None
+                    for lead in known:  # the last ones known clean: compared, not hashed
+                        if token == len(lead) and body.startswith(lead):
+                            break
+                    else:
+                        lead = body[:token]
+                        if lead in clean:
+                            known.insert(0, lead)
+                            del known[_RECENT:]
+                        elif lead not in templates:
+                            templates[lead] = None
+                            rest.append(body)
+                            continue
+                    rest.append(body[token:])
+                    continue
                 rest.append(body)
                 continue
             if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
