@@ -66,6 +66,7 @@ _LAST_OF_DATA: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"p
 _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
+_NULL_LLM_OUTPUT: Final = len(_LLM_OUTPUT) + len(b"null")  # its length when it is null
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
 _RECENT_CALLS: Final = 4  # ... of which the last ones are compared in place (_model_call)
 _MAX_TOKEN_HEADS: Final = 4096  # streaming runs whose envelope is remembered (then it starts over)
@@ -560,6 +561,8 @@ class EventTranslator:
         end = body.find(_AFTER_LLM_OUTPUT, start)
         if start == -1 or end == -1:
             return False
+        if end - start == _NULL_LLM_OUTPUT and body.endswith(b"null", 0, end):
+            return False  # a streamed call's llm_output (its usage is in the generations)
         try:
             output = orjson.loads(b"{" + body[start + 1 : end] + b"}")["llm_output"]
         except Exception:
