@@ -349,3 +349,111 @@ def test_a_frame_dense_with_credential_stems_is_judged_body_by_body() -> None:
     single = _fresh()
     assert lines == [single(record) for record in frame]
     assert b"sk-proj-Zq8" not in b"".join(line[1] for line in lines if type(line) is tuple)
+
+
+def test_a_model_call_like_the_last_is_compared_in_place_and_any_other_is_read() -> None:
+    """The same call as the last one is known without hashing its texts (even once the set
+    of texts seen starts over); a call whose texts have the last one's lengths but other
+    bytes is read."""
+    translator = _translator()
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "a"}, {}))
+    translator._calls_seen.clear()
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "a"}, {}))
+    assert translator._calls_seen == set()  # the last call: not looked up, not read again
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "b"}, {"x": 1}))
+    translator._collect("chat_model_start", _model_start("chat_model_start", {"model": "b"}, {"x": 2}))
+    assert translator.parameters.hyperparameters()["model"] == "a, b"
+    assert len(translator._calls_seen) == 2
+
+
+def test_a_model_start_led_like_the_last_clean_one_but_for_a_secret_is_redacted() -> None:
+    """A model start's leading part found clean is remembered as the last one, compared in
+    place; a lead of the same length holding a credential is scanned and redacted."""
+    secret = "sk-proj-" + "Q" * 40
+    translator = _translator()
+    lines = []
+    plain = "x " * (len(secret) // 2)  # as long, with no run of 40 base64 characters
+    for n, key in enumerate((plain, plain, secret)):
+        record = (
+            "chat_model_start",
+            n,
+            1_800_000_000.0,
+            uuid.UUID(int=100 + n),
+            None,
+            "M",
+            _model_start("chat_model_start", {"model": "a", "base": key}, {}),
+            None,
+        )
+        translator.prepare([record])
+        lines += translator.many([record])
+    lead = translator._redactor._clean_leads[0]
+    assert lead.startswith(b'{"data":{"invocation_params":') and plain.encode() in lead
+    assert secret.encode() not in lines[2][1]
+    assert b"[REDACTED]" in lines[2][1]
+    assert plain.encode() in lines[1][1]
+
+
+def _token_rows(tokens_of: dict[int, list[str]]) -> list[tuple[Any, ...]]:
+    """Streamed tokens as the handler records them, a row per run: each body its run's
+    template filled with its token (the chunk's text and its message's content)."""
+    out: list[tuple[Any, ...]] = []
+    for run, tokens in tokens_of.items():
+        for token in tokens:
+            chunk = {"text": token, "generation_info": None, "message": {"content": token, "id": f"lc_{run}"}}
+            body = _body({"chunk": chunk})
+            out.append(("llm_new_token", len(out), 1_800_000_000.5, run, None, None, body, token))
+    return out
+
+
+def _lines_one_at_a_time(records: list[tuple[Any, ...]]) -> list[Any]:
+    single = _translator()
+    return [single(record) for record in records]
+
+
+def test_bodies_filled_from_a_clean_template_are_written_by_row_without_an_entry_each() -> None:
+    """A clean chunk's token bodies known to be their row's template filled stay out of
+    the plain bodies' map when every row is written whole; the lines are the same."""
+    records = _token_rows({11: ["Hello", " there", ",", " friend"], 12: ["One", " two", " three"]})
+    translator = _translator()
+    translator.prepare(records)
+    assert translator.encoder.filled_plain
+    assert id(records[1][6]) not in translator.encoder.plain  # filled: no entry
+    assert id(records[0][6]) in translator.encoder.plain  # its row's first body: judged
+    assert translator.many(records) == _lines_one_at_a_time(records)
+
+
+def test_filled_bodies_written_one_by_one_are_known_plain() -> None:
+    """A run whose stream is not clean (it ends in a credential's prefix) has its tokens
+    written one by one: the filled bodies are added back to the plain ones."""
+    records = _token_rows({11: ["Hello", " there", " friend"], 12: ["the", " key", " sk-"]})
+    translator = _translator()
+    translator.prepare(records)
+    assert not translator.encoder.filled_plain
+    assert id(records[4][6]) in translator.encoder.plain
+    assert translator.many(records) == _lines_one_at_a_time(records)
+
+
+def test_a_chunk_with_a_body_to_redact_keeps_its_filled_bodies_known() -> None:
+    records = _token_rows({11: ["Hello", " there", " friend"]})
+    records.append(("text", 3, 1_800_000_000.5, RUN, None, None, _body({"text": "password=hunter2"}), None))
+    translator = _translator()
+    translator.prepare(records)
+    assert not translator.encoder.filled_plain
+    assert id(records[1][6]) in translator.encoder.plain
+    lines = translator.many(records)
+    assert lines == _lines_one_at_a_time(records)
+    assert b"hunter2" not in lines[3][1]
+
+
+def test_model_calls_that_alternate_are_each_compared_in_place() -> None:
+    """A round of calls alternates between a few texts (a tool call, then the answer):
+    the last few are known in place, not only the last one."""
+    translator = _translator()
+    a = _model_start("chat_model_start", {"model": "a"}, {})
+    b = _model_start("chat_model_start", {"model": "b", "temperature": 0.5}, {})
+    translator._collect("chat_model_start", a)
+    translator._collect("chat_model_start", b)
+    translator._calls_seen.clear()
+    translator._collect("chat_model_start", a)
+    assert translator._calls_seen == set()
+    assert translator.parameters.hyperparameters()["model"] == "a, b"

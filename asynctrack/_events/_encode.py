@@ -48,6 +48,7 @@ class Encoder:
         #: The bodies of the chunk at hand (by identity) that are written as they are:
         #: ``data`` first, no placeholder, nothing to redact (see ``prepare``).
         self.plain: dict[int, bytes] = {}
+        self.filled_plain = False
 
     def prepare(
         self,
@@ -72,7 +73,16 @@ class Encoder:
         # whose last byte is '"', is searched a few bytes a step.)
         failed = joined.find(_MARK_BYTE) != -1 and joined.find(_FAILED) != -1
         self.plain = redactor.unchanged() if starts and not failed else {}
+        #: ``filled`` bodies all plain too, but left out of ``plain`` (see ``keep_filled``).
+        self.filled_plain = starts and not failed and redactor.filled_plain
         return joined
+
+    def keep_filled(self) -> None:
+        """Add the ``filled`` bodies of the chunk at hand to ``plain`` (and to what
+        ``Redactor.json`` knows) if they were left out (``filled_plain``): for a caller
+        that writes them one by one."""
+        self.redactor.keep_filled()  # plain is the redactor's dict (Redactor.unchanged)
+        self.filled_plain = False
 
     def head(self, envelope: dict[str, Any]) -> bytes:
         """The envelope as a JSON object (a lone surrogate in a string becomes U+FFFD)."""

@@ -66,7 +66,9 @@ _LAST_OF_DATA: Final = {"chat_model_start": b',"messages":[', "llm_start": b',"p
 _METADATA: Final = b',"metadata":'
 _LLM_OUTPUT: Final = b',"llm_output":'
 _AFTER_LLM_OUTPUT: Final = b',"run":'  # LLMResult's member after llm_output
+_NULL_LLM_OUTPUT: Final = len(_LLM_OUTPUT) + len(b"null")  # its length when it is null
 _MAX_CALLS_SEEN: Final = 1024  # distinct model-call parameter texts remembered
+_RECENT_CALLS: Final = 4  # ... of which the last ones are compared in place (_model_call)
 _MAX_TOKEN_HEADS: Final = 4096  # streaming runs whose envelope is remembered (then it starts over)
 
 
@@ -114,6 +116,8 @@ class EventTranslator:
         self._streamed: dict[int, Sequence[Any]] = {}
         self._last_call: tuple[Any, Any] | None = None
         self._calls_seen: set[tuple[bytes, bytes]] = set()
+        #: The last of them, the newest first (a round of calls alternates between a few).
+        self._recent_calls: list[tuple[bytes, bytes]] = []
         self._hook = config.redact
         # Parameter keys judged as the lines' keys are (KeyRule: normalized words), and
         # a key holding a credential's format is left out with its value.
@@ -252,14 +256,17 @@ class EventTranslator:
             streams.pop(run, None)
         # A clean run's tail moves past its tokens now; many() writes them as they are.
         clean = self._streams.clean(streams, self._redactor.may_match) if streams else set()
+        encoder = self.encoder
         if not clean:
+            encoder.keep_filled()  # written one by one
             return
-        plain = self.encoder.plain
-        every = len(plain) == len(judged) + len(filled)  # every body is plain (bodies are distinct)
+        plain = encoder.plain
+        # Every body is plain (bodies are distinct; the filled ones left out of plain if so).
+        every = encoder.filled_plain or len(plain) == len(judged) + len(filled)
         fast = self._hook is None
         streamed = self._streamed
         steps: list[Any] = []
-        done = 0
+        done = made = 0
         for start, end, run, texts in rows:
             if run not in clean:
                 continue
@@ -277,9 +284,12 @@ class EventTranslator:
                 steps += records[done:start]
                 steps.append(_Row(records[start:end], texts))
                 done = end
+                made += 1
             else:
                 row = records[start:end]
                 streamed.update(zip(map(id, row), row, strict=True))
+        if made < len(rows):  # some tokens written one by one
+            encoder.keep_filled()
         if steps:
             steps += records[done:]
             self._steps = steps
@@ -343,11 +353,18 @@ class EventTranslator:
                     mark = len(out)
                     try:
                         seqs = list(map(_SEQ, row))
+                        # The row's seqs and times as JSON in one call each: orjson writes a
+                        # list's numbers as it writes each alone, ',' between, no spaces
+                        # (anything else, a ',' in one: one record at a time below).
+                        seq_texts = dumps(seqs)[1:-1].split(b",")
+                        ts_texts = dumps(list(map(_TS, row)))[1:-1].split(b",")
+                        if len(seq_texts) != len(row) or len(ts_texts) != len(row):
+                            raise ValueError("not one number a record")
                         fields = zip(
                             repeat(b'{"seq":'),
-                            map(dumps, seqs),
+                            seq_texts,
                             repeat(b',"ts":'),
-                            map(dumps, map(_TS, row)),
+                            ts_texts,
                             repeat(head),
                             step.texts,
                             repeat(b","),
@@ -507,9 +524,20 @@ class EventTranslator:
         tail = body.rfind(_METADATA)
         if cut == -1 or tail < cut:
             return False
+        recent = self._recent_calls
+        for head, metadata_text in recent:  # compared in place, not hashed (~1 KB)
+            if (
+                cut == len(head)
+                and len(body) - tail == len(metadata_text)
+                and body.startswith(head)
+                and body.endswith(metadata_text)
+            ):
+                return True
         key = (body[:cut], body[tail:])
         seen = self._calls_seen
         if key in seen:
+            recent.insert(0, key)
+            del recent[_RECENT_CALLS:]
             return True
         try:
             data = orjson.loads(key[0] + b"}}")["data"]
@@ -522,6 +550,8 @@ class EventTranslator:
         if len(seen) >= _MAX_CALLS_SEEN:
             seen.clear()
         seen.add(key)
+        recent.insert(0, key)
+        del recent[_RECENT_CALLS:]
         return True
 
     def _usage(self, body: bytes) -> bool:
@@ -531,6 +561,8 @@ class EventTranslator:
         end = body.find(_AFTER_LLM_OUTPUT, start)
         if start == -1 or end == -1:
             return False
+        if end - start == _NULL_LLM_OUTPUT and body.endswith(b"null", 0, end):
+            return False  # a streamed call's llm_output (its usage is in the generations)
         try:
             output = orjson.loads(b"{" + body[start + 1 : end] + b"}")["llm_output"]
         except Exception:

@@ -79,6 +79,7 @@ _CONTENT: Final = b'"content":'
 #: a piece ending so under a credential key ends inside the key's value (see ``_sealed``).
 _LC_OPEN: Final = b'{"lc":1'
 _NONE: Final[list[bytes]] = []  # (never changed)
+_RECENT: Final = 4  # leading parts known clean compared in place (Redactor._clean_leads)
 
 
 def _overlap(spans: list[tuple[int, int, bytes]]) -> bool:
@@ -215,19 +216,24 @@ class Redactor:
         # needs the full path, else the spans to redact. Other texts: the full path.
         self._chunk: dict[int, tuple[bytes, bool, list[tuple[int, int, bytes]]]] = {}
         self._bodies: dict[int, bytes] = {}  # every body of the chunk at hand, by id
+        self._filled: list[bytes] = _NONE  # those of them left out of _bodies (see prepare)
         #: The bodies of the chunk at hand but some that begin with the same ``SAME_START``
         #: bytes as one of them (a streamed token's body equal to its run's template
         #: filled with its token): a prefix that short is every body's if it is theirs.
         self.firsts: list[bytes] = []
         #: The pieces of the chunk's streamed tokens not known clean, and their tokens.
         self._token_of: dict[bytes, bytes] = {}
+        #: The last leading parts (see ``prepare``) found in the clean-piece cache, the newest
+        #: first: a body that begins with one is compared with it (memcmp) rather than hashed
+        #: (~1 KB a model start; a round of calls alternates between a few).
+        self._clean_leads: list[bytes] = []
         # Pieces of bodies (cut at ',"') found clean on their own (see prepare()): one set
         # for every redactor of the same rules in this process (200 trackers, one cache).
         self._pieces_seen = _clean_pieces(keys, detectors)
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def prepare(
+    def prepare(  # noqa: PLR0915 - one frame per chunk
         self,
         bodies: list[bytes] | None,
         shared: list[bytes | int | None] | None = None,
@@ -270,12 +276,20 @@ class Redactor:
             self._chunk = {}
             self._bodies = {}
             self.firsts = []
+            self._filled = _NONE
             return b""
         judged = bodies
         if filled:
             bodies = bodies + filled
         joined = b"\x1e".join(bodies)
-        self._bodies = dict(zip(map(id, bodies), bodies, strict=True))
+        # The filled bodies are left out of _bodies while the chunk is clean (a dict entry
+        # each, for bodies most often written a row at a time): see filled_plain.
+        self._filled = filled if filled and not self._patterns else _NONE
+        self._bodies = (
+            dict(zip(map(id, judged), judged, strict=True))
+            if self._filled
+            else dict(zip(map(id, bodies), bodies, strict=True))
+        )
         pieces, coarse, templates = self._cut(judged, shared, joined, fillers)
         token_of = self._token_of
         if pieces is not None:
@@ -322,7 +336,9 @@ class Redactor:
                 # the key rules first and scans their result, as json() does for any text.
                 full.add(index)
         self._chunk = {id(bodies[i]): (bodies[i], i in full, found.get(i, [])) for i in full.union(found)}
-        if not self._chunk and pieces is not None:
+        if self._chunk:
+            self.keep_filled()
+        elif pieces is not None:
             # Nothing was learned since above. The tokens' pieces are not in the joined
             # chunk as they are: they are left to a later scan of their own.
             if templates:
@@ -434,15 +450,25 @@ class Redactor:
         last: tuple[bytes, bytes, bytes] | None = None
         self.firsts = firsts = []
         same = False  # whether last[0], the body in firsts it was taken from, is SAME_START long
+        known = self._clean_leads
         for body, token in zip(bodies, shared, strict=True):
             if type(token) is not bytes:
                 firsts.append(body)
                 if type(token) is int and 0 < token < len(body):
-                    lead = body[:token]
-                    if lead in clean or lead in templates:
-                        rest.append(body[token:])
-                        continue
-                    templates[lead] = None
+                    for lead in known:  # the last ones known clean: compared, not hashed
+                        if token == len(lead) and body.startswith(lead):
+                            break
+                    else:
+                        lead = body[:token]
+                        if lead in clean:
+                            known.insert(0, lead)
+                            del known[_RECENT:]
+                        elif lead not in templates:
+                            templates[lead] = None
+                            rest.append(body)
+                            continue
+                    rest.append(body[token:])
+                    continue
                 rest.append(body)
                 continue
             if last is None or b"".join((last[0], token, last[1], token, last[2])) != body:
@@ -548,8 +574,22 @@ class Redactor:
             out.append(piece)
         return out
 
+    @property
+    def filled_plain(self) -> bool:
+        """Whether the ``filled`` bodies of the chunk at hand, all plain (the chunk is
+        clean), were left out of ``unchanged()`` (until ``keep_filled``)."""
+        return bool(self._filled) and not self._chunk
+
+    def keep_filled(self) -> None:
+        """Add the ``filled`` bodies of the chunk at hand to the bodies ``unchanged()``
+        returns (the same dict) and ``json()`` knows, if they were left out."""
+        if self._filled:
+            self._bodies.update(zip(map(id, self._filled), self._filled, strict=True))
+            self._filled = _NONE
+
     def unchanged(self) -> dict[int, bytes]:
-        """The bodies of the chunk at hand (by id) that ``json()`` returns as they are."""
+        """The bodies of the chunk at hand (by id) that ``json()`` returns as they are, but
+        the ``filled`` ones of a clean chunk (``filled_plain``, ``keep_filled``)."""
         if self._patterns:
             return {}
         if not self._chunk:
