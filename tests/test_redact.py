@@ -883,6 +883,7 @@ def test_run_parameters_judge_keys_as_the_lines_do(
     [
         ("postgresql://app:S3cretPw99xyz@db:5432/app", 29),  # a URL's password but its last character
         ("ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 32),  # 32 of a GitHub token's 40
+        ("backup_ghp_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7c", 39),  # glued after '_'
         ("Bearer sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e", 30),
         ('{"url": "x", "password": "hunter2-cut-off"}', 34),  # JSON text: a quoted value opened
         ("<db_password>hunter2-cut-off</db_password>", 23),  # an element's text opened
@@ -1402,6 +1403,72 @@ def test_any_split_of_a_streamed_secret_keeps_it_out(cuts: list[int], secret: st
     # At most the first few characters of a credential can be written before the
     # stream shows what it is; never the credential itself.
     assert value[6:] not in written, (pieces, written)
+
+
+GLUED_AWS = "AKIAZ7Q4R2T8Y6U1I3O5"
+GLUED_GHP = "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+#: Credentials with a prefix of their own glued after a '-' or '_' (a tag, a name, a URL's user).
+GLUED = {
+    "tag": "tag-" + GLUED_AWS,
+    "name": "prod_" + GLUED_AWS,
+    "openai": "openai-" + OPENAI,
+    "backup": "backup_" + GLUED_GHP,
+    "url": f"https://ci-{GLUED_GHP}@github.com/x",
+}
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=12), st.sampled_from(sorted(GLUED.values())))
+def test_any_split_of_a_streamed_glued_credential_keeps_it_out(cuts: list[int], glued: str) -> None:
+    """``ci-gh`` + ``p_A1b2...``: once the stream shows the prefix after the '-' or '_',
+    the credential is redacted up to its run's end (its prefix's first characters may
+    have been written before, as after a space)."""
+    text = f"here it is: {glued} and more text"
+    points = sorted({min(c, len(text) - 1) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True) if b > a]
+    stream = StreamRedactor(Redactor(DEFAULT_REDACT_KEYS).text)
+    written = "".join(stream.token("run", piece) for piece in pieces)
+    credential = next(c for c in (OPENAI, GLUED_AWS, GLUED_GHP) if c in glued)
+    assert credential[6:] not in written, (pieces, written)
+    assert written.startswith("here it is: ") and written.endswith(" and more text"), written
+
+
+@pytest.mark.parametrize("capture_content", [False, True])
+def test_glued_credentials_leak_nothing_to_files_or_the_otlp_receiver(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    receiver: Any,
+    capture_content: bool,
+) -> None:
+    """The reviewer's shapes through a real ``ChatOpenAI`` (the loopback stub): in a tag,
+    in metadata, in a prompt, streamed back 3 characters per chunk, in a tool call's
+    arguments; in the files and in every byte the OTLP receiver got."""
+    from asynctrack import OTLPExporter
+
+    tracker = tracked(exporters=[OTLPExporter(receiver.endpoint, capture_content=capture_content)])
+    config: Any = {
+        "callbacks": [tracker],
+        "tags": [GLUED["tag"]],
+        "metadata": {"note": GLUED["backup"], "user": "bob"},
+    }
+    answer = " and ".join(GLUED.values())
+    arguments = orjson.dumps({"city": GLUED["url"], "unit": GLUED["name"]}).decode()
+    with OpenAIStub() as stub:
+        chunks = list(chat_model(stub.url).stream("echo: " + answer, config=config))
+        assert "".join(str(c.content) for c in chunks) == answer
+        call = chat_model(stub.url).bind_tools([get_weather]).invoke("call: " + arguments, config=config)
+        assert call.tool_calls[0]["args"]["city"] == GLUED["url"]
+    tracker.close(timeout=10)
+    receiver.wait_for_spans(2)
+    secrets = {"aws": GLUED_AWS, "ghp": GLUED_GHP, "openai": OPENAI[8:]}
+    _check(tmp_destination, tmp_path, caplog, secrets)
+    files = b"".join(p.read_bytes() for p in _files(tmp_destination))
+    assert b"tag-[REDACTED]" in files and b"https://ci-[REDACTED]@github.com/x" in files
+    sent = b"".join(receiver.raw)
+    assert [name for name, s in secrets.items() if s.encode() in sent] == []
+    assert b"tag-[REDACTED]" in sent  # the tag was exported, redacted
 
 
 @settings(max_examples=80, deadline=None, database=None)

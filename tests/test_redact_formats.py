@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asynctrack._config import DEFAULT_REDACT_KEYS
-from asynctrack._redact import REDACTED, Redactor
+from asynctrack._redact import REDACTED, Redactor, _formats
 from asynctrack._redact._common import splice
 from asynctrack._redact._formats import aws_secrets, run_formats
 
@@ -156,6 +156,137 @@ _token_pieces = st.one_of(
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(_token_pieces, max_size=30))
 def test_run_formats_do_not_depend_on_how_many_runs_come_before(pieces: list[str]) -> None:
+    text = "".join(pieces).encode()
+    prefix = b" ".join([b"x" * 20] * MANY) + b" "
+    shifted = [(start - len(prefix), end - len(prefix)) for start, end, _ in run_formats(prefix + text)]
+    assert sorted(shifted) == sorted((start, end) for start, end, _ in run_formats(text))
+
+
+# -- formats glued after '-' or '_' ----------------------------------------------------------
+
+_ALNUM = "Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4eQ2rT5uW8"  # 40 letters and digits
+_HEX64 = "9f2c4e1b7a0d3c5e8f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+#: A made-up credential of every format with a prefix of its own (the formats found at a
+#: run's start), in the shape of its rule.
+PREFIXED = [
+    "sk-proj-Zq8VnR2mX5tL0wJ7bK3yH9dF6sA1pC4e",
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "whsec_RQlmRgdo54Zz7gkXkbjdhxRbNHtWIrRY",
+    "pk-lf-a1b2c3d4e5f6g7h8i9",
+    "lsv2_pt_" + _ALNUM,
+    "ls__2c174102a1049a2cfb4fe2e3d7ae843b",
+    "AKIAZ7Q4R2T8Y6U1I3O5",
+    "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+    "github_pat_11ABCDEFG0" + _ALNUM,
+    "glpat-Ab3dE6gH9jK2mN5pQ8sT",
+    "GR1348941Ab3dE6gH9jK2mN5pQ8sT",
+    "xoxb-123456789012-123456789012-AbCdEfGhIjKlMnOpQrStUvWx",
+    "xapp-1-A0123456789-1234567890123-dd32beb15ba8",
+    "AIzaSy" + _ALNUM[:33],
+    "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p",
+    "hf_" + _ALNUM[:34],
+    "npm_" + _ALNUM[:36],
+    "pypi-AgEIcHlwaS5vcmc" + "A1b2C3d4E5" * 5,
+    "gsk_" + _ALNUM,
+    "xai-" + _ALNUM + _ALNUM[:10],
+    "r8_" + _ALNUM[:32],
+    "pplx-" + _ALNUM,
+    "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",
+    "pcsk_4Xy7Qz_" + _ALNUM,
+    "SK2f6c0a9d3e8b7f1c4a5d6e9b0c3f7a8d",
+    "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",
+    "sq0csp-iA7Mxf0zIQQeU2wpBdWrEUr1UyuhjzRQD4dj2Lkcuu8L",
+    "EAAAEHb0c8kL2mN4pQ6rS8tU0vW2xY4zA6bC8dE0fG2hI4jK6lM8nO0pQ2rS4tU6vW8xY0zA2bC4dE6fG8",
+    "NRAK-7QX2K9M4T1B8V6N3C0Z5L2J7H4G",
+    "HRKU-AA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRST_-01",
+    "dop_v1_" + _HEX64,
+    "ATATT3xFfGF0T4nWm2qLr8sMtSNHkVIJ82GYB4qWyw198grxrAQIEuGC9Th4FmaSqb5Savib4jQ6MIwHv3iniKq7fqwe3I6=A1B2C3D4",
+    "lin_api_9dBXMkP1m88C83G83zWeCQjZma5LjkaW12t2WXxB",
+    "ntn_123456789012SKJcc2uuc3Z5xO07rDYzDu5dE66la80lmKZS",
+    "secret_yPIBYkvnDsTnd4xbmtyAiJxq9HbU3cKS0qqOqewcB1Y",
+    "PMAK-b070cb2d9a3438b0421b81c5-b070cb2d9a3438b0421b81c599ca66e54c",
+    "dapia10920578db82dfcbc7c53f695fa50cf",
+    "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",
+    "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58],
+    JWT,
+]
+#: What a credential is glued to: a tag, a name, an identifier, a URL's user or path.
+GLUES = ["tag-", "prod_", "openai-", "ci-", "backup_", "-", "_", "a-b_c-", "https://ci-", "/keys/prod-"]
+
+
+def test_every_prefixed_format_has_an_example() -> None:
+    formats = [f for f in _formats._RUN_FORMATS if not f.startswith((b"(?<=", b"[0-9a-f]", b"key-"))]
+    assert [f for f in formats if not any(re.fullmatch(f, c.encode()) for c in PREFIXED)] == []
+
+
+@pytest.mark.parametrize("glue", GLUES)
+@pytest.mark.parametrize("before", [0, MANY])
+def test_a_prefixed_format_glued_after_a_dash_or_underscore_is_redacted(glue: str, before: int) -> None:
+    """``tag-AKIA...``, ``backup_ghp_...``: as after a space, '=' or '/' (gitleaks' rules
+    match there), in a text with a few runs and with many (judged in C calls)."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    filler = _fill(before).decode() + " " if before else ""
+    for credential in PREFIXED:
+        text = f"{filler}see {glue}{credential} and {glue}{credential}@github.com/x, done"
+        assert redactor.text(text) == f"{filler}see {glue}{REDACTED} and {glue}{REDACTED}@github.com/x, done"
+
+
+@pytest.mark.parametrize("before", [0, MANY])
+def test_glued_formats_after_one_another_and_after_a_long_word_are_redacted(before: int) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    filler = _fill(before).decode() + " " if before else ""
+    aws, ghp = PREFIXED[6], PREFIXED[7]
+    text = f"{aws}-{ghp}_x-{aws} tag-{aws}-prod-{ghp} {'w' * 60}-{aws} {'a-b_' * 15}-{ghp}"
+    out = redactor.text(filler + text)
+    expected = f"{REDACTED}-{REDACTED}_x-{REDACTED} tag-{REDACTED}-prod-{REDACTED} {'w' * 60}-{REDACTED}"
+    assert out == filler + expected + f" {'a-b_' * 15}-{REDACTED}"
+
+
+LOOKALIKES = [
+    "550e8400-e29b-41d4-a716-446655440000",  # UUIDs, hashes
+    "run-d41d8cd9-8f00-b204-e980-0998ecf8427e",
+    "cache-key-d41d8cd98f00b204e9800998ecf8427e",  # Mailgun's key- is not found glued
+    "deploy-d41d8cd98f00b204e9800998ecf8427e-us21",  # nor Mailchimp's hex keys
+    "sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "git-ed3a2b1c9f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c",
+    "hf_hub_download_and_cache_model_weights",  # code identifiers
+    "risk_level_assessment_for_enterprise_customers",
+    "my_task_skeleton_generator_for_the_project",
+    "test_sk_test_parametrized_case_number_one",
+    "task-sk-12",
+    "prompt_tokens_details_accepted_prediction_tokens",
+    "some_dapi_wrapper_function_name_for_tests",
+    "do_v1_something_else_entirely_here_and_more",
+    "user_AKIAsomething_lower_case_not_a_key_id",
+    "AKIA-style-identifier-of-a-test-fixture",
+    "run-eyJhbGciOiJIUzI1NiJ9-not-a-jwt-at-all",
+    "gpt-4o-mini-2024-07-18",
+    "node_modules/@aws-sdk/client-s3/dist-cjs/index.js",
+    "the dash-separated sentence-with-words goes on-and-on, my-xoxo-hugs",  # prose
+    "ghp_" * 40,
+    "x_eyJ" * 40,
+    "a-" * 200,
+]
+
+
+@pytest.mark.parametrize("before", [0, MANY])
+def test_identifiers_hashes_and_prose_with_a_glued_lookalike_are_kept(before: int) -> None:
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    filler = _fill(before).decode() + " " if before else ""
+    for text in LOOKALIKES:
+        assert redactor.text(filler + text) == filler + text
+
+
+_glued_pieces = st.one_of(
+    _token_pieces,
+    st.sampled_from(["-", "_", "tag-", "x" * 60, *(c[:30] for c in PREFIXED), *PREFIXED[:10], JWT]),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(_glued_pieces, max_size=30))
+def test_glued_formats_do_not_depend_on_how_many_runs_come_before(pieces: list[str]) -> None:
     text = "".join(pieces).encode()
     prefix = b" ".join([b"x" * 20] * MANY) + b" "
     shifted = [(start - len(prefix), end - len(prefix)) for start, end, _ in run_formats(prefix + text)]

@@ -31,26 +31,35 @@ _PREFIX: Final = re.compile(
     r"|hv[sbr]\.|dp\.(?:pt|st|ct|sa|scim|audit)\.|eyJ"
 )
 _CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
+#: A prefix glued after a '-' or '_' (``ci-ghp_``), as the detectors find the formats
+#: (``_formats._glued``): in the first ``_GLUE_HEAD`` characters of the run. SendGrid's
+#: ``SG.`` is not found glued (its detector asks for no word character before it).
+_GLUED_PREFIX: Final = re.compile(r"[-_](?:" + _PREFIX.pattern.replace(r"|SG\.", "") + ")")
+_GLUE_HEAD: Final = 64
+_LONGEST_PREFIX: Final = 24  # "pypi-AgEIcHlwaS5vcmc" and the like
 
 
 def _open_prefix(text: str) -> int:
     """Where, in ``text``, a credential format starts whose run of credential characters
     reaches the end of ``text``, or -1.
 
-    A format starts where that last run starts or right after a '.' in it: one
-    ``rstrip`` (as long as the run) and a match per such place, not a search at every
-    character. The whole run is read, however far back it starts: a batch of tokens
-    may hold a format's prefix and more than a key's worth of characters after it.
+    A format starts where that last run starts or right after a '.' in it, or after a
+    '-' or '_' in its first ``_GLUE_HEAD`` characters: one ``rstrip`` (as long as the
+    run), a search of its head and a match per '.', not a search at every character.
+    The whole run is read, however far back it starts: a batch of tokens may hold a
+    format's prefix and more than a key's worth of characters after it.
     """
     start = len(text.rstrip(_CREDENTIAL_CHARS))
-    while start < len(text):
+    glued = _GLUED_PREFIX.search(text, start, start + _GLUE_HEAD + _LONGEST_PREFIX)
+    first = glued.start() + 1 if glued is not None and glued.start() < start + _GLUE_HEAD else -1
+    while start < len(text) and (first == -1 or start < first):
         if _PREFIX.match(text, start) is not None:
             return start
         dot = text.find(".", start)
         if dot == -1:
             break
         start = dot + 1
-    return -1
+    return first
 
 
 _CREDENTIAL_RUN: Final = re.compile(r"[A-Za-z0-9_\-.]*+")
