@@ -12,6 +12,8 @@ Both processes decide the same way, from data the run carries:
   within a millisecond, and 32 random bits;
 - a child follows its root; a run whose parent the tracker never saw (a tracker given
   to a model only) is decided on its parent's id, as a root: its siblings go with it.
+  Its start line says so (``SAMPLED_APART``): the export does not place it in the trace
+  of a root of its tracker, whose decision may differ.
 
 The application's span is read only if ``opentelemetry.trace`` is already imported
 (never imported here), at root starts only, and recorded in the root's start event as
@@ -37,6 +39,7 @@ __all__ = [
     "OTEL_PARENT",
     "OTEL_TRACE",
     "RANDOMNESS",
+    "SAMPLED_APART",
     "application_parent",
     "head_sampled",
     "randomness",
@@ -55,6 +58,9 @@ HEAD_SKIP_BELOW: Final = 0.3
 MAX_UNSAMPLED: Final = 65_536
 #: The key of the application span's context in a root start event's ``data``.
 OTEL_PARENT: Final = "otel_parent"
+#: The envelope key, ``true``, of the start line of a run decided on its parent's id, its
+#: parent never seen (written at a ``sample_rate`` under 1.0 only).
+SAMPLED_APART: Final = "sampled_apart"
 #: The largest ``randomness``: a root's sampling is decided on 56 bits.
 RANDOMNESS: Final = (1 << 56) - 1
 _blake2b: Final = hashlib.blake2b

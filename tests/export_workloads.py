@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,31 @@ def failing_model_call(callbacks: list[Any]) -> None:
             chat_model(f"http://127.0.0.1:{port}/v1").invoke("Hello?", config={"callbacks": callbacks})
         except openai.APIConnectionError:
             pass
+
+
+def orphan_model_calls(
+    tracker: Any, a: uuid.UUID, b: uuid.UUID, calls: list[uuid.UUID], parents: list[uuid.UUID]
+) -> None:
+    """Two agents given the tracker, their model calls too but not the chains between (legacy
+    LangChain's AgentExecutor -> LLMChain -> model): the calls' parents are never recorded.
+    The first call runs while agent ``a`` alone is open (in its tool), the second while
+    both are (concurrent requests), the third after ``a`` ended."""
+    from langchain_core.outputs import Generation, LLMResult
+
+    done = LLMResult(generations=[[Generation(text="ok")]])
+    step = uuid.uuid4()
+    tracker.on_chain_start({}, {"q": "a"}, run_id=a, name="agent_a")
+    tracker.on_tool_start({}, "x", run_id=step, parent_run_id=a, name="calculator")
+    tracker.on_llm_start({}, ["1+1"], run_id=calls[0], parent_run_id=parents[0])
+    tracker.on_llm_end(done, run_id=calls[0], parent_run_id=parents[0])
+    tracker.on_chain_start({}, {"q": "b"}, run_id=b, name="agent_b")
+    tracker.on_llm_start({}, ["b?"], run_id=calls[1], parent_run_id=parents[1])
+    tracker.on_llm_end(done, run_id=calls[1], parent_run_id=parents[1])
+    tracker.on_tool_end("2", run_id=step, parent_run_id=a)
+    tracker.on_chain_end({"a": "2"}, run_id=a)
+    tracker.on_llm_start({}, ["b!"], run_id=calls[2], parent_run_id=parents[2])
+    tracker.on_llm_end(done, run_id=calls[2], parent_run_id=parents[2])
+    tracker.on_chain_end({"b": "ok"}, run_id=b)
 
 
 def recorded_lines(destination: Path) -> list[bytes]:

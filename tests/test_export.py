@@ -849,6 +849,46 @@ def test_backfill_reads_the_names_asked_and_skips_an_unreadable_line(
     assert sorted(attributes(span)["asynctrack.run"] for span in receiver.spans) == ["Run", "run", "run"]
 
 
+def test_the_demo_agent_is_one_trace_its_model_calls_under_it(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed notebook's agent (scenario 3): the tracker is given to the AgentExecutor and
+    to the models, not to the LLMChain between them, so each model call's parent is a run
+    never recorded. Each goes in the agent's trace, under its innermost open run (the
+    agent, or the Calculator tool running the math chain), marked; no parent is dangling.
+    The backfill from the files places them the same way."""
+    from asynctrack._demo._scenarios import scenario_3_agent
+
+    destination = tmp_path / "logs"
+    tracker = _tracker(destination, OTLPExporter(receiver.endpoint))
+    scenario_3_agent([tracker])
+    tracker.close(timeout=WAIT)
+    spans = receiver.spans
+    assert len(spans) == 7 == tracker.statistics().spans_exported
+    assert len({s.trace_id for s in spans}) == 1
+    by_id = {s.span_id: s for s in spans}
+    (root,) = [s for s in spans if not s.parent_span_id]
+    assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id)  # none dangling
+    starts = {
+        e["run_id"]: e for e in map(json.loads, recorded_lines(destination)) if e["kind"].endswith("_start")
+    }
+    placed = [s for s in spans if "asynctrack.parent_inferred" in attributes(s)]
+    assert len(placed) == 4
+    homes = []
+    for span in placed:
+        run = attributes(span)["langchain.run_id"]
+        assert attributes(span)["asynctrack.parent_inferred"] == starts[run]["parent_run_id"]
+        assert starts[run]["parent_run_id"] not in starts  # its parent was never recorded
+        homes.append(by_id[span.parent_span_id].name)
+    assert homes.count(root.name) == 3  # the agent's own model calls
+    assert len(set(homes) - {root.name}) == 1  # the math chain's, under the tool running it
+    live = sorted(span.SerializeToString() for span in spans)
+    with OTLPReceiver() as second:
+        assert main(["export", str(destination), "--otlp-endpoint", second.endpoint, "--no-metrics"]) == 0
+        assert sorted(span.SerializeToString() for span in second.spans) == live
+    capsys.readouterr()
+
+
 def test_backfill_reports_a_receiver_that_refuses(
     tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:

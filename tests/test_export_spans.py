@@ -16,7 +16,14 @@ import orjson
 import pytest
 from _infra.openai_stub import OpenAIStub
 from _infra.otlp_receiver import attributes
-from export_workloads import SECRET, failing_chain, recorded_lines, reordered, weather_agent
+from export_workloads import (
+    SECRET,
+    failing_chain,
+    orphan_model_calls,
+    recorded_lines,
+    reordered,
+    weather_agent,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -350,6 +357,33 @@ def test_open_runs_are_bounded_by_bytes() -> None:
     assert assembler.add([_line("chain_end", runs[0], None, 200.0, duration=1.0)]) == []
     assert assembler.late_ends == 1
     assert len(_decode(assembler.close())) == 100 - len(evicted)
+
+
+def test_a_run_whose_parent_was_never_seen_joins_its_trackers_one_open_root(tmp_path: Path) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    calls = [uuid.uuid4() for _ in range(3)]
+    parents = [uuid.uuid4() for _ in range(3)]
+    lines = _record(tmp_path, lambda t: orphan_model_calls(t, a, b, calls, parents))
+    spans = {attributes(s)["langchain.run_id"]: s for s in _decode(SpanAssembler().add(lines))}
+    assert len(spans) == 6
+    tool = next(s for s in spans.values() if s.name == "execute_tool calculator")
+    # a alone open: in its trace, under its innermost open run (the tool), marked.
+    first = spans[str(calls[0])]
+    assert (first.trace_id, first.parent_span_id) == (a.bytes, tool.span_id)
+    assert attributes(first)["asynctrack.parent_inferred"] == str(parents[0])
+    # a and b open: no guess; its trace is named after its parent, the parent's span id kept.
+    second = spans[str(calls[1])]
+    assert (second.trace_id, second.parent_span_id) == (parents[1].bytes, span_id_of(str(parents[1])))
+    assert "asynctrack.parent_inferred" not in attributes(second)
+    # b alone open again: under b.
+    third = spans[str(calls[2])]
+    assert (third.trace_id, third.parent_span_id) == (b.bytes, span_id_of(str(b)))
+    assert attributes(third)["asynctrack.parent_inferred"] == str(parents[2])
+    # Read a line at a time (as the worker's chunks may cut them): the same spans.
+    assembler = SpanAssembler()
+    assert sorted(span for line in lines for span in assembler.add([line])) == sorted(
+        SpanAssembler().add(lines)
+    )
 
 
 def test_other_events_of_a_run_are_span_events() -> None:

@@ -406,28 +406,55 @@ def test_span_types_and_mlflow_attributes(stub: OpenAIStub, tmp_path: Path) -> N
     assert grouper.close() == []
 
 
-def test_a_run_under_a_parent_recorded_elsewhere_heads_its_own_trace(tmp_path: Path) -> None:
+def test_the_demo_agent_is_one_trace_its_model_calls_under_it(server: MLflowServer, tmp_path: Path) -> None:
     """The demo's agent: callbacks on the agent, its tools and its model, not on the agent's
-    inner LLMChain, so each model call's parent is a run this tracker never saw."""
-    from export_workloads import recorded_lines
-
+    inner LLMChain, so each model call's parent is a run this tracker never saw: each goes in
+    the agent's trace, under the run of the agent open at its start (the agent, or the
+    Calculator tool running the math chain)."""
     from asynctrack._demo._scenarios import scenario_3_agent
+
+    with AsyncTracker(
+        tmp_path / "logs",
+        experiment_name="demo-agent",
+        run_name="r",
+        parameter_sinks=[MLflowParameters(server.url)],
+    ) as tracker:
+        scenario_3_agent([tracker])
+    stats = tracker.statistics()
+    assert (stats.mlflow_traces_logged, stats.mlflow_traces_failed, stats.parameter_errors) == (1, 0, 0)
+    (trace,) = traces_of(server.url, "demo-agent")
+    spans = trace.data.spans
+    assert sorted(s.span_type for s in spans) == ["AGENT", "LLM", "LLM", "LLM", "LLM", "TOOL", "TOOL"]
+    ids = {s.span_id: s for s in spans}
+    (root,) = [s for s in spans if s.parent_id is None]
+    assert root.span_type == "AGENT"
+    models = [s for s in spans if s.span_type == "LLM"]
+    assert all(s.parent_id in ids for s in spans if s.parent_id is not None)
+    assert [ids[s.parent_id].span_type for s in models].count("AGENT") == 3
+    assert all(s.attributes["asynctrack.parent_inferred"] for s in models)
+
+
+def test_model_calls_of_concurrent_agents_are_not_guessed_into_either(tmp_path: Path) -> None:
+    """A run whose parent was never seen goes in its tracker's one open root's trace; with two
+    roots open it heads its own, named after its own run (its parent recorded elsewhere)."""
+    import uuid
+
+    from export_workloads import orphan_model_calls, recorded_lines
+
     from asynctrack._export._spans import trace_id_of
 
+    a, b = uuid.uuid4(), uuid.uuid4()
+    calls = [uuid.uuid4() for _ in range(3)]
     with AsyncTracker(tmp_path / "logs", experiment_name="e", run_name="r") as tracker:
-        scenario_3_agent([tracker])
+        orphan_model_calls(tracker, a, b, calls, [uuid.uuid4() for _ in range(3)])
     grouper = TraceGrouper()
     traces = grouper.add(recorded_lines(tmp_path / "logs"))
-    assert grouper.close() == []  # nothing held back until close
-    assert sorted(len(t) for t in traces) == [1, 1, 1, 1, 3]
-    for trace in traces:
-        root = trace[-1]
-        assert root.parent_span_id == b""
-        assert root.trace_id == trace_id_of(root.attributes["langchain.run_id"])
-        assert {s.trace_id for s in trace} == {root.trace_id}
-    agent = next(t for t in traces if len(t) == 3)
-    assert [span_type(s.attributes) for s in agent] == ["TOOL", "TOOL", "AGENT"]
-    assert {s.parent_span_id for s in agent[:2]} == {agent[-1].span_id}
+    assert grouper.close() == []
+    runs = [[s.attributes["langchain.run_id"] for s in trace] for trace in traces]
+    assert [trace[-1] for trace in runs] == [str(calls[1]), str(a), str(b)]  # each as its top run ended
+    assert str(calls[0]) in runs[1] and str(calls[2]) in runs[2]
+    assert [{s.trace_id for s in trace} for trace in traces] == [{trace_id_of(str(r[-1]))} for r in runs]
+    assert traces[0][-1].parent_span_id == b""
 
 
 def test_a_sqlite_store_keeps_the_spans_in_its_tables(stub: OpenAIStub, tmp_path: Path) -> None:

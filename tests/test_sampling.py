@@ -17,6 +17,7 @@ from _infra.otlp_receiver import OTLPReceiver, attributes
 from export_workloads import recorded_lines
 from langchain_core.utils.uuid import uuid7
 from opentelemetry import trace as otel_trace
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -285,6 +286,38 @@ def test_runs_under_a_parent_never_seen_are_sampled_by_its_id(
     assert stats.written == sum(map(len, traces.values()))
     assert stats.sampled_out == 4 * len(roots) - stats.written
     assert (stats.dropped, stats.lost) == (0, 0)
+
+
+@pytest.mark.parametrize("keep_errors", [False, True])
+def test_a_run_sampled_on_its_parents_id_stays_out_of_the_roots_trace(
+    tmp_path: Path, keep_errors: bool
+) -> None:
+    """The demo's agent (its model calls' parent, an LLMChain, never recorded) under a rate:
+    the calls are decided on their parent's id, apart from the agent, so their start lines
+    say so and the export leaves each in the trace named after its parent (decided whole),
+    never in the agent's (a trace sampled in part); at rate 1.0 they join it, unmarked."""
+    from asynctrack._demo._scenarios import scenario_3_agent
+    from asynctrack._export._spans import trace_id_of
+
+    for rate in (0.5, 1.0):
+        destination = tmp_path / str(rate)
+        tracker = _tracker(destination, "thread", sample_rate=rate, sample_keep_errors=keep_errors)
+        for _ in range(8):
+            scenario_3_agent([tracker])
+        tracker.close()
+        lines = recorded_lines(destination)
+        starts = {e["run_id"]: e for e in map(orjson.loads, lines) if e["kind"].endswith("_start")}
+        apart = {run for run, e in starts.items() if e["parent_run_id"] and e["parent_run_id"] not in starts}
+        assert len(apart) > (0 if rate < 1.0 else 31)  # 32 calls, each kept at 0.5 (all kept: 2**-32)
+        assert {run for run, e in starts.items() if "sampled_apart" in e} == (apart if rate < 1.0 else set())
+        assert all(starts[run]["sampled_apart"] is True for run in apart if rate < 1.0)
+        spans = [Span.FromString(raw) for raw in SpanAssembler().add(lines)]
+        for span in spans:
+            run = attributes(span)["langchain.run_id"]
+            placed = "asynctrack.parent_inferred" in attributes(span)
+            assert placed == (run in apart and rate == 1.0)
+            if run in apart and not placed:
+                assert span.trace_id == trace_id_of(starts[run]["parent_run_id"])
 
 
 def test_a_graph_paused_for_a_human_is_not_a_failure(tmp_path: Path, worker_mode: str) -> None:

@@ -21,6 +21,7 @@ from .._config import TrackerConfig
 from .._errors import error_fields
 from .._redact import StreamRedactor
 from .._redact._redactor import filled_templates
+from .._sampling import SAMPLED_APART
 from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
 from ._encode import Encoder
@@ -125,6 +126,9 @@ class EventTranslator:
         text = self._redactor.text
         self.parameters = RunParameters(lambda key: (rule is not None and rule(key)) or text(key) != key)
         self._open: dict[Any, tuple[str | None, float]] = {}
+        # Sampling: a run whose parent this tracker never saw is decided on that parent's id,
+        # apart from any root; its start line says so (SAMPLED_APART).
+        self._apart = config.sample_rate < 1.0
         #: The envelope of a run's streamed tokens after ``seq`` and ``ts`` (the same for
         #: every token of the run), by (run id, parent run id, name): see ``many``.
         self._token_heads: dict[tuple[int, int | None, str | None], bytes] = {}
@@ -339,6 +343,7 @@ class EventTranslator:
         dumps = orjson.dumps
         token_heads = self._token_heads
         experiment, run_name, writer = self.experiment, self.run, self.writer
+        apart = self._apart
         for step in self._steps if records is self._planned else records:
             if type(step) is _Row:
                 row = step.records
@@ -451,6 +456,10 @@ class EventTranslator:
                         "name": (names.get(name) or redact_name(name)) if type(name) is str else name,
                         "duration": duration,
                     }
+                    if apart and kind in STARTS and parent_run_id is not None:
+                        parent = parent_run_id.int if type(parent_run_id) is uuid.UUID else parent_run_id
+                        if parent not in open_runs:
+                            envelope[SAMPLED_APART] = True
                     if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:
                         try:
                             head = dumps(envelope)

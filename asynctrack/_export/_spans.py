@@ -8,7 +8,11 @@ same code and give the same ids:
   a child takes its parent's trace;
 - span id: the first 8 bytes of BLAKE2b of the run id (deterministic, unique within a
   trace but for a 2**-64 chance);
-- parent span id: derived from ``parent_run_id`` the same way.
+- parent span id: derived from ``parent_run_id`` the same way. A run whose parent was
+  never seen, started while exactly one root of its tracker is open (and not sampled
+  apart: ``sampled_apart`` in its start), is the child of that root's innermost open run,
+  marked ``asynctrack.parent_inferred`` (``SpanAssembler._home``); else its trace is
+  named after its parent, whose span id it keeps as its parent's.
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
 When content is not captured, a model call's end is read by a schema that builds only the
@@ -55,7 +59,7 @@ from typing import Any, Final
 import orjson
 
 from .._events._schema import GRAPH_KINDS, id_text, is_interrupt
-from .._sampling import OTEL_PARENT
+from .._sampling import OTEL_PARENT, SAMPLED_APART
 from . import _protobuf as pb
 from ._metrics import Key, Metrics, Series
 from ._semconv import Described, Ended, describe_end, describe_start, error_type, llm_end, tags_attribute
@@ -68,7 +72,7 @@ _seconds: Final = _schema.seconds if _schema is not None else float  # a time's 
 # ... by msgspec alone (a ValueError: then by ``_seconds``), where a frame less counts.
 _number: Final = _schema.number if _schema is not None else float
 
-__all__ = ["SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
+__all__ = ["PARENT_INFERRED", "SPLIT_BYTES", "SpanAssembler", "span_id_of", "trace_id_of"]
 
 _START: Final = frozenset({"chain_start", "llm_start", "chat_model_start", "tool_start", "retriever_start"})
 _END: Final = frozenset({"chain_end", "llm_end", "tool_end", "retriever_end"})
@@ -140,6 +144,10 @@ def _chunks(count: int) -> bytes:
 
 
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_PARENT_FIELD: Final = b"\x22\x08"  # a Span's parent_span_id: its tag and length (pb.span_head)
+#: The attribute of a run placed under an open run of its tracker's one open root, its
+#: parent never seen: that parent's run id.
+PARENT_INFERRED: Final = "asynctrack.parent_inferred"
 _TAILS: Final = 256  # texts of the fields after data kept parsed
 _TAIL_KEPT: Final = 4096  # ... if at most this long
 _DESCRIBED: Final = 256  # model start descriptions kept (a few per model and prompt setup)
@@ -197,15 +205,35 @@ def _ns(ts: Any) -> int:
 class _Template:
     """What a start line says about its span but for its time, run id and parent."""
 
-    __slots__ = ("common", "described", "metric_key", "name_kind", "people", "series", "size")
+    __slots__ = (
+        "common",
+        "described",
+        "metric_key",
+        "name_kind",
+        "people",
+        "root",
+        "series",
+        "size",
+        "tracker",
+    )
 
     def __init__(
-        self, described: Described, common: list[bytes], people: tuple[bytes, ...], metric_key: Key | None
+        self,
+        described: Described,
+        common: list[bytes],
+        people: tuple[bytes, ...],
+        metric_key: Key | None,
+        tracker: str | None = None,
+        root: bool = False,
     ) -> None:
         self.described = described
         self.common = common  # the attributes after the run id (_common)
         self.people = people  # the run's own session and user attributes
         self.metric_key = metric_key  # model calls: the metrics' common attributes
+        # The tracker that recorded its runs (the line's "tracker"); None: a run of it whose
+        # parent was never seen is not placed in an open root's trace (SpanAssembler._home).
+        self.tracker = tracker
+        self.root = root  # its runs are roots (a template is of roots or of children only)
         self.name_kind = pb.name_and_kind(described.name, described.kind)
         self.size = 200 + sum(map(len, described.attributes)) + sum(map(len, common))
         # The metrics series of its calls by response model, with the Metrics they are of.
@@ -309,6 +337,8 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         # (checkpoint namespace, checkpoint id) a graph paused at -> its span's trace and span ids
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        # The span ids of the runs placed by _home (a run whose parent was never seen).
+        self._placed: dict[bytes, None] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
         # The templates of the last model starts read by _known_start, the newest first, and
@@ -740,7 +770,11 @@ class SpanAssembler:
             )
             if described.model is not None:
                 metric_key = (*metric_key, ("gen_ai.request.model", described.model))
-        template = _Template(described, self._common(event), _people(metadata), metric_key)
+        tracker = event.get("tracker")
+        root = parent_run_id is None
+        if type(tracker) is not str or (not root and event.get(SAMPLED_APART) is True):
+            tracker = None  # sampled apart from any root: placed in no other trace
+        template = _Template(described, self._common(event), _people(metadata), metric_key, tracker, root)
         if template_key is not None and whole:
             if len(self._templates) >= _DESCRIBED:
                 self._templates.clear()
@@ -772,6 +806,7 @@ class SpanAssembler:
         if span_id == _ZERO_ID:
             span_id = _span_id(run_bytes)
         people = template.people
+        placed: bytes | None = None  # the attribute of a run placed by _home
         if parent_run_id is None:
             # A root inside an application span: that span's trace, as its child.
             parent = data.get(OTEL_PARENT) if data else None  # a known start's data: empty
@@ -781,8 +816,14 @@ class SpanAssembler:
             )
         else:
             known = self._ids.get(parent_run_id)
-            # A parent never seen (recorded by another tracker, or filtered out): its
-            # children still share one trace, named after it.
+            if known is None and template.tracker is not None:
+                # A parent never seen, started while one root of its tracker is open: in that
+                # root's trace, under its innermost open run (_home).
+                known = self._home(template.tracker)
+                if known is not None:
+                    placed = pb.span_attribute(PARENT_INFERRED, parent_run_id)
+            # A parent never seen otherwise (recorded by another tracker, or filtered out):
+            # its children still share one trace, named after it.
             trace_id = known[0] if known is not None else trace_id_of(parent_run_id)
             parent_span_id = known[1] if known is not None else span_id_of(parent_run_id)
             if known is not None and people is not known[2] and people != known[2]:  # () is ()
@@ -812,6 +853,13 @@ class SpanAssembler:
         span.start_ns = span.last_ns = start_ns
         span.template = template
         span.attributes = [*template.described.attributes, run_attribute, *template.common, *people]
+        if placed is not None:
+            span.attributes.append(placed)
+            size += len(placed)
+            placed_ids = self._placed
+            placed_ids[span_id] = None
+            if len(placed_ids) > _KNOWN_IDS:
+                del placed_ids[next(iter(placed_ids))]
         span.events = _NO_EVENTS  # a list of its own at its first event
         span.first_chunk_ns = span.chunks = 0
         span.stream_key = b""
@@ -827,6 +875,40 @@ class SpanAssembler:
                 if old not in open_runs:
                     del ids[old]
         self.open_bytes += span.size
+
+    def _home(self, tracker: str) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        """Where a run of ``tracker`` whose parent was never seen goes: the ids of the
+        innermost open run of the tracker's one open root (as ``asynctrack show`` places
+        it by time); ``None`` when no root of the tracker is open, or more than one
+        (concurrent requests: no guess).
+
+        The innermost: from the root down, while exactly one open run of the tracker is a
+        child of the last one. A run placed so is no one's home (a model call: a sibling
+        started while it runs is not its child).
+        """
+        open_runs = self._open
+        found = None
+        for run, span in open_runs.items():  # roots start before their runs: mostly first
+            if span.template.root and span.template.tracker == tracker:
+                if found is not None:
+                    return None
+                found = run, span
+        if found is None:
+            return None
+        run_id, home = found
+        trace_id = home.head[2:18]
+        placed = self._placed
+        inside = [
+            (run, span)
+            for run, span in open_runs.items()
+            if span.head[2:18] == trace_id and span.template.tracker == tracker and span.span_id not in placed
+        ]
+        while True:
+            # A span's head: its trace id at 2, span id at 20, its parent span id's field at 28.
+            below = [(run, span) for run, span in inside if span.head[28:38] == _PARENT_FIELD + home.span_id]
+            if len(below) != 1:
+                return self._ids.get(run_id)
+            run_id, home = below[0]
 
     def _spread(self, trace_id: bytes, people: tuple[bytes, ...]) -> None:
         """A session or user first set below the root of ``trace_id`` (a nested runnable's
