@@ -252,56 +252,6 @@ def test_an_idle_consumer_is_woken_by_the_first_record_and_a_busy_one_by_a_backl
     assert not queue.sleeping()  # a record is queued: it must not sleep
 
 
-def test_a_busy_consumers_backlog_is_offered_to_ship_here_before_the_consumer_is_woken() -> None:
-    """Where the producer may ship a backlog itself (``ship_here``), a busy consumer's
-    backlog is offered to it first: taken there, the consumer is not woken and the next
-    backlog is offered too; declined, the consumer is woken. A sleeping consumer is woken,
-    never offered; one that goes to sleep while a producer ships is woken by the next
-    record (``rearm()`` does not arm over its 0); a backlog already there when the consumer
-    says it is busy is offered at the next put."""
-    queue, wakes = _queue(max_events=10_000)
-    offers: list[int] = []
-    answer = {"take": True, "sleep": False}
-
-    def ship_here() -> bool:
-        offers.append(len(queue))
-        if not answer["take"]:
-            return False
-        queue.take(10_000)
-        if answer["sleep"]:
-            assert queue.sleeping()  # the consumer, meanwhile: nothing queued
-        queue.rearm()
-        return True
-
-    queue.ship_here = ship_here
-    queue.backlog = 4
-    queue.put(_record(0))
-    assert (wakes, offers) == ([1], [])  # a new queue's consumer may sleep: woken
-    queue.take(10)
-    queue.busy()
-    for i in range(8):
-        queue.put(_record(i))
-    assert (wakes, offers, len(queue)) == ([1], [4, 4], 0)  # taken twice by the producer
-    answer["take"] = False
-    for i in range(4):
-        queue.put(_record(i))
-    assert (wakes, offers) == ([1, 1], [4, 4, 4])  # declined: the consumer is woken
-    queue.take(10)
-    queue.busy()
-    answer.update(take=True, sleep=True)
-    for i in range(4):
-        queue.put(_record(i))
-    assert (wakes, offers) == ([1, 1], [4, 4, 4, 4])
-    queue.put(_record(9))
-    assert wakes == [1, 1, 1]  # the consumer slept meanwhile: the next record wakes it
-    for i in range(5):
-        queue.put(_record(i))  # the consumer is awake (woken): no offer, no wake
-    queue.busy()  # a backlog of 6 already
-    assert offers == [4, 4, 4, 4]
-    queue.put(_record(6))
-    assert (wakes, offers) == ([1, 1, 1], [4, 4, 4, 4, 7])
-
-
 def test_a_control_wakes_the_consumer_and_ignores_the_bounds() -> None:
     queue, wakes = _queue(max_events=1, max_bytes=10)
     queue.put(_record(0, 50))

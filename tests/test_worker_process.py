@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import marshal
 import os
@@ -28,7 +27,7 @@ import orjson
 import pytest
 from test_process import Child, children, events_of, start  # noqa: F401 - `children` is a fixture
 
-from asynctrack import AsyncTracker, FlushError, FlushTimeoutError, TrackerConfig, read_events
+from asynctrack import AsyncTracker, FlushError, FlushTimeoutError, TrackerConfig
 from asynctrack._channel import (
     HEADER,
     FrameReader,
@@ -42,7 +41,7 @@ from asynctrack._channel import (
 from asynctrack._events._schema import WIDTH
 from asynctrack._langchain import _handler
 from asynctrack._pipeline._durable import ENV_PREFIXES, apply_environ
-from asynctrack._pipeline._queue import NEVER, BoundedQueue
+from asynctrack._pipeline._queue import BoundedQueue
 from asynctrack._remote import _client, _shipper, _spawn
 from asynctrack.testing import InMemorySink
 
@@ -996,83 +995,6 @@ def test_an_acknowledgement_forgets_the_frames_up_to_its_number_and_keeps_the_re
     lane.acknowledged(6)
     assert list(lane.unacked) == [(Kind.FLUSH, 7)]
     assert lane.retained_bytes == 0
-
-
-def test_a_frame_the_pipe_cannot_take_at_once_is_left_to_the_shipper_and_written_first() -> None:
-    """At a backlog the producer frames the records itself (``Shipper.ship_here``) and
-    writes the frame if the pipe surely takes it at once; with no room known it declines
-    (the shipper is woken); with too little, the frame waits for the shipper, which writes
-    it before the lane's next frame, and the producer declines until then. Each record
-    is framed once, the frames numbered and written in order."""
-    sent: list[bytes] = []
-    room = [0]
-
-    def send(data: bytes | list[bytes]) -> None:
-        sent.append(b"".join(data) if isinstance(data, list) else data)
-
-    shipper = _shipper.Shipper(send, threading.RLock(), lambda: room[0])
-    queue: BoundedQueue[_shipper.Request] = BoundedQueue(
-        max_events=10_000, max_bytes=1 << 20, wake=shipper.wake
-    )
-    lane = _shipper.Lane(queue, max_retained=1 << 20, hold_back=False)
-    lane.tracker_id = 1
-    shipper.lanes[1] = lane
-    queue.ship_here = functools.partial(shipper.ship_here, lane)
-    queue.backlog = 4
-    records = [("text", i, 0.0, None, None, None, b"x" * 10, None) for i in range(14)]
-    for record in records[:4]:
-        queue.put(record)  # the first wakes a sleeping shipper
-    queue.busy()  # the shipper gathers: a backlog of 4 is there
-    queue.put(records[4])  # offered; no room known: declined
-    assert (sent, len(queue), lane.shipped) == ([], 5, 0)
-    room[0] = 10  # less than the frame
-    queue.busy()
-    queue.put(records[5])  # offered: framed here, left to the shipper
-    assert (sent, len(queue), lane.shipped) == ([], 0, 6)
-    assert lane.pending
-    room[0] = 1 << 20
-    for record in records[6:10]:
-        queue.put(record)  # a backlog again: declined while a frame waits
-    assert (sent, len(queue)) == ([], 4)
-    shipper.ship_once()  # the waiting frame, then the queued records
-    assert (len(sent), len(queue), lane.pending) == (2, 0, [])
-    queue.busy()
-    for record in records[10:14]:
-        queue.put(record)  # shipped here, written at once
-    assert (len(sent), lane.shipped) == (3, 14)
-    frames = FrameReader().feed(b"".join(sent))
-    assert [(kind, number) for kind, _, number, _ in frames] == [
-        (Kind.RECORDS, 1),
-        (Kind.RECORDS, 2),
-        (Kind.RECORDS, 3),
-    ]
-    assert [record for *_, payload in frames for record in read_records(payload)] == records
-    assert shipper.rounds == 0  # no thread: every frame went by ship_here or ship_once
-
-
-def test_a_backlog_is_shipped_by_the_callback_that_finds_it_while_the_shipper_gathers(
-    tmp_destination: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Records that pile up while the shipper gathers (here for an hour) are framed and
-    written by the callback that finds ``HERE_AT`` of them queued, on its own thread,
-    without waking the shipper; then every record is written, in order."""
-    monkeypatch.setattr(_shipper, "_TICK", 3600.0)
-    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=PROCESS) as tracker:
-        tracker.flush_blocking(timeout=WAIT)  # the worker has started and reads
-        lane = tracker._engine.lane  # type: ignore[attr-defined]
-        shipper = _spawn.worker_process()._shipper
-        _text(tracker, 0, 1)  # wakes the sleeping shipper, which then gathers
-        _wait_until(lambda: 0 < lane.queue.wake_at < NEVER, what="the shipper gathering")
-        rounds = shipper.rounds
-        _text(tracker, 1, _shipper.HERE_AT - 2)
-        assert lane.shipped == 0
-        _text(tracker, _shipper.HERE_AT - 1, 1)
-        assert lane.shipped == _shipper.HERE_AT  # by that callback, before it returned
-        assert shipper.rounds == rounds  # the shipper still gathers
-        tracker.flush_blocking(timeout=WAIT)
-        assert tracker.statistics().written == _shipper.HERE_AT
-    texts = [event["data"]["text"] for event in read_events(tmp_destination, "e", "r")]
-    assert texts == [f"t-{i}" for i in range(_shipper.HERE_AT)]
 
 
 def _shipper_rounds(tracker: AsyncTracker, count: int, spacing: float) -> int:

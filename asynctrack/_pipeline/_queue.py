@@ -39,23 +39,12 @@ which counts the taken slots still ahead of the queued ones.
 Waking the consumer: ``put()`` compares the slots it found (one ``len``, before its
 append) with ``wake_at``. The consumer sets it to 0 before it sleeps with nothing
 queued (``sleeping()``): the first record then wakes it, and an idle tracker costs no
-wake-ups at all. While the consumer is busy it sets it to ``backlog - 1`` records past
-the taken slots (``busy()``; ``backlog`` is ``WAKE_AT`` unless the consumer's owner
-sets it): a backlog of that many wakes it early, and records otherwise wait for its
-next round (size-or-time batching). Producers on other threads
+wake-ups at all. While the consumer is busy it sets it to ``WAKE_AT - 1`` records past
+the taken slots (``busy()``): a backlog of ``WAKE_AT`` wakes it early, and records
+otherwise wait for its next round (size-or-time batching). Producers on other threads
 may append between one's ``len`` and its append: the length it saw is then short, and a
 backlog's wake-up comes one put later; a sleeping consumer's never does (any length is
 at least 0).
-
-Shipping at a backlog on the producer's thread (``ship_here``): where the consumer's
-owner allows it (the worker process's shipper), the producer that finds a busy
-consumer's backlog first offers to take it itself, then and there, while the records
-are in its own caches; only if that cannot be done (``ship_here`` returns ``False``)
-is the consumer woken. A backlog still there when the consumer says it is busy is
-offered at the next put. The offer re-arms ``wake_at`` (``rearm()``) unless the consumer
-changed it meanwhile: ``sleeping()`` stores its 0 under the same lock, so a consumer
-about to sleep is never left with a backlog threshold that the next record would not
-reach.
 
 Counts: ``counts()`` reads (taken, queued) under the lock ``take()`` holds, so
 ``recorded = taken + queued`` is exact at one instant: a record is never counted both
@@ -70,7 +59,6 @@ count bound, the wake-up backlog and ``take()``'s limit are then in records,
 from __future__ import annotations
 
 import itertools
-import logging
 import operator
 import threading
 import time
@@ -80,8 +68,6 @@ from typing import Any, Final, Generic, TypeVar
 from .._events._schema import BODY, WIDTH, records_of
 
 __all__ = ["CAPTURE_RAISED", "NEVER", "WAKE_AT", "BoundedQueue", "Control"]
-
-logger = logging.getLogger("asynctrack")
 
 WAKE_AT: Final = 512  # records waiting before put() wakes a busy consumer
 NEVER: Final = 2**62  # a wake_at no queue reaches: the consumer was woken already
@@ -168,13 +154,6 @@ class BoundedQueue(Generic[C]):
         #: put() wakes the consumer when it finds this many slots (0 at first: a
         #: consumer that serves many queues may be asleep when this one is made).
         self.wake_at = 0
-        #: At a busy consumer's backlog, called on the producer's thread before waking
-        #: the consumer: ``True`` if it took records itself (and ``rearm()``-ed), so the
-        #: consumer need not wake. ``None``: always wake.
-        self.ship_here: Callable[[], bool] | None = None
-        #: Records queued at which a busy consumer is woken early (``busy()``), or
-        #: ``ship_here`` offered them.
-        self.backlog = WAKE_AT
         # Re-entrant: the SIGTERM handler may close while the main thread holds this
         # lock (a producer blocked under when_full="block").
         self._lock = threading.RLock()
@@ -267,7 +246,7 @@ class BoundedQueue(Generic[C]):
             # One extend: a producer's record never lands between a control and its padding.
             self._items.extend((item, *self._padding))
             self.controls_queued += 1
-        self.wake_now()
+        self.woken()
 
     def count_dropped(self, n: int = 1, reason: str = CAPTURE_RAISED) -> None:
         """Count records that could not even be put (thread-safe), and why."""
@@ -276,35 +255,9 @@ class BoundedQueue(Generic[C]):
             self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
 
     def woken(self) -> None:
-        """A producer found ``wake_at`` slots: at a busy consumer's backlog, offer it to
-        ``ship_here``; wake the consumer unless that took it."""
-        ship_here = self.ship_here
-        if ship_here is None:
-            self.wake_at = NEVER  # until the consumer says it is busy or sleeping again
-        else:
-            # Read and set under the lock sleeping() stores under: a consumer's 0 is
-            # either seen here (then it is woken) or stored after (and stays).
-            with self._take_lock:
-                backlog = self.wake_at  # 0: the consumer sleeps (or is about to)
-                self.wake_at = NEVER
-            try:
-                if backlog and ship_here():
-                    return
-            except Exception:  # pragma: no cover - none known; the consumer then takes them
-                logger.exception("asynctrack: shipping a backlog on the caller's thread failed")
+        """Wake the consumer (a producer found ``wake_at`` slots)."""
+        self.wake_at = NEVER  # until the consumer says it is busy or sleeping again
         self._wake()
-
-    def wake_now(self) -> None:
-        """Wake the consumer, whatever it is doing (a control item, a blocked producer)."""
-        self.wake_at = NEVER
-        self._wake()
-
-    def rearm(self) -> None:
-        """After ``ship_here`` took records: the next backlog offers again, unless the
-        consumer set ``wake_at`` since ``woken()`` (it sleeps, or is busy again)."""
-        with self._take_lock:  # sleeping() stores under it: never over its 0
-            if self.wake_at == NEVER:
-                self.busy()
 
     def _no_room(self) -> bool:
         return len(self._items) - self._at >= self._max * self.width or self.bytes > self._max_bytes
@@ -336,7 +289,7 @@ class BoundedQueue(Generic[C]):
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
-                        self.wake_now()
+                        self.woken()
                         self._room.wait(remaining)
                 finally:
                     self._blocked -= 1
@@ -366,23 +319,17 @@ class BoundedQueue(Generic[C]):
     def sleeping(self) -> bool:
         """The consumer is about to sleep: the next record wakes it. ``False`` if something
         is queued already (then it must not sleep)."""
-        with self._take_lock:  # not between a rearm()'s test and its store
-            self.wake_at = 0
+        self.wake_at = 0
         # After the store: a producer that appended before it is seen here; one that
         # appends after it sees wake_at == 0 and wakes the consumer.
         return not self._items  # taken slots are only kept ahead of queued ones
 
     def busy(self) -> None:
-        """The consumer is at work: only a backlog of ``backlog`` records wakes it early."""
-        backlog = self.backlog
-        if len(self) + self._packed < backlog:
-            self.wake_at = self._at + (backlog - 1) * self.width
-        elif self.ship_here is not None:
-            # The backlog is there already: the next put offers it to ship_here (once:
-            # woken() disarms).
-            self.wake_at = len(self._items)
-        # Else not while the backlog stays (the consumer holds back on purpose, a memory
-        # bound): a wake per put() would cost every caller.
+        """The consumer is at work: only a backlog of ``WAKE_AT`` wakes it early."""
+        if len(self) + self._packed < WAKE_AT:
+            # Not while the backlog stays (the consumer holds back on purpose, a memory
+            # bound): a wake per put() would cost every caller.
+            self.wake_at = self._at + (WAKE_AT - 1) * self.width
 
     def _release(self, end: int) -> None:
         """The slots up to ``end`` are taken (``_take_lock`` held): delete them if what

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import itertools
 import logging
 import pickle
@@ -43,7 +42,7 @@ from .._pipeline._protocol import ForkHook, TrackerEngine
 from .._pipeline._queue import CAPTURE_RAISED, BoundedQueue
 from .._pipeline._statistics import Statistics
 from .._sinks._base import ParameterValue, RunInfo
-from ._shipper import HERE_AT, Lane, Request
+from ._shipper import Lane, Request
 from ._spawn import EngineSpec, WorkerProcess, WorkerUnavailable, live, worker_process
 
 __all__ = ["ProcessEngine"]
@@ -170,8 +169,6 @@ class ProcessEngine:
             self._queue, max_retained=config.max_queue_bytes, hold_back=config.when_full == "block"
         )
         self.lane.on_fall_back = self.fall_back
-        self._queue.ship_here = functools.partial(self._worker.ship_here, self.lane)
-        self._queue.backlog = HERE_AT
         self._requests = itertools.count(1)
         self._close_request: Request | None = None  # the first close's, which a second one waits for
         self._close_deadline: float | None = None  # the worker's close deadline (monotonic)

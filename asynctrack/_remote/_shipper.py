@@ -7,13 +7,12 @@ has not acknowledged yet.
 
 Its thread sleeps while nothing is queued, so an idle tracker costs no wake-ups in the
 application: the first record after that wakes it (``BoundedQueue.sleeping``). It then
-gathers for ``_TICK`` before it ships (a flush or a close wakes it at once; a backlog of
-``HERE_AT`` records is shipped by the caller that finds it, below), and ships what came
-meanwhile in one round, whose fixed cost is shared by those records; if more came
-during the round it gathers again, else it sleeps. So it wakes about once per ``_TICK``
-while records keep coming, once per burst when they come in bursts (a model's calls and
-streamed tokens), never without work, and a record waits unshipped at most ``_TICK``
-and a round (plus the wait for the GIL).
+gathers for ``_TICK`` before it ships (a backlog of ``WAKE_AT`` records, a flush or a
+close wakes it at once), and ships what came meanwhile in one round, whose fixed cost
+is shared by those records; if more came during the round it gathers again, else it
+sleeps. So it wakes about once per ``_TICK`` while records keep coming, once per burst
+when they come in bursts (a model's calls and streamed tokens), never without work, and
+a record waits unshipped at most ``_TICK`` (plus the wait for the GIL).
 
 ``_TICK`` is 20 ms: a round costs the application ~200 µs of CPU beyond its records
 (the wake-up, the GIL taken from a busy caller and given back, cold caches, the
@@ -30,18 +29,6 @@ C calls over the whole slice.
 The GIL is held in one piece for a slice's take, marshal and retention: ``SLICE`` keeps
 that near 0.1 ms, what an event loop in the application may wait for it.
 
-At a backlog the caller ships (``Shipper.ship_here``): a callback that finds
-``HERE_AT`` records queued while the thread gathers takes them (a ``SLICE`` at most)
-itself, frames them and writes the frame to the pipe if the pipe surely takes it at
-once (else the thread writes it, before anything else of that lane: ``Lane.pending``);
-if it cannot (the channel busy, a request queued, the lane held back), it wakes the
-thread as before. The records are then still in the caller's caches, and no thread
-takes the GIL from it: handed to this thread, a record cost the application ~1 µs of
-CPU in this thread alone (its first touch of each record, made on another core, and
-two GIL hand-overs a slice at ~35 µs each). A round of the thread ships what was queued
-when it began, and leaves what comes meanwhile to its next round or to a backlog's
-callback, instead of chasing a busy caller slice after slice.
-
 Retention: every ``RECORDS`` frame is kept until the worker acknowledges it (its events
 are durable), to be re-sent, in order, to a new worker if this one dies (``resend``).
 What is kept is bounded by ``max_queue_bytes``, because it is a second copy of what the
@@ -56,7 +43,6 @@ import bisect
 import concurrent.futures
 import itertools
 import logging
-import os
 import pickle
 import threading
 import time
@@ -70,7 +56,7 @@ from .._events._schema import BODY, KIND, WIDTH
 from .._pipeline._queue import BoundedQueue, Control
 from .._pipeline._statistics import Reporter
 
-__all__ = ["HERE_AT", "Lane", "Request", "Shipper"]
+__all__ = ["Lane", "Request", "Shipper"]
 
 logger = logging.getLogger("asynctrack")
 
@@ -83,9 +69,6 @@ _HAND_OVER: Final = 0.00005
 #: slice's take, marshal and retention hold it ~0.1 ms (records of ~100-byte bodies, load
 #: average 6; 1024 held it ~0.4 ms, and the event loop of a busy caller waited as long).
 SLICE: Final = 256
-#: Records queued while the thread gathers at which their producer ships them
-#: (``ship_here``; the thread engine's consumer is woken at ``WAKE_AT``).
-HERE_AT: Final = SLICE
 _MAX_FRAME_BYTES: Final = 1 << 20  # captured bytes per frame (a frame may pass it by one record)
 
 Key = tuple[int, int]  # (frame kind, number)
@@ -181,10 +164,6 @@ class Lane:
         #: Held back, the worker was asked to seal and write what it has (``SEAL``):
         #: once per hold, until the lane ships again (or a new worker gets the frames).
         self.seal_asked = False
-        #: Frames a producer framed (``Shipper.ship_here``) that the pipe had no room
-        #: for then: written by the shipper before anything else of this lane (the
-        #: channel lock held). They are retained like any frame (``unacked``).
-        self.pending: list[bytes] = []
         #: Requests framed and sent, by number, until the worker answers them.
         self.waiting: dict[int, Request] = {}
         self.shipped = 0  # records framed
@@ -319,7 +298,6 @@ class Lane:
     def resend(self) -> list[bytes]:
         """For a new worker: every unacknowledged frame, in order."""
         self.seal_asked = False  # the new worker is asked again if the lane is held back
-        self.pending = []  # in ``unacked``: re-sent with the rest
         with self._lock:
             return [header + payload for (header, payload), _ in self.unacked.values()]
 
@@ -338,7 +316,6 @@ class Lane:
         """For a fall back to a thread engine: the records shipped but not acknowledged
         and then those still queued, in order, and the requests to answer."""
         records: list[Any] = []
-        self.pending = []  # in ``unacked``: taken back below
         with self._lock:
             for (kind, _), (frame, _) in self.unacked.items():
                 if kind == RECORDS:
@@ -363,20 +340,11 @@ class Shipper:
             (called with ``lock`` held).
         lock: the channel lock: no frame is built or sent while a restart or a fall
             back holds it.
-        room: bytes ``send`` surely writes without waiting (the lock held; 0: none
-            known, then producers never ship, ``ship_here``).
     """
 
-    def __init__(
-        self,
-        send: Callable[[bytes | list[bytes]], None],
-        lock: threading.RLock,
-        room: Callable[[], int] = lambda: 0,
-    ) -> None:
+    def __init__(self, send: Callable[[bytes | list[bytes]], None], lock: threading.RLock) -> None:
         self._send = send
         self._lock = lock
-        self._room = room
-        self._pid = os.getpid()
         self.lanes: dict[int, Lane] = {}
         # The wake-up signal: a lock this thread holds while nothing asks for a round, and
         # that wake() releases. Both ends are one C call (an Event's set() and wait() run
@@ -438,8 +406,8 @@ class Shipper:
                     acquire()
                     lanes = list(self.lanes.values())  # a tracker may have come meanwhile
             # Records wait: gather for _TICK before shipping them, unless a request, a
-            # fall back or a stop waits. A flush or a close that comes meanwhile wakes
-            # us at once, and a backlog of HERE_AT that its callback could not ship.
+            # fall back or a stop waits. A backlog of WAKE_AT, a flush or a close that
+            # comes meanwhile wakes us at once.
             if self.stopping:
                 continue
             for lane in lanes:
@@ -449,45 +417,6 @@ class Shipper:
                 for lane in lanes:
                     lane.queue.busy()
                 acquire(True, _TICK)
-
-    def ship_here(self, lane: Lane) -> bool:
-        """A producer found a backlog of ``lane``'s records while the thread gathers:
-        ship up to ``SLICE`` of them now, on the producer's thread, and say so
-        (``False``: it could not, wake the thread instead). Never waits: not for the
-        channel lock, nor for room in the pipe (a frame the pipe cannot take at once is
-        left to the thread, ``Lane.pending``)."""
-        if (
-            self.stopping
-            or lane.pending
-            or lane.forward is not None
-            or lane.fall_back_reason is not None
-            or lane.queue.controls_queued  # requests are the thread's
-            or (lane.hold_back and lane.held_back())
-            or os.getpid() != self._pid  # a forked child's copy: its worker is another
-        ):
-            return False
-        channel = self._lock
-        if not channel.acquire(False):  # a restart, a fall back, or the thread's round
-            return False
-        try:
-            # Again under the lock: another caller's frame may wait now (it goes first).
-            if lane.pending or lane.tracker_id not in self.lanes or lane.forward is not None:
-                return False
-            room = self._room()
-            if room <= 0:
-                return False
-            parts, _ = lane.ship(SLICE)  # the GIL held no longer than for a thread's slice
-            if parts:
-                lane.seal_asked = False
-                if sum(map(len, parts)) <= room:
-                    self._send(parts)  # the pipe takes it whole: writev does not wait
-                else:
-                    lane.pending = parts
-                    self.wake()
-        finally:
-            channel.release()
-        lane.queue.rearm()
-        return True
 
     def ship_once(self) -> tuple[int, bool]:
         """Ship what every lane queued: (records and requests shipped, plus one per
@@ -501,7 +430,7 @@ class Shipper:
             if queue.dropped:
                 lane.report_drops()
             queued = queue.length
-            if not queued() and lane.fall_back_reason is None and not lane.pending:
+            if not queued() and lane.fall_back_reason is None:
                 continue
             if lane.forward is not None:  # a thread engine took over this tracker
                 lane.forward()
@@ -514,15 +443,7 @@ class Shipper:
                     lane.forward()
                 shipped += 1
                 continue
-            if lane.pending:
-                with channel:
-                    if lane.tracker_id in self.lanes and lane.forward is None:
-                        self._write_pending(lane)
-            # What is queued now, not what comes meanwhile (the next round's, or a
-            # backlog's producer's: ship_here); all of it when stopping.
-            slices = -(-len(queue) // SLICE)
-            while queued() and (slices > 0 or self.stopping):
-                slices -= 1
+            while queued():
                 if lane.hold_back and lane.held_back() and not self.stopping:
                     held = True
                     if not lane.seal_asked:
@@ -534,8 +455,6 @@ class Shipper:
                     # engine between two slices: its records are forwarded, not sent.
                     if lane.tracker_id not in self.lanes or lane.forward is not None:
                         break
-                    if lane.pending:  # a producer's, framed since the check above
-                        self._write_pending(lane)
                     parts, count = lane.ship(SLICE)
                     shipped += count
                     if parts:
@@ -543,17 +462,9 @@ class Shipper:
                         self._send(parts)
                 finally:
                     channel.release()
-                if queued() and (slices > 0 or self.stopping):
+                if queued():
                     time.sleep(_HAND_OVER)
         return shipped, held
-
-    def _write_pending(self, lane: Lane) -> None:
-        """Write what a producer framed for ``lane`` and the pipe could not take then
-        (the channel lock held)."""
-        pending = lane.pending
-        if pending:
-            lane.pending = []
-            self._send(pending)
 
     def _ask_seal(self, lane: Lane) -> None:
         """``lane`` is held back: ask the worker to seal and write its open batch now.
@@ -567,6 +478,4 @@ class Shipper:
             if lane.tracker_id not in self.lanes or lane.forward is not None:
                 return
             lane.seal_asked = True
-            if lane.pending:
-                self._write_pending(lane)
             self._send(encode_frame(Kind.SEAL, lane.tracker_id, 0))

@@ -25,7 +25,6 @@ import os
 import pickle
 import subprocess
 import sys
-import termios
 import threading
 import time
 import weakref
@@ -54,7 +53,6 @@ _STOP_GRACE: Final = 5.0  # seconds the worker gets to exit after the channel cl
 #: answers (it closes by the deadline, but may answer late: still starting on a loaded
 #: machine), then for it to exit. The exit ends by then; the worker goes on alone.
 _EXIT_GRACE: Final = 1.0
-_PAGES_SLACK: Final = 4 * 4096  # bytes of pipe pages a write may leave unfilled (_pipe_room)
 _BOOT: Final = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_worker", "_boot.py"
 )
@@ -118,13 +116,9 @@ class WorkerProcess:
         self._out_fd = -1  # we write: the worker's stdin
         self._in_fd = -1  # we read: the worker's stdout
         self._stopping = False
-        self._pipe_size = 0  # bytes the pipe to the worker holds (F_GETPIPE_SZ)
-        self._shipper = Shipper(self._send_locked, self._lock, self._pipe_room)
+        self._shipper = Shipper(self._send_locked, self._lock)
         #: Ask the shipper to ship now (thread-safe; each tracker's queue calls it).
         self.wake = self._shipper.wake
-        #: At a backlog, ship a lane's records on the producer's thread (each tracker's
-        #: queue calls it: ``BoundedQueue.ship_here``).
-        self.ship_here = self._shipper.ship_here
         self._reader: threading.Thread | None = None
         self._deaths: collections.deque[float] = collections.deque(maxlen=_MAX_RESTARTS)
         self.restarts = 0
@@ -199,27 +193,6 @@ class WorkerProcess:
         # survive our death (Linux; best effort, 1 MiB is the default cap).
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._out_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        try:
-            self._pipe_size = fcntl.fcntl(self._out_fd, fcntl.F_GETPIPE_SZ)
-        except (OSError, AttributeError):  # not Linux: producers never write (_pipe_room)
-            self._pipe_size = 0
-
-    def _pipe_room(self) -> int:
-        """Bytes one write to the worker's pipe surely takes without waiting (the
-        channel lock held; 0 or less: none known).
-
-        The pipe holds ``_pipe_size`` bytes in pages, and a write that does not fit in
-        the last page's tail starts a new one: what is queued may fill up to twice its
-        bytes' pages (``FIONREAD`` says the bytes), and a new write a page more than its
-        own, and another for its header.
-        """
-        if self._pipe_size <= 0:
-            return 0
-        try:
-            queued = int.from_bytes(fcntl.ioctl(self._out_fd, termios.FIONREAD, bytes(4)), sys.byteorder)
-        except OSError:  # closed (a restart, the shutdown): the shipper's
-            return 0
-        return self._pipe_size - 2 * queued - _PAGES_SLACK
 
     def _start_threads(self) -> None:
         self._reader = threading.Thread(
