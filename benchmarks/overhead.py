@@ -25,6 +25,7 @@ import contextlib
 import gc
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -106,8 +107,6 @@ def _worker_cpu(before: dict[int, int]) -> float:
 def _own_threads() -> dict[int, int]:
     """Nanoseconds each live asynctrack thread of this process has run (the shipper and
     the reader; in thread mode the engine's worker), ``/proc/self/task/*/schedstat``."""
-    import threading
-
     ran = {}
     for thread in threading.enumerate():
         if not thread.name.startswith("asynctrack") or thread.native_id is None:
