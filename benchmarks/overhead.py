@@ -25,6 +25,7 @@ import contextlib
 import gc
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -103,6 +104,44 @@ def _worker_cpu(before: dict[int, int]) -> float:
     return sum(ran - before.get(task, 0) for task, ran in after.items()) / 1e9
 
 
+def _own_threads() -> dict[int, int]:
+    """Nanoseconds each live asynctrack thread of this process has run (the shipper and
+    the reader; in thread mode the engine's worker), ``/proc/self/task/*/schedstat``."""
+    ran = {}
+    for thread in threading.enumerate():
+        if not thread.name.startswith("asynctrack") or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
+                ran[thread.native_id] = int(stat.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return ran
+
+
+def _shipper_rounds() -> int:
+    """Rounds the worker process's shipper thread has run (0 without one)."""
+    try:
+        from asynctrack._remote._spawn import worker_process
+
+        return worker_process()._shipper.rounds
+    except (ImportError, AttributeError):
+        return 0
+
+
+def _window() -> tuple[dict[int, int], int]:
+    return _own_threads(), _shipper_rounds()
+
+
+def _window_end(start: tuple[dict[int, int], int]) -> dict[str, Any]:
+    """What the application's own asynctrack threads ran since ``start`` (``_window()``):
+    their CPU seconds (threads that ended meanwhile left out) and the shipper's rounds."""
+    threads, rounds = start
+    after = _own_threads()
+    own = sum(ran - threads.get(task, 0) for task, ran in after.items()) / 1e9
+    return {"own_threads_cpu_s": own, "shipper_rounds": _shipper_rounds() - rounds}
+
+
 def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str) -> dict[str, Any]:
     """One measurement: wall time of setup, calls and final flush/close, and the CPU the
     calls and the close took in this process and in the worker process (if any)."""
@@ -115,12 +154,17 @@ def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str)
             callbacks = variant.callbacks(state)
             t1 = time.perf_counter()
             wcpu0 = _worker_threads()  # read outside the window of this process's CPU
+            own0 = _window()
             cpu0 = time.process_time()
             calls_s = await run_async(chain, callbacks, calls, workload.concurrency)
             t2 = time.perf_counter()
             extra = await variant.aclose(state)
             t3 = time.perf_counter()
-            cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu(wcpu0)}
+            cpu = {
+                "app_cpu_s": time.process_time() - cpu0,
+                **_window_end(own0),
+                "worker_cpu_s": _worker_cpu(wcpu0),
+            }
             return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
         return asyncio.run(go())
@@ -129,13 +173,14 @@ def _measure(variant: Any, workload: Workload, chain: Any, calls: int, tag: str)
     callbacks = variant.callbacks(state)
     t1 = time.perf_counter()
     wcpu0 = _worker_threads()  # read outside the window of this process's CPU
+    own0 = _window()
     cpu0 = time.process_time()
     runner = run_stream if workload.kind == "stream" else run_sync
     calls_s = runner(chain, callbacks, calls)
     t2 = time.perf_counter()
     extra = variant.close(state)
     t3 = time.perf_counter()
-    cpu = {"app_cpu_s": time.process_time() - cpu0, "worker_cpu_s": _worker_cpu(wcpu0)}
+    cpu = {"app_cpu_s": time.process_time() - cpu0, **_window_end(own0), "worker_cpu_s": _worker_cpu(wcpu0)}
     return {"setup_s": t1 - t0, "calls_s": calls_s, "final_s": t3 - t2, **cpu, **extra}
 
 
@@ -359,6 +404,11 @@ def _tables(
             app_cpu = cpu_per_event(name, "app_cpu_s") if not legacy else [float("nan")]
             app_over = [app_cpu[i] - floor_cpu[i] for i in range(min(len(app_cpu), len(floor_cpu)))]
             worker_cpu = cpu_per_event(name, "worker_cpu_s") if not legacy else [float("nan")]
+            own_cpu = cpu_per_event(name, "own_threads_cpu_s") if not legacy else [float("nan")]
+            rounds = [
+                run.get("shipper_rounds", 0) / (results["calls"][w.name] * events) * 1e3
+                for run in runs[(w.name, name)]
+            ] or [float("nan")]
             s = {
                 "per_call_us": c.median(pc),
                 "per_event_over_none_us": c.median(over_none),
@@ -370,6 +420,8 @@ def _tables(
                 "final_ms": c.median(final_ms),
                 "app_cpu_over_floor_us": c.median(app_over) if app_over else float("nan"),
                 "worker_cpu_us": c.median(worker_cpu),
+                "own_threads_cpu_us": c.median(own_cpu),
+                "shipper_rounds_per_1000": c.median(rounds),
             }
             summary[w.name][name] = s
             rows.append(
@@ -384,6 +436,8 @@ def _tables(
                     s["total_x_none"],
                     s["final_ms"],
                     s["app_cpu_over_floor_us"],
+                    s["own_threads_cpu_us"],
+                    s["shipper_rounds_per_1000"],
                     s["worker_cpu_us"],
                 ]
             )
@@ -406,6 +460,8 @@ def _tables(
                 "total × none",
                 "final flush/close ms",
                 "app CPU µs/event over floor",
+                "of it in asynctrack's threads µs/event",
+                "shipper rounds per 1,000 events",
                 "worker process CPU µs/event",
             ],
             rows,
@@ -429,7 +485,10 @@ def _tables(
         "µs per event is wall time of the calling thread. `asynctrack → local dir` and `→ S3` use the "
         "default worker process; `(thread)` keeps the worker in this interpreter, where it competes with a "
         "CPU-bound caller for the GIL. App CPU is this process's CPU (time.process_time: the caller, the "
-        "shipper/reader threads, or the worker thread) per event over the floor's; worker process CPU is "
+        "shipper/reader threads, or the worker thread) per event over the floor's; of it, the part asynctrack's "
+        "own threads of the application ran (the shipper and the reader, or the thread engine's worker, "
+        "/proc/self/task/*/schedstat; a thread that ended in the window is left out), and the worker "
+        "process's shipper's rounds (each a wake-up of its thread; per 1,000 events); worker process CPU is "
         "the time the worker process's threads ran (/proc/<pid>/task/*/schedstat) per event, measured over "
         "the calls and the close. The stub servers (OpenAI for the `openai` workload, "
         "LangSmith's and Langfuse's endpoint) and moto run in processes of their own, so their serving is "

@@ -70,11 +70,16 @@ def _check_output(name: str, out: Path, stdout: str) -> dict[str, Any]:
 
 
 def _check_overhead(data: dict[str, Any], stdout: str) -> None:
-    """Every variant it ran is counted, and asynctrack wrote what it recorded. Issue 19's
-    goals are printed with their repeats' spread: the app CPU beyond the capture's in every
-    workload, the capture's in sync and agent, the worker's in openai."""
+    """Every variant it ran is counted, and asynctrack wrote what it recorded; the app CPU
+    of asynctrack's own threads and the shipper's rounds are counted. Issue 19's goals are
+    printed with their repeats' spread: the app CPU beyond the capture's in every workload,
+    the capture's in sync and agent, the worker's in openai."""
     summary = data["data"]["summary"]["sync"]
     assert {"none", "floor", "asynctrack-local", "asynctrack-capture"} <= set(summary)
+    local = summary["asynctrack-local"]
+    # The application's CPU beyond the capture, split: the shipper's and reader's own part, and
+    # how often the shipper woke.
+    assert local["own_threads_cpu_us"] > 0 and local["shipper_rounds_per_1000"] > 0, local
     totals = data["data"]["asynctrack_local_totals"]
     assert totals["recorded"] > 0 and totals["written"] == totals["recorded"] and totals["dropped"] == 0
     assert data["data"]["stub_http"]["requests"] >= 0, "the peers' stub, in its own process, told its counts"
