@@ -273,21 +273,69 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
 def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_destination: Path) -> None:
     """The worker writes ``{"kind": "unknown", "data": {"$asynctrack": "translate_failed", ...}}``
     for an event it could not translate (here, a set as run id): ``load()`` reads it as
-    ``read_events()`` does, a row marking the failure (no names, time or metadata)."""
+    ``read_events()`` does, a row marking the failure (no metadata, no tags)."""
     with AsyncTracker(tmp_destination, experiment_name="e", run_name="r") as tracker:
         tracker.on_text("kept", run_id=uuid.uuid4())
         tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
     events = asynctrack.read_events(tmp_destination, "e", "r")
     frame = asynctrack.load(tmp_destination, "e", "r")
-    assert list(frame["kind"]) == [e["kind"] for e in events] == ["unknown", "text"]
+    assert list(frame["kind"]) == [e["kind"] for e in events] == ["text", "unknown"]
     assert list(frame["data"]) == [e["data"] for e in events]
-    assert frame["data"][0]["$asynctrack"] == "translate_failed"
-    assert (frame["metadata"][0], frame["tags"][0], frame["metadata"][1], frame["tags"][1]) == (
+    assert frame["data"][1]["$asynctrack"] == "translate_failed"
+    assert (frame["metadata"][1], frame["tags"][1], frame["metadata"][0], frame["tags"][0]) == (
         None,
         None,
         {},
         [],
     )
+
+
+def _fails_on_bad(event: dict[str, Any]) -> dict[str, Any]:
+    """A ``redact`` hook with a bug: it raises on the start of the run given "bad"."""
+    if event["kind"] == "chain_start" and event["data"]["inputs"] == "bad":
+        raise ValueError("hook bug")
+    return event
+
+
+def test_a_placeholder_for_an_event_that_could_not_be_translated_is_an_event_of_its_run(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str], worker_mode: str
+) -> None:
+    """The worker's placeholder line for an event it could not translate carries the
+    envelope (seq, time, names, run ids; kind "unknown", the event's kind in ``data``),
+    so that every reader reads it as a row of its run, and agrees; it is counted."""
+    from asynctrack._cli import main
+
+    with AsyncTracker(
+        tmp_destination, experiment_name="e", run_name="r", config=TrackerConfig(redact=_fails_on_bad)
+    ) as tracker:
+        chain = RunnableLambda(lambda value: value)
+        chain.invoke("good", config={"callbacks": [tracker]})
+        chain.invoke("bad", config={"callbacks": [tracker]})
+        tracker.flush_blocking(timeout=30)
+        stats = tracker.statistics()
+    assert (stats.written, stats.encode_errors, stats.worker_mode) == (4, 1, worker_mode)
+    events = asynctrack.read_events(tmp_destination, "e", "r")
+    assert [e["kind"] for e in events] == ["chain_start", "chain_end", "unknown", "chain_end"]
+    failed, end = events[2:]
+    assert failed["data"]["$asynctrack"] == "translate_failed" and failed["data"]["kind"] == "chain_start"
+    assert (failed["experiment"], failed["run"], failed["tracker"]) == ("e", "r", end["tracker"])
+    assert (failed["run_id"], failed["parent_run_id"]) == (end["run_id"], None)
+    assert failed["seq"] == end["seq"] - 1 and isinstance(failed["ts"], float)
+
+    frame = asynctrack.load(tmp_destination, "e", "r")
+    assert list(frame["kind"]) == [e["kind"] for e in events]
+    assert list(frame["data"]) == [e["data"] for e in events]
+    assert asynctrack.scan(tmp_destination).collect()["seq"].sort().to_list() == [e["seq"] for e in events]
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            assert [(row["run"], row["events"]) for row in json.loads(capsys.readouterr().out)] == [("r", 4)]
+            assert main(["show", str(tmp_destination), "r"]) == 0
+            assert "4 events" in capsys.readouterr().out.splitlines()[1]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    assert capsys.readouterr().err.startswith(f"wrote {report}: 1 run(s), 4 events")
 
 
 def test_an_empty_name_is_refused_by_every_reader(
