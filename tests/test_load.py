@@ -270,6 +270,70 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
     )
 
 
+def test_a_line_without_the_envelope_or_of_other_types_is_not_an_event_for_any_reader(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object with a ``data`` is not an event yet: its envelope fields must be there,
+    of their types. The core readers and the Polars ones skip the same lines, say so once
+    per file, and read an event whose fields are in another order (not the tracker's) alike."""
+    from asynctrack._cli import main
+
+    _record(tmp_destination, "e", "r", 2)
+    (path,) = tmp_destination.rglob("*.jsonl")
+    first, *rest = path.read_bytes().splitlines(keepends=True)
+    event = json.loads(first)
+
+    def line(**fields: Any) -> bytes:
+        return json.dumps({**event, **fields}).encode() + b"\n"
+
+    odd = [
+        b'{"data": {}}\n',
+        line(ts="2026-12-07"),
+        line(ts=1e300),
+        line(seq="1"),
+        line(seq=1.5),
+        line(seq=True),
+        line(seq=2**63),
+        line(kind=5),
+        line(experiment=None),
+        line(run=["r"]),
+        line(run_id=[1]),
+        line(name={"a": 1}),
+        line(duration="1s"),
+        line(tags=[["a"]]),
+        line(data=None),
+    ]
+    reordered = json.dumps(dict(reversed(event.items())) | {"seq": 9, "data": {"x": 1}}).encode() + b"\n"
+    path.write_bytes(b"".join([first, *odd, reordered, *rest]))
+    said = re.compile(rf"skipped {len(odd)} unreadable line\(s\) in \S*{re.escape(path.name)}\b")
+
+    for read in (
+        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
+        lambda: asynctrack.load(tmp_destination, "e", "r"),
+        lambda: asynctrack.scan(tmp_destination).collect(),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            assert len(read()) == 5
+        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+    with pytest.warns(UserWarning):
+        (kept,) = [e for e in asynctrack.read_events(tmp_destination, "e", "r") if e["seq"] == 9]
+        frame = asynctrack.load(tmp_destination, "e", "r")
+    row = frame[frame["seq"] == 9].iloc[0]
+    assert (row["run_id"], row["data"], row["tags"]) == (kept["run_id"], {"x": 1}, kept["tags"])
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert [row["events"] for row in json.loads(out)] == [5]
+            assert said.match(err.removeprefix("asynctrack runs: "))
+    assert main(["show", str(tmp_destination), "r"]) == 0
+    assert "5 events" in capsys.readouterr().out.splitlines()[1]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    assert capsys.readouterr().err.splitlines()[1].startswith(f"wrote {report}: 1 run(s), 5 events")
+
+
 def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_destination: Path) -> None:
     """The worker writes ``{"kind": "unknown", "data": {"$asynctrack": "translate_failed", ...}}``
     for an event it could not translate (here, a set as run id): ``load()`` reads it as
