@@ -174,9 +174,10 @@ def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
         return sorted(e["data"]["inputs"] for e in events if e["kind"] == "chain_start")
 
     assert inputs(asynctrack.read_events(tmp_destination, "e", "run")) == ["e/run/0"]
-    # A placeholder for an event that could not be translated has no names: the directory's.
-    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run") as tracker:
-        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+    # A placeholder for an event that could not be translated has its names.
+    config = TrackerConfig(redact=_fails_on_bad)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run", config=config) as tracker:
+        tracker.on_text("bad", run_id=uuid.uuid4())
     kinds = ["chain_end", "chain_start", "unknown"]
     assert sorted(e["kind"] for e in asynctrack.read_events(tmp_destination, "e", "run")) == kinds
     assert asynctrack.scan(tmp_destination, "e", "run").collect()["kind"].sort().to_list() == [
@@ -336,11 +337,12 @@ def test_a_line_without_the_envelope_or_of_other_types_is_not_an_event_for_any_r
 
 def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_destination: Path) -> None:
     """The worker writes ``{"kind": "unknown", "data": {"$asynctrack": "translate_failed", ...}}``
-    for an event it could not translate (here, a set as run id): ``load()`` reads it as
-    ``read_events()`` does, a row marking the failure (no metadata, no tags)."""
-    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r") as tracker:
+    for an event it could not translate (here, a redact hook raised): ``load()`` reads it
+    as ``read_events()`` does, a row marking the failure (no metadata, no tags)."""
+    config = TrackerConfig(redact=_fails_on_bad)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=config) as tracker:
         tracker.on_text("kept", run_id=uuid.uuid4())
-        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+        tracker.on_text("bad", run_id=uuid.uuid4())
     events = asynctrack.read_events(tmp_destination, "e", "r")
     frame = asynctrack.load(tmp_destination, "e", "r")
     assert list(frame["kind"]) == [e["kind"] for e in events] == ["text", "unknown"]
@@ -355,8 +357,10 @@ def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_de
 
 
 def _fails_on_bad(event: dict[str, Any]) -> dict[str, Any]:
-    """A ``redact`` hook with a bug: it raises on the start of the run given "bad"."""
-    if event["kind"] == "chain_start" and event["data"]["inputs"] == "bad":
+    """A ``redact`` hook with a bug: it raises on the start of a run given "bad", and on
+    the text "bad"."""
+    data = event["data"]
+    if event["kind"] != "chain_end" and "bad" in (data.get("inputs"), data.get("text")):
         raise ValueError("hook bug")
     return event
 

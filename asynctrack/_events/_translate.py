@@ -408,8 +408,11 @@ class EventTranslator:
             for record in batch:
                 try:
                     kind, seq, ts, run_id, parent_run_id, name, body, extra = record
-                    # UUID.__hash__ is Python code; its int hashes in C.
-                    run = run_id.int if type(run_id) is uuid.UUID else run_id
+                    # UUID.__hash__ is Python code; its int hashes in C. A caller's own
+                    # id of another type is keyed as it is written (bytearray: hashable).
+                    run = run_id
+                    if type(run) is not int:
+                        run = run.int if type(run) is uuid.UUID else id_value(run)
                     token = None
                     error = None
                     if kind == "llm_new_token":
