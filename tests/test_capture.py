@@ -1078,6 +1078,26 @@ def test_a_run_id_of_another_type_is_written_as_its_text_never_lost(
         assert tracker.statistics().encode_errors == 0
 
 
+class _Tool(str, enum.Enum):  # noqa: UP042 - the case reported: a (str, Enum), not a StrEnum
+    SEARCH = "search"
+
+
+def test_a_runnable_named_by_a_str_subclass_is_recorded_by_its_text(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A ``(str, Enum)`` tool name in ``serialized["name"]`` (or in its ``id``) is the
+    event's name, its text, as the same value given as ``name=`` is; never its
+    ``__str__`` (was: no name)."""
+    tracker = make_tracker()
+    tracker.on_tool_start({"name": _Tool.SEARCH}, "q", run_id=uuid.uuid4())
+    tracker.on_chain_start({"name": _Text("my_chain")}, {}, run_id=uuid.uuid4())
+    tracker.on_chain_start({"id": ["m", _Text("by_id")]}, {}, run_id=uuid.uuid4())
+    tracker.on_tool_start({"name": "x"}, "q", run_id=uuid.uuid4(), name=_Tool.SEARCH)
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    assert [e["name"] for e in events] == ["search", "my_chain", "by_id", "search"]
+
+
 def test_an_object_that_only_says_it_is_a_builtin_is_read_as_before() -> None:
     """A Mock with a spec says it is a list, set, int or str (its __class__) without being
     one: read through its own methods (the base's C reads refuse it), not a placeholder."""
