@@ -1047,6 +1047,57 @@ def test_a_run_id_int_over_64_bits_is_written_as_its_text(
     assert tracker.statistics().encode_errors == 0
 
 
+class _Text(str):
+    def __str__(self) -> str:
+        return "not its text"
+
+
+@pytest.mark.usefixtures("worker_mode")
+def test_a_run_id_of_another_type_is_written_as_its_text_never_lost(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """CAPTURE.md: a caller's id that is not a UUID is written as given: bytes as their
+    UTF-8 text (a byte that is not UTF-8 as its escape), a float, a tuple or a str subclass
+    as its text; the event is kept, never a translate_failed placeholder, in both modes,
+    and behind tail sampling (an id that is no UUID: recorded)."""
+    ids = [b"rid-1", bytearray(b"a\xffb"), 1.5, ("a", 1), "not-a-uuid", _Text("mine")]
+    texts = ["rid-1", "a\\xffb", "1.5", "('a', 1)", "not-a-uuid", "mine"]
+    sampled = TrackerConfig(sample_rate=0.5, sample_keep_errors=True)
+    for destination, config in ((tmp_destination, None), (tmp_destination / "sampled", sampled)):
+        tracker = make_tracker(destination, config=config)
+        for i, run_id in enumerate(ids):
+            tracker.on_chain_start({"name": "c"}, {"i": i}, run_id=run_id, parent_run_id=run_id)  # type: ignore[arg-type]
+            tracker.on_chain_end({"i": i}, run_id=run_id)  # type: ignore[arg-type]
+        tracker.flush_blocking(timeout=30)
+        events = sorted(_events(destination), key=lambda e: e["seq"])
+        assert [(e["kind"], e["run_id"]) for e in events] == [
+            (kind, text) for text in texts for kind in ("chain_start", "chain_end")
+        ]
+        assert [e["parent_run_id"] for e in events if e["kind"] == "chain_start"] == texts
+        assert all(e["duration"] is not None for e in events if e["kind"] == "chain_end")  # its start found
+        assert tracker.statistics().encode_errors == 0
+
+
+class _Tool(str, enum.Enum):  # noqa: UP042 - the case reported: a (str, Enum), not a StrEnum
+    SEARCH = "search"
+
+
+def test_a_runnable_named_by_a_str_subclass_is_recorded_by_its_text(
+    make_tracker: Callable[..., AsyncTracker], tmp_destination: Path
+) -> None:
+    """A ``(str, Enum)`` tool name in ``serialized["name"]`` (or in its ``id``) is the
+    event's name, its text, as the same value given as ``name=`` is; never its
+    ``__str__`` (was: no name)."""
+    tracker = make_tracker()
+    tracker.on_tool_start({"name": _Tool.SEARCH}, "q", run_id=uuid.uuid4())
+    tracker.on_chain_start({"name": _Text("my_chain")}, {}, run_id=uuid.uuid4())
+    tracker.on_chain_start({"id": ["m", _Text("by_id")]}, {}, run_id=uuid.uuid4())
+    tracker.on_tool_start({"name": "x"}, "q", run_id=uuid.uuid4(), name=_Tool.SEARCH)
+    tracker.flush_blocking(timeout=30)
+    events = sorted(_events(tmp_destination), key=lambda e: e["seq"])
+    assert [e["name"] for e in events] == ["search", "my_chain", "by_id", "search"]
+
+
 def test_an_object_that_only_says_it_is_a_builtin_is_read_as_before() -> None:
     """A Mock with a spec says it is a list, set, int or str (its __class__) without being
     one: read through its own methods (the base's C reads refuse it), not a placeholder."""

@@ -338,6 +338,47 @@ def test_a_spool_file_cut_on_disk_delivers_its_whole_lines_and_counts_the_rest_l
     assert list(spool_dir.rglob("*.batch")) == []
 
 
+def test_a_spool_file_whose_name_and_lines_disagree_sends_at_most_its_count_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The digest covers a file's bytes, not the event count in its name: a file renamed
+    to say 25 (its bytes intact, 10 lines) sends its 10 and counts 15 lost; one with 5
+    whole lines appended sends its own 10 and not the others. ``lost`` never goes
+    negative, and the messages say what happened. (The first was trusted: 25 written, 10
+    on disk; the second sent 15: "15 of its 10 event(s) ... -5 lost", lost went down.)"""
+    spool_dir = tmp_path / "spool"
+    sink = MemorySink(DESTINATION)
+    sink.failing = True
+    tracker = AsyncTracker(
+        sink,
+        experiment_name="exp",
+        run_name="run",
+        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=10),
+    )
+    for i in range(20):
+        text(tracker, f"e{i}")
+    with pytest.raises(FlushError):
+        tracker.close(timeout=JOIN)
+    renamed, appended = sorted(spool_dir.rglob("*.batch"), key=lambda path: path.stat().st_mtime)
+    assert renamed.name.startswith("10.") and appended.name.startswith("10.")
+    renamed = renamed.rename(renamed.with_name("25." + renamed.name.partition(".")[2]))
+    own = appended.read_bytes().splitlines(keepends=True)
+    appended.write_bytes(b"".join(own + own[1:6]))  # after its header: 5 of its lines again
+
+    recovered, after = _recover(spool_dir)
+    stats = after.statistics()
+    lines = [line for batch in recovered.batches for line in batch.data.splitlines()]
+    assert len(lines) == stats.written == 20
+    assert sorted(orjson.loads(line)["data"]["text"] for line in lines) == sorted(f"e{i}" for i in range(20))
+    assert stats.lost == 15
+    damaged = sorted(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
+    assert [message.split(": ", 2)[2] for message in damaged] == [
+        "10 of its 10 event(s) are whole and sent, 0 lost; 5 more whole line(s), not its own, are not sent",
+        "10 of its 25 event(s) are whole and sent, 15 lost",
+    ]
+    assert list(spool_dir.rglob("*.batch")) == []
+
+
 def test_a_spool_file_of_the_older_layout_is_delivered_and_checked_by_its_event_count(tmp_path: Path) -> None:
     """Files written by the previous version (header ``asynctrack-spool 1 <key>``, no
     digest) are still delivered whole; one of them cut on disk after a line's end (every

@@ -10,6 +10,7 @@ import orjson
 
 from asynctrack import TrackerConfig
 from asynctrack._capture import Capturer
+from asynctrack._events._encode import TranslateFailed
 from asynctrack._events._translate import EventTranslator
 from asynctrack._langchain._spec import TrackerSpec
 from asynctrack._pipeline._durable import DurableHooks
@@ -72,7 +73,8 @@ def test_a_record_that_fails_is_returned_as_its_exception_and_the_rest_are_writt
     records: list[Any] = _records()[:3]
     records.insert(1, ("text",))  # too short to unpack
     out = translator.many(records)
-    assert isinstance(out[1], ValueError)
+    assert isinstance(out[1], TranslateFailed) and isinstance(out[1].cause, ValueError)
+    assert out[1].envelope["experiment"] == "e" and out[1].envelope["seq"] is None  # not readable
     assert [type(x) for i, x in enumerate(out) if i != 1] == [tuple] * 3
 
 
@@ -237,7 +239,7 @@ def test_streamed_tokens_written_from_their_runs_envelope_equal_the_general_path
             expected.append(single(record))
         except Exception as exc:
             expected.append(exc)
-    assert [x if type(x) is tuple else type(x) for x in lines] == [
+    assert [x if type(x) is tuple else type(x.cause) for x in lines] == [
         x if type(x) is tuple else type(x) for x in expected
     ]
     assert len(chunked._token_heads) == 2  # the path under test: one envelope per clean run

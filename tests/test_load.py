@@ -174,9 +174,10 @@ def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
         return sorted(e["data"]["inputs"] for e in events if e["kind"] == "chain_start")
 
     assert inputs(asynctrack.read_events(tmp_destination, "e", "run")) == ["e/run/0"]
-    # A placeholder for an event that could not be translated has no names: the directory's.
-    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run") as tracker:
-        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+    # A placeholder for an event that could not be translated has its names.
+    config = TrackerConfig(redact=_fails_on_bad)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="run", config=config) as tracker:
+        tracker.on_text("bad", run_id=uuid.uuid4())
     kinds = ["chain_end", "chain_start", "unknown"]
     assert sorted(e["kind"] for e in asynctrack.read_events(tmp_destination, "e", "run")) == kinds
     assert asynctrack.scan(tmp_destination, "e", "run").collect()["kind"].sort().to_list() == [
@@ -270,24 +271,139 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
     )
 
 
+def test_a_line_without_the_envelope_or_of_other_types_is_not_an_event_for_any_reader(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object with a ``data`` is not an event yet: its envelope fields must be there,
+    of their types. The core readers and the Polars ones skip the same lines, say so once
+    per file, and read an event whose fields are in another order (not the tracker's) alike."""
+    from asynctrack._cli import main
+
+    _record(tmp_destination, "e", "r", 2)
+    (path,) = tmp_destination.rglob("*.jsonl")
+    first, *rest = path.read_bytes().splitlines(keepends=True)
+    event = json.loads(first)
+
+    def line(**fields: Any) -> bytes:
+        return json.dumps({**event, **fields}).encode() + b"\n"
+
+    odd = [
+        b'{"data": {}}\n',
+        line(ts="2026-12-07"),
+        line(ts=1e300),
+        line(seq="1"),
+        line(seq=1.5),
+        line(seq=True),
+        line(seq=2**63),
+        line(kind=5),
+        line(experiment=None),
+        line(run=["r"]),
+        line(run_id=[1]),
+        line(name={"a": 1}),
+        line(duration="1s"),
+        line(tags=[["a"]]),
+        line(data=None),
+    ]
+    reordered = json.dumps(dict(reversed(event.items())) | {"seq": 9, "data": {"x": 1}}).encode() + b"\n"
+    path.write_bytes(b"".join([first, *odd, reordered, *rest]))
+    said = re.compile(rf"skipped {len(odd)} unreadable line\(s\) in \S*{re.escape(path.name)}\b")
+
+    for read in (
+        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
+        lambda: asynctrack.load(tmp_destination, "e", "r"),
+        lambda: asynctrack.scan(tmp_destination).collect(),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            assert len(read()) == 5
+        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+    with pytest.warns(UserWarning):
+        (kept,) = [e for e in asynctrack.read_events(tmp_destination, "e", "r") if e["seq"] == 9]
+        frame = asynctrack.load(tmp_destination, "e", "r")
+    row = frame[frame["seq"] == 9].iloc[0]
+    assert (row["run_id"], row["data"], row["tags"]) == (kept["run_id"], {"x": 1}, kept["tags"])
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert [row["events"] for row in json.loads(out)] == [5]
+            assert said.match(err.removeprefix("asynctrack runs: "))
+    assert main(["show", str(tmp_destination), "r"]) == 0
+    assert "5 events" in capsys.readouterr().out.splitlines()[1]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    assert capsys.readouterr().err.splitlines()[1].startswith(f"wrote {report}: 1 run(s), 5 events")
+
+
 def test_a_placeholder_for_an_event_that_could_not_be_translated_is_a_row(tmp_destination: Path) -> None:
     """The worker writes ``{"kind": "unknown", "data": {"$asynctrack": "translate_failed", ...}}``
-    for an event it could not translate (here, a set as run id): ``load()`` reads it as
-    ``read_events()`` does, a row marking the failure (no names, time or metadata)."""
-    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r") as tracker:
+    for an event it could not translate (here, a redact hook raised): ``load()`` reads it
+    as ``read_events()`` does, a row marking the failure (no metadata, no tags)."""
+    config = TrackerConfig(redact=_fails_on_bad)
+    with AsyncTracker(tmp_destination, experiment_name="e", run_name="r", config=config) as tracker:
         tracker.on_text("kept", run_id=uuid.uuid4())
-        tracker.on_text("a set", run_id={1, 2})  # type: ignore[arg-type]
+        tracker.on_text("bad", run_id=uuid.uuid4())
     events = asynctrack.read_events(tmp_destination, "e", "r")
     frame = asynctrack.load(tmp_destination, "e", "r")
-    assert list(frame["kind"]) == [e["kind"] for e in events] == ["unknown", "text"]
+    assert list(frame["kind"]) == [e["kind"] for e in events] == ["text", "unknown"]
     assert list(frame["data"]) == [e["data"] for e in events]
-    assert frame["data"][0]["$asynctrack"] == "translate_failed"
-    assert (frame["metadata"][0], frame["tags"][0], frame["metadata"][1], frame["tags"][1]) == (
+    assert frame["data"][1]["$asynctrack"] == "translate_failed"
+    assert (frame["metadata"][1], frame["tags"][1], frame["metadata"][0], frame["tags"][0]) == (
         None,
         None,
         {},
         [],
     )
+
+
+def _fails_on_bad(event: dict[str, Any]) -> dict[str, Any]:
+    """A ``redact`` hook with a bug: it raises on the start of a run given "bad", and on
+    the text "bad"."""
+    data = event["data"]
+    if event["kind"] != "chain_end" and "bad" in (data.get("inputs"), data.get("text")):
+        raise ValueError("hook bug")
+    return event
+
+
+def test_a_placeholder_for_an_event_that_could_not_be_translated_is_an_event_of_its_run(
+    tmp_destination: Path, capsys: pytest.CaptureFixture[str], worker_mode: str
+) -> None:
+    """The worker's placeholder line for an event it could not translate carries the
+    envelope (seq, time, names, run ids; kind "unknown", the event's kind in ``data``),
+    so that every reader reads it as a row of its run, and agrees; it is counted."""
+    from asynctrack._cli import main
+
+    with AsyncTracker(
+        tmp_destination, experiment_name="e", run_name="r", config=TrackerConfig(redact=_fails_on_bad)
+    ) as tracker:
+        chain = RunnableLambda(lambda value: value)
+        chain.invoke("good", config={"callbacks": [tracker]})
+        chain.invoke("bad", config={"callbacks": [tracker]})
+        tracker.flush_blocking(timeout=30)
+        stats = tracker.statistics()
+    assert (stats.written, stats.encode_errors, stats.worker_mode) == (4, 1, worker_mode)
+    events = asynctrack.read_events(tmp_destination, "e", "r")
+    assert [e["kind"] for e in events] == ["chain_start", "chain_end", "unknown", "chain_end"]
+    failed, end = events[2:]
+    assert failed["data"]["$asynctrack"] == "translate_failed" and failed["data"]["kind"] == "chain_start"
+    assert (failed["experiment"], failed["run"], failed["tracker"]) == ("e", "r", end["tracker"])
+    assert (failed["run_id"], failed["parent_run_id"]) == (end["run_id"], None)
+    assert failed["seq"] == end["seq"] - 1 and isinstance(failed["ts"], float)
+
+    frame = asynctrack.load(tmp_destination, "e", "r")
+    assert list(frame["kind"]) == [e["kind"] for e in events]
+    assert list(frame["data"]) == [e["data"] for e in events]
+    assert asynctrack.scan(tmp_destination).collect()["seq"].sort().to_list() == [e["seq"] for e in events]
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(tmp_destination), "--json"]) == 0
+            assert [(row["run"], row["events"]) for row in json.loads(capsys.readouterr().out)] == [("r", 4)]
+            assert main(["show", str(tmp_destination), "r"]) == 0
+            assert "4 events" in capsys.readouterr().out.splitlines()[1]
+    report = tmp_destination.parent / "report.html"
+    assert main(["report", str(tmp_destination), "-o", str(report)]) == 0
+    assert capsys.readouterr().err.startswith(f"wrote {report}: 1 run(s), 4 events")
 
 
 def test_an_empty_name_is_refused_by_every_reader(

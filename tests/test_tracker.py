@@ -511,10 +511,10 @@ def test_run_parameters_written_beside_the_events(tmp_destination: Path) -> None
     assert not math.isnan(parameters["tokens_total"])
 
 
-def test_an_odd_run_id_becomes_a_counted_placeholder_never_a_changed_value(tmp_path: Path) -> None:
-    """A run id orjson cannot write (a set) or cannot hash (a list) is written as a
-    placeholder event and counted; the events around it are written as they were (in
-    both worker modes: the shipper must not turn it into something else)."""
+def test_an_odd_run_id_is_written_as_its_text_never_a_placeholder(tmp_path: Path) -> None:
+    """A run id orjson cannot write (a set) or cannot hash (a list) is written as its text
+    (CAPTURE.md); the events around it are written as they were (in both worker modes:
+    the shipper must not turn it into something else)."""
     good = uuid.uuid4()
     with AsyncTracker(tmp_path, experiment_name="e", run_name="r") as tracker:
         tracker.on_text("before", run_id=good)
@@ -524,8 +524,10 @@ def test_an_odd_run_id_becomes_a_counted_placeholder_never_a_changed_value(tmp_p
         tracker.flush_blocking(timeout=30)
         stats = tracker.statistics()
     events = asynctrack.read_events(tmp_path, "e", "r")
-    texts = [e["data"].get("text") for e in events if e["kind"] == "text"]
-    assert texts == ["before", "after"]
-    assert all(e["run_id"] == str(good) for e in events if e["kind"] == "text")
-    assert len([e for e in events if e["kind"] == "unknown"]) == 2
-    assert stats.encode_errors == 2
+    assert [(e["data"]["text"], e["run_id"]) for e in events] == [
+        ("before", str(good)),
+        ("a set", "{1, 2}"),
+        ("a list", "[1, 2]"),
+        ("after", str(good)),
+    ]
+    assert stats.encode_errors == 0

@@ -24,13 +24,26 @@ from .._config import TrackerConfig
 from .._redact import REDACTED, Redactor
 from .._redact._redactor import SAME_START
 
-__all__ = ["REDACTED", "SPLICE", "Encoder", "placeholder"]
+__all__ = ["REDACTED", "SPLICE", "Encoder", "TranslateFailed", "placeholder"]
 
 _DATA: Final = b'{"data":{'
 SPLICE: Final = len(_DATA)  # where the fields of data start in a captured body
 assert SPLICE <= SAME_START  # Redactor.firsts: the bodies that begin otherwise (prepare)
 _FAILED: Final = b'"' + MARK.encode() + b'":"unencodable"'
 _MARK_BYTE: Final = MARK.encode()[:1]  # b"$"
+
+
+class TranslateFailed(Exception):
+    """What a translator's ``many`` gives for a record it could not translate: the
+    exception (``cause``), and what of the event it could read, which the worker's
+    ``translate_failed`` placeholder line carries: the envelope fields (``envelope``)
+    and the event's kind (``kind``)."""
+
+    def __init__(self, cause: Exception, envelope: dict[str, Any], kind: str | None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.envelope = envelope
+        self.kind = kind
 
 
 class Encoder:

@@ -127,10 +127,25 @@ _INT_MIN: Final = -(1 << 63)  # the least int JSON's writer (orjson) takes
 
 
 def id_value(value: Any) -> Any:
-    """A run id that is not a UUID's int, as written: a ``UUID`` (a subclass of it, which
-    the handler leaves as it is) as its text; anything else (``None``, a caller's own
-    string) as it is."""
-    return str(value) if isinstance(value, uuid.UUID) else value
+    """A run id that is not a UUID's int, as written (and as a key: hashable): ``None``
+    and a caller's own string or integer as they are; a ``UUID`` (a subclass of it, which
+    the handler leaves as it is) as its text; ``bytes`` and ``bytearray`` as their UTF-8
+    text (a byte that is not UTF-8 as its ``\\xNN`` escape); anything else (a float, a
+    tuple, a ``str`` subclass) as its text: ``str.__str__``, else ``str()``."""
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        return str.__str__(value)
+    try:
+        return str(value)
+    except Exception:  # a __str__ that raises: its type's name
+        return f"<{type(value).__qualname__}>"
 
 
 @functools.lru_cache(maxsize=4096)  # a run's id comes back in its end and its children's events

@@ -39,7 +39,7 @@ import orjson
 
 from .._config import TrackerConfig
 from .._sampling import OTEL_PARENT, ratio_threshold, root_sampled, run_int
-from ._schema import BODY, ENDS, EXTRA, KIND, PARENT_RUN_ID, RUN_ID, STARTS, is_interrupt
+from ._schema import BODY, ENDS, EXTRA, KIND, PARENT_RUN_ID, RUN_ID, STARTS, id_value, is_interrupt
 
 if TYPE_CHECKING:
     from .._pipeline._loop import ChunkTranslate
@@ -117,7 +117,9 @@ class TailSampler:
         for record, result in zip(records, results, strict=True):
             kind = record[KIND]
             run_id = record[RUN_ID]
-            run = run_id.int if type(run_id) is uuid.UUID else run_id
+            run = run_id
+            if type(run) is not int:  # keyed as the translator keys it (a bytearray: hashable)
+                run = run.int if type(run) is uuid.UUID else id_value(run)
             trace = runs.get(run)
             if trace is None:
                 if kind in STARTS:
@@ -143,7 +145,9 @@ class TailSampler:
             else:
                 trace = self._traces[run] = _Trace(run)
         else:
-            parent = parent_run_id.int if type(parent_run_id) is uuid.UUID else parent_run_id
+            parent = parent_run_id
+            if type(parent) is not int:
+                parent = parent.int if type(parent) is uuid.UUID else id_value(parent)
             found = self._runs.get(parent)
             if found is not None:
                 trace = found

@@ -8,6 +8,7 @@ is in ``_schema``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import uuid
@@ -24,7 +25,7 @@ from .._redact._redactor import filled_templates
 from .._sampling import SAMPLED_APART
 from .._sinks._base import RunSummary
 from ._encode import SPLICE as _SPLICE
-from ._encode import Encoder
+from ._encode import Encoder, TranslateFailed
 from ._parameters import RunParameters
 from ._schema import (
     BODY,
@@ -60,6 +61,19 @@ _AFTER_DATA: Final = operator.itemgetter(slice(_SPLICE, None))  # a body's field
 _AT_SPLICE: Final = operator.itemgetter(_SPLICE)
 _CLOSED: Final = 0x7D  # '}' where data's fields start: data is empty
 _TOKEN: Final = "llm_new_token"
+#: The envelope of a placeholder line for a record that could not be translated.
+_PLACEHOLDER_ENVELOPE: Final = (
+    "seq",
+    "ts",
+    "kind",
+    "experiment",
+    "run",
+    "tracker",
+    "run_id",
+    "parent_run_id",
+    "name",
+    "duration",
+)
 _PARAMETER_KINDS: Final = frozenset({"llm_start", "chat_model_start", "llm_end"})
 
 #: The last member of ``data`` in a model start's body, and where the body's metadata starts.
@@ -303,17 +317,42 @@ class EventTranslator:
         """One record as ``(seq, line, kind, run id)`` (see ``many``), or ``None`` if the
         ``redact`` hook dropped it."""
         out = self.many((record,))[0]
+        if isinstance(out, TranslateFailed):
+            raise out.cause
         if isinstance(out, Exception):
             raise out
         return out
+
+    def _failed(self, record: Sequence[Any], exc: Exception) -> TranslateFailed:
+        """``exc`` (what stopped ``record``), with the envelope of the worker's placeholder
+        line for it: this tracker's names, and the record's ``seq``, ``ts``, ids and kind
+        as far as they can be read and written (a field that cannot is ``None``)."""
+        envelope: dict[str, Any] = dict.fromkeys(_PLACEHOLDER_ENVELOPE)
+        envelope.update(kind="unknown", experiment=self.experiment, run=self.run, tracker=self.writer)
+        kind = None
+        try:
+            kind, seq, ts, run_id, parent_run_id = record[:5]
+            if type(seq) is int:
+                envelope["seq"] = seq
+            if type(ts) is float or type(ts) is int:
+                envelope["ts"] = ts
+            for field, value in (("run_id", run_id), ("parent_run_id", parent_run_id)):
+                with contextlib.suppress(Exception):
+                    text = uuid_text(value) if type(value) is int else id_value(value)
+                    orjson.dumps(text)
+                    envelope[field] = text
+        except Exception:  # not a record: the names alone
+            pass
+        return TranslateFailed(exc, envelope, kind if type(kind) is str else None)
 
     def many(  # noqa: C901, PLR0915 - the worker's hot loop: one frame per chunk, on purpose
         self, records: Sequence[Sequence[Any]]
     ) -> list[Line | Exception | None]:
         """Each record as ``(seq, line, kind, run id)``, ``None`` (dropped by the ``redact``
-        hook) or the exception that stopped it (the caller counts it and writes a
-        placeholder). The kind and the run id are the line's own ``kind`` and ``run_id``
-        (what ``RecordExporter.records`` is told, so that it need not read them from the
+        hook) or the exception that stopped it, as a ``TranslateFailed`` (the caller
+        counts it and writes a placeholder line with the envelope that holds). The kind
+        and the run id are the line's own ``kind`` and ``run_id`` (what
+        ``RecordExporter.records`` is told, so that it need not read them from the
         line); with a ``redact`` hook, which may change any field, the result is
         ``(seq, line)`` alone.
 
@@ -391,8 +430,11 @@ class EventTranslator:
             for record in batch:
                 try:
                     kind, seq, ts, run_id, parent_run_id, name, body, extra = record
-                    # UUID.__hash__ is Python code; its int hashes in C.
-                    run = run_id.int if type(run_id) is uuid.UUID else run_id
+                    # UUID.__hash__ is Python code; its int hashes in C. A caller's own
+                    # id of another type is keyed as it is written (bytearray: hashable).
+                    run = run_id
+                    if type(run) is not int:
+                        run = run.int if type(run) is uuid.UUID else id_value(run)
                     token = None
                     error = None
                     if kind == "llm_new_token":
@@ -488,7 +530,7 @@ class EventTranslator:
                         continue
                     append((seq, line, kind, run_text))
                 except Exception as exc:
-                    append(exc)
+                    append(self._failed(record, exc))
         if counted:
             parameters.counts.update(counted)
         return out

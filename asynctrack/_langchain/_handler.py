@@ -1062,7 +1062,10 @@ def _serialized_name(serialized: Any, limit: int) -> str | None:
         name = serialized.get("name")
         if type(name) is str:
             return _cut(name, limit)
+        if name is not None and isinstance(name, str):  # a (str, Enum) tool name: its text, as name=
+            return _cut(str.__str__(name), limit)
         ids = serialized.get("id")
-        if type(ids) is list and ids and type(ids[-1]) is str:
-            return _cut(ids[-1], limit)
+        if type(ids) is list and ids and isinstance(ids[-1], str):
+            last = ids[-1]
+            return _cut(last if type(last) is str else str.__str__(last), limit)
     return None

@@ -47,7 +47,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from .._config import TrackerConfig
 from .._errors import FlushError, FlushTimeoutError
-from .._events._encode import Encoder, placeholder
+from .._events._encode import Encoder, TranslateFailed, placeholder
 from .._export._protocol import LineExporter, RecordExporter
 from .._sinks._base import Batch, ParametersSink, Sink
 from ._barrier import Barrier, Marker, Seal
@@ -483,9 +483,18 @@ class Worker:
                     out = (out.get("seq", -1), encoder.encode(out))
                 except Exception as exc:
                     counters.encode_errors += 1
+                    # The placeholder is an event of its run (its seq, time, names and
+                    # ids, as far as the translator could read them), of kind "unknown".
+                    event: dict[str, Any] = {"kind": "unknown"}
+                    failed: dict[str, Any] = {}
+                    if isinstance(exc, TranslateFailed):
+                        if exc.kind is not None:
+                            failed["kind"] = exc.kind
+                        event, exc = exc.envelope, exc.cause
                     self._reporter.error("translate", f"could not translate an event: {exc!r}", exc)
-                    event = {"kind": "unknown", "data": placeholder("translate_failed", exc, error=repr(exc))}
-                    out = (-1, encoder.encode(event))
+                    event["data"] = placeholder("translate_failed", exc, error=repr(exc), **failed)
+                    seq = event.get("seq")
+                    out = (seq if type(seq) is int else -1, encoder.encode(event))
             sealed = add(out[0], out[1])
             exported.append(out[1])
             if sealed is not None:

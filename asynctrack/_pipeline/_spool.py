@@ -28,10 +28,11 @@ Files are written whole (write, fsync, rename). The spool is bounded by
 
 A file may still be cut or damaged on disk afterwards (a full disk, a crash of the
 machine, someone else). It is checked when it is loaded for delivery: its header's
-key against its name (a digest of the key), its bytes against their digest or, in a
-file of an older layout, its event count (in its name since the first layout) and
-its last line's end. A damaged batch is sent as the whole, valid JSON lines it still
-holds (a cut line is never sent, and nothing goes under a damaged key); the rest is
+key against its name (a digest of the key), its bytes against their digest (in a
+file of an older layout: none) and its event count (in its name since the first
+layout) against its lines, its last line's end too. A damaged batch is sent as the
+whole, valid JSON lines it still holds, at most its event count (a cut line is never
+sent, nor lines past its count, and nothing goes under a damaged key); the rest is
 counted as lost, and an error names the file (``load``).
 
 A tracker that delivers spooled batches first *claims* them: it renames each file
@@ -163,9 +164,10 @@ def _read_key(path: Path, name: str) -> str | None:
     return key if hashlib.sha256(key.encode()).hexdigest()[:32] == name else ""
 
 
-def _whole_lines(data: bytes, gzipped: bool) -> tuple[bytes, int]:
-    """What a damaged batch still holds: its whole lines that are valid JSON objects (as
-    the batch's bytes, gzipped again if it was) and how many."""
+def _whole_lines(data: bytes, gzipped: bool, most: int) -> tuple[bytes, int, int]:
+    """What a damaged batch still holds: its whole lines that are valid JSON objects, the
+    first ``most`` of them (as the batch's bytes, gzipped again if it was), how many, and
+    how many more there were (lines not its own: a file appended to)."""
     if gzipped:
         # Decompressed as far as it goes: a cut or damaged stream stops there.
         decompressor = zlib.decompressobj(wbits=31)
@@ -178,18 +180,22 @@ def _whole_lines(data: bytes, gzipped: bool) -> tuple[bytes, int]:
         text = b"".join(pieces)  # joined once: adding each piece would copy the text each time
     else:
         text = data
-    kept = []
+    kept: list[bytes] = []
+    extra = 0
     for line in text.split(b"\n")[:-1]:  # the last piece has no end of line: cut
         try:
             whole = isinstance(orjson.loads(line), dict)
         except orjson.JSONDecodeError:
             whole = False
         if whole:
-            kept.append(line + b"\n")
+            if len(kept) < most:
+                kept.append(line + b"\n")
+            else:
+                extra += 1
     out = b"".join(kept)
     if gzipped and out:
         out = gzip.compress(out, mtime=0)
-    return out, len(kept)
+    return out, len(kept), extra
 
 
 class Spool:
@@ -380,10 +386,10 @@ class Spool:
     def load(batch: Batch) -> Batch:
         """``batch`` with its data read from the spool (header removed), checked.
 
-        A file damaged on disk (its digest differs; for an older file without one, it
-        does not hold its event count of lines, or its last line is cut) gives the
-        whole, valid JSON lines it still holds, and their count as ``events``: the
-        caller counts the rest as lost. An error names the file.
+        A file damaged on disk (its digest differs, or it does not hold the event count
+        in its name of lines, or its last line is cut) gives the whole, valid JSON lines
+        it still holds, at most that count, and their count as ``events`` (never more
+        than the batch's): the caller counts the rest as lost. An error names the file.
 
         Raises:
             FileNotFoundError: the file is gone (delivered by someone else).
@@ -400,23 +406,30 @@ class Spool:
         if not batch.key:  # its header is damaged: the key it goes under is unknown
             whole = False
             data = b""
-        elif header.startswith(_HEADER_2):
-            whole = hashlib.sha256(data).hexdigest().encode() == header.rstrip(b"\n").rpartition(b" ")[2]
-        else:  # an older file: its line count (in its name) and its last line's end
-            try:
-                text = gzip.decompress(data) if batch.gzip else data
-            except (OSError, EOFError, zlib.error):
-                text = b""
-            whole = text.endswith(b"\n") and text.count(b"\n") == events
+        else:
+            # The digest (v2) covers the bytes, not the count in the file's name: both
+            # are checked (an older file: its count and its last line's end).
+            whole = not header.startswith(_HEADER_2) or (
+                hashlib.sha256(data).hexdigest().encode() == header.rstrip(b"\n").rpartition(b" ")[2]
+            )
+            if whole:
+                try:
+                    text = gzip.decompress(data) if batch.gzip else data
+                except (OSError, EOFError, zlib.error):
+                    text = b""
+                whole = text.endswith(b"\n") and text.count(b"\n") == events
         if not whole:
-            data, events = _whole_lines(data, batch.gzip)
+            # At most the batch's count is sent: lines past it are not its own.
+            data, events, extra = _whole_lines(data, batch.gzip, batch.events)
+            more = f"; {extra} more whole line(s), not its own, are not sent" if extra else ""
             logger.error(
                 "asynctrack: the spooled batch file %s is damaged (cut or changed on disk): "
-                "%d of its %d event(s) are whole and sent, %d lost",
+                "%d of its %d event(s) are whole and sent, %d lost%s",
                 path,
                 events,
                 batch.events,
                 batch.events - events,
+                more,
             )
         return Batch(
             key=batch.key,

@@ -8,7 +8,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -18,7 +18,7 @@ from .._layout import safe_segment
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "load", "read_events", "read_parameters"]
+__all__ = ["COLUMNS", "is_event", "load", "read_events", "read_parameters"]
 
 #: The DataFrame's columns, in order. ``data`` holds the kind-specific payload.
 COLUMNS = (
@@ -56,11 +56,41 @@ def names_asked(experiment_name: str | None, run_name: str | None) -> dict[str, 
     return {field: valid_text(name) for field, name in asked if name is not None}
 
 
+_INT64: Final = range(-(1 << 63), 1 << 63)  # the seq a reader's Int64 column holds
+_MAX_TS: Final = 1e12  # seconds (the year 33658): load()'s microseconds are an Int64
+_NUMBER: Final = (int, float)
+_TEXT: Final = ("kind", "experiment", "run")
+_VALUES: Final = ("tracker", "run_id", "parent_run_id", "name")
+_CONTAINERS: Final = (dict, list)
+
+
+def is_event(event: Any) -> bool:
+    """Whether a parsed line is an event: a JSON object with the envelope's fields of
+    their types (``seq`` an integer, ``ts`` a number of seconds under 10^12, ``kind``,
+    ``experiment`` and ``run`` strings), a ``data`` (not null), and its other fields,
+    where present, of the types the readers' columns hold (``tracker``, the run ids and
+    ``name`` no object or list, ``duration`` a number or null, ``tags`` null or a list of
+    such values). The Polars path (``scan``) decides by the same rules."""
+    if type(event) is not dict or event.get("data") is None:
+        return False
+    seq, duration, tags = event.get("seq"), event.get("duration"), event.get("tags")
+    ts: Any = event.get("ts")
+    return (
+        type(seq) is int
+        and seq in _INT64
+        and type(ts) in _NUMBER
+        and -_MAX_TS < ts < _MAX_TS
+        and all(type(event.get(field)) is str for field in _TEXT)
+        and not any(isinstance(event.get(field), _CONTAINERS) for field in _VALUES)
+        and (duration is None or type(duration) in _NUMBER)
+        and (tags is None or (type(tags) is list and not any(isinstance(tag, _CONTAINERS) for tag in tags)))
+    )
+
+
 def _theirs(document: dict[str, Any], names: dict[str, str]) -> bool:
     """Whether ``document`` (an event, a parameters document) is of the names asked. One
-    without such a field (a placeholder for an event that could not be translated) is
-    its directory's: names that differ only in case share one on a case-insensitive file
-    system, and the fields say whose each is."""
+    without such a field is its directory's: names that differ only in case share one on
+    a case-insensitive file system, and the fields say whose each is."""
     return all(document.get(field, name) == name for field, name in names.items())
 
 
@@ -85,10 +115,10 @@ def event_lines(name: str, data: bytes, names: dict[str, str], destination: obje
 
 
 def _parsed(name: str, data: bytes, destination: object = None) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """The events of one file, each with its line. A line that is not an event (a JSON
-    object with its ``data``: a file cut short, copied or synced in part; the tracker's
-    own writes are whole) is skipped, and the file named once in a warning with their
-    count."""
+    """The events of one file, each with its line. A line that is not an event
+    (``is_event``: a file cut short, copied or synced in part, a line not the tracker's;
+    the tracker's own writes are whole) is skipped, and the file named once in a warning
+    with their count."""
     cut_short = False
     if name.endswith(".gz"):
         try:
@@ -106,7 +136,7 @@ def _parsed(name: str, data: bytes, destination: object = None) -> Iterator[tupl
                 event = orjson.loads(line)
             except orjson.JSONDecodeError:
                 event = None
-            if type(event) is dict and event.get("data") is not None:
+            if is_event(event):
                 yield line, event
             else:
                 skipped += 1
@@ -174,8 +204,8 @@ def read_events(
     """Every event under ``destination`` (optionally one experiment / run), in order.
 
     Order: trackers by their first event's time, then sequence number. A line that is not
-    an event (a file cut short or damaged) is skipped, with a warning naming the file
-    and how many. Only the events
+    an event (a file cut short or damaged; an object without the envelope's fields of
+    their types: ``is_event``) is skipped, with a warning naming the file and how many. Only the events
     whose own ``experiment`` and ``run`` fields are the names given are returned: names
     that differ only in case share one directory on a case-insensitive file system.
 

@@ -23,9 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
 from .._layout import safe_segment
 from .._sinks._registry import scheme_of
-from ._load import check_names, names_asked
+from ._load import check_names, is_event, names_asked
 
 if TYPE_CHECKING:
     import polars as pl
@@ -114,6 +116,34 @@ def _select(
             continue
         selected.append(key)
     return sorted(selected), partitions
+
+
+_STRING: Final = r'"(?:[^"\\]|\\.)*"'
+_INT: Final = r"-?(?:0|[1-9][0-9]{0,17})"  # within Int64
+_FLOAT: Final = r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?"  # finite
+_TS: Final = r"-?(?:0|[1-9][0-9]{0,11})(?:\.[0-9]+)?"  # under 10^12 (is_event)
+#: The start of a line as the tracker writes it, up to ``data``: each envelope field of a
+#: type ``is_event`` takes (the rest of the line: ``json_path_match`` of ``data``).
+_TRACKER_LINE: Final = (
+    rf'^\{{"seq":{_INT},"ts":{_TS},"kind":{_STRING},"experiment":{_STRING},"run":{_STRING},'
+    rf'"tracker":{_STRING},"run_id":(?:{_STRING}|{_INT}|null),"parent_run_id":(?:{_STRING}|{_INT}|null),'
+    rf'"name":(?:{_STRING}|null),"duration":(?:{_FLOAT}|null),"data":\{{'
+)
+
+
+def _checked(lines: pl.Series) -> pl.Series:
+    """Each line (null but where asked) that is an event (``is_event``) as orjson writes
+    it, else null."""
+    import polars as pl
+
+    def checked(line: str) -> str | None:
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+        return orjson.dumps(event).decode() if is_event(event) else None
+
+    return lines.map_elements(checked, return_dtype=pl.String, skip_nulls=True)
 
 
 def _readable(unreadable: pl.Series) -> pl.Series:
@@ -289,7 +319,16 @@ def scan(
     # gives null where ``json_decode`` would fail the whole collect. Such a line is skipped,
     # each file named once in a warning; ``data`` is parsed once, for both.
     lines = lines.with_columns(line.str.json_path_match("$.data").alias("data"))
-    unreadable = pl.when(pl.col("data").is_null()).then(pl.col("_path"))
+    # An event's envelope has its fields of their types (read_events' is_event): the
+    # tracker's lines start with them in its order, which one pattern checks; any other
+    # line (a redact hook's reordered fields, not the tracker's) is checked in Python, and
+    # then read as orjson writes it back (numbers Polars reads; json_decode would fail the
+    # whole collect on a field of another type).
+    tracker_line = line.str.contains(_TRACKER_LINE)
+    other = pl.col("data").is_not_null() & ~tracker_line
+    checked = pl.when(other).then(line).map_batches(_checked, return_dtype=pl.String, is_elementwise=True)
+    lines = lines.with_columns(pl.when(tracker_line).then(line).otherwise(checked).alias("line"))
+    unreadable = pl.when(pl.col("data").is_null() | line.is_null()).then(pl.col("_path"))
     lines = lines.filter(unreadable.map_batches(_readable, return_dtype=pl.Boolean))
     frame = lines.select(
         line.str.json_decode(_envelope()).struct.unnest(),
@@ -298,9 +337,7 @@ def scan(
         pl.col("_path").str.extract(r"/date=(\d{4}-\d{2}-\d{2})/", 1).str.to_date("%Y-%m-%d").alias("date"),
     )
     # A partition is chosen by its directory; the events' own fields say whose they are
-    # (names that differ only in case share a directory on a case-insensitive file system);
-    # an event without them (a placeholder for one that could not be translated) is the
-    # directory's.
+    # (names that differ only in case share a directory on a case-insensitive file system).
     for column, name in names_asked(experiment_name, run_name).items():
         frame = frame.filter(pl.col(column).fill_null(name) == name)
     return frame

@@ -130,11 +130,13 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return int(value)
     if isinstance(value, float):
         return float(value)
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):  # a bytearray (a run id) as its bytes
         return bytes(value)
     if isinstance(value, dict):
         return {str(_plain(k, depth + 1)): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):  # a tuple (a run id: written as its text) stays one
+        return tuple(_plain(v, depth + 1) for v in value)
+    if isinstance(value, list):
         return [_plain(v, depth + 1) for v in value]
     return {"$asynctrack": "unencodable", "type": type(value).__name__}
 
