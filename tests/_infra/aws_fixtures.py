@@ -21,6 +21,7 @@ keeps pytest from warning that it can no longer rewrite it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import logging
@@ -295,17 +296,32 @@ def request_log(proxy: FaultProxy) -> RequestLog:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
-    """The SDK's ``Run``, ``load_run``, ``Session``, ``ExperimentAnalytics``, imported quietly.
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """Put the root logger's level and handlers back on exit.
 
-    Importing the experiments module runs ``logging.basicConfig(level=INFO)`` (once per
-    process); the root logger's level and handlers are put back after the test, so the
-    rest of the session is not flooded with botocore INFO lines.
+    Importing the SDK's experiments module runs ``logging.basicConfig(level=INFO)`` (once per
+    process); without this, the rest of the session is flooded with botocore INFO lines.
     """
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+
+
+@pytest.fixture
+def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
+    """The SDK's ``Run``, ``load_run``, ``Session``, ``ExperimentAnalytics``, imported quietly.
+
+    sagemaker-core's (the v3 paths). ``tests/test_sagemaker_v2.py`` overrides this fixture
+    with SDK v2's classes; ``sdk_session`` builds its ``Session`` from whichever is in force.
+    """
+    with root_logger_kept():
         from sagemaker.core.analytics import ExperimentAnalytics
         from sagemaker.core.experiments.run import Run, load_run
         from sagemaker.core.helper.session_helper import Session
@@ -313,11 +329,6 @@ def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
         yield types.SimpleNamespace(
             ExperimentAnalytics=ExperimentAnalytics, Run=Run, load_run=load_run, Session=Session
         )
-    finally:
-        root.setLevel(level)
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
 
 
 @pytest.fixture
