@@ -8,16 +8,17 @@ environment of its own: ``pip install -e '.[test-sagemaker-v2]'``, then
 ``python -m pytest -n 0 tests/test_sagemaker_v2.py``. Without v2 it skips and says why;
 ``ASYNCTRACK_REQUIRE_SAGEMAKER_V2=1`` turns the skip into a failure.
 
-The three scenarios run offline on asynctrack's fake LLMs (``asynctrack demo``'s), with the
-seed's cells as a user writes them, only the handler's import changed; the moto server and
-its SageMaker bridges are ``_infra.aws_fixtures``'s, whose ``sdk_session`` builds its
-``Session`` from this module's ``sagemaker_sdk``: v2's classes.
+The three scenarios run offline on asynctrack's fake LLMs (``asynctrack demo``'s), in the
+seed's cells as a user writes them, only the handler's import changed
+(``_infra.aws_fixtures.run_seed_notebook``, which ``test_sagemaker.py`` runs with
+sagemaker-core's classes). The moto server and its SageMaker bridges are
+``_infra.aws_fixtures``'s, whose ``sdk_session`` builds its ``Session`` from this module's
+``sagemaker_sdk``: v2's classes.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import types
 import warnings
@@ -25,9 +26,9 @@ from collections.abc import Iterator
 
 import pytest
 from _infra.aws import MotoServer
-from _infra.aws_fixtures import root_logger_kept
+from _infra.aws_fixtures import root_logger_kept, run_seed_notebook
 
-from asynctrack import SageMakerCallbackHandler, read_events, read_parameters
+from asynctrack import read_events, read_parameters
 from asynctrack._demo._scenarios import EXPERIMENT_NAME, HPARAMS, SCENARIOS
 
 pytest_plugins = ("_infra.aws_fixtures",)
@@ -70,32 +71,10 @@ def test_seed_notebook_scenarios_with_sdk_v2(
     sagemaker_sdk: types.SimpleNamespace, sdk_session: object, moto: MotoServer, bucket: str
 ) -> None:
     # (sagemaker_sdk first: without v2 the test skips before moto starts.)
-    Run, ExperimentAnalytics = sagemaker_sdk.Run, sagemaker_sdk.ExperimentAnalytics
-    session = sdk_session
-    assert type(session).__module__ == "sagemaker.session"  # v2's, not sagemaker-core's
-    answers: dict[str, str] = {}
-    handlers: dict[str, SageMakerCallbackHandler] = {}
-    with contextlib.ExitStack() as cleanup:
-        for RUN_NAME, scenario in SCENARIOS.items():
-            with Run(experiment_name=EXPERIMENT_NAME, run_name=RUN_NAME, sagemaker_session=session) as run:
-                # Create SageMaker Callback
-                sagemaker_callback = SageMakerCallbackHandler(run)
-                cleanup.callback(sagemaker_callback.close, timeout=30)
-                # The cell's LLM / chains / agent with the callback, run
-                answers[RUN_NAME] = scenario([sagemaker_callback])
-                # Reset the callback
-                sagemaker_callback.flush_tracker()
-            handlers[RUN_NAME] = sagemaker_callback
-
-    # Load
-    logs = ExperimentAnalytics(experiment_name=EXPERIMENT_NAME, sagemaker_session=session)
-    # Convert as pandas dataframe
-    df = logs.dataframe(force_refresh=True)
-
-    assert df.shape[0] == 3
-    rows = {
-        row["TrialComponentName"].removeprefix(f"{EXPERIMENT_NAME}-"): row for row in df.to_dict("records")
-    }
+    assert type(sdk_session).__module__ == "sagemaker.session"  # v2's, not sagemaker-core's
+    seed = run_seed_notebook(sagemaker_sdk, sdk_session)
+    answers, handlers, rows = seed.answers, seed.handlers, seed.rows
+    assert seed.shape[0] == 3  # one row per run
     assert sorted(rows) == sorted(SCENARIOS)
     destination = f"s3://{bucket}/asynctrack"
     for run_name, row in rows.items():
