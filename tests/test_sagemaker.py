@@ -35,7 +35,7 @@ import anyio
 import orjson
 import pytest
 from _infra.aws import FaultProxy, MotoServer
-from _infra.aws_fixtures import RequestLog, batch_events, list_keys
+from _infra.aws_fixtures import RequestLog, batch_events, list_keys, run_seed_notebook
 from aiobotocore.awsrequest import AioAWSResponse
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
@@ -416,31 +416,9 @@ def test_a_rejected_save_fails_the_flush_without_retrying(moto: MotoServer, buck
 def test_seed_notebook_scenarios_with_sdk_run_and_experiment_analytics(
     bucket: str, s3: BaseClient, sagemaker_sdk: types.SimpleNamespace, sdk_session: Any
 ) -> None:
-    Run = sagemaker_sdk.Run
-    session = sdk_session
-    answers: dict[str, str] = {}
-    handlers: dict[str, SageMakerCallbackHandler] = {}
-    with contextlib.ExitStack() as cleanup:
-        for RUN_NAME, scenario in SCENARIOS.items():
-            with Run(experiment_name=EXPERIMENT_NAME, run_name=RUN_NAME, sagemaker_session=session) as run:
-                # Create SageMaker Callback
-                sagemaker_callback = SageMakerCallbackHandler(run)
-                cleanup.callback(sagemaker_callback.close, timeout=30)
-                # Build the cell's LLM / chains / agent with the callback and run it
-                answers[RUN_NAME] = scenario([sagemaker_callback])
-                # Reset the callback
-                sagemaker_callback.flush_tracker()
-            handlers[RUN_NAME] = sagemaker_callback
-
-    # Load
-    logs = sagemaker_sdk.ExperimentAnalytics(experiment_name=EXPERIMENT_NAME, sagemaker_session=session)
-    # Convert as pandas dataframe
-    df = logs.dataframe(force_refresh=True)
-
-    assert df.shape[0] == 3
-    rows = {
-        row["TrialComponentName"].removeprefix(f"{EXPERIMENT_NAME}-"): row for row in df.to_dict("records")
-    }
+    seed = run_seed_notebook(sagemaker_sdk, sdk_session)
+    answers, handlers, rows = seed.answers, seed.handlers, seed.rows
+    assert seed.shape[0] == 3
     assert sorted(rows) == sorted(SCENARIOS)
     for run_name, row in rows.items():
         handler = handlers[run_name]

@@ -17,10 +17,13 @@ keeps pytest from warning that it can no longer rewrite it.
   honours the global setting (the SageMaker SDK's S3 clients).
 * ``bucket`` (a fresh bucket), ``s3`` (a boto3 client), ``proxy`` (a ``FaultProxy``),
   ``request_log`` (the proxy's requests), ``sagemaker_sdk`` and ``sdk_session``.
+* ``run_seed_notebook``: the seed notebook's cells with an SDK's classes (v3's or v2's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
 import itertools
 import logging
@@ -33,7 +36,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import orjson
@@ -42,6 +45,9 @@ from botocore.client import BaseClient
 from botocore.config import Config
 
 from _infra.aws import FaultProxy, MotoServer, ProxyRequest
+
+if TYPE_CHECKING:
+    from asynctrack import SageMakerCallbackHandler
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -295,17 +301,32 @@ def request_log(proxy: FaultProxy) -> RequestLog:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
-    """The SDK's ``Run``, ``load_run``, ``Session``, ``ExperimentAnalytics``, imported quietly.
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """Put the root logger's level and handlers back on exit.
 
-    Importing the experiments module runs ``logging.basicConfig(level=INFO)`` (once per
-    process); the root logger's level and handlers are put back after the test, so the
-    rest of the session is not flooded with botocore INFO lines.
+    Importing the SDK's experiments module runs ``logging.basicConfig(level=INFO)`` (once per
+    process); without this, the rest of the session is flooded with botocore INFO lines.
     """
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+
+
+@pytest.fixture
+def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
+    """The SDK's ``Run``, ``load_run``, ``Session``, ``ExperimentAnalytics``, imported quietly.
+
+    sagemaker-core's (the v3 paths). ``tests/test_sagemaker_v2.py`` overrides this fixture
+    with SDK v2's classes; ``sdk_session`` builds its ``Session`` from whichever is in force.
+    """
+    with root_logger_kept():
         from sagemaker.core.analytics import ExperimentAnalytics
         from sagemaker.core.experiments.run import Run, load_run
         from sagemaker.core.helper.session_helper import Session
@@ -313,11 +334,6 @@ def sagemaker_sdk() -> Iterator[types.SimpleNamespace]:
         yield types.SimpleNamespace(
             ExperimentAnalytics=ExperimentAnalytics, Run=Run, load_run=load_run, Session=Session
         )
-    finally:
-        root.setLevel(level)
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -345,6 +361,54 @@ def sdk_session(moto_endpoint_env: str, bucket: str, sagemaker_sdk: types.Simple
         ):
             if client is not None:
                 client.close()
+
+
+@dataclasses.dataclass
+class SeedNotebook:
+    """What the seed notebook's cells left: each scenario's answer and handler by run name,
+    ``ExperimentAnalytics(...).dataframe()``'s rows by run name and its shape."""
+
+    answers: dict[str, str]
+    handlers: dict[str, SageMakerCallbackHandler]
+    rows: dict[str, dict[str, Any]]
+    shape: tuple[int, int]
+
+
+def run_seed_notebook(sdk: types.SimpleNamespace, session: Any) -> SeedNotebook:
+    """The seed notebook's cells as its users write them, with the SDK classes given.
+
+    ``sdk`` is the ``sagemaker_sdk`` fixture's (sagemaker-core's, or v2's in
+    ``test_sagemaker_v2.py``). Each scenario (``asynctrack demo``'s, on fake LLMs) runs in its
+    ``with Run(...)`` cell with a ``SageMakerCallbackHandler(run)`` and ``flush_tracker()``; the
+    handlers are closed before the last cell, ``ExperimentAnalytics(...).dataframe()``.
+    """
+    from asynctrack import SageMakerCallbackHandler
+    from asynctrack._demo._scenarios import EXPERIMENT_NAME, SCENARIOS
+
+    Run = sdk.Run
+    answers: dict[str, str] = {}
+    handlers: dict[str, SageMakerCallbackHandler] = {}
+    with contextlib.ExitStack() as cleanup:
+        for RUN_NAME, scenario in SCENARIOS.items():
+            with Run(experiment_name=EXPERIMENT_NAME, run_name=RUN_NAME, sagemaker_session=session) as run:
+                # Create SageMaker Callback
+                sagemaker_callback = SageMakerCallbackHandler(run)
+                cleanup.callback(sagemaker_callback.close, timeout=30)
+                # Build the cell's LLM / chains / agent with the callback and run it
+                answers[RUN_NAME] = scenario([sagemaker_callback])
+                # Reset the callback
+                sagemaker_callback.flush_tracker()
+            handlers[RUN_NAME] = sagemaker_callback
+
+    # Load
+    logs = sdk.ExperimentAnalytics(experiment_name=EXPERIMENT_NAME, sagemaker_session=session)
+    # Convert as pandas dataframe
+    df = logs.dataframe(force_refresh=True)
+
+    rows = {
+        row["TrialComponentName"].removeprefix(f"{EXPERIMENT_NAME}-"): row for row in df.to_dict("records")
+    }
+    return SeedNotebook(answers=answers, handlers=handlers, rows=rows, shape=df.shape)
 
 
 @pytest.fixture
