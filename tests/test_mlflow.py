@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import os
 import pickle
 import re
@@ -398,7 +399,7 @@ def test_a_server_that_is_down_costs_the_chain_nothing(tmp_path: Path) -> None:
     assert "connection refused: nothing listens there" in str(error)  # said at once, not retried
 
 
-@pytest.mark.parametrize("peer", ["nothing listening", "never answering"])
+@pytest.mark.parametrize("peer", ["nothing listening", "never answering", "never answering, a trace first"])
 def test_flush_and_close_take_no_longer_than_the_deadline_whatever_mlflow_s_own_settings(
     peer: str, tmp_path: Path
 ) -> None:
@@ -407,18 +408,27 @@ def test_flush_and_close_take_no_longer_than_the_deadline_whatever_mlflow_s_own_
     by its deadline. A refused connection fails the flush at once; a server that never
     answers, at the deadline; the close right after waits for neither the server nor the
     trace behind the call. In a worker thread: the worker process imports MLflow outside
-    the deadline, which ``test_demo_with_nothing_listening_...`` covers."""
+    the deadline, which ``test_demo_with_nothing_listening_...`` covers. A trace batch
+    already waiting on the server when the flush begins does not add its wait to the
+    flush's deadline (it took 8 s of a 4 s deadline when the batch came first)."""
+    importlib.import_module("mlflow")  # the sink's import (1.5-4 s) is not what is timed here
     deadline = 4.0
     with contextlib.ExitStack() as stack:
         if peer == "nothing listening":
             uri = f"http://127.0.0.1:{free_port()}"
         else:
             uri = stack.enter_context(silent_endpoint())
+        sink = MLflowParameters(uri, deadline=deadline)
         tracker = AsyncTracker(
             tmp_path / "logs", experiment_name="faults", run_name="bounded",
-            parameter_sinks=[MLflowParameters(uri, deadline=deadline)], config=TrackerConfig(worker="thread"),
+            parameter_sinks=[sink], config=TrackerConfig(worker="thread"),
         )  # fmt: skip
         scenario_1_llm([tracker])
+        if peer.endswith("first"):  # the root's trace batch is on the sink's thread, waiting
+            waited = time.monotonic()
+            while sink._caller is None or sink._caller.busy_for() < 1.0:
+                assert time.monotonic() - waited < 30
+                time.sleep(0.05)
         started = time.monotonic()
         with pytest.raises(FlushError) as flushed:
             tracker.flush_blocking(timeout=60)
@@ -434,7 +444,8 @@ def test_flush_and_close_take_no_longer_than_the_deadline_whatever_mlflow_s_own_
         assert flush_took < deadline / 2
     else:
         assert f"gave up after {deadline:g} s (deadline)" in str(flushed.value)
-        assert deadline - 0.5 < flush_took < deadline + 1.5
+        assert flush_took < deadline + 1.5
+        assert peer.endswith("first") or deadline - 0.5 < flush_took
         assert "not sent again within" in str(closed.value)
     assert close_took < 1.5
     assert not {"MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"} & set(os.environ)

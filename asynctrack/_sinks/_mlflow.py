@@ -556,6 +556,7 @@ class MLflowParameters:
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop  # a lock serves one loop
         async with self._lock:  # in order: the step of each write follows the last
+            began = time.monotonic()
             caller = self._caller = self._caller or _CallThread(_THREAD_NAME)
             if (timed_out := self._timed_out_lately()) is not None:
                 # The server did not answer the last write: the next write (the close's,
@@ -572,13 +573,23 @@ class MLflowParameters:
                     f"an earlier MLflow call has not returned after {stuck:.0f} s; "
                     "not sending another until it does",
                 )
-            if self._client is None:
-                await self._set_up(caller)
-            end = time.monotonic() + self._deadline
+            # The deadline runs from the write's start, waits behind the sink's other calls
+            # (a trace batch) included; only MLflow's import and store set-up are apart.
+            set_up = await self._set_up(caller) if self._client is None else 0.0
+            end = began + set_up + self._deadline
+
+            def send() -> None:
+                try:
+                    _within(end, lambda: self._send(run, summary))
+                except Exception:
+                    if time.monotonic() >= end:  # marked here: the calls queued behind it fail at once
+                        self._timed_out = (time.monotonic(), f"gave up after {self._deadline:g} s (deadline)")
+                    raise
+
             try:
                 await retry(
-                    lambda: caller.call(lambda: _within(end, lambda: self._send(run, summary))),
-                    deadline=self._deadline,
+                    lambda: caller.call(send),
+                    deadline=max(end - time.monotonic(), 0.0),
                     retryable=lambda exc: _retryable(exc) and not _refused(exc),
                     first_delay=0.2,
                 )
@@ -594,16 +605,23 @@ class MLflowParameters:
                 raise PermanentSinkError(self._where(), f"{type(exc).__name__}: {exc}") from exc
             self._timed_out = None
 
-    async def _set_up(self, caller: _CallThread) -> None:
+    async def _set_up(self, caller: _CallThread) -> float:
         """Import MLflow and open the store, outside the deadline of the first write.
 
         Importing MLflow takes 1.5-4 s (more on a loaded machine) and a new SQLite
         store runs its migrations; neither talks to a server, so neither should
-        use up the deadline meant for one. They are bounded apart.
+        use up the deadline meant for one. They are bounded apart: returns the seconds
+        they took on the sink's thread (not the wait behind its other calls).
         """
+
+        def timed() -> float:
+            started = time.monotonic()
+            self._get_client()
+            return time.monotonic() - started
+
         try:
             async with asyncio.timeout(_SET_UP_TIMEOUT):
-                await caller.call(self._get_client)
+                return await caller.call(timed)
         except TimeoutError as exc:
             raise SinkError(self._where(), f"MLflow not set up after {_SET_UP_TIMEOUT:g} s") from exc
         except Exception as exc:  # an unknown URI scheme, a store that cannot open: retrying won't help
