@@ -135,6 +135,51 @@ def test_retry_after_is_honoured(tmp_path: Path, receiver: OTLPReceiver) -> None
     assert tracker.statistics().spans_exported == 1
 
 
+def _cpu_seconds(thread: threading.Thread) -> float:
+    """The CPU time ``thread`` has used so far (Linux: /proc, in clock ticks)."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "1e308"])
+def test_a_retry_after_that_is_no_delay_is_bounded_and_counted(receiver: OTLPReceiver, value: str) -> None:
+    """A ``Retry-After`` that is no finite, non-negative number of seconds (nan, inf, -5)
+    is read as none: the backoff; one past 60 s (1e308) waits 60 s at most. The close's
+    deadline bounds either: the span is counted failed and the thread ends, never spinning."""
+    receiver.refuse(503, times=1000, retry_after=value)
+    sender = OTLPExporter(receiver.endpoint, timeout=5.0, metrics=False).sender(resource())
+    sender.put([b""])
+    receiver.wait_for_attempts(1, timeout=WAIT)
+    thread = sender._thread
+    used = _cpu_seconds(thread)
+    time.sleep(1.0)
+    assert _cpu_seconds(thread) - used < 0.2  # waiting, not spinning
+    assert sender.failed == 0  # still retrying (-5 is no "at once")
+    began = time.monotonic()
+    sender.close(1.0)
+    assert time.monotonic() - began < 1.0 + 0.5
+    assert not thread.is_alive()
+    assert (sender.exported, sender.failed) == (0, 1)
+
+
+def test_export_against_a_retry_after_nan_ends_and_fails(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination, experiment_name="exp", run_name="r1", config=TrackerConfig(worker="thread")
+    )
+    failing_chain([tracker])
+    tracker.close()
+    receiver.refuse(503, times=1000, retry_after="nan")  # the metrics request too
+    began = time.monotonic()
+    assert main(["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--timeout", "1"]) == 1
+    assert time.monotonic() - began < 1.0 + 2 * 1.0 + 1.5  # the first try, then 2 x timeout
+    printed = capsys.readouterr()
+    assert "exported 0 span(s)" in printed.out and ", 1 failed" in printed.out, printed
+
+
 def test_a_permanent_refusal_is_counted_not_retried(
     tmp_path: Path, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
