@@ -983,6 +983,59 @@ def test_a_header_http_cannot_carry_is_refused_unprinted(
         assert receiver.attempts == 0
 
 
+_RESERVED = (
+    "Content-Type",
+    "content-encoding",
+    "CONTENT-LENGTH",
+    "Transfer-Encoding",
+    "host",
+    "Accept-Encoding",
+)
+
+
+@pytest.mark.parametrize("name", _RESERVED)
+def test_a_header_the_request_sets_itself_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header the request's framing sets (the sender's Content-Type and Content-Encoding,
+    http.client's Content-Length, Host...), in any case, is a ``ValueError`` where it enters."""
+    with pytest.raises(ValueError, match=f"header {name!r} is set by the exporter itself"):
+        OTLPExporter("http://127.0.0.1:4318", headers={name: "3"})
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", f"{name}=3")
+        with pytest.raises(ValueError, match=r"OTEL_EXPORTER_OTLP_HEADERS.*set by the exporter itself"):
+            OTLPExporter("http://127.0.0.1:4318")
+    with OTLPReceiver() as receiver:
+        command = ["export", str(tmp_path / "logs"), "--otlp-endpoint", receiver.endpoint]
+        assert main([*command, "--header", f"{name}=3"]) == 1
+        assert receiver.attempts == 0
+    assert f"--header: header {name!r} is set by the exporter itself" in capsys.readouterr().err
+
+
+def test_headers_are_merged_whatever_their_case(receiver: OTLPReceiver) -> None:
+    """One value a header: a user's ``user-agent`` replaces the sender's ``User-Agent``; a
+    header the request sets itself, given to a ``Sender``, is dropped: the request is whole."""
+    sender = Sender(
+        url=f"{receiver.endpoint}/v1/traces",
+        headers={"user-agent": "mine/1", "content-type": "application/json", "Content-Length": "3"},
+        timeout=5.0,
+        build=lambda spans: pb.request(resource(), "asynctrack", "0", spans, SCHEMA_URL),
+        max_queue_bytes=1 << 20,
+        user_agent="asynctrack/0",
+    )
+    sender.put([b""])
+    assert sender.flush(WAIT) is None
+    sender.close(WAIT)
+    assert (sender.exported, sender.failed, len(receiver.spans)) == (1, 0, 1)
+    sent = receiver.headers[0]
+    names = [name.lower() for name in sent]
+    for name in ("user-agent", "content-type", "content-encoding", "content-length"):
+        assert names.count(name) == 1, sent
+    given = {name.lower(): value for name, value in sent.items()}
+    assert given["user-agent"] == "mine/1"
+    assert (given["content-type"], given["content-encoding"]) == ("application/x-protobuf", "gzip")
+
+
 def test_an_exception_making_a_request_fails_the_batch_not_the_thread(
     receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -67,6 +67,12 @@ _CREDENTIAL_MIN: Final = 8  # characters of a header value replaced in an error 
 _PLACED: Final = "\ue000"  # a credential replaced in an error answer, until the rules have run
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
 
+#: Headers the request's framing sets (the sender, or http.client), lower case: one given
+#: is refused where headers enter (``check_headers``); a ``Sender`` given one drops it.
+RESERVED_HEADERS: Final = frozenset(
+    ("content-type", "content-encoding", "content-length", "transfer-encoding", "host", "accept-encoding")
+)
+
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
 # Phoenix), without the protobuf encoding there (415), or without the signal (501).
 DECLINED: Final = frozenset((404, 405, 415, 501))
@@ -298,8 +304,14 @@ class Sender:
             "Content-Type": "application/x-protobuf",
             "Content-Encoding": "gzip",
             "User-Agent": user_agent,
-            **headers,
         }
+        for name, value in headers.items():  # merged whatever the case: one value a header
+            key = name.lower()
+            if key in RESERVED_HEADERS:
+                continue  # the request's own: a second Content-Length or Content-Type breaks it
+            for same in [k for k in self._headers if k.lower() == key]:
+                del self._headers[same]
+            self._headers[name] = value
         if "@" in parts.netloc and not any(k.lower() == "authorization" for k in headers):
             # Credentials in the URL go as HTTP Basic, as the OTel exporters (requests) send them.
             user = urllib.parse.unquote(parts.username or "")
