@@ -473,6 +473,15 @@ def _other_key(key: str, k: Any, out: Mapping[str, Any]) -> str:
     return key
 
 
+def _mark_cut(out: dict[str, Any], mark: dict[str, Any]) -> None:
+    """``mark`` under the key ``"$asynctrack"`` of ``out``; a user's own item there moves to
+    the key ``_other_key`` gives it (``"$asynctrack <str>"``): both kept, the mark where a
+    reader looks for it."""
+    if MARK in out:
+        out[_other_key(MARK, MARK, out)] = out.pop(MARK)
+    out[MARK] = mark
+
+
 def cut_text(s: str, limit: int) -> str:
     """``s`` cut to its first ``limit`` bytes of UTF-8, ending in the truncation marker;
     as it is if it fits (a lone surrogate replaced by U+FFFD, as the line will have it)."""
@@ -620,7 +629,7 @@ class Capturer:
         """A dict's first ``_MAX_ITEMS`` items (read in C, no Python runs meanwhile), then
         the key ``"$asynctrack"`` holds a ``too_many_values`` placeholder, as ``_mapping``."""
         out = self._dict(list(itertools.islice(dict.items(v), _MAX_ITEMS)), depth)
-        out[MARK] = placeholder("too_many_values", v, kept=_MAX_ITEMS, left_out=size - _MAX_ITEMS)
+        _mark_cut(out, placeholder("too_many_values", v, kept=_MAX_ITEMS, left_out=size - _MAX_ITEMS))
         return out
 
     def _mapping(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
@@ -632,7 +641,7 @@ class Capturer:
         size = 0
         for kept, (k, x) in enumerate(v.items()):
             if kept >= MAX_NODES or size > self._max_field:
-                out[MARK] = placeholder("too_many_values", v, kept=kept)
+                _mark_cut(out, placeholder("too_many_values", v, kept=kept))
                 break
             key = self._key(k)
             if key in out:

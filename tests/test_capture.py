@@ -892,6 +892,31 @@ def test_a_long_list_tuple_set_or_dict_keeps_its_first_10000_items_and_says_how_
     assert logged["whole"] == list(range(10_000))
 
 
+class MarkedMapping(EndlessMapping):
+    """An ``EndlessMapping`` whose sixth item's key is "$asynctrack"."""
+
+    def items(self) -> Any:
+        return _endless(lambda i: (MARK, "the user's value") if i == 5 else (f"k{i}", self.value(i)))
+
+
+def test_a_cut_containers_own_asynctrack_key_is_kept_beside_the_mark() -> None:
+    """A dict past 10,000 items (or a Mapping past its bound) holding its own key
+    "$asynctrack" among the items kept: that item moves to "$asynctrack <str>" (as a key
+    taken already), the mark takes "$asynctrack", and "kept" counts the items written."""
+    capture = Capturer(1 << 20, 32)
+    table = {**{f"k{i}": i for i in range(9_999)}, MARK: "the user's value", "zz": 1, "zzz": 2}
+    endless = MarkedMapping(int)
+    logged = orjson.loads(capture.careful({"data": {"table": table, "endless": endless}}))["data"]
+    for key, mark in (
+        ("table", {MARK: "too_many_values", "type": "dict", "kept": 10_000, "left_out": 2}),
+        ("endless", {MARK: "too_many_values", "type": f"{__name__}.MarkedMapping", "kept": 10_000}),
+    ):
+        written = logged[key]
+        assert written.pop(MARK) == mark
+        assert written.pop(f"{MARK} <str>") == "the user's value"
+        assert len(written) + 1 == mark["kept"]
+
+
 class Shown(str):
     __slots__ = ()
 

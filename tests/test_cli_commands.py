@@ -256,6 +256,25 @@ def test_show_with_the_run_forgotten_says_so(
         assert "no such directory" not in err
 
 
+def test_show_a_run_named_as_a_folder_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``show agent`` beside an ``agent/`` folder (the application's source, no recorded
+    files): the run ``agent`` of the default destination, not a forgotten RUN."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "__init__.py").write_text("")
+    tracker = AsyncTracker("./asynctrack-logs", experiment_name="exp", run_name="agent")
+    RunnableLambda(lambda x: x, name="the-chain").invoke(1, config={"callbacks": [tracker]})
+    tracker.close()
+    assert main(["show", "agent"]) == 0
+    assert "the-chain" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:  # a folder holding recorded files: the destination
+        main(["show", "asynctrack-logs"])
+    assert exited.value.code == 2
+    assert "('asynctrack-logs' is the destination" in capsys.readouterr().err
+
+
 def test_cut_marks_what_it_left_out() -> None:
     assert cut("short", 10) == "short"
     assert cut("a  b\n c", 10) == "a b c"

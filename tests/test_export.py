@@ -135,6 +135,51 @@ def test_retry_after_is_honoured(tmp_path: Path, receiver: OTLPReceiver) -> None
     assert tracker.statistics().spans_exported == 1
 
 
+def _cpu_seconds(thread: threading.Thread) -> float:
+    """The CPU time ``thread`` has used so far (Linux: /proc, in clock ticks)."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "1e308"])
+def test_a_retry_after_that_is_no_delay_is_bounded_and_counted(receiver: OTLPReceiver, value: str) -> None:
+    """A ``Retry-After`` that is no finite, non-negative number of seconds (nan, inf, -5)
+    is read as none: the backoff; one past 60 s (1e308) waits 60 s at most. The close's
+    deadline bounds either: the span is counted failed and the thread ends, never spinning."""
+    receiver.refuse(503, times=1000, retry_after=value)
+    sender = OTLPExporter(receiver.endpoint, timeout=5.0, metrics=False).sender(resource())
+    sender.put([b""])
+    receiver.wait_for_attempts(1, timeout=WAIT)
+    thread = sender._thread
+    used = _cpu_seconds(thread)
+    time.sleep(1.0)
+    assert _cpu_seconds(thread) - used < 0.2  # waiting, not spinning
+    assert sender.failed == 0  # still retrying (-5 is no "at once")
+    began = time.monotonic()
+    sender.close(1.0)
+    assert time.monotonic() - began < 1.0 + 0.5
+    assert not thread.is_alive()
+    assert (sender.exported, sender.failed) == (0, 1)
+
+
+def test_export_against_a_retry_after_nan_ends_and_fails(
+    tmp_path: Path, receiver: OTLPReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "logs"
+    tracker = AsyncTracker(
+        destination, experiment_name="exp", run_name="r1", config=TrackerConfig(worker="thread")
+    )
+    failing_chain([tracker])
+    tracker.close()
+    receiver.refuse(503, times=1000, retry_after="nan")  # the metrics request too
+    began = time.monotonic()
+    assert main(["export", str(destination), "--otlp-endpoint", receiver.endpoint, "--timeout", "1"]) == 1
+    assert time.monotonic() - began < 1.0 + 2 * 1.0 + 1.5  # the first try, then 2 x timeout
+    printed = capsys.readouterr()
+    assert "exported 0 span(s)" in printed.out and ", 1 failed" in printed.out, printed
+
+
 def test_a_permanent_refusal_is_counted_not_retried(
     tmp_path: Path, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -936,6 +981,59 @@ def test_a_header_http_cannot_carry_is_refused_unprinted(
         assert "--header: the value of header 'Authorization' holds a character HTTP" in printed.err
         assert "abc" not in printed.err and "tök" not in printed.err and "Traceback" not in printed.err
         assert receiver.attempts == 0
+
+
+_RESERVED = (
+    "Content-Type",
+    "content-encoding",
+    "CONTENT-LENGTH",
+    "Transfer-Encoding",
+    "host",
+    "Accept-Encoding",
+)
+
+
+@pytest.mark.parametrize("name", _RESERVED)
+def test_a_header_the_request_sets_itself_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header the request's framing sets (the sender's Content-Type and Content-Encoding,
+    http.client's Content-Length, Host...), in any case, is a ``ValueError`` where it enters."""
+    with pytest.raises(ValueError, match=f"header {name!r} is set by the exporter itself"):
+        OTLPExporter("http://127.0.0.1:4318", headers={name: "3"})
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", f"{name}=3")
+        with pytest.raises(ValueError, match=r"OTEL_EXPORTER_OTLP_HEADERS.*set by the exporter itself"):
+            OTLPExporter("http://127.0.0.1:4318")
+    with OTLPReceiver() as receiver:
+        command = ["export", str(tmp_path / "logs"), "--otlp-endpoint", receiver.endpoint]
+        assert main([*command, "--header", f"{name}=3"]) == 1
+        assert receiver.attempts == 0
+    assert f"--header: header {name!r} is set by the exporter itself" in capsys.readouterr().err
+
+
+def test_headers_are_merged_whatever_their_case(receiver: OTLPReceiver) -> None:
+    """One value a header: a user's ``user-agent`` replaces the sender's ``User-Agent``; a
+    header the request sets itself, given to a ``Sender``, is dropped: the request is whole."""
+    sender = Sender(
+        url=f"{receiver.endpoint}/v1/traces",
+        headers={"user-agent": "mine/1", "content-type": "application/json", "Content-Length": "3"},
+        timeout=5.0,
+        build=lambda spans: pb.request(resource(), "asynctrack", "0", spans, SCHEMA_URL),
+        max_queue_bytes=1 << 20,
+        user_agent="asynctrack/0",
+    )
+    sender.put([b""])
+    assert sender.flush(WAIT) is None
+    sender.close(WAIT)
+    assert (sender.exported, sender.failed, len(receiver.spans)) == (1, 0, 1)
+    sent = receiver.headers[0]
+    names = [name.lower() for name in sent]
+    for name in ("user-agent", "content-type", "content-encoding", "content-length"):
+        assert names.count(name) == 1, sent
+    given = {name.lower(): value for name, value in sent.items()}
+    assert given["user-agent"] == "mine/1"
+    assert (given["content-type"], given["content-encoding"]) == ("application/x-protobuf", "gzip")
 
 
 def test_an_exception_making_a_request_fails_the_batch_not_the_thread(

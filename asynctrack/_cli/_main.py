@@ -30,9 +30,20 @@ def _version() -> str:
     return __version__
 
 
+def _holds_runs(path: str) -> bool:
+    """Whether ``path`` is a directory holding recorded files (an ``experiment=`` folder)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(entry.name.startswith("experiment=") for entry in entries)
+    except OSError:  # not a directory, or not readable
+        return False
+
+
 class _RunName(argparse.Action):
-    """``show``'s RUN: a lone positional that names a destination (an existing directory,
-    an ``s3://`` URI) is a forgotten RUN, not a run of that name in the default destination."""
+    """``show``'s RUN: a lone positional that names a destination (an ``s3://`` URI, a
+    directory holding recorded files: an ``experiment=`` folder) is a forgotten RUN, not a
+    run of that name in the default destination; any other directory (an ``agent/`` source
+    folder beside a run named ``agent``) is a RUN."""
 
     def __call__(
         self,
@@ -42,7 +53,7 @@ class _RunName(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         run = str(values)
-        if namespace.destination is None and (run.startswith("s3://") or os.path.isdir(run)):
+        if namespace.destination is None and (run.startswith("s3://") or _holds_runs(run)):
             parser.error(
                 f"the following arguments are required: run ({run!r} is the destination; "
                 "name the run after it: asynctrack show DESTINATION RUN; 'asynctrack runs "

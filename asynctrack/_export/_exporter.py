@@ -37,7 +37,7 @@ from . import _protobuf as pb
 from ._metrics import Metrics
 from ._protocol import LineExporter
 from ._semconv import SCHEMA_URL
-from ._sender import Sender, endpoint_parts, without_userinfo
+from ._sender import RESERVED_HEADERS, Sender, endpoint_parts, without_userinfo
 from ._spans import SpanAssembler
 
 __all__ = ["OTLPExporter", "check_headers", "resolve_endpoint", "resolve_headers", "resource_attributes"]
@@ -89,7 +89,9 @@ def check_headers(headers: Mapping[str, str], where: str) -> None:
     name that is not one (``Authorization: Bearer ...`` given as a name).
 
     Raises:
-        ValueError: a name is not an HTTP token, or a value holds a control character
+        ValueError: a name is not an HTTP token, or one the request sets itself
+            (``Content-Type``, ``Content-Encoding``, ``Content-Length``, ``Transfer-Encoding``,
+            ``Host``, ``Accept-Encoding``, in any case), or a value holds a control character
             (CR, LF, NUL, ...; the tab is allowed) or a character outside latin-1.
     """
     for name, value in headers.items():
@@ -97,6 +99,11 @@ def check_headers(headers: Mapping[str, str], where: str) -> None:
             raise ValueError(
                 f"{where}: a header name is not an HTTP token (letters, digits and "
                 "!#$%&'*+-.^_`|~; the name is not shown)"
+            )
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(
+                f"{where}: header {name!r} is set by the exporter itself (the request is gzip-"
+                "compressed protobuf, its length and host are HTTP's): it cannot be given"
             )
         if _NOT_IN_VALUE.search(value):
             raise ValueError(

@@ -9,11 +9,12 @@ clock, whole (a receiver that trickles its answer cannot hold it longer).
 
 Connection errors, 429 and 5xx are retried with exponential backoff and full jitter
 (0.5, 1, 2, 4, 8 s at most, drawn from the sender's own ``random.Random``), or after the
-``Retry-After`` the receiver asked for (up to 60 s); a retry also carries spans queued
-since (up to a batch), so while a receiver is down every span gets tried soon and a
-flush does not wait for a backlog. After ``MAX_ATTEMPTS`` a batch is counted as failed;
-any other answer (400, 401, 404, ...) fails it at once. Failures are logged once per
-10 s with their count.
+``Retry-After`` the receiver asked for (up to 60 s; one that is no finite, non-negative
+number of seconds nor an HTTP date is read as none), never past the close's deadline; a
+retry also carries spans queued since (up to a batch), so while a receiver is down every
+span gets tried soon and a flush does not wait for a backlog. After ``MAX_ATTEMPTS`` a
+batch is counted as failed; any other answer (400, 401, 404, ...) fails it at once.
+Failures are logged once per 10 s with their count.
 
 A sender of something a receiver may not take at all (``optional``: metrics) reads
 404, 405, 415 and 501 as "this receiver takes none": it says so in one INFO line, drops
@@ -33,6 +34,7 @@ import http.client
 import io
 import json
 import logging
+import math
 import random
 import socket
 import ssl
@@ -64,6 +66,12 @@ _ABORT_JOIN: Final = 0.25  # seconds for the thread to end once its request is a
 _CREDENTIAL_MIN: Final = 8  # characters of a header value replaced in an error answer
 _PLACED: Final = "\ue000"  # a credential replaced in an error answer, until the rules have run
 _GZIP_LEVEL: Final = 1  # ~3x smaller than the protobuf at a quarter of level 6's CPU (measured)
+
+#: Headers the request's framing sets (the sender, or http.client), lower case: one given
+#: is refused where headers enter (``check_headers``); a ``Sender`` given one drops it.
+RESERVED_HEADERS: Final = frozenset(
+    ("content-type", "content-encoding", "content-length", "transfer-encoding", "host", "accept-encoding")
+)
 
 # A receiver without the endpoint (404: MLflow's server), without POST there (405: Arize
 # Phoenix), without the protobuf encoding there (415), or without the signal (501).
@@ -190,15 +198,20 @@ def gzip_body(body: bytes) -> bytes:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds: a finite, non-negative number of seconds or an HTTP
+    date (one past: 0); ``None`` for anything else (``nan``, ``inf``, ``-5``, not a date):
+    the conventional backoff then, as without one."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if 0.0 <= seconds < math.inf else None  # False for NaN
     try:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -291,8 +304,14 @@ class Sender:
             "Content-Type": "application/x-protobuf",
             "Content-Encoding": "gzip",
             "User-Agent": user_agent,
-            **headers,
         }
+        for name, value in headers.items():  # merged whatever the case: one value a header
+            key = name.lower()
+            if key in RESERVED_HEADERS:
+                continue  # the request's own: a second Content-Length or Content-Type breaks it
+            for same in [k for k in self._headers if k.lower() == key]:
+                del self._headers[same]
+            self._headers[name] = value
         if "@" in parts.netloc and not any(k.lower() == "authorization" for k in headers):
             # Credentials in the URL go as HTTP Basic, as the OTel exporters (requests) send them.
             user = urllib.parse.unquote(parts.username or "")
@@ -600,13 +619,17 @@ class Sender:
     def _pause(self, delay: float, *, interruptible: bool) -> None:
         """Wait ``delay`` before a retry, or less: until the close's deadline, or (for a
         backoff, not a Retry-After) until a flush asks."""
+        # Never past _RETRY_AFTER_MAX, nor the close's deadline, whatever the delay: a NaN
+        # fails every comparison (min() would keep it, and Condition.wait(nan) spins).
+        if not 0.0 <= delay <= _RETRY_AFTER_MAX:
+            delay = 0.0 if delay < 0.0 else _RETRY_AFTER_MAX
         end = time.monotonic() + delay
         with self._cond:
             flushing_at_start = self._flushing
             while True:
                 now = time.monotonic()
-                if self._closing:
-                    end = min(end, self._deadline)
+                if self._closing and not end <= self._deadline:
+                    end = self._deadline
                 if now >= end or (interruptible and self._flushing > flushing_at_start):
                     return
                 self._cond.wait(end - now)
