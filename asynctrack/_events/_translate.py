@@ -499,7 +499,9 @@ class EventTranslator:
                         "duration": duration,
                     }
                     if apart and kind in STARTS and parent_run_id is not None:
-                        parent = parent_run_id.int if type(parent_run_id) is uuid.UUID else parent_run_id
+                        parent = parent_run_id  # keyed as ``run`` is (a bytearray: as its text)
+                        if type(parent) is not int:
+                            parent = parent.int if type(parent) is uuid.UUID else id_value(parent)
                         if parent not in open_runs:
                             envelope[SAMPLED_APART] = True
                     if error is None and hook is None and type(body) is bytes and plain.get(id(body)) is body:
