@@ -582,6 +582,49 @@ def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator
         assert streamed == text
 
 
+#: Keys aligned in columns (the review's shapes): more than four blanks before or after
+#: the separator, up to 64.
+ALIGNED = [
+    "my %config = (\n    user          => 'bob',\n    password      => 'Hunter2-pl',\n);",
+    'config.api_key      = "Hunter2-rb"',
+    "DB_PASSWORD        = Hunter2-env",
+    "password:" + " " * 64 + "Hunter2-yml",
+    "'secret'" + " " * 20 + "=>" + " " * 20 + "'Hunter2-php'",
+    "api_key" + " " * 64 + ":= Hunter2-go",
+    "'API key for prod'         : 'Hunter2-quoted'",
+]
+#: Aligned columns that are no credential's: kept.
+ALIGNED_KEPT = [
+    "Setting            Default    Notes\npassword_length    12         at least\nauthor             bob",
+    "max_tokens   = 5\ntotal_tokens        : 1024\ntemperature         = 0.2",
+    "users.filter(password          => password.length < 12)",
+    "const clean = tokens.map(token        => token.trim());",
+]
+
+
+@pytest.mark.parametrize("text", ALIGNED + ALIGNED_KEPT)
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_keys_aligned_with_many_blanks_around_the_separator_are_redacted(keys: str, text: str) -> None:
+    """Up to 64 spaces or tabs before and after the separator: the value is redacted in a
+    text, in JSON (a text dense with stems too) and in a token stream; aligned columns that
+    are no credential's are kept."""
+    redactor = Redactor(keys)
+    secret = "Hunter2" in text
+    assert (redactor.text(text) == text) is not secret
+    assert "Hunter2" not in redactor.text(text)
+    for body in (orjson.dumps({"code": text}), orjson.dumps({"dense": "\n".join([text] * 300)})):
+        written = redactor.json(body)
+        assert written is not None and b"Hunter2" not in written
+        assert (written == body) is not secret
+    for middle in (text.find("Hunter2") + 3, text.find("Hunter2")) if secret else (len(text) // 2,):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        streamed = stream.token("run", text[:middle]) + stream.token("run", text[middle:])
+        assert "Hun" not in streamed and "ter2-" not in streamed, streamed
+        assert (streamed == text) is not secret
+
+
 #: Code and prose with a credential word more than 40 characters before the separator: names
 #: of something else (the second review's cases), kept.
 FAR_FROM_THE_WORD = [

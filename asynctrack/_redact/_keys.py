@@ -96,6 +96,9 @@ _FOLD: Final = bytes(
 _FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
+#: Blanks around a separator: spaces and tabs, up to 64 of them (keys aligned in columns:
+#: ``DB_PASSWORD        = x``); possessive: each attempt reads a bounded length (linear).
+_BLANKS: Final = rb"[ \t]{0,64}+"
 #: The rest of a quoted key after a word, whatever it holds ("password ", "Password
 #: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
 #: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
@@ -105,10 +108,10 @@ _DENSE: Final = 256
 #: most stems are in values, whose closing quote ends the attempt there. Past a "'",
 #: only a '"' closes the key (single-quoted text, a Python repr, is never read across
 #: its quotes: "'key-1', 'Cookie': ...").
-_CLOSE: Final = rb"(?=\\?\"[ \t]{0,4}+:|'[ \t]{0,4}+:)"
+_CLOSE: Final = rb"(?=\\?\"" + _BLANKS + rb":|'" + _BLANKS + rb":)"
 _KEY_REST: Final = (
     rb"(?:[^\"'\\\n]{0,128}+(?:" + _CLOSE + rb"|(?=[\\'])"
-    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
+    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"" + _BLANKS + rb":)))?"
 )
 #: A key's separator: ``:`` or ``=``, and the two- and three-character operators that
 #: assign or compare (``:=``, ``=>``, ``==``, ``===``, the logical assignments ``||=``,
@@ -116,7 +119,7 @@ _KEY_REST: Final = (
 #: the key's closing quote) only before a quoted value (Perl's and Ruby's ``password =>
 #: "x"``): else it is a JavaScript arrow function's (``token => token.trim()``), code.
 _SEPARATOR: Final = (
-    rb"[ \t]{0,4}+(?::=|=>(?(2)|(?=[ \t]{0,4}+\\?[\"']))|={1,3}+(?!>)|:|\|\|=|&&=|\?\?=)[ \t]{0,4}+"
+    _BLANKS + rb"(?::=|=>(?(2)|(?=" + _BLANKS + rb"\\?[\"']))|={1,3}+(?!>)|:|\|\|=|&&=|\?\?=)" + _BLANKS
 )
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
 #: then a separator (``_SEPARATOR``). The word up to 40 characters from the stem: a longer
@@ -165,6 +168,7 @@ def stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
 #: many (Python per separator), else with ``STEM_PAIR`` (words are then short).
 _MAX_SEPARATORS: Final = 4096
 _BEFORE_KEY: Final = frozenset(b" \t")
+_BLANKS_REVERSED: Final = re.compile(rb"[ \t]{0,64}+")  # ``_BLANKS`` read backwards
 _LOGICAL: Final = frozenset(b"|&?")  # of a logical assignment's operator
 _QUOTES: Final = frozenset(b"\"'")
 
@@ -207,8 +211,9 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
         q = p
         if q > 1 and text[q - 1] == text[q - 2] and text[q - 1] in _LOGICAL:
             q -= 2  # '||=', '&&=', '??='
-        while q > 0 and p - q < 4 and text[q - 1] in _BEFORE_KEY:
-            q -= 1
+        if q > 0 and text[q - 1] in _BEFORE_KEY:
+            blanks = _BLANKS_REVERSED.match(text[max(0, q - 64) : q][::-1])
+            q -= blanks.end() if blanks is not None else 0
         quote = -1
         if q > 0 and text[q - 1] in _QUOTES:
             q -= 1
