@@ -96,9 +96,10 @@ _FOLD: Final = bytes(
 _FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
-#: Blanks around a separator: spaces and tabs, up to 64 of them (keys aligned in columns:
+#: Blanks around a separator: spaces and tabs, a tab also as JSON text writes it (``\\t``;
+#: ``\\\\t`` in JSON text inside a string), up to 64 of them (keys aligned in columns:
 #: ``DB_PASSWORD        = x``); possessive: each attempt reads a bounded length (linear).
-_BLANKS: Final = rb"[ \t]{0,64}+"
+_BLANKS: Final = rb"(?:[ \t]|\\{1,2}+t){0,64}+"
 #: The rest of a quoted key after a word, whatever it holds ("password ", "Password
 #: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
 #: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
@@ -168,7 +169,7 @@ def stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
 #: many (Python per separator), else with ``STEM_PAIR`` (words are then short).
 _MAX_SEPARATORS: Final = 4096
 _BEFORE_KEY: Final = frozenset(b" \t")
-_BLANKS_REVERSED: Final = re.compile(rb"[ \t]{0,64}+")  # ``_BLANKS`` read backwards
+_BLANKS_REVERSED: Final = re.compile(rb"(?:[ \t]|t\\{1,2}+){0,64}+")  # ``_BLANKS`` read backwards
 _LOGICAL: Final = frozenset(b"|&?")  # of a logical assignment's operator
 _QUOTES: Final = frozenset(b"\"'")
 
@@ -211,8 +212,8 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
         q = p
         if q > 1 and text[q - 1] == text[q - 2] and text[q - 1] in _LOGICAL:
             q -= 2  # '||=', '&&=', '??='
-        if q > 0 and text[q - 1] in _BEFORE_KEY:
-            blanks = _BLANKS_REVERSED.match(text[max(0, q - 64) : q][::-1])
+        if q > 0 and (text[q - 1] in _BEFORE_KEY or text[q - 2 : q] == b"\\t"):
+            blanks = _BLANKS_REVERSED.match(text[max(0, q - 192) : q][::-1])
             q -= blanks.end() if blanks is not None else 0
         quote = -1
         if q > 0 and text[q - 1] in _QUOTES:
@@ -280,7 +281,9 @@ _JSON_STRING: Final = re.compile(rb'"((?:[^"\\]|\\.)*+)"')
 _JSON_NUMBER: Final = re.compile(rb"-?[0-9][0-9.eE+\-]*+")
 _ESCAPED_STRING: Final = re.compile(rb'\\"((?:[^"\\]|\\[^"])*+)\\"')
 _SINGLE_STRING: Final = re.compile(rb"'([^'\"\\]*+)'")
-_BARE: Final = re.compile(rb"(?:(?:bearer|basic|token|digest)[ \t]++)?([^\s\"'\\,;&)}\]<>]++)", re.IGNORECASE)
+_BARE: Final = re.compile(
+    rb"(?:(?:bearer|basic|token|digest)(?:[ \t]|\\{1,2}+t)++)?([^\s\"'\\,;&)}\]<>]++)", re.IGNORECASE
+)
 
 
 _NOTHING: Final = (0, 0, b"")
