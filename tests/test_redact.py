@@ -582,6 +582,114 @@ def test_a_two_or_three_character_operator_after_a_credential_key_is_a_separator
         assert streamed == text
 
 
+#: Keys aligned in columns (the review's shapes): more than four blanks before or after
+#: the separator, up to 64.
+ALIGNED = [
+    "my %config = (\n    user          => 'bob',\n    password      => 'Hunter2-pl',\n);",
+    'config.api_key      = "Hunter2-rb"',
+    "DB_PASSWORD        = Hunter2-env",
+    "password:" + " " * 64 + "Hunter2-yml",
+    "'secret'" + " " * 20 + "=>" + " " * 20 + "'Hunter2-php'",
+    "api_key" + " " * 64 + ":= Hunter2-go",
+    "'API key for prod'         : 'Hunter2-quoted'",
+]
+#: Aligned columns that are no credential's: kept.
+ALIGNED_KEPT = [
+    "Setting            Default    Notes\npassword_length    12         at least\nauthor             bob",
+    "max_tokens   = 5\ntotal_tokens        : 1024\ntemperature         = 0.2",
+    "users.filter(password          => password.length < 12)",
+    "const clean = tokens.map(token        => token.trim());",
+]
+
+
+@pytest.mark.parametrize("text", ALIGNED + ALIGNED_KEPT)
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_keys_aligned_with_many_blanks_around_the_separator_are_redacted(keys: str, text: str) -> None:
+    """Up to 64 spaces or tabs before and after the separator: the value is redacted in a
+    text, in JSON (a text dense with stems too) and in a token stream; aligned columns that
+    are no credential's are kept."""
+    redactor = Redactor(keys)
+    secret = "Hunter2" in text
+    assert (redactor.text(text) == text) is not secret
+    assert "Hunter2" not in redactor.text(text)
+    for body in (orjson.dumps({"code": text}), orjson.dumps({"dense": "\n".join([text] * 300)})):
+        written = redactor.json(body)
+        assert written is not None and b"Hunter2" not in written
+        assert (written == body) is not secret
+    for middle in (text.find("Hunter2") + 3, text.find("Hunter2")) if secret else (len(text) // 2,):
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        streamed = stream.token("run", text[:middle]) + stream.token("run", text[middle:])
+        assert "Hun" not in streamed and "ter2-" not in streamed, streamed
+        assert (streamed == text) is not secret
+
+
+#: A tab between a key and its value (the review's shapes): JSON writes it as ``\\t``.
+TABBED = {
+    "colon": "password:\tzq-tab-01",
+    "env": "PGPASSWORD=\tzq-tab-02",
+    "spaced": 'password\t=\t"zq-tab-03"',
+    "arrow": "'db_password'\t=>\t'zq-tab-04'",
+    "arrow bare key": 'password\t=>\t"zq-tab-05"',
+    "header": "x-api-key:\tzq-tab-06",
+    "logical": "password ||=\t'zq-tab-07'",
+    "bearer": "Authorization:\tBearer\tzq-tab-08",
+    "quoted key": '"API key for prod"\t:\t"zq-tab-09"',
+    "aligned": "DB_PASSWORD\t\t\t\t\t\t=\tzq-tab-10",
+}
+
+
+@pytest.mark.parametrize(
+    "keys", [DEFAULT_REDACT_KEYS, DEFAULT_REDACT_KEYS + "|zzz"], ids=["default", "custom"]
+)
+def test_a_tab_between_a_key_and_its_value_is_a_blank_in_json_text(keys: str) -> None:
+    """A tab where a separator accepts a space, written ``\\t`` in JSON (``\\\\t`` in JSON
+    text inside a string): the value is redacted in a body (one text, one dense with stems,
+    JSON text in a string) and in a token stream; an arrow function after a tab is kept."""
+    redactor = Redactor(keys)
+    for text in TABBED.values():
+        bodies = [orjson.dumps({"code": text}), orjson.dumps({"dense": "\n".join([text] * 300)})]
+        if '"' not in text:  # and in JSON text inside a string (a tool call's arguments): ``\\t``
+            bodies.append(orjson.dumps({"arguments": orjson.dumps({"code": text}).decode()}))
+        for body in bodies:
+            written = redactor.json(body)
+            assert written is not None and b"zq-tab" not in written and b"[REDACTED]" in written, written
+        middle = text.find("zq-tab") + 3
+        stream = StreamRedactor(redactor.text, redactor.key_rule)
+        streamed = stream.token("run", text[:middle]) + stream.token("run", text[middle:])
+        assert "zq-" not in streamed and "tab-" not in streamed, streamed
+        if '"' not in text:  # streamed as JSON text (a tool call's arguments): the tab is ``\\t`` there
+            streamed_json = orjson.dumps({"code": text}).decode()
+            middle = streamed_json.find("zq-tab") + 3
+            stream = StreamRedactor(redactor.text, redactor.key_rule)
+            streamed = stream.token("run", streamed_json[:middle]) + stream.token(
+                "run", streamed_json[middle:]
+            )
+            assert "zq-" not in streamed and "tab-" not in streamed, streamed
+    arrow = "users.filter(password\t=>\tpassword.length < 12)"
+    assert redactor.json(orjson.dumps({"code": arrow})) == orjson.dumps({"code": arrow})
+
+
+def test_a_tab_between_a_key_and_its_value_leaks_nothing_to_files(
+    tracked: Callable[..., AsyncTracker],
+    tmp_destination: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The review's shapes with a tab as a chain's input and output, in the files written."""
+    tracker = tracked()
+    RunnableLambda(lambda form: {**form}, name="tabbed").invoke(dict(TABBED), config={"callbacks": [tracker]})
+    tracker.close(timeout=10)
+    _check(
+        tmp_destination,
+        tmp_path,
+        caplog,
+        {name: text[text.find("zq-") :][:9] for name, text in TABBED.items()},
+    )
+    assert any("[REDACTED]" in str(event) for event in _events(tmp_destination))
+
+
 #: Code and prose with a credential word more than 40 characters before the separator: names
 #: of something else (the second review's cases), kept.
 FAR_FROM_THE_WORD = [

@@ -96,6 +96,10 @@ _FOLD: Final = bytes(
 _FOUND: Final = (-1).__ne__  # of a find() result
 #: Past this many stems in one text, one regex pass is cheaper than a Python loop per stem.
 _DENSE: Final = 256
+#: Blanks around a separator: spaces and tabs, a tab also as JSON text writes it (``\\t``;
+#: ``\\\\t`` in JSON text inside a string), up to 64 of them (keys aligned in columns:
+#: ``DB_PASSWORD        = x``); possessive: each attempt reads a bounded length (linear).
+_BLANKS: Final = rb"(?:[ \t]|\\{1,2}+t){0,64}+"
 #: The rest of a quoted key after a word, whatever it holds ("password ", "Password
 #: (again)", "API key for prod", "password's hash"), up to the key's closing quote and
 #: its ':': a JSON key (its escapes included: "password\\t"), a key of JSON text inside
@@ -105,10 +109,10 @@ _DENSE: Final = 256
 #: most stems are in values, whose closing quote ends the attempt there. Past a "'",
 #: only a '"' closes the key (single-quoted text, a Python repr, is never read across
 #: its quotes: "'key-1', 'Cookie': ...").
-_CLOSE: Final = rb"(?=\\?\"[ \t]{0,4}+:|'[ \t]{0,4}+:)"
+_CLOSE: Final = rb"(?=\\?\"" + _BLANKS + rb":|'" + _BLANKS + rb":)"
 _KEY_REST: Final = (
     rb"(?:[^\"'\\\n]{0,128}+(?:" + _CLOSE + rb"|(?=[\\'])"
-    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"[ \t]{0,4}+:)))?"
+    rb"(?:[^\"\\\n]|\\[^\"\n]){1,128}+(?=\\?\"" + _BLANKS + rb":)))?"
 )
 #: A key's separator: ``:`` or ``=``, and the two- and three-character operators that
 #: assign or compare (``:=``, ``=>``, ``==``, ``===``, the logical assignments ``||=``,
@@ -116,7 +120,7 @@ _KEY_REST: Final = (
 #: the key's closing quote) only before a quoted value (Perl's and Ruby's ``password =>
 #: "x"``): else it is a JavaScript arrow function's (``token => token.trim()``), code.
 _SEPARATOR: Final = (
-    rb"[ \t]{0,4}+(?::=|=>(?(2)|(?=[ \t]{0,4}+\\?[\"']))|={1,3}+(?!>)|:|\|\|=|&&=|\?\?=)[ \t]{0,4}+"
+    _BLANKS + rb"(?::=|=>(?(2)|(?=" + _BLANKS + rb"\\?[\"']))|={1,3}+(?!>)|:|\|\|=|&&=|\?\?=)" + _BLANKS
 )
 #: From a stem: the rest of the word (of the quoted key), its closing quote if quoted,
 #: then a separator (``_SEPARATOR``). The word up to 40 characters from the stem: a longer
@@ -165,6 +169,7 @@ def stem_pairs(text: bytes) -> list[re.Match[bytes]] | None:
 #: many (Python per separator), else with ``STEM_PAIR`` (words are then short).
 _MAX_SEPARATORS: Final = 4096
 _BEFORE_KEY: Final = frozenset(b" \t")
+_BLANKS_REVERSED: Final = re.compile(rb"(?:[ \t]|t\\{1,2}+){0,64}+")  # ``_BLANKS`` read backwards
 _LOGICAL: Final = frozenset(b"|&?")  # of a logical assignment's operator
 _QUOTES: Final = frozenset(b"\"'")
 
@@ -207,8 +212,9 @@ def dense_pairs(text: bytes) -> Iterable[re.Match[bytes]]:
         q = p
         if q > 1 and text[q - 1] == text[q - 2] and text[q - 1] in _LOGICAL:
             q -= 2  # '||=', '&&=', '??='
-        while q > 0 and p - q < 4 and text[q - 1] in _BEFORE_KEY:
-            q -= 1
+        if q > 0 and (text[q - 1] in _BEFORE_KEY or text[q - 2 : q] == b"\\t"):
+            blanks = _BLANKS_REVERSED.match(text[max(0, q - 192) : q][::-1])
+            q -= blanks.end() if blanks is not None else 0
         quote = -1
         if q > 0 and text[q - 1] in _QUOTES:
             q -= 1
@@ -275,7 +281,9 @@ _JSON_STRING: Final = re.compile(rb'"((?:[^"\\]|\\.)*+)"')
 _JSON_NUMBER: Final = re.compile(rb"-?[0-9][0-9.eE+\-]*+")
 _ESCAPED_STRING: Final = re.compile(rb'\\"((?:[^"\\]|\\[^"])*+)\\"')
 _SINGLE_STRING: Final = re.compile(rb"'([^'\"\\]*+)'")
-_BARE: Final = re.compile(rb"(?:(?:bearer|basic|token|digest)[ \t]++)?([^\s\"'\\,;&)}\]<>]++)", re.IGNORECASE)
+_BARE: Final = re.compile(
+    rb"(?:(?:bearer|basic|token|digest)(?:[ \t]|\\{1,2}+t)++)?([^\s\"'\\,;&)}\]<>]++)", re.IGNORECASE
+)
 
 
 _NOTHING: Final = (0, 0, b"")

@@ -77,14 +77,15 @@ _IN_KEY_BLOCK: Final = "-----BEGIN"
 #: reversed is ``" :"drowssap``); the key, reversed: a quoted key whole, else its last
 #: word, up to the tail's length (a key longer than the tail is judged by its end). A
 #: match at the start of the reversed text costs what the key's length does, wherever
-#: the quote is.
+#: the quote is. Blanks as the key rules read them (``_keys._BLANKS``): up to 64 spaces
+#: or tabs, a tab also as JSON text writes it (``\\t``).
 _KEY_BEFORE_REVERSED: Final = re.compile(
     # ':=', '=>', '==', '===', '||=', '&&=', '??=' reversed too
-    r"""[ \t]{0,4}+(?:=:|>=|=\|\||=&&|=\?\?|={1,3}+|:)[ \t]{0,4}+"""
+    r"""(?:[ \t]|t\\){0,64}+(?:=:|>=|=\|\||=&&|=\?\?|={1,3}+|:)(?:[ \t]|t\\){0,64}+"""
     r"""(?:"((?:[^"\n]|"\\){1,256}+)"|'([^'\n]{1,256}+)'|["']?([A-Za-z0-9_.\-]{1,256}+))"""
 )
 #: The characters before a quote that ``_KEY_BEFORE_REVERSED`` reads at most.
-_KEY_WINDOW: Final = 272
+_KEY_WINDOW: Final = 520
 #: An XML-style element's opening tag (``<db_password>``), matched at the text's last '<':
 #: the text ends inside the element's text. Its tag name (group 1) is judged as a key.
 _OPEN_ELEMENT: Final = re.compile(r"<([A-Za-z_][A-Za-z0-9_.\-:]{0,127}+)(?:[ \t][^<>]{0,256}+)?>")
