@@ -8,7 +8,9 @@ hand-written encoder, and every request is decoded with ``opentelemetry-proto``.
 from __future__ import annotations
 
 import math
+import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +386,68 @@ def test_a_run_whose_parent_was_never_seen_joins_its_trackers_one_open_root(tmp_
     assert sorted(span for line in lines for span in assembler.add([line])) == sorted(
         SpanAssembler().add(lines)
     )
+
+
+def _concurrent_orphans(
+    tracker: Any, root: uuid.UUID, calls: list[uuid.UUID], parents: list[uuid.UUID]
+) -> None:
+    """One agent (its tool running) and ``len(calls)`` model calls open together, each under
+    its parent in ``parents``, never recorded (a batch of legacy LLMChain calls)."""
+    from langchain_core.outputs import Generation, LLMResult
+
+    done = LLMResult(generations=[[Generation(text="ok")]])
+    step = uuid.uuid4()
+    tracker.on_chain_start({}, {"q": "a"}, run_id=root, name="agent")
+    tracker.on_tool_start({}, "x", run_id=step, parent_run_id=root, name="calculator")
+    for call, parent in zip(calls, parents, strict=True):
+        tracker.on_llm_start({}, ["q"], run_id=call, parent_run_id=parent)
+    for call, parent in zip(calls, parents, strict=True):
+        tracker.on_llm_end(done, run_id=call, parent_run_id=parent)
+    tracker.on_tool_end("2", run_id=step, parent_run_id=root)
+    tracker.on_chain_end({}, run_id=root)
+
+
+def _lines_run(lines: list[bytes]) -> tuple[list[bytes], int]:
+    """The spans of ``lines`` and the lines of ``_spans`` run to assemble them (sys.settrace:
+    a count that does not depend on the machine's load)."""
+    code_file = _spans.__file__
+    counted = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal counted
+        if frame.f_code.co_filename != code_file:
+            return None
+        if event == "line":
+            counted += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        spans = SpanAssembler().add(lines)
+    finally:
+        sys.settrace(None)
+    return spans, counted
+
+
+def test_placing_runs_whose_parent_was_never_seen_is_linear_in_the_open_runs(tmp_path: Path) -> None:
+    worked = []
+    for n in (100, 400):
+        root = uuid.uuid4()
+        calls = [uuid.uuid4() for _ in range(n)]
+        parents = [uuid.uuid4() for _ in range(n)]  # one each: each call is placed anew
+        lines = _record(
+            tmp_path / str(n), partial(_concurrent_orphans, root=root, calls=calls, parents=parents)
+        )
+        encoded, counted = _lines_run(lines)
+        spans = {attributes(s)["langchain.run_id"]: s for s in _decode(encoded)}
+        tool = next(s for s in spans.values() if s.name == "execute_tool calculator")
+        for call, parent in zip(calls, parents, strict=True):
+            span = spans[str(call)]
+            assert (span.trace_id, span.parent_span_id) == (root.bytes, tool.span_id)
+            assert attributes(span)["asynctrack.parent_inferred"] == str(parent)
+        worked.append(counted / n)
+    # The same work per call at 400 calls open as at 100 (it was 4x: every open run looked at).
+    assert worked[1] < 1.2 * worked[0], worked
 
 
 def test_other_events_of_a_run_are_span_events() -> None:

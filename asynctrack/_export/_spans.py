@@ -144,7 +144,7 @@ def _chunks(count: int) -> bytes:
 
 
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
-_PARENT_FIELD: Final = b"\x22\x08"  # a Span's parent_span_id: its tag and length (pb.span_head)
+_TRACKERS: Final = 64  # trackers kept with no root open (SpanAssembler._tracker)
 #: The attribute of a run placed under an open run of its tracker's one open root, its
 #: parent never seen: that parent's run id.
 PARENT_INFERRED: Final = "asynctrack.parent_inferred"
@@ -270,6 +270,7 @@ class _Open:
         "events",
         "first_chunk_ns",
         "head",
+        "kids",
         "last_ns",
         "links",
         "size",
@@ -277,6 +278,7 @@ class _Open:
         "start_ns",
         "stream_key",
         "template",
+        "up",
     )
 
     head: bytes  # the Span's ids, name and kind (pb.span_head)
@@ -291,6 +293,11 @@ class _Open:
     stream_key: bytes  # its '"run_id":"<id>' text once its first token was seen
     size: int  # estimated: 200, its attributes and its events
     links: bytes  # its links fields (pb.link), if any: a resumed graph's
+    # Where SpanAssembler._home looks (the open runs of a tracker as a tree, kept as runs
+    # open and end): the run it is registered under (its open parent, of its tracker; a
+    # root: its tracker's node), and its open children registered so, to their run ids.
+    up: _Open | None
+    kids: dict[_Open, str] | None
 
 
 _new_open: Final = object.__new__
@@ -337,8 +344,8 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         # (checkpoint namespace, checkpoint id) a graph paused at -> its span's trace and span ids
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        # The span ids of the runs placed by _home (a run whose parent was never seen).
-        self._placed: dict[bytes, None] = {}
+        # Per tracker, a node whose kids are its open roots (_Open.up and kids: _home).
+        self._trackers: dict[str, _Open] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
         # The templates of the last model starts read by _known_start, the newest first, and
@@ -856,16 +863,31 @@ class SpanAssembler:
         if placed is not None:
             span.attributes.append(placed)
             size += len(placed)
-            placed_ids = self._placed
-            placed_ids[span_id] = None
-            if len(placed_ids) > _KNOWN_IDS:
-                del placed_ids[next(iter(placed_ids))]
         span.events = _NO_EVENTS  # a list of its own at its first event
         span.first_chunk_ns = span.chunks = 0
         span.stream_key = b""
         span.size = size
         span.links = b""
         open_runs = self._open
+        # Registered under its open parent of its tracker (a run placed by _home has none:
+        # it is no one's home), a root under its tracker's node (_home).
+        span.kids = span.up = None
+        tracker = template.tracker
+        if tracker is not None:
+            up: _Open | None
+            if parent_run_id is None:
+                up = self._trackers.get(tracker) or self._tracker(tracker)
+            else:
+                up = open_runs.get(parent_run_id)
+                if up is not None and up.template.tracker != tracker:
+                    up = None
+            if up is not None:
+                kids = up.kids
+                if kids is None:
+                    up.kids = {span: run_id}
+                else:
+                    kids[span] = run_id
+                span.up = up
         open_runs[run_id] = span
         ids = self._ids
         ids[run_id] = (trace_id, span_id, people)
@@ -884,31 +906,35 @@ class SpanAssembler:
 
         The innermost: from the root down, while exactly one open run of the tracker is a
         child of the last one. A run placed so is no one's home (a model call: a sibling
-        started while it runs is not its child).
+        started while it runs is not its child). O(depth): the open runs are kept as a
+        tree (``_Open.up`` and ``kids``).
         """
-        open_runs = self._open
-        found = None
-        for run, span in open_runs.items():  # roots start before their runs: mostly first
-            if span.template.root and span.template.tracker == tracker:
-                if found is not None:
-                    return None
-                found = run, span
-        if found is None:
+        node = self._trackers.get(tracker)
+        roots = node.kids if node is not None else None
+        if not roots or len(roots) != 1:
             return None
-        run_id, home = found
-        trace_id = home.head[2:18]
-        placed = self._placed
-        inside = [
-            (run, span)
-            for run, span in open_runs.items()
-            if span.head[2:18] == trace_id and span.template.tracker == tracker and span.span_id not in placed
-        ]
-        while True:
-            # A span's head: its trace id at 2, span id at 20, its parent span id's field at 28.
-            below = [(run, span) for run, span in inside if span.head[28:38] == _PARENT_FIELD + home.span_id]
-            if len(below) != 1:
-                return self._ids.get(run_id)
-            run_id, home = below[0]
+        ((home, run_id),) = roots.items()
+        kids = home.kids
+        while kids and len(kids) == 1:
+            ((home, run_id),) = kids.items()
+            kids = home.kids
+        return self._ids.get(run_id)
+
+    def _tracker(self, tracker: str) -> _Open:
+        """A new node whose kids will be the open roots of ``tracker`` (at its first root)."""
+        trackers = self._trackers
+        if len(trackers) >= _TRACKERS:  # forget the trackers with no root open
+            for name in [name for name, old in trackers.items() if not old.kids]:
+                del trackers[name]
+        node = trackers[tracker] = _new_open(_Open)
+        node.kids = None
+        return node
+
+    @staticmethod
+    def _leave(kids: dict[_Open, str]) -> None:
+        """The open children of a run that ended first (evicted): no one's now."""
+        for kid in kids:
+            kid.up = None
 
     def _spread(self, trace_id: bytes, people: tuple[bytes, ...]) -> None:
         """A session or user first set below the root of ``trace_id`` (a nested runnable's
@@ -1003,7 +1029,7 @@ class SpanAssembler:
             self.open_bytes -= span.size
         return self._finish(span, kind, data, end_ns)
 
-    def _finish(
+    def _finish(  # noqa: PLR0915 - one frame per run (hot)
         self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
     ) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
@@ -1012,6 +1038,11 @@ class SpanAssembler:
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
+        up = span.up
+        if up is not None:  # out of the tree _home looks at
+            del up.kids[span]  # type: ignore[union-attr]  # registered: its parent has kids
+            if span.kids:
+                self._leave(span.kids)
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -1161,6 +1192,11 @@ class SpanAssembler:
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
+        up = span.up
+        if up is not None:
+            del up.kids[span]  # type: ignore[union-attr]  # registered: its parent has kids
+            if span.kids:
+                self._leave(span.kids)
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
