@@ -450,6 +450,56 @@ def test_placing_runs_whose_parent_was_never_seen_is_linear_in_the_open_runs(tmp
     assert worked[1] < 1.2 * worked[0], worked
 
 
+def _one_parents_calls(
+    tracker: Any, a: uuid.UUID, b: uuid.UUID, calls: list[uuid.UUID], p: uuid.UUID, q: uuid.UUID
+) -> None:
+    """Model calls under two chains never recorded, ``p`` and ``q`` (each called more than
+    once), while agent ``a``, ``b``, both or neither are open (the review's find_4.py)."""
+    from langchain_core.outputs import Generation, LLMResult
+
+    done = LLMResult(generations=[[Generation(text="ok")]])
+    step = uuid.uuid4()
+
+    def call(run: uuid.UUID, parent: uuid.UUID) -> None:
+        tracker.on_llm_start({}, ["q"], run_id=run, parent_run_id=parent)
+        tracker.on_llm_end(done, run_id=run, parent_run_id=parent)
+
+    tracker.on_chain_start({}, {"q": "a"}, run_id=a, name="agent_a")
+    tracker.on_tool_start({}, "x", run_id=step, parent_run_id=a, name="calculator")
+    call(calls[0], p)  # a alone open, in its tool: placed under the tool
+    tracker.on_chain_start({}, {"q": "b"}, run_id=b, name="agent_b")
+    call(calls[1], p)  # a and b open: where p's first call went (the tool)
+    tracker.on_tool_end("2", run_id=step, parent_run_id=a)
+    call(calls[2], p)  # the tool ended: in a's trace still, under a
+    call(calls[3], q)  # a and b open: not placed
+    tracker.on_chain_end({}, run_id=b)
+    call(calls[4], q)  # a alone open: where q's first call went (not placed)
+    tracker.on_chain_end({}, run_id=a)
+    call(calls[5], p)  # no root open: p's place forgotten with a; not placed
+
+
+def test_the_runs_under_one_parent_never_seen_share_a_trace(tmp_path: Path) -> None:
+    a, b, p, q = (uuid.uuid4() for _ in range(4))
+    calls = [uuid.uuid4() for _ in range(6)]
+    lines = _record(tmp_path, partial(_one_parents_calls, a=a, b=b, calls=calls, p=p, q=q))
+    spans = {attributes(s)["langchain.run_id"]: s for s in _decode(SpanAssembler().add(lines))}
+    tool = next(s for s in spans.values() if s.name == "execute_tool calculator")
+    placed = {calls[0]: tool.span_id, calls[1]: tool.span_id, calls[2]: span_id_of(str(a))}
+    for call, parent_span_id in placed.items():
+        span = spans[str(call)]
+        assert (span.trace_id, span.parent_span_id) == (a.bytes, parent_span_id)
+        assert attributes(span)["asynctrack.parent_inferred"] == str(p)
+    for call, parent in ((calls[3], q), (calls[4], q), (calls[5], p)):
+        span = spans[str(call)]
+        assert (span.trace_id, span.parent_span_id) == (parent.bytes, span_id_of(str(parent)))
+        assert "asynctrack.parent_inferred" not in attributes(span)
+    # Read a line at a time (as the worker's chunks may cut them): the same spans.
+    assembler = SpanAssembler()
+    assert sorted(span for line in lines for span in assembler.add([line])) == sorted(
+        SpanAssembler().add(lines)
+    )
+
+
 def test_other_events_of_a_run_are_span_events() -> None:
     run = str(uuid.uuid4())
     lines = [

@@ -12,7 +12,8 @@ same code and give the same ids:
   never seen, started while exactly one root of its tracker is open (and not sampled
   apart: ``sampled_apart`` in its start), is the child of that root's innermost open run,
   marked ``asynctrack.parent_inferred`` (``SpanAssembler._home``); else its trace is
-  named after its parent, whose span id it keeps as its parent's.
+  named after its parent, whose span id it keeps as its parent's. That parent's later
+  children go where its first one went (while that root is open).
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
 When content is not captured, a model call's end is read by a schema that builds only the
@@ -145,6 +146,8 @@ def _chunks(count: int) -> bytes:
 
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
 _TRACKERS: Final = 64  # trackers kept with no root open (SpanAssembler._tracker)
+_INFERRED: Final = 4096  # parents never seen whose children's place is remembered (_home)
+_NOT_PLACED: Final = ("", "")  # in SpanAssembler._inferred: a parent whose first child was not placed
 #: The attribute of a run placed under an open run of its tracker's one open root, its
 #: parent never seen: that parent's run id.
 PARENT_INFERRED: Final = "asynctrack.parent_inferred"
@@ -346,6 +349,10 @@ class SpanAssembler:
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         # Per tracker, a node whose kids are its open roots (_Open.up and kids: _home).
         self._trackers: dict[str, _Open] = {}
+        # A parent never seen -> the run id its first child was placed under by _home and
+        # that run's root's (its later children go there while that root is open), or
+        # _NOT_PLACED: its first child was not placed (nor are they). The last _INFERRED.
+        self._inferred: dict[str, tuple[str, str]] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
         # The templates of the last model starts read by _known_start, the newest first, and
@@ -826,7 +833,7 @@ class SpanAssembler:
             if known is None and template.tracker is not None:
                 # A parent never seen, started while one root of its tracker is open: in that
                 # root's trace, under its innermost open run (_home).
-                known = self._home(template.tracker)
+                known = self._home(template.tracker, parent_run_id)
                 if known is not None:
                     placed = pb.span_attribute(PARENT_INFERRED, parent_run_id)
             # A parent never seen otherwise (recorded by another tracker, or filtered out):
@@ -898,27 +905,62 @@ class SpanAssembler:
                     del ids[old]
         self.open_bytes += span.size
 
-    def _home(self, tracker: str) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
-        """Where a run of ``tracker`` whose parent was never seen goes: the ids of the
-        innermost open run of the tracker's one open root (as ``asynctrack show`` places
-        it by time); ``None`` when no root of the tracker is open, or more than one
-        (concurrent requests: no guess).
+    def _home(self, tracker: str, parent_run_id: str) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        """Where a run of ``tracker`` whose parent ``parent_run_id`` was never seen goes: the
+        ids of the innermost open run of the tracker's one open root (as ``asynctrack show``
+        places it by time); ``None`` when no root of the tracker is open, or more than one
+        (concurrent requests: no guess). A parent's later children go where its first one
+        went (in one trace, whatever roots are open now): under the same run while it is
+        open, else under its root's innermost open run, while that root is open; after the
+        root ended (the parent cannot have been inside it), decided again.
 
         The innermost: from the root down, while exactly one open run of the tracker is a
         child of the last one. A run placed so is no one's home (a model call: a sibling
         started while it runs is not its child). O(depth): the open runs are kept as a
         tree (``_Open.up`` and ``kids``).
         """
+        inferred = self._inferred
+        home_of = inferred.get(parent_run_id)
+        if home_of is not None:
+            home_run, root_run = home_of
+            if not home_run:
+                return None  # its first child was not placed
+            open_runs = self._open
+            root = open_runs.get(root_run)
+            if root is not None:
+                if home_run not in open_runs:  # ended: the root's innermost open run now
+                    home_run = self._innermost(root, root_run)
+                known = self._ids.get(home_run)
+                if known is not None:
+                    return known
+            del inferred[parent_run_id]  # its root ended: forgotten
         node = self._trackers.get(tracker)
-        roots = node.kids if node is not None else None
+        if node is None:
+            return None  # no root of the tracker seen (a tracker given to models only)
+        roots = node.kids
         if not roots or len(roots) != 1:
+            inferred[parent_run_id] = _NOT_PLACED  # its later children are not placed either
+            if len(inferred) > _INFERRED:
+                del inferred[next(iter(inferred))]
             return None
-        ((home, run_id),) = roots.items()
+        ((root, root_run),) = roots.items()
+        run_id = self._innermost(root, root_run)
+        known = self._ids.get(run_id)
+        if known is not None:
+            inferred[parent_run_id] = (run_id, root_run)
+            if len(inferred) > _INFERRED:
+                del inferred[next(iter(inferred))]
+        return known
+
+    @staticmethod
+    def _innermost(home: _Open, run_id: str) -> str:
+        """The run id of the innermost open run of ``home`` (of run ``run_id``): from it down,
+        while exactly one open run of its tracker is a child of the last one (_home)."""
         kids = home.kids
         while kids and len(kids) == 1:
             ((home, run_id),) = kids.items()
             kids = home.kids
-        return self._ids.get(run_id)
+        return run_id
 
     def _tracker(self, tracker: str) -> _Open:
         """A new node whose kids will be the open roots of ``tracker`` (at its first root)."""
