@@ -500,6 +500,34 @@ def test_the_runs_under_one_parent_never_seen_share_a_trace(tmp_path: Path) -> N
     )
 
 
+def test_many_trackers_runs_whose_parent_was_never_seen_are_placed_in_their_own_roots() -> None:
+    # 70 trackers, one after another, each a root and a model call whose parent was never
+    # seen (a tracker's runs are kept as a tree from its first such call on; the trackers
+    # with no root open are forgotten past 64), then the first one again, its call in a tool.
+    def line(tracker: str, kind: str, run: str, parent: str | None, ts: float) -> bytes:
+        return orjson.dumps({**orjson.loads(_line(kind, run, parent, ts)), "tracker": tracker})
+
+    lines, homes = [], {}
+    for number in [*range(70), 0]:
+        tracker, root, call, tool = f"t{number}", str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        lines.append(line(tracker, "chain_start", root, None, 1.0))
+        homes[call] = (root, root)
+        if len(homes) == 71:
+            lines.append(line(tracker, "tool_start", tool, root, 1.0))
+            homes[call] = (root, tool)
+        lines += [
+            line(tracker, "llm_start", call, str(uuid.uuid4()), 1.0),
+            line(tracker, "llm_end", call, None, 2.0),
+        ]
+        if len(homes) == 71:
+            lines.append(line(tracker, "tool_end", tool, root, 2.0))
+        lines.append(line(tracker, "chain_end", root, None, 2.0))
+    spans = {attributes(s)["langchain.run_id"]: s for s in _decode(SpanAssembler().add(lines))}
+    for call, (root, home) in homes.items():
+        assert (spans[call].trace_id, spans[call].parent_span_id) == (uuid.UUID(root).bytes, span_id_of(home))
+        assert "asynctrack.parent_inferred" in attributes(spans[call])
+
+
 def test_other_events_of_a_run_are_span_events() -> None:
     run = str(uuid.uuid4())
     lines = [

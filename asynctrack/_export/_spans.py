@@ -145,8 +145,10 @@ def _chunks(count: int) -> bytes:
 
 
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
-_TRACKERS: Final = 64  # trackers kept with no root open (SpanAssembler._tracker)
+_TRACKERS: Final = 64  # trackers kept with no root open (SpanAssembler._track)
 _INFERRED: Final = 4096  # parents never seen whose children's place is remembered (_home)
+_PARENT_FIELD: Final = b"\x22\x08"  # a Span's parent_span_id: its tag and length (pb.span_head)
+_INFERRED_KEY: Final = b"\x0a\x1aasynctrack.parent_inferred"  # PARENT_INFERRED's key field
 _NOT_PLACED: Final = ("", "")  # in SpanAssembler._inferred: a parent whose first child was not placed
 #: The attribute of a run placed under an open run of its tracker's one open root, its
 #: parent never seen: that parent's run id.
@@ -347,7 +349,8 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         # (checkpoint namespace, checkpoint id) a graph paused at -> its span's trace and span ids
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        # Per tracker, a node whose kids are its open roots (_Open.up and kids: _home).
+        # Per tracker whose runs are kept as a tree (from its first run whose parent was
+        # never seen on: _track), a node whose kids are its open roots (_Open.up, kids).
         self._trackers: dict[str, _Open] = {}
         # A parent never seen -> the run id its first child was placed under by _home and
         # that run's root's (its later children go there while that root is open), or
@@ -876,15 +879,14 @@ class SpanAssembler:
         span.size = size
         span.links = b""
         open_runs = self._open
-        # Registered under its open parent of its tracker (a run placed by _home has none:
-        # it is no one's home), a root under its tracker's node (_home).
+        # A run of a tracker kept as a tree (_track): registered under its open parent of
+        # its tracker (a run placed by _home has none: it is no one's home), a root under
+        # its tracker's node.
         span.kids = span.up = None
         tracker = template.tracker
-        if tracker is not None:
-            up: _Open | None
-            if parent_run_id is None:
-                up = self._trackers.get(tracker) or self._tracker(tracker)
-            else:
+        if tracker is not None and self._trackers:
+            up = self._trackers.get(tracker)
+            if up is not None and parent_run_id is not None:
                 up = open_runs.get(parent_run_id)
                 if up is not None and up.template.tracker != tracker:
                     up = None
@@ -934,11 +936,11 @@ class SpanAssembler:
                 if known is not None:
                     return known
             del inferred[parent_run_id]  # its root ended: forgotten
-        node = self._trackers.get(tracker)
-        if node is None:
-            return None  # no root of the tracker seen (a tracker given to models only)
+        node = self._trackers.get(tracker) or self._track(tracker)
         roots = node.kids
-        if not roots or len(roots) != 1:
+        if roots is None:
+            return None  # no root of the tracker open since it is kept (given to models only)
+        if len(roots) != 1:
             inferred[parent_run_id] = _NOT_PLACED  # its later children are not placed either
             if len(inferred) > _INFERRED:
                 del inferred[next(iter(inferred))]
@@ -962,14 +964,38 @@ class SpanAssembler:
             kids = home.kids
         return run_id
 
-    def _tracker(self, tracker: str) -> _Open:
-        """A new node whose kids will be the open roots of ``tracker`` (at its first root)."""
+    def _track(self, tracker: str) -> _Open:
+        """Keep the runs of ``tracker`` as a tree from now on (its first run whose parent
+        was never seen: a tracker with none costs nothing): its node, its open runs
+        registered (a run's parent found by the parent span id in its head; a run placed
+        by _home, marked, under no one). Once per tracker: O(open runs)."""
         trackers = self._trackers
         if len(trackers) >= _TRACKERS:  # forget the trackers with no root open
             for name in [name for name, old in trackers.items() if not old.kids]:
                 del trackers[name]
         node = trackers[tracker] = _new_open(_Open)
         node.kids = None
+        runs = [(run_id, span) for run_id, span in self._open.items() if span.template.tracker == tracker]
+        homes: dict[bytes, _Open] = {}
+        for _run_id, span in runs:
+            span.kids = span.up = None
+            if not any(_INFERRED_KEY in attribute[:40] for attribute in span.attributes):
+                homes[span.span_id] = span
+        for run_id, span in runs:
+            head = span.head  # pb.span_head: its span id at 20, its parent span id's field at 28
+            if span.template.root:
+                up: _Open | None = node
+            elif homes.get(span.span_id) is span and head[28:30] == _PARENT_FIELD:
+                up = homes.get(head[30:38])
+            else:
+                up = None
+            if up is not None:
+                kids = up.kids
+                if kids is None:
+                    up.kids = {span: run_id}
+                else:
+                    kids[span] = run_id
+                span.up = up
         return node
 
     @staticmethod
