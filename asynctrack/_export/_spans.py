@@ -12,7 +12,8 @@ same code and give the same ids:
   never seen, started while exactly one root of its tracker is open (and not sampled
   apart: ``sampled_apart`` in its start), is the child of that root's innermost open run,
   marked ``asynctrack.parent_inferred`` (``SpanAssembler._home``); else its trace is
-  named after its parent, whose span id it keeps as its parent's.
+  named after its parent, whose span id it keeps as its parent's. That parent's later
+  children go where its first one went (while that root is open).
 
 A start event opens a span; its end or error event closes it and it is encoded at once.
 When content is not captured, a model call's end is read by a schema that builds only the
@@ -144,7 +145,11 @@ def _chunks(count: int) -> bytes:
 
 
 _KNOWN_IDS: Final = 65_536  # ended runs whose ids are remembered for their late children
+_TRACKERS: Final = 64  # trackers kept with no root open (SpanAssembler._track)
+_INFERRED: Final = 4096  # parents never seen whose children's place is remembered (_home)
 _PARENT_FIELD: Final = b"\x22\x08"  # a Span's parent_span_id: its tag and length (pb.span_head)
+_INFERRED_KEY: Final = b"\x0a\x1aasynctrack.parent_inferred"  # PARENT_INFERRED's key field
+_NOT_PLACED: Final = ("", "")  # in SpanAssembler._inferred: a parent whose first child was not placed
 #: The attribute of a run placed under an open run of its tracker's one open root, its
 #: parent never seen: that parent's run id.
 PARENT_INFERRED: Final = "asynctrack.parent_inferred"
@@ -270,6 +275,7 @@ class _Open:
         "events",
         "first_chunk_ns",
         "head",
+        "kids",
         "last_ns",
         "links",
         "size",
@@ -277,6 +283,7 @@ class _Open:
         "start_ns",
         "stream_key",
         "template",
+        "up",
     )
 
     head: bytes  # the Span's ids, name and kind (pb.span_head)
@@ -291,6 +298,11 @@ class _Open:
     stream_key: bytes  # its '"run_id":"<id>' text once its first token was seen
     size: int  # estimated: 200, its attributes and its events
     links: bytes  # its links fields (pb.link), if any: a resumed graph's
+    # Where SpanAssembler._home looks (the open runs of a tracker as a tree, kept as runs
+    # open and end): the run it is registered under (its open parent, of its tracker; a
+    # root: its tracker's node), and its open children registered so, to their run ids.
+    up: _Open | None
+    kids: dict[_Open, str] | None
 
 
 _new_open: Final = object.__new__
@@ -337,8 +349,13 @@ class SpanAssembler:
         self._streams: dict[bytes, _Open] = {}  # open runs past their first token, by stream_key
         # (checkpoint namespace, checkpoint id) a graph paused at -> its span's trace and span ids
         self._paused: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        # The span ids of the runs placed by _home (a run whose parent was never seen).
-        self._placed: dict[bytes, None] = {}
+        # Per tracker whose runs are kept as a tree (from its first run whose parent was
+        # never seen on: _track), a node whose kids are its open roots (_Open.up, kids).
+        self._trackers: dict[str, _Open] = {}
+        # A parent never seen -> the run id its first child was placed under by _home and
+        # that run's root's (its later children go there while that root is open), or
+        # _NOT_PLACED: its first child was not placed (nor are they). The last _INFERRED.
+        self._inferred: dict[str, tuple[str, str]] = {}
         self._k = 0  # where the last line read had the k of its "kind"
         self._ts_at = 0  # where the last model start read by _known_start had its time
         # The templates of the last model starts read by _known_start, the newest first, and
@@ -819,7 +836,7 @@ class SpanAssembler:
             if known is None and template.tracker is not None:
                 # A parent never seen, started while one root of its tracker is open: in that
                 # root's trace, under its innermost open run (_home).
-                known = self._home(template.tracker)
+                known = self._home(template.tracker, parent_run_id)
                 if known is not None:
                     placed = pb.span_attribute(PARENT_INFERRED, parent_run_id)
             # A parent never seen otherwise (recorded by another tracker, or filtered out):
@@ -856,16 +873,30 @@ class SpanAssembler:
         if placed is not None:
             span.attributes.append(placed)
             size += len(placed)
-            placed_ids = self._placed
-            placed_ids[span_id] = None
-            if len(placed_ids) > _KNOWN_IDS:
-                del placed_ids[next(iter(placed_ids))]
         span.events = _NO_EVENTS  # a list of its own at its first event
         span.first_chunk_ns = span.chunks = 0
         span.stream_key = b""
         span.size = size
         span.links = b""
         open_runs = self._open
+        # A run of a tracker kept as a tree (_track): registered under its open parent of
+        # its tracker (a run placed by _home has none: it is no one's home), a root under
+        # its tracker's node.
+        span.kids = span.up = None
+        tracker = template.tracker
+        if tracker is not None and self._trackers:
+            up = self._trackers.get(tracker)
+            if up is not None and parent_run_id is not None:
+                up = open_runs.get(parent_run_id)
+                if up is not None and up.template.tracker != tracker:
+                    up = None
+            if up is not None:
+                kids = up.kids
+                if kids is None:
+                    up.kids = {span: run_id}
+                else:
+                    kids[span] = run_id
+                span.up = up
         open_runs[run_id] = span
         ids = self._ids
         ids[run_id] = (trace_id, span_id, people)
@@ -876,39 +907,102 @@ class SpanAssembler:
                     del ids[old]
         self.open_bytes += span.size
 
-    def _home(self, tracker: str) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
-        """Where a run of ``tracker`` whose parent was never seen goes: the ids of the
-        innermost open run of the tracker's one open root (as ``asynctrack show`` places
-        it by time); ``None`` when no root of the tracker is open, or more than one
-        (concurrent requests: no guess).
+    def _home(self, tracker: str, parent_run_id: str) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        """Where a run of ``tracker`` whose parent ``parent_run_id`` was never seen goes: the
+        ids of the innermost open run of the tracker's one open root (as ``asynctrack show``
+        places it by time); ``None`` when no root of the tracker is open, or more than one
+        (concurrent requests: no guess). A parent's later children go where its first one
+        went (in one trace, whatever roots are open now): under the same run while it is
+        open, else under its root's innermost open run, while that root is open; after the
+        root ended (the parent cannot have been inside it), decided again.
 
         The innermost: from the root down, while exactly one open run of the tracker is a
         child of the last one. A run placed so is no one's home (a model call: a sibling
-        started while it runs is not its child).
+        started while it runs is not its child). O(depth): the open runs are kept as a
+        tree (``_Open.up`` and ``kids``).
         """
-        open_runs = self._open
-        found = None
-        for run, span in open_runs.items():  # roots start before their runs: mostly first
-            if span.template.root and span.template.tracker == tracker:
-                if found is not None:
-                    return None
-                found = run, span
-        if found is None:
+        inferred = self._inferred
+        home_of = inferred.get(parent_run_id)
+        if home_of is not None:
+            home_run, root_run = home_of
+            if not home_run:
+                return None  # its first child was not placed
+            open_runs = self._open
+            root = open_runs.get(root_run)
+            if root is not None:
+                if home_run not in open_runs:  # ended: the root's innermost open run now
+                    home_run = self._innermost(root, root_run)
+                known = self._ids.get(home_run)
+                if known is not None:
+                    return known
+            del inferred[parent_run_id]  # its root ended: forgotten
+        node = self._trackers.get(tracker) or self._track(tracker)
+        roots = node.kids
+        if roots is None:
+            return None  # no root of the tracker open since it is kept (given to models only)
+        if len(roots) != 1:
+            inferred[parent_run_id] = _NOT_PLACED  # its later children are not placed either
+            if len(inferred) > _INFERRED:
+                del inferred[next(iter(inferred))]
             return None
-        run_id, home = found
-        trace_id = home.head[2:18]
-        placed = self._placed
-        inside = [
-            (run, span)
-            for run, span in open_runs.items()
-            if span.head[2:18] == trace_id and span.template.tracker == tracker and span.span_id not in placed
-        ]
-        while True:
-            # A span's head: its trace id at 2, span id at 20, its parent span id's field at 28.
-            below = [(run, span) for run, span in inside if span.head[28:38] == _PARENT_FIELD + home.span_id]
-            if len(below) != 1:
-                return self._ids.get(run_id)
-            run_id, home = below[0]
+        ((root, root_run),) = roots.items()
+        run_id = self._innermost(root, root_run)
+        known = self._ids.get(run_id)
+        if known is not None:
+            inferred[parent_run_id] = (run_id, root_run)
+            if len(inferred) > _INFERRED:
+                del inferred[next(iter(inferred))]
+        return known
+
+    @staticmethod
+    def _innermost(home: _Open, run_id: str) -> str:
+        """The run id of the innermost open run of ``home`` (of run ``run_id``): from it down,
+        while exactly one open run of its tracker is a child of the last one (_home)."""
+        kids = home.kids
+        while kids and len(kids) == 1:
+            ((home, run_id),) = kids.items()
+            kids = home.kids
+        return run_id
+
+    def _track(self, tracker: str) -> _Open:
+        """Keep the runs of ``tracker`` as a tree from now on (its first run whose parent
+        was never seen: a tracker with none costs nothing): its node, its open runs
+        registered (a run's parent found by the parent span id in its head; a run placed
+        by _home, marked, under no one). Once per tracker: O(open runs)."""
+        trackers = self._trackers
+        if len(trackers) >= _TRACKERS:  # forget the trackers with no root open
+            for name in [name for name, old in trackers.items() if not old.kids]:
+                del trackers[name]
+        node = trackers[tracker] = _new_open(_Open)
+        node.kids = None
+        runs = [(run_id, span) for run_id, span in self._open.items() if span.template.tracker == tracker]
+        homes: dict[bytes, _Open] = {}
+        for _run_id, span in runs:
+            span.kids = span.up = None
+            if not any(_INFERRED_KEY in attribute[:40] for attribute in span.attributes):
+                homes[span.span_id] = span
+        for run_id, span in runs:
+            head = span.head  # pb.span_head: its span id at 20, its parent span id's field at 28
+            if span.template.root:
+                up: _Open | None = node
+            elif homes.get(span.span_id) is span and head[28:30] == _PARENT_FIELD:
+                up = homes.get(head[30:38])
+            else:
+                up = None
+            if up is not None:
+                kids = up.kids
+                if kids is None:
+                    up.kids = {span: run_id}
+                else:
+                    kids[span] = run_id
+                span.up = up
+        return node
+
+    @staticmethod
+    def _leave(kids: dict[_Open, str]) -> None:
+        """The open children of a run that ended first (evicted): no one's now."""
+        for kid in kids:
+            kid.up = None
 
     def _spread(self, trace_id: bytes, people: tuple[bytes, ...]) -> None:
         """A session or user first set below the root of ``trace_id`` (a nested runnable's
@@ -1003,7 +1097,7 @@ class SpanAssembler:
             self.open_bytes -= span.size
         return self._finish(span, kind, data, end_ns)
 
-    def _finish(
+    def _finish(  # noqa: PLR0915 - one frame per run (hot)
         self, span: _Open, kind: str, data: dict[str, Any], end_ns: int, ended: Ended | None = None
     ) -> bytes:
         """The span of a run that ended (``kind``, ``data``) at ``end_ns``, encoded;
@@ -1012,6 +1106,11 @@ class SpanAssembler:
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
+        up = span.up
+        if up is not None:  # out of the tree _home looks at
+            del up.kids[span]  # type: ignore[union-attr]  # registered: its parent has kids
+            if span.kids:
+                self._leave(span.kids)
         attributes = span.attributes
         status, message = pb.STATUS_UNSET, ""
         events = span.events
@@ -1161,6 +1260,11 @@ class SpanAssembler:
         if span.stream_key:
             del self._streams[span.stream_key]
             span.stream_key = b""
+        up = span.up
+        if up is not None:
+            del up.kids[span]  # type: ignore[union-attr]  # registered: its parent has kids
+            if span.kids:
+                self._leave(span.kids)
         span.attributes.append(pb.span_attribute("asynctrack.unfinished", why))
         if span.chunks:
             span.attributes.append(pb.span_attribute("asynctrack.stream.chunks", span.chunks))
