@@ -118,7 +118,7 @@ _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a ru
 #: those found by a lookbehind (they start after a '.' or ':', as a run does).
 #:
 #: One C search of the text (``_GLUED``): the formats grouped by their first byte (a
-#: '-' or '_' followed by no format's first byte costs one branch); each attempt reads
+#: '-' or '_' followed by no format's first byte costs one set test); each attempt reads
 #: a bounded part of the run (a format's shortest body, four parts, or a match), so a
 #: run dense with glue points (``-s-s-s...``, ``sk-sk-sk...``) costs linear time. A
 #: glued JWT's header stops at a glued ``eyJ``: a failed one reads its run up to the next.
@@ -155,7 +155,10 @@ def _glued_pattern() -> bytes:
         for first in firsts:
             groups.setdefault(bytes([first]), []).append(rest)
     branches = (first + b"(?:" + b"|".join(rests) + b")" for first, rests in groups.items())
-    return rb"[-_](" + b"|".join(branches) + b")"
+    # A '-' or '_' before no format's first byte (most of them: JSON keys, ids) costs one
+    # test of a set, not a branch per group.
+    firsts = re.escape(b"".join(sorted(groups)))
+    return rb"[-_](?=[" + firsts + rb"])(" + b"|".join(branches) + b")"
 
 
 _GLUED: Final = re.compile(_glued_pattern())
@@ -282,10 +285,11 @@ _AWS_BEFORE: Final = 120
 def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
     """Spans of the run-based formats in ``text``."""
     mapped = text.translate(_TOKENMAP)
-    i = first = mapped.find(_RUN20)
+    i = mapped.find(_RUN20)
     if i == -1:
         return []
     found = []
+    glued = -1  # where the glued formats are searched from: a run with a '-' or '_' in its head
     for _ in range(_FEW_RUNS):
         if (
             text[i : i + 2] in _PREFIXES
@@ -297,14 +301,18 @@ def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
             if m is not None:
                 found.append(m)
         end = mapped.find(b" ", i)
+        if glued == -1:  # a glued format: a '-' or '_' and 20 more token characters
+            head = len(text) - 20 if end == -1 else end - 20
+            glued = i if text.find(b"-", i, head) != -1 or text.find(b"_", i, head) != -1 else -1
         i = -1 if end == -1 else mapped.find(_RUN20, end)
         if i == -1:
             break
     else:  # many runs: the rest with one C call per run
+        glued = i if glued == -1 else glued
         runs = map(_START, _RUN20_AFTER.finditer(mapped, i - 1))
         found.extend(filter(None, map(_FORMAT_AFTER.match, repeat(text), runs)))
-    if text.find(b"-", first) != -1 or text.find(b"_", first) != -1:
-        found.extend(_GLUED.finditer(text, first))  # glued formats: one C search
+    if glued != -1:
+        found.extend(_GLUED.finditer(text, glued))  # glued formats: one C search
     if not found:
         return []
     return [(m.start(m.lastindex or 0), m.end(), REDACTED_BYTES) for m in found]
