@@ -79,6 +79,13 @@ def corpus(size: int) -> dict[str, str]:
         "word chars run": fill("a"),
         "'a-' run": fill("a-"),
         "'sk-' + long run": "sk-" + fill("a")[3:],
+        # Words dense with a '-' or '_' before a glued format's first letters.
+        "'-s' x32 words": fill("-s" * 32 + " "),
+        "'-gh' words": fill("-gh" * 21 + "x "),
+        "'_sk_' words": fill("_sk_" * 16 + " "),
+        "'-AKIA' words": fill("-AKIA" * 13 + " "),
+        "'-sk-learn' repeated": fill("-sk-learn"),
+        "'-xoxb-' + 15 chars (near miss)": fill("-xoxb-abcdefghijklmn"),
         # The detectors of the public rule sets' formats: their literals repeated, near
         # misses, and dense hits (Python per hit).
         "'machine ' repeated": fill("machine "),

@@ -36,6 +36,7 @@ from asynctrack._config import DEFAULT_REDACT_KEYS
 from asynctrack._events._encode import Encoder
 from asynctrack._events._translate import EventTranslator
 from asynctrack._redact import REDACTED, KeyRule, Redactor, StreamRedactor, _redactor, normalize_key
+from asynctrack._redact._stream import open_credential
 
 # Distinct, greppable secrets; each is planted in one shape below.
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzXAMPLEKEY"  # 40 characters
@@ -1539,6 +1540,44 @@ def test_any_split_of_a_streamed_glued_credential_keeps_it_out(cuts: list[int], 
     credential = next(c for c in (OPENAI, GLUED_AWS, GLUED_GHP) if c in glued)
     assert credential[6:] not in written, (pieces, written)
     assert written.startswith("here it is: ") and written.endswith(" and more text"), written
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["Closed ", "task-sk-12", " today"],
+        ["Closed task-sk-1", "2 today"],
+        ["label_AKIA_missing", " in docs"],
+        ["the ", "report-eyJson", " file"],
+        ["see ", "tab-ya29.notes", " here"],
+        ["on ", "feature-sk-learn-pipeline", "-integration", " now"],
+        ["hugs-xoxo-and", "-kisses-forever"],
+    ],
+)
+def test_a_streamed_identifier_with_a_glued_prefix_the_whole_text_keeps_is_kept(pieces: list[str]) -> None:
+    """A token that holds a glued prefix and what follows it (``task-sk-12``): kept, as the
+    whole text keeps it (review 16c, finding 9: ``task-[REDACTED]`` at 65f6546). Only a
+    prefix at the stream's very end is held back (``task-sk-``), as after a space."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", piece) for piece in pieces)
+    assert written == "".join(pieces) == redactor.text("".join(pieces))
+
+
+def test_a_glued_credential_after_a_long_dotted_run_is_redacted_when_streamed_or_cut() -> None:
+    """The detectors start a run after each '.', the stream's check reads the run with its
+    dots: a glued credential after a dotted run longer than 64 characters was written
+    from its 9th character on, and a string cut inside it kept it (review 16c, finding 4)."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    lead = "see com.example.services.reporting.production.datasource.hikari.replica-"
+    assert len(lead) - lead.index("com.") > 64
+    pieces = [lead, "gh", "p_A1b2", "C3d4E5f6", "G7h8I9j0", "K1l2M3n4", "O5p6Q7r8", " ok"]
+    stream = StreamRedactor(redactor.text, redactor.key_rule)
+    written = "".join(stream.token("run", piece) for piece in pieces)
+    assert redactor.text("".join(pieces)) == f"{lead}{REDACTED} ok"
+    assert written.startswith(lead + "gh" + REDACTED) and written.endswith(" ok")
+    assert not any(part in written for part in pieces[2:-1])
+    assert open_credential(lead + GLUED_GHP[:14], redactor.key_rule) == len(lead)
 
 
 @pytest.mark.parametrize("capture_content", [False, True])

@@ -5,6 +5,7 @@ formats, in a text with a few runs (judged one by one) and with many (judged in 
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import orjson
@@ -276,6 +277,76 @@ def test_identifiers_hashes_and_prose_with_a_glued_lookalike_are_kept(before: in
     filler = _fill(before).decode() + " " if before else ""
     for text in LOOKALIKES:
         assert redactor.text(filler + text) == filler + text
+
+
+#: Slugs, branch names and identifiers whose part after a '-' or '_' starts with a glued
+#: format's prefix and runs on in words (review 16c, finding 8: redacted at 65f6546).
+SLUGS = [
+    "https://github.com/org/repo/tree/feature-sk-learn-pipeline-integration",
+    "docs-sk-learn-compatible-estimator",
+    "locale_sk-slovak-translation-bundle",
+    "hugs-xoxo-and-kisses-forever",
+    "release-glft-deployment-tools-for-all",
+    "release-glft-deployment-2024-tools-v2-for-all",
+    "bump-sk-Learn-Release-Notes-x86_64-wheels",
+    "fix_github_pat_rotation_guide_for_admins",
+    "ops-HRKU-MIGRATION-RUNBOOK-STAGING",
+    "team-AIza-onboarding-checklist-and-notes",
+]
+
+
+@pytest.mark.parametrize("before", [0, MANY])
+def test_a_slug_with_a_glued_prefix_and_words_after_it_is_kept(before: int) -> None:
+    """A prefix glued in a slug (``feature-sk-learn-pipeline``) whose body is words, not a
+    key's mix of letters and digits, is kept; the same prefix before a key is redacted."""
+    redactor = Redactor(DEFAULT_REDACT_KEYS)
+    filler = _fill(before).decode() + " " if before else ""
+    for text in SLUGS:
+        assert redactor.text(filler + text) == filler + text
+    # A key after the words (with the words, then), or words after a key: redacted.
+    openai, ghp = PREFIXED[0], PREFIXED[7]
+    text = f"{filler}feature-sk-learn-{ghp} and hugs-{openai}-and-kisses-forever"
+    out = f"{filler}feature-{REDACTED} and hugs-{REDACTED}"
+    assert redactor.text(text) == out
+
+
+def _python_calls(text: bytes) -> int:
+    """Python calls (and calls of C functions from Python) in ``_formats`` that
+    ``run_formats`` makes (not a garbage collector's callbacks meanwhile)."""
+    calls = 0
+
+    def count(frame: Any, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call") and frame.f_code.co_filename == _formats.__file__
+
+    sys.setprofile(count)
+    try:
+        run_formats(text)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "-s" * 32 + " ",
+        "-gh" * 21 + "x ",
+        "_sk_" * 16 + " ",
+        "-AKIA" * 13 + " ",
+        "-sk-learn",
+        "-xoxb-abcdefghijklmn",
+        "sk-",
+        "x_eyJ",
+        "-eyJhbGciOiJIUzI1NiJ9",
+    ],
+)
+def test_glue_points_cost_no_python_per_glue_point(unit: str) -> None:
+    """Text dense with glue points (review 16c, finding 5: ~30x the time at 65f6546, a
+    Python step per glue point in a word's head): the glued formats are one C search,
+    whatever the text's length."""
+    small, large = (((unit * n)[: n * 64]).encode() for n in (256, 2048))
+    assert _python_calls(large) == _python_calls(small)
 
 
 _glued_pieces = st.one_of(

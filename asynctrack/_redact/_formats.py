@@ -10,7 +10,7 @@ from typing import Final
 
 from ._common import REDACTED_BYTES
 
-__all__ = ["LITERAL_FORMATS", "aws_secrets", "base64_runs", "pgpass_lines", "run_formats"]
+__all__ = ["LITERAL_FORMATS", "SLUG", "aws_secrets", "base64_runs", "pgpass_lines", "run_formats"]
 
 # -- value detectors ------------------------------------------------------------------
 #
@@ -110,32 +110,58 @@ _ESCAPES: Final = frozenset(b"ntrbf")  # JSON escapes whose letter glues to a ru
 
 #: The formats with a prefix of their own also start after a '-' or '_' in a run, glued
 #: to a word (``tag-AKIA...``, ``backup_ghp_...``, ``https://ci-ghp_...@``), as gitleaks'
-#: rules (``\b``, or no boundary) match them there; within the first ``_GLUE_HEAD``
-#: characters of the run (or after a format found in it), so that a long run dense with
-#: prefixes (``ghp_ghp_...``) costs a bounded number of matches. Left out: Mailgun's
-#: ``key-`` (``cache-key-<md5>``), the formats led by hex digits and those found by a
-#: lookbehind (they start after a '.' or ':', as a run does); JWTs are matched on their own
-#: (``_GLUED_JWT``): a failed one has read its run to the end.
-_GLUED_FORMATS: Final = tuple(
-    f for f in _RUN_FORMATS if not f.startswith((b"(?<=", b"[0-9a-f]", b"key-", b"eyJ"))
-)
-_GLUED: Final = re.compile(b"|".join(_GLUED_FORMATS))
-_GLUED_JWT: Final = re.compile(next(f for f in _RUN_FORMATS if f.startswith(b"eyJ")))
-_GLUED_PREFIXES: Final = _PREFIXES - {b"ke", b"AA"}
-_GLUE_HEAD: Final = 64
-#: In the text: a '-' or '_' before a glued format's first character.
-_GLUE_AT: Final = re.compile(
-    b"[-_](?=[" + re.escape(bytes(sorted({prefix[0] for prefix in _GLUED_PREFIXES}))) + b"])"
-)
-#: ``bytes.translate`` table: '-' and '_' -> '-', the first characters of the glued
-#: formats -> 'F', the other token characters -> 'a', all else -> space.
-_GLUEMAP: Final = bytes(
-    0x2D if b in b"_-" else 0x46 if any(prefix[0] == b for prefix in _GLUED_PREFIXES) else _TOKENMAP[b]
-    for b in range(256)
-)
-#: In that text: a '-' or '_' before a glued format's first character and 19 more token
-#: characters (the shortest glued format is 20 characters long).
-_GLUE_POINT: Final = re.compile(rb"-F[aF\-]{19}")
+#: rules (``\b``, or no boundary) match them there, each with its own length and
+#: characters, but not where the body after the prefix reads as a slug or an identifier
+#: (``feature-sk-learn-pipeline``, ``hugs-xoxo-and-kisses``): its first four '-'/'_'
+#: parts (or all, if fewer) words (``_WORD``), where a key's letters and digits mix.
+#: Left out: Mailgun's ``key-`` (``cache-key-<md5>``), the formats led by hex digits and
+#: those found by a lookbehind (they start after a '.' or ':', as a run does).
+#:
+#: One C search of the text (``_GLUED``): the formats grouped by their first byte (a
+#: '-' or '_' followed by no format's first byte costs one set test); each attempt reads
+#: a bounded part of the run (a format's shortest body, four parts, or a match), so a
+#: run dense with glue points (``-s-s-s...``, ``sk-sk-sk...``) costs linear time. A
+#: glued JWT's header stops at a glued ``eyJ``: a failed one reads its run up to the next.
+#:
+#: A word: digits, capitals, lower-case letters, digits, each maybe none, in that order
+#: (``learn``, ``Release``, ``v2``, ``x86``, ``64bit``, ``2024``, ``AKIA``; not ``dE6g``).
+_WORD: Final = r"[0-9]*+[A-Z]*+[a-z]*+[0-9]*+"
+#: A slug's start: four parts that are words, each followed by a '-' or '_' or the
+#: run's end (a text's end too: a streamed run that ends so is judged as it stands).
+SLUG: Final = (_WORD + r"(?:[-_]|(?![A-Za-z0-9_\-]))") * 4  # unrolled: a repeat costs more
+#: A format's body: its first counted character class (group 1: its shortest length).
+_BODY: Final = re.compile(rb"\[[^\]]*\]\{([0-9]+)")
+
+
+def _glued_pattern() -> bytes:
+    """``_GLUED``'s pattern: '-' or '_', then (group 1) a glued format."""
+    formats = [f for f in _RUN_FORMATS if not f.startswith((b"(?<=", b"[0-9a-f]", b"key-", b"eyJ"))]
+    slug = b"(?!" + SLUG.encode() + b")"
+    bodies = [_BODY.search(f) for f in formats]
+    if None in bodies:  # pragma: no cover - each format has a body
+        raise ValueError("a format without a body")
+    # Before the slug's check, a look at the body's shortest length (cheaper, and most
+    # glue points fail it).
+    formats = [
+        f[: m.start()] + b"(?=" + m[0] + b"})" + slug + f[m.start() :]
+        for f, m in zip(formats, bodies, strict=True)
+        if m
+    ]
+    # A JWT: its header (20 characters at least, as a run the search starts from).
+    formats.append(rb"eyJ(?:[A-Za-z0-9]|[-_](?!eyJ)){17,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]*+")
+    groups: dict[bytes, list[bytes]] = {}  # first byte -> the rest of each format (in order)
+    for f in formats:
+        firsts, rest = (f[1 : f.index(b"]")], f[f.index(b"]") + 1 :]) if f[:1] == b"[" else (f[:1], f[1:])
+        for first in firsts:
+            groups.setdefault(bytes([first]), []).append(rest)
+    branches = (first + b"(?:" + b"|".join(rests) + b")" for first, rests in groups.items())
+    # A '-' or '_' before no format's first byte (most of them: JSON keys, ids) costs one
+    # test of a set, not a branch per group.
+    firsts = re.escape(b"".join(sorted(groups)))
+    return rb"[-_](?=[" + firsts + rb"])(" + b"|".join(branches) + b")"
+
+
+_GLUED: Final = re.compile(_glued_pattern())
 
 #: (literal that must occur, pattern, group to redact: 0 for the whole match); entries
 #: that share a literal check it once per text. A lookbehind ``(?<![^\\][A-Za-z0-9]...)``
@@ -263,7 +289,7 @@ def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
     if i == -1:
         return []
     found = []
-    head = 0  # the end of the last format found
+    glued = -1  # where the glued formats are searched from: a run with a '-' or '_' in its head
     for _ in range(_FEW_RUNS):
         if (
             text[i : i + 2] in _PREFIXES
@@ -274,83 +300,22 @@ def run_formats(text: bytes) -> list[tuple[int, int, bytes]]:
             m = _FORMAT_AFTER.match(text, i - 1) if i else _FORMAT_FIRST.match(text)
             if m is not None:
                 found.append(m)
-                head = max(head, m.end())
         end = mapped.find(b" ", i)
-        if end == -1 or end - i > 20:  # long enough for a glued format
-            head = _glued_in(text, max(i, head), len(text) if end == -1 else end, found)
+        if glued == -1:  # a glued format: a '-' or '_' and 20 more token characters
+            head = len(text) - 20 if end == -1 else end - 20
+            glued = i if text.find(b"-", i, head) != -1 or text.find(b"_", i, head) != -1 else -1
         i = -1 if end == -1 else mapped.find(_RUN20, end)
         if i == -1:
             break
     else:  # many runs: the rest with one C call per run
+        glued = i if glued == -1 else glued
         runs = map(_START, _RUN20_AFTER.finditer(mapped, i - 1))
         found.extend(filter(None, map(_FORMAT_AFTER.match, repeat(text), runs)))
-        _glued(text, i, found)
+    if glued != -1:
+        found.extend(_GLUED.finditer(text, glued))  # glued formats: one C search
     if not found:
         return []
     return [(m.start(m.lastindex or 0), m.end(), REDACTED_BYTES) for m in found]
-
-
-def _glued_at(text: bytes, at: int, jwt: bool) -> re.Match[bytes] | None:
-    """The glued format that starts at ``at``, if any (``jwt``: a JWT may start there)."""
-    if text[at : at + 2] not in _GLUED_PREFIXES:
-        return None
-    m = _GLUED.match(text, at)
-    if m is None and jwt and text[at : at + 3] == b"eyJ":
-        m = _GLUED_JWT.match(text, at)
-    return m
-
-
-def _glued_in(text: bytes, head: int, end: int, found: list[re.Match[bytes]]) -> int:
-    """Adds to ``found`` the glued formats in the run ``text[:end]`` from ``head`` (its
-    start, or the end of a format found in it), and returns the end of the last format
-    found (or ``head``): a C search per '-' or '_' before a format's first character in
-    the first ``_GLUE_HEAD`` characters after ``head``."""
-    jwt = True  # a JWT that failed read the run to its end: none starts later in it
-    point = _GLUE_AT.search(text, head, min(end, head + _GLUE_HEAD + 1))
-    while point is not None:
-        at = point.end()
-        m = _glued_at(text, at, jwt) if end - at >= 20 else None
-        jwt = jwt and (m is not None or text[at : at + 3] != b"eyJ")
-        if m is not None:
-            found.append(m)
-            head = m.end()
-        point = _GLUE_AT.search(text, head if m is not None else at, min(end, head + _GLUE_HEAD + 1))
-    return head
-
-
-def _glued(text: bytes, start: int, found: list[re.Match[bytes]]) -> None:
-    """``_glued_in`` for every run from ``start`` on (``found``: the formats found at
-    the runs' starts, in order), with C searches of the whole text (one ``translate``;
-    Python per glue point in a run's head, and per run with one past its head)."""
-    if text.find(b"-", start) == -1 and text.find(b"_", start) == -1:
-        return
-    marks = text.translate(_GLUEMAP)
-    point = _GLUE_POINT.search(marks, start)
-    at_starts = iter(found[:])  # their ends move the head as the glue points pass them
-    after = next(at_starts, None)
-    head = 0  # the end of the last format found
-    no_jwt = 0  # a JWT failed to its run's end here: none starts before it
-    while point is not None:
-        at = point.start() + 1
-        while after is not None and after.start() < at:
-            head = max(head, after.end())
-            after = next(at_starts, None)
-        if at < head:  # inside a format found
-            point = _GLUE_POINT.search(marks, head)
-            continue
-        # Past the head (the run's start is not within it): the rest of the run.
-        if at - max(head, marks.rfind(b" ", max(0, at - _GLUE_HEAD - 1), at) + 1) > _GLUE_HEAD:
-            end = marks.find(b" ", at)
-            point = None if end == -1 else _GLUE_POINT.search(marks, end)
-            continue
-        m = _glued_at(text, at, at >= no_jwt)
-        if m is None and at >= no_jwt and text[at : at + 3] == b"eyJ":
-            end = marks.find(b" ", at)
-            no_jwt = len(text) if end == -1 else end
-        if m is not None:
-            found.append(m)
-            head = m.end()
-        point = _GLUE_POINT.search(marks, head if m is not None else at)
 
 
 def aws_secrets(text: bytes) -> list[tuple[int, int, bytes]]:

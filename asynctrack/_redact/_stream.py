@@ -9,6 +9,7 @@ from typing import Final
 import orjson
 
 from ._common import REDACTED
+from ._formats import SLUG
 
 __all__ = ["StreamRedactor", "open_credential"]
 
@@ -31,12 +32,19 @@ _PREFIX: Final = re.compile(
     r"|hv[sbr]\.|dp\.(?:pt|st|ct|sa|scim|audit)\.|eyJ"
 )
 _CREDENTIAL_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
-#: A prefix glued after a '-' or '_' (``ci-ghp_``), as the detectors find the formats
-#: (``_formats._glued``): in the first ``_GLUE_HEAD`` characters of the run. SendGrid's
+#: A prefix glued after a '-' or '_' (``ci-ghp_``), anywhere in the run, as the detectors
+#: find the formats (``_formats._GLUED``), where what follows it up to the text's end can
+#: still become its key: nothing yet, or no slug's start (``task-sk-12``,
+#: ``label_AKIA_missing``, ``report-eyJson``: kept, as the whole text keeps them). SendGrid's
 #: ``SG.`` is not found glued (its detector asks for no word character before it).
-_GLUED_PREFIX: Final = re.compile(r"[-_](?:" + _PREFIX.pattern.replace(r"|SG\.", "") + ")")
-_GLUE_HEAD: Final = 64
-_LONGEST_PREFIX: Final = 24  # "pypi-AgEIcHlwaS5vcmc" and the like
+_GLUED_PREFIX: Final = re.compile(
+    r"[-_](?:" + _PREFIX.pattern.replace(r"|SG\.", "") + r")(?:\Z|(?!" + SLUG + "))"
+)
+#: The characters at the end of the run searched for a glued prefix (a C attempt per '-'
+#: or '_': a 256 KiB token dense with them costs no more than 4 KiB of it). A prefix
+#: further back is a credential's of more than that many characters, whose full match
+#: the whole text finds; only its run's continuation in a later token would be missed.
+_GLUED_WINDOW: Final = 4096
 
 
 def _open_prefix(text: str) -> int:
@@ -44,14 +52,15 @@ def _open_prefix(text: str) -> int:
     reaches the end of ``text``, or -1.
 
     A format starts where that last run starts or right after a '.' in it, or after a
-    '-' or '_' in its first ``_GLUE_HEAD`` characters: one ``rstrip`` (as long as the
-    run), a search of its head and a match per '.', not a search at every character.
+    '-' or '_' in it (``_GLUED_PREFIX``, in its last ``_GLUED_WINDOW`` characters): one
+    ``rstrip`` (as long as the run), a C search and a match per '.', not a search at
+    every character.
     The whole run is read, however far back it starts: a batch of tokens may hold a
     format's prefix and more than a key's worth of characters after it.
     """
     start = len(text.rstrip(_CREDENTIAL_CHARS))
-    glued = _GLUED_PREFIX.search(text, start, start + _GLUE_HEAD + _LONGEST_PREFIX)
-    first = glued.start() + 1 if glued is not None and glued.start() < start + _GLUE_HEAD else -1
+    glued = _GLUED_PREFIX.search(text, max(start, len(text) - _GLUED_WINDOW))
+    first = glued.start() + 1 if glued is not None else -1
     while start < len(text) and (first == -1 or start < first):
         if _PREFIX.match(text, start) is not None:
             return start
