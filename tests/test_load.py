@@ -144,6 +144,18 @@ def test_a_name_with_a_lone_surrogate_is_found_by_the_name_given(
     assert "run \ufffd" in capsys.readouterr().out
 
 
+def _every_reader_keeps_5_and_warns_once(destination: Path, said: re.Pattern[str]) -> None:
+    """``read_events``, ``load`` and ``scan`` read 5 events of run ``e``/``r`` and warn once, as ``said``."""
+    for read in (
+        lambda: asynctrack.read_events(destination, "e", "r"),
+        lambda: asynctrack.load(destination, "e", "r"),
+        lambda: asynctrack.scan(destination).collect(),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            assert len(read()) == 5
+        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+
+
 def test_names_that_differ_only_in_case_are_read_apart_in_a_shared_directory(
     tmp_destination: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -243,14 +255,7 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
     path.write_bytes(b"".join(damaged))
     said = re.compile(rf"skipped 4 unreadable line\(s\) in \S*{re.escape(path.name)}\b")
 
-    for read in (
-        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
-        lambda: asynctrack.load(tmp_destination, "e", "r"),
-        lambda: asynctrack.scan(tmp_destination).collect(),
-    ):
-        with pytest.warns(UserWarning) as caught:
-            assert len(read()) == 5
-        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+    _every_reader_keeps_5_and_warns_once(tmp_destination, said)
 
     for polars in (True, False):
         with pytest.MonkeyPatch.context() as patch:
@@ -308,14 +313,7 @@ def test_a_line_without_the_envelope_or_of_other_types_is_not_an_event_for_any_r
     path.write_bytes(b"".join([first, *odd, reordered, *rest]))
     said = re.compile(rf"skipped {len(odd)} unreadable line\(s\) in \S*{re.escape(path.name)}\b")
 
-    for read in (
-        lambda: asynctrack.read_events(tmp_destination, "e", "r"),
-        lambda: asynctrack.load(tmp_destination, "e", "r"),
-        lambda: asynctrack.scan(tmp_destination).collect(),
-    ):
-        with pytest.warns(UserWarning) as caught:
-            assert len(read()) == 5
-        assert [said.match(str(warning.message)) is not None for warning in caught] == [True]
+    _every_reader_keeps_5_and_warns_once(tmp_destination, said)
     with pytest.warns(UserWarning):
         (kept,) = [e for e in asynctrack.read_events(tmp_destination, "e", "r") if e["seq"] == 9]
         frame = asynctrack.load(tmp_destination, "e", "r")

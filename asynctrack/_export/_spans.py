@@ -308,6 +308,16 @@ class _Open:
 _new_open: Final = object.__new__
 
 
+def _register(span: _Open, run_id: str, up: _Open) -> None:
+    """``span`` (of run ``run_id``) registered under ``up`` in its tracker's tree (``_home``)."""
+    kids = up.kids
+    if kids is None:
+        up.kids = {span: run_id}
+    else:
+        kids[span] = run_id
+    span.up = up
+
+
 class SpanAssembler:
     """Turns recorded lines into encoded spans (one thread at a time; holds state).
 
@@ -891,12 +901,7 @@ class SpanAssembler:
                 if up is not None and up.template.tracker != tracker:
                     up = None
             if up is not None:
-                kids = up.kids
-                if kids is None:
-                    up.kids = {span: run_id}
-                else:
-                    kids[span] = run_id
-                span.up = up
+                _register(span, run_id, up)
         open_runs[run_id] = span
         ids = self._ids
         ids[run_id] = (trace_id, span_id, people)
@@ -990,12 +995,7 @@ class SpanAssembler:
             else:
                 up = None
             if up is not None:
-                kids = up.kids
-                if kids is None:
-                    up.kids = {span: run_id}
-                else:
-                    kids[span] = run_id
-                span.up = up
+                _register(span, run_id, up)
         return node
 
     @staticmethod
