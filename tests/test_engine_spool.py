@@ -35,16 +35,18 @@ pytest_plugins = ("_infra.aws_fixtures",)
 DESTINATION = "memory://spool-test"
 
 
-def _spool_down(spool_dir: Path, experiment: str, run: str, batches: int, per_batch: int) -> None:
-    """A tracker whose destination is down records ``batches * per_batch`` events, then closes:
-    every batch goes to the spool."""
+def _spool_down(
+    spool_dir: Path, experiment: str, run: str, batches: int, per_batch: int, *, gzipped: bool = False
+) -> None:
+    """A tracker whose destination is down records ``batches * per_batch`` events (``e0``,
+    ``e1``, ...), then closes: every batch goes to the spool."""
     sink = MemorySink(DESTINATION)
     sink.failing = True
     tracker = AsyncTracker(
         sink,
         experiment_name=experiment,
         run_name=run,
-        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=per_batch),
+        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=per_batch, gzip=gzipped),
     )
     for i in range(batches * per_batch):
         text(tracker, f"e{i}")
@@ -296,18 +298,7 @@ def test_a_spool_file_cut_on_disk_delivers_its_whole_lines_and_counts_the_rest_l
     counted as lost, and an error names each file. (They were sent as they were, a cut
     line included, the third under a garbled key, and counted written.)"""
     spool_dir = tmp_path / "spool"
-    sink = MemorySink(DESTINATION)
-    sink.failing = True
-    tracker = AsyncTracker(
-        sink,
-        experiment_name="exp",
-        run_name="run",
-        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=50, gzip=gzipped),
-    )
-    for i in range(200):
-        text(tracker, f"e{i}")
-    with pytest.raises(FlushError):
-        tracker.close(timeout=JOIN)
+    _spool_down(spool_dir, "exp", "run", batches=4, per_batch=50, gzipped=gzipped)
     keys = {batch.key for batch in Spool(spool_dir, DESTINATION, max_bytes=1 << 30).pending()}
     cut, changed, header, whole = sorted(spool_dir.rglob("*.batch"), key=lambda path: path.stat().st_mtime)
     with open(cut, "r+b") as file:
@@ -347,18 +338,7 @@ def test_a_spool_file_whose_name_and_lines_disagree_sends_at_most_its_count_and_
     negative, and the messages say what happened. (The first was trusted: 25 written, 10
     on disk; the second sent 15: "15 of its 10 event(s) ... -5 lost", lost went down.)"""
     spool_dir = tmp_path / "spool"
-    sink = MemorySink(DESTINATION)
-    sink.failing = True
-    tracker = AsyncTracker(
-        sink,
-        experiment_name="exp",
-        run_name="run",
-        config=TrackerConfig(spool_dir=str(spool_dir), max_batch_events=10),
-    )
-    for i in range(20):
-        text(tracker, f"e{i}")
-    with pytest.raises(FlushError):
-        tracker.close(timeout=JOIN)
+    _spool_down(spool_dir, "exp", "run", batches=2, per_batch=10)
     renamed, appended = sorted(spool_dir.rglob("*.batch"), key=lambda path: path.stat().st_mtime)
     assert renamed.name.startswith("10.") and appended.name.startswith("10.")
     renamed = renamed.rename(renamed.with_name("25." + renamed.name.partition(".")[2]))

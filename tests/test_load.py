@@ -144,6 +144,23 @@ def test_a_name_with_a_lone_surrogate_is_found_by_the_name_given(
     assert "run \ufffd" in capsys.readouterr().out
 
 
+def _runs_counts_5_and_warns_once(
+    destination: Path, said: re.Pattern[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``asynctrack runs --json``, with Polars and with the core alone: one run of 5 events,
+    and one warning line, as ``said``."""
+    from asynctrack._cli import main
+
+    for polars in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
+            assert main(["runs", str(destination), "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert [row["events"] for row in json.loads(out)] == [5]
+            (line,) = err.splitlines()
+            assert said.match(line.removeprefix("asynctrack runs: "))
+
+
 def _every_reader_keeps_5_and_warns_once(destination: Path, said: re.Pattern[str]) -> None:
     """``read_events``, ``load`` and ``scan`` read 5 events of run ``e``/``r`` and warn once, as ``said``."""
     for read in (
@@ -257,14 +274,7 @@ def test_an_unreadable_line_is_skipped_counted_and_its_file_named(
 
     _every_reader_keeps_5_and_warns_once(tmp_destination, said)
 
-    for polars in (True, False):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
-            assert main(["runs", str(tmp_destination), "--json"]) == 0
-            out, err = capsys.readouterr()
-            assert [row["events"] for row in json.loads(out)] == [5]
-            (line,) = err.splitlines()
-            assert said.match(line.removeprefix("asynctrack runs: "))
+    _runs_counts_5_and_warns_once(tmp_destination, said, capsys)
     assert main(["show", str(tmp_destination), "r"]) == 0
     out, err = capsys.readouterr()
     assert "5 events" in out.splitlines()[1] and said.match(err.removeprefix("asynctrack show: "))
@@ -319,13 +329,7 @@ def test_a_line_without_the_envelope_or_of_other_types_is_not_an_event_for_any_r
         frame = asynctrack.load(tmp_destination, "e", "r")
     row = frame[frame["seq"] == 9].iloc[0]
     assert (row["run_id"], row["data"], row["tags"]) == (kept["run_id"], {"x": 1}, kept["tags"])
-    for polars in (True, False):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("asynctrack._cli._runs.polars_installed", lambda polars=polars: polars)
-            assert main(["runs", str(tmp_destination), "--json"]) == 0
-            out, err = capsys.readouterr()
-            assert [row["events"] for row in json.loads(out)] == [5]
-            assert said.match(err.removeprefix("asynctrack runs: "))
+    _runs_counts_5_and_warns_once(tmp_destination, said, capsys)
     assert main(["show", str(tmp_destination), "r"]) == 0
     assert "5 events" in capsys.readouterr().out.splitlines()[1]
     report = tmp_destination.parent / "report.html"
